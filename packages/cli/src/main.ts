@@ -1,0 +1,330 @@
+/**
+ * homeostat: the command line. Asks a running factory where its keys stand, over the gRPC
+ * status API that the queue service serves (packages/core/src/grpc.ts is the contract).
+ *
+ * Subcommands are rows of the `commands` table: a name (one or more words, e.g. "get" or
+ * "queue stats"), its options and a `run`. Adding one is adding a row; parsing, help, the
+ * connection and the mapping of errors to messages and exit codes are shared.
+ *
+ * Exit codes: 0 ok; 1 the server answered with an error (e.g. not found); 2 the server could
+ * not be reached; 64 usage error (EX_USAGE).
+ */
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import { loadConfig } from "@homeostat/core/config";
+import { ContractViolation, getKeyStatus, grpc, isGrpcError, listKeyStatuses, maxPageSize, parseKeyArg, statusClient, type StatusServiceClient } from "@homeostat/core/grpc";
+import type { KeyStatus } from "@homeostat/core/status";
+
+export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
+
+export type Output = { write(text: string): unknown };
+export type Io = { stdout: Output; stderr: Output; env: NodeJS.ProcessEnv };
+
+export type OptionValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+export type Context = {
+  addr: string;
+  json: boolean;
+  io: Io;
+  /** The StatusService client, connected on first use and closed when the command ends. */
+  status(): StatusServiceClient;
+  /** Prints a line (or a value as JSON when `--json` was given) to stdout. */
+  print(text: string): void;
+  printJson(value: unknown): void;
+};
+
+export type Command = {
+  /** One or more words: "get", "queue stats". */
+  name: string;
+  /** Positional arguments in the usage line, e.g. "<key>". */
+  args?: string;
+  summary: string;
+  /** Options of this command besides the global ones (--addr, --json, --help). */
+  options?: ParseArgsOptionsConfig;
+  /** Help lines for `options`, as [flag, description] pairs. */
+  optionHelp?: [string, string][];
+  /** How many positionals (after the command name) it takes. */
+  positionals?: { min: number; max: number };
+  run(ctx: Context, positionals: string[], values: OptionValues): Promise<number>;
+};
+
+export class UsageError extends Error {
+  readonly command: Command | undefined;
+  constructor(message: string, command?: Command) {
+    super(message);
+    this.command = command;
+  }
+}
+
+const globalOptions = {
+  addr: { type: "string" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsOptionsConfig;
+
+const globalOptionHelp: [string, string][] = [
+  ["--addr host:port", "status API address (default: $HOMEOSTAT_GRPC_ADDR, else 127.0.0.1:50051)"],
+  ["--json", "print JSON (KeyStatus fields as in status.ts) instead of text"],
+  ["-h, --help", "show help"],
+];
+
+/* ---------------------------------------------------------------- commands */
+
+const getCommand: Command = {
+  name: "get",
+  args: "<key>",
+  summary: "show where one key stands: phase, desired and actual versions, digests, trace",
+  positionals: { min: 1, max: 1 },
+  async run(ctx, [raw]) {
+    const parsed = parseKeyArg(raw!);
+    if ("error" in parsed) throw new UsageError(parsed.error, getCommand);
+    const status = await getKeyStatus(ctx.status(), parsed.key);
+    if (ctx.json) ctx.printJson(status);
+    else ctx.print(formatStatus(status));
+    return exitCodes.ok;
+  },
+};
+
+const listCommand: Command = {
+  name: "list",
+  summary: "list keys with their phase and versions, in key order",
+  options: { prefix: { type: "string" }, limit: { type: "string" } },
+  optionHelp: [
+    ["--prefix p", "only keys starting with p, e.g. image/ or package/open"],
+    ["--limit n", "show at most n keys (default 100)"],
+  ],
+  positionals: { min: 0, max: 0 },
+  async run(ctx, _positionals, values) {
+    const prefix = typeof values.prefix === "string" ? values.prefix : "";
+    const limit = values.limit === undefined ? 100 : parsePositiveInt(String(values.limit), "--limit", listCommand);
+    const items: KeyStatus[] = [];
+    let pageToken: string | undefined;
+    do {
+      const page = await listKeyStatuses(ctx.status(), { prefix, pageSize: Math.min(limit - items.length, maxPageSize), ...(pageToken ? { pageToken } : {}) });
+      items.push(...page.items);
+      pageToken = page.nextPageToken;
+    } while (pageToken && items.length < limit);
+    if (ctx.json) ctx.printJson(items);
+    else ctx.print(formatTable(items));
+    if (pageToken) ctx.io.stderr.write(`homeostat: showing the first ${items.length} keys; more exist (raise --limit or narrow --prefix)\n`);
+    return exitCodes.ok;
+  },
+};
+
+/** Every subcommand. Later: why, plan, verify, queue stats, dlq. */
+export const commands: Command[] = [getCommand, listCommand];
+
+/* ---------------------------------------------------------------- formatting */
+
+/** Rows as aligned columns; the last column is not padded. */
+export function columns(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
+  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ")).join("\n");
+}
+
+export function formatTable(items: KeyStatus[]): string {
+  const rows = [["KEY", "PHASE", "DESIRED", "ACTUAL", "UPDATED"]];
+  for (const s of items) rows.push([s.key, s.phase, s.desiredVersion ?? "-", s.actual?.version ?? "-", shortTime(s.updatedAt)]);
+  return columns(rows);
+}
+
+/** A readable block for one key: everything in the status, absent fields left out. */
+export function formatStatus(s: KeyStatus): string {
+  const lines: [string, string][] = [
+    ["Key", s.key],
+    ["Phase", s.phase],
+  ];
+  const add = (label: string, value: string | number | undefined): void => {
+    if (value !== undefined && value !== "") lines.push([label, String(value)]);
+  };
+  add("Desired version", s.desiredVersion);
+  add("Desired input", s.desiredInputDigest);
+  const a = s.actual;
+  if (!a) lines.push(["Actual", "none (nothing built and signed yet)"]);
+  else {
+    add("Actual version", a.version);
+    add("Actual input", a.inputDigest);
+    if (s.desiredInputDigest && s.desiredInputDigest !== a.inputDigest) lines.push(["Drift", "desired input differs from the actual one"]);
+    add("Built at", a.builtAt);
+    add("Location", a.outputs.location);
+    add("Archive", a.outputs.archive);
+    add("Diff ID", a.outputs.diffId);
+    add("Size", a.outputs.size === undefined ? undefined : `${a.outputs.size} bytes`);
+    add("Manifest", a.outputs.manifest);
+    add("Config", a.outputs.config);
+    add("Metadata", a.outputs.metadata);
+    add("SBOM", a.outputs.sbom);
+    const sigs = Object.entries(a.signatures).sort(([x], [y]) => x.localeCompare(y));
+    if (sigs.length === 0) lines.push(["Signatures", "none"]);
+    else {
+      const w = Math.max(...sigs.map(([role]) => role.length));
+      sigs.forEach(([role, digest], i) => lines.push([i === 0 ? "Signatures" : "", `${role.padEnd(w)}  ${digest}`]));
+    }
+    add("Signing key", a.keyId);
+    add("Build trace ID", a.traceId);
+  }
+  add("Attempts", s.attempts);
+  add("Last error", s.lastError);
+  if (s.cause) add("Cause", [s.cause.type, s.cause.id, s.cause.detail && `(${s.cause.detail})`].filter(Boolean).join(" "));
+  add("Trace ID", s.traceId);
+  add("Fanned out", s.fannedOut);
+  add("Updated", s.updatedAt);
+  const w = Math.max(...lines.map(([label]) => label.length)) + 1;
+  return lines
+    .map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`)
+    .join("\n");
+}
+
+/** 2026-11-22T07:51:38.123Z -> 2026-11-22T07:51:38Z; anything else as it is. */
+function shortTime(iso: string): string {
+  return iso.replace(/^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.\d+Z$/, "$1Z");
+}
+
+/* ---------------------------------------------------------------- help */
+
+function commandUsage(c: Command): string {
+  const opts = (c.optionHelp ?? []).map(([flag]) => ` [${flag}]`).join("");
+  return `homeostat ${c.name}${c.args ? ` ${c.args}` : ""}${opts} [--json] [--addr host:port]`;
+}
+
+function optionLines(pairs: [string, string][]): string {
+  const w = Math.max(...pairs.map(([f]) => f.length));
+  return pairs.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`).join("\n");
+}
+
+export function help(c?: Command): string {
+  if (c) {
+    return `Usage: ${commandUsage(c)}\n\n${c.summary}\n\nOptions:\n${optionLines([...(c.optionHelp ?? []), ...globalOptionHelp])}\n`;
+  }
+  const w = Math.max(...commands.map((x) => (x.name + (x.args ? ` ${x.args}` : "")).length));
+  const list = commands.map((x) => `  ${(x.name + (x.args ? ` ${x.args}` : "")).padEnd(w)}  ${x.summary}`).join("\n");
+  return [
+    "homeostat: ask a Homeostat factory where its keys stand.",
+    "",
+    "Usage: homeostat <command> [options]",
+    "",
+    "Commands:",
+    list,
+    "",
+    "Options:",
+    optionLines(globalOptionHelp),
+    "",
+    "Run `homeostat <command> --help` for a command's options.",
+    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 64 usage error.",
+    "",
+  ].join("\n");
+}
+
+/* ---------------------------------------------------------------- running */
+
+function parsePositiveInt(raw: string, flag: string, c: Command): number {
+  if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw))) throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(raw)}`, c);
+  return Number(raw);
+}
+
+/** The command named by the leading positionals (longest name first) and the rest. */
+function findCommand(positionals: string[]): { command: Command; rest: string[] } | undefined {
+  const byLength = [...commands].sort((x, y) => y.name.split(" ").length - x.name.split(" ").length);
+  for (const c of byLength) {
+    const words = c.name.split(" ");
+    if (words.every((w, i) => positionals[i] === w)) return { command: c, rest: positionals.slice(words.length) };
+  }
+  return undefined;
+}
+
+function resolveAddr(flag: string | undefined, env: NodeJS.ProcessEnv, c?: Command): string {
+  // The default comes from config.ts, the one place defaults live; nothing else there matters here.
+  const addr = flag ?? loadConfig({ HOMEOSTAT_GRPC_ADDR: env.HOMEOSTAT_GRPC_ADDR || undefined }).grpcAddr;
+  if (!/^(unix:\S+|\[[0-9a-fA-F:.]+\]:\d{1,5}|[^\s:/[\]]+:\d{1,5})$/.test(addr)) {
+    throw new UsageError(`invalid address ${JSON.stringify(addr)}: expected host:port (or unix:path)`, c);
+  }
+  return addr;
+}
+
+/** Runs the command line `argv` (without node and script) and returns the exit code. */
+export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  let command: Command | undefined;
+  let client: StatusServiceClient | undefined;
+  let addr = "";
+  try {
+    // First pass: find the command, knowing every option so that option values are not taken for it.
+    const all: ParseArgsOptionsConfig = { ...globalOptions };
+    for (const c of commands) Object.assign(all, c.options);
+    const first = parseArgs({ args: argv, options: all, strict: false, allowPositionals: true });
+    const found = findCommand(first.positionals);
+    if (!found) {
+      if (first.values.help || argv.length === 0 || first.positionals[0] === "help") {
+        const target = first.positionals[0] === "help" ? findCommand(first.positionals.slice(1))?.command : undefined;
+        io[argv.length === 0 ? "stderr" : "stdout"].write(help(target));
+        return argv.length === 0 ? exitCodes.usage : exitCodes.ok;
+      }
+      throw new UsageError(first.positionals.length ? `unknown command ${JSON.stringify(first.positionals.join(" "))}` : "no command given");
+    }
+    command = found.command;
+    const c = command;
+
+    // Second pass: strictly, with this command's options only.
+    let parsed;
+    try {
+      parsed = parseArgs({ args: argv, options: { ...globalOptions, ...c.options }, strict: true, allowPositionals: true });
+    } catch (err) {
+      throw new UsageError((err as Error).message.replace(/\. To specify a positional argument.*$/s, ""), c);
+    }
+    const values = parsed.values as OptionValues;
+    if (values.help) {
+      io.stdout.write(help(c));
+      return exitCodes.ok;
+    }
+    const rest = findCommand(parsed.positionals)!.rest;
+    const { min, max } = c.positionals ?? { min: 0, max: Infinity };
+    if (rest.length < min) throw new UsageError(`missing ${c.args ?? "arguments"}`, c);
+    if (rest.length > max) throw new UsageError(`unexpected argument ${JSON.stringify(rest[max])}`, c);
+
+    addr = resolveAddr(typeof values.addr === "string" ? values.addr : undefined, io.env, c);
+    const json = values.json === true;
+    const ctx: Context = {
+      addr,
+      json,
+      io,
+      status: () => (client ??= statusClient(addr)),
+      print: (text) => void io.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
+      printJson: (value) => void io.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
+    };
+    return await c.run(ctx, rest, values);
+  } catch (err) {
+    return reportError(err, io, addr, command);
+  } finally {
+    client?.close();
+  }
+}
+
+function reportError(err: unknown, io: Io, addr: string, command: Command | undefined): number {
+  if (err instanceof UsageError) {
+    const c = err.command ?? command;
+    io.stderr.write(`homeostat: ${err.message}\n\n`);
+    io.stderr.write(c ? `Usage: ${commandUsage(c)}\nRun \`homeostat ${c.name} --help\` for details.\n` : help());
+    return exitCodes.usage;
+  }
+  if (isGrpcError(err)) {
+    if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
+      const why = (err.details || grpc.status[err.code] || "")
+        .replace(/^No connection established\. Last error: (Error: )?/, "")
+        .replace(/\.? ?Resolution note: ?$/, "");
+      io.stderr.write(`homeostat: cannot reach homeostat at ${addr}: ${why}\n`);
+      return exitCodes.unreachable;
+    }
+    const detail = err.details || grpc.status[err.code] || `gRPC status ${err.code}`;
+    io.stderr.write(err.code === grpc.status.NOT_FOUND ? `homeostat: ${detail}\n` : `homeostat: ${detail} (${grpc.status[err.code] ?? err.code})\n`);
+    return exitCodes.failed;
+  }
+  if (err instanceof ContractViolation) {
+    io.stderr.write(`homeostat: the server at ${addr} sent a status this CLI does not understand: ${err.message}\n`);
+    return exitCodes.failed;
+  }
+  io.stderr.write(`homeostat: ${err instanceof Error ? err.message : String(err)}\n`);
+  return exitCodes.failed;
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+}

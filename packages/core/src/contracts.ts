@@ -1,0 +1,159 @@
+/**
+ * Contracts: the one typed, versioned schema of every message on every subject.
+ *
+ * Producers build messages through these types and consumers parse them with `decodeMessage`,
+ * so a malformed or foreign message is rejected at the edge with a reason instead of
+ * travelling inward. Each schema carries `v`; a new incompatible shape gets a new version.
+ */
+import { z } from "zod";
+import { keySchema, nameSchema } from "./key.ts";
+
+const digestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/, "must be sha256:<64 hex>");
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lower-case hex characters");
+
+/** Why a key may have drifted. Informational: reconcile decisions never depend on it. */
+export const causeSchema = z.object({
+  type: z.enum(["release", "catalog", "dependency", "built", "resync", "manual"]),
+  id: z.string().max(512).optional(),
+  detail: z.string().max(2048).optional(),
+});
+export type Cause = z.infer<typeof causeSchema>;
+
+/** Enqueue priority classes, most urgent first (brief: advisory > release > resync). */
+export const priorities = ["advisory", "release", "dependency", "resync"] as const;
+export const prioritySchema = z.enum(priorities);
+export type Priority = z.infer<typeof prioritySchema>;
+
+/** ingest, reconciler, signer -> queue: "this key may have drifted". */
+export const enqueueRequestSchema = z.object({
+  v: z.literal(1),
+  key: keySchema,
+  priority: prioritySchema,
+  cause: causeSchema,
+});
+export type EnqueueRequest = z.infer<typeof enqueueRequestSchema>;
+
+/** queue -> reconciler: the key to reconcile now. The queue holds keys, not payloads. */
+export const workItemSchema = z.object({
+  v: z.literal(1),
+  key: keySchema,
+  priority: prioritySchema,
+  cause: causeSchema,
+});
+export type WorkItem = z.infer<typeof workItemSchema>;
+
+export const sourceSchema = z.object({
+  url: z.string().min(1).max(4096),
+  sha256: sha256Hex,
+});
+export type Source = z.infer<typeof sourceSchema>;
+
+/** A built package as other builds consume it. */
+export const packageArtifactSchema = z.object({
+  name: nameSchema,
+  version: z.string().min(1).max(128),
+  /** The deterministic tar.gz, which is also the package's OCI layer. */
+  archive: digestSchema,
+  /** sha256 of the uncompressed tar (the OCI diff_id). */
+  diffId: digestSchema,
+  size: z.number().int().nonnegative(),
+  license: z.string().max(256).optional(),
+});
+export type PackageArtifact = z.infer<typeof packageArtifactSchema>;
+
+export const imageConfigSchema = z.object({
+  entrypoint: z.array(z.string()).default([]),
+  cmd: z.array(z.string()).default([]),
+  env: z.record(z.string(), z.string()).default({}),
+  user: z.string().default(""),
+  workdir: z.string().default(""),
+  annotations: z.record(z.string(), z.string()).default({}),
+});
+export type ImageConfig = z.infer<typeof imageConfigSchema>;
+
+const buildCommon = {
+  v: z.literal(1),
+  key: keySchema,
+  name: nameSchema,
+  version: z.string().min(1).max(128),
+  inputDigest: digestSchema,
+  sourceDateEpoch: z.number().int().nonnegative(),
+};
+
+/** reconciler -> builder: everything a build needs; the builder reads nothing else. */
+export const buildRequestSchema = z.discriminatedUnion("kind", [
+  z.object({
+    ...buildCommon,
+    kind: z.literal("package"),
+    source: sourceSchema,
+    steps: z.array(z.string().min(1).max(16384)).min(1).max(256),
+    /** Build dependencies, unpacked into the build's sysroot. */
+    dependencies: z.array(packageArtifactSchema),
+    runtimeDependencies: z.array(nameSchema),
+    license: z.string().max(256).optional(),
+  }),
+  z.object({
+    ...buildCommon,
+    kind: z.literal("image"),
+    /** Layers in order: each package (with its runtime closure) is one layer. */
+    packages: z.array(packageArtifactSchema).min(1),
+    config: imageConfigSchema,
+  }),
+]);
+export type BuildRequest = z.infer<typeof buildRequestSchema>;
+export type PackageBuildRequest = Extract<BuildRequest, { kind: "package" }>;
+export type ImageBuildRequest = Extract<BuildRequest, { kind: "image" }>;
+
+/** What a build produced, by role. Digests name blobs in the artifact store. */
+export const buildOutputsSchema = z.object({
+  archive: digestSchema.optional(),
+  diffId: digestSchema.optional(),
+  size: z.number().int().nonnegative().optional(),
+  metadata: digestSchema.optional(),
+  manifest: digestSchema.optional(),
+  config: digestSchema.optional(),
+  sbom: digestSchema.optional(),
+  /** Where consumers find it: an OCI layout path and tag, or a store path. */
+  location: z.string().max(4096),
+});
+export type BuildOutputs = z.infer<typeof buildOutputsSchema>;
+
+/** builder -> signer: a finished build to sign and record. */
+export const signRequestSchema = z.object({
+  v: z.literal(1),
+  key: keySchema,
+  kind: z.enum(["package", "image"]),
+  name: nameSchema,
+  version: z.string().min(1).max(128),
+  inputDigest: digestSchema,
+  outputs: buildOutputsSchema,
+  license: z.string().max(256).optional(),
+});
+export type SignRequest = z.infer<typeof signRequestSchema>;
+
+/**
+ * The version of the build behaviour. Part of every input digest: changing how the builder
+ * turns inputs into bytes must bump it, so that every key is rebuilt once.
+ */
+export const BUILDER_VERSION = "homeostat-builder/0.1.0";
+
+export class ContractError extends Error {}
+
+/** Parses a message body against its subject's schema; a ContractError names the bad fields. */
+export function decodeMessage<S extends z.ZodType>(schema: S, data: Uint8Array | string): z.infer<S> {
+  let json: unknown;
+  try {
+    json = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+  } catch {
+    throw new ContractError("message is not JSON");
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    throw new ContractError(parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; "));
+  }
+  return parsed.data;
+}
+
+export function encodeMessage<T>(value: T): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(value));
+}

@@ -1,0 +1,33 @@
+/**
+ * Digests: sha256 in the OCI form (`sha256:<hex>`) and canonical JSON, so that the same
+ * inputs always give the same input digest whatever order an object's fields were built in.
+ */
+import { createHash } from "node:crypto";
+
+export type Digest = `sha256:${string}`;
+
+export function sha256Hex(data: string | Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+export function sha256Digest(data: string | Uint8Array): Digest {
+  return `sha256:${sha256Hex(data)}`;
+}
+
+/** JSON with object keys sorted at every level and no whitespace (RFC 8785 for our value space). */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(sortDeep(value));
+}
+
+function sortDeep(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortDeep);
+  if (v !== null && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(v).sort()) {
+      const x = (v as Record<string, unknown>)[k];
+      if (x !== undefined) out[k] = sortDeep(x);
+    }
+    return out;
+  }
+  return v;
+}

@@ -1,0 +1,99 @@
+/**
+ * Messaging: publish a typed message to a stage with trace context, and run a stage's
+ * consumer with bounded concurrency, schema checks at the edge and explicit outcomes.
+ *
+ * A handler either returns (ack), throws `NonRetriableError` or the message fails its schema
+ * (term: it could never succeed, redelivering it would only loop), or throws anything else
+ * (nak with exponential backoff: the work is retried, never lost).
+ */
+import type { JsMsg } from "@nats-io/jetstream";
+import type { z } from "zod";
+import { decodeMessage, encodeMessage, ContractError } from "./contracts.ts";
+import type { Key } from "./key.ts";
+import { errorMessage, type Logger } from "./log.ts";
+import { contextFromHeaders, inSpan, SpanKind, traceHeaders } from "./telemetry.ts";
+import type { Nats, Stage } from "./topology.ts";
+
+/** An error that no retry can fix (bad input, checksum mismatch, failing build step). */
+export class NonRetriableError extends Error {}
+
+export async function publish(n: Nats, stage: Stage, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
+  const ack = await n.js.publish(n.topology.subject(stage, key), encodeMessage(body), {
+    headers: traceHeaders(),
+    ...(opts.msgId ? { msgID: opts.msgId } : {}),
+  });
+  return { duplicate: ack.duplicate };
+}
+
+export type Backoff = (attempt: number) => number;
+
+/** 2^(attempt-1) × base, capped, with ±20 % jitter so that a burst of failures spreads out. */
+export function exponentialBackoff(baseMs: number, capMs: number): Backoff {
+  return (attempt) => {
+    const d = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1));
+    return Math.round(d * (0.8 + Math.random() * 0.4));
+  };
+}
+
+export type ConsumerOptions<S extends z.ZodType> = {
+  stage: Stage;
+  schema: S;
+  /** Span name for one message, e.g. "builder.build". */
+  spanName: string;
+  concurrency: number;
+  log: Logger;
+  signal: AbortSignal;
+  backoff?: Backoff;
+  /** Ack-wait extension interval while a handler runs (msg.working()). */
+  heartbeatMs?: number;
+  handle: (body: z.infer<S>, msg: JsMsg) => Promise<void>;
+};
+
+/** Consumes the stage until `signal` aborts; then waits for in-flight handlers and returns. */
+export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptions<S>): Promise<void> {
+  const backoff = o.backoff ?? exponentialBackoff(1_000, 60_000);
+  const consumer = await n.js.consumers.get(n.topology.stream(o.stage), n.topology.consumer(o.stage));
+  const messages = await consumer.consume({ max_messages: o.concurrency });
+  o.signal.addEventListener("abort", () => void messages.close(), { once: true });
+  const inFlight = new Set<Promise<void>>();
+
+  for await (const msg of messages) {
+    const run = handleOne(msg, o, backoff).finally(() => inFlight.delete(run));
+    inFlight.add(run);
+    if (inFlight.size >= o.concurrency) await Promise.race(inFlight);
+  }
+  await Promise.allSettled(inFlight);
+}
+
+async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>, backoff: Backoff): Promise<void> {
+  const heartbeat = setInterval(() => msg.working(), o.heartbeatMs ?? 10_000);
+  try {
+    await inSpan(o.spanName, { parent: contextFromHeaders(msg.headers), kind: SpanKind.CONSUMER, attributes: { "messaging.destination": msg.subject } }, async () => {
+      let body: z.infer<S>;
+      try {
+        body = decodeMessage(o.schema, msg.data);
+      } catch (err) {
+        o.log.error("rejected malformed message", { subject: msg.subject, reason: errorMessage(err) });
+        msg.term(errorMessage(err));
+        return;
+      }
+      try {
+        await o.handle(body, msg);
+        msg.ack();
+      } catch (err) {
+        if (err instanceof NonRetriableError || err instanceof ContractError) {
+          o.log.error("dropped message", { subject: msg.subject, reason: errorMessage(err) });
+          msg.term(errorMessage(err));
+        } else {
+          const delay = backoff(msg.info.deliveryCount);
+          o.log.warn("retrying message", { subject: msg.subject, attempt: msg.info.deliveryCount, delayMs: delay, reason: errorMessage(err) });
+          msg.nak(delay);
+        }
+      }
+    });
+  } catch {
+    // inSpan already recorded it; the message outcome was set above.
+  } finally {
+    clearInterval(heartbeat);
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The demo: brings the factory up on the sample catalog, waits until everything is built and
+ * signed, then ingests the 1.1 release of libgreet and waits until the packages and images
+ * that depend on it are rebuilt and signed. Ends with a summary table, exit code 0.
+ *
+ *   --serve      keep the factory running afterwards (Ctrl-C stops it)
+ *   --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)
+ *
+ * With NATS_URL / REDIS_URL unset it starts private nats-server and redis-server processes.
+ */
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { listKeyStatuses, statusClient } from "@homeostat/core/grpc";
+import type { KeyStatus } from "@homeostat/core";
+import { repoRoot, startFactory, startLocalServers, waitFor, type LocalServers } from "./factory.ts";
+
+const { values: args } = parseArgs({ options: { serve: { type: "boolean", default: false }, release: { type: "string", default: "examples/releases/libgreet-1.1.json" } } });
+const work = path.join(repoRoot, ".homeostat", "demo");
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+
+const say = (line: string) => process.stdout.write(`${line}\n`);
+let servers: LocalServers | undefined;
+if (!process.env.NATS_URL || !process.env.REDIS_URL) {
+  say("▸ starting a private nats-server (JetStream) and redis-server on loopback");
+  servers = await startLocalServers(path.join(work, "servers"));
+}
+const natsUrl = process.env.NATS_URL ?? servers!.natsUrl;
+const redisUrl = process.env.REDIS_URL ?? servers!.redisUrl;
+
+say("▸ starting the five services: ingest, queue, reconciler, builder, signer");
+const factory = await startFactory({
+  env: {
+    NATS_URL: natsUrl,
+    REDIS_URL: redisUrl,
+    // A shared server gets a fresh prefix per run so that the demo starts from nothing.
+    HOMEOSTAT_PREFIX: servers ? "hs" : `demo${Date.now().toString(36)}`,
+    HOMEOSTAT_DATA: path.join(work, "data"),
+    HOMEOSTAT_CATALOG: path.join(repoRoot, "examples", "catalog"),
+    ...(process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? { OTEL_EXPORTER_OTLP_ENDPOINT: process.env.OTEL_EXPORTER_OTLP_ENDPOINT } : {}),
+  },
+  logDir: path.join(work, "logs"),
+});
+say(`  ingest http://${factory.ingestUrl.slice(7)}   status gRPC ${factory.grpcAddr}   logs ${path.relative(process.cwd(), path.join(work, "logs"))}/`);
+const client = statusClient(factory.grpcAddr);
+
+const stopAll = async () => {
+  client.close();
+  await factory.stop();
+  await servers?.stop();
+};
+process.on("SIGINT", () => void stopAll().then(() => process.exit(130)));
+
+const list = async () => (await listKeyStatuses(client, { pageSize: 1000 })).items;
+const seen = new Map<string, string>();
+/** Prints each key's phase whenever it changes: the factory's progress, live. */
+const progress = (items: KeyStatus[]) => {
+  for (const s of items) {
+    const line = `${s.phase}${s.actual ? ` ${s.actual.version}` : ""}`;
+    if (seen.get(s.key) !== line) {
+      seen.set(s.key, line);
+      say(`  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`);
+    }
+  }
+};
+
+try {
+  say("▸ building and signing the sample catalog");
+  const expected = (await import("@homeostat/core")).loadCatalog(path.join(repoRoot, "examples", "catalog")).then((c) => c.keys().length);
+  const total = await expected;
+  const initial = await waitFor("the sample catalog to converge", async () => {
+    const items = await list();
+    progress(items);
+    if (items.some((s) => s.phase === "Failed")) throw new Error("a key failed; see the logs");
+    return items.length === total && items.every((s) => s.phase === "Ready") ? items : undefined;
+  }, 300_000, 300);
+
+  const release = JSON.parse(readFileSync(path.resolve(repoRoot, args.release!), "utf8")) as { package: string; version: string; url: string; sha256: string };
+  if (!/^[a-z]+:\/\//.test(release.url)) release.url = `file://${path.resolve(repoRoot, release.url)}`;
+  say(`▸ upstream released ${release.package} ${release.version}: POST /v1/releases`);
+  const res = await fetch(`${factory.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(release) });
+  say(`  ${res.status} ${await res.text()}`);
+  if (res.status !== 202) throw new Error("the release was not accepted");
+
+  const before = new Map(initial.map((s) => [s.key, s.actual!.inputDigest]));
+  const final = await waitFor("the release to propagate", async () => {
+    const items = await list();
+    progress(items);
+    const pkg = items.find((s) => s.key === `package/${release.package}`);
+    const settled = items.every((s) => s.phase === "Ready" || s.phase === "Failed");
+    // Settled, the package at the new version, and nothing left that is waiting to rebuild.
+    return pkg?.actual?.version === release.version && settled ? items : undefined;
+  }, 300_000, 300);
+  await new Promise((r) => setTimeout(r, 1_000)); // let late fan-out show up
+  const settledItems = await waitFor("the factory to settle", async () => {
+    const items = await list();
+    progress(items);
+    return items.every((s) => s.phase === "Ready") ? items : undefined;
+  }, 300_000, 300).catch(() => final);
+
+  say("\nSummary");
+  const rows = [["KEY", "PHASE", "VERSION", "REBUILT", "DIGEST", "SIGNED BY"], ...settledItems.map((s) => [
+    s.key, s.phase, s.actual?.version ?? "-", before.get(s.key) !== s.actual?.inputDigest ? "yes" : "no",
+    (s.actual?.outputs.manifest ?? s.actual?.outputs.archive ?? "-").slice(0, 19), (s.actual?.keyId ?? "-").slice(0, 19),
+  ])];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i]!)).join("  "));
+  const ok = settledItems.every((s) => s.phase === "Ready");
+  say(ok ? "\nconverged: every key is built, signed and Ready." : "\nnot converged: see the logs");
+  say(`try: packages/cli/bin/homeostat list --addr ${factory.grpcAddr}`);
+  if (args.serve) {
+    say("serving; Ctrl-C stops the factory");
+  } else {
+    await stopAll();
+    process.exit(ok ? 0 : 1);
+  }
+} catch (err) {
+  say(`demo failed: ${(err as Error).message} (logs in ${path.join(work, "logs")})`);
+  await stopAll();
+  process.exit(1);
+}

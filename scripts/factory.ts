@@ -1,0 +1,148 @@
+/**
+ * Factory launcher for the demo and the end-to-end tests: local NATS and Redis when none is
+ * configured, then the five services as separate processes, each with its own log file.
+ * Not used in production: there, compose or Kubernetes start the services.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import path from "node:path";
+import { serviceNames, type ServiceName } from "@homeostat/core/service";
+
+export const repoRoot = path.resolve(import.meta.dirname, "..");
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export function portAnswers(port: number, host = "127.0.0.1", timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ port, host });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+  });
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs: number, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await probe();
+      if (v) return v;
+    } catch (err) {
+      lastErr = err;
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${(lastErr as Error).message}` : ""}`);
+}
+
+/** Makes sure a Debian package's binary exists, installing it when running as root. */
+function ensureBinary(bin: string, debianPackage: string): string {
+  for (const dir of ["/usr/sbin", "/usr/bin", "/usr/local/bin"]) {
+    if (spawnSync("test", ["-x", path.join(dir, bin)]).status === 0) return path.join(dir, bin);
+  }
+  if (process.getuid?.() !== 0) throw new Error(`${bin} is not installed; install the Debian package ${debianPackage}`);
+  process.stderr.write(`installing ${debianPackage} …\n`);
+  spawnSync("apt-get", ["update", "-qq"], { stdio: "ignore" });
+  const r = spawnSync("apt-get", ["install", "-y", "-qq", debianPackage], { stdio: "ignore", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+  if (r.status !== 0) throw new Error(`could not install ${debianPackage}`);
+  return ensureBinary(bin, debianPackage);
+}
+
+export type LocalServers = { natsUrl: string; redisUrl: string; stop(): Promise<void> };
+
+/** Starts a private nats-server (JetStream) and redis-server on free loopback ports. */
+export async function startLocalServers(dir: string): Promise<LocalServers> {
+  mkdirSync(dir, { recursive: true });
+  const natsPort = await freePort();
+  const redisPort = await freePort();
+  const nats = spawn(ensureBinary("nats-server", "nats-server"), ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", path.join(dir, "nats")], { stdio: "ignore" });
+  const redis = spawn(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+  await waitFor("nats-server", () => portAnswers(natsPort), 10_000);
+  await waitFor("redis-server", () => portAnswers(redisPort), 10_000);
+  return {
+    natsUrl: `nats://127.0.0.1:${natsPort}`,
+    redisUrl: `redis://127.0.0.1:${redisPort}`,
+    stop: async () => {
+      await Promise.all([stopChild(nats), stopChild(redis)]);
+    },
+  };
+}
+
+export type Factory = {
+  ingestUrl: string;
+  grpcAddr: string;
+  env: Record<string, string>;
+  processes: Map<ServiceName, ChildProcess>;
+  /** Starts one service again (after a kill), with the same environment. */
+  restart(name: ServiceName): Promise<void>;
+  stop(): Promise<void>;
+};
+
+/** Starts the five services as separate processes; resolves when ingest and the status API answer. */
+export async function startFactory(o: { env: Record<string, string>; logDir: string; only?: readonly ServiceName[] }): Promise<Factory> {
+  mkdirSync(o.logDir, { recursive: true });
+  const ingestPort = await freePort();
+  const grpcPort = await freePort();
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    HOME: process.env.HOME ?? "/tmp",
+    HOMEOSTAT_INGEST_PORT: String(ingestPort),
+    HOMEOSTAT_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+    ...o.env,
+  };
+  const processes = new Map<ServiceName, ChildProcess>();
+  const start = (name: ServiceName) => {
+    const log = createWriteStream(path.join(o.logDir, `${name}.log`), { flags: "a" });
+    const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+    child.stdout!.pipe(log, { end: false });
+    child.stderr!.pipe(log, { end: false });
+    processes.set(name, child);
+  };
+  for (const name of o.only ?? serviceNames) start(name);
+  const factory: Factory = {
+    ingestUrl: `http://127.0.0.1:${ingestPort}`,
+    grpcAddr: `127.0.0.1:${grpcPort}`,
+    env,
+    processes,
+    restart: async (name) => {
+      const old = processes.get(name);
+      if (old && old.exitCode === null && old.signalCode === null) await stopChild(old);
+      start(name);
+    },
+    stop: async () => {
+      await Promise.all([...processes.values()].map(stopChild));
+    },
+  };
+  try {
+    if (processes.has("ingest")) await waitFor("ingest to be ready", async () => (await fetch(`${factory.ingestUrl}/readyz`)).ok, 30_000);
+    if (processes.has("queue")) await waitFor("the status API", () => portAnswers(grpcPort), 30_000);
+  } catch (err) {
+    await factory.stop();
+    throw new Error(`${(err as Error).message} (service logs in ${o.logDir})`);
+  }
+  return factory;
+}
+
+export async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+  await exited;
+  clearTimeout(timer);
+}

@@ -1,0 +1,26 @@
+/**
+ * Builder errors. A `BuildFailure` is final for these inputs (checksum mismatch, a failing or
+ * timed-out step, a malformed archive): retrying cannot help, so the key is marked Failed.
+ * Any other error (network, disk, a missing artifact that may come back) is retriable.
+ */
+export class BuildFailure extends Error {
+  override name = "BuildFailure";
+  /** The pipeline step that failed, when a step failed. */
+  readonly step: string | undefined;
+  /** Its exit code (null when it was killed by a signal). */
+  readonly exitCode: number | null | undefined;
+  /** The end of the build log, when there is one. */
+  readonly logTail: string | undefined;
+
+  constructor(message: string, details: { step?: string; exitCode?: number | null; logTail?: string; cause?: unknown } = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.step = details.step;
+    this.exitCode = details.exitCode;
+    this.logTail = details.logTail;
+  }
+}
+
+/** A blob the build needs (a dependency's archive) is not in the artifact store: retriable. */
+export class MissingArtifactError extends Error {
+  override name = "MissingArtifactError";
+}

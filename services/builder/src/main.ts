@@ -1,0 +1,41 @@
+/**
+ * builder: takes build requests, builds them hermetically and reproducibly, stores the
+ * artifacts, and hands the result to the signer. A build that cannot succeed (checksum
+ * mismatch, failing step) marks the key Failed with the reason and produces nothing.
+ */
+import { buildRequestSchema, errorMessage, NonRetriableError, publish, runConsumer, runService, StateStore, type SignRequest } from "@homeostat/core";
+import { build, BuildFailure } from "./build.ts";
+
+await runService("builder", async ({ config, log, nats, buckets, signal }) => {
+  const state = new StateStore(buckets.state);
+  const running = runConsumer(nats, {
+    stage: "build",
+    schema: buildRequestSchema,
+    spanName: "builder.build",
+    concurrency: config.concurrency,
+    log,
+    signal,
+    heartbeatMs: 20_000,
+    handle: async (req) => {
+      const status = await state.get(req.key);
+      if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
+        log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
+        return;
+      }
+      log.info("building", { key: req.key, version: req.version });
+      let outputs;
+      try {
+        outputs = await build(req, { dataDir: config.dataDir, timeoutMs: config.buildTimeoutMs, maxSourceBytes: config.maxSourceBytes, sourceBaseDir: config.catalogDir });
+      } catch (err) {
+        if (!(err instanceof BuildFailure)) throw err;
+        await state.update(req.key, (s) => (s && s.desiredInputDigest !== req.inputDigest ? undefined : { ...(s ?? StateStore.initial(req.key)), phase: "Failed", lastError: err.message }));
+        throw new NonRetriableError(`${req.key}: ${errorMessage(err)}`);
+      }
+      await state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
+      const sign: SignRequest = { v: 1, key: req.key, kind: req.kind, name: req.name, version: req.version, inputDigest: req.inputDigest, outputs };
+      await publish(nats, "sign", req.key, sign, { msgId: `${req.key}@${req.inputDigest}` });
+      log.info("built", { key: req.key, version: req.version, ...outputs });
+    },
+  });
+  return () => running;
+});

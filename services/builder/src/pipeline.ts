@@ -1,0 +1,192 @@
+/**
+ * The build pipeline: each step is `sh -c <step>`, run in the unpacked source directory with a
+ * cleared environment (exactly the variables of `stepEnvironment`), in its own process group
+ * (spawned detached), so that a timeout or an abort kills the step and every child it started.
+ * When a step exits, whatever it left running in its group is killed too.
+ *
+ * stdout and stderr are merged into one bounded log (the last `maxLogBytes` are kept). A step
+ * that exits non-zero, dies of a signal or runs past the deadline throws BuildFailure naming
+ * the step, its exit code and the end of the log. The deadline (`timeoutMs`) covers all steps.
+ */
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { BuildFailure } from "./errors.ts";
+
+export type Workspace = {
+  /** The workspace root: `home`, `dest`, `sysroot` live under it. */
+  root: string;
+  home: string;
+  dest: string;
+  sysroot: string;
+};
+
+export function workspaceLayout(root: string): Workspace {
+  return { root, home: path.join(root, "home"), dest: path.join(root, "dest"), sysroot: path.join(root, "sysroot") };
+}
+
+/** The complete environment of a step: nothing of the builder's own environment leaks in. */
+export function stepEnvironment(ws: Workspace, sourceDateEpoch: number): Record<string, string> {
+  return {
+    PATH: `${ws.sysroot}/usr/bin:/usr/local/bin:/usr/bin:/bin`,
+    HOME: ws.home,
+    SOURCE_DATE_EPOCH: String(sourceDateEpoch),
+    LC_ALL: "C",
+    TZ: "UTC",
+    DESTDIR: ws.dest,
+    SYSROOT: ws.sysroot,
+    CPATH: `${ws.sysroot}/usr/include`,
+    LIBRARY_PATH: `${ws.sysroot}/usr/lib`,
+  };
+}
+
+export type RunStepsOptions = {
+  /** Directory the steps run in (the unpacked source). */
+  cwd: string;
+  workspace: Workspace;
+  sourceDateEpoch: number;
+  /** Time limit for all the steps together. */
+  timeoutMs: number;
+  /** Log bytes kept (the end of the log). Default 1 MiB. */
+  maxLogBytes?: number;
+  /** Receives each line of output as it comes (e.g. to the service log). */
+  log?: (line: string) => void;
+  /** Aborting kills the running step's process group; the run rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Grace between SIGTERM and SIGKILL on timeout or abort. Default 2 s. */
+  killGraceMs?: number;
+};
+
+export type RunStepsResult = { log: string; durationMs: number };
+
+/** Bounded log: keeps the last `max` bytes and counts what it dropped. */
+class BoundedLog {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  dropped = 0;
+  private readonly max: number;
+  constructor(max: number) {
+    this.max = max;
+  }
+  add(b: Buffer): void {
+    this.chunks.push(b);
+    this.bytes += b.length;
+    while (this.bytes > this.max && this.chunks.length > 0) {
+      const first = this.chunks[0]!;
+      const excess = this.bytes - this.max;
+      if (first.length <= excess) {
+        this.chunks.shift();
+        this.bytes -= first.length;
+        this.dropped += first.length;
+      } else {
+        this.chunks[0] = first.subarray(excess);
+        this.bytes -= excess;
+        this.dropped += excess;
+      }
+    }
+  }
+  text(): string {
+    const body = Buffer.concat(this.chunks).toString("utf8");
+    return this.dropped > 0 ? `[... ${this.dropped} bytes of log dropped ...]\n${body}` : body;
+  }
+}
+
+/** The last `lines` lines (at most `bytes` bytes) of a log. */
+export function logTail(log: string, lines = 40, bytes = 4096): string {
+  let tail = log.split("\n").slice(-lines - 1).join("\n");
+  if (tail.length > bytes) tail = `...${tail.slice(-bytes)}`;
+  return tail.trimEnd();
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** Runs the steps in order; resolves with the log, or throws BuildFailure at the first failure. */
+export async function runSteps(steps: readonly string[], opts: RunStepsOptions): Promise<RunStepsResult> {
+  const started = Date.now();
+  const deadline = started + opts.timeoutMs;
+  const log = new BoundedLog(opts.maxLogBytes ?? 1024 * 1024);
+  const env = stepEnvironment(opts.workspace, opts.sourceDateEpoch);
+  for (let i = 0; i < steps.length; i++) {
+    const step = steps[i]!;
+    const header = `$ ${step}\n`;
+    log.add(Buffer.from(header));
+    opts.log?.(header.trimEnd());
+    await runOne(step, i, env, opts, log, deadline);
+  }
+  return { log: log.text(), durationMs: Date.now() - started };
+}
+
+function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    opts.signal?.throwIfAborted();
+    const child = spawn("/bin/sh", ["-c", step], { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const pid = child.pid;
+    let partial = "";
+    const onData = (b: Buffer): void => {
+      log.add(b);
+      if (!opts.log) return;
+      const text = partial + b.toString("utf8");
+      const lines = text.split("\n");
+      partial = lines.pop() ?? "";
+      for (const l of lines) opts.log(l);
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+
+    let why: "timeout" | "abort" | undefined;
+    let killTimer: NodeJS.Timeout | undefined;
+    let pipeTimer: NodeJS.Timeout | undefined;
+    const stop = (reason: "timeout" | "abort"): void => {
+      if (why || pid === undefined) return;
+      why = reason;
+      killGroup(pid, "SIGTERM");
+      killTimer = setTimeout(() => killGroup(pid, "SIGKILL"), opts.killGraceMs ?? 2000);
+    };
+    const timer = setTimeout(() => stop("timeout"), Math.max(0, deadline - Date.now()));
+    const onAbort = (): void => stop("abort");
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    child.on("exit", (code, signal) => {
+      exit = { code, signal };
+      // Whatever the step left behind in its group goes too (also releases our pipes).
+      if (pid !== undefined) killGroup(pid, "SIGKILL");
+      // A process that escaped the group (setsid) may still hold our pipes: stop waiting for it.
+      pipeTimer = setTimeout(() => {
+        child.stdout.destroy();
+        child.stderr.destroy();
+      }, 2000);
+    });
+    child.on("error", (err) => {
+      cleanup();
+      reject(new BuildFailure(`step ${index + 1} (${step}) could not start: ${err.message}`, { step, cause: err }));
+    });
+    child.on("close", () => {
+      cleanup();
+      if (partial && opts.log) opts.log(partial);
+      const text = log.text();
+      const e = exit ?? { code: child.exitCode, signal: child.signalCode };
+      if (why === "abort") {
+        reject(opts.signal?.reason ?? new Error("build aborted"));
+      } else if (why === "timeout") {
+        reject(new BuildFailure(`step ${index + 1} (${step}) timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
+      } else if (e.code !== 0) {
+        const how = e.code === null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+        reject(new BuildFailure(`step ${index + 1} (${step}) ${how}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
+      } else {
+        resolve();
+      }
+    });
+    function cleanup(): void {
+      clearTimeout(timer);
+      if (killTimer) clearTimeout(killTimer);
+      if (pipeTimer) clearTimeout(pipeTimer);
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
+  });
+}

@@ -1,0 +1,213 @@
+/**
+ * The status API against a real Redis read model (own random prefix, removed at the end):
+ * GetKey round-trips a full KeyStatus, ListKeys pages and filters, errors carry the right
+ * codes, the health service answers SERVING, and bad input leaves the server up.
+ */
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { createRequire } from "node:module";
+import { service as healthService } from "grpc-health-check";
+import { getKeyStatus, grpc, isGrpcError, listKeyStatuses, statusClient, statusServiceName, type StatusServiceClient } from "@homeostat/core/grpc";
+import { StatusReadModel } from "@homeostat/core/state";
+import type { KeyStatus } from "@homeostat/core/status";
+import { Topology } from "@homeostat/core/topology";
+import { startStatusApi, type StatusApi } from "./status-api.ts";
+
+// ioredis is a dependency of core, not of this service: load it from core's side.
+type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
+const coreRequire = createRequire(import.meta.resolve("@homeostat/core/state"));
+const { Redis } = coreRequire("ioredis") as { Redis: new (url: string, opts?: object) => RedisClient };
+
+const prefix = `t${randomBytes(6).toString("hex")}`;
+const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+
+let redis: RedisClient;
+let api: StatusApi;
+let client: StatusServiceClient;
+
+const full: KeyStatus = {
+  key: "package/openssl",
+  phase: "Ready",
+  desiredVersion: "3.2.1",
+  desiredInputDigest: digest("a"),
+  actual: {
+    version: "3.2.1",
+    inputDigest: digest("a"),
+    outputs: { archive: digest("b"), diffId: digest("c"), size: 123456789012, metadata: digest("d"), sbom: digest("e"), location: "store/package/openssl/3.2.1" },
+    signatures: { archive: digest("f") },
+    keyId: "homeostat-test-key",
+    builtAt: "2026-11-22T07:00:00.000Z",
+    traceId: "0af7651916cd43dd8448eb211c80319c",
+  },
+  attempts: 0,
+  lastError: "",
+  cause: { type: "release", id: "3.2.1", detail: "upstream released 3.2.1" },
+  traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
+  fannedOut: digest("a"),
+  updatedAt: "2026-11-22T07:01:00.000Z",
+};
+
+function minimal(key: KeyStatus["key"], phase: KeyStatus["phase"] = "Pending"): KeyStatus {
+  return { key, phase, attempts: 0, updatedAt: "2026-11-22T08:00:00.000Z" };
+}
+
+const others = ["image/nginx", "image/redis", "package/openssl-fips", "package/zlib", "package/a.b+c_d-e"].map((k) => minimal(k as KeyStatus["key"]));
+
+before(async () => {
+  redis = new Redis(process.env.REDIS_URL ?? "redis://127.0.0.1:6379", { lazyConnect: true, maxRetriesPerRequest: 1 });
+  await redis.connect();
+  const model = new StatusReadModel(redis, new Topology({ prefix, region: "local" }));
+  for (const s of [full, ...others]) await model.put(s);
+  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, onError: () => {} });
+  client = statusClient(`127.0.0.1:${api.port}`);
+});
+
+after(async () => {
+  client?.close();
+  await api?.close();
+  if (redis) {
+    const keys = await redis.keys(`${prefix}:*`);
+    if (keys.length) await redis.del(...keys);
+    redis.disconnect();
+  }
+});
+
+async function grpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await p;
+  } catch (err) {
+    if (isGrpcError(err)) return err;
+    throw err;
+  }
+  assert.fail("expected a gRPC error");
+}
+
+test("GetKey returns the stored status unchanged", async () => {
+  assert.deepEqual(await getKeyStatus(client, "package/openssl"), full);
+  assert.deepEqual(await getKeyStatus(client, "package/a.b+c_d-e"), others[4]);
+});
+
+test("GetKey of a malformed key is INVALID_ARGUMENT with a message", async () => {
+  for (const bad of ["", "openssl", "package/", "package/../etc", "volume/x", "package/x y", "image/" + "x".repeat(200)]) {
+    const err = await grpcError(getKeyStatus(client, bad));
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, bad);
+    assert.match(err.details, /invalid key .*must be package\/<name> or image\/<name>/);
+  }
+});
+
+test("GetKey of an unknown key is NOT_FOUND", async () => {
+  const err = await grpcError(getKeyStatus(client, "image/unknown"));
+  assert.equal(err.code, grpc.status.NOT_FOUND);
+  assert.equal(err.details, "no status for image/unknown");
+});
+
+test("ListKeys lists in key order, filters by prefix and pages", async () => {
+  const all = await listKeyStatuses(client);
+  assert.deepEqual(
+    all.items.map((s) => s.key),
+    ["image/nginx", "image/redis", "package/a.b+c_d-e", "package/openssl", "package/openssl-fips", "package/zlib"],
+  );
+  assert.equal(all.nextPageToken, undefined);
+  assert.deepEqual(all.items[3], full);
+
+  const images = await listKeyStatuses(client, { prefix: "image/" });
+  assert.deepEqual(images.items.map((s) => s.key), ["image/nginx", "image/redis"]);
+
+  const seen: string[] = [];
+  let token: string | undefined;
+  let pages = 0;
+  do {
+    const page = await listKeyStatuses(client, { prefix: "package/", pageSize: 2, ...(token ? { pageToken: token } : {}) });
+    assert.ok(page.items.length <= 2);
+    seen.push(...page.items.map((s) => s.key));
+    token = page.nextPageToken;
+    pages++;
+  } while (token);
+  assert.deepEqual(seen, ["package/a.b+c_d-e", "package/openssl", "package/openssl-fips", "package/zlib"]);
+  assert.equal(pages, 2);
+
+  const none = await listKeyStatuses(client, { prefix: "package/nothing" });
+  assert.deepEqual(none, { items: [] });
+});
+
+test("ListKeys rejects bad page sizes, tokens and prefixes", async () => {
+  let err = await grpcError(listKeyStatuses(client, { pageSize: -1 }));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  err = await grpcError(listKeyStatuses(client, { pageToken: "not a token!" }));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  // A token from another prefix would leak keys outside the requested one.
+  const first = await listKeyStatuses(client, { prefix: "image/", pageSize: 1 });
+  assert.ok(first.nextPageToken);
+  err = await grpcError(listKeyStatuses(client, { prefix: "package/", pageToken: first.nextPageToken }));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  err = await grpcError(listKeyStatuses(client, { prefix: "x".repeat(300) }));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  // Still serving.
+  assert.equal((await getKeyStatus(client, "package/openssl")).phase, "Ready");
+});
+
+test("a page size above the maximum is capped, not refused", async () => {
+  const page = await listKeyStatuses(client, { pageSize: 1_000_000 });
+  assert.equal(page.items.length, 6);
+});
+
+test("garbage bytes on the wire do not take the server down", async () => {
+  const raw = new grpc.Client(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure());
+  try {
+    const code = await new Promise<number>((resolve) => {
+      raw.makeUnaryRequest(
+        "/homeostat.v1.StatusService/GetKey",
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]),
+        (err) => resolve(err?.code ?? grpc.status.OK),
+      );
+    });
+    assert.notEqual(code, grpc.status.OK);
+  } finally {
+    raw.close();
+  }
+  assert.equal((await getKeyStatus(client, "image/nginx")).key, "image/nginx");
+});
+
+test("health service reports SERVING, and NOT_SERVING when told", async () => {
+  const Health = grpc.makeGenericClientConstructor(healthService, "Health");
+  const health = new Health(`127.0.0.1:${api.port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+    check(req: { service: string }, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
+  };
+  const check = (service: string) =>
+    new Promise<string>((resolve, reject) => health.check({ service }, (err, res) => (err ? reject(err) : resolve(res!.status))));
+  try {
+    assert.equal(await check(""), "SERVING");
+    assert.equal(await check(statusServiceName), "SERVING");
+    api.setServing(false);
+    assert.equal(await check(""), "NOT_SERVING");
+    api.setServing(true);
+    assert.equal(await check(""), "SERVING");
+    await assert.rejects(check("no.such.Service"), (err: unknown) => isGrpcError(err, grpc.status.NOT_FOUND));
+  } finally {
+    health.close();
+  }
+});
+
+test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
+  const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  dead.on("error", () => {});
+  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), onError: () => {} });
+  const deadClient = statusClient(`127.0.0.1:${deadApi.port}`);
+  try {
+    assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, grpc.status.UNAVAILABLE);
+    assert.equal((await grpcError(listKeyStatuses(deadClient))).code, grpc.status.UNAVAILABLE);
+  } finally {
+    deadClient.close();
+    await deadApi.close();
+    // retryStrategy null: the client ends itself; disconnecting an ended client only arms a 2 s timer.
+    if (dead.status !== "end") dead.disconnect();
+  }
+  // A foreign value in our hash must not crash the server.
+  await redis.hset(`${prefix}:status`, "package/corrupt", "{not json");
+  const err = await grpcError(getKeyStatus(client, "package/corrupt"));
+  assert.equal(err.code, grpc.status.INTERNAL);
+  await redis.hdel(`${prefix}:status`, "package/corrupt");
+});

@@ -1,0 +1,70 @@
+/**
+ * Sign: turns one SignRequest (a finished build) into signatures stored next to its artifacts.
+ *
+ * - image:   outputs.location is `<layout dir>:<tag>`, outputs.manifest the image manifest
+ *            digest; the manifest is signed cosign-style with reference
+ *            `<imageRepository>/<name>:<version>` and the signature tagged `sha256-<hex>.sig`
+ *            in the same layout. Role `image` -> the signature manifest digest.
+ * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
+ *            sign-blob style. Role `archive` -> the signature blob digest in the store.
+ *
+ * Recording the result in the key's status is the caller's job (main.ts).
+ */
+import path from "node:path";
+import type { SignRequest } from "@homeostat/core/contracts";
+import type { Digest } from "@homeostat/core/digest";
+import { signBlob } from "./blob-signing.ts";
+import type { Signer } from "./keys.ts";
+import { signImage } from "./simple-signing.ts";
+
+/** The request itself cannot be signed as it stands (retrying will not help). */
+export class SignRequestError extends Error {}
+
+export type SignContext = {
+  dataDir: string;
+  /** e.g. `registry.example/homeostat` (config HOMEOSTAT_IMAGE_REPOSITORY). */
+  imageRepository: string;
+  signer: Signer;
+};
+
+export type SignResult = {
+  /** Signature digests by role: `image` (signature manifest) or `archive` (signature blob). */
+  signatures: Record<string, Digest>;
+  keyId: string;
+};
+
+/**
+ * Splits `<layout dir>:<tag>` at the last colon (registry tags never contain one, so a
+ * directory may). A relative directory is taken relative to the data directory.
+ */
+export function parseImageLocation(location: string, dataDir: string): { layoutDir: string; tag: string } {
+  const i = location.lastIndexOf(":");
+  if (i <= 0 || i === location.length - 1) throw new SignRequestError(`image location ${JSON.stringify(location)} is not <layout dir>:<tag>`);
+  return { layoutDir: path.resolve(dataDir, location.slice(0, i)), tag: location.slice(i + 1) };
+}
+
+/** `<imageRepository>/<name>:<version>`, the docker-reference written into image signatures. */
+export function imageReference(imageRepository: string, name: string, version: string): string {
+  return `${imageRepository.replace(/\/+$/, "")}/${name}:${version}`;
+}
+
+export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResult> {
+  if (req.kind === "image") {
+    const manifest = req.outputs.manifest as Digest | undefined;
+    if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
+    const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
+    const r = await signImage({
+      layoutDir,
+      tag,
+      manifest,
+      reference: imageReference(ctx.imageRepository, req.name, req.version),
+      signer: ctx.signer,
+      key: req.key,
+    });
+    return { signatures: { image: r.signatureManifest }, keyId: ctx.signer.keyId };
+  }
+  const archive = req.outputs.archive as Digest | undefined;
+  if (archive === undefined) throw new SignRequestError(`${req.key}: package build outputs carry no archive digest`);
+  const r = await signBlob({ dataDir: ctx.dataDir, digest: archive, signer: ctx.signer });
+  return { signatures: { archive: r.signature }, keyId: ctx.signer.keyId };
+}
