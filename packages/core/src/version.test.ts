@@ -17,3 +17,9 @@ test("maxVersion picks the highest", () => {
   assert.equal(maxVersion(["1.0", "1.1", "1.0.9"]), "1.1");
   assert.equal(maxVersion([]), undefined);
 });
+
+test("mixed parts compare run by run", () => {
+  assert.equal(compareVersions("1.0a", "1.0b"), -1);
+  assert.equal(compareVersions("2.10rc1", "2.9rc1"), 1);
+  assert.equal(compareVersions("1.0.1", "1.0.beta"), 1);
+});

@@ -23,12 +23,26 @@ function compareParts(a: string, b: string): number {
   const xa = a.split(/[.\-_]/);
   const xb = b.split(/[.\-_]/);
   for (let i = 0; i < Math.max(xa.length, xb.length); i++) {
-    const p = xa[i] ?? "0";
-    const q = xb[i] ?? "0";
-    const np = /^\d+$/.test(p);
-    const nq = /^\d+$/.test(q);
-    const c = np && nq ? Number(p) - Number(q) : np ? 1 : nq ? -1 : p < q ? -1 : p > q ? 1 : 0;
-    if (c !== 0) return Math.sign(c);
+    const c = compareRuns(xa[i] ?? "0", xb[i] ?? "0");
+    if (c !== 0) return c;
+  }
+  return 0;
+}
+
+/** Compares one part run by run, digits as numbers, so that rc2 < rc10 and 1a < 1b. */
+function compareRuns(p: string, q: string): number {
+  const rp = p.match(/\d+|\D+/g) ?? [];
+  const rq = q.match(/\d+|\D+/g) ?? [];
+  for (let i = 0; i < Math.max(rp.length, rq.length); i++) {
+    const x = rp[i];
+    const y = rq[i];
+    if (x === undefined) return -1;
+    if (y === undefined) return 1;
+    const nx = /^\d/.test(x);
+    const ny = /^\d/.test(y);
+    // A number outranks text in the same position (1.0.1 > 1.0.beta).
+    const c = nx && ny ? Math.sign(Number(x) - Number(y)) : nx ? 1 : ny ? -1 : x < y ? -1 : x > y ? 1 : 0;
+    if (c !== 0) return c;
   }
   return 0;
 }

@@ -9,7 +9,8 @@ import { releasesRoute, type ReleasesRouteDeps } from "./releases-route.ts";
 export type IngestDeps = ReleasesRouteDeps & { ready: () => boolean };
 
 export function buildIngestServer(deps: IngestDeps): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 256 * 1024, ajv: { customOptions: { allErrors: false } } });
+  // Strict edge: `"version": 12` or an unknown field is a client error, never coerced or dropped silently.
+  const app = Fastify({ logger: false, bodyLimit: 256 * 1024, ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } } });
 
   // One server span per request: the root of every trace that starts with an event.
   app.addHook("onRequest", (req, _reply, done) => {
