@@ -9,6 +9,7 @@ import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { LineCounter, parseDocument } from "yaml";
 import { z } from "zod";
+import { imageConfigSchema } from "./contracts.ts";
 import { makeKey, nameSchema, type Key } from "./key.ts";
 
 const versionSchema = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9.+_~-]*$/, "letters, digits and . + _ ~ - only");
@@ -34,12 +35,8 @@ export const imageSpecSchema = z.strictObject({
   name: nameSchema,
   description: z.string().max(4096).optional(),
   packages: z.array(nameSchema).min(1),
-  entrypoint: z.array(z.string()).default([]),
-  cmd: z.array(z.string()).default([]),
-  env: z.record(z.string(), z.string()).default({}),
-  user: z.string().default(""),
-  workdir: z.string().default(""),
-  annotations: z.record(z.string(), z.string()).default({}),
+  // The runtime configuration is declared exactly as the builder receives it.
+  ...imageConfigSchema.shape,
 });
 export type ImageSpec = z.infer<typeof imageSpecSchema>;
 
