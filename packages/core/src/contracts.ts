@@ -113,6 +113,8 @@ export const buildOutputsSchema = z.object({
   manifest: digestSchema.optional(),
   config: digestSchema.optional(),
   sbom: digestSchema.optional(),
+  /** SLSA v1 provenance predicate (JSON), a blob beside the artifact. */
+  provenance: digestSchema.optional(),
   /** Where consumers find it: an OCI layout path and tag, or a store path. */
   location: z.string().max(4096),
 });

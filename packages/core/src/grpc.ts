@@ -174,6 +174,7 @@ export function fromProtoStatus(m: ProtoKeyStatusOutput): KeyStatus {
                 manifest: o.manifest,
                 config: o.config,
                 sbom: o.sbom,
+                provenance: o.provenance,
                 location: o.location,
               }
             : undefined,

@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import type { BuildOutputs, ImageBuildRequest, PackageArtifact, PackageBuildRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/core/oci";
+import type { ImageExternalParameters, PackageExternalParameters, SlsaProvenance } from "@homeostat/core/provenance";
 import { build, BuildFailure, BUILDER_VERSION, type BuildContext } from "./build.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
@@ -206,6 +207,37 @@ test("the manifest carries version and created annotations; the SBOM is in the l
   assert.equal(sbom.metadata.component.name, "hello-image");
   assert.equal(`sha256:${sbom.metadata.component.hashes[0]!.content}`, image.manifest);
   assert.deepEqual(sbom.components.map((c) => [c.purl, `sha256:${c.hashes[0]!.content}`]), [["pkg:generic/hello@1.0", app.archive]]);
+});
+
+test("each build writes its provenance beside the artifact; only the provenance differs between two builds", async () => {
+  const a = await runA;
+  const b = await runB;
+  const store = new ArtifactStore(a.ctx.dataDir);
+  const layout = await OciLayout.open(path.join(a.ctx.dataDir, "oci", "hello-image"));
+
+  const app = JSON.parse((await store.read(a.app.provenance as Digest)).toString("utf8")) as SlsaProvenance;
+  assert.equal(app.buildDefinition.buildType, "https://homeostat.dev/build/package/v1");
+  assert.equal((app.buildDefinition.externalParameters as PackageExternalParameters).source.sha256, hello.sha256);
+  assert.deepEqual(app.buildDefinition.resolvedDependencies, [
+    { uri: path.basename(hello.file), digest: { sha256: hello.sha256 } },
+    { name: "pkg:generic/libmsg@1.0", digest: { sha256: a.lib.archive!.slice("sha256:".length) } },
+  ]);
+
+  const image = JSON.parse((await layout.readBlob(a.image.provenance as Digest)).toString("utf8")) as SlsaProvenance;
+  assert.equal(image.buildDefinition.buildType, "https://homeostat.dev/build/image/v1");
+  assert.deepEqual((image.buildDefinition.externalParameters as ImageExternalParameters).packages, ["hello@1.0"]);
+  assert.deepEqual(image.buildDefinition.resolvedDependencies, [{ name: "pkg:generic/hello@1.0", digest: { sha256: a.app.archive!.slice("sha256:".length) } }]);
+  assert.deepEqual(image.runDetails.builder, { id: "https://homeostat.dev/builder", version: { "homeostat-builder": BUILDER_VERSION } });
+  const { startedOn, finishedOn } = image.runDetails.metadata;
+  assert.ok(Date.parse(startedOn) <= Date.parse(finishedOn));
+
+  // The same inputs give the same image, but each build has its own provenance.
+  assert.equal(a.image.manifest, b.image.manifest);
+  assert.notEqual(a.image.provenance, b.image.provenance);
+  assert.notEqual(a.app.provenance, b.app.provenance);
+  const otherLayout = await OciLayout.open(path.join(b.ctx.dataDir, "oci", "hello-image"));
+  const other = JSON.parse((await otherLayout.readBlob(b.image.provenance as Digest)).toString("utf8")) as SlsaProvenance;
+  assert.notEqual(other.runDetails.metadata.invocationId, image.runDetails.metadata.invocationId);
 });
 
 test("a flipped byte in a layer is rejected by skopeo", async () => {

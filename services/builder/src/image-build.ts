@@ -11,14 +11,19 @@
  *   org.opencontainers.image.version and org.opencontainers.image.created;
  * - SBOM: CycloneDX 1.6 JSON (core/sbom) naming the manifest digest, stored as a blob of the
  *   layout (for the signer to attest);
+ * - provenance: the SLSA v1 predicate (core/provenance), also a blob of the layout for the
+ *   signer to attest; written after the manifest and referenced by nothing in the image, as it
+ *   holds real times and an invocation id;
  * - tag = version, set last (atomically): a layout never shows a half-written image.
  *
- * All JSON is written with a fixed field order, so the same request gives the same digests.
+ * All JSON is written with a fixed field order, so the same request gives the same digests
+ * (all but the provenance's, which differs by design from build to build).
  */
 import path from "node:path";
 import { type BuildOutputs, type ImageBuildRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
 import { manifestBytes, mediaTypes, OciLayout, type Descriptor } from "@homeostat/core/oci";
+import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "@homeostat/core/provenance";
 import { imageSbom, SBOM_MEDIA_TYPE } from "@homeostat/core/sbom";
 import type { BuildContext } from "./build.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
@@ -67,6 +72,7 @@ export function imageConfigBytes(req: ImageBuildRequest, diffIds: Digest[]): str
 }
 
 export async function buildImage(req: ImageBuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
+  const startedOn = new Date();
   const store = new ArtifactStore(ctx.dataDir);
   const log = ctx.log ?? (() => {});
   for (const [k] of Object.entries(req.config.env)) {
@@ -100,7 +106,8 @@ export async function buildImage(req: ImageBuildRequest, ctx: BuildContext): Pro
     }),
     SBOM_MEDIA_TYPE,
   );
+  const provenance = await layout.writeBlob(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date() })), PROVENANCE_MEDIA_TYPE);
   await layout.tag(req.version, manifest);
-  log(`image ${req.name}:${req.version}: manifest ${manifest.digest}, ${layers.length} layers, sbom ${sbom.digest}`);
-  return { manifest: manifest.digest, config: config.digest, sbom: sbom.digest, location: `${layout.dir}:${req.version}` };
+  log(`image ${req.name}:${req.version}: manifest ${manifest.digest}, ${layers.length} layers, sbom ${sbom.digest}, provenance ${provenance.digest}`);
+  return { manifest: manifest.digest, config: config.digest, sbom: sbom.digest, provenance: provenance.digest, location: `${layout.dir}:${req.version}` };
 }

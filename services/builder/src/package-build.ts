@@ -7,13 +7,16 @@
  * `src/` (see pipeline.ts), then archive `dest/` (DESTDIR) as a deterministic tar.gz whose
  * paths are relative (`usr/bin/greet`): that archive IS the package's OCI layer. The archive
  * and a metadata JSON (canonical; name, version, licence, runtime dependencies, every file
- * with its sha256, mode and size) go into the artifact store.
+ * with its sha256, mode and size) go into the artifact store. So does the build's SLSA v1
+ * provenance (core/provenance), which alone differs from build to build (real times, an
+ * invocation id) and is therefore referenced by nothing else.
  */
 import { mkdir, mkdtemp, readdir, rm, chmod, lstat } from "node:fs/promises";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { BUILDER_VERSION, type BuildOutputs, type PackageBuildRequest } from "@homeostat/core/contracts";
 import { canonicalJson, type Digest } from "@homeostat/core/digest";
+import { slsaProvenance } from "@homeostat/core/provenance";
 import { TarError, writeTarGzFromDirectory, type TarEntry } from "@homeostat/core/tar";
 import type { BuildContext } from "./build.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
@@ -64,6 +67,7 @@ export async function makeWorkspaceDir(ctx: BuildContext, label: string): Promis
 }
 
 export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
+  const startedOn = new Date();
   const store = new ArtifactStore(ctx.dataDir);
   const log = ctx.log ?? (() => {});
   const root = await makeWorkspaceDir(ctx, `pkg-${req.name}`);
@@ -123,7 +127,8 @@ export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext):
       files: tarRes.entries,
     };
     const meta = await store.putBytes(canonicalJson(metadata));
-    return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, location: stored.path };
+    const provenance = await store.putBytes(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date() })));
+    return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, provenance: provenance.digest, location: stored.path };
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);
   }

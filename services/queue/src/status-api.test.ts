@@ -34,7 +34,7 @@ const full: KeyStatus = {
   actual: {
     version: "3.2.1",
     inputDigest: digest("a"),
-    outputs: { archive: digest("b"), diffId: digest("c"), size: 123456789012, metadata: digest("d"), sbom: digest("e"), location: "store/package/openssl/3.2.1" },
+    outputs: { archive: digest("b"), diffId: digest("c"), size: 123456789012, metadata: digest("d"), sbom: digest("e"), provenance: digest("f"), location: "store/package/openssl/3.2.1" },
     signatures: { archive: digest("f") },
     keyId: "homeostat-test-key",
     builtAt: "2026-11-22T07:00:00.000Z",

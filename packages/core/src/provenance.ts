@@ -1,0 +1,147 @@
+/**
+ * Provenance: the SLSA v1 provenance predicate of a build. The builder writes it beside the
+ * artifact; the signer wraps it in an in-toto Statement and signs it.
+ *
+ * - buildDefinition.buildType: one Homeostat URI per kind of build (package, image);
+ * - externalParameters: the request's recipe. For a package: name, version, source, steps,
+ *   build dependency names, runtime dependency names. For an image: name, version, packages
+ *   (`name@version`), config;
+ * - internalParameters: SOURCE_DATE_EPOCH and the input digest;
+ * - resolvedDependencies: every input's bytes by digest. For a package: the source (uri = its
+ *   url) and each build dependency's archive. For an image: each package archive (its layer).
+ *   Packages are named by `pkg:generic/<name>@<version>`;
+ * - runDetails: the builder (id, BUILDER_VERSION), and a random invocation id with the real
+ *   start and finish times.
+ *
+ * Unlike the SBOM it is NOT reproducible: two builds of the same inputs give different
+ * invocation ids and times, so it must stay out of everything whose digest must be
+ * reproducible (archives, package metadata, image manifests and configs). Objects are built
+ * with a fixed field order and maps sorted by key, so `JSON.stringify` always writes the same
+ * layout.
+ */
+import { randomUUID } from "node:crypto";
+import { BUILDER_VERSION, type BuildRequest, type ImageBuildRequest, type PackageBuildRequest } from "./contracts.ts";
+import { genericPurl } from "./sbom.ts";
+
+export const SLSA_PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1";
+/** A bare predicate, not an in-toto statement (the signer wraps it), so plain JSON. */
+export const PROVENANCE_MEDIA_TYPE = "application/json";
+
+export const PACKAGE_BUILD_TYPE = "https://homeostat.dev/build/package/v1";
+export const IMAGE_BUILD_TYPE = "https://homeostat.dev/build/image/v1";
+export const BUILDER_ID = "https://homeostat.dev/builder";
+
+/** An in-toto ResourceDescriptor: an input, identified by uri or name, with its digest. */
+export type ResourceDescriptor = { uri?: string; name?: string; digest: { sha256: string } };
+
+export type PackageExternalParameters = {
+  name: string;
+  version: string;
+  source: { url: string; sha256: string };
+  steps: string[];
+  /** Names of the build dependencies (their archives are in resolvedDependencies). */
+  dependencies: string[];
+  runtimeDependencies: string[];
+};
+
+export type ImageExternalParameters = {
+  name: string;
+  version: string;
+  /** `name@version` of each package, in layer order. */
+  packages: string[];
+  config: {
+    entrypoint: string[];
+    cmd: string[];
+    env: Record<string, string>;
+    user: string;
+    workdir: string;
+    annotations: Record<string, string>;
+  };
+};
+
+/** The SLSA v1 provenance predicate as Homeostat writes it. */
+export type SlsaProvenance = {
+  buildDefinition: {
+    buildType: typeof PACKAGE_BUILD_TYPE | typeof IMAGE_BUILD_TYPE;
+    externalParameters: PackageExternalParameters | ImageExternalParameters;
+    internalParameters: { sourceDateEpoch: number; inputDigest: string };
+    resolvedDependencies: ResourceDescriptor[];
+  };
+  runDetails: {
+    builder: { id: typeof BUILDER_ID; version: { "homeostat-builder": string } };
+    metadata: { invocationId: string; startedOn: string; finishedOn: string };
+  };
+};
+
+/** The real time span of a build. */
+export type BuildRun = { startedOn: Date; finishedOn: Date };
+
+function sha256Of(digest: string): { sha256: string } {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return { sha256: m[1]! };
+}
+
+function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
+}
+
+function sortedRecord(r: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(r).sort(byteOrder)) out[k] = r[k]!;
+  return out;
+}
+
+function packageDefinition(req: PackageBuildRequest): SlsaProvenance["buildDefinition"] {
+  const externalParameters: PackageExternalParameters = {
+    name: req.name,
+    version: req.version,
+    source: { url: req.source.url, sha256: req.source.sha256 },
+    steps: [...req.steps],
+    dependencies: req.dependencies.map((d) => d.name),
+    runtimeDependencies: [...req.runtimeDependencies],
+  };
+  return {
+    buildType: PACKAGE_BUILD_TYPE,
+    externalParameters,
+    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest },
+    resolvedDependencies: [
+      { uri: req.source.url, digest: { sha256: req.source.sha256 } },
+      ...req.dependencies.map((d) => ({ name: genericPurl(d.name, d.version), digest: sha256Of(d.archive) })),
+    ],
+  };
+}
+
+function imageDefinition(req: ImageBuildRequest): SlsaProvenance["buildDefinition"] {
+  const c = req.config;
+  const externalParameters: ImageExternalParameters = {
+    name: req.name,
+    version: req.version,
+    packages: req.packages.map((p) => `${p.name}@${p.version}`),
+    config: {
+      entrypoint: [...c.entrypoint],
+      cmd: [...c.cmd],
+      env: sortedRecord(c.env),
+      user: c.user,
+      workdir: c.workdir,
+      annotations: sortedRecord(c.annotations),
+    },
+  };
+  return {
+    buildType: IMAGE_BUILD_TYPE,
+    externalParameters,
+    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest },
+    resolvedDependencies: req.packages.map((p) => ({ name: genericPurl(p.name, p.version), digest: sha256Of(p.archive) })),
+  };
+}
+
+/** The provenance predicate of one build of `req`; every call gets a fresh invocation id. */
+export function slsaProvenance(req: BuildRequest, run: BuildRun): SlsaProvenance {
+  return {
+    buildDefinition: req.kind === "package" ? packageDefinition(req) : imageDefinition(req),
+    runDetails: {
+      builder: { id: BUILDER_ID, version: { "homeostat-builder": BUILDER_VERSION } },
+      metadata: { invocationId: randomUUID(), startedOn: run.startedOn.toISOString(), finishedOn: run.finishedOn.toISOString() },
+    },
+  };
+}
