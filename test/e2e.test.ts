@@ -90,6 +90,16 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     const greetBin = path.join(bundle, "rootfs", "usr", "bin", "greet");
     assert.match(execFileSync(greetBin, ["tester"], { encoding: "utf8" }), /tester/);
     verifyCosignSignature(layoutDir, greeter.actual!.outputs.manifest!, path.join(t.env.HOMEOSTAT_DATA!, "signer", "cosign.pub"), t.dir);
+    // The SBOM and provenance attestations the signer attached verify offline with the CLI.
+    const verified = spawnSync(path.join(repoRoot, "packages", "cli", "bin", "homeostat"), ["verify", `${layoutDir}:${tag}`, "--json"], {
+      encoding: "utf8",
+      env: { ...process.env, HOMEOSTAT_DATA: t.env.HOMEOSTAT_DATA, HOMEOSTAT_TRUSTED_KEYS: "" },
+    });
+    assert.equal(verified.status, 0, verified.stderr);
+    const [v] = JSON.parse(verified.stdout) as { signature: { manifest: string }; attestations: { predicateType: string }[] }[];
+    assert.equal(v!.signature.manifest, greeter.actual!.outputs.manifest);
+    assert.deepEqual(v!.attestations.map((a) => a.predicateType).sort(), ["https://cyclonedx.org/bom", "https://slsa.dev/provenance/v1"]);
+    assert.ok(greeter.actual!.signatures.sbom && greeter.actual!.signatures.provenance, "the key's status records the attestations");
 
     // One trace from the HTTP request to the last signature, through all five services.
     const traceId = byKey.get("image/greeter")!.actual!.traceId;

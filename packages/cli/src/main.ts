@@ -13,8 +13,13 @@ import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { loadConfig } from "@homeostat/core/config";
 import { ContractViolation, getKeyStatus, grpc, isGrpcError, listKeyStatuses, maxPageSize, parseKeyArg, statusClient, type StatusServiceClient } from "@homeostat/core/grpc";
 import type { KeyStatus } from "@homeostat/core/status";
+import { CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/signer/attestation";
+import { readTrustedKeys, SigningKeyError } from "@homeostat/signer/keys";
+import { VerificationError, verifyLayoutImages, type ImageVerification } from "@homeostat/signer/verify";
 
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
+/** What `homeostat verify` demands by default: what the signer attaches to every image. */
+const requiredAttestations = [CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE];
 
 export type Output = { write(text: string): unknown };
 export type Io = { stdout: Output; stderr: Output; env: NodeJS.ProcessEnv };
@@ -110,8 +115,55 @@ const listCommand: Command = {
   },
 };
 
-/** Every subcommand. Later: why, plan, verify, queue stats, dlq. */
-export const commands: Command[] = [getCommand, listCommand];
+const verifyCommand: Command = {
+  name: "verify",
+  args: "<layout dir[:tag]>",
+  summary: "check an image's signature and attestations offline against trusted public keys",
+  options: { key: { type: "string", multiple: true }, "signature-only": { type: "boolean" } },
+  optionHelp: [
+    ["--key FILE", "trusted public keys (PEM; repeatable; default $HOMEOSTAT_TRUSTED_KEYS, else <$HOMEOSTAT_DATA>/signer/cosign.pub)"],
+    ["--signature-only", "do not require the SBOM and provenance attestations (any present are still checked)"],
+  ],
+  positionals: { min: 1, max: 1 },
+  async run(ctx, [target], values) {
+    const files = Array.isArray(values.key) && values.key.length > 0 ? values.key.map(String) : defaultTrustedKeyFiles(ctx.io.env);
+    let results: ImageVerification[];
+    try {
+      const trustedKeys = await readTrustedKeys(files);
+      results = await verifyLayoutImages({ target: target!, trustedKeys, require: values["signature-only"] ? [] : requiredAttestations });
+    } catch (err) {
+      if (err instanceof VerificationError || err instanceof SigningKeyError) {
+        ctx.io.stderr.write(`homeostat: verification failed: ${err.message}\n`);
+        return exitCodes.failed;
+      }
+      throw err;
+    }
+    if (ctx.json) ctx.printJson(results);
+    else ctx.print(results.map(formatVerification).join("\n"));
+    return exitCodes.ok;
+  },
+};
+
+/** HOMEOSTAT_TRUSTED_KEYS when set, else the key the local signer generated. */
+function defaultTrustedKeyFiles(env: NodeJS.ProcessEnv): string[] {
+  const config = loadConfig({ HOMEOSTAT_TRUSTED_KEYS: env.HOMEOSTAT_TRUSTED_KEYS, HOMEOSTAT_DATA: env.HOMEOSTAT_DATA || undefined });
+  return config.trustedKeyPaths.length > 0 ? config.trustedKeyPaths : [`${config.dataDir}/signer/cosign.pub`];
+}
+
+export function formatVerification(v: ImageVerification): string {
+  const rows = [
+    ["Verified", v.tag],
+    ["Digest", v.signature.manifest],
+    ["Signature", `${v.signature.signatureTag} by key ${v.signature.keyId}`],
+    ["Reference", v.signature.reference],
+    ...v.attestations.map((a, i) => [i === 0 ? "Attestations" : "", `${a.predicateType} by key ${a.keyId}`]),
+  ];
+  const w = Math.max(...rows.map(([label]) => label!.length)) + 1;
+  return rows.map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value}`).join("\n") + "\n";
+}
+
+/** Every subcommand. Later: why, plan, queue stats, dlq. */
+export const commands: Command[] = [getCommand, listCommand, verifyCommand];
 
 /* ---------------------------------------------------------------- formatting */
 
@@ -154,6 +206,7 @@ export function formatStatus(s: KeyStatus): string {
     add("Config", a.outputs.config);
     add("Metadata", a.outputs.metadata);
     add("SBOM", a.outputs.sbom);
+    add("Provenance", a.outputs.provenance);
     const sigs = Object.entries(a.signatures).sort(([x], [y]) => x.localeCompare(y));
     if (sigs.length === 0) lines.push(["Signatures", "none"]);
     else {

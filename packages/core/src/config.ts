@@ -24,8 +24,10 @@ const schema = z.object({
   HOMEOSTAT_GRPC_ADDR: z.string().default("127.0.0.1:50051"),
   /** Registry-style reference the signer writes into signatures, e.g. registry.example/homeostat. */
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
-  /** Signing key: a PEM file; generated into the data directory on first run when unset. */
+  /** Signing key: a PEM file, or the PEM text itself; generated into the data directory on first run when unset. */
   HOMEOSTAT_SIGNING_KEY: z.string().optional(),
+  /** Public keys trusted for verification besides the signing key (rotation): PEM files, comma-separated. */
+  HOMEOSTAT_TRUSTED_KEYS: z.string().default(""),
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
   HOMEOSTAT_BUILD_TIMEOUT_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_LEASE_MS: positiveMs.default(30_000),
@@ -47,7 +49,10 @@ export type Config = Readonly<{
   ingest: { host: string; port: number };
   grpcAddr: string;
   imageRepository: string;
+  /** Exactly one of these when a signing key is configured. */
   signingKeyPath: string | undefined;
+  signingKeyPem: string | undefined;
+  trustedKeyPaths: string[];
   sourceDateEpoch: number;
   buildTimeoutMs: number;
   leaseMs: number;
@@ -76,7 +81,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ingest: { host: e.HOMEOSTAT_INGEST_HOST, port: e.HOMEOSTAT_INGEST_PORT },
     grpcAddr: e.HOMEOSTAT_GRPC_ADDR,
     imageRepository: e.HOMEOSTAT_IMAGE_REPOSITORY,
-    signingKeyPath: e.HOMEOSTAT_SIGNING_KEY,
+    ...signingKey(e.HOMEOSTAT_SIGNING_KEY),
+    trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => path.resolve(p)),
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
     leaseMs: e.HOMEOSTAT_LEASE_MS,
@@ -85,4 +91,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxSourceBytes: e.HOMEOSTAT_MAX_SOURCE_BYTES,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
+}
+
+/** HOMEOSTAT_SIGNING_KEY holds a path, or (for secrets injected as variables) the PEM itself. */
+function signingKey(value: string | undefined): { signingKeyPath: string | undefined; signingKeyPem: string | undefined } {
+  if (value === undefined || value.trim() === "") return { signingKeyPath: undefined, signingKeyPem: undefined };
+  return value.trimStart().startsWith("-----BEGIN") ? { signingKeyPath: undefined, signingKeyPem: value } : { signingKeyPath: value, signingKeyPem: undefined };
 }

@@ -252,18 +252,31 @@ export class OciLayout {
    * entries follow sorted by tag (byte order), so the index depends only on its content.
    */
   async tag(tag: string, descriptor: Descriptor): Promise<void> {
-    if (tag.length === 0 || tag.length > 4096 || /[\s]/.test(tag)) throw new OciLayoutError(`bad tag ${JSON.stringify(tag)}`);
     hexOf(descriptor.digest);
-    await this.withIndexLock(async () => {
+    await this.updateTag(tag, async () => descriptor);
+  }
+
+  /**
+   * Read-modify-write of one tag under the index lock: `next` is given what `tag` points at
+   * now and returns its new target, or undefined to leave it as it is. For tags that collect
+   * entries (the referrers fallback tag) two writers must not lose each other's work.
+   */
+  async updateTag(tag: string, next: (current: Descriptor | undefined) => Promise<Descriptor | undefined>): Promise<Descriptor | undefined> {
+    if (tag.length === 0 || tag.length > 4096 || /[\s]/.test(tag)) throw new OciLayoutError(`bad tag ${JSON.stringify(tag)}`);
+    return this.withIndexLock(async () => {
       const ix = await this.index();
+      const descriptor = await next(ix.manifests.find((m) => m.annotations?.[REF_NAME] === tag));
+      if (descriptor === undefined) return undefined;
+      hexOf(descriptor.digest);
       const entry: Descriptor = { ...descriptor, annotations: { ...(descriptor.annotations ?? {}), [REF_NAME]: tag } };
       const untagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] === undefined);
       const tagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== undefined && m.annotations[REF_NAME] !== tag);
       tagged.push(entry);
       tagged.sort((a, b) => Buffer.compare(Buffer.from(a.annotations![REF_NAME]!), Buffer.from(b.annotations![REF_NAME]!)));
-      const next: ImageIndex = { manifests: [...untagged, ...tagged] };
-      if (ix.annotations) next.annotations = ix.annotations;
-      await atomicWrite(path.join(this.dir, "index.json"), indexBytes(next));
+      const updated: ImageIndex = { manifests: [...untagged, ...tagged] };
+      if (ix.annotations) updated.annotations = ix.annotations;
+      await atomicWrite(path.join(this.dir, "index.json"), indexBytes(updated));
+      return descriptor;
     });
   }
 

@@ -101,13 +101,17 @@ export type LoadedSigningKey = Signer & {
 };
 
 /**
- * The signing key: from `keyPath` when set (it must exist), otherwise
+ * The signing key: the PEM text `keyPem` when given (a secret injected as an environment
+ * variable), else from `keyPath` when set (it must exist), otherwise
  * `<dataDir>/signer/cosign.key`, generated on first run with mode 0600, next to
  * `cosign.pub` (SPKI PEM). Safe when several signers start at once: the key file is created
  * by an atomic link of a fully written temporary file, so the loser of a race reads the
  * winner's key and every instance ends up with the same key id.
  */
-export async function loadOrCreateSigningKey(opts: { keyPath?: string | undefined; dataDir: string }): Promise<LoadedSigningKey> {
+export async function loadOrCreateSigningKey(opts: { keyPath?: string | undefined; keyPem?: string | undefined; dataDir: string }): Promise<LoadedSigningKey> {
+  if (opts.keyPem !== undefined) {
+    return withInfo(signerFromPrivateKeyPem(opts.keyPem, "signing key from HOMEOSTAT_SIGNING_KEY"), "(environment)", undefined, false);
+  }
   if (opts.keyPath !== undefined && opts.keyPath !== "") {
     const keyPath = path.resolve(opts.keyPath);
     const pem = await readKeyFile(keyPath);
@@ -213,4 +217,28 @@ export function verifyDer(publicKey: KeyObject, data: Uint8Array, signature: Uin
   } catch {
     return false;
   }
+}
+
+/**
+ * The public keys in PEM files (a file may hold several), each checked to be EC P-256 and
+ * returned as SPKI PEM, duplicates removed: the trust set of a verification. A key stays
+ * trusted while it is listed; removing it revokes every signature it made.
+ */
+export async function readTrustedKeys(files: readonly string[]): Promise<string[]> {
+  const out = new Map<string, string>();
+  for (const file of files) {
+    let text: string;
+    try {
+      text = await readFile(file, "utf8");
+    } catch (e) {
+      throw new SigningKeyError(`trusted key file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    const blocks = text.match(/-----BEGIN PUBLIC KEY-----[\s\S]*?-----END PUBLIC KEY-----/g) ?? [];
+    if (blocks.length === 0) throw new SigningKeyError(`trusted key file ${file}: holds no PEM public key (-----BEGIN PUBLIC KEY-----)`);
+    blocks.forEach((pem, i) => {
+      const key = parsePublicKey(pem, `trusted key file ${file}${blocks.length > 1 ? ` (key #${i + 1})` : ""}`);
+      out.set(keyIdOf(key), key.export({ type: "spki", format: "pem" }).toString());
+    });
+  }
+  return [...out.values()];
 }

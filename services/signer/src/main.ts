@@ -8,7 +8,7 @@ import { loadOrCreateSigningKey } from "./keys.ts";
 import { sign, SignRequestError } from "./sign.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
-  const signer = await loadOrCreateSigningKey({ keyPath: config.signingKeyPath, dataDir: config.dataDir });
+  const signer = await loadOrCreateSigningKey({ keyPath: config.signingKeyPath, keyPem: config.signingKeyPem, dataDir: config.dataDir });
   log.info("signing key loaded", { keyId: signer.keyId });
   const state = new StateStore(buckets.state);
   const running = runConsumer(nats, {

@@ -4,7 +4,10 @@
  * - image:   outputs.location is `<layout dir>:<tag>`, outputs.manifest the image manifest
  *            digest; the manifest is signed cosign-style with reference
  *            `<imageRepository>/<name>:<version>` and the signature tagged `sha256-<hex>.sig`
- *            in the same layout. Role `image` -> the signature manifest digest.
+ *            in the same layout. Role `image` -> the signature manifest digest. Then the SBOM
+ *            (outputs.sbom) and the SLSA provenance (outputs.provenance), blobs of the layout,
+ *            are attested (attestation.ts): roles `sbom` and `provenance` -> the attestation
+ *            manifests listed under the referrers tag `sha256-<hex>`.
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
@@ -13,9 +16,11 @@
 import path from "node:path";
 import type { SignRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
+import { OciLayout } from "@homeostat/core/oci";
+import { attestImage, CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE, type Attestation } from "./attestation.ts";
 import { signBlob } from "./blob-signing.ts";
 import type { Signer } from "./keys.ts";
-import { signImage } from "./simple-signing.ts";
+import { readVerifiedBlob, SignatureError, signImage } from "./simple-signing.ts";
 
 /** The request itself cannot be signed as it stands (retrying will not help). */
 export class SignRequestError extends Error {}
@@ -45,7 +50,22 @@ export function parseImageLocation(location: string, dataDir: string): { layoutD
 
 /** `<imageRepository>/<name>:<version>`, the docker-reference written into image signatures. */
 export function imageReference(imageRepository: string, name: string, version: string): string {
-  return `${imageRepository.replace(/\/+$/, "")}/${name}:${version}`;
+  return `${imageRepositoryName(imageRepository, name)}:${version}`;
+}
+
+/** `<imageRepository>/<name>`, the subject name of an image's attestations. */
+export function imageRepositoryName(imageRepository: string, name: string): string {
+  return `${imageRepository.replace(/\/+$/, "")}/${name}`;
+}
+
+/** A JSON document the build left in the layout; one that is missing or corrupt cannot be attested. */
+async function readJsonBlob(layoutDir: string, digest: string, what: string): Promise<unknown> {
+  try {
+    return JSON.parse((await readVerifiedBlob(await OciLayout.open(layoutDir), digest, what)).toString("utf8"));
+  } catch (e) {
+    if (e instanceof SignatureError || e instanceof SyntaxError) throw new SignRequestError(e.message);
+    throw e;
+  }
 }
 
 export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResult> {
@@ -61,7 +81,17 @@ export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResu
       signer: ctx.signer,
       key: req.key,
     });
-    return { signatures: { image: r.signatureManifest }, keyId: ctx.signer.keyId };
+    const documents: [role: string, predicateType: string, blob: string | undefined][] = [
+      ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
+      ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
+    ];
+    const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
+    const attestations: Attestation[] = [];
+    for (const [role, predicateType, blob] of present) attestations.push({ predicateType, predicate: await readJsonBlob(layoutDir, blob, `${req.key}: the ${role}`) });
+    const attached = await attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
+    const signatures: Record<string, Digest> = { image: r.signatureManifest };
+    present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
+    return { signatures, keyId: ctx.signer.keyId };
   }
   const archive = req.outputs.archive as Digest | undefined;
   if (archive === undefined) throw new SignRequestError(`${req.key}: package build outputs carry no archive digest`);

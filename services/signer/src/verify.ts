@@ -6,8 +6,11 @@
  */
 import { access } from "node:fs/promises";
 import path from "node:path";
+import { bundleFromJSON, type Bundle } from "@sigstore/bundle";
+import { toSignedEntity, Verifier, type TrustMaterial } from "@sigstore/verify";
 import type { Digest } from "@homeostat/core/digest";
-import { OciLayout } from "@homeostat/core/oci";
+import { mediaTypes, OciLayout } from "@homeostat/core/oci";
+import { AttestationError, IN_TOTO_STATEMENT_TYPE, PREDICATE_TYPE_ANNOTATION, referrers, type Statement } from "./attestation.ts";
 import { BlobSigningError, CorruptBlobError as CorruptStoreBlob, readStoreBlob } from "./blob-signing.ts";
 import { keyIdOf, parsePublicKey, verifyDer } from "./keys.ts";
 import {
@@ -35,7 +38,9 @@ export type VerifyFailure =
   /** The signature was made by a key that is not trusted. */
   | "untrusted-key"
   /** The payload's docker-reference is not the one the caller expected. */
-  | "reference-mismatch";
+  | "reference-mismatch"
+  /** The image has no attestation (of the required predicate type). */
+  | "no-attestation";
 
 export class VerificationError extends Error {
   readonly reason: VerifyFailure;
@@ -241,4 +246,148 @@ export async function verifyStoreBlob(opts: { dataDir: string; blob: Digest; sig
   const sig = await read(opts.signature, "signature");
   const { keyId } = verifyBlobSignature({ data, signature: sig, trustedKeys: opts.trustedKeys });
   return { blob: opts.blob, signature: opts.signature, keyId };
+}
+
+export type VerifiedAttestation = {
+  predicateType: string;
+  /** Id of the trusted key that signed the bundle. */
+  keyId: string;
+  /** The artifact manifest carrying the bundle, and the bundle blob. */
+  manifest: Digest;
+  bundle: Digest;
+};
+
+/**
+ * Verifies every attestation listed under the image's referrers fallback tag: each bundle is
+ * intact, is a Sigstore bundle whose DSSE signature `@sigstore/verify` accepts with a trusted
+ * key (offline: no transparency log, no timestamp authority), and holds an in-toto Statement
+ * v1 about exactly this manifest with the predicate type its manifest announces. `require`
+ * lists predicate types that must be among them.
+ */
+export async function verifyAttestations(opts: { layoutDir: string; manifest: Digest; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<VerifiedAttestation[]> {
+  const keys = trusted(opts.trustedKeys);
+  const layout = await openExisting(opts.layoutDir);
+  let entries;
+  try {
+    entries = await referrers(layout, opts.manifest);
+  } catch (e) {
+    if (e instanceof AttestationError || e instanceof SignatureError || e instanceof SyntaxError) throw new VerificationError("corrupt", (e as Error).message);
+    throw e;
+  }
+  const bundles = entries.filter((d) => d.artifactType === mediaTypes.sigstoreBundle);
+  const verified: VerifiedAttestation[] = [];
+  for (const entry of bundles) verified.push(await verifyAttestation(layout, entry.digest, opts.manifest, keys));
+  for (const type of opts.require ?? []) {
+    if (!verified.some((v) => v.predicateType === type)) {
+      throw new VerificationError("no-attestation", `${opts.manifest} has no ${type} attestation${verified.length ? ` (it has ${verified.map((v) => v.predicateType).join(", ")})` : ""}`);
+    }
+  }
+  return verified;
+}
+
+async function verifyAttestation(layout: OciLayout, manifestDigest: Digest, subject: Digest, keys: TrustedKey[]): Promise<VerifiedAttestation> {
+  const what = `attestation ${manifestDigest}`;
+  let m: { subject?: { digest?: unknown }; layers?: { mediaType?: unknown; digest?: unknown }[]; annotations?: Record<string, unknown> };
+  try {
+    m = JSON.parse((await blob(layout, manifestDigest, "attestation manifest")).toString("utf8")) as typeof m;
+  } catch (e) {
+    if (e instanceof VerificationError) throw e;
+    throw new VerificationError("corrupt", `${what}: its manifest is not JSON`);
+  }
+  if (m.subject?.digest !== subject) throw new VerificationError("digest-mismatch", `${what} is about ${String(m.subject?.digest)}, not ${subject}`);
+  const layer = m.layers?.[0];
+  if (!layer || layer.mediaType !== mediaTypes.sigstoreBundle || typeof layer.digest !== "string") {
+    throw new VerificationError("corrupt", `${what} holds no ${mediaTypes.sigstoreBundle} layer`);
+  }
+  const announced = m.annotations?.[PREDICATE_TYPE_ANNOTATION];
+
+  let bundle: Bundle;
+  try {
+    bundle = bundleFromJSON(JSON.parse((await blob(layout, layer.digest, "attestation bundle")).toString("utf8")));
+  } catch (e) {
+    if (e instanceof VerificationError) throw e;
+    throw new VerificationError("corrupt", `${what}: not a Sigstore bundle (${(e as Error).message})`);
+  }
+  if (bundle.content.$case !== "dsseEnvelope") throw new VerificationError("corrupt", `${what}: the bundle holds no DSSE envelope`);
+  const material = bundle.verificationMaterial.content;
+  const hint = material.$case === "publicKey" ? material.publicKey.hint : undefined;
+  if (hint === undefined) throw new VerificationError("untrusted-key", `${what}: the bundle is not signed with a public key (no key hint)`);
+  // The hint is untrusted input: it only picks the key; an unknown one is refused outright.
+  const key = keys.find((k) => k.id === hint);
+  if (!key) throw new VerificationError("untrusted-key", `${what} is signed by key ${hint}, which is not among the trusted keys (${keys.map((k) => k.id).join(", ")})`);
+  try {
+    offlineVerifier(key).verify(toSignedEntity(bundle));
+  } catch (e) {
+    throw new VerificationError("bad-signature", `${what}: ${(e as Error).message}`);
+  }
+
+  const envelope = bundle.content.dsseEnvelope;
+  if (envelope.payloadType !== mediaTypes.inToto) throw new VerificationError("corrupt", `${what}: payload type ${envelope.payloadType} is not ${mediaTypes.inToto}`);
+  let statement: Statement;
+  try {
+    statement = JSON.parse(envelope.payload.toString("utf8")) as Statement;
+  } catch {
+    throw new VerificationError("corrupt", `${what}: the signed payload is not JSON`);
+  }
+  if (statement._type !== IN_TOTO_STATEMENT_TYPE) throw new VerificationError("corrupt", `${what}: the payload is not an in-toto Statement v1`);
+  const hex = subject.slice("sha256:".length);
+  if (!Array.isArray(statement.subject) || !statement.subject.some((s) => s?.digest?.sha256 === hex)) {
+    const named = Array.isArray(statement.subject) ? statement.subject.map((s) => `sha256:${s?.digest?.sha256}`).join(", ") : "nothing";
+    throw new VerificationError("digest-mismatch", `${what}: the signed statement is about ${named}, not ${subject}`);
+  }
+  if (announced !== undefined && announced !== statement.predicateType) {
+    throw new VerificationError("corrupt", `${what}: the manifest announces ${String(announced)} but the statement is ${statement.predicateType}`);
+  }
+  return { predicateType: statement.predicateType, keyId: key.id, manifest: manifestDigest, bundle: layer.digest as Digest };
+}
+
+/** A Sigstore verifier that trusts exactly one public key and needs no log or timestamp. */
+function offlineVerifier(key: TrustedKey): Verifier {
+  const trust: TrustMaterial = {
+    certificateAuthorities: [],
+    timestampAuthorities: [],
+    tlogs: [],
+    ctlogs: [],
+    publicKey: (hint) => {
+      if (hint !== key.id) throw new Error(`key ${hint} is not trusted`);
+      return { publicKey: key.key, validFor: () => true };
+    },
+  };
+  return new Verifier(trust, { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 });
+}
+
+export type ImageVerification = {
+  /** The layout's tag that named the image. */
+  tag: string;
+  signature: VerifiedImage;
+  attestations: VerifiedAttestation[];
+};
+
+/**
+ * Verifies images in an OCI layout: `target` is `[oci:]DIR:TAG` for one image or `[oci:]DIR`
+ * for every image tagged in it (signature and referrer tags, `sha256-…`, are not images).
+ * Each must carry a valid signature and valid attestations of every `require`d type.
+ */
+export async function verifyLayoutImages(opts: { target: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
+  const { layoutDir, tag } = await splitTarget(opts.target.replace(/^oci:/, ""));
+  const layout = await openExisting(layoutDir);
+  const tags = tag !== undefined ? [tag] : (await layout.tags()).filter((t) => !/^sha256-[0-9a-f]{64}(\.sig)?$/.test(t));
+  if (tags.length === 0) throw new VerificationError("not-found", `${layout.dir} holds no tagged image`);
+  const out: ImageVerification[] = [];
+  for (const t of tags) {
+    const signature = await verifyImage({ layoutDir: layout.dir, tag: t, trustedKeys: opts.trustedKeys });
+    const attestations = await verifyAttestations({ layoutDir: layout.dir, manifest: signature.manifest, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
+    out.push({ tag: t, signature, attestations });
+  }
+  return out;
+}
+
+/** `DIR:TAG` when DIR is a layout; otherwise the whole target is the layout directory. */
+async function splitTarget(target: string): Promise<{ layoutDir: string; tag: string | undefined }> {
+  const i = target.lastIndexOf(":");
+  if (i > 0 && !target.slice(i + 1).includes("/")) {
+    const dir = target.slice(0, i);
+    if (await access(path.join(dir, "index.json")).then(() => true, () => false)) return { layoutDir: dir, tag: target.slice(i + 1) };
+  }
+  return { layoutDir: target, tag: undefined };
 }
