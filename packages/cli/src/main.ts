@@ -15,7 +15,7 @@ import { ContractViolation, getKeyStatus, grpc, isGrpcError, listKeyStatuses, ma
 import type { KeyStatus } from "@homeostat/core/status";
 import { CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/signer/attestation";
 import { readTrustedKeys, SigningKeyError } from "@homeostat/signer/keys";
-import { VerificationError, verifyLayoutImages, type ImageVerification } from "@homeostat/signer/verify";
+import { VerificationError, verifyTarget, type ImageVerification } from "@homeostat/signer/verify";
 
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
 /** What `homeostat verify` demands by default: what the signer attaches to every image. */
@@ -117,7 +117,7 @@ const listCommand: Command = {
 
 const verifyCommand: Command = {
   name: "verify",
-  args: "<layout dir[:tag]>",
+  args: "<layout dir[:tag] | host[:port]/repository:tag>",
   summary: "check an image's signature and attestations offline against trusted public keys",
   options: { key: { type: "string", multiple: true }, "signature-only": { type: "boolean" } },
   optionHelp: [
@@ -130,7 +130,7 @@ const verifyCommand: Command = {
     let results: ImageVerification[];
     try {
       const trustedKeys = await readTrustedKeys(files);
-      results = await verifyLayoutImages({ target: target!, trustedKeys, require: values["signature-only"] ? [] : requiredAttestations });
+      results = await verifyTarget({ target: target!, trustedKeys, require: values["signature-only"] ? [] : requiredAttestations });
     } catch (err) {
       if (err instanceof VerificationError || err instanceof SigningKeyError) {
         ctx.io.stderr.write(`homeostat: verification failed: ${err.message}\n`);

@@ -24,6 +24,8 @@ const schema = z.object({
   HOMEOSTAT_GRPC_ADDR: z.string().default("127.0.0.1:50051"),
   /** Registry-style reference the signer writes into signatures, e.g. registry.example/homeostat. */
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
+  /** An OCI registry (http(s)://host[:port]) the signer pushes each signed image, signature and attestations to. */
+  HOMEOSTAT_REGISTRY_URL: z.string().regex(/^https?:\/\/[^/\s]+\/?$/, "http(s)://host[:port]").optional(),
   /** Signing key: a PEM file, or the PEM text itself; generated into the data directory on first run when unset. */
   HOMEOSTAT_SIGNING_KEY: z.string().optional(),
   /** Public keys trusted for verification besides the signing key (rotation): PEM files, comma-separated. */
@@ -49,6 +51,7 @@ export type Config = Readonly<{
   ingest: { host: string; port: number };
   grpcAddr: string;
   imageRepository: string;
+  registryUrl: string | undefined;
   /** Exactly one of these when a signing key is configured. */
   signingKeyPath: string | undefined;
   signingKeyPem: string | undefined;
@@ -81,6 +84,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ingest: { host: e.HOMEOSTAT_INGEST_HOST, port: e.HOMEOSTAT_INGEST_PORT },
     grpcAddr: e.HOMEOSTAT_GRPC_ADDR,
     imageRepository: e.HOMEOSTAT_IMAGE_REPOSITORY,
+    registryUrl: e.HOMEOSTAT_REGISTRY_URL,
     ...signingKey(e.HOMEOSTAT_SIGNING_KEY),
     trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => path.resolve(p)),
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,

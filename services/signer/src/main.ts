@@ -4,12 +4,14 @@
  * and enqueues the key again so the reconciler fans out to its dependents.
  */
 import { currentTraceId, NonRetriableError, publish, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
+import { Registry } from "@homeostat/core/registry";
 import { loadOrCreateSigningKey } from "./keys.ts";
 import { sign, SignRequestError } from "./sign.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
   const signer = await loadOrCreateSigningKey({ keyPath: config.signingKeyPath, keyPem: config.signingKeyPem, dataDir: config.dataDir });
   log.info("signing key loaded", { keyId: signer.keyId });
+  const registry = config.registryUrl ? new Registry(config.registryUrl) : undefined;
   const state = new StateStore(buckets.state);
   const running = runConsumer(nats, {
     stage: "sign",
@@ -19,7 +21,7 @@ await runService("signer", async ({ config, log, nats, buckets, signal }) => {
     log,
     signal,
     handle: async (req) => {
-      const { signatures, keyId } = await sign(req, { dataDir: config.dataDir, imageRepository: config.imageRepository, signer }).catch((err: unknown) => {
+      const { signatures, keyId } = await sign(req, { dataDir: config.dataDir, imageRepository: config.imageRepository, signer, registry }).catch((err: unknown) => {
         // A request naming something that cannot be signed will never succeed: drop it, with the reason.
         throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;
       });

@@ -7,7 +7,8 @@
  *            in the same layout. Role `image` -> the signature manifest digest. Then the SBOM
  *            (outputs.sbom) and the SLSA provenance (outputs.provenance), blobs of the layout,
  *            are attested (attestation.ts): roles `sbom` and `provenance` -> the attestation
- *            manifests listed under the referrers tag `sha256-<hex>`.
+ *            manifests listed under the referrers tag `sha256-<hex>`. With a registry
+ *            configured, the image tag, the signature tag and the referrers tag are pushed.
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
@@ -17,7 +18,8 @@ import path from "node:path";
 import type { SignRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/core/oci";
-import { attestImage, CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE, type Attestation } from "./attestation.ts";
+import { Registry, registryRepository } from "@homeostat/core/registry";
+import { attestImage, CYCLONEDX_PREDICATE_TYPE, referrersTag, SLSA_PROVENANCE_PREDICATE_TYPE, type Attestation } from "./attestation.ts";
 import { signBlob } from "./blob-signing.ts";
 import type { Signer } from "./keys.ts";
 import { readVerifiedBlob, SignatureError, signImage } from "./simple-signing.ts";
@@ -30,6 +32,8 @@ export type SignContext = {
   /** e.g. `registry.example/homeostat` (config HOMEOSTAT_IMAGE_REPOSITORY). */
   imageRepository: string;
   signer: Signer;
+  /** When set, the image, its signature and its attestations are pushed there once all are made. */
+  registry?: Registry | undefined;
 };
 
 export type SignResult = {
@@ -91,6 +95,12 @@ export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResu
     const attached = await attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
     const signatures: Record<string, Digest> = { image: r.signatureManifest };
     present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
+    if (ctx.registry) {
+      // The image first, so that a registry never shows a signature for an image it lacks.
+      const layout = await OciLayout.open(layoutDir);
+      const repository = registryRepository(ctx.imageRepository, req.name);
+      for (const t of [tag, r.signatureTag, referrersTag(manifest)]) await ctx.registry.push(layout, repository, t);
+    }
     return { signatures, keyId: ctx.signer.keyId };
   }
   const archive = req.outputs.archive as Digest | undefined;

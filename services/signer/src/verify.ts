@@ -4,13 +4,15 @@
  * caller passes in; every failure is a VerificationError with a machine-readable `reason`
  * and a plain message.
  */
-import { access } from "node:fs/promises";
+import { access, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { bundleFromJSON, type Bundle } from "@sigstore/bundle";
 import { toSignedEntity, Verifier, type TrustMaterial } from "@sigstore/verify";
 import type { Digest } from "@homeostat/core/digest";
 import { mediaTypes, OciLayout } from "@homeostat/core/oci";
-import { AttestationError, IN_TOTO_STATEMENT_TYPE, PREDICATE_TYPE_ANNOTATION, referrers, type Statement } from "./attestation.ts";
+import { Registry, RegistryError } from "@homeostat/core/registry";
+import { AttestationError, IN_TOTO_STATEMENT_TYPE, PREDICATE_TYPE_ANNOTATION, referrers, referrersTag, type Statement } from "./attestation.ts";
 import { BlobSigningError, CorruptBlobError as CorruptStoreBlob, readStoreBlob } from "./blob-signing.ts";
 import { keyIdOf, parsePublicKey, verifyDer } from "./keys.ts";
 import {
@@ -390,4 +392,46 @@ async function splitTarget(target: string): Promise<{ layoutDir: string; tag: st
     if (await access(path.join(dir, "index.json")).then(() => true, () => false)) return { layoutDir: dir, tag: target.slice(i + 1) };
   }
   return { layoutDir: target, tag: undefined };
+}
+
+/**
+ * Verifies `host[:port]/repository:tag` in a registry: the image, its signature tag and its
+ * referrers tag are pulled (each blob checked against its digest) into a scratch layout, which
+ * is then verified like any layout. Loopback registries are spoken to over http, others https.
+ */
+export async function verifyRegistryImage(opts: { ref: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
+  const m = /^(?<host>[^/\s]+)\/(?<repository>[a-z0-9._/-]+?)(?::(?<tag>[\w][\w.-]{0,127}))?$/.exec(opts.ref);
+  if (!m?.groups) throw new VerificationError("not-found", `${JSON.stringify(opts.ref)} is neither an OCI layout nor an image reference host[:port]/repository:tag`);
+  const { host, repository } = m.groups as { host: string; repository: string };
+  const tag = m.groups.tag ?? "latest";
+  const loopback = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
+  const registry = new Registry(`${loopback ? "http" : "https"}://${host}`);
+  const scratch = await mkdtemp(path.join(tmpdir(), "homeostat-verify-"));
+  try {
+    const layout = await OciLayout.open(scratch);
+    let image;
+    try {
+      image = await registry.pull(layout, repository, tag, tag);
+      if (image) {
+        await registry.pull(layout, repository, signatureTag(image.digest), signatureTag(image.digest));
+        await registry.pull(layout, repository, referrersTag(image.digest), referrersTag(image.digest));
+      }
+    } catch (e) {
+      if (e instanceof RegistryError) throw new VerificationError("not-found", e.message);
+      throw e;
+    }
+    if (!image) throw new VerificationError("not-found", `${opts.ref}: no such image in the registry`);
+    const [verified] = await verifyLayoutImages({ target: `${scratch}:${tag}`, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
+    return [verified!];
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+/** A path that exists is a layout (`DIR` or `DIR:TAG`); anything else an image reference. */
+export async function verifyTarget(opts: { target: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
+  const local = opts.target.replace(/^oci:/, "");
+  const dir = (await splitTarget(local)).layoutDir;
+  const isPath = opts.target.startsWith("oci:") || (await access(dir).then(() => true, () => false));
+  return isPath ? verifyLayoutImages(opts) : verifyRegistryImage({ ref: opts.target, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
 }

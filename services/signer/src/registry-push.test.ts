@@ -1,0 +1,86 @@
+/**
+ * Signing with a registry configured: the image, its cosign signature and its attestations
+ * reach a real Distribution registry (docker-registry on loopback), where skopeo reads them
+ * and `homeostat verify host/repository:tag` verifies them offline after pulling.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { OciLayout } from "@homeostat/core/oci";
+import { Registry, RegistryError } from "@homeostat/core/registry";
+import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
+import { startRegistry, type LocalRegistry } from "../../../test/fixtures/registry.ts";
+import { sign } from "./sign.ts";
+
+const cli = fileURLToPath(new URL("../../../packages/cli/bin/homeostat", import.meta.url));
+let registry: LocalRegistry;
+let dir: string;
+
+before(async () => {
+  registry = await startRegistry();
+  dir = await mkdtemp(path.join(tmpdir(), "hs-push-"));
+});
+after(async () => {
+  await registry?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function verify(ref: string, key: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) =>
+    execFile(cli, ["verify", ref, "--key", key], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+  );
+}
+
+test("a signed image, its signature and its attestations are pushed; skopeo reads them and verify accepts them", async () => {
+  const signer = newSigner();
+  const pub = path.join(dir, "cosign.pub");
+  await writeFile(pub, signer.publicKeyPem);
+  const req = await imageToSign(path.join(dir, "greeter"), "1.0", "greeter");
+  const result = await sign(req, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer, registry: new Registry(registry.url) });
+
+  const inspect = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:1.0`], { encoding: "utf8" })) as { layers: unknown[] };
+  assert.equal(inspect.layers.length, 1);
+  const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/greeter:1.0`], { encoding: "utf8" }).trim();
+  assert.equal(digest, req.outputs.manifest);
+  const sigTag = `${req.outputs.manifest!.replace(":", "-")}.sig`;
+  const sig = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${sigTag}`], { encoding: "utf8" })) as { layers: { mediaType: string }[] };
+  assert.equal(sig.layers[0]!.mediaType, "application/vnd.dev.cosign.simplesigning.v1+json");
+  const referrers = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${req.outputs.manifest!.replace(":", "-")}`], { encoding: "utf8" })) as { manifests: { digest: string }[] };
+  assert.deepEqual(referrers.manifests.map((m) => m.digest).sort(), [result.signatures.sbom, result.signatures.provenance].sort());
+
+  const ok = await verify(`${registry.host}/homeostat/greeter:1.0`, pub);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, new RegExp(`Digest:\\s+${req.outputs.manifest}`));
+  assert.match(ok.stdout, /https:\/\/cyclonedx\.org\/bom by key/);
+  assert.match(ok.stdout, /https:\/\/slsa\.dev\/provenance\/v1 by key/);
+});
+
+test("an image replaced in the registry without a signature fails verify; an unknown one says so", async () => {
+  const signer = newSigner();
+  const pub = path.join(dir, "cosign2.pub");
+  await writeFile(pub, signer.publicKeyPem);
+  const good = await imageToSign(path.join(dir, "web"), "2.0", "web");
+  await sign(good, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer, registry: new Registry(registry.url) });
+  // Someone pushes other bytes under the same tag, unsigned.
+  const forged = await imageToSign(path.join(dir, "forged"), "2.0", "forged");
+  await new Registry(registry.url).push(await OciLayout.open(path.join(dir, "forged")), "homeostat/web", "2.0");
+
+  const bad = await verify(`${registry.host}/homeostat/web:2.0`, pub);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, new RegExp(`no-signature: ${forged.outputs.manifest} has no signature`));
+  const none = await verify(`${registry.host}/homeostat/nothing:1.0`, pub);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /no such image in the registry/);
+});
+
+test("an unreachable registry is a RegistryError naming it (the sign request is retried, not dropped)", async () => {
+  const req = await imageToSign(path.join(dir, "offline"), "1.0", "offline");
+  await assert.rejects(
+    sign(req, { dataDir: dir, imageRepository: "127.0.0.1:9/homeostat", signer: newSigner(), registry: new Registry("http://127.0.0.1:9") }),
+    (e: unknown) => e instanceof RegistryError && /registry http:\/\/127\.0\.0\.1:9 is unreachable/.test(e.message),
+  );
+});
