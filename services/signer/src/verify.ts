@@ -428,10 +428,10 @@ export async function verifyRegistryImage(opts: { ref: string; trustedKeys: read
   }
 }
 
-/** A path that exists is a layout (`DIR` or `DIR:TAG`); anything else an image reference. */
+/** An explicit path (`/…`, `./…`, `oci:…`) or one that exists is a layout; anything else an image reference. */
 export async function verifyTarget(opts: { target: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
   const local = opts.target.replace(/^oci:/, "");
   const dir = (await splitTarget(local)).layoutDir;
-  const isPath = opts.target.startsWith("oci:") || (await access(dir).then(() => true, () => false));
+  const isPath = /^(oci:|\/|\.\.?\/)/.test(opts.target) || (await access(dir).then(() => true, () => false));
   return isPath ? verifyLayoutImages(opts) : verifyRegistryImage({ ref: opts.target, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
 }
