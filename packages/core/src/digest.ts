@@ -31,3 +31,15 @@ function sortDeep(v: unknown): unknown {
   }
   return v;
 }
+
+/** Byte order of the UTF-8 encodings: the order OCI and reproducible-build tools sort names in. */
+export function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
+}
+
+/** A copy of `r` with its keys in byte order, so that JSON.stringify writes it the same way every time. */
+export function sortedRecord(r: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(r).sort(byteOrder)) out[k] = r[k]!;
+  return out;
+}

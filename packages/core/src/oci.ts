@@ -17,7 +17,7 @@ import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile 
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
-import type { Digest } from "./digest.ts";
+import { sortedRecord, type Digest } from "./digest.ts";
 
 export type Descriptor = {
   mediaType: string;
@@ -50,12 +50,6 @@ function hexOf(digest: string): string {
   const m = digestRe.exec(digest);
   if (!m) throw new OciLayoutError(`not a sha256 digest: ${JSON.stringify(digest)}`);
   return m[1]!;
-}
-
-function sortedRecord(r: Record<string, string>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const k of Object.keys(r).sort()) out[k] = r[k]!;
-  return out;
 }
 
 /**

@@ -21,6 +21,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { BUILDER_VERSION, type BuildRequest, type ImageBuildRequest, type PackageBuildRequest } from "./contracts.ts";
+import { sortedRecord } from "./digest.ts";
 import { genericPurl } from "./sbom.ts";
 
 export const SLSA_PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1";
@@ -80,16 +81,6 @@ function sha256Of(digest: string): { sha256: string } {
   const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
   if (!m) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
   return { sha256: m[1]! };
-}
-
-function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
-}
-
-function sortedRecord(r: Record<string, string>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const k of Object.keys(r).sort(byteOrder)) out[k] = r[k]!;
-  return out;
 }
 
 function packageDefinition(req: PackageBuildRequest): SlsaProvenance["buildDefinition"] {

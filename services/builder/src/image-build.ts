@@ -21,7 +21,7 @@
  */
 import path from "node:path";
 import { type BuildOutputs, type ImageBuildRequest } from "@homeostat/core/contracts";
-import type { Digest } from "@homeostat/core/digest";
+import { byteOrder, sortedRecord, type Digest } from "@homeostat/core/digest";
 import { manifestBytes, mediaTypes, OciLayout, type Descriptor } from "@homeostat/core/oci";
 import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "@homeostat/core/provenance";
 import { imageSbom, SBOM_MEDIA_TYPE } from "@homeostat/core/sbom";
@@ -35,16 +35,6 @@ export const ANNOTATION_CREATED = "org.opencontainers.image.created";
 /** SOURCE_DATE_EPOCH as RFC 3339 UTC without fractional seconds, e.g. 1970-01-01T00:00:00Z. */
 export function epochToRfc3339(epoch: number): string {
   return new Date(epoch * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
-}
-
-function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
-}
-
-function sortedRecord(r: Record<string, string>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const k of Object.keys(r).sort(byteOrder)) out[k] = r[k]!;
-  return out;
 }
 
 /** The image config JSON (OCI image-spec config.md), fields in a fixed order. */
