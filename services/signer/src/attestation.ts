@@ -84,6 +84,7 @@ export async function signStatement(statement: Buffer, signer: Signer): Promise<
 /**
  * Signs each attestation about the image `subject` in the layout and lists it under the
  * image's referrers fallback tag. `name` is the statement subject's name (the repository).
+ * Returns one result per attestation, in the order given.
  */
 export async function attestImage(opts: { layoutDir: string; subject: Digest; name: string; attestations: Attestation[]; signer: Signer }): Promise<AttachedAttestation[]> {
   const layout = await OciLayout.open(opts.layoutDir);
