@@ -1,0 +1,151 @@
+/**
+ * `pnpm bench:build` — how fast Homeostat assembles an image layer, next to GNU tar + gzip on
+ * the same files in the same run.
+ *
+ * The tree (made here, deterministic, about `--mb` MB, default 200): many small files (1-16
+ * KiB of text-like content, in nested directories) and a few large ones (half text, half
+ * incompressible bytes), the shape of a real package tree.
+ *
+ * - Homeostat: `writeTarGzFromDirectory` from packages/core/src/tar.ts, the builder's layer
+ *   path: sorted entries, fixed mtimes and owners, streamed with back-pressure, gzip at the
+ *   shipped level (GZIP_OPTIONS, level 6), plus the sha256 of every file, of the tar and of the
+ *   gzip stream in the same pass. Output to /dev/null.
+ * - GNU: `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . | gzip -n -6`
+ *   to /dev/null, the same level, so both sides do the same compression work; GNU computes no
+ *   digests.
+ *
+ * Throughput is the size of the input files over wall time; each side runs `--runs` times
+ * (default 3) and the best run counts, after one untimed warm-up each (page cache). The last
+ * line is one JSON object. Everything is bounded: a fixed tree, a fixed number of runs, and a
+ * time limit on the GNU pipeline.
+ */
+import { execFile } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { GZIP_OPTIONS, writeTarGzFromDirectory } from "../packages/core/src/tar.ts";
+
+const args = new Map<string, string>();
+for (const a of process.argv.slice(2)) {
+  const m = /^--(mb|runs)=(\d+)$/.exec(a);
+  if (!m) {
+    process.stderr.write(`bench:build: unknown argument ${JSON.stringify(a)}; usage: node benches/build.ts [--mb=200] [--runs=3]\n`);
+    process.exit(64);
+  }
+  args.set(m[1]!, m[2]!);
+}
+const totalMb = Math.min(Math.max(Number(args.get("mb") ?? 200), 10), 2000);
+const runs = Math.min(Math.max(Number(args.get("runs") ?? 3), 1), 10);
+
+/** A small deterministic generator, so every run of the bench builds the same tree. */
+function xorshift(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x1_0000_0000;
+  };
+}
+
+const words = "the of and to in is for on with as by at from build package image layer source version signed digest reproducible factory".split(" ");
+
+function text(rand: () => number, bytes: number): Buffer {
+  const parts: string[] = [];
+  let n = 0;
+  while (n < bytes) {
+    const w = words[Math.floor(rand() * words.length)]!;
+    parts.push(w);
+    n += w.length + 1;
+  }
+  return Buffer.from(parts.join(rand() < 0.1 ? "\n" : " ")).subarray(0, bytes);
+}
+
+function noise(rand: () => number, bytes: number): Buffer {
+  const b = Buffer.allocUnsafe(bytes);
+  for (let i = 0; i < bytes; i += 4) b.writeUInt32LE(Math.floor(rand() * 0x1_0000_0000), i);
+  return b.subarray(0, bytes);
+}
+
+async function makeTree(root: string): Promise<{ files: number; bytes: number }> {
+  const rand = xorshift(42);
+  const target = totalMb * 1024 * 1024;
+  const largeEach = Math.floor((target * 0.4) / 4);
+  let bytes = 0;
+  let files = 0;
+  await mkdir(path.join(root, "usr", "lib"), { recursive: true });
+  for (let i = 0; i < 4; i++) {
+    const half = Math.floor(largeEach / 2);
+    await writeFile(path.join(root, "usr", "lib", `large-${i}.bin`), Buffer.concat([text(rand, half), noise(rand, largeEach - half)]));
+    bytes += largeEach;
+    files++;
+  }
+  for (let d = 0; bytes < target; d++) {
+    const dir = path.join(root, "usr", "share", `pkg-${d % 50}`, `dir-${d}`);
+    await mkdir(dir, { recursive: true });
+    for (let f = 0; f < 40 && bytes < target; f++) {
+      const size = 1024 + Math.floor(rand() * 15 * 1024);
+      await writeFile(path.join(dir, `file-${f}.txt`), text(rand, size));
+      bytes += size;
+      files++;
+    }
+  }
+  return { files, bytes };
+}
+
+async function homeostat(root: string): Promise<number> {
+  const t0 = performance.now();
+  await writeTarGzFromDirectory(root, createWriteStream("/dev/null"), { epoch: 0 });
+  return (performance.now() - t0) / 1000;
+}
+
+function gnu(root: string): Promise<number> {
+  const script = `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c . | gzip -n -${GZIP_OPTIONS.level} > /dev/null`;
+  const t0 = performance.now();
+  return new Promise((resolve, reject) =>
+    execFile("bash", ["-o", "pipefail", "-c", script, "bench", root], { timeout: 600_000 }, (err, _out, stderr) =>
+      err ? reject(new Error(`GNU tar | gzip failed: ${stderr || err.message}`)) : resolve((performance.now() - t0) / 1000),
+    ),
+  );
+}
+
+async function best(fn: () => Promise<number>): Promise<number> {
+  await fn(); // warm-up: the page cache, the JIT
+  let min = Infinity;
+  for (let i = 0; i < runs; i++) min = Math.min(min, await fn());
+  return min;
+}
+
+const root = await mkdtemp(path.join(tmpdir(), "hs-bench-build-"));
+try {
+  process.stdout.write(`bench:build — making a ${totalMb} MB tree ... `);
+  const tree = await makeTree(root);
+  const mb = tree.bytes / (1024 * 1024);
+  process.stdout.write(`${tree.files} files, ${mb.toFixed(1)} MB\n`);
+  process.stdout.write(`gzip level ${GZIP_OPTIONS.level} on both sides; best of ${runs} runs after a warm-up\n`);
+  const h = await best(() => homeostat(root));
+  const g = await best(() => gnu(root));
+  const rows = [
+    ["homeostat writeTarGzFromDirectory", h, mb / h],
+    [`GNU tar | gzip -n -${GZIP_OPTIONS.level}`, g, mb / g],
+  ] as const;
+  process.stdout.write(`\n${"".padEnd(36)}${"seconds".padStart(9)}${"MB/s".padStart(9)}\n`);
+  for (const [name, s, rate] of rows) process.stdout.write(`${name.padEnd(36)}${s.toFixed(2).padStart(9)}${rate.toFixed(1).padStart(9)}\n`);
+  const ratio = g / h;
+  process.stdout.write(`ratio homeostat / GNU: ${ratio.toFixed(2)}x (target >= 1.0x: ${ratio >= 1 ? "met" : "NOT met"})\n`);
+  console.log(
+    JSON.stringify({
+      bench: "build",
+      mb_per_s: { homeostat: Math.round((mb / h) * 10) / 10, gnu_tar_gzip: Math.round((mb / g) * 10) / 10 },
+      ratio: Math.round(ratio * 1000) / 1000,
+      files: tree.files,
+      mb: Math.round(mb * 10) / 10,
+      gzip_level: GZIP_OPTIONS.level,
+      runs,
+    }),
+  );
+} finally {
+  await rm(root, { recursive: true, force: true });
+}
