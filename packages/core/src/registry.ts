@@ -32,7 +32,6 @@ export class Registry {
   async push(layout: OciLayout, repository: string, tag: string): Promise<Descriptor> {
     const d = await layout.resolve(tag);
     if (!d) throw new RegistryError(`tag ${JSON.stringify(tag)} is not in ${layout.dir}`);
-    await this.pushManifest(layout, repository, d, d.digest);
     await this.pushManifest(layout, repository, d, tag);
     return d;
   }
@@ -47,13 +46,12 @@ export class Registry {
     return d;
   }
 
+  /** Everything `d` references (blobs, listed manifests by digest), then `d` itself as `reference`. */
   private async pushManifest(layout: OciLayout, repository: string, d: Descriptor, reference: string): Promise<void> {
     const bytes = await layout.readBlob(d.digest);
-    if (reference === d.digest) {
-      const linked = JSON.parse(bytes.toString("utf8")) as Linked;
-      for (const blob of [...(linked.config ? [linked.config] : []), ...(linked.layers ?? [])]) await this.pushBlob(layout, repository, blob);
-      for (const child of linked.manifests ?? []) await this.pushManifest(layout, repository, child, child.digest);
-    }
+    const linked = JSON.parse(bytes.toString("utf8")) as Linked;
+    for (const blob of blobsOf(linked)) await this.pushBlob(layout, repository, blob);
+    for (const child of linked.manifests ?? []) await this.pushManifest(layout, repository, child, child.digest);
     const res = await this.request(`/v2/${repository}/manifests/${reference}`, { method: "PUT", headers: { "content-type": d.mediaType }, body: bytes });
     if (res.status !== 201) throw await this.failure(res, `PUT manifest ${repository}:${reference}`);
   }
@@ -78,7 +76,7 @@ export class Registry {
 
   private async pullLinked(layout: OciLayout, repository: string, manifest: Buffer): Promise<void> {
     const linked = JSON.parse(manifest.toString("utf8")) as Linked;
-    for (const blob of [...(linked.config ? [linked.config] : []), ...(linked.layers ?? [])]) {
+    for (const blob of blobsOf(linked)) {
       if (await layout.hasBlob(blob.digest)) continue;
       const res = await this.request(`/v2/${repository}/blobs/${blob.digest}`, { method: "GET" });
       if (res.status !== 200) throw await this.failure(res, `GET blob ${blob.digest} from ${repository}`);
@@ -114,6 +112,11 @@ export class Registry {
     const text = (await res.text().catch(() => "")).slice(0, 500).trim();
     return new RegistryError(`${what}: HTTP ${res.status}${text ? ` ${text}` : ""}`);
   }
+}
+
+/** The blobs a manifest references: its config and its layers (an index has neither). */
+function blobsOf(m: Linked): Descriptor[] {
+  return [...(m.config ? [m.config] : []), ...(m.layers ?? [])];
 }
 
 /** Writes a pulled blob only when its bytes match the descriptor that named it. */

@@ -63,9 +63,9 @@ export function imageRepositoryName(imageRepository: string, name: string): stri
 }
 
 /** A JSON document the build left in the layout; one that is missing or corrupt cannot be attested. */
-async function readJsonBlob(layoutDir: string, digest: string, what: string): Promise<unknown> {
+async function readJsonBlob(layout: OciLayout, digest: string, what: string): Promise<unknown> {
   try {
-    return JSON.parse((await readVerifiedBlob(await OciLayout.open(layoutDir), digest, what)).toString("utf8"));
+    return JSON.parse((await readVerifiedBlob(layout, digest, what)).toString("utf8"));
   } catch (e) {
     if (e instanceof SignatureError || e instanceof SyntaxError) throw new SignRequestError(e.message);
     throw e;
@@ -73,38 +73,41 @@ async function readJsonBlob(layoutDir: string, digest: string, what: string): Pr
 }
 
 export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResult> {
-  if (req.kind === "image") {
-    const manifest = req.outputs.manifest as Digest | undefined;
-    if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
-    const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
-    const r = await signImage({
-      layoutDir,
-      tag,
-      manifest,
-      reference: imageReference(ctx.imageRepository, req.name, req.version),
-      signer: ctx.signer,
-      key: req.key,
-    });
-    const documents: [role: string, predicateType: string, blob: string | undefined][] = [
-      ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
-      ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
-    ];
-    const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
-    const attestations: Attestation[] = [];
-    for (const [role, predicateType, blob] of present) attestations.push({ predicateType, predicate: await readJsonBlob(layoutDir, blob, `${req.key}: the ${role}`) });
-    const attached = await attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
-    const signatures: Record<string, Digest> = { image: r.signatureManifest };
-    present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
-    if (ctx.registry) {
-      // The image first, so that a registry never shows a signature for an image it lacks.
-      const layout = await OciLayout.open(layoutDir);
-      const repository = registryRepository(ctx.imageRepository, req.name);
-      for (const t of [tag, r.signatureTag, referrersTag(manifest)]) await ctx.registry.push(layout, repository, t);
-    }
-    return { signatures, keyId: ctx.signer.keyId };
-  }
+  if (req.kind === "image") return signImageBuild(req, ctx);
   const archive = req.outputs.archive as Digest | undefined;
   if (archive === undefined) throw new SignRequestError(`${req.key}: package build outputs carry no archive digest`);
   const r = await signBlob({ dataDir: ctx.dataDir, digest: archive, signer: ctx.signer });
   return { signatures: { archive: r.signature }, keyId: ctx.signer.keyId };
+}
+
+/** The cosign signature, then the attestations, then (with a registry) the push. */
+async function signImageBuild(req: SignRequest, ctx: SignContext): Promise<SignResult> {
+  const manifest = req.outputs.manifest as Digest | undefined;
+  if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
+  const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
+  const r = await signImage({
+    layoutDir,
+    tag,
+    manifest,
+    reference: imageReference(ctx.imageRepository, req.name, req.version),
+    signer: ctx.signer,
+    key: req.key,
+  });
+  const layout = await OciLayout.open(layoutDir);
+  const documents: [role: string, predicateType: string, blob: string | undefined][] = [
+    ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
+    ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
+  ];
+  const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
+  const attestations: Attestation[] = [];
+  for (const [role, predicateType, blob] of present) attestations.push({ predicateType, predicate: await readJsonBlob(layout, blob, `${req.key}: the ${role}`) });
+  const attached = await attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
+  const signatures: Record<string, Digest> = { image: r.signatureManifest };
+  present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
+  if (ctx.registry) {
+    // The image first, so that a registry never shows a signature for an image it lacks.
+    const repository = registryRepository(ctx.imageRepository, req.name);
+    for (const t of [tag, r.signatureTag, referrersTag(manifest)]) await ctx.registry.push(layout, repository, t);
+  }
+  return { signatures, keyId: ctx.signer.keyId };
 }
