@@ -1,7 +1,8 @@
 /**
  * End-to-end package and image builds with real tools: gcc/make build a tiny C library and a
- * program linked against it (through the sysroot), twice in different data directories; the
- * image is then checked with skopeo and umoci.
+ * program linked against it (through the sysroot), twice in different data directories, with
+ * the steps sandboxed by bubblewrap when it works here; the image is then checked with skopeo
+ * (inspect, and copy to a real Distribution registry), umoci, and a flipped byte.
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -14,7 +15,10 @@ import type { BuildOutputs, ImageBuildRequest, PackageArtifact, PackageBuildRequ
 import type { Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/core/oci";
 import type { ImageExternalParameters, PackageExternalParameters, SlsaProvenance } from "@homeostat/core/provenance";
+import { sha256Digest } from "@homeostat/core/digest";
+import { startRegistry } from "../../../test/fixtures/registry.ts";
 import { build, BuildFailure, BUILDER_VERSION, type BuildContext } from "./build.ts";
+import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
 
@@ -22,7 +26,9 @@ const tmp = await mkdtemp(path.join(tmpdir(), "hs-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
 
 const EPOCH = 1_700_000_000;
-const INPUT = `sha256:${"1".repeat(64)}`;
+/** A distinct input digest per distinct request (the build cache keys on it). */
+const inputFor = (label: string) => sha256Digest(`test-input:${label}`);
+const isolation = await resolveIsolation("auto", { warn: (m) => console.warn(m) });
 
 async function sourceTarball(name: string, files: Record<string, string>): Promise<{ file: string; sha256: string }> {
   const dir = path.join(tmp, "sources", name);
@@ -67,7 +73,14 @@ const hello = await sourceTarball("hello-1.0", {
 });
 
 function ctxFor(name: string): BuildContext {
-  return { dataDir: path.join(tmp, name), timeoutMs: 120_000, maxSourceBytes: 1 << 20, sourceBaseDir: path.join(tmp, "sources") };
+  return {
+    dataDir: path.join(tmp, name),
+    timeoutMs: 120_000,
+    maxSourceBytes: 1 << 20,
+    unpackLimits: { maxBytes: 64 << 20, maxEntries: 10_000 },
+    isolation,
+    sourceBaseDir: path.join(tmp, "sources"),
+  };
 }
 
 function pkgRequest(name: string, src: { file: string; sha256: string }, dependencies: PackageArtifact[] = []): PackageBuildRequest {
@@ -77,7 +90,7 @@ function pkgRequest(name: string, src: { file: string; sha256: string }, depende
     key: `package/${name}`,
     name,
     version: "1.0",
-    inputDigest: INPUT,
+    inputDigest: inputFor(`${name}:${dependencies.map((d) => d.archive).join(",")}`),
     sourceDateEpoch: EPOCH,
     source: { url: path.basename(src.file), sha256: src.sha256 },
     steps: ["make", "make install"],
@@ -98,7 +111,7 @@ function imageRequest(packages: PackageArtifact[]): ImageBuildRequest {
     key: "image/hello-image",
     name: "hello-image",
     version: "1.0",
-    inputDigest: INPUT,
+    inputDigest: inputFor(`image:${packages.map((p) => p.archive).join(",")}`),
     sourceDateEpoch: EPOCH,
     packages,
     config: {
@@ -254,7 +267,18 @@ test("a flipped byte in a layer is rejected by skopeo", async () => {
   assert.match(r.stderr, /digest|checksum/i);
 });
 
-test("checksum mismatch and failing steps are BuildFailures; nothing is stored for them", async () => {
+/** The blobs of a store that are gzip files (package archives): none for a failed build. */
+async function archivesIn(store: ArtifactStore, except: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const hex of await readdir(path.join(store.root, "blobs", "sha256")).catch(() => [] as string[])) {
+    if (except.includes(hex)) continue;
+    const head = (await readFile(path.join(store.root, "blobs", "sha256", hex))).subarray(0, 2);
+    if (head[0] === 0x1f && head[1] === 0x8b) out.push(hex);
+  }
+  return out;
+}
+
+test("checksum mismatch and failing steps are BuildFailures; no artifact is stored for them, only the step logs", async () => {
   const ctx = ctxFor("data-fail");
   const store = new ArtifactStore(ctx.dataDir);
   const bad = { ...pkgRequest("libmsg", libmsg), source: { url: path.basename(libmsg.file), sha256: "f".repeat(64) } };
@@ -262,15 +286,115 @@ test("checksum mismatch and failing steps are BuildFailures; nothing is stored f
   assert.deepEqual(await readdir(path.join(store.root, "blobs", "sha256")).catch(() => []), []);
 
   const failing = { ...pkgRequest("libmsg", libmsg), steps: ["make", "echo 'install: permission denied (simulated)' >&2; exit 2"] };
-  await assert.rejects(build(failing, ctx), (e: unknown) => e instanceof BuildFailure && e.exitCode === 2 && /permission denied \(simulated\)/.test(e.message));
-  // only the verified source is kept (a cache for the next attempt); no package archive
-  assert.deepEqual(await readdir(path.join(store.root, "blobs", "sha256")), [libmsg.sha256]);
+  const err = await build(failing, ctx).then(
+    () => assert.fail("should fail"),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof BuildFailure);
+  assert.equal(err.exitCode, 2);
+  // The message (what the builder records as the key's lastError) has the failing step's log
+  // tail and where every step's full log is stored.
+  assert.match(err.message, /step 2 .* exited with code 2\n\$ echo .*\ninstall: permission denied \(simulated\)\n/);
+  const m = /full step logs in the artifact store: step-1\.log (sha256:[0-9a-f]{64}), step-2\.log (sha256:[0-9a-f]{64})$/.exec(err.message);
+  assert.ok(m, err.message);
+  assert.match((await store.read(m[1] as Digest)).toString("utf8"), /^\$ make\ncc -O2 -Wall/);
+  assert.equal((await store.read(m[2] as Digest)).toString("utf8"), "$ echo 'install: permission denied (simulated)' >&2; exit 2\ninstall: permission denied (simulated)\n");
+  // the verified source is kept (a cache for the next attempt), and the logs; no package archive
+  assert.deepEqual(await archivesIn(store, [libmsg.sha256]), []);
+  assert.deepEqual((await readdir(path.join(store.root, "blobs", "sha256"))).sort(), [libmsg.sha256, m[1]!.slice(7), m[2]!.slice(7)].sort());
   assert.deepEqual(await readdir(path.join(ctx.dataDir, "work")), []);
 
   const fifo = { ...pkgRequest("libmsg", libmsg), steps: ["mkfifo $DESTDIR/pipe"] };
   await assert.rejects(build(fifo, ctx), (e: unknown) => e instanceof BuildFailure && /DESTDIR cannot be archived: .*unsupported file type/.test(e.message));
-  assert.deepEqual(await readdir(path.join(store.root, "blobs", "sha256")), [libmsg.sha256]);
+  assert.deepEqual(await archivesIn(store, [libmsg.sha256]), []);
 
   const timing = { ...pkgRequest("libmsg", libmsg), steps: ["sleep 1000"] };
-  await assert.rejects(build(timing, { ...ctx, timeoutMs: 500 }), (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message));
+  await assert.rejects(build(timing, { ...ctx, timeoutMs: 500 }), (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message) && /step-1\.log sha256:/.test(e.message));
+});
+
+test("the provenance records the isolation used and lists every step's stored log", async () => {
+  const { ctx, app } = await runA;
+  const store = new ArtifactStore(ctx.dataDir);
+  const prov = JSON.parse((await store.read(app.provenance as Digest)).toString("utf8")) as SlsaProvenance;
+  assert.equal(prov.buildDefinition.internalParameters.isolation, isolation.kind);
+  const logs = prov.runDetails.byproducts!;
+  assert.deepEqual(logs.map((b) => [b.name, b.mediaType, b.annotations?.step, b.annotations?.exitCode]), [
+    ["step-1.log", "text/plain; charset=utf-8", "make", "0"],
+    ["step-2.log", "text/plain; charset=utf-8", "make install", "0"],
+  ]);
+  const first = (await store.read(`sha256:${logs[0]!.digest.sha256}`)).toString("utf8");
+  assert.match(first, /^\$ make\ncc -O2 -Wall .* -static -o hello hello\.c -l:libmsg\.a\n/);
+  const second = (await store.read(`sha256:${logs[1]!.digest.sha256}`)).toString("utf8");
+  assert.match(second, /^\$ make install\n[\s\S]*install -m 0755 hello/);
+});
+
+test("skopeo copies the image to a Distribution registry, and refuses a layout with a flipped layer byte", async () => {
+  const { ctx, image, app } = await runA;
+  const layoutDir = path.join(ctx.dataDir, "oci", "hello-image");
+  const registry = await startRegistry();
+  try {
+    const copy = path.join(tmp, "flipped-for-registry");
+    await cp(layoutDir, copy, { recursive: true });
+    const layerFile = path.join(copy, "blobs", "sha256", app.archive!.slice(7));
+    const bytes = await readFile(layerFile);
+    bytes[bytes.length >> 1]! ^= 0x01;
+    await rm(layerFile);
+    await writeFile(layerFile, bytes);
+    const r = spawnSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${copy}:1.0`, `docker://${registry.host}/homeostat/flipped:1.0`], { encoding: "utf8" });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /digest|checksum/i);
+    const missing = spawnSync("skopeo", ["inspect", "--tls-verify=false", `docker://${registry.host}/homeostat/flipped:1.0`], { encoding: "utf8" });
+    assert.notEqual(missing.status, 0, "the corrupt image must not be in the registry");
+
+    // The intact layout goes through (first, the registry would already hold the layer and
+    // skopeo would never read the corrupt copy).
+    execFileSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${layoutDir}:1.0`, `docker://${registry.host}/homeostat/hello-image:1.0`], { stdio: "pipe" });
+    const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/hello-image:1.0`], { encoding: "utf8" }).trim();
+    assert.equal(digest, image.manifest, "the registry serves our manifest byte for byte");
+    const raw = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/hello-image:1.0`], { encoding: "utf8" })) as { layers: { digest: string }[] };
+    assert.deepEqual(raw.layers.map((l) => l.digest), [app.archive]);
+
+  } finally {
+    await registry.stop();
+  }
+});
+
+test("a flipped byte in a stored package archive is caught by our own check when the image is assembled", async () => {
+  const { ctx, app } = await runA;
+  const copyData = path.join(tmp, "data-flipped");
+  await cp(path.join(ctx.dataDir, "store"), path.join(copyData, "store"), { recursive: true });
+  const store = new ArtifactStore(copyData);
+  const file = store.path(app.archive as Digest);
+  const bytes = await readFile(file);
+  bytes[bytes.length >> 1]! ^= 0x01;
+  await rm(file);
+  await writeFile(file, bytes);
+  assert.equal(await store.verify(app.archive as Digest), false);
+  await assert.rejects(build(imageRequest([artifact("hello", app)]), ctxFor("data-flipped")), new RegExp(`hashes to sha256:[0-9a-f]{64}, not ${app.archive}`));
+  assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
+});
+
+test("a package builds from a git source pinned to a commit, reproducibly, with the commit in its provenance", async () => {
+  const repo = path.join(tmp, "git-motd");
+  const env = { ...process.env, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z", GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z" };
+  const git = (...args: string[]) => execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: repo, env });
+  await mkdir(repo, { recursive: true });
+  git("init", "-q");
+  await writeFile(path.join(repo, "motd"), "pinned\n");
+  await writeFile(path.join(repo, "Makefile"), "install:\n\tinstall -D -m 0644 motd $(DESTDIR)/etc/motd\n");
+  git("add", ".");
+  git("commit", "-qm", "pinned");
+  const commit = git("rev-parse", "HEAD").toString().trim();
+  await writeFile(path.join(repo, "motd"), "moved on\n");
+  git("commit", "-qam", "later");
+  const sha256 = createHash("sha256").update(git("archive", "--format=tar", commit)).digest("hex");
+
+  const req: PackageBuildRequest = { ...pkgRequest("motd", libmsg), source: { url: `git+file://${repo}#${commit}`, sha256 }, steps: ["make install"] };
+  const a = await build(req, ctxFor("data-git-a"));
+  const b = await build(req, ctxFor("data-git-b"));
+  assert.equal(a.archive, b.archive);
+  const store = new ArtifactStore(path.join(tmp, "data-git-a"));
+  assert.equal(execFileSync("tar", ["-xzOf", store.path(a.archive as Digest), "etc/motd"], { encoding: "utf8" }), "pinned\n");
+  const prov = JSON.parse((await store.read(a.provenance as Digest)).toString("utf8")) as SlsaProvenance;
+  assert.deepEqual(prov.buildDefinition.resolvedDependencies[0], { uri: req.source.url, digest: { sha256, gitCommit: commit } });
 });

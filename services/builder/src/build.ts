@@ -1,12 +1,22 @@
 /**
- * The builder's entry point for one request: dispatches to the package or the image build.
+ * The builder's entry point: `Builder.build` runs one request through the build cache and the
+ * concurrency limit, and `build` dispatches to the package or the image build.
+ *
+ * A request whose input digest was already built (its result stored, its artifacts intact) is
+ * answered from the cache (cache.ts) without running anything; the same digest requested
+ * again while it is building waits for that build instead of starting a second one. At most
+ * `concurrency` builds run at once in one builder process; the others wait their turn in
+ * arrival order.
  *
  * A `BuildFailure` means these inputs cannot build (checksum mismatch, failing or timed-out
  * step, unsafe archive): the caller marks the key Failed. Any other error is retriable.
  */
 import type { BuildOutputs, BuildRequest } from "@homeostat/core/contracts";
+import { BuildCache } from "./cache.ts";
 import { buildImage } from "./image-build.ts";
+import type { Isolation } from "./isolation.ts";
 import { buildPackage } from "./package-build.ts";
+import type { UnpackLimits } from "./source.ts";
 
 export { BuildFailure, MissingArtifactError } from "./errors.ts";
 /** The version of the build behaviour (part of every input digest); defined in core/contracts. */
@@ -19,6 +29,10 @@ export type BuildContext = {
   timeoutMs: number;
   /** Largest source archive accepted. */
   maxSourceBytes: number;
+  /** Limits on what a source or dependency archive may unpack to. */
+  unpackLimits: UnpackLimits;
+  /** How steps are sandboxed (isolation.ts `resolveIsolation`, once per process). */
+  isolation: Isolation;
   /** Directory relative source paths are resolved against (the catalog directory). */
   sourceBaseDir: string;
   /** Receives progress and build output lines. */
@@ -33,6 +47,70 @@ export type BuildContext = {
   keepWorkspace?: boolean;
 };
 
+/** Builds `req` now, uncached. */
 export async function build(req: BuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
   return req.kind === "package" ? buildPackage(req, ctx) : buildImage(req, ctx);
+}
+
+/** Counting semaphore: a free slot, or a place in the FIFO line. */
+class Slots {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+export type BuildResult = { outputs: BuildOutputs; cached: boolean };
+
+export class Builder {
+  private readonly ctx: BuildContext;
+  private readonly cache: BuildCache;
+  private readonly slots: Slots;
+  private readonly inFlight = new Map<string, Promise<BuildResult>>();
+
+  constructor(ctx: BuildContext, opts: { concurrency: number }) {
+    if (!Number.isInteger(opts.concurrency) || opts.concurrency < 1) throw new Error(`build concurrency must be a positive integer, got ${opts.concurrency}`);
+    this.ctx = ctx;
+    this.cache = new BuildCache(ctx.dataDir);
+    this.slots = new Slots(opts.concurrency);
+  }
+
+  /** The outputs of `req`: from the cache when these inputs were built, else built now. */
+  build(req: BuildRequest): Promise<BuildResult> {
+    const id = `${req.key}@${req.inputDigest}`;
+    const running = this.inFlight.get(id);
+    if (running) return running.then((r) => ({ ...r, cached: true }));
+    const p = this.run(req).finally(() => this.inFlight.delete(id));
+    this.inFlight.set(id, p);
+    return p;
+  }
+
+  private async run(req: BuildRequest): Promise<BuildResult> {
+    const hit = await this.cache.get(req);
+    if (hit) return { outputs: hit, cached: true };
+    await this.slots.acquire();
+    try {
+      // Another builder process sharing the data directory may have finished it meanwhile.
+      const late = await this.cache.get(req);
+      if (late) return { outputs: late, cached: true };
+      const outputs = await build(req, this.ctx);
+      await this.cache.put(req, outputs);
+      return { outputs, cached: false };
+    } finally {
+      this.slots.release();
+    }
+  }
 }

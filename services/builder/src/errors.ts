@@ -3,6 +3,8 @@
  * timed-out step, a malformed archive): retrying cannot help, so the key is marked Failed.
  * Any other error (network, disk, a missing artifact that may come back) is retriable.
  */
+import type { StepLog } from "./pipeline.ts";
+
 export class BuildFailure extends Error {
   override name = "BuildFailure";
   /** The pipeline step that failed, when a step failed. */
@@ -11,12 +13,15 @@ export class BuildFailure extends Error {
   readonly exitCode: number | null | undefined;
   /** The end of the build log, when there is one. */
   readonly logTail: string | undefined;
+  /** The logs of every command run (patches, steps, test), the failing one last, when any ran. */
+  readonly stepLogs: readonly StepLog[] | undefined;
 
-  constructor(message: string, details: { step?: string; exitCode?: number | null; logTail?: string; cause?: unknown } = {}) {
+  constructor(message: string, details: { step?: string; exitCode?: number | null; logTail?: string; stepLogs?: readonly StepLog[]; cause?: unknown } = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.step = details.step;
     this.exitCode = details.exitCode;
     this.logTail = details.logTail;
+    this.stepLogs = details.stepLogs;
   }
 }
 

@@ -1,13 +1,31 @@
 /**
  * builder: takes build requests, builds them hermetically and reproducibly, stores the
  * artifacts, and hands the result to the signer. A build that cannot succeed (checksum
- * mismatch, failing step) marks the key Failed with the reason and produces nothing.
+ * mismatch, failing step) marks the key Failed with the reason (and where its step logs are)
+ * and produces nothing. Inputs already built are answered from the build cache. How steps are
+ * sandboxed is decided once at start (HOMEOSTAT_BUILD_ISOLATION; `bubblewrap` stops the
+ * service here when bwrap does not work).
  */
 import { buildRequestSchema, errorMessage, NonRetriableError, publish, runConsumer, runService, StateStore, type SignRequest } from "@homeostat/core";
-import { build, BuildFailure } from "./build.ts";
+import { Builder, BuildFailure } from "./build.ts";
+import { resolveIsolation } from "./isolation.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
   const state = new StateStore(buckets.state);
+  const isolation = await resolveIsolation(config.buildIsolation, { warn: (m) => log.warn(m) });
+  log.info("build isolation", { isolation: isolation.kind, mode: config.buildIsolation });
+  const builder = new Builder(
+    {
+      dataDir: config.dataDir,
+      timeoutMs: config.buildTimeoutMs,
+      maxSourceBytes: config.maxSourceBytes,
+      unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
+      isolation,
+      sourceBaseDir: config.catalogDir,
+      signal,
+    },
+    { concurrency: config.buildConcurrency },
+  );
   const running = runConsumer(nats, {
     stage: "build",
     schema: buildRequestSchema,
@@ -25,7 +43,9 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
       log.info("building", { key: req.key, version: req.version });
       let outputs;
       try {
-        outputs = await build(req, { dataDir: config.dataDir, timeoutMs: config.buildTimeoutMs, maxSourceBytes: config.maxSourceBytes, sourceBaseDir: config.catalogDir });
+        const result = await builder.build(req);
+        outputs = result.outputs;
+        if (result.cached) log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
       } catch (err) {
         if (!(err instanceof BuildFailure)) throw err;
         await state.update(req.key, (s) => (s && s.desiredInputDigest !== req.inputDigest ? undefined : { ...(s ?? StateStore.initial(req.key)), phase: "Failed", lastError: err.message }));

@@ -2,27 +2,38 @@
  * Package builds: source archive in, deterministic package archive out.
  *
  * In a fresh workspace (`<workRoot>/pkg-<name>-XXXXXX`, removed afterwards whatever happens):
- * fetch the source into the store and verify its sha256, unpack it into `src/`, unpack each
- * build dependency's archive (from the store, re-verified) into `sysroot/`, run the steps in
- * `src/` (see pipeline.ts), then archive `dest/` (DESTDIR) as a deterministic tar.gz whose
- * paths are relative (`usr/bin/greet`): that archive IS the package's OCI layer. The archive
- * and a metadata JSON (canonical; name, version, licence, runtime dependencies, every file
- * with its sha256, mode and size) go into the artifact store. So does the build's SLSA v1
+ * fetch the source and every patch into the store, each verified against its sha256 before
+ * anything reads it, unpack the source into `src/` (a tarball's single top directory stripped;
+ * a git tree as it is), unpack each build dependency's archive (from the store, re-verified)
+ * into `sysroot/`, then, sandboxed as the context says and within one time limit (see
+ * pipeline.ts): apply the patches in order in `src/` (`patch -p1`, copies under `patches/`,
+ * since the sandbox sees only the workspace), run the steps, and run the test command if there
+ * is one. `dest/` (DESTDIR) is then archived as a deterministic tar.gz whose paths are relative
+ * (`usr/bin/greet`): that archive IS the package's OCI layer. The archive and a metadata JSON
+ * (canonical; name, version, licence, runtime dependencies, source and patch digests, every
+ * file with its sha256, mode and size) go into the artifact store. So does the build's SLSA v1
  * provenance (core/provenance), which alone differs from build to build (real times, an
  * invocation id) and is therefore referenced by nothing else.
+ *
+ * Every patch's, step's and the test's log (size-capped, see pipeline.ts) is stored as a blob
+ * too (`patch-<n>.log`, `step-<n>.log`, `test.log`): a successful build lists them as
+ * byproducts of its provenance (so they are found from the key's status, via
+ * `actual.outputs.provenance`); a failing build names their digests in its error, which the
+ * builder records as the key's `lastError` beside the failing command's log tail.
  */
-import { mkdir, mkdtemp, readdir, rm, chmod, lstat } from "node:fs/promises";
+import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { BUILDER_VERSION, type BuildOutputs, type PackageBuildRequest } from "@homeostat/core/contracts";
 import { canonicalJson, type Digest } from "@homeostat/core/digest";
-import { slsaProvenance } from "@homeostat/core/provenance";
+import { slsaProvenance, type ResourceDescriptor } from "@homeostat/core/provenance";
 import { TarError, writeTarGzFromDirectory, type TarEntry } from "@homeostat/core/tar";
 import type { BuildContext } from "./build.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
-import { runSteps, workspaceLayout } from "./pipeline.ts";
-import { fetchSource, unpackArchive } from "./source.ts";
-import { ArtifactStore } from "./store.ts";
+import { isGitSourceUrl } from "./git.ts";
+import { runSteps, workspaceLayout, type StepLog } from "./pipeline.ts";
+import { fetchPatch, fetchSource, unpackArchive, type FetchOptions } from "./source.ts";
+import { ArtifactStore, type StoredBlob } from "./store.ts";
 
 /** What the metadata blob of a package holds. */
 export type PackageMetadata = {
@@ -33,6 +44,8 @@ export type PackageMetadata = {
   runtimeDependencies: string[];
   buildDependencies: { name: string; version: string; archive: Digest }[];
   source: { sha256: string };
+  /** In the order applied; absent when there are none. */
+  patches?: { sha256: string }[];
   sourceDateEpoch: number;
   builder: string;
   archive: Digest;
@@ -59,6 +72,33 @@ export async function removeTree(dir: string): Promise<void> {
   }
 }
 
+export const STEP_LOG_MEDIA_TYPE = "text/plain; charset=utf-8";
+
+/** A command's log with the name it is stored and listed under (`step-2.log`). */
+type NamedLog = { name: string; log: StepLog };
+
+/** Stores each log as a blob; returns them as provenance byproducts. */
+async function storeLogs(store: ArtifactStore, logs: readonly NamedLog[]): Promise<ResourceDescriptor[]> {
+  const out: ResourceDescriptor[] = [];
+  for (const { name, log: l } of logs) {
+    const blob = await store.putBytes(l.log);
+    out.push({
+      name,
+      digest: { sha256: blob.digest.slice("sha256:".length) },
+      mediaType: STEP_LOG_MEDIA_TYPE,
+      annotations: { step: l.step, exitCode: String(l.exitCode), durationMs: String(l.durationMs) },
+    });
+  }
+  return out;
+}
+
+/**
+ * How a patch is applied. `--forward` refuses a patch that looks already applied instead of
+ * reversing it; `--batch` never asks; `--no-backup-if-mismatch` keeps `.orig` files (written
+ * when a hunk applies with an offset) out of the tree the steps may install from.
+ */
+const PATCH_COMMAND = "patch -p1 --forward --batch --no-backup-if-mismatch";
+
 /** Creates a fresh workspace directory under the context's work root. */
 export async function makeWorkspaceDir(ctx: BuildContext, label: string): Promise<string> {
   const workRoot = ctx.workRoot ?? path.join(path.resolve(ctx.dataDir), "work");
@@ -76,31 +116,73 @@ export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext):
     const srcDir = path.join(root, "src");
     await Promise.all([ws.home, ws.dest, ws.sysroot, srcDir].map((d) => mkdir(d, { recursive: true })));
 
-    const source = await fetchSource(req.source, store, {
+    const fetchOpts: FetchOptions = {
       baseDir: ctx.sourceBaseDir,
       maxBytes: ctx.maxSourceBytes,
       ...(ctx.allowRemoteSources !== undefined ? { allowRemote: ctx.allowRemoteSources } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
-    });
+    };
+    const source = await fetchSource(req.source, store, fetchOpts);
     log(`source ${req.source.url} verified (${source.digest}, ${source.size} bytes)`);
-    await unpackArchive(source.path, srcDir, `source ${req.source.url}`);
+    const patches = req.patches ?? [];
+    const patchBlobs: StoredBlob[] = [];
+    for (const p of patches) {
+      const blob = await fetchPatch(p, store, fetchOpts);
+      log(`patch ${p.url} verified (${blob.digest}, ${blob.size} bytes)`);
+      patchBlobs.push(blob);
+    }
+    await unpackArchive(source.path, srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
+    if (patchBlobs.length > 0) await mkdir(path.join(root, "patches"));
+    for (const [i, blob] of patchBlobs.entries()) await copyFile(blob.path, path.join(root, "patches", `${i + 1}.patch`));
 
     for (const dep of req.dependencies) {
       const archive = dep.archive as Digest;
       if (!(await store.has(archive))) throw new MissingArtifactError(`build dependency ${dep.name}@${dep.version}: archive ${archive} is not in the store`);
       if (!(await store.verify(archive))) throw new Error(`build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`);
-      await unpackArchive(store.path(archive), ws.sysroot, `build dependency ${dep.name}@${dep.version}`, { stripTopDir: false });
+      await unpackArchive(store.path(archive), ws.sysroot, `build dependency ${dep.name}@${dep.version}`, { stripTopDir: false, limits: ctx.unpackLimits });
       log(`build dependency ${dep.name}@${dep.version} unpacked into the sysroot`);
     }
 
-    await runSteps(req.steps, {
-      cwd: srcDir,
-      workspace: ws,
-      sourceDateEpoch: req.sourceDateEpoch,
-      timeoutMs: ctx.timeoutMs,
-      log,
-      ...(ctx.signal ? { signal: ctx.signal } : {}),
-    });
+    // Patches, steps and test run as three pipelines sharing the build's time limit; every log
+    // so far is stored when one fails, and named in its error.
+    const startedAt = Date.now();
+    const logs: NamedLog[] = [];
+    const runStage = async (commands: readonly string[], logName: (i: number) => string, describe?: (i: number, command: string) => string): Promise<void> => {
+      try {
+        const { steps } = await runSteps(commands, {
+          cwd: srcDir,
+          workspace: ws,
+          sourceDateEpoch: req.sourceDateEpoch,
+          timeoutMs: ctx.timeoutMs,
+          startedAt,
+          isolation: ctx.isolation,
+          log,
+          ...(describe ? { describe } : {}),
+          ...(ctx.signal ? { signal: ctx.signal } : {}),
+        });
+        logs.push(...steps.map((l, i) => ({ name: logName(i), log: l })));
+      } catch (e) {
+        if (!(e instanceof BuildFailure) || !e.stepLogs) throw e;
+        logs.push(...e.stepLogs.map((l, i) => ({ name: logName(i), log: l })));
+        const stored = await storeLogs(store, logs);
+        const where = stored.map((d) => `${d.name} sha256:${d.digest.sha256}`).join(", ");
+        throw new BuildFailure(`${e.message}\nfull step logs in the artifact store: ${where}`, {
+          ...(e.step !== undefined ? { step: e.step } : {}),
+          ...(e.exitCode !== undefined ? { exitCode: e.exitCode } : {}),
+          ...(e.logTail !== undefined ? { logTail: e.logTail } : {}),
+          stepLogs: logs.map((l) => l.log),
+          cause: e,
+        });
+      }
+    };
+    await runStage(
+      patches.map((_, i) => `${PATCH_COMMAND} -i ../patches/${i + 1}.patch`),
+      (i) => `patch-${i + 1}.log`,
+      (i) => `patch ${i + 1} of ${patches.length} (${patches[i]!.url}) does not apply to ${req.name}@${req.version}: patch`,
+    );
+    await runStage(req.steps, (i) => `step-${i + 1}.log`);
+    if (req.test !== undefined) await runStage([req.test], () => "test.log", (_, command) => `test (${command})`);
+    const byproducts = await storeLogs(store, logs);
 
     const pass = new PassThrough();
     const [tarRes, stored] = await Promise.all([writeTarGzFromDirectory(ws.dest, pass, { epoch: req.sourceDateEpoch }), store.put(pass)]).catch((e: unknown) => {
@@ -119,6 +201,7 @@ export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext):
       runtimeDependencies: [...req.runtimeDependencies],
       buildDependencies: req.dependencies.map((d) => ({ name: d.name, version: d.version, archive: d.archive as Digest })),
       source: { sha256: req.source.sha256 },
+      ...(patches.length > 0 ? { patches: patches.map((p) => ({ sha256: p.sha256 })) } : {}),
       sourceDateEpoch: req.sourceDateEpoch,
       builder: BUILDER_VERSION,
       archive: tarRes.digest,
@@ -127,7 +210,7 @@ export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext):
       files: tarRes.entries,
     };
     const meta = await store.putBytes(canonicalJson(metadata));
-    const provenance = await store.putBytes(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date() })));
+    const provenance = await store.putBytes(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date(), isolation: ctx.isolation.kind, byproducts })));
     return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, provenance: provenance.digest, location: stored.path };
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);

@@ -4,7 +4,10 @@ import path from "node:path";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { BuildFailure } from "./errors.ts";
+import type { Isolation } from "./isolation.ts";
 import { runSteps, workspaceLayout, type Workspace } from "./pipeline.ts";
+
+const none: Isolation = { kind: "none" };
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-pipeline-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -41,7 +44,7 @@ test("steps run in order in the source dir with exactly the cleared environment"
   const lines: string[] = [];
   const res = await runSteps(["echo one > order", "echo two >> order; pwd > where", "env | sort > env.txt"], {
     cwd,
-    workspace: ws,
+    workspace: ws, isolation: none,
     sourceDateEpoch: 1234,
     timeoutMs: 10_000,
     log: (l) => lines.push(l),
@@ -69,14 +72,15 @@ test("steps run in order in the source dir with exactly the cleared environment"
     TZ: "UTC",
   });
   assert.deepEqual(lines.filter((l) => l.startsWith("$ ")), ["$ echo one > order", "$ echo two >> order; pwd > where", "$ env | sort > env.txt"]);
-  assert.match(res.log, /\$ env \| sort > env.txt/);
+  assert.deepEqual(res.steps.map((s) => [s.step, s.exitCode]), [["echo one > order", 0], ["echo two >> order; pwd > where", 0], ["env | sort > env.txt", 0]]);
+  assert.equal(res.steps[0]!.log, "$ echo one > order\n");
 });
 
 test("a failing step throws BuildFailure with the step, exit code and log tail; later steps do not run", async () => {
   const { ws, cwd } = await workspace("fail");
   const err = await runSteps(["echo compiling main.c", "echo 'main.c:3: error: expected ;' >&2; exit 3", "touch never"], {
     cwd,
-    workspace: ws,
+    workspace: ws, isolation: none,
     sourceDateEpoch: 0,
     timeoutMs: 10_000,
   }).then(
@@ -88,7 +92,12 @@ test("a failing step throws BuildFailure with the step, exit code and log tail; 
   assert.equal(err.step, "echo 'main.c:3: error: expected ;' >&2; exit 3");
   assert.match(err.message, /step 2 .* exited with code 3/);
   assert.match(err.message, /main\.c:3: error: expected ;/);
-  assert.match(err.logTail!, /compiling main\.c[\s\S]*main\.c:3: error/);
+  assert.match(err.logTail!, /main\.c:3: error/);
+  // each step's own log, the failing one last
+  assert.deepEqual(err.stepLogs!.map((l) => [l.log, l.exitCode]), [
+    ["$ echo compiling main.c\ncompiling main.c\n", 0],
+    ["$ echo 'main.c:3: error: expected ;' >&2; exit 3\nmain.c:3: error: expected ;\n", 3],
+  ]);
   await assert.rejects(readFile(path.join(cwd, "never")));
 });
 
@@ -97,7 +106,7 @@ test("a step that sleeps forever is killed at the timeout, with its children", a
   const started = Date.now();
   const err = await runSteps(["sleep 1000 & echo $! > child.pid; (sleep 1000; echo grandchild) & echo $! > sub.pid; sleep 1000"], {
     cwd,
-    workspace: ws,
+    workspace: ws, isolation: none,
     sourceDateEpoch: 0,
     timeoutMs: 700,
     killGraceMs: 500,
@@ -119,7 +128,7 @@ test("a step that ignores SIGTERM is killed after the grace period", async () =>
   const { ws, cwd } = await workspace("term");
   const started = Date.now();
   await assert.rejects(
-    runSteps(["trap '' TERM; sleep 1000 & echo $! > child.pid; while :; do sleep 1; done"], { cwd, workspace: ws, sourceDateEpoch: 0, timeoutMs: 300, killGraceMs: 300 }),
+    runSteps(["trap '' TERM; sleep 1000 & echo $! > child.pid; while :; do sleep 1; done"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 300, killGraceMs: 300 }),
     (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message),
   );
   assert.ok(Date.now() - started < 5000);
@@ -129,19 +138,20 @@ test("a step that ignores SIGTERM is killed after the grace period", async () =>
 
 test("background processes a successful step leaves behind are killed", async () => {
   const { ws, cwd } = await workspace("leftover");
-  await runSteps(["sleep 1000 > /dev/null 2>&1 & echo $! > bg.pid"], { cwd, workspace: ws, sourceDateEpoch: 0, timeoutMs: 10_000 });
+  await runSteps(["sleep 1000 > /dev/null 2>&1 & echo $! > bg.pid"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 10_000 });
   const pid = Number((await readFile(path.join(cwd, "bg.pid"), "utf8")).trim());
   assert.ok(await waitDead(pid));
 });
 
 test("the log is bounded (the end is kept) and aborting kills the step", async () => {
   const { ws, cwd } = await workspace("bounded");
-  const res = await runSteps(["i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"], { cwd, workspace: ws, sourceDateEpoch: 0, timeoutMs: 10_000, maxLogBytes: 1000 });
-  assert.match(res.log, /^\[\.\.\. \d+ bytes of log dropped \.\.\.\]/);
-  assert.match(res.log, /line 1999\n$/);
-  assert.ok(res.log.length < 1100);
+  const res = await runSteps(["i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 10_000, maxLogBytes: 1000 });
+  const log = res.steps[0]!.log;
+  assert.match(log, /^\[\.\.\. \d+ bytes of log dropped \.\.\.\]/);
+  assert.match(log, /line 1999\n$/);
+  assert.ok(log.length < 1100);
 
   const ac = new AbortController();
   setTimeout(() => ac.abort(new Error("draining")), 200);
-  await assert.rejects(runSteps(["sleep 1000"], { cwd, workspace: ws, sourceDateEpoch: 0, timeoutMs: 60_000, signal: ac.signal }), /draining/);
+  await assert.rejects(runSteps(["sleep 1000"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 60_000, signal: ac.signal }), /draining/);
 });

@@ -2,15 +2,20 @@
  * The build pipeline: each step is `sh -c <step>`, run in the unpacked source directory with a
  * cleared environment (exactly the variables of `stepEnvironment`), in its own process group
  * (spawned detached), so that a timeout or an abort kills the step and every child it started.
- * When a step exits, whatever it left running in its group is killed too.
+ * When a step exits, whatever it left running in its group is killed too. Under bubblewrap
+ * (isolation.ts) the group is bwrap's, and bwrap takes the step's PID namespace down with it.
  *
- * stdout and stderr are merged into one bounded log (the last `maxLogBytes` are kept). A step
- * that exits non-zero, dies of a signal or runs past the deadline throws BuildFailure naming
- * the step, its exit code and the end of the log. The deadline (`timeoutMs`) covers all steps.
+ * Each step's stdout and stderr are merged into one bounded log per step (the last
+ * `maxLogBytes` are kept), returned for the build to store. A step that exits non-zero, dies
+ * of a signal or runs past the deadline throws BuildFailure naming the step, its exit code and
+ * the end of its log, and carrying the logs of every step run so far. The deadline
+ * (`timeoutMs`) covers all steps, and several runs can share one (`startedAt`): a package
+ * build applies its patches, runs its steps and then its test as three runs of one budget.
  */
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { BuildFailure } from "./errors.ts";
+import { isolatedCommand, type Isolation } from "./isolation.ts";
 
 export type Workspace = {
   /** The workspace root: `home`, `dest`, `sysroot` live under it. */
@@ -46,7 +51,13 @@ export type RunStepsOptions = {
   sourceDateEpoch: number;
   /** Time limit for all the steps together. */
   timeoutMs: number;
-  /** Log bytes kept (the end of the log). Default 1 MiB. */
+  /** When that limit started running (ms since the epoch), for runs sharing one. Default now. */
+  startedAt?: number;
+  /** How errors name a step, e.g. `patch 1 (fix.patch)`. Default `step <n> (<command>)`. */
+  describe?: (index: number, step: string) => string;
+  /** How steps are sandboxed (resolved once per builder by resolveIsolation). */
+  isolation: Isolation;
+  /** Log bytes kept per step (the end of its log). Default 1 MiB. */
   maxLogBytes?: number;
   /** Receives each line of output as it comes (e.g. to the service log). */
   log?: (line: string) => void;
@@ -56,7 +67,10 @@ export type RunStepsOptions = {
   killGraceMs?: number;
 };
 
-export type RunStepsResult = { log: string; durationMs: number };
+/** The captured output of one step. */
+export type StepLog = { step: string; log: string; exitCode: number | null; durationMs: number };
+
+export type RunStepsResult = { steps: StepLog[]; durationMs: number };
 
 /** Bounded log: keeps the last `max` bytes and counts what it dropped. */
 class BoundedLog {
@@ -108,24 +122,35 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
 /** Runs the steps in order; resolves with the log, or throws BuildFailure at the first failure. */
 export async function runSteps(steps: readonly string[], opts: RunStepsOptions): Promise<RunStepsResult> {
   const started = Date.now();
-  const deadline = started + opts.timeoutMs;
-  const log = new BoundedLog(opts.maxLogBytes ?? 1024 * 1024);
+  const deadline = (opts.startedAt ?? started) + opts.timeoutMs;
   const env = stepEnvironment(opts.workspace, opts.sourceDateEpoch);
+  const done: StepLog[] = [];
   for (let i = 0; i < steps.length; i++) {
     const step = steps[i]!;
+    const log = new BoundedLog(opts.maxLogBytes ?? 1024 * 1024);
     const header = `$ ${step}\n`;
     log.add(Buffer.from(header));
     opts.log?.(header.trimEnd());
-    await runOne(step, i, env, opts, log, deadline);
+    const stepStarted = Date.now();
+    try {
+      const exitCode = await runOne(step, i, env, opts, log, deadline);
+      done.push({ step, log: log.text(), exitCode, durationMs: Date.now() - stepStarted });
+    } catch (e) {
+      if (!(e instanceof BuildFailure)) throw e;
+      done.push({ step, log: log.text(), exitCode: e.exitCode ?? null, durationMs: Date.now() - stepStarted });
+      throw new BuildFailure(e.message, { step, exitCode: e.exitCode ?? null, ...(e.logTail !== undefined ? { logTail: e.logTail } : {}), stepLogs: done, cause: e.cause });
+    }
   }
-  return { log: log.text(), durationMs: Date.now() - started };
+  return { steps: done, durationMs: Date.now() - started };
 }
 
-function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
+function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
     opts.signal?.throwIfAborted();
-    const child = spawn("/bin/sh", ["-c", step], { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const cmd = isolatedCommand(opts.isolation, opts.workspace.root, opts.cwd, env, ["/bin/sh", "-c", step]);
+    const child = spawn(cmd.file, cmd.args, { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     const pid = child.pid;
+    const label = opts.describe?.(index, step) ?? `step ${index + 1} (${step})`;
     let partial = "";
     const onData = (b: Buffer): void => {
       log.add(b);
@@ -164,7 +189,7 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
     });
     child.on("error", (err) => {
       cleanup();
-      reject(new BuildFailure(`step ${index + 1} (${step}) could not start: ${err.message}`, { step, cause: err }));
+      reject(new BuildFailure(`${label} could not start: ${err.message}`, { step, cause: err }));
     });
     child.on("close", () => {
       cleanup();
@@ -174,12 +199,12 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       if (why === "abort") {
         reject(opts.signal?.reason ?? new Error("build aborted"));
       } else if (why === "timeout") {
-        reject(new BuildFailure(`step ${index + 1} (${step}) timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
+        reject(new BuildFailure(`${label} timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else if (e.code !== 0) {
         const how = e.code === null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
-        reject(new BuildFailure(`step ${index + 1} (${step}) ${how}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
+        reject(new BuildFailure(`${label} ${how}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else {
-        resolve();
+        resolve(0);
       }
     });
     function cleanup(): void {

@@ -3,28 +3,37 @@
  * unpack it safely.
  *
  * Fetching: `file://` URLs, plain paths (relative ones resolved against a base directory, the
- * catalog directory) and `http(s)://` URLs on loopback (127.0.0.0/8, ::1, localhost; other hosts
- * only when `allowRemote` is set). At most `maxBytes` are read. The archive lands in the
+ * catalog directory), `http(s)://` URLs on loopback (127.0.0.0/8, ::1, localhost; other hosts
+ * only when `allowRemote` is set), and git repositories pinned to a commit,
+ * `git+file:///repo#<commit>` (see git.ts: the sha256 is then that of the commit's `git archive`
+ * tar, verified alongside the commit id). At most `maxBytes` are read. The archive lands in the
  * artifact store under its sha256 only if it matches the pinned digest, so a verified source is
- * fetched once and a mismatching one leaves nothing behind.
+ * fetched once and a mismatching one leaves nothing behind. Patches are fetched the same way
+ * (`fetchPatch`; any of these but git, a patch being one file).
  *
- * Unpacking (node-tar): every entry is checked first, and the archive is refused with a clear
- * error when an entry has an absolute path, a `..` component, a link whose target leaves the
- * tree (absolute, or climbing out once resolved from the link's directory), or is a device or
- * fifo. The single top directory (`name-1.0/`) is stripped when there is one. Extraction runs in
- * node-tar's strict mode without owner preservation; node-tar also refuses to write through a
- * symlink, so a link inside the tree cannot redirect a later entry outside it.
+ * Unpacking (node-tar): the archive is first read to its end without writing anything, and is
+ * refused with a clear error when an entry has an absolute path, a `..` component, a link whose
+ * target leaves the tree (absolute, or climbing out once resolved from the link's directory
+ * through the archive's own symlinks), or is a device or fifo; when it has more than
+ * `maxEntries` entries or more than `maxBytes` uncompressed bytes (counted while streaming,
+ * from each header's declared size and from the inflated bytes); or when it is a decompression
+ * bomb (it expands more than MAX_EXPANSION_RATIO times). The single top directory (`name-1.0/`)
+ * is stripped when there is one. Extraction runs in node-tar's strict mode without owner
+ * preservation; node-tar also refuses to write through a symlink, so a link inside the tree
+ * cannot redirect a later entry outside it.
  */
 import { isIP } from "node:net";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { createReadStream } from "node:fs";
-import { mkdir, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, open, rm, stat } from "node:fs/promises";
+import { createGunzip } from "node:zlib";
 import * as tar from "tar";
 import type { Digest } from "@homeostat/core/digest";
-import type { Source } from "@homeostat/core/contracts";
+import type { PatchRef, Source } from "@homeostat/core/contracts";
 import { BuildFailure } from "./errors.ts";
+import { exportGitTree, isGitSourceUrl, parseGitSource } from "./git.ts";
 import { ArtifactStore, DigestMismatchError, TooLargeError, type StoredBlob } from "./store.ts";
 
 export type FetchOptions = {
@@ -39,18 +48,21 @@ export type FetchOptions = {
   signal?: AbortSignal;
 };
 
-/** Where a source URL points: a local file or an HTTP URL. */
-export function resolveSourceLocation(url: string, baseDir: string): { kind: "file"; path: string } | { kind: "http"; url: URL } {
+/** What a fetched blob is, as errors name it (`patch <url>: ...`). */
+export type FetchedKind = "source" | "patch";
+
+/** Where a source (or patch) URL points: a local file or an HTTP URL. */
+export function resolveSourceLocation(url: string, baseDir: string, kind: FetchedKind = "source"): { kind: "file"; path: string } | { kind: "http"; url: URL } {
   if (/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(url) && !/^[a-zA-Z]:[\\/]/.test(url)) {
     let u: URL;
     try {
       u = new URL(url);
     } catch {
-      throw new BuildFailure(`source URL ${JSON.stringify(url)} is not a valid URL`);
+      throw new BuildFailure(`${kind} URL ${JSON.stringify(url)} is not a valid URL`);
     }
     if (u.protocol === "file:") return { kind: "file", path: fileURLToPath(u) };
     if (u.protocol === "http:" || u.protocol === "https:") return { kind: "http", url: u };
-    throw new BuildFailure(`source URL scheme ${u.protocol} is not supported (file://, http://, https:// or a path)`);
+    throw new BuildFailure(`${kind} URL scheme ${u.protocol} is not supported (file://, http://, https:// or a path)`);
   }
   return { kind: "file", path: path.resolve(baseDir, url) };
 }
@@ -65,61 +77,122 @@ export function isLoopbackHost(hostname: string): boolean {
 
 /**
  * Fetches `source` into the store, verified: returns the stored blob. A mismatching digest, an
- * archive over the limit, a missing file or an HTTP 4xx is a BuildFailure (nothing is stored);
- * network errors and HTTP 5xx are plain (retriable) errors.
+ * archive over the limit, a missing file, an unknown commit or an HTTP 4xx is a BuildFailure
+ * (nothing is stored); network errors and HTTP 5xx are plain (retriable) errors.
  */
 export async function fetchSource(source: Source, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
+  return fetchPinned("source", source, store, opts);
+}
+
+/** Fetches a patch into the store exactly as fetchSource does a source (git URLs excepted). */
+export async function fetchPatch(patch: PatchRef, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
+  if (isGitSourceUrl(patch.url)) throw new BuildFailure(`patch ${patch.url}: a patch is one file (a path, file://, http:// or https:// URL), not a git repository`);
+  return fetchPinned("patch", patch, store, opts);
+}
+
+async function fetchPinned(kind: FetchedKind, source: Source, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
+  const what = `${kind} ${source.url}`;
   const expected: Digest = `sha256:${source.sha256}`;
   if (await store.has(expected)) {
     if (await store.verify(expected)) return { digest: expected, size: (await stat(store.path(expected))).size, path: store.path(expected) };
   }
-  const where = resolveSourceLocation(source.url, opts.baseDir);
+  if (isGitSourceUrl(source.url)) return fetchGitSource(source, store, opts);
+  const where = resolveSourceLocation(source.url, opts.baseDir, kind);
   let body: Readable;
   if (where.kind === "file") {
     let st;
     try {
       st = await stat(where.path);
     } catch (e) {
-      throw new BuildFailure(`source ${source.url}: cannot read ${where.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new BuildFailure(`${what}: cannot read ${where.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    if (!st.isFile()) throw new BuildFailure(`source ${source.url}: ${where.path} is not a file`);
-    if (st.size > opts.maxBytes) throw new BuildFailure(`source ${source.url} is ${st.size} bytes, over the limit of ${opts.maxBytes}`);
+    if (!st.isFile()) throw new BuildFailure(`${what}: ${where.path} is not a file`);
+    if (st.size > opts.maxBytes) throw new BuildFailure(`${what} is ${st.size} bytes, over the limit of ${opts.maxBytes}`);
     body = createReadStream(where.path);
   } else {
-    if (!opts.allowRemote && !isLoopbackHost(where.url.hostname)) {
-      throw new BuildFailure(`source ${source.url}: only loopback hosts are allowed (got ${where.url.hostname})`);
-    }
-    const signals = [AbortSignal.timeout(opts.timeoutMs ?? 5 * 60_000), ...(opts.signal ? [opts.signal] : [])];
-    const res = await fetch(where.url, { redirect: "error", signal: AbortSignal.any(signals) });
+    checkHost(what, where.url, opts);
+    const res = await fetch(where.url, { redirect: "error", signal: timeoutSignal(opts) });
     if (!res.ok) {
       await res.body?.cancel().catch(() => {});
-      const msg = `source ${source.url}: HTTP ${res.status} ${res.statusText}`;
+      const msg = `${what}: HTTP ${res.status} ${res.statusText}`;
       if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) throw new BuildFailure(msg);
       throw new Error(msg);
     }
     const declared = Number(res.headers.get("content-length") ?? "NaN");
     if (Number.isFinite(declared) && declared > opts.maxBytes) {
       await res.body?.cancel().catch(() => {});
-      throw new BuildFailure(`source ${source.url} is ${declared} bytes, over the limit of ${opts.maxBytes}`);
+      throw new BuildFailure(`${what} is ${declared} bytes, over the limit of ${opts.maxBytes}`);
     }
-    if (!res.body) throw new Error(`source ${source.url}: empty HTTP response`);
+    if (!res.body) throw new Error(`${what}: empty HTTP response`);
     body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
   }
+  return storeVerified(source, what, body, store, opts);
+}
+
+/** `what` names the blob in the error (`source <url>`). */
+function checkHost(what: string, where: URL, opts: FetchOptions): void {
+  if (!opts.allowRemote && !isLoopbackHost(where.hostname)) {
+    throw new BuildFailure(`${what}: only loopback hosts are allowed (got ${where.hostname})`);
+  }
+}
+
+function timeoutSignal(opts: FetchOptions): AbortSignal {
+  return AbortSignal.any([AbortSignal.timeout(opts.timeoutMs ?? 5 * 60_000), ...(opts.signal ? [opts.signal] : [])]);
+}
+
+/** Streams `body` into the store, refusing it unless it hashes to the pinned sha256. */
+async function storeVerified(source: Source, what: string, body: Readable, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
   try {
-    return await store.put(body, { expected, maxBytes: opts.maxBytes });
+    return await store.put(body, { expected: `sha256:${source.sha256}`, maxBytes: opts.maxBytes });
   } catch (e) {
     if (e instanceof DigestMismatchError) {
-      throw new BuildFailure(`source ${source.url}: sha256 mismatch: expected ${e.expected}, got ${e.actual}`, { cause: e });
+      throw new BuildFailure(`${what}: sha256 mismatch: expected ${e.expected}, got ${e.actual}`, { cause: e });
     }
-    if (e instanceof TooLargeError) throw new BuildFailure(`source ${source.url} exceeds the limit of ${e.limit} bytes`, { cause: e });
+    if (e instanceof TooLargeError) throw new BuildFailure(`${what} exceeds the limit of ${e.limit} bytes`, { cause: e });
     throw e;
   }
 }
 
+/** A git source (see git.ts): fetched into a scratch repository, its tree exported as a tar. */
+async function fetchGitSource(source: Source, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
+  const src = parseGitSource(source.url);
+  if (src.transport.protocol !== "file:") checkHost(`source ${source.url}`, src.transport, opts);
+  await mkdir(path.join(store.root, "tmp"), { recursive: true });
+  const scratch = await mkdtemp(path.join(store.root, "tmp", "git-"));
+  try {
+    const { tar: body, done } = await exportGitTree(src, scratch, timeoutSignal(opts));
+    const stored = await storeVerified(source, `source ${source.url}`, body, store, opts).catch(async (e: unknown) => {
+      // When git failed, its error says more than the digest of a truncated export.
+      await done;
+      throw e;
+    });
+    await done;
+    return stored;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+export type UnpackLimits = {
+  /** Largest total of uncompressed bytes (tar headers and contents). */
+  maxBytes: number;
+  /** Most entries (files, directories, links). */
+  maxEntries: number;
+};
+
 export type UnpackOptions = {
   /** Strip the archive's single top directory, if it has one. Default true. */
   stripTopDir?: boolean;
+  limits: UnpackLimits;
 };
+
+/**
+ * A compressed archive that expands more than this many times is a decompression bomb, once it
+ * has expanded past BOMB_FLOOR_BYTES (so a small archive of zeros is not flagged). Source code
+ * compresses 3 to 10 times with gzip; gzip cannot exceed about 1032.
+ */
+export const MAX_EXPANSION_RATIO = 200;
+export const BOMB_FLOOR_BYTES = 64 * 1024 * 1024;
 
 type EntryInfo = { path: string; type: string; linkpath: string | undefined };
 
@@ -127,6 +200,34 @@ const allowedTypes = new Set(["File", "OldFile", "ContiguousFile", "Directory", 
 
 function components(p: string): string[] {
   return p.split("/").filter((c) => c !== "" && c !== ".");
+}
+
+/** Most symlinks followed while resolving one link target (as the kernel's ELOOP limit). */
+const MAX_LINK_HOPS = 40;
+
+/**
+ * Resolves `target` from directory `from` (components relative to the tree root) the way the
+ * kernel would once the tree is unpacked, following the archive's own symlinks (`links`: path
+ * -> target). Returns undefined when the path leaves the tree (or loops).
+ */
+function resolveInTree(from: string[], target: string, links: Map<string, string>, hops = { n: 0 }): string[] | undefined {
+  const at = target.startsWith("/") ? undefined : [...from];
+  if (!at) return undefined;
+  for (const c of components(target)) {
+    if (c === "..") {
+      if (at.length === 0) return undefined;
+      at.pop();
+      continue;
+    }
+    at.push(c);
+    const link = links.get(at.join("/"));
+    if (link === undefined) continue;
+    if (++hops.n > MAX_LINK_HOPS) return undefined;
+    const resolved = resolveInTree(at.slice(0, -1), link, links, hops);
+    if (!resolved) return undefined;
+    at.splice(0, at.length, ...resolved);
+  }
+  return at;
 }
 
 /** Checks every entry and decides whether to strip; throws BuildFailure naming the bad entry. */
@@ -139,45 +240,94 @@ function checkEntries(entries: EntryInfo[], what: string, stripTopDir: boolean):
   let strip = 0;
   if (stripTopDir && entries.length > 0) {
     const tops = new Set(entries.map((e) => components(e.path)[0]));
-    const top = entries.length > 0 && tops.size === 1 ? [...tops][0] : undefined;
+    const top = tops.size === 1 ? [...tops][0] : undefined;
     if (top !== undefined && entries.every((e) => components(e.path).length > 1 || e.type === "Directory")) strip = 1;
   }
+  const rel = (p: string): string[] => components(p).slice(strip);
+  const symlinks = new Map<string, string>();
+  for (const e of entries) if (e.type === "SymbolicLink") symlinks.set(rel(e.path).join("/"), e.linkpath ?? "");
   for (const e of entries) {
     if (e.type !== "SymbolicLink" && e.type !== "Link") continue;
     const target = e.linkpath ?? "";
-    const rel = components(e.path).slice(strip);
     if (target === "") throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} has an empty target`);
     if (target.startsWith("/")) throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} points outside the tree (absolute target ${JSON.stringify(target)})`);
-    // A symlink target is relative to the link's directory; a hard link's to the archive root.
-    const base = e.type === "SymbolicLink" ? rel.slice(0, -1).join("/") : "";
-    const targetParts = e.type === "Link" ? components(target).slice(strip) : components(target);
     if (e.type === "Link" && target.split("/").includes("..")) throw new BuildFailure(`${what}: hard link ${JSON.stringify(e.path)} target contains '..'`);
-    const resolved = path.posix.normalize(`${base === "" ? "." : base}/${targetParts.join("/")}`);
-    if (resolved === ".." || resolved.startsWith("../")) {
-      throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} -> ${JSON.stringify(target)} points outside the tree`);
-    }
+    // A symlink target is relative to the link's directory; a hard link's to the archive root
+    // (and is stripped like any entry path). Either is resolved through the archive's symlinks.
+    const resolved = e.type === "SymbolicLink" ? resolveInTree(rel(e.path).slice(0, -1), target, symlinks) : resolveInTree([], rel(target).join("/"), symlinks);
+    if (!resolved) throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} -> ${JSON.stringify(target)} points outside the tree`);
   }
   return strip;
 }
 
 /**
- * Unpacks a .tar(.gz) into `destDir` after checking every entry (see the module comment).
- * `what` names the archive in errors.
+ * Reads the archive's entry list, decompressing it ourselves so that every limit is enforced
+ * while streaming: the declared size of each entry counts against `maxBytes` as soon as its
+ * header is read (a 1 TB entry fails before any of it is inflated), and so does every
+ * decompressed byte (trailing garbage after the end-of-archive marker included).
  */
-export async function unpackArchive(file: string, destDir: string, what: string, opts: UnpackOptions = {}): Promise<{ stripped: boolean; entries: number }> {
-  const entries: EntryInfo[] = [];
+async function scanArchive(file: string, what: string, limits: UnpackLimits): Promise<EntryInfo[]> {
+  const compressed = Math.max(1, (await stat(file)).size);
+  const head = Buffer.alloc(2);
+  const fh = await open(file, "r");
   try {
-    await tar.list({
-      file,
-      strict: true,
-      onReadEntry: (e) => {
-        if (e.meta || e.type === "GlobalExtendedHeader" || e.type === "ExtendedHeader") return;
-        entries.push({ path: e.path, type: e.type, linkpath: e.linkpath });
-      },
-    });
-  } catch (e) {
-    throw new BuildFailure(`${what}: not a readable tar archive: ${(e as Error).message}`, { cause: e });
+    await fh.read(head, 0, 2, 0);
+  } finally {
+    await fh.close();
   }
+  const gzipped = head[0] === 0x1f && head[1] === 0x8b;
+  const raw = createReadStream(file);
+  const input: Readable = gzipped ? raw.pipe(createGunzip()) : raw;
+  const entries: EntryInfo[] = [];
+  let declared = 0;
+  let failure: Error | undefined;
+  const fail = (msg: string): void => {
+    failure ??= new BuildFailure(`${what}: ${msg}`);
+  };
+  const parser = new tar.Parser({
+    strict: true,
+    onReadEntry: (e) => {
+      e.resume();
+      if (e.meta || e.type === "GlobalExtendedHeader" || e.type === "ExtendedHeader") return;
+      declared += e.size ?? 0;
+      if (entries.length >= limits.maxEntries) fail(`has more than ${limits.maxEntries} entries (the limit)`);
+      else if (declared > limits.maxBytes) fail(`unpacks to more than ${limits.maxBytes} bytes (the limit; entry ${JSON.stringify(e.path)} declares ${e.size})`);
+      else entries.push({ path: e.path, type: e.type, linkpath: e.linkpath });
+    },
+  });
+  parser.on("error", (e: Error) => (failure ??= new BuildFailure(`${what}: not a readable tar archive: ${e.message}`, { cause: e })));
+  const ended = new Promise<void>((resolve) => {
+    for (const ev of ["end", "error", "abort"]) parser.on(ev, () => resolve());
+  });
+  let expanded = 0;
+  try {
+    for await (const chunk of input as AsyncIterable<Buffer>) {
+      expanded += chunk.length;
+      if (expanded > limits.maxBytes) fail(`unpacks to more than ${limits.maxBytes} bytes (the limit)`);
+      else if (gzipped && expanded > BOMB_FLOOR_BYTES && expanded > MAX_EXPANSION_RATIO * compressed) {
+        fail(`decompression bomb: ${compressed} compressed bytes expand to more than ${expanded} (over ${MAX_EXPANSION_RATIO}:1)`);
+      } else parser.write(chunk);
+      if (failure) throw failure;
+    }
+  } catch (e) {
+    if (e instanceof BuildFailure) throw e;
+    throw new BuildFailure(`${what}: not a readable tar archive: ${(e as Error).message}`, { cause: e });
+  } finally {
+    raw.destroy();
+    input.destroy();
+  }
+  parser.end();
+  await ended;
+  if (failure) throw failure;
+  return entries;
+}
+
+/**
+ * Unpacks a .tar(.gz) into `destDir` after checking every entry and the limits (see the module
+ * comment). `what` names the archive in errors.
+ */
+export async function unpackArchive(file: string, destDir: string, what: string, opts: UnpackOptions): Promise<{ stripped: boolean; entries: number }> {
+  const entries = await scanArchive(file, what, opts.limits);
   const strip = checkEntries(entries, what, opts.stripTopDir ?? true);
   await mkdir(destDir, { recursive: true });
   try {

@@ -1,0 +1,117 @@
+/**
+ * Git sources: a repository pinned to one commit, exported as a deterministic tree.
+ *
+ * URL form: `git+<transport>#<commit>`, where transport is `file:///path/to/repo`,
+ * `http://host/repo.git` or `https://host/repo.git`, and commit is the full object id (40 hex
+ * for SHA-1 repositories, 64 hex for SHA-256 ones). Branches, tags and abbreviated ids are
+ * refused: they move or can become ambiguous, and a build must name exactly one tree.
+ *
+ * The source's `sha256` is verified ALONGSIDE the commit pin, and is the sha256 of the
+ * uncompressed tar that `git archive --format=tar <commit>` writes with git's default
+ * configuration (so `git archive --format=tar <commit> | sha256sum` computes it). Why both:
+ * SHA-1 object ids are not collision-resistant enough to be the only check on what we build;
+ * the sha256 makes a git source exactly as strong as a pinned tarball, and keeps the artifact
+ * store and the source cache uniformly keyed by sha256 (a second build of the same commit
+ * does not touch git at all). `git archive` of a commit is deterministic: entries in tree
+ * order, mtime = the commit time, uid/gid 0, modes normalised from the tree; a repository
+ * whose `.gitattributes` asks for `export-subst` of ref names could vary, and then fails the
+ * sha256 check rather than building something else.
+ *
+ * git runs with no system or global configuration, no prompts, only the file/http/https
+ * protocols, a HOME inside the scratch repository, a time limit, and `--` before the URL.
+ * Only the pinned commit is fetched (`--depth=1`); the exported tar is size-limited by the
+ * store, and unpacked with the same checks as any archive.
+ */
+import { spawn } from "node:child_process";
+import { PassThrough, type Readable } from "node:stream";
+import { BuildFailure } from "./errors.ts";
+
+export type GitSource = { transport: URL; commit: string };
+
+const commitRe = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+
+export function isGitSourceUrl(url: string): boolean {
+  return url.startsWith("git+");
+}
+
+/** Parses `git+<transport>#<commit>`; a BuildFailure says what is wrong. */
+export function parseGitSource(url: string): GitSource {
+  const hash = url.indexOf("#");
+  const commit = hash < 0 ? "" : url.slice(hash + 1);
+  const bare = hash < 0 ? url.slice(4) : url.slice(4, hash);
+  if (!commitRe.test(commit)) {
+    throw new BuildFailure(`git source ${JSON.stringify(url)} must end in #<full commit id> (40 or 64 lower-case hex); branches, tags and short ids are not pinned`);
+  }
+  let transport: URL;
+  try {
+    transport = new URL(bare);
+  } catch {
+    throw new BuildFailure(`git source ${JSON.stringify(url)}: ${JSON.stringify(bare)} is not a valid URL`);
+  }
+  if (!["file:", "http:", "https:"].includes(transport.protocol)) {
+    throw new BuildFailure(`git source ${JSON.stringify(url)}: transport ${transport.protocol} is not supported (git+file://, git+http://, git+https://)`);
+  }
+  if (transport.username || transport.password) throw new BuildFailure(`git source ${JSON.stringify(url)}: credentials in the URL are not allowed`);
+  return { transport, commit };
+}
+
+/** The environment git runs with: nothing of the builder's, no configuration but ours. */
+function gitEnvironment(scratch: string): Record<string, string> {
+  return {
+    PATH: "/usr/local/bin:/usr/bin:/bin",
+    HOME: scratch,
+    LC_ALL: "C",
+    GIT_CONFIG_NOSYSTEM: "1",
+    GIT_CONFIG_GLOBAL: "/dev/null",
+    GIT_TERMINAL_PROMPT: "0",
+    GIT_ALLOW_PROTOCOL: "file:http:https",
+  };
+}
+
+/** Runs git to completion; resolves with its stdout, rejects naming the command and stderr. */
+function git(args: string[], scratch: string, signal: AbortSignal): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("git", args, { cwd: scratch, env: gitEnvironment(scratch), stdio: ["ignore", "pipe", "pipe"], signal });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString("utf8")));
+    child.stderr.on("data", (b: Buffer) => (err = (err + b.toString("utf8")).slice(-4000)));
+    child.on("error", (e) => reject(e.name === "AbortError" ? new Error(`git ${args[0]} timed out or was aborted`, { cause: e }) : new Error(`git could not start: ${e.message}`, { cause: e })));
+    child.on("close", (code) => (code === 0 ? resolve(out) : reject(new GitError(`git ${args[0]} exited with ${code}: ${err.trim()}`))));
+  });
+}
+
+/** git itself refused (unknown commit, unreachable repository): final for these inputs. */
+class GitError extends Error {}
+
+/**
+ * Fetches exactly `src.commit` into the bare scratch repository `scratch` (an empty directory)
+ * and returns the `git archive` tar stream of its tree. The caller consumes the stream (hashing
+ * and limiting it) and must wait for `done`, which rejects if git failed.
+ */
+export async function exportGitTree(src: GitSource, scratch: string, signal: AbortSignal): Promise<{ tar: Readable; done: Promise<void> }> {
+  const label = `${src.transport.href}#${src.commit}`;
+  try {
+    await git(["init", "--quiet", "--bare", `--object-format=${src.commit.length === 64 ? "sha256" : "sha1"}`, "."], scratch, signal);
+    await git(["fetch", "--quiet", "--depth=1", "--no-tags", "--", src.transport.href, src.commit], scratch, signal);
+    const resolved = (await git(["rev-parse", "--verify", "--end-of-options", `${src.commit}^{commit}`], scratch, signal)).trim();
+    if (resolved !== src.commit) throw new GitError(`${src.commit} resolves to ${resolved}`);
+  } catch (e) {
+    if (e instanceof GitError) throw new BuildFailure(`git source ${label}: ${e.message}`, { cause: e });
+    throw e;
+  }
+  const child = spawn("git", ["archive", "--format=tar", "--end-of-options", src.commit], { cwd: scratch, env: gitEnvironment(scratch), stdio: ["ignore", "pipe", "pipe"], signal });
+  let err = "";
+  child.stderr.on("data", (b: Buffer) => (err = (err + b.toString("utf8")).slice(-4000)));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on("error", (e) => reject(new Error(`git archive of ${label} failed: ${e.message}`, { cause: e })));
+    child.on("close", (code, sig) => (code === 0 ? resolve() : reject(new BuildFailure(`git source ${label}: git archive exited with ${code ?? sig}: ${err.trim()}`))));
+  });
+  // The caller may stop reading (limit, mismatch) before git is done: that is reported by the
+  // caller, not as an unhandled rejection.
+  done.catch(() => {});
+  // Take the output now: node discards the unread output of a child that has exited.
+  const tar = child.stdout.pipe(new PassThrough());
+  tar.on("close", () => child.stdout.destroy());
+  return { tar, done };
+}
