@@ -1,26 +1,22 @@
 /**
  * The real `homeostat` command (bin/homeostat, a child process) against a status API started
- * here over a real Redis read model with its own random prefix (removed at the end).
+ * here over a real Redis read model and a real WorkQueue on NATS, with their own random prefix
+ * (streams, buckets and Redis keys removed at the end).
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { createRequire } from "node:module";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
+import { done, nonRetriable, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
 import { StatusReadModel } from "@homeostat/core/state";
 import type { KeyStatus } from "@homeostat/core/status";
-import { Topology } from "@homeostat/core/topology";
 import { startStatusApi, type StatusApi } from "../../../services/queue/src/status-api.ts";
-
-// ioredis is a dependency of core, not of the CLI: load it from core's side.
-type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
-const coreRequire = createRequire(import.meta.resolve("@homeostat/core/state"));
-const { Redis } = coreRequire("ioredis") as { Redis: new (url: string, opts?: object) => RedisClient };
+import { waitFor } from "../../../scripts/factory.ts";
+import { testEnv, type TestEnv } from "../../../test/harness.ts";
 
 const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));
-const prefix = `t${randomBytes(6).toString("hex")}`;
+const quiet: Logger = { info() {}, warn() {}, error() {} };
 const digest = (c: string): string => `sha256:${c.repeat(64)}`;
 
 const openssl: KeyStatus = {
@@ -46,25 +42,23 @@ const openssl: KeyStatus = {
 const nginx: KeyStatus = { key: "image/nginx-with-a-long-name", phase: "NeedsAttention", desiredVersion: "1.27.0", attempts: 0, updatedAt: "2026-11-22T08:00:00.000Z" };
 const zlib: KeyStatus = { key: "package/zlib", phase: "Pending", attempts: 0, updatedAt: "2026-11-22T09:00:00.000Z" };
 
-let redis: RedisClient;
+let t: TestEnv;
+let queue: WorkQueue;
 let api: StatusApi;
 let addr: string;
 
 before(async () => {
-  redis = new Redis(process.env.REDIS_URL ?? "redis://127.0.0.1:6379", { maxRetriesPerRequest: 1 });
-  const model = new StatusReadModel(redis, new Topology({ prefix, region: "local" }));
+  t = await testEnv();
+  const model = new StatusReadModel(t.redis, t.nats.topology);
   for (const s of [openssl, nginx, zlib]) await model.put(s);
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, onError: () => {} });
+  queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "cli-test" }));
+  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, onError: () => {} });
   addr = `127.0.0.1:${api.port}`;
 });
 
 after(async () => {
   await api?.close();
-  if (redis) {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length) await redis.del(...keys);
-    redis.disconnect();
-  }
+  await t?.cleanup();
 });
 
 type Run = { code: number; stdout: string; stderr: string };
@@ -165,7 +159,7 @@ test("an unknown key: message and exit 1", async () => {
 
 test("an unreachable server: exit 2 naming the address", async () => {
   const port = await freePort();
-  for (const args of [["get", "package/openssl"], ["list"]]) {
+  for (const args of [["get", "package/openssl"], ["list"], ["queue", "stats"], ["enqueue", "package/zlib"], ["dead-letters"], ["retry", "package/zlib"]]) {
     const r = await homeostat([...args, "--addr", `127.0.0.1:${port}`]);
     assert.equal(r.code, 2);
     assert.match(r.stderr, new RegExp(`^homeostat: cannot reach homeostat at 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`));
@@ -173,7 +167,12 @@ test("an unreachable server: exit 2 naming the address", async () => {
 });
 
 test("usage errors: usage on stderr, exit 64", async () => {
-  const cases = [[], ["frobnicate"], ["get"], ["get", "a", "b"], ["get", "not-a-key"], ["list", "--bogus"], ["list", "--limit", "zero"], ["list", "--addr", "nohostport"]];
+  const cases = [
+    [], ["frobnicate"], ["get"], ["get", "a", "b"], ["get", "not-a-key"], ["list", "--bogus"], ["list", "--limit", "zero"], ["list", "--addr", "nohostport"],
+    ["queue"], ["queue", "stats", "extra"], ["enqueue"], ["enqueue", "openssl"], ["enqueue", "package/zlib", "--priority", "urgent"],
+    ["enqueue", "package/zlib", "--not-before", "soon"], ["enqueue", "package/zlib", "--not-before", "-5"], ["enqueue", "package/zlib", "--floor", "31d"],
+    ["dead-letters", "--limit", "0"], ["dead-letters", "package/zlib"], ["retry"], ["retry", "package/../x"],
+  ];
   const runs = await Promise.all(cases.map((args) => homeostat([...args, ...(args.includes("--addr") ? [] : ["--addr", addr])])));
   runs.forEach((r, i) => {
     const what = cases[i]!.join(" ");
@@ -188,7 +187,68 @@ test("--help lists the commands and exits 0", async () => {
   assert.equal(r.code, 0);
   assert.match(r.stdout, /^\s+get <key>\s+/m);
   assert.match(r.stdout, /^\s+list\s+/m);
+  for (const c of ["queue stats", "enqueue <key>", "dead-letters", "retry <key>"]) assert.match(r.stdout, new RegExp(`^\\s+${c}\\s+`, "m"), c);
   r = await homeostat(["list", "--help"]);
   assert.equal(r.code, 0);
   assert.match(r.stdout, /--prefix p/);
+});
+
+test("queue stats prints a table per class and the totals; --json the QueueStats", async () => {
+  let r = await homeostat(["queue", "stats", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^CLASS\s+QUEUED\nadvisory\s+0\nrelease\s+0\ndependency\s+0\nresync\s+0\n\nRunning:\s+0\nRetrying:\s+0\nDead letters:\s+0\n$/);
+  r = await homeostat(["queue", "stats", "--json", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+});
+
+test("enqueue queues, then deduplicates; the options reach the queue", async () => {
+  let r = await homeostat(["enqueue", "package/zlib", "--priority", "resync", "--not-before", "1h30m", "--floor", "90000", "--detail", "checking a mirror", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "package/zlib: added (queued)\n");
+  r = await homeostat(["enqueue", "package/zlib", "--json", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { key: "package/zlib", outcome: "deduped" });
+  // The merge took the more urgent class (release, the default) and kept the floor.
+  const stats = await queue.stats();
+  assert.deepEqual(stats.depth, { advisory: 0, release: 1, dependency: 0, resync: 0 });
+});
+
+test("dead-letters lists a non-retriable key; retry queues it again; retry of another key exits 1", async () => {
+  let r = await homeostat(["dead-letters", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "KEY  PRIORITY  ATTEMPTS  RETRIABLE  SINCE  REASON\n");
+
+  assert.equal((await homeostat(["enqueue", "image/broken", "--priority", "advisory", "--addr", addr])).code, 0);
+  const ac = new AbortController();
+  const running = queue.run({ concurrency: 2, signal: ac.signal, reconcile: async (item) => (item.key === "image/broken" ? nonRetriable("base image\nwithdrawn") : done) });
+  try {
+    await waitFor("the dead letter", async () => (await queue.deadLetters()).some((d) => d.key === "image/broken"), 15_000);
+  } finally {
+    ac.abort();
+    await running;
+  }
+
+  r = await homeostat(["dead-letters", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trimEnd().split("\n");
+  assert.equal(lines.length, 2);
+  assert.match(lines[1]!, /^image\/broken\s+advisory\s+\d+\s+no\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+base image withdrawn$/);
+
+  r = await homeostat(["dead-letters", "--json", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  const [d] = JSON.parse(r.stdout) as Record<string, unknown>[];
+  assert.deepEqual({ ...d, at: undefined, attempts: undefined }, {
+    key: "image/broken", reason: "base image\nwithdrawn", nonRetriable: true, priority: "advisory", cause: { type: "manual" }, at: undefined, attempts: undefined,
+  });
+
+  r = await homeostat(["retry", "image/broken", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^image\/broken: queued again with fresh attempts/);
+  assert.equal((await queue.stats()).depth.advisory, 1);
+
+  r = await homeostat(["retry", "package/openssl", "--addr", addr]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, "");
+  assert.equal(r.stderr, "homeostat: package/openssl is not in the dead letters\n");
 });

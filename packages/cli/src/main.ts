@@ -1,6 +1,7 @@
 /**
- * homeostat: the command line. Asks a running factory where its keys stand, over the gRPC
- * status API that the queue service serves (packages/core/src/grpc.ts is the contract).
+ * homeostat: the command line. Asks a running factory where its keys stand and steers its work
+ * queue, over the gRPC status API that the queue service serves (packages/core/src/grpc.ts is
+ * the contract).
  *
  * Subcommands are rows of the `commands` table: a name (one or more words, e.g. "get" or
  * "queue stats"), its options and a `run`. Adding one is adding a row; parsing, help, the
@@ -9,13 +10,23 @@
  * Exit codes: 0 ok; 1 the server answered with an error (e.g. not found); 2 the server could
  * not be reached; 64 usage error (EX_USAGE).
  */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import { CatalogSource, parseCatalogLocation } from "@homeostat/core/catalog-source";
 import { loadConfig } from "@homeostat/core/config";
-import { ContractViolation, getKeyStatus, grpc, isGrpcError, listKeyStatuses, maxPageSize, parseKeyArg, statusClient, type StatusServiceClient } from "@homeostat/core/grpc";
+import { priorities, prioritySchema } from "@homeostat/core/contracts";
+import {
+  ContractViolation, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, listDeadLetters, listKeyStatuses, maxDeadLetterLimit, maxEnqueueDelayMs,
+  maxPageSize, parseKeyArg, retryDeadLetter, statusClient, whyKey, type DeadLetterEntry, type StatusServiceClient,
+} from "@homeostat/core/grpc";
+import type { Osv } from "@homeostat/core/osv";
 import type { KeyStatus } from "@homeostat/core/status";
+import type { EnqueueOutcome, QueueStats } from "@homeostat/core/workqueue";
 import { CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/signer/attestation";
 import { readTrustedKeys, SigningKeyError } from "@homeostat/signer/keys";
 import { VerificationError, verifyTarget, type ImageVerification } from "@homeostat/signer/verify";
+import { formatPlan, parseAdvisoryFile, parseReleaseArg, plan, type PlanRelease } from "./plan.ts";
 
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
 /** What `homeostat verify` demands by default: what the signer attaches to every image. */
@@ -68,7 +79,7 @@ const globalOptions = {
 
 const globalOptionHelp: [string, string][] = [
   ["--addr host:port", "status API address (default: $HOMEOSTAT_GRPC_ADDR, else 127.0.0.1:50051)"],
-  ["--json", "print JSON (KeyStatus fields as in status.ts) instead of text"],
+  ["--json", "print JSON (field names as in packages/core: status.ts, workqueue.ts) instead of text"],
   ["-h, --help", "show help"],
 ];
 
@@ -85,6 +96,51 @@ const getCommand: Command = {
     const status = await getKeyStatus(ctx.status(), parsed.key);
     if (ctx.json) ctx.printJson(status);
     else ctx.print(formatStatus(status));
+    return exitCodes.ok;
+  },
+};
+
+const whyCommand: Command = {
+  name: "why",
+  args: "<key>",
+  summary: "explain why a key is where it is: its cause, then its dependencies' causes, back to the event",
+  positionals: { min: 1, max: 1 },
+  async run(ctx, [raw]) {
+    const parsed = parseKeyArg(raw!);
+    if ("error" in parsed) throw new UsageError(parsed.error, whyCommand);
+    const chain = await whyKey(ctx.status(), parsed.key);
+    if (ctx.json) ctx.printJson(chain);
+    else ctx.print(formatWhy(chain));
+    return exitCodes.ok;
+  },
+};
+
+const planCommand: Command = {
+  name: "plan",
+  summary: "show, without doing anything, what an advisory or a release would bump, patch, flag and rebuild",
+  options: { advisory: { type: "string", multiple: true }, release: { type: "string", multiple: true }, catalog: { type: "string" } },
+  optionHelp: [
+    ["--advisory FILE.json", "an OSV advisory (one document, an array, or {advisories: [...]}); repeatable"],
+    ["--release pkg@version", "a release upstream published; repeatable"],
+    ["--catalog DIR", "the catalog: a directory or git+<repo>#<ref>[:path] (default $HOMEOSTAT_CATALOG)"],
+  ],
+  positionals: { min: 0, max: 0 },
+  async run(ctx, _positionals, values) {
+    const files = Array.isArray(values.advisory) ? values.advisory.map(String) : [];
+    let releases: PlanRelease[];
+    try {
+      releases = (Array.isArray(values.release) ? values.release.map(String) : []).map(parseReleaseArg);
+    } catch (err) {
+      throw new UsageError((err as Error).message, planCommand);
+    }
+    if (files.length === 0 && releases.length === 0) throw new UsageError("give at least one --advisory or --release", planCommand);
+    const advisories: Osv[] = [];
+    for (const f of files) advisories.push(...parseAdvisoryFile(await readFile(f, "utf8"), f));
+    const config = loadConfig({ HOMEOSTAT_CATALOG: typeof values.catalog === "string" ? values.catalog : ctx.io.env.HOMEOSTAT_CATALOG || undefined, HOMEOSTAT_DATA: ctx.io.env.HOMEOSTAT_DATA || undefined });
+    const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "cli") });
+    const result = plan(source.current(), { advisories, releases });
+    if (ctx.json) ctx.printJson(result);
+    else ctx.print(formatPlan(result));
     return exitCodes.ok;
   },
 };
@@ -144,6 +200,89 @@ const verifyCommand: Command = {
   },
 };
 
+const queueStatsCommand: Command = {
+  name: "queue stats",
+  summary: "show queued keys per priority class, and how many run, wait to retry or are dead letters",
+  positionals: { min: 0, max: 0 },
+  async run(ctx) {
+    const stats = await getQueueStats(ctx.status());
+    if (ctx.json) ctx.printJson(stats);
+    else ctx.print(formatQueueStats(stats));
+    return exitCodes.ok;
+  },
+};
+
+const outcomeText: Record<EnqueueOutcome, string> = {
+  added: "added (queued)",
+  deduped: "deduped (merged into the queued request)",
+  rerun: "rerun (running now; will run once more afterwards)",
+};
+
+const enqueueCommand: Command = {
+  name: "enqueue",
+  args: "<key>",
+  summary: "ask for a key to be reconciled (merged with any queued request for it)",
+  options: { priority: { type: "string" }, "not-before": { type: "string" }, floor: { type: "string" }, detail: { type: "string" } },
+  optionHelp: [
+    ["--priority P", `${priorities.join(", ")} (default release)`],
+    ["--not-before D", "not before D from now: ms, or a duration like 90s, 15m, 1h30m; a later enqueue may pull it earlier"],
+    ["--floor D", "not before D from now, and no later enqueue may pull it earlier"],
+    ["--detail text", "why, recorded as the key's cause"],
+  ],
+  positionals: { min: 1, max: 1 },
+  async run(ctx, [raw], values) {
+    const parsed = parseKeyArg(raw!);
+    if ("error" in parsed) throw new UsageError(parsed.error, enqueueCommand);
+    const priority = values.priority === undefined ? undefined : String(values.priority);
+    if (priority !== undefined && !prioritySchema.safeParse(priority).success) {
+      throw new UsageError(`--priority must be one of ${priorities.join(", ")}, got ${JSON.stringify(priority)}`, enqueueCommand);
+    }
+    const notBefore = values["not-before"] === undefined ? undefined : parseDelay(String(values["not-before"]), "--not-before", enqueueCommand);
+    const floor = values.floor === undefined ? undefined : parseDelay(String(values.floor), "--floor", enqueueCommand);
+    const outcome = await enqueueKey(ctx.status(), {
+      key: parsed.key,
+      ...(priority !== undefined ? { priority } : {}),
+      ...(notBefore !== undefined ? { notBeforeDelayMs: notBefore } : {}),
+      ...(floor !== undefined ? { floorDelayMs: floor } : {}),
+      ...(typeof values.detail === "string" ? { causeDetail: values.detail } : {}),
+    });
+    if (ctx.json) ctx.printJson({ key: parsed.key, outcome });
+    else ctx.print(`${parsed.key}: ${outcomeText[outcome]}`);
+    return exitCodes.ok;
+  },
+};
+
+const deadLettersCommand: Command = {
+  name: "dead-letters",
+  summary: "list the keys in the dead letters, oldest first, with their reason and attempts",
+  options: { limit: { type: "string" } },
+  optionHelp: [["--limit n", `show at most n keys (default 100, at most ${maxDeadLetterLimit})`]],
+  positionals: { min: 0, max: 0 },
+  async run(ctx, _positionals, values) {
+    const limit = values.limit === undefined ? undefined : parsePositiveInt(String(values.limit), "--limit", deadLettersCommand);
+    const page = await listDeadLetters(ctx.status(), limit === undefined ? {} : { limit });
+    if (ctx.json) ctx.printJson(page.items);
+    else ctx.print(formatDeadLetters(page.items));
+    if (page.total > page.items.length) ctx.io.stderr.write(`homeostat: showing the oldest ${page.items.length} of ${page.total} dead letters\n`);
+    return exitCodes.ok;
+  },
+};
+
+const retryCommand: Command = {
+  name: "retry",
+  args: "<key>",
+  summary: "queue a dead-lettered key again with fresh attempts",
+  positionals: { min: 1, max: 1 },
+  async run(ctx, [raw]) {
+    const parsed = parseKeyArg(raw!);
+    if ("error" in parsed) throw new UsageError(parsed.error, retryCommand);
+    await retryDeadLetter(ctx.status(), parsed.key);
+    if (ctx.json) ctx.printJson({ key: parsed.key, retried: true });
+    else ctx.print(`${parsed.key}: queued again with fresh attempts (listed as a dead letter until a run succeeds)`);
+    return exitCodes.ok;
+  },
+};
+
 /** HOMEOSTAT_TRUSTED_KEYS when set, else the key the local signer generated. */
 function defaultTrustedKeyFiles(env: NodeJS.ProcessEnv): string[] {
   const config = loadConfig({ HOMEOSTAT_TRUSTED_KEYS: env.HOMEOSTAT_TRUSTED_KEYS, HOMEOSTAT_DATA: env.HOMEOSTAT_DATA || undefined });
@@ -162,8 +301,8 @@ export function formatVerification(v: ImageVerification): string {
   return rows.map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value}`).join("\n") + "\n";
 }
 
-/** Every subcommand. Later: why, plan, queue stats, dlq. */
-export const commands: Command[] = [getCommand, listCommand, verifyCommand];
+/** Every subcommand. */
+export const commands: Command[] = [getCommand, whyCommand, planCommand, listCommand, queueStatsCommand, enqueueCommand, deadLettersCommand, retryCommand, verifyCommand];
 
 /* ---------------------------------------------------------------- formatting */
 
@@ -219,6 +358,9 @@ export function formatStatus(s: KeyStatus): string {
   add("Attempts", s.attempts);
   add("Last error", s.lastError);
   if (s.cause) add("Cause", [s.cause.type, s.cause.id, s.cause.detail && `(${s.cause.detail})`].filter(Boolean).join(" "));
+  add("Waiting for", s.waitingFor);
+  add("Advisories", s.advisories?.join(", "));
+  (s.builds ?? []).forEach((b, i) => lines.push([i === 0 ? "Builds" : "", `${shortTime(b.at)}  ${b.version}  ${b.outcome}  ${b.inputDigest}${b.traceId ? `  trace ${b.traceId}` : ""}`]));
   add("Trace ID", s.traceId);
   add("Fanned out", s.fannedOut);
   add("Updated", s.updatedAt);
@@ -226,6 +368,36 @@ export function formatStatus(s: KeyStatus): string {
   return lines
     .map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`)
     .join("\n");
+}
+
+/** The causal chain, one link per line: each key, where it stands, and what its cause says. */
+export function formatWhy(chain: KeyStatus[]): string {
+  const lines = chain.map((s, i) => {
+    const version = s.desiredVersion ?? s.actual?.version;
+    const c = s.cause;
+    const said = c ? `${c.detail ?? c.type}${c.id ? ` (${c.type} ${c.id})` : ""}` : "no recorded cause";
+    return `${i === 0 ? "" : "  because "}${s.key} [${s.phase}${version ? ` ${version}` : ""}]: ${said}`;
+  });
+  const first = chain[0];
+  if (first?.waitingFor) lines.push(`  waiting for ${first.waitingFor}`);
+  if (first?.builds?.length) {
+    lines.push("", `Last builds of ${first.key}:`);
+    lines.push(columns([["AT", "VERSION", "OUTCOME", "INPUT", "TRACE"], ...first.builds.map((b) => [shortTime(b.at), b.version, b.outcome, b.inputDigest.slice(0, 19), b.traceId ?? "-"])]));
+  }
+  return lines.join("\n");
+}
+
+export function formatQueueStats(s: QueueStats): string {
+  const classes = columns([["CLASS", "QUEUED"], ...priorities.map((p) => [p, String(s.depth[p])])]);
+  const totals = columns([["Running:", String(s.running)], ["Retrying:", String(s.retrying)], ["Dead letters:", String(s.deadLetters)]]);
+  return `${classes}\n\n${totals}`;
+}
+
+export function formatDeadLetters(items: DeadLetterEntry[]): string {
+  const rows = [["KEY", "PRIORITY", "ATTEMPTS", "RETRIABLE", "SINCE", "REASON"]];
+  // One line per key: a multi-line error would break the columns.
+  for (const d of items) rows.push([d.key, d.priority, String(d.attempts), d.nonRetriable ? "no" : "yes", shortTime(d.at), d.reason.replace(/\s*\n\s*/g, " ")]);
+  return columns(rows);
 }
 
 /** 2026-11-22T07:51:38.123Z -> 2026-11-22T07:51:38Z; anything else as it is. */
@@ -252,7 +424,7 @@ export function help(c?: Command): string {
   const w = Math.max(...commands.map((x) => (x.name + (x.args ? ` ${x.args}` : "")).length));
   const list = commands.map((x) => `  ${(x.name + (x.args ? ` ${x.args}` : "")).padEnd(w)}  ${x.summary}`).join("\n");
   return [
-    "homeostat: ask a Homeostat factory where its keys stand.",
+    "homeostat: ask a Homeostat factory where its keys stand, and steer its work queue.",
     "",
     "Usage: homeostat <command> [options]",
     "",
@@ -273,6 +445,18 @@ export function help(c?: Command): string {
 function parsePositiveInt(raw: string, flag: string, c: Command): number {
   if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw))) throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(raw)}`, c);
   return Number(raw);
+}
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A delay from now: plain digits are milliseconds, else unit-suffixed parts (90s, 1h30m). */
+function parseDelay(raw: string, flag: string, c: Command): number {
+  let ms: number;
+  if (/^\d+$/.test(raw)) ms = Number(raw);
+  else if (/^(\d+(ms|s|m|h|d))+$/.test(raw)) ms = [...raw.matchAll(/(\d+)(ms|s|m|h|d)/g)].reduce((sum, [, n, unit]) => sum + Number(n) * durationUnits[unit!]!, 0);
+  else throw new UsageError(`${flag} must be milliseconds or a duration like 90s, 15m or 1h30m, got ${JSON.stringify(raw)}`, c);
+  if (ms > maxEnqueueDelayMs) throw new UsageError(`${flag} must be at most 30 days, got ${JSON.stringify(raw)}`, c);
+  return ms;
 }
 
 /** The command named by the leading positionals (longest name first) and the rest. */

@@ -1,6 +1,8 @@
 /**
  * Version: ordering of upstream version strings. Dotted numeric parts compare as numbers,
- * other parts as text, and a pre-release suffix (1.0-rc1) sorts before its release (1.0).
+ * other parts as text, and a pre-release (1.0-rc1, or 1.0rc1 written without the dash) sorts
+ * before its release (1.0). A trailing letter that is not a pre-release word stays a later
+ * release, as upstreams such as OpenSSL use it (1.1.1w > 1.1.1).
  */
 export function compareVersions(a: string, b: string): number {
   const [ma, pa] = splitPre(a);
@@ -13,11 +15,17 @@ export function compareVersions(a: string, b: string): number {
   return compareParts(pa, pb);
 }
 
+/** [release, pre-release or undefined]: 1.0-rc1 -> [1.0, rc1], 3.0rc1 -> [3.0, rc1], 1.1.1w -> [1.1.1w]. */
 function splitPre(v: string): [string, string | undefined] {
-  const clean = v.replace(/^v/i, "").split("+")[0]!;
+  const clean = stripBuild(v);
   const dash = clean.indexOf("-");
-  return dash < 0 ? [clean, undefined] : [clean.slice(0, dash), clean.slice(dash + 1)];
+  if (dash >= 0) return [clean.slice(0, dash), clean.slice(dash + 1)];
+  const m = PRE_WORD.exec(clean);
+  return m ? [m[1]!, m[2]!] : [clean, undefined];
 }
+
+/** A pre-release word glued to the release (3.0rc1, 2.0.beta2, 1.0.dev3). */
+const PRE_WORD = /^(\d.*?)[._]?((?:alpha|beta|rc|pre|preview|dev)[.\d]*)$/i;
 
 function compareParts(a: string, b: string): number {
   const xa = a.split(/[.\-_]/);
@@ -51,4 +59,18 @@ export function maxVersion(versions: Iterable<string>): string | undefined {
   let best: string | undefined;
   for (const v of versions) if (best === undefined || compareVersions(v, best) > 0) best = v;
   return best;
+}
+
+/** True for a pre-release: a `-suffix` (1.0-rc1) or a pre-release word inside a part (3.0rc1, 2.0.beta2). */
+export function isPrerelease(v: string): boolean {
+  return splitPre(v)[1] !== undefined;
+}
+
+/** The release a version is a pre-release of (1.0-rc1 -> 1.0, 3.0rc1 -> 3.0), or the version itself. */
+export function releaseOf(v: string): string {
+  return splitPre(v)[0];
+}
+
+function stripBuild(v: string): string {
+  return v.replace(/^v/i, "").split("+")[0]!;
 }

@@ -1,27 +1,44 @@
 /**
- * Desired state: for one key, the exact build that the catalog, the known releases and the
- * dependencies' current artifacts call for, summed up in its input digest.
+ * Desired state: for one key, the exact build that the catalog, the known releases, the
+ * stored advisories and the dependencies' current artifacts call for, summed up in its input
+ * digest — or why there is none yet (a dependency to wait for, advisories needing a human).
  *
- * Input digest = sha256 of the canonical JSON of recipe + version + source digest +
- * dependency artifact digests + builder version. Equal digests mean equal builds, so a key
- * whose actual input digest equals its desired one is up to date and nothing is rebuilt.
+ * Input digest = sha256 of the canonical JSON of: the recipe digest (catalog.recipeDigest:
+ * the key's whole declaration), the version chosen (core decision.ts), the source digest, the
+ * patches applied, the dependency artifact digests, the builder version and SOURCE_DATE_EPOCH.
+ * Equal digests mean equal builds, so a key whose actual input digest equals its desired one
+ * is up to date and nothing is rebuilt.
+ *
+ * The catalog's git commit is deliberately NOT in the digest: every commit changes it, so a
+ * commit that edits one recipe would rebuild all 29,000 keys, and a resync after any commit
+ * would rebuild everything. What a commit changes that matters to a key is exactly its
+ * recipe, which the recipe digest covers. The commit travels in the build request instead
+ * (`catalogCommit`) and ends up in the provenance's internal parameters, so every artifact
+ * still names the catalog revision it was built from.
  */
+import { pathToFileURL } from "node:url";
 import {
-  BUILDER_VERSION, canonicalJson, makeKey, maxVersion, sha256Digest,
-  type BuildRequest, type Catalog, type Digest, type KeyStatus, type PackageArtifact, type Release,
+  BUILDER_VERSION, canonicalJson, decideVersion, makeKey, sha256Digest,
+  type BuildRequest, type Catalog, type Decision, type Digest, type Key, type KeyStatus, type Osv, type PackageArtifact, type Release,
 } from "@homeostat/core";
 
 export type Desired =
-  | { ready: true; version: string; inputDigest: Digest; request: BuildRequest }
+  | { state: "build"; version: string; inputDigest: Digest; request: BuildRequest; decision?: BuildDecision }
   /** Something this key needs is not built yet (or not at its desired inputs). */
-  | { ready: false; waitingFor: string };
+  | { state: "waiting"; waitingFor: string }
+  /** Advisories affect the version to ship and nothing answers them: a human must. */
+  | { state: "attention"; version: string; advisories: string[]; detail: string };
 
 export type DesiredInputs = {
   catalog: Catalog;
   releases: (pkg: string) => Promise<Release[]>;
-  status: (key: ReturnType<typeof makeKey>) => Promise<KeyStatus | undefined>;
+  advisories: (pkg: string) => Promise<Osv[]>;
+  status: (key: Key) => Promise<KeyStatus | undefined>;
   sourceDateEpoch: number;
 };
+
+/** A package's decision to build (core decision.ts). */
+export type BuildDecision = Extract<Decision, { action: "build" }>;
 
 /** Computes desired states, memoised for the life of one reconcile. */
 export class DesiredState {
@@ -45,11 +62,12 @@ export class DesiredState {
     return d;
   }
 
-  /** The artifact of a package if its actual build is the one it should have now. */
+  /** The artifact of a package if its actual build is the one it should have now, else what it waits for. */
   private async upToDateArtifact(name: string): Promise<PackageArtifact | string> {
     const desired = await this.package(name);
-    if (!desired.ready) return desired.waitingFor;
     const key = makeKey("package", name);
+    if (desired.state === "waiting") return desired.waitingFor;
+    if (desired.state === "attention") return `${key}, which needs attention (${desired.advisories.join(", ")})`;
     const actual = (await this.in.status(key))?.actual;
     if (!actual || actual.inputDigest !== desired.inputDigest) return `${key} to be built at ${desired.version}`;
     const { archive, diffId, size } = actual.outputs;
@@ -59,54 +77,70 @@ export class DesiredState {
   }
 
   private async computePackage(name: string): Promise<Desired> {
-    const spec = this.in.catalog.packages.get(name);
-    if (!spec) return { ready: false, waitingFor: `package "${name}" to be in the catalog` };
-    // The newest of the catalog's pinned version and every release heard of.
-    const candidates = new Map<string, { url: string; sha256: string }>([[spec.version, { url: this.in.catalog.resolveSourceUrl(spec.source.url, spec.version), sha256: spec.source.sha256 }]]);
-    for (const r of await this.in.releases(name)) if (!candidates.has(r.version)) candidates.set(r.version, { url: r.url, sha256: r.sha256 });
-    const version = maxVersion(candidates.keys())!;
-    const source = candidates.get(version)!;
+    const { catalog } = this.in;
+    const spec = catalog.packages.get(name);
+    if (!spec) return { state: "waiting", waitingFor: `package "${name}" to be in the catalog` };
+    const releases = await this.in.releases(name);
+    const decision = decideVersion({
+      name, pinned: spec.version, releases: releases.map((r) => r.version), policy: catalog.policyOf(name),
+      advisories: await this.in.advisories(name), patches: spec.patches,
+    });
+    if (decision.action === "attention") return { state: "attention", version: decision.version, advisories: decision.advisories, detail: decision.detail };
+    const version = decision.version;
+    const release = releases.find((r) => r.version === version);
+    const source = release && version !== spec.version
+      ? { url: release.url, sha256: release.sha256 }
+      : { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
+    const patches = decision.patches.map((p) => ({ url: pathToFileURL(catalog.patchPath(p)).href, sha256: p.sha256 }));
 
     const dependencies: PackageArtifact[] = [];
     for (const dep of spec.dependencies.build) {
       const a = await this.upToDateArtifact(dep);
-      if (typeof a === "string") return { ready: false, waitingFor: a };
+      if (typeof a === "string") return { state: "waiting", waitingFor: a };
       dependencies.push(a);
     }
-    const recipe = { steps: spec.build.steps, runtimeDependencies: spec.dependencies.runtime, license: spec.license };
+    const key = makeKey("package", name);
     const inputDigest = sha256Digest(canonicalJson({
-      builder: BUILDER_VERSION, kind: "package", name, version, source: source.sha256, recipe,
-      dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })), epoch: this.in.sourceDateEpoch,
+      builder: BUILDER_VERSION, recipe: catalog.recipeDigest(key), version, source: source.sha256,
+      patches: patches.map((p) => p.sha256), dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })),
+      epoch: this.in.sourceDateEpoch,
     }));
     return {
-      ready: true, version, inputDigest,
+      state: "build", version, inputDigest, decision,
       request: {
-        v: 1, kind: "package", key: makeKey("package", name), name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch,
-        source, steps: spec.build.steps, dependencies, runtimeDependencies: spec.dependencies.runtime,
+        v: 1, kind: "package", key, name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch,
+        ...(catalog.commit ? { catalogCommit: catalog.commit } : {}),
+        source, ...(patches.length ? { patches } : {}), steps: spec.build.steps, ...(spec.test ? { test: spec.test } : {}),
+        dependencies, runtimeDependencies: spec.dependencies.runtime,
         ...(spec.license ? { license: spec.license } : {}),
       },
     };
   }
 
   private async computeImage(name: string): Promise<Desired> {
-    const spec = this.in.catalog.images.get(name);
-    if (!spec) return { ready: false, waitingFor: `image "${name}" to be in the catalog` };
+    const { catalog } = this.in;
+    const spec = catalog.images.get(name);
+    if (!spec) return { state: "waiting", waitingFor: `image "${name}" to be in the catalog` };
     const packages: PackageArtifact[] = [];
-    for (const p of this.in.catalog.runtimeClosure(spec.packages)) {
+    for (const p of catalog.runtimeClosure(spec.packages)) {
       const a = await this.upToDateArtifact(p);
-      if (typeof a === "string") return { ready: false, waitingFor: a };
+      if (typeof a === "string") return { state: "waiting", waitingFor: a };
       packages.push(a);
     }
+    const key = makeKey("image", name);
     const config = { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env, user: spec.user, workdir: spec.workdir, annotations: spec.annotations };
     const inputDigest = sha256Digest(canonicalJson({
-      builder: BUILDER_VERSION, kind: "image", name, config,
+      builder: BUILDER_VERSION, recipe: catalog.recipeDigest(key),
       packages: packages.map((p) => ({ name: p.name, archive: p.archive })), epoch: this.in.sourceDateEpoch,
     }));
     // An image's version is its content: the short input digest (a tag that never moves).
     const version = inputDigest.slice("sha256:".length, "sha256:".length + 12);
     return {
-      ready: true, version, inputDigest,
-      request: { v: 1, kind: "image", key: makeKey("image", name), name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch, packages, config },
+      state: "build", version, inputDigest,
+      request: {
+        v: 1, kind: "image", key, name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch,
+        ...(catalog.commit ? { catalogCommit: catalog.commit } : {}), packages, config,
+      },
     };
   }
 }

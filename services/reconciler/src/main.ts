@@ -1,21 +1,45 @@
 /** reconciler: takes keys from the work queue and closes the gap between desired and actual. */
-import { loadCatalog, publish, ReleaseStore, runService, StateStore, WorkQueue } from "@homeostat/core";
+import path from "node:path";
+import {
+  AdvisoryStore, CatalogSource, errorMessage, parseCatalogLocation, publish, ReleaseStore, runService, StateStore, WorkQueue, workQueueOptions,
+} from "@homeostat/core";
+import { onCatalogReload } from "./catalog-watch.ts";
 import { createReconciler } from "./reconcile.ts";
 
 await runService("reconciler", async ({ config, log, nats, buckets, signal }) => {
-  const catalog = await loadCatalog(config.catalogDir);
+  const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "reconciler") });
   const releases = new ReleaseStore(buckets.releases);
-  const queue = new WorkQueue(nats, { leases: buckets.leases, leaseMs: config.leaseMs, log, owner: `reconciler-${process.pid}` });
+  const advisories = await AdvisoryStore.open(nats);
+  const state = new StateStore(buckets.state);
+  const queue = new WorkQueue(nats, workQueueOptions(config, {
+    log, owner: `reconciler-${process.pid}`,
+    // The key's status says so too: `homeostat get` shows why it stopped being retried.
+    onDeadLetter: async (letter) =>
+      void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
+  }));
   const reconcile = createReconciler({
-    catalog: () => catalog,
-    state: new StateStore(buckets.state),
+    catalog: () => source.current(),
+    state,
     releases: (pkg) => releases.list(pkg),
+    advisories: (pkg) => advisories.list(pkg),
     requestBuild: async (req) => void (await publish(nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
-    enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),
+    // Child keys go straight into the queue, durably, before this key's run completes.
+    enqueue: async (req) => void (await queue.enqueue(req)),
     sourceDateEpoch: config.sourceDateEpoch,
     staleBuildMs: config.buildTimeoutMs * 2,
     log,
   });
   const running = queue.run({ concurrency: config.concurrency, signal, reconcile });
-  return () => running;
+  // Reloads are handled one at a time, in order; an enqueue that fails is retried by the next resync.
+  let handled: Promise<void> = Promise.resolve();
+  const watching = source.watch({
+    intervalMs: config.catalogReloadMs,
+    signal,
+    onReload: (r) => {
+      handled = handled.then(() => onCatalogReload(r, (req) => queue.enqueue(req), log)).catch((err: unknown) => log.error("enqueueing a catalog change failed", { reason: errorMessage(err) }));
+    },
+  });
+  return async () => {
+    await Promise.all([running, watching, handled]);
+  };
 });

@@ -1,18 +1,26 @@
 /**
  * The traditional reconciler: one key, level-triggered. It reads the desired state and the
- * key's status and does whatever closes the gap — ask the builder, fan out to dependents, or
- * nothing — and is safe to run any number of times: the result depends only on the state.
+ * key's status and does whatever closes the gap — ask the builder, fan out to dependents,
+ * flag the key for attention, or nothing — and is safe to run any number of times: the result
+ * depends only on the state.
+ *
+ * Every decision that changes the key records why (status.cause): the event that brought the
+ * key here, refined by what was decided (a bump from one version to another, a patch and the
+ * advisories it fixes, the dependency that was rebuilt), so `homeostat why` can follow the
+ * chain. Each build asked for is remembered in the key's last builds, and settled (succeeded,
+ * failed, superseded) as later runs observe its end.
  */
 import {
-  currentTraceId, done, nonRetriable, parseKey, StateStore,
-  type Catalog, type EnqueueRequest, type Key, type KeyStatus, type Logger, type ReconcileResult, type Release, type WorkItem, type BuildRequest,
+  currentTraceId, done, nonRetriable, parseKey, settleBuild, StateStore, withBuild,
+  type BuildRequest, type Catalog, type Cause, type EnqueueRequest, type Key, type KeyStatus, type Logger, type Osv, type ReconcileResult, type Release, type WorkItem,
 } from "@homeostat/core";
-import { DesiredState } from "./desired.ts";
+import { DesiredState, type Desired } from "./desired.ts";
 
 export type ReconcilerDeps = {
   catalog: () => Catalog;
   state: StateStore;
   releases: (pkg: string) => Promise<Release[]>;
+  advisories: (pkg: string) => Promise<Osv[]>;
   requestBuild: (req: BuildRequest) => Promise<void>;
   enqueue: (req: EnqueueRequest) => Promise<void>;
   sourceDateEpoch: number;
@@ -28,48 +36,92 @@ export function createReconciler(deps: ReconcilerDeps) {
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
     if (!inCatalog) return nonRetriable(`${item.key} is not in the catalog`);
 
-    const desiredState = new DesiredState({ catalog, releases: deps.releases, status: (k) => deps.state.get(k), sourceDateEpoch: deps.sourceDateEpoch });
+    const desiredState = new DesiredState({ catalog, releases: deps.releases, advisories: deps.advisories, status: (k) => deps.state.get(k), sourceDateEpoch: deps.sourceDateEpoch });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
 
-    if (!desired.ready) {
+    if (desired.state === "waiting") {
       // Nothing to do until the dependency is built: its completion enqueues this key again.
-      const detail = `waiting for ${desired.waitingFor}`;
-      await deps.state.update(item.key, (cur) => {
-        if (cur?.cause?.detail === detail) return undefined;
-        const s = cur ?? StateStore.initial(item.key);
-        return { ...s, cause: { type: "dependency", detail } };
-      });
+      // The cause is left alone: waiting is not a change, and the chain `why` follows stays intact.
+      await deps.state.update(item.key, (cur) => (cur?.waitingFor === desired.waitingFor ? undefined : { ...(cur ?? StateStore.initial(item.key)), waitingFor: desired.waitingFor }));
+      return done;
+    }
+
+    if (desired.state === "attention") {
+      const ids = desired.advisories.join(" ");
+      await setStatus(deps, item.key, (s) =>
+        s.phase === "NeedsAttention" && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version ? undefined : {
+          ...s, phase: "NeedsAttention", desiredVersion: desired.version, advisories: desired.advisories, waitingFor: undefined,
+          cause: cause({ type: "advisory", id: ids }, desired.detail, item.cause),
+        });
+      deps.log.warn("needs attention", { key: item.key, version: desired.version, advisories: desired.advisories });
       return done;
     }
 
     if (status.actual?.inputDigest === desired.inputDigest) {
+      const actual = status.actual;
       if (status.fannedOut !== desired.inputDigest) {
         // Children first, durably, then the record that they were sent: a crash in between
         // only sends them again, which is harmless.
         const children = kind === "package" ? catalog.dependentsOf(name) : [];
         for (const child of children) {
-          await deps.enqueue({ v: 1, key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: `${item.key} was rebuilt at ${status.actual.version}` } });
+          await deps.enqueue({ v: 1, key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: `${item.key} was rebuilt at ${actual.version}` } });
         }
-        await setStatus(deps, item.key, (s) => ({ ...s, phase: s.desiredInputDigest === desired.inputDigest || !s.desiredInputDigest ? "Ready" : s.phase, fannedOut: desired.inputDigest }));
       }
+      await setStatus(deps, item.key, (s) => {
+        const settled = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
+        const phase = s.desiredInputDigest === desired.inputDigest || !s.desiredInputDigest || s.phase === "NeedsAttention" ? "Ready" : s.phase;
+        if (settled === s && s.phase === phase && s.fannedOut === desired.inputDigest && !s.waitingFor && !s.advisories) return undefined;
+        return { ...settled, phase, fannedOut: desired.inputDigest, waitingFor: undefined, advisories: undefined };
+      });
       return done;
     }
 
     if (status.desiredInputDigest === desired.inputDigest) {
-      if (status.phase === "Failed") return done; // the same inputs failed for good; new inputs retry
+      if (status.phase === "Failed") {
+        // The same inputs failed for good; new inputs retry. Remember the outcome once.
+        await setStatus(deps, item.key, (s) => settleBuild(s, desired.inputDigest, "failed", s.updatedAt));
+        return done;
+      }
       const inFlight = status.phase === "Building" || status.phase === "Signing";
       if (inFlight && Date.now() - Date.parse(status.updatedAt) < deps.staleBuildMs) return done;
     }
 
-    await setStatus(deps, item.key, (s) => ({
-      ...s, phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
-      cause: item.cause, traceId: currentTraceId(), lastError: undefined, attempts: 0,
-    }));
+    const why = cause(item.cause, describe(desired, status), item.cause);
+    const traceId = currentTraceId();
+    const at = new Date().toISOString();
+    await setStatus(deps, item.key, (s) => {
+      // A build still open for other inputs will never be this key's result.
+      const open = (s.builds ?? []).find((b) => b.outcome === "requested" && b.inputDigest !== desired.inputDigest);
+      const base = open ? settleBuild(s, open.inputDigest, "superseded", at)! : s;
+      return withBuild({
+        ...base, phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
+        cause: why, traceId, lastError: undefined, attempts: 0, waitingFor: undefined, advisories: undefined,
+      }, { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why });
+    });
     await deps.requestBuild(desired.request);
-    deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest });
+    deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return done;
   };
+}
+
+/** What this build is, in words, for the cause: a bump, a patch, a first build or a rebuild. */
+function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStatus): string {
+  const d = desired.decision;
+  const from = status.actual?.version;
+  const ids = d?.advisories.join(", ");
+  if (d?.reason === "bump") return `bumped ${from ? `from ${from} ` : ""}to ${d.version}, the lowest release fixing ${ids} (the newest, ${d.newest}, is affected)`;
+  if (d?.reason === "patch") return `rebuilt ${d.version} with ${d.patches.filter((p) => p.fixes.length).map((p) => p.path).join(", ")}, fixing ${ids}`;
+  if (!from) return `first build at ${desired.version}`;
+  if (desired.request.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
+  return `rebuilt at ${desired.version}`;
+}
+
+/** The cause to record: `base` with the decision in words first and the event's own detail after it. */
+function cause(base: Cause, decided: string, event: Cause): Cause {
+  const parts = [decided, event.detail && event.detail !== decided ? event.detail : undefined].filter(Boolean);
+  const eventRef = base.id !== event.id && event.id ? ` [${event.type} ${event.id}]` : "";
+  return { type: base.type, ...(base.id ? { id: base.id.slice(0, 512) } : {}), detail: (parts.join("; ") + eventRef).slice(0, 2048) };
 }
 
 function setStatus(deps: ReconcilerDeps, key: Key, change: (s: KeyStatus) => KeyStatus | undefined) {

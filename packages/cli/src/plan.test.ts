@@ -1,0 +1,73 @@
+/**
+ * `homeostat plan`: what an advisory (a real one, test/fixtures/osv) or a release would do to
+ * a catalog, computed locally, in order — and the real bin printing it without a server.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadCatalog } from "@homeostat/core";
+import { parseAdvisoryFile, plan } from "./plan.ts";
+
+const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));
+const fixtures = fileURLToPath(new URL("../../../test/fixtures/osv/", import.meta.url));
+const sha = (s: string) => createHash("sha256").update(s).digest("hex");
+const advisory = (id: string) => parseAdvisoryFile(readFileSync(path.join(fixtures, `${id}.json`), "utf8"), id);
+
+/** lodash <- app-lib <- tool; minimist (with a backport) <- tool; images: web [tool], cli [minimist]. */
+function catalogDir(): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-plan-"));
+  const patch = "--- a/x\n+++ b/x\n";
+  const pkg = (name: string, version: string, deps: string[], extra = "") =>
+    `name: ${name}\nversion: "${version}"\nsource: { url: "https://example.org/${name}-\${version}.tgz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
+  const files: Record<string, string> = {
+    "packages/lodash.yaml": pkg("lodash", "4.17.15", []),
+    "packages/app-lib.yaml": pkg("app-lib", "1.0", ["lodash"]),
+    "packages/minimist.yaml": pkg("minimist", "1.2.5", [], `patches: [{ path: patches/setkey.patch, sha256: ${sha(patch)}, fixes: [GHSA-xvch-5gv4-984h] }]\n`),
+    "packages/tool.yaml": pkg("tool", "2.0", ["app-lib", "minimist"]),
+    "images/web.yaml": "name: web\npackages: [tool]\n",
+    "images/cli.yaml": "name: cli\npackages: [minimist]\n",
+    "patches/setkey.patch": patch,
+  };
+  for (const [f, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    writeFileSync(path.join(dir, f), text);
+  }
+  return dir;
+}
+
+test("an advisory: patched, flagged, and the dependents rebuilt in wave order", async () => {
+  const catalog = await loadCatalog(catalogDir());
+  const p = plan(catalog, { advisories: [...advisory("GHSA-p6mc-m468-83gw"), ...advisory("GHSA-xvch-5gv4-984h")], releases: [] });
+  assert.deepEqual(p.steps.map((s) => `${s.action} ${s.key}`), [
+    "flag package/lodash",
+    "patch package/minimist",
+    "rebuild package/tool",
+    "rebuild image/cli",
+    "rebuild image/web",
+  ]);
+  assert.deepEqual(p.waves, [["package/minimist"], ["package/tool"], ["image/cli", "image/web"]]);
+});
+
+test("a release with the advisory: lodash bumps to the fixed release, and everything above it rebuilds once", async () => {
+  const catalog = await loadCatalog(catalogDir());
+  const p = plan(catalog, { advisories: advisory("GHSA-p6mc-m468-83gw"), releases: [{ package: "lodash", version: "4.17.19" }] });
+  assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.19", because: "release lodash@4.17.19" });
+  assert.deepEqual(p.waves, [["package/lodash"], ["package/app-lib"], ["package/tool"], ["image/web"]]);
+});
+
+test("the bin prints the plan without a server", async () => {
+  const dir = catalogDir();
+  const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+    execFile(bin, ["plan", "--advisory", path.join(fixtures, "GHSA-xvch-5gv4-984h.json"), "--release", "nothing@1.0", "--catalog", dir], { timeout: 30_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, stdout, stderr })),
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^patch {4}package\/minimist {2}1\.2\.5 with patches\/setkey\.patch {2}\(fixes GHSA-xvch-5gv4-984h\)$/m);
+  assert.match(r.stdout, /^ {2}wave 3: image\/cli image\/web$/m);
+  assert.match(r.stdout, /^Not in the catalog: nothing$/m);
+});

@@ -1,0 +1,222 @@
+/**
+ * The reconciler against real JetStream (test/harness.ts): state, releases and advisories in
+ * real KV buckets, build requests on the real build stream, enqueues through the real work
+ * queue. A build "completes" by writing the actual state exactly as the signer does.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import {
+  AdvisoryStore, CatalogSource, loadCatalog, osvSchema, publish, ReleaseStore, settleBuild, StateStore, WorkQueue, workQueueOptions,
+  type BuildRequest, type Catalog, type Key, type Logger, type Stage, type WorkItem,
+} from "@homeostat/core";
+import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
+import { createReconciler } from "./reconcile.ts";
+
+const quiet: Logger = { info() {}, warn() {}, error() {} };
+const sha = (s: string) => createHash("sha256").update(s).digest("hex");
+const PATCH = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n";
+
+/** A catalog with a diamond: base <- left, right <- top, image app = [top]; plus a lone package. */
+function writeCatalog(dir: string, over: Record<string, string> = {}): void {
+  rmSync(dir, { recursive: true, force: true });
+  const pkg = (name: string, deps: string[], extra = "") =>
+    `name: ${name}\nversion: "1.0"\nsource: { url: "https://example.org/${name}-\${version}.tar.gz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
+  const files: Record<string, string> = {
+    "packages/base.yaml": pkg("base", []),
+    "packages/left.yaml": pkg("left", ["base"]),
+    "packages/right.yaml": pkg("right", ["base"]),
+    "packages/top.yaml": pkg("top", ["left", "right"]),
+    "packages/minimist.yaml": pkg("minimist", [], `upstream: { url: "https://example.org/m-\${version}", policy: { semver: "^1.2" } }\npatches:\n  - { path: patches/cve-2021-44906.patch, sha256: ${sha(PATCH)}, fixes: [CVE-2021-44906] }\n`),
+    "packages/lodash.yaml": pkg("lodash", []).replace('version: "1.0"', 'version: "4.17.15"'),
+    "images/app.yaml": "name: app\npackages: [top]\n",
+    "patches/cve-2021-44906.patch": PATCH,
+    ...over,
+  };
+  for (const [f, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    writeFileSync(path.join(dir, f), text);
+  }
+}
+
+const fixture = (id: string) => osvSchema.parse(JSON.parse(readFileSync(new URL(`../../../test/fixtures/osv/${id}.json`, import.meta.url), "utf8")));
+
+describe("reconciler", { timeout: 60_000 }, () => {
+  let t: TestEnv;
+  let catalog: Catalog;
+  let state: StateStore;
+  let releases: ReleaseStore;
+  let advisories: AdvisoryStore;
+  let queue: WorkQueue;
+  let reconcile: ReturnType<typeof createReconciler>;
+  let catalogDir: string;
+
+  /** Every message on a stage stream, oldest first. */
+  const messages = async <T>(stage: Stage): Promise<T[]> => {
+    const stream = t.nats.topology.stream(stage);
+    const info = await t.nats.jsm.streams.info(stream);
+    const out: T[] = [];
+    for (let seq = info.state.first_seq; info.state.messages > 0 && seq <= info.state.last_seq; seq++) {
+      const m = await t.nats.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      if (m) out.push(m.json() as T);
+    }
+    return out;
+  };
+  const builds = async () => (await messages<BuildRequest>("build")).map((r) => `${r.key}@${r.version}`);
+  const purge = async (stage: Stage) => void (await t.nats.jsm.streams.purge(t.nats.topology.stream(stage)));
+  const run = (key: Key, cause: WorkItem["cause"] = { type: "resync" }) =>
+    reconcile({ v: 1, key, priority: "resync", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+  /** What the signer does once a build is signed. */
+  const complete = async (key: Key) => {
+    await state.update(key, (s) => {
+      assert.ok(s?.desiredInputDigest && s.desiredVersion, `${key} has a build to complete`);
+      const archive = `sha256:${sha(`${key}@${s.desiredInputDigest}`)}`;
+      const actual = { version: s.desiredVersion, inputDigest: s.desiredInputDigest, outputs: { archive, diffId: archive, size: 1, location: "test" }, signatures: {}, keyId: "k", builtAt: new Date().toISOString() };
+      const next = { ...s, actual, phase: "Ready" as const };
+      return settleBuild(next, s.desiredInputDigest, "succeeded", actual.builtAt) ?? next;
+    });
+  };
+  const queued = async () => (await messages<WorkItem>("work")).map((w) => w.key).sort();
+
+  before(async () => {
+    t = await testEnv();
+    catalogDir = path.join(t.dir, "catalog");
+    writeCatalog(catalogDir);
+    catalog = await loadCatalog(catalogDir);
+    state = new StateStore(t.buckets.state);
+    releases = new ReleaseStore(t.buckets.releases);
+    advisories = await AdvisoryStore.open(t.nats);
+    queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "reconcile-test" }));
+    reconcile = createReconciler({
+      catalog: () => catalog,
+      state,
+      releases: (p) => releases.list(p),
+      advisories: (p) => advisories.list(p),
+      requestBuild: async (req) => void (await publish(t.nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
+      enqueue: async (req) => void (await queue.enqueue(req)),
+      sourceDateEpoch: 0,
+      staleBuildMs: 60_000,
+      log: quiet,
+    });
+  });
+
+  after(async () => {
+    await t.cleanup();
+  });
+
+  test("a diamond is built once, after both of its branches; then a resync builds nothing", async () => {
+    for (const k of catalog.keys()) await run(k);
+    assert.deepEqual((await builds()).filter((b) => /base|left|right|top|app/.test(b)), ["package/base@1.0"], "only the root can start");
+    assert.match((await state.get("package/top"))!.waitingFor ?? "", /package\/base to be built at 1\.0/);
+
+    await complete("package/base");
+    await run("package/base", { type: "built" });
+    assert.deepEqual(await queued(), ["package/left", "package/right"], "the fan-out enqueues both branches");
+    await run("package/left");
+    await run("package/right");
+    await complete("package/left");
+    await run("package/top", { type: "dependency", id: "package/left" });
+    assert.ok(!(await builds()).includes("package/top@1.0"), "top waits for right");
+    await complete("package/right");
+    await run("package/top", { type: "dependency", id: "package/right" });
+    await run("package/top", { type: "dependency", id: "package/left" });
+    assert.equal((await builds()).filter((b) => b === "package/top@1.0").length, 1, "the diamond's tip is built once");
+    const top = (await state.get("package/top"))!;
+    assert.deepEqual(top.cause?.id, "package/right");
+    assert.equal(top.builds?.[0]?.outcome, "requested");
+    await complete("package/top");
+    await run("package/top", { type: "built" });
+    assert.equal((await state.get("package/top"))!.builds?.[0]?.outcome, "succeeded");
+    await run("image/app");
+    await complete("image/app");
+
+    // Everything is built: a resync of the unchanged catalog requests nothing.
+    for (const k of ["package/base", "package/left", "package/right", "package/top", "image/app"] as Key[]) await run(k, { type: "built" });
+    await purge("build");
+    const before = await Promise.all(catalog.keys().map((k) => state.get(k)));
+    for (const k of catalog.keys()) await run(k);
+    assert.deepEqual((await builds()).filter((b) => !b.startsWith("package/lodash") && !b.startsWith("package/minimist")), []);
+    const afterResync = await Promise.all(catalog.keys().map((k) => state.get(k)));
+    for (const [i, s] of afterResync.entries()) {
+      if (s?.key === "package/lodash" || s?.key === "package/minimist") continue;
+      assert.equal(s?.actual?.inputDigest, before[i]?.actual?.inputDigest);
+      assert.equal(s?.phase, "Ready", `${s?.key} is Ready`);
+    }
+  });
+
+  test("the catalog commit is in the request, not in the input digest", async () => {
+    const { DesiredState } = await import("./desired.ts");
+    const inputs = { releases: async () => [], advisories: async () => [], status: (k: Key) => state.get(k), sourceDateEpoch: 0 };
+    const plain = await new DesiredState({ ...inputs, catalog }).package("base");
+    const committed = await new DesiredState({ ...inputs, catalog: await loadCatalog(catalogDir, { commit: "a".repeat(40) }) }).package("base");
+    assert.ok(plain.state === "build" && committed.state === "build");
+    assert.equal(committed.inputDigest, plain.inputDigest);
+    assert.equal(committed.request.catalogCommit, "a".repeat(40));
+  });
+
+  test("version policy: the newest release inside the policy", async () => {
+    await purge("build");
+    for (const v of ["1.2.5", "1.3.0", "2.0.0", "1.4.0-rc1"]) await releases.record({ package: "minimist", version: v, url: `https://example.org/m-${v}`, sha256: sha(v) });
+    await run("package/minimist");
+    assert.deepEqual(await builds(), ["package/minimist@1.3.0"]);
+    const s = (await state.get("package/minimist"))!;
+    assert.equal(s.desiredVersion, "1.3.0");
+  });
+
+  test("advisories: bump to the lowest fixed release, patch when the fix is out of policy, else NeedsAttention", async () => {
+    await purge("build");
+    // NeedsAttention: lodash 4.17.15 is affected, 4.17.19 is not a known release.
+    await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
+    await run("package/lodash", { type: "advisory", id: "advisory-event-1" });
+    const flagged = (await state.get("package/lodash"))!;
+    assert.equal(flagged.phase, "NeedsAttention");
+    assert.deepEqual(flagged.advisories, ["GHSA-p6mc-m468-83gw"]);
+    assert.match(flagged.cause?.detail ?? "", /4\.17\.19/);
+    assert.deepEqual(await builds(), [], "nothing is built for a key that needs attention");
+
+    // Bump: the fixed release becomes known and the newest.
+    await releases.record({ package: "lodash", version: "4.17.19", url: "https://example.org/lodash-4.17.19", sha256: sha("4.17.19") });
+    await run("package/lodash", { type: "release", id: "release-event-1" });
+    assert.deepEqual(await builds(), ["package/lodash@4.17.19"]);
+    assert.equal((await state.get("package/lodash"))!.phase, "Building");
+
+    // Patch: a policy that stops below 1.2.6 (the fixed release) leaves the backport.
+    await purge("build");
+    const minimist = readFileSync(path.join(catalogDir, "packages/minimist.yaml"), "utf8").replace("^1.2", "~1.2.0 <1.2.6");
+    writeCatalog(catalogDir, { "packages/minimist.yaml": minimist });
+    catalog = await loadCatalog(catalogDir);
+    await advisories.record(fixture("GHSA-xvch-5gv4-984h"), ["minimist"]);
+    await run("package/minimist", { type: "advisory", id: "advisory-event-2" });
+    const [req] = await messages<BuildRequest>("build");
+    assert.equal(req?.kind === "package" && req.version, "1.2.5");
+    assert.deepEqual(req?.kind === "package" && req.patches?.map((p) => p.sha256), [sha(PATCH)]);
+    assert.match((await state.get("package/minimist"))!.cause?.detail ?? "", /cve-2021-44906\.patch, fixing GHSA-xvch-5gv4-984h/);
+  });
+
+  test("a catalog change touching one recipe enqueues exactly that key and its dependents", async () => {
+    writeCatalog(catalogDir);
+    const source = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(t.dir, "cache") });
+    await purge("work");
+    writeFileSync(path.join(catalogDir, "packages/left.yaml"), readFileSync(path.join(catalogDir, "packages/left.yaml"), "utf8").replace("[make]", "[make, make check]"));
+    const r = await source.reload();
+    assert.equal(r.status, "changed");
+    if (r.status !== "changed") return;
+    assert.deepEqual(catalogChangeRequests(r.catalog, r.diff).map((q) => q.key), ["package/left", "package/top", "image/app"]);
+    await onCatalogReload(r, (req) => queue.enqueue(req), quiet);
+    const items = await messages<WorkItem>("work");
+    assert.deepEqual(items.map((w) => w.key).sort(), ["image/app", "package/left", "package/top"]);
+    assert.ok(items.every((w) => w.priority === "dependency" && w.cause.type === "catalog" && /^sha256:/.test(w.cause.id ?? "")));
+
+    // A bad edit is rejected and the last good catalog keeps serving; nothing is enqueued.
+    await purge("work");
+    writeFileSync(path.join(catalogDir, "packages/top.yaml"), "name: top\nversion: 7\n");
+    const bad = await source.reload();
+    assert.equal(bad.status, "rejected");
+    if (bad.status === "rejected") await onCatalogReload(bad, (req) => queue.enqueue(req), quiet);
+    assert.deepEqual(await queued(), []);
+    assert.ok(source.current().packages.has("top"));
+  });
+});
