@@ -1,15 +1,16 @@
 /**
  * POST /v1/releases: a generic "package P released version V at URL with sha256" event.
  * The release is recorded as a fact and the package key enqueued; the reconciler decides.
+ * The same release posted again is recognised (event `P@V:sha256`) and enqueues nothing;
+ * the same version with another source is refused (a release is immutable).
  */
-import type { FastifyPluginAsync } from "fastify";
-import { makeKey, ReleaseConflictError, type Catalog, type EnqueueRequest, type ReleaseStore } from "@homeostat/core";
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { makeKey, ReleaseConflictError, type Catalog, type ReleaseStore } from "@homeostat/core";
+import type { Acceptor } from "./accept.ts";
+import type { BearerAuth } from "./auth.ts";
+import { Problem } from "./problem.ts";
 
-export type ReleasesRouteDeps = {
-  catalog: () => Catalog;
-  releases: ReleaseStore;
-  enqueue: (req: EnqueueRequest, msgId: string) => Promise<void>;
-};
+export type ReleasesRouteDeps = { catalog: () => Catalog; releases: ReleaseStore; acceptor: Acceptor; auth: BearerAuth };
 
 const bodySchema = {
   type: "object",
@@ -26,21 +27,29 @@ const bodySchema = {
 type ReleaseBody = { package: string; version: string; url: string; sha256: string };
 
 export const releasesRoute: FastifyPluginAsync<ReleasesRouteDeps> = async (app, deps) => {
-  app.post<{ Body: ReleaseBody }>("/v1/releases", { schema: { body: bodySchema } }, async (req, reply) => {
-    const { package: name, version, url, sha256 } = req.body;
-    if (!deps.catalog().packages.has(name)) {
-      return reply.code(404).send({ statusCode: 404, error: "Not Found", message: `unknown package "${name}": it is not in the catalog` });
-    }
-    let isNew: boolean;
-    try {
-      ({ isNew } = await deps.releases.record({ package: name, version, url, sha256 }));
-    } catch (err) {
-      if (err instanceof ReleaseConflictError) return reply.code(409).send({ statusCode: 409, error: "Conflict", message: err.message });
-      throw err;
-    }
-    const key = makeKey("package", name);
-    // Enqueued even for a known release: enqueueing is idempotent and a lost earlier enqueue is repaired.
-    await deps.enqueue({ v: 1, key, priority: "release", cause: { type: "release", id: `${name}@${version}`, detail: url } }, `release:${name}@${version}:${sha256}`);
-    return reply.code(202).send({ accepted: true, key, release: isNew ? "new" : "known" });
-  });
+  app.post<{ Body: ReleaseBody }>(
+    "/v1/releases",
+    { bodyLimit: 64 * 1024, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.auth.check(req) },
+    async (req, reply) => {
+      const { package: name, version, url, sha256 } = req.body;
+      if (!deps.catalog().packages.has(name)) throw new Problem(404, "unknown-package", `unknown package "${name}": it is not in the catalog`);
+      let isNew: boolean;
+      try {
+        ({ isNew } = await deps.releases.record({ package: name, version, url, sha256 }));
+      } catch (err) {
+        if (err instanceof ReleaseConflictError) throw new Problem(409, "release-conflict", err.message);
+        throw err;
+      }
+      const accepted = await deps.acceptor.accept({
+        source: "release",
+        ref: `${name}@${version}:${sha256}`,
+        summary: `${name} released ${version} at ${url}`,
+        keys: [makeKey("package", name)],
+        priority: "release",
+        cause: "release",
+        requestId: req.id,
+      });
+      return reply.code(202).send({ ...accepted, release: isNew ? "new" : "known" });
+    },
+  );
 };

@@ -1,0 +1,159 @@
+/**
+ * Events: the ledger of what ingest accepted, in JetStream so it outlives any process.
+ *
+ * The audit stream `<prefix>_EVENTS` (limits retention, subjects `<prefix>.<region>.events.<id>`)
+ * holds one record per accepted event with the keys it produced, read back by id with a direct
+ * get. The id is what an enqueue's `cause.id` carries, so a key's status links to its event.
+ *
+ * One record, three jobs, one write per event:
+ * - the audit entry (`GET /v1/events/:id`);
+ * - the idempotency record: the stream keeps at most one message per subject and refuses a
+ *   second one (`max_msgs_per_subject: 1`, `discard_new_per_subject`, API error 10077), so
+ *   "this event was handled" is "its subject holds a record", kept by the server for the
+ *   stream's max age and across restarts;
+ * - the intake of its keys: the record carries what admission needs (`priority`, `causeType`;
+ *   the cause id is the event id, its detail the summary), and the queue's durable consumer
+ *   of this stream admits every key of every record (services/queue/src/admit.ts). The record
+ *   being stored is what makes the event's admission certain, so ingest answers after that one
+ *   write, and no crash can leave keys queued without their record, or a record without them.
+ *
+ * An event id is derived from the sender's own identity for the event (a GitHub delivery id,
+ * an advisory id and its `modified`, …), so concurrent redeliveries agree on it.
+ */
+import { createHash } from "node:crypto";
+import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { z } from "zod";
+import { causeSchema, prioritySchema } from "./contracts.ts";
+import { keySchema, type Key } from "./key.ts";
+import { traceHeaders } from "./telemetry.ts";
+import type { Nats, Topology } from "./topology.ts";
+
+export const eventSources = ["github", "advisory", "release", "anitya"] as const;
+export type EventSource = (typeof eventSources)[number];
+
+export const eventIdSchema = z.string().regex(/^(github|advisory|release|anitya)-[0-9a-f]{32}$/, "must be <source>-<32 hex>");
+
+export const eventRecordSchema = z.object({
+  id: eventIdSchema,
+  source: z.enum(eventSources),
+  /** The sender's identity for the event: delivery id, `<advisory id>@<modified>`, `<package>@<version>`… */
+  ref: z.string().max(1024),
+  summary: z.string().max(2048),
+  keys: z.array(keySchema),
+  /** The class the keys are admitted in, and their cause's type (cause id = id, detail = summary). */
+  priority: prioritySchema,
+  causeType: causeSchema.shape.type,
+  receivedAt: z.string(),
+  requestId: z.string().max(128).optional(),
+  traceId: z.string().optional(),
+});
+export type EventRecord = Omit<z.infer<typeof eventRecordSchema>, "keys"> & { keys: Key[] };
+
+/** The id of the event `ref` from `source`: stable, so every redelivery of it has the same id. */
+export function eventId(source: EventSource, ref: string): string {
+  return `${source}-${createHash("sha256").update(`${source}\0${ref}`).digest("hex").slice(0, 32)}`;
+}
+
+/** The audit stream's name and subjects. */
+export function eventLedgerNames(t: Topology): { stream: string; subjects: string } {
+  return { stream: `${t.prefix}_EVENTS`, subjects: `${t.prefix}.${t.region}.events.>` };
+}
+
+/** The server's "this subject already holds its one message" (discard_new_per_subject). */
+const SUBJECT_FULL = 10077;
+
+/** The queue's durable consumer of the records (services/queue/src/admit.ts). */
+const ADMISSION_CONSUMER = "admission";
+
+export class EventLedger {
+  readonly nats: Nats;
+  readonly stream: string;
+
+  private constructor(nats: Nats) {
+    this.nats = nats;
+    this.stream = eventLedgerNames(nats.topology).stream;
+  }
+
+  /** Creates (or updates) the stream; `retentionMs` bounds it (and so how long a repeat is recognised). */
+  static async open(nats: Nats, retentionMs: number): Promise<EventLedger> {
+    const names = eventLedgerNames(nats.topology);
+    const cfg = {
+      name: names.stream,
+      subjects: [names.subjects],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      max_age: retentionMs * 1_000_000,
+      // One record per event id, and a second one is refused rather than replacing the first:
+      // the record is the idempotency record, restart-proof for the whole max age.
+      max_msgs_per_subject: 1,
+      discard: DiscardPolicy.New,
+      discard_new_per_subject: true,
+      allow_direct: true,
+    };
+    try {
+      await nats.jsm.streams.info(names.stream);
+      await nats.jsm.streams.update(names.stream, cfg);
+    } catch (err) {
+      if (!/not found/i.test(String(err))) throw err;
+      await nats.jsm.streams.add(cfg).catch((addErr: unknown) => {
+        if (!/already in use|exists/i.test(String(addErr))) throw addErr;
+      });
+    }
+    return new EventLedger(nats);
+  }
+
+  /**
+   * Creates (or updates) the queue's admission consumer of every record: durable, so a record
+   * stored while the queue is down is admitted when it is back; explicit acks, redelivered
+   * without limit until acked, so admission is certain once the record is stored.
+   */
+  async admissionConsumer(): Promise<{ stream: string; consumer: string }> {
+    const cfg = {
+      durable_name: ADMISSION_CONSUMER,
+      filter_subject: eventLedgerNames(this.nats.topology).subjects,
+      deliver_policy: DeliverPolicy.All,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: 30_000_000_000,
+      max_deliver: -1,
+      max_ack_pending: 10_000,
+    };
+    try {
+      await this.nats.jsm.consumers.add(this.stream, cfg);
+    } catch (err) {
+      // An existing durable with older settings is updated in place (its position is kept).
+      if (!/already exists|10148|10013/i.test(String(err))) throw err;
+      const { durable_name, filter_subject: _, deliver_policy: __, ...changes } = cfg;
+      await this.nats.jsm.consumers.update(this.stream, durable_name, changes);
+    }
+    return { stream: this.stream, consumer: ADMISSION_CONSUMER };
+  }
+
+  subject(id: string): string {
+    return `${this.nats.topology.prefix}.${this.nats.topology.region}.events.${id}`;
+  }
+
+  /**
+   * Records the event, which marks it handled and hands its keys to admission. "duplicate" when a record for its id exists
+   * already (a concurrent or earlier delivery of the same event recorded it first).
+   */
+  async record(record: EventRecord): Promise<"recorded" | "duplicate"> {
+    try {
+      await this.nats.js.publish(this.subject(record.id), JSON.stringify(record), { headers: traceHeaders() });
+      return "recorded";
+    } catch (err) {
+      if (isSubjectFull(err)) return "duplicate";
+      throw err;
+    }
+  }
+
+  async get(id: string): Promise<EventRecord | undefined> {
+    const m = await this.nats.jsm.direct.getMessage(this.stream, { last_by_subj: this.subject(id) });
+    if (!m) return undefined;
+    return eventRecordSchema.parse(m.json()) as EventRecord;
+  }
+}
+
+function isSubjectFull(err: unknown): boolean {
+  const e = err as { code?: unknown; api_error?: { err_code?: number } } | null;
+  return e?.api_error?.err_code === SUBJECT_FULL || e?.code === SUBJECT_FULL || String(err).includes(String(SUBJECT_FULL));
+}

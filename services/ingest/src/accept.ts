@@ -1,0 +1,104 @@
+/**
+ * Accept: what every feed does once an event is authenticated, validated and mapped to keys —
+ * write its record to the audit stream, one JetStream write per event.
+ *
+ * The record is the audit entry, the idempotency record and the intake of the event's keys
+ * (core events.ts): the server refuses a second record for an event id (10077), so a repeat
+ * answers `duplicate` with no keys, and the queue's admission consumer of the events stream
+ * enqueues the keys of every stored record (cause.id = the event id, so a key's status links
+ * back to it). A 202 is answered only after the record is stored: from then on the keys'
+ * admission is certain (a durable consumer, redelivered until acked), though asynchronous.
+ * A crash before the write leaves nothing, and the redelivery of the event is handled anew.
+ *
+ * Coalescing: the write waits for the end of the current event-loop turn and then every event
+ * that reached it in that turn publishes together, so the NATS client writes them to its socket
+ * in one write instead of one per event (one syscall and one wake-up of nats-server per turn
+ * rather than per request). It adds one loop turn, which under load is the time the turn's other
+ * requests take anyway.
+ */
+import { currentTraceId, eventId, JetStreamPipeError, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+
+/** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
+export type LedgerOps = {
+  record(record: EventRecord): Promise<"recorded" | "duplicate">;
+};
+
+/** The server's "this event subject already holds its record" (discard_new_per_subject). */
+const SUBJECT_FULL = 10077;
+
+/** EventLedger's record over the lean pipe: same stream, subjects and semantics. */
+export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps {
+  return {
+    record: async (record) => {
+      try {
+        // The trace context travels with the record, so admitting its keys joins the request's trace.
+        await pipe.publish(ledger.subject(record.id), JSON.stringify(record), traceHeaders());
+        return "recorded";
+      } catch (err) {
+        if (err instanceof JetStreamPipeError && err.code === SUBJECT_FULL) return "duplicate";
+        throw err;
+      }
+    },
+  };
+}
+
+export type IncomingEvent = {
+  source: EventSource;
+  /** The sender's identity for the event; equal refs are one event. */
+  ref: string;
+  summary: string;
+  keys: Key[];
+  priority: Priority;
+  cause: Cause["type"];
+  requestId?: string;
+};
+
+export type Accepted = { event: string; duplicate: boolean; keys: Key[] };
+
+export class Acceptor {
+  readonly ledger: EventLedger;
+  private readonly ops: LedgerOps;
+  private waiting: Array<() => void> = [];
+
+  /** `ops` defaults to the ledger itself; ingest passes pipedLedger (the same records, less CPU). */
+  constructor(ledger: EventLedger, ops: LedgerOps = ledger) {
+    this.ledger = ledger;
+    this.ops = ops;
+  }
+
+  async accept(ev: IncomingEvent): Promise<Accepted> {
+    const id = eventId(ev.source, ev.ref);
+    const keys = [...new Set(ev.keys)];
+    const traceId = currentTraceId();
+    const record: EventRecord = {
+      id,
+      source: ev.source,
+      ref: ev.ref.slice(0, 1024),
+      summary: ev.summary.slice(0, 2048),
+      keys,
+      priority: ev.priority,
+      causeType: ev.cause,
+      receivedAt: new Date().toISOString(),
+      ...(ev.requestId ? { requestId: ev.requestId } : {}),
+      ...(traceId ? { traceId } : {}),
+    };
+    await this.turn();
+    // An earlier or concurrent delivery of the same event recorded it first: its keys are
+    // admitted from that record, this one is the duplicate.
+    if ((await this.ops.record(record)) === "duplicate") return { event: id, duplicate: true, keys: [] };
+    return { event: id, duplicate: false, keys };
+  }
+
+  /** Resolves at the end of the current event-loop turn, together with every other waiter. */
+  private turn(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.waiting.push(resolve) === 1) {
+        setImmediate(() => {
+          const ready = this.waiting;
+          this.waiting = [];
+          for (const r of ready) r();
+        });
+      }
+    });
+  }
+}

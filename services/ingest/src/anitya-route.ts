@@ -1,0 +1,84 @@
+/**
+ * POST /v1/webhooks/anitya: release-monitoring.org (Anitya) `project.version.update.v2`
+ * messages, as fedora-messaging publishes them (the message body: `project`, `message`,
+ * `distro`), relayed by a bridge from the bus.
+ *
+ * Mapping rule: a catalog package is named when its `upstream.releaseMonitoring` has this
+ * project's id or name; a package with no releaseMonitoring mapping is named when its own
+ * name is the project name (most upstreams are known to Anitya by their own name).
+ * One event per project and set of new versions, so the same message relayed twice
+ * enqueues nothing.
+ */
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { makeKey, type Catalog } from "@homeostat/core";
+import type { Acceptor } from "./accept.ts";
+import type { BearerAuth } from "./auth.ts";
+
+const version = { type: "string", minLength: 1, maxLength: 256 } as const;
+const project = {
+  type: "object",
+  required: ["id", "name"],
+  properties: {
+    id: { type: "integer", minimum: 1 },
+    name: { type: "string", minLength: 1, maxLength: 256 },
+    homepage: { type: ["string", "null"], maxLength: 4096 },
+    version: { anyOf: [version, { type: "null" }] },
+    versions: { type: "array", maxItems: 10_000, items: version },
+  },
+} as const;
+
+const bodySchema = {
+  type: "object",
+  required: ["project", "message"],
+  properties: {
+    project,
+    message: {
+      type: "object",
+      required: ["upstream_versions"],
+      properties: {
+        project,
+        old_version: { type: ["string", "null"], maxLength: 256 },
+        upstream_versions: { type: "array", minItems: 1, maxItems: 10_000, items: version },
+        packages: { type: "array", maxItems: 10_000, items: { type: "object", properties: { distro: { type: "string" }, package_name: { type: "string" } } } },
+      },
+    },
+    distro: { type: "null" },
+  },
+} as const;
+
+type AnityaBody = {
+  project: { id: number; name: string; version?: string | null };
+  message: { upstream_versions: string[]; old_version?: string | null };
+};
+
+export type AnityaRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; auth: BearerAuth; bodyLimit: number };
+
+export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps) => {
+  app.post<{ Body: AnityaBody }>(
+    "/v1/webhooks/anitya",
+    { bodyLimit: deps.bodyLimit, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.auth.check(req) },
+    async (req, reply) => {
+      const { project: p, message } = req.body;
+      const versions = [...new Set(message.upstream_versions)].sort();
+      const accepted = await deps.acceptor.accept({
+        source: "anitya",
+        ref: `${p.id}:${versions.join(",")}`,
+        summary: `release-monitoring project ${p.name} (${p.id}) found ${versions.join(", ")}`,
+        keys: packagesForProject(deps.catalog(), p.id, p.name).map((n) => makeKey("package", n)),
+        priority: "release",
+        cause: "release",
+        requestId: req.id,
+      });
+      return reply.code(202).send(accepted);
+    },
+  );
+};
+
+function packagesForProject(catalog: Catalog, id: number, name: string): string[] {
+  const out: string[] = [];
+  for (const spec of catalog.packages.values()) {
+    const rm = spec.upstream?.releaseMonitoring;
+    if (rm ? rm.id === id || rm.name === name : spec.name === name) out.push(spec.name);
+  }
+  return out;
+}
