@@ -25,6 +25,7 @@ import { generateKeyPairSync, createPublicKey, verify as cryptoVerify } from "no
 import os from "node:os";
 import { performance } from "node:perf_hooks";
 import { signerFromPrivateKeyPem, type Signer } from "../services/signer/src/keys.ts";
+import { table } from "./table.ts";
 
 const MAX_SIGNATURES = 2_000_000;
 const WARMUP_SIGNATURES = 2_000;
@@ -166,15 +167,6 @@ const fmtRatio = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) + "x"
 const round1 = (n: number): number => Math.round(n * 10) / 10;
 const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
-function table(rows: readonly (readonly string[])[]): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows
-    .map((r, i) => {
-      const line = r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("   ");
-      return i === 0 ? `${line}\n${widths.map((w) => "-".repeat(w)).join("   ")}` : line;
-    })
-    .join("\n");
-}
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));

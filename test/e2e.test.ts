@@ -134,18 +134,18 @@ describe("factory end to end", { timeout: 600_000 }, () => {
   test("bad input is refused with a reason and changes nothing", async () => {
     const missing = await post({ package: "motd", version: "9.9", url: "file:///x.tar.gz" });
     assert.equal(missing.status, 400);
-    assert.match(((await missing.json()) as { message: string }).message, /sha256/);
+    assert.match(((await missing.json()) as { detail: string }).detail, /sha256/);
 
     const wrongType = await post({ package: "motd", version: 12, url: "file:///x.tar.gz", sha256: "0".repeat(64) });
     assert.equal(wrongType.status, 400);
-    assert.match(((await wrongType.json()) as { message: string }).message, /version/);
+    assert.match(((await wrongType.json()) as { detail: string }).detail, /version/);
 
     const notJson = await post("{not json");
     assert.equal(notJson.status, 400);
 
     const unknown = await post({ package: "no-such-package", version: "1.0", url: "file:///x.tar.gz", sha256: "0".repeat(64) });
     assert.equal(unknown.status, 404);
-    assert.match(((await unknown.json()) as { message: string }).message, /unknown package "no-such-package"/);
+    assert.match(((await unknown.json()) as { detail: string }).detail, /unknown package "no-such-package"/);
 
     const statuses = await allReady();
     assert.ok(statuses, "nothing changed: every key is still Ready");

@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { connectNats, ensureTopology, loadConfig, stages, type Buckets, type Config, type Nats } from "@homeostat/core";
+import { advisoryBucket, bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, stages, type Buckets, type Config, type Nats } from "@homeostat/core";
 
 export const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -36,7 +36,9 @@ export async function testEnv(extra: Record<string, string> = {}): Promise<TestE
     prefix, dir, config, env, nats, buckets, redis,
     cleanup: async () => {
       for (const stage of stages) await nats.jsm.streams.delete(nats.topology.stream(stage)).catch(() => {});
-      for (const b of ["state", "releases", "leases"] as const) await nats.jsm.streams.delete(`KV_${nats.topology.bucket(b)}`).catch(() => {});
+      for (const b of bucketNames) await nats.jsm.streams.delete(`KV_${nats.topology.bucket(b)}`).catch(() => {});
+      await nats.jsm.streams.delete(`KV_${advisoryBucket(nats)}`).catch(() => {});
+      await nats.jsm.streams.delete(eventLedgerNames(nats.topology).stream).catch(() => {});
       const keys = await redis.keys(`${prefix}:*`);
       if (keys.length) await redis.del(...keys);
       redis.disconnect();

@@ -18,9 +18,29 @@ const schema = z.object({
   /** Region name; part of every subject so that more regions can join without renaming anything. */
   HOMEOSTAT_REGION: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only").default("local"),
   HOMEOSTAT_DATA: z.string().default(".homeostat/data"),
-  HOMEOSTAT_CATALOG: z.string().default("examples/catalog"),
+  /** The catalog: a directory, or `git+<repository path or URL>#<ref>[:<subdirectory>]` (catalog-source.ts). */
+  HOMEOSTAT_CATALOG: z.string().min(1).default("examples/catalog"),
+  /** How often the reconciler and ingest look for a changed catalog (a git ref is fetched that often). */
+  HOMEOSTAT_CATALOG_RELOAD_MS: positiveMs.default(30_000),
   HOMEOSTAT_INGEST_HOST: z.string().default("127.0.0.1"),
   HOMEOSTAT_INGEST_PORT: port.default(8080),
+  /** Bearer tokens accepted on ingest's write endpoints, comma-separated; unset: writes are open only on a loopback listener. */
+  HOMEOSTAT_INGEST_TOKENS: z.string().default(""),
+  /** The secret of the GitHub webhook (X-Hub-Signature-256); unset: every GitHub delivery is refused. */
+  HOMEOSTAT_GITHUB_WEBHOOK_SECRET: z.string().optional(),
+  /** GitHub `release` actions that count as a release, comma-separated. */
+  HOMEOSTAT_GITHUB_RELEASE_ACTIONS: z.string().regex(/^[a-z_]+(,[a-z_]+)*$/, "comma-separated action names").default("published,released"),
+  /** Whether GitHub pre-releases count (then add "prereleased" to the actions to hear them early). */
+  HOMEOSTAT_GITHUB_PRERELEASES: z.enum(["true", "false"]).default("false"),
+  /** Requests per minute one client (a bearer token, else an address) may make to ingest. */
+  HOMEOSTAT_INGEST_RATE_LIMIT: z.coerce.number().int().positive().default(60_000),
+  /** How long accepted events stay readable (GET /v1/events/:id) and redeliveries are recognised. */
+  HOMEOSTAT_INGEST_RETENTION_MS: positiveMs.default(7 * 24 * 3_600_000),
+  /** Ingest processes sharing the port (node:cluster); 1 = a single process. See services/ingest/README.md. */
+  HOMEOSTAT_INGEST_WORKERS: z.coerce.number().int().min(1).max(64).default(1),
+  /** OSV advisories to follow: a directory of OSV JSON files, or an http(s) base with modified_id.csv (OSV's bucket layout). */
+  HOMEOSTAT_OSV_SOURCE: z.string().optional(),
+  HOMEOSTAT_OSV_POLL_MS: positiveMs.default(5 * 60_000),
   HOMEOSTAT_GRPC_ADDR: z.string().default("127.0.0.1:50051"),
   /** Registry-style reference the signer writes into signatures, e.g. registry.example/homeostat. */
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
@@ -33,11 +53,28 @@ const schema = z.object({
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
   HOMEOSTAT_BUILD_TIMEOUT_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_LEASE_MS: positiveMs.default(30_000),
+  /** Failed runs of a key before it moves to the dead letters. */
+  HOMEOSTAT_QUEUE_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1000).default(10),
+  /** Retry backoff: base × 2^(attempt-1), capped, with jitter. */
+  HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: positiveMs.default(30_000),
+  HOMEOSTAT_QUEUE_BACKOFF_MAX_MS: positiveMs.default(10 * 60_000),
+  /** The longest not-before floor a reconcile may ask for. */
+  HOMEOSTAT_QUEUE_MAX_FLOOR_MS: positiveMs.default(6 * 3_600_000),
+  /** On SIGTERM, how long in-flight runs may still finish before they are handed back. */
+  HOMEOSTAT_QUEUE_DRAIN_MS: positiveMs.default(5_000),
   /** How often every catalog key is enqueued at resync priority. */
   HOMEOSTAT_RESYNC_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
   /** Largest source archive the builder downloads. */
   HOMEOSTAT_MAX_SOURCE_BYTES: z.coerce.number().int().positive().default(512 * 1024 * 1024),
+  /** Largest uncompressed total of a source (or dependency) archive the builder unpacks. */
+  HOMEOSTAT_MAX_UNPACKED_BYTES: z.coerce.number().int().positive().default(4 * 1024 * 1024 * 1024),
+  /** Most entries (files, directories, links) in an archive the builder unpacks. */
+  HOMEOSTAT_MAX_SOURCE_ENTRIES: z.coerce.number().int().positive().default(200_000),
+  /** Sandbox of build steps: bubblewrap when it works here (auto), required (bubblewrap), or none. */
+  HOMEOSTAT_BUILD_ISOLATION: z.enum(["auto", "bubblewrap", "none"]).default("auto"),
+  /** Builds one builder process runs at the same time. */
+  HOMEOSTAT_BUILD_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().optional(),
 });
 
@@ -47,8 +84,24 @@ export type Config = Readonly<{
   prefix: string;
   region: string;
   dataDir: string;
+  /** The catalog as a directory; for a git catalog, where relative paths would resolve (unused by the loader). */
   catalogDir: string;
-  ingest: { host: string; port: number };
+  /** HOMEOSTAT_CATALOG as given, for parseCatalogLocation. */
+  catalogLocation: string;
+  catalogReloadMs: number;
+  ingest: {
+    host: string;
+    port: number;
+    tokens: string[];
+    githubSecret: string | undefined;
+    githubActions: string[];
+    githubPrereleases: boolean;
+    rateLimitPerMin: number;
+    retentionMs: number;
+    workers: number;
+    osvSource: string | undefined;
+    osvPollMs: number;
+  };
   grpcAddr: string;
   imageRepository: string;
   registryUrl: string | undefined;
@@ -59,9 +112,14 @@ export type Config = Readonly<{
   sourceDateEpoch: number;
   buildTimeoutMs: number;
   leaseMs: number;
+  queue: { maxAttempts: number; backoffBaseMs: number; backoffMaxMs: number; maxFloorMs: number; drainMs: number };
   resyncMs: number;
   concurrency: number;
   maxSourceBytes: number;
+  maxUnpackedBytes: number;
+  maxSourceEntries: number;
+  buildIsolation: "auto" | "bubblewrap" | "none";
+  buildConcurrency: number;
   otlpEndpoint: string | undefined;
 }>;
 
@@ -81,7 +139,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     region: e.HOMEOSTAT_REGION,
     dataDir: path.resolve(e.HOMEOSTAT_DATA),
     catalogDir: path.resolve(e.HOMEOSTAT_CATALOG),
-    ingest: { host: e.HOMEOSTAT_INGEST_HOST, port: e.HOMEOSTAT_INGEST_PORT },
+    catalogLocation: e.HOMEOSTAT_CATALOG,
+    catalogReloadMs: e.HOMEOSTAT_CATALOG_RELOAD_MS,
+    ingest: {
+      host: e.HOMEOSTAT_INGEST_HOST,
+      port: e.HOMEOSTAT_INGEST_PORT,
+      tokens: e.HOMEOSTAT_INGEST_TOKENS.split(",").map((t) => t.trim()).filter((t) => t !== ""),
+      githubSecret: e.HOMEOSTAT_GITHUB_WEBHOOK_SECRET || undefined,
+      githubActions: e.HOMEOSTAT_GITHUB_RELEASE_ACTIONS.split(","),
+      githubPrereleases: e.HOMEOSTAT_GITHUB_PRERELEASES === "true",
+      rateLimitPerMin: e.HOMEOSTAT_INGEST_RATE_LIMIT,
+      retentionMs: e.HOMEOSTAT_INGEST_RETENTION_MS,
+      workers: e.HOMEOSTAT_INGEST_WORKERS,
+      osvSource: e.HOMEOSTAT_OSV_SOURCE || undefined,
+      osvPollMs: e.HOMEOSTAT_OSV_POLL_MS,
+    },
     grpcAddr: e.HOMEOSTAT_GRPC_ADDR,
     imageRepository: e.HOMEOSTAT_IMAGE_REPOSITORY,
     registryUrl: e.HOMEOSTAT_REGISTRY_URL,
@@ -90,9 +162,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
     leaseMs: e.HOMEOSTAT_LEASE_MS,
+    queue: {
+      maxAttempts: e.HOMEOSTAT_QUEUE_MAX_ATTEMPTS,
+      backoffBaseMs: e.HOMEOSTAT_QUEUE_BACKOFF_BASE_MS,
+      backoffMaxMs: e.HOMEOSTAT_QUEUE_BACKOFF_MAX_MS,
+      maxFloorMs: e.HOMEOSTAT_QUEUE_MAX_FLOOR_MS,
+      drainMs: e.HOMEOSTAT_QUEUE_DRAIN_MS,
+    },
     resyncMs: e.HOMEOSTAT_RESYNC_MS,
     concurrency: e.HOMEOSTAT_CONCURRENCY,
     maxSourceBytes: e.HOMEOSTAT_MAX_SOURCE_BYTES,
+    maxUnpackedBytes: e.HOMEOSTAT_MAX_UNPACKED_BYTES,
+    maxSourceEntries: e.HOMEOSTAT_MAX_SOURCE_ENTRIES,
+    buildIsolation: e.HOMEOSTAT_BUILD_ISOLATION,
+    buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
 }

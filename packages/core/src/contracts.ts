@@ -13,7 +13,7 @@ const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lower-case hex 
 
 /** Why a key may have drifted. Informational: reconcile decisions never depend on it. */
 export const causeSchema = z.object({
-  type: z.enum(["release", "catalog", "dependency", "built", "resync", "manual"]),
+  type: z.enum(["release", "catalog", "dependency", "built", "resync", "manual", "advisory"]),
   id: z.string().max(512).optional(),
   detail: z.string().max(2048).optional(),
 });
@@ -24,21 +24,34 @@ export const priorities = ["advisory", "release", "dependency", "resync"] as con
 export const prioritySchema = z.enum(priorities);
 export type Priority = z.infer<typeof prioritySchema>;
 
+const epochMs = z.number().int().nonnegative();
+
 /** ingest, reconciler, signer -> queue: "this key may have drifted". */
 export const enqueueRequestSchema = z.object({
   v: z.literal(1),
   key: keySchema,
   priority: prioritySchema,
   cause: causeSchema,
+  /** Not before this time (ms since the epoch); a later enqueue may pull it earlier. */
+  notBefore: epochMs.optional(),
+  /** Not before this time, and no enqueue may pull it earlier. */
+  floor: epochMs.optional(),
 });
 export type EnqueueRequest = z.infer<typeof enqueueRequestSchema>;
 
-/** queue -> reconciler: the key to reconcile now. The queue holds keys, not payloads. */
+/**
+ * queue -> reconciler: a queued key. The queue holds keys, not payloads: besides the key there
+ * is only its schedule (priority class, not-before, floor) and the failures so far.
+ */
 export const workItemSchema = z.object({
   v: z.literal(1),
   key: keySchema,
   priority: prioritySchema,
   cause: causeSchema,
+  notBefore: epochMs.default(0),
+  floor: epochMs.default(0),
+  attempts: z.number().int().nonnegative().default(0),
+  enqueuedAt: epochMs.default(0),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 
@@ -47,6 +60,16 @@ export const sourceSchema = z.object({
   sha256: sha256Hex,
 });
 export type Source = z.infer<typeof sourceSchema>;
+
+/**
+ * A patch applied to the unpacked source (`patch -p1`), fetched and verified like a source:
+ * `url` is a path relative to the catalog directory or a file:// URL.
+ */
+export const patchRefSchema = z.object({
+  url: z.string().min(1).max(4096),
+  sha256: sha256Hex,
+});
+export type PatchRef = z.infer<typeof patchRefSchema>;
 
 /** A built package as other builds consume it. */
 export const packageArtifactSchema = z.object({
@@ -78,6 +101,11 @@ const buildCommon = {
   version: z.string().min(1).max(128),
   inputDigest: digestSchema,
   sourceDateEpoch: z.number().int().nonnegative(),
+  /**
+   * The git commit of the catalog the request was made from, for provenance only: it is not
+   * part of the input digest (see the reconciler's desired.ts for why).
+   */
+  catalogCommit: z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, "must be a git commit id").optional(),
 };
 
 /** reconciler -> builder: everything a build needs; the builder reads nothing else. */
@@ -86,7 +114,11 @@ export const buildRequestSchema = z.discriminatedUnion("kind", [
     ...buildCommon,
     kind: z.literal("package"),
     source: sourceSchema,
+    /** Applied in order to the unpacked source before the steps. */
+    patches: z.array(patchRefSchema).max(1000).optional(),
     steps: z.array(z.string().min(1).max(16384)).min(1).max(256),
+    /** Run after the steps, in the same workspace and sandbox; the build fails when it fails. */
+    test: z.string().min(1).max(65536).optional(),
     /** Build dependencies, unpacked into the build's sysroot. */
     dependencies: z.array(packageArtifactSchema),
     runtimeDependencies: z.array(nameSchema),

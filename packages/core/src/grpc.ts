@@ -1,8 +1,8 @@
 /**
  * gRPC: the one home of the status API contract (proto/homeostat/v1/status.proto) on the
  * TypeScript side: the loaded service definition, a typed client, and the mapping between
- * the wire messages and `KeyStatus` (status.ts). The queue service serves it, the CLI calls
- * it; neither knows the wire shape.
+ * the wire messages and `KeyStatus` (status.ts) and the work queue's types (workqueue.ts).
+ * The queue service serves it, the CLI calls it; neither knows the wire shape.
  *
  * The proto is loaded at runtime with @grpc/proto-loader; `pnpm gen` (scripts/gen-proto.ts)
  * generates the matching types into ./generated/ with these same loader options.
@@ -13,14 +13,20 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { causeSchema, priorities, prioritySchema, type Cause, type Priority } from "./contracts.ts";
 import { keySchema, type Key } from "./key.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
+import type { DeadLetter, EnqueueOutcome, QueueRequest, QueueStats } from "./workqueue.ts";
 import type { ProtoGrpcType } from "./generated/status.ts";
 import type { KeyStatus as ProtoKeyStatus, KeyStatus__Output as ProtoKeyStatusOutput } from "./generated/homeostat/v1/KeyStatus.ts";
 import type { ListKeysRequest, ListKeysRequest__Output } from "./generated/homeostat/v1/ListKeysRequest.ts";
 import type { ListKeysResponse, ListKeysResponse__Output } from "./generated/homeostat/v1/ListKeysResponse.ts";
 import type { GetKeyRequest, GetKeyRequest__Output } from "./generated/homeostat/v1/GetKeyRequest.ts";
 import type { StatusServiceClient, StatusServiceDefinition, StatusServiceHandlers } from "./generated/homeostat/v1/StatusService.ts";
+import type { QueueStatsResponse, QueueStatsResponse__Output } from "./generated/homeostat/v1/QueueStatsResponse.ts";
+import type { EnqueueRequest, EnqueueRequest__Output } from "./generated/homeostat/v1/EnqueueRequest.ts";
+import type { DeadLetter as ProtoDeadLetter, DeadLetter__Output as ProtoDeadLetterOutput } from "./generated/homeostat/v1/DeadLetter.ts";
 
 export { grpc };
 export type {
@@ -35,6 +41,12 @@ export type {
   StatusServiceClient,
   StatusServiceDefinition,
   StatusServiceHandlers,
+  QueueStatsResponse,
+  QueueStatsResponse__Output,
+  EnqueueRequest,
+  EnqueueRequest__Output,
+  ProtoDeadLetter,
+  ProtoDeadLetterOutput,
 };
 
 /** Root of the .proto files (the repository's proto/ directory; ship it next to packages/). */
@@ -87,6 +99,44 @@ export function getKeyStatus(client: StatusServiceClient, key: string, opts: Cal
   });
 }
 
+/** Why: the key's status, then each dependency status its cause leads to (see the proto). */
+export function whyKey(client: StatusServiceClient, key: string, opts: CallOptions = {}): Promise<KeyStatus[]> {
+  return new Promise((resolve, reject) => {
+    client.why({ key }, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      try {
+        resolve(res!.chain.map(fromProtoStatus));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/** Longest chain Why follows: deeper than any real dependency path, short enough to bound a loop. */
+export const maxWhyDepth = 64;
+
+/**
+ * The causal chain from `key`: its status, then while a status's cause is a dependency
+ * (cause.id a key), that key's status. Stops at a missing status, a repeated key or
+ * `maxWhyDepth` links. Shared by the server (over its read model) and tests.
+ */
+export async function causalChain(key: Key, get: (key: Key) => Promise<KeyStatus | undefined>): Promise<KeyStatus[]> {
+  const chain: KeyStatus[] = [];
+  const seen = new Set<Key>();
+  let next: Key | undefined = key;
+  while (next !== undefined && !seen.has(next) && chain.length < maxWhyDepth) {
+    seen.add(next);
+    const status = await get(next);
+    if (!status) break;
+    chain.push(status);
+    const c = status.cause;
+    const parsed = c?.type === "dependency" && c.id ? keySchema.safeParse(c.id) : undefined;
+    next = parsed?.success ? parsed.data : undefined;
+  }
+  return chain;
+}
+
 export type StatusPage = { items: KeyStatus[]; nextPageToken?: string };
 
 /** One ListKeys page as validated statuses; `nextPageToken` is absent on the last page. */
@@ -104,6 +154,65 @@ export function listKeyStatuses(
       } catch (e) {
         reject(e);
       }
+    });
+  });
+}
+
+/** QueueStats as a promise of validated `QueueStats`. */
+export function getQueueStats(client: StatusServiceClient, opts: CallOptions = {}): Promise<QueueStats> {
+  return new Promise((resolve, reject) => {
+    client.queueStats({}, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      try {
+        resolve(fromProtoQueueStats(res!));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/**
+ * What a client asks Enqueue for. Delays are relative to the server's receipt; the server
+ * validates everything, so this is passed on unchecked.
+ */
+export type EnqueueArgs = { key: string; priority?: string; notBeforeDelayMs?: number; floorDelayMs?: number; causeDetail?: string };
+
+/** Enqueue; resolves to the queue's outcome. */
+export function enqueueKey(client: StatusServiceClient, args: EnqueueArgs, opts: CallOptions = {}): Promise<EnqueueOutcome> {
+  return new Promise((resolve, reject) => {
+    client.enqueue({ ...args, priority: args.priority ?? "" }, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      const outcome = enqueueOutcomeSchema.safeParse(res!.outcome);
+      if (outcome.success) resolve(outcome.data);
+      else reject(new ContractViolation(`invalid Enqueue outcome ${JSON.stringify(res!.outcome)}`));
+    });
+  });
+}
+
+export type DeadLetterPage = { items: DeadLetterEntry[]; total: number };
+
+/** ListDeadLetters: the oldest `limit` entries (server default when absent) and the total. */
+export function listDeadLetters(client: StatusServiceClient, req: { limit?: number } = {}, opts: CallOptions = {}): Promise<DeadLetterPage> {
+  return new Promise((resolve, reject) => {
+    client.listDeadLetters({ limit: req.limit ?? 0 }, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      try {
+        resolve({ items: res!.deadLetters.map(fromProtoDeadLetter), total: parseCount(res!.total, "total") });
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/** RetryDeadLetter; rejects with NOT_FOUND when the key is not in the dead letters. */
+export function retryDeadLetter(client: StatusServiceClient, key: string, opts: CallOptions = {}): Promise<void> {
+  return new Promise((resolve, reject) => {
+    client.retryDeadLetter({ key }, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      if (res!.retried) resolve();
+      else reject(new ContractViolation(`RetryDeadLetter of ${key} answered OK without retrying`));
     });
   });
 }
@@ -143,6 +252,9 @@ export function toProtoStatus(s: KeyStatus): ProtoKeyStatus {
     traceId: s.traceId,
     updatedAt: s.updatedAt,
     fannedOut: s.fannedOut,
+    builds: (s.builds ?? []).map((b) => ({ ...b, cause: b.cause ? { ...b.cause } : null })),
+    waitingFor: s.waitingFor,
+    advisories: s.advisories ?? [],
   };
 }
 
@@ -190,6 +302,19 @@ export function fromProtoStatus(m: ProtoKeyStatusOutput): KeyStatus {
     traceId: m.traceId,
     updatedAt: m.updatedAt,
     fannedOut: m.fannedOut,
+    // Empty repeated fields are absent in status.ts, as they were before the wire.
+    builds: m.builds.length
+      ? m.builds.map((b) => ({
+          version: b.version,
+          inputDigest: b.inputDigest,
+          outcome: b.outcome,
+          at: b.at,
+          traceId: b.traceId,
+          cause: b.cause ? { type: b.cause.type, id: b.cause.id, detail: b.cause.detail } : undefined,
+        }))
+      : undefined,
+    waitingFor: m.waitingFor,
+    advisories: m.advisories.length ? [...m.advisories] : undefined,
   };
   const parsed = keyStatusSchema.safeParse(dropUndefined(candidate));
   if (!parsed.success) {
@@ -197,6 +322,123 @@ export function fromProtoStatus(m: ProtoKeyStatusOutput): KeyStatus {
     throw new ContractViolation(`invalid KeyStatus${m.key ? ` for ${m.key}` : ""}: ${where}`);
   }
   return parsed.data;
+}
+
+/* ---------------------------------------------------------------- queue */
+
+const enqueueOutcomeSchema = z.enum(["added", "deduped", "rerun"]);
+
+/** Longest delay an Enqueue may ask for: further out is a mistake, not a schedule. */
+export const maxEnqueueDelayMs = 30 * 24 * 3_600_000;
+/** The class of an Enqueue that names none (see EnqueueRequest.priority in the proto). */
+export const defaultEnqueuePriority: Priority = "release";
+export const defaultDeadLetterLimit = 100;
+export const maxDeadLetterLimit = 1000;
+
+export function toProtoQueueStats(s: QueueStats): QueueStatsResponse {
+  return {
+    depth: priorities.map((priority) => ({ priority, depth: s.depth[priority] })),
+    running: s.running,
+    retrying: s.retrying,
+    deadLetters: s.deadLetters,
+  };
+}
+
+/** Received stats, validated: every class of contracts.ts exactly once, counts non-negative. */
+export function fromProtoQueueStats(m: QueueStatsResponse__Output): QueueStats {
+  const depth = {} as Record<Priority, number>;
+  for (const d of m.depth) {
+    const p = prioritySchema.safeParse(d.priority);
+    if (!p.success) throw new ContractViolation(`invalid QueueStats: unknown priority class ${JSON.stringify(d.priority)}`);
+    if (p.data in depth) throw new ContractViolation(`invalid QueueStats: class ${p.data} given twice`);
+    depth[p.data] = parseCount(d.depth, `depth of ${p.data}`);
+  }
+  const missing = priorities.filter((p) => !(p in depth));
+  if (missing.length) throw new ContractViolation(`invalid QueueStats: no depth for ${missing.join(", ")}`);
+  return { depth, running: parseCount(m.running, "running"), retrying: parseCount(m.retrying, "retrying"), deadLetters: parseCount(m.deadLetters, "dead_letters") };
+}
+
+/**
+ * An Enqueue request as the queue's `QueueRequest`, or the reason it is not one (the server
+ * answers INVALID_ARGUMENT with it). Delays become times on `now`, the server's clock.
+ */
+export function fromProtoEnqueue(m: EnqueueRequest__Output, now: number): { request: QueueRequest } | { error: string } {
+  const parsed = parseKeyArg(m.key);
+  if ("error" in parsed) return parsed;
+  const priority = m.priority === "" ? defaultEnqueuePriority : m.priority;
+  if (!prioritySchema.safeParse(priority).success) {
+    return { error: `invalid priority ${JSON.stringify(m.priority)}: must be one of ${priorities.join(", ")} (empty: ${defaultEnqueuePriority})` };
+  }
+  const delays: Record<"notBefore" | "floor", number | undefined> = { notBefore: undefined, floor: undefined };
+  for (const [field, raw, name] of [["notBefore", m.notBeforeDelayMs, "not_before_delay_ms"], ["floor", m.floorDelayMs, "floor_delay_ms"]] as const) {
+    if (raw === undefined) continue;
+    const ms = Number(raw);
+    if (!/^\d+$/.test(raw) || ms > maxEnqueueDelayMs) {
+      return { error: `${name} must be between 0 and ${maxEnqueueDelayMs} (30 days), got ${raw}` };
+    }
+    delays[field] = now + ms;
+  }
+  const cause = causeSchema.safeParse({ type: "manual", ...(m.causeDetail !== undefined ? { detail: m.causeDetail } : {}) });
+  if (!cause.success) return { error: `invalid cause_detail: ${cause.error.issues[0]?.message ?? "malformed"}` };
+  return {
+    request: {
+      key: parsed.key,
+      priority: priority as Priority,
+      cause: cause.data,
+      ...(delays.notBefore !== undefined ? { notBefore: delays.notBefore } : {}),
+      ...(delays.floor !== undefined ? { floor: delays.floor } : {}),
+    },
+  };
+}
+
+/** A dead letter as a client sees it: the time as RFC 3339, the queued item's class and cause. */
+export type DeadLetterEntry = { key: Key; reason: string; nonRetriable: boolean; attempts: number; at: string; priority: Priority; cause: Cause };
+
+const deadLetterEntrySchema = z.object({
+  key: keySchema,
+  reason: z.string(),
+  nonRetriable: z.boolean(),
+  attempts: z.number().int().nonnegative(),
+  at: z.iso.datetime(),
+  priority: prioritySchema,
+  cause: causeSchema,
+});
+
+export function toProtoDeadLetter(d: DeadLetter): ProtoDeadLetter {
+  return {
+    key: d.key,
+    reason: d.reason,
+    nonRetriable: d.nonRetriable,
+    attempts: d.attempts,
+    at: new Date(d.at).toISOString(),
+    priority: d.item.priority,
+    cause: { ...d.item.cause },
+  };
+}
+
+export function fromProtoDeadLetter(m: ProtoDeadLetterOutput): DeadLetterEntry {
+  const candidate = {
+    key: m.key,
+    reason: m.reason,
+    nonRetriable: m.nonRetriable,
+    attempts: m.attempts,
+    at: m.at,
+    priority: m.priority,
+    cause: m.cause ? { type: m.cause.type, id: m.cause.id, detail: m.cause.detail } : undefined,
+  };
+  const parsed = deadLetterEntrySchema.safeParse(dropUndefined(candidate));
+  if (!parsed.success) {
+    const where = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new ContractViolation(`invalid DeadLetter${m.key ? ` for ${m.key}` : ""}: ${where}`);
+  }
+  return parsed.data;
+}
+
+/** A count received as an int64 decimal string (longs=String). */
+function parseCount(raw: string, what: string): number {
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n)) throw new ContractViolation(`invalid ${what}: ${JSON.stringify(raw)}`);
+  return n;
 }
 
 /** A key from a request, or the reason it is not one. */

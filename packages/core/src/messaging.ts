@@ -1,6 +1,7 @@
 /**
  * Messaging: publish a typed message to a stage with trace context, and run a stage's
- * consumer with bounded concurrency, schema checks at the edge and explicit outcomes.
+ * consumer (or another stream's durable consumer) with bounded concurrency, schema checks at
+ * the edge and explicit outcomes.
  *
  * A handler either returns (ack), throws `NonRetriableError` or the message fails its schema
  * (term: it could never succeed, redelivering it would only loop), or throws anything else
@@ -17,7 +18,7 @@ import type { Nats, Stage } from "./topology.ts";
 /** An error that no retry can fix (bad input, checksum mismatch, failing build step). */
 export class NonRetriableError extends Error {}
 
-export async function publish(n: Nats, stage: Stage, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
+export async function publish(n: Nats, stage: Exclude<Stage, "work">, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
   const ack = await n.js.publish(n.topology.subject(stage, key), encodeMessage(body), {
     headers: traceHeaders(),
     ...(opts.msgId ? { msgID: opts.msgId } : {}),
@@ -36,7 +37,8 @@ export function exponentialBackoff(baseMs: number, capMs: number): Backoff {
 }
 
 export type ConsumerOptions<S extends z.ZodType> = {
-  stage: Stage;
+  /** A stage (its stream and its durable consumer), or a durable consumer of another stream. */
+  stage: Stage | { stream: string; consumer: string };
   schema: S;
   /** Span name for one message, e.g. "builder.build". */
   spanName: string;
@@ -49,10 +51,11 @@ export type ConsumerOptions<S extends z.ZodType> = {
   handle: (body: z.infer<S>, msg: JsMsg) => Promise<void>;
 };
 
-/** Consumes the stage until `signal` aborts; then waits for in-flight handlers and returns. */
+/** Consumes until `signal` aborts; then waits for in-flight handlers and returns. */
 export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptions<S>): Promise<void> {
   const backoff = o.backoff ?? exponentialBackoff(1_000, 60_000);
-  const consumer = await n.js.consumers.get(n.topology.stream(o.stage), n.topology.consumer(o.stage));
+  const { stream, consumer: name } = typeof o.stage === "string" ? { stream: n.topology.stream(o.stage), consumer: n.topology.consumer(o.stage) } : o.stage;
+  const consumer = await n.js.consumers.get(stream, name);
   const messages = await consumer.consume({ max_messages: o.concurrency });
   o.signal.addEventListener("abort", () => void messages.close(), { once: true });
   const inFlight = new Set<Promise<void>>();
@@ -74,7 +77,9 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
         body = decodeMessage(o.schema, msg.data);
       } catch (err) {
         o.log.error("rejected malformed message", { subject: msg.subject, reason: errorMessage(err) });
-        msg.term(errorMessage(err));
+        // A bare term: nats-server 2.9 ignores "+TERM <reason>" (2.10 added it), which would leave
+        // the message to be redelivered forever; the reason is in the log.
+        msg.term();
         return;
       }
       try {
@@ -83,7 +88,7 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
       } catch (err) {
         if (err instanceof NonRetriableError || err instanceof ContractError) {
           o.log.error("dropped message", { subject: msg.subject, reason: errorMessage(err) });
-          msg.term(errorMessage(err));
+          msg.term();
         } else {
           const delay = backoff(msg.info.deliveryCount);
           o.log.warn("retrying message", { subject: msg.subject, attempt: msg.info.deliveryCount, delayMs: delay, reason: errorMessage(err) });

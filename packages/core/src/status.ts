@@ -26,6 +26,25 @@ export const actualSchema = z.object({
 });
 export type Actual = z.infer<typeof actualSchema>;
 
+/** How many builds a status remembers (newest first). */
+export const MAX_BUILDS = 10;
+
+export const buildOutcomes = ["requested", "succeeded", "failed", "superseded"] as const;
+export type BuildOutcome = (typeof buildOutcomes)[number];
+
+/** One build of the key: asked for by the reconciler, settled by the signer (or a later reconcile). */
+export const buildRecordSchema = z.object({
+  version: z.string(),
+  inputDigest: digest,
+  outcome: z.enum(buildOutcomes),
+  /** When it was requested, then when it settled. */
+  at: z.string(),
+  traceId: z.string().optional(),
+  /** Why it was asked for. */
+  cause: causeSchema.optional(),
+});
+export type BuildRecord = z.infer<typeof buildRecordSchema>;
+
 export const keyStatusSchema = z.object({
   key: keySchema,
   phase: z.enum(phases),
@@ -35,11 +54,35 @@ export const keyStatusSchema = z.object({
   actual: actualSchema.optional(),
   attempts: z.number().int().nonnegative(),
   lastError: z.string().optional(),
-  /** Why the key last changed. */
+  /** Why the key last changed: the release, advisory, catalog change or dependency behind its last decision. */
   cause: causeSchema.optional(),
+  /** The last builds, newest first, at most MAX_BUILDS. */
+  builds: z.array(buildRecordSchema).optional(),
+  /** What the key waits for before it can be built (a dependency), while it waits. */
+  waitingFor: z.string().optional(),
+  /** NeedsAttention: the advisories that no bump or patch answers. */
+  advisories: z.array(z.string()).optional(),
   traceId: z.string().optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digest.optional(),
   updatedAt: z.string(),
 });
 export type KeyStatus = z.infer<typeof keyStatusSchema>;
+
+/** The status with `build` first in its history (a record of the same input digest is replaced), capped at MAX_BUILDS. */
+export function withBuild(s: KeyStatus, build: BuildRecord): KeyStatus {
+  const rest = (s.builds ?? []).filter((b) => b.inputDigest !== build.inputDigest);
+  return { ...s, builds: [build, ...rest].slice(0, MAX_BUILDS) };
+}
+
+/**
+ * Settles the requested build of `inputDigest` with its outcome; unchanged (undefined) when
+ * there is no such open record, so settling twice writes once.
+ */
+export function settleBuild(s: KeyStatus, inputDigest: string, outcome: Exclude<BuildOutcome, "requested">, at: string, traceId?: string): KeyStatus | undefined {
+  const i = (s.builds ?? []).findIndex((b) => b.inputDigest === inputDigest && b.outcome === "requested");
+  if (i < 0) return undefined;
+  const builds = [...s.builds!];
+  builds[i] = { ...builds[i]!, outcome, at, ...(traceId ? { traceId } : {}) };
+  return { ...s, builds };
+}

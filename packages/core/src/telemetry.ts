@@ -2,13 +2,16 @@
  * Telemetry: OpenTelemetry set-up for a service, and W3C trace context carried in NATS
  * message headers, so that one rebuild is one trace across all five processes.
  *
- * Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Tempo in the
- * compose file); without it the SDK still propagates context but exports nothing.
+ * Spans and metrics (the work queue's depth, enqueues, retries, dead letters, wait and run
+ * times) are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the compose
+ * file's collector); without it the SDK still propagates context but exports nothing.
  */
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Link, type Span } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http";
+import { PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import type { Config } from "./config.ts";
@@ -24,9 +27,18 @@ export function startTelemetry(serviceName: string, config: Pick<Config, "otlpEn
         }),
       ]
     : [];
+  const metricReaders = config.otlpEndpoint
+    ? [
+        new PeriodicExportingMetricReader({
+          exporter: new OTLPMetricExporter({ url: `${config.otlpEndpoint.replace(/\/$/, "")}/v1/metrics` }),
+          exportIntervalMillis: 10_000,
+        }),
+      ]
+    : [];
   const sdk = new NodeSDK({
     serviceName,
     spanProcessors,
+    metricReaders,
     instrumentations: [],
     textMapPropagator: new W3CTraceContextPropagator(),
     autoDetectResources: false,

@@ -7,9 +7,10 @@
  * once and then gone, so the streams hold only work that is still to do.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { Config } from "./config.ts";
+import { priorities, type Priority } from "./contracts.ts";
 import { keyToken, type Key } from "./key.ts";
 
 export type Stage = "intake" | "work" | "build" | "sign";
@@ -29,19 +30,34 @@ export class Topology {
   consumer(stage: Stage): string {
     return `${stage}-worker`;
   }
-  subject(stage: Stage, key: Key): string {
+  subject(stage: Exclude<Stage, "work">, key: Key): string {
     return `${this.prefix}.${this.region}.${stage}.${keyToken(key)}`;
   }
   subjects(stage: Stage): string {
     return `${this.prefix}.${this.region}.${stage}.>`;
   }
-  bucket(name: "state" | "releases" | "leases"): string {
+  /** A queued key: one subject per priority class and key, `<prefix>.<region>.work.<class>.<kind>.<name>`. */
+  workSubject(priority: Priority, key: Key): string {
+    return `${this.prefix}.${this.region}.work.${priority}.${keyToken(key)}`;
+  }
+  /** The durable consumer of one priority class of the work stream, shared by every worker. */
+  workConsumer(priority: Priority): string {
+    return `work-${priority}`;
+  }
+  bucket(name: BucketName): string {
     return `${this.prefix}_${name}`;
+  }
+  /** The key of a key's run record: the region first, so regions never share a record. */
+  runRecordKey(key: Key): string {
+    return `${this.region}.${keyToken(key)}`;
   }
   redisKey(...parts: string[]): string {
     return [this.prefix, ...parts].join(":");
   }
 }
+
+export type BucketName = "state" | "releases" | "runs";
+export const bucketNames: readonly BucketName[] = ["state", "releases", "runs"];
 
 export type Nats = {
   nc: NatsConnection;
@@ -52,7 +68,9 @@ export type Nats = {
 };
 
 export async function connectNats(config: Config, name: string): Promise<Nats> {
-  const nc = await connect({ servers: config.natsUrl.split(","), name, maxReconnectAttempts: -1 });
+  // noAsyncTraces: the client otherwise builds (and throws away) an Error with a stack trace for
+  // every request it sends, which profiling showed to be a third of the work queue's CPU.
+  const nc = await connect({ servers: config.natsUrl.split(","), name, maxReconnectAttempts: -1, noAsyncTraces: true });
   const jsm = await jetstreamManager(nc);
   return { nc, jsm, js: jetstream(nc), kvm: new Kvm(nc), topology: new Topology(config) };
 }
@@ -71,7 +89,8 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
     case "work":
       // At most one queued entry per key: a second enqueue of a queued key is refused by the
       // server (API error 10077), which is how the queue deduplicates without a read first.
-      return { ...base, max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true, duplicate_window: 0 };
+      // allow_direct: the queue reads a key's queued message with a direct get.
+      return { ...base, max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true, duplicate_window: 0, allow_direct: true };
     case "build":
     case "sign":
       // Msg-Id = key + input digest: the same build asked for twice is queued once.
@@ -95,39 +114,66 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
         if (!/already in use|exists/i.test(String(addErr))) throw addErr;
       }
     }
-    const consumer = {
+    if (stage === "work") {
+      // The single unfiltered consumer of earlier versions would overlap the per-class ones,
+      // which a WorkQueue stream refuses; its messages stay in the stream for them.
+      await n.jsm.consumers.delete(t.stream(stage), t.consumer(stage)).catch(() => false);
+      for (const priority of priorities) {
+        await ensureConsumer(n, stage, {
+          durable_name: t.workConsumer(priority),
+          filter_subject: `${t.prefix}.${t.region}.work.${priority}.>`,
+          ack_policy: AckPolicy.Explicit,
+          // The run record is the lease; the ack wait only decides when a silent worker's message
+          // comes back, so it matches the lease.
+          ack_wait: config.leaseMs * 1_000_000,
+          // Attempts are counted by the queue, not by max_deliver: an exhausted max_deliver would
+          // leave the message blocking its subject in a WorkQueue stream (nats-server #5564).
+          max_deliver: -1,
+          // Keys waiting for their not-before time or their retry stay delivered-but-unacked.
+          max_ack_pending: 1_000_000,
+        });
+      }
+      continue;
+    }
+    await ensureConsumer(n, stage, {
       durable_name: t.consumer(stage),
       ack_policy: AckPolicy.Explicit,
-      // A work item's ack wait is its lease: a worker that stops renewing loses both together.
-      ack_wait: stage === "build" ? 120_000_000_000 : stage === "work" ? config.leaseMs * 1_000_000 : 30_000_000_000,
-      // Attempts are counted by Homeostat, not by max_deliver: an exhausted max_deliver would
-      // leave the message blocking its subject in a WorkQueue stream (nats-server #5564).
+      ack_wait: stage === "build" ? 120_000_000_000 : 30_000_000_000,
       max_deliver: -1,
       max_ack_pending: 10_000,
-    };
-    try {
-      await n.jsm.consumers.add(t.stream(stage), consumer);
-    } catch (err) {
-      // An existing durable with older settings (e.g. another lease time) is updated in place.
-      if (!/already exists|10148|10013/i.test(String(err))) throw err;
-      const { durable_name, ...changes } = consumer;
-      await n.jsm.consumers.update(t.stream(stage), durable_name, changes);
-    }
+    });
   }
   return openBuckets(n, config);
 }
 
-export type Buckets = { state: KV; releases: KV; leases: KV };
+async function ensureConsumer(n: Nats, stage: Stage, consumer: Partial<ConsumerConfig> & { durable_name: string }): Promise<void> {
+  const stream = n.topology.stream(stage);
+  try {
+    await n.jsm.consumers.add(stream, consumer);
+  } catch (err) {
+    // An existing durable with older settings (e.g. another lease time) is updated in place.
+    if (!/already exists|10148|10013/i.test(String(err))) throw err;
+    const { durable_name, filter_subject: _, ...changes } = consumer;
+    await n.jsm.consumers.update(stream, durable_name, changes);
+  }
+}
 
-export async function openBuckets(n: Nats, config: Config): Promise<Buckets> {
+export type Buckets = { state: KV; releases: KV; runs: KV };
+
+export async function openBuckets(n: Nats, _config?: Config): Promise<Buckets> {
   const t = n.topology;
-  const [state, releases, leases] = await Promise.all([
+  const [state, releases, runs] = await Promise.all([
     n.kvm.create(t.bucket("state"), { history: 5 }),
     n.kvm.create(t.bucket("releases"), { history: 1 }),
-    // A lease not renewed within its TTL disappears: that is how a dead worker loses its key.
-    n.kvm.create(t.bucket("leases"), { history: 1, ttl: config.leaseMs }),
+    // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
+    n.kvm.create(t.bucket("runs"), { history: 1 }),
   ]);
-  return { state, releases, leases };
+  return { state, releases, runs };
+}
+
+/** The stream behind a KV bucket: run records are erased from it by revision (a compare-and-delete). */
+export function bucketStream(n: Nats, name: BucketName): string {
+  return `KV_${n.topology.bucket(name)}`;
 }
 
 function isNotFound(err: unknown): boolean {

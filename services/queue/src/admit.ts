@@ -1,13 +1,22 @@
 /**
- * Admission: every "key may have drifted" request (from ingest, reconcilers and the signer)
- * enters through the intake stream and is admitted into the work queue here, in one place,
- * so the queue's merge rules are applied by one writer per region.
+ * Admission: "key may have drifted" requests enter the work queue here, which merges them per
+ * key. Two ways in:
+ * - event records (core events.ts): ingest's one write per event is its record in the events
+ *   stream, which carries the event's keys, priority and cause type; a durable consumer of that
+ *   stream enqueues every key (cause id = the event id, detail = its summary) and then acks.
+ *   A crash between the enqueues and the ack redelivers the record and enqueues again, which
+ *   the queue merges, so admission is at least once and its effect once.
+ * - the intake stream, for the other producers (ingest's resync, the signer), where repeated
+ *   deliveries of one request are dropped by Nats-Msg-Id.
  */
-import { enqueueRequestSchema, runConsumer, type Logger, type Nats, type WorkQueue } from "@homeostat/core";
+import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EnqueueOutcome, type EventLedger, type Logger, type Nats, type WorkQueue } from "@homeostat/core";
 
-export type AdmissionCounts = { added: number; deduped: number; rerun: number };
+export type AdmissionCounts = Record<EnqueueOutcome, number>;
 
-export function runAdmission(n: Nats, queue: WorkQueue, o: { log: Logger; signal: AbortSignal; concurrency: number; counts: AdmissionCounts }): Promise<void> {
+export type AdmissionOptions = { log: Logger; signal: AbortSignal; concurrency: number; counts: AdmissionCounts };
+
+/** Admits the intake stream's requests until `signal` aborts. */
+export function runAdmission(n: Nats, queue: WorkQueue, o: AdmissionOptions): Promise<void> {
   return runConsumer(n, {
     stage: "intake",
     schema: enqueueRequestSchema,
@@ -16,8 +25,24 @@ export function runAdmission(n: Nats, queue: WorkQueue, o: { log: Logger; signal
     log: o.log,
     signal: o.signal,
     handle: async (req) => {
-      const outcome = await queue.enqueue({ v: 1, key: req.key, priority: req.priority, cause: req.cause });
-      o.counts[outcome === "added" ? "added" : outcome === "rerun" ? "rerun" : "deduped"]++;
+      o.counts[await queue.enqueue(req)]++;
+    },
+  });
+}
+
+/** Admits the keys of every event record until `signal` aborts (a malformed record is logged and dropped). */
+export async function runEventAdmission(n: Nats, ledger: EventLedger, queue: WorkQueue, o: AdmissionOptions): Promise<void> {
+  return runConsumer(n, {
+    stage: await ledger.admissionConsumer(),
+    schema: eventRecordSchema,
+    spanName: "queue.admit-event",
+    concurrency: o.concurrency,
+    log: o.log,
+    signal: o.signal,
+    handle: async (record) => {
+      const cause = { type: record.causeType, id: record.id, detail: record.summary };
+      const outcomes = await Promise.all(record.keys.map((key) => queue.enqueue({ key, priority: record.priority, cause })));
+      for (const outcome of outcomes) o.counts[outcome]++;
     },
   });
 }

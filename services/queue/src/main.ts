@@ -1,23 +1,40 @@
 /**
- * queue: owns the JetStream topology and the work queue's admission, keeps the Redis read
- * model equal to the state in KV, and serves the gRPC status API.
+ * queue: owns the JetStream topology and the work queue's admission (of ingest's event records
+ * and of the intake stream), keeps the Redis read
+ * model equal to the state in KV, sweeps the run records of crashed workers, and serves the
+ * gRPC status and queue APIs.
  */
 import { Redis } from "ioredis";
-import { projectStatusToRedis, runService, StatusReadModel, WorkQueue } from "@homeostat/core";
-import { runAdmission, type AdmissionCounts } from "./admit.ts";
+import { errorMessage, EventLedger, projectStatusToRedis, runService, StatusReadModel, WorkQueue, workQueueOptions } from "@homeostat/core";
+import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 
 await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: false });
   const readModel = new StatusReadModel(redis, nats.topology);
   await projectStatusToRedis(buckets.state, readModel, signal);
-  const api = await startStatusApi({ addr: config.grpcAddr, readModel });
+  const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
+  queue.observeStats();
+  const api = await startStatusApi({ addr: config.grpcAddr, readModel, queue });
   log.info("status API listening", { addr: config.grpcAddr, port: api.port });
 
-  const queue = new WorkQueue(nats, { leases: buckets.leases, leaseMs: config.leaseMs, log, owner: `queue-${process.pid}` });
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
-  const admitting = runAdmission(nats, queue, { log, signal, concurrency: 64, counts });
+  // The events stream is ingest's, opened here too so that admission can start before ingest has.
+  const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
+  const admitting = Promise.all([
+    runAdmission(nats, queue, { log, signal, concurrency: 64, counts }),
+    runEventAdmission(nats, ledger, queue, { log, signal, concurrency: 64, counts }),
+  ]);
+  // A worker that crashed between acking a run and queueing its follow-up left that promise in
+  // its run record; sweeping once per lease keeps it.
+  const sweeping = setInterval(() => {
+    queue.sweep().then(
+      (queued) => queued > 0 && log.info("queued what crashed workers had promised", { queued }),
+      (err: unknown) => log.warn("sweep failed", { reason: errorMessage(err) }),
+    );
+  }, config.leaseMs);
   return async () => {
+    clearInterval(sweeping);
     await admitting;
     await api.close();
     redis.disconnect();

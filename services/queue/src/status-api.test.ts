@@ -1,17 +1,23 @@
 /**
- * The status API against a real Redis read model (own random prefix, removed at the end):
- * GetKey round-trips a full KeyStatus, ListKeys pages and filters, errors carry the right
+ * The status API against a real Redis read model and a real WorkQueue on NATS (own random
+ * prefix, streams, buckets and Redis keys, removed at the end): GetKey round-trips a full
+ * KeyStatus, ListKeys pages and filters, the queue RPCs reach the queue, errors carry the right
  * codes, the health service answers SERVING, and bad input leaves the server up.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { service as healthService } from "grpc-health-check";
-import { getKeyStatus, grpc, isGrpcError, listKeyStatuses, statusClient, statusServiceName, type StatusServiceClient } from "@homeostat/core/grpc";
+import { connectNats, done, nonRetriable, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
+import {
+  enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, statusServiceName,
+  type StatusServiceClient,
+} from "@homeostat/core/grpc";
 import { StatusReadModel } from "@homeostat/core/state";
 import type { KeyStatus } from "@homeostat/core/status";
 import { Topology } from "@homeostat/core/topology";
+import { waitFor } from "../../../scripts/factory.ts";
+import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { startStatusApi, type StatusApi } from "./status-api.ts";
 
 // ioredis is a dependency of core, not of this service: load it from core's side.
@@ -19,10 +25,13 @@ type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
 const coreRequire = createRequire(import.meta.resolve("@homeostat/core/state"));
 const { Redis } = coreRequire("ioredis") as { Redis: new (url: string, opts?: object) => RedisClient };
 
-const prefix = `t${randomBytes(6).toString("hex")}`;
 const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+const quiet: Logger = { info() {}, warn() {}, error() {} };
 
+let t: TestEnv;
+let prefix: string;
 let redis: RedisClient;
+let queue: WorkQueue;
 let api: StatusApi;
 let client: StatusServiceClient;
 
@@ -55,22 +64,20 @@ function minimal(key: KeyStatus["key"], phase: KeyStatus["phase"] = "Pending"): 
 const others = ["image/nginx", "image/redis", "package/openssl-fips", "package/zlib", "package/a.b+c_d-e"].map((k) => minimal(k as KeyStatus["key"]));
 
 before(async () => {
-  redis = new Redis(process.env.REDIS_URL ?? "redis://127.0.0.1:6379", { lazyConnect: true, maxRetriesPerRequest: 1 });
-  await redis.connect();
-  const model = new StatusReadModel(redis, new Topology({ prefix, region: "local" }));
+  t = await testEnv();
+  prefix = t.prefix;
+  redis = t.redis;
+  const model = new StatusReadModel(redis, t.nats.topology);
   for (const s of [full, ...others]) await model.put(s);
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, onError: () => {} });
+  queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "status-api-test" }));
+  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, onError: () => {} });
   client = statusClient(`127.0.0.1:${api.port}`);
 });
 
 after(async () => {
   client?.close();
   await api?.close();
-  if (redis) {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length) await redis.del(...keys);
-    redis.disconnect();
-  }
+  await t?.cleanup();
 });
 
 async function grpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
@@ -194,7 +201,7 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
 test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
   const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   dead.on("error", () => {});
-  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), onError: () => {} });
+  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, onError: () => {} });
   const deadClient = statusClient(`127.0.0.1:${deadApi.port}`);
   try {
     assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, grpc.status.UNAVAILABLE);
@@ -210,4 +217,95 @@ test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status I
   const err = await grpcError(getKeyStatus(client, "package/corrupt"));
   assert.equal(err.code, grpc.status.INTERNAL);
   await redis.hdel(`${prefix}:status`, "package/corrupt");
+});
+
+test("QueueStats counts an empty queue as zeros in every class", async () => {
+  assert.deepEqual(await getQueueStats(client), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+});
+
+test("Enqueue queues a key, deduplicates it, and counts it in its class", async () => {
+  assert.equal(await enqueueKey(client, { key: "package/openssl", causeDetail: "operator asked" }), "added");
+  assert.equal(await enqueueKey(client, { key: "package/openssl", priority: "release" }), "deduped");
+  assert.equal(await enqueueKey(client, { key: "image/nginx", priority: "advisory", notBeforeDelayMs: 3_600_000, floorDelayMs: 60_000 }), "added");
+  // The more urgent class wins the merge: the key moves from resync to advisory.
+  assert.equal(await enqueueKey(client, { key: "package/zlib", priority: "resync" }), "added");
+  assert.equal(await enqueueKey(client, { key: "package/zlib", priority: "advisory", notBeforeDelayMs: 0 }), "deduped");
+  const stats = await getQueueStats(client);
+  assert.deepEqual(stats.depth, { advisory: 2, release: 1, dependency: 0, resync: 0 });
+});
+
+test("Enqueue rejects a bad key, priority, delay or detail with INVALID_ARGUMENT", async () => {
+  const cases: [Parameters<typeof enqueueKey>[1], RegExp][] = [
+    [{ key: "openssl" }, /invalid key "openssl": must be package\/<name> or image\/<name>/],
+    [{ key: "package/x", priority: "urgent" }, /invalid priority "urgent": must be one of advisory, release, dependency, resync/],
+    [{ key: "package/x", priority: "RELEASE" }, /invalid priority/],
+    [{ key: "package/x", notBeforeDelayMs: -1 }, /not_before_delay_ms must be between 0 and 2592000000 \(30 days\), got -1/],
+    [{ key: "package/x", floorDelayMs: 31 * 24 * 3_600_000 }, /floor_delay_ms must be between 0 and/],
+    [{ key: "package/x", causeDetail: "x".repeat(3000) }, /invalid cause_detail/],
+  ];
+  for (const [args, re] of cases) {
+    const err = await grpcError(enqueueKey(client, args));
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, JSON.stringify(args).slice(0, 80));
+    assert.match(err.details, re);
+  }
+  assert.equal((await getQueueStats(client)).depth.release, 1, "nothing queued by a refused request");
+});
+
+test("ListDeadLetters lists a non-retriable key; RetryDeadLetter queues it again", async () => {
+  assert.deepEqual(await listDeadLetters(client), { items: [], total: 0 });
+  const ac = new AbortController();
+  const running = queue.run({ concurrency: 2, signal: ac.signal, reconcile: async (item) => (item.key === "package/openssl" ? nonRetriable("not in the catalog") : done) });
+  try {
+    const since = Date.now();
+    await waitFor("the dead letter", async () => (await queue.deadLetters()).length === 1, 15_000);
+    const [stored] = await queue.deadLetters();
+    const page = await listDeadLetters(client);
+    assert.deepEqual(page, {
+      total: 1,
+      items: [{
+        key: "package/openssl", reason: "not in the catalog", nonRetriable: true, attempts: stored!.attempts, at: new Date(stored!.at).toISOString(),
+        priority: "release", cause: { type: "manual", detail: "operator asked" },
+      }],
+    });
+    assert.ok(stored!.at >= since && stored!.at <= Date.now());
+    assert.equal((await getQueueStats(client)).deadLetters, 1);
+    assert.deepEqual(await listDeadLetters(client, { limit: 1 }), page);
+  } finally {
+    ac.abort();
+    await running;
+  }
+  // Stopped workers: the retried key stays queued where the stats can see it.
+  await retryDeadLetter(client, "package/openssl");
+  assert.equal((await getQueueStats(client)).depth.release, 1);
+});
+
+test("RetryDeadLetter of a key not in the dead letters is NOT_FOUND; of a bad key INVALID_ARGUMENT", async () => {
+  let err = await grpcError(retryDeadLetter(client, "package/zlib"));
+  assert.equal(err.code, grpc.status.NOT_FOUND);
+  assert.equal(err.details, "package/zlib is not in the dead letters");
+  err = await grpcError(retryDeadLetter(client, "package/../x"));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.match(err.details, /^invalid key/);
+});
+
+test("ListDeadLetters rejects a negative limit", async () => {
+  const err = await grpcError(listDeadLetters(client, { limit: -1 }));
+  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.match(err.details, /limit must be 0 \(default\) or positive/);
+});
+
+test("a queue whose NATS connection is gone gives UNAVAILABLE on every queue RPC", async () => {
+  const nats = await connectNats(t.config, "status-api-test-closed");
+  await nats.nc.close();
+  const closed = new WorkQueue(nats, workQueueOptions(t.config, { log: quiet, owner: "closed" }));
+  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, onError: () => {} });
+  const closedClient = statusClient(`127.0.0.1:${closedApi.port}`);
+  try {
+    for (const call of [getQueueStats(closedClient), enqueueKey(closedClient, { key: "package/x" }), listDeadLetters(closedClient), retryDeadLetter(closedClient, "package/x")]) {
+      assert.equal((await grpcError(call)).code, grpc.status.UNAVAILABLE);
+    }
+  } finally {
+    closedClient.close();
+    await closedApi.close();
+  }
 });

@@ -1,19 +1,29 @@
 /**
  * Status API: the gRPC StatusService (proto/homeostat/v1/status.proto) over the Redis read
- * model, plus the standard grpc.health.v1 Health service.
+ * model and the work queue, plus the standard grpc.health.v1 Health service.
  *
- * Reads only: the read model is kept current by the projector (state.ts), so serving never
- * touches JetStream. Every request is validated here and every failure becomes a gRPC status
- * with a message; nothing a client sends can take the server down.
+ * GetKey, Why and ListKeys only read Redis: the read model is kept current by the projector
+ * (state.ts), so serving them never touches JetStream. The queue RPCs go to the WorkQueue, the
+ * same library every worker uses, so an enqueue here obeys exactly the merge rules of any
+ * other. Every request is validated here and every failure becomes a gRPC status with a
+ * message; nothing a client sends can take the server down.
  */
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
-import { grpc, statusServiceDefinition, statusServiceName, toProtoStatus, parseKeyArg, defaultPageSize, maxPageSize, type StatusServiceHandlers } from "@homeostat/core/grpc";
+import {
+  grpc, statusServiceDefinition, statusServiceName, toProtoStatus, parseKeyArg, causalChain, defaultPageSize, maxPageSize, fromProtoEnqueue, toProtoQueueStats,
+  toProtoDeadLetter, defaultDeadLetterLimit, maxDeadLetterLimit, type StatusServiceHandlers,
+} from "@homeostat/core/grpc";
 import type { StatusReadModel } from "@homeostat/core/state";
+import type { WorkQueue } from "@homeostat/core/workqueue";
+
+/** The WorkQueue methods the queue RPCs serve. */
+export type QueueApi = Pick<WorkQueue, "stats" | "enqueue" | "deadLetters" | "retryDeadLetter">;
 
 export type StatusApiOptions = {
   /** host:port to listen on; port 0 picks a free one (see `port`). */
   addr: string;
   readModel: StatusReadModel;
+  queue: QueueApi;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
 };
@@ -31,14 +41,14 @@ export type StatusApi = {
 const maxPrefixLength = 256;
 
 export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi> {
-  const { readModel } = opts;
+  const { readModel, queue } = opts;
   const onError = opts.onError ?? ((err, method) => console.error(`status-api: ${method} failed:`, err));
 
   const fail = (callback: (e: Partial<grpc.StatusObject>) => void, method: string, err: unknown): void => {
     onError(err, method);
     const message = err instanceof Error ? err.message : String(err);
     // A stored status that does not parse, or a bug of ours: INTERNAL. Anything else comes
-    // from Redis (down, unreachable, timing out): UNAVAILABLE, which clients may retry.
+    // from Redis or NATS (down, unreachable, timing out): UNAVAILABLE, which clients may retry.
     const internal = err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError || (err as Error)?.name === "ZodError";
     const code = internal ? grpc.status.INTERNAL : grpc.status.UNAVAILABLE;
     callback({ code, details: `${method}: ${message}` });
@@ -54,6 +64,18 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
           callback(null, toProtoStatus(status));
         },
         (err: unknown) => fail(callback, "GetKey", err),
+      );
+    },
+
+    Why(call, callback) {
+      const parsed = parseKeyArg(call.request.key);
+      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
+      causalChain(parsed.key, (k) => readModel.get(k)).then(
+        (chain) => {
+          if (chain.length === 0) return callback({ code: grpc.status.NOT_FOUND, details: `no status for ${parsed.key}` });
+          callback(null, { chain: chain.map(toProtoStatus) });
+        },
+        (err: unknown) => fail(callback, "Why", err),
       );
     },
 
@@ -76,6 +98,46 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       readModel.list({ prefix, limit, ...(after ? { after } : {}) }).then(
         (page) => callback(null, { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "" }),
         (err: unknown) => fail(callback, "ListKeys", err),
+      );
+    },
+
+    QueueStats(_call, callback) {
+      queue.stats().then(
+        (stats) => callback(null, toProtoQueueStats(stats)),
+        (err: unknown) => fail(callback, "QueueStats", err),
+      );
+    },
+
+    Enqueue(call, callback) {
+      const parsed = fromProtoEnqueue(call.request, Date.now());
+      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
+      queue.enqueue(parsed.request).then(
+        (outcome) => callback(null, { outcome }),
+        (err: unknown) => fail(callback, "Enqueue", err),
+      );
+    },
+
+    ListDeadLetters(call, callback) {
+      const { limit } = call.request;
+      if (!Number.isInteger(limit) || limit < 0) {
+        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `limit must be 0 (default) or positive, got ${limit}` });
+      }
+      const n = Math.min(limit || defaultDeadLetterLimit, maxDeadLetterLimit);
+      queue.deadLetters().then(
+        (all) => callback(null, { deadLetters: all.slice(0, n).map(toProtoDeadLetter), total: all.length }),
+        (err: unknown) => fail(callback, "ListDeadLetters", err),
+      );
+    },
+
+    RetryDeadLetter(call, callback) {
+      const parsed = parseKeyArg(call.request.key);
+      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
+      queue.retryDeadLetter(parsed.key).then(
+        (retried) => {
+          if (!retried) return callback({ code: grpc.status.NOT_FOUND, details: `${parsed.key} is not in the dead letters` });
+          callback(null, { retried });
+        },
+        (err: unknown) => fail(callback, "RetryDeadLetter", err),
       );
     },
   };

@@ -3,7 +3,7 @@
  * then records the key's actual state — so a key is never Ready with a half-signed result —
  * and enqueues the key again so the reconciler fans out to its dependents.
  */
-import { currentTraceId, NonRetriableError, publish, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
+import { currentTraceId, NonRetriableError, publish, runConsumer, runService, settleBuild, signRequestSchema, StateStore } from "@homeostat/core";
 import { Registry } from "@homeostat/core/registry";
 import { loadOrCreateSigningKey } from "./keys.ts";
 import { sign, SignRequestError } from "./sign.ts";
@@ -29,7 +29,8 @@ await runService("signer", async ({ config, log, nats, buckets, signal }) => {
       await state.update(req.key, (s) => {
         const cur = s ?? StateStore.initial(req.key);
         const current = cur.desiredInputDigest === undefined || cur.desiredInputDigest === req.inputDigest;
-        return { ...cur, actual, phase: current ? "Ready" : cur.phase, lastError: current ? undefined : cur.lastError };
+        const next = { ...cur, actual, phase: current ? "Ready" as const : cur.phase, lastError: current ? undefined : cur.lastError };
+        return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
       });
       await publish(nats, "intake", req.key, { v: 1, key: req.key, priority: "dependency", cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${req.version}` } });
       log.info("signed", { key: req.key, version: req.version, keyId });

@@ -1,0 +1,137 @@
+/**
+ * A lean request path to JetStream for hot paths (ingest's event records, the work queue's
+ * claims, acks and releases): stream publishes with their ack, JetStream API calls and
+ * confirmed acks, over one wildcard reply subscription.
+ *
+ * Why not `js.publish` and friends: per request the client builds a request object with its
+ * own timer and mux entry, and on completion an Error object ("cancelled", with a stack trace)
+ * that nobody sees; at thousands of requests/s that was a fifth of a process's CPU. Here a request is a publish with a reply subject `<inbox>.<n>` and a map entry;
+ * timeouts are swept twice a second. The semantics are JetStream's own: a publish resolves
+ * only with the stream's ack (the message is stored), an API error rejects with its `err_code`
+ * in `code`, "no responders" (no stream on the subject, JetStream down) rejects.
+ */
+import { randomBytes } from "node:crypto";
+import type { Nats } from "./topology.ts";
+
+type Nc = Nats["nc"];
+type Msg = Parameters<NonNullable<Parameters<Nc["subscribe"]>[1]>["callback"] & {}>[1];
+type Headers = NonNullable<Parameters<Nc["publish"]>[2]>["headers"];
+
+export type PubAck = { stream: string; seq: number; duplicate: boolean };
+
+/** A JetStream API error (`code` is its err_code, e.g. 10077) or a transport failure. */
+export class JetStreamPipeError extends Error {
+  readonly code: number | undefined;
+  constructor(message: string, code?: number) {
+    super(message);
+    this.name = "JetStreamPipeError";
+    this.code = code;
+  }
+}
+
+type Pending = { resolve: (m: Msg) => void; reject: (e: Error) => void; deadline: number };
+
+export class JetStreamPipe {
+  private readonly nc: Nc;
+  private readonly inbox = `_INBOX.${randomBytes(11).toString("hex")}`;
+  private readonly pending = new Map<number, Pending>();
+  private readonly timeoutMs: number;
+  private readonly sweeper: NodeJS.Timeout;
+  private next = 0;
+  private subscribed = false;
+
+  constructor(nc: Nc, timeoutMs = 5_000) {
+    this.nc = nc;
+    this.timeoutMs = timeoutMs;
+    this.sweeper = setInterval(() => this.sweep(), 500).unref();
+    void nc.closed().then(() => this.failAll(new JetStreamPipeError("the NATS connection is closed")));
+  }
+
+  /** Subscribes to the replies at the first request, so that making a pipe never fails. */
+  private subscribe(): void {
+    if (this.subscribed) return;
+    this.nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => (err ? this.failAll(err) : this.reply(msg)) });
+    this.subscribed = true;
+  }
+
+  /** Stores `data` on `subject` (a stream's subject); resolves with the stream's ack. */
+  async publish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck> {
+    const m = await this.request(subject, data, headers);
+    const body = m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: { err_code?: number; code?: number; description?: string } }) : {};
+    if (body.error) throw new JetStreamPipeError(`${body.error.description ?? "JetStream error"} (${body.error.err_code ?? body.error.code})`, body.error.err_code);
+    if (!body.stream || typeof body.seq !== "number") throw new JetStreamPipeError(`no stream ack for a publish to ${subject}`);
+    return { stream: body.stream, seq: body.seq, duplicate: body.duplicate === true };
+  }
+
+  /**
+   * The last message on `subject` in `stream` (a direct get: the stream must allow it) with its
+   * sequence and headers, or undefined when there is none.
+   */
+  async lastBySubject(stream: string, subject: string): Promise<{ seq: number; data: Uint8Array; headers: Msg["headers"] } | undefined> {
+    const m = await this.request(`$JS.API.DIRECT.GET.${stream}.${subject}`, new Uint8Array(0));
+    const code = m.headers?.code ?? 0;
+    if (code === 404) return undefined;
+    if (code !== 0) throw new JetStreamPipeError(`direct get of ${subject} in ${stream}: ${code} ${m.headers?.description ?? ""}`.trim(), code);
+    return { seq: Number(m.headers?.get("Nats-Sequence")), data: m.data, headers: m.headers };
+  }
+
+  /**
+   * A JetStream API call (`$JS.API.…`) with a JSON body; resolves with the JSON answer, rejects
+   * with the API error's `err_code` in `code`.
+   */
+  async api<T>(subject: string, body: unknown): Promise<T> {
+    const m = await this.request(subject, JSON.stringify(body));
+    const answer = JSON.parse(new TextDecoder().decode(m.data)) as T & { error?: { err_code?: number; code?: number; description?: string } };
+    if (answer.error) throw new JetStreamPipeError(`${answer.error.description ?? "JetStream error"} (${answer.error.err_code ?? answer.error.code})`, answer.error.err_code);
+    return answer;
+  }
+
+  /** A confirmed ack of a consumed message: resolves once the server has taken it. */
+  async ackAck(reply: string): Promise<void> {
+    await this.request(reply, "+ACK");
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    this.failAll(new JetStreamPipeError("the pipe is closed"));
+  }
+
+  private request(subject: string, data: string | Uint8Array, headers?: Headers): Promise<Msg> {
+    return new Promise<Msg>((resolve, reject) => {
+      const n = ++this.next;
+      this.pending.set(n, { resolve, reject, deadline: Date.now() + this.timeoutMs });
+      try {
+        this.subscribe();
+        this.nc.publish(subject, data, { reply: `${this.inbox}.${n}`, ...(headers ? { headers } : {}) });
+      } catch (err) {
+        this.pending.delete(n);
+        reject(err as Error);
+      }
+    });
+  }
+
+  private reply(m: Msg): void {
+    const n = Number(m.subject.slice(this.inbox.length + 1));
+    const p = this.pending.get(n);
+    if (!p) return; // timed out already
+    this.pending.delete(n);
+    // No responders: nothing listens on the subject (no such stream, or JetStream is down).
+    if (m.data.length === 0 && m.headers?.code === 503) p.reject(new JetStreamPipeError("no responders: JetStream does not answer on this subject", 503));
+    else p.resolve(m);
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    // Insertion order is deadline order: stop at the first request still in time.
+    for (const [n, p] of this.pending) {
+      if (p.deadline > now) break;
+      this.pending.delete(n);
+      p.reject(new JetStreamPipeError(`JetStream did not answer within ${this.timeoutMs} ms`, 408));
+    }
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+}

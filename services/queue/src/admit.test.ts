@@ -1,0 +1,64 @@
+/**
+ * Admission of event records against a real JetStream and a real WorkQueue (own random prefix,
+ * removed at the end): a record in the events stream becomes its keys queued in the record's
+ * class with the event as cause, a malformed record is dropped without stopping admission, and
+ * every record is acked.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { EventLedger, eventId, workItemSchema, WorkQueue, workQueueOptions, type EventRecord, type Key, type Logger } from "@homeostat/core";
+import { waitFor } from "../../../scripts/factory.ts";
+import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import { runEventAdmission, type AdmissionCounts } from "./admit.ts";
+
+const errors: string[] = [];
+const log: Logger = { info() {}, warn() {}, error: (msg) => void errors.push(msg) };
+
+let t: TestEnv;
+let ledger: EventLedger;
+let queue: WorkQueue;
+const abort = new AbortController();
+const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
+let admitting: Promise<void>;
+
+before(async () => {
+  t = await testEnv();
+  ledger = await EventLedger.open(t.nats, 3_600_000);
+  queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log, owner: "admit-test" }));
+  admitting = runEventAdmission(t.nats, ledger, queue, { log, signal: abort.signal, concurrency: 8, counts });
+});
+
+after(async () => {
+  abort.abort();
+  await admitting;
+  await t.cleanup();
+});
+
+/** The queued work item of `key` in class `priority`, if any. */
+async function queued(key: Key, priority: EventRecord["priority"]) {
+  const m = await t.nats.jsm.streams.getMessage(t.nats.topology.stream("work"), { last_by_subj: t.nats.topology.workSubject(priority, key) }).catch(() => null);
+  return m ? workItemSchema.parse(m.json()) : undefined;
+}
+
+test("an event record's keys are queued in its class, with the event as their cause, and the record is acked", async () => {
+  // A malformed record first: it is logged and dropped, and the good one behind it still goes through.
+  await t.nats.js.publish(ledger.subject(eventId("github", "malformed")), JSON.stringify({ id: eventId("github", "malformed"), keys: ["package/x"] }));
+  const id = eventId("advisory", "OSV-2026-1@2026-11-23T00:00:00Z");
+  const record: EventRecord = {
+    id, source: "advisory", ref: "OSV-2026-1@2026-11-23T00:00:00Z", summary: "OSV-2026-1: overflow in zlib",
+    keys: ["package/zlib", "image/nginx"], priority: "advisory", causeType: "advisory", receivedAt: new Date().toISOString(),
+  };
+  assert.equal(await ledger.record(record), "recorded");
+
+  for (const key of record.keys) {
+    const item = await waitFor(`${key} queued`, () => queued(key, "advisory"), 10_000);
+    assert.deepEqual([item.key, item.priority, item.cause], [key, "advisory", { type: "advisory", id, detail: "OSV-2026-1: overflow in zlib" }]);
+  }
+  assert.equal(counts.added, 2);
+  assert.equal(errors.filter((e) => e === "rejected malformed message").length, 1);
+  const info = await waitFor("both records acked", async () => {
+    const i = await t.nats.jsm.consumers.info(ledger.stream, "admission");
+    return i.num_pending === 0 && i.num_ack_pending === 0 && i;
+  }, 10_000);
+  assert.equal(info.delivered.stream_seq, 2);
+});
