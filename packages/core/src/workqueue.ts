@@ -214,7 +214,7 @@ export class WorkQueue {
       if (turn > 0 && Date.now() > deadline) throw new Error(`enqueue of ${item.key} did not settle within ${this.o.leaseMs * 4} ms`);
       let next: EnqueueOutcome | WorkItem;
       if (item.floor > Date.now()) {
-        const [queued, rec] = await Promise.all([this.queuedMessages(item.key), this.record(recordKey)]);
+        const { rec, queued } = await this.snapshot(item.key, recordKey);
         if (queued.length === 0) {
           if (!(await this.publish(item))) continue;
           next = await this.mergeAcrossClasses(item, recordKey, self, "added");
@@ -223,7 +223,8 @@ export class WorkQueue {
         next = await this.mergeAcrossClasses(item, recordKey, self, "added");
       } else {
         // This class already holds the key: queued, waiting for a retry, or running.
-        const [mine, rec] = await Promise.all([own(item.priority), this.record(recordKey)]);
+        const rec = await this.record(recordKey); // before the message: see snapshot()
+        const mine = await own(item.priority);
         if (!mine) continue; // acked meanwhile: the subject is free again
         next = await this.merge(item, [mine], rec, recordKey, self);
       }
@@ -236,8 +237,20 @@ export class WorkQueue {
   private async mergeAcrossClasses(item: WorkItem, recordKey: string, self: number | undefined, alone: EnqueueOutcome): Promise<EnqueueOutcome | WorkItem> {
     const others = await this.queuedMessages(item.key, item.priority);
     if (others.length === 0) return alone;
-    const [mine, rec] = await Promise.all([this.lastMessage(this.n.topology.workSubject(item.priority, item.key)), this.record(recordKey)]);
-    return this.merge(item, mine ? [mine, ...others] : others, rec, recordKey, self);
+    const { rec, queued } = await this.snapshot(item.key, recordKey);
+    return this.merge(item, queued, rec, recordKey, self);
+  }
+
+  /**
+   * The key's run record, then its queued messages, in that order. A message seen after a record
+   * that shows no run of it had not begun running when the record was read, so merging into it
+   * is safe. Read the other way round (or at once), a run could end between the two reads: its
+   * acked message would look queued, its record absent, and the enqueue would merge into a run
+   * that began before it and is already over, and be lost.
+   */
+  private async snapshot(key: Key, recordKey: string): Promise<{ rec: Versioned | undefined; queued: Queued[] }> {
+    const rec = await this.record(recordKey);
+    return { rec, queued: await this.queuedMessages(key) };
   }
 
   /** Merges `item` into the key's queued messages; returns the merge to place again when something moved meanwhile. */
