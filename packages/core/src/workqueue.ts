@@ -593,7 +593,8 @@ export class WorkQueue {
       const released = floor > Date.now() ? (await this.writeIf(recordKey, waiting, revision)) !== undefined : await this.eraseRecord(revision);
       if (released) return;
       const rec = await this.record(recordKey);
-      if (!rec) return;
+      // Gone, or taken over after this worker's lease ran out: its new holder answers for it.
+      if (!rec || !heldBy(rec.value, lease.value)) return;
       revision = rec.revision;
       follow = rec.value.rerun;
     }
@@ -605,6 +606,7 @@ export class WorkQueue {
     let current: Versioned | undefined = { revision: lease.revision, value: lease.value };
     for (let turn = 0; turn < 100; turn++) {
       if (!current) throw new Error(`run record ${recordKey} vanished`);
+      if (!heldBy(current.value, lease.value)) throw new Error(`run record ${recordKey} was taken over by ${current.value.owner}`);
       const value = change(current.value);
       const revision = await this.writeIf(recordKey, value, current.revision);
       if (revision !== undefined) {
@@ -756,6 +758,11 @@ type Versioned = { revision: number; value: RunRecord };
 /** The run record as this worker last wrote it: compare-and-set starts from here without a read. */
 type Lease = { revision: number; value: RunRecord; lost: boolean };
 type Running = { msg: JsMsg; abort: AbortController; handBack?: () => Promise<void> };
+
+/** Whether `current` is still the lease `mine` describes: the same holder, for the same message. */
+function heldBy(current: RunRecord, mine: RunRecord): boolean {
+  return current.owner === mine.owner && current.seq === mine.seq;
+}
 
 /** `<region>.<kind>.<name>` -> the key. */
 function keyOfRecord(recordKey: string): Key {
