@@ -47,6 +47,17 @@ export class StateStore {
     }
   }
 
+  /**
+   * Deletes the key's status (a key that left the catalog); false when it had none. The delete
+   * is a KV tombstone, so the read model drops the key too.
+   */
+  async remove(key: Key): Promise<boolean> {
+    const e = await this.kv.get(keyToken(key));
+    if (!e || e.operation !== "PUT") return false;
+    await this.kv.delete(keyToken(key));
+    return true;
+  }
+
   /** A fresh status for a key that has none yet. */
   static initial(key: Key): KeyStatus {
     return { key, phase: "Pending", attempts: 0, updatedAt: new Date().toISOString() };

@@ -219,4 +219,22 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await queued(), []);
     assert.ok(source.current().packages.has("top"));
   });
+
+  test("a key removed from the catalog is retired: its status goes, nothing is built; an unknown key is done", async () => {
+    writeCatalog(catalogDir);
+    catalog = await loadCatalog(catalogDir);
+    await run("package/lodash");
+    assert.ok(await state.get("package/lodash"), "lodash has a status while in the catalog");
+    await purge("build");
+
+    rmSync(path.join(catalogDir, "packages/lodash.yaml"));
+    const source = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(t.dir, "cache-removal") });
+    catalog = source.current();
+    assert.deepEqual(await run("package/lodash", { type: "catalog", id: "removal" }), { type: "done" });
+    assert.equal(await state.get("package/lodash"), undefined, "the status of a removed key is deleted");
+    assert.deepEqual(await run("package/lodash"), { type: "done" }, "running it again changes nothing");
+    assert.deepEqual(await run("package/never-was"), { type: "done" });
+    assert.equal(await state.get("package/never-was"), undefined);
+    assert.deepEqual(await builds(), []);
+  });
 });

@@ -1,7 +1,7 @@
 /**
  * The traditional reconciler: one key, level-triggered. It reads the desired state and the
  * key's status and does whatever closes the gap — ask the builder, fan out to dependents,
- * flag the key for attention, or nothing — and is safe to run any number of times: the result
+ * flag the key for attention, retire a key that left the catalog, or nothing — and is safe to run any number of times: the result
  * depends only on the state.
  *
  * Every decision that changes the key records why (status.cause): the event that brought the
@@ -11,7 +11,7 @@
  * failed, superseded) as later runs observe its end.
  */
 import {
-  currentTraceId, done, nonRetriable, parseKey, settleBuild, StateStore, withBuild,
+  currentTraceId, done, parseKey, settleBuild, StateStore, withBuild,
   type BuildRequest, type Catalog, type Cause, type EnqueueRequest, type Key, type KeyStatus, type Logger, type Osv, type ReconcileResult, type Release, type WorkItem,
 } from "@homeostat/core";
 import { DesiredState, type Desired } from "./desired.ts";
@@ -34,7 +34,14 @@ export function createReconciler(deps: ReconcilerDeps) {
     const catalog = deps.catalog();
     const { kind, name } = parseKey(item.key);
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
-    if (!inCatalog) return nonRetriable(`${item.key} is not in the catalog`);
+    if (!inCatalog) {
+      // Desired: the key does not exist. A key that left the catalog is retired (its status
+      // goes; built artifacts stay, content-addressed); an unknown one is already as desired.
+      // The catalog refuses a removal that others still depend on, so no dependent is orphaned.
+      if (await deps.state.remove(item.key)) deps.log.info("retired: no longer in the catalog", { key: item.key, cause: item.cause });
+      else deps.log.warn("not in the catalog; nothing to do", { key: item.key, cause: item.cause });
+      return done;
+    }
 
     const desiredState = new DesiredState({ catalog, releases: deps.releases, advisories: deps.advisories, status: (k) => deps.state.get(k), sourceDateEpoch: deps.sourceDateEpoch });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
