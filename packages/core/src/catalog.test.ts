@@ -187,6 +187,9 @@ test("changedKeys: exactly the changed recipes and their dependents, packages be
   assert.deepEqual(changedKeys(before, touched), ["package/base", "package/left", "package/right", "package/top", "image/top"]);
   assert.notEqual(before.recipeDigest("package/base"), touched.recipeDigest("package/base"));
   assert.equal(before.recipeDigest("package/left"), touched.recipeDigest("package/left"));
+  // Raising the epoch (the package revision) rebuilds the same version: a changed recipe.
+  const revised = await loadCatalog(catalogDir({ ...files, "packages/other.yaml": pkg("other") + "epoch: 1\n" }));
+  assert.deepEqual(changedKeys(before, revised), ["package/other", "image/other"]);
   // Added, modified and removed keys.
   const withoutOther = Object.fromEntries(Object.entries(files).filter(([f]) => !f.endsWith("/other.yaml")));
   const next = await loadCatalog(catalogDir({ ...withoutOther, "packages/new.yaml": pkg("new", { runtime: ["top"] }), "images/top.yaml": "name: top\npackages: [top, new]\n" }));

@@ -60,7 +60,7 @@ export type Patch = z.infer<typeof patchSchema>;
 export const packageSpecSchema = z.strictObject({
   name: nameSchema,
   version: versionSchema.describe("The pinned upstream version (quote it: 1.10 is not 1.1)"),
-  epoch: z.number().int().min(0).max(1_000_000).default(0).describe("Raised when upstream's numbering goes backwards, so that a lower version still counts as newer"),
+  epoch: z.number().int().min(0).max(1_000_000).default(0).describe("The package revision (as melange's epoch): raise it to rebuild the same upstream version; it is part of the recipe, so it changes the input digest"),
   license: z.string().max(256).optional().describe("SPDX expression"),
   description: z.string().max(4096).optional(),
   upstream: upstreamSchema.optional(),
