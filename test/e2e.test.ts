@@ -5,7 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { getKeyStatus, listKeyStatuses, statusClient } from "@homeostat/core/grpc";
 import type { KeyStatus } from "@homeostat/core";
@@ -167,6 +167,27 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     // The services stay up and keep working.
     assert.equal((await fetch(`${factory.ingestUrl}/readyz`)).status, 200);
     for (const [name, child] of factory.processes) assert.equal(child.exitCode, null, `${name} is still running`);
+  });
+
+  test("a build step that fails puts its log tail and the stored logs' digests in the key's status", async () => {
+    // A greet 2.1 whose make fails with a message of its own, packed as the builder expects
+    // (one top directory), served from a file URL with its real sha256.
+    const dir = mkdtempSync(path.join(t.dir, "broken-"));
+    mkdirSync(path.join(dir, "greet-2.1"));
+    writeFileSync(path.join(dir, "greet-2.1", "Makefile"), "all:\n\t@echo 'compiling greet.c' && echo 'greet.c:7: error: frobnicator undeclared' >&2 && exit 3\n");
+    const archive = path.join(dir, "greet-2.1.tar.gz");
+    execFileSync("tar", ["-czf", archive, "-C", dir, "greet-2.1"]);
+    const res = await post({ package: "greet", version: "2.1", url: `file://${archive}`, sha256: sha256Of(archive) });
+    assert.equal(res.status, 202);
+    const failed = await waitFor("greet 2.1 to fail", async () => {
+      const s = await get("package/greet");
+      return s.phase === "Failed" && s.desiredVersion === "2.1" ? s : undefined;
+    }, 120_000, 200);
+    const lastError = failed.lastError ?? "";
+    assert.match(lastError, /make/, "names the failing step");
+    assert.match(lastError, /greet\.c:7: error: frobnicator undeclared/, "carries the step's log tail");
+    assert.match(lastError, /step-1\.log sha256:[0-9a-f]{64}/, "says where the full log is stored");
+    assert.notEqual(failed.actual?.version, "2.1", "nothing was recorded for the failed build");
   });
 
   test("homeostat get --json shows the new version, digests and trace id", () => {
