@@ -1,19 +1,22 @@
 /**
  * The real `homeostat` command (bin/homeostat, a child process) against a status API started
- * here over a real Redis read model and a real WorkQueue on NATS, with their own random prefix
- * (streams, buckets and Redis keys removed at the end).
+ * here over a real Redis read model, a real WorkQueue and real release and advisory stores on
+ * NATS, with their own random prefix (streams, buckets and Redis keys removed at the end).
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { done, nonRetriable, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
+import { AdvisoryStore, done, nonRetriable, ReleaseStore, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
 import { StatusReadModel } from "@homeostat/core/state";
 import type { KeyStatus } from "@homeostat/core/status";
 import { startStatusApi, type StatusApi } from "../../../services/queue/src/status-api.ts";
 import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import { parseAdvisoryFile } from "./plan.ts";
 
 const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));
 const quiet: Logger = { info() {}, warn() {}, error() {} };
@@ -44,15 +47,20 @@ const zlib: KeyStatus = { key: "package/zlib", phase: "Pending", attempts: 0, up
 
 let t: TestEnv;
 let queue: WorkQueue;
+let model: StatusReadModel;
+let releases: ReleaseStore;
+let advisories: AdvisoryStore;
 let api: StatusApi;
 let addr: string;
 
 before(async () => {
   t = await testEnv();
-  const model = new StatusReadModel(t.redis, t.nats.topology);
+  model = new StatusReadModel(t.redis, t.nats.topology);
   for (const s of [openssl, nginx, zlib]) await model.put(s);
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "cli-test" }));
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, onError: () => {} });
+  releases = new ReleaseStore(t.buckets.releases);
+  advisories = await AdvisoryStore.open(t.nats);
+  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, releases, advisories, onError: () => {} });
   addr = `127.0.0.1:${api.port}`;
 });
 
@@ -251,4 +259,66 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
   assert.equal(r.code, 1);
   assert.equal(r.stdout, "");
   assert.equal(r.stderr, "homeostat: package/openssl is not in the dead letters\n");
+});
+
+/** A catalog of lodash 4.17.15 in image web, in the test's own directory. */
+function lodashCatalog(): string {
+  const dir = path.join(t.dir, "catalog");
+  const files: Record<string, string> = {
+    "packages/lodash.yaml": `name: lodash\nversion: "4.17.15"\nsource: { url: "https://example.org/lodash-\${version}.tgz", sha256: "${"1".repeat(64)}" }\nbuild: { steps: [make] }\n`,
+    "images/web.yaml": "name: web\npackages: [lodash]\n",
+  };
+  for (const [f, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    writeFileSync(path.join(dir, f), text);
+  }
+  return dir;
+}
+
+// Last: the lodash status it adds would show in the listings above.
+test("plan --live plans with the factory's releases and advisories, from the version it built; unreachable exits 2", async () => {
+  const catalog = lodashCatalog();
+  const fixture = fileURLToPath(new URL("../../../test/fixtures/osv/GHSA-p6mc-m468-83gw.json", import.meta.url));
+  await advisories.record(parseAdvisoryFile(readFileSync(fixture, "utf8"), fixture)[0]!, ["lodash"]);
+  await releases.record({ package: "lodash", version: "4.17.16", url: "https://example.org/lodash-4.17.16.tgz", sha256: "2".repeat(64) });
+  await model.put({
+    key: "package/lodash", phase: "Ready", desiredVersion: "4.17.16", attempts: 0, updatedAt: "2026-11-22T10:00:00.000Z",
+    actual: { version: "4.17.16", inputDigest: digest("7"), outputs: { location: "store/package/lodash/4.17.16" }, signatures: {}, keyId: "test-key", builtAt: "2026-11-22T10:00:00.000Z" },
+  });
+
+  // Alone, the release is all there is: a bump from the pin.
+  let r = await homeostat(["plan", "--release", "lodash@4.17.18", "--catalog", catalog, "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^bump {5}package\/lodash {2}4\.17\.15 -> 4\.17\.18 {2}\(release lodash@4\.17\.18\)$/m);
+
+  // Live, the stored advisory affects 4.17.18 and no known release fixes it.
+  r = await homeostat(["plan", "--release", "lodash@4.17.18", "--catalog", catalog, "--live", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^flag {5}package\/lodash {2}NeedsAttention: lodash 4\.17\.18 is affected by GHSA-p6mc-m468-83gw: fixed in 4\.17\.19, which is not a known release/m);
+
+  // Live, the fixed release: a bump from the version built, and the image rebuilt after it.
+  r = await homeostat(["plan", "--release", "lodash@4.17.19", "--catalog", catalog, "--live", "--json", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    steps: [
+      { key: "package/lodash", action: "bump", from: "4.17.16", to: "4.17.19", because: "release lodash@4.17.19" },
+      { key: "image/web", action: "rebuild", wave: 2 },
+    ],
+    unchanged: [], unknown: [], waves: [["package/lodash"], ["image/web"]],
+  });
+
+  // The factory has since heard of 4.17.19 and built it. Live, an older release decides that
+  // same version again: nothing to do.
+  await releases.record({ package: "lodash", version: "4.17.19", url: "https://example.org/lodash-4.17.19.tgz", sha256: "3".repeat(64) });
+  const built = (await model.get("package/lodash"))!;
+  await model.put({ ...built, desiredVersion: "4.17.19", actual: { ...built.actual!, version: "4.17.19" } });
+  r = await homeostat(["plan", "--release", "lodash@4.17.17", "--catalog", catalog, "--live", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^Nothing would change\.$/m);
+  assert.match(r.stdout, /^Unchanged: package\/lodash$/m);
+
+  const port = await freePort();
+  r = await homeostat(["plan", "--release", "lodash@4.17.19", "--catalog", catalog, "--live", "--addr", `127.0.0.1:${port}`]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, new RegExp(`^homeostat: cannot reach homeostat at 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`));
 });

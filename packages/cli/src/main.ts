@@ -17,16 +17,17 @@ import { CatalogSource, parseCatalogLocation } from "@homeostat/core/catalog-sou
 import { loadConfig } from "@homeostat/core/config";
 import { priorities, prioritySchema } from "@homeostat/core/contracts";
 import {
-  ContractViolation, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, listDeadLetters, listKeyStatuses, maxDeadLetterLimit, maxEnqueueDelayMs,
-  maxPageSize, parseKeyArg, retryDeadLetter, statusClient, whyKey, type DeadLetterEntry, type StatusServiceClient,
+  ContractViolation, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, maxDeadLetterLimit,
+  maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize, parseKeyArg, retryDeadLetter, statusClient, whyKey, type DeadLetterEntry, type StatusServiceClient,
 } from "@homeostat/core/grpc";
+import { makeKey } from "@homeostat/core/key";
 import type { Osv } from "@homeostat/core/osv";
 import type { KeyStatus } from "@homeostat/core/status";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/core/workqueue";
 import { CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/signer/attestation";
 import { readTrustedKeys, SigningKeyError } from "@homeostat/signer/keys";
 import { VerificationError, verifyTarget, type ImageVerification } from "@homeostat/signer/verify";
-import { formatPlan, parseAdvisoryFile, parseReleaseArg, plan, type PlanRelease } from "./plan.ts";
+import { formatPlan, namedPackages, parseAdvisoryFile, parseReleaseArg, plan, type LivePackage, type PlanRelease } from "./plan.ts";
 
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
 /** What `homeostat verify` demands by default: what the signer attaches to every image. */
@@ -118,11 +119,12 @@ const whyCommand: Command = {
 const planCommand: Command = {
   name: "plan",
   summary: "show, without doing anything, what an advisory or a release would bump, patch, flag and rebuild",
-  options: { advisory: { type: "string", multiple: true }, release: { type: "string", multiple: true }, catalog: { type: "string" } },
+  options: { advisory: { type: "string", multiple: true }, release: { type: "string", multiple: true }, catalog: { type: "string" }, live: { type: "boolean" } },
   optionHelp: [
     ["--advisory FILE.json", "an OSV advisory (one document, an array, or {advisories: [...]}); repeatable"],
     ["--release pkg@version", "a release upstream published; repeatable"],
     ["--catalog DIR", "the catalog: a directory or git+<repo>#<ref>[:path] (default $HOMEOSTAT_CATALOG)"],
+    ["--live", "plan for the running factory (--addr): also with the releases and advisories it knows, and from the versions it built (default: only the facts given, from the catalog's pins)"],
   ],
   positionals: { min: 0, max: 0 },
   async run(ctx, _positionals, values) {
@@ -138,12 +140,38 @@ const planCommand: Command = {
     for (const f of files) advisories.push(...parseAdvisoryFile(await readFile(f, "utf8"), f));
     const config = loadConfig({ HOMEOSTAT_CATALOG: typeof values.catalog === "string" ? values.catalog : ctx.io.env.HOMEOSTAT_CATALOG || undefined, HOMEOSTAT_DATA: ctx.io.env.HOMEOSTAT_DATA || undefined });
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "cli") });
-    const result = plan(source.current(), { advisories, releases });
+    const catalog = source.current();
+    const facts = { advisories, releases };
+    const result = plan(catalog, facts, values.live ? await liveFacts(ctx.status(), namedPackages(catalog, facts).inCatalog) : undefined);
     if (ctx.json) ctx.printJson(result);
     else ctx.print(formatPlan(result));
     return exitCodes.ok;
   },
 };
+
+/** What the factory knows of `names` (catalog packages) for a live plan: known facts, and the versions built. */
+async function liveFacts(client: StatusServiceClient, names: string[]): Promise<Map<string, LivePackage>> {
+  const live = new Map<string, LivePackage>();
+  // An advisory may name more packages than one KnownFacts call may ask about.
+  for (let i = 0; i < names.length; i += maxKnownFactsPackages) {
+    for (const f of await knownFacts(client, names.slice(i, i + maxKnownFactsPackages))) live.set(f.package, { releases: f.releases, advisories: f.advisories });
+  }
+  await Promise.all(names.map(async (name) => {
+    const built = await builtVersion(client, name);
+    if (built !== undefined) live.get(name)!.built = built;
+  }));
+  return live;
+}
+
+/** The version of the package the factory last built and signed; undefined when it never has. */
+async function builtVersion(client: StatusServiceClient, name: string): Promise<string | undefined> {
+  try {
+    return (await getKeyStatus(client, makeKey("package", name))).actual?.version;
+  } catch (err) {
+    if (isGrpcError(err, grpc.status.NOT_FOUND)) return undefined;
+    throw err;
+  }
+}
 
 const listCommand: Command = {
   name: "list",

@@ -1,6 +1,7 @@
 /**
  * `homeostat plan`: what an advisory (a real one, test/fixtures/osv) or a release would do to
- * a catalog, computed locally, in order — and the real bin printing it without a server.
+ * a catalog, computed locally, in order; with what a live factory knows (its releases,
+ * advisories and built versions) merged in — and the real bin printing it without a server.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadCatalog } from "@homeostat/core";
-import { parseAdvisoryFile, plan } from "./plan.ts";
+import { parseAdvisoryFile, plan, type LivePackage } from "./plan.ts";
 
 const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));
 const fixtures = fileURLToPath(new URL("../../../test/fixtures/osv/", import.meta.url));
@@ -58,6 +59,46 @@ test("a release with the advisory: lodash bumps to the fixed release, and everyt
   const p = plan(catalog, { advisories: advisory("GHSA-p6mc-m468-83gw"), releases: [{ package: "lodash", version: "4.17.19" }] });
   assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.19", because: "release lodash@4.17.19" });
   assert.deepEqual(p.waves, [["package/lodash"], ["package/app-lib"], ["package/tool"], ["image/web"]]);
+});
+
+test("live: the factory's known releases and stored advisories count with the given ones; a given advisory replaces a stored one", async () => {
+  const catalog = await loadCatalog(catalogDir());
+  const stored = advisory("GHSA-p6mc-m468-83gw");
+  const given = { advisories: [], releases: [{ package: "lodash", version: "4.17.16" }] };
+  // The stored advisory affects the given release and no known release fixes it.
+  let p = plan(catalog, given, new Map([["lodash", { releases: [], advisories: stored }]]));
+  assert.deepEqual(p.steps.map((s) => `${s.action} ${s.key}`), ["flag package/lodash"]);
+  // A release the factory knows fixes it, and is newer than the given one.
+  p = plan(catalog, given, new Map([["lodash", { releases: ["4.17.20", "4.17.19"], advisories: stored }]]));
+  assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.20", because: "release lodash@4.17.20" });
+  // The same advisory given, withdrawn since: it replaces the stored revision.
+  const withdrawn = { ...stored[0]!, modified: "2021-01-01T00:00:00Z", withdrawn: "2021-01-01T00:00:00Z" };
+  p = plan(catalog, { ...given, advisories: [withdrawn] }, new Map([["lodash", { releases: [], advisories: stored }]]));
+  assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.16", because: "release lodash@4.17.16" });
+  // Facts of a package the given facts do not name change nothing.
+  p = plan(catalog, { advisories: [], releases: [{ package: "tool", version: "2.0" }] }, new Map([["tool", { releases: [], advisories: [] }], ["lodash", { releases: [], advisories: stored }]]));
+  assert.deepEqual(p, { steps: [], unchanged: ["package/tool"], unknown: [], waves: [] });
+});
+
+test("live: a change counts from the version built; the built version decided again is unchanged, unless it needs a patch", async () => {
+  const catalog = await loadCatalog(catalogDir());
+  const lodash = (built?: string): Map<string, LivePackage> => new Map([["lodash", { releases: ["4.17.19", "4.17.21"], advisories: [], ...(built ? { built } : {}) }]]);
+  const facts = { advisories: advisory("GHSA-p6mc-m468-83gw"), releases: [] };
+
+  let p = plan(catalog, facts, lodash("4.17.19"));
+  assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.19", to: "4.17.21", because: "release lodash@4.17.21" });
+  assert.deepEqual(p.waves, [["package/lodash"], ["package/app-lib"], ["package/tool"], ["image/web"]]);
+
+  p = plan(catalog, facts, lodash("4.17.21"));
+  assert.deepEqual(p, { steps: [], unchanged: ["package/lodash"], unknown: [], waves: [] });
+
+  // Never built: from the pin.
+  p = plan(catalog, facts, lodash());
+  assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.21", because: "release lodash@4.17.21" });
+
+  // Built at the version decided, but that version needs the catalog's patch for the advisory.
+  p = plan(catalog, { advisories: advisory("GHSA-xvch-5gv4-984h"), releases: [] }, new Map([["minimist", { releases: [], advisories: [], built: "1.2.5" }]]));
+  assert.deepEqual(p.steps[0], { key: "package/minimist", action: "patch", version: "1.2.5", patches: ["patches/setkey.patch"], advisories: ["GHSA-xvch-5gv4-984h"] });
 });
 
 test("the bin prints the plan without a server", async () => {

@@ -1,16 +1,28 @@
 /**
- * Plan: what an advisory or a release would do to the catalog, computed locally and without
- * doing anything — which packages would be bumped, patched or flagged (NeedsAttention), and
- * which keys would then be rebuilt, in the order they would be (catalog.impact's waves).
+ * Plan: what an advisory or a release would do to the catalog, computed without doing
+ * anything — which packages would be bumped, patched or flagged (NeedsAttention), and which
+ * keys would then be rebuilt, in the order they would be (catalog.impact's waves).
  *
- * It decides exactly as the reconciler does (core decision.ts), against the catalog's pinned
- * versions: the facts given are the only releases and advisories it knows of.
+ * It decides exactly as the reconciler does (core decision.ts). Alone, it decides against the
+ * catalog's pinned versions, and the facts given are the only releases and advisories it knows
+ * of. Given what the running factory knows of the packages the facts name (`homeostat plan
+ * --live`: the KnownFacts RPC and each package's status), it decides with the factory's known
+ * releases and stored advisories as well (a given advisory replaces a stored one of the same
+ * id, as a newer revision would), and measures each change from the version the factory has
+ * built, where it has built one.
  */
 import { advisoryPackageNames, decideVersion, makeKey, osvSchema, type Catalog, type Key, type Osv } from "@homeostat/core";
+import type { PackageFacts } from "@homeostat/core/grpc";
 
 export type PlanRelease = { package: string; version: string };
 
+export type PlanFacts = { advisories: readonly Osv[]; releases: readonly PlanRelease[] };
+
+/** What the running factory knows of one catalog package: its known facts, and the version it built if it built one. */
+export type LivePackage = Pick<PackageFacts, "releases" | "advisories"> & { built?: string };
+
 export type PlanStep =
+  /** `from`: the version built (live, when there is one), else the pinned one. */
   | { key: Key; action: "bump"; from: string; to: string; because: string }
   | { key: Key; action: "patch"; version: string; patches: string[]; advisories: string[] }
   | { key: Key; action: "flag"; version: string; advisories: string[]; detail: string }
@@ -19,7 +31,7 @@ export type PlanStep =
 export type Plan = {
   /** Decisions about the packages the facts name, then the rebuilds they cause, in wave order. */
   steps: PlanStep[];
-  /** Packages the facts name that stay as they are (not affected, or a release the policy refuses). */
+  /** Packages the facts name that stay as they are (not affected, a release the policy refuses, or live: already built at the version decided). */
   unchanged: Key[];
   /** Names the facts mention that are not catalog packages. */
   unknown: string[];
@@ -51,21 +63,32 @@ export function parseReleaseArg(s: string): PlanRelease {
   return { package: m[1]!, version: m[2]! };
 }
 
-export function plan(catalog: Catalog, facts: { advisories: readonly Osv[]; releases: readonly PlanRelease[] }): Plan {
-  const named = new Set<string>([...facts.advisories.flatMap(advisoryPackageNames), ...facts.releases.map((r) => r.package)]);
-  const unknown = [...named].filter((n) => !catalog.packages.has(n)).sort();
+/** The names the facts mention, sorted: those of catalog packages, and the others. */
+export function namedPackages(catalog: Catalog, facts: PlanFacts): { inCatalog: string[]; unknown: string[] } {
+  const named = [...new Set([...facts.advisories.flatMap(advisoryPackageNames), ...facts.releases.map((r) => r.package)])].sort();
+  return { inCatalog: named.filter((n) => catalog.packages.has(n)), unknown: named.filter((n) => !catalog.packages.has(n)) };
+}
+
+/** The plan for `facts`; with `live` (by package name), for the factory as it is (see the top of this file). */
+export function plan(catalog: Catalog, facts: PlanFacts, live: ReadonlyMap<string, LivePackage> = new Map()): Plan {
+  const { inCatalog, unknown } = namedPackages(catalog, facts);
+  const givenIds = new Set(facts.advisories.map((a) => a.id));
   const decided: PlanStep[] = [];
   const unchanged: Key[] = [];
-  for (const name of [...named].filter((n) => catalog.packages.has(n)).sort()) {
+  for (const name of inCatalog) {
     const spec = catalog.packages.get(name)!;
     const key = makeKey("package", name);
-    const releases = facts.releases.filter((r) => r.package === name).map((r) => r.version);
-    const d = decideVersion({ name, pinned: spec.version, releases, policy: catalog.policyOf(name), advisories: facts.advisories, patches: spec.patches });
+    const known = live.get(name);
+    const releases = [...facts.releases.filter((r) => r.package === name).map((r) => r.version), ...(known?.releases ?? [])];
+    const advisories = [...facts.advisories, ...(known?.advisories ?? []).filter((a) => !givenIds.has(a.id))];
+    const d = decideVersion({ name, pinned: spec.version, releases, policy: catalog.policyOf(name), advisories, patches: spec.patches });
+    // What a bump moves from: what the factory ships now, or, never built (or not asked), the pin.
+    const current = known?.built ?? spec.version;
     if (d.action === "attention") decided.push({ key, action: "flag", version: d.version, advisories: d.advisories, detail: d.detail });
     else if (d.reason === "patch") decided.push({ key, action: "patch", version: d.version, patches: d.patches.filter((p) => p.fixes.length).map((p) => p.path), advisories: d.advisories });
-    else if (d.version !== spec.version) {
+    else if (d.version !== current) {
       const because = d.reason === "bump" ? `lowest release fixing ${d.advisories.join(", ")} (${d.newest} is affected)` : `release ${name}@${d.version}`;
-      decided.push({ key, action: "bump", from: spec.version, to: d.version, because });
+      decided.push({ key, action: "bump", from: current, to: d.version, because });
     } else unchanged.push(key);
   }
   const changed = decided.filter((s) => s.action !== "flag").map((s) => s.key);

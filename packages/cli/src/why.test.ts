@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
+import { AdvisoryStore, ReleaseStore, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
 import { StatusReadModel } from "@homeostat/core/state";
 import type { KeyStatus } from "@homeostat/core/status";
 import { startStatusApi, type StatusApi } from "../../../services/queue/src/status-api.ts";
@@ -42,7 +42,9 @@ before(async () => {
   const model = new StatusReadModel(t.redis, t.nats.topology);
   for (const s of statuses) await model.put(s);
   const queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "why-test" }));
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, onError: () => {} });
+  api = await startStatusApi({
+    addr: "127.0.0.1:0", readModel: model, queue, releases: new ReleaseStore(t.buckets.releases), advisories: await AdvisoryStore.open(t.nats), onError: () => {},
+  });
   addr = `127.0.0.1:${api.port}`;
 });
 

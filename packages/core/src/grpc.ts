@@ -1,7 +1,8 @@
 /**
  * gRPC: the one home of the status API contract (proto/homeostat/v1/status.proto) on the
  * TypeScript side: the loaded service definition, a typed client, and the mapping between
- * the wire messages and `KeyStatus` (status.ts) and the work queue's types (workqueue.ts).
+ * the wire messages and `KeyStatus` (status.ts), the work queue's types (workqueue.ts), and
+ * the known releases and advisories (releases.ts, osv.ts).
  * The queue service serves it, the CLI calls it; neither knows the wire shape.
  *
  * The proto is loaded at runtime with @grpc/proto-loader; `pnpm gen` (scripts/gen-proto.ts)
@@ -15,8 +16,11 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { causeSchema, priorities, prioritySchema, type Cause, type Priority } from "./contracts.ts";
-import { keySchema, type Key } from "./key.ts";
+import { keySchema, nameSchema, type Key } from "./key.ts";
+import { osvSchema, type Osv } from "./osv.ts";
+import type { Release } from "./releases.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
+import { compareVersions } from "./version.ts";
 import type { DeadLetter, EnqueueOutcome, QueueRequest, QueueStats } from "./workqueue.ts";
 import type { ProtoGrpcType } from "./generated/status.ts";
 import type { KeyStatus as ProtoKeyStatus, KeyStatus__Output as ProtoKeyStatusOutput } from "./generated/homeostat/v1/KeyStatus.ts";
@@ -27,6 +31,9 @@ import type { StatusServiceClient, StatusServiceDefinition, StatusServiceHandler
 import type { QueueStatsResponse, QueueStatsResponse__Output } from "./generated/homeostat/v1/QueueStatsResponse.ts";
 import type { EnqueueRequest, EnqueueRequest__Output } from "./generated/homeostat/v1/EnqueueRequest.ts";
 import type { DeadLetter as ProtoDeadLetter, DeadLetter__Output as ProtoDeadLetterOutput } from "./generated/homeostat/v1/DeadLetter.ts";
+import type { KnownFactsRequest, KnownFactsRequest__Output } from "./generated/homeostat/v1/KnownFactsRequest.ts";
+import type { KnownFactsResponse__Output } from "./generated/homeostat/v1/KnownFactsResponse.ts";
+import type { PackageFacts as ProtoPackageFacts } from "./generated/homeostat/v1/PackageFacts.ts";
 
 export { grpc };
 export type {
@@ -47,6 +54,9 @@ export type {
   EnqueueRequest__Output,
   ProtoDeadLetter,
   ProtoDeadLetterOutput,
+  KnownFactsRequest,
+  KnownFactsRequest__Output,
+  ProtoPackageFacts,
 };
 
 /** Root of the .proto files (the repository's proto/ directory; ship it next to packages/). */
@@ -213,6 +223,23 @@ export function retryDeadLetter(client: StatusServiceClient, key: string, opts: 
       if (err) return reject(err);
       if (res!.retried) resolve();
       else reject(new ContractViolation(`RetryDeadLetter of ${key} answered OK without retrying`));
+    });
+  });
+}
+
+/**
+ * KnownFacts: the releases and stored advisories of each of `packages` (at most
+ * `maxKnownFactsPackages`), one entry per distinct name in request order, validated.
+ */
+export function knownFacts(client: StatusServiceClient, packages: readonly string[], opts: CallOptions = {}): Promise<PackageFacts[]> {
+  return new Promise((resolve, reject) => {
+    client.knownFacts({ packages: [...packages] }, { deadline: deadline(opts) }, (err, res) => {
+      if (err) return reject(err);
+      try {
+        resolve(fromProtoKnownFacts(res!, packages));
+      } catch (e) {
+        reject(e);
+      }
     });
   });
 }
@@ -456,4 +483,58 @@ function dropUndefined<T>(v: T): T {
     return out as T;
   }
   return v;
+}
+
+/* ---------------------------------------------------------------- known facts */
+
+/** A KnownFacts request names at most this many packages. */
+export const maxKnownFactsPackages = 1000;
+
+/** What the factory knows of one package: its release versions (oldest first) and its stored advisories (in id order). */
+export type PackageFacts = { package: string; releases: string[]; advisories: Osv[] };
+
+const packageFactsSchema = z.object({ package: nameSchema, releases: z.array(z.string().min(1)), advisories: z.array(osvSchema) });
+
+/** The distinct package names of a KnownFacts request, in request order, or the reason they are not valid. */
+export function parseKnownFactsRequest(m: KnownFactsRequest__Output): { packages: string[] } | { error: string } {
+  if (m.packages.length === 0) return { error: "packages must name at least one package" };
+  if (m.packages.length > maxKnownFactsPackages) return { error: `packages may name at most ${maxKnownFactsPackages} packages, got ${m.packages.length}` };
+  const packages = [...new Set(m.packages)];
+  for (const name of packages) {
+    const r = nameSchema.safeParse(name);
+    if (!r.success) return { error: `invalid package name ${JSON.stringify(name)}: ${r.error.issues[0]?.message ?? "malformed"}` };
+  }
+  return { packages };
+}
+
+/** One package's stored facts as its wire message: versions oldest first, advisories as OSV JSON. */
+export function toProtoPackageFacts(name: string, releases: readonly Release[], advisories: readonly Osv[]): ProtoPackageFacts {
+  return {
+    package: name,
+    releaseVersions: releases.map((r) => r.version).sort(compareVersions),
+    advisories: advisories.map((a) => JSON.stringify(a)),
+  };
+}
+
+/** A received KnownFacts answer, validated: every advisory an OSV document, every requested name answered. */
+export function fromProtoKnownFacts(m: KnownFactsResponse__Output, requested: readonly string[]): PackageFacts[] {
+  const facts = m.packages.map((p) => {
+    const advisories = p.advisories.map((json, i) => {
+      try {
+        return JSON.parse(json) as unknown;
+      } catch {
+        throw new ContractViolation(`invalid KnownFacts for ${p.package}: advisory ${i} is not JSON`);
+      }
+    });
+    const parsed = packageFactsSchema.safeParse({ package: p.package, releases: p.releaseVersions, advisories });
+    if (!parsed.success) {
+      const where = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+      throw new ContractViolation(`invalid KnownFacts${p.package ? ` for ${p.package}` : ""}: ${where}`);
+    }
+    return parsed.data;
+  });
+  const answered = new Set(facts.map((f) => f.package));
+  const missing = [...new Set(requested)].filter((name) => !answered.has(name));
+  if (missing.length) throw new ContractViolation(`invalid KnownFacts: no answer for ${missing.join(", ")}`);
+  return facts;
 }

@@ -2,10 +2,12 @@
  * queue: owns the JetStream topology and the work queue's admission (of ingest's event records
  * and of the intake stream), keeps the Redis read
  * model equal to the state in KV, sweeps the run records of crashed workers, and serves the
- * gRPC status and queue APIs.
+ * gRPC status and queue APIs (and, from the release and advisory stores, the known facts).
  */
 import { Redis } from "ioredis";
-import { errorMessage, EventLedger, projectStatusToRedis, runService, StatusReadModel, WorkQueue, workQueueOptions } from "@homeostat/core";
+import {
+  AdvisoryStore, errorMessage, EventLedger, projectStatusToRedis, ReleaseStore, runService, StatusReadModel, WorkQueue, workQueueOptions,
+} from "@homeostat/core";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 
@@ -15,7 +17,9 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   await projectStatusToRedis(buckets.state, readModel, signal);
   const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
   queue.observeStats();
-  const api = await startStatusApi({ addr: config.grpcAddr, readModel, queue });
+  const api = await startStatusApi({
+    addr: config.grpcAddr, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats),
+  });
   log.info("status API listening", { addr: config.grpcAddr, port: api.port });
 
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };

@@ -1,16 +1,17 @@
 /**
  * The status API against a real Redis read model and a real WorkQueue on NATS (own random
  * prefix, streams, buckets and Redis keys, removed at the end): GetKey round-trips a full
- * KeyStatus, ListKeys pages and filters, the queue RPCs reach the queue, errors carry the right
- * codes, the health service answers SERVING, and bad input leaves the server up.
+ * KeyStatus, ListKeys pages and filters, the queue RPCs reach the queue, KnownFacts answers from
+ * the real release and advisory stores, errors carry the right codes, the health service
+ * answers SERVING, and bad input leaves the server up.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { service as healthService } from "grpc-health-check";
-import { connectNats, done, nonRetriable, WorkQueue, workQueueOptions, type Logger } from "@homeostat/core";
+import { AdvisoryStore, connectNats, done, nonRetriable, ReleaseStore, WorkQueue, workQueueOptions, type Logger, type Osv } from "@homeostat/core";
 import {
-  enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, statusServiceName,
+  enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, statusServiceName,
   type StatusServiceClient,
 } from "@homeostat/core/grpc";
 import { StatusReadModel } from "@homeostat/core/state";
@@ -32,6 +33,8 @@ let t: TestEnv;
 let prefix: string;
 let redis: RedisClient;
 let queue: WorkQueue;
+let releases: ReleaseStore;
+let advisories: AdvisoryStore;
 let api: StatusApi;
 let client: StatusServiceClient;
 
@@ -70,7 +73,9 @@ before(async () => {
   const model = new StatusReadModel(redis, t.nats.topology);
   for (const s of [full, ...others]) await model.put(s);
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "status-api-test" }));
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, onError: () => {} });
+  releases = new ReleaseStore(t.buckets.releases);
+  advisories = await AdvisoryStore.open(t.nats);
+  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, releases, advisories, onError: () => {} });
   client = statusClient(`127.0.0.1:${api.port}`);
 });
 
@@ -201,7 +206,7 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
 test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
   const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   dead.on("error", () => {});
-  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, onError: () => {} });
+  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, onError: () => {} });
   const deadClient = statusClient(`127.0.0.1:${deadApi.port}`);
   try {
     assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, grpc.status.UNAVAILABLE);
@@ -294,18 +299,76 @@ test("ListDeadLetters rejects a negative limit", async () => {
   assert.match(err.details, /limit must be 0 \(default\) or positive/);
 });
 
-test("a queue whose NATS connection is gone gives UNAVAILABLE on every queue RPC", async () => {
+test("a queue and stores whose NATS connection is gone give UNAVAILABLE on every queue RPC and KnownFacts", async () => {
   const nats = await connectNats(t.config, "status-api-test-closed");
+  const closedStores = { releases: new ReleaseStore(await nats.kvm.open(nats.topology.bucket("releases"))), advisories: await AdvisoryStore.open(nats) };
   await nats.nc.close();
   const closed = new WorkQueue(nats, workQueueOptions(t.config, { log: quiet, owner: "closed" }));
-  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, onError: () => {} });
+  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, onError: () => {} });
   const closedClient = statusClient(`127.0.0.1:${closedApi.port}`);
   try {
-    for (const call of [getQueueStats(closedClient), enqueueKey(closedClient, { key: "package/x" }), listDeadLetters(closedClient), retryDeadLetter(closedClient, "package/x")]) {
+    for (const call of [
+      getQueueStats(closedClient), enqueueKey(closedClient, { key: "package/x" }), listDeadLetters(closedClient), retryDeadLetter(closedClient, "package/x"),
+      knownFacts(closedClient, ["openssl"]),
+    ]) {
       assert.equal((await grpcError(call)).code, grpc.status.UNAVAILABLE);
     }
   } finally {
     closedClient.close();
     await closedApi.close();
   }
+});
+
+/** An advisory about openssl and zlib, as OSV: each package's entry is stored with its own `affected` only. */
+const twoPackageAdvisory: Osv = {
+  id: "GHSA-test-0000-0001",
+  modified: "2026-11-20T00:00:00Z",
+  aliases: ["CVE-2026-0001"],
+  affected: [
+    { package: { ecosystem: "OSS-Fuzz", name: "openssl" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "3.2.1" }] }] },
+    { package: { ecosystem: "Generic", name: "zlib-upstream", purl: "pkg:generic/zlib" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "1.2" }, { fixed: "1.3.1" }] }] },
+  ],
+};
+
+test("KnownFacts answers each package's stored releases, oldest first, and its stored advisories", async () => {
+  for (const v of ["3.2.1", "3.10.0", "3.2.0"]) await releases.record({ package: "openssl", version: v, url: `https://example.org/openssl-${v}.tgz`, sha256: "a".repeat(64) });
+  // A package whose name extends another's: its releases must not leak into openssl's.
+  await releases.record({ package: "openssl-fips", version: "9.9", url: "https://example.org/openssl-fips-9.9.tgz", sha256: "b".repeat(64) });
+  assert.equal(await advisories.record(twoPackageAdvisory, ["openssl", "zlib"]), 2);
+  const withdrawn: Osv = { id: "GHSA-test-0000-0000", modified: "2026-11-21T00:00:00Z", withdrawn: "2026-11-21T00:00:00Z", affected: [twoPackageAdvisory.affected![0]!] };
+  await advisories.record(withdrawn, ["openssl"]);
+
+  const facts = await knownFacts(client, ["openssl", "zlib", "never-heard-of", "openssl"]);
+  assert.deepEqual(facts, [
+    { package: "openssl", releases: ["3.2.0", "3.2.1", "3.10.0"], advisories: [withdrawn, { ...twoPackageAdvisory, affected: [twoPackageAdvisory.affected![0]!] }] },
+    { package: "zlib", releases: [], advisories: [{ ...twoPackageAdvisory, affected: [twoPackageAdvisory.affected![1]!] }] },
+    { package: "never-heard-of", releases: [], advisories: [] },
+  ]);
+  // What the reconciler reads, exactly.
+  assert.deepEqual(facts[0]!.advisories, await advisories.list("openssl"));
+});
+
+test("KnownFacts answers the largest request it allows", async () => {
+  const names = Array.from({ length: 1000 }, (_, i) => `${i}`.padStart(128, "p"));
+  const facts = await knownFacts(client, names, { deadlineMs: 60_000 });
+  assert.equal(facts.length, 1000);
+  assert.deepEqual(facts[999], { package: names[999], releases: [], advisories: [] });
+});
+
+test("KnownFacts rejects no names, too many, and names that are not package names with INVALID_ARGUMENT", async () => {
+  const cases: [string[], RegExp][] = [
+    [[], /^packages must name at least one package$/],
+    [Array.from({ length: 1001 }, (_, i) => `p${i}`), /^packages may name at most 1000 packages, got 1001$/],
+    [["openssl", "package/openssl"], /^invalid package name "package\/openssl": must start with a letter or digit/],
+    [["x y"], /^invalid package name "x y"/],
+    [[""], /^invalid package name ""/],
+    [["-dash"], /^invalid package name "-dash"/],
+    [["p".repeat(129)], /^invalid package name "p{129}"/],
+  ];
+  for (const [names, re] of cases) {
+    const err = await grpcError(knownFacts(client, names));
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, names.join(",").slice(0, 80));
+    assert.match(err.details, re);
+  }
+  assert.equal((await knownFacts(client, ["openssl"]))[0]!.releases.length, 3, "still serving");
 });

@@ -1,18 +1,22 @@
 /**
  * Status API: the gRPC StatusService (proto/homeostat/v1/status.proto) over the Redis read
- * model and the work queue, plus the standard grpc.health.v1 Health service.
+ * model, the work queue and the known releases and advisories, plus the standard
+ * grpc.health.v1 Health service.
  *
  * GetKey, Why and ListKeys only read Redis: the read model is kept current by the projector
  * (state.ts), so serving them never touches JetStream. The queue RPCs go to the WorkQueue, the
  * same library every worker uses, so an enqueue here obeys exactly the merge rules of any
- * other. Every request is validated here and every failure becomes a gRPC status with a
+ * other. KnownFacts reads the release and advisory stores the reconciler reads, so a plan
+ * made with its answer decides with the reconciler's facts. Every request is validated here and every failure becomes a gRPC status with a
  * message; nothing a client sends can take the server down.
  */
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import {
   grpc, statusServiceDefinition, statusServiceName, toProtoStatus, parseKeyArg, causalChain, defaultPageSize, maxPageSize, fromProtoEnqueue, toProtoQueueStats,
-  toProtoDeadLetter, defaultDeadLetterLimit, maxDeadLetterLimit, type StatusServiceHandlers,
+  toProtoDeadLetter, defaultDeadLetterLimit, maxDeadLetterLimit, parseKnownFactsRequest, toProtoPackageFacts, type StatusServiceHandlers,
 } from "@homeostat/core/grpc";
+import type { AdvisoryStore } from "@homeostat/core/advisory-store";
+import type { ReleaseStore } from "@homeostat/core/releases";
 import type { StatusReadModel } from "@homeostat/core/state";
 import type { WorkQueue } from "@homeostat/core/workqueue";
 
@@ -24,6 +28,9 @@ export type StatusApiOptions = {
   addr: string;
   readModel: StatusReadModel;
   queue: QueueApi;
+  /** The known releases and stored advisories KnownFacts answers with. */
+  releases: Pick<ReleaseStore, "list">;
+  advisories: Pick<AdvisoryStore, "list">;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
 };
@@ -40,8 +47,11 @@ export type StatusApi = {
 /** Longest prefix a ListKeys request may carry (keys are at most 6 + 1 + 128 characters). */
 const maxPrefixLength = 256;
 
+/** Packages a KnownFacts call reads at once: each read lists KV keys, and a thousand at once would flood NATS. */
+const knownFactsConcurrency = 16;
+
 export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi> {
-  const { readModel, queue } = opts;
+  const { readModel, queue, releases, advisories } = opts;
   const onError = opts.onError ?? ((err, method) => console.error(`status-api: ${method} failed:`, err));
 
   const fail = (callback: (e: Partial<grpc.StatusObject>) => void, method: string, err: unknown): void => {
@@ -140,11 +150,24 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
         (err: unknown) => fail(callback, "RetryDeadLetter", err),
       );
     },
+
+    KnownFacts(call, callback) {
+      const parsed = parseKnownFactsRequest(call.request);
+      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
+      mapBounded(parsed.packages, knownFactsConcurrency, async (name) => {
+        const [known, stored] = await Promise.all([releases.list(name), advisories.list(name)]);
+        return toProtoPackageFacts(name, known, stored);
+      }).then(
+        (packages) => callback(null, { packages }),
+        (err: unknown) => fail(callback, "KnownFacts", err),
+      );
+    },
   };
 
   const server = new grpc.Server({
-    // Requests are tiny; nothing legitimate needs more.
-    "grpc.max_receive_message_length": 64 * 1024,
+    // Requests are small; the largest legitimate one, a KnownFacts of 1000 names of 128
+    // characters, is about 131 KiB.
+    "grpc.max_receive_message_length": 256 * 1024,
   });
   server.addService(statusServiceDefinition, handlers);
   const health = new HealthImplementation({ "": "SERVING", [statusServiceName]: "SERVING" });
@@ -191,4 +214,18 @@ function decodePageToken(token: string): string | undefined {
   if (!/^[A-Za-z0-9_-]{1,256}$/.test(token)) return undefined;
   const lastKey = Buffer.from(token, "base64url").toString("utf8");
   return "key" in parseKeyArg(lastKey) ? lastKey : undefined;
+}
+
+/** `fn` over `items` with at most `limit` calls running at once; results in the order of `items`. */
+async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }
