@@ -19,10 +19,14 @@
  *
  * git runs with no system or global configuration, no prompts, only the file/http/https
  * protocols, a HOME inside the scratch repository, a time limit, and `--` before the URL.
- * Only the pinned commit is fetched (`--depth=1`); the exported tar is size-limited by the
- * store, and unpacked with the same checks as any archive.
+ * Only the pinned commit is fetched (`--depth=1`), and the fetch is stopped once the scratch
+ * repository grows past the source size limit (a hostile server can send any amount of pack
+ * data, and git has no limit of its own); the exported tar is size-limited by the store, and
+ * unpacked with the same checks as any archive.
  */
 import { spawn } from "node:child_process";
+import { readdir, stat } from "node:fs/promises";
+import path from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { BuildFailure } from "./errors.ts";
 
@@ -84,16 +88,53 @@ function git(args: string[], scratch: string, signal: AbortSignal): Promise<stri
 /** git itself refused (unknown commit, unreachable repository): final for these inputs. */
 class GitError extends Error {}
 
+/** Bytes of the files under `dir` (a file vanishing meanwhile, as git's temporary ones do, counts 0). */
+async function treeBytes(dir: string): Promise<number> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  const sizes = await Promise.all(entries.filter((e) => e.isFile()).map((e) => stat(path.join(e.parentPath, e.name)).then((st) => st.size, () => 0)));
+  return sizes.reduce((a, b) => a + b, 0);
+}
+
+/** How often a running fetch's size is looked at. */
+const FETCH_SIZE_POLL_MS = 100;
+
 /**
- * Fetches exactly `src.commit` into the bare scratch repository `scratch` (an empty directory)
- * and returns the `git archive` tar stream of its tree. The caller consumes the stream (hashing
- * and limiting it) and must wait for `done`, which rejects if git failed.
+ * Runs `git fetch` of the pinned commit, stopping it (and failing the build) once the scratch
+ * repository holds more than `maxBytes`; checked while git runs and once more when it is done.
  */
-export async function exportGitTree(src: GitSource, scratch: string, signal: AbortSignal): Promise<{ tar: Readable; done: Promise<void> }> {
+async function fetchBounded(src: GitSource, scratch: string, signal: AbortSignal, maxBytes: number): Promise<void> {
+  const tooBig = new AbortController();
+  let grown: number | undefined;
+  const check = async () => {
+    const bytes = await treeBytes(scratch).catch(() => 0);
+    if (bytes > maxBytes && grown === undefined) {
+      grown = bytes;
+      tooBig.abort();
+    }
+  };
+  const poll = setInterval(() => void check(), FETCH_SIZE_POLL_MS);
+  try {
+    await git(["fetch", "--quiet", "--depth=1", "--no-tags", "--", src.transport.href, src.commit], scratch, AbortSignal.any([signal, tooBig.signal]));
+  } catch (e) {
+    if (grown === undefined) throw e;
+  } finally {
+    clearInterval(poll);
+  }
+  await check();
+  if (grown !== undefined) throw new GitError(`the fetch grew past ${maxBytes} bytes (${grown} so far; HOMEOSTAT_MAX_SOURCE_BYTES) and was stopped`);
+}
+
+/**
+ * Fetches exactly `src.commit` into the bare scratch repository `scratch` (an empty directory),
+ * at most `maxFetchBytes` of it, and returns the `git archive` tar stream of its tree. The
+ * caller consumes the stream (hashing and limiting it) and must wait for `done`, which rejects
+ * if git failed.
+ */
+export async function exportGitTree(src: GitSource, scratch: string, signal: AbortSignal, maxFetchBytes: number): Promise<{ tar: Readable; done: Promise<void> }> {
   const label = `${src.transport.href}#${src.commit}`;
   try {
     await git(["init", "--quiet", "--bare", `--object-format=${src.commit.length === 64 ? "sha256" : "sha1"}`, "."], scratch, signal);
-    await git(["fetch", "--quiet", "--depth=1", "--no-tags", "--", src.transport.href, src.commit], scratch, signal);
+    await fetchBounded(src, scratch, signal, maxFetchBytes);
     const resolved = (await git(["rev-parse", "--verify", "--end-of-options", `${src.commit}^{commit}`], scratch, signal)).trim();
     if (resolved !== src.commit) throw new GitError(`${src.commit} resolves to ${resolved}`);
   } catch (e) {

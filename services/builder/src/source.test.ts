@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
@@ -318,6 +318,25 @@ test("git source pinned to a commit: that commit's tree (not the branch tip), sh
   // Once verified, the source comes from the store: git is not needed any more.
   await rm(repo.dir, { recursive: true });
   assert.deepEqual(await fetchSource({ url, sha256: repo.firstSha }, store, opts), s);
+});
+
+test("a git fetch that grows past the source size limit is stopped; nothing is stored or left behind", async () => {
+  const dir = path.join(tmp, "repo-big");
+  await mkdir(dir, { recursive: true });
+  execFileSync("git", ["init", "-q", dir]);
+  // Random bytes do not compress: the pack is as large as the file.
+  await writeFile(path.join(dir, "blob.bin"), randomBytes(2 << 20));
+  execFileSync("git", ["-C", dir, "add", "."]);
+  execFileSync("git", ["-C", dir, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "big"]);
+  const commit = execFileSync("git", ["-C", dir, "rev-parse", "HEAD"], { encoding: "utf8" }).trim();
+  const store = new ArtifactStore(path.join(tmp, "git-big"));
+  const url = `git+${pathToFileURL(dir).href}#${commit}`;
+  await assert.rejects(
+    fetchSource({ url, sha256: "0".repeat(64) }, store, { baseDir: tmp, maxBytes: 512 << 10 }),
+    (e: unknown) => e instanceof BuildFailure && /the fetch grew past 524288 bytes .*HOMEOSTAT_MAX_SOURCE_BYTES/.test(e.message),
+  );
+  assert.deepEqual(await blobs(store), []);
+  assert.deepEqual(await readdir(path.join(store.root, "tmp")), []);
 });
 
 test("git sources: unpinned, malformed, unknown commits and foreign transports are BuildFailures", async () => {

@@ -160,7 +160,7 @@ async function fetchGitSource(source: Source, store: ArtifactStore, opts: FetchO
   await mkdir(path.join(store.root, "tmp"), { recursive: true });
   const scratch = await mkdtemp(path.join(store.root, "tmp", "git-"));
   try {
-    const { tar: body, done } = await exportGitTree(src, scratch, timeoutSignal(opts));
+    const { tar: body, done } = await exportGitTree(src, scratch, timeoutSignal(opts), opts.maxBytes);
     const stored = await storeVerified(source, `source ${source.url}`, body, store, opts).catch(async (e: unknown) => {
       // When git failed, its error says more than the digest of a truncated export.
       await done;
