@@ -169,7 +169,7 @@ export type SignRequest = z.infer<typeof signRequestSchema>;
  * The version of the build behaviour. Part of every input digest: changing how the builder
  * turns inputs into bytes must bump it, so that every key is rebuilt once.
  */
-export const BUILDER_VERSION = "homeostat-builder/0.1.0";
+export const BUILDER_VERSION = "homeostat-builder/0.2.0";
 
 export class ContractError extends Error {}
 

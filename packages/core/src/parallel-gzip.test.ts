@@ -1,0 +1,72 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { Readable } from "node:stream";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { BLOCK_BYTES, ParallelGzip } from "./parallel-gzip.ts";
+
+const zlib = { level: 6, memLevel: 8 } as const;
+
+/** Compressible, not trivially so: words from a small vocabulary, with some noise. */
+function sample(bytes: number, seed = 1): Buffer {
+  let x = seed;
+  const rand = () => ((x = (x * 1103515245 + 12345) % 2 ** 31), x / 2 ** 31);
+  const words = Array.from({ length: 300 }, (_, i) => `w${i.toString(36)}${"xyz".slice(0, i % 4)}`);
+  const b = Buffer.alloc(bytes);
+  let i = 0;
+  while (i < bytes) {
+    const w = rand() < 0.05 ? String.fromCharCode(33 + Math.floor(rand() * 90)) : words[Math.floor(rand() * words.length)]!;
+    i += b.write(`${w} `, i);
+  }
+  return b;
+}
+
+/** Gzips `input` written in chunks of the given sizes (cycled), with `inFlight` blocks at once. */
+async function gzip(input: Buffer, chunkSizes: number[], inFlight: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for (let at = 0, i = 0; at < input.length; i++) {
+    const n = chunkSizes[i % chunkSizes.length]!;
+    chunks.push(input.subarray(at, at + n));
+    at += n;
+  }
+  const out: Buffer[] = [];
+  const z = new ParallelGzip({ zlib, inFlight });
+  const done = new Promise<void>((resolve, reject) => z.on("end", resolve).on("error", reject));
+  z.on("data", (b: Buffer) => out.push(b));
+  Readable.from(chunks).pipe(z);
+  await done;
+  return Buffer.concat(out);
+}
+
+test("any gunzip reads it back exactly, at every size around the block boundaries", async () => {
+  for (const size of [0, 1, 1000, BLOCK_BYTES - 1, BLOCK_BYTES, BLOCK_BYTES + 1, Math.floor(3.5 * BLOCK_BYTES)]) {
+    const input = sample(size, size + 1);
+    const gz = await gzip(input, [64 * 1024], 3);
+    assert.deepEqual(gz.subarray(0, 10), Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]), "header: no mtime, no name, Unix");
+    assert.ok(gunzipSync(gz).equals(input), `node's gunzip, ${size} bytes`);
+    assert.ok(execFileSync("gzip", ["-dc"], { input: gz, maxBuffer: 64 << 20 }).equals(input), `GNU gzip, ${size} bytes`);
+  }
+});
+
+test("the bytes depend only on the input: not on how it was written, nor on how many blocks run at once", async () => {
+  const input = sample(Math.floor(2.7 * BLOCK_BYTES), 7);
+  const reference = await gzip(input, [BLOCK_BYTES], 1);
+  assert.ok((await gzip(input, [7, 512, 100_000, 3], 4)).equals(reference), "odd write sizes, 4 in flight");
+  assert.ok((await gzip(input, [3 * BLOCK_BYTES], 2)).equals(reference), "one write, 2 in flight");
+  assert.ok((await gzip(Buffer.from(input), [65_536], 8)).equals(reference), "a copy of the input, 8 in flight");
+});
+
+test("blocks reach back into the previous one: the ratio stays within 1 % of one deflate stream", async () => {
+  const input = sample(4 * BLOCK_BYTES, 3);
+  const parallel = await gzip(input, [65_536], 4);
+  const single = gzipSync(input, zlib);
+  assert.ok(parallel.length <= single.length * 1.01, `${parallel.length} bytes against ${single.length}`);
+});
+
+test("a block that fails to compress fails the stream", async () => {
+  const z = new ParallelGzip({ zlib: { level: 42 }, inFlight: 2 });
+  const failed = new Promise<Error>((resolve) => z.on("error", resolve));
+  z.on("data", () => {});
+  z.end(sample(BLOCK_BYTES + 10));
+  assert.match((await failed).message, /level/i);
+});
