@@ -7,8 +7,9 @@
  * (state.ts), so serving them never touches JetStream. The queue RPCs go to the WorkQueue, the
  * same library every worker uses, so an enqueue here obeys exactly the merge rules of any
  * other. KnownFacts reads the release and advisory stores the reconciler reads, so a plan
- * made with its answer decides with the reconciler's facts. Every request is validated here and every failure becomes a gRPC status with a
- * message; nothing a client sends can take the server down.
+ * made with its answer decides with the reconciler's facts. Every request is validated here
+ * and every failure becomes a gRPC status with a message; nothing a client sends can take the
+ * server down.
  */
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import {
