@@ -20,6 +20,7 @@ import { canonicalJson, sha256Digest, sha256Hex, type Digest } from "./digest.ts
 import { DependencyGraph, type Impact } from "./graph.ts";
 import { makeKey, nameSchema, type Key } from "./key.ts";
 import { compilePolicy, versionPolicySchema, type CompiledPolicy } from "./policy.ts";
+import { mapLimit } from "./map-limit.ts";
 
 const versionSchema = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9.+_~-]*$/, "letters, digits and . + _ ~ - only");
 const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lower-case hex characters");
@@ -410,19 +411,6 @@ async function yamlFiles(dir: string, sub: string): Promise<string[]> {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
   }
-}
-
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
 }
 
 function parseSpec<S extends z.ZodType>(file: string, text: string, schema: S): { spec?: z.infer<S>; problems: string[] } {

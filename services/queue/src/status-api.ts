@@ -18,6 +18,7 @@ import {
 } from "@homeostat/core/grpc";
 import type { AdvisoryStore } from "@homeostat/core/advisory-store";
 import type { ReleaseStore } from "@homeostat/core/releases";
+import { mapLimit } from "@homeostat/core/map-limit";
 import type { StatusReadModel } from "@homeostat/core/state";
 import type { WorkQueue } from "@homeostat/core/workqueue";
 
@@ -155,7 +156,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     KnownFacts(call, callback) {
       const parsed = parseKnownFactsRequest(call.request);
       if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      mapBounded(parsed.packages, knownFactsConcurrency, async (name) => {
+      mapLimit(parsed.packages, knownFactsConcurrency, async (name) => {
         const [known, stored] = await Promise.all([releases.list(name), advisories.list(name)]);
         return toProtoPackageFacts(name, known, stored);
       }).then(
@@ -217,16 +218,3 @@ function decodePageToken(token: string): string | undefined {
   return "key" in parseKeyArg(lastKey) ? lastKey : undefined;
 }
 
-/** `fn` over `items` with at most `limit` calls running at once; results in the order of `items`. */
-async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}
