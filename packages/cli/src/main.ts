@@ -21,6 +21,7 @@ import {
   maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize, parseKeyArg, retryDeadLetter, statusClient, whyKey, type DeadLetterEntry, type StatusServiceClient,
 } from "@homeostat/core/grpc";
 import { makeKey } from "@homeostat/core/key";
+import { mapLimit } from "@homeostat/core/map-limit";
 import type { Osv } from "@homeostat/core/osv";
 import type { KeyStatus } from "@homeostat/core/status";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/core/workqueue";
@@ -156,10 +157,10 @@ async function liveFacts(client: StatusServiceClient, names: string[]): Promise<
   for (let i = 0; i < names.length; i += maxKnownFactsPackages) {
     for (const f of await knownFacts(client, names.slice(i, i + maxKnownFactsPackages))) live.set(f.package, { releases: f.releases, advisories: f.advisories });
   }
-  await Promise.all(names.map(async (name) => {
+  await mapLimit(names, 16, async (name) => {
     const built = await builtVersion(client, name);
     if (built !== undefined) live.get(name)!.built = built;
-  }));
+  });
   return live;
 }
 
