@@ -6,7 +6,7 @@
  * KiB of text-like content, in nested directories) and a few large ones (half text, half
  * incompressible bytes), the shape of a real package tree.
  *
- * - Homeostat: `writeTarGzFromDirectory` from packages/core/src/tar.ts, the builder's layer
+ * - Homeostat: `writeTarGzFromDirectory` from services/builder/src/tar.ts, the builder's layer
  *   path: sorted entries, fixed mtimes and owners, streamed with back-pressure, gzip at the
  *   shipped level (GZIP_OPTIONS, level 6) in parallel 1 MiB blocks (parallel-gzip.ts), plus the
  *   sha256 of every file, of the tar and of the gzip stream in the same pass. Output to /dev/null.
@@ -26,7 +26,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { GZIP_OPTIONS, writeTarGzFromDirectory } from "../packages/core/src/tar.ts";
+import { GZIP_OPTIONS, writeTarGzFromDirectory } from "../services/builder/src/tar.ts";
 
 const args = new Map<string, string>();
 for (const a of process.argv.slice(2)) {

@@ -18,9 +18,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { Catalog, diffCatalogs, loadCatalog } from "../packages/core/src/catalog.ts";
-import { DependencyGraph } from "../packages/core/src/graph.ts";
-import { makeKey } from "../packages/core/src/key.ts";
+import { Catalog, DependencyGraph, diffCatalogs, loadCatalog } from "@homeostat/catalog";
+import { makeKey } from "@homeostat/core/key";
 import { BASE_PACKAGES, generateCatalog } from "../scripts/gen-catalog.ts";
 
 const TARGET_LOAD_S = 10;

@@ -52,10 +52,8 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Queue, Worker, type Job } from "bullmq";
 import { Redis } from "ioredis";
-import {
-  bucketNames, connectNats, done, ensureTopology, keyToken, loadConfig, stages, WorkQueue, workQueueOptions,
-  type Config, type Key, type Logger, type Nats,
-} from "../packages/core/src/index.ts";
+import { bucketNames, connectNats, ensureTopology, keyToken, loadConfig, stages, type Config, type Key, type Logger, type Nats } from "@homeostat/core";
+import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { table } from "./table.ts";
 
 const ENQUEUES = 50_000;

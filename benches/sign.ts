@@ -24,7 +24,7 @@ import { execFile } from "node:child_process";
 import { generateKeyPairSync, createPublicKey, verify as cryptoVerify } from "node:crypto";
 import os from "node:os";
 import { performance } from "node:perf_hooks";
-import { signerFromPrivateKeyPem, type Signer } from "../services/signer/src/keys.ts";
+import { type Signer, signerFromPrivateKeyPem } from "@homeostat/attest";
 import { table } from "./table.ts";
 
 const MAX_SIGNATURES = 2_000_000;

@@ -11,7 +11,7 @@
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { listKeyStatuses, statusClient } from "@homeostat/core/grpc";
+import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import type { KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, startLocalServers, waitFor, type LocalServers } from "./factory.ts";
 
@@ -67,7 +67,7 @@ const progress = (items: KeyStatus[]) => {
 
 try {
   say("▸ building and signing the sample catalog");
-  const expected = (await import("@homeostat/core")).loadCatalog(path.join(repoRoot, "examples", "catalog")).then((c) => c.keys().length);
+  const expected = (await import("@homeostat/catalog")).loadCatalog(path.join(repoRoot, "examples", "catalog")).then((c) => c.keys().length);
   const total = await expected;
   const initial = await waitFor("the sample catalog to converge", async () => {
     const items = await list();

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { loadCatalog } from "../packages/core/src/catalog.ts";
+import { loadCatalog } from "@homeostat/catalog";
 import { BASE_PACKAGES, generateCatalog } from "./gen-catalog.ts";
 
 test("the generated catalog loads, is reproducible and has the realistic shape", async (t) => {

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { getKeyStatus, listKeyStatuses, statusClient } from "@homeostat/core/grpc";
+import { getKeyStatus, listKeyStatuses, statusClient } from "@homeostat/status-api";
 import type { KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";

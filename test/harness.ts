@@ -8,7 +8,8 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { advisoryBucket, bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, stages, type Buckets, type Config, type Nats } from "@homeostat/core";
+import { advisoryBucket } from "@homeostat/catalog";
+import { bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, stages, type Buckets, type Config, type Nats } from "@homeostat/core";
 
 export const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";

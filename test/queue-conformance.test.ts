@@ -9,10 +9,8 @@ import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import path from "node:path";
-import {
-  done, doneWith, exponentialBackoff, nonRetriable, notBefore, requeueAfter, WorkQueue, workItemSchema,
-  type Key, type Logger, type Priority, type QueueRequest, type Reconcile, type ReconcileResult, type WorkItem, type WorkQueueOptions,
-} from "@homeostat/core";
+import { done, doneWith, nonRetriable, notBefore, type QueueRequest, type Reconcile, type ReconcileResult, requeueAfter, WorkQueue, type WorkQueueOptions } from "@homeostat/workqueue";
+import { exponentialBackoff, workItemSchema, type Key, type Logger, type Priority, type WorkItem } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 

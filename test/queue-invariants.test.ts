@@ -13,7 +13,8 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { WorkQueue, exponentialBackoff, priorities, type Key, type Logger } from "@homeostat/core";
+import { WorkQueue } from "@homeostat/workqueue";
+import { exponentialBackoff, priorities, type Key, type Logger } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 

@@ -7,7 +7,8 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { metrics } from "@opentelemetry/api";
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type MetricData } from "@opentelemetry/sdk-metrics";
-import { done, exponentialBackoff, nonRetriable, WorkQueue, type Key, type Logger } from "@homeostat/core";
+import { done, nonRetriable, WorkQueue } from "@homeostat/workqueue";
+import { exponentialBackoff, type Key, type Logger } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 

@@ -13,21 +13,15 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
-import { CatalogSource, parseCatalogLocation } from "@homeostat/core/catalog-source";
+import { CatalogSource, type Osv, parseCatalogLocation } from "@homeostat/catalog";
 import { loadConfig } from "@homeostat/core/config";
 import { priorities, prioritySchema } from "@homeostat/core/contracts";
-import {
-  ContractViolation, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, maxDeadLetterLimit,
-  maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize, parseKeyArg, retryDeadLetter, statusClient, whyKey, type DeadLetterEntry, type StatusServiceClient,
-} from "@homeostat/core/grpc";
+import { ContractViolation, type DeadLetterEntry, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize, parseKeyArg, retryDeadLetter, statusClient, type StatusServiceClient, whyKey } from "@homeostat/status-api";
 import { makeKey } from "@homeostat/core/key";
 import { mapLimit } from "@homeostat/core/map-limit";
-import type { Osv } from "@homeostat/core/osv";
 import type { KeyStatus } from "@homeostat/core/status";
-import type { EnqueueOutcome, QueueStats } from "@homeostat/core/workqueue";
-import { CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/signer/attestation";
-import { readTrustedKeys, SigningKeyError } from "@homeostat/signer/keys";
-import { VerificationError, verifyTarget, type ImageVerification } from "@homeostat/signer/verify";
+import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
+import { CYCLONEDX_PREDICATE_TYPE, type ImageVerification, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } from "@homeostat/attest";
 import { formatPlan, namedPackages, parseAdvisoryFile, parseReleaseArg, plan, type LivePackage, type PlanRelease } from "./plan.ts";
 
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;

@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadCatalog } from "@homeostat/core";
+import { loadCatalog } from "@homeostat/catalog";
 import { parseAdvisoryFile, plan, type LivePackage } from "./plan.ts";
 
 const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));

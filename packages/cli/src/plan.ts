@@ -11,8 +11,9 @@
  * id, as a newer revision would), and measures each change from the version the factory has
  * built, where it has built one.
  */
-import { advisoryPackageNames, decideVersion, makeKey, osvSchema, type Catalog, type Key, type Osv } from "@homeostat/core";
-import type { PackageFacts } from "@homeostat/core/grpc";
+import { advisoryPackageNames, type Catalog, decideVersion, type Osv, osvSchema } from "@homeostat/catalog";
+import { makeKey, type Key } from "@homeostat/core";
+import type { PackageFacts } from "@homeostat/status-api";
 
 export type PlanRelease = { package: string; version: string };
 

@@ -1,24 +1,15 @@
-/** @homeostat/core: what the five services share, one module per concept. */
-export * from "./catalog.ts";
-export * from "./catalog-source.ts";
+/** @homeostat/core: what every service shares, one module per concept (see ../README.md). */
 export * from "./config.ts";
 export * from "./contracts.ts";
 export * from "./digest.ts";
-export * from "./graph.ts";
+export * from "./events.ts";
 export * from "./jetstream-pipe.ts";
 export * from "./key.ts";
 export * from "./log.ts";
+export * from "./map-limit.ts";
 export * from "./messaging.ts";
-export * from "./policy.ts";
-export * from "./releases.ts";
 export * from "./service.ts";
 export * from "./state.ts";
 export * from "./status.ts";
 export * from "./telemetry.ts";
 export * from "./topology.ts";
-export * from "./version.ts";
-export * from "./workqueue.ts";
-export * from "./events.ts";
-export * from "./osv.ts";
-export * from "./advisory-store.ts";
-export * from "./decision.ts";

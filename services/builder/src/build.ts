@@ -13,39 +13,15 @@
  */
 import type { BuildOutputs, BuildRequest } from "@homeostat/core/contracts";
 import { BuildCache } from "./cache.ts";
+import type { BuildContext } from "./context.ts";
 import { buildImage } from "./image-build.ts";
-import type { Isolation } from "./isolation.ts";
 import { buildPackage } from "./package-build.ts";
-import type { UnpackLimits } from "./source.ts";
 
+export type { BuildContext } from "./context.ts";
 export { BuildFailure, MissingArtifactError } from "./errors.ts";
 /** The version of the build behaviour (part of every input digest); defined in core/contracts. */
 export { BUILDER_VERSION } from "@homeostat/core/contracts";
 
-export type BuildContext = {
-  /** Root of the builder's data: `store/` (artifacts), `oci/` (image layouts), `work/` (workspaces). */
-  dataDir: string;
-  /** Time limit of all of a package's steps together. */
-  timeoutMs: number;
-  /** Largest source archive accepted. */
-  maxSourceBytes: number;
-  /** Limits on what a source or dependency archive may unpack to. */
-  unpackLimits: UnpackLimits;
-  /** How steps are sandboxed (isolation.ts `resolveIsolation`, once per process). */
-  isolation: Isolation;
-  /** Directory relative source paths are resolved against (the catalog directory). */
-  sourceBaseDir: string;
-  /** Receives progress and build output lines. */
-  log?: (line: string) => void;
-  /** Where workspaces are created. Default `<dataDir>/work`. */
-  workRoot?: string;
-  /** Allow http(s) sources on hosts other than loopback. Default false. */
-  allowRemoteSources?: boolean;
-  /** Aborting kills a running step; the build rejects with the signal's reason (retriable). */
-  signal?: AbortSignal;
-  /** Keep the workspace after the build (debugging). Default false. */
-  keepWorkspace?: boolean;
-};
 
 /** Builds `req` now, uncached. */
 export async function build(req: BuildRequest, ctx: BuildContext): Promise<BuildOutputs> {

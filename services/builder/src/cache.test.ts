@@ -12,7 +12,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import type { ImageBuildRequest, PackageBuildRequest } from "@homeostat/core/contracts";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
-import { OciLayout } from "@homeostat/core/oci";
+import { OciLayout } from "@homeostat/attest";
 import { Builder, type BuildContext } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 

@@ -15,7 +15,7 @@ import { mkdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { buildOutputsSchema, type BuildOutputs, type BuildRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
-import { OciLayout } from "@homeostat/core/oci";
+import { OciLayout } from "@homeostat/attest";
 import { ArtifactStore, hexOfDigest } from "./store.ts";
 
 type CacheRecord = { v: 1; key: string; kind: "package" | "image"; inputDigest: string; outputs: BuildOutputs };

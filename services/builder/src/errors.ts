@@ -3,7 +3,8 @@
  * timed-out step, a malformed archive): retrying cannot help, so the key is marked Failed.
  * Any other error (network, disk, a missing artifact that may come back) is retriable.
  */
-import type { StepLog } from "./pipeline.ts";
+/** The captured output of one step. */
+export type StepLog = { step: string; log: string; exitCode: number | null; durationMs: number };
 
 export class BuildFailure extends Error {
   override name = "BuildFailure";

@@ -22,10 +22,10 @@
 import path from "node:path";
 import { type BuildOutputs, type ImageBuildRequest } from "@homeostat/core/contracts";
 import { byteOrder, sortedRecord, type Digest } from "@homeostat/core/digest";
-import { manifestBytes, mediaTypes, OciLayout, type Descriptor } from "@homeostat/core/oci";
-import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "@homeostat/core/provenance";
-import { imageSbom, SBOM_MEDIA_TYPE } from "@homeostat/core/sbom";
-import type { BuildContext } from "./build.ts";
+import { type Descriptor, manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
+import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "./provenance.ts";
+import { imageSbom, SBOM_MEDIA_TYPE } from "./sbom.ts";
+import type { BuildContext } from "./context.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
 import { ArtifactStore } from "./store.ts";
 

@@ -13,7 +13,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import type { BuildOutputs, PackageBuildRequest } from "@homeostat/core/contracts";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
-import type { PackageExternalParameters, SlsaProvenance } from "@homeostat/core/provenance";
+import type { PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
 import { build, BuildFailure, type BuildContext } from "./build.ts";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";

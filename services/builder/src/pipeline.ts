@@ -14,7 +14,9 @@
  */
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { BuildFailure } from "./errors.ts";
+import { BuildFailure, type StepLog } from "./errors.ts";
+
+export type { StepLog };
 import { isolatedCommand, type Isolation } from "./isolation.ts";
 
 export type Workspace = {
@@ -67,8 +69,6 @@ export type RunStepsOptions = {
   killGraceMs?: number;
 };
 
-/** The captured output of one step. */
-export type StepLog = { step: string; log: string; exitCode: number | null; durationMs: number };
 
 export type RunStepsResult = { steps: StepLog[]; durationMs: number };
 

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { EventLedger, eventId, makeKey, type EventRecord } from "@homeostat/core";
 import { Acceptor, pipedLedger, type IncomingEvent } from "./accept.ts";
 import { JetStreamPipe, JetStreamPipeError } from "@homeostat/core";
-import { ingestTestEnv, type IngestTestEnv } from "./test-env.ts";
+import { ingestTestEnv, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 let pipe: JetStreamPipe;

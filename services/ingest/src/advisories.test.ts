@@ -11,7 +11,7 @@ import path from "node:path";
 import { createLogger } from "@homeostat/core";
 import { ingestAdvisories } from "./advisories.ts";
 import { OsvPoller } from "./osv-poller.ts";
-import { ingestTestEnv, PLAIN_PACKAGES, TOKEN, type IngestTestEnv } from "./test-env.ts";
+import { ingestTestEnv, PLAIN_PACKAGES, TOKEN, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 before(async () => void (env = await ingestTestEnv()));

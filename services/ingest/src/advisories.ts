@@ -14,7 +14,8 @@
  * enqueued: one bad document refuses the batch, naming it.
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { advisoryPackageNames, makeKey, osvSchema, type AdvisoryStore, type Catalog, type Osv } from "@homeostat/core";
+import { advisoryPackageNames, type AdvisoryStore, type Catalog, type Osv, osvSchema } from "@homeostat/catalog";
+import { makeKey } from "@homeostat/core";
 import type { Accepted, Acceptor } from "./accept.ts";
 import type { BearerAuth } from "./auth.ts";
 import { Problem, type FieldError } from "./problem.ts";

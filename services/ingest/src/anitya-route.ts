@@ -10,7 +10,8 @@
  * enqueues nothing.
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { makeKey, type Catalog } from "@homeostat/core";
+import { makeKey } from "@homeostat/core";
+import type { Catalog } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import type { BearerAuth } from "./auth.ts";
 

@@ -10,9 +10,10 @@ import { randomUUID } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { advisoryBucket, eventLedgerNames } from "@homeostat/core";
+import { advisoryBucket } from "@homeostat/catalog";
+import { eventLedgerNames } from "@homeostat/core";
 import { testEnv } from "../../../test/harness.ts";
-import { SECRET, sign } from "./test-env.ts";
+import { SECRET, sign } from "../../../test/fixtures/ingest-env.ts";
 
 const freePort = () =>
   new Promise<number>((resolve) => {

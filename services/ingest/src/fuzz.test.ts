@@ -6,7 +6,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { ingestTestEnv, sign, TOKEN, type IngestTestEnv } from "./test-env.ts";
+import { ingestTestEnv, sign, TOKEN, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 before(async () => void (env = await ingestTestEnv()));

@@ -11,7 +11,8 @@
  * Idempotency is by X-GitHub-Delivery: a redelivery (GitHub's "Redeliver") enqueues nothing.
  */
 import type { FastifyPluginAsync } from "fastify";
-import { makeKey, type Catalog } from "@homeostat/core";
+import { makeKey } from "@homeostat/core";
+import type { Catalog } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import { verifyGithubSignature } from "./auth.ts";
 import { Problem } from "./problem.ts";

@@ -6,7 +6,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { ingestTestEnv, sign, type IngestTestEnv } from "./test-env.ts";
+import { ingestTestEnv, sign, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 type Example = { name: string; examples: Array<Record<string, unknown> & { action?: string; release?: { prerelease: boolean; draft: boolean } }> };
 const examples = createRequire(import.meta.url)("@octokit/webhooks-examples/api.github.com/index.json") as Example[];

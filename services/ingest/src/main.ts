@@ -1,7 +1,8 @@
 /** ingest: HTTP events in, recorded in the events stream (which the queue admits keys from), the OSV poller and the periodic resync; HOMEOSTAT_INGEST_WORKERS > 1: cluster mode (cluster.ts). */
 import cluster from "node:cluster";
 import path from "node:path";
-import { AdvisoryStore, CatalogSource, errorMessage, EventLedger, parseCatalogLocation, publish, ReleaseStore, runService } from "@homeostat/core";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { errorMessage, EventLedger, publish, runService } from "@homeostat/core";
 import { Acceptor, pipedLedger } from "./accept.ts";
 import { ingestWorkers, perWorker, runsBackgroundLoops, superviseWorkers } from "./cluster.ts";
 import { JetStreamPipe } from "@homeostat/core";

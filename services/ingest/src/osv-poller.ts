@@ -16,7 +16,8 @@ import { setTimeout as delay } from "node:timers/promises";
 import { createHash } from "node:crypto";
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
-import { errorMessage, osvSchema, type Logger, type Nats, type Osv } from "@homeostat/core";
+import { errorMessage, type Logger, type Nats } from "@homeostat/core";
+import { type Osv, osvSchema } from "@homeostat/catalog";
 
 const CHUNK = 500;
 const MAX_FILES = 500_000;

@@ -5,7 +5,8 @@
  * the same version with another source is refused (a release is immutable).
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { makeKey, ReleaseConflictError, type Catalog, type ReleaseStore } from "@homeostat/core";
+import { makeKey } from "@homeostat/core";
+import { type Catalog, ReleaseConflictError, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import type { BearerAuth } from "./auth.ts";
 import { Problem } from "./problem.ts";

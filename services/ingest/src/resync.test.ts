@@ -6,7 +6,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createLogger, makeKey, publish, type EnqueueRequest } from "@homeostat/core";
 import { runResync } from "./resync.ts";
-import { ingestTestEnv, type IngestTestEnv } from "./test-env.ts";
+import { ingestTestEnv, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 before(async () => void (env = await ingestTestEnv()));

@@ -4,8 +4,8 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { ReleaseStore } from "@homeostat/core";
-import { ingestTestEnv, TOKEN, type IngestTestEnv } from "./test-env.ts";
+import { ReleaseStore } from "@homeostat/catalog";
+import { ingestTestEnv, TOKEN, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 before(async () => void (env = await ingestTestEnv()));

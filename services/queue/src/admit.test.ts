@@ -6,7 +6,8 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { EventLedger, eventId, workItemSchema, WorkQueue, workQueueOptions, type EventRecord, type Key, type Logger } from "@homeostat/core";
+import { EventLedger, eventId, workItemSchema, type EventRecord, type Key, type Logger } from "@homeostat/core";
+import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { runEventAdmission, type AdmissionCounts } from "./admit.ts";

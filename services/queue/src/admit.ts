@@ -9,7 +9,8 @@
  * - the intake stream, for the other producers (ingest's resync, the signer), where repeated
  *   deliveries of one request are dropped by Nats-Msg-Id.
  */
-import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EnqueueOutcome, type EventLedger, type Logger, type Nats, type WorkQueue } from "@homeostat/core";
+import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EventLedger, type Logger, type Nats } from "@homeostat/core";
+import type { EnqueueOutcome, WorkQueue } from "@homeostat/workqueue";
 
 export type AdmissionCounts = Record<EnqueueOutcome, number>;
 

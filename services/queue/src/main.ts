@@ -5,9 +5,10 @@
  * gRPC status and queue APIs (and, from the release and advisory stores, the known facts).
  */
 import { Redis } from "ioredis";
-import {
-  AdvisoryStore, errorMessage, EventLedger, projectStatusToRedis, ReleaseStore, runService, StatusReadModel, WorkQueue, workQueueOptions,
-} from "@homeostat/core";
+import { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
+import { errorMessage, EventLedger, runService } from "@homeostat/core";
+import { projectStatusToRedis, StatusReadModel } from "./read-model.ts";
+import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 

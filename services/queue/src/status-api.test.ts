@@ -9,12 +9,11 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { service as healthService } from "grpc-health-check";
-import { AdvisoryStore, connectNats, done, nonRetriable, ReleaseStore, WorkQueue, workQueueOptions, type Logger, type Osv } from "@homeostat/core";
-import {
-  enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, statusServiceName,
-  type StatusServiceClient,
-} from "@homeostat/core/grpc";
-import { StatusReadModel } from "@homeostat/core/state";
+import { AdvisoryStore, type Osv, ReleaseStore } from "@homeostat/catalog";
+import { connectNats, type Logger } from "@homeostat/core";
+import { done, nonRetriable, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
+import { enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, type StatusServiceClient, statusServiceName } from "@homeostat/status-api";
+import { StatusReadModel } from "./read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { Topology } from "@homeostat/core/topology";
 import { waitFor } from "../../../scripts/factory.ts";

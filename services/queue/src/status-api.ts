@@ -12,15 +12,11 @@
  * server down.
  */
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
-import {
-  grpc, statusServiceDefinition, statusServiceName, toProtoStatus, parseKeyArg, causalChain, defaultPageSize, maxPageSize, fromProtoEnqueue, toProtoQueueStats,
-  toProtoDeadLetter, defaultDeadLetterLimit, maxDeadLetterLimit, parseKnownFactsRequest, toProtoPackageFacts, type StatusServiceHandlers,
-} from "@homeostat/core/grpc";
-import type { AdvisoryStore } from "@homeostat/core/advisory-store";
-import type { ReleaseStore } from "@homeostat/core/releases";
+import { causalChain, defaultDeadLetterLimit, defaultPageSize, fromProtoEnqueue, grpc, maxDeadLetterLimit, maxPageSize, parseKeyArg, parseKnownFactsRequest, statusServiceDefinition, type StatusServiceHandlers, statusServiceName, toProtoDeadLetter, toProtoPackageFacts, toProtoQueueStats, toProtoStatus } from "@homeostat/status-api";
+import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
-import type { StatusReadModel } from "@homeostat/core/state";
-import type { WorkQueue } from "@homeostat/core/workqueue";
+import type { StatusReadModel } from "./read-model.ts";
+import type { WorkQueue } from "@homeostat/workqueue";
 
 /** The WorkQueue methods the queue RPCs serve. */
 export type QueueApi = Pick<WorkQueue, "stats" | "enqueue" | "deadLetters" | "retryDeadLetter">;

@@ -12,21 +12,9 @@ import path from "node:path";
 import { bundleFromJSON } from "@sigstore/bundle";
 import { toSignedEntity, Verifier } from "@sigstore/verify";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
-import { indexBytes, manifestBytes, mediaTypes, OciLayout, type Descriptor } from "@homeostat/core/oci";
-import {
-  CYCLONEDX_PREDICATE_TYPE,
-  PREDICATE_TYPE_ANNOTATION,
-  referrers,
-  referrersTag,
-  signStatement,
-  SLSA_PROVENANCE_PREDICATE_TYPE,
-  statementBytes,
-  type Statement,
-} from "./attestation.ts";
-import { loadOrCreateSigningKey, readTrustedKeys, signerFromPrivateKeyPem, SigningKeyError, type Signer } from "./keys.ts";
+import { CYCLONEDX_PREDICATE_TYPE, type Descriptor, indexBytes, loadOrCreateSigningKey, manifestBytes, mediaTypes, OciLayout, PREDICATE_TYPE_ANNOTATION, readTrustedKeys, referrers, referrersTag, type Signer, signerFromPrivateKeyPem, SigningKeyError, signStatement, SLSA_PROVENANCE_PREDICATE_TYPE, type Statement, statementBytes, VerificationError, verifyAttestations, type VerifyFailure, verifyLayoutImages } from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
 import { sign } from "./sign.ts";
-import { VerificationError, verifyAttestations, verifyLayoutImages, type VerifyFailure } from "./verify.ts";
 
 const REPO = "registry.example/homeostat";
 const required = [CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE];

@@ -4,8 +4,7 @@
  * and enqueues the key again so the reconciler fans out to its dependents.
  */
 import { currentTraceId, NonRetriableError, publish, runConsumer, runService, settleBuild, signRequestSchema, StateStore } from "@homeostat/core";
-import { Registry } from "@homeostat/core/registry";
-import { loadOrCreateSigningKey } from "./keys.ts";
+import { loadOrCreateSigningKey, Registry } from "@homeostat/attest";
 import { sign, SignRequestError } from "./sign.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {

@@ -11,12 +11,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import type { SignRequest } from "@homeostat/core/contracts";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
-import { mediaTypes, OciLayout } from "@homeostat/core/oci";
-import { storeBlobPath, writeStoreBlob } from "./blob-signing.ts";
-import { loadOrCreateSigningKey, type LoadedSigningKey } from "./keys.ts";
+import { type LoadedSigningKey, loadOrCreateSigningKey, mediaTypes, OciLayout, SIGNATURE_ANNOTATION, signatureTag, signImage, SIMPLE_SIGNING_MEDIA_TYPE, storeBlobPath, VerificationError, verifyBlobSignature, type VerifyFailure, verifyImage, verifyStoreBlob, writeStoreBlob } from "@homeostat/attest";
 import { sign, SignRequestError } from "./sign.ts";
-import { SIGNATURE_ANNOTATION, signatureTag, signImage, SIMPLE_SIGNING_MEDIA_TYPE } from "./simple-signing.ts";
-import { verifyBlobSignature, verifyImage, verifyStoreBlob, VerificationError, type VerifyFailure } from "./verify.ts";
 
 const REPO = "registry.example/homeostat";
 const INPUT = `sha256:${"ab".repeat(32)}` as const;

@@ -17,12 +17,7 @@
 import path from "node:path";
 import type { SignRequest } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
-import { OciLayout } from "@homeostat/core/oci";
-import { Registry, registryRepository } from "@homeostat/core/registry";
-import { attestImage, CYCLONEDX_PREDICATE_TYPE, referrersTag, SLSA_PROVENANCE_PREDICATE_TYPE, type Attestation } from "./attestation.ts";
-import { signBlob } from "./blob-signing.ts";
-import type { Signer } from "./keys.ts";
-import { readVerifiedBlob, SignatureError, signImage } from "./simple-signing.ts";
+import { type Attestation, attestImage, CYCLONEDX_PREDICATE_TYPE, OciLayout, readVerifiedBlob, referrersTag, Registry, registryRepository, SignatureError, signBlob, type Signer, signImage, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/attest";
 
 /** The request itself cannot be signed as it stands (retrying will not help). */
 export class SignRequestError extends Error {}

@@ -1,0 +1,85 @@
+import { spawn } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { sha256Digest } from "@homeostat/core/digest";
+import { manifestBytes, mediaTypes, OciLayout, REF_NAME } from "./oci.ts";
+
+const tmp = await mkdtemp(path.join(tmpdir(), "hs-oci-"));
+after(() => rm(tmp, { recursive: true, force: true }));
+
+test("open creates the layout; blobs are content-addressed and idempotent", async () => {
+  const dir = path.join(tmp, "basic");
+  const layout = await OciLayout.open(dir);
+  assert.deepEqual(JSON.parse(await readFile(path.join(dir, "oci-layout"), "utf8")), { imageLayoutVersion: "1.0.0" });
+  assert.deepEqual(JSON.parse(await readFile(path.join(dir, "index.json"), "utf8")), { schemaVersion: 2, mediaType: mediaTypes.index, manifests: [] });
+  const d1 = await layout.writeBlob("hello", "text/plain", { a: "b" });
+  const d2 = await layout.writeBlob(Buffer.from("hello"), "text/plain");
+  assert.equal(d1.digest, sha256Digest("hello"));
+  assert.equal(d1.size, 5);
+  assert.deepEqual(d1.annotations, { a: "b" });
+  assert.equal(d2.digest, d1.digest);
+  assert.equal((await layout.readBlob(d1.digest)).toString(), "hello");
+  assert.deepEqual(await readdir(path.join(dir, "blobs", "sha256")), [d1.digest.slice(7)]);
+  assert.throws(() => layout.blobPath("sha256:../../etc/passwd" as `sha256:${string}`), /not a sha256 digest/);
+  // reopening keeps what is there
+  await OciLayout.open(dir);
+  assert.equal((await (await OciLayout.open(dir)).readBlob(d1.digest)).toString(), "hello");
+});
+
+test("importBlob verifies the digest, then links or copies", async () => {
+  const layout = await OciLayout.open(path.join(tmp, "import"));
+  const file = path.join(tmp, "blob.bin");
+  await writeFile(file, "layer bytes");
+  const d = await layout.importBlob(file, sha256Digest("layer bytes"), mediaTypes.layerGzip);
+  assert.equal(d.size, 11);
+  assert.equal((await layout.readBlob(d.digest)).toString(), "layer bytes");
+  await assert.rejects(layout.importBlob(file, sha256Digest("something else"), mediaTypes.layerGzip), /hashes to/);
+});
+
+test("tag replaces, resolves, keeps a content-determined order; manifests are canonical", async () => {
+  const layout = await OciLayout.open(path.join(tmp, "tags"));
+  const config = await layout.writeBlob("{}", mediaTypes.config);
+  const m1 = await layout.writeBlob(manifestBytes({ config, layers: [], annotations: { z: "1", a: "2" } }), mediaTypes.manifest);
+  const m2 = await layout.writeBlob(manifestBytes({ config, layers: [config] }), mediaTypes.manifest);
+  assert.equal(
+    (await layout.readBlob(m1.digest)).toString(),
+    `{"schemaVersion":2,"mediaType":"${mediaTypes.manifest}","config":{"mediaType":"${mediaTypes.config}","digest":"${config.digest}","size":2},"layers":[],"annotations":{"a":"2","z":"1"}}`,
+  );
+  await layout.tag("2.0", m2);
+  await layout.tag("1.0", m1);
+  await layout.tag("1.0", m2);
+  assert.equal((await layout.resolve("1.0"))?.digest, m2.digest);
+  assert.equal((await layout.resolve("1.0"))?.annotations?.[REF_NAME], "1.0");
+  assert.equal(await layout.resolve("3.0"), undefined);
+  assert.deepEqual(await layout.tags(), ["1.0", "2.0"]);
+  assert.equal(await layout.untag("2.0"), true);
+  assert.deepEqual(await layout.tags(), ["1.0"]);
+  const other = await OciLayout.open(path.join(tmp, "tags2"));
+  await other.writeBlob("{}", mediaTypes.config);
+  await other.writeBlob(manifestBytes({ config, layers: [config] }), mediaTypes.manifest);
+  await other.tag("1.0", m2);
+  assert.equal(await readFile(path.join(tmp, "tags2", "index.json"), "utf8"), await readFile(path.join(tmp, "tags", "index.json"), "utf8"));
+});
+
+test("two processes tagging the same layout at once lose no tag", async () => {
+  const dir = path.join(tmp, "race");
+  const layout = await OciLayout.open(dir);
+  const d = await layout.writeBlob("{}", mediaTypes.config);
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "oci.ts");
+  const child = (who: string) =>
+    new Promise<void>((resolve, reject) => {
+      const code = `const { OciLayout } = await import(${JSON.stringify(script)}); const l = await OciLayout.open(${JSON.stringify(dir)});
+        await Promise.all(Array.from({ length: 25 }, (_, i) => l.tag("${who}-" + i, ${JSON.stringify(d)})));`;
+      const p = spawn(process.execPath, ["--input-type=module", "-e", code], { stdio: "inherit" });
+      p.on("exit", (c) => (c === 0 ? resolve() : reject(new Error(`${who} exited ${c}`))));
+    });
+  await Promise.all([child("builder"), child("signer")]);
+  const tags = await layout.tags();
+  assert.equal(tags.length, 50);
+  assert.deepEqual(tags, [...tags].sort());
+  assert.deepEqual(await readdir(dir), ["blobs", "index.json", "oci-layout"]);
+});

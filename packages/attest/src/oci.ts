@@ -1,0 +1,343 @@
+/**
+ * OCI image layout (image-spec v1.1 `image-layout.md`): `oci-layout`, `index.json` and
+ * content-addressed `blobs/sha256/<hex>`, written so that the builder and the signer (two
+ * processes) can share one layout safely:
+ *
+ * - blobs are content-addressed and written atomically (temporary file + rename), so writing
+ *   the same blob twice, or from two processes at once, is harmless;
+ * - `index.json` is only changed under an exclusive lock file (`index.json.lock`, created with
+ *   O_EXCL) by read-modify-write, and replaced atomically (temporary file + rename), so readers
+ *   never see a half-written index and concurrent taggers never lose each other's tags;
+ * - manifests, indexes and `index.json` are serialised with a fixed field order (see
+ *   `manifestBytes`, `indexBytes`) so the same content always gives the same bytes and digest.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { Writable } from "node:stream";
+import { sortedRecord, type Digest } from "@homeostat/core/digest";
+
+export type Descriptor = {
+  mediaType: string;
+  digest: Digest;
+  size: number;
+  annotations?: Record<string, string>;
+  artifactType?: string;
+};
+
+export const mediaTypes = {
+  manifest: "application/vnd.oci.image.manifest.v1+json",
+  index: "application/vnd.oci.image.index.v1+json",
+  config: "application/vnd.oci.image.config.v1+json",
+  layer: "application/vnd.oci.image.layer.v1.tar",
+  layerGzip: "application/vnd.oci.image.layer.v1.tar+gzip",
+  empty: "application/vnd.oci.empty.v1+json",
+  cyclonedx: "application/vnd.cyclonedx+json",
+  inToto: "application/vnd.in-toto+json",
+  sigstoreBundle: "application/vnd.dev.sigstore.bundle.v0.3+json",
+} as const;
+
+/** The annotation that names a tag in `index.json`. */
+export const REF_NAME = "org.opencontainers.image.ref.name";
+
+export class OciLayoutError extends Error {}
+
+const digestRe = /^sha256:([0-9a-f]{64})$/;
+
+function hexOf(digest: string): string {
+  const m = digestRe.exec(digest);
+  if (!m) throw new OciLayoutError(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return m[1]!;
+}
+
+/**
+ * A descriptor as a plain object with the spec's field order (mediaType, artifactType, digest,
+ * size, annotations sorted by key). Empty annotations are left out.
+ */
+export function descriptorJson(d: Descriptor): Record<string, unknown> {
+  const out: Record<string, unknown> = { mediaType: d.mediaType };
+  if (d.artifactType !== undefined) out.artifactType = d.artifactType;
+  out.digest = d.digest;
+  out.size = d.size;
+  if (d.annotations && Object.keys(d.annotations).length > 0) out.annotations = sortedRecord(d.annotations);
+  return out;
+}
+
+export type ImageManifest = {
+  artifactType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  subject?: Descriptor;
+  annotations?: Record<string, string>;
+};
+
+/** Canonical bytes of an OCI image manifest (schemaVersion, mediaType, artifactType, config, layers, subject, annotations). */
+export function manifestBytes(m: ImageManifest): string {
+  const out: Record<string, unknown> = { schemaVersion: 2, mediaType: mediaTypes.manifest };
+  if (m.artifactType !== undefined) out.artifactType = m.artifactType;
+  out.config = descriptorJson(m.config);
+  out.layers = m.layers.map(descriptorJson);
+  if (m.subject) out.subject = descriptorJson(m.subject);
+  if (m.annotations && Object.keys(m.annotations).length > 0) out.annotations = sortedRecord(m.annotations);
+  return JSON.stringify(out);
+}
+
+export type ImageIndex = {
+  artifactType?: string;
+  manifests: Descriptor[];
+  subject?: Descriptor;
+  annotations?: Record<string, string>;
+};
+
+/** Canonical bytes of an OCI image index (also the form of the layout's `index.json`). */
+export function indexBytes(ix: ImageIndex): string {
+  const out: Record<string, unknown> = { schemaVersion: 2, mediaType: mediaTypes.index };
+  if (ix.artifactType !== undefined) out.artifactType = ix.artifactType;
+  out.manifests = ix.manifests.map(descriptorJson);
+  if (ix.subject) out.subject = descriptorJson(ix.subject);
+  if (ix.annotations && Object.keys(ix.annotations).length > 0) out.annotations = sortedRecord(ix.annotations);
+  return JSON.stringify(out);
+}
+
+/** How long a lock file may exist before it is presumed left by a crashed process. */
+const STALE_LOCK_MS = 30_000;
+/** How long `tag` waits for the lock before giving up. */
+const LOCK_WAIT_MS = 60_000;
+
+function tmpName(dir: string, base: string): string {
+  return path.join(dir, `.${base}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw e;
+  }
+}
+
+/** Writes `data` to `file` atomically: a temporary file in the same directory, fsync, rename. */
+async function atomicWrite(file: string, data: Uint8Array | string): Promise<void> {
+  const tmp = tmpName(path.dirname(file), path.basename(file));
+  const fh = await open(tmp, "wx", 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, file);
+  } catch (e) {
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+async function hashFile(file: string): Promise<{ digest: Digest; size: number }> {
+  const h = createHash("sha256");
+  let size = 0;
+  await pipeline(
+    createReadStream(file),
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        h.update(chunk);
+        size += chunk.length;
+        cb();
+      },
+    }),
+  );
+  return { digest: `sha256:${h.digest("hex")}`, size };
+}
+
+export class OciLayout {
+  readonly dir: string;
+
+  private constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  /** Opens the layout at `dir`, creating `oci-layout`, `index.json` and `blobs/sha256` if missing. */
+  static async open(dir: string): Promise<OciLayout> {
+    const abs = path.resolve(dir);
+    await mkdir(path.join(abs, "blobs", "sha256"), { recursive: true });
+    const layoutFile = path.join(abs, "oci-layout");
+    if (!(await exists(layoutFile))) await atomicWrite(layoutFile, JSON.stringify({ imageLayoutVersion: "1.0.0" }));
+    const indexFile = path.join(abs, "index.json");
+    if (!(await exists(indexFile))) {
+      // `wx`: never overwrite an index another process created meanwhile.
+      await writeFile(indexFile, indexBytes({ manifests: [] }), { flag: "wx" }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "EEXIST") throw e;
+      });
+    }
+    return new OciLayout(abs);
+  }
+
+  /** Where the blob with this digest lives (whether or not it exists). */
+  blobPath(digest: Digest): string {
+    return path.join(this.dir, "blobs", "sha256", hexOf(digest));
+  }
+
+  async hasBlob(digest: Digest): Promise<boolean> {
+    return exists(this.blobPath(digest));
+  }
+
+  /** Stores `data` under its sha256 (idempotent, atomic) and returns its descriptor. */
+  async writeBlob(data: Uint8Array | string, mediaType: string, annotations?: Record<string, string>): Promise<Descriptor> {
+    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    const digest: Digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    const file = this.blobPath(digest);
+    if (!(await this.intactBlob(file, bytes.length))) await atomicWrite(file, bytes);
+    const d: Descriptor = { mediaType, digest, size: bytes.length };
+    if (annotations && Object.keys(annotations).length > 0) d.annotations = { ...annotations };
+    return d;
+  }
+
+  /**
+   * Adds a blob that is already stored elsewhere under its digest (e.g. the builder's artifact
+   * store): the file is hashed first (a mismatch is an error and nothing is added), then hard
+   * linked into the layout, or copied when linking is impossible (another file system).
+   */
+  async importBlob(filePath: string, digest: Digest, mediaType: string): Promise<Descriptor> {
+    const target = this.blobPath(digest);
+    const actual = await hashFile(filePath);
+    if (actual.digest !== digest) throw new OciLayoutError(`${filePath} hashes to ${actual.digest}, not ${digest}`);
+    if (!(await this.intactBlob(target, actual.size))) {
+      const tmp = tmpName(path.dirname(target), hexOf(digest));
+      try {
+        await link(filePath, tmp);
+      } catch {
+        await copyFile(filePath, tmp);
+      }
+      try {
+        await rename(tmp, target);
+      } catch (e) {
+        await unlink(tmp).catch(() => {});
+        throw e;
+      }
+    }
+    return { mediaType, digest, size: actual.size };
+  }
+
+  async readBlob(digest: Digest): Promise<Buffer> {
+    return readFile(this.blobPath(digest));
+  }
+
+  /** The parsed `index.json`. */
+  async index(): Promise<ImageIndex> {
+    const raw = JSON.parse(await readFile(path.join(this.dir, "index.json"), "utf8")) as { manifests?: Descriptor[]; annotations?: Record<string, string> };
+    const ix: ImageIndex = { manifests: Array.isArray(raw.manifests) ? raw.manifests : [] };
+    if (raw.annotations) ix.annotations = raw.annotations;
+    return ix;
+  }
+
+  /** Every tag in the layout, in index order. */
+  async tags(): Promise<string[]> {
+    return (await this.index()).manifests.map((m) => m.annotations?.[REF_NAME]).filter((t): t is string => t !== undefined);
+  }
+
+  /**
+   * Points `tag` at `descriptor` in `index.json` (annotation org.opencontainers.image.ref.name),
+   * replacing any entry with that tag. Entries without a tag keep their place first; tagged
+   * entries follow sorted by tag (byte order), so the index depends only on its content.
+   */
+  async tag(tag: string, descriptor: Descriptor): Promise<void> {
+    hexOf(descriptor.digest);
+    await this.updateTag(tag, async () => descriptor);
+  }
+
+  /**
+   * Read-modify-write of one tag under the index lock: `next` is given what `tag` points at
+   * now and returns its new target, or undefined to leave it as it is. For tags that collect
+   * entries (the referrers fallback tag) two writers must not lose each other's work.
+   */
+  async updateTag(tag: string, next: (current: Descriptor | undefined) => Promise<Descriptor | undefined>): Promise<Descriptor | undefined> {
+    if (tag.length === 0 || tag.length > 4096 || /[\s]/.test(tag)) throw new OciLayoutError(`bad tag ${JSON.stringify(tag)}`);
+    return this.withIndexLock(async () => {
+      const ix = await this.index();
+      const descriptor = await next(ix.manifests.find((m) => m.annotations?.[REF_NAME] === tag));
+      if (descriptor === undefined) return undefined;
+      hexOf(descriptor.digest);
+      const entry: Descriptor = { ...descriptor, annotations: { ...(descriptor.annotations ?? {}), [REF_NAME]: tag } };
+      const untagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] === undefined);
+      const tagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== undefined && m.annotations[REF_NAME] !== tag);
+      tagged.push(entry);
+      tagged.sort((a, b) => Buffer.compare(Buffer.from(a.annotations![REF_NAME]!), Buffer.from(b.annotations![REF_NAME]!)));
+      const updated: ImageIndex = { manifests: [...untagged, ...tagged] };
+      if (ix.annotations) updated.annotations = ix.annotations;
+      await atomicWrite(path.join(this.dir, "index.json"), indexBytes(updated));
+      return descriptor;
+    });
+  }
+
+  /** Removes `tag` from `index.json` (the blobs stay). Returns whether it was there. */
+  async untag(tag: string): Promise<boolean> {
+    return this.withIndexLock(async () => {
+      const ix = await this.index();
+      const kept = ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== tag);
+      if (kept.length === ix.manifests.length) return false;
+      await atomicWrite(path.join(this.dir, "index.json"), indexBytes({ ...ix, manifests: kept }));
+      return true;
+    });
+  }
+
+  /** The descriptor `tag` points at (with its annotations), or undefined. */
+  async resolve(tag: string): Promise<Descriptor | undefined> {
+    const ix = await this.index();
+    return ix.manifests.find((m) => m.annotations?.[REF_NAME] === tag);
+  }
+
+  /** True when `file` exists with the expected size (content-addressed: same name, same bytes). */
+  private async intactBlob(file: string, size: number): Promise<boolean> {
+    try {
+      return (await stat(file)).size === size;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Runs `fn` holding `index.json.lock` (O_EXCL create). A lock older than STALE_LOCK_MS is
+   * presumed left by a crashed process and removed; the critical section takes milliseconds.
+   */
+  private async withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
+    const lockFile = path.join(this.dir, "index.json.lock");
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    let delay = 2;
+    for (;;) {
+      try {
+        const fh = await open(lockFile, "wx", 0o644);
+        try {
+          await fh.writeFile(`${process.pid}\n`);
+        } finally {
+          await fh.close();
+        }
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      }
+      try {
+        const st = await stat(lockFile);
+        if (Date.now() - st.mtimeMs > STALE_LOCK_MS) {
+          await unlink(lockFile).catch(() => {});
+          continue;
+        }
+      } catch {
+        continue; // released meanwhile
+      }
+      if (Date.now() > deadline) throw new OciLayoutError(`timed out waiting for ${lockFile}`);
+      await new Promise((r) => setTimeout(r, delay + Math.random() * delay));
+      delay = Math.min(delay * 2, 100);
+    }
+    try {
+      return await fn();
+    } finally {
+      await unlink(lockFile).catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * Advisory store: the OSV advisories Homeostat has accepted, by catalog package, in JetStream
+ * KV (`<prefix>_advisories`, one entry `<package>.<advisory id>`), so that every reconciler
+ * reads the same facts when it decides whether a built version must move (decision.ts).
+ *
+ * Ingest writes an advisory here for every catalog package it names *before* it enqueues those
+ * packages, so the reconcile an advisory causes always finds it. Only the newest revision of
+ * an advisory (by `modified`) is kept: a stale redelivery never overwrites a newer one, and a
+ * withdrawn advisory stays stored (withdrawn) so that it stops counting everywhere at once.
+ * Each entry keeps only the `affected` entries about its package: a base library's advisory
+ * may name hundreds of packages, and each reconcile reads just its own.
+ */
+import type { KV } from "@nats-io/kv";
+import { escapeToken } from "@homeostat/core/key";
+import { namesPackage, osvSchema, type Osv } from "./osv.ts";
+import type { Nats } from "@homeostat/core/topology";
+
+/** The bucket's name: beside topology.ts's buckets, under the same prefix. */
+export function advisoryBucket(n: Pick<Nats, "topology">): string {
+  return `${n.topology.prefix}_advisories`;
+}
+
+export class AdvisoryStore {
+  readonly kv: KV;
+  constructor(kv: KV) {
+    this.kv = kv;
+  }
+
+  /** Opens (creating when missing) the bucket. */
+  static async open(n: Nats): Promise<AdvisoryStore> {
+    return new AdvisoryStore(await n.kvm.create(advisoryBucket(n), { history: 1 }));
+  }
+
+  /**
+   * Records `advisory` for each of `packages` (catalog names it affects); returns how many
+   * entries changed. An older or equal `modified` than the stored one writes nothing.
+   */
+  async record(advisory: Osv, packages: readonly string[]): Promise<number> {
+    let changed = 0;
+    for (const name of new Set(packages)) {
+      const entry: Osv = { ...advisory, affected: (advisory.affected ?? []).filter((a) => namesPackage(a, name)) };
+      if (await this.put(`${escapeToken(name)}.${escapeToken(advisory.id)}`, entry)) changed++;
+    }
+    return changed;
+  }
+
+  /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
+  async list(name: string): Promise<Osv[]> {
+    const out: Osv[] = [];
+    const keys = await this.kv.keys(`${escapeToken(name)}.*`);
+    for await (const k of keys) {
+      const e = await this.kv.get(k);
+      if (e && e.operation === "PUT") out.push(osvSchema.parse(e.json()));
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** Compare-and-set on the entry's revision; a concurrent writer makes it read again. */
+  private async put(k: string, entry: Osv): Promise<boolean> {
+    const body = JSON.stringify(entry);
+    // Each turn follows another writer's change of this one entry; a handful is plenty.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const e = await this.kv.get(k);
+      try {
+        if (!e || e.operation !== "PUT") {
+          if (e) await this.kv.update(k, body, e.revision);
+          else await this.kv.create(k, body);
+          return true;
+        }
+        const stored = osvSchema.parse(e.json());
+        if (Date.parse(stored.modified) >= Date.parse(entry.modified)) return false;
+        await this.kv.update(k, body, e.revision);
+        return true;
+      } catch (err) {
+        if (!/wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err))) throw err;
+      }
+    }
+    throw new Error(`advisory store: ${k} kept changing under 20 writes`);
+  }
+}

@@ -1,0 +1,271 @@
+/**
+ * Catalog source: where the catalog comes from — a directory, or a git repository (a local
+ * path or a URL) at a commit or a ref — and the watcher that keeps the last good catalog
+ * serving while edits come and go.
+ *
+ * A git catalog is read exactly as committed: the tree at the commit is extracted with
+ * `git archive` into a cache directory named after the commit (never a checkout of the user's
+ * repository, whose working tree and metadata stay untouched), and the commit is on the
+ * Catalog, so that what a build came from names it. A URL is mirrored into the cache first.
+ *
+ * Reloads are all-or-nothing: a catalog that fails to load (or a git fetch that fails) is
+ * reported and the previous catalog keeps serving; a catalog that loads is compared with the
+ * previous one (catalog.ts diffCatalogs) so that exactly the changed keys and their dependents
+ * are reconciled.
+ */
+import { execFile, spawn } from "node:child_process";
+import { mkdir, mkdtemp, readdir, rename, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
+import { CatalogError, diffCatalogs, loadCatalog, type Catalog, type CatalogDiff } from "./catalog.ts";
+import { sha256Hex } from "@homeostat/core/digest";
+
+const run = promisify(execFile);
+
+/** A directory, or `git` (a repository path or URL) at `ref` (a commit, branch or tag), catalog under `path` in its tree. */
+export type CatalogLocation = { dir: string } | { git: string; ref: string; path: string };
+
+/**
+ * `git+<repository>#<ref>[:<path>]` (`git+https://example.org/catalog.git#main:catalog`,
+ * `git+/srv/catalog#4f2a9c…`) is a git location — a ref never contains a colon — and anything
+ * else a directory.
+ */
+export function parseCatalogLocation(s: string): CatalogLocation {
+  if (!s.startsWith("git+")) return { dir: path.resolve(s) };
+  const hash = s.lastIndexOf("#");
+  if (hash < 0) throw new Error(`catalog location "${s}": a git location needs #<ref> (a commit, branch or tag)`);
+  const [ref, sub = ""] = s.slice(hash + 1).split(/:(.*)/s);
+  const repo = s.slice("git+".length, hash);
+  if (!repo || !ref) throw new Error(`catalog location "${s}": expected git+<repository>#<ref>[:<path>]`);
+  const normalized = path.posix.normalize(sub || ".");
+  if (normalized.startsWith("..") || normalized.startsWith("/")) throw new Error(`catalog location "${s}": the path must stay inside the repository`);
+  return { git: repo, ref, path: normalized };
+}
+
+export type ReloadResult =
+  | { status: "unchanged"; catalog: Catalog }
+  | { status: "changed"; catalog: Catalog; previous: Catalog; diff: CatalogDiff }
+  /** The new catalog (or fetching it) failed; `catalog` is the previous one, still serving. */
+  | { status: "rejected"; catalog: Catalog; error: Error };
+
+export type CatalogSourceOptions = {
+  /** Where git mirrors and extracted trees are kept (e.g. under HOMEOSTAT_DATA). */
+  cacheDir: string;
+};
+
+export class CatalogSource {
+  readonly location: CatalogLocation;
+  private readonly cacheDir: string;
+  private catalog: Catalog;
+  private fingerprint: string;
+  /** The last state that failed to load, so that polling does not load it again and again. */
+  private rejected: { fingerprint: string; error: Error } | undefined;
+  /** Reloads run one at a time, in call order. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(location: CatalogLocation, cacheDir: string, catalog: Catalog, fingerprint: string) {
+    this.location = location;
+    this.cacheDir = cacheDir;
+    this.catalog = catalog;
+    this.fingerprint = fingerprint;
+  }
+
+  /** Loads the catalog; throws (CatalogError with every problem) when there is no good one to serve. */
+  static async open(location: CatalogLocation, opts: CatalogSourceOptions): Promise<CatalogSource> {
+    const snapshot = await readSnapshot(location, opts.cacheDir);
+    const catalog = await snapshot.load();
+    return new CatalogSource(location, opts.cacheDir, catalog, snapshot.fingerprint);
+  }
+
+  /** The last catalog that loaded. */
+  current(): Catalog {
+    return this.catalog;
+  }
+
+  /** Reads the source again; never throws (a failure is a "rejected" result, the old catalog kept). */
+  reload(): Promise<ReloadResult> {
+    const next = this.queue.then(() => this.reloadNow());
+    this.queue = next;
+    return next;
+  }
+
+  /** Reloads every `intervalMs` until `signal` aborts, reporting each change and each new rejection once. */
+  async watch(opts: { intervalMs: number; signal: AbortSignal; onReload: (r: Exclude<ReloadResult, { status: "unchanged" }>) => void }): Promise<void> {
+    let lastError: Error | undefined;
+    while (!opts.signal.aborted) {
+      try {
+        await sleep(opts.intervalMs, undefined, { signal: opts.signal });
+      } catch {
+        return; // aborted while waiting
+      }
+      const r = await this.reload();
+      if (r.status === "unchanged" || (r.status === "rejected" && r.error === lastError)) continue;
+      lastError = r.status === "rejected" ? r.error : undefined;
+      opts.onReload(r);
+    }
+  }
+
+  private async reloadNow(): Promise<ReloadResult> {
+    const previous = this.catalog;
+    try {
+      const snapshot = await readSnapshot(this.location, this.cacheDir);
+      if (snapshot.fingerprint === this.fingerprint) return { status: "unchanged", catalog: previous };
+      if (snapshot.fingerprint === this.rejected?.fingerprint) return { status: "rejected", catalog: previous, error: this.rejected.error };
+      let catalog: Catalog;
+      try {
+        catalog = await snapshot.load();
+      } catch (err) {
+        this.rejected = { fingerprint: snapshot.fingerprint, error: asError(err) };
+        throw err;
+      }
+      this.rejected = undefined;
+      this.catalog = catalog;
+      this.fingerprint = snapshot.fingerprint;
+      await this.pruneTrees([catalog.commit, previous.commit]);
+      return { status: "changed", catalog, previous, diff: diffCatalogs(previous, catalog) };
+    } catch (err) {
+      return { status: "rejected", catalog: previous, error: asError(err) };
+    }
+  }
+
+  /** Extracted trees other than the serving and the previous catalog's (builds may still read that one). */
+  private async pruneTrees(keep: (string | undefined)[]): Promise<void> {
+    if ("dir" in this.location) return;
+    const trees = path.join(this.cacheDir, "trees");
+    for (const name of await readdir(trees)) {
+      if (!keep.includes(name)) await rm(path.join(trees, name), { recursive: true, force: true });
+    }
+  }
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/** What is at the location now: a cheap fingerprint, and the full load if it differs. */
+type Snapshot = { fingerprint: string; load: () => Promise<Catalog> };
+
+async function readSnapshot(location: CatalogLocation, cacheDir: string): Promise<Snapshot> {
+  if ("dir" in location) return { fingerprint: await directoryFingerprint(location.dir), load: () => loadCatalog(location.dir) };
+  const gitDir = await repository(location.git, cacheDir);
+  const commit = await resolveCommit(gitDir, location.ref, location.git !== gitDir);
+  return {
+    fingerprint: commit,
+    load: async () => {
+      const tree = await extractTree(gitDir, commit, path.join(cacheDir, "trees"));
+      const dir = path.join(tree, location.path);
+      try {
+        await stat(dir);
+      } catch {
+        throw new CatalogError([`${location.git}@${commit}: no directory "${location.path}" in that commit`]);
+      }
+      return loadCatalog(dir, { commit });
+    },
+  };
+}
+
+/**
+ * Names, sizes and modification times of every file under the directory: a change to any
+ * catalog file (or patch) changes it, without reading the files.
+ */
+async function directoryFingerprint(dir: string): Promise<string> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  const lines: string[] = [];
+  for (const e of entries) {
+    if (!e.isFile()) continue;
+    const file = path.join(e.parentPath, e.name);
+    const s = await stat(file);
+    lines.push(`${path.relative(dir, file)}\0${s.size}\0${s.mtimeMs}`);
+  }
+  return sha256Hex(lines.sort().join("\n"));
+}
+
+async function git(gitDir: string, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run("git", ["-C", gitDir, ...args], { maxBuffer: 16 << 20 });
+    return stdout.trim();
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`git ${args.join(" ")} in ${gitDir}: ${(e.stderr ?? "").trim() || e.message}`);
+  }
+}
+
+/** A local repository is read in place; a URL through a mirror in the cache, created on first use. */
+async function repository(repo: string, cacheDir: string): Promise<string> {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(repo) && !/^[^/]+@[^/]+:/.test(repo)) return path.resolve(repo);
+  const mirror = path.join(cacheDir, "mirrors", `${sha256Hex(repo).slice(0, 16)}.git`);
+  try {
+    await stat(mirror);
+  } catch {
+    await mkdir(path.dirname(mirror), { recursive: true });
+    const tmp = await mkdtemp(`${mirror}.tmp-`);
+    try {
+      await run("git", ["clone", "--quiet", "--mirror", repo, tmp], { maxBuffer: 16 << 20 });
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw new Error(`git clone ${repo}: ${((err as { stderr?: string }).stderr ?? "").trim() || (err as Error).message}`);
+    }
+    await rename(tmp, mirror);
+  }
+  return mirror;
+}
+
+/** The commit `ref` names; a mirror is fetched first unless `ref` is a commit it already has (pinned commits never move). */
+async function resolveCommit(gitDir: string, ref: string, mirrored: boolean): Promise<string> {
+  const verify = () => git(gitDir, ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`]);
+  if (mirrored) {
+    const pinned = /^[0-9a-f]{40}$/.test(ref) && (await verify().catch(() => "")) === ref;
+    if (!pinned) await git(gitDir, ["fetch", "--quiet", "--prune", "origin"]);
+  }
+  try {
+    return await verify();
+  } catch {
+    throw new CatalogError([`${gitDir}: no commit "${ref}"`]);
+  }
+}
+
+/** The tree at `commit`, extracted once into `treesDir/<commit>` (a temporary name until complete). */
+async function extractTree(gitDir: string, commit: string, treesDir: string): Promise<string> {
+  const dest = path.join(treesDir, commit);
+  try {
+    await stat(dest);
+    return dest;
+  } catch {
+    // not extracted yet
+  }
+  await mkdir(treesDir, { recursive: true });
+  const tmp = await mkdtemp(path.join(treesDir, `.${commit}.tmp-`));
+  try {
+    await pipeArchive(gitDir, commit, tmp);
+    await rename(tmp, dest);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return dest;
+}
+
+function pipeArchive(gitDir: string, commit: string, into: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const archive = spawn("git", ["-C", gitDir, "archive", "--format=tar", commit], { stdio: ["ignore", "pipe", "pipe"] });
+    const tar = spawn("tar", ["-x", "-C", into], { stdio: ["pipe", "ignore", "pipe"] });
+    archive.stdout.pipe(tar.stdin);
+    let stderr = "";
+    archive.stderr.on("data", (d) => (stderr += d));
+    tar.stderr.on("data", (d) => (stderr += d));
+    let pending = 2;
+    let failed = false;
+    const done = (what: string) => (code: number | null) => {
+      if (code !== 0 && !failed) {
+        failed = true;
+        reject(new Error(`${what} of ${commit} from ${gitDir} failed (exit ${code}): ${stderr.trim()}`));
+      }
+      if (--pending === 0 && !failed) resolve();
+    };
+    archive.on("error", reject);
+    tar.on("error", reject);
+    archive.on("close", done("git archive"));
+    tar.on("close", done("tar -x"));
+  });
+}

@@ -1,0 +1,31 @@
+/**
+ * What a build runs with: the builder's data directory, limits, sandbox and cancellation.
+ * Made once per builder process (main.ts) and handed to every package and image build.
+ */
+import type { Isolation } from "./isolation.ts";
+import type { UnpackLimits } from "./source.ts";
+
+export type BuildContext = {
+  /** Root of the builder's data: `store/` (artifacts), `oci/` (image layouts), `work/` (workspaces). */
+  dataDir: string;
+  /** Time limit of all of a package's steps together. */
+  timeoutMs: number;
+  /** Largest source archive accepted. */
+  maxSourceBytes: number;
+  /** Limits on what a source or dependency archive may unpack to. */
+  unpackLimits: UnpackLimits;
+  /** How steps are sandboxed (isolation.ts `resolveIsolation`, once per process). */
+  isolation: Isolation;
+  /** Directory relative source paths are resolved against (the catalog directory). */
+  sourceBaseDir: string;
+  /** Receives progress and build output lines. */
+  log?: (line: string) => void;
+  /** Where workspaces are created. Default `<dataDir>/work`. */
+  workRoot?: string;
+  /** Allow http(s) sources on hosts other than loopback. Default false. */
+  allowRemoteSources?: boolean;
+  /** Aborting kills a running step; the build rejects with the signal's reason (retriable). */
+  signal?: AbortSignal;
+  /** Keep the workspace after the build (debugging). Default false. */
+  keepWorkspace?: boolean;
+};
