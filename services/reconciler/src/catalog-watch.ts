@@ -6,7 +6,8 @@
  * not touched. A catalog that fails to load is logged and the previous one keeps serving
  * (catalog-source.ts never swaps in a bad one).
  */
-import { canonicalJson, errorMessage, sha256Digest, type Catalog, type CatalogDiff, type EnqueueRequest, type Logger, type ReloadResult } from "@homeostat/core";
+import { canonicalJson, errorMessage, sha256Digest, type EnqueueRequest, type Logger } from "@homeostat/core";
+import type { Catalog, CatalogDiff, ReloadResult } from "@homeostat/catalog";
 
 /** The catalog's revision: its git commit, or for a directory the digest of every key's recipe digest. */
 export function catalogRevision(catalog: Catalog): string {

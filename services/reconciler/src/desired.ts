@@ -17,10 +17,8 @@
  * still names the catalog revision it was built from.
  */
 import { pathToFileURL } from "node:url";
-import {
-  BUILDER_VERSION, canonicalJson, decideVersion, makeKey, sha256Digest,
-  type BuildRequest, type Catalog, type Decision, type Digest, type Key, type KeyStatus, type Osv, type PackageArtifact, type Release,
-} from "@homeostat/core";
+import { BUILDER_VERSION, canonicalJson, makeKey, sha256Digest, type BuildRequest, type Digest, type Key, type KeyStatus, type PackageArtifact } from "@homeostat/core";
+import { type Catalog, decideVersion, type Decision, type Osv, type Release } from "@homeostat/catalog";
 
 export type Desired =
   | { state: "build"; version: string; inputDigest: Digest; request: BuildRequest; decision?: BuildDecision }

@@ -1,8 +1,8 @@
 /** reconciler: takes keys from the work queue and closes the gap between desired and actual. */
 import path from "node:path";
-import {
-  AdvisoryStore, CatalogSource, errorMessage, parseCatalogLocation, publish, ReleaseStore, runService, StateStore, WorkQueue, workQueueOptions,
-} from "@homeostat/core";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { errorMessage, publish, runService, StateStore } from "@homeostat/core";
+import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { onCatalogReload } from "./catalog-watch.ts";
 import { createReconciler } from "./reconcile.ts";
 
@@ -23,8 +23,6 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     releases: (pkg) => releases.list(pkg),
     advisories: (pkg) => advisories.list(pkg),
     requestBuild: async (req) => void (await publish(nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
-    // Child keys go straight into the queue, durably, before this key's run completes.
-    enqueue: async (req) => void (await queue.enqueue(req)),
     sourceDateEpoch: config.sourceDateEpoch,
     staleBuildMs: config.buildTimeoutMs * 2,
     log,

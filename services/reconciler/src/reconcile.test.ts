@@ -8,10 +8,9 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import {
-  AdvisoryStore, CatalogSource, loadCatalog, osvSchema, publish, ReleaseStore, settleBuild, StateStore, WorkQueue, workQueueOptions,
-  type BuildRequest, type Catalog, type Key, type Logger, type Stage, type WorkItem,
-} from "@homeostat/core";
+import { AdvisoryStore, type Catalog, CatalogSource, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
+import { publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
+import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
 import { createReconciler } from "./reconcile.ts";
@@ -80,6 +79,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     });
   };
   const queued = async () => (await messages<WorkItem>("work")).map((w) => w.key).sort();
+  const childKeys = (r: ReconcileResult) => ("children" in r ? (r.children ?? []) : []).map((c) => c.key).sort();
 
   before(async () => {
     t = await testEnv();
@@ -96,7 +96,6 @@ describe("reconciler", { timeout: 60_000 }, () => {
       releases: (p) => releases.list(p),
       advisories: (p) => advisories.list(p),
       requestBuild: async (req) => void (await publish(t.nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
-      enqueue: async (req) => void (await queue.enqueue(req)),
       sourceDateEpoch: 0,
       staleBuildMs: 60_000,
       log: quiet,
@@ -113,8 +112,12 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.match((await state.get("package/top"))!.waitingFor ?? "", /package\/base to be built at 1\.0/);
 
     await complete("package/base");
-    await run("package/base", { type: "built" });
-    assert.deepEqual(await queued(), ["package/left", "package/right"], "the fan-out enqueues both branches");
+    const fanOut = await run("package/base", { type: "built" });
+    assert.deepEqual(childKeys(fanOut), ["package/left", "package/right"], "the fan-out returns both branches as child keys");
+    assert.equal(fanOut.type, "done");
+    assert.deepEqual(await run("package/base"), { type: "done" }, "once told, a resync does not tell the dependents again");
+    const baseDigest = (await state.get("package/base"))!.actual!.inputDigest;
+    assert.deepEqual(childKeys(await run("package/base", { type: "built", id: baseDigest })), ["package/left", "package/right"], "the signer's own enqueue (or its redelivery) tells them again");
     await run("package/left");
     await run("package/right");
     await complete("package/left");
@@ -126,6 +129,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.equal((await builds()).filter((b) => b === "package/top@1.0").length, 1, "the diamond's tip is built once");
     const top = (await state.get("package/top"))!;
     assert.deepEqual(top.cause?.id, "package/right");
+    // A build in flight is looked at again when it should have ended (staleBuildMs after it was
+    // asked for), so a builder that died with it is noticed without waiting for a resync.
+    const inFlight = await run("package/top", { type: "resync" });
+    assert.equal(inFlight.type, "requeueAfter");
+    assert.ok(inFlight.type === "requeueAfter" && inFlight.ms > 0 && inFlight.ms <= 60_000, "requeued within the stale-build time");
     assert.equal(top.builds?.[0]?.outcome, "requested");
     await complete("package/top");
     await run("package/top", { type: "built" });

@@ -10,10 +10,9 @@
  * chain. Each build asked for is remembered in the key's last builds, and settled (succeeded,
  * failed, superseded) as later runs observe its end.
  */
-import {
-  currentTraceId, done, parseKey, settleBuild, StateStore, withBuild,
-  type BuildRequest, type Catalog, type Cause, type EnqueueRequest, type Key, type KeyStatus, type Logger, type Osv, type ReconcileResult, type Release, type WorkItem,
-} from "@homeostat/core";
+import { currentTraceId, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
+import { done, doneWith, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
+import type { Catalog, Osv, Release } from "@homeostat/catalog";
 import { DesiredState, type Desired } from "./desired.ts";
 
 export type ReconcilerDeps = {
@@ -22,7 +21,6 @@ export type ReconcilerDeps = {
   releases: (pkg: string) => Promise<Release[]>;
   advisories: (pkg: string) => Promise<Osv[]>;
   requestBuild: (req: BuildRequest) => Promise<void>;
-  enqueue: (req: EnqueueRequest) => Promise<void>;
   sourceDateEpoch: number;
   /** A build in flight for longer than this is asked for again (its builder may be gone). */
   staleBuildMs: number;
@@ -67,21 +65,21 @@ export function createReconciler(deps: ReconcilerDeps) {
 
     if (status.actual?.inputDigest === desired.inputDigest) {
       const actual = status.actual;
-      if (status.fannedOut !== desired.inputDigest) {
-        // Children first, durably, then the record that they were sent: a crash in between
-        // only sends them again, which is harmless.
-        const children = kind === "package" ? catalog.dependentsOf(name) : [];
-        for (const child of children) {
-          await deps.enqueue({ v: 1, key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: `${item.key} was rebuilt at ${actual.version}` } });
-        }
-      }
+      // Dependents are told when this run is the one the signer asked for (its "built" cause
+      // names these inputs: a redelivery after a crash tells them again), or when no run has
+      // told them yet (the "built" cause was merged away by a more urgent enqueue). The queue
+      // enqueues them before it completes this run; repeating them is harmless.
+      const builtNow = item.cause.type === "built" && item.cause.id === desired.inputDigest;
+      const children: QueueRequest[] = kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
+        ? catalog.dependentsOf(name).map((child) => ({ key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: `${item.key} was rebuilt at ${actual.version}` } }))
+        : [];
       await setStatus(deps, item.key, (s) => {
         const settled = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
         const phase = s.desiredInputDigest === desired.inputDigest || !s.desiredInputDigest || s.phase === "NeedsAttention" ? "Ready" : s.phase;
         if (settled === s && s.phase === phase && s.fannedOut === desired.inputDigest && !s.waitingFor && !s.advisories) return undefined;
         return { ...settled, phase, fannedOut: desired.inputDigest, waitingFor: undefined, advisories: undefined };
       });
-      return done;
+      return children.length ? doneWith(children) : done;
     }
 
     if (status.desiredInputDigest === desired.inputDigest) {
@@ -90,8 +88,11 @@ export function createReconciler(deps: ReconcilerDeps) {
         await setStatus(deps, item.key, (s) => settleBuild(s, desired.inputDigest, "failed", s.updatedAt));
         return done;
       }
+      // A build in flight is looked at again when it should have ended, so a builder lost with
+      // it is noticed without waiting for a resync; the signer's "built" enqueue comes sooner.
       const inFlight = status.phase === "Building" || status.phase === "Signing";
-      if (inFlight && Date.now() - Date.parse(status.updatedAt) < deps.staleBuildMs) return done;
+      const remaining = deps.staleBuildMs - (Date.now() - Date.parse(status.updatedAt));
+      if (inFlight && remaining > 0) return requeueAfter(remaining);
     }
 
     const why = cause(item.cause, describe(desired, status), item.cause);
@@ -108,7 +109,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     });
     await deps.requestBuild(desired.request);
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
-    return done;
+    return requeueAfter(deps.staleBuildMs);
   };
 }
 
