@@ -63,6 +63,8 @@ export class CatalogSource {
   private rejected: { fingerprint: string; error: Error } | undefined;
   /** Reloads run one at a time, in call order. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Older commits opened by `at` (a git catalog), newest use last; their trees are kept. */
+  private readonly pinned = new Map<string, Catalog>();
 
   private constructor(location: CatalogLocation, cacheDir: string, catalog: Catalog, fingerprint: string) {
     this.location = location;
@@ -81,6 +83,33 @@ export class CatalogSource {
   /** The last catalog that loaded. */
   current(): Catalog {
     return this.catalog;
+  }
+
+  /**
+   * The catalog at `revision` (Catalog.revision), or undefined when this source cannot have
+   * it: the serving catalog; else the source read again (the request may come from a newer
+   * one); else, for a git catalog, that commit when it is in the history of the configured
+   * ref (an older revision, e.g. a request made just before a push). A directory only ever
+   * has its current content. Throws only when the git repository cannot be read.
+   */
+  async at(revision: string): Promise<Catalog | undefined> {
+    if (this.catalog.revision === revision) return this.catalog;
+    const reloaded = await this.reload();
+    if (reloaded.catalog.revision === revision) return reloaded.catalog;
+    if ("dir" in this.location || !/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(revision)) return undefined;
+    const hit = this.pinned.get(revision);
+    if (hit) {
+      this.pinned.delete(revision);
+      this.pinned.set(revision, hit);
+      return hit;
+    }
+    const gitDir = await repository(this.location.git, this.cacheDir);
+    const head = this.catalog.commit;
+    if (!head || !(await isAncestor(gitDir, revision, head))) return undefined;
+    const catalog = await loadCommit(this.location, gitDir, revision, this.cacheDir);
+    this.pinned.set(revision, catalog);
+    if (this.pinned.size > PINNED_CATALOGS) this.pinned.delete(this.pinned.keys().next().value!);
+    return catalog;
   }
 
   /** Reads the source again; never throws (a failure is a "rejected" result, the old catalog kept). */
@@ -122,7 +151,7 @@ export class CatalogSource {
       this.rejected = undefined;
       this.catalog = catalog;
       this.fingerprint = snapshot.fingerprint;
-      await this.pruneTrees([catalog.commit, previous.commit]);
+      await this.pruneTrees([catalog.commit, previous.commit, ...this.pinned.keys()]);
       return { status: "changed", catalog, previous, diff: diffCatalogs(previous, catalog) };
     } catch (err) {
       return { status: "rejected", catalog: previous, error: asError(err) };
@@ -143,6 +172,31 @@ function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
 }
 
+/** How many older commits `at` keeps loaded. */
+const PINNED_CATALOGS = 4;
+
+/** Whether `commit` is `head` or one of its ancestors; false for a commit the repository lacks. */
+async function isAncestor(gitDir: string, commit: string, head: string): Promise<boolean> {
+  try {
+    await run("git", ["-C", gitDir, "merge-base", "--is-ancestor", commit, head]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The catalog as committed at `commit`, from its extracted tree. */
+async function loadCommit(location: Extract<CatalogLocation, { git: string }>, gitDir: string, commit: string, cacheDir: string): Promise<Catalog> {
+  const tree = await extractTree(gitDir, commit, path.join(cacheDir, "trees"));
+  const dir = path.join(tree, location.path);
+  try {
+    await stat(dir);
+  } catch {
+    throw new CatalogError([`${location.git}@${commit}: no directory "${location.path}" in that commit`]);
+  }
+  return loadCatalog(dir, { commit });
+}
+
 /** What is at the location now: a cheap fingerprint, and the full load if it differs. */
 type Snapshot = { fingerprint: string; load: () => Promise<Catalog> };
 
@@ -150,19 +204,7 @@ async function readSnapshot(location: CatalogLocation, cacheDir: string): Promis
   if ("dir" in location) return { fingerprint: await directoryFingerprint(location.dir), load: () => loadCatalog(location.dir) };
   const gitDir = await repository(location.git, cacheDir);
   const commit = await resolveCommit(gitDir, location.ref, location.git !== gitDir);
-  return {
-    fingerprint: commit,
-    load: async () => {
-      const tree = await extractTree(gitDir, commit, path.join(cacheDir, "trees"));
-      const dir = path.join(tree, location.path);
-      try {
-        await stat(dir);
-      } catch {
-        throw new CatalogError([`${location.git}@${commit}: no directory "${location.path}" in that commit`]);
-      }
-      return loadCatalog(dir, { commit });
-    },
-  };
+  return { fingerprint: commit, load: () => loadCommit(location, gitDir, commit, cacheDir) };
 }
 
 /**

@@ -129,6 +129,7 @@ export class Catalog {
   private readonly recipes = new Map<Key, string>();
   private readonly policies = new Map<string, CompiledPolicy>();
   private githubIndex: Map<string, string[]> | undefined;
+  private contentDigest: Digest | undefined;
 
   constructor(dir: string, packages: Map<string, PackageSpec>, images: Map<string, ImageSpec>, opts: CatalogOptions = {}) {
     this.dir = dir;
@@ -196,6 +197,17 @@ export class Catalog {
       }
     }
     return this.githubIndex.get(repo.toLowerCase()) ?? [];
+  }
+
+  /**
+   * What identifies this catalog in a build request: its git commit, or for a directory the
+   * digest of its content (every key's recipe, which covers each patch through its sha256).
+   * Two directory catalogs with equal content have equal revisions wherever they are mounted.
+   */
+  get revision(): string {
+    if (this.commit) return this.commit;
+    this.contentDigest ??= sha256Digest(canonicalJson(this.keys().sort().map((k) => [k, this.recipe(k)])));
+    return this.contentDigest;
   }
 
   /**

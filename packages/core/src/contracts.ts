@@ -94,47 +94,27 @@ export const imageConfigSchema = z.object({
 });
 export type ImageConfig = z.infer<typeof imageConfigSchema>;
 
-const buildCommon = {
-  v: z.literal(1),
-  key: keySchema,
-  name: nameSchema,
-  version: z.string().min(1).max(128),
-  inputDigest: digestSchema,
-  sourceDateEpoch: z.number().int().nonnegative(),
-  /**
-   * The git commit of the catalog the request was made from, for provenance only: it is not
-   * part of the input digest (see the reconciler's desired.ts for why).
-   */
-  catalogCommit: z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/, "must be a git commit id").optional(),
-};
+/**
+ * What identifies a catalog revision: a git commit (40 or 64 hex), or for a directory catalog
+ * the digest of its content (catalog.ts `Catalog.revision`).
+ */
+export const catalogRevisionSchema = z.string().regex(/^([0-9a-f]{40}|[0-9a-f]{64}|sha256:[0-9a-f]{64})$/, "must be a git commit id or sha256:<64 hex>");
 
-/** reconciler -> builder: everything a build needs; the builder reads nothing else. */
-export const buildRequestSchema = z.discriminatedUnion("kind", [
-  z.object({
-    ...buildCommon,
-    kind: z.literal("package"),
-    source: sourceSchema,
-    /** Applied in order to the unpacked source before the steps. */
-    patches: z.array(patchRefSchema).max(1000).optional(),
-    steps: z.array(z.string().min(1).max(16384)).min(1).max(256),
-    /** Run after the steps, in the same workspace and sandbox; the build fails when it fails. */
-    test: z.string().min(1).max(65536).optional(),
-    /** Build dependencies, unpacked into the build's sysroot. */
-    dependencies: z.array(packageArtifactSchema),
-    runtimeDependencies: z.array(nameSchema),
-    license: z.string().max(256).optional(),
-  }),
-  z.object({
-    ...buildCommon,
-    kind: z.literal("image"),
-    /** Layers in order: each package (with its runtime closure) is one layer. */
-    packages: z.array(packageArtifactSchema).min(1),
-    config: imageConfigSchema,
-  }),
-]);
+/**
+ * reconciler -> builder: which build to make, never how. It carries no code: the builder
+ * loads the recipe of `key` from the catalog at `catalogRevision` itself, recomputes the
+ * desired build and its input digest from the catalog and the facts (exactly as the
+ * reconciler did, @homeostat/catalog desired-state.ts) and refuses a request whose
+ * `inputDigest` or `version` is not what it finds. Unknown fields (steps, sources) are refused.
+ */
+export const buildRequestSchema = z.strictObject({
+  v: z.literal(2),
+  key: keySchema,
+  catalogRevision: catalogRevisionSchema,
+  inputDigest: digestSchema,
+  version: z.string().min(1).max(128),
+});
 export type BuildRequest = z.infer<typeof buildRequestSchema>;
-export type PackageBuildRequest = Extract<BuildRequest, { kind: "package" }>;
-export type ImageBuildRequest = Extract<BuildRequest, { kind: "image" }>;
 
 /** What a build produced, by role. Digests name blobs in the artifact store. */
 export const buildOutputsSchema = z.object({
@@ -152,18 +132,45 @@ export const buildOutputsSchema = z.object({
 });
 export type BuildOutputs = z.infer<typeof buildOutputsSchema>;
 
-/** builder -> signer: a finished build to sign and record. */
-export const signRequestSchema = z.object({
-  v: z.literal(1),
+/**
+ * builder -> signer: a finished build to sign and record. It names, never locates: the signer
+ * reads the build result (a DSSE envelope signed by the builder, @homeostat/attest
+ * build-result.ts) from its own content-addressed store by digest, and everything the result
+ * names from there too.
+ */
+export const signRequestSchema = z.strictObject({
+  v: z.literal(2),
+  key: keySchema,
+  inputDigest: digestSchema,
+  /** The build result envelope, a blob in `<data>/store/blobs/sha256/`. */
+  buildResult: digestSchema,
+});
+export type SignRequest = z.infer<typeof signRequestSchema>;
+
+/** How a build's steps were sandboxed (the builder's isolation.ts); `none` only by a development setting. */
+export const buildIsolations = ["bubblewrap", "none"] as const;
+export type BuildIsolationKind = (typeof buildIsolations)[number];
+
+/** The build outputs a build result vouches for: BuildOutputs without the builder's local paths. */
+export const resultOutputsSchema = buildOutputsSchema.omit({ location: true }).strict();
+export type ResultOutputs = z.infer<typeof resultOutputsSchema>;
+
+/**
+ * The predicate of a build result: the builder's signed word that these outputs are what it
+ * built for this key from these inputs, and how its steps were sandboxed.
+ */
+export const buildResultPredicateSchema = z.strictObject({
   key: keySchema,
   kind: z.enum(["package", "image"]),
   name: nameSchema,
   version: z.string().min(1).max(128),
   inputDigest: digestSchema,
-  outputs: buildOutputsSchema,
-  license: z.string().max(256).optional(),
+  catalogRevision: catalogRevisionSchema,
+  isolation: z.enum(buildIsolations),
+  builder: z.string().min(1).max(128),
+  outputs: resultOutputsSchema,
 });
-export type SignRequest = z.infer<typeof signRequestSchema>;
+export type BuildResultPredicate = z.infer<typeof buildResultPredicateSchema>;
 
 /**
  * The version of the build behaviour. Part of every input digest: changing how the builder

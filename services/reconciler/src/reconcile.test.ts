@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { AdvisoryStore, type Catalog, CatalogSource, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
-import { publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
+import { AdvisoryStore, buildRequestOf, type Catalog, CatalogSource, DesiredState, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
+import { buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
@@ -155,14 +155,17 @@ describe("reconciler", { timeout: 60_000 }, () => {
     }
   });
 
-  test("the catalog commit is in the request, not in the input digest", async () => {
-    const { DesiredState } = await import("./desired.ts");
+  test("the catalog revision is in the request, not in the input digest; the request carries no recipe", async () => {
     const inputs = { releases: async () => [], advisories: async () => [], status: (k: Key) => state.get(k), sourceDateEpoch: 0 };
     const plain = await new DesiredState({ ...inputs, catalog }).package("base");
     const committed = await new DesiredState({ ...inputs, catalog: await loadCatalog(catalogDir, { commit: "a".repeat(40) }) }).package("base");
     assert.ok(plain.state === "build" && committed.state === "build");
     assert.equal(committed.inputDigest, plain.inputDigest);
-    assert.equal(committed.request.catalogCommit, "a".repeat(40));
+    assert.equal(committed.plan.catalogRevision, "a".repeat(40));
+    assert.match(plain.plan.catalogRevision, /^sha256:[0-9a-f]{64}$/, "a directory catalog is named by its content digest");
+    const request = buildRequestOf(committed.plan);
+    assert.deepEqual(Object.keys(request).sort(), ["catalogRevision", "inputDigest", "key", "v", "version"]);
+    assert.deepEqual(buildRequestSchema.parse(request), request);
   });
 
   test("version policy: the newest release inside the policy", async () => {
@@ -199,8 +202,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await advisories.record(fixture("GHSA-xvch-5gv4-984h"), ["minimist"]);
     await run("package/minimist", { type: "advisory", id: "advisory-event-2" });
     const [req] = await messages<BuildRequest>("build");
-    assert.equal(req?.kind === "package" && req.version, "1.2.5");
-    assert.deepEqual(req?.kind === "package" && req.patches?.map((p) => p.sha256), [sha(PATCH)]);
+    assert.equal(req?.version, "1.2.5");
+    // The request names the build; the patches are in the plan the builder recomputes from the catalog.
+    const desired = await new DesiredState({ catalog, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), status: (k) => state.get(k), sourceDateEpoch: 0 }).package("minimist");
+    assert.equal(desired.state === "build" && desired.inputDigest, req?.inputDigest);
+    assert.deepEqual(desired.state === "build" && desired.plan.kind === "package" && desired.plan.patches?.map((p) => p.sha256), [sha(PATCH)]);
     assert.match((await state.get("package/minimist"))!.cause?.detail ?? "", /cve-2021-44906\.patch, fixing GHSA-xvch-5gv4-984h/);
   });
 

@@ -12,14 +12,14 @@
  */
 import { currentTraceId, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
 import { done, doneWith, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
-import type { Catalog, Osv, Release } from "@homeostat/catalog";
-import { DesiredState, type Desired } from "./desired.ts";
+import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
 
 export type ReconcilerDeps = {
   catalog: () => Catalog;
   state: StateStore;
   releases: (pkg: string) => Promise<Release[]>;
   advisories: (pkg: string) => Promise<Osv[]>;
+  /** Asks the builder for a build by key, catalog revision and input digest (never by recipe). */
   requestBuild: (req: BuildRequest) => Promise<void>;
   sourceDateEpoch: number;
   /** A build in flight for longer than this is asked for again (its builder may be gone). */
@@ -107,7 +107,7 @@ export function createReconciler(deps: ReconcilerDeps) {
         cause: why, traceId, lastError: undefined, attempts: 0, waitingFor: undefined, advisories: undefined,
       }, { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why });
     });
-    await deps.requestBuild(desired.request);
+    await deps.requestBuild(buildRequestOf(desired.plan));
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs);
   };
@@ -121,7 +121,7 @@ function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStat
   if (d?.reason === "bump") return `bumped ${from ? `from ${from} ` : ""}to ${d.version}, the lowest release fixing ${ids} (the newest, ${d.newest}, is affected)`;
   if (d?.reason === "patch") return `rebuilt ${d.version} with ${d.patches.filter((p) => p.fixes.length).map((p) => p.path).join(", ")}, fixing ${ids}`;
   if (!from) return `first build at ${desired.version}`;
-  if (desired.request.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
+  if (desired.plan.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
   return `rebuilt at ${desired.version}`;
 }
 
