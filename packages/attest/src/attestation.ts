@@ -19,8 +19,10 @@
  */
 import { bundleFromJSON, bundleToJSON, type SerializedBundle } from "@sigstore/bundle";
 import { DSSEBundleBuilder } from "@sigstore/sign";
-import type { Digest } from "@homeostat/core/digest";
-import { indexBytes, manifestBytes, mediaTypes, OciLayout, type Descriptor } from "./oci.ts";
+import { sha256HexSchema, type Digest } from "@homeostat/core/digest";
+import { z } from "zod";
+import { dsse } from "@sigstore/core";
+import { imageIndexSchema, imageManifestSchema, indexBytes, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
 import { parsePublicKey, verifyDer, type Signer } from "./keys.ts";
 import { readVerifiedBlob } from "./simple-signing.ts";
 
@@ -34,12 +36,14 @@ export const PREDICATE_TYPE_ANNOTATION = "dev.sigstore.bundle.predicateType";
 /** The OCI empty descriptor's content, `{}`. */
 const EMPTY_JSON = "{}";
 
-export type Statement = {
-  _type: typeof IN_TOTO_STATEMENT_TYPE;
-  subject: { name: string; digest: { sha256: string } }[];
-  predicateType: string;
-  predicate: unknown;
-};
+/** An in-toto Statement v1 as read from a signed payload: the fields verification relies on. */
+export const statementSchema = z.object({
+  _type: z.literal(IN_TOTO_STATEMENT_TYPE, { error: "not an in-toto Statement v1" }),
+  subject: z.array(z.object({ name: z.string(), digest: z.object({ sha256: sha256HexSchema }) })),
+  predicateType: z.string(),
+  predicate: z.unknown(),
+});
+export type Statement = z.infer<typeof statementSchema>;
 
 export type Attestation = { predicateType: string; predicate: unknown };
 
@@ -117,9 +121,12 @@ export async function attestImage(opts: { layoutDir: string; subject: Digest; na
 export async function referrers(layout: OciLayout, subject: Digest): Promise<Descriptor[]> {
   const tagged = await layout.resolve(referrersTag(subject));
   if (!tagged) return [];
-  const ix = JSON.parse((await readVerifiedBlob(layout, tagged.digest, "referrers index")).toString("utf8")) as { manifests?: unknown };
-  if (!Array.isArray(ix.manifests)) throw new AttestationError(`referrers index ${tagged.digest} has no manifests list`);
-  return ix.manifests as Descriptor[];
+  const bytes = await readVerifiedBlob(layout, tagged.digest, "referrers index");
+  try {
+    return parseOciJson(imageIndexSchema, bytes, `referrers index ${tagged.digest}`).manifests;
+  } catch (e) {
+    throw e instanceof OciJsonError ? new AttestationError(e.message) : e;
+  }
 }
 
 /** Lists `entry` under the fallback tag, replacing the entry for the same predicate type. */
@@ -144,23 +151,18 @@ async function findOwnAttestation(
   const entry = existing.find((d) => d.annotations?.[PREDICATE_TYPE_ANNOTATION] === predicateType);
   if (!entry) return undefined;
   try {
-    const m = JSON.parse((await readVerifiedBlob(layout, entry.digest, "attestation manifest")).toString("utf8")) as { layers?: Descriptor[] };
-    const layer = m.layers?.[0];
+    const m = parseOciJson(imageManifestSchema, await readVerifiedBlob(layout, entry.digest, "attestation manifest"), "attestation manifest");
+    const layer = m.layers[0];
     if (!layer || layer.mediaType !== mediaTypes.sigstoreBundle) return undefined;
     const bundle = bundleFromJSON(JSON.parse((await readVerifiedBlob(layout, layer.digest, "attestation bundle")).toString("utf8")));
     if (bundle.content.$case !== "dsseEnvelope") return undefined;
     const envelope = bundle.content.dsseEnvelope;
     if (!envelope.payload.equals(statement) || envelope.payloadType !== mediaTypes.inToto) return undefined;
     const sig = envelope.signatures[0]?.sig;
-    const pae = preAuthEncoding(envelope.payloadType, envelope.payload);
-    return sig && verifyDer(parsePublicKey(signer.publicKeyPem), pae, sig) ? { manifest: entry.digest, bundle: layer.digest as Digest } : undefined;
+    const pae = dsse.preAuthEncoding(envelope.payloadType, envelope.payload);
+    return sig && verifyDer(parsePublicKey(signer.publicKeyPem), pae, sig) ? { manifest: entry.digest, bundle: layer.digest } : undefined;
   } catch {
     return undefined; // anything odd about the old attestation: replace it
   }
 }
 
-/** DSSE pre-authentication encoding: what the signature is over. */
-export function preAuthEncoding(payloadType: string, payload: Buffer): Buffer {
-  const type = Buffer.from(payloadType, "utf8");
-  return Buffer.concat([Buffer.from(`DSSEv1 ${type.length} `), type, Buffer.from(` ${payload.length} `), payload]);
-}

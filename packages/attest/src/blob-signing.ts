@@ -13,7 +13,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { sha256Digest, type Digest } from "@homeostat/core/digest";
+import { digestHex, sha256Digest, type Digest } from "@homeostat/core/digest";
 import type { Signer } from "./keys.ts";
 
 export class BlobSigningError extends Error {}
@@ -22,17 +22,15 @@ export class MissingStoreBlobError extends BlobSigningError {}
 /** A blob's bytes no longer hash to its digest. */
 export class CorruptStoreBlobError extends BlobSigningError {}
 
-const digestRe = /^sha256:([0-9a-f]{64})$/;
-
 export function storeDir(dataDir: string): string {
   return path.join(path.resolve(dataDir), "store", "blobs", "sha256");
 }
 
 /** `<dataDir>/store/blobs/sha256/<hex>` for a `sha256:<hex>` digest. */
 export function storeBlobPath(dataDir: string, digest: string): string {
-  const m = digestRe.exec(digest);
-  if (!m) throw new BlobSigningError(`not a sha256 digest: ${JSON.stringify(digest)}`);
-  return path.join(storeDir(dataDir), m[1]!);
+  const hex = digestHex(digest);
+  if (hex === undefined) throw new BlobSigningError(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return path.join(storeDir(dataDir), hex);
 }
 
 /** Reads a store blob and checks that its bytes still hash to its name. */

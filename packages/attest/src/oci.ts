@@ -17,15 +17,20 @@ import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile 
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
-import { sortedRecord, type Digest } from "@homeostat/core/digest";
+import { z } from "zod";
+import { digestHex, digestSchema, sortedRecord, type Digest } from "@homeostat/core/digest";
 
-export type Descriptor = {
-  mediaType: string;
-  digest: Digest;
-  size: number;
-  annotations?: Record<string, string>;
-  artifactType?: string;
-};
+const annotationsSchema = z.record(z.string(), z.string());
+
+/** An OCI content descriptor as read from JSON: a digest that names a sha256, a size that fits. */
+export const descriptorSchema = z.object({
+  mediaType: z.string(),
+  digest: digestSchema,
+  size: z.number().int().nonnegative(),
+  annotations: annotationsSchema.optional(),
+  artifactType: z.string().optional(),
+});
+export type Descriptor = z.infer<typeof descriptorSchema>;
 
 export const mediaTypes = {
   manifest: "application/vnd.oci.image.manifest.v1+json",
@@ -44,12 +49,10 @@ export const REF_NAME = "org.opencontainers.image.ref.name";
 
 export class OciLayoutError extends Error {}
 
-const digestRe = /^sha256:([0-9a-f]{64})$/;
-
 function hexOf(digest: string): string {
-  const m = digestRe.exec(digest);
-  if (!m) throw new OciLayoutError(`not a sha256 digest: ${JSON.stringify(digest)}`);
-  return m[1]!;
+  const hex = digestHex(digest);
+  if (hex === undefined) throw new OciLayoutError(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return hex;
 }
 
 /**
@@ -65,13 +68,18 @@ export function descriptorJson(d: Descriptor): Record<string, unknown> {
   return out;
 }
 
-export type ImageManifest = {
-  artifactType?: string;
-  config: Descriptor;
-  layers: Descriptor[];
-  subject?: Descriptor;
-  annotations?: Record<string, string>;
-};
+/** An OCI image manifest as read (image-spec v1.1, including artifact manifests with `subject`). */
+export const imageManifestSchema = z.object({
+  schemaVersion: z.literal(2),
+  mediaType: z.string().optional(),
+  artifactType: z.string().optional(),
+  config: descriptorSchema,
+  layers: z.array(descriptorSchema),
+  subject: descriptorSchema.optional(),
+  annotations: annotationsSchema.optional(),
+});
+/** What `manifestBytes` writes; `schemaVersion` and `mediaType` are implied. */
+export type ImageManifest = Omit<z.infer<typeof imageManifestSchema>, "schemaVersion" | "mediaType">;
 
 /** Canonical bytes of an OCI image manifest (schemaVersion, mediaType, artifactType, config, layers, subject, annotations). */
 export function manifestBytes(m: ImageManifest): string {
@@ -84,12 +92,41 @@ export function manifestBytes(m: ImageManifest): string {
   return JSON.stringify(out);
 }
 
-export type ImageIndex = {
-  artifactType?: string;
-  manifests: Descriptor[];
-  subject?: Descriptor;
-  annotations?: Record<string, string>;
-};
+/** An OCI image index as read (also the form of a layout's `index.json`). */
+export const imageIndexSchema = z.object({
+  schemaVersion: z.literal(2),
+  mediaType: z.string().optional(),
+  artifactType: z.string().optional(),
+  manifests: z.array(descriptorSchema),
+  subject: descriptorSchema.optional(),
+  annotations: annotationsSchema.optional(),
+});
+/** What `indexBytes` writes; `schemaVersion` and `mediaType` are implied. */
+export type ImageIndex = Omit<z.infer<typeof imageIndexSchema>, "schemaVersion" | "mediaType">;
+
+/** A manifest or an index, as far as a copy needs to know: the blobs and manifests it links. */
+export const linkedContentSchema = z.object({
+  schemaVersion: z.literal(2),
+  mediaType: z.string().optional(),
+  config: descriptorSchema.optional(),
+  layers: z.array(descriptorSchema).optional(),
+  manifests: z.array(descriptorSchema).optional(),
+});
+
+export class OciJsonError extends Error {}
+
+/** Parses an OCI JSON document against `schema`; an OciJsonError says what it was and what is wrong. */
+export function parseOciJson<S extends z.ZodType>(schema: S, bytes: Uint8Array | string, what: string): z.infer<S> {
+  let json: unknown;
+  try {
+    json = JSON.parse(typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("utf8"));
+  } catch {
+    throw new OciJsonError(`${what} is not JSON`);
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) throw new OciJsonError(`${what} is malformed: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
+  return parsed.data;
+}
 
 /** Canonical bytes of an OCI image index (also the form of the layout's `index.json`). */
 export function indexBytes(ix: ImageIndex): string {
@@ -229,8 +266,8 @@ export class OciLayout {
 
   /** The parsed `index.json`. */
   async index(): Promise<ImageIndex> {
-    const raw = JSON.parse(await readFile(path.join(this.dir, "index.json"), "utf8")) as { manifests?: Descriptor[]; annotations?: Record<string, string> };
-    const ix: ImageIndex = { manifests: Array.isArray(raw.manifests) ? raw.manifests : [] };
+    const raw = parseOciJson(imageIndexSchema, await readFile(path.join(this.dir, "index.json")), `${this.dir}/index.json`);
+    const ix: ImageIndex = { manifests: raw.manifests };
     if (raw.annotations) ix.annotations = raw.annotations;
     return ix;
   }

@@ -12,13 +12,14 @@
 import { createReadStream } from "node:fs";
 import { Readable } from "node:stream";
 import { sha256Digest } from "@homeostat/core/digest";
-import { mediaTypes, OciLayout, type Descriptor } from "./oci.ts";
+import type { z } from "zod";
+import { linkedContentSchema, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
 
 export class RegistryError extends Error {}
 
 const manifestAccept = [mediaTypes.manifest, mediaTypes.index].join(", ");
 
-type Linked = { mediaType?: string; config?: Descriptor; layers?: Descriptor[]; manifests?: Descriptor[] };
+type Linked = z.infer<typeof linkedContentSchema>;
 
 export class Registry {
   /** e.g. `http://127.0.0.1:5000` */
@@ -49,7 +50,7 @@ export class Registry {
   /** Everything `d` references (blobs, listed manifests by digest), then `d` itself as `reference`. */
   private async pushManifest(layout: OciLayout, repository: string, d: Descriptor, reference: string): Promise<void> {
     const bytes = await layout.readBlob(d.digest);
-    const linked = JSON.parse(bytes.toString("utf8")) as Linked;
+    const linked = parseLinked(bytes, `manifest ${d.digest}`);
     for (const blob of blobsOf(linked)) await this.pushBlob(layout, repository, blob);
     for (const child of linked.manifests ?? []) await this.pushManifest(layout, repository, child, child.digest);
     const res = await this.request(`/v2/${repository}/manifests/${reference}`, { method: "PUT", headers: { "content-type": d.mediaType }, body: bytes });
@@ -75,7 +76,7 @@ export class Registry {
   }
 
   private async pullLinked(layout: OciLayout, repository: string, manifest: Buffer): Promise<void> {
-    const linked = JSON.parse(manifest.toString("utf8")) as Linked;
+    const linked = parseLinked(manifest, `manifest of ${repository}`);
     for (const blob of blobsOf(linked)) {
       if (await layout.hasBlob(blob.digest)) continue;
       const res = await this.request(`/v2/${repository}/blobs/${blob.digest}`, { method: "GET" });
@@ -115,6 +116,15 @@ export class Registry {
 }
 
 /** The blobs a manifest references: its config and its layers (an index has neither). */
+/** A manifest or index read for a copy; a malformed one is a RegistryError naming it. */
+function parseLinked(bytes: Buffer, what: string): Linked {
+  try {
+    return parseOciJson(linkedContentSchema, bytes, what);
+  } catch (e) {
+    throw e instanceof OciJsonError ? new RegistryError(e.message) : e;
+  }
+}
+
 function blobsOf(m: Linked): Descriptor[] {
   return [...(m.config ? [m.config] : []), ...(m.layers ?? [])];
 }

@@ -10,8 +10,9 @@
  * `cosign verify --key cosign.pub` what it looks for.
  */
 import { unlink } from "node:fs/promises";
-import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
-import { manifestBytes, mediaTypes, OciLayout, type Descriptor } from "./oci.ts";
+import { canonicalJson, digestHex, digestSchema, sha256Digest, type Digest } from "@homeostat/core/digest";
+import { z } from "zod";
+import { imageManifestSchema, linkedContentSchema, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
 import { parsePublicKey, verifyDer, type Signer } from "./keys.ts";
 
 export const SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -35,13 +36,11 @@ export type SimpleSigningPayload = {
   optional: Record<string, string>;
 };
 
-const digestRe = /^sha256:([0-9a-f]{64})$/;
-
 /** The cosign signature tag of a manifest: `sha256:<hex>` -> `sha256-<hex>.sig`. */
 export function signatureTag(manifest: string): string {
-  const m = digestRe.exec(manifest);
-  if (!m) throw new SignatureError(`not a sha256 manifest digest: ${JSON.stringify(manifest)}`);
-  return `sha256-${m[1]}.sig`;
+  const hex = digestHex(manifest);
+  if (hex === undefined) throw new SignatureError(`not a sha256 manifest digest: ${JSON.stringify(manifest)}`);
+  return `sha256-${hex}.sig`;
 }
 
 /**
@@ -55,7 +54,7 @@ export function simpleSigningPayload(opts: {
   /** The Homeostat key this image belongs to, e.g. `image/nginx`. */
   key?: string | undefined;
 }): string {
-  if (!digestRe.test(opts.manifest)) throw new SignatureError(`not a sha256 manifest digest: ${JSON.stringify(opts.manifest)}`);
+  if (digestHex(opts.manifest) === undefined) throw new SignatureError(`not a sha256 manifest digest: ${JSON.stringify(opts.manifest)}`);
   if (!/^[^\s]{1,4096}$/.test(opts.reference)) throw new SignatureError(`bad image reference: ${JSON.stringify(opts.reference)}`);
   const optional: Record<string, string> = { creator: "homeostat", "homeostat.keyId": opts.keyId };
   if (opts.key !== undefined) optional["homeostat.key"] = opts.key;
@@ -70,31 +69,33 @@ export function simpleSigningPayload(opts: {
   return canonicalJson(payload);
 }
 
+/**
+ * A simple-signing payload as read. cosign puts free-form values in `optional`; only strings
+ * are kept (the key id among them), anything else there is ignored rather than trusted.
+ */
+const simpleSigningPayloadSchema = z.object({
+  critical: z.object({
+    identity: z.object({ "docker-reference": z.string() }),
+    image: z.object({ "docker-manifest-digest": digestSchema }),
+    type: z.literal(SIMPLE_SIGNING_TYPE),
+  }),
+  optional: z
+    .record(z.string(), z.unknown())
+    .nullish()
+    .transform((o) => Object.fromEntries(Object.entries(o ?? {}).filter((e): e is [string, string] => typeof e[1] === "string"))),
+});
+
 /** Parses and shape-checks payload bytes; throws SignatureError naming what is wrong. */
 export function parseSimpleSigningPayload(bytes: Uint8Array | string): SimpleSigningPayload {
-  let v: unknown;
+  let json: unknown;
   try {
-    v = JSON.parse(typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("utf8"));
+    json = JSON.parse(typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("utf8"));
   } catch {
     throw new SignatureError("signature payload is not JSON");
   }
-  const o = v as { critical?: { identity?: { "docker-reference"?: unknown }; image?: { "docker-manifest-digest"?: unknown }; type?: unknown }; optional?: unknown };
-  const c = o?.critical;
-  if (typeof o !== "object" || o === null || typeof c !== "object" || c === null) throw new SignatureError("signature payload has no critical section");
-  if (c.type !== SIMPLE_SIGNING_TYPE) throw new SignatureError(`signature payload type is ${JSON.stringify(c.type)}, not ${JSON.stringify(SIMPLE_SIGNING_TYPE)}`);
-  const digest = c.image?.["docker-manifest-digest"];
-  if (typeof digest !== "string" || !digestRe.test(digest)) throw new SignatureError("signature payload names no valid docker-manifest-digest");
-  const ref = c.identity?.["docker-reference"];
-  if (typeof ref !== "string") throw new SignatureError("signature payload names no docker-reference");
-  const optional: Record<string, string> = {};
-  if (o.optional !== undefined && o.optional !== null) {
-    if (typeof o.optional !== "object") throw new SignatureError("signature payload optional section is not an object");
-    for (const [k, x] of Object.entries(o.optional)) if (typeof x === "string") optional[k] = x;
-  }
-  return {
-    critical: { identity: { "docker-reference": ref }, image: { "docker-manifest-digest": digest as Digest }, type: SIMPLE_SIGNING_TYPE },
-    optional,
-  };
+  const parsed = simpleSigningPayloadSchema.safeParse(json);
+  if (!parsed.success) throw new SignatureError(`signature payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
+  return parsed.data;
 }
 
 /** Strict base64 (what cosign writes); undefined for anything else. */
@@ -206,13 +207,11 @@ async function writeIntactBlob(layout: OciLayout, data: Buffer, mediaType: strin
 }
 
 function assertManifestJson(bytes: Buffer, digest: string): void {
-  let m: { schemaVersion?: unknown } | undefined;
   try {
-    m = JSON.parse(bytes.toString("utf8")) as { schemaVersion?: unknown };
-  } catch {
-    throw new SignatureError(`image manifest ${digest} is not JSON`);
+    parseOciJson(linkedContentSchema, bytes, `blob ${digest}, to be signed as an image manifest,`);
+  } catch (e) {
+    throw e instanceof OciJsonError ? new SignatureError(e.message) : e;
   }
-  if (typeof m !== "object" || m === null || m.schemaVersion !== 2) throw new SignatureError(`blob ${digest} is not an OCI manifest or index (schemaVersion is not 2)`);
 }
 
 /** The current signature manifest, if it already holds this payload validly signed by this key. */
@@ -220,10 +219,7 @@ async function findOwnSignature(layout: OciLayout, tag: string, payloadDigest: D
   const d = await layout.resolve(tag);
   if (!d) return undefined;
   try {
-    const m = JSON.parse((await readVerifiedBlob(layout, d.digest, "signature manifest")).toString("utf8")) as {
-      layers?: { mediaType?: string; digest?: string; annotations?: Record<string, string> }[];
-    };
-    const layers = m.layers ?? [];
+    const { layers } = parseOciJson(imageManifestSchema, await readVerifiedBlob(layout, d.digest, "signature manifest"), "signature manifest");
     if (layers.length !== 1) return undefined;
     const l = layers[0]!;
     if (l.mediaType !== SIMPLE_SIGNING_MEDIA_TYPE || l.digest !== payloadDigest) return undefined;

@@ -10,9 +10,10 @@ import path from "node:path";
 import { bundleFromJSON, type Bundle } from "@sigstore/bundle";
 import { toSignedEntity, Verifier, type TrustMaterial } from "@sigstore/verify";
 import type { Digest } from "@homeostat/core/digest";
-import { mediaTypes, OciLayout } from "./oci.ts";
+import type { z } from "zod";
+import { imageManifestSchema, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
 import { Registry, RegistryError } from "./registry.ts";
-import { AttestationError, IN_TOTO_STATEMENT_TYPE, PREDICATE_TYPE_ANNOTATION, referrers, referrersTag, type Statement } from "./attestation.ts";
+import { AttestationError, PREDICATE_TYPE_ANNOTATION, referrers, referrersTag, statementSchema } from "./attestation.ts";
 import { BlobSigningError, CorruptStoreBlobError, readStoreBlob } from "./blob-signing.ts";
 import { keyIdOf, parsePublicKey, verifyDer } from "./keys.ts";
 import {
@@ -123,15 +124,8 @@ export async function verifyImage(opts: {
   const sigDesc = await layout.resolve(tag);
   if (!sigDesc) throw new VerificationError("no-signature", `${manifest} has no signature (no tag ${tag} in ${layout.dir})`);
   const sigManifestBytes = await blob(layout, sigDesc.digest, "signature manifest");
-  let layers: { mediaType?: unknown; digest?: unknown; annotations?: Record<string, unknown> }[];
-  try {
-    const m = JSON.parse(sigManifestBytes.toString("utf8")) as { layers?: unknown };
-    if (!Array.isArray(m.layers)) throw new Error("no layers");
-    layers = m.layers as typeof layers;
-  } catch {
-    throw new VerificationError("corrupt", `signature manifest ${sigDesc.digest} is not an OCI manifest with layers`);
-  }
-  const candidates = layers.filter((l) => l && l.mediaType === SIMPLE_SIGNING_MEDIA_TYPE);
+  const { layers } = parseOrCorrupt(imageManifestSchema, sigManifestBytes, `signature manifest ${sigDesc.digest}`);
+  const candidates = layers.filter((l) => l.mediaType === SIMPLE_SIGNING_MEDIA_TYPE);
   if (candidates.length === 0) throw new VerificationError("no-signature", `signature manifest ${sigDesc.digest} holds no ${SIMPLE_SIGNING_MEDIA_TYPE} layer`);
 
   // cosign may stack several signatures (several keys) in one manifest: any one that passes will do.
@@ -151,15 +145,12 @@ export async function verifyImage(opts: {
 
 async function checkLayer(
   layout: OciLayout,
-  layer: { digest?: unknown; annotations?: Record<string, unknown> },
+  layer: Descriptor,
   keys: TrustedKey[],
   manifest: Digest,
   reference: string | undefined,
 ): Promise<Omit<VerifiedImage, "manifest" | "signatureTag" | "signatureManifest"> | VerificationError> {
-  if (typeof layer.digest !== "string" || !/^sha256:[0-9a-f]{64}$/.test(layer.digest)) {
-    return new VerificationError("corrupt", "a signature layer has no valid digest");
-  }
-  const payloadDigest = layer.digest as Digest;
+  const payloadDigest = layer.digest;
   let payload: Buffer;
   try {
     payload = await blob(layout, payloadDigest, "signature payload");
@@ -207,6 +198,15 @@ async function openExisting(dir: string): Promise<OciLayout> {
     throw new VerificationError("not-found", `no OCI layout at ${abs}`);
   }
   return OciLayout.open(abs);
+}
+
+/** An OCI or in-toto document that fails its schema is a corrupt one, and the reason says why. */
+function parseOrCorrupt<S extends z.ZodType>(schema: S, bytes: Uint8Array, what: string): z.infer<S> {
+  try {
+    return parseOciJson(schema, bytes, what);
+  } catch (e) {
+    throw e instanceof OciJsonError ? new VerificationError("corrupt", e.message) : e;
+  }
 }
 
 async function blob(layout: OciLayout, digest: string, what: string): Promise<Buffer> {
@@ -289,16 +289,10 @@ export async function verifyAttestations(opts: { layoutDir: string; manifest: Di
 
 async function verifyAttestation(layout: OciLayout, manifestDigest: Digest, subject: Digest, keys: TrustedKey[]): Promise<VerifiedAttestation> {
   const what = `attestation ${manifestDigest}`;
-  let m: { subject?: { digest?: unknown }; layers?: { mediaType?: unknown; digest?: unknown }[]; annotations?: Record<string, unknown> };
-  try {
-    m = JSON.parse((await blob(layout, manifestDigest, "attestation manifest")).toString("utf8")) as typeof m;
-  } catch (e) {
-    if (e instanceof VerificationError) throw e;
-    throw new VerificationError("corrupt", `${what}: its manifest is not JSON`);
-  }
+  const m = parseOrCorrupt(imageManifestSchema, await blob(layout, manifestDigest, "attestation manifest"), `${what}'s manifest`);
   if (m.subject?.digest !== subject) throw new VerificationError("digest-mismatch", `${what} is about ${String(m.subject?.digest)}, not ${subject}`);
-  const layer = m.layers?.[0];
-  if (!layer || layer.mediaType !== mediaTypes.sigstoreBundle || typeof layer.digest !== "string") {
+  const layer = m.layers[0];
+  if (!layer || layer.mediaType !== mediaTypes.sigstoreBundle) {
     throw new VerificationError("corrupt", `${what} holds no ${mediaTypes.sigstoreBundle} layer`);
   }
   const announced = m.annotations?.[PREDICATE_TYPE_ANNOTATION];
@@ -325,22 +319,16 @@ async function verifyAttestation(layout: OciLayout, manifestDigest: Digest, subj
 
   const envelope = bundle.content.dsseEnvelope;
   if (envelope.payloadType !== mediaTypes.inToto) throw new VerificationError("corrupt", `${what}: payload type ${envelope.payloadType} is not ${mediaTypes.inToto}`);
-  let statement: Statement;
-  try {
-    statement = JSON.parse(envelope.payload.toString("utf8")) as Statement;
-  } catch {
-    throw new VerificationError("corrupt", `${what}: the signed payload is not JSON`);
-  }
-  if (statement._type !== IN_TOTO_STATEMENT_TYPE) throw new VerificationError("corrupt", `${what}: the payload is not an in-toto Statement v1`);
+  const statement = parseOrCorrupt(statementSchema, envelope.payload, `${what}: the signed payload`);
   const hex = subject.slice("sha256:".length);
-  if (!Array.isArray(statement.subject) || !statement.subject.some((s) => s?.digest?.sha256 === hex)) {
-    const named = Array.isArray(statement.subject) ? statement.subject.map((s) => `sha256:${s?.digest?.sha256}`).join(", ") : "nothing";
+  if (!statement.subject.some((s) => s.digest.sha256 === hex)) {
+    const named = statement.subject.map((s) => `sha256:${s.digest.sha256}`).join(", ") || "nothing";
     throw new VerificationError("digest-mismatch", `${what}: the signed statement is about ${named}, not ${subject}`);
   }
   if (announced !== undefined && announced !== statement.predicateType) {
     throw new VerificationError("corrupt", `${what}: the manifest announces ${String(announced)} but the statement is ${statement.predicateType}`);
   }
-  return { predicateType: statement.predicateType, keyId: key.id, manifest: manifestDigest, bundle: layer.digest as Digest };
+  return { predicateType: statement.predicateType, keyId: key.id, manifest: manifestDigest, bundle: layer.digest };
 }
 
 /** A Sigstore verifier that trusts exactly one public key and needs no log or timestamp. */

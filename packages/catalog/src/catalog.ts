@@ -16,14 +16,13 @@ import path from "node:path";
 import { LineCounter, parseDocument } from "yaml";
 import { z } from "zod";
 import { imageConfigSchema } from "@homeostat/core/contracts";
-import { canonicalJson, sha256Digest, sha256Hex, type Digest } from "@homeostat/core/digest";
+import { canonicalJson, sha256Digest, sha256Hex, sha256HexSchema, type Digest } from "@homeostat/core/digest";
 import { DependencyGraph, type Impact } from "./graph.ts";
 import { makeKey, nameSchema, type Key } from "@homeostat/core/key";
 import { compilePolicy, versionPolicySchema, type CompiledPolicy } from "./policy.ts";
 import { mapLimit } from "@homeostat/core/map-limit";
 
 const versionSchema = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9.+_~-]*$/, "letters, digits and . + _ ~ - only");
-const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lower-case hex characters");
 /** A path inside the catalog directory, written with forward slashes. */
 const catalogPathSchema = z
   .string()
@@ -53,7 +52,7 @@ export type Upstream = z.infer<typeof upstreamSchema>;
 
 export const patchSchema = z.strictObject({
   path: catalogPathSchema.describe("The patch file, relative to the catalog directory; applied with patch -p1 in order"),
-  sha256: sha256Schema.describe("sha256 of the patch file, checked at load"),
+  sha256: sha256HexSchema.describe("sha256 of the patch file, checked at load"),
   fixes: z.array(z.string().min(1).max(128)).default([]).describe("Advisory ids (GHSA-…, CVE-…) this patch fixes"),
 });
 export type Patch = z.infer<typeof patchSchema>;
@@ -68,7 +67,7 @@ export const packageSpecSchema = z.strictObject({
   source: z.strictObject({
     /** A URL (file://, http://, https://) or a path relative to the catalog directory; `${version}` is substituted. */
     url: z.string().min(1).max(4096).describe("URL or path relative to the catalog directory; ${version} is substituted"),
-    sha256: sha256Schema,
+    sha256: sha256HexSchema,
   }),
   patches: z.array(patchSchema).max(1000).default([]),
   build: z.strictObject({ steps: z.array(z.string().min(1)).min(1).describe("Shell commands run in order in the unpacked source") }),

@@ -3,8 +3,20 @@
  * inputs always give the same input digest whatever order an object's fields were built in.
  */
 import { createHash } from "node:crypto";
+import { z } from "zod";
 
-export type Digest = `sha256:${string}`;
+/** A bare sha256: 64 lower-case hex characters. */
+export const sha256HexSchema = z.string().regex(/^[0-9a-f]{64}$/, "must be 64 lower-case hex characters");
+
+/** `sha256:<64 hex>`, the OCI digest form; what it parses is typed as `Digest`, no cast needed. */
+export const digestSchema = z.templateLiteral(["sha256:", sha256HexSchema], { error: "must be sha256:<64 lower-case hex>" });
+
+export type Digest = z.infer<typeof digestSchema>;
+
+/** The hex part of a digest, or undefined when `value` is not a sha256 digest. */
+export function digestHex(value: string): string | undefined {
+  return digestSchema.safeParse(value).success ? value.slice("sha256:".length) : undefined;
+}
 
 export function sha256Hex(data: string | Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");

@@ -7,19 +7,18 @@
  */
 import { z } from "zod";
 import { buildOutputsSchema, causeSchema } from "./contracts.ts";
+import { digestSchema } from "./digest.ts";
 import { keySchema } from "./key.ts";
 
 export const phases = ["Pending", "Reconciling", "Building", "Signing", "Ready", "Failed", "NeedsAttention", "DeadLettered"] as const;
 export type Phase = (typeof phases)[number];
 
-const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/);
-
 export const actualSchema = z.object({
   version: z.string(),
-  inputDigest: digest,
+  inputDigest: digestSchema,
   outputs: buildOutputsSchema,
   /** Signature blobs by role, e.g. { image: sha256:…, archive: sha256:… }. */
-  signatures: z.record(z.string(), digest),
+  signatures: z.record(z.string(), digestSchema),
   keyId: z.string(),
   builtAt: z.string(),
   traceId: z.string().optional(),
@@ -35,7 +34,7 @@ export type BuildOutcome = (typeof buildOutcomes)[number];
 /** One build of the key: asked for by the reconciler, settled by the signer (or a later reconcile). */
 export const buildRecordSchema = z.object({
   version: z.string(),
-  inputDigest: digest,
+  inputDigest: digestSchema,
   outcome: z.enum(buildOutcomes),
   /** When it was requested, then when it settled. */
   at: z.string(),
@@ -50,7 +49,7 @@ export const keyStatusSchema = z.object({
   phase: z.enum(phases),
   desiredVersion: z.string().optional(),
   /** Input digest of the build that is requested or running, if any. */
-  desiredInputDigest: digest.optional(),
+  desiredInputDigest: digestSchema.optional(),
   actual: actualSchema.optional(),
   attempts: z.number().int().nonnegative(),
   lastError: z.string().optional(),
@@ -64,7 +63,7 @@ export const keyStatusSchema = z.object({
   advisories: z.array(z.string()).optional(),
   traceId: z.string().optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
-  fannedOut: digest.optional(),
+  fannedOut: digestSchema.optional(),
   updatedAt: z.string(),
 });
 export type KeyStatus = z.infer<typeof keyStatusSchema>;
