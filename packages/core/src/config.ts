@@ -71,8 +71,18 @@ const schema = z.object({
   HOMEOSTAT_MAX_UNPACKED_BYTES: z.coerce.number().int().positive().default(4 * 1024 * 1024 * 1024),
   /** Most entries (files, directories, links) in an archive the builder unpacks. */
   HOMEOSTAT_MAX_SOURCE_ENTRIES: z.coerce.number().int().positive().default(200_000),
-  /** Sandbox of build steps: bubblewrap when it works here (auto), required (bubblewrap), or none. */
-  HOMEOSTAT_BUILD_ISOLATION: z.enum(["auto", "bubblewrap", "none"]).default("auto"),
+  /** Sandbox of build steps: `bubblewrap` (required: the builder refuses to start when it does not work), or `none`, for development only, which also needs HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true and is recorded in every build's provenance. */
+  HOMEOSTAT_BUILD_ISOLATION: z.enum(["bubblewrap", "none"]).default("bubblewrap"),
+  HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS: z.enum(["true", "false"]).default("false"),
+  /** Host uid and gid of sandboxed steps when the builder runs as root (the process limit counts per uid: give it one nothing else uses). Otherwise steps keep the builder's own uid on the host; inside the sandbox they are always 65534. */
+  HOMEOSTAT_BUILD_UID: z.coerce.number().int().min(1).max(4_294_967_294).default(65533),
+  /** Limits of every process a build step starts (setrlimit): CPU seconds, address space, processes of the step together, size of one file. */
+  HOMEOSTAT_BUILD_CPU_SECONDS: z.coerce.number().int().positive().default(1800),
+  HOMEOSTAT_BUILD_MEMORY_BYTES: z.coerce.number().int().positive().default(8 * 1024 ** 3),
+  HOMEOSTAT_BUILD_MAX_PROCESSES: z.coerce.number().int().min(8).default(512),
+  HOMEOSTAT_BUILD_MAX_FILE_BYTES: z.coerce.number().int().positive().default(4 * 1024 ** 3),
+  /** Largest total size of a build's workspace (source, sysroot, outputs, its /tmp); a step that grows it past this is killed. */
+  HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES: z.coerce.number().int().positive().default(16 * 1024 ** 3),
   /** Builds one builder process runs at the same time. */
   HOMEOSTAT_BUILD_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().optional(),
@@ -118,12 +128,18 @@ export type Config = Readonly<{
   maxSourceBytes: number;
   maxUnpackedBytes: number;
   maxSourceEntries: number;
-  buildIsolation: "auto" | "bubblewrap" | "none";
+  buildSandbox: BuildSandboxSettings;
   buildConcurrency: number;
   otlpEndpoint: string | undefined;
 }>;
 
 export class ConfigError extends Error {}
+
+/** Limits applied to every build step (see HOMEOSTAT_BUILD_CPU_SECONDS and the following settings). */
+export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesses: number; maxFileBytes: number; maxOutputBytes: number };
+
+/** How the builder sandboxes build steps (services/builder/src/isolation.ts). */
+export type BuildSandboxSettings = { isolation: "bubblewrap" | "none"; allowUnsandboxed: boolean; uid: number; limits: BuildLimits };
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = schema.safeParse(env);
@@ -174,7 +190,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxSourceBytes: e.HOMEOSTAT_MAX_SOURCE_BYTES,
     maxUnpackedBytes: e.HOMEOSTAT_MAX_UNPACKED_BYTES,
     maxSourceEntries: e.HOMEOSTAT_MAX_SOURCE_ENTRIES,
-    buildIsolation: e.HOMEOSTAT_BUILD_ISOLATION,
+    buildSandbox: {
+      isolation: e.HOMEOSTAT_BUILD_ISOLATION,
+      allowUnsandboxed: e.HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS === "true",
+      uid: e.HOMEOSTAT_BUILD_UID,
+      limits: {
+        cpuSeconds: e.HOMEOSTAT_BUILD_CPU_SECONDS,
+        memoryBytes: e.HOMEOSTAT_BUILD_MEMORY_BYTES,
+        maxProcesses: e.HOMEOSTAT_BUILD_MAX_PROCESSES,
+        maxFileBytes: e.HOMEOSTAT_BUILD_MAX_FILE_BYTES,
+        maxOutputBytes: e.HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES,
+      },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };

@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
@@ -18,6 +18,7 @@ import type { ImageExternalParameters, PackageExternalParameters, SlsaProvenance
 import { sha256Digest } from "@homeostat/core/digest";
 import { startRegistry } from "../../../test/fixtures/registry.ts";
 import { build, BuildFailure, BUILDER_VERSION, type BuildContext } from "./build.ts";
+import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
@@ -28,7 +29,10 @@ after(() => rm(tmp, { recursive: true, force: true }));
 const EPOCH = 1_700_000_000;
 /** A distinct input digest per distinct request (the build cache keys on it). */
 const inputFor = (label: string) => sha256Digest(`test-input:${label}`);
-const isolation = await resolveIsolation("auto", { warn: (m) => console.warn(m) });
+// The sandbox is required, as in the builder; as root it runs as the build uid, which must be
+// able to walk down to the workspaces under tmp.
+await chmod(tmp, 0o711);
+const isolation = await resolveIsolation(loadConfig({}).buildSandbox);
 
 async function sourceTarball(name: string, files: Record<string, string>): Promise<{ file: string; sha256: string }> {
   const dir = path.join(tmp, "sources", name);

@@ -15,8 +15,12 @@ import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import { Builder, type BuildContext } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
+import { loadConfig } from "@homeostat/core/config";
+import { resolveIsolation } from "./isolation.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-cache-"));
+// The steps count their runs in a file outside the workspace: unsandboxed, explicitly.
+const unsandboxed = await resolveIsolation(loadConfig({ HOMEOSTAT_BUILD_ISOLATION: "none", HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS: "true" }).buildSandbox);
 after(() => rm(tmp, { recursive: true, force: true }));
 
 const srcDir = path.join(tmp, "sources");
@@ -32,7 +36,7 @@ function ctx(dataDir: string): BuildContext {
     timeoutMs: 30_000,
     maxSourceBytes: 1 << 20,
     unpackLimits: { maxBytes: 1 << 20, maxEntries: 100 },
-    isolation: { kind: "none" },
+    isolation: unsandboxed,
     sourceBaseDir: srcDir,
   };
 }

@@ -2,18 +2,23 @@
  * builder: takes build requests, builds them hermetically and reproducibly, stores the
  * artifacts, and hands the result to the signer. A build that cannot succeed (checksum
  * mismatch, failing step) marks the key Failed with the reason (and where its step logs are)
- * and produces nothing. Inputs already built are answered from the build cache. How steps are
- * sandboxed is decided once at start (HOMEOSTAT_BUILD_ISOLATION; `bubblewrap` stops the
- * service here when bwrap does not work).
+ * and produces nothing. Inputs already built are answered from the build cache. Steps run only
+ * in the sandbox (isolation.ts), probed once at start: without it the builder does not start.
  */
+import path from "node:path";
 import { buildRequestSchema, errorMessage, NonRetriableError, publish, runConsumer, runService, StateStore, type SignRequest } from "@homeostat/core";
 import { Builder, BuildFailure } from "./build.ts";
-import { resolveIsolation } from "./isolation.ts";
+import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
   const state = new StateStore(buckets.state);
-  const isolation = await resolveIsolation(config.buildIsolation, { warn: (m) => log.warn(m) });
-  log.info("build isolation", { isolation: isolation.kind, mode: config.buildIsolation });
+  // Probed where package builds make their workspaces (makeWorkspaceDir's default); no sandbox, no builder.
+  const isolation = await resolveIsolation(config.buildSandbox, { workRoot: path.join(config.dataDir, "work"), warn: (m) => log.warn(m) }).catch((err: unknown) => {
+    if (!(err instanceof IsolationUnavailableError)) throw err;
+    log.error(err.message);
+    process.exit(78); // EX_CONFIG
+  });
+  log.info("build isolation", { isolation: isolation.kind, limits: isolation.limits, ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}) });
   const builder = new Builder(
     {
       dataDir: config.dataDir,

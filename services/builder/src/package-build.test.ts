@@ -5,7 +5,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -15,6 +15,7 @@ import type { BuildOutputs, PackageBuildRequest } from "@homeostat/core/contract
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import type { PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
 import { build, BuildFailure, type BuildContext } from "./build.ts";
+import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
@@ -22,7 +23,10 @@ import { ArtifactStore } from "./store.ts";
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-package-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
 
-const isolation = await resolveIsolation("auto", { warn: (m) => console.warn(m) });
+// The sandbox is required, as in the builder; as root it runs as the build uid, which must be
+// able to walk down to the workspaces under tmp.
+await chmod(tmp, 0o711);
+const isolation = await resolveIsolation(loadConfig({}).buildSandbox);
 const sources = path.join(tmp, "sources");
 await mkdir(path.join(sources, "greet-1.0"), { recursive: true });
 

@@ -4,10 +4,13 @@ import path from "node:path";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { BuildFailure } from "./errors.ts";
-import type { Isolation } from "./isolation.ts";
+import { loadConfig } from "@homeostat/core/config";
+import { resolveIsolation } from "./isolation.ts";
 import { runSteps, workspaceLayout, type Workspace } from "./pipeline.ts";
 
-const none: Isolation = { kind: "none" };
+// The pipeline's own behaviour (order, environment, logs, timeouts, limits), unsandboxed: the
+// sandbox has its tests in isolation.test.ts and sandbox.test.ts.
+const none = await resolveIsolation(loadConfig({ HOMEOSTAT_BUILD_ISOLATION: "none", HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS: "true" }).buildSandbox);
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-pipeline-"));
 after(() => rm(tmp, { recursive: true, force: true }));

@@ -3,7 +3,15 @@
  * cleared environment (exactly the variables of `stepEnvironment`), in its own process group
  * (spawned detached), so that a timeout or an abort kills the step and every child it started.
  * When a step exits, whatever it left running in its group is killed too. Under bubblewrap
- * (isolation.ts) the group is bwrap's, and bwrap takes the step's PID namespace down with it.
+ * (isolation.ts) the group is bwrap's, and bwrap takes the step's PID namespace down with it;
+ * `--die-with-parent` does the same when the builder itself dies.
+ *
+ * The workspace may hold at most `isolation.limits.maxOutputBytes` (source, sysroot, outputs and
+ * the sandbox's /tmp together): `du` measures it while a step runs (every 200 ms, or four times
+ * as long as a measurement took, so that a big tree costs at most a fifth of a core) and once
+ * more when the step exits. A step that grows it past the limit is killed and the build fails
+ * saying so. Between two measurements a step can overshoot by what it writes in that time, each
+ * of its files capped by the file size limit (RLIMIT_FSIZE).
  *
  * Each step's stdout and stderr are merged into one bounded log per step (the last
  * `maxLogBytes` are kept), returned for the build to store. A step that exits non-zero, dies
@@ -12,12 +20,13 @@
  * (`timeoutMs`) covers all steps, and several runs can share one (`startedAt`): a package
  * build applies its patches, runs its steps and then its test as three runs of one budget.
  */
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import path from "node:path";
+import { constants as os } from "node:os";
 import { BuildFailure, type StepLog } from "./errors.ts";
+import { isolatedCommand, prepareWorkspace, type BuildLimits, type Isolation } from "./isolation.ts";
 
 export type { StepLog };
-import { isolatedCommand, type Isolation } from "./isolation.ts";
 
 export type Workspace = {
   /** The workspace root: `home`, `dest`, `sysroot` live under it. */
@@ -124,6 +133,7 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
   const started = Date.now();
   const deadline = (opts.startedAt ?? started) + opts.timeoutMs;
   const env = stepEnvironment(opts.workspace, opts.sourceDateEpoch);
+  await prepareWorkspace(opts.isolation, opts.workspace.root);
   const done: StepLog[] = [];
   for (let i = 0; i < steps.length; i++) {
     const step = steps[i]!;
@@ -134,6 +144,9 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
     const stepStarted = Date.now();
     try {
       const exitCode = await runOne(step, i, env, opts, log, deadline);
+      const size = await workspaceSize(opts.workspace.root);
+      const problem = typeof size === "string" ? size : size > opts.isolation.limits.maxOutputBytes ? overLimit(size, opts.isolation.limits) : undefined;
+      if (problem !== undefined) throw new BuildFailure(`${stepLabel(opts, i, step)}: ${problem}`, { step, exitCode });
       done.push({ step, log: log.text(), exitCode, durationMs: Date.now() - stepStarted });
     } catch (e) {
       if (!(e instanceof BuildFailure)) throw e;
@@ -144,13 +157,64 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
   return { steps: done, durationMs: Date.now() - started };
 }
 
+/**
+ * The workspace's total apparent size in bytes (what an archive of it would hold, sparse files
+ * at their full size), or why it cannot be measured. A file deleted while `du` walks is no
+ * error; a directory a step made unreadable is: what it holds cannot be counted.
+ */
+export function workspaceSize(root: string): Promise<number | string> {
+  return new Promise((resolve) => {
+    execFile("du", ["-s", "-x", "-B1", "--apparent-size", "--", root], { env: { LC_ALL: "C", PATH: "/usr/bin:/bin" }, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      const problems = stderr.split("\n").filter((l) => l.trim() !== "" && !/No such file or directory$/.test(l));
+      const bytes = Number(/^(\d+)\s/.exec(stdout)?.[1]);
+      if (problems.length > 0 || !Number.isSafeInteger(bytes)) resolve(`the workspace cannot be measured (${problems[0] ?? err?.message ?? "no output from du"}); a step must leave it readable`);
+      else resolve(bytes);
+    });
+  });
+}
+
+function overLimit(bytes: number, limits: BuildLimits): string {
+  return `the workspace grew to ${bytes} bytes, over its limit of ${limits.maxOutputBytes} (HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES)`;
+}
+
+/** Watches the workspace while a step runs; calls `over` (once) with the reason to kill it. Returns the stop function. */
+function watchWorkspace(root: string, limits: BuildLimits, over: (why: string) => void): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const measure = async (): Promise<void> => {
+    const started = Date.now();
+    const size = await workspaceSize(root);
+    if (stopped) return;
+    if (typeof size === "string") return over(size);
+    if (size > limits.maxOutputBytes) return over(overLimit(size, limits));
+    timer = setTimeout(measure, Math.max(200, 4 * (Date.now() - started)));
+  };
+  timer = setTimeout(measure, 200);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+function stepLabel(opts: RunStepsOptions, index: number, step: string): string {
+  return opts.describe?.(index, step) ?? `step ${index + 1} (${step})`;
+}
+
+/** What an exit by a limit's signal means (a shell reports a child's signal as 128 + its number). */
+function limitHint(code: number | null, signal: NodeJS.Signals | null, limits: BuildLimits): string {
+  const hit = (sig: "SIGXCPU" | "SIGXFSZ"): boolean => signal === sig || code === 128 + os.signals[sig];
+  if (hit("SIGXCPU")) return ` (${signal ?? `128+SIGXCPU`}: a process used up its ${limits.cpuSeconds} s of CPU time, HOMEOSTAT_BUILD_CPU_SECONDS)`;
+  if (hit("SIGXFSZ")) return ` (${signal ?? `128+SIGXFSZ`}: a file reached the size limit of ${limits.maxFileBytes} bytes, HOMEOSTAT_BUILD_MAX_FILE_BYTES)`;
+  return "";
+}
+
 function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     opts.signal?.throwIfAborted();
     const cmd = isolatedCommand(opts.isolation, opts.workspace.root, opts.cwd, env, ["/bin/sh", "-c", step]);
-    const child = spawn(cmd.file, cmd.args, { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd.file, cmd.args, { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"], ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}) });
     const pid = child.pid;
-    const label = opts.describe?.(index, step) ?? `step ${index + 1} (${step})`;
+    const label = stepLabel(opts, index, step);
     let partial = "";
     const onData = (b: Buffer): void => {
       log.add(b);
@@ -163,10 +227,10 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
     child.stdout.on("data", onData);
     child.stderr.on("data", onData);
 
-    let why: "timeout" | "abort" | undefined;
+    let why: "timeout" | "abort" | { output: string } | undefined;
     let killTimer: NodeJS.Timeout | undefined;
     let pipeTimer: NodeJS.Timeout | undefined;
-    const stop = (reason: "timeout" | "abort"): void => {
+    const stop = (reason: NonNullable<typeof why>): void => {
       if (why || pid === undefined) return;
       why = reason;
       killGroup(pid, "SIGTERM");
@@ -175,6 +239,11 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
     const timer = setTimeout(() => stop("timeout"), Math.max(0, deadline - Date.now()));
     const onAbort = (): void => stop("abort");
     opts.signal?.addEventListener("abort", onAbort, { once: true });
+    // Over its output limit a step gets no grace: it is still writing.
+    const stopWatching = watchWorkspace(opts.workspace.root, opts.isolation.limits, (output) => {
+      stop({ output });
+      if (pid !== undefined) killGroup(pid, "SIGKILL");
+    });
 
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     child.on("exit", (code, signal) => {
@@ -198,16 +267,19 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       const e = exit ?? { code: child.exitCode, signal: child.signalCode };
       if (why === "abort") {
         reject(opts.signal?.reason ?? new Error("build aborted"));
+      } else if (typeof why === "object") {
+        reject(new BuildFailure(`${label} was killed: ${why.output}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else if (why === "timeout") {
         reject(new BuildFailure(`${label} timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else if (e.code !== 0) {
-        const how = e.code === null ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+        const how = (e.code === null ? `was killed by ${e.signal}` : `exited with code ${e.code}`) + limitHint(e.code, e.signal, opts.isolation.limits);
         reject(new BuildFailure(`${label} ${how}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else {
         resolve(0);
       }
     });
     function cleanup(): void {
+      stopWatching();
       clearTimeout(timer);
       if (killTimer) clearTimeout(killTimer);
       if (pipeTimer) clearTimeout(pipeTimer);
