@@ -8,16 +8,25 @@
  * an advisory (by `modified`) is kept: a stale redelivery never overwrites a newer one, and a
  * withdrawn advisory stays stored (withdrawn) so that it stops counting everywhere at once.
  * Each entry keeps only the `affected` entries about its package: a base library's advisory
- * may name hundreds of packages, and each reconcile reads just its own.
+ * may name hundreds of packages, and each reconcile reads just its own. Package-less entries
+ * (GIT ranges of a repository, OSV 1.6) are kept too: ingest stores the advisory under a
+ * package for them only when that repository is the package's, and the reconciler matches
+ * their commits.
+ *
+ * Ordering is by `modified`, which the sender states: ingest refuses a `modified` further in
+ * the future than HOMEOSTAT_OSV_MAX_FUTURE_SKEW_MS, and a stored revision dated beyond that
+ * (written before the check existed) no longer outranks a newer real one, so a record dated
+ * years ahead cannot hide every later revision of its id.
  */
 import type { KV } from "@nats-io/kv";
+import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import type { Nats } from "@homeostat/core/topology";
 
-/** The bucket's name: beside topology.ts's buckets, under the same prefix. */
+/** The bucket's name (topology.ts: the topology owner creates it with the others). */
 export function advisoryBucket(n: Pick<Nats, "topology">): string {
-  return `${n.topology.prefix}_advisories`;
+  return n.topology.bucket("advisories");
 }
 
 export class AdvisoryStore {
@@ -33,13 +42,14 @@ export class AdvisoryStore {
 
   /**
    * Records `advisory` for each of `packages` (catalog names it affects); returns how many
-   * entries changed. An older or equal `modified` than the stored one writes nothing.
+   * entries changed. An older or equal `modified` than the stored one writes nothing, unless
+   * the stored one lies more than `maxFutureSkewMs` in the future (then it does not count).
    */
-  async record(advisory: Osv, packages: readonly string[]): Promise<number> {
+  async record(advisory: Osv, packages: readonly string[], maxFutureSkewMs = Infinity): Promise<number> {
     let changed = 0;
     for (const name of new Set(packages)) {
-      const entry: Osv = { ...advisory, affected: (advisory.affected ?? []).filter((a) => namesPackage(a, name)) };
-      if (await this.put(`${escapeToken(name)}.${escapeToken(advisory.id)}`, entry)) changed++;
+      const entry: Osv = { ...advisory, affected: (advisory.affected ?? []).filter((a) => a.package === undefined || namesPackage(a, name)) };
+      if (await this.put(`${escapeToken(name)}.${escapeToken(advisory.id)}`, entry, maxFutureSkewMs)) changed++;
     }
     return changed;
   }
@@ -56,7 +66,7 @@ export class AdvisoryStore {
   }
 
   /** Compare-and-set on the entry's revision; a concurrent writer makes it read again. */
-  private async put(k: string, entry: Osv): Promise<boolean> {
+  private async put(k: string, entry: Osv, maxFutureSkewMs: number): Promise<boolean> {
     const body = JSON.stringify(entry);
     // Each turn follows another writer's change of this one entry; a handful is plenty.
     for (let attempt = 0; attempt < 20; attempt++) {
@@ -68,11 +78,12 @@ export class AdvisoryStore {
           return true;
         }
         const stored = osvSchema.parse(e.json());
-        if (Date.parse(stored.modified) >= Date.parse(entry.modified)) return false;
+        const storedAt = Date.parse(stored.modified);
+        if (storedAt >= Date.parse(entry.modified) && storedAt - Date.now() <= maxFutureSkewMs) return false;
         await this.kv.update(k, body, e.revision);
         return true;
       } catch (err) {
-        if (!/wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err))) throw err;
+        if (!isRevisionConflict(err)) throw err;
       }
     }
     throw new Error(`advisory store: ${k} kept changing under 20 writes`);
