@@ -1,5 +1,6 @@
 export * from "./attestation.ts";
 export * from "./blob-signing.ts";
+export * from "./dsse.ts";
 export * from "./keys.ts";
 export * from "./oci.ts";
 export * from "./registry.ts";

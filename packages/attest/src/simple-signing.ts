@@ -53,11 +53,17 @@ export function simpleSigningPayload(opts: {
   keyId: string;
   /** The Homeostat key this image belongs to, e.g. `image/nginx`. */
   key?: string | undefined;
+  /** More `homeostat.*` entries for the optional section (e.g. a development build's `homeostat.isolation`). */
+  annotations?: Record<string, string> | undefined;
 }): string {
   if (digestHex(opts.manifest) === undefined) throw new SignatureError(`not a sha256 manifest digest: ${JSON.stringify(opts.manifest)}`);
   if (!/^[^\s]{1,4096}$/.test(opts.reference)) throw new SignatureError(`bad image reference: ${JSON.stringify(opts.reference)}`);
   const optional: Record<string, string> = { creator: "homeostat", "homeostat.keyId": opts.keyId };
   if (opts.key !== undefined) optional["homeostat.key"] = opts.key;
+  for (const [k, v] of Object.entries(opts.annotations ?? {})) {
+    if (!k.startsWith("homeostat.") || k in optional) throw new SignatureError(`annotation ${JSON.stringify(k)}: only new homeostat.* entries may be added`);
+    optional[k] = v;
+  }
   const payload: SimpleSigningPayload = {
     critical: {
       identity: { "docker-reference": opts.reference },
@@ -147,6 +153,8 @@ export async function signImage(opts: {
   signer: Signer;
   /** The Homeostat key, recorded in the payload's optional section. */
   key?: string | undefined;
+  /** More `homeostat.*` entries for the payload's optional section. */
+  annotations?: Record<string, string> | undefined;
 }): Promise<ImageSignature> {
   const layout = await OciLayout.open(opts.layoutDir);
   let manifest = opts.manifest;
@@ -162,7 +170,7 @@ export async function signImage(opts: {
   const imageManifestBytes = await readVerifiedBlob(layout, manifest, "image manifest");
   assertManifestJson(imageManifestBytes, manifest);
 
-  const payloadText = simpleSigningPayload({ reference: opts.reference, manifest, keyId: opts.signer.keyId, key: opts.key });
+  const payloadText = simpleSigningPayload({ reference: opts.reference, manifest, keyId: opts.signer.keyId, key: opts.key, annotations: opts.annotations });
   const payloadBytes = Buffer.from(payloadText, "utf8");
   const payloadDigest = sha256Digest(payloadBytes);
 

@@ -46,8 +46,18 @@ const schema = z.object({
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
   /** An OCI registry (http(s)://host[:port]) the signer pushes each signed image, signature and attestations to. */
   HOMEOSTAT_REGISTRY_URL: z.string().regex(/^https?:\/\/[^/\s]+\/?$/, "http(s)://host[:port]").optional(),
-  /** Signing key: a PEM file, or the PEM text itself; generated into the data directory on first run when unset. */
+  /** Signing key: a PEM file, or the PEM text itself; generated into HOMEOSTAT_SIGNER_DIR on first run when unset. */
   HOMEOSTAT_SIGNING_KEY: z.string().optional(),
+  /** The signer's own directory (0700; its generated key 0600): a volume or Secret mounted into the signer alone. Default <data>/signer. */
+  HOMEOSTAT_SIGNER_DIR: z.string().min(1).optional(),
+  /** The builder's identity key, which signs build results: a PEM file or the PEM text; generated into HOMEOSTAT_BUILDER_DIR when unset. */
+  HOMEOSTAT_BUILDER_KEY: z.string().optional(),
+  /** The builder's own directory (0700; its generated key 0600). Default <data>/builder. */
+  HOMEOSTAT_BUILDER_DIR: z.string().min(1).optional(),
+  /** Public keys of the builders whose results the signer signs: PEM files, comma-separated. Default: <builder dir>/builder.pub. */
+  HOMEOSTAT_TRUSTED_BUILDER_KEYS: z.string().default(""),
+  /** Development only: the signer also signs builds whose steps ran unsandboxed (isolation none), and says so in what it signs. */
+  HOMEOSTAT_SIGN_UNSANDBOXED: z.enum(["true", "false"]).default("false"),
   /** Public keys trusted for verification besides the signing key (rotation): PEM files, comma-separated. */
   HOMEOSTAT_TRUSTED_KEYS: z.string().default(""),
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
@@ -118,6 +128,13 @@ export type Config = Readonly<{
   /** Exactly one of these when a signing key is configured. */
   signingKeyPath: string | undefined;
   signingKeyPem: string | undefined;
+  signerDir: string;
+  /** Exactly one of these when a builder key is configured. */
+  builderKeyPath: string | undefined;
+  builderKeyPem: string | undefined;
+  builderDir: string;
+  trustedBuilderKeyPaths: string[];
+  signUnsandboxed: boolean;
   trustedKeyPaths: string[];
   sourceDateEpoch: number;
   buildTimeoutMs: number;
@@ -174,6 +191,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     imageRepository: e.HOMEOSTAT_IMAGE_REPOSITORY,
     registryUrl: e.HOMEOSTAT_REGISTRY_URL,
     ...signingKey(e.HOMEOSTAT_SIGNING_KEY),
+    signerDir: path.resolve(e.HOMEOSTAT_SIGNER_DIR ?? path.join(e.HOMEOSTAT_DATA, "signer")),
+    ...builderKey(e.HOMEOSTAT_BUILDER_KEY),
+    builderDir: path.resolve(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder")),
+    trustedBuilderKeyPaths: pathList(e.HOMEOSTAT_TRUSTED_BUILDER_KEYS, path.join(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder"), "builder.pub")),
+    signUnsandboxed: e.HOMEOSTAT_SIGN_UNSANDBOXED === "true",
     trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => path.resolve(p)),
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
@@ -204,6 +226,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
+}
+
+/** HOMEOSTAT_BUILDER_KEY, like HOMEOSTAT_SIGNING_KEY: a path or the PEM itself. */
+function builderKey(value: string | undefined): { builderKeyPath: string | undefined; builderKeyPem: string | undefined } {
+  const k = signingKey(value);
+  return { builderKeyPath: k.signingKeyPath, builderKeyPem: k.signingKeyPem };
+}
+
+/** Comma-separated paths, resolved; `fallback` when there are none. */
+function pathList(value: string, fallback: string): string[] {
+  const paths = value.split(",").map((p) => p.trim()).filter((p) => p !== "");
+  return (paths.length > 0 ? paths : [fallback]).map((p) => path.resolve(p));
 }
 
 /** HOMEOSTAT_SIGNING_KEY holds a path, or (for secrets injected as variables) the PEM itself. */

@@ -20,6 +20,9 @@ export const actualSchema = z.object({
   /** Signature blobs by role, e.g. { image: sha256:…, archive: sha256:… }. */
   signatures: z.record(z.string(), digestSchema),
   keyId: z.string(),
+  /** How the build's steps ran (`none` only when the signer was told to sign unsandboxed builds) and which builder key vouched for it. */
+  isolation: z.enum(["bubblewrap", "none"]).optional(),
+  builderKeyId: z.string().optional(),
   builtAt: z.string(),
   traceId: z.string().optional(),
 });

@@ -6,7 +6,7 @@
  * times) are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the compose
  * file's collector); without it the SDK still propagates context but exports nothing.
  */
-import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Link, type Span } from "@opentelemetry/api";
+import { context, metrics, propagation, trace, SpanKind, SpanStatusCode, type Context, type Link, type Span } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
@@ -48,6 +48,9 @@ export function startTelemetry(serviceName: string, config: Pick<Config, "otlpEn
 }
 
 export const tracer = () => trace.getTracer("homeostat");
+
+/** The meter services count with (exported over OTLP with the traces). */
+export const meter = () => metrics.getMeter("homeostat");
 
 /** Headers for an outgoing message, carrying the active trace context (traceparent). */
 export function traceHeaders(ctx: Context = context.active()): MsgHdrs {

@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import type { BuildOutputs, ImageBuildRequest, PackageArtifact, PackageBuildRequest } from "@homeostat/core/contracts";
+import type { BuildOutputs, PackageArtifact } from "@homeostat/core/contracts";
+import { type ImageBuildPlan, type PackageBuildPlan } from "@homeostat/catalog";
 import type { Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import type { ImageExternalParameters, PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
@@ -22,6 +23,9 @@ import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
+
+/** The catalog revision plans name (a directory catalog's content digest). */
+const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -87,9 +91,9 @@ function ctxFor(name: string): BuildContext {
   };
 }
 
-function pkgRequest(name: string, src: { file: string; sha256: string }, dependencies: PackageArtifact[] = []): PackageBuildRequest {
+function pkgRequest(name: string, src: { file: string; sha256: string }, dependencies: PackageArtifact[] = []): PackageBuildPlan {
   return {
-    v: 1,
+    catalogRevision: CATALOG_REVISION,
     kind: "package",
     key: `package/${name}`,
     name,
@@ -108,9 +112,9 @@ function artifact(name: string, o: BuildOutputs): PackageArtifact {
   return { name, version: "1.0", archive: o.archive!, diffId: o.diffId!, size: o.size!, license: "MIT" };
 }
 
-function imageRequest(packages: PackageArtifact[]): ImageBuildRequest {
+function imageRequest(packages: PackageArtifact[]): ImageBuildPlan {
   return {
-    v: 1,
+    catalogRevision: CATALOG_REVISION,
     kind: "image",
     key: "image/hello-image",
     name: "hello-image",
@@ -393,7 +397,7 @@ test("a package builds from a git source pinned to a commit, reproducibly, with 
   git("commit", "-qam", "later");
   const sha256 = createHash("sha256").update(git("archive", "--format=tar", commit)).digest("hex");
 
-  const req: PackageBuildRequest = { ...pkgRequest("motd", libmsg), source: { url: `git+file://${repo}#${commit}`, sha256 }, steps: ["make install"] };
+  const req: PackageBuildPlan = { ...pkgRequest("motd", libmsg), source: { url: `git+file://${repo}#${commit}`, sha256 }, steps: ["make install"] };
   const a = await build(req, ctxFor("data-git-a"));
   const b = await build(req, ctxFor("data-git-b"));
   assert.equal(a.archive, b.archive);

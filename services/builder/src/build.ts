@@ -11,7 +11,8 @@
  * A `BuildFailure` means these inputs cannot build (checksum mismatch, failing or timed-out
  * step, unsafe archive): the caller marks the key Failed. Any other error is retriable.
  */
-import type { BuildOutputs, BuildRequest } from "@homeostat/core/contracts";
+import type { BuildOutputs } from "@homeostat/core/contracts";
+import { type BuildPlan } from "@homeostat/catalog";
 import { BuildCache } from "./cache.ts";
 import type { BuildContext } from "./context.ts";
 import { buildImage } from "./image-build.ts";
@@ -24,7 +25,7 @@ export { BUILDER_VERSION } from "@homeostat/core/contracts";
 
 
 /** Builds `req` now, uncached. */
-export async function build(req: BuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
+export async function build(req: BuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   return req.kind === "package" ? buildPackage(req, ctx) : buildImage(req, ctx);
 }
 
@@ -65,7 +66,7 @@ export class Builder {
   }
 
   /** The outputs of `req`: from the cache when these inputs were built, else built now. */
-  build(req: BuildRequest): Promise<BuildResult> {
+  build(req: BuildPlan): Promise<BuildResult> {
     const id = `${req.key}@${req.inputDigest}`;
     const running = this.inFlight.get(id);
     if (running) return running.then((r) => ({ ...r, cached: true }));
@@ -74,7 +75,7 @@ export class Builder {
     return p;
   }
 
-  private async run(req: BuildRequest): Promise<BuildResult> {
+  private async run(req: BuildPlan): Promise<BuildResult> {
     const hit = await this.cache.get(req);
     if (hit) return { outputs: hit, cached: true };
     await this.slots.acquire();

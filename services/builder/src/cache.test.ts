@@ -10,13 +10,16 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import type { ImageBuildRequest, PackageBuildRequest } from "@homeostat/core/contracts";
+import { type ImageBuildPlan, type PackageBuildPlan } from "@homeostat/catalog";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import { Builder, type BuildContext } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
+
+/** The catalog revision plans name (a directory catalog's content digest). */
+const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-cache-"));
 // The steps count their runs in a file outside the workspace: unsandboxed, explicitly.
@@ -42,9 +45,9 @@ function ctx(dataDir: string): BuildContext {
 }
 
 /** A package whose first step appends a line to `runs` (outside the workspace). */
-function pkg(name: string, runs: string, extraStep = "true"): PackageBuildRequest {
+function pkg(name: string, runs: string, extraStep = "true"): PackageBuildPlan {
   return {
-    v: 1,
+    catalogRevision: CATALOG_REVISION,
     kind: "package",
     key: `package/${name}`,
     name,
@@ -102,8 +105,8 @@ test("an image is cached too, and rebuilt when its tag no longer points at the s
   const c = ctx("data-image");
   const builder = new Builder(c, { concurrency: 1 });
   const p = (await builder.build(pkg("data", path.join(tmp, "runs-image")))).outputs;
-  const image: ImageBuildRequest = {
-    v: 1,
+  const image: ImageBuildPlan = {
+    catalogRevision: CATALOG_REVISION,
     kind: "image",
     key: "image/img",
     name: "img",

@@ -13,7 +13,8 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { buildOutputsSchema, type BuildOutputs, type BuildRequest } from "@homeostat/core/contracts";
+import { buildOutputsSchema, type BuildOutputs } from "@homeostat/core/contracts";
+import { type BuildPlan } from "@homeostat/catalog";
 import type { Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import { ArtifactStore, hexOfDigest } from "./store.ts";
@@ -36,7 +37,7 @@ export class BuildCache {
   }
 
   /** The stored outputs of a finished build of exactly these inputs, if they are all still there. */
-  async get(req: BuildRequest): Promise<BuildOutputs | undefined> {
+  async get(req: BuildPlan): Promise<BuildOutputs | undefined> {
     let record: Partial<CacheRecord>;
     try {
       record = JSON.parse(await readFile(this.file(req.inputDigest), "utf8")) as Partial<CacheRecord>;
@@ -50,7 +51,7 @@ export class BuildCache {
     return (await this.intact(req, outputs.data)) ? outputs.data : undefined;
   }
 
-  async put(req: BuildRequest, outputs: BuildOutputs): Promise<void> {
+  async put(req: BuildPlan, outputs: BuildOutputs): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     const record: CacheRecord = { v: 1, key: req.key, kind: req.kind, inputDigest: req.inputDigest, outputs };
     const file = this.file(req.inputDigest);
@@ -64,7 +65,7 @@ export class BuildCache {
     }
   }
 
-  private async intact(req: BuildRequest, o: BuildOutputs): Promise<boolean> {
+  private async intact(req: BuildPlan, o: BuildOutputs): Promise<boolean> {
     if (req.kind === "package") {
       const blobs = [o.archive, o.metadata, o.provenance];
       if (blobs.some((d) => d === undefined)) return false;

@@ -20,7 +20,8 @@
  * (all but the provenance's, which differs by design from build to build).
  */
 import path from "node:path";
-import { type BuildOutputs, type ImageBuildRequest } from "@homeostat/core/contracts";
+import { type BuildOutputs } from "@homeostat/core/contracts";
+import { type ImageBuildPlan } from "@homeostat/catalog";
 import { byteOrder, sortedRecord, type Digest } from "@homeostat/core/digest";
 import { type Descriptor, manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
 import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "./provenance.ts";
@@ -38,7 +39,7 @@ export function epochToRfc3339(epoch: number): string {
 }
 
 /** The image config JSON (OCI image-spec config.md), fields in a fixed order. */
-export function imageConfigBytes(req: ImageBuildRequest, diffIds: Digest[]): string {
+export function imageConfigBytes(req: ImageBuildPlan, diffIds: Digest[]): string {
   const created = epochToRfc3339(req.sourceDateEpoch);
   const c = req.config;
   const config: Record<string, unknown> = {};
@@ -61,7 +62,7 @@ export function imageConfigBytes(req: ImageBuildRequest, diffIds: Digest[]): str
   });
 }
 
-export async function buildImage(req: ImageBuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
+export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   const startedOn = new Date();
   const store = new ArtifactStore(ctx.dataDir);
   const log = ctx.log ?? (() => {});

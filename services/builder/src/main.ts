@@ -1,17 +1,25 @@
 /**
- * builder: takes build requests, builds them hermetically and reproducibly, stores the
- * artifacts, and hands the result to the signer. A build that cannot succeed (checksum
- * mismatch, failing step) marks the key Failed with the reason (and where its step logs are)
- * and produces nothing. Inputs already built are answered from the build cache. Steps run only
- * in the sandbox (isolation.ts), probed once at start: without it the builder does not start.
+ * builder: takes build requests, checks each against the catalog (request.ts: the builder
+ * recomputes the build from its own copy of the catalog and refuses what does not match),
+ * builds it hermetically and reproducibly, stores the artifacts, vouches for the result with
+ * its own key and hands it to the signer. A build that cannot succeed (checksum mismatch,
+ * failing step) marks the key Failed with the reason (and where its step logs are) and
+ * produces nothing. Inputs already built are answered from the build cache. How steps are
+ * sandboxed is decided once at start (isolation.ts); the service does not start without it.
+ *
+ * Its identity key is generated on first run into HOMEOSTAT_BUILDER_DIR (default
+ * `<data>/builder`, 0700; `builder.key` 0600, `builder.pub` for the signer to trust), or
+ * given as HOMEOSTAT_BUILDER_KEY (a PEM file or the PEM itself).
  */
 import path from "node:path";
-import { buildRequestSchema, errorMessage, NonRetriableError, publish, runConsumer, runService, StateStore, type SignRequest } from "@homeostat/core";
-import { Builder, BuildFailure } from "./build.ts";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore } from "@homeostat/core";
+import { keyProviderFromConfig } from "@homeostat/key-custody";
+import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
+import { createBuildHandler } from "./request.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
-  const state = new StateStore(buckets.state);
   // Probed where package builds make their workspaces (makeWorkspaceDir's default); no sandbox, no builder.
   const isolation = await resolveIsolation(config.buildSandbox, { workRoot: path.join(config.dataDir, "work"), warn: (m) => log.warn(m) }).catch((err: unknown) => {
     if (!(err instanceof IsolationUnavailableError)) throw err;
@@ -19,6 +27,10 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     process.exit(78); // EX_CONFIG
   });
   log.info("build isolation", { isolation: isolation.kind, limits: isolation.limits, ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}) });
+  const identity = await keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key");
+  log.info("builder identity", { keyId: identity.keyId, source: identity.source });
+  const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
+  const refusals = meter().createCounter("homeostat.builder.refused", { description: "Build requests refused, by reason: the request is not what the catalog and the facts call for" });
   const builder = new Builder(
     {
       dataDir: config.dataDir,
@@ -31,36 +43,20 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     },
     { concurrency: config.buildConcurrency },
   );
-  const running = runConsumer(nats, {
-    stage: "build",
-    schema: buildRequestSchema,
-    spanName: "builder.build",
-    concurrency: config.concurrency,
+  const handle = createBuildHandler({
+    catalogAt: (revision) => catalogs.at(revision),
+    releases: new ReleaseStore(buckets.releases),
+    advisories: await AdvisoryStore.open(nats),
+    state: new StateStore(buckets.state),
+    sourceDateEpoch: config.sourceDateEpoch,
+    build: (plan) => builder.build(plan),
+    dataDir: config.dataDir,
+    isolation: isolation.kind,
+    identity,
+    publishSign: async (req) => void (await publish(nats, "sign", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
+    refused: (reason) => refusals.add(1, { reason }),
     log,
-    signal,
-    heartbeatMs: 20_000,
-    handle: async (req) => {
-      const status = await state.get(req.key);
-      if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
-        log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
-        return;
-      }
-      log.info("building", { key: req.key, version: req.version });
-      let outputs;
-      try {
-        const result = await builder.build(req);
-        outputs = result.outputs;
-        if (result.cached) log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
-      } catch (err) {
-        if (!(err instanceof BuildFailure)) throw err;
-        await state.update(req.key, (s) => (s && s.desiredInputDigest !== req.inputDigest ? undefined : { ...(s ?? StateStore.initial(req.key)), phase: "Failed", lastError: err.message }));
-        throw new NonRetriableError(`${req.key}: ${errorMessage(err)}`);
-      }
-      await state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
-      const sign: SignRequest = { v: 1, key: req.key, kind: req.kind, name: req.name, version: req.version, inputDigest: req.inputDigest, outputs };
-      await publish(nats, "sign", req.key, sign, { msgId: `${req.key}@${req.inputDigest}` });
-      log.info("built", { key: req.key, version: req.version, ...outputs });
-    },
   });
+  const running = runConsumer(nats, { stage: "build", schema: buildRequestSchema, spanName: "builder.build", concurrency: config.concurrency, log, signal, heartbeatMs: 20_000, handle });
   return () => running;
 });

@@ -11,7 +11,8 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import type { BuildOutputs, PackageBuildRequest } from "@homeostat/core/contracts";
+import type { BuildOutputs } from "@homeostat/core/contracts";
+import { type PackageBuildPlan } from "@homeostat/catalog";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import type { PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
 import { build, BuildFailure, type BuildContext } from "./build.ts";
@@ -19,6 +20,9 @@ import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
+
+/** The catalog revision plans name (a directory catalog's content digest). */
+const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-package-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -49,9 +53,9 @@ const stale = await patchFile("stale.patch", "--- a/greeting.txt\n+++ b/greeting
 
 const INSTALL = "install -D -m 0644 greeting.txt $DESTDIR/usr/share/greet/greeting.txt";
 
-function request(label: string, extra: Partial<PackageBuildRequest> = {}): PackageBuildRequest {
+function request(label: string, extra: Partial<PackageBuildPlan> = {}): PackageBuildPlan {
   return {
-    v: 1,
+    catalogRevision: CATALOG_REVISION,
     kind: "package",
     key: "package/greet",
     name: "greet",

@@ -24,7 +24,8 @@
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { PassThrough } from "node:stream";
-import { BUILDER_VERSION, type BuildOutputs, type PackageBuildRequest } from "@homeostat/core/contracts";
+import { BUILDER_VERSION, type BuildOutputs } from "@homeostat/core/contracts";
+import { type PackageBuildPlan } from "@homeostat/catalog";
 import { canonicalJson, type Digest } from "@homeostat/core/digest";
 import { slsaProvenance, type ResourceDescriptor } from "./provenance.ts";
 import { TarError, writeTarGzFromDirectory, type TarEntry } from "./tar.ts";
@@ -106,7 +107,7 @@ export async function makeWorkspaceDir(ctx: BuildContext, label: string): Promis
   return mkdtemp(path.join(workRoot, `${label}-`));
 }
 
-export async function buildPackage(req: PackageBuildRequest, ctx: BuildContext): Promise<BuildOutputs> {
+export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   const startedOn = new Date();
   const store = new ArtifactStore(ctx.dataDir);
   const log = ctx.log ?? (() => {});

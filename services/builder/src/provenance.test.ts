@@ -1,14 +1,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { BUILDER_VERSION, type ImageBuildRequest, type PackageBuildRequest } from "@homeostat/core/contracts";
+import { BUILDER_VERSION } from "@homeostat/core/contracts";
+import { type ImageBuildPlan, type PackageBuildPlan } from "@homeostat/catalog";
 import { BUILDER_ID, IMAGE_BUILD_TYPE, PACKAGE_BUILD_TYPE, slsaProvenance } from "./provenance.ts";
+
+/** The catalog revision plans name (a directory catalog's content digest). */
+const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
 
 const hex = (c: string) => c.repeat(64);
 const d = (c: string) => `sha256:${hex(c)}` as const;
 const run = { startedOn: new Date("2024-05-01T10:00:00.000Z"), finishedOn: new Date("2024-05-01T10:02:30.500Z") };
 
-const pkg: PackageBuildRequest = {
-  v: 1,
+const pkg: PackageBuildPlan = {
+  catalogRevision: CATALOG_REVISION,
   kind: "package",
   key: "package/greet",
   name: "greet",
@@ -21,8 +25,8 @@ const pkg: PackageBuildRequest = {
   runtimeDependencies: ["libgreet"],
 };
 
-const image: ImageBuildRequest = {
-  v: 1,
+const image: ImageBuildPlan = {
+  catalogRevision: CATALOG_REVISION,
   kind: "image",
   key: "image/greeter",
   name: "greeter",
@@ -47,7 +51,7 @@ test("a package's provenance names its recipe, its source and its build dependen
     dependencies: ["libgreet"],
     runtimeDependencies: ["libgreet"],
   });
-  assert.deepEqual(p.buildDefinition.internalParameters, { sourceDateEpoch: 1_700_000_000, inputDigest: d("1") });
+  assert.deepEqual(p.buildDefinition.internalParameters, { sourceDateEpoch: 1_700_000_000, inputDigest: d("1"), catalogRevision: CATALOG_REVISION });
   assert.deepEqual(p.buildDefinition.resolvedDependencies, [
     { uri: "https://example.org/greet-1.1.tar.gz", digest: { sha256: hex("a") } },
     { name: "pkg:generic/libgreet@1.1", digest: { sha256: hex("b") } },
@@ -82,7 +86,7 @@ test("run metadata: the real times in order and a fresh invocation id per call",
 });
 
 test("the JSON has a stable field order, whatever order the request's maps were built in", () => {
-  const shuffled: ImageBuildRequest = { ...image, config: { ...image.config, env: { LANG: "C", PATH: "/usr/bin" }, annotations: { a: "1", b: "2" } } };
+  const shuffled: ImageBuildPlan = { ...image, config: { ...image.config, env: { LANG: "C", PATH: "/usr/bin" }, annotations: { a: "1", b: "2" } } };
   const strip = (json: string) => json.replace(/"invocationId":"[^"]+"/, "");
   assert.equal(strip(JSON.stringify(slsaProvenance(shuffled, run))), strip(JSON.stringify(slsaProvenance(image, run))));
   assert.deepEqual(Object.keys(slsaProvenance(image, run)), ["buildDefinition", "runDetails"]);
@@ -99,7 +103,7 @@ test("a package's provenance records the isolation, the step logs as byproducts,
   const git = { ...pkg, source: { url: `git+file:///srv/greet.git#${commit}`, sha256: hex("a") } };
   const log = { name: "step-1.log", digest: { sha256: hex("9") }, mediaType: "text/plain; charset=utf-8", annotations: { step: "make", exitCode: "0", durationMs: "12" } };
   const p = slsaProvenance(git, { ...run, isolation: "bubblewrap", byproducts: [log] });
-  assert.deepEqual(p.buildDefinition.internalParameters, { sourceDateEpoch: 1_700_000_000, inputDigest: d("1"), isolation: "bubblewrap" });
+  assert.deepEqual(p.buildDefinition.internalParameters, { sourceDateEpoch: 1_700_000_000, inputDigest: d("1"), catalogRevision: CATALOG_REVISION, isolation: "bubblewrap" });
   assert.deepEqual(p.buildDefinition.resolvedDependencies[0], { uri: git.source.url, digest: { sha256: hex("a"), gitCommit: commit } });
   assert.deepEqual(p.runDetails.byproducts, [log]);
   assert.equal(slsaProvenance(pkg, { ...run, isolation: "none" }).buildDefinition.internalParameters.isolation, "none");

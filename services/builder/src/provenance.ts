@@ -6,8 +6,8 @@
  * - externalParameters: the request's recipe. For a package: name, version, source, patches
  *   (when it has any), steps, test command (when it has one), build dependency names, runtime
  *   dependency names. For an image: name, version, packages (`name@version`), config;
- * - internalParameters: SOURCE_DATE_EPOCH, the input digest, the catalog's git commit (when
- *   the catalog is a git repository) and, for a package, how its steps
+ * - internalParameters: SOURCE_DATE_EPOCH, the input digest, the catalog revision (its git
+ *   commit, or a directory catalog's content digest) and, for a package, how its steps
  *   were isolated (`bubblewrap` or `none`, see the builder's isolation.ts);
  * - resolvedDependencies: every input's bytes by digest. For a package: the source (uri = its
  *   url; a git source's commit is added as `gitCommit`), each patch in the order applied
@@ -25,7 +25,8 @@
  * layout.
  */
 import { randomUUID } from "node:crypto";
-import { BUILDER_VERSION, type BuildRequest, type ImageBuildRequest, type PackageBuildRequest } from "@homeostat/core/contracts";
+import { BUILDER_VERSION } from "@homeostat/core/contracts";
+import type { BuildPlan, ImageBuildPlan, PackageBuildPlan } from "@homeostat/catalog";
 import { sortedRecord } from "@homeostat/core/digest";
 import { SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/attest";
 import { genericPurl } from "./sbom.ts";
@@ -84,7 +85,7 @@ export type SlsaProvenance = {
   buildDefinition: {
     buildType: typeof PACKAGE_BUILD_TYPE | typeof IMAGE_BUILD_TYPE;
     externalParameters: PackageExternalParameters | ImageExternalParameters;
-    internalParameters: { sourceDateEpoch: number; inputDigest: string; catalogCommit?: string; isolation?: BuildIsolation };
+    internalParameters: { sourceDateEpoch: number; inputDigest: string; catalogRevision: string; isolation?: BuildIsolation };
     resolvedDependencies: ResourceDescriptor[];
   };
   runDetails: {
@@ -103,17 +104,12 @@ function sha256Of(digest: string): { sha256: string } {
   return { sha256: m[1]! };
 }
 
-/** The catalog commit the request came from, when the catalog is a git repository. */
-function catalogCommitOf(req: BuildRequest): { catalogCommit?: string } {
-  return req.catalogCommit ? { catalogCommit: req.catalogCommit } : {};
-}
-
 /** The commit of a `git+<url>#<commit>` source, else undefined. */
 function gitCommitOf(url: string): string | undefined {
   return /^git\+.*#([0-9a-f]{40}|[0-9a-f]{64})$/.exec(url)?.[1];
 }
 
-function packageDefinition(req: PackageBuildRequest, run: BuildRun): SlsaProvenance["buildDefinition"] {
+function packageDefinition(req: PackageBuildPlan, run: BuildRun): SlsaProvenance["buildDefinition"] {
   const externalParameters: PackageExternalParameters = {
     name: req.name,
     version: req.version,
@@ -127,7 +123,7 @@ function packageDefinition(req: PackageBuildRequest, run: BuildRun): SlsaProvena
   return {
     buildType: PACKAGE_BUILD_TYPE,
     externalParameters,
-    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, ...catalogCommitOf(req), ...(run.isolation ? { isolation: run.isolation } : {}) },
+    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, catalogRevision: req.catalogRevision, ...(run.isolation ? { isolation: run.isolation } : {}) },
     resolvedDependencies: [
       { uri: req.source.url, digest: { sha256: req.source.sha256, ...(gitCommitOf(req.source.url) ? { gitCommit: gitCommitOf(req.source.url)! } : {}) } },
       ...(req.patches ?? []).map((p) => ({ uri: p.url, digest: { sha256: p.sha256 } })),
@@ -136,7 +132,7 @@ function packageDefinition(req: PackageBuildRequest, run: BuildRun): SlsaProvena
   };
 }
 
-function imageDefinition(req: ImageBuildRequest): SlsaProvenance["buildDefinition"] {
+function imageDefinition(req: ImageBuildPlan): SlsaProvenance["buildDefinition"] {
   const c = req.config;
   const externalParameters: ImageExternalParameters = {
     name: req.name,
@@ -154,13 +150,13 @@ function imageDefinition(req: ImageBuildRequest): SlsaProvenance["buildDefinitio
   return {
     buildType: IMAGE_BUILD_TYPE,
     externalParameters,
-    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, ...catalogCommitOf(req) },
+    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, catalogRevision: req.catalogRevision },
     resolvedDependencies: req.packages.map((p) => ({ name: genericPurl(p.name, p.version), digest: sha256Of(p.archive) })),
   };
 }
 
 /** The provenance predicate of one build of `req`; every call gets a fresh invocation id. */
-export function slsaProvenance(req: BuildRequest, run: BuildRun): SlsaProvenance {
+export function slsaProvenance(req: BuildPlan, run: BuildRun): SlsaProvenance {
   return {
     buildDefinition: req.kind === "package" ? packageDefinition(req, run) : imageDefinition(req),
     runDetails: {

@@ -12,7 +12,7 @@ import path from "node:path";
 import { bundleFromJSON } from "@sigstore/bundle";
 import { toSignedEntity, Verifier } from "@sigstore/verify";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
-import { CYCLONEDX_PREDICATE_TYPE, type Descriptor, indexBytes, loadOrCreateSigningKey, manifestBytes, mediaTypes, OciLayout, PREDICATE_TYPE_ANNOTATION, readTrustedKeys, referrers, referrersTag, type Signer, signerFromPrivateKeyPem, SigningKeyError, signStatement, SLSA_PROVENANCE_PREDICATE_TYPE, type Statement, statementBytes, VerificationError, verifyAttestations, type VerifyFailure, verifyLayoutImages } from "@homeostat/attest";
+import { CYCLONEDX_PREDICATE_TYPE, type Descriptor, indexBytes, manifestBytes, mediaTypes, OciLayout, PREDICATE_TYPE_ANNOTATION, readTrustedKeys, referrers, referrersTag, type Signer, SigningKeyError, signStatement, SLSA_PROVENANCE_PREDICATE_TYPE, type Statement, statementBytes, VerificationError, verifyAttestations, type VerifyFailure, verifyLayoutImages } from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
 import { sign } from "./sign.ts";
 
@@ -207,13 +207,4 @@ test("trusted key files: several keys a file, duplicates merged, bad files refus
   const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ type: "spki", format: "pem" }).toString();
   await writeFile(path.join(dir, "rsa.pem"), rsa);
   await assert.rejects(readTrustedKeys([path.join(dir, "rsa.pem")]), (e: unknown) => e instanceof SigningKeyError && /P-256/.test(e.message));
-});
-
-test("the signing key can come from the environment as PEM text", async (t) => {
-  const dir = await tempDir(t);
-  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
-  const loaded = await loadOrCreateSigningKey({ keyPem: privateKey, dataDir: dir });
-  assert.equal(loaded.keyId, signerFromPrivateKeyPem(privateKey).keyId);
-  assert.equal(loaded.created, false);
-  assert.ok(!JSON.stringify(loaded).includes("PRIVATE"), "the private key is not enumerable");
 });

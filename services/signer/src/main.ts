@@ -1,39 +1,38 @@
 /**
- * signer: signs each finished build, stores the signatures next to the artifacts, and only
- * then records the key's actual state — so a key is never Ready with a half-signed result —
- * and enqueues the key again so the reconciler fans out to its dependents.
+ * signer: verifies each finished build before it signs it (admit.ts), signs it, stores the
+ * signatures next to the artifacts, and records the key's actual state (handle.ts).
+ *
+ * Key custody: the release signing key is read by this process alone. It is generated on first
+ * run into HOMEOSTAT_SIGNER_DIR (default `<data>/signer`, made 0700; `cosign.key` 0600,
+ * `cosign.pub` beside it for verifiers), or given as HOMEOSTAT_SIGNING_KEY (a PEM file or the
+ * PEM itself). In compose or Kubernetes that directory is a volume or Secret mounted into the
+ * signer only. The builders it trusts are HOMEOSTAT_TRUSTED_BUILDER_KEYS (PEM files; default
+ * the local builder's `<data>/builder/builder.pub`).
  */
-import { currentTraceId, NonRetriableError, publish, runConsumer, runService, settleBuild, signRequestSchema, StateStore } from "@homeostat/core";
-import { loadOrCreateSigningKey, Registry } from "@homeostat/attest";
-import { sign, SignRequestError } from "./sign.ts";
+import { meter, publish, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
+import { readTrustedKeys, Registry } from "@homeostat/attest";
+import { keyProviderFromConfig } from "@homeostat/key-custody";
+import { createSignHandler } from "./handle.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
-  const signer = await loadOrCreateSigningKey({ keyPath: config.signingKeyPath, keyPem: config.signingKeyPem, dataDir: config.dataDir });
-  log.info("signing key loaded", { keyId: signer.keyId });
-  const registry = config.registryUrl ? new Registry(config.registryUrl) : undefined;
-  const state = new StateStore(buckets.state);
-  const running = runConsumer(nats, {
-    stage: "sign",
-    schema: signRequestSchema,
-    spanName: "signer.sign",
-    concurrency: config.concurrency,
+  const signer = await keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key");
+  log.info("signing key loaded", { keyId: signer.keyId, source: signer.source });
+  const trustedBuilderKeys = await readTrustedKeys(config.trustedBuilderKeyPaths);
+  log.info("trusted builder keys", { files: config.trustedBuilderKeyPaths, count: trustedBuilderKeys.length });
+  if (config.signUnsandboxed) log.warn("HOMEOSTAT_SIGN_UNSANDBOXED=true: builds whose steps ran without the sandbox are signed too, marked as such (development only)");
+  const refusals = meter().createCounter("homeostat.signer.refused", { description: "Sign requests refused, by reason: not built by a trusted builder from the desired inputs, or not intact" });
+  const handle = createSignHandler({
+    dataDir: config.dataDir,
+    state: new StateStore(buckets.state),
+    trustedBuilderKeys,
+    allowUnsandboxed: config.signUnsandboxed,
+    signer,
+    imageRepository: config.imageRepository,
+    registry: config.registryUrl ? new Registry(config.registryUrl) : undefined,
+    enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),
+    refused: (reason) => refusals.add(1, { reason }),
     log,
-    signal,
-    handle: async (req) => {
-      const { signatures, keyId } = await sign(req, { dataDir: config.dataDir, imageRepository: config.imageRepository, signer, registry }).catch((err: unknown) => {
-        // A request naming something that cannot be signed will never succeed: drop it, with the reason.
-        throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;
-      });
-      const actual = { version: req.version, inputDigest: req.inputDigest, outputs: req.outputs, signatures, keyId, builtAt: new Date().toISOString(), traceId: currentTraceId() };
-      await state.update(req.key, (s) => {
-        const cur = s ?? StateStore.initial(req.key);
-        const current = cur.desiredInputDigest === undefined || cur.desiredInputDigest === req.inputDigest;
-        const next = { ...cur, actual, phase: current ? "Ready" as const : cur.phase, lastError: current ? undefined : cur.lastError };
-        return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
-      });
-      await publish(nats, "intake", req.key, { v: 1, key: req.key, priority: "dependency", cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${req.version}` } });
-      log.info("signed", { key: req.key, version: req.version, keyId });
-    },
   });
+  const running = runConsumer(nats, { stage: "sign", schema: signRequestSchema, spanName: "signer.sign", concurrency: config.concurrency, log, signal, handle });
   return () => running;
 });

@@ -9,10 +9,10 @@ import { createHash } from "node:crypto";
 import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import type { SignRequest } from "@homeostat/core/contracts";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
-import { type LoadedSigningKey, loadOrCreateSigningKey, mediaTypes, OciLayout, SIGNATURE_ANNOTATION, signatureTag, signImage, SIMPLE_SIGNING_MEDIA_TYPE, storeBlobPath, VerificationError, verifyBlobSignature, type VerifyFailure, verifyImage, verifyStoreBlob, writeStoreBlob } from "@homeostat/attest";
-import { sign, SignRequestError } from "./sign.ts";
+import { mediaTypes, OciLayout, SIGNATURE_ANNOTATION, signatureTag, signImage, SIMPLE_SIGNING_MEDIA_TYPE, storeBlobPath, VerificationError, verifyBlobSignature, type VerifyFailure, verifyImage, verifyStoreBlob, writeStoreBlob } from "@homeostat/attest";
+import { type ManagedKeyProvider, managedKeyProvider } from "@homeostat/key-custody";
+import { sign, SignRequestError, type VerifiedBuild } from "./sign.ts";
 
 const REPO = "registry.example/homeostat";
 const INPUT = `sha256:${"ab".repeat(32)}` as const;
@@ -59,9 +59,8 @@ async function makeImage(layoutDir: string, tag: string, content: string): Promi
   return manifest.digest;
 }
 
-function imageRequest(location: string, manifest: Digest | undefined, version = "1.0"): SignRequest {
+function imageRequest(location: string, manifest: Digest | undefined, version = "1.0"): VerifiedBuild {
   return {
-    v: 1,
     key: "image/demo",
     kind: "image",
     name: "demo",
@@ -91,10 +90,10 @@ async function rejectsWith(p: Promise<unknown> | (() => unknown), reason: Verify
   });
 }
 
-async function setup(t: { after(fn: () => Promise<void>): void }): Promise<{ dir: string; dataDir: string; layoutDir: string; key: LoadedSigningKey; pubPath: string }> {
+async function setup(t: { after(fn: () => Promise<void>): void }): Promise<{ dir: string; dataDir: string; layoutDir: string; key: ManagedKeyProvider; pubPath: string }> {
   const dir = await tempDir(t);
   const dataDir = path.join(dir, "data");
-  const key = await loadOrCreateSigningKey({ dataDir });
+  const key = await managedKeyProvider({ dir: path.join(dataDir, "signer"), name: "cosign" });
   return { dir, dataDir, layoutDir: path.join(dataDir, "images", "demo"), key, pubPath: key.publicKeyPath! };
 }
 
@@ -228,7 +227,7 @@ test("a signature for another manifest digest fails openssl and verifyImage", as
 
 test("a different key fails openssl and verifyImage; re-signing with a new key replaces the tag", async (t) => {
   const { dir, dataDir, layoutDir, key, pubPath } = await setup(t);
-  const other = await loadOrCreateSigningKey({ dataDir: path.join(dir, "other") });
+  const other = await managedKeyProvider({ dir: path.join(dir, "other", "signer"), name: "cosign" });
   assert.notEqual(other.keyId, key.keyId);
   const manifest = await makeImage(layoutDir, "1.0", "one");
   const first = await sign(imageRequest(`${layoutDir}:1.0`, manifest), { dataDir, imageRepository: REPO, signer: key });
@@ -265,11 +264,10 @@ test("image requests that cannot be signed are refused plainly", async (t) => {
 
 test("a package archive is signed sign-blob style into the store and verifies with openssl", async (t) => {
   const { dir, dataDir, key, pubPath } = await setup(t);
-  const other = await loadOrCreateSigningKey({ dataDir: path.join(dir, "other") });
+  const other = await managedKeyProvider({ dir: path.join(dir, "other", "signer"), name: "cosign" });
   const archiveBytes = Buffer.concat([Buffer.from([0x1f, 0x8b, 8, 0]), createHash("sha256").update("pkg").digest()]);
   const archive = await writeStoreBlob(dataDir, archiveBytes);
-  const req: SignRequest = {
-    v: 1,
+  const req: VerifiedBuild = {
     key: "package/libdemo",
     kind: "package",
     name: "libdemo",

@@ -1,5 +1,6 @@
 /**
- * Sign: turns one SignRequest (a finished build) into signatures stored next to its artifacts.
+ * Sign: turns one admitted build (admit.ts: verified, and located by the signer itself) into
+ * signatures stored next to its artifacts.
  *
  * - image:   outputs.location is `<layout dir>:<tag>`, outputs.manifest the image manifest
  *            digest; the manifest is signed cosign-style with reference
@@ -12,15 +13,35 @@
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
- * Recording the result in the key's status is the caller's job (main.ts).
+ * A build whose steps ran unsandboxed (only admitted with HOMEOSTAT_SIGN_UNSANDBOXED=true)
+ * says so in what is signed: an image signature's optional section carries
+ * `homeostat.isolation: none` (and its provenance attestation records the same).
+ *
+ * Recording the result in the key's status is the caller's job (handle.ts).
  */
 import path from "node:path";
-import type { SignRequest } from "@homeostat/core/contracts";
+import type { BuildIsolationKind, BuildOutputs } from "@homeostat/core/contracts";
+import type { Key } from "@homeostat/core/key";
 import type { Digest } from "@homeostat/core/digest";
 import { type Attestation, attestImage, CYCLONEDX_PREDICATE_TYPE, OciLayout, readVerifiedBlob, referrersTag, Registry, registryRepository, SignatureError, signBlob, type Signer, signImage, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/attest";
 
 /** The request itself cannot be signed as it stands (retrying will not help). */
 export class SignRequestError extends Error {}
+
+/** A build to sign, as admission found it: never taken from a message as it stands. */
+export type VerifiedBuild = {
+  key: Key;
+  kind: "package" | "image";
+  name: string;
+  version: string;
+  inputDigest: Digest;
+  /** `location`: the layout and tag, or the archive's store path, derived by the signer. */
+  outputs: BuildOutputs;
+  /** How the steps ran; absent is taken as sandboxed (bubblewrap). */
+  isolation?: BuildIsolationKind;
+  /** The builder key that vouched for the build. */
+  builderKeyId?: string;
+};
 
 export type SignContext = {
   dataDir: string;
@@ -67,7 +88,7 @@ async function readJsonBlob(layout: OciLayout, digest: string, what: string): Pr
   }
 }
 
-export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResult> {
+export async function sign(req: VerifiedBuild, ctx: SignContext): Promise<SignResult> {
   if (req.kind === "image") return signImageBuild(req, ctx);
   const archive = req.outputs.archive as Digest | undefined;
   if (archive === undefined) throw new SignRequestError(`${req.key}: package build outputs carry no archive digest`);
@@ -76,7 +97,7 @@ export async function sign(req: SignRequest, ctx: SignContext): Promise<SignResu
 }
 
 /** The cosign signature, then the attestations, then (with a registry) the push. */
-async function signImageBuild(req: SignRequest, ctx: SignContext): Promise<SignResult> {
+async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<SignResult> {
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
@@ -87,6 +108,7 @@ async function signImageBuild(req: SignRequest, ctx: SignContext): Promise<SignR
     reference: imageReference(ctx.imageRepository, req.name, req.version),
     signer: ctx.signer,
     key: req.key,
+    ...(req.isolation === "none" ? { annotations: { "homeostat.isolation": "none" } } : {}),
   });
   const layout = await OciLayout.open(layoutDir);
   const documents: [role: string, predicateType: string, blob: string | undefined][] = [

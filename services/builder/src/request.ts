@@ -1,0 +1,157 @@
+/**
+ * One build request, from the message to the sign request: check it against the catalog,
+ * build, vouch for the result, hand it to the signer.
+ *
+ * A request names a key, a catalog revision, an input digest and a version, and nothing the
+ * build runs. The builder loads the catalog at that revision itself (its own CatalogSource),
+ * recomputes the key's desired build from it and the facts (release facts, stored advisories,
+ * the dependencies' actual artifacts in the state KV, all read-only) with the reconciler's own
+ * implementation (@homeostat/catalog DesiredState), and builds that plan only when it arrives
+ * at the requested input digest and version. Anything else is refused — a revision it cannot
+ * have, a key not in the catalog, a key that cannot be built now, other inputs — without
+ * building and without touching the key's status: the reconciler's next run asks again with
+ * what is current. Each refusal is logged with its reason and counted
+ * (`homeostat.builder.refused` by reason).
+ *
+ * The result is vouched for by the builder's own key (not the release signing key): a DSSE
+ * envelope (@homeostat/attest dsse.ts) of an in-toto statement whose subjects are the output
+ * digests and whose predicate (core contracts buildResultPredicateSchema) names the key,
+ * kind, version, input digest, catalog revision, outputs and how the steps were sandboxed.
+ * It is stored in the content-addressed store beside the artifacts, and the sign request names
+ * it by digest.
+ */
+import { type BuildDecision, DesiredState, type AdvisoryStore, type BuildPlan, type Catalog, type ReleaseStore } from "@homeostat/catalog";
+import { BUILD_RESULT_PREDICATE_TYPE, signDsse, type Signer, statementAbout } from "@homeostat/attest";
+import {
+  BUILDER_VERSION,
+  errorMessage,
+  NonRetriableError,
+  parseKey,
+  StateStore,
+  type BuildIsolationKind,
+  type BuildOutputs,
+  type BuildRequest,
+  type BuildResultPredicate,
+  type Logger,
+  type ResultOutputs,
+  type SignRequest,
+} from "@homeostat/core";
+import type { Digest } from "@homeostat/core/digest";
+import { BuildFailure, type BuildResult } from "./build.ts";
+import { ArtifactStore } from "./store.ts";
+
+/** Why a build request was refused (the `reason` attribute of homeostat.builder.refused). */
+export type BuildRefusal = "unknown-revision" | "not-in-catalog" | "not-buildable" | "input-mismatch" | "version-mismatch";
+
+export class BuildRefusedError extends NonRetriableError {
+  readonly reason: BuildRefusal;
+  constructor(reason: BuildRefusal, message: string) {
+    super(`build refused (${reason}): ${message}`);
+    this.reason = reason;
+  }
+}
+
+export type BuildRequestDeps = {
+  /** The catalog at a revision, or undefined when this builder cannot have it (CatalogSource.at). */
+  catalogAt: (revision: string) => Promise<Catalog | undefined>;
+  releases: Pick<ReleaseStore, "list">;
+  advisories: Pick<AdvisoryStore, "list">;
+  state: StateStore;
+  sourceDateEpoch: number;
+  /** Builds a plan (Builder.build: cache, concurrency). */
+  build: (plan: BuildPlan) => Promise<BuildResult>;
+  /** Where build results are stored (the builder's data directory). */
+  dataDir: string;
+  /** How this builder runs steps (isolation.ts); a package's result records how its own steps ran. */
+  isolation: BuildIsolationKind;
+  /** The builder's identity key. */
+  identity: Signer;
+  publishSign: (req: SignRequest) => Promise<void>;
+  /** Counts a refusal by reason. */
+  refused: (reason: BuildRefusal) => void;
+  log: Logger;
+};
+
+/** The handler of the build stage's messages. */
+export function createBuildHandler(deps: BuildRequestDeps) {
+  const store = new ArtifactStore(deps.dataDir);
+
+  const refuse = (req: BuildRequest, reason: BuildRefusal, message: string): never => {
+    deps.refused(reason);
+    deps.log.warn("build refused", { key: req.key, reason, catalogRevision: req.catalogRevision, inputDigest: req.inputDigest, detail: message });
+    throw new BuildRefusedError(reason, `${req.key}: ${message}`);
+  };
+
+  /** The plan the catalog at the requested revision calls for, if it is the one requested. */
+  async function verifiedPlan(req: BuildRequest): Promise<{ plan: BuildPlan; decision?: BuildDecision }> {
+    const catalog = await deps.catalogAt(req.catalogRevision);
+    if (!catalog) return refuse(req, "unknown-revision", `catalog revision ${req.catalogRevision} is not one this builder has (superseded, or unknown)`);
+    const { kind, name } = parseKey(req.key);
+    const declared = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
+    if (!declared) return refuse(req, "not-in-catalog", `not in the catalog at ${req.catalogRevision}`);
+    const desiredState = new DesiredState({
+      catalog,
+      releases: (pkg) => deps.releases.list(pkg),
+      advisories: (pkg) => deps.advisories.list(pkg),
+      status: (k) => deps.state.get(k),
+      sourceDateEpoch: deps.sourceDateEpoch,
+    });
+    const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
+    if (desired.state === "waiting") return refuse(req, "not-buildable", `the catalog and the facts say it waits for ${desired.waitingFor}`);
+    if (desired.state === "attention") return refuse(req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
+    if (desired.inputDigest !== req.inputDigest) return refuse(req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
+    if (desired.version !== req.version) return refuse(req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
+    return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
+  }
+
+  /**
+   * How the steps that made these outputs ran. For a package, what its provenance recorded at
+   * the time (a cached build may predate this process's sandbox), `none` unless it says
+   * bubblewrap; an image runs no steps, so this builder's own.
+   */
+  async function isolationOf(plan: BuildPlan, outputs: BuildOutputs): Promise<BuildIsolationKind> {
+    if (plan.kind === "image") return deps.isolation;
+    const provenance = outputs.provenance ? JSON.parse((await store.read(outputs.provenance as Digest)).toString("utf8")) as { buildDefinition?: { internalParameters?: { isolation?: unknown } } } : undefined;
+    return provenance?.buildDefinition?.internalParameters?.isolation === "bubblewrap" ? "bubblewrap" : "none";
+  }
+
+  /** Signs and stores the build result; returns its digest in the store. */
+  async function vouch(plan: BuildPlan, outputs: BuildOutputs): Promise<Digest> {
+    const { location: _, ...vouched } = outputs;
+    const predicate: BuildResultPredicate = {
+      key: plan.key, kind: plan.kind, name: plan.name, version: plan.version, inputDigest: plan.inputDigest,
+      catalogRevision: plan.catalogRevision, isolation: await isolationOf(plan, outputs), builder: BUILDER_VERSION, outputs: vouched,
+    };
+    const statement = statementAbout(outputSubjects(vouched), BUILD_RESULT_PREDICATE_TYPE, predicate);
+    return (await store.putBytes(await signDsse(statement, deps.identity))).digest;
+  }
+
+  return async function handle(req: BuildRequest): Promise<void> {
+    const status = await deps.state.get(req.key);
+    if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
+      deps.log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
+      return;
+    }
+    const { plan } = await verifiedPlan(req);
+    deps.log.info("building", { key: req.key, version: req.version });
+    let result: BuildResult;
+    try {
+      result = await deps.build(plan);
+      if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
+    } catch (err) {
+      if (!(err instanceof BuildFailure)) throw err;
+      await deps.state.update(req.key, (s) => (s && s.desiredInputDigest !== req.inputDigest ? undefined : { ...(s ?? StateStore.initial(req.key)), phase: "Failed", lastError: err.message }));
+      throw new NonRetriableError(`${req.key}: ${errorMessage(err)}`);
+    }
+    const buildResult = await vouch(plan, result.outputs);
+    await deps.state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
+    await deps.publishSign({ v: 2, key: req.key, inputDigest: req.inputDigest, buildResult });
+    deps.log.info("built", { key: req.key, version: req.version, buildResult, ...result.outputs });
+  };
+}
+
+/** The statement's subjects: every output blob, named by its role. */
+export function outputSubjects(outputs: ResultOutputs): { name: string; digest: string }[] {
+  const roles = ["archive", "metadata", "manifest", "config", "sbom", "provenance"] as const;
+  return roles.flatMap((role) => (outputs[role] ? [{ name: role, digest: outputs[role] }] : []));
+}

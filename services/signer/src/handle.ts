@@ -1,0 +1,61 @@
+/**
+ * One sign request: admit it (admit.ts), sign what admission found, and only then record the
+ * key's actual state — so a key is never Ready with a half-signed result — and enqueue the key
+ * again so the reconciler fans out to its dependents.
+ *
+ * A refused request is dropped (non-retriable) with its reason in the log, counted
+ * (`homeostat.signer.refused` by reason), and changes nothing: no signature is written, the
+ * key's status is untouched, and the reconciler's next run asks for the build again.
+ */
+import { currentTraceId, NonRetriableError, settleBuild, StateStore, type EnqueueRequest, type Logger, type SignRequest } from "@homeostat/core";
+import type { Registry, Signer } from "@homeostat/attest";
+import { admit, SignRefusedError, type SignRefusal } from "./admit.ts";
+import { sign, SignRequestError } from "./sign.ts";
+
+export type SignHandlerDeps = {
+  dataDir: string;
+  state: StateStore;
+  /** SPKI PEM public keys of the trusted builders. */
+  trustedBuilderKeys: readonly string[];
+  allowUnsandboxed: boolean;
+  signer: Signer;
+  imageRepository: string;
+  registry?: Registry | undefined;
+  /** Tells the queue the key was built (priority dependency, cause "built"). */
+  enqueue: (req: EnqueueRequest) => Promise<void>;
+  /** Counts a refusal by reason. */
+  refused: (reason: SignRefusal) => void;
+  log: Logger;
+};
+
+export function createSignHandler(deps: SignHandlerDeps) {
+  return async function handle(req: SignRequest): Promise<void> {
+    let build;
+    try {
+      build = await admit(req, { dataDir: deps.dataDir, trustedBuilderKeys: deps.trustedBuilderKeys, allowUnsandboxed: deps.allowUnsandboxed, status: (k) => deps.state.get(k) });
+    } catch (err) {
+      if (!(err instanceof SignRefusedError)) throw err;
+      deps.refused(err.reason);
+      deps.log.warn("sign refused", { key: req.key, reason: err.reason, inputDigest: req.inputDigest, buildResult: req.buildResult, detail: err.message });
+      throw new NonRetriableError(`${req.key}: ${err.message}`);
+    }
+    if (build.isolation === "none") deps.log.warn("signing a build whose steps ran unsandboxed (HOMEOSTAT_SIGN_UNSANDBOXED=true); the signature says so", { key: req.key, inputDigest: req.inputDigest });
+    const { signatures, keyId } = await sign(build, { dataDir: deps.dataDir, imageRepository: deps.imageRepository, signer: deps.signer, registry: deps.registry }).catch((err: unknown) => {
+      // What cannot be signed as it stands will never succeed: drop it, with the reason.
+      throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;
+    });
+    const actual = {
+      version: build.version, inputDigest: build.inputDigest, outputs: build.outputs, signatures, keyId,
+      ...(build.isolation ? { isolation: build.isolation } : {}), ...(build.builderKeyId ? { builderKeyId: build.builderKeyId } : {}),
+      builtAt: new Date().toISOString(), traceId: currentTraceId(),
+    };
+    await deps.state.update(req.key, (s) => {
+      const cur = s ?? StateStore.initial(req.key);
+      const current = cur.desiredInputDigest === undefined || cur.desiredInputDigest === req.inputDigest;
+      const next = { ...cur, actual, phase: current ? ("Ready" as const) : cur.phase, lastError: current ? undefined : cur.lastError };
+      return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
+    });
+    await deps.enqueue({ v: 1, key: req.key, priority: "dependency", cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${build.version}` } });
+    deps.log.info("signed", { key: req.key, version: build.version, keyId });
+  };
+}
