@@ -19,14 +19,13 @@
  * years ahead cannot hide every later revision of its id.
  */
 import type { KV } from "@nats-io/kv";
-import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import type { Nats } from "@homeostat/core/topology";
 
-/** The bucket's name (topology.ts: the topology owner creates it with the others). */
+/** The bucket's name: beside topology.ts's buckets, under the same prefix. */
 export function advisoryBucket(n: Pick<Nats, "topology">): string {
-  return n.topology.bucket("advisories");
+  return `${n.topology.prefix}_advisories`;
 }
 
 export class AdvisoryStore {
@@ -83,7 +82,7 @@ export class AdvisoryStore {
         await this.kv.update(k, body, e.revision);
         return true;
       } catch (err) {
-        if (!isRevisionConflict(err)) throw err;
+        if (!/wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err))) throw err;
       }
     }
     throw new Error(`advisory store: ${k} kept changing under 20 writes`);
