@@ -127,12 +127,13 @@ export function createBuildHandler(deps: BuildRequestDeps) {
   }
 
   return async function handle(req: BuildRequest): Promise<void> {
+    // Checked first, so that a forged request is refused and counted rather than skipped.
+    const { plan } = await verifiedPlan(req);
     const status = await deps.state.get(req.key);
     if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
       deps.log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
       return;
     }
-    const { plan } = await verifiedPlan(req);
     deps.log.info("building", { key: req.key, version: req.version });
     let result: BuildResult;
     try {

