@@ -84,6 +84,8 @@ async function findPrlimit(): Promise<string | undefined> {
   return undefined;
 }
 
+const CPU_KILL_GRACE_SECONDS = 5;
+
 /** The sandbox's /tmp: a directory of the workspace, so that it is on disk and counted. */
 export function sandboxTmp(workspaceRoot: string): string {
   return path.join(workspaceRoot, "tmp");
@@ -93,7 +95,8 @@ export function sandboxTmp(workspaceRoot: string): string {
 export function limitedArgv(prlimit: string, limits: BuildLimits, argv: readonly string[]): string[] {
   return [
     prlimit,
-    `--cpu=${limits.cpuSeconds}`,
+    // SIGXCPU at the soft limit says why; SIGKILL a little later for a process that ignores it.
+    `--cpu=${limits.cpuSeconds}:${limits.cpuSeconds + CPU_KILL_GRACE_SECONDS}`,
     `--as=${limits.memoryBytes}`,
     `--nproc=${limits.maxProcesses}`,
     `--fsize=${limits.maxFileBytes}`,
