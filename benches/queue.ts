@@ -52,7 +52,7 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Queue, Worker, type Job } from "bullmq";
 import { Redis } from "ioredis";
-import { bucketNames, connectNats, ensureTopology, keyToken, loadConfig, stages, type Config, type Key, type Logger, type Nats } from "@homeostat/core";
+import { bucketNames, connectNats, ensureTopology, isStoreFailed, keyToken, loadConfig, stages, type Config, type Key, type Logger, type Nats } from "@homeostat/core";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { table } from "./table.ts";
 
@@ -66,7 +66,6 @@ const CAP_MS = 120_000;
 const POLL_MS = 20;
 const TARGET_VS_BULLMQ = 1.5;
 const TARGET_VS_JETSTREAM = 0.7;
-const SUBJECT_BUSY = 10077;
 
 const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -300,7 +299,7 @@ async function benchJetStream(prefix: string, config: Config, d: Deadline, clean
       await producerConn.js.publish(subject(k), JSON.stringify({ i, t }));
       return "added";
     } catch (err) {
-      if ((err as { code?: number }).code === SUBJECT_BUSY || String(err).includes(String(SUBJECT_BUSY))) return "deduped";
+      if (isStoreFailed(err)) return "deduped"; // the key's subject holds its message
       throw err;
     }
   };

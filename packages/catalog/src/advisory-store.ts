@@ -19,6 +19,7 @@
  * years ahead cannot hide every later revision of its id.
  */
 import type { KV } from "@nats-io/kv";
+import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import type { Nats } from "@homeostat/core/topology";
@@ -82,7 +83,7 @@ export class AdvisoryStore {
         await this.kv.update(k, body, e.revision);
         return true;
       } catch (err) {
-        if (!/wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err))) throw err;
+        if (!isRevisionConflict(err)) throw err;
       }
     }
     throw new Error(`advisory store: ${k} kept changing under 20 writes`);

@@ -24,6 +24,7 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { z } from "zod";
 import { causeSchema, prioritySchema } from "./contracts.ts";
+import { JetStreamErrorCode } from "./jetstream-errors.ts";
 import { keySchema, type Key } from "./key.ts";
 import { traceHeaders } from "./telemetry.ts";
 import type { Nats, Topology } from "./topology.ts";
@@ -58,9 +59,6 @@ export function eventId(source: EventSource, ref: string): string {
 export function eventLedgerNames(t: Topology): { stream: string; subjects: string } {
   return { stream: `${t.prefix}_EVENTS`, subjects: `${t.prefix}.${t.region}.events.>` };
 }
-
-/** The server's "this subject already holds its one message" (discard_new_per_subject). */
-const SUBJECT_FULL = 10077;
 
 /** The queue's durable consumer of the records (services/queue/src/admit.ts). */
 const ADMISSION_CONSUMER = "admission";
@@ -155,5 +153,5 @@ export class EventLedger {
 
 function isSubjectFull(err: unknown): boolean {
   const e = err as { code?: unknown; api_error?: { err_code?: number } } | null;
-  return e?.api_error?.err_code === SUBJECT_FULL || e?.code === SUBJECT_FULL || String(err).includes(String(SUBJECT_FULL));
+  return e?.api_error?.err_code === JetStreamErrorCode.StoreFailed || e?.code === JetStreamErrorCode.StoreFailed || String(err).includes(String(JetStreamErrorCode.StoreFailed));
 }

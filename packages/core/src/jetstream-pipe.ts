@@ -7,10 +7,14 @@
  * own timer and mux entry, and on completion an Error object ("cancelled", with a stack trace)
  * that nobody sees; at thousands of requests/s that was a fifth of a process's CPU. Here a request is a publish with a reply subject `<inbox>.<n>` and a map entry;
  * timeouts are swept twice a second. The semantics are JetStream's own: a publish resolves
- * only with the stream's ack (the message is stored), an API error rejects with its `err_code`
- * in `code`, "no responders" (no stream on the subject, JetStream down) rejects.
+ * only with the stream's ack (the message is stored), an API error rejects with the client's own
+ * `JetStreamApiError` (its `code` is the `err_code`; test it with jetstream-errors.ts), "no
+ * responders" (no stream on the subject, JetStream down), a timeout and a closed connection
+ * reject with a `JetStreamPipeError`.
  */
 import { randomBytes } from "node:crypto";
+import { JetStreamApiError, type ApiError } from "@nats-io/jetstream";
+import { isMessageGone } from "./jetstream-errors.ts";
 import type { Nats } from "./topology.ts";
 
 type Nc = Nats["nc"];
@@ -19,7 +23,10 @@ type Headers = NonNullable<Parameters<Nc["publish"]>[2]>["headers"];
 
 export type PubAck = { stream: string; seq: number; duplicate: boolean };
 
-/** A JetStream API error (`code` is its err_code, e.g. 10077) or a transport failure. */
+/**
+ * A request that JetStream did not answer: `code` 503 no responders, 408 timed out, undefined
+ * when the pipe or the connection is closed; or a direct get's status other than 404.
+ */
 export class JetStreamPipeError extends Error {
   readonly code: number | undefined;
   constructor(message: string, code?: number) {
@@ -33,7 +40,7 @@ type Pending = { resolve: (m: Msg) => void; reject: (e: Error) => void; deadline
 
 export class JetStreamPipe {
   private readonly nc: Nc;
-  private readonly inbox = `_INBOX.${randomBytes(11).toString("hex")}`;
+  private readonly inbox: string;
   private readonly pending = new Map<number, Pending>();
   private readonly timeoutMs: number;
   private readonly sweeper: NodeJS.Timeout;
@@ -42,6 +49,10 @@ export class JetStreamPipe {
 
   constructor(nc: Nc, timeoutMs = 5_000) {
     this.nc = nc;
+    // Under the connection's own inbox prefix: the server lets an identity subscribe to its own
+    // inboxes only (nats-access.ts). The option is not on the NatsConnection interface.
+    const inboxPrefix = (nc as Nc & { options?: { inboxPrefix?: string } }).options?.inboxPrefix || "_INBOX";
+    this.inbox = `${inboxPrefix}.${randomBytes(11).toString("hex")}`;
     this.timeoutMs = timeoutMs;
     this.sweeper = setInterval(() => this.sweep(), 500).unref();
     void nc.closed().then(() => this.failAll(new JetStreamPipeError("the NATS connection is closed")));
@@ -57,8 +68,8 @@ export class JetStreamPipe {
   /** Stores `data` on `subject` (a stream's subject); resolves with the stream's ack. */
   async publish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck> {
     const m = await this.request(subject, data, headers);
-    const body = m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: { err_code?: number; code?: number; description?: string } }) : {};
-    if (body.error) throw new JetStreamPipeError(`${body.error.description ?? "JetStream error"} (${body.error.err_code ?? body.error.code})`, body.error.err_code);
+    const body = m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: ApiError }) : {};
+    if (body.error) throw new JetStreamApiError(body.error);
     if (!body.stream || typeof body.seq !== "number") throw new JetStreamPipeError(`no stream ack for a publish to ${subject}`);
     return { stream: body.stream, seq: body.seq, duplicate: body.duplicate === true };
   }
@@ -77,13 +88,27 @@ export class JetStreamPipe {
 
   /**
    * A JetStream API call (`$JS.API.…`) with a JSON body; resolves with the JSON answer, rejects
-   * with the API error's `err_code` in `code`.
+   * with a `JetStreamApiError`.
    */
   async api<T>(subject: string, body: unknown): Promise<T> {
     const m = await this.request(subject, JSON.stringify(body));
-    const answer = JSON.parse(new TextDecoder().decode(m.data)) as T & { error?: { err_code?: number; code?: number; description?: string } };
-    if (answer.error) throw new JetStreamPipeError(`${answer.error.description ?? "JetStream error"} (${answer.error.err_code ?? answer.error.code})`, answer.error.err_code);
+    const answer = JSON.parse(new TextDecoder().decode(m.data)) as T & { error?: ApiError };
+    if (answer.error) throw new JetStreamApiError(answer.error);
     return answer;
+  }
+
+  /**
+   * Deletes message `seq` of `stream` (without overwriting its bytes: nothing secret is stored);
+   * false when it is gone already. In a stream that keeps one message per subject that includes
+   * a subject written again since, so deleting a revision is a compare-and-delete.
+   */
+  async deleteMessage(stream: string, seq: number): Promise<boolean> {
+    try {
+      return (await this.api<{ success: boolean }>(`$JS.API.STREAM.MSG.DELETE.${stream}`, { seq, no_erase: true })).success;
+    } catch (err) {
+      if (isMessageGone(err)) return false;
+      throw err;
+    }
   }
 
   /** A confirmed ack of a consumed message: resolves once the server has taken it. */

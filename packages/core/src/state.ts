@@ -8,6 +8,7 @@
  * rebuilds from KV at every start: losing Redis loses nothing.
  */
 import type { KV } from "@nats-io/kv";
+import { isRevisionConflict } from "./jetstream-errors.ts";
 import { keyToken, type Key } from "./key.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
 
@@ -60,8 +61,4 @@ export class StateStore {
   static initial(key: Key): KeyStatus {
     return { key, phase: "Pending", attempts: 0, updatedAt: new Date().toISOString() };
   }
-}
-
-function isRevisionConflict(err: unknown): boolean {
-  return /wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err));
 }

@@ -16,15 +16,12 @@
  * rather than per request). It adds one loop turn, which under load is the time the turn's other
  * requests take anyway.
  */
-import { currentTraceId, eventId, JetStreamPipeError, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+import { currentTraceId, eventId, isStoreFailed, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
 
 /** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
 export type LedgerOps = {
   record(record: EventRecord): Promise<"recorded" | "duplicate">;
 };
-
-/** The server's "this event subject already holds its record" (discard_new_per_subject). */
-const SUBJECT_FULL = 10077;
 
 /** EventLedger's record over the lean pipe: same stream, subjects and semantics. */
 export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps {
@@ -35,7 +32,8 @@ export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps
         await pipe.publish(ledger.subject(record.id), JSON.stringify(record), traceHeaders());
         return "recorded";
       } catch (err) {
-        if (err instanceof JetStreamPipeError && err.code === SUBJECT_FULL) return "duplicate";
+        // The event subject already holds its record (discard_new_per_subject).
+        if (isStoreFailed(err)) return "duplicate";
         throw err;
       }
     },
