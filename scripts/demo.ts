@@ -8,7 +8,7 @@
  *
  * With NATS_URL / REDIS_URL unset it starts private nats-server and redis-server processes.
  */
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { listKeyStatuses, statusClient } from "@homeostat/status-api";
@@ -43,6 +43,9 @@ const factory = await startFactory({
   logDir: path.join(work, "logs"),
 });
 say(`  ingest http://${factory.ingestUrl.slice(7)}   status gRPC ${factory.grpcAddr}   logs ${path.relative(process.cwd(), path.join(work, "logs"))}/`);
+// The run's write token, readable by this user only: what `homeostat enqueue` and `retry` need.
+const tokenFile = path.join(work, "grpc-token");
+writeFileSync(tokenFile, `${factory.grpcToken}\n`, { mode: 0o600 });
 const client = statusClient(factory.grpcAddr);
 
 const stopAll = async () => {
@@ -109,6 +112,7 @@ try {
   const ok = settledItems.every((s) => s.phase === "Ready");
   say(ok ? "\nconverged: every key is built, signed and Ready." : "\nnot converged: see the logs");
   say(`try: packages/cli/bin/homeostat list --addr ${factory.grpcAddr}`);
+  say(`     packages/cli/bin/homeostat enqueue package/libgreet --addr ${factory.grpcAddr} --token-file ${path.relative(process.cwd(), tokenFile)}`);
   if (args.serve) {
     say("serving; Ctrl-C stops the factory");
   } else {

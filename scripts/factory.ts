@@ -4,10 +4,12 @@
  * Not used in production: there, compose or Kubernetes start the services.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import path from "node:path";
 import { serviceNames, type ServiceName } from "@homeostat/core/service";
+import { tokenDigest } from "@homeostat/status-api";
 
 export const repoRoot = path.resolve(import.meta.dirname, "..");
 
@@ -86,6 +88,11 @@ export async function startLocalServers(dir: string): Promise<LocalServers> {
 export type Factory = {
   ingestUrl: string;
   grpcAddr: string;
+  /**
+   * A status API token with the write role, made for this run (the queue service knows only
+   * its digest): for enqueue and retry; reads need none on loopback.
+   */
+  grpcToken: string;
   env: Record<string, string>;
   processes: Map<ServiceName, ChildProcess>;
   /** Starts one service again (after a kill), with the same environment. */
@@ -98,11 +105,13 @@ export async function startFactory(o: { env: Record<string, string>; logDir: str
   mkdirSync(o.logDir, { recursive: true });
   const ingestPort = await freePort();
   const grpcPort = await freePort();
+  const grpcToken = randomBytes(32).toString("base64url");
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     HOME: process.env.HOME ?? "/tmp",
     HOMEOSTAT_INGEST_PORT: String(ingestPort),
     HOMEOSTAT_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+    HOMEOSTAT_GRPC_TOKENS: `launcher:write:${tokenDigest(grpcToken)}`,
     ...o.env,
   };
   const processes = new Map<ServiceName, ChildProcess>();
@@ -117,6 +126,7 @@ export async function startFactory(o: { env: Record<string, string>; logDir: str
   const factory: Factory = {
     ingestUrl: `http://127.0.0.1:${ingestPort}`,
     grpcAddr: `127.0.0.1:${grpcPort}`,
+    grpcToken,
     env,
     processes,
     restart: async (name) => {

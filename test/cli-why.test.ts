@@ -16,7 +16,7 @@ import { testEnv, type TestEnv } from "./harness.ts";
 
 const bin = fileURLToPath(new URL("../packages/cli/bin/homeostat", import.meta.url));
 const quiet: Logger = { info() {}, warn() {}, error() {} };
-const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+const digest = (c: string): `sha256:${string}` => `sha256:${c.repeat(64)}`;
 const at = "2026-11-22T07:00:00.000Z";
 
 const statuses: KeyStatus[] = [
@@ -45,7 +45,8 @@ before(async () => {
   for (const s of statuses) await model.put(s);
   const queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "why-test" }));
   api = await startStatusApi({
-    addr: "127.0.0.1:0", readModel: model, queue, releases: new ReleaseStore(t.buckets.releases), advisories: await AdvisoryStore.open(t.nats), onError: () => {},
+    // Why is a read: no token needed on loopback (read auth none), as the CLI runs it here.
+    addr: "127.0.0.1:0", security: { tls: undefined, tokens: [], readAuth: "none", insecure: false }, readModel: model, queue, releases: new ReleaseStore(t.buckets.releases), advisories: await AdvisoryStore.open(t.nats), onError: () => {},
   });
   addr = `127.0.0.1:${api.port}`;
 });

@@ -16,13 +16,22 @@ import { type Logger } from "@homeostat/core";
 import { StatusReadModel } from "../services/queue/src/read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { startStatusApi, type StatusApi } from "../services/queue/src/status-api.ts";
+import { tokenDigest } from "@homeostat/status-api";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 import { parseAdvisoryFile } from "../packages/cli/src/plan.ts";
+import { makePki } from "./fixtures/pki.ts";
 
 const bin = fileURLToPath(new URL("../packages/cli/bin/homeostat", import.meta.url));
 const quiet: Logger = { info() {}, warn() {}, error() {} };
-const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+const digest = (c: string): `sha256:${string}` => `sha256:${c.repeat(64)}`;
+// Every run gets the write token through HOMEOSTAT_TOKEN unless a test says otherwise.
+const writeToken = "cli-test-write-token";
+const readToken = "cli-test-read-token";
+const security = {
+  tls: undefined, readAuth: "none", insecure: false,
+  tokens: [{ name: "operator", role: "write", sha256: tokenDigest(writeToken) }, { name: "viewer", role: "read", sha256: tokenDigest(readToken) }],
+} as const satisfies Parameters<typeof startStatusApi>[0]["security"];
 
 const openssl: KeyStatus = {
   key: "package/openssl",
@@ -62,7 +71,7 @@ before(async () => {
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "cli-test" }));
   releases = new ReleaseStore(t.buckets.releases);
   advisories = await AdvisoryStore.open(t.nats);
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, releases, advisories, onError: () => {} });
+  api = await startStatusApi({ addr: "127.0.0.1:0", security: { ...security, tokens: [...security.tokens] }, readModel: model, queue, releases, advisories, onError: () => {} });
   addr = `127.0.0.1:${api.port}`;
 });
 
@@ -77,7 +86,7 @@ type Run = { code: number; stdout: string; stderr: string };
 function homeostat(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((resolve) => {
     const { HOMEOSTAT_GRPC_ADDR: _ignored, ...base } = process.env;
-    execFile(bin, args, { env: { ...base, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(bin, args, { env: { ...base, HOMEOSTAT_TOKEN: writeToken, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -261,6 +270,65 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
   assert.equal(r.code, 1);
   assert.equal(r.stdout, "");
   assert.equal(r.stderr, "homeostat: package/openssl is not in the dead letters\n");
+});
+
+test("enqueue and retry without a token, or with a read token, exit 77 with the reason; a token file works", async () => {
+  let r = await homeostat(["enqueue", "package/zlib", "--addr", addr], { HOMEOSTAT_TOKEN: "" });
+  assert.equal(r.code, 77);
+  assert.equal(r.stdout, "");
+  assert.match(r.stderr, new RegExp(`^homeostat: not authenticated by ${addr.replace(/\./g, "\\.")}: Enqueue needs a bearer token with the write role: send authorization: Bearer <token>\n  give a token with --token-file FILE`));
+
+  r = await homeostat(["retry", "package/zlib", "--addr", addr, "--token", readToken]);
+  assert.equal(r.code, 77);
+  assert.equal(r.stderr, `homeostat: not allowed by ${addr}: RetryDeadLetter needs the write role; token viewer has the read role\n`);
+
+  r = await homeostat(["enqueue", "package/zlib", "--addr", addr], { HOMEOSTAT_TOKEN: "wrong" });
+  assert.equal(r.code, 77);
+  assert.match(r.stderr, /not authenticated by .*: the bearer token is not valid here/);
+
+  const file = path.join(t.dir, "token");
+  writeFileSync(file, `${writeToken}\n`, { mode: 0o600 });
+  r = await homeostat(["enqueue", "package/openssl", "--priority", "resync", "--addr", addr, "--token-file", file], { HOMEOSTAT_TOKEN: "" });
+  assert.equal(r.code, 0, r.stderr);
+  r = await homeostat(["enqueue", "package/openssl", "--priority", "resync", "--addr", addr], { HOMEOSTAT_TOKEN: "", HOMEOSTAT_TOKEN_FILE: file });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /deduped/);
+
+  r = await homeostat(["enqueue", "package/zlib", "--addr", addr, "--token-file", path.join(t.dir, "nothing")]);
+  assert.equal(r.code, 64);
+  assert.match(r.stderr, /^homeostat: cannot read the token file .*nothing: ENOENT/);
+});
+
+test("over TLS with --ca (and a token), mTLS with --client-cert/--client-key; token new makes a working entry", async () => {
+  const pki = makePki(path.join(t.dir, "pki"));
+  const tls = { certPath: pki.serverCert, keyPath: pki.serverKey, clientCaPath: pki.ca };
+  const { stdout } = await homeostat(["token", "new", "--name", "ci", "--role", "write", "--json"]);
+  const made = JSON.parse(stdout) as { token: string; entry: string };
+  const [name, role, sha256] = made.entry.split(":");
+  assert.deepEqual([name, role, sha256], ["ci", "write", tokenDigest(made.token)]);
+  const tlsApi = await startStatusApi({
+    addr: "127.0.0.1:0", security: { tls, tokens: [{ name: name!, role: "write", sha256: sha256! }], readAuth: "token", insecure: false },
+    readModel: model, queue, releases, advisories, onError: () => {},
+  });
+  const tlsAddr = `127.0.0.1:${tlsApi.port}`;
+  try {
+    const mtls = ["--ca", pki.ca, "--client-cert", pki.clientCert, "--client-key", pki.clientKey, "--addr", tlsAddr];
+    let r = await homeostat(["get", "package/zlib", "--json", ...mtls], { HOMEOSTAT_TOKEN: made.token });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), zlib);
+    // The same through the environment.
+    r = await homeostat(["get", "package/zlib", "--addr", tlsAddr], { HOMEOSTAT_TOKEN: made.token, HOMEOSTAT_GRPC_CA: pki.ca, HOMEOSTAT_GRPC_CERT: pki.clientCert, HOMEOSTAT_GRPC_KEY: pki.clientKey });
+    assert.equal(r.code, 0, r.stderr);
+    // No client certificate: the handshake fails, the server is not reached.
+    r = await homeostat(["get", "package/zlib", "--ca", pki.ca, "--addr", tlsAddr], { HOMEOSTAT_TOKEN: made.token });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^homeostat: cannot reach homeostat at 127\.0\.0\.1:\d+: /);
+    r = await homeostat(["get", "package/zlib", "--client-cert", pki.clientCert, ...mtls.slice(0, 2), "--addr", tlsAddr]);
+    assert.equal(r.code, 64);
+    assert.match(r.stderr, /give the client certificate and its key together/);
+  } finally {
+    await tlsApi.close();
+  }
 });
 
 /** A catalog of lodash 4.17.15 in image web, in the test's own directory. */

@@ -8,25 +8,31 @@
  * connection and the mapping of errors to messages and exit codes are shared.
  *
  * Exit codes: 0 ok; 1 the server answered with an error (e.g. not found); 2 the server could
- * not be reached; 64 usage error (EX_USAGE).
+ * not be reached; 64 usage error (EX_USAGE); 77 not authenticated or not allowed (EX_NOPERM).
+ *
+ * Start-up cost: gRPC, the catalog and the attestation code are imported by the commands that
+ * use them (`await import`), so `homeostat --help` and usage errors load only what they print.
  */
+import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
-import { CatalogSource, type Osv, parseCatalogLocation } from "@homeostat/catalog";
-import { loadConfig } from "@homeostat/core/config";
+import { loadConfig, type StatusClientSettings } from "@homeostat/core/config";
 import { priorities, prioritySchema } from "@homeostat/core/contracts";
-import { ContractViolation, type DeadLetterEntry, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize, parseKeyArg, retryDeadLetter, statusClient, type StatusServiceClient, whyKey } from "@homeostat/status-api";
 import { makeKey } from "@homeostat/core/key";
 import { mapLimit } from "@homeostat/core/map-limit";
 import type { KeyStatus } from "@homeostat/core/status";
+import type { DeadLetterEntry, StatusClient, StatusClientOptions } from "@homeostat/status-api";
+import { maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize } from "@homeostat/status-api/limits";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
-import { CYCLONEDX_PREDICATE_TYPE, type ImageVerification, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } from "@homeostat/attest";
-import { formatPlan, namedPackages, parseAdvisoryFile, parseReleaseArg, plan, type LivePackage, type PlanRelease } from "./plan.ts";
+import type { ImageVerification } from "@homeostat/attest";
+import type { LivePackage, PlanRelease } from "./plan.ts";
 
-export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64 } as const;
-/** What `homeostat verify` demands by default: what the signer attaches to every image. */
-const requiredAttestations = [CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE];
+export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64, denied: 77 } as const;
+
+/** The status API module, loaded by the commands that talk to the server. */
+const statusApi = () => import("@homeostat/status-api");
+type StatusApiModule = Awaited<ReturnType<typeof statusApi>>;
 
 export type Output = { write(text: string): unknown };
 export type Io = { stdout: Output; stderr: Output; env: NodeJS.ProcessEnv };
@@ -37,8 +43,8 @@ export type Context = {
   addr: string;
   json: boolean;
   io: Io;
-  /** The StatusService client, connected on first use and closed when the command ends. */
-  status(): StatusServiceClient;
+  /** The status API module and a client, connected on first use and closed when the command ends. */
+  status(): Promise<{ api: StatusApiModule; client: StatusClient }>;
   /** Prints a line (or a value as JSON when `--json` was given) to stdout. */
   print(text: string): void;
   printJson(value: unknown): void;
@@ -69,12 +75,24 @@ export class UsageError extends Error {
 
 const globalOptions = {
   addr: { type: "string" },
+  token: { type: "string" },
+  "token-file": { type: "string" },
+  tls: { type: "boolean" },
+  ca: { type: "string" },
+  "client-cert": { type: "string" },
+  "client-key": { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsOptionsConfig;
 
 const globalOptionHelp: [string, string][] = [
   ["--addr host:port", "status API address (default: $HOMEOSTAT_GRPC_ADDR, else 127.0.0.1:50051)"],
+  ["--token-file FILE", "bearer token for the status API, read from FILE (default: $HOMEOSTAT_TOKEN_FILE); needed by enqueue and retry"],
+  ["--token T", "the bearer token itself (default: $HOMEOSTAT_TOKEN); visible to other users in the process list, prefer --token-file"],
+  ["--ca FILE", "speak TLS, trusting this CA (PEM; default: $HOMEOSTAT_GRPC_CA)"],
+  ["--tls", "speak TLS, trusting the system's CAs (default: $HOMEOSTAT_GRPC_TLS=true)"],
+  ["--client-cert FILE", "client certificate for mTLS (PEM; default: $HOMEOSTAT_GRPC_CERT), with --client-key"],
+  ["--client-key FILE", "its private key (PEM; default: $HOMEOSTAT_GRPC_KEY)"],
   ["--json", "print JSON (field names as in packages/core: status.ts, workqueue.ts) instead of text"],
   ["-h, --help", "show help"],
 ];
@@ -87,9 +105,9 @@ const getCommand: Command = {
   summary: "show where one key stands: phase, desired and actual versions, digests, trace",
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw]) {
-    const parsed = parseKeyArg(raw!);
-    if ("error" in parsed) throw new UsageError(parsed.error, getCommand);
-    const status = await getKeyStatus(ctx.status(), parsed.key);
+    const key = await keyArg(raw!, getCommand);
+    const { api, client } = await ctx.status();
+    const status = await api.getKeyStatus(client, key);
     if (ctx.json) ctx.printJson(status);
     else ctx.print(formatStatus(status));
     return exitCodes.ok;
@@ -102,9 +120,9 @@ const whyCommand: Command = {
   summary: "explain why a key is where it is: its cause, then its dependencies' causes, back to the event",
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw]) {
-    const parsed = parseKeyArg(raw!);
-    if ("error" in parsed) throw new UsageError(parsed.error, whyCommand);
-    const chain = await whyKey(ctx.status(), parsed.key);
+    const key = await keyArg(raw!, whyCommand);
+    const { api, client } = await ctx.status();
+    const chain = await api.whyKey(client, key);
     if (ctx.json) ctx.printJson(chain);
     else ctx.print(formatWhy(chain));
     return exitCodes.ok;
@@ -123,6 +141,8 @@ const planCommand: Command = {
   ],
   positionals: { min: 0, max: 0 },
   async run(ctx, _positionals, values) {
+    const { CatalogSource, parseCatalogLocation } = await import("@homeostat/catalog");
+    const { formatPlan, namedPackages, parseAdvisoryFile, parseReleaseArg, plan } = await import("./plan.ts");
     const files = Array.isArray(values.advisory) ? values.advisory.map(String) : [];
     let releases: PlanRelease[];
     try {
@@ -131,13 +151,13 @@ const planCommand: Command = {
       throw new UsageError((err as Error).message, planCommand);
     }
     if (files.length === 0 && releases.length === 0) throw new UsageError("give at least one --advisory or --release", planCommand);
-    const advisories: Osv[] = [];
+    const advisories = [];
     for (const f of files) advisories.push(...parseAdvisoryFile(await readFile(f, "utf8"), f));
     const config = loadConfig({ HOMEOSTAT_CATALOG: typeof values.catalog === "string" ? values.catalog : ctx.io.env.HOMEOSTAT_CATALOG || undefined, HOMEOSTAT_DATA: ctx.io.env.HOMEOSTAT_DATA || undefined });
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "cli") });
     const catalog = source.current();
     const facts = { advisories, releases };
-    const result = plan(catalog, facts, values.live ? await liveFacts(ctx.status(), namedPackages(catalog, facts).inCatalog) : undefined);
+    const result = plan(catalog, facts, values.live ? await liveFacts(await ctx.status(), namedPackages(catalog, facts).inCatalog) : undefined);
     if (ctx.json) ctx.printJson(result);
     else ctx.print(formatPlan(result));
     return exitCodes.ok;
@@ -145,25 +165,25 @@ const planCommand: Command = {
 };
 
 /** What the factory knows of `names` (catalog packages) for a live plan: known facts, and the versions built. */
-async function liveFacts(client: StatusServiceClient, names: string[]): Promise<Map<string, LivePackage>> {
+async function liveFacts({ api, client }: { api: StatusApiModule; client: StatusClient }, names: string[]): Promise<Map<string, LivePackage>> {
   const live = new Map<string, LivePackage>();
   // An advisory may name more packages than one KnownFacts call may ask about.
   for (let i = 0; i < names.length; i += maxKnownFactsPackages) {
-    for (const f of await knownFacts(client, names.slice(i, i + maxKnownFactsPackages))) live.set(f.package, { releases: f.releases, advisories: f.advisories });
+    for (const f of await api.knownFacts(client, names.slice(i, i + maxKnownFactsPackages))) live.set(f.package, { releases: f.releases, advisories: f.advisories });
   }
   await mapLimit(names, 16, async (name) => {
-    const built = await builtVersion(client, name);
+    const built = await builtVersion(api, client, name);
     if (built !== undefined) live.get(name)!.built = built;
   });
   return live;
 }
 
 /** The version of the package the factory last built and signed; undefined when it never has. */
-async function builtVersion(client: StatusServiceClient, name: string): Promise<string | undefined> {
+async function builtVersion(api: StatusApiModule, client: StatusClient, name: string): Promise<string | undefined> {
   try {
-    return (await getKeyStatus(client, makeKey("package", name))).actual?.version;
+    return (await api.getKeyStatus(client, makeKey("package", name))).actual?.version;
   } catch (err) {
-    if (isGrpcError(err, grpc.status.NOT_FOUND)) return undefined;
+    if (api.isGrpcError(err, api.Status.NOT_FOUND)) return undefined;
     throw err;
   }
 }
@@ -181,9 +201,10 @@ const listCommand: Command = {
     const prefix = typeof values.prefix === "string" ? values.prefix : "";
     const limit = values.limit === undefined ? 100 : parsePositiveInt(String(values.limit), "--limit", listCommand);
     const items: KeyStatus[] = [];
+    const { api, client } = await ctx.status();
     let pageToken: string | undefined;
     do {
-      const page = await listKeyStatuses(ctx.status(), { prefix, pageSize: Math.min(limit - items.length, maxPageSize), ...(pageToken ? { pageToken } : {}) });
+      const page = await api.listKeyStatuses(client, { prefix, pageSize: Math.min(limit - items.length, maxPageSize), ...(pageToken ? { pageToken } : {}) });
       items.push(...page.items);
       pageToken = page.nextPageToken;
     } while (pageToken && items.length < limit);
@@ -205,11 +226,14 @@ const verifyCommand: Command = {
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [target], values) {
+    const { CYCLONEDX_PREDICATE_TYPE, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } = await import("@homeostat/attest");
     const files = Array.isArray(values.key) && values.key.length > 0 ? values.key.map(String) : defaultTrustedKeyFiles(ctx.io.env);
+    // By default, what the signer attaches to every image.
+    const required = values["signature-only"] ? [] : [CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE];
     let results: ImageVerification[];
     try {
       const trustedKeys = await readTrustedKeys(files);
-      results = await verifyTarget({ target: target!, trustedKeys, require: values["signature-only"] ? [] : requiredAttestations });
+      results = await verifyTarget({ target: target!, trustedKeys, require: required });
     } catch (err) {
       if (err instanceof VerificationError || err instanceof SigningKeyError) {
         ctx.io.stderr.write(`homeostat: verification failed: ${err.message}\n`);
@@ -228,7 +252,8 @@ const queueStatsCommand: Command = {
   summary: "show queued keys per priority class, and how many run, wait to retry or are dead letters",
   positionals: { min: 0, max: 0 },
   async run(ctx) {
-    const stats = await getQueueStats(ctx.status());
+    const { api, client } = await ctx.status();
+    const stats = await api.getQueueStats(client);
     if (ctx.json) ctx.printJson(stats);
     else ctx.print(formatQueueStats(stats));
     return exitCodes.ok;
@@ -254,23 +279,23 @@ const enqueueCommand: Command = {
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
-    const parsed = parseKeyArg(raw!);
-    if ("error" in parsed) throw new UsageError(parsed.error, enqueueCommand);
+    const key = await keyArg(raw!, enqueueCommand);
     const priority = values.priority === undefined ? undefined : String(values.priority);
     if (priority !== undefined && !prioritySchema.safeParse(priority).success) {
       throw new UsageError(`--priority must be one of ${priorities.join(", ")}, got ${JSON.stringify(priority)}`, enqueueCommand);
     }
     const notBefore = values["not-before"] === undefined ? undefined : parseDelay(String(values["not-before"]), "--not-before", enqueueCommand);
     const floor = values.floor === undefined ? undefined : parseDelay(String(values.floor), "--floor", enqueueCommand);
-    const outcome = await enqueueKey(ctx.status(), {
-      key: parsed.key,
+    const { api, client } = await ctx.status();
+    const outcome = await api.enqueueKey(client, {
+      key,
       ...(priority !== undefined ? { priority } : {}),
       ...(notBefore !== undefined ? { notBeforeDelayMs: notBefore } : {}),
       ...(floor !== undefined ? { floorDelayMs: floor } : {}),
       ...(typeof values.detail === "string" ? { causeDetail: values.detail } : {}),
     });
-    if (ctx.json) ctx.printJson({ key: parsed.key, outcome });
-    else ctx.print(`${parsed.key}: ${outcomeText[outcome]}`);
+    if (ctx.json) ctx.printJson({ key, outcome });
+    else ctx.print(`${key}: ${outcomeText[outcome]}`);
     return exitCodes.ok;
   },
 };
@@ -283,7 +308,8 @@ const deadLettersCommand: Command = {
   positionals: { min: 0, max: 0 },
   async run(ctx, _positionals, values) {
     const limit = values.limit === undefined ? undefined : parsePositiveInt(String(values.limit), "--limit", deadLettersCommand);
-    const page = await listDeadLetters(ctx.status(), limit === undefined ? {} : { limit });
+    const { api, client } = await ctx.status();
+    const page = await api.listDeadLetters(client, limit === undefined ? {} : { limit });
     if (ctx.json) ctx.printJson(page.items);
     else ctx.print(formatDeadLetters(page.items));
     if (page.total > page.items.length) ctx.io.stderr.write(`homeostat: showing the oldest ${page.items.length} of ${page.total} dead letters\n`);
@@ -297,14 +323,44 @@ const retryCommand: Command = {
   summary: "queue a dead-lettered key again with fresh attempts",
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw]) {
-    const parsed = parseKeyArg(raw!);
-    if ("error" in parsed) throw new UsageError(parsed.error, retryCommand);
-    await retryDeadLetter(ctx.status(), parsed.key);
-    if (ctx.json) ctx.printJson({ key: parsed.key, retried: true });
-    else ctx.print(`${parsed.key}: queued again with fresh attempts (listed as a dead letter until a run succeeds)`);
+    const key = await keyArg(raw!, retryCommand);
+    const { api, client } = await ctx.status();
+    await api.retryDeadLetter(client, key);
+    if (ctx.json) ctx.printJson({ key, retried: true });
+    else ctx.print(`${key}: queued again with fresh attempts (listed as a dead letter until a run succeeds)`);
     return exitCodes.ok;
   },
 };
+
+const tokenNewCommand: Command = {
+  name: "token new",
+  summary: "make a random bearer token for the status API and print it with its HOMEOSTAT_GRPC_TOKENS entry",
+  options: { name: { type: "string" }, role: { type: "string" } },
+  optionHelp: [
+    ["--name N", "who the token is for, as the server logs and names it (letters, digits, _ . @ -)"],
+    ["--role R", "read or write (default read); write may also enqueue and retry"],
+  ],
+  positionals: { min: 0, max: 0 },
+  async run(ctx, _positionals, values) {
+    const name = typeof values.name === "string" ? values.name : "";
+    if (!/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) throw new UsageError("--name must be 1 to 64 letters, digits, _ . @ or -", tokenNewCommand);
+    const role = values.role === undefined ? "read" : String(values.role);
+    if (role !== "read" && role !== "write") throw new UsageError(`--role must be read or write, got ${JSON.stringify(role)}`, tokenNewCommand);
+    const { tokenDigest } = await statusApi();
+    const token = `hst_${randomBytes(32).toString("base64url")}`;
+    const entry = `${name}:${role}:${tokenDigest(token)}`;
+    if (ctx.json) ctx.printJson({ name, role, token, entry });
+    else ctx.print(`token (give it to the client, e.g. in a file for --token-file; it is not stored anywhere):\n  ${token}\nHOMEOSTAT_GRPC_TOKENS entry (for the queue service; comma-separate several):\n  ${entry}`);
+    return exitCodes.ok;
+  },
+};
+
+/** A key argument, or a usage error saying why it is not one. */
+async function keyArg(raw: string, c: Command): Promise<KeyStatus["key"]> {
+  const parsed = (await statusApi()).parseKeyArg(raw);
+  if ("error" in parsed) throw new UsageError(parsed.error, c);
+  return parsed.key;
+}
 
 /** HOMEOSTAT_TRUSTED_KEYS when set, else the key the local signer generated. */
 function defaultTrustedKeyFiles(env: NodeJS.ProcessEnv): string[] {
@@ -325,7 +381,7 @@ export function formatVerification(v: ImageVerification): string {
 }
 
 /** Every subcommand. */
-export const commands: Command[] = [getCommand, whyCommand, planCommand, listCommand, queueStatsCommand, enqueueCommand, deadLettersCommand, retryCommand, verifyCommand];
+export const commands: Command[] = [getCommand, whyCommand, planCommand, listCommand, queueStatsCommand, enqueueCommand, deadLettersCommand, retryCommand, verifyCommand, tokenNewCommand];
 
 /* ---------------------------------------------------------------- formatting */
 
@@ -458,7 +514,8 @@ export function help(c?: Command): string {
     optionLines(globalOptionHelp),
     "",
     "Run `homeostat <command> --help` for a command's options.",
-    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 64 usage error.",
+    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 64 usage error,",
+    "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue or retry).",
     "",
   ].join("\n");
 }
@@ -492,19 +549,62 @@ function findCommand(positionals: string[]): { command: Command; rest: string[] 
   return undefined;
 }
 
+/** The CLI's settings from the environment: config.ts holds their defaults; nothing else there matters here. */
+function clientConfig(env: NodeJS.ProcessEnv) {
+  const names = ["HOMEOSTAT_GRPC_ADDR", "HOMEOSTAT_TOKEN", "HOMEOSTAT_TOKEN_FILE", "HOMEOSTAT_GRPC_CA", "HOMEOSTAT_GRPC_TLS", "HOMEOSTAT_GRPC_CERT", "HOMEOSTAT_GRPC_KEY", "HOMEOSTAT_GRPC_INSECURE"];
+  const config = loadConfig(Object.fromEntries(names.map((n) => [n, env[n] || undefined])));
+  return { addr: config.grpcAddr, client: config.statusClient };
+}
+
 function resolveAddr(flag: string | undefined, env: NodeJS.ProcessEnv, c?: Command): string {
-  // The default comes from config.ts, the one place defaults live; nothing else there matters here.
-  const addr = flag ?? loadConfig({ HOMEOSTAT_GRPC_ADDR: env.HOMEOSTAT_GRPC_ADDR || undefined }).grpcAddr;
+  const addr = flag ?? clientConfig(env).addr;
   if (!/^(unix:\S+|\[[0-9a-fA-F:.]+\]:\d{1,5}|[^\s:/[\]]+:\d{1,5})$/.test(addr)) {
     throw new UsageError(`invalid address ${JSON.stringify(addr)}: expected host:port (or unix:path)`, c);
   }
   return addr;
 }
 
+async function readPem(file: string, what: string, c: Command): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (err) {
+    throw new UsageError(`cannot read the ${what} ${file}: ${(err as Error).message}`, c);
+  }
+}
+
+/** Token and TLS for the status API: flags first, then the environment (StatusClientSettings). */
+async function clientOptions(values: OptionValues, env: StatusClientSettings, c: Command): Promise<StatusClientOptions> {
+  const flag = (name: string) => (typeof values[name] === "string" ? (values[name] as string) : undefined);
+  const readToken = async (file: string) => {
+    const token = (await readPem(file, "token file", c)).toString("utf8").trim();
+    if (token === "") throw new UsageError(`the token file ${file} is empty`, c);
+    return token;
+  };
+  const tokenFile = flag("token-file");
+  const token = flag("token") ?? (tokenFile !== undefined ? await readToken(tokenFile) : env.token ?? (env.tokenFile !== undefined ? await readToken(env.tokenFile) : undefined));
+  const ca = flag("ca") ?? env.caPath;
+  const cert = flag("client-cert") ?? env.certPath;
+  const key = flag("client-key") ?? env.keyPath;
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError("give the client certificate and its key together (--client-cert and --client-key)", c);
+  const tls = values.tls === true || env.tls || ca !== undefined || cert !== undefined;
+  return {
+    ...(token !== undefined ? { token } : {}),
+    ...(tls
+      ? {
+          tls: {
+            ...(ca !== undefined ? { ca: await readPem(ca, "CA file", c) } : {}),
+            ...(cert !== undefined && key !== undefined ? { cert: await readPem(cert, "client certificate", c), key: await readPem(key, "client key", c) } : {}),
+          },
+        }
+      : {}),
+    insecure: env.insecure,
+  };
+}
+
 /** Runs the command line `argv` (without node and script) and returns the exit code. */
 export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   let command: Command | undefined;
-  let client: StatusServiceClient | undefined;
+  let client: StatusClient | undefined;
   let addr = "";
   try {
     // First pass: find the command, knowing every option so that option values are not taken for it.
@@ -542,40 +642,60 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
 
     addr = resolveAddr(typeof values.addr === "string" ? values.addr : undefined, io.env, c);
     const json = values.json === true;
+    let connecting: Promise<{ api: StatusApiModule; client: StatusClient }> | undefined;
+    const connect = async () => {
+      const [api, options] = await Promise.all([statusApi(), clientOptions(values, clientConfig(io.env).client, c)]);
+      client = api.statusClient(addr, options);
+      return { api, client };
+    };
     const ctx: Context = {
       addr,
       json,
       io,
-      status: () => (client ??= statusClient(addr)),
+      status: () => (connecting ??= connect()),
       print: (text) => void io.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
       printJson: (value) => void io.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
     };
     return await c.run(ctx, rest, values);
   } catch (err) {
-    return reportError(err, io, addr, command);
+    return await reportError(err, io, addr, command);
   } finally {
     client?.close();
   }
 }
 
-function reportError(err: unknown, io: Io, addr: string, command: Command | undefined): number {
+async function reportError(err: unknown, io: Io, addr: string, command: Command | undefined): Promise<number> {
   if (err instanceof UsageError) {
     const c = err.command ?? command;
     io.stderr.write(`homeostat: ${err.message}\n\n`);
     io.stderr.write(c ? `Usage: ${commandUsage(c)}\nRun \`homeostat ${c.name} --help\` for details.\n` : help());
     return exitCodes.usage;
   }
+  // Loaded already when a call failed; an error from elsewhere is not one of its classes.
+  const { ClientSetupError, ContractViolation, isGrpcError, Status } = await statusApi();
   if (isGrpcError(err)) {
-    if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
-      const why = (err.details || grpc.status[err.code] || "")
+    if (err.code === Status.UNAVAILABLE || err.code === Status.DEADLINE_EXCEEDED) {
+      const why = (err.details || Status[err.code] || "")
         .replace(/^No connection established\. Last error: (Error: )?/, "")
         .replace(/\.? ?Resolution note: ?$/, "");
       io.stderr.write(`homeostat: cannot reach homeostat at ${addr}: ${why}\n`);
       return exitCodes.unreachable;
     }
-    const detail = err.details || grpc.status[err.code] || `gRPC status ${err.code}`;
-    io.stderr.write(err.code === grpc.status.NOT_FOUND ? `homeostat: ${detail}\n` : `homeostat: ${detail} (${grpc.status[err.code] ?? err.code})\n`);
+    if (err.code === Status.UNAUTHENTICATED) {
+      io.stderr.write(`homeostat: not authenticated by ${addr}: ${err.details}\n  give a token with --token-file FILE or HOMEOSTAT_TOKEN_FILE (or --token, HOMEOSTAT_TOKEN); the factory's operator makes them (homeostat token new)\n`);
+      return exitCodes.denied;
+    }
+    if (err.code === Status.PERMISSION_DENIED) {
+      io.stderr.write(`homeostat: not allowed by ${addr}: ${err.details}\n`);
+      return exitCodes.denied;
+    }
+    const detail = err.details || Status[err.code] || `gRPC status ${err.code}`;
+    io.stderr.write(err.code === Status.NOT_FOUND ? `homeostat: ${detail}\n` : `homeostat: ${detail} (${Status[err.code] ?? err.code})\n`);
     return exitCodes.failed;
+  }
+  if (err instanceof ClientSetupError) {
+    io.stderr.write(`homeostat: ${err.message}\n`);
+    return exitCodes.usage;
   }
   if (err instanceof ContractViolation) {
     io.stderr.write(`homeostat: the server at ${addr} sent a status this CLI does not understand: ${err.message}\n`);

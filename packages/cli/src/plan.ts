@@ -12,7 +12,7 @@
  * built, where it has built one.
  */
 import { advisoryPackageNames, type Catalog, decideVersion, type Osv, osvSchema } from "@homeostat/catalog";
-import { makeKey, type Key } from "@homeostat/core";
+import { makeKey, type Key } from "@homeostat/core/key";
 import type { PackageFacts } from "@homeostat/status-api";
 
 export type PlanRelease = { package: string; version: string };

@@ -42,6 +42,26 @@ const schema = z.object({
   HOMEOSTAT_OSV_SOURCE: z.string().optional(),
   HOMEOSTAT_OSV_POLL_MS: positiveMs.default(5 * 60_000),
   HOMEOSTAT_GRPC_ADDR: z.string().default("127.0.0.1:50051"),
+  /** Status API TLS: certificate chain and private key (PEM files), both or neither; required beyond loopback. */
+  HOMEOSTAT_GRPC_TLS_CERT: z.string().min(1).optional(),
+  HOMEOSTAT_GRPC_TLS_KEY: z.string().min(1).optional(),
+  /** CA (PEM file) whose client certificates the status API requires (mTLS); unset: no client certificate asked. */
+  HOMEOSTAT_GRPC_TLS_CLIENT_CA: z.string().min(1).optional(),
+  /** Status API bearer tokens, comma-separated `name:role:sha256-hex-of-token` (role read or write); never the tokens themselves. */
+  HOMEOSTAT_GRPC_TOKENS: z.string().default("").transform(parseGrpcTokens),
+  /** Whether the status API's read methods need a token: `token` or `none`; unset: none on a loopback address, else token. */
+  HOMEOSTAT_GRPC_READ_AUTH: z.enum(["token", "none"]).optional(),
+  /** Development only: let the status API start beyond loopback without TLS or tokens (it logs a warning); the CLI may then send a token in plaintext. */
+  HOMEOSTAT_GRPC_INSECURE: z.enum(["true", "false"]).default("false"),
+  /** The CLI's bearer token for the status API, or a file holding it (the file is safer: the environment leaks into child processes). */
+  HOMEOSTAT_TOKEN: z.string().min(1).optional(),
+  HOMEOSTAT_TOKEN_FILE: z.string().min(1).optional(),
+  /** The CLI speaks TLS to the status API: trusting this CA (PEM file), or with `HOMEOSTAT_GRPC_TLS=true` the system's roots. */
+  HOMEOSTAT_GRPC_CA: z.string().min(1).optional(),
+  HOMEOSTAT_GRPC_TLS: z.enum(["true", "false"]).default("false"),
+  /** The CLI's client certificate and key (PEM files) for mTLS. */
+  HOMEOSTAT_GRPC_CERT: z.string().min(1).optional(),
+  HOMEOSTAT_GRPC_KEY: z.string().min(1).optional(),
   /** Registry-style reference the signer writes into signatures, e.g. registry.example/homeostat. */
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
   /** An OCI registry (http(s)://host[:port]) the signer pushes each signed image, signature and attestations to. */
@@ -123,6 +143,10 @@ export type Config = Readonly<{
     osvPollMs: number;
   };
   grpcAddr: string;
+  /** How the status API (queue service) authenticates; see statusApiSecurity. */
+  statusApi: StatusApiSecurity;
+  /** How the CLI reaches the status API: credentials from the environment (flags override them). */
+  statusClient: StatusClientSettings;
   imageRepository: string;
   registryUrl: string | undefined;
   /** Exactly one of these when a signing key is configured. */
@@ -151,6 +175,71 @@ export type Config = Readonly<{
 }>;
 
 export class ConfigError extends Error {}
+
+/** A status API role: `read` may call the read methods, `write` every method. */
+export type GrpcRole = "read" | "write";
+/** One status API bearer token, as configured: who it is, what it may do, and the SHA-256 of the token. */
+export type GrpcToken = { name: string; role: GrpcRole; sha256: string };
+
+export type StatusApiSecurity = {
+  /** PEM file paths; undefined: plaintext. */
+  tls: { certPath: string; keyPath: string; clientCaPath: string | undefined } | undefined;
+  tokens: GrpcToken[];
+  readAuth: "token" | "none";
+  insecure: boolean;
+};
+
+export type StatusClientSettings = {
+  token: string | undefined;
+  tokenFile: string | undefined;
+  /** TLS with the system's roots (also implied by a CA, certificate or key). */
+  tls: boolean;
+  caPath: string | undefined;
+  certPath: string | undefined;
+  keyPath: string | undefined;
+  /** Send a token in plaintext beyond loopback (to a server started with HOMEOSTAT_GRPC_INSECURE). */
+  insecure: boolean;
+};
+
+function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
+  const tokens: GrpcToken[] = [];
+  for (const entry of raw.split(",").map((t) => t.trim()).filter((t) => t !== "")) {
+    const m = /^([A-Za-z0-9_.@-]{1,64}):(read|write):([0-9a-f]{64})$/.exec(entry);
+    if (!m) {
+      // The entry may be a token pasted by mistake: say where, never echo it.
+      ctx.addIssue({ code: "custom", message: `entry ${tokens.length + 1} is not name:read|write:<64 lower-case hex sha256 of the token> (see homeostat token new)` });
+      return z.NEVER;
+    }
+    if (tokens.some((t) => t.name === m[1])) {
+      ctx.addIssue({ code: "custom", message: `token name ${m[1]} given twice` });
+      return z.NEVER;
+    }
+    tokens.push({ name: m[1]!, role: m[2] as GrpcRole, sha256: m[3]! });
+  }
+  return tokens;
+}
+
+function tlsFiles(cert: string | undefined, key: string | undefined, clientCa: string | undefined): StatusApiSecurity["tls"] {
+  if ((cert === undefined) !== (key === undefined)) throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY: set both or neither");
+  if (cert === undefined || key === undefined) {
+    if (clientCa !== undefined) throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CLIENT_CA needs HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY");
+    return undefined;
+  }
+  return { certPath: path.resolve(cert), keyPath: path.resolve(key), clientCaPath: clientCa === undefined ? undefined : path.resolve(clientCa) };
+}
+
+/** True for a loopback host name or address (localhost, 127.0.0.0/8, ::1). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** True when a listen or dial address (`host:port`, `[v6]:port`, `unix:path`) stays on this machine. */
+export function isLoopbackAddress(addr: string): boolean {
+  if (addr.startsWith("unix:")) return true;
+  const m = /^(\[[^\]]*\]|[^:]*):\d+$/.exec(addr);
+  return m !== null && isLoopbackHost(m[1]!);
+}
 
 /** Limits applied to every build step (see HOMEOSTAT_BUILD_CPU_SECONDS and the following settings). */
 export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesses: number; maxFileBytes: number; maxOutputBytes: number };
@@ -188,6 +277,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       osvPollMs: e.HOMEOSTAT_OSV_POLL_MS,
     },
     grpcAddr: e.HOMEOSTAT_GRPC_ADDR,
+    statusApi: {
+      tls: tlsFiles(e.HOMEOSTAT_GRPC_TLS_CERT, e.HOMEOSTAT_GRPC_TLS_KEY, e.HOMEOSTAT_GRPC_TLS_CLIENT_CA),
+      tokens: e.HOMEOSTAT_GRPC_TOKENS,
+      readAuth: e.HOMEOSTAT_GRPC_READ_AUTH ?? (isLoopbackAddress(e.HOMEOSTAT_GRPC_ADDR) ? "none" : "token"),
+      insecure: e.HOMEOSTAT_GRPC_INSECURE === "true",
+    },
+    statusClient: {
+      token: e.HOMEOSTAT_TOKEN,
+      tokenFile: e.HOMEOSTAT_TOKEN_FILE,
+      tls: e.HOMEOSTAT_GRPC_TLS === "true",
+      caPath: e.HOMEOSTAT_GRPC_CA,
+      certPath: e.HOMEOSTAT_GRPC_CERT,
+      keyPath: e.HOMEOSTAT_GRPC_KEY,
+      insecure: e.HOMEOSTAT_GRPC_INSECURE === "true",
+    },
     imageRepository: e.HOMEOSTAT_IMAGE_REPOSITORY,
     registryUrl: e.HOMEOSTAT_REGISTRY_URL,
     ...signingKey(e.HOMEOSTAT_SIGNING_KEY),

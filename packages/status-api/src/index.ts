@@ -1,1 +1,2 @@
 export * from "./grpc.ts";
+export * from "./limits.ts";

@@ -19,9 +19,9 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
   queue.observeStats();
   const api = await startStatusApi({
-    addr: config.grpcAddr, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats),
+    addr: config.grpcAddr, security: config.statusApi, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats), log,
   });
-  log.info("status API listening", { addr: config.grpcAddr, port: api.port });
+  log.info("status API listening", { addr: config.grpcAddr, port: api.port, ...api.security });
 
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
   // The events stream is ingest's, opened here too so that admission can start before ingest has.

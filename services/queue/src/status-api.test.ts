@@ -12,7 +12,8 @@ import { service as healthService } from "grpc-health-check";
 import { AdvisoryStore, type Osv, ReleaseStore } from "@homeostat/catalog";
 import { connectNats, type Logger } from "@homeostat/core";
 import { done, nonRetriable, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, statusClient, type StatusServiceClient, statusServiceName } from "@homeostat/status-api";
+import type { StatusApiSecurity } from "@homeostat/core/config";
+import { type ClientError, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, Status, statusClient, type StatusClient, statusServiceName, tokenDigest } from "@homeostat/status-api";
 import { StatusReadModel } from "./read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { Topology } from "@homeostat/core/topology";
@@ -25,7 +26,7 @@ type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
 const coreRequire = createRequire(import.meta.resolve("@homeostat/core/state"));
 const { Redis } = coreRequire("ioredis") as { Redis: new (url: string, opts?: object) => RedisClient };
 
-const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+const digest = (c: string): `sha256:${string}` => `sha256:${c.repeat(64)}`;
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 
 let t: TestEnv;
@@ -35,7 +36,12 @@ let queue: WorkQueue;
 let releases: ReleaseStore;
 let advisories: AdvisoryStore;
 let api: StatusApi;
-let client: StatusServiceClient;
+let client: StatusClient;
+
+// Authentication has its own tests (status-auth.test.ts); here a write token opens every method.
+const writeToken = "status-api-test-write-token";
+const security: StatusApiSecurity = { tls: undefined, tokens: [{ name: "test", role: "write", sha256: tokenDigest(writeToken) }], readAuth: "none", insecure: false };
+const clientFor = (port: number) => statusClient(`127.0.0.1:${port}`, { token: writeToken });
 
 const full: KeyStatus = {
   key: "package/openssl",
@@ -74,8 +80,8 @@ before(async () => {
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "status-api-test" }));
   releases = new ReleaseStore(t.buckets.releases);
   advisories = await AdvisoryStore.open(t.nats);
-  api = await startStatusApi({ addr: "127.0.0.1:0", readModel: model, queue, releases, advisories, onError: () => {} });
-  client = statusClient(`127.0.0.1:${api.port}`);
+  api = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: model, queue, releases, advisories, onError: () => {} });
+  client = clientFor(api.port);
 });
 
 after(async () => {
@@ -84,7 +90,7 @@ after(async () => {
   await t?.cleanup();
 });
 
-async function grpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
+async function grpcError(p: Promise<unknown>): Promise<ClientError> {
   try {
     await p;
   } catch (err) {
@@ -102,14 +108,14 @@ test("GetKey returns the stored status unchanged", async () => {
 test("GetKey of a malformed key is INVALID_ARGUMENT with a message", async () => {
   for (const bad of ["", "openssl", "package/", "package/../etc", "volume/x", "package/x y", "image/" + "x".repeat(200)]) {
     const err = await grpcError(getKeyStatus(client, bad));
-    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, bad);
+    assert.equal(err.code, Status.INVALID_ARGUMENT, bad);
     assert.match(err.details, /invalid key .*must be package\/<name> or image\/<name>/);
   }
 });
 
 test("GetKey of an unknown key is NOT_FOUND", async () => {
   const err = await grpcError(getKeyStatus(client, "image/unknown"));
-  assert.equal(err.code, grpc.status.NOT_FOUND);
+  assert.equal(err.code, Status.NOT_FOUND);
   assert.equal(err.details, "no status for image/unknown");
 });
 
@@ -144,16 +150,16 @@ test("ListKeys lists in key order, filters by prefix and pages", async () => {
 
 test("ListKeys rejects bad page sizes, tokens and prefixes", async () => {
   let err = await grpcError(listKeyStatuses(client, { pageSize: -1 }));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   err = await grpcError(listKeyStatuses(client, { pageToken: "not a token!" }));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   // A token from another prefix would leak keys outside the requested one.
   const first = await listKeyStatuses(client, { prefix: "image/", pageSize: 1 });
   assert.ok(first.nextPageToken);
   err = await grpcError(listKeyStatuses(client, { prefix: "package/", pageToken: first.nextPageToken }));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   err = await grpcError(listKeyStatuses(client, { prefix: "x".repeat(300) }));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   // Still serving.
   assert.equal((await getKeyStatus(client, "package/openssl")).phase, "Ready");
 });
@@ -196,7 +202,7 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
     assert.equal(await check(""), "NOT_SERVING");
     api.setServing(true);
     assert.equal(await check(""), "SERVING");
-    await assert.rejects(check("no.such.Service"), (err: unknown) => isGrpcError(err, grpc.status.NOT_FOUND));
+    await assert.rejects(check("no.such.Service"), (err: grpc.ServiceError) => err.code === grpc.status.NOT_FOUND);
   } finally {
     health.close();
   }
@@ -205,11 +211,11 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
 test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
   const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   dead.on("error", () => {});
-  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, onError: () => {} });
-  const deadClient = statusClient(`127.0.0.1:${deadApi.port}`);
+  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, onError: () => {} });
+  const deadClient = clientFor(deadApi.port);
   try {
-    assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, grpc.status.UNAVAILABLE);
-    assert.equal((await grpcError(listKeyStatuses(deadClient))).code, grpc.status.UNAVAILABLE);
+    assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, Status.UNAVAILABLE);
+    assert.equal((await grpcError(listKeyStatuses(deadClient))).code, Status.UNAVAILABLE);
   } finally {
     deadClient.close();
     await deadApi.close();
@@ -219,7 +225,7 @@ test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status I
   // A foreign value in our hash must not crash the server.
   await redis.hset(`${prefix}:status`, "package/corrupt", "{not json");
   const err = await grpcError(getKeyStatus(client, "package/corrupt"));
-  assert.equal(err.code, grpc.status.INTERNAL);
+  assert.equal(err.code, Status.INTERNAL);
   await redis.hdel(`${prefix}:status`, "package/corrupt");
 });
 
@@ -249,7 +255,7 @@ test("Enqueue rejects a bad key, priority, delay or detail with INVALID_ARGUMENT
   ];
   for (const [args, re] of cases) {
     const err = await grpcError(enqueueKey(client, args));
-    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, JSON.stringify(args).slice(0, 80));
+    assert.equal(err.code, Status.INVALID_ARGUMENT, JSON.stringify(args).slice(0, 80));
     assert.match(err.details, re);
   }
   assert.equal((await getQueueStats(client)).depth.release, 1, "nothing queued by a refused request");
@@ -285,16 +291,16 @@ test("ListDeadLetters lists a non-retriable key; RetryDeadLetter queues it again
 
 test("RetryDeadLetter of a key not in the dead letters is NOT_FOUND; of a bad key INVALID_ARGUMENT", async () => {
   let err = await grpcError(retryDeadLetter(client, "package/zlib"));
-  assert.equal(err.code, grpc.status.NOT_FOUND);
+  assert.equal(err.code, Status.NOT_FOUND);
   assert.equal(err.details, "package/zlib is not in the dead letters");
   err = await grpcError(retryDeadLetter(client, "package/../x"));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   assert.match(err.details, /^invalid key/);
 });
 
 test("ListDeadLetters rejects a negative limit", async () => {
   const err = await grpcError(listDeadLetters(client, { limit: -1 }));
-  assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.equal(err.code, Status.INVALID_ARGUMENT);
   assert.match(err.details, /limit must be 0 \(default\) or positive/);
 });
 
@@ -303,14 +309,14 @@ test("a queue and stores whose NATS connection is gone give UNAVAILABLE on every
   const closedStores = { releases: new ReleaseStore(await nats.kvm.open(nats.topology.bucket("releases"))), advisories: await AdvisoryStore.open(nats) };
   await nats.nc.close();
   const closed = new WorkQueue(nats, workQueueOptions(t.config, { log: quiet, owner: "closed" }));
-  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, onError: () => {} });
-  const closedClient = statusClient(`127.0.0.1:${closedApi.port}`);
+  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, onError: () => {} });
+  const closedClient = clientFor(closedApi.port);
   try {
     for (const call of [
       getQueueStats(closedClient), enqueueKey(closedClient, { key: "package/x" }), listDeadLetters(closedClient), retryDeadLetter(closedClient, "package/x"),
       knownFacts(closedClient, ["openssl"]),
     ]) {
-      assert.equal((await grpcError(call)).code, grpc.status.UNAVAILABLE);
+      assert.equal((await grpcError(call)).code, Status.UNAVAILABLE);
     }
   } finally {
     closedClient.close();
@@ -366,7 +372,7 @@ test("KnownFacts rejects no names, too many, and names that are not package name
   ];
   for (const [names, re] of cases) {
     const err = await grpcError(knownFacts(client, names));
-    assert.equal(err.code, grpc.status.INVALID_ARGUMENT, names.join(",").slice(0, 80));
+    assert.equal(err.code, Status.INVALID_ARGUMENT, names.join(",").slice(0, 80));
     assert.match(err.details, re);
   }
   assert.equal((await knownFacts(client, ["openssl"]))[0]!.releases.length, 3, "still serving");

@@ -9,14 +9,22 @@
  * other. KnownFacts reads the release and advisory stores the reconciler reads, so a plan
  * made with its answer decides with the reconciler's facts. Every request is validated here
  * and every failure becomes a gRPC status with a message; nothing a client sends can take the
- * server down.
+ * server down. Who may call what is status-auth.ts's; health and reflection need no token.
  */
-import { HealthImplementation, type ServingStatus } from "grpc-health-check";
-import { causalChain, defaultDeadLetterLimit, defaultPageSize, fromProtoEnqueue, grpc, maxDeadLetterLimit, maxPageSize, parseKeyArg, parseKnownFactsRequest, statusServiceDefinition, type StatusServiceHandlers, statusServiceName, toProtoDeadLetter, toProtoPackageFacts, toProtoQueueStats, toProtoStatus } from "@homeostat/status-api";
+import { readFile } from "node:fs/promises";
+import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
+import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
+import type { StatusApiSecurity } from "@homeostat/core/config";
+import type { Logger } from "@homeostat/core/log";
+import {
+  causalChain, createServer, defaultDeadLetterLimit, defaultPageSize, descriptorSetPath, fromProtoEnqueue, maxDeadLetterLimit, maxPageSize, parseKeyArg, parseKnownFactsRequest,
+  ServerError, type ServerMiddleware, Status, StatusServiceDefinition, type StatusServiceImplementation, statusServiceName, toProtoDeadLetter, toProtoPackageFacts, toProtoQueueStats, toProtoStatus,
+} from "@homeostat/status-api";
 import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
 import type { StatusReadModel } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
+import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
 
 /** The WorkQueue methods the queue RPCs serve. */
 export type QueueApi = Pick<WorkQueue, "stats" | "enqueue" | "deadLetters" | "retryDeadLetter">;
@@ -24,6 +32,8 @@ export type QueueApi = Pick<WorkQueue, "stats" | "enqueue" | "deadLetters" | "re
 export type StatusApiOptions = {
   /** host:port to listen on; port 0 picks a free one (see `port`). */
   addr: string;
+  /** TLS, tokens and read auth (config.statusApi); see status-auth.ts. */
+  security: StatusApiSecurity;
   readModel: StatusReadModel;
   queue: QueueApi;
   /** The known releases and stored advisories KnownFacts answers with. */
@@ -31,11 +41,15 @@ export type StatusApiOptions = {
   advisories: Pick<AdvisoryStore, "list">;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
+  /** Where the insecure-start warnings go (default: console.warn). */
+  log?: Pick<Logger, "warn">;
 };
 
 export type StatusApi = {
   /** The bound port. */
   port: number;
+  /** How the API is protected, for the start-up log. */
+  security: SecuritySummary;
   /** Marks the whole server (and StatusService) SERVING or NOT_SERVING for health checks. */
   setServing(serving: boolean): void;
   /** Stops accepting calls, lets running ones finish (up to `graceMs`), then closes. */
@@ -48,152 +62,154 @@ const maxPrefixLength = 256;
 /** Packages a KnownFacts call reads at once: each read lists KV keys, and a thousand at once would flood NATS. */
 const knownFactsConcurrency = 16;
 
-export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi> {
-  const { readModel, queue, releases, advisories } = opts;
-  const onError = opts.onError ?? ((err, method) => console.error(`status-api: ${method} failed:`, err));
+/**
+ * Reflection under both names clients ask for: grpcurl and buf curl try v1, older tools
+ * v1alpha. The two protos have the same messages, field for field, so one implementation
+ * serves both; only the method path differs.
+ */
+const reflectionV1alpha = {
+  serverReflectionInfo: { ...ServerReflectionService.serverReflectionInfo, path: "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" },
+} as unknown as typeof ServerReflectionService;
 
-  const fail = (callback: (e: Partial<grpc.StatusObject>) => void, method: string, err: unknown): void => {
-    onError(err, method);
-    const message = err instanceof Error ? err.message : String(err);
-    // A stored status that does not parse, or a bug of ours: INTERNAL. Anything else comes
-    // from Redis or NATS (down, unreachable, timing out): UNAVAILABLE, which clients may retry.
-    const internal = err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError || (err as Error)?.name === "ZodError";
-    const code = internal ? grpc.status.INTERNAL : grpc.status.UNAVAILABLE;
-    callback({ code, details: `${method}: ${message}` });
+export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi> {
+  const { readModel, queue, releases, advisories, security } = opts;
+  const onError = opts.onError ?? ((err, method) => console.error(`status-api: ${method} failed:`, err));
+  // Before anything binds: an insecure address is refused, not served for a moment.
+  const warnings = checkBind(opts.addr, security);
+  const credentials = await serverCredentials(security.tls);
+  const descriptors = await readFile(descriptorSetPath).catch((err: unknown) => {
+    throw new Error(`cannot read the proto descriptors for reflection (${descriptorSetPath}; run pnpm gen): ${(err as Error).message}`);
+  });
+
+  /**
+   * Every failure a handler did not turn into a status itself: a stored status that does not
+   * parse, or a bug of ours, is INTERNAL; anything else comes from Redis or NATS (down,
+   * unreachable, timing out) and is UNAVAILABLE, which clients may retry.
+   */
+  const failures: ServerMiddleware = async function* (call, context) {
+    try {
+      return yield* call.next(call.request, context);
+    } catch (err) {
+      if (err instanceof ServerError || (err as Error)?.name === "AbortError") throw err;
+      const method = methodName(call.method.path);
+      onError(err, method);
+      const message = err instanceof Error ? err.message : String(err);
+      const internal = err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError || (err as Error)?.name === "ZodError";
+      throw new ServerError(internal ? Status.INTERNAL : Status.UNAVAILABLE, `${method}: ${message}`);
+    }
   };
 
-  const handlers: StatusServiceHandlers = {
-    GetKey(call, callback) {
-      const parsed = parseKeyArg(call.request.key);
-      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      readModel.get(parsed.key).then(
-        (status) => {
-          if (!status) return callback({ code: grpc.status.NOT_FOUND, details: `no status for ${parsed.key}` });
-          callback(null, toProtoStatus(status));
-        },
-        (err: unknown) => fail(callback, "GetKey", err),
-      );
+  const invalid = (details: string) => new ServerError(Status.INVALID_ARGUMENT, details);
+
+  const implementation: StatusServiceImplementation = {
+    async getKey({ key }) {
+      const parsed = parseKeyArg(key);
+      if ("error" in parsed) throw invalid(parsed.error);
+      const status = await readModel.get(parsed.key);
+      if (!status) throw new ServerError(Status.NOT_FOUND, `no status for ${parsed.key}`);
+      return toProtoStatus(status);
     },
 
-    Why(call, callback) {
-      const parsed = parseKeyArg(call.request.key);
-      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      causalChain(parsed.key, (k) => readModel.get(k)).then(
-        (chain) => {
-          if (chain.length === 0) return callback({ code: grpc.status.NOT_FOUND, details: `no status for ${parsed.key}` });
-          callback(null, { chain: chain.map(toProtoStatus) });
-        },
-        (err: unknown) => fail(callback, "Why", err),
-      );
+    async why({ key }) {
+      const parsed = parseKeyArg(key);
+      if ("error" in parsed) throw invalid(parsed.error);
+      const chain = await causalChain(parsed.key, (k) => readModel.get(k));
+      if (chain.length === 0) throw new ServerError(Status.NOT_FOUND, `no status for ${parsed.key}`);
+      return { chain: chain.map(toProtoStatus) };
     },
 
-    ListKeys(call, callback) {
-      const { prefix, pageSize, pageToken } = call.request;
-      if (prefix.length > maxPrefixLength) {
-        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `prefix is longer than ${maxPrefixLength} characters` });
-      }
-      if (!Number.isInteger(pageSize) || pageSize < 0) {
-        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `page_size must be 0 (default) or positive, got ${pageSize}` });
-      }
+    async listKeys({ prefix, pageSize, pageToken }) {
+      if (prefix.length > maxPrefixLength) throw invalid(`prefix is longer than ${maxPrefixLength} characters`);
+      if (!Number.isInteger(pageSize) || pageSize < 0) throw invalid(`page_size must be 0 (default) or positive, got ${pageSize}`);
       let after: string | undefined;
       if (pageToken) {
         after = decodePageToken(pageToken);
-        if (after === undefined || !after.startsWith(prefix)) {
-          return callback({ code: grpc.status.INVALID_ARGUMENT, details: "page_token is not one this server issued for this prefix" });
-        }
+        if (after === undefined || !after.startsWith(prefix)) throw invalid("page_token is not one this server issued for this prefix");
       }
       const limit = Math.min(pageSize || defaultPageSize, maxPageSize);
-      readModel.list({ prefix, limit, ...(after ? { after } : {}) }).then(
-        (page) => callback(null, { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "" }),
-        (err: unknown) => fail(callback, "ListKeys", err),
-      );
+      const page = await readModel.list({ prefix, limit, ...(after ? { after } : {}) });
+      return { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "" };
     },
 
-    QueueStats(_call, callback) {
-      queue.stats().then(
-        (stats) => callback(null, toProtoQueueStats(stats)),
-        (err: unknown) => fail(callback, "QueueStats", err),
-      );
+    async queueStats() {
+      return toProtoQueueStats(await queue.stats());
     },
 
-    Enqueue(call, callback) {
-      const parsed = fromProtoEnqueue(call.request, Date.now());
-      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      queue.enqueue(parsed.request).then(
-        (outcome) => callback(null, { outcome }),
-        (err: unknown) => fail(callback, "Enqueue", err),
-      );
+    async enqueue(request) {
+      const parsed = fromProtoEnqueue(request, Date.now());
+      if ("error" in parsed) throw invalid(parsed.error);
+      return { outcome: await queue.enqueue(parsed.request) };
     },
 
-    ListDeadLetters(call, callback) {
-      const { limit } = call.request;
-      if (!Number.isInteger(limit) || limit < 0) {
-        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `limit must be 0 (default) or positive, got ${limit}` });
-      }
+    async listDeadLetters({ limit }) {
+      if (!Number.isInteger(limit) || limit < 0) throw invalid(`limit must be 0 (default) or positive, got ${limit}`);
       const n = Math.min(limit || defaultDeadLetterLimit, maxDeadLetterLimit);
-      queue.deadLetters().then(
-        (all) => callback(null, { deadLetters: all.slice(0, n).map(toProtoDeadLetter), total: all.length }),
-        (err: unknown) => fail(callback, "ListDeadLetters", err),
-      );
+      const all = await queue.deadLetters();
+      return { deadLetters: all.slice(0, n).map(toProtoDeadLetter), total: String(all.length) };
     },
 
-    RetryDeadLetter(call, callback) {
-      const parsed = parseKeyArg(call.request.key);
-      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      queue.retryDeadLetter(parsed.key).then(
-        (retried) => {
-          if (!retried) return callback({ code: grpc.status.NOT_FOUND, details: `${parsed.key} is not in the dead letters` });
-          callback(null, { retried });
-        },
-        (err: unknown) => fail(callback, "RetryDeadLetter", err),
-      );
+    async retryDeadLetter({ key }) {
+      const parsed = parseKeyArg(key);
+      if ("error" in parsed) throw invalid(parsed.error);
+      if (!(await queue.retryDeadLetter(parsed.key))) throw new ServerError(Status.NOT_FOUND, `${parsed.key} is not in the dead letters`);
+      return { retried: true };
     },
 
-    KnownFacts(call, callback) {
-      const parsed = parseKnownFactsRequest(call.request);
-      if ("error" in parsed) return callback({ code: grpc.status.INVALID_ARGUMENT, details: parsed.error });
-      mapLimit(parsed.packages, knownFactsConcurrency, async (name) => {
+    async knownFacts(request) {
+      const parsed = parseKnownFactsRequest(request);
+      if ("error" in parsed) throw invalid(parsed.error);
+      const packages = await mapLimit(parsed.packages, knownFactsConcurrency, async (name) => {
         const [known, stored] = await Promise.all([releases.list(name), advisories.list(name)]);
         return toProtoPackageFacts(name, known, stored);
-      }).then(
-        (packages) => callback(null, { packages }),
-        (err: unknown) => fail(callback, "KnownFacts", err),
-      );
+      });
+      return { packages };
     },
   };
 
-  const server = new grpc.Server({
+  const server = createServer({
     // Requests are small; the largest legitimate one, a KnownFacts of 1000 names of 128
     // characters, is about 131 KiB.
     "grpc.max_receive_message_length": 256 * 1024,
   });
-  server.addService(statusServiceDefinition, handlers);
-  const health = new HealthImplementation({ "": "SERVING", [statusServiceName]: "SERVING" });
-  health.addToServer(server);
-
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(opts.addr, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new Error(`status API cannot listen on ${opts.addr}: ${err.message}`)) : resolve(p)));
-  });
+  // Failures first, so that they also map what authorization throws unexpectedly.
+  server.with(failures).with(authMiddleware(security)).add(StatusServiceDefinition, implementation);
+  const health = HealthState();
+  server.add(HealthDefinition, HealthServiceImpl(health));
+  const reflection = ServerReflection(descriptors, [statusServiceName]);
+  server.add(ServerReflectionService, reflection);
+  server.add(reflectionV1alpha, reflection);
 
   const setServing = (serving: boolean): void => {
-    const s: ServingStatus = serving ? "SERVING" : "NOT_SERVING";
-    health.setStatus("", s);
-    health.setStatus(statusServiceName, s);
+    const s = serving ? "healthy" : "unhealthy";
+    health.setStatus(s);
+    health.setStatus(s, statusServiceName);
   };
+  setServing(true);
+
+  let port: number;
+  try {
+    port = await server.listen(opts.addr, credentials);
+  } catch (err) {
+    throw new Error(`status API cannot listen on ${opts.addr}: ${(err as Error).message}`);
+  }
+  const log = opts.log ?? { warn: (msg: string) => console.warn(msg) };
+  for (const w of warnings) log.warn(w);
 
   let closed: Promise<void> | undefined;
   return {
     port,
+    security: summary(security),
     setServing,
     close(graceMs = 5_000) {
       closed ??= new Promise<void>((resolve) => {
         setServing(false);
+        // Health Watch streams never end by themselves: they are what the grace period cuts.
         const force = setTimeout(() => {
           server.forceShutdown();
           resolve();
         }, graceMs);
         force.unref();
-        server.tryShutdown(() => {
+        void server.shutdown().then(() => {
           clearTimeout(force);
           resolve();
         });
