@@ -36,11 +36,25 @@ const schema = z.object({
   HOMEOSTAT_INGEST_RATE_LIMIT: z.coerce.number().int().positive().default(60_000),
   /** How long accepted events stay readable (GET /v1/events/:id) and redeliveries are recognised. */
   HOMEOSTAT_INGEST_RETENTION_MS: positiveMs.default(7 * 24 * 3_600_000),
+  /** Size and count bounds of the audit stream besides its age; when full, new events get 503 until records age out. */
+  HOMEOSTAT_INGEST_RETENTION_MAX_BYTES: z.coerce.number().int().positive().default(1024 * 1024 * 1024),
+  HOMEOSTAT_INGEST_RETENTION_MAX_MSGS: z.coerce.number().int().positive().default(5_000_000),
+  /** Ingest edge timeouts: complete headers, the whole request with its body, an idle socket, an idle keep-alive connection. */
+  HOMEOSTAT_INGEST_HEADERS_TIMEOUT_MS: positiveMs.default(10_000),
+  HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS: positiveMs.default(60_000),
+  HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS: positiveMs.default(30_000),
+  HOMEOSTAT_INGEST_KEEP_ALIVE_TIMEOUT_MS: positiveMs.default(65_000),
+  /** Requests per minute one client address may make before it is authenticated (HOMEOSTAT_INGEST_RATE_LIMIT applies per principal after). */
+  HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: z.coerce.number().int().positive().default(60_000),
+  /** Failed authentications per minute one client address may make; past it every request from it is 429 until the minute ends. */
+  HOMEOSTAT_INGEST_AUTH_FAILURE_LIMIT: z.coerce.number().int().positive().default(30),
   /** Ingest processes sharing the port (node:cluster); 1 = a single process. See services/ingest/README.md. */
   HOMEOSTAT_INGEST_WORKERS: z.coerce.number().int().min(1).max(64).default(1),
   /** OSV advisories to follow: a directory of OSV JSON files, or an http(s) base with modified_id.csv (OSV's bucket layout). */
   HOMEOSTAT_OSV_SOURCE: z.string().optional(),
   HOMEOSTAT_OSV_POLL_MS: positiveMs.default(5 * 60_000),
+  /** How far in the future an OSV `modified` may lie (clock skew); a later one is refused, and the poller's cursor never passes now + this. */
+  HOMEOSTAT_OSV_MAX_FUTURE_SKEW_MS: positiveMs.default(24 * 3_600_000),
   HOMEOSTAT_GRPC_ADDR: z.string().default("127.0.0.1:50051"),
   /** Status API TLS: certificate chain and private key (PEM files), both or neither; required beyond loopback. */
   HOMEOSTAT_GRPC_TLS_CERT: z.string().min(1).optional(),
@@ -138,9 +152,18 @@ export type Config = Readonly<{
     githubPrereleases: boolean;
     rateLimitPerMin: number;
     retentionMs: number;
+    retentionMaxBytes: number;
+    retentionMaxMsgs: number;
+    headersTimeoutMs: number;
+    requestTimeoutMs: number;
+    idleTimeoutMs: number;
+    keepAliveTimeoutMs: number;
+    addressRateLimitPerMin: number;
+    authFailuresPerMin: number;
     workers: number;
     osvSource: string | undefined;
     osvPollMs: number;
+    osvMaxFutureSkewMs: number;
   };
   grpcAddr: string;
   /** How the status API (queue service) authenticates; see statusApiSecurity. */
@@ -272,9 +295,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       githubPrereleases: e.HOMEOSTAT_GITHUB_PRERELEASES === "true",
       rateLimitPerMin: e.HOMEOSTAT_INGEST_RATE_LIMIT,
       retentionMs: e.HOMEOSTAT_INGEST_RETENTION_MS,
+      retentionMaxBytes: e.HOMEOSTAT_INGEST_RETENTION_MAX_BYTES,
+      retentionMaxMsgs: e.HOMEOSTAT_INGEST_RETENTION_MAX_MSGS,
+      headersTimeoutMs: e.HOMEOSTAT_INGEST_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: e.HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS,
+      idleTimeoutMs: e.HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS,
+      keepAliveTimeoutMs: e.HOMEOSTAT_INGEST_KEEP_ALIVE_TIMEOUT_MS,
+      addressRateLimitPerMin: e.HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT,
+      authFailuresPerMin: e.HOMEOSTAT_INGEST_AUTH_FAILURE_LIMIT,
       workers: e.HOMEOSTAT_INGEST_WORKERS,
       osvSource: e.HOMEOSTAT_OSV_SOURCE || undefined,
       osvPollMs: e.HOMEOSTAT_OSV_POLL_MS,
+      osvMaxFutureSkewMs: e.HOMEOSTAT_OSV_MAX_FUTURE_SKEW_MS,
     },
     grpcAddr: e.HOMEOSTAT_GRPC_ADDR,
     statusApi: {

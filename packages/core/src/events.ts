@@ -24,7 +24,7 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { z } from "zod";
 import { causeSchema, prioritySchema } from "./contracts.ts";
-import { JetStreamErrorCode } from "./jetstream-errors.ts";
+import { isStoreFailed } from "./jetstream-errors.ts";
 import { keySchema, type Key } from "./key.ts";
 import { traceHeaders } from "./telemetry.ts";
 import type { Nats, Topology } from "./topology.ts";
@@ -72,10 +72,16 @@ export class EventLedger {
     this.stream = eventLedgerNames(nats.topology).stream;
   }
 
-  /** Creates (or updates) the stream; `retentionMs` bounds it (and so how long a repeat is recognised). */
-  static async open(nats: Nats, retentionMs: number): Promise<EventLedger> {
+  /**
+   * Creates (or updates) the stream; `retentionMs` bounds it (and so how long a repeat is
+   * recognised), `limits` bound its size and count as well (kept as the stream has them when
+   * not given). A full stream refuses new records (`discard: new`, which per-subject dedup
+   * needs): the sender is told to retry, no record that may not be admitted yet is dropped.
+   */
+  static async open(nats: Nats, retentionMs: number, limits?: EventLedgerLimits): Promise<EventLedger> {
     const names = eventLedgerNames(nats.topology);
     const cfg = {
+      ...(limits ? { max_bytes: limits.maxBytes, max_msgs: limits.maxMsgs } : {}),
       name: names.stream,
       subjects: [names.subjects],
       retention: RetentionPolicy.Limits,
@@ -152,6 +158,20 @@ export class EventLedger {
 }
 
 function isSubjectFull(err: unknown): boolean {
-  const e = err as { code?: unknown; api_error?: { err_code?: number } } | null;
-  return e?.api_error?.err_code === JetStreamErrorCode.StoreFailed || e?.code === JetStreamErrorCode.StoreFailed || String(err).includes(String(JetStreamErrorCode.StoreFailed));
+  return ledgerRefusal(err) === "duplicate";
+}
+
+export type EventLedgerLimits = { maxBytes: number; maxMsgs: number };
+
+/**
+ * Why the server refused a record, if it did: `duplicate` (the event's subject holds its
+ * record) or `full` (the stream is at its max_msgs or max_bytes). Both are StoreFailed
+ * (jetstream-errors.ts), told apart only by the description; any other store failure is
+ * neither, so it is an error to retry, never taken for a duplicate.
+ */
+export function ledgerRefusal(err: unknown): "duplicate" | "full" | undefined {
+  if (!isStoreFailed(err)) return undefined;
+  const text = String((err as Error).message);
+  if (/per subject/i.test(text)) return "duplicate";
+  return /maximum (messages|bytes) exceeded/i.test(text) ? "full" : undefined;
 }

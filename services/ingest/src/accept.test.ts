@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { EventLedger, eventId, makeKey, type EventRecord } from "@homeostat/core";
 import { Acceptor, pipedLedger, type IncomingEvent } from "./accept.ts";
 import { JetStreamPipe, JetStreamPipeError } from "@homeostat/core";
-import { ingestTestEnv, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
+import { ingestTestEnv, TOKEN, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 let env: IngestTestEnv;
 let pipe: JetStreamPipe;
@@ -94,4 +94,21 @@ test("the pipe: stream acks, API errors with their code, and no responders", asy
   assert.equal((await ledger.get(id))?.ref, "pipe-probe");
   await assert.rejects(pipe.publish(ledger.subject(id), "{}"), (err: JetStreamPipeError) => err.code === 10077);
   await assert.rejects(pipe.publish(`${env.t.prefix}.nowhere.${Date.now()}`, "{}"), (err: JetStreamPipeError) => err.code === 503);
+});
+
+test("an audit stream at its count limit answers 503 audit-full: the event is neither lost as a duplicate nor recorded", async () => {
+  const full = await ingestTestEnv();
+  try {
+    // The limits HOMEOSTAT_INGEST_RETENTION_MAX_MSGS / _MAX_BYTES give the stream, small enough to reach.
+    await EventLedger.open(full.t.nats, 3_600_000, { maxBytes: 1024 * 1024, maxMsgs: 2 });
+    const post = (version: string) =>
+      full.app.inject({ method: "POST", url: "/v1/releases", headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` }, payload: JSON.stringify({ package: "pkg000", version, url: "https://example.org/a.tar.gz", sha256: "c".repeat(64) }) });
+    assert.deepEqual([(await post("1.1")).statusCode, (await post("1.2")).statusCode], [202, 202]);
+    assert.equal((await post("1.2")).json().duplicate, true, "a repeat is still told apart from a full stream");
+    const refused = await post("1.3");
+    assert.deepEqual([refused.statusCode, refused.json().type, refused.headers["retry-after"]], [503, "urn:homeostat:problem:audit-full", "60"]);
+    assert.equal((await full.intake()).length, 2, "nothing recorded for the refused event");
+  } finally {
+    await full.cleanup();
+  }
 });

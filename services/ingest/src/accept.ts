@@ -16,14 +16,19 @@
  * rather than per request). It adds one loop turn, which under load is the time the turn's other
  * requests take anyway.
  */
-import { currentTraceId, eventId, isStoreFailed, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+import { currentTraceId, eventId, ledgerRefusal, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+import { Problem } from "./problem.ts";
 
 /** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
 export type LedgerOps = {
   record(record: EventRecord): Promise<"recorded" | "duplicate">;
 };
 
-/** EventLedger's record over the lean pipe: same stream, subjects and semantics. */
+/**
+ * EventLedger's record over the lean pipe: same stream, subjects and semantics. A stream at its
+ * size or count bound (HOMEOSTAT_INGEST_RETENTION_MAX_BYTES / _MAX_MSGS) refuses the record:
+ * the sender gets 503 and sends again later; nothing is dropped or taken for a duplicate.
+ */
 export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps {
   return {
     record: async (record) => {
@@ -32,8 +37,10 @@ export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps
         await pipe.publish(ledger.subject(record.id), JSON.stringify(record), traceHeaders());
         return "recorded";
       } catch (err) {
+        const refusal = ledgerRefusal(err);
         // The event subject already holds its record (discard_new_per_subject).
-        if (isStoreFailed(err)) return "duplicate";
+        if (refusal === "duplicate") return "duplicate";
+        if (refusal === "full") throw new Problem(503, "audit-full", "the audit stream is at its size or count limit; the event was not accepted, send it again later", { headers: { "retry-after": "60" } });
         throw err;
       }
     },

@@ -9,9 +9,14 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { createLogger } from "@homeostat/core";
-import { ingestAdvisories } from "./advisories.ts";
-import { OsvPoller } from "./osv-poller.ts";
+import { readdirSync, readFileSync } from "node:fs";
+import { osvSchema } from "@homeostat/catalog";
+import { advisoryCatalogPackages, ingestAdvisories } from "./advisories.ts";
+import { cursorBucket, OsvPoller } from "./osv-poller.ts";
 import { ingestTestEnv, PLAIN_PACKAGES, TOKEN, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
+
+const SKEW = 24 * 3_600_000;
+const CORPUS = path.join(import.meta.dirname, "../../../test/fixtures/osv");
 
 let env: IngestTestEnv;
 before(async () => void (env = await ingestTestEnv()));
@@ -44,7 +49,7 @@ test("one document, an array and {advisories} are accepted; keys at advisory pri
   // Stored for the reconciler, under each catalog package it names, with only that package's entries.
   const stored = await env.advisories.list("pkg001");
   assert.deepEqual(stored.map((x) => x.id), ["OSV-ARR-2"]);
-  assert.deepEqual(stored[0]!.affected!.map((x) => x.package.purl), ["pkg:generic/pkg001@1.0"]);
+  assert.deepEqual(stored[0]!.affected!.map((x) => x.package?.purl), ["pkg:generic/pkg001@1.0"]);
 });
 
 test("the same id and modified twice enqueues nothing new; a new modified is a new event", async () => {
@@ -78,16 +83,49 @@ test("a batch of 1,000 advisories produces exactly the affected keys", async () 
   assert.deepEqual([...new Set(added.map((r) => r.key))].sort(), [...expected].sort());
 });
 
-test("one invalid document refuses the whole batch, naming the field, and enqueues nothing", async () => {
+test("a batch is answered per record: bad and future-dated records are refused with their reasons, the others accepted", async () => {
   const before = (await env.intake()).length;
-  const res = await post([osv("OSV-OK-9", ["pkg020"]), { id: "OSV-BAD-1", modified: "not a time" }]);
-  assert.equal(res.statusCode, 400);
-  const p = res.json();
-  assert.equal(p.type, "urn:homeostat:problem:invalid-advisory");
-  assert.deepEqual(p.errors[0].pointer, "/1/modified");
+  const future = new Date(Date.now() + 3 * SKEW).toISOString();
+  const res = await post([osv("OSV-OK-9", ["pkg020"]), { id: "OSV-BAD-1", modified: "not a time" }, osv("OSV-FUTURE-1", ["pkg021"], future), { nonsense: true }]);
+  assert.equal(res.statusCode, 202, res.body);
+  const body = res.json();
+  assert.deepEqual([body.accepted, body.refused, body.keys], [1, 3, ["package/pkg020"]]);
+  assert.deepEqual(body.results.map((r: { index: number; refused?: boolean; advisory?: string }) => [r.index, r.refused ?? false, r.advisory]), [[0, false, "OSV-OK-9"], [1, true, "OSV-BAD-1"], [2, true, "OSV-FUTURE-1"], [3, true, undefined]]);
+  assert.deepEqual([body.results[1].reason, body.results[1].errors[0].pointer], ["invalid-advisory", "/1/modified"]);
+  assert.equal(body.results[2].reason, "modified-in-future");
+  assert.match(body.results[2].errors[0].detail, /in the future, more than the allowed clock skew/);
+  assert.deepEqual((await env.intake()).slice(before).map((r) => r.key), ["package/pkg020"], "only the valid record's key");
+  assert.deepEqual((await env.advisories.list("pkg021")).filter((a) => a.id === "OSV-FUTURE-1"), [], "the future-dated record is not stored");
+  const allBad = await post({ id: "OSV-FUTURE-2", modified: future, affected: [] });
+  assert.deepEqual([allBad.statusCode, allBad.json().type], [400, "urn:homeostat:problem:modified-in-future"]);
   const noToken = await env.app.inject({ method: "POST", url: "/v1/advisories", headers: { "content-type": "application/json" }, payload: JSON.stringify(osv("OSV-OK-9", ["pkg020"])) });
   assert.equal(noToken.statusCode, 401);
-  assert.equal((await env.intake()).length, before);
+});
+
+test("a revision stored with a far-future modified no longer hides later real revisions", async () => {
+  const poisoned = { ...osv("OSV-POISON-1", ["pkg022"], "2099-01-01T00:00:00Z"), summary: "stale" };
+  // Stored as it could be before the skew check existed.
+  await env.advisories.record(osvSchema.parse(poisoned), ["pkg022"]);
+  const real = await post({ ...osv("OSV-POISON-1", ["pkg022"], "2025-08-01T00:00:00Z"), summary: "real" });
+  assert.equal(real.statusCode, 202, real.body);
+  assert.deepEqual((await env.advisories.list("pkg022")).filter((a) => a.id === "OSV-POISON-1").map((a) => [a.modified, a.summary]), [["2025-08-01T00:00:00Z", "real"]]);
+});
+
+test("OSV 1.6 records of several databases are accepted with their severities; package-less GIT entries map by repository; a withdrawal says so", async () => {
+  const corpus = readdirSync(CORPUS).filter((f) => f.endsWith(".json")).map((f) => JSON.parse(readFileSync(path.join(CORPUS, f), "utf8")));
+  const res = await post({ advisories: corpus });
+  assert.equal(res.statusCode, 202, res.body.slice(0, 500));
+  assert.deepEqual([res.json().accepted + res.json().duplicates, res.json().refused], [corpus.length, 0]);
+  // openssl is named by DSA-5103-1, and by CVE-2022-0778's GIT range once a package's source is that repository.
+  assert.ok(res.json().keys.includes("package/openssl"));
+  const log4j = res.json().results.find((r: { advisory: string }) => r.advisory === "GHSA-jfh8-c2jp-5v3q");
+  assert.deepEqual(log4j.severity, [{ type: "CVSS_V3", vector: "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", baseScore: 10, rating: "Critical" }]);
+  const cve = corpus.find((a) => a.id === "CVE-2022-0778");
+  const gitCatalog = { ...env.catalog, packages: new Map([["ossl", { ...env.catalog.packages.get("curl")!, name: "ossl", upstream: { github: "OpenSSL/openssl", prereleases: false } }]]) } as unknown as typeof env.catalog;
+  assert.deepEqual(advisoryCatalogPackages(osvSchema.parse(cve), gitCatalog), ["ossl"], "by upstream.github, case and .git aside");
+  const withdrawn = await post({ ...osv("OSV-WD-1", ["pkg023"], "2025-09-02T00:00:00Z"), withdrawn: "2025-09-02T00:00:00Z" });
+  const ev = await env.app.inject({ method: "GET", url: `/v1/events/${withdrawn.json().results[0].event}`, headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.match(ev.json().summary, /^advisory OSV-WD-1 withdrawn 2025-09-02T00:00:00Z .*no longer counts/);
 });
 
 test("the poller follows a directory by modified, with its cursor in NATS, across restarts", async () => {
@@ -106,13 +144,14 @@ test("the poller follows a directory by modified, with its cursor in NATS, acros
       intervalMs: 60_000,
       handle: async (advs) => {
         handled.push(advs.map((a) => a.id));
-        await ingestAdvisories(advs, env.catalog, env.acceptor, env.advisories);
+        await ingestAdvisories(advs, env.catalog, env.acceptor, env.advisories, { maxFutureSkewMs: SKEW });
       },
+      maxFutureSkewMs: SKEW,
       log: createLogger("test"),
       signal,
     });
   const poller = make();
-  assert.deepEqual(await poller.poll(), { handled: 2, cursor: "2025-06-02T00:00:00Z" });
+  assert.deepEqual(await poller.poll(), { handled: 2, skipped: 0, cursor: "2025-06-02T00:00:00Z" });
   assert.deepEqual(handled, [["DIR-1", "DIR-2"]]);
   assert.equal((await poller.poll()).handled, 0, "nothing changed");
   write(osv("DIR-3", ["pkg032"], "2025-06-03T00:00:00Z"));
@@ -144,14 +183,45 @@ test("the poller follows an HTTP feed in OSV's layout (modified_id.csv)", async 
       nats: env.t.nats,
       source: `http://127.0.0.1:${(server.address() as { port: number }).port}/osv/`,
       intervalMs: 60_000,
-      handle: async (advs) => void (await ingestAdvisories(advs, env.catalog, env.acceptor, env.advisories)),
+      handle: async (advs) => void (await ingestAdvisories(advs, env.catalog, env.acceptor, env.advisories, { maxFutureSkewMs: SKEW })),
+      maxFutureSkewMs: SKEW,
       log: createLogger("test"),
       signal: new AbortController().signal,
     });
     const before = (await env.intake()).length;
-    assert.deepEqual(await poller.poll(), { handled: 2, cursor: "2025-07-02T00:00:00Z" });
+    assert.deepEqual(await poller.poll(), { handled: 2, skipped: 0, cursor: "2025-07-02T00:00:00Z" });
     assert.deepEqual((await env.intake()).slice(before).map((r) => r.key).sort(), ["package/pkg040", "package/pkg041"]);
   } finally {
     server.close();
   }
+});
+
+test("the poller skips an advisory dated beyond now + skew, logs why, and its cursor never passes that", async () => {
+  const dir = path.join(env.t.dir, "osv-future");
+  mkdirSync(dir, { recursive: true });
+  const soon = new Date(Date.now() + 3 * 60_000).toISOString();
+  writeFileSync(path.join(dir, "F-1.json"), JSON.stringify(osv("F-1", ["pkg033"], "2025-10-01T00:00:00Z")));
+  writeFileSync(path.join(dir, "F-2.json"), JSON.stringify(osv("F-2", ["pkg034"], "2099-01-01T00:00:00Z")));
+  writeFileSync(path.join(dir, "F-3.json"), JSON.stringify(osv("F-3", ["pkg035"], soon)));
+  const warnings: Array<[string, Record<string, unknown> | undefined]> = [];
+  const log = { ...createLogger("test"), warn: (m: string, f?: Record<string, unknown>) => void warnings.push([m, f]) };
+  const poller = new OsvPoller({
+    nats: env.t.nats,
+    source: dir,
+    intervalMs: 60_000,
+    handle: async (advs) => void (await ingestAdvisories(advs, env.catalog, env.acceptor, env.advisories, { maxFutureSkewMs: SKEW })),
+    maxFutureSkewMs: SKEW,
+    log,
+    signal: new AbortController().signal,
+  });
+  assert.deepEqual(await poller.poll(), { handled: 2, skipped: 1, cursor: soon }, "within the skew is fine");
+  assert.deepEqual(warnings.map(([m, f]) => [m, f?.advisory]), [["osv advisory skipped", "F-2"]]);
+  assert.match(String(warnings[0]![1]!.reason), /in the future/);
+  // Read again at the next poll (not marked as read), still skipped, the cursor stays.
+  assert.deepEqual(await poller.poll(), { handled: 0, skipped: 1, cursor: soon });
+  // A cursor moved far ahead before this check is discarded and the feed read from the start.
+  await (await env.t.nats.kvm.open(cursorBucket(env.t.nats))).put((poller as unknown as { cursorKey: string }).cursorKey, "2099-01-01T00:00:00Z");
+  warnings.length = 0;
+  assert.deepEqual(await poller.poll(), { handled: 2, skipped: 1, cursor: soon });
+  assert.match(warnings[0]![0], /cursor lies beyond now \+ the allowed clock skew/);
 });

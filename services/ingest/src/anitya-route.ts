@@ -13,7 +13,7 @@ import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { makeKey } from "@homeostat/core";
 import type { Catalog } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
-import type { BearerAuth } from "./auth.ts";
+import type { Authenticate } from "./server.ts";
 
 const version = { type: "string", minLength: 1, maxLength: 256 } as const;
 const project = {
@@ -52,12 +52,12 @@ type AnityaBody = {
   message: { upstream_versions: string[]; old_version?: string | null };
 };
 
-export type AnityaRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; auth: BearerAuth; bodyLimit: number };
+export type AnityaRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; authenticate: Authenticate; bodyLimit: number };
 
 export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps) => {
   app.post<{ Body: AnityaBody }>(
     "/v1/webhooks/anitya",
-    { bodyLimit: deps.bodyLimit, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.auth.check(req) },
+    { bodyLimit: deps.bodyLimit, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.authenticate(req) },
     async (req, reply) => {
       const { project: p, message } = req.body;
       const versions = [...new Set(message.upstream_versions)].sort();

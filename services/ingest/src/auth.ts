@@ -17,8 +17,12 @@ import { Problem } from "./problem.ts";
 const sha256 = (s: string | Buffer) => createHash("sha256").update(s).digest();
 
 export type BearerAuth = {
-  /** Throws a 401 Problem unless the request may write. */
-  check(req: FastifyRequest): void;
+  /**
+   * Throws a 401 Problem unless the request may write; else returns its principal, what the
+   * per-principal rate limit counts by: the matched token's fingerprint (never the token), or
+   * the peer address when writes are open on loopback.
+   */
+  check(req: FastifyRequest): string;
   /** How writes are protected, for the start-up log. */
   mode: "tokens" | "open-on-loopback" | "closed";
 };
@@ -30,7 +34,7 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
   return {
     mode,
     check(req) {
-      if (mode === "open-on-loopback") return;
+      if (mode === "open-on-loopback") return `loopback:${req.ip}`;
       if (mode === "closed") {
         throw new Problem(401, "unauthorized", "no bearer token is configured (HOMEOSTAT_INGEST_TOKENS) and ingest is not on a loopback address, so writes are refused", { headers: challenge });
       }
@@ -38,17 +42,12 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
       if (!m) throw new Problem(401, "unauthorized", "send Authorization: Bearer <token>", { headers: challenge });
       const given = sha256(m[1]!);
       // Every configured token is compared, so the time taken does not say which one matched.
-      let ok = false;
-      for (const d of digests) ok = timingSafeEqual(given, d) || ok;
-      if (!ok) throw new Problem(401, "unauthorized", "the bearer token is not valid", { headers: { "www-authenticate": 'Bearer realm="homeostat-ingest", error="invalid_token"' } });
+      let matched: Buffer | undefined;
+      for (const d of digests) if (timingSafeEqual(given, d)) matched = d;
+      if (!matched) throw new Problem(401, "unauthorized", "the bearer token is not valid", { headers: { "www-authenticate": 'Bearer realm="homeostat-ingest", error="invalid_token"' } });
+      return `token:${matched.subarray(0, 8).toString("hex")}`;
     },
   };
-}
-
-/** A token to key rate limits by, without keeping the token itself. */
-export function bearerFingerprint(req: FastifyRequest): string | undefined {
-  const m = /^Bearer\s+(\S{1,4096})/i.exec(req.headers.authorization ?? "");
-  return m ? sha256(m[1]!).subarray(0, 12).toString("hex") : undefined;
 }
 
 /** Throws a 401 Problem unless `header` is the GitHub signature of `raw` under `secret`. */

@@ -4,18 +4,20 @@
  * the event that last changed it (cause.id), so this is how one follows a rebuild back to why.
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import type { EventLedger } from "@homeostat/core";
-import type { BearerAuth } from "./auth.ts";
+import { z } from "zod";
+import { eventIdSchema, type EventLedger } from "@homeostat/core";
+import type { Authenticate } from "./server.ts";
 import { Problem } from "./problem.ts";
+import { routeSchema } from "./route-schema.ts";
 
-export type EventsRouteDeps = { ledger: EventLedger; auth: BearerAuth };
+export type EventsRouteDeps = { ledger: EventLedger; authenticate: Authenticate };
 
 export const eventsRoute: FastifyPluginAsync<EventsRouteDeps> = async (app, deps) => {
   app.get<{ Params: { id: string } }>(
     "/v1/events/:id",
     {
-      schema: { params: { type: "object", required: ["id"], properties: { id: { type: "string", pattern: "^(github|advisory|release|anitya)-[0-9a-f]{32}$" } } } },
-      onRequest: async (req: FastifyRequest) => deps.auth.check(req),
+      schema: { params: routeSchema(z.strictObject({ id: eventIdSchema })) },
+      onRequest: async (req: FastifyRequest) => deps.authenticate(req),
     },
     async (req) => {
       const record = await deps.ledger.get(req.params.id);

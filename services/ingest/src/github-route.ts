@@ -16,10 +16,13 @@ import type { Catalog } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import { verifyGithubSignature } from "./auth.ts";
 import { Problem } from "./problem.ts";
+import type { Authenticated } from "./server.ts";
 
 export type GithubRouteDeps = {
   catalog: () => Catalog;
   acceptor: Acceptor;
+  /** Marks a delivery whose signature verified: its rate limit counts by the webhook, not by address. */
+  authenticated: Authenticated;
   secret: string | undefined;
   /** Release actions that count (published, released, prereleased…). */
   actions: readonly string[];
@@ -75,6 +78,7 @@ export const githubRoute: FastifyPluginAsync<GithubRouteDeps> = async (app, deps
         const raw = req.body as unknown;
         if (!Buffer.isBuffer(raw)) throw new Problem(400, "missing-body", "a GitHub delivery has a body");
         verifyGithubSignature(deps.secret, raw, req.headers["x-hub-signature-256"]);
+        deps.authenticated(req, "github-webhook");
         req.body = parseDelivery(raw, req.headers["content-type"] ?? "");
       },
     },

@@ -19,7 +19,7 @@ else await runService("ingest", async ({ config, log, nats, buckets, signal }) =
   const advisories = await AdvisoryStore.open(nats);
   // The hot path's one JetStream write per event (its record) goes over a lean pipe.
   const pipe = new JetStreamPipe(nats.nc);
-  const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
+  const ledger = await EventLedger.open(nats, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
   const acceptor = new Acceptor(ledger, pipedLedger(ledger, pipe));
   const app = buildIngestServer({
     catalog,
@@ -31,6 +31,7 @@ else await runService("ingest", async ({ config, log, nats, buckets, signal }) =
       return Promise.race([nats.nc.flush().then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), 1_000).unref())]);
     },
     settings: config.ingest,
+    log,
   });
   await app.listen({ host: config.ingest.host, port: config.ingest.port });
   log.info("listening", { url: `http://${config.ingest.host}:${config.ingest.port}`, writes: app.authMode, github: config.ingest.githubSecret ? "signed" : "refused (no secret)" });
@@ -53,7 +54,8 @@ else await runService("ingest", async ({ config, log, nats, buckets, signal }) =
       nats,
       source: config.ingest.osvSource,
       intervalMs: config.ingest.osvPollMs,
-      handle: async (list) => void (await ingestAdvisories(list, catalog(), acceptor, advisories)),
+      handle: async (list) => void (await ingestAdvisories(list, catalog(), acceptor, advisories, { maxFutureSkewMs: config.ingest.osvMaxFutureSkewMs })),
+      maxFutureSkewMs: config.ingest.osvMaxFutureSkewMs,
       log,
       signal,
     });

@@ -9,6 +9,11 @@
  * The cursor (the newest `modified` handled) is kept in the KV bucket `<prefix>_ingest_cursors`,
  * one entry per source, and moves only after a chunk is accepted. Advisories modified at the
  * cursor itself are read again; the event ledger's idempotency makes that free of effects.
+ * An advisory whose `modified` lies more than `maxFutureSkewMs` ahead is skipped and logged
+ * (and read again at later polls, so it is handled once its date is near), so the cursor never
+ * passes now + skew: one record dated years ahead must not make the poller skip every real
+ * revision after it. A stored cursor beyond now + skew (moved there before this check) is
+ * discarded with a warning and the feed read from the start; idempotency makes that safe.
  * Unreadable or invalid files are logged once per change and skipped: one bad file must not
  * stall the feed.
  */
@@ -18,6 +23,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { errorMessage, type Logger, type Nats } from "@homeostat/core";
 import { type Osv, osvSchema } from "@homeostat/catalog";
+import { futureModified } from "./advisories.ts";
 
 const CHUNK = 500;
 const MAX_FILES = 500_000;
@@ -27,9 +33,11 @@ const MAX_INDEX_BYTES = 256 * 1024 * 1024;
 const FETCH_TIMEOUT_MS = 30_000;
 
 type KV = Awaited<ReturnType<Nats["kvm"]["create"]>>;
+/** An advisory read, and where from (file or URL). */
+type Found = { advisory: Osv; where: string };
 
 export function cursorBucket(n: Nats): string {
-  return `${n.topology.prefix}_ingest_cursors`;
+  return n.topology.bucket("ingest_cursors");
 }
 
 export type OsvPollerOptions = {
@@ -38,6 +46,8 @@ export type OsvPollerOptions = {
   intervalMs: number;
   /** Accepts a chunk of advisories (advisories.ts ingestAdvisories). */
   handle: (advisories: Osv[]) => Promise<void>;
+  /** HOMEOSTAT_OSV_MAX_FUTURE_SKEW_MS. */
+  maxFutureSkewMs: number;
   log: Logger;
   signal: AbortSignal;
 };
@@ -60,11 +70,29 @@ export class OsvPoller {
   }
 
   /** One poll: reads what changed since the cursor, hands it over oldest first, moves the cursor. */
-  async poll(): Promise<{ handled: number; cursor: string | undefined }> {
-    const since = await this.cursor();
+  async poll(): Promise<{ handled: number; skipped: number; cursor: string | undefined }> {
+    let since = await this.cursor();
+    if (since !== undefined && futureModified({ modified: since }, this.o.maxFutureSkewMs)) {
+      this.o.log.warn("osv cursor lies beyond now + the allowed clock skew; it was moved there by a future-dated advisory, which hid every revision after it: reading the feed from the start", { source: this.o.source, cursor: since });
+      await (await this.bucket()).delete(this.cursorKey);
+      this.known.clear();
+      since = undefined;
+    }
     const sinceMs = since === undefined ? -Infinity : Date.parse(since);
     const read = new Map<string, string>();
-    const found = /^https?:\/\//i.test(this.o.source) ? await this.fromHttp(sinceMs) : await this.fromDirectory(sinceMs, read);
+    const all = /^https?:\/\//i.test(this.o.source) ? await this.fromHttp(sinceMs) : await this.fromDirectory(sinceMs, read);
+    const found: Osv[] = [];
+    let skipped = 0;
+    for (const { advisory: a, where } of all) {
+      const future = futureModified(a, this.o.maxFutureSkewMs);
+      if (future === undefined) found.push(a);
+      else {
+        skipped++;
+        // Not marked as read: the next polls look at it again, until its date is near.
+        read.delete(where);
+        this.o.log.warn("osv advisory skipped", { source: this.o.source, where, advisory: a.id, reason: future });
+      }
+    }
     found.sort((a, b) => Date.parse(a.modified) - Date.parse(b.modified));
     let cursor = since;
     for (let i = 0; i < found.length && !this.o.signal.aborted; i += CHUNK) {
@@ -75,7 +103,7 @@ export class OsvPoller {
     }
     // Only now are the files done with: a poll that failed half-way reads them again.
     for (const [file, version] of read) this.known.set(file, version);
-    return { handled: found.length, cursor };
+    return { handled: found.length, skipped, cursor };
   }
 
   /** Polls until `signal` aborts; a failed poll is logged and retried at the next interval. */
@@ -83,7 +111,7 @@ export class OsvPoller {
     while (!this.o.signal.aborted) {
       try {
         const r = await this.poll();
-        if (r.handled) this.o.log.info("osv poll", { source: this.o.source, advisories: r.handled, cursor: r.cursor });
+        if (r.handled || r.skipped) this.o.log.info("osv poll", { source: this.o.source, advisories: r.handled, skipped: r.skipped, cursor: r.cursor });
       } catch (err) {
         this.o.log.warn("osv poll failed", { source: this.o.source, reason: errorMessage(err) });
       }
@@ -96,8 +124,8 @@ export class OsvPoller {
     return this.kv;
   }
 
-  private async fromDirectory(sinceMs: number, read: Map<string, string>): Promise<Osv[]> {
-    const out: Osv[] = [];
+  private async fromDirectory(sinceMs: number, read: Map<string, string>): Promise<Found[]> {
+    const out: Found[] = [];
     for (const file of await jsonFiles(this.o.source)) {
       let st;
       try {
@@ -113,12 +141,12 @@ export class OsvPoller {
         continue;
       }
       const a = this.parse(await readFile(file, "utf8").catch(() => ""), file);
-      if (a && Date.parse(a.modified) >= sinceMs) out.push(a);
+      if (a && Date.parse(a.modified) >= sinceMs) out.push({ advisory: a, where: file });
     }
     return out;
   }
 
-  private async fromHttp(sinceMs: number): Promise<Osv[]> {
+  private async fromHttp(sinceMs: number): Promise<Found[]> {
     const base = this.o.source.replace(/\/+$/, "");
     const index = await fetchText(`${base}/modified_id.csv`, MAX_INDEX_BYTES, this.o.signal);
     const wanted: string[] = [];
@@ -129,7 +157,7 @@ export class OsvPoller {
       const id = line.slice(comma + 1).trim();
       if (!Number.isNaN(modified) && modified >= sinceMs && /^[A-Za-z0-9._:+\/-]+$/.test(id) && !id.includes("..")) wanted.push(id);
     }
-    const out: Osv[] = [];
+    const out: Found[] = [];
     let next = 0;
     const worker = async () => {
       while (next < wanted.length && !this.o.signal.aborted) {
@@ -137,7 +165,7 @@ export class OsvPoller {
         const url = `${base}/${id.split("/").map(encodeURIComponent).join("/")}.json`;
         try {
           const a = this.parse(await fetchText(url, MAX_FILE_BYTES, this.o.signal), url);
-          if (a) out.push(a);
+          if (a) out.push({ advisory: a, where: url });
         } catch (err) {
           this.o.log.warn("osv fetch failed; skipped", { url, reason: errorMessage(err) });
         }

@@ -8,6 +8,8 @@
  * too large, wrong media type, schema failures, rate limit) and hides anything unexpected
  * behind a 500 that says to send the event again — never a stack trace.
  */
+import { STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
 import type { FastifyError, FastifyReply, FastifyRequest } from "fastify";
 
 export type FieldError = { pointer: string; detail: string };
@@ -31,27 +33,47 @@ const titles: Record<number, string> = {
   401: "Unauthorized",
   404: "Not Found",
   405: "Method Not Allowed",
+  408: "Request Timeout",
   409: "Conflict",
   413: "Content Too Large",
+  414: "URI Too Long",
   415: "Unsupported Media Type",
   429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
 
+/** The problem each answered request was refused with, for the one log line of its refusal (server.ts). */
+export const answeredProblem = new WeakMap<FastifyRequest, Problem>();
+
+function problemDocument(p: Problem, requestId: string) {
+  return {
+    type: `urn:homeostat:problem:${p.slug}`,
+    title: titles[p.status] ?? (p.status < 500 ? "Client Error" : "Server Error"),
+    status: p.status,
+    detail: p.message,
+    instance: `urn:homeostat:request:${requestId}`,
+    ...(p.errors ? { errors: p.errors } : {}),
+  };
+}
+
 export function sendProblem(req: FastifyRequest, reply: FastifyReply, p: Problem): FastifyReply {
-  return reply
-    .code(p.status)
-    .headers(p.headers)
-    .type("application/problem+json")
-    .send({
-      type: `urn:homeostat:problem:${p.slug}`,
-      title: titles[p.status] ?? (p.status < 500 ? "Client Error" : "Server Error"),
-      status: p.status,
-      detail: p.message,
-      instance: `urn:homeostat:request:${req.id}`,
-      ...(p.errors ? { errors: p.errors } : {}),
-    });
+  answeredProblem.set(req, p);
+  return reply.code(p.status).headers(p.headers).type("application/problem+json").send(problemDocument(p, req.id));
+}
+
+/**
+ * Answers on a bare socket, for errors Node's HTTP parser raises before there is a request
+ * (headers too large, malformed framing, a request that timed out): a complete problem+json
+ * response, then the connection is closed, since the stream's framing can no longer be trusted.
+ */
+export function writeSocketProblem(socket: Duplex, p: Problem, requestId: string): void {
+  if (!socket.writable) return void socket.destroy();
+  const body = JSON.stringify(problemDocument(p, requestId));
+  socket.end(`HTTP/1.1 ${p.status} ${STATUS_CODES[p.status] ?? "Error"}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\nX-Request-Id: ${requestId}\r\n\r\n${body}`);
+  // A client that never reads must not keep the socket: it is closed either way, soon.
+  setTimeout(() => socket.destroy(), 1_000).unref();
 }
 
 /** Any error thrown while handling a request, as the Problem to answer with. */

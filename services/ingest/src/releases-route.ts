@@ -5,32 +5,29 @@
  * the same version with another source is refused (a release is immutable).
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { makeKey } from "@homeostat/core";
-import { type Catalog, ReleaseConflictError, type ReleaseStore } from "@homeostat/catalog";
+import { z } from "zod";
+import { makeKey, nameSchema, sha256HexSchema } from "@homeostat/core";
+import { type Catalog, packageSpecSchema, ReleaseConflictError, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
-import type { BearerAuth } from "./auth.ts";
 import { Problem } from "./problem.ts";
+import { routeSchema } from "./route-schema.ts";
+import type { Authenticate } from "./server.ts";
 
-export type ReleasesRouteDeps = { catalog: () => Catalog; releases: ReleaseStore; acceptor: Acceptor; auth: BearerAuth };
+export type ReleasesRouteDeps = { catalog: () => Catalog; releases: ReleaseStore; acceptor: Acceptor; authenticate: Authenticate };
 
-const bodySchema = {
-  type: "object",
-  additionalProperties: false,
-  required: ["package", "version", "url", "sha256"],
-  properties: {
-    package: { type: "string", minLength: 1, maxLength: 128, pattern: "^[a-zA-Z0-9][a-zA-Z0-9._+-]*$" },
-    version: { type: "string", minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9][A-Za-z0-9.+_~-]*$" },
-    url: { type: "string", minLength: 1, maxLength: 4096, pattern: "^(https?|file)://" },
-    sha256: { type: "string", pattern: "^[0-9a-f]{64}$" },
-  },
-} as const;
-
-type ReleaseBody = { package: string; version: string; url: string; sha256: string };
+// The package name and version are the catalog's own; the sha256 is core's.
+const bodySchema = z.strictObject({
+  package: nameSchema,
+  version: packageSpecSchema.shape.version,
+  url: z.string().min(1).max(4096).regex(/^(https?|file):\/\//, "must be an http(s):// or file:// URL"),
+  sha256: sha256HexSchema,
+});
+type ReleaseBody = z.infer<typeof bodySchema>;
 
 export const releasesRoute: FastifyPluginAsync<ReleasesRouteDeps> = async (app, deps) => {
   app.post<{ Body: ReleaseBody }>(
     "/v1/releases",
-    { bodyLimit: 64 * 1024, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.auth.check(req) },
+    { bodyLimit: 64 * 1024, schema: { body: routeSchema(bodySchema) }, onRequest: async (req: FastifyRequest) => deps.authenticate(req) },
     async (req, reply) => {
       const { package: name, version, url, sha256 } = req.body;
       if (!deps.catalog().packages.has(name)) throw new Problem(404, "unknown-package", `unknown package "${name}": it is not in the catalog`);
