@@ -26,7 +26,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
-import { connectNats, eventLedgerNames, loadConfig } from "@homeostat/core";
+import { connectNats, ensureTopology, eventLedgerNames, loadConfig } from "@homeostat/core";
 
 const { values } = parseArgs({ options: { count: { type: "string", default: "30000" }, seconds: { type: "string", default: "30" }, connections: { type: "string", default: "64" }, workers: { type: "string" } } });
 const count = Number(values.count);
@@ -57,8 +57,9 @@ const env = {
   HOMEOSTAT_INGEST_HOST: "127.0.0.1",
   HOMEOSTAT_INGEST_PORT: String(port),
   HOMEOSTAT_GITHUB_WEBHOOK_SECRET: secret,
-  // One client sends everything here; the limiter still runs, with room for the whole bench.
+  // One client sends everything here; the limiters (by address, by principal) still run, with room for the whole bench.
   HOMEOSTAT_INGEST_RATE_LIMIT: String(10 * (count + WARMUP)),
+  HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: String(10 * (count + WARMUP)),
   // --workers N: ingest's cluster mode (HOMEOSTAT_INGEST_WORKERS, services/ingest/README.md); unset: the shipped default, 1.
   ...(values.workers ? { HOMEOSTAT_INGEST_WORKERS: values.workers } : {}),
 };
@@ -85,6 +86,8 @@ const run = (amount: number) =>
 const config = loadConfig(env);
 const nats = await connectNats(config, "bench-ingest");
 try {
+  // What the queue service does at start (it owns the topology; it is not running here).
+  await ensureTopology(nats, config);
   await waitReady(`http://127.0.0.1:${port}/readyz`, 30_000);
   await run(WARMUP);
   const eventsStream = eventLedgerNames(nats.topology).stream;
