@@ -4,11 +4,13 @@
  *
  * Spans and metrics (the work queue's depth, enqueues, retries, dead letters, wait and run
  * times) are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the compose
- * file's collector); without it the SDK still propagates context but exports nothing.
+ * file's collector). Without it every span is still real and sampled, only not exported: a
+ * key's status records a trace id either way, so the id the CLI prints can later be found in
+ * an exporter's logs or matched across services' logs.
  */
-import { context, metrics, propagation, trace, SpanKind, SpanStatusCode, type Context, type Link, type Span } from "@opentelemetry/api";
+import { context, isSpanContextValid, metrics, propagation, trace, SpanKind, SpanStatusCode, type Context, type Link, type Span } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace";
+import { AlwaysOnSampler, BatchSpanProcessor, NoopSpanProcessor } from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http";
 import { PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
@@ -26,7 +28,9 @@ export function startTelemetry(serviceName: string, config: Pick<Config, "otlpEn
           scheduledDelayMillis: 500,
         }),
       ]
-    : [];
+    : // The SDK installs a tracer provider only when it has a span processor: without one every
+      // span would be a non-recording one with the all-zero trace id.
+      [new NoopSpanProcessor()];
   const metricReaders = config.otlpEndpoint
     ? [
         new PeriodicExportingMetricReader({
@@ -38,6 +42,7 @@ export function startTelemetry(serviceName: string, config: Pick<Config, "otlpEn
   const sdk = new NodeSDK({
     serviceName,
     spanProcessors,
+    sampler: new AlwaysOnSampler(),
     metricReaders,
     instrumentations: [],
     textMapPropagator: new W3CTraceContextPropagator(),
@@ -80,8 +85,10 @@ export function currentTraceparent(): string | undefined {
   return carrier.traceparent;
 }
 
+/** The active span's trace id; undefined outside a span (never the all-zero id of a non-recording one). */
 export function currentTraceId(): string | undefined {
-  return trace.getActiveSpan()?.spanContext().traceId;
+  const ctx = trace.getActiveSpan()?.spanContext();
+  return ctx && isSpanContextValid(ctx) ? ctx.traceId : undefined;
 }
 
 /**
