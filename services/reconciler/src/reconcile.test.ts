@@ -124,11 +124,15 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await run("package/top", { type: "dependency", id: "package/left" });
     assert.ok(!(await builds()).includes("package/top@1.0"), "top waits for right");
     await complete("package/right");
-    await run("package/top", { type: "dependency", id: "package/right" });
+    // A queued cause may be older than the build it ends up asking for (merged enqueues keep
+    // the first cause): the recorded detail names the version the build uses.
+    await run("package/top", { type: "dependency", id: "package/right", detail: "package/right was rebuilt at 0.9" });
     await run("package/top", { type: "dependency", id: "package/left" });
     assert.equal((await builds()).filter((b) => b === "package/top@1.0").length, 1, "the diamond's tip is built once");
     const top = (await state.get("package/top"))!;
     assert.deepEqual(top.cause?.id, "package/right");
+    assert.match(top.cause?.detail ?? "", /package\/right was rebuilt at 1\.0/);
+    assert.doesNotMatch(top.cause?.detail ?? "", /0\.9/);
     // A build in flight is looked at again when it should have ended (staleBuildMs after it was
     // asked for), so a builder that died with it is noticed without waiting for a resync.
     const inFlight = await run("package/top", { type: "resync" });

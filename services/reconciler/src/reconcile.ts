@@ -10,7 +10,7 @@
  * chain. Each build asked for is remembered in the key's last builds, and settled (succeeded,
  * failed, superseded) as later runs observe its end.
  */
-import { currentTraceId, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
+import { currentTraceId, makeKey, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
 import { done, doneWith, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
 
@@ -71,7 +71,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       // enqueues them before it completes this run; repeating them is harmless.
       const builtNow = item.cause.type === "built" && item.cause.id === desired.inputDigest;
       const children: QueueRequest[] = kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
-        ? catalog.dependentsOf(name).map((child) => ({ key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: `${item.key} was rebuilt at ${actual.version}` } }))
+        ? catalog.dependentsOf(name).map((child) => ({ key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) } }))
         : [];
       await setStatus(deps, item.key, (s) => {
         const settled = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
@@ -95,7 +95,8 @@ export function createReconciler(deps: ReconcilerDeps) {
       if (inFlight && remaining > 0) return requeueAfter(remaining);
     }
 
-    const why = cause(item.cause, describe(desired, status), item.cause);
+    const event = asBuilt(item.cause, desired.plan);
+    const why = cause(event, describe(desired, status), event);
     const traceId = currentTraceId();
     const at = new Date().toISOString();
     await setStatus(deps, item.key, (s) => {
@@ -123,6 +124,22 @@ function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStat
   if (!from) return `first build at ${desired.version}`;
   if (desired.plan.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
   return `rebuilt at ${desired.version}`;
+}
+
+function rebuiltAt(key: Key, version: string): string {
+  return `${key} was rebuilt at ${version}`;
+}
+
+/**
+ * A dependency cause told with the version this build uses. The queue keeps the cause of the
+ * first of several merged enqueues of a key (and a requeue keeps its own), so the detail a
+ * fan-out wrote may name an older build of the dependency than the one the plan holds now.
+ */
+function asBuilt(event: Cause, plan: Extract<Desired, { state: "build" }>["plan"]): Cause {
+  if (event.type !== "dependency" || !event.id) return event;
+  const used = plan.kind === "package" ? plan.dependencies : plan.packages;
+  const dependency = used.find((a) => makeKey("package", a.name) === event.id);
+  return dependency ? { ...event, detail: rebuiltAt(makeKey("package", dependency.name), dependency.version) } : event;
 }
 
 /** The cause to record: `base` with the decision in words first and the event's own detail after it. */
