@@ -114,7 +114,7 @@ describe("forgery", { timeout: 180_000 }, () => {
       isolation: isolation.kind, identity, publishSign: async (req) => void signRequests.push(req), refused: (r) => void refusals.push(r), log: quiet,
     });
     handleSign = createSignHandler({
-      dataDir: t.config.dataDir, state, trustedBuilderKeys: [identity.publicKeyPem], allowUnsandboxed: false,
+      dataDir: t.config.dataDir, state, trustedBuilderKeys: async () => [identity.publicKeyPem], allowUnsandboxed: false,
       signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }), imageRepository: "localhost/homeostat",
       enqueue: async () => {}, refused: (r) => void refusals.push(r), log: quiet,
     });

@@ -15,8 +15,12 @@ import { sign, SignRequestError } from "./sign.ts";
 export type SignHandlerDeps = {
   dataDir: string;
   state: StateStore;
-  /** SPKI PEM public keys of the trusted builders. */
-  trustedBuilderKeys: readonly string[];
+  /**
+   * SPKI PEM public keys of the trusted builders, read for each request: the default file is
+   * written by the builder on its first start, which may come after the signer's, and a key
+   * added to (or removed from) the trust files counts from the next request on.
+   */
+  trustedBuilderKeys: () => Promise<readonly string[]>;
   allowUnsandboxed: boolean;
   signer: Signer;
   imageRepository: string;
@@ -32,7 +36,7 @@ export function createSignHandler(deps: SignHandlerDeps) {
   return async function handle(req: SignRequest): Promise<void> {
     let build;
     try {
-      build = await admit(req, { dataDir: deps.dataDir, trustedBuilderKeys: deps.trustedBuilderKeys, allowUnsandboxed: deps.allowUnsandboxed, status: (k) => deps.state.get(k) });
+      build = await admit(req, { dataDir: deps.dataDir, trustedBuilderKeys: await deps.trustedBuilderKeys(), allowUnsandboxed: deps.allowUnsandboxed, status: (k) => deps.state.get(k) });
     } catch (err) {
       if (!(err instanceof SignRefusedError)) throw err;
       deps.refused(err.reason);

@@ -17,14 +17,14 @@ import { createSignHandler } from "./handle.ts";
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
   const signer = await keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key");
   log.info("signing key loaded", { keyId: signer.keyId, source: signer.source });
-  const trustedBuilderKeys = await readTrustedKeys(config.trustedBuilderKeyPaths);
-  log.info("trusted builder keys", { files: config.trustedBuilderKeyPaths, count: trustedBuilderKeys.length });
+  log.info("trusting builder keys from", { files: config.trustedBuilderKeyPaths });
   if (config.signUnsandboxed) log.warn("HOMEOSTAT_SIGN_UNSANDBOXED=true: builds whose steps ran without the sandbox are signed too, marked as such (development only)");
   const refusals = meter().createCounter("homeostat.signer.refused", { description: "Sign requests refused, by reason: not built by a trusted builder from the desired inputs, or not intact" });
   const handle = createSignHandler({
     dataDir: config.dataDir,
     state: new StateStore(buckets.state),
-    trustedBuilderKeys,
+    // A file that cannot be read yet (the builder not started) fails the request retriably.
+    trustedBuilderKeys: () => readTrustedKeys(config.trustedBuilderKeyPaths),
     allowUnsandboxed: config.signUnsandboxed,
     signer,
     imageRepository: config.imageRepository,
