@@ -2,7 +2,7 @@
  * `pnpm bench:sign` — how fast Homeostat signs, next to `openssl speed` on the same machine.
  *
  * What it measures: signatures per second through the signer's real signing path,
- * `signerFromPrivateKeyPem(pem).sign(data)` from services/signer/src/keys.ts (ECDSA P-256 over
+ * `pemKeyProvider(pem).sign(data)` from @homeostat/key-custody (ECDSA P-256 over
  * SHA-256, DER signature), over a cosign simple-signing payload like the ones the signer
  * makes, each signature awaited before the next, as the signer does. In the same run:
  * `openssl speed -seconds N ecdsap256`, one process, the peer the issue names.
@@ -14,6 +14,11 @@
  * promise. Node bundles its own OpenSSL, whose version may differ from the `openssl`
  * binary's; both are printed.
  *
+ * Beside it, the cost the signer adds before each signature since it verifies what it signs:
+ * opening a builder's DSSE build result (one ECDSA P-256 verification plus JSON), timed alone
+ * (`verify build result`, per second and µs each). Re-hashing the artifacts is sha256 over
+ * their bytes on top of that, proportional to their size.
+ *
  * Every loop is bounded both by wall time (`--seconds`, default 3) and by a count cap
  * (2,000,000 signatures); the openssl children are killed if they overrun. The last line of
  * output is one JSON object for machines.
@@ -24,7 +29,8 @@ import { execFile } from "node:child_process";
 import { generateKeyPairSync, createPublicKey, verify as cryptoVerify } from "node:crypto";
 import os from "node:os";
 import { performance } from "node:perf_hooks";
-import { type Signer, signerFromPrivateKeyPem } from "@homeostat/attest";
+import { BUILD_RESULT_PREDICATE_TYPE, openDsse, type Signer, signDsse, statementAbout } from "@homeostat/attest";
+import { pemKeyProvider } from "@homeostat/key-custody";
 import { table } from "./table.ts";
 
 const MAX_SIGNATURES = 2_000_000;
@@ -91,6 +97,24 @@ async function measure(signer: Signer, data: Uint8Array, durationMs: number, max
   const deadline = t0 + durationMs;
   while (done < maxCount && performance.now() < deadline) {
     await signer.sign(data);
+    done++;
+  }
+  const elapsedS = (performance.now() - t0) / 1000;
+  return { signatures: done, elapsedS, perS: done / elapsedS };
+}
+
+/** Opens (verifies) a package build result envelope, as the signer does before each signature, until the deadline. */
+async function measureVerify(builder: Signer, durationMs: number): Promise<Measured> {
+  const d = (c: string) => `sha256:${c.repeat(64)}`;
+  const outputs = { archive: d("a"), diffId: d("b"), size: 1234, metadata: d("c"), provenance: d("e") };
+  const predicate = { key: "package/nginx", kind: "package", name: "nginx", version: "1.27.0", inputDigest: d("f"), catalogRevision: d("1"), isolation: "bubblewrap", builder: "homeostat-builder/0.2.0", outputs };
+  const envelope = Buffer.from(await signDsse(statementAbout([{ name: "archive", digest: outputs.archive }], BUILD_RESULT_PREDICATE_TYPE, predicate), builder));
+  const trusted = [builder.publicKeyPem];
+  if (openDsse(envelope, trusted, BUILD_RESULT_PREDICATE_TYPE).keyId !== builder.keyId) fail("the build result did not verify");
+  let done = 0;
+  const t0 = performance.now();
+  while (done < MAX_SIGNATURES && performance.now() < t0 + durationMs) {
+    openDsse(envelope, trusted, BUILD_RESULT_PREDICATE_TYPE);
     done++;
   }
   const elapsedS = (performance.now() - t0) / 1000;
@@ -182,7 +206,7 @@ async function main(): Promise<void> {
 
   // Key and signer, exactly as the signer service builds it from a PEM.
   const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
-  const signer = signerFromPrivateKeyPem(privateKey, "bench key");
+  const signer = pemKeyProvider(privateKey, "bench key");
   const payload = samplePayload(signer.keyId);
 
   // Correctness, once: the signer's DER signature verifies with node:crypto.
@@ -204,6 +228,8 @@ async function main(): Promise<void> {
   await measure(signer, payload, WARMUP_MS, WARMUP_SIGNATURES);
   process.stdout.write("homeostat ... ");
   const homeostat = await measure(signer, payload, durationMs, MAX_SIGNATURES);
+  process.stdout.write("verify build result ... ");
+  const verify = await measureVerify(signer, durationMs);
   process.stdout.write("openssl speed ... ");
   let openssl: OpensslSpeed;
   try {
@@ -222,9 +248,11 @@ async function main(): Promise<void> {
       ["homeostat signer.sign", fmtRate(homeostat.perS), String(homeostat.signatures), homeostat.elapsedS.toFixed(2)],
       ["openssl speed ecdsap256", fmtRate(openssl.signPerS), "", String(opts.seconds)],
       ["ratio homeostat / openssl", fmtRatio(ratio), "", ""],
+      ["verify build result (per sign request)", fmtRate(verify.perS), String(verify.signatures), verify.elapsedS.toFixed(2)],
     ]),
   );
   console.log("");
+  console.log(`verification before signing: ${(1e6 / verify.perS).toFixed(1)} µs per build result (openssl verify/s: ${fmtRate(openssl.verifyPerS)})`);
   console.log(`openssl: ${openssl.raw}`);
   console.log(`target homeostat >= ${TARGET_RATIO} x openssl: ${met ? "MET" : "NOT MET"} (${fmtRatio(ratio)})`);
   console.log(
@@ -232,6 +260,8 @@ async function main(): Promise<void> {
       bench: "sign",
       signs_per_s: { homeostat: round1(homeostat.perS), openssl: round1(openssl.signPerS) },
       ratio: round3(ratio),
+      verify_build_result_per_s: round1(verify.perS),
+      verify_build_result_us: round1(1e6 / verify.perS),
       target: TARGET_RATIO,
       target_met: met,
       seconds: opts.seconds,
