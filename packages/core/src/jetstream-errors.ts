@@ -44,7 +44,12 @@ export function isStoreFailed(err: unknown): boolean {
 
 /** A compare-and-set (an expected last sequence, KV create or update) lost to another writer. */
 export function isRevisionConflict(err: unknown): boolean {
-  return hasJetStreamCode(err, JetStreamErrorCode.WrongLastSequence, JetStreamErrorCode.WrongLastSequenceUnknown);
+  return err instanceof JetStreamApiError && isRevisionConflictCode(err.code);
+}
+
+/** `isRevisionConflict` for an API error's `err_code` returned rather than thrown (JetStreamPipe.tryPublish). */
+export function isRevisionConflictCode(code: number): boolean {
+  return code === JetStreamErrorCode.WrongLastSequence || code === JetStreamErrorCode.WrongLastSequenceUnknown;
 }
 
 /** A message read or deleted by sequence was not there (already deleted, acked or never stored). */

@@ -1,7 +1,7 @@
 /**
  * A lean request path to JetStream for hot paths (ingest's event records, the work queue's
- * claims, acks and releases): stream publishes with their ack, JetStream API calls and
- * confirmed acks, over one wildcard reply subscription.
+ * claims, merges and releases): stream publishes with their ack, direct gets and JetStream API
+ * calls, over one wildcard reply subscription.
  *
  * Why not `js.publish` and friends: per request the client builds a request object with its
  * own timer and mux entry, and on completion an Error object ("cancelled", with a stack trace)
@@ -67,9 +67,20 @@ export class JetStreamPipe {
 
   /** Stores `data` on `subject` (a stream's subject); resolves with the stream's ack. */
   async publish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck> {
+    const answer = await this.tryPublish(subject, data, headers);
+    if ("refused" in answer) throw new JetStreamApiError(answer.refused);
+    return answer;
+  }
+
+  /**
+   * `publish` for callers to whom a refusal is an expected answer (a subject already holding its
+   * message, a lost compare-and-set): the server's API error is returned, not thrown, which
+   * spares an Error and its stack trace on a path taken thousands of times a second.
+   */
+  async tryPublish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck | { refused: ApiError }> {
     const m = await this.request(subject, data, headers);
     const body = m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: ApiError }) : {};
-    if (body.error) throw new JetStreamApiError(body.error);
+    if (body.error) return { refused: body.error };
     if (!body.stream || typeof body.seq !== "number") throw new JetStreamPipeError(`no stream ack for a publish to ${subject}`);
     return { stream: body.stream, seq: body.seq, duplicate: body.duplicate === true };
   }
@@ -109,11 +120,6 @@ export class JetStreamPipe {
       if (isMessageGone(err)) return false;
       throw err;
     }
-  }
-
-  /** A confirmed ack of a consumed message: resolves once the server has taken it. */
-  async ackAck(reply: string): Promise<void> {
-    await this.request(reply, "+ACK");
   }
 
   close(): void {

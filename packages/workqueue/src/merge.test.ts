@@ -1,0 +1,131 @@
+/** The merge rules, every rule and tie, without a server. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { Priority, WorkItem } from "@homeostat/core/contracts";
+import { mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
+import type { Queued } from "./work-stream.ts";
+
+const item = (o: Partial<WorkItem> = {}): WorkItem => ({
+  v: 1, key: "package/k", priority: "release", cause: { type: "manual" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 1_000, ...o,
+});
+const queued = (seq: number, o: Partial<WorkItem> = {}): Queued => ({ seq, item: item(o) });
+
+test("classes rank most urgent first: advisory, release, dependency, resync", () => {
+  const order: Priority[] = ["resync", "advisory", "dependency", "release"];
+  assert.deepEqual(order.sort((a, b) => rank(a) - rank(b)), ["advisory", "release", "dependency", "resync"]);
+});
+
+test("a request becomes a schedule: due at its not-before, never before its floor, fresh attempts", () => {
+  const req = { key: "package/k" as const, priority: "advisory" as const, cause: { type: "advisory" as const, id: "GHSA-1" } };
+  assert.deepEqual(workItemFor(req, 5), item({ priority: "advisory", cause: { type: "advisory", id: "GHSA-1" }, enqueuedAt: 5 }));
+  assert.equal(workItemFor({ ...req, notBefore: 300 }, 5).notBefore, 300);
+  const floored = workItemFor({ ...req, notBefore: 100, floor: 200 }, 5);
+  assert.deepEqual([floored.notBefore, floored.floor], [200, 200], "the floor lifts an earlier not-before");
+  assert.equal(workItemFor({ ...req, notBefore: 900, floor: 200 }, 5).notBefore, 900, "a later not-before stays");
+});
+
+test("the more urgent class wins, with its cause, whichever side it is on", () => {
+  const advisory = item({ priority: "advisory", cause: { type: "advisory", id: "A" } });
+  const resync = item({ priority: "resync", cause: { type: "resync" } });
+  for (const merged of [mergeItems(advisory, resync), mergeItems(resync, advisory)]) {
+    assert.equal(merged.priority, "advisory");
+    assert.deepEqual(merged.cause, { type: "advisory", id: "A" });
+  }
+});
+
+test("a tie of classes keeps the first schedule's cause", () => {
+  const merged = mergeItems(item({ cause: { type: "manual", id: "first" } }), item({ cause: { type: "release", id: "second" } }));
+  assert.deepEqual(merged.cause, { type: "manual", id: "first" });
+});
+
+test("the earlier not-before wins, either way round; equal not-befores stay", () => {
+  assert.equal(mergeItems(item({ notBefore: 500 }), item({ notBefore: 200 })).notBefore, 200);
+  assert.equal(mergeItems(item({ notBefore: 200 }), item({ notBefore: 500 })).notBefore, 200);
+  assert.equal(mergeItems(item({ notBefore: 300 }), item({ notBefore: 300 })).notBefore, 300);
+});
+
+test("never before the stronger floor: the floor holds against an earlier not-before", () => {
+  const floored = item({ notBefore: 800, floor: 800 });
+  const early = item({ notBefore: 0 });
+  for (const merged of [mergeItems(floored, early), mergeItems(early, floored)]) {
+    assert.equal(merged.floor, 800);
+    assert.equal(merged.notBefore, 800);
+  }
+  assert.equal(mergeItems(item({ notBefore: 900, floor: 400 }), item({ notBefore: 1_200, floor: 600 })).floor, 600, "the stronger floor of two");
+  assert.equal(mergeItems(item({ notBefore: 900, floor: 400 }), item({ notBefore: 1_200, floor: 600 })).notBefore, 900, "a not-before past every floor stays");
+});
+
+test("the fewer attempts and the earlier enqueue time win", () => {
+  const merged = mergeItems(item({ attempts: 4, enqueuedAt: 50 }), item({ attempts: 0, enqueuedAt: 90 }));
+  assert.equal(merged.attempts, 0);
+  assert.equal(merged.enqueuedAt, 50);
+});
+
+test("mergeOptional merges what exists", () => {
+  const a = item({ notBefore: 10 });
+  const b = item({ notBefore: 5, priority: "advisory" });
+  assert.equal(mergeOptional(undefined, undefined), undefined);
+  assert.equal(mergeOptional(a, undefined), a);
+  assert.equal(mergeOptional(undefined, b), b);
+  assert.deepEqual(mergeOptional(a, b), mergeItems(a, b));
+});
+
+test("sameSchedule compares class, not-before, floor and attempts, not cause or enqueue time", () => {
+  assert.equal(sameSchedule(item(), item({ cause: { type: "resync" }, enqueuedAt: 9 })), true);
+  for (const differs of [{ priority: "resync" as const }, { notBefore: 1 }, { floor: 1 }, { attempts: 1 }]) assert.equal(sameSchedule(item(), item(differs)), false);
+});
+
+test("plan: nothing held, one queued message that already says it: keep it, publish nothing", () => {
+  const m = queued(7);
+  assert.deepEqual(planMerge(item({ enqueuedAt: 2_000 }), [m], undefined), { type: "intoQueued", merged: item(), keep: m, drop: [] });
+});
+
+test("plan: an enqueue that changes the schedule rewrites the message (drop it, publish the merge)", () => {
+  const m = queued(7, { notBefore: 5_000 });
+  const plan = planMerge(item(), [m], undefined);
+  assert.deepEqual(plan, { type: "intoQueued", merged: item(), keep: undefined, drop: [m] });
+});
+
+test("plan: messages in two classes fold into one in the more urgent class", () => {
+  const advisory = queued(3, { priority: "advisory" });
+  const resync = queued(9, { priority: "resync" });
+  const plan = planMerge(item({ priority: "resync" }), [advisory, resync], undefined);
+  assert.ok(plan.type === "intoQueued", plan.type);
+  assert.equal(plan.merged.priority, "advisory");
+  assert.equal(plan.keep, advisory);
+  assert.deepEqual(plan.drop, [resync]);
+});
+
+test("plan: a key waiting for its retry keeps that message; the other classes go", () => {
+  const retry = queued(4, { attempts: 2 });
+  const other = queued(8, { priority: "advisory" });
+  assert.deepEqual(planMerge(item({ priority: "advisory" }), [other, retry], { phase: "retrying", seq: 4 }), { type: "intoRetry", drop: [other] });
+});
+
+test("plan: a retry record whose message is not among those queued does not hold the enqueue", () => {
+  const m = queued(5);
+  assert.equal(planMerge(item(), [m], { phase: "retrying", seq: 4 }).type, "intoQueued");
+});
+
+test("plan: a running key is marked to run once more, with everything else queued folded in", () => {
+  const running = queued(6, { priority: "resync" });
+  const other = queued(11, { priority: "dependency", notBefore: 50 });
+  const plan = planMerge(item({ priority: "release", notBefore: 900 }), [running, other], { phase: "running", seq: 6 });
+  assert.ok(plan.type === "intoRun", plan.type);
+  assert.deepEqual(plan.drop, [other]);
+  assert.equal(plan.rerun.priority, "release");
+  assert.equal(plan.rerun.notBefore, 50);
+});
+
+test("plan: a running record whose message is gone does not take the enqueue; it is queued anew", () => {
+  const plan = planMerge(item(), [], { phase: "running", seq: 6 });
+  assert.deepEqual(plan, { type: "intoQueued", merged: item(), keep: undefined, drop: [] });
+});
+
+test("plan: a key waiting for its floor is queued as usual (the floor is enforced at claim)", () => {
+  const m = queued(2, { notBefore: 7_000, floor: 7_000 });
+  const plan = planMerge(item(), [m], { phase: "waiting", seq: 0 });
+  assert.ok(plan.type === "intoQueued", plan.type);
+  assert.equal(plan.merged.notBefore, 7_000, "an enqueue cannot pull a floor earlier");
+  assert.equal(plan.keep, m);
+});

@@ -1,0 +1,83 @@
+/**
+ * The merge rules (invariant 1 in workqueue.ts), as pure functions so that every rule and tie
+ * is unit-tested without a server (merge.test.ts): how a request becomes a schedule, how two
+ * schedules of one key become one, and what an enqueue that finds its key queued or running
+ * must do with the messages it found. placement.ts carries the plan out against the stream.
+ */
+import { priorities, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import type { RunPhase } from "./run-records.ts";
+import type { QueueRequest } from "./types.ts";
+import type { Queued } from "./work-stream.ts";
+
+/** 0 for the most urgent class. */
+export const rank = (p: Priority): number => priorities.indexOf(p);
+
+/** The schedule an enqueue asks for: due now or at its not-before, never before its floor, fresh attempts. */
+export function workItemFor(req: QueueRequest, now: number): WorkItem {
+  const floor = req.floor ?? 0;
+  return {
+    v: 1, key: req.key, priority: req.priority, cause: req.cause,
+    floor, notBefore: Math.max(req.notBefore ?? 0, floor), attempts: 0, enqueuedAt: now,
+  };
+}
+
+/**
+ * The merge of two schedules of one key: the more urgent class (and its cause; on a tie, `a`'s),
+ * the earlier not-before, never before the stronger floor, the fewer attempts (a new enqueue is
+ * new information), the earlier enqueue time.
+ */
+export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
+  const floor = Math.max(a.floor, b.floor);
+  const urgent = rank(b.priority) < rank(a.priority) ? b : a;
+  return {
+    v: 1,
+    key: a.key,
+    priority: urgent.priority,
+    cause: urgent.cause,
+    floor,
+    notBefore: Math.max(Math.min(a.notBefore, b.notBefore), floor),
+    attempts: Math.min(a.attempts, b.attempts),
+    enqueuedAt: Math.min(a.enqueuedAt, b.enqueuedAt),
+  };
+}
+
+/** `mergeItems` of whichever of the two exist. */
+export function mergeOptional(a: WorkItem | undefined, b: WorkItem | undefined): WorkItem | undefined {
+  return a && b ? mergeItems(a, b) : (a ?? b);
+}
+
+/** Whether a queued message already says what `b` says, so that it need not be rewritten. */
+export function sameSchedule(a: WorkItem, b: WorkItem): boolean {
+  return a.priority === b.priority && a.notBefore === b.notBefore && a.floor === b.floor && a.attempts === b.attempts;
+}
+
+/** What an enqueue does with the messages it found queued for its key. */
+export type MergePlan =
+  /** The key waits for a retry in one of them: that retry is the run asked for; the others go. */
+  | { type: "intoRetry"; drop: Queued[] }
+  /** The key runs: everything queued besides its message goes, and the run is marked to run once more with `rerun`. */
+  | { type: "intoRun"; drop: Queued[]; rerun: WorkItem }
+  /**
+   * One message stays, in the most urgent class, holding `merged`: `keep` when one already says
+   * exactly that, else a new one is published; `drop` (the rest, in order) goes.
+   */
+  | { type: "intoQueued"; merged: WorkItem; keep: Queued | undefined; drop: Queued[] };
+
+/**
+ * Plans the merge of `item` into the key's `queued` messages (most urgent class first), given
+ * its run record's phase and message (`held`; undefined when there is no record, or it is a dead
+ * letter, or it is the caller's own run).
+ */
+export function planMerge(item: WorkItem, queued: readonly Queued[], held: { phase: RunPhase; seq: number } | undefined): MergePlan {
+  // A message waiting for its retry keeps its schedule: the retry is the run this enqueue asks for.
+  if (held?.phase === "retrying" && queued.some((m) => m.seq === held.seq)) {
+    return { type: "intoRetry", drop: queued.filter((m) => m.seq !== held.seq) };
+  }
+  const runningSeq = held?.phase === "running" ? held.seq : undefined;
+  const idle = queued.filter((m) => m.seq !== runningSeq);
+  const merged = idle.reduce((acc, m) => mergeItems(acc, m.item), item);
+  // The key runs: it runs once more afterwards, so whatever else is queued folds into that.
+  if (runningSeq !== undefined && queued.some((m) => m.seq === runningSeq)) return { type: "intoRun", drop: idle, rerun: merged };
+  const keep = idle.find((m) => m.item.priority === merged.priority && sameSchedule(m.item, merged));
+  return { type: "intoQueued", merged, keep, drop: idle.filter((m) => m !== keep) };
+}

@@ -1,0 +1,38 @@
+/**
+ * The queue's vocabulary: what a caller asks of it (a request), what a reconcile answers (a
+ * result), and what it reports (outcomes, dead letters, stats). Every other file of the queue
+ * speaks these types; workqueue.ts re-exports them as the package's API.
+ */
+import type { Cause, Priority, WorkItem } from "@homeostat/core/contracts";
+import type { Key } from "@homeostat/core/key";
+
+/** What a reconcile asks the queue to do next with its key. Errors are thrown, not returned. */
+export type ReconcileResult =
+  | { type: "done"; children?: readonly QueueRequest[] }
+  | { type: "requeueAfter"; ms: number; children?: readonly QueueRequest[] }
+  | { type: "notBefore"; ms: number; children?: readonly QueueRequest[] }
+  | { type: "nonRetriable"; reason: string };
+
+export const done: ReconcileResult = { type: "done" };
+export const doneWith = (children: readonly QueueRequest[]): ReconcileResult => ({ type: "done", children });
+export const requeueAfter = (ms: number): ReconcileResult => ({ type: "requeueAfter", ms });
+export const notBefore = (ms: number): ReconcileResult => ({ type: "notBefore", ms });
+export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRetriable", reason });
+
+/** "Reconcile this key": a class, optionally not before a time, optionally with a floor. */
+export type QueueRequest = { key: Key; priority: Priority; cause: Cause; notBefore?: number; floor?: number };
+
+/** added: newly queued; deduped: merged into the queued message; rerun: marked to run once more. */
+export type EnqueueOutcome = "added" | "deduped" | "rerun";
+
+export type Reconcile = (item: WorkItem, run: { attempt: number; signal: AbortSignal }) => Promise<ReconcileResult>;
+
+export type DeadLetter = { key: Key; reason: string; nonRetriable: boolean; attempts: number; at: number; item: WorkItem };
+
+export type QueueStats = {
+  /** Queued messages per class (waiting, delayed or running). */
+  depth: Record<Priority, number>;
+  running: number;
+  retrying: number;
+  deadLetters: number;
+};

@@ -1,0 +1,59 @@
+/**
+ * The work stream: a queued key is one message on `<prefix>.<region>.work.<class>.<kind>.<name>`
+ * in a WorkQueue stream that holds one message per subject, its body the key's schedule
+ * (`WorkItem`). Here: put a schedule in (refused while its subject is taken), read what is queued
+ * for a key, delete by sequence. Reads are direct gets over the lean pipe, one per class.
+ */
+import { JetStreamApiError } from "@nats-io/jetstream";
+import { decodeMessage, encodeMessage, priorities, workItemSchema, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import { JetStreamErrorCode } from "@homeostat/core/jetstream-errors";
+import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
+import type { Key } from "@homeostat/core/key";
+import { traceHeaders } from "@homeostat/core/telemetry";
+import type { Nats } from "@homeostat/core/topology";
+
+/** A queued message: its stream sequence and the schedule it holds. */
+export type Queued = { seq: number; item: WorkItem };
+
+export class WorkStream {
+  readonly name: string;
+  private readonly n: Nats;
+  private readonly pipe: JetStreamPipe;
+
+  constructor(n: Nats, pipe: JetStreamPipe) {
+    this.n = n;
+    this.pipe = pipe;
+    this.name = n.topology.stream("work");
+  }
+
+  /** Queues `item` in its class; false when that class already holds a message of the key (the server refuses it). */
+  async publish(item: WorkItem): Promise<boolean> {
+    const answer = await this.pipe.tryPublish(this.n.topology.workSubject(item.priority, item.key), encodeMessage(item), traceHeaders());
+    if (!("refused" in answer)) return true;
+    // The work stream has no stream-wide limits: refused means the subject holds the key already.
+    if (answer.refused.err_code === JetStreamErrorCode.StoreFailed) return false;
+    throw new JetStreamApiError(answer.refused);
+  }
+
+  /** The key's message in class `priority`, if any. */
+  async queuedIn(priority: Priority, key: Key): Promise<Queued | undefined> {
+    const m = await this.pipe.lastBySubject(this.name, this.n.topology.workSubject(priority, key));
+    return m ? { seq: m.seq, item: decodeMessage(workItemSchema, m.data) } : undefined;
+  }
+
+  /** The key's queued messages, most urgent class first (all classes, or all but `except`). */
+  async queued(key: Key, except?: Priority): Promise<Queued[]> {
+    const found = await Promise.all(priorities.filter((p) => p !== except).map((p) => this.queuedIn(p, key)));
+    return found.filter((m) => m !== undefined);
+  }
+
+  /** Deletes message `seq`; false when it is gone already (acked, or deleted by another merge). */
+  delete(seq: number): Promise<boolean> {
+    return this.pipe.deleteMessage(this.name, seq);
+  }
+
+  /** Whether message `seq` is still in the stream (not yet acked or deleted). */
+  async holds(seq: number): Promise<boolean> {
+    return (await this.n.jsm.streams.getMessage(this.name, { seq })) !== null;
+  }
+}
