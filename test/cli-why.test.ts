@@ -12,6 +12,7 @@ import { type Logger } from "@homeostat/core";
 import { StatusReadModel } from "../services/queue/src/read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { startStatusApi, type StatusApi } from "../services/queue/src/status-api.ts";
+import { KeyFeed } from "../services/queue/src/key-feed.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
 const bin = fileURLToPath(new URL("../packages/cli/bin/homeostat", import.meta.url));
@@ -46,7 +47,8 @@ before(async () => {
   const queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "why-test" }));
   api = await startStatusApi({
     // Why is a read: no token needed on loopback (read auth none), as the CLI runs it here.
-    addr: "127.0.0.1:0", security: { tls: undefined, tokens: [], readAuth: "none", insecure: false }, readModel: model, queue, releases: new ReleaseStore(t.buckets.releases), advisories: await AdvisoryStore.open(t.nats), onError: () => {},
+    addr: "127.0.0.1:0", security: { tls: undefined, tokens: [], readAuth: "none", insecure: false }, readModel: model, queue, releases: new ReleaseStore(t.buckets.releases), advisories: await AdvisoryStore.open(t.nats),
+    inCatalog: (key) => statuses.some((s) => s.key === key), feed: new KeyFeed(), onError: () => {},
   });
   addr = `127.0.0.1:${api.port}`;
 });

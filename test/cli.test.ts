@@ -16,6 +16,7 @@ import { type Logger } from "@homeostat/core";
 import { StatusReadModel } from "../services/queue/src/read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { startStatusApi, type StatusApi } from "../services/queue/src/status-api.ts";
+import { KeyFeed } from "../services/queue/src/key-feed.ts";
 import { tokenDigest } from "@homeostat/status-api";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
@@ -64,6 +65,10 @@ let advisories: AdvisoryStore;
 let api: StatusApi;
 let addr: string;
 
+/** The catalog enqueues are checked against, and the (idle) feed of WatchKeys. */
+const catalogKeys = new Set<string>(["package/openssl", "image/nginx", "package/zlib", "image/broken"]);
+const served = { inCatalog: (key: string) => catalogKeys.has(key), feed: new KeyFeed() };
+
 before(async () => {
   t = await testEnv();
   model = new StatusReadModel(t.redis, t.nats.topology);
@@ -71,7 +76,7 @@ before(async () => {
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "cli-test" }));
   releases = new ReleaseStore(t.buckets.releases);
   advisories = await AdvisoryStore.open(t.nats);
-  api = await startStatusApi({ addr: "127.0.0.1:0", security: { ...security, tokens: [...security.tokens] }, readModel: model, queue, releases, advisories, onError: () => {} });
+  api = await startStatusApi({ addr: "127.0.0.1:0", security: { ...security, tokens: [...security.tokens] }, readModel: model, queue, releases, advisories, ...served, onError: () => {} });
   addr = `127.0.0.1:${api.port}`;
 });
 
@@ -272,6 +277,15 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
   assert.equal(r.stderr, "homeostat: package/openssl is not in the dead letters\n");
 });
 
+test("enqueue of a key the catalog does not declare exits 1 and says so; --force queues it", async () => {
+  let r = await homeostat(["enqueue", "package/gone", "--addr", addr]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, "homeostat: package/gone is not in the catalog (force the enqueue to retire a key that left it)\n");
+  r = await homeostat(["enqueue", "package/gone", "--force", "--priority", "resync", "--json", "--addr", addr]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { key: "package/gone", outcome: "added" });
+});
+
 test("enqueue and retry without a token, or with a read token, exit 77 with the reason; a token file works", async () => {
   let r = await homeostat(["enqueue", "package/zlib", "--addr", addr], { HOMEOSTAT_TOKEN: "" });
   assert.equal(r.code, 77);
@@ -308,7 +322,7 @@ test("over TLS with --ca (and a token), mTLS with --client-cert/--client-key; to
   assert.deepEqual([name, role, sha256], ["ci", "write", tokenDigest(made.token)]);
   const tlsApi = await startStatusApi({
     addr: "127.0.0.1:0", security: { tls, tokens: [{ name: name!, role: "write", sha256: sha256! }], readAuth: "token", insecure: false },
-    readModel: model, queue, releases, advisories, onError: () => {},
+    readModel: model, queue, releases, advisories, ...served, onError: () => {},
   });
   const tlsAddr = `127.0.0.1:${tlsApi.port}`;
   try {

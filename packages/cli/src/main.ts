@@ -22,7 +22,7 @@ import { priorities, prioritySchema } from "@homeostat/core/contracts";
 import { makeKey } from "@homeostat/core/key";
 import { mapLimit } from "@homeostat/core/map-limit";
 import type { KeyStatus } from "@homeostat/core/status";
-import type { DeadLetterEntry, StatusClient, StatusClientOptions } from "@homeostat/status-api";
+import type { DeadLetterEntry, StatusClient, StatusClientOptions, WatchArgs } from "@homeostat/status-api";
 import { maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize } from "@homeostat/status-api/limits";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
 import type { ImageVerification } from "@homeostat/attest";
@@ -99,13 +99,18 @@ const globalOptionHelp: [string, string][] = [
 
 /* ---------------------------------------------------------------- commands */
 
+const watchOption = { watch: { type: "boolean", short: "w" } } as const satisfies ParseArgsOptionsConfig;
+
 const getCommand: Command = {
   name: "get",
   args: "<key>",
   summary: "show where one key stands: phase, desired and actual versions, digests, trace",
+  options: watchOption,
+  optionHelp: [["-w, --watch", "then print a line each time it changes, until interrupted (with --json: one JSON object per line)"]],
   positionals: { min: 1, max: 1 },
-  async run(ctx, [raw]) {
+  async run(ctx, [raw], values) {
     const key = await keyArg(raw!, getCommand);
+    if (values.watch) return watchCommand(ctx, { prefix: key }, (k) => k === key);
     const { api, client } = await ctx.status();
     const status = await api.getKeyStatus(client, key);
     if (ctx.json) ctx.printJson(status);
@@ -191,14 +196,16 @@ async function builtVersion(api: StatusApiModule, client: StatusClient, name: st
 const listCommand: Command = {
   name: "list",
   summary: "list keys with their phase and versions, in key order",
-  options: { prefix: { type: "string" }, limit: { type: "string" } },
+  options: { prefix: { type: "string" }, limit: { type: "string" }, ...watchOption },
   optionHelp: [
     ["--prefix p", "only keys starting with p, e.g. image/ or package/open"],
     ["--limit n", "show at most n keys (default 100)"],
+    ["-w, --watch", "print every key's line, then a line per change, until interrupted; resumes after a lost connection (with --json: JSON lines)"],
   ],
   positionals: { min: 0, max: 0 },
   async run(ctx, _positionals, values) {
     const prefix = typeof values.prefix === "string" ? values.prefix : "";
+    if (values.watch) return watchCommand(ctx, { prefix }, () => true);
     const limit = values.limit === undefined ? 100 : parsePositiveInt(String(values.limit), "--limit", listCommand);
     const items: KeyStatus[] = [];
     const { api, client } = await ctx.status();
@@ -214,6 +221,50 @@ const listCommand: Command = {
     return exitCodes.ok;
   },
 };
+
+/**
+ * `get -w` and `list -w`: one line per key as it stands, then one per change, until SIGINT or
+ * SIGTERM (exit 0). A lost connection is resumed from the last revision received, said on
+ * stderr; a server that cannot be reached at all is exit 2, as for every command.
+ */
+async function watchCommand(ctx: Context, args: WatchArgs, shown: (key: string) => boolean): Promise<number> {
+  const { api, client } = await ctx.status();
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let received = false;
+  let unreachable: unknown;
+  try {
+    const events = api.watchKeysResuming(client, args, {
+      signal: stop.signal,
+      onInterruption: (err, after, delayMs) => {
+        if (!received) {
+          unreachable = err;
+          stop.abort();
+          return;
+        }
+        const why = api.isGrpcError(err) ? err.details : (err as Error).message;
+        ctx.io.stderr.write(`homeostat: the watch broke (${why}); ${after === undefined ? "starting over" : `resuming after revision ${after}`} in ${delayMs} ms\n`);
+      },
+    });
+    for await (const e of events) {
+      received = true;
+      if (ctx.json) {
+        if (!("key" in e) || shown(e.key)) ctx.io.stdout.write(`${JSON.stringify(e)}\n`);
+      } else if (e.type === "reset") {
+        ctx.io.stderr.write(`homeostat: the watch starts over (${e.reason}); the current state follows\n`);
+      } else if (e.type !== "synced" && shown(e.key)) {
+        ctx.print(e.type === "delete" ? `${e.key}  removed` : formatChange(e.status));
+      }
+    }
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  if (unreachable) throw unreachable;
+  return exitCodes.ok;
+}
 
 const verifyCommand: Command = {
   name: "verify",
@@ -270,12 +321,13 @@ const enqueueCommand: Command = {
   name: "enqueue",
   args: "<key>",
   summary: "ask for a key to be reconciled (merged with any queued request for it)",
-  options: { priority: { type: "string" }, "not-before": { type: "string" }, floor: { type: "string" }, detail: { type: "string" } },
+  options: { priority: { type: "string" }, "not-before": { type: "string" }, floor: { type: "string" }, detail: { type: "string" }, force: { type: "boolean" } },
   optionHelp: [
     ["--priority P", `${priorities.join(", ")} (default release)`],
     ["--not-before D", "not before D from now: ms, or a duration like 90s, 15m, 1h30m; a later enqueue may pull it earlier"],
     ["--floor D", "not before D from now, and no later enqueue may pull it earlier"],
     ["--detail text", "why, recorded as the key's cause"],
+    ["--force", "queue a key the catalog does not declare (exit 1 without it): the reconciler retires a key that left the catalog"],
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
@@ -293,6 +345,7 @@ const enqueueCommand: Command = {
       ...(notBefore !== undefined ? { notBeforeDelayMs: notBefore } : {}),
       ...(floor !== undefined ? { floorDelayMs: floor } : {}),
       ...(typeof values.detail === "string" ? { causeDetail: values.detail } : {}),
+      force: values.force === true,
     });
     if (ctx.json) ctx.printJson({ key, outcome });
     else ctx.print(`${key}: ${outcomeText[outcome]}`);
@@ -396,6 +449,11 @@ export function formatTable(items: KeyStatus[]): string {
   const rows = [["KEY", "PHASE", "DESIRED", "ACTUAL", "UPDATED"]];
   for (const s of items) rows.push([s.key, s.phase, s.desiredVersion ?? "-", s.actual?.version ?? "-", shortTime(s.updatedAt)]);
   return columns(rows);
+}
+
+/** One line for a key that changed: when, the key, its phase, and the desired and actual versions. */
+export function formatChange(s: KeyStatus): string {
+  return `${shortTime(s.updatedAt)}  ${s.key.padEnd(24)}  ${s.phase.padEnd(14)}  desired ${s.desiredVersion ?? "-"}  actual ${s.actual?.version ?? "-"}${s.lastError ? `  error: ${s.lastError.replace(/\s*\n\s*/g, " ")}` : ""}`;
 }
 
 /** A readable block for one key: everything in the status, absent fields left out. */

@@ -154,7 +154,7 @@ export async function getQueueStats(client: StatusClient, opts: CallOptions = {}
  * What a client asks Enqueue for. Delays are relative to the server's receipt; the server
  * validates everything, so this is passed on unchecked.
  */
-export type EnqueueArgs = { key: string; priority?: string; notBeforeDelayMs?: number; floorDelayMs?: number; causeDetail?: string };
+export type EnqueueArgs = { key: string; priority?: string; notBeforeDelayMs?: number; floorDelayMs?: number; causeDetail?: string; force?: boolean };
 
 /** Enqueue; resolves to the queue's outcome. */
 export async function enqueueKey(client: StatusClient, args: EnqueueArgs, opts: CallOptions = {}): Promise<EnqueueOutcome> {
@@ -165,6 +165,7 @@ export async function enqueueKey(client: StatusClient, args: EnqueueArgs, opts: 
       notBeforeDelayMs: args.notBeforeDelayMs === undefined ? undefined : String(args.notBeforeDelayMs),
       floorDelayMs: args.floorDelayMs === undefined ? undefined : String(args.floorDelayMs),
       causeDetail: args.causeDetail,
+      force: args.force ?? false,
     },
     callOptions(opts),
   );

@@ -1,2 +1,3 @@
 export * from "./grpc.ts";
 export * from "./limits.ts";
+export * from "./watch.ts";

@@ -19,3 +19,13 @@ export const maxDeadLetterLimit = 1000;
 
 /** A KnownFacts request names at most this many packages. */
 export const maxKnownFactsPackages = 1000;
+
+/** Longest key prefix a ListKeys or WatchKeys request may carry (keys are at most 6 + 1 + 128 characters). */
+export const maxPrefixLength = 256;
+
+/**
+ * Changes a watcher may have waiting to be sent, beyond its initial state: a client that falls
+ * further behind has its stream ended (RESOURCE_EXHAUSTED) and resumes from its last revision,
+ * so a stalled reader costs the server a bounded amount of memory.
+ */
+export const maxWatchBacklog = 10_000;

@@ -2,11 +2,14 @@
  * queue: owns the JetStream topology and the work queue's admission (of ingest's event records
  * and of the intake stream), keeps the Redis read
  * model equal to the state in KV, sweeps the run records of crashed workers, and serves the
- * gRPC status and queue APIs (and, from the release and advisory stores, the known facts).
+ * gRPC status and queue APIs (and, from the release and advisory stores, the known facts), with
+ * WatchKeys fed by the same follower of the state bucket that keeps the read model.
  */
+import path from "node:path";
 import { Redis } from "ioredis";
-import { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { errorMessage, EventLedger, runService } from "@homeostat/core";
+import { KeyFeed } from "./key-feed.ts";
 import { projectStatusToRedis, StatusReadModel } from "./read-model.ts";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
@@ -15,11 +18,22 @@ import { startStatusApi } from "./status-api.ts";
 await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: false });
   const readModel = new StatusReadModel(redis, nats.topology);
-  await projectStatusToRedis(buckets.state, readModel, signal);
+  const feed = new KeyFeed();
+  await projectStatusToRedis(buckets.state, readModel, signal, (entry) => feed.apply(entry));
+  // The catalog, reloaded as the reconciler reloads its own: Enqueue refuses keys it does not declare.
+  const catalog = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "queue") });
+  const watchingCatalog = catalog.watch({
+    intervalMs: config.catalogReloadMs,
+    signal,
+    onReload: (r) => {
+      if (r.status === "rejected") log.warn("catalog reload rejected; enqueues are checked against the previous catalog", { reason: errorMessage(r.error) });
+    },
+  });
   const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
   queue.observeStats();
   const api = await startStatusApi({
-    addr: config.grpcAddr, security: config.statusApi, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats), log,
+    addr: config.grpcAddr, security: config.statusApi, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats),
+    inCatalog: (key) => catalog.current().recipe(key) !== undefined, feed, log,
   });
   log.info("status API listening", { addr: config.grpcAddr, port: api.port, ...api.security });
 
@@ -40,7 +54,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   }, config.leaseMs);
   return async () => {
     clearInterval(sweeping);
-    await admitting;
+    await Promise.all([admitting, watchingCatalog]);
     await api.close();
     redis.disconnect();
     log.info("admission totals", counts);

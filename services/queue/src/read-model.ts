@@ -9,6 +9,7 @@ import type { Redis } from "ioredis";
 import { keyFromToken, type Key } from "@homeostat/core/key";
 import { keyStatusSchema, type KeyStatus } from "@homeostat/core/status";
 import type { Topology } from "@homeostat/core/topology";
+import type { FeedEntry } from "./key-feed.ts";
 
 export type ListOptions = { prefix?: string; limit?: number; after?: string };
 export type ListPage = { items: KeyStatus[]; next?: string };
@@ -54,8 +55,10 @@ export class StatusReadModel {
 /**
  * Copies every status from KV into the read model, then follows changes until `signal`
  * aborts. Resolves once the initial copy is complete (the read model is then current).
+ * `onChange` sees every entry first, deletions included, with its revision: the one follower
+ * of the bucket is also what WatchKeys streams are fed from (key-feed.ts).
  */
-export async function projectStatusToRedis(state: KV, model: StatusReadModel, signal: AbortSignal): Promise<void> {
+export async function projectStatusToRedis(state: KV, model: StatusReadModel, signal: AbortSignal, onChange: (entry: FeedEntry) => void): Promise<void> {
   const watch = await state.watch({});
   signal.addEventListener("abort", () => watch.stop(), { once: true });
   let caughtUp: () => void = () => {};
@@ -63,7 +66,9 @@ export async function projectStatusToRedis(state: KV, model: StatusReadModel, si
   void (async () => {
     for await (const e of watch) {
       const key = keyFromToken(e.key);
-      if (e.operation === "PUT") await model.put(keyStatusSchema.parse(e.json()));
+      const status = e.operation === "PUT" ? keyStatusSchema.parse(e.json()) : undefined;
+      onChange({ key, revision: e.revision, status });
+      if (status) await model.put(status);
       else await model.remove(key);
       if (e.delta === 0) caughtUp();
     }

@@ -20,6 +20,7 @@ import { Topology } from "@homeostat/core/topology";
 import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { startStatusApi, type StatusApi } from "./status-api.ts";
+import { KeyFeed } from "./key-feed.ts";
 
 // ioredis is a dependency of core, not of this service: load it from core's side.
 type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
@@ -71,6 +72,11 @@ function minimal(key: KeyStatus["key"], phase: KeyStatus["phase"] = "Pending"): 
 
 const others = ["image/nginx", "image/redis", "package/openssl-fips", "package/zlib", "package/a.b+c_d-e"].map((k) => minimal(k as KeyStatus["key"]));
 
+/** The catalog the server checks enqueues against: the keys above, and package/x. */
+const catalogKeys = new Set<string>([full.key, ...others.map((s) => s.key), "package/x"]);
+const feed = new KeyFeed();
+const served = { inCatalog: (key: string) => catalogKeys.has(key), feed };
+
 before(async () => {
   t = await testEnv();
   prefix = t.prefix;
@@ -80,7 +86,7 @@ before(async () => {
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "status-api-test" }));
   releases = new ReleaseStore(t.buckets.releases);
   advisories = await AdvisoryStore.open(t.nats);
-  api = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: model, queue, releases, advisories, onError: () => {} });
+  api = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: model, queue, releases, advisories, ...served, onError: () => {} });
   client = clientFor(api.port);
 });
 
@@ -211,7 +217,7 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
 test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
   const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   dead.on("error", () => {});
-  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, onError: () => {} });
+  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, ...served, onError: () => {} });
   const deadClient = clientFor(deadApi.port);
   try {
     assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, Status.UNAVAILABLE);
@@ -242,6 +248,15 @@ test("Enqueue queues a key, deduplicates it, and counts it in its class", async 
   assert.equal(await enqueueKey(client, { key: "package/zlib", priority: "advisory", notBeforeDelayMs: 0 }), "deduped");
   const stats = await getQueueStats(client);
   assert.deepEqual(stats.depth, { advisory: 2, release: 1, dependency: 0, resync: 0 });
+});
+
+test("Enqueue of a key the catalog does not declare is NOT_FOUND, unless forced", async () => {
+  const err = await grpcError(enqueueKey(client, { key: "package/not-declared" }));
+  assert.equal(err.code, Status.NOT_FOUND);
+  assert.equal(err.details, "package/not-declared is not in the catalog (force the enqueue to retire a key that left it)");
+  const before = await getQueueStats(client);
+  assert.equal(await enqueueKey(client, { key: "package/not-declared", priority: "dependency", force: true }), "added");
+  assert.equal((await getQueueStats(client)).depth.dependency, before.depth.dependency + 1);
 });
 
 test("Enqueue rejects a bad key, priority, delay or detail with INVALID_ARGUMENT", async () => {
@@ -309,7 +324,7 @@ test("a queue and stores whose NATS connection is gone give UNAVAILABLE on every
   const closedStores = { releases: new ReleaseStore(await nats.kvm.open(nats.topology.bucket("releases"))), advisories: await AdvisoryStore.open(nats) };
   await nats.nc.close();
   const closed = new WorkQueue(nats, workQueueOptions(t.config, { log: quiet, owner: "closed" }));
-  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, onError: () => {} });
+  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, ...served, feed: new KeyFeed(), onError: () => {} });
   const closedClient = clientFor(closedApi.port);
   try {
     for (const call of [

@@ -6,8 +6,10 @@
  * GetKey, Why and ListKeys only read Redis: the read model is kept current by the projector
  * (state.ts), so serving them never touches JetStream. The queue RPCs go to the WorkQueue, the
  * same library every worker uses, so an enqueue here obeys exactly the merge rules of any
- * other. KnownFacts reads the release and advisory stores the reconciler reads, so a plan
- * made with its answer decides with the reconciler's facts. Every request is validated here
+ * other, and refuses a key the catalog does not declare unless forced. KnownFacts reads the
+ * release and advisory stores the reconciler reads, so a plan made with its answer decides
+ * with the reconciler's facts. WatchKeys streams come from the key feed (key-feed.ts), which the
+ * one follower of the state bucket feeds. Every request is validated here
  * and every failure becomes a gRPC status with a message; nothing a client sends can take the
  * server down. Who may call what is status-auth.ts's; health and reflection need no token.
  */
@@ -16,12 +18,15 @@ import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-serv
 import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
 import type { StatusApiSecurity } from "@homeostat/core/config";
 import type { Logger } from "@homeostat/core/log";
+import type { Key } from "@homeostat/core/key";
 import {
-  causalChain, createServer, defaultDeadLetterLimit, defaultPageSize, descriptorSetPath, fromProtoEnqueue, maxDeadLetterLimit, maxPageSize, parseKeyArg, parseKnownFactsRequest,
-  ServerError, type ServerMiddleware, Status, StatusServiceDefinition, type StatusServiceImplementation, statusServiceName, toProtoDeadLetter, toProtoPackageFacts, toProtoQueueStats, toProtoStatus,
+  causalChain, createServer, defaultDeadLetterLimit, defaultPageSize, descriptorSetPath, fromProtoEnqueue, maxDeadLetterLimit, maxPageSize, maxPrefixLength, parseKeyArg, parseKnownFactsRequest,
+  parseWatchRequest, ServerError, type ServerMiddleware, Status, StatusServiceDefinition, type StatusServiceImplementation, statusServiceName, toProtoDeadLetter, toProtoPackageFacts,
+  toProtoQueueStats, toProtoStatus, toProtoWatchEvent,
 } from "@homeostat/status-api";
 import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
+import { type KeyFeed, WatchEnded } from "./key-feed.ts";
 import type { StatusReadModel } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
 import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
@@ -39,6 +44,10 @@ export type StatusApiOptions = {
   /** The known releases and stored advisories KnownFacts answers with. */
   releases: Pick<ReleaseStore, "list">;
   advisories: Pick<AdvisoryStore, "list">;
+  /** Whether the catalog declares a key: Enqueue refuses one it does not, unless forced. */
+  inCatalog: (key: Key) => boolean;
+  /** What WatchKeys streams are served from. */
+  feed: KeyFeed;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
   /** Where the insecure-start warnings go (default: console.warn). */
@@ -56,9 +65,6 @@ export type StatusApi = {
   close(graceMs?: number): Promise<void>;
 };
 
-/** Longest prefix a ListKeys request may carry (keys are at most 6 + 1 + 128 characters). */
-const maxPrefixLength = 256;
-
 /** Packages a KnownFacts call reads at once: each read lists KV keys, and a thousand at once would flood NATS. */
 const knownFactsConcurrency = 16;
 
@@ -72,7 +78,7 @@ const reflectionV1alpha = {
 } as unknown as typeof ServerReflectionService;
 
 export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi> {
-  const { readModel, queue, releases, advisories, security } = opts;
+  const { readModel, queue, releases, advisories, inCatalog, feed, security } = opts;
   const onError = opts.onError ?? ((err, method) => console.error(`status-api: ${method} failed:`, err));
   // Before anything binds: an insecure address is refused, not served for a moment.
   const warnings = checkBind(opts.addr, security);
@@ -138,7 +144,22 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     async enqueue(request) {
       const parsed = fromProtoEnqueue(request, Date.now());
       if ("error" in parsed) throw invalid(parsed.error);
+      if (!request.force && !inCatalog(parsed.request.key)) {
+        throw new ServerError(Status.NOT_FOUND, `${parsed.request.key} is not in the catalog (force the enqueue to retire a key that left it)`);
+      }
       return { outcome: await queue.enqueue(parsed.request) };
+    },
+
+    async *watchKeys(request, context) {
+      const parsed = parseWatchRequest(request);
+      if ("error" in parsed) throw invalid(parsed.error);
+      try {
+        const watch = feed.watch(parsed.filter, { ...(parsed.afterRevision !== undefined ? { afterRevision: parsed.afterRevision } : {}), signal: context.signal });
+        for await (const event of watch) yield toProtoWatchEvent(event);
+      } catch (err) {
+        if (!(err instanceof WatchEnded)) throw err;
+        throw new ServerError(err.reason === "behind" ? Status.RESOURCE_EXHAUSTED : Status.UNAVAILABLE, err.message);
+      }
     },
 
     async listDeadLetters({ limit }) {
@@ -203,6 +224,8 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     close(graceMs = 5_000) {
       closed ??= new Promise<void>((resolve) => {
         setServing(false);
+        // Watches never end by themselves either: end them now, so that their clients resume elsewhere or later.
+        feed.close();
         // Health Watch streams never end by themselves: they are what the grace period cuts.
         const force = setTimeout(() => {
           server.forceShutdown();

@@ -21,6 +21,7 @@ import { makePki, type Pki } from "../../../test/fixtures/pki.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { StatusReadModel } from "./read-model.ts";
 import { startStatusApi, type StatusApi, type StatusApiOptions } from "./status-api.ts";
+import { KeyFeed } from "./key-feed.ts";
 import { checkBind, InsecureBindError } from "./status-auth.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
@@ -46,6 +47,8 @@ before(async () => {
     queue: new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "auth-test" })),
     releases: new ReleaseStore(t.buckets.releases),
     advisories: await AdvisoryStore.open(t.nats),
+    inCatalog: () => true,
+    feed: new KeyFeed(),
     onError: () => {},
     log: quiet,
   };
@@ -222,7 +225,7 @@ test("reflection (v1 and v1alpha) lists StatusService and describes its methods,
     const proto = fromBinary(FileDescriptorProtoSchema, descriptor!);
     assert.equal(proto.package, "homeostat.v1");
     const methods = proto.service.find((s) => s.name === "StatusService")?.method.map((m) => m.name);
-    assert.deepEqual(methods, ["GetKey", "Why", "ListKeys", "QueueStats", "Enqueue", "ListDeadLetters", "RetryDeadLetter", "KnownFacts"], version);
+    assert.deepEqual(methods, ["GetKey", "Why", "ListKeys", "QueueStats", "Enqueue", "ListDeadLetters", "RetryDeadLetter", "WatchKeys", "KnownFacts"], version);
   }
 });
 
