@@ -139,7 +139,7 @@ const planCommand: Command = {
   summary: "show, without doing anything, what an advisory or a release would bump, patch, flag and rebuild",
   options: { advisory: { type: "string", multiple: true }, release: { type: "string", multiple: true }, catalog: { type: "string" }, live: { type: "boolean" } },
   optionHelp: [
-    ["--advisory FILE.json", "an OSV advisory (one document, an array, or {advisories: [...]}); repeatable"],
+    ["--advisory FILE.json", "an OSV advisory (one document, an array, or {advisories: [...]}); repeatable; a sample: examples/advisories/HSEC-2026-0001.json"],
     ["--release pkg@version", "a release upstream published; repeatable"],
     ["--catalog DIR", "the catalog: a directory or git+<repo>#<ref>[:path] (default $HOMEOSTAT_CATALOG)"],
     ["--live", "plan for the running factory (--addr): also with the releases and advisories it knows, and from the versions it built (default: only the facts given, from the catalog's pins)"],

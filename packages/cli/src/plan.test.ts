@@ -3,11 +3,11 @@
  * a catalog, computed locally, in order; with what a live factory knows (its releases,
  * advisories and built versions) merged in — and the real bin printing it without a server.
  */
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,8 +20,12 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const advisory = (id: string) => parseAdvisoryFile(readFileSync(path.join(fixtures, `${id}.json`), "utf8"), id);
 
 /** lodash <- app-lib <- tool; minimist (with a backport) <- tool; images: web [tool], cli [minimist]. */
+const made: string[] = [];
+after(() => made.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+
 function catalogDir(): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-plan-"));
+  made.push(dir);
   const patch = "--- a/x\n+++ b/x\n";
   const pkg = (name: string, version: string, deps: string[], extra = "") =>
     `name: ${name}\nversion: "${version}"\nsource: { url: "https://example.org/${name}-\${version}.tgz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
@@ -111,4 +115,13 @@ test("the bin prints the plan without a server", async () => {
   assert.match(r.stdout, /^patch {4}package\/minimist {2}1\.2\.5 with patches\/setkey\.patch {2}\(fixes GHSA-xvch-5gv4-984h\)$/m);
   assert.match(r.stdout, /^ {2}wave 3: image\/cli image\/web$/m);
   assert.match(r.stdout, /^Not in the catalog: nothing$/m);
+});
+
+test("the sample advisory of examples/ flags libgreet alone, and with its fixing release bumps it and rebuilds what depends on it", async () => {
+  const examples = fileURLToPath(new URL("../../../examples/", import.meta.url));
+  const catalog = await loadCatalog(path.join(examples, "catalog"));
+  const sample = parseAdvisoryFile(readFileSync(path.join(examples, "advisories", "HSEC-2026-0001.json"), "utf8"), "HSEC-2026-0001.json");
+  assert.deepEqual(plan(catalog, { advisories: sample, releases: [] }).steps.map((s) => `${s.action} ${s.key}`), ["flag package/libgreet"]);
+  const withRelease = plan(catalog, { advisories: sample, releases: [{ package: "libgreet", version: "1.1" }] });
+  assert.deepEqual(withRelease.steps.map((s) => `${s.action} ${s.key}`), ["bump package/libgreet", "rebuild package/greet", "rebuild image/devkit", "rebuild image/greeter"]);
 });
