@@ -6,7 +6,10 @@
  *   --serve      keep the factory running afterwards (Ctrl-C stops it)
  *   --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)
  *
- * With NATS_URL / REDIS_URL unset it starts private nats-server and redis-server processes.
+ * With NATS_URL / REDIS_URL unset it starts private nats-server and redis-server processes,
+ * NATS with authentication on (one identity per service). With NATS_URL set, NATS_CREDENTIALS
+ * names the directory `pnpm nats-config --prefix P` wrote for that server, and HOMEOSTAT_PREFIX
+ * is P (default hs): give it a prefix of its own, the demo starts from nothing.
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -22,24 +25,31 @@ mkdirSync(work, { recursive: true });
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 let servers: LocalServers | undefined;
+if (process.env.NATS_URL && !process.env.NATS_CREDENTIALS) {
+  say("NATS_URL is set: set NATS_CREDENTIALS too, the directory `pnpm nats-config --out DIR --prefix P` wrote for that server (and HOMEOSTAT_PREFIX=P)");
+  process.exit(64);
+}
+const prefix = process.env.NATS_URL ? (process.env.HOMEOSTAT_PREFIX ?? "hs") : "hs";
 if (!process.env.NATS_URL || !process.env.REDIS_URL) {
-  say("▸ starting a private nats-server (JetStream) and redis-server on loopback");
-  servers = await startLocalServers(path.join(work, "servers"));
+  say("▸ starting a private nats-server (JetStream, authentication on) and redis-server on loopback");
+  servers = await startLocalServers(path.join(work, "servers"), { prefix, region: "local" });
 }
 const natsUrl = process.env.NATS_URL ?? servers!.natsUrl;
 const redisUrl = process.env.REDIS_URL ?? servers!.redisUrl;
+const natsCredentials = process.env.NATS_URL ? path.resolve(process.env.NATS_CREDENTIALS!) : servers!.natsCredentials;
 
 say("▸ starting the five services: ingest, queue, reconciler, builder, signer");
 const factory = await startFactory({
   env: {
     NATS_URL: natsUrl,
     REDIS_URL: redisUrl,
-    // A shared server gets a fresh prefix per run so that the demo starts from nothing.
-    HOMEOSTAT_PREFIX: servers ? "hs" : `demo${Date.now().toString(36)}`,
+    HOMEOSTAT_PREFIX: prefix,
+    HOMEOSTAT_REGION: "local",
     HOMEOSTAT_DATA: path.join(work, "data"),
     HOMEOSTAT_CATALOG: path.join(repoRoot, "examples", "catalog"),
     ...(process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? { OTEL_EXPORTER_OTLP_ENDPOINT: process.env.OTEL_EXPORTER_OTLP_ENDPOINT } : {}),
   },
+  natsCredentials,
   logDir: path.join(work, "logs"),
 });
 say(`  ingest http://${factory.ingestUrl.slice(7)}   status gRPC ${factory.grpcAddr}   logs ${path.relative(process.cwd(), path.join(work, "logs"))}/`);

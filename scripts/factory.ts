@@ -5,9 +5,10 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, mkdirSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import path from "node:path";
+import { seedFile, writeNatsConfig } from "@homeostat/core/nats-access";
 import { serviceNames, type ServiceName } from "@homeostat/core/service";
 import { tokenDigest } from "@homeostat/status-api";
 
@@ -65,22 +66,52 @@ function ensureBinary(bin: string, debianPackage: string): string {
   return ensureBinary(bin, debianPackage);
 }
 
-export type LocalServers = { natsUrl: string; redisUrl: string; stop(): Promise<void> };
+export type NatsServer = {
+  url: string;
+  /** Makes the server read its configuration again (users and permissions). */
+  reload(): void;
+  stop(): Promise<void>;
+};
 
-/** Starts a private nats-server (JetStream) and redis-server on free loopback ports. */
-export async function startLocalServers(dir: string): Promise<LocalServers> {
+/**
+ * Starts nats-server on a free loopback port with `configFile` (JetStream on, authorization:
+ * and JetStream's store_dir: nats-access.ts writes it), its log in `logFile`.
+ */
+export async function startNatsServer(o: { configFile: string; logFile: string }): Promise<NatsServer & { child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
+  const exited = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`nats-server exited (${code}); see ${o.logFile}`))));
+  exited.catch(() => {});
+  await Promise.race([waitFor("nats-server", () => portAnswers(port), 10_000), exited]);
+  return { url: `nats://127.0.0.1:${port}`, child, reload: () => void child.kill("SIGHUP"), stop: () => stopChild(child) };
+}
+
+export type LocalServers = {
+  natsUrl: string;
+  redisUrl: string;
+  /** The services' NATS credentials (nats-access.ts): `<service>.nk` each; give startFactory this. */
+  natsCredentials: string;
+  stop(): Promise<void>;
+};
+
+/**
+ * Starts a private nats-server (JetStream, authentication on: one identity per service of
+ * `prefix`, with only its permissions) and redis-server on free loopback ports.
+ */
+export async function startLocalServers(dir: string, o: { prefix: string; region: string }): Promise<LocalServers> {
   mkdirSync(dir, { recursive: true });
-  const natsPort = await freePort();
+  const natsCredentials = path.join(dir, "nats-credentials");
+  const { configFile } = writeNatsConfig({ prefix: o.prefix, regions: [o.region], dir: natsCredentials, storeDir: path.join(dir, "nats") });
   const redisPort = await freePort();
-  const nats = spawn(ensureBinary("nats-server", "nats-server"), ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", path.join(dir, "nats")], { stdio: "ignore" });
   const redis = spawn(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
-  await waitFor("nats-server", () => portAnswers(natsPort), 10_000);
+  const nats = await startNatsServer({ configFile, logFile: path.join(dir, "nats-server.log") });
   await waitFor("redis-server", () => portAnswers(redisPort), 10_000);
   return {
-    natsUrl: `nats://127.0.0.1:${natsPort}`,
+    natsUrl: nats.url,
     redisUrl: `redis://127.0.0.1:${redisPort}`,
+    natsCredentials,
     stop: async () => {
-      await Promise.all([stopChild(nats), stopChild(redis)]);
+      await Promise.all([nats.stop(), stopChild(redis)]);
     },
   };
 }
@@ -100,8 +131,12 @@ export type Factory = {
   stop(): Promise<void>;
 };
 
-/** Starts the five services as separate processes; resolves when ingest and the status API answer. */
-export async function startFactory(o: { env: Record<string, string>; logDir: string; only?: readonly ServiceName[] }): Promise<Factory> {
+/**
+ * Starts the five services as separate processes, each with its own NATS identity (the seed
+ * `<service>.nk` in `natsCredentials`, as startLocalServers or `pnpm nats-config` write them);
+ * resolves when ingest and the status API answer.
+ */
+export async function startFactory(o: { env: Record<string, string>; natsCredentials: string; logDir: string; only?: readonly ServiceName[] }): Promise<Factory> {
   mkdirSync(o.logDir, { recursive: true });
   const ingestPort = await freePort();
   const grpcPort = await freePort();
@@ -114,10 +149,13 @@ export async function startFactory(o: { env: Record<string, string>; logDir: str
     HOMEOSTAT_GRPC_TOKENS: `launcher:write:${tokenDigest(grpcToken)}`,
     ...o.env,
   };
+  for (const name of o.only ?? serviceNames) {
+    if (!existsSync(seedFile(o.natsCredentials, name))) throw new Error(`no NATS credentials for ${name} in ${o.natsCredentials} (pnpm nats-config writes them)`);
+  }
   const processes = new Map<ServiceName, ChildProcess>();
   const start = (name: ServiceName) => {
     const log = createWriteStream(path.join(o.logDir, `${name}.log`), { flags: "a" });
-    const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+    const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...env, NATS_NKEY_SEED_FILE: seedFile(o.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
     processes.set(name, child);

@@ -38,6 +38,8 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     t = await testEnv();
     factory = await startFactory({
       env: { ...t.env, HOMEOSTAT_CATALOG: catalogDir, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, HOMEOSTAT_LEASE_MS: "5000" },
+      // Each service connects as itself, with only its own permissions (nats-access.ts).
+      natsCredentials: await t.natsCredentials(),
       logDir: path.join(t.dir, "logs"),
     });
     client = statusClient(factory.grpcAddr);

@@ -1,17 +1,22 @@
 /**
- * Test harness: every test gets its own prefix (so its own streams, buckets and Redis keys on
- * the shared NATS and Redis, or on servers of its own when none is configured) and removes
- * exactly what it created, never anything else.
+ * Test harness: every test gets its own prefix (so its own streams, buckets and Redis keys) and
+ * removes exactly what it created, never anything else.
+ *
+ * NATS runs with authentication on, as everywhere: each test process starts its own
+ * nats-server (loopback, a free port, JetStream in a temporary directory) at its first
+ * testEnv. Tests set up as `admin` (`env` carries its seed, so child processes given `env`
+ * connect as admin too); `natsCredentials()` adds the five service identities of the test's
+ * prefix to the server and returns their directory (for startFactory), and `connectAs(service)`
+ * connects as one of them, with exactly that service's permissions (nats-access.ts).
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { advisoryBucket } from "@homeostat/catalog";
-import { bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, stages, type Buckets, type Config, type Nats } from "@homeostat/core";
+import { bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, renderServerConfig, seedFile, stages, writeNatsConfig, type Buckets, type Config, type Nats, type NatsUser, type ServiceName } from "@homeostat/core";
+import { startNatsServer, waitFor, type NatsServer } from "../scripts/factory.ts";
 
-export const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
 export type TestEnv = {
@@ -19,26 +24,98 @@ export type TestEnv = {
   dir: string;
   config: Config;
   env: Record<string, string>;
+  /** Connected as admin. */
   nats: Nats;
   buckets: Buckets;
   redis: Redis;
+  /** The services' credentials for this prefix (`<service>.nk`), admitted by the server once this resolves. */
+  natsCredentials(): Promise<string>;
+  /** A connection as `service`, with only its permissions. */
+  connectAs(service: ServiceName): Promise<Nats>;
   cleanup(): Promise<void>;
 };
 
+type TestNatsServer = NatsServer & { adminSeed: string; admit(users: readonly NatsUser[], probe: { config: Config; identity: ServiceName }): Promise<void> };
+
+let server: Promise<TestNatsServer> | undefined;
+
+/** This process's nats-server, started on first use and stopped (its files removed) when the process exits. */
+function natsServer(): Promise<TestNatsServer> {
+  server ??= (async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-nats-"));
+    const storeDir = path.join(dir, "jetstream");
+    const configFile = path.join(dir, "nats-server.conf");
+    const { users: adminUsers } = writeNatsConfig({ prefix: "tests", regions: ["local"], dir: path.join(dir, "admin"), identities: ["admin"], storeDir });
+    const users: NatsUser[] = [...adminUsers];
+    const render = () => writeFileSync(configFile, renderServerConfig({ prefix: "tests", regions: ["local"], storeDir, tls: undefined, users }));
+    render();
+    const s = await startNatsServer({ configFile, logFile: path.join(dir, "nats-server.log") }).catch((err: unknown) => {
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    });
+    s.child.unref();
+    const stopNow = () => {
+      s.child.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    };
+    process.once("exit", stopNow);
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      process.once(signal, () => {
+        stopNow();
+        process.kill(process.pid, signal);
+      });
+    }
+    return {
+      ...s,
+      adminSeed: seedFile(path.join(dir, "admin"), "admin"),
+      /** Adds `more` to the users; resolves once `probe` (the configuration of one of them) connects. */
+      admit: async (more, probe) => {
+        users.push(...more);
+        render();
+        s.reload();
+        // The reload is asynchronous: wait until the last identity added is let in.
+        await waitFor("nats-server to admit the new identities", async () => {
+          await (await connectNats(probe.config, "test-probe", { identity: probe.identity, reconnect: false })).nc.close();
+          return true;
+        }, 10_000, 50);
+      },
+    };
+  })();
+  return server;
+}
+
 export async function testEnv(extra: Record<string, string> = {}): Promise<TestEnv> {
+  const s = await natsServer();
   const prefix = `t${randomBytes(5).toString("hex")}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-test-"));
-  const env = { NATS_URL: natsUrl, REDIS_URL: redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: path.join(dir, "data"), ...extra };
+  const env = { NATS_URL: s.url, NATS_NKEY_SEED_FILE: s.adminSeed, REDIS_URL: redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: path.join(dir, "data"), ...extra };
   const config = loadConfig(env);
   const nats = await connectNats(config, `test-${prefix}`);
   const buckets = await ensureTopology(nats, config);
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
+  let credentials: Promise<string> | undefined;
+  const natsCredentials = () => {
+    credentials ??= (async () => {
+      const credentialsDir = path.join(dir, "nats-credentials");
+      const { users } = writeNatsConfig({ prefix, regions: [config.region], dir: credentialsDir, storeDir: "unused" });
+      const probe = users.at(-1)!.identity as ServiceName;
+      await s.admit(users, { config: loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(credentialsDir, probe) }), identity: probe });
+      return credentialsDir;
+    })();
+    return credentials;
+  };
+  const connections: Nats[] = [];
   return {
-    prefix, dir, config, env, nats, buckets, redis,
+    prefix, dir, config, env, nats, buckets, redis, natsCredentials,
+    connectAs: async (service) => {
+      const c = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(await natsCredentials(), service) }), `test-${prefix}-${service}`, { identity: service });
+      connections.push(c);
+      return c;
+    },
     cleanup: async () => {
+      await Promise.all(connections.map((c) => c.nc.close()));
       for (const stage of stages) await nats.jsm.streams.delete(nats.topology.stream(stage)).catch(() => {});
       for (const b of bucketNames) await nats.jsm.streams.delete(`KV_${nats.topology.bucket(b)}`).catch(() => {});
-      await nats.jsm.streams.delete(`KV_${advisoryBucket(nats)}`).catch(() => {});
       await nats.jsm.streams.delete(eventLedgerNames(nats.topology).stream).catch(() => {});
       const keys = await redis.keys(`${prefix}:*`);
       if (keys.length) await redis.del(...keys);

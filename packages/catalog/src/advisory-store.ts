@@ -24,9 +24,9 @@ import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import type { Nats } from "@homeostat/core/topology";
 
-/** The bucket's name: beside topology.ts's buckets, under the same prefix. */
+/** The bucket's name (topology.ts: the topology owner creates it with the others). */
 export function advisoryBucket(n: Pick<Nats, "topology">): string {
-  return `${n.topology.prefix}_advisories`;
+  return n.topology.bucket("advisories");
 }
 
 export class AdvisoryStore {

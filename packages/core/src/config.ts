@@ -12,6 +12,13 @@ const positiveMs = z.coerce.number().int().positive();
 
 const schema = z.object({
   NATS_URL: z.string().default("nats://127.0.0.1:4222"),
+  /** This process's NATS identity: a file holding its nkey seed (mode 0600; `pnpm nats-config` writes one per service). Unset: no credentials, which an authenticated server refuses. */
+  NATS_NKEY_SEED_FILE: z.string().min(1).optional(),
+  /** TLS to NATS: the CA (PEM file) that signed the server's certificate; set: the connection must be TLS. */
+  NATS_TLS_CA: z.string().min(1).optional(),
+  /** A client certificate and its key (PEM files) for servers that verify clients (`verify: true`); both or neither, with NATS_TLS_CA. */
+  NATS_TLS_CERT: z.string().min(1).optional(),
+  NATS_TLS_KEY: z.string().min(1).optional(),
   REDIS_URL: z.string().default("redis://127.0.0.1:6379"),
   /** Prefix of every stream, bucket, subject and Redis key: lets several factories (or tests) share servers. */
   HOMEOSTAT_PREFIX: z.string().regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, "letters, digits and _ only, starting with a letter").default("hs"),
@@ -134,6 +141,8 @@ const schema = z.object({
 
 export type Config = Readonly<{
   natsUrl: string;
+  /** How this process authenticates to NATS (file paths, resolved). */
+  nats: { nkeySeedFile: string | undefined; tlsCaFile: string | undefined; tlsCertFile: string | undefined; tlsKeyFile: string | undefined };
   redisUrl: string;
   prefix: string;
   region: string;
@@ -198,6 +207,12 @@ export type Config = Readonly<{
 }>;
 
 export class ConfigError extends Error {}
+
+/** Limits applied to every build step (see HOMEOSTAT_BUILD_CPU_SECONDS and the following settings). */
+export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesses: number; maxFileBytes: number; maxOutputBytes: number };
+
+/** How the builder sandboxes build steps (services/builder/src/isolation.ts). */
+export type BuildSandboxSettings = { isolation: "bubblewrap" | "none"; allowUnsandboxed: boolean; uid: number; limits: BuildLimits };
 
 /** A status API role: `read` may call the read methods, `write` every method. */
 export type GrpcRole = "read" | "write";
@@ -264,12 +279,6 @@ export function isLoopbackAddress(addr: string): boolean {
   return m !== null && isLoopbackHost(m[1]!);
 }
 
-/** Limits applied to every build step (see HOMEOSTAT_BUILD_CPU_SECONDS and the following settings). */
-export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesses: number; maxFileBytes: number; maxOutputBytes: number };
-
-/** How the builder sandboxes build steps (services/builder/src/isolation.ts). */
-export type BuildSandboxSettings = { isolation: "bubblewrap" | "none"; allowUnsandboxed: boolean; uid: number; limits: BuildLimits };
-
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = schema.safeParse(env);
   if (!parsed.success) {
@@ -279,6 +288,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const e = parsed.data;
   return {
     natsUrl: e.NATS_URL,
+    nats: natsSecurity(e.NATS_NKEY_SEED_FILE, e.NATS_TLS_CA, e.NATS_TLS_CERT, e.NATS_TLS_KEY),
     redisUrl: e.REDIS_URL,
     prefix: e.HOMEOSTAT_PREFIX,
     region: e.HOMEOSTAT_REGION,
@@ -359,9 +369,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         maxFileBytes: e.HOMEOSTAT_BUILD_MAX_FILE_BYTES,
         maxOutputBytes: e.HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES,
       },
+    },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
+}
+
+function natsSecurity(seed: string | undefined, ca: string | undefined, cert: string | undefined, key: string | undefined): Config["nats"] {
+  if ((cert === undefined) !== (key === undefined)) throw new ConfigError("invalid configuration:\n  NATS_TLS_CERT and NATS_TLS_KEY: set both or neither");
+  if (cert !== undefined && ca === undefined) throw new ConfigError("invalid configuration:\n  NATS_TLS_CERT needs NATS_TLS_CA");
+  const resolve = (p: string | undefined) => (p === undefined ? undefined : path.resolve(p));
+  return { nkeySeedFile: resolve(seed), tlsCaFile: resolve(ca), tlsCertFile: resolve(cert), tlsKeyFile: resolve(key) };
 }
 
 /** HOMEOSTAT_BUILDER_KEY, like HOMEOSTAT_SIGNING_KEY: a path or the PEM itself. */

@@ -61,7 +61,7 @@ export function eventLedgerNames(t: Topology): { stream: string; subjects: strin
 }
 
 /** The queue's durable consumer of the records (services/queue/src/admit.ts). */
-const ADMISSION_CONSUMER = "admission";
+export const ADMISSION_CONSUMER = "admission";
 
 export class EventLedger {
   readonly nats: Nats;
@@ -130,6 +130,11 @@ export class EventLedger {
       await this.nats.jsm.consumers.update(this.stream, durable_name, changes);
     }
     return { stream: this.stream, consumer: ADMISSION_CONSUMER };
+  }
+
+  /** The ledger for a service that records or reads events but may not create or change the stream (ingest). */
+  static bind(nats: Nats): EventLedger {
+    return new EventLedger(nats);
   }
 
   subject(id: string): string {

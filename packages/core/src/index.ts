@@ -9,6 +9,7 @@ export * from "./key.ts";
 export * from "./log.ts";
 export * from "./map-limit.ts";
 export * from "./messaging.ts";
+export * from "./nats-access.ts";
 export * from "./service.ts";
 export * from "./state.ts";
 export * from "./status.ts";

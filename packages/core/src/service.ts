@@ -8,7 +8,8 @@
 import { loadConfig, type Config } from "./config.ts";
 import { createLogger, errorMessage, type Logger } from "./log.ts";
 import { startTelemetry } from "./telemetry.ts";
-import { connectNats, ensureTopology, type Buckets, type Nats } from "./topology.ts";
+import { awaitStreams, topologyOwner } from "./nats-access.ts";
+import { bindBuckets, connectNats, ensureTopology, type Buckets, type Nats } from "./topology.ts";
 
 export type ServiceContext = {
   name: string;
@@ -60,8 +61,14 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
 
-  const nats = await connectNats(config, `homeostat-${name}`);
-  const buckets = await ensureTopology(nats, config);
+  const nats = await connectNats(config, `homeostat-${name}`, { identity: name });
+  // Only the topology owner may create streams and buckets; the others wait for them.
+  let buckets: Buckets;
+  if (name === topologyOwner) buckets = await ensureTopology(nats, config);
+  else {
+    await awaitStreams(nats, name, { log, signal: abort.signal });
+    buckets = await bindBuckets(nats);
+  }
   stop = await main({ name, config, log, nats, buckets, signal: abort.signal });
   log.info("started", { region: config.region, prefix: config.prefix });
 }

@@ -6,10 +6,12 @@
  * joins without renaming anything. Every stage stream is a WorkQueue: a message is consumed
  * once and then gone, so the streams hold only work that is still to do.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { readFileSync, statSync } from "node:fs";
+import { connect, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import type { Config } from "./config.ts";
+import { ConfigError, type Config } from "./config.ts";
+import { EventLedger } from "./events.ts";
 import { priorities, type Priority } from "./contracts.ts";
 import { keyToken, type Key } from "./key.ts";
 
@@ -54,10 +56,19 @@ export class Topology {
   redisKey(...parts: string[]): string {
     return [this.prefix, ...parts].join(":");
   }
+  /**
+   * The inbox prefix of a NATS identity (a service, or `admin`): replies to its requests come
+   * here, and the server lets an identity subscribe to its own inboxes only (nats-access.ts).
+   */
+  inboxPrefix(identity: string): string {
+    return `_INBOX.${this.prefix}.${identity}`;
+  }
 }
 
-export type BucketName = "state" | "releases" | "runs";
-export const bucketNames: readonly BucketName[] = ["state", "releases", "runs"];
+/** Every KV bucket: the topology owner creates them all, the other services only open them. */
+export type BucketName = "state" | "releases" | "runs" | "advisories" | "ingest_cursors";
+const bucketHistory: Record<BucketName, number> = { state: 5, releases: 1, runs: 1, advisories: 1, ingest_cursors: 1 };
+export const bucketNames = Object.keys(bucketHistory) as readonly BucketName[];
 
 export type Nats = {
   nc: NatsConnection;
@@ -67,12 +78,47 @@ export type Nats = {
   topology: Topology;
 };
 
-export async function connectNats(config: Config, name: string): Promise<Nats> {
-  // noAsyncTraces: the client otherwise builds (and throws away) an Error with a stack trace for
-  // every request it sends, which profiling showed to be a third of the work queue's CPU.
-  const nc = await connect({ servers: config.natsUrl.split(","), name, maxReconnectAttempts: -1, noAsyncTraces: true });
+/**
+ * Connects as the identity whose nkey seed NATS_NKEY_SEED_FILE names (and over TLS when
+ * NATS_TLS_CA is set). `identity` (a service name) picks the inbox prefix the server lets that
+ * identity subscribe to; without it the client's default `_INBOX` is used (the admin's).
+ */
+export async function connectNats(config: Config, name: string, o: { identity?: string; reconnect?: boolean } = {}): Promise<Nats> {
+  const topology = new Topology(config);
+  const nc = await connect({
+    servers: config.natsUrl.split(","),
+    name,
+    // Services reconnect for ever; a probe (reconnect: false) wants the first answer.
+    ...(o.reconnect === false ? { reconnect: false } : { maxReconnectAttempts: -1 }),
+    // noAsyncTraces: the client otherwise builds (and throws away) an Error with a stack trace for
+    // every request it sends, which profiling showed to be a third of the work queue's CPU.
+    noAsyncTraces: true,
+    ...(o.identity ? { inboxPrefix: topology.inboxPrefix(o.identity) } : {}),
+    ...natsSecurity(config.nats),
+  });
   const jsm = await jetstreamManager(nc);
-  return { nc, jsm, js: jetstream(nc), kvm: new Kvm(nc), topology: new Topology(config) };
+  return { nc, jsm, js: jetstream(nc), kvm: new Kvm(nc), topology };
+}
+
+/** The client's authentication and TLS options from the configuration. */
+function natsSecurity(s: Config["nats"]): Pick<ConnectionOptions, "authenticator" | "tls"> {
+  const tls = s.tlsCaFile ? { tls: { caFile: s.tlsCaFile, ...(s.tlsCertFile ? { certFile: s.tlsCertFile, keyFile: s.tlsKeyFile } : {}) } } : {};
+  if (!s.nkeySeedFile) return tls;
+  return { authenticator: nkeyAuthenticator(readSeedFile(s.nkeySeedFile)), ...tls };
+}
+
+/** Reads an nkey seed, refusing one that others than its owner may read (as ssh does with keys). */
+export function readSeedFile(file: string): Uint8Array {
+  let mode: number;
+  try {
+    mode = statSync(file).mode;
+  } catch (err) {
+    throw new ConfigError(`NATS_NKEY_SEED_FILE ${file}: ${(err as Error).message}`);
+  }
+  if ((mode & 0o077) !== 0) throw new ConfigError(`NATS_NKEY_SEED_FILE ${file} is readable by others (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
+  const seed = readFileSync(file, "utf8").trim();
+  if (!/^SU[A-Z2-7]{56}$/.test(seed)) throw new ConfigError(`NATS_NKEY_SEED_FILE ${file} does not hold a user nkey seed (SU…)`);
+  return new TextEncoder().encode(seed);
 }
 
 function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name: string } {
@@ -98,7 +144,11 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
   }
 }
 
-/** Creates (or updates) every stream, consumer and bucket; safe to call from every service at start. */
+/**
+ * Creates (or updates) every stream, consumer and bucket, the event ledger's too. Only the
+ * topology owner (the queue service, and tests as admin) may: the other services' identities
+ * are refused stream and consumer changes, and wait for the topology instead (nats-access.ts).
+ */
 export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> {
   const t = n.topology;
   for (const stage of stages) {
@@ -143,7 +193,9 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
       max_ack_pending: 10_000,
     });
   }
-  return openBuckets(n, config);
+  await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
+  await Promise.all((["advisories", "ingest_cursors"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b] })));
+  return openBuckets(n);
 }
 
 async function ensureConsumer(n: Nats, stage: Stage, consumer: Partial<ConsumerConfig> & { durable_name: string }): Promise<void> {
@@ -160,15 +212,24 @@ async function ensureConsumer(n: Nats, stage: Stage, consumer: Partial<ConsumerC
 
 export type Buckets = { state: KV; releases: KV; runs: KV };
 
-export async function openBuckets(n: Nats, _config?: Config): Promise<Buckets> {
+/** Opens (creating when missing) the buckets every service shares. */
+export async function openBuckets(n: Nats): Promise<Buckets> {
   const t = n.topology;
-  const [state, releases, runs] = await Promise.all([
-    n.kvm.create(t.bucket("state"), { history: 5 }),
-    n.kvm.create(t.bucket("releases"), { history: 1 }),
-    // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
-    n.kvm.create(t.bucket("runs"), { history: 1 }),
-  ]);
-  return { state, releases, runs };
+  // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
+  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b] })));
+  return { state: state!, releases: releases!, runs: runs! };
+}
+
+/**
+ * Binds the shared buckets without asking the server anything, for a service that may not
+ * create them (nor read the stream info of those it does not use); they exist once the
+ * topology owner has made them (awaitStreams in nats-access.ts). The owner creates them with
+ * direct gets allowed (the client's default on nats-server 2.9+), so reads use them.
+ */
+export async function bindBuckets(n: Nats): Promise<Buckets> {
+  const t = n.topology;
+  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.open(t.bucket(b), { allow_direct: true })));
+  return { state: state!, releases: releases!, runs: runs! };
 }
 
 /** The stream behind a KV bucket: run records are erased from it by revision (a compare-and-delete). */

@@ -19,7 +19,8 @@ else await runService("ingest", async ({ config, log, nats, buckets, signal }) =
   const advisories = await AdvisoryStore.open(nats);
   // The hot path's one JetStream write per event (its record) goes over a lean pipe.
   const pipe = new JetStreamPipe(nats.nc);
-  const ledger = await EventLedger.open(nats, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
+  // The queue service made the stream (ingest may record events, not change the stream).
+  const ledger = EventLedger.bind(nats);
   const acceptor = new Acceptor(ledger, pipedLedger(ledger, pipe));
   const app = buildIngestServer({
     catalog,
