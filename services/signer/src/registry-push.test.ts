@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { OciLayout, Registry, RegistryError } from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
 import { startRegistry, type LocalRegistry } from "../../../test/fixtures/registry.ts";
+import { requireTools } from "../../../test/fixtures/tools.ts";
 import { sign } from "./sign.ts";
 
 const cli = fileURLToPath(new URL("../../../packages/cli/bin/homeostat", import.meta.url));
@@ -20,12 +21,13 @@ let registry: LocalRegistry;
 let dir: string;
 
 before(async () => {
+  requireTools("skopeo");
   registry = await startRegistry();
   dir = await mkdtemp(path.join(tmpdir(), "hs-push-"));
 });
 after(async () => {
   await registry?.stop();
-  await rm(dir, { recursive: true, force: true });
+  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 function verify(ref: string, key: string): Promise<{ code: number; stdout: string; stderr: string }> {
