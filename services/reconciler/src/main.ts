@@ -4,7 +4,7 @@ import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from
 import { errorMessage, publish, runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { onCatalogReload } from "./catalog-watch.ts";
-import { createReconciler } from "./reconcile.ts";
+import { buildMessageId, createReconciler } from "./reconcile.ts";
 
 await runService("reconciler", async ({ config, log, nats, buckets, signal }) => {
   const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "reconciler") });
@@ -22,7 +22,7 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     state,
     releases: (pkg) => releases.list(pkg),
     advisories: (pkg) => advisories.list(pkg),
-    requestBuild: async (req) => void (await publish(nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
+    requestBuild: async (req, requestId) => void (await publish(nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
     sourceDateEpoch: config.sourceDateEpoch,
     staleBuildMs: config.buildTimeoutMs * 2,
     log,

@@ -13,7 +13,7 @@ import { buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
-import { createReconciler } from "./reconcile.ts";
+import { buildMessageId, createReconciler } from "./reconcile.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
@@ -95,7 +95,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
       state,
       releases: (p) => releases.list(p),
       advisories: (p) => advisories.list(p),
-      requestBuild: async (req) => void (await publish(t.nats, "build", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
+      requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
       sourceDateEpoch: 0,
       staleBuildMs: 60_000,
       log: quiet,
@@ -212,6 +212,70 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.equal(desired.state === "build" && desired.inputDigest, req?.inputDigest);
     assert.deepEqual(desired.state === "build" && desired.plan.kind === "package" && desired.plan.patches?.map((p) => p.sha256), [sha(PATCH)]);
     assert.match((await state.get("package/minimist"))!.cause?.detail ?? "", /cve-2021-44906\.patch, fixing GHSA-xvch-5gv4-984h/);
+  });
+
+  test("a rollback to inputs asked for minutes ago is asked for again, not dropped as a duplicate", async () => {
+    await purge("build");
+    const key: Key = "package/right";
+    const request = async () => (await messages<BuildRequest>("build")).filter((r) => r.key === key).map((r) => r.version);
+    // right is Ready at 1.0; 1.1 is released and asked for, then withdrawn by an advisory that
+    // affects 1.1 only and is fixed in 1.0: the key goes back to 1.0's inputs.
+    await releases.record({ package: "right", version: "1.1", url: "https://example.org/right-1.1.tar.gz", sha256: sha("right-1.1") });
+    // right's 1.0 inputs were asked for seconds ago (the first test), well inside the build
+    // stream's duplicate window.
+    await run(key, { type: "release" });
+    await complete(key);
+    await run(key, { type: "built" });
+    assert.equal((await state.get(key))!.actual?.version, "1.1");
+    const regression = osvSchema.parse({ id: "HS-TEST-ROLLBACK", modified: "2024-01-01T00:00:00Z", affected: [{ package: { ecosystem: "Generic", name: "right" }, versions: ["1.1"], ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] }, { type: "ECOSYSTEM", events: [{ introduced: "1.1" }] }] }] });
+    await advisories.record(regression, ["right"]);
+    await run(key, { type: "advisory", id: "HS-TEST-ROLLBACK" });
+    const s = (await state.get(key))!;
+    assert.equal(s.desiredVersion, "1.0");
+    assert.deepEqual(await request(), ["1.1", "1.0"], "the rollback's request is on the build stream");
+    await complete(key);
+    await run(key, { type: "built" });
+    assert.equal((await state.get(key))!.phase, "Ready");
+  });
+
+  test("a build asked for and no longer desired is superseded when the key is back at what it has", async () => {
+    const key: Key = "package/base";
+    await releases.record({ package: "base", version: "1.1", url: "https://example.org/base-1.1.tar.gz", sha256: sha("base-1.1") });
+    await run(key, { type: "release" });
+    const asked = (await state.get(key))!;
+    assert.equal(asked.phase, "Building");
+    assert.equal(asked.desiredVersion, "1.1");
+    const regression = osvSchema.parse({ id: "HS-TEST-SUPERSEDE", modified: "2024-01-01T00:00:00Z", affected: [{ package: { ecosystem: "Generic", name: "base" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "1.1" }] }, { type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] }] }] });
+    await advisories.record(regression, ["base"]);
+    await run(key, { type: "advisory", id: "HS-TEST-SUPERSEDE" });
+    const back = (await state.get(key))!;
+    assert.equal(back.phase, "Ready");
+    assert.equal(back.desiredVersion, "1.0");
+    assert.equal(back.desiredInputDigest, back.actual?.inputDigest, "the builder and the signer now skip the 1.1 build");
+    assert.equal(back.builds?.find((b) => b.inputDigest === asked.desiredInputDigest)?.outcome, "superseded");
+  });
+
+  test("a request recorded but never published (the run died) is published by the next run, once", async () => {
+    await purge("build");
+    let lose = true;
+    const flaky = createReconciler({
+      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), sourceDateEpoch: 0, staleBuildMs: 60_000, log: quiet,
+      requestBuild: async (req, requestId) => {
+        if (lose) throw new Error("connection lost before the publish");
+        await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) });
+      },
+    });
+    const item = (attempts: number): WorkItem => ({ v: 1, key: "package/left", priority: "release", cause: { type: "manual" }, notBefore: 0, floor: 0, attempts, enqueuedAt: Date.now() });
+    await releases.record({ package: "left", version: "1.5", url: "https://example.org/left-1.5.tar.gz", sha256: sha("left-1.5") });
+    await assert.rejects(flaky(item(0)), /connection lost/);
+    assert.equal((await state.get("package/left"))!.phase, "Building", "the request was recorded");
+    assert.deepEqual(await builds(), []);
+    lose = false;
+    assert.equal((await flaky(item(0))).type, "requeueAfter", "a run that did not fail before waits for the build");
+    assert.deepEqual(await builds(), []);
+    await flaky(item(1));
+    await flaky(item(2));
+    assert.deepEqual(await builds(), ["package/left@1.5"], "the retry published it, and a second retry was a duplicate");
   });
 
   test("a catalog change touching one recipe enqueues exactly that key and its dependents", async () => {

@@ -19,8 +19,12 @@ export type ReconcilerDeps = {
   state: StateStore;
   releases: (pkg: string) => Promise<Release[]>;
   advisories: (pkg: string) => Promise<Osv[]>;
-  /** Asks the builder for a build by key, catalog revision and input digest (never by recipe). */
-  requestBuild: (req: BuildRequest) => Promise<void>;
+  /**
+   * Asks the builder for a build by key, catalog revision and input digest (never by recipe).
+   * `requestId` names this request (the time it was recorded in the key's status): publishing it
+   * again is a duplicate the build stream drops, asking again later is a new request.
+   */
+  requestBuild: (req: BuildRequest, requestId: string) => Promise<void>;
   sourceDateEpoch: number;
   /** A build in flight for longer than this is asked for again (its builder may be gone). */
   staleBuildMs: number;
@@ -73,11 +77,19 @@ export function createReconciler(deps: ReconcilerDeps) {
       const children: QueueRequest[] = kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
         ? catalog.dependentsOf(name).map((child) => ({ key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) } }))
         : [];
+      const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
-        const settled = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
-        const phase = s.desiredInputDigest === desired.inputDigest || !s.desiredInputDigest || s.phase === "NeedsAttention" ? "Ready" : s.phase;
-        if (settled === s && s.phase === phase && s.fannedOut === desired.inputDigest && !s.waitingFor && !s.advisories) return undefined;
-        return { ...settled, phase, fannedOut: desired.inputDigest, waitingFor: undefined, advisories: undefined };
+        const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
+        // A build asked for other inputs is no longer wanted (the key came back to what it has,
+        // e.g. an advisory rolled it back): superseded, so that neither the builder nor the
+        // signer completes it, and the key is Ready.
+        const open = s.desiredInputDigest !== undefined && s.desiredInputDigest !== desired.inputDigest ? openRequest(succeeded, s.desiredInputDigest) : undefined;
+        const settled = open ? settleBuild(succeeded, open.inputDigest, "superseded", at)! : succeeded;
+        if (settled === s && s.phase === "Ready" && s.desiredInputDigest === desired.inputDigest && s.fannedOut === desired.inputDigest && !s.waitingFor && !s.advisories) return undefined;
+        return {
+          ...settled, phase: "Ready", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
+          fannedOut: desired.inputDigest, waitingFor: undefined, advisories: undefined,
+        };
       });
       return children.length ? doneWith(children) : done;
     }
@@ -92,7 +104,14 @@ export function createReconciler(deps: ReconcilerDeps) {
       // it is noticed without waiting for a resync; the signer's "built" enqueue comes sooner.
       const inFlight = status.phase === "Building" || status.phase === "Signing";
       const remaining = deps.staleBuildMs - (Date.now() - Date.parse(status.updatedAt));
-      if (inFlight && remaining > 0) return requeueAfter(remaining);
+      if (inFlight && remaining > 0) {
+        // The run before this one failed or died, perhaps between recording the request and
+        // publishing it: publish it again under its own id, which the build stream drops if
+        // the first publish arrived, so a request is either answered or sent again.
+        const open = openRequest(status, desired.inputDigest);
+        if (item.attempts > 0 && status.phase === "Building" && open) await deps.requestBuild(buildRequestOf(desired.plan), open.at);
+        return requeueAfter(remaining);
+      }
     }
 
     const event = asBuilt(item.cause, desired.plan);
@@ -108,10 +127,18 @@ export function createReconciler(deps: ReconcilerDeps) {
         cause: why, traceId, lastError: undefined, attempts: 0, waitingFor: undefined, advisories: undefined,
       }, { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why });
     });
-    await deps.requestBuild(buildRequestOf(desired.plan));
+    // A fresh id per request: a build stream message id of key and input digest alone was
+    // dropped as a duplicate when the key came back to inputs asked for within the stream's
+    // duplicate window (a rollback), and the key then sat in Building until the stale timeout.
+    await deps.requestBuild(buildRequestOf(desired.plan), at);
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs);
   };
+}
+
+/** The key's open request for a build of `inputDigest`, if it has one. */
+function openRequest(s: KeyStatus, inputDigest: string) {
+  return (s.builds ?? []).find((b) => b.inputDigest === inputDigest && b.outcome === "requested");
 }
 
 /** What this build is, in words, for the cause: a bump, a patch, a first build or a rebuild. */
@@ -151,4 +178,9 @@ function cause(base: Cause, decided: string, event: Cause): Cause {
 
 function setStatus(deps: ReconcilerDeps, key: Key, change: (s: KeyStatus) => KeyStatus | undefined) {
   return deps.state.update(key, (cur) => change(cur ?? StateStore.initial(key)));
+}
+
+/** The build stream's message id of a request: the same request published twice is stored once, a new request never matches an old one. */
+export function buildMessageId(req: BuildRequest, requestId: string): string {
+  return `${req.key}@${req.inputDigest}@${requestId}`;
 }
