@@ -3,8 +3,14 @@
  * signed, then ingests the 1.1 release of libgreet and waits until the packages and images
  * that depend on it are rebuilt and signed. Ends with a summary table, exit code 0.
  *
- *   --serve      keep the factory running afterwards (Ctrl-C stops it)
+ *   --serve      keep the factory running afterwards (Ctrl-C, SIGTERM or SIGHUP stops it)
  *   --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)
+ *   --help       this text
+ *
+ * Artifacts go to HOMEOSTAT_DATA (default .homeostat/data, as for every service and command, so
+ * `homeostat verify .homeostat/data/oci/greeter` finds the key the demo's signer made); its
+ * servers, logs and token go to .homeostat/demo, which each run starts afresh. Progress comes
+ * from WatchKeys: every change of every key, in the order the factory made them.
  *
  * With NATS_URL / REDIS_URL unset it starts private nats-server and redis-server processes,
  * NATS with authentication on (one identity per service). With NATS_URL set, NATS_CREDENTIALS
@@ -14,11 +20,27 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { listKeyStatuses, statusClient } from "@homeostat/status-api";
-import type { KeyStatus } from "@homeostat/core";
+import { listKeyStatuses, statusClient, watchKeysResuming } from "@homeostat/status-api";
+import { loadConfig, type KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, startLocalServers, waitFor, type LocalServers } from "./factory.ts";
 
-const { values: args } = parseArgs({ options: { serve: { type: "boolean", default: false }, release: { type: "string", default: "examples/releases/libgreet-1.1.json" } } });
+const usage = "Usage: scripts/demo [--serve] [--release FILE.json] [--help]\n  --serve      keep the factory running after the demo (Ctrl-C, SIGTERM or SIGHUP stops it)\n  --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)\nArtifacts: $HOMEOSTAT_DATA (default .homeostat/data); servers, logs and the write token: .homeostat/demo\n";
+let parsed;
+try {
+  parsed = parseArgs({ options: { serve: { type: "boolean", default: false }, release: { type: "string", default: "examples/releases/libgreet-1.1.json" }, help: { type: "boolean", short: "h" } } });
+} catch (err) {
+  process.stderr.write(`demo: ${(err as Error).message}\n${usage}`);
+  process.exit(64);
+}
+const args = parsed.values;
+if (args.help) {
+  process.stdout.write(usage);
+  process.exit(0);
+}
+const { dataDir } = loadConfig({ HOMEOSTAT_DATA: process.env.HOMEOSTAT_DATA || undefined });
+// Made here, searchable by all: created by the signer's or builder's private key directory
+// (0700, recursively) it would shut the build sandbox's uid out of the workspace under it.
+mkdirSync(dataDir, { recursive: true, mode: 0o755 });
 const work = path.join(repoRoot, ".homeostat", "demo");
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
@@ -45,7 +67,7 @@ const factory = await startFactory({
     REDIS_URL: redisUrl,
     HOMEOSTAT_PREFIX: prefix,
     HOMEOSTAT_REGION: "local",
-    HOMEOSTAT_DATA: path.join(work, "data"),
+    HOMEOSTAT_DATA: dataDir,
     HOMEOSTAT_CATALOG: path.join(repoRoot, "examples", "catalog"),
     ...(process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? { OTEL_EXPORTER_OTLP_ENDPOINT: process.env.OTEL_EXPORTER_OTLP_ENDPOINT } : {}),
   },
@@ -59,24 +81,35 @@ writeFileSync(tokenFile, `${factory.grpcToken}\n`, { mode: 0o600 });
 const client = statusClient(factory.grpcAddr);
 
 const stopAll = async () => {
+  watching.abort();
+  await printing;
   client.close();
   await factory.stop();
   await servers?.stop();
 };
-process.on("SIGINT", () => void stopAll().then(() => process.exit(130)));
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+  process.once(signal, () => {
+    say(`\n${signal}: stopping the factory`);
+    void stopAll().then(() => process.exit(code));
+  });
+}
 
 const list = async () => (await listKeyStatuses(client, { pageSize: 1000 })).items;
 const seen = new Map<string, string>();
-/** Prints each key's phase whenever it changes: the factory's progress, live. */
-const progress = (items: KeyStatus[]) => {
-  for (const s of items) {
-    const line = `${s.phase}${s.actual ? ` ${s.actual.version}` : ""}`;
-    if (seen.get(s.key) !== line) {
-      seen.set(s.key, line);
-      say(`  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`);
-    }
-  }
+/** Prints a key's line when its phase or its built artifact changed (a rebuild at the same version counts). */
+const progress = (s: KeyStatus) => {
+  const line = `${s.phase} ${s.actual?.inputDigest ?? ""}`;
+  if (seen.get(s.key) === line) return;
+  const rebuilt = s.phase === "Ready" && seen.has(s.key) && seen.get(s.key) !== undefined && !seen.get(s.key)!.endsWith(` ${s.actual?.inputDigest ?? ""}`);
+  seen.set(s.key, line);
+  say(`  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}${rebuilt ? " (rebuilt)" : ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`);
 };
+// Every change, in the order the factory made it (the state bucket's revisions): a poll would
+// miss a key that was rebuilt between two looks.
+const watching = new AbortController();
+const printing = (async () => {
+  for await (const e of watchKeysResuming(client, {}, { signal: watching.signal })) if (e.type === "initial" || e.type === "put") progress(e.status);
+})().catch((err: unknown) => say(`  (progress stopped: ${(err as Error).message})`));
 
 try {
   say("▸ building and signing the sample catalog");
@@ -84,7 +117,6 @@ try {
   const total = await expected;
   const initial = await waitFor("the sample catalog to converge", async () => {
     const items = await list();
-    progress(items);
     if (items.some((s) => s.phase === "Failed")) throw new Error("a key failed; see the logs");
     return items.length === total && items.every((s) => s.phase === "Ready") ? items : undefined;
   }, 300_000, 300);
@@ -99,7 +131,6 @@ try {
   const before = new Map(initial.map((s) => [s.key, s.actual!.inputDigest]));
   const final = await waitFor("the release to propagate", async () => {
     const items = await list();
-    progress(items);
     const pkg = items.find((s) => s.key === `package/${release.package}`);
     const settled = items.every((s) => s.phase === "Ready" || s.phase === "Failed");
     // Settled, the package at the new version, and nothing left that is waiting to rebuild.
@@ -108,7 +139,6 @@ try {
   await new Promise((r) => setTimeout(r, 1_000)); // let late fan-out show up
   const settledItems = await waitFor("the factory to settle", async () => {
     const items = await list();
-    progress(items);
     return items.every((s) => s.phase === "Ready") ? items : undefined;
   }, 300_000, 300).catch(() => final);
 
@@ -121,12 +151,18 @@ try {
   for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i]!)).join("  "));
   const ok = settledItems.every((s) => s.phase === "Ready");
   say(ok ? "\nconverged: every key is built, signed and Ready." : "\nnot converged: see the logs");
-  say(`try: packages/cli/bin/homeostat list --addr ${factory.grpcAddr}`);
-  say(`     packages/cli/bin/homeostat enqueue package/libgreet --addr ${factory.grpcAddr} --token-file ${path.relative(process.cwd(), tokenFile)}`);
+  const layout = path.relative(process.cwd(), path.join(dataDir, "oci", "greeter"));
+  const verify = `packages/cli/bin/homeostat verify ${layout}`;
   if (args.serve) {
-    say("serving; Ctrl-C stops the factory");
+    // Addresses only while they answer: the factory stops when this process does.
+    say(`try: packages/cli/bin/homeostat list --watch --addr ${factory.grpcAddr}`);
+    say(`     packages/cli/bin/homeostat why image/devkit --addr ${factory.grpcAddr}`);
+    say(`     packages/cli/bin/homeostat enqueue package/libgreet --addr ${factory.grpcAddr} --token-file ${path.relative(process.cwd(), tokenFile)}`);
+    say(`     ${verify}`);
+    say("serving; Ctrl-C (or SIGTERM, SIGHUP) stops the factory");
   } else {
     await stopAll();
+    say(`try: ${verify}   (offline: the factory has stopped; scripts/demo --serve keeps it up)`);
     process.exit(ok ? 0 : 1);
   }
 } catch (err) {

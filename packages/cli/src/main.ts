@@ -272,7 +272,7 @@ const verifyCommand: Command = {
   summary: "check an image's signature and attestations offline against trusted public keys",
   options: { key: { type: "string", multiple: true }, "signature-only": { type: "boolean" } },
   optionHelp: [
-    ["--key FILE", "trusted public keys (PEM; repeatable; default $HOMEOSTAT_TRUSTED_KEYS, else <$HOMEOSTAT_DATA>/signer/cosign.pub)"],
+    ["--key FILE", "trusted public keys (PEM; repeatable; default $HOMEOSTAT_TRUSTED_KEYS, else the local signer's cosign.pub: $HOMEOSTAT_SIGNER_DIR, default <data dir>/signer)"],
     ["--signature-only", "do not require the SBOM and provenance attestations (any present are still checked)"],
   ],
   positionals: { min: 1, max: 1 },
@@ -415,10 +415,11 @@ async function keyArg(raw: string, c: Command): Promise<KeyStatus["key"]> {
   return parsed.key;
 }
 
-/** HOMEOSTAT_TRUSTED_KEYS when set, else the key the local signer generated. */
+/** HOMEOSTAT_TRUSTED_KEYS when set, else the key the local signer generated (in its own directory, as the signer finds it). */
 function defaultTrustedKeyFiles(env: NodeJS.ProcessEnv): string[] {
-  const config = loadConfig({ HOMEOSTAT_TRUSTED_KEYS: env.HOMEOSTAT_TRUSTED_KEYS, HOMEOSTAT_DATA: env.HOMEOSTAT_DATA || undefined });
-  return config.trustedKeyPaths.length > 0 ? config.trustedKeyPaths : [`${config.dataDir}/signer/cosign.pub`];
+  const names = ["HOMEOSTAT_TRUSTED_KEYS", "HOMEOSTAT_DATA", "HOMEOSTAT_SIGNER_DIR"];
+  const config = loadConfig(Object.fromEntries(names.map((n) => [n, env[n] || undefined])));
+  return config.trustedKeyPaths.length > 0 ? config.trustedKeyPaths : [path.join(config.signerDir, "cosign.pub")];
 }
 
 export function formatVerification(v: ImageVerification): string {
@@ -572,6 +573,9 @@ export function help(c?: Command): string {
     optionLines(globalOptionHelp),
     "",
     "Run `homeostat <command> --help` for a command's options.",
+    "Data directory: every command, service and scripts/demo use $HOMEOSTAT_DATA, default .homeostat/data",
+    "(relative to the current directory); the signer keeps its key in $HOMEOSTAT_SIGNER_DIR, default <data>/signer,",
+    "where verify finds cosign.pub. After scripts/demo: homeostat verify .homeostat/data/oci/greeter",
     "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 64 usage error,",
     "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue or retry).",
     "",
