@@ -31,7 +31,7 @@ import { slsaProvenance, type ResourceDescriptor } from "./provenance.ts";
 import { TarError, writeTarGzFromDirectory, type TarEntry } from "./tar.ts";
 import type { BuildContext } from "./context.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
-import { isGitSourceUrl } from "./git.ts";
+import { isGitSourceUrl } from "@homeostat/source";
 import { runSteps, workspaceLayout, type StepLog } from "./pipeline.ts";
 import { fetchPatch, fetchSource, unpackArchive, type FetchOptions } from "./source.ts";
 import { ArtifactStore, type StoredBlob } from "./store.ts";

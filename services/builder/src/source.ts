@@ -2,14 +2,15 @@
  * Sources: fetch an upstream archive, verify its sha256 BEFORE anything reads its content, and
  * unpack it safely.
  *
- * Fetching: `file://` URLs, plain paths (relative ones resolved against a base directory, the
- * catalog directory), `http(s)://` URLs on loopback (127.0.0.0/8, ::1, localhost; other hosts
- * only when `allowRemote` is set), and git repositories pinned to a commit,
- * `git+file:///repo#<commit>` (see git.ts: the sha256 is then that of the commit's `git archive`
- * tar, verified alongside the commit id). At most `maxBytes` are read. The archive lands in the
+ * Fetching follows the source path rules of @homeostat/source (shared with the reconciler's
+ * upstream resolver): paths relative to the catalog directory, `file://`, `http(s)://` on
+ * loopback only unless `allowRemote` is set, no credentials, at most `maxBytes`, a time limit;
+ * git repositories pinned to a commit, `git+file:///repo#<commit>` (the sha256 is then that of
+ * the commit's `git archive` tar, verified alongside the commit id). The archive lands in the
  * artifact store under its sha256 only if it matches the pinned digest, so a verified source is
- * fetched once and a mismatching one leaves nothing behind. Patches are fetched the same way
- * (`fetchPatch`; any of these but git, a patch being one file).
+ * fetched once and a mismatching one leaves nothing behind. What the rules refuse is a
+ * BuildFailure. Patches are fetched the same way (`fetchPatch`; any of these but git, a patch
+ * being one file).
  *
  * Unpacking (node-tar): the archive is first read to its end without writing anything, and is
  * refused with a clear error when an entry has an absolute path, a `..` component, a link whose
@@ -22,58 +23,25 @@
  * preservation; node-tar also refuses to write through a symlink, so a link inside the tree
  * cannot redirect a later entry outside it.
  */
-import { isIP } from "node:net";
 import path from "node:path";
-import { Readable } from "node:stream";
-import { fileURLToPath } from "node:url";
+import type { Readable } from "node:stream";
 import { createReadStream } from "node:fs";
 import { mkdir, mkdtemp, open, rm, stat } from "node:fs/promises";
 import { createGunzip } from "node:zlib";
 import * as tar from "tar";
 import type { Digest } from "@homeostat/core/digest";
 import type { PatchRef, Source } from "@homeostat/core/contracts";
+import { checkHost, exportGitTree, isGitSourceUrl, openSource, parseGitSource, SourceError, timeoutSignal, type OpenOptions } from "@homeostat/source";
 import { BuildFailure } from "./errors.ts";
-import { exportGitTree, isGitSourceUrl, parseGitSource } from "./git.ts";
 import { ArtifactStore, DigestMismatchError, TooLargeError, type StoredBlob } from "./store.ts";
 
-export type FetchOptions = {
-  /** Directory that relative source paths are resolved against (the catalog directory). */
-  baseDir: string;
-  /** Largest archive accepted, in bytes. */
-  maxBytes: number;
-  /** Allow http(s) hosts other than loopback. Default false. */
-  allowRemote?: boolean;
-  /** Time limit of an HTTP download. Default 5 minutes. */
-  timeoutMs?: number;
-  signal?: AbortSignal;
-};
+export { isLoopbackHost, resolveSourceLocation } from "@homeostat/source";
+
+/** The source path rules (@homeostat/source): base directory, size limit, hosts, time limit. */
+export type FetchOptions = OpenOptions;
 
 /** What a fetched blob is, as errors name it (`patch <url>: ...`). */
 export type FetchedKind = "source" | "patch";
-
-/** Where a source (or patch) URL points: a local file or an HTTP URL. */
-export function resolveSourceLocation(url: string, baseDir: string, kind: FetchedKind = "source"): { kind: "file"; path: string } | { kind: "http"; url: URL } {
-  if (/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(url) && !/^[a-zA-Z]:[\\/]/.test(url)) {
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      throw new BuildFailure(`${kind} URL ${JSON.stringify(url)} is not a valid URL`);
-    }
-    if (u.protocol === "file:") return { kind: "file", path: fileURLToPath(u) };
-    if (u.protocol === "http:" || u.protocol === "https:") return { kind: "http", url: u };
-    throw new BuildFailure(`${kind} URL scheme ${u.protocol} is not supported (file://, http://, https:// or a path)`);
-  }
-  return { kind: "file", path: path.resolve(baseDir, url) };
-}
-
-export function isLoopbackHost(hostname: string): boolean {
-  const h = hostname.replace(/^\[|\]$/g, "").toLowerCase();
-  if (h === "localhost" || h.endsWith(".localhost")) return true;
-  if (isIP(h) === 4) return h.startsWith("127.");
-  if (isIP(h) === 6) return h === "::1" || h === "0:0:0:0:0:0:0:1" || /^::ffff:127\./.test(h);
-  return false;
-}
 
 /**
  * Fetches `source` into the store, verified: returns the stored blob. A mismatching digest, an
@@ -96,48 +64,14 @@ async function fetchPinned(kind: FetchedKind, source: Source, store: ArtifactSto
   if (await store.has(expected)) {
     if (await store.verify(expected)) return { digest: expected, size: (await stat(store.path(expected))).size, path: store.path(expected) };
   }
-  if (isGitSourceUrl(source.url)) return fetchGitSource(source, store, opts);
-  const where = resolveSourceLocation(source.url, opts.baseDir, kind);
-  let body: Readable;
-  if (where.kind === "file") {
-    let st;
-    try {
-      st = await stat(where.path);
-    } catch (e) {
-      throw new BuildFailure(`${what}: cannot read ${where.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-    if (!st.isFile()) throw new BuildFailure(`${what}: ${where.path} is not a file`);
-    if (st.size > opts.maxBytes) throw new BuildFailure(`${what} is ${st.size} bytes, over the limit of ${opts.maxBytes}`);
-    body = createReadStream(where.path);
-  } else {
-    checkHost(what, where.url, opts);
-    const res = await fetch(where.url, { redirect: "error", signal: timeoutSignal(opts) });
-    if (!res.ok) {
-      await res.body?.cancel().catch(() => {});
-      const msg = `${what}: HTTP ${res.status} ${res.statusText}`;
-      if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) throw new BuildFailure(msg);
-      throw new Error(msg);
-    }
-    const declared = Number(res.headers.get("content-length") ?? "NaN");
-    if (Number.isFinite(declared) && declared > opts.maxBytes) {
-      await res.body?.cancel().catch(() => {});
-      throw new BuildFailure(`${what} is ${declared} bytes, over the limit of ${opts.maxBytes}`);
-    }
-    if (!res.body) throw new Error(`${what}: empty HTTP response`);
-    body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+  try {
+    if (isGitSourceUrl(source.url)) return await fetchGitSource(source, store, opts);
+    return await storeVerified(source, what, await openSource(source.url, what, opts), store, opts);
+  } catch (e) {
+    // What the source path rules refuse cannot succeed with these inputs: the build fails.
+    if (e instanceof SourceError) throw new BuildFailure(e.message, { cause: e });
+    throw e;
   }
-  return storeVerified(source, what, body, store, opts);
-}
-
-/** `what` names the blob in the error (`source <url>`). */
-function checkHost(what: string, where: URL, opts: FetchOptions): void {
-  if (!opts.allowRemote && !isLoopbackHost(where.hostname)) {
-    throw new BuildFailure(`${what}: only loopback hosts are allowed (got ${where.hostname})`);
-  }
-}
-
-function timeoutSignal(opts: FetchOptions): AbortSignal {
-  return AbortSignal.any([AbortSignal.timeout(opts.timeoutMs ?? 5 * 60_000), ...(opts.signal ? [opts.signal] : [])]);
 }
 
 /** Streams `body` into the store, refusing it unless it hashes to the pinned sha256. */
@@ -153,10 +87,10 @@ async function storeVerified(source: Source, what: string, body: Readable, store
   }
 }
 
-/** A git source (see git.ts): fetched into a scratch repository, its tree exported as a tar. */
+/** A git source (@homeostat/source git.ts): fetched into a scratch repository, its tree exported as a tar. */
 async function fetchGitSource(source: Source, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
   const src = parseGitSource(source.url);
-  if (src.transport.protocol !== "file:") checkHost(`source ${source.url}`, src.transport, opts);
+  if (src.transport.protocol !== "file:") checkHost(`source ${source.url}`, src.transport, opts.allowRemote);
   await mkdir(path.join(store.root, "tmp"), { recursive: true });
   const scratch = await mkdtemp(path.join(store.root, "tmp", "git-"));
   try {

@@ -23,12 +23,16 @@
  * repository grows past the source size limit (a hostile server can send any amount of pack
  * data, and git has no limit of its own); the exported tar is size-limited by the store, and
  * unpacked with the same checks as any archive.
+ *
+ * A new release names a tag, not a commit: `resolveGitTag` asks the repository (`git ls-remote`,
+ * the same environment and limits) which commit the tag points at, peeling an annotated tag, and
+ * `listGitTags` lists every tag so; the upstream resolver then pins that commit.
  */
 import { spawn } from "node:child_process";
 import { readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { PassThrough, type Readable } from "node:stream";
-import { BuildFailure } from "./errors.ts";
+import { SourceError, SourceUnavailableError } from "./errors.ts";
 
 export type GitSource = { transport: URL; commit: string };
 
@@ -38,25 +42,64 @@ export function isGitSourceUrl(url: string): boolean {
   return url.startsWith("git+");
 }
 
-/** Parses `git+<transport>#<commit>`; a BuildFailure says what is wrong. */
+/** Parses `git+<transport>#<commit>`; a SourceError says what is wrong. */
 export function parseGitSource(url: string): GitSource {
   const hash = url.indexOf("#");
   const commit = hash < 0 ? "" : url.slice(hash + 1);
   const bare = hash < 0 ? url.slice(4) : url.slice(4, hash);
   if (!commitRe.test(commit)) {
-    throw new BuildFailure(`git source ${JSON.stringify(url)} must end in #<full commit id> (40 or 64 lower-case hex); branches, tags and short ids are not pinned`);
+    throw new SourceError(`git source ${JSON.stringify(url)} must end in #<full commit id> (40 or 64 lower-case hex); branches, tags and short ids are not pinned`);
   }
   let transport: URL;
   try {
     transport = new URL(bare);
   } catch {
-    throw new BuildFailure(`git source ${JSON.stringify(url)}: ${JSON.stringify(bare)} is not a valid URL`);
+    throw new SourceError(`git source ${JSON.stringify(url)}: ${JSON.stringify(bare)} is not a valid URL`);
   }
   if (!["file:", "http:", "https:"].includes(transport.protocol)) {
-    throw new BuildFailure(`git source ${JSON.stringify(url)}: transport ${transport.protocol} is not supported (git+file://, git+http://, git+https://)`);
+    throw new SourceError(`git source ${JSON.stringify(url)}: transport ${transport.protocol} is not supported (git+file://, git+http://, git+https://)`);
   }
-  if (transport.username || transport.password) throw new BuildFailure(`git source ${JSON.stringify(url)}: credentials in the URL are not allowed`);
+  if (transport.username || transport.password) throw new SourceError(`git source ${JSON.stringify(url)}: credentials in the URL are not allowed`);
   return { transport, commit };
+}
+
+/** The repository of a git source URL (`git+<transport>[#<anything>]`), checked as parseGitSource checks it. */
+export function gitTransport(url: string): URL {
+  const hash = url.indexOf("#");
+  return parseGitSource(`${hash < 0 ? url : url.slice(0, hash)}#${"0".repeat(40)}`).transport;
+}
+
+/** The pinned URL of `commit` in the repository `transport`. */
+export function gitSourceUrl(transport: URL, commit: string): string {
+  return `git+${transport.href}#${commit}`;
+}
+
+/** Every tag of the repository with the commit it points at (annotated tags peeled). */
+export async function listGitTags(transport: URL, scratch: string, signal: AbortSignal): Promise<Map<string, string>> {
+  let out: string;
+  try {
+    out = await git(["ls-remote", "--tags", "--", transport.href], scratch, signal);
+  } catch (e) {
+    // An unreachable repository may come back; git refusing the URL will not.
+    if (e instanceof GitError) throw new SourceUnavailableError(`git repository ${transport.href}: ${e.message}`, { cause: e });
+    throw e;
+  }
+  const tags = new Map<string, string>();
+  const peeled = new Map<string, string>();
+  for (const line of out.split("\n")) {
+    const m = /^([0-9a-f]{40}|[0-9a-f]{64})\trefs\/tags\/(.+?)(\^\{\})?$/.exec(line);
+    if (!m) continue;
+    (m[3] ? peeled : tags).set(m[2]!, m[1]!);
+  }
+  for (const [tag, commit] of peeled) tags.set(tag, commit);
+  return tags;
+}
+
+/** The commit `tag` points at in `transport`; a SourceError when the repository has no such tag. */
+export async function resolveGitTag(transport: URL, tag: string, scratch: string, signal: AbortSignal): Promise<string> {
+  const commit = (await listGitTags(transport, scratch, signal)).get(tag);
+  if (!commit) throw new SourceError(`git repository ${transport.href} has no tag ${JSON.stringify(tag)}`);
+  return commit;
 }
 
 /** The environment git runs with: nothing of the builder's, no configuration but ours. */
@@ -138,7 +181,7 @@ export async function exportGitTree(src: GitSource, scratch: string, signal: Abo
     const resolved = (await git(["rev-parse", "--verify", "--end-of-options", `${src.commit}^{commit}`], scratch, signal)).trim();
     if (resolved !== src.commit) throw new GitError(`${src.commit} resolves to ${resolved}`);
   } catch (e) {
-    if (e instanceof GitError) throw new BuildFailure(`git source ${label}: ${e.message}`, { cause: e });
+    if (e instanceof GitError) throw new SourceError(`git source ${label}: ${e.message}`, { cause: e });
     throw e;
   }
   const child = spawn("git", ["archive", "--format=tar", "--end-of-options", src.commit], { cwd: scratch, env: gitEnvironment(scratch), stdio: ["ignore", "pipe", "pipe"], signal });
@@ -146,7 +189,7 @@ export async function exportGitTree(src: GitSource, scratch: string, signal: Abo
   child.stderr.on("data", (b: Buffer) => (err = (err + b.toString("utf8")).slice(-4000)));
   const done = new Promise<void>((resolve, reject) => {
     child.on("error", (e) => reject(new Error(`git archive of ${label} failed: ${e.message}`, { cause: e })));
-    child.on("close", (code, sig) => (code === 0 ? resolve() : reject(new BuildFailure(`git source ${label}: git archive exited with ${code ?? sig}: ${err.trim()}`))));
+    child.on("close", (code, sig) => (code === 0 ? resolve() : reject(new SourceError(`git source ${label}: git archive exited with ${code ?? sig}: ${err.trim()}`))));
   });
   // The caller may stop reading (limit, mismatch) before git is done: that is reported by the
   // caller, not as an unhandled rejection.

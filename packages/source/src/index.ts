@@ -1,0 +1,3 @@
+export * from "./errors.ts";
+export * from "./fetch.ts";
+export * from "./git.ts";
