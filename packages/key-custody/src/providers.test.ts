@@ -47,6 +47,13 @@ test("first run generates a 0600 P-256 key and its SPKI public key; reloading gi
   assert.equal((await stat(keyPath)).mode & 0o777, 0o600);
 });
 
+test("only the key's own directory is closed: a data directory it creates stays reachable by the build sandbox's uid", async (t) => {
+  const dataDir = path.join(await tempDir(t), "fresh-data");
+  await managedKeyProvider({ dir: path.join(dataDir, "signer"), name: "cosign" });
+  assert.equal((await stat(dataDir)).mode & 0o001, 0o001, "the data directory is searchable by others");
+  assert.equal((await stat(path.join(dataDir, "signer"))).mode & 0o077, 0, "the key directory is private");
+});
+
 test("concurrent first runs agree on one key", async (t) => {
   const dataDir = await tempDir(t);
   const all = await Promise.all(Array.from({ length: 8 }, () => managedKeyProvider({ dir: path.join(dataDir, "signer"), name: "cosign" })));

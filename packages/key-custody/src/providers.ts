@@ -84,6 +84,9 @@ export async function managedKeyProvider(opts: { dir: string; name: string }): P
   const dir = path.resolve(opts.dir);
   const keyPath = path.join(dir, `${opts.name}.key`);
   const publicKeyPath = path.join(dir, `${opts.name}.pub`);
+  // Parents get the default mode (the data directory must stay reachable by the build
+  // sandbox's uid); only the key's own directory is closed.
+  await mkdir(path.dirname(dir), { recursive: true });
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await tighten(dir, 0o700);
   let created = false;
