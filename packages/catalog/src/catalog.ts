@@ -40,6 +40,13 @@ export const upstreamSchema = z
       .meta({ anyOf: [{ required: ["id"] }, { required: ["name"] }] })
       .optional()
       .describe("release-monitoring.org (Anitya) project, by id and/or name"),
+    tag: z
+      .string()
+      .min(1)
+      .max(256)
+      .regex(/^[^$]*\$\{version\}[^$]*$/, "must contain ${version} once")
+      .optional()
+      .describe("How a release tag spells the version: v${version}, release-${version}, ${version}; without one, the tag is the version with a leading v dropped"),
     policy: versionPolicySchema.optional().describe("Which releases the package may move to; without one, the newest"),
     prereleases: z.boolean().default(false).describe("Whether pre-releases (1.0-rc1, 3.0beta2) may be chosen"),
   })
@@ -49,6 +56,42 @@ export const upstreamSchema = z
   })
   .meta({ oneOf: [{ required: ["github"] }, { required: ["url"] }, { required: ["releaseMonitoring"] }] });
 export type Upstream = z.infer<typeof upstreamSchema>;
+
+/**
+ * The version a release tag names under the package's tag mapping (`upstream.tag`), or
+ * undefined when the tag is not one of its releases (another package's tag in a monorepo, a
+ * nightly): `v${version}` reads v1.2.3 as 1.2.3, `release-${version}` reads release-1.2.3.
+ * Without a mapping a leading v before a digit is dropped. The version must be one the catalog
+ * could pin.
+ */
+export function versionOfTag(upstream: Pick<Upstream, "tag"> | undefined, tag: string): string | undefined {
+  let version: string;
+  if (upstream?.tag) {
+    const [before, after] = upstream.tag.split("${version}") as [string, string];
+    if (tag.length <= before.length + after.length || !tag.startsWith(before) || !tag.endsWith(after)) return undefined;
+    version = tag.slice(before.length, tag.length - after.length);
+  } else version = tag.replace(/^v(?=\d)/, "");
+  return versionSchema.safeParse(version).success ? version : undefined;
+}
+
+/** The tags that may name `version` upstream, most likely first: the mapping's, else v1.2.3 then 1.2.3. */
+export function tagsOfVersion(upstream: Pick<Upstream, "tag"> | undefined, version: string): string[] {
+  return upstream?.tag ? [upstream.tag.replace("${version}", version)] : [`v${version}`, version];
+}
+
+/** A package URL (github.com/package-url/purl-spec): `pkg:<type>/<namespace/name>@<version>[?qualifiers]`. */
+const purlSchema = z.string().max(2048).regex(/^pkg:[a-z][a-z0-9.+-]*\/[^\s@?#]+@[^\s?#]+(\?[^\s#]*)?$/, "must be a package URL with a version: pkg:<type>/<name>@<version>[?qualifiers]");
+
+/**
+ * An image's default user: `uid` or `uid:gid`, numeric and not root. The builder writes its
+ * /etc/passwd and /etc/group entries (image-build.ts), so no package has to ship them.
+ */
+const imageUserSchema = z
+  .string()
+  .regex(/^\d{1,10}(:\d{1,10})?$/, "must be a numeric uid or uid:gid (the builder writes the matching /etc/passwd and /etc/group entries)")
+  .refine((u) => Number(u.split(":")[0]) !== 0, "must not be root (uid 0): images run as an unprivileged user")
+  .default("65532")
+  .describe("Default user, uid or uid:gid, not root; default 65532 (nonroot)");
 
 export const patchSchema = z.strictObject({
   path: catalogPathSchema.describe("The patch file, relative to the catalog directory; applied with patch -p1 in order"),

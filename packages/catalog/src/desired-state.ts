@@ -134,7 +134,9 @@ export class DesiredState {
     const version = decision.version;
     const release = releases.find((r) => r.version === version);
     const source = release && version !== spec.version
-      ? { url: release.url, sha256: release.sha256 }
+      // A release resolved from the catalog's own source template keeps a relative path as
+      // the catalog spells it: each service resolves it against its own copy of the catalog.
+      ? { url: catalog.resolveSourceUrl(release.url, version), sha256: release.sha256 }
       : { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
     const patches = decision.patches.map((p) => ({ url: pathToFileURL(catalog.patchPath(p)).href, sha256: p.sha256 }));
 
