@@ -107,7 +107,11 @@ function natsSecurity(s: Config["nats"]): Pick<ConnectionOptions, "authenticator
   return { authenticator: nkeyAuthenticator(readSeedFile(s.nkeySeedFile)), ...tls };
 }
 
-/** Reads an nkey seed, refusing one that others than its owner may read (as ssh does with keys). */
+/**
+ * Reads an nkey seed, refusing one that any user may read. Group bits are let through:
+ * Kubernetes makes Secret files readable by the pod's fsGroup; the seed should still be 0600
+ * (`pnpm nats-config` writes it so) or 0400.
+ */
 export function readSeedFile(file: string): Uint8Array {
   let mode: number;
   try {
@@ -115,7 +119,7 @@ export function readSeedFile(file: string): Uint8Array {
   } catch (err) {
     throw new ConfigError(`NATS_NKEY_SEED_FILE ${file}: ${(err as Error).message}`);
   }
-  if ((mode & 0o077) !== 0) throw new ConfigError(`NATS_NKEY_SEED_FILE ${file} is readable by others (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
+  if ((mode & 0o007) !== 0) throw new ConfigError(`NATS_NKEY_SEED_FILE ${file} is readable by others (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
   const seed = readFileSync(file, "utf8").trim();
   if (!/^SU[A-Z2-7]{56}$/.test(seed)) throw new ConfigError(`NATS_NKEY_SEED_FILE ${file} does not hold a user nkey seed (SU…)`);
   return new TextEncoder().encode(seed);
