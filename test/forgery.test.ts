@@ -181,3 +181,24 @@ describe("forgery", { timeout: 180_000 }, () => {
     assert.equal(s?.actual?.outputs.location, path.join(t.config.dataDir, "store", "blobs", "sha256", s!.actual!.outputs.archive!.slice(7)), "the location is the signer's own reckoning");
   });
 });
+
+// Before any handler sees a forged request, the server refuses it from an identity that is not
+// the stage's one sender (packages/core/src/nats-access.ts); test/nats-auth.test.ts has the rest.
+describe("forgery at the transport: only the builder may send sign requests, only the reconciler build requests", { timeout: 60_000 }, () => {
+  let n: TestEnv;
+  before(async () => {
+    n = await testEnv();
+  });
+  after(async () => {
+    await n?.cleanup();
+  });
+  for (const [stage, forgers] of [["sign", ["ingest", "reconciler", "signer", "queue"]], ["build", ["ingest", "builder", "signer", "queue"]]] as const) {
+    test(`a ${stage} request from ${forgers.join(", ")} is refused and nothing is queued`, async () => {
+      for (const forger of forgers) {
+        const as = await n.connectAs(forger);
+        await assert.rejects(as.js.publish(n.nats.topology.subject(stage, "package/libgreet"), JSON.stringify({ v: 2, key: "package/libgreet" })), /Permissions Violation for Publish/, forger);
+      }
+      assert.equal((await n.nats.jsm.streams.info(n.nats.topology.stream(stage))).state.messages, 0);
+    });
+  }
+});
