@@ -1,11 +1,12 @@
 /**
  * The lean JetStream pipe against a real nats-server of its own: stream acks, refusals with their
- * API code (thrown or returned), direct gets, deletes by sequence, no responders, a timeout that
- * fires within a bounded wait, and what a closed connection or pipe does to pending and new requests.
+ * API code (thrown or returned), direct gets, deletes by sequence, confirmed acks, no responders,
+ * a timeout that fires within a bounded wait, and what a closed connection or pipe does to
+ * pending and new requests.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { DiscardPolicy, JetStreamApiCodes, JetStreamApiError, jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, DiscardPolicy, JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { isMessageGone, isStoreFailed, JetStreamErrorCode } from "./jetstream-errors.ts";
 import { JetStreamPipe, JetStreamPipeError } from "./jetstream-pipe.ts";
@@ -84,6 +85,21 @@ test("delete by sequence: true once, then false (gone); an API error carries its
   assert.ok(err instanceof JetStreamApiError, String(err));
   assert.equal(err.code, JetStreamApiCodes.StreamNotFound);
   assert.equal(isMessageGone(err), false);
+});
+
+test("a confirmed ack: once it resolves, the message is gone from a WorkQueue stream", async () => {
+  await jsm.streams.add({ name: "PIPEWQ", subjects: ["wq.>"], retention: RetentionPolicy.Workqueue, storage: StorageType.Memory, allow_direct: true });
+  await jsm.consumers.add("PIPEWQ", { durable_name: "worker", ack_policy: AckPolicy.Explicit });
+  await pipe.publish("wq.key", "work");
+  const consumer = await jetstream(nc).consumers.get("PIPEWQ", "worker");
+  const msg = await consumer.next({ expires: 2_000 });
+  assert.ok(msg, "a message was delivered");
+  // The fast path's ack subject: if a client upgrade stops carrying it, acks fall back to the
+  // slower public ackAck(); this says so.
+  assert.match(String(Reflect.get(msg, "reply")), /^\$JS\.ACK\.PIPEWQ\.worker\./);
+  await pipe.ackConfirmed(msg);
+  assert.equal(await pipe.lastBySubject("PIPEWQ", "wq.key"), undefined);
+  assert.equal((await jsm.consumers.info("PIPEWQ", "worker")).num_ack_pending, 0);
 });
 
 test("a publish where no stream listens rejects at once with no responders (503)", async () => {

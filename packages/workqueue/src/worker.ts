@@ -6,6 +6,7 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { decodeMessage, priorities, workItemSchema, type WorkItem } from "@homeostat/core/contracts";
+import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
 import { contextFromHeaders, inSpan, SpanKind } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
@@ -27,10 +28,12 @@ export class Worker {
   private readonly records: RunRecordStore;
   private readonly placement: Placement;
   private readonly metrics: QueueMetrics;
+  private readonly pipe: JetStreamPipe;
 
-  constructor(n: Nats, o: WorkQueueOptions, parts: { stream: WorkStream; records: RunRecordStore; placement: Placement; metrics: QueueMetrics }) {
+  constructor(n: Nats, o: WorkQueueOptions, parts: { pipe: JetStreamPipe; stream: WorkStream; records: RunRecordStore; placement: Placement; metrics: QueueMetrics }) {
     this.n = n;
     this.o = o;
+    this.pipe = parts.pipe;
     this.stream = parts.stream;
     this.records = parts.records;
     this.placement = parts.placement;
@@ -258,7 +261,7 @@ export class Worker {
       const withPending = pending;
       await this.records.update(recordKey, lease, (r) => ({ ...r, pending: r.rerun ? mergeItems(withPending, r.rerun) : withPending, rerun: undefined }));
     }
-    await ackConfirmed(msg);
+    await this.pipe.ackConfirmed(msg);
     // Release: erase the record at the revision we know (or, for a floor, leave it waiting).
     // A rerun mark that slipped in makes that fail; then queue the mark and try again.
     const floor = pending?.floor ?? 0;
@@ -290,7 +293,7 @@ export class Worker {
       rerun = r.rerun;
       return { ...base, phase: "dead", dead, leaseUntil: 0, error: reason, pending: undefined, rerun: undefined };
     });
-    await ackConfirmed(msg);
+    await this.pipe.ackConfirmed(msg);
     this.metrics.deadLettered.add(1, { priority: item.priority, non_retriable: isNonRetriable });
     this.o.log.error(isNonRetriable ? "reconcile gave up (non-retriable)" : "moved to the dead letters", { key: item.key, attempts: base.attempts, reason });
     await this.o.onDeadLetter?.({ key: item.key, reason, nonRetriable: isNonRetriable, attempts: base.attempts, at: dead.at, item: dead.item }).catch((err: unknown) => {
@@ -299,15 +302,6 @@ export class Worker {
     // An enqueue during the failing run is new information: it runs once more, with fresh attempts.
     if (rerun) await this.placement.place({ ...rerun, attempts: 0 });
   }
-}
-
-/**
- * Acks `msg` and waits until the server has taken the ack (the subject is free after it). The
- * client's own ackAck: its ack subject is not part of JsMsg's public API, so the lean pipe
- * cannot send this one (bench:queue: it costs about a tenth of the drain rate).
- */
-async function ackConfirmed(msg: JsMsg): Promise<void> {
-  await msg.ackAck();
 }
 
 function sleep(ms: number): Promise<void> {

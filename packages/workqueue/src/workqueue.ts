@@ -66,8 +66,8 @@ export type { DeadLetter, EnqueueOutcome, QueueRequest, QueueStats, Reconcile, R
 
 /**
  * One process's handle on a region's work queue: enqueue (placement.ts), run (worker.ts), and
- * administer (admin.ts), over one lean JetStream pipe for the per-run requests (claim, release,
- * publish) and one set of instruments.
+ * administer (admin.ts), over one lean JetStream pipe for the per-run requests (claim, ack,
+ * release, publish) and one set of instruments.
  */
 export class WorkQueue {
   private readonly placement: Placement;
@@ -80,7 +80,7 @@ export class WorkQueue {
     const records = new RunRecordStore(n, pipe);
     const metrics = queueMetrics();
     this.placement = new Placement(stream, records, o.leaseMs, metrics);
-    this.worker = new Worker(n, o, { stream, records, placement: this.placement, metrics });
+    this.worker = new Worker(n, o, { pipe, stream, records, placement: this.placement, metrics });
     this.admin = new QueueAdmin(n, o, { stream, records, placement: this.placement });
   }
 
