@@ -272,7 +272,7 @@ function conformance(backend: Backend) {
 
     test("requeue-after: the key runs again after the delay, attempts reset", async () => {
       const key: Key = "package/requeue";
-      const w = workers([b.make("w")], async (_i, attempt) => {
+      const w = workers([b.make("w")], async () => {
         if (w.of(key).length === 0) throw new Error("first attempt fails");
         return w.of(key).length === 1 ? requeueAfter(700) : done;
       });
@@ -451,7 +451,7 @@ function conformance(backend: Backend) {
 
     test("drain: a run that outlasts the drain time is handed back without spending an attempt", async () => {
       const key: Key = "package/drain";
-      const slow = workers([b.make("slow", { drainMs: 300 })], (_i, _a, signal) => new Promise((r) => setTimeout(() => r(done), 30_000).unref()), 1);
+      const slow = workers([b.make("slow", { drainMs: 300 })], () => new Promise((r) => setTimeout(() => r(done), 30_000).unref()), 1);
       await q.enqueue(req(key));
       await waitFor("the run to start", async () => (await q.stats()).running === 1, 10_000);
       const t0 = Date.now();
