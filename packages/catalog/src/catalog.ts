@@ -105,6 +105,7 @@ export const packageSpecSchema = z.strictObject({
   version: versionSchema.describe("The pinned upstream version (quote it: 1.10 is not 1.1)"),
   epoch: z.number().int().min(0).max(1_000_000).default(0).describe("The package revision (as melange's epoch): raise it to rebuild the same upstream version; it is part of the recipe, so it changes the input digest"),
   license: z.string().max(256).optional().describe("SPDX expression"),
+  purl: purlSchema.optional().describe("The package's identity in SBOMs and advisories when it is imported rather than built from source, e.g. pkg:deb/debian/musl@${version}?arch=amd64 (${version} is substituted); default pkg:generic/<name>@<version>"),
   description: z.string().max(4096).optional(),
   upstream: upstreamSchema.optional(),
   source: z.strictObject({
@@ -127,6 +128,7 @@ export const imageSpecSchema = z.strictObject({
   packages: z.array(nameSchema).min(1),
   // The runtime configuration is declared exactly as the builder receives it.
   ...imageConfigSchema.shape,
+  user: imageUserSchema,
 });
 export type ImageSpec = z.infer<typeof imageSpecSchema>;
 

@@ -117,8 +117,8 @@ export class DesiredState {
     if (!actual || actual.inputDigest !== desired.inputDigest) return `${key} to be built at ${desired.version}`;
     const { archive, diffId, size } = actual.outputs;
     if (!archive || !diffId || size === undefined) return `${key} has no package archive`;
-    const license = this.in.catalog.packages.get(name)?.license;
-    return { name, version: actual.version, archive, diffId, size, ...(license ? { license } : {}) };
+    const spec = this.in.catalog.packages.get(name);
+    return { name, version: actual.version, archive, diffId, size, ...(spec?.license ? { license: spec.license } : {}), ...(spec?.purl ? { purl: spec.purl.replaceAll("${version}", actual.version) } : {}) };
   }
 
   private async computePackage(name: string): Promise<Desired> {

@@ -81,6 +81,8 @@ export const packageArtifactSchema = z.object({
   diffId: digestSchema,
   size: z.number().int().nonnegative(),
   license: z.string().max(256).optional(),
+  /** The package's identity in SBOMs when it is not built from source (e.g. `pkg:deb/debian/musl@1.2.3-1?arch=amd64`). */
+  purl: z.string().max(2048).optional(),
 });
 export type PackageArtifact = z.infer<typeof packageArtifactSchema>;
 
@@ -176,7 +178,7 @@ export type BuildResultPredicate = z.infer<typeof buildResultPredicateSchema>;
  * The version of the build behaviour. Part of every input digest: changing how the builder
  * turns inputs into bytes must bump it, so that every key is rebuilt once.
  */
-export const BUILDER_VERSION = "homeostat-builder/0.2.0";
+export const BUILDER_VERSION = "homeostat-builder/0.3.0";
 
 export class ContractError extends Error {}
 

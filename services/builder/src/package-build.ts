@@ -4,7 +4,7 @@
  * In a fresh workspace (`<workRoot>/pkg-<name>-XXXXXX`, removed afterwards whatever happens):
  * fetch the source and every patch into the store, each verified against its sha256 before
  * anything reads it, unpack the source into `src/` (a tarball's single top directory stripped;
- * a git tree as it is), unpack each build dependency's archive (from the store, re-verified)
+ * a git tree as it is; a Debian binary package's file tree, deb.ts), unpack each build dependency's archive (from the store, re-verified)
  * into `sysroot/`, then, sandboxed as the context says and within one time limit (see
  * pipeline.ts): apply the patches in order in `src/` (`patch -p1`, copies under `patches/`,
  * since the sandbox sees only the workspace), run the steps, and run the test command if there
@@ -31,6 +31,7 @@ import { slsaProvenance, type ResourceDescriptor } from "./provenance.ts";
 import { TarError, writeTarGzFromDirectory, type TarEntry } from "./tar.ts";
 import type { BuildContext } from "./context.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
+import { extractDebData, isDebianPackage } from "./deb.ts";
 import { isGitSourceUrl } from "@homeostat/source";
 import { runSteps, workspaceLayout, type StepLog } from "./pipeline.ts";
 import { fetchPatch, fetchSource, unpackArchive, type FetchOptions } from "./source.ts";
@@ -132,7 +133,15 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       log(`patch ${p.url} verified (${blob.digest}, ${blob.size} bytes)`);
       patchBlobs.push(blob);
     }
-    await unpackArchive(source.path, srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
+    if (await isDebianPackage(source.path)) {
+      // A pinned Debian binary package: its file tree is the source, checked like any archive.
+      const dataTar = path.join(root, "deb-data.tar");
+      await extractDebData(source.path, dataTar, `source ${req.source.url}`, ctx.unpackLimits.maxBytes);
+      await unpackArchive(dataTar, srcDir, `source ${req.source.url} (data.tar)`, { stripTopDir: false, limits: ctx.unpackLimits });
+      await rm(dataTar);
+    } else {
+      await unpackArchive(source.path, srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
+    }
     if (patchBlobs.length > 0) await mkdir(path.join(root, "patches"));
     for (const [i, blob] of patchBlobs.entries()) await copyFile(blob.path, path.join(root, "patches", `${i + 1}.patch`));
 

@@ -151,7 +151,7 @@ function imageDefinition(req: ImageBuildPlan): SlsaProvenance["buildDefinition"]
     buildType: IMAGE_BUILD_TYPE,
     externalParameters,
     internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, catalogRevision: req.catalogRevision },
-    resolvedDependencies: req.packages.map((p) => ({ name: genericPurl(p.name, p.version), digest: sha256Of(p.archive) })),
+    resolvedDependencies: req.packages.map((p) => ({ name: p.purl ?? genericPurl(p.name, p.version), digest: sha256Of(p.archive) })),
   };
 }
 

@@ -91,7 +91,7 @@ test("content: image, packages with purl, hash, licence; timestamp from the epoc
   assert.equal(bom.specVersion, "1.6");
   assert.equal(bom.metadata.timestamp, "2023-11-14T22:13:20.000Z");
   assert.deepEqual([bom.metadata.component.type, bom.metadata.component.name, bom.metadata.component.version], ["container", "greeter", "1.1"]);
-  assert.deepEqual(bom.metadata.tools.components.map((t) => [t.name, t.version]), [["homeostat-builder", "0.2.0"]]);
+  assert.deepEqual(bom.metadata.tools.components.map((t) => [t.name, t.version]), [["homeostat-builder", "0.3.0"]]);
   assert.equal(bom.components.length, 4);
   const greet = bom.components.find((c) => c.name === "greet")!;
   assert.equal(greet.purl, "pkg:generic/greet@1.1%2Bb1");

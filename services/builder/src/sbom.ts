@@ -4,7 +4,9 @@
  * - metadata.component: the image (type container, name, version; with its manifest digest as
  *   a `pkg:oci` purl and a hash when known), depending on every package;
  * - components: every package (type library, name, version, purl `pkg:generic/<name>@<version>`,
- *   SHA-256 of its archive, its declared licence when given, its layer diff_id as a property);
+ *   or the catalog's purl for a package imported from a distribution, e.g.
+ *   `pkg:deb/debian/musl@1.2.3-1?arch=amd64`, SHA-256 of its archive, its declared licence when
+ *   given, its layer diff_id as a property);
  * - metadata.tools: the builder (name and version from BUILDER_VERSION);
  * - metadata.timestamp: SOURCE_DATE_EPOCH;
  * - serialNumber: `urn:uuid:` of a UUID (RFC 9562 version 8, i.e. custom) made from the sha256
@@ -31,6 +33,8 @@ export type SbomPackage = {
   diffId?: Digest;
   /** Declared licence: an SPDX id, an SPDX expression, or a free-form name. */
   license?: string;
+  /** Its package URL when it is not `pkg:generic/<name>@<version>` (an imported binary package). */
+  purl?: string;
 };
 
 export type ImageSbomInput = {
@@ -104,7 +108,7 @@ export function imageSbom(input: ImageSbomInput): string {
 
   const seen = new Map<string, number>();
   for (const p of input.packages) {
-    const purl = genericPurl(p.name, p.version);
+    const purl = p.purl ?? genericPurl(p.name, p.version);
     // Two packages with the same name and version but different archives keep distinct refs.
     const n = seen.get(purl) ?? 0;
     seen.set(purl, n + 1);

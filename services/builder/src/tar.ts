@@ -51,6 +51,9 @@ export type TarEntry = {
   sha256?: string;
   /** Target of a symlink, verbatim. */
   linkname?: string;
+  /** Owner, when not root (only in archives written from entries, see writeTarGzFromEntries). */
+  uid?: number;
+  gid?: number;
 };
 
 export type TarOptions = {
@@ -90,7 +93,7 @@ export class TarError extends Error {}
 const BLOCK = 512;
 const MAX_OCTAL_SIZE = 0o77777777777; // 11 octal digits: 8 GiB - 1
 
-type Planned = { entry: TarEntry; abs?: string };
+type Planned = { entry: TarEntry; abs?: string; content?: Buffer };
 
 /** Normalised mode: 0755 for directories and executables, 0644 for other files, 0777 for symlinks. */
 export function normaliseMode(type: TarEntryType, mode: number): number {
@@ -165,12 +168,12 @@ function fitsUstar(s: string, max: number): boolean {
   return Buffer.byteLength(s, "utf8") <= max && /^[\x20-\x7e]*$/.test(s);
 }
 
-function header(fields: { name: string; mode: number; size: number; mtime: number; typeflag: string; linkname?: string }): Buffer {
+function header(fields: { name: string; mode: number; size: number; mtime: number; typeflag: string; linkname?: string; uid?: number; gid?: number }): Buffer {
   const h = Buffer.alloc(BLOCK);
   writeString(h, 0, 100, fields.name);
   writeOctal(h, 100, 8, fields.mode);
-  writeOctal(h, 108, 8, 0); // uid
-  writeOctal(h, 116, 8, 0); // gid
+  writeOctal(h, 108, 8, fields.uid ?? 0);
+  writeOctal(h, 116, 8, fields.gid ?? 0);
   writeOctal(h, 124, 12, fields.size);
   writeOctal(h, 136, 12, fields.mtime);
   h.fill(0x20, 148, 156); // checksum field counts as spaces
@@ -228,7 +231,7 @@ function entryHeaders(e: TarEntry, mtime: number): Buffer[] {
     const paxName = asciiTruncate(`PaxHeaders.0/${path.posix.basename(base)}`, 100);
     out.push(header({ name: paxName, mode: 0o644, size: data.length, mtime, typeflag: "x" }), data, padding(data.length));
   }
-  out.push(header({ name, mode: e.mode, size, mtime, typeflag, ...(linkname !== undefined ? { linkname } : {}) }));
+  out.push(header({ name, mode: e.mode, size, mtime, typeflag, ...(linkname !== undefined ? { linkname } : {}), ...(e.uid !== undefined ? { uid: e.uid } : {}), ...(e.gid !== undefined ? { gid: e.gid } : {}) }));
   return out;
 }
 
@@ -242,6 +245,13 @@ async function* tarChunks(planned: Planned[], mtime: number): AsyncGenerator<Buf
     const e = p.entry;
     if (e.type !== "file") {
       yield* entryHeaders(e, mtime);
+      continue;
+    }
+    if (p.content) {
+      e.sha256 = createHash("sha256").update(p.content).digest("hex");
+      yield* entryHeaders(e, mtime);
+      yield p.content;
+      yield padding(e.size);
       continue;
     }
     const fh = await open(p.abs!, "r");
@@ -324,7 +334,30 @@ export async function writeTarFromDirectory(rootDir: string, out: Writable, opts
  * on failure) and returns, from the same single pass: entries, diff_id and size of the tar, digest and size of the gzip stream.
  */
 export async function writeTarGzFromDirectory(rootDir: string, out: Writable, opts: TarOptions): Promise<TarGzResult> {
-  const planned = await planOrDestroy(rootDir, opts, out);
+  return writeTarGz(await planOrDestroy(rootDir, opts, out), out, opts);
+}
+
+/** An entry given in full: what a builder-made layer holds (image-build.ts's /etc/passwd, /tmp). */
+export type MadeEntry = { path: string; type: "file" | "directory"; mode: number; uid?: number; gid?: number; content?: Buffer };
+
+/**
+ * A deterministic tar.gz of exactly these entries (sorted like any archive), with their modes
+ * as given (the sticky bit of /tmp included) and their owners: the one way to write what a
+ * directory walk normalises away.
+ */
+export async function writeTarGzFromEntries(entries: readonly MadeEntry[], out: Writable, opts: TarOptions): Promise<TarGzResult> {
+  const planned = entries.map((m): Planned => {
+    const name = m.type === "directory" ? `${m.path.replace(/\/+$/, "")}/` : m.path;
+    if (name.startsWith("/") || name.split("/").includes("..")) throw new TarError(`bad entry path ${JSON.stringify(m.path)}`);
+    const entry: TarEntry = { path: name, type: m.type, mode: m.mode & 0o7777, size: m.content?.length ?? 0, ...(m.uid ? { uid: m.uid } : {}), ...(m.gid ? { gid: m.gid } : {}) };
+    return { entry, ...(m.type === "file" ? { content: m.content ?? Buffer.alloc(0) } : {}) };
+  });
+  planned.sort((a, b) => byteCompare(a.entry.path, b.entry.path));
+  checkEpoch(opts.epoch);
+  return writeTarGz(planned, out, opts);
+}
+
+async function writeTarGz(planned: Planned[], out: Writable, opts: TarOptions): Promise<TarGzResult> {
   const raw = new HashTap();
   const gz = new HashTap();
   const gzip = new ParallelGzip({ zlib: GZIP_OPTIONS, inFlight: GZIP_BLOCKS_IN_FLIGHT });
