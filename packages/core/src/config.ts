@@ -118,6 +118,12 @@ const schema = z.object({
   HOMEOSTAT_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
   /** Largest source archive the builder downloads. */
   HOMEOSTAT_MAX_SOURCE_BYTES: z.coerce.number().int().positive().default(512 * 1024 * 1024),
+  /** The reconciler's upstream resolver: time limit of one fetch, fetches at once per host, tries while unavailable, first backoff, longest Retry-After waited in place (a longer one closes the host until then). */
+  HOMEOSTAT_UPSTREAM_TIMEOUT_MS: positiveMs.default(5 * 60_000),
+  HOMEOSTAT_UPSTREAM_HOST_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
+  HOMEOSTAT_UPSTREAM_TRIES: z.coerce.number().int().min(1).max(10).default(3),
+  HOMEOSTAT_UPSTREAM_BACKOFF_MS: positiveMs.default(1_000),
+  HOMEOSTAT_UPSTREAM_MAX_WAIT_MS: positiveMs.default(30_000),
   /** Largest uncompressed total of a source (or dependency) archive the builder unpacks. */
   HOMEOSTAT_MAX_UNPACKED_BYTES: z.coerce.number().int().positive().default(4 * 1024 * 1024 * 1024),
   /** Most entries (files, directories, links) in an archive the builder unpacks. */
@@ -199,6 +205,7 @@ export type Config = Readonly<{
   resyncMs: number;
   concurrency: number;
   maxSourceBytes: number;
+  upstream: { timeoutMs: number; perHostConcurrency: number; tries: number; backoffMs: number; maxWaitMs: number };
   maxUnpackedBytes: number;
   maxSourceEntries: number;
   buildSandbox: BuildSandboxSettings;
@@ -356,6 +363,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     resyncMs: e.HOMEOSTAT_RESYNC_MS,
     concurrency: e.HOMEOSTAT_CONCURRENCY,
     maxSourceBytes: e.HOMEOSTAT_MAX_SOURCE_BYTES,
+    upstream: {
+      timeoutMs: e.HOMEOSTAT_UPSTREAM_TIMEOUT_MS,
+      perHostConcurrency: e.HOMEOSTAT_UPSTREAM_HOST_CONCURRENCY,
+      tries: e.HOMEOSTAT_UPSTREAM_TRIES,
+      backoffMs: e.HOMEOSTAT_UPSTREAM_BACKOFF_MS,
+      maxWaitMs: e.HOMEOSTAT_UPSTREAM_MAX_WAIT_MS,
+    },
     maxUnpackedBytes: e.HOMEOSTAT_MAX_UNPACKED_BYTES,
     maxSourceEntries: e.HOMEOSTAT_MAX_SOURCE_ENTRIES,
     buildSandbox: {

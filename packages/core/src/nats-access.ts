@@ -134,7 +134,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
   reconciler: (g, t) => {
     workQueue(g, t);
     for (const p of priorities) g.consume(t.stream("work"), t.workConsumer(p));
-    g.kvList(t, "releases").kvList(t, "advisories");
+    // The upstream resolver records release facts and settles announcements.
+    g.kvList(t, "releases").kvWrite(t, "releases").kvList(t, "advisories");
     g.kvWrite(t, "state").pub(t.subjects("build"));
   },
   builder: (g, t) => {

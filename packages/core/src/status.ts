@@ -65,6 +65,8 @@ export const keyStatusSchema = z.object({
   /** NeedsAttention: the advisories that no bump or patch answers. */
   advisories: z.array(z.string()).optional(),
   traceId: z.string().optional(),
+  /** Why upstream releases could not all be resolved (unavailable, refused, a tag that moved), while that lasts; the key keeps its last version. */
+  upstream: z.string().max(4096).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digestSchema.optional(),
   updatedAt: z.string(),

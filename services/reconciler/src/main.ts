@@ -1,10 +1,11 @@
 /** reconciler: takes keys from the work queue and closes the gap between desired and actual. */
 import path from "node:path";
-import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore, UpstreamLedger } from "@homeostat/catalog";
 import { errorMessage, publish, runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { onCatalogReload } from "./catalog-watch.ts";
 import { buildMessageId, createReconciler } from "./reconcile.ts";
+import { UpstreamResolver } from "./upstream.ts";
 
 await runService("reconciler", async ({ config, log, nats, buckets, signal }) => {
   const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "reconciler") });
@@ -17,7 +18,16 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     onDeadLetter: async (letter) =>
       void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
   }));
+  const upstream = new UpstreamResolver({
+    releases,
+    ledger: new UpstreamLedger(buckets.releases),
+    // The builder's source rules: its size limit, loopback only (it has no setting for remote hosts either).
+    limits: { maxBytes: config.maxSourceBytes, allowRemote: false, ...config.upstream },
+    scratchDir: path.join(config.dataDir, "upstream"),
+    log,
+  });
   const reconcile = createReconciler({
+    resolveUpstream: (catalog, name, o) => upstream.resolve(catalog, name, o),
     catalog: () => source.current(),
     state,
     releases: (pkg) => releases.list(pkg),

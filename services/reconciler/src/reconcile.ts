@@ -13,6 +13,7 @@
 import { currentTraceId, makeKey, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
 import { done, doneWith, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
+import type { Resolution } from "./upstream.ts";
 
 export type ReconcilerDeps = {
   catalog: () => Catalog;
@@ -26,6 +27,11 @@ export type ReconcilerDeps = {
    */
   requestBuild: (req: BuildRequest, requestId: string) => Promise<void>;
   sourceDateEpoch: number;
+  /**
+   * Turns what upstream announced into release facts before deciding (upstream.ts); on a resync
+   * it also discovers. Absent: the known facts are used as they are.
+   */
+  resolveUpstream?: (catalog: Catalog, name: string, o: { discover: boolean }) => Promise<Resolution>;
   /** A build in flight for longer than this is asked for again (its builder may be gone). */
   staleBuildMs: number;
   log: Logger;
@@ -34,6 +40,32 @@ export type ReconcilerDeps = {
 export function createReconciler(deps: ReconcilerDeps) {
   return async function reconcile(item: WorkItem): Promise<ReconcileResult> {
     const catalog = deps.catalog();
+    const { kind, name } = parseKey(item.key);
+    // Upstream first: what it announced becomes release facts before the decision reads them.
+    const upstream = kind === "package" ? await resolve(item, catalog, name) : undefined;
+    const result = await decide(item, catalog);
+    // An upstream that could not be reached is looked at again when it said, or after the
+    // backoff; the key meanwhile keeps its last version (Ready, with the reason in its status).
+    if (!upstream?.unavailable || result.type === "nonRetriable") return result;
+    const ms = upstream.unavailable.retryAfterMs;
+    if (result.type === "done") return { type: "requeueAfter", ms, ...(result.children ? { children: result.children } : {}) };
+    return result.ms <= ms ? result : { ...result, ms };
+  };
+
+  async function resolve(item: WorkItem, catalog: Catalog, name: string): Promise<Resolution | undefined> {
+    if (!deps.resolveUpstream || !catalog.packages.get(name)?.upstream) return undefined;
+    const r = await deps.resolveUpstream(catalog, name, { discover: item.cause.type === "resync" });
+    const problems = [
+      ...(r.unavailable ? [`upstream unavailable (${r.unavailable.reason}); looking again in ${Math.ceil(r.unavailable.retryAfterMs / 1000)} s`] : []),
+      ...r.refused.map((why) => `release refused: ${why}`),
+      ...r.conflicts.map((c) => `release conflict: ${c.package} ${c.version}${c.tag ? ` (tag ${c.tag})` : ""} is recorded as ${c.recorded.commit ?? c.recorded.sha256} but now points at ${c.found.commit ?? c.found.sha256}; the recorded release stays`),
+    ];
+    const text = problems.length ? problems.join("; ").slice(0, 4096) : undefined;
+    await setStatus(deps, item.key, (s) => (s.upstream === text ? undefined : { ...s, upstream: text }));
+    return r;
+  }
+
+  async function decide(item: WorkItem, catalog: Catalog): Promise<ReconcileResult> {
     const { kind, name } = parseKey(item.key);
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
     if (!inCatalog) {
@@ -133,7 +165,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     await deps.requestBuild(buildRequestOf(desired.plan), at);
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs);
-  };
+  }
 }
 
 /** The key's open request for a build of `inputDigest`, if it has one. */

@@ -12,8 +12,9 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { loadCatalog, ReleaseStore, UpstreamLedger, type Catalog } from "@homeostat/catalog";
-import type { Logger } from "@homeostat/core";
+import { StateStore, type BuildRequest, type Logger, type WorkItem } from "@homeostat/core";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import { createReconciler } from "./reconcile.ts";
 import { UpstreamResolver, type UpstreamLimits } from "./upstream.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
@@ -156,6 +157,34 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const moved = await resolver.resolve(catalog, "fromgit", { discover: false });
     assert.deepEqual(moved.conflicts.map((c) => [c.version, c.recorded.commit, c.found.commit]), [["1.1", c11, c12]]);
     assert.equal((await releases.list("fromgit")).find((x) => x.version === "1.1")?.commit, c11);
+  });
+
+  test("the reconciler resolves before it decides; an unavailable upstream leaves the key Ready on its last version, with the reason", async () => {
+    const state = new StateStore(t.buckets.state);
+    const requested: BuildRequest[] = [];
+    const own = new UpstreamResolver({ releases, ledger, limits: { ...limits, tries: 1 }, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    const reconcile = createReconciler({
+      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: async () => [], sourceDateEpoch: 0, staleBuildMs: 60_000, log: quiet,
+      requestBuild: async (req) => void requested.push(req),
+      resolveUpstream: (c, n, o) => own.resolve(c, n, o),
+    });
+    const item: WorkItem = { v: 1, key: "package/templated", priority: "release", cause: { type: "release" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() };
+    // templated is built and signed at 2.0 (the facts above); then 2.2 is announced while its host is down.
+    await reconcile(item);
+    assert.equal(requested.at(-1)?.version, "2.1", "2.1, announced and now reachable, is resolved and asked for");
+    await state.update("package/templated", (s) => s && { ...s, phase: "Ready", actual: { version: s.desiredVersion!, inputDigest: s.desiredInputDigest!, outputs: { location: "test" }, signatures: {}, keyId: "k", builtAt: new Date().toISOString() } });
+    script.set("/dl/templated-2.2.tgz", [{ status: 503 }]);
+    await ledger.announce({ package: "templated", version: "2.2", origin: "anitya" });
+    const result = await reconcile(item);
+    const s = (await state.get("package/templated"))!;
+    assert.equal(s.phase, "Ready");
+    assert.equal(s.actual?.version, "2.1");
+    assert.match(s.upstream ?? "", /upstream unavailable \(2\.2: .*HTTP 503/);
+    assert.equal(result.type, "requeueAfter", "looked at again later");
+    files.set("/dl/templated-2.2.tgz", Buffer.from("templated 2.2"));
+    await reconcile(item);
+    assert.equal((await state.get("package/templated"))!.upstream, undefined, "the reason goes once resolved");
+    assert.equal(requested.at(-1)?.version, "2.2");
   });
 
   test("refusals are final for the version; an unreachable upstream is kept for later", async () => {
