@@ -104,7 +104,9 @@ test("the same inputs are built once: later requests, a restarted builder and co
 test("an image is cached too, and rebuilt when its tag no longer points at the stored manifest", async () => {
   const c = ctx("data-image");
   const builder = new Builder(c, { concurrency: 1 });
-  const p = (await builder.build(pkg("data", path.join(tmp, "runs-image")))).outputs;
+  // An image must be able to start its entrypoint: a static program (libc6-dev's libc.a).
+  const program = 'printf "int main(void) { return 0; }\\n" > true.c && mkdir -p $DESTDIR/usr/bin && cc -O2 -static -o $DESTDIR/usr/bin/true true.c';
+  const p = (await builder.build(pkg("data", path.join(tmp, "runs-image"), program))).outputs;
   const image: ImageBuildPlan = {
     catalogRevision: CATALOG_REVISION,
     kind: "image",
@@ -114,7 +116,7 @@ test("an image is cached too, and rebuilt when its tag no longer points at the s
     inputDigest: sha256Digest("img"),
     sourceDateEpoch: 0,
     packages: [{ name: "data", version: "1.0", archive: p.archive!, diffId: p.diffId!, size: p.size! }],
-    config: { entrypoint: [], cmd: [], env: {}, user: "", workdir: "", annotations: {} },
+    config: { entrypoint: ["/usr/bin/true"], cmd: [], env: {}, user: "65532", workdir: "", annotations: {} },
   };
   const first = await builder.build(image);
   assert.equal(first.cached, false);

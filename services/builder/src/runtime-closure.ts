@@ -55,6 +55,8 @@ export class Rootfs {
     const old = this.entries.get(clean);
     if (old?.type === "directory" && entry.type !== "directory") for (const k of [...this.entries.keys()]) if (k.startsWith(`${clean}/`)) this.entries.delete(k);
     this.entries.set(clean, entry);
+    // A layer may leave out parent directories; a runtime creates them when it unpacks.
+    for (let dir = path.posix.dirname(clean); dir !== "." && !this.entries.has(dir); dir = path.posix.dirname(dir)) this.entries.set(dir, { type: "directory", mode: 0o755, from: entry.from });
   }
 
   /** Applies a gzip tar layer (a package archive or a builder-made layer). */
@@ -152,7 +154,7 @@ export class ClosureCheck {
     } else if (!argv0.startsWith("/")) target = path.posix.join(config.workdir || "/", argv0);
     const r = this.fs.resolve(target);
     if ("path" in r) this.entrypointPath = r.path;
-    return this.program(target, `entrypoint ${argv0}`);
+    return this.program(target, argv0 === target ? `entrypoint ${argv0}` : `entrypoint ${argv0} (${target})`);
   }
 
   /** Problems of every other program in the image (each executable ELF file or `#!` script). */
@@ -188,7 +190,7 @@ export class ClosureCheck {
     if (!content) return [];
     if (depth > 8) return ["its interpreters nest more than 8 deep"];
     if (startsWithShebang(content)) return this.scriptNeeds(content, depth);
-    if (!isElf(content)) return [];
+    if (!isElf(content)) return ["is neither an ELF program nor a #! script: the kernel cannot execute it"];
     let elf;
     try {
       elf = parseElf(content);
@@ -202,7 +204,13 @@ export class ClosureCheck {
       const loader = this.fs.resolve(elf.interpreter);
       if ("missing" in loader || loader.entry.type !== "file") return [`needs its loader ${elf.interpreter}, which is not in the image`];
       musl = /ld-musl-/.test(path.posix.basename(elf.interpreter)) || /ld-musl-/.test(path.posix.basename(loader.path));
-      if (loader.entry.content && isElf(loader.entry.content) && parseElf(loader.entry.content).machine !== EM_X86_64) out.push(`its loader ${elf.interpreter} is not an x86-64 program`);
+      if (loader.entry.content) {
+        try {
+          if (parseElf(loader.entry.content).machine !== EM_X86_64) out.push(`its loader ${elf.interpreter} is not an x86-64 program`);
+        } catch (e) {
+          out.push(`its loader ${elf.interpreter} is not a well-formed ELF program (${(e as ElfError).message})`);
+        }
+      }
     }
     out.push(...this.libraryNeeds(p, elf.needed, elf.rpath, elf.runpath, musl, new Set([p])));
     return out;
