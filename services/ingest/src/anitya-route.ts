@@ -7,11 +7,13 @@
  * project's id or name; a package with no releaseMonitoring mapping is named when its own
  * name is the project name (most upstreams are known to Anitya by their own name).
  * One event per project and set of new versions, so the same message relayed twice
- * enqueues nothing.
+ * enqueues nothing. Before the event is accepted, each mapped package's new versions (those its
+ * policy accepts above its pinned version, the newest MAX_ANNOUNCED) are announced
+ * (UpstreamLedger), for the reconciler's upstream resolver to fetch, hash and record.
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { makeKey } from "@homeostat/core";
-import type { Catalog } from "@homeostat/catalog";
+import { eventId, makeKey } from "@homeostat/core";
+import { compareVersions, UpstreamLedger, type Catalog, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import type { Authenticate } from "./server.ts";
 
@@ -52,20 +54,33 @@ type AnityaBody = {
   message: { upstream_versions: string[]; old_version?: string | null };
 };
 
-export type AnityaRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; authenticate: Authenticate; bodyLimit: number };
+export type AnityaRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; releases: ReleaseStore; authenticate: Authenticate; bodyLimit: number };
+
+/** Versions announced per package and message: a project's history can list thousands. */
+const MAX_ANNOUNCED = 5;
 
 export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps) => {
+  const ledger = new UpstreamLedger(deps.releases.kv);
   app.post<{ Body: AnityaBody }>(
     "/v1/webhooks/anitya",
     { bodyLimit: deps.bodyLimit, schema: { body: bodySchema }, onRequest: async (req: FastifyRequest) => deps.authenticate(req) },
     async (req, reply) => {
       const { project: p, message } = req.body;
       const versions = [...new Set(message.upstream_versions)].sort();
+      const catalog = deps.catalog();
+      const names = packagesForProject(catalog, p.id, p.name);
+      const ref = `${p.id}:${versions.join(",")}`;
+      for (const name of names) {
+        const spec = catalog.packages.get(name)!;
+        const policy = catalog.policyOf(name);
+        const wanted = versions.filter((v) => policy.accept(v) !== undefined && compareVersions(v, spec.version) > 0).sort(compareVersions).slice(-MAX_ANNOUNCED);
+        for (const version of wanted) await ledger.announce({ package: name, version, origin: "anitya", event: eventId("anitya", ref) });
+      }
       const accepted = await deps.acceptor.accept({
         source: "anitya",
-        ref: `${p.id}:${versions.join(",")}`,
+        ref,
         summary: `release-monitoring project ${p.name} (${p.id}) found ${versions.join(", ")}`,
-        keys: packagesForProject(deps.catalog(), p.id, p.name).map((n) => makeKey("package", n)),
+        keys: names.map((n) => makeKey("package", n)),
         priority: "release",
         cause: "release",
         requestId: req.id,

@@ -6,13 +6,15 @@
  * `ping` -> 200; `release` -> the packages whose `upstream.github` is `repository.full_name`
  * are enqueued, when the action is in the policy (HOMEOSTAT_GITHUB_RELEASE_ACTIONS, drafts
  * never, pre-releases only with HOMEOSTAT_GITHUB_PRERELEASES); anything else -> 202, ignored.
- * A release is not recorded as a release fact: GitHub gives no digest of the tarball, so the
- * reconciler learns the version from upstream itself; the event only says the key may drift.
+ * GitHub gives no digest of the tarball, so the release is not a fact yet: for each mapped
+ * package whose tag mapping (`upstream.tag`) reads a version from the tag, an announcement is
+ * written (UpstreamLedger) before the event is accepted, and the reconciler's upstream resolver
+ * fetches the source, hashes it and records the fact when it reconciles the key.
  * Idempotency is by X-GitHub-Delivery: a redelivery (GitHub's "Redeliver") enqueues nothing.
  */
 import type { FastifyPluginAsync } from "fastify";
-import { makeKey } from "@homeostat/core";
-import type { Catalog } from "@homeostat/catalog";
+import { eventId, makeKey } from "@homeostat/core";
+import { UpstreamLedger, versionOfTag, type Catalog, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import { verifyGithubSignature } from "./auth.ts";
 import { Problem } from "./problem.ts";
@@ -21,6 +23,8 @@ import type { Authenticated } from "./server.ts";
 export type GithubRouteDeps = {
   catalog: () => Catalog;
   acceptor: Acceptor;
+  /** The release facts' bucket, where announcements are written. */
+  releases: ReleaseStore;
   /** Marks a delivery whose signature verified: its rate limit counts by the webhook, not by address. */
   authenticated: Authenticated;
   secret: string | undefined;
@@ -65,6 +69,7 @@ type GithubBody = {
 };
 
 export const githubRoute: FastifyPluginAsync<GithubRouteDeps> = async (app, deps) => {
+  const ledger = new UpstreamLedger(deps.releases.kv);
   // In this plugin only: keep the raw bytes; the signature is over them, not over re-serialised JSON.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(["application/json", "application/x-www-form-urlencoded"], { parseAs: "buffer", bodyLimit: deps.bodyLimit }, (_req, body, done) => done(null, body));
@@ -95,7 +100,12 @@ export const githubRoute: FastifyPluginAsync<GithubRouteDeps> = async (app, deps
       const why = skipReason(action, release, deps);
       if (why) return reply.code(202).send({ ignored: true, reason: why });
 
-      const names = deps.catalog().packagesForGithub(repository.full_name);
+      const catalog = deps.catalog();
+      const names = catalog.packagesForGithub(repository.full_name);
+      for (const name of names) {
+        const version = versionOfTag(catalog.packages.get(name)?.upstream, release.tag_name);
+        if (version) await ledger.announce({ package: name, version, tag: release.tag_name, origin: "github", event: eventId("github", delivery) });
+      }
       const accepted = await deps.acceptor.accept({
         source: "github",
         ref: delivery,

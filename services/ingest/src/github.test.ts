@@ -6,6 +6,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
+import { UpstreamLedger } from "@homeostat/catalog";
 import { ingestTestEnv, sign, type IngestTestEnv } from "../../../test/fixtures/ingest-env.ts";
 
 type Example = { name: string; examples: Array<Record<string, unknown> & { action?: string; release?: { prerelease: boolean; draft: boolean } }> };
@@ -51,6 +52,10 @@ test("a real signed release delivery enqueues the packages whose upstream is tha
   assert.equal(record.statusCode, 200, record.body);
   assert.deepEqual(record.json().keys.sort(), ["package/hello", "package/hello-mirror"]);
   assert.equal(record.json().source, "github");
+  // The tag becomes an announcement per package, for the reconciler's upstream resolver.
+  const tag = (published.release as unknown as { tag_name: string }).tag_name;
+  const announced = await new UpstreamLedger(env.t.buckets.releases).announced("hello");
+  assert.deepEqual(announced.map((a) => [a.version, a.tag, a.origin, a.event]), [[tag.replace(/^v/, ""), tag, "github", body.event]]);
 });
 
 test("every real example of every event is answered without error: release per policy, ping 200, others 202 ignored", async () => {

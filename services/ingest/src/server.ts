@@ -188,6 +188,7 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
   void app.register(releasesRoute, { ...feed, releases: deps.releases });
   void app.register(githubRoute, {
     catalog: deps.catalog,
+    releases: deps.releases,
     acceptor,
     authenticated,
     secret: settings.githubSecret,
@@ -196,7 +197,7 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     bodyLimit: BODY_LIMITS.github,
   });
   void app.register(advisoriesRoute, { ...feed, advisories: deps.advisories, bodyLimit: BODY_LIMITS.advisories, maxFutureSkewMs: settings.osvMaxFutureSkewMs });
-  void app.register(anityaRoute, { ...feed, bodyLimit: BODY_LIMITS.anitya });
+  void app.register(anityaRoute, { ...feed, releases: deps.releases, bodyLimit: BODY_LIMITS.anitya });
   void app.register(eventsRoute, { ledger: acceptor.ledger, authenticate });
   return Object.assign(app, { authMode: auth.mode });
 }
