@@ -3,6 +3,7 @@ export * from "./config.ts";
 export * from "./contracts.ts";
 export * from "./digest.ts";
 export * from "./events.ts";
+export * from "./failure.ts";
 export * from "./jetstream-errors.ts";
 export * from "./jetstream-pipe.ts";
 export * from "./key.ts";

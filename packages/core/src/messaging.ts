@@ -4,13 +4,19 @@
  * the edge and explicit outcomes.
  *
  * A handler either returns (ack), throws `NonRetriableError` or the message fails its schema
- * (term: it could never succeed, redelivering it would only loop), or throws anything else
- * (nak with exponential backoff: the work is retried, never lost).
+ * (term: it could never succeed, redelivering it would only loop), throws a `TransientError`
+ * with a delay (nak after that delay: the handler chose it and may have told the key's status),
+ * or throws anything else (nak with exponential backoff: the work is retried, never lost).
+ *
+ * While a handler runs, `msg.working()` is sent every quarter of the consumer's ack wait, so
+ * the ack wait can be short (HOMEOSTAT_STAGE_ACK_WAIT_MS): a process that dies stops sending
+ * it and its message goes to another consumer within one ack wait.
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { z } from "zod";
 import { decodeMessage, encodeMessage, ContractError } from "./contracts.ts";
 import type { Key } from "./key.ts";
+import { TransientError } from "./failure.ts";
 import { errorMessage, type Logger } from "./log.ts";
 import { contextFromHeaders, inSpan, SpanKind, traceHeaders } from "./telemetry.ts";
 import type { Nats, Stage } from "./topology.ts";
@@ -46,9 +52,11 @@ export type ConsumerOptions<S extends z.ZodType> = {
   log: Logger;
   signal: AbortSignal;
   backoff?: Backoff;
-  /** Ack-wait extension interval while a handler runs (msg.working()). */
+  /** Ack-wait extension interval while a handler runs (msg.working()); default a quarter of the consumer's ack wait. */
   heartbeatMs?: number;
   handle: (body: z.infer<S>, msg: JsMsg) => Promise<void>;
+  /** Told of a message that fails its schema before it is dropped (e.g. to record the refusal on the key its subject names). */
+  onMalformed?: (msg: JsMsg, reason: string) => Promise<void>;
 };
 
 /** Consumes until `signal` aborts; then waits for in-flight handlers and returns. */
@@ -56,20 +64,22 @@ export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptio
   const backoff = o.backoff ?? exponentialBackoff(1_000, 60_000);
   const { stream, consumer: name } = typeof o.stage === "string" ? { stream: n.topology.stream(o.stage), consumer: n.topology.consumer(o.stage) } : o.stage;
   const consumer = await n.js.consumers.get(stream, name);
+  const ackWaitMs = ((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000;
+  const heartbeatMs = o.heartbeatMs ?? Math.max(250, Math.floor(ackWaitMs / 4));
   const messages = await consumer.consume({ max_messages: o.concurrency });
   o.signal.addEventListener("abort", () => void messages.close(), { once: true });
   const inFlight = new Set<Promise<void>>();
 
   for await (const msg of messages) {
-    const run = handleOne(msg, o, backoff).finally(() => inFlight.delete(run));
+    const run = handleOne(msg, o, backoff, heartbeatMs).finally(() => inFlight.delete(run));
     inFlight.add(run);
     if (inFlight.size >= o.concurrency) await Promise.race(inFlight);
   }
   await Promise.allSettled(inFlight);
 }
 
-async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>, backoff: Backoff): Promise<void> {
-  const heartbeat = setInterval(() => msg.working(), o.heartbeatMs ?? 10_000);
+async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>, backoff: Backoff, heartbeatMs: number): Promise<void> {
+  const heartbeat = setInterval(() => msg.working(), heartbeatMs);
   try {
     await inSpan(o.spanName, { parent: contextFromHeaders(msg.headers), kind: SpanKind.CONSUMER, attributes: { "messaging.destination": msg.subject } }, async () => {
       let body: z.infer<S>;
@@ -77,6 +87,7 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
         body = decodeMessage(o.schema, msg.data);
       } catch (err) {
         o.log.error("rejected malformed message", { subject: msg.subject, reason: errorMessage(err) });
+        await o.onMalformed?.(msg, errorMessage(err)).catch((hookErr: unknown) => o.log.warn("could not record a malformed message", { subject: msg.subject, reason: errorMessage(hookErr) }));
         // A bare term: nats-server 2.9 ignores "+TERM <reason>" (2.10 added it), which would leave
         // the message to be redelivered forever; the reason is in the log.
         msg.term();
@@ -89,6 +100,9 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
         if (err instanceof NonRetriableError || err instanceof ContractError) {
           o.log.error("dropped message", { subject: msg.subject, reason: errorMessage(err) });
           msg.term();
+        } else if (err instanceof TransientError && err.retryAfterMs !== undefined) {
+          o.log.warn("retrying message", { subject: msg.subject, attempt: msg.info.deliveryCount, delayMs: err.retryAfterMs, reason: errorMessage(err) });
+          msg.nak(err.retryAfterMs);
         } else {
           const delay = backoff(msg.info.deliveryCount);
           o.log.warn("retrying message", { subject: msg.subject, attempt: msg.info.deliveryCount, delayMs: delay, reason: errorMessage(err) });

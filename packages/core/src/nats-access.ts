@@ -143,6 +143,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     // It computes the desired build itself from the catalog and these facts, as the reconciler does.
     g.kvList(t, "releases").kvList(t, "advisories");
     g.kvWrite(t, "state").pub(t.subjects("sign"));
+    // A build that ended in Failed is handed back to the queue at once (attempts.ts).
+    g.pub(t.subjects("intake"));
   },
   signer: (g, t) => {
     g.consume(t.stream("sign"), t.consumer("sign"));

@@ -8,6 +8,7 @@
 import { z } from "zod";
 import { buildOutputsSchema, causeSchema } from "./contracts.ts";
 import { digestSchema } from "./digest.ts";
+import { failureKinds } from "./failure.ts";
 import { keySchema } from "./key.ts";
 
 export const phases = ["Pending", "Reconciling", "Building", "Signing", "Ready", "Failed", "NeedsAttention", "DeadLettered"] as const;
@@ -67,6 +68,29 @@ export const keyStatusSchema = z.object({
   traceId: z.string().optional(),
   /** Why upstream releases could not all be resolved (unavailable, refused, a tag that moved), while that lasts; the key keeps its last version. */
   upstream: z.string().max(4096).optional(),
+  /**
+   * The last failure of the key's desired inputs (failure.ts), while it matters: how many times
+   * in a row they failed (or took their builder down), and when they are tried again.
+   */
+  failure: z.object({
+    inputDigest: digestSchema,
+    kind: z.enum(failureKinds),
+    reason: z.string().max(8192),
+    count: z.number().int().nonnegative(),
+    at: z.string(),
+    nextAt: z.string().optional(),
+  }).optional(),
+  /**
+   * The durable "started" mark of the build running now: a builder that finds another
+   * instance's mark on a redelivered request knows that builder died with it (failure.ts
+   * "crash"), and counts it, since a dead process reports nothing.
+   */
+  building: z.object({
+    inputDigest: digestSchema,
+    instance: z.string().max(256),
+    startedAt: z.string(),
+    crashes: z.number().int().nonnegative(),
+  }).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digestSchema.optional(),
   updatedAt: z.string(),

@@ -13,7 +13,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { ConfigError, type Config } from "./config.ts";
 import { EventLedger } from "./events.ts";
 import { priorities, type Priority } from "./contracts.ts";
-import { keyToken, type Key } from "./key.ts";
+import { keyFromToken, keySchema, keyToken, type Key } from "./key.ts";
 
 export type Stage = "intake" | "work" | "build" | "sign";
 export const stages: readonly Stage[] = ["intake", "work", "build", "sign"];
@@ -34,6 +34,13 @@ export class Topology {
   }
   subject(stage: Exclude<Stage, "work">, key: Key): string {
     return `${this.prefix}.${this.region}.${stage}.${keyToken(key)}`;
+  }
+  /** The key a stage's subject names, or undefined when the subject is not one of this stage's. */
+  keyOfSubject(stage: Exclude<Stage, "work">, subject: string): Key | undefined {
+    const head = `${this.prefix}.${this.region}.${stage}.`;
+    if (!subject.startsWith(head)) return undefined;
+    const parsed = keySchema.safeParse(keyFromToken(subject.slice(head.length)));
+    return parsed.success ? parsed.data : undefined;
   }
   subjects(stage: Stage): string {
     return `${this.prefix}.${this.region}.${stage}.>`;
@@ -192,7 +199,9 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
     await ensureConsumer(n, stage, {
       durable_name: t.consumer(stage),
       ack_policy: AckPolicy.Explicit,
-      ack_wait: stage === "build" ? 120_000_000_000 : 30_000_000_000,
+      // Short for build and sign, whose handlers keep it alive with msg.working() while they
+      // run: a dead builder's or signer's message is taken over within one ack wait.
+      ack_wait: (stage === "build" || stage === "sign" ? config.stageAckWaitMs : 30_000) * 1_000_000,
       max_deliver: -1,
       max_ack_pending: 10_000,
     });

@@ -72,12 +72,17 @@ export class QueueAdmin {
     return out.sort((a, b) => a.at - b.at || a.key.localeCompare(b.key));
   }
 
-  /** Queues a dead-lettered key again with fresh attempts; false when it is not in the dead letters. */
+  /**
+   * Queues a dead-lettered key again with fresh attempts, as an operator's request (cause
+   * "manual", which tells a reconciler to forget the failures that put it there); false when
+   * it is not in the dead letters.
+   */
   async retryDeadLetter(key: Key): Promise<boolean> {
     const rec = await this.records.read(this.records.keyOf(key));
     if (!rec || rec.value.phase !== "dead" || !rec.value.dead) return false;
     const item = rec.value.dead.item;
-    await this.placement.place({ ...item, attempts: 0, notBefore: 0, floor: 0, enqueuedAt: Date.now() });
+    const cause = { type: "manual" as const, detail: `retried from the dead letters (${rec.value.dead.reason})`.slice(0, 2048) };
+    await this.placement.place({ ...item, cause, attempts: 0, notBefore: 0, floor: 0, enqueuedAt: Date.now() });
     return true;
   }
 

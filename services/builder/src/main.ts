@@ -7,6 +7,13 @@
  * produces nothing. Inputs already built are answered from the build cache. How steps are
  * sandboxed is decided once at start (isolation.ts); the service does not start without it.
  *
+ * Failures end as core failure.ts says (attempts.ts): transient ones come back after a
+ * backoff, permanent and invalid ones mark the key Failed, and a build that keeps killing its
+ * builder is given up after HOMEOSTAT_BUILD_CRASH_LIMIT deaths. The build consumer's ack wait
+ * is short (HOMEOSTAT_STAGE_ACK_WAIT_MS) and kept alive while a build runs, so another builder
+ * takes over a dead one's build within seconds; at start a builder removes the workspaces of
+ * builders that died on this host (workspaces.ts).
+ *
  * Its identity key is generated on first run into HOMEOSTAT_BUILDER_DIR (default
  * `<data>/builder`, 0700; `builder.key` 0600, `builder.pub` for the signer to trust), or
  * given as HOMEOSTAT_BUILDER_KEY (a PEM file or the PEM itself).
@@ -17,7 +24,9 @@ import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
+import { withFailureHandling } from "./attempts.ts";
 import { createBuildHandler } from "./request.ts";
+import { claimWorkRoot, currentInstance } from "./workspaces.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
   // Probed where package builds make their workspaces (makeWorkspaceDir's default); no sandbox, no builder.
@@ -30,6 +39,9 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
   const identity = await keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key");
   log.info("builder identity", { keyId: identity.keyId, source: identity.source });
   const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
+  const instance = currentInstance();
+  const work = await claimWorkRoot(path.join(config.dataDir, "work"), instance);
+  if (work.removed.length) log.info("removed the workspaces of builders that died", { instances: work.removed });
   const refusals = meter().createCounter("homeostat.builder.refused", { description: "Build requests refused, by reason: the request is not what the catalog and the facts call for" });
   const builder = new Builder(
     {
@@ -39,15 +51,17 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
       unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
       isolation,
       sourceBaseDir: config.catalogDir,
+      workRoot: work.root,
       signal,
     },
     { concurrency: config.buildConcurrency },
   );
-  const handle = createBuildHandler({
+  const state = new StateStore(buckets.state);
+  const handleRequest = createBuildHandler({
     catalogAt: (revision) => catalogs.at(revision),
     releases: new ReleaseStore(buckets.releases),
     advisories: await AdvisoryStore.open(nats),
-    state: new StateStore(buckets.state),
+    state,
     sourceDateEpoch: config.sourceDateEpoch,
     build: (plan) => builder.build(plan),
     dataDir: config.dataDir,
@@ -57,6 +71,24 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     refused: (reason) => refusals.add(1, { reason }),
     log,
   });
-  const running = runConsumer(nats, { stage: "build", schema: buildRequestSchema, spanName: "builder.build", concurrency: config.concurrency, log, signal, heartbeatMs: 20_000, handle });
+  const handle = withFailureHandling(handleRequest, {
+    state, instance: instance.id, ackWaitMs: config.stageAckWaitMs, crashLimit: config.buildFailures.crashLimit, log,
+    enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),
+  });
+  // A request the contract refuses outright is recorded on the key its subject names, if that key is waiting for a build.
+  const onMalformed = async (msg: { subject: string }, reason: string) => {
+    const key = nats.topology.keyOfSubject("build", msg.subject);
+    if (!key) return;
+    const why = `invalid build request: ${reason}`.slice(0, 2048);
+    let failed = false;
+    await state.update(key, (s) => {
+      failed = s?.phase === "Building";
+      if (!failed || !s) return undefined;
+      const failure = s.desiredInputDigest ? { inputDigest: s.desiredInputDigest, kind: "invalid" as const, reason: why, count: 1, at: new Date().toISOString() } : undefined;
+      return { ...s, phase: "Failed", lastError: why, building: undefined, failure };
+    });
+    if (failed) await publish(nats, "intake", key, { v: 1, key, priority: "release", cause: { type: "built", detail: why } });
+  };
+  const running = runConsumer(nats, { stage: "build", schema: buildRequestSchema, spanName: "builder.build", concurrency: config.concurrency, log, signal, handle, onMalformed });
   return () => running;
 });

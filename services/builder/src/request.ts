@@ -24,7 +24,6 @@ import { type BuildDecision, DesiredState, type AdvisoryStore, type BuildPlan, t
 import { BUILD_RESULT_PREDICATE_TYPE, signDsse, type Signer, statementAbout } from "@homeostat/attest";
 import {
   BUILDER_VERSION,
-  errorMessage,
   NonRetriableError,
   parseKey,
   StateStore,
@@ -37,7 +36,7 @@ import {
   type SignRequest,
 } from "@homeostat/core";
 import type { Digest } from "@homeostat/core/digest";
-import { BuildFailure, type BuildResult } from "./build.ts";
+import type { BuildResult } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 
 /** Why a build request was refused (the `reason` attribute of homeostat.builder.refused). */
@@ -135,15 +134,10 @@ export function createBuildHandler(deps: BuildRequestDeps) {
       return;
     }
     deps.log.info("building", { key: req.key, version: req.version });
-    let result: BuildResult;
-    try {
-      result = await deps.build(plan);
-      if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
-    } catch (err) {
-      if (!(err instanceof BuildFailure)) throw err;
-      await deps.state.update(req.key, (s) => (s && s.desiredInputDigest !== req.inputDigest ? undefined : { ...(s ?? StateStore.initial(req.key)), phase: "Failed", lastError: err.message }));
-      throw new NonRetriableError(`${req.key}: ${errorMessage(err)}`);
-    }
+    // A failure is classified and recorded on the key by attempts.ts (a BuildFailure is
+    // permanent for these inputs unless its cause is the machine's, e.g. ENOSPC).
+    const result: BuildResult = await deps.build(plan);
+    if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
     const buildResult = await vouch(plan, result.outputs);
     await deps.state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
     await deps.publishSign({ v: 2, key: req.key, inputDigest: req.inputDigest, buildResult });

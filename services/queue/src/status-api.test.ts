@@ -307,10 +307,19 @@ test("ListDeadLetters lists a non-retriable key; RetryDeadLetter queues it again
 test("RetryDeadLetter of a key not in the dead letters is NOT_FOUND; of a bad key INVALID_ARGUMENT", async () => {
   let err = await grpcError(retryDeadLetter(client, "package/zlib"));
   assert.equal(err.code, Status.NOT_FOUND);
-  assert.equal(err.details, "package/zlib is not in the dead letters");
+  assert.equal(err.details, "package/zlib is neither in the dead letters nor Failed");
   err = await grpcError(retryDeadLetter(client, "package/../x"));
   assert.equal(err.code, Status.INVALID_ARGUMENT);
   assert.match(err.details, /^invalid key/);
+});
+
+test("RetryDeadLetter of a Failed key queues it as an operator's request", async () => {
+  const model = new StatusReadModel(redis, t.nats.topology);
+  await model.put({ ...minimal("package/x", "Failed"), lastError: "build refused (unknown-revision)" });
+  const before = (await queue.stats()).depth.release;
+  await retryDeadLetter(client, "package/x");
+  assert.equal((await queue.stats()).depth.release, before + 1);
+  await model.remove("package/x");
 });
 
 test("ListDeadLetters rejects a negative limit", async () => {

@@ -172,7 +172,11 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     async retryDeadLetter({ key }) {
       const parsed = parseKeyArg(key);
       if ("error" in parsed) throw invalid(parsed.error);
-      if (!(await queue.retryDeadLetter(parsed.key))) throw new ServerError(Status.NOT_FOUND, `${parsed.key} is not in the dead letters`);
+      if (await queue.retryDeadLetter(parsed.key)) return { retried: true };
+      // A key Failed for good (an invalid request, or failures not yet dead-lettered) is retried
+      // the same way: an operator's request, which starts its failure count afresh.
+      if ((await readModel.get(parsed.key))?.phase !== "Failed") throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
+      await queue.enqueue({ key: parsed.key, priority: "release", cause: { type: "manual", detail: "retried by an operator (it was Failed)" } });
       return { retried: true };
     },
 

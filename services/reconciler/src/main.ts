@@ -35,6 +35,7 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     requestBuild: async (req, requestId) => void (await publish(nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
     sourceDateEpoch: config.sourceDateEpoch,
     staleBuildMs: config.buildTimeoutMs * 2,
+    buildFailures: { retries: config.buildFailures.retries, backoffMs: config.buildFailures.backoffMs, backoffMaxMs: config.queue.backoffMaxMs },
     log,
   });
   const running = queue.run({ concurrency: config.concurrency, signal, reconcile });

@@ -97,7 +97,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
       advisories: (p) => advisories.list(p),
       requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
       sourceDateEpoch: 0,
-      staleBuildMs: 60_000,
+      staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
       log: quiet,
     });
   });
@@ -259,7 +259,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     let lose = true;
     const flaky = createReconciler({
-      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), sourceDateEpoch: 0, staleBuildMs: 60_000, log: quiet,
+      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), sourceDateEpoch: 0, staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 }, log: quiet,
       requestBuild: async (req, requestId) => {
         if (lose) throw new Error("connection lost before the publish");
         await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) });
@@ -276,6 +276,45 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await flaky(item(1));
     await flaky(item(2));
     assert.deepEqual(await builds(), ["package/left@1.5"], "the retry published it, and a second retry was a duplicate");
+  });
+
+  test("a failed build: retried after its backoff, dead-lettered when retries are spent or it kills its builder, afresh on an operator's retry", async () => {
+    const key = "package/left";
+    const digest = (await state.get(key))!.desiredInputDigest!;
+    assert.equal((await state.get(key))!.phase, "Building");
+    const fail = (kind: "permanent" | "crash" | "invalid", count: number, at = new Date()) =>
+      state.update(key, (s) => ({ ...s!, phase: "Failed", lastError: "step 2/2 (make) exited with code 2", failure: { inputDigest: digest, kind, reason: kind === "crash" ? "the builder died while building this key (3 times)" : "step 2/2 (make) exited with code 2", count, at: at.toISOString() } }));
+    const asked = async () => (await builds()).filter((b) => b === "package/left@1.5").length;
+    const before = await asked();
+
+    await fail("permanent", 1);
+    const wait = await run(key, { type: "built", id: digest });
+    assert.ok(wait.type === "requeueAfter" && wait.ms > 0 && wait.ms <= 1_000, JSON.stringify(wait));
+    assert.match((await state.get(key))!.lastError ?? "", /^retrying: build failed \(1 of 3\): step 2\/2 \(make\) exited with code 2, next at \d{4}-/);
+    assert.equal(await asked(), before, "not before its time");
+
+    await fail("permanent", 1, new Date(Date.now() - 5_000));
+    assert.equal((await run(key)).type, "requeueAfter");
+    const rebuilt = (await state.get(key))!;
+    assert.deepEqual({ phase: rebuilt.phase, count: rebuilt.failure?.count, nextAt: rebuilt.failure?.nextAt }, { phase: "Building", count: 1, nextAt: undefined }, "asked again, the count kept");
+    assert.equal(await asked(), before + 1);
+
+    await fail("permanent", 3);
+    assert.deepEqual(await run(key), { type: "nonRetriable", reason: "build failed 3 times: step 2/2 (make) exited with code 2" });
+    await state.update(key, (s) => ({ ...s!, phase: "DeadLettered" }));
+    assert.equal((await run(key)).type, "nonRetriable", "a resync of a dead letter builds nothing");
+    assert.equal(await asked(), before + 1);
+
+    await fail("crash", 3);
+    assert.deepEqual(await run(key), { type: "nonRetriable", reason: "the builder died while building this key (3 times)" });
+    await fail("invalid", 1);
+    assert.deepEqual(await run(key), { type: "done" });
+    assert.equal((await state.get(key))!.phase, "Failed", "an invalid request stays Failed until an operator retries");
+
+    assert.equal((await run(key, { type: "manual", detail: "retried by an operator" })).type, "requeueAfter");
+    const retried = (await state.get(key))!;
+    assert.deepEqual({ phase: retried.phase, failure: retried.failure }, { phase: "Building", failure: undefined }, "an operator's retry starts afresh");
+    assert.equal(await asked(), before + 2);
   });
 
   test("a catalog change touching one recipe enqueues exactly that key and its dependents", async () => {

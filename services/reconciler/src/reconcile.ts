@@ -10,8 +10,8 @@
  * chain. Each build asked for is remembered in the key's last builds, and settled (succeeded,
  * failed, superseded) as later runs observe its end.
  */
-import { currentTraceId, makeKey, parseKey, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
-import { done, doneWith, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
+import { currentTraceId, makeKey, parseKey, retryingText, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
+import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
 import type { Resolution } from "./upstream.ts";
 
@@ -34,6 +34,13 @@ export type ReconcilerDeps = {
   resolveUpstream?: (catalog: Catalog, name: string, o: { discover: boolean }) => Promise<Resolution>;
   /** A build in flight for longer than this is asked for again (its builder may be gone). */
   staleBuildMs: number;
+  /**
+   * Failed builds (core failure.ts): a permanent failure of the same inputs is built again
+   * `retries` times, after backoffMs × 2^(failures-1) capped at backoffMaxMs, then the key is
+   * dead-lettered; so is a build that took its builder down too often. An operator's retry
+   * (cause "manual") starts the count again.
+   */
+  buildFailures: { retries: number; backoffMs: number; backoffMaxMs: number };
   log: Logger;
 };
 
@@ -126,8 +133,13 @@ export function createReconciler(deps: ReconcilerDeps) {
       return children.length ? doneWith(children) : done;
     }
 
-    if (status.desiredInputDigest === desired.inputDigest) {
-      if (status.phase === "Failed") {
+    const manual = item.cause.type === "manual";
+    const failure = status.failure?.inputDigest === desired.inputDigest ? status.failure : undefined;
+    if (status.desiredInputDigest === desired.inputDigest && failure && !manual && (status.phase === "Failed" || status.phase === "DeadLettered")) {
+      const ended = await afterFailure(item, failure);
+      if (ended) return ended;
+    } else if (status.desiredInputDigest === desired.inputDigest) {
+      if (status.phase === "Failed" && !manual) {
         // The same inputs failed for good; new inputs retry. Remember the outcome once.
         await setStatus(deps, item.key, (s) => settleBuild(s, desired.inputDigest, "failed", s.updatedAt));
         return done;
@@ -154,9 +166,12 @@ export function createReconciler(deps: ReconcilerDeps) {
       // A build still open for other inputs will never be this key's result.
       const open = (s.builds ?? []).find((b) => b.outcome === "requested" && b.inputDigest !== desired.inputDigest);
       const base = open ? settleBuild(s, open.inputDigest, "superseded", at)! : s;
+      // The failures of these inputs keep counting across their retries; an operator's retry or new inputs start afresh.
+      const fresh = manual || s.failure?.inputDigest !== desired.inputDigest;
       return withBuild({
         ...base, phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
         cause: why, traceId, lastError: undefined, attempts: 0, waitingFor: undefined, advisories: undefined,
+        failure: fresh ? undefined : { ...s.failure!, nextAt: undefined }, building: fresh ? undefined : s.building,
       }, { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why });
     });
     // A fresh id per request: a build stream message id of key and input digest alone was
@@ -165,6 +180,25 @@ export function createReconciler(deps: ReconcilerDeps) {
     await deps.requestBuild(buildRequestOf(desired.plan), at);
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs);
+  }
+
+  /**
+   * What follows a failed build of the desired inputs: nothing for an invalid request (Failed
+   * until an operator retries or the inputs change), the dead letters once the retries are
+   * spent or the build kept killing its builder, else a retry at its time (undefined: now).
+   */
+  async function afterFailure(item: WorkItem, failure: NonNullable<KeyStatus["failure"]>): Promise<ReconcileResult | undefined> {
+    await setStatus(deps, item.key, (s) => settleBuild(s, failure.inputDigest, "failed", failure.at));
+    if (failure.kind === "invalid") return done;
+    if (failure.kind === "crash") return nonRetriable(failure.reason);
+    const { retries, backoffMs, backoffMaxMs } = deps.buildFailures;
+    if (failure.count > retries) return nonRetriable(`build failed ${failure.count} time${failure.count === 1 ? "" : "s"}: ${failure.reason}`.slice(0, 4096));
+    const nextAt = failure.nextAt ? Date.parse(failure.nextAt) : Date.parse(failure.at) + Math.min(backoffMaxMs, backoffMs * 2 ** Math.max(0, failure.count - 1));
+    if (Date.now() >= nextAt) return undefined;
+    const text = retryingText(`build failed (${failure.count} of ${retries + 1}): ${failure.reason}`, nextAt).slice(0, 8192);
+    await setStatus(deps, item.key, (s) =>
+      s.failure?.inputDigest !== failure.inputDigest || (s.failure.nextAt && s.lastError === text) ? undefined : { ...s, lastError: text, failure: { ...s.failure, nextAt: new Date(nextAt).toISOString() } });
+    return requeueAfter(nextAt - Date.now());
   }
 }
 

@@ -164,7 +164,7 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const requested: BuildRequest[] = [];
     const own = new UpstreamResolver({ releases, ledger, limits: { ...limits, tries: 1 }, scratchDir: path.join(t.dir, "scratch"), log: quiet });
     const reconcile = createReconciler({
-      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: async () => [], sourceDateEpoch: 0, staleBuildMs: 60_000, log: quiet,
+      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: async () => [], sourceDateEpoch: 0, staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 }, log: quiet,
       requestBuild: async (req) => void requested.push(req),
       resolveUpstream: (c, n, o) => own.resolve(c, n, o),
     });

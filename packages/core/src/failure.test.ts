@@ -1,0 +1,44 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { causeChain, classifyFailure, crashReason, retryingText, TransientError, transientCause } from "./failure.ts";
+
+class StepFailed extends Error {}
+class Refused extends Error {}
+const is = { permanent: (e: unknown) => e instanceof StepFailed, invalid: (e: unknown) => e instanceof Refused };
+
+function errno(code: string, message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code });
+}
+
+test("a disk-full or connection error is transient, even wrapped in a permanent failure", () => {
+  const wrapped = new StepFailed("source.tar.gz: unpacking failed: write failed", { cause: errno("ENOSPC", "ENOSPC: no space left on device, write") });
+  assert.deepEqual(classifyFailure(wrapped, is), { kind: "transient", reason: "ENOSPC: source.tar.gz: unpacking failed: write failed" });
+  assert.equal(classifyFailure(errno("EROFS", "EROFS: read-only file system"), is).kind, "transient");
+  assert.equal(classifyFailure(errno("ECONNRESET", "socket hang up"), is).kind, "transient");
+  assert.equal(transientCause(Object.assign(new Error("upstream"), { status: 503 })), "HTTP 503");
+  assert.equal(transientCause(Object.assign(new Error("rate limited"), { statusCode: 429 })), "HTTP 429");
+  assert.equal(transientCause(new TransientError("held elsewhere", { retryAfterMs: 5 })), "held elsewhere");
+});
+
+test("a failing step is permanent, a refused request invalid, an unknown error transient", () => {
+  assert.deepEqual(classifyFailure(new StepFailed("step make exited with code 2"), is), { kind: "permanent", reason: "step make exited with code 2" });
+  assert.equal(classifyFailure(new Refused("input digest mismatch"), is).kind, "invalid");
+  assert.equal(classifyFailure(Object.assign(new Error("not found"), { status: 404 }), is).kind, "transient", "neither claims it: retried, never dropped");
+  assert.equal(classifyFailure(errno("ENOENT", "no such file"), is).kind, "transient");
+  assert.equal(classifyFailure(new StepFailed("bad", { cause: errno("ENOENT", "x") }), is).kind, "permanent", "ENOENT is not the machine's fault");
+});
+
+test("a cause chain is followed to a bounded depth, cycles included", () => {
+  const a = new Error("a");
+  const b = new Error("b", { cause: a });
+  (a as { cause?: unknown }).cause = b;
+  assert.equal(causeChain(a).length, 2);
+  let deep: Error = errno("EIO", "deep");
+  for (let i = 0; i < 40; i++) deep = new Error(`level ${i}`, { cause: deep });
+  assert.equal(transientCause(deep), undefined, "an EIO 40 levels down is past the bound");
+});
+
+test("status texts", () => {
+  assert.equal(retryingText("ENOSPC", Date.UTC(2030, 0, 1)), "retrying: ENOSPC, next at 2030-01-01T00:00:00.000Z");
+  assert.equal(crashReason("builder", 3), "the builder died while building this key (3 times)");
+});

@@ -1,0 +1,136 @@
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createLogger, NonRetriableError, StateStore, TransientError, type BuildRequest, type EnqueueRequest } from "@homeostat/core";
+import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import { withFailureHandling } from "./attempts.ts";
+import { BuildFailure } from "./errors.ts";
+import { BuildRefusedError } from "./request.ts";
+
+const quiet = createLogger("attempts-test");
+const digest = (c: string) => `sha256:${c.repeat(64)}` as const;
+const delivery = { info: { deliveryCount: 1 } };
+
+describe("build attempts (real NATS KV)", () => {
+  let t: TestEnv;
+  let state: StateStore;
+  let n = 0;
+  before(async () => {
+    t = await testEnv();
+    state = new StateStore(t.buckets.state);
+  });
+  after(async () => t.cleanup());
+
+  /** A key waiting for a build of its desired inputs, as the reconciler leaves it. */
+  async function building(): Promise<BuildRequest> {
+    const key = `package/k${++n}` as const;
+    await state.update(key, () => ({ ...StateStore.initial(key), phase: "Building", desiredInputDigest: digest("a"), desiredVersion: "1.0" }));
+    return { v: 2, key, catalogRevision: digest("c"), inputDigest: digest("a"), version: "1.0" };
+  }
+
+  function wrap(instance: string, handle: (req: BuildRequest) => Promise<void>, told: EnqueueRequest[] = [], o: { ackWaitMs?: number; crashLimit?: number } = {}) {
+    return withFailureHandling(handle, { state, instance, ackWaitMs: o.ackWaitMs ?? 50, crashLimit: o.crashLimit ?? 2, backoff: () => 1_234, enqueue: async (r) => void told.push(r), log: quiet });
+  }
+  const never = () => new Promise<void>(() => {});
+
+  test("a build that kills its builder is counted through its mark and given up at the limit", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    // Builder A starts it and dies (its handler never settles: a killed process reports nothing).
+    void wrap("host_1_1", never)(req, delivery);
+    await waitFor(async () => (await state.get(req.key))?.building?.instance === "host_1_1");
+    // Redelivered at once: A may be alive, so B hands it back for one ack wait.
+    await assert.rejects(wrap("host_2_2", never)(req, delivery), (e: unknown) => e instanceof TransientError && e.retryAfterMs === 50);
+    await sleep(60);
+    void wrap("host_2_2", never)(req, delivery);
+    await waitFor(async () => (await state.get(req.key))?.building?.crashes === 1);
+    await sleep(60);
+    let ran = false;
+    await wrap("host_3_3", async () => void (ran = true), told)(req, delivery);
+    const s = (await state.get(req.key))!;
+    assert.equal(ran, false, "the build is not run again");
+    assert.equal(s.phase, "Failed");
+    assert.equal(s.lastError, "the builder died while building this key (2 times)");
+    assert.deepEqual({ kind: s.failure?.kind, count: s.failure?.count }, { kind: "crash", count: 2 });
+    assert.equal(s.building, undefined);
+    assert.equal(told.length, 1, "the queue is told, so the reconciler dead-letters it now");
+  });
+
+  test("a failing step marks the key Failed and counts the failures of these inputs", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    const failing = wrap("host_1_1", async () => {
+      throw new BuildFailure("step 1/2 (make) exited with code 2");
+    }, told);
+    await assert.rejects(failing(req, delivery), NonRetriableError);
+    let s = (await state.get(req.key))!;
+    assert.deepEqual({ phase: s.phase, lastError: s.lastError, kind: s.failure?.kind, count: s.failure?.count, building: s.building }, { phase: "Failed", lastError: "step 1/2 (make) exited with code 2", kind: "permanent", count: 1, building: undefined });
+    // The reconciler's retry sets it Building again, keeping the count.
+    await state.update(req.key, (c) => ({ ...c!, phase: "Building" }));
+    await assert.rejects(failing(req, delivery), NonRetriableError);
+    s = (await state.get(req.key))!;
+    assert.equal(s.failure?.count, 2);
+    assert.equal(told.length, 2);
+    assert.equal(told[0]!.cause.id, req.inputDigest);
+  });
+
+  test("a full disk while unpacking is transient: Building, retrying with its time, the mark gone", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    const enospc = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    const before = Date.now();
+    await assert.rejects(
+      wrap("host_1_1", async () => {
+        throw new BuildFailure("src.tar.gz: unpacking failed: ENOSPC: no space left on device, write", { cause: enospc });
+      }, told)(req, delivery),
+      (e: unknown) => e instanceof TransientError && e.retryAfterMs === 1_234,
+    );
+    const s = (await state.get(req.key))!;
+    assert.equal(s.phase, "Building");
+    const m = /^retrying: .*ENOSPC.*, next at (\S+)$/.exec(s.lastError ?? "");
+    assert.ok(m, s.lastError);
+    assert.ok(Math.abs(Date.parse(m[1]!) - (before + 1_234)) < 2_000);
+    assert.equal(s.building, undefined);
+    assert.equal(s.failure, undefined);
+    assert.equal(told.length, 0);
+  });
+
+  test("a refused request fails the key it was asked for at once, and leaves a key that moved on alone", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    const refusing = wrap("host_1_1", async () => {
+      throw new BuildRefusedError("unknown-revision", "catalog revision is not one this builder has");
+    }, told);
+    await assert.rejects(refusing(req, delivery), BuildRefusedError);
+    const s = (await state.get(req.key))!;
+    assert.deepEqual({ phase: s.phase, kind: s.failure?.kind }, { phase: "Failed", kind: "invalid" });
+    const other = await building();
+    const stale = { ...other, inputDigest: digest("b") };
+    const was = await state.get(other.key);
+    await assert.rejects(refusing(stale, delivery), BuildRefusedError);
+    assert.deepEqual(await state.get(other.key), was, "a request for other inputs changes nothing");
+    assert.equal(told.length, 1);
+  });
+
+  test("a build that succeeds clears its mark and the failures of its inputs", async () => {
+    const req = await building();
+    await state.update(req.key, (c) => ({ ...c!, failure: { inputDigest: digest("a"), kind: "permanent", reason: "flaky", count: 1, at: new Date().toISOString() } }));
+    await wrap("host_1_1", async () => {
+      assert.equal((await state.get(req.key))?.building?.instance, "host_1_1", "marked while it runs");
+    })(req, delivery);
+    const s = (await state.get(req.key))!;
+    assert.equal(s.building, undefined);
+    assert.equal(s.failure, undefined);
+  });
+});
+
+function sleep(ms: number) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error("condition not reached in time");
+    await sleep(10);
+  }
+}
