@@ -9,7 +9,7 @@
  * prefix to the server and returns their directory (for startFactory), and `connectAs(service)`
  * connects as one of them, with exactly that service's permissions (nats-access.ts).
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -88,6 +88,9 @@ export async function testEnv(extra: Record<string, string> = {}): Promise<TestE
   const s = await natsServer();
   const prefix = `t${randomBytes(5).toString("hex")}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-test-"));
+  // Searchable by others (not readable): a builder running as root runs build steps as
+  // HOMEOSTAT_BUILD_UID, which must reach the workspaces under <dir>/data/work.
+  chmodSync(dir, 0o711);
   const env = { NATS_URL: s.url, NATS_NKEY_SEED_FILE: s.adminSeed, REDIS_URL: redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: path.join(dir, "data"), ...extra };
   const config = loadConfig(env);
   const nats = await connectNats(config, `test-${prefix}`);

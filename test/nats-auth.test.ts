@@ -79,12 +79,14 @@ describe("each service is refused what is not its job", () => {
     assert.equal((await t.buckets.state.get("package.forged"))?.string(), "{}");
   });
 
-  test("only ingest may write release facts", async () => {
+  test("only ingest and the reconciler's upstream resolver may write release facts", async () => {
     const bucket = t.nats.topology.bucket("releases");
-    for (const s of ["reconciler", "builder", "signer", "queue"] as const) await refused((await kv(await as(s), bucket)).put("libgreet.9.9", "{}"));
+    for (const s of ["builder", "signer", "queue"] as const) await refused((await kv(await as(s), bucket)).put("libgreet.9.9", "{}"));
     assert.equal(await t.buckets.releases.get("libgreet.9.9"), null);
     await (await kv(await as("ingest"), bucket)).put("libgreet.9.9", "{}");
     assert.ok(await t.buckets.releases.get("libgreet.9.9"));
+    await (await kv(await as("reconciler"), bucket)).put("libgreet.9.8", "{}");
+    assert.ok(await t.buckets.releases.get("libgreet.9.8"));
   });
 
   test("the builder, the signer and ingest may not touch run records; the reconciler may, in its region only", async () => {

@@ -12,8 +12,8 @@
  * - queue owns the topology (creates and updates streams, buckets, consumers), admits the
  *   audit stream's and the intake stream's keys into the work stream, runs the work queue's
  *   API (enqueue, retry, sweep: run records), reads status, releases and advisories;
- * - reconciler takes keys from the work stream under run records, reads releases,
- *   advisories and state, writes state, asks for builds;
+ * - reconciler takes keys from the work stream under run records, reads advisories and
+ *   state, writes state, asks for builds, and (its upstream resolver) records release facts;
  * - builder takes build requests, reads releases, advisories and state (to compute the desired
  *   build itself), writes state, asks for signatures;
  * - signer takes sign requests, reads and writes state, asks for the key's re-intake.
