@@ -12,11 +12,12 @@ import type { KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 import { startOtlpReceiver } from "./otlp-receiver.ts";
+import { runBundle, unpackImage } from "./fixtures/run-image.ts";
 
 const catalogDir = path.join(repoRoot, "examples", "catalog");
 const tarball = (name: string) => path.join(repoRoot, "examples", "sources", `${name}.tar.gz`);
 const sha256Of = (file: string) => execFileSync("sha256sum", [file], { encoding: "utf8" }).split(" ")[0]!;
-const catalogKeys = ["image/devkit", "image/greeter", "package/greet", "package/libgreet", "package/motd"];
+const catalogKeys = ["image/devkit", "image/greeter", "package/busybox", "package/greet", "package/libgreet", "package/motd", "package/musl"];
 
 describe("factory end to end", { timeout: 600_000 }, () => {
   let t: TestEnv;
@@ -87,10 +88,12 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     const [layoutDir, tag] = splitLocation(greeter.actual!.outputs.location);
     const inspect = JSON.parse(execFileSync("skopeo", ["inspect", `oci:${layoutDir}:${tag}`], { encoding: "utf8" })) as { Digest: string };
     assert.equal(inspect.Digest, greeter.actual!.outputs.manifest);
+    // ... that runs: its entrypoint started by a container runtime in its own rootfs (fixtures/run-image.ts).
     const bundle = path.join(mkdtempSync(path.join(t.dir, "umoci-")), "bundle");
-    execFileSync("umoci", ["unpack", "--rootless", "--image", `${layoutDir}:${tag}`, bundle], { stdio: "pipe" });
-    const greetBin = path.join(bundle, "rootfs", "usr", "bin", "greet");
-    assert.match(execFileSync(greetBin, ["tester"], { encoding: "utf8" }), /tester/);
+    unpackImage(layoutDir, tag, bundle);
+    const ran = await runBundle(bundle, { argv: ["/usr/bin/greet", "tester"] });
+    console.log(`# image/greeter:${tag} run by ${ran.runtime}: ${ran.stdout.trim()}`);
+    assert.equal(ran.stdout, "Greetings, tester! Have a good day.\n", ran.stderr); // libgreet 1.1's greeting
     verifyCosignSignature(layoutDir, greeter.actual!.outputs.manifest!, path.join(t.env.HOMEOSTAT_DATA!, "signer", "cosign.pub"), t.dir);
     // The SBOM and provenance attestations the signer attached verify offline with the CLI.
     const verified = spawnSync(path.join(repoRoot, "packages", "cli", "bin", "homeostat"), ["verify", `${layoutDir}:${tag}`, "--json"], {
