@@ -104,8 +104,6 @@ const schema = z.object({
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
   HOMEOSTAT_BUILD_TIMEOUT_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_LEASE_MS: positiveMs.default(30_000),
-  /** Failed runs of a key before it moves to the dead letters. */
-  HOMEOSTAT_QUEUE_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1000).default(10),
   /** Ack wait of the build and sign consumers, kept alive by msg.working() while work runs: how soon a dead builder's or signer's work is taken over. */
   HOMEOSTAT_STAGE_ACK_WAIT_MS: z.coerce.number().int().min(1_000).default(10_000),
   /** How many times a build that failed for its inputs (a step, a test, a checksum) is retried with backoff before the key is dead-lettered. */
@@ -114,10 +112,10 @@ const schema = z.object({
   HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS: positiveMs.default(30_000),
   /** How many times a build may take its builder down with it before the key is dead-lettered. */
   HOMEOSTAT_BUILD_CRASH_LIMIT: z.coerce.number().int().min(1).max(100).default(3),
-  /** Startup steps (NATS, disk, keys) that fail are retried with backoff up to this delay between tries, never by exiting. */
+  /** Start-up steps that fail on the environment (disk, keys) are retried with backoff up to this delay between tries, never by exiting. */
   HOMEOSTAT_STARTUP_BACKOFF_MAX_MS: positiveMs.default(30_000),
-  /** How often each service publishes its heartbeat (instance, version, health, last error). */
-  HOMEOSTAT_HEARTBEAT_MS: positiveMs.default(5_000),
+  /** Failed runs of a key before it moves to the dead letters. */
+  HOMEOSTAT_QUEUE_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1000).default(10),
   /** Retry backoff: base × 2^(attempt-1), capped, with jitter. */
   HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: positiveMs.default(30_000),
   HOMEOSTAT_QUEUE_BACKOFF_MAX_MS: positiveMs.default(10 * 60_000),
@@ -234,7 +232,6 @@ export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesse
   /** The failure taxonomy's bounds (failure.ts): permanent build failures retried, builder deaths tolerated. */
   buildFailures: { retries: number; backoffMs: number; crashLimit: number };
   startupBackoffMaxMs: number;
-  heartbeatMs: number;
 /** How the builder sandboxes build steps (services/builder/src/isolation.ts). */
 export type BuildSandboxSettings = { isolation: "bubblewrap" | "none"; allowUnsandboxed: boolean; uid: number; limits: BuildLimits };
 
@@ -403,7 +400,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stageAckWaitMs: e.HOMEOSTAT_STAGE_ACK_WAIT_MS,
     buildFailures: { retries: e.HOMEOSTAT_BUILD_FAILURE_RETRIES, backoffMs: e.HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS, crashLimit: e.HOMEOSTAT_BUILD_CRASH_LIMIT },
     startupBackoffMaxMs: e.HOMEOSTAT_STARTUP_BACKOFF_MAX_MS,
-    heartbeatMs: e.HOMEOSTAT_HEARTBEAT_MS,
     },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,

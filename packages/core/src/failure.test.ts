@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { causeChain, classifyFailure, crashReason, retryingText, TransientError, transientCause } from "./failure.ts";
+import { causeChain, classifyFailure, crashReason, retryingText, retryUntilItWorks, TransientError, transientCause } from "./failure.ts";
 
 class StepFailed extends Error {}
 class Refused extends Error {}
@@ -41,4 +41,20 @@ test("a cause chain is followed to a bounded depth, cycles included", () => {
 test("status texts", () => {
   assert.equal(retryingText("ENOSPC", Date.UTC(2030, 0, 1)), "retrying: ENOSPC, next at 2030-01-01T00:00:00.000Z");
   assert.equal(crashReason("builder", 3), "the builder died while building this key (3 times)");
+});
+
+test("a start-up step is tried again until it works, logging each failure; a stop ends the wait", async () => {
+  const warnings: string[] = [];
+  const log = { warn: (msg: string, f?: Record<string, unknown>) => void warnings.push(`${msg}: ${String(f?.reason)}`) };
+  let tries = 0;
+  const key = await retryUntilItWorks("writing the key", async () => {
+    if (++tries < 3) throw errno("ENOSPC", "ENOSPC: no space left on device, open 'cosign.pub'");
+    return "key";
+  }, { log, signal: new AbortController().signal, maxDelayMs: 20, firstDelayMs: 5 });
+  assert.equal(key, "key");
+  assert.deepEqual(warnings, Array(2).fill("writing the key failed; trying again: ENOSPC: no space left on device, open 'cosign.pub'"));
+  const stop = new AbortController();
+  const waiting = retryUntilItWorks("never", async () => Promise.reject(new Error("down")), { log, signal: stop.signal, maxDelayMs: 60_000, firstDelayMs: 60_000 });
+  stop.abort();
+  await assert.rejects(waiting);
 });

@@ -86,3 +86,25 @@ export function retryingText(reason: string, nextAt: number): string {
 export function crashReason(service: string, crashes: number): string {
   return `the ${service} died while building this key (${crashes} time${crashes === 1 ? "" : "s"})`;
 }
+
+/**
+ * Runs a start-up step until it succeeds: a service must not exit on the environment (a full
+ * disk, a key not readable yet, a server not up), since nothing may restart it. Each failure
+ * is logged with the next try's time; the delay doubles up to `maxDelayMs`. Rejects only when
+ * `signal` aborts (the service is stopping).
+ */
+export async function retryUntilItWorks<T>(what: string, step: () => Promise<T>, o: { log: { warn: (msg: string, fields?: Record<string, unknown>) => void }; signal: AbortSignal; maxDelayMs: number; firstDelayMs?: number }): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    o.signal.throwIfAborted();
+    try {
+      return await step();
+    } catch (err) {
+      const delay = Math.min(o.maxDelayMs, (o.firstDelayMs ?? 500) * 2 ** (attempt - 1));
+      o.log.warn(`${what} failed; trying again`, { attempt, reason: err instanceof Error ? err.message : String(err), nextAt: new Date(Date.now() + delay).toISOString() });
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        o.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+      });
+    }
+  }
+}

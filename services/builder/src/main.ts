@@ -20,7 +20,7 @@
  */
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
-import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore } from "@homeostat/core";
+import { buildRequestSchema, meter, publish, retryUntilItWorks, runConsumer, runService, StateStore } from "@homeostat/core";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
@@ -36,11 +36,12 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     process.exit(78); // EX_CONFIG
   });
   log.info("build isolation", { isolation: isolation.kind, limits: isolation.limits, ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}) });
-  const identity = await keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key");
+  const startup = { log, signal, maxDelayMs: config.startupBackoffMaxMs };
+  const identity = await retryUntilItWorks("loading the builder key", () => keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key"), startup);
   log.info("builder identity", { keyId: identity.keyId, source: identity.source });
   const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
   const instance = currentInstance();
-  const work = await claimWorkRoot(path.join(config.dataDir, "work"), instance);
+  const work = await retryUntilItWorks("preparing the workspaces", () => claimWorkRoot(path.join(config.dataDir, "work"), instance), startup);
   if (work.removed.length) log.info("removed the workspaces of builders that died", { instances: work.removed });
   const refusals = meter().createCounter("homeostat.builder.refused", { description: "Build requests refused, by reason: the request is not what the catalog and the facts call for" });
   const builder = new Builder(

@@ -6,16 +6,18 @@
  * run into HOMEOSTAT_SIGNER_DIR (default `<data>/signer`, made 0700; `cosign.key` 0600,
  * `cosign.pub` beside it for verifiers), or given as HOMEOSTAT_SIGNING_KEY (a PEM file or the
  * PEM itself). In compose or Kubernetes that directory is a volume or Secret mounted into the
- * signer only. The builders it trusts are HOMEOSTAT_TRUSTED_BUILDER_KEYS (PEM files; default
+ * signer only. A key it cannot load or write at start (disk full, not mounted yet) is tried
+ * again with backoff, logged, instead of ending the process. The builders it trusts are HOMEOSTAT_TRUSTED_BUILDER_KEYS (PEM files; default
  * the local builder's `<data>/builder/builder.pub`).
  */
-import { meter, publish, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
+import { meter, publish, retryUntilItWorks, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
 import { readTrustedKeys, Registry } from "@homeostat/attest";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { createSignHandler } from "./handle.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
-  const signer = await keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key");
+  // A full disk while the key is first written, or a key file not mounted yet, is waited out, not an exit.
+  const signer = await retryUntilItWorks("loading the signing key", () => keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key"), { log, signal, maxDelayMs: config.startupBackoffMaxMs });
   log.info("signing key loaded", { keyId: signer.keyId, source: signer.source });
   log.info("trusting builder keys from", { files: config.trustedBuilderKeyPaths });
   if (config.signUnsandboxed) log.warn("HOMEOSTAT_SIGN_UNSANDBOXED=true: builds whose steps ran without the sandbox are signed too, marked as such (development only)");
