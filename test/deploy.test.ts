@@ -97,3 +97,61 @@ type K8sObject = {
     };
   };
 };
+
+const collectorConfig = parse(readFileSync(path.join(repoRoot, "deploy", "k8s", "otel-collector", "config.yaml"), "utf8")) as {
+  receivers: { otlp: { protocols: Record<string, unknown> } };
+  exporters: Record<string, { endpoint?: string }>;
+  service: { pipelines: Record<string, { receivers: string[]; exporters: string[] }> };
+};
+
+test("telemetry: every service sends to the collector only, which sends traces to Tempo and metrics to Prometheus", () => {
+  for (const name of serviceIdentities) {
+    const env = compose.services[name]!.environment ?? {};
+    assert.equal(env.OTEL_EXPORTER_OTLP_ENDPOINT, "http://otel-collector:4318", name);
+    assert.equal(env.OTEL_SERVICE_NAME, undefined, `${name}: service.name defaults to the service's own name`);
+  }
+  assert.ok(volumesOf(compose.services["otel-collector"]!).includes("./k8s/otel-collector/config.yaml"));
+  assert.deepEqual(compose.services["otel-collector"]!.ports ?? [], [], "the collector is not published");
+  assert.deepEqual(Object.keys(collectorConfig.receivers.otlp.protocols).sort(), ["grpc", "http"]);
+  assert.deepEqual(collectorConfig.service.pipelines.traces!.exporters, ["otlp/tempo"]);
+  assert.equal(collectorConfig.exporters["otlp/tempo"]!.endpoint, "tempo:4317");
+  assert.deepEqual(collectorConfig.service.pipelines.metrics!.exporters, ["prometheus"]);
+  const scrape = parse(readFileSync(path.join(repoRoot, "deploy", "prometheus", "prometheus.yaml"), "utf8")) as { scrape_configs: { static_configs: { targets: string[] }[] }[] };
+  assert.deepEqual(scrape.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)), [`otel-collector:${collectorConfig.exporters.prometheus!.endpoint!.split(":")[1]}`]);
+});
+
+test("telemetry: Grafana is provisioned with Tempo and Prometheus, linked, and a dashboard whose queries name exported metrics", () => {
+  const dir = path.join(repoRoot, "deploy", "grafana");
+  const sources = ["tempo.yaml", "prometheus.yaml"].flatMap((f) => (parse(readFileSync(path.join(dir, "provisioning", "datasources", f), "utf8")) as { datasources: { uid: string; type: string; jsonData?: Record<string, { datasourceUid?: string }> }[] }).datasources);
+  assert.deepEqual(sources.map((s) => s.type).sort(), ["prometheus", "tempo"]);
+  assert.equal(sources.find((s) => s.type === "tempo")!.jsonData!.tracesToMetrics!.datasourceUid, "prometheus");
+  assert.ok(volumesOf(compose.services.grafana!).includes("./grafana/dashboards"));
+  const dashboard = JSON.parse(readFileSync(path.join(dir, "dashboards", "homeostat.json"), "utf8")) as { panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[] };
+  const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join("\n");
+  // Prometheus names of what the services export (the collector adds _total and unit suffixes).
+  for (const metric of ["homeostat_queue_depth", "homeostat_messages_processed_total", "messaging_process_duration_seconds_bucket", "homeostat_builder_refused_total", "homeostat_signer_refused_total", "http_server_request_duration_seconds_count", "target_info"]) {
+    assert.ok(exprs.includes(metric), `the dashboard queries ${metric}`);
+  }
+  for (const p of dashboard.panels) assert.ok(sources.some((s) => s.uid === p.datasource.uid), p.title);
+});
+
+test("telemetry, kubernetes: a collector with its configuration, services pointed at it, pods named in their resource", (t) => {
+  if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0) return t.skip("kubectl is not installed");
+  const docs = parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, "deploy", "k8s")], { encoding: "utf8" })).map((d) => d.toJS() as K8sObject & { data?: Record<string, string> });
+  const collector = docs.find((o) => o.kind === "Deployment" && o.metadata.name === "otel-collector")!;
+  assert.ok(collector, "a collector Deployment");
+  const config = docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("otel-collector-config"))!;
+  assert.deepEqual(parse(config.data!["config.yaml"]!), collectorConfig, "the same configuration as compose");
+  const env = docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("homeostat-env"))!;
+  assert.equal(env.data!.OTEL_EXPORTER_OTLP_ENDPOINT, "http://otel-collector:4318");
+  assert.ok(docs.some((o) => o.kind === "NetworkPolicy" && o.metadata.name === "otel-collector-from-services"));
+  for (const name of serviceIdentities) {
+    const c = docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!.spec.template!.spec.containers[0] as unknown as { env: { name: string; value?: string }[] };
+    const names = c.env.map((e) => e.name);
+    const attrs = c.env.find((e) => e.name === "OTEL_RESOURCE_ATTRIBUTES")!.value!;
+    assert.match(attrs, /k8s\.pod\.name=\$\(K8S_POD_NAME\)/, name);
+    // $(VAR) expands only from variables defined earlier in the list.
+    for (const v of attrs.match(/\$\((\w+)\)/g)!) assert.ok(names.indexOf(v.slice(2, -1)) >= 0 && names.indexOf(v.slice(2, -1)) < names.indexOf("OTEL_RESOURCE_ATTRIBUTES"), `${name}: ${v}`);
+    assert.ok(!names.includes("OTEL_SERVICE_NAME"), name);
+  }
+});

@@ -26,7 +26,7 @@ import { z } from "zod";
 import { causeSchema, prioritySchema } from "./contracts.ts";
 import { isStoreFailed } from "./jetstream-errors.ts";
 import { keySchema, type Key } from "./key.ts";
-import { traceHeaders } from "./telemetry.ts";
+import { producerSpan } from "./telemetry.ts";
 import type { Nats, Topology } from "./topology.ts";
 
 export const eventSources = ["github", "advisory", "release", "anitya"] as const;
@@ -146,13 +146,15 @@ export class EventLedger {
    * already (a concurrent or earlier delivery of the same event recorded it first).
    */
   async record(record: EventRecord): Promise<"recorded" | "duplicate"> {
-    try {
-      await this.nats.js.publish(this.subject(record.id), JSON.stringify(record), { headers: traceHeaders() });
-      return "recorded";
-    } catch (err) {
-      if (isSubjectFull(err)) return "duplicate";
-      throw err;
-    }
+    return producerSpan("events", this.subject(record.id), { msgId: record.id }, async (headers) => {
+      try {
+        await this.nats.js.publish(this.subject(record.id), JSON.stringify(record), { headers });
+        return "recorded";
+      } catch (err) {
+        if (isSubjectFull(err)) return "duplicate";
+        throw err;
+      }
+    });
   }
 
   async get(id: string): Promise<EventRecord | undefined> {

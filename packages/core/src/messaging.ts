@@ -18,18 +18,31 @@ import { decodeMessage, encodeMessage, ContractError } from "./contracts.ts";
 import type { Key } from "./key.ts";
 import { TransientError } from "./failure.ts";
 import { errorMessage, type Logger } from "./log.ts";
-import { contextFromHeaders, inSpan, SpanKind, traceHeaders } from "./telemetry.ts";
+import { contextFromHeaders, durationHistogram, inSpan, markFailed, messagingAttributes, meter, producerSpan, secondsSince, SpanKind } from "./telemetry.ts";
 import type { Nats, Stage } from "./topology.ts";
 
 /** An error that no retry can fix (bad input, checksum mismatch, failing build step). */
 export class NonRetriableError extends Error {}
 
+/** Publishes in a PRODUCER span (`send <stage>`) whose context the message carries. */
 export async function publish(n: Nats, stage: Exclude<Stage, "work">, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
-  const ack = await n.js.publish(n.topology.subject(stage, key), encodeMessage(body), {
-    headers: traceHeaders(),
-    ...(opts.msgId ? { msgID: opts.msgId } : {}),
-  });
+  const subject = n.topology.subject(stage, key);
+  const ack = await producerSpan(stage, subject, { key, ...opts }, (headers) => n.js.publish(subject, encodeMessage(body), { headers, ...(opts.msgId ? { msgID: opts.msgId } : {}) }));
   return { duplicate: ack.duplicate };
+}
+
+/**
+ * What every stage handler did (builds by the builder, signatures by the signer…), by handler and
+ * outcome (done, dropped: refused or failed for good, retry). Made on first use: instruments bind
+ * to the MeterProvider registered then, which the service registered at start.
+ */
+let instruments: { messages: ReturnType<ReturnType<typeof meter>["createCounter"]>; duration: ReturnType<typeof durationHistogram> } | undefined;
+function handlerMetrics() {
+  instruments ??= {
+    messages: meter().createCounter("homeostat.messages.processed", { unit: "{message}", description: "Messages handled, by handler (builder.build, signer.sign…) and outcome (done, dropped, retry)" }),
+    duration: durationHistogram(meter(), "messaging.process.duration", "Time a handler took for one message, by handler and outcome"),
+  };
+  return instruments;
 }
 
 export type Backoff = (attempt: number) => number;
@@ -81,11 +94,13 @@ export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptio
 async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>, backoff: Backoff, heartbeatMs: number): Promise<void> {
   const heartbeat = setInterval(() => msg.working(), heartbeatMs);
   try {
-    await inSpan(o.spanName, { parent: contextFromHeaders(msg.headers), kind: SpanKind.CONSUMER, attributes: { "messaging.destination": msg.subject } }, async () => {
+    const attributes = messagingAttributes(msg.subject, "process", { "messaging.nats.delivery_count": msg.info.deliveryCount });
+    await inSpan(o.spanName, { parent: contextFromHeaders(msg.headers), kind: SpanKind.CONSUMER, attributes }, async (span) => {
       let body: z.infer<S>;
       try {
         body = decodeMessage(o.schema, msg.data);
       } catch (err) {
+        markFailed(span, err);
         o.log.error("rejected malformed message", { subject: msg.subject, reason: errorMessage(err) });
         await o.onMalformed?.(msg, errorMessage(err)).catch((hookErr: unknown) => o.log.warn("could not record a malformed message", { subject: msg.subject, reason: errorMessage(hookErr) }));
         // A bare term: nats-server 2.9 ignores "+TERM <reason>" (2.10 added it), which would leave
@@ -93,10 +108,20 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
         msg.term();
         return;
       }
+      const started = Date.now();
+      const measured = (outcome: "done" | "dropped" | "retry", err?: unknown) => {
+        const attributes = { "homeostat.handler": o.spanName, outcome, ...(err ? { "error.type": (err as Error).constructor?.name ?? "Error" } : {}) };
+        handlerMetrics().messages.add(1, attributes);
+        handlerMetrics().duration.record(secondsSince(started), attributes);
+      };
       try {
         await o.handle(body, msg);
         msg.ack();
+        measured("done");
       } catch (err) {
+        // A refused request, a failed build, a retry: each is a span to find and act on.
+        markFailed(span, err);
+        measured(err instanceof NonRetriableError || err instanceof ContractError ? "dropped" : "retry", err);
         if (err instanceof NonRetriableError || err instanceof ContractError) {
           o.log.error("dropped message", { subject: msg.subject, reason: errorMessage(err) });
           msg.term();

@@ -33,7 +33,7 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
     log.error(errorMessage(err));
     process.exit(78); // EX_CONFIG
   }
-  const telemetry = startTelemetry(name, config);
+  const telemetry = startTelemetry(name, config.telemetry);
   process.on("unhandledRejection", (err) => log.error("unhandled rejection", { reason: errorMessage(err) }));
 
   const abort = new AbortController();

@@ -8,7 +8,7 @@ import { contextFromHeaders, currentTraceId, inSpan, startTelemetry, traceHeader
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");
-  const telemetry = startTelemetry("telemetry-test", { otlpEndpoint: undefined });
+  const telemetry = startTelemetry("telemetry-test", { serviceName: undefined, resourceAttributes: {}, traces: undefined, metrics: undefined, metricExportIntervalMs: 10_000, spanBatchDelayMs: 500 });
   try {
     const sent = await inSpan("send", {}, async () => ({ id: currentTraceId(), headers: traceHeaders() }));
     assert.match(sent.id ?? "", /^[0-9a-f]{32}$/);

@@ -52,8 +52,8 @@ export class QueueAdmin {
    */
   observeStats(): void {
     const meter = metrics.getMeter(meterName);
-    const depth = meter.createObservableGauge("homeostat.queue.depth", { description: "Queued keys per priority class" });
-    const keys = meter.createObservableGauge("homeostat.queue.keys", { description: "Keys running, waiting for a retry, or dead-lettered" });
+    const depth = meter.createObservableGauge("homeostat.queue.depth", { unit: "{key}", description: "Queued keys per priority class" });
+    const keys = meter.createObservableGauge("homeostat.queue.keys", { unit: "{key}", description: "Keys running, waiting for a retry, or dead-lettered" });
     meter.addBatchObservableCallback(async (result) => {
       const s = await this.stats();
       for (const p of priorities) result.observe(depth, s.depth[p], { priority: p });

@@ -4,6 +4,7 @@
  * One meter name, so a dashboard finds every queue figure in one place.
  */
 import { metrics } from "@opentelemetry/api";
+import { durationHistogram } from "@homeostat/core/telemetry";
 
 export const meterName = "homeostat.workqueue";
 
@@ -11,12 +12,12 @@ export const meterName = "homeostat.workqueue";
 export function queueMetrics() {
   const meter = metrics.getMeter(meterName);
   return {
-    enqueued: meter.createCounter("homeostat.queue.enqueued", { description: "Enqueues by outcome: added, deduped, rerun" }),
-    retries: meter.createCounter("homeostat.queue.retries", { description: "Runs that failed and will be retried" }),
-    deadLettered: meter.createCounter("homeostat.queue.dead_lettered", { description: "Keys moved to the dead letters" }),
-    inFlight: meter.createUpDownCounter("homeostat.queue.in_flight", { description: "Runs in progress in this process" }),
-    wait: meter.createHistogram("homeostat.queue.wait", { unit: "ms", description: "From due (enqueued or not-before) to run start" }),
-    process: meter.createHistogram("homeostat.queue.process", { unit: "ms", description: "Run duration" }),
+    enqueued: meter.createCounter("homeostat.queue.enqueued", { unit: "{enqueue}", description: "Enqueues by outcome: added, deduped, rerun" }),
+    retries: meter.createCounter("homeostat.queue.retries", { unit: "{run}", description: "Runs that failed and will be retried" }),
+    deadLettered: meter.createCounter("homeostat.queue.dead_lettered", { unit: "{key}", description: "Keys moved to the dead letters" }),
+    inFlight: meter.createUpDownCounter("homeostat.queue.in_flight", { unit: "{run}", description: "Runs in progress in this process" }),
+    wait: durationHistogram(meter, "homeostat.queue.wait", "From due (enqueued or not-before) to run start"),
+    process: durationHistogram(meter, "homeostat.queue.process", "Run duration"),
   };
 }
 

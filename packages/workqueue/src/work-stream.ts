@@ -9,7 +9,7 @@ import { decodeMessage, encodeMessage, priorities, workItemSchema, type Priority
 import { JetStreamErrorCode } from "@homeostat/core/jetstream-errors";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import type { Key } from "@homeostat/core/key";
-import { traceHeaders } from "@homeostat/core/telemetry";
+import { producerSpan } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 
 /** A queued message: its stream sequence and the schedule it holds. */
@@ -28,7 +28,8 @@ export class WorkStream {
 
   /** Queues `item` in its class; false when that class already holds a message of the key (the server refuses it). */
   async publish(item: WorkItem): Promise<boolean> {
-    const answer = await this.pipe.tryPublish(this.n.topology.workSubject(item.priority, item.key), encodeMessage(item), traceHeaders());
+    const subject = this.n.topology.workSubject(item.priority, item.key);
+    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key }, (headers) => this.pipe.tryPublish(subject, encodeMessage(item), headers));
     if (!("refused" in answer)) return true;
     // The work stream has no stream-wide limits: refused means the subject holds the key already.
     if (answer.refused.err_code === JetStreamErrorCode.StoreFailed) return false;

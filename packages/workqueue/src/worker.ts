@@ -8,7 +8,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { decodeMessage, priorities, workItemSchema, type WorkItem } from "@homeostat/core/contracts";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
-import { contextFromHeaders, inSpan, SpanKind } from "@homeostat/core/telemetry";
+import { contextFromHeaders, inSpan, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 import { mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
@@ -146,21 +146,30 @@ export class Worker {
     const renew = setInterval(() => void this.renew(recordKey, lease, msg), Math.max(50, Math.floor(this.o.leaseMs / 3)));
 
     const started = Date.now();
-    this.metrics.wait.record(started - Math.max(item.enqueuedAt, item.notBefore), { priority: item.priority });
+    this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority });
     this.metrics.inFlight.add(1);
     let result: ReconcileResult | Error;
     try {
+      // Named by the class, never the key: span names stay few, the key is an attribute.
       result = await inSpan(
-        `reconcile ${item.key}`,
-        { parent: contextFromHeaders(msg.headers), kind: SpanKind.CONSUMER, attributes: { "homeostat.key": item.key, "homeostat.attempt": attempt, "homeostat.priority": item.priority } },
-        () => reconcile(item, { attempt, signal: running.abort.signal }),
+        `reconcile ${item.priority}`,
+        {
+          parent: contextFromHeaders(msg.headers),
+          kind: SpanKind.CONSUMER,
+          attributes: messagingAttributes(msg.subject, "process", { "homeostat.key": item.key, "homeostat.attempt": attempt, "homeostat.priority": item.priority }),
+        },
+        async (span) => {
+          const r = await reconcile(item, { attempt, signal: running.abort.signal });
+          if (r.type === "nonRetriable") markFailed(span, new Error(r.reason));
+          return r;
+        },
       );
     } catch (err) {
       result = err instanceof Error ? err : new Error(String(err));
     } finally {
       clearInterval(renew);
       this.metrics.inFlight.add(-1);
-      this.metrics.process.record(Date.now() - started, { priority: item.priority });
+      this.metrics.process.record(secondsSince(started), { priority: item.priority });
     }
     if (lease.lost) {
       this.o.log.warn("the run ended after its lease was lost or handed back; its result is dropped and the key runs again", { key: item.key });

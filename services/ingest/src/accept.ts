@@ -16,7 +16,7 @@
  * rather than per request). It adds one loop turn, which under load is the time the turn's other
  * requests take anyway.
  */
-import { currentTraceId, eventId, ledgerRefusal, traceHeaders, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+import { currentTraceId, eventId, ledgerRefusal, meter, producerSpan, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
 import { Problem } from "./problem.ts";
 
 /** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
@@ -31,19 +31,20 @@ export type LedgerOps = {
  */
 export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps {
   return {
-    record: async (record) => {
-      try {
-        // The trace context travels with the record, so admitting its keys joins the request's trace.
-        await pipe.publish(ledger.subject(record.id), JSON.stringify(record), traceHeaders());
-        return "recorded";
-      } catch (err) {
-        const refusal = ledgerRefusal(err);
-        // The event subject already holds its record (discard_new_per_subject).
-        if (refusal === "duplicate") return "duplicate";
-        if (refusal === "full") throw new Problem(503, "audit-full", "the audit stream is at its size or count limit; the event was not accepted, send it again later", { headers: { "retry-after": "60" } });
-        throw err;
-      }
-    },
+    record: (record) =>
+      // The trace context travels with the record, so admitting its keys joins the request's trace.
+      producerSpan("events", ledger.subject(record.id), { msgId: record.id }, async (headers) => {
+        try {
+          await pipe.publish(ledger.subject(record.id), JSON.stringify(record), headers);
+          return "recorded";
+        } catch (err) {
+          const refusal = ledgerRefusal(err);
+          // The event subject already holds its record (discard_new_per_subject).
+          if (refusal === "duplicate") return "duplicate";
+          if (refusal === "full") throw new Problem(503, "audit-full", "the audit stream is at its size or count limit; the event was not accepted, send it again later", { headers: { "retry-after": "60" } });
+          throw err;
+        }
+      }),
   };
 }
 
@@ -64,6 +65,7 @@ export class Acceptor {
   readonly ledger: EventLedger;
   private readonly ops: LedgerOps;
   private waiting: Array<() => void> = [];
+  private readonly events = meter().createCounter("homeostat.ingest.events", { unit: "{event}", description: "Events by source and outcome: accepted (recorded, its keys admitted) or duplicate" });
 
   /** `ops` defaults to the ledger itself; ingest passes pipedLedger (the same records, less CPU). */
   constructor(ledger: EventLedger, ops: LedgerOps = ledger) {
@@ -90,8 +92,9 @@ export class Acceptor {
     await this.turn();
     // An earlier or concurrent delivery of the same event recorded it first: its keys are
     // admitted from that record, this one is the duplicate.
-    if ((await this.ops.record(record)) === "duplicate") return { event: id, duplicate: true, keys: [] };
-    return { event: id, duplicate: false, keys };
+    const duplicate = (await this.ops.record(record)) === "duplicate";
+    this.events.add(1, { source: ev.source, outcome: duplicate ? "duplicate" : "accepted" });
+    return duplicate ? { event: id, duplicate: true, keys: [] } : { event: id, duplicate: false, keys };
   }
 
   /** Resolves at the end of the current event-loop turn, together with every other waiter. */

@@ -29,7 +29,7 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
-import { inSpan, SpanKind, type Config, type Logger } from "@homeostat/core";
+import { contextFromHttpHeaders, durationHistogram, inSpan, meter, secondsSince, SpanKind, SpanStatusCode, type Config, type Logger } from "@homeostat/core";
 import type { AdvisoryStore, Catalog, ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import { advisoriesRoute } from "./advisories.ts";
@@ -67,6 +67,11 @@ export type Authenticate = (req: FastifyRequest) => void;
 
 /** Longer request targets are answered 414 (Node's own bound is the 16 KiB of all headers). */
 export const MAX_URL_LENGTH = 4096;
+
+/** Health and readiness probes: every few seconds from every orchestrator, a trace each would drown the real ones. */
+const untracedRoutes = new Set(["/healthz", "/readyz"]);
+/** Methods named as they are in spans and metrics; any other is `_OTHER` (the semantic conventions' bound). */
+const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
 
 export const BODY_LIMITS = { default: 256 * 1024, github: 2 * 1024 * 1024, anitya: 1024 * 1024, advisories: 32 * 1024 * 1024 } as const;
 
@@ -119,7 +124,9 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
   const authenticated: Authenticated = (req, principal) => void principals.set(req, principal);
   const authenticate: Authenticate = (req) => authenticated(req, auth.check(req));
 
+  const refusals = meter().createCounter("homeostat.ingest.refused", { unit: "{request}", description: "Requests refused, by status and problem (authentication, rate limit, validation…)" });
   function refused(p: Problem, where: { method: string | undefined; route: string | undefined; address: string | undefined; requestId: string }): void {
+    refusals.add(1, { "http.response.status_code": p.status, problem: p.slug, ...(where.route ? { "http.route": where.route } : {}) });
     log.warn("request refused", { status: p.status, problem: p.slug, reason: p.message.slice(0, 300), ...where });
   }
 
@@ -131,11 +138,29 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     for (const m of [r.method].flat()) known.methods.add(m);
   });
 
-  // One server span per request: the root of every trace that starts with an event.
-  app.addHook("onRequest", (req, _reply, done) => {
-    void inSpan(`${req.method} ${req.routeOptions.url ?? req.url}`, { kind: SpanKind.SERVER, attributes: { "http.method": req.method, "http.route": req.routeOptions.url ?? req.url } }, () => {
+  // One server span per request, the root of every trace that starts with an event (or a child
+  // of the caller's traceparent), named by the route template: never the raw URL, whose query
+  // or unmatched path may hold anything, tokens included. Probes are measured, not traced.
+  const requestDuration = durationHistogram(meter(), "http.server.request.duration", "Ingest HTTP requests, by method, route and status");
+  app.addHook("onRequest", (req, reply, done) => {
+    const route = req.routeOptions.url;
+    const method = knownMethods.has(req.method) ? req.method : "_OTHER";
+    const started = Date.now();
+    const finished = new Promise<number>((resolve) => reply.raw.once("close", () => resolve(reply.raw.statusCode)));
+    void finished.then((status) => requestDuration.record(secondsSince(started), { "http.request.method": method, "http.response.status_code": status, ...(route ? { "http.route": route } : {}) }));
+    if (route !== undefined && untracedRoutes.has(route)) return done();
+    const attributes = {
+      "http.request.method": method,
+      "url.path": req.url.split("?")[0]!.slice(0, 256),
+      "url.scheme": "http",
+      ...(route ? { "http.route": route } : {}),
+    };
+    void inSpan(route ? `${method} ${route}` : method, { parent: contextFromHttpHeaders(req.headers), kind: SpanKind.SERVER, attributes }, async (span) => {
       done();
-      return new Promise<void>((resolve) => req.raw.once("close", resolve));
+      const status = await finished;
+      span.setAttribute("http.response.status_code", status);
+      // Server spans: a 5xx is this service's failure, a 4xx the client's (left unset).
+      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: `HTTP ${status}` });
     });
   });
   // Limits before authentication: by address only, so no header can dodge them.

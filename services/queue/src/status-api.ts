@@ -29,6 +29,7 @@ import { mapLimit } from "@homeostat/core/map-limit";
 import { type KeyFeed, WatchEnded } from "./key-feed.ts";
 import type { StatusReadModel } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
+import { tracingMiddleware } from "./grpc-tracing.ts";
 import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
 
 /** The WorkQueue methods the queue RPCs serve. */
@@ -197,7 +198,8 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     "grpc.max_receive_message_length": 256 * 1024,
   });
   // Failures first, so that they also map what authorization throws unexpectedly.
-  server.with(failures).with(authMiddleware(security)).add(StatusServiceDefinition, implementation);
+  // Tracing outermost: its span sees the status code that failures and authorization settled on.
+  server.with(tracingMiddleware()).with(failures).with(authMiddleware(security)).add(StatusServiceDefinition, implementation);
   const health = HealthState();
   server.add(HealthDefinition, HealthServiceImpl(health));
   const reflection = ServerReflection(descriptors, [statusServiceName]);

@@ -80,9 +80,9 @@ type Located = { url: string; git?: { transport: URL; tags: string[] } };
 export class UpstreamResolver {
   private readonly deps: ResolverDeps;
   private readonly hosts = new Map<string, { running: number; waiting: (() => void)[]; closedUntil: number }>();
-  private readonly conflictCount = meter().createCounter("homeostat.upstream.conflicts", { description: "Recorded releases whose tag was found pointing at another source" });
-  private readonly resolvedCount = meter().createCounter("homeostat.upstream.resolved", { description: "Release facts recorded by the upstream resolver" });
-  private readonly failureCount = meter().createCounter("homeostat.upstream.failures", { description: "Upstream fetches that failed, by kind (unavailable, refused)" });
+  private readonly conflictCount = meter().createCounter("homeostat.upstream.conflicts", { unit: "{release}", description: "Recorded releases whose tag was found pointing at another source" });
+  private readonly resolvedCount = meter().createCounter("homeostat.upstream.resolved", { unit: "{release}", description: "Release facts recorded by the upstream resolver" });
+  private readonly failureCount = meter().createCounter("homeostat.upstream.failures", { unit: "{fetch}", description: "Upstream fetches that failed, by kind (unavailable, refused)" });
 
   constructor(deps: ResolverDeps) {
     this.deps = deps;

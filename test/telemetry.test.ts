@@ -1,0 +1,181 @@
+/**
+ * Telemetry seen from outside, as the collector sees it: the five services run as processes and
+ * export with their real OTLP exporters (default http/protobuf) to a receiver on loopback. One
+ * release, sent with the caller's traceparent, must come back as one connected trace across all
+ * five services, each message a PRODUCER span with its CONSUMER child; a refused build is an
+ * ERROR span with its exception; every process names itself distinctly; no span name carries a
+ * query string or a token; probes leave no trace; every service exports metrics, durations in
+ * seconds.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import path from "node:path";
+import { encodeMessage } from "@homeostat/core";
+import { listKeyStatuses, statusClient } from "@homeostat/status-api";
+import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
+import { testEnv, type TestEnv } from "./harness.ts";
+import { SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
+
+const services = ["builder", "ingest", "queue", "reconciler", "signer"];
+const catalogDir = path.join(repoRoot, "examples", "catalog");
+const tarball = path.join(repoRoot, "examples", "sources", "libgreet-1.1.tar.gz");
+const secret = `tok${randomBytes(8).toString("hex")}`;
+
+describe("telemetry of the running factory", { timeout: 600_000 }, () => {
+  let t: TestEnv;
+  let factory: Factory;
+  let otlp: Awaited<ReturnType<typeof startOtlpReceiver>>;
+  let client: ReturnType<typeof statusClient>;
+  const callerTraceId = randomBytes(16).toString("hex");
+  const callerSpanId = randomBytes(8).toString("hex");
+
+  before(async () => {
+    otlp = await startOtlpReceiver();
+    t = await testEnv();
+    factory = await startFactory({
+      env: {
+        ...t.env,
+        HOMEOSTAT_CATALOG: catalogDir,
+        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+        OTEL_METRIC_EXPORT_INTERVAL: "1000",
+        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=test",
+        HOMEOSTAT_LEASE_MS: "5000",
+      },
+      natsCredentials: await t.natsCredentials(),
+      logDir: path.join(t.dir, "logs"),
+    });
+    client = statusClient(factory.grpcAddr);
+  });
+
+  after(async () => {
+    client?.close();
+    await factory?.stop();
+    await otlp?.close();
+    await t?.cleanup();
+  });
+
+  const allReady = async () => {
+    const { items } = await listKeyStatuses(client, { pageSize: 100 });
+    return items.length > 0 && items.every((s) => s.phase === "Ready") ? items : undefined;
+  };
+
+  test("a release sent with a traceparent is one connected trace across all five services", async () => {
+    await waitFor("the sample catalog to converge", allReady, 300_000, 250);
+    // Probes and an unmatched route whose query holds a token: neither may show up in a span name.
+    for (const probe of ["/healthz", "/readyz", `/no/such/route?token=${secret}`]) await (await fetch(`${factory.ingestUrl}${probe}`)).arrayBuffer();
+    const sha256 = execFileSync("sha256sum", [tarball], { encoding: "utf8" }).split(" ")[0]!;
+    const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
+      method: "POST",
+      headers: { "content-type": "application/json", traceparent: `00-${callerTraceId}-${callerSpanId}-01` },
+      body: JSON.stringify({ package: "libgreet", version: "1.1", url: `file://${tarball}`, sha256 }),
+    });
+    assert.equal(res.status, 202, await res.text());
+
+    const inTrace = () => otlp.spans.filter((s) => s.traceId === callerTraceId);
+    await waitFor(
+      "the release's trace to reach the signer of image/greeter",
+      async () => (inTrace().some((s) => s.service === "signer" && s.attributes["messaging.destination.name"]?.toString().includes("image.greeter")) ? true : undefined),
+      300_000,
+      250,
+    );
+    await new Promise((r) => setTimeout(r, 2_000)); // the last batches (500 ms) in flight
+    const spans = inTrace();
+    console.log(`# ${spans.length} spans in the release's trace: ${[...new Set(spans.map((s) => `${s.service}:${s.name}`))].sort().join(", ")}`);
+    assert.deepEqual([...new Set(spans.map((s) => s.service))].sort(), services);
+
+    // The root is the ingest request, a child of the caller's span; every other span's parent is in the trace.
+    const byId = new Map(spans.map((s) => [s.spanId, s]));
+    const root = spans.filter((s) => s.parentSpanId === callerSpanId);
+    assert.equal(root.length, 1, "one span continues the caller's traceparent");
+    assert.equal(root[0]!.name, "POST /v1/releases");
+    assert.equal(root[0]!.kind, SpanKindNumber.server);
+    assert.equal(root[0]!.attributes["http.route"], "/v1/releases");
+    assert.equal(root[0]!.attributes["http.response.status_code"], 202);
+    const orphans = spans.filter((s) => s.parentSpanId !== callerSpanId && !byId.has(s.parentSpanId ?? ""));
+    assert.deepEqual(orphans.map((s) => `${s.service}:${s.name}`), [], "no orphan spans");
+
+    // Every message: a PRODUCER span whose child is the CONSUMER span processing it.
+    const consumers = spans.filter((s) => s.kind === SpanKindNumber.consumer);
+    const producers = spans.filter((s) => s.kind === SpanKindNumber.producer);
+    assert.ok(producers.length >= 5 && consumers.length >= 5, `${producers.length} producers, ${consumers.length} consumers`);
+    for (const c of consumers) {
+      const parent = byId.get(c.parentSpanId!);
+      assert.equal(parent?.kind, SpanKindNumber.producer, `${c.service}:${c.name}'s parent is a PRODUCER span (${parent?.service}:${parent?.name})`);
+      assert.equal(c.attributes["messaging.system"], "nats");
+      assert.equal(c.attributes["messaging.operation.type"], "process");
+      assert.equal(c.attributes["messaging.destination.name"], parent!.attributes["messaging.destination.name"]);
+    }
+    for (const p of producers) assert.equal(p.attributes["messaging.operation.type"], "send");
+    const hops = new Set(consumers.map((c) => `${byId.get(c.parentSpanId!)!.service}->${c.service}`));
+    for (const hop of ["ingest->queue", "queue->reconciler", "reconciler->builder", "builder->signer"]) assert.ok(hops.has(hop), `a message ${hop} (${[...hops].join(", ")})`);
+    assert.ok(spans.every((s) => !Object.keys(s.attributes).some((k) => k === "http.method" || k === "messaging.destination")), "no deprecated attribute names");
+  });
+
+  test("a refused build is an ERROR span with its exception recorded", async () => {
+    const reconciler = await t.connectAs("reconciler");
+    try {
+      const forged = { v: 2, key: "package/motd", catalogRevision: `sha256:${"7".repeat(64)}`, inputDigest: `sha256:${"1".repeat(64)}`, version: "1.0" };
+      await reconciler.js.publish(reconciler.topology.subject("build", "package/motd"), encodeMessage(forged));
+    } finally {
+      await reconciler.nc.close();
+    }
+    const failed = await waitFor(
+      "the builder's span of the refused request",
+      async () => otlp.spans.find((s) => s.service === "builder" && s.kind === SpanKindNumber.consumer && s.status === 2),
+      60_000,
+      200,
+    );
+    assert.ok(failed.events.includes("exception"), "the exception is recorded on the span");
+    assert.ok(String(failed.attributes["error.type"] ?? "").length > 0);
+  });
+
+  test("each process names itself: service.name, namespace, version, a distinct instance id, host and OTEL_RESOURCE_ATTRIBUTES", () => {
+    const resources = new Map<string, Record<string, unknown>>();
+    for (const s of otlp.spans) resources.set(s.service, s.resource);
+    assert.deepEqual([...resources.keys()].sort(), services);
+    for (const [service, r] of resources) {
+      assert.equal(r["service.namespace"], "homeostat", service);
+      assert.match(String(r["service.version"]), /^\d+\.\d+\.\d+/, `${service} has service.version`);
+      assert.ok(r["host.name"] && r["process.pid"], `${service} has host and process attributes`);
+      assert.equal(r["deployment.environment.name"], "test", `${service} has OTEL_RESOURCE_ATTRIBUTES`);
+    }
+    const instances = new Set([...resources.values()].map((r) => r["service.instance.id"]));
+    assert.equal(instances.size, services.length, "service.instance.id differs per process");
+  });
+
+  test("span names carry no query string or token, and probes are not traced", () => {
+    const names = new Set(otlp.spans.map((s) => s.name));
+    assert.ok(otlp.spans.length > 0);
+    for (const n of names) {
+      assert.ok(!n.includes("?") && !n.includes(secret), `span name ${n}`);
+      assert.ok(!/healthz|readyz/.test(n), `probe span ${n}`);
+    }
+    assert.ok(otlp.spans.some((s) => s.service === "ingest" && s.kind === SpanKindNumber.server && s.name === "GET" && s.attributes["http.response.status_code"] === 404), "an unmatched route's span is named by its method alone");
+  });
+
+  test("every service exports metrics; durations are histograms in seconds", async () => {
+    const expected: Record<string, string[]> = {
+      ingest: ["http.server.request.duration", "homeostat.ingest.events"],
+      queue: ["homeostat.queue.enqueued", "homeostat.queue.depth"],
+      reconciler: ["homeostat.queue.process", "homeostat.queue.wait"],
+      // Builds and signatures by outcome, and their durations: the stage handlers' own figures.
+      builder: ["homeostat.messages.processed", "messaging.process.duration", "homeostat.builder.refused"],
+      signer: ["homeostat.messages.processed", "messaging.process.duration"],
+    };
+    await waitFor(
+      "metrics from every service",
+      async () => Object.entries(expected).every(([service, names]) => names.every((n) => otlp.metrics.some((m) => m.service === service && m.name === n))) || undefined,
+      30_000,
+      250,
+    ).catch((err: Error) => {
+      const seen = [...new Set(otlp.metrics.map((m) => `${m.service}:${m.name}`))].sort();
+      throw new Error(`${err.message}; seen: ${seen.join(", ")}`);
+    });
+    const durations = otlp.metrics.filter((m) => /duration|\.wait$|\.process$/.test(m.name));
+    assert.ok(durations.length > 0);
+    for (const m of durations) assert.equal(m.unit, "s", `${m.service}:${m.name} is in seconds`);
+    for (const m of otlp.metrics) assert.notEqual(m.unit, "ms", `${m.service}:${m.name}`);
+  });
+});
