@@ -9,8 +9,6 @@ import { z } from "zod";
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveMs = z.coerce.number().int().positive();
-/** An optional URL; empty counts as unset (a variable left blank in a manifest). */
-const optionalUrl = z.preprocess((v) => (v === "" ? undefined : v), z.url().optional());
 
 const schema = z.object({
   NATS_URL: z.string().default("nats://127.0.0.1:4222"),
@@ -154,22 +152,7 @@ const schema = z.object({
   HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES: z.coerce.number().int().positive().default(16 * 1024 ** 3),
   /** Builds one builder process runs at the same time. */
   HOMEOSTAT_BUILD_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
-  /** Where telemetry goes (the collector): the base URL of OTLP/HTTP (`/v1/traces` and `/v1/metrics` are appended) or the gRPC endpoint. Unset: nothing is exported (spans are still made, so trace ids exist). */
-  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
-  /** Signal-specific endpoints, used as given (full URLs); they win over OTEL_EXPORTER_OTLP_ENDPOINT. */
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
-  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: optionalUrl,
-  OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).default("http/protobuf"),
-  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
-  OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
-  /** service.name; default: the service's own name (ingest, queue, …), with service.namespace=homeostat. */
-  OTEL_SERVICE_NAME: z.string().min(1).optional(),
-  /** More resource attributes, `key=value,…` (values percent-encoded), e.g. the Kubernetes downward API's pod name; they win over detected ones. */
-  OTEL_RESOURCE_ATTRIBUTES: z.string().default(""),
-  /** How often metrics are exported. */
-  OTEL_METRIC_EXPORT_INTERVAL: positiveMs.default(10_000),
-  /** How long finished spans wait to be sent in a batch. */
-  OTEL_BSP_SCHEDULE_DELAY: positiveMs.default(500),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().optional(),
 });
 
 export type Config = Readonly<{
@@ -228,6 +211,10 @@ export type Config = Readonly<{
   sourceDateEpoch: number;
   buildTimeoutMs: number;
   leaseMs: number;
+  stageAckWaitMs: number;
+  /** The failure taxonomy's bounds (failure.ts): permanent build failures retried, builder deaths tolerated. */
+  buildFailures: { retries: number; backoffMs: number; crashLimit: number };
+  startupBackoffMaxMs: number;
   queue: { maxAttempts: number; backoffBaseMs: number; backoffMaxMs: number; maxFloorMs: number; drainMs: number };
   resyncMs: number;
   concurrency: number;
@@ -237,31 +224,14 @@ export type Config = Readonly<{
   maxSourceEntries: number;
   buildSandbox: BuildSandboxSettings;
   buildConcurrency: number;
-  telemetry: TelemetrySettings;
+  otlpEndpoint: string | undefined;
 }>;
-
-export type OtlpProtocol = "http/protobuf" | "http/json" | "grpc";
-/** Where one signal is exported: a full URL for OTLP/HTTP, the endpoint for gRPC; undefined: not exported. */
-export type OtlpTarget = { url: string; protocol: OtlpProtocol } | undefined;
-export type TelemetrySettings = {
-  serviceName: string | undefined;
-  /** OTEL_RESOURCE_ATTRIBUTES, decoded. */
-  resourceAttributes: Record<string, string>;
-  traces: OtlpTarget;
-  metrics: OtlpTarget;
-  metricExportIntervalMs: number;
-  spanBatchDelayMs: number;
-};
 
 export class ConfigError extends Error {}
 
 /** Limits applied to every build step (see HOMEOSTAT_BUILD_CPU_SECONDS and the following settings). */
 export type BuildLimits = { cpuSeconds: number; memoryBytes: number; maxProcesses: number; maxFileBytes: number; maxOutputBytes: number };
 
-  stageAckWaitMs: number;
-  /** The failure taxonomy's bounds (failure.ts): permanent build failures retried, builder deaths tolerated. */
-  buildFailures: { retries: number; backoffMs: number; crashLimit: number };
-  startupBackoffMaxMs: number;
 /** How the builder sandboxes build steps (services/builder/src/isolation.ts). */
 export type BuildSandboxSettings = { isolation: "bubblewrap" | "none"; allowUnsandboxed: boolean; uid: number; limits: BuildLimits };
 
@@ -397,6 +367,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
     leaseMs: e.HOMEOSTAT_LEASE_MS,
+    stageAckWaitMs: e.HOMEOSTAT_STAGE_ACK_WAIT_MS,
+    buildFailures: { retries: e.HOMEOSTAT_BUILD_FAILURE_RETRIES, backoffMs: e.HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS, crashLimit: e.HOMEOSTAT_BUILD_CRASH_LIMIT },
+    startupBackoffMaxMs: e.HOMEOSTAT_STARTUP_BACKOFF_MAX_MS,
     queue: {
       maxAttempts: e.HOMEOSTAT_QUEUE_MAX_ATTEMPTS,
       backoffBaseMs: e.HOMEOSTAT_QUEUE_BACKOFF_BASE_MS,
@@ -427,43 +400,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         maxFileBytes: e.HOMEOSTAT_BUILD_MAX_FILE_BYTES,
         maxOutputBytes: e.HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES,
       },
-    stageAckWaitMs: e.HOMEOSTAT_STAGE_ACK_WAIT_MS,
-    buildFailures: { retries: e.HOMEOSTAT_BUILD_FAILURE_RETRIES, backoffMs: e.HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS, crashLimit: e.HOMEOSTAT_BUILD_CRASH_LIMIT },
-    startupBackoffMaxMs: e.HOMEOSTAT_STARTUP_BACKOFF_MAX_MS,
     },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
-    telemetry: {
-      serviceName: e.OTEL_SERVICE_NAME,
-      resourceAttributes: resourceAttributes(e.OTEL_RESOURCE_ATTRIBUTES),
-      traces: otlpTarget("traces", e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
-      metrics: otlpTarget("metrics", e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
-      metricExportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
-      spanBatchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
-    },
+    otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
-}
-
-/** The OTLP specification's rule: a signal's own endpoint as given; else, over HTTP, the base endpoint plus `/v1/<signal>`; over gRPC the base endpoint itself. */
-function otlpTarget(signal: "traces" | "metrics", own: string | undefined, base: string | undefined, protocol: OtlpProtocol): OtlpTarget {
-  if (own !== undefined) return { url: own, protocol };
-  if (base === undefined) return undefined;
-  return { url: protocol === "grpc" ? base : `${base.replace(/\/$/, "")}/v1/${signal}`, protocol };
-}
-
-/** OTEL_RESOURCE_ATTRIBUTES: `k=v` pairs separated by commas, values percent-decoded (W3C Baggage octets). */
-function resourceAttributes(value: string): Record<string, string> {
-  const attributes: Record<string, string> = {};
-  for (const pair of value.split(",")) {
-    if (pair.trim() === "") continue;
-    const eq = pair.indexOf("=");
-    if (eq <= 0) throw new ConfigError(`invalid configuration:\n  OTEL_RESOURCE_ATTRIBUTES: "${pair.trim()}" is not key=value`);
-    try {
-      attributes[pair.slice(0, eq).trim()] = decodeURIComponent(pair.slice(eq + 1).trim());
-    } catch {
-      throw new ConfigError(`invalid configuration:\n  OTEL_RESOURCE_ATTRIBUTES: the value of ${pair.slice(0, eq).trim()} is not percent-encoded correctly`);
-    }
-  }
-  return attributes;
 }
 
 function natsSecurity(seed: string | undefined, ca: string | undefined, cert: string | undefined, key: string | undefined): Config["nats"] {
