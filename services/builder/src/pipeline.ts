@@ -187,9 +187,9 @@ function watchWorkspace(root: string, limits: BuildLimits, over: (why: string) =
     if (stopped) return;
     if (typeof size === "string") return over(size);
     if (size > limits.maxOutputBytes) return over(overLimit(size, limits));
-    timer = setTimeout(measure, Math.max(200, 4 * (Date.now() - started)));
+    timer = setTimeout(() => void measure(), Math.max(200, 4 * (Date.now() - started)));
   };
-  timer = setTimeout(measure, 200);
+  timer = setTimeout(() => void measure(), 200);
   return () => {
     stopped = true;
     clearTimeout(timer);
