@@ -4,7 +4,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { contextFromHeaders, currentTraceId, inSpan, startTelemetry, traceHeaders } from "./telemetry.ts";
+import { loadConfig } from "./config.ts";
+import { contextFromHeaders, currentTraceId, inSpan, mainPackageVersion, serviceResource, startTelemetry, traceHeaders } from "./telemetry.ts";
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");
@@ -18,4 +19,27 @@ test("without an OTLP endpoint, spans still have a real trace id, carried across
   } finally {
     await telemetry.shutdown();
   }
+});
+
+test("the resource: the service's name unless OTEL_SERVICE_NAME says otherwise, namespace, version, a fresh instance id, host and OTEL_RESOURCE_ATTRIBUTES", async () => {
+  const env = { OTEL_RESOURCE_ATTRIBUTES: "k8s.pod.name=builder-7d9f,service.name=from-attributes,team=supply%20chain", OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/" };
+  const settings = loadConfig(env).telemetry;
+  assert.deepEqual(settings.traces, { url: "http://collector:4318/v1/traces", protocol: "http/protobuf" });
+  assert.deepEqual(loadConfig({ ...env, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }).telemetry.metrics, { url: "http://collector:4318/", protocol: "grpc" });
+  assert.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "" }).telemetry.traces, undefined, "blank is unset");
+  assert.throws(() => loadConfig({ OTEL_RESOURCE_ATTRIBUTES: "novalue" }), /OTEL_RESOURCE_ATTRIBUTES/);
+
+  const a = serviceResource("builder", settings, "1.2.3");
+  await a.waitForAsyncAttributes?.();
+  assert.equal(a.attributes["service.name"], "from-attributes", "OTEL_RESOURCE_ATTRIBUTES may name the service");
+  assert.equal(a.attributes["k8s.pod.name"], "builder-7d9f");
+  assert.equal(a.attributes["team"], "supply chain", "values are percent-decoded");
+  assert.equal(a.attributes["service.namespace"], "homeostat");
+  assert.equal(a.attributes["service.version"], "1.2.3");
+  assert.ok(a.attributes["host.name"] && a.attributes["process.pid"]);
+  const b = serviceResource("builder", { ...settings, serviceName: "builder-eu" }, "1.2.3");
+  assert.equal(b.attributes["service.name"], "builder-eu", "OTEL_SERVICE_NAME wins");
+  assert.notEqual(a.attributes["service.instance.id"], b.attributes["service.instance.id"], "one instance id per process");
+  assert.equal(serviceResource("queue", { serviceName: undefined, resourceAttributes: {} }).attributes["service.name"], "queue", "default: the service's own name");
+  assert.match(mainPackageVersion(new URL("./telemetry.ts", import.meta.url).pathname) ?? "", /^\d+\.\d+\.\d+$/, "the version of the package holding the script");
 });
