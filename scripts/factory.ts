@@ -74,11 +74,11 @@ export type NatsServer = {
 };
 
 /**
- * Starts nats-server on a free loopback port with `configFile` (JetStream on, authorization:
+ * Starts nats-server on loopback, on `port` (a restarted cluster node keeps its own) or a free one, with `configFile` (JetStream on, authorization:
  * and JetStream's store_dir: nats-access.ts writes it), its log in `logFile`.
  */
-export async function startNatsServer(o: { configFile: string; logFile: string }): Promise<NatsServer & { child: ChildProcess }> {
-  const port = await freePort();
+export async function startNatsServer(o: { configFile: string; logFile: string; port?: number }): Promise<NatsServer & { child: ChildProcess }> {
+  const port = o.port ?? (await freePort());
   const child = spawn(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
   const exited = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`nats-server exited (${code}); see ${o.logFile}`))));
   exited.catch(() => {});

@@ -22,8 +22,17 @@ const schema = z.object({
   REDIS_URL: z.string().default("redis://127.0.0.1:6379"),
   /** Prefix of every stream, bucket, subject and Redis key: lets several factories (or tests) share servers. */
   HOMEOSTAT_PREFIX: z.string().regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, "letters, digits and _ only, starting with a letter").default("hs"),
-  /** Region name; part of every subject so that more regions can join without renaming anything. */
+  /** Region name: where this process runs; with no HOMEOSTAT_FABRIC, also the region part of every subject. */
   HOMEOSTAT_REGION: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only").default("local"),
+  /**
+   * The JetStream fabric this region shares with others (one NATS cluster stretched over the
+   * regions, deploy/README.md): the region part of every subject and run-record key, the same in
+   * every region of the fabric, so that there is one work queue and one lease per key. Unset: the
+   * region's own name (a single-region factory is its own fabric).
+   */
+  HOMEOSTAT_FABRIC: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only").optional(),
+  /** Replicas of every stream and KV bucket (3 on a fabric over three regions; the servers' unique_tag puts each in another region). */
+  HOMEOSTAT_JS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   HOMEOSTAT_DATA: z.string().default(".homeostat/data"),
   /** The catalog: a directory, or `git+<repository path or URL>#<ref>[:<subdirectory>]` (catalog-source.ts). */
   HOMEOSTAT_CATALOG: z.string().min(1).default("examples/catalog"),
@@ -162,6 +171,9 @@ export type Config = Readonly<{
   redisUrl: string;
   prefix: string;
   region: string;
+  /** HOMEOSTAT_FABRIC, or the region when unset. */
+  fabric: string;
+  jsReplicas: number;
   dataDir: string;
   /** The catalog as a directory; for a git catalog, where relative paths would resolve (unused by the loader). */
   catalogDir: string;
@@ -313,6 +325,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     redisUrl: e.REDIS_URL,
     prefix: e.HOMEOSTAT_PREFIX,
     region: e.HOMEOSTAT_REGION,
+    fabric: e.HOMEOSTAT_FABRIC ?? e.HOMEOSTAT_REGION,
+    jsReplicas: e.HOMEOSTAT_JS_REPLICAS,
     dataDir: path.resolve(e.HOMEOSTAT_DATA),
     catalogDir: path.resolve(e.HOMEOSTAT_CATALOG),
     catalogLocation: e.HOMEOSTAT_CATALOG,

@@ -86,6 +86,7 @@ export class EventLedger {
       subjects: [names.subjects],
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
+      num_replicas: nats.topology.replicas,
       max_age: retentionMs * 1_000_000,
       // One record per event id, and a second one is refused rather than replacing the first:
       // the record is the idempotency record, restart-proof for the whole max age.

@@ -5,6 +5,12 @@
  * Subjects carry the region (`<prefix>.<region>.<stage>.<kind>.<name>`) so a second region
  * joins without renaming anything. Every stage stream is a WorkQueue: a message is consumed
  * once and then gone, so the streams hold only work that is still to do.
+ *
+ * Several regions may share one JetStream fabric (one NATS cluster stretched over them,
+ * deploy/README.md): their subjects then carry the fabric's name instead, so that every region
+ * works on the same streams, consumers and run records (one queue, one lease per key), each
+ * stream and bucket kept at `HOMEOSTAT_JS_REPLICAS` replicas, and only the Redis read model is
+ * the region's own.
  */
 import { readFileSync, statSync } from "node:fs";
 import { connect, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
@@ -20,10 +26,17 @@ export const stages: readonly Stage[] = ["intake", "work", "build", "sign"];
 
 export class Topology {
   readonly prefix: string;
+  /** The region part of subjects and run-record keys: the fabric's name, shared by the regions on it. */
   readonly region: string;
-  constructor(config: Pick<Config, "prefix" | "region">) {
+  /** Where this process runs: its own read model's keys carry it when it differs from `region`. */
+  readonly home: string;
+  /** Replicas of every stream and bucket the topology owner creates. */
+  readonly replicas: number;
+  constructor(config: Pick<Config, "prefix" | "region"> & Partial<Pick<Config, "fabric" | "jsReplicas">>) {
     this.prefix = config.prefix;
-    this.region = config.region;
+    this.region = config.fabric ?? config.region;
+    this.home = config.region;
+    this.replicas = config.jsReplicas ?? 1;
   }
   stream(stage: Stage): string {
     return `${this.prefix}_${stage.toUpperCase()}`;
@@ -56,12 +69,13 @@ export class Topology {
   bucket(name: BucketName): string {
     return `${this.prefix}_${name}`;
   }
-  /** The key of a key's run record: the region first, so regions never share a record. */
+  /** The key of a key's run record: the region (the fabric's name) first, so that factories sharing a bucket never share a record, while regions on one fabric do. */
   runRecordKey(key: Key): string {
     return `${this.region}.${keyToken(key)}`;
   }
+  /** A key of this region's read model: regions on one fabric may share a Redis server, never a read model. */
   redisKey(...parts: string[]): string {
-    return [this.prefix, ...parts].join(":");
+    return [this.prefix, ...(this.home === this.region ? [] : [this.home]), ...parts].join(":");
   }
   /**
    * The inbox prefix of a NATS identity (a service, or `admin`): replies to its requests come
@@ -138,6 +152,7 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
     subjects: [t.subjects(stage)],
     retention: RetentionPolicy.Workqueue,
     storage: StorageType.File,
+    num_replicas: t.replicas,
   } satisfies Partial<StreamConfig>;
   switch (stage) {
     case "intake":
@@ -207,7 +222,7 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
     });
   }
   await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
-  await Promise.all((["advisories", "ingest_cursors"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b] })));
+  await Promise.all((["advisories", "ingest_cursors"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
   return openBuckets(n);
 }
 
@@ -229,7 +244,7 @@ export type Buckets = { state: KV; releases: KV; runs: KV };
 export async function openBuckets(n: Nats): Promise<Buckets> {
   const t = n.topology;
   // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
-  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b] })));
+  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
   return { state: state!, releases: releases!, runs: runs! };
 }
 
