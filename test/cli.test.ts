@@ -220,10 +220,10 @@ test("--help lists the commands and exits 0", async () => {
 test("queue stats prints a table per class and the totals; --json the QueueStats", async () => {
   let r = await homeostat(["queue", "stats", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^CLASS\s+QUEUED\nadvisory\s+0\nrelease\s+0\ndependency\s+0\nresync\s+0\n\nRunning:\s+0\nRetrying:\s+0\nDead letters:\s+0\n$/);
+  assert.match(r.stdout, /^CLASS\s+QUEUED\nadvisory\s+0\nrelease\s+0\ndependency\s+0\nresync\s+0\nrepair\s+0\n\nRunning:\s+0\nRetrying:\s+0\nDead letters:\s+0\n$/);
   r = await homeostat(["queue", "stats", "--json", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+  assert.deepEqual(JSON.parse(r.stdout), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
 });
 
 test("enqueue queues, then deduplicates; the options reach the queue", async () => {
@@ -235,7 +235,7 @@ test("enqueue queues, then deduplicates; the options reach the queue", async () 
   assert.deepEqual(JSON.parse(r.stdout), { key: "package/zlib", outcome: "deduped" });
   // The merge took the more urgent class (release, the default) and kept the floor.
   const stats = await queue.stats();
-  assert.deepEqual(stats.depth, { advisory: 0, release: 1, dependency: 0, resync: 0 });
+  assert.deepEqual(stats.depth, { advisory: 0, release: 1, dependency: 0, resync: 0, repair: 0 });
 });
 
 test("dead-letters lists a non-retriable key; retry queues it again; retry of another key exits 1", async () => {

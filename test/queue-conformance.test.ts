@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import path from "node:path";
 import { done, doneWith, nonRetriable, notBefore, type QueueRequest, type Reconcile, type ReconcileResult, requeueAfter, WorkQueue, type WorkQueueOptions } from "@homeostat/workqueue";
-import { exponentialBackoff, workItemSchema, type Key, type Logger, type Priority, type WorkItem } from "@homeostat/core";
+import { exponentialBackoff, priorities, workItemSchema, type Key, type Logger, type Priority, type WorkItem } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
@@ -93,7 +93,7 @@ function conformance(backend: Backend) {
 
     const queued = async (key: Key): Promise<WorkItem[]> => {
       const out: WorkItem[] = [];
-      for (const p of ["advisory", "release", "dependency", "resync"] as const) {
+      for (const p of priorities) {
         const m = await b.env.nats.jsm.streams.getMessage(b.env.nats.topology.stream("work"), { last_by_subj: b.env.nats.topology.workSubject(p, key) }).catch(() => null);
         if (m) out.push(workItemSchema.parse(m.json()));
       }
@@ -247,7 +247,7 @@ function conformance(backend: Backend) {
       assert.equal(w.overlaps, 0);
       // Each key ran at least once: how often depends on how its enqueues met its runs.
       for (const k of keys) assert.ok(w.of(k).length >= 1);
-      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
     });
 
     test("lease loss on SIGKILL: the key runs again elsewhere and the crash counts as an attempt", async () => {
@@ -503,13 +503,13 @@ function conformance(backend: Backend) {
     });
 
     test("stats: depth per class, running, retrying and dead letters, exactly", async () => {
-      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
       await q.enqueue(req("package/stats-a", "advisory"));
       await q.enqueue(req("package/stats-b", "resync"));
       await q.enqueue(req("package/stats-c", "resync"));
       await q.enqueue(req("package/stats-dead", "dependency"));
       await q.enqueue(req("package/stats-retry", "release"));
-      assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 1, resync: 2 }, running: 0, retrying: 0, deadLetters: 0 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 1, resync: 2, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));
       const w = workers([b.make("w", { backoff: () => 60_000 })], async (item) => {
@@ -523,11 +523,11 @@ function conformance(backend: Backend) {
         return s.running === 1 && s.retrying === 1 && s.deadLetters === 1 && s.depth.resync === 0;
       }, 10_000);
       // The running key's and the retrying key's messages stay queued (unacked) until they end.
-      assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 0, resync: 0 }, running: 1, retrying: 1, deadLetters: 1 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 0, resync: 0, repair: 0 }, running: 1, retrying: 1, deadLetters: 1 });
       release();
       await waitFor("the gated run to end", async () => (await q.stats()).running === 0, 10_000);
       await w.stop();
-      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 1, dependency: 0, resync: 0 }, running: 0, retrying: 1, deadLetters: 1 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 1, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 1, deadLetters: 1 });
     });
 
     test("stats: a key waiting for its floor is queued, not a dead letter", async () => {
@@ -537,7 +537,7 @@ function conformance(backend: Backend) {
       await waitFor("the run", async () => w.of(key).length === 1, 10_000);
       await waitFor("the floor to be queued", async () => (await queued(key)).length === 1, 5_000);
       await w.stop();
-      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 1, dependency: 0, resync: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+      assert.deepEqual(await q.stats(), { depth: { advisory: 0, release: 1, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
       assert.deepEqual(await q.deadLetters(), []);
     });
 

@@ -66,7 +66,7 @@ test("enqueues, retries, dead letters, in-flight, wait and run times, and depth 
   const waits = points(all, "homeostat.queue.wait") as unknown as { value: { count: number } }[];
   assert.equal(waits.reduce((n, p) => n + p.value.count, 0), 4);
   const depth = points(all, "homeostat.queue.depth");
-  assert.deepEqual(depth.map((p) => p.attributes.priority).sort(), ["advisory", "dependency", "release", "resync"]);
+  assert.deepEqual(depth.map((p) => p.attributes.priority).sort(), ["advisory", "dependency", "release", "repair", "resync"]);
   const keyStates = points(all, "homeostat.queue.keys");
   assert.equal(keyStates.find((p) => p.attributes.state === "dead")?.value, 1);
 });

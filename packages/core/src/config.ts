@@ -161,6 +161,21 @@ const schema = z.object({
   HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES: z.coerce.number().int().positive().default(16 * 1024 ** 3),
   /** Builds one builder process runs at the same time. */
   HOMEOSTAT_BUILD_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
+  /** The agentic reconciler (services/agent): the Anthropic API key; unset, the agent is disabled and keys it would repair stay as they are. */
+  ANTHROPIC_API_KEY: z.string().min(1).optional(),
+  /** Where the Messages API is (a local server in tests); unset: the SDK's default. */
+  ANTHROPIC_BASE_URL: optionalUrlSetting(),
+  HOMEOSTAT_AGENT_MODEL: z.string().min(1).max(128).default("claude-sonnet-4-5"),
+  /** One repair's limits: model turns, tokens (input and output together), wall time, output tokens of one turn, tries of one call on 429/5xx. */
+  HOMEOSTAT_AGENT_MAX_TURNS: z.coerce.number().int().min(1).max(1000).default(40),
+  HOMEOSTAT_AGENT_MAX_TOKENS: z.coerce.number().int().positive().default(2_000_000),
+  HOMEOSTAT_AGENT_MAX_WALL_MS: positiveMs.default(30 * 60_000),
+  HOMEOSTAT_AGENT_TURN_OUTPUT_TOKENS: z.coerce.number().int().min(256).max(128_000).default(8_192),
+  HOMEOSTAT_AGENT_API_TRIES: z.coerce.number().int().min(1).max(20).default(5),
+  /** Price of the model in US dollars per million tokens: input, output, cache writes, cache reads (the run's cost is computed from its usage). */
+  HOMEOSTAT_AGENT_PRICE_PER_MTOK: z.string().regex(/^\d+(\.\d+)?(,\d+(\.\d+)?){3}$/, "input,output,cache-write,cache-read, in USD per million tokens").default("3,15,3.75,0.3"),
+  /** What happens to a proposal that passed every validator: `review` waits for a person, `validated` applies it to the (directory) catalog. */
+  HOMEOSTAT_AGENT_APPLY: z.enum(["review", "validated"]).default("review"),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().optional(),
 });
 
@@ -237,7 +252,22 @@ export type Config = Readonly<{
   buildSandbox: BuildSandboxSettings;
   buildConcurrency: number;
   otlpEndpoint: string | undefined;
+  agent: AgentSettings;
 }>;
+
+/** The agentic reconciler's settings; `apiKey` goes to the Anthropic client alone, never into a model's context. */
+export type AgentSettings = {
+  apiKey: string | undefined;
+  baseUrl: string | undefined;
+  model: string;
+  maxTurns: number;
+  maxTokens: number;
+  maxWallMs: number;
+  turnOutputTokens: number;
+  apiTries: number;
+  pricePerMTok: { input: number; output: number; cacheWrite: number; cacheRead: number };
+  apply: "review" | "validated";
+};
 
 export class ConfigError extends Error {}
 
@@ -416,6 +446,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       },
     },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
+    agent: agentSettings(e),
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
   };
 }
@@ -443,4 +474,18 @@ function pathList(value: string, fallback: string): string[] {
 function signingKey(value: string | undefined): { signingKeyPath: string | undefined; signingKeyPem: string | undefined } {
   if (value === undefined || value.trim() === "") return { signingKeyPath: undefined, signingKeyPem: undefined };
   return value.trimStart().startsWith("-----BEGIN") ? { signingKeyPath: undefined, signingKeyPem: value } : { signingKeyPath: value, signingKeyPem: undefined };
+}
+
+function optionalUrlSetting() {
+  return z.preprocess((v) => (v === "" ? undefined : v), z.url().optional());
+}
+
+function agentSettings(e: z.infer<typeof schema>): AgentSettings {
+  const [input, output, cacheWrite, cacheRead] = e.HOMEOSTAT_AGENT_PRICE_PER_MTOK.split(",").map(Number) as [number, number, number, number];
+  return {
+    apiKey: e.ANTHROPIC_API_KEY, baseUrl: e.ANTHROPIC_BASE_URL, model: e.HOMEOSTAT_AGENT_MODEL,
+    maxTurns: e.HOMEOSTAT_AGENT_MAX_TURNS, maxTokens: e.HOMEOSTAT_AGENT_MAX_TOKENS, maxWallMs: e.HOMEOSTAT_AGENT_MAX_WALL_MS,
+    turnOutputTokens: e.HOMEOSTAT_AGENT_TURN_OUTPUT_TOKENS, apiTries: e.HOMEOSTAT_AGENT_API_TRIES,
+    pricePerMTok: { input, output, cacheWrite, cacheRead }, apply: e.HOMEOSTAT_AGENT_APPLY,
+  };
 }

@@ -19,10 +19,18 @@ export const causeSchema = z.object({
 });
 export type Cause = z.infer<typeof causeSchema>;
 
-/** Enqueue priority classes, most urgent first (brief: advisory > release > resync). */
-export const priorities = ["advisory", "release", "dependency", "resync"] as const;
+/**
+ * Enqueue priority classes, most urgent first (brief: advisory > release > resync). `repair` is
+ * the agentic reconciler's (services/agent): the traditional reconciler hands a key over by
+ * queueing it there, and it is the least urgent, so any other enqueue of the key merges it back
+ * to the traditional reconciler, which decides again (and hands it over again if it still must).
+ * One key, one run record: the two never work a key at once.
+ */
+export const priorities = ["advisory", "release", "dependency", "resync", "repair"] as const;
 export const prioritySchema = z.enum(priorities);
 export type Priority = z.infer<typeof prioritySchema>;
+/** The classes the traditional reconciler takes; the agent takes `repair` alone. */
+export const reconcilerPriorities = priorities.filter((p): p is Exclude<Priority, "repair"> => p !== "repair");
 
 const epochMs = z.number().int().nonnegative();
 

@@ -16,7 +16,10 @@
  *   state, writes state, asks for builds, and (its upstream resolver) records release facts;
  * - builder takes build requests, reads releases, advisories and state (to compute the desired
  *   build itself), writes state, asks for signatures;
- * - signer takes sign requests, reads and writes state, asks for the key's re-intake.
+ * - signer takes sign requests, reads and writes state, asks for the key's re-intake;
+ * - agent (the agentic reconciler) takes keys of the `repair` class from the work stream under
+ *   run records, reads releases, advisories and state, notes its word on a key in its status
+ *   and records proposals; it never asks for builds or signatures of a key's actual state.
  * No service may delete or purge a stream; `admin` (tests, operators) may do anything and is
  * handed to no service.
  */
@@ -24,7 +27,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, 
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { createUser, fromSeed } from "@nats-io/nkeys";
-import { priorities } from "./contracts.ts";
+import { priorities, reconcilerPriorities } from "./contracts.ts";
 import { ADMISSION_CONSUMER, eventLedgerNames } from "./events.ts";
 import type { Logger } from "./log.ts";
 import type { ServiceName } from "./service.ts";
@@ -134,7 +137,7 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
   },
   reconciler: (g, t) => {
     workQueue(g, t);
-    for (const p of priorities) g.consume(t.stream("work"), t.workConsumer(p));
+    for (const p of reconcilerPriorities) g.consume(t.stream("work"), t.workConsumer(p));
     // The upstream resolver records release facts and settles announcements.
     g.kvList(t, "releases").kvWrite(t, "releases").kvList(t, "advisories");
     g.kvWrite(t, "state").pub(t.subjects("build"));
@@ -150,6 +153,13 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
   signer: (g, t) => {
     g.consume(t.stream("sign"), t.consumer("sign"));
     g.kvWrite(t, "state").pub(t.subjects("intake"));
+  },
+  agent: (g, t) => {
+    workQueue(g, t);
+    g.consume(t.stream("work"), t.workConsumer("repair"));
+    g.kvList(t, "releases").kvList(t, "advisories");
+    g.kvList(t, "state").kvWrite(t, "state");
+    g.kvList(t, "proposals").kvWrite(t, "proposals");
   },
 };
 

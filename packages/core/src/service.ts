@@ -21,7 +21,7 @@ export type ServiceContext = {
   signal: AbortSignal;
 };
 
-export const serviceNames = ["ingest", "queue", "reconciler", "builder", "signer"] as const;
+export const serviceNames = ["ingest", "queue", "reconciler", "builder", "signer", "agent"] as const;
 export type ServiceName = (typeof serviceNames)[number];
 
 export async function runService(name: ServiceName, main: (ctx: ServiceContext) => Promise<() => Promise<void>>, graceMs = 20_000): Promise<void> {

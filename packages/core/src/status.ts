@@ -91,6 +91,8 @@ export const keyStatusSchema = z.object({
     startedAt: z.string(),
     crashes: z.number().int().nonnegative(),
   }).optional(),
+  /** The agentic reconciler's word on the key (services/agent): disabled, working, a proposal waiting for review, or why it made none. */
+  agent: z.string().max(4096).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digestSchema.optional(),
   updatedAt: z.string(),

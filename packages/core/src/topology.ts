@@ -87,8 +87,9 @@ export class Topology {
 }
 
 /** Every KV bucket: the topology owner creates them all, the other services only open them. */
-export type BucketName = "state" | "releases" | "runs" | "advisories" | "ingest_cursors";
-const bucketHistory: Record<BucketName, number> = { state: 5, releases: 1, runs: 1, advisories: 1, ingest_cursors: 1 };
+export type BucketName = "state" | "releases" | "runs" | "advisories" | "ingest_cursors" | "proposals";
+/** proposals: the agentic reconciler's proposals (services/agent), a few revisions kept as they are reviewed. */
+const bucketHistory: Record<BucketName, number> = { state: 5, releases: 1, runs: 1, advisories: 1, ingest_cursors: 1, proposals: 5 };
 export const bucketNames = Object.keys(bucketHistory) as readonly BucketName[];
 
 export type Nats = {
@@ -222,7 +223,7 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
     });
   }
   await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
-  await Promise.all((["advisories", "ingest_cursors"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
+  await Promise.all((["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
   return openBuckets(n);
 }
 

@@ -10,9 +10,9 @@ const item = (o: Partial<WorkItem> = {}): WorkItem => ({
 });
 const queued = (seq: number, o: Partial<WorkItem> = {}): Queued => ({ seq, item: item(o) });
 
-test("classes rank most urgent first: advisory, release, dependency, resync", () => {
-  const order: Priority[] = ["resync", "advisory", "dependency", "release"];
-  assert.deepEqual(order.sort((a, b) => rank(a) - rank(b)), ["advisory", "release", "dependency", "resync"]);
+test("classes rank most urgent first: advisory, release, dependency, resync, repair (the agent's)", () => {
+  const order: Priority[] = ["resync", "repair", "advisory", "dependency", "release"];
+  assert.deepEqual(order.sort((a, b) => rank(a) - rank(b)), ["advisory", "release", "dependency", "resync", "repair"]);
 });
 
 test("a request becomes a schedule: due at its not-before, never before its floor, fresh attempts", () => {

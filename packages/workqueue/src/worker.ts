@@ -5,7 +5,7 @@
  * released. On abort it drains (invariant 8).
  */
 import type { JsMsg } from "@nats-io/jetstream";
-import { decodeMessage, priorities, workItemSchema, type WorkItem } from "@homeostat/core/contracts";
+import { decodeMessage, priorities, workItemSchema, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
 import { contextFromHeaders, inSpan, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
@@ -40,11 +40,11 @@ export class Worker {
     this.metrics = parts.metrics;
   }
 
-  /** Runs `reconcile` on queued keys, at most `concurrency` at once, until `signal` aborts. */
-  async run(o: { concurrency: number; signal: AbortSignal; reconcile: Reconcile }): Promise<void> {
+  /** Runs `reconcile` on keys queued in `classes` (default: every class), at most `concurrency` at once, until `signal` aborts. */
+  async run(o: { concurrency: number; signal: AbortSignal; reconcile: Reconcile; classes?: readonly Priority[] }): Promise<void> {
     const t = this.n.topology;
     const sources = await Promise.all(
-      priorities.map(async (p) => {
+      (o.classes ?? priorities).map(async (p) => {
         const consumer = await this.n.js.consumers.get(this.stream.name, t.workConsumer(p));
         // Small batches: a message waiting in this buffer gets no renewals, and one that outlives
         // its ack wait there is delivered again elsewhere (a stale copy the records absorb).

@@ -49,6 +49,7 @@
  * 8), admin.ts (stats, dead letters, sweep), metrics.ts; this file is the public surface.
  */
 import { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
+import type { Priority } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
 import type { Nats } from "@homeostat/core/topology";
 import { QueueAdmin } from "./admin.ts";
@@ -89,8 +90,8 @@ export class WorkQueue {
     return this.placement.enqueue(req);
   }
 
-  /** Runs `reconcile` on queued keys, at most `concurrency` at once, until `signal` aborts; then drains. */
-  run(o: { concurrency: number; signal: AbortSignal; reconcile: Reconcile }): Promise<void> {
+  /** Runs `reconcile` on keys queued in `classes` (default: every class), at most `concurrency` at once, until `signal` aborts; then drains. */
+  run(o: { concurrency: number; signal: AbortSignal; reconcile: Reconcile; classes?: readonly Priority[] }): Promise<void> {
     return this.worker.run(o);
   }
 

@@ -185,7 +185,9 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     // NeedsAttention: lodash 4.17.15 is affected, 4.17.19 is not a known release.
     await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
-    await run("package/lodash", { type: "advisory", id: "advisory-event-1" });
+    const handedOver = await run("package/lodash", { type: "advisory", id: "advisory-event-1" });
+    assert.ok(handedOver.type === "done" && handedOver.children?.length === 1, JSON.stringify(handedOver));
+    assert.deepEqual({ key: handedOver.children[0]!.key, priority: handedOver.children[0]!.priority }, { key: "package/lodash", priority: "repair" }, "the agent is asked to answer it");
     const flagged = (await state.get("package/lodash"))!;
     assert.equal(flagged.phase, "NeedsAttention");
     assert.deepEqual(flagged.advisories, ["GHSA-p6mc-m468-83gw"]);
@@ -278,7 +280,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await builds(), ["package/left@1.5"], "the retry published it, and a second retry was a duplicate");
   });
 
-  test("a failed build: retried after its backoff, dead-lettered when retries are spent or it kills its builder, afresh on an operator's retry", async () => {
+  test("a failed build: retried after its backoff, handed to the agent when a new version's retries are spent, dead-lettered when it kills its builder, afresh on an operator's retry", async () => {
     const key = "package/left";
     const digest = (await state.get(key))!.desiredInputDigest!;
     assert.equal((await state.get(key))!.phase, "Building");
@@ -300,9 +302,10 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.equal(await asked(), before + 1);
 
     await fail("permanent", 3);
-    assert.deepEqual(await run(key), { type: "nonRetriable", reason: "build failed 3 times: step 2/2 (make) exited with code 2" });
+    const handedOver = { type: "done", children: [{ key, priority: "repair", cause: { type: "resync", detail: "handed to the agent: build failed 3 times: step 2/2 (make) exited with code 2" } }] };
+    assert.deepEqual(await run(key), handedOver, "1.5 is a new version for left: the agent is to repair its recipe");
     await state.update(key, (s) => ({ ...s!, phase: "DeadLettered" }));
-    assert.equal((await run(key)).type, "nonRetriable", "a resync of a dead letter builds nothing");
+    assert.deepEqual(await run(key), handedOver, "a resync of a key the agent gave up on hands it over again and builds nothing");
     assert.equal(await asked(), before + 1);
 
     await fail("crash", 3);

@@ -9,6 +9,12 @@
  * advisories it fixes, the dependency that was rebuilt), so `homeostat why` can follow the
  * chain. Each build asked for is remembered in the key's last builds, and settled (succeeded,
  * failed, superseded) as later runs observe its end.
+ *
+ * What it cannot close by itself it hands to the agentic reconciler (services/agent) by queueing
+ * the key in the `repair` class: a package whose advisories leave it in NeedsAttention, and a
+ * build of a new version that failed for its inputs (a step or the test) once its retries are
+ * spent. The key stays as it is meanwhile; the agent only proposes a changed recipe, which
+ * reaches a build through the catalog like any other change.
  */
 import { currentTraceId, makeKey, parseKey, retryingText, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
 import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
@@ -103,7 +109,7 @@ export function createReconciler(deps: ReconcilerDeps) {
           cause: cause({ type: "advisory", id: ids }, desired.detail, item.cause),
         });
       deps.log.warn("needs attention", { key: item.key, version: desired.version, advisories: desired.advisories });
-      return done;
+      return kind === "package" ? doneWith([handOver(item, `needs attention: ${desired.detail}`)]) : done;
     }
 
     if (status.actual?.inputDigest === desired.inputDigest) {
@@ -136,7 +142,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     const manual = item.cause.type === "manual";
     const failure = status.failure?.inputDigest === desired.inputDigest ? status.failure : undefined;
     if (status.desiredInputDigest === desired.inputDigest && failure && !manual && (status.phase === "Failed" || status.phase === "DeadLettered")) {
-      const ended = await afterFailure(item, failure);
+      const ended = await afterFailure(item, failure, status.actual?.version !== desired.version);
       if (ended) return ended;
     } else if (status.desiredInputDigest === desired.inputDigest) {
       if (status.phase === "Failed" && !manual) {
@@ -187,11 +193,13 @@ export function createReconciler(deps: ReconcilerDeps) {
    * until an operator retries or the inputs change), the dead letters once the retries are
    * spent or the build kept killing its builder, else a retry at its time (undefined: now).
    */
-  async function afterFailure(item: WorkItem, failure: NonNullable<KeyStatus["failure"]>): Promise<ReconcileResult | undefined> {
+  async function afterFailure(item: WorkItem, failure: NonNullable<KeyStatus["failure"]>, newVersion: boolean): Promise<ReconcileResult | undefined> {
     await setStatus(deps, item.key, (s) => settleBuild(s, failure.inputDigest, "failed", failure.at));
     if (failure.kind === "invalid") return done;
     if (failure.kind === "crash") return nonRetriable(failure.reason);
     const { retries, backoffMs, backoffMaxMs } = deps.buildFailures;
+    // A new version that keeps failing for its inputs is the agent's to repair (the recipe may no longer fit).
+    if (failure.count > retries && newVersion && failure.kind === "permanent") return doneWith([handOver(item, `build failed ${failure.count} times: ${failure.reason}`)]);
     if (failure.count > retries) return nonRetriable(`build failed ${failure.count} time${failure.count === 1 ? "" : "s"}: ${failure.reason}`.slice(0, 4096));
     const nextAt = failure.nextAt ? Date.parse(failure.nextAt) : Date.parse(failure.at) + Math.min(backoffMaxMs, backoffMs * 2 ** Math.max(0, failure.count - 1));
     if (Date.now() >= nextAt) return undefined;
@@ -217,6 +225,11 @@ function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStat
   if (!from) return `first build at ${desired.version}`;
   if (desired.plan.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
   return `rebuilt at ${desired.version}`;
+}
+
+/** The key queued for the agentic reconciler, with what it is to repair. */
+function handOver(item: WorkItem, why: string): QueueRequest {
+  return { key: item.key, priority: "repair", cause: { type: item.cause.type, ...(item.cause.id ? { id: item.cause.id } : {}), detail: `handed to the agent: ${why}`.slice(0, 2048) } };
 }
 
 function rebuiltAt(key: Key, version: string): string {

@@ -1,0 +1,122 @@
+/**
+ * The agent's tools over one key's workspace (workspace.ts), each with a strict input schema.
+ * The workspace holds `recipe.yaml` (the package's catalog entry, the candidate the model
+ * edits), `patches/` (the candidate's patches), `build.log` (why the build failed),
+ * `advisories/<id>.json` and, when unpacked, `source/`.
+ *
+ * submit_result runs the validators (validators.ts); a failing one is returned to the model as
+ * a tool error, so the loop goes on within its budget; a passing submission ends the run.
+ */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
+import { z } from "zod";
+import { packageSpecSchema, type PackageSpec } from "@homeostat/catalog";
+import type { AgentTool } from "./loop.ts";
+import { validateCandidate, type Candidate, type RepairContext, type ValidatorResult } from "./validators.ts";
+import type { Workspace } from "./workspace.ts";
+
+const run = promisify(execFile);
+const relPath = z.string().min(1).max(1024);
+export const MAX_READ_BYTES = 64 * 1024;
+
+/** What the model submits, once it passed every validator (or every one that could run). */
+export type Submission = { candidate: Candidate; rationale: string; validators: ValidatorResult[] };
+
+export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submission>[] {
+  const recipe = async (): Promise<PackageSpec> => packageSpecSchema.parse(parseYaml((await ws.read("recipe.yaml", 1024 * 1024)).text));
+  return [
+    {
+      name: "list_files", description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/).",
+      input: z.strictObject({ path: relPath.default(".") }),
+      run: async ({ path }: { path: string }) => {
+        const { entries, more } = await ws.list(path, 500);
+        return { content: entries.join("\n") + (more ? "\n… (more; list a subdirectory)" : "") || "(empty)" };
+      },
+    },
+    {
+      name: "read_file", description: `Reads a text file of the workspace (at most ${MAX_READ_BYTES} bytes from offset).`,
+      input: z.strictObject({ path: relPath, offset: z.number().int().min(0).default(0) }),
+      run: async ({ path, offset }: { path: string; offset: number }) => {
+        const { text, size } = await ws.read(path, offset + MAX_READ_BYTES);
+        const part = text.slice(offset);
+        return { content: part + (size > offset + MAX_READ_BYTES ? `\n… (${size} bytes; read on from offset ${offset + MAX_READ_BYTES})` : "") };
+      },
+    },
+    {
+      name: "search", description: "Searches the files under a directory of the workspace for a regular expression; returns path:line: text.",
+      input: z.strictObject({ pattern: z.string().min(1).max(512), path: relPath.default(".") }),
+      run: async ({ pattern, path }: { pattern: string; path: string }) => {
+        let re: RegExp;
+        try {
+          re = new RegExp(pattern);
+        } catch (err) {
+          return { content: `invalid regular expression: ${(err as Error).message}`, isError: true };
+        }
+        const { hits, more } = await ws.search(re, path, 200, MAX_READ_BYTES * 16);
+        return { content: hits.join("\n") + (more ? "\n… (more)" : "") || "no match" };
+      },
+    },
+    {
+      name: "read_build_log", description: "Reads why the last build of the key failed.",
+      input: z.strictObject({}),
+      run: async () => ({ content: (await ws.read("build.log", MAX_READ_BYTES)).text }),
+    },
+    {
+      name: "read_advisory", description: "Reads an advisory (OSV JSON) that affects the package.",
+      input: z.strictObject({ id: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/) }),
+      run: async ({ id }: { id: string }) => ({ content: (await ws.read(`advisories/${id}.json`, MAX_READ_BYTES)).text }),
+    },
+    {
+      name: "edit_recipe", description: "Changes fields of the package's recipe (version, source, build.steps, test, patches, dependencies, epoch); the result must pass the catalog schema.",
+      input: z.strictObject({ set: z.record(z.enum(["version", "epoch", "source", "build", "test", "patches", "dependencies"]), z.unknown()) }),
+      run: async ({ set }: { set: Record<string, unknown> }) => {
+        const next = packageSpecSchema.safeParse({ ...(await recipe()), ...set });
+        if (!next.success) return { content: `the recipe would not pass the catalog schema: ${next.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, isError: true };
+        if (next.data.name !== ctx.name) return { content: "the package's name cannot change", isError: true };
+        await ws.write("recipe.yaml", stringifyYaml(next.data));
+        return { content: `recipe.yaml updated:\n${stringifyYaml(next.data)}` };
+      },
+    },
+    {
+      name: "write_patch", description: "Writes a unified diff (applied with patch -p1 in the unpacked source) as patches/<name>.patch; it must apply to source/.",
+      input: z.strictObject({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/), diff: z.string().min(1).max(256 * 1024) }),
+      run: async ({ name, diff }: { name: string; diff: string }) => {
+        const escapes = [...diff.matchAll(/^(?:---|\+\+\+) (\S+)/gm)].map((m) => m[1]!).filter((p) => p !== "/dev/null" && (p.startsWith("/") || p.split("/").includes("..")));
+        if (escapes.length) return { content: `the diff names paths outside the source: ${escapes.join(", ")}`, isError: true };
+        const file = `patches/${name}.patch`;
+        await ws.write(file, diff);
+        const applies = await patchApplies(ws, file);
+        return applies === true ? { content: `${file} written; it applies to source/` } : { content: `${file} written, but it does not apply: ${applies}`, isError: true };
+      },
+    },
+    {
+      name: "submit_result", description: "Submits the candidate recipe and patches with a rationale. The validators run; a failure comes back as an error to fix.",
+      input: z.strictObject({ rationale: z.string().min(1).max(8192) }),
+      run: async ({ rationale }: { rationale: string }) => {
+        const candidate: Candidate = { recipe: await recipe(), patches: await readPatches(ws) };
+        const validators = await validateCandidate(candidate, ctx, (file) => patchApplies(ws, file));
+        const failed = validators.filter((v) => v.status === "failed");
+        if (failed.length) return { content: `not accepted: ${failed.map((v) => `${v.name}: ${v.detail}`).join("; ")}`, isError: true };
+        return { content: "accepted", result: { candidate, rationale, validators } };
+      },
+    },
+  ];
+}
+
+/** Whether the patch applies to source/ (true), or why not. */
+export async function patchApplies(ws: Workspace, file: string): Promise<true | string> {
+  const source = await ws.resolve("source").catch(() => undefined);
+  if (!source || !(await ws.list("source", 1).then(() => true, () => false))) return "the source is not unpacked in this workspace";
+  try {
+    await run("patch", ["--dry-run", "--batch", "--forward", "-p1", "-d", source, "-i", await ws.resolve(file)], { timeout: 30_000 });
+    return true;
+  } catch (err) {
+    return String((err as { stdout?: string }).stdout || (err as Error).message).slice(0, 2000);
+  }
+}
+
+async function readPatches(ws: Workspace): Promise<Candidate["patches"]> {
+  const files = (await ws.list("patches", 1000).catch(() => ({ entries: [] as string[] }))).entries.filter((f) => f.endsWith(".patch"));
+  return Promise.all(files.map(async (path) => ({ path, text: (await ws.read(path, 1024 * 1024)).text })));
+}
