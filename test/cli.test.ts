@@ -274,7 +274,7 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
   r = await homeostat(["retry", "package/openssl", "--addr", addr]);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, "");
-  assert.equal(r.stderr, "homeostat: package/openssl is not in the dead letters\n");
+  assert.equal(r.stderr, "homeostat: package/openssl is neither in the dead letters nor Failed\n");
 });
 
 test("enqueue of a key the catalog does not declare exits 1 and says so; --force queues it", async () => {

@@ -28,7 +28,7 @@ import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
 import type { ImageVerification } from "@homeostat/attest";
 import type { LivePackage, PlanRelease } from "./plan.ts";
 
-export const exitCodes = { ok: 0, failed: 1, unreachable: 2, usage: 64, denied: 77 } as const;
+export const exitCodes = { ok: 0, failed: 1, unreachable: 2, unavailable: 3, usage: 64, denied: 77 } as const;
 
 /** The status API module, loaded by the commands that talk to the server. */
 const statusApi = () => import("@homeostat/status-api");
@@ -112,12 +112,18 @@ const getCommand: Command = {
     const key = await keyArg(raw!, getCommand);
     if (values.watch) return watchCommand(ctx, { prefix: key }, (k) => k === key);
     const { api, client } = await ctx.status();
-    const status = await api.getKeyStatus(client, key);
+    const { status, degraded } = await api.readKeyStatus(client, key);
+    if (degraded) warnDegraded(ctx, degraded);
     if (ctx.json) ctx.printJson(status);
     else ctx.print(formatStatus(status));
     return exitCodes.ok;
   },
 };
+
+/** The answer came from the state store, not the read model: say so on stderr; the answer itself stands. */
+function warnDegraded(ctx: Context, reason: string): void {
+  ctx.io.stderr.write(`homeostat: the read model at ${ctx.addr} is degraded (${reason}); answered from the state store: current, but slower\n`);
+}
 
 const whyCommand: Command = {
   name: "why",
@@ -210,11 +216,14 @@ const listCommand: Command = {
     const items: KeyStatus[] = [];
     const { api, client } = await ctx.status();
     let pageToken: string | undefined;
+    let degraded: string | undefined;
     do {
       const page = await api.listKeyStatuses(client, { prefix, pageSize: Math.min(limit - items.length, maxPageSize), ...(pageToken ? { pageToken } : {}) });
       items.push(...page.items);
       pageToken = page.nextPageToken;
+      degraded ??= page.degraded;
     } while (pageToken && items.length < limit);
+    if (degraded) warnDegraded(ctx, degraded);
     if (ctx.json) ctx.printJson(items);
     else ctx.print(formatTable(items));
     if (pageToken) ctx.io.stderr.write(`homeostat: showing the first ${items.length} keys; more exist (raise --limit or narrow --prefix)\n`);
@@ -576,7 +585,7 @@ export function help(c?: Command): string {
     "Data directory: every command, service and scripts/demo use $HOMEOSTAT_DATA, default .homeostat/data",
     "(relative to the current directory); the signer keeps its key in $HOMEOSTAT_SIGNER_DIR, default <data>/signer,",
     "where verify finds cosign.pub. After scripts/demo: homeostat verify .homeostat/data/oci/greeter",
-    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 64 usage error,",
+    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 3 server up but its stores unavailable, 64 usage error,",
     "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue or retry).",
     "",
   ].join("\n");
@@ -734,8 +743,12 @@ async function reportError(err: unknown, io: Io, addr: string, command: Command 
     return exitCodes.usage;
   }
   // Loaded already when a call failed; an error from elsewhere is not one of its classes.
-  const { ClientSetupError, ContractViolation, isGrpcError, Status } = await statusApi();
+  const { ClientSetupError, ContractViolation, isGrpcError, reportedByServer, Status } = await statusApi();
   if (isGrpcError(err)) {
+    if (err.code === Status.UNAVAILABLE && reportedByServer(err)) {
+      io.stderr.write(`homeostat: homeostat at ${addr} is up but cannot answer now: ${err.details} (UNAVAILABLE; try again later)\n`);
+      return exitCodes.unavailable;
+    }
     if (err.code === Status.UNAVAILABLE || err.code === Status.DEADLINE_EXCEEDED) {
       const why = (err.details || Status[err.code] || "")
         .replace(/^No connection established\. Last error: (Error: )?/, "")

@@ -20,6 +20,12 @@ const schema = z.object({
   NATS_TLS_CERT: z.string().min(1).optional(),
   NATS_TLS_KEY: z.string().min(1).optional(),
   REDIS_URL: z.string().default("redis://127.0.0.1:6379"),
+  /**
+   * How often the queue service checks that Redis still holds the read model it built (rebuilding
+   * it from the state bucket when not), and how long a Redis command may take before a read is
+   * answered from the state bucket instead.
+   */
+  HOMEOSTAT_READ_MODEL_CHECK_MS: positiveMs.default(1_000),
   /** Prefix of every stream, bucket, subject and Redis key: lets several factories (or tests) share servers. */
   HOMEOSTAT_PREFIX: z.string().regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, "letters, digits and _ only, starting with a letter").default("hs"),
   /** Region name: where this process runs; with no HOMEOSTAT_FABRIC, also the region part of every subject. */
@@ -184,6 +190,7 @@ export type Config = Readonly<{
   /** How this process authenticates to NATS (file paths, resolved). */
   nats: { nkeySeedFile: string | undefined; tlsCaFile: string | undefined; tlsCertFile: string | undefined; tlsKeyFile: string | undefined };
   redisUrl: string;
+  readModelCheckMs: number;
   prefix: string;
   region: string;
   /** HOMEOSTAT_FABRIC, or the region when unset. */
@@ -353,6 +360,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     natsUrl: e.NATS_URL,
     nats: natsSecurity(e.NATS_NKEY_SEED_FILE, e.NATS_TLS_CA, e.NATS_TLS_CERT, e.NATS_TLS_KEY),
     redisUrl: e.REDIS_URL,
+    readModelCheckMs: e.HOMEOSTAT_READ_MODEL_CHECK_MS,
     prefix: e.HOMEOSTAT_PREFIX,
     region: e.HOMEOSTAT_REGION,
     fabric: e.HOMEOSTAT_FABRIC ?? e.HOMEOSTAT_REGION,

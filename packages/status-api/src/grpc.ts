@@ -103,7 +103,13 @@ function callOptions(opts: CallOptions): DeadlineOptions {
 
 /** GetKey as a validated `KeyStatus`; rejects with the ClientError. */
 export async function getKeyStatus(client: StatusClient, key: string, opts: CallOptions = {}): Promise<KeyStatus> {
-  return fromProtoStatus(await client.rpc.getKey({ key }, callOptions(opts)));
+  return (await readKeyStatus(client, key, opts)).status;
+}
+
+/** GetKey, with why the answer came from the state bucket when the read model is degraded. */
+export async function readKeyStatus(client: StatusClient, key: string, opts: CallOptions = {}): Promise<{ status: KeyStatus; degraded?: string }> {
+  const m = await client.rpc.getKey({ key }, callOptions(opts));
+  return m.degraded ? { status: fromProtoStatus(m), degraded: m.degraded } : { status: fromProtoStatus(m) };
 }
 
 /** Why: the key's status, then each dependency status its cause leads to (see the proto). */
@@ -132,7 +138,8 @@ export async function causalChain(key: Key, get: (key: Key) => Promise<KeyStatus
   return chain;
 }
 
-export type StatusPage = { items: KeyStatus[]; nextPageToken?: string };
+/** `degraded`: why the page was read from the state bucket rather than the read model. */
+export type StatusPage = { items: KeyStatus[]; nextPageToken?: string; degraded?: string };
 
 /** One ListKeys page as validated statuses; `nextPageToken` is absent on the last page. */
 export async function listKeyStatuses(
@@ -142,7 +149,7 @@ export async function listKeyStatuses(
 ): Promise<StatusPage> {
   const res = await client.rpc.listKeys({ prefix: req.prefix ?? "", pageSize: req.pageSize ?? 0, pageToken: req.pageToken ?? "" }, callOptions(opts));
   const items = res.keys.map(fromProtoStatus);
-  return res.nextPageToken ? { items, nextPageToken: res.nextPageToken } : { items };
+  return { items, ...(res.nextPageToken ? { nextPageToken: res.nextPageToken } : {}), ...(res.degraded ? { degraded: res.degraded } : {}) };
 }
 
 /** QueueStats as validated `QueueStats`. */
@@ -199,6 +206,15 @@ export async function knownFacts(client: StatusClient, packages: readonly string
 /** True when `err` is a gRPC error a call returned (with this status code). */
 export function isGrpcError(err: unknown, code?: Status): err is ClientError {
   return err instanceof ClientError && (code === undefined || err.code === code);
+}
+
+/**
+ * True when an error came from the status server itself, which names the method first in every
+ * failure it reports ("GetKey: …", queue status-api.ts): the server is up, what it reads through
+ * is not (JetStream, say). Otherwise the call never reached a server (unreachable, refused, TLS).
+ */
+export function reportedByServer(err: ClientError): boolean {
+  return err.details.startsWith(`${err.path.slice(err.path.lastIndexOf("/") + 1)}: `);
 }
 
 /** The status as its wire message. Absent optional fields stay absent. */

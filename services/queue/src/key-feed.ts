@@ -45,6 +45,16 @@ export class KeyFeed {
     return this.#watchers.size;
   }
 
+  /** The keys that have a status now (what a rebuild of the read model writes). */
+  keys(): Key[] {
+    return [...this.#latest.values()].flatMap((e) => (e.status ? [e.key] : []));
+  }
+
+  /** The latest status of `key`; undefined once removed or never seen. */
+  status(key: Key): KeyStatus | undefined {
+    return this.#latest.get(key)?.status;
+  }
+
   /** Records a change of the bucket and tells every watcher whose view it touches. Changes come in revision order. */
   apply(entry: FeedEntry): void {
     const previous = this.#latest.get(entry.key)?.status;

@@ -10,16 +10,22 @@ import { Redis } from "ioredis";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { errorMessage, EventLedger, runService } from "@homeostat/core";
 import { KeyFeed } from "./key-feed.ts";
-import { projectStatusToRedis, StatusReadModel } from "./read-model.ts";
+import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 
 await runService("queue", async ({ config, log, nats, buckets, signal }) => {
-  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: false });
-  const readModel = new StatusReadModel(redis, nats.topology);
+  // Fail fast rather than queue: a Redis that is down must neither stall the follower of the
+  // state bucket nor hold reads; the read model answers from the bucket and heals afterwards.
+  const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: config.readModelCheckMs, lazyConnect: false });
   const feed = new KeyFeed();
-  await projectStatusToRedis(buckets.state, readModel, signal, (entry) => feed.apply(entry));
+  const readModel = new HealingReadModel({ store: new StatusReadModel(redis, nats.topology), state: buckets.state, source: feed, topology: nats.topology, log });
+  await followState(buckets.state, signal, (entry) => {
+    feed.apply(entry);
+    readModel.apply(entry);
+  });
+  readModel.start(config.readModelCheckMs, signal);
   // The catalog, reloaded as the reconciler reloads its own: Enqueue refuses keys it does not declare.
   const catalog = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "queue") });
   const watchingCatalog = catalog.watch({

@@ -3,8 +3,9 @@
  * model, the work queue and the known releases and advisories, plus the standard
  * grpc.health.v1 Health service.
  *
- * GetKey, Why and ListKeys only read Redis: the read model is kept current by the projector
- * (state.ts), so serving them never touches JetStream. The queue RPCs go to the WorkQueue, the
+ * GetKey, Why and ListKeys read the read model (read-model.ts): Redis, kept current by the
+ * follower of the state bucket, or while Redis is unavailable or being rebuilt the state bucket
+ * itself, an answer then flagged `degraded` with the reason. The queue RPCs go to the WorkQueue, the
  * same library every worker uses, so an enqueue here obeys exactly the merge rules of any
  * other, and refuses a key the catalog does not declare unless forced. KnownFacts reads the
  * release and advisory stores the reconciler reads, so a plan made with its answer decides
@@ -27,7 +28,7 @@ import {
 import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
 import { type KeyFeed, WatchEnded } from "./key-feed.ts";
-import type { StatusReadModel } from "./read-model.ts";
+import type { StatusReads } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
 import { tracingMiddleware } from "./grpc-tracing.ts";
 import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
@@ -40,7 +41,7 @@ export type StatusApiOptions = {
   addr: string;
   /** TLS, tokens and read auth (config.statusApi); see status-auth.ts. */
   security: StatusApiSecurity;
-  readModel: StatusReadModel;
+  readModel: StatusReads;
   queue: QueueApi;
   /** The known releases and stored advisories KnownFacts answers with. */
   releases: Pick<ReleaseStore, "list">;
@@ -112,17 +113,22 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     async getKey({ key }) {
       const parsed = parseKeyArg(key);
       if ("error" in parsed) throw invalid(parsed.error);
-      const status = await readModel.get(parsed.key);
+      const { status, degraded } = await readModel.lookup(parsed.key);
       if (!status) throw new ServerError(Status.NOT_FOUND, `no status for ${parsed.key}`);
-      return toProtoStatus(status);
+      return { ...toProtoStatus(status), ...(degraded ? { degraded } : {}) };
     },
 
     async why({ key }) {
       const parsed = parseKeyArg(key);
       if ("error" in parsed) throw invalid(parsed.error);
-      const chain = await causalChain(parsed.key, (k) => readModel.get(k));
+      let degraded: string | undefined;
+      const chain = await causalChain(parsed.key, async (k) => {
+        const read = await readModel.lookup(k);
+        degraded ??= read.degraded;
+        return read.status;
+      });
       if (chain.length === 0) throw new ServerError(Status.NOT_FOUND, `no status for ${parsed.key}`);
-      return { chain: chain.map(toProtoStatus) };
+      return { chain: chain.map((s) => ({ ...toProtoStatus(s), ...(degraded ? { degraded } : {}) })) };
     },
 
     async listKeys({ prefix, pageSize, pageToken }) {
@@ -135,7 +141,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       }
       const limit = Math.min(pageSize || defaultPageSize, maxPageSize);
       const page = await readModel.list({ prefix, limit, ...(after ? { after } : {}) });
-      return { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "" };
+      return { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "", ...(page.degraded ? { degraded: page.degraded } : {}) };
     },
 
     async queueStats() {
@@ -176,7 +182,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       if (await queue.retryDeadLetter(parsed.key)) return { retried: true };
       // A key Failed for good (an invalid request, or failures not yet dead-lettered) is retried
       // the same way: an operator's request, which starts its failure count afresh.
-      if ((await readModel.get(parsed.key))?.phase !== "Failed") throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
+      if ((await readModel.lookup(parsed.key)).status?.phase !== "Failed") throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
       await queue.enqueue({ key: parsed.key, priority: "release", cause: { type: "manual", detail: "retried by an operator (it was Failed)" } });
       return { retried: true };
     },
