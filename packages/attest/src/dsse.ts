@@ -6,6 +6,7 @@
  * blob in the content-addressed store, and the signer opens it with the trusted builder keys
  * before it signs anything the statement names. in-toto tooling reads the same format.
  */
+import type { KeyObject } from "node:crypto";
 import { dsse } from "@sigstore/core";
 import { IN_TOTO_STATEMENT_TYPE, type Statement } from "./attestation.ts";
 import { keyIdOf, parsePublicKey, verifyDer, type Signer } from "./keys.ts";
@@ -39,6 +40,25 @@ export async function signDsse(statement: Buffer, signer: Signer): Promise<strin
 }
 
 /**
+ * Parsed trusted keys by their PEM. The signer reads its trust set again for every request (so
+ * a rotated key needs no restart); parsing each key again was most of a verification's cost.
+ * Bounded: a trust set is a handful of keys, and the map starts over if it ever grows past that.
+ */
+const parsedTrustedKeys = new Map<string, { id: string; key: KeyObject }>();
+const MAX_PARSED_TRUSTED_KEYS = 64;
+
+function trustedKey(pem: string, index: number): { id: string; key: KeyObject } {
+  let parsed = parsedTrustedKeys.get(pem);
+  if (!parsed) {
+    const key = parsePublicKey(pem, `trusted key #${index + 1}`);
+    parsed = { id: keyIdOf(key), key };
+    if (parsedTrustedKeys.size >= MAX_PARSED_TRUSTED_KEYS) parsedTrustedKeys.clear();
+    parsedTrustedKeys.set(pem, parsed);
+  }
+  return parsed;
+}
+
+/**
  * Opens a DSSE envelope: some signature must verify with one of `trustedKeys` (SPKI PEM), and
  * the payload must be an in-toto Statement v1 of `predicateType`. Returns the statement and
  * the id of the key that signed it; throws a VerificationError (untrusted-key, bad-signature,
@@ -56,10 +76,7 @@ export function openDsse(bytes: Uint8Array, trustedKeys: readonly string[], pred
   if (envelope.payloadType !== mediaTypes.inToto || !payload || !Array.isArray(envelope.signatures)) {
     throw new VerificationError("corrupt", `not a DSSE envelope of ${mediaTypes.inToto}`);
   }
-  const keys = trustedKeys.map((pem, i) => {
-    const key = parsePublicKey(pem, `trusted key #${i + 1}`);
-    return { id: keyIdOf(key), key };
-  });
+  const keys = trustedKeys.map(trustedKey);
   const pae = dsse.preAuthEncoding(envelope.payloadType, payload);
   let keyId: string | undefined;
   const claimed: string[] = [];
