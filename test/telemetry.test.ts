@@ -10,10 +10,11 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { readdirSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { encodeMessage } from "@homeostat/core";
-import { listKeyStatuses, statusClient } from "@homeostat/status-api";
+import { getQueueStats, listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 import { SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
@@ -56,13 +57,18 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     await t?.cleanup();
   });
 
-  const allReady = async () => {
+  // Every key of the catalog Ready and nothing running or retrying: the release's run is its own,
+  // not merged into a convergence run of the same key (which would carry that run's trace).
+  const catalogKeys = ["images", "packages"].flatMap((kind) => readdirSync(path.join(catalogDir, kind)).map((f) => `${kind.slice(0, -1)}/${f.replace(/\.yaml$/, "")}`));
+  const idle = async () => {
     const { items } = await listKeyStatuses(client, { pageSize: 100 });
-    return items.length > 0 && items.every((s) => s.phase === "Ready") ? items : undefined;
+    if (items.length !== catalogKeys.length || !items.every((s) => s.phase === "Ready")) return undefined;
+    const stats = await getQueueStats(client);
+    return stats.running === 0 && stats.retrying === 0 ? items : undefined;
   };
 
   test("a release sent with a traceparent is one connected trace across all five services", async () => {
-    await waitFor("the sample catalog to converge", allReady, 300_000, 250);
+    await waitFor("the sample catalog to converge and the queue to be idle", idle, 300_000, 250);
     // Probes and an unmatched route whose query holds a token: neither may show up in a span name.
     for (const probe of ["/healthz", "/readyz", `/no/such/route?token=${secret}`]) await (await fetch(`${factory.ingestUrl}${probe}`)).arrayBuffer();
     const sha256 = execFileSync("sha256sum", [tarball], { encoding: "utf8" }).split(" ")[0]!;
@@ -75,8 +81,8 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
 
     const inTrace = () => otlp.spans.filter((s) => s.traceId === callerTraceId);
     await waitFor(
-      "the release's trace to reach the signer of image/greeter",
-      async () => (inTrace().some((s) => s.service === "signer" && s.attributes["messaging.destination.name"]?.toString().includes("image.greeter")) ? true : undefined),
+      "the release's trace to reach the signer of package/libgreet",
+      async () => (inTrace().some((s) => s.service === "signer" && s.kind === SpanKindNumber.consumer && String(s.attributes["messaging.destination.name"]).endsWith(".sign.package.libgreet")) ? true : undefined),
       300_000,
       250,
     );
