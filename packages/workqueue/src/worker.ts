@@ -8,7 +8,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { decodeMessage, priorities, workItemSchema, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
-import { contextFromHeaders, inSpan, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
+import { context, contextFromHeaders, inSpan, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 import { mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
@@ -149,6 +149,9 @@ export class Worker {
     this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority });
     this.metrics.inFlight.add(1);
     let result: ReconcileResult | Error;
+    // The run's own trace context: what the run asks for at its end (its child keys above all)
+    // belongs to the trace that caused it, so a rebuild's dependants stay in the release's trace.
+    let runContext = context.active();
     try {
       // Named by the class, never the key: span names stay few, the key is an attribute.
       result = await inSpan(
@@ -159,6 +162,7 @@ export class Worker {
           attributes: messagingAttributes(msg.subject, "process", { "homeostat.key": item.key, "homeostat.attempt": attempt, "homeostat.priority": item.priority }),
         },
         async (span) => {
+          runContext = context.active();
           const r = await reconcile(item, { attempt, signal: running.abort.signal });
           if (r.type === "nonRetriable") markFailed(span, new Error(r.reason));
           return r;
@@ -177,7 +181,8 @@ export class Worker {
     }
     running.handBack = undefined;
     try {
-      await this.finish(msg, item, recordKey, lease, result);
+      const ended = result;
+      await context.with(runContext, () => this.finish(msg, item, recordKey, lease, ended));
     } catch (err) {
       // The message stays unacked: after the lease it comes back and the key runs again.
       this.o.log.error("could not record the end of a run; it will run again", { key: item.key, reason: errorMessage(err) });
