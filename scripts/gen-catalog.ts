@@ -10,9 +10,20 @@
  * plenty of diamonds. Images install one to four packages each. Everything comes from a
  * seeded generator: the same options write the same files.
  *
+ * Every package builds for real, cheaply: its source is the catalog's one small tarball
+ * (sources/app.tar.gz, one C file, its sha256 in every recipe) and its one build step compiles
+ * it statically with musl-gcc into /usr/bin/<name> (about 50 ms), so the builder fetches,
+ * verifies, unpacks, runs a sandboxed compiler and assembles an archive, and each image's
+ * entrypoint is a program that runs in it with nothing else (no shell, no libc to ship). A
+ * release names a tarball of its own (`sourceTarball(dir, version)`: the same program saying
+ * which release it is, so its build differs and dependents rebuild), with no network. No package names an upstream to poll: releases come as events.
+ *
  * Usage: node scripts/gen-catalog.ts DIR [--packages N] [--images N] [--seed N]
  */
-import { mkdir, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 
 export type GenOptions = { packages: number; images: number; seed: number };
@@ -23,9 +34,37 @@ export const BASE_PACKAGES = ["glibc", "zlib", "xz", "bzip2", "openssl", "ncurse
 /** Files written at once. */
 const WRITE_CONCURRENCY = 64;
 
-/** Writes packages/<shard>/<name>.yaml and images/<shard>/<name>.yaml under `dir`; returns the names. */
+/** Where every package's source lies, relative to the catalog directory. */
+export const SOURCE_TARBALL = "sources/app.tar.gz";
+
+/** The program every package builds: real enough to run as an image's entrypoint. */
+const program = (release: string) => `#include <stdio.h>\nint main(int argc, char **argv) {\n  printf("%s ${release} from a generated catalog (%d arguments)\\n", argv[0], argc - 1);\n  return 0;\n}\n`;
+
+/**
+ * Writes a source tarball (one top directory, app/, as release tarballs have) into `dir`:
+ * the catalog's (SOURCE_TARBALL) or, with `release`, sources/app-<release>.tar.gz, byte for
+ * byte the same on every run (sorted, mtime 0, numeric owners, gzip -n); returns its file://
+ * URL and sha256, what a release event names.
+ */
+export async function sourceTarball(dir: string, release?: string): Promise<{ url: string; sha256: string }> {
+  if (release !== undefined && !/^[A-Za-z0-9._-]+$/.test(release)) throw new Error(`release ${JSON.stringify(release)}: letters, digits, ._- only`);
+  const file = path.resolve(dir, release === undefined ? SOURCE_TARBALL : `sources/app-${release}.tar.gz`);
+  const tree = await mkdtemp(path.join(tmpdir(), "gen-catalog-src-"));
+  try {
+    await mkdir(path.join(tree, "app"));
+    await writeFile(path.join(tree, "app", "main.c"), program(release ?? "initial"));
+    await mkdir(path.dirname(file), { recursive: true });
+    execFileSync("bash", ["-o", "pipefail", "-c", 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"', "tarball", tree, file]);
+  } finally {
+    await rm(tree, { recursive: true, force: true });
+  }
+  return { url: `file://${file}`, sha256: createHash("sha256").update(await readFile(file)).digest("hex") };
+}
+
+/** Writes packages/<shard>/<name>.yaml, images/<shard>/<name>.yaml and the source under `dir`; returns the names. */
 export async function generateCatalog(dir: string, o: GenOptions): Promise<{ packages: string[]; images: string[] }> {
   if (o.packages < BASE_PACKAGES.length) throw new Error(`--packages must be at least ${BASE_PACKAGES.length}`);
+  const { sha256 } = await sourceTarball(dir);
   const rand = mulberry32(o.seed);
   const names = [...BASE_PACKAGES, ...Array.from({ length: o.packages - BASE_PACKAGES.length }, (_, i) => `pkg-${String(i).padStart(5, "0")}`)];
   const files: [string, string][] = [];
@@ -42,7 +81,7 @@ export async function generateCatalog(dir: string, o: GenOptions): Promise<{ pac
     }
     build.delete(name);
     const runtime = [...build].filter((d, n) => n === 0 || rand() < 0.5);
-    files.push([path.join("packages", shard(name), `${name}.yaml`), packageYaml(name, i, [...build], runtime, rand)]);
+    files.push([path.join("packages", shard(name), `${name}.yaml`), packageYaml(name, i, [...build], runtime, rand, sha256)]);
   }
   const images: string[] = [];
   for (let i = 0; i < o.images; i++) {
@@ -63,26 +102,19 @@ function shard(name: string): string {
   return name.slice(-2);
 }
 
-function packageYaml(name: string, i: number, build: string[], runtime: string[], rand: () => number): string {
+function packageYaml(name: string, i: number, build: string[], runtime: string[], rand: () => number, sha256: string): string {
   const version = `${1 + (i % 7)}.${Math.floor(rand() * 20)}.${Math.floor(rand() * 10)}`;
-  const hex = (Math.imul(i + 1, 2654435761) >>> 0).toString(16).padStart(8, "0");
-  const upstream = i % 3 === 0
-    ? `upstream:\n  github: example-org/${name}\n  policy: { semver: "^${version.split(".")[0]}" }\n`
-    : i % 3 === 1 ? `upstream:\n  url: https://downloads.example.org/${name}/${name}-\${version}.tar.gz\n` : "";
   return `# yaml-language-server: $schema=../../../schemas/catalog-package.schema.json
 name: ${name}
 version: "${version}"
 license: MIT
 description: Synthetic package ${i} of a generated catalog.
-${upstream}source:
-  url: https://downloads.example.org/${name}/${name}-\${version}.tar.gz
-  sha256: "${hex.repeat(8)}"
+source:
+  url: ${SOURCE_TARBALL}
+  sha256: "${sha256}"
 build:
   steps:
-    - ./configure --prefix=/usr
-    - make
-    - make install DESTDIR=$DESTDIR
-test: make check
+    - mkdir -p $DESTDIR/usr/bin && musl-gcc -static -Os -s -o $DESTDIR/usr/bin/${name} main.c
 dependencies:
   build: [${build.join(", ")}]
   runtime: [${runtime.join(", ")}]

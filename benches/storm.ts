@@ -1,0 +1,521 @@
+/**
+ * `pnpm bench:storm` — the whole factory at catalog scale, end to end: a generated catalog
+ * (scripts/gen-catalog.ts: every package a real source, a real sandboxed build step, every
+ * image signed and pushed to a local Distribution registry) brought to Ready by the five
+ * services as separate processes (`--builders`/`--signers` start more of those two), then four
+ * scenarios, one JSON line each:
+ *
+ * 1. burst: `--events` release and advisory events for random packages, many repeats, through
+ *    ingest's HTTP edge (advisories in batches of ADVISORY_BATCH, releases one per request):
+ *    time until every event is accepted (recorded, its keys' admission certain), until every
+ *    key is Ready at its desired version, runs per touched key, and per-second rates.
+ * 2. base: one advisory on the root package (glibc), with the fixed release → every package
+ *    and image rebuilt, signed and Ready: time to the last signed image, builds per second,
+ *    the critical path in waves (the catalog's impact graph).
+ * 3. latency: one at a time, a release of a package only images use → its image signed;
+ *    p50/p99 over `--latency` events, and the time split by stage from the events' traces.
+ * 4. resync: every key enqueued at resync priority with nothing changed → time, zero builds.
+ *
+ * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
+ * SAMPLE_MS; a builder's CPU includes its build steps', reaped children) and the JetStream
+ * store's size on disk. Runs are counted from the reconcilers' own metric (the
+ * homeostat.queue.process histogram, exported over OTLP/HTTP JSON to a receiver here);
+ * builds from the key statuses (WatchKeys). Traces are exported only for the latency events:
+ * the services sample parent-based at ratio 0, and those requests carry a sampled traceparent.
+ *
+ * Everything is bounded: each scenario has a deadline (`--timeout-s`), the event count is an
+ * argument, servers listen on loopback only. `--quick` is the CI size (test/storm.test.ts).
+ *
+ * Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]
+ *          [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]
+ */
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { createWriteStream, readFileSync } from "node:fs";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:http";
+import { loadavg, tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { loadCatalog } from "@homeostat/catalog";
+import { connectNats, loadConfig, publish, seedFile, type KeyStatus } from "@homeostat/core";
+import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
+import { repoRoot, startFactory, startLocalServers, stopChild, waitFor, type Factory } from "../scripts/factory.ts";
+import { generateCatalog, sourceTarball } from "../scripts/gen-catalog.ts";
+import { startRegistry } from "../test/fixtures/registry.ts";
+
+export type StormOptions = {
+  packages: number;
+  images: number;
+  events: number;
+  latency: number;
+  builders: number;
+  signers: number;
+  timeoutS: number;
+  keep: boolean;
+  /** A directory for each service's `node --cpu-prof` profile (written when it stops). */
+  profileDir?: string;
+};
+
+export const QUICK: StormOptions = { packages: 40, images: 12, events: 2_000, latency: 10, builders: 1, signers: 1, timeoutS: 240, keep: false };
+const FULL: StormOptions = { packages: 27_000, images: 2_000, events: 1_300_000, latency: 200, builders: 2, signers: 2, timeoutS: 3_600, keep: false };
+
+/** OSV documents per POST /v1/advisories (the route takes up to 10,000). */
+const ADVISORY_BATCH = 500;
+/** HTTP requests in flight against ingest during the burst. */
+const HTTP_CONCURRENCY = 32;
+/** How often /proc is sampled for RSS. */
+const SAMPLE_MS = 250;
+const CLOCK_TICKS = 100;
+/** How long the factory must stay converged before it counts (its time is when it first was). */
+const IDLE_CONFIRM_MS = 300;
+
+export type ScenarioLine = Record<string, unknown> & { scenario: string };
+
+type Proc = { name: string; child: ChildProcess };
+
+/** Per-process CPU (utime+stime+cutime+cstime) and RSS from /proc; undefined once the process is gone. */
+function procSample(pid: number): { cpuS: number; rssMb: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return { cpuS: ticks / CLOCK_TICKS, rssMb: rss ? Number(rss[1]) / 1024 : 0 };
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds and peak RSS of each process over one scenario. */
+function resourceMeter(procs: () => Proc[]) {
+  const start = new Map<string, number>();
+  const peak = new Map<string, number>();
+  for (const p of procs()) start.set(p.name, procSample(p.child.pid!)?.cpuS ?? 0);
+  const tick = () => {
+    for (const p of procs()) {
+      const s = procSample(p.child.pid!);
+      if (s) peak.set(p.name, Math.max(peak.get(p.name) ?? 0, s.rssMb));
+    }
+  };
+  tick();
+  const timer = setInterval(tick, SAMPLE_MS);
+  return () => {
+    clearInterval(timer);
+    tick();
+    const out: Record<string, { cpu_s: number; peak_rss_mb: number }> = {};
+    for (const p of procs()) {
+      const s = procSample(p.child.pid!);
+      out[p.name] = { cpu_s: round((s?.cpuS ?? 0) - (start.get(p.name) ?? 0), 2), peak_rss_mb: round(peak.get(p.name) ?? 0, 1) };
+    }
+    return out;
+  };
+}
+
+/**
+ * OTLP/HTTP JSON receiver: the reconcilers' cumulative run counts (homeostat.queue.process, by
+ * instance) and the spans of the traces in `wanted` (anything else is skipped unparsed).
+ */
+async function startTelemetryReceiver() {
+  const runsByInstance = new Map<string, number>();
+  const spans = new Map<string, { name: string; service: string; start: number; end: number; kind: number }[]>();
+  const wanted = new Set<string>();
+  type Kv = { key: string; value: { stringValue?: string } };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+      const body = Buffer.concat(chunks).toString("utf8");
+      if (req.url === "/v1/metrics" && body.includes("homeostat.queue.process")) {
+        const m = JSON.parse(body) as { resourceMetrics?: { resource?: { attributes?: Kv[] }; scopeMetrics?: { metrics?: { name: string; histogram?: { dataPoints?: { count?: string | number }[] } }[] }[] }[] };
+        for (const rm of m.resourceMetrics ?? []) {
+          const instance = rm.resource?.attributes?.find((a) => a.key === "service.instance.id")?.value.stringValue ?? "?";
+          for (const sm of rm.scopeMetrics ?? []) for (const metric of sm.metrics ?? []) {
+            if (metric.name !== "homeostat.queue.process") continue;
+            runsByInstance.set(instance, (metric.histogram?.dataPoints ?? []).reduce((n, d) => n + Number(d.count ?? 0), 0));
+          }
+        }
+      } else if (req.url === "/v1/traces" && wanted.size && [...wanted].some((id) => body.includes(id))) {
+        const t = JSON.parse(body) as { resourceSpans?: { resource?: { attributes?: Kv[] }; scopeSpans?: { spans?: { traceId: string; name: string; kind?: number; startTimeUnixNano: string; endTimeUnixNano: string }[] }[] }[] };
+        for (const rs of t.resourceSpans ?? []) {
+          const service = rs.resource?.attributes?.find((a) => a.key === "service.name")?.value.stringValue ?? "?";
+          for (const ss of rs.scopeSpans ?? []) for (const s of ss.spans ?? []) {
+            if (!wanted.has(s.traceId)) continue;
+            const list = spans.get(s.traceId) ?? [];
+            list.push({ name: s.name, service, kind: s.kind ?? 0, start: Number(BigInt(s.startTimeUnixNano) / 1000n) / 1000, end: Number(BigInt(s.endTimeUnixNano) / 1000n) / 1000 });
+            spans.set(s.traceId, list);
+          }
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    runs: () => [...runsByInstance.values()].reduce((a, b) => a + b, 0),
+    wanted,
+    spans,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** The current status of every key, kept up to date from WatchKeys, with the time of each signed build. */
+function followStatuses(client: ReturnType<typeof statusClient>, signal: AbortSignal) {
+  const statuses = new Map<string, KeyStatus>();
+  const signedAt: number[] = [];
+  let synced = false;
+  const done = (async () => {
+    for await (const e of watchKeysResuming(client, {}, { signal })) {
+      if (e.type === "synced") synced = true;
+      if (e.type !== "initial" && e.type !== "put") continue;
+      const before = statuses.get(e.status.key);
+      if (e.type === "put" && e.status.actual && e.status.actual.inputDigest !== before?.actual?.inputDigest) signedAt.push(Date.now());
+      statuses.set(e.status.key, e.status);
+    }
+  })().catch((err: unknown) => {
+    if (!signal.aborted) throw err;
+  });
+  return { statuses, signedAt, synced: () => synced, done };
+}
+
+function round(x: number, digits = 0): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]! : NaN;
+}
+
+/** Counts per second since `t0`, for the rates-over-time arrays. */
+function perSecond(times: number[], t0: number): number[] {
+  const out: number[] = [];
+  for (const t of times) {
+    if (t < t0) continue;
+    const s = Math.floor((t - t0) / 1000);
+    while (out.length <= s) out.push(0);
+    out[s]!++;
+  }
+  return out;
+}
+
+/** Runs `tasks` with at most `limit` in flight. */
+async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  }));
+}
+
+/** A seeded generator, so a run's event mix is reproducible. */
+function xorshift(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x1_0000_0000;
+  };
+}
+
+/** The next patch version of `v` (x.y.z). */
+const bump = (v: string, by = 1) => {
+  const [a, b, c] = v.split(".").map(Number);
+  return `${a}.${b}.${c! + by}`;
+};
+
+export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => void, note: (text: string) => void = () => {}): Promise<ScenarioLine[]> {
+  const lines: ScenarioLine[] = [];
+  const out = (l: ScenarioLine) => {
+    lines.push(l);
+    emit(l);
+  };
+  const dir = await mkdtemp(path.join(tmpdir(), "hs-storm-"));
+  // Searchable by others: the sandbox's uid must reach the workspaces under <dir>/data.
+  await chmod(dir, 0o711);
+  const stops: (() => Promise<void>)[] = [];
+  const watching = new AbortController();
+  try {
+    const catalogDir = path.join(dir, "catalog");
+    const t0 = Date.now();
+    await generateCatalog(catalogDir, { packages: o.packages, images: o.images, seed: 1 });
+    const catalog = await loadCatalog(catalogDir);
+    const keys = catalog.keys();
+    note(`catalog: ${o.packages} packages, ${o.images} images (${keys.length} keys) in ${Date.now() - t0} ms; work dir ${dir}`);
+
+    const servers = await startLocalServers(path.join(dir, "servers"), { prefix: "storm", region: "local" });
+    stops.push(() => servers.stop());
+    const registry = await startRegistry();
+    stops.push(() => registry.stop());
+    const telemetry = await startTelemetryReceiver();
+    stops.push(() => telemetry.close());
+    const factory: Factory = await startFactory({
+      env: {
+        NATS_URL: servers.natsUrl,
+        REDIS_URL: servers.redisUrl,
+        HOMEOSTAT_PREFIX: "storm",
+        HOMEOSTAT_REGION: "local",
+        HOMEOSTAT_DATA: path.join(dir, "data"),
+        HOMEOSTAT_CATALOG: catalogDir,
+        HOMEOSTAT_REGISTRY_URL: registry.url,
+        // The scenarios enqueue the resync themselves; the periodic one would only add noise.
+        HOMEOSTAT_RESYNC_MS: String(7 * 24 * 3_600_000),
+        HOMEOSTAT_INGEST_RATE_LIMIT: "100000000",
+        HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: "100000000",
+        OTEL_EXPORTER_OTLP_ENDPOINT: telemetry.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+        OTEL_METRIC_EXPORT_INTERVAL: "1000",
+        OTEL_BSP_SCHEDULE_DELAY: "200",
+        OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG: "0",
+        ...(o.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.resolve(o.profileDir)}` } : {}),
+      },
+      natsCredentials: servers.natsCredentials,
+      logDir: path.join(dir, "logs"),
+    });
+    stops.push(() => factory.stop());
+    // More builders and signers: the same program and identity; started once the first of each
+    // has made the shared keys (a second process racing to create them would make its own).
+    const replicas: Proc[] = [];
+    await waitFor("the builder's and signer's keys", async () => {
+      const log = readFileSync(path.join(dir, "logs", "builder.log"), "utf8") + readFileSync(path.join(dir, "logs", "signer.log"), "utf8");
+      return log.includes("builder identity") && log.includes("signing key loaded");
+    }, 60_000, 200);
+    for (const [name, count] of [["builder", o.builders], ["signer", o.signers]] as const) {
+      for (let i = 2; i <= count; i++) {
+        const log = createWriteStream(path.join(dir, "logs", `${name}-${i}.log`));
+        const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+        child.stdout!.pipe(log);
+        child.stderr!.pipe(log);
+        replicas.push({ name: `${name}-${i}`, child });
+      }
+    }
+    stops.push(async () => void (await Promise.all(replicas.map((r) => stopChild(r.child)))));
+    const nats = await connectNats(loadConfig({ ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "ingest") }), "storm-bench", { identity: "ingest" });
+    stops.push(() => nats.nc.close());
+    const client = statusClient(factory.grpcAddr);
+    stops.push(async () => client.close());
+    const follow = followStatuses(client, watching.signal);
+    stops.push(async () => {
+      watching.abort();
+      await follow.done;
+    });
+    const procs = (): Proc[] => [
+      ...[...factory.processes].map(([name, child]) => ({ name, child })),
+      ...replicas,
+    ];
+    const storeBytes = () => Number(execFileSync("du", ["-sb", path.join(dir, "servers", "nats")], { encoding: "utf8" }).split("\t")[0]);
+    const load = () => loadavg().map((l) => round(l, 2));
+    const deadlineMs = o.timeoutS * 1000;
+    const allReady = (want?: (s: KeyStatus) => boolean) => {
+      if (!follow.synced() || follow.statuses.size < keys.length) return false;
+      for (const k of keys) {
+        const s = follow.statuses.get(k);
+        if (!s || s.phase !== "Ready" || (want && !want(s))) return false;
+      }
+      return true;
+    };
+    const failedKeys = () => [...follow.statuses.values()].filter((s) => s.phase === "Failed" || s.phase === "DeadLettered" || s.phase === "NeedsAttention").map((s) => `${s.key} ${s.phase}: ${s.lastError ?? ""}`.slice(0, 300));
+    const queueIdle = async () => {
+      const q = await getQueueStats(client);
+      return q.running === 0 && Object.values(q.depth).every((n) => n === 0);
+    };
+    // Converged: every key Ready as wanted and the queue idle, twice IDLE_CONFIRM_MS apart (a
+    // signed key is Ready a moment before the run that fans it out to its dependents is queued).
+    let idleSince: number | undefined;
+    const converge = (what: string, want?: (s: KeyStatus) => boolean) =>
+      waitFor(what, async () => {
+        const failed = failedKeys();
+        if (failed.length) throw new Error(`${failed.length} keys failed, e.g. ${failed.slice(0, 3).join(" | ")}`);
+        if (!allReady(want) || !(await queueIdle())) return (idleSince = undefined);
+        idleSince ??= Date.now();
+        return Date.now() - idleSince >= IDLE_CONFIRM_MS ? idleSince : undefined;
+      }, deadlineMs, 50).catch((err: unknown) => {
+        throw new Error(`${(err as Error).message}; logs in ${path.join(dir, "logs")}`);
+      });
+    /** Every key at resync priority straight into intake, as ingest's resync round publishes them (unpaced). */
+    const enqueueAll = async (round: string) => {
+      await pool(keys, 256, async (key) => void (await publish(nats, "intake", key, { v: 1, key, priority: "resync", cause: { type: "resync" } }, { msgId: `resync:${key}:${round}` })));
+    };
+    const post = async (route: string, body: unknown, headers: Record<string, string> = {}) => {
+      const res = await fetch(`${factory.ingestUrl}${route}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+      const text = await res.text();
+      if (res.status !== 202) throw new Error(`POST ${route}: ${res.status} ${text.slice(0, 500)}`);
+      return JSON.parse(text) as Record<string, unknown>;
+    };
+    const builtInputs = () => new Map([...follow.statuses].map(([k, s]) => [k, s.actual?.inputDigest]));
+    const rebuiltSince = (before: Map<string, string | undefined>) => [...follow.statuses].filter(([k, s]) => s.actual?.inputDigest !== before.get(k)).length;
+
+    // Bring-up: every key once, as a fresh factory's first resync would.
+    {
+      const meter = resourceMeter(procs);
+      const start = Date.now();
+      await enqueueAll("initial");
+      const seconds = ((await converge("the catalog to be Ready")) - start) / 1000;
+      out({ scenario: "initial", keys: keys.length, seconds: round(seconds, 1), builds_per_s: round(keys.length / seconds, 1), runs: telemetry.runs(), builders: o.builders, signers: o.signers, load: load(), processes: meter(), jetstream_store_bytes: storeBytes() });
+    }
+
+    // 1. Burst: releases (a new version of each released package, posted REPEATS times) and
+    // advisories (a new OSV id each, naming random packages from the same set: many repeats of
+    // each key, affecting no built version, so they cost a reconcile and no build).
+    {
+      const rand = xorshift(7);
+      const tail = [...catalog.packages.keys()].filter((n) => !/^(glibc|zlib|xz|bzip2|openssl|ncurses|readline|libffi)$/.test(n));
+      const targets = Array.from(new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => tail[Math.floor(rand() * tail.length)]!)));
+      const releasesPerTarget = 5;
+      const released = targets.filter((_, i) => i % 4 === 0);
+      const burstSource = await sourceTarball(catalogDir, "burst");
+      const releaseBodies = released.flatMap((name) => Array.from({ length: releasesPerTarget }, () => ({ package: name, version: bump(follow.statuses.get(`package/${name}`)!.actual!.version, 100), url: burstSource.url, sha256: burstSource.sha256 })));
+      const advisoryCount = Math.max(0, o.events - releaseBodies.length);
+      const modified = new Date().toISOString();
+      const advisories = Array.from({ length: advisoryCount }, (_, i) => ({
+        schema_version: "1.6.0", id: `STORM-${randomBytes(4).toString("hex")}-${i}`, modified, published: modified, summary: "storm: affects no built version",
+        affected: [{ package: { ecosystem: "Generic", name: targets[Math.floor(rand() * targets.length)]! }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "0.0.1" }] }] }],
+      }));
+      const batches: unknown[][] = [];
+      for (let i = 0; i < advisories.length; i += ADVISORY_BATCH) batches.push(advisories.slice(i, i + ADVISORY_BATCH));
+      const expected = new Map(released.map((n) => [`package/${n}`, bump(follow.statuses.get(`package/${n}`)!.actual!.version, 100)]));
+      const before = builtInputs();
+      const runs0 = telemetry.runs();
+      const acceptedAt: number[] = [];
+      const meter = resourceMeter(procs);
+      const start = Date.now();
+      // Interleaved: a release request, then an advisory batch, and so on, HTTP_CONCURRENCY at a time.
+      const requests: (() => Promise<void>)[] = [];
+      for (let i = 0; i < Math.max(releaseBodies.length, batches.length); i++) {
+        const r = releaseBodies[i];
+        if (r) requests.push(async () => void (await post("/v1/releases", r), acceptedAt.push(Date.now())));
+        const b = batches[i];
+        if (b) requests.push(async () => {
+          const res = await post("/v1/advisories", b);
+          if (res.refused) throw new Error(`advisories refused: ${JSON.stringify(res).slice(0, 500)}`);
+          const now = Date.now();
+          for (let k = 0; k < b.length; k++) acceptedAt.push(now);
+        });
+      }
+      await pool(requests, HTTP_CONCURRENCY, (f) => f());
+      const absorbedS = (Date.now() - start) / 1000;
+      const convergedS = ((await converge("the burst to converge", (s) => !expected.has(s.key) || s.actual?.version === expected.get(s.key))) - start) / 1000;
+      // The last runs' metric export (every second) before counting.
+      await new Promise((r) => setTimeout(r, 1_500));
+      const runs = telemetry.runs() - runs0;
+      const touched = new Set([...targets.map((n) => `package/${n}`), ...released.flatMap((n) => catalog.impact([`package/${n}`]).keys)]);
+      out({
+        scenario: "burst", events: acceptedAt.length, release_events: releaseBodies.length, advisory_events: advisories.length, distinct_packages: targets.length,
+        absorb_s: round(absorbedS, 2), events_per_s: round(acceptedAt.length / absorbedS), converge_s: round(convergedS, 2),
+        runs, keys_touched: touched.size, runs_per_key: round(runs / touched.size, 3), builds: rebuiltSince(before),
+        ingest_per_s: perSecond(acceptedAt, start), builds_signed_per_s: perSecond(follow.signedAt, start),
+        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+      });
+    }
+
+    // 2. Base advisory: glibc affected at its built version, fixed in a release posted with it.
+    {
+      const glibc = follow.statuses.get("package/glibc")!.actual!.version;
+      const fixed = bump(glibc, 1000);
+      const impact = catalog.impact(["package/glibc"]);
+      const before = builtInputs();
+      const runs0 = telemetry.runs();
+      const signed0 = follow.signedAt.length;
+      const meter = resourceMeter(procs);
+      const start = Date.now();
+      const modified = new Date().toISOString();
+      const source = await sourceTarball(catalogDir, fixed);
+      await post("/v1/releases", { package: "glibc", version: fixed, url: source.url, sha256: source.sha256 });
+      await post("/v1/advisories", { schema_version: "1.6.0", id: `STORM-BASE-${randomBytes(4).toString("hex")}`, modified, published: modified, summary: "storm: the C library", affected: [{ package: { ecosystem: "Generic", name: "glibc" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed }] }] }] });
+      const seconds = ((await converge("every key rebuilt after the base advisory", (s) => s.actual?.inputDigest !== before.get(s.key))) - start) / 1000;
+      await new Promise((r) => setTimeout(r, 1_500));
+      out({
+        scenario: "base", keys: impact.keys.length, waves: impact.waves.length, seconds_to_last_signed_image: round(seconds, 2), keys_rebuilt: rebuiltSince(before),
+        builds: follow.signedAt.length - signed0, builds_per_s: round((follow.signedAt.length - signed0) / seconds, 1), runs: telemetry.runs() - runs0,
+        builds_signed_per_s: perSecond(follow.signedAt, start), load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+      });
+    }
+
+    // 3. Latency: a package that only images use, released again and again, one at a time.
+    {
+      const leaf = [...catalog.packages.keys()].reverse().find((n) => catalog.impact([`package/${n}`]).keys.every((k) => k === `package/${n}` || k.startsWith("image/")) && catalog.impact([`package/${n}`]).keys.length === 2);
+      if (!leaf) throw new Error("no package is in exactly one image and nothing else");
+      const image = catalog.impact([`package/${leaf}`]).keys.find((k) => k.startsWith("image/"))!;
+      const totals: number[] = [];
+      const meter = resourceMeter(procs);
+      let version = follow.statuses.get(`package/${leaf}`)!.actual!.version;
+      for (let i = 0; i < o.latency; i++) {
+        version = bump(version);
+        const traceId = randomBytes(16).toString("hex");
+        telemetry.wanted.add(traceId);
+        const before = follow.statuses.get(image)!.actual!.inputDigest;
+        const source = await sourceTarball(catalogDir, version);
+        const start = Date.now();
+        await post("/v1/releases", { package: leaf, version, url: source.url, sha256: source.sha256 }, { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` });
+        await waitFor(`${image} signed after ${leaf} ${version}`, async () => follow.statuses.get(image)!.actual!.inputDigest !== before && follow.statuses.get(image)!.phase === "Ready", deadlineMs, 2);
+        totals.push(Date.now() - start);
+        // Low load: the next event once this one is done and its spans are out.
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 1_500));
+      // The split by stage from each trace: time spent in each service's spans, ingest's request span first.
+      const split: Record<string, number[]> = {};
+      for (const [n, traceId] of [...telemetry.wanted].entries()) {
+        const spans = (telemetry.spans.get(traceId) ?? []).sort((a, b) => a.start - b.start);
+        if (!spans.length) continue;
+        const byStage: Record<string, number> = {};
+        for (const s of spans) if (s.kind === 2 || s.kind === 5) byStage[s.service] = (byStage[s.service] ?? 0) + (s.end - s.start);
+        const inSpans = Object.values(byStage).reduce((a, b) => a + b, 0);
+        byStage["waiting (queues, messaging, status)"] = Math.max(0, totals[n]! - inSpans);
+        for (const [k, v] of Object.entries(byStage)) (split[k] ??= []).push(v);
+      }
+      const sorted = [...totals].sort((a, b) => a - b);
+      out({
+        scenario: "latency", events: totals.length, package: leaf, image, p50_ms: percentile(sorted, 50), p99_ms: percentile(sorted, 99), max_ms: sorted.at(-1),
+        stage_median_ms: Object.fromEntries(Object.entries(split).map(([k, v]) => [k, round(percentile(v.sort((a, b) => a - b), 50), 1)])), traces: Object.values(split)[0]?.length ?? 0,
+        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+      });
+    }
+
+    // 4. Resync with nothing to do: every key runs, none builds.
+    {
+      const before = builtInputs();
+      const runs0 = telemetry.runs();
+      const meter = resourceMeter(procs);
+      const start = Date.now();
+      await enqueueAll(`resync-${start}`);
+      const enqueuedS = (Date.now() - start) / 1000;
+      await waitFor("the resync to run every key", async () => telemetry.runs() - runs0 >= keys.length && (await queueIdle()), deadlineMs, 100);
+      const seconds = (Date.now() - start) / 1000;
+      out({
+        scenario: "resync", keys: keys.length, enqueue_s: round(enqueuedS, 2), seconds: round(seconds, 2), keys_per_s: round(keys.length / seconds),
+        runs: telemetry.runs() - runs0, builds: rebuiltSince(before), all_ready: allReady(),
+        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+      });
+    }
+    return lines;
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    if (!o.keep) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      packages: { type: "string" }, images: { type: "string" }, events: { type: "string" }, latency: { type: "string" },
+      builders: { type: "string" }, signers: { type: "string" }, "timeout-s": { type: "string" }, quick: { type: "boolean", default: false }, keep: { type: "boolean", default: false }, profile: { type: "string" },
+    },
+  });
+  const base = values.quick ? QUICK : FULL;
+  const num = (v: string | undefined, d: number, min: number, max: number) => {
+    if (v === undefined) return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer in [${min}, ${max}], got ${v}`);
+    return n;
+  };
+  const o: StormOptions = {
+    packages: num(values.packages, base.packages, 8, 100_000), images: num(values.images, base.images, 1, 10_000), events: num(values.events, base.events, 1, 5_000_000),
+    latency: num(values.latency, base.latency, 1, 10_000), builders: num(values.builders, base.builders, 1, 16), signers: num(values.signers, base.signers, 1, 16),
+    timeoutS: num(values["timeout-s"], base.timeoutS, 10, 86_400), keep: values.keep!, ...(values.profile ? { profileDir: values.profile } : {}),
+  };
+  process.stdout.write(`bench:storm — ${JSON.stringify(o)}; load ${loadavg().map((l) => l.toFixed(2)).join(" ")}\n`);
+  await runStorm(o, (l) => console.log(JSON.stringify(l)), (t) => process.stdout.write(`# ${t}\n`));
+}

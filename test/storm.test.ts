@@ -1,0 +1,38 @@
+/**
+ * The storm harness (benches/storm.ts) at its --quick size: a generated catalog built for real
+ * by the five services, then the burst, base-advisory, latency and resync scenarios. Asserts
+ * correctness only (every key Ready, events absorbed, runs per key bounded, every key rebuilt
+ * after the base advisory, zero builds on a resync); the figures are the bench's to print.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { QUICK, runStorm, type ScenarioLine } from "../benches/storm.ts";
+
+test("the factory weathers a storm at the quick size", { timeout: 600_000 }, async () => {
+  const lines = await runStorm(QUICK, (l) => console.log(`# ${JSON.stringify({ scenario: l.scenario, ...Object.fromEntries(Object.entries(l).filter(([, v]) => typeof v === "number")) })}`));
+  const by = new Map<string, ScenarioLine>(lines.map((l) => [l.scenario, l]));
+  const keys = QUICK.packages + QUICK.images;
+  assert.equal(by.get("initial")?.keys, keys);
+
+  const burst = by.get("burst")!;
+  assert.equal(burst.events, QUICK.events, "every event was accepted");
+  // Repeats coalesce: far fewer runs than events. A released package runs once for its release
+  // and once more when its signed build fans out; each dependent once per rebuilt dependency.
+  assert.ok((burst.runs as number) < (burst.events as number) / 5, `runs ${burst.runs} for ${burst.events} events`);
+  assert.ok((burst.runs_per_key as number) <= 4, `runs per key ${burst.runs_per_key}`);
+
+  const base = by.get("base")!;
+  assert.equal(base.keys, keys, "the root package reaches every key");
+  assert.equal(base.keys_rebuilt, keys, "every key was rebuilt and signed");
+  // A key whose dependencies finish at different times may be rebuilt more than once.
+  assert.ok((base.builds as number) >= keys && (base.builds as number) <= 2 * keys, `builds ${base.builds}`);
+
+  const latency = by.get("latency")!;
+  assert.equal(latency.events, QUICK.latency);
+  assert.equal(latency.traces, QUICK.latency, "every latency event's trace was received");
+
+  const resync = by.get("resync")!;
+  assert.equal(resync.builds, 0, "a resync with nothing changed builds nothing");
+  assert.ok((resync.runs as number) >= keys, "every key was reconciled");
+  assert.equal(resync.all_ready, true);
+});
