@@ -14,7 +14,7 @@
  * are reconciled.
  */
 import { execFile, spawn } from "node:child_process";
-import { mkdir, mkdtemp, readdir, rename, rm, stat } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -310,4 +310,53 @@ function pipeArchive(gitDir: string, commit: string, into: string): Promise<void
     archive.on("close", done("git archive"));
     tar.on("close", done("tar -x"));
   });
+}
+
+/**
+ * Catalog snapshots: a directory catalog with a candidate change in it (the agentic
+ * reconciler's proposal, for a trial build), kept whole under `<root>/<hex>`, where
+ * `sha256:<hex>` is its revision, the content digest every directory catalog has. So a trial
+ * request names a snapshot exactly as a build request names a catalog, and whoever opens it
+ * (the builder) checks that the content is what the name says. A snapshot is written to a
+ * temporary name and renamed, never changed afterwards; relative source paths keep resolving
+ * against the catalog it was made from.
+ */
+export type CatalogSnapshot = { revision: string; dir: string; catalog: Catalog };
+
+/** Writes `base` with `files` (paths relative to the catalog directory) replaced or added; throws a CatalogError when the result does not load. */
+export async function writeSnapshot(root: string, base: Catalog, files: { path: string; text: string }[]): Promise<CatalogSnapshot> {
+  await mkdir(root, { recursive: true, mode: 0o755 });
+  const tmp = await mkdtemp(path.join(root, ".snapshot-"));
+  try {
+    await cp(base.dir, tmp, { recursive: true, verbatimSymlinks: true });
+    for (const f of files) {
+      const rel = path.posix.normalize(f.path);
+      if (rel.startsWith("..") || path.isAbsolute(rel)) throw new CatalogError([`${f.path}: a snapshot's files stay inside the catalog directory`]);
+      await mkdir(path.dirname(path.join(tmp, rel)), { recursive: true });
+      await writeFile(path.join(tmp, rel), f.text);
+    }
+    const revision = (await loadCatalog(tmp, { sourceBase: base.sourceBase })).revision;
+    const dir = path.join(root, revision.slice("sha256:".length));
+    try {
+      await rename(tmp, dir);
+    } catch (err) {
+      // The same content was snapshotted before: that one stays.
+      if (!["ENOTEMPTY", "EEXIST"].includes((err as NodeJS.ErrnoException).code ?? "")) throw err;
+      await rm(tmp, { recursive: true, force: true });
+    }
+    return { revision, dir, catalog: await loadCatalog(dir, { sourceBase: base.sourceBase }) };
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** The snapshot named `revision` under `root`, or undefined when there is none or its content is not what its name says. */
+export async function openSnapshot(root: string, revision: string, sourceBase: string): Promise<Catalog | undefined> {
+  const hex = /^sha256:([0-9a-f]{64})$/.exec(revision)?.[1];
+  if (!hex) return undefined;
+  const dir = path.join(root, hex);
+  if (!(await stat(dir).then((s) => s.isDirectory(), () => false))) return undefined;
+  const catalog = await loadCatalog(dir, { sourceBase });
+  return catalog.revision === revision ? catalog : undefined;
 }

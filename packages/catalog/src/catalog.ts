@@ -160,6 +160,8 @@ export type CatalogOptions = {
   files?: ReadonlyMap<Key, string>;
   /** The dependency graph, if the loader already built it. */
   graph?: DependencyGraph;
+  /** What relative source paths are resolved against; default the catalog directory (a snapshot's is its origin's, catalog-source.ts). */
+  sourceBase?: string;
 };
 
 export class Catalog {
@@ -170,6 +172,8 @@ export class Catalog {
   readonly images: ReadonlyMap<string, ImageSpec>;
   readonly graph: DependencyGraph;
   private readonly files: ReadonlyMap<Key, string>;
+  /** What relative source paths are resolved against (CatalogOptions.sourceBase). */
+  readonly sourceBase: string;
   private readonly recipes = new Map<Key, string>();
   private readonly policies = new Map<string, CompiledPolicy>();
   private githubIndex: Map<string, string[]> | undefined;
@@ -181,6 +185,7 @@ export class Catalog {
     this.packages = packages;
     this.images = images;
     this.files = opts.files ?? new Map();
+    this.sourceBase = opts.sourceBase ?? dir;
     this.graph = opts.graph ?? catalogGraph(packages, images);
   }
 
@@ -208,11 +213,11 @@ export class Catalog {
     return runtimeClosure(this.packages, names);
   }
 
-  /** A source URL made absolute: `${version}` substituted, relative paths against the catalog dir. */
+  /** A source URL made absolute: `${version}` substituted, relative paths against the catalog dir (or its snapshot's origin). */
   resolveSourceUrl(url: string, version: string): string {
     const u = url.replaceAll("${version}", version);
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(u)) return u;
-    return new URL(`file://${path.resolve(this.dir, u)}`).href;
+    return new URL(`file://${path.resolve(this.sourceBase, u)}`).href;
   }
 
   /** Absolute path of a patch file (its sha256 was checked at load). */
@@ -350,7 +355,7 @@ const CHUNK = 256;
 /** Patch files read at once: enough to keep the disk busy, few enough to stay under the fd limit. */
 const READ_CONCURRENCY = 64;
 
-export async function loadCatalog(dir: string, opts: { commit?: string } = {}): Promise<Catalog> {
+export async function loadCatalog(dir: string, opts: { commit?: string; sourceBase?: string } = {}): Promise<Catalog> {
   const problems: string[] = [];
   const located: Located[] = [];
   const packages = new Map<string, PackageSpec>();
@@ -406,7 +411,7 @@ export async function loadCatalog(dir: string, opts: { commit?: string } = {}): 
   }
   problems.push(...(await locate(dir, located)));
   if (problems.length) throw new CatalogError(problems);
-  return new Catalog(dir, packages, images, { graph, files, ...(opts.commit ? { commit: opts.commit } : {}) });
+  return new Catalog(dir, packages, images, { graph, files, ...(opts.commit ? { commit: opts.commit } : {}), ...(opts.sourceBase ? { sourceBase: opts.sourceBase } : {}) });
 }
 
 /** Every patch must exist inside the catalog and have the declared digest. */

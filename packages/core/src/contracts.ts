@@ -126,6 +126,21 @@ export const buildRequestSchema = z.strictObject({
 });
 export type BuildRequest = z.infer<typeof buildRequestSchema>;
 
+/**
+ * A trial build's outcome (the agent asks with a build request naming a catalog snapshot, on
+ * the trial subject; the builder answers on the reply subject). A trial is built in the
+ * sandbox like any build but stored apart, never vouched for, never signed, and changes no
+ * key's state. `detail` says why it failed (or what it built), `logTail` is the end of the
+ * failing command's log.
+ */
+export const trialOutcomeSchema = z.strictObject({
+  v: z.literal(1),
+  passed: z.boolean(),
+  detail: z.string().max(8192),
+  logTail: z.string().max(16384).optional(),
+});
+export type TrialOutcome = z.infer<typeof trialOutcomeSchema>;
+
 /** What a build produced, by role. Digests name blobs in the artifact store. */
 export const buildOutputsSchema = z.object({
   archive: digestSchema.optional(),

@@ -19,7 +19,8 @@
  * - signer takes sign requests, reads and writes state, asks for the key's re-intake;
  * - agent (the agentic reconciler) takes keys of the `repair` class from the work stream under
  *   run records, reads releases, advisories and state, notes its word on a key in its status
- *   and records proposals; it never asks for builds or signatures of a key's actual state.
+ *   and records proposals; it never asks for builds or signatures of a key's actual state,
+ *   only for trial builds of a catalog snapshot, which the builder answers to its inbox.
  * No service may delete or purge a stream; `admin` (tests, operators) may do anything and is
  * handed to no service.
  */
@@ -149,6 +150,9 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     g.kvWrite(t, "state").pub(t.subjects("sign"));
     // A build that ended in Failed is handed back to the queue at once (attempts.ts).
     g.pub(t.subjects("intake"));
+    // Trial builds: asked for by the agent alone, answered to the agent's inbox.
+    g.subscribe.add(t.trialSubjects());
+    g.pub(`${t.inboxPrefix("agent")}.>`);
   },
   signer: (g, t) => {
     g.consume(t.stream("sign"), t.consumer("sign"));
@@ -160,6 +164,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     g.kvList(t, "releases").kvList(t, "advisories");
     g.kvList(t, "state").kvWrite(t, "state");
     g.kvList(t, "proposals").kvWrite(t, "proposals");
+    // Trial builds of a candidate in a catalog snapshot: never a build of the key's actual state.
+    g.pub(t.trialSubjects());
   },
 };
 

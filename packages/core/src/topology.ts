@@ -58,6 +58,13 @@ export class Topology {
   subjects(stage: Stage): string {
     return `${this.prefix}.${this.region}.${stage}.>`;
   }
+  /** A trial build of a key (core NATS request and reply, not a stream: a trial lost with its builder is asked again). */
+  trialSubject(key: Key): string {
+    return `${this.prefix}.${this.region}.trial.${keyToken(key)}`;
+  }
+  trialSubjects(): string {
+    return `${this.prefix}.${this.region}.trial.>`;
+  }
   /** A queued key: one subject per priority class and key, `<prefix>.<region>.work.<class>.<kind>.<name>`. */
   workSubject(priority: Priority, key: Key): string {
     return `${this.prefix}.${this.region}.work.${priority}.${keyToken(key)}`;

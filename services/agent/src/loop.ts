@@ -62,6 +62,11 @@ export type LoopOptions<R> = {
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
 };
 
+/** The Messages API client: the SDK's own retries off, since the loop counts every wait itself. */
+export function messagesClient(apiKey: string, baseUrl?: string): Anthropic {
+  return new Anthropic({ apiKey, ...(baseUrl ? { baseURL: baseUrl } : {}), maxRetries: 0 });
+}
+
 /** Errors worth another try: rate limits, server errors (529 overloaded), lost connections. */
 function retriable(err: unknown): boolean {
   if (err instanceof Anthropic.APIConnectionError) return !(err instanceof Anthropic.APIUserAbortError);

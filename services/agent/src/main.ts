@@ -5,14 +5,15 @@
  * and records proposals (KV `<prefix>_proposals`). Without ANTHROPIC_API_KEY it starts, logs
  * `agent disabled`, says so on each key handed to it and leaves the key as it was.
  */
-import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
-import Anthropic from "@anthropic-ai/sdk";
-import { AdvisoryStore, CatalogSource, parseCatalogLocation } from "@homeostat/catalog";
-import { runService, sha256Hex, StateStore } from "@homeostat/core";
+import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
+import { messagesClient } from "./loop.ts";
 import { ProposalStore } from "./proposals.ts";
 import { createRepairer, disabledRepair } from "./repair.ts";
+import { TranscriptStore } from "./transcripts.ts";
+import { trialRunner } from "./trial.ts";
 
 await runService("agent", async ({ config, log, nats, buckets, signal }) => {
   const state = new StateStore(buckets.state);
@@ -28,23 +29,25 @@ await runService("agent", async ({ config, log, nats, buckets, signal }) => {
     reconcile = disabledRepair(state);
   } else {
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "agent") });
-    const blobs = path.join(config.dataDir, "agent", "blobs", "sha256");
+    const releases = new ReleaseStore(buckets.releases);
+    const advisories = await AdvisoryStore.open(nats);
+    const trials = {
+      nats, catalog: () => source.current(), releases: (pkg: string) => releases.list(pkg), advisories: (pkg: string) => advisories.list(pkg),
+      status: (key: Parameters<StateStore["get"]>[0]) => state.get(key), sourceDateEpoch: config.sourceDateEpoch,
+      snapshots: path.join(config.dataDir, "agent", "snapshots"), timeoutMs: config.buildTimeoutMs + 60_000,
+    };
     reconcile = createRepairer({
-      client: new Anthropic({ apiKey, ...(config.agent.baseUrl ? { baseURL: config.agent.baseUrl } : {}), maxRetries: 0 }),
+      client: messagesClient(apiKey, config.agent.baseUrl),
       settings: config.agent,
       catalog: () => source.current(),
       state,
-      advisories: async (pkg) => (await AdvisoryStore.open(nats)).list(pkg),
+      advisories: (pkg) => advisories.list(pkg),
+      releases: (pkg) => releases.list(pkg),
       proposals: new ProposalStore(await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true })),
       workRoot: path.join(config.dataDir, "agent", "work"),
-      // Transcripts are kept by content, with the API key redacted should a tool ever have echoed it.
-      putBlob: async (text) => {
-        const redacted = text.split(apiKey).join("[redacted]");
-        const hex = sha256Hex(redacted);
-        await mkdir(blobs, { recursive: true, mode: 0o700 });
-        await writeFile(path.join(blobs, hex), redacted);
-        return `sha256:${hex}`;
-      },
+      sourceRules: { maxBytes: config.maxSourceBytes, allowRemote: false, timeoutMs: config.buildTimeoutMs },
+      trial: (name) => trialRunner(trials, name),
+      transcripts: new TranscriptStore(path.join(config.dataDir, "agent", "blobs", "sha256"), [apiKey]),
       log,
     });
     log.info("agent enabled", { model: config.agent.model, maxTurns: config.agent.maxTurns, apply: config.agent.apply });

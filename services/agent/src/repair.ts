@@ -3,8 +3,10 @@
  * traditional one. It reads why the key was handed over (a failed build of a new version, or
  * advisories that leave it in NeedsAttention); when the key no longer needs repair, or an open
  * proposal already answers the same trouble, it does nothing. Otherwise it prepares the key's
- * workspace (the recipe, its patches, the failure, the advisories), runs the loop with the
- * tools, and records a proposal, or in the key's status why there is none.
+ * workspace (the recipe, its patches, the failure, the advisories, the sources of the version
+ * to repair and of the last good one), runs the loop with the tools, and records a proposal,
+ * or in the key's status why there is none. The transcript is kept by content with secrets
+ * redacted (transcripts.ts).
  *
  * The model sees only the workspace: no configuration, no credentials, no signing key.
  */
@@ -12,13 +14,16 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import type Anthropic from "@anthropic-ai/sdk";
 import { stringify as stringifyYaml } from "yaml";
-import type { Catalog, Osv } from "@homeostat/catalog";
+import type { Catalog, Osv, Release } from "@homeostat/catalog";
 import { canonicalJson, keyToken, parseKey, sha256Digest, type AgentSettings, type Key, type KeyStatus, type Logger, type StateStore, type WorkItem } from "@homeostat/core";
 import { done, nonRetriable, type ReconcileResult } from "@homeostat/workqueue";
 import { runLoop } from "./loop.ts";
 import { ProposalStore } from "./proposals.ts";
 import { repairTools } from "./tools.ts";
-import { candidateDigest } from "./validators.ts";
+import { sourceOf, unpackSource, type SourceRules } from "./sources.ts";
+import type { TranscriptStore } from "./transcripts.ts";
+import type { TrialRunner } from "./trial.ts";
+import { candidateDigest, knownSources } from "./validators.ts";
 import { Workspace } from "./workspace.ts";
 
 export const SYSTEM_PROMPT = `You are Homeostat's agentic reconciler. A package's recipe (its catalog entry) no longer fits:
@@ -35,11 +40,15 @@ export type RepairDeps = {
   catalog: () => Catalog;
   state: StateStore;
   advisories: (pkg: string) => Promise<Osv[]>;
+  releases: (pkg: string) => Promise<Release[]>;
   proposals: ProposalStore;
   /** Where workspaces are made (one per key, emptied per run). */
   workRoot: string;
-  /** Stores a blob (the transcript) by content; returns its digest. */
-  putBlob: (bytes: string) => Promise<string>;
+  /** The builder's source rules, for the sources unpacked into the workspace. */
+  sourceRules: SourceRules;
+  /** Trial builds of the named package's candidates (trial.ts). */
+  trial: (name: string) => TrialRunner;
+  transcripts: TranscriptStore;
   log: Logger;
 };
 
@@ -73,14 +82,16 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const open = mine.find((p) => p.status === "open" && p.trigger === why);
     if (open) return done;
     const advisories = (await deps.advisories(name)).filter((a) => status?.advisories?.includes(a.id));
-    const ws = await prepare(item.key, spec, status!, advisories);
+    const releases = await deps.releases(name);
+    const { ws, unpacked } = await prepare(item.key, spec, status!, advisories, releases, signal);
     await note(item.key, "the agent is working on a repair");
     const result = await runLoop({
-      client: deps.client, model: deps.settings.model, system: SYSTEM_PROMPT, tools: repairTools(ws, { name, advisories, rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest) }),
-      prompt: promptFor(item.key, why, mine.filter((p) => p.status === "rejected")),
+      client: deps.client, model: deps.settings.model, system: SYSTEM_PROMPT,
+      tools: repairTools(ws, { name, advisories, rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest), sources: knownSources(spec, releases), test: spec.test, trial: deps.trial(name) }),
+      prompt: promptFor(item.key, why, unpacked, mine.filter((p) => p.status === "rejected")),
       limits: deps.settings, prices: deps.settings.pricePerMTok, signal,
     });
-    const transcriptDigest = await deps.putBlob(canonicalJson(result.messages));
+    const transcriptDigest = await deps.transcripts.put(canonicalJson(result.messages));
     deps.log.info("agent run ended", { key: item.key, stop: result.stop, turns: result.turns, costUsd: result.costUsd });
     if (!result.result) {
       await note(item.key, `no proposal: ${result.detail}`);
@@ -96,7 +107,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     return done;
   };
 
-  async function prepare(key: Key, spec: ReturnType<Catalog["packages"]["get"]> & object, status: KeyStatus, advisories: Osv[]): Promise<Workspace> {
+  async function prepare(key: Key, spec: ReturnType<Catalog["packages"]["get"]> & object, status: KeyStatus, advisories: Osv[], releases: Release[], signal: AbortSignal): Promise<{ ws: Workspace; unpacked: string[] }> {
     const root = path.join(deps.workRoot, keyToken(key));
     await rm(root, { recursive: true, force: true });
     await mkdir(root, { recursive: true, mode: 0o700 });
@@ -106,11 +117,24 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     for (const p of spec.patches) await ws.write(p.path, await readFile(path.join(catalogDir, p.path), "utf8"));
     await ws.write("build.log", [status.failure?.reason, status.lastError].filter(Boolean).join("\n") || "(no build failure recorded)");
     for (const a of advisories) await ws.write(`advisories/${a.id}.json`, JSON.stringify(a, null, 2));
-    return ws;
+    const unpacked: string[] = [];
+    const wanted = [["source", status.desiredVersion ?? spec.version], ["source-last-good", status.actual?.version]] as const;
+    for (const [dir, version] of wanted) {
+      if (!version || (dir === "source-last-good" && version === wanted[0][1])) continue;
+      const source = sourceOf(deps.catalog(), spec, releases, version);
+      try {
+        if (!source) throw new Error(`no source is recorded for ${version}`);
+        await unpackSource(ws, dir, source, { ...deps.sourceRules, baseDir: catalogDir, signal });
+        unpacked.push(`${dir}/ (${version})`);
+      } catch (err) {
+        unpacked.push(`${dir}/ could not be unpacked (${version}): ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    return { ws, unpacked };
   }
 }
 
-function promptFor(key: Key, why: string, rejected: { id: string; reviewReason?: string }[]): string {
+function promptFor(key: Key, why: string, unpacked: string[], rejected: { id: string; reviewReason?: string }[]): string {
   const feedback = rejected.map((p) => `- proposal ${p.id} was rejected: ${p.reviewReason ?? "(no reason given)"}`).join("\n");
-  return `Key ${key}: ${why}\nThe workspace holds recipe.yaml, its patches, build.log and the advisories.${feedback ? `\nEarlier proposals:\n${feedback}` : ""}`;
+  return `Key ${key}: ${why}\nThe workspace holds recipe.yaml, its patches, build.log and the advisories; sources: ${unpacked.join("; ") || "none"}.${feedback ? `\nEarlier proposals:\n${feedback}` : ""}`;
 }

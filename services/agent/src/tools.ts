@@ -2,17 +2,22 @@
  * The agent's tools over one key's workspace (workspace.ts), each with a strict input schema.
  * The workspace holds `recipe.yaml` (the package's catalog entry, the candidate the model
  * edits), `patches/` (the candidate's patches), `build.log` (why the build failed),
- * `advisories/<id>.json` and, when unpacked, `source/`.
+ * `advisories/<id>.json` and, when they could be fetched (sources.ts), `source/` (the version
+ * to repair) and `source-last-good/` (the version last built and signed).
  *
- * submit_result runs the validators (validators.ts); a failing one is returned to the model as
- * a tool error, so the loop goes on within its budget; a passing submission ends the run.
+ * trial_build builds the candidate in the builder's sandbox (trial.ts); submit_result runs the
+ * validators (validators.ts), the trial build among them; a failing one is returned to the
+ * model as a tool error, so the loop goes on within its budget; a passing submission ends the
+ * run. Child processes (patch, diff) run with an environment of PATH alone.
  */
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { promisify } from "node:util";
 import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import { z } from "zod";
 import { packageSpecSchema, type PackageSpec } from "@homeostat/catalog";
 import type { AgentTool } from "./loop.ts";
+import { TOOL_ENV } from "./sources.ts";
 import { validateCandidate, type Candidate, type RepairContext, type ValidatorResult } from "./validators.ts";
 import type { Workspace } from "./workspace.ts";
 
@@ -27,7 +32,7 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
   const recipe = async (): Promise<PackageSpec> => packageSpecSchema.parse(parseYaml((await ws.read("recipe.yaml", 1024 * 1024)).text));
   return [
     {
-      name: "list_files", description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/).",
+      name: "list_files", description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/, source-last-good/).",
       input: z.strictObject({ path: relPath.default(".") }),
       run: async ({ path }: { path: string }) => {
         const { entries, more } = await ws.list(path, 500);
@@ -69,9 +74,10 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
     },
     {
       name: "edit_recipe", description: "Changes fields of the package's recipe (version, source, build.steps, test, patches, dependencies, epoch); the result must pass the catalog schema.",
-      input: z.strictObject({ set: z.record(z.enum(["version", "epoch", "source", "build", "test", "patches", "dependencies"]), z.unknown()) }),
+      input: z.strictObject({ set: z.partialRecord(z.enum(["version", "epoch", "source", "build", "test", "patches", "dependencies"]), z.unknown()) }),
       run: async ({ set }: { set: Record<string, unknown> }) => {
-        const next = packageSpecSchema.safeParse({ ...(await recipe()), ...set });
+        // Only the fields given change (a partial record: an absent field is not set to undefined).
+        const next = packageSpecSchema.safeParse({ ...(await recipe()), ...Object.fromEntries(Object.entries(set).filter(([, v]) => v !== undefined)) });
         if (!next.success) return { content: `the recipe would not pass the catalog schema: ${next.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, isError: true };
         if (next.data.name !== ctx.name) return { content: "the package's name cannot change", isError: true };
         await ws.write("recipe.yaml", stringifyYaml(next.data));
@@ -87,16 +93,42 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
         const file = `patches/${name}.patch`;
         await ws.write(file, diff);
         const applies = await patchApplies(ws, file);
-        return applies === true ? { content: `${file} written; it applies to source/` } : { content: `${file} written, but it does not apply: ${applies}`, isError: true };
+        const sha256 = createHash("sha256").update(diff).digest("hex");
+        return applies === true
+          ? { content: `${file} written; it applies to source/. Name it in the recipe's patches as { path: ${file}, sha256: ${sha256} }` }
+          : { content: `${file} written, but it does not apply: ${applies}`, isError: true };
+      },
+    },
+    {
+      name: "diff_sources", description: "Shows what changed upstream: a unified diff from source-last-good/ (the version last built) to source/ (the version to repair), under a path of the source.",
+      input: z.strictObject({ path: relPath.default(".") }),
+      run: async ({ path }: { path: string }) => {
+        const [from, to] = await Promise.all([ws.resolve(`source-last-good/${path}`), ws.resolve(`source/${path}`)]);
+        const diff = await run("diff", ["-ruN", from, to], { cwd: ws.root, env: TOOL_ENV, maxBuffer: 32 << 20, timeout: 30_000 }).then(
+          () => "",
+          (err: { code?: number; stdout?: string; message: string }) => (err.code === 1 && err.stdout !== undefined ? err.stdout : Promise.reject(new Error((err.stdout || err.message).slice(0, 2000)))),
+        );
+        const relative = diff.split(`${ws.root}/`).join("");
+        return { content: relative ? relative.slice(0, MAX_READ_BYTES) + (relative.length > MAX_READ_BYTES ? `\n… (${relative.length} bytes; diff a subdirectory)` : "") : "no difference" };
+      },
+    },
+    {
+      name: "trial_build", description: "Builds the candidate (recipe.yaml and the patches it names) in the builder's sandbox, without network, its test included; returns the outcome and the end of the log. Never signed.",
+      input: z.strictObject({}),
+      slow: true,
+      run: async () => {
+        const outcome = await ctx.trial({ recipe: await recipe(), patches: await readPatches(ws, await recipe()) });
+        return { content: `${outcome.passed ? "passed" : "failed"}: ${outcome.detail}${outcome.logTail ? `\n--- log tail ---\n${outcome.logTail}` : ""}`, ...(outcome.passed ? {} : { isError: true }) };
       },
     },
     {
       name: "submit_result", description: "Submits the candidate recipe and patches with a rationale. The validators run; a failure comes back as an error to fix.",
       input: z.strictObject({ rationale: z.string().min(1).max(8192) }),
       run: async ({ rationale }: { rationale: string }) => {
-        const candidate: Candidate = { recipe: await recipe(), patches: await readPatches(ws) };
+        const spec = await recipe();
+        const candidate: Candidate = { recipe: spec, patches: await readPatches(ws, spec) };
         const validators = await validateCandidate(candidate, ctx, (file) => patchApplies(ws, file));
-        const failed = validators.filter((v) => v.status === "failed");
+        const failed = validators.filter((v) => v.status === "failed" || (v.name === "trial-build" && v.status !== "passed"));
         if (failed.length) return { content: `not accepted: ${failed.map((v) => `${v.name}: ${v.detail}`).join("; ")}`, isError: true };
         return { content: "accepted", result: { candidate, rationale, validators } };
       },
@@ -109,14 +141,14 @@ export async function patchApplies(ws: Workspace, file: string): Promise<true | 
   const source = await ws.resolve("source").catch(() => undefined);
   if (!source || !(await ws.list("source", 1).then(() => true, () => false))) return "the source is not unpacked in this workspace";
   try {
-    await run("patch", ["--dry-run", "--batch", "--forward", "-p1", "-d", source, "-i", await ws.resolve(file)], { timeout: 30_000 });
+    await run("patch", ["--dry-run", "--batch", "--forward", "-p1", "-d", source, "-i", await ws.resolve(file)], { timeout: 30_000, env: TOOL_ENV });
     return true;
   } catch (err) {
     return String((err as { stdout?: string }).stdout || (err as Error).message).slice(0, 2000);
   }
 }
 
-async function readPatches(ws: Workspace): Promise<Candidate["patches"]> {
-  const files = (await ws.list("patches", 1000).catch(() => ({ entries: [] as string[] }))).entries.filter((f) => f.endsWith(".patch"));
-  return Promise.all(files.map(async (path) => ({ path, text: (await ws.read(path, 1024 * 1024)).text })));
+/** The patches the recipe names, as the workspace has them (the catalog checks their sha256 when the candidate loads). */
+async function readPatches(ws: Workspace, spec: PackageSpec): Promise<Candidate["patches"]> {
+  return Promise.all(spec.patches.map(async (p) => ({ path: p.path, text: (await ws.read(p.path, 1024 * 1024)).text })));
 }

@@ -19,13 +19,14 @@
  * given as HOMEOSTAT_BUILDER_KEY (a PEM file or the PEM itself).
  */
 import path from "node:path";
-import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { AdvisoryStore, CatalogSource, openSnapshot, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { buildRequestSchema, meter, publish, retryUntilItWorks, runConsumer, runService, StateStore } from "@homeostat/core";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
 import { withFailureHandling } from "./attempts.ts";
 import { createBuildHandler } from "./request.ts";
+import { createTrialHandler, serveTrials } from "./trial.ts";
 import { claimWorkRoot, currentInstance } from "./workspaces.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
@@ -91,5 +92,30 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     if (failed) await publish(nats, "intake", key, { v: 1, key, priority: "release", cause: { type: "built", detail: why } });
   };
   const running = runConsumer(nats, { stage: "build", schema: buildRequestSchema, spanName: "builder.build", concurrency: config.concurrency, log, signal, handle, onMalformed });
-  return () => running;
+  // Trial builds (trial.ts): the agent's snapshots, built in the same sandbox into a store of their own.
+  const trials = new Builder(
+    {
+      dataDir: path.join(config.dataDir, "trials"),
+      timeoutMs: config.buildTimeoutMs,
+      maxSourceBytes: config.maxSourceBytes,
+      unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
+      isolation,
+      sourceBaseDir: config.catalogDir,
+      workRoot: path.join(work.root, "trials"),
+      signal,
+    },
+    { concurrency: 1 },
+  );
+  const snapshots = path.join(config.dataDir, "agent", "snapshots");
+  const trying = serveTrials(nats, createTrialHandler({
+    catalogAt: (revision) => openSnapshot(snapshots, revision, catalogs.current().sourceBase),
+    releases: new ReleaseStore(buckets.releases),
+    advisories: await AdvisoryStore.open(nats),
+    state,
+    sourceDateEpoch: config.sourceDateEpoch,
+    build: (plan) => trials.build(plan),
+    refused: (reason) => refusals.add(1, { reason, trial: true }),
+    log,
+  }), { log, signal });
+  return () => Promise.all([running, trying]).then(() => undefined);
 });

@@ -71,37 +71,40 @@ export type BuildRequestDeps = {
   log: Logger;
 };
 
+/** What checking a request against the catalog needs (a build's and a trial's). */
+export type PlanDeps = Pick<BuildRequestDeps, "catalogAt" | "releases" | "advisories" | "state" | "sourceDateEpoch" | "refused" | "log">;
+
+function refuse(deps: PlanDeps, req: BuildRequest, reason: BuildRefusal, message: string): never {
+  deps.refused(reason);
+  deps.log.warn("build refused", { key: req.key, reason, catalogRevision: req.catalogRevision, inputDigest: req.inputDigest, detail: message });
+  throw new BuildRefusedError(reason, `${req.key}: ${message}`);
+}
+
+/** The plan the catalog at the requested revision calls for, if it is the one requested; else a BuildRefusedError. */
+export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{ plan: BuildPlan; decision?: BuildDecision }> {
+  const catalog = await deps.catalogAt(req.catalogRevision);
+  if (!catalog) return refuse(deps, req, "unknown-revision", `catalog revision ${req.catalogRevision} is not one this builder has (superseded, or unknown)`);
+  const { kind, name } = parseKey(req.key);
+  const declared = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
+  if (!declared) return refuse(deps, req, "not-in-catalog", `not in the catalog at ${req.catalogRevision}`);
+  const desiredState = new DesiredState({
+    catalog,
+    releases: (pkg) => deps.releases.list(pkg),
+    advisories: (pkg) => deps.advisories.list(pkg),
+    status: (k) => deps.state.get(k),
+    sourceDateEpoch: deps.sourceDateEpoch,
+  });
+  const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
+  if (desired.state === "waiting") return refuse(deps, req, "not-buildable", `the catalog and the facts say it waits for ${desired.waitingFor}`);
+  if (desired.state === "attention") return refuse(deps, req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
+  if (desired.inputDigest !== req.inputDigest) return refuse(deps, req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
+  if (desired.version !== req.version) return refuse(deps, req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
+  return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
+}
+
 /** The handler of the build stage's messages. */
 export function createBuildHandler(deps: BuildRequestDeps) {
   const store = new ArtifactStore(deps.dataDir);
-
-  const refuse = (req: BuildRequest, reason: BuildRefusal, message: string): never => {
-    deps.refused(reason);
-    deps.log.warn("build refused", { key: req.key, reason, catalogRevision: req.catalogRevision, inputDigest: req.inputDigest, detail: message });
-    throw new BuildRefusedError(reason, `${req.key}: ${message}`);
-  };
-
-  /** The plan the catalog at the requested revision calls for, if it is the one requested. */
-  async function verifiedPlan(req: BuildRequest): Promise<{ plan: BuildPlan; decision?: BuildDecision }> {
-    const catalog = await deps.catalogAt(req.catalogRevision);
-    if (!catalog) return refuse(req, "unknown-revision", `catalog revision ${req.catalogRevision} is not one this builder has (superseded, or unknown)`);
-    const { kind, name } = parseKey(req.key);
-    const declared = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
-    if (!declared) return refuse(req, "not-in-catalog", `not in the catalog at ${req.catalogRevision}`);
-    const desiredState = new DesiredState({
-      catalog,
-      releases: (pkg) => deps.releases.list(pkg),
-      advisories: (pkg) => deps.advisories.list(pkg),
-      status: (k) => deps.state.get(k),
-      sourceDateEpoch: deps.sourceDateEpoch,
-    });
-    const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
-    if (desired.state === "waiting") return refuse(req, "not-buildable", `the catalog and the facts say it waits for ${desired.waitingFor}`);
-    if (desired.state === "attention") return refuse(req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
-    if (desired.inputDigest !== req.inputDigest) return refuse(req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
-    if (desired.version !== req.version) return refuse(req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
-    return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
-  }
 
   /**
    * How the steps that made these outputs ran. For a package, what its provenance recorded at
@@ -127,7 +130,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
 
   return async function handle(req: BuildRequest): Promise<void> {
     // Checked first, so that a forged request is refused and counted rather than skipped.
-    const { plan } = await verifiedPlan(req);
+    const { plan } = await verifiedPlan(req, deps);
     const status = await deps.state.get(req.key);
     if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
       deps.log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
