@@ -122,8 +122,11 @@ describe("the permissions", () => {
   test("name the prefix's own streams only and never a wildcard over JetStream's API", () => {
     for (const s of ["ingest", "queue", "reconciler", "builder", "signer"] as const) {
       const p = natsPermissions(s, "hs", ["local"]);
-      assert.deepEqual(p.subscribe, [`_INBOX.hs.${s}.>`]);
+      // The builder alone also hears trial requests, and answers them to the agent's inbox (nothing else's).
+      const trials = s === "builder" ? ["hs.local.trial.>"] : [];
+      assert.deepEqual(p.subscribe, [`_INBOX.hs.${s}.>`, ...trials]);
       for (const subject of p.publish) {
+        if (s === "builder" && subject === "_INBOX.hs.agent.>") continue;
         assert.doesNotMatch(subject, /^(>|\$JS\.>|\$JS\.API\.>|\$JS\.API\.(STREAM|CONSUMER)\.[A-Z.]*>|_INBOX)/, `${s}: ${subject}`);
         assert.doesNotMatch(subject, /STREAM\.(DELETE|PURGE)/, `${s}: ${subject}`);
       }
