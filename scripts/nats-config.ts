@@ -9,13 +9,17 @@
  * as NATS_NKEY_SEED_FILE) and `nats-server.conf` (JetStream on, the authorization block; public
  * keys only). Run it again after an upgrade: seeds are kept, permissions regenerated; then
  * reload the server (`nats-server --signal reload`). `--rotate` replaces the named seeds.
+ * `--cluster NAME --node REGION=HOST:PORT …` (one per region) also writes `nats-server-<region>.conf`
+ * per node of a NATS cluster stretched over the regions (deploy/README.md, "Regions"): tagged with
+ * its region, JetStream replicas in distinct regions, routes (listening on 0.0.0.0:PORT, peers
+ * reached at HOST:PORT) authenticated with `route.secret`. Give `--region` the fabric's name.
  * Exit codes: 0 written, 64 usage error.
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { loadConfig, serviceIdentities, writeNatsConfig, type NatsIdentity } from "@homeostat/core";
+import { loadConfig, serviceIdentities, writeNatsConfig, type NatsCluster, type NatsIdentity } from "@homeostat/core";
 
-const usage = "usage: pnpm nats-config --out DIR [--prefix P] [--region R …] [--store-dir D] [--admin] [--rotate ID,…|all] [--tls-cert F --tls-key F] [--owner UID:GID]";
+const usage = "usage: pnpm nats-config --out DIR [--prefix P] [--region R …] [--store-dir D] [--admin] [--rotate ID,…|all] [--tls-cert F --tls-key F] [--owner UID:GID] [--cluster NAME --node REGION=HOST:PORT …]";
 
 function fail(message: string): never {
   process.stderr.write(`nats-config: ${message}\n${usage}\n`);
@@ -35,6 +39,8 @@ try {
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       owner: { type: "string" },
+      cluster: { type: "string" },
+      node: { type: "string", multiple: true },
       help: { type: "boolean", default: false },
     },
   }).values;
@@ -70,6 +76,18 @@ if (args.owner !== undefined) {
   owner = { uid: Number(m[1]), gid: Number(m[2]) };
 }
 
+let cluster: NatsCluster | undefined;
+if ((args.cluster === undefined) !== (args.node === undefined)) fail("--cluster and --node go together");
+if (args.cluster !== undefined) {
+  const nodes = (args.node ?? []).map((spec) => {
+    const m = /^([a-z][a-z0-9-]{0,31})=([^\s:]+):(\d{1,5})$/.exec(spec);
+    if (!m) fail(`--node ${spec}: REGION=HOST:PORT`);
+    return { region: m[1]!, listen: `0.0.0.0:${m[3]}`, route: `${m[2]}:${m[3]}` };
+  });
+  if (new Set(nodes.map((n) => n.region)).size !== nodes.length) fail("--node: one per region");
+  cluster = { name: args.cluster, nodes };
+}
+
 const dir = path.resolve(args.out);
 const { configFile } = writeNatsConfig({
   prefix,
@@ -80,6 +98,7 @@ const { configFile } = writeNatsConfig({
   storeDir: args["store-dir"],
   ...(args["tls-cert"] && args["tls-key"] ? { tls: { certFile: args["tls-cert"], keyFile: args["tls-key"] } } : {}),
   ...(owner ? { owner } : {}),
+  ...(cluster ? { cluster } : {}),
 });
 process.stdout.write(`wrote ${configFile} (prefix ${prefix}, regions ${regions.join(", ")})\n`);
 for (const id of [...serviceIdentities, ...(args.admin ? ["admin"] : [])]) process.stdout.write(`  ${id.padEnd(10)} NATS_NKEY_SEED_FILE=${path.join(dir, `${id}.nk`)}${rotate.includes(id as NatsIdentity) ? "  (rotated)" : ""}\n`);
