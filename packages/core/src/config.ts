@@ -9,6 +9,8 @@ import { z } from "zod";
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveMs = z.coerce.number().int().positive();
+/** An optional URL; empty counts as unset (a variable left blank in a manifest). */
+const optionalUrl = z.preprocess((v) => (v === "" ? undefined : v), z.url().optional());
 
 const schema = z.object({
   NATS_URL: z.string().default("nats://127.0.0.1:4222"),
@@ -182,7 +184,22 @@ const schema = z.object({
   HOMEOSTAT_AGENT_PRICE_PER_MTOK: z.string().regex(/^\d+(\.\d+)?(,\d+(\.\d+)?){3}$/, "input,output,cache-write,cache-read, in USD per million tokens").default("3,15,3.75,0.3"),
   /** What happens to a proposal that passed every validator: `review` waits for a person, `validated` applies it to the (directory) catalog. */
   HOMEOSTAT_AGENT_APPLY: z.enum(["review", "validated"]).default("review"),
-  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().optional(),
+  /** Where telemetry goes (the collector): the base URL of OTLP/HTTP (`/v1/traces` and `/v1/metrics` are appended) or the gRPC endpoint. Unset: nothing is exported (spans are still made, so trace ids exist). */
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
+  /** Signal-specific endpoints, used as given (full URLs); they win over OTEL_EXPORTER_OTLP_ENDPOINT. */
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: optionalUrl,
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).default("http/protobuf"),
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
+  OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
+  /** service.name; default: the service's own name (ingest, queue, …), with service.namespace=homeostat. */
+  OTEL_SERVICE_NAME: z.string().min(1).optional(),
+  /** More resource attributes, `key=value,…` (values percent-encoded), e.g. the Kubernetes downward API's pod name; they win over detected ones. */
+  OTEL_RESOURCE_ATTRIBUTES: z.string().default(""),
+  /** How often metrics are exported. */
+  OTEL_METRIC_EXPORT_INTERVAL: positiveMs.default(10_000),
+  /** How long finished spans wait to be sent in a batch. */
+  OTEL_BSP_SCHEDULE_DELAY: positiveMs.default(500),
 });
 
 export type Config = Readonly<{
@@ -258,7 +275,7 @@ export type Config = Readonly<{
   maxSourceEntries: number;
   buildSandbox: BuildSandboxSettings;
   buildConcurrency: number;
-  otlpEndpoint: string | undefined;
+  telemetry: TelemetrySettings;
   agent: AgentSettings;
 }>;
 
@@ -274,6 +291,19 @@ export type AgentSettings = {
   apiTries: number;
   pricePerMTok: { input: number; output: number; cacheWrite: number; cacheRead: number };
   apply: "review" | "validated";
+};
+
+export type OtlpProtocol = "http/protobuf" | "http/json" | "grpc";
+/** Where one signal is exported: a full URL for OTLP/HTTP, the endpoint for gRPC; undefined: not exported. */
+export type OtlpTarget = { url: string; protocol: OtlpProtocol } | undefined;
+export type TelemetrySettings = {
+  serviceName: string | undefined;
+  /** OTEL_RESOURCE_ATTRIBUTES, decoded. */
+  resourceAttributes: Record<string, string>;
+  traces: OtlpTarget;
+  metrics: OtlpTarget;
+  metricExportIntervalMs: number;
+  spanBatchDelayMs: number;
 };
 
 export class ConfigError extends Error {}
@@ -455,8 +485,38 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     buildConcurrency: e.HOMEOSTAT_BUILD_CONCURRENCY,
     agent: agentSettings(e),
-    otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
+    telemetry: {
+      serviceName: e.OTEL_SERVICE_NAME,
+      resourceAttributes: resourceAttributes(e.OTEL_RESOURCE_ATTRIBUTES),
+      traces: otlpTarget("traces", e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
+      metrics: otlpTarget("metrics", e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
+      metricExportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
+      spanBatchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
+    },
   };
+}
+
+/** The OTLP specification's rule: a signal's own endpoint as given; else, over HTTP, the base endpoint plus `/v1/<signal>`; over gRPC the base endpoint itself. */
+function otlpTarget(signal: "traces" | "metrics", own: string | undefined, base: string | undefined, protocol: OtlpProtocol): OtlpTarget {
+  if (own !== undefined) return { url: own, protocol };
+  if (base === undefined) return undefined;
+  return { url: protocol === "grpc" ? base : `${base.replace(/\/$/, "")}/v1/${signal}`, protocol };
+}
+
+/** OTEL_RESOURCE_ATTRIBUTES: `k=v` pairs separated by commas, values percent-decoded (W3C Baggage octets). */
+function resourceAttributes(value: string): Record<string, string> {
+  const attributes: Record<string, string> = {};
+  for (const pair of value.split(",")) {
+    if (pair.trim() === "") continue;
+    const eq = pair.indexOf("=");
+    if (eq <= 0) throw new ConfigError(`invalid configuration:\n  OTEL_RESOURCE_ATTRIBUTES: "${pair.trim()}" is not key=value`);
+    try {
+      attributes[pair.slice(0, eq).trim()] = decodeURIComponent(pair.slice(eq + 1).trim());
+    } catch {
+      throw new ConfigError(`invalid configuration:\n  OTEL_RESOURCE_ATTRIBUTES: the value of ${pair.slice(0, eq).trim()} is not percent-encoded correctly`);
+    }
+  }
+  return attributes;
 }
 
 function natsSecurity(seed: string | undefined, ca: string | undefined, cert: string | undefined, key: string | undefined): Config["nats"] {
