@@ -17,7 +17,7 @@ import { encodeMessage } from "@homeostat/core";
 import { getQueueStats, listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
-import { SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
+import { SpanKindNumber, startOtlpReceiver } from "./otlp-receiver.ts";
 
 const services = ["builder", "ingest", "queue", "reconciler", "signer"];
 const catalogDir = path.join(repoRoot, "examples", "catalog");
