@@ -209,5 +209,5 @@ test("the committed JSON Schemas are the ones the format generates (pnpm gen:cat
 
 test("the example catalog loads", async () => {
   const c = await loadCatalog(path.join(import.meta.dirname, "../../../examples/catalog"));
-  assert.deepEqual(c.keys().sort(), ["image/devkit", "image/greeter", "package/greet", "package/libgreet", "package/motd"]);
+  assert.deepEqual(c.keys().sort(), ["image/devkit", "image/greeter", "package/busybox", "package/greet", "package/libgreet", "package/motd", "package/musl"]);
 });
