@@ -82,7 +82,11 @@ export async function startNatsServer(o: { configFile: string; logFile: string; 
   const child = spawn(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
   const exited = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`nats-server exited (${code}); see ${o.logFile}`))));
   exited.catch(() => {});
-  await Promise.race([waitFor("nats-server", () => portAnswers(port), 10_000), exited]);
+  await Promise.race([waitFor("nats-server", () => portAnswers(port), 10_000), exited]).catch((err: unknown) => {
+    // A server that never answered must not outlive the attempt.
+    child.kill("SIGKILL");
+    throw err;
+  });
   return { url: `nats://127.0.0.1:${port}`, child, reload: () => void child.kill("SIGHUP"), stop: () => stopChild(child) };
 }
 
@@ -91,6 +95,8 @@ export type LocalServers = {
   redisUrl: string;
   /** The services' NATS credentials (nats-access.ts): `<service>.nk` each; give startFactory this. */
   natsCredentials: string;
+  /** Stops nats-server, waits `downMs`, starts it again on the same port and store (a NATS outage, for the chaos suite). */
+  restartNats(downMs: number): Promise<void>;
   stop(): Promise<void>;
 };
 
@@ -104,12 +110,18 @@ export async function startLocalServers(dir: string, o: { prefix: string; region
   const { configFile } = writeNatsConfig({ prefix: o.prefix, regions: [o.region], dir: natsCredentials, storeDir: path.join(dir, "nats") });
   const redisPort = await freePort();
   const redis = spawn(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
-  const nats = await startNatsServer({ configFile, logFile: path.join(dir, "nats-server.log") });
+  const logFile = path.join(dir, "nats-server.log");
+  let nats = await startNatsServer({ configFile, logFile });
   await waitFor("redis-server", () => portAnswers(redisPort), 10_000);
   return {
     natsUrl: nats.url,
     redisUrl: `redis://127.0.0.1:${redisPort}`,
     natsCredentials,
+    restartNats: async (downMs) => {
+      await nats.stop();
+      await new Promise((r) => setTimeout(r, downMs));
+      nats = await startNatsServer({ configFile, logFile, port: Number(new URL(nats.url).port) });
+    },
     stop: async () => {
       await Promise.all([nats.stop(), stopChild(redis)]);
     },

@@ -1,0 +1,335 @@
+/**
+ * Chaos suite: the five services on a private NATS and Redis build a small generated catalog
+ * while a seeded schedule breaks things: SIGKILL of the builder, signer or reconciler (started
+ * again at once, as a supervisor would), a NATS restart, a Redis FLUSHALL. Each round posts a
+ * release or two, lets builds start, injects one fault and times how long every key takes to
+ * converge again. Two faults are part of the catalog: `broken` gets a release whose build step
+ * fails (it must end Failed or dead-lettered with the step's reason) and `crasher` has a slow step
+ * during which the suite SIGKILLs the builder, every time (it must end with "the builder died
+ * while building this key"; a step in the sandbox cannot see its builder's pid).
+ *
+ * At the end it checks, from outside the services: every key converged (Ready on the newest
+ * version a 2xx release asked for: no accepted event lost), no key built twice at once (from
+ * the builder's log: a second "building" of a key before the first ended in the same builder
+ * process), no workspace left behind, no process of the run left after it stopped.
+ *
+ * Usage: pnpm chaos [--seed N] [--json] [--keys N] [--minutes M]. The seed is printed first; the
+ * same seed gives the same catalog and schedule (the timing of the machine is its own).
+ */
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync, existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
+import type { KeyStatus } from "@homeostat/core/status";
+import { listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
+import { startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
+
+export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis"] as const;
+export type FaultType = (typeof faultTypes)[number];
+
+export type ChaosOptions = { seed: number; keys: number; durationMs: number; log?: (line: string) => void };
+
+export type ChaosReport = {
+  seed: number;
+  keys: number;
+  faultsInjected: number;
+  /** Per fault type: ms from the fault (for NATS: from when it was back) to every key converged, each time. */
+  recoveryMs: Record<FaultType, number[]>;
+  /** Rounds whose keys did not converge within the round's limit. */
+  notConverged: number;
+  crasherKills: number;
+  doubleBuilds: number;
+  lostEvents: number;
+  leakedWorkspaces: number;
+  leakedProcesses: number;
+  /** What went wrong, for a failing seed's replay. */
+  problems: string[];
+};
+
+const roundTimeoutMs = 90_000;
+const crashLimit = 2;
+
+/** mulberry32: a small seeded generator, the same sequence for the same seed. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A tarball with one top directory app/ holding `files`; its file URL and sha256. */
+function tarball(dir: string, name: string, files: Record<string, string>): { url: string; sha256: string } {
+  const tree = path.join(dir, `${name}-tree`);
+  mkdirSync(path.join(tree, "app"), { recursive: true });
+  for (const [f, content] of Object.entries(files)) writeFileSync(path.join(tree, "app", f), content, { mode: 0o755 });
+  const file = path.join(dir, `${name}.tar.gz`);
+  execFileSync("bash", ["-o", "pipefail", "-c", 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n > "$2"', "tar", tree, file]);
+  rmSync(tree, { recursive: true, force: true });
+  return { url: `file://${file}`, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") };
+}
+
+/** Packages c00…, each depending on up to two earlier ones, plus `broken` and `crasher`. */
+function writeCatalog(dir: string, count: number, rand: () => number): { names: string[]; source: { url: string; sha256: string }; addCrasher: () => void } {
+  const sources = path.join(dir, "sources");
+  mkdirSync(sources, { recursive: true });
+  const source = tarball(sources, "app", { "run.sh": '#!/bin/sh\necho "$(basename "$0"): $*"\n' });
+  const names = Array.from({ length: count }, (_, i) => `c${String(i).padStart(2, "0")}`);
+  const recipe = (name: string, deps: string[], steps: string[]) => `name: ${name}
+version: "1.0.0"
+license: MIT
+source:
+  url: ${source.url}
+  sha256: "${source.sha256}"
+build:
+  steps:
+${steps.map((s) => `    - ${s}`).join("\n")}
+dependencies:
+  build: [${deps.join(", ")}]
+  runtime: []
+`;
+  mkdirSync(path.join(dir, "packages"), { recursive: true });
+  const install = (name: string) => `install -D -m 755 run.sh $DESTDIR/usr/bin/${name}`;
+  for (const [i, name] of names.entries()) {
+    const deps = new Set<string>();
+    for (let k = 0; k < 2 && i > 0; k++) if (rand() < 0.6) deps.add(names[Math.floor(rand() * i)]!);
+    // A second of work per build, so that faults land on builds in flight.
+    writeFileSync(path.join(dir, "packages", `${name}.yaml`), recipe(name, [...deps], ["sleep 1", install(name)]));
+  }
+  writeFileSync(path.join(dir, "packages", "broken.yaml"), recipe("broken", [], [install("broken")]));
+  // The marked slow step: the suite kills the builder while it runs. Added once the rest has
+  // converged: a build that shares a builder with it when it is killed is counted as a crash too.
+  const addCrasher = () => writeFileSync(path.join(dir, "packages", "crasher.yaml"), recipe("crasher", [], ["sleep 60", install("crasher")]));
+  return { names, source, addCrasher };
+}
+
+/** Where a key should end: converged, or the failure it was given. */
+function settled(s: KeyStatus, newest: Map<string, string>): boolean {
+  if (s.key === "package/crasher") return (s.phase === "Failed" || s.phase === "DeadLettered") && /died while building/.test(s.lastError ?? "");
+  if (s.key === "package/broken" && newest.has("broken")) return (s.phase === "Failed" || s.phase === "DeadLettered") && /run\.sh|install|exit/.test(s.lastError ?? "");
+  const name = s.key.slice(s.key.indexOf("/") + 1);
+  const want = newest.get(name);
+  return s.phase === "Ready" && s.actual !== undefined && s.actual.inputDigest === s.desiredInputDigest && (want === undefined || s.actual.version === want);
+}
+
+/** Builds of one key overlapping in one builder process, from the builder's log (a process starts with its "build isolation" line). */
+export function doubleBuilds(log: string): string[] {
+  const found: string[] = [];
+  let open = new Set<string>();
+  for (const line of log.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    let entry: { msg?: string; key?: string; t?: string };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      continue;
+    }
+    if (entry.msg === "build isolation") open = new Set();
+    else if (entry.key && entry.msg === "building") {
+      if (open.has(entry.key)) found.push(`${entry.key} at ${entry.t}`);
+      open.add(entry.key);
+    } else if (entry.key) open.delete(entry.key);
+  }
+  return found;
+}
+
+export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
+  const say = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const rand = random(o.seed);
+  const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-chaos-"));
+  // The sandbox's uid must reach the workspaces below.
+  chmodSync(dir, 0o711);
+  const report: ChaosReport = {
+    seed: o.seed, keys: 0, faultsInjected: 0, recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [] }, notConverged: 0, crasherKills: 0,
+    doubleBuilds: 0, lostEvents: 0, leakedWorkspaces: 0, leakedProcesses: 0, problems: [],
+  };
+  let servers: LocalServers | undefined;
+  let factory: Factory | undefined;
+  let client: StatusClient | undefined;
+  let redis: Redis | undefined;
+  let watching: NodeJS.Timeout | undefined;
+  try {
+    const catalogDir = path.join(dir, "catalog");
+    const { names, source, addCrasher } = writeCatalog(catalogDir, o.keys, rand);
+    const broken = tarball(path.join(catalogDir, "sources"), "broken-2.0.0", { "README": "no run.sh here\n" });
+    const allKeys = [...names, "broken", "crasher"].map((n) => `package/${n}`);
+    report.keys = allKeys.length;
+    const prefix = "chaos";
+    servers = await startLocalServers(path.join(dir, "servers"), { prefix, region: "local" });
+    const dataDir = path.join(dir, "data");
+    factory = await startFactory({
+      env: {
+        NATS_URL: servers.natsUrl, REDIS_URL: servers.redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: dataDir, HOMEOSTAT_CATALOG: catalogDir,
+        HOMEOSTAT_STAGE_ACK_WAIT_MS: "2000", HOMEOSTAT_LEASE_MS: "5000", HOMEOSTAT_BUILD_CRASH_LIMIT: String(crashLimit), HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
+        HOMEOSTAT_STARTUP_BACKOFF_MAX_MS: "2000", HOMEOSTAT_CATALOG_RELOAD_MS: "1000",
+      },
+      natsCredentials: servers.natsCredentials,
+      logDir: path.join(dir, "logs"),
+      only: ["ingest", "queue", "reconciler", "builder", "signer"],
+    });
+    const f = factory;
+    client = statusClient(f.grpcAddr);
+    const c = client;
+    redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 1 });
+    const builderLog = path.join(dir, "logs", "builder.log");
+
+    // Restarts are serialised: the crasher's watcher and the schedule both restart the builder.
+    let restarting: Promise<void> = Promise.resolve();
+    const kill = (name: "builder" | "signer" | "reconciler") =>
+      (restarting = restarting.then(async () => {
+        f.processes.get(name)?.kill("SIGKILL");
+        await f.restart(name);
+      }));
+
+    // The crasher: SIGKILL the builder whenever it starts building that key.
+    let seen = 0;
+    watching = setInterval(() => {
+      if (!existsSync(builderLog)) return;
+      const text = readFileSync(builderLog, "utf8");
+      const fresh = text.slice(seen);
+      seen = text.length;
+      if (fresh.split("\n").some((l) => l.includes('"msg":"building"') && l.includes('"key":"package/crasher"'))) {
+        report.crasherKills++;
+        void kill("builder");
+      }
+    }, 200);
+
+    const newest = new Map<string, string>();
+    const versions = new Map<string, number>();
+    const post = async (pkg: string, version: string, src: { url: string; sha256: string }) => {
+      const res = await fetch(`${f.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ package: pkg, version, url: src.url, sha256: src.sha256 }) });
+      // Only an accepted event counts: it must not be lost, whatever happens next.
+      if (res.status >= 200 && res.status < 300) newest.set(pkg, version);
+      else say(`# release ${pkg} ${version} refused: ${res.status}`);
+    };
+    let expected = allKeys.length - 1;
+    const converged = async () => {
+      const { items, degraded } = await listKeyStatuses(c, { pageSize: 1000 });
+      return items.length === expected && items.every((s) => settled(s, newest)) ? { items, degraded } : undefined;
+    };
+
+    say(`# chaos seed ${o.seed}: ${allKeys.length} keys; logs in ${path.join(dir, "logs")}`);
+    await waitFor("the catalog to converge first", converged, 240_000, 250);
+    addCrasher();
+    expected++;
+    await waitFor("the crasher to be given up", converged, roundTimeoutMs, 250);
+    say(`# converged at start (crasher killed its builder ${report.crasherKills} times)`);
+    await post("broken", "2.0.0", broken);
+    await waitFor("broken's failing release to fail", converged, roundTimeoutMs, 250);
+
+    const until = Date.now() + o.durationMs;
+    while (Date.now() < until) {
+      const type = faultTypes[Math.floor(rand() * faultTypes.length)]!;
+      for (let i = 0, n = 1 + Math.floor(rand() * 2); i < n; i++) {
+        const pkg = names[Math.floor(rand() * names.length)]!;
+        const v = (versions.get(pkg) ?? 0) + 1;
+        versions.set(pkg, v);
+        await post(pkg, `1.0.${v}`, source);
+      }
+      // Let builds start: the fault lands on work in flight.
+      await new Promise((r) => setTimeout(r, 200 + Math.floor(rand() * 800)));
+      let t0 = Date.now();
+      if (type === "nats") {
+        await servers.restartNats(1_000);
+        t0 = Date.now();
+      } else if (type === "redis") await redis.flushall();
+      else await kill(type);
+      report.faultsInjected++;
+      try {
+        if (type === "redis") {
+          // The read model must heal: a full, undegraded answer again.
+          await waitFor("the read model to heal", async () => {
+            const answer = await converged();
+            return answer && answer.degraded === undefined ? true : undefined;
+          }, roundTimeoutMs, 100);
+        } else await waitFor(`every key to converge after ${type}`, converged, roundTimeoutMs, 100);
+        const ms = Date.now() - t0;
+        report.recoveryMs[type].push(ms);
+        say(`# ${type}: converged ${ms} ms after the fault`);
+      } catch (err) {
+        report.notConverged++;
+        report.problems.push(`${type} round: ${(err as Error).message}`);
+        say(`# ${type}: ${(err as Error).message}`);
+      }
+    }
+
+    // Final state, from outside the services.
+    const final = (await listKeyStatuses(c, { pageSize: 1000 })).items;
+    for (const [pkg, version] of newest) {
+      if (pkg === "broken") continue;
+      const s = final.find((x) => x.key === `package/${pkg}`);
+      if (s?.actual?.version !== version) {
+        report.lostEvents++;
+        report.problems.push(`package/${pkg}: accepted release ${version}, built ${s?.actual?.version ?? "nothing"}`);
+      }
+    }
+    for (const s of final) if (!settled(s, newest)) report.problems.push(`${s.key} ended ${s.phase}: ${s.lastError ?? ""}`);
+    const doubles = doubleBuilds(readFileSync(builderLog, "utf8"));
+    report.doubleBuilds = doubles.length;
+    report.problems.push(...doubles.map((d) => `built twice at once: ${d}`));
+    const work = path.join(dataDir, "work");
+    // The live builder's own directory stays; nothing may be in it while idle, and dead builders' directories must be gone.
+    const instances = existsSync(work) ? readdirSync(work) : [];
+    report.leakedWorkspaces = Math.max(0, instances.length - 1) + instances.reduce((n, d) => n + readdirSync(path.join(work, d)).length, 0);
+    if (report.leakedWorkspaces) report.problems.push(`workspaces left: ${instances.map((d) => `${d}: ${readdirSync(path.join(work, d)).join(",")}`).join("; ")}`);
+  } finally {
+    if (watching) clearInterval(watching);
+    client?.close();
+    redis?.disconnect();
+    await factory?.stop();
+    await servers?.stop();
+    report.leakedProcesses = processesUnder(dir).length;
+    if (report.leakedProcesses) report.problems.push(`processes left: ${processesUnder(dir).join(", ")}`);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return report;
+}
+
+/** Pids whose command line names `dir` (a sandboxed step, a service, a server of this run). */
+function processesUnder(dir: string): number[] {
+  const pids: number[] = [];
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(dir)) pids.push(Number(pid));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** The figures `--json` prints: per fault type, how long keys took to converge. */
+export function summary(r: ChaosReport) {
+  const per = Object.fromEntries(
+    faultTypes.map((t) => {
+      const ms = [...r.recoveryMs[t]].sort((a, b) => a - b);
+      return [t, { count: ms.length, medianMs: ms[Math.floor(ms.length / 2)] ?? null, maxMs: ms.at(-1) ?? null }];
+    }),
+  );
+  return {
+    seed: r.seed, keys: r.keys, faultsInjected: r.faultsInjected, crasherKills: r.crasherKills, recovery: per, notConverged: r.notConverged,
+    doubleBuilds: r.doubleBuilds, lostEvents: r.lostEvents, leakedWorkspaces: r.leakedWorkspaces, leakedProcesses: r.leakedProcesses, problems: r.problems,
+  };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({ options: { seed: { type: "string" }, json: { type: "boolean" }, keys: { type: "string", default: "24" }, minutes: { type: "string", default: "5" } } });
+  const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed);
+  const keys = Number(values.keys);
+  const minutes = Number(values.minutes);
+  if (!Number.isInteger(seed) || !Number.isInteger(keys) || keys < 1 || keys > 100 || !(minutes > 0)) {
+    process.stderr.write("usage: pnpm chaos [--seed N] [--json] [--keys 1..100] [--minutes M]\n");
+    process.exit(64);
+  }
+  process.stderr.write(`chaos seed ${seed} (replay: pnpm chaos --seed ${seed} --keys ${keys} --minutes ${minutes})\n`);
+  const report = await runChaos({ seed, keys, durationMs: minutes * 60_000 });
+  const out = summary(report);
+  process.stdout.write(values.json ? `${JSON.stringify(out)}\n` : `${JSON.stringify(out, null, 2)}\n`);
+  process.exitCode = report.problems.length === 0 ? 0 : 1;
+}
