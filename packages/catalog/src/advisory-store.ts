@@ -22,7 +22,10 @@ import type { KV } from "@nats-io/kv";
 import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
+import { scanEntries } from "./kv-scan.ts";
 import type { Nats } from "@homeostat/core/topology";
+
+const decoder = new TextDecoder();
 
 /** The bucket's name (topology.ts: the topology owner creates it with the others). */
 export function advisoryBucket(n: Pick<Nats, "topology">): string {
@@ -56,12 +59,7 @@ export class AdvisoryStore {
 
   /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
   async list(name: string): Promise<Osv[]> {
-    const out: Osv[] = [];
-    const keys = await this.kv.keys(`${escapeToken(name)}.*`);
-    for await (const k of keys) {
-      const e = await this.kv.get(k);
-      if (e && e.operation === "PUT") out.push(osvSchema.parse(e.json()));
-    }
+    const out = (await scanEntries(this.kv, `${escapeToken(name)}.*`)).map((e) => osvSchema.parse(JSON.parse(decoder.decode(e.value))));
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 

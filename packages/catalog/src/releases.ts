@@ -17,6 +17,9 @@
 import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { escapeToken } from "@homeostat/core/key";
+import { scanEntries } from "./kv-scan.ts";
+
+const decoder = new TextDecoder();
 
 export const releaseSchema = z.object({
   package: z.string(),
@@ -59,13 +62,7 @@ export class ReleaseStore {
   }
 
   async list(pkg: string): Promise<Release[]> {
-    const out: Release[] = [];
-    const keys = await this.kv.keys(`${escapeToken(pkg)}.*`);
-    for await (const k of keys) {
-      const e = await this.kv.get(k);
-      if (e && e.operation === "PUT") out.push(releaseSchema.parse(e.json()));
-    }
-    return out;
+    return (await scanEntries(this.kv, `${escapeToken(pkg)}.*`)).map((e) => releaseSchema.parse(JSON.parse(decoder.decode(e.value))));
   }
 }
 
