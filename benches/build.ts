@@ -1,6 +1,6 @@
 /**
- * `pnpm bench:build` — how fast Homeostat assembles an image layer, next to GNU tar + gzip on
- * the same files in the same run.
+ * `pnpm bench:build` — how fast Homeostat assembles an image layer, next to GNU tar + gzip and
+ * tar + pigz on the same files in the same run.
  *
  * The tree (made here, deterministic, about `--mb` MB, default 200): many small files (1-16
  * KiB of text-like content, in nested directories) and a few large ones (half text, half
@@ -12,8 +12,10 @@
  *   sha256 of every file, of the tar and of the gzip stream in the same pass. Output to /dev/null.
  * - GNU: `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . | gzip -n -6`
  *   counted by `wc -c`, the same level, so both sides do the same compression work; GNU
- *   computes no digests. Both compressed sizes are printed: speed bought with a worse ratio
- *   would show there.
+ *   computes no digests.
+ * - pigz: the same tar piped to `pigz -n -6` (parallel gzip on every core, the real peer of a
+ *   parallel layer writer; scripts/provision installs it).
+ * Every compressed size is printed: speed bought with a worse ratio would show there.
  *
  * Throughput is the size of the input files over wall time; each side runs `--runs` times
  * (default 3) and the best run counts, after one untimed warm-up each (page cache). The last
@@ -104,12 +106,13 @@ async function homeostat(root: string): Promise<Run> {
   return { seconds: (performance.now() - t0) / 1000, gzBytes: r.size };
 }
 
-function gnu(root: string): Promise<Run> {
-  const script = `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c . | gzip -n -${GZIP_OPTIONS.level} | wc -c`;
+/** GNU tar piped to `compressor` (gzip or pigz, at the shipped level), its output counted. */
+function tarPipe(root: string, compressor: "gzip" | "pigz"): Promise<Run> {
+  const script = `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c . | ${compressor} -n -${GZIP_OPTIONS.level} | wc -c`;
   const t0 = performance.now();
   return new Promise((resolve, reject) =>
     execFile("bash", ["-o", "pipefail", "-c", script, "bench", root], { timeout: 600_000 }, (err, out, stderr) =>
-      err ? reject(new Error(`GNU tar | gzip failed: ${stderr || err.message}`)) : resolve({ seconds: (performance.now() - t0) / 1000, gzBytes: Number(out.trim()) }),
+      err ? reject(new Error(`tar | ${compressor} failed: ${stderr || err.message}`)) : resolve({ seconds: (performance.now() - t0) / 1000, gzBytes: Number(out.trim()) }),
     ),
   );
 }
@@ -132,21 +135,26 @@ try {
   process.stdout.write(`${tree.files} files, ${mb.toFixed(1)} MB\n`);
   process.stdout.write(`gzip level ${GZIP_OPTIONS.level} on both sides; best of ${runs} runs after a warm-up\n`);
   const h = await best(() => homeostat(root));
-  const g = await best(() => gnu(root));
+  const g = await best(() => tarPipe(root, "gzip"));
+  const p = await best(() => tarPipe(root, "pigz"));
   const rows = [
     ["homeostat writeTarGzFromDirectory", h],
     [`GNU tar | gzip -n -${GZIP_OPTIONS.level}`, g],
+    [`GNU tar | pigz -n -${GZIP_OPTIONS.level}`, p],
   ] as const;
   process.stdout.write(`\n${"".padEnd(36)}${"seconds".padStart(9)}${"MB/s".padStart(9)}${"gzip MB".padStart(10)}\n`);
   for (const [name, r] of rows) process.stdout.write(`${name.padEnd(36)}${r.seconds.toFixed(2).padStart(9)}${(mb / r.seconds).toFixed(1).padStart(9)}${(r.gzBytes / 2 ** 20).toFixed(2).padStart(10)}\n`);
   const ratio = g.seconds / h.seconds;
+  const pigzRatio = p.seconds / h.seconds;
   process.stdout.write(`ratio homeostat / GNU: ${ratio.toFixed(2)}x (target >= 1.0x: ${ratio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / g.gzBytes - 1) * 100).toFixed(2)} % against GNU's\n`);
+  process.stdout.write(`ratio homeostat / pigz: ${pigzRatio.toFixed(2)}x (target >= 1.0x: ${pigzRatio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / p.gzBytes - 1) * 100).toFixed(2)} % against pigz's (target within 1 %)\n`);
   console.log(
     JSON.stringify({
       bench: "build",
-      mb_per_s: { homeostat: Math.round((mb / h.seconds) * 10) / 10, gnu_tar_gzip: Math.round((mb / g.seconds) * 10) / 10 },
+      mb_per_s: { homeostat: Math.round((mb / h.seconds) * 10) / 10, gnu_tar_gzip: Math.round((mb / g.seconds) * 10) / 10, gnu_tar_pigz: Math.round((mb / p.seconds) * 10) / 10 },
       ratio: Math.round(ratio * 1000) / 1000,
-      gzip_bytes: { homeostat: h.gzBytes, gnu_tar_gzip: g.gzBytes },
+      ratio_pigz: Math.round(pigzRatio * 1000) / 1000,
+      gzip_bytes: { homeostat: h.gzBytes, gnu_tar_gzip: g.gzBytes, gnu_tar_pigz: p.gzBytes },
       files: tree.files,
       mb: Math.round(mb * 10) / 10,
       gzip_level: GZIP_OPTIONS.level,
