@@ -70,20 +70,35 @@ function buildIntervals(logDirs: Record<Region, string>): BuildInterval[] {
     } catch {
       continue;
     }
-    const open = new Map<string, BuildInterval>();
+    // One builder may log "building" twice for the same inputs (a redelivered request joins the
+    // build already running in that process): each "built" ends the oldest open one.
+    const open = new Map<string, BuildInterval[]>();
     for (const line of text.split("\n")) {
       if (!line.startsWith("{")) continue;
-      const e = JSON.parse(line) as { t: string; msg: string; key?: string; version?: string };
+      const e = JSON.parse(line) as { t: string; msg: string; key?: string; version?: string; subject?: string };
+      // A build that fails ends with the stage consumer's "retrying message" or "dropped
+      // message" for its subject (<prefix>.<fabric>.build.<kind>.<name>), not with "built".
+      if ((e.msg === "retrying message" || e.msg === "dropped message") && e.subject?.includes(".build.")) {
+        const [kind, name] = e.subject.split(".").slice(-2);
+        for (const [build, intervals] of open) {
+          if (!build.startsWith(`${kind}/${name}@`) || intervals.length === 0) continue;
+          const [oldest, ...rest] = intervals;
+          if (oldest) oldest.end = Date.parse(e.t);
+          open.set(build, rest);
+          break;
+        }
+        continue;
+      }
       if (e.msg !== "building" && e.msg !== "built") continue;
       const build = `${e.key}@${e.version}`;
       if (e.msg === "building") {
         const interval = { region, build, start: Date.parse(e.t), end: undefined };
-        open.set(build, interval);
+        open.set(build, [...(open.get(build) ?? []), interval]);
         intervals.push(interval);
       } else {
-        const interval = open.get(build);
-        if (interval) interval.end = Date.parse(e.t);
-        open.delete(build);
+        const [oldest, ...rest] = open.get(build) ?? [];
+        if (oldest) oldest.end = Date.parse(e.t);
+        open.set(build, rest);
       }
     }
   }
@@ -95,7 +110,9 @@ function overlaps(intervals: BuildInterval[], openUntil: (r: Region) => number):
   const found: string[] = [];
   for (const [i, x] of intervals.entries()) {
     for (const y of intervals.slice(i + 1)) {
-      if (x.build !== y.build) continue;
+      // Two builders at once is what exclusivity forbids; within one builder, requests for the
+      // same inputs share one build (services/builder/src/build.ts).
+      if (x.build !== y.build || x.region === y.region) continue;
       const xEnd = x.end ?? openUntil(x.region);
       const yEnd = y.end ?? openUntil(y.region);
       if (x.start < yEnd && y.start < xEnd) found.push(`${x.build}: ${x.region} ${new Date(x.start).toISOString()} and ${y.region} ${new Date(y.start).toISOString()}`);

@@ -28,6 +28,8 @@ export const JetStreamErrorCode = {
   SequenceNotFound: 10043,
   /** JSStreamMsgDeleteFailedF: a delete by sequence failed; 2.9 answers it for a message already gone. */
   MessageDeleteFailed: 10057,
+  /** JSStreamNotFoundErr: no stream of that name (yet). */
+  StreamNotFound: JetStreamApiCodes.StreamNotFound,
 } as const;
 
 export type JetStreamErrorCode = (typeof JetStreamErrorCode)[keyof typeof JetStreamErrorCode];

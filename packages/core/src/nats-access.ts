@@ -28,8 +28,10 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, 
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { createUser, fromSeed } from "@nats-io/nkeys";
+import { errors } from "@nats-io/transport-node";
 import { priorities, reconcilerPriorities } from "./contracts.ts";
 import { ADMISSION_CONSUMER, eventLedgerNames } from "./events.ts";
+import { hasJetStreamCode, JetStreamErrorCode } from "./jetstream-errors.ts";
 import type { Logger } from "./log.ts";
 import type { ServiceName } from "./service.ts";
 import { bucketNames, stages, Topology, type BucketName, type Nats } from "./topology.ts";
@@ -200,9 +202,16 @@ export async function awaitStreams(n: Nats, service: ServiceName, o: { log: Logg
   const missing = new Set(grant(service, n.topology.prefix, [n.topology.region]).streams);
   let waitedMs = 0;
   const everyMs = o.everyMs ?? 250;
+  // Absent means not created yet; a request that times out (a busy or restarting server) is
+  // asked again: waiting for the topology must never end the service.
+  const exists = (stream: string) =>
+    n.jsm.streams.info(stream).then(
+      () => true,
+      (err: unknown) => (hasJetStreamCode(err, JetStreamErrorCode.StreamNotFound) || err instanceof errors.TimeoutError ? false : Promise.reject(err)),
+    );
   while (missing.size > 0) {
     for (const stream of [...missing]) {
-      if (await n.jsm.streams.info(stream).then(() => true, (err: unknown) => (/not found/i.test(String(err)) ? false : Promise.reject(err)))) missing.delete(stream);
+      if (await exists(stream)) missing.delete(stream);
     }
     if (missing.size === 0) break;
     o.signal.throwIfAborted();
