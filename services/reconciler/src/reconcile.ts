@@ -51,12 +51,12 @@ export type ReconcilerDeps = {
 };
 
 export function createReconciler(deps: ReconcilerDeps) {
-  return async function reconcile(item: WorkItem): Promise<ReconcileResult> {
+  return async function reconcile(item: WorkItem, run: { attempt: number } = { attempt: 1 }): Promise<ReconcileResult> {
     const catalog = deps.catalog();
     const { kind, name } = parseKey(item.key);
     // Upstream first: what it announced becomes release facts before the decision reads them.
     const upstream = kind === "package" ? await resolve(item, catalog, name) : undefined;
-    const result = await decide(item, catalog);
+    const result = await decide(item, catalog, run.attempt);
     // An upstream that could not be reached is looked at again when it said, or after the
     // backoff; the key meanwhile keeps its last version (Ready, with the reason in its status).
     if (!upstream?.unavailable || result.type === "nonRetriable") return result;
@@ -78,7 +78,8 @@ export function createReconciler(deps: ReconcilerDeps) {
     return r;
   }
 
-  async function decide(item: WorkItem, catalog: Catalog): Promise<ReconcileResult> {
+  /** `attempt`: the queue's count of runs of this item (more than 1: an earlier run failed or died). */
+  async function decide(item: WorkItem, catalog: Catalog, attempt: number): Promise<ReconcileResult> {
     const { kind, name } = parseKey(item.key);
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
     if (!inCatalog) {
@@ -155,11 +156,13 @@ export function createReconciler(deps: ReconcilerDeps) {
       const inFlight = status.phase === "Building" || status.phase === "Signing";
       const remaining = deps.staleBuildMs - (Date.now() - Date.parse(status.updatedAt));
       if (inFlight && remaining > 0) {
-        // The run before this one failed or died, perhaps between recording the request and
-        // publishing it: publish it again under its own id, which the build stream drops if
-        // the first publish arrived, so a request is either answered or sent again.
+        // The run before this one failed or died (a retry, or a lease taken over from a worker
+        // lost with its region), perhaps between recording the request and publishing it:
+        // publish it again under its own id, which the build stream drops if the first publish
+        // arrived, so a request is either answered or sent again.
         const open = openRequest(status, desired.inputDigest);
-        if (item.attempts > 0 && status.phase === "Building" && open) await deps.requestBuild(buildRequestOf(desired.plan), open.at);
+        const earlierRunEnded = item.attempts > 0 || attempt > 1;
+        if (earlierRunEnded && status.phase === "Building" && open) await deps.requestBuild(buildRequestOf(desired.plan), open.at);
         return requeueAfter(remaining);
       }
     }
