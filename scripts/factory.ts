@@ -3,7 +3,7 @@
  * configured, then the five services as separate processes, each with its own log file.
  * Not used in production: there, compose or Kubernetes start the services.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
@@ -36,6 +36,18 @@ export function portAnswers(port: number, host = "127.0.0.1", timeoutMs = 500): 
     s.once("connect", () => done(true));
     s.once("error", () => done(false));
   });
+}
+
+/** util-linux's setpriv, where there is one: it makes the kernel end a child when its parent dies. */
+const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => spawnSync(p, ["--version"], { stdio: "ignore" }).status === 0);
+
+/**
+ * Spawns a process that ends with the launcher: SIGTERM from the kernel when the launcher dies,
+ * however it dies (a SIGKILL included), so a demo or test that is killed leaves no servers or
+ * services behind. A graceful stop still goes through stopChild.
+ */
+export function spawnSupervised(command: string, args: readonly string[], options: SpawnOptions): ChildProcess {
+  return setpriv ? spawn(setpriv, ["--pdeathsig", "TERM", "--", command, ...args], options) : spawn(command, args, options);
 }
 
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs: number, everyMs = 100): Promise<T> {
@@ -79,7 +91,7 @@ export type NatsServer = {
  */
 export async function startNatsServer(o: { configFile: string; logFile: string; port?: number }): Promise<NatsServer & { child: ChildProcess }> {
   const port = o.port ?? (await freePort());
-  const child = spawn(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
+  const child = spawnSupervised(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
   const exited = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`nats-server exited (${code}); see ${o.logFile}`))));
   exited.catch(() => {});
   await Promise.race([waitFor("nats-server", () => portAnswers(port), 10_000), exited]).catch((err: unknown) => {
@@ -109,7 +121,7 @@ export async function startLocalServers(dir: string, o: { prefix: string; region
   const natsCredentials = path.join(dir, "nats-credentials");
   const { configFile } = writeNatsConfig({ prefix: o.prefix, regions: [o.region], dir: natsCredentials, storeDir: path.join(dir, "nats") });
   const redisPort = await freePort();
-  const redis = spawn(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+  const redis = spawnSupervised(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
   const logFile = path.join(dir, "nats-server.log");
   let nats = await startNatsServer({ configFile, logFile });
   await waitFor("redis-server", () => portAnswers(redisPort), 10_000);
@@ -167,7 +179,7 @@ export async function startFactory(o: { env: Record<string, string>; natsCredent
   const processes = new Map<ServiceName, ChildProcess>();
   const start = (name: ServiceName) => {
     const log = createWriteStream(path.join(o.logDir, `${name}.log`), { flags: "a" });
-    const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...env, NATS_NKEY_SEED_FILE: seedFile(o.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+    const child = spawnSupervised(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...env, NATS_NKEY_SEED_FILE: seedFile(o.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
     processes.set(name, child);
