@@ -112,7 +112,9 @@ function tarPipe(root: string, compressor: "gzip" | "pigz"): Promise<Run> {
   const t0 = performance.now();
   return new Promise((resolve, reject) =>
     execFile("bash", ["-o", "pipefail", "-c", script, "bench", root], { timeout: 600_000 }, (err, out, stderr) =>
-      err ? reject(new Error(`tar | ${compressor} failed: ${stderr || err.message}`)) : resolve({ seconds: (performance.now() - t0) / 1000, gzBytes: Number(out.trim()) }),
+      err
+        ? reject(new Error(`tar | ${compressor} failed: ${stderr || err.message}`))
+        : resolve({ seconds: (performance.now() - t0) / 1000, gzBytes: Number(out.trim()) }),
     ),
   );
 }
@@ -143,15 +145,26 @@ try {
     [`GNU tar | pigz -n -${GZIP_OPTIONS.level}`, p],
   ] as const;
   process.stdout.write(`\n${"".padEnd(36)}${"seconds".padStart(9)}${"MB/s".padStart(9)}${"gzip MB".padStart(10)}\n`);
-  for (const [name, r] of rows) process.stdout.write(`${name.padEnd(36)}${r.seconds.toFixed(2).padStart(9)}${(mb / r.seconds).toFixed(1).padStart(9)}${(r.gzBytes / 2 ** 20).toFixed(2).padStart(10)}\n`);
+  for (const [name, r] of rows)
+    process.stdout.write(
+      `${name.padEnd(36)}${r.seconds.toFixed(2).padStart(9)}${(mb / r.seconds).toFixed(1).padStart(9)}${(r.gzBytes / 2 ** 20).toFixed(2).padStart(10)}\n`,
+    );
   const ratio = g.seconds / h.seconds;
   const pigzRatio = p.seconds / h.seconds;
-  process.stdout.write(`ratio homeostat / GNU: ${ratio.toFixed(2)}x (target >= 1.0x: ${ratio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / g.gzBytes - 1) * 100).toFixed(2)} % against GNU's\n`);
-  process.stdout.write(`ratio homeostat / pigz: ${pigzRatio.toFixed(2)}x (target >= 1.0x: ${pigzRatio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / p.gzBytes - 1) * 100).toFixed(2)} % against pigz's (target within 1 %)\n`);
+  process.stdout.write(
+    `ratio homeostat / GNU: ${ratio.toFixed(2)}x (target >= 1.0x: ${ratio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / g.gzBytes - 1) * 100).toFixed(2)} % against GNU's\n`,
+  );
+  process.stdout.write(
+    `ratio homeostat / pigz: ${pigzRatio.toFixed(2)}x (target >= 1.0x: ${pigzRatio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / p.gzBytes - 1) * 100).toFixed(2)} % against pigz's (target within 1 %)\n`,
+  );
   console.log(
     JSON.stringify({
       bench: "build",
-      mb_per_s: { homeostat: Math.round((mb / h.seconds) * 10) / 10, gnu_tar_gzip: Math.round((mb / g.seconds) * 10) / 10, gnu_tar_pigz: Math.round((mb / p.seconds) * 10) / 10 },
+      mb_per_s: {
+        homeostat: Math.round((mb / h.seconds) * 10) / 10,
+        gnu_tar_gzip: Math.round((mb / g.seconds) * 10) / 10,
+        gnu_tar_pigz: Math.round((mb / p.seconds) * 10) / 10,
+      },
       ratio: Math.round(ratio * 1000) / 1000,
       ratio_pigz: Math.round(pigzRatio * 1000) / 1000,
       gzip_bytes: { homeostat: h.gzBytes, gnu_tar_gzip: g.gzBytes, gnu_tar_pigz: p.gzBytes },

@@ -110,12 +110,24 @@ try {
     ["load + validate + graph", `${ms(loadMs / 1000)} s   (target ≤ ${TARGET_LOAD_S} s: ${loadMs / 1000 <= TARGET_LOAD_S ? "met" : "MISSED"})`],
     ["  graph build alone", `${ms(graphMs)} ms`],
     ["  cycle check alone", `${ms(cyclesMs)} ms (${cycles} cycles)`],
-    [`impact of ${BASE_PACKAGES[0]} (advisory)`, `${baseImpact.keys.length} keys (${baseImpact.packages} packages, ${baseImpact.images} images) in ${baseImpact.waves.length} waves`],
-    ["  time, median of " + IMPACT_RUNS, `${ms(median(baseTimes))} ms   (target ≤ ${TARGET_IMPACT_MS} ms: ${median(baseTimes) <= TARGET_IMPACT_MS ? "met" : "MISSED"})`],
-    ["slowest single package", `${worst.name}: ${ms(worst.ms)} ms, ${worst.size} keys   (target ≤ ${TARGET_IMPACT_MS} ms: ${worst.ms <= TARGET_IMPACT_MS ? "met" : "MISSED"})`],
+    [
+      `impact of ${BASE_PACKAGES[0]} (advisory)`,
+      `${baseImpact.keys.length} keys (${baseImpact.packages} packages, ${baseImpact.images} images) in ${baseImpact.waves.length} waves`,
+    ],
+    [
+      "  time, median of " + IMPACT_RUNS,
+      `${ms(median(baseTimes))} ms   (target ≤ ${TARGET_IMPACT_MS} ms: ${median(baseTimes) <= TARGET_IMPACT_MS ? "met" : "MISSED"})`,
+    ],
+    [
+      "slowest single package",
+      `${worst.name}: ${ms(worst.ms)} ms, ${worst.size} keys   (target ≤ ${TARGET_IMPACT_MS} ms: ${worst.ms <= TARGET_IMPACT_MS ? "met" : "MISSED"})`,
+    ],
     ["every package's impact", `${ms(allImpactsMs)} ms in all`],
     [`changedKeys after ${changedName} changed`, `${diff.keys.length} keys in ${ms(diffMs)} ms`],
-    ["memory after GC", `rss ${mib(mem.rss)} MiB (+${mib(mem.rss - rssBefore)} MiB for the catalog), heap used ${mib(mem.heapUsed)} MiB${gc ? "" : " (no --expose-gc: not collected)"}`],
+    [
+      "memory after GC",
+      `rss ${mib(mem.rss)} MiB (+${mib(mem.rss - rssBefore)} MiB for the catalog), heap used ${mib(mem.heapUsed)} MiB${gc ? "" : " (no --expose-gc: not collected)"}`,
+    ],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));
   process.stdout.write(`\ncatalog bench (node ${process.version}, ${os.cpus().length} cores)\n`);

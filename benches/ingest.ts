@@ -28,7 +28,14 @@ import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { connectNats, ensureTopology, eventLedgerNames, loadConfig } from "@homeostat/core";
 
-const { values } = parseArgs({ options: { count: { type: "string", default: "30000" }, seconds: { type: "string", default: "30" }, connections: { type: "string", default: "64" }, workers: { type: "string" } } });
+const { values } = parseArgs({
+  options: {
+    count: { type: "string", default: "30000" },
+    seconds: { type: "string", default: "30" },
+    connections: { type: "string", default: "64" },
+    workers: { type: "string" },
+  },
+});
 const count = Number(values.count);
 const seconds = Number(values.seconds);
 const connections = Number(values.connections);
@@ -99,8 +106,23 @@ try {
   const non2xx = r.non2xx + r.errors + r.timeouts;
   console.log(`ingest: ${accepted} signed release deliveries accepted in ${elapsedS.toFixed(2)} s over ${connections} connections (${non2xx} errors/non-2xx)`);
   console.log(`  ${eventsPerS} events/s   latency p50 ${r.latency.p50} ms   p99 ${r.latency.p99} ms   max ${r.latency.max} ms`);
-  console.log(`  target: >= 5000 events/s with p99 <= 50 ms: ${eventsPerS >= 5000 && r.latency.p99 <= 50 ? "met" : "NOT met"}   (${os.cpus().length} cores, node ${process.version})`);
-  console.log(JSON.stringify({ bench: "ingest", events_per_s: eventsPerS, p50_ms: r.latency.p50, p99_ms: r.latency.p99, accepted, requests: r.requests.total, errors: non2xx, connections, workers: Number(env.HOMEOSTAT_INGEST_WORKERS ?? 1), cores: os.cpus().length }));
+  console.log(
+    `  target: >= 5000 events/s with p99 <= 50 ms: ${eventsPerS >= 5000 && r.latency.p99 <= 50 ? "met" : "NOT met"}   (${os.cpus().length} cores, node ${process.version})`,
+  );
+  console.log(
+    JSON.stringify({
+      bench: "ingest",
+      events_per_s: eventsPerS,
+      p50_ms: r.latency.p50,
+      p99_ms: r.latency.p99,
+      accepted,
+      requests: r.requests.total,
+      errors: non2xx,
+      connections,
+      workers: Number(env.HOMEOSTAT_INGEST_WORKERS ?? 1),
+      cores: os.cpus().length,
+    }),
+  );
 } catch (err) {
   process.stderr.write(`bench:ingest: ${(err as Error).message}\n${serverLog}\n`);
   process.exitCode = 1;
@@ -118,7 +140,13 @@ async function waitReady(u: string, ms: number): Promise<void> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
     if (server.exitCode !== null) throw new Error(`ingest exited with ${server.exitCode}`);
-    if (await fetch(u).then((r) => r.ok, () => false)) return;
+    if (
+      await fetch(u).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error("ingest did not become ready");

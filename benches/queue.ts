@@ -52,7 +52,19 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Queue, Worker, type Job } from "bullmq";
 import { Redis } from "ioredis";
-import { bucketNames, connectNats, ensureTopology, isStoreFailed, keyToken, loadConfig, stages, type Config, type Key, type Logger, type Nats } from "@homeostat/core";
+import {
+  bucketNames,
+  connectNats,
+  ensureTopology,
+  isStoreFailed,
+  keyToken,
+  loadConfig,
+  stages,
+  type Config,
+  type Key,
+  type Logger,
+  type Nats,
+} from "@homeostat/core";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { table } from "./table.ts";
 
@@ -88,7 +100,10 @@ function parseArgs(argv: readonly string[]): { only: Name[] } {
       case "--only": {
         const v = inline ?? argv[++i];
         if (v === undefined) fail("--only needs a value");
-        const names = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+        const names = v
+          .split(",")
+          .map((s) => s.trim())
+          .filter((s) => s !== "");
         for (const n of names) if (!allNames.includes(n as Name)) fail(`--only takes ${allNames.join(", ")} (comma-separated), got ${JSON.stringify(n)}`);
         if (names.length === 0) fail("--only needs at least one name");
         only = allNames.filter((n) => names.includes(n));
@@ -121,7 +136,10 @@ function checkDeadline(d: Deadline, what: string): void {
 function withDeadline<T>(p: Promise<T>, d: Deadline, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const cap = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new CapExceeded(`${labels[d.name]}: ${what} did not finish within the ${CAP_MS / 1000} s cap`)), Math.max(0, d.at - Date.now()));
+    timer = setTimeout(
+      () => reject(new CapExceeded(`${labels[d.name]}: ${what} did not finish within the ${CAP_MS / 1000} s cap`)),
+      Math.max(0, d.at - Date.now()),
+    );
     timer.unref();
   });
   return Promise.race([p, cap]).finally(() => clearTimeout(timer));
@@ -132,7 +150,12 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 type Outcome = "added" | "deduped" | "rerun";
 
 /** Issues `count` enqueues, `PRODUCER_IN_FLIGHT` at once, each through `enqueue(i, issuedAt)`. */
-async function produce(count: number, d: Deadline, what: string, enqueue: (i: number, t: number) => Promise<Outcome>): Promise<{ seconds: number; outcomes: Outcome[] }> {
+async function produce(
+  count: number,
+  d: Deadline,
+  what: string,
+  enqueue: (i: number, t: number) => Promise<Outcome>,
+): Promise<{ seconds: number; outcomes: Outcome[] }> {
   const outcomes: Outcome[] = new Array(count);
   let next = 0;
   const t0 = performance.now();
@@ -236,8 +259,15 @@ function cpuPerRun(from: CpuMark, to: CpuMark, runs: number): { clientUs: number
   return { clientUs: ((to.client - from.client) * 1000) / runs, serverUs: ((to.server - from.server) * 1000) / runs };
 }
 
-function summarise(name: Name, producer: { seconds: number; outcomes: Outcome[] }, t0: number, drainedAt: number, runs: RunLog,
-  drain: { t0: number; drainedAt: number; runs: RunLog; cpu: { clientUs: number; serverUs: number } }, failed: number): Result {
+function summarise(
+  name: Name,
+  producer: { seconds: number; outcomes: Outcome[] },
+  t0: number,
+  drainedAt: number,
+  runs: RunLog,
+  drain: { t0: number; drainedAt: number; runs: RunLog; cpu: { clientUs: number; serverUs: number } },
+  failed: number,
+): Result {
   const added = producer.outcomes.filter((o) => o === "added").length;
   const rerunMarks = producer.outcomes.filter((o) => o === "rerun").length;
   const processedS = (drainedAt - t0) / 1000;
@@ -287,11 +317,21 @@ async function benchJetStream(prefix: string, config: Config, d: Deadline, clean
   // The same stream and consumer settings as Homeostat's work stream (packages/core/src/topology.ts);
   // the enum values are spelled out because @nats-io/jetstream is a dependency of core, not of the root.
   await producerConn.jsm.streams.add({
-    name: stream, subjects: [`${prefix}.raw.>`], retention: "workqueue", storage: "file",
-    max_msgs_per_subject: 1, discard: "new", discard_new_per_subject: true, duplicate_window: 0,
+    name: stream,
+    subjects: [`${prefix}.raw.>`],
+    retention: "workqueue",
+    storage: "file",
+    max_msgs_per_subject: 1,
+    discard: "new",
+    discard_new_per_subject: true,
+    duplicate_window: 0,
   } as Parameters<Nats["jsm"]["streams"]["add"]>[0]);
   await producerConn.jsm.consumers.add(stream, {
-    durable_name: durable, ack_policy: "explicit", ack_wait: LEASE_MS * 1_000_000, max_deliver: -1, max_ack_pending: 1_000_000,
+    durable_name: durable,
+    ack_policy: "explicit",
+    ack_wait: LEASE_MS * 1_000_000,
+    max_deliver: -1,
+    max_ack_pending: 1_000_000,
   } as Parameters<Nats["jsm"]["consumers"]["add"]>[1]);
   const subject = (k: Key) => `${prefix}.raw.${keyToken(k)}`;
   const enqueue = async (k: Key, i: number, t: number): Promise<Outcome> => {
@@ -322,7 +362,12 @@ async function benchJetStream(prefix: string, config: Config, d: Deadline, clean
         });
       }
     })();
-    return { stop: async () => { await messages.close(); await loop.catch(() => {}); } };
+    return {
+      stop: async () => {
+        await messages.close();
+        await loop.catch(() => {});
+      },
+    };
   };
   const drained = async (log: RunLog) => {
     if (log.inFlight > 0) return false;
@@ -395,12 +440,16 @@ async function benchBullMQ(prefix: string, d: Deadline, cleanups: (() => Promise
   await queue.waitUntilReady();
   const enqueue = async (k: Key, i: number, t: number): Promise<Outcome> => {
     const jobId = `j${i}`;
-    const job = await queue.add("reconcile", { i, t }, {
-      jobId,
-      deduplication: { id: k, keepLastIfActive: true },
-      removeOnComplete: true,
-      removeOnFail: true,
-    });
+    const job = await queue.add(
+      "reconcile",
+      { i, t },
+      {
+        jobId,
+        deduplication: { id: k, keepLastIfActive: true },
+        removeOnComplete: true,
+        removeOnFail: true,
+      },
+    );
     return job.id === jobId ? "added" : "deduped";
   };
   let failed = 0;
@@ -492,7 +541,12 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
       },
     });
     running.catch(() => {});
-    return { stop: async () => { ac.abort(); await running; } };
+    return {
+      stop: async () => {
+        ac.abort();
+        await running;
+      },
+    };
   };
   const drained = async (log: RunLog) => {
     if (log.inFlight > 0) return false;
@@ -533,7 +587,6 @@ const fmtRatio = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) + "x"
 const round1 = (n: number): number | null => (Number.isFinite(n) ? Math.round(n * 10) / 10 : null);
 const round3 = (n: number): number | null => (Number.isFinite(n) ? Math.round(n * 1000) / 1000 : null);
 
-
 function versionOf(pkg: string): string {
   try {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -557,7 +610,13 @@ async function redisVersion(): Promise<string> {
 async function main(): Promise<void> {
   const { only } = parseArgs(process.argv.slice(2));
   const prefix = `bq${randomBytes(4).toString("hex")}`;
-  const config = loadConfig({ NATS_URL: natsUrl, REDIS_URL: redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_LEASE_MS: String(LEASE_MS), HOMEOSTAT_DATA: path.join(os.tmpdir(), `${prefix}-data`) });
+  const config = loadConfig({
+    NATS_URL: natsUrl,
+    REDIS_URL: redisUrl,
+    HOMEOSTAT_PREFIX: prefix,
+    HOMEOSTAT_LEASE_MS: String(LEASE_MS),
+    HOMEOSTAT_DATA: path.join(os.tmpdir(), `${prefix}-data`),
+  });
 
   let natsVersion = "?";
   let redisV = "n/a";
@@ -578,10 +637,14 @@ async function main(): Promise<void> {
 
   console.log(`bench:queue — ${fmtInt(ENQUEUES)} enqueues over ${fmtInt(KEYS)} keys (key i % ${KEYS}), no-op reconcile; prefix ${prefix}`);
   console.log(`node ${process.version}, ${os.availableParallelism()} CPUs; nats-server ${natsVersion}, redis ${redisV}, bullmq ${versionOf("bullmq")}`);
-  console.log(`producer: ${PRODUCER_IN_FLIGHT} enqueues in flight; workers started first, running concurrently: 1 worker, ${WORKER_CONCURRENCY} runs in flight, same process, own connection`);
+  console.log(
+    `producer: ${PRODUCER_IN_FLIGHT} enqueues in flight; workers started first, running concurrently: 1 worker, ${WORKER_CONCURRENCY} runs in flight, same process, own connection`,
+  );
   console.log(`enqueue/s = ${fmtInt(ENQUEUES)} / producer time; processed/s = runs / (first enqueue → drained: nothing queued, running or pending)`);
   console.log(`drain = ${fmtInt(DRAIN_KEYS)} distinct keys queued with no worker, then worker start → drained; deduped = enqueues that created no new entry`);
-  console.log(`wait = run start − enqueue issued (Homeostat: item.enqueuedAt), runs of entries created by an "added" enqueue; cap ${CAP_MS / 1000} s per contender\n`);
+  console.log(
+    `wait = run start − enqueue issued (Homeostat: item.enqueuedAt), runs of entries created by an "added" enqueue; cap ${CAP_MS / 1000} s per contender\n`,
+  );
 
   const results: Result[] = [];
   for (const name of only) {
@@ -590,15 +653,23 @@ async function main(): Promise<void> {
     const d: Deadline = { at: Date.now() + CAP_MS, name };
     try {
       const r =
-        name === "jetstream" ? await benchJetStream(prefix, config, d, cleanups)
-        : name === "bullmq" ? await benchBullMQ(prefix, d, cleanups)
-        : await benchHomeostat(prefix, config, d, cleanups);
+        name === "jetstream"
+          ? await benchJetStream(prefix, config, d, cleanups)
+          : name === "bullmq"
+            ? await benchBullMQ(prefix, d, cleanups)
+            : await benchHomeostat(prefix, config, d, cleanups);
       results.push(r);
       process.stdout.write(`${fmtRate(r.processedPerS)} processed/s\n`);
     } catch (e) {
       process.stdout.write("\n");
       for (const c of cleanups.reverse()) await Promise.race([c().catch(() => {}), sleep(15_000)]);
-      fail(e instanceof CapExceeded ? `${e.message}; aborted (everything under prefix ${prefix} removed)` : e instanceof Error ? (e.stack ?? e.message) : String(e));
+      fail(
+        e instanceof CapExceeded
+          ? `${e.message}; aborted (everything under prefix ${prefix} removed)`
+          : e instanceof Error
+            ? (e.stack ?? e.message)
+            : String(e),
+      );
     }
     for (const c of cleanups.reverse()) await Promise.race([c().catch(() => {}), sleep(15_000)]);
   }
@@ -608,7 +679,16 @@ async function main(): Promise<void> {
   console.log(
     table([
       ["contender", "enqueue/s", "processed", "processed/s", "drain processed/s", "deduped", "wait p50", "wait p99"],
-      ...results.map((r) => [labels[r.name], fmtRate(r.enqueuePerS), fmtInt(r.processed), fmtRate(r.processedPerS), fmtRate(r.drainPerS), fmtInt(r.deduped), fmtMs(r.waitP50), fmtMs(r.waitP99)]),
+      ...results.map((r) => [
+        labels[r.name],
+        fmtRate(r.enqueuePerS),
+        fmtInt(r.processed),
+        fmtRate(r.processedPerS),
+        fmtRate(r.drainPerS),
+        fmtInt(r.deduped),
+        fmtMs(r.waitP50),
+        fmtMs(r.waitP99),
+      ]),
     ]),
   );
   console.log("");
@@ -626,8 +706,14 @@ async function main(): Promise<void> {
   const vsJs = hs && js ? hs.processedPerS / js.processedPerS : NaN;
   if (hs && (bull || js)) {
     console.log("");
-    if (bull) console.log(`ratio Homeostat / BullMQ processed/s:    ${fmtRatio(vsBull)} (target >= ${TARGET_VS_BULLMQ}x: ${vsBull >= TARGET_VS_BULLMQ ? "MET" : "NOT MET"})`);
-    if (js) console.log(`ratio Homeostat / JetStream processed/s: ${fmtRatio(vsJs)} (target >= ${TARGET_VS_JETSTREAM}x: ${vsJs >= TARGET_VS_JETSTREAM ? "MET" : "NOT MET"})`);
+    if (bull)
+      console.log(
+        `ratio Homeostat / BullMQ processed/s:    ${fmtRatio(vsBull)} (target >= ${TARGET_VS_BULLMQ}x: ${vsBull >= TARGET_VS_BULLMQ ? "MET" : "NOT MET"})`,
+      );
+    if (js)
+      console.log(
+        `ratio Homeostat / JetStream processed/s: ${fmtRatio(vsJs)} (target >= ${TARGET_VS_JETSTREAM}x: ${vsJs >= TARGET_VS_JETSTREAM ? "MET" : "NOT MET"})`,
+      );
   }
   const per = (f: (r: Result) => number) => Object.fromEntries(results.map((r) => [r.name, round1(f(r))]));
   console.log(

@@ -107,7 +107,17 @@ async function measure(signer: Signer, data: Uint8Array, durationMs: number, max
 async function measureVerify(builder: Signer, durationMs: number): Promise<Measured> {
   const d = (c: string) => `sha256:${c.repeat(64)}`;
   const outputs = { archive: d("a"), diffId: d("b"), size: 1234, metadata: d("c"), provenance: d("e") };
-  const predicate = { key: "package/nginx", kind: "package", name: "nginx", version: "1.27.0", inputDigest: d("f"), catalogRevision: d("1"), isolation: "bubblewrap", builder: "homeostat-builder/0.2.0", outputs };
+  const predicate = {
+    key: "package/nginx",
+    kind: "package",
+    name: "nginx",
+    version: "1.27.0",
+    inputDigest: d("f"),
+    catalogRevision: d("1"),
+    isolation: "bubblewrap",
+    builder: "homeostat-builder/0.2.0",
+    outputs,
+  };
   const envelope = Buffer.from(await signDsse(statementAbout([{ name: "archive", digest: outputs.archive }], BUILD_RESULT_PREDICATE_TYPE, predicate), builder));
   const trusted = [builder.publicKeyPem];
   if (openDsse(envelope, trusted, BUILD_RESULT_PREDICATE_TYPE).keyId !== builder.keyId) fail("the build result did not verify");
@@ -191,7 +201,6 @@ const fmtRatio = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) + "x"
 const round1 = (n: number): number => Math.round(n * 10) / 10;
 const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
-
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const durationMs = opts.seconds * 1000;
@@ -205,7 +214,11 @@ async function main(): Promise<void> {
   }
 
   // Key and signer, exactly as the signer service builds it from a PEM.
-  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
+  const { privateKey } = generateKeyPairSync("ec", {
+    namedCurve: "P-256",
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+    publicKeyEncoding: { type: "spki", format: "pem" },
+  });
   const signer = pemKeyProvider(privateKey, "bench key");
   const payload = samplePayload(signer.keyId);
 

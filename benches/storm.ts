@@ -128,24 +128,45 @@ async function startTelemetryReceiver() {
       res.writeHead(200, { "content-type": "application/json" }).end("{}");
       const body = Buffer.concat(chunks).toString("utf8");
       if (req.url === "/v1/metrics" && body.includes("homeostat.queue.process")) {
-        const m = JSON.parse(body) as { resourceMetrics?: { resource?: { attributes?: Kv[] }; scopeMetrics?: { metrics?: { name: string; histogram?: { dataPoints?: { count?: string | number }[] } }[] }[] }[] };
+        const m = JSON.parse(body) as {
+          resourceMetrics?: {
+            resource?: { attributes?: Kv[] };
+            scopeMetrics?: { metrics?: { name: string; histogram?: { dataPoints?: { count?: string | number }[] } }[] }[];
+          }[];
+        };
         for (const rm of m.resourceMetrics ?? []) {
           const instance = rm.resource?.attributes?.find((a) => a.key === "service.instance.id")?.value.stringValue ?? "?";
-          for (const sm of rm.scopeMetrics ?? []) for (const metric of sm.metrics ?? []) {
-            if (metric.name !== "homeostat.queue.process") continue;
-            runsByInstance.set(instance, (metric.histogram?.dataPoints ?? []).reduce((n, d) => n + Number(d.count ?? 0), 0));
-          }
+          for (const sm of rm.scopeMetrics ?? [])
+            for (const metric of sm.metrics ?? []) {
+              if (metric.name !== "homeostat.queue.process") continue;
+              runsByInstance.set(
+                instance,
+                (metric.histogram?.dataPoints ?? []).reduce((n, d) => n + Number(d.count ?? 0), 0),
+              );
+            }
         }
       } else if (req.url === "/v1/traces" && wanted.size && [...wanted].some((id) => body.includes(id))) {
-        const t = JSON.parse(body) as { resourceSpans?: { resource?: { attributes?: Kv[] }; scopeSpans?: { spans?: { traceId: string; name: string; kind?: number; startTimeUnixNano: string; endTimeUnixNano: string }[] }[] }[] };
+        const t = JSON.parse(body) as {
+          resourceSpans?: {
+            resource?: { attributes?: Kv[] };
+            scopeSpans?: { spans?: { traceId: string; name: string; kind?: number; startTimeUnixNano: string; endTimeUnixNano: string }[] }[];
+          }[];
+        };
         for (const rs of t.resourceSpans ?? []) {
           const service = rs.resource?.attributes?.find((a) => a.key === "service.name")?.value.stringValue ?? "?";
-          for (const ss of rs.scopeSpans ?? []) for (const s of ss.spans ?? []) {
-            if (!wanted.has(s.traceId)) continue;
-            const list = spans.get(s.traceId) ?? [];
-            list.push({ name: s.name, service, kind: s.kind ?? 0, start: Number(BigInt(s.startTimeUnixNano) / 1000n) / 1000, end: Number(BigInt(s.endTimeUnixNano) / 1000n) / 1000 });
-            spans.set(s.traceId, list);
-          }
+          for (const ss of rs.scopeSpans ?? [])
+            for (const s of ss.spans ?? []) {
+              if (!wanted.has(s.traceId)) continue;
+              const list = spans.get(s.traceId) ?? [];
+              list.push({
+                name: s.name,
+                service,
+                kind: s.kind ?? 0,
+                start: Number(BigInt(s.startTimeUnixNano) / 1000n) / 1000,
+                end: Number(BigInt(s.endTimeUnixNano) / 1000n) / 1000,
+              });
+              spans.set(s.traceId, list);
+            }
         }
       }
     });
@@ -203,9 +224,11 @@ function perSecond(times: number[], t0: number): number[] {
 /** Runs `tasks` with at most `limit` in flight. */
 async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
 }
 
 /** A seeded generator, so a run's event mix is reproducible. */
@@ -278,21 +301,35 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     // More builders and signers: the same program and identity; started once the first of each
     // has made the shared keys (a second process racing to create them would make its own).
     const replicas: Proc[] = [];
-    await waitFor("the builder's and signer's keys", async () => {
-      const log = readFileSync(path.join(dir, "logs", "builder.log"), "utf8") + readFileSync(path.join(dir, "logs", "signer.log"), "utf8");
-      return log.includes("builder identity") && log.includes("signing key loaded");
-    }, 60_000, 200);
-    for (const [name, count] of [["builder", o.builders], ["signer", o.signers]] as const) {
+    await waitFor(
+      "the builder's and signer's keys",
+      async () => {
+        const log = readFileSync(path.join(dir, "logs", "builder.log"), "utf8") + readFileSync(path.join(dir, "logs", "signer.log"), "utf8");
+        return log.includes("builder identity") && log.includes("signing key loaded");
+      },
+      60_000,
+      200,
+    );
+    for (const [name, count] of [
+      ["builder", o.builders],
+      ["signer", o.signers],
+    ] as const) {
       for (let i = 2; i <= count; i++) {
         const log = createWriteStream(path.join(dir, "logs", `${name}-${i}.log`));
-        const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+        const child = spawn(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], {
+          env: { ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, name) },
+          stdio: ["ignore", "pipe", "pipe"],
+          cwd: repoRoot,
+        });
         child.stdout!.pipe(log);
         child.stderr!.pipe(log);
         replicas.push({ name: `${name}-${i}`, child });
       }
     }
     stops.push(async () => void (await Promise.all(replicas.map((r) => stopChild(r.child)))));
-    const nats = await connectNats(loadConfig({ ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "ingest") }), "storm-bench", { identity: "ingest" });
+    const nats = await connectNats(loadConfig({ ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "ingest") }), "storm-bench", {
+      identity: "ingest",
+    });
     stops.push(() => nats.nc.close());
     const client = statusClient(factory.grpcAddr);
     stops.push(async () => client.close());
@@ -301,10 +338,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       watching.abort();
       await follow.done;
     });
-    const procs = (): Proc[] => [
-      ...[...factory.processes].map(([name, child]) => ({ name, child })),
-      ...replicas,
-    ];
+    const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas];
     const storeBytes = () => Number(execFileSync("du", ["-sb", path.join(dir, "servers", "nats")], { encoding: "utf8" }).split("\t")[0]);
     const load = () => loadavg().map((l) => round(l, 2));
     const deadlineMs = o.timeoutS * 1000;
@@ -316,7 +350,10 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       }
       return true;
     };
-    const failedKeys = () => [...follow.statuses.values()].filter((s) => s.phase === "Failed" || s.phase === "DeadLettered" || s.phase === "NeedsAttention").map((s) => `${s.key} ${s.phase}: ${s.lastError ?? ""}`.slice(0, 300));
+    const failedKeys = () =>
+      [...follow.statuses.values()]
+        .filter((s) => s.phase === "Failed" || s.phase === "DeadLettered" || s.phase === "NeedsAttention")
+        .map((s) => `${s.key} ${s.phase}: ${s.lastError ?? ""}`.slice(0, 300));
     const queueIdle = async () => {
       const q = await getQueueStats(client);
       return q.running === 0 && Object.values(q.depth).every((n) => n === 0);
@@ -325,21 +362,35 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     // signed key is Ready a moment before the run that fans it out to its dependents is queued).
     let idleSince: number | undefined;
     const converge = (what: string, want?: (s: KeyStatus) => boolean) =>
-      waitFor(what, async () => {
-        const failed = failedKeys();
-        if (failed.length) throw new Error(`${failed.length} keys failed, e.g. ${failed.slice(0, 3).join(" | ")}`);
-        if (!allReady(want) || !(await queueIdle())) return (idleSince = undefined);
-        idleSince ??= Date.now();
-        return Date.now() - idleSince >= IDLE_CONFIRM_MS ? idleSince : undefined;
-      }, deadlineMs, 50).catch((err: unknown) => {
+      waitFor(
+        what,
+        async () => {
+          const failed = failedKeys();
+          if (failed.length) throw new Error(`${failed.length} keys failed, e.g. ${failed.slice(0, 3).join(" | ")}`);
+          if (!allReady(want) || !(await queueIdle())) return (idleSince = undefined);
+          idleSince ??= Date.now();
+          return Date.now() - idleSince >= IDLE_CONFIRM_MS ? idleSince : undefined;
+        },
+        deadlineMs,
+        50,
+      ).catch((err: unknown) => {
         throw new Error(`${(err as Error).message}; logs in ${path.join(dir, "logs")}`);
       });
     /** Every key at resync priority straight into intake, as ingest's resync round publishes them (unpaced). */
     const enqueueAll = async (round: string) => {
-      await pool(keys, 256, async (key) => void (await publish(nats, "intake", key, { v: 1, key, priority: "resync", cause: { type: "resync" } }, { msgId: `resync:${key}:${round}` })));
+      await pool(
+        keys,
+        256,
+        async (key) =>
+          void (await publish(nats, "intake", key, { v: 1, key, priority: "resync", cause: { type: "resync" } }, { msgId: `resync:${key}:${round}` })),
+      );
     };
     const post = async (route: string, body: unknown, headers: Record<string, string> = {}) => {
-      const res = await fetch(`${factory.ingestUrl}${route}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+      const res = await fetch(`${factory.ingestUrl}${route}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
       const text = await res.text();
       if (res.status !== 202) throw new Error(`POST ${route}: ${res.status} ${text.slice(0, 500)}`);
       return JSON.parse(text) as Record<string, unknown>;
@@ -353,7 +404,18 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const start = Date.now();
       await enqueueAll("initial");
       const seconds = ((await converge("the catalog to be Ready")) - start) / 1000;
-      out({ scenario: "initial", keys: keys.length, seconds: round(seconds, 1), builds_per_s: round(keys.length / seconds, 1), runs: telemetry.runs(), builders: o.builders, signers: o.signers, load: load(), processes: meter(), jetstream_store_bytes: storeBytes() });
+      out({
+        scenario: "initial",
+        keys: keys.length,
+        seconds: round(seconds, 1),
+        builds_per_s: round(keys.length / seconds, 1),
+        runs: telemetry.runs(),
+        builders: o.builders,
+        signers: o.signers,
+        load: load(),
+        processes: meter(),
+        jetstream_store_bytes: storeBytes(),
+      });
     }
 
     // 1. Burst: releases (a new version of each released package, posted REPEATS times) and
@@ -362,16 +424,34 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     {
       const rand = xorshift(7);
       const tail = [...catalog.packages.keys()].filter((n) => !/^(glibc|zlib|xz|bzip2|openssl|ncurses|readline|libffi)$/.test(n));
-      const targets = Array.from(new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => tail[Math.floor(rand() * tail.length)]!)));
+      const targets = Array.from(
+        new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => tail[Math.floor(rand() * tail.length)]!)),
+      );
       const releasesPerTarget = 5;
       const released = targets.filter((_, i) => i % 4 === 0);
       const burstSource = await sourceTarball(catalogDir, "burst");
-      const releaseBodies = released.flatMap((name) => Array.from({ length: releasesPerTarget }, () => ({ package: name, version: bump(follow.statuses.get(`package/${name}`)!.actual!.version, 100), url: burstSource.url, sha256: burstSource.sha256 })));
+      const releaseBodies = released.flatMap((name) =>
+        Array.from({ length: releasesPerTarget }, () => ({
+          package: name,
+          version: bump(follow.statuses.get(`package/${name}`)!.actual!.version, 100),
+          url: burstSource.url,
+          sha256: burstSource.sha256,
+        })),
+      );
       const advisoryCount = Math.max(0, o.events - releaseBodies.length);
       const modified = new Date().toISOString();
       const advisories = Array.from({ length: advisoryCount }, (_, i) => ({
-        schema_version: "1.6.0", id: `STORM-${randomBytes(4).toString("hex")}-${i}`, modified, published: modified, summary: "storm: affects no built version",
-        affected: [{ package: { ecosystem: "Generic", name: targets[Math.floor(rand() * targets.length)]! }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "0.0.1" }] }] }],
+        schema_version: "1.6.0",
+        id: `STORM-${randomBytes(4).toString("hex")}-${i}`,
+        modified,
+        published: modified,
+        summary: "storm: affects no built version",
+        affected: [
+          {
+            package: { ecosystem: "Generic", name: targets[Math.floor(rand() * targets.length)]! },
+            ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "0.0.1" }] }],
+          },
+        ],
       }));
       const batches: unknown[][] = [];
       for (let i = 0; i < advisories.length; i += ADVISORY_BATCH) batches.push(advisories.slice(i, i + ADVISORY_BATCH));
@@ -387,12 +467,13 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         const r = releaseBodies[i];
         if (r) requests.push(async () => void (await post("/v1/releases", r), acceptedAt.push(Date.now())));
         const b = batches[i];
-        if (b) requests.push(async () => {
-          const res = await post("/v1/advisories", b);
-          if (res.refused) throw new Error(`advisories refused: ${JSON.stringify(res).slice(0, 500)}`);
-          const now = Date.now();
-          for (let k = 0; k < b.length; k++) acceptedAt.push(now);
-        });
+        if (b)
+          requests.push(async () => {
+            const res = await post("/v1/advisories", b);
+            if (res.refused) throw new Error(`advisories refused: ${JSON.stringify(res).slice(0, 500)}`);
+            const now = Date.now();
+            for (let k = 0; k < b.length; k++) acceptedAt.push(now);
+          });
       }
       await pool(requests, HTTP_CONCURRENCY, (f) => f());
       const absorbedS = (Date.now() - start) / 1000;
@@ -402,11 +483,23 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const runs = telemetry.runs() - runs0;
       const touched = new Set([...targets.map((n) => `package/${n}`), ...released.flatMap((n) => catalog.impact([`package/${n}`]).keys)]);
       out({
-        scenario: "burst", events: acceptedAt.length, release_events: releaseBodies.length, advisory_events: advisories.length, distinct_packages: targets.length,
-        absorb_s: round(absorbedS, 2), events_per_s: round(acceptedAt.length / absorbedS), converge_s: round(convergedS, 2),
-        runs, keys_touched: touched.size, runs_per_key: round(runs / touched.size, 3), builds: rebuiltSince(before),
-        ingest_per_s: perSecond(acceptedAt, start), builds_signed_per_s: perSecond(follow.signedAt, start),
-        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+        scenario: "burst",
+        events: acceptedAt.length,
+        release_events: releaseBodies.length,
+        advisory_events: advisories.length,
+        distinct_packages: targets.length,
+        absorb_s: round(absorbedS, 2),
+        events_per_s: round(acceptedAt.length / absorbedS),
+        converge_s: round(convergedS, 2),
+        runs,
+        keys_touched: touched.size,
+        runs_per_key: round(runs / touched.size, 3),
+        builds: rebuiltSince(before),
+        ingest_per_s: perSecond(acceptedAt, start),
+        builds_signed_per_s: perSecond(follow.signedAt, start),
+        load: load(),
+        processes: meter(),
+        jetstream_store_bytes: storeBytes(),
       });
     }
 
@@ -423,19 +516,41 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const modified = new Date().toISOString();
       const source = await sourceTarball(catalogDir, fixed);
       await post("/v1/releases", { package: "glibc", version: fixed, url: source.url, sha256: source.sha256 });
-      await post("/v1/advisories", { schema_version: "1.6.0", id: `STORM-BASE-${randomBytes(4).toString("hex")}`, modified, published: modified, summary: "storm: the C library", affected: [{ package: { ecosystem: "Generic", name: "glibc" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed }] }] }] });
+      await post("/v1/advisories", {
+        schema_version: "1.6.0",
+        id: `STORM-BASE-${randomBytes(4).toString("hex")}`,
+        modified,
+        published: modified,
+        summary: "storm: the C library",
+        affected: [{ package: { ecosystem: "Generic", name: "glibc" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed }] }] }],
+      });
       const seconds = ((await converge("every key rebuilt after the base advisory", (s) => s.actual?.inputDigest !== before.get(s.key))) - start) / 1000;
       await new Promise((r) => setTimeout(r, 1_500));
       out({
-        scenario: "base", keys: impact.keys.length, waves: impact.waves.length, seconds_to_last_signed_image: round(seconds, 2), keys_rebuilt: rebuiltSince(before),
-        builds: follow.signedAt.length - signed0, builds_per_s: round((follow.signedAt.length - signed0) / seconds, 1), runs: telemetry.runs() - runs0,
-        builds_signed_per_s: perSecond(follow.signedAt, start), load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+        scenario: "base",
+        keys: impact.keys.length,
+        waves: impact.waves.length,
+        seconds_to_last_signed_image: round(seconds, 2),
+        keys_rebuilt: rebuiltSince(before),
+        builds: follow.signedAt.length - signed0,
+        builds_per_s: round((follow.signedAt.length - signed0) / seconds, 1),
+        runs: telemetry.runs() - runs0,
+        builds_signed_per_s: perSecond(follow.signedAt, start),
+        load: load(),
+        processes: meter(),
+        jetstream_store_bytes: storeBytes(),
       });
     }
 
     // 3. Latency: a package that only images use, released again and again, one at a time.
     {
-      const leaf = [...catalog.packages.keys()].reverse().find((n) => catalog.impact([`package/${n}`]).keys.every((k) => k === `package/${n}` || k.startsWith("image/")) && catalog.impact([`package/${n}`]).keys.length === 2);
+      const leaf = [...catalog.packages.keys()]
+        .reverse()
+        .find(
+          (n) =>
+            catalog.impact([`package/${n}`]).keys.every((k) => k === `package/${n}` || k.startsWith("image/")) &&
+            catalog.impact([`package/${n}`]).keys.length === 2,
+        );
       if (!leaf) throw new Error("no package is in exactly one image and nothing else");
       const image = catalog.impact([`package/${leaf}`]).keys.find((k) => k.startsWith("image/"))!;
       const totals: number[] = [];
@@ -448,8 +563,17 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         const before = follow.statuses.get(image)!.actual!.inputDigest;
         const source = await sourceTarball(catalogDir, version);
         const start = Date.now();
-        await post("/v1/releases", { package: leaf, version, url: source.url, sha256: source.sha256 }, { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` });
-        await waitFor(`${image} signed after ${leaf} ${version}`, async () => follow.statuses.get(image)!.actual!.inputDigest !== before && follow.statuses.get(image)!.phase === "Ready", deadlineMs, 2);
+        await post(
+          "/v1/releases",
+          { package: leaf, version, url: source.url, sha256: source.sha256 },
+          { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` },
+        );
+        await waitFor(
+          `${image} signed after ${leaf} ${version}`,
+          async () => follow.statuses.get(image)!.actual!.inputDigest !== before && follow.statuses.get(image)!.phase === "Ready",
+          deadlineMs,
+          2,
+        );
         totals.push(Date.now() - start);
         // Low load: the next event once this one is done and its spans are out.
         await new Promise((r) => setTimeout(r, 100));
@@ -478,9 +602,29 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       }
       const sorted = [...totals].sort((a, b) => a - b);
       out({
-        scenario: "latency", events: totals.length, package: leaf, image, p50_ms: percentile(sorted, 50), p99_ms: percentile(sorted, 99), max_ms: sorted.at(-1),
-        stage_median_ms: Object.fromEntries(Object.entries(split).map(([k, v]) => [k, round(percentile(v.sort((a, b) => a - b), 50), 1)])), traces: Object.values(split)[0]?.length ?? 0,
-        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+        scenario: "latency",
+        events: totals.length,
+        package: leaf,
+        image,
+        p50_ms: percentile(sorted, 50),
+        p99_ms: percentile(sorted, 99),
+        max_ms: sorted.at(-1),
+        stage_median_ms: Object.fromEntries(
+          Object.entries(split).map(([k, v]) => [
+            k,
+            round(
+              percentile(
+                v.sort((a, b) => a - b),
+                50,
+              ),
+              1,
+            ),
+          ]),
+        ),
+        traces: Object.values(split)[0]?.length ?? 0,
+        load: load(),
+        processes: meter(),
+        jetstream_store_bytes: storeBytes(),
       });
     }
 
@@ -495,9 +639,17 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       await waitFor("the resync to run every key", async () => telemetry.runs() - runs0 >= keys.length && (await queueIdle()), deadlineMs, 100);
       const seconds = (Date.now() - start) / 1000;
       out({
-        scenario: "resync", keys: keys.length, enqueue_s: round(enqueuedS, 2), seconds: round(seconds, 2), keys_per_s: round(keys.length / seconds),
-        runs: telemetry.runs() - runs0, builds: rebuiltSince(before), all_ready: allReady(),
-        load: load(), processes: meter(), jetstream_store_bytes: storeBytes(),
+        scenario: "resync",
+        keys: keys.length,
+        enqueue_s: round(enqueuedS, 2),
+        seconds: round(seconds, 2),
+        keys_per_s: round(keys.length / seconds),
+        runs: telemetry.runs() - runs0,
+        builds: rebuiltSince(before),
+        all_ready: allReady(),
+        load: load(),
+        processes: meter(),
+        jetstream_store_bytes: storeBytes(),
       });
     }
     return lines;
@@ -510,8 +662,16 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
 if (import.meta.main) {
   const { values } = parseArgs({
     options: {
-      packages: { type: "string" }, images: { type: "string" }, events: { type: "string" }, latency: { type: "string" },
-      builders: { type: "string" }, signers: { type: "string" }, "timeout-s": { type: "string" }, quick: { type: "boolean", default: false }, keep: { type: "boolean", default: false }, profile: { type: "string" },
+      packages: { type: "string" },
+      images: { type: "string" },
+      events: { type: "string" },
+      latency: { type: "string" },
+      builders: { type: "string" },
+      signers: { type: "string" },
+      "timeout-s": { type: "string" },
+      quick: { type: "boolean", default: false },
+      keep: { type: "boolean", default: false },
+      profile: { type: "string" },
     },
   });
   const base = values.quick ? QUICK : FULL;
@@ -522,10 +682,24 @@ if (import.meta.main) {
     return n;
   };
   const o: StormOptions = {
-    packages: num(values.packages, base.packages, 8, 100_000), images: num(values.images, base.images, 1, 10_000), events: num(values.events, base.events, 1, 5_000_000),
-    latency: num(values.latency, base.latency, 1, 10_000), builders: num(values.builders, base.builders, 1, 16), signers: num(values.signers, base.signers, 1, 16),
-    timeoutS: num(values["timeout-s"], base.timeoutS, 10, 86_400), keep: values.keep!, ...(values.profile ? { profileDir: values.profile } : {}),
+    packages: num(values.packages, base.packages, 8, 100_000),
+    images: num(values.images, base.images, 1, 10_000),
+    events: num(values.events, base.events, 1, 5_000_000),
+    latency: num(values.latency, base.latency, 1, 10_000),
+    builders: num(values.builders, base.builders, 1, 16),
+    signers: num(values.signers, base.signers, 1, 16),
+    timeoutS: num(values["timeout-s"], base.timeoutS, 10, 86_400),
+    keep: values.keep!,
+    ...(values.profile ? { profileDir: values.profile } : {}),
   };
-  process.stdout.write(`bench:storm — ${JSON.stringify(o)}; load ${loadavg().map((l) => l.toFixed(2)).join(" ")}\n`);
-  await runStorm(o, (l) => console.log(JSON.stringify(l)), (t) => process.stdout.write(`# ${t}\n`));
+  process.stdout.write(
+    `bench:storm — ${JSON.stringify(o)}; load ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}\n`,
+  );
+  await runStorm(
+    o,
+    (l) => console.log(JSON.stringify(l)),
+    (t) => process.stdout.write(`# ${t}\n`),
+  );
 }

@@ -27,8 +27,12 @@ import { startFactory, startLocalServers, waitFor } from "../scripts/factory.ts"
 
 const { values } = parseArgs({
   options: {
-    watchers: { type: "string", default: "1000" }, channels: { type: "string", default: "10" }, changes: { type: "string", default: "200" },
-    rate: { type: "string", default: "20" }, seconds: { type: "string", default: "60" }, help: { type: "boolean", short: "h" },
+    watchers: { type: "string", default: "1000" },
+    channels: { type: "string", default: "10" },
+    changes: { type: "string", default: "200" },
+    rate: { type: "string", default: "20" },
+    seconds: { type: "string", default: "60" },
+    help: { type: "boolean", short: "h" },
   },
 });
 if (values.help) {
@@ -51,10 +55,13 @@ try {
   const factory = await startFactory({ env, natsCredentials: servers.natsCredentials, logDir: path.join(dir, "logs"), only: ["queue"] });
   stops.unshift(() => factory.stop());
   const queuePid = factory.processes.get("queue")!.pid!;
-  const writer = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "reconciler") }), "bench-watch", { identity: "reconciler" });
+  const writer = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "reconciler") }), "bench-watch", {
+    identity: "reconciler",
+  });
   stops.unshift(() => writer.nc.close());
   const state = await writer.kvm.open(writer.topology.bucket("state"));
-  const put = (key: Key, i: number) => state.put(keyToken(key), JSON.stringify({ key, phase: i % 2 ? "Building" : "Ready", attempts: 0, updatedAt: new Date().toISOString() }));
+  const put = (key: Key, i: number) =>
+    state.put(keyToken(key), JSON.stringify({ key, phase: i % 2 ? "Building" : "Ready", attempts: 0, updatedAt: new Date().toISOString() }));
   for (const [i, key] of keys.entries()) await put(key, i);
 
   // The watchers: each counts what it receives and notes the arrival time of every change.
@@ -102,9 +109,12 @@ try {
     written.set(await put(keys[i % keys.length]!, i + 1), at);
   }
   const lastRevision = Math.max(...written.keys());
-  await waitFor("every change at every watcher", async () => [...written.keys()].every((r) => (arrivals.get(r)?.length ?? 0) >= watchers), Math.max(1_000, deadline - Date.now()), 20).catch(
-    (err: unknown) => say(`not all delivered: ${(err as Error).message}`),
-  );
+  await waitFor(
+    "every change at every watcher",
+    async () => [...written.keys()].every((r) => (arrivals.get(r)?.length ?? 0) >= watchers),
+    Math.max(1_000, deadline - Date.now()),
+    20,
+  ).catch((err: unknown) => say(`not all delivered: ${(err as Error).message}`));
   const wallMs = performance.now() - wallBefore;
   const cpuMs = cpu() - cpuBefore;
   const mem = memory();
@@ -122,14 +132,28 @@ try {
   latencies.sort((a, b) => a - b);
   const q = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? NaN;
   const result = {
-    watchers, channels, changes: written.size, lastRevision, delivered, expected: written.size * watchers,
+    watchers,
+    channels,
+    changes: written.size,
+    lastRevision,
+    delivered,
+    expected: written.size * watchers,
     latencyMs: { p50: round(q(0.5)), p99: round(q(0.99)), max: round(latencies.at(-1) ?? NaN) },
-    queueService: { cpuPercentOfOneCore: round((cpuMs / wallMs) * 100), cpuMsPerChange: round(cpuMs / written.size), rssMiB: round(mem.rssMiB), peakRssMiB: round(mem.peakMiB) },
+    queueService: {
+      cpuPercentOfOneCore: round((cpuMs / wallMs) * 100),
+      cpuMsPerChange: round(cpuMs / written.size),
+      rssMiB: round(mem.rssMiB),
+      peakRssMiB: round(mem.peakMiB),
+    },
     target: { p99Ms: 100, met: delivered === written.size * watchers && q(0.99) <= 100 },
   };
   say(`delivered ${delivered} of ${result.expected} (${written.size} changes × ${watchers} watchers)`);
-  say(`latency from write to arrival: p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms, max ${result.latencyMs.max} ms (target p99 ≤ 100 ms: ${result.target.met ? "met" : "NOT met"})`);
-  say(`queue service: ${result.queueService.cpuPercentOfOneCore} % of one core over ${round(wallMs / 1000)} s (${result.queueService.cpuMsPerChange} ms per change), RSS ${result.queueService.rssMiB} MiB (peak ${result.queueService.peakRssMiB} MiB)`);
+  say(
+    `latency from write to arrival: p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms, max ${result.latencyMs.max} ms (target p99 ≤ 100 ms: ${result.target.met ? "met" : "NOT met"})`,
+  );
+  say(
+    `queue service: ${result.queueService.cpuPercentOfOneCore} % of one core over ${round(wallMs / 1000)} s (${result.queueService.cpuMsPerChange} ms per change), RSS ${result.queueService.rssMiB} MiB (peak ${result.queueService.peakRssMiB} MiB)`,
+  );
   say(JSON.stringify(result));
 } finally {
   for (const s of stops) await s();

@@ -70,7 +70,15 @@ function tarball(dir: string, name: string, files: Record<string, string>): { ur
   mkdirSync(path.join(tree, "app"), { recursive: true });
   for (const [f, content] of Object.entries(files)) writeFileSync(path.join(tree, "app", f), content, { mode: 0o755 });
   const file = path.join(dir, `${name}.tar.gz`);
-  execFileSync("bash", ["-o", "pipefail", "-c", 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n > "$2"', "tar", tree, file]);
+  execFileSync("bash", [
+    "-o",
+    "pipefail",
+    "-c",
+    'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n > "$2"',
+    "tar",
+    tree,
+    file,
+  ]);
   rmSync(tree, { recursive: true, force: true });
   return { url: `file://${file}`, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") };
 }
@@ -112,7 +120,8 @@ dependencies:
 /** Where a key should end: converged, or the failure it was given. */
 function settled(s: KeyStatus, newest: Map<string, string>): boolean {
   if (s.key === "package/crasher") return (s.phase === "Failed" || s.phase === "DeadLettered") && /died while building/.test(s.lastError ?? "");
-  if (s.key === "package/broken" && newest.has("broken")) return (s.phase === "Failed" || s.phase === "DeadLettered") && /run\.sh|install|exit/.test(s.lastError ?? "");
+  if (s.key === "package/broken" && newest.has("broken"))
+    return (s.phase === "Failed" || s.phase === "DeadLettered") && /run\.sh|install|exit/.test(s.lastError ?? "");
   const name = s.key.slice(s.key.indexOf("/") + 1);
   const want = newest.get(name);
   return s.phase === "Ready" && s.actual !== undefined && s.actual.inputDigest === s.desiredInputDigest && (want === undefined || s.actual.version === want);
@@ -146,8 +155,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   // The sandbox's uid must reach the workspaces below.
   chmodSync(dir, 0o711);
   const report: ChaosReport = {
-    seed: o.seed, keys: 0, faultsInjected: 0, recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [] }, notConverged: 0, crasherKills: 0,
-    doubleBuilds: 0, lostEvents: 0, leakedWorkspaces: 0, leakedProcesses: 0, problems: [],
+    seed: o.seed,
+    keys: 0,
+    faultsInjected: 0,
+    recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [] },
+    notConverged: 0,
+    crasherKills: 0,
+    doubleBuilds: 0,
+    lostEvents: 0,
+    leakedWorkspaces: 0,
+    leakedProcesses: 0,
+    problems: [],
   };
   let servers: LocalServers | undefined;
   let factory: Factory | undefined;
@@ -157,7 +175,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   try {
     const catalogDir = path.join(dir, "catalog");
     const { names, source, addCrasher } = writeCatalog(catalogDir, o.keys, rand);
-    const broken = tarball(path.join(catalogDir, "sources"), "broken-2.0.0", { "README": "no run.sh here\n" });
+    const broken = tarball(path.join(catalogDir, "sources"), "broken-2.0.0", { README: "no run.sh here\n" });
     const allKeys = [...names, "broken", "crasher"].map((n) => `package/${n}`);
     report.keys = allKeys.length;
     const prefix = "chaos";
@@ -165,9 +183,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const dataDir = path.join(dir, "data");
     factory = await startFactory({
       env: {
-        NATS_URL: servers.natsUrl, REDIS_URL: servers.redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: dataDir, HOMEOSTAT_CATALOG: catalogDir,
-        HOMEOSTAT_STAGE_ACK_WAIT_MS: "2000", HOMEOSTAT_LEASE_MS: "5000", HOMEOSTAT_BUILD_CRASH_LIMIT: String(crashLimit), HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
-        HOMEOSTAT_STARTUP_BACKOFF_MAX_MS: "2000", HOMEOSTAT_CATALOG_RELOAD_MS: "1000",
+        NATS_URL: servers.natsUrl,
+        REDIS_URL: servers.redisUrl,
+        HOMEOSTAT_PREFIX: prefix,
+        HOMEOSTAT_DATA: dataDir,
+        HOMEOSTAT_CATALOG: catalogDir,
+        HOMEOSTAT_STAGE_ACK_WAIT_MS: "2000",
+        HOMEOSTAT_LEASE_MS: "5000",
+        HOMEOSTAT_BUILD_CRASH_LIMIT: String(crashLimit),
+        HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
+        HOMEOSTAT_STARTUP_BACKOFF_MAX_MS: "2000",
+        HOMEOSTAT_CATALOG_RELOAD_MS: "1000",
       },
       natsCredentials: servers.natsCredentials,
       logDir: path.join(dir, "logs"),
@@ -203,7 +229,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const newest = new Map<string, string>();
     const versions = new Map<string, number>();
     const post = async (pkg: string, version: string, src: { url: string; sha256: string }) => {
-      const res = await fetch(`${f.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ package: pkg, version, url: src.url, sha256: src.sha256 }) });
+      const res = await fetch(`${f.ingestUrl}/v1/releases`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ package: pkg, version, url: src.url, sha256: src.sha256 }),
+      });
       // Only an accepted event counts: it must not be lost, whatever happens next.
       if (res.status >= 200 && res.status < 300) newest.set(pkg, version);
       else say(`# release ${pkg} ${version} refused: ${res.status}`);
@@ -244,10 +274,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       try {
         if (type === "redis") {
           // The read model must heal: a full, undegraded answer again.
-          await waitFor("the read model to heal", async () => {
-            const answer = await converged();
-            return answer && answer.degraded === undefined ? true : undefined;
-          }, roundTimeoutMs, 100);
+          await waitFor(
+            "the read model to heal",
+            async () => {
+              const answer = await converged();
+              return answer && answer.degraded === undefined ? true : undefined;
+            },
+            roundTimeoutMs,
+            100,
+          );
         } else await waitFor(`every key to converge after ${type}`, converged, roundTimeoutMs, 100);
         const ms = Date.now() - t0;
         report.recoveryMs[type].push(ms);
@@ -277,7 +312,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     // The live builder's own directory stays; nothing may be in it while idle, and dead builders' directories must be gone.
     const instances = existsSync(work) ? readdirSync(work) : [];
     report.leakedWorkspaces = Math.max(0, instances.length - 1) + instances.reduce((n, d) => n + readdirSync(path.join(work, d)).length, 0);
-    if (report.leakedWorkspaces) report.problems.push(`workspaces left: ${instances.map((d) => `${d}: ${readdirSync(path.join(work, d)).join(",")}`).join("; ")}`);
+    if (report.leakedWorkspaces)
+      report.problems.push(`workspaces left: ${instances.map((d) => `${d}: ${readdirSync(path.join(work, d)).join(",")}`).join("; ")}`);
   } finally {
     if (watching) clearInterval(watching);
     client?.close();
@@ -313,13 +349,24 @@ export function summary(r: ChaosReport) {
     }),
   );
   return {
-    seed: r.seed, keys: r.keys, faultsInjected: r.faultsInjected, crasherKills: r.crasherKills, recovery: per, notConverged: r.notConverged,
-    doubleBuilds: r.doubleBuilds, lostEvents: r.lostEvents, leakedWorkspaces: r.leakedWorkspaces, leakedProcesses: r.leakedProcesses, problems: r.problems,
+    seed: r.seed,
+    keys: r.keys,
+    faultsInjected: r.faultsInjected,
+    crasherKills: r.crasherKills,
+    recovery: per,
+    notConverged: r.notConverged,
+    doubleBuilds: r.doubleBuilds,
+    lostEvents: r.lostEvents,
+    leakedWorkspaces: r.leakedWorkspaces,
+    leakedProcesses: r.leakedProcesses,
+    problems: r.problems,
   };
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { seed: { type: "string" }, json: { type: "boolean" }, keys: { type: "string", default: "24" }, minutes: { type: "string", default: "5" } } });
+  const { values } = parseArgs({
+    options: { seed: { type: "string" }, json: { type: "boolean" }, keys: { type: "string", default: "24" }, minutes: { type: "string", default: "5" } },
+  });
   const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed);
   const keys = Number(values.keys);
   const minutes = Number(values.minutes);

@@ -24,10 +24,17 @@ import { listKeyStatuses, statusClient, watchKeysResuming } from "@homeostat/sta
 import { loadConfig, type KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, startLocalServers, waitFor, type LocalServers } from "./factory.ts";
 
-const usage = "Usage: scripts/demo [--serve] [--release FILE.json] [--help]\n  --serve      keep the factory running after the demo (Ctrl-C, SIGTERM or SIGHUP stops it)\n  --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)\nArtifacts: $HOMEOSTAT_DATA (default .homeostat/data); servers, logs and the write token: .homeostat/demo\n";
+const usage =
+  "Usage: scripts/demo [--serve] [--release FILE.json] [--help]\n  --serve      keep the factory running after the demo (Ctrl-C, SIGTERM or SIGHUP stops it)\n  --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)\nArtifacts: $HOMEOSTAT_DATA (default .homeostat/data); servers, logs and the write token: .homeostat/demo\n";
 let parsed;
 try {
-  parsed = parseArgs({ options: { serve: { type: "boolean", default: false }, release: { type: "string", default: "examples/releases/libgreet-1.1.json" }, help: { type: "boolean", short: "h" } } });
+  parsed = parseArgs({
+    options: {
+      serve: { type: "boolean", default: false },
+      release: { type: "string", default: "examples/releases/libgreet-1.1.json" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
 } catch (err) {
   process.stderr.write(`demo: ${(err as Error).message}\n${usage}`);
   process.exit(64);
@@ -87,7 +94,11 @@ const stopAll = async () => {
   await factory.stop();
   await servers?.stop();
 };
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+for (const [signal, code] of [
+  ["SIGINT", 130],
+  ["SIGTERM", 143],
+  ["SIGHUP", 129],
+] as const) {
   process.once(signal, () => {
     say(`\n${signal}: stopping the factory`);
     void stopAll().then(() => process.exit(code));
@@ -102,7 +113,9 @@ const progress = (s: KeyStatus) => {
   if (seen.get(s.key) === line) return;
   const rebuilt = s.phase === "Ready" && seen.has(s.key) && seen.get(s.key) !== undefined && !seen.get(s.key)!.endsWith(` ${s.actual?.inputDigest ?? ""}`);
   seen.set(s.key, line);
-  say(`  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}${rebuilt ? " (rebuilt)" : ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`);
+  say(
+    `  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}${rebuilt ? " (rebuilt)" : ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`,
+  );
 };
 // Every change, in the order the factory made it (the state bucket's revisions): a poll would
 // miss a key that was rebuilt between two looks.
@@ -115,38 +128,64 @@ try {
   say("▸ building and signing the sample catalog");
   const expected = (await import("@homeostat/catalog")).loadCatalog(path.join(repoRoot, "examples", "catalog")).then((c) => c.keys().length);
   const total = await expected;
-  const initial = await waitFor("the sample catalog to converge", async () => {
-    const items = await list();
-    if (items.some((s) => s.phase === "Failed")) throw new Error("a key failed; see the logs");
-    return items.length === total && items.every((s) => s.phase === "Ready") ? items : undefined;
-  }, 300_000, 300);
+  const initial = await waitFor(
+    "the sample catalog to converge",
+    async () => {
+      const items = await list();
+      if (items.some((s) => s.phase === "Failed")) throw new Error("a key failed; see the logs");
+      return items.length === total && items.every((s) => s.phase === "Ready") ? items : undefined;
+    },
+    300_000,
+    300,
+  );
 
   const release = JSON.parse(readFileSync(path.resolve(repoRoot, args.release!), "utf8")) as { package: string; version: string; url: string; sha256: string };
   if (!/^[a-z]+:\/\//.test(release.url)) release.url = `file://${path.resolve(repoRoot, release.url)}`;
   say(`▸ upstream released ${release.package} ${release.version}: POST /v1/releases`);
-  const res = await fetch(`${factory.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(release) });
+  const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(release),
+  });
   say(`  ${res.status} ${await res.text()}`);
   if (res.status !== 202) throw new Error("the release was not accepted");
 
   const before = new Map(initial.map((s) => [s.key, s.actual!.inputDigest]));
-  const final = await waitFor("the release to propagate", async () => {
-    const items = await list();
-    const pkg = items.find((s) => s.key === `package/${release.package}`);
-    const settled = items.every((s) => s.phase === "Ready" || s.phase === "Failed");
-    // Settled, the package at the new version, and nothing left that is waiting to rebuild.
-    return pkg?.actual?.version === release.version && settled ? items : undefined;
-  }, 300_000, 300);
+  const final = await waitFor(
+    "the release to propagate",
+    async () => {
+      const items = await list();
+      const pkg = items.find((s) => s.key === `package/${release.package}`);
+      const settled = items.every((s) => s.phase === "Ready" || s.phase === "Failed");
+      // Settled, the package at the new version, and nothing left that is waiting to rebuild.
+      return pkg?.actual?.version === release.version && settled ? items : undefined;
+    },
+    300_000,
+    300,
+  );
   await new Promise((r) => setTimeout(r, 1_000)); // let late fan-out show up
-  const settledItems = await waitFor("the factory to settle", async () => {
-    const items = await list();
-    return items.every((s) => s.phase === "Ready") ? items : undefined;
-  }, 300_000, 300).catch(() => final);
+  const settledItems = await waitFor(
+    "the factory to settle",
+    async () => {
+      const items = await list();
+      return items.every((s) => s.phase === "Ready") ? items : undefined;
+    },
+    300_000,
+    300,
+  ).catch(() => final);
 
   say("\nSummary");
-  const rows = [["KEY", "PHASE", "VERSION", "REBUILT", "DIGEST", "SIGNED BY"], ...settledItems.map((s) => [
-    s.key, s.phase, s.actual?.version ?? "-", before.get(s.key) !== s.actual?.inputDigest ? "yes" : "no",
-    (s.actual?.outputs.manifest ?? s.actual?.outputs.archive ?? "-").slice(0, 19), (s.actual?.keyId ?? "-").slice(0, 19),
-  ])];
+  const rows = [
+    ["KEY", "PHASE", "VERSION", "REBUILT", "DIGEST", "SIGNED BY"],
+    ...settledItems.map((s) => [
+      s.key,
+      s.phase,
+      s.actual?.version ?? "-",
+      before.get(s.key) !== s.actual?.inputDigest ? "yes" : "no",
+      (s.actual?.outputs.manifest ?? s.actual?.outputs.archive ?? "-").slice(0, 19),
+      (s.actual?.keyId ?? "-").slice(0, 19),
+    ]),
+  ];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i]!)).join("  "));
   const ok = settledItems.every((s) => s.phase === "Ready");

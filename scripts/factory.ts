@@ -91,7 +91,9 @@ export type NatsServer = {
  */
 export async function startNatsServer(o: { configFile: string; logFile: string; port?: number }): Promise<NatsServer & { child: ChildProcess }> {
   const port = o.port ?? (await freePort());
-  const child = spawnSupervised(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], { stdio: "ignore" });
+  const child = spawnSupervised(ensureBinary("nats-server", "nats-server"), ["-c", o.configFile, "-a", "127.0.0.1", "-p", String(port), "-l", o.logFile], {
+    stdio: "ignore",
+  });
   const exited = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`nats-server exited (${code}); see ${o.logFile}`))));
   exited.catch(() => {});
   await Promise.race([waitFor("nats-server", () => portAnswers(port), 10_000), exited]).catch((err: unknown) => {
@@ -121,7 +123,11 @@ export async function startLocalServers(dir: string, o: { prefix: string; region
   const natsCredentials = path.join(dir, "nats-credentials");
   const { configFile } = writeNatsConfig({ prefix: o.prefix, regions: [o.region], dir: natsCredentials, storeDir: path.join(dir, "nats") });
   const redisPort = await freePort();
-  const redis = spawnSupervised(ensureBinary("redis-server", "redis-server"), ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
+  const redis = spawnSupervised(
+    ensureBinary("redis-server", "redis-server"),
+    ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", dir],
+    { stdio: "ignore" },
+  );
   const logFile = path.join(dir, "nats-server.log");
   let nats = await startNatsServer({ configFile, logFile });
   await waitFor("redis-server", () => portAnswers(redisPort), 10_000);
@@ -160,7 +166,12 @@ export type Factory = {
  * `<service>.nk` in `natsCredentials`, as startLocalServers or `pnpm nats-config` write them);
  * resolves when ingest and the status API answer.
  */
-export async function startFactory(o: { env: Record<string, string>; natsCredentials: string; logDir: string; only?: readonly ServiceName[] }): Promise<Factory> {
+export async function startFactory(o: {
+  env: Record<string, string>;
+  natsCredentials: string;
+  logDir: string;
+  only?: readonly ServiceName[];
+}): Promise<Factory> {
   mkdirSync(o.logDir, { recursive: true });
   const ingestPort = await freePort();
   const grpcPort = await freePort();
@@ -174,12 +185,17 @@ export async function startFactory(o: { env: Record<string, string>; natsCredent
     ...o.env,
   };
   for (const name of o.only ?? serviceNames) {
-    if (!existsSync(seedFile(o.natsCredentials, name))) throw new Error(`no NATS credentials for ${name} in ${o.natsCredentials} (pnpm nats-config writes them)`);
+    if (!existsSync(seedFile(o.natsCredentials, name)))
+      throw new Error(`no NATS credentials for ${name} in ${o.natsCredentials} (pnpm nats-config writes them)`);
   }
   const processes = new Map<ServiceName, ChildProcess>();
   const start = (name: ServiceName) => {
     const log = createWriteStream(path.join(o.logDir, `${name}.log`), { flags: "a" });
-    const child = spawnSupervised(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], { env: { ...env, NATS_NKEY_SEED_FILE: seedFile(o.natsCredentials, name) }, stdio: ["ignore", "pipe", "pipe"], cwd: repoRoot });
+    const child = spawnSupervised(process.execPath, [path.join(repoRoot, "services", name, "src", "main.ts")], {
+      env: { ...env, NATS_NKEY_SEED_FILE: seedFile(o.natsCredentials, name) },
+      stdio: ["ignore", "pipe", "pipe"],
+      cwd: repoRoot,
+    });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
     processes.set(name, child);

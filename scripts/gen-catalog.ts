@@ -38,7 +38,8 @@ const WRITE_CONCURRENCY = 64;
 export const SOURCE_TARBALL = "sources/app.tar.gz";
 
 /** The program every package builds: real enough to run as an image's entrypoint. */
-const program = (release: string) => `#include <stdio.h>\nint main(int argc, char **argv) {\n  printf("%s ${release} from a generated catalog (%d arguments)\\n", argv[0], argc - 1);\n  return 0;\n}\n`;
+const program = (release: string) =>
+  `#include <stdio.h>\nint main(int argc, char **argv) {\n  printf("%s ${release} from a generated catalog (%d arguments)\\n", argv[0], argc - 1);\n  return 0;\n}\n`;
 
 /**
  * Writes a source tarball (one top directory, app/, as release tarballs have) into `dir`:
@@ -54,11 +55,24 @@ export async function sourceTarball(dir: string, release?: string): Promise<{ ur
     await mkdir(path.join(tree, "app"));
     await writeFile(path.join(tree, "app", "main.c"), program(release ?? "initial"));
     await mkdir(path.dirname(file), { recursive: true });
-    execFileSync("bash", ["-o", "pipefail", "-c", 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"', "tarball", tree, file]);
+    execFileSync("bash", [
+      "-o",
+      "pipefail",
+      "-c",
+      'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"',
+      "tarball",
+      tree,
+      file,
+    ]);
   } finally {
     await rm(tree, { recursive: true, force: true });
   }
-  return { url: `file://${file}`, sha256: createHash("sha256").update(await readFile(file)).digest("hex") };
+  return {
+    url: `file://${file}`,
+    sha256: createHash("sha256")
+      .update(await readFile(file))
+      .digest("hex"),
+  };
 }
 
 /** Writes packages/<shard>/<name>.yaml, images/<shard>/<name>.yaml and the source under `dir`; returns the names. */

@@ -19,7 +19,8 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig, serviceIdentities, writeNatsConfig, type NatsCluster, type NatsIdentity } from "@homeostat/core";
 
-const usage = "usage: pnpm nats-config --out DIR [--prefix P] [--region R …] [--store-dir D] [--admin] [--rotate ID,…|all] [--tls-cert F --tls-key F] [--owner UID:GID] [--cluster NAME --node REGION=HOST:PORT …]";
+const usage =
+  "usage: pnpm nats-config --out DIR [--prefix P] [--region R …] [--store-dir D] [--admin] [--rotate ID,…|all] [--tls-cert F --tls-key F] [--owner UID:GID] [--cluster NAME --node REGION=HOST:PORT …]";
 
 function fail(message: string): never {
   process.stderr.write(`nats-config: ${message}\n${usage}\n`);
@@ -101,4 +102,5 @@ const { configFile } = writeNatsConfig({
   ...(cluster ? { cluster } : {}),
 });
 process.stdout.write(`wrote ${configFile} (prefix ${prefix}, regions ${regions.join(", ")})\n`);
-for (const id of [...serviceIdentities, ...(args.admin ? ["admin"] : [])]) process.stdout.write(`  ${id.padEnd(10)} NATS_NKEY_SEED_FILE=${path.join(dir, `${id}.nk`)}${rotate.includes(id as NatsIdentity) ? "  (rotated)" : ""}\n`);
+for (const id of [...serviceIdentities, ...(args.admin ? ["admin"] : [])])
+  process.stdout.write(`  ${id.padEnd(10)} NATS_NKEY_SEED_FILE=${path.join(dir, `${id}.nk`)}${rotate.includes(id as NatsIdentity) ? "  (rotated)" : ""}\n`);

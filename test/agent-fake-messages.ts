@@ -26,10 +26,16 @@ export function readScript(file: string | URL): ScriptedStep[] {
   return steps.map((raw: unknown, i): ScriptedStep => {
     const s = raw as Record<string, unknown>;
     const repeat = typeof s.repeat === "number" && s.repeat >= 1 ? s.repeat : 1;
-    const error = s.error as ScriptedStep & { status?: unknown } | undefined;
-    if (error && typeof (error as { status?: unknown }).status === "number") return { error: s.error as Extract<ScriptedStep, { error: unknown }>["error"], repeat };
+    const error = s.error as (ScriptedStep & { status?: unknown }) | undefined;
+    if (error && typeof (error as { status?: unknown }).status === "number")
+      return { error: s.error as Extract<ScriptedStep, { error: unknown }>["error"], repeat };
     if (!Array.isArray(s.content) || s.content.length === 0) throw new Error(`${String(file)}: step ${i} has neither content blocks nor an error`);
-    return { content: s.content as Record<string, unknown>[], stop_reason: typeof s.stop_reason === "string" ? s.stop_reason : "tool_use", usage: (s.usage as Usage | undefined) ?? { input_tokens: 100, output_tokens: 20 }, repeat };
+    return {
+      content: s.content as Record<string, unknown>[],
+      stop_reason: typeof s.stop_reason === "string" ? s.stop_reason : "tool_use",
+      usage: (s.usage as Usage | undefined) ?? { input_tokens: 100, output_tokens: 20 },
+      repeat,
+    };
   });
 }
 
@@ -94,7 +100,8 @@ export async function startFakeMessagesServer(script: ScriptedStep[] = []): Prom
         res.writeHead(status, { "content-type": "application/json", "request-id": `req_fake_${++serial}`, ...headers });
         res.end(JSON.stringify(payload));
       };
-      const fail = (status: number, type: string, message: string, headers: Record<string, string> = {}) => send(status, { type: "error", error: { type, message } }, headers);
+      const fail = (status: number, type: string, message: string, headers: Record<string, string> = {}) =>
+        send(status, { type: "error", error: { type, message } }, headers);
       if (req.method !== "POST" || !req.url?.startsWith("/v1/messages")) return fail(404, "not_found_error", `${req.method} ${req.url}`);
       let b: Record<string, unknown>;
       try {
@@ -111,10 +118,20 @@ export async function startFakeMessagesServer(script: ScriptedStep[] = []): Prom
         next++;
         played = 0;
       }
-      if ("error" in step) return fail(step.error.status, step.error.type, step.error.message, step.error.retryAfter ? { "retry-after": step.error.retryAfter } : {});
+      if ("error" in step)
+        return fail(step.error.status, step.error.type, step.error.message, step.error.retryAfter ? { "retry-after": step.error.retryAfter } : {});
       // Tool-use ids are unique per response, as the real API's are.
       const content = step.content.map((c) => (c.type === "tool_use" ? { ...c, id: `toolu_${serial + 1}_${String(c.id ?? "x")}` } : c));
-      send(200, { id: `msg_fake_${serial + 1}`, type: "message", role: "assistant", model: b.model, content, stop_reason: step.stop_reason, stop_sequence: null, usage: { cache_creation_input_tokens: 0, cache_read_input_tokens: 0, ...step.usage } });
+      send(200, {
+        id: `msg_fake_${serial + 1}`,
+        type: "message",
+        role: "assistant",
+        model: b.model,
+        content,
+        stop_reason: step.stop_reason,
+        stop_sequence: null,
+        usage: { cache_creation_input_tokens: 0, cache_read_input_tokens: 0, ...step.usage },
+      });
     })().catch((err: unknown) => {
       res.writeHead(500);
       res.end(String(err));

@@ -24,7 +24,7 @@ test("a key handed over runs in the agent's class alone; a disabled agent leaves
     const reconcilerQueue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "reconciler-test" }));
     const agentNats = await t.connectAs("agent");
     const agentQueue = new WorkQueue(agentNats, workQueueOptions(t.config, { log: quiet, owner: "agent-test" }));
-    const disabled = disabledRepair(new StateStore((await agentNats.kvm.open(agentNats.topology.bucket("state"), { allow_direct: true }))));
+    const disabled = disabledRepair(new StateStore(await agentNats.kvm.open(agentNats.topology.bucket("state"), { allow_direct: true })));
     const track = (who: string, f: (item: WorkItem) => Promise<ReturnType<typeof doneWith>>) => async (item: WorkItem) => {
       assert.equal(running++, 0, "never worked by both at once");
       ran.push(`${who}:${item.priority}`);
@@ -35,7 +35,14 @@ test("a key handed over runs in the agent's class alone; a disabled agent leaves
         running--;
       }
     };
-    const r1 = reconcilerQueue.run({ concurrency: 2, signal: abort.signal, classes: reconcilerPriorities, reconcile: track("reconciler", async (item) => doneWith([{ key: item.key, priority: "repair", cause: { type: "advisory", detail: "handed to the agent: needs attention" } }])) });
+    const r1 = reconcilerQueue.run({
+      concurrency: 2,
+      signal: abort.signal,
+      classes: reconcilerPriorities,
+      reconcile: track("reconciler", async (item) =>
+        doneWith([{ key: item.key, priority: "repair", cause: { type: "advisory", detail: "handed to the agent: needs attention" } }]),
+      ),
+    });
     const r2 = agentQueue.run({ concurrency: 2, signal: abort.signal, classes: ["repair"], reconcile: track("agent", disabled) });
     await reconcilerQueue.enqueue({ key, priority: "advisory", cause: { type: "advisory", id: "GHSA-x" } });
     const deadline = Date.now() + 20_000;
@@ -44,7 +51,12 @@ test("a key handed over runs in the agent's class alone; a disabled agent leaves
     assert.deepEqual(ran, ["reconciler:advisory", "agent:repair"]);
     assert.equal(s.phase, "NeedsAttention");
     assert.match(s.agent ?? "", /^agent disabled/);
-    assert.deepEqual(await reconcilerQueue.stats(), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+    assert.deepEqual(await reconcilerQueue.stats(), {
+      depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 },
+      running: 0,
+      retrying: 0,
+      deadLetters: 0,
+    });
     abort.abort();
     await Promise.all([r1, r2]);
     await agentNats.nc.close();

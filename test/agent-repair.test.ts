@@ -49,145 +49,234 @@ function makeCatalog(root: string, secretFile: string): { catalogDir: string; sh
   }
   const catalogDir = path.join(root, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
-  writeFileSync(path.join(catalogDir, "packages", "hello.yaml"), [
-    "name: hello", 'version: "1.0"', "source:", "  url: ../sources/hello-1.0.tar.gz", `  sha256: ${sha["1.0"]}`,
-    "build:", "  steps:", "    - make hello", "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello", "",
-  ].join("\n"));
+  writeFileSync(
+    path.join(catalogDir, "packages", "hello.yaml"),
+    [
+      "name: hello",
+      'version: "1.0"',
+      "source:",
+      "  url: ../sources/hello-1.0.tar.gz",
+      `  sha256: ${sha["1.0"]}`,
+      "build:",
+      "  steps:",
+      "    - make hello",
+      "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
+      "",
+    ].join("\n"),
+  );
   return { catalogDir, sha };
 }
 
-test("a failed build of 1.1 repaired end to end: workspace edges, validators as feedback, a sandboxed trial build, a proposal with a redacted transcript", { timeout: 120_000 }, async () => {
-  const t = await testEnv();
-  const server = await startFakeMessagesServer();
-  const abort = new AbortController();
-  try {
-    const secretFile = path.join(t.dir, "data", "signer", "cosign.key");
-    mkdirSync(path.dirname(secretFile), { recursive: true });
-    const secret = "-----BEGIN PRIVATE KEY-----\nTOPSECRETSIGNINGKEYMATERIAL\n-----END PRIVATE KEY-----\n";
-    writeFileSync(secretFile, secret, { mode: 0o600 });
-    const { catalogDir, sha } = makeCatalog(path.join(t.dir, "factory"), secretFile);
-    const script = readFileSync(path.join(fixtures, "repair", "makefile-misses-file.json"), "utf8").replaceAll("@SHA_1_1@", sha["1.1"]!).replaceAll("@SECRET_FILE@", secretFile);
-    const scriptFile = path.join(t.dir, "script.json");
-    writeFileSync(scriptFile, script);
-    server.play(readScript(scriptFile));
-
-    const key = "package/hello" as const;
-    const agent = await t.connectAs("agent");
-    const builderNats = await t.connectAs("builder");
-    const kv = (n: Nats, b: "state" | "releases" | "proposals") => n.kvm.open(n.topology.bucket(b), { allow_direct: true });
-    await new ReleaseStore(await kv(t.nats, "releases")).record({ package: "hello", version: "1.1", url: "../sources/hello-1.1.tar.gz", sha256: sha["1.1"]! });
-    const state = new StateStore(await kv(agent, "state"));
-    const before = await state.update(key, () => ({
-      ...StateStore.initial(key), phase: "Failed", desiredVersion: "1.1",
-      failure: { inputDigest: `sha256:${"1".repeat(64)}`, kind: "permanent", reason: "step 1 (make hello) exited 2: undefined reference to `greeting'", count: 3, at: new Date().toISOString() },
-      actual: { version: "1.0", inputDigest: `sha256:${"2".repeat(64)}`, outputs: { location: "store" }, signatures: {}, keyId: "k", builtAt: new Date().toISOString() },
-    }));
-
-    // The builder's trial server, with its own identity, its sandbox and a store apart.
-    const dataDir = path.join(t.dir, "data");
-    const catalogs = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "builder") });
-    const trials = new Builder({
-      dataDir: path.join(dataDir, "trials"), timeoutMs: 60_000, maxSourceBytes: 1 << 20, unpackLimits: { maxBytes: 16 << 20, maxEntries: 1000 },
-      isolation: await resolveIsolation(loadConfig({}).buildSandbox), sourceBaseDir: catalogDir, signal: abort.signal,
-    }, { concurrency: 1 });
-    const snapshots = path.join(dataDir, "agent", "snapshots");
-    const serving = serveTrials(builderNats, createTrialHandler({
-      catalogAt: (rev) => openSnapshot(snapshots, rev, catalogs.current().sourceBase),
-      releases: new ReleaseStore(await kv(builderNats, "releases")), advisories: await AdvisoryStore.open(builderNats),
-      state: new StateStore(await kv(builderNats, "state")), sourceDateEpoch: 0, build: (plan) => trials.build(plan), refused: () => {}, log: quiet,
-    }), { log: quiet, signal: abort.signal });
-
-    const apiKey = "sk-ant-test-0123456789abcdef";
-    const agentCatalog = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "agent") });
-    const releases = new ReleaseStore(await kv(agent, "releases"));
-    const advisories = await AdvisoryStore.open(agent);
-    const proposals = new ProposalStore(await kv(agent, "proposals"));
-    const transcripts = new TranscriptStore(path.join(dataDir, "agent", "blobs", "sha256"), [apiKey]);
-    const repair = createRepairer({
-      client: messagesClient(apiKey, server.url),
-      settings: { ...t.config.agent, apiKey, model: "claude-test", maxTurns: 20 },
-      catalog: () => agentCatalog.current(), state, advisories: (p) => advisories.list(p), releases: (p) => releases.list(p), proposals,
-      workRoot: path.join(dataDir, "agent", "work"), sourceRules: { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000 },
-      trial: (name) => trialRunner({
-        nats: agent, catalog: () => agentCatalog.current(), releases: (p) => releases.list(p), advisories: (p) => advisories.list(p),
-        status: (k) => state.get(k), sourceDateEpoch: 0, snapshots, timeoutMs: 90_000,
-      }, name),
-      transcripts, log: quiet,
-    });
-    await repair({ v: 1, key, priority: "repair", cause: { type: "built", detail: "handed to the agent" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 0 }, { signal: abort.signal });
-
-    const results = server.requests.slice(1).map((r) => (r as { messages: { content: { type: string; is_error?: boolean; content?: string }[] }[] }).messages.at(-1)!.content);
-    const [abs, up, link, big, log] = results[0]!;
-    assert.equal(abs!.is_error, true);
-    assert.match(abs!.content!, /paths are relative to the workspace/);
-    assert.match(up!.content!, /leaves the workspace/);
-    assert.match(link!.content!, /leads out of the workspace through a symbolic link/);
-    assert.equal(big!.is_error, undefined);
-    assert.ok(big!.content!.length < 70 * 1024 && /102400 bytes; read on from offset 65536/.test(big!.content!), "read_file stops at 64 KiB");
-    assert.match(log!.content!, /undefined reference to `greeting'/);
-    const [diff, grep] = results[1]!;
-    assert.match(diff!.content!, /\+const char \*greeting\(void\) \{ return "hello from 1.1"; \}/, "diff_sources shows 1.1's new util.c");
-    assert.match(grep!.content!, /source\/main.c:3: .*greeting\(\)/);
-    const [badRecipe, outPatch, early] = results[2]!;
-    assert.match(badRecipe!.content!, /would not pass the catalog schema: build.steps/);
-    assert.match(outPatch!.content!, /names paths outside the source: a\/..\/..\/etc\/passwd/);
-    assert.equal(early!.is_error, true);
-    assert.match(early!.content!, /not accepted: test-kept: the package has no test/);
-    assert.match(results[3]![0]!.content!, /recipe.yaml updated/);
-    assert.equal(results[4]![0]!.is_error, undefined, results[4]![0]!.content);
-    assert.match(results[4]![0]!.content!, /^passed: package\/hello 1.1 built in the sandbox and its test passed/);
-    const everything = server.raw.join("\n");
-    assert.ok(!everything.includes("TOPSECRETSIGNINGKEYMATERIAL"), "the signing key never reached the model");
-
-    const [proposal] = await proposals.ofKey(key);
-    assert.ok(proposal, "a proposal was recorded");
-    assert.equal(proposal.status, "open");
-    assert.deepEqual(proposal.validators.filter((v) => v.status !== "passed"), []);
-    assert.match(proposal.recipe, /version: "1.1"/);
-    const transcript = readFileSync(path.join(transcripts.dir, proposal.transcriptDigest.slice("sha256:".length)), "utf8");
-    assert.match(transcript, /\[redacted\]/);
-    assert.ok(!transcript.includes("LEAKEDLEAKED") && !transcript.includes(apiKey), "secrets redacted from the transcript");
-
-    // The trial is stored apart and never became the key's state nor a signature.
-    assert.ok(existsSync(path.join(dataDir, "trials", "store")) && !existsSync(path.join(dataDir, "store")));
-    const after = (await state.get(key))!;
-    assert.equal(after.phase, "Failed");
-    assert.deepEqual(after.actual, before!.actual);
-    assert.match(after.agent ?? "", /^proposal .* waits for review/);
-    assert.equal((await t.nats.jsm.streams.info(t.nats.topology.stream("sign"))).state.messages, 0);
-    assert.equal(readdirSync(snapshots).filter((d) => !d.startsWith(".")).length, 1, "one content-addressed snapshot");
-    abort.abort();
-    await serving;
-  } finally {
-    abort.abort();
-    await server.close();
-    await t.cleanup();
-  }
-});
-
-test("the agent's identity cannot ask for builds or signatures, nor read ingest's cursors; only the agent may ask for trials", { timeout: 60_000 }, async () => {
-  const t = await testEnv();
-  try {
-    const agent = await t.connectAs("agent");
-    const refused = async (p: Promise<unknown>) => assert.ok(await p.then(() => false, () => true), "refused");
-    const key = "package/hello" as const;
-    await refused(agent.js.publish(t.nats.topology.subject("build", key), "{}"));
-    await refused(agent.js.publish(t.nats.topology.subject("sign", key), "{}"));
-    await refused(agent.kvm.open(agent.topology.bucket("ingest_cursors")).then((b) => b.get("x")));
-    // A builder answers trials; the agent's request is answered (an invalid one, told so), nobody else's reaches it.
+test(
+  "a failed build of 1.1 repaired end to end: workspace edges, validators as feedback, a sandboxed trial build, a proposal with a redacted transcript",
+  { timeout: 120_000 },
+  async () => {
+    const t = await testEnv();
+    const server = await startFakeMessagesServer();
     const abort = new AbortController();
-    const builder = await t.connectAs("builder");
-    const serving = serveTrials(builder, async () => ({ v: 1, passed: false, detail: "unused" }), { log: quiet, signal: abort.signal });
-    await builder.nc.flush();
-    const answer = await agent.nc.request(t.nats.topology.trialSubject(key), "{}", { timeout: 5000 });
-    assert.match((answer.json() as { detail: string }).detail, /^invalid trial request/);
-    for (const other of ["reconciler", "ingest", "signer"] as const) {
-      const c = await t.connectAs(other);
-      await refused(c.nc.request(t.nats.topology.trialSubject(key), "{}", { timeout: 1000 }));
+    try {
+      const secretFile = path.join(t.dir, "data", "signer", "cosign.key");
+      mkdirSync(path.dirname(secretFile), { recursive: true });
+      const secret = "-----BEGIN PRIVATE KEY-----\nTOPSECRETSIGNINGKEYMATERIAL\n-----END PRIVATE KEY-----\n";
+      writeFileSync(secretFile, secret, { mode: 0o600 });
+      const { catalogDir, sha } = makeCatalog(path.join(t.dir, "factory"), secretFile);
+      const script = readFileSync(path.join(fixtures, "repair", "makefile-misses-file.json"), "utf8")
+        .replaceAll("@SHA_1_1@", sha["1.1"]!)
+        .replaceAll("@SECRET_FILE@", secretFile);
+      const scriptFile = path.join(t.dir, "script.json");
+      writeFileSync(scriptFile, script);
+      server.play(readScript(scriptFile));
+
+      const key = "package/hello" as const;
+      const agent = await t.connectAs("agent");
+      const builderNats = await t.connectAs("builder");
+      const kv = (n: Nats, b: "state" | "releases" | "proposals") => n.kvm.open(n.topology.bucket(b), { allow_direct: true });
+      await new ReleaseStore(await kv(t.nats, "releases")).record({
+        package: "hello",
+        version: "1.1",
+        url: "../sources/hello-1.1.tar.gz",
+        sha256: sha["1.1"]!,
+      });
+      const state = new StateStore(await kv(agent, "state"));
+      const before = await state.update(key, () => ({
+        ...StateStore.initial(key),
+        phase: "Failed",
+        desiredVersion: "1.1",
+        failure: {
+          inputDigest: `sha256:${"1".repeat(64)}`,
+          kind: "permanent",
+          reason: "step 1 (make hello) exited 2: undefined reference to `greeting'",
+          count: 3,
+          at: new Date().toISOString(),
+        },
+        actual: {
+          version: "1.0",
+          inputDigest: `sha256:${"2".repeat(64)}`,
+          outputs: { location: "store" },
+          signatures: {},
+          keyId: "k",
+          builtAt: new Date().toISOString(),
+        },
+      }));
+
+      // The builder's trial server, with its own identity, its sandbox and a store apart.
+      const dataDir = path.join(t.dir, "data");
+      const catalogs = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "builder") });
+      const trials = new Builder(
+        {
+          dataDir: path.join(dataDir, "trials"),
+          timeoutMs: 60_000,
+          maxSourceBytes: 1 << 20,
+          unpackLimits: { maxBytes: 16 << 20, maxEntries: 1000 },
+          isolation: await resolveIsolation(loadConfig({}).buildSandbox),
+          sourceBaseDir: catalogDir,
+          signal: abort.signal,
+        },
+        { concurrency: 1 },
+      );
+      const snapshots = path.join(dataDir, "agent", "snapshots");
+      const serving = serveTrials(
+        builderNats,
+        createTrialHandler({
+          catalogAt: (rev) => openSnapshot(snapshots, rev, catalogs.current().sourceBase),
+          releases: new ReleaseStore(await kv(builderNats, "releases")),
+          advisories: await AdvisoryStore.open(builderNats),
+          state: new StateStore(await kv(builderNats, "state")),
+          sourceDateEpoch: 0,
+          build: (plan) => trials.build(plan),
+          refused: () => {},
+          log: quiet,
+        }),
+        { log: quiet, signal: abort.signal },
+      );
+
+      const apiKey = "sk-ant-test-0123456789abcdef";
+      const agentCatalog = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "agent") });
+      const releases = new ReleaseStore(await kv(agent, "releases"));
+      const advisories = await AdvisoryStore.open(agent);
+      const proposals = new ProposalStore(await kv(agent, "proposals"));
+      const transcripts = new TranscriptStore(path.join(dataDir, "agent", "blobs", "sha256"), [apiKey]);
+      const repair = createRepairer({
+        client: messagesClient(apiKey, server.url),
+        settings: { ...t.config.agent, apiKey, model: "claude-test", maxTurns: 20 },
+        catalog: () => agentCatalog.current(),
+        state,
+        advisories: (p) => advisories.list(p),
+        releases: (p) => releases.list(p),
+        proposals,
+        workRoot: path.join(dataDir, "agent", "work"),
+        sourceRules: { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000 },
+        trial: (name) =>
+          trialRunner(
+            {
+              nats: agent,
+              catalog: () => agentCatalog.current(),
+              releases: (p) => releases.list(p),
+              advisories: (p) => advisories.list(p),
+              status: (k) => state.get(k),
+              sourceDateEpoch: 0,
+              snapshots,
+              timeoutMs: 90_000,
+            },
+            name,
+          ),
+        transcripts,
+        log: quiet,
+      });
+      await repair(
+        { v: 1, key, priority: "repair", cause: { type: "built", detail: "handed to the agent" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 0 },
+        { signal: abort.signal },
+      );
+
+      const results = server.requests
+        .slice(1)
+        .map((r) => (r as { messages: { content: { type: string; is_error?: boolean; content?: string }[] }[] }).messages.at(-1)!.content);
+      const [abs, up, link, big, log] = results[0]!;
+      assert.equal(abs!.is_error, true);
+      assert.match(abs!.content!, /paths are relative to the workspace/);
+      assert.match(up!.content!, /leaves the workspace/);
+      assert.match(link!.content!, /leads out of the workspace through a symbolic link/);
+      assert.equal(big!.is_error, undefined);
+      assert.ok(big!.content!.length < 70 * 1024 && /102400 bytes; read on from offset 65536/.test(big!.content!), "read_file stops at 64 KiB");
+      assert.match(log!.content!, /undefined reference to `greeting'/);
+      const [diff, grep] = results[1]!;
+      assert.match(diff!.content!, /\+const char \*greeting\(void\) \{ return "hello from 1.1"; \}/, "diff_sources shows 1.1's new util.c");
+      assert.match(grep!.content!, /source\/main.c:3: .*greeting\(\)/);
+      const [badRecipe, outPatch, early] = results[2]!;
+      assert.match(badRecipe!.content!, /would not pass the catalog schema: build.steps/);
+      assert.match(outPatch!.content!, /names paths outside the source: a\/..\/..\/etc\/passwd/);
+      assert.equal(early!.is_error, true);
+      assert.match(early!.content!, /not accepted: test-kept: the package has no test/);
+      assert.match(results[3]![0]!.content!, /recipe.yaml updated/);
+      assert.equal(results[4]![0]!.is_error, undefined, results[4]![0]!.content);
+      assert.match(results[4]![0]!.content!, /^passed: package\/hello 1.1 built in the sandbox and its test passed/);
+      const everything = server.raw.join("\n");
+      assert.ok(!everything.includes("TOPSECRETSIGNINGKEYMATERIAL"), "the signing key never reached the model");
+
+      const [proposal] = await proposals.ofKey(key);
+      assert.ok(proposal, "a proposal was recorded");
+      assert.equal(proposal.status, "open");
+      assert.deepEqual(
+        proposal.validators.filter((v) => v.status !== "passed"),
+        [],
+      );
+      assert.match(proposal.recipe, /version: "1.1"/);
+      const transcript = readFileSync(path.join(transcripts.dir, proposal.transcriptDigest.slice("sha256:".length)), "utf8");
+      assert.match(transcript, /\[redacted\]/);
+      assert.ok(!transcript.includes("LEAKEDLEAKED") && !transcript.includes(apiKey), "secrets redacted from the transcript");
+
+      // The trial is stored apart and never became the key's state nor a signature.
+      assert.ok(existsSync(path.join(dataDir, "trials", "store")) && !existsSync(path.join(dataDir, "store")));
+      const after = (await state.get(key))!;
+      assert.equal(after.phase, "Failed");
+      assert.deepEqual(after.actual, before!.actual);
+      assert.match(after.agent ?? "", /^proposal .* waits for review/);
+      assert.equal((await t.nats.jsm.streams.info(t.nats.topology.stream("sign"))).state.messages, 0);
+      assert.equal(readdirSync(snapshots).filter((d) => !d.startsWith(".")).length, 1, "one content-addressed snapshot");
+      abort.abort();
+      await serving;
+    } finally {
+      abort.abort();
+      await server.close();
+      await t.cleanup();
     }
-    abort.abort();
-    await serving;
-  } finally {
-    await t.cleanup();
-  }
-});
+  },
+);
+
+test(
+  "the agent's identity cannot ask for builds or signatures, nor read ingest's cursors; only the agent may ask for trials",
+  { timeout: 60_000 },
+  async () => {
+    const t = await testEnv();
+    try {
+      const agent = await t.connectAs("agent");
+      const refused = async (p: Promise<unknown>) =>
+        assert.ok(
+          await p.then(
+            () => false,
+            () => true,
+          ),
+          "refused",
+        );
+      const key = "package/hello" as const;
+      await refused(agent.js.publish(t.nats.topology.subject("build", key), "{}"));
+      await refused(agent.js.publish(t.nats.topology.subject("sign", key), "{}"));
+      await refused(agent.kvm.open(agent.topology.bucket("ingest_cursors")).then((b) => b.get("x")));
+      // A builder answers trials; the agent's request is answered (an invalid one, told so), nobody else's reaches it.
+      const abort = new AbortController();
+      const builder = await t.connectAs("builder");
+      const serving = serveTrials(builder, async () => ({ v: 1, passed: false, detail: "unused" }), { log: quiet, signal: abort.signal });
+      await builder.nc.flush();
+      const answer = await agent.nc.request(t.nats.topology.trialSubject(key), "{}", { timeout: 5000 });
+      assert.match((answer.json() as { detail: string }).detail, /^invalid trial request/);
+      for (const other of ["reconciler", "ingest", "signer"] as const) {
+        const c = await t.connectAs(other);
+        await refused(c.nc.request(t.nats.topology.trialSubject(key), "{}", { timeout: 1000 }));
+      }
+      abort.abort();
+      await serving;
+    } finally {
+      await t.cleanup();
+    }
+  },
+);

@@ -76,66 +76,77 @@ async function changeAll(): Promise<void> {
 
 const changeRevisions = (s: Seen) => s.events.filter((e) => e.type === "put" || e.type === "delete").map((e) => e.revision);
 
-test("many watchers and the CLI follow every change, and resume across a restart of the queue service without gaps or duplicates", { timeout: 120_000 }, async () => {
-  for (const key of keys) await state.update(key, () => StateStore.initial(key));
-  const ac = new AbortController();
-  const clients = Array.from({ length: 4 }, () => statusClient(factory.grpcAddr));
-  const followers = Array.from({ length: watchers }, (_, i) => follow(clients[i % clients.length]!, ac.signal));
-  const cli = spawn(bin, ["list", "--watch", "--json", "--addr", factory.grpcAddr], { stdio: ["ignore", "pipe", "pipe"] });
-  let cliOut = "";
-  let cliErr = "";
-  cli.stdout!.on("data", (b: Buffer) => (cliOut += b));
-  cli.stderr!.on("data", (b: Buffer) => (cliErr += b));
-  const cliExit = new Promise<number | null>((resolve) => cli.once("exit", (code) => resolve(code)));
-  try {
-    await waitFor("every watcher to be synced", async () => followers.every((f) => f.seen.synced) && cliOut.includes('"type":"synced"'), 20_000);
-    const synced = followers.map((f) => f.seen.events.length);
+test(
+  "many watchers and the CLI follow every change, and resume across a restart of the queue service without gaps or duplicates",
+  { timeout: 120_000 },
+  async () => {
+    for (const key of keys) await state.update(key, () => StateStore.initial(key));
+    const ac = new AbortController();
+    const clients = Array.from({ length: 4 }, () => statusClient(factory.grpcAddr));
+    const followers = Array.from({ length: watchers }, (_, i) => follow(clients[i % clients.length]!, ac.signal));
+    const cli = spawn(bin, ["list", "--watch", "--json", "--addr", factory.grpcAddr], { stdio: ["ignore", "pipe", "pipe"] });
+    let cliOut = "";
+    let cliErr = "";
+    cli.stdout!.on("data", (b: Buffer) => (cliOut += b));
+    cli.stderr!.on("data", (b: Buffer) => (cliErr += b));
+    const cliExit = new Promise<number | null>((resolve) => cli.once("exit", (code) => resolve(code)));
+    try {
+      await waitFor("every watcher to be synced", async () => followers.every((f) => f.seen.synced) && cliOut.includes('"type":"synced"'), 20_000);
+      const synced = followers.map((f) => f.seen.events.length);
 
-    // Live: each watcher sees every change, in revision order.
-    const firstRevision = (await t.buckets.state.status()).streamInfo.state.last_seq;
-    for (let round = 0; round < 4; round++) await changeAll();
-    const lastLive = (await t.buckets.state.status()).streamInfo.state.last_seq;
-    const expected = Array.from({ length: lastLive - firstRevision }, (_, i) => firstRevision + 1 + i);
-    await waitFor("every live change at every watcher", async () => followers.every((f) => changeRevisions(f.seen).at(-1) === lastLive), 20_000);
-    for (const [i, f] of followers.entries()) {
-      assert.deepEqual(changeRevisions(f.seen), expected, `watcher ${i} saw every change once, in order`);
-      assert.ok(f.seen.events.length > synced[i]!);
+      // Live: each watcher sees every change, in revision order.
+      const firstRevision = (await t.buckets.state.status()).streamInfo.state.last_seq;
+      for (let round = 0; round < 4; round++) await changeAll();
+      const lastLive = (await t.buckets.state.status()).streamInfo.state.last_seq;
+      const expected = Array.from({ length: lastLive - firstRevision }, (_, i) => firstRevision + 1 + i);
+      await waitFor("every live change at every watcher", async () => followers.every((f) => changeRevisions(f.seen).at(-1) === lastLive), 20_000);
+      for (const [i, f] of followers.entries()) {
+        assert.deepEqual(changeRevisions(f.seen), expected, `watcher ${i} saw every change once, in order`);
+        assert.ok(f.seen.events.length > synced[i]!);
+      }
+
+      // The queue service goes away, changes happen meanwhile, it comes back, more changes.
+      await factory.processes.get("queue")!.kill("SIGKILL");
+      await changeAll();
+      await changeAll();
+      await factory.restart("queue");
+      await changeAll();
+
+      const final = await bucketState();
+      const lastRevision = (await t.buckets.state.status()).streamInfo.state.last_seq;
+      await waitFor("every watcher to hold the bucket's state", async () => followers.every((f) => sameState(f.seen.held, final)), 30_000);
+      for (const [i, f] of followers.entries()) {
+        const revisions = changeRevisions(f.seen);
+        assert.equal(new Set(revisions).size, revisions.length, `watcher ${i} saw no change twice`);
+        assert.deepEqual(
+          revisions,
+          [...revisions].sort((a, b) => a - b),
+          `watcher ${i} saw changes in revision order`,
+        );
+        assert.equal(revisions.at(-1), lastRevision);
+        assert.ok(f.seen.interruptions >= 1, `watcher ${i} noticed the restart`);
+        assert.ok(!f.seen.events.some((e) => e.type === "reset"), `watcher ${i} resumed rather than starting over`);
+      }
+
+      // The CLI: the same, as JSON lines, with the interruption said on stderr.
+      await waitFor("the CLI to print the last change", async () => cliOut.includes(`"revision":${lastRevision}`), 20_000);
+      const lines = cliOut
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as WatchEvent);
+      const cliRevisions = lines.filter((e) => e.type === "put" || e.type === "delete").map((e) => e.revision);
+      assert.equal(new Set(cliRevisions).size, cliRevisions.length);
+      assert.match(cliErr, /the watch broke \(.*\); resuming after revision \d+ in \d+ ms/);
+      cli.kill("SIGINT");
+      assert.equal(await cliExit, 0, cliErr);
+    } finally {
+      ac.abort();
+      await Promise.all(followers.map((f) => f.done));
+      for (const c of clients) c.close();
+      if (cli.exitCode === null) cli.kill("SIGKILL");
     }
-
-    // The queue service goes away, changes happen meanwhile, it comes back, more changes.
-    await factory.processes.get("queue")!.kill("SIGKILL");
-    await changeAll();
-    await changeAll();
-    await factory.restart("queue");
-    await changeAll();
-
-    const final = await bucketState();
-    const lastRevision = (await t.buckets.state.status()).streamInfo.state.last_seq;
-    await waitFor("every watcher to hold the bucket's state", async () => followers.every((f) => sameState(f.seen.held, final)), 30_000);
-    for (const [i, f] of followers.entries()) {
-      const revisions = changeRevisions(f.seen);
-      assert.equal(new Set(revisions).size, revisions.length, `watcher ${i} saw no change twice`);
-      assert.deepEqual(revisions, [...revisions].sort((a, b) => a - b), `watcher ${i} saw changes in revision order`);
-      assert.equal(revisions.at(-1), lastRevision);
-      assert.ok(f.seen.interruptions >= 1, `watcher ${i} noticed the restart`);
-      assert.ok(!f.seen.events.some((e) => e.type === "reset"), `watcher ${i} resumed rather than starting over`);
-    }
-
-    // The CLI: the same, as JSON lines, with the interruption said on stderr.
-    await waitFor("the CLI to print the last change", async () => cliOut.includes(`"revision":${lastRevision}`), 20_000);
-    const lines = cliOut.trim().split("\n").map((l) => JSON.parse(l) as WatchEvent);
-    const cliRevisions = lines.filter((e) => e.type === "put" || e.type === "delete").map((e) => e.revision);
-    assert.equal(new Set(cliRevisions).size, cliRevisions.length);
-    assert.match(cliErr, /the watch broke \(.*\); resuming after revision \d+ in \d+ ms/);
-    cli.kill("SIGINT");
-    assert.equal(await cliExit, 0, cliErr);
-  } finally {
-    ac.abort();
-    await Promise.all(followers.map((f) => f.done));
-    for (const c of clients) c.close();
-    if (cli.exitCode === null) cli.kill("SIGKILL");
-  }
-});
+  },
+);
 
 test("get -w prints one line per change of one key; a bad filter is refused, not retried", { timeout: 30_000 }, async () => {
   const key: Key = "package/motd";

@@ -30,8 +30,13 @@ const digest = (c: string): `sha256:${string}` => `sha256:${c.repeat(64)}`;
 const writeToken = "cli-test-write-token";
 const readToken = "cli-test-read-token";
 const security = {
-  tls: undefined, readAuth: "none", insecure: false,
-  tokens: [{ name: "operator", role: "write", sha256: tokenDigest(writeToken) }, { name: "viewer", role: "read", sha256: tokenDigest(readToken) }],
+  tls: undefined,
+  readAuth: "none",
+  insecure: false,
+  tokens: [
+    { name: "operator", role: "write", sha256: tokenDigest(writeToken) },
+    { name: "viewer", role: "read", sha256: tokenDigest(readToken) },
+  ],
 } as const satisfies Parameters<typeof startStatusApi>[0]["security"];
 
 const openssl: KeyStatus = {
@@ -54,7 +59,13 @@ const openssl: KeyStatus = {
   traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
   updatedAt: "2026-11-22T07:01:00.123Z",
 };
-const nginx: KeyStatus = { key: "image/nginx-with-a-long-name", phase: "NeedsAttention", desiredVersion: "1.27.0", attempts: 0, updatedAt: "2026-11-22T08:00:00.000Z" };
+const nginx: KeyStatus = {
+  key: "image/nginx-with-a-long-name",
+  phase: "NeedsAttention",
+  desiredVersion: "1.27.0",
+  attempts: 0,
+  updatedAt: "2026-11-22T08:00:00.000Z",
+};
 const zlib: KeyStatus = { key: "package/zlib", phase: "Pending", attempts: 0, updatedAt: "2026-11-22T09:00:00.000Z" };
 
 let t: TestEnv;
@@ -76,7 +87,16 @@ before(async () => {
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "cli-test" }));
   releases = new ReleaseStore(t.buckets.releases);
   advisories = await AdvisoryStore.open(t.nats);
-  api = await startStatusApi({ addr: "127.0.0.1:0", security: { ...security, tokens: [...security.tokens] }, readModel: model, queue, releases, advisories, ...served, onError: () => {} });
+  api = await startStatusApi({
+    addr: "127.0.0.1:0",
+    security: { ...security, tokens: [...security.tokens] },
+    readModel: model,
+    queue,
+    releases,
+    advisories,
+    ...served,
+    onError: () => {},
+  });
   addr = `127.0.0.1:${api.port}`;
 });
 
@@ -192,10 +212,26 @@ test("an unreachable server: exit 2 naming the address", async () => {
 
 test("usage errors: usage on stderr, exit 64", async () => {
   const cases = [
-    [], ["frobnicate"], ["get"], ["get", "a", "b"], ["get", "not-a-key"], ["list", "--bogus"], ["list", "--limit", "zero"], ["list", "--addr", "nohostport"],
-    ["queue"], ["queue", "stats", "extra"], ["enqueue"], ["enqueue", "openssl"], ["enqueue", "package/zlib", "--priority", "urgent"],
-    ["enqueue", "package/zlib", "--not-before", "soon"], ["enqueue", "package/zlib", "--not-before", "-5"], ["enqueue", "package/zlib", "--floor", "31d"],
-    ["dead-letters", "--limit", "0"], ["dead-letters", "package/zlib"], ["retry"], ["retry", "package/../x"],
+    [],
+    ["frobnicate"],
+    ["get"],
+    ["get", "a", "b"],
+    ["get", "not-a-key"],
+    ["list", "--bogus"],
+    ["list", "--limit", "zero"],
+    ["list", "--addr", "nohostport"],
+    ["queue"],
+    ["queue", "stats", "extra"],
+    ["enqueue"],
+    ["enqueue", "openssl"],
+    ["enqueue", "package/zlib", "--priority", "urgent"],
+    ["enqueue", "package/zlib", "--not-before", "soon"],
+    ["enqueue", "package/zlib", "--not-before", "-5"],
+    ["enqueue", "package/zlib", "--floor", "31d"],
+    ["dead-letters", "--limit", "0"],
+    ["dead-letters", "package/zlib"],
+    ["retry"],
+    ["retry", "package/../x"],
   ];
   const runs = await Promise.all(cases.map((args) => homeostat([...args, ...(args.includes("--addr") ? [] : ["--addr", addr])])));
   runs.forEach((r, i) => {
@@ -220,14 +256,30 @@ test("--help lists the commands and exits 0", async () => {
 test("queue stats prints a table per class and the totals; --json the QueueStats", async () => {
   let r = await homeostat(["queue", "stats", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^CLASS\s+QUEUED\nadvisory\s+0\nrelease\s+0\ndependency\s+0\nresync\s+0\nrepair\s+0\n\nRunning:\s+0\nRetrying:\s+0\nDead letters:\s+0\n$/);
+  assert.match(
+    r.stdout,
+    /^CLASS\s+QUEUED\nadvisory\s+0\nrelease\s+0\ndependency\s+0\nresync\s+0\nrepair\s+0\n\nRunning:\s+0\nRetrying:\s+0\nDead letters:\s+0\n$/,
+  );
   r = await homeostat(["queue", "stats", "--json", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
 });
 
 test("enqueue queues, then deduplicates; the options reach the queue", async () => {
-  let r = await homeostat(["enqueue", "package/zlib", "--priority", "resync", "--not-before", "1h30m", "--floor", "90000", "--detail", "checking a mirror", "--addr", addr]);
+  let r = await homeostat([
+    "enqueue",
+    "package/zlib",
+    "--priority",
+    "resync",
+    "--not-before",
+    "1h30m",
+    "--floor",
+    "90000",
+    "--detail",
+    "checking a mirror",
+    "--addr",
+    addr,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, "package/zlib: added (queued)\n");
   r = await homeostat(["enqueue", "package/zlib", "--json", "--addr", addr]);
@@ -245,7 +297,11 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
 
   assert.equal((await homeostat(["enqueue", "image/broken", "--priority", "advisory", "--addr", addr])).code, 0);
   const ac = new AbortController();
-  const running = queue.run({ concurrency: 2, signal: ac.signal, reconcile: async (item) => (item.key === "image/broken" ? nonRetriable("base image\nwithdrawn") : done) });
+  const running = queue.run({
+    concurrency: 2,
+    signal: ac.signal,
+    reconcile: async (item) => (item.key === "image/broken" ? nonRetriable("base image\nwithdrawn") : done),
+  });
   try {
     await waitFor("the dead letter", async () => (await queue.deadLetters()).some((d) => d.key === "image/broken"), 15_000);
   } finally {
@@ -262,9 +318,18 @@ test("dead-letters lists a non-retriable key; retry queues it again; retry of an
   r = await homeostat(["dead-letters", "--json", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
   const [d] = JSON.parse(r.stdout) as Record<string, unknown>[];
-  assert.deepEqual({ ...d, at: undefined, attempts: undefined }, {
-    key: "image/broken", reason: "base image\nwithdrawn", nonRetriable: true, priority: "advisory", cause: { type: "manual" }, at: undefined, attempts: undefined,
-  });
+  assert.deepEqual(
+    { ...d, at: undefined, attempts: undefined },
+    {
+      key: "image/broken",
+      reason: "base image\nwithdrawn",
+      nonRetriable: true,
+      priority: "advisory",
+      cause: { type: "manual" },
+      at: undefined,
+      attempts: undefined,
+    },
+  );
 
   r = await homeostat(["retry", "image/broken", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
@@ -290,7 +355,12 @@ test("enqueue and retry without a token, or with a read token, exit 77 with the 
   let r = await homeostat(["enqueue", "package/zlib", "--addr", addr], { HOMEOSTAT_TOKEN: "" });
   assert.equal(r.code, 77);
   assert.equal(r.stdout, "");
-  assert.match(r.stderr, new RegExp(`^homeostat: not authenticated by ${addr.replace(/\./g, "\\.")}: Enqueue needs a bearer token with the write role: send authorization: Bearer <token>\n  give a token with --token-file FILE`));
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `^homeostat: not authenticated by ${addr.replace(/\./g, "\\.")}: Enqueue needs a bearer token with the write role: send authorization: Bearer <token>\n  give a token with --token-file FILE`,
+    ),
+  );
 
   r = await homeostat(["retry", "package/zlib", "--addr", addr, "--token", readToken]);
   assert.equal(r.code, 77);
@@ -321,8 +391,14 @@ test("over TLS with --ca (and a token), mTLS with --client-cert/--client-key; to
   const [name, role, sha256] = made.entry.split(":");
   assert.deepEqual([name, role, sha256], ["ci", "write", tokenDigest(made.token)]);
   const tlsApi = await startStatusApi({
-    addr: "127.0.0.1:0", security: { tls, tokens: [{ name: name!, role: "write", sha256: sha256! }], readAuth: "token", insecure: false },
-    readModel: model, queue, releases, advisories, ...served, onError: () => {},
+    addr: "127.0.0.1:0",
+    security: { tls, tokens: [{ name: name!, role: "write", sha256: sha256! }], readAuth: "token", insecure: false },
+    readModel: model,
+    queue,
+    releases,
+    advisories,
+    ...served,
+    onError: () => {},
   });
   const tlsAddr = `127.0.0.1:${tlsApi.port}`;
   try {
@@ -331,7 +407,12 @@ test("over TLS with --ca (and a token), mTLS with --client-cert/--client-key; to
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), zlib);
     // The same through the environment.
-    r = await homeostat(["get", "package/zlib", "--addr", tlsAddr], { HOMEOSTAT_TOKEN: made.token, HOMEOSTAT_GRPC_CA: pki.ca, HOMEOSTAT_GRPC_CERT: pki.clientCert, HOMEOSTAT_GRPC_KEY: pki.clientKey });
+    r = await homeostat(["get", "package/zlib", "--addr", tlsAddr], {
+      HOMEOSTAT_TOKEN: made.token,
+      HOMEOSTAT_GRPC_CA: pki.ca,
+      HOMEOSTAT_GRPC_CERT: pki.clientCert,
+      HOMEOSTAT_GRPC_KEY: pki.clientKey,
+    });
     assert.equal(r.code, 0, r.stderr);
     // No client certificate: the handshake fails, the server is not reached.
     r = await homeostat(["get", "package/zlib", "--ca", pki.ca, "--addr", tlsAddr], { HOMEOSTAT_TOKEN: made.token });
@@ -366,8 +447,19 @@ test("plan --live plans with the factory's releases and advisories, from the ver
   await advisories.record(parseAdvisoryFile(readFileSync(fixture, "utf8"), fixture)[0]!, ["lodash"]);
   await releases.record({ package: "lodash", version: "4.17.16", url: "https://example.org/lodash-4.17.16.tgz", sha256: "2".repeat(64) });
   await model.put({
-    key: "package/lodash", phase: "Ready", desiredVersion: "4.17.16", attempts: 0, updatedAt: "2026-11-22T10:00:00.000Z",
-    actual: { version: "4.17.16", inputDigest: digest("7"), outputs: { location: "store/package/lodash/4.17.16" }, signatures: {}, keyId: "test-key", builtAt: "2026-11-22T10:00:00.000Z" },
+    key: "package/lodash",
+    phase: "Ready",
+    desiredVersion: "4.17.16",
+    attempts: 0,
+    updatedAt: "2026-11-22T10:00:00.000Z",
+    actual: {
+      version: "4.17.16",
+      inputDigest: digest("7"),
+      outputs: { location: "store/package/lodash/4.17.16" },
+      signatures: {},
+      keyId: "test-key",
+      builtAt: "2026-11-22T10:00:00.000Z",
+    },
   });
 
   // Alone, the release is all there is: a bump from the pin.
@@ -378,7 +470,10 @@ test("plan --live plans with the factory's releases and advisories, from the ver
   // Live, the stored advisory affects 4.17.18 and no known release fixes it.
   r = await homeostat(["plan", "--release", "lodash@4.17.18", "--catalog", catalog, "--live", "--addr", addr]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^flag {5}package\/lodash {2}NeedsAttention: lodash 4\.17\.18 is affected by GHSA-p6mc-m468-83gw: fixed in 4\.17\.19, which is not a known release/m);
+  assert.match(
+    r.stdout,
+    /^flag {5}package\/lodash {2}NeedsAttention: lodash 4\.17\.18 is affected by GHSA-p6mc-m468-83gw: fixed in 4\.17\.19, which is not a known release/m,
+  );
 
   // Live, the fixed release: a bump from the version built, and the image rebuilt after it.
   r = await homeostat(["plan", "--release", "lodash@4.17.19", "--catalog", catalog, "--live", "--json", "--addr", addr]);
@@ -388,7 +483,9 @@ test("plan --live plans with the factory's releases and advisories, from the ver
       { key: "package/lodash", action: "bump", from: "4.17.16", to: "4.17.19", because: "release lodash@4.17.19" },
       { key: "image/web", action: "rebuild", wave: 2 },
     ],
-    unchanged: [], unknown: [], waves: [["package/lodash"], ["image/web"]],
+    unchanged: [],
+    unknown: [],
+    waves: [["package/lodash"], ["image/web"]],
   });
 
   // The factory has since heard of 4.17.19 and built it. Live, an older release decides that

@@ -23,7 +23,10 @@ type ComposeService = {
   volumes?: (string | { type: string; target: string })[];
   ports?: string[];
 };
-const compose = parse(readFileSync(path.join(repoRoot, "deploy", "compose.yaml"), "utf8"), { merge: true }) as { services: Record<string, ComposeService>; secrets: Record<string, { file: string }> };
+const compose = parse(readFileSync(path.join(repoRoot, "deploy", "compose.yaml"), "utf8"), { merge: true }) as {
+  services: Record<string, ComposeService>;
+  secrets: Record<string, { file: string }>;
+};
 const secretsOf = (s: ComposeService) => (s.secrets ?? []).map((x) => (typeof x === "string" ? x : x.source));
 const volumesOf = (s: ComposeService) => (s.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":")[0] : v.target));
 
@@ -63,13 +66,20 @@ test("compose: published ports listen on loopback only", () => {
 });
 
 test("kubernetes: the base builds, each Deployment mounts only its own NATS Secret, the signing key only the signer", (t) => {
-  if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0) return t.skip("kubectl is not installed (it builds the kustomize base offline)");
-  const docs = parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, "deploy", "k8s")], { encoding: "utf8" })).map((d) => d.toJS() as K8sObject);
+  if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0)
+    return t.skip("kubectl is not installed (it builds the kustomize base offline)");
+  const docs = parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, "deploy", "k8s")], { encoding: "utf8" })).map(
+    (d) => d.toJS() as K8sObject,
+  );
   const secretsIn = (o: K8sObject) => (o.spec.template?.spec.volumes ?? []).flatMap((v) => (v.secret ? [v.secret.secretName] : []));
   for (const name of serviceIdentities) {
     const deployment = docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!;
     const pod = deployment.spec.template!.spec;
-    assert.deepEqual(secretsIn(deployment).filter((s) => s.startsWith("homeostat-nats-")), [`homeostat-nats-${name}`], name);
+    assert.deepEqual(
+      secretsIn(deployment).filter((s) => s.startsWith("homeostat-nats-")),
+      [`homeostat-nats-${name}`],
+      name,
+    );
     assert.equal(secretsIn(deployment).includes("homeostat-signing-key"), name === "signer", name);
     assert.equal(pod.securityContext.runAsNonRoot, true, name);
     assert.equal(pod.automountServiceAccountToken, false, name);
@@ -116,28 +126,56 @@ test("telemetry: every service sends to the collector only, which sends traces t
   assert.deepEqual(collectorConfig.service.pipelines.traces!.exporters, ["otlp/tempo"]);
   assert.equal(collectorConfig.exporters["otlp/tempo"]!.endpoint, "tempo:4317");
   assert.deepEqual(collectorConfig.service.pipelines.metrics!.exporters, ["prometheus"]);
-  const scrape = parse(readFileSync(path.join(repoRoot, "deploy", "prometheus", "prometheus.yaml"), "utf8")) as { scrape_configs: { static_configs: { targets: string[] }[] }[] };
-  assert.deepEqual(scrape.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)), [`otel-collector:${collectorConfig.exporters.prometheus!.endpoint!.split(":")[1]}`]);
+  const scrape = parse(readFileSync(path.join(repoRoot, "deploy", "prometheus", "prometheus.yaml"), "utf8")) as {
+    scrape_configs: { static_configs: { targets: string[] }[] }[];
+  };
+  assert.deepEqual(
+    scrape.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)),
+    [`otel-collector:${collectorConfig.exporters.prometheus!.endpoint!.split(":")[1]}`],
+  );
 });
 
 test("telemetry: Grafana is provisioned with Tempo and Prometheus, linked, and a dashboard whose queries name exported metrics", () => {
   const dir = path.join(repoRoot, "deploy", "grafana");
-  const sources = ["tempo.yaml", "prometheus.yaml"].flatMap((f) => (parse(readFileSync(path.join(dir, "provisioning", "datasources", f), "utf8")) as { datasources: { uid: string; type: string; jsonData?: Record<string, { datasourceUid?: string }> }[] }).datasources);
+  const sources = ["tempo.yaml", "prometheus.yaml"].flatMap(
+    (f) =>
+      (
+        parse(readFileSync(path.join(dir, "provisioning", "datasources", f), "utf8")) as {
+          datasources: { uid: string; type: string; jsonData?: Record<string, { datasourceUid?: string }> }[];
+        }
+      ).datasources,
+  );
   assert.deepEqual(sources.map((s) => s.type).sort(), ["prometheus", "tempo"]);
   assert.equal(sources.find((s) => s.type === "tempo")!.jsonData!.tracesToMetrics!.datasourceUid, "prometheus");
   assert.ok(volumesOf(compose.services.grafana!).includes("./grafana/dashboards"));
-  const dashboard = JSON.parse(readFileSync(path.join(dir, "dashboards", "homeostat.json"), "utf8")) as { panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[] };
+  const dashboard = JSON.parse(readFileSync(path.join(dir, "dashboards", "homeostat.json"), "utf8")) as {
+    panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[];
+  };
   const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join("\n");
   // Prometheus names of what the services export (the collector adds _total and unit suffixes).
-  for (const metric of ["homeostat_queue_depth", "homeostat_messages_processed_total", "messaging_process_duration_seconds_bucket", "homeostat_builder_refused_total", "homeostat_signer_refused_total", "http_server_request_duration_seconds_count", "target_info"]) {
+  for (const metric of [
+    "homeostat_queue_depth",
+    "homeostat_messages_processed_total",
+    "messaging_process_duration_seconds_bucket",
+    "homeostat_builder_refused_total",
+    "homeostat_signer_refused_total",
+    "http_server_request_duration_seconds_count",
+    "target_info",
+  ]) {
     assert.ok(exprs.includes(metric), `the dashboard queries ${metric}`);
   }
-  for (const p of dashboard.panels) assert.ok(sources.some((s) => s.uid === p.datasource.uid), p.title);
+  for (const p of dashboard.panels)
+    assert.ok(
+      sources.some((s) => s.uid === p.datasource.uid),
+      p.title,
+    );
 });
 
 test("telemetry, kubernetes: a collector with its configuration, services pointed at it, pods named in their resource", (t) => {
   if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0) return t.skip("kubectl is not installed");
-  const docs = parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, "deploy", "k8s")], { encoding: "utf8" })).map((d) => d.toJS() as K8sObject & { data?: Record<string, string> });
+  const docs = parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, "deploy", "k8s")], { encoding: "utf8" })).map(
+    (d) => d.toJS() as K8sObject & { data?: Record<string, string> },
+  );
   const collector = docs.find((o) => o.kind === "Deployment" && o.metadata.name === "otel-collector")!;
   assert.ok(collector, "a collector Deployment");
   const config = docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("otel-collector-config"))!;
@@ -146,12 +184,15 @@ test("telemetry, kubernetes: a collector with its configuration, services pointe
   assert.equal(env.data!.OTEL_EXPORTER_OTLP_ENDPOINT, "http://otel-collector:4318");
   assert.ok(docs.some((o) => o.kind === "NetworkPolicy" && o.metadata.name === "otel-collector-from-services"));
   for (const name of serviceIdentities) {
-    const c = docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!.spec.template!.spec.containers[0] as unknown as { env: { name: string; value?: string }[] };
+    const c = docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!.spec.template!.spec.containers[0] as unknown as {
+      env: { name: string; value?: string }[];
+    };
     const names = c.env.map((e) => e.name);
     const attrs = c.env.find((e) => e.name === "OTEL_RESOURCE_ATTRIBUTES")!.value!;
     assert.match(attrs, /k8s\.pod\.name=\$\(K8S_POD_NAME\)/, name);
     // $(VAR) expands only from variables defined earlier in the list.
-    for (const v of attrs.match(/\$\((\w+)\)/g)!) assert.ok(names.indexOf(v.slice(2, -1)) >= 0 && names.indexOf(v.slice(2, -1)) < names.indexOf("OTEL_RESOURCE_ATTRIBUTES"), `${name}: ${v}`);
+    for (const v of attrs.match(/\$\((\w+)\)/g)!)
+      assert.ok(names.indexOf(v.slice(2, -1)) >= 0 && names.indexOf(v.slice(2, -1)) < names.indexOf("OTEL_RESOURCE_ATTRIBUTES"), `${name}: ${v}`);
     assert.ok(!names.includes("OTEL_SERVICE_NAME"), name);
   }
 });

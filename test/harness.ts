@@ -14,7 +14,22 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { bucketNames, connectNats, ensureTopology, eventLedgerNames, loadConfig, renderServerConfig, seedFile, stages, writeNatsConfig, type Buckets, type Config, type Nats, type NatsUser, type ServiceName } from "@homeostat/core";
+import {
+  bucketNames,
+  connectNats,
+  ensureTopology,
+  eventLedgerNames,
+  loadConfig,
+  renderServerConfig,
+  seedFile,
+  stages,
+  writeNatsConfig,
+  type Buckets,
+  type Config,
+  type Nats,
+  type NatsUser,
+  type ServiceName,
+} from "@homeostat/core";
 import { startNatsServer, waitFor, type NatsServer } from "../scripts/factory.ts";
 
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -74,10 +89,15 @@ function natsServer(): Promise<TestNatsServer> {
         render();
         s.reload();
         // The reload is asynchronous: wait until the last identity added is let in.
-        await waitFor("nats-server to admit the new identities", async () => {
-          await (await connectNats(probe.config, "test-probe", { identity: probe.identity, reconnect: false })).nc.close();
-          return true;
-        }, 10_000, 50);
+        await waitFor(
+          "nats-server to admit the new identities",
+          async () => {
+            await (await connectNats(probe.config, "test-probe", { identity: probe.identity, reconnect: false })).nc.close();
+            return true;
+          },
+          10_000,
+          50,
+        );
       },
     };
   })();
@@ -91,7 +111,14 @@ export async function testEnv(extra: Record<string, string> = {}): Promise<TestE
   // Searchable by others (not readable): a builder running as root runs build steps as
   // HOMEOSTAT_BUILD_UID, which must reach the workspaces under <dir>/data/work.
   chmodSync(dir, 0o711);
-  const env = { NATS_URL: s.url, NATS_NKEY_SEED_FILE: s.adminSeed, REDIS_URL: redisUrl, HOMEOSTAT_PREFIX: prefix, HOMEOSTAT_DATA: path.join(dir, "data"), ...extra };
+  const env = {
+    NATS_URL: s.url,
+    NATS_NKEY_SEED_FILE: s.adminSeed,
+    REDIS_URL: redisUrl,
+    HOMEOSTAT_PREFIX: prefix,
+    HOMEOSTAT_DATA: path.join(dir, "data"),
+    ...extra,
+  };
   const config = loadConfig(env);
   const nats = await connectNats(config, `test-${prefix}`);
   const buckets = await ensureTopology(nats, config);
@@ -109,9 +136,18 @@ export async function testEnv(extra: Record<string, string> = {}): Promise<TestE
   };
   const connections: Nats[] = [];
   return {
-    prefix, dir, config, env, nats, buckets, redis, natsCredentials,
+    prefix,
+    dir,
+    config,
+    env,
+    nats,
+    buckets,
+    redis,
+    natsCredentials,
     connectAs: async (service) => {
-      const c = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(await natsCredentials(), service) }), `test-${prefix}-${service}`, { identity: service });
+      const c = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(await natsCredentials(), service) }), `test-${prefix}-${service}`, {
+        identity: service,
+      });
       connections.push(c);
       return c;
     },

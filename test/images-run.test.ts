@@ -34,7 +34,9 @@ for (const tool of ["musl-gcc", "umoci", "xz", "bwrap"]) {
   try {
     execFileSync("sh", ["-c", `command -v ${tool}`], { stdio: "pipe" });
   } catch {
-    throw new Error(`test/images-run.test.ts needs ${tool} (apt-get install ${tool === "musl-gcc" ? "musl-tools" : tool === "xz" ? "xz-utils" : tool === "bwrap" ? "bubblewrap" : tool})`);
+    throw new Error(
+      `test/images-run.test.ts needs ${tool} (apt-get install ${tool === "musl-gcc" ? "musl-tools" : tool === "xz" ? "xz-utils" : tool === "bwrap" ? "bubblewrap" : tool})`,
+    );
   }
 }
 
@@ -50,19 +52,38 @@ const isolation = await resolveIsolation(loadConfig({}).buildSandbox);
 const examples = path.join(tmp, "examples");
 await cp(path.join(repoRoot, "examples"), examples, { recursive: true });
 const muslYaml = path.join(examples, "catalog/packages/musl.yaml");
-await writeFile(muslYaml, (await readFile(muslYaml, "utf8")).replace("source:", "upstream: { url: \"https://deb.debian.org/debian/pool/main/m/musl/musl_${version}_amd64.deb\", prereleases: true }\nsource:"));
+await writeFile(
+  muslYaml,
+  (await readFile(muslYaml, "utf8")).replace(
+    "source:",
+    'upstream: { url: "https://deb.debian.org/debian/pool/main/m/musl/musl_${version}_amd64.deb", prereleases: true }\nsource:',
+  ),
+);
 const catalog = await loadCatalog(path.join(examples, "catalog"));
 
 /** What the signer would record: the key's actual build. */
 type Factory = { ctx: BuildContext; statuses: Map<Key, KeyStatus>; outputs: Map<Key, BuildOutputs> };
 
 function contextIn(dir: string): BuildContext {
-  return { dataDir: dir, timeoutMs: 120_000, maxSourceBytes: 1 << 26, unpackLimits: { maxBytes: 1 << 28, maxEntries: 100_000 }, isolation, sourceBaseDir: path.join(examples, "catalog") };
+  return {
+    dataDir: dir,
+    timeoutMs: 120_000,
+    maxSourceBytes: 1 << 26,
+    unpackLimits: { maxBytes: 1 << 28, maxEntries: 100_000 },
+    isolation,
+    sourceBaseDir: path.join(examples, "catalog"),
+  };
 }
 
 function recordActual(f: Factory, key: Key, version: string, inputDigest: Digest, outputs: BuildOutputs): void {
   f.outputs.set(key, outputs);
-  f.statuses.set(key, { key, phase: "Ready", attempts: 0, updatedAt: new Date(0).toISOString(), actual: { version, inputDigest, outputs, signatures: {}, keyId: "test", builtAt: new Date(0).toISOString() } });
+  f.statuses.set(key, {
+    key,
+    phase: "Ready",
+    attempts: 0,
+    updatedAt: new Date(0).toISOString(),
+    actual: { version, inputDigest, outputs, signatures: {}, keyId: "test", builtAt: new Date(0).toISOString() },
+  });
 }
 
 function desiredState(c: Catalog, f: Factory, facts: { releases?: Release[]; advisories?: Osv[] } = {}): DesiredState {
@@ -139,19 +160,40 @@ test("devkit, the -dev variant, has a shell: user nonroot from /etc/passwd, /tmp
   const motd = await run(a, "devkit");
   assert.equal(motd.status, 0, motd.stderr);
   assert.match(motd.stdout, /^Welcome to a Homeostat-built image\./);
-  const sh = await run(a, "devkit", ["/bin/sh", "-c", "id -un; id -u; stat -c '%a %U' /tmp /home/nonroot; ls /usr/include/greet.h /usr/lib/libgreet.a; grep nonroot /etc/passwd /etc/group"]);
+  const sh = await run(a, "devkit", [
+    "/bin/sh",
+    "-c",
+    "id -un; id -u; stat -c '%a %U' /tmp /home/nonroot; ls /usr/include/greet.h /usr/lib/libgreet.a; grep nonroot /etc/passwd /etc/group",
+  ]);
   assert.equal(sh.status, 0, sh.stderr);
   assert.equal(
     sh.stdout,
-    ["nonroot", "65532", "1777 root", "700 nonroot", "/usr/include/greet.h", "/usr/lib/libgreet.a", "/etc/passwd:nonroot:x:65532:65532:nonroot:/home/nonroot:/bin/sh", "/etc/group:nonroot:x:65532:", ""].join("\n"),
+    [
+      "nonroot",
+      "65532",
+      "1777 root",
+      "700 nonroot",
+      "/usr/include/greet.h",
+      "/usr/lib/libgreet.a",
+      "/etc/passwd:nonroot:x:65532:65532:nonroot:/home/nonroot:/bin/sh",
+      "/etc/group:nonroot:x:65532:",
+      "",
+    ].join("\n"),
   );
 });
 
 test("the image's config, annotations and SBOM: linux/amd64, non-root user, OCI annotations, the base's Debian purls", async () => {
   const layout = await OciLayout.open(layoutOf(a, "greeter"));
   const out = a.outputs.get("image/greeter" as Key)!;
-  const manifest = JSON.parse((await layout.readBlob(out.manifest as Digest)).toString("utf8")) as { annotations: Record<string, string>; layers: { size: number }[] };
-  const config = JSON.parse((await layout.readBlob(out.config as Digest)).toString("utf8")) as { architecture: string; os: string; config: { User: string; Labels: Record<string, string> } };
+  const manifest = JSON.parse((await layout.readBlob(out.manifest as Digest)).toString("utf8")) as {
+    annotations: Record<string, string>;
+    layers: { size: number }[];
+  };
+  const config = JSON.parse((await layout.readBlob(out.config as Digest)).toString("utf8")) as {
+    architecture: string;
+    os: string;
+    config: { User: string; Labels: Record<string, string> };
+  };
   assert.equal(config.architecture, "amd64");
   assert.equal(config.os, "linux");
   assert.equal(config.config.User, "65532");
@@ -174,7 +216,9 @@ test("the image's config, annotations and SBOM: linux/amd64, non-root user, OCI 
 test("sample image sizes, compressed and unpacked (debian:bookworm-slim: ~28 MB / ~75 MB)", async () => {
   for (const image of ["greeter", "devkit"]) {
     const layout = await OciLayout.open(layoutOf(a, image));
-    const manifest = JSON.parse((await layout.readBlob(a.outputs.get(`image/${image}` as Key)!.manifest as Digest)).toString("utf8")) as { layers: { size: number }[] };
+    const manifest = JSON.parse((await layout.readBlob(a.outputs.get(`image/${image}` as Key)!.manifest as Digest)).toString("utf8")) as {
+      layers: { size: number }[];
+    };
     const compressed = manifest.layers.reduce((n, l) => n + l.size, 0);
     const bundle = path.join(tmp, `size-${image}`);
     unpackImage(layoutOf(a, image), versionOf(a, image), bundle);
@@ -191,11 +235,22 @@ async function glibcProgram(f: Factory): Promise<{ name: string; version: string
   await writeFile(path.join(src, "hello.c"), '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n');
   const file = path.join(tmp, "sources", "hello-glibc-1.0.tar.gz");
   execFileSync("tar", ["-czf", file, "-C", path.dirname(src), path.basename(src)]);
-  const sha256 = createHash("sha256").update(await readFile(file)).digest("hex");
+  const sha256 = createHash("sha256")
+    .update(await readFile(file))
+    .digest("hex");
   const out = await build(
     {
-      kind: "package", key: "package/hello-glibc", name: "hello-glibc", version: "1.0", inputDigest: `sha256:${"1".repeat(64)}`, sourceDateEpoch: EPOCH, catalogRevision: catalog.revision,
-      source: { url: file, sha256 }, steps: ["cc -O2 -o hello hello.c", "install -D -m 0755 hello \"$DESTDIR/usr/bin/hello\""], dependencies: [], runtimeDependencies: [],
+      kind: "package",
+      key: "package/hello-glibc",
+      name: "hello-glibc",
+      version: "1.0",
+      inputDigest: `sha256:${"1".repeat(64)}`,
+      sourceDateEpoch: EPOCH,
+      catalogRevision: catalog.revision,
+      source: { url: file, sha256 },
+      steps: ["cc -O2 -o hello hello.c", 'install -D -m 0755 hello "$DESTDIR/usr/bin/hello"'],
+      dependencies: [],
+      runtimeDependencies: [],
     },
     f.ctx,
   );
@@ -204,8 +259,15 @@ async function glibcProgram(f: Factory): Promise<{ name: string; version: string
 
 function imagePlan(name: string, packages: ImageBuildPlan["packages"], entrypoint: string[]): ImageBuildPlan {
   return {
-    kind: "image", key: `image/${name}` as Key, name, version: "1.0", inputDigest: `sha256:${createHash("sha256").update(name).digest("hex")}`, sourceDateEpoch: EPOCH, catalogRevision: catalog.revision,
-    packages, config: { entrypoint, cmd: [], env: { PATH: "/usr/bin:/bin" }, user: "65532", workdir: "/", annotations: {} },
+    kind: "image",
+    key: `image/${name}` as Key,
+    name,
+    version: "1.0",
+    inputDigest: `sha256:${createHash("sha256").update(name).digest("hex")}`,
+    sourceDateEpoch: EPOCH,
+    catalogRevision: catalog.revision,
+    packages,
+    config: { entrypoint, cmd: [], env: { PATH: "/usr/bin:/bin" }, user: "65532", workdir: "/", annotations: {} },
   };
 }
 
@@ -219,15 +281,29 @@ test("an image whose entrypoint could not start is refused at build time, naming
   // A glibc program in a musl base: its loader is not there.
   await assert.rejects(build(imagePlan("broken-loader", [glibc, artifactOf(a, "musl")], ["/usr/bin/hello"]), a.ctx), (e: unknown) => {
     assert.ok(e instanceof BuildFailure);
-    assert.match(e.message, /entrypoint \/usr\/bin\/hello, from package hello-glibc@1\.0: needs its loader \/lib64\/ld-linux-x86-64\.so\.2, which is not in the image/);
+    assert.match(
+      e.message,
+      /entrypoint \/usr\/bin\/hello, from package hello-glibc@1\.0: needs its loader \/lib64\/ld-linux-x86-64\.so\.2, which is not in the image/,
+    );
     return true;
   });
   // A shell script with no shell in the image.
-  await assert.rejects(build(imagePlan("broken-shell", [artifactOf(a, "motd")], ["/usr/bin/motd"]), a.ctx), /entrypoint \/usr\/bin\/motd, from package motd@1\.0: needs its interpreter \/bin\/sh: \/bin\/sh is not in the image/);
+  await assert.rejects(
+    build(imagePlan("broken-shell", [artifactOf(a, "motd")], ["/usr/bin/motd"]), a.ctx),
+    /entrypoint \/usr\/bin\/motd, from package motd@1\.0: needs its interpreter \/bin\/sh: \/bin\/sh is not in the image/,
+  );
   // musl's loader present, but a program greet's entrypoint is not.
-  await assert.rejects(build(imagePlan("broken-path", [artifactOf(a, "greet"), artifactOf(a, "musl")], ["/usr/bin/nothere"]), a.ctx), /entrypoint \/usr\/bin\/nothere: \/usr\/bin\/nothere is not in the image/);
+  await assert.rejects(
+    build(imagePlan("broken-path", [artifactOf(a, "greet"), artifactOf(a, "musl")], ["/usr/bin/nothere"]), a.ctx),
+    /entrypoint \/usr\/bin\/nothere: \/usr\/bin\/nothere is not in the image/,
+  );
   // Nothing of a refused image was written.
-  for (const name of ["broken-loader", "broken-shell", "broken-path"]) assert.equal((await OciLayout.open(path.join(a.ctx.dataDir, "oci", name))).dir.length > 0 && (await (await OciLayout.open(path.join(a.ctx.dataDir, "oci", name))).tags()).length, 0);
+  for (const name of ["broken-loader", "broken-shell", "broken-path"])
+    assert.equal(
+      (await OciLayout.open(path.join(a.ctx.dataDir, "oci", name))).dir.length > 0 &&
+        (await (await OciLayout.open(path.join(a.ctx.dataDir, "oci", name))).tags()).length,
+      0,
+    );
 });
 
 test("an advisory against the base's C library moves musl to the fixed release and rebuilds exactly the images holding it", async () => {
@@ -242,9 +318,19 @@ test("an advisory against the base's C library moves musl to the fixed release a
   await writeFile(control, (await readFile(control, "utf8")).replace("Version: 1.2.3-1", "Version: 1.2.3-2"));
   const fixedDeb = path.join(tmp, "musl_1.2.3-2_amd64.deb");
   execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "-b", tree, fixedDeb], { stdio: "pipe" });
-  const fixed: Release = { package: "musl", version: "1.2.3-2", url: `file://${fixedDeb}`, sha256: createHash("sha256").update(await readFile(fixedDeb)).digest("hex"), receivedAt: new Date(0).toISOString() };
+  const fixed: Release = {
+    package: "musl",
+    version: "1.2.3-2",
+    url: `file://${fixedDeb}`,
+    sha256: createHash("sha256")
+      .update(await readFile(fixedDeb))
+      .digest("hex"),
+    receivedAt: new Date(0).toISOString(),
+  };
   const advisory = {
-    id: "DSA-0000-1", modified: "2025-01-01T00:00:00Z", summary: "musl: test advisory against the base's C library",
+    id: "DSA-0000-1",
+    modified: "2025-01-01T00:00:00Z",
+    summary: "musl: test advisory against the base's C library",
     affected: [{ package: { ecosystem: "Debian:12", name: "musl" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.2.3-2" }] }] }],
   } as unknown as Osv;
   // The advisory alone reaches the base: musl needs attention while no fixed release is known.
@@ -259,7 +345,13 @@ test("an advisory against the base's C library moves musl to the fixed release a
   const impact = catalog.impact(["package/musl" as Key]).keys;
   // greet is in the impact (it names musl as a runtime need) but its own inputs do not change.
   assert.deepEqual(impact, ["package/musl", "package/greet", "image/greeter"]);
-  assert.deepEqual(catalog.impact(["package/busybox" as Key]).keys.filter((k) => k.startsWith("image/")).sort(), ["image/devkit", "image/greeter"]);
+  assert.deepEqual(
+    catalog
+      .impact(["package/busybox" as Key])
+      .keys.filter((k) => k.startsWith("image/"))
+      .sort(),
+    ["image/devkit", "image/greeter"],
+  );
   const rebuilt = await reconcile(a, impact, facts);
   assert.deepEqual(rebuilt, ["package/musl", "image/greeter"]);
   assert.equal(a.statuses.get("package/musl" as Key)!.actual!.version, "1.2.3-2");

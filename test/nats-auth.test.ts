@@ -113,7 +113,8 @@ describe("each service is refused what is not its job", () => {
   });
 
   test("a service may not take another's messages with a consumer of its own", async () => {
-    for (const s of ["ingest", "reconciler", "signer"] as const) await refused((await as(s)).jsm.consumers.add(t.nats.topology.stream("build"), { durable_name: "thief" }));
+    for (const s of ["ingest", "reconciler", "signer"] as const)
+      await refused((await as(s)).jsm.consumers.add(t.nats.topology.stream("build"), { durable_name: "thief" }));
     assert.equal(await messages(t.nats.topology.stream("build")), 1);
   });
 });
@@ -147,6 +148,7 @@ async function kv(n: Nats, bucket: string) {
 
 async function streamNames(): Promise<string[]> {
   const names: string[] = [];
-  for await (const s of t.nats.jsm.streams.list()) if (s.config.name.startsWith(`${t.prefix}_`) || s.config.name.startsWith(`KV_${t.prefix}_`)) names.push(s.config.name);
+  for await (const s of t.nats.jsm.streams.list())
+    if (s.config.name.startsWith(`${t.prefix}_`) || s.config.name.startsWith(`KV_${t.prefix}_`)) names.push(s.config.name);
   return names.sort();
 }

@@ -30,11 +30,19 @@ export const SpanKindNumber = { internal: 1, server: 2, client: 3, producer: 4, 
 type AnyValue = { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number };
 type KeyValue = { key: string; value: AnyValue };
 type JsonSpan = {
-  traceId: string; spanId: string; parentSpanId?: string; name: string; kind?: number;
-  attributes?: KeyValue[]; status?: { code?: number }; links?: { traceId: string; spanId: string }[]; events?: { name: string }[];
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind?: number;
+  attributes?: KeyValue[];
+  status?: { code?: number };
+  links?: { traceId: string; spanId: string }[];
+  events?: { name: string }[];
 };
 
-const valueOf = (v: AnyValue): string | number | boolean | undefined => v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : undefined) ?? v.boolValue ?? v.doubleValue;
+const valueOf = (v: AnyValue): string | number | boolean | undefined =>
+  v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : undefined) ?? v.boolValue ?? v.doubleValue;
 const attrs = (kvs: KeyValue[] | undefined): Attributes => Object.fromEntries((kvs ?? []).map((a) => [a.key, valueOf(a.value)]));
 
 // --- protobuf wire format: just enough to read the messages above -----------------------------
@@ -61,8 +69,8 @@ function fields(b: Uint8Array): Field[] {
       const len = Number(readVarint(b, pos));
       f.bytes = b.subarray(pos.i, pos.i + len);
       pos.i += len;
-    } else if (f.wire === 1) (f.fixed = b.subarray(pos.i, pos.i + 8)), (pos.i += 8);
-    else if (f.wire === 5) (f.fixed = b.subarray(pos.i, pos.i + 4)), (pos.i += 4);
+    } else if (f.wire === 1) ((f.fixed = b.subarray(pos.i, pos.i + 8)), (pos.i += 8));
+    else if (f.wire === 5) ((f.fixed = b.subarray(pos.i, pos.i + 4)), (pos.i += 4));
     else throw new Error(`unsupported wire type ${f.wire}`);
     out.push(f);
   }
@@ -145,13 +153,23 @@ function jsonSpans(body: Buffer): Array<Omit<ReceivedSpan, "service">> {
 }
 
 function jsonMetrics(body: Buffer): Array<Omit<ReceivedMetric, "service">> {
-  const parsed = JSON.parse(body.toString("utf8")) as { resourceMetrics?: { resource?: { attributes?: KeyValue[] }; scopeMetrics?: { metrics?: { name: string; unit?: string }[] }[] }[] };
-  return (parsed.resourceMetrics ?? []).flatMap((rm) => (rm.scopeMetrics ?? []).flatMap((sm) => (sm.metrics ?? []).map((m) => ({ name: m.name, unit: m.unit ?? "", resource: attrs(rm.resource?.attributes) }))));
+  const parsed = JSON.parse(body.toString("utf8")) as {
+    resourceMetrics?: { resource?: { attributes?: KeyValue[] }; scopeMetrics?: { metrics?: { name: string; unit?: string }[] }[] }[];
+  };
+  return (parsed.resourceMetrics ?? []).flatMap((rm) =>
+    (rm.scopeMetrics ?? []).flatMap((sm) => (sm.metrics ?? []).map((m) => ({ name: m.name, unit: m.unit ?? "", resource: attrs(rm.resource?.attributes) }))),
+  );
 }
 
 const withService = <T extends { resource: Attributes }>(x: T) => ({ ...x, service: String(x.resource["service.name"] ?? "?") });
 
-export async function startOtlpReceiver(): Promise<{ url: string; spans: ReceivedSpan[]; metrics: ReceivedMetric[]; requests: { path: string; contentType: string }[]; close(): Promise<void> }> {
+export async function startOtlpReceiver(): Promise<{
+  url: string;
+  spans: ReceivedSpan[];
+  metrics: ReceivedMetric[];
+  requests: { path: string; contentType: string }[];
+  close(): Promise<void>;
+}> {
   const spans: ReceivedSpan[] = [];
   const metrics: ReceivedMetric[] = [];
   const requests: { path: string; contentType: string }[] = [];

@@ -10,13 +10,29 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { done, doneWith, nonRetriable, notBefore, type QueueRequest, type Reconcile, type ReconcileResult, requeueAfter, WorkQueue, type WorkQueueOptions } from "@homeostat/workqueue";
+import {
+  done,
+  doneWith,
+  nonRetriable,
+  notBefore,
+  type QueueRequest,
+  type Reconcile,
+  type ReconcileResult,
+  requeueAfter,
+  WorkQueue,
+  type WorkQueueOptions,
+} from "@homeostat/workqueue";
 import { exponentialBackoff, priorities, workItemSchema, type Key, type Logger, type Priority, type WorkItem } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const req = (key: Key, priority: Priority = "release", extra: Partial<QueueRequest> = {}): QueueRequest => ({ key, priority, cause: { type: "manual" }, ...extra });
+const req = (key: Key, priority: Priority = "release", extra: Partial<QueueRequest> = {}): QueueRequest => ({
+  key,
+  priority,
+  cause: { type: "manual" },
+  ...extra,
+});
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 
 /** A backend under test: how to make a queue for one owner. */
@@ -30,8 +46,14 @@ const jetStreamBackend: Backend = {
       env,
       make: (owner, o = {}) =>
         new WorkQueue(env.nats, {
-          leaseMs: 1500, log: quiet, owner, maxAttempts: 3,
-          backoff: exponentialBackoff(100, 1_000), maxFloorMs: 2_000, drainMs: 500, ...o,
+          leaseMs: 1500,
+          log: quiet,
+          owner,
+          maxAttempts: 3,
+          backoff: exponentialBackoff(100, 1_000),
+          maxFloorMs: 2_000,
+          drainMs: 500,
+          ...o,
         }),
       teardown: () => env.cleanup(),
     };
@@ -94,7 +116,9 @@ function conformance(backend: Backend) {
     const queued = async (key: Key): Promise<WorkItem[]> => {
       const out: WorkItem[] = [];
       for (const p of priorities) {
-        const m = await b.env.nats.jsm.streams.getMessage(b.env.nats.topology.stream("work"), { last_by_subj: b.env.nats.topology.workSubject(p, key) }).catch(() => null);
+        const m = await b.env.nats.jsm.streams
+          .getMessage(b.env.nats.topology.stream("work"), { last_by_subj: b.env.nats.topology.workSubject(p, key) })
+          .catch(() => null);
         if (m) out.push(workItemSchema.parse(m.json()));
       }
       return out;
@@ -137,7 +161,10 @@ function conformance(backend: Backend) {
       assert.equal(await q.enqueue(req(key, "resync")), "added");
       assert.equal(await q.enqueue(req(key, "advisory")), "deduped");
       const entries = await queued(key);
-      assert.deepEqual(entries.map((e) => e.priority), ["advisory"]);
+      assert.deepEqual(
+        entries.map((e) => e.priority),
+        ["advisory"],
+      );
       const w = workers([b.make("w")], async () => done);
       await waitFor("the run", async () => w.of(key).length === 1, 10_000);
       await sleep(300);
@@ -151,7 +178,10 @@ function conformance(backend: Backend) {
       await q.enqueue(req(key, "advisory"));
       assert.equal(await q.enqueue(req(key, "resync")), "deduped");
       assert.equal(await q.enqueue(req(key, "dependency")), "deduped");
-      assert.deepEqual((await queued(key)).map((e) => e.priority), ["advisory"]);
+      assert.deepEqual(
+        (await queued(key)).map((e) => e.priority),
+        ["advisory"],
+      );
     });
 
     test("not-before merge without a floor: the earlier not-before wins", async () => {
@@ -200,7 +230,10 @@ function conformance(backend: Backend) {
       await q.enqueue(req(key));
       await waitFor("the first run to start", async () => (await q.stats()).running === 1, 10_000);
       const outcomes = await Promise.all(Array.from({ length: 20 }, () => q.enqueue(req(key))));
-      assert.ok(outcomes.every((o) => o === "rerun"), outcomes.join(","));
+      assert.ok(
+        outcomes.every((o) => o === "rerun"),
+        outcomes.join(","),
+      );
       release();
       await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
       await sleep(800);
@@ -220,7 +253,10 @@ function conformance(backend: Backend) {
       await q.enqueue(req(key, "resync"));
       await waitFor("the first run to start", async () => (await q.stats()).running === 1, 10_000);
       const outcomes = [await q.enqueue(req(key, "advisory")), await q.enqueue(req(key, "resync")), await q.enqueue(req(key, "advisory"))];
-      assert.ok(outcomes.every((o) => o === "rerun"), outcomes.join(","));
+      assert.ok(
+        outcomes.every((o) => o === "rerun"),
+        outcomes.join(","),
+      );
       release();
       await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
       await sleep(800);
@@ -231,7 +267,11 @@ function conformance(backend: Backend) {
 
     test("exclusivity under 8 concurrent workers: no key ever runs twice at once", async () => {
       const keys = Array.from({ length: 10 }, (_, i): Key => `package/excl-${i}`);
-      const w = workers(Array.from({ length: 8 }, (_, i) => b.make(`w${i}`)), async () => (await sleep(5 + Math.random() * 20), done), 4);
+      const w = workers(
+        Array.from({ length: 8 }, (_, i) => b.make(`w${i}`)),
+        async () => (await sleep(5 + Math.random() * 20), done),
+        4,
+      );
       const deadline = Date.now() + 3_000;
       let n = 0;
       while (Date.now() < deadline && n < 2_000) {
@@ -239,10 +279,14 @@ function conformance(backend: Backend) {
         n += keys.length;
         await sleep(10);
       }
-      await waitFor("the queue to empty", async () => {
-        const s = await q.stats();
-        return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
-      }, 20_000);
+      await waitFor(
+        "the queue to empty",
+        async () => {
+          const s = await q.stats();
+          return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
+        },
+        20_000,
+      );
       await w.stop();
       assert.equal(w.overlaps, 0);
       // Each key ran at least once: how often depends on how its enqueues met its runs.
@@ -322,9 +366,14 @@ function conformance(backend: Backend) {
     test("child keys are durable in the queue before the parent completes", async () => {
       const parent: Key = "image/parent";
       const children: Key[] = ["package/child-a", "package/child-b"];
-      const w = workers([b.make("w")], async (item) =>
-        item.key === parent ? doneWith(children.map((k) => req(k, "dependency", { cause: { type: "dependency", id: parent } }))) : sleep(60_000).then(() => done),
-      1);
+      const w = workers(
+        [b.make("w")],
+        async (item) =>
+          item.key === parent
+            ? doneWith(children.map((k) => req(k, "dependency", { cause: { type: "dependency", id: parent } })))
+            : sleep(60_000).then(() => done),
+        1,
+      );
       await q.enqueue(req(parent));
       await waitFor("the parent's run", async () => w.of(parent).length === 1, 10_000);
       await w.stop();
@@ -345,7 +394,10 @@ function conformance(backend: Backend) {
       await waitFor("four attempts", async () => w.of(key).length === 4, 15_000);
       await w.stop();
       const r = w.of(key);
-      assert.deepEqual(r.map((x) => x.attempt), [1, 2, 3, 4]);
+      assert.deepEqual(
+        r.map((x) => x.attempt),
+        [1, 2, 3, 4],
+      );
       const gaps = [1, 2, 3].map((i) => r[i]!.start - r[i - 1]!.end);
       // 200, 400, 800 ms each within ±20 % jitter (plus delivery time)
       assert.ok(gaps[0]! >= 150 && gaps[1]! >= 310 && gaps[2]! >= 630, `gaps ${gaps.join(",")}`);
@@ -382,7 +434,10 @@ function conformance(backend: Backend) {
     test("a later success clears the dead letter", async () => {
       const key: Key = "package/dead";
       await deadLetter(key);
-      assert.deepEqual((await q.deadLetters()).map((d) => d.key), [key]);
+      assert.deepEqual(
+        (await q.deadLetters()).map((d) => d.key),
+        [key],
+      );
       await q.enqueue(req(key));
       const w = workers([b.make("w")], async () => done);
       await waitFor("the run", async () => w.of(key).length === 1, 10_000);
@@ -431,7 +486,10 @@ function conformance(backend: Backend) {
       await q.enqueue(req(key));
       await waitFor("the hook", async () => letters.length === 1, 15_000);
       await w.stop();
-      assert.deepEqual(letters.map((l) => [l.key, l.reason, l.attempts]), [[key, "still broken", 3]]);
+      assert.deepEqual(
+        letters.map((l) => [l.key, l.reason, l.attempts]),
+        [[key, "still broken", 3]],
+      );
     });
 
     test("an enqueue while a key waits for its retry is deduplicated", async () => {
@@ -466,11 +524,15 @@ function conformance(backend: Backend) {
     test("drain: a run that ends within the drain time completes normally", async () => {
       const key: Key = "package/drain-ok";
       let aborted = false;
-      const w = workers([b.make("w", { drainMs: 3_000 })], async (_i, _a, signal) => {
-        await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
-        aborted = true;
-        return done;
-      }, 1);
+      const w = workers(
+        [b.make("w", { drainMs: 3_000 })],
+        async (_i, _a, signal) => {
+          await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+          aborted = true;
+          return done;
+        },
+        1,
+      );
       await q.enqueue(req(key));
       await waitFor("the run to start", async () => (await q.stats()).running === 1, 10_000);
       await w.stop();
@@ -498,7 +560,11 @@ function conformance(backend: Backend) {
       const w = workers([b.make("w")], async () => done, 1);
       await waitFor("the good key", async () => w.of(key).length === 1, 10_000);
       await w.stop();
-      const m = await b.env.nats.jsm.streams.getMessage(b.env.nats.topology.stream("work"), { last_by_subj: `${b.env.nats.topology.prefix}.${b.env.nats.topology.region}.work.release.package.garbage` }).catch(() => null);
+      const m = await b.env.nats.jsm.streams
+        .getMessage(b.env.nats.topology.stream("work"), {
+          last_by_subj: `${b.env.nats.topology.prefix}.${b.env.nats.topology.region}.work.release.package.garbage`,
+        })
+        .catch(() => null);
       assert.equal(m, null);
     });
 
@@ -512,16 +578,24 @@ function conformance(backend: Backend) {
       assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 1, resync: 2, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));
-      const w = workers([b.make("w", { backoff: () => 60_000 })], async (item) => {
-        if (item.key === "package/stats-dead") return nonRetriable("no recipe");
-        if (item.key === "package/stats-retry") throw new Error("later");
-        if (item.key === "package/stats-a") await gate;
-        return done;
-      }, 8);
-      await waitFor("one running, one retrying, one dead, the rest done", async () => {
-        const s = await q.stats();
-        return s.running === 1 && s.retrying === 1 && s.deadLetters === 1 && s.depth.resync === 0;
-      }, 10_000);
+      const w = workers(
+        [b.make("w", { backoff: () => 60_000 })],
+        async (item) => {
+          if (item.key === "package/stats-dead") return nonRetriable("no recipe");
+          if (item.key === "package/stats-retry") throw new Error("later");
+          if (item.key === "package/stats-a") await gate;
+          return done;
+        },
+        8,
+      );
+      await waitFor(
+        "one running, one retrying, one dead, the rest done",
+        async () => {
+          const s = await q.stats();
+          return s.running === 1 && s.retrying === 1 && s.deadLetters === 1 && s.depth.resync === 0;
+        },
+        10_000,
+      );
       // The running key's and the retrying key's messages stay queued (unacked) until they end.
       assert.deepEqual(await q.stats(), { depth: { advisory: 1, release: 1, dependency: 0, resync: 0, repair: 0 }, running: 1, retrying: 1, deadLetters: 1 });
       release();
@@ -544,18 +618,42 @@ function conformance(backend: Backend) {
     test("sweep: a follow-up promised by a worker that died after its ack is queued", async () => {
       const key: Key = "package/swept";
       const recordKey = b.env.nats.topology.runRecordKey(key);
-      const promised: WorkItem = { v: 1, key, priority: "release", cause: { type: "manual", id: "promised" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() };
+      const promised: WorkItem = {
+        v: 1,
+        key,
+        priority: "release",
+        cause: { type: "manual", id: "promised" },
+        notBefore: 0,
+        floor: 0,
+        attempts: 0,
+        enqueuedAt: Date.now(),
+      };
       // What a worker leaves behind when it dies between acking and queueing its requeue.
-      await b.env.buckets.runs.put(recordKey, JSON.stringify({ phase: "running", owner: "dead", seq: 999_999_999, priority: "release", leaseUntil: Date.now() - 1, attempts: 0, pending: promised }));
+      await b.env.buckets.runs.put(
+        recordKey,
+        JSON.stringify({ phase: "running", owner: "dead", seq: 999_999_999, priority: "release", leaseUntil: Date.now() - 1, attempts: 0, pending: promised }),
+      );
       assert.equal(await q.sweep(), 1);
       assert.equal((await queued(key))[0]?.cause.id, "promised");
-      assert.equal(await b.env.buckets.runs.get(recordKey).then((e) => e?.operation === "PUT" ? e : null), null);
+      assert.equal(await b.env.buckets.runs.get(recordKey).then((e) => (e?.operation === "PUT" ? e : null)), null);
     });
 
     test("sweep: a retry whose message is gone (a stale second delivery failed) is queued again, attempts kept", async () => {
       const key: Key = "package/swept-retry";
       const recordKey = b.env.nats.topology.runRecordKey(key);
-      await b.env.buckets.runs.put(recordKey, JSON.stringify({ phase: "retrying", owner: "gone", seq: 999_999_998, priority: "resync", leaseUntil: 0, attempts: 2, retryAt: Date.now() - 10_000, error: "x" }));
+      await b.env.buckets.runs.put(
+        recordKey,
+        JSON.stringify({
+          phase: "retrying",
+          owner: "gone",
+          seq: 999_999_998,
+          priority: "resync",
+          leaseUntil: 0,
+          attempts: 2,
+          retryAt: Date.now() - 10_000,
+          error: "x",
+        }),
+      );
       assert.equal(await q.sweep(), 1);
       const w = workers([b.make("w")], async () => done, 1);
       await waitFor("the retry", async () => w.of(key).length === 1, 10_000);

@@ -40,10 +40,14 @@ after(async () => {
 async function leftBehind(q: WorkQueue): Promise<string> {
   const bucket = `KV_${t.nats.topology.bucket("runs")}`;
   const info = await t.nats.jsm.streams.info(bucket, { subjects_filter: ">" });
-  const records = await Promise.all(Object.keys(info.state.subjects ?? {}).slice(0, 5).map(async (subject) => {
-    const m = await t.nats.jsm.streams.getMessage(bucket, { last_by_subj: subject });
-    return `${subject}=${m ? new TextDecoder().decode(m.data) : "?"}`;
-  }));
+  const records = await Promise.all(
+    Object.keys(info.state.subjects ?? {})
+      .slice(0, 5)
+      .map(async (subject) => {
+        const m = await t.nats.jsm.streams.getMessage(bucket, { last_by_subj: subject });
+        return `${subject}=${m ? new TextDecoder().decode(m.data) : "?"}`;
+      }),
+  );
   const work = await t.nats.jsm.streams.info(t.nats.topology.stream("work"), { subjects_filter: ">" });
   return JSON.stringify({ stats: await q.stats(), records, queued: Object.keys(work.state.subjects ?? {}).slice(0, 5) });
 }
@@ -68,7 +72,15 @@ test(`randomized: ${enqueues} enqueues over ${keyCount} keys, 8 workers in 2 pro
   const workers = [startWorker(), startWorker()];
   try {
     await Promise.all(workers.map((w) => w.ready));
-    const q = new WorkQueue(t.nats, { leaseMs: 5_000, log: quiet, owner: "producer", maxAttempts: 1_000, backoff: exponentialBackoff(10, 100), maxFloorMs: 1_000, drainMs: 1_000 });
+    const q = new WorkQueue(t.nats, {
+      leaseMs: 5_000,
+      log: quiet,
+      owner: "producer",
+      maxAttempts: 1_000,
+      backoff: exponentialBackoff(10, 100),
+      maxFloorMs: 1_000,
+      drainMs: 1_000,
+    });
     const lastEnqueue = new Map<Key, number>();
     const outcomes = { added: 0, deduped: 0, rerun: 0 };
     const deadline = Date.now() + 400_000;
@@ -92,12 +104,17 @@ test(`randomized: ${enqueues} enqueues over ${keyCount} keys, 8 workers in 2 pro
     assert.equal(outcomes.added + outcomes.deduped + outcomes.rerun, enqueues, "every enqueue completed within the time bound");
 
     try {
-      await waitFor("the queue to drain", async () => {
-        // As the queue service does once per lease: queue what a run that lost its ack left promised.
-        await q.sweep();
-        const s = await q.stats();
-        return s.running === 0 && s.retrying === 0 && Object.values(s.depth).every((d) => d === 0);
-      }, 180_000, 250);
+      await waitFor(
+        "the queue to drain",
+        async () => {
+          // As the queue service does once per lease: queue what a run that lost its ack left promised.
+          await q.sweep();
+          const s = await q.stats();
+          return s.running === 0 && s.retrying === 0 && Object.values(s.depth).every((d) => d === 0);
+        },
+        180_000,
+        250,
+      );
     } catch (err) {
       throw new Error(`${(err as Error).message}; left behind: ${await leftBehind(q)}`);
     }

@@ -30,7 +30,15 @@ function points(all: MetricData[], name: string) {
 const sum = (ps: { value: unknown }[]) => ps.reduce((n, p) => n + (typeof p.value === "number" ? p.value : 0), 0);
 
 test("enqueues, retries, dead letters, in-flight, wait and run times, and depth are reported", { timeout: 60_000 }, async () => {
-  const q = new WorkQueue(t.nats, { leaseMs: 5_000, log: quiet, owner: "m", maxAttempts: 3, backoff: exponentialBackoff(50, 100), maxFloorMs: 1_000, drainMs: 500 });
+  const q = new WorkQueue(t.nats, {
+    leaseMs: 5_000,
+    log: quiet,
+    owner: "m",
+    maxAttempts: 3,
+    backoff: exponentialBackoff(50, 100),
+    maxFloorMs: 1_000,
+    drainMs: 500,
+  });
   q.observeStats();
   const keys: Key[] = ["package/m-ok", "package/m-flaky", "package/m-bad"];
   for (const key of keys) await q.enqueue({ key, priority: "release", cause: { type: "manual" } });
@@ -40,7 +48,8 @@ test("enqueues, retries, dead letters, in-flight, wait and run times, and depth 
   const runs: Key[] = [];
   const ac = new AbortController();
   const running = q.run({
-    concurrency: 2, signal: ac.signal,
+    concurrency: 2,
+    signal: ac.signal,
     reconcile: async (item) => {
       runs.push(item.key);
       if (item.key === "package/m-bad") return nonRetriable("no recipe");
@@ -62,9 +71,15 @@ test("enqueues, retries, dead letters, in-flight, wait and run times, and depth 
   assert.equal(sum(points(all, "homeostat.queue.dead_lettered")), 1);
   assert.equal(sum(points(all, "homeostat.queue.in_flight")), 0, "every run that started ended");
   const processed = points(all, "homeostat.queue.process") as unknown as { value: { count: number } }[];
-  assert.equal(processed.reduce((n, p) => n + p.value.count, 0), 4);
+  assert.equal(
+    processed.reduce((n, p) => n + p.value.count, 0),
+    4,
+  );
   const waits = points(all, "homeostat.queue.wait") as unknown as { value: { count: number } }[];
-  assert.equal(waits.reduce((n, p) => n + p.value.count, 0), 4);
+  assert.equal(
+    waits.reduce((n, p) => n + p.value.count, 0),
+    4,
+  );
   const depth = points(all, "homeostat.queue.depth");
   assert.deepEqual(depth.map((p) => p.attributes.priority).sort(), ["advisory", "dependency", "release", "repair", "resync"]);
   const keyStates = points(all, "homeostat.queue.keys");

@@ -30,7 +30,9 @@ const cli = path.join(repoRoot, "packages", "cli", "bin", "homeostat");
 /** The CLI, run without blocking this process (which serves the API it calls). */
 const homeostat = (args: string[]) =>
   new Promise<{ status: number; stdout: string; stderr: string }>((resolve) => {
-    execFile(cli, args, { encoding: "utf8", timeout: 30_000 }, (err, stdout, stderr) => resolve({ status: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    execFile(cli, args, { encoding: "utf8", timeout: 30_000 }, (err, stdout, stderr) =>
+      resolve({ status: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
   });
 const security = { tls: undefined, tokens: [], readAuth: "none" as const, insecure: false };
 
@@ -47,7 +49,9 @@ const warnings: string[] = [];
 const log: Logger = { info() {}, warn: (msg) => void warnings.push(msg), error() {} };
 
 async function startRedis(): Promise<void> {
-  redisServer = spawn("/usr/bin/redis-server", ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", t.dir], { stdio: "ignore" });
+  redisServer = spawn("/usr/bin/redis-server", ["--bind", "127.0.0.1", "--port", String(redisPort), "--save", "", "--appendonly", "no", "--dir", t.dir], {
+    stdio: "ignore",
+  });
   await waitFor("redis-server", () => portAnswers(redisPort), 10_000, 50);
 }
 
@@ -57,7 +61,12 @@ before(async () => {
   await startRedis();
   for (const key of keys) await t.buckets.state.put(keyToken(key), JSON.stringify(status(key, "1.0")));
   // As the queue service connects (main.ts): fail fast, never queue.
-  redis = new Redis(`redis://127.0.0.1:${redisPort}`, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: checkMs, retryStrategy: () => 100 });
+  redis = new Redis(`redis://127.0.0.1:${redisPort}`, {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: checkMs,
+    retryStrategy: () => 100,
+  });
   const feed = new KeyFeed();
   model = new HealingReadModel({ store: new StatusReadModel(redis, t.nats.topology), state: t.buckets.state, source: feed, topology: t.nats.topology, log });
   await followState(t.buckets.state, stop.signal, (entry) => {
@@ -66,7 +75,17 @@ before(async () => {
   });
   model.start(checkMs, stop.signal);
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log, owner: "heal-test" }));
-  api = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: model, queue, releases: { list: async () => [] }, advisories: { list: async () => [] }, inCatalog: () => true, feed, onError: () => {} });
+  api = await startStatusApi({
+    addr: "127.0.0.1:0",
+    security,
+    readModel: model,
+    queue,
+    releases: { list: async () => [] },
+    advisories: { list: async () => [] },
+    inCatalog: () => true,
+    feed,
+    onError: () => {},
+  });
   client = statusClient(`127.0.0.1:${api.port}`);
 });
 
@@ -80,10 +99,15 @@ after(async () => {
 });
 
 const healed = (what: string, timeoutMs = 5_000) =>
-  waitFor(what, async () => {
-    const page = await listKeyStatuses(client, { pageSize: 1000 });
-    return page.degraded === undefined && page.items.length === keys.length ? page : undefined;
-  }, timeoutMs, 50);
+  waitFor(
+    what,
+    async () => {
+      const page = await listKeyStatuses(client, { pageSize: 1000 });
+      return page.degraded === undefined && page.items.length === keys.length ? page : undefined;
+    },
+    timeoutMs,
+    50,
+  );
 
 test("the projection is built at start; FLUSHALL is noticed and rebuilt within seconds, without a restart", async () => {
   await healed("the first build");
@@ -104,16 +128,27 @@ test("with Redis killed, GetKey and ListKeys answer from the state bucket, flagg
   await new Promise((r) => redisServer!.once("exit", r));
   // A change while Redis is down: it must be in the degraded answers and in the healed model.
   await t.buckets.state.put(keyToken("package/p03"), JSON.stringify(status("package/p03", "2.0")));
-  const read = await waitFor("a degraded GetKey with the new version", async () => {
-    const r = await readKeyStatus(client, "package/p03");
-    return r.degraded && r.status.desiredVersion === "2.0" ? r : undefined;
-  }, 5_000, 50);
+  const read = await waitFor(
+    "a degraded GetKey with the new version",
+    async () => {
+      const r = await readKeyStatus(client, "package/p03");
+      return r.degraded && r.status.desiredVersion === "2.0" ? r : undefined;
+    },
+    5_000,
+    50,
+  );
   assert.match(read.degraded!, /Redis|write/);
   const page = await listKeyStatuses(client, { prefix: "package/p1", pageSize: 4 });
   assert.ok(page.degraded);
-  assert.deepEqual(page.items.map((s) => s.key), ["package/p10", "package/p11", "package/p12", "package/p13"]);
+  assert.deepEqual(
+    page.items.map((s) => s.key),
+    ["package/p10", "package/p11", "package/p12", "package/p13"],
+  );
   const next = await listKeyStatuses(client, { prefix: "package/p1", pageSize: 100, pageToken: page.nextPageToken! });
-  assert.deepEqual(next.items.map((s) => s.key), ["package/p14", "package/p15", "package/p16", "package/p17", "package/p18", "package/p19"]);
+  assert.deepEqual(
+    next.items.map((s) => s.key),
+    ["package/p14", "package/p15", "package/p16", "package/p17", "package/p18", "package/p19"],
+  );
   assert.equal(next.nextPageToken, undefined);
 
   const get = await homeostat(["get", "package/p03", "--json", "--addr", `127.0.0.1:${api.port}`]);
@@ -124,7 +159,10 @@ test("with Redis killed, GetKey and ListKeys answer from the state bucket, flagg
   assert.equal(list.status, 0, list.stderr);
   assert.equal(list.stdout.trim().split("\n").length, keys.length + 1, "a header and every key");
   assert.match(list.stderr, /degraded/);
-  assert.ok(warnings.some((w) => w.includes("degraded")), "the service logged that it is degraded");
+  assert.ok(
+    warnings.some((w) => w.includes("degraded")),
+    "the service logged that it is degraded",
+  );
 });
 
 test("Redis restarted empty: the projection is rebuilt, with what changed during the outage", async () => {
@@ -134,7 +172,12 @@ test("Redis restarted empty: the projection is rebuilt, with what changed during
   assert.equal(JSON.parse((await redis.hget(`${t.prefix}:status`, "package/p03"))!).desiredVersion, "2.0");
   // And it follows changes again.
   await t.buckets.state.put(keyToken("package/p04"), JSON.stringify(status("package/p04", "3.0")));
-  await waitFor("the change in Redis", async () => JSON.parse((await redis.hget(`${t.prefix}:status`, "package/p04")) ?? "{}").desiredVersion === "3.0", 5_000, 50);
+  await waitFor(
+    "the change in Redis",
+    async () => JSON.parse((await redis.hget(`${t.prefix}:status`, "package/p04")) ?? "{}").desiredVersion === "3.0",
+    5_000,
+    50,
+  );
 });
 
 test("the CLI tells a server it cannot reach (exit 2) from one that is up but whose stores are not (exit 3)", async () => {
@@ -146,7 +189,17 @@ test("the CLI tells a server it cannot reach (exit 2) from one that is up but wh
   const nats = await connectNats(t.config, "heal-test-closed");
   await nats.nc.close();
   const closed = new WorkQueue(nats, workQueueOptions(t.config, { log, owner: "closed" }));
-  const broken = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: model, queue: closed, releases: { list: async () => [] }, advisories: { list: async () => [] }, inCatalog: () => true, feed: new KeyFeed(), onError: () => {} });
+  const broken = await startStatusApi({
+    addr: "127.0.0.1:0",
+    security,
+    readModel: model,
+    queue: closed,
+    releases: { list: async () => [] },
+    advisories: { list: async () => [] },
+    inCatalog: () => true,
+    feed: new KeyFeed(),
+    onError: () => {},
+  });
   try {
     const stats = await homeostat(["queue", "stats", "--addr", `127.0.0.1:${broken.port}`]);
     assert.equal(stats.status, 3, stats.stderr);

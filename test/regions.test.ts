@@ -42,7 +42,15 @@ function writeSource(dir: string): { url: string; sha256: string } {
   writeFileSync(path.join(tree, "app", "run.sh"), '#!/bin/sh\necho "$(basename "$0"): $*"\n', { mode: 0o755 });
   const file = path.join(dir, "sources", "app.tar.gz");
   mkdirSync(path.dirname(file), { recursive: true });
-  execFileSync("bash", ["-o", "pipefail", "-c", 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"', "tarball", tree, file]);
+  execFileSync("bash", [
+    "-o",
+    "pipefail",
+    "-c",
+    'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"',
+    "tarball",
+    tree,
+    file,
+  ]);
   rmSync(tree, { recursive: true });
   return { url: `file://${file}`, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") };
 }
@@ -115,7 +123,8 @@ function overlaps(intervals: BuildInterval[], openUntil: (r: Region) => number):
       if (x.build !== y.build || x.region === y.region) continue;
       const xEnd = x.end ?? openUntil(x.region);
       const yEnd = y.end ?? openUntil(y.region);
-      if (x.start < yEnd && y.start < xEnd) found.push(`${x.build}: ${x.region} ${new Date(x.start).toISOString()} and ${y.region} ${new Date(y.start).toISOString()}`);
+      if (x.start < yEnd && y.start < xEnd)
+        found.push(`${x.build}: ${x.region} ${new Date(x.start).toISOString()} and ${y.region} ${new Date(y.start).toISOString()}`);
     }
   }
   return found;
@@ -126,161 +135,190 @@ function overlaps(intervals: BuildInterval[], openUntil: (r: Region) => number):
 // there), so it runs on demand: `pnpm test:regions`.
 const regionsWanted = process.env.HOMEOSTAT_TEST_REGIONS === "1";
 
-describe("three regions on one JetStream fabric", { timeout: 300_000, skip: !regionsWanted && "runs with `pnpm test:regions` (HOMEOSTAT_TEST_REGIONS=1): not yet reliable on a 2-core CI machine" }, () => {
-  const prefix = `t${randomBytes(5).toString("hex")}`;
-  let dir: string;
-  let cluster: Cluster;
-  let tarball: { url: string; sha256: string };
-  const factories = new Map<Region, Factory>();
-  const clients = new Map<Region, ReturnType<typeof statusClient>>();
-  let logDirs: Record<Region, string>;
-  let envOf: (region: Region) => Record<string, string>;
+describe(
+  "three regions on one JetStream fabric",
+  { timeout: 300_000, skip: !regionsWanted && "runs with `pnpm test:regions` (HOMEOSTAT_TEST_REGIONS=1): not yet reliable on a 2-core CI machine" },
+  () => {
+    const prefix = `t${randomBytes(5).toString("hex")}`;
+    let dir: string;
+    let cluster: Cluster;
+    let tarball: { url: string; sha256: string };
+    const factories = new Map<Region, Factory>();
+    const clients = new Map<Region, ReturnType<typeof statusClient>>();
+    let logDirs: Record<Region, string>;
+    let envOf: (region: Region) => Record<string, string>;
 
-  const statuses = async (region: Region): Promise<KeyStatus[]> => (await listKeyStatuses(clients.get(region)!, { pageSize: 100 })).items;
-  /** Every key Ready in `region`'s read model, each at the version `want` names (default: any); the statuses, or undefined. */
-  const converged = async (region: Region, want: (key: string) => string | undefined = () => undefined) => {
-    const items = await statuses(region);
-    const ok = items.length === keys.length && items.every((s) => s.phase === "Ready" && s.actual && (want(s.key) === undefined || s.actual.version === want(s.key)));
-    return ok ? items : undefined;
-  };
-  const post = (region: Region, pkg: string, version: string) =>
-    fetch(`${factories.get(region)!.ingestUrl}/v1/releases`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ package: pkg, version, url: tarball.url, sha256: tarball.sha256 }) });
-  const startRegion = async (region: Region) => {
-    const f = await startFactory({ env: envOf(region), natsCredentials: cluster.credentials, logDir: logDirs[region], only: services });
-    factories.set(region, f);
-    clients.get(region)?.close();
-    clients.set(region, statusClient(f.grpcAddr));
-  };
-
-  before(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-regions-"));
-    // Searchable by the build sandbox's uid when the builder runs as root (as test/harness.ts).
-    chmodSync(dir, 0o711);
-    const catalog = path.join(dir, "catalog");
-    tarball = writeSource(catalog);
-    writeCatalog(catalog, tarball.sha256);
-    logDirs = { a: path.join(dir, "logs-a"), b: path.join(dir, "logs-b"), c: path.join(dir, "logs-c") };
-    cluster = await startCluster({ dir: path.join(dir, "nats"), prefix, fabric, regions });
-    envOf = (region) => ({
-      NATS_URL: cluster.nodes.get(region)!.url,
-      REDIS_URL: redisUrl,
-      HOMEOSTAT_PREFIX: prefix,
-      HOMEOSTAT_REGION: region,
-      HOMEOSTAT_FABRIC: fabric,
-      HOMEOSTAT_JS_REPLICAS: "3",
-      HOMEOSTAT_CATALOG: catalog,
-      // One artifact store for the three regions (deploy/README.md says why): a key built in one
-      // region is a dependency or a signature away from the others.
-      HOMEOSTAT_DATA: path.join(dir, "data"),
-      HOMEOSTAT_LEASE_MS: String(leaseMs),
-      // A reconcile that timed out while the fabric elected new leaders is retried in seconds, not the default half minute.
-      HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: "1000",
-    });
-    // Region a first: its queue makes the topology and its builder and signer their keys.
-    await startRegion("a");
-    await Promise.all([startRegion("b"), startRegion("c")]);
-  });
-
-  after(async () => {
-    for (const c of clients.values()) c.close();
-    await Promise.all([...factories.values()].map((f) => f.stop()));
-    await cluster?.stop();
-    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
-    const stale = await redis.keys(`${prefix}:*`);
-    if (stale.length) await redis.del(...stale);
-    redis.disconnect();
-    if (dir && !process.env.KEEP_REGIONS_DIR) rmSync(dir, { recursive: true, force: true });
-  });
-
-  test("every region converges on the catalog; a release posted to one region is built once and reported alike everywhere", async () => {
-    for (const region of regions) await waitFor(`region ${region} to report the catalog Ready`, () => converged(region), 120_000, 250);
-    const res = await post("a", "p0", "2.0.0");
-    assert.equal(res.status, 202, await res.text());
-    const want = (key: string) => (key === "package/p0" ? "2.0.0" : undefined);
-    const views = await Promise.all(regions.map((region) => waitFor(`region ${region} to report p0 2.0.0 Ready`, () => converged(region, want), 60_000, 250)));
-    const p0 = views.map((items) => items.find((s) => s.key === "package/p0")!.actual!);
-    for (const actual of p0.slice(1)) assert.deepEqual(actual.outputs, p0[0]!.outputs, "every region reports the same digests");
-    const builds = buildIntervals(logDirs).filter((b) => b.build === "package/p0@2.0.0");
-    assert.equal(builds.length, 1, `built once over the three regions: ${JSON.stringify(builds)}`);
-  });
-
-  // Runs in CI and reports, but does not fail it yet: on this 2-core machine it has failed on a
-  // key left Building when its region died between recording and publishing the build request
-  // (fixed since: reconcile.ts republishes after a taken-over lease), on slow leader elections,
-  // and on the double-build check, whose log-based intervals are being made exact.
-  test("losing a region during a burst loses no accepted event; the survivors take over its keys and converge; back, it agrees", { todo: "not yet passing reliably on a loaded 2-core machine (see above)" }, async () => {
-    const accepted = new Map<string, string[]>();
-    /** Posts one release per package, round robin over `from`; a refusal ("send it again", while leaders move) is sent again, a bounded number of times. */
-    const burst = async (pkgs: readonly string[], from: readonly Region[], version: string) => {
-      await Promise.all(pkgs.map(async (pkg, i) => {
-        const region = from[i % from.length]!;
-        for (let attempt = 0; attempt < 60; attempt++) {
-          const res = await post(region, pkg, version).catch(() => undefined);
-          if (res?.status === 202) {
-            accepted.set(pkg, [...(accepted.get(pkg) ?? []), version]);
-            return;
-          }
-          await res?.body?.cancel();
-          await new Promise((r) => setTimeout(r, 250));
-        }
-      }));
+    const statuses = async (region: Region): Promise<KeyStatus[]> => (await listKeyStatuses(clients.get(region)!, { pageSize: 100 })).items;
+    /** Every key Ready in `region`'s read model, each at the version `want` names (default: any); the statuses, or undefined. */
+    const converged = async (region: Region, want: (key: string) => string | undefined = () => undefined) => {
+      const items = await statuses(region);
+      const ok =
+        items.length === keys.length && items.every((s) => s.phase === "Ready" && s.actual && (want(s.key) === undefined || s.actual.version === want(s.key)));
+      return ok ? items : undefined;
     };
-    // One release per key (a second release of a key racing its first build is another test's matter).
-    await burst(packages.slice(0, packages.length / 2), regions, "3.0.0");
-    // The keys region b holds when it goes: leased by its reconciler (the run records) or in its builder.
-    const b = factories.get("b")!;
-    const bOwner = `reconciler-${b.processes.get("reconciler")!.pid}`;
-    const admin = await cluster.admin("a");
-    const runsStream = `KV_${prefix}_runs`;
-    const runRecords = async () => {
-      const info = await admin.jsm.streams.info(runsStream, { subjects_filter: `$KV.${prefix}_runs.>` });
-      const records = await Promise.all(Object.keys(info.state.subjects ?? {}).map(async (subject) => {
-        const m = await admin.jsm.streams.getMessage(runsStream, { last_by_subj: subject }).catch(() => undefined);
-        // Erased meanwhile, or a delete marker: no holder.
-        return m && m.data.length > 0 ? { subject, owner: (m.json() as { owner: string }).owner } : undefined;
-      }));
-      return records.filter((r) => r !== undefined);
-    };
-    const heldByB = (await runRecords()).filter((r) => r.owner === bOwner).map((r) => r.subject);
-
-    cluster.kill("b");
-    for (const child of b.processes.values()) child.kill("SIGKILL");
-    const killedAt = Date.now();
-    await burst(packages.slice(packages.length / 2), ["a", "c"], "3.0.0");
-
-    // What b had leased is run by a survivor (or done) within two lease intervals.
-    if (heldByB.length > 0) {
-      await waitFor("the keys region b leased to be taken over", async () => {
-        const owners = new Map((await runRecords()).map((r) => [r.subject, r.owner]));
-        return heldByB.every((s) => owners.get(s) !== bOwner);
-      }, 2 * leaseMs, 100);
-    }
-    console.log(`# region b held ${heldByB.length} run record(s) when it was lost; taken over within ${Date.now() - killedAt} ms`);
-
-    // Every accepted release reaches its key: the newest version accepted for it is what it converges to.
-    const newest = (key: string) => {
-      const versions = accepted.get(key.slice("package/".length)) ?? [];
-      return versions.includes("3.0.0") ? "3.0.0" : undefined;
-    };
-    const survivors = ["a", "c"] as const;
-    for (const region of survivors) {
-      await waitFor(`region ${region} to converge after losing b`, () => converged(region, newest), 120_000, 250).catch(async (err: unknown) => {
-        const behind = (await statuses(region)).filter((s) => s.phase !== "Ready" || s.actual?.version !== newest(s.key));
-        throw new Error(`${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, waitingFor: s.waitingFor, version: s.actual?.version, want: newest(s.key) })))}`);
+    const post = (region: Region, pkg: string, version: string) =>
+      fetch(`${factories.get(region)!.ingestUrl}/v1/releases`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ package: pkg, version, url: tarball.url, sha256: tarball.sha256 }),
       });
-    }
-    console.log(`# survivors converged ${Date.now() - killedAt} ms after the kill; accepted ${[...accepted.values()].flat().length} events`);
-    assert.equal([...accepted.values()].flat().length, packages.length, "every event of the burst was accepted, before the kill and after");
+    const startRegion = async (region: Region) => {
+      const f = await startFactory({ env: envOf(region), natsCredentials: cluster.credentials, logDir: logDirs[region], only: services });
+      factories.set(region, f);
+      clients.get(region)?.close();
+      clients.set(region, statusClient(f.grpcAddr));
+    };
 
-    // No build ran in two builders at once (b's open builds end when b was killed).
-    assert.deepEqual(overlaps(buildIntervals(logDirs), (r) => (r === "b" ? killedAt : Date.now())), []);
+    before(async () => {
+      dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-regions-"));
+      // Searchable by the build sandbox's uid when the builder runs as root (as test/harness.ts).
+      chmodSync(dir, 0o711);
+      const catalog = path.join(dir, "catalog");
+      tarball = writeSource(catalog);
+      writeCatalog(catalog, tarball.sha256);
+      logDirs = { a: path.join(dir, "logs-a"), b: path.join(dir, "logs-b"), c: path.join(dir, "logs-c") };
+      cluster = await startCluster({ dir: path.join(dir, "nats"), prefix, fabric, regions });
+      envOf = (region) => ({
+        NATS_URL: cluster.nodes.get(region)!.url,
+        REDIS_URL: redisUrl,
+        HOMEOSTAT_PREFIX: prefix,
+        HOMEOSTAT_REGION: region,
+        HOMEOSTAT_FABRIC: fabric,
+        HOMEOSTAT_JS_REPLICAS: "3",
+        HOMEOSTAT_CATALOG: catalog,
+        // One artifact store for the three regions (deploy/README.md says why): a key built in one
+        // region is a dependency or a signature away from the others.
+        HOMEOSTAT_DATA: path.join(dir, "data"),
+        HOMEOSTAT_LEASE_MS: String(leaseMs),
+        // A reconcile that timed out while the fabric elected new leaders is retried in seconds, not the default half minute.
+        HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: "1000",
+      });
+      // Region a first: its queue makes the topology and its builder and signer their keys.
+      await startRegion("a");
+      await Promise.all([startRegion("b"), startRegion("c")]);
+    });
 
-    // b comes back: its node catches up from its peers, its services from the fabric.
-    await cluster.restart("b");
-    await startRegion("b");
-    const back = await waitFor("region b to catch up", () => converged("b", newest), 60_000, 250);
-    const reference = new Map((await statuses("a")).map((s) => [s.key, s.actual]));
-    for (const s of back) assert.deepEqual(s.actual!.outputs, reference.get(s.key)!.outputs, `${s.key}: region b agrees with region a`);
-    await admin.nc.close();
-  });
-});
+    after(async () => {
+      for (const c of clients.values()) c.close();
+      await Promise.all([...factories.values()].map((f) => f.stop()));
+      await cluster?.stop();
+      const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
+      const stale = await redis.keys(`${prefix}:*`);
+      if (stale.length) await redis.del(...stale);
+      redis.disconnect();
+      if (dir && !process.env.KEEP_REGIONS_DIR) rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("every region converges on the catalog; a release posted to one region is built once and reported alike everywhere", async () => {
+      for (const region of regions) await waitFor(`region ${region} to report the catalog Ready`, () => converged(region), 120_000, 250);
+      const res = await post("a", "p0", "2.0.0");
+      assert.equal(res.status, 202, await res.text());
+      const want = (key: string) => (key === "package/p0" ? "2.0.0" : undefined);
+      const views = await Promise.all(
+        regions.map((region) => waitFor(`region ${region} to report p0 2.0.0 Ready`, () => converged(region, want), 60_000, 250)),
+      );
+      const p0 = views.map((items) => items.find((s) => s.key === "package/p0")!.actual!);
+      for (const actual of p0.slice(1)) assert.deepEqual(actual.outputs, p0[0]!.outputs, "every region reports the same digests");
+      const builds = buildIntervals(logDirs).filter((b) => b.build === "package/p0@2.0.0");
+      assert.equal(builds.length, 1, `built once over the three regions: ${JSON.stringify(builds)}`);
+    });
+
+    // Runs in CI and reports, but does not fail it yet: on this 2-core machine it has failed on a
+    // key left Building when its region died between recording and publishing the build request
+    // (fixed since: reconcile.ts republishes after a taken-over lease), on slow leader elections,
+    // and on the double-build check, whose log-based intervals are being made exact.
+    test(
+      "losing a region during a burst loses no accepted event; the survivors take over its keys and converge; back, it agrees",
+      { todo: "not yet passing reliably on a loaded 2-core machine (see above)" },
+      async () => {
+        const accepted = new Map<string, string[]>();
+        /** Posts one release per package, round robin over `from`; a refusal ("send it again", while leaders move) is sent again, a bounded number of times. */
+        const burst = async (pkgs: readonly string[], from: readonly Region[], version: string) => {
+          await Promise.all(
+            pkgs.map(async (pkg, i) => {
+              const region = from[i % from.length]!;
+              for (let attempt = 0; attempt < 60; attempt++) {
+                const res = await post(region, pkg, version).catch(() => undefined);
+                if (res?.status === 202) {
+                  accepted.set(pkg, [...(accepted.get(pkg) ?? []), version]);
+                  return;
+                }
+                await res?.body?.cancel();
+                await new Promise((r) => setTimeout(r, 250));
+              }
+            }),
+          );
+        };
+        // One release per key (a second release of a key racing its first build is another test's matter).
+        await burst(packages.slice(0, packages.length / 2), regions, "3.0.0");
+        // The keys region b holds when it goes: leased by its reconciler (the run records) or in its builder.
+        const b = factories.get("b")!;
+        const bOwner = `reconciler-${b.processes.get("reconciler")!.pid}`;
+        const admin = await cluster.admin("a");
+        const runsStream = `KV_${prefix}_runs`;
+        const runRecords = async () => {
+          const info = await admin.jsm.streams.info(runsStream, { subjects_filter: `$KV.${prefix}_runs.>` });
+          const records = await Promise.all(
+            Object.keys(info.state.subjects ?? {}).map(async (subject) => {
+              const m = await admin.jsm.streams.getMessage(runsStream, { last_by_subj: subject }).catch(() => undefined);
+              // Erased meanwhile, or a delete marker: no holder.
+              return m && m.data.length > 0 ? { subject, owner: (m.json() as { owner: string }).owner } : undefined;
+            }),
+          );
+          return records.filter((r) => r !== undefined);
+        };
+        const heldByB = (await runRecords()).filter((r) => r.owner === bOwner).map((r) => r.subject);
+
+        cluster.kill("b");
+        for (const child of b.processes.values()) child.kill("SIGKILL");
+        const killedAt = Date.now();
+        await burst(packages.slice(packages.length / 2), ["a", "c"], "3.0.0");
+
+        // What b had leased is run by a survivor (or done) within two lease intervals.
+        if (heldByB.length > 0) {
+          await waitFor(
+            "the keys region b leased to be taken over",
+            async () => {
+              const owners = new Map((await runRecords()).map((r) => [r.subject, r.owner]));
+              return heldByB.every((s) => owners.get(s) !== bOwner);
+            },
+            2 * leaseMs,
+            100,
+          );
+        }
+        console.log(`# region b held ${heldByB.length} run record(s) when it was lost; taken over within ${Date.now() - killedAt} ms`);
+
+        // Every accepted release reaches its key: the newest version accepted for it is what it converges to.
+        const newest = (key: string) => {
+          const versions = accepted.get(key.slice("package/".length)) ?? [];
+          return versions.includes("3.0.0") ? "3.0.0" : undefined;
+        };
+        const survivors = ["a", "c"] as const;
+        for (const region of survivors) {
+          await waitFor(`region ${region} to converge after losing b`, () => converged(region, newest), 120_000, 250).catch(async (err: unknown) => {
+            const behind = (await statuses(region)).filter((s) => s.phase !== "Ready" || s.actual?.version !== newest(s.key));
+            throw new Error(
+              `${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, waitingFor: s.waitingFor, version: s.actual?.version, want: newest(s.key) })))}`,
+            );
+          });
+        }
+        console.log(`# survivors converged ${Date.now() - killedAt} ms after the kill; accepted ${[...accepted.values()].flat().length} events`);
+        assert.equal([...accepted.values()].flat().length, packages.length, "every event of the burst was accepted, before the kill and after");
+
+        // No build ran in two builders at once (b's open builds end when b was killed).
+        assert.deepEqual(
+          overlaps(buildIntervals(logDirs), (r) => (r === "b" ? killedAt : Date.now())),
+          [],
+        );
+
+        // b comes back: its node catches up from its peers, its services from the fabric.
+        await cluster.restart("b");
+        await startRegion("b");
+        const back = await waitFor("region b to catch up", () => converged("b", newest), 60_000, 250);
+        const reference = new Map((await statuses("a")).map((s) => [s.key, s.actual]));
+        for (const s of back) assert.deepEqual(s.actual!.outputs, reference.get(s.key)!.outputs, `${s.key}: region b agrees with region a`);
+        await admin.nc.close();
+      },
+    );
+  },
+);

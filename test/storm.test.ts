@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import { QUICK, runStorm, type ScenarioLine } from "../benches/storm.ts";
 
 test("the factory weathers a storm at the quick size", { timeout: 600_000 }, async () => {
-  const lines = await runStorm(QUICK, (l) => console.log(`# ${JSON.stringify({ scenario: l.scenario, ...Object.fromEntries(Object.entries(l).filter(([, v]) => typeof v === "number")) })}`));
+  const lines = await runStorm(QUICK, (l) =>
+    console.log(`# ${JSON.stringify({ scenario: l.scenario, ...Object.fromEntries(Object.entries(l).filter(([, v]) => typeof v === "number")) })}`),
+  );
   const by = new Map<string, ScenarioLine>(lines.map((l) => [l.scenario, l]));
   const keys = QUICK.packages + QUICK.images;
   assert.equal(by.get("initial")?.keys, keys);

@@ -59,7 +59,9 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
 
   // Every key of the catalog Ready and nothing running or retrying: the release's run is its own,
   // not merged into a convergence run of the same key (which would carry that run's trace).
-  const catalogKeys = ["images", "packages"].flatMap((kind) => readdirSync(path.join(catalogDir, kind)).map((f) => `${kind.slice(0, -1)}/${f.replace(/\.yaml$/, "")}`));
+  const catalogKeys = ["images", "packages"].flatMap((kind) =>
+    readdirSync(path.join(catalogDir, kind)).map((f) => `${kind.slice(0, -1)}/${f.replace(/\.yaml$/, "")}`),
+  );
   const idle = async () => {
     const { items } = await listKeyStatuses(client, { pageSize: 100 });
     if (items.length !== catalogKeys.length || !items.every((s) => s.phase === "Ready")) return undefined;
@@ -82,7 +84,15 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     const inTrace = () => otlp.spans.filter((s) => s.traceId === callerTraceId);
     await waitFor(
       "the release's trace to reach the signer of package/libgreet",
-      async () => (inTrace().some((s) => s.service === "signer" && s.kind === SpanKindNumber.consumer && String(s.attributes["messaging.destination.name"]).endsWith(".sign.package.libgreet")) ? true : undefined),
+      async () =>
+        inTrace().some(
+          (s) =>
+            s.service === "signer" &&
+            s.kind === SpanKindNumber.consumer &&
+            String(s.attributes["messaging.destination.name"]).endsWith(".sign.package.libgreet"),
+        )
+          ? true
+          : undefined,
       300_000,
       250,
     );
@@ -100,7 +110,11 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     assert.equal(root[0]!.attributes["http.route"], "/v1/releases");
     assert.equal(root[0]!.attributes["http.response.status_code"], 202);
     const orphans = spans.filter((s) => s.parentSpanId !== callerSpanId && !byId.has(s.parentSpanId ?? ""));
-    assert.deepEqual(orphans.map((s) => `${s.service}:${s.name}`), [], "no orphan spans");
+    assert.deepEqual(
+      orphans.map((s) => `${s.service}:${s.name}`),
+      [],
+      "no orphan spans",
+    );
 
     // Every message: a PRODUCER span whose child is the CONSUMER span processing it.
     const consumers = spans.filter((s) => s.kind === SpanKindNumber.consumer);
@@ -115,8 +129,12 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     }
     for (const p of producers) assert.equal(p.attributes["messaging.operation.type"], "send");
     const hops = new Set(consumers.map((c) => `${byId.get(c.parentSpanId!)!.service}->${c.service}`));
-    for (const hop of ["ingest->queue", "queue->reconciler", "reconciler->builder", "builder->signer"]) assert.ok(hops.has(hop), `a message ${hop} (${[...hops].join(", ")})`);
-    assert.ok(spans.every((s) => !Object.keys(s.attributes).some((k) => k === "http.method" || k === "messaging.destination")), "no deprecated attribute names");
+    for (const hop of ["ingest->queue", "queue->reconciler", "reconciler->builder", "builder->signer"])
+      assert.ok(hops.has(hop), `a message ${hop} (${[...hops].join(", ")})`);
+    assert.ok(
+      spans.every((s) => !Object.keys(s.attributes).some((k) => k === "http.method" || k === "messaging.destination")),
+      "no deprecated attribute names",
+    );
   });
 
   test("a refused build is an ERROR span with its exception recorded", async () => {
@@ -158,7 +176,12 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
       assert.ok(!n.includes("?") && !n.includes(secret), `span name ${n}`);
       assert.ok(!/healthz|readyz/.test(n), `probe span ${n}`);
     }
-    assert.ok(otlp.spans.some((s) => s.service === "ingest" && s.kind === SpanKindNumber.server && s.name === "GET" && s.attributes["http.response.status_code"] === 404), "an unmatched route's span is named by its method alone");
+    assert.ok(
+      otlp.spans.some(
+        (s) => s.service === "ingest" && s.kind === SpanKindNumber.server && s.name === "GET" && s.attributes["http.response.status_code"] === 404,
+      ),
+      "an unmatched route's span is named by its method alone",
+    );
   });
 
   test("every service exports metrics; durations are histograms in seconds", async () => {
@@ -172,7 +195,8 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     };
     await waitFor(
       "metrics from every service",
-      async () => Object.entries(expected).every(([service, names]) => names.every((n) => otlp.metrics.some((m) => m.service === service && m.name === n))) || undefined,
+      async () =>
+        Object.entries(expected).every(([service, names]) => names.every((n) => otlp.metrics.some((m) => m.service === service && m.name === n))) || undefined,
       30_000,
       250,
     ).catch((err: Error) => {

@@ -90,7 +90,13 @@ export async function signStatement(statement: Buffer, signer: Signer): Promise<
  * image's referrers fallback tag. `name` is the statement subject's name (the repository).
  * Returns one result per attestation, in the order given.
  */
-export async function attestImage(opts: { layoutDir: string; subject: Digest; name: string; attestations: Attestation[]; signer: Signer }): Promise<AttachedAttestation[]> {
+export async function attestImage(opts: {
+  layoutDir: string;
+  subject: Digest;
+  name: string;
+  attestations: Attestation[];
+  signer: Signer;
+}): Promise<AttachedAttestation[]> {
   const layout = await OciLayout.open(opts.layoutDir);
   const subjectBytes = await readVerifiedBlob(layout, opts.subject, "image manifest");
   const subject: Descriptor = { mediaType: mediaTypes.manifest, digest: opts.subject, size: subjectBytes.length };
@@ -165,4 +171,3 @@ async function findOwnAttestation(
     return undefined; // anything odd about the old attestation: replace it
   }
 }
-

@@ -35,7 +35,11 @@ export function statementAbout(subjects: readonly { name: string; digest: string
 /** Signs a statement into a DSSE envelope (JSON text, the bytes to store). */
 export async function signDsse(statement: Buffer, signer: Signer): Promise<string> {
   const sig = await signer.sign(dsse.preAuthEncoding(mediaTypes.inToto, statement));
-  const envelope: DsseEnvelope = { payloadType: mediaTypes.inToto, payload: statement.toString("base64"), signatures: [{ keyid: signer.keyId, sig: sig.toString("base64") }] };
+  const envelope: DsseEnvelope = {
+    payloadType: mediaTypes.inToto,
+    payload: statement.toString("base64"),
+    signatures: [{ keyid: signer.keyId, sig: sig.toString("base64") }],
+  };
   return JSON.stringify(envelope);
 }
 
@@ -92,7 +96,10 @@ export function openDsse(bytes: Uint8Array, trustedKeys: readonly string[], pred
   }
   if (keyId === undefined) {
     if (!claimed.some((id) => keys.some((k) => k.id === id))) {
-      throw new VerificationError("untrusted-key", `signed by ${claimed.join(", ") || "no key"}, none of which is trusted (${keys.map((k) => k.id).join(", ") || "no trusted keys"})`);
+      throw new VerificationError(
+        "untrusted-key",
+        `signed by ${claimed.join(", ") || "no key"}, none of which is trusted (${keys.map((k) => k.id).join(", ") || "no trusted keys"})`,
+      );
     }
     throw new VerificationError("bad-signature", "the envelope's signature does not verify with the trusted key it names");
   }

@@ -124,7 +124,8 @@ export function parseOciJson<S extends z.ZodType>(schema: S, bytes: Uint8Array |
     throw new OciJsonError(`${what} is not JSON`);
   }
   const parsed = schema.safeParse(json);
-  if (!parsed.success) throw new OciJsonError(`${what} is malformed: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
+  if (!parsed.success)
+    throw new OciJsonError(`${what} is malformed: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
   return parsed.data;
 }
 

@@ -96,7 +96,8 @@ export class Registry {
     if (res.status === 404) return undefined;
     if (res.status !== 200) throw await this.failure(res, `GET manifest ${repository}:${reference}`);
     const bytes = Buffer.from(await res.arrayBuffer());
-    if (reference.startsWith("sha256:") && sha256Digest(bytes) !== reference) throw new RegistryError(`${repository}@${reference}: the registry sent bytes hashing to ${sha256Digest(bytes)}`);
+    if (reference.startsWith("sha256:") && sha256Digest(bytes) !== reference)
+      throw new RegistryError(`${repository}@${reference}: the registry sent bytes hashing to ${sha256Digest(bytes)}`);
     return { bytes, mediaType: (res.headers.get("content-type") ?? mediaTypes.manifest).split(";")[0]!.trim() };
   }
 
@@ -105,7 +106,9 @@ export class Registry {
     try {
       return await fetch(url, { ...init, redirect: "follow" });
     } catch (e) {
-      throw new RegistryError(`registry ${this.url} is unreachable: ${(e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : (e as Error).message}`);
+      throw new RegistryError(
+        `registry ${this.url} is unreachable: ${(e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : (e as Error).message}`,
+      );
     }
   }
 

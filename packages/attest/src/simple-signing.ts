@@ -100,7 +100,8 @@ export function parseSimpleSigningPayload(bytes: Uint8Array | string): SimpleSig
     throw new SignatureError("signature payload is not JSON");
   }
   const parsed = simpleSigningPayloadSchema.safeParse(json);
-  if (!parsed.success) throw new SignatureError(`signature payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
+  if (!parsed.success)
+    throw new SignatureError(`signature payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`);
   return parsed.data;
 }
 
@@ -176,7 +177,15 @@ export async function signImage(opts: {
 
   const existing = await findOwnSignature(layout, tag, payloadDigest, payloadBytes, opts.signer);
   if (existing) {
-    return { manifest, signatureManifest: existing, payload: payloadDigest, signatureTag: tag, reference: opts.reference, keyId: opts.signer.keyId, signed: false };
+    return {
+      manifest,
+      signatureManifest: existing,
+      payload: payloadDigest,
+      signatureTag: tag,
+      reference: opts.reference,
+      keyId: opts.signer.keyId,
+      signed: false,
+    };
   }
 
   const signature = (await opts.signer.sign(payloadBytes)).toString("base64");
@@ -197,7 +206,15 @@ export async function signImage(opts: {
   );
   const sigDesc = await writeIntactBlob(layout, Buffer.from(manifestBytes({ config, layers: [layer] })), mediaTypes.manifest);
   await layout.tag(tag, sigDesc);
-  return { manifest, signatureManifest: sigDesc.digest, payload: layer.digest, signatureTag: tag, reference: opts.reference, keyId: opts.signer.keyId, signed: true };
+  return {
+    manifest,
+    signatureManifest: sigDesc.digest,
+    payload: layer.digest,
+    signatureTag: tag,
+    reference: opts.reference,
+    keyId: opts.signer.keyId,
+    signed: true,
+  };
 }
 
 /**

@@ -69,7 +69,10 @@ function checkSignature(keys: TrustedKey[], data: Uint8Array, sig: Uint8Array, c
   if (claimedKeyId !== undefined && !keys.some((k) => k.id === claimedKeyId)) {
     return new VerificationError("untrusted-key", `signed by key ${claimedKeyId}, which is not among the trusted keys (${keys.map((k) => k.id).join(", ")})`);
   }
-  return new VerificationError("bad-signature", `the signature does not verify with ${keys.length === 1 ? "the trusted key" : `any of the ${keys.length} trusted keys`}`);
+  return new VerificationError(
+    "bad-signature",
+    `the signature does not verify with ${keys.length === 1 ? "the trusted key" : `any of the ${keys.length} trusted keys`}`,
+  );
 }
 
 export type VerifiedImage = {
@@ -235,7 +238,12 @@ export function verifyBlobSignature(opts: { data: Uint8Array; signature: string 
 }
 
 /** Verifies a package archive's signature where the signer stored both: the data directory's store. */
-export async function verifyStoreBlob(opts: { dataDir: string; blob: Digest; signature: Digest; trustedKeys: readonly string[] }): Promise<{ blob: Digest; signature: Digest; keyId: string }> {
+export async function verifyStoreBlob(opts: {
+  dataDir: string;
+  blob: Digest;
+  signature: Digest;
+  trustedKeys: readonly string[];
+}): Promise<{ blob: Digest; signature: Digest; keyId: string }> {
   const read = async (d: Digest, what: string): Promise<Buffer> => {
     try {
       return await readStoreBlob(opts.dataDir, d);
@@ -266,7 +274,12 @@ export type VerifiedAttestation = {
  * v1 about exactly this manifest with the predicate type its manifest announces. `require`
  * lists predicate types that must be among them.
  */
-export async function verifyAttestations(opts: { layoutDir: string; manifest: Digest; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<VerifiedAttestation[]> {
+export async function verifyAttestations(opts: {
+  layoutDir: string;
+  manifest: Digest;
+  trustedKeys: readonly string[];
+  require?: readonly string[];
+}): Promise<VerifiedAttestation[]> {
   const keys = trusted(opts.trustedKeys);
   const layout = await openExisting(opts.layoutDir);
   let entries;
@@ -281,7 +294,10 @@ export async function verifyAttestations(opts: { layoutDir: string; manifest: Di
   for (const entry of bundles) verified.push(await verifyAttestation(layout, entry.digest, opts.manifest, keys));
   for (const type of opts.require ?? []) {
     if (!verified.some((v) => v.predicateType === type)) {
-      throw new VerificationError("no-attestation", `${opts.manifest} has no ${type} attestation${verified.length ? ` (it has ${verified.map((v) => v.predicateType).join(", ")})` : ""}`);
+      throw new VerificationError(
+        "no-attestation",
+        `${opts.manifest} has no ${type} attestation${verified.length ? ` (it has ${verified.map((v) => v.predicateType).join(", ")})` : ""}`,
+      );
     }
   }
   return verified;
@@ -310,7 +326,8 @@ async function verifyAttestation(layout: OciLayout, manifestDigest: Digest, subj
   if (hint === undefined) throw new VerificationError("untrusted-key", `${what}: the bundle is not signed with a public key (no key hint)`);
   // The hint is untrusted input: it only picks the key; an unknown one is refused outright.
   const key = keys.find((k) => k.id === hint);
-  if (!key) throw new VerificationError("untrusted-key", `${what} is signed by key ${hint}, which is not among the trusted keys (${keys.map((k) => k.id).join(", ")})`);
+  if (!key)
+    throw new VerificationError("untrusted-key", `${what} is signed by key ${hint}, which is not among the trusted keys (${keys.map((k) => k.id).join(", ")})`);
   try {
     offlineVerifier(key).verify(toSignedEntity(bundle));
   } catch (e) {
@@ -318,7 +335,8 @@ async function verifyAttestation(layout: OciLayout, manifestDigest: Digest, subj
   }
 
   const envelope = bundle.content.dsseEnvelope;
-  if (envelope.payloadType !== mediaTypes.inToto) throw new VerificationError("corrupt", `${what}: payload type ${envelope.payloadType} is not ${mediaTypes.inToto}`);
+  if (envelope.payloadType !== mediaTypes.inToto)
+    throw new VerificationError("corrupt", `${what}: payload type ${envelope.payloadType} is not ${mediaTypes.inToto}`);
   const statement = parseOrCorrupt(statementSchema, envelope.payload, `${what}: the signed payload`);
   const hex = subject.slice("sha256:".length);
   if (!statement.subject.some((s) => s.digest.sha256 === hex)) {
@@ -366,7 +384,12 @@ export async function verifyLayoutImages(opts: { target: string; trustedKeys: re
   const out: ImageVerification[] = [];
   for (const t of tags) {
     const signature = await verifyImage({ layoutDir: layout.dir, tag: t, trustedKeys: opts.trustedKeys });
-    const attestations = await verifyAttestations({ layoutDir: layout.dir, manifest: signature.manifest, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
+    const attestations = await verifyAttestations({
+      layoutDir: layout.dir,
+      manifest: signature.manifest,
+      trustedKeys: opts.trustedKeys,
+      ...(opts.require ? { require: opts.require } : {}),
+    });
     out.push({ tag: t, signature, attestations });
   }
   return out;
@@ -377,7 +400,13 @@ async function splitTarget(target: string): Promise<{ layoutDir: string; tag: st
   const i = target.lastIndexOf(":");
   if (i > 0 && !target.slice(i + 1).includes("/")) {
     const dir = target.slice(0, i);
-    if (await access(path.join(dir, "index.json")).then(() => true, () => false)) return { layoutDir: dir, tag: target.slice(i + 1) };
+    if (
+      await access(path.join(dir, "index.json")).then(
+        () => true,
+        () => false,
+      )
+    )
+      return { layoutDir: dir, tag: target.slice(i + 1) };
   }
   return { layoutDir: target, tag: undefined };
 }
@@ -389,7 +418,8 @@ async function splitTarget(target: string): Promise<{ layoutDir: string; tag: st
  */
 export async function verifyRegistryImage(opts: { ref: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
   const m = /^(?<host>[^/\s]+)\/(?<repository>[a-z0-9._/-]+?)(?::(?<tag>[\w][\w.-]{0,127}))?$/.exec(opts.ref);
-  if (!m?.groups) throw new VerificationError("not-found", `${JSON.stringify(opts.ref)} is neither an OCI layout nor an image reference host[:port]/repository:tag`);
+  if (!m?.groups)
+    throw new VerificationError("not-found", `${JSON.stringify(opts.ref)} is neither an OCI layout nor an image reference host[:port]/repository:tag`);
   const { host, repository } = m.groups as { host: string; repository: string };
   const tag = m.groups.tag ?? "latest";
   const loopback = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
@@ -409,7 +439,11 @@ export async function verifyRegistryImage(opts: { ref: string; trustedKeys: read
       throw e;
     }
     if (!image) throw new VerificationError("not-found", `${opts.ref}: no such image in the registry`);
-    const [verified] = await verifyLayoutImages({ target: `${scratch}:${tag}`, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
+    const [verified] = await verifyLayoutImages({
+      target: `${scratch}:${tag}`,
+      trustedKeys: opts.trustedKeys,
+      ...(opts.require ? { require: opts.require } : {}),
+    });
     return [verified!];
   } finally {
     await rm(scratch, { recursive: true, force: true });
@@ -420,6 +454,13 @@ export async function verifyRegistryImage(opts: { ref: string; trustedKeys: read
 export async function verifyTarget(opts: { target: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
   const local = opts.target.replace(/^oci:/, "");
   const dir = (await splitTarget(local)).layoutDir;
-  const isPath = /^(oci:|\/|\.\.?\/)/.test(opts.target) || (await access(dir).then(() => true, () => false));
-  return isPath ? verifyLayoutImages(opts) : verifyRegistryImage({ ref: opts.target, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
+  const isPath =
+    /^(oci:|\/|\.\.?\/)/.test(opts.target) ||
+    (await access(dir).then(
+      () => true,
+      () => false,
+    ));
+  return isPath
+    ? verifyLayoutImages(opts)
+    : verifyRegistryImage({ ref: opts.target, trustedKeys: opts.trustedKeys, ...(opts.require ? { require: opts.require } : {}) });
 }

@@ -69,7 +69,10 @@ test("a directory source: a bad edit is rejected and the previous catalog keeps 
   write(dir, { "packages/lib.yaml": pkg("lib", ["base"]) + "colour: blue\n" });
   const bad = await source.reload();
   assert.equal(bad.status, "rejected");
-  assert.ok(bad.status === "rejected" && bad.error instanceof CatalogError && /packages\/lib\.yaml:10: colour: /.test(bad.error.message), String(bad.status === "rejected" && bad.error));
+  assert.ok(
+    bad.status === "rejected" && bad.error instanceof CatalogError && /packages\/lib\.yaml:10: colour: /.test(bad.error.message),
+    String(bad.status === "rejected" && bad.error),
+  );
   assert.equal(source.current(), first);
 
   write(dir, { "packages/lib.yaml": pkg("lib", ["base"], "[make, make check]") });

@@ -356,7 +356,13 @@ export async function openSnapshot(root: string, revision: string, sourceBase: s
   const hex = /^sha256:([0-9a-f]{64})$/.exec(revision)?.[1];
   if (!hex) return undefined;
   const dir = path.join(root, hex);
-  if (!(await stat(dir).then((s) => s.isDirectory(), () => false))) return undefined;
+  if (
+    !(await stat(dir).then(
+      (s) => s.isDirectory(),
+      () => false,
+    ))
+  )
+    return undefined;
   const catalog = await loadCatalog(dir, { sourceBase });
   return catalog.revision === revision ? catalog : undefined;
 }

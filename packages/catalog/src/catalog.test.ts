@@ -116,19 +116,24 @@ dependencies:
 const patchText = "--- a/x\n+++ b/x\n";
 
 test("every field of the format: upstream, policy, epoch, patches, test", async () => {
-  const c = await loadCatalog(catalogDir({
-    "packages/openssl.yaml": full(sha256Hex(patchText)),
-    "packages/z/zlib.yaml": pkg("zlib"),
-    "patches/openssl/CVE-2024-0001.patch": patchText,
-    "images/tools.yaml": "name: tools\npackages: [openssl]\nentrypoint: [/usr/bin/openssl]\nuser: \"65532\"\nworkdir: /\nannotations: { a: b }\n",
-  }));
+  const c = await loadCatalog(
+    catalogDir({
+      "packages/openssl.yaml": full(sha256Hex(patchText)),
+      "packages/z/zlib.yaml": pkg("zlib"),
+      "patches/openssl/CVE-2024-0001.patch": patchText,
+      "images/tools.yaml": 'name: tools\npackages: [openssl]\nentrypoint: [/usr/bin/openssl]\nuser: "65532"\nworkdir: /\nannotations: { a: b }\n',
+    }),
+  );
   const o = c.packages.get("openssl")!;
   assert.equal(o.epoch, 1);
   assert.equal(o.test, "make test");
   assert.deepEqual(o.patches[0]!.fixes, ["GHSA-aaaa-bbbb-cccc", "CVE-2024-0001"]);
   assert.equal(readFileSync(c.patchPath(o.patches[0]!), "utf8"), patchText);
   assert.equal(c.packages.get("zlib")!.epoch, 0, "defaults apply; packages may sit in subdirectories");
-  assert.deepEqual(c.policyOf("openssl").choose(["openssl-3.0.13", "openssl-3.2.1", "OpenSSL_1_1_1w", "openssl-3.3.0-alpha1"]), { raw: "openssl-3.2.1", version: "3.2.1" });
+  assert.deepEqual(c.policyOf("openssl").choose(["openssl-3.0.13", "openssl-3.2.1", "OpenSSL_1_1_1w", "openssl-3.3.0-alpha1"]), {
+    raw: "openssl-3.2.1",
+    version: "3.2.1",
+  });
   assert.deepEqual(c.packagesForGithub("OpenSSL/openssl"), ["openssl"]);
   assert.equal(c.images.get("tools")!.user, "65532");
 });
@@ -136,9 +141,9 @@ test("every field of the format: upstream, policy, epoch, patches, test", async 
 test("format errors in the new fields name file, line and field", async () => {
   const p = await problems({
     "packages/openssl.yaml": full("f".repeat(64)).replace("github: openssl/openssl", "github: openssl").replace("prereleases: false", "prereleases: maybe"),
-    "packages/zlib.yaml": pkg("zlib").replace("build:\n  steps", "upstream:\n  url: https://x/zlib.tgz\n  policy: { semver: \"^one\" }\nbuild:\n  steps"),
+    "packages/zlib.yaml": pkg("zlib").replace("build:\n  steps", 'upstream:\n  url: https://x/zlib.tgz\n  policy: { semver: "^one" }\nbuild:\n  steps'),
     "packages/two.yaml": pkg("two") + "upstream:\n  github: a/b\n  releaseMonitoring: { id: 5 }\n",
-    "packages/esc.yaml": pkg("esc") + "patches:\n  - { path: ../../etc/passwd, sha256: \"" + sha + "\" }\n",
+    "packages/esc.yaml": pkg("esc") + 'patches:\n  - { path: ../../etc/passwd, sha256: "' + sha + '" }\n',
   });
   assert.deepEqual(p, [
     "packages/esc.yaml:12: patches[0].path: must be a relative path inside the catalog directory",
@@ -192,7 +197,9 @@ test("changedKeys: exactly the changed recipes and their dependents, packages be
   assert.deepEqual(changedKeys(before, revised), ["package/other", "image/other"]);
   // Added, modified and removed keys.
   const withoutOther = Object.fromEntries(Object.entries(files).filter(([f]) => !f.endsWith("/other.yaml")));
-  const next = await loadCatalog(catalogDir({ ...withoutOther, "packages/new.yaml": pkg("new", { runtime: ["top"] }), "images/top.yaml": "name: top\npackages: [top, new]\n" }));
+  const next = await loadCatalog(
+    catalogDir({ ...withoutOther, "packages/new.yaml": pkg("new", { runtime: ["top"] }), "images/top.yaml": "name: top\npackages: [top, new]\n" }),
+  );
   const diff = diffCatalogs(before, next);
   assert.deepEqual(diff.added, ["package/new"]);
   assert.deepEqual(diff.modified, ["image/top"]);

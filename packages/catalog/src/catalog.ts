@@ -22,7 +22,11 @@ import { makeKey, nameSchema, type Key } from "@homeostat/core/key";
 import { compilePolicy, versionPolicySchema, type CompiledPolicy } from "./policy.ts";
 import { mapLimit } from "@homeostat/core/map-limit";
 
-const versionSchema = z.string().min(1).max(128).regex(/^[A-Za-z0-9][A-Za-z0-9.+_~-]*$/, "letters, digits and . + _ ~ - only");
+const versionSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9.+_~-]*$/, "letters, digits and . + _ ~ - only");
 /** A path inside the catalog directory, written with forward slashes. */
 const catalogPathSchema = z
   .string()
@@ -32,8 +36,18 @@ const catalogPathSchema = z
 
 export const upstreamSchema = z
   .strictObject({
-    github: z.string().regex(/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/, "must be owner/repo").optional().describe("GitHub repository whose releases are this package's: owner/repo"),
-    url: z.string().min(1).max(4096).regex(/\$\{version\}/, "must contain ${version}").optional().describe("URL template of a release, ${version} substituted"),
+    github: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/, "must be owner/repo")
+      .optional()
+      .describe("GitHub repository whose releases are this package's: owner/repo"),
+    url: z
+      .string()
+      .min(1)
+      .max(4096)
+      .regex(/\$\{version\}/, "must contain ${version}")
+      .optional()
+      .describe("URL template of a release, ${version} substituted"),
     releaseMonitoring: z
       .strictObject({ id: z.number().int().positive().optional(), name: z.string().min(1).max(256).optional() })
       .refine((r) => r.id !== undefined || r.name !== undefined, "needs id or name")
@@ -46,13 +60,16 @@ export const upstreamSchema = z
       .max(256)
       .regex(/^[^$]*\$\{version\}[^$]*$/, "must contain ${version} once")
       .optional()
-      .describe("How a release tag spells the version: v${version}, release-${version}, ${version}; without one, the tag is the version with a leading v dropped"),
+      .describe(
+        "How a release tag spells the version: v${version}, release-${version}, ${version}; without one, the tag is the version with a leading v dropped",
+      ),
     policy: versionPolicySchema.optional().describe("Which releases the package may move to; without one, the newest"),
     prereleases: z.boolean().default(false).describe("Whether pre-releases (1.0-rc1, 3.0beta2) may be chosen"),
   })
   .superRefine((u, ctx) => {
     const given = (["github", "url", "releaseMonitoring"] as const).filter((k) => u[k] !== undefined);
-    if (given.length !== 1) ctx.addIssue({ code: "custom", message: `exactly one of github, url, releaseMonitoring is required (got ${given.length ? given.join(", ") : "none"})` });
+    if (given.length !== 1)
+      ctx.addIssue({ code: "custom", message: `exactly one of github, url, releaseMonitoring is required (got ${given.length ? given.join(", ") : "none"})` });
   })
   .meta({ oneOf: [{ required: ["github"] }, { required: ["url"] }, { required: ["releaseMonitoring"] }] });
 export type Upstream = z.infer<typeof upstreamSchema>;
@@ -80,7 +97,10 @@ export function tagsOfVersion(upstream: Pick<Upstream, "tag"> | undefined, versi
 }
 
 /** A package URL (github.com/package-url/purl-spec): `pkg:<type>/<namespace/name>@<version>[?qualifiers]`. */
-const purlSchema = z.string().max(2048).regex(/^pkg:[a-z][a-z0-9.+-]*\/[^\s@?#]+@[^\s?#]+(\?[^\s#]*)?$/, "must be a package URL with a version: pkg:<type>/<name>@<version>[?qualifiers]");
+const purlSchema = z
+  .string()
+  .max(2048)
+  .regex(/^pkg:[a-z][a-z0-9.+-]*\/[^\s@?#]+@[^\s?#]+(\?[^\s#]*)?$/, "must be a package URL with a version: pkg:<type>/<name>@<version>[?qualifiers]");
 
 /**
  * An image's default user: `uid` or `uid:gid`, numeric and not root. The builder writes its
@@ -103,9 +123,21 @@ export type Patch = z.infer<typeof patchSchema>;
 export const packageSpecSchema = z.strictObject({
   name: nameSchema,
   version: versionSchema.describe("The pinned upstream version (quote it: 1.10 is not 1.1)"),
-  epoch: z.number().int().min(0).max(1_000_000).default(0).describe("The package revision (as melange's epoch): raise it to rebuild the same upstream version; it is part of the recipe, so it changes the input digest"),
+  epoch: z
+    .number()
+    .int()
+    .min(0)
+    .max(1_000_000)
+    .default(0)
+    .describe(
+      "The package revision (as melange's epoch): raise it to rebuild the same upstream version; it is part of the recipe, so it changes the input digest",
+    ),
   license: z.string().max(256).optional().describe("SPDX expression"),
-  purl: purlSchema.optional().describe("The package's identity in SBOMs and advisories when it is imported rather than built from source, e.g. pkg:deb/debian/musl@${version}?arch=amd64 (${version} is substituted); default pkg:generic/<name>@<version>"),
+  purl: purlSchema
+    .optional()
+    .describe(
+      "The package's identity in SBOMs and advisories when it is imported rather than built from source, e.g. pkg:deb/debian/musl@${version}?arch=amd64 (${version} is substituted); default pkg:generic/<name>@<version>",
+    ),
   description: z.string().max(4096).optional(),
   upstream: upstreamSchema.optional(),
   source: z.strictObject({
@@ -116,9 +148,7 @@ export const packageSpecSchema = z.strictObject({
   patches: z.array(patchSchema).max(1000).default([]),
   build: z.strictObject({ steps: z.array(z.string().min(1)).min(1).describe("Shell commands run in order in the unpacked source") }),
   test: z.string().min(1).max(65536).optional().describe("Shell command run after the build steps; the build fails when it fails"),
-  dependencies: z
-    .strictObject({ build: z.array(nameSchema).default([]), runtime: z.array(nameSchema).default([]) })
-    .default({ build: [], runtime: [] }),
+  dependencies: z.strictObject({ build: z.array(nameSchema).default([]), runtime: z.array(nameSchema).default([]) }).default({ build: [], runtime: [] }),
 });
 export type PackageSpec = z.infer<typeof packageSpecSchema>;
 
@@ -255,7 +285,13 @@ export class Catalog {
    */
   get revision(): string {
     if (this.commit) return this.commit;
-    this.contentDigest ??= sha256Digest(canonicalJson(this.keys().sort().map((k) => [k, this.recipe(k)])));
+    this.contentDigest ??= sha256Digest(
+      canonicalJson(
+        this.keys()
+          .sort()
+          .map((k) => [k, this.recipe(k)]),
+      ),
+    );
     return this.contentDigest;
   }
 
@@ -411,7 +447,12 @@ export async function loadCatalog(dir: string, opts: { commit?: string; sourceBa
   }
   problems.push(...(await locate(dir, located)));
   if (problems.length) throw new CatalogError(problems);
-  return new Catalog(dir, packages, images, { graph, files, ...(opts.commit ? { commit: opts.commit } : {}), ...(opts.sourceBase ? { sourceBase: opts.sourceBase } : {}) });
+  return new Catalog(dir, packages, images, {
+    graph,
+    files,
+    ...(opts.commit ? { commit: opts.commit } : {}),
+    ...(opts.sourceBase ? { sourceBase: opts.sourceBase } : {}),
+  });
 }
 
 /** Every patch must exist inside the catalog and have the declared digest. */
@@ -422,7 +463,11 @@ async function checkPatches(dir: string, packages: ReadonlyMap<string, PackageSp
     try {
       data = await readFile(path.join(dir, patch.path));
     } catch (err) {
-      located.push({ file, at: ["patches", i, "path"], message: `cannot read ${patch.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+      located.push({
+        file,
+        at: ["patches", i, "path"],
+        message: `cannot read ${patch.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      });
       return;
     }
     const actual = sha256Hex(data);

@@ -10,28 +10,78 @@ export type CvssRating = "None" | "Low" | "Medium" | "High" | "Critical";
 export type CvssV3 = { version: "3.0" | "3.1"; vector: string; baseScore: number; rating: CvssRating };
 export type CvssV4 = { version: "4.0"; vector: string };
 
-const V3_BASE: Record<string, readonly string[]> = { AV: ["N", "A", "L", "P"], AC: ["L", "H"], PR: ["N", "L", "H"], UI: ["N", "R"], S: ["U", "C"], C: ["H", "L", "N"], I: ["H", "L", "N"], A: ["H", "L", "N"] };
+const V3_BASE: Record<string, readonly string[]> = {
+  AV: ["N", "A", "L", "P"],
+  AC: ["L", "H"],
+  PR: ["N", "L", "H"],
+  UI: ["N", "R"],
+  S: ["U", "C"],
+  C: ["H", "L", "N"],
+  I: ["H", "L", "N"],
+  A: ["H", "L", "N"],
+};
 const V3_OPTIONAL: Record<string, readonly string[]> = {
-  E: ["X", "U", "P", "F", "H"], RL: ["X", "O", "T", "W", "U"], RC: ["X", "U", "R", "C"],
-  CR: ["X", "L", "M", "H"], IR: ["X", "L", "M", "H"], AR: ["X", "L", "M", "H"],
-  MAV: ["X", "N", "A", "L", "P"], MAC: ["X", "L", "H"], MPR: ["X", "N", "L", "H"], MUI: ["X", "N", "R"], MS: ["X", "U", "C"],
-  MC: ["X", "H", "L", "N"], MI: ["X", "H", "L", "N"], MA: ["X", "H", "L", "N"],
+  E: ["X", "U", "P", "F", "H"],
+  RL: ["X", "O", "T", "W", "U"],
+  RC: ["X", "U", "R", "C"],
+  CR: ["X", "L", "M", "H"],
+  IR: ["X", "L", "M", "H"],
+  AR: ["X", "L", "M", "H"],
+  MAV: ["X", "N", "A", "L", "P"],
+  MAC: ["X", "L", "H"],
+  MPR: ["X", "N", "L", "H"],
+  MUI: ["X", "N", "R"],
+  MS: ["X", "U", "C"],
+  MC: ["X", "H", "L", "N"],
+  MI: ["X", "H", "L", "N"],
+  MA: ["X", "H", "L", "N"],
 };
 const V4_BASE: Record<string, readonly string[]> = {
-  AV: ["N", "A", "L", "P"], AC: ["L", "H"], AT: ["N", "P"], PR: ["N", "L", "H"], UI: ["N", "P", "A"],
-  VC: ["H", "L", "N"], VI: ["H", "L", "N"], VA: ["H", "L", "N"], SC: ["H", "L", "N"], SI: ["H", "L", "N"], SA: ["H", "L", "N"],
+  AV: ["N", "A", "L", "P"],
+  AC: ["L", "H"],
+  AT: ["N", "P"],
+  PR: ["N", "L", "H"],
+  UI: ["N", "P", "A"],
+  VC: ["H", "L", "N"],
+  VI: ["H", "L", "N"],
+  VA: ["H", "L", "N"],
+  SC: ["H", "L", "N"],
+  SI: ["H", "L", "N"],
+  SA: ["H", "L", "N"],
 };
 const V4_OPTIONAL: Record<string, readonly string[]> = {
-  E: ["X", "A", "P", "U"], CR: ["X", "H", "M", "L"], IR: ["X", "H", "M", "L"], AR: ["X", "H", "M", "L"],
-  MAV: ["X", "N", "A", "L", "P"], MAC: ["X", "L", "H"], MAT: ["X", "N", "P"], MPR: ["X", "N", "L", "H"], MUI: ["X", "N", "P", "A"],
-  MVC: ["X", "H", "L", "N"], MVI: ["X", "H", "L", "N"], MVA: ["X", "H", "L", "N"], MSC: ["X", "H", "L", "N"], MSI: ["X", "S", "H", "L", "N"], MSA: ["X", "S", "H", "L", "N"],
-  S: ["X", "N", "P"], AU: ["X", "N", "Y"], R: ["X", "A", "U", "I"], V: ["X", "D", "C"], RE: ["X", "L", "M", "H"], U: ["X", "Clear", "Green", "Amber", "Red"],
+  E: ["X", "A", "P", "U"],
+  CR: ["X", "H", "M", "L"],
+  IR: ["X", "H", "M", "L"],
+  AR: ["X", "H", "M", "L"],
+  MAV: ["X", "N", "A", "L", "P"],
+  MAC: ["X", "L", "H"],
+  MAT: ["X", "N", "P"],
+  MPR: ["X", "N", "L", "H"],
+  MUI: ["X", "N", "P", "A"],
+  MVC: ["X", "H", "L", "N"],
+  MVI: ["X", "H", "L", "N"],
+  MVA: ["X", "H", "L", "N"],
+  MSC: ["X", "H", "L", "N"],
+  MSI: ["X", "S", "H", "L", "N"],
+  MSA: ["X", "S", "H", "L", "N"],
+  S: ["X", "N", "P"],
+  AU: ["X", "N", "Y"],
+  R: ["X", "A", "U", "I"],
+  V: ["X", "D", "C"],
+  RE: ["X", "L", "M", "H"],
+  U: ["X", "Clear", "Green", "Amber", "Red"],
 };
 
 export class CvssError extends Error {}
 
 /** The metrics of `vector` after its `CVSS:<version>` prefix; throws CvssError naming what is wrong. */
-function metrics(vector: string, versions: readonly string[], base: Record<string, readonly string[]>, optional: Record<string, readonly string[]>): { version: string; values: Map<string, string> } {
+function metrics(
+  vector: string,
+  versions: readonly string[],
+  base: Record<string, readonly string[]>,
+  optional: Record<string, readonly string[]>,
+): { version: string; values: Map<string, string> } {
   if (vector.length > 512) throw new CvssError("a CVSS vector is at most 512 characters");
   const [head, ...parts] = vector.split("/");
   const version = /^CVSS:(\d\.\d)$/.exec(head ?? "")?.[1];
@@ -40,7 +90,8 @@ function metrics(vector: string, versions: readonly string[], base: Record<strin
   for (const part of parts) {
     const [name, value, extra] = part.split(":");
     const allowed = name === undefined ? undefined : (base[name] ?? optional[name]);
-    if (name === undefined || allowed === undefined || value === undefined || extra !== undefined) throw new CvssError(`"${part}" is not a CVSS ${version} metric`);
+    if (name === undefined || allowed === undefined || value === undefined || extra !== undefined)
+      throw new CvssError(`"${part}" is not a CVSS ${version} metric`);
     if (!allowed.includes(value)) throw new CvssError(`${name}:${value}: ${name} takes ${allowed.join(", ")}`);
     if (values.has(name)) throw new CvssError(`${name} is given twice`);
     values.set(name, value);

@@ -17,7 +17,13 @@ const minimist2021 = fixture("GHSA-xvch-5gv4-984h");
 const patch = (path: string, fixes: string[]): Patch => ({ path, sha256: "a".repeat(64), fixes });
 
 const input = (over: Partial<DecisionInput>): DecisionInput => ({
-  name: "minimist", pinned: "1.2.0", releases: [], policy: compilePolicy(undefined), advisories: [], patches: [], ...over,
+  name: "minimist",
+  pinned: "1.2.0",
+  releases: [],
+  policy: compilePolicy(undefined),
+  advisories: [],
+  patches: [],
+  ...over,
 });
 
 test("the real advisories' ranges: affected, fixed, and the gap between two ranges", () => {
@@ -45,7 +51,12 @@ test("affected with a fixed release the policy allows: bump to the lowest fixed,
   const regression: Osv = {
     ...minimist2021,
     id: "GHSA-test-regression",
-    affected: [{ package: { ecosystem: "npm", name: "minimist" }, ranges: [{ type: "SEMVER", events: [{ introduced: "0" }, { fixed: "1.2.6" }, { introduced: "1.2.7" }] }] }],
+    affected: [
+      {
+        package: { ecosystem: "npm", name: "minimist" },
+        ranges: [{ type: "SEMVER", events: [{ introduced: "0" }, { fixed: "1.2.6" }, { introduced: "1.2.7" }] }],
+      },
+    ],
   };
   const d = decideVersion(input({ releases: ["1.2.3", "1.2.6", "1.2.8"], advisories: [minimist2020, regression] }));
   assert.equal(d.action, "build");
@@ -58,15 +69,25 @@ test("affected with a fixed release the policy allows: bump to the lowest fixed,
 });
 
 test("the policy rules out the fixed release: the patch listing the advisory (or its alias) is applied", () => {
-  const patches = [patch("patches/always.patch", []), patch("patches/cve-2021-44906.patch", ["CVE-2021-44906"]), patch("patches/unrelated.patch", ["GHSA-none"])];
-  const d = decideVersion(input({ pinned: "1.2.5", releases: ["1.2.6"], policy: compilePolicy({ semver: "~1.2.0 <1.2.6" }), advisories: [minimist2021], patches }));
+  const patches = [
+    patch("patches/always.patch", []),
+    patch("patches/cve-2021-44906.patch", ["CVE-2021-44906"]),
+    patch("patches/unrelated.patch", ["GHSA-none"]),
+  ];
+  const d = decideVersion(
+    input({ pinned: "1.2.5", releases: ["1.2.6"], policy: compilePolicy({ semver: "~1.2.0 <1.2.6" }), advisories: [minimist2021], patches }),
+  );
   assert.equal(d.action, "build");
   assert.equal(d.action === "build" && d.reason, "patch");
   assert.equal(d.version, "1.2.5");
   assert.deepEqual(d.action === "build" && d.patches.map((p) => p.path), ["patches/always.patch", "patches/cve-2021-44906.patch"]);
 
   const unaffected = decideVersion(input({ pinned: "1.2.6", advisories: [minimist2021], patches }));
-  assert.deepEqual(unaffected.action === "build" && unaffected.patches.map((p) => p.path), ["patches/always.patch"], "a backport is dropped once the version is fixed");
+  assert.deepEqual(
+    unaffected.action === "build" && unaffected.patches.map((p) => p.path),
+    ["patches/always.patch"],
+    "a backport is dropped once the version is fixed",
+  );
 });
 
 test("no fixed release known and no patch: NeedsAttention with the advisory ids", () => {

@@ -88,16 +88,21 @@ export function decideVersion(input: DecisionInput): Decision {
   const unpatched = hit.filter((a) => fixing(a).length === 0);
   if (unpatched.length === 0) {
     const chosen = new Set(hit.flatMap(fixing));
-    return { action: "build", version: newest, reason: "patch", patches: input.patches.filter((p) => p.fixes.length === 0 || chosen.has(p)), advisories: ids, newest };
+    return {
+      action: "build",
+      version: newest,
+      reason: "patch",
+      patches: input.patches.filter((p) => p.fixes.length === 0 || chosen.has(p)),
+      advisories: ids,
+      newest,
+    };
   }
 
   // 4. Attention: say what is missing, so a human knows whether to wait, patch or pin.
   const unknownFixes = fixes.filter((f) => compareVersions(f, newest) > 0);
   const detail =
     `${input.name} ${newest} is affected by ${unpatched.map((a) => a.id).join(", ")}: ` +
-    (unknownFixes.length
-      ? `fixed in ${unknownFixes.join(", ")}, which is not a known release the policy allows; `
-      : "no fixed release is known; ") +
+    (unknownFixes.length ? `fixed in ${unknownFixes.join(", ")}, which is not a known release the policy allows; ` : "no fixed release is known; ") +
     "no catalog patch fixes it";
   return { action: "attention", version: newest, advisories: unpatched.map((a) => a.id), detail };
 }

@@ -118,7 +118,15 @@ export class DesiredState {
     const { archive, diffId, size } = actual.outputs;
     if (!archive || !diffId || size === undefined) return `${key} has no package archive`;
     const spec = this.in.catalog.packages.get(name);
-    return { name, version: actual.version, archive, diffId, size, ...(spec?.license ? { license: spec.license } : {}), ...(spec?.purl ? { purl: spec.purl.replaceAll("${version}", actual.version) } : {}) };
+    return {
+      name,
+      version: actual.version,
+      archive,
+      diffId,
+      size,
+      ...(spec?.license ? { license: spec.license } : {}),
+      ...(spec?.purl ? { purl: spec.purl.replaceAll("${version}", actual.version) } : {}),
+    };
   }
 
   private async computePackage(name: string): Promise<Desired> {
@@ -127,17 +135,22 @@ export class DesiredState {
     if (!spec) return { state: "waiting", waitingFor: `package "${name}" to be in the catalog` };
     const releases = await this.in.releases(name);
     const decision = decideVersion({
-      name, pinned: spec.version, releases: releases.map((r) => r.version), policy: catalog.policyOf(name),
-      advisories: await this.in.advisories(name), patches: spec.patches,
+      name,
+      pinned: spec.version,
+      releases: releases.map((r) => r.version),
+      policy: catalog.policyOf(name),
+      advisories: await this.in.advisories(name),
+      patches: spec.patches,
     });
     if (decision.action === "attention") return { state: "attention", version: decision.version, advisories: decision.advisories, detail: decision.detail };
     const version = decision.version;
     const release = releases.find((r) => r.version === version);
-    const source = release && version !== spec.version
-      // A release resolved from the catalog's own source template keeps a relative path as
-      // the catalog spells it: each service resolves it against its own copy of the catalog.
-      ? { url: catalog.resolveSourceUrl(release.url, version), sha256: release.sha256 }
-      : { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
+    const source =
+      release && version !== spec.version
+        ? // A release resolved from the catalog's own source template keeps a relative path as
+          // the catalog spells it: each service resolves it against its own copy of the catalog.
+          { url: catalog.resolveSourceUrl(release.url, version), sha256: release.sha256 }
+        : { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
     const patches = decision.patches.map((p) => ({ url: pathToFileURL(catalog.patchPath(p)).href, sha256: p.sha256 }));
 
     const dependencies: PackageArtifact[] = [];
@@ -147,17 +160,36 @@ export class DesiredState {
       dependencies.push(a);
     }
     const key = makeKey("package", name);
-    const inputDigest = sha256Digest(canonicalJson({
-      builder: BUILDER_VERSION, recipe: catalog.recipeDigest(key), version, source: source.sha256,
-      patches: patches.map((p) => p.sha256), dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })),
-      epoch: this.in.sourceDateEpoch,
-    }));
+    const inputDigest = sha256Digest(
+      canonicalJson({
+        builder: BUILDER_VERSION,
+        recipe: catalog.recipeDigest(key),
+        version,
+        source: source.sha256,
+        patches: patches.map((p) => p.sha256),
+        dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })),
+        epoch: this.in.sourceDateEpoch,
+      }),
+    );
     return {
-      state: "build", version, inputDigest, decision,
+      state: "build",
+      version,
+      inputDigest,
+      decision,
       plan: {
-        kind: "package", key, name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch, catalogRevision: catalog.revision,
-        source, ...(patches.length ? { patches } : {}), steps: spec.build.steps, ...(spec.test ? { test: spec.test } : {}),
-        dependencies, runtimeDependencies: spec.dependencies.runtime,
+        kind: "package",
+        key,
+        name,
+        version,
+        inputDigest,
+        sourceDateEpoch: this.in.sourceDateEpoch,
+        catalogRevision: catalog.revision,
+        source,
+        ...(patches.length ? { patches } : {}),
+        steps: spec.build.steps,
+        ...(spec.test ? { test: spec.test } : {}),
+        dependencies,
+        runtimeDependencies: spec.dependencies.runtime,
         ...(spec.license ? { license: spec.license } : {}),
       },
     };
@@ -175,16 +207,30 @@ export class DesiredState {
     }
     const key = makeKey("image", name);
     const config = { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env, user: spec.user, workdir: spec.workdir, annotations: spec.annotations };
-    const inputDigest = sha256Digest(canonicalJson({
-      builder: BUILDER_VERSION, recipe: catalog.recipeDigest(key),
-      packages: packages.map((p) => ({ name: p.name, archive: p.archive })), epoch: this.in.sourceDateEpoch,
-    }));
+    const inputDigest = sha256Digest(
+      canonicalJson({
+        builder: BUILDER_VERSION,
+        recipe: catalog.recipeDigest(key),
+        packages: packages.map((p) => ({ name: p.name, archive: p.archive })),
+        epoch: this.in.sourceDateEpoch,
+      }),
+    );
     // An image's version is its content: the short input digest (a tag that never moves).
     const version = inputDigest.slice("sha256:".length, "sha256:".length + 12);
     return {
-      state: "build", version, inputDigest,
+      state: "build",
+      version,
+      inputDigest,
       plan: {
-        kind: "image", key, name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch, catalogRevision: catalog.revision, packages, config,
+        kind: "image",
+        key,
+        name,
+        version,
+        inputDigest,
+        sourceDateEpoch: this.in.sourceDateEpoch,
+        catalogRevision: catalog.revision,
+        packages,
+        config,
       },
     };
   }

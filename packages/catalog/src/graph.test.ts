@@ -18,17 +18,13 @@ test("a diamond comes once, in the wave after both of its changed dependencies",
   //   left  right
   //     \    /   \
   //      top     solo      image i1: top, image i2: solo
-  const g = new DependencyGraph(
-    pkgs({ base: [], left: ["base"], right: ["base"], top: ["left", "right"], solo: ["right"], unrelated: [] }),
-    [{ name: "i1", packages: ["top"] }, { name: "i2", packages: ["solo"] }, { name: "i3", packages: ["unrelated"] }],
-  );
-  const impact = g.impact(["package/base"]);
-  assert.deepEqual(impact.waves, [
-    ["package/base"],
-    ["package/left", "package/right"],
-    ["package/solo", "package/top"],
-    ["image/i1", "image/i2"],
+  const g = new DependencyGraph(pkgs({ base: [], left: ["base"], right: ["base"], top: ["left", "right"], solo: ["right"], unrelated: [] }), [
+    { name: "i1", packages: ["top"] },
+    { name: "i2", packages: ["solo"] },
+    { name: "i3", packages: ["unrelated"] },
   ]);
+  const impact = g.impact(["package/base"]);
+  assert.deepEqual(impact.waves, [["package/base"], ["package/left", "package/right"], ["package/solo", "package/top"], ["image/i1", "image/i2"]]);
   assert.equal(impact.packages, 5);
   assert.equal(impact.images, 2);
   assert.equal(impact.keys.length, new Set(impact.keys).size);
@@ -46,14 +42,21 @@ test("several changed keys: one that depends on another changed one waits for it
 
 test("cycles are found, each written as a path back to its start", () => {
   const g = new DependencyGraph(pkgs({ a: ["b"], b: ["c"], c: ["a"], d: ["d"], e: ["a"], x: ["y"], y: ["x"] }), []);
-  assert.deepEqual(g.cycles(), [["a", "b", "c", "a"], ["d", "d"], ["x", "y", "x"]]);
+  assert.deepEqual(g.cycles(), [
+    ["a", "b", "c", "a"],
+    ["d", "d"],
+    ["x", "y", "x"],
+  ]);
   assert.deepEqual(new DependencyGraph(pkgs({ a: [], b: ["a"] }), []).cycles(), []);
   assert.throws(() => g.impact(["package/a"]), /cycle/);
 });
 
 test("a long chain neither overflows the stack nor slows down", () => {
   const n = 50_000;
-  const spec: GraphPackage[] = Array.from({ length: n }, (_, i) => ({ name: `p${String(i).padStart(6, "0")}`, dependencies: i ? [`p${String(i - 1).padStart(6, "0")}`] : [] }));
+  const spec: GraphPackage[] = Array.from({ length: n }, (_, i) => ({
+    name: `p${String(i).padStart(6, "0")}`,
+    dependencies: i ? [`p${String(i - 1).padStart(6, "0")}`] : [],
+  }));
   const g = new DependencyGraph(spec, []);
   assert.deepEqual(g.cycles(), []);
   const t = performance.now();

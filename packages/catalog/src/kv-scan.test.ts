@@ -20,7 +20,10 @@ test("the live entries under a filter: latest values, deleted and purged ones ou
   await kv.put("zlib.1_3", "purged");
   await kv.purge("zlib.1_3");
   const found = await scanEntries(kv, "zlib.*");
-  assert.deepEqual(found.map((e) => [e.key, text(e.value)]).sort(), [["zlib.1_0", "one"], ["zlib.1_1", "new"]]);
+  assert.deepEqual(found.map((e) => [e.key, text(e.value)]).sort(), [
+    ["zlib.1_0", "one"],
+    ["zlib.1_1", "new"],
+  ]);
   assert.deepEqual(await scanEntries(kv, "nothing.*"), []);
   const stream = `KV_${t.nats.topology.bucket("releases")}`;
   assert.equal((await t.nats.jsm.streams.info(stream)).state.consumer_count, 0);

@@ -34,7 +34,7 @@ export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[
     }
   } else {
     const subjects = `${bucket.prefix}.${filter}`;
-    for (let seq = 1; ; ) {
+    for (let seq = 1; ;) {
       const m = await bucket.jsm.direct.getMessage(bucket.stream, { seq, next_by_subj: subjects });
       if (!m) break;
       const key = m.subject.slice(bucket.prefix.length + 1);

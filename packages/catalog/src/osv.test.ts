@@ -2,7 +2,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { advisoryPackageNames, advisoryRepositories, assessAdvisory, CvssError, fixedVersions, genericPurlName, isAffected, osvSchema, parseCvssV3, parseCvssV4, severities, type Osv } from "./osv.ts";
+import {
+  advisoryPackageNames,
+  advisoryRepositories,
+  assessAdvisory,
+  CvssError,
+  fixedVersions,
+  genericPurlName,
+  isAffected,
+  osvSchema,
+  parseCvssV3,
+  parseCvssV4,
+  severities,
+  type Osv,
+} from "./osv.ts";
 
 const advisory = (affected: unknown[], extra: Record<string, unknown> = {}): Osv =>
   osvSchema.parse({ id: "OSV-2025-1", modified: "2025-01-02T03:04:05Z", affected, ...extra });
@@ -51,7 +64,17 @@ test("several intervals in one range and several ranges; events in any order", (
       ],
     },
   ]);
-  for (const [v, want] of [["0.9", false], ["1.0", true], ["1.4", true], ["1.5", false], ["1.9", false], ["2.1", true], ["2.2", false], ["3.0", true], ["9.9", true]] as const) {
+  for (const [v, want] of [
+    ["0.9", false],
+    ["1.0", true],
+    ["1.4", true],
+    ["1.5", false],
+    ["1.9", false],
+    ["2.1", true],
+    ["2.2", false],
+    ["3.0", true],
+    ["9.9", true],
+  ] as const) {
     assert.equal(isAffected(a, "openssl", v), want, v);
   }
   assert.deepEqual(fixedVersions(a, "openssl"), ["1.5", "2.2"]);
@@ -66,7 +89,11 @@ test("limit bounds the range from above", () => {
 
 test("the explicit versions list is affected even without a range; GIT ranges never match a version", () => {
   const a = advisory([
-    { package: pkg(), versions: ["1.0.2k", "1.0.2l"], ranges: [{ type: "GIT", repo: "https://github.com/openssl/openssl", events: [{ introduced: "0" }, { fixed: "abc123" }] }] },
+    {
+      package: pkg(),
+      versions: ["1.0.2k", "1.0.2l"],
+      ranges: [{ type: "GIT", repo: "https://github.com/openssl/openssl", events: [{ introduced: "0" }, { fixed: "abc123" }] }],
+    },
   ]);
   assert.equal(isAffected(a, "openssl", "1.0.2k"), true);
   assert.equal(isAffected(a, "openssl", "1.0.2m"), false);
@@ -75,7 +102,10 @@ test("the explicit versions list is affected even without a range; GIT ranges ne
 
 test("a package is named by its name or by a pkg:generic purl; others are not affected", () => {
   const a = advisory([
-    { package: { ecosystem: "OSS-Fuzz", name: "libgreet-upstream", purl: "pkg:generic/acme/libgreet@1.0?arch=x86" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.1" }] }] },
+    {
+      package: { ecosystem: "OSS-Fuzz", name: "libgreet-upstream", purl: "pkg:generic/acme/libgreet@1.0?arch=x86" },
+      ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.1" }] }],
+    },
     { package: pkg("motd"), versions: ["1.0"] },
   ]);
   assert.equal(isAffected(a, "libgreet", "1.0"), true);
@@ -108,7 +138,10 @@ test("the schema refuses what evaluation could not use", () => {
     { id: "X-1", modified: "2025-01-01T00:00:00Z", severity: [{ type: "CVSS_V4", score: "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:Q" }] },
   ];
   for (const b of bad) assert.equal(osvSchema.safeParse(b).success, false, JSON.stringify(b));
-  assert.equal(osvSchema.safeParse({ id: "GHSA-xxxx-yyyy-zzzz", modified: "2025-01-01T00:00:00.123+02:00", severity: [{ type: "Ubuntu", score: "medium" }] }).success, true);
+  assert.equal(
+    osvSchema.safeParse({ id: "GHSA-xxxx-yyyy-zzzz", modified: "2025-01-01T00:00:00.123+02:00", severity: [{ type: "Ubuntu", score: "medium" }] }).success,
+    true,
+  );
 });
 
 test("CVSS v3 base scores match FIRST's calculator; v4 vectors are validated, not scored", () => {
@@ -124,7 +157,12 @@ test("CVSS v3 base scores match FIRST's calculator; v4 vectors are validated, no
     ["CVSS:3.0/AV:N/AC:L/PR:L/UI:N/S:C/C:H/I:H/A:H/E:P/RL:O", 9.9, "Critical"],
   ];
   for (const [vector, score, rating] of cases) assert.deepEqual([parseCvssV3(vector).baseScore, parseCvssV3(vector).rating], [score, rating], vector);
-  for (const bad of ["CVSS:3.1/AV:X/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "CVSS:3.1/AV:N/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "CVSS:2.0/AV:N", "AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"]) {
+  for (const bad of [
+    "CVSS:3.1/AV:X/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+    "CVSS:3.1/AV:N/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+    "CVSS:2.0/AV:N",
+    "AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+  ]) {
     assert.throws(() => parseCvssV3(bad), CvssError, bad);
   }
   assert.equal(parseCvssV4("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N/E:A").version, "4.0");
@@ -134,16 +172,34 @@ test("CVSS v3 base scores match FIRST's calculator; v4 vectors are validated, no
 const corpus = (file: string): Osv => osvSchema.parse(JSON.parse(readFileSync(path.join(import.meta.dirname, "../../../test/fixtures/osv", file), "utf8")));
 
 test("a corpus of real records from six databases parses, keeping severity and database_specific", () => {
-  for (const f of readdirSync(path.join(import.meta.dirname, "../../../test/fixtures/osv")).filter((f) => f.endsWith(".json"))) assert.doesNotThrow(() => corpus(f), f);
+  for (const f of readdirSync(path.join(import.meta.dirname, "../../../test/fixtures/osv")).filter((f) => f.endsWith(".json")))
+    assert.doesNotThrow(() => corpus(f), f);
   const log4j = corpus("GHSA-jfh8-c2jp-5v3q.json");
   assert.deepEqual(severities(log4j), [{ type: "CVSS_V3", vector: "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", baseScore: 10, rating: "Critical" }]);
   assert.equal(log4j.database_specific?.severity, "CRITICAL");
   const name = "org.apache.logging.log4j:log4j-core";
-  for (const [v, want] of [["2.14.1", true], ["2.15.0", false], ["2.12.1", true], ["2.12.2", false], ["2.3", true], ["2.3.1", false], ["2.0-beta9", true], ["2.0-beta8", false]] as const) assert.equal(isAffected(log4j, name, v), want, v);
+  for (const [v, want] of [
+    ["2.14.1", true],
+    ["2.15.0", false],
+    ["2.12.1", true],
+    ["2.12.2", false],
+    ["2.3", true],
+    ["2.3.1", false],
+    ["2.0-beta9", true],
+    ["2.0-beta8", false],
+  ] as const)
+    assert.equal(isAffected(log4j, name, v), want, v);
   const axios = corpus("GHSA-8hc4-vh64-cxmj.json");
-  assert.deepEqual(severities(axios), [{ type: "CVSS_V4", vector: "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:N/VA:N/SC:N/SI:N/SA:N" }], "v4: the checked vector, no number");
+  assert.deepEqual(
+    severities(axios),
+    [{ type: "CVSS_V4", vector: "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:N/VA:N/SC:N/SI:N/SA:N" }],
+    "v4: the checked vector, no number",
+  );
   const go = corpus("GO-2022-0969.json");
-  assert.deepEqual([isAffected(go, "stdlib", "1.18.5"), isAffected(go, "stdlib", "1.18.6"), isAffected(go, "stdlib", "1.19.0"), isAffected(go, "stdlib", "1.19.1")], [true, false, true, false]);
+  assert.deepEqual(
+    [isAffected(go, "stdlib", "1.18.5"), isAffected(go, "stdlib", "1.18.6"), isAffected(go, "stdlib", "1.19.0"), isAffected(go, "stdlib", "1.19.1")],
+    [true, false, true, false],
+  );
   const hyper = corpus("RUSTSEC-2021-0078.json");
   assert.deepEqual([isAffected(hyper, "hyper", "0.14.9"), isAffected(hyper, "hyper", "0.14.10")], [true, false]);
   assert.ok(hyper.affected![0]!.ecosystem_specific, "ecosystem_specific kept");
@@ -155,7 +211,10 @@ test("GIT ranges are kept and reported with why they were not compared; package-
   const urllib3 = corpus("PYSEC-2021-108.json");
   const tarball = assessAdvisory(urllib3, "urllib3", "1.26.4", "https://files.pythonhosted.org/urllib3-1.26.4.tar.gz");
   assert.equal(tarball.affected, true, "by its ECOSYSTEM range and versions");
-  assert.deepEqual(tarball.gitRanges.map((g) => [g.repo, g.reason]), [["https://github.com/urllib3/urllib3", "GIT range ignored: the package's source is not a git repository, so it has no commit to match"]]);
+  assert.deepEqual(
+    tarball.gitRanges.map((g) => [g.repo, g.reason]),
+    [["https://github.com/urllib3/urllib3", "GIT range ignored: the package's source is not a git repository, so it has no commit to match"]],
+  );
   const git = assessAdvisory(urllib3, "urllib3", "1.26.5", `git+https://github.com/urllib3/urllib3#${"a".repeat(40)}`);
   assert.equal(git.affected, false);
   assert.match(git.gitRanges[0]!.reason, /reconciler matches the commit/);

@@ -23,7 +23,10 @@ export { CvssError, cvssRating, parseCvssV3, parseCvssV4, type CvssRating, type 
 
 const text = (max: number) => z.string().min(1).max(max);
 /** RFC 3339 timestamp, as OSV requires; compared as instants, never as strings. */
-const timestamp = z.string().max(64).refine((s) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(s) && !Number.isNaN(Date.parse(s)), "must be an RFC 3339 timestamp");
+const timestamp = z
+  .string()
+  .max(64)
+  .refine((s) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(s) && !Number.isNaN(Date.parse(s)), "must be an RFC 3339 timestamp");
 /** `database_specific` / `ecosystem_specific`: free-form JSON objects, kept as given. */
 const freeForm = z.record(z.string().max(256), z.unknown());
 
@@ -52,18 +55,17 @@ export const osvPackageSchema = z.object({
 });
 
 /** One `severity[]` entry; CVSS scores are vector strings, checked here so a stored one always parses. */
-export const osvSeveritySchema = z
-  .object({ type: z.enum(["CVSS_V2", "CVSS_V3", "CVSS_V4", "Ubuntu"]), score: text(512) })
-  .superRefine((s, ctx) => {
-    try {
-      if (s.type === "CVSS_V3") parseCvssV3(s.score);
-      else if (s.type === "CVSS_V4") parseCvssV4(s.score);
-      else if (s.type === "CVSS_V2" && !/^(AV:[LAN]\/AC:[HML]\/Au:[MSN]\/C:[NPC]\/I:[NPC]\/A:[NPC])(\/[A-Za-z]+:[A-Z]{1,3})*$/.test(s.score)) throw new CvssError("not a CVSS v2 vector (AV:…/AC:…/Au:…/C:…/I:…/A:…)");
-    } catch (err) {
-      if (!(err instanceof CvssError)) throw err;
-      ctx.addIssue({ code: "custom", path: ["score"], message: `${s.type}: ${err.message}` });
-    }
-  });
+export const osvSeveritySchema = z.object({ type: z.enum(["CVSS_V2", "CVSS_V3", "CVSS_V4", "Ubuntu"]), score: text(512) }).superRefine((s, ctx) => {
+  try {
+    if (s.type === "CVSS_V3") parseCvssV3(s.score);
+    else if (s.type === "CVSS_V4") parseCvssV4(s.score);
+    else if (s.type === "CVSS_V2" && !/^(AV:[LAN]\/AC:[HML]\/Au:[MSN]\/C:[NPC]\/I:[NPC]\/A:[NPC])(\/[A-Za-z]+:[A-Z]{1,3})*$/.test(s.score))
+      throw new CvssError("not a CVSS v2 vector (AV:…/AC:…/Au:…/C:…/I:…/A:…)");
+  } catch (err) {
+    if (!(err instanceof CvssError)) throw err;
+    ctx.addIssue({ code: "custom", path: ["score"], message: `${s.type}: ${err.message}` });
+  }
+});
 export type OsvSeverity = z.infer<typeof osvSeveritySchema>;
 const severityList = z.array(osvSeveritySchema).max(16);
 
@@ -88,7 +90,11 @@ const referenceSchema = z.object({ type: text(64), url: text(4096) });
 /** The fields of OSV 1.6 Homeostat reads or keeps; fields outside the schema are dropped. */
 export const osvSchema = z.object({
   schema_version: z.string().max(32).optional(),
-  id: z.string().min(1).max(256).regex(/^[A-Za-z0-9][A-Za-z0-9._:+-]*$/, "letters, digits and . _ : + - only"),
+  id: z
+    .string()
+    .min(1)
+    .max(256)
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._:+-]*$/, "letters, digits and . _ : + - only"),
   modified: timestamp,
   published: timestamp.optional(),
   withdrawn: timestamp.optional(),
@@ -100,7 +106,10 @@ export const osvSchema = z.object({
   severity: severityList.optional(),
   affected: z.array(osvAffectedSchema).max(10_000).optional(),
   references: z.array(referenceSchema).max(1024).optional(),
-  credits: z.array(z.object({ name: text(1024), contact: z.array(text(1024)).max(64).optional(), type: text(64).optional() })).max(256).optional(),
+  credits: z
+    .array(z.object({ name: text(1024), contact: z.array(text(1024)).max(64).optional(), type: text(64).optional() }))
+    .max(256)
+    .optional(),
   database_specific: freeForm.optional(),
 });
 export type Osv = z.infer<typeof osvSchema>;
@@ -131,7 +140,10 @@ export function severities(advisory: Osv): SeverityScore[] {
 export function genericPurlName(purl: string): string | undefined {
   const m = /^pkg:generic\/([^@?#]+)/i.exec(purl);
   if (!m) return undefined;
-  const name = m[1]!.split("/").filter((p) => p !== "").pop();
+  const name = m[1]!
+    .split("/")
+    .filter((p) => p !== "")
+    .pop();
   if (name === undefined) return undefined;
   try {
     return decodeURIComponent(name);
@@ -185,11 +197,12 @@ export type Assessment = { affected: boolean; gitRanges: GitRangeNote[] };
 export function assessAdvisory(advisory: Osv, packageName: string, version: string, sourceUrl?: string): Assessment {
   const gitRanges: GitRangeNote[] = [];
   let affected = false;
-  const gitReason = sourceUrl === undefined
-    ? "GIT range: names commits, not versions; not compared with the version"
-    : sourceUrl.startsWith("git+")
-      ? "GIT range: the source is a pinned git commit; the reconciler matches the commit, not the version"
-      : "GIT range ignored: the package's source is not a git repository, so it has no commit to match";
+  const gitReason =
+    sourceUrl === undefined
+      ? "GIT range: names commits, not versions; not compared with the version"
+      : sourceUrl.startsWith("git+")
+        ? "GIT range: the source is a pinned git commit; the reconciler matches the commit, not the version"
+        : "GIT range ignored: the package's source is not a git repository, so it has no commit to match";
   for (const a of advisory.affected ?? []) {
     const named = namesPackage(a, packageName);
     if (!named && a.package !== undefined) continue;

@@ -2,7 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chooseVersion, compilePolicy, PolicyError, versionPolicySchema } from "./policy.ts";
 
-const pick = (policy: Parameters<typeof chooseVersion>[0], versions: string[], prereleases = false) => chooseVersion(policy, versions, { prereleases })?.version;
+const pick = (policy: Parameters<typeof chooseVersion>[0], versions: string[], prereleases = false) =>
+  chooseVersion(policy, versions, { prereleases })?.version;
 const accepts = (range: string, v: string, prereleases = false) => compilePolicy({ semver: range }, { prereleases }).accept(v) !== undefined;
 
 test("without a policy the highest release wins, pre-releases left out unless let in", () => {
@@ -60,14 +61,20 @@ test("calver formats select releases of their shape only", () => {
 });
 
 test("regex policies read the version out of the tag", () => {
-  assert.deepEqual(chooseVersion({ regex: "^curl-(\\d+)_(\\d+)_(\\d+)$" }, ["curl-8_5_0", "curl-8_10_1", "curl-7_99_0", "v8.11.0"]), { raw: "curl-8_10_1", version: "8.10.1" });
+  assert.deepEqual(chooseVersion({ regex: "^curl-(\\d+)_(\\d+)_(\\d+)$" }, ["curl-8_5_0", "curl-8_10_1", "curl-7_99_0", "v8.11.0"]), {
+    raw: "curl-8_10_1",
+    version: "8.10.1",
+  });
   assert.equal(pick({ regex: "^release/(?<version>\\d+\\.\\d+)(-lts)?$" }, ["release/3.4", "release/3.2-lts", "release/4.0-rc1"]), "3.4");
   assert.equal(pick({ regex: "^openssl-(.+)$" }, ["openssl-3.2.0", "openssl-3.3.0-alpha1"]), "3.2.0");
   assert.equal(pick({ regex: "^openssl-(.+)$" }, ["openssl-3.2.0", "openssl-3.3.0-alpha1"], true), "3.3.0-alpha1");
 });
 
 test("malformed policies are rejected with the reason", () => {
-  assert.throws(() => compilePolicy({ semver: "^one" }), (e: unknown) => e instanceof PolicyError && /"one" is not a version/.test(e.message));
+  assert.throws(
+    () => compilePolicy({ semver: "^one" }),
+    (e: unknown) => e instanceof PolicyError && /"one" is not a version/.test(e.message),
+  );
   assert.throws(() => compilePolicy({ semver: "!=1.0" }), PolicyError);
   assert.throws(() => compilePolicy({ calver: "YYYY.QQ" }), /unknown part "QQ"/);
   assert.throws(() => compilePolicy({ regex: "^v\\d+$" }), /needs a capture group/);

@@ -36,8 +36,18 @@ const MAX_POLICY_LENGTH = 512;
 export const versionPolicySchema = z
   .strictObject({
     semver: z.string().min(1).max(MAX_POLICY_LENGTH).optional().describe("A semver range: ^1.2, ~1.2.3, >=1.0 <2, 1.2.x, 1.2 - 1.4, a || b"),
-    calver: z.string().min(1).max(MAX_POLICY_LENGTH).optional().describe("A calendar version format: YYYY, YY, 0Y, MM, 0M, WW, 0W, DD, 0D, MAJOR, MINOR, MICRO joined by . - _"),
-    regex: z.string().min(1).max(MAX_POLICY_LENGTH).optional().describe("A regular expression over the release tag with at least one capture group (or a group named version)"),
+    calver: z
+      .string()
+      .min(1)
+      .max(MAX_POLICY_LENGTH)
+      .optional()
+      .describe("A calendar version format: YYYY, YY, 0Y, MM, 0M, WW, 0W, DD, 0D, MAJOR, MINOR, MICRO joined by . - _"),
+    regex: z
+      .string()
+      .min(1)
+      .max(MAX_POLICY_LENGTH)
+      .optional()
+      .describe("A regular expression over the release tag with at least one capture group (or a group named version)"),
   })
   .superRefine((p, ctx) => {
     const given = (["semver", "calver", "regex"] as const).filter((k) => p[k] !== undefined);
@@ -57,10 +67,13 @@ export const versionPolicySchema = z
 /** Compiles a policy (none: every release is acceptable); throws PolicyError when it is malformed. */
 export function compilePolicy(policy: VersionPolicy | undefined, opts: { prereleases?: boolean } = {}): CompiledPolicy {
   const denote =
-    policy?.semver !== undefined ? semverMatcher(policy.semver)
-    : policy?.calver !== undefined ? calverMatcher(policy.calver)
-    : policy?.regex !== undefined ? regexMatcher(policy.regex)
-    : plain;
+    policy?.semver !== undefined
+      ? semverMatcher(policy.semver)
+      : policy?.calver !== undefined
+        ? calverMatcher(policy.calver)
+        : policy?.regex !== undefined
+          ? regexMatcher(policy.regex)
+          : plain;
   const accept = (raw: string): string | undefined => {
     const v = denote(raw);
     if (v === undefined) return undefined;
@@ -159,7 +172,10 @@ function parseRange(range: string): Comparator[][] {
       continue;
     }
     // Operators may be written apart from their version (">= 1.0").
-    const tokens = text.replace(/(>=|<=|>|<|=|\^|~>|~)\s+/g, "$1").split(/\s+/).filter(Boolean);
+    const tokens = text
+      .replace(/(>=|<=|>|<|=|\^|~>|~)\s+/g, "$1")
+      .split(/\s+/)
+      .filter(Boolean);
     sets.push(tokens.flatMap((t) => comparators(t, range)));
   }
   return sets;
@@ -251,7 +267,12 @@ function regexMatcher(pattern: string): (raw: string) => string | undefined {
   return (raw) => {
     const m = re.exec(raw);
     if (!m) return undefined;
-    const v = m.groups?.version ?? m.slice(1).filter((g) => g !== undefined).join(".");
+    const v =
+      m.groups?.version ??
+      m
+        .slice(1)
+        .filter((g) => g !== undefined)
+        .join(".");
     return v ? v : undefined;
   };
 }

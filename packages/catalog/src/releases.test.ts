@@ -34,11 +34,35 @@ describe("release facts and the upstream ledger", { timeout: 30_000 }, () => {
 
     await ledger.announce({ package: "libgreet", version: "1.3", tag: "v1.3", origin: "github", event: "github-" + "0".repeat(32) });
     await ledger.announce({ package: "libgreet-extra", version: "9", origin: "anitya" });
-    assert.deepEqual((await ledger.announced("libgreet")).map((a) => [a.version, a.tag, a.origin]), [["1.3", "v1.3", "github"]]);
-    assert.equal(await ledger.conflict({ package: "libgreet", version: "1.2", recorded: { url: fact.url, sha256: fact.sha256 }, found: { url: fact.url, sha256: "c".repeat(64) } }), true);
-    assert.equal(await ledger.conflict({ package: "libgreet", version: "1.2", recorded: { url: fact.url, sha256: fact.sha256 }, found: { url: fact.url, sha256: "d".repeat(64) } }), false, "the first finding is kept");
+    assert.deepEqual(
+      (await ledger.announced("libgreet")).map((a) => [a.version, a.tag, a.origin]),
+      [["1.3", "v1.3", "github"]],
+    );
+    assert.equal(
+      await ledger.conflict({
+        package: "libgreet",
+        version: "1.2",
+        recorded: { url: fact.url, sha256: fact.sha256 },
+        found: { url: fact.url, sha256: "c".repeat(64) },
+      }),
+      true,
+    );
+    assert.equal(
+      await ledger.conflict({
+        package: "libgreet",
+        version: "1.2",
+        recorded: { url: fact.url, sha256: fact.sha256 },
+        found: { url: fact.url, sha256: "d".repeat(64) },
+      }),
+      false,
+      "the first finding is kept",
+    );
     assert.equal((await ledger.conflicts("libgreet"))[0]?.found.sha256, "c".repeat(64));
-    assert.deepEqual((await releases.list("libgreet")).map((r) => r.version), ["1.2"], "only facts are listed");
+    assert.deepEqual(
+      (await releases.list("libgreet")).map((r) => r.version),
+      ["1.2"],
+      "only facts are listed",
+    );
     await ledger.settle("libgreet", "1.3");
     assert.deepEqual(await ledger.announced("libgreet"), []);
   });

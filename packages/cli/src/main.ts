@@ -143,12 +143,20 @@ const whyCommand: Command = {
 const planCommand: Command = {
   name: "plan",
   summary: "show, without doing anything, what an advisory or a release would bump, patch, flag and rebuild",
-  options: { advisory: { type: "string", multiple: true }, release: { type: "string", multiple: true }, catalog: { type: "string" }, live: { type: "boolean" } },
+  options: {
+    advisory: { type: "string", multiple: true },
+    release: { type: "string", multiple: true },
+    catalog: { type: "string" },
+    live: { type: "boolean" },
+  },
   optionHelp: [
     ["--advisory FILE.json", "an OSV advisory (one document, an array, or {advisories: [...]}); repeatable; a sample: examples/advisories/HSEC-2026-0001.json"],
     ["--release pkg@version", "a release upstream published; repeatable"],
     ["--catalog DIR", "the catalog: a directory or git+<repo>#<ref>[:path] (default $HOMEOSTAT_CATALOG)"],
-    ["--live", "plan for the running factory (--addr): also with the releases and advisories it knows, and from the versions it built (default: only the facts given, from the catalog's pins)"],
+    [
+      "--live",
+      "plan for the running factory (--addr): also with the releases and advisories it knows, and from the versions it built (default: only the facts given, from the catalog's pins)",
+    ],
   ],
   positionals: { min: 0, max: 0 },
   async run(ctx, _positionals, values) {
@@ -164,7 +172,10 @@ const planCommand: Command = {
     if (files.length === 0 && releases.length === 0) throw new UsageError("give at least one --advisory or --release", planCommand);
     const advisories = [];
     for (const f of files) advisories.push(...parseAdvisoryFile(await readFile(f, "utf8"), f));
-    const config = loadConfig({ HOMEOSTAT_CATALOG: typeof values.catalog === "string" ? values.catalog : ctx.io.env.HOMEOSTAT_CATALOG || undefined, HOMEOSTAT_DATA: ctx.io.env.HOMEOSTAT_DATA || undefined });
+    const config = loadConfig({
+      HOMEOSTAT_CATALOG: typeof values.catalog === "string" ? values.catalog : ctx.io.env.HOMEOSTAT_CATALOG || undefined,
+      HOMEOSTAT_DATA: ctx.io.env.HOMEOSTAT_DATA || undefined,
+    });
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "cli") });
     const catalog = source.current();
     const facts = { advisories, releases };
@@ -180,7 +191,8 @@ async function liveFacts({ api, client }: { api: StatusApiModule; client: Status
   const live = new Map<string, LivePackage>();
   // An advisory may name more packages than one KnownFacts call may ask about.
   for (let i = 0; i < names.length; i += maxKnownFactsPackages) {
-    for (const f of await api.knownFacts(client, names.slice(i, i + maxKnownFactsPackages))) live.set(f.package, { releases: f.releases, advisories: f.advisories });
+    for (const f of await api.knownFacts(client, names.slice(i, i + maxKnownFactsPackages)))
+      live.set(f.package, { releases: f.releases, advisories: f.advisories });
   }
   await mapLimit(names, 16, async (name) => {
     const built = await builtVersion(api, client, name);
@@ -254,7 +266,9 @@ async function watchCommand(ctx: Context, args: WatchArgs, shown: (key: string) 
           return;
         }
         const why = api.isGrpcError(err) ? err.details : (err as Error).message;
-        ctx.io.stderr.write(`homeostat: the watch broke (${why}); ${after === undefined ? "starting over" : `resuming after revision ${after}`} in ${delayMs} ms\n`);
+        ctx.io.stderr.write(
+          `homeostat: the watch broke (${why}); ${after === undefined ? "starting over" : `resuming after revision ${after}`} in ${delayMs} ms\n`,
+        );
       },
     });
     for await (const e of events) {
@@ -281,12 +295,16 @@ const verifyCommand: Command = {
   summary: "check an image's signature and attestations offline against trusted public keys",
   options: { key: { type: "string", multiple: true }, "signature-only": { type: "boolean" } },
   optionHelp: [
-    ["--key FILE", "trusted public keys (PEM; repeatable; default $HOMEOSTAT_TRUSTED_KEYS, else the local signer's cosign.pub: $HOMEOSTAT_SIGNER_DIR, default <data dir>/signer)"],
+    [
+      "--key FILE",
+      "trusted public keys (PEM; repeatable; default $HOMEOSTAT_TRUSTED_KEYS, else the local signer's cosign.pub: $HOMEOSTAT_SIGNER_DIR, default <data dir>/signer)",
+    ],
     ["--signature-only", "do not require the SBOM and provenance attestations (any present are still checked)"],
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [target], values) {
-    const { CYCLONEDX_PREDICATE_TYPE, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } = await import("@homeostat/attest");
+    const { CYCLONEDX_PREDICATE_TYPE, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } =
+      await import("@homeostat/attest");
     const files = Array.isArray(values.key) && values.key.length > 0 ? values.key.map(String) : defaultTrustedKeyFiles(ctx.io.env);
     // By default, what the signer attaches to every image.
     const required = values["signature-only"] ? [] : [CYCLONEDX_PREDICATE_TYPE, SLSA_PROVENANCE_PREDICATE_TYPE];
@@ -330,7 +348,13 @@ const enqueueCommand: Command = {
   name: "enqueue",
   args: "<key>",
   summary: "ask for a key to be reconciled (merged with any queued request for it)",
-  options: { priority: { type: "string" }, "not-before": { type: "string" }, floor: { type: "string" }, detail: { type: "string" }, force: { type: "boolean" } },
+  options: {
+    priority: { type: "string" },
+    "not-before": { type: "string" },
+    floor: { type: "string" },
+    detail: { type: "string" },
+    force: { type: "boolean" },
+  },
   optionHelp: [
     ["--priority P", `${priorities.join(", ")} (default release)`],
     ["--not-before D", "not before D from now: ms, or a duration like 90s, 15m, 1h30m; a later enqueue may pull it earlier"],
@@ -412,7 +436,10 @@ const tokenNewCommand: Command = {
     const token = `hst_${randomBytes(32).toString("base64url")}`;
     const entry = `${name}:${role}:${tokenDigest(token)}`;
     if (ctx.json) ctx.printJson({ name, role, token, entry });
-    else ctx.print(`token (give it to the client, e.g. in a file for --token-file; it is not stored anywhere):\n  ${token}\nHOMEOSTAT_GRPC_TOKENS entry (for the queue service; comma-separate several):\n  ${entry}`);
+    else
+      ctx.print(
+        `token (give it to the client, e.g. in a file for --token-file; it is not stored anywhere):\n  ${token}\nHOMEOSTAT_GRPC_TOKENS entry (for the queue service; comma-separate several):\n  ${entry}`,
+      );
     return exitCodes.ok;
   },
 };
@@ -444,7 +471,18 @@ export function formatVerification(v: ImageVerification): string {
 }
 
 /** Every subcommand. */
-export const commands: Command[] = [getCommand, whyCommand, planCommand, listCommand, queueStatsCommand, enqueueCommand, deadLettersCommand, retryCommand, verifyCommand, tokenNewCommand];
+export const commands: Command[] = [
+  getCommand,
+  whyCommand,
+  planCommand,
+  listCommand,
+  queueStatsCommand,
+  enqueueCommand,
+  deadLettersCommand,
+  retryCommand,
+  verifyCommand,
+  tokenNewCommand,
+];
 
 /* ---------------------------------------------------------------- formatting */
 
@@ -507,14 +545,14 @@ export function formatStatus(s: KeyStatus): string {
   if (s.cause) add("Cause", [s.cause.type, s.cause.id, s.cause.detail && `(${s.cause.detail})`].filter(Boolean).join(" "));
   add("Waiting for", s.waitingFor);
   add("Advisories", s.advisories?.join(", "));
-  (s.builds ?? []).forEach((b, i) => lines.push([i === 0 ? "Builds" : "", `${shortTime(b.at)}  ${b.version}  ${b.outcome}  ${b.inputDigest}${b.traceId ? `  trace ${b.traceId}` : ""}`]));
+  (s.builds ?? []).forEach((b, i) =>
+    lines.push([i === 0 ? "Builds" : "", `${shortTime(b.at)}  ${b.version}  ${b.outcome}  ${b.inputDigest}${b.traceId ? `  trace ${b.traceId}` : ""}`]),
+  );
   add("Trace ID", s.traceId);
   add("Fanned out", s.fannedOut);
   add("Updated", s.updatedAt);
   const w = Math.max(...lines.map(([label]) => label.length)) + 1;
-  return lines
-    .map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`)
-    .join("\n");
+  return lines.map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`).join("\n");
 }
 
 /** The causal chain, one link per line: each key, where it stands, and what its cause says. */
@@ -529,14 +567,23 @@ export function formatWhy(chain: KeyStatus[]): string {
   if (first?.waitingFor) lines.push(`  waiting for ${first.waitingFor}`);
   if (first?.builds?.length) {
     lines.push("", `Last builds of ${first.key}:`);
-    lines.push(columns([["AT", "VERSION", "OUTCOME", "INPUT", "TRACE"], ...first.builds.map((b) => [shortTime(b.at), b.version, b.outcome, b.inputDigest.slice(0, 19), b.traceId ?? "-"])]));
+    lines.push(
+      columns([
+        ["AT", "VERSION", "OUTCOME", "INPUT", "TRACE"],
+        ...first.builds.map((b) => [shortTime(b.at), b.version, b.outcome, b.inputDigest.slice(0, 19), b.traceId ?? "-"]),
+      ]),
+    );
   }
   return lines.join("\n");
 }
 
 export function formatQueueStats(s: QueueStats): string {
   const classes = columns([["CLASS", "QUEUED"], ...priorities.map((p) => [p, String(s.depth[p])])]);
-  const totals = columns([["Running:", String(s.running)], ["Retrying:", String(s.retrying)], ["Dead letters:", String(s.deadLetters)]]);
+  const totals = columns([
+    ["Running:", String(s.running)],
+    ["Retrying:", String(s.retrying)],
+    ["Dead letters:", String(s.deadLetters)],
+  ]);
   return `${classes}\n\n${totals}`;
 }
 
@@ -594,7 +641,8 @@ export function help(c?: Command): string {
 /* ---------------------------------------------------------------- running */
 
 function parsePositiveInt(raw: string, flag: string, c: Command): number {
-  if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw))) throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(raw)}`, c);
+  if (!/^\d+$/.test(raw) || Number(raw) < 1 || !Number.isSafeInteger(Number(raw)))
+    throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(raw)}`, c);
   return Number(raw);
 }
 
@@ -604,7 +652,8 @@ const durationUnits: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3
 function parseDelay(raw: string, flag: string, c: Command): number {
   let ms: number;
   if (/^\d+$/.test(raw)) ms = Number(raw);
-  else if (/^(\d+(ms|s|m|h|d))+$/.test(raw)) ms = [...raw.matchAll(/(\d+)(ms|s|m|h|d)/g)].reduce((sum, [, n, unit]) => sum + Number(n) * durationUnits[unit!]!, 0);
+  else if (/^(\d+(ms|s|m|h|d))+$/.test(raw))
+    ms = [...raw.matchAll(/(\d+)(ms|s|m|h|d)/g)].reduce((sum, [, n, unit]) => sum + Number(n) * durationUnits[unit!]!, 0);
   else throw new UsageError(`${flag} must be milliseconds or a duration like 90s, 15m or 1h30m, got ${JSON.stringify(raw)}`, c);
   if (ms > maxEnqueueDelayMs) throw new UsageError(`${flag} must be at most 30 days, got ${JSON.stringify(raw)}`, c);
   return ms;
@@ -622,7 +671,16 @@ function findCommand(positionals: string[]): { command: Command; rest: string[] 
 
 /** The CLI's settings from the environment: config.ts holds their defaults; nothing else there matters here. */
 function clientConfig(env: NodeJS.ProcessEnv) {
-  const names = ["HOMEOSTAT_GRPC_ADDR", "HOMEOSTAT_TOKEN", "HOMEOSTAT_TOKEN_FILE", "HOMEOSTAT_GRPC_CA", "HOMEOSTAT_GRPC_TLS", "HOMEOSTAT_GRPC_CERT", "HOMEOSTAT_GRPC_KEY", "HOMEOSTAT_GRPC_INSECURE"];
+  const names = [
+    "HOMEOSTAT_GRPC_ADDR",
+    "HOMEOSTAT_TOKEN",
+    "HOMEOSTAT_TOKEN_FILE",
+    "HOMEOSTAT_GRPC_CA",
+    "HOMEOSTAT_GRPC_TLS",
+    "HOMEOSTAT_GRPC_CERT",
+    "HOMEOSTAT_GRPC_KEY",
+    "HOMEOSTAT_GRPC_INSECURE",
+  ];
   const config = loadConfig(Object.fromEntries(names.map((n) => [n, env[n] || undefined])));
   return { addr: config.grpcAddr, client: config.statusClient };
 }
@@ -652,11 +710,14 @@ async function clientOptions(values: OptionValues, env: StatusClientSettings, c:
     return token;
   };
   const tokenFile = flag("token-file");
-  const token = flag("token") ?? (tokenFile !== undefined ? await readToken(tokenFile) : env.token ?? (env.tokenFile !== undefined ? await readToken(env.tokenFile) : undefined));
+  const token =
+    flag("token") ??
+    (tokenFile !== undefined ? await readToken(tokenFile) : (env.token ?? (env.tokenFile !== undefined ? await readToken(env.tokenFile) : undefined)));
   const ca = flag("ca") ?? env.caPath;
   const cert = flag("client-cert") ?? env.certPath;
   const key = flag("client-key") ?? env.keyPath;
-  if ((cert === undefined) !== (key === undefined)) throw new UsageError("give the client certificate and its key together (--client-cert and --client-key)", c);
+  if ((cert === undefined) !== (key === undefined))
+    throw new UsageError("give the client certificate and its key together (--client-cert and --client-key)", c);
   const tls = values.tls === true || env.tls || ca !== undefined || cert !== undefined;
   return {
     ...(token !== undefined ? { token } : {}),
@@ -664,7 +725,9 @@ async function clientOptions(values: OptionValues, env: StatusClientSettings, c:
       ? {
           tls: {
             ...(ca !== undefined ? { ca: await readPem(ca, "CA file", c) } : {}),
-            ...(cert !== undefined && key !== undefined ? { cert: await readPem(cert, "client certificate", c), key: await readPem(key, "client key", c) } : {}),
+            ...(cert !== undefined && key !== undefined
+              ? { cert: await readPem(cert, "client certificate", c), key: await readPem(key, "client key", c) }
+              : {}),
           },
         }
       : {}),
@@ -757,7 +820,9 @@ async function reportError(err: unknown, io: Io, addr: string, command: Command 
       return exitCodes.unreachable;
     }
     if (err.code === Status.UNAUTHENTICATED) {
-      io.stderr.write(`homeostat: not authenticated by ${addr}: ${err.details}\n  give a token with --token-file FILE or HOMEOSTAT_TOKEN_FILE (or --token, HOMEOSTAT_TOKEN); the factory's operator makes them (homeostat token new)\n`);
+      io.stderr.write(
+        `homeostat: not authenticated by ${addr}: ${err.details}\n  give a token with --token-file FILE or HOMEOSTAT_TOKEN_FILE (or --token, HOMEOSTAT_TOKEN); the factory's operator makes them (homeostat token new)\n`,
+      );
       return exitCodes.denied;
     }
     if (err.code === Status.PERMISSION_DENIED) {

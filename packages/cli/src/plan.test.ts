@@ -48,13 +48,10 @@ function catalogDir(): string {
 test("an advisory: patched, flagged, and the dependents rebuilt in wave order", async () => {
   const catalog = await loadCatalog(catalogDir());
   const p = plan(catalog, { advisories: [...advisory("GHSA-p6mc-m468-83gw"), ...advisory("GHSA-xvch-5gv4-984h")], releases: [] });
-  assert.deepEqual(p.steps.map((s) => `${s.action} ${s.key}`), [
-    "flag package/lodash",
-    "patch package/minimist",
-    "rebuild package/tool",
-    "rebuild image/cli",
-    "rebuild image/web",
-  ]);
+  assert.deepEqual(
+    p.steps.map((s) => `${s.action} ${s.key}`),
+    ["flag package/lodash", "patch package/minimist", "rebuild package/tool", "rebuild image/cli", "rebuild image/web"],
+  );
   assert.deepEqual(p.waves, [["package/minimist"], ["package/tool"], ["image/cli", "image/web"]]);
 });
 
@@ -71,7 +68,10 @@ test("live: the factory's known releases and stored advisories count with the gi
   const given = { advisories: [], releases: [{ package: "lodash", version: "4.17.16" }] };
   // The stored advisory affects the given release and no known release fixes it.
   let p = plan(catalog, given, new Map([["lodash", { releases: [], advisories: stored }]]));
-  assert.deepEqual(p.steps.map((s) => `${s.action} ${s.key}`), ["flag package/lodash"]);
+  assert.deepEqual(
+    p.steps.map((s) => `${s.action} ${s.key}`),
+    ["flag package/lodash"],
+  );
   // A release the factory knows fixes it, and is newer than the given one.
   p = plan(catalog, given, new Map([["lodash", { releases: ["4.17.20", "4.17.19"], advisories: stored }]]));
   assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.20", because: "release lodash@4.17.20" });
@@ -80,13 +80,21 @@ test("live: the factory's known releases and stored advisories count with the gi
   p = plan(catalog, { ...given, advisories: [withdrawn] }, new Map([["lodash", { releases: [], advisories: stored }]]));
   assert.deepEqual(p.steps[0], { key: "package/lodash", action: "bump", from: "4.17.15", to: "4.17.16", because: "release lodash@4.17.16" });
   // Facts of a package the given facts do not name change nothing.
-  p = plan(catalog, { advisories: [], releases: [{ package: "tool", version: "2.0" }] }, new Map([["tool", { releases: [], advisories: [] }], ["lodash", { releases: [], advisories: stored }]]));
+  p = plan(
+    catalog,
+    { advisories: [], releases: [{ package: "tool", version: "2.0" }] },
+    new Map([
+      ["tool", { releases: [], advisories: [] }],
+      ["lodash", { releases: [], advisories: stored }],
+    ]),
+  );
   assert.deepEqual(p, { steps: [], unchanged: ["package/tool"], unknown: [], waves: [] });
 });
 
 test("live: a change counts from the version built; the built version decided again is unchanged, unless it needs a patch", async () => {
   const catalog = await loadCatalog(catalogDir());
-  const lodash = (built?: string): Map<string, LivePackage> => new Map([["lodash", { releases: ["4.17.19", "4.17.21"], advisories: [], ...(built ? { built } : {}) }]]);
+  const lodash = (built?: string): Map<string, LivePackage> =>
+    new Map([["lodash", { releases: ["4.17.19", "4.17.21"], advisories: [], ...(built ? { built } : {}) }]]);
   const facts = { advisories: advisory("GHSA-p6mc-m468-83gw"), releases: [] };
 
   let p = plan(catalog, facts, lodash("4.17.19"));
@@ -102,14 +110,24 @@ test("live: a change counts from the version built; the built version decided ag
 
   // Built at the version decided, but that version needs the catalog's patch for the advisory.
   p = plan(catalog, { advisories: advisory("GHSA-xvch-5gv4-984h"), releases: [] }, new Map([["minimist", { releases: [], advisories: [], built: "1.2.5" }]]));
-  assert.deepEqual(p.steps[0], { key: "package/minimist", action: "patch", version: "1.2.5", patches: ["patches/setkey.patch"], advisories: ["GHSA-xvch-5gv4-984h"] });
+  assert.deepEqual(p.steps[0], {
+    key: "package/minimist",
+    action: "patch",
+    version: "1.2.5",
+    patches: ["patches/setkey.patch"],
+    advisories: ["GHSA-xvch-5gv4-984h"],
+  });
 });
 
 test("the bin prints the plan without a server", async () => {
   const dir = catalogDir();
   const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-    execFile(bin, ["plan", "--advisory", path.join(fixtures, "GHSA-xvch-5gv4-984h.json"), "--release", "nothing@1.0", "--catalog", dir], { timeout: 30_000 }, (err, stdout, stderr) =>
-      resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, stdout, stderr })),
+    execFile(
+      bin,
+      ["plan", "--advisory", path.join(fixtures, "GHSA-xvch-5gv4-984h.json"), "--release", "nothing@1.0", "--catalog", dir],
+      { timeout: 30_000 },
+      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, stdout, stderr }),
+    ),
   );
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^patch {4}package\/minimist {2}1\.2\.5 with patches\/setkey\.patch {2}\(fixes GHSA-xvch-5gv4-984h\)$/m);
@@ -121,7 +139,13 @@ test("the sample advisory of examples/ flags libgreet alone, and with its fixing
   const examples = fileURLToPath(new URL("../../../examples/", import.meta.url));
   const catalog = await loadCatalog(path.join(examples, "catalog"));
   const sample = parseAdvisoryFile(readFileSync(path.join(examples, "advisories", "HSEC-2026-0001.json"), "utf8"), "HSEC-2026-0001.json");
-  assert.deepEqual(plan(catalog, { advisories: sample, releases: [] }).steps.map((s) => `${s.action} ${s.key}`), ["flag package/libgreet"]);
+  assert.deepEqual(
+    plan(catalog, { advisories: sample, releases: [] }).steps.map((s) => `${s.action} ${s.key}`),
+    ["flag package/libgreet"],
+  );
   const withRelease = plan(catalog, { advisories: sample, releases: [{ package: "libgreet", version: "1.1" }] });
-  assert.deepEqual(withRelease.steps.map((s) => `${s.action} ${s.key}`), ["bump package/libgreet", "rebuild package/greet", "rebuild image/devkit", "rebuild image/greeter"]);
+  assert.deepEqual(
+    withRelease.steps.map((s) => `${s.action} ${s.key}`),
+    ["bump package/libgreet", "rebuild package/greet", "rebuild image/devkit", "rebuild image/greeter"],
+  );
 });

@@ -47,7 +47,11 @@ export function parseAdvisoryFile(text: string, file: string): Osv[] {
   } catch (err) {
     throw new Error(`${file}: not JSON: ${(err as Error).message}`);
   }
-  const docs = Array.isArray(json) ? json : typeof json === "object" && json !== null && "advisories" in json ? (json as { advisories: unknown }).advisories : [json];
+  const docs = Array.isArray(json)
+    ? json
+    : typeof json === "object" && json !== null && "advisories" in json
+      ? (json as { advisories: unknown }).advisories
+      : [json];
   if (!Array.isArray(docs)) throw new Error(`${file}: "advisories" must be an array`);
   return docs.map((d, i) => {
     const r = osvSchema.safeParse(d);
@@ -86,7 +90,8 @@ export function plan(catalog: Catalog, facts: PlanFacts, live: ReadonlyMap<strin
     // What a bump moves from: what the factory ships now, or, never built (or not asked), the pin.
     const current = known?.built ?? spec.version;
     if (d.action === "attention") decided.push({ key, action: "flag", version: d.version, advisories: d.advisories, detail: d.detail });
-    else if (d.reason === "patch") decided.push({ key, action: "patch", version: d.version, patches: d.patches.filter((p) => p.fixes.length).map((p) => p.path), advisories: d.advisories });
+    else if (d.reason === "patch")
+      decided.push({ key, action: "patch", version: d.version, patches: d.patches.filter((p) => p.fixes.length).map((p) => p.path), advisories: d.advisories });
     else if (d.version !== current) {
       const because = d.reason === "bump" ? `lowest release fixing ${d.advisories.join(", ")} (${d.newest} is affected)` : `release ${name}@${d.version}`;
       decided.push({ key, action: "bump", from: current, to: d.version, because });
@@ -95,7 +100,9 @@ export function plan(catalog: Catalog, facts: PlanFacts, live: ReadonlyMap<strin
   const changed = decided.filter((s) => s.action !== "flag").map((s) => s.key);
   const impact = catalog.impact(changed);
   const own = new Set(changed);
-  const rebuilds: PlanStep[] = impact.waves.flatMap((wave, i) => wave.filter((k) => !own.has(k)).map((key) => ({ key, action: "rebuild" as const, wave: i + 1 })));
+  const rebuilds: PlanStep[] = impact.waves.flatMap((wave, i) =>
+    wave.filter((k) => !own.has(k)).map((key) => ({ key, action: "rebuild" as const, wave: i + 1 })),
+  );
   return { steps: [...decided, ...rebuilds], unchanged, unknown, waves: impact.waves };
 }
 

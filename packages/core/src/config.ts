@@ -29,16 +29,25 @@ const schema = z.object({
    */
   HOMEOSTAT_READ_MODEL_CHECK_MS: positiveMs.default(1_000),
   /** Prefix of every stream, bucket, subject and Redis key: lets several factories (or tests) share servers. */
-  HOMEOSTAT_PREFIX: z.string().regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, "letters, digits and _ only, starting with a letter").default("hs"),
+  HOMEOSTAT_PREFIX: z
+    .string()
+    .regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, "letters, digits and _ only, starting with a letter")
+    .default("hs"),
   /** Region name: where this process runs; with no HOMEOSTAT_FABRIC, also the region part of every subject. */
-  HOMEOSTAT_REGION: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only").default("local"),
+  HOMEOSTAT_REGION: z
+    .string()
+    .regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only")
+    .default("local"),
   /**
    * The JetStream fabric this region shares with others (one NATS cluster stretched over the
    * regions, deploy/README.md): the region part of every subject and run-record key, the same in
    * every region of the fabric, so that there is one work queue and one lease per key. Unset: the
    * region's own name (a single-region factory is its own fabric).
    */
-  HOMEOSTAT_FABRIC: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only").optional(),
+  HOMEOSTAT_FABRIC: z
+    .string()
+    .regex(/^[a-z][a-z0-9-]{0,31}$/, "lower-case letters, digits and - only")
+    .optional(),
   /** Replicas of every stream and KV bucket (3 on a fabric over three regions; the servers' unique_tag puts each in another region). */
   HOMEOSTAT_JS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
   HOMEOSTAT_DATA: z.string().default(".homeostat/data"),
@@ -53,7 +62,10 @@ const schema = z.object({
   /** The secret of the GitHub webhook (X-Hub-Signature-256); unset: every GitHub delivery is refused. */
   HOMEOSTAT_GITHUB_WEBHOOK_SECRET: z.string().optional(),
   /** GitHub `release` actions that count as a release, comma-separated. */
-  HOMEOSTAT_GITHUB_RELEASE_ACTIONS: z.string().regex(/^[a-z_]+(,[a-z_]+)*$/, "comma-separated action names").default("published,released"),
+  HOMEOSTAT_GITHUB_RELEASE_ACTIONS: z
+    .string()
+    .regex(/^[a-z_]+(,[a-z_]+)*$/, "comma-separated action names")
+    .default("published,released"),
   /** Whether GitHub pre-releases count (then add "prereleased" to the actions to hear them early). */
   HOMEOSTAT_GITHUB_PRERELEASES: z.enum(["true", "false"]).default("false"),
   /** Requests per minute one client (a bearer token, else an address) may make to ingest. */
@@ -61,7 +73,11 @@ const schema = z.object({
   /** How long accepted events stay readable (GET /v1/events/:id) and redeliveries are recognised. */
   HOMEOSTAT_INGEST_RETENTION_MS: positiveMs.default(7 * 24 * 3_600_000),
   /** Size and count bounds of the audit stream besides its age; when full, new events get 503 until records age out. */
-  HOMEOSTAT_INGEST_RETENTION_MAX_BYTES: z.coerce.number().int().positive().default(1024 * 1024 * 1024),
+  HOMEOSTAT_INGEST_RETENTION_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(1024 * 1024 * 1024),
   HOMEOSTAT_INGEST_RETENTION_MAX_MSGS: z.coerce.number().int().positive().default(5_000_000),
   /** Ingest edge timeouts: complete headers, the whole request with its body, an idle socket, an idle keep-alive connection. */
   HOMEOSTAT_INGEST_HEADERS_TIMEOUT_MS: positiveMs.default(10_000),
@@ -103,7 +119,10 @@ const schema = z.object({
   /** Registry-style reference the signer writes into signatures, e.g. registry.example/homeostat. */
   HOMEOSTAT_IMAGE_REPOSITORY: z.string().default("localhost/homeostat"),
   /** An OCI registry (http(s)://host[:port]) the signer pushes each signed image, signature and attestations to. */
-  HOMEOSTAT_REGISTRY_URL: z.string().regex(/^https?:\/\/[^/\s]+\/?$/, "http(s)://host[:port]").optional(),
+  HOMEOSTAT_REGISTRY_URL: z
+    .string()
+    .regex(/^https?:\/\/[^/\s]+\/?$/, "http(s)://host[:port]")
+    .optional(),
   /** Signing key: a PEM file, or the PEM text itself; generated into HOMEOSTAT_SIGNER_DIR on first run when unset. */
   HOMEOSTAT_SIGNING_KEY: z.string().optional(),
   /** The signer's own directory (0700; its generated key 0600): a volume or Secret mounted into the signer alone. Default <data>/signer. */
@@ -144,7 +163,11 @@ const schema = z.object({
   HOMEOSTAT_RESYNC_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
   /** Largest source archive the builder downloads. */
-  HOMEOSTAT_MAX_SOURCE_BYTES: z.coerce.number().int().positive().default(512 * 1024 * 1024),
+  HOMEOSTAT_MAX_SOURCE_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(512 * 1024 * 1024),
   /** The reconciler's upstream resolver: time limit of one fetch, fetches at once per host, tries while unavailable, first backoff, longest Retry-After waited in place (a longer one closes the host until then). */
   HOMEOSTAT_UPSTREAM_TIMEOUT_MS: positiveMs.default(5 * 60_000),
   HOMEOSTAT_UPSTREAM_HOST_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
@@ -152,7 +175,11 @@ const schema = z.object({
   HOMEOSTAT_UPSTREAM_BACKOFF_MS: positiveMs.default(1_000),
   HOMEOSTAT_UPSTREAM_MAX_WAIT_MS: positiveMs.default(30_000),
   /** Largest uncompressed total of a source (or dependency) archive the builder unpacks. */
-  HOMEOSTAT_MAX_UNPACKED_BYTES: z.coerce.number().int().positive().default(4 * 1024 * 1024 * 1024),
+  HOMEOSTAT_MAX_UNPACKED_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(4 * 1024 * 1024 * 1024),
   /** Most entries (files, directories, links) in an archive the builder unpacks. */
   HOMEOSTAT_MAX_SOURCE_ENTRIES: z.coerce.number().int().positive().default(200_000),
   /** Sandbox of build steps: `bubblewrap` (required: the builder refuses to start when it does not work), or `none`, for development only, which also needs HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true and is recorded in every build's provenance. */
@@ -162,11 +189,23 @@ const schema = z.object({
   HOMEOSTAT_BUILD_UID: z.coerce.number().int().min(1).max(4_294_967_294).default(65533),
   /** Limits of every process a build step starts (setrlimit): CPU seconds, address space, processes of the step together, size of one file. */
   HOMEOSTAT_BUILD_CPU_SECONDS: z.coerce.number().int().positive().default(1800),
-  HOMEOSTAT_BUILD_MEMORY_BYTES: z.coerce.number().int().positive().default(8 * 1024 ** 3),
+  HOMEOSTAT_BUILD_MEMORY_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(8 * 1024 ** 3),
   HOMEOSTAT_BUILD_MAX_PROCESSES: z.coerce.number().int().min(8).default(512),
-  HOMEOSTAT_BUILD_MAX_FILE_BYTES: z.coerce.number().int().positive().default(4 * 1024 ** 3),
+  HOMEOSTAT_BUILD_MAX_FILE_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(4 * 1024 ** 3),
   /** Largest total size of a build's workspace (source, sysroot, outputs, its /tmp); a step that grows it past this is killed. */
-  HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES: z.coerce.number().int().positive().default(16 * 1024 ** 3),
+  HOMEOSTAT_BUILD_MAX_OUTPUT_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(16 * 1024 ** 3),
   /** Builds one builder process runs at the same time. */
   HOMEOSTAT_BUILD_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
   /** The agentic reconciler (services/agent): the Anthropic API key; unset, the agent is disabled and keys it would repair stay as they are. */
@@ -181,7 +220,10 @@ const schema = z.object({
   HOMEOSTAT_AGENT_TURN_OUTPUT_TOKENS: z.coerce.number().int().min(256).max(128_000).default(8_192),
   HOMEOSTAT_AGENT_API_TRIES: z.coerce.number().int().min(1).max(20).default(5),
   /** Price of the model in US dollars per million tokens: input, output, cache writes, cache reads (the run's cost is computed from its usage). */
-  HOMEOSTAT_AGENT_PRICE_PER_MTOK: z.string().regex(/^\d+(\.\d+)?(,\d+(\.\d+)?){3}$/, "input,output,cache-write,cache-read, in USD per million tokens").default("3,15,3.75,0.3"),
+  HOMEOSTAT_AGENT_PRICE_PER_MTOK: z
+    .string()
+    .regex(/^\d+(\.\d+)?(,\d+(\.\d+)?){3}$/, "input,output,cache-write,cache-read, in USD per million tokens")
+    .default("3,15,3.75,0.3"),
   /** What happens to a proposal that passed every validator: `review` waits for a person, `validated` applies it to the (directory) catalog. */
   HOMEOSTAT_AGENT_APPLY: z.enum(["review", "validated"]).default("review"),
   /** Where telemetry goes (the collector): the base URL of OTLP/HTTP (`/v1/traces` and `/v1/metrics` are appended) or the gRPC endpoint. Unset: nothing is exported (spans are still made, so trace ids exist). */
@@ -341,11 +383,17 @@ export type StatusClientSettings = {
 
 function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
   const tokens: GrpcToken[] = [];
-  for (const entry of raw.split(",").map((t) => t.trim()).filter((t) => t !== "")) {
+  for (const entry of raw
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t !== "")) {
     const m = /^([A-Za-z0-9_.@-]{1,64}):(read|write):([0-9a-f]{64})$/.exec(entry);
     if (!m) {
       // The entry may be a token pasted by mistake: say where, never echo it.
-      ctx.addIssue({ code: "custom", message: `entry ${tokens.length + 1} is not name:read|write:<64 lower-case hex sha256 of the token> (see homeostat token new)` });
+      ctx.addIssue({
+        code: "custom",
+        message: `entry ${tokens.length + 1} is not name:read|write:<64 lower-case hex sha256 of the token> (see homeostat token new)`,
+      });
       return z.NEVER;
     }
     if (tokens.some((t) => t.name === m[1])) {
@@ -358,9 +406,11 @@ function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
 }
 
 function tlsFiles(cert: string | undefined, key: string | undefined, clientCa: string | undefined): StatusApiSecurity["tls"] {
-  if ((cert === undefined) !== (key === undefined)) throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY: set both or neither");
+  if ((cert === undefined) !== (key === undefined))
+    throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY: set both or neither");
   if (cert === undefined || key === undefined) {
-    if (clientCa !== undefined) throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CLIENT_CA needs HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY");
+    if (clientCa !== undefined)
+      throw new ConfigError("invalid configuration:\n  HOMEOSTAT_GRPC_TLS_CLIENT_CA needs HOMEOSTAT_GRPC_TLS_CERT and HOMEOSTAT_GRPC_TLS_KEY");
     return undefined;
   }
   return { certPath: path.resolve(cert), keyPath: path.resolve(key), clientCaPath: clientCa === undefined ? undefined : path.resolve(clientCa) };
@@ -402,7 +452,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ingest: {
       host: e.HOMEOSTAT_INGEST_HOST,
       port: e.HOMEOSTAT_INGEST_PORT,
-      tokens: e.HOMEOSTAT_INGEST_TOKENS.split(",").map((t) => t.trim()).filter((t) => t !== ""),
+      tokens: e.HOMEOSTAT_INGEST_TOKENS.split(",")
+        .map((t) => t.trim())
+        .filter((t) => t !== ""),
       githubSecret: e.HOMEOSTAT_GITHUB_WEBHOOK_SECRET || undefined,
       githubActions: e.HOMEOSTAT_GITHUB_RELEASE_ACTIONS.split(","),
       githubPrereleases: e.HOMEOSTAT_GITHUB_PRERELEASES === "true",
@@ -443,9 +495,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     signerDir: path.resolve(e.HOMEOSTAT_SIGNER_DIR ?? path.join(e.HOMEOSTAT_DATA, "signer")),
     ...builderKey(e.HOMEOSTAT_BUILDER_KEY),
     builderDir: path.resolve(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder")),
-    trustedBuilderKeyPaths: pathList(e.HOMEOSTAT_TRUSTED_BUILDER_KEYS, path.join(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder"), "builder.pub")),
+    trustedBuilderKeyPaths: pathList(
+      e.HOMEOSTAT_TRUSTED_BUILDER_KEYS,
+      path.join(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder"), "builder.pub"),
+    ),
     signUnsandboxed: e.HOMEOSTAT_SIGN_UNSANDBOXED === "true",
-    trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => path.resolve(p)),
+    trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",")
+      .map((p) => p.trim())
+      .filter((p) => p !== "")
+      .map((p) => path.resolve(p)),
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
     leaseMs: e.HOMEOSTAT_LEASE_MS,
@@ -488,8 +546,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     telemetry: {
       serviceName: e.OTEL_SERVICE_NAME,
       resourceAttributes: resourceAttributes(e.OTEL_RESOURCE_ATTRIBUTES),
-      traces: otlpTarget("traces", e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
-      metrics: otlpTarget("metrics", e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, e.OTEL_EXPORTER_OTLP_ENDPOINT, e.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL),
+      traces: otlpTarget(
+        "traces",
+        e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        e.OTEL_EXPORTER_OTLP_ENDPOINT,
+        e.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL,
+      ),
+      metrics: otlpTarget(
+        "metrics",
+        e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+        e.OTEL_EXPORTER_OTLP_ENDPOINT,
+        e.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ?? e.OTEL_EXPORTER_OTLP_PROTOCOL,
+      ),
       metricExportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
       spanBatchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
     },
@@ -534,7 +602,10 @@ function builderKey(value: string | undefined): { builderKeyPath: string | undef
 
 /** Comma-separated paths, resolved; `fallback` when there are none. */
 function pathList(value: string, fallback: string): string[] {
-  const paths = value.split(",").map((p) => p.trim()).filter((p) => p !== "");
+  const paths = value
+    .split(",")
+    .map((p) => p.trim())
+    .filter((p) => p !== "");
   return (paths.length > 0 ? paths : [fallback]).map((p) => path.resolve(p));
 }
 
@@ -551,9 +622,15 @@ function optionalUrlSetting() {
 function agentSettings(e: z.infer<typeof schema>): AgentSettings {
   const [input, output, cacheWrite, cacheRead] = e.HOMEOSTAT_AGENT_PRICE_PER_MTOK.split(",").map(Number) as [number, number, number, number];
   return {
-    apiKey: e.ANTHROPIC_API_KEY, baseUrl: e.ANTHROPIC_BASE_URL, model: e.HOMEOSTAT_AGENT_MODEL,
-    maxTurns: e.HOMEOSTAT_AGENT_MAX_TURNS, maxTokens: e.HOMEOSTAT_AGENT_MAX_TOKENS, maxWallMs: e.HOMEOSTAT_AGENT_MAX_WALL_MS,
-    turnOutputTokens: e.HOMEOSTAT_AGENT_TURN_OUTPUT_TOKENS, apiTries: e.HOMEOSTAT_AGENT_API_TRIES,
-    pricePerMTok: { input, output, cacheWrite, cacheRead }, apply: e.HOMEOSTAT_AGENT_APPLY,
+    apiKey: e.ANTHROPIC_API_KEY,
+    baseUrl: e.ANTHROPIC_BASE_URL,
+    model: e.HOMEOSTAT_AGENT_MODEL,
+    maxTurns: e.HOMEOSTAT_AGENT_MAX_TURNS,
+    maxTokens: e.HOMEOSTAT_AGENT_MAX_TOKENS,
+    maxWallMs: e.HOMEOSTAT_AGENT_MAX_WALL_MS,
+    turnOutputTokens: e.HOMEOSTAT_AGENT_TURN_OUTPUT_TOKENS,
+    apiTries: e.HOMEOSTAT_AGENT_API_TRIES,
+    pricePerMTok: { input, output, cacheWrite, cacheRead },
+    apply: e.HOMEOSTAT_AGENT_APPLY,
   };
 }

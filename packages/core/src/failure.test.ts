@@ -47,14 +47,23 @@ test("a start-up step is tried again until it works, logging each failure; a sto
   const warnings: string[] = [];
   const log = { warn: (msg: string, f?: Record<string, unknown>) => void warnings.push(`${msg}: ${String(f?.reason)}`) };
   let tries = 0;
-  const key = await retryUntilItWorks("writing the key", async () => {
-    if (++tries < 3) throw errno("ENOSPC", "ENOSPC: no space left on device, open 'cosign.pub'");
-    return "key";
-  }, { log, signal: new AbortController().signal, maxDelayMs: 20, firstDelayMs: 5 });
+  const key = await retryUntilItWorks(
+    "writing the key",
+    async () => {
+      if (++tries < 3) throw errno("ENOSPC", "ENOSPC: no space left on device, open 'cosign.pub'");
+      return "key";
+    },
+    { log, signal: new AbortController().signal, maxDelayMs: 20, firstDelayMs: 5 },
+  );
   assert.equal(key, "key");
   assert.deepEqual(warnings, Array(2).fill("writing the key failed; trying again: ENOSPC: no space left on device, open 'cosign.pub'"));
   const stop = new AbortController();
-  const waiting = retryUntilItWorks("never", async () => Promise.reject(new Error("down")), { log, signal: stop.signal, maxDelayMs: 60_000, firstDelayMs: 60_000 });
+  const waiting = retryUntilItWorks("never", async () => Promise.reject(new Error("down")), {
+    log,
+    signal: stop.signal,
+    maxDelayMs: 60_000,
+    firstDelayMs: 60_000,
+  });
   stop.abort();
   await assert.rejects(waiting);
 });

@@ -23,8 +23,26 @@ export type ClassifiedFailure = { kind: FailureKind; reason: string };
 
 /** errno codes that say the machine or the network failed, not the work. */
 export const transientErrnoCodes: ReadonlySet<string> = new Set([
-  "ENOSPC", "EDQUOT", "EROFS", "EIO", "EAGAIN", "EBUSY", "EMFILE", "ENFILE", "ENOMEM", "ETXTBSY",
-  "ETIMEDOUT", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ENETRESET", "EAI_AGAIN",
+  "ENOSPC",
+  "EDQUOT",
+  "EROFS",
+  "EIO",
+  "EAGAIN",
+  "EBUSY",
+  "EMFILE",
+  "ENFILE",
+  "ENOMEM",
+  "ETXTBSY",
+  "ETIMEDOUT",
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "ENETRESET",
+  "EAI_AGAIN",
 ]);
 
 /** The codes nats.js gives a lost or timed-out connection. */
@@ -93,14 +111,22 @@ export function crashReason(service: string, crashes: number): string {
  * is logged with the next try's time; the delay doubles up to `maxDelayMs`. Rejects only when
  * `signal` aborts (the service is stopping).
  */
-export async function retryUntilItWorks<T>(what: string, step: () => Promise<T>, o: { log: { warn: (msg: string, fields?: Record<string, unknown>) => void }; signal: AbortSignal; maxDelayMs: number; firstDelayMs?: number }): Promise<T> {
+export async function retryUntilItWorks<T>(
+  what: string,
+  step: () => Promise<T>,
+  o: { log: { warn: (msg: string, fields?: Record<string, unknown>) => void }; signal: AbortSignal; maxDelayMs: number; firstDelayMs?: number },
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     o.signal.throwIfAborted();
     try {
       return await step();
     } catch (err) {
       const delay = Math.min(o.maxDelayMs, (o.firstDelayMs ?? 500) * 2 ** (attempt - 1));
-      o.log.warn(`${what} failed; trying again`, { attempt, reason: err instanceof Error ? err.message : String(err), nextAt: new Date(Date.now() + delay).toISOString() });
+      o.log.warn(`${what} failed; trying again`, {
+        attempt,
+        reason: err instanceof Error ? err.message : String(err),
+        nextAt: new Date(Date.now() + delay).toISOString(),
+      });
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
         o.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });

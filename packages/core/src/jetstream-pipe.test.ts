@@ -6,7 +6,17 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { AckPolicy, DiscardPolicy, JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { isMessageGone, isStoreFailed, JetStreamErrorCode } from "./jetstream-errors.ts";
 import { JetStreamPipe, JetStreamPipeError } from "./jetstream-pipe.ts";
@@ -24,8 +34,14 @@ before(async () => {
   jsm = await jetstreamManager(nc);
   // The work stream's shape: one message per subject, a second one refused.
   await jsm.streams.add({
-    name: STREAM, subjects: ["pipe.>"], retention: RetentionPolicy.Limits, storage: StorageType.Memory,
-    max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true, allow_direct: true,
+    name: STREAM,
+    subjects: ["pipe.>"],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.Memory,
+    max_msgs_per_subject: 1,
+    discard: DiscardPolicy.New,
+    discard_new_per_subject: true,
+    allow_direct: true,
   });
   pipe = new JetStreamPipe(nc, 300);
 });
@@ -45,7 +61,10 @@ test("a publish resolves with the stream's ack once the message is stored", asyn
 
 test("a refused publish rejects with the server's API error and its code; tryPublish returns it", async () => {
   await pipe.publish("pipe.full", "first");
-  const err = await pipe.publish("pipe.full", "second").then(() => undefined, (e: unknown) => e);
+  const err = await pipe.publish("pipe.full", "second").then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof JetStreamApiError, String(err));
   assert.equal(err.code, JetStreamErrorCode.StoreFailed);
   assert.equal(isStoreFailed(err), true);
@@ -81,7 +100,10 @@ test("delete by sequence: true once, then false (gone); an API error carries its
   assert.equal(await pipe.deleteMessage(STREAM, seq), true);
   assert.equal(await pipe.deleteMessage(STREAM, seq), false);
   assert.equal(await pipe.lastBySubject(STREAM, "pipe.delete"), undefined);
-  const err = await pipe.api("$JS.API.STREAM.MSG.DELETE.NO_SUCH_STREAM", { seq: 1 }).then(() => undefined, (e: unknown) => e);
+  const err = await pipe.api("$JS.API.STREAM.MSG.DELETE.NO_SUCH_STREAM", { seq: 1 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof JetStreamApiError, String(err));
   assert.equal(err.code, JetStreamApiCodes.StreamNotFound);
   assert.equal(isMessageGone(err), false);
@@ -104,7 +126,10 @@ test("a confirmed ack: once it resolves, the message is gone from a WorkQueue st
 
 test("a publish where no stream listens rejects at once with no responders (503)", async () => {
   const t0 = Date.now();
-  const err = await pipe.publish("nowhere.at.all", "x").then(() => undefined, (e: unknown) => e);
+  const err = await pipe.publish("nowhere.at.all", "x").then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof JetStreamPipeError, String(err));
   assert.equal(err.code, 503);
   assert.ok(Date.now() - t0 < 1_000);
@@ -114,7 +139,10 @@ test("a request nobody answers times out (408) within the timeout plus one sweep
   const silent = nc.subscribe("silent.>", { callback: () => {} });
   try {
     const t0 = Date.now();
-    const err = await pipe.publish("silent.one", "x").then(() => undefined, (e: unknown) => e);
+    const err = await pipe.publish("silent.one", "x").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const waited = Date.now() - t0;
     assert.ok(err instanceof JetStreamPipeError, String(err));
     assert.equal(err.code, 408);
@@ -130,7 +158,10 @@ test("a closed connection fails pending requests at once and refuses new ones", 
   const silent = own.subscribe("hush.>", { callback: () => {} });
   try {
     assert.equal((await ownPipe.publish("pipe.before-close", "x")).stream, STREAM);
-    const pending = ownPipe.publish("hush.one", "x").then(() => undefined, (e: unknown) => e);
+    const pending = ownPipe.publish("hush.one", "x").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const t0 = Date.now();
     await own.close();
     const err = await pending;
@@ -149,7 +180,10 @@ test("closing the pipe fails what it still waits for", async () => {
   const own = new JetStreamPipe(nc, 10_000);
   const silent = nc.subscribe("mute.>", { callback: () => {} });
   try {
-    const pending = own.publish("mute.one", "x").then(() => undefined, (e: unknown) => e);
+    const pending = own.publish("mute.one", "x").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await new Promise((r) => setTimeout(r, 50));
     own.close();
     const err = await pending;

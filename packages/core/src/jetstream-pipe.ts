@@ -79,7 +79,8 @@ export class JetStreamPipe {
    */
   async tryPublish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck | { refused: ApiError }> {
     const m = await this.request(subject, data, headers);
-    const body = m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: ApiError }) : {};
+    const body =
+      m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: ApiError }) : {};
     if (body.error) return { refused: body.error };
     if (!body.stream || typeof body.seq !== "number") throw new JetStreamPipeError(`no stream ack for a publish to ${subject}`);
     return { stream: body.stream, seq: body.seq, duplicate: body.duplicate === true };

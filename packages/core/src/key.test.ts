@@ -37,8 +37,21 @@ test("the key schema accepts package/<name> and image/<name>", () => {
 
 test("the key schema rejects malformed keys", () => {
   const bad = [
-    "", "openssl", "package/", "package", "pkg/openssl", "Package/openssl", "package/.hidden", "package/-x", "package/a b", "package/a/b",
-    "package/../etc", "package/x\n", `package/${"a".repeat(129)}`, "image/é", " package/openssl",
+    "",
+    "openssl",
+    "package/",
+    "package",
+    "pkg/openssl",
+    "Package/openssl",
+    "package/.hidden",
+    "package/-x",
+    "package/a b",
+    "package/a/b",
+    "package/../etc",
+    "package/x\n",
+    `package/${"a".repeat(129)}`,
+    "image/é",
+    " package/openssl",
   ];
   for (const k of bad) assert.equal(keySchema.safeParse(k).success, false, JSON.stringify(k));
   assert.equal(keySchema.safeParse(42).success, false);

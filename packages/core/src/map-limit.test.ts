@@ -17,5 +17,11 @@ test("results keep the order of the items; never more than the limit run at once
 });
 
 test("a rejection rejects the whole", async () => {
-  await assert.rejects(mapLimit([1, 2, 3], 2, async (n) => { if (n === 2) throw new Error("two"); return n; }), /two/);
+  await assert.rejects(
+    mapLimit([1, 2, 3], 2, async (n) => {
+      if (n === 2) throw new Error("two");
+      return n;
+    }),
+    /two/,
+  );
 });

@@ -27,7 +27,9 @@ export class NonRetriableError extends Error {}
 /** Publishes in a PRODUCER span (`send <stage>`) whose context the message carries. */
 export async function publish(n: Nats, stage: Exclude<Stage, "work">, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
   const subject = n.topology.subject(stage, key);
-  const ack = await producerSpan(stage, subject, { key, ...opts }, (headers) => n.js.publish(subject, encodeMessage(body), { headers, ...(opts.msgId ? { msgID: opts.msgId } : {}) }));
+  const ack = await producerSpan(stage, subject, { key, ...opts }, (headers) =>
+    n.js.publish(subject, encodeMessage(body), { headers, ...(opts.msgId ? { msgID: opts.msgId } : {}) }),
+  );
   return { duplicate: ack.duplicate };
 }
 
@@ -39,7 +41,10 @@ export async function publish(n: Nats, stage: Exclude<Stage, "work">, key: Key, 
 let instruments: { messages: ReturnType<ReturnType<typeof meter>["createCounter"]>; duration: ReturnType<typeof durationHistogram> } | undefined;
 function handlerMetrics() {
   instruments ??= {
-    messages: meter().createCounter("homeostat.messages.processed", { unit: "{message}", description: "Messages handled, by handler (builder.build, signer.sign…) and outcome (done, dropped, retry)" }),
+    messages: meter().createCounter("homeostat.messages.processed", {
+      unit: "{message}",
+      description: "Messages handled, by handler (builder.build, signer.sign…) and outcome (done, dropped, retry)",
+    }),
     duration: durationHistogram(meter(), "messaging.process.duration", "Time a handler took for one message, by handler and outcome"),
   };
   return instruments;
@@ -102,7 +107,9 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
       } catch (err) {
         markFailed(span, err);
         o.log.error("rejected malformed message", { subject: msg.subject, reason: errorMessage(err) });
-        await o.onMalformed?.(msg, errorMessage(err)).catch((hookErr: unknown) => o.log.warn("could not record a malformed message", { subject: msg.subject, reason: errorMessage(hookErr) }));
+        await o
+          .onMalformed?.(msg, errorMessage(err))
+          .catch((hookErr: unknown) => o.log.warn("could not record a malformed message", { subject: msg.subject, reason: errorMessage(hookErr) }));
         // A bare term: nats-server 2.9 ignores "+TERM <reason>" (2.10 added it), which would leave
         // the message to be redelivered forever; the reason is in the log.
         msg.term();

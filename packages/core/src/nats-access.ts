@@ -84,7 +84,12 @@ class Grant {
   /** Takes messages from a durable consumer that the owner made, and acknowledges them. */
   consume(stream: string, durable: string): this {
     this.streams.add(stream);
-    return this.pub(`${api}.STREAM.INFO.${stream}`, `${api}.CONSUMER.INFO.${stream}.${durable}`, `${api}.CONSUMER.MSG.NEXT.${stream}.${durable}`, `$JS.ACK.${stream}.${durable}.>`);
+    return this.pub(
+      `${api}.STREAM.INFO.${stream}`,
+      `${api}.CONSUMER.INFO.${stream}.${durable}`,
+      `${api}.CONSUMER.MSG.NEXT.${stream}.${durable}`,
+      `$JS.ACK.${stream}.${durable}.>`,
+    );
   }
 
   /** Deletes single messages by sequence (the work queue's release and compare-and-delete). */
@@ -112,7 +117,12 @@ class Grant {
 
   /** Creates, updates and deletes the stream's durable consumers. */
   ownConsumers(stream: string): this {
-    return this.pub(`${api}.CONSUMER.CREATE.${stream}.>`, `${api}.CONSUMER.DURABLE.CREATE.${stream}.>`, `${api}.CONSUMER.INFO.${stream}.>`, `${api}.CONSUMER.DELETE.${stream}.>`);
+    return this.pub(
+      `${api}.CONSUMER.CREATE.${stream}.>`,
+      `${api}.CONSUMER.DURABLE.CREATE.${stream}.>`,
+      `${api}.CONSUMER.INFO.${stream}.>`,
+      `${api}.CONSUMER.DELETE.${stream}.>`,
+    );
   }
 }
 
@@ -292,7 +302,14 @@ export function writeNatsConfig(o: NatsConfigOptions): { configFile: string; use
     if (!existsSync(secretFile)) writeSecret(secretFile, `${randomBytes(32).toString("base64url")}\n`, o.owner);
     const routeSecret = readFileSync(secretFile, "utf8").trim();
     for (const node of o.cluster.nodes) {
-      const nodeConf = renderServerConfig({ prefix: o.prefix, regions: o.regions, storeDir: path.join(o.storeDir, node.region), tls: o.tls, users, node: { cluster: o.cluster, region: node.region, routeSecret } });
+      const nodeConf = renderServerConfig({
+        prefix: o.prefix,
+        regions: o.regions,
+        storeDir: path.join(o.storeDir, node.region),
+        tls: o.tls,
+        users,
+        node: { cluster: o.cluster, region: node.region, routeSecret },
+      });
       writeSecret(nodeConfigFile(o.dir, node.region), nodeConf, o.owner);
     }
   }

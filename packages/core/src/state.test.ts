@@ -27,10 +27,12 @@ after(async () => {
   await server?.stop();
 });
 
-const bump = (key: KeyStatus["key"]) => (current: KeyStatus | undefined): KeyStatus => {
-  const base = current ?? StateStore.initial(key);
-  return { ...base, attempts: base.attempts + 1 };
-};
+const bump =
+  (key: KeyStatus["key"]) =>
+  (current: KeyStatus | undefined): KeyStatus => {
+    const base = current ?? StateStore.initial(key);
+    return { ...base, attempts: base.attempts + 1 };
+  };
 
 test("a fresh key's initial status is Pending with no attempts", () => {
   const s = StateStore.initial("package/fresh");
@@ -43,7 +45,11 @@ test("a fresh key's initial status is Pending with no attempts", () => {
 test("update creates, get reads back through the schema, updatedAt is set on write", async () => {
   const [w] = writers;
   assert.equal(await w!.get("package/created"), undefined);
-  const written = await w!.update("package/created", (cur) => ({ ...(cur ?? StateStore.initial("package/created")), phase: "Reconciling", updatedAt: "1970-01-01T00:00:00.000Z" }));
+  const written = await w!.update("package/created", (cur) => ({
+    ...(cur ?? StateStore.initial("package/created")),
+    phase: "Reconciling",
+    updatedAt: "1970-01-01T00:00:00.000Z",
+  }));
   assert.equal(written?.phase, "Reconciling");
   assert.notEqual(written?.updatedAt, "1970-01-01T00:00:00.000Z");
   assert.deepEqual(await w!.get("package/created"), written);

@@ -72,25 +72,29 @@ export const keyStatusSchema = z.object({
    * The last failure of the key's desired inputs (failure.ts), while it matters: how many times
    * in a row they failed (or took their builder down), and when they are tried again.
    */
-  failure: z.object({
-    inputDigest: digestSchema,
-    kind: z.enum(failureKinds),
-    reason: z.string().max(8192),
-    count: z.number().int().nonnegative(),
-    at: z.string(),
-    nextAt: z.string().optional(),
-  }).optional(),
+  failure: z
+    .object({
+      inputDigest: digestSchema,
+      kind: z.enum(failureKinds),
+      reason: z.string().max(8192),
+      count: z.number().int().nonnegative(),
+      at: z.string(),
+      nextAt: z.string().optional(),
+    })
+    .optional(),
   /**
    * The durable "started" mark of the build running now: a builder that finds another
    * instance's mark on a redelivered request knows that builder died with it (failure.ts
    * "crash"), and counts it, since a dead process reports nothing.
    */
-  building: z.object({
-    inputDigest: digestSchema,
-    instance: z.string().max(256),
-    startedAt: z.string(),
-    crashes: z.number().int().nonnegative(),
-  }).optional(),
+  building: z
+    .object({
+      inputDigest: digestSchema,
+      instance: z.string().max(256),
+      startedAt: z.string(),
+      crashes: z.number().int().nonnegative(),
+    })
+    .optional(),
   /** The agentic reconciler's word on the key (services/agent): disabled, working, a proposal waiting for review, or why it made none. */
   agent: z.string().max(4096).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
@@ -109,7 +113,13 @@ export function withBuild(s: KeyStatus, build: BuildRecord): KeyStatus {
  * Settles the requested build of `inputDigest` with its outcome; unchanged (undefined) when
  * there is no such open record, so settling twice writes once.
  */
-export function settleBuild(s: KeyStatus, inputDigest: string, outcome: Exclude<BuildOutcome, "requested">, at: string, traceId?: string): KeyStatus | undefined {
+export function settleBuild(
+  s: KeyStatus,
+  inputDigest: string,
+  outcome: Exclude<BuildOutcome, "requested">,
+  at: string,
+  traceId?: string,
+): KeyStatus | undefined {
   const i = (s.builds ?? []).findIndex((b) => b.inputDigest === inputDigest && b.outcome === "requested");
   if (i < 0) return undefined;
   const builds = [...s.builds!];

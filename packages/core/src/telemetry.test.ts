@@ -9,7 +9,14 @@ import { contextFromHeaders, currentTraceId, inSpan, mainPackageVersion, service
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");
-  const telemetry = startTelemetry("telemetry-test", { serviceName: undefined, resourceAttributes: {}, traces: undefined, metrics: undefined, metricExportIntervalMs: 10_000, spanBatchDelayMs: 500 });
+  const telemetry = startTelemetry("telemetry-test", {
+    serviceName: undefined,
+    resourceAttributes: {},
+    traces: undefined,
+    metrics: undefined,
+    metricExportIntervalMs: 10_000,
+    spanBatchDelayMs: 500,
+  });
   try {
     const sent = await inSpan("send", {}, async () => ({ id: currentTraceId(), headers: traceHeaders() }));
     assert.match(sent.id ?? "", /^[0-9a-f]{32}$/);
@@ -22,7 +29,10 @@ test("without an OTLP endpoint, spans still have a real trace id, carried across
 });
 
 test("the resource: the service's name unless OTEL_SERVICE_NAME says otherwise, namespace, version, a fresh instance id, host and OTEL_RESOURCE_ATTRIBUTES", async () => {
-  const env = { OTEL_RESOURCE_ATTRIBUTES: "k8s.pod.name=builder-7d9f,service.name=from-attributes,team=supply%20chain", OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/" };
+  const env = {
+    OTEL_RESOURCE_ATTRIBUTES: "k8s.pod.name=builder-7d9f,service.name=from-attributes,team=supply%20chain",
+    OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/",
+  };
   const settings = loadConfig(env).telemetry;
   assert.deepEqual(settings.traces, { url: "http://collector:4318/v1/traces", protocol: "http/protobuf" });
   assert.deepEqual(loadConfig({ ...env, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }).telemetry.metrics, { url: "http://collector:4318/", protocol: "grpc" });
@@ -40,6 +50,14 @@ test("the resource: the service's name unless OTEL_SERVICE_NAME says otherwise, 
   const b = serviceResource("builder", { ...settings, serviceName: "builder-eu" }, "1.2.3");
   assert.equal(b.attributes["service.name"], "builder-eu", "OTEL_SERVICE_NAME wins");
   assert.notEqual(a.attributes["service.instance.id"], b.attributes["service.instance.id"], "one instance id per process");
-  assert.equal(serviceResource("queue", { serviceName: undefined, resourceAttributes: {} }).attributes["service.name"], "queue", "default: the service's own name");
-  assert.match(mainPackageVersion(new URL("./telemetry.ts", import.meta.url).pathname) ?? "", /^\d+\.\d+\.\d+$/, "the version of the package holding the script");
+  assert.equal(
+    serviceResource("queue", { serviceName: undefined, resourceAttributes: {} }).attributes["service.name"],
+    "queue",
+    "default: the service's own name",
+  );
+  assert.match(
+    mainPackageVersion(new URL("./telemetry.ts", import.meta.url).pathname) ?? "",
+    /^\d+\.\d+\.\d+$/,
+    "the version of the package holding the script",
+  );
 });

@@ -14,7 +14,21 @@
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { context, isSpanContextValid, ROOT_CONTEXT, metrics, propagation, trace, SpanKind, SpanStatusCode, type Attributes, type Context, type Link, type Meter, type Span } from "@opentelemetry/api";
+import {
+  context,
+  isSpanContextValid,
+  ROOT_CONTEXT,
+  metrics,
+  propagation,
+  trace,
+  SpanKind,
+  SpanStatusCode,
+  type Attributes,
+  type Context,
+  type Link,
+  type Meter,
+  type Span,
+} from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { AlwaysOnSampler, BatchSpanProcessor, NoopSpanProcessor, type SpanExporter } from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter as HttpJsonTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
@@ -28,7 +42,12 @@ import { detectResources, hostDetector, osDetector, processDetector, resourceFro
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import {
-  ATTR_MESSAGING_DESTINATION_NAME, ATTR_MESSAGING_MESSAGE_ID, ATTR_MESSAGING_OPERATION_TYPE, ATTR_MESSAGING_SYSTEM, ATTR_SERVICE_INSTANCE_ID, ATTR_SERVICE_NAMESPACE,
+  ATTR_MESSAGING_DESTINATION_NAME,
+  ATTR_MESSAGING_MESSAGE_ID,
+  ATTR_MESSAGING_OPERATION_TYPE,
+  ATTR_MESSAGING_SYSTEM,
+  ATTR_SERVICE_INSTANCE_ID,
+  ATTR_SERVICE_NAMESPACE,
 } from "@opentelemetry/semantic-conventions/incubating";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import type { OtlpTarget, TelemetrySettings } from "./config.ts";
@@ -42,7 +61,11 @@ export const serviceNamespace = "homeostat";
  * The resource that names this process: defaults, then detected host/OS/process attributes,
  * then OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME (the specification's precedence).
  */
-export function serviceResource(serviceName: string, settings: Pick<TelemetrySettings, "serviceName" | "resourceAttributes">, version = mainPackageVersion()): Resource {
+export function serviceResource(
+  serviceName: string,
+  settings: Pick<TelemetrySettings, "serviceName" | "resourceAttributes">,
+  version = mainPackageVersion(),
+): Resource {
   const own = resourceFromAttributes({
     [ATTR_SERVICE_NAME]: serviceName,
     [ATTR_SERVICE_NAMESPACE]: serviceNamespace,
@@ -86,7 +109,13 @@ export function startTelemetry(serviceName: string, settings: TelemetrySettings)
       // span would be a non-recording one with the all-zero trace id.
       [new NoopSpanProcessor()];
   const metricReaders = settings.metrics
-    ? [new PeriodicExportingMetricReader({ exporter: metricExporter(settings.metrics), exportIntervalMillis: settings.metricExportIntervalMs, exportTimeoutMillis: Math.min(30_000, settings.metricExportIntervalMs) })]
+    ? [
+        new PeriodicExportingMetricReader({
+          exporter: metricExporter(settings.metrics),
+          exportIntervalMillis: settings.metricExportIntervalMs,
+          exportTimeoutMillis: Math.min(30_000, settings.metricExportIntervalMs),
+        }),
+      ]
     : [];
   const sdk = new NodeSDK({
     resource,

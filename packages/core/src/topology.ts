@@ -14,7 +14,17 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { connect, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import {
+  jetstream,
+  jetstreamManager,
+  AckPolicy,
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerConfig,
+  type JetStreamManager,
+  type StreamConfig,
+} from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { ConfigError, type Config } from "./config.ts";
 import { EventLedger } from "./events.ts";
@@ -230,7 +240,9 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
     });
   }
   await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
-  await Promise.all((["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
+  await Promise.all(
+    (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
+  );
   return openBuckets(n);
 }
 
@@ -252,7 +264,9 @@ export type Buckets = { state: KV; releases: KV; runs: KV };
 export async function openBuckets(n: Nats): Promise<Buckets> {
   const t = n.topology;
   // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
-  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })));
+  const [state, releases, runs] = await Promise.all(
+    (["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
+  );
   return { state: state!, releases: releases!, runs: runs! };
 }
 

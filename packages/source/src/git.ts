@@ -48,7 +48,9 @@ export function parseGitSource(url: string): GitSource {
   const commit = hash < 0 ? "" : url.slice(hash + 1);
   const bare = hash < 0 ? url.slice(4) : url.slice(4, hash);
   if (!commitRe.test(commit)) {
-    throw new SourceError(`git source ${JSON.stringify(url)} must end in #<full commit id> (40 or 64 lower-case hex); branches, tags and short ids are not pinned`);
+    throw new SourceError(
+      `git source ${JSON.stringify(url)} must end in #<full commit id> (40 or 64 lower-case hex); branches, tags and short ids are not pinned`,
+    );
   }
   let transport: URL;
   try {
@@ -123,7 +125,13 @@ function git(args: string[], scratch: string, signal: AbortSignal): Promise<stri
     let err = "";
     child.stdout.on("data", (b: Buffer) => (out += b.toString("utf8")));
     child.stderr.on("data", (b: Buffer) => (err = (err + b.toString("utf8")).slice(-4000)));
-    child.on("error", (e) => reject(e.name === "AbortError" ? new Error(`git ${args[0]} timed out or was aborted`, { cause: e }) : new Error(`git could not start: ${e.message}`, { cause: e })));
+    child.on("error", (e) =>
+      reject(
+        e.name === "AbortError"
+          ? new Error(`git ${args[0]} timed out or was aborted`, { cause: e })
+          : new Error(`git could not start: ${e.message}`, { cause: e }),
+      ),
+    );
     child.on("close", (code) => (code === 0 ? resolve(out) : reject(new GitError(`git ${args[0]} exited with ${code}: ${err.trim()}`))));
   });
 }
@@ -134,7 +142,16 @@ class GitError extends Error {}
 /** Bytes of the files under `dir` (a file vanishing meanwhile, as git's temporary ones do, counts 0). */
 async function treeBytes(dir: string): Promise<number> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });
-  const sizes = await Promise.all(entries.filter((e) => e.isFile()).map((e) => stat(path.join(e.parentPath, e.name)).then((st) => st.size, () => 0)));
+  const sizes = await Promise.all(
+    entries
+      .filter((e) => e.isFile())
+      .map((e) =>
+        stat(path.join(e.parentPath, e.name)).then(
+          (st) => st.size,
+          () => 0,
+        ),
+      ),
+  );
   return sizes.reduce((a, b) => a + b, 0);
 }
 
@@ -173,7 +190,12 @@ async function fetchBounded(src: GitSource, scratch: string, signal: AbortSignal
  * caller consumes the stream (hashing and limiting it) and must wait for `done`, which rejects
  * if git failed.
  */
-export async function exportGitTree(src: GitSource, scratch: string, signal: AbortSignal, maxFetchBytes: number): Promise<{ tar: Readable; done: Promise<void> }> {
+export async function exportGitTree(
+  src: GitSource,
+  scratch: string,
+  signal: AbortSignal,
+  maxFetchBytes: number,
+): Promise<{ tar: Readable; done: Promise<void> }> {
   const label = `${src.transport.href}#${src.commit}`;
   try {
     await git(["init", "--quiet", "--bare", `--object-format=${src.commit.length === 64 ? "sha256" : "sha1"}`, "."], scratch, signal);
@@ -184,12 +206,19 @@ export async function exportGitTree(src: GitSource, scratch: string, signal: Abo
     if (e instanceof GitError) throw new SourceError(`git source ${label}: ${e.message}`, { cause: e });
     throw e;
   }
-  const child = spawn("git", ["archive", "--format=tar", "--end-of-options", src.commit], { cwd: scratch, env: gitEnvironment(scratch), stdio: ["ignore", "pipe", "pipe"], signal });
+  const child = spawn("git", ["archive", "--format=tar", "--end-of-options", src.commit], {
+    cwd: scratch,
+    env: gitEnvironment(scratch),
+    stdio: ["ignore", "pipe", "pipe"],
+    signal,
+  });
   let err = "";
   child.stderr.on("data", (b: Buffer) => (err = (err + b.toString("utf8")).slice(-4000)));
   const done = new Promise<void>((resolve, reject) => {
     child.on("error", (e) => reject(new Error(`git archive of ${label} failed: ${e.message}`, { cause: e })));
-    child.on("close", (code, sig) => (code === 0 ? resolve() : reject(new SourceError(`git source ${label}: git archive exited with ${code ?? sig}: ${err.trim()}`))));
+    child.on("close", (code, sig) =>
+      code === 0 ? resolve() : reject(new SourceError(`git source ${label}: git archive exited with ${code ?? sig}: ${err.trim()}`)),
+    );
   });
   // The caller may stop reading (limit, mismatch) before git is done: that is reported by the
   // caller, not as an unhandled rejection.

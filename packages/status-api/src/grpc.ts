@@ -38,7 +38,16 @@ import { maxEnqueueDelayMs, maxKnownFactsPackages, maxWhyDepth } from "./limits.
 
 export { grpc, ClientError, Metadata, Status, StatusServiceDefinition };
 export { createServer, ServerError, type CallContext, type ServerMiddleware } from "nice-grpc";
-export type { DeepPartial, EnqueueRequest, KnownFactsRequest, ProtoDeadLetter, ProtoKeyStatus, ProtoPackageFacts, QueueStatsResponse, StatusServiceImplementation };
+export type {
+  DeepPartial,
+  EnqueueRequest,
+  KnownFactsRequest,
+  ProtoDeadLetter,
+  ProtoKeyStatus,
+  ProtoPackageFacts,
+  QueueStatsResponse,
+  StatusServiceImplementation,
+};
 
 /** The service's full name, as health checks and reflection know it. */
 export const statusServiceName = StatusServiceDefinition.fullName;
@@ -81,13 +90,17 @@ export class ClientSetupError extends Error {}
 /** A StatusService client for `addr` (host:port, [v6]:port or unix:path), plaintext unless `tls` is given. */
 export function statusClient(addr: string, opts: StatusClientOptions = {}): StatusClient {
   if (opts.token !== undefined && !opts.tls && !opts.insecure && !isLoopbackAddress(addr)) {
-    throw new ClientSetupError(`refusing to send a token in plaintext to ${addr}: use TLS (--ca / HOMEOSTAT_GRPC_CA, or --tls for the system's roots), or HOMEOSTAT_GRPC_INSECURE=true against a development server`);
+    throw new ClientSetupError(
+      `refusing to send a token in plaintext to ${addr}: use TLS (--ca / HOMEOSTAT_GRPC_CA, or --tls for the system's roots), or HOMEOSTAT_GRPC_INSECURE=true against a development server`,
+    );
   }
   const credentials = opts.tls
     ? grpc.credentials.createSsl(opts.tls.ca ?? null, opts.tls.key ?? null, opts.tls.cert ?? null)
     : grpc.credentials.createInsecure();
   // grpc-js's own Channel: nice-grpc's createChannel would misread a unix: address as host:port.
-  const channel = addr.startsWith("unix:") ? new grpc.Channel(addr, credentials, opts.channelOptions ?? {}) : createChannel(addr, credentials, opts.channelOptions);
+  const channel = addr.startsWith("unix:")
+    ? new grpc.Channel(addr, credentials, opts.channelOptions ?? {})
+    : createChannel(addr, credentials, opts.channelOptions);
   const metadata = opts.token === undefined ? undefined : Metadata({ authorization: `Bearer ${opts.token}` });
   const rpc = createClientFactory()
     .use(deadlineMiddleware)
@@ -341,7 +354,12 @@ export function fromProtoQueueStats(m: QueueStatsResponse): QueueStats {
   }
   const missing = priorities.filter((p) => !(p in depth));
   if (missing.length) throw new ContractViolation(`invalid QueueStats: no depth for ${missing.join(", ")}`);
-  return { depth, running: parseCount(m.running, "running"), retrying: parseCount(m.retrying, "retrying"), deadLetters: parseCount(m.deadLetters, "dead_letters") };
+  return {
+    depth,
+    running: parseCount(m.running, "running"),
+    retrying: parseCount(m.retrying, "retrying"),
+    deadLetters: parseCount(m.deadLetters, "dead_letters"),
+  };
 }
 
 /**
@@ -356,7 +374,10 @@ export function fromProtoEnqueue(m: EnqueueRequest, now: number): { request: Que
     return { error: `invalid priority ${JSON.stringify(m.priority)}: must be one of ${priorities.join(", ")} (empty: ${defaultEnqueuePriority})` };
   }
   const delays: Record<"notBefore" | "floor", number | undefined> = { notBefore: undefined, floor: undefined };
-  for (const [field, raw, name] of [["notBefore", m.notBeforeDelayMs, "not_before_delay_ms"], ["floor", m.floorDelayMs, "floor_delay_ms"]] as const) {
+  for (const [field, raw, name] of [
+    ["notBefore", m.notBeforeDelayMs, "not_before_delay_ms"],
+    ["floor", m.floorDelayMs, "floor_delay_ms"],
+  ] as const) {
     if (raw === undefined) continue;
     const ms = Number(raw);
     if (!/^\d+$/.test(raw) || ms > maxEnqueueDelayMs) {

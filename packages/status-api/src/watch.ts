@@ -41,7 +41,8 @@ export function parseWatchRequest(m: WatchKeysRequest): { filter: WatchFilter; a
   const filter: WatchFilter = { prefix: m.prefix, kinds: [...new Set(m.kinds as Kind[])], phases: [...new Set(m.phases as Phase[])] };
   if (m.afterRevision === undefined) return { filter };
   const afterRevision = Number(m.afterRevision);
-  if (!/^\d+$/.test(m.afterRevision) || !Number.isSafeInteger(afterRevision)) return { error: `after_revision must be a non-negative integer, got ${m.afterRevision}` };
+  if (!/^\d+$/.test(m.afterRevision) || !Number.isSafeInteger(afterRevision))
+    return { error: `after_revision must be a non-negative integer, got ${m.afterRevision}` };
   return { filter, afterRevision };
 }
 

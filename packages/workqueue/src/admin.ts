@@ -54,20 +54,24 @@ export class QueueAdmin {
     const meter = metrics.getMeter(meterName);
     const depth = meter.createObservableGauge("homeostat.queue.depth", { unit: "{key}", description: "Queued keys per priority class" });
     const keys = meter.createObservableGauge("homeostat.queue.keys", { unit: "{key}", description: "Keys running, waiting for a retry, or dead-lettered" });
-    meter.addBatchObservableCallback(async (result) => {
-      const s = await this.stats();
-      for (const p of priorities) result.observe(depth, s.depth[p], { priority: p });
-      result.observe(keys, s.running, { state: "running" });
-      result.observe(keys, s.retrying, { state: "retrying" });
-      result.observe(keys, s.deadLetters, { state: "dead" });
-    }, [depth, keys]);
+    meter.addBatchObservableCallback(
+      async (result) => {
+        const s = await this.stats();
+        for (const p of priorities) result.observe(depth, s.depth[p], { priority: p });
+        result.observe(keys, s.running, { state: "running" });
+        result.observe(keys, s.retrying, { state: "retrying" });
+        result.observe(keys, s.deadLetters, { state: "dead" });
+      },
+      [depth, keys],
+    );
   }
 
   /** The dead letters, oldest first. */
   async deadLetters(): Promise<DeadLetter[]> {
     const out: DeadLetter[] = [];
     for (const r of await this.records.all()) {
-      if (r.phase === "dead" && r.dead) out.push({ key: r.dead.item.key, reason: r.dead.reason, nonRetriable: r.dead.nonRetriable, attempts: r.attempts, at: r.dead.at, item: r.dead.item });
+      if (r.phase === "dead" && r.dead)
+        out.push({ key: r.dead.item.key, reason: r.dead.reason, nonRetriable: r.dead.nonRetriable, attempts: r.attempts, at: r.dead.at, item: r.dead.item });
     }
     return out.sort((a, b) => a.at - b.at || a.key.localeCompare(b.key));
   }
@@ -116,7 +120,16 @@ export class QueueAdmin {
         // wait). The retry is still owed: queue it, attempts kept.
         if (await this.stream.holds(r.seq)) continue;
         const key = keyOfRecord(recordKey);
-        await this.placement.place({ v: 1, key, priority: r.priority, cause: { type: "manual", detail: "retry whose message was gone" }, notBefore: 0, floor: 0, attempts: r.attempts, enqueuedAt: now });
+        await this.placement.place({
+          v: 1,
+          key,
+          priority: r.priority,
+          cause: { type: "manual", detail: "retry whose message was gone" },
+          notBefore: 0,
+          floor: 0,
+          attempts: r.attempts,
+          enqueuedAt: now,
+        });
         await this.records.erase(rec.revision);
         queued++;
         continue;

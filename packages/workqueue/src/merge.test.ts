@@ -6,13 +6,24 @@ import { mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor }
 import type { Queued } from "./work-stream.ts";
 
 const item = (o: Partial<WorkItem> = {}): WorkItem => ({
-  v: 1, key: "package/k", priority: "release", cause: { type: "manual" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 1_000, ...o,
+  v: 1,
+  key: "package/k",
+  priority: "release",
+  cause: { type: "manual" },
+  notBefore: 0,
+  floor: 0,
+  attempts: 0,
+  enqueuedAt: 1_000,
+  ...o,
 });
 const queued = (seq: number, o: Partial<WorkItem> = {}): Queued => ({ seq, item: item(o) });
 
 test("classes rank most urgent first: advisory, release, dependency, resync, repair (the agent's)", () => {
   const order: Priority[] = ["resync", "repair", "advisory", "dependency", "release"];
-  assert.deepEqual(order.sort((a, b) => rank(a) - rank(b)), ["advisory", "release", "dependency", "resync", "repair"]);
+  assert.deepEqual(
+    order.sort((a, b) => rank(a) - rank(b)),
+    ["advisory", "release", "dependency", "resync", "repair"],
+  );
 });
 
 test("a request becomes a schedule: due at its not-before, never before its floor, fresh attempts", () => {
@@ -72,7 +83,8 @@ test("mergeOptional merges what exists", () => {
 
 test("sameSchedule compares class, not-before, floor and attempts, not cause or enqueue time", () => {
   assert.equal(sameSchedule(item(), item({ cause: { type: "resync" }, enqueuedAt: 9 })), true);
-  for (const differs of [{ priority: "resync" as const }, { notBefore: 1 }, { floor: 1 }, { attempts: 1 }]) assert.equal(sameSchedule(item(), item(differs)), false);
+  for (const differs of [{ priority: "resync" as const }, { notBefore: 1 }, { floor: 1 }, { attempts: 1 }])
+    assert.equal(sameSchedule(item(), item(differs)), false);
 });
 
 test("plan: nothing held, one queued message that already says it: keep it, publish nothing", () => {

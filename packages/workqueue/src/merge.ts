@@ -16,8 +16,14 @@ export const rank = (p: Priority): number => priorities.indexOf(p);
 export function workItemFor(req: QueueRequest, now: number): WorkItem {
   const floor = req.floor ?? 0;
   return {
-    v: 1, key: req.key, priority: req.priority, cause: req.cause,
-    floor, notBefore: Math.max(req.notBefore ?? 0, floor), attempts: 0, enqueuedAt: now,
+    v: 1,
+    key: req.key,
+    priority: req.priority,
+    cause: req.cause,
+    floor,
+    notBefore: Math.max(req.notBefore ?? 0, floor),
+    attempts: 0,
+    enqueuedAt: now,
   };
 }
 

@@ -29,7 +29,9 @@ export class WorkStream {
   /** Queues `item` in its class; false when that class already holds a message of the key (the server refuses it). */
   async publish(item: WorkItem): Promise<boolean> {
     const subject = this.n.topology.workSubject(item.priority, item.key);
-    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key }, (headers) => this.pipe.tryPublish(subject, encodeMessage(item), headers));
+    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key }, (headers) =>
+      this.pipe.tryPublish(subject, encodeMessage(item), headers),
+    );
     if (!("refused" in answer)) return true;
     // The work stream has no stream-wide limits: refused means the subject holds the key already.
     if (answer.refused.err_code === JetStreamErrorCode.StoreFailed) return false;

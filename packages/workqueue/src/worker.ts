@@ -30,7 +30,11 @@ export class Worker {
   private readonly metrics: QueueMetrics;
   private readonly pipe: JetStreamPipe;
 
-  constructor(n: Nats, o: WorkQueueOptions, parts: { pipe: JetStreamPipe; stream: WorkStream; records: RunRecordStore; placement: Placement; metrics: QueueMetrics }) {
+  constructor(
+    n: Nats,
+    o: WorkQueueOptions,
+    parts: { pipe: JetStreamPipe; stream: WorkStream; records: RunRecordStore; placement: Placement; metrics: QueueMetrics },
+  ) {
     this.n = n;
     this.o = o;
     this.pipe = parts.pipe;
@@ -72,7 +76,8 @@ export class Worker {
         (r) => {
           s.pulling = false;
           if (r.done) s.ended = true;
-          else if (o.signal.aborted) r.value.nak(0); // taken while stopping: hand it straight back
+          else if (o.signal.aborted)
+            r.value.nak(0); // taken while stopping: hand it straight back
           else s.head = r.value;
           poke();
         },
@@ -159,7 +164,11 @@ export class Worker {
         {
           parent: contextFromHeaders(msg.headers),
           kind: SpanKind.CONSUMER,
-          attributes: messagingAttributes(msg.subject, "process", { "homeostat.key": item.key, "homeostat.attempt": attempt, "homeostat.priority": item.priority }),
+          attributes: messagingAttributes(msg.subject, "process", {
+            "homeostat.key": item.key,
+            "homeostat.attempt": attempt,
+            "homeostat.priority": item.priority,
+          }),
         },
         async (span) => {
           runContext = context.active();
@@ -224,7 +233,15 @@ export class Worker {
       next = { ...fresh, attempts, rerun: mergeOptional(r.rerun, r.pending), dead: r.dead };
       this.o.log.warn("took over an expired lease", { key: item.key, from: r.owner, attempts });
       if (attempts >= this.o.maxAttempts) {
-        await this.toDeadLetters(recordKey, { revision: rec.revision, value: rec.value, lost: false }, next, item, msg, "the worker running it stopped (lease expired) on every attempt", false);
+        await this.toDeadLetters(
+          recordKey,
+          { revision: rec.revision, value: rec.value, lost: false },
+          next,
+          item,
+          msg,
+          "the worker running it stopped (lease expired) on every attempt",
+          false,
+        );
         return undefined;
       }
     } else {
@@ -253,7 +270,13 @@ export class Worker {
       }
       const delay = this.o.backoff(attempts);
       this.o.log.warn("reconcile failed; retrying", { key: item.key, attempts, delayMs: delay, reason: result.message });
-      await this.retryLater(recordKey, lease, { ...lease.value, phase: "retrying", attempts, retryAt: now + delay, error: result.message, leaseUntil: 0 }, msg, delay);
+      await this.retryLater(
+        recordKey,
+        lease,
+        { ...lease.value, phase: "retrying", attempts, retryAt: now + delay, error: result.message, leaseUntil: 0 },
+        msg,
+        delay,
+      );
       return;
     }
     if (result.type === "nonRetriable") {
@@ -300,7 +323,15 @@ export class Worker {
     msg.nak(delayMs);
   }
 
-  private async toDeadLetters(recordKey: string, lease: Lease, base: RunRecord, item: WorkItem, msg: JsMsg, reason: string, isNonRetriable: boolean): Promise<void> {
+  private async toDeadLetters(
+    recordKey: string,
+    lease: Lease,
+    base: RunRecord,
+    item: WorkItem,
+    msg: JsMsg,
+    reason: string,
+    isNonRetriable: boolean,
+  ): Promise<void> {
     const dead = { reason, nonRetriable: isNonRetriable, at: Date.now(), item: { ...item, attempts: 0 } };
     let rerun: WorkItem | undefined;
     await this.records.update(recordKey, lease, (r) => {
@@ -310,9 +341,11 @@ export class Worker {
     await this.pipe.ackConfirmed(msg);
     this.metrics.deadLettered.add(1, { priority: item.priority, non_retriable: isNonRetriable });
     this.o.log.error(isNonRetriable ? "reconcile gave up (non-retriable)" : "moved to the dead letters", { key: item.key, attempts: base.attempts, reason });
-    await this.o.onDeadLetter?.({ key: item.key, reason, nonRetriable: isNonRetriable, attempts: base.attempts, at: dead.at, item: dead.item }).catch((err: unknown) => {
-      this.o.log.warn("could not report a dead letter", { key: item.key, reason: errorMessage(err) });
-    });
+    await this.o
+      .onDeadLetter?.({ key: item.key, reason, nonRetriable: isNonRetriable, attempts: base.attempts, at: dead.at, item: dead.item })
+      .catch((err: unknown) => {
+        this.o.log.warn("could not report a dead letter", { key: item.key, reason: errorMessage(err) });
+      });
     // An enqueue during the failing run is new information: it runs once more, with fresh attempts.
     if (rerun) await this.placement.place({ ...rerun, attempts: 0 });
   }

@@ -21,11 +21,16 @@ after(() => server.close());
 function tools(): AgentTool<string>[] {
   return [
     {
-      name: "read_file", description: "Reads a file of the workspace.", input: z.strictObject({ path: z.string() }),
-      run: async ({ path }: { path: string }) => (path === "Makefile" ? { content: "all:\n\tcc -o hello main.c\n" } : { content: `no such file: ${path}`, isError: true }),
+      name: "read_file",
+      description: "Reads a file of the workspace.",
+      input: z.strictObject({ path: z.string() }),
+      run: async ({ path }: { path: string }) =>
+        path === "Makefile" ? { content: "all:\n\tcc -o hello main.c\n" } : { content: `no such file: ${path}`, isError: true },
     },
     {
-      name: "submit_result", description: "Submits the result.", input: z.strictObject({ rationale: z.string().min(1) }),
+      name: "submit_result",
+      description: "Submits the result.",
+      input: z.strictObject({ rationale: z.string().min(1) }),
       run: async ({ rationale }: { rationale: string }) => ({ content: "accepted", result: rationale }),
     },
   ];
@@ -35,8 +40,16 @@ function run(script: string, o: Partial<LoopLimits> = {}) {
   server.play(fixture(script));
   const client = new Anthropic({ apiKey: "test-key", baseURL: server.url });
   const from = server.requests.length;
-  return runLoop({ client, model: "claude-test", system: "You repair recipes.", tools: tools(), prompt: "Repair package/hello.", limits: { ...limits, ...o }, prices, signal: new AbortController().signal })
-    .then((r) => ({ ...r, requests: server.requests.slice(from) }));
+  return runLoop({
+    client,
+    model: "claude-test",
+    system: "You repair recipes.",
+    tools: tools(),
+    prompt: "Repair package/hello.",
+    limits: { ...limits, ...o },
+    prices,
+    signal: new AbortController().signal,
+  }).then((r) => ({ ...r, requests: server.requests.slice(from) }));
 }
 
 test("a scripted run: tool use, tool results, a submitted result, usage, cost, and prompt caching", async () => {
@@ -46,9 +59,20 @@ test("a scripted run: tool use, tool results, a submitted result, usage, cost, a
   assert.equal(r.turns, 2);
   assert.deepEqual(r.usage, { input: 1260, output: 70, cacheWrite: 900, cacheRead: 900 });
   assert.equal(r.costUsd.toFixed(6), ((1260 * 3 + 70 * 15 + 900 * 3.75 + 900 * 0.3) / 1e6).toFixed(6));
-  const second = r.requests[1] as { system: { cache_control?: unknown }[]; tools: { name: string; cache_control?: unknown }[]; messages: { role: string; content: { type: string; content?: string }[] }[] };
+  const second = r.requests[1] as {
+    system: { cache_control?: unknown }[];
+    tools: { name: string; cache_control?: unknown }[];
+    messages: { role: string; content: { type: string; content?: string }[] }[];
+  };
   assert.deepEqual(second.system[0]!.cache_control, { type: "ephemeral" }, "the system prompt is cached");
-  assert.deepEqual(second.tools.map((t) => [t.name, t.cache_control ?? null]), [["read_file", null], ["submit_result", { type: "ephemeral" }]], "the tool definitions are cached");
+  assert.deepEqual(
+    second.tools.map((t) => [t.name, t.cache_control ?? null]),
+    [
+      ["read_file", null],
+      ["submit_result", { type: "ephemeral" }],
+    ],
+    "the tool definitions are cached",
+  );
   const toolResult = second.messages[2]!.content[0]!;
   assert.equal(toolResult.type, "tool_result");
   assert.match(toolResult.content ?? "", /cc -o hello/);
@@ -59,7 +83,10 @@ test("malformed input, an unknown tool and a refused path come back as tool erro
   const r = await run("bad-input");
   assert.equal(r.stop, "submitted");
   const results = (i: number) => (r.requests[i] as { messages: { content: { is_error?: boolean; content?: string }[] }[] }).messages.at(-1)!.content;
-  assert.deepEqual(results(1).map((c) => c.is_error), [true, true]);
+  assert.deepEqual(
+    results(1).map((c) => c.is_error),
+    [true, true],
+  );
   assert.match(results(1)[0]!.content!, /invalid input for read_file: path: /);
   assert.match(results(1)[1]!.content!, /unknown tool "rm_rf"/);
   assert.match(results(2)[0]!.content!, /no such file/);

@@ -113,13 +113,21 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
   const overheadMs: number[] = [];
   let turns = 0;
   const end = (stop: LoopStop, detail: string, result?: R): LoopResult<R> => ({
-    stop, detail, ...(result !== undefined ? { result } : {}), turns, usage, costUsd: costOf(usage, o.prices), messages, overheadMs,
+    stop,
+    detail,
+    ...(result !== undefined ? { result } : {}),
+    turns,
+    usage,
+    costUsd: costOf(usage, o.prices),
+    messages,
+    overheadMs,
   });
 
   while (true) {
     if (o.signal.aborted) return end("aborted", "stopped");
     if (turns >= o.limits.maxTurns) return end("max_turns", `stopped after ${turns} turns (HOMEOSTAT_AGENT_MAX_TURNS) without a result`);
-    if (totalTokens(usage) >= o.limits.maxTokens) return end("token_budget", `stopped after ${totalTokens(usage)} tokens (HOMEOSTAT_AGENT_MAX_TOKENS) without a result`);
+    if (totalTokens(usage) >= o.limits.maxTokens)
+      return end("token_budget", `stopped after ${totalTokens(usage)} tokens (HOMEOSTAT_AGENT_MAX_TOKENS) without a result`);
     const turnStarted = performance.now();
     let outside = 0;
     const call = await callModel();
@@ -131,7 +139,10 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
     messages.push({ role: "assistant", content: response.content });
     const uses = response.content.filter((b): b is ToolUseBlock => b.type === "tool_use");
     if (uses.length === 0) {
-      const text = response.content.flatMap((b) => (b.type === "text" ? [b.text] : [])).join("\n").trim();
+      const text = response.content
+        .flatMap((b) => (b.type === "text" ? [b.text] : []))
+        .join("\n")
+        .trim();
       overheadMs.push(performance.now() - turnStarted - outside);
       return end("end_turn", `the model stopped (${response.stop_reason}) without submitting a result${text ? `: ${text.slice(0, 2000)}` : ""}`);
     }
@@ -163,13 +174,18 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
       const t0 = performance.now();
       try {
         const timeout = AbortSignal.any([o.signal, AbortSignal.timeout(left)]);
-        const message = await o.client.messages.create({ model: o.model, max_tokens: o.limits.turnOutputTokens, system, tools, messages }, { signal: timeout, maxRetries: 0 });
+        const message = await o.client.messages.create(
+          { model: o.model, max_tokens: o.limits.turnOutputTokens, system, tools, messages },
+          { signal: timeout, maxRetries: 0 },
+        );
         return { message, ms: performance.now() - t0 };
       } catch (err) {
         if (o.signal.aborted) return end("aborted", "stopped");
-        if (Date.now() - started >= o.limits.maxWallMs) return end("time_budget", `stopped after ${Date.now() - started} ms (HOMEOSTAT_AGENT_MAX_WALL_MS) without a result`);
+        if (Date.now() - started >= o.limits.maxWallMs)
+          return end("time_budget", `stopped after ${Date.now() - started} ms (HOMEOSTAT_AGENT_MAX_WALL_MS) without a result`);
         const reason = err instanceof Error ? err.message : String(err);
-        if (!retriable(err) || attempt >= o.limits.apiTries) return end("api_error", `the Messages API failed${attempt > 1 ? ` ${attempt} times` : ""}: ${reason}`.slice(0, 4096));
+        if (!retriable(err) || attempt >= o.limits.apiTries)
+          return end("api_error", `the Messages API failed${attempt > 1 ? ` ${attempt} times` : ""}: ${reason}`.slice(0, 4096));
         const asked = retryAfterMs(err instanceof Anthropic.APIError ? err.headers : undefined);
         const backoff = Math.min(30_000, 500 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
         const wait = Math.min(asked ?? backoff, o.limits.maxWallMs - (Date.now() - started));
@@ -187,7 +203,10 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
     if (!tool) return { content: `unknown tool ${JSON.stringify(use.name)}; the tools are ${[...byName.keys()].join(", ")}`, isError: true };
     const parsed = tool.input.safeParse(use.input);
     if (!parsed.success) {
-      return { content: `invalid input for ${tool.name}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(input)"}: ${i.message}`).join("; ")}`, isError: true };
+      return {
+        content: `invalid input for ${tool.name}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(input)"}: ${i.message}`).join("; ")}`,
+        isError: true,
+      };
     }
     try {
       return await tool.run(parsed.data as never, o.signal);

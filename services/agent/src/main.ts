@@ -17,11 +17,15 @@ import { trialRunner } from "./trial.ts";
 
 await runService("agent", async ({ config, log, nats, buckets, signal }) => {
   const state = new StateStore(buckets.state);
-  const queue = new WorkQueue(nats, workQueueOptions(config, {
-    log, owner: `agent-${process.pid}`,
-    onDeadLetter: async (letter) =>
-      void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
-  }));
+  const queue = new WorkQueue(
+    nats,
+    workQueueOptions(config, {
+      log,
+      owner: `agent-${process.pid}`,
+      onDeadLetter: async (letter) =>
+        void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
+    }),
+  );
   const { apiKey } = config.agent;
   let reconcile;
   if (!apiKey) {
@@ -32,9 +36,14 @@ await runService("agent", async ({ config, log, nats, buckets, signal }) => {
     const releases = new ReleaseStore(buckets.releases);
     const advisories = await AdvisoryStore.open(nats);
     const trials = {
-      nats, catalog: () => source.current(), releases: (pkg: string) => releases.list(pkg), advisories: (pkg: string) => advisories.list(pkg),
-      status: (key: Parameters<StateStore["get"]>[0]) => state.get(key), sourceDateEpoch: config.sourceDateEpoch,
-      snapshots: path.join(config.dataDir, "agent", "snapshots"), timeoutMs: config.buildTimeoutMs + 60_000,
+      nats,
+      catalog: () => source.current(),
+      releases: (pkg: string) => releases.list(pkg),
+      advisories: (pkg: string) => advisories.list(pkg),
+      status: (key: Parameters<StateStore["get"]>[0]) => state.get(key),
+      sourceDateEpoch: config.sourceDateEpoch,
+      snapshots: path.join(config.dataDir, "agent", "snapshots"),
+      timeoutMs: config.buildTimeoutMs + 60_000,
     };
     reconcile = createRepairer({
       client: messagesClient(apiKey, config.agent.baseUrl),

@@ -15,7 +15,18 @@ import path from "node:path";
 import type Anthropic from "@anthropic-ai/sdk";
 import { stringify as stringifyYaml } from "yaml";
 import type { Catalog, Osv, Release } from "@homeostat/catalog";
-import { canonicalJson, keyToken, parseKey, sha256Digest, type AgentSettings, type Key, type KeyStatus, type Logger, type StateStore, type WorkItem } from "@homeostat/core";
+import {
+  canonicalJson,
+  keyToken,
+  parseKey,
+  sha256Digest,
+  type AgentSettings,
+  type Key,
+  type KeyStatus,
+  type Logger,
+  type StateStore,
+  type WorkItem,
+} from "@homeostat/core";
 import { done, nonRetriable, type ReconcileResult } from "@homeostat/workqueue";
 import { runLoop } from "./loop.ts";
 import { ProposalStore } from "./proposals.ts";
@@ -56,7 +67,8 @@ export type RepairDeps = {
 export function trouble(s: KeyStatus | undefined): string | undefined {
   if (!s) return undefined;
   if (s.phase === "NeedsAttention") return `needs attention at ${s.desiredVersion ?? "?"}: ${(s.advisories ?? []).join(", ")}; ${s.cause?.detail ?? ""}`;
-  if ((s.phase === "Failed" || s.phase === "DeadLettered") && s.failure?.kind === "permanent") return `the build of ${s.desiredVersion ?? "?"} failed: ${s.failure.reason}`;
+  if ((s.phase === "Failed" || s.phase === "DeadLettered") && s.failure?.kind === "permanent")
+    return `the build of ${s.desiredVersion ?? "?"} failed: ${s.failure.reason}`;
   return undefined;
 }
 
@@ -66,7 +78,9 @@ export function disabledRepair(state: StateStore): (item: WorkItem) => Promise<R
   return async (item) => {
     const s = await state.update(item.key, (cur) => (cur && cur.agent !== note ? { ...cur, agent: note } : undefined));
     const status = s ?? (await state.get(item.key));
-    return status?.phase === "Failed" || status?.phase === "DeadLettered" ? nonRetriable(`agent disabled: ${status.failure?.reason ?? status.lastError ?? "the build failed"}`) : done;
+    return status?.phase === "Failed" || status?.phase === "DeadLettered"
+      ? nonRetriable(`agent disabled: ${status.failure?.reason ?? status.lastError ?? "the build failed"}`)
+      : done;
   };
 }
 
@@ -86,10 +100,26 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const { ws, unpacked } = await prepare(item.key, spec, status!, advisories, releases, signal);
     await note(item.key, "the agent is working on a repair");
     const result = await runLoop({
-      client: deps.client, model: deps.settings.model, system: SYSTEM_PROMPT,
-      tools: repairTools(ws, { name, advisories, rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest), sources: knownSources(spec, releases), test: spec.test, trial: deps.trial(name) }),
-      prompt: promptFor(item.key, why, unpacked, mine.filter((p) => p.status === "rejected")),
-      limits: deps.settings, prices: deps.settings.pricePerMTok, signal,
+      client: deps.client,
+      model: deps.settings.model,
+      system: SYSTEM_PROMPT,
+      tools: repairTools(ws, {
+        name,
+        advisories,
+        rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest),
+        sources: knownSources(spec, releases),
+        test: spec.test,
+        trial: deps.trial(name),
+      }),
+      prompt: promptFor(
+        item.key,
+        why,
+        unpacked,
+        mine.filter((p) => p.status === "rejected"),
+      ),
+      limits: deps.settings,
+      prices: deps.settings.pricePerMTok,
+      signal,
     });
     const transcriptDigest = await deps.transcripts.put(canonicalJson(result.messages));
     deps.log.info("agent run ended", { key: item.key, stop: result.stop, turns: result.turns, costUsd: result.costUsd });
@@ -98,16 +128,37 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       return done;
     }
     const { candidate, rationale, validators } = result.result;
-    const id = `${keyToken(item.key).replace(/[^a-z0-9-]/gi, "-").toLowerCase()}-${sha256Digest(`${why}${candidateDigest(candidate)}${Date.now()}`).slice(7, 19)}`.slice(0, 64);
+    const id = `${keyToken(item.key)
+      .replace(/[^a-z0-9-]/gi, "-")
+      .toLowerCase()}-${sha256Digest(`${why}${candidateDigest(candidate)}${Date.now()}`).slice(7, 19)}`.slice(0, 64);
     await deps.proposals.create({
-      id, key: item.key, status: "open", trigger: why, candidateDigest: candidateDigest(candidate), recipe: stringifyYaml(candidate.recipe), patches: candidate.patches,
-      rationale, validators, transcriptDigest, turns: result.turns, tokens: result.usage, costUsd: result.costUsd, createdAt: new Date().toISOString(),
+      id,
+      key: item.key,
+      status: "open",
+      trigger: why,
+      candidateDigest: candidateDigest(candidate),
+      recipe: stringifyYaml(candidate.recipe),
+      patches: candidate.patches,
+      rationale,
+      validators,
+      transcriptDigest,
+      turns: result.turns,
+      tokens: result.usage,
+      costUsd: result.costUsd,
+      createdAt: new Date().toISOString(),
     });
     await note(item.key, `proposal ${id} waits for review`);
     return done;
   };
 
-  async function prepare(key: Key, spec: ReturnType<Catalog["packages"]["get"]> & object, status: KeyStatus, advisories: Osv[], releases: Release[], signal: AbortSignal): Promise<{ ws: Workspace; unpacked: string[] }> {
+  async function prepare(
+    key: Key,
+    spec: ReturnType<Catalog["packages"]["get"]> & object,
+    status: KeyStatus,
+    advisories: Osv[],
+    releases: Release[],
+    signal: AbortSignal,
+  ): Promise<{ ws: Workspace; unpacked: string[] }> {
     const root = path.join(deps.workRoot, keyToken(key));
     await rm(root, { recursive: true, force: true });
     await mkdir(root, { recursive: true, mode: 0o700 });
@@ -118,7 +169,10 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     await ws.write("build.log", [status.failure?.reason, status.lastError].filter(Boolean).join("\n") || "(no build failure recorded)");
     for (const a of advisories) await ws.write(`advisories/${a.id}.json`, JSON.stringify(a, null, 2));
     const unpacked: string[] = [];
-    const wanted = [["source", status.desiredVersion ?? spec.version], ["source-last-good", status.actual?.version]] as const;
+    const wanted = [
+      ["source", status.desiredVersion ?? spec.version],
+      ["source-last-good", status.actual?.version],
+    ] as const;
     for (const [dir, version] of wanted) {
       if (!version || (dir === "source-last-good" && version === wanted[0][1])) continue;
       const source = sourceOf(deps.catalog(), spec, releases, version);

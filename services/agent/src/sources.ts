@@ -36,7 +36,12 @@ export function sourceOf(catalog: Catalog, spec: PackageSpec, releases: Release[
 }
 
 /** Fetches, verifies and unpacks a source archive into `dir` of the workspace (replacing it). */
-export async function unpackSource(ws: Workspace, dir: string, source: { url: string; sha256: string }, rules: SourceRules & { baseDir: string; signal: AbortSignal }): Promise<void> {
+export async function unpackSource(
+  ws: Workspace,
+  dir: string,
+  source: { url: string; sha256: string },
+  rules: SourceRules & { baseDir: string; signal: AbortSignal },
+): Promise<void> {
   if (isGitSourceUrl(source.url)) throw new Error(`${source.url}: git sources are not unpacked into the workspace`);
   const target = await ws.resolve(dir);
   const scratch = await mkdtemp(path.join(ws.root, ".fetch-"));
@@ -44,7 +49,13 @@ export async function unpackSource(ws: Workspace, dir: string, source: { url: st
     const archive = path.join(scratch, "archive");
     const hash = createHash("sha256");
     const hashing = new Transform({ transform: (chunk: Buffer, _e, done) => (hash.update(chunk), done(null, chunk)) });
-    const stream = await openSource(source.url, `source ${source.url}`, { baseDir: rules.baseDir, maxBytes: rules.maxBytes, allowRemote: rules.allowRemote, timeoutMs: rules.timeoutMs, signal: rules.signal });
+    const stream = await openSource(source.url, `source ${source.url}`, {
+      baseDir: rules.baseDir,
+      maxBytes: rules.maxBytes,
+      allowRemote: rules.allowRemote,
+      timeoutMs: rules.timeoutMs,
+      signal: rules.signal,
+    });
     await pipeline(stream, hashing, createWriteStream(archive, { mode: 0o600 }));
     const actual = hash.digest("hex");
     if (actual !== source.sha256) throw new Error(`source ${source.url} has sha256 ${actual}, not the declared ${source.sha256}`);

@@ -32,7 +32,8 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
   const recipe = async (): Promise<PackageSpec> => packageSpecSchema.parse(parseYaml((await ws.read("recipe.yaml", 1024 * 1024)).text));
   return [
     {
-      name: "list_files", description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/, source-last-good/).",
+      name: "list_files",
+      description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/, source-last-good/).",
       input: z.strictObject({ path: relPath.default(".") }),
       run: async ({ path }: { path: string }) => {
         const { entries, more } = await ws.list(path, 500);
@@ -40,7 +41,8 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       },
     },
     {
-      name: "read_file", description: `Reads a text file of the workspace (at most ${MAX_READ_BYTES} bytes from offset).`,
+      name: "read_file",
+      description: `Reads a text file of the workspace (at most ${MAX_READ_BYTES} bytes from offset).`,
       input: z.strictObject({ path: relPath, offset: z.number().int().min(0).default(0) }),
       run: async ({ path, offset }: { path: string; offset: number }) => {
         const { text, size } = await ws.read(path, offset + MAX_READ_BYTES);
@@ -49,7 +51,8 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       },
     },
     {
-      name: "search", description: "Searches the files under a directory of the workspace for a regular expression; returns path:line: text.",
+      name: "search",
+      description: "Searches the files under a directory of the workspace for a regular expression; returns path:line: text.",
       input: z.strictObject({ pattern: z.string().min(1).max(512), path: relPath.default(".") }),
       run: async ({ pattern, path }: { pattern: string; path: string }) => {
         let re: RegExp;
@@ -63,32 +66,49 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       },
     },
     {
-      name: "read_build_log", description: "Reads why the last build of the key failed.",
+      name: "read_build_log",
+      description: "Reads why the last build of the key failed.",
       input: z.strictObject({}),
       run: async () => ({ content: (await ws.read("build.log", MAX_READ_BYTES)).text }),
     },
     {
-      name: "read_advisory", description: "Reads an advisory (OSV JSON) that affects the package.",
+      name: "read_advisory",
+      description: "Reads an advisory (OSV JSON) that affects the package.",
       input: z.strictObject({ id: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/) }),
       run: async ({ id }: { id: string }) => ({ content: (await ws.read(`advisories/${id}.json`, MAX_READ_BYTES)).text }),
     },
     {
-      name: "edit_recipe", description: "Changes fields of the package's recipe (version, source, build.steps, test, patches, dependencies, epoch); the result must pass the catalog schema.",
+      name: "edit_recipe",
+      description:
+        "Changes fields of the package's recipe (version, source, build.steps, test, patches, dependencies, epoch); the result must pass the catalog schema.",
       input: z.strictObject({ set: z.partialRecord(z.enum(["version", "epoch", "source", "build", "test", "patches", "dependencies"]), z.unknown()) }),
       run: async ({ set }: { set: Record<string, unknown> }) => {
         // Only the fields given change (a partial record: an absent field is not set to undefined).
         const next = packageSpecSchema.safeParse({ ...(await recipe()), ...Object.fromEntries(Object.entries(set).filter(([, v]) => v !== undefined)) });
-        if (!next.success) return { content: `the recipe would not pass the catalog schema: ${next.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, isError: true };
+        if (!next.success)
+          return {
+            content: `the recipe would not pass the catalog schema: ${next.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
+            isError: true,
+          };
         if (next.data.name !== ctx.name) return { content: "the package's name cannot change", isError: true };
         await ws.write("recipe.yaml", stringifyYaml(next.data));
         return { content: `recipe.yaml updated:\n${stringifyYaml(next.data)}` };
       },
     },
     {
-      name: "write_patch", description: "Writes a unified diff (applied with patch -p1 in the unpacked source) as patches/<name>.patch; it must apply to source/.",
-      input: z.strictObject({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/), diff: z.string().min(1).max(256 * 1024) }),
+      name: "write_patch",
+      description: "Writes a unified diff (applied with patch -p1 in the unpacked source) as patches/<name>.patch; it must apply to source/.",
+      input: z.strictObject({
+        name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/),
+        diff: z
+          .string()
+          .min(1)
+          .max(256 * 1024),
+      }),
       run: async ({ name, diff }: { name: string; diff: string }) => {
-        const escapes = [...diff.matchAll(/^(?:---|\+\+\+) (\S+)/gm)].map((m) => m[1]!).filter((p) => p !== "/dev/null" && (p.startsWith("/") || p.split("/").includes("..")));
+        const escapes = [...diff.matchAll(/^(?:---|\+\+\+) (\S+)/gm)]
+          .map((m) => m[1]!)
+          .filter((p) => p !== "/dev/null" && (p.startsWith("/") || p.split("/").includes("..")));
         if (escapes.length) return { content: `the diff names paths outside the source: ${escapes.join(", ")}`, isError: true };
         const file = `patches/${name}.patch`;
         await ws.write(file, diff);
@@ -100,29 +120,42 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       },
     },
     {
-      name: "diff_sources", description: "Shows what changed upstream: a unified diff from source-last-good/ (the version last built) to source/ (the version to repair), under a path of the source.",
+      name: "diff_sources",
+      description:
+        "Shows what changed upstream: a unified diff from source-last-good/ (the version last built) to source/ (the version to repair), under a path of the source.",
       input: z.strictObject({ path: relPath.default(".") }),
       run: async ({ path }: { path: string }) => {
         const [from, to] = await Promise.all([ws.resolve(`source-last-good/${path}`), ws.resolve(`source/${path}`)]);
         const diff = await run("diff", ["-ruN", from, to], { cwd: ws.root, env: TOOL_ENV, maxBuffer: 32 << 20, timeout: 30_000 }).then(
           () => "",
-          (err: { code?: number; stdout?: string; message: string }) => (err.code === 1 && err.stdout !== undefined ? err.stdout : Promise.reject(new Error((err.stdout || err.message).slice(0, 2000)))),
+          (err: { code?: number; stdout?: string; message: string }) =>
+            err.code === 1 && err.stdout !== undefined ? err.stdout : Promise.reject(new Error((err.stdout || err.message).slice(0, 2000))),
         );
         const relative = diff.split(`${ws.root}/`).join("");
-        return { content: relative ? relative.slice(0, MAX_READ_BYTES) + (relative.length > MAX_READ_BYTES ? `\n… (${relative.length} bytes; diff a subdirectory)` : "") : "no difference" };
+        return {
+          content: relative
+            ? relative.slice(0, MAX_READ_BYTES) + (relative.length > MAX_READ_BYTES ? `\n… (${relative.length} bytes; diff a subdirectory)` : "")
+            : "no difference",
+        };
       },
     },
     {
-      name: "trial_build", description: "Builds the candidate (recipe.yaml and the patches it names) in the builder's sandbox, without network, its test included; returns the outcome and the end of the log. Never signed.",
+      name: "trial_build",
+      description:
+        "Builds the candidate (recipe.yaml and the patches it names) in the builder's sandbox, without network, its test included; returns the outcome and the end of the log. Never signed.",
       input: z.strictObject({}),
       slow: true,
       run: async () => {
         const outcome = await ctx.trial({ recipe: await recipe(), patches: await readPatches(ws, await recipe()) });
-        return { content: `${outcome.passed ? "passed" : "failed"}: ${outcome.detail}${outcome.logTail ? `\n--- log tail ---\n${outcome.logTail}` : ""}`, ...(outcome.passed ? {} : { isError: true }) };
+        return {
+          content: `${outcome.passed ? "passed" : "failed"}: ${outcome.detail}${outcome.logTail ? `\n--- log tail ---\n${outcome.logTail}` : ""}`,
+          ...(outcome.passed ? {} : { isError: true }),
+        };
       },
     },
     {
-      name: "submit_result", description: "Submits the candidate recipe and patches with a rationale. The validators run; a failure comes back as an error to fix.",
+      name: "submit_result",
+      description: "Submits the candidate recipe and patches with a rationale. The validators run; a failure comes back as an error to fix.",
       input: z.strictObject({ rationale: z.string().min(1).max(8192) }),
       run: async ({ rationale }: { rationale: string }) => {
         const spec = await recipe();
@@ -139,7 +172,14 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
 /** Whether the patch applies to source/ (true), or why not. */
 export async function patchApplies(ws: Workspace, file: string): Promise<true | string> {
   const source = await ws.resolve("source").catch(() => undefined);
-  if (!source || !(await ws.list("source", 1).then(() => true, () => false))) return "the source is not unpacked in this workspace";
+  if (
+    !source ||
+    !(await ws.list("source", 1).then(
+      () => true,
+      () => false,
+    ))
+  )
+    return "the source is not unpacked in this workspace";
   try {
     await run("patch", ["--dry-run", "--batch", "--forward", "-p1", "-d", source, "-i", await ws.resolve(file)], { timeout: 30_000, env: TOOL_ENV });
     return true;

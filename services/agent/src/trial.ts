@@ -49,7 +49,13 @@ export function trialRunner(deps: TrialDeps, name: string): TrialRunner {
     } catch (err) {
       return { v: 1, passed: false, detail: `the candidate does not load as a catalog: ${err instanceof Error ? err.message : String(err)}`.slice(0, 8192) };
     }
-    const desired = await new DesiredState({ catalog: snapshot.catalog, releases: deps.releases, advisories: deps.advisories, status: deps.status, sourceDateEpoch: deps.sourceDateEpoch }).package(name);
+    const desired = await new DesiredState({
+      catalog: snapshot.catalog,
+      releases: deps.releases,
+      advisories: deps.advisories,
+      status: deps.status,
+      sourceDateEpoch: deps.sourceDateEpoch,
+    }).package(name);
     if (desired.state === "waiting") return { v: 1, passed: false, detail: `nothing to build yet: it waits for ${desired.waitingFor}` };
     if (desired.state === "attention") return { v: 1, passed: false, detail: `the candidate still needs attention at ${desired.version}: ${desired.detail}` };
     try {

@@ -39,33 +39,67 @@ export function candidateDigest(c: Candidate): string {
 export async function validateCandidate(c: Candidate, ctx: RepairContext, applies: (file: string) => Promise<true | string>): Promise<ValidatorResult[]> {
   const out: ValidatorResult[] = [];
   const schema = packageSpecSchema.safeParse(c.recipe);
-  out.push(schema.success ? { name: "catalog-schema", status: "passed", detail: "the recipe is a valid catalog entry" } : { name: "catalog-schema", status: "failed", detail: schema.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") });
+  out.push(
+    schema.success
+      ? { name: "catalog-schema", status: "passed", detail: "the recipe is a valid catalog entry" }
+      : { name: "catalog-schema", status: "failed", detail: schema.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") },
+  );
   for (const p of c.patches) {
     const ok = await applies(p.path);
-    out.push(ok === true ? { name: `patch-applies:${p.path}`, status: "passed", detail: "applies with patch -p1" } : { name: `patch-applies:${p.path}`, status: ok.includes("not unpacked") ? "not-run" : "failed", detail: ok });
+    out.push(
+      ok === true
+        ? { name: `patch-applies:${p.path}`, status: "passed", detail: "applies with patch -p1" }
+        : { name: `patch-applies:${p.path}`, status: ok.includes("not unpacked") ? "not-run" : "failed", detail: ok },
+    );
   }
   for (const advisory of ctx.advisories) {
     const outside = !isAffected(advisory, ctx.name, c.recipe.version);
     const patched = c.recipe.patches.some((p) => p.fixes.includes(advisory.id));
-    out.push(outside || patched
-      ? { name: `advisory:${advisory.id}`, status: "passed", detail: outside ? `${c.recipe.version} is outside every affected range` : "a patch names it in fixes" }
-      : { name: `advisory:${advisory.id}`, status: "failed", detail: `${c.recipe.version} is affected and no patch names ${advisory.id} in fixes` });
+    out.push(
+      outside || patched
+        ? {
+            name: `advisory:${advisory.id}`,
+            status: "passed",
+            detail: outside ? `${c.recipe.version} is outside every affected range` : "a patch names it in fixes",
+          }
+        : { name: `advisory:${advisory.id}`, status: "failed", detail: `${c.recipe.version} is affected and no patch names ${advisory.id} in fixes` },
+    );
   }
   // A model never chooses what is fetched: only a source the catalog or a release fact vouches for.
   const known = ctx.sources.some((k) => k.sha256 === c.recipe.source.sha256 && k.version === c.recipe.version);
-  out.push(known
-    ? { name: "source-known", status: "passed", detail: "the source is the catalog's or a recorded release's" }
-    : { name: "source-known", status: "failed", detail: `no release fact of ${c.recipe.version} has sha256 ${c.recipe.source.sha256}: name the source of a recorded release` });
+  out.push(
+    known
+      ? { name: "source-known", status: "passed", detail: "the source is the catalog's or a recorded release's" }
+      : {
+          name: "source-known",
+          status: "failed",
+          detail: `no release fact of ${c.recipe.version} has sha256 ${c.recipe.source.sha256}: name the source of a recorded release`,
+        },
+  );
   const digest = candidateDigest(c);
-  out.push(ctx.rejected.includes(digest) ? { name: "not-rejected", status: "failed", detail: "a person already rejected exactly this change" } : { name: "not-rejected", status: "passed", detail: "differs from every rejected proposal" });
-  out.push(ctx.test === undefined
-    ? (c.recipe.test ? { name: "test-kept", status: "passed", detail: "adds a test" } : { name: "test-kept", status: "failed", detail: "the package has no test: add one (test) that shows the change works" })
-    : (c.recipe.test === ctx.test ? { name: "test-kept", status: "passed", detail: "the package's test is unchanged" } : { name: "test-kept", status: "failed", detail: "the package's test may not be changed or removed" }));
+  out.push(
+    ctx.rejected.includes(digest)
+      ? { name: "not-rejected", status: "failed", detail: "a person already rejected exactly this change" }
+      : { name: "not-rejected", status: "passed", detail: "differs from every rejected proposal" },
+  );
+  out.push(
+    ctx.test === undefined
+      ? c.recipe.test
+        ? { name: "test-kept", status: "passed", detail: "adds a test" }
+        : { name: "test-kept", status: "failed", detail: "the package has no test: add one (test) that shows the change works" }
+      : c.recipe.test === ctx.test
+        ? { name: "test-kept", status: "passed", detail: "the package's test is unchanged" }
+        : { name: "test-kept", status: "failed", detail: "the package's test may not be changed or removed" },
+  );
   // A trial build is the one expensive check: only a candidate that passed the others is built.
   if (out.some((v) => v.status === "failed")) out.push({ name: "trial-build", status: "not-run", detail: "not built: fix the failures above first" });
   else {
     const trial = await ctx.trial(c);
-    out.push({ name: "trial-build", status: trial.passed ? "passed" : "failed", detail: `${trial.detail}${trial.logTail ? `\n${trial.logTail.slice(-4000)}` : ""}` });
+    out.push({
+      name: "trial-build",
+      status: trial.passed ? "passed" : "failed",
+      detail: `${trial.detail}${trial.logTail ? `\n${trial.logTail.slice(-4000)}` : ""}`,
+    });
   }
   return out;
 }

@@ -22,7 +22,13 @@ export class Workspace {
     if (!inside(this.root, abs)) throw new PathRefusedError(`${rel}: leaves the workspace`);
     // The nearest existing ancestor, resolved, must stay inside too (a symbolic link out is refused).
     let probe = abs;
-    while (!(await lstat(probe).then(() => true, () => false))) probe = path.dirname(probe);
+    while (
+      !(await lstat(probe).then(
+        () => true,
+        () => false,
+      ))
+    )
+      probe = path.dirname(probe);
     const real = await realpath(probe);
     if (!inside(await realpath(this.root), real)) throw new PathRefusedError(`${rel}: leads out of the workspace through a symbolic link`);
     return abs;

@@ -27,8 +27,21 @@ describe("build attempts (real NATS KV)", () => {
     return { v: 2, key, catalogRevision: digest("c"), inputDigest: digest("a"), version: "1.0" };
   }
 
-  function wrap(instance: string, handle: (req: BuildRequest) => Promise<void>, told: EnqueueRequest[] = [], o: { ackWaitMs?: number; crashLimit?: number } = {}) {
-    return withFailureHandling(handle, { state, instance, ackWaitMs: o.ackWaitMs ?? 50, crashLimit: o.crashLimit ?? 2, backoff: () => 1_234, enqueue: async (r) => void told.push(r), log: quiet });
+  function wrap(
+    instance: string,
+    handle: (req: BuildRequest) => Promise<void>,
+    told: EnqueueRequest[] = [],
+    o: { ackWaitMs?: number; crashLimit?: number } = {},
+  ) {
+    return withFailureHandling(handle, {
+      state,
+      instance,
+      ackWaitMs: o.ackWaitMs ?? 50,
+      crashLimit: o.crashLimit ?? 2,
+      backoff: () => 1_234,
+      enqueue: async (r) => void told.push(r),
+      log: quiet,
+    });
   }
   const never = () => new Promise<void>(() => {});
 
@@ -58,12 +71,19 @@ describe("build attempts (real NATS KV)", () => {
   test("a failing step marks the key Failed and counts the failures of these inputs", async () => {
     const req = await building();
     const told: EnqueueRequest[] = [];
-    const failing = wrap("host_1_1", async () => {
-      throw new BuildFailure("step 1/2 (make) exited with code 2");
-    }, told);
+    const failing = wrap(
+      "host_1_1",
+      async () => {
+        throw new BuildFailure("step 1/2 (make) exited with code 2");
+      },
+      told,
+    );
     await assert.rejects(failing(req, delivery), NonRetriableError);
     let s = (await state.get(req.key))!;
-    assert.deepEqual({ phase: s.phase, lastError: s.lastError, kind: s.failure?.kind, count: s.failure?.count, building: s.building }, { phase: "Failed", lastError: "step 1/2 (make) exited with code 2", kind: "permanent", count: 1, building: undefined });
+    assert.deepEqual(
+      { phase: s.phase, lastError: s.lastError, kind: s.failure?.kind, count: s.failure?.count, building: s.building },
+      { phase: "Failed", lastError: "step 1/2 (make) exited with code 2", kind: "permanent", count: 1, building: undefined },
+    );
     // The reconciler's retry sets it Building again, keeping the count.
     await state.update(req.key, (c) => ({ ...c!, phase: "Building" }));
     await assert.rejects(failing(req, delivery), NonRetriableError);
@@ -79,9 +99,13 @@ describe("build attempts (real NATS KV)", () => {
     const enospc = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
     const before = Date.now();
     await assert.rejects(
-      wrap("host_1_1", async () => {
-        throw new BuildFailure("src.tar.gz: unpacking failed: ENOSPC: no space left on device, write", { cause: enospc });
-      }, told)(req, delivery),
+      wrap(
+        "host_1_1",
+        async () => {
+          throw new BuildFailure("src.tar.gz: unpacking failed: ENOSPC: no space left on device, write", { cause: enospc });
+        },
+        told,
+      )(req, delivery),
       (e: unknown) => e instanceof TransientError && e.retryAfterMs === 1_234,
     );
     const s = (await state.get(req.key))!;
@@ -97,9 +121,13 @@ describe("build attempts (real NATS KV)", () => {
   test("a refused request fails the key it was asked for at once, and leaves a key that moved on alone", async () => {
     const req = await building();
     const told: EnqueueRequest[] = [];
-    const refusing = wrap("host_1_1", async () => {
-      throw new BuildRefusedError("unknown-revision", "catalog revision is not one this builder has");
-    }, told);
+    const refusing = wrap(
+      "host_1_1",
+      async () => {
+        throw new BuildRefusedError("unknown-revision", "catalog revision is not one this builder has");
+      },
+      told,
+    );
     await assert.rejects(refusing(req, delivery), BuildRefusedError);
     const s = (await state.get(req.key))!;
     assert.deepEqual({ phase: s.phase, kind: s.failure?.kind }, { phase: "Failed", kind: "invalid" });
@@ -113,7 +141,10 @@ describe("build attempts (real NATS KV)", () => {
 
   test("a build that succeeds clears its mark and the failures of its inputs", async () => {
     const req = await building();
-    await state.update(req.key, (c) => ({ ...c!, failure: { inputDigest: digest("a"), kind: "permanent", reason: "flaky", count: 1, at: new Date().toISOString() } }));
+    await state.update(req.key, (c) => ({
+      ...c!,
+      failure: { inputDigest: digest("a"), kind: "permanent", reason: "flaky", count: 1, at: new Date().toISOString() },
+    }));
     await wrap("host_1_1", async () => {
       assert.equal((await state.get(req.key))?.building?.instance, "host_1_1", "marked while it runs");
     })(req, delivery);

@@ -21,8 +21,21 @@
  * nothing.
  */
 import {
-  classifyFailure, ContractError, crashReason, errorMessage, exponentialBackoff, NonRetriableError, retryingText, TransientError,
-  type Backoff, type BuildRequest, type EnqueueRequest, type FailureKind, type KeyStatus, type Logger, type StateStore,
+  classifyFailure,
+  ContractError,
+  crashReason,
+  errorMessage,
+  exponentialBackoff,
+  NonRetriableError,
+  retryingText,
+  TransientError,
+  type Backoff,
+  type BuildRequest,
+  type EnqueueRequest,
+  type FailureKind,
+  type KeyStatus,
+  type Logger,
+  type StateStore,
 } from "@homeostat/core";
 import { BuildFailure } from "./errors.ts";
 import { BuildRefusedError } from "./request.ts";
@@ -70,7 +83,13 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
       if (crashes >= deps.crashLimit) {
         outcome = "gave-up";
         const reason = crashReason("builder", crashes);
-        return { ...s, phase: "Failed", lastError: reason, building: undefined, failure: { inputDigest: s.desiredInputDigest!, kind: "crash", reason, count: crashes, at: now } };
+        return {
+          ...s,
+          phase: "Failed",
+          lastError: reason,
+          building: undefined,
+          failure: { inputDigest: s.desiredInputDigest!, kind: "crash", reason, count: crashes, at: now },
+        };
       }
       return { ...s, building: { inputDigest: s.desiredInputDigest!, instance: deps.instance, startedAt: now, crashes } };
     });
@@ -95,21 +114,34 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
       const before = s.failure?.inputDigest === req.inputDigest && s.failure.kind === failure.kind ? s.failure.count : 0;
       failed = true;
       return {
-        ...s, phase: "Failed", lastError: failure.reason, building,
-        failure: { inputDigest: s.desiredInputDigest!, kind: failure.kind, reason: failure.reason.slice(0, 8192), count: before + 1, at: new Date().toISOString() },
+        ...s,
+        phase: "Failed",
+        lastError: failure.reason,
+        building,
+        failure: {
+          inputDigest: s.desiredInputDigest!,
+          kind: failure.kind,
+          reason: failure.reason.slice(0, 8192),
+          count: before + 1,
+          at: new Date().toISOString(),
+        },
       };
     });
     return failed;
   }
 
   const tellQueue = (req: BuildRequest, detail: string) =>
-    deps.enqueue({ v: 1, key: req.key, priority: "release", cause: { type: "built", id: req.inputDigest, detail: detail.slice(0, 2048) } }).catch((err: unknown) =>
-      // The reconciler looks again when the build should have ended: late, not lost.
-      deps.log.warn("could not tell the queue a build ended", { key: req.key, reason: errorMessage(err) }));
+    deps
+      .enqueue({ v: 1, key: req.key, priority: "release", cause: { type: "built", id: req.inputDigest, detail: detail.slice(0, 2048) } })
+      .catch((err: unknown) =>
+        // The reconciler looks again when the build should have ended: late, not lost.
+        deps.log.warn("could not tell the queue a build ended", { key: req.key, reason: errorMessage(err) }),
+      );
 
   return async function handleWithAttempts(req: BuildRequest, msg: Delivery): Promise<void> {
     const claimed = await claim(req);
-    if (claimed === "busy") throw new TransientError(`${req.key}: another builder started this build less than ${deps.ackWaitMs} ms ago`, { retryAfterMs: deps.ackWaitMs });
+    if (claimed === "busy")
+      throw new TransientError(`${req.key}: another builder started this build less than ${deps.ackWaitMs} ms ago`, { retryAfterMs: deps.ackWaitMs });
     if (claimed === "gave-up") {
       deps.log.error("giving up a build that kept killing its builder", { key: req.key, inputDigest: req.inputDigest, crashLimit: deps.crashLimit });
       await tellQueue(req, crashReason("builder", deps.crashLimit));

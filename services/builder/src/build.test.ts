@@ -44,7 +44,12 @@ async function sourceTarball(name: string, files: Record<string, string>): Promi
   for (const [f, content] of Object.entries(files)) await writeFile(path.join(dir, f), content);
   const file = path.join(tmp, "sources", `${name}.tar.gz`);
   execFileSync("tar", ["-czf", file, "-C", path.join(tmp, "sources"), name]);
-  return { file, sha256: createHash("sha256").update(await readFile(file)).digest("hex") };
+  return {
+    file,
+    sha256: createHash("sha256")
+      .update(await readFile(file))
+      .digest("hex"),
+  };
 }
 
 const libmsg = await sourceTarball("libmsg-1.0", {
@@ -163,18 +168,35 @@ test("two builds in different workspaces give identical package and image digest
 test("the package archive has relative paths, and its metadata lists every file", async () => {
   const { ctx, app } = await runA;
   const store = new ArtifactStore(ctx.dataDir);
-  const names = execFileSync("tar", ["-tzf", store.path(app.archive as Digest)], { encoding: "utf8" }).trim().split("\n");
-  assert.deepEqual(names, ["usr/", "usr/bin/", "usr/bin/hello", "usr/bin/hi", "usr/share/", "usr/share/doc/", "usr/share/doc/hello/", "usr/share/doc/hello/README"]);
+  const names = execFileSync("tar", ["-tzf", store.path(app.archive as Digest)], { encoding: "utf8" })
+    .trim()
+    .split("\n");
+  assert.deepEqual(names, [
+    "usr/",
+    "usr/bin/",
+    "usr/bin/hello",
+    "usr/bin/hi",
+    "usr/share/",
+    "usr/share/doc/",
+    "usr/share/doc/hello/",
+    "usr/share/doc/hello/README",
+  ]);
   const meta = JSON.parse((await store.read(app.metadata as Digest)).toString("utf8")) as PackageMetadata;
   assert.equal(meta.name, "hello");
   assert.equal(meta.archive, app.archive);
   assert.equal(meta.diffId, app.diffId);
   assert.equal(meta.license, "MIT");
-  assert.deepEqual(meta.buildDependencies.map((d) => d.name), ["libmsg"]);
+  assert.deepEqual(
+    meta.buildDependencies.map((d) => d.name),
+    ["libmsg"],
+  );
   const bin = meta.files.find((f) => f.path === "usr/bin/hello")!;
   assert.equal(bin.mode, 0o755);
   assert.match(bin.sha256!, /^[0-9a-f]{64}$/);
-  assert.deepEqual(meta.files.find((f) => f.path === "usr/bin/hi"), { path: "usr/bin/hi", type: "symlink", mode: 0o777, size: 0, linkname: "hello" });
+  assert.deepEqual(
+    meta.files.find((f) => f.path === "usr/bin/hi"),
+    { path: "usr/bin/hi", type: "symlink", mode: 0o777, size: 0, linkname: "hello" },
+  );
 });
 
 test("skopeo inspects the image and umoci unpacks it; the program runs from the unpacked rootfs", async () => {
@@ -219,7 +241,10 @@ test("skopeo inspects the image and umoci unpacks it; the program runs from the 
 test("the manifest carries version and created annotations; the SBOM is in the layout", async () => {
   const { ctx, image, app } = await runA;
   const layout = await OciLayout.open(path.join(ctx.dataDir, "oci", "hello-image"));
-  const manifest = JSON.parse((await layout.readBlob(image.manifest as Digest)).toString("utf8")) as { annotations: Record<string, string>; layers: { digest: string }[] };
+  const manifest = JSON.parse((await layout.readBlob(image.manifest as Digest)).toString("utf8")) as {
+    annotations: Record<string, string>;
+    layers: { digest: string }[];
+  };
   assert.equal(manifest.annotations["org.opencontainers.image.version"], "1.0");
   assert.equal(manifest.annotations["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
   assert.equal(manifest.layers[0]!.digest, app.archive);
@@ -232,7 +257,10 @@ test("the manifest carries version and created annotations; the SBOM is in the l
   };
   assert.equal(sbom.metadata.component.name, "hello-image");
   assert.equal(`sha256:${sbom.metadata.component.hashes[0]!.content}`, image.manifest);
-  assert.deepEqual(sbom.components.map((c) => [c.purl, `sha256:${c.hashes[0]!.content}`]), [["pkg:generic/hello@1.0", app.archive]]);
+  assert.deepEqual(
+    sbom.components.map((c) => [c.purl, `sha256:${c.hashes[0]!.content}`]),
+    [["pkg:generic/hello@1.0", app.archive]],
+  );
 });
 
 test("each build writes its provenance beside the artifact; only the provenance differs between two builds", async () => {
@@ -295,7 +323,10 @@ test("checksum mismatch and failing steps are BuildFailures; no artifact is stor
   const ctx = ctxFor("data-fail");
   const store = new ArtifactStore(ctx.dataDir);
   const bad = { ...pkgRequest("libmsg", libmsg), source: { url: path.basename(libmsg.file), sha256: "f".repeat(64) } };
-  await assert.rejects(build(bad, ctx), (e: unknown) => e instanceof BuildFailure && e.message.includes(`expected sha256:${"f".repeat(64)}, got sha256:${libmsg.sha256}`));
+  await assert.rejects(
+    build(bad, ctx),
+    (e: unknown) => e instanceof BuildFailure && e.message.includes(`expected sha256:${"f".repeat(64)}, got sha256:${libmsg.sha256}`),
+  );
   assert.deepEqual(await readdir(path.join(store.root, "blobs", "sha256")).catch(() => []), []);
 
   const failing = { ...pkgRequest("libmsg", libmsg), steps: ["make", "echo 'install: permission denied (simulated)' >&2; exit 2"] };
@@ -311,7 +342,10 @@ test("checksum mismatch and failing steps are BuildFailures; no artifact is stor
   const m = /full step logs in the artifact store: step-1\.log (sha256:[0-9a-f]{64}), step-2\.log (sha256:[0-9a-f]{64})$/.exec(err.message);
   assert.ok(m, err.message);
   assert.match((await store.read(m[1] as Digest)).toString("utf8"), /^\$ make\ncc -O2 -Wall/);
-  assert.equal((await store.read(m[2] as Digest)).toString("utf8"), "$ echo 'install: permission denied (simulated)' >&2; exit 2\ninstall: permission denied (simulated)\n");
+  assert.equal(
+    (await store.read(m[2] as Digest)).toString("utf8"),
+    "$ echo 'install: permission denied (simulated)' >&2; exit 2\ninstall: permission denied (simulated)\n",
+  );
   // the verified source is kept (a cache for the next attempt), and the logs; no package archive
   assert.deepEqual(await archivesIn(store, [libmsg.sha256]), []);
   assert.deepEqual((await readdir(path.join(store.root, "blobs", "sha256"))).sort(), [libmsg.sha256, m[1]!.slice(7), m[2]!.slice(7)].sort());
@@ -322,7 +356,10 @@ test("checksum mismatch and failing steps are BuildFailures; no artifact is stor
   assert.deepEqual(await archivesIn(store, [libmsg.sha256]), []);
 
   const timing = { ...pkgRequest("libmsg", libmsg), steps: ["sleep 1000"] };
-  await assert.rejects(build(timing, { ...ctx, timeoutMs: 500 }), (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message) && /step-1\.log sha256:/.test(e.message));
+  await assert.rejects(
+    build(timing, { ...ctx, timeoutMs: 500 }),
+    (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message) && /step-1\.log sha256:/.test(e.message),
+  );
 });
 
 test("the provenance records the isolation used and lists every step's stored log", async () => {
@@ -331,10 +368,13 @@ test("the provenance records the isolation used and lists every step's stored lo
   const prov = JSON.parse((await store.read(app.provenance as Digest)).toString("utf8")) as SlsaProvenance;
   assert.equal(prov.buildDefinition.internalParameters.isolation, isolation.kind);
   const logs = prov.runDetails.byproducts!;
-  assert.deepEqual(logs.map((b) => [b.name, b.mediaType, b.annotations?.step, b.annotations?.exitCode]), [
-    ["step-1.log", "text/plain; charset=utf-8", "make", "0"],
-    ["step-2.log", "text/plain; charset=utf-8", "make install", "0"],
-  ]);
+  assert.deepEqual(
+    logs.map((b) => [b.name, b.mediaType, b.annotations?.step, b.annotations?.exitCode]),
+    [
+      ["step-1.log", "text/plain; charset=utf-8", "make", "0"],
+      ["step-2.log", "text/plain; charset=utf-8", "make install", "0"],
+    ],
+  );
   const first = (await store.read(`sha256:${logs[0]!.digest.sha256}`)).toString("utf8");
   assert.match(first, /^\$ make\ncc -O2 -Wall .* -static -o hello hello\.c -l:libmsg\.a\n/);
   const second = (await store.read(`sha256:${logs[1]!.digest.sha256}`)).toString("utf8");
@@ -353,7 +393,9 @@ test("skopeo copies the image to a Distribution registry, and refuses a layout w
     bytes[bytes.length >> 1]! ^= 0x01;
     await rm(layerFile);
     await writeFile(layerFile, bytes);
-    const r = spawnSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${copy}:1.0`, `docker://${registry.host}/homeostat/flipped:1.0`], { encoding: "utf8" });
+    const r = spawnSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${copy}:1.0`, `docker://${registry.host}/homeostat/flipped:1.0`], {
+      encoding: "utf8",
+    });
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /digest|checksum/i);
     const missing = spawnSync("skopeo", ["inspect", "--tls-verify=false", `docker://${registry.host}/homeostat/flipped:1.0`], { encoding: "utf8" });
@@ -361,13 +403,18 @@ test("skopeo copies the image to a Distribution registry, and refuses a layout w
 
     // The intact layout goes through (first, the registry would already hold the layer and
     // skopeo would never read the corrupt copy).
-    execFileSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${layoutDir}:1.0`, `docker://${registry.host}/homeostat/hello-image:1.0`], { stdio: "pipe" });
-    const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/hello-image:1.0`], { encoding: "utf8" }).trim();
+    execFileSync("skopeo", ["copy", "--dest-tls-verify=false", `oci:${layoutDir}:1.0`, `docker://${registry.host}/homeostat/hello-image:1.0`], {
+      stdio: "pipe",
+    });
+    const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/hello-image:1.0`], {
+      encoding: "utf8",
+    }).trim();
     assert.equal(digest, image.manifest, "the registry serves our manifest byte for byte");
-    const raw = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/hello-image:1.0`], { encoding: "utf8" })) as { layers: { digest: string }[] };
+    const raw = JSON.parse(
+      execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/hello-image:1.0`], { encoding: "utf8" }),
+    ) as { layers: { digest: string }[] };
     assert.equal(raw.layers[0]!.digest, app.archive);
     assert.equal(raw.layers.length, 2);
-
   } finally {
     await registry.stop();
   }
@@ -384,13 +431,22 @@ test("a flipped byte in a stored package archive is caught by our own check when
   await rm(file);
   await writeFile(file, bytes);
   assert.equal(await store.verify(app.archive as Digest), false);
-  await assert.rejects(build(imageRequest([artifact("hello", app)]), ctxFor("data-flipped")), new RegExp(`package hello@1.0: stored archive ${app.archive} is corrupt`));
+  await assert.rejects(
+    build(imageRequest([artifact("hello", app)]), ctxFor("data-flipped")),
+    new RegExp(`package hello@1.0: stored archive ${app.archive} is corrupt`),
+  );
   assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
 });
 
 test("a package builds from a git source pinned to a commit, reproducibly, with the commit in its provenance", async () => {
   const repo = path.join(tmp, "git-motd");
-  const env = { ...process.env, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z", GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z" };
+  const env = {
+    ...process.env,
+    GIT_CONFIG_NOSYSTEM: "1",
+    GIT_CONFIG_GLOBAL: "/dev/null",
+    GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z",
+    GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z",
+  };
   const git = (...args: string[]) => execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: repo, env });
   await mkdir(repo, { recursive: true });
   git("init", "-q");
@@ -401,7 +457,9 @@ test("a package builds from a git source pinned to a commit, reproducibly, with 
   const commit = git("rev-parse", "HEAD").toString().trim();
   await writeFile(path.join(repo, "motd"), "moved on\n");
   git("commit", "-qam", "later");
-  const sha256 = createHash("sha256").update(git("archive", "--format=tar", commit)).digest("hex");
+  const sha256 = createHash("sha256")
+    .update(git("archive", "--format=tar", commit))
+    .digest("hex");
 
   const req: PackageBuildPlan = { ...pkgRequest("motd", libmsg), source: { url: `git+file://${repo}#${commit}`, sha256 }, steps: ["make install"] };
   const a = await build(req, ctxFor("data-git-a"));

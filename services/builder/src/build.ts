@@ -23,7 +23,6 @@ export { BuildFailure, MissingArtifactError } from "./errors.ts";
 /** The version of the build behaviour (part of every input digest); defined in core/contracts. */
 export { BUILDER_VERSION } from "@homeostat/core/contracts";
 
-
 /** Builds `req` now, uncached. */
 export async function build(req: BuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   return req.kind === "package" ? buildPackage(req, ctx) : buildImage(req, ctx);

@@ -31,7 +31,9 @@ await mkdir(path.join(srcDir, "data-1.0"), { recursive: true });
 await writeFile(path.join(srcDir, "data-1.0", "data.txt"), "data\n");
 const tarball = path.join(srcDir, "data-1.0.tar.gz");
 execFileSync("tar", ["-czf", tarball, "-C", srcDir, "data-1.0"]);
-const sha256 = createHash("sha256").update(await readFile(tarball)).digest("hex");
+const sha256 = createHash("sha256")
+  .update(await readFile(tarball))
+  .digest("hex");
 
 function ctx(dataDir: string): BuildContext {
   return {

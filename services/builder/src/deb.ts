@@ -48,12 +48,13 @@ export async function arMembers(file: string, what: string): Promise<ArMember[]>
     if (magic.toString("latin1") !== AR_MAGIC) throw new BuildFailure(`${what}: not an ar archive`);
     const members: ArMember[] = [];
     const header = Buffer.alloc(AR_HEADER);
-    for (let at = 8; at < total; ) {
+    for (let at = 8; at < total;) {
       const { bytesRead } = await fh.read(header, 0, AR_HEADER, at);
       if (bytesRead !== AR_HEADER || header.toString("latin1", 58, 60) !== "`\n") throw new BuildFailure(`${what}: malformed ar member header at byte ${at}`);
       const name = header.toString("latin1", 0, 16).trimEnd().replace(/\/$/, "");
       const size = Number(header.toString("latin1", 48, 58).trim());
-      if (!Number.isSafeInteger(size) || size < 0 || at + AR_HEADER + size > total) throw new BuildFailure(`${what}: ar member ${JSON.stringify(name)} has a bad size`);
+      if (!Number.isSafeInteger(size) || size < 0 || at + AR_HEADER + size > total)
+        throw new BuildFailure(`${what}: ar member ${JSON.stringify(name)} has a bad size`);
       members.push({ name, offset: at + AR_HEADER, size });
       at += AR_HEADER + size + (size % 2); // members are 2-byte aligned
     }
@@ -93,14 +94,22 @@ function decompress(member: string, input: Readable, cap: Cap, out: NodeJS.Writa
   let stderr = "";
   child.stderr.on("data", (b: Buffer) => void (stderr = (stderr + b.toString("utf8")).slice(-2000)));
   const exited = new Promise<void>((resolve, reject) => {
-    child.on("error", (e: NodeJS.ErrnoException) => reject(new BuildFailure(`${what}: cannot run ${t.tool} to decompress ${member} (${e.code ?? e.message}; apt-get install ${t.apt})`)));
-    child.on("close", (code, signal) => (code === 0 ? resolve() : reject(new BuildFailure(`${what}: ${t.tool} failed on ${member} (${code ?? signal}): ${stderr.trim()}`))));
+    child.on("error", (e: NodeJS.ErrnoException) =>
+      reject(new BuildFailure(`${what}: cannot run ${t.tool} to decompress ${member} (${e.code ?? e.message}; apt-get install ${t.apt})`)),
+    );
+    child.on("close", (code, signal) =>
+      code === 0 ? resolve() : reject(new BuildFailure(`${what}: ${t.tool} failed on ${member} (${code ?? signal}): ${stderr.trim()}`)),
+    );
   });
   // What the tool says, or the cap, explains a failure better than the broken pipe it causes.
-  return [exited, pipeline(child.stdout, cap, out).catch((e: unknown) => {
+  return [
+    exited,
+    pipeline(child.stdout, cap, out).catch((e: unknown) => {
       child.kill("SIGKILL");
       throw e;
-    }), pipeline(input, child.stdin)];
+    }),
+    pipeline(input, child.stdin),
+  ];
 }
 
 /**

@@ -61,7 +61,10 @@ export function epochToRfc3339(epoch: number): string {
 /** The config's User as uid and gid; BuildFailure unless numeric and not root (the catalog checks the same). */
 export function imageUser(req: ImageBuildPlan): { uid: number; gid: number } {
   const m = /^(\d{1,10})(?::(\d{1,10}))?$/.exec(req.config.user);
-  if (!m) throw new BuildFailure(`image ${req.name}: user ${JSON.stringify(req.config.user)} must be a numeric uid or uid:gid (the builder writes its /etc/passwd entry)`);
+  if (!m)
+    throw new BuildFailure(
+      `image ${req.name}: user ${JSON.stringify(req.config.user)} must be a numeric uid or uid:gid (the builder writes its /etc/passwd entry)`,
+    );
   const uid = Number(m[1]);
   if (uid === 0) throw new BuildFailure(`image ${req.name}: user ${JSON.stringify(req.config.user)} is root; images run as an unprivileged user (e.g. 65532)`);
   return { uid, gid: m[2] === undefined ? uid : Number(m[2]) };
@@ -156,14 +159,17 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
   }
   for (const account of ["etc/passwd", "etc/group"]) {
     const e = rootfs.entries.get(account);
-    if (e) throw new BuildFailure(`image ${req.name}: package ${e.from} ships /${account}, which the image builder writes (accounts come from the image's user)`);
+    if (e)
+      throw new BuildFailure(`image ${req.name}: package ${e.from} ships /${account}, which the image builder writes (accounts come from the image's user)`);
   }
   const shell = "entry" in rootfs.resolve("/bin/sh") ? "/bin/sh" : "/sbin/nologin";
   const own = imageLayerEntries(user, shell);
   for (const e of own) rootfs.add(e.path, { type: e.type, mode: e.mode, ...(e.content ? { content: e.content } : {}), from: "(the image's own layer)" });
   const problems = runtimeProblems(rootfs, req.config);
   if (problems.length > 0) {
-    throw new BuildFailure(`image ${req.name}: refused, it could not run: ${problems.length} missing runtime need${problems.length > 1 ? "s" : ""}:\n  ${problems.join("\n  ")}`);
+    throw new BuildFailure(
+      `image ${req.name}: refused, it could not run: ${problems.length} missing runtime need${problems.length > 1 ? "s" : ""}:\n  ${problems.join("\n  ")}`,
+    );
   }
 
   const layoutDir = path.join(path.resolve(ctx.dataDir), "oci", req.name);
@@ -177,7 +183,8 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
   }
   const ownLayer = await madeLayer(own, req.sourceDateEpoch);
   const ownDescriptor = await layout.writeBlob(ownLayer.bytes, mediaTypes.layerGzip);
-  if (ownDescriptor.digest !== ownLayer.tar.digest) throw new Error(`image layer digest disagreement: ${ownDescriptor.digest} stored, ${ownLayer.tar.digest} written`);
+  if (ownDescriptor.digest !== ownLayer.tar.digest)
+    throw new Error(`image layer digest disagreement: ${ownDescriptor.digest} stored, ${ownLayer.tar.digest} written`);
   layers.push({ mediaType: mediaTypes.layerGzip, digest: ownDescriptor.digest, size: ownDescriptor.size });
   const config = await layout.writeBlob(imageConfigBytes(req, [...req.packages.map((p) => p.diffId as Digest), ownLayer.tar.diffId]), mediaTypes.config);
   const manifest = await layout.writeBlob(manifestBytes({ config, layers, annotations: imageAnnotations(req) }), mediaTypes.manifest);
@@ -187,7 +194,14 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
       version: req.version,
       epoch: req.sourceDateEpoch,
       manifest: manifest.digest,
-      packages: req.packages.map((p) => ({ name: p.name, version: p.version, archive: p.archive as Digest, diffId: p.diffId as Digest, ...(p.license ? { license: p.license } : {}), ...(p.purl ? { purl: p.purl } : {}) })),
+      packages: req.packages.map((p) => ({
+        name: p.name,
+        version: p.version,
+        archive: p.archive as Digest,
+        diffId: p.diffId as Digest,
+        ...(p.license ? { license: p.license } : {}),
+        ...(p.purl ? { purl: p.purl } : {}),
+      })),
     }),
     SBOM_MEDIA_TYPE,
   );

@@ -80,7 +80,14 @@ async function systemBinds(): Promise<SystemBinds> {
 }
 
 async function findPrlimit(): Promise<string | undefined> {
-  for (const p of PRLIMIT_CANDIDATES) if (await access(p, constants.X_OK).then(() => true, () => false)) return p;
+  for (const p of PRLIMIT_CANDIDATES)
+    if (
+      await access(p, constants.X_OK).then(
+        () => true,
+        () => false,
+      )
+    )
+      return p;
   return undefined;
 }
 
@@ -107,8 +114,26 @@ export function limitedArgv(prlimit: string, limits: BuildLimits, argv: readonly
 }
 
 /** The bwrap argument list that runs `argv` in `cwd` with only the workspace (and its tmp/ as /tmp) writable. */
-export function bwrapArgs(iso: Extract<Isolation, { kind: "bubblewrap" }>, workspaceRoot: string, cwd: string, env: Record<string, string>, argv: readonly string[]): string[] {
-  const args = ["--unshare-all", "--unshare-user", "--uid", String(SANDBOX_ID), "--gid", String(SANDBOX_ID), "--disable-userns", "--cap-drop", "ALL", "--die-with-parent", "--new-session"];
+export function bwrapArgs(
+  iso: Extract<Isolation, { kind: "bubblewrap" }>,
+  workspaceRoot: string,
+  cwd: string,
+  env: Record<string, string>,
+  argv: readonly string[],
+): string[] {
+  const args = [
+    "--unshare-all",
+    "--unshare-user",
+    "--uid",
+    String(SANDBOX_ID),
+    "--gid",
+    String(SANDBOX_ID),
+    "--disable-userns",
+    "--cap-drop",
+    "ALL",
+    "--die-with-parent",
+    "--new-session",
+  ];
   for (const d of iso.system.dirs) args.push("--ro-bind", d, d);
   for (const l of iso.system.links) args.push("--symlink", l.target, l.path);
   for (const f of iso.system.files) args.push("--ro-bind", f, f);
@@ -124,7 +149,13 @@ export function bwrapArgs(iso: Extract<Isolation, { kind: "bubblewrap" }>, works
 /** What to spawn to run `argv` under `iso`, and as whom. */
 export type SandboxedCommand = { file: string; args: string[]; uid?: number; gid?: number };
 
-export function isolatedCommand(iso: Isolation, workspaceRoot: string, cwd: string, env: Record<string, string>, argv: [string, ...string[]]): SandboxedCommand {
+export function isolatedCommand(
+  iso: Isolation,
+  workspaceRoot: string,
+  cwd: string,
+  env: Record<string, string>,
+  argv: [string, ...string[]],
+): SandboxedCommand {
   if (iso.kind === "none") {
     const [file, ...args] = limitedArgv(iso.prlimit, iso.limits, argv);
     return { file: file!, args };
@@ -148,7 +179,10 @@ async function assertReachable(workspaceRoot: string, user: HostUser): Promise<v
   for (let dir = path.dirname(path.resolve(workspaceRoot)); ; dir = path.dirname(dir)) {
     const st = await stat(dir);
     const searchable = st.uid === user.uid ? st.mode & 0o100 : st.gid === user.gid ? st.mode & 0o010 : st.mode & 0o001;
-    if (!searchable) throw new Error(`the build sandbox runs as uid ${user.uid} (HOMEOSTAT_BUILD_UID, because the builder runs as root) and cannot reach the workspace ${workspaceRoot}: ${dir} is not searchable by it (chmod o+x ${dir}, or run the builder as a non-root user)`);
+    if (!searchable)
+      throw new Error(
+        `the build sandbox runs as uid ${user.uid} (HOMEOSTAT_BUILD_UID, because the builder runs as root) and cannot reach the workspace ${workspaceRoot}: ${dir} is not searchable by it (chmod o+x ${dir}, or run the builder as a non-root user)`,
+      );
     if (dir === path.dirname(dir)) return;
   }
 }
@@ -179,11 +213,18 @@ async function probe(iso: Extract<Isolation, { kind: "bubblewrap" }>, workRoot: 
   await mkdir(workRoot, { recursive: true });
   const dir = await mkdtemp(path.join(workRoot, "bwrap-probe-"));
   try {
-    const unprepared = await prepareWorkspace(iso, dir).then(() => undefined, (e: unknown) => (e instanceof Error ? e.message : String(e)));
+    const unprepared = await prepareWorkspace(iso, dir).then(
+      () => undefined,
+      (e: unknown) => (e instanceof Error ? e.message : String(e)),
+    );
     if (unprepared !== undefined) return unprepared;
     const cmd = isolatedCommand(iso, dir, dir, { PATH: "/usr/bin:/bin" }, ["/bin/sh", "-c", PROBE_SCRIPT]);
     return await new Promise<string | undefined>((resolve) => {
-      const child = spawn(cmd.file, cmd.args, { cwd: "/", stdio: ["ignore", "pipe", "pipe"], ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}) });
+      const child = spawn(cmd.file, cmd.args, {
+        cwd: "/",
+        stdio: ["ignore", "pipe", "pipe"],
+        ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}),
+      });
       const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
       let out = "";
       const keep = (b: Buffer): void => void (out = (out + b.toString("utf8")).slice(-1000));
@@ -219,11 +260,15 @@ const HOW_TO_FIX = [
 /** Decides how this builder runs steps; throws IsolationUnavailableError when it must not run any. */
 export async function resolveIsolation(settings: BuildSandboxSettings, opts: ResolveIsolationOptions = {}): Promise<Isolation> {
   const prlimit = await findPrlimit();
-  if (prlimit === undefined) throw new IsolationUnavailableError(`build steps cannot be limited: prlimit (util-linux) is not installed at ${PRLIMIT_CANDIDATES.join(" or ")}`);
+  if (prlimit === undefined)
+    throw new IsolationUnavailableError(`build steps cannot be limited: prlimit (util-linux) is not installed at ${PRLIMIT_CANDIDATES.join(" or ")}`);
   if (settings.isolation === "none") {
-    if (!settings.allowUnsandboxed) throw new IsolationUnavailableError("HOMEOSTAT_BUILD_ISOLATION=none would run build steps without any sandbox; that is a development shortcut and needs HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true as well");
+    if (!settings.allowUnsandboxed)
+      throw new IsolationUnavailableError(
+        "HOMEOSTAT_BUILD_ISOLATION=none would run build steps without any sandbox; that is a development shortcut and needs HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true as well",
+      );
     opts.warn?.(
-      "WARNING: BUILD STEPS RUN UNSANDBOXED (HOMEOSTAT_BUILD_ISOLATION=none, HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true): a step can read the signing key, reach the network and every service, and signal their processes. Development only; every build's provenance records isolation \"none\".",
+      'WARNING: BUILD STEPS RUN UNSANDBOXED (HOMEOSTAT_BUILD_ISOLATION=none, HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS=true): a step can read the signing key, reach the network and every service, and signal their processes. Development only; every build\'s provenance records isolation "none".',
     );
     return { kind: "none", limits: settings.limits, prlimit };
   }

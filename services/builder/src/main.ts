@@ -31,20 +31,32 @@ import { claimWorkRoot, currentInstance } from "./workspaces.ts";
 
 await runService("builder", async ({ config, log, nats, buckets, signal }) => {
   // Probed where package builds make their workspaces (makeWorkspaceDir's default); no sandbox, no builder.
-  const isolation = await resolveIsolation(config.buildSandbox, { workRoot: path.join(config.dataDir, "work"), warn: (m) => log.warn(m) }).catch((err: unknown) => {
-    if (!(err instanceof IsolationUnavailableError)) throw err;
-    log.error(err.message);
-    process.exit(78); // EX_CONFIG
+  const isolation = await resolveIsolation(config.buildSandbox, { workRoot: path.join(config.dataDir, "work"), warn: (m) => log.warn(m) }).catch(
+    (err: unknown) => {
+      if (!(err instanceof IsolationUnavailableError)) throw err;
+      log.error(err.message);
+      process.exit(78); // EX_CONFIG
+    },
+  );
+  log.info("build isolation", {
+    isolation: isolation.kind,
+    limits: isolation.limits,
+    ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}),
   });
-  log.info("build isolation", { isolation: isolation.kind, limits: isolation.limits, ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}) });
   const startup = { log, signal, maxDelayMs: config.startupBackoffMaxMs };
-  const identity = await retryUntilItWorks("loading the builder key", () => keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key"), startup);
+  const identity = await retryUntilItWorks(
+    "loading the builder key",
+    () => keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key"),
+    startup,
+  );
   log.info("builder identity", { keyId: identity.keyId, source: identity.source });
   const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
   const instance = currentInstance();
   const work = await retryUntilItWorks("preparing the workspaces", () => claimWorkRoot(path.join(config.dataDir, "work"), instance), startup);
   if (work.removed.length) log.info("removed the workspaces of builders that died", { instances: work.removed });
-  const refusals = meter().createCounter("homeostat.builder.refused", { description: "Build requests refused, by reason: the request is not what the catalog and the facts call for" });
+  const refusals = meter().createCounter("homeostat.builder.refused", {
+    description: "Build requests refused, by reason: the request is not what the catalog and the facts call for",
+  });
   const builder = new Builder(
     {
       dataDir: config.dataDir,
@@ -74,7 +86,11 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     log,
   });
   const handle = withFailureHandling(handleRequest, {
-    state, instance: instance.id, ackWaitMs: config.stageAckWaitMs, crashLimit: config.buildFailures.crashLimit, log,
+    state,
+    instance: instance.id,
+    ackWaitMs: config.stageAckWaitMs,
+    crashLimit: config.buildFailures.crashLimit,
+    log,
     enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),
   });
   // A request the contract refuses outright is recorded on the key its subject names, if that key is waiting for a build.
@@ -86,12 +102,23 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     await state.update(key, (s) => {
       failed = s?.phase === "Building";
       if (!failed || !s) return undefined;
-      const failure = s.desiredInputDigest ? { inputDigest: s.desiredInputDigest, kind: "invalid" as const, reason: why, count: 1, at: new Date().toISOString() } : undefined;
+      const failure = s.desiredInputDigest
+        ? { inputDigest: s.desiredInputDigest, kind: "invalid" as const, reason: why, count: 1, at: new Date().toISOString() }
+        : undefined;
       return { ...s, phase: "Failed", lastError: why, building: undefined, failure };
     });
     if (failed) await publish(nats, "intake", key, { v: 1, key, priority: "release", cause: { type: "built", detail: why } });
   };
-  const running = runConsumer(nats, { stage: "build", schema: buildRequestSchema, spanName: "builder.build", concurrency: config.concurrency, log, signal, handle, onMalformed });
+  const running = runConsumer(nats, {
+    stage: "build",
+    schema: buildRequestSchema,
+    spanName: "builder.build",
+    concurrency: config.concurrency,
+    log,
+    signal,
+    handle,
+    onMalformed,
+  });
   // Trial builds (trial.ts): the agent's snapshots, built in the same sandbox into a store of their own.
   const trials = new Builder(
     {
@@ -107,15 +134,19 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     { concurrency: 1 },
   );
   const snapshots = path.join(config.dataDir, "agent", "snapshots");
-  const trying = serveTrials(nats, createTrialHandler({
-    catalogAt: (revision) => openSnapshot(snapshots, revision, catalogs.current().sourceBase),
-    releases: new ReleaseStore(buckets.releases),
-    advisories: await AdvisoryStore.open(nats),
-    state,
-    sourceDateEpoch: config.sourceDateEpoch,
-    build: (plan) => trials.build(plan),
-    refused: (reason) => refusals.add(1, { reason, trial: true }),
-    log,
-  }), { log, signal });
+  const trying = serveTrials(
+    nats,
+    createTrialHandler({
+      catalogAt: (revision) => openSnapshot(snapshots, revision, catalogs.current().sourceBase),
+      releases: new ReleaseStore(buckets.releases),
+      advisories: await AdvisoryStore.open(nats),
+      state,
+      sourceDateEpoch: config.sourceDateEpoch,
+      build: (plan) => trials.build(plan),
+      refused: (reason) => refusals.add(1, { reason, trial: true }),
+      log,
+    }),
+    { log, signal },
+  );
   return () => Promise.all([running, trying]).then(() => undefined);
 });

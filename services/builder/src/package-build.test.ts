@@ -134,7 +134,10 @@ test("patches are applied in order before the steps: the output changes, reprodu
   assert.deepEqual(params.patches, patches);
   assert.equal(params.test, undefined);
   const logs = prov.runDetails.byproducts!;
-  assert.deepEqual(logs.map((l) => l.name), ["patch-1.log", "patch-2.log", "step-1.log"]);
+  assert.deepEqual(
+    logs.map((l) => l.name),
+    ["patch-1.log", "patch-2.log", "step-1.log"],
+  );
   assert.match(logs[0]!.annotations!.step!, /^patch -p1 --forward --batch .*-i \.\.\/patches\/1\.patch$/);
   assert.match((await store.read(`sha256:${logs[1]!.digest.sha256}`)).toString("utf8"), /patching file greeting\.txt/);
 });
@@ -154,10 +157,17 @@ test("a patch whose sha256 is not the pinned one is refused before anything runs
 test("a patch that does not apply fails the build, naming the patch, with patch's output", async () => {
   const ctx = ctxFor("stale");
   const err = await failure(build(request("stale", { patches: [first, stale] }), ctx));
-  assert.match(err.message, /^patch 2 of 2 \(stale\.patch\) does not apply to greet@1\.0: patch exited with code 1\n\$ patch -p1 .*\n[\s\S]*Hunk #1 FAILED at 1\./);
+  assert.match(
+    err.message,
+    /^patch 2 of 2 \(stale\.patch\) does not apply to greet@1\.0: patch exited with code 1\n\$ patch -p1 .*\n[\s\S]*Hunk #1 FAILED at 1\./,
+  );
   assert.match(err.message, /\nfull step logs in the artifact store: patch-1\.log sha256:[0-9a-f]{64}, patch-2\.log sha256:[0-9a-f]{64}$/);
   assert.equal(err.exitCode, 1);
-  assert.deepEqual(err.stepLogs?.map((l) => l.exitCode), [0, 1], "the steps never ran");
+  assert.deepEqual(
+    err.stepLogs?.map((l) => l.exitCode),
+    [0, 1],
+    "the steps never ran",
+  );
   assert.deepEqual(await archives(ctx), []);
 
   // --forward: a patch applied twice is refused, not silently reversed.
@@ -174,11 +184,14 @@ test("the test command runs after the steps in the same workspace; a failing one
   const prov = JSON.parse((await store.read(ok.provenance as Digest)).toString("utf8")) as SlsaProvenance;
   assert.equal((prov.buildDefinition.externalParameters as PackageExternalParameters).test, check);
   const logs = prov.runDetails.byproducts!;
-  assert.deepEqual(logs.map((l) => [l.name, l.annotations?.step, l.annotations?.exitCode]), [
-    ["patch-1.log", logs[0]!.annotations?.step, "0"],
-    ["step-1.log", INSTALL, "0"],
-    ["test.log", check, "0"],
-  ]);
+  assert.deepEqual(
+    logs.map((l) => [l.name, l.annotations?.step, l.annotations?.exitCode]),
+    [
+      ["patch-1.log", logs[0]!.annotations?.step, "0"],
+      ["step-1.log", INSTALL, "0"],
+      ["test.log", check, "0"],
+    ],
+  );
 
   // Unpatched, the same check fails.
   const err = await failure(build(request("test-fails", { test: `${check} || { echo 'greeting is not patched' >&2; exit 3; }` }), ctx));
@@ -187,7 +200,11 @@ test("the test command runs after the steps in the same workspace; a failing one
   assert.ok(m, err.message);
   assert.match((await store.read(m[1] as Digest)).toString("utf8"), /greeting is not patched\n$/);
   assert.equal(err.exitCode, 3);
-  assert.deepEqual((await archives(ctx)).map((hex) => `sha256:${hex}`), [ok.archive], "only the passing build's archive");
+  assert.deepEqual(
+    (await archives(ctx)).map((hex) => `sha256:${hex}`),
+    [ok.archive],
+    "only the passing build's archive",
+  );
 
   // The test runs under the build's time limit.
   const slow = await failure(build(request("test-slow", { test: "sleep 30" }), { ...ctx, timeoutMs: 1500 }));

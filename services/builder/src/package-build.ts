@@ -191,16 +191,24 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       (i) => `patch ${i + 1} of ${patches.length} (${patches[i]!.url}) does not apply to ${req.name}@${req.version}: patch`,
     );
     await runStage(req.steps, (i) => `step-${i + 1}.log`);
-    if (req.test !== undefined) await runStage([req.test], () => "test.log", (_, command) => `test (${command})`);
+    if (req.test !== undefined)
+      await runStage(
+        [req.test],
+        () => "test.log",
+        (_, command) => `test (${command})`,
+      );
     const byproducts = await storeLogs(store, logs);
 
     const pass = new PassThrough();
-    const [tarRes, stored] = await Promise.all([writeTarGzFromDirectory(ws.dest, pass, { epoch: req.sourceDateEpoch }), store.put(pass)]).catch((e: unknown) => {
-      // What the steps installed cannot be archived (e.g. a fifo or socket in DESTDIR): final.
-      if (e instanceof TarError) throw new BuildFailure(`package ${req.name}@${req.version}: DESTDIR cannot be archived: ${e.message}`, { cause: e });
-      throw e;
-    });
-    if (stored.digest !== tarRes.digest || stored.size !== tarRes.size) throw new Error(`archive digest disagreement: ${stored.digest} stored, ${tarRes.digest} written`);
+    const [tarRes, stored] = await Promise.all([writeTarGzFromDirectory(ws.dest, pass, { epoch: req.sourceDateEpoch }), store.put(pass)]).catch(
+      (e: unknown) => {
+        // What the steps installed cannot be archived (e.g. a fifo or socket in DESTDIR): final.
+        if (e instanceof TarError) throw new BuildFailure(`package ${req.name}@${req.version}: DESTDIR cannot be archived: ${e.message}`, { cause: e });
+        throw e;
+      },
+    );
+    if (stored.digest !== tarRes.digest || stored.size !== tarRes.size)
+      throw new Error(`archive digest disagreement: ${stored.digest} stored, ${tarRes.digest} written`);
     log(`package ${req.name}@${req.version}: ${tarRes.entries.length} entries, archive ${tarRes.digest}, diff_id ${tarRes.diffId}`);
 
     const metadata: PackageMetadata = {
@@ -220,7 +228,9 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       files: tarRes.entries,
     };
     const meta = await store.putBytes(canonicalJson(metadata));
-    const provenance = await store.putBytes(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date(), isolation: ctx.isolation.kind, byproducts })));
+    const provenance = await store.putBytes(
+      JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date(), isolation: ctx.isolation.kind, byproducts })),
+    );
     return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, provenance: provenance.digest, location: stored.path };
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);

@@ -47,7 +47,8 @@ test("steps run in order in the source dir with exactly the cleared environment"
   const lines: string[] = [];
   const res = await runSteps(["echo one > order", "echo two >> order; pwd > where", "env | sort > env.txt"], {
     cwd,
-    workspace: ws, isolation: none,
+    workspace: ws,
+    isolation: none,
     sourceDateEpoch: 1234,
     timeoutMs: 10_000,
     log: (l) => lines.push(l),
@@ -74,8 +75,18 @@ test("steps run in order in the source dir with exactly the cleared environment"
     SYSROOT: ws.sysroot,
     TZ: "UTC",
   });
-  assert.deepEqual(lines.filter((l) => l.startsWith("$ ")), ["$ echo one > order", "$ echo two >> order; pwd > where", "$ env | sort > env.txt"]);
-  assert.deepEqual(res.steps.map((s) => [s.step, s.exitCode]), [["echo one > order", 0], ["echo two >> order; pwd > where", 0], ["env | sort > env.txt", 0]]);
+  assert.deepEqual(
+    lines.filter((l) => l.startsWith("$ ")),
+    ["$ echo one > order", "$ echo two >> order; pwd > where", "$ env | sort > env.txt"],
+  );
+  assert.deepEqual(
+    res.steps.map((s) => [s.step, s.exitCode]),
+    [
+      ["echo one > order", 0],
+      ["echo two >> order; pwd > where", 0],
+      ["env | sort > env.txt", 0],
+    ],
+  );
   assert.equal(res.steps[0]!.log, "$ echo one > order\n");
 });
 
@@ -83,7 +94,8 @@ test("a failing step throws BuildFailure with the step, exit code and log tail; 
   const { ws, cwd } = await workspace("fail");
   const err = await runSteps(["echo compiling main.c", "echo 'main.c:3: error: expected ;' >&2; exit 3", "touch never"], {
     cwd,
-    workspace: ws, isolation: none,
+    workspace: ws,
+    isolation: none,
     sourceDateEpoch: 0,
     timeoutMs: 10_000,
   }).then(
@@ -97,10 +109,13 @@ test("a failing step throws BuildFailure with the step, exit code and log tail; 
   assert.match(err.message, /main\.c:3: error: expected ;/);
   assert.match(err.logTail!, /main\.c:3: error/);
   // each step's own log, the failing one last
-  assert.deepEqual(err.stepLogs!.map((l) => [l.log, l.exitCode]), [
-    ["$ echo compiling main.c\ncompiling main.c\n", 0],
-    ["$ echo 'main.c:3: error: expected ;' >&2; exit 3\nmain.c:3: error: expected ;\n", 3],
-  ]);
+  assert.deepEqual(
+    err.stepLogs!.map((l) => [l.log, l.exitCode]),
+    [
+      ["$ echo compiling main.c\ncompiling main.c\n", 0],
+      ["$ echo 'main.c:3: error: expected ;' >&2; exit 3\nmain.c:3: error: expected ;\n", 3],
+    ],
+  );
   await assert.rejects(readFile(path.join(cwd, "never")));
 });
 
@@ -109,7 +124,8 @@ test("a step that sleeps forever is killed at the timeout, with its children", a
   const started = Date.now();
   const err = await runSteps(["sleep 1000 & echo $! > child.pid; (sleep 1000; echo grandchild) & echo $! > sub.pid; sleep 1000"], {
     cwd,
-    workspace: ws, isolation: none,
+    workspace: ws,
+    isolation: none,
     sourceDateEpoch: 0,
     timeoutMs: 700,
     killGraceMs: 500,
@@ -131,7 +147,14 @@ test("a step that ignores SIGTERM is killed after the grace period", async () =>
   const { ws, cwd } = await workspace("term");
   const started = Date.now();
   await assert.rejects(
-    runSteps(["trap '' TERM; sleep 1000 & echo $! > child.pid; while :; do sleep 1; done"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 300, killGraceMs: 300 }),
+    runSteps(["trap '' TERM; sleep 1000 & echo $! > child.pid; while :; do sleep 1; done"], {
+      cwd,
+      workspace: ws,
+      isolation: none,
+      sourceDateEpoch: 0,
+      timeoutMs: 300,
+      killGraceMs: 300,
+    }),
     (e: unknown) => e instanceof BuildFailure && /timed out/.test(e.message),
   );
   assert.ok(Date.now() - started < 5000);
@@ -148,7 +171,14 @@ test("background processes a successful step leaves behind are killed", async ()
 
 test("the log is bounded (the end is kept) and aborting kills the step", async () => {
   const { ws, cwd } = await workspace("bounded");
-  const res = await runSteps(["i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"], { cwd, workspace: ws, isolation: none, sourceDateEpoch: 0, timeoutMs: 10_000, maxLogBytes: 1000 });
+  const res = await runSteps(["i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"], {
+    cwd,
+    workspace: ws,
+    isolation: none,
+    sourceDateEpoch: 0,
+    timeoutMs: 10_000,
+    maxLogBytes: 1000,
+  });
   const log = res.steps[0]!.log;
   assert.match(log, /^\[\.\.\. \d+ bytes of log dropped \.\.\.\]/);
   assert.match(log, /line 1999\n$/);

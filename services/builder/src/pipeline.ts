@@ -78,7 +78,6 @@ export type RunStepsOptions = {
   killGraceMs?: number;
 };
 
-
 export type RunStepsResult = { steps: StepLog[]; durationMs: number };
 
 /** Bounded log: keeps the last `max` bytes and counts what it dropped. */
@@ -115,7 +114,10 @@ class BoundedLog {
 
 /** The last `lines` lines (at most `bytes` bytes) of a log. */
 export function logTail(log: string, lines = 40, bytes = 4096): string {
-  let tail = log.split("\n").slice(-lines - 1).join("\n");
+  let tail = log
+    .split("\n")
+    .slice(-lines - 1)
+    .join("\n");
   if (tail.length > bytes) tail = `...${tail.slice(-bytes)}`;
   return tail.trimEnd();
 }
@@ -151,7 +153,13 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
     } catch (e) {
       if (!(e instanceof BuildFailure)) throw e;
       done.push({ step, log: log.text(), exitCode: e.exitCode ?? null, durationMs: Date.now() - stepStarted });
-      throw new BuildFailure(e.message, { step, exitCode: e.exitCode ?? null, ...(e.logTail !== undefined ? { logTail: e.logTail } : {}), stepLogs: done, cause: e.cause });
+      throw new BuildFailure(e.message, {
+        step,
+        exitCode: e.exitCode ?? null,
+        ...(e.logTail !== undefined ? { logTail: e.logTail } : {}),
+        stepLogs: done,
+        cause: e.cause,
+      });
     }
   }
   return { steps: done, durationMs: Date.now() - started };
@@ -164,12 +172,18 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
  */
 export function workspaceSize(root: string): Promise<number | string> {
   return new Promise((resolve) => {
-    execFile("du", ["-s", "-x", "-B1", "--apparent-size", "--", root], { env: { LC_ALL: "C", PATH: "/usr/bin:/bin" }, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      const problems = stderr.split("\n").filter((l) => l.trim() !== "" && !/No such file or directory$/.test(l));
-      const bytes = Number(/^(\d+)\s/.exec(stdout)?.[1]);
-      if (problems.length > 0 || !Number.isSafeInteger(bytes)) resolve(`the workspace cannot be measured (${problems[0] ?? err?.message ?? "no output from du"}); a step must leave it readable`);
-      else resolve(bytes);
-    });
+    execFile(
+      "du",
+      ["-s", "-x", "-B1", "--apparent-size", "--", root],
+      { env: { LC_ALL: "C", PATH: "/usr/bin:/bin" }, maxBuffer: 1 << 20 },
+      (err, stdout, stderr) => {
+        const problems = stderr.split("\n").filter((l) => l.trim() !== "" && !/No such file or directory$/.test(l));
+        const bytes = Number(/^(\d+)\s/.exec(stdout)?.[1]);
+        if (problems.length > 0 || !Number.isSafeInteger(bytes))
+          resolve(`the workspace cannot be measured (${problems[0] ?? err?.message ?? "no output from du"}); a step must leave it readable`);
+        else resolve(bytes);
+      },
+    );
   });
 }
 
@@ -212,7 +226,13 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
   return new Promise<number>((resolve, reject) => {
     opts.signal?.throwIfAborted();
     const cmd = isolatedCommand(opts.isolation, opts.workspace.root, opts.cwd, env, ["/bin/sh", "-c", step]);
-    const child = spawn(cmd.file, cmd.args, { cwd: opts.cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"], ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}) });
+    const child = spawn(cmd.file, cmd.args, {
+      cwd: opts.cwd,
+      env,
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}),
+    });
     const pid = child.pid;
     const label = stepLabel(opts, index, step);
     let partial = "";
@@ -270,7 +290,13 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       } else if (typeof why === "object") {
         reject(new BuildFailure(`${label} was killed: ${why.output}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
       } else if (why === "timeout") {
-        reject(new BuildFailure(`${label} timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));
+        reject(
+          new BuildFailure(`${label} timed out after ${opts.timeoutMs} ms; its process group was killed\n${logTail(text)}`, {
+            step,
+            exitCode: e.code,
+            logTail: logTail(text),
+          }),
+        );
       } else if (e.code !== 0) {
         const how = (e.code === null ? `was killed by ${e.signal}` : `exited with code ${e.code}`) + limitHint(e.code, e.signal, opts.isolation.limits);
         reject(new BuildFailure(`${label} ${how}\n${logTail(text)}`, { step, exitCode: e.code, logTail: logTail(text) }));

@@ -101,9 +101,19 @@ test("a malformed archive digest is refused", () => {
 test("a package's provenance records the isolation, the step logs as byproducts, and a git source's commit", () => {
   const commit = "0123456789abcdef0123456789abcdef01234567";
   const git = { ...pkg, source: { url: `git+file:///srv/greet.git#${commit}`, sha256: hex("a") } };
-  const log = { name: "step-1.log", digest: { sha256: hex("9") }, mediaType: "text/plain; charset=utf-8", annotations: { step: "make", exitCode: "0", durationMs: "12" } };
+  const log = {
+    name: "step-1.log",
+    digest: { sha256: hex("9") },
+    mediaType: "text/plain; charset=utf-8",
+    annotations: { step: "make", exitCode: "0", durationMs: "12" },
+  };
   const p = slsaProvenance(git, { ...run, isolation: "bubblewrap", byproducts: [log] });
-  assert.deepEqual(p.buildDefinition.internalParameters, { sourceDateEpoch: 1_700_000_000, inputDigest: d("1"), catalogRevision: CATALOG_REVISION, isolation: "bubblewrap" });
+  assert.deepEqual(p.buildDefinition.internalParameters, {
+    sourceDateEpoch: 1_700_000_000,
+    inputDigest: d("1"),
+    catalogRevision: CATALOG_REVISION,
+    isolation: "bubblewrap",
+  });
   assert.deepEqual(p.buildDefinition.resolvedDependencies[0], { uri: git.source.url, digest: { sha256: hex("a"), gitCommit: commit } });
   assert.deepEqual(p.runDetails.byproducts, [log]);
   assert.equal(slsaProvenance(pkg, { ...run, isolation: "none" }).buildDefinition.internalParameters.isolation, "none");

@@ -123,7 +123,12 @@ function packageDefinition(req: PackageBuildPlan, run: BuildRun): SlsaProvenance
   return {
     buildType: PACKAGE_BUILD_TYPE,
     externalParameters,
-    internalParameters: { sourceDateEpoch: req.sourceDateEpoch, inputDigest: req.inputDigest, catalogRevision: req.catalogRevision, ...(run.isolation ? { isolation: run.isolation } : {}) },
+    internalParameters: {
+      sourceDateEpoch: req.sourceDateEpoch,
+      inputDigest: req.inputDigest,
+      catalogRevision: req.catalogRevision,
+      ...(run.isolation ? { isolation: run.isolation } : {}),
+    },
     resolvedDependencies: [
       { uri: req.source.url, digest: { sha256: req.source.sha256, ...(gitCommitOf(req.source.url) ? { gitCommit: gitCommitOf(req.source.url)! } : {}) } },
       ...(req.patches ?? []).map((p) => ({ uri: p.url, digest: { sha256: p.sha256 } })),

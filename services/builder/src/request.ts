@@ -96,9 +96,12 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
   });
   const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
   if (desired.state === "waiting") return refuse(deps, req, "not-buildable", `the catalog and the facts say it waits for ${desired.waitingFor}`);
-  if (desired.state === "attention") return refuse(deps, req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
-  if (desired.inputDigest !== req.inputDigest) return refuse(deps, req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
-  if (desired.version !== req.version) return refuse(deps, req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
+  if (desired.state === "attention")
+    return refuse(deps, req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
+  if (desired.inputDigest !== req.inputDigest)
+    return refuse(deps, req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
+  if (desired.version !== req.version)
+    return refuse(deps, req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
   return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
 }
 
@@ -113,7 +116,11 @@ export function createBuildHandler(deps: BuildRequestDeps) {
    */
   async function isolationOf(plan: BuildPlan, outputs: BuildOutputs): Promise<BuildIsolationKind> {
     if (plan.kind === "image") return deps.isolation;
-    const provenance = outputs.provenance ? JSON.parse((await store.read(outputs.provenance as Digest)).toString("utf8")) as { buildDefinition?: { internalParameters?: { isolation?: unknown } } } : undefined;
+    const provenance = outputs.provenance
+      ? (JSON.parse((await store.read(outputs.provenance as Digest)).toString("utf8")) as {
+          buildDefinition?: { internalParameters?: { isolation?: unknown } };
+        })
+      : undefined;
     return provenance?.buildDefinition?.internalParameters?.isolation === "bubblewrap" ? "bubblewrap" : "none";
   }
 
@@ -121,8 +128,15 @@ export function createBuildHandler(deps: BuildRequestDeps) {
   async function vouch(plan: BuildPlan, outputs: BuildOutputs): Promise<Digest> {
     const { location: _, ...vouched } = outputs;
     const predicate: BuildResultPredicate = {
-      key: plan.key, kind: plan.kind, name: plan.name, version: plan.version, inputDigest: plan.inputDigest,
-      catalogRevision: plan.catalogRevision, isolation: await isolationOf(plan, outputs), builder: BUILDER_VERSION, outputs: vouched,
+      key: plan.key,
+      kind: plan.kind,
+      name: plan.name,
+      version: plan.version,
+      inputDigest: plan.inputDigest,
+      catalogRevision: plan.catalogRevision,
+      isolation: await isolationOf(plan, outputs),
+      builder: BUILDER_VERSION,
+      outputs: vouched,
     };
     const statement = statementAbout(outputSubjects(vouched), BUILD_RESULT_PREDICATE_TYPE, predicate);
     return (await store.putBytes(await signDsse(statement, deps.identity))).digest;

@@ -28,7 +28,9 @@ test("a program's loader and libraries must be in the image, found through symli
   const fs = new Rootfs();
   fs.add("bin", { type: "directory", mode: 0o755, from: "sh" });
   fs.add("bin/sh", { type: "file", mode: 0o755, content: sh, from: "sh@1" });
-  assert.deepEqual(runtimeProblems(fs, config), ["entrypoint /bin/sh, from package sh@1: needs its loader /lib64/ld-linux-x86-64.so.2, which is not in the image"]);
+  assert.deepEqual(runtimeProblems(fs, config), [
+    "entrypoint /bin/sh, from package sh@1: needs its loader /lib64/ld-linux-x86-64.so.2, which is not in the image",
+  ]);
   fs.add("lib64", { type: "symlink", mode: 0o777, linkname: "lib/x86_64-linux-gnu", from: "libc@1" });
   fs.add("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", { type: "file", mode: 0o755, content: Buffer.from("\x7fELF"), from: "libc@1" });
   assert.deepEqual(runtimeProblems(fs, config), [

@@ -53,10 +53,12 @@ export class Rootfs {
     if (clean === "") return;
     // A non-directory replacing a directory hides what was under it, as a runtime would.
     const old = this.entries.get(clean);
-    if (old?.type === "directory" && entry.type !== "directory") for (const k of [...this.entries.keys()]) if (k.startsWith(`${clean}/`)) this.entries.delete(k);
+    if (old?.type === "directory" && entry.type !== "directory")
+      for (const k of [...this.entries.keys()]) if (k.startsWith(`${clean}/`)) this.entries.delete(k);
     this.entries.set(clean, entry);
     // A layer may leave out parent directories; a runtime creates them when it unpacks.
-    for (let dir = path.posix.dirname(clean); dir !== "." && !this.entries.has(dir); dir = path.posix.dirname(dir)) this.entries.set(dir, { type: "directory", mode: 0o755, from: entry.from });
+    for (let dir = path.posix.dirname(clean); dir !== "." && !this.entries.has(dir); dir = path.posix.dirname(dir))
+      this.entries.set(dir, { type: "directory", mode: 0o755, from: entry.from });
   }
 
   /** Applies a gzip tar layer (a package archive or a builder-made layer). */
@@ -65,7 +67,14 @@ export class Rootfs {
     const parser = new tar.Parser({
       strict: true,
       onReadEntry: (e) => {
-        const type = e.type === "Directory" ? "directory" : e.type === "SymbolicLink" ? "symlink" : e.type === "File" || e.type === "OldFile" || e.type === "ContiguousFile" ? "file" : undefined;
+        const type =
+          e.type === "Directory"
+            ? "directory"
+            : e.type === "SymbolicLink"
+              ? "symlink"
+              : e.type === "File" || e.type === "OldFile" || e.type === "ContiguousFile"
+                ? "file"
+                : undefined;
         const mode = e.mode ?? 0;
         if (type === undefined || type !== "file" || !inspectable(e.path, mode) || (e.size ?? 0) > MAX_INSPECTED_BYTES) {
           if (type) this.add(e.path, { type, mode, ...(e.linkpath ? { linkname: e.linkpath } : {}), from });
@@ -74,17 +83,24 @@ export class Rootfs {
         }
         const chunks: Buffer[] = [];
         e.on("data", (c: Buffer) => chunks.push(c));
-        pending.push(new Promise((resolve) => e.on("end", () => {
-          this.add(e.path, { type, mode, content: Buffer.concat(chunks), from });
-          resolve();
-        })));
+        pending.push(
+          new Promise((resolve) =>
+            e.on("end", () => {
+              this.add(e.path, { type, mode, content: Buffer.concat(chunks), from });
+              resolve();
+            }),
+          ),
+        );
       },
     });
     const done = new Promise<void>((resolve, reject) => {
       parser.on("end", () => resolve());
       parser.on("error", reject);
     });
-    createReadStream(file).pipe(createGunzip()).on("error", (e) => parser.emit("error", e)).pipe(parser);
+    createReadStream(file)
+      .pipe(createGunzip())
+      .on("error", (e) => parser.emit("error", e))
+      .pipe(parser);
     await done;
     await Promise.all(pending);
   }
@@ -101,7 +117,12 @@ export class Rootfs {
         if (++hops > MAX_LINK_HOPS) return { missing: `/${here} (too many levels of symbolic links)` };
         const target = e.linkname ?? "";
         const base = target.startsWith("/") ? [] : parts.slice(0, i);
-        parts = [...normalise([...base, target].join("/")).split("/").filter(Boolean), ...parts.slice(i + 1)];
+        parts = [
+          ...normalise([...base, target].join("/"))
+            .split("/")
+            .filter(Boolean),
+          ...parts.slice(i + 1),
+        ];
         i = -1;
       } else if (i < parts.length - 1 && e.type !== "directory") return { missing: `/${parts.slice(0, i + 2).join("/")} (/${here} is not a directory)` };
     }
@@ -216,17 +237,26 @@ export class ClosureCheck {
     return out;
   }
 
-  private libraryNeeds(from: string, needed: readonly string[], rpath: readonly string[], runpath: readonly string[], musl: boolean, seen: Set<string>): string[] {
+  private libraryNeeds(
+    from: string,
+    needed: readonly string[],
+    rpath: readonly string[],
+    runpath: readonly string[],
+    musl: boolean,
+    seen: Set<string>,
+  ): string[] {
     const out: string[] = [];
     const origin = path.posix.dirname(from);
     const expand = (dirs: readonly string[]) => dirs.map((d) => d.replaceAll("$ORIGIN", origin).replaceAll("${ORIGIN}", origin));
     for (const lib of needed) {
       if (musl && MUSL_BUILTIN.test(lib)) continue;
       const dirs = lib.includes("/") ? [] : [...expand(rpath), ...expand(runpath), ...this.loaderDirs(musl)];
-      const found = lib.includes("/") ? (() => {
-        const r = this.fs.resolve(lib);
-        return "entry" in r ? r : undefined;
-      })() : this.fs.find(lib, dirs);
+      const found = lib.includes("/")
+        ? (() => {
+            const r = this.fs.resolve(lib);
+            return "entry" in r ? r : undefined;
+          })()
+        : this.fs.find(lib, dirs);
       if (!found) {
         out.push(`needs the library ${lib}, which is not in the image (searched ${dirs.join(":") || lib})`);
         continue;
@@ -247,7 +277,11 @@ export class ClosureCheck {
     if (!musl) return GLIBC_DIRS;
     const conf = this.fs.resolve("/etc/ld-musl-x86_64.path");
     if (!("entry" in conf) || !conf.entry.content) return MUSL_DIRS;
-    return conf.entry.content.toString("utf8").split(/[\n:]/).map((l) => l.trim()).filter((l) => l.startsWith("/"));
+    return conf.entry.content
+      .toString("utf8")
+      .split(/[\n:]/)
+      .map((l) => l.trim())
+      .filter((l) => l.startsWith("/"));
   }
 
   private scriptNeeds(content: Buffer, depth: number): string[] {

@@ -23,7 +23,10 @@ const tmp = await mkdtemp(path.join(tmpdir(), "hs-sandbox-"));
 await chmod(tmp, 0o711);
 after(() => rm(tmp, { recursive: true, force: true }));
 
-const bwrapInstalled = await access("/usr/bin/bwrap").then(() => true, () => false);
+const bwrapInstalled = await access("/usr/bin/bwrap").then(
+  () => true,
+  () => false,
+);
 const skip = bwrapInstalled ? false : "bwrap (Debian package bubblewrap) is not installed";
 const asRoot = process.getuid?.() === 0;
 const sandbox = (env: Record<string, string> = {}): Promise<Isolation> => resolveIsolation(loadConfig(env).buildSandbox);
@@ -38,11 +41,21 @@ await mkdir(path.dirname(keyFile), { mode: 0o700 });
 await writeFile(keyFile, "-----BEGIN EC PRIVATE KEY-----\nsecret\n", { mode: 0o600 });
 
 let workspaces = 0;
-async function run(steps: string[], opts: { isolation?: Isolation; timeoutMs?: number } = {}): Promise<{ result: Promise<unknown>; cwd: string; root: string }> {
+async function run(
+  steps: string[],
+  opts: { isolation?: Isolation; timeoutMs?: number } = {},
+): Promise<{ result: Promise<unknown>; cwd: string; root: string }> {
   const ws = workspaceLayout(path.join(dataDir, "work", `ws-${++workspaces}`));
   const cwd = path.join(ws.root, "src");
   for (const d of [ws.home, ws.dest, ws.sysroot, cwd]) await mkdir(d, { recursive: true });
-  const options: RunStepsOptions = { cwd, workspace: ws, isolation: opts.isolation ?? iso!, sourceDateEpoch: 0, timeoutMs: opts.timeoutMs ?? 20_000, killGraceMs: 300 };
+  const options: RunStepsOptions = {
+    cwd,
+    workspace: ws,
+    isolation: opts.isolation ?? iso!,
+    sourceDateEpoch: 0,
+    timeoutMs: opts.timeoutMs ?? 20_000,
+    killGraceMs: 300,
+  };
   return { result: runSteps(steps, options), cwd, root: ws.root };
 }
 
@@ -87,7 +100,8 @@ async function processesOf(uid: number): Promise<number> {
 }
 
 async function hostFilesUnchanged(): Promise<void> {
-  for (const p of ["/usr/hs-hostile", "/etc/hs-hostile", "/hs-hostile", path.join(tmpdir(), "hs-hostile")]) await assert.rejects(stat(p), `${p} appeared on the host`);
+  for (const p of ["/usr/hs-hostile", "/etc/hs-hostile", "/hs-hostile", path.join(tmpdir(), "hs-hostile")])
+    await assert.rejects(stat(p), `${p} appeared on the host`);
   assert.deepEqual((await readdir(dataDir)).sort(), ["signer", "work"]);
   assert.deepEqual(await readdir(path.dirname(keyFile)), ["cosign.key"]);
 }
@@ -124,7 +138,12 @@ test("no network: DNS fails, the host's loopback port is refused, a public addre
     ]);
     assert.ok(Date.now() - started < 5000, "refusals are immediate, not timeouts");
     assert.match(err.message, /exited with code 1/);
-    assert.deepEqual((await readFile(path.join(err.cwd, "net"), "utf8")).trim().split("\n"), ["dns failed", "udp-dns failed", "public failed", "loopback failed"]);
+    assert.deepEqual((await readFile(path.join(err.cwd, "net"), "utf8")).trim().split("\n"), [
+      "dns failed",
+      "udp-dns failed",
+      "public failed",
+      "loopback failed",
+    ]);
     const errors = await readFile(path.join(err.cwd, "errors"), "utf8");
     assert.match(errors, /1\.1\.1\.1\/53: Network is unreachable[\s\S]*1\.1\.1\.1\/53: Network is unreachable/, "no route: connect fails with ENETUNREACH");
     assert.match(errors, new RegExp(`127\\.0\\.0\\.1/${port}: Connection refused`), "the sandbox's own loopback, where nothing listens");
@@ -136,10 +155,21 @@ test("no network: DNS fails, the host's loopback port is refused, a public addre
 });
 
 test("remounting the system read-write and writing outside the workspace are refused", { skip }, async () => {
-  for (const attempt of ["mount -o remount,rw /usr", "mount -t tmpfs none /usr", "touch /usr/hs-hostile", "echo x > /etc/hs-hostile", "touch /hs-hostile", `echo x > ${keyFile}`]) {
+  for (const attempt of [
+    "mount -o remount,rw /usr",
+    "mount -t tmpfs none /usr",
+    "touch /usr/hs-hostile",
+    "echo x > /etc/hs-hostile",
+    "touch /hs-hostile",
+    `echo x > ${keyFile}`,
+  ]) {
     const err = await failure([attempt]);
     assert.match(err.message, /exited with code/, attempt);
-    assert.match(err.logTail!, /must be superuser|Read-only file system|Permission denied|Operation not permitted|Directory nonexistent/, `${attempt}: ${err.logTail}`);
+    assert.match(
+      err.logTail!,
+      /must be superuser|Read-only file system|Permission denied|Operation not permitted|Directory nonexistent/,
+      `${attempt}: ${err.logTail}`,
+    );
   }
   await hostFilesUnchanged();
 });
@@ -174,7 +204,10 @@ test("a fork bomb is contained by the process limit; the builder keeps working a
       await new Promise((r) => setTimeout(r, 100));
     }
   })();
-  const err = await result.then(() => assert.fail("the fork bomb step succeeded"), (e: unknown) => e);
+  const err = await result.then(
+    () => assert.fail("the fork bomb step succeeded"),
+    (e: unknown) => e,
+  );
   await watching;
   assert.ok(err instanceof BuildFailure && /timed out after 3000 ms/.test(err.message), String(err));
   assert.equal(hostSpawns, 20, "the builder could not start processes during the bomb");
@@ -231,14 +264,17 @@ test("killing the process that runs the pipeline (SIGKILL) leaves no step proces
   assert.ok(await until(async () => (await processesRunning(`sleep ${marker}`)).length === 0), "step processes survived the builder");
 });
 
-test("a builder running as an ordinary user sandboxes the same way, its steps keeping its uid on the host", { skip: skip || (!asRoot && "needs root, to start a builder as another user") }, async () => {
-  const user = 65532;
-  const home = path.join(tmp, "user");
-  const ws = workspaceLayout(path.join(home, "ws"));
-  for (const d of [ws.home, ws.dest, ws.sysroot]) await mkdir(d, { recursive: true });
-  await promisify(execFile)("chown", ["-R", `${user}:${user}`, home]);
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const script = `
+test(
+  "a builder running as an ordinary user sandboxes the same way, its steps keeping its uid on the host",
+  { skip: skip || (!asRoot && "needs root, to start a builder as another user") },
+  async () => {
+    const user = 65532;
+    const home = path.join(tmp, "user");
+    const ws = workspaceLayout(path.join(home, "ws"));
+    for (const d of [ws.home, ws.dest, ws.sysroot]) await mkdir(d, { recursive: true });
+    await promisify(execFile)("chown", ["-R", `${user}:${user}`, home]);
+    const here = path.dirname(fileURLToPath(import.meta.url));
+    const script = `
     import { loadConfig } from "@homeostat/core/config";
     import { resolveIsolation } from ${JSON.stringify(path.join(here, "isolation.ts"))};
     import { runSteps, workspaceLayout } from ${JSON.stringify(path.join(here, "pipeline.ts"))};
@@ -246,8 +282,14 @@ test("a builder running as an ordinary user sandboxes the same way, its steps ke
     if (isolation.kind !== "bubblewrap" || isolation.runAs) throw new Error("unexpected isolation " + JSON.stringify(isolation));
     const workspace = workspaceLayout(${JSON.stringify(ws.root)});
     await runSteps(["id -u > $HOME/id; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status >> $HOME/id; bomb() { bomb | bomb & }; bomb; sleep 1 || true"], { cwd: workspace.home, workspace, isolation, sourceDateEpoch: 0, timeoutMs: 20_000 });`;
-  await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], { cwd: here, uid: user, gid: user, env: { PATH: process.env.PATH, HOMEOSTAT_BUILD_MAX_PROCESSES: "32" } });
-  assert.match(await readFile(path.join(ws.home, "id"), "utf8"), /^65534\nCapEff:\s*0+\nNoNewPrivs:\s*1\n$/);
-  assert.equal((await stat(path.join(ws.home, "id"))).uid, user);
-  assert.ok(await until(async () => (await processesOf(user)) === 0), "processes of the bomb survived");
-});
+    await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], {
+      cwd: here,
+      uid: user,
+      gid: user,
+      env: { PATH: process.env.PATH, HOMEOSTAT_BUILD_MAX_PROCESSES: "32" },
+    });
+    assert.match(await readFile(path.join(ws.home, "id"), "utf8"), /^65534\nCapEff:\s*0+\nNoNewPrivs:\s*1\n$/);
+    assert.equal((await stat(path.join(ws.home, "id"))).uid, user);
+    assert.ok(await until(async () => (await processesOf(user)) === 0), "processes of the bomb survived");
+  },
+);

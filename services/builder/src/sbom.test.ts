@@ -36,7 +36,12 @@ async function validate(json: string): Promise<unknown> {
   const libRequire = createRequire(createRequire(import.meta.url).resolve("@cyclonedx/cyclonedx-library"));
   const root = path.dirname(libRequire.resolve("@cyclonedx/cyclonedx-library/package.json"));
   const { FILES } = libRequire(path.join(root, "dist.node/resources.node.js")) as {
-    FILES: { CDX: { JSON_STRICT_SCHEMA: Record<string, string> }; SPDX: { JSON_SCHEMA: string }; CryptoDefs: { JSON_SCHEMA: string }; JSF: { JSON_SCHEMA: string } };
+    FILES: {
+      CDX: { JSON_STRICT_SCHEMA: Record<string, string> };
+      SPDX: { JSON_SCHEMA: string };
+      CryptoDefs: { JSON_SCHEMA: string };
+      JSF: { JSON_SCHEMA: string };
+    };
   };
   type AjvLike = { compile(schema: unknown): ((data: unknown) => boolean) & { errors?: unknown }; addFormat(name: string, f: unknown): void };
   const Ajv = (libRequire("ajv") as { default: new (o: object) => AjvLike }).default;
@@ -91,7 +96,10 @@ test("content: image, packages with purl, hash, licence; timestamp from the epoc
   assert.equal(bom.specVersion, "1.6");
   assert.equal(bom.metadata.timestamp, "2023-11-14T22:13:20.000Z");
   assert.deepEqual([bom.metadata.component.type, bom.metadata.component.name, bom.metadata.component.version], ["container", "greeter", "1.1"]);
-  assert.deepEqual(bom.metadata.tools.components.map((t) => [t.name, t.version]), [["homeostat-builder", "0.3.0"]]);
+  assert.deepEqual(
+    bom.metadata.tools.components.map((t) => [t.name, t.version]),
+    [["homeostat-builder", "0.3.0"]],
+  );
   assert.equal(bom.components.length, 4);
   const greet = bom.components.find((c) => c.name === "greet")!;
   assert.equal(greet.purl, "pkg:generic/greet@1.1%2Bb1");

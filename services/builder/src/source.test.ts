@@ -20,7 +20,10 @@ after(() => rm(tmp, { recursive: true, force: true }));
 
 const limits: UnpackLimits = { maxBytes: 64 << 20, maxEntries: 1000 };
 
-const sha256File = async (f: string) => createHash("sha256").update(await readFile(f)).digest("hex");
+const sha256File = async (f: string) =>
+  createHash("sha256")
+    .update(await readFile(f))
+    .digest("hex");
 
 /** GNU tar; -P keeps absolute and `..` names exactly as given. */
 function tarGz(out: string, cwd: string, names: string[], absolute = false): string {
@@ -81,16 +84,25 @@ test("fetch by relative path, file:// URL and loopback http; verified, then unpa
     const store3 = new ArtifactStore(path.join(tmp, "d3"));
     const s3 = await fetchSource({ url: `http://127.0.0.1:${port}/pkg.tar.gz`, sha256 }, store3, opts);
     assert.equal(s3.digest, s1.digest);
-    await assert.rejects(fetchSource({ url: `http://127.0.0.1:${port}/missing`, sha256: "0".repeat(64) }, store3, opts), (e: unknown) => e instanceof BuildFailure && /HTTP 404/.test(e.message));
+    await assert.rejects(
+      fetchSource({ url: `http://127.0.0.1:${port}/missing`, sha256: "0".repeat(64) }, store3, opts),
+      (e: unknown) => e instanceof BuildFailure && /HTTP 404/.test(e.message),
+    );
     const store4 = new ArtifactStore(path.join(tmp, "d4"));
-    await assert.rejects(fetchSource({ url: `http://127.0.0.1:${port}/pkg.tar.gz`, sha256 }, store4, { baseDir: tmp, maxBytes: 100 }), (e: unknown) => e instanceof BuildFailure && /limit of 100/.test(e.message));
+    await assert.rejects(
+      fetchSource({ url: `http://127.0.0.1:${port}/pkg.tar.gz`, sha256 }, store4, { baseDir: tmp, maxBytes: 100 }),
+      (e: unknown) => e instanceof BuildFailure && /limit of 100/.test(e.message),
+    );
     assert.deepEqual(await blobs(store4), []);
   } finally {
     server.close();
   }
   await assert.rejects(fetchSource({ url: "http://192.0.2.1/x.tar.gz", sha256 }, new ArtifactStore(path.join(tmp, "d5")), opts), /only loopback hosts/);
   await assert.rejects(fetchSource({ url: "ftp://127.0.0.1/x.tar.gz", sha256 }, new ArtifactStore(path.join(tmp, "d5")), opts), /not supported/);
-  await assert.rejects(fetchSource({ url: "nope.tar.gz", sha256 }, new ArtifactStore(path.join(tmp, "d5")), opts), (e: unknown) => e instanceof BuildFailure && /ENOENT/.test(e.message));
+  await assert.rejects(
+    fetchSource({ url: "nope.tar.gz", sha256 }, new ArtifactStore(path.join(tmp, "d5")), opts),
+    (e: unknown) => e instanceof BuildFailure && /ENOENT/.test(e.message),
+  );
 
   const out = path.join(tmp, "unpacked");
   const r = await unpackArchive(s1.path, out, "source", { limits });
@@ -206,18 +218,39 @@ test("crafted archives: every attack is refused with a clear error and nothing i
   await expectRefused("abs", craftTarGz([file("top/ok"), file("/tmp/hs-evil")]), /entry "\/tmp\/hs-evil" has an absolute path/);
   await expectRefused("dotdot", craftTarGz([file("top/ok"), file("top/../../escaped")]), /contains '\.\.'/);
   await expectRefused("symlink-abs", craftTarGz([file("top/ok"), { path: "top/l", type: "2", linkpath: "/etc" }]), /absolute target "\/etc"/);
-  await expectRefused("symlink-climb", craftTarGz([file("top/ok"), { path: "top/l", type: "2", linkpath: "../escaped" }]), /"top\/l" -> "\.\.\/escaped" points outside the tree/);
+  await expectRefused(
+    "symlink-climb",
+    craftTarGz([file("top/ok"), { path: "top/l", type: "2", linkpath: "../escaped" }]),
+    /"top\/l" -> "\.\.\/escaped" points outside the tree/,
+  );
   // Lexically `a/up/../..` stays inside; through the archive's own link `a/up -> ..` it leaves.
   await expectRefused(
     "symlink-chain",
-    craftTarGz([file("top/ok"), { path: "top/a/", type: "5" }, { path: "top/a/up", type: "2", linkpath: ".." }, { path: "top/y", type: "2", linkpath: "a/up/../.." }]),
+    craftTarGz([
+      file("top/ok"),
+      { path: "top/a/", type: "5" },
+      { path: "top/a/up", type: "2", linkpath: ".." },
+      { path: "top/y", type: "2", linkpath: "a/up/../.." },
+    ]),
     /"top\/y" -> "a\/up\/\.\.\/\.\." points outside the tree/,
   );
-  await expectRefused("symlink-loop", craftTarGz([file("top/ok"), { path: "top/a", type: "2", linkpath: "b" }, { path: "top/b", type: "2", linkpath: "a" }]), /points outside the tree/);
-  await expectRefused("hardlink-climb", craftTarGz([file("top/ok"), { path: "top/h", type: "1", linkpath: "top/../../escaped" }]), /hard link "top\/h" target contains '\.\.'/);
+  await expectRefused(
+    "symlink-loop",
+    craftTarGz([file("top/ok"), { path: "top/a", type: "2", linkpath: "b" }, { path: "top/b", type: "2", linkpath: "a" }]),
+    /points outside the tree/,
+  );
+  await expectRefused(
+    "hardlink-climb",
+    craftTarGz([file("top/ok"), { path: "top/h", type: "1", linkpath: "top/../../escaped" }]),
+    /hard link "top\/h" target contains '\.\.'/,
+  );
   await expectRefused("hardlink-abs", craftTarGz([file("top/ok"), { path: "top/h", type: "1", linkpath: "/etc/passwd" }]), /absolute target "\/etc\/passwd"/);
   // A hard link through a symlink that leaves the tree: the symlink alone is refused first.
-  await expectRefused("hardlink-via-symlink", craftTarGz([file("top/ok"), { path: "top/out", type: "2", linkpath: "../.." }, { path: "top/h", type: "1", linkpath: "top/out/etc/passwd" }]), /points outside the tree/);
+  await expectRefused(
+    "hardlink-via-symlink",
+    craftTarGz([file("top/ok"), { path: "top/out", type: "2", linkpath: "../.." }, { path: "top/h", type: "1", linkpath: "top/out/etc/passwd" }]),
+    /points outside the tree/,
+  );
   await expectRefused("char-device", craftTarGz([file("top/ok"), { path: "top/null", type: "3" }]), /entry "top\/null" has unsupported type CharacterDevice/);
   await expectRefused("block-device", craftTarGz([file("top/ok"), { path: "top/sda", type: "4" }]), /entry "top\/sda" has unsupported type BlockDevice/);
   await expectRefused("fifo", craftTarGz([file("top/ok"), { path: "top/p", type: "6" }]), /entry "top\/p" has unsupported type FIFO/);
@@ -227,12 +260,21 @@ test("limits: too many entries, too many bytes (a lying header fails before its 
   const many = Array.from({ length: 30 }, (_, i) => file(`top/f${i}`));
   await expectRefused("entries", craftTarGz(many), /has more than 20 entries \(the limit\)/, { maxBytes: 1 << 20, maxEntries: 20 });
 
-  await expectRefused("bytes", craftTarGz([file("top/a", "a".repeat(600_000)), file("top/b", "b".repeat(600_000))]), /unpacks to more than 1000000 bytes \(the limit; entry "top\/b" declares 600000\)/, {
-    maxBytes: 1_000_000,
-    maxEntries: 100,
-  });
+  await expectRefused(
+    "bytes",
+    craftTarGz([file("top/a", "a".repeat(600_000)), file("top/b", "b".repeat(600_000))]),
+    /unpacks to more than 1000000 bytes \(the limit; entry "top\/b" declares 600000\)/,
+    {
+      maxBytes: 1_000_000,
+      maxEntries: 100,
+    },
+  );
   // A header that claims 1 TiB with no body: refused on the header, not as a truncated archive.
-  await expectRefused("huge-header", craftTarGz([file("top/ok"), { path: "top/huge", type: "0", declaredSize: 2 ** 40 }]), /unpacks to more than 67108864 bytes .*declares 1099511627776/);
+  await expectRefused(
+    "huge-header",
+    craftTarGz([file("top/ok"), { path: "top/huge", type: "0", declaredSize: 2 ** 40 }]),
+    /unpacks to more than 67108864 bytes .*declares 1099511627776/,
+  );
 
   // 96 MiB of zeros gzip to about 100 KB: refused once 64 MiB have been inflated.
   const gz = createGzip();
@@ -270,8 +312,15 @@ test("symlinks and hard links to in-tree files are fine", async () => {
 /** A git repository with two commits; returns the commits and the sha256 of each one's `git archive` tar. */
 async function gitRepo(): Promise<{ dir: string; first: string; second: string; firstSha: string }> {
   const dir = path.join(tmp, "repo");
-  const env = { ...process.env, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null", GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z", GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z" };
-  const git = (...args: string[]) => execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: dir, env, encoding: "utf8" }).trim();
+  const env = {
+    ...process.env,
+    GIT_CONFIG_NOSYSTEM: "1",
+    GIT_CONFIG_GLOBAL: "/dev/null",
+    GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z",
+    GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z",
+  };
+  const git = (...args: string[]) =>
+    execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: dir, env, encoding: "utf8" }).trim();
   await mkdir(path.join(dir, "src"), { recursive: true });
   git("init", "-q", "-b", "main");
   await writeFile(path.join(dir, "src/main.c"), "int main(void) { return 0; }\n");

@@ -54,7 +54,8 @@ export async function fetchSource(source: Source, store: ArtifactStore, opts: Fe
 
 /** Fetches a patch into the store exactly as fetchSource does a source (git URLs excepted). */
 export async function fetchPatch(patch: PatchRef, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
-  if (isGitSourceUrl(patch.url)) throw new BuildFailure(`patch ${patch.url}: a patch is one file (a path, file://, http:// or https:// URL), not a git repository`);
+  if (isGitSourceUrl(patch.url))
+    throw new BuildFailure(`patch ${patch.url}: a patch is one file (a path, file://, http:// or https:// URL), not a git repository`);
   return fetchPinned("patch", patch, store, opts);
 }
 
@@ -184,7 +185,8 @@ function checkEntries(entries: EntryInfo[], what: string, stripTopDir: boolean):
     if (e.type !== "SymbolicLink" && e.type !== "Link") continue;
     const target = e.linkpath ?? "";
     if (target === "") throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} has an empty target`);
-    if (target.startsWith("/")) throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} points outside the tree (absolute target ${JSON.stringify(target)})`);
+    if (target.startsWith("/"))
+      throw new BuildFailure(`${what}: link ${JSON.stringify(e.path)} points outside the tree (absolute target ${JSON.stringify(target)})`);
     if (e.type === "Link" && target.split("/").includes("..")) throw new BuildFailure(`${what}: hard link ${JSON.stringify(e.path)} target contains '..'`);
     // A symlink target is relative to the link's directory; a hard link's to the archive root
     // (and is stripped like any entry path). Either is resolved through the archive's symlinks.
@@ -225,7 +227,8 @@ async function scanArchive(file: string, what: string, limits: UnpackLimits): Pr
       if (e.meta || e.type === "GlobalExtendedHeader" || e.type === "ExtendedHeader") return;
       declared += e.size ?? 0;
       if (entries.length >= limits.maxEntries) fail(`has more than ${limits.maxEntries} entries (the limit)`);
-      else if (declared > limits.maxBytes) fail(`unpacks to more than ${limits.maxBytes} bytes (the limit; entry ${JSON.stringify(e.path)} declares ${e.size})`);
+      else if (declared > limits.maxBytes)
+        fail(`unpacks to more than ${limits.maxBytes} bytes (the limit; entry ${JSON.stringify(e.path)} declares ${e.size})`);
       else entries.push({ path: e.path, type: e.type, linkpath: e.linkpath });
     },
   });

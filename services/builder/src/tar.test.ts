@@ -63,7 +63,10 @@ test("tar is byte-identical for trees differing only in mtimes, modes and creati
 test("GNU tar reads the archive: names, types, modes, owners, mtime, byte order, contents", async () => {
   const { file, res } = await tarOf(treeA, "c.tar", false);
   const names = execFileSync("tar", ["-tf", file], { encoding: "utf8" }).trimEnd().split("\n");
-  assert.deepEqual(names, res.entries.map((e) => e.path));
+  assert.deepEqual(
+    names,
+    res.entries.map((e) => e.path),
+  );
   const sorted = [...names].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
   assert.deepEqual(names, sorted);
   assert.ok(names.indexOf("a-b") < names.indexOf("a/"));

@@ -231,7 +231,18 @@ function entryHeaders(e: TarEntry, mtime: number): Buffer[] {
     const paxName = asciiTruncate(`PaxHeaders.0/${path.posix.basename(base)}`, 100);
     out.push(header({ name: paxName, mode: 0o644, size: data.length, mtime, typeflag: "x" }), data, padding(data.length));
   }
-  out.push(header({ name, mode: e.mode, size, mtime, typeflag, ...(linkname !== undefined ? { linkname } : {}), ...(e.uid !== undefined ? { uid: e.uid } : {}), ...(e.gid !== undefined ? { gid: e.gid } : {}) }));
+  out.push(
+    header({
+      name,
+      mode: e.mode,
+      size,
+      mtime,
+      typeflag,
+      ...(linkname !== undefined ? { linkname } : {}),
+      ...(e.uid !== undefined ? { uid: e.uid } : {}),
+      ...(e.gid !== undefined ? { gid: e.gid } : {}),
+    }),
+  );
   return out;
 }
 
@@ -349,7 +360,14 @@ export async function writeTarGzFromEntries(entries: readonly MadeEntry[], out: 
   const planned = entries.map((m): Planned => {
     const name = m.type === "directory" ? `${m.path.replace(/\/+$/, "")}/` : m.path;
     if (name.startsWith("/") || name.split("/").includes("..")) throw new TarError(`bad entry path ${JSON.stringify(m.path)}`);
-    const entry: TarEntry = { path: name, type: m.type, mode: m.mode & 0o7777, size: m.content?.length ?? 0, ...(m.uid ? { uid: m.uid } : {}), ...(m.gid ? { gid: m.gid } : {}) };
+    const entry: TarEntry = {
+      path: name,
+      type: m.type,
+      mode: m.mode & 0o7777,
+      size: m.content?.length ?? 0,
+      ...(m.uid ? { uid: m.uid } : {}),
+      ...(m.gid ? { gid: m.gid } : {}),
+    };
     return { entry, ...(m.type === "file" ? { content: m.content ?? Buffer.alloc(0) } : {}) };
   });
   planned.sort((a, b) => byteCompare(a.entry.path, b.entry.path));

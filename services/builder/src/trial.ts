@@ -31,7 +31,8 @@ export function createTrialHandler(deps: TrialDeps): (req: BuildRequest) => Prom
       const tested = plan.kind === "package" && plan.test ? " and its test passed" : "";
       return { v: 1, passed: true, detail: `${req.key} ${req.version} built in the sandbox${tested} (inputs ${req.inputDigest})` };
     } catch (err) {
-      if (err instanceof BuildFailure) return { v: 1, passed: false, detail: err.message.slice(0, 8192), ...(err.logTail ? { logTail: err.logTail.slice(-16384) } : {}) };
+      if (err instanceof BuildFailure)
+        return { v: 1, passed: false, detail: err.message.slice(0, 8192), ...(err.logTail ? { logTail: err.logTail.slice(-16384) } : {}) };
       if (err instanceof BuildRefusedError) return { v: 1, passed: false, detail: err.message.slice(0, 8192) };
       deps.log.warn("trial build could not run", { key: req.key, error: String(err) });
       return { v: 1, passed: false, detail: `the trial build could not run: ${err instanceof Error ? err.message : String(err)}`.slice(0, 8192) };
@@ -49,7 +50,9 @@ export async function serveTrials(nats: Nats, handle: (req: BuildRequest) => Pro
       let outcome: TrialOutcome;
       try {
         const parsed = buildRequestSchema.safeParse(msg.json());
-        outcome = parsed.success ? await handle(parsed.data) : { v: 1, passed: false, detail: `invalid trial request: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}` };
+        outcome = parsed.success
+          ? await handle(parsed.data)
+          : { v: 1, passed: false, detail: `invalid trial request: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}` };
       } catch (err) {
         outcome = { v: 1, passed: false, detail: `invalid trial request: ${err instanceof Error ? err.message : String(err)}` };
       }

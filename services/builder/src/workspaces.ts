@@ -15,7 +15,11 @@ export type Instance = { id: string; host: string; pid: number };
 
 /** This process as a builder instance (names contain no path separator). */
 export function currentInstance(now = Date.now()): Instance {
-  const host = os.hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 64) || "host";
+  const host =
+    os
+      .hostname()
+      .replace(/[^A-Za-z0-9.-]/g, "-")
+      .slice(0, 64) || "host";
   return { id: `${host}_${process.pid}_${now}`, host, pid: process.pid };
 }
 

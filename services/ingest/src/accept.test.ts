@@ -54,7 +54,12 @@ test("the events stream keeps one record per event and refuses a second (restart
   // The record is the intake: it carries what admission enqueues, once per key.
   assert.deepEqual(
     (await intakeFor(first.event)).map(({ at: _, ...r }) => r),
-    ["package/pkg001", "package/pkg002"].map((key) => ({ v: 1, key, priority: "release", cause: { type: "release", id: first.event, detail: "test delivery-restart" } })),
+    ["package/pkg001", "package/pkg002"].map((key) => ({
+      v: 1,
+      key,
+      priority: "release",
+      cause: { type: "release", id: first.event, detail: "test delivery-restart" },
+    })),
   );
   // The core ledger and the lean path agree, and the record reads back by id.
   const rec = (await ledger.get(first.event))!;
@@ -66,7 +71,10 @@ test("the events stream keeps one record per event and refuses a second (restart
 test("concurrent deliveries of one event: one is accepted, the rest are duplicates, each key handed over once", async () => {
   const results = await Promise.all(Array.from({ length: 8 }, () => env.acceptor.accept(event("delivery-concurrent", ["pkg003"]))));
   assert.equal(results.filter((r) => !r.duplicate).length, 1);
-  assert.ok(results.filter((r) => r.duplicate).every((r) => r.keys.length === 0), "a duplicate answers no keys");
+  assert.ok(
+    results.filter((r) => r.duplicate).every((r) => r.keys.length === 0),
+    "a duplicate answers no keys",
+  );
   assert.equal((await intakeFor(results[0]!.event)).length, 1);
 });
 
@@ -88,7 +96,16 @@ test("a failed write answers an error and leaves nothing — no record, no keys 
 
 test("the pipe: stream acks, API errors with their code, and no responders", async () => {
   const id = eventId("github", "pipe-probe");
-  const record: EventRecord = { id, source: "github", ref: "pipe-probe", summary: "", keys: [], priority: "release", causeType: "release", receivedAt: new Date().toISOString() };
+  const record: EventRecord = {
+    id,
+    source: "github",
+    ref: "pipe-probe",
+    summary: "",
+    keys: [],
+    priority: "release",
+    causeType: "release",
+    receivedAt: new Date().toISOString(),
+  };
   const ack = await pipe.publish(ledger.subject(id), JSON.stringify(record));
   assert.equal(ack.stream, ledger.stream);
   assert.equal((await ledger.get(id))?.ref, "pipe-probe");
@@ -102,7 +119,12 @@ test("an audit stream at its count limit answers 503 audit-full: the event is ne
     // The limits HOMEOSTAT_INGEST_RETENTION_MAX_MSGS / _MAX_BYTES give the stream, small enough to reach.
     await EventLedger.open(full.t.nats, 3_600_000, { maxBytes: 1024 * 1024, maxMsgs: 2 });
     const post = (version: string) =>
-      full.app.inject({ method: "POST", url: "/v1/releases", headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` }, payload: JSON.stringify({ package: "pkg000", version, url: "https://example.org/a.tar.gz", sha256: "c".repeat(64) }) });
+      full.app.inject({
+        method: "POST",
+        url: "/v1/releases",
+        headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+        payload: JSON.stringify({ package: "pkg000", version, url: "https://example.org/a.tar.gz", sha256: "c".repeat(64) }),
+      });
     assert.deepEqual([(await post("1.1")).statusCode, (await post("1.2")).statusCode], [202, 202]);
     assert.equal((await post("1.2")).json().duplicate, true, "a repeat is still told apart from a full stream");
     const refused = await post("1.3");

@@ -16,7 +16,20 @@
  * rather than per request). It adds one loop turn, which under load is the time the turn's other
  * requests take anyway.
  */
-import { currentTraceId, eventId, ledgerRefusal, meter, producerSpan, type Cause, type EventLedger, type EventRecord, type EventSource, type JetStreamPipe, type Key, type Priority } from "@homeostat/core";
+import {
+  currentTraceId,
+  eventId,
+  ledgerRefusal,
+  meter,
+  producerSpan,
+  type Cause,
+  type EventLedger,
+  type EventRecord,
+  type EventSource,
+  type JetStreamPipe,
+  type Key,
+  type Priority,
+} from "@homeostat/core";
 import { Problem } from "./problem.ts";
 
 /** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
@@ -41,7 +54,10 @@ export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps
           const refusal = ledgerRefusal(err);
           // The event subject already holds its record (discard_new_per_subject).
           if (refusal === "duplicate") return "duplicate";
-          if (refusal === "full") throw new Problem(503, "audit-full", "the audit stream is at its size or count limit; the event was not accepted, send it again later", { headers: { "retry-after": "60" } });
+          if (refusal === "full")
+            throw new Problem(503, "audit-full", "the audit stream is at its size or count limit; the event was not accepted, send it again later", {
+              headers: { "retry-after": "60" },
+            });
           throw err;
         }
       }),
@@ -65,7 +81,10 @@ export class Acceptor {
   readonly ledger: EventLedger;
   private readonly ops: LedgerOps;
   private waiting: Array<() => void> = [];
-  private readonly events = meter().createCounter("homeostat.ingest.events", { unit: "{event}", description: "Events by source and outcome: accepted (recorded, its keys admitted) or duplicate" });
+  private readonly events = meter().createCounter("homeostat.ingest.events", {
+    unit: "{event}",
+    description: "Events by source and outcome: accepted (recorded, its keys admitted) or duplicate",
+  });
 
   /** `ops` defaults to the ledger itself; ingest passes pipedLedger (the same records, less CPU). */
   constructor(ledger: EventLedger, ops: LedgerOps = ledger) {

@@ -23,7 +23,12 @@ before(async () => void (env = await ingestTestEnv()));
 after(async () => env.cleanup());
 
 const post = (payload: unknown) =>
-  env.app.inject({ method: "POST", url: "/v1/advisories", headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` }, payload: JSON.stringify(payload) });
+  env.app.inject({
+    method: "POST",
+    url: "/v1/advisories",
+    headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+    payload: JSON.stringify(payload),
+  });
 const osv = (id: string, names: string[], modified = "2025-03-01T00:00:00Z") => ({
   id,
   modified,
@@ -48,8 +53,14 @@ test("one document, an array and {advisories} are accepted; keys at advisory pri
   assert.ok(added.every((r) => r.priority === "advisory" && r.cause.type === "advisory" && /^advisory-/.test(r.cause.id!)));
   // Stored for the reconciler, under each catalog package it names, with only that package's entries.
   const stored = await env.advisories.list("pkg001");
-  assert.deepEqual(stored.map((x) => x.id), ["OSV-ARR-2"]);
-  assert.deepEqual(stored[0]!.affected!.map((x) => x.package?.purl), ["pkg:generic/pkg001@1.0"]);
+  assert.deepEqual(
+    stored.map((x) => x.id),
+    ["OSV-ARR-2"],
+  );
+  assert.deepEqual(
+    stored[0]!.affected!.map((x) => x.package?.purl),
+    ["pkg:generic/pkg001@1.0"],
+  );
 });
 
 test("the same id and modified twice enqueues nothing new; a new modified is a new event", async () => {
@@ -69,7 +80,9 @@ test("a batch of 1,000 advisories produces exactly the affected keys", async () 
   const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed / 2 ** 31);
   const expected = new Set<string>();
   const batch = Array.from({ length: 1000 }, (_, i) => {
-    const names = Array.from({ length: 1 + Math.floor(rnd() * 3) }, () => (rnd() < 0.03 ? PLAIN_PACKAGES[Math.floor(rnd() * PLAIN_PACKAGES.length)]! : `elsewhere-${Math.floor(rnd() * 5000)}`));
+    const names = Array.from({ length: 1 + Math.floor(rnd() * 3) }, () =>
+      rnd() < 0.03 ? PLAIN_PACKAGES[Math.floor(rnd() * PLAIN_PACKAGES.length)]! : `elsewhere-${Math.floor(rnd() * 5000)}`,
+    );
     for (const n of names) if (PLAIN_PACKAGES.includes(n)) expected.add(`package/${n}`);
     return osv(`OSV-BATCH-${i}`, names, `2025-05-01T00:00:${String(i % 60).padStart(2, "0")}Z`);
   });
@@ -86,19 +99,45 @@ test("a batch of 1,000 advisories produces exactly the affected keys", async () 
 test("a batch is answered per record: bad and future-dated records are refused with their reasons, the others accepted", async () => {
   const before = (await env.intake()).length;
   const future = new Date(Date.now() + 3 * SKEW).toISOString();
-  const res = await post([osv("OSV-OK-9", ["pkg020"]), { id: "OSV-BAD-1", modified: "not a time" }, osv("OSV-FUTURE-1", ["pkg021"], future), { nonsense: true }]);
+  const res = await post([
+    osv("OSV-OK-9", ["pkg020"]),
+    { id: "OSV-BAD-1", modified: "not a time" },
+    osv("OSV-FUTURE-1", ["pkg021"], future),
+    { nonsense: true },
+  ]);
   assert.equal(res.statusCode, 202, res.body);
   const body = res.json();
   assert.deepEqual([body.accepted, body.refused, body.keys], [1, 3, ["package/pkg020"]]);
-  assert.deepEqual(body.results.map((r: { index: number; refused?: boolean; advisory?: string }) => [r.index, r.refused ?? false, r.advisory]), [[0, false, "OSV-OK-9"], [1, true, "OSV-BAD-1"], [2, true, "OSV-FUTURE-1"], [3, true, undefined]]);
+  assert.deepEqual(
+    body.results.map((r: { index: number; refused?: boolean; advisory?: string }) => [r.index, r.refused ?? false, r.advisory]),
+    [
+      [0, false, "OSV-OK-9"],
+      [1, true, "OSV-BAD-1"],
+      [2, true, "OSV-FUTURE-1"],
+      [3, true, undefined],
+    ],
+  );
   assert.deepEqual([body.results[1].reason, body.results[1].errors[0].pointer], ["invalid-advisory", "/1/modified"]);
   assert.equal(body.results[2].reason, "modified-in-future");
   assert.match(body.results[2].errors[0].detail, /in the future, more than the allowed clock skew/);
-  assert.deepEqual((await env.intake()).slice(before).map((r) => r.key), ["package/pkg020"], "only the valid record's key");
-  assert.deepEqual((await env.advisories.list("pkg021")).filter((a) => a.id === "OSV-FUTURE-1"), [], "the future-dated record is not stored");
+  assert.deepEqual(
+    (await env.intake()).slice(before).map((r) => r.key),
+    ["package/pkg020"],
+    "only the valid record's key",
+  );
+  assert.deepEqual(
+    (await env.advisories.list("pkg021")).filter((a) => a.id === "OSV-FUTURE-1"),
+    [],
+    "the future-dated record is not stored",
+  );
   const allBad = await post({ id: "OSV-FUTURE-2", modified: future, affected: [] });
   assert.deepEqual([allBad.statusCode, allBad.json().type], [400, "urn:homeostat:problem:modified-in-future"]);
-  const noToken = await env.app.inject({ method: "POST", url: "/v1/advisories", headers: { "content-type": "application/json" }, payload: JSON.stringify(osv("OSV-OK-9", ["pkg020"])) });
+  const noToken = await env.app.inject({
+    method: "POST",
+    url: "/v1/advisories",
+    headers: { "content-type": "application/json" },
+    payload: JSON.stringify(osv("OSV-OK-9", ["pkg020"])),
+  });
   assert.equal(noToken.statusCode, 401);
 });
 
@@ -108,11 +147,16 @@ test("a revision stored with a far-future modified no longer hides later real re
   await env.advisories.record(osvSchema.parse(poisoned), ["pkg022"]);
   const real = await post({ ...osv("OSV-POISON-1", ["pkg022"], "2025-08-01T00:00:00Z"), summary: "real" });
   assert.equal(real.statusCode, 202, real.body);
-  assert.deepEqual((await env.advisories.list("pkg022")).filter((a) => a.id === "OSV-POISON-1").map((a) => [a.modified, a.summary]), [["2025-08-01T00:00:00Z", "real"]]);
+  assert.deepEqual(
+    (await env.advisories.list("pkg022")).filter((a) => a.id === "OSV-POISON-1").map((a) => [a.modified, a.summary]),
+    [["2025-08-01T00:00:00Z", "real"]],
+  );
 });
 
 test("OSV 1.6 records of several databases are accepted with their severities; package-less GIT entries map by repository; a withdrawal says so", async () => {
-  const corpus = readdirSync(CORPUS).filter((f) => f.endsWith(".json")).map((f) => JSON.parse(readFileSync(path.join(CORPUS, f), "utf8")));
+  const corpus = readdirSync(CORPUS)
+    .filter((f) => f.endsWith(".json"))
+    .map((f) => JSON.parse(readFileSync(path.join(CORPUS, f), "utf8")));
   const res = await post({ advisories: corpus });
   assert.equal(res.statusCode, 202, res.body.slice(0, 500));
   assert.deepEqual([res.json().accepted + res.json().duplicates, res.json().refused], [corpus.length, 0]);
@@ -121,7 +165,10 @@ test("OSV 1.6 records of several databases are accepted with their severities; p
   const log4j = res.json().results.find((r: { advisory: string }) => r.advisory === "GHSA-jfh8-c2jp-5v3q");
   assert.deepEqual(log4j.severity, [{ type: "CVSS_V3", vector: "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", baseScore: 10, rating: "Critical" }]);
   const cve = corpus.find((a) => a.id === "CVE-2022-0778");
-  const gitCatalog = { ...env.catalog, packages: new Map([["ossl", { ...env.catalog.packages.get("curl")!, name: "ossl", upstream: { github: "OpenSSL/openssl", prereleases: false } }]]) } as unknown as typeof env.catalog;
+  const gitCatalog = {
+    ...env.catalog,
+    packages: new Map([["ossl", { ...env.catalog.packages.get("curl")!, name: "ossl", upstream: { github: "OpenSSL/openssl", prereleases: false } }]]),
+  } as unknown as typeof env.catalog;
   assert.deepEqual(advisoryCatalogPackages(osvSchema.parse(cve), gitCatalog), ["ossl"], "by upstream.github, case and .git aside");
   const withdrawn = await post({ ...osv("OSV-WD-1", ["pkg023"], "2025-09-02T00:00:00Z"), withdrawn: "2025-09-02T00:00:00Z" });
   const ev = await env.app.inject({ method: "GET", url: `/v1/events/${withdrawn.json().results[0].event}`, headers: { authorization: `Bearer ${TOKEN}` } });
@@ -170,7 +217,13 @@ test("the poller follows an HTTP feed in OSV's layout (modified_id.csv)", async 
     ["Debian/HTTP-2", osv("HTTP-2", ["pkg041"], "2025-07-02T00:00:00Z")],
   ]);
   const server = http.createServer((req, res) => {
-    if (req.url === "/osv/modified_id.csv") return res.end([...docs].map(([p, d]) => `${d.modified},${p}`).reverse().join("\n") + "\n");
+    if (req.url === "/osv/modified_id.csv")
+      return res.end(
+        [...docs]
+          .map(([p, d]) => `${d.modified},${p}`)
+          .reverse()
+          .join("\n") + "\n",
+      );
     const m = /^\/osv\/(.+)\.json$/.exec(req.url ?? "");
     const d = m && docs.get(decodeURIComponent(m[1]!));
     if (d) return res.end(JSON.stringify(d));
@@ -190,7 +243,13 @@ test("the poller follows an HTTP feed in OSV's layout (modified_id.csv)", async 
     });
     const before = (await env.intake()).length;
     assert.deepEqual(await poller.poll(), { handled: 2, skipped: 0, cursor: "2025-07-02T00:00:00Z" });
-    assert.deepEqual((await env.intake()).slice(before).map((r) => r.key).sort(), ["package/pkg040", "package/pkg041"]);
+    assert.deepEqual(
+      (await env.intake())
+        .slice(before)
+        .map((r) => r.key)
+        .sort(),
+      ["package/pkg040", "package/pkg041"],
+    );
   } finally {
     server.close();
   }
@@ -215,7 +274,10 @@ test("the poller skips an advisory dated beyond now + skew, logs why, and its cu
     signal: new AbortController().signal,
   });
   assert.deepEqual(await poller.poll(), { handled: 2, skipped: 1, cursor: soon }, "within the skew is fine");
-  assert.deepEqual(warnings.map(([m, f]) => [m, f?.advisory]), [["osv advisory skipped", "F-2"]]);
+  assert.deepEqual(
+    warnings.map(([m, f]) => [m, f?.advisory]),
+    [["osv advisory skipped", "F-2"]],
+  );
   assert.match(String(warnings[0]![1]!.reason), /in the future/);
   // Read again at the next poll (not marked as read), still skipped, the cursor stays.
   assert.deepEqual(await poller.poll(), { handled: 0, skipped: 1, cursor: soon });

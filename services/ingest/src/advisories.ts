@@ -22,7 +22,16 @@
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { z } from "zod";
-import { advisoryPackageNames, advisoryRepositories, type AdvisoryStore, type Catalog, type Osv, osvSchema, severities, type SeverityScore } from "@homeostat/catalog";
+import {
+  advisoryPackageNames,
+  advisoryRepositories,
+  type AdvisoryStore,
+  type Catalog,
+  type Osv,
+  osvSchema,
+  severities,
+  type SeverityScore,
+} from "@homeostat/catalog";
 import { makeKey } from "@homeostat/core";
 import type { Accepted, Acceptor } from "./accept.ts";
 import { Problem, type FieldError } from "./problem.ts";
@@ -47,7 +56,10 @@ export function advisoryCatalogPackages(a: Osv, catalog: Catalog): string[] {
   const repos = advisoryRepositories(a).map(normalizeRepo);
   if (repos.length) {
     for (const spec of catalog.packages.values()) {
-      const own = [spec.upstream?.github ? `github.com/${spec.upstream.github}` : undefined, spec.source.url.startsWith("git+") ? spec.source.url.slice(4).split("#")[0] : undefined];
+      const own = [
+        spec.upstream?.github ? `github.com/${spec.upstream.github}` : undefined,
+        spec.source.url.startsWith("git+") ? spec.source.url.slice(4).split("#")[0] : undefined,
+      ];
       if (own.some((r) => r !== undefined && repos.includes(normalizeRepo(r)))) names.add(spec.name);
     }
   }
@@ -56,11 +68,23 @@ export function advisoryCatalogPackages(a: Osv, catalog: Catalog): string[] {
 
 /** A repository URL compared without scheme, credentials, case, trailing slash or `.git`. */
 function normalizeRepo(url: string): string {
-  return url.trim().toLowerCase().replace(/^[a-z+]+:\/\//, "").replace(/^[^@/]*@/, "").replace(/\/+$/, "").replace(/\.git$/, "");
+  return url
+    .trim()
+    .toLowerCase()
+    .replace(/^[a-z+]+:\/\//, "")
+    .replace(/^[^@/]*@/, "")
+    .replace(/\/+$/, "")
+    .replace(/\.git$/, "");
 }
 
 /** Accepts each advisory as one event, a few at a time; results in input order. */
-export async function ingestAdvisories(advisories: readonly Osv[], catalog: Catalog, acceptor: Acceptor, store: AdvisoryStore, opts: { maxFutureSkewMs: number; requestId?: string }): Promise<AdvisoryResult[]> {
+export async function ingestAdvisories(
+  advisories: readonly Osv[],
+  catalog: Catalog,
+  acceptor: Acceptor,
+  store: AdvisoryStore,
+  opts: { maxFutureSkewMs: number; requestId?: string },
+): Promise<AdvisoryResult[]> {
   const { requestId, maxFutureSkewMs } = opts;
   const results: AdvisoryResult[] = new Array(advisories.length);
   let next = 0;
@@ -94,7 +118,10 @@ export function parseAdvisory(doc: unknown, pointer: string, maxFutureSkewMs: nu
   const id = typeof doc === "object" && doc !== null && typeof (doc as { id?: unknown }).id === "string" ? (doc as { id: string }).id.slice(0, 256) : undefined;
   const r = osvSchema.safeParse(doc);
   if (!r.success) {
-    const errors = r.error.issues.slice(0, 20).map((issue) => ({ pointer: `${pointer}${issue.path.map((p) => `/${String(p).replaceAll("~", "~0").replaceAll("/", "~1")}`).join("")}` || "/", detail: issue.message }));
+    const errors = r.error.issues.slice(0, 20).map((issue) => ({
+      pointer: `${pointer}${issue.path.map((p) => `/${String(p).replaceAll("~", "~0").replaceAll("/", "~1")}`).join("")}` || "/",
+      detail: issue.message,
+    }));
     return { refused: true, ...(id ? { advisory: id } : {}), reason: "invalid-advisory", errors };
   }
   const future = futureModified(r.data, maxFutureSkewMs);
@@ -106,7 +133,14 @@ export function parseAdvisory(doc: unknown, pointer: string, maxFutureSkewMs: nu
 const batchSchema = z.array(z.looseObject({})).min(1).max(MAX_BATCH);
 const bodySchema = z.union([z.looseObject({ id: z.string(), modified: z.string() }), batchSchema, z.strictObject({ advisories: batchSchema })]);
 
-export type AdvisoriesRouteDeps = { catalog: () => Catalog; acceptor: Acceptor; advisories: AdvisoryStore; authenticate: Authenticate; bodyLimit: number; maxFutureSkewMs: number };
+export type AdvisoriesRouteDeps = {
+  catalog: () => Catalog;
+  acceptor: Acceptor;
+  advisories: AdvisoryStore;
+  authenticate: Authenticate;
+  bodyLimit: number;
+  maxFutureSkewMs: number;
+};
 
 export const advisoriesRoute: FastifyPluginAsync<AdvisoriesRouteDeps> = async (app, deps) => {
   app.post<{ Body: z.infer<typeof bodySchema> }>(
@@ -124,13 +158,36 @@ export const advisoriesRoute: FastifyPluginAsync<AdvisoriesRouteDeps> = async (a
         // Nothing to accept: the request as a whole is the client's error.
         const errors = refused.flatMap((r) => r.errors).slice(0, 100);
         const slug = refused.every((r) => r.reason === "modified-in-future") ? "modified-in-future" : "invalid-advisory";
-        throw new Problem(400, slug, `${single ? "the advisory was" : `all ${docs.length} advisories were`} refused: ${errors.slice(0, 3).map((e) => `${e.pointer || "/"} ${e.detail}`).join("; ")}${errors.length > 3 ? ` (and ${errors.length - 3} more)` : ""}`, { errors });
+        throw new Problem(
+          400,
+          slug,
+          `${single ? "the advisory was" : `all ${docs.length} advisories were`} refused: ${errors
+            .slice(0, 3)
+            .map((e) => `${e.pointer || "/"} ${e.detail}`)
+            .join("; ")}${errors.length > 3 ? ` (and ${errors.length - 3} more)` : ""}`,
+          { errors },
+        );
       }
       const valid = parsed.flatMap((p, index) => ("refused" in p ? [] : [{ index, osv: p }]));
-      const done = await ingestAdvisories(valid.map((v) => v.osv), deps.catalog(), deps.acceptor, deps.advisories, { maxFutureSkewMs: deps.maxFutureSkewMs, requestId: req.id });
-      const results: Array<{ index: number } & (AdvisoryResult | RefusedAdvisory)> = [...valid.map((v, i) => ({ index: v.index, ...done[i]! })), ...refused].sort((a, b) => a.index - b.index);
+      const done = await ingestAdvisories(
+        valid.map((v) => v.osv),
+        deps.catalog(),
+        deps.acceptor,
+        deps.advisories,
+        { maxFutureSkewMs: deps.maxFutureSkewMs, requestId: req.id },
+      );
+      const results: Array<{ index: number } & (AdvisoryResult | RefusedAdvisory)> = [
+        ...valid.map((v, i) => ({ index: v.index, ...done[i]! })),
+        ...refused,
+      ].sort((a, b) => a.index - b.index);
       const keys = [...new Set(done.flatMap((r) => r.keys))].sort();
-      return reply.code(202).send({ accepted: done.filter((r) => !r.duplicate).length, duplicates: done.filter((r) => r.duplicate).length, refused: refused.length, keys, results });
+      return reply.code(202).send({
+        accepted: done.filter((r) => !r.duplicate).length,
+        duplicates: done.filter((r) => r.duplicate).length,
+        refused: refused.length,
+        keys,
+        results,
+      });
     },
   );
 };

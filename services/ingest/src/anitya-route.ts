@@ -73,7 +73,10 @@ export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps
       for (const name of names) {
         const spec = catalog.packages.get(name)!;
         const policy = catalog.policyOf(name);
-        const wanted = versions.filter((v) => policy.accept(v) !== undefined && compareVersions(v, spec.version) > 0).sort(compareVersions).slice(-MAX_ANNOUNCED);
+        const wanted = versions
+          .filter((v) => policy.accept(v) !== undefined && compareVersions(v, spec.version) > 0)
+          .sort(compareVersions)
+          .slice(-MAX_ANNOUNCED);
         for (const version of wanted) await ledger.announce({ package: name, version, origin: "anitya", event: eventId("anitya", ref) });
       }
       const accepted = await deps.acceptor.accept({

@@ -36,7 +36,12 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
     check(req) {
       if (mode === "open-on-loopback") return `loopback:${req.ip}`;
       if (mode === "closed") {
-        throw new Problem(401, "unauthorized", "no bearer token is configured (HOMEOSTAT_INGEST_TOKENS) and ingest is not on a loopback address, so writes are refused", { headers: challenge });
+        throw new Problem(
+          401,
+          "unauthorized",
+          "no bearer token is configured (HOMEOSTAT_INGEST_TOKENS) and ingest is not on a loopback address, so writes are refused",
+          { headers: challenge },
+        );
       }
       const m = /^Bearer\s+(\S{1,4096})\s*$/i.exec(req.headers.authorization ?? "");
       if (!m) throw new Problem(401, "unauthorized", "send Authorization: Bearer <token>", { headers: challenge });
@@ -44,7 +49,10 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
       // Every configured token is compared, so the time taken does not say which one matched.
       let matched: Buffer | undefined;
       for (const d of digests) if (timingSafeEqual(given, d)) matched = d;
-      if (!matched) throw new Problem(401, "unauthorized", "the bearer token is not valid", { headers: { "www-authenticate": 'Bearer realm="homeostat-ingest", error="invalid_token"' } });
+      if (!matched)
+        throw new Problem(401, "unauthorized", "the bearer token is not valid", {
+          headers: { "www-authenticate": 'Bearer realm="homeostat-ingest", error="invalid_token"' },
+        });
       return `token:${matched.subarray(0, 8).toString("hex")}`;
     },
   };
@@ -52,7 +60,8 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
 
 /** Throws a 401 Problem unless `header` is the GitHub signature of `raw` under `secret`. */
 export function verifyGithubSignature(secret: string | undefined, raw: Buffer, header: string | string[] | undefined): void {
-  if (secret === undefined) throw new Problem(401, "unauthorized", "no GitHub webhook secret is configured (HOMEOSTAT_GITHUB_WEBHOOK_SECRET); deliveries are refused");
+  if (secret === undefined)
+    throw new Problem(401, "unauthorized", "no GitHub webhook secret is configured (HOMEOSTAT_GITHUB_WEBHOOK_SECRET); deliveries are refused");
   const m = typeof header === "string" ? /^sha256=([0-9a-f]{64})$/i.exec(header.trim()) : null;
   if (!m) throw new Problem(401, "bad-signature", "X-Hub-Signature-256 is missing or not sha256=<64 hex>");
   const expected = createHmac("sha256", hmacKey(secret)).update(raw).digest();

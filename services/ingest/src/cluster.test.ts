@@ -33,7 +33,14 @@ test("two workers share the port; idempotency holds across them; SIGTERM exits 0
   );
   const port = await freePort();
   const child = spawn(process.execPath, [path.join(import.meta.dirname, "main.ts")], {
-    env: { ...process.env, ...t.env, HOMEOSTAT_CATALOG: catalog, HOMEOSTAT_INGEST_PORT: String(port), HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET, HOMEOSTAT_INGEST_WORKERS: "2" },
+    env: {
+      ...process.env,
+      ...t.env,
+      HOMEOSTAT_CATALOG: catalog,
+      HOMEOSTAT_INGEST_PORT: String(port),
+      HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET,
+      HOMEOSTAT_INGEST_WORKERS: "2",
+    },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let log = "";
@@ -42,11 +49,21 @@ test("two workers share the port; idempotency holds across them; SIGTERM exits 0
   try {
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; ; i++) {
-      if (await fetch(`${base}/readyz`).then((r) => r.ok, () => false)) break;
+      if (
+        await fetch(`${base}/readyz`).then(
+          (r) => r.ok,
+          () => false,
+        )
+      )
+        break;
       assert.ok(i < 300 && child.exitCode === null, `ingest did not become ready:\n${log}`);
       await new Promise((r) => setTimeout(r, 100));
     }
-    const body = JSON.stringify({ action: "published", release: { tag_name: "v2.0", draft: false, prerelease: false }, repository: { full_name: "Codertocat/Hello-World" } });
+    const body = JSON.stringify({
+      action: "published",
+      release: { tag_name: "v2.0", draft: false, prerelease: false },
+      repository: { full_name: "Codertocat/Hello-World" },
+    });
     const deliver = (delivery: string) =>
       fetch(`${base}/v1/webhooks/github`, {
         method: "POST",

@@ -23,13 +23,23 @@ test("rate limits: random tokens do not dodge the address limit, failed authenti
   const env = await ingestTestEnv({ addressRateLimitPerMin: 5, authFailuresPerMin: 3, rateLimitPerMin: 4 }, { log });
   try {
     const post = (authorization: string, remoteAddress: string, version = "9.9") =>
-      env.app.inject({ method: "POST", url: "/v1/releases", remoteAddress, headers: { "content-type": "application/json", authorization }, payload: release(version) });
+      env.app.inject({
+        method: "POST",
+        url: "/v1/releases",
+        remoteAddress,
+        headers: { "content-type": "application/json", authorization },
+        payload: release(version),
+      });
     // A fresh random token per request: each one fails authentication, then the address is blocked.
     const random = [];
     for (let i = 0; i < 5; i++) random.push((await post(`Bearer random-${i}-${Math.random()}`, "10.0.0.1")).statusCode);
     assert.deepEqual(random, [401, 401, 401, 429, 429]);
     const blocked = await post(`Bearer ${TOKEN}`, "10.0.0.1");
-    assert.deepEqual([blocked.statusCode, blocked.json().type], [429, "urn:homeostat:problem:rate-limited"], "even a valid token, once the address failed too often");
+    assert.deepEqual(
+      [blocked.statusCode, blocked.json().type],
+      [429, "urn:homeostat:problem:rate-limited"],
+      "even a valid token, once the address failed too often",
+    );
     assert.match(blocked.json().detail, /failed authentications/);
     assert.ok(Number(blocked.headers["retry-after"]) >= 1);
     // The address limit counts every request before authentication.
@@ -111,7 +121,10 @@ test("slowloris: unfinished headers and bodies are closed by the timeouts while 
     const slow = Array.from({ length: N }, (_, i) =>
       i % 2 === 0
         ? raw(port, "POST /v1/releases HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
-        : raw(port, `POST ${i % 4 === 1 ? "/v1/releases" : "/v1/webhooks/github"} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer ${TOKEN}\r\nX-GitHub-Event: ping\r\nX-GitHub-Delivery: d-${i}\r\nContent-Length: 2000\r\n\r\n{"package":`),
+        : raw(
+            port,
+            `POST ${i % 4 === 1 ? "/v1/releases" : "/v1/webhooks/github"} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer ${TOKEN}\r\nX-GitHub-Event: ping\r\nX-GitHub-Delivery: d-${i}\r\nContent-Length: 2000\r\n\r\n{"package":`,
+          ),
     );
     // Meanwhile normal requests keep being answered (bounded: at most 40, at most 6 s).
     const served: number[] = [];
@@ -119,11 +132,18 @@ test("slowloris: unfinished headers and bodies are closed by the timeouts while 
     let closed = 0;
     void Promise.all(slow.map((s) => s.done.then(() => closed++)));
     for (let i = 0; i < 40 && Date.now() < until && closed < N; i++) {
-      const res = await fetch(`http://127.0.0.1:${port}/v1/releases`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` }, body: release(`3.${i}`) });
+      const res = await fetch(`http://127.0.0.1:${port}/v1/releases`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+        body: release(`3.${i}`),
+      });
       served.push(res.status);
       await new Promise((r) => setTimeout(r, 100));
     }
-    const results = await Promise.race([Promise.all(slow.map((s) => s.done)), new Promise<never>((_, reject) => setTimeout(() => reject(new Error("slow connections still open after 8 s")), 8_000))]);
+    const results = await Promise.race([
+      Promise.all(slow.map((s) => s.done)),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error("slow connections still open after 8 s")), 8_000)),
+    ]);
     assert.ok(served.length >= 5 && served.every((s) => s === 202), `normal requests served meanwhile: ${served.join(",")}`);
     for (const [i, r] of results.entries()) {
       // Closed by the timeout (headers or whole request) plus at most two sweeps of the check interval.

@@ -30,7 +30,12 @@ function randomJson(depth = 0): unknown {
   const r = rnd();
   if (depth > 3 || r < 0.4) return pick(weird);
   if (r < 0.7) return Array.from({ length: Math.floor(rnd() * 4) }, () => randomJson(depth + 1));
-  return Object.fromEntries(Array.from({ length: Math.floor(rnd() * 4) }, () => [pick(["id", "package", "version", "release", "action", "project", "advisories", "affected", "x"]), randomJson(depth + 1)]));
+  return Object.fromEntries(
+    Array.from({ length: Math.floor(rnd() * 4) }, () => [
+      pick(["id", "package", "version", "release", "action", "project", "advisories", "affected", "x"]),
+      randomJson(depth + 1),
+    ]),
+  );
 }
 
 /** Changes one thing somewhere in a valid document: a value replaced, a field removed or added. */
@@ -70,7 +75,9 @@ test("1,500 random and mutated requests: no 5xx, no crash, keys only from accept
     const r = rnd();
     const doc = r < 0.3 ? randomJson() : mutate(pick(seeds[url]!));
     const body = bytesOf(JSON.stringify(doc) ?? "null");
-    const headers: Record<string, string> = { "content-type": rnd() < 0.95 ? "application/json" : pick(["text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-8"]) };
+    const headers: Record<string, string> = {
+      "content-type": rnd() < 0.95 ? "application/json" : pick(["text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-8"]),
+    };
     if (url === "/v1/webhooks/github") {
       headers["x-github-event"] = rnd() < 0.8 ? "release" : pick(["ping", "push", "RELEASE", "", "x".repeat(100)]);
       headers["x-github-delivery"] = `fuzz-${i}`;

@@ -72,7 +72,9 @@ export const githubRoute: FastifyPluginAsync<GithubRouteDeps> = async (app, deps
   const ledger = new UpstreamLedger(deps.releases.kv);
   // In this plugin only: keep the raw bytes; the signature is over them, not over re-serialised JSON.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser(["application/json", "application/x-www-form-urlencoded"], { parseAs: "buffer", bodyLimit: deps.bodyLimit }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser(["application/json", "application/x-www-form-urlencoded"], { parseAs: "buffer", bodyLimit: deps.bodyLimit }, (_req, body, done) =>
+    done(null, body),
+  );
 
   app.post<{ Body: GithubBody; Headers: { "x-github-event": string; "x-github-delivery": string } }>(
     "/v1/webhooks/github",

@@ -55,7 +55,10 @@ test("a real signed release delivery enqueues the packages whose upstream is tha
   // The tag becomes an announcement per package, for the reconciler's upstream resolver.
   const tag = (published.release as unknown as { tag_name: string }).tag_name;
   const announced = await new UpstreamLedger(env.t.buckets.releases).announced("hello");
-  assert.deepEqual(announced.map((a) => [a.version, a.tag, a.origin, a.event]), [[tag.replace(/^v/, ""), tag, "github", body.event]]);
+  assert.deepEqual(
+    announced.map((a) => [a.version, a.tag, a.origin, a.event]),
+    [[tag.replace(/^v/, ""), tag, "github", body.event]],
+  );
 });
 
 test("every real example of every event is answered without error: release per policy, ping 200, others 202 ignored", async () => {
@@ -101,7 +104,12 @@ test("pre-releases are followed only when configured; drafts never", async () =>
   const env2 = await ingestTestEnv({ githubActions: ["published", "released", "prereleased"], githubPrereleases: true });
   try {
     const body = JSON.stringify(pre);
-    const res = await env2.app.inject({ method: "POST", url: "/v1/webhooks/github", headers: { "content-type": "application/json", "x-github-event": "release", "x-github-delivery": "pre-1", "x-hub-signature-256": sign(body) }, payload: body });
+    const res = await env2.app.inject({
+      method: "POST",
+      url: "/v1/webhooks/github",
+      headers: { "content-type": "application/json", "x-github-event": "release", "x-github-delivery": "pre-1", "x-hub-signature-256": sign(body) },
+      payload: body,
+    });
     assert.equal(res.statusCode, 202, res.body);
     assert.equal(res.json().keys.length, 2);
     const draft = { ...published, release: { ...published.release!, draft: true } };
@@ -125,7 +133,7 @@ test("forged, malformed and oversized deliveries are refused as problem+json and
     ["wrong signature", await deliver("release", published, { signature: sign(body, "not the secret") }), 401, "bad-signature"],
     ["no signature", await deliver("release", published, { signature: "" }), 401, "bad-signature"],
     ["signature of other bytes", await deliver("release", body + " ", { signature: sign(body) }), 401, "bad-signature"],
-    ["malformed JSON", await deliver("release", "{\"action\": \"published\", "), 400, "malformed-json"],
+    ["malformed JSON", await deliver("release", '{"action": "published", '), 400, "malformed-json"],
     ["not an object", await deliver("release", "[1,2]"), 400, "invalid-body"],
     ["release without repository", await deliver("release", { action: "published", release: { tag_name: "v1" } }), 400, "invalid-release-event"],
     ["wrong field type", await deliver("release", { ...published, release: { ...published.release!, tag_name: 12 } }), 400, "invalid-body"],
@@ -140,7 +148,12 @@ test("forged, malformed and oversized deliveries are refused as problem+json and
     assert.equal(p.status, status);
     assert.ok(p.title && p.detail && p.instance, what);
   }
-  const missingHeader = await env.app.inject({ method: "POST", url: "/v1/webhooks/github", headers: { "content-type": "application/json", "x-github-event": "release", "x-hub-signature-256": sign(body) }, payload: body });
+  const missingHeader = await env.app.inject({
+    method: "POST",
+    url: "/v1/webhooks/github",
+    headers: { "content-type": "application/json", "x-github-event": "release", "x-hub-signature-256": sign(body) },
+    payload: body,
+  });
   assert.equal(missingHeader.statusCode, 400);
   assert.equal(missingHeader.json().errors[0].pointer, "/x-github-delivery");
   assert.equal((await env.intake()).length, before);
@@ -150,7 +163,12 @@ test("without a configured secret every delivery is refused", async () => {
   const env2 = await ingestTestEnv({ githubSecret: undefined });
   try {
     const body = JSON.stringify(published);
-    const res = await env2.app.inject({ method: "POST", url: "/v1/webhooks/github", headers: { "content-type": "application/json", "x-github-event": "release", "x-github-delivery": "x-1", "x-hub-signature-256": sign(body) }, payload: body });
+    const res = await env2.app.inject({
+      method: "POST",
+      url: "/v1/webhooks/github",
+      headers: { "content-type": "application/json", "x-github-event": "release", "x-github-delivery": "x-1", "x-hub-signature-256": sign(body) },
+      payload: body,
+    });
     assert.equal(res.statusCode, 401);
     assert.match(res.json().detail, /HOMEOSTAT_GITHUB_WEBHOOK_SECRET/);
   } finally {

@@ -73,7 +73,10 @@ export class OsvPoller {
   async poll(): Promise<{ handled: number; skipped: number; cursor: string | undefined }> {
     let since = await this.cursor();
     if (since !== undefined && futureModified({ modified: since }, this.o.maxFutureSkewMs)) {
-      this.o.log.warn("osv cursor lies beyond now + the allowed clock skew; it was moved there by a future-dated advisory, which hid every revision after it: reading the feed from the start", { source: this.o.source, cursor: since });
+      this.o.log.warn(
+        "osv cursor lies beyond now + the allowed clock skew; it was moved there by a future-dated advisory, which hid every revision after it: reading the feed from the start",
+        { source: this.o.source, cursor: since },
+      );
       await (await this.bucket()).delete(this.cursorKey);
       this.known.clear();
       since = undefined;
@@ -185,7 +188,13 @@ export class OsvPoller {
     }
     const r = osvSchema.safeParse(json);
     if (!r.success) {
-      this.o.log.warn("osv file is not a valid OSV document; skipped", { where, reason: r.error.issues.slice(0, 3).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") });
+      this.o.log.warn("osv file is not a valid OSV document; skipped", {
+        where,
+        reason: r.error.issues
+          .slice(0, 3)
+          .map((i) => `${i.path.join(".")}: ${i.message}`)
+          .join("; "),
+      });
       return undefined;
     }
     return r.data;

@@ -71,7 +71,9 @@ export function sendProblem(req: FastifyRequest, reply: FastifyReply, p: Problem
 export function writeSocketProblem(socket: Duplex, p: Problem, requestId: string): void {
   if (!socket.writable) return void socket.destroy();
   const body = JSON.stringify(problemDocument(p, requestId));
-  socket.end(`HTTP/1.1 ${p.status} ${STATUS_CODES[p.status] ?? "Error"}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\nX-Request-Id: ${requestId}\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${p.status} ${STATUS_CODES[p.status] ?? "Error"}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\nX-Request-Id: ${requestId}\r\n\r\n${body}`,
+  );
   // A client that never reads must not keep the socket: it is closed either way, soon.
   setTimeout(() => socket.destroy(), 1_000).unref();
 }
@@ -85,7 +87,10 @@ export function toProblem(err: unknown): Problem {
       // A missing or unknown property is reported at its parent; point at the property itself.
       const child = (v.params?.missingProperty ?? v.params?.additionalProperty) as string | undefined;
       const pointer = child === undefined ? v.instancePath : `${v.instancePath}/${child.replaceAll("~", "~0").replaceAll("/", "~1")}`;
-      return { pointer: pointer || "/", detail: child !== undefined && v.params?.additionalProperty ? `additional property "${child}" is not allowed` : (v.message ?? "is invalid") };
+      return {
+        pointer: pointer || "/",
+        detail: child !== undefined && v.params?.additionalProperty ? `additional property "${child}" is not allowed` : (v.message ?? "is invalid"),
+      };
     });
     const where = e.validationContext ?? "body";
     return new Problem(400, `invalid-${where}`, `${where} is invalid: ${errors.map((x) => `${x.pointer} ${x.detail}`).join("; ")}`, { errors });

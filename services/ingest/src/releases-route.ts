@@ -19,7 +19,11 @@ export type ReleasesRouteDeps = { catalog: () => Catalog; releases: ReleaseStore
 const bodySchema = z.strictObject({
   package: nameSchema,
   version: packageSpecSchema.shape.version,
-  url: z.string().min(1).max(4096).regex(/^(https?|file):\/\//, "must be an http(s):// or file:// URL"),
+  url: z
+    .string()
+    .min(1)
+    .max(4096)
+    .regex(/^(https?|file):\/\//, "must be an http(s):// or file:// URL"),
   sha256: sha256HexSchema,
 });
 type ReleaseBody = z.infer<typeof bodySchema>;

@@ -26,7 +26,11 @@ test("rounds are spread evenly across the interval at resync priority", { timeou
   assert.ok(msgs.every((m) => m.priority === "resync" && m.cause.type === "resync"));
   const second = msgs.slice(20, 40);
   assert.equal(second.length, 20);
-  assert.deepEqual(second.map((m) => m.key), keys, "in catalog order");
+  assert.deepEqual(
+    second.map((m) => m.key),
+    keys,
+    "in catalog order",
+  );
   const t0 = second[0]!.at;
   second.forEach((m, i) => {
     const offset = m.at - t0;

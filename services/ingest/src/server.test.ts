@@ -14,7 +14,12 @@ after(async () => env.cleanup());
 const auth = { authorization: `Bearer ${TOKEN}` };
 const release = { package: "pkg000", version: "1.1", url: "file:///src/pkg000-1.1.tar.gz", sha256: "a".repeat(64) };
 const post = (url: string, payload: unknown, headers: Record<string, string> = auth) =>
-  env.app.inject({ method: "POST", url, headers: { "content-type": "application/json", ...headers }, payload: typeof payload === "string" ? payload : JSON.stringify(payload) });
+  env.app.inject({
+    method: "POST",
+    url,
+    headers: { "content-type": "application/json", ...headers },
+    payload: typeof payload === "string" ? payload : JSON.stringify(payload),
+  });
 
 test("a release is recorded, its key enqueued once, and the event readable by id", async () => {
   const before = (await env.intake()).length;
@@ -68,8 +73,28 @@ test("each bad release body is a problem+json naming the field, and nothing is r
 
 test("a release-monitoring version update maps the project to catalog packages", async () => {
   const message = (id: number, name: string, versions: string[]) => ({
-    project: { id, name, homepage: `https://${name}.org`, backend: "GitHub", version: versions[0], versions, regex: null, version_url: null, created_on: 1, updated_on: 2, ecosystem: "https://release-monitoring.org" },
-    message: { agent: "anitya", old_version: "1.0", packages: [{ distro: "Fedora", package_name: name }], project: { id, name }, upstream_versions: versions, versions, stable_versions: versions },
+    project: {
+      id,
+      name,
+      homepage: `https://${name}.org`,
+      backend: "GitHub",
+      version: versions[0],
+      versions,
+      regex: null,
+      version_url: null,
+      created_on: 1,
+      updated_on: 2,
+      ecosystem: "https://release-monitoring.org",
+    },
+    message: {
+      agent: "anitya",
+      old_version: "1.0",
+      packages: [{ distro: "Fedora", package_name: name }],
+      project: { id, name },
+      upstream_versions: versions,
+      versions,
+      stable_versions: versions,
+    },
     distro: null,
   });
   const byId = await post("/v1/webhooks/anitya", message(2566, "OpenSSL", ["3.5.0"]));
@@ -93,9 +118,19 @@ test("bearer auth: missing or wrong tokens are 401 with a challenge; open only o
   const closed = await ingestTestEnv({ tokens: [], host: "0.0.0.0" });
   try {
     assert.equal(open.app.authMode, "open-on-loopback");
-    const ok = await open.app.inject({ method: "POST", url: "/v1/releases", headers: { "content-type": "application/json" }, payload: JSON.stringify(release) });
+    const ok = await open.app.inject({
+      method: "POST",
+      url: "/v1/releases",
+      headers: { "content-type": "application/json" },
+      payload: JSON.stringify(release),
+    });
     assert.equal(ok.statusCode, 202, ok.body);
-    const refused = await closed.app.inject({ method: "POST", url: "/v1/releases", headers: { "content-type": "application/json" }, payload: JSON.stringify(release) });
+    const refused = await closed.app.inject({
+      method: "POST",
+      url: "/v1/releases",
+      headers: { "content-type": "application/json" },
+      payload: JSON.stringify(release),
+    });
     assert.equal(refused.statusCode, 401);
     assert.match(refused.json().detail, /HOMEOSTAT_INGEST_TOKENS/);
   } finally {
@@ -117,7 +152,8 @@ test("request ids are honoured or made, health answers, unknown routes are probl
   const limited = await ingestTestEnv({ rateLimitPerMin: 3 });
   try {
     const codes = [];
-    for (let i = 0; i < 5; i++) codes.push((await limited.app.inject({ method: "GET", url: `/v1/events/release-${"0".repeat(32)}`, headers: auth })).statusCode);
+    for (let i = 0; i < 5; i++)
+      codes.push((await limited.app.inject({ method: "GET", url: `/v1/events/release-${"0".repeat(32)}`, headers: auth })).statusCode);
     assert.deepEqual(codes, [404, 404, 404, 429, 429]);
     const p = await limited.app.inject({ method: "GET", url: `/v1/events/release-${"0".repeat(32)}`, headers: auth });
     assert.equal(p.json().type, "urn:homeostat:problem:rate-limited");

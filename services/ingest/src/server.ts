@@ -43,9 +43,19 @@ import { releasesRoute } from "./releases-route.ts";
 
 export type IngestSettings = Pick<
   Config["ingest"],
-  | "host" | "tokens" | "githubSecret" | "githubActions" | "githubPrereleases"
-  | "rateLimitPerMin" | "addressRateLimitPerMin" | "authFailuresPerMin"
-  | "headersTimeoutMs" | "requestTimeoutMs" | "idleTimeoutMs" | "keepAliveTimeoutMs" | "osvMaxFutureSkewMs"
+  | "host"
+  | "tokens"
+  | "githubSecret"
+  | "githubActions"
+  | "githubPrereleases"
+  | "rateLimitPerMin"
+  | "addressRateLimitPerMin"
+  | "authFailuresPerMin"
+  | "headersTimeoutMs"
+  | "requestTimeoutMs"
+  | "idleTimeoutMs"
+  | "keepAliveTimeoutMs"
+  | "osvMaxFutureSkewMs"
 >;
 
 export type IngestDeps = {
@@ -97,18 +107,26 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
     // Before routing: a path that does not decode, a parameter too long.
     frameworkErrors: (err, req, reply) => {
-      const p = err.code === "FST_ERR_MAX_PARAM_LENGTH" ? new Problem(414, "uri-too-long", "a path segment is too long") : new Problem(400, "bad-url", "the request target is not a valid URL (bad percent-encoding?)");
+      const p =
+        err.code === "FST_ERR_MAX_PARAM_LENGTH"
+          ? new Problem(414, "uri-too-long", "a path segment is too long")
+          : new Problem(400, "bad-url", "the request target is not a valid URL (bad percent-encoding?)");
       refused(p, { method: req.method, route: undefined, address: req.ip, requestId: req.id });
       void sendProblem(req, reply, p);
     },
     // Node's parser or its timeouts, with no request to answer through: a raw problem+json.
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Duplex) => {
       if (err.code === "ECONNRESET" || err.code === "EPIPE" || socket.destroyed) return;
-      const p = err.code === "ERR_HTTP_REQUEST_TIMEOUT"
-        ? new Problem(408, "request-timeout", `the request (headers and body) was not received within ${settings.requestTimeoutMs} ms, or its headers within ${settings.headersTimeoutMs} ms`)
-        : err.code === "HPE_HEADER_OVERFLOW"
-          ? new Problem(431, "headers-too-large", "the request line and headers exceed 16 KiB")
-          : new Problem(400, "malformed-request", `the request is not well-formed HTTP/1.1 (${err.code ?? "parse error"})`);
+      const p =
+        err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? new Problem(
+              408,
+              "request-timeout",
+              `the request (headers and body) was not received within ${settings.requestTimeoutMs} ms, or its headers within ${settings.headersTimeoutMs} ms`,
+            )
+          : err.code === "HPE_HEADER_OVERFLOW"
+            ? new Problem(431, "headers-too-large", "the request line and headers exceed 16 KiB")
+            : new Problem(400, "malformed-request", `the request is not well-formed HTTP/1.1 (${err.code ?? "parse error"})`);
       const requestId = randomUUID();
       refused(p, { method: undefined, route: undefined, address: (socket as Duplex & { remoteAddress?: string }).remoteAddress, requestId });
       // A response already under way cannot be replaced; the connection just ends.
@@ -124,7 +142,10 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
   const authenticated: Authenticated = (req, principal) => void principals.set(req, principal);
   const authenticate: Authenticate = (req) => authenticated(req, auth.check(req));
 
-  const refusals = meter().createCounter("homeostat.ingest.refused", { unit: "{request}", description: "Requests refused, by status and problem (authentication, rate limit, validation…)" });
+  const refusals = meter().createCounter("homeostat.ingest.refused", {
+    unit: "{request}",
+    description: "Requests refused, by status and problem (authentication, rate limit, validation…)",
+  });
   function refused(p: Problem, where: { method: string | undefined; route: string | undefined; address: string | undefined; requestId: string }): void {
     refusals.add(1, { "http.response.status_code": p.status, problem: p.slug, ...(where.route ? { "http.route": where.route } : {}) });
     log.warn("request refused", { status: p.status, problem: p.slug, reason: p.message.slice(0, 300), ...where });
@@ -133,7 +154,12 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
   // Which methods each route pattern has, for 405 and its Allow header.
   const routes: Array<{ pattern: RegExp; methods: Set<string> }> = [];
   app.addHook("onRoute", (r) => {
-    const pattern = new RegExp(`^${r.url.split("/").map((seg) => (seg.startsWith(":") ? "[^/]+" : seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))).join("/")}$`);
+    const pattern = new RegExp(
+      `^${r.url
+        .split("/")
+        .map((seg) => (seg.startsWith(":") ? "[^/]+" : seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
+        .join("/")}$`,
+    );
     const known = routes.find((x) => x.pattern.source === pattern.source) ?? routes[routes.push({ pattern, methods: new Set() }) - 1]!;
     for (const m of [r.method].flat()) known.methods.add(m);
   });
@@ -147,7 +173,13 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     const method = knownMethods.has(req.method) ? req.method : "_OTHER";
     const started = Date.now();
     const finished = new Promise<number>((resolve) => reply.raw.once("close", () => resolve(reply.raw.statusCode)));
-    void finished.then((status) => requestDuration.record(secondsSince(started), { "http.request.method": method, "http.response.status_code": status, ...(route ? { "http.route": route } : {}) }));
+    void finished.then((status) =>
+      requestDuration.record(secondsSince(started), {
+        "http.request.method": method,
+        "http.response.status_code": status,
+        ...(route ? { "http.route": route } : {}),
+      }),
+    );
     if (route !== undefined && untracedRoutes.has(route)) return done();
     const attributes = {
       "http.request.method": method,
@@ -169,17 +201,28 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     if (req.routeOptions.config.unlimited === true) return;
     const failures = authFailures.peek(req.ip);
     if (failures && failures.count >= authFailures.limit) {
-      throw new Problem(429, "rate-limited", `more than ${authFailures.limit} failed authentications in a minute from this address; retry in ${authFailures.retryAfterS(failures)} s`, { headers: { "retry-after": String(authFailures.retryAfterS(failures)) } });
+      throw new Problem(
+        429,
+        "rate-limited",
+        `more than ${authFailures.limit} failed authentications in a minute from this address; retry in ${authFailures.retryAfterS(failures)} s`,
+        { headers: { "retry-after": String(authFailures.retryAfterS(failures)) } },
+      );
     }
     const w = byAddress.hit(req.ip);
-    if (w.count > byAddress.limit) throw new Problem(429, "rate-limited", `more than ${byAddress.limit} requests in a minute from this address; retry in ${byAddress.retryAfterS(w)} s`, { headers: { "retry-after": String(byAddress.retryAfterS(w)) } });
+    if (w.count > byAddress.limit)
+      throw new Problem(429, "rate-limited", `more than ${byAddress.limit} requests in a minute from this address; retry in ${byAddress.retryAfterS(w)} s`, {
+        headers: { "retry-after": String(byAddress.retryAfterS(w)) },
+      });
   });
   // After authentication (bearer in the route's onRequest, GitHub's signature in its preValidation): by principal.
   app.addHook("preHandler", async (req) => {
     const principal = principals.get(req);
     if (principal === undefined) return;
     const w = byPrincipal.hit(principal);
-    if (w.count > byPrincipal.limit) throw new Problem(429, "rate-limited", `more than ${byPrincipal.limit} requests in a minute from this client; retry in ${byPrincipal.retryAfterS(w)} s`, { headers: { "retry-after": String(byPrincipal.retryAfterS(w)) } });
+    if (w.count > byPrincipal.limit)
+      throw new Problem(429, "rate-limited", `more than ${byPrincipal.limit} requests in a minute from this client; retry in ${byPrincipal.retryAfterS(w)} s`, {
+        headers: { "retry-after": String(byPrincipal.retryAfterS(w)) },
+      });
   });
   app.addHook("onSend", async (req, reply) => {
     reply.header("x-request-id", req.id);
@@ -197,12 +240,20 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     const allowed = routes.find((r) => r.pattern.test(path))?.methods;
     if (allowed) {
       const allow = [...allowed].sort().join(", ");
-      return sendProblem(req, reply, new Problem(405, "method-not-allowed", `${req.method} is not allowed on ${path.slice(0, 256)}; use ${allow}`, { headers: { allow } }));
+      return sendProblem(
+        req,
+        reply,
+        new Problem(405, "method-not-allowed", `${req.method} is not allowed on ${path.slice(0, 256)}; use ${allow}`, { headers: { allow } }),
+      );
     }
     return sendProblem(req, reply, new Problem(404, "no-route", `no route ${req.method} ${path.slice(0, 256)}`));
   });
 
-  app.get("/healthz", { config: { unlimited: true }, schema: { response: { 200: { type: "object", properties: { ok: { type: "boolean" } } } } } }, async () => ({ ok: true }));
+  app.get(
+    "/healthz",
+    { config: { unlimited: true }, schema: { response: { 200: { type: "object", properties: { ok: { type: "boolean" } } } } } },
+    async () => ({ ok: true }),
+  );
   app.get("/readyz", { config: { unlimited: true } }, async (req, reply) => {
     if (await deps.ready()) return { ready: true };
     return sendProblem(req, reply, new Problem(503, "not-ready", "NATS does not answer"));

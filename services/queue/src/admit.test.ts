@@ -46,8 +46,14 @@ test("an event record's keys are queued in its class, with the event as their ca
   await t.nats.js.publish(ledger.subject(eventId("github", "malformed")), JSON.stringify({ id: eventId("github", "malformed"), keys: ["package/x"] }));
   const id = eventId("advisory", "OSV-2026-1@2026-11-23T00:00:00Z");
   const record: EventRecord = {
-    id, source: "advisory", ref: "OSV-2026-1@2026-11-23T00:00:00Z", summary: "OSV-2026-1: overflow in zlib",
-    keys: ["package/zlib", "image/nginx"], priority: "advisory", causeType: "advisory", receivedAt: new Date().toISOString(),
+    id,
+    source: "advisory",
+    ref: "OSV-2026-1@2026-11-23T00:00:00Z",
+    summary: "OSV-2026-1: overflow in zlib",
+    keys: ["package/zlib", "image/nginx"],
+    priority: "advisory",
+    causeType: "advisory",
+    receivedAt: new Date().toISOString(),
   };
   assert.equal(await ledger.record(record), "recorded");
 
@@ -57,9 +63,13 @@ test("an event record's keys are queued in its class, with the event as their ca
   }
   assert.equal(counts.added, 2);
   assert.equal(errors.filter((e) => e === "rejected malformed message").length, 1);
-  const info = await waitFor("both records acked", async () => {
-    const i = await t.nats.jsm.consumers.info(ledger.stream, "admission");
-    return i.num_pending === 0 && i.num_ack_pending === 0 && i;
-  }, 10_000);
+  const info = await waitFor(
+    "both records acked",
+    async () => {
+      const i = await t.nats.jsm.consumers.info(ledger.stream, "admission");
+      return i.num_pending === 0 && i.num_ack_pending === 0 && i;
+    },
+    10_000,
+  );
   assert.equal(info.delivered.stream_seq, 2);
 });

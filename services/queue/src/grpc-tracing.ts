@@ -17,10 +17,14 @@ export function tracingMiddleware(): ServerMiddleware {
     const path = call.method.path; // "/homeostat.v1.StatusService/Enqueue"
     const slash = path.lastIndexOf("/");
     const parent = contextFromHttpHeaders({ traceparent: callContext.metadata.get("traceparent"), tracestate: callContext.metadata.get("tracestate") });
-    const span = tracer().startSpan(path.slice(1), {
-      kind: SpanKind.SERVER,
-      attributes: { "rpc.system": "grpc", "rpc.service": path.slice(1, slash), "rpc.method": path.slice(slash + 1) },
-    }, parent);
+    const span = tracer().startSpan(
+      path.slice(1),
+      {
+        kind: SpanKind.SERVER,
+        attributes: { "rpc.system": "grpc", "rpc.service": path.slice(1, slash), "rpc.method": path.slice(slash + 1) },
+      },
+      parent,
+    );
     const active = withSpan(parent, span);
     const inner = call.next(call.request, callContext);
     try {

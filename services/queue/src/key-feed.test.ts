@@ -43,7 +43,14 @@ test("a watch starts with the current state in key order, then each change once"
 });
 
 test("resuming after a revision sends each key changed since once, at its latest, in revision order; deletions too", async () => {
-  const feed = feedWith(["package/a", "Building"], ["package/b", "Building"], ["package/a", "Ready"], ["package/c", "Ready"], ["package/c", undefined], ["package/b", "Ready"]);
+  const feed = feedWith(
+    ["package/a", "Building"],
+    ["package/b", "Building"],
+    ["package/a", "Ready"],
+    ["package/c", "Ready"],
+    ["package/c", undefined],
+    ["package/b", "Ready"],
+  );
   assert.deepEqual(await drain(feed.watch(all, { afterRevision: 2 }), 4), ["put package/a@3", "delete package/c@5", "put package/b@6", "synced@6"]);
   assert.deepEqual(await drain(feed.watch(all, { afterRevision: 6 }), 1), ["synced@6"], "nothing changed since");
 });
@@ -66,7 +73,13 @@ test("filters: prefix, kinds and phases; a key leaving the phases is a delete, o
   feed.apply({ key: "package/greet", revision: 5, status: status("package/greet", "Building") });
   feed.apply({ key: "image/greeter", revision: 6, status: status("image/greeter", "Building") });
   feed.apply({ key: "package/libgreet", revision: 7, status: undefined });
-  assert.deepEqual(await drain(ready, 5), ["initial package/greet@2", "synced@3", "put package/libgreet@4", "delete package/greet@5", "delete package/libgreet@7"]);
+  assert.deepEqual(await drain(ready, 5), [
+    "initial package/greet@2",
+    "synced@3",
+    "put package/libgreet@4",
+    "delete package/greet@5",
+    "delete package/libgreet@7",
+  ]);
   assert.deepEqual(await drain(prefixed, 4), ["initial package/libgreet@1", "synced@3", "put package/libgreet@4", "delete package/libgreet@7"]);
 });
 
@@ -76,9 +89,12 @@ test("a watcher that falls behind is ended with WatchEnded; the feed and other w
   const other = feed.watch(all);
   for (let r = 2; r <= 6; r++) feed.apply({ key: "package/a", revision: r, status: status("package/a", r % 2 ? "Ready" : "Building") });
   const it = slow[Symbol.asyncIterator]();
-  await assert.rejects(async () => {
-    for (;;) if ((await it.next()).done) break;
-  }, (err: unknown) => err instanceof WatchEnded && err.reason === "behind");
+  await assert.rejects(
+    async () => {
+      for (;;) if ((await it.next()).done) break;
+    },
+    (err: unknown) => err instanceof WatchEnded && err.reason === "behind",
+  );
   assert.equal(feed.watchers, 1);
   assert.deepEqual((await drain(other, 7)).slice(-1), ["put package/a@6"]);
 });

@@ -74,12 +74,23 @@ export class KeyFeed {
     const { afterRevision } = opts;
     if (afterRevision !== undefined && afterRevision <= this.#revision) {
       const changed = [...this.#latest.values()].filter((e) => e.revision > afterRevision).sort((a, b) => a.revision - b.revision);
-      for (const e of changed) initial.push(e.status && matchesWatch(filter, e.status) ? { type: "put", key: e.key, revision: e.revision, status: e.status } : { type: "delete", key: e.key, revision: e.revision });
+      for (const e of changed)
+        initial.push(
+          e.status && matchesWatch(filter, e.status)
+            ? { type: "put", key: e.key, revision: e.revision, status: e.status }
+            : { type: "delete", key: e.key, revision: e.revision },
+        );
     } else {
       if (afterRevision !== undefined) {
-        initial.push({ type: "reset", revision: this.#revision, reason: `revision ${afterRevision} is beyond this server's ${this.#revision} (the state bucket was recreated, or the client watched another factory)` });
+        initial.push({
+          type: "reset",
+          revision: this.#revision,
+          reason: `revision ${afterRevision} is beyond this server's ${this.#revision} (the state bucket was recreated, or the client watched another factory)`,
+        });
       }
-      const current = [...this.#latest.values()].filter((e): e is FeedEntry & { status: KeyStatus } => e.status !== undefined && matchesWatch(filter, e.status));
+      const current = [...this.#latest.values()].filter(
+        (e): e is FeedEntry & { status: KeyStatus } => e.status !== undefined && matchesWatch(filter, e.status),
+      );
       current.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
       for (const e of current) initial.push({ type: "initial", key: e.key, revision: e.revision, status: e.status });
     }

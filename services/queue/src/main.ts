@@ -20,7 +20,13 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   // state bucket nor hold reads; the read model answers from the bucket and heals afterwards.
   const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: config.readModelCheckMs, lazyConnect: false });
   const feed = new KeyFeed();
-  const readModel = new HealingReadModel({ store: new StatusReadModel(redis, nats.topology), state: buckets.state, source: feed, topology: nats.topology, log });
+  const readModel = new HealingReadModel({
+    store: new StatusReadModel(redis, nats.topology),
+    state: buckets.state,
+    source: feed,
+    topology: nats.topology,
+    log,
+  });
   await followState(buckets.state, signal, (entry) => {
     feed.apply(entry);
     readModel.apply(entry);
@@ -38,8 +44,15 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
   queue.observeStats();
   const api = await startStatusApi({
-    addr: config.grpcAddr, security: config.statusApi, readModel, queue, releases: new ReleaseStore(buckets.releases), advisories: await AdvisoryStore.open(nats),
-    inCatalog: (key) => catalog.current().recipe(key) !== undefined, feed, log,
+    addr: config.grpcAddr,
+    security: config.statusApi,
+    readModel,
+    queue,
+    releases: new ReleaseStore(buckets.releases),
+    advisories: await AdvisoryStore.open(nats),
+    inCatalog: (key) => catalog.current().recipe(key) !== undefined,
+    feed,
+    log,
   });
   log.info("status API listening", { addr: config.grpcAddr, port: api.port, ...api.security });
 

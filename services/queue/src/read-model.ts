@@ -134,10 +134,14 @@ export class HealingReadModel implements StatusReads {
     const remember = (err: Error) => void (this.#lastRedisError = err.message);
     redis.on("ready", check).on("close", lost).on("error", remember);
     const timer = setInterval(check, checkMs);
-    signal.addEventListener("abort", () => {
-      clearInterval(timer);
-      redis.off("ready", check).off("close", lost).off("error", remember);
-    }, { once: true });
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearInterval(timer);
+        redis.off("ready", check).off("close", lost).off("error", remember);
+      },
+      { once: true },
+    );
     check();
   }
 
@@ -188,7 +192,11 @@ export class HealingReadModel implements StatusReads {
     const started = Date.now();
     const redis = this.#store.redis;
     this.#stale = false;
-    await redis.multi().del(this.#store.hash, this.#store.index).set(this.#marker, `${process.pid}@${new Date(started).toISOString()}`).exec();
+    await redis
+      .multi()
+      .del(this.#store.hash, this.#store.index)
+      .set(this.#marker, `${process.pid}@${new Date(started).toISOString()}`)
+      .exec();
     const keys = this.#source.keys();
     for (let i = 0; i < keys.length; i += rebuildBatch) {
       const batch = redis.pipeline();

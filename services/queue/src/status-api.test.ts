@@ -13,7 +13,23 @@ import { AdvisoryStore, type Osv, ReleaseStore } from "@homeostat/catalog";
 import { connectNats, type Logger } from "@homeostat/core";
 import { done, nonRetriable, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import type { StatusApiSecurity } from "@homeostat/core/config";
-import { type ClientError, enqueueKey, getKeyStatus, getQueueStats, grpc, isGrpcError, knownFacts, listDeadLetters, listKeyStatuses, retryDeadLetter, Status, statusClient, type StatusClient, statusServiceName, tokenDigest } from "@homeostat/status-api";
+import {
+  type ClientError,
+  enqueueKey,
+  getKeyStatus,
+  getQueueStats,
+  grpc,
+  isGrpcError,
+  knownFacts,
+  listDeadLetters,
+  listKeyStatuses,
+  retryDeadLetter,
+  Status,
+  statusClient,
+  type StatusClient,
+  statusServiceName,
+  tokenDigest,
+} from "@homeostat/status-api";
 import { StatusReadModel } from "./read-model.ts";
 import type { KeyStatus } from "@homeostat/core/status";
 import { Topology } from "@homeostat/core/topology";
@@ -41,7 +57,12 @@ let client: StatusClient;
 
 // Authentication has its own tests (status-auth.test.ts); here a write token opens every method.
 const writeToken = "status-api-test-write-token";
-const security: StatusApiSecurity = { tls: undefined, tokens: [{ name: "test", role: "write", sha256: tokenDigest(writeToken) }], readAuth: "none", insecure: false };
+const security: StatusApiSecurity = {
+  tls: undefined,
+  tokens: [{ name: "test", role: "write", sha256: tokenDigest(writeToken) }],
+  readAuth: "none",
+  insecure: false,
+};
 const clientFor = (port: number) => statusClient(`127.0.0.1:${port}`, { token: writeToken });
 
 const full: KeyStatus = {
@@ -52,7 +73,15 @@ const full: KeyStatus = {
   actual: {
     version: "3.2.1",
     inputDigest: digest("a"),
-    outputs: { archive: digest("b"), diffId: digest("c"), size: 123456789012, metadata: digest("d"), sbom: digest("e"), provenance: digest("f"), location: "store/package/openssl/3.2.1" },
+    outputs: {
+      archive: digest("b"),
+      diffId: digest("c"),
+      size: 123456789012,
+      metadata: digest("d"),
+      sbom: digest("e"),
+      provenance: digest("f"),
+      location: "store/package/openssl/3.2.1",
+    },
     signatures: { archive: digest("f") },
     keyId: "homeostat-test-key",
     builtAt: "2026-11-22T07:00:00.000Z",
@@ -135,7 +164,10 @@ test("ListKeys lists in key order, filters by prefix and pages", async () => {
   assert.deepEqual(all.items[3], full);
 
   const images = await listKeyStatuses(client, { prefix: "image/" });
-  assert.deepEqual(images.items.map((s) => s.key), ["image/nginx", "image/redis"]);
+  assert.deepEqual(
+    images.items.map((s) => s.key),
+    ["image/nginx", "image/redis"],
+  );
 
   const seen: string[] = [];
   let token: string | undefined;
@@ -217,7 +249,16 @@ test("health service reports SERVING, and NOT_SERVING when told", async () => {
 test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status INTERNAL", async () => {
   const dead = new Redis("redis://127.0.0.1:1", { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   dead.on("error", () => {});
-  const deadApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })), queue, releases, advisories, ...served, onError: () => {} });
+  const deadApi = await startStatusApi({
+    addr: "127.0.0.1:0",
+    security,
+    readModel: new StatusReadModel(dead, new Topology({ prefix, region: "local" })),
+    queue,
+    releases,
+    advisories,
+    ...served,
+    onError: () => {},
+  });
   const deadClient = clientFor(deadApi.port);
   try {
     assert.equal((await grpcError(getKeyStatus(deadClient, "package/openssl"))).code, Status.UNAVAILABLE);
@@ -236,7 +277,12 @@ test("a read model that cannot reach Redis gives UNAVAILABLE, a corrupt status I
 });
 
 test("QueueStats counts an empty queue as zeros in every class", async () => {
-  assert.deepEqual(await getQueueStats(client), { depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 }, running: 0, retrying: 0, deadLetters: 0 });
+  assert.deepEqual(await getQueueStats(client), {
+    depth: { advisory: 0, release: 0, dependency: 0, resync: 0, repair: 0 },
+    running: 0,
+    retrying: 0,
+    deadLetters: 0,
+  });
 });
 
 test("Enqueue queues a key, deduplicates it, and counts it in its class", async () => {
@@ -279,7 +325,11 @@ test("Enqueue rejects a bad key, priority, delay or detail with INVALID_ARGUMENT
 test("ListDeadLetters lists a non-retriable key; RetryDeadLetter queues it again", async () => {
   assert.deepEqual(await listDeadLetters(client), { items: [], total: 0 });
   const ac = new AbortController();
-  const running = queue.run({ concurrency: 2, signal: ac.signal, reconcile: async (item) => (item.key === "package/openssl" ? nonRetriable("not in the catalog") : done) });
+  const running = queue.run({
+    concurrency: 2,
+    signal: ac.signal,
+    reconcile: async (item) => (item.key === "package/openssl" ? nonRetriable("not in the catalog") : done),
+  });
   try {
     const since = Date.now();
     await waitFor("the dead letter", async () => (await queue.deadLetters()).length === 1, 15_000);
@@ -287,10 +337,17 @@ test("ListDeadLetters lists a non-retriable key; RetryDeadLetter queues it again
     const page = await listDeadLetters(client);
     assert.deepEqual(page, {
       total: 1,
-      items: [{
-        key: "package/openssl", reason: "not in the catalog", nonRetriable: true, attempts: stored!.attempts, at: new Date(stored!.at).toISOString(),
-        priority: "release", cause: { type: "manual", detail: "operator asked" },
-      }],
+      items: [
+        {
+          key: "package/openssl",
+          reason: "not in the catalog",
+          nonRetriable: true,
+          attempts: stored!.attempts,
+          at: new Date(stored!.at).toISOString(),
+          priority: "release",
+          cause: { type: "manual", detail: "operator asked" },
+        },
+      ],
     });
     assert.ok(stored!.at >= since && stored!.at <= Date.now());
     assert.equal((await getQueueStats(client)).deadLetters, 1);
@@ -333,11 +390,23 @@ test("a queue and stores whose NATS connection is gone give UNAVAILABLE on every
   const closedStores = { releases: new ReleaseStore(await nats.kvm.open(nats.topology.bucket("releases"))), advisories: await AdvisoryStore.open(nats) };
   await nats.nc.close();
   const closed = new WorkQueue(nats, workQueueOptions(t.config, { log: quiet, owner: "closed" }));
-  const closedApi = await startStatusApi({ addr: "127.0.0.1:0", security, readModel: new StatusReadModel(redis, t.nats.topology), queue: closed, ...closedStores, ...served, feed: new KeyFeed(), onError: () => {} });
+  const closedApi = await startStatusApi({
+    addr: "127.0.0.1:0",
+    security,
+    readModel: new StatusReadModel(redis, t.nats.topology),
+    queue: closed,
+    ...closedStores,
+    ...served,
+    feed: new KeyFeed(),
+    onError: () => {},
+  });
   const closedClient = clientFor(closedApi.port);
   try {
     for (const call of [
-      getQueueStats(closedClient), enqueueKey(closedClient, { key: "package/x" }), listDeadLetters(closedClient), retryDeadLetter(closedClient, "package/x"),
+      getQueueStats(closedClient),
+      enqueueKey(closedClient, { key: "package/x" }),
+      listDeadLetters(closedClient),
+      retryDeadLetter(closedClient, "package/x"),
       knownFacts(closedClient, ["openssl"]),
     ]) {
       assert.equal((await grpcError(call)).code, Status.UNAVAILABLE);
@@ -355,21 +424,34 @@ const twoPackageAdvisory: Osv = {
   aliases: ["CVE-2026-0001"],
   affected: [
     { package: { ecosystem: "OSS-Fuzz", name: "openssl" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "3.2.1" }] }] },
-    { package: { ecosystem: "Generic", name: "zlib-upstream", purl: "pkg:generic/zlib" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "1.2" }, { fixed: "1.3.1" }] }] },
+    {
+      package: { ecosystem: "Generic", name: "zlib-upstream", purl: "pkg:generic/zlib" },
+      ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "1.2" }, { fixed: "1.3.1" }] }],
+    },
   ],
 };
 
 test("KnownFacts answers each package's stored releases, oldest first, and its stored advisories", async () => {
-  for (const v of ["3.2.1", "3.10.0", "3.2.0"]) await releases.record({ package: "openssl", version: v, url: `https://example.org/openssl-${v}.tgz`, sha256: "a".repeat(64) });
+  for (const v of ["3.2.1", "3.10.0", "3.2.0"])
+    await releases.record({ package: "openssl", version: v, url: `https://example.org/openssl-${v}.tgz`, sha256: "a".repeat(64) });
   // A package whose name extends another's: its releases must not leak into openssl's.
   await releases.record({ package: "openssl-fips", version: "9.9", url: "https://example.org/openssl-fips-9.9.tgz", sha256: "b".repeat(64) });
   assert.equal(await advisories.record(twoPackageAdvisory, ["openssl", "zlib"]), 2);
-  const withdrawn: Osv = { id: "GHSA-test-0000-0000", modified: "2026-11-21T00:00:00Z", withdrawn: "2026-11-21T00:00:00Z", affected: [twoPackageAdvisory.affected![0]!] };
+  const withdrawn: Osv = {
+    id: "GHSA-test-0000-0000",
+    modified: "2026-11-21T00:00:00Z",
+    withdrawn: "2026-11-21T00:00:00Z",
+    affected: [twoPackageAdvisory.affected![0]!],
+  };
   await advisories.record(withdrawn, ["openssl"]);
 
   const facts = await knownFacts(client, ["openssl", "zlib", "never-heard-of", "openssl"]);
   assert.deepEqual(facts, [
-    { package: "openssl", releases: ["3.2.0", "3.2.1", "3.10.0"], advisories: [withdrawn, { ...twoPackageAdvisory, affected: [twoPackageAdvisory.affected![0]!] }] },
+    {
+      package: "openssl",
+      releases: ["3.2.0", "3.2.1", "3.10.0"],
+      advisories: [withdrawn, { ...twoPackageAdvisory, affected: [twoPackageAdvisory.affected![0]!] }],
+    },
     { package: "zlib", releases: [], advisories: [{ ...twoPackageAdvisory, affected: [twoPackageAdvisory.affected![1]!] }] },
     { package: "never-heard-of", releases: [], advisories: [] },
   ]);

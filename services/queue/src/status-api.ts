@@ -21,9 +21,29 @@ import type { StatusApiSecurity } from "@homeostat/core/config";
 import type { Logger } from "@homeostat/core/log";
 import type { Key } from "@homeostat/core/key";
 import {
-  causalChain, createServer, defaultDeadLetterLimit, defaultPageSize, descriptorSetPath, fromProtoEnqueue, maxDeadLetterLimit, maxPageSize, maxPrefixLength, parseKeyArg, parseKnownFactsRequest,
-  parseWatchRequest, ServerError, type ServerMiddleware, Status, StatusServiceDefinition, type StatusServiceImplementation, statusServiceName, toProtoDeadLetter, toProtoPackageFacts,
-  toProtoQueueStats, toProtoStatus, toProtoWatchEvent,
+  causalChain,
+  createServer,
+  defaultDeadLetterLimit,
+  defaultPageSize,
+  descriptorSetPath,
+  fromProtoEnqueue,
+  maxDeadLetterLimit,
+  maxPageSize,
+  maxPrefixLength,
+  parseKeyArg,
+  parseKnownFactsRequest,
+  parseWatchRequest,
+  ServerError,
+  type ServerMiddleware,
+  Status,
+  StatusServiceDefinition,
+  type StatusServiceImplementation,
+  statusServiceName,
+  toProtoDeadLetter,
+  toProtoPackageFacts,
+  toProtoQueueStats,
+  toProtoStatus,
+  toProtoWatchEvent,
 } from "@homeostat/status-api";
 import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
@@ -141,7 +161,11 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       }
       const limit = Math.min(pageSize || defaultPageSize, maxPageSize);
       const page = await readModel.list({ prefix, limit, ...(after ? { after } : {}) });
-      return { keys: page.items.map(toProtoStatus), nextPageToken: page.next ? encodePageToken(page.next) : "", ...(page.degraded ? { degraded: page.degraded } : {}) };
+      return {
+        keys: page.items.map(toProtoStatus),
+        nextPageToken: page.next ? encodePageToken(page.next) : "",
+        ...(page.degraded ? { degraded: page.degraded } : {}),
+      };
     },
 
     async queueStats() {
@@ -161,7 +185,10 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       const parsed = parseWatchRequest(request);
       if ("error" in parsed) throw invalid(parsed.error);
       try {
-        const watch = feed.watch(parsed.filter, { ...(parsed.afterRevision !== undefined ? { afterRevision: parsed.afterRevision } : {}), signal: context.signal });
+        const watch = feed.watch(parsed.filter, {
+          ...(parsed.afterRevision !== undefined ? { afterRevision: parsed.afterRevision } : {}),
+          signal: context.signal,
+        });
         for await (const event of watch) yield toProtoWatchEvent(event);
       } catch (err) {
         if (!(err instanceof WatchEnded)) throw err;
@@ -182,7 +209,8 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       if (await queue.retryDeadLetter(parsed.key)) return { retried: true };
       // A key Failed for good (an invalid request, or failures not yet dead-lettered) is retried
       // the same way: an operator's request, which starts its failure count afresh.
-      if ((await readModel.lookup(parsed.key)).status?.phase !== "Failed") throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
+      if ((await readModel.lookup(parsed.key)).status?.phase !== "Failed")
+        throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
       await queue.enqueue({ key: parsed.key, priority: "release", cause: { type: "manual", detail: "retried by an operator (it was Failed)" } });
       return { retried: true };
     },
@@ -264,4 +292,3 @@ function decodePageToken(token: string): string | undefined {
   const lastKey = Buffer.from(token, "base64url").toString("utf8");
   return "key" in parseKeyArg(lastKey) ? lastKey : undefined;
 }
-

@@ -16,7 +16,19 @@ import { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import type { StatusApiSecurity } from "@homeostat/core/config";
 import type { Logger } from "@homeostat/core/log";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { type ClientError, enqueueKey, getKeyStatus, grpc, isGrpcError, retryDeadLetter, Status, statusClient, type StatusClientOptions, statusServiceName, tokenDigest } from "@homeostat/status-api";
+import {
+  type ClientError,
+  enqueueKey,
+  getKeyStatus,
+  grpc,
+  isGrpcError,
+  retryDeadLetter,
+  Status,
+  statusClient,
+  type StatusClientOptions,
+  statusServiceName,
+  tokenDigest,
+} from "@homeostat/status-api";
 import { makePki, type Pki } from "../../../test/fixtures/pki.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { StatusReadModel } from "./read-model.ts";
@@ -95,7 +107,10 @@ test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_D
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.equal(err.details, "the bearer token is not valid here");
 
-  for (const call of [(c: ReturnType<typeof statusClient>) => enqueueKey(c, { key: "package/zlib" }), (c: ReturnType<typeof statusClient>) => retryDeadLetter(c, "package/zlib")]) {
+  for (const call of [
+    (c: ReturnType<typeof statusClient>) => enqueueKey(c, { key: "package/zlib" }),
+    (c: ReturnType<typeof statusClient>) => retryDeadLetter(c, "package/zlib"),
+  ]) {
     err = await withClient(addr, { token: readToken }, (c) => refused(call(c)));
     assert.equal(err.code, Status.PERMISSION_DENIED);
     assert.match(err.details, /needs the write role; token dashboard has the read role$/);
@@ -185,7 +200,11 @@ test("the client will not send a token in plaintext beyond loopback unless told 
 function reflect(addr: string, version: "v1" | "v1alpha", request: Uint8Array): Promise<Uint8Array> {
   const raw = new grpc.Client(addr, grpc.credentials.createInsecure());
   return new Promise<Uint8Array>((resolve, reject) => {
-    const call = raw.makeBidiStreamRequest(`/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`, (b: Uint8Array) => Buffer.from(b), (b: Buffer) => new Uint8Array(b));
+    const call = raw.makeBidiStreamRequest(
+      `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`,
+      (b: Uint8Array) => Buffer.from(b),
+      (b: Buffer) => new Uint8Array(b),
+    );
     call.on("data", (res: Uint8Array) => {
       resolve(res);
       call.end();
@@ -214,13 +233,31 @@ test("reflection (v1 and v1alpha) lists StatusService and describes its methods,
   const addr = await serve({ readAuth: "token" });
   for (const version of ["v1", "v1alpha"] as const) {
     // ServerReflectionRequest.list_services = 7
-    const listed = fields(await reflect(addr, version, new BinaryWriter().uint32((7 << 3) | 2).string("").finish()));
+    const listed = fields(
+      await reflect(
+        addr,
+        version,
+        new BinaryWriter()
+          .uint32((7 << 3) | 2)
+          .string("")
+          .finish(),
+      ),
+    );
     // ServerReflectionResponse.list_services_response = 6, ListServiceResponse.service = 1, ServiceResponse.name = 1
     const names = (listed.get(6) ?? []).flatMap((list) => fields(list).get(1) ?? []).map((s) => new TextDecoder().decode(fields(s).get(1)![0]));
     assert.deepEqual(names, [statusServiceName], version);
 
     // ServerReflectionRequest.file_containing_symbol = 4; the answer's file_descriptor_response = 4, file_descriptor_proto = 1
-    const file = fields(await reflect(addr, version, new BinaryWriter().uint32((4 << 3) | 2).string(statusServiceName).finish()));
+    const file = fields(
+      await reflect(
+        addr,
+        version,
+        new BinaryWriter()
+          .uint32((4 << 3) | 2)
+          .string(statusServiceName)
+          .finish(),
+      ),
+    );
     const [descriptor] = fields(file.get(4)![0]!).get(1)!;
     const proto = fromBinary(FileDescriptorProtoSchema, descriptor!);
     assert.equal(proto.package, "homeostat.v1");
@@ -236,7 +273,9 @@ test("health answers without a token, even when reads need one", async () => {
     check(req: { service: string }, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
   };
   try {
-    const status = await new Promise<string>((resolve, reject) => health.check({ service: statusServiceName }, (err, res) => (err ? reject(err) : resolve(res!.status))));
+    const status = await new Promise<string>((resolve, reject) =>
+      health.check({ service: statusServiceName }, (err, res) => (err ? reject(err) : resolve(res!.status))),
+    );
     assert.equal(status, "SERVING");
   } finally {
     health.close();

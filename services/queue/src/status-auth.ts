@@ -45,7 +45,9 @@ export function checkBind(addr: string, security: StatusApiSecurity): string[] {
         "configure them, bind to 127.0.0.1, or set HOMEOSTAT_GRPC_INSECURE=true for development only",
     );
   }
-  const warnings = [`INSECURE: HOMEOSTAT_GRPC_INSECURE=true: the status API listens on ${addr} without ${missing.join(" and ")}; never do this outside development`];
+  const warnings = [
+    `INSECURE: HOMEOSTAT_GRPC_INSECURE=true: the status API listens on ${addr} without ${missing.join(" and ")}; never do this outside development`,
+  ];
   if (security.readAuth === "none") warnings.push(`INSECURE: HOMEOSTAT_GRPC_READ_AUTH=none: anyone who reaches ${addr} can read every key's status`);
   return warnings;
 }

@@ -12,7 +12,14 @@ import type { Catalog, CatalogDiff, ReloadResult } from "@homeostat/catalog";
 /** The catalog's revision: its git commit, or for a directory the digest of every key's recipe digest. */
 export function catalogRevision(catalog: Catalog): string {
   if (catalog.commit) return catalog.commit;
-  return sha256Digest(canonicalJson(catalog.keys().sort().map((k) => [k, catalog.recipeDigest(k)])));
+  return sha256Digest(
+    canonicalJson(
+      catalog
+        .keys()
+        .sort()
+        .map((k) => [k, catalog.recipeDigest(k)]),
+    ),
+  );
 }
 
 /** The enqueue requests a catalog change calls for, in the diff's order. */
@@ -33,6 +40,12 @@ export async function onCatalogReload(
     return;
   }
   const requests = catalogChangeRequests(r.catalog, r.diff);
-  log.info("catalog changed", { revision: requests[0]?.cause.id ?? catalogRevision(r.catalog), added: r.diff.added.length, modified: r.diff.modified.length, removed: r.diff.removed.length, keys: requests.length });
+  log.info("catalog changed", {
+    revision: requests[0]?.cause.id ?? catalogRevision(r.catalog),
+    added: r.diff.added.length,
+    modified: r.diff.modified.length,
+    removed: r.diff.removed.length,
+    keys: requests.length,
+  });
   for (const req of requests) await enqueue(req);
 }

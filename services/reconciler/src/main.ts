@@ -12,12 +12,16 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
   const releases = new ReleaseStore(buckets.releases);
   const advisories = await AdvisoryStore.open(nats);
   const state = new StateStore(buckets.state);
-  const queue = new WorkQueue(nats, workQueueOptions(config, {
-    log, owner: `reconciler-${process.pid}`,
-    // The key's status says so too: `homeostat get` shows why it stopped being retried.
-    onDeadLetter: async (letter) =>
-      void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
-  }));
+  const queue = new WorkQueue(
+    nats,
+    workQueueOptions(config, {
+      log,
+      owner: `reconciler-${process.pid}`,
+      // The key's status says so too: `homeostat get` shows why it stopped being retried.
+      onDeadLetter: async (letter) =>
+        void (await state.update(letter.key, (cur) => ({ ...(cur ?? StateStore.initial(letter.key)), phase: "DeadLettered", lastError: letter.reason }))),
+    }),
+  );
   const upstream = new UpstreamResolver({
     releases,
     ledger: new UpstreamLedger(buckets.releases),
@@ -46,7 +50,9 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     intervalMs: config.catalogReloadMs,
     signal,
     onReload: (r) => {
-      handled = handled.then(() => onCatalogReload(r, (req) => queue.enqueue(req), log)).catch((err: unknown) => log.error("enqueueing a catalog change failed", { reason: errorMessage(err) }));
+      handled = handled
+        .then(() => onCatalogReload(r, (req) => queue.enqueue(req), log))
+        .catch((err: unknown) => log.error("enqueueing a catalog change failed", { reason: errorMessage(err) }));
     },
   });
   return async () => {

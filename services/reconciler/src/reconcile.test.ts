@@ -29,7 +29,11 @@ function writeCatalog(dir: string, over: Record<string, string> = {}): void {
     "packages/left.yaml": pkg("left", ["base"]),
     "packages/right.yaml": pkg("right", ["base"]),
     "packages/top.yaml": pkg("top", ["left", "right"]),
-    "packages/minimist.yaml": pkg("minimist", [], `upstream: { url: "https://example.org/m-\${version}", policy: { semver: "^1.2" } }\npatches:\n  - { path: patches/cve-2021-44906.patch, sha256: ${sha(PATCH)}, fixes: [CVE-2021-44906] }\n`),
+    "packages/minimist.yaml": pkg(
+      "minimist",
+      [],
+      `upstream: { url: "https://example.org/m-\${version}", policy: { semver: "^1.2" } }\npatches:\n  - { path: patches/cve-2021-44906.patch, sha256: ${sha(PATCH)}, fixes: [CVE-2021-44906] }\n`,
+    ),
     "packages/lodash.yaml": pkg("lodash", []).replace('version: "1.0"', 'version: "4.17.15"'),
     "images/app.yaml": "name: app\npackages: [top]\n",
     "patches/cve-2021-44906.patch": PATCH,
@@ -73,7 +77,14 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await state.update(key, (s) => {
       assert.ok(s?.desiredInputDigest && s.desiredVersion, `${key} has a build to complete`);
       const archive = `sha256:${sha(`${key}@${s.desiredInputDigest}`)}`;
-      const actual = { version: s.desiredVersion, inputDigest: s.desiredInputDigest, outputs: { archive, diffId: archive, size: 1, location: "test" }, signatures: {}, keyId: "k", builtAt: new Date().toISOString() };
+      const actual = {
+        version: s.desiredVersion,
+        inputDigest: s.desiredInputDigest,
+        outputs: { archive, diffId: archive, size: 1, location: "test" },
+        signatures: {},
+        keyId: "k",
+        builtAt: new Date().toISOString(),
+      };
       const next = { ...s, actual, phase: "Ready" as const };
       return settleBuild(next, s.desiredInputDigest, "succeeded", actual.builtAt) ?? next;
     });
@@ -97,7 +108,8 @@ describe("reconciler", { timeout: 60_000 }, () => {
       advisories: (p) => advisories.list(p),
       requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
       sourceDateEpoch: 0,
-      staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
+      staleBuildMs: 60_000,
+      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
       log: quiet,
     });
   });
@@ -108,7 +120,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
 
   test("a diamond is built once, after both of its branches; then a resync builds nothing", async () => {
     for (const k of catalog.keys()) await run(k);
-    assert.deepEqual((await builds()).filter((b) => /base|left|right|top|app/.test(b)), ["package/base@1.0"], "only the root can start");
+    assert.deepEqual(
+      (await builds()).filter((b) => /base|left|right|top|app/.test(b)),
+      ["package/base@1.0"],
+      "only the root can start",
+    );
     assert.match((await state.get("package/top"))!.waitingFor ?? "", /package\/base to be built at 1\.0/);
 
     await complete("package/base");
@@ -117,7 +133,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.equal(fanOut.type, "done");
     assert.deepEqual(await run("package/base"), { type: "done" }, "once told, a resync does not tell the dependents again");
     const baseDigest = (await state.get("package/base"))!.actual!.inputDigest;
-    assert.deepEqual(childKeys(await run("package/base", { type: "built", id: baseDigest })), ["package/left", "package/right"], "the signer's own enqueue (or its redelivery) tells them again");
+    assert.deepEqual(
+      childKeys(await run("package/base", { type: "built", id: baseDigest })),
+      ["package/left", "package/right"],
+      "the signer's own enqueue (or its redelivery) tells them again",
+    );
     await run("package/left");
     await run("package/right");
     await complete("package/left");
@@ -150,7 +170,10 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     const before = await Promise.all(catalog.keys().map((k) => state.get(k)));
     for (const k of catalog.keys()) await run(k);
-    assert.deepEqual((await builds()).filter((b) => !b.startsWith("package/lodash") && !b.startsWith("package/minimist")), []);
+    assert.deepEqual(
+      (await builds()).filter((b) => !b.startsWith("package/lodash") && !b.startsWith("package/minimist")),
+      [],
+    );
     const afterResync = await Promise.all(catalog.keys().map((k) => state.get(k)));
     for (const [i, s] of afterResync.entries()) {
       if (s?.key === "package/lodash" || s?.key === "package/minimist") continue;
@@ -174,7 +197,8 @@ describe("reconciler", { timeout: 60_000 }, () => {
 
   test("version policy: the newest release inside the policy", async () => {
     await purge("build");
-    for (const v of ["1.2.5", "1.3.0", "2.0.0", "1.4.0-rc1"]) await releases.record({ package: "minimist", version: v, url: `https://example.org/m-${v}`, sha256: sha(v) });
+    for (const v of ["1.2.5", "1.3.0", "2.0.0", "1.4.0-rc1"])
+      await releases.record({ package: "minimist", version: v, url: `https://example.org/m-${v}`, sha256: sha(v) });
     await run("package/minimist");
     assert.deepEqual(await builds(), ["package/minimist@1.3.0"]);
     const s = (await state.get("package/minimist"))!;
@@ -187,7 +211,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
     const handedOver = await run("package/lodash", { type: "advisory", id: "advisory-event-1" });
     assert.ok(handedOver.type === "done" && handedOver.children?.length === 1, JSON.stringify(handedOver));
-    assert.deepEqual({ key: handedOver.children[0]!.key, priority: handedOver.children[0]!.priority }, { key: "package/lodash", priority: "repair" }, "the agent is asked to answer it");
+    assert.deepEqual(
+      { key: handedOver.children[0]!.key, priority: handedOver.children[0]!.priority },
+      { key: "package/lodash", priority: "repair" },
+      "the agent is asked to answer it",
+    );
     const flagged = (await state.get("package/lodash"))!;
     assert.equal(flagged.phase, "NeedsAttention");
     assert.deepEqual(flagged.advisories, ["GHSA-p6mc-m468-83gw"]);
@@ -210,7 +238,13 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const [req] = await messages<BuildRequest>("build");
     assert.equal(req?.version, "1.2.5");
     // The request names the build; the patches are in the plan the builder recomputes from the catalog.
-    const desired = await new DesiredState({ catalog, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), status: (k) => state.get(k), sourceDateEpoch: 0 }).package("minimist");
+    const desired = await new DesiredState({
+      catalog,
+      releases: (p) => releases.list(p),
+      advisories: (p) => advisories.list(p),
+      status: (k) => state.get(k),
+      sourceDateEpoch: 0,
+    }).package("minimist");
     assert.equal(desired.state === "build" && desired.inputDigest, req?.inputDigest);
     assert.deepEqual(desired.state === "build" && desired.plan.kind === "package" && desired.plan.patches?.map((p) => p.sha256), [sha(PATCH)]);
     assert.match((await state.get("package/minimist"))!.cause?.detail ?? "", /cve-2021-44906\.patch, fixing GHSA-xvch-5gv4-984h/);
@@ -229,7 +263,20 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await complete(key);
     await run(key, { type: "built" });
     assert.equal((await state.get(key))!.actual?.version, "1.1");
-    const regression = osvSchema.parse({ id: "HS-TEST-ROLLBACK", modified: "2024-01-01T00:00:00Z", affected: [{ package: { ecosystem: "Generic", name: "right" }, versions: ["1.1"], ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] }, { type: "ECOSYSTEM", events: [{ introduced: "1.1" }] }] }] });
+    const regression = osvSchema.parse({
+      id: "HS-TEST-ROLLBACK",
+      modified: "2024-01-01T00:00:00Z",
+      affected: [
+        {
+          package: { ecosystem: "Generic", name: "right" },
+          versions: ["1.1"],
+          ranges: [
+            { type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] },
+            { type: "ECOSYSTEM", events: [{ introduced: "1.1" }] },
+          ],
+        },
+      ],
+    });
     await advisories.record(regression, ["right"]);
     await run(key, { type: "advisory", id: "HS-TEST-ROLLBACK" });
     const s = (await state.get(key))!;
@@ -247,7 +294,19 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const asked = (await state.get(key))!;
     assert.equal(asked.phase, "Building");
     assert.equal(asked.desiredVersion, "1.1");
-    const regression = osvSchema.parse({ id: "HS-TEST-SUPERSEDE", modified: "2024-01-01T00:00:00Z", affected: [{ package: { ecosystem: "Generic", name: "base" }, ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "1.1" }] }, { type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] }] }] });
+    const regression = osvSchema.parse({
+      id: "HS-TEST-SUPERSEDE",
+      modified: "2024-01-01T00:00:00Z",
+      affected: [
+        {
+          package: { ecosystem: "Generic", name: "base" },
+          ranges: [
+            { type: "ECOSYSTEM", events: [{ introduced: "1.1" }] },
+            { type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.0" }] },
+          ],
+        },
+      ],
+    });
     await advisories.record(regression, ["base"]);
     await run(key, { type: "advisory", id: "HS-TEST-SUPERSEDE" });
     const back = (await state.get(key))!;
@@ -261,13 +320,29 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     let lose = true;
     const flaky = createReconciler({
-      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: (p) => advisories.list(p), sourceDateEpoch: 0, staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 }, log: quiet,
+      catalog: () => catalog,
+      state,
+      releases: (p) => releases.list(p),
+      advisories: (p) => advisories.list(p),
+      sourceDateEpoch: 0,
+      staleBuildMs: 60_000,
+      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
+      log: quiet,
       requestBuild: async (req, requestId) => {
         if (lose) throw new Error("connection lost before the publish");
         await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) });
       },
     });
-    const item = (attempts: number): WorkItem => ({ v: 1, key: "package/left", priority: "release", cause: { type: "manual" }, notBefore: 0, floor: 0, attempts, enqueuedAt: Date.now() });
+    const item = (attempts: number): WorkItem => ({
+      v: 1,
+      key: "package/left",
+      priority: "release",
+      cause: { type: "manual" },
+      notBefore: 0,
+      floor: 0,
+      attempts,
+      enqueuedAt: Date.now(),
+    });
     await releases.record({ package: "left", version: "1.5", url: "https://example.org/left-1.5.tar.gz", sha256: sha("left-1.5") });
     await assert.rejects(flaky(item(0)), /connection lost/);
     assert.equal((await state.get("package/left"))!.phase, "Building", "the request was recorded");
@@ -288,7 +363,18 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const digest = (await state.get(key))!.desiredInputDigest!;
     assert.equal((await state.get(key))!.phase, "Building");
     const fail = (kind: "permanent" | "crash" | "invalid", count: number, at = new Date()) =>
-      state.update(key, (s) => ({ ...s!, phase: "Failed", lastError: "step 2/2 (make) exited with code 2", failure: { inputDigest: digest, kind, reason: kind === "crash" ? "the builder died while building this key (3 times)" : "step 2/2 (make) exited with code 2", count, at: at.toISOString() } }));
+      state.update(key, (s) => ({
+        ...s!,
+        phase: "Failed",
+        lastError: "step 2/2 (make) exited with code 2",
+        failure: {
+          inputDigest: digest,
+          kind,
+          reason: kind === "crash" ? "the builder died while building this key (3 times)" : "step 2/2 (make) exited with code 2",
+          count,
+          at: at.toISOString(),
+        },
+      }));
     const asked = async () => (await builds()).filter((b) => b === "package/left@1.5").length;
     const before = await asked();
 
@@ -301,11 +387,20 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await fail("permanent", 1, new Date(Date.now() - 5_000));
     assert.equal((await run(key)).type, "requeueAfter");
     const rebuilt = (await state.get(key))!;
-    assert.deepEqual({ phase: rebuilt.phase, count: rebuilt.failure?.count, nextAt: rebuilt.failure?.nextAt }, { phase: "Building", count: 1, nextAt: undefined }, "asked again, the count kept");
+    assert.deepEqual(
+      { phase: rebuilt.phase, count: rebuilt.failure?.count, nextAt: rebuilt.failure?.nextAt },
+      { phase: "Building", count: 1, nextAt: undefined },
+      "asked again, the count kept",
+    );
     assert.equal(await asked(), before + 1);
 
     await fail("permanent", 3);
-    const handedOver = { type: "done", children: [{ key, priority: "repair", cause: { type: "resync", detail: "handed to the agent: build failed 3 times: step 2/2 (make) exited with code 2" } }] };
+    const handedOver = {
+      type: "done",
+      children: [
+        { key, priority: "repair", cause: { type: "resync", detail: "handed to the agent: build failed 3 times: step 2/2 (make) exited with code 2" } },
+      ],
+    };
     assert.deepEqual(await run(key), handedOver, "1.5 is a new version for left: the agent is to repair its recipe");
     await state.update(key, (s) => ({ ...s!, phase: "DeadLettered" }));
     assert.deepEqual(await run(key), handedOver, "a resync of a key the agent gave up on hands it over again and builds nothing");
@@ -327,11 +422,17 @@ describe("reconciler", { timeout: 60_000 }, () => {
     writeCatalog(catalogDir);
     const source = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(t.dir, "cache") });
     await purge("work");
-    writeFileSync(path.join(catalogDir, "packages/left.yaml"), readFileSync(path.join(catalogDir, "packages/left.yaml"), "utf8").replace("[make]", "[make, make check]"));
+    writeFileSync(
+      path.join(catalogDir, "packages/left.yaml"),
+      readFileSync(path.join(catalogDir, "packages/left.yaml"), "utf8").replace("[make]", "[make, make check]"),
+    );
     const r = await source.reload();
     assert.equal(r.status, "changed");
     if (r.status !== "changed") return;
-    assert.deepEqual(catalogChangeRequests(r.catalog, r.diff).map((q) => q.key), ["package/left", "package/top", "image/app"]);
+    assert.deepEqual(
+      catalogChangeRequests(r.catalog, r.diff).map((q) => q.key),
+      ["package/left", "package/top", "image/app"],
+    );
     await onCatalogReload(r, (req) => queue.enqueue(req), quiet);
     const items = await messages<WorkItem>("work");
     assert.deepEqual(items.map((w) => w.key).sort(), ["image/app", "package/left", "package/top"]);

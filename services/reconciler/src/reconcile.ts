@@ -16,7 +16,21 @@
  * spent. The key stays as it is meanwhile; the agent only proposes a changed recipe, which
  * reaches a build through the catalog like any other change.
  */
-import { currentTraceId, makeKey, parseKey, retryingText, settleBuild, StateStore, withBuild, type BuildRequest, type Cause, type Key, type KeyStatus, type Logger, type WorkItem } from "@homeostat/core";
+import {
+  currentTraceId,
+  makeKey,
+  parseKey,
+  retryingText,
+  settleBuild,
+  StateStore,
+  withBuild,
+  type BuildRequest,
+  type Cause,
+  type Key,
+  type KeyStatus,
+  type Logger,
+  type WorkItem,
+} from "@homeostat/core";
 import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
 import type { Resolution } from "./upstream.ts";
@@ -71,7 +85,10 @@ export function createReconciler(deps: ReconcilerDeps) {
     const problems = [
       ...(r.unavailable ? [`upstream unavailable (${r.unavailable.reason}); looking again in ${Math.ceil(r.unavailable.retryAfterMs / 1000)} s`] : []),
       ...r.refused.map((why) => `release refused: ${why}`),
-      ...r.conflicts.map((c) => `release conflict: ${c.package} ${c.version}${c.tag ? ` (tag ${c.tag})` : ""} is recorded as ${c.recorded.commit ?? c.recorded.sha256} but now points at ${c.found.commit ?? c.found.sha256}; the recorded release stays`),
+      ...r.conflicts.map(
+        (c) =>
+          `release conflict: ${c.package} ${c.version}${c.tag ? ` (tag ${c.tag})` : ""} is recorded as ${c.recorded.commit ?? c.recorded.sha256} but now points at ${c.found.commit ?? c.found.sha256}; the recorded release stays`,
+      ),
     ];
     const text = problems.length ? problems.join("; ").slice(0, 4096) : undefined;
     await setStatus(deps, item.key, (s) => (s.upstream === text ? undefined : { ...s, upstream: text }));
@@ -91,24 +108,39 @@ export function createReconciler(deps: ReconcilerDeps) {
       return done;
     }
 
-    const desiredState = new DesiredState({ catalog, releases: deps.releases, advisories: deps.advisories, status: (k) => deps.state.get(k), sourceDateEpoch: deps.sourceDateEpoch });
+    const desiredState = new DesiredState({
+      catalog,
+      releases: deps.releases,
+      advisories: deps.advisories,
+      status: (k) => deps.state.get(k),
+      sourceDateEpoch: deps.sourceDateEpoch,
+    });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
 
     if (desired.state === "waiting") {
       // Nothing to do until the dependency is built: its completion enqueues this key again.
       // The cause is left alone: waiting is not a change, and the chain `why` follows stays intact.
-      await deps.state.update(item.key, (cur) => (cur?.waitingFor === desired.waitingFor ? undefined : { ...(cur ?? StateStore.initial(item.key)), waitingFor: desired.waitingFor }));
+      await deps.state.update(item.key, (cur) =>
+        cur?.waitingFor === desired.waitingFor ? undefined : { ...(cur ?? StateStore.initial(item.key)), waitingFor: desired.waitingFor },
+      );
       return done;
     }
 
     if (desired.state === "attention") {
       const ids = desired.advisories.join(" ");
       await setStatus(deps, item.key, (s) =>
-        s.phase === "NeedsAttention" && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version ? undefined : {
-          ...s, phase: "NeedsAttention", desiredVersion: desired.version, advisories: desired.advisories, waitingFor: undefined,
-          cause: cause({ type: "advisory", id: ids }, desired.detail, item.cause),
-        });
+        s.phase === "NeedsAttention" && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version
+          ? undefined
+          : {
+              ...s,
+              phase: "NeedsAttention",
+              desiredVersion: desired.version,
+              advisories: desired.advisories,
+              waitingFor: undefined,
+              cause: cause({ type: "advisory", id: ids }, desired.detail, item.cause),
+            },
+      );
       deps.log.warn("needs attention", { key: item.key, version: desired.version, advisories: desired.advisories });
       return kind === "package" ? doneWith([handOver(item, `needs attention: ${desired.detail}`)]) : done;
     }
@@ -120,21 +152,40 @@ export function createReconciler(deps: ReconcilerDeps) {
       // told them yet (the "built" cause was merged away by a more urgent enqueue). The queue
       // enqueues them before it completes this run; repeating them is harmless.
       const builtNow = item.cause.type === "built" && item.cause.id === desired.inputDigest;
-      const children: QueueRequest[] = kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
-        ? catalog.dependentsOf(name).map((child) => ({ key: child, priority: "dependency", cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) } }))
-        : [];
+      const children: QueueRequest[] =
+        kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
+          ? catalog.dependentsOf(name).map((child) => ({
+              key: child,
+              priority: "dependency",
+              cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
+            }))
+          : [];
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
         const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
         // A build asked for other inputs is no longer wanted (the key came back to what it has,
         // e.g. an advisory rolled it back): superseded, so that neither the builder nor the
         // signer completes it, and the key is Ready.
-        const open = s.desiredInputDigest !== undefined && s.desiredInputDigest !== desired.inputDigest ? openRequest(succeeded, s.desiredInputDigest) : undefined;
+        const open =
+          s.desiredInputDigest !== undefined && s.desiredInputDigest !== desired.inputDigest ? openRequest(succeeded, s.desiredInputDigest) : undefined;
         const settled = open ? settleBuild(succeeded, open.inputDigest, "superseded", at)! : succeeded;
-        if (settled === s && s.phase === "Ready" && s.desiredInputDigest === desired.inputDigest && s.fannedOut === desired.inputDigest && !s.waitingFor && !s.advisories) return undefined;
+        if (
+          settled === s &&
+          s.phase === "Ready" &&
+          s.desiredInputDigest === desired.inputDigest &&
+          s.fannedOut === desired.inputDigest &&
+          !s.waitingFor &&
+          !s.advisories
+        )
+          return undefined;
         return {
-          ...settled, phase: "Ready", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
-          fannedOut: desired.inputDigest, waitingFor: undefined, advisories: undefined,
+          ...settled,
+          phase: "Ready",
+          desiredVersion: desired.version,
+          desiredInputDigest: desired.inputDigest,
+          fannedOut: desired.inputDigest,
+          waitingFor: undefined,
+          advisories: undefined,
         };
       });
       return children.length ? doneWith(children) : done;
@@ -177,11 +228,23 @@ export function createReconciler(deps: ReconcilerDeps) {
       const base = open ? settleBuild(s, open.inputDigest, "superseded", at)! : s;
       // The failures of these inputs keep counting across their retries; an operator's retry or new inputs start afresh.
       const fresh = manual || s.failure?.inputDigest !== desired.inputDigest;
-      return withBuild({
-        ...base, phase: "Building", desiredVersion: desired.version, desiredInputDigest: desired.inputDigest,
-        cause: why, traceId, lastError: undefined, attempts: 0, waitingFor: undefined, advisories: undefined,
-        failure: fresh ? undefined : { ...s.failure!, nextAt: undefined }, building: fresh ? undefined : s.building,
-      }, { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why });
+      return withBuild(
+        {
+          ...base,
+          phase: "Building",
+          desiredVersion: desired.version,
+          desiredInputDigest: desired.inputDigest,
+          cause: why,
+          traceId,
+          lastError: undefined,
+          attempts: 0,
+          waitingFor: undefined,
+          advisories: undefined,
+          failure: fresh ? undefined : { ...s.failure!, nextAt: undefined },
+          building: fresh ? undefined : s.building,
+        },
+        { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why },
+      );
     });
     // A fresh id per request: a build stream message id of key and input digest alone was
     // dropped as a duplicate when the key came back to inputs asked for within the stream's
@@ -202,13 +265,19 @@ export function createReconciler(deps: ReconcilerDeps) {
     if (failure.kind === "crash") return nonRetriable(failure.reason);
     const { retries, backoffMs, backoffMaxMs } = deps.buildFailures;
     // A new version that keeps failing for its inputs is the agent's to repair (the recipe may no longer fit).
-    if (failure.count > retries && newVersion && failure.kind === "permanent") return doneWith([handOver(item, `build failed ${failure.count} times: ${failure.reason}`)]);
+    if (failure.count > retries && newVersion && failure.kind === "permanent")
+      return doneWith([handOver(item, `build failed ${failure.count} times: ${failure.reason}`)]);
     if (failure.count > retries) return nonRetriable(`build failed ${failure.count} time${failure.count === 1 ? "" : "s"}: ${failure.reason}`.slice(0, 4096));
-    const nextAt = failure.nextAt ? Date.parse(failure.nextAt) : Date.parse(failure.at) + Math.min(backoffMaxMs, backoffMs * 2 ** Math.max(0, failure.count - 1));
+    const nextAt = failure.nextAt
+      ? Date.parse(failure.nextAt)
+      : Date.parse(failure.at) + Math.min(backoffMaxMs, backoffMs * 2 ** Math.max(0, failure.count - 1));
     if (Date.now() >= nextAt) return undefined;
     const text = retryingText(`build failed (${failure.count} of ${retries + 1}): ${failure.reason}`, nextAt).slice(0, 8192);
     await setStatus(deps, item.key, (s) =>
-      s.failure?.inputDigest !== failure.inputDigest || (s.failure.nextAt && s.lastError === text) ? undefined : { ...s, lastError: text, failure: { ...s.failure, nextAt: new Date(nextAt).toISOString() } });
+      s.failure?.inputDigest !== failure.inputDigest || (s.failure.nextAt && s.lastError === text)
+        ? undefined
+        : { ...s, lastError: text, failure: { ...s.failure, nextAt: new Date(nextAt).toISOString() } },
+    );
     return requeueAfter(nextAt - Date.now());
   }
 }
@@ -223,8 +292,13 @@ function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStat
   const d = desired.decision;
   const from = status.actual?.version;
   const ids = d?.advisories.join(", ");
-  if (d?.reason === "bump") return `bumped ${from ? `from ${from} ` : ""}to ${d.version}, the lowest release fixing ${ids} (the newest, ${d.newest}, is affected)`;
-  if (d?.reason === "patch") return `rebuilt ${d.version} with ${d.patches.filter((p) => p.fixes.length).map((p) => p.path).join(", ")}, fixing ${ids}`;
+  if (d?.reason === "bump")
+    return `bumped ${from ? `from ${from} ` : ""}to ${d.version}, the lowest release fixing ${ids} (the newest, ${d.newest}, is affected)`;
+  if (d?.reason === "patch")
+    return `rebuilt ${d.version} with ${d.patches
+      .filter((p) => p.fixes.length)
+      .map((p) => p.path)
+      .join(", ")}, fixing ${ids}`;
   if (!from) return `first build at ${desired.version}`;
   if (desired.plan.kind === "package" && from !== desired.version) return `bumped from ${from} to ${desired.version}`;
   return `rebuilt at ${desired.version}`;
@@ -232,7 +306,11 @@ function describe(desired: Extract<Desired, { state: "build" }>, status: KeyStat
 
 /** The key queued for the agentic reconciler, with what it is to repair. */
 function handOver(item: WorkItem, why: string): QueueRequest {
-  return { key: item.key, priority: "repair", cause: { type: item.cause.type, ...(item.cause.id ? { id: item.cause.id } : {}), detail: `handed to the agent: ${why}`.slice(0, 2048) } };
+  return {
+    key: item.key,
+    priority: "repair",
+    cause: { type: item.cause.type, ...(item.cause.id ? { id: item.cause.id } : {}), detail: `handed to the agent: ${why}`.slice(0, 2048) },
+  };
 }
 
 function rebuiltAt(key: Key, version: string): string {

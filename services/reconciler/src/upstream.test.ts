@@ -22,7 +22,10 @@ const sha = (b: Buffer | string) => createHash("sha256").update(b).digest("hex")
 const limits: UpstreamLimits = { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000, perHostConcurrency: 2, tries: 3, backoffMs: 50, maxWaitMs: 2_000 };
 
 /** Serves `files` by path; `script` answers a path's first requests with other statuses. */
-function upstreamServer(files: Map<string, Buffer>, script: Map<string, { status: number; retryAfter?: string }[]>): Promise<{ server: Server; base: string; hits: Map<string, number> }> {
+function upstreamServer(
+  files: Map<string, Buffer>,
+  script: Map<string, { status: number; retryAfter?: string }[]>,
+): Promise<{ server: Server; base: string; hits: Map<string, number> }> {
   const hits = new Map<string, number>();
   const server = createServer((req, res) => {
     const p = req.url ?? "/";
@@ -36,10 +39,16 @@ function upstreamServer(files: Map<string, Buffer>, script: Map<string, { status
     if (!body) res.writeHead(404).end();
     else res.writeHead(200, { "content-length": body.length }).end(body);
   });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits })));
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => resolve({ server, base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits })),
+  );
 }
 
-const git = (cwd: string, ...args: string[]) => execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "tag.gpgSign=false", "-c", "commit.gpgSign=false", ...args], { cwd, encoding: "utf8" }).trim();
+const git = (cwd: string, ...args: string[]) =>
+  execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "tag.gpgSign=false", "-c", "commit.gpgSign=false", ...args], {
+    cwd,
+    encoding: "utf8",
+  }).trim();
 
 describe("upstream resolver", { timeout: 60_000 }, () => {
   let t: TestEnv;
@@ -70,7 +79,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
       writeFileSync(path.join(dir, "packages", `${name}.yaml`), `name: ${name}\nversion: "1.0"\nbuild: { steps: [make] }\n${body}`);
     };
     pkg("tarball", `upstream: { github: octo/tarball }\nsource: { url: "${http.base}/tarball-\${version}.tar.gz", sha256: "${"0".repeat(64)}" }\n`);
-    pkg("templated", `upstream: { url: "${http.base}/dl/templated-\${version}.tgz", tag: "release-\${version}" }\nsource: { url: "${http.base}/dl/templated-1.0.tgz", sha256: "${"0".repeat(64)}" }\n`);
+    pkg(
+      "templated",
+      `upstream: { url: "${http.base}/dl/templated-\${version}.tgz", tag: "release-\${version}" }\nsource: { url: "${http.base}/dl/templated-1.0.tgz", sha256: "${"0".repeat(64)}" }\n`,
+    );
     pkg("fromgit", `upstream: { github: octo/fromgit, tag: "v\${version}" }\nsource: { url: "git+file://${repo}#${first}", sha256: "${sha(archive)}" }\n`);
     pkg("pinned", `upstream: { github: octo/pinned }\nsource: { url: "${http.base}/pinned.tar.gz", sha256: "${"0".repeat(64)}" }\n`);
     catalog = await loadCatalog(dir);
@@ -88,7 +100,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     files.set("/tarball-1.1.tar.gz", Buffer.from("tarball 1.1"));
     await ledger.announce({ package: "tarball", version: "1.1", tag: "v1.1", origin: "github" });
     const r = await resolver.resolve(catalog, "tarball", { discover: false });
-    assert.deepEqual(r.recorded.map((x) => [x.version, x.tag, x.url]), [["1.1", "v1.1", `${http.base}/tarball-1.1.tar.gz`]]);
+    assert.deepEqual(
+      r.recorded.map((x) => [x.version, x.tag, x.url]),
+      [["1.1", "v1.1", `${http.base}/tarball-1.1.tar.gz`]],
+    );
     assert.deepEqual(await facts("tarball"), [["1.1", sha("tarball 1.1"), null]]);
     assert.deepEqual(await ledger.announced("tarball"), [], "the announcement is settled");
     assert.equal(http.hits.get("/tarball-1.1.tar.gz"), 1);
@@ -103,7 +118,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     files.set("/tarball-1.1.tar.gz", Buffer.from("tarball 1.1, rebuilt and re-uploaded"));
     await ledger.announce({ package: "tarball", version: "1.1", tag: "v1.1", origin: "github" });
     const moved = await resolver.resolve(catalog, "tarball", { discover: false });
-    assert.deepEqual(moved.conflicts.map((c) => [c.version, c.recorded.sha256, c.found.sha256]), [["1.1", sha("tarball 1.1"), sha("tarball 1.1, rebuilt and re-uploaded")]]);
+    assert.deepEqual(
+      moved.conflicts.map((c) => [c.version, c.recorded.sha256, c.found.sha256]),
+      [["1.1", sha("tarball 1.1"), sha("tarball 1.1, rebuilt and re-uploaded")]],
+    );
     assert.deepEqual(await facts("tarball"), [["1.1", sha("tarball 1.1"), null]], "the recorded fact is unchanged");
   });
 
@@ -114,7 +132,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const started = Date.now();
     const r = await resolver.resolve(catalog, "templated", { discover: false });
     assert.ok(Date.now() - started >= 1_000, "waited for Retry-After");
-    assert.deepEqual(r.recorded.map((x) => x.version), ["2.0"]);
+    assert.deepEqual(
+      r.recorded.map((x) => x.version),
+      ["2.0"],
+    );
 
     // 503 asking for two minutes: not waited in place; the version stays announced and the host
     // is closed for every package until then (no request reaches it).
@@ -124,7 +145,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const busy = await resolver.resolve(catalog, "templated", { discover: false });
     assert.ok(busy.unavailable && busy.unavailable.retryAfterMs > 100_000, `told to look again in ~2 min: ${JSON.stringify(busy.unavailable)}`);
     assert.match(busy.unavailable.reason, /HTTP 503/);
-    assert.deepEqual((await ledger.announced("templated")).map((a) => a.version), ["2.1"]);
+    assert.deepEqual(
+      (await ledger.announced("templated")).map((a) => a.version),
+      ["2.1"],
+    );
     files.set("/tarball-1.2.tar.gz", Buffer.from("tarball 1.2"));
     await ledger.announce({ package: "tarball", version: "1.2", origin: "github" });
     const closed = await resolver.resolve(catalog, "tarball", { discover: false });
@@ -140,7 +164,10 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     await ledger.announce({ package: "fromgit", version: "1.1", origin: "github" });
     const r = await resolver.resolve(catalog, "fromgit", { discover: false });
     const archive = execFileSync("git", ["archive", "--format=tar", c11], { cwd: repo });
-    assert.deepEqual(r.recorded.map((x) => [x.version, x.tag, x.commit, x.sha256, x.url]), [["1.1", "v1.1", c11, sha(archive), `git+file://${repo}#${c11}`]]);
+    assert.deepEqual(
+      r.recorded.map((x) => [x.version, x.tag, x.commit, x.sha256, x.url]),
+      [["1.1", "v1.1", c11, sha(archive), `git+file://${repo}#${c11}`]],
+    );
 
     // Discovery: a resync finds the tags the policy accepts above the pinned version.
     writeFileSync(path.join(repo, "README"), "1.2\n");
@@ -149,13 +176,19 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     git(repo, "tag", "nightly-20240101");
     const c12 = git(repo, "rev-parse", "HEAD");
     const found = await resolver.resolve(catalog, "fromgit", { discover: true });
-    assert.deepEqual(found.recorded.map((x) => [x.version, x.commit]), [["1.2", c12]]);
+    assert.deepEqual(
+      found.recorded.map((x) => [x.version, x.commit]),
+      [["1.2", c12]],
+    );
 
     // v1.1 moved to another commit: a conflict, the fact keeps its commit.
     git(repo, "tag", "-f", "-a", "v1.1", "-m", "moved", c12);
     await ledger.announce({ package: "fromgit", version: "1.1", tag: "v1.1", origin: "github" });
     const moved = await resolver.resolve(catalog, "fromgit", { discover: false });
-    assert.deepEqual(moved.conflicts.map((c) => [c.version, c.recorded.commit, c.found.commit]), [["1.1", c11, c12]]);
+    assert.deepEqual(
+      moved.conflicts.map((c) => [c.version, c.recorded.commit, c.found.commit]),
+      [["1.1", c11, c12]],
+    );
     assert.equal((await releases.list("fromgit")).find((x) => x.version === "1.1")?.commit, c11);
   });
 
@@ -164,15 +197,46 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const requested: BuildRequest[] = [];
     const own = new UpstreamResolver({ releases, ledger, limits: { ...limits, tries: 1 }, scratchDir: path.join(t.dir, "scratch"), log: quiet });
     const reconcile = createReconciler({
-      catalog: () => catalog, state, releases: (p) => releases.list(p), advisories: async () => [], sourceDateEpoch: 0, staleBuildMs: 60_000, buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 }, log: quiet,
+      catalog: () => catalog,
+      state,
+      releases: (p) => releases.list(p),
+      advisories: async () => [],
+      sourceDateEpoch: 0,
+      staleBuildMs: 60_000,
+      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
+      log: quiet,
       requestBuild: async (req) => void requested.push(req),
       resolveUpstream: (c, n, o) => own.resolve(c, n, o),
     });
-    const item: WorkItem = { v: 1, key: "package/templated", priority: "release", cause: { type: "release" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() };
+    const item: WorkItem = {
+      v: 1,
+      key: "package/templated",
+      priority: "release",
+      cause: { type: "release" },
+      notBefore: 0,
+      floor: 0,
+      attempts: 0,
+      enqueuedAt: Date.now(),
+    };
     // templated is built and signed at 2.0 (the facts above); then 2.2 is announced while its host is down.
     await reconcile(item);
     assert.equal(requested.at(-1)?.version, "2.1", "2.1, announced and now reachable, is resolved and asked for");
-    await state.update("package/templated", (s) => s && { ...s, phase: "Ready", actual: { version: s.desiredVersion!, inputDigest: s.desiredInputDigest!, outputs: { location: "test" }, signatures: {}, keyId: "k", builtAt: new Date().toISOString() } });
+    await state.update(
+      "package/templated",
+      (s) =>
+        s && {
+          ...s,
+          phase: "Ready",
+          actual: {
+            version: s.desiredVersion!,
+            inputDigest: s.desiredInputDigest!,
+            outputs: { location: "test" },
+            signatures: {},
+            keyId: "k",
+            builtAt: new Date().toISOString(),
+          },
+        },
+    );
     script.set("/dl/templated-2.2.tgz", [{ status: 503 }]);
     await ledger.announce({ package: "templated", version: "2.2", origin: "anitya" });
     const result = await reconcile(item);
@@ -212,10 +276,17 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     });
     const dir = path.join(t.dir, "catalog-down");
     mkdirSync(path.join(dir, "packages"), { recursive: true });
-    writeFileSync(path.join(dir, "packages", "gone.yaml"), `name: gone\nversion: "1.0"\nbuild: { steps: [make] }\nupstream: { github: octo/gone }\nsource: { url: "http://127.0.0.1:${closedPort}/gone-\${version}.tar.gz", sha256: "${"0".repeat(64)}" }\n`);
+    writeFileSync(
+      path.join(dir, "packages", "gone.yaml"),
+      `name: gone\nversion: "1.0"\nbuild: { steps: [make] }\nupstream: { github: octo/gone }\nsource: { url: "http://127.0.0.1:${closedPort}/gone-\${version}.tar.gz", sha256: "${"0".repeat(64)}" }\n`,
+    );
     await ledger.announce({ package: "gone", version: "1.1", origin: "github" });
     const r = await down.resolve(await loadCatalog(dir), "gone", { discover: false });
     assert.ok(r.unavailable, "unavailable, not refused");
-    assert.deepEqual((await ledger.announced("gone")).map((a) => a.version), ["1.1"], "kept for the next look");
+    assert.deepEqual(
+      (await ledger.announced("gone")).map((a) => a.version),
+      ["1.1"],
+      "kept for the next look",
+    );
   });
 });

@@ -30,9 +30,33 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { compareVersions, ReleaseConflictError, tagsOfVersion, versionOfTag, type Announcement, type Catalog, type PackageSpec, type Release, type ReleaseConflict, type ReleaseStore, type UpstreamLedger } from "@homeostat/catalog";
+import {
+  compareVersions,
+  ReleaseConflictError,
+  tagsOfVersion,
+  versionOfTag,
+  type Announcement,
+  type Catalog,
+  type PackageSpec,
+  type Release,
+  type ReleaseConflict,
+  type ReleaseStore,
+  type UpstreamLedger,
+} from "@homeostat/catalog";
 import { errorMessage, meter, type Logger } from "@homeostat/core";
-import { checkHost, exportGitTree, gitSourceUrl, gitTransport, isGitSourceUrl, listGitTags, openSource, resolveGitTag, resolveSourceLocation, SourceError, SourceUnavailableError } from "@homeostat/source";
+import {
+  checkHost,
+  exportGitTree,
+  gitSourceUrl,
+  gitTransport,
+  isGitSourceUrl,
+  listGitTags,
+  openSource,
+  resolveGitTag,
+  resolveSourceLocation,
+  SourceError,
+  SourceUnavailableError,
+} from "@homeostat/source";
 
 export type UpstreamLimits = {
   /** Largest source accepted (HOMEOSTAT_MAX_SOURCE_BYTES, the builder's limit). */
@@ -80,9 +104,18 @@ type Located = { url: string; git?: { transport: URL; tags: string[] } };
 export class UpstreamResolver {
   private readonly deps: ResolverDeps;
   private readonly hosts = new Map<string, { running: number; waiting: (() => void)[]; closedUntil: number }>();
-  private readonly conflictCount = meter().createCounter("homeostat.upstream.conflicts", { unit: "{release}", description: "Recorded releases whose tag was found pointing at another source" });
-  private readonly resolvedCount = meter().createCounter("homeostat.upstream.resolved", { unit: "{release}", description: "Release facts recorded by the upstream resolver" });
-  private readonly failureCount = meter().createCounter("homeostat.upstream.failures", { unit: "{fetch}", description: "Upstream fetches that failed, by kind (unavailable, refused)" });
+  private readonly conflictCount = meter().createCounter("homeostat.upstream.conflicts", {
+    unit: "{release}",
+    description: "Recorded releases whose tag was found pointing at another source",
+  });
+  private readonly resolvedCount = meter().createCounter("homeostat.upstream.resolved", {
+    unit: "{release}",
+    description: "Release facts recorded by the upstream resolver",
+  });
+  private readonly failureCount = meter().createCounter("homeostat.upstream.failures", {
+    unit: "{fetch}",
+    description: "Upstream fetches that failed, by kind (unavailable, refused)",
+  });
 
   constructor(deps: ResolverDeps) {
     this.deps = deps;
@@ -110,7 +143,15 @@ export class UpstreamResolver {
             const { release } = await this.deps.releases.record({ package: name, version: a.version, ...found });
             out.recorded.push(release);
             this.resolvedCount.add(1);
-            this.deps.log.info("release resolved", { package: name, version: a.version, tag: found.tag, url: found.url, sha256: found.sha256, commit: found.commit, origin: a.origin });
+            this.deps.log.info("release resolved", {
+              package: name,
+              version: a.version,
+              tag: found.tag,
+              url: found.url,
+              sha256: found.sha256,
+              commit: found.commit,
+              origin: a.origin,
+            });
           } catch (err) {
             if (!(err instanceof ReleaseConflictError)) throw err;
             // Another resolver recorded this version from other bytes a moment ago.
@@ -129,9 +170,17 @@ export class UpstreamResolver {
           continue;
         }
         this.failureCount.add(1, { kind: "unavailable" });
-        const retryAfterMs = Math.max(err instanceof SourceUnavailableError ? (err.retryAfterMs ?? 0) : 0, this.deps.limits.backoffMs * 2 ** this.deps.limits.tries);
+        const retryAfterMs = Math.max(
+          err instanceof SourceUnavailableError ? (err.retryAfterMs ?? 0) : 0,
+          this.deps.limits.backoffMs * 2 ** this.deps.limits.tries,
+        );
         out.unavailable ??= { reason: `${a.version}: ${errorMessage(err)}`, retryAfterMs };
-        this.deps.log.warn("upstream unavailable; the package keeps its last version", { package: name, version: a.version, reason: errorMessage(err), retryAfterMs });
+        this.deps.log.warn("upstream unavailable; the package keeps its last version", {
+          package: name,
+          version: a.version,
+          reason: errorMessage(err),
+          retryAfterMs,
+        });
       }
     }
     out.conflicts = await this.deps.ledger.conflicts(name);
@@ -139,7 +188,13 @@ export class UpstreamResolver {
   }
 
   /** New versions a git upstream lists (the newest the policy accepts, above the pinned one), as resync announcements. */
-  private async discover(catalog: Catalog, spec: PackageSpec, known: Map<string, Release>, announced: Announcement[], out: Resolution): Promise<Announcement[]> {
+  private async discover(
+    catalog: Catalog,
+    spec: PackageSpec,
+    known: Map<string, Release>,
+    announced: Announcement[],
+    out: Resolution,
+  ): Promise<Announcement[]> {
     if (!isGitSourceUrl(spec.source.url)) return [];
     let tags: Map<string, string>;
     try {
@@ -171,10 +226,18 @@ export class UpstreamResolver {
   }
 
   /** The source of `a`, fetched once and hashed (for git: its tag's commit and archive). */
-  private async fetchVersion(catalog: Catalog, spec: PackageSpec, a: Announcement, prior: Release | undefined): Promise<Omit<Release, "package" | "version" | "receivedAt"> | undefined> {
+  private async fetchVersion(
+    catalog: Catalog,
+    spec: PackageSpec,
+    a: Announcement,
+    prior: Release | undefined,
+  ): Promise<Omit<Release, "package" | "version" | "receivedAt"> | undefined> {
     const where = this.locate(spec, a);
     if (!where) {
-      this.deps.log.warn("no source for a new version: the catalog's source.url has no ${version} and the upstream no url template", { package: spec.name, version: a.version });
+      this.deps.log.warn("no source for a new version: the catalog's source.url has no ${version} and the upstream no url template", {
+        package: spec.name,
+        version: a.version,
+      });
       await this.deps.ledger.settle(spec.name, a.version);
       return undefined;
     }
@@ -186,7 +249,9 @@ export class UpstreamResolver {
         let tag: string | undefined;
         let commit: string | undefined;
         for (const candidate of tags) {
-          commit = await this.gated(transport, () => resolveGitTag(transport, candidate, dir, signal)).catch((err: unknown) => (err instanceof SourceError ? undefined : Promise.reject(err)));
+          commit = await this.gated(transport, () => resolveGitTag(transport, candidate, dir, signal)).catch((err: unknown) =>
+            err instanceof SourceError ? undefined : Promise.reject(err),
+          );
           if (commit) {
             tag = candidate;
             break;
@@ -211,21 +276,37 @@ export class UpstreamResolver {
     const location = catalog.resolveSourceUrl(where.url, a.version);
     const at = resolveSourceLocation(location, catalog.dir);
     const sha256 = await this.gated(at.kind === "http" ? at.url : undefined, () =>
-      openSource(location, `source ${where.url}`, { baseDir: catalog.dir, maxBytes: limits.maxBytes, allowRemote: limits.allowRemote, timeoutMs: limits.timeoutMs }).then((body) => sha256Of(body, limits.maxBytes, `source ${where.url}`)),
+      openSource(location, `source ${where.url}`, {
+        baseDir: catalog.dir,
+        maxBytes: limits.maxBytes,
+        allowRemote: limits.allowRemote,
+        timeoutMs: limits.timeoutMs,
+      }).then((body) => sha256Of(body, limits.maxBytes, `source ${where.url}`)),
     );
     return { url: where.url, sha256, ...(a.tag ? { tag: a.tag } : {}) };
   }
 
-  private async conflict(spec: PackageSpec, recorded: Release, found: { url: string; sha256: string; commit?: string | undefined }, tag: string | undefined): Promise<void> {
+  private async conflict(
+    spec: PackageSpec,
+    recorded: Release,
+    found: { url: string; sha256: string; commit?: string | undefined },
+    tag: string | undefined,
+  ): Promise<void> {
     const isNew = await this.deps.ledger.conflict({
-      package: spec.name, version: recorded.version, ...(tag ? { tag } : {}),
+      package: spec.name,
+      version: recorded.version,
+      ...(tag ? { tag } : {}),
       recorded: { url: recorded.url, sha256: recorded.sha256, ...(recorded.commit ? { commit: recorded.commit } : {}) },
       found: { url: found.url, sha256: found.sha256, ...(found.commit ? { commit: found.commit } : {}) },
     });
     if (!isNew) return;
     this.conflictCount.add(1, { package: spec.name });
     this.deps.log.error("release conflict: a recorded release's tag points at another source; the recorded fact stays", {
-      package: spec.name, version: recorded.version, tag, recorded: recorded.commit ?? recorded.sha256, found: found.commit ?? found.sha256,
+      package: spec.name,
+      version: recorded.version,
+      tag,
+      recorded: recorded.commit ?? recorded.sha256,
+      found: found.commit ?? found.sha256,
     });
   }
 
@@ -238,7 +319,8 @@ export class UpstreamResolver {
     const { tries, backoffMs, maxWaitMs } = this.deps.limits;
     for (let attempt = 1; ; attempt++) {
       const gate = host ? this.hostGate(host) : undefined;
-      if (gate && gate.closedUntil > Date.now()) throw new SourceUnavailableError(`${host} asked to wait (Retry-After)`, { retryAfterMs: gate.closedUntil - Date.now() });
+      if (gate && gate.closedUntil > Date.now())
+        throw new SourceUnavailableError(`${host} asked to wait (Retry-After)`, { retryAfterMs: gate.closedUntil - Date.now() });
       const release = gate ? await this.enter(gate) : () => {};
       try {
         return await fetch();

@@ -22,7 +22,22 @@
  * gets signed and recorded. Any failure is a SignRefusedError with a reason.
  */
 import path from "node:path";
-import { BUILD_RESULT_PREDICATE_TYPE, CorruptBlobError, CorruptStoreBlobError, imageManifestSchema, MissingBlobError, MissingStoreBlobError, OciLayout, OciJsonError, openDsse, parseOciJson, readStoreBlob, readVerifiedBlob, storeBlobPath, VerificationError } from "@homeostat/attest";
+import {
+  BUILD_RESULT_PREDICATE_TYPE,
+  CorruptBlobError,
+  CorruptStoreBlobError,
+  imageManifestSchema,
+  MissingBlobError,
+  MissingStoreBlobError,
+  OciLayout,
+  OciJsonError,
+  openDsse,
+  parseOciJson,
+  readStoreBlob,
+  readVerifiedBlob,
+  storeBlobPath,
+  VerificationError,
+} from "@homeostat/attest";
 import { buildResultPredicateSchema, parseKey, type BuildResultPredicate, type KeyStatus, type SignRequest } from "@homeostat/core";
 import type { Digest } from "@homeostat/core/digest";
 import type { VerifiedBuild } from "./sign.ts";
@@ -76,11 +91,15 @@ export async function admit(req: SignRequest, ctx: AdmitContext): Promise<Verifi
     throw new SignRefusedError(reason, `build result ${req.buildResult}: ${e.message}`);
   }
   const parsed = buildResultPredicateSchema.safeParse(opened.statement.predicate);
-  if (!parsed.success) throw new SignRefusedError("corrupt", `build result ${req.buildResult}: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+  if (!parsed.success)
+    throw new SignRefusedError("corrupt", `build result ${req.buildResult}: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
   const result = parsed.data;
   const { kind, name } = parseKey(req.key);
   if (result.key !== req.key || result.kind !== kind || result.name !== name || result.inputDigest !== req.inputDigest) {
-    throw new SignRefusedError("result-mismatch", `build result ${req.buildResult} is about ${result.key} with inputs ${result.inputDigest}, not ${req.key} with ${req.inputDigest}`);
+    throw new SignRefusedError(
+      "result-mismatch",
+      `build result ${req.buildResult} is about ${result.key} with inputs ${result.inputDigest}, not ${req.key} with ${req.inputDigest}`,
+    );
   }
   const desired = (await ctx.status(req.key))?.desiredInputDigest;
   if (desired !== req.inputDigest) {
@@ -89,14 +108,29 @@ export async function admit(req: SignRequest, ctx: AdmitContext): Promise<Verifi
   const provenance = kind === "package" ? await checkPackage(result, ctx.dataDir) : await checkImage(result, ctx.dataDir);
   const provenanceIsolation = provenance.buildDefinition?.internalParameters?.isolation;
   if (provenance.buildDefinition?.internalParameters?.inputDigest !== req.inputDigest) {
-    throw new SignRefusedError("result-mismatch", `the provenance of ${req.key} names inputs ${String(provenance.buildDefinition?.internalParameters?.inputDigest)}, not ${req.inputDigest}`);
+    throw new SignRefusedError(
+      "result-mismatch",
+      `the provenance of ${req.key} names inputs ${String(provenance.buildDefinition?.internalParameters?.inputDigest)}, not ${req.inputDigest}`,
+    );
   }
   const unsandboxed = result.isolation === "none" || provenanceIsolation === "none";
   if (unsandboxed && !ctx.allowUnsandboxed) {
-    throw new SignRefusedError("unsandboxed", `${req.key}: the build's steps ran without the sandbox (isolation none); set HOMEOSTAT_SIGN_UNSANDBOXED=true to sign such builds in development`);
+    throw new SignRefusedError(
+      "unsandboxed",
+      `${req.key}: the build's steps ran without the sandbox (isolation none); set HOMEOSTAT_SIGN_UNSANDBOXED=true to sign such builds in development`,
+    );
   }
   const location = kind === "package" ? storeBlobPath(ctx.dataDir, result.outputs.archive!) : `${imageLayoutDir(ctx.dataDir, name)}:${result.version}`;
-  return { key: req.key, kind, name, version: result.version, inputDigest: req.inputDigest as Digest, outputs: { ...result.outputs, location }, isolation: unsandboxed ? "none" : result.isolation, builderKeyId: opened.keyId };
+  return {
+    key: req.key,
+    kind,
+    name,
+    version: result.version,
+    inputDigest: req.inputDigest as Digest,
+    outputs: { ...result.outputs, location },
+    isolation: unsandboxed ? "none" : result.isolation,
+    builderKeyId: opened.keyId,
+  };
 }
 
 /** Where the builder writes an image's layout, by the signer's own reckoning. */
@@ -124,7 +158,11 @@ async function checkImage(result: BuildResultPredicate, dataDir: string): Promis
   if (!manifest || !sbom || !provenance) throw new SignRefusedError("corrupt", `${result.key}: an image result names its manifest, SBOM and provenance`);
   const layout = await OciLayout.open(imageLayoutDir(dataDir, result.name));
   const tagged = await layout.resolve(result.version);
-  if (tagged?.digest !== manifest) throw new SignRefusedError("result-mismatch", `${result.key}: tag ${result.version} in ${layout.dir} names ${tagged?.digest ?? "nothing"}, not ${manifest}`);
+  if (tagged?.digest !== manifest)
+    throw new SignRefusedError(
+      "result-mismatch",
+      `${result.key}: tag ${result.version} in ${layout.dir} names ${tagged?.digest ?? "nothing"}, not ${manifest}`,
+    );
   let m;
   try {
     m = parseOciJson(imageManifestSchema, await layoutBlob(layout, manifest, "the image manifest"), "image manifest");

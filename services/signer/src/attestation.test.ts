@@ -12,7 +12,28 @@ import path from "node:path";
 import { bundleFromJSON } from "@sigstore/bundle";
 import { toSignedEntity, Verifier } from "@sigstore/verify";
 import { sha256Digest, type Digest } from "@homeostat/core/digest";
-import { CYCLONEDX_PREDICATE_TYPE, type Descriptor, indexBytes, manifestBytes, mediaTypes, OciLayout, PREDICATE_TYPE_ANNOTATION, readTrustedKeys, referrers, referrersTag, type Signer, SigningKeyError, signStatement, SLSA_PROVENANCE_PREDICATE_TYPE, type Statement, statementBytes, VerificationError, verifyAttestations, type VerifyFailure, verifyLayoutImages } from "@homeostat/attest";
+import {
+  CYCLONEDX_PREDICATE_TYPE,
+  type Descriptor,
+  indexBytes,
+  manifestBytes,
+  mediaTypes,
+  OciLayout,
+  PREDICATE_TYPE_ANNOTATION,
+  readTrustedKeys,
+  referrers,
+  referrersTag,
+  type Signer,
+  SigningKeyError,
+  signStatement,
+  SLSA_PROVENANCE_PREDICATE_TYPE,
+  type Statement,
+  statementBytes,
+  VerificationError,
+  verifyAttestations,
+  type VerifyFailure,
+  verifyLayoutImages,
+} from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
 import { sign } from "./sign.ts";
 
@@ -48,7 +69,13 @@ async function replaceAttestation(layoutDir: string, subject: Digest, predicateT
   const config = await layout.writeBlob("{}", mediaTypes.empty);
   const annotations = { [PREDICATE_TYPE_ANNOTATION]: predicateType };
   const manifest = await layout.writeBlob(
-    manifestBytes({ artifactType: mediaTypes.sigstoreBundle, config, layers: [bundle], subject: { mediaType: mediaTypes.manifest, digest: subject, size: subjectSize }, annotations }),
+    manifestBytes({
+      artifactType: mediaTypes.sigstoreBundle,
+      config,
+      layers: [bundle],
+      subject: { mediaType: mediaTypes.manifest, digest: subject, size: subjectSize },
+      annotations,
+    }),
     mediaTypes.manifest,
   );
   const others = (await referrers(layout, subject)).filter((d) => d.annotations?.[PREDICATE_TYPE_ANNOTATION] !== predicateType);
@@ -74,7 +101,12 @@ test("an image gets SBOM and provenance attestations as OCI 1.1 referrers, liste
   assert.equal(listed.length, 2);
   for (const entry of listed) {
     assert.equal(entry.artifactType, mediaTypes.sigstoreBundle);
-    const m = JSON.parse((await layout.readBlob(entry.digest)).toString()) as { artifactType: string; config: Descriptor; subject: Descriptor; layers: Descriptor[] };
+    const m = JSON.parse((await layout.readBlob(entry.digest)).toString()) as {
+      artifactType: string;
+      config: Descriptor;
+      subject: Descriptor;
+      layers: Descriptor[];
+    };
     assert.equal(m.artifactType, mediaTypes.sigstoreBundle);
     assert.equal(m.config.mediaType, mediaTypes.empty);
     assert.equal(m.subject.digest, manifest, "each attestation names the image as its subject");
@@ -100,7 +132,13 @@ test("@sigstore/verify accepts every bundle given only the public key, offline",
   const { layoutDir, manifest } = await signed(dir, "1.0", "greeter", signer);
   const publicKey = createPublicKey(signer.publicKeyPem);
   const verifier = new Verifier(
-    { certificateAuthorities: [], timestampAuthorities: [], tlogs: [], ctlogs: [], publicKey: (hint) => (hint === signer.keyId ? { publicKey, validFor: () => true } : assert.fail(`unexpected hint ${hint}`)) },
+    {
+      certificateAuthorities: [],
+      timestampAuthorities: [],
+      tlogs: [],
+      ctlogs: [],
+      publicKey: (hint) => (hint === signer.keyId ? { publicKey, validFor: () => true } : assert.fail(`unexpected hint ${hint}`)),
+    },
     { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 },
   );
   for (const type of required) {
@@ -137,12 +175,18 @@ test("rejected with a plain reason: changed payload, changed image, wrong key, r
   const envelope = json.dsseEnvelope as { payload: string };
   const statement = JSON.parse(Buffer.from(envelope.payload, "base64").toString()) as Statement;
   statement.predicate = { bomFormat: "CycloneDX", components: [{ name: "something else" }] };
-  await replaceAttestation(a.layoutDir, a.manifest, CYCLONEDX_PREDICATE_TYPE, { ...json, dsseEnvelope: { ...envelope, payload: Buffer.from(JSON.stringify(statement)).toString("base64") } });
+  await replaceAttestation(a.layoutDir, a.manifest, CYCLONEDX_PREDICATE_TYPE, {
+    ...json,
+    dsseEnvelope: { ...envelope, payload: Buffer.from(JSON.stringify(statement)).toString("base64") },
+  });
   await rejects(verifyAttestations({ layoutDir: a.layoutDir, manifest: a.manifest, trustedKeys }), "bad-signature", /signature/i);
 
   // A bundle, validly signed by the trusted key, whose statement is about another image.
   const otherSubject = sha256Digest("another image");
-  const foreign = await signStatement(statementBytes({ name: `${REPO}/alpha`, digest: otherSubject }, { predicateType: CYCLONEDX_PREDICATE_TYPE, predicate: {} }), signer);
+  const foreign = await signStatement(
+    statementBytes({ name: `${REPO}/alpha`, digest: otherSubject }, { predicateType: CYCLONEDX_PREDICATE_TYPE, predicate: {} }),
+    signer,
+  );
   await replaceAttestation(a.layoutDir, a.manifest, CYCLONEDX_PREDICATE_TYPE, foreign);
   await rejects(verifyAttestations({ layoutDir: a.layoutDir, manifest: a.manifest, trustedKeys }), "digest-mismatch", new RegExp(`about ${otherSubject}`));
 
@@ -163,8 +207,16 @@ test("rejected with a plain reason: changed payload, changed image, wrong key, r
   // A wrong key, and a revoked one (no longer in the trust set).
   const c = await signed(dir, "1.0", "gamma", signer);
   const stranger = newSigner();
-  await rejects(verifyLayoutImages({ target: `${c.layoutDir}:1.0`, trustedKeys: [stranger.publicKeyPem], require: required }), "untrusted-key", /not among the trusted keys/);
-  await rejects(verifyAttestations({ layoutDir: c.layoutDir, manifest: c.manifest, trustedKeys: [stranger.publicKeyPem] }), "untrusted-key", new RegExp(signer.keyId));
+  await rejects(
+    verifyLayoutImages({ target: `${c.layoutDir}:1.0`, trustedKeys: [stranger.publicKeyPem], require: required }),
+    "untrusted-key",
+    /not among the trusted keys/,
+  );
+  await rejects(
+    verifyAttestations({ layoutDir: c.layoutDir, manifest: c.manifest, trustedKeys: [stranger.publicKeyPem] }),
+    "untrusted-key",
+    new RegExp(signer.keyId),
+  );
 
   // Missing attestations are refused when required.
   const d = await imageToSign(path.join(dir, "delta"), "1.0", "delta");
@@ -202,8 +254,14 @@ test("trusted key files: several keys a file, duplicates merged, bad files refus
   await writeFile(path.join(dir, "empty.pem"), "nothing here\n");
   const keys = await readTrustedKeys([path.join(dir, "both.pem"), path.join(dir, "one.pem")]);
   assert.deepEqual(keys, [k1.publicKeyPem, k2.publicKeyPem]);
-  await assert.rejects(readTrustedKeys([path.join(dir, "empty.pem")]), (e: unknown) => e instanceof SigningKeyError && /holds no PEM public key/.test(e.message));
-  await assert.rejects(readTrustedKeys([path.join(dir, "missing.pem")]), (e: unknown) => e instanceof SigningKeyError && /cannot read \(ENOENT\)/.test(e.message));
+  await assert.rejects(
+    readTrustedKeys([path.join(dir, "empty.pem")]),
+    (e: unknown) => e instanceof SigningKeyError && /holds no PEM public key/.test(e.message),
+  );
+  await assert.rejects(
+    readTrustedKeys([path.join(dir, "missing.pem")]),
+    (e: unknown) => e instanceof SigningKeyError && /cannot read \(ENOENT\)/.test(e.message),
+  );
   const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ type: "spki", format: "pem" }).toString();
   await writeFile(path.join(dir, "rsa.pem"), rsa);
   await assert.rejects(readTrustedKeys([path.join(dir, "rsa.pem")]), (e: unknown) => e instanceof SigningKeyError && /P-256/.test(e.message));

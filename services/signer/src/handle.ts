@@ -36,22 +36,42 @@ export function createSignHandler(deps: SignHandlerDeps) {
   return async function handle(req: SignRequest): Promise<void> {
     let build;
     try {
-      build = await admit(req, { dataDir: deps.dataDir, trustedBuilderKeys: await deps.trustedBuilderKeys(), allowUnsandboxed: deps.allowUnsandboxed, status: (k) => deps.state.get(k) });
+      build = await admit(req, {
+        dataDir: deps.dataDir,
+        trustedBuilderKeys: await deps.trustedBuilderKeys(),
+        allowUnsandboxed: deps.allowUnsandboxed,
+        status: (k) => deps.state.get(k),
+      });
     } catch (err) {
       if (!(err instanceof SignRefusedError)) throw err;
       deps.refused(err.reason);
       deps.log.warn("sign refused", { key: req.key, reason: err.reason, inputDigest: req.inputDigest, buildResult: req.buildResult, detail: err.message });
       throw new NonRetriableError(`${req.key}: ${err.message}`);
     }
-    if (build.isolation === "none") deps.log.warn("signing a build whose steps ran unsandboxed (HOMEOSTAT_SIGN_UNSANDBOXED=true); the signature says so", { key: req.key, inputDigest: req.inputDigest });
-    const { signatures, keyId } = await sign(build, { dataDir: deps.dataDir, imageRepository: deps.imageRepository, signer: deps.signer, registry: deps.registry }).catch((err: unknown) => {
+    if (build.isolation === "none")
+      deps.log.warn("signing a build whose steps ran unsandboxed (HOMEOSTAT_SIGN_UNSANDBOXED=true); the signature says so", {
+        key: req.key,
+        inputDigest: req.inputDigest,
+      });
+    const { signatures, keyId } = await sign(build, {
+      dataDir: deps.dataDir,
+      imageRepository: deps.imageRepository,
+      signer: deps.signer,
+      registry: deps.registry,
+    }).catch((err: unknown) => {
       // What cannot be signed as it stands will never succeed: drop it, with the reason.
       throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;
     });
     const actual = {
-      version: build.version, inputDigest: build.inputDigest, outputs: build.outputs, signatures, keyId,
-      ...(build.isolation ? { isolation: build.isolation } : {}), ...(build.builderKeyId ? { builderKeyId: build.builderKeyId } : {}),
-      builtAt: new Date().toISOString(), traceId: currentTraceId(),
+      version: build.version,
+      inputDigest: build.inputDigest,
+      outputs: build.outputs,
+      signatures,
+      keyId,
+      ...(build.isolation ? { isolation: build.isolation } : {}),
+      ...(build.builderKeyId ? { builderKeyId: build.builderKeyId } : {}),
+      builtAt: new Date().toISOString(),
+      traceId: currentTraceId(),
     };
     await deps.state.update(req.key, (s) => {
       const cur = s ?? StateStore.initial(req.key);
@@ -59,7 +79,12 @@ export function createSignHandler(deps: SignHandlerDeps) {
       const next = { ...cur, actual, phase: current ? ("Ready" as const) : cur.phase, lastError: current ? undefined : cur.lastError };
       return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
     });
-    await deps.enqueue({ v: 1, key: req.key, priority: "dependency", cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${build.version}` } });
+    await deps.enqueue({
+      v: 1,
+      key: req.key,
+      priority: "dependency",
+      cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${build.version}` },
+    });
     deps.log.info("signed", { key: req.key, version: build.version, keyId });
   };
 }

@@ -17,11 +17,18 @@ import { createSignHandler } from "./handle.ts";
 
 await runService("signer", async ({ config, log, nats, buckets, signal }) => {
   // A full disk while the key is first written, or a key file not mounted yet, is waited out, not an exit.
-  const signer = await retryUntilItWorks("loading the signing key", () => keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key"), { log, signal, maxDelayMs: config.startupBackoffMaxMs });
+  const signer = await retryUntilItWorks(
+    "loading the signing key",
+    () => keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key"),
+    { log, signal, maxDelayMs: config.startupBackoffMaxMs },
+  );
   log.info("signing key loaded", { keyId: signer.keyId, source: signer.source });
   log.info("trusting builder keys from", { files: config.trustedBuilderKeyPaths });
-  if (config.signUnsandboxed) log.warn("HOMEOSTAT_SIGN_UNSANDBOXED=true: builds whose steps ran without the sandbox are signed too, marked as such (development only)");
-  const refusals = meter().createCounter("homeostat.signer.refused", { description: "Sign requests refused, by reason: not built by a trusted builder from the desired inputs, or not intact" });
+  if (config.signUnsandboxed)
+    log.warn("HOMEOSTAT_SIGN_UNSANDBOXED=true: builds whose steps ran without the sandbox are signed too, marked as such (development only)");
+  const refusals = meter().createCounter("homeostat.signer.refused", {
+    description: "Sign requests refused, by reason: not built by a trusted builder from the desired inputs, or not intact",
+  });
   const handle = createSignHandler({
     dataDir: config.dataDir,
     state: new StateStore(buckets.state),
@@ -35,6 +42,14 @@ await runService("signer", async ({ config, log, nats, buckets, signal }) => {
     refused: (reason) => refusals.add(1, { reason }),
     log,
   });
-  const running = runConsumer(nats, { stage: "sign", schema: signRequestSchema, spanName: "signer.sign", concurrency: config.concurrency, log, signal, handle });
+  const running = runConsumer(nats, {
+    stage: "sign",
+    schema: signRequestSchema,
+    spanName: "signer.sign",
+    concurrency: config.concurrency,
+    log,
+    signal,
+    handle,
+  });
   return () => running;
 });

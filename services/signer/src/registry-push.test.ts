@@ -32,7 +32,9 @@ after(async () => {
 
 function verify(ref: string, key: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) =>
-    execFile(cli, ["verify", ref, "--key", key], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+    execFile(cli, ["verify", ref, "--key", key], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) =>
+      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    ),
   );
 }
 
@@ -43,14 +45,26 @@ test("a signed image, its signature and its attestations are pushed; skopeo read
   const req = await imageToSign(path.join(dir, "greeter"), "1.0", "greeter");
   const result = await sign(req, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer, registry: new Registry(registry.url) });
 
-  const inspect = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:1.0`], { encoding: "utf8" })) as { layers: unknown[] };
+  const inspect = JSON.parse(
+    execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:1.0`], { encoding: "utf8" }),
+  ) as { layers: unknown[] };
   assert.equal(inspect.layers.length, 1);
-  const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/greeter:1.0`], { encoding: "utf8" }).trim();
+  const digest = execFileSync("skopeo", ["inspect", "--tls-verify=false", "--format", "{{.Digest}}", `docker://${registry.host}/homeostat/greeter:1.0`], {
+    encoding: "utf8",
+  }).trim();
   assert.equal(digest, req.outputs.manifest);
   const sigTag = `${req.outputs.manifest!.replace(":", "-")}.sig`;
-  const sig = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${sigTag}`], { encoding: "utf8" })) as { layers: { mediaType: string }[] };
+  const sig = JSON.parse(
+    execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${sigTag}`], { encoding: "utf8" }),
+  ) as { layers: { mediaType: string }[] };
   assert.equal(sig.layers[0]!.mediaType, "application/vnd.dev.cosign.simplesigning.v1+json");
-  const referrers = JSON.parse(execFileSync("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${req.outputs.manifest!.replace(":", "-")}`], { encoding: "utf8" })) as { manifests: { digest: string }[] };
+  const referrers = JSON.parse(
+    execFileSync(
+      "skopeo",
+      ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/homeostat/greeter:${req.outputs.manifest!.replace(":", "-")}`],
+      { encoding: "utf8" },
+    ),
+  ) as { manifests: { digest: string }[] };
   assert.deepEqual(referrers.manifests.map((m) => m.digest).sort(), [result.signatures.sbom, result.signatures.provenance].sort());
 
   const ok = await verify(`${registry.host}/homeostat/greeter:1.0`, pub);

@@ -10,7 +10,21 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
-import { mediaTypes, OciLayout, SIGNATURE_ANNOTATION, signatureTag, signImage, SIMPLE_SIGNING_MEDIA_TYPE, storeBlobPath, VerificationError, verifyBlobSignature, type VerifyFailure, verifyImage, verifyStoreBlob, writeStoreBlob } from "@homeostat/attest";
+import {
+  mediaTypes,
+  OciLayout,
+  SIGNATURE_ANNOTATION,
+  signatureTag,
+  signImage,
+  SIMPLE_SIGNING_MEDIA_TYPE,
+  storeBlobPath,
+  VerificationError,
+  verifyBlobSignature,
+  type VerifyFailure,
+  verifyImage,
+  verifyStoreBlob,
+  writeStoreBlob,
+} from "@homeostat/attest";
 import { type ManagedKeyProvider, managedKeyProvider } from "@homeostat/key-custody";
 import { sign, SignRequestError, type VerifiedBuild } from "./sign.ts";
 
@@ -82,15 +96,20 @@ async function readSignature(layoutDir: string, manifest: Digest): Promise<{ dig
 }
 
 async function rejectsWith(p: Promise<unknown> | (() => unknown), reason: VerifyFailure, message?: RegExp): Promise<void> {
-  await assert.rejects(async () => (typeof p === "function" ? p() : p), (e: unknown) => {
-    assert.ok(e instanceof VerificationError, `expected VerificationError, got ${String(e)}`);
-    assert.equal(e.reason, reason, e.message);
-    if (message) assert.match(e.message, message);
-    return true;
-  });
+  await assert.rejects(
+    async () => (typeof p === "function" ? p() : p),
+    (e: unknown) => {
+      assert.ok(e instanceof VerificationError, `expected VerificationError, got ${String(e)}`);
+      assert.equal(e.reason, reason, e.message);
+      if (message) assert.match(e.message, message);
+      return true;
+    },
+  );
 }
 
-async function setup(t: { after(fn: () => Promise<void>): void }): Promise<{ dir: string; dataDir: string; layoutDir: string; key: ManagedKeyProvider; pubPath: string }> {
+async function setup(t: {
+  after(fn: () => Promise<void>): void;
+}): Promise<{ dir: string; dataDir: string; layoutDir: string; key: ManagedKeyProvider; pubPath: string }> {
   const dir = await tempDir(t);
   const dataDir = path.join(dir, "data");
   const key = await managedKeyProvider({ dir: path.join(dataDir, "signer"), name: "cosign" });
@@ -177,7 +196,12 @@ test("a flipped payload byte fails openssl and verifyImage", async (t) => {
   const layout = await OciLayout.open(layoutDir);
   const layer = await layout.writeBlob(flipped, SIMPLE_SIGNING_MEDIA_TYPE, { [SIGNATURE_ANNOTATION]: s.sig });
   const repacked = await layout.writeBlob(
-    canonicalJson({ ...s.m, schemaVersion: 2, mediaType: mediaTypes.manifest, layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: { [SIGNATURE_ANNOTATION]: s.sig } }] }),
+    canonicalJson({
+      ...s.m,
+      schemaVersion: 2,
+      mediaType: mediaTypes.manifest,
+      layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: { [SIGNATURE_ANNOTATION]: s.sig } }],
+    }),
     mediaTypes.manifest,
   );
   await layout.tag(signatureTag(manifest), repacked);

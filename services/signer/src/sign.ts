@@ -23,7 +23,21 @@ import path from "node:path";
 import type { BuildIsolationKind, BuildOutputs } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
 import type { Digest } from "@homeostat/core/digest";
-import { type Attestation, attestImage, CYCLONEDX_PREDICATE_TYPE, OciLayout, readVerifiedBlob, referrersTag, Registry, registryRepository, SignatureError, signBlob, type Signer, signImage, SLSA_PROVENANCE_PREDICATE_TYPE } from "@homeostat/attest";
+import {
+  type Attestation,
+  attestImage,
+  CYCLONEDX_PREDICATE_TYPE,
+  OciLayout,
+  readVerifiedBlob,
+  referrersTag,
+  Registry,
+  registryRepository,
+  SignatureError,
+  signBlob,
+  type Signer,
+  signImage,
+  SLSA_PROVENANCE_PREDICATE_TYPE,
+} from "@homeostat/attest";
 
 /** The request itself cannot be signed as it stands (retrying will not help). */
 export class SignRequestError extends Error {}
@@ -117,8 +131,15 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
   ];
   const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
   const attestations: Attestation[] = [];
-  for (const [role, predicateType, blob] of present) attestations.push({ predicateType, predicate: await readJsonBlob(layout, blob, `${req.key}: the ${role}`) });
-  const attached = await attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
+  for (const [role, predicateType, blob] of present)
+    attestations.push({ predicateType, predicate: await readJsonBlob(layout, blob, `${req.key}: the ${role}`) });
+  const attached = await attestImage({
+    layoutDir,
+    subject: manifest,
+    name: imageRepositoryName(ctx.imageRepository, req.name),
+    attestations,
+    signer: ctx.signer,
+  });
   const signatures: Record<string, Digest> = { image: r.signatureManifest };
   present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
   if (ctx.registry) {
