@@ -190,6 +190,14 @@ test("the server answers reflection: buf curl --list-methods names WatchKeys", {
   );
   assert.match(out, /^homeostat\.v1\.StatusService\/WatchKeys$/m);
   assert.match(out, /^homeostat\.v1\.StatusService\/Enqueue$/m);
+  assert.match(out, /^grpc\.health\.v1\.Health\/Check$/m);
+  // The standard health service answers buf curl with no schema files either.
+  const health = await new Promise<string>((resolve, reject) =>
+    execFile(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", `http://${factory.grpcAddr}/grpc.health.v1.Health/Check`], (err, stdout, stderr) =>
+      err ? reject(new Error(`buf curl of the health service failed: ${stderr || err.message}`)) : resolve(stdout),
+    ),
+  );
+  assert.match(health, /"status":\s*"SERVING"/);
 });
 
 function sameState(a: Map<Key, number>, b: Map<Key, number>): boolean {

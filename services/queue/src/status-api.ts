@@ -236,7 +236,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
   server.with(tracingMiddleware()).with(failures).with(authMiddleware(security)).add(StatusServiceDefinition, implementation);
   const health = HealthState();
   server.add(HealthDefinition, HealthServiceImpl(health));
-  const reflection = ServerReflection(descriptors, [statusServiceName]);
+  const reflection = ServerReflection(descriptors, [statusServiceName, "grpc.health.v1.Health"]);
   server.add(ServerReflectionService, reflection);
   server.add(reflectionV1alpha, reflection);
 
