@@ -229,7 +229,7 @@ function fields(bytes: Uint8Array): Map<number, Uint8Array[]> {
   return out;
 }
 
-test("reflection (v1 and v1alpha) lists StatusService and describes its methods, without a token", async () => {
+test("reflection (v1 and v1alpha) lists StatusService and the health service and describes their methods, without a token", async () => {
   const addr = await serve({ readAuth: "token" });
   for (const version of ["v1", "v1alpha"] as const) {
     // ServerReflectionRequest.list_services = 7
@@ -245,7 +245,7 @@ test("reflection (v1 and v1alpha) lists StatusService and describes its methods,
     );
     // ServerReflectionResponse.list_services_response = 6, ListServiceResponse.service = 1, ServiceResponse.name = 1
     const names = (listed.get(6) ?? []).flatMap((list) => fields(list).get(1) ?? []).map((s) => new TextDecoder().decode(fields(s).get(1)![0]));
-    assert.deepEqual(names, [statusServiceName], version);
+    assert.deepEqual(names, [statusServiceName, "grpc.health.v1.Health"], version);
 
     // ServerReflectionRequest.file_containing_symbol = 4; the answer's file_descriptor_response = 4, file_descriptor_proto = 1
     const file = fields(
