@@ -17,14 +17,13 @@
  * same seed gives the same catalog and schedule (the timing of the machine is its own).
  */
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync, existsSync } from "node:fs";
-import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import type { KeyStatus } from "@homeostat/core/status";
 import { listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
+import { mulberry32, packAppTarball } from "./app-tarball.ts";
 import { startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
 
 export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis"] as const;
@@ -52,35 +51,9 @@ export type ChaosReport = {
 const roundTimeoutMs = 90_000;
 const crashLimit = 2;
 
-/** mulberry32: a small seeded generator, the same sequence for the same seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** A tarball with one top directory app/ holding `files`; its file URL and sha256. */
+/** A tarball `<dir>/<name>.tar.gz` of executable files under app/; its file URL and sha256. */
 function tarball(dir: string, name: string, files: Record<string, string>): { url: string; sha256: string } {
-  const tree = path.join(dir, `${name}-tree`);
-  mkdirSync(path.join(tree, "app"), { recursive: true });
-  for (const [f, content] of Object.entries(files)) writeFileSync(path.join(tree, "app", f), content, { mode: 0o755 });
-  const file = path.join(dir, `${name}.tar.gz`);
-  execFileSync("bash", [
-    "-o",
-    "pipefail",
-    "-c",
-    'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n > "$2"',
-    "tar",
-    tree,
-    file,
-  ]);
-  rmSync(tree, { recursive: true, force: true });
-  return { url: `file://${file}`, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") };
+  return packAppTarball(path.join(dir, `${name}.tar.gz`), Object.fromEntries(Object.entries(files).map(([f, content]) => [f, { content, mode: 0o755 }])));
 }
 
 /** Packages c00…, each depending on up to two earlier ones, plus `broken` and `crasher`. */
@@ -150,7 +123,7 @@ export function doubleBuilds(log: string): string[] {
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const say = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const rand = random(o.seed);
+  const rand = mulberry32(o.seed);
   const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-chaos-"));
   // The sandbox's uid must reach the workspaces below.
   chmodSync(dir, 0o711);

@@ -20,11 +20,9 @@
  *
  * Usage: node scripts/gen-catalog.ts DIR [--packages N] [--images N] [--seed N]
  */
-import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { mulberry32, packAppTarball } from "./app-tarball.ts";
 
 export type GenOptions = { packages: number; images: number; seed: number };
 
@@ -50,29 +48,7 @@ const program = (release: string) =>
 export async function sourceTarball(dir: string, release?: string): Promise<{ url: string; sha256: string }> {
   if (release !== undefined && !/^[A-Za-z0-9._-]+$/.test(release)) throw new Error(`release ${JSON.stringify(release)}: letters, digits, ._- only`);
   const file = path.resolve(dir, release === undefined ? SOURCE_TARBALL : `sources/app-${release}.tar.gz`);
-  const tree = await mkdtemp(path.join(tmpdir(), "gen-catalog-src-"));
-  try {
-    await mkdir(path.join(tree, "app"));
-    await writeFile(path.join(tree, "app", "main.c"), program(release ?? "initial"));
-    await mkdir(path.dirname(file), { recursive: true });
-    execFileSync("bash", [
-      "-o",
-      "pipefail",
-      "-c",
-      'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"',
-      "tarball",
-      tree,
-      file,
-    ]);
-  } finally {
-    await rm(tree, { recursive: true, force: true });
-  }
-  return {
-    url: `file://${file}`,
-    sha256: createHash("sha256")
-      .update(await readFile(file))
-      .digest("hex"),
-  };
+  return packAppTarball(file, { "main.c": { content: program(release ?? "initial") } });
 }
 
 /** Writes packages/<shard>/<name>.yaml, images/<shard>/<name>.yaml and the source under `dir`; returns the names. */
@@ -159,18 +135,6 @@ async function writeAll(dir: string, files: [string, string][]): Promise<void> {
     }
   };
   await Promise.all(Array.from({ length: WRITE_CONCURRENCY }, worker));
-}
-
-/** A small seeded PRNG (mulberry32): reproducible catalogs without a dependency. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function parseArgs(argv: string[]): { dir: string } & GenOptions {

@@ -17,11 +17,11 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { createHash, randomBytes } from "node:crypto";
-import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import type { KeyStatus } from "@homeostat/core";
+import { packAppTarball } from "../scripts/app-tarball.ts";
 import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { startCluster, type Cluster } from "./fixtures/cluster.ts";
 import { redisUrl } from "./harness.ts";
@@ -37,22 +37,7 @@ const keys = packages.map((p) => `package/${p}`).sort();
 
 /** The packages' one source: a shell program in app/, packed reproducibly (sorted, mtime 0, numeric owners, gzip -n). */
 function writeSource(dir: string): { url: string; sha256: string } {
-  const tree = path.join(dir, "source-tree");
-  mkdirSync(path.join(tree, "app"), { recursive: true });
-  writeFileSync(path.join(tree, "app", "run.sh"), '#!/bin/sh\necho "$(basename "$0"): $*"\n', { mode: 0o755 });
-  const file = path.join(dir, "sources", "app.tar.gz");
-  mkdirSync(path.dirname(file), { recursive: true });
-  execFileSync("bash", [
-    "-o",
-    "pipefail",
-    "-c",
-    'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c app | gzip -n -9 > "$2"',
-    "tarball",
-    tree,
-    file,
-  ]);
-  rmSync(tree, { recursive: true });
-  return { url: `file://${file}`, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") };
+  return packAppTarball(path.join(dir, "sources", "app.tar.gz"), { "run.sh": { content: '#!/bin/sh\necho "$(basename "$0"): $*"\n', mode: 0o755 } });
 }
 
 /** Independent packages (no dependencies): a build of one key is one build request, so two at once would be a double run. */
