@@ -152,6 +152,50 @@ describe("build attempts (real NATS KV)", () => {
     assert.equal(s.building, undefined);
     assert.equal(s.failure, undefined);
   });
+
+  test("a redelivery to the builder running it joins that build: one build, and both deliveries end as it ends", async () => {
+    const req = await building();
+    let builds = 0;
+    let finish: () => void = () => {};
+    const handle = wrap("host_1_1", async () => {
+      builds++;
+      await new Promise<void>((r) => (finish = r));
+    });
+    const first = handle(req, delivery);
+    await waitFor(async () => builds === 1);
+    // The same request again (a NATS restart redelivered it, or the reconciler published it again).
+    const again = handle(req, { info: { deliveryCount: 2 } });
+    await sleep(50);
+    assert.equal(builds, 1, "the redelivery does not start a second build");
+    finish();
+    await Promise.all([first, again]);
+    assert.equal(builds, 1);
+    assert.equal((await state.get(req.key))?.building, undefined);
+    // A joined failure fails the redelivery the same way (retried or dropped with it).
+    const failing = wrap("host_1_1", async () => {
+      builds++;
+      await sleep(50);
+      throw new BuildFailure("step 1/1 (make) exited with code 2");
+    });
+    await state.update(req.key, (c) => ({ ...c!, phase: "Building" }));
+    const results = await Promise.allSettled([failing(req, delivery), failing(req, delivery)]);
+    assert.equal(builds, 2, "one more build for both deliveries");
+    assert.ok(results.every((r) => r.status === "rejected" && r.reason instanceof NonRetriableError));
+  });
+
+  test("a request for other inputs of a key building in this process waits for that build to end", async () => {
+    const req = await building();
+    const next = { ...req, inputDigest: digest("b") };
+    let active = 0;
+    let most = 0;
+    const handle = wrap("host_1_1", async () => {
+      most = Math.max(most, ++active);
+      await sleep(100);
+      active--;
+    });
+    await Promise.all([handle(req, delivery), handle(next, delivery)]);
+    assert.equal(most, 1, "never two builds of the key at once");
+  });
 });
 
 function sleep(ms: number) {

@@ -19,6 +19,13 @@
  * reconciler acts on it now instead of when the build should have ended. Only the status of a
  * key whose desired inputs are the request's is touched: a stale or forged request changes
  * nothing.
+ *
+ * Within one builder process a key has at most one build at a time. The mark only tells other
+ * instances apart, and the same request can reach the instance that is running it (after a NATS
+ * restart the server redelivers a message whose ack wait ran out while it could not hear the
+ * keep-alives; the reconciler may publish a request again): such a delivery joins the running
+ * build and ends as it ends (acked, retried or dropped with it), so there is one build and one
+ * result. A request for other inputs of a key building here waits for that build to end first.
  */
 import {
   classifyFailure,
@@ -33,6 +40,7 @@ import {
   type BuildRequest,
   type EnqueueRequest,
   type FailureKind,
+  type Key,
   type KeyStatus,
   type Logger,
   type StateStore,
@@ -56,6 +64,9 @@ export type AttemptDeps = {
 };
 
 type Delivery = { info: { deliveryCount: number } };
+
+/** A key's build running in this process: the inputs and how its handling ends. */
+type Running = { inputDigest: string; ended: Promise<void> };
 
 const isInvalid = (e: unknown): boolean => e instanceof BuildRefusedError || e instanceof ContractError;
 const isPermanent = (e: unknown): boolean => e instanceof BuildFailure || e instanceof NonRetriableError;
@@ -138,7 +149,29 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
         deps.log.warn("could not tell the queue a build ended", { key: req.key, reason: errorMessage(err) }),
       );
 
+  const running = new Map<Key, Running>();
+
+  /** One delivery, with the key's build to itself in this process (see the module comment). */
   return async function handleWithAttempts(req: BuildRequest, msg: Delivery): Promise<void> {
+    // Each turn waits for one build of the key to end; the map holds at most one per key.
+    for (let other = running.get(req.key); other; other = running.get(req.key)) {
+      if (other.inputDigest === req.inputDigest) {
+        deps.log.info("joining the build of these inputs already running in this builder", { key: req.key, inputDigest: req.inputDigest });
+        return other.ended;
+      }
+      deps.log.info("waiting for this key's build of other inputs to end", { key: req.key, inputDigest: req.inputDigest, running: other.inputDigest });
+      await other.ended.catch(() => undefined);
+    }
+    const mine: Running = { inputDigest: req.inputDigest, ended: attempt(req, msg) };
+    running.set(req.key, mine);
+    try {
+      await mine.ended;
+    } finally {
+      if (running.get(req.key) === mine) running.delete(req.key);
+    }
+  };
+
+  async function attempt(req: BuildRequest, msg: Delivery): Promise<void> {
     const claimed = await claim(req);
     if (claimed === "busy")
       throw new TransientError(`${req.key}: another builder started this build less than ${deps.ackWaitMs} ms ago`, { retryAfterMs: deps.ackWaitMs });
@@ -160,5 +193,5 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
       throw err instanceof NonRetriableError ? err : new NonRetriableError(`${req.key}: ${reason}`, { cause: err });
     }
     await settle(req);
-  };
+  }
 }
