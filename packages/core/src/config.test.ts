@@ -89,3 +89,21 @@ test("every bad variable is named at once", () => {
   const err = refused({ HOMEOSTAT_LEASE_MS: "x", HOMEOSTAT_REGION: "Bad Region" }, "HOMEOSTAT_LEASE_MS");
   assert.match(err.message, /\bHOMEOSTAT_REGION\b/);
 });
+
+test("sources come from loopback only unless remote hosts are allowed, all of them or those listed", () => {
+  const off = loadConfig({});
+  assert.equal(off.sourceHosts, false);
+  assert.equal(off.githubArchiveUrl, "https://codeload.github.com");
+  assert.equal(loadConfig({ HOMEOSTAT_SOURCE_ALLOW_REMOTE: "true" }).sourceHosts, true);
+  assert.deepEqual(loadConfig({ HOMEOSTAT_SOURCE_ALLOW_REMOTE: "true", HOMEOSTAT_SOURCE_HOSTS: " codeload.github.com, .Example.org " }).sourceHosts, [
+    "codeload.github.com",
+    ".example.org",
+  ]);
+  assert.equal(loadConfig({ HOMEOSTAT_GITHUB_ARCHIVE_URL: "http://127.0.0.1:8081/" }).githubArchiveUrl, "http://127.0.0.1:8081");
+  assert.throws(() => loadConfig({ HOMEOSTAT_SOURCE_HOSTS: "codeload.github.com" }), /HOMEOSTAT_SOURCE_HOSTS needs HOMEOSTAT_SOURCE_ALLOW_REMOTE=true/);
+  assert.throws(
+    () => loadConfig({ HOMEOSTAT_SOURCE_ALLOW_REMOTE: "true", HOMEOSTAT_SOURCE_HOSTS: "https://x.org/" }),
+    /HOMEOSTAT_SOURCE_HOSTS: must be host names/,
+  );
+  assert.throws(() => loadConfig({ HOMEOSTAT_SOURCE_ALLOW_REMOTE: "yes" }), /HOMEOSTAT_SOURCE_ALLOW_REMOTE/);
+});

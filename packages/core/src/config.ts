@@ -168,6 +168,25 @@ const schema = z.object({
     .int()
     .positive()
     .default(512 * 1024 * 1024),
+  /**
+   * Hosts sources may come from, for every fetcher of them (the reconciler's upstream resolver,
+   * the builder, the agent): loopback only unless HOMEOSTAT_SOURCE_ALLOW_REMOTE=true, which a
+   * deployment following GitHub or any remote upstream needs. HOMEOSTAT_SOURCE_HOSTS then narrows
+   * it to the hosts listed (comma-separated; `.example.org` is that domain and its subdomains).
+   */
+  HOMEOSTAT_SOURCE_ALLOW_REMOTE: z.enum(["true", "false"]).default("false"),
+  HOMEOSTAT_SOURCE_HOSTS: z
+    .string()
+    .default("")
+    .transform((v) =>
+      v
+        .split(",")
+        .map((h) => h.trim().toLowerCase())
+        .filter((h) => h !== ""),
+    )
+    .refine((hosts) => hosts.every((h) => /^\.?[a-z0-9-]+(\.[a-z0-9-]+)*$/.test(h)), "must be host names or .domain suffixes, comma-separated"),
+  /** Where a GitHub upstream's release tarballs come from when the catalog gives no source URL template: <base>/<owner>/<repo>/tar.gz/refs/tags/<tag>. */
+  HOMEOSTAT_GITHUB_ARCHIVE_URL: z.url().default("https://codeload.github.com"),
   /** The reconciler's upstream resolver: time limit of one fetch, fetches at once per host, tries while unavailable, first backoff, longest Retry-After waited in place (a longer one closes the host until then). */
   HOMEOSTAT_UPSTREAM_TIMEOUT_MS: positiveMs.default(5 * 60_000),
   HOMEOSTAT_UPSTREAM_HOST_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
@@ -312,6 +331,9 @@ export type Config = Readonly<{
   resyncMs: number;
   concurrency: number;
   maxSourceBytes: number;
+  /** Hosts beyond loopback sources may come from: none (false), any (true), or these (@homeostat/source RemoteHosts). */
+  sourceHosts: boolean | string[];
+  githubArchiveUrl: string;
   upstream: { timeoutMs: number; perHostConcurrency: number; tries: number; backoffMs: number; maxWaitMs: number };
   maxUnpackedBytes: number;
   maxSourceEntries: number;
@@ -403,6 +425,11 @@ function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
     tokens.push({ name: m[1]!, role: m[2] as GrpcRole, sha256: m[3]! });
   }
   return tokens;
+}
+
+function sourceHosts(allowRemote: boolean, hosts: string[]): boolean | string[] {
+  if (!allowRemote && hosts.length) throw new ConfigError("invalid configuration:\n  HOMEOSTAT_SOURCE_HOSTS needs HOMEOSTAT_SOURCE_ALLOW_REMOTE=true");
+  return allowRemote && hosts.length ? hosts : allowRemote;
 }
 
 function tlsFiles(cert: string | undefined, key: string | undefined, clientCa: string | undefined): StatusApiSecurity["tls"] {
@@ -520,6 +547,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     resyncMs: e.HOMEOSTAT_RESYNC_MS,
     concurrency: e.HOMEOSTAT_CONCURRENCY,
     maxSourceBytes: e.HOMEOSTAT_MAX_SOURCE_BYTES,
+    sourceHosts: sourceHosts(e.HOMEOSTAT_SOURCE_ALLOW_REMOTE === "true", e.HOMEOSTAT_SOURCE_HOSTS),
+    githubArchiveUrl: e.HOMEOSTAT_GITHUB_ARCHIVE_URL.replace(/\/+$/, ""),
     upstream: {
       timeoutMs: e.HOMEOSTAT_UPSTREAM_TIMEOUT_MS,
       perHostConcurrency: e.HOMEOSTAT_UPSTREAM_HOST_CONCURRENCY,

@@ -4,7 +4,8 @@
  *
  * `file://` URLs and plain paths (relative ones resolved against a base directory, the catalog
  * directory) are read from disk; `http(s)://` URLs only on loopback (127.0.0.0/8, ::1,
- * localhost) unless `allowRemote` is set, never with credentials in the URL, never following a
+ * localhost) unless `allowRemote` lets other hosts in (all of them, or the ones it lists), never
+ * with credentials in the URL, never following a
  * redirect (it could lead anywhere), within a time limit. At most `maxBytes` are accepted: a
  * larger file or declared Content-Length is refused before reading, and the stream counts as it
  * goes (`limitBytes`). Git repositories are git.ts's.
@@ -17,13 +18,20 @@ import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { retryAfterMs, SourceError, SourceUnavailableError } from "./errors.ts";
 
+/**
+ * Which hosts beyond loopback a source may come from: none (false, the default), any (true), or
+ * the names listed, matched case-insensitively; a name starting with a dot (`.github.com`)
+ * matches that domain and its subdomains.
+ */
+export type RemoteHosts = boolean | readonly string[];
+
 export type OpenOptions = {
   /** Directory that relative source paths are resolved against (the catalog directory). */
   baseDir: string;
   /** Largest file accepted, in bytes. */
   maxBytes: number;
-  /** Allow http(s) hosts other than loopback. Default false. */
-  allowRemote?: boolean;
+  /** http(s) hosts allowed beyond loopback. Default none. */
+  allowRemote?: RemoteHosts;
   /** Time limit of an HTTP download. Default 5 minutes. */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -56,9 +64,16 @@ export function isLoopbackHost(hostname: string): boolean {
   return false;
 }
 
-/** Refuses a host other than loopback unless remote hosts are allowed; `what` names the source. */
-export function checkHost(what: string, where: URL, allowRemote: boolean | undefined): void {
-  if (!allowRemote && !isLoopbackHost(where.hostname)) throw new SourceError(`${what}: only loopback hosts are allowed (got ${where.hostname})`);
+/** Refuses a host other than loopback unless `allowRemote` lets it in; `what` names the source. */
+export function checkHost(what: string, where: URL, allowRemote: RemoteHosts | undefined): void {
+  if (isLoopbackHost(where.hostname) || allowRemote === true) return;
+  const host = where.hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  if (Array.isArray(allowRemote)) {
+    const listed = (allowRemote as readonly string[]).map((h) => h.toLowerCase());
+    if (listed.some((h) => (h.startsWith(".") ? host === h.slice(1) || host.endsWith(h) : host === h))) return;
+    throw new SourceError(`${what}: host ${host} is not one of the allowed source hosts (${listed.join(", ")}; HOMEOSTAT_SOURCE_HOSTS)`);
+  }
+  throw new SourceError(`${what}: only loopback hosts are allowed (got ${host}; HOMEOSTAT_SOURCE_ALLOW_REMOTE=true allows others)`);
 }
 
 export function timeoutSignal(o: Pick<OpenOptions, "timeoutMs" | "signal">): AbortSignal {

@@ -54,7 +54,7 @@ await runService("agent", async ({ config, log, nats, buckets, signal }) => {
       releases: (pkg) => releases.list(pkg),
       proposals: new ProposalStore(await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true })),
       workRoot: path.join(config.dataDir, "agent", "work"),
-      sourceRules: { maxBytes: config.maxSourceBytes, allowRemote: false, timeoutMs: config.buildTimeoutMs },
+      sourceRules: { maxBytes: config.maxSourceBytes, allowRemote: config.sourceHosts, timeoutMs: config.buildTimeoutMs },
       trial: (name) => trialRunner(trials, name),
       transcripts: new TranscriptStore(path.join(config.dataDir, "agent", "blobs", "sha256"), [apiKey]),
       log,

@@ -18,7 +18,7 @@ import { pipeline } from "node:stream/promises";
 import { Transform } from "node:stream";
 import { promisify } from "node:util";
 import type { Catalog, PackageSpec, Release } from "@homeostat/catalog";
-import { isGitSourceUrl, openSource } from "@homeostat/source";
+import { isGitSourceUrl, openSource, type RemoteHosts } from "@homeostat/source";
 import type { Workspace } from "./workspace.ts";
 
 const run = promisify(execFile);
@@ -26,7 +26,7 @@ const run = promisify(execFile);
 /** A child process sees only what it needs: never the agent's own environment (API key, NATS seed file). */
 export const TOOL_ENV = { PATH: "/usr/local/bin:/usr/bin:/bin", LC_ALL: "C" };
 
-export type SourceRules = { maxBytes: number; allowRemote: boolean; timeoutMs: number };
+export type SourceRules = { maxBytes: number; allowRemote: RemoteHosts; timeoutMs: number };
 
 /** Where `version` of the package comes from: the pinned source, else its release fact. */
 export function sourceOf(catalog: Catalog, spec: PackageSpec, releases: Release[], version: string): { url: string; sha256: string } | undefined {

@@ -2,6 +2,7 @@
  * What a build runs with: the builder's data directory, limits, sandbox and cancellation.
  * Made once per builder process (main.ts) and handed to every package and image build.
  */
+import type { RemoteHosts } from "@homeostat/source";
 import type { Isolation } from "./isolation.ts";
 import type { UnpackLimits } from "./source.ts";
 
@@ -22,8 +23,8 @@ export type BuildContext = {
   log?: (line: string) => void;
   /** Where workspaces are created. Default `<dataDir>/work`. */
   workRoot?: string;
-  /** Allow http(s) sources on hosts other than loopback. Default false. */
-  allowRemoteSources?: boolean;
+  /** http(s) and git hosts beyond loopback sources may come from. Default none. */
+  allowRemoteSources?: RemoteHosts;
   /** Aborting kills a running step; the build rejects with the signal's reason (retriable). */
   signal?: AbortSignal;
   /** Keep the workspace after the build (debugging). Default false. */

@@ -65,6 +65,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
       unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
       isolation,
       sourceBaseDir: config.catalogDir,
+      allowRemoteSources: config.sourceHosts,
       workRoot: work.root,
       signal,
     },

@@ -25,8 +25,9 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
   const upstream = new UpstreamResolver({
     releases,
     ledger: new UpstreamLedger(buckets.releases),
-    // The builder's source rules: its size limit, loopback only (it has no setting for remote hosts either).
-    limits: { maxBytes: config.maxSourceBytes, allowRemote: false, ...config.upstream },
+    // The builder's source rules: its size limit and the same hosts (HOMEOSTAT_SOURCE_ALLOW_REMOTE, HOMEOSTAT_SOURCE_HOSTS).
+    limits: { maxBytes: config.maxSourceBytes, allowRemote: config.sourceHosts, ...config.upstream },
+    githubArchiveUrl: config.githubArchiveUrl,
     scratchDir: path.join(config.dataDir, "upstream"),
     log,
   });

@@ -85,10 +85,11 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     );
     pkg("fromgit", `upstream: { github: octo/fromgit, tag: "v\${version}" }\nsource: { url: "git+file://${repo}#${first}", sha256: "${sha(archive)}" }\n`);
     pkg("pinned", `upstream: { github: octo/pinned }\nsource: { url: "${http.base}/pinned.tar.gz", sha256: "${"0".repeat(64)}" }\n`);
+    pkg("monitored", `upstream: { releaseMonitoring: { name: monitored } }\nsource: { url: "${http.base}/monitored.tar.gz", sha256: "${"0".repeat(64)}" }\n`);
     catalog = await loadCatalog(dir);
     releases = new ReleaseStore(t.buckets.releases);
     ledger = new UpstreamLedger(t.buckets.releases);
-    resolver = new UpstreamResolver({ releases, ledger, limits, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    resolver = new UpstreamResolver({ releases, ledger, githubArchiveUrl: `${http.base}/gh`, limits, scratchDir: path.join(t.dir, "scratch"), log: quiet });
   });
 
   after(async () => {
@@ -195,7 +196,14 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
   test("the reconciler resolves before it decides; an unavailable upstream leaves the key Ready on its last version, with the reason", async () => {
     const state = new StateStore(t.buckets.state);
     const requested: BuildRequest[] = [];
-    const own = new UpstreamResolver({ releases, ledger, limits: { ...limits, tries: 1 }, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    const own = new UpstreamResolver({
+      releases,
+      ledger,
+      limits: { ...limits, tries: 1 },
+      githubArchiveUrl: `${http.base}/gh`,
+      scratchDir: path.join(t.dir, "scratch"),
+      log: quiet,
+    });
     const reconcile = createReconciler({
       catalog: () => catalog,
       state,
@@ -251,9 +259,59 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     assert.equal(requested.at(-1)?.version, "2.2");
   });
 
+  test("a GitHub upstream without a source template: the tag's tarball from the GitHub archive host", async () => {
+    files.set("/gh/octo/pinned/tar.gz/refs/tags/v2.0", Buffer.from("pinned 2.0"));
+    await ledger.announce({ package: "pinned", version: "2.0", tag: "v2.0", origin: "github" });
+    // A resolver of its own: an earlier test closed the test server's host for two minutes.
+    const own = new UpstreamResolver({ releases, ledger, githubArchiveUrl: `${http.base}/gh`, limits, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    const r = await own.resolve(catalog, "pinned", { discover: false });
+    assert.deepEqual(
+      r.recorded.map((x) => [x.version, x.tag, x.url, x.sha256]),
+      [["2.0", "v2.0", `${http.base}/gh/octo/pinned/tar.gz/refs/tags/v2.0`, sha("pinned 2.0")]],
+    );
+  });
+
+  test("remote hosts: refused unless allowed; allowed, one is tried (and here unreachable: kept for later)", async () => {
+    const dir = path.join(t.dir, "catalog-remote");
+    mkdirSync(path.join(dir, "packages"), { recursive: true });
+    // 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never routed, so the attempt times out.
+    writeFileSync(
+      path.join(dir, "packages", "faraway.yaml"),
+      `name: faraway\nversion: "1.0"\nbuild: { steps: [make] }\nupstream: { github: octo/faraway }\nsource: { url: "http://192.0.2.1/faraway-\${version}.tar.gz", sha256: "${"0".repeat(64)}" }\n`,
+    );
+    const remote = await loadCatalog(dir);
+    const resolverWith = (allowRemote: UpstreamLimits["allowRemote"]) =>
+      new UpstreamResolver({
+        releases,
+        ledger,
+        githubArchiveUrl: `${http.base}/gh`,
+        limits: { ...limits, allowRemote, tries: 1, timeoutMs: 300 },
+        scratchDir: path.join(t.dir, "scratch"),
+        log: quiet,
+      });
+    await ledger.announce({ package: "faraway", version: "1.1", origin: "github" });
+    const off = await resolverWith(false).resolve(remote, "faraway", { discover: false });
+    assert.match(off.refused.join("\n"), /only loopback hosts are allowed \(got 192\.0\.2\.1/);
+    await ledger.announce({ package: "faraway", version: "1.1", origin: "github" });
+    const notListed = await resolverWith(["codeload.github.com"]).resolve(remote, "faraway", { discover: false });
+    assert.match(notListed.refused.join("\n"), /host 192\.0\.2\.1 is not one of the allowed source hosts/);
+    await ledger.announce({ package: "faraway", version: "1.1", origin: "github" });
+    const on = await resolverWith(true).resolve(remote, "faraway", { discover: false });
+    assert.deepEqual(on.refused, []);
+    assert.match(
+      on.unavailable?.reason ?? "",
+      /1\.1: source http:\/\/192\.0\.2\.1\/faraway-1\.1\.tar\.gz: (timed out|.*(EHOSTUNREACH|ENETUNREACH|fetch failed))/,
+    );
+    assert.deepEqual(
+      (await ledger.announced("faraway")).map((a) => a.version),
+      ["1.1"],
+      "kept for the next look",
+    );
+  });
+
   test("refusals are final for the version; an unreachable upstream is kept for later", async () => {
     // A resolver of its own: the one above closed the test server's host for two minutes.
-    resolver = new UpstreamResolver({ releases, ledger, limits, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    resolver = new UpstreamResolver({ releases, ledger, githubArchiveUrl: `${http.base}/gh`, limits, scratchDir: path.join(t.dir, "scratch"), log: quiet });
     await ledger.announce({ package: "tarball", version: "9.9", origin: "github" });
     const missing = await resolver.resolve(catalog, "tarball", { discover: false });
     assert.match(missing.refused.join("\n"), /9\.9: source .*tarball-9\.9\.tar\.gz: HTTP 404/);
@@ -263,11 +321,18 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     await ledger.announce({ package: "tarball", version: "3.0", origin: "github" });
     assert.match((await resolver.resolve(catalog, "tarball", { discover: false })).refused.join("\n"), /over the limit/);
 
-    await ledger.announce({ package: "pinned", version: "2.0", origin: "github" });
-    const noTemplate = await resolver.resolve(catalog, "pinned", { discover: false });
-    assert.deepEqual([noTemplate.recorded, await ledger.announced("pinned")], [[], []], "no way to know where 2.0 is: logged, nothing recorded");
+    await ledger.announce({ package: "monitored", version: "2.0", origin: "anitya" });
+    const noTemplate = await resolver.resolve(catalog, "monitored", { discover: false });
+    assert.deepEqual([noTemplate.recorded, await ledger.announced("monitored")], [[], []], "no way to know where 2.0 is: logged, nothing recorded");
 
-    const down = new UpstreamResolver({ releases, ledger, limits: { ...limits, tries: 2 }, scratchDir: path.join(t.dir, "scratch"), log: quiet });
+    const down = new UpstreamResolver({
+      releases,
+      ledger,
+      limits: { ...limits, tries: 2 },
+      githubArchiveUrl: `${http.base}/gh`,
+      scratchDir: path.join(t.dir, "scratch"),
+      log: quiet,
+    });
     const closedPort = await new Promise<number>((resolve) => {
       const s = createServer().listen(0, "127.0.0.1", () => {
         const port = (s.address() as AddressInfo).port;

@@ -10,8 +10,11 @@
  *
  * Where a new version's source is: `upstream.url` with `${version}` (and `${tag}`); else the
  * catalog's `source.url` when it is a template (`${version}` or `${tag}`, a relative path kept
- * as the catalog spells it); else, for a `git+` source, the same repository at the tag's commit.
- * The tag of a version follows the package's mapping (`upstream.tag`, catalog.ts).
+ * as the catalog spells it); else, for a `git+` source, the same repository at the tag's commit;
+ * else, for a GitHub upstream, the repository's tarball of the tag from GitHub's archive host
+ * (HOMEOSTAT_GITHUB_ARCHIVE_URL, codeload.github.com: its URLs answer without a redirect, which
+ * the source rules refuse; a loopback server in tests). The tag of a version follows the
+ * package's mapping (`upstream.tag`, catalog.ts). Remote hosts need HOMEOSTAT_SOURCE_ALLOW_REMOTE.
  *
  * A version already recorded is looked at again when a feed announces it anew: a git tag is
  * resolved again (cheap), an archive fetched again; a different commit or digest is a conflict,
@@ -56,13 +59,14 @@ import {
   resolveSourceLocation,
   SourceError,
   SourceUnavailableError,
+  type RemoteHosts,
 } from "@homeostat/source";
 
 export type UpstreamLimits = {
   /** Largest source accepted (HOMEOSTAT_MAX_SOURCE_BYTES, the builder's limit). */
   maxBytes: number;
-  /** Hosts other than loopback (the builder's rule). */
-  allowRemote: boolean;
+  /** Hosts beyond loopback (the builder's rule: HOMEOSTAT_SOURCE_ALLOW_REMOTE, HOMEOSTAT_SOURCE_HOSTS). */
+  allowRemote: RemoteHosts;
   /** Time limit of one fetch. */
   timeoutMs: number;
   /** Fetches at once per host. */
@@ -79,6 +83,8 @@ export type ResolverDeps = {
   releases: ReleaseStore;
   ledger: UpstreamLedger;
   limits: UpstreamLimits;
+  /** Base of GitHub's tarball URLs, `<base>/<owner>/<repo>/tar.gz/refs/tags/<tag>` (HOMEOSTAT_GITHUB_ARCHIVE_URL). */
+  githubArchiveUrl: string;
   /** Scratch space for git exports (removed after each). */
   scratchDir: string;
   log: Logger;
@@ -222,6 +228,10 @@ export class UpstreamResolver {
     if (spec.upstream?.url) return { url: fill(spec.upstream.url) };
     if (isGitSourceUrl(spec.source.url)) return { url: spec.source.url, git: { transport: gitTransport(spec.source.url), tags } };
     if (/\$\{(version|tag)\}/.test(spec.source.url)) return { url: fill(spec.source.url) };
+    if (spec.upstream?.github) {
+      const ref = tags[0]!.split("/").map(encodeURIComponent).join("/");
+      return { url: `${this.deps.githubArchiveUrl}/${spec.upstream.github}/tar.gz/refs/tags/${ref}` };
+    }
     return undefined;
   }
 
@@ -234,7 +244,7 @@ export class UpstreamResolver {
   ): Promise<Omit<Release, "package" | "version" | "receivedAt"> | undefined> {
     const where = this.locate(spec, a);
     if (!where) {
-      this.deps.log.warn("no source for a new version: the catalog's source.url has no ${version} and the upstream no url template", {
+      this.deps.log.warn("no source for a new version: the catalog's source.url has no ${version} and the upstream no url template or GitHub repository", {
         package: spec.name,
         version: a.version,
       });
