@@ -45,6 +45,8 @@ export const buildRecordSchema = z.object({
   traceId: z.string().optional(),
   /** Why it was asked for. */
   cause: causeSchema.optional(),
+  /** The agent's proposal its recipe came from (see KeyStatus.proposal). */
+  proposal: z.string().max(64).optional(),
 });
 export type BuildRecord = z.infer<typeof buildRecordSchema>;
 
@@ -97,6 +99,11 @@ export const keyStatusSchema = z.object({
     .optional(),
   /** The agentic reconciler's word on the key (services/agent): disabled, working, a proposal waiting for review, or why it made none. */
   agent: z.string().max(4096).optional(),
+  /**
+   * The agent's proposal the key's recipe came from (set when the agent applies it) and that
+   * recipe's digest: a build of exactly that recipe records the proposal (BuildRecord.proposal).
+   */
+  proposal: z.object({ id: z.string().max(64), recipeDigest: digestSchema }).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digestSchema.optional(),
   updatedAt: z.string(),

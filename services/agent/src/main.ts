@@ -9,13 +9,13 @@ import path from "node:path";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
+import { ProposalStore } from "@homeostat/proposals";
 import { messagesClient } from "./loop.ts";
-import { ProposalStore } from "./proposals.ts";
 import { createRepairer, disabledRepair } from "./repair.ts";
 import { TranscriptStore } from "./transcripts.ts";
 import { trialRunner } from "./trial.ts";
 
-await runService("agent", async ({ config, log, nats, buckets, signal }) => {
+await runService("agent", async ({ config, log, nats, buckets, signal, health }) => {
   const state = new StateStore(buckets.state);
   const queue = new WorkQueue(
     nats,
@@ -31,6 +31,7 @@ await runService("agent", async ({ config, log, nats, buckets, signal }) => {
   if (!apiKey) {
     log.warn("agent disabled: ANTHROPIC_API_KEY is not set; keys handed to the agent stay in NeedsAttention, failed builds are dead-lettered as before");
     reconcile = disabledRepair(state);
+    health.detail("agent", () => "disabled (no ANTHROPIC_API_KEY)");
   } else {
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "agent") });
     const releases = new ReleaseStore(buckets.releases);
@@ -49,6 +50,8 @@ await runService("agent", async ({ config, log, nats, buckets, signal }) => {
       client: messagesClient(apiKey, config.agent.baseUrl),
       settings: config.agent,
       catalog: () => source.current(),
+      source,
+      scratch: path.join(config.dataDir, "agent", "snapshots"),
       state,
       advisories: (pkg) => advisories.list(pkg),
       releases: (pkg) => releases.list(pkg),

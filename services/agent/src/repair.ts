@@ -14,7 +14,7 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import type Anthropic from "@anthropic-ai/sdk";
 import { stringify as stringifyYaml } from "yaml";
-import type { Catalog, Osv, Release } from "@homeostat/catalog";
+import type { Catalog, CatalogSource, Osv, Release } from "@homeostat/catalog";
 import {
   canonicalJson,
   keyToken,
@@ -27,9 +27,10 @@ import {
   type StateStore,
   type WorkItem,
 } from "@homeostat/core";
+import { allValidatorsPassed, ProposalStore, type Proposal } from "@homeostat/proposals";
 import { done, nonRetriable, type ReconcileResult } from "@homeostat/workqueue";
+import { alreadyApplied, applyChange, changeDiff, changeOf, commitProposal, reviewBranch } from "./apply.ts";
 import { runLoop } from "./loop.ts";
-import { ProposalStore } from "./proposals.ts";
 import { repairTools } from "./tools.ts";
 import { sourceOf, unpackSource, type SourceRules } from "./sources.ts";
 import type { TranscriptStore } from "./transcripts.ts";
@@ -49,6 +50,10 @@ export type RepairDeps = {
   client: Anthropic;
   settings: AgentSettings;
   catalog: () => Catalog;
+  /** Where the catalog lives, to commit proposals to (git) and apply approved ones. */
+  source: Pick<CatalogSource, "location" | "reload">;
+  /** Scratch room for checking that a change loads as a catalog (snapshots). */
+  scratch: string;
   state: StateStore;
   advisories: (pkg: string) => Promise<Osv[]>;
   releases: (pkg: string) => Promise<Release[]>;
@@ -88,15 +93,20 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
   const note = (key: Key, text: string) => deps.state.update(key, (cur) => (cur && cur.agent !== text ? { ...cur, agent: text.slice(0, 4096) } : undefined));
   return async (item, { signal }) => {
     const { kind, name } = parseKey(item.key);
+    const mine = await deps.proposals.ofKey(item.key);
+    // An approved proposal is applied before anything else; the traditional reconciler rebuilds from there.
+    const approved = mine.filter((p) => p.status === "approved");
+    for (const p of approved) await applyApproved(p);
+    if (approved.length > 0) return done;
     const spec = deps.catalog().packages.get(name);
     const status = await deps.state.get(item.key);
     const why = trouble(status);
     if (kind !== "package" || !spec || !why) return done;
-    const mine = await deps.proposals.ofKey(item.key);
     const open = mine.find((p) => p.status === "open" && p.trigger === why);
     if (open) return done;
     const advisories = (await deps.advisories(name)).filter((a) => status?.advisories?.includes(a.id));
     const releases = await deps.releases(name);
+    const trialLogs = new Set<string>();
     const { ws, unpacked } = await prepare(item.key, spec, status!, advisories, releases, signal);
     await note(item.key, "the agent is working on a repair");
     const result = await runLoop({
@@ -109,7 +119,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
         rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest),
         sources: knownSources(spec, releases),
         test: spec.test,
-        trial: deps.trial(name),
+        trial: keepingLogs(deps.trial(name), trialLogs, deps.transcripts),
       }),
       prompt: promptFor(
         item.key,
@@ -128,28 +138,84 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       return done;
     }
     const { candidate, rationale, validators } = result.result;
+    const digest = candidateDigest(candidate);
     const id = `${keyToken(item.key)
       .replace(/[^a-z0-9-]/gi, "-")
-      .toLowerCase()}-${sha256Digest(`${why}${candidateDigest(candidate)}${Date.now()}`).slice(7, 19)}`.slice(0, 64);
-    await deps.proposals.create({
+      .toLowerCase()}-${sha256Digest(`${why}${digest}${Date.now()}`).slice(7, 19)}`.slice(0, 64);
+    const base = deps.catalog();
+    const file = base.fileOf(item.key) ?? `packages/${name}.yaml`;
+    const recipe = stringifyYaml(candidate.recipe);
+    const change = changeOf({ file, recipe, patches: candidate.patches });
+    const proposal: Proposal = {
       id,
       key: item.key,
       status: "open",
       trigger: why,
-      candidateDigest: candidateDigest(candidate),
-      recipe: stringifyYaml(candidate.recipe),
+      candidateDigest: digest,
+      file,
+      base: { revision: base.revision, recipeDigest: base.recipeDigest(item.key)! },
+      recipe,
       patches: candidate.patches,
+      diff: await changeDiff(base, change),
       rationale,
       validators,
+      trialLogDigests: [...trialLogs],
       transcriptDigest,
       turns: result.turns,
       tokens: result.usage,
       costUsd: result.costUsd,
       createdAt: new Date().toISOString(),
-    });
-    await note(item.key, `proposal ${id} waits for review`);
+    };
+    const location = deps.source.location;
+    if ("git" in location && base.commit) {
+      try {
+        proposal.branch = await commitProposal(location, base.commit, reviewBranch(item.key, digest), change, commitMessage(proposal));
+      } catch (err) {
+        // The proposal stands without its branch: the diff in the record is what is reviewed.
+        deps.log.warn("proposal not committed to a review branch", { key: item.key, id, error: err instanceof Error ? err.message : String(err) });
+      }
+    }
+    await deps.proposals.create(proposal);
+    if (deps.settings.apply === "validated" && allValidatorsPassed(proposal)) {
+      const by = { by: "policy:validated", at: new Date().toISOString(), reason: "HOMEOSTAT_AGENT_APPLY=validated and every validator passed" };
+      await applyApproved(await deps.proposals.transition(id, ["open"], (p) => ({ ...p, status: "approved", review: by })));
+    } else await note(item.key, `proposal ${id} waits for review`);
     return done;
   };
+
+  /**
+   * Applies an approved proposal to the catalog (apply.ts) and marks it applied, or failed
+   * when the key's recipe is no longer the one it was made against. The key's status then
+   * names it, so that the build of this recipe records where it came from.
+   */
+  async function applyApproved(p: Proposal): Promise<void> {
+    const current = (await deps.source.reload()).catalog;
+    let revision: string | undefined;
+    let error: string | undefined;
+    if (alreadyApplied(current, p))
+      revision = current.revision; // applied before a crash, not yet marked
+    else if (current.recipeDigest(p.key) !== p.base.recipeDigest) error = `the recipe of ${p.key} changed since the proposal was made`;
+    else {
+      try {
+        revision = await applyChange(deps.source.location, current, changeOf(p), { scratch: deps.scratch, message: commitMessage(p) });
+      } catch (err) {
+        error = err instanceof Error ? err.message : String(err);
+      }
+    }
+    if (revision === undefined) {
+      await deps.proposals.transition(p.id, ["approved"], (cur) => ({ ...cur, status: "failed", applyError: (error ?? "not applied").slice(0, 4096) }));
+      await note(p.key, `proposal ${p.id} could not be applied: ${error ?? "not applied"}`);
+      deps.log.warn("approved proposal not applied", { key: p.key, id: p.id, error });
+      return;
+    }
+    const after = (await deps.source.reload()).catalog;
+    const applied = { at: new Date().toISOString(), revision };
+    await deps.proposals.transition(p.id, ["approved"], (cur) => ({ ...cur, status: "applied", applied }));
+    const recipeDigest = after.recipeDigest(p.key);
+    const text = `proposal ${p.id} applied to the catalog (${revision}); the reconciler rebuilds it`;
+    await deps.state.update(p.key, (cur) => (cur && recipeDigest ? { ...cur, proposal: { id: p.id, recipeDigest }, agent: text } : undefined));
+    deps.log.info("proposal applied", { key: p.key, id: p.id, revision, by: p.review?.by });
+  }
 
   async function prepare(
     key: Key,
@@ -188,7 +254,20 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
   }
 }
 
-function promptFor(key: Key, why: string, unpacked: string[], rejected: { id: string; reviewReason?: string }[]): string {
-  const feedback = rejected.map((p) => `- proposal ${p.id} was rejected: ${p.reviewReason ?? "(no reason given)"}`).join("\n");
+/** The trial runner, keeping each outcome's log (redacted, by content) for the proposal. */
+function keepingLogs(trial: TrialRunner, logs: Set<string>, transcripts: TranscriptStore): TrialRunner {
+  return async (candidate) => {
+    const outcome = await trial(candidate);
+    if (outcome.logTail) logs.add(await transcripts.put(outcome.logTail));
+    return outcome;
+  };
+}
+
+function commitMessage(p: Pick<Proposal, "key" | "id" | "rationale">): string {
+  return `${p.key}: agent proposal ${p.id}\n\n${p.rationale}\n`;
+}
+
+function promptFor(key: Key, why: string, unpacked: string[], rejected: Pick<Proposal, "id" | "review">[]): string {
+  const feedback = rejected.map((p) => `- proposal ${p.id} was rejected: ${p.review?.reason ?? "(no reason given)"}`).join("\n");
   return `Key ${key}: ${why}\nThe workspace holds recipe.yaml, its patches, build.log and the advisories; sources: ${unpacked.join("; ") || "none"}.${feedback ? `\nEarlier proposals:\n${feedback}` : ""}`;
 }

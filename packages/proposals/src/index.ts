@@ -1,0 +1,2 @@
+export * from "./proposal.ts";
+export * from "./store.ts";
