@@ -302,10 +302,13 @@ export class OciLayout {
       hexOf(descriptor.digest);
       const entry: Descriptor = { ...descriptor, annotations: { ...(descriptor.annotations ?? {}), [REF_NAME]: tag } };
       const untagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] === undefined);
-      const tagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== undefined && m.annotations[REF_NAME] !== tag);
-      tagged.push(entry);
-      tagged.sort((a, b) => Buffer.compare(Buffer.from(a.annotations![REF_NAME]!), Buffer.from(b.annotations![REF_NAME]!)));
-      const updated: ImageIndex = { manifests: [...untagged, ...tagged] };
+      const tagged = ix.manifests.flatMap((m) => {
+        const name = m.annotations?.[REF_NAME];
+        return name === undefined || name === tag ? [] : [{ name, m }];
+      });
+      tagged.push({ name: tag, m: entry });
+      tagged.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
+      const updated: ImageIndex = { manifests: [...untagged, ...tagged.map((t) => t.m)] };
       if (ix.annotations) updated.annotations = ix.annotations;
       await atomicWrite(path.join(this.dir, "index.json"), indexBytes(updated));
       return descriptor;

@@ -98,7 +98,7 @@ export class Registry {
     const bytes = Buffer.from(await res.arrayBuffer());
     if (reference.startsWith("sha256:") && sha256Digest(bytes) !== reference)
       throw new RegistryError(`${repository}@${reference}: the registry sent bytes hashing to ${sha256Digest(bytes)}`);
-    return { bytes, mediaType: (res.headers.get("content-type") ?? mediaTypes.manifest).split(";")[0]!.trim() };
+    return { bytes, mediaType: (res.headers.get("content-type") ?? mediaTypes.manifest).split(";", 1)[0]?.trim() ?? mediaTypes.manifest };
   }
 
   private async request(pathOrUrl: string, init: RequestInit & { duplex?: "half" }): Promise<Response> {

@@ -245,8 +245,8 @@ async function findOwnSignature(layout: OciLayout, tag: string, payloadDigest: D
   if (!d) return undefined;
   try {
     const { layers } = parseOciJson(imageManifestSchema, await readVerifiedBlob(layout, d.digest, "signature manifest"), "signature manifest");
-    if (layers.length !== 1) return undefined;
-    const l = layers[0]!;
+    const [l, ...more] = layers;
+    if (l === undefined || more.length > 0) return undefined;
     if (l.mediaType !== SIMPLE_SIGNING_MEDIA_TYPE || l.digest !== payloadDigest) return undefined;
     await readVerifiedBlob(layout, payloadDigest, "signature payload");
     const sig = decodeBase64(l.annotations?.[SIGNATURE_ANNOTATION] ?? "");

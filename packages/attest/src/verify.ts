@@ -141,8 +141,9 @@ export async function verifyImage(opts: {
     }
     return { manifest, signatureTag: tag, signatureManifest: sigDesc.digest, ...result };
   }
-  const first = failures[0]!;
-  if (failures.length === 1) throw first;
+  const [first, ...rest] = failures;
+  if (first === undefined) throw new VerificationError("no-signature", `signature manifest ${sigDesc.digest} holds no signature layer`);
+  if (rest.length === 0) throw first;
   throw new VerificationError(first.reason, `no signature in ${sigDesc.digest} verified: ${failures.map((f) => f.message).join("; ")}`);
 }
 
@@ -439,12 +440,11 @@ export async function verifyRegistryImage(opts: { ref: string; trustedKeys: read
       throw e;
     }
     if (!image) throw new VerificationError("not-found", `${opts.ref}: no such image in the registry`);
-    const [verified] = await verifyLayoutImages({
+    return await verifyLayoutImages({
       target: `${scratch}:${tag}`,
       trustedKeys: opts.trustedKeys,
       ...(opts.require ? { require: opts.require } : {}),
     });
-    return [verified!];
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }

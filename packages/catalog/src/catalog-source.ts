@@ -108,7 +108,9 @@ export class CatalogSource {
     if (!head || !(await isAncestor(gitDir, revision, head))) return undefined;
     const catalog = await loadCommit(this.location, gitDir, revision, this.cacheDir);
     this.pinned.set(revision, catalog);
-    if (this.pinned.size > PINNED_CATALOGS) this.pinned.delete(this.pinned.keys().next().value!);
+    // Maps iterate in insertion order: the first key is the oldest pin.
+    const [oldest] = this.pinned.keys();
+    if (this.pinned.size > PINNED_CATALOGS && oldest !== undefined) this.pinned.delete(oldest);
     return catalog;
   }
 

@@ -370,13 +370,12 @@ function runtimeClosure(packages: ReadonlyMap<string, PackageSpec>, names: reado
   const out: string[] = [];
   const stack = [...names].reverse();
   // Each name is expanded once, so the loop runs at most once per package plus once per edge.
-  while (stack.length > 0) {
-    const n = stack.pop()!;
+  for (let n = stack.pop(); n !== undefined; n = stack.pop()) {
     if (seen.has(n)) continue;
     seen.add(n);
     out.push(n);
     const deps = packages.get(n)?.dependencies.runtime ?? [];
-    for (let i = deps.length - 1; i >= 0; i--) stack.push(deps[i]!);
+    stack.push(...deps.toReversed());
   }
   return out;
 }
@@ -422,8 +421,14 @@ export async function loadCatalog(dir: string, opts: { commit?: string; sourceBa
       }
     }
   }
+  // Every spec kept in `packages` and `images` was recorded with its file just above.
+  const fileOf = (key: Key): string => {
+    const file = files.get(key);
+    if (file === undefined) throw new Error(`loadCatalog: no file recorded for ${key}`);
+    return file;
+  };
   for (const p of packages.values()) {
-    const file = files.get(makeKey("package", p.name))!;
+    const file = fileOf(makeKey("package", p.name));
     for (const field of ["build", "runtime"] as const) {
       for (const [i, d] of p.dependencies[field].entries()) {
         if (!packages.has(d)) located.push({ file, at: ["dependencies", field, i], message: `unknown package "${d}"` });
@@ -431,17 +436,20 @@ export async function loadCatalog(dir: string, opts: { commit?: string; sourceBa
     }
   }
   for (const img of images.values()) {
-    const file = files.get(makeKey("image", img.name))!;
+    const file = fileOf(makeKey("image", img.name));
     for (const [i, d] of img.packages.entries()) if (!packages.has(d)) located.push({ file, at: ["packages", i], message: `unknown package "${d}"` });
   }
-  await checkPatches(dir, packages, files, located);
+  await checkPatches(dir, packages, fileOf, located);
   const graph = catalogGraph(packages, images);
   for (const cycle of graph.cycles()) {
-    const from = packages.get(cycle[0]!)!;
-    const field = from.dependencies.build.includes(cycle[1]!) ? "build" : "runtime";
+    // A cycle is written from its first package to the next one and back: ["a", "b", "a"].
+    const [first = "", next = ""] = cycle;
+    const from = packages.get(first);
+    if (!from) continue;
+    const field = from.dependencies.build.includes(next) ? "build" : "runtime";
     located.push({
-      file: files.get(makeKey("package", from.name))!,
-      at: ["dependencies", field, from.dependencies[field].indexOf(cycle[1]!)],
+      file: fileOf(makeKey("package", from.name)),
+      at: ["dependencies", field, from.dependencies[field].indexOf(next)],
       message: `dependency cycle: ${cycle.join(" -> ")}`,
     });
   }
@@ -456,8 +464,8 @@ export async function loadCatalog(dir: string, opts: { commit?: string; sourceBa
 }
 
 /** Every patch must exist inside the catalog and have the declared digest. */
-async function checkPatches(dir: string, packages: ReadonlyMap<string, PackageSpec>, files: ReadonlyMap<Key, string>, located: Located[]): Promise<void> {
-  const checks = [...packages.values()].flatMap((p) => p.patches.map((patch, i) => ({ file: files.get(makeKey("package", p.name))!, patch, i })));
+async function checkPatches(dir: string, packages: ReadonlyMap<string, PackageSpec>, fileOf: (key: Key) => string, located: Located[]): Promise<void> {
+  const checks = [...packages.values()].flatMap((p) => p.patches.map((patch, i) => ({ file: fileOf(makeKey("package", p.name)), patch, i })));
   await mapLimit(checks, READ_CONCURRENCY, async ({ file, patch, i }) => {
     let data: Buffer;
     try {
@@ -532,7 +540,8 @@ function parseSpec<S extends z.ZodType>(file: string, text: string, schema: S): 
   for (const issue of parsed.error.issues) {
     const fieldPath = issue.path.map((p) => (typeof p === "number" ? p : String(p)));
     const unknown = issue.code === "unrecognized_keys" ? issue.keys : [];
-    const at = unknown.length ? [...fieldPath, unknown[0]!] : fieldPath;
+    const [firstUnknown] = unknown;
+    const at = firstUnknown !== undefined ? [...fieldPath, firstUnknown] : fieldPath;
     const message = unknown.length > 1 ? `unrecognized keys: ${unknown.join(", ")}` : issue.message;
     problems.push(`${file}:${lineOf(doc, lineCounter, at)}: ${fieldName(at)}: ${message}`);
   }

@@ -104,13 +104,18 @@ function metrics(
 /** Parses a CVSS v3.0/v3.1 vector into its base score; throws CvssError when it is not one. */
 export function parseCvssV3(vector: string): CvssV3 {
   const { version, values } = metrics(vector, ["3.0", "3.1"], V3_BASE, V3_OPTIONAL);
-  const m = (k: string) => values.get(k)!;
-  const changed = m("S") === "C";
-  const av = { N: 0.85, A: 0.62, L: 0.55, P: 0.2 }[m("AV")]!;
-  const ac = { L: 0.77, H: 0.44 }[m("AC")]!;
-  const pr = { N: 0.85, L: changed ? 0.68 : 0.62, H: changed ? 0.5 : 0.27 }[m("PR")]!;
-  const ui = { N: 0.85, R: 0.62 }[m("UI")]!;
-  const cia = (k: string) => ({ H: 0.56, L: 0.22, N: 0 })[m(k)]!;
+  // metrics() checked that every base metric is present with an allowed value.
+  const weight = (metric: string, table: Record<string, number>): number => {
+    const w = table[values.get(metric) ?? ""];
+    if (w === undefined) throw new CvssError(`${metric}: no weight for ${values.get(metric) ?? "a missing value"}`);
+    return w;
+  };
+  const changed = values.get("S") === "C";
+  const av = weight("AV", { N: 0.85, A: 0.62, L: 0.55, P: 0.2 });
+  const ac = weight("AC", { L: 0.77, H: 0.44 });
+  const pr = weight("PR", { N: 0.85, L: changed ? 0.68 : 0.62, H: changed ? 0.5 : 0.27 });
+  const ui = weight("UI", { N: 0.85, R: 0.62 });
+  const cia = (k: string) => weight(k, { H: 0.56, L: 0.22, N: 0 });
   const iss = 1 - (1 - cia("C")) * (1 - cia("I")) * (1 - cia("A"));
   const impact = changed ? 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02) ** 15 : 6.42 * iss;
   const exploitability = 8.22 * av * ac * pr * ui;

@@ -67,7 +67,8 @@ export function decideVersion(input: DecisionInput): Decision {
     if (v !== undefined && compareVersions(raw, input.pinned) >= 0 && !candidates.has(v)) candidates.set(v, raw);
   }
   const sorted = [...candidates.values()].sort(compareVersions);
-  const newest = sorted[sorted.length - 1]!;
+  // The pinned version is always a candidate.
+  const newest = sorted.at(-1) ?? input.pinned;
   const affecting = (v: string) => live.filter((a) => isAffected(a, input.name, v));
   const always = input.patches.filter((p) => p.fixes.length === 0);
 

@@ -13,6 +13,10 @@
  * visited array, one impact is a few milliseconds instead of hundreds with Maps and Sets of
  * strings. Node ids follow the names' sorted order, so every output is deterministic.
  */
+/* eslint-disable @typescript-eslint/no-non-null-assertion -- every index below is a node id
+   (< node count) or a row offset from `start`, in range by construction of the compressed rows;
+   under noUncheckedIndexedAccess a typed array's element reads as `number | undefined`, and a
+   fallback in these loops would hide a bug instead of revealing it. */
 import { makeKey, type Key } from "@homeostat/core/key";
 
 export type GraphPackage = { name: string; dependencies: readonly string[] };

@@ -79,7 +79,7 @@ export const osvAffectedSchema = z
     database_specific: freeForm.optional(),
   })
   // OSV 1.6: an entry may leave out the package when it is about a git repository only.
-  .refine((a) => a.package !== undefined || ((a.ranges ?? []).length > 0 && a.ranges!.every((r) => r.type === "GIT")), {
+  .refine((a) => a.package !== undefined || (a.ranges !== undefined && a.ranges.length > 0 && a.ranges.every((r) => r.type === "GIT")), {
     message: "an affected entry without a package has GIT ranges only (and at least one)",
     path: ["package"],
   });
@@ -138,9 +138,9 @@ export function severities(advisory: Osv): SeverityScore[] {
  * the purl type for software with no package ecosystem (what the catalog builds from source).
  */
 export function genericPurlName(purl: string): string | undefined {
-  const m = /^pkg:generic\/([^@?#]+)/i.exec(purl);
-  if (!m) return undefined;
-  const name = m[1]!
+  const path = /^pkg:generic\/([^@?#]+)/i.exec(purl)?.[1];
+  if (path === undefined) return undefined;
+  const name = path
     .split("/")
     .filter((p) => p !== "")
     .pop();
@@ -208,7 +208,8 @@ export function assessAdvisory(advisory: Osv, packageName: string, version: stri
     if (!named && a.package !== undefined) continue;
     if (named && a.versions?.includes(version)) affected = true;
     for (const r of a.ranges ?? []) {
-      if (r.type === "GIT") gitRanges.push({ repo: r.repo!, events: r.events, reason: gitReason });
+      // The range schema requires a repo on every GIT range.
+      if (r.type === "GIT") gitRanges.push({ repo: r.repo ?? "", events: r.events, reason: gitReason });
       else if (named && inRange(r, version)) affected = true;
     }
   }

@@ -59,7 +59,7 @@ export const versionPolicySchema = z
       compilePolicy(p);
     } catch (err) {
       if (!(err instanceof PolicyError)) throw err;
-      ctx.addIssue({ code: "custom", path: [given[0]!], message: err.message });
+      ctx.addIssue({ code: "custom", path: given.slice(0, 1), message: err.message });
     }
   })
   .meta({ oneOf: [{ required: ["semver"] }, { required: ["calver"] }, { required: ["regex"] }] });
@@ -143,28 +143,29 @@ type Partial = { parts: number[]; complete: boolean; pre?: string };
 function parsePartial(s: string, range: string): Partial {
   const m = PARTIAL.exec(s);
   if (!m) throw new PolicyError(`semver range "${range}": "${s}" is not a version`);
+  const [, numbers = "", pre] = m;
   const parts: number[] = [];
-  for (const p of m[1]!.split(".")) {
+  for (const p of numbers.split(".")) {
     if (!/^\d+$/.test(p)) break;
     parts.push(Number(p));
   }
   // Like npm, a version with fewer than three parts stands for every version it starts (1.2 = 1.2.x).
-  const complete = parts.length >= 3 && parts.length === m[1]!.split(".").length;
-  return { parts, complete, ...(m[2] ? { pre: m[2] } : {}) };
+  const complete = parts.length >= 3 && parts.length === numbers.split(".").length;
+  return { parts, complete, ...(pre ? { pre } : {}) };
 }
 
 const str = (p: Partial) => p.parts.join(".") + (p.pre ? `-${p.pre}` : "");
 /** The smallest version above every version starting with parts[0..i]: 1.2.3 bumped at 1 -> 1.3. */
-const bump = (parts: number[], i: number) => [...parts.slice(0, i), parts[i]! + 1].join(".");
+const bump = (parts: number[], i: number) => [...parts.slice(0, i), (parts[i] ?? 0) + 1].join(".");
 
 function parseRange(range: string): Comparator[][] {
   const sets: Comparator[][] = [];
   for (const alt of range.split("||")) {
     const text = alt.trim().replace(/,/g, " ");
-    const hyphen = /^(\S+)\s+-\s+(\S+)$/.exec(text);
-    if (hyphen) {
-      const lo = parsePartial(hyphen[1]!, range);
-      const hi = parsePartial(hyphen[2]!, range);
+    const [, from, to] = /^(\S+)\s+-\s+(\S+)$/.exec(text) ?? [];
+    if (from !== undefined && to !== undefined) {
+      const lo = parsePartial(from, range);
+      const hi = parsePartial(to, range);
       const set: Comparator[] = [{ op: ">=", v: str(lo) }];
       if (hi.complete) set.push({ op: "<=", v: str(hi) });
       else if (hi.parts.length) set.push({ op: "<", v: bump(hi.parts, hi.parts.length - 1), noPreOfBound: true });
@@ -182,9 +183,9 @@ function parseRange(range: string): Comparator[][] {
 }
 
 function comparators(token: string, range: string): Comparator[] {
-  const m = /^(>=|<=|>|<|=|\^|~>|~)?(.*)$/.exec(token)!;
-  const op = m[1] ?? "";
-  const p = parsePartial(m[2]!, range);
+  // Matches every token: the operator is optional and the rest may be anything.
+  const [, op = "", version = ""] = /^(>=|<=|>|<|=|\^|~>|~)?(.*)$/.exec(token) ?? [];
+  const p = parsePartial(version, range);
   const n = p.parts.length;
   const lower: Comparator = { op: ">=", v: n ? str(p) : "0" };
   const below = (i: number): Comparator => ({ op: "<", v: bump(p.parts, i), noPreOfBound: true });
@@ -262,7 +263,7 @@ function regexMatcher(pattern: string): (raw: string) => string | undefined {
     throw new PolicyError(`regex "${pattern}": ${(err as Error).message}`);
   }
   // Count the groups by matching the empty string against an always-matching alternative.
-  const groups = new RegExp(`${pattern}|`).exec("")!.length - 1;
+  const groups = (new RegExp(`${pattern}|`).exec("")?.length ?? 1) - 1;
   if (groups < 1) throw new PolicyError(`regex "${pattern}": needs a capture group holding the version`);
   return (raw) => {
     const m = re.exec(raw);

@@ -20,8 +20,8 @@ function splitPre(v: string): [string, string | undefined] {
   const clean = stripBuild(v);
   const dash = clean.indexOf("-");
   if (dash >= 0) return [clean.slice(0, dash), clean.slice(dash + 1)];
-  const m = PRE_WORD.exec(clean);
-  return m ? [m[1]!, m[2]!] : [clean, undefined];
+  const [, release, pre] = PRE_WORD.exec(clean) ?? [];
+  return release !== undefined && pre !== undefined ? [release, pre] : [clean, undefined];
 }
 
 /** A pre-release word glued to the release (3.0rc1, 2.0.beta2, 1.0.dev3). */
@@ -72,5 +72,5 @@ export function releaseOf(v: string): string {
 }
 
 function stripBuild(v: string): string {
-  return v.replace(/^v/i, "").split("+")[0]!;
+  return v.replace(/^v/i, "").split("+", 1)[0] ?? "";
 }

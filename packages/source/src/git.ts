@@ -89,9 +89,9 @@ export async function listGitTags(transport: URL, scratch: string, signal: Abort
   const tags = new Map<string, string>();
   const peeled = new Map<string, string>();
   for (const line of out.split("\n")) {
-    const m = /^([0-9a-f]{40}|[0-9a-f]{64})\trefs\/tags\/(.+?)(\^\{\})?$/.exec(line);
-    if (!m) continue;
-    (m[3] ? peeled : tags).set(m[2]!, m[1]!);
+    const [, commit, tag, peel] = /^([0-9a-f]{40}|[0-9a-f]{64})\trefs\/tags\/(.+?)(\^\{\})?$/.exec(line) ?? [];
+    if (commit === undefined || tag === undefined) continue;
+    (peel ? peeled : tags).set(tag, commit);
   }
   for (const [tag, commit] of peeled) tags.set(tag, commit);
   return tags;
