@@ -7,10 +7,10 @@
  * `--die-with-parent` does the same when the builder itself dies.
  *
  * The workspace may hold at most `isolation.limits.maxOutputBytes` (source, sysroot, outputs and
- * the sandbox's /tmp together): `du` measures it while a step runs (every 200 ms, or four times
- * as long as a measurement took, so that a big tree costs at most a fifth of a core) and once
- * more when the step exits. A step that grows it past the limit is killed and the build fails
- * saying so. Between two measurements a step can overshoot by what it writes in that time, each
+ * the sandbox's /tmp together): it is measured (`workspaceSize`, in-process) while a step runs
+ * (every 200 ms, or four times as long as a measurement took, so that a big tree costs at most
+ * a fifth of a core) and once more when the step exits. A step that grows it past the limit is
+ * killed and the build fails saying so. Between two measurements a step can overshoot by what it writes in that time, each
  * of its files capped by the file size limit (RLIMIT_FSIZE).
  *
  * Each step's stdout and stderr are merged into one bounded log per step (the last
@@ -20,7 +20,8 @@
  * (`timeoutMs`) covers all steps, and several runs can share one (`startedAt`): a package
  * build applies its patches, runs its steps and then its test as three runs of one budget.
  */
-import { execFile, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
+import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 import { constants as os } from "node:os";
 import { BuildFailure, type StepLog } from "./errors.ts";
@@ -133,6 +134,9 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
 /** Runs the steps in order; resolves with the log, or throws BuildFailure at the first failure. */
 export async function runSteps(steps: readonly string[], opts: RunStepsOptions): Promise<RunStepsResult> {
   const started = Date.now();
+  // Nothing to run (a package without patches or a test): no workspace preparation either, which
+  // as root walks and chowns the whole workspace.
+  if (steps.length === 0) return { steps: [], durationMs: 0 };
   const deadline = (opts.startedAt ?? started) + opts.timeoutMs;
   const env = stepEnvironment(opts.workspace, opts.sourceDateEpoch);
   await prepareWorkspace(opts.isolation, opts.workspace.root);
@@ -167,24 +171,59 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
 
 /**
  * The workspace's total apparent size in bytes (what an archive of it would hold, sparse files
- * at their full size), or why it cannot be measured. A file deleted while `du` walks is no
- * error; a directory a step made unreadable is: what it holds cannot be counted.
+ * at their full size), or why it cannot be measured: what `du -s -x -B1 --apparent-size` says
+ * (every entry's size once, a hard-linked file once, nothing on another file system), measured
+ * in-process. Spawning `du` from the builder cost a fork of a large process per measurement, and
+ * at catalog scale (bench:storm: small builds, one or two measurements each) that was a good part
+ * of the builder's time. A file deleted while the walk runs is no error; a directory a step made
+ * unreadable is: what it holds cannot be counted.
  */
-export function workspaceSize(root: string): Promise<number | string> {
-  return new Promise((resolve) => {
-    execFile(
-      "du",
-      ["-s", "-x", "-B1", "--apparent-size", "--", root],
-      { env: { LC_ALL: "C", PATH: "/usr/bin:/bin" }, maxBuffer: 1 << 20 },
-      (err, stdout, stderr) => {
-        const problems = stderr.split("\n").filter((l) => l.trim() !== "" && !/No such file or directory$/.test(l));
-        const bytes = Number(/^(\d+)\s/.exec(stdout)?.[1]);
-        if (problems.length > 0 || !Number.isSafeInteger(bytes))
-          resolve(`the workspace cannot be measured (${problems[0] ?? err?.message ?? "no output from du"}); a step must leave it readable`);
-        else resolve(bytes);
-      },
-    );
-  });
+export async function workspaceSize(root: string): Promise<number | string> {
+  let device: number;
+  try {
+    device = (await lstat(root)).dev;
+  } catch (err) {
+    return unmeasurable(root, err);
+  }
+  const linked = new Set<number>();
+  let bytes = 0;
+  const entrySize = async (p: string): Promise<string | undefined> => {
+    let st;
+    try {
+      st = await lstat(p);
+    } catch (err) {
+      return isGone(err) ? undefined : unmeasurable(p, err);
+    }
+    if (st.dev !== device) return undefined;
+    if (st.nlink > 1 && !st.isDirectory()) {
+      if (linked.has(st.ino)) return undefined;
+      linked.add(st.ino);
+    }
+    bytes += st.size;
+    return st.isDirectory() ? directorySize(p) : undefined;
+  };
+  const directorySize = async (dir: string): Promise<string | undefined> => {
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (err) {
+      return isGone(err) ? undefined : unmeasurable(dir, err);
+    }
+    // A directory's entries at once: the lstat calls overlap in libuv's thread pool.
+    const problems = await Promise.all(names.map((name) => entrySize(path.join(dir, name))));
+    return problems.find((p) => p !== undefined);
+  };
+  const problem = await entrySize(root);
+  return problem ?? bytes;
+}
+
+function isGone(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === "ENOENT" || code === "ENOTDIR";
+}
+
+function unmeasurable(p: string, err: unknown): string {
+  return `the workspace cannot be measured (${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); a step must leave it readable`;
 }
 
 function overLimit(bytes: number, limits: BuildLimits): string {
