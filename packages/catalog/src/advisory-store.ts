@@ -22,7 +22,7 @@ import type { KV } from "@nats-io/kv";
 import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
-import { scanEntries } from "./kv-scan.ts";
+import { CachedScan } from "./kv-scan.ts";
 import type { Nats } from "@homeostat/core/topology";
 
 const decoder = new TextDecoder();
@@ -34,8 +34,10 @@ export function advisoryBucket(n: Pick<Nats, "topology">): string {
 
 export class AdvisoryStore {
   readonly kv: KV;
+  private readonly scan: CachedScan<Osv>;
   constructor(kv: KV) {
     this.kv = kv;
+    this.scan = new CachedScan(kv, (value) => osvSchema.parse(JSON.parse(decoder.decode(value))));
   }
 
   /** Opens (creating when missing) the bucket. */
@@ -59,7 +61,7 @@ export class AdvisoryStore {
 
   /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
   async list(name: string): Promise<Osv[]> {
-    const out = (await scanEntries(this.kv, `${escapeToken(name)}.*`)).map((e) => osvSchema.parse(JSON.parse(decoder.decode(e.value))));
+    const out = await this.scan.list(`${escapeToken(name)}.*`);
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 

@@ -1,8 +1,8 @@
-/** scanEntries on real JetStream KV: the live entries under a filter, with no consumer left behind. */
+/** scanEntries and CachedScan on real JetStream KV: the live entries under a filter, with no consumer left behind. */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
-import { scanEntries } from "./kv-scan.ts";
+import { CachedScan, scanEntries } from "./kv-scan.ts";
 
 let t: TestEnv;
 before(async () => (t = await testEnv()));
@@ -27,4 +27,38 @@ test("the live entries under a filter: latest values, deleted and purged ones ou
   assert.deepEqual(await scanEntries(kv, "nothing.*"), []);
   const stream = `KV_${t.nats.topology.bucket("releases")}`;
   assert.equal((await t.nats.jsm.streams.info(stream)).state.consumer_count, 0);
+});
+
+test("a cached scan reads only what changed and always agrees with a full scan", { timeout: 30_000 }, async () => {
+  const kv = t.buckets.releases;
+  const text = (v: Uint8Array) => new TextDecoder().decode(v);
+  let parsed = 0;
+  const scan = new CachedScan(kv, (v) => (parsed++, text(v)));
+  const agree = async (filter: string, expected: string[]) => {
+    assert.deepEqual((await scan.list(filter)).sort(), expected);
+    assert.deepEqual((await scanEntries(kv, filter)).map((e) => text(e.value)).sort(), expected);
+  };
+  assert.deepEqual(await scan.list("musl.*"), []);
+  await kv.put("musl.1_0", "a");
+  await kv.put("musl.1_1", "b");
+  await agree("musl.*", ["a", "b"]);
+  assert.equal(parsed, 2);
+  // Nothing new: nothing read or parsed again.
+  await agree("musl.*", ["a", "b"]);
+  assert.equal(parsed, 2);
+  // Another key's write does not count; a new value, a delete and a purge of this filter's keys do.
+  await kv.put("muslx.1", "other");
+  await agree("musl.*", ["a", "b"]);
+  assert.equal(parsed, 2);
+  await kv.put("musl.1_1", "b2");
+  await kv.put("musl.1_2", "c");
+  await agree("musl.*", ["a", "b2", "c"]);
+  assert.equal(parsed, 4);
+  await kv.delete("musl.1_0");
+  await agree("musl.*", ["b2", "c"]);
+  await kv.purge("musl.1_2");
+  await agree("musl.*", ["b2"]);
+  assert.equal(parsed, 4);
+  // A second cache over the same bucket (another process) starts from a full read.
+  assert.deepEqual(await new CachedScan(kv, text).list("musl.*"), ["b2"]);
 });

@@ -3,6 +3,8 @@
  * return the next message matching the filter (`next_by_subj`, nats-server 2.9): one request per
  * stored message plus one, and no consumer.
  *
+ * `CachedScan` keeps what it parsed and reads only what changed since.
+ *
  * Why not `kv.keys()` and a get per key: `keys()` creates an ordered consumer per call, which the
  * server stores and only forgets after its inactivity threshold. The reconciler and the builder
  * list a package's releases and advisories on every run; at catalog scale (bench:storm, 550 keys,
@@ -14,7 +16,7 @@ import type { KV } from "@nats-io/kv";
 type DirectMessage = { subject: string; seq: number; data: Uint8Array; header?: { get(name: string): string } };
 /** What @nats-io/kv's bucket keeps and its KV interface does not expose (its JetStream manager's direct API, typed as used here). */
 type BucketInternals = {
-  jsm: { direct: { getMessage(stream: string, query: { seq: number; next_by_subj: string }): Promise<DirectMessage | null> } };
+  jsm: { direct: { getMessage(stream: string, query: { seq: number; next_by_subj: string } | { last_by_subj: string }): Promise<DirectMessage | null> } };
   stream: string;
   prefix: string;
   direct: boolean;
@@ -32,17 +34,75 @@ export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[
       const e = await kv.get(key);
       latest.set(key, e && e.operation === "PUT" ? { key, value: e.value } : undefined);
     }
-  } else {
-    const subjects = `${bucket.prefix}.${filter}`;
-    for (let seq = 1; ;) {
-      const m = await bucket.jsm.direct.getMessage(bucket.stream, { seq, next_by_subj: subjects });
-      if (!m) break;
-      const key = m.subject.slice(bucket.prefix.length + 1);
-      // A later message of the key (history > 1, a delete or purge marker) replaces the earlier.
-      latest.delete(key);
-      latest.set(key, m.header?.get("KV-Operation") ? undefined : { key, value: m.data });
-      seq = m.seq + 1;
-    }
-  }
+  } else await scanFrom(bucket, filter, 1, (key, value) => void latest.set(key, value && { key, value }));
   return [...latest.values()].filter((e): e is ScannedEntry => e !== undefined);
+}
+
+/**
+ * Calls `see` for each message under `filter` from stream sequence `from` on, in stream order
+ * (value undefined: a delete or purge marker), with one direct get per message plus one; returns
+ * the sequence of the last message seen (`from - 1` when there was none).
+ */
+async function scanFrom(bucket: BucketInternals, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
+  const subjects = `${bucket.prefix}.${filter}`;
+  let last = from - 1;
+  for (let seq = from; ;) {
+    const m = await bucket.jsm.direct.getMessage(bucket.stream, { seq, next_by_subj: subjects });
+    if (!m) return last;
+    // A later message of the key (history > 1, a delete or purge marker) replaces the earlier.
+    see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data);
+    last = m.seq;
+    seq = m.seq + 1;
+  }
+}
+
+/**
+ * `scanEntries` with the parsed entries of each filter kept between calls: a list asks only for
+ * the last message under its filter (one direct get, `last_by_subj`), and reads and parses just
+ * the messages stored after the ones it has (none, usually). Every write under a filter (a put,
+ * a delete or purge marker) is a new last message there, so an unchanged last sequence means
+ * unchanged entries. That holds for buckets whose messages leave only by a newer one of their
+ * key (no max age, no stream purge without a marker): the releases and advisories buckets.
+ *
+ * Why: the reconciler lists a package's releases and advisories on every run and the builder on
+ * every request; read and parsed in full each time, a package with a few dozen advisories cost
+ * 6-22 ms of CPU per reconcile that changes nothing (bench:storm's resync), and a round trip per
+ * entry.
+ *
+ * The parsed values are shared between calls: callers must not change them. At most
+ * `maxFilters` filters are kept (the least recently listed go first).
+ */
+export class CachedScan<T> {
+  private readonly kv: KV;
+  private readonly parse: (value: Uint8Array) => T;
+  private readonly maxFilters: number;
+  private readonly cache = new Map<string, { last: number; entries: Map<string, T> }>();
+
+  constructor(kv: KV, parse: (value: Uint8Array) => T, maxFilters = 50_000) {
+    this.kv = kv;
+    this.parse = parse;
+    this.maxFilters = maxFilters;
+  }
+
+  /** The parsed live entries under `filter`, in the order their keys were first written. */
+  async list(filter: string): Promise<T[]> {
+    const bucket = this.kv as unknown as BucketInternals;
+    if (!bucket.direct) return (await scanEntries(this.kv, filter)).map((e) => this.parse(e.value));
+    const newest = await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.${filter}` });
+    const known = this.cache.get(filter);
+    this.cache.delete(filter);
+    if (!newest) return [];
+    if (known?.last === newest.seq) {
+      this.cache.set(filter, known);
+      return [...known.entries.values()];
+    }
+    const entries = new Map(known?.entries);
+    const last = await scanFrom(bucket, filter, (known?.last ?? 0) + 1, (key, value) => {
+      entries.delete(key);
+      if (value) entries.set(key, this.parse(value));
+    });
+    this.cache.set(filter, { last, entries });
+    if (this.cache.size > this.maxFilters) this.cache.delete(this.cache.keys().next().value!);
+    return [...entries.values()];
+  }
 }

@@ -17,7 +17,7 @@
 import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { escapeToken } from "@homeostat/core/key";
-import { scanEntries } from "./kv-scan.ts";
+import { CachedScan } from "./kv-scan.ts";
 
 const decoder = new TextDecoder();
 
@@ -38,8 +38,10 @@ export class ReleaseConflictError extends Error {}
 
 export class ReleaseStore {
   readonly kv: KV;
+  private readonly scan: CachedScan<Release>;
   constructor(kv: KV) {
     this.kv = kv;
+    this.scan = new CachedScan(kv, (value) => releaseSchema.parse(JSON.parse(decoder.decode(value))));
   }
 
   /** Records a release; `isNew` is false when exactly this release was already known. */
@@ -62,7 +64,7 @@ export class ReleaseStore {
   }
 
   async list(pkg: string): Promise<Release[]> {
-    return (await scanEntries(this.kv, `${escapeToken(pkg)}.*`)).map((e) => releaseSchema.parse(JSON.parse(decoder.decode(e.value))));
+    return this.scan.list(`${escapeToken(pkg)}.*`);
   }
 }
 
