@@ -56,16 +56,16 @@ export function parseAdvisoryFile(text: string, file: string): Osv[] {
   return docs.map((d, i) => {
     const r = osvSchema.safeParse(d);
     if (r.success) return r.data;
-    const issue = r.error.issues[0]!;
-    throw new Error(`${file}: advisory ${i}: ${issue.path.join(".") || "(document)"}: ${issue.message}`);
+    const [issue] = r.error.issues;
+    throw new Error(`${file}: advisory ${i}: ${issue?.path.join(".") || "(document)"}: ${issue?.message ?? "not an OSV record"}`);
   });
 }
 
 /** `pkg@version`, validated. */
 export function parseReleaseArg(s: string): PlanRelease {
-  const m = /^([A-Za-z0-9][A-Za-z0-9._+-]*)@([A-Za-z0-9][A-Za-z0-9.+_~-]*)$/.exec(s);
-  if (!m) throw new Error(`--release must be <package>@<version>, got ${JSON.stringify(s)}`);
-  return { package: m[1]!, version: m[2]! };
+  const [, name, version] = /^([A-Za-z0-9][A-Za-z0-9._+-]*)@([A-Za-z0-9][A-Za-z0-9.+_~-]*)$/.exec(s) ?? [];
+  if (name === undefined || version === undefined) throw new Error(`--release must be <package>@<version>, got ${JSON.stringify(s)}`);
+  return { package: name, version };
 }
 
 /** The names the facts mention, sorted: those of catalog packages, and the others. */
@@ -81,7 +81,9 @@ export function plan(catalog: Catalog, facts: PlanFacts, live: ReadonlyMap<strin
   const decided: PlanStep[] = [];
   const unchanged: Key[] = [];
   for (const name of inCatalog) {
-    const spec = catalog.packages.get(name)!;
+    const spec = catalog.packages.get(name);
+    if (!spec) continue; // inCatalog holds only names of catalog packages
+
     const key = makeKey("package", name);
     const known = live.get(name);
     const releases = [...facts.releases.filter((r) => r.package === name).map((r) => r.version), ...(known?.releases ?? [])];

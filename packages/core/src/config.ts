@@ -418,11 +418,11 @@ function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
       });
       return z.NEVER;
     }
-    if (tokens.some((t) => t.name === m[1])) {
-      ctx.addIssue({ code: "custom", message: `token name ${m[1]} given twice` });
+    if (tokens.some((t) => t.name === name)) {
+      ctx.addIssue({ code: "custom", message: `token name ${name} given twice` });
       return z.NEVER;
     }
-    tokens.push({ name: m[1]!, role: m[2] as GrpcRole, sha256: m[3]! });
+    tokens.push({ name, role: role === "write" ? "write" : "read", sha256 });
   }
   return tokens;
 }
@@ -453,7 +453,8 @@ export function isLoopbackHost(host: string): boolean {
 export function isLoopbackAddress(addr: string): boolean {
   if (addr.startsWith("unix:")) return true;
   const m = /^(\[[^\]]*\]|[^:]*):\d+$/.exec(addr);
-  return m !== null && isLoopbackHost(m[1]!);
+  const host = m?.[1];
+  return host !== undefined && isLoopbackHost(host);
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {

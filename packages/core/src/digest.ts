@@ -52,6 +52,6 @@ export function byteOrder(a: string, b: string): number {
 /** A copy of `r` with its keys in byte order, so that JSON.stringify writes it the same way every time. */
 export function sortedRecord(r: Record<string, string>): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const k of Object.keys(r).sort(byteOrder)) out[k] = r[k]!;
+  for (const [k, v] of Object.entries(r).sort(([a], [b]) => byteOrder(a, b))) out[k] = v;
   return out;
 }

@@ -127,9 +127,13 @@ export function settleBuild(
   at: string,
   traceId?: string,
 ): KeyStatus | undefined {
-  const i = (s.builds ?? []).findIndex((b) => b.inputDigest === inputDigest && b.outcome === "requested");
-  if (i < 0) return undefined;
-  const builds = [...s.builds!];
-  builds[i] = { ...builds[i]!, outcome, at, ...(traceId ? { traceId } : {}) };
+  const open = (b: BuildRecord) => b.inputDigest === inputDigest && b.outcome === "requested";
+  if (!s.builds?.some(open)) return undefined;
+  let settled = false;
+  const builds = s.builds.map((b) => {
+    if (settled || !open(b)) return b;
+    settled = true;
+    return { ...b, outcome, at, ...(traceId ? { traceId } : {}) };
+  });
   return { ...s, builds };
 }

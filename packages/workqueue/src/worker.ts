@@ -93,8 +93,8 @@ export class Worker {
       for (const s of sources) pull(s);
       while (inFlight.size < o.concurrency) {
         const s = sources.find((x) => x.head); // most urgent class first
-        if (!s) break;
-        const msg = s.head!;
+        const msg = s?.head;
+        if (!s || !msg) break;
         s.head = undefined;
         pull(s);
         const running: Running = { msg, abort: new AbortController() };
