@@ -34,6 +34,12 @@ export const reconcilerPriorities = priorities.filter((p): p is Exclude<Priority
 
 const epochMs = z.number().int().nonnegative();
 
+/** A W3C traceparent (version 00): the span context of an enqueue, kept so that the run it causes can link to it. */
+export const traceparentSchema = z.string().regex(/^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/, "a W3C traceparent");
+
+/** A run links to at most this many of the enqueues it answers: a storm of enqueues of one key must not grow its message. */
+export const maxLinkedEnqueues = 8;
+
 /** ingest, reconciler, signer -> queue: "this key may have drifted". */
 export const enqueueRequestSchema = z.object({
   v: z.literal(1),
@@ -60,6 +66,12 @@ export const workItemSchema = z.object({
   floor: epochMs.default(0),
   attempts: z.number().int().nonnegative().default(0),
   enqueuedAt: epochMs.default(0),
+  /**
+   * The enqueues this schedule answers, as their traceparents (oldest first): its own, and those
+   * merged into it (deduplicated while queued, or folded into a rerun). Its run's span links to
+   * each, so a trace of an absorbed event still leads to the run that served it.
+   */
+  enqueues: z.array(traceparentSchema).max(maxLinkedEnqueues).optional(),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 

@@ -99,6 +99,18 @@ export class JetStreamPipe {
   }
 
   /**
+   * The first message in `stream` whose subject matches `filter` (wildcards allowed; a direct get),
+   * or undefined when there is none.
+   */
+  async firstBySubject(stream: string, filter: string): Promise<{ seq: number; data: Uint8Array } | undefined> {
+    const m = await this.request(`$JS.API.DIRECT.GET.${stream}`, JSON.stringify({ seq: 1, next_by_subj: filter }));
+    const code = m.headers?.code ?? 0;
+    if (code === 404) return undefined;
+    if (code !== 0) throw new JetStreamPipeError(`direct get of the first ${filter} in ${stream}: ${code} ${m.headers?.description ?? ""}`.trim(), code);
+    return { seq: Number(m.headers?.get("Nats-Sequence")), data: m.data };
+  }
+
+  /**
    * A JetStream API call (`$JS.API.…`) with a JSON body; resolves with the JSON answer, rejects
    * with a `JetStreamApiError`.
    */

@@ -157,6 +157,22 @@ export function markFailed(span: Span, err: unknown): void {
   span.setAttribute("error.type", error.constructor.name);
 }
 
+/** Sets `attributes` on the active span, if there is one (what a handler learns as it goes: a cache hit, an output digest). */
+export function annotateActiveSpan(attributes: Attributes): void {
+  trace.getActiveSpan()?.setAttributes(attributes);
+}
+
+/**
+ * The attributes traces are searched by, from a message body that has them: its key, version
+ * and input digest (every stage's request names its key; builds and signatures their inputs).
+ */
+export function searchAttributes(body: unknown): Attributes {
+  if (typeof body !== "object" || body === null) return {};
+  const b = body as Record<string, unknown>;
+  const pick = (field: string, attribute: string): Attributes => (typeof b[field] === "string" ? { [attribute]: b[field] } : {});
+  return { ...pick("key", "homeostat.key"), ...pick("version", "homeostat.version"), ...pick("inputDigest", "homeostat.input_digest") };
+}
+
 /** The semantic-convention attributes of a NATS message span. */
 export function messagingAttributes(subject: string, operation: "send" | "process" | "receive", extra: Attributes = {}): Attributes {
   return { [ATTR_MESSAGING_SYSTEM]: "nats", [ATTR_MESSAGING_DESTINATION_NAME]: subject, [ATTR_MESSAGING_OPERATION_TYPE]: operation, ...extra };
@@ -213,6 +229,18 @@ export function contextFromTraceparent(traceparent: string | undefined): Context
   return propagation.extract(context.active(), { traceparent }, { get: (c, k) => c[k as "traceparent"], keys: (c) => Object.keys(c) });
 }
 
+/** Links to the span contexts that `traceparents` encode (the invalid ones left out), each with `attributes`. */
+export function linksToTraceparents(traceparents: readonly string[], attributes: Attributes = {}): Link[] {
+  return traceparents.flatMap((traceparent) => {
+    const ctx = trace.getSpanContext(w3c.extract(ROOT_CONTEXT, { traceparent }, traceparentGetter));
+    return ctx && isSpanContextValid(ctx) ? [{ context: ctx, attributes }] : [];
+  });
+}
+
+// The W3C format itself, not the global propagator: a stored traceparent parses the same whatever is installed.
+const w3c = new W3CTraceContextPropagator();
+const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k === "traceparent" ? c.traceparent : undefined), keys: () => ["traceparent"] };
+
 export function currentTraceparent(): string | undefined {
   const carrier: Record<string, string> = {};
   propagation.inject(context.active(), carrier);
@@ -251,3 +279,4 @@ export async function inSpan<T>(
 }
 
 export { SpanKind, SpanStatusCode, context };
+export type { Counter, Histogram } from "@opentelemetry/api";

@@ -79,6 +79,10 @@ export class Topology {
   workSubject(priority: Priority, key: Key): string {
     return `${this.prefix}.${this.region}.work.${priority}.${keyToken(key)}`;
   }
+  /** Every queued key of one priority class: the subjects its consumer takes. */
+  workClassSubjects(priority: Priority): string {
+    return `${this.prefix}.${this.region}.work.${priority}.>`;
+  }
   /** The durable consumer of one priority class of the work stream, shared by every worker. */
   workConsumer(priority: Priority): string {
     return `work-${priority}`;
@@ -215,7 +219,7 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
       for (const priority of priorities) {
         await ensureConsumer(n, stage, {
           durable_name: t.workConsumer(priority),
-          filter_subject: `${t.prefix}.${t.region}.work.${priority}.>`,
+          filter_subject: t.workClassSubjects(priority),
           ack_policy: AckPolicy.Explicit,
           // The run record is the lease; the ack wait only decides when a silent worker's message
           // comes back, so it matches the lease.

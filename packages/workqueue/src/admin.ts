@@ -47,6 +47,21 @@ export class QueueAdmin {
   }
 
   /**
+   * Per class, seconds since its first queued message became due (0: none, or not due yet). The
+   * stream keeps publication order, so a class that stopped moving shows here first.
+   */
+  async oldestDueS(): Promise<Record<Priority, number>> {
+    const now = Date.now();
+    const ages = await Promise.all(
+      priorities.map(async (p) => {
+        const first = await this.stream.firstOf(this.n.topology.workClassSubjects(p));
+        return [p, first ? Math.max(0, now - Math.max(first.enqueuedAt, first.notBefore)) / 1000 : 0] as const;
+      }),
+    );
+    return Object.fromEntries(ages) as Record<Priority, number>;
+  }
+
+  /**
    * Reports depth per class, running, retrying and dead letters as OpenTelemetry gauges, read
    * at each metrics export. Called once, by the queue service: the figures are the region's.
    */
@@ -54,15 +69,22 @@ export class QueueAdmin {
     const meter = metrics.getMeter(meterName);
     const depth = meter.createObservableGauge("homeostat.queue.depth", { unit: "{key}", description: "Queued keys per priority class" });
     const keys = meter.createObservableGauge("homeostat.queue.keys", { unit: "{key}", description: "Keys running, waiting for a retry, or dead-lettered" });
+    const oldest = meter.createObservableGauge("homeostat.queue.oldest_age", {
+      unit: "s",
+      description: "Per priority class, how long its first queued message has been due (0 when not due yet)",
+    });
     meter.addBatchObservableCallback(
       async (result) => {
-        const s = await this.stats();
-        for (const p of priorities) result.observe(depth, s.depth[p], { priority: p });
+        const [s, ages] = await Promise.all([this.stats(), this.oldestDueS()]);
+        for (const p of priorities) {
+          result.observe(depth, s.depth[p], { priority: p });
+          result.observe(oldest, ages[p], { priority: p });
+        }
         result.observe(keys, s.running, { state: "running" });
         result.observe(keys, s.retrying, { state: "retrying" });
         result.observe(keys, s.deadLetters, { state: "dead" });
       },
-      [depth, keys],
+      [depth, keys, oldest],
     );
   }
 

@@ -1,7 +1,7 @@
 /** The merge rules, every rule and tie, without a server. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { Priority, WorkItem } from "@homeostat/core/contracts";
+import { maxLinkedEnqueues, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import { mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
 import type { Queued } from "./work-stream.ts";
 
@@ -140,4 +140,30 @@ test("plan: a key waiting for its floor is queued as usual (the floor is enforce
   assert.ok(plan.type === "intoQueued", plan.type);
   assert.equal(plan.merged.notBefore, 7_000, "an enqueue cannot pull a floor earlier");
   assert.equal(plan.keep, m);
+});
+
+const traceparent = (n: number) => `00-${n.toString(16).padStart(32, "0")}-${"1".repeat(16)}-01`;
+
+test("a merge keeps the enqueues of both, the older schedule's first, at most maxLinkedEnqueues", () => {
+  const older = item({ enqueuedAt: 100, enqueues: [traceparent(1), traceparent(2)] });
+  const newer = item({ enqueuedAt: 200, enqueues: [traceparent(3), traceparent(2)] });
+  for (const merged of [mergeItems(older, newer), mergeItems(newer, older)]) assert.deepEqual(merged.enqueues, [1, 2, 3].map(traceparent));
+  assert.equal(mergeItems(item(), item()).enqueues, undefined, "no enqueues, no field");
+  const full = item({ enqueuedAt: 100, enqueues: Array.from({ length: maxLinkedEnqueues }, (_, i) => traceparent(i + 10)) });
+  assert.deepEqual(mergeItems(item({ enqueuedAt: 200, enqueues: [traceparent(1)] }), full).enqueues, full.enqueues, "a full schedule takes no newer enqueue");
+  assert.deepEqual(workItemFor({ key: "package/k", priority: "release", cause: { type: "manual" } }, 5, traceparent(7)).enqueues, [traceparent(7)]);
+});
+
+test("a queued message whose run would not link to a new enqueue is rewritten; a full one is kept", () => {
+  const queuedOne = queued(4, { enqueuedAt: 100, enqueues: [traceparent(1)] });
+  const plan = planMerge(item({ enqueuedAt: 200, enqueues: [traceparent(2)] }), [queuedOne], undefined);
+  assert.equal(plan.type, "intoQueued");
+  if (plan.type !== "intoQueued") return;
+  assert.equal(plan.keep, undefined);
+  assert.deepEqual(plan.merged.enqueues, [traceparent(1), traceparent(2)]);
+  const fullOne = queued(5, { enqueuedAt: 100, enqueues: Array.from({ length: maxLinkedEnqueues }, (_, i) => traceparent(i + 10)) });
+  const again = planMerge(item({ enqueuedAt: 200, enqueues: [traceparent(2)] }), [fullOne], undefined);
+  assert.ok(again.type === "intoQueued" && again.keep === fullOne);
+  assert.ok(!sameSchedule(item({ enqueues: [traceparent(1)] }), item({ enqueues: [traceparent(2)] })));
+  assert.ok(sameSchedule(item({ enqueues: [traceparent(1), traceparent(2)] }), item({ enqueues: [traceparent(2), traceparent(1)] })));
 });

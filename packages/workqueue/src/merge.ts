@@ -4,7 +4,7 @@
  * schedules of one key become one, and what an enqueue that finds its key queued or running
  * must do with the messages it found. placement.ts carries the plan out against the stream.
  */
-import { priorities, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import { maxLinkedEnqueues, priorities, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import type { RunPhase } from "./run-records.ts";
 import type { QueueRequest } from "./types.ts";
 import type { Queued } from "./work-stream.ts";
@@ -12,8 +12,11 @@ import type { Queued } from "./work-stream.ts";
 /** 0 for the most urgent class. */
 export const rank = (p: Priority): number => priorities.indexOf(p);
 
-/** The schedule an enqueue asks for: due now or at its not-before, never before its floor, fresh attempts. */
-export function workItemFor(req: QueueRequest, now: number): WorkItem {
+/**
+ * The schedule an enqueue asks for: due now or at its not-before, never before its floor, fresh
+ * attempts; `traceparent` is the enqueue's own span context, which the run will link to.
+ */
+export function workItemFor(req: QueueRequest, now: number, traceparent?: string): WorkItem {
   const floor = req.floor ?? 0;
   return {
     v: 1,
@@ -24,17 +27,19 @@ export function workItemFor(req: QueueRequest, now: number): WorkItem {
     notBefore: Math.max(req.notBefore ?? 0, floor),
     attempts: 0,
     enqueuedAt: now,
+    ...(traceparent ? { enqueues: [traceparent] } : {}),
   };
 }
 
 /**
  * The merge of two schedules of one key: the more urgent class (and its cause; on a tie, `a`'s),
  * the earlier not-before, never before the stronger floor, the fewer attempts (a new enqueue is
- * new information), the earlier enqueue time.
+ * new information), the earlier enqueue time, and the enqueues of both.
  */
 export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
   const floor = Math.max(a.floor, b.floor);
   const urgent = rank(b.priority) < rank(a.priority) ? b : a;
+  const enqueues = mergeEnqueues(a, b);
   return {
     v: 1,
     key: a.key,
@@ -44,7 +49,17 @@ export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
     notBefore: Math.max(Math.min(a.notBefore, b.notBefore), floor),
     attempts: Math.min(a.attempts, b.attempts),
     enqueuedAt: Math.min(a.enqueuedAt, b.enqueuedAt),
+    ...(enqueues.length > 0 ? { enqueues } : {}),
   };
+}
+
+/**
+ * The enqueues of two schedules, the older schedule's first, at most `maxLinkedEnqueues`: once a
+ * queued schedule is full, a newer enqueue adds nothing, so its message is not rewritten for it.
+ */
+function mergeEnqueues(a: WorkItem, b: WorkItem): string[] {
+  const [older, newer] = b.enqueuedAt < a.enqueuedAt ? [b, a] : [a, b];
+  return [...new Set([...(older.enqueues ?? []), ...(newer.enqueues ?? [])])].slice(0, maxLinkedEnqueues);
 }
 
 /** `mergeItems` of whichever of the two exist. */
@@ -52,9 +67,17 @@ export function mergeOptional(a: WorkItem | undefined, b: WorkItem | undefined):
   return a && b ? mergeItems(a, b) : (a ?? b);
 }
 
-/** Whether a queued message already says what `b` says, so that it need not be rewritten. */
+/** Whether a queued message already says what `b` says (its schedule, and the enqueues its run links to), so that it need not be rewritten. */
 export function sameSchedule(a: WorkItem, b: WorkItem): boolean {
-  return a.priority === b.priority && a.notBefore === b.notBefore && a.floor === b.floor && a.attempts === b.attempts;
+  const linked = new Set(a.enqueues);
+  return (
+    a.priority === b.priority &&
+    a.notBefore === b.notBefore &&
+    a.floor === b.floor &&
+    a.attempts === b.attempts &&
+    linked.size === new Set(b.enqueues).size &&
+    (b.enqueues ?? []).every((e) => linked.has(e))
+  );
 }
 
 /** What an enqueue does with the messages it found queued for its key. */

@@ -12,12 +12,15 @@ export const meterName = "homeostat.workqueue";
 export function queueMetrics() {
   const meter = metrics.getMeter(meterName);
   return {
-    enqueued: meter.createCounter("homeostat.queue.enqueued", { unit: "{enqueue}", description: "Enqueues by outcome: added, deduped, rerun" }),
+    enqueued: meter.createCounter("homeostat.queue.enqueued", {
+      unit: "{enqueue}",
+      description: "Enqueues by outcome (added, deduped, rerun), class and cause (release, advisory, dependency, resync, …)",
+    }),
     retries: meter.createCounter("homeostat.queue.retries", { unit: "{run}", description: "Runs that failed and will be retried" }),
     deadLettered: meter.createCounter("homeostat.queue.dead_lettered", { unit: "{key}", description: "Keys moved to the dead letters" }),
     inFlight: meter.createUpDownCounter("homeostat.queue.in_flight", { unit: "{run}", description: "Runs in progress in this process" }),
-    wait: durationHistogram(meter, "homeostat.queue.wait", "From due (enqueued or not-before) to run start"),
-    process: durationHistogram(meter, "homeostat.queue.process", "Run duration"),
+    wait: durationHistogram(meter, "homeostat.queue.wait", "From due (enqueued or not-before) to run start, by class and cause"),
+    process: durationHistogram(meter, "homeostat.queue.process", "Run duration, by class and cause"),
   };
 }
 

@@ -6,6 +6,7 @@
  */
 import type { WorkItem } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
+import { currentTraceparent } from "@homeostat/core/telemetry";
 import { planMerge, workItemFor } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
 import type { RunRecordStore, Versioned } from "./run-records.ts";
@@ -27,8 +28,9 @@ export class Placement {
 
   /** Queues the key, merges it into its queued message, or marks its run for exactly one rerun. */
   async enqueue(req: QueueRequest): Promise<EnqueueOutcome> {
-    const outcome = await this.place(workItemFor(req, Date.now()));
-    this.metrics.enqueued.add(1, { outcome, priority: req.priority });
+    // The caller's span context goes with the schedule: the run that answers it links back to it.
+    const outcome = await this.place(workItemFor(req, Date.now(), currentTraceparent()));
+    this.metrics.enqueued.add(1, { outcome, priority: req.priority, cause: req.cause.type });
     return outcome;
   }
 

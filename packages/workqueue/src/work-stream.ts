@@ -50,6 +50,12 @@ export class WorkStream {
     return found.filter((m) => m !== undefined);
   }
 
+  /** The first (longest queued) message of a class, `filter` being the subjects of its consumer. */
+  async firstOf(filter: string): Promise<WorkItem | undefined> {
+    const m = await this.pipe.firstBySubject(this.name, filter);
+    return m ? decodeMessage(workItemSchema, m.data) : undefined;
+  }
+
   /** Deletes message `seq`; false when it is gone already (acked, or deleted by another merge). */
   delete(seq: number): Promise<boolean> {
     return this.pipe.deleteMessage(this.name, seq);

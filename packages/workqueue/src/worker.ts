@@ -8,7 +8,8 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { decodeMessage, priorities, workItemSchema, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
-import { context, contextFromHeaders, inSpan, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
+import { pullExpiresMs } from "@homeostat/core/messaging";
+import { context, contextFromHeaders, inSpan, linksToTraceparents, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 import { mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
@@ -52,7 +53,7 @@ export class Worker {
         const consumer = await this.n.js.consumers.get(this.stream.name, t.workConsumer(p));
         // Small batches: a message waiting in this buffer gets no renewals, and one that outlives
         // its ack wait there is delivered again elsewhere (a stale copy the records absorb).
-        const messages = await consumer.consume({ max_messages: Math.max(4, o.concurrency) });
+        const messages = await consumer.consume({ max_messages: Math.max(4, o.concurrency), expires: pullExpiresMs });
         return { messages, iterator: messages[Symbol.asyncIterator](), head: undefined as JsMsg | undefined, pulling: false, ended: false };
       }),
     );
@@ -151,7 +152,7 @@ export class Worker {
     const renew = setInterval(() => void this.renew(recordKey, lease, msg), Math.max(50, Math.floor(this.o.leaseMs / 3)));
 
     const started = Date.now();
-    this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority });
+    this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority, cause: item.cause.type });
     this.metrics.inFlight.add(1);
     let result: ReconcileResult | Error;
     // The run's own trace context: what the run asks for at its end (its child keys above all)
@@ -164,10 +165,14 @@ export class Worker {
         {
           parent: contextFromHeaders(msg.headers),
           kind: SpanKind.CONSUMER,
+          // Every enqueue this run answers (deduplicated into its message, or folded into a rerun).
+          links: linksToTraceparents(item.enqueues ?? [], { "homeostat.link": "enqueue" }),
           attributes: messagingAttributes(msg.subject, "process", {
             "homeostat.key": item.key,
             "homeostat.attempt": attempt,
             "homeostat.priority": item.priority,
+            "homeostat.cause": item.cause.type,
+            "homeostat.enqueues": item.enqueues?.length ?? 0,
           }),
         },
         async (span) => {
@@ -182,7 +187,7 @@ export class Worker {
     } finally {
       clearInterval(renew);
       this.metrics.inFlight.add(-1);
-      this.metrics.process.record(secondsSince(started), { priority: item.priority });
+      this.metrics.process.record(secondsSince(started), { priority: item.priority, cause: item.cause.type });
     }
     if (lease.lost) {
       this.o.log.warn("the run ended after its lease was lost or handed back; its result is dropped and the key runs again", { key: item.key });
