@@ -131,7 +131,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const fanOut = await run("package/base", { type: "built" });
     assert.deepEqual(childKeys(fanOut), ["package/left", "package/right"], "the fan-out returns both branches as child keys");
     assert.equal(fanOut.type, "done");
-    assert.deepEqual(await run("package/base"), { type: "done" }, "once told, a resync does not tell the dependents again");
+    assert.deepEqual(childKeys(await run("package/base")), ["package/left", "package/right"], "a resync tells them again while they wait");
     const baseDigest = (await state.get("package/base"))!.actual!.inputDigest;
     assert.deepEqual(
       childKeys(await run("package/base", { type: "built", id: baseDigest })),
@@ -140,6 +140,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     );
     await run("package/left");
     await run("package/right");
+    assert.deepEqual(await run("package/base"), { type: "done" }, "once they no longer wait, a resync does not tell them again");
     await complete("package/left");
     await run("package/top", { type: "dependency", id: "package/left" });
     assert.ok(!(await builds()).includes("package/top@1.0"), "top waits for right");
@@ -180,6 +181,55 @@ describe("reconciler", { timeout: 60_000 }, () => {
       assert.equal(s?.actual?.inputDigest, before[i]?.actual?.inputDigest);
       assert.equal(s?.phase, "Ready", `${s?.key} is Ready`);
     }
+  });
+
+  test("a key waiting through a dependency for a build that leaves that dependency's inputs as they were is woken (found by the chaos suite)", async () => {
+    // A chain of its own: deep <- mid <- tip, all built first.
+    const chainDir = path.join(t.dir, "chain-catalog");
+    const chainPkg = (name: string, deps: string[]) =>
+      `name: ${name}\nversion: "1.0"\nsource: { url: "https://example.org/${name}-\${version}.tar.gz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n`;
+    writeCatalog(chainDir, { "packages/deep.yaml": chainPkg("deep", []), "packages/mid.yaml": chainPkg("mid", ["deep"]), "packages/tip.yaml": chainPkg("tip", ["mid"]) });
+    const chain = await loadCatalog(chainDir);
+    const reconcileChain = createReconciler({
+      catalog: () => chain,
+      state,
+      releases: (p) => releases.list(p),
+      advisories: (p) => advisories.list(p),
+      requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
+      sourceDateEpoch: 0,
+      staleBuildMs: 60_000,
+      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
+      log: quiet,
+    });
+    const runChain = (key: Key, cause: WorkItem["cause"]) =>
+      reconcileChain({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    for (const key of ["package/deep", "package/mid", "package/tip"] as const) {
+      await runChain(key, { type: "resync" });
+      await complete(key);
+      await runChain(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
+    }
+    // deep and tip are released at once; tip is reconciled while deep builds, so it waits for deep through mid.
+    const source = (name: string) => ({ url: `https://example.org/${name}-1.1.tar.gz`, sha256: sha(`${name}-1.1`) });
+    await releases.record({ package: "deep", version: "1.1", ...source("deep") });
+    await releases.record({ package: "tip", version: "1.1", ...source("tip") });
+    await runChain("package/deep", { type: "release" });
+    await runChain("package/tip", { type: "release" });
+    assert.match((await state.get("package/tip"))!.waitingFor ?? "", /package\/deep to be built at 1\.1/);
+    // deep 1.1 builds to the very archive 1.0 had (the same files), so mid's inputs do not change.
+    const was = (await state.get("package/deep"))!.actual!;
+    await state.update("package/deep", (s) => {
+      const actual = { ...was, version: "1.1", inputDigest: s!.desiredInputDigest!, builtAt: new Date().toISOString() };
+      const next = { ...s!, actual, phase: "Ready" as const };
+      return settleBuild(next, actual.inputDigest, "succeeded", actual.builtAt) ?? next;
+    });
+    assert.deepEqual(childKeys(await runChain("package/deep", { type: "built", id: (await state.get("package/deep"))!.actual!.inputDigest })), ["package/mid"]);
+    await purge("build");
+    const mid = await runChain("package/mid", { type: "dependency", id: "package/deep" });
+    assert.deepEqual(await builds(), [], "mid's inputs are as they were: nothing to build");
+    assert.deepEqual(childKeys(mid), ["package/tip"], "but tip, which waits, is told");
+    await runChain("package/tip", { type: "dependency", id: "package/mid" });
+    assert.deepEqual(await builds(), ["package/tip@1.1"], "tip's own release is built");
+    assert.equal((await state.get("package/tip"))!.waitingFor, undefined);
   });
 
   test("the catalog revision is in the request, not in the input digest; the request carries no recipe", async () => {

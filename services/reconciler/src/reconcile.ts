@@ -152,14 +152,20 @@ export function createReconciler(deps: ReconcilerDeps) {
       // told them yet (the "built" cause was merged away by a more urgent enqueue). The queue
       // enqueues them before it completes this run; repeating them is harmless.
       const builtNow = item.cause.type === "built" && item.cause.id === desired.inputDigest;
-      const children: QueueRequest[] =
-        kind === "package" && (builtNow || status.fannedOut !== desired.inputDigest)
-          ? catalog.dependentsOf(name).map((child) => ({
-              key: child,
-              priority: "dependency",
-              cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
-            }))
-          : [];
+      const tell = (child: Key): QueueRequest => ({
+        key: child,
+        priority: "dependency",
+        cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
+      });
+      const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
+      // Else the dependents that wait: one waits for the deepest build its inputs need (a
+      // dependency of this key, say), and when that build leaves this key's inputs as they were
+      // (the same archive at a new version), this key builds nothing and fans nothing out, and
+      // nothing else would tell the dependent that what it waited for is done.
+      const children =
+        builtNow || status.fannedOut !== desired.inputDigest
+          ? dependents.map(tell)
+          : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [tell(child)] : [])))).flat();
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
         const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
