@@ -10,8 +10,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import path from "node:path";
 
-/** A file of `app/`: its text, and its mode (default 0644; 0755 for scripts). */
-export type AppFile = { content: string; mode?: number };
+/** A file of `app/`: its text (or bytes), and its mode (default 0644; 0755 for scripts). */
+export type AppFile = { content: string | Uint8Array; mode?: number };
 
 /** Packs `files` under `app/` into `file` (its directory is created); its file URL and sha256. */
 export function packAppTarball(file: string, files: Record<string, AppFile>): { url: string; sha256: string } {
