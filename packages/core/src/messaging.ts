@@ -18,7 +18,18 @@ import { decodeMessage, encodeMessage, ContractError } from "./contracts.ts";
 import type { Key } from "./key.ts";
 import { TransientError } from "./failure.ts";
 import { errorMessage, type Logger } from "./log.ts";
-import { contextFromHeaders, durationHistogram, inSpan, markFailed, messagingAttributes, meter, producerSpan, secondsSince, SpanKind } from "./telemetry.ts";
+import {
+  contextFromHeaders,
+  durationHistogram,
+  inSpan,
+  markFailed,
+  messagingAttributes,
+  meter,
+  producerSpan,
+  searchAttributes,
+  secondsSince,
+  SpanKind,
+} from "./telemetry.ts";
 import type { Nats, Stage } from "./topology.ts";
 
 /** An error that no retry can fix (bad input, checksum mismatch, failing build step). */
@@ -115,6 +126,7 @@ async function handleOne<S extends z.ZodType>(msg: JsMsg, o: ConsumerOptions<S>,
         msg.term();
         return;
       }
+      span.setAttributes(searchAttributes(body));
       const started = Date.now();
       const measured = (outcome: "done" | "dropped" | "retry", err?: unknown) => {
         const attributes = { "homeostat.handler": o.spanName, outcome, ...(err ? { "error.type": (err as Error).constructor?.name ?? "Error" } : {}) };

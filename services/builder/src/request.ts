@@ -36,6 +36,7 @@ import {
   type SignRequest,
 } from "@homeostat/core";
 import type { Digest } from "@homeostat/core/digest";
+import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemetry";
 import type { BuildResult } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 
@@ -105,6 +106,11 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
   return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
 }
 
+/** Builds by kind and cache (hit: the outputs of these inputs were in the store already); made on first use, once the service's MeterProvider is registered. */
+let buildCounter: Counter | undefined;
+const buildsByCache = (): Counter =>
+  (buildCounter ??= meter().createCounter("homeostat.builder.builds", { unit: "{build}", description: "Builds answered, by kind and cache (hit, miss)" }));
+
 /** The handler of the build stage's messages. */
 export function createBuildHandler(deps: BuildRequestDeps) {
   const store = new ArtifactStore(deps.dataDir);
@@ -125,7 +131,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
   }
 
   /** Signs and stores the build result; returns its digest in the store. */
-  async function vouch(plan: BuildPlan, outputs: BuildOutputs): Promise<Digest> {
+  async function vouch(plan: BuildPlan, outputs: BuildOutputs, isolation: BuildIsolationKind): Promise<Digest> {
     const { location: _, ...vouched } = outputs;
     const predicate: BuildResultPredicate = {
       key: plan.key,
@@ -134,7 +140,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
       version: plan.version,
       inputDigest: plan.inputDigest,
       catalogRevision: plan.catalogRevision,
-      isolation: await isolationOf(plan, outputs),
+      isolation,
       builder: BUILDER_VERSION,
       outputs: vouched,
     };
@@ -155,7 +161,17 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     // permanent for these inputs unless its cause is the machine's, e.g. ENOSPC).
     const result: BuildResult = await deps.build(plan);
     if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
-    const buildResult = await vouch(plan, result.outputs);
+    const isolation = await isolationOf(plan, result.outputs);
+    const buildResult = await vouch(plan, result.outputs, isolation);
+    buildsByCache().add(1, { kind: plan.kind, cache: result.cached ? "hit" : "miss" });
+    annotateActiveSpan({
+      "homeostat.build.outcome": result.cached ? "cached" : "built",
+      "homeostat.build.cache_hit": result.cached,
+      "homeostat.build.isolation": isolation,
+      "homeostat.build.result_digest": buildResult,
+      ...(result.outputs.archive ? { "homeostat.output_digest": result.outputs.archive } : {}),
+      ...(result.outputs.manifest ? { "homeostat.image.digest": result.outputs.manifest } : {}),
+    });
     await deps.state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
     await deps.publishSign({ v: 2, key: req.key, inputDigest: req.inputDigest, buildResult });
     deps.log.info("built", { key: req.key, version: req.version, buildResult, ...result.outputs });

@@ -7,21 +7,26 @@
  * the caller's trace. The health service is registered without it: probes make no traces.
  */
 import { Status, ServerError, type CallContext, type ServerMiddleware } from "@homeostat/status-api";
-import { context, contextFromHttpHeaders, markFailed, SpanKind, tracer, withSpan } from "@homeostat/core/telemetry";
+import { context, contextFromHttpHeaders, durationHistogram, markFailed, meter, secondsSince, SpanKind, tracer, withSpan } from "@homeostat/core/telemetry";
 
 /** Codes that are the server's failure (OpenTelemetry's gRPC conventions for server spans). */
 const serverFailures = new Set([Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.UNIMPLEMENTED, Status.INTERNAL, Status.UNAVAILABLE, Status.DATA_LOSS]);
 
 export function tracingMiddleware(): ServerMiddleware {
+  // rpc.server.call.duration (the current RPC conventions' name for rpc.server.duration, in seconds), by service, method and status code.
+  const duration = durationHistogram(meter(), "rpc.server.call.duration", "Duration of the status API's calls, by method and status code");
   return async function* (call, callContext: CallContext) {
+    const started = Date.now();
+    let code: Status = Status.OK;
     const path = call.method.path; // "/homeostat.v1.StatusService/Enqueue"
     const slash = path.lastIndexOf("/");
+    const rpc = { "rpc.system": "grpc", "rpc.service": path.slice(1, slash), "rpc.method": path.slice(slash + 1) };
     const parent = contextFromHttpHeaders({ traceparent: callContext.metadata.get("traceparent"), tracestate: callContext.metadata.get("tracestate") });
     const span = tracer().startSpan(
       path.slice(1),
       {
         kind: SpanKind.SERVER,
-        attributes: { "rpc.system": "grpc", "rpc.service": path.slice(1, slash), "rpc.method": path.slice(slash + 1) },
+        attributes: rpc,
       },
       parent,
     );
@@ -38,12 +43,13 @@ export function tracingMiddleware(): ServerMiddleware {
         yield step.value;
       }
     } catch (err) {
-      const code = err instanceof ServerError ? err.code : Status.UNKNOWN;
+      code = err instanceof ServerError ? err.code : Status.UNKNOWN;
       span.setAttribute("rpc.grpc.status_code", code);
       if (serverFailures.has(code)) markFailed(span, err);
       throw err;
     } finally {
       span.end();
+      duration.record(secondsSince(started), { ...rpc, "rpc.grpc.status_code": code });
     }
   };
 }

@@ -12,7 +12,8 @@
  * neither.
  */
 import type { Key } from "@homeostat/core/key";
-import type { KeyStatus } from "@homeostat/core/status";
+import { phases, type KeyStatus, type Phase } from "@homeostat/core/status";
+import { meter } from "@homeostat/core/telemetry";
 import { matchesWatch, maxWatchBacklog, type WatchEvent, type WatchFilter } from "@homeostat/status-api";
 
 /** The latest state of one key: its status, or none once it was removed, at the bucket's revision. */
@@ -48,6 +49,22 @@ export class KeyFeed {
   /** The keys that have a status now (what a rebuild of the read model writes). */
   keys(): Key[] {
     return [...this.#latest.values()].flatMap((e) => (e.status ? [e.key] : []));
+  }
+
+  /** How many keys are in each phase now (every phase present, 0 included). */
+  phaseCounts(): Record<Phase, number> {
+    const counts = Object.fromEntries(phases.map((p) => [p, 0])) as Record<Phase, number>;
+    for (const e of this.#latest.values()) if (e.status) counts[e.status.phase]++;
+    return counts;
+  }
+
+  /** Reports `phaseCounts()` as the gauge homeostat.keys {phase}, read at each metrics export. Called once, by the queue service. */
+  observePhases(): void {
+    meter()
+      .createObservableGauge("homeostat.keys", { unit: "{key}", description: "Keys of the factory by phase (Pending, Building, Ready, Failed, …)" })
+      .addCallback((result) => {
+        for (const [phase, n] of Object.entries(this.phaseCounts())) result.observe(n, { phase });
+      });
   }
 
   /** The latest status of `key`; undefined once removed or never seen. */

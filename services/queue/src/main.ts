@@ -20,6 +20,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
   // state bucket nor hold reads; the read model answers from the bucket and heals afterwards.
   const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: config.readModelCheckMs, lazyConnect: false });
   const feed = new KeyFeed();
+  feed.observePhases();
   const readModel = new HealingReadModel({
     store: new StatusReadModel(redis, nats.topology),
     state: buckets.state,

@@ -31,9 +31,15 @@ import {
   type Logger,
   type WorkItem,
 } from "@homeostat/core";
+import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemetry";
 import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
 import type { Resolution } from "./upstream.ts";
+
+/** Builds requested, by trigger (the cause type: release, advisory, dependency, resync, catalog, manual…); made on first use, once the MeterProvider is registered. */
+let rebuildCounter: Counter | undefined;
+const rebuilds = (): Counter =>
+  (rebuildCounter ??= meter().createCounter("homeostat.rebuilds", { unit: "{build}", description: "Builds the reconciler requested, by trigger and kind" }));
 
 export type ReconcilerDeps = {
   catalog: () => Catalog;
@@ -256,6 +262,8 @@ export function createReconciler(deps: ReconcilerDeps) {
     // dropped as a duplicate when the key came back to inputs asked for within the stream's
     // duplicate window (a rollback), and the key then sat in Building until the stale timeout.
     await deps.requestBuild(buildRequestOf(desired.plan), at);
+    rebuilds().add(1, { trigger: why.type, kind: desired.plan.kind });
+    annotateActiveSpan({ "homeostat.version": desired.version, "homeostat.input_digest": desired.inputDigest, "homeostat.build.trigger": why.type });
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs);
   }

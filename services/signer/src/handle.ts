@@ -7,7 +7,17 @@
  * (`homeostat.signer.refused` by reason), and changes nothing: no signature is written, the
  * key's status is untouched, and the reconciler's next run asks for the build again.
  */
-import { currentTraceId, NonRetriableError, settleBuild, StateStore, type EnqueueRequest, type Logger, type SignRequest } from "@homeostat/core";
+import {
+  currentTraceId,
+  NonRetriableError,
+  settleBuild,
+  StateStore,
+  type BuildRecord,
+  type EnqueueRequest,
+  type Logger,
+  type SignRequest,
+} from "@homeostat/core";
+import { annotateActiveSpan, durationHistogram, meter, type Histogram } from "@homeostat/core/telemetry";
 import type { Registry, Signer } from "@homeostat/attest";
 import { admit, SignRefusedError, type SignRefusal } from "./admit.ts";
 import { sign, SignRequestError } from "./sign.ts";
@@ -31,6 +41,15 @@ export type SignHandlerDeps = {
   refused: (reason: SignRefusal) => void;
   log: Logger;
 };
+
+/** From the reconciler's build request to the signed image, by trigger; made on first use, once the service's MeterProvider is registered. */
+let rebuildHistogram: Histogram | undefined;
+const rebuildDuration = (): Histogram =>
+  (rebuildHistogram ??= durationHistogram(
+    meter(),
+    "homeostat.rebuild.duration",
+    "From a build's request (the reconciler's decision) to its signed image, by trigger",
+  ));
 
 export function createSignHandler(deps: SignHandlerDeps) {
   return async function handle(req: SignRequest): Promise<void> {
@@ -73,12 +92,22 @@ export function createSignHandler(deps: SignHandlerDeps) {
       builtAt: new Date().toISOString(),
       traceId: currentTraceId(),
     };
+    annotateActiveSpan({
+      "homeostat.version": build.version,
+      "homeostat.signing.key_id": keyId,
+      ...(build.isolation ? { "homeostat.build.isolation": build.isolation } : {}),
+      ...(build.outputs.manifest ? { "homeostat.image.digest": build.outputs.manifest } : {}),
+      ...(build.outputs.archive ? { "homeostat.output_digest": build.outputs.archive } : {}),
+    });
+    let requested: BuildRecord | undefined;
     await deps.state.update(req.key, (s) => {
       const cur = s ?? StateStore.initial(req.key);
+      requested = cur.builds?.find((b) => b.inputDigest === req.inputDigest && b.outcome === "requested");
       const current = cur.desiredInputDigest === undefined || cur.desiredInputDigest === req.inputDigest;
       const next = { ...cur, actual, phase: current ? ("Ready" as const) : cur.phase, lastError: current ? undefined : cur.lastError };
       return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
     });
+    if (requested) rebuildDuration().record((Date.parse(actual.builtAt) - Date.parse(requested.at)) / 1000, { trigger: requested.cause?.type ?? "unknown" });
     await deps.enqueue({
       v: 1,
       key: req.key,
