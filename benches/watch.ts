@@ -54,7 +54,8 @@ try {
   const env = { NATS_URL: servers.natsUrl, REDIS_URL: servers.redisUrl, HOMEOSTAT_PREFIX: "hs", HOMEOSTAT_DATA: path.join(dir, "data") };
   const factory = await startFactory({ env, natsCredentials: servers.natsCredentials, logDir: path.join(dir, "logs"), only: ["queue"] });
   stops.unshift(() => factory.stop());
-  const queuePid = factory.processes.get("queue")!.pid!;
+  const queuePid = factory.processes.get("queue")?.pid;
+  if (queuePid === undefined) throw new Error("the queue service did not start");
   const writer = await connectNats(loadConfig({ ...env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "reconciler") }), "bench-watch", {
     identity: "reconciler",
   });
@@ -71,8 +72,10 @@ try {
   const arrivals = new Map<number, number[]>(); // revision -> arrival times, one per watcher
   let synced = 0;
   const running = Array.from({ length: watchers }, async (_, i) => {
+    const client = clients[i % clients.length];
+    if (!client) return;
     try {
-      for await (const e of clients[i % channels]!.rpc.watchKeys({ prefix: "", kinds: [], phases: [] }, { signal: stop.signal })) {
+      for await (const e of client.rpc.watchKeys({ prefix: "", kinds: [], phases: [] }, { signal: stop.signal })) {
         if (e.type === "synced") synced++;
         else if (e.type === "put") {
           const at = performance.now();
@@ -90,7 +93,8 @@ try {
   say(`${watchers} watchers synced over ${channels} connections; writing ${changes} changes at ${rate}/s`);
 
   const cpu = () => {
-    const fields = readFileSync(`/proc/${queuePid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    // The command name may hold spaces: the fields start after its closing parenthesis.
+    const fields = readFileSync(`/proc/${queuePid}/stat`, "utf8").split(") ", 2)[1]?.split(" ") ?? [];
     return (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in ms (100 Hz ticks)
   };
   const memory = () => {
@@ -105,8 +109,10 @@ try {
     const due = wallBefore + (i * 1000) / rate;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const key = keys[i % keys.length];
+    if (key === undefined) break;
     const at = performance.now();
-    written.set(await put(keys[i % keys.length]!, i + 1), at);
+    written.set(await put(key, i + 1), at);
   }
   const lastRevision = Math.max(...written.keys());
   await waitFor(
