@@ -19,22 +19,24 @@ const quiet: Logger = { info() {}, warn() {}, error() {} };
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const PATCH = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n";
 
+/** A package recipe of the test catalogs: version 1.0, one step, its build dependencies. */
+const packageYaml = (name: string, deps: string[], extra = "") =>
+  `name: ${name}\nversion: "1.0"\nsource: { url: "https://example.org/${name}-\${version}.tar.gz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
+
 /** A catalog with a diamond: base <- left, right <- top, image app = [top]; plus a lone package. */
 function writeCatalog(dir: string, over: Record<string, string> = {}): void {
   rmSync(dir, { recursive: true, force: true });
-  const pkg = (name: string, deps: string[], extra = "") =>
-    `name: ${name}\nversion: "1.0"\nsource: { url: "https://example.org/${name}-\${version}.tar.gz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
   const files: Record<string, string> = {
-    "packages/base.yaml": pkg("base", []),
-    "packages/left.yaml": pkg("left", ["base"]),
-    "packages/right.yaml": pkg("right", ["base"]),
-    "packages/top.yaml": pkg("top", ["left", "right"]),
-    "packages/minimist.yaml": pkg(
+    "packages/base.yaml": packageYaml("base", []),
+    "packages/left.yaml": packageYaml("left", ["base"]),
+    "packages/right.yaml": packageYaml("right", ["base"]),
+    "packages/top.yaml": packageYaml("top", ["left", "right"]),
+    "packages/minimist.yaml": packageYaml(
       "minimist",
       [],
       `upstream: { url: "https://example.org/m-\${version}", policy: { semver: "^1.2" } }\npatches:\n  - { path: patches/cve-2021-44906.patch, sha256: ${sha(PATCH)}, fixes: [CVE-2021-44906] }\n`,
     ),
-    "packages/lodash.yaml": pkg("lodash", []).replace('version: "1.0"', 'version: "4.17.15"'),
+    "packages/lodash.yaml": packageYaml("lodash", []).replace('version: "1.0"', 'version: "4.17.15"'),
     "images/app.yaml": "name: app\npackages: [top]\n",
     "patches/cve-2021-44906.patch": PATCH,
     ...over,
@@ -92,17 +94,10 @@ describe("reconciler", { timeout: 60_000 }, () => {
   const queued = async () => (await messages<WorkItem>("work")).map((w) => w.key).sort();
   const childKeys = (r: ReconcileResult) => ("children" in r ? (r.children ?? []) : []).map((c) => c.key).sort();
 
-  before(async () => {
-    t = await testEnv();
-    catalogDir = path.join(t.dir, "catalog");
-    writeCatalog(catalogDir);
-    catalog = await loadCatalog(catalogDir);
-    state = new StateStore(t.buckets.state);
-    releases = new ReleaseStore(t.buckets.releases);
-    advisories = await AdvisoryStore.open(t.nats);
-    queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "reconcile-test" }));
-    reconcile = createReconciler({
-      catalog: () => catalog,
+  /** The reconciler of `catalogOf()` over this test's stores and streams. */
+  const reconcilerOf = (catalogOf: () => Catalog) =>
+    createReconciler({
+      catalog: catalogOf,
       state,
       releases: (p) => releases.list(p),
       advisories: (p) => advisories.list(p),
@@ -112,6 +107,17 @@ describe("reconciler", { timeout: 60_000 }, () => {
       buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
       log: quiet,
     });
+
+  before(async () => {
+    t = await testEnv();
+    catalogDir = path.join(t.dir, "catalog");
+    writeCatalog(catalogDir);
+    catalog = await loadCatalog(catalogDir);
+    state = new StateStore(t.buckets.state);
+    releases = new ReleaseStore(t.buckets.releases);
+    advisories = await AdvisoryStore.open(t.nats);
+    queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log: quiet, owner: "reconcile-test" }));
+    reconcile = reconcilerOf(() => catalog);
   });
 
   after(async () => {
@@ -186,21 +192,13 @@ describe("reconciler", { timeout: 60_000 }, () => {
   test("a key waiting through a dependency for a build that leaves that dependency's inputs as they were is woken (found by the chaos suite)", async () => {
     // A chain of its own: deep <- mid <- tip, all built first.
     const chainDir = path.join(t.dir, "chain-catalog");
-    const chainPkg = (name: string, deps: string[]) =>
-      `name: ${name}\nversion: "1.0"\nsource: { url: "https://example.org/${name}-\${version}.tar.gz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n`;
-    writeCatalog(chainDir, { "packages/deep.yaml": chainPkg("deep", []), "packages/mid.yaml": chainPkg("mid", ["deep"]), "packages/tip.yaml": chainPkg("tip", ["mid"]) });
-    const chain = await loadCatalog(chainDir);
-    const reconcileChain = createReconciler({
-      catalog: () => chain,
-      state,
-      releases: (p) => releases.list(p),
-      advisories: (p) => advisories.list(p),
-      requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
-      sourceDateEpoch: 0,
-      staleBuildMs: 60_000,
-      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
-      log: quiet,
+    writeCatalog(chainDir, {
+      "packages/deep.yaml": packageYaml("deep", []),
+      "packages/mid.yaml": packageYaml("mid", ["deep"]),
+      "packages/tip.yaml": packageYaml("tip", ["mid"]),
     });
+    const chain = await loadCatalog(chainDir);
+    const reconcileChain = reconcilerOf(() => chain);
     const runChain = (key: Key, cause: WorkItem["cause"]) =>
       reconcileChain({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
     for (const key of ["package/deep", "package/mid", "package/tip"] as const) {
