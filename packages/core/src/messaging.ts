@@ -88,6 +88,15 @@ export type ConsumerOptions<S extends z.ZodType> = {
   onMalformed?: (msg: JsMsg, reason: string) => Promise<void>;
 };
 
+/**
+ * How long a worker's pull request lives before it is sent again. nats-server 2.9 does not tell
+ * pulling clients that a consumer's leader moved (a node lost, a region lost): their pull
+ * requests stay with the old leader, and the new one delivers nothing to them until they expire.
+ * The client's default (30 s) left a stage idle for 30 s after every leader change in the regions
+ * test; a few seconds bounds it, for one small request per idle consumer every few seconds.
+ */
+export const pullExpiresMs = 5_000;
+
 /** Consumes until `signal` aborts; then waits for in-flight handlers and returns. */
 export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptions<S>): Promise<void> {
   const backoff = o.backoff ?? exponentialBackoff(1_000, 60_000);
@@ -95,7 +104,7 @@ export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptio
   const consumer = await n.js.consumers.get(stream, name);
   const ackWaitMs = ((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000;
   const heartbeatMs = o.heartbeatMs ?? Math.max(250, Math.floor(ackWaitMs / 4));
-  const messages = await consumer.consume({ max_messages: o.concurrency });
+  const messages = await consumer.consume({ max_messages: o.concurrency, expires: pullExpiresMs });
   o.signal.addEventListener("abort", () => void messages.close(), { once: true });
   const inFlight = new Set<Promise<void>>();
 

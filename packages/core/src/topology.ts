@@ -199,27 +199,40 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
  */
 export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> {
   const t = n.topology;
-  for (const stage of stages) {
-    const cfg = streamConfig(t, stage);
+  // Streams and consumers are made at once, not one after another: at R3 each one waits for its
+  // RAFT group to elect a leader (seconds on a busy machine), and the other services wait for all.
+  await Promise.all(stages.map((stage) => ensureStage(n, config, stage)));
+  await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
+  await Promise.all(
+    (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
+  );
+  return openBuckets(n);
+}
+
+/** Creates (or updates) one stage's stream and its consumers. */
+async function ensureStage(n: Nats, config: Config, stage: Stage): Promise<void> {
+  const t = n.topology;
+  const cfg = streamConfig(t, stage);
+  try {
+    await n.jsm.streams.info(t.stream(stage));
+    await n.jsm.streams.update(t.stream(stage), cfg);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
     try {
-      await n.jsm.streams.info(t.stream(stage));
-      await n.jsm.streams.update(t.stream(stage), cfg);
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-      try {
-        await n.jsm.streams.add(cfg);
-      } catch (addErr) {
-        if (!/already in use|exists/i.test(String(addErr))) throw addErr;
-      }
+      await n.jsm.streams.add(cfg);
+    } catch (addErr) {
+      if (!/already in use|exists/i.test(String(addErr))) throw addErr;
     }
-    if (stage === "work") {
-      // The single unfiltered consumer of earlier versions would overlap the per-class ones,
-      // which a WorkQueue stream refuses; its messages stay in the stream for them.
-      await n.jsm.consumers.delete(t.stream(stage), t.consumer(stage)).catch(() => false);
-      for (const priority of priorities) {
-        await ensureConsumer(n, stage, {
+  }
+  if (stage === "work") {
+    // The single unfiltered consumer of earlier versions would overlap the per-class ones,
+    // which a WorkQueue stream refuses; its messages stay in the stream for them.
+    await n.jsm.consumers.delete(t.stream(stage), t.consumer(stage)).catch(() => false);
+    await Promise.all(
+      priorities.map((priority) =>
+        ensureConsumer(n, stage, {
           durable_name: t.workConsumer(priority),
-          filter_subject: t.workClassSubjects(priority),
+          filter_subject: `${t.prefix}.${t.region}.work.${priority}.>`,
           ack_policy: AckPolicy.Explicit,
           // The run record is the lease; the ack wait only decides when a silent worker's message
           // comes back, so it matches the lease.
@@ -229,25 +242,20 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
           max_deliver: -1,
           // Keys waiting for their not-before time or their retry stay delivered-but-unacked.
           max_ack_pending: 1_000_000,
-        });
-      }
-      continue;
-    }
-    await ensureConsumer(n, stage, {
-      durable_name: t.consumer(stage),
-      ack_policy: AckPolicy.Explicit,
-      // Short for build and sign, whose handlers keep it alive with msg.working() while they
-      // run: a dead builder's or signer's message is taken over within one ack wait.
-      ack_wait: (stage === "build" || stage === "sign" ? config.stageAckWaitMs : 30_000) * 1_000_000,
-      max_deliver: -1,
-      max_ack_pending: 10_000,
-    });
+        }),
+      ),
+    );
+    return;
   }
-  await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
-  await Promise.all(
-    (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
-  );
-  return openBuckets(n);
+  await ensureConsumer(n, stage, {
+    durable_name: t.consumer(stage),
+    ack_policy: AckPolicy.Explicit,
+    // Short for build and sign, whose handlers keep it alive with msg.working() while they
+    // run: a dead builder's or signer's message is taken over within one ack wait.
+    ack_wait: (stage === "build" || stage === "sign" ? config.stageAckWaitMs : 30_000) * 1_000_000,
+    max_deliver: -1,
+    max_ack_pending: 10_000,
+  });
 }
 
 async function ensureConsumer(n: Nats, stage: Stage, consumer: Partial<ConsumerConfig> & { durable_name: string }): Promise<void> {
