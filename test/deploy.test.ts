@@ -12,9 +12,14 @@ import { test } from "node:test";
 import { parse, parseAllDocuments } from "yaml";
 import { serviceIdentities } from "@homeostat/core";
 import { repoRoot } from "../scripts/factory.ts";
+import { dashboards } from "./dashboards.ts";
 
 type ComposeService = {
+  image?: string;
   command?: string[];
+  healthcheck?: { test?: string[]; disable?: boolean };
+  depends_on?: Record<string, { condition: string }>;
+  profiles?: string[];
   user?: string;
   read_only?: boolean;
   cap_drop?: string[];
@@ -32,7 +37,7 @@ const volumesOf = (s: ComposeService) => (s.volumes ?? []).map((v) => (typeof v 
 
 test("compose: NATS reads the generated authorization and is not published", () => {
   const nats = compose.services.nats!;
-  assert.deepEqual(nats.command, ["-c", "/etc/nats/nats-server.conf"]);
+  assert.deepEqual(nats.command!.slice(0, 2), ["-c", "/etc/nats/nats-server.conf"]);
   assert.ok(nats.volumes?.includes("./secrets/nats/nats-server.conf:/etc/nats/nats-server.conf:ro"));
   assert.equal(nats.ports, undefined);
   assert.equal(compose.services.redis!.ports, undefined);
@@ -61,8 +66,32 @@ test("compose: the signing key's volume is the signer's alone; builder and signe
   }
 });
 
-test("compose: published ports listen on loopback only", () => {
-  for (const [name, s] of Object.entries(compose.services)) for (const p of s.ports ?? []) assert.match(p, /^127\.0\.0\.1:/, `${name}: ${p}`);
+test("compose: published ports listen on loopback unless HOMEOSTAT_PUBLISH_ADDRESS says otherwise", () => {
+  for (const [name, s] of Object.entries(compose.services))
+    for (const p of s.ports ?? []) assert.match(p, /^\$\{HOMEOSTAT_PUBLISH_ADDRESS:-127\.0\.0\.1\}:\d+:\d+$/, `${name}: ${p}`);
+});
+
+test("compose: every long-running service has a health check, and starts after what it needs is healthy", () => {
+  // The collector's image is distroless (nothing to run a check with); an init job and the CLI run and end.
+  const unchecked = new Set(["otel-collector", "tempo-init", "cli"]);
+  for (const [name, s] of Object.entries(compose.services)) {
+    if (!unchecked.has(name)) assert.ok(s.healthcheck?.test && !s.healthcheck.disable, `${name} has a health check`);
+    for (const [dep, { condition }] of Object.entries(s.depends_on ?? {}))
+      assert.equal(
+        condition,
+        unchecked.has(dep) ? (dep === "tempo-init" ? "service_completed_successfully" : "service_started") : "service_healthy",
+        `${name} waits for ${dep}`,
+      );
+  }
+  // Each service's own readiness: ingest's on its HTTP port, the queue's gRPC health service, the others' health endpoint.
+  const check = (name: string) => compose.services[name]!.healthcheck!.test!.join(" ");
+  assert.match(check("ingest"), /127\.0\.0\.1:8080\/readyz/);
+  assert.match(check("queue"), /services\/queue\/src\/health-probe\.ts/);
+  for (const name of ["reconciler", "builder", "signer", "agent"]) {
+    assert.match(check(name), new RegExp(`127\\.0\\.0\\.1:${compose.services[name]!.environment!.HOMEOSTAT_HEALTH_PORT}/readyz`), name);
+    assert.equal(compose.services[name]!.depends_on!.queue!.condition, "service_healthy", `${name} starts after the queue made the topology`);
+  }
+  assert.match(compose.services.nats!.image!, /^nats:\d+\.\d+\.\d+/, "NATS pinned to a release");
 });
 
 test("kubernetes: the base builds, each Deployment mounts only its own NATS Secret, the signing key only the signer", (t) => {
@@ -92,9 +121,104 @@ test("kubernetes: the base builds, each Deployment mounts only its own NATS Secr
   assert.ok(docs.some((o) => o.kind === "NetworkPolicy" && o.metadata.name === "default-deny-ingress"));
 });
 
+/** `kubectl kustomize <dir>` (offline), parsed; undefined when kubectl is not installed. */
+function rendered(dir: string): K8sObject[] | undefined {
+  if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0) return undefined;
+  return parseAllDocuments(execFileSync("kubectl", ["kustomize", path.join(repoRoot, dir)], { encoding: "utf8" })).map((d) => d.toJS() as K8sObject);
+}
+
+type Probe = { httpGet?: { path: string; port: string | number }; grpc?: { port: number }; tcpSocket?: { port: string | number } };
+type Container = {
+  name: string;
+  image?: string;
+  args?: string[];
+  env?: { name: string; value?: string; valueFrom?: unknown }[];
+  ports?: { name?: string; containerPort: number }[];
+  readinessProbe?: Probe;
+  livenessProbe?: Probe;
+  securityContext: { readOnlyRootFilesystem?: boolean };
+};
+const workloads = (docs: K8sObject[]) => docs.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet");
+const containersOf = (o: K8sObject) => o.spec.template!.spec.containers as unknown as Container[];
+
+test("kubernetes: every container has readiness and liveness probes; each service's are its own health endpoint or gRPC health", (t) => {
+  const docs = rendered("deploy/k8s");
+  if (!docs) return t.skip("kubectl is not installed");
+  for (const w of workloads(docs))
+    for (const c of containersOf(w)) assert.ok(c.readinessProbe && c.livenessProbe, `${w.metadata.name}/${c.name} has readiness and liveness probes`);
+  const env = docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("homeostat-env"))!.data!;
+  assert.equal(env.HOMEOSTAT_HEALTH_HOST, "0.0.0.0", "the health endpoint answers the kubelet on the pod's address");
+  for (const name of ["reconciler", "builder", "signer", "agent"]) {
+    const c = containersOf(docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!)[0]!;
+    const port = c.ports!.find((p) => p.name === c.readinessProbe!.httpGet!.port)!;
+    assert.equal(String(port.containerPort), env.HOMEOSTAT_HEALTH_PORT, name);
+    assert.equal(c.readinessProbe!.httpGet!.path, "/readyz", name);
+    assert.equal(c.livenessProbe!.httpGet!.path, "/healthz", name);
+  }
+  const queue = containersOf(docs.find((o) => o.kind === "Deployment" && o.metadata.name === "queue")!)[0]!;
+  assert.equal(queue.readinessProbe!.grpc!.port, 50051, "the queue is ready when its gRPC health service says so");
+  assert.equal(containersOf(docs.find((o) => o.kind === "Deployment" && o.metadata.name === "ingest")!)[0]!.readinessProbe!.httpGet!.path, "/readyz");
+});
+
+test("kubernetes telemetry overlay: Tempo, Prometheus and Grafana with Compose's configuration, the three dashboards, no anonymous Grafana, only the flows they need", (t) => {
+  const docs = rendered("deploy");
+  if (!docs) return t.skip("kubectl is not installed");
+  const base = rendered("deploy/k8s")!;
+  const named = (kind: string, name: string) => docs.find((o) => o.kind === kind && o.metadata.name === name);
+  assert.ok(
+    base.every((b) => named(b.kind, b.metadata.name)),
+    "the overlay keeps everything of the base",
+  );
+  for (const [kind, name] of [
+    ["StatefulSet", "tempo"],
+    ["StatefulSet", "prometheus"],
+    ["Deployment", "grafana"],
+  ] as const) {
+    const w = named(kind, name);
+    assert.ok(w, `${kind} ${name}`);
+    assert.equal(w.spec.template!.spec.securityContext.runAsNonRoot, true, name);
+    assert.equal(w.spec.template!.spec.automountServiceAccountToken, false, name);
+    for (const c of containersOf(w)) {
+      assert.equal(c.securityContext.readOnlyRootFilesystem, true, name);
+      assert.ok(c.readinessProbe && c.livenessProbe, `${name} probes`);
+    }
+  }
+  // One copy of each configuration: what Compose mounts is what the ConfigMaps hold.
+  const configMap = (prefix: string) => docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith(prefix))!.data!;
+  const file = (f: string) => readFileSync(path.join(repoRoot, "deploy", f), "utf8");
+  assert.equal(configMap("tempo-config")["tempo.yaml"], file("tempo/tempo.yaml"));
+  assert.equal(configMap("prometheus-config")["prometheus.yaml"], file("prometheus/prometheus.yaml"));
+  assert.deepEqual(
+    Object.keys(configMap("grafana-dashboards")).sort(),
+    dashboards()
+      .map((d) => d.file)
+      .sort(),
+    "every dashboard, and only those",
+  );
+  // The collector sends to Service tempo:4317; Tempo remote-writes to Service prometheus:9090; Grafana's datasources name both.
+  assert.ok((named("Service", "tempo")!.spec as unknown as { ports: { port: number }[] }).ports.some((p) => p.port === 4317));
+  assert.ok((named("Service", "prometheus")!.spec as unknown as { ports: { port: number }[] }).ports.some((p) => p.port === 9090));
+  assert.match(file("tempo/tempo.yaml"), /url: http:\/\/prometheus:9090\/api\/v1\/write/);
+  assert.match(file("tempo/tempo.yaml"), /processors: \[service-graphs, span-metrics\]/);
+  const grafana = containersOf(named("Deployment", "grafana")!)[0]!;
+  const genv = Object.fromEntries(grafana.env!.map((e) => [e.name, e.value]));
+  assert.equal(genv.GF_AUTH_ANONYMOUS_ENABLED, "false");
+  assert.match(genv.GF_SECURITY_ADMIN_PASSWORD__FILE!, /^\/var\/run\/secrets\//);
+  const policies = docs.filter((o) => o.kind === "NetworkPolicy").map((o) => o.metadata.name);
+  for (const p of [
+    "default-deny-ingress",
+    "tempo-from-collector-and-grafana",
+    "prometheus-from-grafana-and-tempo",
+    "otel-collector-metrics-from-prometheus",
+    "grafana-http",
+  ])
+    assert.ok(policies.includes(p), p);
+});
+
 type K8sObject = {
   kind: string;
   metadata: { name: string };
+  data?: Record<string, string>;
   spec: {
     type?: string;
     template?: {
@@ -107,6 +231,21 @@ type K8sObject = {
     };
   };
 };
+
+type Datasource = {
+  uid: string;
+  type: string;
+  jsonData?: {
+    tracesToMetrics?: { datasourceUid?: string };
+    serviceMap?: { datasourceUid?: string };
+    exemplarTraceIdDestinations?: { datasourceUid: string }[];
+  };
+};
+const provisionedDatasources = (): Datasource[] =>
+  ["tempo.yaml", "prometheus.yaml"].flatMap(
+    (f) =>
+      (parse(readFileSync(path.join(repoRoot, "deploy", "grafana", "provisioning", "datasources", f), "utf8")) as { datasources: Datasource[] }).datasources,
+  );
 
 const collectorConfig = parse(readFileSync(path.join(repoRoot, "deploy", "k8s", "otel-collector", "config.yaml"), "utf8")) as {
   receivers: { otlp: { protocols: Record<string, unknown> } };
@@ -135,40 +274,53 @@ test("telemetry: every service sends to the collector only, which sends traces t
   );
 });
 
-test("telemetry: Grafana is provisioned with Tempo and Prometheus, linked, and a dashboard whose queries name exported metrics", () => {
-  const dir = path.join(repoRoot, "deploy", "grafana");
-  const sources = ["tempo.yaml", "prometheus.yaml"].flatMap(
-    (f) =>
-      (
-        parse(readFileSync(path.join(dir, "provisioning", "datasources", f), "utf8")) as {
-          datasources: { uid: string; type: string; jsonData?: Record<string, { datasourceUid?: string }> }[];
-        }
-      ).datasources,
-  );
+test("telemetry: Grafana is provisioned with Tempo and Prometheus, linked both ways, and the three dashboards use only them", () => {
+  const sources = provisionedDatasources();
   assert.deepEqual(sources.map((s) => s.type).sort(), ["prometheus", "tempo"]);
-  assert.equal(sources.find((s) => s.type === "tempo")!.jsonData!.tracesToMetrics!.datasourceUid, "prometheus");
+  const tempo = sources.find((s) => s.type === "tempo")!;
+  assert.equal(tempo.jsonData!.tracesToMetrics!.datasourceUid, "prometheus", "trace -> metrics");
+  assert.equal(tempo.jsonData!.serviceMap!.datasourceUid, "prometheus", "service graph from the metrics generator");
+  assert.deepEqual(
+    sources.find((s) => s.type === "prometheus")!.jsonData!.exemplarTraceIdDestinations!.map((d) => d.datasourceUid),
+    ["tempo"],
+    "metrics -> trace",
+  );
   assert.ok(volumesOf(compose.services.grafana!).includes("./grafana/dashboards"));
-  const dashboard = JSON.parse(readFileSync(path.join(dir, "dashboards", "homeostat.json"), "utf8")) as {
-    panels: { title: string; datasource: { uid: string }; targets: { expr: string }[] }[];
-  };
-  const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join("\n");
-  // Prometheus names of what the services export (the collector adds _total and unit suffixes).
-  for (const metric of [
-    "homeostat_queue_depth",
-    "homeostat_messages_processed_total",
-    "messaging_process_duration_seconds_bucket",
-    "homeostat_builder_refused_total",
-    "homeostat_signer_refused_total",
-    "http_server_request_duration_seconds_count",
-    "target_info",
-  ]) {
-    assert.ok(exprs.includes(metric), `the dashboard queries ${metric}`);
-  }
-  for (const p of dashboard.panels)
-    assert.ok(
-      sources.some((s) => s.uid === p.datasource.uid),
-      p.title,
-    );
+  const boards = dashboards();
+  assert.deepEqual(boards.map((d) => d.title).sort(), ["Builds and signing", "Factory overview", "Queue"]);
+  assert.equal(new Set(boards.map((d) => d.uid)).size, boards.length, "distinct uids");
+  for (const d of boards)
+    for (const p of d.panels) {
+      assert.ok(p.targets.length > 0, `${d.title} / ${p.title} queries something`);
+      for (const ds of [p.datasource, ...p.targets.map((t) => t.datasource)])
+        assert.ok(
+          sources.some((s) => s.uid === ds.uid && s.type === ds.type),
+          `${d.title} / ${p.title}: datasource ${ds.type}/${ds.uid} is provisioned`,
+        );
+    }
+  const titles = (t: string) =>
+    boards
+      .find((d) => d.title === t)!
+      .panels.map((p) => p.title.toLowerCase())
+      .join("\n");
+  for (const [board, words] of Object.entries({
+    "Factory overview": ["keys by phase", "rebuilds by trigger", "failures", "dead letters", "signed"],
+    Queue: ["depth per class", "wait", "run time", "retries", "in flight"],
+    "Builds and signing": ["build duration", "sign duration", "cache hit", "outcome", "slowest builds"],
+  }))
+    for (const w of words) assert.ok(titles(board).includes(w), `${board} has a panel on ${w}`);
+  // The slowest builds link to their traces: a Tempo search, whose rows open the trace.
+  const slowest = boards.flatMap((d) => d.panels).find((p) => p.title.startsWith("Slowest builds"))!;
+  assert.equal(slowest.datasource.type, "tempo");
+  assert.match(slowest.targets[0]!.query!, /name = "builder\.build"/);
+});
+
+test("telemetry: Grafana is not an anonymous admin; its admin password is a secret", () => {
+  const env = compose.services.grafana!.environment ?? {};
+  assert.notEqual(env.GF_AUTH_ANONYMOUS_ORG_ROLE, "Admin");
+  assert.notEqual(env.GF_AUTH_ANONYMOUS_ENABLED, "true");
+  assert.equal(env.GF_SECURITY_ADMIN_PASSWORD__FILE, "/run/secrets/grafana-admin-password");
+  assert.ok(secretsOf(compose.services.grafana!).includes("grafana-admin-password"));
 });
 
 test("telemetry, kubernetes: a collector with its configuration, services pointed at it, pods named in their resource", (t) => {

@@ -23,7 +23,9 @@ export type ReceivedSpan = {
   attributes: Attributes;
   resource: Attributes;
 };
-export type ReceivedMetric = { name: string; unit: string; service: string; resource: Attributes };
+/** A metric's data type as OTLP has it: a counter is a monotonic sum, an up-down counter a non-monotonic one. */
+export type MetricType = "gauge" | "sum" | "monotonicSum" | "histogram" | "exponentialHistogram" | "summary";
+export type ReceivedMetric = { name: string; unit: string; type: MetricType; service: string; resource: Attributes };
 
 export const SpanKindNumber = { internal: 1, server: 2, client: 3, producer: 4, consumer: 5 } as const;
 
@@ -124,11 +126,26 @@ function protoSpans(body: Uint8Array): Array<Omit<ReceivedSpan, "service">> {
   });
 }
 
-/** ExportMetricsServiceRequest: resource_metrics 1 { resource 1, scope_metrics 2 { metrics 2 { name 1, unit 3 } } }. */
+/** Metric: gauge 5, sum 7 { is_monotonic 3 }, histogram 9, exponential_histogram 10, summary 11. */
+function protoMetricType(m: Field[]): MetricType {
+  const sum = sub(m, 7)[0];
+  if (sum) return num(sum, 3) === 1 ? "monotonicSum" : "sum";
+  const types: [number, MetricType][] = [
+    [5, "gauge"],
+    [9, "histogram"],
+    [10, "exponentialHistogram"],
+    [11, "summary"],
+  ];
+  const found = types.find(([no]) => m.some((f) => f.no === no));
+  if (!found) throw new Error(`metric ${str(m, 1)} has no data`);
+  return found[1];
+}
+
+/** ExportMetricsServiceRequest: resource_metrics 1 { resource 1, scope_metrics 2 { metrics 2 { name 1, unit 3, data } } }. */
 function protoMetrics(body: Uint8Array): Array<Omit<ReceivedMetric, "service">> {
   return sub(fields(body), 1).flatMap((rm) => {
     const resource = protoAttrs(sub(sub(rm, 1)[0] ?? [], 1));
-    return sub(rm, 2).flatMap((sm) => sub(sm, 2).map((m) => ({ name: str(m, 1)!, unit: str(m, 3) ?? "", resource })));
+    return sub(rm, 2).flatMap((sm) => sub(sm, 2).map((m) => ({ name: str(m, 1)!, unit: str(m, 3) ?? "", type: protoMetricType(m), resource })));
   });
 }
 
@@ -152,13 +169,47 @@ function jsonSpans(body: Buffer): Array<Omit<ReceivedSpan, "service">> {
   );
 }
 
+type JsonMetric = {
+  name: string;
+  unit?: string;
+  gauge?: unknown;
+  sum?: { isMonotonic?: boolean };
+  histogram?: unknown;
+  exponentialHistogram?: unknown;
+  summary?: unknown;
+};
+
+function jsonMetricType(m: JsonMetric): MetricType {
+  if (m.sum) return m.sum.isMonotonic ? "monotonicSum" : "sum";
+  const found = (["gauge", "histogram", "exponentialHistogram", "summary"] as const).find((t) => m[t] !== undefined);
+  if (!found) throw new Error(`metric ${m.name} has no data`);
+  return found;
+}
+
 function jsonMetrics(body: Buffer): Array<Omit<ReceivedMetric, "service">> {
   const parsed = JSON.parse(body.toString("utf8")) as {
-    resourceMetrics?: { resource?: { attributes?: KeyValue[] }; scopeMetrics?: { metrics?: { name: string; unit?: string }[] }[] }[];
+    resourceMetrics?: { resource?: { attributes?: KeyValue[] }; scopeMetrics?: { metrics?: JsonMetric[] }[] }[];
   };
   return (parsed.resourceMetrics ?? []).flatMap((rm) =>
-    (rm.scopeMetrics ?? []).flatMap((sm) => (sm.metrics ?? []).map((m) => ({ name: m.name, unit: m.unit ?? "", resource: attrs(rm.resource?.attributes) }))),
+    (rm.scopeMetrics ?? []).flatMap((sm) =>
+      (sm.metrics ?? []).map((m) => ({ name: m.name, unit: m.unit ?? "", type: jsonMetricType(m), resource: attrs(rm.resource?.attributes) })),
+    ),
   );
+}
+
+/**
+ * The names Prometheus stores a metric under once the collector's prometheus exporter
+ * (add_metric_suffixes) has translated it: dots to underscores, the unit as a suffix (`s`:
+ * `_seconds`; an annotation like `{key}`: none), `_total` for a counter, and a histogram's
+ * `_bucket`, `_count` and `_sum` series.
+ */
+export function prometheusNames(m: Pick<ReceivedMetric, "name" | "unit" | "type">): string[] {
+  const units: Record<string, string> = { s: "seconds", ms: "milliseconds", By: "bytes" };
+  const unit = m.unit.startsWith("{") || m.unit === "" ? undefined : (units[m.unit] ?? m.unit);
+  const base = m.name.replace(/[^a-zA-Z0-9_:]/g, "_") + (unit && !m.name.endsWith(`.${unit}`) ? `_${unit}` : "");
+  if (m.type === "monotonicSum") return [`${base}_total`];
+  if (m.type === "histogram") return [`${base}_bucket`, `${base}_count`, `${base}_sum`];
+  return [base];
 }
 
 const withService = <T extends { resource: Attributes }>(x: T) => ({ ...x, service: String(x.resource["service.name"] ?? "?") });

@@ -9,15 +9,16 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { encodeMessage } from "@homeostat/core";
 import { getQueueStats, listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
-import { SpanKindNumber, startOtlpReceiver } from "./otlp-receiver.ts";
+import { prometheusNames, SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
+import { dashboards, queriedMetrics } from "./dashboards.ts";
 
 const services = ["builder", "ingest", "queue", "reconciler", "signer"];
 const catalogDir = path.join(repoRoot, "examples", "catalog");
@@ -30,6 +31,8 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
   let otlp: Awaited<ReturnType<typeof startOtlpReceiver>>;
   let client: ReturnType<typeof statusClient>;
   const callerTraceId = randomBytes(16).toString("hex");
+  /** The release's trace, as the first test saw it. */
+  let releaseSpans: ReceivedSpan[] = [];
   const callerSpanId = randomBytes(8).toString("hex");
 
   before(async () => {
@@ -83,13 +86,11 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
 
     const inTrace = () => otlp.spans.filter((s) => s.traceId === callerTraceId);
     await waitFor(
-      "the release's trace to reach the signer of package/libgreet",
+      "the release's trace to reach the signer of image/devkit (which includes libgreet)",
       async () =>
         inTrace().some(
           (s) =>
-            s.service === "signer" &&
-            s.kind === SpanKindNumber.consumer &&
-            String(s.attributes["messaging.destination.name"]).endsWith(".sign.package.libgreet"),
+            s.service === "signer" && s.kind === SpanKindNumber.consumer && String(s.attributes["messaging.destination.name"]).endsWith(".sign.image.devkit"),
         )
           ? true
           : undefined,
@@ -98,6 +99,7 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     );
     await new Promise((r) => setTimeout(r, 2_000)); // the last batches (500 ms) in flight
     const spans = inTrace();
+    releaseSpans = spans;
     console.log(`# ${spans.length} spans in the release's trace: ${[...new Set(spans.map((s) => `${s.service}:${s.name}`))].sort().join(", ")}`);
     assert.deepEqual([...new Set(spans.map((s) => s.service))].sort(), services);
 
@@ -135,6 +137,83 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
       spans.every((s) => !Object.keys(s.attributes).some((k) => k === "http.method" || k === "messaging.destination")),
       "no deprecated attribute names",
     );
+  });
+
+  test("the spans of a rebuild carry what one searches traces by: key, version, digests, key id, outcome, isolation, cache hit", () => {
+    const consumer = (service: string, key: string) =>
+      releaseSpans.find((s) => s.service === service && s.kind === SpanKindNumber.consumer && s.attributes["homeostat.key"] === key);
+    for (const key of ["package/libgreet", "image/devkit"]) {
+      const build = consumer("builder", key);
+      const sign = consumer("signer", key);
+      const run = releaseSpans.find((s) => s.service === "reconciler" && s.name.startsWith("reconcile ") && s.attributes["homeostat.key"] === key);
+      assert.ok(build && sign && run, `${key}: a reconcile run, a build and a signature in the release's trace`);
+      for (const span of [build, sign]) {
+        assert.match(String(span.attributes["homeostat.input_digest"]), /^sha256:[0-9a-f]{64}$/, `${span.service} ${key}: input digest`);
+        assert.match(String(span.attributes["homeostat.build.isolation"]), /^(bubblewrap|none)$/, `${span.service} ${key}: isolation mode`);
+      }
+      assert.equal(build.attributes["homeostat.version"], sign.attributes["homeostat.version"]);
+      assert.ok(typeof build.attributes["homeostat.build.cache_hit"] === "boolean", `${key}: cache hit`);
+      assert.match(String(build.attributes["homeostat.build.outcome"]), /^(built|cached)$/);
+      assert.match(String(build.attributes["homeostat.build.result_digest"]), /^sha256:/);
+      assert.match(String(sign.attributes["homeostat.signing.key_id"]), /.+/, `${key}: the signing key id`);
+      assert.ok(String(run.attributes["homeostat.cause"]).length > 0);
+    }
+    assert.equal(consumer("builder", "package/libgreet")!.attributes["homeostat.version"], "1.1");
+    assert.match(String(consumer("builder", "package/libgreet")!.attributes["homeostat.output_digest"]), /^sha256:/, "a package's output digest");
+    assert.match(String(consumer("signer", "image/devkit")!.attributes["homeostat.image.digest"]), /^sha256:/, "an image's digest");
+    // The reconciler's decision names its trigger: a release for libgreet, a dependency for devkit.
+    const requested = releaseSpans.filter((s) => s.service === "reconciler" && s.attributes["homeostat.build.trigger"] !== undefined);
+    assert.deepEqual(
+      [...new Set(requested.map((s) => `${String(s.attributes["homeostat.key"])}:${String(s.attributes["homeostat.build.trigger"])}`))]
+        .filter((x) => /libgreet|devkit/.test(x))
+        .sort(),
+      ["image/devkit:dependency", "package/libgreet:release"],
+    );
+  });
+
+  test("a refused signature is an ERROR span, counted by reason", async () => {
+    const builder = await t.connectAs("builder");
+    try {
+      const forged = { v: 2, key: "package/motd", inputDigest: `sha256:${"2".repeat(64)}`, buildResult: `sha256:${"3".repeat(64)}` };
+      await builder.js.publish(builder.topology.subject("sign", "package/motd"), encodeMessage(forged));
+    } finally {
+      await builder.nc.close();
+    }
+    const failed = await waitFor(
+      "the signer's span of the refused request",
+      async () =>
+        otlp.spans.find(
+          (s) =>
+            s.service === "signer" &&
+            s.kind === SpanKindNumber.consumer &&
+            s.status === 2 &&
+            s.attributes["homeostat.input_digest"] === `sha256:${"2".repeat(64)}`,
+        ),
+      60_000,
+      200,
+    );
+    assert.ok(failed.events.includes("exception"));
+    await waitFor(
+      "the refusal counted",
+      async () => otlp.metrics.some((m) => m.service === "signer" && m.name === "homeostat.signer.refused") || undefined,
+      30_000,
+      250,
+    );
+  });
+
+  test("the queue's gRPC health probe (Compose's health check) says SERVING", () => {
+    const probe = spawnSync(process.execPath, [path.join(repoRoot, "services", "queue", "src", "health-probe.ts")], {
+      env: { ...process.env, ...t.env, HOMEOSTAT_GRPC_ADDR: factory.grpcAddr },
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(probe.status, 0, probe.stderr);
+    const closed = spawnSync(process.execPath, [path.join(repoRoot, "services", "queue", "src", "health-probe.ts")], {
+      env: { ...process.env, ...t.env, HOMEOSTAT_GRPC_ADDR: "127.0.0.1:1" },
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(closed.status, 1, "nothing listening: unhealthy");
   });
 
   test("a refused build is an ERROR span with its exception recorded", async () => {
@@ -186,12 +265,12 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
 
   test("every service exports metrics; durations are histograms in seconds", async () => {
     const expected: Record<string, string[]> = {
-      ingest: ["http.server.request.duration", "homeostat.ingest.events"],
-      queue: ["homeostat.queue.enqueued", "homeostat.queue.depth"],
-      reconciler: ["homeostat.queue.process", "homeostat.queue.wait"],
+      ingest: ["http.server.request.duration", "homeostat.ingest.events", "homeostat.ingest.refused"],
+      queue: ["homeostat.queue.enqueued", "homeostat.queue.depth", "homeostat.queue.oldest_age", "homeostat.keys", "rpc.server.call.duration"],
+      reconciler: ["homeostat.queue.process", "homeostat.queue.wait", "homeostat.queue.in_flight", "homeostat.rebuilds"],
       // Builds and signatures by outcome, and their durations: the stage handlers' own figures.
-      builder: ["homeostat.messages.processed", "messaging.process.duration", "homeostat.builder.refused"],
-      signer: ["homeostat.messages.processed", "messaging.process.duration"],
+      builder: ["homeostat.messages.processed", "messaging.process.duration", "homeostat.builder.refused", "homeostat.builder.builds"],
+      signer: ["homeostat.messages.processed", "messaging.process.duration", "homeostat.rebuild.duration", "homeostat.signer.refused"],
     };
     await waitFor(
       "metrics from every service",
@@ -207,5 +286,37 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     assert.ok(durations.length > 0);
     for (const m of durations) assert.equal(m.unit, "s", `${m.service}:${m.name} is in seconds`);
     for (const m of otlp.metrics) assert.notEqual(m.unit, "ms", `${m.service}:${m.name}`);
+  });
+
+  test("every metric the dashboards query is one the services export (as Prometheus names it)", () => {
+    const exported = new Set(otlp.metrics.flatMap(prometheusNames));
+    // Not the services' own: the collector's resource series, and what Tempo's metrics generator derives from the spans.
+    const derived = /^(target_info|traces_spanmetrics_\w+|traces_service_graph_\w+)$/;
+    // Counted only when something fails, which this run does not make happen: declared in the sources instead.
+    const onFailure: Record<string, string> = {
+      homeostat_queue_retries_total: "homeostat.queue.retries",
+      homeostat_queue_dead_lettered_total: "homeostat.queue.dead_lettered",
+    };
+    const sources = ["packages/workqueue/src/metrics.ts"].map((f) => readFileSync(path.join(repoRoot, f), "utf8")).join("\n");
+    const boards = dashboards();
+    assert.equal(boards.length, 3);
+    for (const d of boards) {
+      for (const p of d.panels)
+        if (p.datasource.type === "prometheus")
+          for (const target of p.targets)
+            assert.ok(queriedMetrics({ ...d, panels: [{ ...p, targets: [target] }] }).length > 0, `${d.title} / ${p.title}: names a metric`);
+      for (const { panel, metric } of queriedMetrics(d)) {
+        if (derived.test(metric)) continue;
+        if (onFailure[metric]) assert.ok(sources.includes(`"${onFailure[metric]}"`), `${panel}: ${metric} is declared`);
+        else
+          assert.ok(
+            exported.has(metric),
+            `${panel}: ${metric} is exported (seen: ${[...exported]
+              .filter((n) => n.startsWith(metric.split("_")[0]!))
+              .sort()
+              .join(", ")})`,
+          );
+      }
+    }
   });
 });
