@@ -10,20 +10,28 @@
  * caching (they are the same on every turn). Tool input is validated against the tool's schema
  * and every failure (bad input, unknown tool, a tool that throws) goes back to the model as a
  * tool error: nothing the model says can crash the run.
+ *
+ * Every model call and every tool call is a span (telemetry.ts), a child of the active one: the
+ * key's reconcile span, in the trace of the build whose failure handed the key over.
  */
 import Anthropic from "@anthropic-ai/sdk";
 import type { MessageParam, Tool, ToolResultBlockParam, ToolUseBlock, Usage } from "@anthropic-ai/sdk/resources/messages";
 import { z } from "zod";
+import { agentMetrics, chatSpan, toolSpan } from "./telemetry.ts";
 
-export type ToolOutcome<R> = { content: string; isError?: boolean; result?: R };
+export type ToolOutcome<R> = {
+  content: string;
+  isError?: boolean;
+  result?: R;
+  /** Milliseconds of the call spent in trial builds: left out of the loop's own overhead (a build takes as long as the build). */
+  buildMs?: number;
+};
 
 /** One tool: a name, what it is for, its input schema, and what it does (confined by whoever made it). */
 export type AgentTool<R = unknown> = {
   name: string;
   description: string;
   input: z.ZodType;
-  /** Left out of the loop's own overhead (a trial build takes as long as the build). */
-  slow?: boolean;
   /** `result` set: the run ends with it (submit_result). */
   run: (input: never, signal: AbortSignal) => Promise<ToolOutcome<R>>;
 };
@@ -45,7 +53,7 @@ export type LoopResult<R> = {
   costUsd: number;
   /** The whole conversation, for the transcript blob. */
   messages: MessageParam[];
-  /** Milliseconds per turn spent outside the model call and the slow tools: the loop's own cost. */
+  /** Milliseconds per turn spent outside the model call and the trial builds: the loop's own cost. */
   overheadMs: number[];
 };
 
@@ -100,6 +108,7 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
   const started = Date.now();
   const sleep = o.sleep ?? defaultSleep;
   const byName = new Map(o.tools.map((t) => [t.name, t]));
+  const metrics = agentMetrics();
   // Cached prefix: tools come before the system prompt, so one breakpoint on the last tool and one on the system cover both.
   const tools: Tool[] = o.tools.map((t, i) => ({
     name: t.name,
@@ -149,9 +158,8 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
     const results: ToolResultBlockParam[] = [];
     let submitted: R | undefined;
     for (const use of uses) {
-      const t0 = performance.now();
       const outcome = await runTool(use);
-      if (byName.get(use.name)?.slow) outside += performance.now() - t0;
+      outside += outcome.buildMs ?? 0;
       results.push({ type: "tool_result", tool_use_id: use.id, content: outcome.content, ...(outcome.isError ? { is_error: true } : {}) });
       if (outcome.result !== undefined && !outcome.isError) submitted = outcome.result;
     }
@@ -174,9 +182,8 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
       const t0 = performance.now();
       try {
         const timeout = AbortSignal.any([o.signal, AbortSignal.timeout(left)]);
-        const message = await o.client.messages.create(
-          { model: o.model, max_tokens: o.limits.turnOutputTokens, system, tools, messages },
-          { signal: timeout, maxRetries: 0 },
+        const message = await chatSpan(metrics, o.model, () =>
+          o.client.messages.create({ model: o.model, max_tokens: o.limits.turnOutputTokens, system, tools, messages }, { signal: timeout, maxRetries: 0 }),
         );
         return { message, ms: performance.now() - t0 };
       } catch (err) {
@@ -198,7 +205,11 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
     }
   }
 
-  async function runTool(use: ToolUseBlock): Promise<ToolOutcome<R>> {
+  function runTool(use: ToolUseBlock): Promise<ToolOutcome<R>> {
+    return toolSpan(use.name, byName.has(use.name), use.id, () => runToolUnspanned(use));
+  }
+
+  async function runToolUnspanned(use: ToolUseBlock): Promise<ToolOutcome<R>> {
     const tool = byName.get(use.name);
     if (!tool) return { content: `unknown tool ${JSON.stringify(use.name)}; the tools are ${[...byName.keys()].join(", ")}`, isError: true };
     const parsed = tool.input.safeParse(use.input);

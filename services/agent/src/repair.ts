@@ -14,7 +14,7 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import type Anthropic from "@anthropic-ai/sdk";
 import { stringify as stringifyYaml } from "yaml";
-import type { Catalog, CatalogSource, Osv, Release } from "@homeostat/catalog";
+import { compareVersions, fixedVersions, type Catalog, type CatalogSource, type Osv, type Release } from "@homeostat/catalog";
 import {
   canonicalJson,
   keyToken,
@@ -31,6 +31,7 @@ import { allValidatorsPassed, ProposalStore, type Proposal } from "@homeostat/pr
 import { done, nonRetriable, type ReconcileResult } from "@homeostat/workqueue";
 import { alreadyApplied, applyChange, changeDiff, changeOf, commitProposal, reviewBranch } from "./apply.ts";
 import { runLoop } from "./loop.ts";
+import { agentMetrics } from "./telemetry.ts";
 import { repairTools } from "./tools.ts";
 import { sourceOf, unpackSource, type SourceRules } from "./sources.ts";
 import type { TranscriptStore } from "./transcripts.ts";
@@ -91,6 +92,7 @@ export function disabledRepair(state: StateStore): (item: WorkItem) => Promise<R
 
 export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal: AbortSignal }) => Promise<ReconcileResult> {
   const note = (key: Key, text: string) => deps.state.update(key, (cur) => (cur && cur.agent !== text ? { ...cur, agent: text.slice(0, 4096) } : undefined));
+  const metrics = agentMetrics();
   return async (item, { signal }) => {
     const { kind, name } = parseKey(item.key);
     const mine = await deps.proposals.ofKey(item.key);
@@ -132,7 +134,16 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       signal,
     });
     const transcriptDigest = await deps.transcripts.put(canonicalJson(result.messages));
-    deps.log.info("agent run ended", { key: item.key, stop: result.stop, turns: result.turns, costUsd: result.costUsd });
+    deps.log.info("agent run ended", {
+      key: item.key,
+      stop: result.stop,
+      turns: result.turns,
+      usage: result.usage,
+      costUsd: result.costUsd,
+      loopOverheadMsPerTurn: result.overheadMs.reduce((a, b) => a + b, 0) / Math.max(1, result.overheadMs.length),
+      transcript: transcriptDigest,
+    });
+    metrics.proposals.add(1, { outcome: result.result ? "proposed" : "none", "homeostat.agent.stop": result.stop });
     if (!result.result) {
       await note(item.key, `no proposal: ${result.detail}`);
       return done;
@@ -238,6 +249,8 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const wanted = [
       ["source", status.desiredVersion ?? spec.version],
       ["source-last-good", status.actual?.version],
+      // Upstream's fix, to backport: the release that fixes an advisory, recorded but not one the policy allows.
+      ["source-fixed", fixedRelease(spec.name, advisories, releases)],
     ] as const;
     for (const [dir, version] of wanted) {
       if (!version || (dir === "source-last-good" && version === wanted[0][1])) continue;
@@ -252,6 +265,12 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     }
     return { ws, unpacked };
   }
+}
+
+/** The lowest version an advisory names as fixed that has a release fact, if any. */
+function fixedRelease(name: string, advisories: Osv[], releases: Release[]): string | undefined {
+  const fixed = advisories.flatMap((a) => fixedVersions(a, name)).sort(compareVersions);
+  return fixed.flatMap((f) => releases.filter((r) => compareVersions(r.version, f) === 0).map((r) => r.version))[0];
 }
 
 /** The trial runner, keeping each outcome's log (redacted, by content) for the proposal. */

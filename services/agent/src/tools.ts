@@ -3,7 +3,8 @@
  * The workspace holds `recipe.yaml` (the package's catalog entry, the candidate the model
  * edits), `patches/` (the candidate's patches), `build.log` (why the build failed),
  * `advisories/<id>.json` and, when they could be fetched (sources.ts), `source/` (the version
- * to repair) and `source-last-good/` (the version last built and signed).
+ * to repair), `source-last-good/` (the version last built and signed) and `source-fixed/` (a
+ * release that fixes an advisory but is not one the policy allows: the fix to backport).
  *
  * trial_build builds the candidate in the builder's sandbox (trial.ts); submit_result runs the
  * validators (validators.ts), the trial build among them; a failing one is returned to the
@@ -28,12 +29,31 @@ export const MAX_READ_BYTES = 64 * 1024;
 /** What the model submits, once it passed every validator (or every one that could run). */
 export type Submission = { candidate: Candidate; rationale: string; validators: ValidatorResult[] };
 
-export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submission>[] {
+export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Submission>[] {
+  // Trial builds timed, so that a call can say how much of it was a build (not the loop's own cost).
+  let buildMs = 0;
+  const ctx: RepairContext = {
+    ...given,
+    trial: async (c) => {
+      const t0 = performance.now();
+      try {
+        return await given.trial(c);
+      } finally {
+        buildMs += performance.now() - t0;
+      }
+    },
+  };
+  const timed = async <T extends object>(f: () => Promise<T>): Promise<T & { buildMs: number }> => {
+    const before = buildMs;
+    const out = await f();
+    return { ...out, buildMs: buildMs - before };
+  };
   const recipe = async (): Promise<PackageSpec> => packageSpecSchema.parse(parseYaml((await ws.read("recipe.yaml", 1024 * 1024)).text));
   return [
     {
       name: "list_files",
-      description: "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/, source-last-good/).",
+      description:
+        "Lists the files under a directory of the workspace (recipe.yaml, patches/, build.log, advisories/, source/, source-last-good/, source-fixed/).",
       input: z.strictObject({ path: relPath.default(".") }),
       run: async ({ path }: { path: string }) => {
         const { entries, more } = await ws.list(path, 500);
@@ -45,9 +65,10 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       description: `Reads a text file of the workspace (at most ${MAX_READ_BYTES} bytes from offset).`,
       input: z.strictObject({ path: relPath, offset: z.number().int().min(0).default(0) }),
       run: async ({ path, offset }: { path: string; offset: number }) => {
-        const { text, size } = await ws.read(path, offset + MAX_READ_BYTES);
-        const part = text.slice(offset);
-        return { content: part + (size > offset + MAX_READ_BYTES ? `\n… (${size} bytes; read on from offset ${offset + MAX_READ_BYTES})` : "") };
+        // Only the bytes asked for are read, however big the file.
+        const { text, size } = await ws.read(path, MAX_READ_BYTES, offset);
+        if (offset > 0 && offset >= size) return { content: `${path} has ${size} bytes: offset ${offset} is past its end`, isError: true };
+        return { content: text + (size > offset + MAX_READ_BYTES ? `\n… (${size} bytes; read on from offset ${offset + MAX_READ_BYTES})` : "") };
       },
     },
     {
@@ -122,11 +143,13 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
     {
       name: "diff_sources",
       description:
-        "Shows what changed upstream: a unified diff from source-last-good/ (the version last built) to source/ (the version to repair), under a path of the source.",
-      input: z.strictObject({ path: relPath.default(".") }),
-      run: async ({ path }: { path: string }) => {
-        const [from, to] = await Promise.all([ws.resolve(`source-last-good/${path}`), ws.resolve(`source/${path}`)]);
-        const diff = await run("diff", ["-ruN", from, to], { cwd: ws.root, env: TOOL_ENV, maxBuffer: 32 << 20, timeout: 30_000 }).then(
+        "Shows a unified diff between two unpacked sources, under a path of the source: what changed upstream from source-last-good/ (the version last built) to source/ (the version to repair), or, with from: source-fixed, what the fixed release changed from source/ (the fix to backport).",
+      input: z.strictObject({ path: relPath.default("."), from: z.enum(["source-last-good", "source-fixed"]).default("source-last-good") }),
+      run: async ({ path, from }: { path: string; from: "source-last-good" | "source-fixed" }) => {
+        // Old to new: last good to the version to repair, or the version to repair to the fixed release.
+        const [older, newer] = from === "source-fixed" ? ["source", "source-fixed"] : ["source-last-good", "source"];
+        const [a, b] = await Promise.all([ws.resolve(`${older}/${path}`), ws.resolve(`${newer}/${path}`)]);
+        const diff = await run("diff", ["-ruN", a, b], { cwd: ws.root, env: TOOL_ENV, maxBuffer: 32 << 20, timeout: 30_000 }).then(
           () => "",
           (err: { code?: number; stdout?: string; message: string }) =>
             err.code === 1 && err.stdout !== undefined ? err.stdout : Promise.reject(new Error((err.stdout || err.message).slice(0, 2000))),
@@ -144,27 +167,28 @@ export function repairTools(ws: Workspace, ctx: RepairContext): AgentTool<Submis
       description:
         "Builds the candidate (recipe.yaml and the patches it names) in the builder's sandbox, without network, its test included; returns the outcome and the end of the log. Never signed.",
       input: z.strictObject({}),
-      slow: true,
-      run: async () => {
-        const outcome = await ctx.trial({ recipe: await recipe(), patches: await readPatches(ws, await recipe()) });
-        return {
-          content: `${outcome.passed ? "passed" : "failed"}: ${outcome.detail}${outcome.logTail ? `\n--- log tail ---\n${outcome.logTail}` : ""}`,
-          ...(outcome.passed ? {} : { isError: true }),
-        };
-      },
+      run: () =>
+        timed(async () => {
+          const outcome = await ctx.trial({ recipe: await recipe(), patches: await readPatches(ws, await recipe()) });
+          return {
+            content: `${outcome.passed ? "passed" : "failed"}: ${outcome.detail}${outcome.logTail ? `\n--- log tail ---\n${outcome.logTail}` : ""}`,
+            ...(outcome.passed ? {} : { isError: true }),
+          };
+        }),
     },
     {
       name: "submit_result",
       description: "Submits the candidate recipe and patches with a rationale. The validators run; a failure comes back as an error to fix.",
       input: z.strictObject({ rationale: z.string().min(1).max(8192) }),
-      run: async ({ rationale }: { rationale: string }) => {
-        const spec = await recipe();
-        const candidate: Candidate = { recipe: spec, patches: await readPatches(ws, spec) };
-        const validators = await validateCandidate(candidate, ctx, (file) => patchApplies(ws, file));
-        const failed = validators.filter((v) => v.status === "failed" || (v.name === "trial-build" && v.status !== "passed"));
-        if (failed.length) return { content: `not accepted: ${failed.map((v) => `${v.name}: ${v.detail}`).join("; ")}`, isError: true };
-        return { content: "accepted", result: { candidate, rationale, validators } };
-      },
+      run: ({ rationale }: { rationale: string }) =>
+        timed(async () => {
+          const spec = await recipe();
+          const candidate: Candidate = { recipe: spec, patches: await readPatches(ws, spec) };
+          const validators = await validateCandidate(candidate, ctx, (file) => patchApplies(ws, file));
+          const failed = validators.filter((v) => v.status === "failed" || (v.name === "trial-build" && v.status !== "passed"));
+          if (failed.length) return { content: `not accepted: ${failed.map((v) => `${v.name}: ${v.detail}`).join("; ")}`, isError: true };
+          return { content: "accepted", result: { candidate, rationale, validators } };
+        }),
     },
   ];
 }

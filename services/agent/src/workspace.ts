@@ -3,7 +3,7 @@
  * is given is relative to it; an absolute path, a `..` that climbs out, or a symbolic link
  * that leads out is refused with a reason the model can read (a tool error), never followed.
  */
-import { lstat, mkdir, readdir, readFile, realpath, writeFile } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, realpath, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 export class PathRefusedError extends Error {}
@@ -34,12 +34,19 @@ export class Workspace {
     return abs;
   }
 
-  async read(rel: string, maxBytes: number): Promise<{ text: string; truncated: boolean; size: number }> {
+  /** At most `maxBytes` of the file from byte `offset` (only those are read), and its size. */
+  async read(rel: string, maxBytes: number, offset = 0): Promise<{ text: string; truncated: boolean; size: number }> {
     const abs = await this.resolve(rel);
     const st = await lstat(abs);
     if (!st.isFile()) throw new PathRefusedError(`${rel}: not a regular file`);
-    const buf = await readFile(abs);
-    return { text: buf.subarray(0, maxBytes).toString("utf8"), truncated: buf.length > maxBytes, size: buf.length };
+    const file = await open(abs, "r");
+    try {
+      const buf = Buffer.alloc(Math.max(0, Math.min(maxBytes, st.size - offset)));
+      const { bytesRead } = buf.length ? await file.read(buf, 0, buf.length, offset) : { bytesRead: 0 };
+      return { text: buf.subarray(0, bytesRead).toString("utf8"), truncated: st.size > offset + maxBytes, size: st.size };
+    } finally {
+      await file.close();
+    }
   }
 
   async write(rel: string, text: string): Promise<void> {
