@@ -11,26 +11,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
-import { createHash } from "node:crypto";
 import path from "node:path";
-import { AdvisoryStore, CatalogSource, openSnapshot, ReleaseStore } from "@homeostat/catalog";
-import { loadConfig, StateStore, type Logger, type Nats } from "@homeostat/core";
+import { StateStore } from "@homeostat/core";
 import { testEnv } from "./harness.ts";
 import { readScript, startFakeMessagesServer } from "./agent-fake-messages.ts";
+import { quiet, startAgentRig, tarball } from "./agent-rig.ts";
 import { messagesClient } from "../services/agent/src/loop.ts";
-import { createRepairer } from "../services/agent/src/repair.ts";
-import { ProposalStore } from "../services/agent/src/proposals.ts";
-import { TranscriptStore } from "../services/agent/src/transcripts.ts";
-import { trialRunner } from "../services/agent/src/trial.ts";
-import { Builder } from "../services/builder/src/build.ts";
-import { resolveIsolation } from "../services/builder/src/isolation.ts";
-import { createTrialHandler, serveTrials } from "../services/builder/src/trial.ts";
+import { serveTrials } from "../services/builder/src/trial.ts";
 
-const quiet: Logger = { info() {}, warn() {}, error() {} };
 const fixtures = new URL("./fixtures/agent/", import.meta.url).pathname;
-const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
 
 /** A catalog with package hello pinned at 1.0, and the tarballs of 1.0 (with a link out) and 1.1 (with a big file). */
 function makeCatalog(root: string, secretFile: string): { catalogDir: string; sha: Record<string, string> } {
@@ -43,9 +33,7 @@ function makeCatalog(root: string, secretFile: string): { catalogDir: string; sh
     // The last good version carries a link out (the builder would refuse it; the workspace must not follow it), the new one a big file.
     if (v === "1.0") symlinkSync(secretFile, path.join(tree, "escape"));
     else writeFileSync(path.join(tree, "big.txt"), "x".repeat(100 * 1024));
-    const tarball = path.join(sources, `hello-${v}.tar.gz`);
-    execFileSync("tar", ["-czf", tarball, "-C", path.dirname(tree), `hello-${v}`]);
-    sha[v] = sha256(tarball);
+    sha[v] = tarball(tree, sources, `hello-${v}`);
   }
   const catalogDir = path.join(root, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
@@ -74,6 +62,7 @@ test(
     const t = await testEnv();
     const server = await startFakeMessagesServer();
     const abort = new AbortController();
+    let stop: (() => Promise<void>) | undefined;
     try {
       const secretFile = path.join(t.dir, "data", "signer", "cosign.key");
       mkdirSync(path.dirname(secretFile), { recursive: true });
@@ -88,16 +77,16 @@ test(
       server.play(readScript(scriptFile));
 
       const key = "package/hello" as const;
-      const agent = await t.connectAs("agent");
-      const builderNats = await t.connectAs("builder");
-      const kv = (n: Nats, b: "state" | "releases" | "proposals") => n.kvm.open(n.topology.bucket(b), { allow_direct: true });
-      await new ReleaseStore(await kv(t.nats, "releases")).record({
-        package: "hello",
-        version: "1.1",
-        url: "../sources/hello-1.1.tar.gz",
-        sha256: sha["1.1"]!,
+      const apiKey = "sk-ant-test-0123456789abcdef";
+      const rig = await startAgentRig(t, {
+        catalogDir,
+        client: messagesClient(apiKey, server.url),
+        settings: { ...t.config.agent, apiKey, model: "claude-test", maxTurns: 20 },
+        apiKey,
       });
-      const state = new StateStore(await kv(agent, "state"));
+      stop = rig.stop;
+      const { state, proposals, transcripts, dataDir, snapshots } = rig;
+      await rig.recordRelease({ package: "hello", version: "1.1", url: "../sources/hello-1.1.tar.gz", sha256: sha["1.1"]! });
       const before = await state.update(key, () => ({
         ...StateStore.initial(key),
         phase: "Failed",
@@ -118,75 +107,7 @@ test(
           builtAt: new Date().toISOString(),
         },
       }));
-
-      // The builder's trial server, with its own identity, its sandbox and a store apart.
-      const dataDir = path.join(t.dir, "data");
-      const catalogs = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "builder") });
-      const trials = new Builder(
-        {
-          dataDir: path.join(dataDir, "trials"),
-          timeoutMs: 60_000,
-          maxSourceBytes: 1 << 20,
-          unpackLimits: { maxBytes: 16 << 20, maxEntries: 1000 },
-          isolation: await resolveIsolation(loadConfig({}).buildSandbox),
-          sourceBaseDir: catalogDir,
-          signal: abort.signal,
-        },
-        { concurrency: 1 },
-      );
-      const snapshots = path.join(dataDir, "agent", "snapshots");
-      const serving = serveTrials(
-        builderNats,
-        createTrialHandler({
-          catalogAt: (rev) => openSnapshot(snapshots, rev, catalogs.current().sourceBase),
-          releases: new ReleaseStore(await kv(builderNats, "releases")),
-          advisories: await AdvisoryStore.open(builderNats),
-          state: new StateStore(await kv(builderNats, "state")),
-          sourceDateEpoch: 0,
-          build: (plan) => trials.build(plan),
-          refused: () => {},
-          log: quiet,
-        }),
-        { log: quiet, signal: abort.signal },
-      );
-
-      const apiKey = "sk-ant-test-0123456789abcdef";
-      const agentCatalog = await CatalogSource.open({ dir: catalogDir }, { cacheDir: path.join(dataDir, "catalog", "agent") });
-      const releases = new ReleaseStore(await kv(agent, "releases"));
-      const advisories = await AdvisoryStore.open(agent);
-      const proposals = new ProposalStore(await kv(agent, "proposals"));
-      const transcripts = new TranscriptStore(path.join(dataDir, "agent", "blobs", "sha256"), [apiKey]);
-      const repair = createRepairer({
-        client: messagesClient(apiKey, server.url),
-        settings: { ...t.config.agent, apiKey, model: "claude-test", maxTurns: 20 },
-        catalog: () => agentCatalog.current(),
-        state,
-        advisories: (p) => advisories.list(p),
-        releases: (p) => releases.list(p),
-        proposals,
-        workRoot: path.join(dataDir, "agent", "work"),
-        sourceRules: { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000 },
-        trial: (name) =>
-          trialRunner(
-            {
-              nats: agent,
-              catalog: () => agentCatalog.current(),
-              releases: (p) => releases.list(p),
-              advisories: (p) => advisories.list(p),
-              status: (k) => state.get(k),
-              sourceDateEpoch: 0,
-              snapshots,
-              timeoutMs: 90_000,
-            },
-            name,
-          ),
-        transcripts,
-        log: quiet,
-      });
-      await repair(
-        { v: 1, key, priority: "repair", cause: { type: "built", detail: "handed to the agent" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 0 },
-        { signal: abort.signal },
-      );
+      await rig.repair(key, abort.signal);
 
       const results = server.requests
         .slice(1)
@@ -233,10 +154,9 @@ test(
       assert.match(after.agent ?? "", /^proposal .* waits for review/);
       assert.equal((await t.nats.jsm.streams.info(t.nats.topology.stream("sign"))).state.messages, 0);
       assert.equal(readdirSync(snapshots).filter((d) => !d.startsWith(".")).length, 1, "one content-addressed snapshot");
-      abort.abort();
-      await serving;
     } finally {
       abort.abort();
+      await stop?.();
       await server.close();
       await t.cleanup();
     }

@@ -1,0 +1,153 @@
+/**
+ * The agent's repair path as the factory runs it, for the end-to-end test and the evals
+ * (test/agent-eval.ts): on a test environment's NATS, the builder's trial server with the
+ * builder's own identity, its bubblewrap sandbox and a store apart; the agent with its own
+ * identity, its catalog, release facts, advisories, proposals, transcripts and trial runner; and
+ * the repairer (services/agent/src/repair.ts) over them, talking to whatever Messages API the
+ * client given points at (the fake server, or the real one).
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { AdvisoryStore, CatalogSource, openSnapshot, ReleaseStore, type Osv, type Release } from "@homeostat/catalog";
+import { loadConfig, StateStore, type AgentSettings, type Key, type Logger, type Nats } from "@homeostat/core";
+import type { TestEnv } from "./harness.ts";
+import { createRepairer, type RepairDeps } from "../services/agent/src/repair.ts";
+import { ProposalStore } from "@homeostat/proposals";
+import { TranscriptStore } from "../services/agent/src/transcripts.ts";
+import { trialRunner } from "../services/agent/src/trial.ts";
+import { Builder } from "../services/builder/src/build.ts";
+import { resolveIsolation } from "../services/builder/src/isolation.ts";
+import { createTrialHandler, serveTrials } from "../services/builder/src/trial.ts";
+
+export const quiet: Logger = { info() {}, warn() {}, error() {} };
+
+export const sha256File = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
+
+/** `tree` packed as `<outDir>/<top>.tar.gz` with `top/` as its one top directory; its sha256. */
+export function tarball(tree: string, outDir: string, top: string): string {
+  mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `${top}.tar.gz`);
+  execFileSync("tar", ["-czf", file, "--transform", `s,^\\.,${top},`, "-C", tree, "."]);
+  return sha256File(file);
+}
+
+export type AgentRig = {
+  /** Connected as the agent. */
+  agent: Nats;
+  state: StateStore;
+  proposals: ProposalStore;
+  transcripts: TranscriptStore;
+  /** The builder's trial store and the agent's snapshots live under it. */
+  dataDir: string;
+  snapshots: string;
+  /** One reconcile of `key` by the agent, as the work queue would run it. */
+  repair(key: Key, signal: AbortSignal): Promise<unknown>;
+  /** Records a release fact (as ingest would). */
+  recordRelease(r: Omit<Release, "receivedAt">): Promise<void>;
+  /** Stores an advisory for the packages it names (as ingest would). */
+  recordAdvisory(osv: Osv, packages: string[]): Promise<void>;
+  /** Stops the trial server. */
+  stop(): Promise<void>;
+};
+
+export async function startAgentRig(
+  t: TestEnv,
+  o: { catalogDir: string; client: RepairDeps["client"]; settings: AgentSettings; apiKey: string; log?: Logger; dataDir?: string },
+): Promise<AgentRig> {
+  const abort = new AbortController();
+  const agent = await t.connectAs("agent");
+  const builderNats = await t.connectAs("builder");
+  const kv = (n: Nats, b: "state" | "releases" | "proposals") => n.kvm.open(n.topology.bucket(b), { allow_direct: true });
+  const dataDir = o.dataDir ?? path.join(t.dir, "data");
+  // Searchable by the sandbox's own uid (the builder running as root builds as another user).
+  mkdirSync(dataDir, { recursive: true, mode: 0o755 });
+  const catalogs = await CatalogSource.open({ dir: o.catalogDir }, { cacheDir: path.join(dataDir, "catalog", "builder") });
+  const trials = new Builder(
+    {
+      dataDir: path.join(dataDir, "trials"),
+      timeoutMs: 60_000,
+      maxSourceBytes: 1 << 20,
+      unpackLimits: { maxBytes: 16 << 20, maxEntries: 1000 },
+      isolation: await resolveIsolation(loadConfig({}).buildSandbox),
+      sourceBaseDir: o.catalogDir,
+      signal: abort.signal,
+    },
+    { concurrency: 1 },
+  );
+  const snapshots = path.join(dataDir, "agent", "snapshots");
+  const serving = serveTrials(
+    builderNats,
+    createTrialHandler({
+      catalogAt: (rev) => openSnapshot(snapshots, rev, catalogs.current().sourceBase),
+      releases: new ReleaseStore(await kv(builderNats, "releases")),
+      advisories: await AdvisoryStore.open(builderNats),
+      state: new StateStore(await kv(builderNats, "state")),
+      sourceDateEpoch: 0,
+      build: (plan) => trials.build(plan),
+      refused: () => {},
+      log: quiet,
+    }),
+    { log: quiet, signal: abort.signal },
+  );
+  await builderNats.nc.flush();
+
+  const agentCatalog = await CatalogSource.open({ dir: o.catalogDir }, { cacheDir: path.join(dataDir, "catalog", "agent") });
+  const releases = new ReleaseStore(await kv(agent, "releases"));
+  const advisories = await AdvisoryStore.open(agent);
+  const state = new StateStore(await kv(agent, "state"));
+  const proposals = new ProposalStore(await kv(agent, "proposals"));
+  const transcripts = new TranscriptStore(path.join(dataDir, "agent", "blobs", "sha256"), [o.apiKey]);
+  const repairer = createRepairer({
+    client: o.client,
+    settings: o.settings,
+    catalog: () => agentCatalog.current(),
+    source: agentCatalog,
+    scratch: snapshots,
+    state,
+    advisories: (p) => advisories.list(p),
+    releases: (p) => releases.list(p),
+    proposals,
+    workRoot: path.join(dataDir, "agent", "work"),
+    sourceRules: { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000 },
+    trial: (name) =>
+      trialRunner(
+        {
+          nats: agent,
+          catalog: () => agentCatalog.current(),
+          releases: (p) => releases.list(p),
+          advisories: (p) => advisories.list(p),
+          status: (k) => state.get(k),
+          sourceDateEpoch: 0,
+          snapshots,
+          timeoutMs: 90_000,
+        },
+        name,
+      ),
+    transcripts,
+    log: o.log ?? quiet,
+  });
+  const adminReleases = new ReleaseStore(await kv(t.nats, "releases"));
+  const adminAdvisories = await AdvisoryStore.open(t.nats);
+  return {
+    agent,
+    state,
+    proposals,
+    transcripts,
+    dataDir,
+    snapshots,
+    repair: (key, signal) =>
+      repairer(
+        { v: 1, key, priority: "repair", cause: { type: "built", detail: "handed to the agent" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: 0 },
+        { signal },
+      ),
+    recordRelease: async (r) => void (await adminReleases.record(r)),
+    recordAdvisory: async (osv, packages) => void (await adminAdvisories.record(osv, packages)),
+    stop: async () => {
+      abort.abort();
+      await serving;
+      await Promise.all([agent.nc.close(), builderNats.nc.close()]);
+    },
+  };
+}
