@@ -8,7 +8,8 @@
  * connection and the mapping of errors to messages and exit codes are shared.
  *
  * Exit codes: 0 ok; 1 the server answered with an error (e.g. not found); 2 the server could
- * not be reached; 64 usage error (EX_USAGE); 77 not authenticated or not allowed (EX_NOPERM).
+ * not be reached; 3 up but its stores unavailable; 4 (status) a service has no ready instance;
+ * 64 usage error (EX_USAGE); 77 not authenticated or not allowed (EX_NOPERM).
  *
  * Start-up cost: gRPC, the catalog and the attestation code are imported by the commands that
  * use them (`await import`), so `homeostat --help` and usage errors load only what they print.
@@ -27,8 +28,12 @@ import { maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSi
 import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
 import type { ImageVerification } from "@homeostat/attest";
 import type { LivePackage, PlanRelease } from "./plan.ts";
+import { statusCommand } from "./status.ts";
+import { columns } from "./table.ts";
+import { exitCodes } from "./exit-codes.ts";
 
-export const exitCodes = { ok: 0, failed: 1, unreachable: 2, unavailable: 3, usage: 64, denied: 77 } as const;
+// Kept importable from here, where the commands are.
+export { columns, exitCodes };
 
 /** The status API module, loaded by the commands that talk to the server. */
 const statusApi = () => import("@homeostat/status-api");
@@ -56,6 +61,8 @@ export type Command = {
   /** Positional arguments in the usage line, e.g. "<key>". */
   args?: string;
   summary: string;
+  /** More of its help, after the summary (e.g. what its exit code says). */
+  details?: string;
   /** Options of this command besides the global ones (--addr, --json, --help). */
   options?: ParseArgsOptionsConfig;
   /** Help lines for `options`, as [flag, description] pairs. */
@@ -482,16 +489,10 @@ export const commands: Command[] = [
   retryCommand,
   verifyCommand,
   tokenNewCommand,
+  statusCommand,
 ];
 
 /* ---------------------------------------------------------------- formatting */
-
-/** Rows as aligned columns; the last column is not padded. */
-export function columns(rows: string[][]): string {
-  const widths: number[] = [];
-  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
-  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ")).join("\n");
-}
 
 export function formatTable(items: KeyStatus[]): string {
   const rows = [["KEY", "PHASE", "DESIRED", "ACTUAL", "UPDATED"]];
@@ -613,7 +614,7 @@ function optionLines(pairs: [string, string][]): string {
 
 export function help(c?: Command): string {
   if (c) {
-    return `Usage: ${commandUsage(c)}\n\n${c.summary}\n\nOptions:\n${optionLines([...(c.optionHelp ?? []), ...globalOptionHelp])}\n`;
+    return `Usage: ${commandUsage(c)}\n\n${c.summary}\n${c.details ? `\n${c.details}\n` : ""}\nOptions:\n${optionLines([...(c.optionHelp ?? []), ...globalOptionHelp])}\n`;
   }
   const w = Math.max(...commands.map((x) => (x.name + (x.args ? ` ${x.args}` : "")).length));
   const list = commands.map((x) => `  ${(x.name + (x.args ? ` ${x.args}` : "")).padEnd(w)}  ${x.summary}`).join("\n");
@@ -632,7 +633,8 @@ export function help(c?: Command): string {
     "Data directory: every command, service and scripts/demo use $HOMEOSTAT_DATA, default .homeostat/data",
     "(relative to the current directory); the signer keeps its key in $HOMEOSTAT_SIGNER_DIR, default <data>/signer,",
     "where verify finds cosign.pub. After scripts/demo: homeostat verify .homeostat/data/oci/greeter",
-    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 3 server up but its stores unavailable, 64 usage error,",
+    "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 3 server up but its stores unavailable,",
+    "4 (status) a service without a ready instance, 64 usage error,",
     "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue or retry).",
     "",
   ].join("\n");

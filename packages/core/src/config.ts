@@ -150,6 +150,14 @@ const schema = z.object({
   HOMEOSTAT_BUILD_CRASH_LIMIT: z.coerce.number().int().min(1).max(100).default(3),
   /** Start-up steps that fail on the environment (disk, keys) are retried with backoff up to this delay between tries, never by exiting. */
   HOMEOSTAT_STARTUP_BACKOFF_MAX_MS: positiveMs.default(30_000),
+  /**
+   * The health endpoint every service serves when set (GET /healthz: alive; GET /readyz: ready, else 503 with why). Unset:
+   * none. Unauthenticated, so on loopback unless HOMEOSTAT_HEALTH_HOST says otherwise (0.0.0.0 inside a pod, for its probes).
+   */
+  HOMEOSTAT_HEALTH_PORT: z.preprocess((v) => (v === "" ? undefined : v), port.optional()),
+  HOMEOSTAT_HEALTH_HOST: z.string().min(1).default("127.0.0.1"),
+  /** How often each service instance writes its heartbeat (bucket `<prefix>_services`): stale after 3 missed, gone after 6. */
+  HOMEOSTAT_HEARTBEAT_MS: positiveMs.default(5_000),
   /** Failed runs of a key before it moves to the dead letters. */
   HOMEOSTAT_QUEUE_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1000).default(10),
   /** Retry backoff: base × 2^(attempt-1), capped, with jitter. */
@@ -327,6 +335,8 @@ export type Config = Readonly<{
   /** The failure taxonomy's bounds (failure.ts): permanent build failures retried, builder deaths tolerated. */
   buildFailures: { retries: number; backoffMs: number; crashLimit: number };
   startupBackoffMaxMs: number;
+  /** The health endpoint (none without a port) and the heartbeats (health.ts, heartbeat.ts). */
+  health: { host: string; port: number | undefined; heartbeatMs: number; staleAfterMs: number; heartbeatTtlMs: number };
   queue: { maxAttempts: number; backoffBaseMs: number; backoffMaxMs: number; maxFloorMs: number; drainMs: number };
   resyncMs: number;
   concurrency: number;
@@ -538,6 +548,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stageAckWaitMs: e.HOMEOSTAT_STAGE_ACK_WAIT_MS,
     buildFailures: { retries: e.HOMEOSTAT_BUILD_FAILURE_RETRIES, backoffMs: e.HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS, crashLimit: e.HOMEOSTAT_BUILD_CRASH_LIMIT },
     startupBackoffMaxMs: e.HOMEOSTAT_STARTUP_BACKOFF_MAX_MS,
+    health: {
+      host: e.HOMEOSTAT_HEALTH_HOST,
+      port: e.HOMEOSTAT_HEALTH_PORT,
+      heartbeatMs: e.HOMEOSTAT_HEARTBEAT_MS,
+      staleAfterMs: 3 * e.HOMEOSTAT_HEARTBEAT_MS,
+      heartbeatTtlMs: 6 * e.HOMEOSTAT_HEARTBEAT_MS,
+    },
     queue: {
       maxAttempts: e.HOMEOSTAT_QUEUE_MAX_ATTEMPTS,
       backoffBaseMs: e.HOMEOSTAT_QUEUE_BACKOFF_BASE_MS,

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { causeChain, classifyFailure, crashReason, retryingText, retryUntilItWorks, TransientError, transientCause } from "./failure.ts";
+import { causeChain, classifyFailure, crashReason, retryingText, retryUntilItWorks, startupBackoffMs, TransientError, transientCause } from "./failure.ts";
 
 class StepFailed extends Error {}
 class Refused extends Error {}
@@ -66,4 +66,58 @@ test("a start-up step is tried again until it works, logging each failure; a sto
   });
   stop.abort();
   await assert.rejects(waiting);
+});
+
+test("start-up backoff doubles up to its cap, with half of each delay random", () => {
+  const o = { firstDelayMs: 500, maxDelayMs: 30_000 };
+  assert.deepEqual(
+    [1, 2, 3, 4].map((n) => startupBackoffMs(n, o, () => 1)),
+    [500, 1_000, 2_000, 4_000],
+  );
+  assert.equal(
+    startupBackoffMs(1, o, () => 0),
+    250,
+  );
+  assert.equal(
+    startupBackoffMs(7, o, () => 1),
+    30_000,
+    "capped",
+  );
+  assert.equal(
+    startupBackoffMs(7, o, () => 0),
+    15_000,
+    "at least half the cap",
+  );
+  assert.equal(
+    startupBackoffMs(5_000, o, () => 1),
+    30_000,
+    "a very long outage stays capped",
+  );
+});
+
+test("a start-up step fails at once on an error retrying cannot fix, and reports each retried failure classified", async () => {
+  class Misconfigured extends Error {}
+  const seen: string[] = [];
+  let tries = 0;
+  const options = {
+    log: { warn: () => {} },
+    signal: new AbortController().signal,
+    maxDelayMs: 10,
+    firstDelayMs: 1,
+    isFatal: (e: unknown) => e instanceof Misconfigured,
+    onFailure: (f: { kind: string; reason: string }) => void seen.push(`${f.kind}: ${f.reason}`),
+  };
+  await assert.rejects(
+    retryUntilItWorks("reading the settings", () => Promise.reject(new Misconfigured("no such region")), options),
+    /no such region/,
+  );
+  assert.deepEqual(seen, [], "a fatal error is not retried");
+  await retryUntilItWorks(
+    "connecting",
+    async () => {
+      if (++tries < 2) throw errno("ECONNREFUSED", "connect refused");
+    },
+    options,
+  );
+  assert.deepEqual(seen, ["transient: ECONNREFUSED: connect refused"]);
 });

@@ -105,28 +105,42 @@ export function crashReason(service: string, crashes: number): string {
   return `the ${service} died while building this key (${crashes} time${crashes === 1 ? "" : "s"})`;
 }
 
+/** The delay before try `attempt + 1` of a start-up step: doubling from `firstDelayMs`, capped at `maxDelayMs`, with jitter (half of it random) so that replicas restarted together do not retry in step. */
+export function startupBackoffMs(attempt: number, o: { firstDelayMs: number; maxDelayMs: number }, random = Math.random): number {
+  const ceiling = Math.min(o.maxDelayMs, o.firstDelayMs * 2 ** Math.min(attempt - 1, 30));
+  return Math.round(ceiling / 2 + (ceiling / 2) * random());
+}
+
+export type StartupRetryOptions = {
+  log: { warn: (msg: string, fields?: Record<string, unknown>) => void };
+  signal: AbortSignal;
+  maxDelayMs: number;
+  firstDelayMs?: number;
+  /** Errors that retrying cannot fix (invalid configuration): rethrown at once. */
+  isFatal?: (err: unknown) => boolean;
+  /** Told of each failure, classified, e.g. to report it on the health endpoint and in the heartbeat. */
+  onFailure?: (failure: ClassifiedFailure, attempt: number, nextAt: number) => void;
+};
+
 /**
  * Runs a start-up step until it succeeds: a service must not exit on the environment (a full
  * disk, a key not readable yet, a server not up), since nothing may restart it. Each failure
- * is logged with the next try's time; the delay doubles up to `maxDelayMs`. Rejects only when
- * `signal` aborts (the service is stopping).
+ * is logged, classified (failure.ts), with the next try's time; the delay doubles up to
+ * `maxDelayMs`, with jitter. Rejects only when `signal` aborts (the service is stopping) or
+ * `isFatal` says the error is one retrying cannot fix.
  */
-export async function retryUntilItWorks<T>(
-  what: string,
-  step: () => Promise<T>,
-  o: { log: { warn: (msg: string, fields?: Record<string, unknown>) => void }; signal: AbortSignal; maxDelayMs: number; firstDelayMs?: number },
-): Promise<T> {
+export async function retryUntilItWorks<T>(what: string, step: () => Promise<T>, o: StartupRetryOptions): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     o.signal.throwIfAborted();
     try {
       return await step();
     } catch (err) {
-      const delay = Math.min(o.maxDelayMs, (o.firstDelayMs ?? 500) * 2 ** (attempt - 1));
-      o.log.warn(`${what} failed; trying again`, {
-        attempt,
-        reason: err instanceof Error ? err.message : String(err),
-        nextAt: new Date(Date.now() + delay).toISOString(),
-      });
+      if (o.isFatal?.(err) || o.signal.aborted) throw err;
+      const failure = classifyFailure(err);
+      const delay = startupBackoffMs(attempt, { firstDelayMs: o.firstDelayMs ?? 500, maxDelayMs: o.maxDelayMs });
+      const nextAt = Date.now() + delay;
+      o.log.warn(`${what} failed; trying again`, { attempt, kind: failure.kind, reason: failure.reason, nextAt: new Date(nextAt).toISOString() });
+      o.onFailure?.(failure, attempt, nextAt);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
         o.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });

@@ -4,6 +4,8 @@ export * from "./contracts.ts";
 export * from "./digest.ts";
 export * from "./events.ts";
 export * from "./failure.ts";
+export * from "./health.ts";
+export * from "./heartbeat.ts";
 export * from "./jetstream-errors.ts";
 export * from "./jetstream-pipe.ts";
 export * from "./key.ts";

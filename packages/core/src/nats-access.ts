@@ -21,6 +21,8 @@
  *   run records, reads releases, advisories and state, notes its word on a key in its status
  *   and records proposals; it never asks for builds or signatures of a key's actual state,
  *   only for trial builds of a catalog snapshot, which the builder answers to its inbox.
+ * Every service writes its instances' heartbeats (`<prefix>_services`, keys `<service>.*` of its
+ * own name only); the queue reads them all for ListServices.
  * No service may delete or purge a stream; `admin` (tests, operators) may do anything and is
  * handed to no service.
  */
@@ -147,6 +149,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     g.consume(t.stream("intake"), t.consumer("intake"));
     workQueue(g, t);
     g.kvList(t, "state").kvList(t, "releases").kvList(t, "advisories");
+    // ListServices: every instance's heartbeat.
+    g.kvList(t, "services");
   },
   reconciler: (g, t) => {
     workQueue(g, t);
@@ -192,6 +196,9 @@ function workQueue(g: Grant, t: Topology): void {
 function grant(identity: ServiceName, prefix: string, regions: readonly string[]): Grant {
   const g = new Grant(new Topology({ prefix, region: regions[0]! }), identity);
   for (const region of regions) serviceGrants[identity](g, new Topology({ prefix, region }));
+  // Every instance writes its own heartbeat (heartbeat.ts), under its service's name only.
+  const t = new Topology({ prefix, region: regions[0]! });
+  g.kvWrite(t, "services", `${identity}.>`);
   return g;
 }
 

@@ -1,11 +1,23 @@
 /**
  * Service: the start-up and shutdown every Homeostat process shares — config, telemetry,
- * NATS with the topology ensured, and a graceful stop on SIGTERM/SIGINT.
+ * NATS with the topology ensured, health (endpoint and heartbeats), and a graceful stop on
+ * SIGTERM/SIGINT.
+ *
+ * Start-up never ends the process on the environment: connecting to NATS, the topology and
+ * the service's own `main` are each tried again with capped, jittered backoff (failure.ts
+ * retryUntilItWorks) until they work or the process is asked to stop, each failure logged and
+ * shown by /readyz and the heartbeat. Only invalid configuration (a ConfigError anywhere in the
+ * cause chain) exits, with 78 (EX_CONFIG): retrying cannot fix it.
  *
  * `main` receives a context and returns a stop function; a second signal, or a stop that
- * takes longer than the grace period, ends the process at once.
+ * takes longer than the grace period, ends the process at once. A `main` that throws is run
+ * again after the backoff, so it should throw before it starts anything long-lived.
  */
-import { loadConfig, type Config } from "./config.ts";
+import { ConfigError, loadConfig, type Config } from "./config.ts";
+import { causeChain, retryUntilItWorks } from "./failure.ts";
+import { ServiceHealth } from "./health.ts";
+import { serveHealth, type HealthEndpoint } from "./health-http.ts";
+import { instanceId, runningVersion, startHeartbeat, type HeartbeatWriter } from "./heartbeat.ts";
 import { createLogger, errorMessage, type Logger } from "./log.ts";
 import { startTelemetry } from "./telemetry.ts";
 import { awaitStreams, topologyOwner } from "./nats-access.ts";
@@ -19,10 +31,22 @@ export type ServiceContext = {
   buckets: Buckets;
   /** Aborted when the process is asked to stop. */
   signal: AbortSignal;
+  /** This instance's health: add readiness checks and heartbeat details; record errors an operator should see. */
+  health: ServiceHealth;
+  /**
+   * Runs a start-up step of `main` until it works (a key not writable on a full disk, a volume
+   * not mounted yet), logging each failure and showing it on /readyz and in the heartbeat.
+   */
+  retry<T>(what: string, step: () => Promise<T>): Promise<T>;
 };
 
 export const serviceNames = ["ingest", "queue", "reconciler", "builder", "signer", "agent"] as const;
 export type ServiceName = (typeof serviceNames)[number];
+
+/** An error that retrying cannot fix: invalid configuration. */
+export function isConfigFailure(err: unknown): boolean {
+  return causeChain(err).some((e) => e instanceof ConfigError);
+}
 
 export async function runService(name: ServiceName, main: (ctx: ServiceContext) => Promise<() => Promise<void>>, graceMs = 20_000): Promise<void> {
   const log = createLogger(name);
@@ -34,15 +58,23 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
     process.exit(78); // EX_CONFIG
   }
   const telemetry = startTelemetry(name, config.telemetry);
-  process.on("unhandledRejection", (err) => log.error("unhandled rejection", { reason: errorMessage(err) }));
+  const health = new ServiceHealth();
+  process.on("unhandledRejection", (err) => {
+    log.error("unhandled rejection", { reason: errorMessage(err) });
+    health.failed(`unhandled rejection: ${errorMessage(err)}`);
+  });
 
   const abort = new AbortController();
   let stopping = false;
   let stop: (() => Promise<void>) | undefined;
+  let nats: Nats | undefined;
+  let heartbeat: HeartbeatWriter | undefined;
+  let endpoint: HealthEndpoint | undefined;
   const shutdown = async (why: string) => {
     if (stopping) process.exit(1);
     stopping = true;
     log.info("stopping", { why });
+    health.stopping();
     abort.abort();
     const timer = setTimeout(() => {
       log.error("stop took too long; exiting");
@@ -50,25 +82,94 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
     }, graceMs);
     timer.unref();
     try {
+      await heartbeat?.beat();
       await stop?.();
-      await nats.nc.drain();
+      await heartbeat?.stop();
+      await nats?.nc.drain();
     } catch (err) {
       log.warn("error while stopping", { reason: errorMessage(err) });
     }
+    await endpoint?.close();
     await telemetry.shutdown().catch(() => {});
     process.exit(0);
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
 
-  const nats = await connectNats(config, `homeostat-${name}`, { identity: name });
-  // Only the topology owner may create streams and buckets; the others wait for them.
-  let buckets: Buckets;
-  if (name === topologyOwner) buckets = await ensureTopology(nats, config);
-  else {
-    await awaitStreams(nats, name, { log, signal: abort.signal });
-    buckets = await bindBuckets(nats);
+  // Served before anything else starts, so that a probe sees why the start-up is taking long.
+  if (config.health.port !== undefined) {
+    try {
+      endpoint = await serveHealth(health, { host: config.health.host, port: config.health.port });
+      log.info("health endpoint listening", { url: `http://${config.health.host}:${endpoint.port}`, paths: ["/healthz", "/readyz"] });
+    } catch (err) {
+      log.error(`the health endpoint cannot listen on ${config.health.host}:${config.health.port}: ${errorMessage(err)}`);
+      process.exit(78);
+    }
   }
-  stop = await main({ name, config, log, nats, buckets, signal: abort.signal });
-  log.info("started", { region: config.region, prefix: config.prefix });
+
+  const retry = <T>(what: string, step: () => Promise<T>): Promise<T> => {
+    health.starting(what);
+    return retryUntilItWorks(what, step, {
+      log,
+      signal: abort.signal,
+      maxDelayMs: config.startupBackoffMaxMs,
+      isFatal: isConfigFailure,
+      onFailure: (f) => health.failed(`${what}: ${f.reason}`, f.kind),
+    });
+  };
+
+  try {
+    const n = (nats = await retry("connecting to NATS", () => connectNats(config, `homeostat-${name}`, { identity: name })));
+    watchConnection(n, health, log);
+    // Only the topology owner may create streams and buckets; the others wait for them.
+    const buckets = await retry("waiting for the topology", async () => {
+      if (name === topologyOwner) return ensureTopology(n, config);
+      await awaitStreams(n, name, { log, signal: abort.signal });
+      return bindBuckets(n);
+    });
+    const services = await retry("opening the services bucket", () => n.kvm.open(n.topology.bucket("services"), { allow_direct: true }));
+    heartbeat = startHeartbeat(
+      services,
+      { service: name, instance: instanceId(), version: runningVersion(), region: config.region, startedAt: new Date().toISOString() },
+      health,
+      { intervalMs: config.health.heartbeatMs, log },
+    );
+    const context: ServiceContext = { name, config, log, nats: n, buckets, signal: abort.signal, health, retry };
+    stop = await retry("starting", () => main(context));
+    health.started();
+    void heartbeat.beat();
+    log.info("started", { region: config.region, prefix: config.prefix });
+  } catch (err) {
+    // Aborted: shutdown() is under way and ends the process.
+    if (abort.signal.aborted) return;
+    log.error(errorMessage(err));
+    process.exit(isConfigFailure(err) ? 78 : 1);
+  }
+}
+
+/** NATS readiness: the connection is open and answers a round trip; losing it and getting it back are logged and recorded. */
+function watchConnection(n: Nats, health: ServiceHealth, log: Logger): void {
+  let lostAt: string | undefined;
+  void (async () => {
+    for await (const s of n.nc.status()) {
+      if (s.type === "disconnect") {
+        lostAt = new Date().toISOString();
+        log.warn("NATS connection lost; reconnecting", { server: s.server });
+        health.failed(`NATS connection lost (${s.server})`, "transient");
+      } else if (s.type === "reconnect") {
+        log.info("NATS connection back", { server: s.server, lostAt });
+        lostAt = undefined;
+      }
+    }
+  })();
+  health.check("nats", async () => {
+    if (n.nc.isClosed()) return "NATS connection closed";
+    if (lostAt) return `NATS connection lost since ${lostAt}`;
+    try {
+      await n.nc.flush();
+      return undefined;
+    } catch (err) {
+      return `NATS does not answer: ${errorMessage(err)}`;
+    }
+  });
 }

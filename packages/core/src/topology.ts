@@ -108,9 +108,12 @@ export class Topology {
 }
 
 /** Every KV bucket: the topology owner creates them all, the other services only open them. */
-export type BucketName = "state" | "releases" | "runs" | "advisories" | "ingest_cursors" | "proposals";
-/** proposals: the agentic reconciler's proposals (services/agent), a few revisions kept as they are reviewed. */
-const bucketHistory: Record<BucketName, number> = { state: 5, releases: 1, runs: 1, advisories: 1, ingest_cursors: 1, proposals: 5 };
+export type BucketName = "state" | "releases" | "runs" | "advisories" | "ingest_cursors" | "proposals" | "services";
+/**
+ * proposals: the agentic reconciler's proposals (services/agent), a few revisions kept as they are reviewed.
+ * services: each service instance's heartbeat (heartbeat.ts), the latest only, gone a few intervals after the last.
+ */
+const bucketHistory: Record<BucketName, number> = { state: 5, releases: 1, runs: 1, advisories: 1, ingest_cursors: 1, proposals: 5, services: 1 };
 export const bucketNames = Object.keys(bucketHistory) as readonly BucketName[];
 
 export type Nats = {
@@ -206,6 +209,8 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
   await Promise.all(
     (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
   );
+  // An instance that died without a word leaves a heartbeat that expires by itself.
+  await n.kvm.create(t.bucket("services"), { history: bucketHistory.services, replicas: t.replicas, ttl: config.health.heartbeatTtlMs });
   return openBuckets(n);
 }
 

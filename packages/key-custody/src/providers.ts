@@ -147,7 +147,7 @@ function tempName(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
 }
 
-/** Writes `data` to a fresh temporary file with `mode` and fsyncs it. */
+/** Writes `data` to a fresh temporary file with `mode` and fsyncs it; a write that fails (ENOSPC) leaves no temporary file behind. */
 async function writeTemp(file: string, data: string, mode: number): Promise<string> {
   const tmp = tempName(file);
   const fh = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, mode);
@@ -155,9 +155,12 @@ async function writeTemp(file: string, data: string, mode: number): Promise<stri
     await fh.chmod(mode); // the umask may have removed bits we want; it never adds any
     await fh.writeFile(data);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw e;
   }
+  await fh.close();
   return tmp;
 }
 

@@ -110,7 +110,7 @@ export function statusClient(addr: string, opts: StatusClientOptions = {}): Stat
 
 export type CallOptions = { deadlineMs?: number };
 
-function callOptions(opts: CallOptions): DeadlineOptions {
+export function callOptions(opts: CallOptions): DeadlineOptions {
   return { deadline: opts.deadlineMs ?? 10_000 };
 }
 
@@ -442,7 +442,7 @@ export function fromProtoDeadLetter(m: ProtoDeadLetter): DeadLetterEntry {
 }
 
 /** A count received as an int64 decimal string (ts-proto forceLong=string). */
-function parseCount(raw: string, what: string): number {
+export function parseCount(raw: string, what: string): number {
   const n = Number(raw);
   if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n)) throw new ContractViolation(`invalid ${what}: ${JSON.stringify(raw)}`);
   return n;

@@ -20,7 +20,7 @@
  */
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, openSnapshot, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
-import { buildRequestSchema, meter, publish, retryUntilItWorks, runConsumer, runService, StateStore } from "@homeostat/core";
+import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore } from "@homeostat/core";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
@@ -29,7 +29,7 @@ import { createBuildHandler } from "./request.ts";
 import { createTrialHandler, serveTrials } from "./trial.ts";
 import { claimWorkRoot, currentInstance } from "./workspaces.ts";
 
-await runService("builder", async ({ config, log, nats, buckets, signal }) => {
+await runService("builder", async ({ config, log, nats, buckets, signal, health, retry }) => {
   // Probed where package builds make their workspaces (makeWorkspaceDir's default); no sandbox, no builder.
   const isolation = await resolveIsolation(config.buildSandbox, { workRoot: path.join(config.dataDir, "work"), warn: (m) => log.warn(m) }).catch(
     (err: unknown) => {
@@ -43,16 +43,13 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     limits: isolation.limits,
     ...(isolation.kind === "bubblewrap" && isolation.runAs ? { hostUid: isolation.runAs.uid } : {}),
   });
-  const startup = { log, signal, maxDelayMs: config.startupBackoffMaxMs };
-  const identity = await retryUntilItWorks(
-    "loading the builder key",
-    () => keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key"),
-    startup,
+  const identity = await retry("loading the builder key", () =>
+    keyProviderFromConfig({ pem: config.builderKeyPem, file: config.builderKeyPath, dir: config.builderDir, name: "builder" }, "builder key"),
   );
   log.info("builder identity", { keyId: identity.keyId, source: identity.source });
   const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
   const instance = currentInstance();
-  const work = await retryUntilItWorks("preparing the workspaces", () => claimWorkRoot(path.join(config.dataDir, "work"), instance), startup);
+  const work = await retry("preparing the workspaces", () => claimWorkRoot(path.join(config.dataDir, "work"), instance));
   if (work.removed.length) log.info("removed the workspaces of builders that died", { instances: work.removed });
   const refusals = meter().createCounter("homeostat.builder.refused", {
     description: "Build requests refused, by reason: the request is not what the catalog and the facts call for",
@@ -110,6 +107,9 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     });
     if (failed) await publish(nats, "intake", key, { v: 1, key, priority: "release", cause: { type: "built", detail: why } });
   };
+  // Builds in flight, for the heartbeat (`homeostat status`).
+  let building = 0;
+  health.detail("building", () => String(building));
   const running = runConsumer(nats, {
     stage: "build",
     schema: buildRequestSchema,
@@ -117,7 +117,14 @@ await runService("builder", async ({ config, log, nats, buckets, signal }) => {
     concurrency: config.concurrency,
     log,
     signal,
-    handle,
+    handle: async (req, msg) => {
+      building++;
+      try {
+        await handle(req, msg);
+      } finally {
+        building--;
+      }
+    },
     onMalformed,
   });
   // Trial builds (trial.ts): the agent's snapshots, built in the same sandbox into a store of their own.

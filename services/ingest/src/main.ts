@@ -13,7 +13,7 @@ import { buildIngestServer } from "./server.ts";
 
 if (cluster.isPrimary && ingestWorkers() > 1) await superviseWorkers(ingestWorkers());
 else
-  await runService("ingest", async ({ config, log, nats, buckets, signal }) => {
+  await runService("ingest", async ({ config, log, nats, buckets, signal, health }) => {
     // The catalog only maps events to keys here; the reconciler enqueues what a catalog change touches.
     const source = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), {
       cacheDir: path.join(config.dataDir, "catalog", perWorker("ingest")),
@@ -30,16 +30,8 @@ else
       releases: new ReleaseStore(buckets.releases),
       advisories,
       acceptor,
-      ready: async () => {
-        if (nats.nc.isClosed()) return false;
-        return Promise.race([
-          nats.nc.flush().then(
-            () => true,
-            () => false,
-          ),
-          new Promise<boolean>((r) => setTimeout(() => r(false), 1_000).unref()),
-        ]);
-      },
+      // The same readiness as the health endpoint's and the heartbeat's (NATS answers, start-up over).
+      ready: () => health.readiness(),
       settings: config.ingest,
       log,
     });

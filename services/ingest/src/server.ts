@@ -64,8 +64,8 @@ export type IngestDeps = {
   /** Where accepted advisories are kept for the reconciler. */
   advisories: AdvisoryStore;
   acceptor: Acceptor;
-  /** Resolves true when NATS answers. */
-  ready: () => Promise<boolean>;
+  /** Whether the instance is ready, and why not (the service's health: core health.ts). */
+  ready: () => Promise<{ ready: boolean; reasons: string[] }>;
   settings: IngestSettings;
   log: Logger;
 };
@@ -255,8 +255,9 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     async () => ({ ok: true }),
   );
   app.get("/readyz", { config: { unlimited: true } }, async (req, reply) => {
-    if (await deps.ready()) return { ready: true };
-    return sendProblem(req, reply, new Problem(503, "not-ready", "NATS does not answer"));
+    const r = await deps.ready();
+    if (r.ready) return { ready: true };
+    return sendProblem(req, reply, new Problem(503, "not-ready", r.reasons.join("; ") || "not ready"));
   });
 
   const { acceptor } = deps;

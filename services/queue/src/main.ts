@@ -3,7 +3,8 @@
  * and of the intake stream), keeps the Redis read
  * model equal to the state in KV, sweeps the run records of crashed workers, and serves the
  * gRPC status and queue APIs (and, from the release and advisory stores, the known facts), with
- * WatchKeys fed by the same follower of the state bucket that keeps the read model.
+ * WatchKeys fed by the same follower of the state bucket that keeps the read model, and
+ * ListServices from every instance's heartbeat (service-directory.ts).
  */
 import path from "node:path";
 import { Redis } from "ioredis";
@@ -14,8 +15,9 @@ import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts"
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
+import { ServiceDirectory } from "./service-directory.ts";
 
-await runService("queue", async ({ config, log, nats, buckets, signal }) => {
+await runService("queue", async ({ config, log, nats, buckets, signal, health }) => {
   // Fail fast rather than queue: a Redis that is down must neither stall the follower of the
   // state bucket nor hold reads; the read model answers from the bucket and heals afterwards.
   const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: config.readModelCheckMs, lazyConnect: false });
@@ -53,9 +55,15 @@ await runService("queue", async ({ config, log, nats, buckets, signal }) => {
     advisories: await AdvisoryStore.open(nats),
     inCatalog: (key) => catalog.current().recipe(key) !== undefined,
     feed,
+    services: new ServiceDirectory(await nats.kvm.open(nats.topology.bucket("services"), { allow_direct: true }), {
+      staleAfterMs: config.health.staleAfterMs,
+      log,
+    }),
     log,
   });
   log.info("status API listening", { addr: config.grpcAddr, port: api.port, ...api.security });
+  // grpc.health.v1 says what /readyz and the heartbeat say.
+  health.observe((r) => api.setServing(r.ready));
 
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
   // The events stream is ingest's, opened here too so that admission can start before ingest has.

@@ -10,7 +10,8 @@
  * other, and refuses a key the catalog does not declare unless forced. KnownFacts reads the
  * release and advisory stores the reconciler reads, so a plan made with its answer decides
  * with the reconciler's facts. WatchKeys streams come from the key feed (key-feed.ts), which the
- * one follower of the state bucket feeds. Every request is validated here
+ * one follower of the state bucket feeds. ListServices reads the instances' heartbeats
+ * (service-directory.ts). Every request is validated here
  * and every failure becomes a gRPC status with a message; nothing a client sends can take the
  * server down. Who may call what is status-auth.ts's; health and reflection need no token.
  */
@@ -51,6 +52,7 @@ import { type KeyFeed, WatchEnded } from "./key-feed.ts";
 import type { StatusReads } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
 import { tracingMiddleware } from "./grpc-tracing.ts";
+import type { ServiceDirectory } from "./service-directory.ts";
 import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
 
 /** The WorkQueue methods the queue RPCs serve. */
@@ -70,6 +72,8 @@ export type StatusApiOptions = {
   inCatalog: (key: Key) => boolean;
   /** What WatchKeys streams are served from. */
   feed: KeyFeed;
+  /** What ListServices answers from (service-directory.ts); without it ListServices is FAILED_PRECONDITION. */
+  services?: Pick<ServiceDirectory, "list">;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
   /** Where the insecure-start warnings go (default: console.warn). */
@@ -213,6 +217,11 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
         throw new ServerError(Status.NOT_FOUND, `${parsed.key} is neither in the dead letters nor Failed`);
       await queue.enqueue({ key: parsed.key, priority: "release", cause: { type: "manual", detail: "retried by an operator (it was Failed)" } });
       return { retried: true };
+    },
+
+    async listServices() {
+      if (!opts.services) throw new ServerError(Status.FAILED_PRECONDITION, "this status API serves no service directory");
+      return opts.services.list();
     },
 
     async knownFacts(request) {

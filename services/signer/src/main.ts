@@ -10,17 +10,16 @@
  * again with backoff, logged, instead of ending the process. The builders it trusts are HOMEOSTAT_TRUSTED_BUILDER_KEYS (PEM files; default
  * the local builder's `<data>/builder/builder.pub`).
  */
-import { meter, publish, retryUntilItWorks, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
+import { meter, publish, runConsumer, runService, signRequestSchema, StateStore } from "@homeostat/core";
 import { readTrustedKeys, Registry } from "@homeostat/attest";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { createSignHandler } from "./handle.ts";
 
-await runService("signer", async ({ config, log, nats, buckets, signal }) => {
-  // A full disk while the key is first written, or a key file not mounted yet, is waited out, not an exit.
-  const signer = await retryUntilItWorks(
-    "loading the signing key",
-    () => keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key"),
-    { log, signal, maxDelayMs: config.startupBackoffMaxMs },
+await runService("signer", async ({ config, log, nats, buckets, signal, retry }) => {
+  // A full disk while the key is first written, or a key file not mounted yet, is waited out (and shown on /readyz and in
+  // `homeostat status`), not an exit.
+  const signer = await retry("loading the signing key", () =>
+    keyProviderFromConfig({ pem: config.signingKeyPem, file: config.signingKeyPath, dir: config.signerDir, name: "cosign" }, "signing key"),
   );
   log.info("signing key loaded", { keyId: signer.keyId, source: signer.source });
   log.info("trusting builder keys from", { files: config.trustedBuilderKeyPaths });

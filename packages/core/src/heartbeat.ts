@@ -1,0 +1,148 @@
+/**
+ * Heartbeats: every service instance writes, every HOMEOSTAT_HEARTBEAT_MS, who it is and how it
+ * is to the KV bucket `<prefix>_services`, key `<service>.<instance>` (each service may write
+ * only its own keys: nats-access.ts). The queue's ListServices reads them all, and `homeostat
+ * status` shows them: which services run, where, at which version, whether ready, and the last
+ * error each met.
+ *
+ * A heartbeat older than 3 intervals is stale (the instance hung, or lost NATS); the bucket's TTL
+ * (6 intervals, topology.ts) removes what an instance that died left behind. A clean stop writes
+ * a last heartbeat saying `stopped`.
+ */
+import { spawnSync } from "node:child_process";
+import os from "node:os";
+import path from "node:path";
+import type { KV } from "@nats-io/kv";
+import { z } from "zod";
+import { instanceHealthStates, type ServiceHealth } from "./health.ts";
+import { errorMessage, type Logger } from "./log.ts";
+import { mainPackageVersion } from "./telemetry.ts";
+
+export const heartbeatSchema = z.object({
+  v: z.literal(1),
+  service: z.string().min(1).max(64),
+  instance: z.string().min(1).max(128),
+  version: z.string().max(128),
+  region: z.string().max(64),
+  host: z.string().max(256),
+  pid: z.number().int().nonnegative(),
+  startedAt: z.iso.datetime(),
+  /** When this heartbeat was written (the writer's clock). */
+  at: z.iso.datetime(),
+  health: z.enum(instanceHealthStates),
+  /** Why it is not ready (empty when ready). */
+  reasons: z.array(z.string().max(2048)).max(32),
+  lastError: z.object({ message: z.string().max(2048), at: z.iso.datetime(), kind: z.string().max(32).optional() }).optional(),
+  /** Service-specific facts, cheap to compute: the builder's builds in flight, `agent: disabled`. */
+  details: z.record(z.string().max(64), z.string().max(512)),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+/** This process's instance id: host and pid, stable for its life and readable in `homeostat status` (a pod's hostname is its name). */
+export function instanceId(host = os.hostname(), pid = process.pid): string {
+  const h = host.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 100) || "host";
+  return `${h}-${pid}`;
+}
+
+export function heartbeatKey(service: string, instance: string): string {
+  return `${service}.${instance}`;
+}
+
+/**
+ * The running code's version: the service's package version, and when it runs from a git
+ * checkout, `git describe` of it (a container image has no .git and says the package version).
+ */
+export function runningVersion(script = process.argv[1]): string {
+  const pkg = mainPackageVersion(script) ?? "unknown";
+  if (!script) return pkg;
+  const git = spawnSync("git", ["describe", "--always", "--dirty", "--tags"], { cwd: path.dirname(path.resolve(script)), encoding: "utf8", timeout: 5_000 });
+  const described = git.status === 0 ? git.stdout.trim() : "";
+  return described ? `${pkg} (${described})` : pkg;
+}
+
+export type HeartbeatIdentity = { service: string; instance: string; version: string; region: string; startedAt: string };
+
+export type HeartbeatWriter = {
+  /** Writes one now (after a change worth telling at once: started, stopping). */
+  beat(): Promise<void>;
+  /** Stops the timer and writes the last heartbeat, `stopped`. */
+  stop(): Promise<void>;
+};
+
+/** Writes `identity`'s heartbeat to `kv` now and every `intervalMs`; a failed write is logged (once per outage) and tried at the next beat. */
+export function startHeartbeat(kv: KV, identity: HeartbeatIdentity, health: ServiceHealth, o: { intervalMs: number; log: Logger }): HeartbeatWriter {
+  const key = heartbeatKey(identity.service, identity.instance);
+  let failing = false;
+  const write = async (final?: "stopped") => {
+    const r = await health.readiness();
+    const beat: Heartbeat = {
+      v: 1,
+      ...identity,
+      host: os.hostname(),
+      pid: process.pid,
+      at: new Date().toISOString(),
+      health: final ?? r.health,
+      reasons: final ? [] : r.reasons.slice(0, 32),
+      ...(r.lastError ? { lastError: r.lastError } : {}),
+      details: health.currentDetails(),
+    };
+    try {
+      await kv.put(key, JSON.stringify(beat));
+      if (failing) o.log.info("heartbeat written again");
+      failing = false;
+    } catch (err) {
+      if (!failing) o.log.warn("heartbeat not written; trying at the next beat", { reason: errorMessage(err) });
+      failing = true;
+    }
+  };
+  // One write at a time: a slow NATS must not pile heartbeats up.
+  let writing: Promise<void> = write();
+  const timer = setInterval(() => {
+    writing = writing.then(() => write());
+  }, o.intervalMs);
+  timer.unref();
+  return {
+    beat: () => (writing = writing.then(() => write())),
+    stop: async () => {
+      clearInterval(timer);
+      await (writing = writing.then(() => write("stopped")));
+    },
+  };
+}
+
+/** A heartbeat as read back, with its age (since the NATS server stored it) and whether it is stale. */
+export const serviceInstanceSchema = heartbeatSchema.extend({ ageMs: z.number().int().nonnegative(), stale: z.boolean() });
+export type ServiceInstance = z.infer<typeof serviceInstanceSchema>;
+
+/**
+ * Every heartbeat in the bucket, by service then instance; an entry that does not parse is
+ * reported through `invalid` and left out. `staleAfterMs`: older heartbeats are marked stale.
+ */
+export async function readHeartbeats(
+  kv: KV,
+  o: { staleAfterMs: number; now?: number; invalid?: (key: string, reason: string) => void },
+): Promise<ServiceInstance[]> {
+  const now = o.now ?? Date.now();
+  const keys: string[] = [];
+  for await (const k of await kv.keys()) keys.push(k);
+  const out: ServiceInstance[] = [];
+  for (const k of keys.sort()) {
+    const e = await kv.get(k);
+    if (!e || e.operation !== "PUT") continue;
+    let parsed: ReturnType<typeof heartbeatSchema.safeParse>;
+    try {
+      parsed = heartbeatSchema.safeParse(e.json());
+    } catch (err) {
+      o.invalid?.(k, errorMessage(err));
+      continue;
+    }
+    if (!parsed.success) {
+      o.invalid?.(k, parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+      continue;
+    }
+    // Aged by the server's receipt, not the writer's clock: hosts' clocks may disagree.
+    const ageMs = Math.max(0, now - e.created.getTime());
+    out.push({ ...parsed.data, ageMs, stale: parsed.data.health !== "stopped" && ageMs > o.staleAfterMs });
+  }
+  return out;
+}
