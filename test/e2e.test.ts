@@ -5,7 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { getKeyStatus, listKeyStatuses, statusClient } from "@homeostat/status-api";
 import type { KeyStatus } from "@homeostat/core";
@@ -46,6 +46,7 @@ describe("factory end to end", { timeout: 600_000 }, () => {
       // Each service connects as itself, with only its own permissions (nats-access.ts).
       natsCredentials: await t.natsCredentials(),
       logDir: path.join(t.dir, "logs"),
+      readyTimeoutMs: 180_000,
     });
     client = statusClient(factory.grpcAddr);
   });
@@ -230,6 +231,85 @@ describe("factory end to end", { timeout: 600_000 }, () => {
     assert.equal(s.actual?.version, "1.1");
     assert.match(s.actual?.outputs.archive ?? "", /^sha256:[0-9a-f]{64}$/);
     assert.match(s.actual?.traceId ?? "", /^[0-9a-f]{32}$/);
+  });
+
+  test("an advisory against the newest release rolls the package back to the build before it, in seconds", async () => {
+    // motd is Ready at 1.1 (the test above); its build and the image that carries it, as they are now.
+    const at11 = await get("package/motd");
+    assert.equal(at11.actual?.version, "1.1");
+    const devkitAt11 = (await get("image/devkit")).actual!;
+
+    // motd 1.2 is released (a tarball made here from 1.1's tree) and becomes what is served.
+    const dir = mkdtempSync(path.join(t.dir, "motd-1.2-"));
+    cpSync(path.join(repoRoot, "examples", "sources", "motd-1.1"), path.join(dir, "motd-1.2"), { recursive: true });
+    const makefile = path.join(dir, "motd-1.2", "Makefile");
+    writeFileSync(makefile, readFileSync(makefile, "utf8").replace("VERSION = 1.1", "VERSION = 1.2"));
+    const archive = path.join(dir, "motd-1.2.tar.gz");
+    execFileSync("tar", ["-czf", archive, "-C", dir, "motd-1.2"]);
+    const released = await post({ package: "motd", version: "1.2", url: `file://${archive}`, sha256: sha256Of(archive) });
+    assert.equal(released.status, 202, await released.text());
+    await waitFor(
+      "motd 1.2 and the devkit image carrying it to be Ready",
+      async () => {
+        const [motd, devkit] = await Promise.all([get("package/motd"), get("image/devkit")]);
+        return motd.phase === "Ready" && motd.actual?.version === "1.2" && devkit.phase === "Ready" && devkit.actual!.inputDigest !== devkitAt11.inputDigest;
+      },
+      180_000,
+      250,
+    );
+
+    // An advisory: 1.2 is affected (a regression), 1.1 is not (the earlier hole was fixed in 1.1).
+    // The catalog's policy allows any release from the pinned 1.0 on, so the lowest unaffected
+    // fixed version, 1.1, is desired again: the input digest built before.
+    const advisory = {
+      schema_version: "1.6.0",
+      id: "HSEC-TEST-MOTD-ROLLBACK",
+      modified: new Date().toISOString(),
+      summary: "motd 1.2 regression (test)",
+      affected: [
+        {
+          package: { ecosystem: "Generic", name: "motd" },
+          ranges: [
+            { type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "1.1" }] },
+            { type: "ECOSYSTEM", events: [{ introduced: "1.2" }] },
+          ],
+        },
+      ],
+    };
+    const started = Date.now();
+    const res = await fetch(`${factory.ingestUrl}/v1/advisories`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(advisory),
+    });
+    assert.equal(res.status, 202, await res.text());
+    // Seconds, not minutes: the earlier inputs are asked for again at once (a fresh request id,
+    // not a duplicate the build stream drops) and answered from the build cache. A minute is
+    // the bound on a loaded 2-core machine.
+    const back = await waitFor(
+      "motd to be Ready at 1.1 again",
+      async () => {
+        const s = await get("package/motd");
+        return s.phase === "Ready" && s.actual?.inputDigest === at11.actual!.inputDigest ? s : undefined;
+      },
+      60_000,
+      100,
+    );
+    console.log(`# motd rolled back from 1.2 to 1.1 in ${Date.now() - started} ms`);
+    assert.equal(back.actual!.version, "1.1", "the served version is no longer the affected 1.2");
+    assert.equal(back.actual!.outputs.archive, at11.actual!.outputs.archive, "the same artifact as before 1.2");
+    assert.equal(back.desiredVersion, "1.1");
+    assert.match(back.cause?.detail ?? "", /bumped from 1\.2 to 1\.1, the lowest release fixing HSEC-TEST-MOTD-ROLLBACK/);
+    // The image that carries motd goes back with it.
+    await waitFor(
+      "the devkit image to be back at its inputs with motd 1.1",
+      async () => {
+        const s = await get("image/devkit");
+        return s.phase === "Ready" && s.actual?.inputDigest === devkitAt11.inputDigest;
+      },
+      120_000,
+      250,
+    );
   });
 });
 

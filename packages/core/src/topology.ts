@@ -190,7 +190,9 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
       return { ...base, max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true, duplicate_window: 0, allow_direct: true };
     case "build":
     case "sign":
-      // Msg-Id = key + input digest: the same build asked for twice is queued once.
+      // A publish retried (same Msg-Id) is stored once. Build: key + input digest + the
+      // reconciler's request id; sign: key + input digest + the build result. Never key and
+      // inputs alone: a rollback to inputs asked for inside the window would be dropped.
       return { ...base, duplicate_window: 600_000_000_000 };
   }
 }

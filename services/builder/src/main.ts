@@ -79,7 +79,12 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
     dataDir: config.dataDir,
     isolation: isolation.kind,
     identity,
-    publishSign: async (req) => void (await publish(nats, "sign", req.key, req, { msgId: `${req.key}@${req.inputDigest}` })),
+    // One sign request per build result: a publish retried is stored once, but each answer to a
+    // build request is its own result (its envelope signed anew: ECDSA P-256 signatures differ
+    // every time), so inputs asked for again — a rollback to inputs signed minutes ago, answered
+    // from the cache — are signed again. A message id of key and inputs alone was dropped as a
+    // duplicate inside the stream's window and left the key Signing until it went stale.
+    publishSign: async (req) => void (await publish(nats, "sign", req.key, req, { msgId: `${req.key}@${req.inputDigest}@${req.buildResult}` })),
     refused: (reason) => refusals.add(1, { reason }),
     log,
   });
