@@ -165,10 +165,13 @@ test("kubernetes telemetry overlay: Tempo, Prometheus and Grafana with Compose's
   if (!docs) return t.skip("kubectl is not installed");
   const base = rendered("deploy/k8s")!;
   const named = (kind: string, name: string) => docs.find((o) => o.kind === kind && o.metadata.name === name);
-  assert.ok(
-    base.every((b) => named(b.kind, b.metadata.name)),
-    "the overlay keeps everything of the base",
-  );
+  // (A generated ConfigMap's name ends in a hash of its content, which the overlay may change.)
+  const unhashed = (o: K8sObject) => (o.kind === "ConfigMap" ? o.metadata.name.replace(/-[a-z0-9]{10}$/, "") : o.metadata.name);
+  for (const b of base)
+    assert.ok(
+      docs.some((o) => o.kind === b.kind && unhashed(o) === unhashed(b)),
+      `the overlay keeps ${b.kind} ${b.metadata.name}`,
+    );
   for (const [kind, name] of [
     ["StatefulSet", "tempo"],
     ["StatefulSet", "prometheus"],
@@ -213,6 +216,103 @@ test("kubernetes telemetry overlay: Tempo, Prometheus and Grafana with Compose's
     "grafana-http",
   ])
     assert.ok(policies.includes(p), p);
+});
+
+type PodSpec = {
+  hostNetwork?: boolean;
+  hostPID?: boolean;
+  hostIPC?: boolean;
+  securityContext?: SecurityContext & { sysctls?: unknown[] };
+  containers: (Container & { securityContext?: SecurityContext & { privileged?: boolean; procMount?: string } })[];
+  initContainers?: PodSpec["containers"];
+  volumes?: Record<string, unknown>[];
+};
+type SecurityContext = {
+  runAsNonRoot?: boolean;
+  runAsUser?: number;
+  allowPrivilegeEscalation?: boolean;
+  capabilities?: { drop?: string[]; add?: string[] };
+  seccompProfile?: { type: string };
+  appArmorProfile?: { type: string };
+};
+
+/** Why a pod fails the Pod Security Standards' `restricted` profile (its rules as of Kubernetes 1.30); empty when it passes. */
+export function restrictedViolations(pod: PodSpec): string[] {
+  const out: string[] = [];
+  if (pod.hostNetwork || pod.hostPID || pod.hostIPC) out.push("host namespaces");
+  if (pod.securityContext?.sysctls?.length) out.push("sysctls");
+  const allowedVolumes = ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+  for (const v of pod.volumes ?? []) {
+    const type = Object.keys(v).find((k) => k !== "name");
+    if (!type || !allowedVolumes.includes(type)) out.push(`volume ${String(v.name)} of type ${type}`);
+  }
+  const podSc = pod.securityContext ?? {};
+  if (podSc.runAsUser === 0) out.push("pod runs as uid 0");
+  for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
+    const sc = c.securityContext ?? {};
+    if (sc.privileged) out.push(`${c.name}: privileged`);
+    if (sc.procMount && sc.procMount !== "Default") out.push(`${c.name}: procMount ${sc.procMount}`);
+    if (sc.allowPrivilegeEscalation !== false) out.push(`${c.name}: allowPrivilegeEscalation is not false`);
+    if (!(sc.capabilities?.drop ?? []).includes("ALL")) out.push(`${c.name}: capabilities do not drop ALL`);
+    for (const cap of sc.capabilities?.add ?? []) if (cap !== "NET_BIND_SERVICE") out.push(`${c.name}: adds ${cap}`);
+    if ((sc.runAsNonRoot ?? podSc.runAsNonRoot) !== true) out.push(`${c.name}: runAsNonRoot is not true`);
+    if (sc.runAsUser === 0) out.push(`${c.name}: runs as uid 0`);
+    const seccomp = (sc.seccompProfile ?? podSc.seccompProfile)?.type;
+    if (seccomp !== "RuntimeDefault" && seccomp !== "Localhost") out.push(`${c.name}: seccomp profile ${seccomp}`);
+    const apparmor = (sc.appArmorProfile ?? podSc.appArmorProfile)?.type;
+    if (apparmor === "Unconfined") out.push(`${c.name}: AppArmor Unconfined`);
+  }
+  return out;
+}
+
+test("kubernetes: the namespace enforces Pod Security restricted, and every pod of the base and the overlay passes it", (t) => {
+  const docs = rendered("deploy");
+  if (!docs) return t.skip("kubectl is not installed");
+  const ns = docs.find((o) => o.kind === "Namespace")! as unknown as { metadata: { labels: Record<string, string> } };
+  for (const mode of ["enforce", "audit", "warn"]) assert.equal(ns.metadata.labels[`pod-security.kubernetes.io/${mode}`], "restricted", mode);
+  for (const w of workloads(docs)) assert.deepEqual(restrictedViolations(w.spec.template!.spec as unknown as PodSpec), [], `${w.kind} ${w.metadata.name}`);
+  // The check can fail: a pod as the builder's used to be.
+  assert.deepEqual(
+    restrictedViolations({
+      containers: [
+        {
+          name: "b",
+          securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true, seccompProfile: { type: "Unconfined" } },
+        },
+      ],
+    } as PodSpec),
+    ["b: seccomp profile Unconfined"],
+  );
+});
+
+test("kubernetes: the single-region install runs NATS as a cluster of three, pinned to a release, streams at three replicas", (t) => {
+  const docs = rendered("deploy");
+  if (!docs) return t.skip("kubectl is not installed");
+  const nats = docs.find((o) => o.kind === "StatefulSet" && o.metadata.name === "nats")! as unknown as K8sObject & { spec: { replicas: number } };
+  assert.equal(nats.spec.replicas, 3);
+  const c = containersOf(nats)[0]!;
+  assert.match(c.image!, /^nats:\d+\.\d+\.\d+/, "a release, not a moving tag");
+  const routes = c.args!.find((a) => a.startsWith("--routes="))!;
+  assert.deepEqual(
+    routes.slice("--routes=".length).split(","),
+    [0, 1, 2].map((i) => `nats://nats-${i}.nats-headless:6222`),
+  );
+  assert.ok(c.args!.includes("--name=$(POD_NAME)") && c.env!.some((e) => e.name === "POD_NAME"), "each server named after its pod");
+  assert.equal(docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("homeostat-env"))!.data!.HOMEOSTAT_JS_REPLICAS, "3");
+  assert.ok(docs.some((o) => o.kind === "NetworkPolicy" && o.metadata.name === "nats-cluster-routes"));
+});
+
+test("kubernetes: a PodDisruptionBudget for every workload", (t) => {
+  const docs = rendered("deploy");
+  if (!docs) return t.skip("kubectl is not installed");
+  const budgets = docs.filter((o) => o.kind === "PodDisruptionBudget") as unknown as { spec: { selector: { matchLabels: Record<string, string> } } }[];
+  for (const w of workloads(docs)) {
+    const labels = (w.spec.template as unknown as { metadata: { labels: Record<string, string> } }).metadata.labels;
+    assert.ok(
+      budgets.some((b) => Object.entries(b.spec.selector.matchLabels).every(([k, v]) => labels[k] === v)),
+      `${w.kind} ${w.metadata.name} has a PodDisruptionBudget`,
+    );
+  }
 });
 
 type K8sObject = {
