@@ -22,13 +22,14 @@ import { loadConfig, type StatusClientSettings } from "@homeostat/core/config";
 import { priorities, prioritySchema } from "@homeostat/core/contracts";
 import { makeKey } from "@homeostat/core/key";
 import { mapLimit } from "@homeostat/core/map-limit";
-import type { KeyStatus } from "@homeostat/core/status";
+import { builtFromProposal, type KeyStatus } from "@homeostat/core/status";
 import type { DeadLetterEntry, StatusClient, StatusClientOptions, WatchArgs } from "@homeostat/status-api";
 import { maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize } from "@homeostat/status-api/limits";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
 import type { ImageVerification } from "@homeostat/attest";
 import type { LivePackage, PlanRelease } from "./plan.ts";
 import { statusCommand } from "./status.ts";
+import { approveCommand, proposalCommand, proposalsCommand, rejectCommand } from "./proposals.ts";
 import { columns } from "./table.ts";
 import { exitCodes } from "./exit-codes.ts";
 
@@ -94,7 +95,7 @@ const globalOptions = {
 
 const globalOptionHelp: [string, string][] = [
   ["--addr host:port", "status API address (default: $HOMEOSTAT_GRPC_ADDR, else 127.0.0.1:50051)"],
-  ["--token-file FILE", "bearer token for the status API, read from FILE (default: $HOMEOSTAT_TOKEN_FILE); needed by enqueue and retry"],
+  ["--token-file FILE", "bearer token for the status API, read from FILE (default: $HOMEOSTAT_TOKEN_FILE); needed by enqueue, retry, approve and reject"],
   ["--token T", "the bearer token itself (default: $HOMEOSTAT_TOKEN); visible to other users in the process list, prefer --token-file"],
   ["--ca FILE", "speak TLS, trusting this CA (PEM; default: $HOMEOSTAT_GRPC_CA)"],
   ["--tls", "speak TLS, trusting the system's CAs (default: $HOMEOSTAT_GRPC_TLS=true)"],
@@ -490,6 +491,10 @@ export const commands: Command[] = [
   verifyCommand,
   tokenNewCommand,
   statusCommand,
+  proposalsCommand,
+  proposalCommand,
+  approveCommand,
+  rejectCommand,
 ];
 
 /* ---------------------------------------------------------------- formatting */
@@ -546,6 +551,10 @@ export function formatStatus(s: KeyStatus): string {
   if (s.cause) add("Cause", [s.cause.type, s.cause.id, s.cause.detail && `(${s.cause.detail})`].filter(Boolean).join(" "));
   add("Waiting for", s.waitingFor);
   add("Advisories", s.advisories?.join(", "));
+  add(
+    "Agent proposal",
+    s.proposal && `${s.proposal.id}${builtFromProposal(s) === s.proposal.id ? " (the actual artifact was built from it)" : " (its recipe is the catalog's)"}`,
+  );
   (s.builds ?? []).forEach((b, i) =>
     lines.push([i === 0 ? "Builds" : "", `${shortTime(b.at)}  ${b.version}  ${b.outcome}  ${b.inputDigest}${b.traceId ? `  trace ${b.traceId}` : ""}`]),
   );
@@ -565,6 +574,9 @@ export function formatWhy(chain: KeyStatus[]): string {
     return `${i === 0 ? "" : "  because "}${s.key} [${s.phase}${version ? ` ${version}` : ""}]: ${said}`;
   });
   const first = chain[0];
+  const fromProposal = first && builtFromProposal(first);
+  if (fromProposal) lines.push(`  built from the agent's proposal ${fromProposal} (homeostat proposal ${fromProposal})`);
+  else if (first?.proposal) lines.push(`  its recipe comes from the agent's proposal ${first.proposal.id}, not built yet`);
   if (first?.waitingFor) lines.push(`  waiting for ${first.waitingFor}`);
   if (first?.builds?.length) {
     lines.push("", `Last builds of ${first.key}:`);
@@ -635,7 +647,7 @@ export function help(c?: Command): string {
     "where verify finds cosign.pub. After scripts/demo: homeostat verify .homeostat/data/oci/greeter",
     "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 3 server up but its stores unavailable,",
     "4 (status) a service without a ready instance, 64 usage error,",
-    "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue or retry).",
+    "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue, retry, approve or reject).",
     "",
   ].join("\n");
 }

@@ -151,6 +151,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     g.kvList(t, "state").kvList(t, "releases").kvList(t, "advisories");
     // ListServices: every instance's heartbeat.
     g.kvList(t, "services");
+    // Reviews of the agent's proposals (ApproveProposal, RejectProposal): a status, never the catalog.
+    g.kvList(t, "proposals").kvWrite(t, "proposals");
   },
   reconciler: (g, t) => {
     workQueue(g, t);

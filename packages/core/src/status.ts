@@ -110,6 +110,12 @@ export const keyStatusSchema = z.object({
 });
 export type KeyStatus = z.infer<typeof keyStatusSchema>;
 
+/** The agent's proposal the key's actual artifact was built from, if it was (its build's record names it). */
+export function builtFromProposal(s: KeyStatus): string | undefined {
+  const actual = s.actual;
+  return actual ? s.builds?.find((b) => b.inputDigest === actual.inputDigest)?.proposal : undefined;
+}
+
 /** The status with `build` first in its history (a record of the same input digest is replaced), capped at MAX_BUILDS. */
 export function withBuild(s: KeyStatus, build: BuildRecord): KeyStatus {
   const rest = (s.builds ?? []).filter((b) => b.inputDigest !== build.inputDigest);

@@ -59,7 +59,11 @@ export const statusServiceName = StatusServiceDefinition.fullName;
 export const descriptorSetPath = fileURLToPath(new URL("./generated/descriptors.binpb", import.meta.url));
 
 /** The methods that change something: they need a token with the `write` role. */
-export const writeMethods: ReadonlySet<string> = new Set([StatusServiceDefinition.methods.enqueue.name, StatusServiceDefinition.methods.retryDeadLetter.name]);
+export const writeMethods: ReadonlySet<string> = new Set(
+  ["enqueue", "retryDeadLetter", "approveProposal", "rejectProposal"].map(
+    (m) => StatusServiceDefinition.methods[m as keyof typeof StatusServiceDefinition.methods].name,
+  ),
+);
 
 /**
  * How a bearer token is named in HOMEOSTAT_GRPC_TOKENS: the lower-case hex SHA-256 of its
@@ -258,6 +262,8 @@ export function toProtoStatus(s: KeyStatus): DeepPartial<ProtoKeyStatus> {
     builds: (s.builds ?? []).map((b) => ({ ...b, cause: b.cause ? { ...b.cause } : undefined })),
     waitingFor: s.waitingFor,
     advisories: s.advisories ?? [],
+    proposal: s.proposal?.id,
+    proposalRecipeDigest: s.proposal?.recipeDigest,
   };
 }
 
@@ -314,10 +320,12 @@ export function fromProtoStatus(m: ProtoKeyStatus): KeyStatus {
           at: b.at,
           traceId: b.traceId,
           cause: b.cause ? { type: b.cause.type, id: b.cause.id, detail: b.cause.detail } : undefined,
+          proposal: b.proposal,
         }))
       : undefined,
     waitingFor: m.waitingFor,
     advisories: m.advisories.length ? [...m.advisories] : undefined,
+    proposal: m.proposal !== undefined ? { id: m.proposal, recipeDigest: m.proposalRecipeDigest } : undefined,
   };
   const parsed = keyStatusSchema.safeParse(dropUndefined(candidate));
   if (!parsed.success) {

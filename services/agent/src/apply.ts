@@ -25,6 +25,7 @@ import { promisify } from "node:util";
 import { parse as parseYaml } from "yaml";
 import { packageSpecSchema, writeSnapshot, type Catalog, type CatalogLocation } from "@homeostat/catalog";
 import { canonicalJson, type Key } from "@homeostat/core";
+import { unifiedDiff } from "./unified-diff.ts";
 
 const run = promisify(execFile);
 
@@ -51,31 +52,14 @@ function inside(rel: string): string {
   return n;
 }
 
-/** Unified diff of the change against `base` (`git diff --no-index`, so new files show as added). */
+/** Unified diff of the change against `base` (unified-diff.ts): a file the catalog lacks shows as added. */
 export async function changeDiff(base: Catalog, change: CatalogChange): Promise<string> {
-  const tmp = await mkdtemp(path.join(os.tmpdir(), "homeostat-diff-"));
-  try {
-    for (const f of change.files) {
-      const rel = inside(f.path);
-      const before = await readIfExists(path.join(base.dir, rel));
-      await mkdir(path.dirname(path.join(tmp, "a", rel)), { recursive: true });
-      await mkdir(path.dirname(path.join(tmp, "b", rel)), { recursive: true });
-      if (before !== undefined) await writeFile(path.join(tmp, "a", rel), before);
-      await writeFile(path.join(tmp, "b", rel), f.text);
-    }
-    await mkdir(path.join(tmp, "a"), { recursive: true });
-    try {
-      await run("git", ["diff", "--no-index", "--no-color", "--no-prefix", "--", "a", "b"], { cwd: tmp, maxBuffer: 16 << 20 });
-      return "";
-    } catch (err) {
-      // Exit code 1 is "they differ", the answer expected here.
-      const e = err as { code?: number; stdout?: string; stderr?: string; message: string };
-      if (e.code === 1 && e.stdout !== undefined) return e.stdout;
-      throw new Error(`git diff: ${(e.stderr ?? "").trim() || e.message}`);
-    }
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
+  const parts: string[] = [];
+  for (const f of change.files) {
+    const rel = inside(f.path);
+    parts.push(unifiedDiff(rel, await readIfExists(path.join(base.dir, rel)), f.text));
   }
+  return parts.join("");
 }
 
 async function readIfExists(file: string): Promise<string | undefined> {

@@ -15,6 +15,7 @@ import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts"
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
+import { ProposalStore } from "@homeostat/proposals";
 import { ServiceDirectory } from "./service-directory.ts";
 
 await runService("queue", async ({ config, log, nats, buckets, signal, health }) => {
@@ -55,6 +56,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
     advisories: await AdvisoryStore.open(nats),
     inCatalog: (key) => catalog.current().recipe(key) !== undefined,
     feed,
+    proposals: new ProposalStore(await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true })),
     services: new ServiceDirectory(await nats.kvm.open(nats.topology.bucket("services"), { allow_direct: true }), {
       staleAfterMs: config.health.staleAfterMs,
       log,

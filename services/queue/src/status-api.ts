@@ -53,7 +53,9 @@ import type { StatusReads } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
 import { tracingMiddleware } from "./grpc-tracing.ts";
 import type { ServiceDirectory } from "./service-directory.ts";
-import { authMiddleware, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
+import { authMiddleware, callerOf, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
+import { proposalsApi } from "./proposals-api.ts";
+import type { ProposalStore } from "@homeostat/proposals";
 
 /** The WorkQueue methods the queue RPCs serve. */
 export type QueueApi = Pick<WorkQueue, "stats" | "enqueue" | "deadLetters" | "retryDeadLetter">;
@@ -74,6 +76,8 @@ export type StatusApiOptions = {
   feed: KeyFeed;
   /** What ListServices answers from (service-directory.ts); without it ListServices is FAILED_PRECONDITION. */
   services?: Pick<ServiceDirectory, "list">;
+  /** The agent's proposals (proposals-api.ts); without them the proposal RPCs are FAILED_PRECONDITION. */
+  proposals?: Pick<ProposalStore, "list" | "get" | "transition">;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
   /** Where the insecure-start warnings go (default: console.warn). */
@@ -133,7 +137,15 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
 
   const invalid = (details: string) => new ServerError(Status.INVALID_ARGUMENT, details);
 
+  const noProposals = async (): Promise<never> => {
+    throw new ServerError(Status.FAILED_PRECONDITION, "this status API serves no proposals");
+  };
+  const proposalMethods = opts.proposals
+    ? proposalsApi({ proposals: opts.proposals, queue, caller: (context) => callerOf(security, context) })
+    : { listProposals: noProposals, getProposal: noProposals, approveProposal: noProposals, rejectProposal: noProposals };
+
   const implementation: StatusServiceImplementation = {
+    ...proposalMethods,
     async getKey({ key }) {
       const parsed = parseKeyArg(key);
       if ("error" in parsed) throw invalid(parsed.error);

@@ -5,7 +5,8 @@
  *   required when HOMEOSTAT_GRPC_TLS_CLIENT_CA is (mTLS: a client without a certificate that CA
  *   signed does not get past the handshake).
  * - Calls: `authorization: Bearer <token>`, one of HOMEOSTAT_GRPC_TOKENS, which holds only each
- *   token's SHA-256. The write methods (Enqueue, RetryDeadLetter) need the `write` role; the read
+ *   token's SHA-256. The write methods (Enqueue, RetryDeadLetter,
+ *   ApproveProposal, RejectProposal) need the `write` role; the read
  *   methods need a token of either role when read auth is `token`, nothing when it is `none`.
  *   No credentials, or a token that is not configured, is UNAUTHENTICATED; a read token on a
  *   write method PERMISSION_DENIED. With no token configured every write is refused: there is
@@ -107,6 +108,13 @@ export function authorize(security: Pick<StatusApiSecurity, "tokens" | "readAuth
     throw new ServerError(Status.PERMISSION_DENIED, `${method} needs the write role; token ${token.name} has the ${token.role} role`);
   }
   return token;
+}
+
+/** Who makes a call, for the record of what it changed: its token's name (a write always carries one), or `anonymous`. */
+export function callerOf(security: Pick<StatusApiSecurity, "tokens">, context: CallContext): string {
+  const authorization = context.metadata.get("authorization");
+  const token = authorization ? matchToken(security.tokens, authorization) : undefined;
+  return token ? `token:${token.name}` : "anonymous";
 }
 
 /** StatusService's authorization, as nice-grpc middleware. */

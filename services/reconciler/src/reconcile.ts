@@ -255,7 +255,16 @@ export function createReconciler(deps: ReconcilerDeps) {
           failure: fresh ? undefined : { ...s.failure!, nextAt: undefined },
           building: fresh ? undefined : s.building,
         },
-        { version: desired.version, inputDigest: desired.inputDigest, outcome: "requested", at, ...(traceId ? { traceId } : {}), cause: why },
+        {
+          version: desired.version,
+          inputDigest: desired.inputDigest,
+          outcome: "requested",
+          at,
+          ...(traceId ? { traceId } : {}),
+          cause: why,
+          // The recipe is still the one an agent's proposal put in the catalog: this build is of that proposal.
+          ...(s.proposal && s.proposal.recipeDigest === catalog.recipeDigest(item.key) ? { proposal: s.proposal.id } : {}),
+        },
       );
     });
     // A fresh id per request: a build stream message id of key and input digest alone was
