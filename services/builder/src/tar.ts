@@ -27,7 +27,8 @@
  * implementation-independent identity of a layer's content.
  */
 import { createHash, type Hash } from "node:crypto";
-import { lstat, open, readdir, readlink } from "node:fs/promises";
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { lstat, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
 import { Readable, Transform, type TransformCallback, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -265,34 +266,50 @@ async function* tarChunks(planned: Planned[], mtime: number): AsyncGenerator<Buf
       yield padding(e.size);
       continue;
     }
-    const fh = await open(p.abs!, "r");
+    const fd = openSync(p.abs!, "r");
     try {
       // The size written in the header is the size now; a file that changes meanwhile is an error.
-      const st = await fh.stat();
+      const st = fstatSync(fd);
       if (!st.isFile()) throw new TarError(`${p.abs} changed type while being archived`);
       e.size = st.size;
       yield* entryHeaders(e, mtime);
       const h = createHash("sha256");
-      let remaining = e.size;
-      const chunkSize = 256 * 1024;
-      while (remaining > 0) {
-        const buf = Buffer.allocUnsafe(Math.min(chunkSize, remaining));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-        if (bytesRead === 0) throw new TarError(`${p.abs} shrank while being archived`);
-        const chunk = bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+      for (let remaining = e.size; remaining > 0;) {
+        const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK_BYTES, remaining));
+        if (readFully(fd, chunk) < chunk.length) throw new TarError(`${p.abs} shrank while being archived`);
         h.update(chunk);
-        remaining -= bytesRead;
+        remaining -= chunk.length;
         yield chunk;
       }
-      const extra = await fh.read(Buffer.alloc(1), 0, 1, null);
-      if (extra.bytesRead !== 0) throw new TarError(`${p.abs} grew while being archived`);
+      if (readFully(fd, Buffer.alloc(1)) !== 0) throw new TarError(`${p.abs} grew while being archived`);
       e.sha256 = h.digest("hex");
       yield padding(e.size);
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
   yield Buffer.alloc(2 * BLOCK);
+}
+
+/**
+ * Files are read with synchronous calls, in chunks of this size, yielding between chunks. Read
+ * asynchronously, every open, stat, read and close was a trip through libuv's thread pool, which
+ * while a layer is written is busy deflating blocks (parallel-gzip.ts): each trip waited for a
+ * block to finish and the deflate threads then waited for input, and on a loaded machine each
+ * trip also waited to be scheduled. From the page cache (a build's outputs were just written) a
+ * chunk takes well under a millisecond; the event loop runs between chunks.
+ */
+const READ_CHUNK_BYTES = 1024 * 1024;
+
+/** Reads into `buf` until it is full or the file ends; returns the bytes read. */
+function readFully(fd: number, buf: Buffer): number {
+  let n = 0;
+  while (n < buf.length) {
+    const read = readSync(fd, buf, n, buf.length - n, null);
+    if (read === 0) break;
+    n += read;
+  }
+  return n;
 }
 
 /** A pass-through that hashes and counts what flows through it. */
