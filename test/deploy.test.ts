@@ -94,6 +94,20 @@ test("compose: every long-running service has a health check, and starts after w
   assert.match(compose.services.nats!.image!, /^nats:\d+\.\d+\.\d+/, "NATS pinned to a release");
 });
 
+test("image: multi-stage, production dependencies only, bubblewrap in it, a non-root user; no .env or secrets in the build context", () => {
+  const dockerfile = readFileSync(path.join(repoRoot, "deploy", "Dockerfile"), "utf8");
+  const stages = dockerfile.split(/^FROM /m).slice(1);
+  assert.ok(stages.length >= 2, "more than one stage");
+  const final = stages[stages.length - 1]!;
+  assert.match(final, /pnpm install [^\n]*--prod\b/, "the image installs production dependencies only");
+  assert.match(final, /COPY --from=build /, "it takes only what the build stage made");
+  assert.match(final, /apt-get install[^\n]*\bbubblewrap\b/);
+  assert.match(final, /^USER node$/m);
+  assert.doesNotMatch(final, /^RUN .*(pnpm gen|--prod=false)/m, "no development tools run in the image");
+  const ignored = readFileSync(path.join(repoRoot, "deploy", "Dockerfile.dockerignore"), "utf8").split("\n");
+  for (const p of ["**/.env", "**/.env.*", "deploy/secrets", "**/node_modules"]) assert.ok(ignored.includes(p), `${p} is not in the context`);
+});
+
 test("kubernetes: the base builds, each Deployment mounts only its own NATS Secret, the signing key only the signer", (t) => {
   if (spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status !== 0)
     return t.skip("kubectl is not installed (it builds the kustomize base offline)");
