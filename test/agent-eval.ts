@@ -258,7 +258,7 @@ export async function runEval(o: EvalOptions = {}): Promise<EvalReport> {
 }
 
 /** One catalog holding every scenario's package, and each scenario's source tarballs beside it. */
-function makeCatalog(factory: string, scenarios: Scenario[]): string {
+export function makeCatalog(factory: string, scenarios: Scenario[]): string {
   const catalogDir = path.join(factory, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
   for (const s of scenarios) {
@@ -291,7 +291,7 @@ function substitute(text: string, sha: Record<string, string>, dir?: string): st
   });
 }
 
-function scriptFile(workDir: string, s: Scenario, override?: string): string {
+export function scriptFile(workDir: string, s: Scenario, override?: string): string {
   const text = readFileSync(path.join(s.dir, override ?? "script.json"), "utf8");
   const file = path.join(workDir, `script-${s.name}.json`);
   writeFileSync(file, substitute(text, shas(path.join(workDir, "factory"), s), s.dir));
@@ -299,7 +299,7 @@ function scriptFile(workDir: string, s: Scenario, override?: string): string {
 }
 
 /** The release facts, the advisories and the key's status the scenario starts from. */
-async function seed(rig: AgentRig, workDir: string, s: Scenario, key: Key): Promise<void> {
+export async function seed(rig: AgentRig, workDir: string, s: Scenario, key: Key): Promise<void> {
   const sha = shas(path.join(workDir, "factory"), s);
   for (const version of s.releases)
     await rig.recordRelease({ package: s.package, version, url: `../sources/${s.package}-${version}.tar.gz`, sha256: sha[version]! });

@@ -43,35 +43,42 @@ export type AgentMetrics = ReturnType<typeof agentMetrics>;
 export async function chatSpan(metrics: AgentMetrics, requestModel: string, call: () => Promise<Message>): Promise<Message> {
   const base = { "gen_ai.operation.name": "chat", "gen_ai.provider.name": GEN_AI_PROVIDER, "gen_ai.request.model": requestModel };
   const started = performance.now();
-  return inSpan(`chat ${requestModel}`, { kind: SpanKind.CLIENT, attributes: { ...base, "gen_ai.system": GEN_AI_PROVIDER } }, async (span) => {
-    try {
-      const message = await call();
-      const u = message.usage;
-      // The conventions count cached input tokens in input_tokens (the API reports them apart).
-      const input = u.input_tokens + (u.cache_creation_input_tokens ?? 0) + (u.cache_read_input_tokens ?? 0);
-      span.setAttributes({
-        "gen_ai.response.model": message.model,
-        "gen_ai.response.id": message.id,
-        "gen_ai.response.finish_reasons": [message.stop_reason ?? "unknown"],
-        "gen_ai.usage.input_tokens": input,
-        "gen_ai.usage.output_tokens": u.output_tokens,
-        "gen_ai.usage.cache_read.input_tokens": u.cache_read_input_tokens ?? 0,
-        "gen_ai.usage.cache_creation.input_tokens": u.cache_creation_input_tokens ?? 0,
-      });
-      const attrs = { ...base, "gen_ai.response.model": message.model };
-      metrics.tokenUsage.record(input, { ...attrs, "gen_ai.token.type": "input" });
-      metrics.tokenUsage.record(u.output_tokens, { ...attrs, "gen_ai.token.type": "output" });
-      metrics.operationDuration.record((performance.now() - started) / 1000, attrs);
-      return message;
-    } catch (err) {
-      const status = (err as { status?: unknown }).status;
-      const errorType = typeof status === "number" ? String(status) : err instanceof Error ? err.constructor.name : "_OTHER";
-      metrics.operationDuration.record((performance.now() - started) / 1000, { ...base, "error.type": errorType });
-      markFailed(span, err);
-      span.setAttribute("error.type", errorType);
-      throw err;
-    }
-  });
+  // The error leaves the span as a value: inSpan would otherwise mark it again with the error's class as error.type.
+  const outcome = await inSpan(
+    `chat ${requestModel}`,
+    { kind: SpanKind.CLIENT, attributes: { ...base, "gen_ai.system": GEN_AI_PROVIDER } },
+    async (span): Promise<{ message: Message } | { error: unknown }> => {
+      try {
+        const message = await call();
+        const u = message.usage;
+        // The conventions count cached input tokens in input_tokens (the API reports them apart).
+        const input = u.input_tokens + (u.cache_creation_input_tokens ?? 0) + (u.cache_read_input_tokens ?? 0);
+        span.setAttributes({
+          "gen_ai.response.model": message.model,
+          "gen_ai.response.id": message.id,
+          "gen_ai.response.finish_reasons": [message.stop_reason ?? "unknown"],
+          "gen_ai.usage.input_tokens": input,
+          "gen_ai.usage.output_tokens": u.output_tokens,
+          "gen_ai.usage.cache_read.input_tokens": u.cache_read_input_tokens ?? 0,
+          "gen_ai.usage.cache_creation.input_tokens": u.cache_creation_input_tokens ?? 0,
+        });
+        const attrs = { ...base, "gen_ai.response.model": message.model };
+        metrics.tokenUsage.record(input, { ...attrs, "gen_ai.token.type": "input" });
+        metrics.tokenUsage.record(u.output_tokens, { ...attrs, "gen_ai.token.type": "output" });
+        metrics.operationDuration.record((performance.now() - started) / 1000, attrs);
+        return { message };
+      } catch (error) {
+        const status = (error as { status?: unknown }).status;
+        const errorType = typeof status === "number" ? String(status) : error instanceof Error ? error.constructor.name : "_OTHER";
+        metrics.operationDuration.record((performance.now() - started) / 1000, { ...base, "error.type": errorType });
+        markFailed(span, error);
+        span.setAttribute("error.type", errorType);
+        return { error };
+      }
+    },
+  );
+  if ("error" in outcome) throw outcome.error;
+  return outcome.message;
 }
 
 /**
