@@ -49,6 +49,7 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
       },
       natsCredentials: await t.natsCredentials(),
       logDir: path.join(t.dir, "logs"),
+      readyTimeoutMs: 180_000, // six processes starting at once on a busy machine
     });
     client = statusClient(factory.grpcAddr);
   });
