@@ -15,7 +15,7 @@ import { createWriteStream, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, connect as tcpConnect, type Server, type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { heartbeatKey, heartbeatSchema, instanceId, seedFile, type Heartbeat, type ServiceName } from "@homeostat/core";
+import { heartbeatKey, heartbeatSchema, instanceId, readHeartbeats, seedFile, type Heartbeat, type ServiceName } from "@homeostat/core";
 import { freePort, repoRoot, spawnSupervised, stopChild, waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
@@ -230,4 +230,35 @@ test("a factory: `homeostat status` lists every service; a signer that cannot wr
   assert.match(healthyText.stdout, /^ready: every required service/m);
   for (const s of services) assert.equal((await readyz(s.healthPort))?.status, 200, "every instance's /readyz agrees");
   assert.match(readFileSync(path.join(signerDir, "cosign.pub"), "utf8"), /BEGIN PUBLIC KEY/);
+});
+
+test("a service writes only its own heartbeats (nats-access.ts); the queue reads every one", async () => {
+  const beat = (service: ServiceName): Heartbeat => ({
+    v: 1,
+    service,
+    instance: "permissions-test-1",
+    version: "0.1.0",
+    region: t.config.region,
+    host: "permissions-test",
+    pid: 1,
+    startedAt: new Date().toISOString(),
+    at: new Date().toISOString(),
+    health: "ready",
+    reasons: [],
+    details: {},
+  });
+  const signer = await t.connectAs("signer");
+  const asSigner = await signer.kvm.open(signer.topology.bucket("services"), { allow_direct: true });
+  await asSigner.put(heartbeatKey("signer", "permissions-test-1"), JSON.stringify(beat("signer")));
+  await assert.rejects(
+    asSigner.put(heartbeatKey("builder", "permissions-test-1"), JSON.stringify(beat("builder"))),
+    "the signer may not speak for the builder",
+  );
+  const queue = await t.connectAs("queue");
+  const listed = await readHeartbeats(await queue.kvm.open(queue.topology.bucket("services"), { allow_direct: true }), { staleAfterMs: 60_000 });
+  const mine = listed.filter((i) => i.instance === "permissions-test-1");
+  assert.deepEqual(
+    mine.map((i) => [i.service, i.health, i.stale]),
+    [["signer", "ready", false]],
+  );
 });

@@ -22,6 +22,7 @@ import {
   getKeyStatus,
   grpc,
   isGrpcError,
+  listServices,
   retryDeadLetter,
   Status,
   statusClient,
@@ -35,6 +36,7 @@ import { StatusReadModel } from "./read-model.ts";
 import { startStatusApi, type StatusApi, type StatusApiOptions } from "./status-api.ts";
 import { KeyFeed } from "./key-feed.ts";
 import { checkBind, InsecureBindError } from "./status-auth.ts";
+import { ServiceDirectory } from "./service-directory.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 const writeToken = "auth-test-write";
@@ -134,6 +136,21 @@ test("reads: anonymous with read auth none; with read auth token only with a tok
   for (const token of [readToken, writeToken]) {
     assert.equal((await withClient(closed, { token }, (c) => getKeyStatus(c, "package/zlib"))).phase, "Ready", token);
   }
+});
+
+test("ListServices is a read: anonymous with read auth none, a token of either role with read auth token", async () => {
+  const services = new ServiceDirectory(await t.nats.kvm.open(t.nats.topology.bucket("services")), { staleAfterMs: 15_000, log: quiet });
+  const serveWith = async (readAuth: StatusApiSecurity["readAuth"]) => {
+    const api = await startStatusApi({ ...base, services, addr: "127.0.0.1:0", security: { tls: undefined, tokens, readAuth, insecure: false } });
+    started.push(api);
+    return `127.0.0.1:${api.port}`;
+  };
+  assert.deepEqual((await withClient(await serveWith("none"), {}, (c) => listServices(c))).staleAfterMs, 15_000);
+  const closed = await serveWith("token");
+  const err = await withClient(closed, {}, (c) => refused(listServices(c)));
+  assert.equal(err.code, Status.UNAUTHENTICATED);
+  assert.match(err.details, /^ListServices needs a bearer token: send authorization: Bearer <token>$/);
+  for (const token of [readToken, writeToken]) assert.ok(Array.isArray((await withClient(closed, { token }, (c) => listServices(c))).instances), token);
 });
 
 test("with no token configured every write is refused, even on loopback", async () => {
@@ -262,7 +279,11 @@ test("reflection (v1 and v1alpha) lists StatusService and the health service and
     const proto = fromBinary(FileDescriptorProtoSchema, descriptor!);
     assert.equal(proto.package, "homeostat.v1");
     const methods = proto.service.find((s) => s.name === "StatusService")?.method.map((m) => m.name);
-    assert.deepEqual(methods, ["GetKey", "Why", "ListKeys", "QueueStats", "Enqueue", "ListDeadLetters", "RetryDeadLetter", "WatchKeys", "KnownFacts"], version);
+    assert.deepEqual(
+      methods,
+      ["GetKey", "Why", "ListKeys", "QueueStats", "Enqueue", "ListDeadLetters", "RetryDeadLetter", "WatchKeys", "KnownFacts", "ListServices"],
+      version,
+    );
   }
 });
 
