@@ -134,8 +134,16 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
       health,
       { intervalMs: config.health.heartbeatMs, log },
     );
-    const context: ServiceContext = { name, config, log, nats: n, buckets, signal: abort.signal, health, retry };
-    stop = await retry("starting", () => main(context));
+    stop = await retry("starting", async () => {
+      // A main that fails is run again: the loops its failed attempt started (they take `signal`) end with it.
+      const attempt = new AbortController();
+      try {
+        return await main({ name, config, log, nats: n, buckets, signal: AbortSignal.any([abort.signal, attempt.signal]), health, retry });
+      } catch (err) {
+        attempt.abort();
+        throw err;
+      }
+    });
     health.started();
     void heartbeat.beat();
     log.info("started", { region: config.region, prefix: config.prefix });

@@ -47,6 +47,9 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   });
   const queue = new WorkQueue(nats, workQueueOptions(config, { log, owner: `queue-${process.pid}` }));
   queue.observeStats();
+  // The events stream is ingest's, opened here too so that admission can start before ingest has. Opened before the
+  // status API listens: a start-up that fails after that would find its own port taken when it is tried again.
+  const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
   const api = await startStatusApi({
     addr: config.grpcAddr,
     security: config.statusApi,
@@ -68,8 +71,6 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   health.observe((r) => api.setServing(r.ready));
 
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
-  // The events stream is ingest's, opened here too so that admission can start before ingest has.
-  const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
   const admitting = Promise.all([
     runAdmission(nats, queue, { log, signal, concurrency: 64, counts }),
     runEventAdmission(nats, ledger, queue, { log, signal, concurrency: 64, counts }),
