@@ -139,6 +139,24 @@ describe("build attempts (real NATS KV)", () => {
     assert.equal(told.length, 1);
   });
 
+  test("a request that came before a build its inputs wait for is retried, not failed", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    const early = wrap(
+      "host_1_1",
+      async () => {
+        throw new BuildRefusedError("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1");
+      },
+      told,
+    );
+    await assert.rejects(early(req, delivery), (e: unknown) => e instanceof TransientError && e.retryAfterMs === 1_234);
+    const s = (await state.get(req.key))!;
+    assert.equal(s.phase, "Building");
+    assert.match(s.lastError ?? "", /^retrying: .*waits for package\/dep to be built at 1\.1/);
+    assert.equal(s.failure, undefined);
+    assert.equal(told.length, 0);
+  });
+
   test("a build that succeeds clears its mark and the failures of its inputs", async () => {
     const req = await building();
     await state.update(req.key, (c) => ({

@@ -13,7 +13,9 @@
  * - a permanent one (a step, a test, a checksum) marks the key Failed with the reason and the
  *   count of failures of these inputs; the reconciler retries it with backoff a bounded number
  *   of times, then dead-letters it;
- * - an invalid one (a request the catalog and the facts refuse) marks the key Failed at once.
+ * - an invalid one (a request the catalog and the facts refuse) marks the key Failed at once;
+ *   but a request refused because the key waits for another build is retried like a transient
+ *   failure: it came early, and that build comes.
  *
  * Every ending that leaves the key Failed tells the queue (an intake request), so that the
  * reconciler acts on it now instead of when the build should have ended. Only the status of a
@@ -68,8 +70,15 @@ type Delivery = { info: { deliveryCount: number } };
 /** A key's build running in this process: the inputs and how its handling ends. */
 type Running = { inputDigest: string; ended: Promise<void> };
 
-const isInvalid = (e: unknown): boolean => e instanceof BuildRefusedError || e instanceof ContractError;
-const isPermanent = (e: unknown): boolean => e instanceof BuildFailure || e instanceof NonRetriableError;
+/**
+ * A request that came before a build its inputs need (a dependency released after the request,
+ * not built yet): transient. Failing it would leave the key Failed for inputs that become
+ * buildable as they are once that build ends (a new version with the same archive), and the
+ * reconciler never asks again for inputs that failed as invalid.
+ */
+const isEarly = (e: unknown): boolean => e instanceof BuildRefusedError && e.reason === "waiting";
+const isInvalid = (e: unknown): boolean => !isEarly(e) && (e instanceof BuildRefusedError || e instanceof ContractError);
+const isPermanent = (e: unknown): boolean => !isEarly(e) && (e instanceof BuildFailure || e instanceof NonRetriableError);
 
 export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>, deps: AttemptDeps) {
   const backoff = deps.backoff ?? exponentialBackoff(1_000, 60_000);

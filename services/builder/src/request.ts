@@ -40,8 +40,13 @@ import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemet
 import type { BuildResult } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 
-/** Why a build request was refused (the `reason` attribute of homeostat.builder.refused). */
-export type BuildRefusal = "unknown-revision" | "not-in-catalog" | "not-buildable" | "input-mismatch" | "version-mismatch";
+/**
+ * Why a build request was refused (the `reason` attribute of homeostat.builder.refused).
+ * `waiting`: the catalog and the facts say the key waits for another build (a dependency
+ * released after the request was made, not built yet); unlike the others it is not final
+ * (attempts.ts retries it), since that build comes.
+ */
+export type BuildRefusal = "unknown-revision" | "not-in-catalog" | "waiting" | "not-buildable" | "input-mismatch" | "version-mismatch";
 
 export class BuildRefusedError extends NonRetriableError {
   readonly reason: BuildRefusal;
@@ -96,7 +101,7 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
     sourceDateEpoch: deps.sourceDateEpoch,
   });
   const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
-  if (desired.state === "waiting") return refuse(deps, req, "not-buildable", `the catalog and the facts say it waits for ${desired.waitingFor}`);
+  if (desired.state === "waiting") return refuse(deps, req, "waiting", `the catalog and the facts say it waits for ${desired.waitingFor}`);
   if (desired.state === "attention")
     return refuse(deps, req, "not-buildable", `the catalog and the facts say it needs attention (${desired.advisories.join(", ")})`);
   if (desired.inputDigest !== req.inputDigest)
