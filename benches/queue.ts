@@ -41,7 +41,12 @@
  * Redis keys `<prefix>:*`) and is removed at the end. Every loop is bounded by count, and each
  * contender by a 120 s wall-time cap that aborts the bench with a message.
  *
- * Usage: node benches/queue.ts [--only jetstream|bullmq|homeostat[,...]]
+ * --telemetry starts OpenTelemetry in this process as a service does (runService in core):
+ * every span made, exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and each
+ * Homeostat enqueue issued inside a span of its own, as the queue service's admission issues
+ * it (so its run links back to it). benches/telemetry-overhead.ts runs it both ways.
+ *
+ * Usage: node benches/queue.ts [--only jetstream|bullmq|homeostat[,...]] [--telemetry]
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -65,12 +70,15 @@ import {
   type Logger,
   type Nats,
 } from "@homeostat/core";
+import { inSpan, SpanKind, startTelemetry } from "@homeostat/core/telemetry";
+import { ROOT_CONTEXT } from "@opentelemetry/api";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { table } from "./table.ts";
 
-const ENQUEUES = 50_000;
-const KEYS = 5_000;
-const DRAIN_KEYS = 5_000;
+/** BENCH_QUEUE_ENQUEUES scales the work down (keys and drain keys a tenth of it): bench:telemetry runs it smaller on a loaded machine. */
+const ENQUEUES = benchSize(process.env.BENCH_QUEUE_ENQUEUES, 50_000);
+const KEYS = ENQUEUES / 10;
+const DRAIN_KEYS = ENQUEUES / 10;
 const PRODUCER_IN_FLIGHT = 256;
 const WORKER_CONCURRENCY = 64;
 const LEASE_MS = 30_000;
@@ -83,16 +91,27 @@ const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
 type Name = "jetstream" | "bullmq" | "homeostat";
+/** --telemetry: OpenTelemetry on as in a service, and each Homeostat enqueue in a span of its own. */
+let telemetry = false;
 const allNames: readonly Name[] = ["jetstream", "bullmq", "homeostat"];
 const labels: Record<Name, string> = { jetstream: "raw JetStream", bullmq: "BullMQ 6 (dedup)", homeostat: "Homeostat WorkQueue" };
+
+function benchSize(value: string | undefined, fallback: number): number {
+  if (value === undefined || value === "") return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1_000 || n % 10 !== 0)
+    throw new Error(`BENCH_QUEUE_ENQUEUES must be a multiple of 10 from 1000, got ${JSON.stringify(value)}`);
+  return n;
+}
 
 function fail(message: string): never {
   process.stderr.write(`bench:queue: ${message}\n`);
   process.exit(1);
 }
 
-function parseArgs(argv: readonly string[]): { only: Name[] } {
+function parseArgs(argv: readonly string[]): { only: Name[]; telemetry: boolean } {
   let only: Name[] = [...allNames];
+  let telemetry = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const [flag, inline] = arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
@@ -109,15 +128,18 @@ function parseArgs(argv: readonly string[]): { only: Name[] } {
         only = allNames.filter((n) => names.includes(n));
         break;
       }
+      case "--telemetry":
+        telemetry = true;
+        break;
       case "--help":
       case "-h":
-        process.stdout.write(`usage: node benches/queue.ts [--only ${allNames.join("|")}[,...]]\n`);
+        process.stdout.write(`usage: node benches/queue.ts [--only ${allNames.join("|")}[,...]] [--telemetry]\n`);
         process.exit(0);
       default:
         fail(`unknown argument ${JSON.stringify(arg)} (try --help)`);
     }
   }
-  return { only };
+  return { only, telemetry };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,7 +543,9 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   await ensureTopology(producerConn, config);
   const producerQueue = new WorkQueue(producerConn, workQueueOptions(config, { log: quiet, owner: `bench-producer-${process.pid}` }));
   const workerQueue = new WorkQueue(workerConn, workQueueOptions(config, { log: quiet, owner: `bench-worker-${process.pid}` }));
-  const enqueue = (k: Key, i: number): Promise<Outcome> => producerQueue.enqueue({ key: k, priority: "release", cause: { type: "manual", id: String(i) } });
+  const request = (k: Key, i: number) => producerQueue.enqueue({ key: k, priority: "release", cause: { type: "manual", id: String(i) } });
+  const enqueue = (k: Key, i: number): Promise<Outcome> =>
+    telemetry ? inSpan("bench enqueue", { parent: ROOT_CONTEXT, kind: SpanKind.CONSUMER }, () => request(k, i)) : request(k, i);
 
   const startWorker = (log: RunLog): { stop(): Promise<void> } => {
     const ac = new AbortController();
@@ -608,15 +632,19 @@ async function redisVersion(): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const { only } = parseArgs(process.argv.slice(2));
+  const { only, telemetry: withTelemetry } = parseArgs(process.argv.slice(2));
   const prefix = `bq${randomBytes(4).toString("hex")}`;
+  const otel = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("OTEL_")));
   const config = loadConfig({
     NATS_URL: natsUrl,
     REDIS_URL: redisUrl,
     HOMEOSTAT_PREFIX: prefix,
     HOMEOSTAT_LEASE_MS: String(LEASE_MS),
     HOMEOSTAT_DATA: path.join(os.tmpdir(), `${prefix}-data`),
+    ...otel,
   });
+  telemetry = withTelemetry;
+  const sdk = withTelemetry ? startTelemetry("bench-queue", config.telemetry) : undefined;
 
   let natsVersion = "?";
   let redisV = "n/a";
@@ -745,8 +773,10 @@ async function main(): Promise<void> {
       nats_server: natsVersion,
       redis: redisV,
       bullmq: versionOf("bullmq"),
+      telemetry: withTelemetry ? (config.telemetry.traces ? "exported" : "not exported") : "off",
     }),
   );
+  await sdk?.shutdown();
 }
 
 main().then(

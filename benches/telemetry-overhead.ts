@@ -1,0 +1,115 @@
+/**
+ * `pnpm bench:telemetry` — what tracing costs: bench:ingest and bench:queue (Homeostat only),
+ * each run with telemetry exporting to a local OTLP receiver and without, side by side in one
+ * run, on a private nats-server (JetStream, no authentication; its store in a temporary
+ * directory) so that nothing else shares it. Target: at most 10 % throughput lost to export.
+ *
+ * The arms:
+ *  - ingest: the service as in production. "not exported": no OTEL_EXPORTER_OTLP_ENDPOINT, so
+ *    spans are still made (a key's status records its trace id) but go nowhere; "exported":
+ *    OTLP/HTTP protobuf to the receiver (spans and metrics, batched as configured).
+ *  - queue: `--telemetry` starts the SDK as a service does and issues each enqueue in a span of
+ *    its own (so runs link back to them); "off" is the bench without any SDK, as published.
+ * Arms alternate (off/not exported, exported, …) `--rounds` times (default 1), so a change of
+ * the machine's load falls on both. The receiver (test/otlp-receiver.ts) decodes everything in
+ * this process, as a collector would in its own. The last line is one JSON object.
+ *
+ * Usage: node benches/telemetry-overhead.ts [--rounds N] [--count N (ingest)] [--enqueues N (queue; default 10,000, a fifth of bench:queue's)]
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { repoRoot, startNatsServer } from "../scripts/factory.ts";
+import { startOtlpReceiver } from "../test/otlp-receiver.ts";
+import { table } from "./table.ts";
+
+const { values } = parseArgs({
+  options: { rounds: { type: "string", default: "1" }, count: { type: "string", default: "20000" }, enqueues: { type: "string", default: "10000" } },
+});
+const rounds = Number(values.rounds);
+if (!Number.isInteger(rounds) || rounds < 1 || rounds > 10) throw new Error("--rounds takes 1 to 10");
+
+type Arm = { bench: "ingest" | "queue"; arm: string; args: string[]; env: Record<string, string> };
+type Measured = Arm & { throughput: number; p99Ms: number; spans: number };
+
+/** Runs a bench as its own process; resolves with the JSON object of its last line. */
+function runBench(script: string, args: string[], env: Record<string, string>): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(repoRoot, "benches", script), ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      cwd: repoRoot,
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => void (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => void (err = (err + d.toString()).slice(-4000)));
+    // Bounded: either bench caps itself well within this.
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15 * 60_000);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      const last = out.trim().split("\n").pop() ?? "";
+      if (code !== 0 || !last.startsWith("{")) return reject(new Error(`${script} ${args.join(" ")} exited ${code}: ${err || out.slice(-2000)}`));
+      resolve(JSON.parse(last) as Record<string, unknown>);
+    });
+  });
+}
+
+const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-bench-telemetry-"));
+writeFileSync(path.join(dir, "nats.conf"), `jetstream { store_dir: "${path.join(dir, "js")}" }\n`);
+const nats = await startNatsServer({ configFile: path.join(dir, "nats.conf"), logFile: path.join(dir, "nats.log") });
+const otlp = await startOtlpReceiver();
+const exported = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url };
+const common = { NATS_URL: nats.url, BENCH_QUEUE_ENQUEUES: values.enqueues };
+const arms: Arm[] = [
+  { bench: "ingest", arm: "not exported", args: ["--count", values.count], env: common },
+  { bench: "ingest", arm: "exported", args: ["--count", values.count], env: { ...common, ...exported } },
+  { bench: "queue", arm: "off", args: ["--only", "homeostat"], env: common },
+  { bench: "queue", arm: "exported", args: ["--only", "homeostat", "--telemetry"], env: { ...common, ...exported } },
+];
+
+const load = () => os.loadavg().map((l) => l.toFixed(1));
+const measured: Measured[] = [];
+try {
+  console.log(
+    `bench:telemetry — ${rounds} round(s); private nats-server ${nats.url}; OTLP receiver ${otlp.url}; load ${load().join(" ")} on ${os.availableParallelism()} CPUs`,
+  );
+  for (let round = 0; round < rounds; round++)
+    for (const a of arms) {
+      const spansBefore = otlp.spans.length;
+      const r = await runBench(a.bench === "ingest" ? "ingest.ts" : "queue.ts", a.args, a.env);
+      const throughput = a.bench === "ingest" ? Number(r.events_per_s) : Number((r.processed_per_s as Record<string, number>).homeostat);
+      const p99Ms = a.bench === "ingest" ? Number(r.p99_ms) : Number((r.wait_p99_ms as Record<string, number>).homeostat);
+      measured.push({ ...a, throughput, p99Ms, spans: otlp.spans.length - spansBefore });
+      console.log(`  ${a.bench} ${a.arm}: ${throughput} /s, p99 ${p99Ms} ms, ${otlp.spans.length - spansBefore} spans received (load ${load()[0]})`);
+    }
+} finally {
+  await otlp.close();
+  await nats.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const summary = (["ingest", "queue"] as const).map((bench) => {
+  const [base, withExport] = arms.filter((a) => a.bench === bench).map((a) => measured.filter((m) => m.bench === bench && m.arm === a.arm));
+  const baseline = mean(base!.map((m) => m.throughput));
+  const traced = mean(withExport!.map((m) => m.throughput));
+  return {
+    bench,
+    baseline: base![0]!.arm,
+    baselinePerS: Math.round(baseline),
+    exportedPerS: Math.round(traced),
+    lossPct: Number(((1 - traced / baseline) * 100).toFixed(1)),
+  };
+});
+console.log("");
+console.log(
+  table([
+    ["bench", "baseline", "baseline /s", "exported /s", "throughput lost"],
+    ...summary.map((s) => [s.bench, s.baseline, String(s.baselinePerS), String(s.exportedPerS), `${s.lossPct} %`]),
+  ]),
+);
+console.log(`target: <= 10 % lost: ${summary.every((s) => s.lossPct <= 10) ? "met" : "NOT met"} (load ${load().join(" ")})`);
+console.log(JSON.stringify({ bench: "telemetry-overhead", rounds, summary, runs: measured.map(({ env: _, args: __, ...m }) => m), load: os.loadavg() }));
