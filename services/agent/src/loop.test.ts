@@ -116,6 +116,16 @@ test("a model that never submits is stopped at max turns; a 200-turn script ends
   assert.equal(tokens.turns, 5, "120 tokens a turn: the fifth passes 500");
 });
 
+test("a retry-after longer than the wall-time budget is waited only until the budget ends, then the run stops cleanly", async () => {
+  const t0 = Date.now();
+  const r = await run("overloaded-long", { maxWallMs: 3000 });
+  assert.equal(r.stop, "time_budget");
+  assert.match(r.detail, /HOMEOSTAT_AGENT_MAX_WALL_MS/);
+  assert.equal(r.turns, 0);
+  assert.equal(r.requests.length, 1);
+  assert.ok(Date.now() - t0 < 30_000, "did not wait the 60 s asked for");
+});
+
 test("a model that gives up ends the run with its words", async () => {
   const r = await run("gives-up");
   assert.equal(r.stop, "end_turn");
