@@ -95,6 +95,8 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
   const metrics = agentMetrics();
   return async (item, { signal }) => {
     const { kind, name } = parseKey(item.key);
+    // The catalog as it is now: an edit or an applied proposal since the last run counts.
+    await deps.source.reload();
     const mine = await deps.proposals.ofKey(item.key);
     // An approved proposal is applied before anything else; the traditional reconciler rebuilds from there.
     const approved = mine.filter((p) => p.status === "approved");
