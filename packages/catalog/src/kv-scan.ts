@@ -102,7 +102,10 @@ export class CachedScan<T> {
       if (value) entries.set(key, this.parse(value));
     });
     this.cache.set(filter, { last, entries });
-    if (this.cache.size > this.maxFilters) this.cache.delete(this.cache.keys().next().value!);
+    if (this.cache.size > this.maxFilters) {
+      const oldest = this.cache.keys().next();
+      if (!oldest.done) this.cache.delete(oldest.value);
+    }
     return [...entries.values()];
   }
 }
