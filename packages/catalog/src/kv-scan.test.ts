@@ -62,3 +62,18 @@ test("a cached scan reads only what changed and always agrees with a full scan",
   // A second cache over the same bucket (another process) starts from a full read.
   assert.deepEqual(await new CachedScan(kv, text).list("musl.*"), ["b2"]);
 });
+
+test("a cached scan keeps at most its bound of filters, the least recently listed going first", { timeout: 30_000 }, async () => {
+  const kv = t.buckets.releases;
+  await kv.put("bound-a.1", "a");
+  await kv.put("bound-b.1", "b");
+  let parsed = 0;
+  const scan = new CachedScan(kv, (v) => (parsed++, new TextDecoder().decode(v)), 1);
+  assert.deepEqual(await scan.list("bound-a.*"), ["a"]);
+  assert.deepEqual(await scan.list("bound-a.*"), ["a"]);
+  assert.equal(parsed, 1);
+  assert.deepEqual(await scan.list("bound-b.*"), ["b"]);
+  // bound-a was evicted: read and parsed again.
+  assert.deepEqual(await scan.list("bound-a.*"), ["a"]);
+  assert.equal(parsed, 3);
+});
