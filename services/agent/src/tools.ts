@@ -43,6 +43,17 @@ export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Subm
       }
     },
   };
+  // Whether a patch applies, by its text: source/ does not change during a run, so a patch checked
+  // when it was written is not checked again (a process each) when it is submitted.
+  const checked = new Map<string, Promise<true | string>>();
+  const applies = async (file: string): Promise<true | string> => {
+    const id = createHash("sha256")
+      .update((await ws.read(file, 1024 * 1024)).text)
+      .digest("hex");
+    let outcome = checked.get(id);
+    if (!outcome) checked.set(id, (outcome = patchApplies(ws, file)));
+    return outcome;
+  };
   const timed = async <T extends object>(f: () => Promise<T>): Promise<T & { buildMs: number }> => {
     const before = buildMs;
     const out = await f();
@@ -133,11 +144,11 @@ export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Subm
         if (escapes.length) return { content: `the diff names paths outside the source: ${escapes.join(", ")}`, isError: true };
         const file = `patches/${name}.patch`;
         await ws.write(file, diff);
-        const applies = await patchApplies(ws, file);
+        const applied = await applies(file);
         const sha256 = createHash("sha256").update(diff).digest("hex");
-        return applies === true
+        return applied === true
           ? { content: `${file} written; it applies to source/. Name it in the recipe's patches as { path: ${file}, sha256: ${sha256} }` }
-          : { content: `${file} written, but it does not apply: ${applies}`, isError: true };
+          : { content: `${file} written, but it does not apply: ${applied}`, isError: true };
       },
     },
     {
@@ -184,7 +195,7 @@ export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Subm
         timed(async () => {
           const spec = await recipe();
           const candidate: Candidate = { recipe: spec, patches: await readPatches(ws, spec) };
-          const validators = await validateCandidate(candidate, ctx, (file) => patchApplies(ws, file));
+          const validators = await validateCandidate(candidate, ctx, applies);
           const failed = validators.filter((v) => v.status === "failed" || (v.name === "trial-build" && v.status !== "passed"));
           if (failed.length) return { content: `not accepted: ${failed.map((v) => `${v.name}: ${v.detail}`).join("; ")}`, isError: true };
           return { content: "accepted", result: { candidate, rationale, validators } };
