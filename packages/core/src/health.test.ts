@@ -48,6 +48,8 @@ test("details leave out what is undefined", () => {
   assert.deepEqual(health.currentDetails(), { building: "2" });
   building = 0;
   assert.deepEqual(health.currentDetails(), { building: "0" });
+  health.detail("long", () => "x".repeat(5_000));
+  assert.equal(health.currentDetails().long?.length, 512, "cut to what a heartbeat carries");
 });
 
 test("the health endpoint: /healthz alive, /readyz 503 with why and then 200, 404 elsewhere, 405 for other methods", async (t) => {

@@ -71,11 +71,12 @@ export class ServiceHealth {
     this.details.set(name, value);
   }
 
+  /** The details now, each cut to the length a heartbeat carries (heartbeat.ts). */
   currentDetails(): Record<string, string> {
     const out: Record<string, string> = {};
     for (const [name, value] of this.details) {
       const v = value();
-      if (v !== undefined) out[name] = v;
+      if (v !== undefined) out[name.slice(0, 64)] = v.slice(0, 512);
     }
     return out;
   }

@@ -78,11 +78,12 @@ export function startHeartbeat(kv: KV, identity: HeartbeatIdentity, health: Serv
     const beat: Heartbeat = {
       v: 1,
       ...identity,
+      version: identity.version.slice(0, 128),
       host: os.hostname(),
       pid: process.pid,
       at: new Date().toISOString(),
       health: final ?? r.health,
-      reasons: final ? [] : r.reasons.slice(0, 32),
+      reasons: final ? [] : r.reasons.slice(0, 32).map((reason) => reason.slice(0, 2048)),
       ...(r.lastError ? { lastError: r.lastError } : {}),
       details: health.currentDetails(),
     };

@@ -36,6 +36,8 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
     readModel.apply(entry);
   });
   readModel.start(config.readModelCheckMs, signal);
+  // `homeostat status` tells whether reads come from Redis or, degraded, from the state bucket.
+  health.detail("read-model", () => (readModel.degraded === undefined ? "current" : `degraded: ${readModel.degraded}`));
   // The catalog, reloaded as the reconciler reloads its own: Enqueue refuses keys it does not declare.
   const catalog = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "queue") });
   const watchingCatalog = catalog.watch({
