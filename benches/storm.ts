@@ -57,7 +57,7 @@ export type StormOptions = {
   profileDir?: string;
 };
 
-export const QUICK: StormOptions = { packages: 40, images: 12, events: 2_000, latency: 10, builders: 1, signers: 1, timeoutS: 240, keep: false };
+export const QUICK: StormOptions = { packages: 40, images: 12, events: 2_000, latency: 10, builders: 1, signers: 1, timeoutS: 600, keep: false };
 const FULL: StormOptions = { packages: 27_000, images: 2_000, events: 1_300_000, latency: 200, builders: 2, signers: 2, timeoutS: 3_600, keep: false };
 
 /** OSV documents per POST /v1/advisories (the route takes up to 10,000). */
@@ -296,6 +296,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       },
       natsCredentials: servers.natsCredentials,
       logDir: path.join(dir, "logs"),
+      // Five services starting at once on a busy 2-core machine took more than the default 30 s.
+      readyTimeoutMs: 120_000,
     });
     stops.push(() => factory.stop());
     // More builders and signers: the same program and identity; started once the first of each
@@ -373,8 +375,17 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         },
         deadlineMs,
         50,
-      ).catch((err: unknown) => {
-        throw new Error(`${(err as Error).message}; logs in ${path.join(dir, "logs")}`);
+      ).catch(async (err: unknown) => {
+        // Which keys are not there yet, and where they stand: a lost event shows here.
+        const behind = keys
+          .map((k) => follow.statuses.get(k))
+          .filter((s) => !s || s.phase !== "Ready" || (want && !want(s)))
+          .slice(0, 10)
+          .map((s) =>
+            s ? `${s.key} ${s.phase} at ${s.actual?.version ?? "-"} wanting ${s.desiredVersion ?? "-"} (updated ${s.updatedAt})` : "a key with no status",
+          );
+        const queue = await getQueueStats(client).catch(() => undefined);
+        throw new Error(`${(err as Error).message}; not converged: ${behind.join(" | ")}; queue ${JSON.stringify(queue)}; logs in ${path.join(dir, "logs")}`);
       });
     /** Every key at resync priority straight into intake, as ingest's resync round publishes them (unpaced). */
     const enqueueAll = async (round: string) => {
@@ -481,7 +492,12 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       // The last runs' metric export (every second) before counting.
       await new Promise((r) => setTimeout(r, 1_500));
       const runs = telemetry.runs() - runs0;
-      const touched = new Set([...targets.map((n) => `package/${n}`), ...released.flatMap((n) => catalog.impact([`package/${n}`]).keys)]);
+      // Every key a release reaches must have been rebuilt: a dependent left at its old inputs is
+      // Ready too, so convergence alone would not show a lost release or fan-out.
+      const impacted = new Set(released.flatMap((n) => catalog.impact([`package/${n}`]).keys));
+      const notRebuilt = [...impacted].filter((k) => follow.statuses.get(k)?.actual?.inputDigest === before.get(k));
+      const touched = new Set([...targets.map((n) => `package/${n}`), ...impacted]);
+      const builds = rebuiltSince(before);
       out({
         scenario: "burst",
         events: acceptedAt.length,
@@ -494,7 +510,12 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         runs,
         keys_touched: touched.size,
         runs_per_key: round(runs / touched.size, 3),
-        builds: rebuiltSince(before),
+        // The runs a burst needs at least: one per touched key for its event, one more per build
+        // for its completion (the signer's "built" enqueue, which fans out to the dependents).
+        runs_per_needed_run: round(runs / (touched.size + builds), 3),
+        builds,
+        keys_impacted: impacted.size,
+        keys_not_rebuilt: notRebuilt,
         ingest_per_s: perSecond(acceptedAt, start),
         builds_signed_per_s: perSecond(follow.signedAt, start),
         load: load(),
