@@ -551,6 +551,7 @@ export function formatStatus(s: KeyStatus): string {
   if (s.cause) add("Cause", [s.cause.type, s.cause.id, s.cause.detail && `(${s.cause.detail})`].filter(Boolean).join(" "));
   add("Waiting for", s.waitingFor);
   add("Advisories", s.advisories?.join(", "));
+  add("Agent", s.agent);
   add(
     "Agent proposal",
     s.proposal && `${s.proposal.id}${builtFromProposal(s) === s.proposal.id ? " (the actual artifact was built from it)" : " (its recipe is the catalog's)"}`,

@@ -264,6 +264,7 @@ export function toProtoStatus(s: KeyStatus): DeepPartial<ProtoKeyStatus> {
     advisories: s.advisories ?? [],
     proposal: s.proposal?.id,
     proposalRecipeDigest: s.proposal?.recipeDigest,
+    agent: s.agent,
   };
 }
 
@@ -326,6 +327,7 @@ export function fromProtoStatus(m: ProtoKeyStatus): KeyStatus {
     waitingFor: m.waitingFor,
     advisories: m.advisories.length ? [...m.advisories] : undefined,
     proposal: m.proposal !== undefined ? { id: m.proposal, recipeDigest: m.proposalRecipeDigest } : undefined,
+    agent: m.agent,
   };
   const parsed = keyStatusSchema.safeParse(dropUndefined(candidate));
   if (!parsed.success) {

@@ -24,6 +24,8 @@ import {
   isGrpcError,
   listServices,
   retryDeadLetter,
+  approveProposal,
+  rejectProposal,
   Status,
   statusClient,
   type StatusClientOptions,
@@ -112,6 +114,8 @@ test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_D
   for (const call of [
     (c: ReturnType<typeof statusClient>) => enqueueKey(c, { key: "package/zlib" }),
     (c: ReturnType<typeof statusClient>) => retryDeadLetter(c, "package/zlib"),
+    (c: ReturnType<typeof statusClient>) => approveProposal(c, "package-zlib-0123", undefined),
+    (c: ReturnType<typeof statusClient>) => rejectProposal(c, "package-zlib-0123", "no"),
   ]) {
     err = await withClient(addr, { token: readToken }, (c) => refused(call(c)));
     assert.equal(err.code, Status.PERMISSION_DENIED);
@@ -281,7 +285,22 @@ test("reflection (v1 and v1alpha) lists StatusService and the health service and
     const methods = proto.service.find((s) => s.name === "StatusService")?.method.map((m) => m.name);
     assert.deepEqual(
       methods,
-      ["GetKey", "Why", "ListKeys", "QueueStats", "Enqueue", "ListDeadLetters", "RetryDeadLetter", "WatchKeys", "KnownFacts", "ListServices"],
+      [
+        "GetKey",
+        "Why",
+        "ListKeys",
+        "QueueStats",
+        "Enqueue",
+        "ListDeadLetters",
+        "RetryDeadLetter",
+        "WatchKeys",
+        "KnownFacts",
+        "ListServices",
+        "ListProposals",
+        "GetProposal",
+        "ApproveProposal",
+        "RejectProposal",
+      ],
       version,
     );
   }
