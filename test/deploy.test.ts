@@ -152,8 +152,8 @@ type Container = {
   livenessProbe?: Probe;
   securityContext: { readOnlyRootFilesystem?: boolean };
 };
-const workloads = (docs: K8sObject[]) => docs.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet");
-const containersOf = (o: K8sObject) => o.spec.template!.spec.containers as unknown as Container[];
+const workloads = (docs: K8sObject[]): K8sObject[] => docs.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet");
+const containersOf = (o: K8sObject): Container[] => o.spec.template!.spec.containers as unknown as Container[];
 
 test("kubernetes: every container has readiness and liveness probes; each service's are its own health endpoint or gRPC health", (t) => {
   const docs = rendered("deploy/k8s");
@@ -163,7 +163,7 @@ test("kubernetes: every container has readiness and liveness probes; each servic
   const env = docs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("homeostat-env"))!.data!;
   assert.equal(env.HOMEOSTAT_HEALTH_HOST, "0.0.0.0", "the health endpoint answers the kubelet on the pod's address");
   for (const name of ["reconciler", "builder", "signer", "agent"]) {
-    const c = containersOf(docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!)[0]!;
+    const c: Container = containersOf(docs.find((o) => o.kind === "Deployment" && o.metadata.name === name)!)[0]!;
     const port = c.ports!.find((p) => p.name === c.readinessProbe!.httpGet!.port)!;
     assert.equal(String(port.containerPort), env.HOMEOSTAT_HEALTH_PORT, name);
     assert.equal(c.readinessProbe!.httpGet!.path, "/readyz", name);
