@@ -23,7 +23,7 @@ import { priorities, prioritySchema } from "@homeostat/core/contracts";
 import { makeKey } from "@homeostat/core/key";
 import { mapLimit } from "@homeostat/core/map-limit";
 import { builtFromProposal, type KeyStatus } from "@homeostat/core/status";
-import type { DeadLetterEntry, StatusClient, StatusClientOptions, WatchArgs } from "@homeostat/status-api";
+import type { DeadLetterEntry, Freshness, StatusClient, StatusClientOptions, WatchArgs } from "@homeostat/status-api";
 import { maxDeadLetterLimit, maxEnqueueDelayMs, maxKnownFactsPackages, maxPageSize } from "@homeostat/status-api/limits";
 import type { EnqueueOutcome, QueueStats } from "@homeostat/workqueue";
 import type { ImageVerification } from "@homeostat/attest";
@@ -120,13 +120,20 @@ const getCommand: Command = {
     const key = await keyArg(raw!, getCommand);
     if (values.watch) return watchCommand(ctx, { prefix: key }, (k) => k === key);
     const { api, client } = await ctx.status();
-    const { status, degraded } = await api.readKeyStatus(client, key);
+    const { status, degraded, freshness } = await api.readKeyStatus(client, key);
     if (degraded) warnDegraded(ctx, degraded);
-    if (ctx.json) ctx.printJson(status);
-    else ctx.print(formatStatus(status));
+    if (ctx.json) ctx.printJson(freshness ? { ...status, freshness } : status);
+    else ctx.print(formatStatus(status) + (freshness ? `\n${formatFreshness(freshness)}` : ""));
     return exitCodes.ok;
   },
 };
+
+/** How current the answering region's read model is, in one line. */
+function formatFreshness(f: Freshness): string {
+  const current =
+    f.currentAsOf === undefined ? "not yet confirmed current" : `current as of ${f.currentAsOf} (${((f.ageMs ?? 0) / 1000).toFixed(1)} s before this answer)`;
+  return `read model: region ${f.region}, state revision ${f.observedRevision}, ${current}`;
+}
 
 /** The answer came from the state store, not the read model: say so on stderr; the answer itself stands. */
 function warnDegraded(ctx: Context, reason: string): void {
@@ -237,15 +244,22 @@ const listCommand: Command = {
     const { api, client } = await ctx.status();
     let pageToken: string | undefined;
     let degraded: string | undefined;
+    // The least current page's: what the whole listing may lag behind by.
+    let freshness: Freshness | undefined;
     do {
       const page = await api.listKeyStatuses(client, { prefix, pageSize: Math.min(limit - items.length, maxPageSize), ...(pageToken ? { pageToken } : {}) });
       items.push(...page.items);
       pageToken = page.nextPageToken;
       degraded ??= page.degraded;
+      if (page.freshness && (freshness === undefined || (page.freshness.ageMs ?? Infinity) > (freshness.ageMs ?? Infinity))) freshness = page.freshness;
     } while (pageToken && items.length < limit);
     if (degraded) warnDegraded(ctx, degraded);
-    if (ctx.json) ctx.printJson(items);
-    else ctx.print(formatTable(items));
+    // --json: each status carries the listing's freshness, so that the answer stays an array of statuses.
+    if (ctx.json) ctx.printJson(freshness ? items.map((s) => ({ ...s, freshness })) : items);
+    else {
+      ctx.print(formatTable(items));
+      if (freshness) ctx.io.stderr.write(`homeostat: ${formatFreshness(freshness)}\n`);
+    }
     if (pageToken) ctx.io.stderr.write(`homeostat: showing the first ${items.length} keys; more exist (raise --limit or narrow --prefix)\n`);
     return exitCodes.ok;
   },

@@ -31,6 +31,7 @@ import {
   type KnownFactsResponse,
   type PackageFacts as ProtoPackageFacts,
   type QueueStatsResponse,
+  type ReadModelFreshness,
   StatusServiceDefinition,
   type StatusServiceImplementation,
 } from "./generated/homeostat/v1/status.ts";
@@ -46,6 +47,7 @@ export type {
   ProtoKeyStatus,
   ProtoPackageFacts,
   QueueStatsResponse,
+  ReadModelFreshness,
   StatusServiceImplementation,
 };
 
@@ -123,10 +125,34 @@ export async function getKeyStatus(client: StatusClient, key: string, opts: Call
   return (await readKeyStatus(client, key, opts)).status;
 }
 
-/** GetKey, with why the answer came from the state bucket when the read model is degraded. */
-export async function readKeyStatus(client: StatusClient, key: string, opts: CallOptions = {}): Promise<{ status: KeyStatus; degraded?: string }> {
+/** GetKey, with why the answer came from the state bucket when the read model is degraded, and how current the answering read model is. */
+export async function readKeyStatus(
+  client: StatusClient,
+  key: string,
+  opts: CallOptions = {},
+): Promise<{ status: KeyStatus; degraded?: string; freshness?: Freshness }> {
   const m = await client.rpc.getKey({ key }, callOptions(opts));
-  return m.degraded ? { status: fromProtoStatus(m), degraded: m.degraded } : { status: fromProtoStatus(m) };
+  return {
+    status: fromProtoStatus(m),
+    ...(m.degraded ? { degraded: m.degraded } : {}),
+    ...(m.freshness ? { freshness: fromProtoFreshness(m.freshness) } : {}),
+  };
+}
+
+/**
+ * How current the read model that answered is (the proto's ReadModelFreshness): the region, the
+ * last state revision it applied, and since when it is known to hold every change (`ageMs`
+ * before the answer), absent until its first check.
+ */
+export type Freshness = { region: string; observedRevision: number; currentAsOf?: string; ageMs?: number };
+
+export function fromProtoFreshness(m: ReadModelFreshness): Freshness {
+  return {
+    region: m.region,
+    observedRevision: parseCount(m.observedRevision, "observed_revision"),
+    ...(m.currentAsOf !== undefined ? { currentAsOf: m.currentAsOf } : {}),
+    ...(m.ageMs !== undefined ? { ageMs: parseCount(m.ageMs, "age_ms") } : {}),
+  };
 }
 
 /** Why: the key's status, then each dependency status its cause leads to (see the proto). */
@@ -156,7 +182,7 @@ export async function causalChain(key: Key, get: (key: Key) => Promise<KeyStatus
 }
 
 /** `degraded`: why the page was read from the state bucket rather than the read model. */
-export type StatusPage = { items: KeyStatus[]; nextPageToken?: string; degraded?: string };
+export type StatusPage = { items: KeyStatus[]; nextPageToken?: string; degraded?: string; freshness?: Freshness };
 
 /** One ListKeys page as validated statuses; `nextPageToken` is absent on the last page. */
 export async function listKeyStatuses(
@@ -166,7 +192,12 @@ export async function listKeyStatuses(
 ): Promise<StatusPage> {
   const res = await client.rpc.listKeys({ prefix: req.prefix ?? "", pageSize: req.pageSize ?? 0, pageToken: req.pageToken ?? "" }, callOptions(opts));
   const items = res.keys.map(fromProtoStatus);
-  return { items, ...(res.nextPageToken ? { nextPageToken: res.nextPageToken } : {}), ...(res.degraded ? { degraded: res.degraded } : {}) };
+  return {
+    items,
+    ...(res.nextPageToken ? { nextPageToken: res.nextPageToken } : {}),
+    ...(res.degraded ? { degraded: res.degraded } : {}),
+    ...(res.freshness ? { freshness: fromProtoFreshness(res.freshness) } : {}),
+  };
 }
 
 /** QueueStats as validated `QueueStats`. */
@@ -344,7 +375,8 @@ const enqueueOutcomeSchema = z.enum(["added", "deduped", "rerun"]);
 /** The class of an Enqueue that names none (see EnqueueRequest.priority in the proto). */
 export const defaultEnqueuePriority: Priority = "release";
 
-export function toProtoQueueStats(s: QueueStats): QueueStatsResponse {
+/** The counts of a QueueStats answer; the server adds its read model's freshness. */
+export function toProtoQueueStats(s: QueueStats): Omit<QueueStatsResponse, "freshness"> {
   return {
     depth: priorities.map((priority) => ({ priority, depth: String(s.depth[priority]) })),
     running: String(s.running),

@@ -56,6 +56,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
     addr: config.grpcAddr,
     security: config.statusApi,
     readModel,
+    freshness: () => readModel.freshness,
     queue,
     releases: new ReleaseStore(buckets.releases),
     advisories: await AdvisoryStore.open(nats),

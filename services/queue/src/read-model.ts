@@ -25,6 +25,12 @@ export type ListOptions = { prefix?: string; limit?: number; after?: string };
 export type ListPage = { items: KeyStatus[]; next?: string; degraded?: string };
 export type Lookup = { status: KeyStatus | undefined; degraded?: string };
 
+/**
+ * How current a read model is: the last state revision it applied, and the last instant it was
+ * known to hold every change of the state bucket (undefined until the first check succeeds).
+ */
+export type Freshness = { region: string; observedRevision: number; currentAsOf: number | undefined };
+
 /** What the status API reads statuses through. */
 export interface StatusReads {
   lookup(key: Key): Promise<Lookup>;
@@ -107,6 +113,10 @@ export class HealingReadModel implements StatusReads {
   #lastRedisError: string | undefined;
   /** Completed rebuilds, the first one (at start) included. */
   rebuilds = 0;
+  readonly #region: string;
+  #observedRevision = 0;
+  #currentAsOf: number | undefined;
+  #confirming = false;
 
   constructor(o: { store: StatusReadModel; state: KV; source: ProjectionSource; topology: Topology; log: Pick<Logger, "info" | "warn"> }) {
     this.#store = o.store;
@@ -114,6 +124,12 @@ export class HealingReadModel implements StatusReads {
     this.#source = o.source;
     this.#log = o.log;
     this.#marker = o.topology.redisKey("generation");
+    this.#region = o.topology.home;
+  }
+
+  /** How current the answers are: what a region cut off from the fabric keeps serving grows old, and says so. */
+  get freshness(): Freshness {
+    return { region: this.#region, observedRevision: this.#observedRevision, currentAsOf: this.#currentAsOf };
   }
 
   /** Why reads are answered from the state bucket now, or undefined when they come from Redis. */
@@ -129,7 +145,10 @@ export class HealingReadModel implements StatusReads {
   start(checkMs: number, signal: AbortSignal): void {
     this.#caughtUp = true;
     const redis = this.#store.redis;
-    const check = () => void this.check();
+    const check = () => {
+      void this.check();
+      void this.#confirmCurrent();
+    };
     const lost = () => this.#degrade(`Redis is unreachable${this.#lastRedisError ? ` (${this.#lastRedisError})` : ""}`);
     const remember = (err: Error) => void (this.#lastRedisError = err.message);
     redis.on("ready", check).on("close", lost).on("error", remember);
@@ -147,6 +166,7 @@ export class HealingReadModel implements StatusReads {
 
   /** Follows one change of the state bucket into Redis; a write that cannot be made marks the projection stale. */
   apply(entry: FeedEntry): void {
+    this.#observedRevision = Math.max(this.#observedRevision, entry.revision);
     if (this.#store.redis.status !== "ready") {
       this.#stale = true;
       return;
@@ -213,6 +233,28 @@ export class HealingReadModel implements StatusReads {
     this.rebuilds++;
     this.#log.info("read model rebuilt from the state bucket", { keys: keys.length, ms: Date.now() - started, rebuilds: this.rebuilds });
     this.#healed();
+  }
+
+  /**
+   * Asks the state bucket for its last revision: when everything up to it has been applied, the
+   * read model held every change at the moment of asking. Fails quietly (a region without
+   * quorum cannot answer): the freshness then grows old, which is what it reports.
+   */
+  async #confirmCurrent(): Promise<void> {
+    if (this.#confirming) return;
+    this.#confirming = true;
+    const asked = Date.now();
+    try {
+      const { state, cluster } = (await this.#state.status()).streamInfo;
+      // A replica without a leader (its region cut off from the quorum) still answers, after a
+      // delay, with its own state, which may be stale: only a leader's answer confirms anything.
+      if (cluster && !cluster.leader) return;
+      if (this.#observedRevision >= state.last_seq) this.#currentAsOf = asked;
+    } catch {
+      // Reported through the age of currentAsOf.
+    } finally {
+      this.#confirming = false;
+    }
   }
 
   #degrade(reason: string): void {

@@ -34,6 +34,7 @@ import {
   parseKeyArg,
   parseKnownFactsRequest,
   parseWatchRequest,
+  type ReadModelFreshness,
   ServerError,
   type ServerMiddleware,
   Status,
@@ -49,7 +50,7 @@ import {
 import type { AdvisoryStore, ReleaseStore } from "@homeostat/catalog";
 import { mapLimit } from "@homeostat/core/map-limit";
 import { type KeyFeed, WatchEnded } from "./key-feed.ts";
-import type { StatusReads } from "./read-model.ts";
+import type { Freshness, StatusReads } from "./read-model.ts";
 import type { WorkQueue } from "@homeostat/workqueue";
 import { tracingMiddleware } from "./grpc-tracing.ts";
 import type { ServiceDirectory } from "./service-directory.ts";
@@ -66,6 +67,8 @@ export type StatusApiOptions = {
   /** TLS, tokens and read auth (config.statusApi); see status-auth.ts. */
   security: StatusApiSecurity;
   readModel: StatusReads;
+  /** How current the read model is, told with every GetKey, ListKeys and QueueStats answer (read-model.ts). */
+  freshness?: () => Freshness;
   queue: QueueApi;
   /** The known releases and stored advisories KnownFacts answers with. */
   releases: Pick<ReleaseStore, "list">;
@@ -136,6 +139,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
   };
 
   const invalid = (details: string) => new ServerError(Status.INVALID_ARGUMENT, details);
+  const freshness = () => (opts.freshness ? toProtoFreshness(opts.freshness(), Date.now()) : undefined);
 
   const noProposals = async (): Promise<never> => {
     throw new ServerError(Status.FAILED_PRECONDITION, "this status API serves no proposals");
@@ -151,7 +155,7 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
       if ("error" in parsed) throw invalid(parsed.error);
       const { status, degraded } = await readModel.lookup(parsed.key);
       if (!status) throw new ServerError(Status.NOT_FOUND, `no status for ${parsed.key}`);
-      return { ...toProtoStatus(status), ...(degraded ? { degraded } : {}) };
+      return { ...toProtoStatus(status), ...(degraded ? { degraded } : {}), freshness: freshness() };
     },
 
     async why({ key }) {
@@ -181,11 +185,12 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
         keys: page.items.map(toProtoStatus),
         nextPageToken: page.next ? encodePageToken(page.next) : "",
         ...(page.degraded ? { degraded: page.degraded } : {}),
+        freshness: freshness(),
       };
     },
 
     async queueStats() {
-      return toProtoQueueStats(await queue.stats());
+      return { ...toProtoQueueStats(await queue.stats()), freshness: freshness() };
     },
 
     async enqueue(request) {
@@ -312,4 +317,13 @@ function decodePageToken(token: string): string | undefined {
   if (!/^[A-Za-z0-9_-]{1,256}$/.test(token)) return undefined;
   const lastKey = Buffer.from(token, "base64url").toString("utf8");
   return "key" in parseKeyArg(lastKey) ? lastKey : undefined;
+}
+
+/** A read model's freshness as the proto says it, its age at `now`. */
+function toProtoFreshness(f: Freshness, now: number): ReadModelFreshness {
+  return {
+    region: f.region,
+    observedRevision: String(f.observedRevision),
+    ...(f.currentAsOf === undefined ? {} : { currentAsOf: new Date(f.currentAsOf).toISOString(), ageMs: String(Math.max(0, now - f.currentAsOf)) }),
+  };
 }
