@@ -14,7 +14,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { encodeMessage } from "@homeostat/core";
-import { getQueueStats, listKeyStatuses, statusClient } from "@homeostat/status-api";
+import { getQueueStats, listKeyStatuses, Metadata, statusClient } from "@homeostat/status-api";
 import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 import { prometheusNames, SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
@@ -170,6 +170,46 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
         .sort(),
       ["image/devkit:dependency", "package/libgreet:release"],
     );
+  });
+
+  test("an enqueue deduplicated into a queued key is linked from the run that answers it, across the status API", async () => {
+    // Two Enqueue calls, each from its own caller's trace, due in a few seconds: the second finds the first queued.
+    const writer = statusClient(factory.grpcAddr);
+    const callers = [randomBytes(16).toString("hex"), randomBytes(16).toString("hex")];
+    const outcomes: string[] = [];
+    try {
+      for (const traceId of callers) {
+        const traceparent = `00-${traceId}-${randomBytes(8).toString("hex")}-01`;
+        const req = { key: "package/busybox", priority: "", notBeforeDelayMs: "5000", causeDetail: "telemetry test", force: false };
+        const metadata = Metadata({ traceparent, authorization: `Bearer ${factory.grpcToken}` });
+        outcomes.push((await writer.rpc.enqueue(req, { metadata })).outcome);
+      }
+    } finally {
+      writer.close();
+    }
+    assert.deepEqual(outcomes, ["added", "deduped"]);
+    const run = await waitFor(
+      "the run of package/busybox that answers both enqueues",
+      async () =>
+        otlp.spans.find(
+          (s) =>
+            s.service === "reconciler" &&
+            s.name.startsWith("reconcile ") &&
+            s.attributes["homeostat.key"] === "package/busybox" &&
+            callers.every((c) => s.links.some((l) => l.traceId === c)),
+        ),
+      120_000,
+      250,
+    );
+    for (const caller of callers) {
+      const enqueue = otlp.spans.find((s) => s.traceId === caller && s.kind === SpanKindNumber.server && s.name.endsWith("/Enqueue"));
+      assert.ok(enqueue, "the Enqueue call's SERVER span continues its caller's trace");
+      assert.ok(
+        run.links.some((l) => l.traceId === caller && l.spanId === enqueue.spanId),
+        "the run links to that Enqueue's span",
+      );
+    }
+    assert.equal(run.attributes["homeostat.enqueues"], 2);
   });
 
   test("a refused signature is an ERROR span, counted by reason", async () => {
