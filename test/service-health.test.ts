@@ -11,7 +11,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, type ChildProcess } from "node:child_process";
-import { createWriteStream, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, createWriteStream, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server, type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -261,4 +261,21 @@ test("a service writes only its own heartbeats (nats-access.ts); the queue reads
     mine.map((i) => [i.service, i.health, i.stale]),
     [["signer", "ready", false]],
   );
+});
+
+test("invalid configuration is not retried: a NATS seed that others may read ends the start at once with 78 (EX_CONFIG)", async () => {
+  const seed = path.join(t.dir, "readable.nk");
+  copyFileSync(seedFile(await t.natsCredentials(), "reconciler"), seed);
+  chmodSync(seed, 0o644);
+  const s = await startService("reconciler", { NATS_NKEY_SEED_FILE: seed });
+  const code = await waitFor("the reconciler to exit", async () => (s.child.exitCode === null ? undefined : { code: s.child.exitCode }), 120_000, 100).then(
+    (r) => r.code,
+    async (err: unknown) => {
+      await stopChild(s.child);
+      throw err;
+    },
+  );
+  assert.equal(code, 78, s.log());
+  assert.match(s.log(), /is readable by others \(mode 644\): chmod 600 it/);
+  assert.doesNotMatch(s.log(), /trying again/);
 });
