@@ -11,18 +11,21 @@
  *  - queue: `--telemetry` starts the SDK as a service does and issues each enqueue in a span of
  *    its own (so runs link back to them); "off" is the bench without any SDK, as published.
  * Arms alternate (off/not exported, exported, …) `--rounds` times (default 1), so a change of
- * the machine's load falls on both. The receiver (test/otlp-receiver.ts) decodes everything in
- * this process, as a collector would in its own. The last line is one JSON object.
+ * the machine's load falls on both. The receiver is a sink on loopback: it reads each export
+ * and answers it as a collector does, counting requests and bytes, and decodes nothing (a
+ * collector does that in its own process, often on another machine; decoding here, in
+ * JavaScript on the same two cores, would be charged to the services). The last line is one
+ * JSON object.
  *
  * Usage: node benches/telemetry-overhead.ts [--rounds N] [--count N (ingest)] [--enqueues N (queue; default 10,000, a fifth of bench:queue's)]
  */
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { repoRoot, startNatsServer } from "../scripts/factory.ts";
-import { startOtlpReceiver } from "../test/otlp-receiver.ts";
 import { table } from "./table.ts";
 
 const { values } = parseArgs({
@@ -32,7 +35,27 @@ const rounds = Number(values.rounds);
 if (!Number.isInteger(rounds) || rounds < 1 || rounds > 10) throw new Error("--rounds takes 1 to 10");
 
 type Arm = { bench: "ingest" | "queue"; arm: string; args: string[]; env: Record<string, string> };
-type Measured = Arm & { throughput: number; p99Ms: number; spans: number };
+type Measured = Arm & { throughput: number; p99Ms: number; exports: number; exportedKiB: number };
+
+/** An OTLP/HTTP sink: answers every export with an empty success (protobuf), counting requests and bytes. */
+async function startOtlpSink(): Promise<{ url: string; requests: number; bytes: number; close(): Promise<void> }> {
+  const sink = {
+    url: "",
+    requests: 0,
+    bytes: 0,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+  const server = createServer((req, res) => {
+    req.on("data", (c: Buffer) => void (sink.bytes += c.length));
+    req.on("end", () => {
+      sink.requests++;
+      res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  sink.url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  return sink;
+}
 
 /** Runs a bench as its own process; resolves with the JSON object of its last line. */
 function runBench(script: string, args: string[], env: Record<string, string>): Promise<Record<string, unknown>> {
@@ -60,7 +83,7 @@ function runBench(script: string, args: string[], env: Record<string, string>): 
 const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-bench-telemetry-"));
 writeFileSync(path.join(dir, "nats.conf"), `jetstream { store_dir: "${path.join(dir, "js")}" }\n`);
 const nats = await startNatsServer({ configFile: path.join(dir, "nats.conf"), logFile: path.join(dir, "nats.log") });
-const otlp = await startOtlpReceiver();
+const otlp = await startOtlpSink();
 const exported = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url };
 const common = { NATS_URL: nats.url, BENCH_QUEUE_ENQUEUES: values.enqueues };
 const arms: Arm[] = [
@@ -78,12 +101,14 @@ try {
   );
   for (let round = 0; round < rounds; round++)
     for (const a of arms) {
-      const spansBefore = otlp.spans.length;
+      const before = { requests: otlp.requests, bytes: otlp.bytes };
       const r = await runBench(a.bench === "ingest" ? "ingest.ts" : "queue.ts", a.args, a.env);
       const throughput = a.bench === "ingest" ? Number(r.events_per_s) : Number((r.processed_per_s as Record<string, number>).homeostat);
       const p99Ms = a.bench === "ingest" ? Number(r.p99_ms) : Number((r.wait_p99_ms as Record<string, number>).homeostat);
-      measured.push({ ...a, throughput, p99Ms, spans: otlp.spans.length - spansBefore });
-      console.log(`  ${a.bench} ${a.arm}: ${throughput} /s, p99 ${p99Ms} ms, ${otlp.spans.length - spansBefore} spans received (load ${load()[0]})`);
+      const exports = otlp.requests - before.requests;
+      const exportedKiB = Math.round((otlp.bytes - before.bytes) / 1024);
+      measured.push({ ...a, throughput, p99Ms, exports, exportedKiB });
+      console.log(`  ${a.bench} ${a.arm}: ${throughput} /s, p99 ${p99Ms} ms, ${exports} OTLP exports (${exportedKiB} KiB) (load ${load()[0]})`);
     }
 } finally {
   await otlp.close();
