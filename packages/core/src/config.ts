@@ -419,8 +419,8 @@ function parseGrpcTokens(raw: string, ctx: z.core.$RefinementCtx): GrpcToken[] {
     .split(",")
     .map((t) => t.trim())
     .filter((t) => t !== "")) {
-    const m = /^([A-Za-z0-9_.@-]{1,64}):(read|write):([0-9a-f]{64})$/.exec(entry);
-    if (!m) {
+    const [, name, role, sha256] = /^([A-Za-z0-9_.@-]{1,64}):(read|write):([0-9a-f]{64})$/.exec(entry) ?? [];
+    if (name === undefined || sha256 === undefined) {
       // The entry may be a token pasted by mistake: say where, never echo it.
       ctx.addIssue({
         code: "custom",
