@@ -171,7 +171,7 @@ function parseState(text: string): State {
 const home = path.join(repoRoot, ".homeostat", "regions");
 const stateFile = path.join(home, "regions.json");
 const usage = `Usage: scripts/regions up [--regions N] [--catalog DIR] | status [--json] | down
-  up      start N regions (default 3, at most ${regionNames.length}) on loopback and run until stopped (Ctrl-C, SIGTERM, or scripts/regions down)
+  up      start N regions (default 3, from 2 to ${regionNames.length}: a JetStream cluster needs routes) on loopback and run until stopped (Ctrl-C, SIGTERM, or scripts/regions down)
   status  where the running regions listen, and how each is doing (keys Ready, queue, read-model freshness)
   down    stop the running regions
 State: ${path.relative(process.cwd(), stateFile)}; logs and servers under ${path.relative(process.cwd(), home)}/
@@ -342,7 +342,7 @@ if (import.meta.main) {
     process.stdout.write(usage);
     process.exit(0);
   }
-  if (rest.length > 0 || !["up", "status", "down"].includes(command ?? "") || !Number.isInteger(count) || count < 1 || count > regionNames.length) {
+  if (rest.length > 0 || !["up", "status", "down"].includes(command ?? "") || !Number.isInteger(count) || count < 2 || count > regionNames.length) {
     process.stderr.write(usage);
     process.exit(64);
   }
