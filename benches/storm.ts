@@ -286,6 +286,10 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         HOMEOSTAT_RESYNC_MS: String(7 * 24 * 3_600_000),
         HOMEOSTAT_INGEST_RATE_LIMIT: "100000000",
         HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: "100000000",
+        // A batch of ADVISORY_BATCH advisories on a loaded machine can take longer than the
+        // default 30 s idle timeout, which closes the socket without an answer mid-request.
+        HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS: String(o.timeoutS * 1000),
+        HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS: String(o.timeoutS * 1000),
         OTEL_EXPORTER_OTLP_ENDPOINT: telemetry.url,
         OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
         OTEL_METRIC_EXPORT_INTERVAL: "1000",
