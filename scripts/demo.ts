@@ -4,6 +4,9 @@
  * that depend on it are rebuilt and signed. Ends with a summary table, exit code 0.
  *
  *   --serve      keep the factory running afterwards (Ctrl-C, SIGTERM or SIGHUP stops it)
+ *   --regions N  run it as N regions of one fabric (scripts/regions.ts: a clustered nats-server,
+ *                a redis-server and the five services per region); the release goes to region a,
+ *                and every region must report the same digests at the end
  *   --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)
  *   --help       this text
  *
@@ -22,15 +25,17 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { listKeyStatuses, statusClient, watchKeysResuming } from "@homeostat/status-api";
 import { loadConfig, type KeyStatus } from "@homeostat/core";
-import { repoRoot, startFactory, startLocalServers, waitFor, type LocalServers } from "./factory.ts";
+import { repoRoot, startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
+import { regionNames, startRegions, type Regions } from "./regions.ts";
 
 const usage =
-  "Usage: scripts/demo [--serve] [--release FILE.json] [--help]\n  --serve      keep the factory running after the demo (Ctrl-C, SIGTERM or SIGHUP stops it)\n  --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)\nArtifacts: $HOMEOSTAT_DATA (default .homeostat/data); servers, logs and the write token: .homeostat/demo\n";
+  "Usage: scripts/demo [--serve] [--regions N] [--release FILE.json] [--help]\n  --serve      keep the factory running after the demo (Ctrl-C, SIGTERM or SIGHUP stops it)\n  --regions N  N regions of one fabric on this machine (a nats-server, a redis-server and the five services each)\n  --release F  the release event to ingest (default examples/releases/libgreet-1.1.json)\nArtifacts: $HOMEOSTAT_DATA (default .homeostat/data); servers, logs and the write token: .homeostat/demo\n";
 let parsed;
 try {
   parsed = parseArgs({
     options: {
       serve: { type: "boolean", default: false },
+      regions: { type: "string" },
       release: { type: "string", default: "examples/releases/libgreet-1.1.json" },
       help: { type: "boolean", short: "h" },
     },
@@ -44,6 +49,11 @@ if (args.help) {
   process.stdout.write(usage);
   process.exit(0);
 }
+const regionCount = args.regions === undefined ? undefined : Number(args.regions);
+if (regionCount !== undefined && (!Number.isInteger(regionCount) || regionCount < 2 || regionCount > regionNames.length)) {
+  process.stderr.write(`demo: --regions must be an integer from 2 to ${regionNames.length}\n${usage}`);
+  process.exit(64);
+}
 const { dataDir } = loadConfig({ HOMEOSTAT_DATA: process.env.HOMEOSTAT_DATA || undefined });
 // Made here, searchable by all: created by the signer's or builder's private key directory
 // (0700, recursively) it would shut the build sandbox's uid out of the workspace under it.
@@ -54,34 +64,57 @@ mkdirSync(work, { recursive: true });
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 let servers: LocalServers | undefined;
-if (process.env.NATS_URL && !process.env.NATS_CREDENTIALS) {
-  say("NATS_URL is set: set NATS_CREDENTIALS too, the directory `pnpm nats-config --out DIR --prefix P` wrote for that server (and HOMEOSTAT_PREFIX=P)");
-  process.exit(64);
-}
-const prefix = process.env.NATS_URL ? (process.env.HOMEOSTAT_PREFIX ?? "hs") : "hs";
-if (!process.env.NATS_URL || !process.env.REDIS_URL) {
-  say("▸ starting a private nats-server (JetStream, authentication on) and redis-server on loopback");
-  servers = await startLocalServers(path.join(work, "servers"), { prefix, region: "local" });
-}
-const natsUrl = process.env.NATS_URL ?? servers!.natsUrl;
-const redisUrl = process.env.REDIS_URL ?? servers!.redisUrl;
-const natsCredentials = process.env.NATS_URL ? path.resolve(process.env.NATS_CREDENTIALS!) : servers!.natsCredentials;
+let regions: Regions | undefined;
+let factory: Factory;
+const catalogDir = path.join(repoRoot, "examples", "catalog");
+if (regionCount !== undefined) {
+  if (process.env.NATS_URL || process.env.REDIS_URL) say("--regions starts its own servers: NATS_URL and REDIS_URL are not used");
+  const names = regionNames.slice(0, regionCount);
+  say(
+    `▸ starting ${regionCount} regions (${names.join(", ")}) of one fabric: a clustered nats-server (JetStream R${Math.min(3, regionCount)}), a redis-server and the five services each`,
+  );
+  regions = await startRegions({
+    dir: path.join(work, "regions"),
+    prefix: "hs",
+    fabric: "fabric",
+    regions: names,
+    env: { HOMEOSTAT_DATA: dataDir, HOMEOSTAT_CATALOG: catalogDir },
+    readyTimeoutMs: 180_000,
+  });
+  for (const [region, f] of regions.factories)
+    say(`  region ${region}: ingest http://${f.ingestUrl.slice(7)}   status gRPC ${f.grpcAddr}   nats ${regions.cluster.nodes.get(region)!.url}`);
+  factory = regions.factories.get(names[0]!)!;
+  say(`  logs under ${path.relative(process.cwd(), path.join(work, "regions"))}/logs-<region>/; the release goes to region ${names[0]}`);
+} else {
+  if (process.env.NATS_URL && !process.env.NATS_CREDENTIALS) {
+    say("NATS_URL is set: set NATS_CREDENTIALS too, the directory `pnpm nats-config --out DIR --prefix P` wrote for that server (and HOMEOSTAT_PREFIX=P)");
+    process.exit(64);
+  }
+  const prefix = process.env.NATS_URL ? (process.env.HOMEOSTAT_PREFIX ?? "hs") : "hs";
+  if (!process.env.NATS_URL || !process.env.REDIS_URL) {
+    say("▸ starting a private nats-server (JetStream, authentication on) and redis-server on loopback");
+    servers = await startLocalServers(path.join(work, "servers"), { prefix, region: "local" });
+  }
+  const natsUrl = process.env.NATS_URL ?? servers!.natsUrl;
+  const redisUrl = process.env.REDIS_URL ?? servers!.redisUrl;
+  const natsCredentials = process.env.NATS_URL ? path.resolve(process.env.NATS_CREDENTIALS!) : servers!.natsCredentials;
 
-say("▸ starting the five services: ingest, queue, reconciler, builder, signer");
-const factory = await startFactory({
-  env: {
-    NATS_URL: natsUrl,
-    REDIS_URL: redisUrl,
-    HOMEOSTAT_PREFIX: prefix,
-    HOMEOSTAT_REGION: "local",
-    HOMEOSTAT_DATA: dataDir,
-    HOMEOSTAT_CATALOG: path.join(repoRoot, "examples", "catalog"),
-    ...(process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? { OTEL_EXPORTER_OTLP_ENDPOINT: process.env.OTEL_EXPORTER_OTLP_ENDPOINT } : {}),
-  },
-  natsCredentials,
-  logDir: path.join(work, "logs"),
-});
-say(`  ingest http://${factory.ingestUrl.slice(7)}   status gRPC ${factory.grpcAddr}   logs ${path.relative(process.cwd(), path.join(work, "logs"))}/`);
+  say("▸ starting the five services: ingest, queue, reconciler, builder, signer");
+  factory = await startFactory({
+    env: {
+      NATS_URL: natsUrl,
+      REDIS_URL: redisUrl,
+      HOMEOSTAT_PREFIX: prefix,
+      HOMEOSTAT_REGION: "local",
+      HOMEOSTAT_DATA: dataDir,
+      HOMEOSTAT_CATALOG: catalogDir,
+      ...(process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? { OTEL_EXPORTER_OTLP_ENDPOINT: process.env.OTEL_EXPORTER_OTLP_ENDPOINT } : {}),
+    },
+    natsCredentials,
+    logDir: path.join(work, "logs"),
+  });
+  say(`  ingest http://${factory.ingestUrl.slice(7)}   status gRPC ${factory.grpcAddr}   logs ${path.relative(process.cwd(), path.join(work, "logs"))}/`);
+}
 // The run's write token, readable by this user only: what `homeostat enqueue` and `retry` need.
 const tokenFile = path.join(work, "grpc-token");
 writeFileSync(tokenFile, `${factory.grpcToken}\n`, { mode: 0o600 });
@@ -93,6 +126,7 @@ const stopAll = async () => {
   client.close();
   await factory.stop();
   await servers?.stop();
+  await regions?.stop();
 };
 for (const [signal, code] of [
   ["SIGINT", 130],
@@ -188,7 +222,33 @@ try {
   ];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i]!)).join("  "));
-  const ok = settledItems.every((s) => s.phase === "Ready");
+  let ok = settledItems.every((s) => s.phase === "Ready");
+  if (regions) {
+    // Every region answers from its own read model: each must report the digests region a does.
+    const reference = new Map(settledItems.map((s) => [s.key, JSON.stringify(s.actual?.outputs)]));
+    for (const [region, f] of regions.factories) {
+      const other = statusClient(f.grpcAddr);
+      try {
+        const page = await waitFor(
+          `region ${region} to agree`,
+          async () => {
+            const p = await listKeyStatuses(other, { pageSize: 1000 });
+            return p.items.length === reference.size && p.items.every((s) => reference.get(s.key) === JSON.stringify(s.actual?.outputs)) ? p : undefined;
+          },
+          120_000,
+          500,
+        ).catch(() => undefined);
+        const fresh =
+          page?.freshness?.ageMs !== undefined
+            ? `, its read model at state revision ${page.freshness.observedRevision}, ${(page.freshness.ageMs / 1000).toFixed(1)} s old`
+            : "";
+        say(page ? `region ${region}: every key at the same digests${fresh}` : `region ${region}: does NOT report the same digests`);
+        ok &&= page !== undefined;
+      } finally {
+        other.close();
+      }
+    }
+  }
   say(ok ? "\nconverged: every key is built, signed and Ready." : "\nnot converged: see the logs");
   const layout = path.relative(process.cwd(), path.join(dataDir, "oci", "greeter"));
   const verify = `packages/cli/bin/homeostat verify ${layout}`;
