@@ -6,20 +6,25 @@
  * the repairer (services/agent/src/repair.ts) over them, talking to whatever Messages API the
  * client given points at (the fake server, or the real one).
  */
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, openSnapshot, ReleaseStore, type Osv, type Release } from "@homeostat/catalog";
 import { loadConfig, StateStore, type AgentSettings, type Key, type Logger, type Nats } from "@homeostat/core";
 import type { TestEnv } from "./harness.ts";
+import type { ScriptedStep } from "./agent-fake-messages.ts";
 import { createRepairer, type RepairDeps } from "../services/agent/src/repair.ts";
 import { ProposalStore } from "@homeostat/proposals";
+import { QuestionStore } from "@homeostat/proposals/questions";
 import { TranscriptStore } from "../services/agent/src/transcripts.ts";
 import { trialRunner } from "../services/agent/src/trial.ts";
 import { Builder } from "../services/builder/src/build.ts";
 import { resolveIsolation } from "../services/builder/src/isolation.ts";
 import { createTrialHandler, serveTrials } from "../services/builder/src/trial.ts";
+
+const homeostatBin = new URL("../packages/cli/bin/homeostat", import.meta.url).pathname;
+const agentSources = new URL("./fixtures/agent/sources/", import.meta.url).pathname;
 
 export const quiet: Logger = { info() {}, warn() {}, error() {} };
 
@@ -31,6 +36,76 @@ export function tarball(tree: string, outDir: string, top: string): string {
   const file = path.join(outDir, `${top}.tar.gz`);
   execFileSync("tar", ["-czf", file, "--transform", `s,^\\.,${top},`, "-C", tree, "."]);
   return sha256File(file);
+}
+
+/** One scripted model turn calling tools (the fake server makes the ids unique). */
+export const toolTurn = (...calls: [string, Record<string, unknown>][]): ScriptedStep => ({
+  content: calls.map(([name, input], i) => ({ type: "tool_use", id: `${name}${i}`, name, input })),
+  stop_reason: "tool_use",
+  usage: { input_tokens: 1200, output_tokens: 150 },
+  repeat: 1,
+});
+
+/** The fix of hello 1.1 (name util.o in OBJS) with a test of the greeting, as edit_recipe's input; `objs` varies the candidate. */
+export function helloFix(sha: string, objs: string): Record<string, unknown> {
+  return {
+    set: {
+      version: "1.1",
+      source: { url: "../sources/hello-1.1.tar.gz", sha256: sha },
+      build: { steps: [`make hello CC='cc -static' OBJS='${objs}'`, "mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello"] },
+      test: "test \"$($DESTDIR/usr/bin/hello)\" = 'hello from 1.1'",
+    },
+  };
+}
+
+/** A whole repair of hello 1.1: read the log, fix the recipe, build it on trial, submit. */
+export const helloRepairScript = (sha: string, objs: string): ScriptedStep[] => [
+  toolTurn(["read_build_log", {}]),
+  toolTurn(["edit_recipe", helloFix(sha, objs)]),
+  toolTurn(["trial_build", {}]),
+  toolTurn(["submit_result", { rationale: `hello 1.1 moved greeting() into util.c, which OBJS leaves out: build with OBJS='${objs}'.` }]),
+];
+
+/**
+ * A catalog under `root` of packages `names`, each the fixture hello at 1.0 (statically linked),
+ * with the tarballs of 1.0 and 1.1 (which moved code into a file its Makefile misses) in
+ * `root/sources`; their sha256 by version.
+ */
+export function helloCatalog(root: string, names: readonly string[]): { catalogDir: string; sha: Record<string, string> } {
+  const sha: Record<string, string> = {};
+  for (const v of ["1.0", "1.1"]) {
+    const tree = path.join(root, "trees", `hello-${v}`);
+    cpSync(path.join(agentSources, `hello-${v}`), tree, { recursive: true });
+    sha[v] = tarball(tree, path.join(root, "sources"), `hello-${v}`);
+  }
+  const catalogDir = path.join(root, "catalog");
+  mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
+  for (const name of names) {
+    const recipe = [
+      `name: ${name}`,
+      'version: "1.0"',
+      "source:",
+      "  url: ../sources/hello-1.0.tar.gz",
+      `  sha256: ${sha["1.0"]}`,
+      "build:",
+      "  steps:",
+      // Linked statically: an image holding it has no C library.
+      "    - make hello CC='cc -static'",
+      "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
+      "",
+    ];
+    writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), recipe.join("\n"));
+  }
+  return { catalogDir, sha };
+}
+
+/** The real `homeostat` command line with only `env` (and PATH): its exit code and output. */
+export function runHomeostat(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(homeostatBin, args, { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env } }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
 }
 
 export type AgentRig = {
@@ -97,7 +172,9 @@ export async function startAgentRig(
   const releases = new ReleaseStore(await kv(agent, "releases"));
   const advisories = await AdvisoryStore.open(agent);
   const state = new StateStore(await kv(agent, "state"));
-  const proposals = new ProposalStore(await kv(agent, "proposals"));
+  const proposalsBucket = await kv(agent, "proposals");
+  const proposals = new ProposalStore(proposalsBucket);
+  const questions = new QuestionStore(proposalsBucket);
   const transcripts = new TranscriptStore(path.join(dataDir, "agent", "blobs", "sha256"), [o.apiKey]);
   const repairer = createRepairer({
     client: o.client,
@@ -109,6 +186,7 @@ export async function startAgentRig(
     advisories: (p) => advisories.list(p),
     releases: (p) => releases.list(p),
     proposals,
+    questions,
     workRoot: path.join(dataDir, "agent", "work"),
     sourceRules: { maxBytes: 1 << 20, allowRemote: false, timeoutMs: 10_000 },
     trial: (name) =>

@@ -30,6 +30,7 @@ import type { ImageVerification } from "@homeostat/attest";
 import type { LivePackage, PlanRelease } from "./plan.ts";
 import { statusCommand } from "./status.ts";
 import { approveCommand, proposalCommand, proposalsCommand, rejectCommand } from "./proposals.ts";
+import { answerCommand } from "./answer.ts";
 import { columns } from "./table.ts";
 import { exitCodes } from "./exit-codes.ts";
 
@@ -95,7 +96,10 @@ const globalOptions = {
 
 const globalOptionHelp: [string, string][] = [
   ["--addr host:port", "status API address (default: $HOMEOSTAT_GRPC_ADDR, else 127.0.0.1:50051)"],
-  ["--token-file FILE", "bearer token for the status API, read from FILE (default: $HOMEOSTAT_TOKEN_FILE); needed by enqueue, retry, approve and reject"],
+  [
+    "--token-file FILE",
+    "bearer token for the status API, read from FILE (default: $HOMEOSTAT_TOKEN_FILE); needed by enqueue, retry, approve, reject and answer",
+  ],
   ["--token T", "the bearer token itself (default: $HOMEOSTAT_TOKEN); visible to other users in the process list, prefer --token-file"],
   ["--ca FILE", "speak TLS, trusting this CA (PEM; default: $HOMEOSTAT_GRPC_CA)"],
   ["--tls", "speak TLS, trusting the system's CAs (default: $HOMEOSTAT_GRPC_TLS=true)"],
@@ -509,6 +513,7 @@ export const commands: Command[] = [
   proposalCommand,
   approveCommand,
   rejectCommand,
+  answerCommand,
 ];
 
 /* ---------------------------------------------------------------- formatting */
@@ -662,7 +667,7 @@ export function help(c?: Command): string {
     "where verify finds cosign.pub. After scripts/demo: homeostat verify .homeostat/data/oci/greeter",
     "Exit codes: 0 ok, 1 error reported by the server (e.g. not found), 2 server unreachable, 3 server up but its stores unavailable,",
     "4 (status) a service without a ready instance, 64 usage error,",
-    "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue, retry, approve or reject).",
+    "77 not authenticated (no or a wrong token) or not allowed (a read token on enqueue, retry, approve, reject or answer).",
     "",
   ].join("\n");
 }

@@ -11,7 +11,7 @@ import { digestSchema } from "./digest.ts";
 import { failureKinds } from "./failure.ts";
 import { keySchema } from "./key.ts";
 
-export const phases = ["Pending", "Reconciling", "Building", "Signing", "Ready", "Failed", "NeedsAttention", "DeadLettered"] as const;
+export const phases = ["Pending", "Reconciling", "Building", "Signing", "Ready", "Failed", "NeedsAttention", "WaitingForAnswer", "DeadLettered"] as const;
 export type Phase = (typeof phases)[number];
 
 export const actualSchema = z.object({

@@ -5,6 +5,7 @@
  */
 import type { KV } from "@nats-io/kv";
 import { proposalSchema, type Proposal, type ProposalStatus } from "./proposal.ts";
+import { QUESTION_ENTRY_PREFIX } from "./questions.ts";
 
 /** A change asked of a proposal in a status that does not allow it (already reviewed, unknown). */
 export class ProposalConflict extends Error {
@@ -35,6 +36,8 @@ export class ProposalStore {
   async list(filter: ProposalFilter = {}): Promise<Proposal[]> {
     const out: Proposal[] = [];
     for await (const id of await this.kv.keys()) {
+      // The bucket also holds the agent's parked questions (questions.ts).
+      if (id.startsWith(QUESTION_ENTRY_PREFIX)) continue;
       const p = await this.get(id);
       if (p && (!filter.key || p.key === filter.key) && (!filter.status || p.status === filter.status)) out.push(p);
     }

@@ -62,7 +62,7 @@ export const descriptorSetPath = fileURLToPath(new URL("./generated/descriptors.
 
 /** The methods that change something: they need a token with the `write` role. */
 export const writeMethods: ReadonlySet<string> = new Set(
-  ["enqueue", "retryDeadLetter", "approveProposal", "rejectProposal"].map(
+  ["enqueue", "retryDeadLetter", "approveProposal", "rejectProposal", "answerQuestion"].map(
     (m) => StatusServiceDefinition.methods[m as keyof typeof StatusServiceDefinition.methods].name,
   ),
 );

@@ -13,16 +13,23 @@
  *
  * Every model call and every tool call is a span (telemetry.ts), a child of the active one: the
  * key's reconcile span, in the trace of the build whose failure handed the key over.
+ *
+ * A tool may ask a person (ask_human): the loop answers the turn's other calls and stops
+ * (`asked`) with the conversation as it stands; the caller parks it and, once answered,
+ * continues it (`resume`, withAnswer) with the turns, tokens and time it had used counted.
  */
 import Anthropic from "@anthropic-ai/sdk";
 import type { MessageParam, Tool, ToolResultBlockParam, ToolUseBlock, Usage } from "@anthropic-ai/sdk/resources/messages";
 import { z } from "zod";
+import { canonicalJson, sha256Digest } from "@homeostat/core";
 import { agentMetrics, chatSpan, toolSpan } from "./telemetry.ts";
 
 export type ToolOutcome<R> = {
   content: string;
   isError?: boolean;
   result?: R;
+  /** Set: the run stops to ask a person this (ask_human); the answer becomes this call's tool_result. */
+  ask?: string;
   /** Milliseconds of the call spent in trial builds: left out of the loop's own overhead (a build takes as long as the build). */
   buildMs?: number;
 };
@@ -41,7 +48,7 @@ export type Prices = { input: number; output: number; cacheWrite: number; cacheR
 
 export type TokenUsage = { input: number; output: number; cacheWrite: number; cacheRead: number };
 
-export type LoopStop = "submitted" | "end_turn" | "max_turns" | "token_budget" | "time_budget" | "api_error" | "aborted";
+export type LoopStop = "submitted" | "end_turn" | "max_turns" | "token_budget" | "time_budget" | "api_error" | "aborted" | "asked";
 
 export type LoopResult<R> = {
   stop: LoopStop;
@@ -53,6 +60,10 @@ export type LoopResult<R> = {
   costUsd: number;
   /** The whole conversation, for the transcript blob. */
   messages: MessageParam[];
+  /** stop `asked`: the question and the call it answers (its tool_result is the one missing from `messages`). */
+  asked?: { question: string; toolUseId: string };
+  /** Wall time used, the resumed run's earlier part included. */
+  elapsedMs: number;
   /** Milliseconds per turn spent outside the model call and the trial builds: the loop's own cost. */
   overheadMs: number[];
 };
@@ -63,6 +74,8 @@ export type LoopOptions<R> = {
   system: string;
   tools: AgentTool<R>[];
   prompt: string;
+  /** A parked conversation to continue instead of starting from `prompt` (withAnswer), with what it had used of the budget. */
+  resume?: { messages: MessageParam[]; turns: number; usage: TokenUsage; elapsedMs: number };
   limits: LoopLimits;
   prices: Prices;
   signal: AbortSignal;
@@ -104,27 +117,51 @@ export function costOf(u: TokenUsage, p: Prices): number {
 
 const totalTokens = (u: TokenUsage) => u.input + u.output + u.cacheWrite + u.cacheRead;
 
-export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
-  const started = Date.now();
-  const sleep = o.sleep ?? defaultSleep;
-  const byName = new Map(o.tools.map((t) => [t.name, t]));
-  const metrics = agentMetrics();
+/** The tools as the Messages API is given them. */
+export function toolDefinitions(tools: readonly AgentTool<unknown>[]): Tool[] {
   // Cached prefix: tools come before the system prompt, so one breakpoint on the last tool and one on the system cover both.
-  const tools: Tool[] = o.tools.map((t, i) => ({
+  return tools.map((t, i) => ({
     name: t.name,
     description: t.description,
     input_schema: z.toJSONSchema(t.input, { io: "input" }) as Tool["input_schema"],
-    ...(i === o.tools.length - 1 ? { cache_control: { type: "ephemeral" as const } } : {}),
+    ...(i === tools.length - 1 ? { cache_control: { type: "ephemeral" as const } } : {}),
   }));
+}
+
+/** What a parked conversation was made under: the model, the system prompt, the tool definitions and the limits. A change starts over. */
+export function loopConfigDigest(o: Pick<LoopOptions<unknown>, "model" | "system" | "tools" | "limits">): string {
+  const { maxTurns, maxTokens, maxWallMs, turnOutputTokens } = o.limits;
+  return sha256Digest(
+    canonicalJson({ model: o.model, system: o.system, tools: toolDefinitions(o.tools), limits: { maxTurns, maxTokens, maxWallMs, turnOutputTokens } }),
+  );
+}
+
+/** The parked conversation with the person's answer as the tool_result of the asking call (beside the turn's other results, if any). */
+export function withAnswer(messages: readonly MessageParam[], toolUseId: string, answer: string): MessageParam[] {
+  const result: ToolResultBlockParam = { type: "tool_result", tool_use_id: toolUseId, content: answer };
+  const last = messages.at(-1);
+  if (last?.role === "user" && Array.isArray(last.content)) return [...messages.slice(0, -1), { role: "user", content: [...last.content, result] }];
+  return [...messages, { role: "user", content: [result] }];
+}
+
+export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
+  const started = Date.now() - (o.resume?.elapsedMs ?? 0);
+  const sleep = o.sleep ?? defaultSleep;
+  const byName = new Map(o.tools.map((t) => [t.name, t]));
+  const metrics = agentMetrics();
+  const tools = toolDefinitions(o.tools);
   const system = [{ type: "text" as const, text: o.system, cache_control: { type: "ephemeral" as const } }];
-  const messages: MessageParam[] = [{ role: "user", content: o.prompt }];
-  const usage: TokenUsage = { input: 0, output: 0, cacheWrite: 0, cacheRead: 0 };
+  const messages: MessageParam[] = o.resume ? [...o.resume.messages] : [{ role: "user", content: o.prompt }];
+  const usage: TokenUsage = o.resume ? { ...o.resume.usage } : { input: 0, output: 0, cacheWrite: 0, cacheRead: 0 };
   const overheadMs: number[] = [];
-  let turns = 0;
+  let turns = o.resume?.turns ?? 0;
+  let asked: LoopResult<R>["asked"];
   const end = (stop: LoopStop, detail: string, result?: R): LoopResult<R> => ({
     stop,
     detail,
     ...(result !== undefined ? { result } : {}),
+    ...(asked ? { asked } : {}),
+    elapsedMs: Date.now() - started,
     turns,
     usage,
     costUsd: costOf(usage, o.prices),
@@ -160,11 +197,17 @@ export async function runLoop<R>(o: LoopOptions<R>): Promise<LoopResult<R>> {
     for (const use of uses) {
       const outcome = await runTool(use);
       outside += outcome.buildMs ?? 0;
+      if (outcome.ask !== undefined && !outcome.isError && !asked) {
+        // Its tool_result is the answer, given when the conversation resumes.
+        asked = { question: outcome.ask, toolUseId: use.id };
+        continue;
+      }
       results.push({ type: "tool_result", tool_use_id: use.id, content: outcome.content, ...(outcome.isError ? { is_error: true } : {}) });
       if (outcome.result !== undefined && !outcome.isError) submitted = outcome.result;
     }
-    messages.push({ role: "user", content: results });
+    if (results.length > 0) messages.push({ role: "user", content: results });
     overheadMs.push(performance.now() - turnStarted - outside);
+    if (asked) return end("asked", `the model asked a person: ${asked.question}`);
     if (submitted !== undefined) return end("submitted", "the model submitted a result that passed its validators", submitted);
   }
 

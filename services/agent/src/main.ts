@@ -10,6 +10,7 @@ import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from
 import { runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { ProposalStore } from "@homeostat/proposals";
+import { QuestionStore } from "@homeostat/proposals/questions";
 import { messagesClient } from "./loop.ts";
 import { createRepairer, disabledRepair } from "./repair.ts";
 import { TranscriptStore } from "./transcripts.ts";
@@ -46,6 +47,7 @@ await runService("agent", async ({ config, log, nats, buckets, signal, health })
       snapshots: path.join(config.dataDir, "agent", "snapshots"),
       timeoutMs: config.buildTimeoutMs + 60_000,
     };
+    const proposalsBucket = await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true });
     reconcile = createRepairer({
       client: messagesClient(apiKey, config.agent.baseUrl),
       settings: config.agent,
@@ -55,7 +57,8 @@ await runService("agent", async ({ config, log, nats, buckets, signal, health })
       state,
       advisories: (pkg) => advisories.list(pkg),
       releases: (pkg) => releases.list(pkg),
-      proposals: new ProposalStore(await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true })),
+      proposals: new ProposalStore(proposalsBucket),
+      questions: new QuestionStore(proposalsBucket),
       workRoot: path.join(config.dataDir, "agent", "work"),
       sourceRules: { maxBytes: config.maxSourceBytes, allowRemote: config.sourceHosts, timeoutMs: config.buildTimeoutMs },
       trial: (name) => trialRunner(trials, name),

@@ -8,11 +8,19 @@
  * or in the key's status why there is none. The transcript is kept by content with secrets
  * redacted (transcripts.ts).
  *
+ * The model may ask a person (ask_human): the conversation is parked (@homeostat/proposals
+ * questions) and the key waits in WaitingForAnswer with the question; `homeostat answer`
+ * records the answer and hands the key back, and the run resumes where it stopped, unless the
+ * model or the configuration changed meanwhile (then it starts over). A run that spends its
+ * budget without a result fails like a build (AgentBudgetExhausted): the work queue retries it
+ * later with backoff and, after its attempts, dead-letters it; never a crash loop.
+ *
  * The model sees only the workspace: no configuration, no credentials, no signing key.
  */
 import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import type Anthropic from "@anthropic-ai/sdk";
+import type { MessageParam } from "@anthropic-ai/sdk/resources/messages";
 import { stringify as stringifyYaml } from "yaml";
 import { compareVersions, fixedVersions, type Catalog, type CatalogSource, type Osv, type Release } from "@homeostat/catalog";
 import {
@@ -28,11 +36,12 @@ import {
   type WorkItem,
 } from "@homeostat/core";
 import { allValidatorsPassed, ProposalStore, type Proposal } from "@homeostat/proposals";
+import type { QuestionEnvelope, QuestionStore } from "@homeostat/proposals/questions";
 import { done, nonRetriable, type ReconcileResult } from "@homeostat/workqueue";
 import { alreadyApplied, applyChange, changeDiff, changeOf, commitProposal, reviewBranch } from "./apply.ts";
-import { runLoop } from "./loop.ts";
+import { loopConfigDigest, runLoop, withAnswer, type LoopResult, type LoopStop } from "./loop.ts";
 import { agentMetrics } from "./telemetry.ts";
-import { repairTools } from "./tools.ts";
+import { repairTools, type Submission } from "./tools.ts";
 import { sourceOf, unpackSource, type SourceRules } from "./sources.ts";
 import type { TranscriptStore } from "./transcripts.ts";
 import type { TrialRunner } from "./trial.ts";
@@ -59,6 +68,8 @@ export type RepairDeps = {
   advisories: (pkg: string) => Promise<Osv[]>;
   releases: (pkg: string) => Promise<Release[]>;
   proposals: ProposalStore;
+  /** Conversations parked on a question to a person (ask_human). */
+  questions: QuestionStore;
   /** Where workspaces are made (one per key, emptied per run). */
   workRoot: string;
   /** The builder's source rules, for the sources unpacked into the workspace. */
@@ -90,6 +101,14 @@ export function disabledRepair(state: StateStore): (item: WorkItem) => Promise<R
   };
 }
 
+/** The stops that mean the run spent its budget (turns, tokens, wall time) without a result. */
+const budgetStops: ReadonlySet<LoopStop> = new Set(["max_turns", "token_budget", "time_budget"]);
+
+/** A run that spent its budget without a result: thrown, so that the work queue retries it with backoff and dead-letters it after its attempts. */
+export class AgentBudgetExhausted extends Error {
+  override readonly name = "AgentBudgetExhausted";
+}
+
 export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal: AbortSignal }) => Promise<ReconcileResult> {
   const note = (key: Key, text: string) => deps.state.update(key, (cur) => (cur && cur.agent !== text ? { ...cur, agent: text.slice(0, 4096) } : undefined));
   const metrics = agentMetrics();
@@ -104,7 +123,18 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     if (approved.length > 0) return done;
     const spec = deps.catalog().packages.get(name);
     const status = await deps.state.get(item.key);
-    const why = trouble(status);
+    const parked = await deps.questions.get(item.key);
+    let resume: QuestionEnvelope | undefined;
+    if (parked && status?.phase !== "WaitingForAnswer") {
+      // The key moved on (a new release, an operator): the question no longer stands.
+      await deps.questions.remove(item.key, parked.revision);
+      deps.log.info("question dropped: the key is no longer waiting for it", { key: item.key, phase: status?.phase });
+    } else if (parked) {
+      if (!parked.envelope.answer) return done; // still waiting: `homeostat answer` hands the key back
+      resume = parked.envelope;
+      await deps.state.update(item.key, (cur) => (cur?.phase === "WaitingForAnswer" ? { ...cur, phase: resume!.previousPhase } : undefined));
+    }
+    const why = resume?.trigger ?? trouble(status);
     if (kind !== "package" || !spec || !why) return done;
     const open = mine.find((p) => p.status === "open" && p.trigger === why);
     if (open) return done;
@@ -112,29 +142,54 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const releases = await deps.releases(name);
     const trialLogs = new Set<string>();
     const { ws, unpacked } = await prepare(item.key, spec, status!, advisories, releases, signal);
-    await note(item.key, "the agent is working on a repair");
+    const tools = repairTools(ws, {
+      name,
+      advisories,
+      rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest),
+      sources: knownSources(spec, releases),
+      test: spec.test,
+      trial: keepingLogs(deps.trial(name), trialLogs, deps.transcripts),
+    });
+    const loopConfig = { model: deps.settings.model, system: SYSTEM_PROMPT, tools, limits: deps.settings };
+    const configDigest = loopConfigDigest(loopConfig);
+    if (resume && (resume.model !== loopConfig.model || resume.configDigest !== configDigest)) {
+      deps.log.info("starting over instead of resuming: the model or the configuration changed since the question", {
+        key: item.key,
+        parkedModel: resume.model,
+        model: loopConfig.model,
+        parkedConfig: resume.configDigest,
+        config: configDigest,
+      });
+      resume = undefined;
+    }
+    // The workspace as the parked run left it (its recipe and patches), the rest prepared afresh.
+    for (const f of resume?.files ?? []) await ws.write(f.path, f.text);
+    await note(item.key, resume ? `the agent resumes its repair with ${resume.answer!.by}'s answer` : "the agent is working on a repair");
     const result = await runLoop({
       client: deps.client,
-      model: deps.settings.model,
-      system: SYSTEM_PROMPT,
-      tools: repairTools(ws, {
-        name,
-        advisories,
-        rejected: mine.filter((p) => p.status === "rejected").map((p) => p.candidateDigest),
-        sources: knownSources(spec, releases),
-        test: spec.test,
-        trial: keepingLogs(deps.trial(name), trialLogs, deps.transcripts),
-      }),
+      ...loopConfig,
       prompt: promptFor(
         item.key,
         why,
         unpacked,
         mine.filter((p) => p.status === "rejected"),
       ),
-      limits: deps.settings,
+      ...(resume
+        ? {
+            resume: {
+              messages: withAnswer(resume.messages as MessageParam[], resume.toolUseId, resume.answer!.text),
+              turns: resume.turns,
+              usage: resume.usage,
+              elapsedMs: deps.settings.maxWallMs - resume.remaining.wallMs,
+            },
+          }
+        : {}),
       prices: deps.settings.pricePerMTok,
       signal,
     });
+    // The answered question is spent, whatever this run came to (a new question replaces it).
+    if (parked) await deps.questions.remove(item.key, parked.revision);
+    if (result.stop === "asked") return park(item.key, why, configDigest, ws, result);
     const transcriptDigest = await deps.transcripts.put(canonicalJson(result.messages));
     deps.log.info("agent run ended", {
       key: item.key,
@@ -146,15 +201,21 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       transcript: transcriptDigest,
     });
     metrics.proposals.add(1, { outcome: result.result ? "proposed" : "none", "homeostat.agent.stop": result.stop });
+    if (!result.result && budgetStops.has(result.stop)) {
+      await note(item.key, `no proposal yet: ${result.detail}; the agent tries again later`);
+      throw new AgentBudgetExhausted(`the agent's budget ran out: ${result.detail}`);
+    }
     if (!result.result) {
       await note(item.key, `no proposal: ${result.detail}`);
       return done;
     }
     const { candidate, rationale, validators } = result.result;
     const digest = candidateDigest(candidate);
+    // Deterministic per key, trouble and candidate: a run taken over after a crash that proposes the same change finds it recorded.
     const id = `${keyToken(item.key)
       .replace(/[^a-z0-9-]/gi, "-")
-      .toLowerCase()}-${sha256Digest(`${why}${digest}${Date.now()}`).slice(7, 19)}`.slice(0, 64);
+      .toLowerCase()
+      .slice(0, 51)}-${sha256Digest(`${item.key}\n${why}\n${digest}`).slice(7, 19)}`;
     const base = deps.catalog();
     const file = base.fileOf(item.key) ?? `packages/${name}.yaml`;
     const recipe = stringifyYaml(candidate.recipe);
@@ -188,13 +249,56 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
         deps.log.warn("proposal not committed to a review branch", { key: item.key, id, error: err instanceof Error ? err.message : String(err) });
       }
     }
-    await deps.proposals.create(proposal);
+    try {
+      await deps.proposals.create(proposal);
+    } catch (err) {
+      if (!(await deps.proposals.get(id))) throw err;
+      deps.log.info("proposal already recorded (by a run before this one)", { key: item.key, id });
+    }
     if (deps.settings.apply === "validated" && allValidatorsPassed(proposal)) {
       const by = { by: "policy:validated", at: new Date().toISOString(), reason: "HOMEOSTAT_AGENT_APPLY=validated and every validator passed" };
       await applyApproved(await deps.proposals.transition(id, ["open"], (p) => ({ ...p, status: "approved", review: by })));
     } else await note(item.key, `proposal ${id} waits for review`);
     return done;
   };
+
+  /**
+   * Parks the conversation on the model's question (redacted as transcripts are, with the
+   * workspace's edits and the budget left) and has the key wait for an answer.
+   */
+  async function park(key: Key, why: string, configDigest: string, ws: Workspace, result: LoopResult<Submission>): Promise<ReconcileResult> {
+    const { question, toolUseId } = result.asked!;
+    const patches = await ws.list("patches", 1000).then(
+      (l) => l.entries.filter((e) => !e.endsWith("/")),
+      () => [],
+    );
+    const files = await Promise.all(["recipe.yaml", ...patches].map(async (f) => ({ path: f, text: (await ws.read(f, 1024 * 1024)).text })));
+    const phase = (await deps.state.get(key))?.phase;
+    await deps.questions.park({
+      v: 1,
+      key,
+      question,
+      toolUseId,
+      trigger: why,
+      previousPhase: phase && phase !== "WaitingForAnswer" ? phase : "Failed",
+      model: deps.settings.model,
+      configDigest,
+      remaining: {
+        turns: Math.max(0, deps.settings.maxTurns - result.turns),
+        tokens: Math.max(0, deps.settings.maxTokens - (result.usage.input + result.usage.output + result.usage.cacheWrite + result.usage.cacheRead)),
+        wallMs: Math.max(0, Math.round(deps.settings.maxWallMs - result.elapsedMs)),
+      },
+      usage: result.usage,
+      turns: result.turns,
+      messages: JSON.parse(deps.transcripts.redact(JSON.stringify(result.messages))) as unknown[],
+      files,
+      askedAt: new Date().toISOString(),
+    });
+    const text = `waiting for an answer (homeostat answer ${key} "…"): ${question}`.slice(0, 4096);
+    await deps.state.update(key, (cur) => (cur ? { ...cur, phase: "WaitingForAnswer", agent: text } : undefined));
+    deps.log.info("the agent asked a person", { key, question, turns: result.turns });
+    return done;
+  }
 
   /**
    * Applies an approved proposal to the catalog (apply.ts) and marks it applied, or failed

@@ -9,7 +9,8 @@
  * trial_build builds the candidate in the builder's sandbox (trial.ts); submit_result runs the
  * validators (validators.ts), the trial build among them; a failing one is returned to the
  * model as a tool error, so the loop goes on within its budget; a passing submission ends the
- * run. Child processes (patch, diff) run with an environment of PATH alone.
+ * run. ask_human pauses the run until a person answers (loop.ts, repair.ts). Child processes
+ * (patch, diff) run with an environment of PATH alone.
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -186,6 +187,13 @@ export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Subm
             ...(outcome.passed ? {} : { isError: true }),
           };
         }),
+    },
+    {
+      name: "ask_human",
+      description:
+        "Asks a person a question only they can answer (a policy decision, which of two fixes is wanted, a fact the workspace lacks). The run pauses until they answer; their answer comes back as this call's result. Use it sparingly.",
+      input: z.strictObject({ question: z.string().trim().min(1).max(4096) }),
+      run: ({ question }: { question: string }) => Promise.resolve({ content: "asked", ask: question }),
     },
     {
       name: "submit_result",

@@ -29,6 +29,11 @@ export class TranscriptStore {
     this.secrets = secrets;
   }
 
+  /** The text with the secrets redacted, as put() stores it (for what is kept elsewhere, e.g. a parked conversation). */
+  redact(text: string): string {
+    return redactSecrets(text, this.secrets);
+  }
+
   /** Stores the transcript, redacted; returns its digest. */
   async put(text: string): Promise<string> {
     const redacted = redactSecrets(text, this.secrets);

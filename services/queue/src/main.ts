@@ -16,6 +16,7 @@ import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 import { ProposalStore } from "@homeostat/proposals";
+import { QuestionStore } from "@homeostat/proposals/questions";
 import { ServiceDirectory } from "./service-directory.ts";
 
 await runService("queue", async ({ config, log, nats, buckets, signal, health }) => {
@@ -52,6 +53,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   // The events stream is ingest's, opened here too so that admission can start before ingest has. Opened before the
   // status API listens: a start-up that fails after that would find its own port taken when it is tried again.
   const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
+  const proposalsBucket = await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true });
   const api = await startStatusApi({
     addr: config.grpcAddr,
     security: config.statusApi,
@@ -62,7 +64,8 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
     advisories: await AdvisoryStore.open(nats),
     inCatalog: (key) => catalog.current().recipe(key) !== undefined,
     feed,
-    proposals: new ProposalStore(await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true })),
+    proposals: new ProposalStore(proposalsBucket),
+    questions: new QuestionStore(proposalsBucket),
     services: new ServiceDirectory(await nats.kvm.open(nats.topology.bucket("services"), { allow_direct: true }), {
       staleAfterMs: config.health.staleAfterMs,
       log,

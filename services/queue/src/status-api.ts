@@ -56,6 +56,8 @@ import { tracingMiddleware } from "./grpc-tracing.ts";
 import type { ServiceDirectory } from "./service-directory.ts";
 import { authMiddleware, callerOf, checkBind, methodName, type SecuritySummary, serverCredentials, summary } from "./status-auth.ts";
 import { proposalsApi } from "./proposals-api.ts";
+import { questionsApi } from "./questions-api.ts";
+import type { QuestionStore } from "@homeostat/proposals/questions";
 import type { ProposalStore } from "@homeostat/proposals";
 
 /** The WorkQueue methods the queue RPCs serve. */
@@ -81,6 +83,8 @@ export type StatusApiOptions = {
   services?: Pick<ServiceDirectory, "list">;
   /** The agent's proposals (proposals-api.ts); without them the proposal RPCs are FAILED_PRECONDITION. */
   proposals?: Pick<ProposalStore, "list" | "get" | "transition">;
+  /** The agent's questions to a person (questions-api.ts); without them AnswerQuestion is FAILED_PRECONDITION. */
+  questions?: Pick<QuestionStore, "answer">;
   /** Where unexpected errors are reported (default: console.error). */
   onError?: (err: unknown, method: string) => void;
   /** Where the insecure-start warnings go (default: console.warn). */
@@ -148,8 +152,17 @@ export async function startStatusApi(opts: StatusApiOptions): Promise<StatusApi>
     ? proposalsApi({ proposals: opts.proposals, queue, caller: (context) => callerOf(security, context) })
     : { listProposals: noProposals, getProposal: noProposals, approveProposal: noProposals, rejectProposal: noProposals };
 
+  const questionMethods = opts.questions
+    ? questionsApi({ questions: opts.questions, queue, caller: (context) => callerOf(security, context) })
+    : {
+        answerQuestion: async (): Promise<never> => {
+          throw new ServerError(Status.FAILED_PRECONDITION, "this status API serves no questions");
+        },
+      };
+
   const implementation: StatusServiceImplementation = {
     ...proposalMethods,
+    ...questionMethods,
     async getKey({ key }) {
       const parsed = parseKeyArg(key);
       if ("error" in parsed) throw invalid(parsed.error);

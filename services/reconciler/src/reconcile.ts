@@ -136,7 +136,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     if (desired.state === "attention") {
       const ids = desired.advisories.join(" ");
       await setStatus(deps, item.key, (s) =>
-        s.phase === "NeedsAttention" && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version
+        (s.phase === "NeedsAttention" || s.phase === "WaitingForAnswer") && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version
           ? undefined
           : {
               ...s,
@@ -204,6 +204,8 @@ export function createReconciler(deps: ReconcilerDeps) {
     }
 
     const manual = item.cause.type === "manual";
+    // The agent asked a person about these inputs' failure: the answer hands the key back to it, not to a build.
+    if (status.phase === "WaitingForAnswer" && status.desiredInputDigest === desired.inputDigest && !manual) return done;
     const failure = status.failure?.inputDigest === desired.inputDigest ? status.failure : undefined;
     if (status.desiredInputDigest === desired.inputDigest && failure && !manual && (status.phase === "Failed" || status.phase === "DeadLettered")) {
       const ended = await afterFailure(item, failure, status.actual?.version !== desired.version);
