@@ -26,6 +26,7 @@ import {
   retryDeadLetter,
   approveProposal,
   rejectProposal,
+  answerQuestion,
   Status,
   statusClient,
   type StatusClientOptions,
@@ -116,6 +117,7 @@ test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_D
     (c: ReturnType<typeof statusClient>) => retryDeadLetter(c, "package/zlib"),
     (c: ReturnType<typeof statusClient>) => approveProposal(c, "package-zlib-0123", undefined),
     (c: ReturnType<typeof statusClient>) => rejectProposal(c, "package-zlib-0123", "no"),
+    (c: ReturnType<typeof statusClient>) => answerQuestion(c, "package/zlib", "yes"),
   ]) {
     err = await withClient(addr, { token: readToken }, (c) => refused(call(c)));
     assert.equal(err.code, Status.PERMISSION_DENIED);
@@ -300,6 +302,7 @@ test("reflection (v1 and v1alpha) lists StatusService and the health service and
         "GetProposal",
         "ApproveProposal",
         "RejectProposal",
+        "AnswerQuestion",
       ],
       version,
     );
