@@ -2,7 +2,9 @@
  * Telemetry seen from outside, as the collector sees it: the five services run as processes and
  * export with their real OTLP exporters (default http/protobuf) to a receiver on loopback. One
  * release, sent with the caller's traceparent, must come back as one connected trace across all
- * five services, each message a PRODUCER span with its CONSUMER child; a refused build is an
+ * five services, each message a PRODUCER span with its CONSUMER child, the builder's download of
+ * the source and the status API's Redis reads CLIENT spans of the official instrumentations, a
+ * token in a URL's query never exported; a refused build is an
  * ERROR span with its exception; every process names itself distinctly; no span name carries a
  * query string or a token; probes leave no trace; every service exports metrics, durations in
  * seconds.
@@ -10,7 +12,9 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { createReadStream, readdirSync, readFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { encodeMessage } from "@homeostat/core";
@@ -30,6 +34,8 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
   let factory: Factory;
   let otlp: Awaited<ReturnType<typeof startOtlpReceiver>>;
   let client: ReturnType<typeof statusClient>;
+  /** Serves the release's tarball over HTTP on loopback, to any path, so that the builder downloads it with fetch. */
+  let sources: Server;
   const callerTraceId = randomBytes(16).toString("hex");
   /** The release's trace, as the first test saw it. */
   let releaseSpans: ReceivedSpan[] = [];
@@ -37,6 +43,8 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
 
   before(async () => {
     otlp = await startOtlpReceiver();
+    sources = createServer((_req, res) => createReadStream(tarball).pipe(res.writeHead(200, { "content-type": "application/gzip" })));
+    await new Promise<void>((resolve) => sources.listen(0, "127.0.0.1", resolve));
     t = await testEnv();
     factory = await startFactory({
       env: {
@@ -58,6 +66,7 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     client?.close();
     await factory?.stop();
     await otlp?.close();
+    await new Promise((resolve) => sources?.close(resolve));
     await t?.cleanup();
   });
 
@@ -78,10 +87,11 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     // Probes and an unmatched route whose query holds a token: neither may show up in a span name.
     for (const probe of ["/healthz", "/readyz", `/no/such/route?token=${secret}`]) await (await fetch(`${factory.ingestUrl}${probe}`)).arrayBuffer();
     const sha256 = execFileSync("sha256sum", [tarball], { encoding: "utf8" }).split(" ")[0]!;
+    const sourceUrl = `http://127.0.0.1:${(sources.address() as AddressInfo).port}/libgreet-1.1.tar.gz`;
     const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
       method: "POST",
       headers: { "content-type": "application/json", traceparent: `00-${callerTraceId}-${callerSpanId}-01` },
-      body: JSON.stringify({ package: "libgreet", version: "1.1", url: `file://${tarball}`, sha256 }),
+      body: JSON.stringify({ package: "libgreet", version: "1.1", url: `${sourceUrl}?token=${secret}`, sha256 }),
     });
     assert.equal(res.status, 202, await res.text());
 
@@ -131,6 +141,14 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
       assert.equal(c.attributes["messaging.destination.name"], parent!.attributes["messaging.destination.name"]);
     }
     for (const p of producers) assert.equal(p.attributes["messaging.operation.type"], "send");
+    // The builder's download of the source: a CLIENT span (undici instrumentation) of its build, the query's token redacted.
+    const download = spans.find((s) => s.service === "builder" && s.kind === SpanKindNumber.client && s.attributes["http.request.method"] === "GET");
+    assert.ok(download, `a CLIENT span of the source download (${spans.map((s) => `${s.service}:${s.name}:${s.kind}`).join(", ")})`);
+    assert.equal(byId.get(download.parentSpanId!)?.kind, SpanKindNumber.consumer, "the download is a child of the build");
+    assert.equal(download.attributes["url.full"], `${sourceUrl}?token=REDACTED`);
+    assert.equal(download.attributes["server.address"], "127.0.0.1");
+    assert.equal(download.attributes["http.response.status_code"], 200);
+    for (const s of spans) assert.ok(!JSON.stringify(s.attributes).includes(secret), `${s.service}:${s.name} carries no token`);
     const hops = new Set(consumers.map((c) => `${byId.get(c.parentSpanId!)!.service}->${c.service}`));
     for (const hop of ["ingest->queue", "queue->reconciler", "reconciler->builder", "builder->signer"])
       assert.ok(hops.has(hop), `a message ${hop} (${[...hops].join(", ")})`);
@@ -210,6 +228,23 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
       );
     }
     assert.equal(run.attributes["homeostat.enqueues"], 2);
+  });
+
+  test("a status read from the Redis read model is a CLIENT span of the gRPC call that asked", async () => {
+    const traceId = randomBytes(16).toString("hex");
+    await client.rpc.getKey({ key: "package/libgreet" }, { metadata: Metadata({ traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` }) });
+    const read = await waitFor(
+      "the GetKey call's Redis read",
+      async () => otlp.spans.find((s) => s.traceId === traceId && s.service === "queue" && s.kind === SpanKindNumber.client),
+      30_000,
+      250,
+    );
+    const call = otlp.spans.find((s) => s.spanId === read.parentSpanId);
+    assert.equal(call?.name, "homeostat.v1.StatusService/GetKey", "the read is a child of the call's SERVER span");
+    assert.equal(read.attributes["db.system.name"], "redis");
+    assert.equal(read.attributes["server.address"], "127.0.0.1");
+    assert.equal(typeof read.attributes["server.port"], "number");
+    assert.match(String(read.attributes["db.operation.name"]), /^(hget|exists)$/);
   });
 
   test("a refused signature is an ERROR span, counted by reason", async () => {

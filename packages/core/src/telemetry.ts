@@ -7,12 +7,16 @@
  * identified by the standard resource: service.name (OTEL_SERVICE_NAME, default the service's
  * own name) in service.namespace homeostat, service.version from its package.json, a
  * service.instance.id unique to the process (replicas never merge), host, OS and process
- * attributes, and OTEL_RESOURCE_ATTRIBUTES (Kubernetes manifests pass the pod's names there).
+ * attributes, the container id when it runs in one, and OTEL_RESOURCE_ATTRIBUTES (Kubernetes
+ * manifests pass the pod's names there). NATS spans are made here by hand (no official NATS
+ * instrumentation exists); Redis commands (ioredis) and HTTP client calls (fetch, i.e. undici) are
+ * CLIENT spans from the official instrumentations, made only inside a span that is already there.
  * Without an endpoint every span is still real and sampled, only not exported: a key's status
  * records a trace id either way.
  */
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import {
   context,
@@ -39,7 +43,11 @@ import { OTLPMetricExporter as ProtobufMetricExporter } from "@opentelemetry/exp
 import { OTLPMetricExporter as GrpcMetricExporter } from "@opentelemetry/exporter-metrics-otlp-grpc";
 import { PeriodicExportingMetricReader, type PushMetricExporter } from "@opentelemetry/sdk-metrics";
 import { detectResources, hostDetector, osDetector, processDetector, resourceFromAttributes, type Resource } from "@opentelemetry/resources";
+import { containerDetector } from "@opentelemetry/resource-detector-container";
+import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
+import { UndiciInstrumentation } from "@opentelemetry/instrumentation-undici";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { ATTR_URL_FULL, ATTR_URL_QUERY } from "@opentelemetry/semantic-conventions";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import {
   ATTR_MESSAGING_DESTINATION_NAME,
@@ -72,7 +80,7 @@ export function serviceResource(
     [ATTR_SERVICE_INSTANCE_ID]: randomUUID(),
     ...(version ? { [ATTR_SERVICE_VERSION]: version } : {}),
   });
-  return detectResources({ detectors: [hostDetector, osDetector, processDetector] })
+  return detectResources({ detectors: [hostDetector, osDetector, processDetector, containerDetector] })
     .merge(own)
     .merge(resourceFromAttributes(settings.resourceAttributes))
     .merge(settings.serviceName ? resourceFromAttributes({ [ATTR_SERVICE_NAME]: settings.serviceName }) : null);
@@ -101,6 +109,55 @@ function metricExporter(target: NonNullable<OtlpTarget>): PushMetricExporter {
   return target.protocol === "http/json" ? new HttpJsonMetricExporter({ url: target.url }) : new ProtobufMetricExporter({ url: target.url });
 }
 
+/**
+ * `url` with the value of every query parameter replaced by REDACTED (a source or registry URL may
+ * carry a token there); the parameter names stay, for reading the trace. Credentials never reach
+ * it: fetch refuses a URL with a user or password.
+ */
+export function redactedUrl(url: URL): URL {
+  const redacted = new URL(url);
+  for (const name of new Set(redacted.searchParams.keys())) redacted.searchParams.set(name, "REDACTED");
+  return redacted;
+}
+
+/**
+ * The official instrumentations. Both make spans only under one that is already there (a message
+ * being processed, a request being served): the read model's background writes and the pollers'
+ * fetches would otherwise be a root trace each.
+ */
+function clientInstrumentations() {
+  return [
+    new IORedisInstrumentation({ requireParentSpan: true }),
+    new UndiciInstrumentation({
+      requireParentforSpans: true,
+      requestHook: (span, request) => {
+        const url = redactedUrl(new URL(request.path, request.origin));
+        span.setAttributes({ [ATTR_URL_FULL]: url.href, [ATTR_URL_QUERY]: url.search });
+      },
+    }),
+  ];
+}
+
+/**
+ * Hands the libraries an instrumentation patches (ioredis) to its require hook. The hook sees a
+ * CommonJS module only when it is required after the SDK has started, but a service imports its
+ * libraries (ESM static imports, evaluated before any code runs) before runService starts
+ * telemetry, and an ESM import never goes through require: so each one the main script can
+ * resolve (a dependency of that service) is required once more here, which returns the loaded
+ * module to the hook, and the hook patches its prototype for every client already made or to come.
+ */
+function patchLoadedModules(instrumentations: ReturnType<typeof clientInstrumentations>, script = process.argv[1]): void {
+  if (!script) return;
+  const requireFromMain = createRequire(path.resolve(script));
+  for (const definition of instrumentations.flatMap((i) => i.getModuleDefinitions())) {
+    try {
+      requireFromMain(definition.name);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND") throw err;
+    }
+  }
+}
+
 export function startTelemetry(serviceName: string, settings: TelemetrySettings): Telemetry {
   const resource = serviceResource(serviceName, settings);
   const spanProcessors = settings.traces
@@ -117,16 +174,18 @@ export function startTelemetry(serviceName: string, settings: TelemetrySettings)
         }),
       ]
     : [];
+  const instrumentations = clientInstrumentations();
   const sdk = new NodeSDK({
     resource,
     spanProcessors,
     sampler: new AlwaysOnSampler(),
     metricReaders,
-    instrumentations: [],
+    instrumentations,
     textMapPropagator: new W3CTraceContextPropagator(),
     autoDetectResources: false,
   });
   sdk.start();
+  patchLoadedModules(instrumentations);
   return { resource, shutdown: () => sdk.shutdown() };
 }
 
