@@ -15,28 +15,18 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { KeyStatus } from "@homeostat/core";
 import type { Proposal } from "@homeostat/proposals";
 import { getKeyStatus, statusClient } from "@homeostat/status-api";
-import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
+import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
 import { startFakeMessagesServer, type FakeMessagesServer, type ScriptedStep } from "./agent-fake-messages.ts";
-import { tarball } from "./agent-rig.ts";
+import { helloCatalog, helloFix, helloRepairScript, runHomeostat, toolTurn } from "./agent-rig.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
-const bin = path.join(repoRoot, "packages", "cli", "bin", "homeostat");
-const sources = new URL("./fixtures/agent/sources/", import.meta.url).pathname;
 const apiKey = "sk-ant-test-review-0123456789";
 
-/** One model turn calling tools (ids are made unique by the server). */
-const turn = (...calls: [string, Record<string, unknown>][]): ScriptedStep => ({
-  content: calls.map(([name, input], i) => ({ type: "tool_use", id: `${name}${i}`, name, input })),
-  stop_reason: "tool_use",
-  usage: { input_tokens: 1200, output_tokens: 150 },
-  repeat: 1,
-});
 const finalText = (text: string): ScriptedStep => ({
   content: [{ type: "text", text }],
   stop_reason: "end_turn",
@@ -44,44 +34,17 @@ const finalText = (text: string): ScriptedStep => ({
   repeat: 1,
 });
 
-/** The fix of hello 1.1 (name util.o in OBJS) with a test of the greeting, for package `name`; `objs` varies the candidate. */
-function fixRecipe(name: string, sha: string, objs: string): Record<string, unknown> {
-  return {
-    set: {
-      version: "1.1",
-      source: { url: "../sources/hello-1.1.tar.gz", sha256: sha },
-      build: { steps: [`make hello CC='cc -static' OBJS='${objs}'`, "mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello"] },
-      test: "test \"$($DESTDIR/usr/bin/hello)\" = 'hello from 1.1'",
-    },
-  };
-}
-
-const repairScript = (name: string, sha: string, objs: string): ScriptedStep[] => [
-  turn(["read_build_log", {}]),
-  turn(["edit_recipe", fixRecipe(name, sha, objs)]),
-  turn(["trial_build", {}]),
-  turn(["submit_result", { rationale: `hello 1.1 moved greeting() into util.c, which OBJS leaves out: build with OBJS='${objs}'.` }]),
-];
-
-function homeostat(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(bin, args, { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env } }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
-
 describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () => {
   let t: TestEnv;
   let factory: Factory;
   let fake: FakeMessagesServer;
   let client: ReturnType<typeof statusClient>;
   let catalogDir: string;
-  const sha: Record<string, string> = {};
+  let sha: Record<string, string>;
   let cli: Record<string, string>;
 
   const status = (key: string) => getKeyStatus(client, key);
-  const run = async (args: string[]) => homeostat(args, cli);
+  const run = async (args: string[]) => runHomeostat(args, cli);
   const json = async <T>(args: string[]): Promise<T> => {
     const r = await run([...args, "--json"]);
     assert.equal(r.code, 0, `homeostat ${args.join(" ")}: ${r.stderr}`);
@@ -117,31 +80,8 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
   before(async () => {
     t = await testEnv();
     fake = await startFakeMessagesServer();
-    const root = path.join(t.dir, "factory");
-    for (const v of ["1.0", "1.1"]) {
-      const tree = path.join(root, "trees", `hello-${v}`);
-      cpSync(path.join(sources, `hello-${v}`), tree, { recursive: true });
-      sha[v] = tarball(tree, path.join(root, "sources"), `hello-${v}`);
-    }
-    catalogDir = path.join(root, "catalog");
-    mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
+    ({ catalogDir, sha } = helloCatalog(path.join(t.dir, "factory"), ["hello", "hola"]));
     mkdirSync(path.join(catalogDir, "images"), { recursive: true });
-    for (const name of ["hello", "hola"]) {
-      const recipe = [
-        `name: ${name}`,
-        'version: "1.0"',
-        "source:",
-        "  url: ../sources/hello-1.0.tar.gz",
-        `  sha256: ${sha["1.0"]}`,
-        "build:",
-        "  steps:",
-        // Linked statically: the image holding it has no C library.
-        "    - make hello CC='cc -static'",
-        "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
-        "",
-      ];
-      writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), recipe.join("\n"));
-    }
     writeFileSync(
       path.join(catalogDir, "images", "hello-image.yaml"),
       ["name: hello-image", "packages: [hello]", "entrypoint: [/usr/bin/hello]", 'user: "65532"', ""].join("\n"),
@@ -184,7 +124,7 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
 
   test("failing release -> proposal -> homeostat approve -> rebuilt, signed, verified, and why names the proposal", async () => {
     const key = "package/hello";
-    fake.play(repairScript("hello", sha["1.1"]!, "main.o util.o"));
+    fake.play(helloRepairScript(sha["1.1"]!, "main.o util.o"));
     await postRelease("hello");
     const proposal = await proposalOf(key, "open");
     assert.deepEqual(
@@ -227,7 +167,7 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
       500,
     );
     const location = image.actual!.outputs.location;
-    const verified = await homeostat(["verify", location], { HOMEOSTAT_DATA: t.env.HOMEOSTAT_DATA!, HOMEOSTAT_TRUSTED_KEYS: "" });
+    const verified = await runHomeostat(["verify", location], { HOMEOSTAT_DATA: t.env.HOMEOSTAT_DATA!, HOMEOSTAT_TRUSTED_KEYS: "" });
     assert.equal(verified.code, 0, verified.stderr);
   });
 
@@ -235,10 +175,10 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
     const key = "package/hola";
     const reason = "do not pass OBJS on the command line: REVIEW-REASON-7f3a";
     fake.play([
-      ...repairScript("hola", sha["1.1"]!, "main.o util.o"),
+      ...helloRepairScript(sha["1.1"]!, "main.o util.o"),
       // The next attempt: the same change again (refused), then an explanation without a proposal.
-      turn(["edit_recipe", fixRecipe("hola", sha["1.1"]!, "main.o util.o")]),
-      turn(["submit_result", { rationale: "the same fix" }]),
+      toolTurn(["edit_recipe", helloFix(sha["1.1"]!, "main.o util.o")]),
+      toolTurn(["submit_result", { rationale: "the same fix" }]),
       finalText("The reviewer refused this change and I have no other fix to offer."),
     ]);
     await postRelease("hola");
@@ -273,7 +213,7 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
     const key = "package/hola";
     factory.env.HOMEOSTAT_AGENT_APPLY = "validated";
     await factory.restart("agent");
-    fake.play(repairScript("hola", sha["1.1"]!, "util.o main.o"));
+    fake.play(helloRepairScript(sha["1.1"]!, "util.o main.o"));
     const queued = await run(["enqueue", key, "--priority", "repair"]);
     assert.equal(queued.code, 0, queued.stderr);
     const applied = await proposalOf(key, "applied");
