@@ -316,6 +316,45 @@ test("kubernetes: the single-region install runs NATS as a cluster of three, pin
   assert.ok(docs.some((o) => o.kind === "NetworkPolicy" && o.metadata.name === "nats-cluster-routes"));
 });
 
+/**
+ * What the Kubernetes OpenAPI schema of `o`'s apiVersion and kind (kubernetes-models, validators
+ * generated from those schemas) finds wrong with it: types, enums, required fields; an apiVersion
+ * and kind it does not know is itself an error. The schemas allow unknown fields, so a misspelt
+ * field passes here as it would pass client-side validation.
+ */
+async function openApiErrors(o: { apiVersion?: string; kind: string }): Promise<string[]> {
+  let Model: new (data: unknown) => { validate(): void };
+  try {
+    Model = ((await import(`kubernetes-models/${o.apiVersion}/${o.kind}`)) as Record<string, typeof Model>)[o.kind]!;
+  } catch {
+    return [`no Kubernetes schema for ${o.apiVersion} ${o.kind}`];
+  }
+  try {
+    new Model(o).validate();
+    return [];
+  } catch (err) {
+    return [(err as Error).message];
+  }
+}
+
+test("kubernetes: every object of the base, the telemetry overlay and each region validates against the Kubernetes OpenAPI schemas", async (t) => {
+  const dirs = ["deploy/k8s", "deploy", ...["a", "b", "c"].map((r) => `deploy/regions/k8s/region-${r}`)];
+  let checked = 0;
+  for (const dir of dirs) {
+    const docs = rendered(dir);
+    if (!docs) return t.skip("kubectl is not installed");
+    for (const o of docs) {
+      assert.deepEqual(await openApiErrors(o), [], `${dir}: ${o.kind} ${o.metadata.name}`);
+      checked++;
+    }
+  }
+  assert.ok(checked > 50, `${checked} objects`);
+  // The same check refuses what the API server would: a field of the wrong type, an unknown kind.
+  const deployment = rendered("deploy/k8s")!.find((o) => o.kind === "Deployment")!;
+  assert.notDeepEqual(await openApiErrors({ ...deployment, spec: { ...deployment.spec, replicas: "three" } } as K8sObject), []);
+  assert.deepEqual(await openApiErrors({ apiVersion: "apps/v1", kind: "Deplyment" }), ["no Kubernetes schema for apps/v1 Deplyment"]);
+});
+
 test("kubernetes: a PodDisruptionBudget for every workload", (t) => {
   const docs = rendered("deploy");
   if (!docs) return t.skip("kubectl is not installed");
@@ -330,6 +369,7 @@ test("kubernetes: a PodDisruptionBudget for every workload", (t) => {
 });
 
 type K8sObject = {
+  apiVersion: string;
   kind: string;
   metadata: { name: string };
   data?: Record<string, string>;
