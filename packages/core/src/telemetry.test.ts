@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadConfig } from "./config.ts";
-import { contextFromHeaders, currentTraceId, inSpan, mainPackageVersion, serviceResource, startTelemetry, traceHeaders } from "./telemetry.ts";
+import { contextFromHeaders, currentTraceId, inSpan, mainPackageVersion, redactedUrl, serviceResource, startTelemetry, traceHeaders } from "./telemetry.ts";
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");
@@ -60,4 +60,12 @@ test("the resource: the service's name unless OTEL_SERVICE_NAME says otherwise, 
     /^\d+\.\d+\.\d+$/,
     "the version of the package holding the script",
   );
+});
+
+test("a URL recorded on a CLIENT span keeps its query's names and loses every value", () => {
+  const url = new URL("https://registry.example:5000/v2/app/blobs/uploads/abc?_state=s3cr3t&digest=sha256%3A12&digest=x#frag");
+  const redacted = redactedUrl(url);
+  assert.equal(redacted.href, "https://registry.example:5000/v2/app/blobs/uploads/abc?_state=REDACTED&digest=REDACTED#frag");
+  assert.equal(url.search, "?_state=s3cr3t&digest=sha256%3A12&digest=x", "the URL itself is left as it was");
+  assert.equal(redactedUrl(new URL("http://127.0.0.1/a.tar.gz")).href, "http://127.0.0.1/a.tar.gz", "no query: unchanged");
 });
