@@ -11,7 +11,8 @@
  * - a run that spends its turns is retried later, the status saying why, and after the queue's
  *   attempts the key is dead-lettered, the agent never restarting;
  * - an agent SIGKILLed mid-run: the key is picked up again after its lease by the restarted
- *   agent, and exactly one proposal is recorded.
+ *   agent, and exactly one proposal is recorded; killed while resuming an answered question, the
+ *   restarted agent resumes it again.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -25,7 +26,7 @@ import { helloCatalog, helloRepairScript, runHomeostat, toolTurn } from "./agent
 import { testEnv, type TestEnv } from "./harness.ts";
 
 const apiKey = "sk-ant-test-human-0123456789";
-const packages = ["hello", "hola", "ciao", "salut"] as const;
+const packages = ["hello", "hola", "ciao", "salut", "privet"] as const;
 
 type Sent = { messages: { role: string; content: string | { type: string; id?: string; tool_use_id?: string; content?: string; name?: string }[] }[] };
 
@@ -245,6 +246,41 @@ describe("the agent asks a person, runs out of budget, is killed mid-run", { tim
       all.map((p) => p.id),
       [proposal.id],
       "exactly one proposal",
+    );
+  });
+
+  test("an agent SIGKILLed while resuming an answered question resumes it again after the lease", async () => {
+    const key = "package/privet";
+    const answer = "Name util.o in OBJS. ANSWER-4e1d";
+    const from = fake.requests.length;
+    fake.play([
+      toolTurn(["ask_human", { question: "OBJS or a patch? QUESTION-b8c0" }]),
+      // The resumed run is kept busy by an overloaded API; it is killed meanwhile.
+      { error: { status: 529, type: "overloaded_error", message: "Overloaded", retryAfter: "60" }, repeat: 1 },
+      ...helloRepairScript(sha["1.1"]!, "main.o util.o").slice(1),
+    ]);
+    await postRelease("privet");
+    await waitingFor(key);
+    const answered = await runHomeostat(["answer", key, answer], cli);
+    assert.equal(answered.code, 0, answered.stderr);
+    await waitFor("the resumed run waiting on the overloaded API", async () => sentSince(from).length >= 2 || undefined, 300_000, 100);
+    assert.equal((await status(key)).phase, "WaitingForAnswer", "the key waits until the answered run ends");
+    factory.processes.get("agent")!.kill("SIGKILL");
+    await waitFor("the killed agent gone", async () => factory.processes.get("agent")!.signalCode === "SIGKILL" || undefined, 30_000, 50);
+    await factory.restart("agent");
+    const proposal = await proposalOf(key);
+    const again = sentSince(from)[2]!;
+    const results = again.messages.at(-1)!.content as { type: string; content?: string }[];
+    assert.deepEqual(
+      results.map((r) => [r.type, r.content]),
+      [["tool_result", answer]],
+      "the restarted agent resumed the answered conversation",
+    );
+    assert.equal(again.messages.length, 3);
+    assert.notEqual((await status(key)).phase, "WaitingForAnswer");
+    assert.deepEqual(
+      (await proposals(key)).map((p) => p.id),
+      [proposal.id],
     );
   });
 });

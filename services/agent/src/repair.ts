@@ -132,12 +132,22 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     } else if (parked) {
       if (!parked.envelope.answer) return done; // still waiting: `homeostat answer` hands the key back
       resume = parked.envelope;
-      await deps.state.update(item.key, (cur) => (cur?.phase === "WaitingForAnswer" ? { ...cur, phase: resume!.previousPhase } : undefined));
     }
+    // The key stays WaitingForAnswer while the answered run goes on, so that a crash in between
+    // resumes it again; once it ended, the question is spent and the key back where it was.
+    const answered = resume;
+    const spend = async () => {
+      if (!answered || !parked) return;
+      await deps.questions.remove(item.key, parked.revision);
+      await deps.state.update(item.key, (cur) => (cur?.phase === "WaitingForAnswer" ? { ...cur, phase: answered.previousPhase } : undefined));
+    };
     const why = resume?.trigger ?? trouble(status);
     if (kind !== "package" || !spec || !why) return done;
     const open = mine.find((p) => p.status === "open" && p.trigger === why);
-    if (open) return done;
+    if (open) {
+      await spend();
+      return done;
+    }
     const advisories = (await deps.advisories(name)).filter((a) => status?.advisories?.includes(a.id));
     const releases = await deps.releases(name);
     const trialLogs = new Set<string>();
@@ -188,7 +198,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       signal,
     });
     // The answered question is spent, whatever this run came to (a new question replaces it).
-    if (parked) await deps.questions.remove(item.key, parked.revision);
+    await spend();
     if (result.stop === "asked") return park(item.key, why, configDigest, ws, result);
     const transcriptDigest = await deps.transcripts.put(canonicalJson(result.messages));
     deps.log.info("agent run ended", {
