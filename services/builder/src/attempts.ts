@@ -82,7 +82,8 @@ const isPermanent = (e: unknown): boolean => !isEarly(e) && (e instanceof BuildF
 
 export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>, deps: AttemptDeps) {
   const backoff = deps.backoff ?? exponentialBackoff(1_000, 60_000);
-  const current = (s: KeyStatus | undefined, req: BuildRequest): s is KeyStatus => s !== undefined && s.desiredInputDigest === req.inputDigest;
+  const current = (s: KeyStatus | undefined, req: BuildRequest): s is KeyStatus & Required<Pick<KeyStatus, "desiredInputDigest">> =>
+    s !== undefined && s.desiredInputDigest === req.inputDigest;
 
   /** Marks the build started; "busy" when a live builder may hold it, "gave-up" at the crash limit. */
   async function claim(req: BuildRequest): Promise<"run" | "busy" | "gave-up"> {
@@ -108,10 +109,10 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
           phase: "Failed",
           lastError: reason,
           building: undefined,
-          failure: { inputDigest: s.desiredInputDigest!, kind: "crash", reason, count: crashes, at: now },
+          failure: { inputDigest: s.desiredInputDigest, kind: "crash", reason, count: crashes, at: now },
         };
       }
-      return { ...s, building: { inputDigest: s.desiredInputDigest!, instance: deps.instance, startedAt: now, crashes } };
+      return { ...s, building: { inputDigest: s.desiredInputDigest, instance: deps.instance, startedAt: now, crashes } };
     });
     return outcome;
   }
@@ -139,7 +140,7 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
         lastError: failure.reason,
         building,
         failure: {
-          inputDigest: s.desiredInputDigest!,
+          inputDigest: s.desiredInputDigest,
           kind: failure.kind,
           reason: failure.reason.slice(0, 8192),
           count: before + 1,

@@ -120,13 +120,13 @@ export async function extractDebData(file: string, outTar: string, what: string,
   const members = await arMembers(file, what);
   if (members[0]?.name !== "debian-binary") throw new BuildFailure(`${what}: not a Debian binary package (no debian-binary member first)`);
   const data = members.filter((m) => m.name.startsWith("data.tar"));
-  if (data.length !== 1) throw new BuildFailure(`${what}: expected exactly one data.tar member, found ${data.length}`);
-  const member = data[0]!;
+  const [member] = data;
+  if (member === undefined || data.length !== 1) throw new BuildFailure(`${what}: expected exactly one data.tar member, found ${data.length}`);
   if (member.size === 0) throw new BuildFailure(`${what}: ${member.name} is empty`);
   const input = createReadStream(file, { start: member.offset, end: member.offset + member.size - 1 });
   const results = await Promise.allSettled(decompress(member.name, input, new Cap(maxBytes, what), createWriteStream(outTar), what));
   const failures = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => r.reason as Error);
-  if (failures.length === 0) return;
-  const e = failures.find((f) => f instanceof BuildFailure) ?? failures[0]!;
+  const e = failures.find((f) => f instanceof BuildFailure) ?? failures[0];
+  if (e === undefined) return;
   throw e instanceof BuildFailure ? e : new BuildFailure(`${what}: cannot decompress ${member.name}: ${e.message}`, { cause: e });
 }

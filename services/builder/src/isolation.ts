@@ -100,8 +100,12 @@ export function sandboxTmp(workspaceRoot: string): string {
 
 /** `argv` under prlimit: the limits are set on the step's shell and inherited by all it starts. */
 export function limitedArgv(prlimit: string, limits: BuildLimits, argv: readonly string[]): string[] {
+  return [prlimit, ...prlimitArgs(limits, argv)];
+}
+
+/** prlimit's arguments, after its own path, that run `argv` under `limits`. */
+function prlimitArgs(limits: BuildLimits, argv: readonly string[]): string[] {
   return [
-    prlimit,
     // SIGXCPU at the soft limit says why; SIGKILL a little later for a process that ignores it.
     `--cpu=${limits.cpuSeconds}:${limits.cpuSeconds + CPU_KILL_GRACE_SECONDS}`,
     `--as=${limits.memoryBytes}`,
@@ -157,8 +161,7 @@ export function isolatedCommand(
   argv: [string, ...string[]],
 ): SandboxedCommand {
   if (iso.kind === "none") {
-    const [file, ...args] = limitedArgv(iso.prlimit, iso.limits, argv);
-    return { file: file!, args };
+    return { file: iso.prlimit, args: prlimitArgs(iso.limits, argv) };
   }
   return { file: iso.bwrap, args: bwrapArgs(iso, workspaceRoot, cwd, env, argv), ...(iso.runAs ? { uid: iso.runAs.uid, gid: iso.runAs.gid } : {}) };
 }

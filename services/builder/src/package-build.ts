@@ -188,7 +188,7 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
     await runStage(
       patches.map((_, i) => `${PATCH_COMMAND} -i ../patches/${i + 1}.patch`),
       (i) => `patch-${i + 1}.log`,
-      (i) => `patch ${i + 1} of ${patches.length} (${patches[i]!.url}) does not apply to ${req.name}@${req.version}: patch`,
+      (i) => `patch ${i + 1} of ${patches.length} (${patches[i]?.url ?? "unknown source"}) does not apply to ${req.name}@${req.version}: patch`,
     );
     await runStage(req.steps, (i) => `step-${i + 1}.log`);
     if (req.test !== undefined)

@@ -80,7 +80,7 @@ export class ParallelGzip extends Transform {
     (async () => {
       // The remainder (possibly empty) is the last block: it carries the final deflate block.
       this.compressBlock(this.cutBlock(this.pendingBytes), true);
-      while (this.queue.length > 0) this.pushBlock(await this.queue.shift()!);
+      for (let next = this.queue.shift(); next; next = this.queue.shift()) this.pushBlock(await next);
       const trailer = Buffer.alloc(8);
       trailer.writeUInt32LE(this.crc >>> 0, 0);
       trailer.writeUInt32LE(this.size % 2 ** 32, 4);
@@ -93,12 +93,16 @@ export class ParallelGzip extends Transform {
     while (this.pendingBytes >= BLOCK_BYTES) {
       // A full block is never the last: the last is cut at the end, even when it is empty.
       this.compressBlock(this.cutBlock(BLOCK_BYTES), false);
-      while (this.queue.length >= this.o.inFlight) this.pushBlock(await this.queue.shift()!);
+      while (this.queue.length >= this.o.inFlight) {
+        const oldest = this.queue.shift();
+        if (oldest) this.pushBlock(await oldest);
+      }
     }
   }
 
   private cutBlock(n: number): Buffer {
-    const all = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    const [only] = this.pending;
+    const all = this.pending.length === 1 && only ? only : Buffer.concat(this.pending, this.pendingBytes);
     const block = all.subarray(0, n);
     const rest = all.subarray(n);
     this.pending = rest.length > 0 ? [rest] : [];

@@ -93,8 +93,7 @@ class BoundedLog {
   add(b: Buffer): void {
     this.chunks.push(b);
     this.bytes += b.length;
-    while (this.bytes > this.max && this.chunks.length > 0) {
-      const first = this.chunks[0]!;
+    for (let first = this.chunks[0]; this.bytes > this.max && first; first = this.chunks[0]) {
       const excess = this.bytes - this.max;
       if (first.length <= excess) {
         this.chunks.shift();
@@ -141,8 +140,7 @@ export async function runSteps(steps: readonly string[], opts: RunStepsOptions):
   const env = stepEnvironment(opts.workspace, opts.sourceDateEpoch);
   await prepareWorkspace(opts.isolation, opts.workspace.root);
   const done: StepLog[] = [];
-  for (let i = 0; i < steps.length; i++) {
-    const step = steps[i]!;
+  for (const [i, step] of steps.entries()) {
     const log = new BoundedLog(opts.maxLogBytes ?? 1024 * 1024);
     const header = `$ ${step}\n`;
     log.add(Buffer.from(header));

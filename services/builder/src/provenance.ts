@@ -99,14 +99,15 @@ export type SlsaProvenance = {
 export type BuildRun = { startedOn: Date; finishedOn: Date; isolation?: BuildIsolation; byproducts?: ResourceDescriptor[] };
 
 function sha256Of(digest: string): { sha256: string } {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
-  if (!m) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
-  return { sha256: m[1]! };
+  const [, sha256] = /^sha256:([0-9a-f]{64})$/.exec(digest) ?? [];
+  if (sha256 === undefined) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return { sha256 };
 }
 
 /** The commit of a `git+<url>#<commit>` source, else undefined. */
-function gitCommitOf(url: string): string | undefined {
-  return /^git\+.*#([0-9a-f]{40}|[0-9a-f]{64})$/.exec(url)?.[1];
+function gitCommitField(url: string): { gitCommit?: string } {
+  const [, gitCommit] = /^git\+.*#([0-9a-f]{40}|[0-9a-f]{64})$/.exec(url) ?? [];
+  return gitCommit === undefined ? {} : { gitCommit };
 }
 
 function packageDefinition(req: PackageBuildPlan, run: BuildRun): SlsaProvenance["buildDefinition"] {
@@ -130,7 +131,7 @@ function packageDefinition(req: PackageBuildPlan, run: BuildRun): SlsaProvenance
       ...(run.isolation ? { isolation: run.isolation } : {}),
     },
     resolvedDependencies: [
-      { uri: req.source.url, digest: { sha256: req.source.sha256, ...(gitCommitOf(req.source.url) ? { gitCommit: gitCommitOf(req.source.url)! } : {}) } },
+      { uri: req.source.url, digest: { sha256: req.source.sha256, ...gitCommitField(req.source.url) } },
       ...(req.patches ?? []).map((p) => ({ uri: p.url, digest: { sha256: p.sha256 } })),
       ...req.dependencies.map((d) => ({ name: genericPurl(d.name, d.version), digest: sha256Of(d.archive) })),
     ],

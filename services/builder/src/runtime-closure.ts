@@ -285,7 +285,8 @@ export class ClosureCheck {
   }
 
   private scriptNeeds(content: Buffer, depth: number): string[] {
-    const line = content.subarray(0, Math.min(content.length, 256)).toString("utf8").split("\n")[0]!.slice(2).trim();
+    const [firstLine = ""] = content.subarray(0, Math.min(content.length, 256)).toString("utf8").split("\n");
+    const line = firstLine.slice(2).trim();
     const [interpreter, ...args] = line.split(/\s+/);
     if (!interpreter) return ["has an empty #! line"];
     const out = this.program(interpreter, `its interpreter ${interpreter}`, depth + 1).map((m) => `needs ${m}`);

@@ -20,6 +20,7 @@ import { createHash } from "node:crypto";
 import { Enums, Models, Serialize, Spec, SPDX } from "@cyclonedx/cyclonedx-library";
 import { BUILDER_VERSION } from "@homeostat/core/contracts";
 import type { Digest } from "@homeostat/core/digest";
+import { hexOfDigest } from "./store.ts";
 
 /** The media type of a CycloneDX JSON document (IANA registration). */
 export const SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json";
@@ -52,8 +53,8 @@ export type ImageSbomInput = {
 /** A UUID (version 8, RFC 9562 variant) made from the sha256 of `data`. */
 export function uuidFromSha256(data: string | Uint8Array): string {
   const b = createHash("sha256").update(data).digest().subarray(0, 16);
-  b[6] = (b[6]! & 0x0f) | 0x80;
-  b[8] = (b[8]! & 0x3f) | 0x80;
+  b.writeUInt8((b.readUInt8(6) & 0x0f) | 0x80, 6);
+  b.writeUInt8((b.readUInt8(8) & 0x3f) | 0x80, 8);
   const h = b.toString("hex");
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
@@ -65,12 +66,6 @@ export function genericPurl(name: string, version: string): string {
 
 function purlEncode(s: string): string {
   return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-}
-
-function hexOf(digest: Digest): string {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
-  if (!m) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
-  return m[1]!;
 }
 
 function declaredLicense(license: string): Models.License {
@@ -95,7 +90,7 @@ export function imageSbom(input: ImageSbomInput): string {
   });
   if (input.manifest) {
     image.purl = `pkg:oci/${purlEncode(input.name)}@${purlEncode(input.manifest)}?tag=${purlEncode(input.version)}`;
-    image.hashes.set(Enums.HashAlgorithm["SHA-256"], hexOf(input.manifest));
+    image.hashes.set(Enums.HashAlgorithm["SHA-256"], hexOfDigest(input.manifest));
   }
 
   const bom = new Models.Bom();
@@ -115,9 +110,9 @@ export function imageSbom(input: ImageSbomInput): string {
     const c = new Models.Component(Enums.ComponentType.Library, p.name, {
       version: p.version,
       purl,
-      bomRef: n === 0 ? purl : `${purl}#${hexOf(p.archive)}`,
+      bomRef: n === 0 ? purl : `${purl}#${hexOfDigest(p.archive)}`,
     });
-    c.hashes.set(Enums.HashAlgorithm["SHA-256"], hexOf(p.archive));
+    c.hashes.set(Enums.HashAlgorithm["SHA-256"], hexOfDigest(p.archive));
     if (p.license) c.licenses.add(declaredLicense(p.license));
     if (p.diffId) c.properties.add(new Models.Property("homeostat:layer:diff_id", p.diffId));
     bom.components.add(c);

@@ -47,9 +47,9 @@ export class TooLargeError extends Error {
 const digestRe = /^sha256:([0-9a-f]{64})$/;
 
 export function hexOfDigest(digest: string): string {
-  const m = digestRe.exec(digest);
-  if (!m) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
-  return m[1]!;
+  const [, hex] = digestRe.exec(digest) ?? [];
+  if (hex === undefined) throw new Error(`not a sha256 digest: ${JSON.stringify(digest)}`);
+  return hex;
 }
 
 export class ArtifactStore {

@@ -266,7 +266,8 @@ async function* tarChunks(planned: Planned[], mtime: number): AsyncGenerator<Buf
       yield padding(e.size);
       continue;
     }
-    const fd = openSync(p.abs!, "r");
+    if (p.abs === undefined) throw new Error(`internal: tar entry ${e.path} has neither content nor a source file`);
+    const fd = openSync(p.abs, "r");
     try {
       // The size written in the header is the size now; a file that changes meanwhile is an error.
       const st = fstatSync(fd);
