@@ -32,7 +32,7 @@ import {
   severities,
   type SeverityScore,
 } from "@homeostat/catalog";
-import { makeKey } from "@homeostat/core";
+import { makeKey, mapLimit } from "@homeostat/core";
 import type { Accepted, Acceptor } from "./accept.ts";
 import { Problem, type FieldError } from "./problem.ts";
 import { routeSchema } from "./route-schema.ts";
@@ -86,31 +86,23 @@ export async function ingestAdvisories(
   opts: { maxFutureSkewMs: number; requestId?: string },
 ): Promise<AdvisoryResult[]> {
   const { requestId, maxFutureSkewMs } = opts;
-  const results: AdvisoryResult[] = new Array(advisories.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < advisories.length) {
-      const i = next++;
-      const a = advisories[i]!;
-      const names = advisoryCatalogPackages(a, catalog);
-      await store.record(a, names, maxFutureSkewMs);
-      const withdrawn = a.withdrawn !== undefined;
-      const accepted = await acceptor.accept({
-        source: "advisory",
-        ref: `${a.id}@${a.modified}`,
-        summary: withdrawn
-          ? `advisory ${a.id} withdrawn ${a.withdrawn} (modified ${a.modified}): it no longer counts against any version`
-          : `advisory ${a.id} (modified ${a.modified})${a.summary ? `: ${a.summary}` : ""}`,
-        keys: names.map((n) => makeKey("package", n)),
-        priority: "advisory",
-        cause: "advisory",
-        ...(requestId ? { requestId } : {}),
-      });
-      results[i] = { ...accepted, advisory: a.id, modified: a.modified, withdrawn, severity: severities(a) };
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(32, advisories.length) }, worker));
-  return results;
+  return mapLimit(advisories, 32, async (a): Promise<AdvisoryResult> => {
+    const names = advisoryCatalogPackages(a, catalog);
+    await store.record(a, names, maxFutureSkewMs);
+    const withdrawn = a.withdrawn !== undefined;
+    const accepted = await acceptor.accept({
+      source: "advisory",
+      ref: `${a.id}@${a.modified}`,
+      summary: withdrawn
+        ? `advisory ${a.id} withdrawn ${a.withdrawn} (modified ${a.modified}): it no longer counts against any version`
+        : `advisory ${a.id} (modified ${a.modified})${a.summary ? `: ${a.summary}` : ""}`,
+      keys: names.map((n) => makeKey("package", n)),
+      priority: "advisory",
+      cause: "advisory",
+      ...(requestId ? { requestId } : {}),
+    });
+    return { ...accepted, advisory: a.id, modified: a.modified, withdrawn, severity: severities(a) };
+  });
 }
 
 /** Checks one document: the OSV schema, then the clock; a refusal names each problem by JSON Pointer. */
@@ -177,7 +169,11 @@ export const advisoriesRoute: FastifyPluginAsync<AdvisoriesRouteDeps> = async (a
         { maxFutureSkewMs: deps.maxFutureSkewMs, requestId: req.id },
       );
       const results: Array<{ index: number } & (AdvisoryResult | RefusedAdvisory)> = [
-        ...valid.map((v, i) => ({ index: v.index, ...done[i]! })),
+        ...valid.map((v, i) => {
+          const result = done[i];
+          if (!result) throw new Error(`internal: no result for advisory ${v.index}`);
+          return { index: v.index, ...result };
+        }),
         ...refused,
       ].sort((a, b) => a.index - b.index);
       const keys = [...new Set(done.flatMap((r) => r.keys))].sort();

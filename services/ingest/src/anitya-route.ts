@@ -13,7 +13,7 @@
  */
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { eventId, makeKey } from "@homeostat/core";
-import { compareVersions, UpstreamLedger, type Catalog, type ReleaseStore } from "@homeostat/catalog";
+import { compareVersions, UpstreamLedger, type Catalog, type PackageSpec, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import type { Authenticate } from "./server.ts";
 
@@ -68,10 +68,10 @@ export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps
       const { project: p, message } = req.body;
       const versions = [...new Set(message.upstream_versions)].sort();
       const catalog = deps.catalog();
-      const names = packagesForProject(catalog, p.id, p.name);
+      const specs = packagesForProject(catalog, p.id, p.name);
       const ref = `${p.id}:${versions.join(",")}`;
-      for (const name of names) {
-        const spec = catalog.packages.get(name)!;
+      for (const spec of specs) {
+        const name = spec.name;
         const policy = catalog.policyOf(name);
         const wanted = versions
           .filter((v) => policy.accept(v) !== undefined && compareVersions(v, spec.version) > 0)
@@ -83,7 +83,7 @@ export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps
         source: "anitya",
         ref,
         summary: `release-monitoring project ${p.name} (${p.id}) found ${versions.join(", ")}`,
-        keys: names.map((n) => makeKey("package", n)),
+        keys: specs.map((s) => makeKey("package", s.name)),
         priority: "release",
         cause: "release",
         requestId: req.id,
@@ -93,11 +93,9 @@ export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps
   );
 };
 
-function packagesForProject(catalog: Catalog, id: number, name: string): string[] {
-  const out: string[] = [];
-  for (const spec of catalog.packages.values()) {
+function packagesForProject(catalog: Catalog, id: number, name: string): PackageSpec[] {
+  return [...catalog.packages.values()].filter((spec) => {
     const rm = spec.upstream?.releaseMonitoring;
-    if (rm ? rm.id === id || rm.name === name : spec.name === name) out.push(spec.name);
-  }
-  return out;
+    return rm ? rm.id === id || rm.name === name : spec.name === name;
+  });
 }

@@ -43,9 +43,9 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
           { headers: challenge },
         );
       }
-      const m = /^Bearer\s+(\S{1,4096})\s*$/i.exec(req.headers.authorization ?? "");
-      if (!m) throw new Problem(401, "unauthorized", "send Authorization: Bearer <token>", { headers: challenge });
-      const given = sha256(m[1]!);
+      const [, token] = /^Bearer\s+(\S{1,4096})\s*$/i.exec(req.headers.authorization ?? "") ?? [];
+      if (token === undefined) throw new Problem(401, "unauthorized", "send Authorization: Bearer <token>", { headers: challenge });
+      const given = sha256(token);
       // Every configured token is compared, so the time taken does not say which one matched.
       let matched: Buffer | undefined;
       for (const d of digests) if (timingSafeEqual(given, d)) matched = d;
@@ -62,10 +62,10 @@ export function bearerAuth(tokens: readonly string[], listenHost: string): Beare
 export function verifyGithubSignature(secret: string | undefined, raw: Buffer, header: string | string[] | undefined): void {
   if (secret === undefined)
     throw new Problem(401, "unauthorized", "no GitHub webhook secret is configured (HOMEOSTAT_GITHUB_WEBHOOK_SECRET); deliveries are refused");
-  const m = typeof header === "string" ? /^sha256=([0-9a-f]{64})$/i.exec(header.trim()) : null;
-  if (!m) throw new Problem(401, "bad-signature", "X-Hub-Signature-256 is missing or not sha256=<64 hex>");
+  const [, signature] = (typeof header === "string" ? /^sha256=([0-9a-f]{64})$/i.exec(header.trim()) : null) ?? [];
+  if (signature === undefined) throw new Problem(401, "bad-signature", "X-Hub-Signature-256 is missing or not sha256=<64 hex>");
   const expected = createHmac("sha256", hmacKey(secret)).update(raw).digest();
-  if (!timingSafeEqual(Buffer.from(m[1]!, "hex"), expected)) throw new Problem(401, "bad-signature", "X-Hub-Signature-256 does not match the body");
+  if (!timingSafeEqual(Buffer.from(signature, "hex"), expected)) throw new Problem(401, "bad-signature", "X-Hub-Signature-256 does not match the body");
 }
 
 // The secret as a key object, made once: a string key is imported again on every createHmac.

@@ -100,8 +100,10 @@ export class OsvPoller {
     let cursor = since;
     for (let i = 0; i < found.length && !this.o.signal.aborted; i += CHUNK) {
       const chunk = found.slice(i, i + CHUNK);
+      const last = chunk.at(-1);
+      if (!last) throw new Error("internal: an empty chunk of advisories");
       await this.o.handle(chunk);
-      cursor = chunk[chunk.length - 1]!.modified;
+      cursor = last.modified;
       await (await this.bucket()).put(this.cursorKey, cursor);
     }
     // Only now are the files done with: a poll that failed half-way reads them again.
@@ -161,10 +163,11 @@ export class OsvPoller {
       if (!Number.isNaN(modified) && modified >= sinceMs && /^[A-Za-z0-9._:+\/-]+$/.test(id) && !id.includes("..")) wanted.push(id);
     }
     const out: Found[] = [];
-    let next = 0;
+    // One iterator shared by every worker: each takes the next id when it is free.
+    const pending = wanted.values();
     const worker = async () => {
-      while (next < wanted.length && !this.o.signal.aborted) {
-        const id = wanted[next++]!;
+      for (const id of pending) {
+        if (this.o.signal.aborted) break;
         const url = `${base}/${id.split("/").map(encodeURIComponent).join("/")}.json`;
         try {
           const a = this.parse(await fetchText(url, MAX_FILE_BYTES, this.o.signal), url);

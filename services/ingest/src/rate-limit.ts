@@ -48,7 +48,9 @@ export class RateLimiter {
     this.windows.delete(key);
     if (this.windows.size >= this.maxKeys) {
       for (const [k, w] of this.windows) if (w.resetAt <= now) this.windows.delete(k);
-      if (this.windows.size >= this.maxKeys) this.windows.delete(this.windows.keys().next().value!);
+      // Still full: the oldest window goes (a Map iterates in insertion order).
+      const [oldest] = this.windows.keys();
+      if (this.windows.size >= this.maxKeys && oldest !== undefined) this.windows.delete(oldest);
     }
     const w = { count: 0, resetAt: now + this.windowMs };
     this.windows.set(key, w);

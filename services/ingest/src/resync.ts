@@ -28,14 +28,15 @@ export async function runResync(o: ResyncOptions): Promise<void> {
     const keys = o.keys();
     const spacing = keys.length === 0 ? 0 : round === 0 ? Math.min(o.intervalMs / keys.length, FIRST_ROUND_SPACING_MS) : o.intervalMs / keys.length;
     let failed = 0;
-    for (let i = 0; i < keys.length && !o.signal.aborted; i++) {
+    for (const [i, key] of keys.entries()) {
+      if (o.signal.aborted) break;
       await sleepUntil(start + i * spacing, o.signal);
       if (o.signal.aborted) break;
       try {
-        await o.enqueue({ v: 1, key: keys[i]!, priority: "resync", cause: { type: "resync" } }, `resync:${keys[i]}:${start}`);
+        await o.enqueue({ v: 1, key, priority: "resync", cause: { type: "resync" } }, `resync:${key}:${start}`);
       } catch (err) {
         // One failed enqueue must not stop the round; the next round covers the key again.
-        if (failed++ === 0) o.log.warn("resync enqueue failed", { key: keys[i], reason: errorMessage(err) });
+        if (failed++ === 0) o.log.warn("resync enqueue failed", { key, reason: errorMessage(err) });
       }
     }
     o.log.info("resync round enqueued", { keys: keys.length, failed, ms: Date.now() - start });

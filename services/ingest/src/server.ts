@@ -81,6 +81,12 @@ export const MAX_URL_LENGTH = 4096;
 /** Health and readiness probes: every few seconds from every orchestrator, a trace each would drown the real ones. */
 const untracedRoutes = new Set(["/healthz", "/readyz"]);
 /** Methods named as they are in spans and metrics; any other is `_OTHER` (the semantic conventions' bound). */
+/** A request URL's path: everything before its query. */
+function pathOf(url: string): string {
+  const query = url.indexOf("?");
+  return query < 0 ? url : url.slice(0, query);
+}
+
 const knownMethods = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
 
 export const BODY_LIMITS = { default: 256 * 1024, github: 2 * 1024 * 1024, anitya: 1024 * 1024, advisories: 32 * 1024 * 1024 } as const;
@@ -160,7 +166,8 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
         .map((seg) => (seg.startsWith(":") ? "[^/]+" : seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
         .join("/")}$`,
     );
-    const known = routes.find((x) => x.pattern.source === pattern.source) ?? routes[routes.push({ pattern, methods: new Set() }) - 1]!;
+    let known = routes.find((x) => x.pattern.source === pattern.source);
+    if (!known) routes.push((known = { pattern, methods: new Set() }));
     for (const m of [r.method].flat()) known.methods.add(m);
   });
 
@@ -183,7 +190,7 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
     if (route !== undefined && untracedRoutes.has(route)) return done();
     const attributes = {
       "http.request.method": method,
-      "url.path": req.url.split("?")[0]!.slice(0, 256),
+      "url.path": pathOf(req.url).slice(0, 256),
       "url.scheme": "http",
       ...(route ? { "http.route": route } : {}),
     };
@@ -236,7 +243,7 @@ export function buildIngestServer(deps: IngestDeps): FastifyInstance & { authMod
 
   app.setErrorHandler((err, req, reply) => sendProblem(req, reply, toProblem(err)));
   app.setNotFoundHandler((req, reply) => {
-    const path = req.url.split("?")[0]!;
+    const path = pathOf(req.url);
     const allowed = routes.find((r) => r.pattern.test(path))?.methods;
     if (allowed) {
       const allow = [...allowed].sort().join(", ");
