@@ -92,7 +92,7 @@ export function versionOfTag(upstream: Pick<Upstream, "tag"> | undefined, tag: s
 }
 
 /** The tags that may name `version` upstream, most likely first: the mapping's, else v1.2.3 then 1.2.3. */
-export function tagsOfVersion(upstream: Pick<Upstream, "tag"> | undefined, version: string): string[] {
+export function tagsOfVersion(upstream: Pick<Upstream, "tag"> | undefined, version: string): [string, ...string[]] {
   return upstream?.tag ? [upstream.tag.replace("${version}", version)] : [`v${version}`, version];
 }
 

@@ -126,7 +126,8 @@ export class KeyFeed {
 
 class Watcher implements Watch {
   readonly #filter: WatchFilter;
-  readonly #queue: WatchEvent[];
+  /** Events from #head on are still to send; the slots before it are cleared so their events can be collected. */
+  readonly #queue: (WatchEvent | undefined)[];
   readonly #limit: number;
   readonly #detach: () => void;
   #head = 0;
@@ -175,9 +176,9 @@ class Watcher implements Watch {
       for (;;) {
         if (this.#done) return;
         if (this.#ended) throw this.#ended;
-        if (this.#head < this.#queue.length) {
-          const event = this.#queue[this.#head]!;
-          this.#queue[this.#head++] = undefined as unknown as WatchEvent;
+        const event = this.#queue[this.#head];
+        if (event !== undefined) {
+          this.#queue[this.#head++] = undefined;
           // Compact now and then so that a long-lived watch does not keep every event it sent.
           if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
             this.#queue.splice(0, this.#head);

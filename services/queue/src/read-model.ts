@@ -225,8 +225,8 @@ export class HealingReadModel implements StatusReads {
         if (status) batch.hset(this.#store.hash, key, JSON.stringify(status)).zadd(this.#store.index, 0, key);
       }
       const results = (await batch.exec()) ?? [];
-      const failed = results.find(([err]) => err);
-      if (failed) throw failed[0]!;
+      const [failed] = results.flatMap(([err]) => (err ? [err] : []));
+      if (failed) throw failed;
     }
     if ((await redis.exists(this.#marker)) !== 1) this.#stale = true;
     if (this.#stale) throw new Error("the projection changed under the rebuild (a flush or a failed write); rebuilding again");

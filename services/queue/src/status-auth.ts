@@ -78,9 +78,9 @@ export function summary(security: StatusApiSecurity): SecuritySummary {
 
 /** The configured token `authorization` carries; every configured digest is compared, so timing does not tell which. */
 function matchToken(tokens: readonly GrpcToken[], authorization: string): GrpcToken | undefined {
-  const m = /^Bearer\s+(\S{1,4096})\s*$/i.exec(authorization);
-  if (!m) return undefined;
-  const given = Buffer.from(tokenDigest(m[1]!), "hex");
+  const [, token] = /^Bearer\s+(\S{1,4096})\s*$/i.exec(authorization) ?? [];
+  if (token === undefined) return undefined;
+  const given = Buffer.from(tokenDigest(token), "hex");
   let found: GrpcToken | undefined;
   for (const t of tokens) {
     if (timingSafeEqual(given, Buffer.from(t.sha256, "hex"))) found = t;

@@ -161,7 +161,8 @@ export class UpstreamResolver {
           } catch (err) {
             if (!(err instanceof ReleaseConflictError)) throw err;
             // Another resolver recorded this version from other bytes a moment ago.
-            const other = (await this.deps.releases.list(name)).find((r) => r.version === a.version)!;
+            const other = (await this.deps.releases.list(name)).find((r) => r.version === a.version);
+            if (!other) throw err; // a conflict with a record that is not there: not one this resolver can explain
             await this.conflict(spec, other, found, a.tag);
           }
         }
@@ -223,13 +224,14 @@ export class UpstreamResolver {
 
   /** Where version `a` of `spec` comes from; undefined when the catalog gives no way to know. */
   private locate(spec: PackageSpec, a: Announcement): Located | undefined {
-    const tags = a.tag ? [a.tag] : tagsOfVersion(spec.upstream, a.version);
-    const fill = (template: string) => template.replaceAll("${version}", a.version).replaceAll("${tag}", tags[0]!);
+    const tags: [string, ...string[]] = a.tag ? [a.tag] : tagsOfVersion(spec.upstream, a.version);
+    const [tag] = tags;
+    const fill = (template: string) => template.replaceAll("${version}", a.version).replaceAll("${tag}", tag);
     if (spec.upstream?.url) return { url: fill(spec.upstream.url) };
     if (isGitSourceUrl(spec.source.url)) return { url: spec.source.url, git: { transport: gitTransport(spec.source.url), tags } };
     if (/\$\{(version|tag)\}/.test(spec.source.url)) return { url: fill(spec.source.url) };
     if (spec.upstream?.github) {
-      const ref = tags[0]!.split("/").map(encodeURIComponent).join("/");
+      const ref = tag.split("/").map(encodeURIComponent).join("/");
       return { url: `${this.deps.githubArchiveUrl}/${spec.upstream.github}/tar.gz/refs/tags/${ref}` };
     }
     return undefined;
@@ -272,7 +274,7 @@ export class UpstreamResolver {
         if (prior?.commit === commit) return { url: prior.url, sha256: prior.sha256, tag, commit };
         const url = gitSourceUrl(transport, commit);
         const sha256 = await this.gated(transport, async () => {
-          const { tar, done } = await exportGitTree({ transport, commit: commit! }, dir, signal, limits.maxBytes);
+          const { tar, done } = await exportGitTree({ transport, commit }, dir, signal, limits.maxBytes);
           const digest = await sha256Of(tar, limits.maxBytes, `source ${url}`).catch(async (err: unknown) => {
             await done.catch(() => {});
             throw err;

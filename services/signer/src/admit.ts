@@ -105,7 +105,7 @@ export async function admit(req: SignRequest, ctx: AdmitContext): Promise<Verifi
   if (desired !== req.inputDigest) {
     throw new SignRefusedError("not-desired", `${req.key} should be built from ${desired ?? "nothing yet"}, not ${req.inputDigest}`);
   }
-  const provenance = kind === "package" ? await checkPackage(result, ctx.dataDir) : await checkImage(result, ctx.dataDir);
+  const { provenance, location } = kind === "package" ? await checkPackage(result, ctx.dataDir) : await checkImage(result, ctx.dataDir);
   const provenanceIsolation = provenance.buildDefinition?.internalParameters?.isolation;
   if (provenance.buildDefinition?.internalParameters?.inputDigest !== req.inputDigest) {
     throw new SignRefusedError(
@@ -120,7 +120,6 @@ export async function admit(req: SignRequest, ctx: AdmitContext): Promise<Verifi
       `${req.key}: the build's steps ran without the sandbox (isolation none); set HOMEOSTAT_SIGN_UNSANDBOXED=true to sign such builds in development`,
     );
   }
-  const location = kind === "package" ? storeBlobPath(ctx.dataDir, result.outputs.archive!) : `${imageLayoutDir(ctx.dataDir, name)}:${result.version}`;
   return {
     key: req.key,
     kind,
@@ -139,21 +138,24 @@ export function imageLayoutDir(dataDir: string, name: string): string {
 }
 
 type Provenance = { buildDefinition?: { internalParameters?: { inputDigest?: unknown; isolation?: unknown } } };
+/** What a check of a result's outputs found: its provenance and where its signed artifact is. */
+type Checked = { provenance: Provenance; location: string };
 
-/** The archive, metadata and provenance are intact in the store; returns the provenance. */
-async function checkPackage(result: BuildResultPredicate, dataDir: string): Promise<Provenance> {
+/** The archive, metadata and provenance are intact in the store; returns the provenance and where the archive is. */
+async function checkPackage(result: BuildResultPredicate, dataDir: string): Promise<Checked> {
   const { archive, metadata, provenance } = result.outputs;
   if (!archive || !metadata || !provenance) throw new SignRefusedError("corrupt", `${result.key}: a package result names its archive, metadata and provenance`);
   await storeBlob(dataDir, archive, "the package archive");
   await storeBlob(dataDir, metadata, "the package metadata");
-  return json(await storeBlob(dataDir, provenance, "the provenance"), "the provenance");
+  return { provenance: json(await storeBlob(dataDir, provenance, "the provenance"), "the provenance"), location: storeBlobPath(dataDir, archive) };
 }
 
 /**
  * The layout's tag `version` names the result's manifest, and the manifest, its config and
- * layers, the SBOM and the provenance are intact in the layout; returns the provenance.
+ * layers, the SBOM and the provenance are intact in the layout; returns the provenance and
+ * the image's layout reference.
  */
-async function checkImage(result: BuildResultPredicate, dataDir: string): Promise<Provenance> {
+async function checkImage(result: BuildResultPredicate, dataDir: string): Promise<Checked> {
   const { manifest, sbom, provenance } = result.outputs;
   if (!manifest || !sbom || !provenance) throw new SignRefusedError("corrupt", `${result.key}: an image result names its manifest, SBOM and provenance`);
   const layout = await OciLayout.open(imageLayoutDir(dataDir, result.name));
@@ -172,7 +174,10 @@ async function checkImage(result: BuildResultPredicate, dataDir: string): Promis
   }
   for (const d of [m.config, ...m.layers]) await layoutBlob(layout, d.digest, "a blob of the image");
   await layoutBlob(layout, sbom, "the SBOM");
-  return json(await layoutBlob(layout, provenance, "the provenance"), "the provenance");
+  return {
+    provenance: json(await layoutBlob(layout, provenance, "the provenance"), "the provenance"),
+    location: `${imageLayoutDir(dataDir, result.name)}:${result.version}`,
+  };
 }
 
 async function storeBlob(dataDir: string, digest: string, what: string): Promise<Buffer> {

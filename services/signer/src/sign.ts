@@ -141,7 +141,11 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     signer: ctx.signer,
   });
   const signatures: Record<string, Digest> = { image: r.signatureManifest };
-  present.forEach(([role], i) => (signatures[role] = attached[i]!.manifest));
+  for (const [i, [role]] of present.entries()) {
+    const signature = attached[i];
+    if (!signature) throw new Error(`internal: no signature was attached for the ${role}`);
+    signatures[role] = signature.manifest;
+  }
   if (ctx.registry) {
     // The image first, so that a registry never shows a signature for an image it lacks.
     const repository = registryRepository(ctx.imageRepository, req.name);
