@@ -92,7 +92,11 @@ function localRepository(location: GitLocation): string {
 async function git(repo: string, args: string[], opts: { env?: Record<string, string>; input?: string } = {}): Promise<string> {
   try {
     const child = run("git", ["-C", repo, ...args], { maxBuffer: 16 << 20, env: { ...process.env, ...opts.env } });
-    if (opts.input !== undefined) child.child.stdin!.end(opts.input);
+    if (opts.input !== undefined) {
+      const { stdin } = child.child;
+      if (!stdin) throw new Error("internal: git was started without a pipe to its stdin");
+      stdin.end(opts.input);
+    }
     const { stdout } = await child;
     return stdout.trim();
   } catch (err) {

@@ -64,7 +64,8 @@ export async function unpackSource(
     await run("tar", ["-x", "-f", archive, "-C", tree, "--no-same-owner", "--no-same-permissions"], { env: TOOL_ENV, timeout: 60_000, maxBuffer: 1 << 20 });
     const top = await readdir(tree, { withFileTypes: true });
     // A tarball's single top directory is stripped, as the builder does.
-    const root = top.length === 1 && top[0]!.isDirectory() ? path.join(tree, top[0]!.name) : tree;
+    const [only] = top;
+    const root = top.length === 1 && only?.isDirectory() ? path.join(tree, only.name) : tree;
     await rm(target, { recursive: true, force: true });
     await rename(root, target);
   } finally {

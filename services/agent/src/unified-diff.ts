@@ -20,6 +20,11 @@ function linesOf(text: string): { lines: string[]; noEol: boolean } {
   return { lines, noEol };
 }
 
+/* eslint-disable @typescript-eslint/no-non-null-assertion -- Myers' inner loops: every index into
+   v and trace[d] is a diagonal k in [-d, d] shifted into range, and every a[x] / b[y] read is
+   below the lengths checked just before; under noUncheckedIndexedAccess they read as possibly
+   undefined, and a fallback in these loops would hide a bug instead of revealing it. */
+
 /** The shortest edit script from `a` to `b` (Myers), or undefined past MAX_EDITS edits. */
 function editScript(a: string[], b: string[]): Op[] | undefined {
   const n = a.length;
@@ -69,6 +74,7 @@ function backtrack(a: string[], b: string[], trace: Int32Array[], last: number):
   }
   return ops.reverse();
 }
+/* eslint-enable @typescript-eslint/no-non-null-assertion */
 
 /**
  * The unified diff of one file from `before` (undefined: a new file) to `after`, headed
@@ -84,13 +90,16 @@ export function unifiedDiff(file: string, before: string | undefined, after: str
   const ops = editScript(a.lines, b.lines) ?? [...a.lines.map((line): Op => ({ kind: "-", line })), ...b.lines.map((line): Op => ({ kind: "+", line }))];
   const out = [`--- ${before === undefined ? "/dev/null" : `a/${file}`}`, `+++ b/${file}`];
   // Hunks: runs of changes, with CONTEXT lines around each, merged when their contexts touch.
-  const changed = ops.map((op, i) => (op.kind === " " ? -1 : i)).filter((i) => i >= 0);
-  let i = 0;
-  while (i < changed.length) {
-    let end = i;
-    while (end + 1 < changed.length && changed[end + 1]! - changed[end]! <= 2 * CONTEXT) end++;
-    const from = Math.max(0, changed[i]! - CONTEXT);
-    const to = Math.min(ops.length, changed[end]! + CONTEXT + 1);
+  const hunks: { first: number; last: number }[] = [];
+  for (const [i, op] of ops.entries()) {
+    if (op.kind === " ") continue;
+    const open = hunks.at(-1);
+    if (open && i - open.last <= 2 * CONTEXT) open.last = i;
+    else hunks.push({ first: i, last: i });
+  }
+  for (const { first, last } of hunks) {
+    const from = Math.max(0, first - CONTEXT);
+    const to = Math.min(ops.length, last + CONTEXT + 1);
     let aStart = 0;
     let bStart = 0;
     for (const op of ops.slice(0, from)) {
@@ -102,7 +111,6 @@ export function unifiedDiff(file: string, before: string | undefined, after: str
     const bLen = hunk.filter((op) => op.kind !== "-").length;
     out.push(`@@ -${aLen === 0 ? aStart : aStart + 1},${aLen} +${bLen === 0 ? bStart : bStart + 1},${bLen} @@`);
     for (const op of hunk) out.push(`${op.kind}${op.line}`);
-    i = end + 1;
   }
   return `${out.join("\n")}\n`;
 }

@@ -78,10 +78,10 @@ export class Workspace {
       if (file.endsWith("/")) continue;
       const { text } = await this.read(file, maxFileBytes).catch(() => ({ text: "" }));
       const lines = text.split("\n");
-      for (let i = 0; i < lines.length; i++) {
-        if (!pattern.test(lines[i]!)) continue;
+      for (const [i, line] of lines.entries()) {
+        if (!pattern.test(line)) continue;
         if (hits.length === limit) return { hits, more: true };
-        hits.push(`${file}:${i + 1}: ${lines[i]!.slice(0, 400)}`);
+        hits.push(`${file}:${i + 1}: ${line.slice(0, 400)}`);
       }
     }
     return { hits, more: false };
