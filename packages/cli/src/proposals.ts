@@ -11,7 +11,12 @@ import { columns, exitCodes, UsageError, type Command, type Context } from "./ma
 
 const statuses = ["open", "approved", "rejected", "applied", "failed"];
 
-async function idArg(ctx: Context, raw: string, c: Command): Promise<{ id: string; api: Awaited<ReturnType<Context["status"]>>["api"]; client: StatusClient }> {
+async function idArg(
+  ctx: Context,
+  raw: string | undefined,
+  c: Command,
+): Promise<{ id: string; api: Awaited<ReturnType<Context["status"]>>["api"]; client: StatusClient }> {
+  if (raw === undefined) throw new UsageError("give the proposal's <id>", c);
   const { api, client } = await ctx.status();
   const parsed = api.parseProposalId(raw);
   if ("error" in parsed) throw new UsageError(parsed.error, c);
@@ -114,7 +119,7 @@ export const proposalCommand: Command = {
   optionHelp: [["--diff", "print only the unified diff of the recipe and patches against the catalog"]],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
-    const { id, api, client } = await idArg(ctx, raw!, proposalCommand);
+    const { id, api, client } = await idArg(ctx, raw, proposalCommand);
     const p = await api.getProposal(client, id);
     if (ctx.json) ctx.printJson(values.diff ? { id: p.id, diff: p.diff } : p);
     else if (values.diff) ctx.io.stdout.write(p.diff);
@@ -131,7 +136,7 @@ export const approveCommand: Command = {
   optionHelp: [["--reason R", "why, for the record"]],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
-    const { id, api, client } = await idArg(ctx, raw!, approveCommand);
+    const { id, api, client } = await idArg(ctx, raw, approveCommand);
     const p = await api.approveProposal(client, id, typeof values.reason === "string" ? values.reason : undefined);
     if (ctx.json) ctx.printJson(p);
     else ctx.print(`${p.id}: approved by ${p.review?.by ?? "?"}; the agent applies it to the catalog of ${p.key}, then the factory rebuilds it`);
@@ -149,7 +154,7 @@ export const rejectCommand: Command = {
   async run(ctx, [raw], values) {
     const reason = typeof values.reason === "string" ? values.reason.trim() : "";
     if (!reason) throw new UsageError('reject needs --reason "…": the agent is told it on its next attempt', rejectCommand);
-    const { id, api, client } = await idArg(ctx, raw!, rejectCommand);
+    const { id, api, client } = await idArg(ctx, raw, rejectCommand);
     const p = await api.rejectProposal(client, id, reason);
     if (ctx.json) ctx.printJson(p);
     else ctx.print(`${p.id}: rejected by ${p.review?.by ?? "?"}; the agent tries ${p.key} again with the reason`);

@@ -196,10 +196,12 @@ function workQueue(g: Grant, t: Topology): void {
 }
 
 function grant(identity: ServiceName, prefix: string, regions: readonly string[]): Grant {
-  const g = new Grant(new Topology({ prefix, region: regions[0]! }), identity);
+  const [first] = regions;
+  if (first === undefined) throw new Error(`NATS permissions for ${identity} need at least one region`);
+  const g = new Grant(new Topology({ prefix, region: first }), identity);
   for (const region of regions) serviceGrants[identity](g, new Topology({ prefix, region }));
   // Every instance writes its own heartbeat (heartbeat.ts), under its service's name only.
-  const t = new Topology({ prefix, region: regions[0]! });
+  const t = new Topology({ prefix, region: first });
   g.kvWrite(t, "services", `${identity}.>`);
   return g;
 }
