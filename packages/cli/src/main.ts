@@ -121,7 +121,7 @@ const getCommand: Command = {
   optionHelp: [["-w, --watch", "then print a line each time it changes, until interrupted (with --json: one JSON object per line)"]],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
-    const key = await keyArg(raw!, getCommand);
+    const key = await keyArg(raw, getCommand);
     if (values.watch) return watchCommand(ctx, { prefix: key }, (k) => k === key);
     const { api, client } = await ctx.status();
     const { status, degraded, freshness } = await api.readKeyStatus(client, key);
@@ -150,7 +150,7 @@ const whyCommand: Command = {
   summary: "explain why a key is where it is: its cause, then its dependencies' causes, back to the event",
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw]) {
-    const key = await keyArg(raw!, whyCommand);
+    const key = await keyArg(raw, whyCommand);
     const { api, client } = await ctx.status();
     const chain = await api.whyKey(client, key);
     if (ctx.json) ctx.printJson(chain);
@@ -215,7 +215,10 @@ async function liveFacts({ api, client }: { api: StatusApiModule; client: Status
   }
   await mapLimit(names, 16, async (name) => {
     const built = await builtVersion(api, client, name);
-    if (built !== undefined) live.get(name)!.built = built;
+    if (built === undefined) return;
+    const known = live.get(name);
+    if (!known) throw new Error(`KnownFacts answered nothing about ${name}`);
+    known.built = built;
   });
   return live;
 }
@@ -329,6 +332,7 @@ const verifyCommand: Command = {
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [target], values) {
+    if (target === undefined) throw new UsageError(`missing ${verifyCommand.args ?? "<target>"}`, verifyCommand);
     const { CYCLONEDX_PREDICATE_TYPE, readTrustedKeys, SigningKeyError, SLSA_PROVENANCE_PREDICATE_TYPE, VerificationError, verifyTarget } =
       await import("@homeostat/attest");
     const files = Array.isArray(values.key) && values.key.length > 0 ? values.key.map(String) : defaultTrustedKeyFiles(ctx.io.env);
@@ -337,7 +341,7 @@ const verifyCommand: Command = {
     let results: ImageVerification[];
     try {
       const trustedKeys = await readTrustedKeys(files);
-      results = await verifyTarget({ target: target!, trustedKeys, require: required });
+      results = await verifyTarget({ target, trustedKeys, require: required });
     } catch (err) {
       if (err instanceof VerificationError || err instanceof SigningKeyError) {
         ctx.io.stderr.write(`homeostat: verification failed: ${err.message}\n`);
@@ -390,7 +394,7 @@ const enqueueCommand: Command = {
   ],
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw], values) {
-    const key = await keyArg(raw!, enqueueCommand);
+    const key = await keyArg(raw, enqueueCommand);
     const priority = values.priority === undefined ? undefined : String(values.priority);
     if (priority !== undefined && !prioritySchema.safeParse(priority).success) {
       throw new UsageError(`--priority must be one of ${priorities.join(", ")}, got ${JSON.stringify(priority)}`, enqueueCommand);
@@ -435,7 +439,7 @@ const retryCommand: Command = {
   summary: "queue a dead-lettered key again with fresh attempts",
   positionals: { min: 1, max: 1 },
   async run(ctx, [raw]) {
-    const key = await keyArg(raw!, retryCommand);
+    const key = await keyArg(raw, retryCommand);
     const { api, client } = await ctx.status();
     await api.retryDeadLetter(client, key);
     if (ctx.json) ctx.printJson({ key, retried: true });
@@ -471,7 +475,8 @@ const tokenNewCommand: Command = {
 };
 
 /** A key argument, or a usage error saying why it is not one. */
-async function keyArg(raw: string, c: Command): Promise<KeyStatus["key"]> {
+async function keyArg(raw: string | undefined, c: Command): Promise<KeyStatus["key"]> {
+  if (raw === undefined) throw new UsageError(`missing ${c.args ?? "<key>"}`, c);
   const parsed = (await statusApi()).parseKeyArg(raw);
   if ("error" in parsed) throw new UsageError(parsed.error, c);
   return parsed.key;
@@ -492,7 +497,7 @@ export function formatVerification(v: ImageVerification): string {
     ["Reference", v.signature.reference],
     ...v.attestations.map((a, i) => [i === 0 ? "Attestations" : "", `${a.predicateType} by key ${a.keyId}`]),
   ];
-  const w = Math.max(...rows.map(([label]) => label!.length)) + 1;
+  const w = Math.max(...rows.map(([label = ""]) => label.length)) + 1;
   return rows.map(([label, value]) => `${(label ? `${label}:` : "").padEnd(w)}  ${value}`).join("\n") + "\n";
 }
 
@@ -687,7 +692,11 @@ function parseDelay(raw: string, flag: string, c: Command): number {
   let ms: number;
   if (/^\d+$/.test(raw)) ms = Number(raw);
   else if (/^(\d+(ms|s|m|h|d))+$/.test(raw))
-    ms = [...raw.matchAll(/(\d+)(ms|s|m|h|d)/g)].reduce((sum, [, n, unit]) => sum + Number(n) * durationUnits[unit!]!, 0);
+    ms = [...raw.matchAll(/(\d+)(ms|s|m|h|d)/g)].reduce((sum, [, n, unit = ""]) => {
+      const unitMs = durationUnits[unit];
+      if (unitMs === undefined) throw new Error(`internal: no duration unit ${JSON.stringify(unit)}`);
+      return sum + Number(n) * unitMs;
+    }, 0);
   else throw new UsageError(`${flag} must be milliseconds or a duration like 90s, 15m or 1h30m, got ${JSON.stringify(raw)}`, c);
   if (ms > maxEnqueueDelayMs) throw new UsageError(`${flag} must be at most 30 days, got ${JSON.stringify(raw)}`, c);
   return ms;
@@ -803,7 +812,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       io.stdout.write(help(c));
       return exitCodes.ok;
     }
-    const rest = findCommand(parsed.positionals)!.rest;
+    const again = findCommand(parsed.positionals);
+    if (!again) throw new UsageError("the command's name must come before its arguments", c);
+    const { rest } = again;
     const { min, max } = c.positionals ?? { min: 0, max: Infinity };
     if (rest.length < min) throw new UsageError(`missing ${c.args ?? "arguments"}`, c);
     if (rest.length > max) throw new UsageError(`unexpected argument ${JSON.stringify(rest[max])}`, c);

@@ -142,7 +142,8 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       await deps.state.update(item.key, (cur) => (cur?.phase === "WaitingForAnswer" ? { ...cur, phase: answered.previousPhase } : undefined));
     };
     const why = resume?.trigger ?? trouble(status);
-    if (kind !== "package" || !spec || !why) return done;
+    // A resumed question implies a status (the key is WaitingForAnswer); without one there is no trouble to repair.
+    if (kind !== "package" || !spec || !status || !why) return done;
     const open = mine.find((p) => p.status === "open" && p.trigger === why);
     if (open) {
       await spend();
@@ -151,7 +152,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const advisories = (await deps.advisories(name)).filter((a) => status?.advisories?.includes(a.id));
     const releases = await deps.releases(name);
     const trialLogs = new Set<string>();
-    const { ws, unpacked } = await prepare(item.key, spec, status!, advisories, releases, signal);
+    const { ws, unpacked } = await prepare(item.key, spec, status, advisories, releases, signal);
     const tools = repairTools(ws, {
       name,
       advisories,

@@ -140,7 +140,7 @@ export function repairTools(ws: Workspace, given: RepairContext): AgentTool<Subm
       }),
       run: async ({ name, diff }: { name: string; diff: string }) => {
         const escapes = [...diff.matchAll(/^(?:---|\+\+\+) (\S+)/gm)]
-          .map((m) => m[1]!)
+          .flatMap(([, p]) => (p === undefined ? [] : [p]))
           .filter((p) => p !== "/dev/null" && (p.startsWith("/") || p.split("/").includes("..")));
         if (escapes.length) return { content: `the diff names paths outside the source: ${escapes.join(", ")}`, isError: true };
         const file = `patches/${name}.patch`;

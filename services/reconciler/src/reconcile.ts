@@ -180,7 +180,7 @@ export function createReconciler(deps: ReconcilerDeps) {
         // signer completes it, and the key is Ready.
         const open =
           s.desiredInputDigest !== undefined && s.desiredInputDigest !== desired.inputDigest ? openRequest(succeeded, s.desiredInputDigest) : undefined;
-        const settled = open ? settleBuild(succeeded, open.inputDigest, "superseded", at)! : succeeded;
+        const settled = open ? (settleBuild(succeeded, open.inputDigest, "superseded", at) ?? succeeded) : succeeded;
         if (
           settled === s &&
           s.phase === "Ready" &&
@@ -239,9 +239,9 @@ export function createReconciler(deps: ReconcilerDeps) {
     await setStatus(deps, item.key, (s) => {
       // A build still open for other inputs will never be this key's result.
       const open = (s.builds ?? []).find((b) => b.outcome === "requested" && b.inputDigest !== desired.inputDigest);
-      const base = open ? settleBuild(s, open.inputDigest, "superseded", at)! : s;
+      const base = open ? (settleBuild(s, open.inputDigest, "superseded", at) ?? s) : s;
       // The failures of these inputs keep counting across their retries; an operator's retry or new inputs start afresh.
-      const fresh = manual || s.failure?.inputDigest !== desired.inputDigest;
+      const carried = !manual && s.failure?.inputDigest === desired.inputDigest ? s.failure : undefined;
       return withBuild(
         {
           ...base,
@@ -254,8 +254,8 @@ export function createReconciler(deps: ReconcilerDeps) {
           attempts: 0,
           waitingFor: undefined,
           advisories: undefined,
-          failure: fresh ? undefined : { ...s.failure!, nextAt: undefined },
-          building: fresh ? undefined : s.building,
+          failure: carried ? { ...carried, nextAt: undefined } : undefined,
+          building: carried ? s.building : undefined,
         },
         {
           version: desired.version,
