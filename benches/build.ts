@@ -29,15 +29,16 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { GZIP_OPTIONS, writeTarGzFromDirectory } from "../services/builder/src/tar.ts";
+import { pick } from "../scripts/app-tarball.ts";
 
 const args = new Map<string, string>();
 for (const a of process.argv.slice(2)) {
-  const m = /^--(mb|runs)=(\d+)$/.exec(a);
-  if (!m) {
+  const [, name, value] = /^--(mb|runs)=(\d+)$/.exec(a) ?? [];
+  if (name === undefined || value === undefined) {
     process.stderr.write(`bench:build: unknown argument ${JSON.stringify(a)}; usage: node benches/build.ts [--mb=200] [--runs=3]\n`);
     process.exit(64);
   }
-  args.set(m[1]!, m[2]!);
+  args.set(name, value);
 }
 const totalMb = Math.min(Math.max(Number(args.get("mb") ?? 200), 10), 2000);
 const runs = Math.min(Math.max(Number(args.get("runs") ?? 3), 1), 10);
@@ -59,7 +60,7 @@ function text(rand: () => number, bytes: number): Buffer {
   const parts: string[] = [];
   let n = 0;
   while (n < bytes) {
-    const w = words[Math.floor(rand() * words.length)]!;
+    const w = pick(words, rand);
     parts.push(w);
     n += w.length + 1;
   }

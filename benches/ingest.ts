@@ -44,7 +44,9 @@ const WARMUP = 2_000;
 const repoRoot = path.resolve(import.meta.dirname, "..");
 const require = createRequire(path.join(repoRoot, "services/ingest/package.json"));
 const examples = require("@octokit/webhooks-examples/api.github.com/index.json") as Array<{ name: string; examples: Array<{ action?: string }> }>;
-const payload = JSON.stringify(examples.find((e) => e.name === "release")!.examples.find((e) => e.action === "published"));
+const release = examples.find((e) => e.name === "release")?.examples.find((e) => e.action === "published");
+if (!release) throw new Error("@octokit/webhooks-examples has no published release example");
+const payload = JSON.stringify(release);
 
 const prefix = `b${randomBytes(5).toString("hex")}`;
 const secret = randomBytes(16).toString("hex");
@@ -72,7 +74,7 @@ const env = {
 };
 const server = spawn(process.execPath, [path.join(repoRoot, "services/ingest/src/main.ts")], { env, stdio: ["ignore", "ignore", "pipe"], cwd: repoRoot });
 let serverLog = "";
-server.stderr!.on("data", (d: Buffer) => void (serverLog = (serverLog + d.toString()).slice(-4000)));
+server.stderr.on("data", (d: Buffer) => void (serverLog = (serverLog + d.toString()).slice(-4000)));
 
 const url = `http://127.0.0.1:${port}/v1/webhooks/github`;
 const signature = `sha256=${createHmac("sha256", secret).update(payload).digest("hex")}`;

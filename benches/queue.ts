@@ -73,7 +73,7 @@ import {
 import { inSpan, SpanKind, startTelemetry } from "@homeostat/core/telemetry";
 import { ROOT_CONTEXT } from "@opentelemetry/api";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { table } from "./table.ts";
+import { percentile, table } from "./table.ts";
 
 /** BENCH_QUEUE_ENQUEUES scales the work down (keys and drain keys a tenth of it): bench:telemetry runs it smaller on a loaded machine. */
 const ENQUEUES = benchSize(process.env.BENCH_QUEUE_ENQUEUES, 50_000);
@@ -113,7 +113,7 @@ function parseArgs(argv: readonly string[]): { only: Name[]; telemetry: boolean 
   let only: Name[] = [...allNames];
   let telemetry = false;
   for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
+    const arg = argv[i] ?? "";
     const [flag, inline] = arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
     switch (flag) {
       case "--only": {
@@ -212,17 +212,12 @@ function started(log: RunLog, id: number, issuedAt: number): void {
   log.waits.push(Date.now() - issuedAt);
 }
 
-function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 /** Waits of the runs whose entry was created by an "added" enqueue of phase 1. */
 function waitStats(log: RunLog, outcomes: readonly Outcome[]): { p50: number; p99: number; n: number } {
   const waits: number[] = [];
-  for (let r = 0; r < log.ids.length; r++) {
-    const id = log.ids[r]!;
-    if (id >= 0 && outcomes[id] === "added") waits.push(log.waits[r]!);
+  for (const [r, id] of log.ids.entries()) {
+    const wait = log.waits[r];
+    if (id >= 0 && outcomes[id] === "added" && wait !== undefined) waits.push(wait);
   }
   waits.sort((a, b) => a - b);
   return { p50: percentile(waits, 50), p99: percentile(waits, 99), n: waits.length };
@@ -269,7 +264,8 @@ function cpuMark(pid: string | undefined): CpuMark {
   let server = NaN;
   if (pid) {
     try {
-      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      // The command name may hold spaces: the fields start after its closing parenthesis.
+      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ", 2)[1]?.split(" ") ?? [];
       server = (Number(f[11]) + Number(f[12])) * (1000 / 100); // utime + stime, clock ticks of 10 ms
     } catch {
       // not readable here: leave it unknown

@@ -31,6 +31,7 @@ import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { unsandboxedBuildEnv, writeExclusiveCatalog } from "../scripts/exclusive-builds.ts";
 import { startLocalServers, waitFor } from "../scripts/factory.ts";
+import { ofRegion } from "../scripts/cluster.ts";
 import { startRegions } from "../scripts/regions.ts";
 
 const usage = "Usage: pnpm bench:regions [--packages N (default 60)] [--enqueues M (default 2000)] [--timeout S (default 600)]\n";
@@ -91,12 +92,12 @@ const fabric = await startRegions({
     ...unsandboxedBuildEnv,
   },
 });
-const clients = new Map(regions.map((r) => [r, statusClient(fabric.factories.get(r)!.grpcAddr)]));
+const clients = new Map(regions.map((r) => [r, statusClient(ofRegion(fabric.factories, r).grpcAddr)]));
 let single: Awaited<ReturnType<typeof startLocalServers>> | undefined;
 try {
   /** `region` reports every key Ready, at the version `want` names for it (any when none). */
   const converged = async (region: (typeof regions)[number], want: (key: string) => string | undefined) => {
-    const items = (await listKeyStatuses(clients.get(region)!, { pageSize: 1000 })).items;
+    const items = (await listKeyStatuses(ofRegion(clients, region), { pageSize: 1000 })).items;
     return items.length === packages.length && items.every((s) => s.phase === "Ready" && (want(s.key) === undefined || s.actual?.version === want(s.key)));
   };
   const started = Date.now();
@@ -105,7 +106,7 @@ try {
   progress(`converged in ${firstConvergeS} s; measuring enqueues`);
 
   const fabricConfig = loadConfig({
-    NATS_URL: fabric.cluster.nodes.get("a")!.url,
+    NATS_URL: ofRegion(fabric.cluster.nodes, "a").url,
     NATS_NKEY_SEED_FILE: fabric.cluster.adminSeed,
     HOMEOSTAT_PREFIX: "bq3",
     HOMEOSTAT_REGION: "a",
@@ -133,8 +134,11 @@ try {
   let killedAt: number | undefined;
   const post = async (pkg: string, i: number) => {
     for (let attempt = 0; attempt < 120; attempt++) {
-      const from = killedAt === undefined ? regions[i % 3]! : (["a", "c"] as const)[i % 2]!;
-      const res = await fetch(`${fabric.factories.get(from)!.ingestUrl}/v1/releases`, {
+      // Round-robin over the live regions: all three, then a and c once b is lost.
+      const live = killedAt === undefined ? regions : (["a", "c"] as const);
+      const from = live[i % live.length];
+      if (from === undefined) throw new Error("no live region to post to");
+      const res = await fetch(`${ofRegion(fabric.factories, from).ingestUrl}/v1/releases`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ package: pkg, version: "2.0.0", url: builds.source.url, sha256: builds.source.sha256 }),
@@ -148,23 +152,25 @@ try {
       await new Promise((r) => setTimeout(r, 250));
     }
   };
-  let nextPost = 0;
+  // One iterator shared by every poster: each takes the next package when it is free.
+  const pending = packages.entries();
   await Promise.all(
     Array.from({ length: 8 }, async () => {
-      for (let i = nextPost++; i < packages.length; i = nextPost++) await post(packages[i]!, i);
+      for (const [i, pkg] of pending) await post(pkg, i);
     }),
   );
   const want = (key: string) => accepted.get(key);
   let convergeS: number | undefined;
   try {
     for (const region of ["a", "c"] as const) await waitFor(`region ${region} to converge after losing b`, () => converged(region, want), timeoutMs, 500);
-    convergeS = (Date.now() - killedAt!) / 1000;
+    if (killedAt !== undefined) convergeS = (Date.now() - killedAt) / 1000;
   } catch (err) {
     progress((err as Error).message);
   }
-  const final = (await listKeyStatuses(clients.get("a")!, { pageSize: 1000 })).items;
+  const final = (await listKeyStatuses(ofRegion(clients, "a"), { pageSize: 1000 })).items;
   const lost = [...accepted].filter(([key, version]) => final.find((s) => s.key === key)?.actual?.version !== version).length;
-  const load = os.loadavg()[0]!.toFixed(1);
+  const [load1] = os.loadavg();
+  const load = load1?.toFixed(1);
   process.stdout.write(
     `${JSON.stringify({
       events: packages.length,

@@ -41,8 +41,10 @@ import { loadCatalog } from "@homeostat/catalog";
 import { connectNats, loadConfig, publish, seedFile, type KeyStatus } from "@homeostat/core";
 import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
 import { repoRoot, startFactory, startLocalServers, stopChild, waitFor, type Factory } from "../scripts/factory.ts";
+import { pick } from "../scripts/app-tarball.ts";
 import { generateCatalog, sourceTarball } from "../scripts/gen-catalog.ts";
 import { startRegistry } from "../test/fixtures/registry.ts";
+import { percentile } from "./table.ts";
 
 export type StormOptions = {
   packages: number;
@@ -74,8 +76,9 @@ export type ScenarioLine = Record<string, unknown> & { scenario: string };
 
 type Proc = { name: string; child: ChildProcess };
 
-/** Per-process CPU (utime+stime+cutime+cstime) and RSS from /proc; undefined once the process is gone. */
-function procSample(pid: number): { cpuS: number; rssMb: number } | undefined {
+/** Per-process CPU (utime+stime+cutime+cstime) and RSS from /proc; undefined once the process is gone (or never started). */
+function procSample(pid: number | undefined): { cpuS: number; rssMb: number } | undefined {
+  if (pid === undefined) return undefined;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -91,10 +94,10 @@ function procSample(pid: number): { cpuS: number; rssMb: number } | undefined {
 function resourceMeter(procs: () => Proc[]) {
   const start = new Map<string, number>();
   const peak = new Map<string, number>();
-  for (const p of procs()) start.set(p.name, procSample(p.child.pid!)?.cpuS ?? 0);
+  for (const p of procs()) start.set(p.name, procSample(p.child.pid)?.cpuS ?? 0);
   const tick = () => {
     for (const p of procs()) {
-      const s = procSample(p.child.pid!);
+      const s = procSample(p.child.pid);
       if (s) peak.set(p.name, Math.max(peak.get(p.name) ?? 0, s.rssMb));
     }
   };
@@ -105,7 +108,7 @@ function resourceMeter(procs: () => Proc[]) {
     tick();
     const out: Record<string, { cpu_s: number; peak_rss_mb: number }> = {};
     for (const p of procs()) {
-      const s = procSample(p.child.pid!);
+      const s = procSample(p.child.pid);
       out[p.name] = { cpu_s: round((s?.cpuS ?? 0) - (start.get(p.name) ?? 0), 2), peak_rss_mb: round(peak.get(p.name) ?? 0, 1) };
     }
     return out;
@@ -205,10 +208,6 @@ function round(x: number, digits = 0): number {
   return Math.round(x * f) / f;
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]! : NaN;
-}
-
 /** Counts per second since `t0`, for the rates-over-time arrays. */
 function perSecond(times: number[], t0: number): number[] {
   const out: number[] = [];
@@ -216,19 +215,27 @@ function perSecond(times: number[], t0: number): number[] {
     if (t < t0) continue;
     const s = Math.floor((t - t0) / 1000);
     while (out.length <= s) out.push(0);
-    out[s]!++;
+    out[s] = (out[s] ?? 0) + 1;
   }
   return out;
 }
 
 /** Runs `tasks` with at most `limit` in flight. */
 async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
+  // One iterator shared by every worker: each takes the next item when it is free.
+  const pending = items.values();
   await Promise.all(
     Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) await fn(items[next++]!);
+      for (const item of pending) await fn(item);
     }),
   );
+}
+
+/** What `statuses` holds of `key` as built; the bench waited for every key to be built, so one without is a bug. */
+function builtStatus(statuses: ReadonlyMap<string, KeyStatus>, key: string): KeyStatus & Required<Pick<KeyStatus, "actual">> {
+  const s = statuses.get(key);
+  if (!s?.actual) throw new Error(`${key} has not been built`);
+  return { ...s, actual: s.actual };
 }
 
 /** A seeded generator, so a run's event mix is reproducible. */
@@ -245,7 +252,8 @@ function xorshift(seed: number): () => number {
 /** The next patch version of `v` (x.y.z). */
 const bump = (v: string, by = 1) => {
   const [a, b, c] = v.split(".").map(Number);
-  return `${a}.${b}.${c! + by}`;
+  if (c === undefined) throw new Error(`not an x.y.z version: ${v}`);
+  return `${a}.${b}.${c + by}`;
 };
 
 export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => void, note: (text: string) => void = () => {}): Promise<ScenarioLine[]> {
@@ -327,8 +335,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           stdio: ["ignore", "pipe", "pipe"],
           cwd: repoRoot,
         });
-        child.stdout!.pipe(log);
-        child.stderr!.pipe(log);
+        child.stdout.pipe(log);
+        child.stderr.pipe(log);
         replicas.push({ name: `${name}-${i}`, child });
       }
     }
@@ -439,16 +447,14 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     {
       const rand = xorshift(7);
       const tail = [...catalog.packages.keys()].filter((n) => !/^(glibc|zlib|xz|bzip2|openssl|ncurses|readline|libffi)$/.test(n));
-      const targets = Array.from(
-        new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => tail[Math.floor(rand() * tail.length)]!)),
-      );
+      const targets = Array.from(new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => pick(tail, rand))));
       const releasesPerTarget = 5;
       const released = targets.filter((_, i) => i % 4 === 0);
       const burstSource = await sourceTarball(catalogDir, "burst");
       const releaseBodies = released.flatMap((name) =>
         Array.from({ length: releasesPerTarget }, () => ({
           package: name,
-          version: bump(follow.statuses.get(`package/${name}`)!.actual!.version, 100),
+          version: bump(builtStatus(follow.statuses, `package/${name}`).actual.version, 100),
           url: burstSource.url,
           sha256: burstSource.sha256,
         })),
@@ -463,14 +469,14 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         summary: "storm: affects no built version",
         affected: [
           {
-            package: { ecosystem: "Generic", name: targets[Math.floor(rand() * targets.length)]! },
+            package: { ecosystem: "Generic", name: pick(targets, rand) },
             ranges: [{ type: "ECOSYSTEM", events: [{ introduced: "0" }, { fixed: "0.0.1" }] }],
           },
         ],
       }));
       const batches: unknown[][] = [];
       for (let i = 0; i < advisories.length; i += ADVISORY_BATCH) batches.push(advisories.slice(i, i + ADVISORY_BATCH));
-      const expected = new Map(released.map((n) => [`package/${n}`, bump(follow.statuses.get(`package/${n}`)!.actual!.version, 100)]));
+      const expected = new Map(released.map((n) => [`package/${n}`, bump(builtStatus(follow.statuses, `package/${n}`).actual.version, 100)]));
       const before = builtInputs();
       const runs0 = telemetry.runs();
       const acceptedAt: number[] = [];
@@ -530,7 +536,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
 
     // 2. Base advisory: glibc affected at its built version, fixed in a release posted with it.
     {
-      const glibc = follow.statuses.get("package/glibc")!.actual!.version;
+      const glibc = builtStatus(follow.statuses, "package/glibc").actual.version;
       const fixed = bump(glibc, 1000);
       const impact = catalog.impact(["package/glibc"]);
       const before = builtInputs();
@@ -577,15 +583,16 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
             catalog.impact([`package/${n}`]).keys.length === 2,
         );
       if (!leaf) throw new Error("no package is in exactly one image and nothing else");
-      const image = catalog.impact([`package/${leaf}`]).keys.find((k) => k.startsWith("image/"))!;
+      const image = catalog.impact([`package/${leaf}`]).keys.find((k) => k.startsWith("image/"));
+      if (!image) throw new Error(`${leaf} is in no image`);
       const totals: number[] = [];
       const meter = resourceMeter(procs);
-      let version = follow.statuses.get(`package/${leaf}`)!.actual!.version;
+      let version = builtStatus(follow.statuses, `package/${leaf}`).actual.version;
       for (let i = 0; i < o.latency; i++) {
         version = bump(version);
         const traceId = randomBytes(16).toString("hex");
         telemetry.wanted.add(traceId);
-        const before = follow.statuses.get(image)!.actual!.inputDigest;
+        const before = builtStatus(follow.statuses, image).actual.inputDigest;
         const source = await sourceTarball(catalogDir, version);
         const start = Date.now();
         await post(
@@ -595,7 +602,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         );
         await waitFor(
           `${image} signed after ${leaf} ${version}`,
-          async () => follow.statuses.get(image)!.actual!.inputDigest !== before && follow.statuses.get(image)!.phase === "Ready",
+          async () => follow.statuses.get(image)?.actual?.inputDigest !== before && follow.statuses.get(image)?.phase === "Ready",
           deadlineMs,
           2,
         );
@@ -622,7 +629,9 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         if (!spans.length) continue;
         const byStage: Record<string, number> = {};
         for (const service of new Set(spans.map((s) => s.service))) byStage[service] = covered(spans.filter((s) => s.service === service));
-        byStage["not in a span (waiting, delivery)"] = Math.max(0, totals[n]! - covered(spans));
+        const total = totals[n];
+        if (total === undefined) throw new Error(`no total for latency event ${n}`);
+        byStage["not in a span (waiting, delivery)"] = Math.max(0, total - covered(spans));
         for (const [k, v] of Object.entries(byStage)) (split[k] ??= []).push(v);
       }
       const sorted = [...totals].sort((a, b) => a - b);
@@ -714,7 +723,7 @@ if (import.meta.main) {
     builders: num(values.builders, base.builders, 1, 16),
     signers: num(values.signers, base.signers, 1, 16),
     timeoutS: num(values["timeout-s"], base.timeoutS, 10, 86_400),
-    keep: values.keep!,
+    keep: values.keep === true,
     ...(values.profile ? { profileDir: values.profile } : {}),
   };
   process.stdout.write(

@@ -118,12 +118,15 @@ try {
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const summary = (["ingest", "queue"] as const).map((bench) => {
-  const [base, withExport] = arms.filter((a) => a.bench === bench).map((a) => measured.filter((m) => m.bench === bench && m.arm === a.arm));
-  const baseline = mean(base!.map((m) => m.throughput));
-  const traced = mean(withExport!.map((m) => m.throughput));
+  // Each bench has two arms, the baseline first.
+  const [baseArm, exportArm] = arms.filter((a) => a.bench === bench);
+  if (!baseArm || !exportArm) throw new Error(`${bench} needs a baseline and an exported arm`);
+  const throughputs = (arm: Arm) => measured.filter((m) => m.bench === bench && m.arm === arm.arm).map((m) => m.throughput);
+  const baseline = mean(throughputs(baseArm));
+  const traced = mean(throughputs(exportArm));
   return {
     bench,
-    baseline: base![0]!.arm,
+    baseline: baseArm.arm,
     baselinePerS: Math.round(baseline),
     exportedPerS: Math.round(traced),
     lossPct: Number(((1 - traced / baseline) * 100).toFixed(1)),

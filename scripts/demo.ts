@@ -26,6 +26,7 @@ import { parseArgs } from "node:util";
 import { listKeyStatuses, statusClient, watchKeysResuming } from "@homeostat/status-api";
 import { loadConfig, type KeyStatus } from "@homeostat/core";
 import { repoRoot, startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
+import { ofRegion } from "./cluster.ts";
 import { regionNames, startRegions, type Regions } from "./regions.ts";
 
 const usage =
@@ -82,9 +83,11 @@ if (regionCount !== undefined) {
     readyTimeoutMs: 180_000,
   });
   for (const [region, f] of regions.factories)
-    say(`  region ${region}: ingest http://${f.ingestUrl.slice(7)}   status gRPC ${f.grpcAddr}   nats ${regions.cluster.nodes.get(region)!.url}`);
-  factory = regions.factories.get(names[0]!)!;
-  say(`  logs under ${path.relative(process.cwd(), path.join(work, "regions"))}/logs-<region>/; the release goes to region ${names[0]}`);
+    say(`  region ${region}: ingest http://${f.ingestUrl.slice(7)}   status gRPC ${f.grpcAddr}   nats ${ofRegion(regions.cluster.nodes, region).url}`);
+  const [home] = names;
+  if (home === undefined) throw new Error("--regions must be at least 1");
+  factory = ofRegion(regions.factories, home);
+  say(`  logs under ${path.relative(process.cwd(), path.join(work, "regions"))}/logs-<region>/; the release goes to region ${home}`);
 } else {
   if (process.env.NATS_URL && !process.env.NATS_CREDENTIALS) {
     say("NATS_URL is set: set NATS_CREDENTIALS too, the directory `pnpm nats-config --out DIR --prefix P` wrote for that server (and HOMEOSTAT_PREFIX=P)");
@@ -95,9 +98,16 @@ if (regionCount !== undefined) {
     say("▸ starting a private nats-server (JetStream, authentication on) and redis-server on loopback");
     servers = await startLocalServers(path.join(work, "servers"), { prefix, region: "local" });
   }
-  const natsUrl = process.env.NATS_URL ?? servers!.natsUrl;
-  const redisUrl = process.env.REDIS_URL ?? servers!.redisUrl;
-  const natsCredentials = process.env.NATS_URL ? path.resolve(process.env.NATS_CREDENTIALS!) : servers!.natsCredentials;
+  const local = servers;
+  const fromLocal = (what: "natsUrl" | "redisUrl" | "natsCredentials"): string => {
+    if (!local) throw new Error(`internal: no local servers were started to give the ${what}`);
+    return local[what];
+  };
+  const natsUrl = process.env.NATS_URL ?? fromLocal("natsUrl");
+  const redisUrl = process.env.REDIS_URL ?? fromLocal("redisUrl");
+  // NATS_CREDENTIALS is set whenever NATS_URL is (checked above).
+  const credentials = process.env.NATS_CREDENTIALS;
+  const natsCredentials = process.env.NATS_URL && credentials ? path.resolve(credentials) : fromLocal("natsCredentials");
 
   say("▸ starting the five services: ingest, queue, reconciler, builder, signer");
   factory = await startFactory({
@@ -145,7 +155,8 @@ const seen = new Map<string, string>();
 const progress = (s: KeyStatus) => {
   const line = `${s.phase} ${s.actual?.inputDigest ?? ""}`;
   if (seen.get(s.key) === line) return;
-  const rebuilt = s.phase === "Ready" && seen.has(s.key) && seen.get(s.key) !== undefined && !seen.get(s.key)!.endsWith(` ${s.actual?.inputDigest ?? ""}`);
+  const previous = seen.get(s.key);
+  const rebuilt = s.phase === "Ready" && previous !== undefined && !previous.endsWith(` ${s.actual?.inputDigest ?? ""}`);
   seen.set(s.key, line);
   say(
     `  ${s.key.padEnd(20)} ${s.phase.padEnd(9)} ${s.phase === "Ready" ? `${s.actual?.version ?? ""}${rebuilt ? " (rebuilt)" : ""}` : (s.desiredVersion ?? "")}${s.lastError ? `  ${s.lastError}` : ""}`,
@@ -173,7 +184,7 @@ try {
     300,
   );
 
-  const release = JSON.parse(readFileSync(path.resolve(repoRoot, args.release!), "utf8")) as { package: string; version: string; url: string; sha256: string };
+  const release = JSON.parse(readFileSync(path.resolve(repoRoot, args.release), "utf8")) as { package: string; version: string; url: string; sha256: string };
   if (!/^[a-z]+:\/\//.test(release.url)) release.url = `file://${path.resolve(repoRoot, release.url)}`;
   say(`▸ upstream released ${release.package} ${release.version}: POST /v1/releases`);
   const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
@@ -184,7 +195,7 @@ try {
   say(`  ${res.status} ${await res.text()}`);
   if (res.status !== 202) throw new Error("the release was not accepted");
 
-  const before = new Map(initial.map((s) => [s.key, s.actual!.inputDigest]));
+  const before = new Map(initial.map((s) => [s.key, s.actual?.inputDigest]));
   const final = await waitFor(
     "the release to propagate",
     async () => {
@@ -220,8 +231,8 @@ try {
       (s.actual?.keyId ?? "-").slice(0, 19),
     ]),
   ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i]!)).join("  "));
+  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((r) => r[i]?.length ?? 0)));
+  for (const r of rows) say(r.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  "));
   let ok = settledItems.every((s) => s.phase === "Ready");
   if (regions) {
     // Every region answers from its own read model: each must report the digests region a does.

@@ -215,8 +215,9 @@ export async function startFactory(o: {
       stdio: ["ignore", "pipe", "pipe"],
       cwd: repoRoot,
     });
-    child.stdout!.pipe(log, { end: false });
-    child.stderr!.pipe(log, { end: false });
+    if (!child.stdout || !child.stderr) throw new Error(`internal: ${name} was started without pipes for its output`);
+    child.stdout.pipe(log, { end: false });
+    child.stderr.pipe(log, { end: false });
     processes.set(name, child);
   };
   for (const name of o.only ?? serviceNames) start(name);

@@ -22,7 +22,7 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { mulberry32, packAppTarball } from "./app-tarball.ts";
+import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
 
 export type GenOptions = { packages: number; images: number; seed: number };
 
@@ -57,17 +57,20 @@ export async function generateCatalog(dir: string, o: GenOptions): Promise<{ pac
   const { sha256 } = await sourceTarball(dir);
   const rand = mulberry32(o.seed);
   const names = [...BASE_PACKAGES, ...Array.from({ length: o.packages - BASE_PACKAGES.length }, (_, i) => `pkg-${String(i).padStart(5, "0")}`)];
+  const [clib, second] = BASE_PACKAGES;
+  if (clib === undefined || second === undefined) throw new Error("internal: BASE_PACKAGES lists fewer than two packages");
   const files: [string, string][] = [];
   for (const [i, name] of names.entries()) {
     const build = new Set<string>();
-    if (i > 0) build.add(names[0]!); // the C library
+    if (i > 0) build.add(clib);
     if (i < BASE_PACKAGES.length) {
-      if (i > 1 && rand() < 0.5) build.add(names[1]!);
+      if (i > 1 && rand() < 0.5) build.add(second);
     } else {
-      for (let b = 1; b < BASE_PACKAGES.length; b++) if (rand() < 0.25) build.add(names[b]!);
+      for (const base of BASE_PACKAGES.slice(1)) if (rand() < 0.25) build.add(base);
       // Up to four more from earlier packages, most often the popular early ones (u^3 skew).
       const extra = Math.floor(rand() * 5);
-      for (let k = 0; k < extra; k++) build.add(names[Math.floor(i * rand() ** 3)]!);
+      const earlier = names.slice(0, i);
+      for (let k = 0; k < extra; k++) build.add(pick(earlier, () => rand() ** 3));
     }
     build.delete(name);
     const runtime = [...build].filter((d, n) => n === 0 || rand() < 0.5);
@@ -79,7 +82,8 @@ export async function generateCatalog(dir: string, o: GenOptions): Promise<{ pac
     const count = 1 + Math.floor(rand() * 4);
     const contents = new Set<string>();
     // Images mostly ship leaf applications: late packages, uniformly.
-    for (let k = 0; k < count; k++) contents.add(names[BASE_PACKAGES.length + Math.floor(rand() * (names.length - BASE_PACKAGES.length))]!);
+    const leaves = names.slice(BASE_PACKAGES.length);
+    for (let k = 0; k < count; k++) contents.add(pick(leaves, rand));
     images.push(name);
     files.push([path.join("images", shard(name), `${name}.yaml`), imageYaml(name, [...contents])]);
   }
@@ -127,12 +131,10 @@ annotations:
 async function writeAll(dir: string, files: [string, string][]): Promise<void> {
   const dirs = new Set(files.map(([f]) => path.dirname(path.join(dir, f))));
   for (const d of dirs) await mkdir(d, { recursive: true });
-  let next = 0;
+  // One iterator shared by every worker: each takes the next file when it is free.
+  const pending = files.values();
   const worker = async () => {
-    while (next < files.length) {
-      const [f, text] = files[next++]!;
-      await writeFile(path.join(dir, f), text);
-    }
+    for (const [f, text] of pending) await writeFile(path.join(dir, f), text);
   };
   await Promise.all(Array.from({ length: WRITE_CONCURRENCY }, worker));
 }
@@ -140,7 +142,7 @@ async function writeAll(dir: string, files: [string, string][]): Promise<void> {
 function parseArgs(argv: string[]): { dir: string } & GenOptions {
   const o = { dir: "", packages: 27_000, images: 2_000, seed: 1 };
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i] ?? "";
     const value = () => {
       const v = Number(argv[++i]);
       if (!Number.isInteger(v) || v < 0) throw new Error(`${a} needs a non-negative integer`);

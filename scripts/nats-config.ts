@@ -81,9 +81,9 @@ let cluster: NatsCluster | undefined;
 if ((args.cluster === undefined) !== (args.node === undefined)) fail("--cluster and --node go together");
 if (args.cluster !== undefined) {
   const nodes = (args.node ?? []).map((spec) => {
-    const m = /^([a-z][a-z0-9-]{0,31})=([^\s:]+):(\d{1,5})$/.exec(spec);
-    if (!m) fail(`--node ${spec}: REGION=HOST:PORT`);
-    return { region: m[1]!, listen: `0.0.0.0:${m[3]}`, route: `${m[2]}:${m[3]}` };
+    const [, region, host, port] = /^([a-z][a-z0-9-]{0,31})=([^\s:]+):(\d{1,5})$/.exec(spec) ?? [];
+    if (region === undefined || host === undefined || port === undefined) fail(`--node ${spec}: REGION=HOST:PORT`);
+    return { region, listen: `0.0.0.0:${port}`, route: `${host}:${port}` };
   });
   if (new Set(nodes.map((n) => n.region)).size !== nodes.length) fail("--node: one per region");
   cluster = { name: args.cluster, nodes };

@@ -17,7 +17,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { getQueueStats, listKeyStatuses, statusClient } from "@homeostat/status-api";
-import { startCluster, type Cluster } from "./cluster.ts";
+import { ofRegion, startCluster, type Cluster } from "./cluster.ts";
 import { portAnswers, repoRoot, startFactory, startRedisServer, type Factory, type RedisServer } from "./factory.ts";
 
 export const regionNames = ["a", "b", "c", "d", "e"] as const;
@@ -78,8 +78,8 @@ export async function startRegions(o: RegionsOptions): Promise<Regions> {
       );
     }
     const envOf = (region: string): Record<string, string> => ({
-      NATS_URL: cluster.nodes.get(region)!.url,
-      REDIS_URL: o.redisUrl ?? redis.get(region)!.url,
+      NATS_URL: ofRegion(cluster.nodes, region).url,
+      REDIS_URL: o.redisUrl ?? ofRegion(redis, region).url,
       HOMEOSTAT_PREFIX: o.prefix,
       HOMEOSTAT_REGION: region,
       HOMEOSTAT_FABRIC: o.fabric,
@@ -98,10 +98,11 @@ export async function startRegions(o: RegionsOptions): Promise<Regions> {
       return f;
     };
     const [first, ...others] = o.regions;
-    await startRegion(first!);
+    if (first === undefined) throw new Error("no regions to start");
+    await startRegion(first);
     await Promise.all(others.map(startRegion));
     const kill = (region: string) => {
-      const roots = [cluster.nodes.get(region)!.server?.child.pid, ...[...(factories.get(region)?.processes.values() ?? [])].map((c) => c.pid)];
+      const roots = [ofRegion(cluster.nodes, region).server?.child.pid, ...[...(factories.get(region)?.processes.values() ?? [])].map((c) => c.pid)];
       killTree(roots.filter((pid) => pid !== undefined));
       return Date.now();
     };
@@ -211,13 +212,13 @@ async function up(count: number, catalog: string): Promise<void> {
     startedAt: new Date().toISOString(),
     dir: home,
     regions: regions.map((region) => {
-      const f = started.factories.get(region)!;
+      const f = ofRegion(started.factories, region);
       const grpcTokenFile = path.join(home, `grpc-token-${region}`);
       writeFileSync(grpcTokenFile, `${f.grpcToken}\n`, { mode: 0o600 });
       return {
         region,
-        nats: started.cluster.nodes.get(region)!.url,
-        redis: started.redis.get(region)!.url,
+        nats: ofRegion(started.cluster.nodes, region).url,
+        redis: ofRegion(started.redis, region).url,
         ingest: f.ingestUrl,
         grpc: f.grpcAddr,
         logs: path.join(home, `logs-${region}`),
@@ -244,8 +245,8 @@ async function up(count: number, catalog: string): Promise<void> {
 
 function printState(state: State): void {
   const rows = [["REGION", "NATS", "REDIS", "INGEST", "GRPC", "LOGS"], ...state.regions.map((r) => [r.region, r.nats, r.redis, r.ingest, r.grpc, r.logs])];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  for (const row of rows) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i]!)).join("  ")}\n`);
+  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0)));
+  for (const row of rows) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ")}\n`);
 }
 
 async function status(json: boolean): Promise<number> {
