@@ -26,7 +26,7 @@ import { AdvisoryStore, DesiredState, loadCatalog, ReleaseStore } from "@homeost
 import { bindBuckets, connectNats, loadConfig, seedFile, StateStore } from "@homeostat/core";
 import type { KeyStatus } from "@homeostat/core/status";
 import { listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
-import { mulberry32, packAppTarball } from "./app-tarball.ts";
+import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
 import { startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
 
 export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis"] as const;
@@ -94,7 +94,7 @@ dependencies:
   const install = (name: string) => `install -D -m 755 run.sh $DESTDIR/usr/bin/${name}`;
   for (const [i, name] of names.entries()) {
     const deps = new Set<string>();
-    for (let k = 0; k < 2 && i > 0; k++) if (rand() < 0.6) deps.add(names[Math.floor(rand() * i)]!);
+    for (let k = 0; k < 2 && i > 0; k++) if (rand() < 0.6) deps.add(pick(names.slice(0, i), rand));
     // A second of work per build, so that faults land on builds in flight.
     writeFileSync(path.join(dir, "packages", `${name}.yaml`), recipe(name, [...deps], [timedStep(name), install(name)]));
   }
@@ -137,9 +137,10 @@ export function stepIntervals(blobDir: string): StepInterval[] {
     const text = readFileSync(path.join(blobDir, blob)).toString("latin1");
     if (!text.includes(intervalMark)) continue;
     const marks = [...text.matchAll(line)];
-    const start = marks.find((m) => m[1] === "start");
-    const end = marks.find((m) => m[1] === "end");
-    if (start && end && start[2] === end[2]) found.push({ key: `package/${start[2]}`, start: BigInt(start[3]!), end: BigInt(end[3]!) });
+    const [, , name, startedAt] = marks.find((m) => m[1] === "start") ?? [];
+    const [, , endName, endedAt] = marks.find((m) => m[1] === "end") ?? [];
+    if (name !== undefined && startedAt !== undefined && endedAt !== undefined && name === endName)
+      found.push({ key: `package/${name}`, start: BigInt(startedAt), end: BigInt(endedAt) });
   }
   return found;
 }
@@ -271,9 +272,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
 
     const until = Date.now() + o.durationMs;
     while (Date.now() < until) {
-      const type = faults[Math.floor(rand() * faults.length)]!;
+      const type = pick(faults, rand);
       for (let i = 0, n = 1 + Math.floor(rand() * 2); i < n; i++) {
-        const pkg = names[Math.floor(rand() * names.length)]!;
+        const pkg = pick(names, rand);
         const v = (versions.get(pkg) ?? 0) + 1;
         versions.set(pkg, v);
         await post(pkg, `1.0.${v}`, source);
