@@ -189,24 +189,26 @@ describe("reconciler", { timeout: 60_000 }, () => {
     }
   });
 
-  test("a key waiting through a dependency for a build that leaves that dependency's inputs as they were is woken (found by the chaos suite)", async () => {
-    // A chain of its own: deep <- mid <- tip, all built first.
+  test("a key waiting through dependencies for a build that leaves their inputs as they were is woken (found by the chaos suite and the storm)", async () => {
+    // A chain of its own: deep <- mid <- upper <- tip, all built first. Only tip marks itself
+    // waiting; mid and upper are never reconciled while deep builds (the storm's case).
     const chainDir = path.join(t.dir, "chain-catalog");
     writeCatalog(chainDir, {
       "packages/deep.yaml": packageYaml("deep", []),
       "packages/mid.yaml": packageYaml("mid", ["deep"]),
-      "packages/tip.yaml": packageYaml("tip", ["mid"]),
+      "packages/upper.yaml": packageYaml("upper", ["mid"]),
+      "packages/tip.yaml": packageYaml("tip", ["upper"]),
     });
     const chain = await loadCatalog(chainDir);
     const reconcileChain = reconcilerOf(() => chain);
     const runChain = (key: Key, cause: WorkItem["cause"]) =>
       reconcileChain({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
-    for (const key of ["package/deep", "package/mid", "package/tip"] as const) {
+    for (const key of ["package/deep", "package/mid", "package/upper", "package/tip"] as const) {
       await runChain(key, { type: "resync" });
       await complete(key);
       await runChain(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
     }
-    // deep and tip are released at once; tip is reconciled while deep builds, so it waits for deep through mid.
+    // deep and tip are released at once; tip is reconciled while deep builds, so it waits for deep through upper and mid.
     const source = (name: string) => ({ url: `https://example.org/${name}-1.1.tar.gz`, sha256: sha(`${name}-1.1`) });
     await releases.record({ package: "deep", version: "1.1", ...source("deep") });
     await releases.record({ package: "tip", version: "1.1", ...source("tip") });
@@ -224,10 +226,15 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     const mid = await runChain("package/mid", { type: "dependency", id: "package/deep" });
     assert.deepEqual(await builds(), [], "mid's inputs are as they were: nothing to build");
-    assert.deepEqual(childKeys(mid), ["package/tip"], "but tip, which waits, is told");
-    await runChain("package/tip", { type: "dependency", id: "package/mid" });
+    assert.equal((await state.get("package/upper"))!.waitingFor, undefined, "upper never marked itself waiting");
+    assert.deepEqual(childKeys(mid), ["package/upper"], "but the notice is passed on");
+    const upper = await runChain("package/upper", { type: "dependency", id: "package/mid" });
+    assert.deepEqual(await builds(), [], "nor upper's");
+    assert.deepEqual(childKeys(upper), ["package/tip"], "and on again, to tip, which waits");
+    await runChain("package/tip", { type: "dependency", id: "package/upper" });
     assert.deepEqual(await builds(), ["package/tip@1.1"], "tip's own release is built");
     assert.equal((await state.get("package/tip"))!.waitingFor, undefined);
+    assert.deepEqual(await runChain("package/upper", { type: "resync" }), { type: "done" }, "a resync, with no one waiting, tells no one");
   });
 
   test("the catalog revision is in the request, not in the input digest; the request carries no recipe", async () => {

@@ -164,14 +164,16 @@ export function createReconciler(deps: ReconcilerDeps) {
         cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
       });
       const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
-      // Else the dependents that wait: one waits for the deepest build its inputs need (a
-      // dependency of this key, say), and when that build leaves this key's inputs as they were
-      // (the same archive at a new version), this key builds nothing and fans nothing out, and
-      // nothing else would tell the dependent that what it waited for is done.
-      const children =
-        builtNow || status.fannedOut !== desired.inputDigest
-          ? dependents.map(tell)
-          : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [tell(child)] : [])))).flat();
+      // A dependency's build that leaves this key's inputs as they were (the same archive at a
+      // new version) makes this key build nothing and fan nothing out; but a key further down
+      // may wait for that very build (a dependent waits for the deepest build its inputs need),
+      // through keys that never marked themselves waiting. So a dependency's notice is passed
+      // on to every dependent, down to whoever waits; it stops where the graph ends. Any other
+      // run tells only the dependents that wait.
+      const passOn = builtNow || status.fannedOut !== desired.inputDigest || item.cause.type === "dependency";
+      const children = passOn
+        ? dependents.map(tell)
+        : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [tell(child)] : [])))).flat();
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
         const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
