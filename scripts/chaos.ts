@@ -1,7 +1,9 @@
 /**
  * Chaos suite: the five services on a private NATS and Redis build a small generated catalog
  * while a seeded schedule breaks things: SIGKILL of the builder, signer or reconciler (started
- * again at once, as a supervisor would), a NATS restart, a Redis FLUSHALL. Each round posts a
+ * again at once, as a supervisor would), a NATS restart, a Redis FLUSHALL, a full data disk (the
+ * services' HOMEOSTAT_DATA is a small tmpfs the suite fills to ENOSPC, keeps full a few seconds
+ * while releases arrive, then frees; needs root, else the fault is left out, saying why). Each round posts a
  * release or two, lets builds start, injects one fault and times how long every key takes to
  * converge again. Two faults are part of the catalog: `broken` gets a release whose build step
  * fails (it must end Failed or dead-lettered with the step's reason) and `crasher` has a slow step
@@ -17,7 +19,21 @@
  * Usage: pnpm chaos [--seed N] [--json] [--keys N] [--minutes M] [--faults nats,redis,…]. The seed is printed first; the
  * same seed gives the same catalog and schedule (the timing of the machine is its own).
  */
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync, existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import {
+  closeSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  chmodSync,
+  writeFileSync,
+  writeSync,
+  existsSync,
+} from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -29,7 +45,7 @@ import { listKeyStatuses, statusClient, type StatusClient } from "@homeostat/sta
 import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
 import { startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
 
-export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis"] as const;
+export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis", "disk"] as const;
 export type FaultType = (typeof faultTypes)[number];
 
 export type ChaosOptions = {
@@ -52,6 +68,10 @@ export type ChaosReport = {
   /** Generated packages whose actual build is not the desired one at the end (recomputed outside the services). */
   staleKeys: number;
   crasherKills: number;
+  /** Fault types asked for but left out of the schedule, each with why (the disk fault needs a file system the suite can mount). */
+  faultsLeftOut: string[];
+  /** Keys whose status showed a full disk (ENOSPC) during a disk fault: each must end retried and converged, not Failed or dead-lettered. */
+  diskHitKeys: number;
   /** Build steps whose interval the step logs state: what the double-build check looked at. */
   builtSteps: number;
   /** Builds of one key whose steps overlapped in time (from the step logs, see stepIntervals). */
@@ -65,6 +85,55 @@ export type ChaosReport = {
 
 const roundTimeoutMs = 90_000;
 const crashLimit = 2;
+/** The size of the tmpfs the services' data lives on: ample for the generated catalog's builds, quick to fill. */
+const dataDiskBytes = 256 * 1024 * 1024;
+/** A status that tells of a full disk: the errno, or its text in a step's log tail. */
+const fullDiskText = /ENOSPC|no space left on device/i;
+
+/**
+ * Mounts a tmpfs of `bytes` on `dir` (mode 0711: the sandbox's uid must reach the workspaces
+ * below), or says why it cannot: the disk fault needs root and a kernel that lets it mount.
+ */
+function mountDataDisk(dir: string, bytes: number): { ok: true } | { ok: false; reason: string } {
+  if (process.getuid?.() !== 0) return { ok: false, reason: "not root: cannot mount a small file system to fill" };
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${bytes},mode=0711`, "tmpfs", dir], { stdio: ["ignore", "ignore", "pipe"] });
+    return { ok: true };
+  } catch (err) {
+    const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+    return { ok: false, reason: `mount -t tmpfs refused: ${stderr || (err as Error).message}` };
+  }
+}
+
+/** Unmounts the data disk; lazily when something still holds it (a process the leak check will name). */
+function unmountDataDisk(dir: string): void {
+  try {
+    execFileSync("umount", [dir], { stdio: "ignore" });
+  } catch {
+    execFileSync("umount", ["-l", dir], { stdio: "ignore" });
+  }
+}
+
+/** Writes `file` until the file system says ENOSPC (MiB chunks, then 4 KiB ones to take the rest), at most `bound` bytes; returns the bytes written. */
+function fillDisk(file: string, bound: number): number {
+  const fd = openSync(file, "w");
+  let written = 0;
+  try {
+    for (const chunk of [Buffer.alloc(1024 * 1024, 1), Buffer.alloc(4096, 1)]) {
+      while (written < bound) {
+        try {
+          written += writeSync(fd, chunk);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "ENOSPC") break;
+          throw err;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return written;
+}
 
 /** A tarball `<dir>/<name>.tar.gz` of executable files under app/; its file URL and sha256. */
 function tarball(dir: string, name: string, files: Record<string, string>): { url: string; sha256: string } {
@@ -163,7 +232,7 @@ export function overlappingBuilds(intervals: readonly StepInterval[]): string[] 
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const say = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const rand = mulberry32(o.seed);
-  const faults = o.faults ?? faultTypes;
+  let faults = o.faults ?? faultTypes;
   const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-chaos-"));
   // The sandbox's uid must reach the workspaces below.
   chmodSync(dir, 0o711);
@@ -171,10 +240,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     seed: o.seed,
     keys: 0,
     faultsInjected: 0,
-    recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [] },
+    recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [], disk: [] },
     notConverged: 0,
     staleKeys: 0,
     crasherKills: 0,
+    faultsLeftOut: [],
+    diskHitKeys: 0,
     builtSteps: 0,
     doubleBuilds: 0,
     lostEvents: 0,
@@ -187,7 +258,20 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   let client: StatusClient | undefined;
   let redis: Redis | undefined;
   let watching: NodeJS.Timeout | undefined;
+  const dataDir = path.join(dir, "data");
+  let dataDiskMounted = false;
   try {
+    if (faults.includes("disk")) {
+      mkdirSync(dataDir);
+      const mounted = mountDataDisk(dataDir, dataDiskBytes);
+      dataDiskMounted = mounted.ok;
+      if (!mounted.ok) {
+        faults = faults.filter((t) => t !== "disk");
+        report.faultsLeftOut.push(`disk: ${mounted.reason}`);
+        say(`# the disk fault is left out of the schedule: ${mounted.reason}`);
+        if (faults.length === 0) throw new Error(`no fault left to inject: the disk fault needs root (${mounted.reason})`);
+      }
+    }
     const catalogDir = path.join(dir, "catalog");
     const { names, source, addCrasher } = writeCatalog(catalogDir, o.keys, rand);
     const broken = tarball(path.join(catalogDir, "sources"), "broken-2.0.0", { README: "no run.sh here\n" });
@@ -195,7 +279,6 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     report.keys = allKeys.length;
     const prefix = "chaos";
     servers = await startLocalServers(path.join(dir, "servers"), { prefix, region: "local" });
-    const dataDir = path.join(dir, "data");
     factory = await startFactory({
       env: {
         NATS_URL: servers.natsUrl,
@@ -256,8 +339,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       else say(`# release ${pkg} ${version} refused: ${res.status}`);
     };
     let expected = allKeys.length - 1;
+    // While a disk fault's round runs: the keys whose status told of the full disk.
+    let diskHits: Map<string, string> | undefined;
     const converged = async () => {
       const { items, degraded } = await listKeyStatuses(c, { pageSize: 1000 });
+      for (const s of items) if (diskHits && fullDiskText.test(s.lastError ?? "")) diskHits.set(s.key, s.lastError ?? "");
       return items.length === expected && items.every((s) => settled(s, newest)) ? { items, degraded } : undefined;
     };
 
@@ -286,7 +372,28 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         await servers.restartNats(1_000);
         t0 = Date.now();
       } else if (type === "redis") await redis.flushall();
-      else await kill(type);
+      else if (type === "disk") {
+        diskHits = new Map();
+        const filler = path.join(dataDir, "chaos-filler");
+        const filled = fillDisk(filler, dataDiskBytes);
+        // Full for a few seconds while releases keep arriving: builds in flight and new ones meet ENOSPC.
+        const fullUntil = Date.now() + 2_000 + Math.floor(rand() * 4_000);
+        say(`# disk: filled (${filled} bytes) until ${new Date(fullUntil).toISOString()}`);
+        const pkg = names[Math.floor(rand() * names.length)]!;
+        const v = (versions.get(pkg) ?? 0) + 1;
+        versions.set(pkg, v);
+        try {
+          await post(pkg, `1.0.${v}`, source);
+          for (let i = 0; i < 100 && Date.now() < fullUntil; i++) {
+            // Only to see which keys meet the full disk: an answer that fails is tried again.
+            await converged().catch(() => undefined);
+            await new Promise((r) => setTimeout(r, 250));
+          }
+        } finally {
+          rmSync(filler);
+        }
+        t0 = Date.now();
+      } else await kill(type);
       report.faultsInjected++;
       try {
         if (type === "redis") {
@@ -303,11 +410,28 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         } else await waitFor(`every key to converge after ${type}`, converged, roundTimeoutMs, 100);
         const ms = Date.now() - t0;
         report.recoveryMs[type].push(ms);
-        say(`# ${type}: converged ${ms} ms after the fault`);
+        say(`# ${type}: converged ${ms} ms after the fault${diskHits ? ` (${diskHits.size} keys had met the full disk)` : ""}`);
       } catch (err) {
         report.notConverged++;
         report.problems.push(`${type} round: ${(err as Error).message}`);
         say(`# ${type}: ${(err as Error).message}`);
+      }
+      if (diskHits) {
+        report.diskHitKeys += diskHits.size;
+        // A full disk is the machine's fault: every build it stopped is retried, never given up on.
+        const now = (await listKeyStatuses(c, { pageSize: 1000 })).items;
+        for (const key of diskHits.keys()) {
+          const s = now.find((x) => x.key === key);
+          if (s && (s.phase === "Failed" || s.phase === "DeadLettered"))
+            report.problems.push(`${key} met the full disk and ended ${s.phase}: ${s.lastError ?? ""}`);
+        }
+        // No service may have died of it (they retry their writes and their start-up).
+        for (const [name, child] of f.processes)
+          if (child.exitCode !== null || child.signalCode !== null) {
+            report.problems.push(`${name} exited during the disk fault (${child.exitCode ?? child.signalCode}); see ${path.join(dir, "logs", `${name}.log`)}`);
+            await f.restart(name);
+          }
+        diskHits = undefined;
       }
     }
 
@@ -348,6 +472,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await servers?.stop();
     report.leakedProcesses = processesUnder(dir).length;
     if (report.leakedProcesses) report.problems.push(`processes left: ${processesUnder(dir).join(", ")}`);
+    if (dataDiskMounted) {
+      // The data goes with the tmpfs: a failing run's is copied out first.
+      if (report.problems.length) cpSync(dataDir, `${dataDir}.kept`, { recursive: true });
+      unmountDataDisk(dataDir);
+    }
     // A failing run is kept for its reader: service logs, the NATS store (streams and buckets as they ended), the data.
     if (report.problems.length) say(`# run kept in ${dir}`);
     else rmSync(dir, { recursive: true, force: true });
@@ -404,7 +533,7 @@ function processesUnder(dir: string): number[] {
 }
 
 /** Issue 13's targets for the time from a fault to every key converged (for NATS: from when it is back). */
-export const recoveryTargetMs: Record<FaultType, number> = { builder: 15_000, signer: 15_000, reconciler: 15_000, nats: 15_000, redis: 5_000 };
+export const recoveryTargetMs: Record<FaultType, number> = { builder: 15_000, signer: 15_000, reconciler: 15_000, nats: 15_000, redis: 5_000, disk: 15_000 };
 
 /** The figures `--json` prints: per fault type, how long keys took to converge (each type's target beside it), and the totals. */
 export function summary(r: ChaosReport) {
@@ -429,6 +558,8 @@ export function summary(r: ChaosReport) {
     keys: r.keys,
     faultsInjected: r.faultsInjected,
     crasherKills: r.crasherKills,
+    faultsLeftOut: r.faultsLeftOut,
+    diskHitKeys: r.diskHitKeys,
     recovery: per,
     notConverged: r.notConverged,
     staleKeys: r.staleKeys,
