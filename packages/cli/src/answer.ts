@@ -11,10 +11,11 @@ export const answerCommand: Command = {
   summary: "answer the agent's question about a key (WaitingForAnswer): the agent resumes its repair with it",
   positionals: { min: 2, max: 2 },
   async run(ctx, [rawKey, rawAnswer]) {
+    if (rawKey === undefined || rawAnswer === undefined) throw new UsageError(`missing ${answerCommand.args ?? "<key> <answer>"}`, answerCommand);
     const { api, client } = await ctx.status();
-    const key = api.parseKeyArg(rawKey!);
+    const key = api.parseKeyArg(rawKey);
     if ("error" in key) throw new UsageError(key.error, answerCommand);
-    const answer = api.parseAnswer(rawAnswer!);
+    const answer = api.parseAnswer(rawAnswer);
     if ("error" in answer) throw new UsageError(answer.error, answerCommand);
     const r = await api.answerQuestion(client, key.key, answer.answer);
     if (ctx.json) ctx.printJson(r);

@@ -124,14 +124,15 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     const spec = deps.catalog().packages.get(name);
     const status = await deps.state.get(item.key);
     const parked = await deps.questions.get(item.key);
-    let resume: QuestionEnvelope | undefined;
+    let resume: (QuestionEnvelope & Required<Pick<QuestionEnvelope, "answer">>) | undefined;
     if (parked && status?.phase !== "WaitingForAnswer") {
       // The key moved on (a new release, an operator): the question no longer stands.
       await deps.questions.remove(item.key, parked.revision);
       deps.log.info("question dropped: the key is no longer waiting for it", { key: item.key, phase: status?.phase });
     } else if (parked) {
-      if (!parked.envelope.answer) return done; // still waiting: `homeostat answer` hands the key back
-      resume = parked.envelope;
+      const { answer } = parked.envelope;
+      if (!answer) return done; // still waiting: `homeostat answer` hands the key back
+      resume = { ...parked.envelope, answer };
     }
     // The key stays WaitingForAnswer while the answered run goes on, so that a crash in between
     // resumes it again; once it ended, the question is spent and the key back where it was.
@@ -175,7 +176,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     }
     // The workspace as the parked run left it (its recipe and patches), the rest prepared afresh.
     for (const f of resume?.files ?? []) await ws.write(f.path, f.text);
-    await note(item.key, resume ? `the agent resumes its repair with ${resume.answer!.by}'s answer` : "the agent is working on a repair");
+    await note(item.key, resume ? `the agent resumes its repair with ${resume.answer.by}'s answer` : "the agent is working on a repair");
     const result = await runLoop({
       client: deps.client,
       ...loopConfig,
@@ -188,7 +189,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       ...(resume
         ? {
             resume: {
-              messages: withAnswer(resume.messages as MessageParam[], resume.toolUseId, resume.answer!.text),
+              messages: withAnswer(resume.messages as MessageParam[], resume.toolUseId, resume.answer.text),
               turns: resume.turns,
               usage: resume.usage,
               elapsedMs: deps.settings.maxWallMs - resume.remaining.wallMs,
@@ -228,6 +229,8 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       .toLowerCase()
       .slice(0, 51)}-${sha256Digest(`${item.key}\n${why}\n${digest}`).slice(7, 19)}`;
     const base = deps.catalog();
+    const recipeDigest = base.recipeDigest(item.key);
+    if (!recipeDigest) throw new Error(`${item.key} is no longer in the catalog: there is no recipe to propose a change to`);
     const file = base.fileOf(item.key) ?? `packages/${name}.yaml`;
     const recipe = stringifyYaml(candidate.recipe);
     const change = changeOf({ file, recipe, patches: candidate.patches });
@@ -238,7 +241,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
       trigger: why,
       candidateDigest: digest,
       file,
-      base: { revision: base.revision, recipeDigest: base.recipeDigest(item.key)! },
+      base: { revision: base.revision, recipeDigest },
       recipe,
       patches: candidate.patches,
       diff: await changeDiff(base, change),
@@ -278,7 +281,9 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
    * workspace's edits and the budget left) and has the key wait for an answer.
    */
   async function park(key: Key, why: string, configDigest: string, ws: Workspace, result: LoopResult<Submission>): Promise<ReconcileResult> {
-    const { question, toolUseId } = result.asked!;
+    const { asked } = result;
+    if (!asked) throw new Error(`internal: the repair of ${key} stopped to ask without a question`);
+    const { question, toolUseId } = asked;
     const patches = await ws.list("patches", 1000).then(
       (l) => l.entries.filter((e) => !e.endsWith("/")),
       () => [],
