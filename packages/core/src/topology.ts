@@ -283,10 +283,9 @@ export type Buckets = { state: KV; releases: KV; runs: KV };
 export async function openBuckets(n: Nats): Promise<Buckets> {
   const t = n.topology;
   // Run records (leases, retry state, dead letters): no TTL, a lease ends by its own clock.
-  const [state, releases, runs] = await Promise.all(
-    (["state", "releases", "runs"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
-  );
-  return { state: state!, releases: releases!, runs: runs! };
+  const create = (b: keyof Buckets) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas });
+  const [state, releases, runs] = await Promise.all([create("state"), create("releases"), create("runs")]);
+  return { state, releases, runs };
 }
 
 /**
@@ -297,8 +296,9 @@ export async function openBuckets(n: Nats): Promise<Buckets> {
  */
 export async function bindBuckets(n: Nats): Promise<Buckets> {
   const t = n.topology;
-  const [state, releases, runs] = await Promise.all((["state", "releases", "runs"] as const).map((b) => n.kvm.open(t.bucket(b), { allow_direct: true })));
-  return { state: state!, releases: releases!, runs: runs! };
+  const open = (b: keyof Buckets) => n.kvm.open(t.bucket(b), { allow_direct: true });
+  const [state, releases, runs] = await Promise.all([open("state"), open("releases"), open("runs")]);
+  return { state, releases, runs };
 }
 
 /** The stream behind a KV bucket: run records are erased from it by revision (a compare-and-delete). */
