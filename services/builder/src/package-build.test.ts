@@ -17,6 +17,7 @@ import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import type { PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
 import { build, BuildFailure, type BuildContext } from "./build.ts";
 import { loadConfig } from "@homeostat/core/config";
+import { classifyFailure } from "@homeostat/core/failure";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
@@ -209,4 +210,16 @@ test("the test command runs after the steps in the same workspace; a failing one
   // The test runs under the build's time limit.
   const slow = await failure(build(request("test-slow", { test: "sleep 30" }), { ...ctx, timeoutMs: 1500 }));
   assert.match(slow.message, /^test \(sleep 30\) timed out after 1500 ms/);
+});
+
+test("a step that fails on a full disk is the machine's failure, retried; any other failing step is the inputs'", async () => {
+  const ctx = ctxFor("full-disk");
+  const permanent = (e: unknown) => e instanceof BuildFailure;
+  // /dev/full answers every write with ENOSPC, as a full file system does.
+  const full = await failure(build(request("full-disk", { steps: ["cp greeting.txt /dev/full"] }), ctx));
+  assert.match(full.message, /No space left on device/);
+  assert.deepEqual(classifyFailure(full, { permanent }).kind, "transient");
+  assert.match(classifyFailure(full, { permanent }).reason, /^ENOSPC: /);
+  const other = await failure(build(request("step-fails", { steps: ["echo 'no such thing' >&2; exit 1"] }), ctx));
+  assert.equal(classifyFailure(other, { permanent }).kind, "permanent");
 });

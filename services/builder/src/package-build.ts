@@ -181,7 +181,7 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
           ...(e.exitCode !== undefined ? { exitCode: e.exitCode } : {}),
           ...(e.logTail !== undefined ? { logTail: e.logTail } : {}),
           stepLogs: logs.map((l) => l.log),
-          cause: e,
+          cause: metFullDisk(e),
         });
       }
     };
@@ -235,4 +235,14 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);
   }
+}
+
+/**
+ * A step that failed because a write met a full disk (its log says strerror(ENOSPC); steps run
+ * with LC_ALL=C) failed for the machine, not for its inputs: the failure's cause then carries
+ * the errno, so that the taxonomy (failure.ts) retries it with backoff instead of failing the key.
+ */
+function metFullDisk(e: BuildFailure): Error {
+  if (!/No space left on device/.test(e.logTail ?? "")) return e;
+  return Object.assign(new Error(`ENOSPC: ${e.step ?? "a step"} met a full disk`, { cause: e }), { code: "ENOSPC" });
 }
