@@ -356,15 +356,20 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await post("broken", "2.0.0", broken);
     await waitFor("broken's failing release to fail", converged, roundTimeoutMs, 250);
 
+    /** A new version of a package drawn from the catalog. */
+    const postNextRelease = async () => {
+      const pkg = pick(names, rand);
+      const v = (versions.get(pkg) ?? 0) + 1;
+      versions.set(pkg, v);
+      await post(pkg, `1.0.${v}`, source);
+    };
     const until = Date.now() + o.durationMs;
+    // Rounds take every fault type once, in a seeded order, before any twice: a short run still meets them all.
+    const shuffled: FaultType[] = [];
     while (Date.now() < until) {
-      const type = pick(faults, rand);
-      for (let i = 0, n = 1 + Math.floor(rand() * 2); i < n; i++) {
-        const pkg = pick(names, rand);
-        const v = (versions.get(pkg) ?? 0) + 1;
-        versions.set(pkg, v);
-        await post(pkg, `1.0.${v}`, source);
-      }
+      if (shuffled.length === 0) for (const t of faults) shuffled.splice(Math.floor(rand() * (shuffled.length + 1)), 0, t);
+      const type = shuffled.pop() ?? pick(faults, rand);
+      for (let i = 0, n = 1 + Math.floor(rand() * 2); i < n; i++) await postNextRelease();
       // Let builds start: the fault lands on work in flight.
       await new Promise((r) => setTimeout(r, 200 + Math.floor(rand() * 800)));
       let t0 = Date.now();
@@ -379,11 +384,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         // Full for a few seconds while releases keep arriving: builds in flight and new ones meet ENOSPC.
         const fullUntil = Date.now() + 2_000 + Math.floor(rand() * 4_000);
         say(`# disk: filled (${filled} bytes) until ${new Date(fullUntil).toISOString()}`);
-        const pkg = names[Math.floor(rand() * names.length)]!;
-        const v = (versions.get(pkg) ?? 0) + 1;
-        versions.set(pkg, v);
         try {
-          await post(pkg, `1.0.${v}`, source);
+          await postNextRelease();
           for (let i = 0; i < 100 && Date.now() < fullUntil; i++) {
             // Only to see which keys meet the full disk: an answer that fails is tried again.
             await converged().catch(() => undefined);

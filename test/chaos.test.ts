@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { overlappingBuilds, runChaos, stepIntervals, summary, type ChaosReport } from "../scripts/chaos.ts";
+import { faultTypes, overlappingBuilds, runChaos, stepIntervals, summary, type ChaosReport } from "../scripts/chaos.ts";
 
 const seed = process.env.HOMEOSTAT_CHAOS_SEED ? Number(process.env.HOMEOSTAT_CHAOS_SEED) : Math.floor(Math.random() * 2 ** 31);
 let report: ChaosReport;
@@ -48,6 +48,10 @@ test(`chaos (seed ${seed}): faults injected, the crasher given up, no workspace 
 test("chaos: a full disk stops builds for a while, never for good, and kills no service", () => {
   assert.ok(report, "the chaos run ran");
   if (report.faultsLeftOut.length) console.log(`# left out: ${report.faultsLeftOut.join("; ")}`);
+  // The schedule takes every fault type once before any twice: a run that injected as many met the disk fault, unless it was left out.
+  const diskRounds = report.recoveryMs.disk.length + report.problems.filter((p) => p.startsWith("disk round")).length;
+  if (report.faultsInjected >= faultTypes.length && !report.faultsLeftOut.some((f) => f.startsWith("disk")))
+    assert.ok(diskRounds >= 1, `no disk round in ${report.faultsInjected} faults`);
   // Keys that met ENOSPC and ended Failed or dead-lettered, and services that exited, are named here.
   assert.deepEqual(
     report.problems.filter((p) => /met the full disk|during the disk fault/.test(p)),
