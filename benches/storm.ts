@@ -478,6 +478,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       for (let i = 0; i < advisories.length; i += ADVISORY_BATCH) batches.push(advisories.slice(i, i + ADVISORY_BATCH));
       const expected = new Map(released.map((n) => [`package/${n}`, bump(builtStatus(follow.statuses, `package/${n}`).actual.version, 100)]));
       const before = builtInputs();
+      const archivesBefore = new Map([...follow.statuses].map(([k, s]) => [k, s.actual?.outputs.archive]));
       const runs0 = telemetry.runs();
       const acceptedAt: number[] = [];
       const meter = resourceMeter(procs);
@@ -502,10 +503,28 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       // The last runs' metric export (every second) before counting.
       await new Promise((r) => setTimeout(r, 1_500));
       const runs = telemetry.runs() - runs0;
-      // Every key a release reaches must have been rebuilt: a dependent left at its old inputs is
-      // Ready too, so convergence alone would not show a lost release or fan-out.
+      // Every key a release reaches whose inputs changed must have been rebuilt: a dependent left
+      // at its old inputs is Ready too, so convergence alone would not show a lost release or
+      // fan-out. A key's inputs change with its own release or with a new archive of what it is
+      // built from (a package's build dependencies, an image's packages); a package rebuilt only
+      // because a dependency was (the generated programs link nothing) has the same archive, and
+      // its dependents rightly stay as they were.
       const impacted = new Set(released.flatMap((n) => catalog.impact([`package/${n}`]).keys));
-      const notRebuilt = [...impacted].filter((k) => follow.statuses.get(k)?.actual?.inputDigest === before.get(k));
+      const releasedKeys = new Set(released.map((n) => `package/${n}`));
+      const inputsOf = (k: string): string[] => {
+        const [kind, name = ""] = k.split("/", 2);
+        if (kind === "image") return catalog.runtimeClosure(catalog.images.get(name)?.packages ?? []);
+        return catalog.packages.get(name)?.dependencies.build ?? [];
+      };
+      const newArchive = (p: string) => follow.statuses.get(`package/${p}`)?.actual?.outputs.archive !== archivesBefore.get(`package/${p}`);
+      // Each with where it stands, so that a lost release or fan-out can be followed from the line.
+      const notRebuilt = [...impacted]
+        .filter((k) => follow.statuses.get(k)?.actual?.inputDigest === before.get(k) && (releasedKeys.has(k) || inputsOf(k).some(newArchive)))
+        .map((k) => {
+          const s = follow.statuses.get(k);
+          const from = inputsOf(k).filter(newArchive);
+          return `${k} ${s?.phase ?? "-"} at ${s?.actual?.version ?? "-"}, cause ${s?.cause?.type ?? "-"} ${s?.cause?.id ?? ""}, waiting ${s?.waitingFor ?? "no"}, updated ${s?.updatedAt ?? "-"}, new archives of ${from.join(" ") || "none"}`;
+        });
       const touched = new Set([...targets.map((n) => `package/${n}`), ...impacted]);
       const builds = rebuiltSince(before);
       out({

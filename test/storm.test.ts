@@ -1,7 +1,7 @@
 /**
  * The storm harness (benches/storm.ts) at its --quick size: a generated catalog built for real
  * by the five services, then the burst, base-advisory, latency and resync scenarios. Asserts
- * correctness only (every key Ready, events absorbed, every key a burst's release reaches rebuilt,
+ * correctness only (every key Ready, events absorbed, every key a burst's release gives new inputs rebuilt,
  * runs per key bounded, every key rebuilt after the base advisory, zero builds on a resync); the
  * figures are the bench's to print.
  */
@@ -19,8 +19,9 @@ test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, a
 
   const burst = by.get("burst")!;
   assert.equal(burst.events, QUICK.events, "every event was accepted");
-  // No accepted release is lost: every key it reaches (the package, its dependents, their
-  // images) was rebuilt, not just left Ready at its old inputs.
+  // No accepted release is lost: every key whose inputs it changes (the package, and the
+  // dependents and images that take a new archive from it) was rebuilt, not just left Ready at
+  // its old inputs.
   assert.ok((burst.keys_impacted as number) > 0, "the burst released packages");
   assert.deepEqual(burst.keys_not_rebuilt, [], "keys a released package reaches that were never rebuilt");
   // Repeats coalesce: far fewer runs than events. A released package runs once for its release
