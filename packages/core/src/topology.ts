@@ -239,7 +239,7 @@ async function ensureStage(n: Nats, config: Config, stage: Stage): Promise<void>
       priorities.map((priority) =>
         ensureConsumer(n, stage, {
           durable_name: t.workConsumer(priority),
-          filter_subject: `${t.prefix}.${t.region}.work.${priority}.>`,
+          filter_subject: t.workClassSubjects(priority),
           ack_policy: AckPolicy.Explicit,
           // The run record is the lease; the ack wait only decides when a silent worker's message
           // comes back, so it matches the lease.
