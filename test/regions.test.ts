@@ -18,15 +18,19 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { listKeyStatuses, statusClient } from "@homeostat/status-api";
-import type { KeyStatus } from "@homeostat/core";
+import { bindBuckets, loadConfig, StateStore, type KeyStatus } from "@homeostat/core";
+import { AdvisoryStore, CatalogSource, DesiredState, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
+import { Builder } from "../services/builder/src/build.ts";
+import { resolveIsolation } from "../services/builder/src/isolation.ts";
 import { unsandboxedBuildEnv, writeExclusiveCatalog, type ExclusiveCatalog } from "../scripts/exclusive-builds.ts";
-import { waitFor } from "../scripts/factory.ts";
+import { repoRoot, waitFor } from "../scripts/factory.ts";
 import { startRegions, type Regions } from "../scripts/regions.ts";
 import { redisUrl } from "./harness.ts";
 
@@ -36,7 +40,14 @@ const fabric = "fab";
 // Longer than nats-server 2.9's leader elections (several seconds), so that two leases bound a takeover that waits for one.
 const leaseMs = 10_000;
 const packages = Array.from({ length: 8 }, (_, i) => `p${i}`);
-const keys = packages.map((p) => `package/${p}`).sort();
+/**
+ * One small image of some of the packages, with the examples' static BusyBox for the /bin/sh their
+ * programs run with. Its tag is its inputs (the packages' archives): a release whose archive is
+ * the same bytes (these packages install the same program at every version) signs no new tag.
+ */
+const image = { name: "tools", packages: packages.slice(0, packages.length / 2) };
+const imageKey = `image/${image.name}`;
+const keys = [...packages.map((p) => `package/${p}`), "package/busybox", imageKey].sort();
 /** Bounds that hold on a loaded 2-core machine (three nodes, fifteen services, other suites beside). */
 const startMs = 180_000;
 const convergeMs = 150_000;
@@ -94,6 +105,78 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     clients.set(region, statusClient(f.grpcAddr));
   };
   const killRegion = (region: Region) => fabricRegions.kill(region);
+  /** The tags of the image `region`'s signer signed, from its log ("signed" lines; a line cut short by a SIGKILL is no signature). */
+  const imageTagsSignedBy = (region: Region): string[] => {
+    const log = path.join(dir, `logs-${region}`, "signer.log");
+    if (!existsSync(log)) return [];
+    return readFileSync(log, "utf8")
+      .split("\n")
+      .flatMap((line) => {
+        try {
+          const entry = JSON.parse(line) as { msg?: string; key?: string; version?: string };
+          return entry.msg === "signed" && entry.key === imageKey && entry.version ? [entry.version] : [];
+        } catch {
+          return [];
+        }
+      });
+  };
+  /** `homeostat verify --json` (bin/homeostat, a child process, as an operator runs it) of every tag of an OCI layout against one public key. */
+  const verifyLayout = (layoutDir: string, publicKey: string) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(
+        path.join(repoRoot, "packages", "cli", "bin", "homeostat"),
+        ["verify", `oci:${layoutDir}`, "--key", publicKey, "--json"],
+        { env: { PATH: process.env.PATH } },
+        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+  /**
+   * A package built again apart from the regions: a fresh builder in this process (its own store,
+   * cache and workspaces, nothing shared with the regions but the catalog and the facts on the
+   * fabric) builds what the catalog and the facts call for now; its input digest and outputs.
+   */
+  const buildAfresh = async (name: string) => {
+    const freshDir = path.join(dir, "fresh-builder");
+    const workRoot = path.join(freshDir, "work");
+    mkdirSync(workRoot, { recursive: true });
+    const config = loadConfig({ ...fabricRegions.envOf("a"), HOMEOSTAT_DATA: freshDir });
+    const nats = await admin();
+    try {
+      const buckets = await bindBuckets(nats);
+      const releases = new ReleaseStore(buckets.releases);
+      const advisories = await AdvisoryStore.open(nats);
+      const state = new StateStore(buckets.state);
+      const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(freshDir, "catalog") });
+      const desired = await new DesiredState({
+        catalog: catalogs.current(),
+        releases: (pkg) => releases.list(pkg),
+        advisories: (pkg) => advisories.list(pkg),
+        status: (k) => state.get(k),
+        sourceDateEpoch: config.sourceDateEpoch,
+      }).package(name);
+      assert.equal(desired.state, "build", `the catalog and the facts call for a build of ${name}: ${JSON.stringify(desired)}`);
+      if (desired.state !== "build") throw new Error("unreachable");
+      const isolation = await resolveIsolation(config.buildSandbox, { workRoot });
+      const builder = new Builder(
+        {
+          dataDir: freshDir,
+          timeoutMs: config.buildTimeoutMs,
+          maxSourceBytes: config.maxSourceBytes,
+          unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
+          isolation,
+          sourceBaseDir: config.catalogDir,
+          allowRemoteSources: config.sourceHosts,
+          workRoot,
+        },
+        { concurrency: 1 },
+      );
+      const built = await builder.build(desired.plan);
+      assert.equal(built.cached, false, "the fresh builder built it (its cache was empty)");
+      return { inputDigest: desired.inputDigest, outputs: built.outputs };
+    } finally {
+      await nats.nc.close();
+    }
+  };
   const cluster = () => fabricRegions.cluster;
   const admin = async () => cluster().admin(regions.find((r) => cluster().nodes.get(r)!.server?.child.exitCode === null) ?? "a");
 
@@ -102,6 +185,17 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     // Searchable by the build sandbox's uid when the builder runs as root (as test/harness.ts).
     chmodSync(dir, 0o711);
     builds = writeExclusiveCatalog(dir, packages);
+    // The examples' BusyBox recipe as it is, its source where its relative URL points from this catalog.
+    const examples = path.join(repoRoot, "examples");
+    const busyboxDeb = readdirSync(path.join(examples, "sources", "debian")).find((f) => f.startsWith("busybox-static_"))!;
+    mkdirSync(path.join(dir, "sources", "debian"), { recursive: true });
+    copyFileSync(path.join(examples, "sources", "debian", busyboxDeb), path.join(dir, "sources", "debian", busyboxDeb));
+    copyFileSync(path.join(examples, "catalog", "packages", "busybox.yaml"), path.join(builds.catalog, "packages", "busybox.yaml"));
+    mkdirSync(path.join(builds.catalog, "images"));
+    writeFileSync(
+      path.join(builds.catalog, "images", `${image.name}.yaml`),
+      `name: ${image.name}\npackages: [busybox, ${image.packages.join(", ")}]\nentrypoint: [/usr/bin/${image.packages[0]}]\nuser: "65532"\n`,
+    );
     // One Redis server for the three read models (each region's keys carry its name), the shared one of the tests.
     fabricRegions = await startRegions({
       dir,
@@ -257,6 +351,27 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     console.log(`# survivors converged ${Date.now() - killedAt} ms after the kill (lease ${leaseMs} ms)`);
     assert.deepEqual(doubleRuns(), [], "no key's steps ran twice at once");
 
+    // With b gone, region a serves and verifies every tag of the image ever signed, in any region:
+    // the layout is in the store every region reads, checked against the one signing key.
+    const signedBy = new Map(regions.map((region) => [region, imageTagsSignedBy(region)]));
+    const current = (await statuses("a")).find((s) => s.key === imageKey)!.actual!;
+    const layoutDir = current.outputs.location.slice(0, current.outputs.location.lastIndexOf(":"));
+    const verified = await verifyLayout(layoutDir, path.join(dir, "data", "signer", "cosign.pub"));
+    assert.equal(verified.code, 0, `homeostat verify: ${verified.stderr}`);
+    const tags = (JSON.parse(verified.stdout) as { tag: string; signature: { manifest: string }; attestations: { predicateType: string }[] }[]).map((v) => {
+      assert.deepEqual(
+        v.attestations.map((a) => a.predicateType).sort(),
+        ["https://cyclonedx.org/bom", "https://slsa.dev/provenance/v1"],
+        `${v.tag}: SBOM and provenance verify`,
+      );
+      return v.tag;
+    });
+    assert.deepEqual(tags.sort(), [...new Set([...signedBy.values()].flat())].sort(), "every tag signed in any region verifies, and nothing else is there");
+    assert.ok(tags.includes(current.outputs.location.slice(layoutDir.length + 1)), "the tag region a reports is among them");
+    console.log(
+      `# after losing b, region a verified ${tags.length} tag(s) of ${imageKey}: ${regions.map((r) => `${signedBy.get(r)!.length} signed in ${r}`).join(", ")}`,
+    );
+
     // b comes back: its node catches up from its peers, its services from the fabric.
     await cluster().restart("b");
     await startRegion("b");
@@ -295,5 +410,9 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     const p7 = views.map((items) => items.find((s) => s.key === "package/p7")!.actual!);
     assert.deepEqual(p7[1]!.outputs, p7[0]!.outputs, "the survivors report the same digests");
     assert.deepEqual(doubleRuns(), [], "no key's steps ran twice at once");
+    // Reproduced independently: a fresh builder with a store of its own gets the same archive.
+    const reproduced = await buildAfresh("p7");
+    assert.equal(reproduced.inputDigest, p7[0]!.inputDigest, "the fresh builder builds the same inputs");
+    assert.equal(reproduced.outputs.archive, p7[0]!.outputs.archive, "the survivor's archive is the one a fresh builder makes");
   });
 });
