@@ -62,7 +62,7 @@ test("an event record's keys are queued in its class, with the event as their ca
     assert.deepEqual([item.key, item.priority, item.cause], [key, "advisory", { type: "advisory", id, detail: "OSV-2026-1: overflow in zlib" }]);
   }
   // An item is in the stream a moment before its enqueue returns and is counted.
-  await waitFor("both enqueues counted", () => counts.added + counts.deduped + counts.rerun >= 2 || undefined, 10_000);
+  await waitFor("both enqueues counted", async () => counts.added + counts.deduped + counts.rerun >= 2 || undefined, 10_000);
   assert.deepEqual(counts, { added: 2, deduped: 0, rerun: 0 });
   assert.equal(errors.filter((e) => e === "rejected malformed message").length, 1);
   const info = await waitFor(
