@@ -11,30 +11,12 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { parse } from "yaml";
 import { nodeConfigFile, writeNatsConfig } from "@homeostat/core/nats-access";
-import { repoRoot } from "../scripts/factory.ts";
+import { loadCompose, secretsOf, volumesOf } from "./fixtures/compose.ts";
 
-type ComposeService = {
-  image?: string;
-  command?: string[];
-  depends_on?: Record<string, { condition: string }>;
-  user?: string;
-  read_only?: boolean;
-  cap_drop?: string[];
-  environment?: Record<string, string>;
-  secrets?: (string | { source: string; target?: string })[];
-  volumes?: (string | { type: string; target: string })[];
-  ports?: string[];
-};
-const compose = parse(readFileSync(path.join(repoRoot, "deploy", "compose.regions.yaml"), "utf8"), { merge: true }) as {
-  services: Record<string, ComposeService>;
-  secrets: Record<string, { file: string }>;
-};
+const compose = loadCompose("compose.regions.yaml");
 const regions = ["a", "b", "c"] as const;
 const services = ["ingest", "queue", "reconciler", "builder", "signer"] as const;
-const secretsOf = (s: ComposeService) => (s.secrets ?? []).map((x) => (typeof x === "string" ? x : x.source));
-const volumesOf = (s: ComposeService) => (s.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":")[0] : v.target));
 
 test("compose regions: a NATS node and a Redis per region, each region's five services on their own", () => {
   const expected = regions.flatMap((r) => [`nats-${r}`, `redis-${r}`, ...services.map((s) => `${s}-${r}`)]).sort();

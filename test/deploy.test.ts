@@ -12,28 +12,10 @@ import { test } from "node:test";
 import { parse, parseAllDocuments } from "yaml";
 import { serviceIdentities } from "@homeostat/core";
 import { repoRoot } from "../scripts/factory.ts";
+import { loadCompose, secretsOf, volumesOf } from "./fixtures/compose.ts";
 import { dashboards } from "./dashboards.ts";
 
-type ComposeService = {
-  image?: string;
-  command?: string[];
-  healthcheck?: { test?: string[]; disable?: boolean };
-  depends_on?: Record<string, { condition: string }>;
-  profiles?: string[];
-  user?: string;
-  read_only?: boolean;
-  cap_drop?: string[];
-  environment?: Record<string, string>;
-  secrets?: (string | { source: string; target?: string })[];
-  volumes?: (string | { type: string; target: string })[];
-  ports?: string[];
-};
-const compose = parse(readFileSync(path.join(repoRoot, "deploy", "compose.yaml"), "utf8"), { merge: true }) as {
-  services: Record<string, ComposeService>;
-  secrets: Record<string, { file: string }>;
-};
-const secretsOf = (s: ComposeService) => (s.secrets ?? []).map((x) => (typeof x === "string" ? x : x.source));
-const volumesOf = (s: ComposeService) => (s.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":")[0] : v.target));
+const compose = loadCompose("compose.yaml");
 
 test("compose: NATS reads the generated authorization and is not published", () => {
   const nats = compose.services.nats!;
