@@ -178,7 +178,7 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     }
   };
   const cluster = () => fabricRegions.cluster;
-  const admin = async () => cluster().admin(regions.find((r) => cluster().nodes.get(r)!.server?.child.exitCode === null) ?? "a");
+  const admin = async () => cluster().admin(regions.find((r) => cluster().running(r)) ?? "a");
 
   before(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-regions-"));
