@@ -71,7 +71,6 @@ export async function runIntakeBench(o: IntakeOptions): Promise<Record<string, u
       },
       natsCredentials: servers.natsCredentials,
       logDir: path.join(dir, "logs"),
-      readyTimeoutMs: 180_000,
     });
     stops.push(() => factory.stop());
     // Ingest's identity reads the release store (it writes the announcements there).

@@ -83,7 +83,6 @@ const fabric = await startRegions({
   prefix: "hs",
   fabric: "fab",
   regions,
-  readyTimeoutMs: 180_000,
   env: {
     HOMEOSTAT_CATALOG: builds.catalog,
     HOMEOSTAT_DATA: path.join(dir, "data"),

@@ -308,8 +308,6 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       },
       natsCredentials: servers.natsCredentials,
       logDir: path.join(dir, "logs"),
-      // Five services starting at once on a busy 2-core machine took more than the default 30 s.
-      readyTimeoutMs: 120_000,
     });
     stops.push(() => factory.stop());
     // More builders and signers: the same program and identity; started once the first of each

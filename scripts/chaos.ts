@@ -296,8 +296,6 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       natsCredentials: servers.natsCredentials,
       logDir: path.join(dir, "logs"),
       only: ["ingest", "queue", "reconciler", "builder", "signer"],
-      // Five services starting at once on a busy machine.
-      readyTimeoutMs: 120_000,
     });
     const f = factory;
     client = statusClient(f.grpcAddr);

@@ -80,7 +80,6 @@ if (regionCount !== undefined) {
     fabric: "fabric",
     regions: names,
     env: { HOMEOSTAT_DATA: dataDir, HOMEOSTAT_CATALOG: catalogDir },
-    readyTimeoutMs: 180_000,
   });
   for (const [region, f] of regions.factories)
     say(`  region ${region}: ingest http://${f.ingestUrl.slice(7)}   status gRPC ${f.grpcAddr}   nats ${ofRegion(regions.cluster.nodes, region).url}`);

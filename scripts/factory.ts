@@ -176,18 +176,35 @@ export type Factory = {
 };
 
 /**
+ * How long a launched factory's ingest and status API may take to answer, unless the caller
+ * says: 180 s, or HOMEOSTAT_FACTORY_READY_TIMEOUT_MS. Six services starting at once (each
+ * type-stripping its TypeScript, connecting, ensuring its topology) take 10-20 s on an idle
+ * 2-core machine and several times that at a CI load average of 20 and more; 30 s failed there.
+ */
+export function defaultReadyTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const given = env.HOMEOSTAT_FACTORY_READY_TIMEOUT_MS;
+  if (given === undefined || given === "") return 180_000;
+  const ms = Number(given);
+  if (!Number.isInteger(ms) || ms < 1_000)
+    throw new Error(`HOMEOSTAT_FACTORY_READY_TIMEOUT_MS: expected an integer number of milliseconds, at least 1000, got ${given}`);
+  return ms;
+}
+
+/**
  * Starts the five services as separate processes, each with its own NATS identity (the seed
  * `<service>.nk` in `natsCredentials`, as startLocalServers or `pnpm nats-config` write them);
- * resolves when ingest and the status API answer.
+ * resolves when ingest and the status API answer, within `readyTimeoutMs` (defaultReadyTimeoutMs:
+ * 180 s, or HOMEOSTAT_FACTORY_READY_TIMEOUT_MS); stops what it started when they do not.
  */
 export async function startFactory(o: {
   env: Record<string, string>;
   natsCredentials: string;
   logDir: string;
   only?: readonly ServiceName[];
-  /** How long ingest and the status API may take to answer (default 30 s; many services starting at once on a busy machine take longer). */
+  /** How long ingest and the status API may take to answer (default: defaultReadyTimeoutMs). */
   readyTimeoutMs?: number;
 }): Promise<Factory> {
+  const readyMs = o.readyTimeoutMs ?? defaultReadyTimeoutMs();
   mkdirSync(o.logDir, { recursive: true });
   const ingestPort = await freePort();
   const grpcPort = await freePort();
@@ -237,7 +254,6 @@ export async function startFactory(o: {
     },
   };
   try {
-    const readyMs = o.readyTimeoutMs ?? 30_000;
     if (processes.has("ingest")) await waitFor("ingest to be ready", async () => (await fetch(`${factory.ingestUrl}/readyz`)).ok, readyMs);
     if (processes.has("queue")) await waitFor("the status API", () => portAnswers(grpcPort), readyMs);
   } catch (err) {

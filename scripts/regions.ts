@@ -205,7 +205,6 @@ async function up(count: number, catalog: string): Promise<void> {
     fabric: "fabric",
     regions,
     env: { HOMEOSTAT_CATALOG: catalog, HOMEOSTAT_DATA: path.join(home, "data") },
-    readyTimeoutMs: 180_000,
   });
   const state: State = {
     pid: process.pid,

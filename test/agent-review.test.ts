@@ -100,7 +100,6 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
       },
       natsCredentials: await t.natsCredentials(),
       logDir: path.join(t.dir, "logs"),
-      readyTimeoutMs: 180_000,
     });
     client = statusClient(factory.grpcAddr);
     cli = { HOMEOSTAT_GRPC_ADDR: factory.grpcAddr, HOMEOSTAT_TOKEN: factory.grpcToken };
