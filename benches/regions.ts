@@ -27,6 +27,7 @@ import { parseArgs } from "node:util";
 import { connectNats, ensureTopology, loadConfig, type Nats } from "@homeostat/core";
 import { seedFile } from "@homeostat/core/nats-access";
 import type { Logger } from "@homeostat/core/log";
+import { mapLimit } from "@homeostat/core/map-limit";
 import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { unsandboxedBuildEnv, writeExclusiveCatalog } from "../scripts/exclusive-builds.ts";
@@ -151,13 +152,7 @@ try {
       await new Promise((r) => setTimeout(r, 250));
     }
   };
-  // One iterator shared by every poster: each takes the next package when it is free.
-  const pending = packages.entries();
-  await Promise.all(
-    Array.from({ length: 8 }, async () => {
-      for (const [i, pkg] of pending) await post(pkg, i);
-    }),
-  );
+  await mapLimit([...packages.entries()], 8, ([i, pkg]) => post(pkg, i));
   const want = (key: string) => accepted.get(key);
   let convergeS: number | undefined;
   try {

@@ -38,7 +38,7 @@ import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { loadCatalog } from "@homeostat/catalog";
-import { connectNats, loadConfig, publish, seedFile, type KeyStatus } from "@homeostat/core";
+import { connectNats, loadConfig, mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
 import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
 import { repoRoot, startFactory, startLocalServers, stopChild, waitFor, type Factory } from "../scripts/factory.ts";
 import { pick } from "../scripts/app-tarball.ts";
@@ -220,17 +220,6 @@ function perSecond(times: number[], t0: number): number[] {
   return out;
 }
 
-/** Runs `tasks` with at most `limit` in flight. */
-async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  // One iterator shared by every worker: each takes the next item when it is free.
-  const pending = items.values();
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      for (const item of pending) await fn(item);
-    }),
-  );
-}
-
 /** What `statuses` holds of `key` as built; the bench waited for every key to be built, so one without is a bug. */
 function builtStatus(statuses: ReadonlyMap<string, KeyStatus>, key: string): KeyStatus & Required<Pick<KeyStatus, "actual">> {
   const s = statuses.get(key);
@@ -399,7 +388,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       });
     /** Every key at resync priority straight into intake, as ingest's resync round publishes them (unpaced). */
     const enqueueAll = async (round: string) => {
-      await pool(
+      await mapLimit(
         keys,
         256,
         async (key) =>
@@ -495,7 +484,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
             for (let k = 0; k < b.length; k++) acceptedAt.push(now);
           });
       }
-      await pool(requests, HTTP_CONCURRENCY, (f) => f());
+      await mapLimit(requests, HTTP_CONCURRENCY, (f) => f());
       const absorbedS = (Date.now() - start) / 1000;
       const convergedS = ((await converge("the burst to converge", (s) => !expected.has(s.key) || s.actual?.version === expected.get(s.key))) - start) / 1000;
       // The last runs' metric export (every second) before counting.

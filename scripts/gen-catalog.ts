@@ -22,6 +22,7 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { mapLimit } from "@homeostat/core/map-limit";
 import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
 
 export type GenOptions = { packages: number; images: number; seed: number };
@@ -131,12 +132,7 @@ annotations:
 async function writeAll(dir: string, files: [string, string][]): Promise<void> {
   const dirs = new Set(files.map(([f]) => path.dirname(path.join(dir, f))));
   for (const d of dirs) await mkdir(d, { recursive: true });
-  // One iterator shared by every worker: each takes the next file when it is free.
-  const pending = files.values();
-  const worker = async () => {
-    for (const [f, text] of pending) await writeFile(path.join(dir, f), text);
-  };
-  await Promise.all(Array.from({ length: WRITE_CONCURRENCY }, worker));
+  await mapLimit(files, WRITE_CONCURRENCY, ([f, text]) => writeFile(path.join(dir, f), text));
 }
 
 function parseArgs(argv: string[]): { dir: string } & GenOptions {

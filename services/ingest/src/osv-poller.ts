@@ -21,7 +21,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { createHash } from "node:crypto";
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
-import { errorMessage, type Logger, type Nats } from "@homeostat/core";
+import { errorMessage, mapLimit, type Logger, type Nats } from "@homeostat/core";
 import { type Osv, osvSchema } from "@homeostat/catalog";
 import { futureModified } from "./advisories.ts";
 
@@ -162,23 +162,18 @@ export class OsvPoller {
       const id = line.slice(comma + 1).trim();
       if (!Number.isNaN(modified) && modified >= sinceMs && /^[A-Za-z0-9._:+\/-]+$/.test(id) && !id.includes("..")) wanted.push(id);
     }
-    const out: Found[] = [];
-    // One iterator shared by every worker: each takes the next id when it is free.
-    const pending = wanted.values();
-    const worker = async () => {
-      for (const id of pending) {
-        if (this.o.signal.aborted) break;
-        const url = `${base}/${id.split("/").map(encodeURIComponent).join("/")}.json`;
-        try {
-          const a = this.parse(await fetchText(url, MAX_FILE_BYTES, this.o.signal), url);
-          if (a) out.push({ advisory: a, where: url });
-        } catch (err) {
-          this.o.log.warn("osv fetch failed; skipped", { url, reason: errorMessage(err) });
-        }
+    const found = await mapLimit(wanted, 8, async (id): Promise<Found | undefined> => {
+      if (this.o.signal.aborted) return undefined;
+      const url = `${base}/${id.split("/").map(encodeURIComponent).join("/")}.json`;
+      try {
+        const a = this.parse(await fetchText(url, MAX_FILE_BYTES, this.o.signal), url);
+        return a ? { advisory: a, where: url } : undefined;
+      } catch (err) {
+        this.o.log.warn("osv fetch failed; skipped", { url, reason: errorMessage(err) });
+        return undefined;
       }
-    };
-    await Promise.all(Array.from({ length: 8 }, worker));
-    return out;
+    });
+    return found.filter((f) => f !== undefined);
   }
 
   private parse(text: string, where: string): Osv | undefined {
