@@ -212,8 +212,20 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
     (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
   );
   // An instance that died without a word leaves a heartbeat that expires by itself.
-  await n.kvm.create(t.bucket("services"), { history: bucketHistory.services, replicas: t.replicas, ttl: config.health.heartbeatTtlMs });
+  await ensureBucketTtl(n, "services", config.health.heartbeatTtlMs);
   return openBuckets(n);
+}
+
+/**
+ * Creates bucket `b` with entries that expire after `ttlMs`, or gives an existing one that TTL:
+ * kvm.create leaves a bucket that exists as it is, so a factory whose HOMEOSTAT_HEARTBEAT_MS
+ * changed would keep the TTL of the first start, and a dead instance's heartbeat would stay
+ * listed for the old TTL (or vanish between the new beats).
+ */
+async function ensureBucketTtl(n: Nats, b: BucketName, ttlMs: number): Promise<void> {
+  const kv = await n.kvm.create(n.topology.bucket(b), { history: bucketHistory[b], replicas: n.topology.replicas, ttl: ttlMs });
+  const status = await kv.status();
+  if (status.ttl !== ttlMs) await n.jsm.streams.update(status.streamInfo.config.name, { max_age: ttlMs * 1_000_000 });
 }
 
 /** Creates (or updates) one stage's stream and its consumers. */
