@@ -42,6 +42,12 @@ export const buildRecordSchema = z.object({
   outcome: z.enum(buildOutcomes),
   /** When it was requested, then when it settled. */
   at: z.string(),
+  /**
+   * When the key was told it may have drifted by what this build answers (the earliest enqueue
+   * the requesting run served: an event's admission, a dependency's completion): where the
+   * event → signed latency starts. Absent on records written before it was kept.
+   */
+  triggeredAt: z.string().optional(),
   traceId: z.string().optional(),
   /** Why it was asked for. */
   cause: causeSchema.optional(),

@@ -254,10 +254,16 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     for (const v of ["1.2.5", "1.3.0", "2.0.0", "1.4.0-rc1"])
       await releases.record({ package: "minimist", version: v, url: `https://example.org/m-${v}`, sha256: sha(v) });
-    await run("package/minimist");
+    // Told of the release 5 s before the run: the build records that as its trigger, where event → signed starts.
+    const enqueuedAt = Date.now() - 5_000;
+    await reconcile({ v: 1, key: "package/minimist", priority: "release", cause: { type: "release" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt });
     assert.deepEqual(await builds(), ["package/minimist@1.3.0"]);
     const s = (await state.get("package/minimist"))!;
     assert.equal(s.desiredVersion, "1.3.0");
+    const requested = s.builds?.[0];
+    assert.equal(requested?.outcome, "requested");
+    assert.equal(requested.triggeredAt, new Date(enqueuedAt).toISOString(), "the trigger is the enqueue's time");
+    assert.ok(Date.parse(requested.at) >= enqueuedAt + 5_000, "the request's own time is later");
   });
 
   test("advisories: bump to the lowest fixed release, patch when the fix is out of policy, else NeedsAttention", async () => {

@@ -42,13 +42,18 @@ export type SignHandlerDeps = {
   log: Logger;
 };
 
-/** From the reconciler's build request to the signed image, by trigger; made on first use, once the service's MeterProvider is registered. */
+/**
+ * From the enqueue that triggered a build (an event's admission, a dependency's completion) to
+ * its signed image, by trigger; made on first use, once the service's MeterProvider is
+ * registered. A build record without a trigger time (written before it was kept) counts from
+ * its request.
+ */
 let rebuildHistogram: Histogram | undefined;
 const rebuildDuration = (): Histogram =>
   (rebuildHistogram ??= durationHistogram(
     meter(),
     "homeostat.rebuild.duration",
-    "From a build's request (the reconciler's decision) to its signed image, by trigger",
+    "From the enqueue that triggered a build (event admitted, dependency completed) to its signed image, by trigger",
   ));
 
 export function createSignHandler(deps: SignHandlerDeps) {
@@ -107,7 +112,10 @@ export function createSignHandler(deps: SignHandlerDeps) {
       const next = { ...cur, actual, phase: current ? ("Ready" as const) : cur.phase, lastError: current ? undefined : cur.lastError };
       return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
     });
-    if (requested) rebuildDuration().record((Date.parse(actual.builtAt) - Date.parse(requested.at)) / 1000, { trigger: requested.cause?.type ?? "unknown" });
+    if (requested)
+      rebuildDuration().record((Date.parse(actual.builtAt) - Date.parse(requested.triggeredAt ?? requested.at)) / 1000, {
+        trigger: requested.cause?.type ?? "unknown",
+      });
     await deps.enqueue({
       v: 1,
       key: req.key,
