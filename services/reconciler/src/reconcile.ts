@@ -264,6 +264,7 @@ export function createReconciler(deps: ReconcilerDeps) {
           inputDigest: desired.inputDigest,
           outcome: "requested",
           at,
+          ...(item.enqueuedAt > 0 ? { triggeredAt: new Date(Math.min(item.enqueuedAt, Date.parse(at))).toISOString() } : {}),
           ...(traceId ? { traceId } : {}),
           cause: why,
           // The recipe is still the one an agent's proposal put in the catalog: this build is of that proposal.
