@@ -14,12 +14,10 @@ import { connectNats, type Logger } from "@homeostat/core";
 import { done, nonRetriable, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import type { StatusApiSecurity } from "@homeostat/core/config";
 import {
-  type ClientError,
   enqueueKey,
   getKeyStatus,
   getQueueStats,
   grpc,
-  isGrpcError,
   knownFacts,
   listDeadLetters,
   listKeyStatuses,
@@ -37,6 +35,7 @@ import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { startStatusApi, type StatusApi } from "./status-api.ts";
 import { KeyFeed } from "./key-feed.ts";
+import { grpcError } from "./test-support.ts";
 
 // ioredis is a dependency of core, not of this service: load it from core's side.
 type RedisClient = ConstructorParameters<typeof StatusReadModel>[0];
@@ -124,16 +123,6 @@ after(async () => {
   await api?.close();
   await t?.cleanup();
 });
-
-async function grpcError(p: Promise<unknown>): Promise<ClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (isGrpcError(err)) return err;
-    throw err;
-  }
-  assert.fail("expected a gRPC error");
-}
 
 test("GetKey returns the stored status unchanged", async () => {
   assert.deepEqual(await getKeyStatus(client, "package/openssl"), full);

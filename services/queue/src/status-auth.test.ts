@@ -17,11 +17,9 @@ import type { StatusApiSecurity } from "@homeostat/core/config";
 import type { Logger } from "@homeostat/core/log";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import {
-  type ClientError,
   enqueueKey,
   getKeyStatus,
   grpc,
-  isGrpcError,
   listServices,
   retryDeadLetter,
   approveProposal,
@@ -40,6 +38,7 @@ import { startStatusApi, type StatusApi, type StatusApiOptions } from "./status-
 import { KeyFeed } from "./key-feed.ts";
 import { checkBind, InsecureBindError } from "./status-auth.ts";
 import { ServiceDirectory } from "./service-directory.ts";
+import { grpcError } from "./test-support.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 const writeToken = "auth-test-write";
@@ -92,23 +91,13 @@ async function withClient<T>(addr: string, opts: StatusClientOptions, call: (c: 
   }
 }
 
-async function refused(p: Promise<unknown>): Promise<ClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (isGrpcError(err)) return err;
-    throw err;
-  }
-  assert.fail("expected a gRPC error");
-}
-
 test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_DENIED, with a write token done", async () => {
   const addr = await serve({});
-  let err = await withClient(addr, {}, (c) => refused(enqueueKey(c, { key: "package/zlib" })));
+  let err = await withClient(addr, {}, (c) => grpcError(enqueueKey(c, { key: "package/zlib" })));
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.match(err.details, /^Enqueue needs a bearer token with the write role: send authorization: Bearer <token>$/);
 
-  err = await withClient(addr, { token: "not-a-token-we-know" }, (c) => refused(enqueueKey(c, { key: "package/zlib" })));
+  err = await withClient(addr, { token: "not-a-token-we-know" }, (c) => grpcError(enqueueKey(c, { key: "package/zlib" })));
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.equal(err.details, "the bearer token is not valid here");
 
@@ -119,7 +108,7 @@ test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_D
     (c: ReturnType<typeof statusClient>) => rejectProposal(c, "package-zlib-0123", "no"),
     (c: ReturnType<typeof statusClient>) => answerQuestion(c, "package/zlib", "yes"),
   ]) {
-    err = await withClient(addr, { token: readToken }, (c) => refused(call(c)));
+    err = await withClient(addr, { token: readToken }, (c) => grpcError(call(c)));
     assert.equal(err.code, Status.PERMISSION_DENIED);
     assert.match(err.details, /needs the write role; token dashboard has the read role$/);
   }
@@ -127,7 +116,7 @@ test("a write without a token is UNAUTHENTICATED, with a read token PERMISSION_D
 
   assert.equal(await withClient(addr, { token: writeToken }, (c) => enqueueKey(c, { key: "package/zlib" })), "added");
   // The write role reads too, and past the check the method answers as ever.
-  const notDead = await withClient(addr, { token: writeToken }, (c) => refused(retryDeadLetter(c, "package/zlib")));
+  const notDead = await withClient(addr, { token: writeToken }, (c) => grpcError(retryDeadLetter(c, "package/zlib")));
   assert.equal(notDead.code, Status.NOT_FOUND);
 });
 
@@ -136,7 +125,7 @@ test("reads: anonymous with read auth none; with read auth token only with a tok
   assert.equal((await withClient(open, {}, (c) => getKeyStatus(c, "package/zlib"))).phase, "Ready");
 
   const closed = await serve({ readAuth: "token" });
-  const err = await withClient(closed, {}, (c) => refused(getKeyStatus(c, "package/zlib")));
+  const err = await withClient(closed, {}, (c) => grpcError(getKeyStatus(c, "package/zlib")));
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.match(err.details, /^GetKey needs a bearer token: send authorization: Bearer <token>$/);
   for (const token of [readToken, writeToken]) {
@@ -153,7 +142,7 @@ test("ListServices is a read: anonymous with read auth none, a token of either r
   };
   assert.deepEqual((await withClient(await serveWith("none"), {}, (c) => listServices(c))).staleAfterMs, 15_000);
   const closed = await serveWith("token");
-  const err = await withClient(closed, {}, (c) => refused(listServices(c)));
+  const err = await withClient(closed, {}, (c) => grpcError(listServices(c)));
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.match(err.details, /^ListServices needs a bearer token: send authorization: Bearer <token>$/);
   for (const token of [readToken, writeToken]) assert.ok(Array.isArray((await withClient(closed, { token }, (c) => listServices(c))).instances), token);
@@ -161,7 +150,7 @@ test("ListServices is a read: anonymous with read auth none, a token of either r
 
 test("with no token configured every write is refused, even on loopback", async () => {
   const addr = await serve({ tokens: [] });
-  const err = await withClient(addr, { token: writeToken }, (c) => refused(enqueueKey(c, { key: "package/zlib" })));
+  const err = await withClient(addr, { token: writeToken }, (c) => grpcError(enqueueKey(c, { key: "package/zlib" })));
   assert.equal(err.code, Status.UNAUTHENTICATED);
   assert.match(err.details, /this server has none configured \(HOMEOSTAT_GRPC_TOKENS\)/);
 });
@@ -170,10 +159,10 @@ test("TLS: a TLS client trusting the CA is served, a plaintext one is not", asyn
   const addr = await serve({ tls: { certPath: pki.serverCert, keyPath: pki.serverKey, clientCaPath: undefined } });
   const ca = await import("node:fs/promises").then((fs) => fs.readFile(pki.ca));
   assert.equal((await withClient(addr, { tls: { ca }, token: writeToken }, (c) => getKeyStatus(c, "package/zlib"))).phase, "Ready");
-  const plain = await withClient(addr, {}, (c) => refused(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
+  const plain = await withClient(addr, {}, (c) => grpcError(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
   assert.ok(plain.code === Status.UNAVAILABLE || plain.code === Status.DEADLINE_EXCEEDED, Status[plain.code]);
   // A client that trusts only the system's roots does not trust this server.
-  const untrusted = await withClient(addr, { tls: {} }, (c) => refused(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
+  const untrusted = await withClient(addr, { tls: {} }, (c) => grpcError(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
   assert.equal(untrusted.code, Status.UNAVAILABLE);
 });
 
@@ -181,10 +170,10 @@ test("mTLS: a client without a certificate, or with one from another CA, is refu
   const addr = await serve({ tls: { certPath: pki.serverCert, keyPath: pki.serverKey, clientCaPath: pki.ca } });
   const fs = await import("node:fs/promises");
   const ca = await fs.readFile(pki.ca);
-  const none = await withClient(addr, { tls: { ca } }, (c) => refused(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
+  const none = await withClient(addr, { tls: { ca } }, (c) => grpcError(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })));
   assert.equal(none.code, Status.UNAVAILABLE);
   const other = { ca, cert: await fs.readFile(pki.otherCert), key: await fs.readFile(pki.otherKey) };
-  assert.equal((await withClient(addr, { tls: other }, (c) => refused(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })))).code, Status.UNAVAILABLE);
+  assert.equal((await withClient(addr, { tls: other }, (c) => grpcError(getKeyStatus(c, "package/zlib", { deadlineMs: 3_000 })))).code, Status.UNAVAILABLE);
   const good = { ca, cert: await fs.readFile(pki.clientCert), key: await fs.readFile(pki.clientKey) };
   assert.equal((await withClient(addr, { tls: good }, (c) => getKeyStatus(c, "package/zlib"))).phase, "Ready");
 });
