@@ -160,17 +160,12 @@ export class DesiredState {
       dependencies.push(a);
     }
     const key = makeKey("package", name);
-    const inputDigest = sha256Digest(
-      canonicalJson({
-        builder: BUILDER_VERSION,
-        recipe: catalog.recipeDigest(key),
-        version,
-        source: source.sha256,
-        patches: patches.map((p) => p.sha256),
-        dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })),
-        epoch: this.in.sourceDateEpoch,
-      }),
-    );
+    const inputDigest = this.inputDigest(key, {
+      version,
+      source: source.sha256,
+      patches: patches.map((p) => p.sha256),
+      dependencies: dependencies.map((d) => ({ name: d.name, archive: d.archive })),
+    });
     return {
       state: "build",
       version,
@@ -178,12 +173,7 @@ export class DesiredState {
       decision,
       plan: {
         kind: "package",
-        key,
-        name,
-        version,
-        inputDigest,
-        sourceDateEpoch: this.in.sourceDateEpoch,
-        catalogRevision: catalog.revision,
+        ...this.planCommon(key, name, version, inputDigest),
         source,
         ...(patches.length ? { patches } : {}),
         steps: spec.build.steps,
@@ -207,31 +197,24 @@ export class DesiredState {
     }
     const key = makeKey("image", name);
     const config = { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env, user: spec.user, workdir: spec.workdir, annotations: spec.annotations };
-    const inputDigest = sha256Digest(
-      canonicalJson({
-        builder: BUILDER_VERSION,
-        recipe: catalog.recipeDigest(key),
-        packages: packages.map((p) => ({ name: p.name, archive: p.archive })),
-        epoch: this.in.sourceDateEpoch,
-      }),
-    );
+    const inputDigest = this.inputDigest(key, { packages: packages.map((p) => ({ name: p.name, archive: p.archive })) });
     // An image's version is its content: the short input digest (a tag that never moves).
     const version = inputDigest.slice("sha256:".length, "sha256:".length + 12);
     return {
       state: "build",
       version,
       inputDigest,
-      plan: {
-        kind: "image",
-        key,
-        name,
-        version,
-        inputDigest,
-        sourceDateEpoch: this.in.sourceDateEpoch,
-        catalogRevision: catalog.revision,
-        packages,
-        config,
-      },
+      plan: { kind: "image", ...this.planCommon(key, name, version, inputDigest), packages, config },
     };
+  }
+
+  /** The digest of all a build of `key` reads: the builder, the key's recipe, the source date epoch and `inputs`. */
+  private inputDigest(key: Key, inputs: Record<string, unknown>): Digest {
+    return sha256Digest(canonicalJson({ builder: BUILDER_VERSION, recipe: this.in.catalog.recipeDigest(key), ...inputs, epoch: this.in.sourceDateEpoch }));
+  }
+
+  /** What every plan of `key` says besides its kind and what it is built from. */
+  private planCommon(key: Key, name: string, version: string, inputDigest: Digest): PlanCommon {
+    return { key, name, version, inputDigest, sourceDateEpoch: this.in.sourceDateEpoch, catalogRevision: this.in.catalog.revision };
   }
 }
