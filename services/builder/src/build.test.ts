@@ -23,9 +23,7 @@ import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
-
-/** The catalog revision plans name (a directory catalog's content digest). */
-const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
+import { buildContext, CATALOG_REVISION, packagePlan, reproducibleGit } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -86,31 +84,18 @@ const hello = await sourceTarball("hello-1.0", {
 });
 
 function ctxFor(name: string): BuildContext {
-  return {
-    dataDir: path.join(tmp, name),
-    timeoutMs: 120_000,
-    maxSourceBytes: 1 << 20,
-    unpackLimits: { maxBytes: 64 << 20, maxEntries: 10_000 },
-    isolation,
-    sourceBaseDir: path.join(tmp, "sources"),
-  };
+  return buildContext({ dataDir: path.join(tmp, name), timeoutMs: 120_000, isolation, sourceBaseDir: path.join(tmp, "sources") });
 }
 
 function pkgRequest(name: string, src: { file: string; sha256: string }, dependencies: PackageArtifact[] = []): PackageBuildPlan {
-  return {
-    catalogRevision: CATALOG_REVISION,
-    kind: "package",
-    key: `package/${name}`,
-    name,
-    version: "1.0",
+  return packagePlan(name, {
     inputDigest: inputFor(`${name}:${dependencies.map((d) => d.archive).join(",")}`),
     sourceDateEpoch: EPOCH,
     source: { url: path.basename(src.file), sha256: src.sha256 },
     steps: ["make", "make install"],
     dependencies,
-    runtimeDependencies: [],
     license: "MIT",
-  };
+  });
 }
 
 function artifact(name: string, o: BuildOutputs): PackageArtifact {
@@ -440,14 +425,7 @@ test("a flipped byte in a stored package archive is caught by our own check when
 
 test("a package builds from a git source pinned to a commit, reproducibly, with the commit in its provenance", async () => {
   const repo = path.join(tmp, "git-motd");
-  const env = {
-    ...process.env,
-    GIT_CONFIG_NOSYSTEM: "1",
-    GIT_CONFIG_GLOBAL: "/dev/null",
-    GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z",
-    GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z",
-  };
-  const git = (...args: string[]) => execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: repo, env });
+  const git = reproducibleGit(repo);
   await mkdir(repo, { recursive: true });
   git("init", "-q");
   await writeFile(path.join(repo, "motd"), "pinned\n");

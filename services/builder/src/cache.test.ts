@@ -15,15 +15,11 @@ import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import { Builder, type BuildContext } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
-import { loadConfig } from "@homeostat/core/config";
-import { resolveIsolation } from "./isolation.ts";
-
-/** The catalog revision plans name (a directory catalog's content digest). */
-const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
+import { buildContext, CATALOG_REVISION, packagePlan, unsandboxed } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-cache-"));
 // The steps count their runs in a file outside the workspace: unsandboxed, explicitly.
-const unsandboxed = await resolveIsolation(loadConfig({ HOMEOSTAT_BUILD_ISOLATION: "none", HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS: "true" }).buildSandbox);
+const isolation = await unsandboxed();
 after(() => rm(tmp, { recursive: true, force: true }));
 
 const srcDir = path.join(tmp, "sources");
@@ -36,31 +32,20 @@ const sha256 = createHash("sha256")
   .digest("hex");
 
 function ctx(dataDir: string): BuildContext {
-  return {
-    dataDir: path.join(tmp, dataDir),
-    timeoutMs: 30_000,
-    maxSourceBytes: 1 << 20,
-    unpackLimits: { maxBytes: 1 << 20, maxEntries: 100 },
-    isolation: unsandboxed,
-    sourceBaseDir: srcDir,
-  };
+  return buildContext(
+    { dataDir: path.join(tmp, dataDir), timeoutMs: 30_000, isolation, sourceBaseDir: srcDir },
+    { unpackLimits: { maxBytes: 1 << 20, maxEntries: 100 } },
+  );
 }
 
 /** A package whose first step appends a line to `runs` (outside the workspace). */
 function pkg(name: string, runs: string, extraStep = "true"): PackageBuildPlan {
-  return {
-    catalogRevision: CATALOG_REVISION,
-    kind: "package",
-    key: `package/${name}`,
-    name,
-    version: "1.0",
+  return packagePlan(name, {
     inputDigest: sha256Digest(`${name}:${extraStep}`),
     sourceDateEpoch: 0,
     source: { url: path.basename(tarball), sha256 },
     steps: [`echo ran >> ${runs}`, extraStep, "mkdir -p $DESTDIR/usr/share && cp data.txt $DESTDIR/usr/share/"],
-    dependencies: [],
-    runtimeDependencies: [],
-  };
+  });
 }
 
 const lines = async (f: string): Promise<string[]> => (await readFile(f, "utf8").catch(() => "")).split("\n").filter((l) => l !== "");

@@ -13,7 +13,8 @@ import assert from "node:assert/strict";
 import { loadConfig } from "@homeostat/core/config";
 import { BuildFailure } from "./errors.ts";
 import { IsolationUnavailableError, resolveIsolation, SANDBOX_ID } from "./isolation.ts";
-import { runSteps, workspaceLayout, type Workspace } from "./pipeline.ts";
+import { runSteps } from "./pipeline.ts";
+import { makeWorkspace, stepEnvironment } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-isolation-"));
 // As root the sandbox is started as the build uid, which must be able to walk down to workspaces.
@@ -28,12 +29,7 @@ const bwrapInstalled = await access("/usr/bin/bwrap").then(
 const skip = bwrapInstalled ? false : "bwrap (Debian package bubblewrap) is not installed";
 const iso = bwrapInstalled ? await resolveIsolation(defaults) : undefined;
 
-async function workspace(name: string): Promise<{ ws: Workspace; cwd: string }> {
-  const ws = workspaceLayout(path.join(tmp, name, "ws"));
-  const cwd = path.join(ws.root, "src");
-  for (const d of [ws.home, ws.dest, ws.sysroot, cwd]) await mkdir(d, { recursive: true });
-  return { ws, cwd };
-}
+const workspace = (name: string) => makeWorkspace(path.join(tmp, name, "ws"));
 
 test("the sandbox is required by default: isolation bubblewrap, no auto mode", () => {
   assert.equal(defaults.isolation, "bubblewrap");
@@ -122,13 +118,7 @@ test(
     ];
     const res = await runSteps(steps, { cwd, workspace: ws, isolation: iso!, sourceDateEpoch: 42, timeoutMs: 30_000 });
     assert.equal(res.steps.length, steps.length);
-    const env = Object.fromEntries(
-      (await readFile(path.join(cwd, "env.txt"), "utf8"))
-        .trim()
-        .split("\n")
-        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-    );
-    for (const k of ["PWD", "SHLVL", "_", "OLDPWD"]) delete env[k];
+    const env = await stepEnvironment(path.join(cwd, "env.txt"));
     assert.deepEqual(Object.keys(env), ["CPATH", "DESTDIR", "HOME", "LC_ALL", "LIBRARY_PATH", "PATH", "SOURCE_DATE_EPOCH", "SYSROOT", "TZ"]);
     assert.equal(env.DESTDIR, ws.dest);
     assert.equal(await readFile(path.join(ws.dest, "out"), "utf8"), "built\n");

@@ -21,9 +21,7 @@ import { classifyFailure } from "@homeostat/core/failure";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
 import { ArtifactStore } from "./store.ts";
-
-/** The catalog revision plans name (a directory catalog's content digest). */
-const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
+import { buildContext, packagePlan } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-package-build-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -55,32 +53,18 @@ const stale = await patchFile("stale.patch", "--- a/greeting.txt\n+++ b/greeting
 const INSTALL = "install -D -m 0644 greeting.txt $DESTDIR/usr/share/greet/greeting.txt";
 
 function request(label: string, extra: Partial<PackageBuildPlan> = {}): PackageBuildPlan {
-  return {
-    catalogRevision: CATALOG_REVISION,
-    kind: "package",
-    key: "package/greet",
-    name: "greet",
-    version: "1.0",
+  return packagePlan("greet", {
     // A distinct input digest per distinct request (the build cache keys on it).
     inputDigest: sha256Digest(`test-input:${label}`),
     sourceDateEpoch: 1_700_000_000,
     source,
     steps: [INSTALL],
-    dependencies: [],
-    runtimeDependencies: [],
     ...extra,
-  };
+  });
 }
 
 function ctxFor(name: string): BuildContext {
-  return {
-    dataDir: path.join(tmp, name),
-    timeoutMs: 60_000,
-    maxSourceBytes: 1 << 20,
-    unpackLimits: { maxBytes: 64 << 20, maxEntries: 10_000 },
-    isolation,
-    sourceBaseDir: sources,
-  };
+  return buildContext({ dataDir: path.join(tmp, name), timeoutMs: 60_000, isolation, sourceBaseDir: sources });
 }
 
 async function installed(ctx: BuildContext, o: BuildOutputs): Promise<string> {

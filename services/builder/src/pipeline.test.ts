@@ -1,26 +1,20 @@
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { BuildFailure } from "./errors.ts";
-import { loadConfig } from "@homeostat/core/config";
-import { resolveIsolation } from "./isolation.ts";
-import { runSteps, workspaceLayout, type Workspace } from "./pipeline.ts";
+import { runSteps } from "./pipeline.ts";
+import { makeWorkspace, stepEnvironment, unsandboxed } from "./test-support.ts";
 
 // The pipeline's own behaviour (order, environment, logs, timeouts, limits), unsandboxed: the
 // sandbox has its tests in isolation.test.ts and sandbox.test.ts.
-const none = await resolveIsolation(loadConfig({ HOMEOSTAT_BUILD_ISOLATION: "none", HOMEOSTAT_ALLOW_UNSANDBOXED_BUILDS: "true" }).buildSandbox);
+const none = await unsandboxed();
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-pipeline-"));
 after(() => rm(tmp, { recursive: true, force: true }));
 
-async function workspace(name: string): Promise<{ ws: Workspace; cwd: string }> {
-  const ws = workspaceLayout(path.join(tmp, name));
-  const cwd = path.join(ws.root, "src");
-  for (const d of [ws.home, ws.dest, ws.sysroot, cwd]) await mkdir(d, { recursive: true });
-  return { ws, cwd };
-}
+const workspace = (name: string) => makeWorkspace(path.join(tmp, name));
 
 /** Alive = exists and is not a zombie (PID 1 here may not reap orphans). */
 async function alive(pid: number): Promise<boolean> {
@@ -56,15 +50,7 @@ test("steps run in order in the source dir with exactly the cleared environment"
   delete process.env.HOMEOSTAT_SECRET_FOR_TEST;
   assert.equal(await readFile(path.join(cwd, "order"), "utf8"), "one\ntwo\n");
   assert.equal((await readFile(path.join(cwd, "where"), "utf8")).trim(), cwd);
-  const env = Object.fromEntries(
-    (await readFile(path.join(cwd, "env.txt"), "utf8"))
-      .trim()
-      .split("\n")
-      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-  );
-  // PWD (and on some shells SHLVL, _) are set by sh itself.
-  for (const k of ["PWD", "SHLVL", "_", "OLDPWD"]) delete env[k];
-  assert.deepEqual(env, {
+  assert.deepEqual(await stepEnvironment(path.join(cwd, "env.txt")), {
     CPATH: `${ws.sysroot}/usr/include`,
     DESTDIR: ws.dest,
     HOME: ws.home,

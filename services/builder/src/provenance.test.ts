@@ -3,9 +3,7 @@ import assert from "node:assert/strict";
 import { BUILDER_VERSION } from "@homeostat/core/contracts";
 import { type ImageBuildPlan, type PackageBuildPlan } from "@homeostat/catalog";
 import { BUILDER_ID, IMAGE_BUILD_TYPE, PACKAGE_BUILD_TYPE, slsaProvenance } from "./provenance.ts";
-
-/** The catalog revision plans name (a directory catalog's content digest). */
-const CATALOG_REVISION = `sha256:${"c".repeat(64)}`;
+import { CATALOG_REVISION } from "./test-support.ts";
 
 const hex = (c: string) => c.repeat(64);
 const d = (c: string) => `sha256:${hex(c)}` as const;

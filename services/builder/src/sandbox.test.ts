@@ -18,6 +18,7 @@ import { loadConfig } from "@homeostat/core/config";
 import { BuildFailure } from "./errors.ts";
 import { resolveIsolation, type Isolation } from "./isolation.ts";
 import { runSteps, workspaceLayout, type RunStepsOptions } from "./pipeline.ts";
+import { makeWorkspace } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-sandbox-"));
 await chmod(tmp, 0o711);
@@ -45,9 +46,7 @@ async function run(
   steps: string[],
   opts: { isolation?: Isolation; timeoutMs?: number } = {},
 ): Promise<{ result: Promise<unknown>; cwd: string; root: string }> {
-  const ws = workspaceLayout(path.join(dataDir, "work", `ws-${++workspaces}`));
-  const cwd = path.join(ws.root, "src");
-  for (const d of [ws.home, ws.dest, ws.sysroot, cwd]) await mkdir(d, { recursive: true });
+  const { ws, cwd } = await makeWorkspace(path.join(dataDir, "work", `ws-${++workspaces}`));
   const options: RunStepsOptions = {
     cwd,
     workspace: ws,

@@ -14,6 +14,7 @@ import { BuildFailure } from "./errors.ts";
 import { craftTar, craftTarGz, type CraftedEntry } from "../../../test/fixtures/crafted-tar.ts";
 import { fetchSource, isLoopbackHost, unpackArchive, type UnpackLimits } from "./source.ts";
 import { ArtifactStore, DigestMismatchError } from "./store.ts";
+import { reproducibleGit } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-source-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -312,26 +313,18 @@ test("symlinks and hard links to in-tree files are fine", async () => {
 /** A git repository with two commits; returns the commits and the sha256 of each one's `git archive` tar. */
 async function gitRepo(): Promise<{ dir: string; first: string; second: string; firstSha: string }> {
   const dir = path.join(tmp, "repo");
-  const env = {
-    ...process.env,
-    GIT_CONFIG_NOSYSTEM: "1",
-    GIT_CONFIG_GLOBAL: "/dev/null",
-    GIT_AUTHOR_DATE: "2024-01-01T00:00:00Z",
-    GIT_COMMITTER_DATE: "2024-01-01T00:00:00Z",
-  };
-  const git = (...args: string[]) =>
-    execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: dir, env, encoding: "utf8" }).trim();
+  const git = reproducibleGit(dir);
   await mkdir(path.join(dir, "src"), { recursive: true });
   git("init", "-q", "-b", "main");
   await writeFile(path.join(dir, "src/main.c"), "int main(void) { return 0; }\n");
   await writeFile(path.join(dir, "Makefile"), "all:\n\techo v1 > version\n");
   git("add", ".");
   git("commit", "-qm", "v1");
-  const first = git("rev-parse", "HEAD");
+  const first = git("rev-parse", "HEAD").toString().trim();
   await writeFile(path.join(dir, "Makefile"), "all:\n\techo v2 > version\n");
   git("commit", "-qam", "v2");
-  const second = git("rev-parse", "HEAD");
-  const tarBytes = execFileSync("git", ["archive", "--format=tar", first], { cwd: dir, env });
+  const second = git("rev-parse", "HEAD").toString().trim();
+  const tarBytes = git("archive", "--format=tar", first);
   return { dir, first, second, firstSha: createHash("sha256").update(tarBytes).digest("hex") };
 }
 
