@@ -90,8 +90,12 @@ function procSample(pid: number | undefined): { cpuS: number; rssMb: number } | 
   }
 }
 
-/** CPU seconds and peak RSS of each process over one scenario. */
-function resourceMeter(procs: () => Proc[]) {
+/**
+ * CPU seconds and peak RSS of each process over one scenario. The sampling ends when the reading
+ * is taken or `stopped` aborts: a scenario that fails never takes it, and its timer would keep
+ * the process (the storm test's) from ending.
+ */
+function resourceMeter(procs: () => Proc[], stopped: AbortSignal) {
   const start = new Map<string, number>();
   const peak = new Map<string, number>();
   for (const p of procs()) start.set(p.name, procSample(p.child.pid)?.cpuS ?? 0);
@@ -103,6 +107,7 @@ function resourceMeter(procs: () => Proc[]) {
   };
   tick();
   const timer = setInterval(tick, SAMPLE_MS);
+  stopped.addEventListener("abort", () => clearInterval(timer), { once: true });
   return () => {
     clearInterval(timer);
     tick();
@@ -256,6 +261,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
   await chmod(dir, 0o711);
   const stops: (() => Promise<void>)[] = [];
   const watching = new AbortController();
+  const sampling = new AbortController();
+  stops.push(async () => sampling.abort());
   try {
     const catalogDir = path.join(dir, "catalog");
     const t0 = Date.now();
@@ -410,7 +417,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
 
     // Bring-up: every key once, as a fresh factory's first resync would.
     {
-      const meter = resourceMeter(procs);
+      const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
       await enqueueAll("initial");
       const seconds = ((await converge("the catalog to be Ready")) - start) / 1000;
@@ -468,7 +475,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const archivesBefore = new Map([...follow.statuses].map(([k, s]) => [k, s.actual?.outputs.archive]));
       const runs0 = telemetry.runs();
       const acceptedAt: number[] = [];
-      const meter = resourceMeter(procs);
+      const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
       // Interleaved: a release request, then an advisory batch, and so on, HTTP_CONCURRENCY at a time.
       const requests: (() => Promise<void>)[] = [];
@@ -548,7 +555,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const before = builtInputs();
       const runs0 = telemetry.runs();
       const signed0 = follow.signedAt.length;
-      const meter = resourceMeter(procs);
+      const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
       const modified = new Date().toISOString();
       const source = await sourceTarball(catalogDir, fixed);
@@ -592,7 +599,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const image = catalog.impact([`package/${leaf}`]).keys.find((k) => k.startsWith("image/"));
       if (!image) throw new Error(`${leaf} is in no image`);
       const totals: number[] = [];
-      const meter = resourceMeter(procs);
+      const meter = resourceMeter(procs, sampling.signal);
       let version = builtStatus(follow.statuses, `package/${leaf}`).actual.version;
       for (let i = 0; i < o.latency; i++) {
         version = bump(version);
@@ -672,7 +679,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     {
       const before = builtInputs();
       const runs0 = telemetry.runs();
-      const meter = resourceMeter(procs);
+      const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
       await enqueueAll(`resync-${start}`);
       const enqueuedS = (Date.now() - start) / 1000;

@@ -3,11 +3,13 @@
  * by the five services, then the burst, base-advisory, latency and resync scenarios. Asserts
  * correctness only (every key Ready, events absorbed, every key a burst's release gives new inputs rebuilt,
  * runs per key bounded, every key rebuilt after the base advisory, zero builds on a resync); the
- * figures are the bench's to print.
+ * figures are the bench's to print. And a storm that fails (too short a timeout) says why and
+ * lets its process end: a test that failed must not hang its runner.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { QUICK, runStorm, type ScenarioLine } from "../benches/storm.ts";
+import { repoRoot, spawnSupervised } from "../scripts/factory.ts";
 
 test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, async () => {
   const lines = await runStorm(QUICK, (l) =>
@@ -43,4 +45,30 @@ test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, a
   assert.equal(resync.builds, 0, "a resync with nothing changed builds nothing");
   assert.ok((resync.runs as number) >= keys, "every key was reconciled");
   assert.equal(resync.all_ready, true);
+});
+
+test("a storm that fails says why and leaves nothing that keeps its process alive", { timeout: 600_000 }, async () => {
+  // Ten seconds cannot build the catalog: the first convergence times out. The caller catches
+  // the failure and returns; the process must then end by itself (no timer, socket or child left).
+  const script = `
+    import { QUICK, runStorm } from "./benches/storm.ts";
+    await runStorm({ ...QUICK, timeoutS: 10 }, () => {}).then(
+      () => console.log("storm passed"),
+      (err) => console.log("storm failed: " + err.message.split(";")[0]),
+    );`;
+  const child = spawnSupervised(process.execPath, ["--input-type=module", "-e", script], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+  const ended = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  let out = "";
+  const reported = new Promise<void>((resolve) =>
+    child.stdout?.on("data", (c: Buffer) => {
+      out += c.toString("utf8");
+      if (out.includes("storm ")) resolve();
+    }),
+  );
+  await Promise.race([reported, ended]);
+  const code = await Promise.race([ended, new Promise<"hung">((r) => setTimeout(() => r("hung"), 60_000))]);
+  if (code === "hung") child.kill("SIGKILL");
+  await ended;
+  assert.match(out, /storm failed: timed out after 10000 ms waiting for the catalog to be Ready/);
+  assert.equal(code, 0, `the process ends by itself within a minute of the failure (${code}); output: ${out}`);
 });
