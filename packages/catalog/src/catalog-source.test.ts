@@ -1,11 +1,10 @@
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readdirSync, utimesSync } from "node:fs";
 import path from "node:path";
 import { CatalogError } from "./catalog.ts";
 import { CatalogSource, parseCatalogLocation } from "./catalog-source.ts";
+import { git, scratchDirs, writeFiles as write } from "../../../test/fixtures/scratch.ts";
 
 const sha = "0".repeat(64);
 const pkg = (name: string, build: string[] = [], steps = "[make]") =>
@@ -17,24 +16,7 @@ const base = {
   "images/app.yaml": "name: app\npackages: [app]\n",
 };
 
-const made: string[] = [];
-after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-function tmp(prefix: string): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  made.push(dir);
-  return dir;
-}
-
-function write(dir: string, files: Record<string, string>): void {
-  for (const [rel, text] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true });
-    writeFileSync(path.join(dir, rel), text);
-  }
-}
-
-const git = (dir: string, ...args: string[]) =>
-  execFileSync("git", ["-C", dir, "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false", ...args], { encoding: "utf8" }).trim();
+const tmp = scratchDirs();
 
 /** A repository holding the catalog under catalog/, one commit per call of commit(). */
 function repo(): { dir: string; commit: (files: Record<string, string>, message: string) => string } {

@@ -1,26 +1,20 @@
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { catalogJsonSchemas, CatalogError, changedKeys, diffCatalogs, loadCatalog } from "./catalog.ts";
 import { sha256Hex } from "@homeostat/core/digest";
+import { scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
 
 const sha = "0".repeat(64);
 const pkg = (name: string, deps: { build?: string[]; runtime?: string[] } = {}) =>
   `name: ${name}\nversion: "1.0"\nsource:\n  url: ../sources/${name}-\${version}.tar.gz\n  sha256: "${sha}"\nbuild:\n  steps: [make]\ndependencies:\n  build: [${(deps.build ?? []).join(", ")}]\n  runtime: [${(deps.runtime ?? []).join(", ")}]\n`;
 
-const made: string[] = [];
-after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
+const tmp = scratchDirs();
 
 function catalogDir(files: Record<string, string>): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "catalog-"));
-  made.push(dir);
-  for (const [rel, text] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true });
-    writeFileSync(path.join(dir, rel), text);
-  }
+  const dir = tmp("catalog-");
+  writeFiles(dir, files);
   return dir;
 }
 

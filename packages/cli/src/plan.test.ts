@@ -3,16 +3,16 @@
  * a catalog, computed locally, in order; with what a live factory knows (its releases,
  * advisories and built versions) merged in — and the real bin printing it without a server.
  */
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadCatalog } from "@homeostat/catalog";
 import { parseAdvisoryFile, plan, type LivePackage } from "./plan.ts";
+import { scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
 
 const bin = fileURLToPath(new URL("../bin/homeostat", import.meta.url));
 const fixtures = fileURLToPath(new URL("../../../test/fixtures/osv/", import.meta.url));
@@ -20,12 +20,10 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const advisory = (id: string) => parseAdvisoryFile(readFileSync(path.join(fixtures, `${id}.json`), "utf8"), id);
 
 /** lodash <- app-lib <- tool; minimist (with a backport) <- tool; images: web [tool], cli [minimist]. */
-const made: string[] = [];
-after(() => made.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+const tmp = scratchDirs();
 
 function catalogDir(): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-plan-"));
-  made.push(dir);
+  const dir = tmp("homeostat-plan-");
   const patch = "--- a/x\n+++ b/x\n";
   const pkg = (name: string, version: string, deps: string[], extra = "") =>
     `name: ${name}\nversion: "${version}"\nsource: { url: "https://example.org/${name}-\${version}.tgz", sha256: "${sha(name)}" }\nbuild: { steps: [make] }\ndependencies: { build: [${deps.join(", ")}] }\n${extra}`;
@@ -38,10 +36,7 @@ function catalogDir(): string {
     "images/cli.yaml": "name: cli\npackages: [minimist]\n",
     "patches/setkey.patch": patch,
   };
-  for (const [f, text] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
-    writeFileSync(path.join(dir, f), text);
-  }
+  writeFiles(dir, files);
   return dir;
 }
 

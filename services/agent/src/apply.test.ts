@@ -5,27 +5,18 @@
  * configured branch fast-forwarded, never moved when someone else moved it meanwhile, and a
  * tag refused; the repository's working tree untouched.
  */
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { CatalogSource, loadCatalog } from "@homeostat/catalog";
 import { alreadyApplied, applyChange, changeDiff, changeOf, commitProposal, reviewBranch } from "./apply.ts";
+import { git, scratchDirs } from "../../../test/fixtures/scratch.ts";
 
-const made: string[] = [];
-after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
-function tmp(prefix: string): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  made.push(dir);
-  return dir;
-}
+const tmp = scratchDirs();
 
 const sha = "0".repeat(64);
 const recipe = (steps: string) => `name: hello\nversion: "1.0"\nsource:\n  url: ../sources/hello.tar.gz\n  sha256: "${sha}"\nbuild:\n  steps: [${steps}]\n`;
-const git = (dir: string, ...args: string[]) =>
-  execFileSync("git", ["-C", dir, "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false", ...args], { encoding: "utf8" }).trim();
 
 function writeCatalog(dir: string, steps = "make"): void {
   mkdirSync(path.join(dir, "packages"), { recursive: true });
