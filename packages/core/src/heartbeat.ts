@@ -38,10 +38,14 @@ export const heartbeatSchema = z.object({
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
-/** This process's instance id: host and pid, stable for its life and readable in `homeostat status` (a pod's hostname is its name). */
+/** A host name as instance ids spell it (a pod's hostname is its name): characters safe in a KV key and a file name. */
+export function instanceHost(host = os.hostname()): string {
+  return host.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 100) || "host";
+}
+
+/** This process's instance id: host and pid, stable for its life and readable in `homeostat status`. */
 export function instanceId(host = os.hostname(), pid = process.pid): string {
-  const h = host.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 100) || "host";
-  return `${h}-${pid}`;
+  return `${instanceHost(host)}-${pid}`;
 }
 
 export function heartbeatKey(service: string, instance: string): string {
@@ -128,22 +132,32 @@ export async function readHeartbeats(
   for await (const k of await kv.keys()) keys.push(k);
   const out: ServiceInstance[] = [];
   for (const k of keys.sort()) {
-    const e = await kv.get(k);
-    if (!e || e.operation !== "PUT") continue;
-    let parsed: ReturnType<typeof heartbeatSchema.safeParse>;
-    try {
-      parsed = heartbeatSchema.safeParse(e.json());
-    } catch (err) {
-      o.invalid?.(k, errorMessage(err));
-      continue;
-    }
-    if (!parsed.success) {
-      o.invalid?.(k, parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
-      continue;
-    }
-    // Aged by the server's receipt, not the writer's clock: hosts' clocks may disagree.
-    const ageMs = Math.max(0, now - e.created.getTime());
-    out.push({ ...parsed.data, ageMs, stale: parsed.data.health !== "stopped" && ageMs > o.staleAfterMs });
+    const instance = await readHeartbeat(kv, k, { ...o, now });
+    if (instance) out.push(instance);
   }
   return out;
+}
+
+/** The heartbeat under `key` (heartbeatKey), aged as readHeartbeats ages them; undefined when there is none or it does not parse (told to `invalid`). */
+export async function readHeartbeat(
+  kv: Pick<KV, "get">,
+  key: string,
+  o: { staleAfterMs: number; now?: number; invalid?: (key: string, reason: string) => void },
+): Promise<ServiceInstance | undefined> {
+  const e = await kv.get(key);
+  if (!e || e.operation !== "PUT") return undefined;
+  let parsed: ReturnType<typeof heartbeatSchema.safeParse>;
+  try {
+    parsed = heartbeatSchema.safeParse(e.json());
+  } catch (err) {
+    o.invalid?.(key, errorMessage(err));
+    return undefined;
+  }
+  if (!parsed.success) {
+    o.invalid?.(key, parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+    return undefined;
+  }
+  // Aged by the server's receipt, not the writer's clock: hosts' clocks may disagree.
+  const ageMs = Math.max(0, (o.now ?? Date.now()) - e.created.getTime());
+  return { ...parsed.data, ageMs, stale: parsed.data.health !== "stopped" && ageMs > o.staleAfterMs };
 }

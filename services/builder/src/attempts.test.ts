@@ -8,7 +8,8 @@ import { BuildRefusedError } from "./request.ts";
 
 const quiet = createLogger("attempts-test");
 const digest = (c: string) => `sha256:${c.repeat(64)}` as const;
-const delivery = { info: { deliveryCount: 1 } };
+/** A delivery of a message published just now. */
+const delivery = { info: { deliveryCount: 1, timestampNanos: Date.now() * 1e6 } };
 
 describe("build attempts (real NATS KV)", () => {
   let t: TestEnv;
@@ -27,16 +28,17 @@ describe("build attempts (real NATS KV)", () => {
     return { v: 2, key, catalogRevision: digest("c"), inputDigest: digest("a"), version: "1.0" };
   }
 
-  function wrap(
-    instance: string,
-    handle: (req: BuildRequest) => Promise<void>,
-    told: EnqueueRequest[] = [],
-    o: { ackWaitMs?: number; crashLimit?: number } = {},
-  ) {
+  /** The builder instances alive, as liveness.ts would find them; the others are gone. */
+  const alive = new Set<string>();
+  const recheckMs = 4_321;
+  const waitLimitMs = 60_000;
+
+  function wrap(instance: string, handle: (req: BuildRequest) => Promise<void>, told: EnqueueRequest[] = [], o: { crashLimit?: number } = {}) {
     return withFailureHandling(handle, {
       state,
       instance,
-      ackWaitMs: o.ackWaitMs ?? 50,
+      markOwner: async (owner) => (alive.has(owner) ? { alive: true, recheckMs } : { alive: false, why: "gone (test)" }),
+      waitLimitMs,
       crashLimit: o.crashLimit ?? 2,
       backoff: () => 1_234,
       enqueue: async (r) => void told.push(r),
@@ -51,12 +53,10 @@ describe("build attempts (real NATS KV)", () => {
     // Builder A starts it and dies (its handler never settles: a killed process reports nothing).
     void wrap("host_1_1", never)(req, delivery);
     await waitFor(async () => (await state.get(req.key))?.building?.instance === "host_1_1");
-    // Redelivered at once: A may be alive, so B hands it back for one ack wait.
-    await assert.rejects(wrap("host_2_2", never)(req, delivery), (e: unknown) => e instanceof TransientError && e.retryAfterMs === 50);
-    await sleep(60);
+    // Redelivered to B: A is gone, so B takes it over at once, counting A's death.
     void wrap("host_2_2", never)(req, delivery);
-    await waitFor(async () => (await state.get(req.key))?.building?.crashes === 1);
-    await sleep(60);
+    await waitFor(async () => (await state.get(req.key))?.building?.instance === "host_2_2");
+    assert.equal((await state.get(req.key))?.building?.crashes, 1);
     let ran = false;
     await wrap("host_3_3", async () => void (ran = true), told)(req, delivery);
     const s = (await state.get(req.key))!;
@@ -182,7 +182,7 @@ describe("build attempts (real NATS KV)", () => {
     const first = handle(req, delivery);
     await waitFor(async () => builds === 1);
     // The same request again (a NATS restart redelivered it, or the reconciler published it again).
-    const again = handle(req, { info: { deliveryCount: 2 } });
+    const again = handle(req, { info: { ...delivery.info, deliveryCount: 2 } });
     await sleep(50);
     assert.equal(builds, 1, "the redelivery does not start a second build");
     finish();
@@ -213,6 +213,71 @@ describe("build attempts (real NATS KV)", () => {
     });
     await Promise.all([handle(req, delivery), handle(next, delivery)]);
     assert.equal(most, 1, "never two builds of the key at once");
+  });
+
+  test("a request for a build a live builder is running is handed back, never built beside it, and taken over at once when that builder is gone", async () => {
+    const req = await building();
+    let builds = 0;
+    let finishA: () => void = () => {};
+    alive.add("host_4_4");
+    const a = wrap("host_4_4", async () => {
+      builds++;
+      await new Promise<void>((r) => (finishA = r));
+    });
+    const first = a(req, delivery);
+    await waitFor(async () => builds === 1);
+    // The same request reaches builder B (A's keep-alives missed the ack wait): A is alive, so B
+    // builds nothing and looks again when A's heartbeat would turn stale.
+    const b = wrap("host_5_5", async () => void builds++);
+    await assert.rejects(b(req, delivery), (e: unknown) => e instanceof TransientError && e.retryAfterMs === recheckMs && /host_4_4 is alive/.test(e.message));
+    const marked = (await state.get(req.key))?.building;
+    assert.deepEqual({ instance: marked?.instance, crashes: marked?.crashes }, { instance: "host_4_4", crashes: 0 }, "A's mark is left alone");
+    assert.equal(builds, 1);
+    // A dies: B's next look takes it over without waiting, counting A's death once.
+    alive.delete("host_4_4");
+    await b(req, delivery);
+    assert.equal(builds, 2);
+    const s = (await state.get(req.key))!;
+    assert.equal(s.building, undefined, "B's build settled");
+    finishA();
+    await first;
+  });
+
+  test("a copy of a request whose inputs another builder has built is dropped without a build", async () => {
+    const req = await building();
+    await state.update(req.key, (c) => ({ ...c!, phase: "Signing" }));
+    let ran = false;
+    await wrap("host_6_6", async () => void (ran = true))(req, delivery);
+    assert.equal(ran, false);
+    assert.equal((await state.get(req.key))?.phase, "Signing", "the key as it was");
+  });
+
+  test("a request that waits for another build longer than a build may take is given up: Failed with the reason, the queue told", async () => {
+    const req = await building();
+    const told: EnqueueRequest[] = [];
+    const early = wrap(
+      "host_1_1",
+      async () => {
+        throw new BuildRefusedError("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1");
+      },
+      told,
+    );
+    const published = { info: { deliveryCount: 30, timestampNanos: (Date.now() - waitLimitMs - 1_000) * 1e6 } };
+    await assert.rejects(early(req, published), NonRetriableError);
+    const s = (await state.get(req.key))!;
+    assert.equal(s.phase, "Failed");
+    assert.match(s.lastError ?? "", /waits for package\/dep to be built at 1\.1 \(still waiting \d+ s after the request/);
+    assert.deepEqual(
+      { kind: s.failure?.kind, count: s.failure?.count },
+      { kind: "transient", count: 1 },
+      "the reconciler retries it, or dead-letters it once its retries are spent",
+    );
+    assert.equal(told.length, 1, "the reconciler decides again now");
+    // A copy for inputs the key no longer wants is only dropped.
+    const stale = { ...(await building()), inputDigest: digest("b") };
+    await assert.rejects(early(stale, published), NonRetriableError);
+    assert.equal((await state.get(stale.key))?.phase, "Building");
+    assert.equal(told.length, 1);
   });
 });
 

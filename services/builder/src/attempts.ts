@@ -3,11 +3,17 @@
  * (request.ts):
  *
  * - before building, a durable "started" mark goes into the key's status (`building`: input
- *   digest, this process's instance, when). A redelivered request that finds another
- *   instance's mark, older than one ack wait, knows that builder died while building it: a
- *   crash, counted. At the crash limit the key is Failed with "the builder died while
- *   building this key" and the message is dropped, so a build that kills its builder ends in
- *   the dead letters (the reconciler's doing) instead of looping;
+ *   digest, this process's instance, when). A request for the same inputs that finds another
+ *   instance's mark (a redelivery after that builder's keep-alives missed the ack wait, or the
+ *   request published again) asks whether that builder is alive (liveness.ts: its pid on this
+ *   host, its heartbeat). Alive, it is building these inputs and answers them: the request is
+ *   handed back, to be looked at again when that builder's heartbeat would turn stale, and is
+ *   never built beside it. Gone, it died while building it: a crash, counted, and the build is
+ *   taken over. At the crash limit the key is Failed with "the builder died while building
+ *   this key" and the message is dropped, so a build that kills its builder ends in the dead
+ *   letters (the reconciler's doing) instead of looping;
+ * - a request for inputs already built (the key Signing or Ready at them: a copy of the request
+ *   that waited while another builder built them) is answered by that build and dropped;
  * - a transient failure (disk full, I/O, a lost connection) leaves the key Building with
  *   "retrying: <reason>, next at <time>" and the request comes back after the backoff;
  * - a permanent one (a step, a test, a checksum) marks the key Failed with the reason and the
@@ -15,14 +21,18 @@
  *   of times, then dead-letters it;
  * - an invalid one (a request the catalog and the facts refuse) marks the key Failed at once;
  *   but a request refused because the key waits for another build is retried like a transient
- *   failure: it came early, and that build comes.
+ *   failure: it came early, and that build comes. Not for ever: a request still waiting
+ *   `waitLimitMs` after it was published (longer than a build may take) marks the key Failed
+ *   (transient) with the reason, and the reconciler decides again: the key waits for that build
+ *   (its completion brings it back) and is retried with backoff, or dead-lettered once the
+ *   retries are spent.
  *
  * Every ending that leaves the key Failed tells the queue (an intake request), so that the
  * reconciler acts on it now instead of when the build should have ended. Only the status of a
  * key whose desired inputs are the request's is touched: a stale or forged request changes
  * nothing.
  *
- * Within one builder process a key has at most one build at a time. The mark only tells other
+ * Within one builder process a key has at most one build at a time. The mark tells other
  * instances apart, and the same request can reach the instance that is running it (after a NATS
  * restart the server redelivers a message whose ack wait ran out while it could not hear the
  * keep-alives; the reconciler may publish a request again): such a delivery joins the running
@@ -48,14 +58,17 @@ import {
   type StateStore,
 } from "@homeostat/core";
 import { BuildFailure } from "./errors.ts";
+import type { MarkOwner } from "./liveness.ts";
 import { BuildRefusedError } from "./request.ts";
 
 export type AttemptDeps = {
   state: StateStore;
   /** This process, as its marks name it: a restarted builder is another instance. */
   instance: string;
-  /** The build consumer's ack wait: a mark younger than this may belong to a builder that is alive. */
-  ackWaitMs: number;
+  /** Whether the builder instance a mark names is alive (liveness.ts). */
+  markOwner: (instance: string) => Promise<MarkOwner>;
+  /** How long after it was published a request waiting for another key's build is given up (see the module comment). */
+  waitLimitMs: number;
   /** Deaths of a builder with one key's build before the key is given up. */
   crashLimit: number;
   /** Delay before a transiently failed request comes back, by delivery count. */
@@ -65,10 +78,17 @@ export type AttemptDeps = {
   log: Logger;
 };
 
-type Delivery = { info: { deliveryCount: number } };
+/** What a handler sees of a message's delivery: its count, and when the message was published (ns since the epoch). */
+type Delivery = { info: { deliveryCount: number; timestampNanos: number } };
+
+/** How a claim on a key's build ended: build it, leave it to the live builder that is building it, drop it (already built), or give up (crash limit). */
+type Claim = { outcome: "run" | "built" | "gave-up" } | { outcome: "elsewhere"; instance: string; recheckMs: number };
 
 /** A key's build running in this process: the inputs and how its handling ends. */
 type Running = { inputDigest: string; ended: Promise<void> };
+
+/** How many times a claim looks at a mark that other builders keep replacing before it hands the request back. */
+const maxClaimLooks = 3;
 
 /**
  * A request that came before a build its inputs need (a dependency released after the request,
@@ -85,24 +105,40 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
   const current = (s: KeyStatus | undefined, req: BuildRequest): s is KeyStatus & Required<Pick<KeyStatus, "desiredInputDigest">> =>
     s !== undefined && s.desiredInputDigest === req.inputDigest;
 
-  /** Marks the build started; "busy" when a live builder may hold it, "gave-up" at the crash limit. */
-  async function claim(req: BuildRequest): Promise<"run" | "busy" | "gave-up"> {
-    let outcome: "run" | "busy" | "gave-up" = "run";
+  const markOf = (s: KeyStatus | undefined, req: BuildRequest) =>
+    current(s, req) && s.phase === "Building" && s.building?.inputDigest === req.inputDigest ? s.building : undefined;
+
+  /**
+   * Marks the build started, unless another instance's mark on it belongs to a builder that is
+   * alive ("elsewhere"), the inputs are built already ("built"), or the crash limit is reached
+   * ("gave-up").
+   */
+  async function claim(req: BuildRequest, looks = 1): Promise<Claim> {
+    // The owner's liveness is asked before the update, which then takes over that very mark only.
+    const seen = markOf(await deps.state.get(req.key), req);
+    if (seen && seen.instance !== deps.instance) {
+      const owner = await deps.markOwner(seen.instance);
+      if (owner.alive) return { outcome: "elsewhere", instance: seen.instance, recheckMs: owner.recheckMs };
+      deps.log.warn("taking over the build of a builder that is gone", { key: req.key, inputDigest: req.inputDigest, owner: seen.instance, why: owner.why });
+    }
+    let claimed = { outcome: "run" } as Claim | "marked-since";
     await deps.state.update(req.key, (s) => {
-      outcome = "run";
-      if (!current(s, req) || s.phase !== "Building") return undefined; // not asked for now: the handler refuses or skips it
-      const mark = s.building?.inputDigest === req.inputDigest ? s.building : undefined;
-      let crashes = mark?.crashes ?? 0;
-      if (mark && mark.instance !== deps.instance) {
-        if (Date.now() - Date.parse(mark.startedAt) < deps.ackWaitMs) {
-          outcome = "busy";
-          return undefined;
-        }
-        crashes++;
+      claimed = { outcome: "run" };
+      if (!current(s, req)) return undefined; // not asked for now: the handler refuses or skips it
+      if (s.phase !== "Building") {
+        if (s.phase === "Signing" || s.phase === "Ready") claimed = { outcome: "built" };
+        return undefined; // else the handler refuses or skips it
       }
+      const mark = markOf(s, req);
+      if (mark && mark.instance !== deps.instance && (mark.instance !== seen?.instance || mark.startedAt !== seen.startedAt)) {
+        claimed = "marked-since";
+        return undefined;
+      }
+      let crashes = mark?.crashes ?? 0;
+      if (mark && mark.instance !== deps.instance) crashes++;
       const now = new Date().toISOString();
       if (crashes >= deps.crashLimit) {
-        outcome = "gave-up";
+        claimed = { outcome: "gave-up" };
         const reason = crashReason("builder", crashes);
         return {
           ...s,
@@ -114,7 +150,11 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
       }
       return { ...s, building: { inputDigest: s.desiredInputDigest, instance: deps.instance, startedAt: now, crashes } };
     });
-    return outcome;
+    if (claimed !== "marked-since") return claimed;
+    // Another builder marked it since the look above: look at that one. Each look follows a
+    // claim by another builder, and there are few; the bound only keeps a pathological race finite.
+    if (looks < maxClaimLooks) return claim(req, looks + 1);
+    throw new TransientError(`${req.key}: builders kept marking this build while this one looked (${looks} times)`);
   }
 
   /** Records how the build ended: the mark goes, and a failure is written when there is one. */
@@ -130,8 +170,8 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
         return { ...s, building, failure: undefined };
       }
       if (failure.retryAt !== undefined) return { ...s, building, lastError: retryingText(failure.reason, failure.retryAt) };
-      // Invalid is only recorded for the build being asked for; a request for a key that moved on changes nothing.
-      if (failure.kind === "invalid" && s.phase !== "Building") return undefined;
+      // A refusal (invalid, or a wait given up) is only recorded for the build being asked for; a request for a key that moved on changes nothing.
+      if ((failure.kind === "invalid" || failure.kind === "transient") && s.phase !== "Building") return undefined;
       const before = s.failure?.inputDigest === req.inputDigest && s.failure.kind === failure.kind ? s.failure.count : 0;
       failed = true;
       return {
@@ -183,9 +223,15 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
 
   async function attempt(req: BuildRequest, msg: Delivery): Promise<void> {
     const claimed = await claim(req);
-    if (claimed === "busy")
-      throw new TransientError(`${req.key}: another builder started this build less than ${deps.ackWaitMs} ms ago`, { retryAfterMs: deps.ackWaitMs });
-    if (claimed === "gave-up") {
+    if (claimed.outcome === "elsewhere")
+      throw new TransientError(`${req.key}: builder ${claimed.instance} is alive and building these inputs; looking again in ${claimed.recheckMs} ms`, {
+        retryAfterMs: claimed.recheckMs,
+      });
+    if (claimed.outcome === "built") {
+      deps.log.info("these inputs are built already: nothing to do for this copy of the request", { key: req.key, inputDigest: req.inputDigest });
+      return;
+    }
+    if (claimed.outcome === "gave-up") {
       deps.log.error("giving up a build that kept killing its builder", { key: req.key, inputDigest: req.inputDigest, crashLimit: deps.crashLimit });
       await tellQueue(req, crashReason("builder", deps.crashLimit));
       return;
@@ -194,6 +240,13 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
       await handle(req);
     } catch (err) {
       const { kind, reason } = classifyFailure(err, { invalid: isInvalid, permanent: isPermanent });
+      const waitedMs = Date.now() - msg.info.timestampNanos / 1e6;
+      if (isEarly(err) && waitedMs > deps.waitLimitMs) {
+        const gaveUp = `${reason} (still waiting ${Math.round(waitedMs / 1000)} s after the request, longer than a build may take)`;
+        deps.log.warn("giving up a request that waits for another build", { key: req.key, inputDigest: req.inputDigest, waitedMs });
+        if (await settle(req, { kind, reason: gaveUp })) await tellQueue(req, `build request given up: ${gaveUp}`);
+        throw new NonRetriableError(`${req.key}: ${gaveUp}`, { cause: err });
+      }
       if (kind === "transient") {
         const delay = err instanceof TransientError && err.retryAfterMs !== undefined ? err.retryAfterMs : backoff(msg.info.deliveryCount);
         await settle(req, { kind, reason, retryAt: Date.now() + delay });

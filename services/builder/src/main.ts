@@ -11,8 +11,9 @@
  * backoff, permanent and invalid ones mark the key Failed, and a build that keeps killing its
  * builder is given up after HOMEOSTAT_BUILD_CRASH_LIMIT deaths. The build consumer's ack wait
  * is short (HOMEOSTAT_STAGE_ACK_WAIT_MS) and kept alive while a build runs, so another builder
- * takes over a dead one's build within seconds; at start a builder removes the workspaces of
- * builders that died on this host (workspaces.ts).
+ * takes over a dead one's build within seconds (a builder on the same host at once, another
+ * once the dead one's heartbeat is stale: liveness.ts), and leaves a live one's alone; at start
+ * a builder removes the workspaces of builders that died on this host (workspaces.ts).
  *
  * Its identity key is generated on first run into HOMEOSTAT_BUILDER_DIR (default
  * `<data>/builder`, 0700; `builder.key` 0600, `builder.pub` for the signer to trust), or
@@ -24,6 +25,7 @@ import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
+import { markDetail, markOwnerLiveness } from "./liveness.ts";
 import { withFailureHandling } from "./attempts.ts";
 import { createBuildHandler } from "./request.ts";
 import { createTrialHandler, serveTrials } from "./trial.ts";
@@ -88,10 +90,19 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
     refused: (reason) => refusals.add(1, { reason }),
     log,
   });
+  // The heartbeat names the instance this builder's marks carry, for the builders that meet them (liveness.ts).
+  health.detail(markDetail, () => instance.id);
   const handle = withFailureHandling(handleRequest, {
     state,
     instance: instance.id,
-    ackWaitMs: config.stageAckWaitMs,
+    markOwner: markOwnerLiveness({
+      services: await nats.kvm.open(nats.topology.bucket("services"), { allow_direct: true }),
+      me: instance,
+      staleAfterMs: config.health.staleAfterMs,
+      log,
+    }),
+    // A dependency's build ends, one way or another, within the build timeout.
+    waitLimitMs: config.buildTimeoutMs,
     crashLimit: config.buildFailures.crashLimit,
     log,
     enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),

@@ -8,24 +8,31 @@
  * left alone.
  */
 import { mkdir, readdir, rm } from "node:fs/promises";
-import os from "node:os";
 import path from "node:path";
+import { instanceHost } from "@homeostat/core";
 
 export type Instance = { id: string; host: string; pid: number };
 
-/** This process as a builder instance (names contain no path separator). */
+/**
+ * This process as a builder instance (names contain no path separator). Its host is spelled as
+ * in the heartbeat's instance id (`<host>-<pid>`), so that a build's mark names the heartbeat
+ * that tells whether its builder is alive (liveness.ts).
+ */
 export function currentInstance(now = Date.now()): Instance {
-  const host =
-    os
-      .hostname()
-      .replace(/[^A-Za-z0-9.-]/g, "-")
-      .slice(0, 64) || "host";
+  const host = instanceHost();
   return { id: `${host}_${process.pid}_${now}`, host, pid: process.pid };
 }
 
 const instancePattern = /^(.+)_(\d+)_(\d+)$/;
 
-function isRunning(pid: number): boolean {
+/** The host and pid of an instance id (currentInstance); undefined for anything else. */
+export function parseInstance(id: string): Instance | undefined {
+  const [, host, pid] = instancePattern.exec(id) ?? [];
+  return host && pid ? { id, host, pid: Number(pid) } : undefined;
+}
+
+/** Whether a process of this host has this pid (EPERM: it runs as another user). */
+export function isRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -39,10 +46,9 @@ export async function claimWorkRoot(workDir: string, me: Instance): Promise<{ ro
   await mkdir(workDir, { recursive: true });
   const removed: string[] = [];
   for (const entry of await readdir(workDir, { withFileTypes: true })) {
-    const m = instancePattern.exec(entry.name);
-    if (!entry.isDirectory() || !m || entry.name === me.id || m[1] !== me.host) continue;
-    const pid = Number(m[2]);
-    if (pid !== me.pid && isRunning(pid)) continue;
+    const other = parseInstance(entry.name);
+    if (!entry.isDirectory() || !other || other.id === me.id || other.host !== me.host) continue;
+    if (other.pid !== me.pid && isRunning(other.pid)) continue;
     await rm(path.join(workDir, entry.name), { recursive: true, force: true });
     removed.push(entry.name);
   }
