@@ -154,6 +154,14 @@ test("a merge keeps the enqueues of both, the older schedule's first, at most ma
   assert.deepEqual(workItemFor({ key: "package/k", priority: "release", cause: { type: "manual" } }, 5, traceparent(7)).enqueues, [traceparent(7)]);
 });
 
+test("a request's links follow the enqueue's own traceparent, each once, at most maxLinkedEnqueues", () => {
+  const req = { key: "package/k" as const, priority: "advisory" as const, cause: { type: "advisory" as const } };
+  assert.deepEqual(workItemFor({ ...req, links: [traceparent(2), traceparent(7), traceparent(3)] }, 5, traceparent(7)).enqueues, [7, 2, 3].map(traceparent));
+  assert.deepEqual(workItemFor({ ...req, links: [traceparent(2)] }, 5).enqueues, [traceparent(2)], "links without a span of its own");
+  const many = Array.from({ length: maxLinkedEnqueues + 3 }, (_, i) => traceparent(i + 10));
+  assert.deepEqual(workItemFor({ ...req, links: many }, 5, traceparent(1)).enqueues, [traceparent(1), ...many.slice(0, maxLinkedEnqueues - 1)]);
+});
+
 test("a queued message whose run would not link to a new enqueue is rewritten; a full one is kept", () => {
   const queuedOne = queued(4, { enqueuedAt: 100, enqueues: [traceparent(1)] });
   const plan = planMerge(item({ enqueuedAt: 200, enqueues: [traceparent(2)] }), [queuedOne], undefined);

@@ -14,10 +14,12 @@ export const rank = (p: Priority): number => priorities.indexOf(p);
 
 /**
  * The schedule an enqueue asks for: due now or at its not-before, never before its floor, fresh
- * attempts; `traceparent` is the enqueue's own span context, which the run will link to.
+ * attempts; `traceparent` is the enqueue's own span context, which the run will link to, and
+ * then the request's own links (at most `maxLinkedEnqueues` in all).
  */
 export function workItemFor(req: QueueRequest, now: number, traceparent?: string): WorkItem {
   const floor = req.floor ?? 0;
+  const enqueues = [...new Set([...(traceparent ? [traceparent] : []), ...(req.links ?? [])])].slice(0, maxLinkedEnqueues);
   return {
     v: 1,
     key: req.key,
@@ -27,7 +29,7 @@ export function workItemFor(req: QueueRequest, now: number, traceparent?: string
     notBefore: Math.max(req.notBefore ?? 0, floor),
     attempts: 0,
     enqueuedAt: now,
-    ...(traceparent ? { enqueues: [traceparent] } : {}),
+    ...(enqueues.length > 0 ? { enqueues } : {}),
   };
 }
 

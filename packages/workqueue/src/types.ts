@@ -19,8 +19,12 @@ export const requeueAfter = (ms: number): ReconcileResult => ({ type: "requeueAf
 export const notBefore = (ms: number): ReconcileResult => ({ type: "notBefore", ms });
 export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRetriable", reason });
 
-/** "Reconcile this key": a class, optionally not before a time, optionally with a floor. */
-export type QueueRequest = { key: Key; priority: Priority; cause: Cause; notBefore?: number; floor?: number };
+/**
+ * "Reconcile this key": a class, optionally not before a time, optionally with a floor.
+ * `links`: traceparents of further requests this one stands for (a caller that merged several
+ * into one enqueue), linked by the run besides the enqueue's own span.
+ */
+export type QueueRequest = { key: Key; priority: Priority; cause: Cause; notBefore?: number; floor?: number; links?: readonly string[] };
 
 /** added: newly queued; deduped: merged into the queued message; rerun: marked to run once more. */
 export type EnqueueOutcome = "added" | "deduped" | "rerun";
