@@ -5,14 +5,25 @@
  *   stream, which carries the event's keys, priority and cause type; a durable consumer of that
  *   stream enqueues every key (cause id = the event id, detail = its summary) and then acks.
  *   A crash between the enqueues and the ack redelivers the record and enqueues again, which
- *   the queue merges, so admission is at least once and its effect once.
+ *   the queue merges, so admission is at least once and its effect once. The records handled
+ *   at once (up to EVENT_ADMISSION_BATCH) enqueue each distinct key once (key-coalescer.ts):
+ *   the repeats of a burst reach the queue before the key's run starts, not each as a rerun.
  * - the intake stream, for the other producers (ingest's resync, the signer), where repeated
  *   deliveries of one request are dropped by Nats-Msg-Id.
  */
 import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EventLedger, type Logger, type Nats } from "@homeostat/core";
+import { currentTraceparent } from "@homeostat/core/telemetry";
 import type { EnqueueOutcome, WorkQueue } from "@homeostat/workqueue";
+import { KeyCoalescer } from "./key-coalescer.ts";
 
 export type AdmissionCounts = Record<EnqueueOutcome, number>;
+
+/**
+ * Event records admitted at once (the consumer's pull batch and records in hand): a batch of
+ * ingest's advisories (up to 10,000 documents, one record each) comes in a few turns, each
+ * key once per turn. Well under the admission consumer's max_ack_pending.
+ */
+export const EVENT_ADMISSION_BATCH = 1_000;
 
 export type AdmissionOptions = { log: Logger; signal: AbortSignal; concurrency: number; counts: AdmissionCounts };
 
@@ -31,8 +42,13 @@ export function runAdmission(n: Nats, queue: WorkQueue, o: AdmissionOptions): Pr
   });
 }
 
-/** Admits the keys of every event record until `signal` aborts (a malformed record is logged and dropped). */
+/**
+ * Admits the keys of every event record until `signal` aborts (a malformed record is logged and
+ * dropped), `o.concurrency` records at a time: the records in hand together enqueue each of
+ * their keys once.
+ */
 export async function runEventAdmission(n: Nats, ledger: EventLedger, queue: WorkQueue, o: AdmissionOptions): Promise<void> {
+  const coalescer = new KeyCoalescer((req) => queue.enqueue(req));
   return runConsumer(n, {
     stage: await ledger.admissionConsumer(),
     schema: eventRecordSchema,
@@ -42,7 +58,8 @@ export async function runEventAdmission(n: Nats, ledger: EventLedger, queue: Wor
     signal: o.signal,
     handle: async (record) => {
       const cause = { type: record.causeType, id: record.id, detail: record.summary };
-      const outcomes = await Promise.all(record.keys.map((key) => queue.enqueue({ key, priority: record.priority, cause })));
+      const link = currentTraceparent();
+      const outcomes = await Promise.all(record.keys.map((key) => coalescer.enqueue({ key, priority: record.priority, cause }, link)));
       for (const outcome of outcomes) o.counts[outcome]++;
     },
   });

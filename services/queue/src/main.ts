@@ -13,7 +13,7 @@ import { errorMessage, EventLedger, runService } from "@homeostat/core";
 import { KeyFeed } from "./key-feed.ts";
 import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
+import { EVENT_ADMISSION_BATCH, runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 import { startStatusApi } from "./status-api.ts";
 import { ProposalStore } from "@homeostat/proposals";
 import { QuestionStore } from "@homeostat/proposals/questions";
@@ -79,7 +79,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
   const admitting = Promise.all([
     runAdmission(nats, queue, { log, signal, concurrency: 64, counts }),
-    runEventAdmission(nats, ledger, queue, { log, signal, concurrency: 64, counts }),
+    runEventAdmission(nats, ledger, queue, { log, signal, concurrency: EVENT_ADMISSION_BATCH, counts }),
   ]);
   // A worker that crashed between acking a run and queueing its follow-up left that promise in
   // its run record; sweeping once per lease keeps it.
