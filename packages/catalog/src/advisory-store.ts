@@ -23,6 +23,7 @@ import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import { CachedScan } from "./kv-scan.ts";
+import { packageFilter } from "./releases.ts";
 import type { Nats } from "@homeostat/core/topology";
 
 const decoder = new TextDecoder();
@@ -31,6 +32,9 @@ const decoder = new TextDecoder();
 export function advisoryBucket(n: Pick<Nats, "topology">): string {
   return n.topology.bucket("advisories");
 }
+
+/** Advisories in id order (a new array: the scanned ones are shared). */
+const byId = (advisories: readonly Osv[]): Osv[] => [...advisories].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 
 export class AdvisoryStore {
   readonly kv: KV;
@@ -61,8 +65,13 @@ export class AdvisoryStore {
 
   /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
   async list(name: string): Promise<Osv[]> {
-    const out = await this.scan.list(`${escapeToken(name)}.*`);
-    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return byId(await this.scan.list(packageFilter(name)));
+  }
+
+  /** `list` for one reconcile's reads (CachedScan.reader): each package's advisories read once per change of the bucket. */
+  async reader(): Promise<(name: string) => Promise<Osv[]>> {
+    const list = await this.scan.reader();
+    return async (name) => byId(await list(packageFilter(name)));
   }
 
   /** Compare-and-set on the entry's revision; a concurrent writer makes it read again. */

@@ -77,3 +77,38 @@ test("a cached scan keeps at most its bound of filters, the least recently liste
   assert.deepEqual(await scan.list("bound-a.*"), ["a"]);
   assert.equal(parsed, 3);
 });
+
+test("a reader lists from memory while the bucket is unchanged, and asks again after any write to it", { timeout: 30_000 }, async () => {
+  const kv = t.buckets.releases;
+  const text = (v: Uint8Array) => new TextDecoder().decode(v);
+  // Every request CachedScan makes is a direct get: count them.
+  const direct = (kv as unknown as { jsm: { direct: { getMessage: (...args: unknown[]) => Promise<unknown> } } }).jsm.direct;
+  const getMessage = direct.getMessage;
+  let requests = 0;
+  direct.getMessage = (...args) => (requests++, getMessage.apply(direct, args));
+  try {
+    const scan = new CachedScan(kv, text);
+    await kv.put("ash.1_0", "a");
+    let list = await scan.reader();
+    assert.deepEqual(await list("ash.*"), ["a"]);
+    assert.deepEqual(await list("rowan.*"), [], "a filter with no entries");
+    const read = requests;
+    list = await scan.reader();
+    assert.deepEqual(await list("ash.*"), ["a"]);
+    assert.deepEqual(await list("rowan.*"), []);
+    assert.equal(requests, read + 1, "unchanged bucket: its revision is the one request");
+    await kv.put("elm.1_0", "other");
+    list = await scan.reader();
+    assert.deepEqual(await list("ash.*"), ["a"]);
+    assert.ok(requests >= read + 3, "a write anywhere in the bucket: the filter asks again");
+    await kv.put("ash.1_1", "b");
+    await kv.put("rowan.1_0", "r");
+    list = await scan.reader();
+    assert.deepEqual((await list("ash.*")).sort(), ["a", "b"]);
+    assert.deepEqual(await list("rowan.*"), ["r"], "an empty filter that gained an entry");
+    await kv.delete("ash.1_0");
+    assert.deepEqual(await (await scan.reader())("ash.*"), ["b"]);
+  } finally {
+    direct.getMessage = getMessage;
+  }
+});

@@ -12,6 +12,7 @@
  * at 2.7 GB RSS and half a core.
  */
 import type { KV } from "@nats-io/kv";
+import { bucketRevision } from "@homeostat/core/state";
 
 type DirectMessage = { subject: string; seq: number; data: Uint8Array; header?: { get(name: string): string } };
 /** What @nats-io/kv's bucket keeps and its KV interface does not expose (its JetStream manager's direct API, typed as used here). */
@@ -76,7 +77,8 @@ export class CachedScan<T> {
   private readonly kv: KV;
   private readonly parse: (value: Uint8Array) => T;
   private readonly maxFilters: number;
-  private readonly cache = new Map<string, { last: number; entries: Map<string, T> }>();
+  /** Per filter: the last message under it, its entries, and the bucket revision of the reader that last listed it (reader()). */
+  private readonly cache = new Map<string, { last: number; entries: Map<string, T>; at?: number }>();
 
   constructor(kv: KV, parse: (value: Uint8Array) => T, maxFilters = 50_000) {
     this.kv = kv;
@@ -84,28 +86,49 @@ export class CachedScan<T> {
     this.maxFilters = maxFilters;
   }
 
-  /** The parsed live entries under `filter`, in the order their keys were first written. */
-  async list(filter: string): Promise<T[]> {
+  /**
+   * `list` for reads as of this call or later (one reconcile's): it takes the bucket's revision
+   * now, and a filter listed by a reader that had that same revision needs no request at all
+   * (nothing in the bucket changed in between). A reconcile that changes nothing so lists each
+   * package's entries once per change of the bucket, not once per run.
+   */
+  async reader(): Promise<(filter: string) => Promise<T[]>> {
+    const at = await bucketRevision(this.kv);
+    return (filter) => this.list(filter, at);
+  }
+
+  /**
+   * The parsed live entries under `filter`, in the order their keys were first written. `at`:
+   * the bucket revision the caller saw before this call (reader()); undefined asks the bucket.
+   */
+  async list(filter: string, at?: number): Promise<T[]> {
     const bucket = this.kv as unknown as BucketInternals;
     if (!bucket.direct) return (await scanEntries(this.kv, filter)).map((e) => this.parse(e.value));
-    const newest = await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.${filter}` });
     const known = this.cache.get(filter);
+    if (at !== undefined && known?.at === at) return [...known.entries.values()];
+    const newest = await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
-    if (!newest) return [];
-    if (known?.last === newest.seq) {
-      this.cache.set(filter, known);
-      return [...known.entries.values()];
-    }
-    const entries = new Map(known?.entries);
-    const last = await scanFrom(bucket, filter, (known?.last ?? 0) + 1, (key, value) => {
-      entries.delete(key);
-      if (value) entries.set(key, this.parse(value));
-    });
-    this.cache.set(filter, { last, entries });
+    // No message under the filter is an empty list, kept too: most packages have no advisories.
+    const fresh = !newest
+      ? { last: 0, entries: new Map<string, T>(), at }
+      : known?.last === newest.seq
+        ? { ...known, at }
+        : await this.readAfter(bucket, filter, known?.last ?? 0, known?.entries, at);
+    this.cache.set(filter, fresh);
     if (this.cache.size > this.maxFilters) {
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
-    return [...entries.values()];
+    return [...fresh.entries.values()];
+  }
+
+  /** `known` updated with the messages under `filter` after sequence `last`. */
+  private async readAfter(bucket: BucketInternals, filter: string, last: number, known: Map<string, T> | undefined, at: number | undefined) {
+    const entries = new Map(known);
+    const newLast = await scanFrom(bucket, filter, last + 1, (key, value) => {
+      entries.delete(key);
+      if (value) entries.set(key, this.parse(value));
+    });
+    return { last: newLast, entries, at };
   }
 }

@@ -36,6 +36,9 @@ export type Release = z.infer<typeof releaseSchema>;
 
 export class ReleaseConflictError extends Error {}
 
+/** The keys of a package's entries in the releases and advisories buckets: `<package>.<version or id>`. */
+export const packageFilter = (pkg: string): string => `${escapeToken(pkg)}.*`;
+
 export class ReleaseStore {
   readonly kv: KV;
   private readonly scan: CachedScan<Release>;
@@ -64,7 +67,13 @@ export class ReleaseStore {
   }
 
   async list(pkg: string): Promise<Release[]> {
-    return this.scan.list(`${escapeToken(pkg)}.*`);
+    return this.scan.list(packageFilter(pkg));
+  }
+
+  /** `list` for one reconcile's reads (CachedScan.reader): each package's releases read once per change of the bucket. */
+  async reader(): Promise<(pkg: string) => Promise<Release[]>> {
+    const list = await this.scan.reader();
+    return (pkg) => list(packageFilter(pkg));
   }
 }
 

@@ -95,3 +95,35 @@ test("remove deletes a status once; a later update starts afresh", async () => {
   const reborn = await writers[0]!.update(key, bump(key));
   assert.equal(reborn?.attempts, 1, "written over the delete marker, from the initial status");
 });
+
+test("a reader answers from memory while the bucket is unchanged, and reads again after any write to it", async () => {
+  const kv = await new Kvm(connections[0]!).open("state");
+  let gets = 0;
+  // The same bucket with its gets counted (the revision is a direct get of its own, not counted).
+  const counted = new Proxy(kv, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (prop === "get") return (...args: Parameters<KV["get"]>) => (gets++, target.get(...args));
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const store = new StateStore(counted);
+  const [w] = writers;
+  await w!.update("package/read-a", bump("package/read-a"));
+  await w!.update("package/read-b", bump("package/read-b"));
+  let read = await store.reader();
+  assert.equal((await read("package/read-a"))?.attempts, 1);
+  assert.equal(await read("package/read-none"), undefined);
+  assert.equal(gets, 2);
+  read = await store.reader();
+  assert.equal((await read("package/read-a"))?.attempts, 1);
+  assert.equal(await read("package/read-none"), undefined);
+  assert.equal(gets, 2, "unchanged bucket: nothing read again, an absent key included");
+  await writers[1]!.update("package/read-b", bump("package/read-b"));
+  read = await store.reader();
+  assert.equal((await read("package/read-a"))?.attempts, 1);
+  assert.equal((await read("package/read-b"))?.attempts, 2, "another writer's change is seen");
+  assert.equal(gets, 4, "a write anywhere in the bucket: each key is read again");
+  await w!.remove("package/read-a");
+  assert.equal(await (await store.reader())("package/read-a"), undefined, "a removal is seen");
+});

@@ -12,8 +12,32 @@ import { isRevisionConflict } from "./jetstream-errors.ts";
 import { keyToken, type Key } from "./key.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
 
+/** What @nats-io/kv's bucket keeps and its KV interface does not expose (its direct gets, stream and subject prefix), typed as used here. */
+type BucketInternals = {
+  jsm: { direct: { getMessage(stream: string, query: { last_by_subj: string }): Promise<{ seq: number } | null> } };
+  stream: string;
+  prefix: string;
+  direct: boolean;
+};
+
+/**
+ * The newest revision of any key of the bucket (its stream's last sequence; 0 when empty), in
+ * one direct get of the last message on all its subjects. Every put, delete and purge of a key
+ * is a new message, so an unchanged revision means nothing in the bucket changed in between.
+ */
+export async function bucketRevision(kv: KV): Promise<number> {
+  const bucket = kv as unknown as BucketInternals;
+  if (!bucket.direct) return (await kv.status()).streamInfo.state.last_seq;
+  return (await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
+}
+
+/** Statuses kept for readers (StateStore.reader), the least recently read going first beyond this. */
+const maxRemembered = 100_000;
+
 export class StateStore {
   readonly kv: KV;
+  /** Each key's status as read, with the bucket revision a reader had when it was read. */
+  readonly #remembered = new Map<string, { at: number; status: KeyStatus | undefined }>();
   constructor(kv: KV) {
     this.kv = kv;
   }
@@ -22,6 +46,32 @@ export class StateStore {
     const e = await this.kv.get(keyToken(key));
     if (!e || e.operation !== "PUT") return undefined;
     return keyStatusSchema.parse(e.json());
+  }
+
+  /**
+   * A reader of statuses as of this call or later, for code that reads many keys (the
+   * reconciler reads those of every dependency): it takes the bucket's revision now, and a
+   * status read earlier by a reader that had that same revision is still the key's status
+   * (nothing was written in between), so it comes from memory; anything else is read. A
+   * reconcile that changes nothing reads no dependency twice while nothing changes.
+   * The statuses are shared: callers must not change them.
+   */
+  async reader(): Promise<(key: Key) => Promise<KeyStatus | undefined>> {
+    const at = await bucketRevision(this.kv);
+    return async (key) => {
+      const token = keyToken(key);
+      const known = this.#remembered.get(token);
+      if (known?.at === at) return known.status;
+      // Read after `at` was taken: as of `at` or later, which is what every reader at `at` needs.
+      const status = await this.get(key);
+      this.#remembered.delete(token);
+      this.#remembered.set(token, { at, status });
+      if (this.#remembered.size > maxRemembered) {
+        const oldest = this.#remembered.keys().next();
+        if (!oldest.done) this.#remembered.delete(oldest.value);
+      }
+      return status;
+    };
   }
 
   /**
