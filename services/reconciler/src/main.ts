@@ -4,7 +4,7 @@ import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore, Upstr
 import { errorMessage, publish, reconcilerPriorities, runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { onCatalogReload } from "./catalog-watch.ts";
-import { buildMessageId, createReconciler } from "./reconcile.ts";
+import { buildMessageId, createReconciler, storeInputs } from "./reconcile.ts";
 import { UpstreamResolver } from "./upstream.ts";
 
 await runService("reconciler", async ({ config, log, nats, buckets, signal }) => {
@@ -35,8 +35,7 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     resolveUpstream: (catalog, name, o) => upstream.resolve(catalog, name, o),
     catalog: () => source.current(),
     state,
-    releases: (pkg) => releases.list(pkg),
-    advisories: (pkg) => advisories.list(pkg),
+    inputs: storeInputs({ releases, advisories, state }),
     requestBuild: async (req, requestId) => void (await publish(nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
     sourceDateEpoch: config.sourceDateEpoch,
     staleBuildMs: config.buildTimeoutMs * 2,

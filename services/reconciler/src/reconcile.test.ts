@@ -13,7 +13,7 @@ import { buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
-import { buildMessageId, createReconciler } from "./reconcile.ts";
+import { buildMessageId, createReconciler, storeInputs, type ReconcilerDeps } from "./reconcile.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
@@ -94,19 +94,18 @@ describe("reconciler", { timeout: 60_000 }, () => {
   const queued = async () => (await messages<WorkItem>("work")).map((w) => w.key).sort();
   const childKeys = (r: ReconcileResult) => ("children" in r ? (r.children ?? []) : []).map((c) => c.key).sort();
 
-  /** The reconciler of `catalogOf()` over this test's stores and streams. */
-  const reconcilerOf = (catalogOf: () => Catalog) =>
-    createReconciler({
-      catalog: catalogOf,
-      state,
-      releases: (p) => releases.list(p),
-      advisories: (p) => advisories.list(p),
-      requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
-      sourceDateEpoch: 0,
-      staleBuildMs: 60_000,
-      buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
-      log: quiet,
-    });
+  /** The reconciler's dependencies for `catalogOf()` over this test's stores and streams. */
+  const reconcilerDepsOf = (catalogOf: () => Catalog): ReconcilerDeps => ({
+    catalog: catalogOf,
+    state,
+    inputs: storeInputs({ releases, advisories, state }),
+    requestBuild: async (req, requestId) => void (await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) })),
+    sourceDateEpoch: 0,
+    staleBuildMs: 60_000,
+    buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
+    log: quiet,
+  });
+  const reconcilerOf = (catalogOf: () => Catalog) => createReconciler(reconcilerDepsOf(catalogOf));
 
   before(async () => {
     t = await testEnv();
@@ -235,6 +234,62 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await builds(), ["package/tip@1.1"], "tip's own release is built");
     assert.equal((await state.get("package/tip"))!.waitingFor, undefined);
     assert.deepEqual(await runChain("package/upper", { type: "resync" }), { type: "done" }, "a resync, with no one waiting, tells no one");
+  });
+
+  test("a dependent told by several keys of one wave runs once, after the last; a mark that lands during a run stays", async () => {
+    // root <- a, b; tip = [a, b]; top = [root, a]. A new root is built: a and b rebuild, and tip and top each wait for a sibling.
+    const waveDir = path.join(t.dir, "wave-catalog");
+    writeCatalog(waveDir, {
+      "packages/wroot.yaml": packageYaml("wroot", []),
+      "packages/wa.yaml": packageYaml("wa", ["wroot"]),
+      "packages/wb.yaml": packageYaml("wb", ["wroot"]),
+      "packages/wtip.yaml": packageYaml("wtip", ["wa", "wb"]),
+      "packages/wtop.yaml": packageYaml("wtop", ["wroot", "wa"]),
+    });
+    const wave = await loadCatalog(waveDir);
+    const reconcileWave = reconcilerOf(() => wave);
+    const runWave = (key: Key, cause: WorkItem["cause"]) =>
+      reconcileWave({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    const built = async (key: Key) => runWave(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
+    for (const key of ["package/wroot", "package/wa", "package/wb", "package/wtip", "package/wtop"] as const) {
+      await runWave(key, { type: "resync" });
+      await complete(key);
+      await built(key);
+    }
+    await purge("build");
+    await releases.record({ package: "wroot", version: "1.1", url: "https://example.org/wroot-1.1.tar.gz", sha256: sha("wroot-1.1") });
+    await runWave("package/wroot", { type: "release" });
+    await complete("package/wroot");
+    assert.deepEqual(childKeys(await built("package/wroot")), ["package/wa", "package/wb"], "top is left to a, told in the same run");
+    assert.match((await state.get("package/wtop"))!.waitingFor ?? "", /package\/wa to settle first/);
+    await runWave("package/wa", { type: "dependency", id: "package/wroot" });
+    await runWave("package/wb", { type: "dependency", id: "package/wroot" });
+    assert.deepEqual((await builds()).sort(), ["package/wa@1.0", "package/wb@1.0", "package/wroot@1.1"]);
+    await complete("package/wa");
+    assert.deepEqual(childKeys(await built("package/wa")), ["package/wtop"], "tip is left to b, whose build is in flight");
+    assert.match((await state.get("package/wtip"))!.waitingFor ?? "", /package\/wb to be built at 1\.0/);
+    await complete("package/wb");
+    assert.deepEqual(childKeys(await built("package/wb")), ["package/wtip"], "b's completion tells tip, once");
+    await runWave("package/wtip", { type: "dependency", id: "package/wb" });
+    await runWave("package/wtop", { type: "dependency", id: "package/wa" });
+    assert.deepEqual((await builds()).filter((b) => /wtip|wtop/.test(b)).sort(), ["package/wtip@1.0", "package/wtop@1.0"], "each built once");
+    assert.equal((await state.get("package/wtip"))!.waitingFor, undefined);
+
+    // A dependency's mark written while a run of the key is under way (after the run read the
+    // key's status) may stand for a build the run's inputs do not show yet: the run keeps it.
+    await complete("package/wtip");
+    await built("package/wtip");
+    const marking = createReconciler({
+      ...reconcilerDepsOf(() => wave),
+      inputs: async () => {
+        await state.update("package/wtip", (s) => s && { ...s, waitingFor: "package/wb to be built at 1.1" });
+        return storeInputs({ releases, advisories, state })();
+      },
+    });
+    await marking({ v: 1, key: "package/wtip", priority: "resync", cause: { type: "resync" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    assert.equal((await state.get("package/wtip"))!.waitingFor, "package/wb to be built at 1.1", "kept: it was not there when the run began");
+    await runWave("package/wtip", { type: "resync" });
+    assert.equal((await state.get("package/wtip"))!.waitingFor, undefined, "a run that read the mark and finds the key up to date clears it");
   });
 
   test("the catalog revision is in the request, not in the input digest; the request carries no recipe", async () => {
@@ -383,8 +438,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const flaky = createReconciler({
       catalog: () => catalog,
       state,
-      releases: (p) => releases.list(p),
-      advisories: (p) => advisories.list(p),
+      inputs: storeInputs({ releases, advisories, state }),
       sourceDateEpoch: 0,
       staleBuildMs: 60_000,
       buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },

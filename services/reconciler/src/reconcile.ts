@@ -33,7 +33,7 @@ import {
 } from "@homeostat/core";
 import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemetry";
 import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
-import { buildRequestOf, DesiredState, type Catalog, type Desired, type Osv, type Release } from "@homeostat/catalog";
+import { buildRequestOf, DesiredState, type AdvisoryStore, type Catalog, type Desired, type DesiredInputs, type ReleaseStore } from "@homeostat/catalog";
 import type { Resolution } from "./upstream.ts";
 
 /** Builds requested, by trigger (the cause type: release, advisory, dependency, resync, catalog, manual…); made on first use, once the MeterProvider is registered. */
@@ -41,11 +41,26 @@ let rebuildCounter: Counter | undefined;
 const rebuilds = (): Counter =>
   (rebuildCounter ??= meter().createCounter("homeostat.rebuilds", { unit: "{build}", description: "Builds the reconciler requested, by trigger and kind" }));
 
+/** What one run decides from besides the catalog: releases and advisories by package, and other keys' statuses. */
+export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch">;
+
+/**
+ * The stores' readers as one run's inputs: each answers as of the moment they were taken or
+ * later, and reads again only what changed since an earlier run read it (a reconcile that
+ * changes nothing, as in a resync, then costs three requests for all its dependencies).
+ */
+export function storeInputs(stores: { releases: ReleaseStore; advisories: AdvisoryStore; state: StateStore }): () => Promise<RunInputs> {
+  return async () => {
+    const [releases, advisories, status] = await Promise.all([stores.releases.reader(), stores.advisories.reader(), stores.state.reader()]);
+    return { releases, advisories, status };
+  };
+}
+
 export type ReconcilerDeps = {
   catalog: () => Catalog;
   state: StateStore;
-  releases: (pkg: string) => Promise<Release[]>;
-  advisories: (pkg: string) => Promise<Osv[]>;
+  /** Taken once per run, after the key's own status is read (storeInputs). */
+  inputs: () => Promise<RunInputs>;
   /**
    * Asks the builder for a build by key, catalog revision and input digest (never by recipe).
    * `requestId` names this request (the time it was recorded in the key's status): publishing it
@@ -114,15 +129,11 @@ export function createReconciler(deps: ReconcilerDeps) {
       return done;
     }
 
-    const desiredState = new DesiredState({
-      catalog,
-      releases: deps.releases,
-      advisories: deps.advisories,
-      status: (k) => deps.state.get(k),
-      sourceDateEpoch: deps.sourceDateEpoch,
-    });
-    const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
+    // The key's status before its inputs: a dependency's waiting mark written after this read
+    // may come from a build this run's inputs do not show yet, so the run must not clear it.
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
+    const desiredState = new DesiredState({ catalog, ...(await deps.inputs()), sourceDateEpoch: deps.sourceDateEpoch });
+    const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
 
     if (desired.state === "waiting") {
       // Nothing to do until the dependency is built: its completion enqueues this key again.
@@ -163,7 +174,6 @@ export function createReconciler(deps: ReconcilerDeps) {
         priority: "dependency",
         cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
       });
-      const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
       // A dependency's build that leaves this key's inputs as they were (the same archive at a
       // new version) makes this key build nothing and fan nothing out; but a key further down
       // may wait for that very build (a dependent waits for the deepest build its inputs need),
@@ -171,9 +181,6 @@ export function createReconciler(deps: ReconcilerDeps) {
       // on to every dependent, down to whoever waits; it stops where the graph ends. Any other
       // run tells only the dependents that wait.
       const passOn = builtNow || status.fannedOut !== desired.inputDigest || item.cause.type === "dependency";
-      const children = passOn
-        ? dependents.map(tell)
-        : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [tell(child)] : [])))).flat();
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
         const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
@@ -183,12 +190,14 @@ export function createReconciler(deps: ReconcilerDeps) {
         const open =
           s.desiredInputDigest !== undefined && s.desiredInputDigest !== desired.inputDigest ? openRequest(succeeded, s.desiredInputDigest) : undefined;
         const settled = open ? (settleBuild(succeeded, open.inputDigest, "superseded", at) ?? succeeded) : succeeded;
+        // A waiting mark a dependency wrote since this run read the status stays (noticesDue).
+        const waitingFor = s.waitingFor === status.waitingFor ? undefined : s.waitingFor;
         if (
           settled === s &&
           s.phase === "Ready" &&
           s.desiredInputDigest === desired.inputDigest &&
           s.fannedOut === desired.inputDigest &&
-          !s.waitingFor &&
+          s.waitingFor === waitingFor &&
           !s.advisories
         )
           return undefined;
@@ -198,10 +207,17 @@ export function createReconciler(deps: ReconcilerDeps) {
           desiredVersion: desired.version,
           desiredInputDigest: desired.inputDigest,
           fannedOut: desired.inputDigest,
-          waitingFor: undefined,
+          waitingFor,
           advisories: undefined,
         };
       });
+      // Read after this key's own status is written: a dependent marked waiting for this key
+      // before that write is seen here (noticesDue).
+      const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
+      const candidates = passOn
+        ? dependents
+        : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [child] : [])))).flat();
+      const children = (await noticesDue(item.key, candidates, catalog)).map(tell);
       return children.length ? doneWith(children) : done;
     }
 
@@ -283,6 +299,67 @@ export function createReconciler(deps: ReconcilerDeps) {
   }
 
   /**
+   * Which of `candidates` (dependents of `key` it would tell of its build) to tell now. A
+   * dependent with another input whose own settling is still to come would only find itself
+   * waiting for it, and that input tells it when it settles: so it is left to that input and
+   * marked waiting (unless it already waits), which makes the input's later run tell it even
+   * when that run has nothing to pass on. Such an input is one this run tells as well (it runs
+   * next), one with a build in flight (its completion tells every dependent), or one waiting
+   * itself (its wait ends in a run that tells its dependents). A dependent told by several keys
+   * of one wave so runs once, after the last of them, not once per key.
+   *
+   * Why no notice is lost: the mark is written before this run's notices are queued, and an
+   * input found settling is read again after the mark (it settles with a status write of its
+   * own and reads its dependents after that write, so it sees the mark or the child is told
+   * here); a run of the dependent keeps a mark written after it read its own status.
+   */
+  async function noticesDue(key: Key, candidates: readonly Key[], catalog: Catalog): Promise<Key[]> {
+    const told = new Set(candidates);
+    // Each input read once for the first look; the look again after a mark reads afresh.
+    const read = new Map<Key, Promise<KeyStatus | undefined>>();
+    const known = (k: Key) => {
+      let status = read.get(k);
+      if (!status) read.set(k, (status = deps.state.get(k)));
+      return status;
+    };
+    const due: Key[] = [];
+    for (const child of candidates) {
+      const others = inputsOf(catalog, child).filter((k) => k !== key);
+      const toldToo = others.find((k) => told.has(k));
+      if (toldToo) {
+        if (!(await markWaiting(child, `${toldToo} to settle first`))) due.push(child);
+        continue;
+      }
+      let settling = await firstSettling(others, known);
+      if (settling && (await markWaiting(child, settling))) settling = await firstSettling(others, (k) => deps.state.get(k));
+      else settling = undefined;
+      if (!settling) due.push(child);
+    }
+    return due;
+  }
+
+  /**
+   * Marks `child` waiting for `what` unless it waits already (any mark makes the key it waits
+   * for tell it); false when it has no status yet to carry a mark (it is told instead).
+   */
+  async function markWaiting(child: Key, what: string): Promise<boolean> {
+    const after = await deps.state.update(child, (cur) => (!cur || cur.waitingFor ? undefined : { ...cur, waitingFor: what.slice(0, 2048) }));
+    return after?.waitingFor !== undefined;
+  }
+
+  /** The first of `inputs` whose status says it settles later (a build in flight, or waiting), in words. */
+  async function firstSettling(inputs: readonly Key[], statusOf: (k: Key) => Promise<KeyStatus | undefined>): Promise<string | undefined> {
+    const statuses = await Promise.all(inputs.map(statusOf));
+    for (const [i, s] of statuses.entries()) {
+      if (!s) continue;
+      if ((s.phase === "Building" || s.phase === "Signing") && s.desiredInputDigest !== s.actual?.inputDigest)
+        return `${inputs[i]} to be built at ${s.desiredVersion ?? "its desired version"}`;
+      if (s.waitingFor) return `${inputs[i]}, which waits for ${s.waitingFor}`;
+    }
+    return undefined;
+  }
+
+  /**
    * What follows a failed build of the desired inputs: nothing for an invalid request (Failed
    * until an operator retries or the inputs change), the dead letters once the retries are
    * spent or the build kept killing its builder, else a retry at its time (undefined: now).
@@ -308,6 +385,13 @@ export function createReconciler(deps: ReconcilerDeps) {
     );
     return requeueAfter(nextAt - Date.now());
   }
+}
+
+/** The keys whose builds `key`'s own inputs are made of: a package's build dependencies, an image's packages with their runtime closure. */
+function inputsOf(catalog: Catalog, key: Key): Key[] {
+  const { kind, name } = parseKey(key);
+  const names = kind === "package" ? (catalog.packages.get(name)?.dependencies.build ?? []) : catalog.runtimeClosure(catalog.images.get(name)?.packages ?? []);
+  return names.map((n) => makeKey("package", n));
 }
 
 /** The key's open request for a build of `inputDigest`, if it has one. */

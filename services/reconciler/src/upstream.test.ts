@@ -207,8 +207,7 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
     const reconcile = createReconciler({
       catalog: () => catalog,
       state,
-      releases: (p) => releases.list(p),
-      advisories: async () => [],
+      inputs: async () => ({ releases: await releases.reader(), advisories: async () => [], status: await state.reader() }),
       sourceDateEpoch: 0,
       staleBuildMs: 60_000,
       buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
