@@ -15,6 +15,7 @@ import {
   doneWith,
   nonRetriable,
   notBefore,
+  type EnqueueOutcome,
   type QueueRequest,
   type Reconcile,
   type ReconcileResult,
@@ -219,48 +220,48 @@ function conformance(backend: Backend) {
       assert.ok(w.of(key)[0]!.start >= due);
     });
 
-    test("rerun after re-add: many enqueues during a run cause exactly one more run", async () => {
-      const key: Key = "package/rerun";
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      const w = workers([b.make("a"), b.make("b")], async () => {
-        if (w.of(key).length === 0) await gate;
-        return done;
-      });
-      await q.enqueue(req(key));
+    /**
+     * Enqueues `first` on workers named `names` and holds its first run while `during` enqueues
+     * the same key, each enqueue answered "rerun"; returns the workers, stopped a while after
+     * the rerun started.
+     */
+    const rerunDuringRun = async (first: QueueRequest, names: string[], during: () => Promise<EnqueueOutcome[]>) => {
+      const gate = Promise.withResolvers<void>();
+      const w = workers(
+        names.map((n) => b.make(n)),
+        async () => {
+          if (w.of(first.key).length === 0) await gate.promise;
+          return done;
+        },
+      );
+      await q.enqueue(first);
       await waitFor("the first run to start", async () => (await q.stats()).running === 1, 10_000);
-      const outcomes = await Promise.all(Array.from({ length: 20 }, () => q.enqueue(req(key))));
+      const outcomes = await during();
       assert.ok(
         outcomes.every((o) => o === "rerun"),
         outcomes.join(","),
       );
-      release();
-      await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
+      gate.resolve();
+      await waitFor("the rerun", async () => w.of(first.key).length === 2, 10_000);
       await sleep(800);
       await w.stop();
+      return w;
+    };
+
+    test("rerun after re-add: many enqueues during a run cause exactly one more run", async () => {
+      const key: Key = "package/rerun";
+      const w = await rerunDuringRun(req(key), ["a", "b"], () => Promise.all(Array.from({ length: 20 }, () => q.enqueue(req(key)))));
       assert.equal(w.of(key).length, 2);
       assert.equal(w.overlaps, 0);
     });
 
     test("rerun after re-add in another class: once more, in the more urgent class", async () => {
       const key: Key = "package/rerun-class";
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      const w = workers([b.make("a")], async () => {
-        if (w.of(key).length === 0) await gate;
-        return done;
-      });
-      await q.enqueue(req(key, "resync"));
-      await waitFor("the first run to start", async () => (await q.stats()).running === 1, 10_000);
-      const outcomes = [await q.enqueue(req(key, "advisory")), await q.enqueue(req(key, "resync")), await q.enqueue(req(key, "advisory"))];
-      assert.ok(
-        outcomes.every((o) => o === "rerun"),
-        outcomes.join(","),
-      );
-      release();
-      await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
-      await sleep(800);
-      await w.stop();
+      const w = await rerunDuringRun(req(key, "resync"), ["a"], async () => [
+        await q.enqueue(req(key, "advisory")),
+        await q.enqueue(req(key, "resync")),
+        await q.enqueue(req(key, "advisory")),
+      ]);
       assert.equal(w.of(key).length, 2);
       assert.equal(w.of(key)[1]!.item.priority, "advisory");
     });
