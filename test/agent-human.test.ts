@@ -19,10 +19,10 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { Proposal } from "@homeostat/proposals";
-import { getKeyStatus, statusClient } from "@homeostat/status-api";
-import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
+import { getKeyStatus } from "@homeostat/status-api";
+import { waitFor } from "../scripts/factory.ts";
 import { startFakeMessagesServer, type FakeMessagesServer, type ScriptedStep } from "./agent-fake-messages.ts";
-import { helloCatalog, helloRepairScript, runHomeostat, toolTurn } from "./agent-rig.ts";
+import { helloCatalog, helloRepairScript, runHomeostat, startAgentFactory, toolTurn, type AgentFactory } from "./agent-rig.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
 const apiKey = "sk-ant-test-human-0123456789";
@@ -32,28 +32,14 @@ type Sent = { messages: { role: string; content: string | { type: string; id?: s
 
 describe("the agent asks a person, runs out of budget, is killed mid-run", { timeout: 1_200_000 }, () => {
   let t: TestEnv;
-  let factory: Factory;
+  let factory: AgentFactory;
   let fake: FakeMessagesServer;
-  let client: ReturnType<typeof statusClient>;
-  let catalogDir: string;
   let sha: Record<string, string>;
   let cli: Record<string, string>;
 
-  const status = (key: string) => getKeyStatus(client, key);
-  const json = async <T>(args: string[]): Promise<T> => {
-    const r = await runHomeostat([...args, "--json"], cli);
-    assert.equal(r.code, 0, `homeostat ${args.join(" ")}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
-  const proposals = (key: string) => json<Proposal[]>(["proposals", "--key", key]);
-  const postRelease = async (pkg: string) => {
-    const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ package: pkg, version: "1.1", url: `file://${path.join(catalogDir, "..", "sources", "hello-1.1.tar.gz")}`, sha256: sha["1.1"] }),
-    });
-    assert.equal(res.status, 202, await res.text());
-  };
+  const status = (key: string) => getKeyStatus(factory.client, key);
+  const proposals = (key: string) => factory.homeostatJson<Proposal[]>(["proposals", "--key", key]);
+  const postRelease = (pkg: string) => factory.postHelloRelease(pkg);
   const waitingFor = (key: string) =>
     waitFor(
       `${key} WaitingForAnswer`,
@@ -71,38 +57,19 @@ describe("the agent asks a person, runs out of budget, is killed mid-run", { tim
   before(async () => {
     t = await testEnv();
     fake = await startFakeMessagesServer();
-    ({ catalogDir, sha } = helloCatalog(path.join(t.dir, "factory"), packages));
-    factory = await startFactory({
-      env: {
-        ...t.env,
-        HOMEOSTAT_CATALOG: catalogDir,
-        HOMEOSTAT_CATALOG_RELOAD_MS: "500",
-        // The first failure of a new version goes to the agent.
-        HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
-        ANTHROPIC_API_KEY: apiKey,
-        ANTHROPIC_BASE_URL: fake.url,
-        HOMEOSTAT_AGENT_MODEL: "claude-test",
-        HOMEOSTAT_AGENT_MAX_TURNS: "20",
-      },
-      natsCredentials: await t.natsCredentials(),
-      logDir: path.join(t.dir, "logs"),
-      readyTimeoutMs: 180_000,
+    const catalog = helloCatalog(path.join(t.dir, "factory"), packages);
+    sha = catalog.sha;
+    factory = await startAgentFactory(t, {
+      ...catalog,
+      messagesUrl: fake.url,
+      apiKey,
+      env: { HOMEOSTAT_AGENT_MAX_TURNS: "20" },
+      ready: packages.map((p) => `package/${p}`),
     });
-    client = statusClient(factory.grpcAddr);
-    cli = { HOMEOSTAT_GRPC_ADDR: factory.grpcAddr, HOMEOSTAT_TOKEN: factory.grpcToken };
-    await waitFor(
-      "the catalog built and signed",
-      async () => {
-        const all = await Promise.all(packages.map((p) => status(`package/${p}`).catch(() => undefined)));
-        return all.every((s) => s?.phase === "Ready") ? all : undefined;
-      },
-      300_000,
-      500,
-    );
+    cli = factory.cli;
   });
 
   after(async () => {
-    client?.close();
     await factory?.stop();
     await fake?.close();
     await t?.cleanup();

@@ -19,10 +19,10 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { KeyStatus } from "@homeostat/core";
 import type { Proposal } from "@homeostat/proposals";
-import { getKeyStatus, statusClient } from "@homeostat/status-api";
-import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
+import { getKeyStatus } from "@homeostat/status-api";
+import { waitFor } from "../scripts/factory.ts";
 import { startFakeMessagesServer, type FakeMessagesServer, type ScriptedStep } from "./agent-fake-messages.ts";
-import { helloCatalog, helloFix, helloRepairScript, runHomeostat, toolTurn } from "./agent-rig.ts";
+import { helloCatalog, helloFix, helloRepairScript, runHomeostat, startAgentFactory, toolTurn, type AgentFactory } from "./agent-rig.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
 const apiKey = "sk-ant-test-review-0123456789";
@@ -36,29 +36,15 @@ const finalText = (text: string): ScriptedStep => ({
 
 describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () => {
   let t: TestEnv;
-  let factory: Factory;
+  let factory: AgentFactory;
   let fake: FakeMessagesServer;
-  let client: ReturnType<typeof statusClient>;
   let catalogDir: string;
   let sha: Record<string, string>;
-  let cli: Record<string, string>;
 
-  const status = (key: string) => getKeyStatus(client, key);
-  const run = async (args: string[]) => runHomeostat(args, cli);
-  const json = async <T>(args: string[]): Promise<T> => {
-    const r = await run([...args, "--json"]);
-    assert.equal(r.code, 0, `homeostat ${args.join(" ")}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
-  const postRelease = async (pkg: string) => {
-    const file = path.join(catalogDir, "..", "sources", "hello-1.1.tar.gz");
-    const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ package: pkg, version: "1.1", url: `file://${file}`, sha256: sha["1.1"] }),
-    });
-    assert.equal(res.status, 202, await res.text());
-  };
+  const status = (key: string) => getKeyStatus(factory.client, key);
+  const run = async (args: string[]) => runHomeostat(args, factory.cli);
+  const json = <T>(args: string[]) => factory.homeostatJson<T>(args);
+  const postRelease = (pkg: string) => factory.postHelloRelease(pkg);
   const proposalOf = (key: string, wanted: Proposal["status"]) =>
     waitFor(
       `a proposal of ${key} in status ${wanted}`,
@@ -86,36 +72,17 @@ describe("reviewing the agent's proposals end to end", { timeout: 900_000 }, () 
       path.join(catalogDir, "images", "hello-image.yaml"),
       ["name: hello-image", "packages: [hello]", "entrypoint: [/usr/bin/hello]", 'user: "65532"', ""].join("\n"),
     );
-    factory = await startFactory({
-      env: {
-        ...t.env,
-        HOMEOSTAT_CATALOG: catalogDir,
-        HOMEOSTAT_CATALOG_RELOAD_MS: "500",
-        // The first failure of a new version goes to the agent.
-        HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
-        ANTHROPIC_API_KEY: apiKey,
-        ANTHROPIC_BASE_URL: fake.url,
-        HOMEOSTAT_AGENT_MODEL: "claude-test",
-        HOMEOSTAT_AGENT_APPLY: "review",
-      },
-      natsCredentials: await t.natsCredentials(),
-      logDir: path.join(t.dir, "logs"),
+    factory = await startAgentFactory(t, {
+      catalogDir,
+      sha,
+      messagesUrl: fake.url,
+      apiKey,
+      env: { HOMEOSTAT_AGENT_APPLY: "review" },
+      ready: ["package/hello", "package/hola", "image/hello-image"],
     });
-    client = statusClient(factory.grpcAddr);
-    cli = { HOMEOSTAT_GRPC_ADDR: factory.grpcAddr, HOMEOSTAT_TOKEN: factory.grpcToken };
-    await waitFor(
-      "the catalog built and signed",
-      async () => {
-        const all = await Promise.all(["package/hello", "package/hola", "image/hello-image"].map((k) => status(k).catch(() => undefined)));
-        return all.every((s) => s?.phase === "Ready") ? all : undefined;
-      },
-      300_000,
-      500,
-    );
   });
 
   after(async () => {
-    client?.close();
     await factory?.stop();
     await fake?.close();
     await t?.cleanup();

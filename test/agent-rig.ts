@@ -6,13 +6,16 @@
  * the repairer (services/agent/src/repair.ts) over them, talking to whatever Messages API the
  * client given points at (the fake server, or the real one).
  */
+import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, openSnapshot, ReleaseStore, type Osv, type Release } from "@homeostat/catalog";
 import { loadConfig, StateStore, type AgentSettings, type Key, type Logger, type Nats } from "@homeostat/core";
-import type { TestEnv } from "./harness.ts";
+import { getKeyStatus } from "@homeostat/status-api";
+import { waitFor } from "../scripts/factory.ts";
+import { startTestFactory, type TestEnv, type TestFactory } from "./harness.ts";
 import type { ScriptedStep } from "./agent-fake-messages.ts";
 import { createRepairer, type RepairDeps } from "../services/agent/src/repair.ts";
 import { ProposalStore } from "@homeostat/proposals";
@@ -106,6 +109,69 @@ export function runHomeostat(args: string[], env: Record<string, string>): Promi
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
+}
+
+export type AgentFactory = TestFactory & {
+  /** The environment of the `homeostat` command line against it, with the write token. */
+  cli: Record<string, string>;
+  /** `homeostat <args> --json` against it, which must succeed: its output parsed. */
+  homeostatJson<T>(args: string[]): Promise<T>;
+  /** Posts hello 1.1 (its tarball next to the catalog) to ingest as a release of `pkg`. */
+  postHelloRelease(pkg: string): Promise<void>;
+};
+
+/**
+ * The six services on `t` over a helloCatalog, the agent talking to the Messages API at
+ * `messagesUrl` with `apiKey` and handed the first failure of a new version; `env` on top.
+ * Resolves once every key of `ready` is Ready.
+ */
+export async function startAgentFactory(
+  t: TestEnv,
+  o: { catalogDir: string; sha: Record<string, string>; messagesUrl: string; apiKey: string; env: Record<string, string>; ready: readonly string[] },
+): Promise<AgentFactory> {
+  const factory = await startTestFactory(t, {
+    HOMEOSTAT_CATALOG: o.catalogDir,
+    HOMEOSTAT_CATALOG_RELOAD_MS: "500",
+    // The first failure of a new version goes to the agent.
+    HOMEOSTAT_BUILD_FAILURE_RETRIES: "0",
+    ANTHROPIC_API_KEY: o.apiKey,
+    ANTHROPIC_BASE_URL: o.messagesUrl,
+    HOMEOSTAT_AGENT_MODEL: "claude-test",
+    ...o.env,
+  });
+  const cli = { HOMEOSTAT_GRPC_ADDR: factory.grpcAddr, HOMEOSTAT_TOKEN: factory.grpcToken };
+  try {
+    await waitFor(
+      "the catalog built and signed",
+      async () => {
+        const all = await Promise.all(o.ready.map((k) => getKeyStatus(factory.client, k).catch(() => undefined)));
+        return all.every((s) => s?.phase === "Ready") ? all : undefined;
+      },
+      300_000,
+      500,
+    );
+  } catch (err) {
+    await factory.stop();
+    throw err;
+  }
+  return {
+    ...factory,
+    cli,
+    homeostatJson: async <T>(args: string[]): Promise<T> => {
+      const r = await runHomeostat([...args, "--json"], cli);
+      assert.equal(r.code, 0, `homeostat ${args.join(" ")}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    },
+    postHelloRelease: async (pkg) => {
+      const file = path.join(o.catalogDir, "..", "sources", "hello-1.1.tar.gz");
+      const res = await fetch(`${factory.ingestUrl}/v1/releases`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ package: pkg, version: "1.1", url: `file://${file}`, sha256: o.sha["1.1"] }),
+      });
+      assert.equal(res.status, 202, await res.text());
+    },
+  };
 }
 
 export type AgentRig = {

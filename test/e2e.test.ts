@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { getKeyStatus, listKeyStatuses, statusClient } from "@homeostat/status-api";
+import { getKeyStatus, listKeyStatuses, type StatusClient } from "@homeostat/status-api";
 import type { KeyStatus } from "@homeostat/core";
-import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { repoRoot, waitFor } from "../scripts/factory.ts";
+import { startTestFactory, testEnv, type TestEnv, type TestFactory } from "./harness.ts";
 import { startOtlpReceiver } from "./otlp-receiver.ts";
 import { runBundle, unpackImage } from "./fixtures/run-image.ts";
 
@@ -21,9 +21,9 @@ const catalogKeys = ["image/devkit", "image/greeter", "package/busybox", "packag
 
 describe("factory end to end", { timeout: 600_000 }, () => {
   let t: TestEnv;
-  let factory: Factory;
+  let factory: TestFactory;
   let otlp: Awaited<ReturnType<typeof startOtlpReceiver>>;
-  let client: ReturnType<typeof statusClient>;
+  let client: StatusClient;
   const get = (key: string) => getKeyStatus(client, key);
 
   const post = (body: unknown) =>
@@ -41,18 +41,11 @@ describe("factory end to end", { timeout: 600_000 }, () => {
   before(async () => {
     otlp = await startOtlpReceiver();
     t = await testEnv();
-    factory = await startFactory({
-      env: { ...t.env, HOMEOSTAT_CATALOG: catalogDir, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, HOMEOSTAT_LEASE_MS: "5000" },
-      // Each service connects as itself, with only its own permissions (nats-access.ts).
-      natsCredentials: await t.natsCredentials(),
-      logDir: path.join(t.dir, "logs"),
-      readyTimeoutMs: 180_000,
-    });
-    client = statusClient(factory.grpcAddr);
+    factory = await startTestFactory(t, { HOMEOSTAT_CATALOG: catalogDir, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, HOMEOSTAT_LEASE_MS: "5000" });
+    client = factory.client;
   });
 
   after(async () => {
-    client?.close();
     await factory?.stop();
     await otlp?.close();
     await t?.cleanup();

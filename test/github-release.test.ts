@@ -10,9 +10,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
 import { ReleaseStore } from "@homeostat/catalog";
-import { getKeyStatus, statusClient } from "@homeostat/status-api";
-import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { getKeyStatus, type StatusClient } from "@homeostat/status-api";
+import { waitFor } from "../scripts/factory.ts";
+import { startTestFactory, testEnv, type TestEnv, type TestFactory } from "./harness.ts";
 import {
   deliver,
   PACKAGE,
@@ -31,8 +31,8 @@ const key = `package/${PACKAGE}` as const;
 describe("a GitHub release delivery end to end", { timeout: 600_000 }, () => {
   let t: TestEnv;
   let host: ArchiveHost;
-  let factory: Factory;
-  let client: ReturnType<typeof statusClient>;
+  let factory: TestFactory;
+  let client: StatusClient;
 
   before(async () => {
     t = await testEnv();
@@ -41,17 +41,11 @@ describe("a GitHub release delivery end to end", { timeout: 600_000 }, () => {
     host.serve(PINNED, pinned.file);
     const catalogDir = path.join(t.dir, "catalog");
     writeReleaseCatalog(catalogDir, host, pinned);
-    factory = await startFactory({
-      env: { ...t.env, HOMEOSTAT_CATALOG: catalogDir, HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET, HOMEOSTAT_GITHUB_ARCHIVE_URL: host.base },
-      natsCredentials: await t.natsCredentials(),
-      logDir: path.join(t.dir, "logs"),
-      readyTimeoutMs: 180_000,
-    });
-    client = statusClient(factory.grpcAddr);
+    factory = await startTestFactory(t, { HOMEOSTAT_CATALOG: catalogDir, HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET, HOMEOSTAT_GITHUB_ARCHIVE_URL: host.base });
+    client = factory.client;
   });
 
   after(async () => {
-    client?.close();
     await factory?.stop();
     await host?.close();
     await t?.cleanup();

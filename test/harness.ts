@@ -30,7 +30,8 @@ import {
   type NatsUser,
   type ServiceName,
 } from "@homeostat/core";
-import { startNatsServer, waitFor, type NatsServer } from "../scripts/factory.ts";
+import { statusClient, type StatusClient } from "@homeostat/status-api";
+import { startFactory, startNatsServer, waitFor, type Factory, type NatsServer } from "../scripts/factory.ts";
 
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
@@ -161,6 +162,32 @@ export async function testEnv(extra: Record<string, string> = {}): Promise<TestE
       redis.disconnect();
       await nats.nc.close();
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A factory of a test, with a client of its status API; stop() closes the client too. */
+export type TestFactory = Factory & { client: StatusClient };
+
+/**
+ * The services (`only`, else all six) as processes on `t`'s NATS and Redis with `env` over
+ * `t.env`, each connecting as itself with only its own permissions (nats-access.ts), their logs
+ * in `<t.dir>/logs`.
+ */
+export async function startTestFactory(t: TestEnv, env: Record<string, string>, o: { only?: readonly ServiceName[] } = {}): Promise<TestFactory> {
+  const factory = await startFactory({
+    env: { ...t.env, ...env },
+    natsCredentials: await t.natsCredentials(),
+    logDir: path.join(t.dir, "logs"),
+    only: o.only,
+  });
+  const client = statusClient(factory.grpcAddr);
+  return {
+    ...factory,
+    client,
+    stop: async () => {
+      client.close();
+      await factory.stop();
     },
   };
 }

@@ -18,9 +18,9 @@ import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { encodeMessage } from "@homeostat/core";
-import { getQueueStats, listKeyStatuses, Metadata, statusClient } from "@homeostat/status-api";
-import { repoRoot, startFactory, waitFor, type Factory } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { getQueueStats, listKeyStatuses, Metadata, statusClient, type StatusClient } from "@homeostat/status-api";
+import { repoRoot, waitFor } from "../scripts/factory.ts";
+import { startTestFactory, testEnv, type TestEnv, type TestFactory } from "./harness.ts";
 import { prometheusNames, SpanKindNumber, startOtlpReceiver, type ReceivedSpan } from "./otlp-receiver.ts";
 import { dashboards, queriedMetrics } from "./dashboards.ts";
 
@@ -31,9 +31,9 @@ const secret = `tok${randomBytes(8).toString("hex")}`;
 
 describe("telemetry of the running factory", { timeout: 600_000 }, () => {
   let t: TestEnv;
-  let factory: Factory;
+  let factory: TestFactory;
   let otlp: Awaited<ReturnType<typeof startOtlpReceiver>>;
-  let client: ReturnType<typeof statusClient>;
+  let client: StatusClient;
   /** Serves the release's tarball over HTTP on loopback, to any path, so that the builder downloads it with fetch. */
   let sources: Server;
   const callerTraceId = randomBytes(16).toString("hex");
@@ -46,24 +46,17 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     sources = createServer((_req, res) => createReadStream(tarball).pipe(res.writeHead(200, { "content-type": "application/gzip" })));
     await new Promise<void>((resolve) => sources.listen(0, "127.0.0.1", resolve));
     t = await testEnv();
-    factory = await startFactory({
-      env: {
-        ...t.env,
-        HOMEOSTAT_CATALOG: catalogDir,
-        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
-        OTEL_METRIC_EXPORT_INTERVAL: "1000",
-        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=test",
-        HOMEOSTAT_LEASE_MS: "5000",
-      },
-      natsCredentials: await t.natsCredentials(),
-      logDir: path.join(t.dir, "logs"),
-      readyTimeoutMs: 180_000, // six processes starting at once on a busy machine
+    factory = await startTestFactory(t, {
+      HOMEOSTAT_CATALOG: catalogDir,
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+      OTEL_METRIC_EXPORT_INTERVAL: "1000",
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=test",
+      HOMEOSTAT_LEASE_MS: "5000",
     });
-    client = statusClient(factory.grpcAddr);
+    client = factory.client;
   });
 
   after(async () => {
-    client?.close();
     await factory?.stop();
     await otlp?.close();
     await new Promise((resolve) => sources?.close(resolve));

@@ -12,14 +12,14 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { getKeyStatus, statusClient } from "@homeostat/status-api";
+import { getKeyStatus, type StatusClient } from "@homeostat/status-api";
 import { packAppTarball } from "../scripts/app-tarball.ts";
-import { startFactory, waitFor, type Factory } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { waitFor } from "../scripts/factory.ts";
+import { startTestFactory, testEnv, type TestEnv, type TestFactory } from "./harness.ts";
 
 let t: TestEnv;
-let factory: Factory;
-let client: ReturnType<typeof statusClient>;
+let factory: TestFactory;
+let client: StatusClient;
 let source: { url: string; sha256: string };
 
 /** Ready at `version`, built from the inputs its status says it desires. */
@@ -48,18 +48,11 @@ before(async () => {
   writeFileSync(path.join(catalogDir, "packages", "deep.yaml"), recipe("deep", [], ["sleep 5", install("deep")]));
   writeFileSync(path.join(catalogDir, "packages", "mid.yaml"), recipe("mid", ["deep"], [install("mid")]));
   writeFileSync(path.join(catalogDir, "packages", "tip.yaml"), recipe("tip", ["mid"], [install("tip")]));
-  factory = await startFactory({
-    env: { ...t.env, HOMEOSTAT_CATALOG: catalogDir },
-    natsCredentials: await t.natsCredentials(),
-    logDir: path.join(t.dir, "logs"),
-    only: ["ingest", "queue", "reconciler", "builder", "signer"],
-    readyTimeoutMs: 180_000,
-  });
-  client = statusClient(factory.grpcAddr);
+  factory = await startTestFactory(t, { HOMEOSTAT_CATALOG: catalogDir }, { only: ["ingest", "queue", "reconciler", "builder", "signer"] });
+  client = factory.client;
 });
 
 after(async () => {
-  client?.close();
   await factory?.stop();
   await t?.cleanup();
 });
