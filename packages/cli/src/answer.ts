@@ -18,8 +18,7 @@ export const answerCommand: Command = {
     const answer = api.parseAnswer(rawAnswer);
     if ("error" in answer) throw new UsageError(answer.error, answerCommand);
     const r = await api.answerQuestion(client, key.key, answer.answer);
-    if (ctx.json) ctx.printJson(r);
-    else ctx.print(`${r.key}: answered by ${r.answeredBy}; the agent resumes its repair (it asked: ${r.question})`);
+    ctx.show(r, () => `${r.key}: answered by ${r.answeredBy}; the agent resumes its repair (it asked: ${r.question})`);
     return exitCodes.ok;
   },
 };

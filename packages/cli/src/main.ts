@@ -55,6 +55,8 @@ export type Context = {
   /** Prints a line (or a value as JSON when `--json` was given) to stdout. */
   print(text: string): void;
   printJson(value: unknown): void;
+  /** The answer of a command: `value` as JSON with `--json`, else the line `text()`. */
+  show(value: unknown, text: () => string): void;
 };
 
 export type Command = {
@@ -113,24 +115,20 @@ const globalOptionHelp: [string, string][] = [
 
 const watchOption = { watch: { type: "boolean", short: "w" } } as const satisfies ParseArgsOptionsConfig;
 
-const getCommand: Command = {
+const getCommand = keyCommand({
   name: "get",
-  args: "<key>",
   summary: "show where one key stands: phase, desired and actual versions, digests, trace",
   options: watchOption,
   optionHelp: [["-w, --watch", "then print a line each time it changes, until interrupted (with --json: one JSON object per line)"]],
-  positionals: { min: 1, max: 1 },
-  async run(ctx, [raw], values) {
-    const key = await keyArg(raw, getCommand);
+  async run(ctx, key, values) {
     if (values.watch) return watchCommand(ctx, { prefix: key }, (k) => k === key);
     const { api, client } = await ctx.status();
     const { status, degraded, freshness } = await api.readKeyStatus(client, key);
     if (degraded) warnDegraded(ctx, degraded);
-    if (ctx.json) ctx.printJson(freshness ? { ...status, freshness } : status);
-    else ctx.print(formatStatus(status) + (freshness ? `\n${formatFreshness(freshness)}` : ""));
+    ctx.show(freshness ? { ...status, freshness } : status, () => formatStatus(status) + (freshness ? `\n${formatFreshness(freshness)}` : ""));
     return exitCodes.ok;
   },
-};
+});
 
 /** How current the answering region's read model is, in one line. */
 function formatFreshness(f: Freshness): string {
@@ -144,20 +142,16 @@ function warnDegraded(ctx: Context, reason: string): void {
   ctx.io.stderr.write(`homeostat: the read model at ${ctx.addr} is degraded (${reason}); answered from the state store: current, but slower\n`);
 }
 
-const whyCommand: Command = {
+const whyCommand = keyCommand({
   name: "why",
-  args: "<key>",
   summary: "explain why a key is where it is: its cause, then its dependencies' causes, back to the event",
-  positionals: { min: 1, max: 1 },
-  async run(ctx, [raw]) {
-    const key = await keyArg(raw, whyCommand);
+  async run(ctx, key) {
     const { api, client } = await ctx.status();
     const chain = await api.whyKey(client, key);
-    if (ctx.json) ctx.printJson(chain);
-    else ctx.print(formatWhy(chain));
+    ctx.show(chain, () => formatWhy(chain));
     return exitCodes.ok;
   },
-};
+});
 
 const planCommand: Command = {
   name: "plan",
@@ -199,8 +193,7 @@ const planCommand: Command = {
     const catalog = source.current();
     const facts = { advisories, releases };
     const result = plan(catalog, facts, values.live ? await liveFacts(await ctx.status(), namedPackages(catalog, facts).inCatalog) : undefined);
-    if (ctx.json) ctx.printJson(result);
-    else ctx.print(formatPlan(result));
+    ctx.show(result, () => formatPlan(result));
     return exitCodes.ok;
   },
 };
@@ -349,8 +342,7 @@ const verifyCommand: Command = {
       }
       throw err;
     }
-    if (ctx.json) ctx.printJson(results);
-    else ctx.print(results.map(formatVerification).join("\n"));
+    ctx.show(results, () => results.map(formatVerification).join("\n"));
     return exitCodes.ok;
   },
 };
@@ -362,8 +354,7 @@ const queueStatsCommand: Command = {
   async run(ctx) {
     const { api, client } = await ctx.status();
     const stats = await api.getQueueStats(client);
-    if (ctx.json) ctx.printJson(stats);
-    else ctx.print(formatQueueStats(stats));
+    ctx.show(stats, () => formatQueueStats(stats));
     return exitCodes.ok;
   },
 };
@@ -374,9 +365,8 @@ const outcomeText: Record<EnqueueOutcome, string> = {
   rerun: "rerun (running now; will run once more afterwards)",
 };
 
-const enqueueCommand: Command = {
+const enqueueCommand = keyCommand({
   name: "enqueue",
-  args: "<key>",
   summary: "ask for a key to be reconciled (merged with any queued request for it)",
   options: {
     priority: { type: "string" },
@@ -392,9 +382,7 @@ const enqueueCommand: Command = {
     ["--detail text", "why, recorded as the key's cause"],
     ["--force", "queue a key the catalog does not declare (exit 1 without it): the reconciler retires a key that left the catalog"],
   ],
-  positionals: { min: 1, max: 1 },
-  async run(ctx, [raw], values) {
-    const key = await keyArg(raw, enqueueCommand);
+  async run(ctx, key, values) {
     const priority = values.priority === undefined ? undefined : String(values.priority);
     if (priority !== undefined && !prioritySchema.safeParse(priority).success) {
       throw new UsageError(`--priority must be one of ${priorities.join(", ")}, got ${JSON.stringify(priority)}`, enqueueCommand);
@@ -410,11 +398,10 @@ const enqueueCommand: Command = {
       ...(typeof values.detail === "string" ? { causeDetail: values.detail } : {}),
       force: values.force === true,
     });
-    if (ctx.json) ctx.printJson({ key, outcome });
-    else ctx.print(`${key}: ${outcomeText[outcome]}`);
+    ctx.show({ key, outcome }, () => `${key}: ${outcomeText[outcome]}`);
     return exitCodes.ok;
   },
-};
+});
 
 const deadLettersCommand: Command = {
   name: "dead-letters",
@@ -426,27 +413,22 @@ const deadLettersCommand: Command = {
     const limit = values.limit === undefined ? undefined : parsePositiveInt(String(values.limit), "--limit", deadLettersCommand);
     const { api, client } = await ctx.status();
     const page = await api.listDeadLetters(client, limit === undefined ? {} : { limit });
-    if (ctx.json) ctx.printJson(page.items);
-    else ctx.print(formatDeadLetters(page.items));
+    ctx.show(page.items, () => formatDeadLetters(page.items));
     if (page.total > page.items.length) ctx.io.stderr.write(`homeostat: showing the oldest ${page.items.length} of ${page.total} dead letters\n`);
     return exitCodes.ok;
   },
 };
 
-const retryCommand: Command = {
+const retryCommand = keyCommand({
   name: "retry",
-  args: "<key>",
   summary: "queue a dead-lettered key again with fresh attempts",
-  positionals: { min: 1, max: 1 },
-  async run(ctx, [raw]) {
-    const key = await keyArg(raw, retryCommand);
+  async run(ctx, key) {
     const { api, client } = await ctx.status();
     await api.retryDeadLetter(client, key);
-    if (ctx.json) ctx.printJson({ key, retried: true });
-    else ctx.print(`${key}: queued again with fresh attempts (listed as a dead letter until a run succeeds)`);
+    ctx.show({ key, retried: true }, () => `${key}: queued again with fresh attempts (listed as a dead letter until a run succeeds)`);
     return exitCodes.ok;
   },
-};
+});
 
 const tokenNewCommand: Command = {
   name: "token new",
@@ -465,16 +447,29 @@ const tokenNewCommand: Command = {
     const { tokenDigest } = await statusApi();
     const token = `hst_${randomBytes(32).toString("base64url")}`;
     const entry = `${name}:${role}:${tokenDigest(token)}`;
-    if (ctx.json) ctx.printJson({ name, role, token, entry });
-    else
-      ctx.print(
+    ctx.show(
+      { name, role, token, entry },
+      () =>
         `token (give it to the client, e.g. in a file for --token-file; it is not stored anywhere):\n  ${token}\nHOMEOSTAT_GRPC_TOKENS entry (for the queue service; comma-separate several):\n  ${entry}`,
-      );
+    );
     return exitCodes.ok;
   },
 };
 
 /** A key argument, or a usage error saying why it is not one. */
+/** A command on one `<key>`, which `run` gets parsed (a usage error of the command when it is not a key). */
+function keyCommand(
+  c: Omit<Command, "args" | "positionals" | "run"> & { run(ctx: Context, key: KeyStatus["key"], values: OptionValues): Promise<number> },
+): Command {
+  const command: Command = {
+    ...c,
+    args: "<key>",
+    positionals: { min: 1, max: 1 },
+    run: async (ctx, [raw], values) => c.run(ctx, await keyArg(raw, command), values),
+  };
+  return command;
+}
+
 async function keyArg(raw: string | undefined, c: Command): Promise<KeyStatus["key"]> {
   if (raw === undefined) throw new UsageError(`missing ${c.args ?? "<key>"}`, c);
   const parsed = (await statusApi()).parseKeyArg(raw);
@@ -834,6 +829,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       status: () => (connecting ??= connect()),
       print: (text) => void io.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
       printJson: (value) => void io.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
+      show: (value, text) => (json ? ctx.printJson(value) : ctx.print(text())),
     };
     return await c.run(ctx, rest, values);
   } catch (err) {

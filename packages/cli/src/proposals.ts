@@ -104,8 +104,7 @@ export const proposalsCommand: Command = {
       items.push(...page.proposals);
       pageToken = page.nextPageToken;
     } while (pageToken && items.length < limit);
-    if (ctx.json) ctx.printJson(items);
-    else ctx.print(formatProposals(items));
+    ctx.show(items, () => formatProposals(items));
     if (pageToken) ctx.io.stderr.write(`homeostat: showing the first ${items.length} proposals; more exist (raise --limit or narrow --key/--status)\n`);
     return exitCodes.ok;
   },
@@ -138,8 +137,7 @@ export const approveCommand: Command = {
   async run(ctx, [raw], values) {
     const { id, api, client } = await idArg(ctx, raw, approveCommand);
     const p = await api.approveProposal(client, id, typeof values.reason === "string" ? values.reason : undefined);
-    if (ctx.json) ctx.printJson(p);
-    else ctx.print(`${p.id}: approved by ${p.review?.by ?? "?"}; the agent applies it to the catalog of ${p.key}, then the factory rebuilds it`);
+    ctx.show(p, () => `${p.id}: approved by ${p.review?.by ?? "?"}; the agent applies it to the catalog of ${p.key}, then the factory rebuilds it`);
     return exitCodes.ok;
   },
 };
@@ -156,8 +154,7 @@ export const rejectCommand: Command = {
     if (!reason) throw new UsageError('reject needs --reason "…": the agent is told it on its next attempt', rejectCommand);
     const { id, api, client } = await idArg(ctx, raw, rejectCommand);
     const p = await api.rejectProposal(client, id, reason);
-    if (ctx.json) ctx.printJson(p);
-    else ctx.print(`${p.id}: rejected by ${p.review?.by ?? "?"}; the agent tries ${p.key} again with the reason`);
+    ctx.show(p, () => `${p.id}: rejected by ${p.review?.by ?? "?"}; the agent tries ${p.key} again with the reason`);
     return exitCodes.ok;
   },
 };

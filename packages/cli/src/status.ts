@@ -77,8 +77,7 @@ export const statusCommand: Command = {
   async run(ctx) {
     const { api, client } = await ctx.status();
     const assessment = assessServices(await api.listServices(client));
-    if (ctx.json) ctx.printJson(assessment);
-    else ctx.print(formatServices(assessment));
+    ctx.show(assessment, () => formatServices(assessment));
     return assessment.ready ? exitCodes.ok : exitCodes.notReady;
   },
 };
