@@ -104,6 +104,15 @@ test("a deduplicated enqueue and an enqueue folded into a rerun are linked from 
     assert.ok(linksTo(dedupRun!, first) && linksTo(dedupRun!, second), "the one run links to both enqueues it answered");
     assert.equal(dedupRun!.attributes["homeostat.enqueues"], 2);
     for (const l of dedupRun!.links) assert.ok([first.traceId, second.traceId].includes(l.traceId), "no other links");
+    // Its messages: the first enqueue's, and the one rewritten to link the second. The second's
+    // publish was refused first (the key was queued): it sent nothing, so no span of it is exported.
+    const sends = otlp.spans.filter((s) => s.kind === SpanKindNumber.producer && s.attributes["homeostat.key"] === dedupKey);
+    assert.deepEqual(
+      sends.map((s) => s.traceId),
+      [first.traceId, second.traceId],
+      "one PRODUCER span per message stored, none for the refused publish",
+    );
+    assert.equal(dedupRun!.parentSpanId, sends[1]!.spanId, "the run continues the message it took");
 
     const [firstRun, rerun] = runsOf(rerunKey);
     assert.ok(linksTo(firstRun!, original) && !linksTo(firstRun!, during), "the first run links to its own enqueue only");

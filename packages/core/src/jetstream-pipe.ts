@@ -23,6 +23,12 @@ type Headers = NonNullable<Parameters<Nc["publish"]>[2]>["headers"];
 
 export type PubAck = { stream: string; seq: number; duplicate: boolean };
 
+/** What `tryPublish` answers: the stream's ack, or the server's refusal. */
+export type PublishAnswer = PubAck | { refused: ApiError };
+
+/** Whether a publish stored its message. */
+export const stored = (answer: PublishAnswer): answer is PubAck => !("refused" in answer);
+
 /**
  * A request that JetStream did not answer: `code` 503 no responders, 408 timed out, undefined
  * when the pipe or the connection is closed; or a direct get's status other than 404.
@@ -77,7 +83,7 @@ export class JetStreamPipe {
    * message, a lost compare-and-set): the server's API error is returned, not thrown, which
    * spares an Error and its stack trace on a path taken thousands of times a second.
    */
-  async tryPublish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PubAck | { refused: ApiError }> {
+  async tryPublish(subject: string, data: string | Uint8Array, headers?: Headers): Promise<PublishAnswer> {
     const m = await this.request(subject, data, headers);
     const body =
       m.data.length > 0 ? (JSON.parse(new TextDecoder().decode(m.data)) as { stream?: string; seq?: number; duplicate?: boolean; error?: ApiError }) : {};

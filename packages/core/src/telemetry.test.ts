@@ -4,8 +4,20 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
 import { loadConfig } from "./config.ts";
-import { contextFromHeaders, currentTraceId, inSpan, mainPackageVersion, redactedUrl, serviceResource, startTelemetry, traceHeaders } from "./telemetry.ts";
+import {
+  context,
+  contextFromHeaders,
+  currentTraceId,
+  currentTraceparent,
+  inSpan,
+  mainPackageVersion,
+  redactedUrl,
+  serviceResource,
+  startTelemetry,
+  traceHeaders,
+} from "./telemetry.ts";
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");
@@ -23,6 +35,17 @@ test("without an OTLP endpoint, spans still have a real trace id, carried across
     assert.notEqual(sent.id, "0".repeat(32));
     const received = await inSpan("receive", { parent: contextFromHeaders(sent.headers) }, async () => currentTraceId());
     assert.equal(received, sent.id, "the receiver's span joins the sender's trace");
+
+    // What a run links to: the active span's traceparent, only when it is sampled.
+    const linked = await inSpan("enqueue", {}, async (span) => ({ traceparent: currentTraceparent(), ids: span.spanContext() }));
+    assert.equal(linked.traceparent, `00-${linked.ids.traceId}-${linked.ids.spanId}-01`);
+    assert.equal(currentTraceparent(), undefined, "outside a span, nothing to link to");
+    const unsampled = trace.setSpanContext(ROOT_CONTEXT, { traceId: "1".repeat(32), spanId: "2".repeat(16), traceFlags: TraceFlags.NONE, isRemote: true });
+    assert.equal(
+      context.with(unsampled, () => currentTraceparent()),
+      undefined,
+      "a caller's trace that is not sampled reaches no backend: no link to it",
+    );
   } finally {
     await telemetry.shutdown();
   }

@@ -27,6 +27,7 @@ import {
   trace,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   type Attributes,
   type Context,
   type Link,
@@ -34,7 +35,15 @@ import {
   type Span,
 } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { AlwaysOnSampler, BatchSpanProcessor, NoopSpanProcessor, type SpanExporter } from "@opentelemetry/sdk-trace";
+import {
+  AlwaysOnSampler,
+  BatchSpanProcessor,
+  NoopSpanProcessor,
+  type ReadableSpan,
+  type Span as SdkSpan,
+  type SpanExporter,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter as HttpJsonTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as ProtobufTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { OTLPTraceExporter as GrpcTraceExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
@@ -158,10 +167,41 @@ function patchLoadedModules(instrumentations: ReturnType<typeof clientInstrument
   }
 }
 
+/** Spans `discardSpan` left out of the export. Weak: a span is forgotten with its last use. */
+const discarded = new WeakSet<object>();
+
+/**
+ * Leaves `span` out of the export (before it ends): for a span that turned out to describe
+ * nothing, such as the PRODUCER span of a publish the server refused (no message was sent).
+ */
+export function discardSpan(span: Span): void {
+  discarded.add(span);
+}
+
+/** Hands `inner` every span except those `discardSpan` left out. */
+class UnlessDiscarded implements SpanProcessor {
+  private readonly inner: SpanProcessor;
+  constructor(inner: SpanProcessor) {
+    this.inner = inner;
+  }
+  onStart(span: SdkSpan, parentContext: Context): void {
+    this.inner.onStart(span, parentContext);
+  }
+  onEnd(span: ReadableSpan): void {
+    if (!discarded.has(span)) this.inner.onEnd(span);
+  }
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush();
+  }
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+}
+
 export function startTelemetry(serviceName: string, settings: TelemetrySettings): Telemetry {
   const resource = serviceResource(serviceName, settings);
   const spanProcessors = settings.traces
-    ? [new BatchSpanProcessor({ exporter: traceExporter(settings.traces), scheduledDelayMillis: settings.spanBatchDelayMs })]
+    ? [new UnlessDiscarded(new BatchSpanProcessor({ exporter: traceExporter(settings.traces), scheduledDelayMillis: settings.spanBatchDelayMs }))]
     : // The SDK installs a tracer provider only when it has a span processor: without one every
       // span would be a non-recording one with the all-zero trace id.
       [new NoopSpanProcessor()];
@@ -240,19 +280,25 @@ export function messagingAttributes(subject: string, operation: "send" | "proces
 /**
  * Publishes inside a PRODUCER span named `send <destination>` (a template: never a key or a
  * raw subject, which would make names unbounded): `publish` receives the headers carrying that
- * span's context, so the consumer's span is its child.
+ * span's context, so the consumer's span is its child. `o.sent`, given, tells from the answer
+ * whether a message was stored; when it was not (a refusal the caller expects), the span is not
+ * exported: a dedup that tries a publish first would otherwise export one empty span per enqueue.
  */
 export async function producerSpan<T>(
   destination: string,
   subject: string,
-  o: { key?: string; msgId?: string },
+  o: { key?: string; msgId?: string; sent?: (answer: T) => boolean },
   publish: (headers: MsgHdrs) => Promise<T>,
 ): Promise<T> {
   const attributes = messagingAttributes(subject, "send", {
     ...(o.msgId ? { [ATTR_MESSAGING_MESSAGE_ID]: o.msgId } : {}),
     ...(o.key ? { "homeostat.key": o.key } : {}),
   });
-  return inSpan(`send ${destination}`, { kind: SpanKind.PRODUCER, attributes }, () => publish(traceHeaders()));
+  return inSpan(`send ${destination}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
+    const answer = await publish(traceHeaders());
+    if (o.sent && !o.sent(answer)) discardSpan(span);
+    return answer;
+  });
 }
 
 /** Headers for an outgoing message, carrying the active trace context (traceparent). */
@@ -300,10 +346,14 @@ export function linksToTraceparents(traceparents: readonly string[], attributes:
 const w3c = new W3CTraceContextPropagator();
 const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k === "traceparent" ? c.traceparent : undefined), keys: () => ["traceparent"] };
 
+/**
+ * The active span's W3C traceparent, for a link to it from elsewhere (a run linking the enqueues
+ * it answers); undefined outside a span and in one not sampled, whose span no backend receives.
+ */
 export function currentTraceparent(): string | undefined {
-  const carrier: Record<string, string> = {};
-  propagation.inject(context.active(), carrier);
-  return carrier.traceparent;
+  const ctx = trace.getSpanContext(context.active());
+  if (!ctx || !isSpanContextValid(ctx) || (ctx.traceFlags & TraceFlags.SAMPLED) === 0) return undefined;
+  return `00-${ctx.traceId}-${ctx.spanId}-0${TraceFlags.SAMPLED}`;
 }
 
 /** `parent` with `span` as its active span (for code that cannot run inside `inSpan`). */

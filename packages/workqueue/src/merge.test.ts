@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { maxLinkedEnqueues, type Priority, type WorkItem } from "@homeostat/core/contracts";
-import { mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
+import { linksWorthARewrite, mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
 import type { Queued } from "./work-stream.ts";
 
 const item = (o: Partial<WorkItem> = {}): WorkItem => ({
@@ -174,4 +174,16 @@ test("a queued message whose run would not link to a new enqueue is rewritten; a
   assert.ok(again.type === "intoQueued" && again.keep === fullOne);
   assert.ok(!sameSchedule(item({ enqueues: [traceparent(1)] }), item({ enqueues: [traceparent(2)] })));
   assert.ok(sameSchedule(item({ enqueues: [traceparent(1), traceparent(2)] }), item({ enqueues: [traceparent(2), traceparent(1)] })));
+});
+
+test("a message linking linksWorthARewrite enqueues is not rewritten just for one more; a schedule change rewrites it with the new link", () => {
+  const links = Array.from({ length: linksWorthARewrite }, (_, i) => traceparent(i + 1));
+  const enough = queued(6, { enqueuedAt: 100, notBefore: 5_000, enqueues: links });
+  const same = planMerge(item({ enqueuedAt: 200, notBefore: 5_000, enqueues: [traceparent(9)] }), [enough], undefined);
+  assert.ok(same.type === "intoQueued" && same.keep === enough && same.drop.length === 0, "kept as it is");
+  const earlier = planMerge(item({ enqueuedAt: 200, notBefore: 1_000, enqueues: [traceparent(9)] }), [enough], undefined);
+  assert.ok(earlier.type === "intoQueued" && earlier.keep === undefined, "an earlier not-before rewrites it");
+  assert.deepEqual(earlier.merged.enqueues, [...links, traceparent(9)], "carrying the new link");
+  assert.ok(sameSchedule(item({ enqueues: links }), item({ enqueues: [...links, traceparent(9)] })));
+  assert.ok(!sameSchedule(item({ enqueues: links.slice(1) }), item({ enqueues: links })), "below it, a missing link rewrites");
 });

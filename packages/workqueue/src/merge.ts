@@ -69,16 +69,30 @@ export function mergeOptional(a: WorkItem | undefined, b: WorkItem | undefined):
   return a && b ? mergeItems(a, b) : (a ?? b);
 }
 
-/** Whether a queued message already says what `b` says (its schedule, and the enqueues its run links to), so that it need not be rewritten. */
+/**
+ * A queued message is rewritten only to link one more enqueue while it links fewer than this
+ * many. A rewrite is a delete and a publish, and a worker that takes the message meanwhile runs
+ * the key once more: done for every enqueue of a storm, it was a large part of what tracing cost
+ * the work queue (bench:telemetry). So a run surely links its first enqueue and the
+ * first one deduplicated into its message; later ones when the message is rewritten anyway (a
+ * schedule that changes) or folded into a rerun (the run record is written then), up to
+ * `maxLinkedEnqueues`.
+ */
+export const linksWorthARewrite = 2;
+
+/**
+ * Whether a queued message already says what `b` says (its schedule, and the enqueues its run
+ * links to, or `linksWorthARewrite` of them), so that it need not be rewritten.
+ */
 export function sameSchedule(a: WorkItem, b: WorkItem): boolean {
   const linked = new Set(a.enqueues);
+  const enough = linked.size >= linksWorthARewrite;
   return (
     a.priority === b.priority &&
     a.notBefore === b.notBefore &&
     a.floor === b.floor &&
     a.attempts === b.attempts &&
-    linked.size === new Set(b.enqueues).size &&
-    (b.enqueues ?? []).every((e) => linked.has(e))
+    (enough || (b.enqueues ?? []).every((e) => linked.has(e)))
   );
 }
 

@@ -7,7 +7,7 @@
 import { JetStreamApiError } from "@nats-io/jetstream";
 import { decodeMessage, encodeMessage, priorities, workItemSchema, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import { JetStreamErrorCode } from "@homeostat/core/jetstream-errors";
-import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
+import { stored, type JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import type { Key } from "@homeostat/core/key";
 import { producerSpan } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
@@ -29,10 +29,11 @@ export class WorkStream {
   /** Queues `item` in its class; false when that class already holds a message of the key (the server refuses it). */
   async publish(item: WorkItem): Promise<boolean> {
     const subject = this.n.topology.workSubject(item.priority, item.key);
-    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key }, (headers) =>
+    // A refusal is the common answer to an enqueue of a queued key: no message, so no span is exported for it.
+    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key, sent: stored }, (headers) =>
       this.pipe.tryPublish(subject, encodeMessage(item), headers),
     );
-    if (!("refused" in answer)) return true;
+    if (stored(answer)) return true;
     // The work stream has no stream-wide limits: refused means the subject holds the key already.
     if (answer.refused.err_code === JetStreamErrorCode.StoreFailed) return false;
     throw new JetStreamApiError(answer.refused);
