@@ -43,8 +43,11 @@
  *
  * --telemetry starts OpenTelemetry in this process as a service does (runService in core):
  * every span made, exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and each
- * Homeostat enqueue issued inside a span of its own, as the queue service's admission issues
- * it (so its run links back to it). benches/telemetry-overhead.ts runs it both ways.
+ * Homeostat enqueue issued in a trace context of its own (a sampled remote parent, as a caller
+ * in another process passes it), so that its run links back to it as in the queue service.
+ * The caller's own span is the caller's cost (the admission's span of the event message it
+ * consumes), not the queue's: the bench does not make one. benches/telemetry-overhead.ts runs
+ * it both ways.
  *
  * Usage: node benches/queue.ts [--only jetstream|bullmq|homeostat[,...]] [--telemetry]
  */
@@ -70,8 +73,8 @@ import {
   type Logger,
   type Nats,
 } from "@homeostat/core";
-import { inSpan, SpanKind, startTelemetry } from "@homeostat/core/telemetry";
-import { ROOT_CONTEXT } from "@opentelemetry/api";
+import { startTelemetry } from "@homeostat/core/telemetry";
+import { context, ROOT_CONTEXT, trace, TraceFlags, type Context } from "@opentelemetry/api";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { percentile, table } from "./table.ts";
 
@@ -91,7 +94,7 @@ const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
 type Name = "jetstream" | "bullmq" | "homeostat";
-/** --telemetry: OpenTelemetry on as in a service, and each Homeostat enqueue in a span of its own. */
+/** --telemetry: OpenTelemetry on as in a service, and each Homeostat enqueue in a caller's trace context of its own. */
 let telemetry = false;
 const allNames: readonly Name[] = ["jetstream", "bullmq", "homeostat"];
 const labels: Record<Name, string> = { jetstream: "raw JetStream", bullmq: "BullMQ 6 (dedup)", homeostat: "Homeostat WorkQueue" };
@@ -527,6 +530,16 @@ async function benchBullMQ(prefix: string, d: Deadline, cleanups: (() => Promise
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 
+/** Trace ids of the callers: this run's random half, then a count (randomness per call would be the bench's cost, not the queue's). */
+const callerTraceIds = randomBytes(8).toString("hex");
+let callers = 0;
+
+/** A new sampled trace context, as a traced caller in another process passes it with its request. */
+function callerContext(): Context {
+  const n = (++callers).toString(16).padStart(16, "0");
+  return trace.setSpanContext(ROOT_CONTEXT, { traceId: callerTraceIds + n, spanId: n, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+}
+
 async function benchHomeostat(prefix: string, config: Config, d: Deadline, cleanups: (() => Promise<void>)[]): Promise<Result> {
   const producerConn: Nats = await connectNats(config, `bench-queue-hs-producer-${prefix}`);
   const workerConn: Nats = await connectNats(config, `bench-queue-hs-worker-${prefix}`);
@@ -540,8 +553,7 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   const producerQueue = new WorkQueue(producerConn, workQueueOptions(config, { log: quiet, owner: `bench-producer-${process.pid}` }));
   const workerQueue = new WorkQueue(workerConn, workQueueOptions(config, { log: quiet, owner: `bench-worker-${process.pid}` }));
   const request = (k: Key, i: number) => producerQueue.enqueue({ key: k, priority: "release", cause: { type: "manual", id: String(i) } });
-  const enqueue = (k: Key, i: number): Promise<Outcome> =>
-    telemetry ? inSpan("bench enqueue", { parent: ROOT_CONTEXT, kind: SpanKind.CONSUMER }, () => request(k, i)) : request(k, i);
+  const enqueue = (k: Key, i: number): Promise<Outcome> => (telemetry ? context.with(callerContext(), () => request(k, i)) : request(k, i));
 
   const startWorker = (log: RunLog): { stop(): Promise<void> } => {
     const ac = new AbortController();
@@ -744,6 +756,7 @@ async function main(): Promise<void> {
     JSON.stringify({
       bench: "queue",
       processed_per_s: per((r) => r.processedPerS),
+      processing_s: per((r) => r.processedS),
       enqueue_per_s: per((r) => r.enqueuePerS),
       drain_processed_per_s: per((r) => r.drainPerS),
       processed: per((r) => r.processed),
