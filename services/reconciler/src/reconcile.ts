@@ -19,6 +19,7 @@
 import {
   currentTraceId,
   makeKey,
+  mapLimit,
   parseKey,
   retryingText,
   settleBuild,
@@ -35,6 +36,9 @@ import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemet
 import { done, doneWith, nonRetriable, requeueAfter, type QueueRequest, type ReconcileResult } from "@homeostat/workqueue";
 import { buildRequestOf, DesiredState, type AdvisoryStore, type Catalog, type Desired, type DesiredInputs, type ReleaseStore } from "@homeostat/catalog";
 import type { Resolution } from "./upstream.ts";
+
+/** Dependents a run looks at at once when it decides which to tell of its build (noticesDue). */
+const NOTICE_CONCURRENCY = 32;
 
 /** Builds requested, by trigger (the cause type: release, advisory, dependency, resync, catalog, manual…); made on first use, once the MeterProvider is registered. */
 let rebuildCounter: Counter | undefined;
@@ -322,20 +326,16 @@ export function createReconciler(deps: ReconcilerDeps) {
       if (!status) read.set(k, (status = deps.state.get(k)));
       return status;
     };
-    const due: Key[] = [];
-    for (const child of candidates) {
+    // A base package has thousands of dependents: a few dozen looked at at once, not one by one.
+    const tellNow = await mapLimit(candidates, NOTICE_CONCURRENCY, async (child) => {
       const others = inputsOf(catalog, child).filter((k) => k !== key);
       const toldToo = others.find((k) => told.has(k));
-      if (toldToo) {
-        if (!(await markWaiting(child, `${toldToo} to settle first`))) due.push(child);
-        continue;
-      }
-      let settling = await firstSettling(others, known);
-      if (settling && (await markWaiting(child, settling))) settling = await firstSettling(others, (k) => deps.state.get(k));
-      else settling = undefined;
-      if (!settling) due.push(child);
-    }
-    return due;
+      if (toldToo) return !(await markWaiting(child, `${toldToo} to settle first`));
+      const settling = await firstSettling(others, known);
+      if (!settling || !(await markWaiting(child, settling))) return true;
+      return !(await firstSettling(others, (k) => deps.state.get(k)));
+    });
+    return candidates.filter((_, i) => tellNow[i]);
   }
 
   /**
