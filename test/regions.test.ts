@@ -28,6 +28,7 @@ import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { bindBuckets, loadConfig, StateStore, type KeyStatus } from "@homeostat/core";
 import { AdvisoryStore, CatalogSource, DesiredState, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
 import { Builder } from "../services/builder/src/build.ts";
+import { configuredBuildContext } from "../services/builder/src/context.ts";
 import { resolveIsolation } from "../services/builder/src/isolation.ts";
 import { unsandboxedBuildEnv, writeExclusiveCatalog, type ExclusiveCatalog } from "../scripts/exclusive-builds.ts";
 import { repoRoot, waitFor } from "../scripts/factory.ts";
@@ -157,19 +158,7 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
       assert.equal(desired.state, "build", `the catalog and the facts call for a build of ${name}: ${JSON.stringify(desired)}`);
       if (desired.state !== "build") throw new Error("unreachable");
       const isolation = await resolveIsolation(config.buildSandbox, { workRoot });
-      const builder = new Builder(
-        {
-          dataDir: freshDir,
-          timeoutMs: config.buildTimeoutMs,
-          maxSourceBytes: config.maxSourceBytes,
-          unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
-          isolation,
-          sourceBaseDir: config.catalogDir,
-          allowRemoteSources: config.sourceHosts,
-          workRoot,
-        },
-        { concurrency: 1 },
-      );
+      const builder = new Builder(configuredBuildContext(config, { dataDir: freshDir, workRoot, isolation, remoteSources: true }), { concurrency: 1 });
       const built = await builder.build(desired.plan);
       assert.equal(built.cached, false, "the fresh builder built it (its cache was empty)");
       return { inputDigest: desired.inputDigest, outputs: built.outputs };

@@ -2,6 +2,7 @@
  * What a build runs with: the builder's data directory, limits, sandbox and cancellation.
  * Made once per builder process (main.ts) and handed to every package and image build.
  */
+import type { Config } from "@homeostat/core/config";
 import type { RemoteHosts } from "@homeostat/source";
 import type { Isolation } from "./isolation.ts";
 import type { UnpackLimits } from "./source.ts";
@@ -30,3 +31,25 @@ export type BuildContext = {
   /** Keep the workspace after the build (debugging). Default false. */
   keepWorkspace?: boolean;
 };
+
+/**
+ * The context of builds as `config` sets them (the build timeout, the source and unpack limits,
+ * the catalog's directory for relative sources), into `dataDir` with workspaces under
+ * `workRoot`; sources from remote hosts (HOMEOSTAT_SOURCE_HOSTS) only when `remoteSources`.
+ */
+export function configuredBuildContext(
+  config: Config,
+  o: { dataDir: string; workRoot: string; isolation: Isolation; remoteSources: boolean; signal?: AbortSignal },
+): BuildContext {
+  return {
+    dataDir: o.dataDir,
+    timeoutMs: config.buildTimeoutMs,
+    maxSourceBytes: config.maxSourceBytes,
+    unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
+    isolation: o.isolation,
+    sourceBaseDir: config.catalogDir,
+    workRoot: o.workRoot,
+    ...(o.remoteSources ? { allowRemoteSources: config.sourceHosts } : {}),
+    ...(o.signal ? { signal: o.signal } : {}),
+  };
+}

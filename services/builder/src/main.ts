@@ -24,6 +24,7 @@ import { AdvisoryStore, CatalogSource, openSnapshot, parseCatalogLocation, Relea
 import { buildRequestSchema, meter, publish, runConsumer, runService, StateStore } from "@homeostat/core";
 import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
+import { configuredBuildContext } from "./context.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
 import { markDetail, markOwnerLiveness } from "./liveness.ts";
 import { withFailureHandling } from "./attempts.ts";
@@ -56,20 +57,9 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   const refusals = meter().createCounter("homeostat.builder.refused", {
     description: "Build requests refused, by reason: the request is not what the catalog and the facts call for",
   });
-  const builder = new Builder(
-    {
-      dataDir: config.dataDir,
-      timeoutMs: config.buildTimeoutMs,
-      maxSourceBytes: config.maxSourceBytes,
-      unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
-      isolation,
-      sourceBaseDir: config.catalogDir,
-      allowRemoteSources: config.sourceHosts,
-      workRoot: work.root,
-      signal,
-    },
-    { concurrency: config.buildConcurrency },
-  );
+  const builder = new Builder(configuredBuildContext(config, { dataDir: config.dataDir, workRoot: work.root, isolation, remoteSources: true, signal }), {
+    concurrency: config.buildConcurrency,
+  });
   const state = new StateStore(buckets.state);
   const handleRequest = createBuildHandler({
     catalogAt: (revision) => catalogs.at(revision),
@@ -145,16 +135,13 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   });
   // Trial builds (trial.ts): the agent's snapshots, built in the same sandbox into a store of their own.
   const trials = new Builder(
-    {
+    configuredBuildContext(config, {
       dataDir: path.join(config.dataDir, "trials"),
-      timeoutMs: config.buildTimeoutMs,
-      maxSourceBytes: config.maxSourceBytes,
-      unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },
-      isolation,
-      sourceBaseDir: config.catalogDir,
       workRoot: path.join(work.root, "trials"),
+      isolation,
+      remoteSources: false,
       signal,
-    },
+    }),
     { concurrency: 1 },
   );
   const snapshots = path.join(config.dataDir, "agent", "snapshots");
