@@ -225,8 +225,14 @@ export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> 
 async function ensureBucketTtl(n: Nats, b: BucketName, ttlMs: number): Promise<void> {
   const kv = await n.kvm.create(n.topology.bucket(b), { history: bucketHistory[b], replicas: n.topology.replicas, ttl: ttlMs });
   const status = await kv.status();
-  if (status.ttl !== ttlMs) await n.jsm.streams.update(status.streamInfo.config.name, { max_age: ttlMs * 1_000_000 });
+  if (status.ttl === ttlMs) return;
+  // The server refuses a duplicate window longer than the TTL; it makes a new bucket's the shorter of its default (2 min) and the TTL.
+  const ns = ttlMs * 1_000_000;
+  await n.jsm.streams.update(status.streamInfo.config.name, { max_age: ns, duplicate_window: Math.min(defaultDuplicateWindowNs, ns) });
 }
+
+/** The server's duplicate window for a stream that names none: 2 minutes. */
+const defaultDuplicateWindowNs = 120_000_000_000;
 
 /** Creates (or updates) one stage's stream and its consumers. */
 async function ensureStage(n: Nats, config: Config, stage: Stage): Promise<void> {
