@@ -17,15 +17,19 @@
  *   parallel layer writer; scripts/provision installs it).
  * Every compressed size is printed: speed bought with a worse ratio would show there.
  *
- * Throughput is the size of the input files over wall time; each side runs `--runs` times
- * (default 3) and the best run counts, after one untimed warm-up each (page cache). The last
- * line is one JSON object. Everything is bounded: a fixed tree, a fixed number of runs, and a
- * time limit on the GNU pipeline.
+ * Throughput is the size of the input files over wall time. After one untimed warm-up of each
+ * side (page cache, JIT), `--runs` rounds (default 3) each run the three sides one after the
+ * other, so that a change in the machine's load falls on all of them alike; each side's best
+ * round counts. Each side's CPU time (user + system, of this process or of the pipeline's
+ * processes) is printed too: on a machine shared with other work, wall time follows the share
+ * of the cores a side gets, CPU time the work it does. The load average is printed before and
+ * after. The last line is one JSON object. Everything is bounded: a fixed tree, a fixed number
+ * of runs, and a time limit on the GNU pipelines.
  */
 import { execFile } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { GZIP_OPTIONS, writeTarGzFromDirectory } from "../services/builder/src/tar.ts";
@@ -99,36 +103,58 @@ async function makeTree(root: string): Promise<{ files: number; bytes: number }>
   return { files, bytes };
 }
 
-type Run = { seconds: number; gzBytes: number };
+/** One run of a side: wall seconds, CPU seconds (user + system) and the compressed size. */
+type Run = { seconds: number; cpuSeconds: number; gzBytes: number };
 
 async function homeostat(root: string): Promise<Run> {
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const r = await writeTarGzFromDirectory(root, createWriteStream("/dev/null"), { epoch: 0 });
-  return { seconds: (performance.now() - t0) / 1000, gzBytes: r.size };
+  const cpu = process.cpuUsage(cpu0);
+  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, gzBytes: r.size };
 }
 
-/** GNU tar piped to `compressor` (gzip or pigz, at the shipped level), its output counted. */
+/** `times` prints the shell's user and system time, then its children's: `0m1.234s 0m0.056s`. */
+function childCpuSeconds(times: string): number {
+  const [, um, us, sm, ss] = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(times.trim()) ?? [];
+  if (um === undefined || us === undefined || sm === undefined || ss === undefined) throw new Error(`unexpected output of times: ${JSON.stringify(times)}`);
+  return Number(um) * 60 + Number(us) + Number(sm) * 60 + Number(ss);
+}
+
+/** GNU tar piped to `compressor` (gzip or pigz, at the shipped level), its output counted, the pipeline's CPU time from `times`. */
 function tarPipe(root: string, compressor: "gzip" | "pigz"): Promise<Run> {
-  const script = `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c . | ${compressor} -n -${GZIP_OPTIONS.level} | wc -c`;
+  const script = `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -c . | ${compressor} -n -${GZIP_OPTIONS.level} | wc -c; times`;
   const t0 = performance.now();
   return new Promise((resolve, reject) =>
-    execFile("bash", ["-o", "pipefail", "-c", script, "bench", root], { timeout: 600_000 }, (err, out, stderr) =>
-      err
-        ? reject(new Error(`tar | ${compressor} failed: ${stderr || err.message}`))
-        : resolve({ seconds: (performance.now() - t0) / 1000, gzBytes: Number(out.trim()) }),
-    ),
+    execFile("bash", ["-o", "pipefail", "-e", "-c", script, "bench", root], { timeout: 600_000 }, (err, out, stderr) => {
+      if (err) return reject(new Error(`tar | ${compressor} failed: ${stderr || err.message}`));
+      const [count, , children] = out.trim().split("\n");
+      if (count === undefined || children === undefined) return reject(new Error(`tar | ${compressor}: unexpected output ${JSON.stringify(out)}`));
+      resolve({ seconds: (performance.now() - t0) / 1000, cpuSeconds: childCpuSeconds(children), gzBytes: Number(count) });
+    }),
   );
 }
 
-async function best(fn: () => Promise<Run>): Promise<Run> {
-  await fn(); // warm-up: the page cache, the JIT
-  let min: Run = { seconds: Infinity, gzBytes: 0 };
-  for (let i = 0; i < runs; i++) {
-    const r = await fn();
-    if (r.seconds < min.seconds) min = r;
-  }
-  return min;
+type Side = { name: string; run: () => Promise<Run>; runs: Run[] };
+
+/** Warms every side up once, then runs them in turn `runs` times, each run kept in its side. */
+async function rounds(sides: Side[]): Promise<void> {
+  for (const side of sides) await side.run(); // warm-up: the page cache, the JIT
+  for (let i = 0; i < runs; i++) for (const side of sides) side.runs.push(await side.run());
 }
+
+function fastest(side: Side): Run {
+  const [first, ...rest] = side.runs;
+  if (first === undefined) throw new Error(`internal: ${side.name} has no run`);
+  return rest.reduce((a, b) => (b.seconds < a.seconds ? b : a), first);
+}
+
+const round2 = (x: number): number => Math.round(x * 100) / 100;
+
+const load = (): string =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
 
 const root = await mkdtemp(path.join(tmpdir(), "hs-bench-build-"));
 try {
@@ -136,28 +162,42 @@ try {
   const tree = await makeTree(root);
   const mb = tree.bytes / (1024 * 1024);
   process.stdout.write(`${tree.files} files, ${mb.toFixed(1)} MB\n`);
-  process.stdout.write(`gzip level ${GZIP_OPTIONS.level} on both sides; best of ${runs} runs after a warm-up\n`);
-  const h = await best(() => homeostat(root));
-  const g = await best(() => tarPipe(root, "gzip"));
-  const p = await best(() => tarPipe(root, "pigz"));
-  const rows = [
-    ["homeostat writeTarGzFromDirectory", h],
-    [`GNU tar | gzip -n -${GZIP_OPTIONS.level}`, g],
-    [`GNU tar | pigz -n -${GZIP_OPTIONS.level}`, p],
-  ] as const;
-  process.stdout.write(`\n${"".padEnd(36)}${"seconds".padStart(9)}${"MB/s".padStart(9)}${"gzip MB".padStart(10)}\n`);
-  for (const [name, r] of rows)
+  const loadBefore = load();
+  process.stdout.write(`gzip level ${GZIP_OPTIONS.level} on every side; best of ${runs} rounds after a warm-up; load average ${loadBefore}\n`);
+  const sides: Side[] = [
+    { name: "homeostat writeTarGzFromDirectory", run: () => homeostat(root), runs: [] },
+    { name: `GNU tar | gzip -n -${GZIP_OPTIONS.level}`, run: () => tarPipe(root, "gzip"), runs: [] },
+    { name: `GNU tar | pigz -n -${GZIP_OPTIONS.level}`, run: () => tarPipe(root, "pigz"), runs: [] },
+  ];
+  await rounds(sides);
+  const [h, g, p] = sides.map(fastest);
+  if (h === undefined || g === undefined || p === undefined) throw new Error("internal: a side is missing");
+  const loadAfter = load();
+  process.stdout.write(
+    `\n${"".padEnd(36)}${"seconds".padStart(9)}${"MB/s".padStart(9)}${"CPU s".padStart(8)}${"gzip MB".padStart(10)}   every round's seconds\n`,
+  );
+  for (const side of sides) {
+    const r = fastest(side);
     process.stdout.write(
-      `${name.padEnd(36)}${r.seconds.toFixed(2).padStart(9)}${(mb / r.seconds).toFixed(1).padStart(9)}${(r.gzBytes / 2 ** 20).toFixed(2).padStart(10)}\n`,
+      `${side.name.padEnd(36)}${r.seconds.toFixed(2).padStart(9)}${(mb / r.seconds).toFixed(1).padStart(9)}${r.cpuSeconds.toFixed(2).padStart(8)}${(r.gzBytes / 2 ** 20).toFixed(2).padStart(10)}   ${side.runs.map((x) => x.seconds.toFixed(1)).join(" ")}\n`,
     );
+  }
+  process.stdout.write(`load average after: ${loadAfter}\n`);
   const ratio = g.seconds / h.seconds;
   const pigzRatio = p.seconds / h.seconds;
+  const pigzCpuRatio = p.cpuSeconds / h.cpuSeconds;
+  const [ours, , pigz] = sides;
+  if (ours === undefined || pigz === undefined) throw new Error("internal: a side is missing");
+  // Each round's ratio compares runs made one right after the other, under about the same load.
+  const pigzRoundRatios = ours.runs.map((r, i) => round2((pigz.runs[i]?.seconds ?? NaN) / r.seconds));
   process.stdout.write(
     `ratio homeostat / GNU: ${ratio.toFixed(2)}x (target >= 1.0x: ${ratio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / g.gzBytes - 1) * 100).toFixed(2)} % against GNU's\n`,
   );
   process.stdout.write(
     `ratio homeostat / pigz: ${pigzRatio.toFixed(2)}x (target >= 1.0x: ${pigzRatio >= 1 ? "met" : "NOT met"}); compressed size ${((h.gzBytes / p.gzBytes - 1) * 100).toFixed(2)} % against pigz's (target within 1 %)\n`,
   );
+  process.stdout.write(`ratio homeostat / pigz in each round: ${pigzRoundRatios.map((x) => x.toFixed(2)).join(" ")}\n`);
+  process.stdout.write(`CPU time pigz / homeostat: ${pigzCpuRatio.toFixed(2)}x (${p.cpuSeconds.toFixed(2)} s against ${h.cpuSeconds.toFixed(2)} s)\n`);
   console.log(
     JSON.stringify({
       bench: "build",
@@ -168,6 +208,10 @@ try {
       },
       ratio: Math.round(ratio * 1000) / 1000,
       ratio_pigz: Math.round(pigzRatio * 1000) / 1000,
+      cpu_s: { homeostat: round2(h.cpuSeconds), gnu_tar_gzip: round2(g.cpuSeconds), gnu_tar_pigz: round2(p.cpuSeconds) },
+      ratio_pigz_rounds: pigzRoundRatios,
+      cpu_ratio_pigz: Math.round(pigzCpuRatio * 1000) / 1000,
+      load: { before: loadBefore, after: loadAfter },
       gzip_bytes: { homeostat: h.gzBytes, gnu_tar_gzip: g.gzBytes, gnu_tar_pigz: p.gzBytes },
       files: tree.files,
       mb: Math.round(mb * 10) / 10,
