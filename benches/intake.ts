@@ -24,10 +24,10 @@ import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { ReleaseStore } from "@homeostat/catalog";
-import { connectNats, loadConfig, seedFile } from "@homeostat/core";
 import { getKeyStatus, statusClient } from "@homeostat/status-api";
-import { startFactory, startLocalServers, waitFor } from "../scripts/factory.ts";
+import { waitFor } from "../scripts/factory.ts";
 import { deliver, PACKAGE, PINNED, releaseDelivery, releaseTarball, startArchiveHost, writeReleaseCatalog } from "../test/fixtures/github-upstream.ts";
+import { integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
 
 const SECRET = "bench-intake-webhook-secret";
@@ -52,31 +52,14 @@ export async function runIntakeBench(o: IntakeOptions): Promise<Record<string, u
     const catalogDir = path.join(dir, "catalog");
     writeReleaseCatalog(catalogDir, host, pinned);
 
-    const servers = await startLocalServers(path.join(dir, "servers"), { prefix: "intake", region: "local" });
-    stops.push(() => servers.stop());
-    const factory = await startFactory({
-      env: {
-        NATS_URL: servers.natsUrl,
-        REDIS_URL: servers.redisUrl,
-        HOMEOSTAT_PREFIX: "intake",
-        HOMEOSTAT_REGION: "local",
-        HOMEOSTAT_DATA: path.join(dir, "data"),
-        HOMEOSTAT_CATALOG: catalogDir,
-        HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET,
-        HOMEOSTAT_GITHUB_ARCHIVE_URL: host.base,
-        // Every release is a delivery; the periodic resync would only add noise.
-        HOMEOSTAT_RESYNC_MS: String(7 * 24 * 3_600_000),
-        HOMEOSTAT_INGEST_RATE_LIMIT: "100000000",
-        HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: "100000000",
-      },
-      natsCredentials: servers.natsCredentials,
-      logDir: path.join(dir, "logs"),
-    });
-    stops.push(() => factory.stop());
+    // Every release is a delivery: no periodic resync.
+    const { factory, connectAs } = await startBenchFactory(
+      dir,
+      { prefix: "intake", catalogDir, env: { HOMEOSTAT_GITHUB_WEBHOOK_SECRET: SECRET, HOMEOSTAT_GITHUB_ARCHIVE_URL: host.base } },
+      stops,
+    );
     // Ingest's identity reads the release store (it writes the announcements there).
-    const nats = await connectNats(loadConfig({ ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "ingest") }), "intake-bench", {
-      identity: "ingest",
-    });
+    const nats = await connectAs("ingest", "intake-bench");
     stops.push(() => nats.nc.close());
     const releases = new ReleaseStore(await nats.kvm.open(nats.topology.bucket("releases"), { allow_direct: true }));
     const client = statusClient(factory.grpcAddr);
@@ -129,8 +112,7 @@ export async function runIntakeBench(o: IntakeOptions): Promise<Record<string, u
       loadavg: loadavg().map((l) => Math.round(l * 100) / 100),
     };
   } finally {
-    for (const stop of stops.reverse()) await stop().catch(() => {});
-    if (!o.keep) await rm(dir, { recursive: true, force: true });
+    await tearDown(stops, dir, o.keep);
   }
 }
 
@@ -143,15 +125,10 @@ if (import.meta.main) {
       keep: { type: "boolean", default: false },
     },
   });
-  const num = (name: string, v: string, min: number, max: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name}: expected an integer in [${min}, ${max}], got ${v}`);
-    return n;
-  };
   const result = await runIntakeBench({
-    releases: num("releases", values.releases, 1, 10_000),
-    mb: num("mb", values.mb, 0, 512),
-    timeoutS: num("timeout-s", values["timeout-s"], 1, 3_600),
+    releases: integerOption("releases", values.releases, 1, 10_000),
+    mb: integerOption("mb", values.mb, 0, 512),
+    timeoutS: integerOption("timeout-s", values["timeout-s"], 1, 3_600),
     keep: values.keep,
   });
   console.log(JSON.stringify(result));

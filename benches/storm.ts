@@ -32,18 +32,19 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream, readFileSync } from "node:fs";
-import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp } from "node:fs/promises";
 import { createServer } from "node:http";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { loadCatalog } from "@homeostat/catalog";
-import { connectNats, loadConfig, mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
+import { mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
 import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
-import { repoRoot, startFactory, startLocalServers, stopChild, waitFor, type Factory } from "../scripts/factory.ts";
-import { pick } from "../scripts/app-tarball.ts";
+import { repoRoot, stopChild, waitFor } from "../scripts/factory.ts";
+import { mulberry32, pick } from "../scripts/app-tarball.ts";
 import { generateCatalog, sourceTarball } from "../scripts/gen-catalog.ts";
 import { startRegistry } from "../test/fixtures/registry.ts";
+import { integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
 
 export type StormOptions = {
@@ -232,17 +233,6 @@ function builtStatus(statuses: ReadonlyMap<string, KeyStatus>, key: string): Key
   return { ...s, actual: s.actual };
 }
 
-/** A seeded generator, so a run's event mix is reproducible. */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x1_0000_0000;
-  };
-}
-
 /** The next patch version of `v` (x.y.z). */
 const bump = (v: string, by = 1) => {
   const [a, b, c] = v.split(".").map(Number);
@@ -271,41 +261,33 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     const keys = catalog.keys();
     note(`catalog: ${o.packages} packages, ${o.images} images (${keys.length} keys) in ${Date.now() - t0} ms; work dir ${dir}`);
 
-    const servers = await startLocalServers(path.join(dir, "servers"), { prefix: "storm", region: "local" });
-    stops.push(() => servers.stop());
     const registry = await startRegistry();
     stops.push(() => registry.stop());
     const telemetry = await startTelemetryReceiver();
     stops.push(() => telemetry.close());
-    const factory: Factory = await startFactory({
-      env: {
-        NATS_URL: servers.natsUrl,
-        REDIS_URL: servers.redisUrl,
-        HOMEOSTAT_PREFIX: "storm",
-        HOMEOSTAT_REGION: "local",
-        HOMEOSTAT_DATA: path.join(dir, "data"),
-        HOMEOSTAT_CATALOG: catalogDir,
-        HOMEOSTAT_REGISTRY_URL: registry.url,
-        // The scenarios enqueue the resync themselves; the periodic one would only add noise.
-        HOMEOSTAT_RESYNC_MS: String(7 * 24 * 3_600_000),
-        HOMEOSTAT_INGEST_RATE_LIMIT: "100000000",
-        HOMEOSTAT_INGEST_ADDRESS_RATE_LIMIT: "100000000",
-        // A batch of ADVISORY_BATCH advisories on a loaded machine can take longer than the
-        // default 30 s idle timeout, which closes the socket without an answer mid-request.
-        HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS: String(o.timeoutS * 1000),
-        HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS: String(o.timeoutS * 1000),
-        OTEL_EXPORTER_OTLP_ENDPOINT: telemetry.url,
-        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
-        OTEL_METRIC_EXPORT_INTERVAL: "1000",
-        OTEL_BSP_SCHEDULE_DELAY: "200",
-        OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
-        OTEL_TRACES_SAMPLER_ARG: "0",
-        ...(o.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.resolve(o.profileDir)}` } : {}),
+    // The scenarios enqueue the resync themselves: no periodic one.
+    const { servers, factory, connectAs } = await startBenchFactory(
+      dir,
+      {
+        prefix: "storm",
+        catalogDir,
+        env: {
+          HOMEOSTAT_REGISTRY_URL: registry.url,
+          // A batch of ADVISORY_BATCH advisories on a loaded machine can take longer than the
+          // default 30 s idle timeout, which closes the socket without an answer mid-request.
+          HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS: String(o.timeoutS * 1000),
+          HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS: String(o.timeoutS * 1000),
+          OTEL_EXPORTER_OTLP_ENDPOINT: telemetry.url,
+          OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+          OTEL_METRIC_EXPORT_INTERVAL: "1000",
+          OTEL_BSP_SCHEDULE_DELAY: "200",
+          OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+          OTEL_TRACES_SAMPLER_ARG: "0",
+          ...(o.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.resolve(o.profileDir)}` } : {}),
+        },
       },
-      natsCredentials: servers.natsCredentials,
-      logDir: path.join(dir, "logs"),
-    });
-    stops.push(() => factory.stop());
+      stops,
+    );
     // More builders and signers: the same program and identity; started once the first of each
     // has made the shared keys (a second process racing to create them would make its own).
     const replicas: Proc[] = [];
@@ -335,9 +317,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       }
     }
     stops.push(async () => void (await Promise.all(replicas.map((r) => stopChild(r.child)))));
-    const nats = await connectNats(loadConfig({ ...factory.env, NATS_NKEY_SEED_FILE: seedFile(servers.natsCredentials, "ingest") }), "storm-bench", {
-      identity: "ingest",
-    });
+    const nats = await connectAs("ingest", "storm-bench");
     stops.push(() => nats.nc.close());
     const client = statusClient(factory.grpcAddr);
     stops.push(async () => client.close());
@@ -439,7 +419,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     // advisories (a new OSV id each, naming random packages from the same set: many repeats of
     // each key, affecting no built version, so they cost a reconcile and no build).
     {
-      const rand = xorshift(7);
+      // Seeded, so a run's event mix is reproducible.
+      const rand = mulberry32(7);
       const tail = [...catalog.packages.keys()].filter((n) => !/^(glibc|zlib|xz|bzip2|openssl|ncurses|readline|libffi)$/.test(n));
       const targets = Array.from(new Set(Array.from({ length: Math.max(1, Math.min(tail.length, Math.ceil(o.events / 50))) }, () => pick(tail, rand))));
       const releasesPerTarget = 5;
@@ -701,8 +682,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     }
     return lines;
   } finally {
-    for (const stop of stops.reverse()) await stop().catch(() => {});
-    if (!o.keep) await rm(dir, { recursive: true, force: true });
+    await tearDown(stops, dir, o.keep);
   }
 }
 
@@ -722,20 +702,16 @@ if (import.meta.main) {
     },
   });
   const base = values.quick ? QUICK : FULL;
-  const num = (v: string | undefined, d: number, min: number, max: number) => {
-    if (v === undefined) return d;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer in [${min}, ${max}], got ${v}`);
-    return n;
-  };
+  /** Option `--name` given as `v`, else the size's `d` (--quick or the full one). */
+  const num = (name: string, v: string | undefined, d: number, min: number, max: number) => (v === undefined ? d : integerOption(name, v, min, max));
   const o: StormOptions = {
-    packages: num(values.packages, base.packages, 8, 100_000),
-    images: num(values.images, base.images, 1, 10_000),
-    events: num(values.events, base.events, 1, 5_000_000),
-    latency: num(values.latency, base.latency, 1, 10_000),
-    builders: num(values.builders, base.builders, 1, 16),
-    signers: num(values.signers, base.signers, 1, 16),
-    timeoutS: num(values["timeout-s"], base.timeoutS, 10, 86_400),
+    packages: num("packages", values.packages, base.packages, 8, 100_000),
+    images: num("images", values.images, base.images, 1, 10_000),
+    events: num("events", values.events, base.events, 1, 5_000_000),
+    latency: num("latency", values.latency, base.latency, 1, 10_000),
+    builders: num("builders", values.builders, base.builders, 1, 16),
+    signers: num("signers", values.signers, base.signers, 1, 16),
+    timeoutS: num("timeout-s", values["timeout-s"], base.timeoutS, 10, 86_400),
     keep: values.keep === true,
     ...(values.profile ? { profileDir: values.profile } : {}),
   };
