@@ -9,19 +9,8 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { mulberry32 } from "../../../scripts/app-tarball.ts";
 import { unifiedDiff } from "./unified-diff.ts";
-
-/** A seeded generator (mulberry32), so a failure is replayable. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function applyWithPatch(before: string | undefined, diff: string): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), "udiff-"));
@@ -37,7 +26,8 @@ function applyWithPatch(before: string | undefined, diff: string): string {
 
 test("random edits: patch(1) turns the old text into the new with the diff", () => {
   const seed = Number(process.env.UDIFF_SEED ?? 20);
-  const rnd = random(seed);
+  // Seeded, so a failure is replayable.
+  const rnd = mulberry32(seed);
   const words = ["alpha", "beta", "gamma", "delta", "", "  indented", "make hello"];
   for (let round = 0; round < 60; round++) {
     const old = Array.from({ length: Math.floor(rnd() * 40) }, () => words[Math.floor(rnd() * words.length)]!);
