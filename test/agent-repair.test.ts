@@ -16,7 +16,7 @@ import path from "node:path";
 import { StateStore } from "@homeostat/core";
 import { testEnv } from "./harness.ts";
 import { readScript, startFakeMessagesServer } from "./agent-fake-messages.ts";
-import { quiet, startAgentRig, tarball } from "./agent-rig.ts";
+import { helloRecipe, quiet, startAgentRig, tarball } from "./agent-rig.ts";
 import { messagesClient } from "../services/agent/src/loop.ts";
 import { serveTrials } from "../services/builder/src/trial.ts";
 
@@ -37,21 +37,7 @@ function makeCatalog(root: string, secretFile: string): { catalogDir: string; sh
   }
   const catalogDir = path.join(root, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
-  writeFileSync(
-    path.join(catalogDir, "packages", "hello.yaml"),
-    [
-      "name: hello",
-      'version: "1.0"',
-      "source:",
-      "  url: ../sources/hello-1.0.tar.gz",
-      `  sha256: ${sha["1.0"]}`,
-      "build:",
-      "  steps:",
-      "    - make hello",
-      "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
-      "",
-    ].join("\n"),
-  );
+  writeFileSync(path.join(catalogDir, "packages", "hello.yaml"), helloRecipe("hello", sha["1.0"]!, "make hello"));
   return { catalogDir, sha };
 }
 

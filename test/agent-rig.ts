@@ -83,23 +83,25 @@ export function helloCatalog(root: string, names: readonly string[]): { catalogD
   }
   const catalogDir = path.join(root, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
-  for (const name of names) {
-    const recipe = [
-      `name: ${name}`,
-      'version: "1.0"',
-      "source:",
-      "  url: ../sources/hello-1.0.tar.gz",
-      `  sha256: ${sha["1.0"]}`,
-      "build:",
-      "  steps:",
-      // Linked statically: an image holding it has no C library.
-      "    - make hello CC='cc -static'",
-      "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
-      "",
-    ];
-    writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), recipe.join("\n"));
-  }
+  // Linked statically: an image holding it has no C library.
+  for (const name of names) writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), helloRecipe(name, sha["1.0"]!, "make hello CC='cc -static'"));
   return { catalogDir, sha };
+}
+
+/** The recipe of package `name`: hello 1.0 (its tarball's sha256 `sha`) built by `make`, its program installed. */
+export function helloRecipe(name: string, sha: string, make: string): string {
+  return [
+    `name: ${name}`,
+    'version: "1.0"',
+    "source:",
+    "  url: ../sources/hello-1.0.tar.gz",
+    `  sha256: ${sha}`,
+    "build:",
+    "  steps:",
+    `    - ${make}`,
+    "    - mkdir -p $DESTDIR/usr/bin && cp hello $DESTDIR/usr/bin/hello",
+    "",
+  ].join("\n");
 }
 
 /** The real `homeostat` command line with only `env` (and PATH): its exit code and output. */
