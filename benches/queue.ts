@@ -73,7 +73,7 @@ import {
   type Logger,
   type Nats,
 } from "@homeostat/core";
-import { startTelemetry } from "@homeostat/core/telemetry";
+import { keptAtRoot, startTelemetry } from "@homeostat/core/telemetry";
 import { context, ROOT_CONTEXT, trace, TraceFlags, type Context } from "@opentelemetry/api";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { percentile, table } from "./table.ts";
@@ -530,14 +530,23 @@ async function benchBullMQ(prefix: string, d: Deadline, cleanups: (() => Promise
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 
-/** Trace ids of the callers: this run's random half, then a count (randomness per call would be the bench's cost, not the queue's). */
+/**
+ * Trace ids of the callers: this run's random half, then a count and the count scrambled
+ * (randomness per call would be the bench's cost, not the queue's; the scrambled half spreads
+ * the ids over the ratio sampler, which XORs their 32-bit words).
+ */
 const callerTraceIds = randomBytes(8).toString("hex");
 let callers = 0;
 
-/** A new sampled trace context, as a traced caller in another process passes it with its request. */
-function callerContext(): Context {
-  const n = (++callers).toString(16).padStart(16, "0");
-  return trace.setSpanContext(ROOT_CONTEXT, { traceId: callerTraceIds + n, spanId: n, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+/**
+ * A new trace context, as a traced caller in another process passes it with its request: sampled
+ * as that caller, configured with the same OTEL_TRACES_SAMPLER, decides at its trace's root.
+ */
+function callerContext(kept: (traceId: string) => boolean): Context {
+  const count = ++callers;
+  const n = count.toString(16).padStart(8, "0") + (Math.imul(count, 0x9e3779b1) >>> 0).toString(16).padStart(8, "0");
+  const traceId = callerTraceIds + n;
+  return trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: n, traceFlags: kept(traceId) ? TraceFlags.SAMPLED : TraceFlags.NONE, isRemote: true });
 }
 
 async function benchHomeostat(prefix: string, config: Config, d: Deadline, cleanups: (() => Promise<void>)[]): Promise<Result> {
@@ -553,7 +562,8 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   const producerQueue = new WorkQueue(producerConn, workQueueOptions(config, { log: quiet, owner: `bench-producer-${process.pid}` }));
   const workerQueue = new WorkQueue(workerConn, workQueueOptions(config, { log: quiet, owner: `bench-worker-${process.pid}` }));
   const request = (k: Key, i: number) => producerQueue.enqueue({ key: k, priority: "release", cause: { type: "manual", id: String(i) } });
-  const enqueue = (k: Key, i: number): Promise<Outcome> => (telemetry ? context.with(callerContext(), () => request(k, i)) : request(k, i));
+  const callerKeeps = keptAtRoot(config.telemetry.sampler);
+  const enqueue = (k: Key, i: number): Promise<Outcome> => (telemetry ? context.with(callerContext(callerKeeps), () => request(k, i)) : request(k, i));
 
   const startWorker = (log: RunLog): { stop(): Promise<void> } => {
     const ac = new AbortController();
@@ -756,7 +766,8 @@ async function main(): Promise<void> {
     JSON.stringify({
       bench: "queue",
       processed_per_s: per((r) => r.processedPerS),
-      processing_s: per((r) => r.processedS),
+      // Milliseconds' precision: bench:telemetry divides by it, and a small run drains in a few seconds.
+      processing_s: Object.fromEntries(results.map((r) => [r.name, Math.round(r.processedS * 1000) / 1000])),
       enqueue_per_s: per((r) => r.enqueuePerS),
       drain_processed_per_s: per((r) => r.drainPerS),
       processed: per((r) => r.processed),

@@ -40,6 +40,7 @@ before(async () => {
     metrics: { url: `${otlp.url}/v1/metrics`, protocol: "http/protobuf" },
     metricExportIntervalMs: 500,
     spanBatchDelayMs: 100,
+    sampler: { name: "always_on", ratio: 1 },
   });
   fake = await startFakeMessagesServer();
   t = await testEnv();

@@ -32,6 +32,7 @@ before(async () => {
     metrics: undefined,
     metricExportIntervalMs: 60_000,
     spanBatchDelayMs: 100,
+    sampler: { name: "always_on", ratio: 1 },
   });
   t = await testEnv({ HOMEOSTAT_LEASE_MS: "5000" });
   q = new WorkQueue(t.nats, {

@@ -9,6 +9,15 @@ import { z } from "zod";
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveMs = z.coerce.number().int().positive();
+/** The trace samplers OTEL_TRACES_SAMPLER may name (the OpenTelemetry specification's built-in ones). */
+export const traceSamplers = [
+  "always_on",
+  "always_off",
+  "traceidratio",
+  "parentbased_always_on",
+  "parentbased_always_off",
+  "parentbased_traceidratio",
+] as const;
 /** An optional URL; empty counts as unset (a variable left blank in a manifest). */
 const optionalUrl = z.preprocess((v) => (v === "" ? undefined : v), z.url().optional());
 
@@ -269,6 +278,15 @@ const schema = z.object({
   OTEL_METRIC_EXPORT_INTERVAL: positiveMs.default(10_000),
   /** How long finished spans wait to be sent in a batch. */
   OTEL_BSP_SCHEDULE_DELAY: positiveMs.default(500),
+  /**
+   * Which traces are recorded and exported (the specification's names). Default always_on:
+   * every rebuild's trace is kept, an incoming traceparent's flag notwithstanding. At high
+   * rates, `parentbased_traceidratio` with a ratio keeps the cost of tracing down (a span not
+   * sampled costs almost nothing; a key's status still records its trace id).
+   */
+  OTEL_TRACES_SAMPLER: z.enum(traceSamplers).default("always_on"),
+  /** The ratio of traces the `*traceidratio` samplers keep, 0 to 1 (default 1). */
+  OTEL_TRACES_SAMPLER_ARG: z.preprocess((v) => (v === "" ? undefined : v), z.coerce.number().min(0).max(1).default(1)),
 });
 
 export type Config = Readonly<{
@@ -378,6 +396,8 @@ export type TelemetrySettings = {
   metrics: OtlpTarget;
   metricExportIntervalMs: number;
   spanBatchDelayMs: number;
+  /** OTEL_TRACES_SAMPLER and its ratio (OTEL_TRACES_SAMPLER_ARG). */
+  sampler: { name: (typeof traceSamplers)[number]; ratio: number };
 };
 
 export class ConfigError extends Error {}
@@ -607,6 +627,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ),
       metricExportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
       spanBatchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
+      sampler: { name: e.OTEL_TRACES_SAMPLER, ratio: e.OTEL_TRACES_SAMPLER_ARG },
     },
   };
 }

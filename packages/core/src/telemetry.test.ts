@@ -2,9 +2,11 @@
  * Trace ids exist whether or not they are exported: with no OTLP endpoint a span is still
  * sampled and carries a real trace id, which travels in the message headers.
  */
+import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, trace, TraceFlags } from "@opentelemetry/api";
+import { SamplingDecision } from "@opentelemetry/sdk-trace";
 import { loadConfig } from "./config.ts";
 import {
   context,
@@ -17,6 +19,8 @@ import {
   serviceResource,
   startTelemetry,
   traceHeaders,
+  keptAtRoot,
+  traceSampler,
 } from "./telemetry.ts";
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
@@ -28,6 +32,7 @@ test("without an OTLP endpoint, spans still have a real trace id, carried across
     metrics: undefined,
     metricExportIntervalMs: 10_000,
     spanBatchDelayMs: 500,
+    sampler: { name: "always_on", ratio: 1 },
   });
   try {
     const sent = await inSpan("send", {}, async () => ({ id: currentTraceId(), headers: traceHeaders() }));
@@ -91,4 +96,35 @@ test("a URL recorded on a CLIENT span keeps its query's names and loses every va
   assert.equal(redacted.href, "https://registry.example:5000/v2/app/blobs/uploads/abc?_state=REDACTED&digest=REDACTED#frag");
   assert.equal(url.search, "?_state=s3cr3t&digest=sha256%3A12&digest=x", "the URL itself is left as it was");
   assert.equal(redactedUrl(new URL("http://127.0.0.1/a.tar.gz")).href, "http://127.0.0.1/a.tar.gz", "no query: unchanged");
+});
+
+test("OTEL_TRACES_SAMPLER and its ratio choose which traces are kept; a wrong name or ratio is a configuration error", () => {
+  const env = { OTEL_TRACES_SAMPLER_ARG: "" };
+  assert.deepEqual(loadConfig(env).telemetry.sampler, { name: "always_on", ratio: 1 }, "default (a blank ratio is unset): every trace");
+  const tenth = loadConfig({ ...env, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" }).telemetry.sampler;
+  assert.deepEqual(tenth, { name: "parentbased_traceidratio", ratio: 0.1 });
+  assert.throws(() => loadConfig({ ...env, OTEL_TRACES_SAMPLER: "sometimes" }), /OTEL_TRACES_SAMPLER/);
+  assert.throws(() => loadConfig({ ...env, OTEL_TRACES_SAMPLER_ARG: "1.5" }), /OTEL_TRACES_SAMPLER_ARG/);
+
+  const keptOf = (sampler: ReturnType<typeof traceSampler>, parent = ROOT_CONTEXT) => {
+    let kept = 0;
+    for (let i = 0; i < 2_000; i++) {
+      const traceId = randomBytes(16).toString("hex");
+      if (sampler.shouldSample(parent, traceId, "span", SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED) kept++;
+    }
+    return kept;
+  };
+  const kept = keptOf(traceSampler(tenth));
+  assert.ok(kept > 100 && kept < 320, `about a tenth of 2,000 root traces kept (${kept})`);
+  assert.equal(keptOf(traceSampler({ name: "always_off", ratio: 1 })), 0);
+  const sampledParent = trace.setSpanContext(ROOT_CONTEXT, { traceId: "1".repeat(32), spanId: "2".repeat(16), traceFlags: TraceFlags.SAMPLED, isRemote: true });
+  assert.equal(keptOf(traceSampler(tenth), sampledParent), 2_000, "parent-based: a sampled parent's trace is always kept");
+  assert.equal(keptOf(traceSampler({ name: "always_on", ratio: 1 })), 2_000);
+  const keeps = keptAtRoot(tenth);
+  const ids = Array.from({ length: 200 }, () => randomBytes(16).toString("hex"));
+  assert.deepEqual(
+    ids.map(keeps),
+    ids.map((id) => traceSampler(tenth).shouldSample(ROOT_CONTEXT, id, "x", SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED),
+    "keptAtRoot is the sampler's decision at a root",
+  );
 });

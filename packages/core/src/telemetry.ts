@@ -36,10 +36,15 @@ import {
 } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import {
+  AlwaysOffSampler,
   AlwaysOnSampler,
   BatchSpanProcessor,
   NoopSpanProcessor,
+  ParentBasedSampler,
+  SamplingDecision,
+  TraceIdRatioBasedSampler,
   type ReadableSpan,
+  type Sampler,
   type Span as SdkSpan,
   type SpanExporter,
   type SpanProcessor,
@@ -218,7 +223,7 @@ export function startTelemetry(serviceName: string, settings: TelemetrySettings)
   const sdk = new NodeSDK({
     resource,
     spanProcessors,
-    sampler: new AlwaysOnSampler(),
+    sampler: traceSampler(settings.sampler),
     metricReaders,
     instrumentations,
     textMapPropagator: new W3CTraceContextPropagator(),
@@ -227,6 +232,19 @@ export function startTelemetry(serviceName: string, settings: TelemetrySettings)
   sdk.start();
   patchLoadedModules(instrumentations);
   return { resource, shutdown: () => sdk.shutdown() };
+}
+
+/** The sampler OTEL_TRACES_SAMPLER names: its root decision, behind the parent's when `parentbased_*`. */
+export function traceSampler({ name, ratio }: TelemetrySettings["sampler"]): Sampler {
+  const kind = name.replace(/^parentbased_/, "");
+  const root = kind === "always_off" ? new AlwaysOffSampler() : kind === "traceidratio" ? new TraceIdRatioBasedSampler(ratio) : new AlwaysOnSampler();
+  return name.startsWith("parentbased_") ? new ParentBasedSampler({ root }) : root;
+}
+
+/** Whether the sampler OTEL_TRACES_SAMPLER names keeps a trace begun at its root (no parent): a traced caller's decision. */
+export function keptAtRoot(settings: TelemetrySettings["sampler"]): (traceId: string) => boolean {
+  const sampler = traceSampler(settings);
+  return (traceId) => sampler.shouldSample(ROOT_CONTEXT, traceId, "root", SpanKind.INTERNAL, {}, []).decision === SamplingDecision.RECORD_AND_SAMPLED;
 }
 
 export const tracer = () => trace.getTracer("homeostat");
