@@ -30,7 +30,7 @@ import type { Logger } from "@homeostat/core/log";
 import { mapLimit } from "@homeostat/core/map-limit";
 import { listKeyStatuses, statusClient } from "@homeostat/status-api";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { unsandboxedBuildEnv, writeExclusiveCatalog } from "../scripts/exclusive-builds.ts";
+import { exclusiveRegionsEnv, writeExclusiveCatalog } from "../scripts/exclusive-builds.ts";
 import { startLocalServers, waitFor } from "../scripts/factory.ts";
 import { ofRegion } from "../scripts/cluster.ts";
 import { startRegions } from "../scripts/regions.ts";
@@ -84,13 +84,7 @@ const fabric = await startRegions({
   prefix: "hs",
   fabric: "fab",
   regions,
-  env: {
-    HOMEOSTAT_CATALOG: builds.catalog,
-    HOMEOSTAT_DATA: path.join(dir, "data"),
-    HOMEOSTAT_LEASE_MS: String(leaseMs),
-    HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: "1000",
-    ...unsandboxedBuildEnv,
-  },
+  env: exclusiveRegionsEnv(dir, builds, leaseMs),
 });
 const clients = new Map(regions.map((r) => [r, statusClient(ofRegion(fabric.factories, r).grpcAddr)]));
 let single: Awaited<ReturnType<typeof startLocalServers>> | undefined;

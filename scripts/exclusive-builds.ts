@@ -16,6 +16,23 @@ export const unsandboxedBuildEnv = {
   HOMEOSTAT_SIGN_UNSANDBOXED: "true",
 } as const;
 
+/**
+ * The environment of regions that build `builds` (written under `dir`): its catalog; one
+ * artifact store for every region, `<dir>/data` (deploy/README.md says why: a key built in one
+ * region is a dependency or a signature away from the others); leases of `leaseMs`; a reconcile
+ * that timed out while the fabric elected new leaders retried in seconds, not the default half
+ * minute; and the steps unsandboxed, to reach exclusive.sh's shared records.
+ */
+export function exclusiveRegionsEnv(dir: string, builds: ExclusiveCatalog, leaseMs: number): Record<string, string> {
+  return {
+    HOMEOSTAT_CATALOG: builds.catalog,
+    HOMEOSTAT_DATA: path.join(dir, "data"),
+    HOMEOSTAT_LEASE_MS: String(leaseMs),
+    HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: "1000",
+    ...unsandboxedBuildEnv,
+  };
+}
+
 export type ExclusiveCatalog = {
   /** The catalog directory (HOMEOSTAT_CATALOG). */
   catalog: string;

@@ -30,7 +30,7 @@ import { AdvisoryStore, CatalogSource, DesiredState, parseCatalogLocation, Relea
 import { Builder } from "../services/builder/src/build.ts";
 import { configuredBuildContext } from "../services/builder/src/context.ts";
 import { resolveIsolation } from "../services/builder/src/isolation.ts";
-import { unsandboxedBuildEnv, writeExclusiveCatalog, type ExclusiveCatalog } from "../scripts/exclusive-builds.ts";
+import { exclusiveRegionsEnv, writeExclusiveCatalog, type ExclusiveCatalog } from "../scripts/exclusive-builds.ts";
 import { repoRoot, waitFor } from "../scripts/factory.ts";
 import { startRegions, type Regions } from "../scripts/regions.ts";
 import { redisUrl } from "./harness.ts";
@@ -193,17 +193,7 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
       regions,
       redisUrl,
       readyTimeoutMs: startMs,
-      env: {
-        HOMEOSTAT_CATALOG: builds.catalog,
-        // One artifact store for the three regions (deploy/README.md says why): a key built in one
-        // region is a dependency or a signature away from the others.
-        HOMEOSTAT_DATA: path.join(dir, "data"),
-        HOMEOSTAT_LEASE_MS: String(leaseMs),
-        // A reconcile that timed out while the fabric elected new leaders is retried in seconds, not the default half minute.
-        HOMEOSTAT_QUEUE_BACKOFF_BASE_MS: "1000",
-        // The steps reach exclusive.sh's shared records (see the top of this file).
-        ...unsandboxedBuildEnv,
-      },
+      env: exclusiveRegionsEnv(dir, builds, leaseMs),
     });
     for (const region of regions) {
       builderPids.set(factory(region).processes.get("builder")!.pid!, region);
