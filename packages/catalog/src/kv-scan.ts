@@ -11,25 +11,16 @@
  * 3,100 runs) that left 30,000 consumers on the releases and advisories buckets, with nats-server
  * at 2.7 GB RSS and half a core.
  */
-import type { KV } from "@nats-io/kv";
-import { bucketRevision } from "@homeostat/core/state";
-
-type DirectMessage = { subject: string; seq: number; data: Uint8Array; header?: { get(name: string): string } };
-/** What @nats-io/kv's bucket keeps and its KV interface does not expose (its JetStream manager's direct API, typed as used here). */
-type BucketInternals = {
-  jsm: { direct: { getMessage(stream: string, query: { seq: number; next_by_subj: string } | { last_by_subj: string }): Promise<DirectMessage | null> } };
-  stream: string;
-  prefix: string;
-  direct: boolean;
-};
+import type { Bucket, KV } from "@nats-io/kv";
+import { bucketRevision, directBucket } from "@homeostat/core/state";
 
 export type ScannedEntry = { key: string; value: Uint8Array };
 
 /** The entries whose key matches `filter` (KV wildcards), deleted and purged ones left out, in stream order. */
 export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[]> {
-  const bucket = kv as unknown as BucketInternals;
+  const bucket = directBucket(kv);
   const latest = new Map<string, ScannedEntry | undefined>();
-  if (!bucket.direct) {
+  if (!bucket) {
     // A bucket without direct gets (configured so by hand): the consumer-based listing.
     for await (const key of await kv.keys(filter)) {
       const e = await kv.get(key);
@@ -44,7 +35,7 @@ export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[
  * (value undefined: a delete or purge marker), with one direct get per message plus one; returns
  * the sequence of the last message seen (`from - 1` when there was none).
  */
-async function scanFrom(bucket: BucketInternals, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
+async function scanFrom(bucket: Bucket, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
   const subjects = `${bucket.prefix}.${filter}`;
   let last = from - 1;
   for (let seq = from; ;) {
@@ -102,8 +93,8 @@ export class CachedScan<T> {
    * the bucket revision the caller saw before this call (reader()); undefined asks the bucket.
    */
   async list(filter: string, at?: number): Promise<T[]> {
-    const bucket = this.kv as unknown as BucketInternals;
-    if (!bucket.direct) return (await scanEntries(this.kv, filter)).map((e) => this.parse(e.value));
+    const bucket = directBucket(this.kv);
+    if (!bucket) return (await scanEntries(this.kv, filter)).map((e) => this.parse(e.value));
     const known = this.cache.get(filter);
     if (at !== undefined && known?.at === at) return [...known.entries.values()];
     const newest = await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.${filter}` });
@@ -123,7 +114,7 @@ export class CachedScan<T> {
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */
-  private async readAfter(bucket: BucketInternals, filter: string, last: number, known: Map<string, T> | undefined, at: number | undefined) {
+  private async readAfter(bucket: Bucket, filter: string, last: number, known: Map<string, T> | undefined, at: number | undefined) {
     const entries = new Map(known);
     const newLast = await scanFrom(bucket, filter, last + 1, (key, value) => {
       entries.delete(key);

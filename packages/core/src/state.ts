@@ -7,18 +7,21 @@
  * other's fields. Readers that serve users (gRPC, CLI) read Redis, which the queue service
  * rebuilds from KV at every start: losing Redis loses nothing.
  */
-import type { KV } from "@nats-io/kv";
+import { Bucket, type KV } from "@nats-io/kv";
 import { isRevisionConflict } from "./jetstream-errors.ts";
 import { keyToken, type Key } from "./key.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
 
-/** What @nats-io/kv's bucket keeps and its KV interface does not expose (its direct gets, stream and subject prefix), typed as used here. */
-type BucketInternals = {
-  jsm: { direct: { getMessage(stream: string, query: { last_by_subj: string }): Promise<{ seq: number } | null> } };
-  stream: string;
-  prefix: string;
-  direct: boolean;
-};
+/**
+ * The bucket as @nats-io/kv's `Bucket` (the class its `Kvm` makes; its stream, subject prefix
+ * and JetStream manager are public members the `KV` interface leaves out), when it answers
+ * direct gets; undefined for a bucket configured without them (its readers fall back to the
+ * consumer-based API).
+ */
+export function directBucket(kv: KV): Bucket | undefined {
+  if (!(kv instanceof Bucket)) throw new TypeError("a KV bucket made by @nats-io/kv is needed");
+  return kv.direct ? kv : undefined;
+}
 
 /**
  * The newest revision of any key of the bucket (its stream's last sequence; 0 when empty), in
@@ -26,8 +29,8 @@ type BucketInternals = {
  * is a new message, so an unchanged revision means nothing in the bucket changed in between.
  */
 export async function bucketRevision(kv: KV): Promise<number> {
-  const bucket = kv as unknown as BucketInternals;
-  if (!bucket.direct) return (await kv.status()).streamInfo.state.last_seq;
+  const bucket = directBucket(kv);
+  if (!bucket) return (await kv.status()).streamInfo.state.last_seq;
   return (await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
 }
 
