@@ -46,6 +46,15 @@ describe("build attempts (real NATS KV)", () => {
     });
   }
   const never = () => new Promise<void>(() => {});
+  /** A builder (host_1_1) whose handler refuses every request with `reason`. */
+  const refusingBuilder = (reason: ConstructorParameters<typeof BuildRefusedError>[0], detail: string, told: EnqueueRequest[]) =>
+    wrap(
+      "host_1_1",
+      async () => {
+        throw new BuildRefusedError(reason, detail);
+      },
+      told,
+    );
 
   test("a build that kills its builder is counted through its mark and given up at the limit", async () => {
     const req = await building();
@@ -121,13 +130,7 @@ describe("build attempts (real NATS KV)", () => {
   test("a refused request fails the key it was asked for at once, and leaves a key that moved on alone", async () => {
     const req = await building();
     const told: EnqueueRequest[] = [];
-    const refusing = wrap(
-      "host_1_1",
-      async () => {
-        throw new BuildRefusedError("unknown-revision", "catalog revision is not one this builder has");
-      },
-      told,
-    );
+    const refusing = refusingBuilder("unknown-revision", "catalog revision is not one this builder has", told);
     await assert.rejects(refusing(req, delivery), BuildRefusedError);
     const s = (await state.get(req.key))!;
     assert.deepEqual({ phase: s.phase, kind: s.failure?.kind }, { phase: "Failed", kind: "invalid" });
@@ -142,13 +145,7 @@ describe("build attempts (real NATS KV)", () => {
   test("a request that came before a build its inputs wait for is retried, not failed", async () => {
     const req = await building();
     const told: EnqueueRequest[] = [];
-    const early = wrap(
-      "host_1_1",
-      async () => {
-        throw new BuildRefusedError("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1");
-      },
-      told,
-    );
+    const early = refusingBuilder("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1", told);
     await assert.rejects(early(req, delivery), (e: unknown) => e instanceof TransientError && e.retryAfterMs === 1_234);
     const s = (await state.get(req.key))!;
     assert.equal(s.phase, "Building");
@@ -255,13 +252,7 @@ describe("build attempts (real NATS KV)", () => {
   test("a request that waits for another build longer than a build may take is given up: Failed with the reason, the queue told", async () => {
     const req = await building();
     const told: EnqueueRequest[] = [];
-    const early = wrap(
-      "host_1_1",
-      async () => {
-        throw new BuildRefusedError("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1");
-      },
-      told,
-    );
+    const early = refusingBuilder("waiting", "the catalog and the facts say it waits for package/dep to be built at 1.1", told);
     const published = { info: { deliveryCount: 30, timestampNanos: (Date.now() - waitLimitMs - 1_000) * 1e6 } };
     await assert.rejects(early(req, published), NonRetriableError);
     const s = (await state.get(req.key))!;
