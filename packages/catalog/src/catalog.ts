@@ -18,7 +18,7 @@ import { z } from "zod";
 import { imageConfigSchema } from "@homeostat/core/contracts";
 import { canonicalJson, sha256Digest, sha256Hex, sha256HexSchema, type Digest } from "@homeostat/core/digest";
 import { DependencyGraph, type Impact } from "./graph.ts";
-import { makeKey, nameSchema, type Key } from "@homeostat/core/key";
+import { makeKey, nameSchema, parseKey, type Key } from "@homeostat/core/key";
 import { compilePolicy, versionPolicySchema, type CompiledPolicy } from "./policy.ts";
 import { mapLimit } from "@homeostat/core/map-limit";
 
@@ -231,6 +231,13 @@ export class Catalog {
   /** Keys directly out of date once `pkg` has a new artifact: dependent packages, then images. */
   dependentsOf(pkg: string): Key[] {
     return this.graph.dependents(pkg);
+  }
+
+  /** The keys whose builds `key`'s inputs are made of: a package's build dependencies, an image's packages with their runtime closure. */
+  inputsOf(key: Key): Key[] {
+    const { kind, name } = parseKey(key);
+    const names = kind === "package" ? (this.packages.get(name)?.dependencies.build ?? []) : this.runtimeClosure(this.images.get(name)?.packages ?? []);
+    return names.map((n) => makeKey("package", n));
   }
 
   /** The changed keys and everything depending on them, in the order they can be rebuilt (graph.ts). */

@@ -220,7 +220,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
       const candidates = passOn
         ? dependents
-        : (await Promise.all(dependents.map(async (child) => ((await deps.state.get(child))?.waitingFor ? [child] : [])))).flat();
+        : (await mapLimit(dependents, NOTICE_CONCURRENCY, async (child) => ((await deps.state.get(child))?.waitingFor ? [child] : []))).flat();
       const children = (await noticesDue(item.key, candidates, catalog)).map(tell);
       return children.length ? doneWith(children) : done;
     }
@@ -328,7 +328,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     };
     // A base package has thousands of dependents: a few dozen looked at at once, not one by one.
     const tellNow = await mapLimit(candidates, NOTICE_CONCURRENCY, async (child) => {
-      const others = inputsOf(catalog, child).filter((k) => k !== key);
+      const others = catalog.inputsOf(child).filter((k) => k !== key);
       const toldToo = others.find((k) => told.has(k));
       if (toldToo) return !(await markWaiting(child, `${toldToo} to settle first`));
       const settling = await firstSettling(others, known);
@@ -385,13 +385,6 @@ export function createReconciler(deps: ReconcilerDeps) {
     );
     return requeueAfter(nextAt - Date.now());
   }
-}
-
-/** The keys whose builds `key`'s own inputs are made of: a package's build dependencies, an image's packages with their runtime closure. */
-function inputsOf(catalog: Catalog, key: Key): Key[] {
-  const { kind, name } = parseKey(key);
-  const names = kind === "package" ? (catalog.packages.get(name)?.dependencies.build ?? []) : catalog.runtimeClosure(catalog.images.get(name)?.packages ?? []);
-  return names.map((n) => makeKey("package", n));
 }
 
 /** The key's open request for a build of `inputDigest`, if it has one. */
