@@ -157,10 +157,17 @@ test("a factory: `homeostat status` lists every service; a signer that cannot wr
   const grpcAddr = `127.0.0.1:${await freePort()}`;
   const shared = { HOMEOSTAT_GRPC_ADDR: grpcAddr, HOMEOSTAT_INGEST_PORT: String(await freePort()) };
   const services: Awaited<ReturnType<typeof startService>>[] = [];
+  /** The instance id of each service this test started. */
+  const started = new Map<string, string>();
   t2.after(() => Promise.all(services.map((s) => stopChild(s.child))));
-  for (const name of ["queue", "ingest", "reconciler", "builder", "agent"] as const) services.push(await startService(name, shared));
+  for (const name of ["queue", "ingest", "reconciler", "builder", "agent"] as const) {
+    const service = await startService(name, shared);
+    services.push(service);
+    started.set(name, instanceId(undefined, service.child.pid));
+  }
   const signer = await startService("signer", { ...shared, HOMEOSTAT_SIGNER_DIR: signerDir });
   services.push(signer);
+  started.set("signer", instanceId(undefined, signer.child.pid));
   const signerPort = signer.healthPort;
 
   const stuck = await waitFor(
@@ -218,8 +225,10 @@ test("a factory: `homeostat status` lists every service; a signer that cannot wr
   );
   assert.equal(healthy.ready, true);
   for (const service of ["ingest", "queue", "reconciler", "builder", "signer"]) {
-    // An instance an earlier test in this file stopped is still listed as stopped until its heartbeat expires.
-    const own = healthy.instances.filter((i) => i.service === service && i.health !== "stopped");
+    // An instance an earlier test in this file stopped stays listed until its heartbeat expires
+    // (as stopped, or, when it was killed before it could say so, as it last was): this test's
+    // own process is the one that must be ready.
+    const own = healthy.instances.filter((i) => i.service === service && i.instance === started.get(service));
     assert.equal(own.length, 1, `one running ${service} instance`);
     assert.equal(own[0]!.health, "ready", `${service} is ready`);
     assert.equal(own[0]!.stale, false);
