@@ -227,8 +227,9 @@ test("a factory: `homeostat status` lists every service; a signer that cannot wr
   for (const service of ["ingest", "queue", "reconciler", "builder", "signer"]) {
     // An instance an earlier test in this file stopped stays listed until its heartbeat expires
     // (as stopped, or, when it was killed before it could say so, as it last was): this test's
-    // own process is the one that must be ready.
-    const own = healthy.instances.filter((i) => i.service === service && i.instance === started.get(service));
+    // own process is the one that must be ready (a stopped heartbeat under the same id is an
+    // earlier process's whose pid came round again).
+    const own = healthy.instances.filter((i) => i.service === service && i.instance === started.get(service) && i.health !== "stopped");
     assert.equal(own.length, 1, `one running ${service} instance`);
     assert.equal(own[0]!.health, "ready", `${service} is ready`);
     assert.equal(own[0]!.stale, false);
