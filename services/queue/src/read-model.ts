@@ -20,6 +20,9 @@ import { keyStatusSchema, type KeyStatus } from "@homeostat/core/status";
 import type { Topology } from "@homeostat/core/topology";
 import type { FeedEntry } from "./key-feed.ts";
 
+/** How long answers may go unconfirmed before the reason is logged: a few missed checks are routine. */
+const unconfirmedLogAfterMs = 10_000;
+
 export type ListOptions = { prefix?: string; limit?: number; after?: string };
 /** `degraded`: why the answer came from the state bucket rather than the read model. */
 export type ListPage = { items: KeyStatus[]; next?: string; degraded?: string };
@@ -117,6 +120,14 @@ export class HealingReadModel implements StatusReads {
   #observedRevision = 0;
   #currentAsOf: number | undefined;
   #confirming = false;
+  /**
+   * The bucket's last revision when it was last asked and the follower was behind it: reaching
+   * it confirms the instant of asking. Without it a bucket written more often than it is asked
+   * would never be confirmed current, though the follower keeps up.
+   */
+  #awaited: { revision: number; asked: number } | undefined;
+  /** Why the read model could not be confirmed current, once logged (cleared when it is again). */
+  #unconfirmed: string | undefined;
 
   constructor(o: { store: StatusReadModel; state: KV; source: ProjectionSource; topology: Topology; log: Pick<Logger, "info" | "warn"> }) {
     this.#store = o.store;
@@ -167,6 +178,7 @@ export class HealingReadModel implements StatusReads {
   /** Follows one change of the state bucket into Redis; a write that cannot be made marks the projection stale. */
   apply(entry: FeedEntry): void {
     this.#observedRevision = Math.max(this.#observedRevision, entry.revision);
+    if (this.#awaited && this.#observedRevision >= this.#awaited.revision) this.#confirmed(this.#awaited.asked);
     if (this.#store.redis.status !== "ready") {
       this.#stale = true;
       return;
@@ -248,13 +260,30 @@ export class HealingReadModel implements StatusReads {
       const { state, cluster } = (await this.#state.status()).streamInfo;
       // A replica without a leader (its region cut off from the quorum) still answers, after a
       // delay, with its own state, which may be stale: only a leader's answer confirms anything.
-      if (cluster && !cluster.leader) return;
-      if (this.#observedRevision >= state.last_seq) this.#currentAsOf = asked;
-    } catch {
-      // Reported through the age of currentAsOf.
+      if (cluster && !cluster.leader) return this.#notConfirmed(asked, "the state bucket has no leader (is this region cut off from the quorum?)");
+      if (this.#observedRevision >= state.last_seq) return this.#confirmed(asked);
+      if (this.#awaited === undefined || this.#awaited.revision > state.last_seq) this.#awaited = { revision: state.last_seq, asked };
+      this.#notConfirmed(asked, "the follower is behind the state bucket", { observed: this.#observedRevision, last: state.last_seq });
+    } catch (err) {
+      this.#notConfirmed(asked, `the state bucket did not answer (${errorMessage(err)})`);
     } finally {
       this.#confirming = false;
     }
+  }
+
+  #confirmed(asked: number): void {
+    this.#currentAsOf = Math.max(this.#currentAsOf ?? 0, asked);
+    if (this.#awaited && this.#awaited.asked <= asked) this.#awaited = undefined;
+    if (this.#unconfirmed !== undefined) this.#log.info("read model confirmed current again", { revision: this.#observedRevision });
+    this.#unconfirmed = undefined;
+  }
+
+  /** Logs why, once per reason, when the answers have been unconfirmed long enough to mislead (the freshness says so meanwhile). */
+  #notConfirmed(asked: number, reason: string, revisions?: { observed: number; last: number }): void {
+    const ageMs = asked - (this.#currentAsOf ?? asked);
+    if (ageMs < unconfirmedLogAfterMs || reason === this.#unconfirmed) return;
+    this.#unconfirmed = reason;
+    this.#log.warn("read model not confirmed current", { reason, ageMs, ...revisions });
   }
 
   #degrade(reason: string): void {
