@@ -17,6 +17,8 @@ export type Queued = { seq: number; item: WorkItem };
 
 export class WorkStream {
   readonly name: string;
+  /** Whether the stream has more than one replica: each then applies acks in its own time (see Worker.remove). */
+  readonly replicated: boolean;
   private readonly n: Nats;
   private readonly pipe: JetStreamPipe;
 
@@ -24,6 +26,7 @@ export class WorkStream {
     this.n = n;
     this.pipe = pipe;
     this.name = n.topology.stream("work");
+    this.replicated = n.topology.replicas > 1;
   }
 
   /** Queues `item` in its class; false when that class already holds a message of the key (the server refuses it). */

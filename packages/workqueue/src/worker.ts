@@ -303,7 +303,7 @@ export class Worker {
       const withPending = pending;
       await this.records.update(recordKey, lease, (r) => ({ ...r, pending: r.rerun ? mergeItems(withPending, r.rerun) : withPending, rerun: undefined }));
     }
-    await this.pipe.ackConfirmed(msg);
+    await this.remove(msg);
     // Release: erase the record at the revision we know (or, for a floor, leave it waiting).
     // A rerun mark that slipped in makes that fail; then queue the mark and try again.
     const floor = pending?.floor ?? 0;
@@ -321,6 +321,22 @@ export class Worker {
       follow = rec.value.rerun;
     }
     throw new Error(`the run record of ${item.key} kept changing`);
+  }
+
+  /**
+   * Takes a finished run's message out of the stream, resolving once the server has. On one
+   * server the ack removes it. On a replicated stream (nats-server 2.9) an ack removes the message
+   * on each replica as that replica applies it, through the consumer's log, unordered with the
+   * stream's own; and each replica checks the one-message-per-subject limit against its own store.
+   * The key's next message could then be stored by one replica and refused by another that had
+   * not yet applied the ack: their sequences part, and a later delete of a sequence one of them
+   * never stored makes it reset its state again and again (nats-server #7308), leaving the stream
+   * without a quorum whenever another replica is lost. A delete goes through the stream's own log,
+   * so on every replica it comes before any later publish of the key.
+   */
+  private async remove(msg: JsMsg): Promise<void> {
+    if (this.stream.replicated) await this.stream.delete(msg.info.streamSequence);
+    await this.pipe.ackConfirmed(msg);
   }
 
   private async retryLater(recordKey: string, lease: Lease, next: RunRecord, msg: JsMsg, delayMs: number): Promise<void> {
@@ -343,7 +359,7 @@ export class Worker {
       rerun = r.rerun;
       return { ...base, phase: "dead", dead, leaseUntil: 0, error: reason, pending: undefined, rerun: undefined };
     });
-    await this.pipe.ackConfirmed(msg);
+    await this.remove(msg);
     this.metrics.deadLettered.add(1, { priority: item.priority, non_retriable: isNonRetriable });
     this.o.log.error(isNonRetriable ? "reconcile gave up (non-retriable)" : "moved to the dead letters", { key: item.key, attempts: base.attempts, reason });
     await this.o
