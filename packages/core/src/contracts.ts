@@ -37,6 +37,9 @@ const epochMs = z.number().int().nonnegative();
 /** A W3C traceparent (version 00): the span context of an enqueue, kept so that the run it causes can link to it. */
 export const traceparentSchema = z.string().regex(/^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/, "a W3C traceparent");
 
+/** The length of a version-00 traceparent; a later version may add fields. */
+const traceparentMaxLength = 256;
+
 /** A run links to at most this many of the enqueues it answers: a storm of enqueues of one key must not grow its message. */
 export const maxLinkedEnqueues = 8;
 
@@ -72,6 +75,13 @@ export const workItemSchema = z.object({
    * each, so a trace of an absorbed event still leads to the run that served it.
    */
   enqueues: z.array(traceparentSchema).max(maxLinkedEnqueues).optional(),
+  /**
+   * The trace context of the publish that put this message in the stream (its PRODUCER span,
+   * sampled or not): the run's span is its child. In the body rather than in headers, which cost
+   * the queue's hottest path (an enqueue) more than the span itself. Its format is checked where
+   * it is read (the W3C propagator ignores a malformed one), not on every decode.
+   */
+  trace: z.string().max(traceparentMaxLength).optional(),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 

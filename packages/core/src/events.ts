@@ -26,7 +26,7 @@ import { z } from "zod";
 import { causeSchema, prioritySchema } from "./contracts.ts";
 import { isStoreFailed } from "./jetstream-errors.ts";
 import { keySchema, type Key } from "./key.ts";
-import { producerSpan } from "./telemetry.ts";
+import { producerSpan, traceHeaders } from "./telemetry.ts";
 import type { Nats, Topology } from "./topology.ts";
 
 export const eventSources = ["github", "advisory", "release", "anitya"] as const;
@@ -147,9 +147,9 @@ export class EventLedger {
    * already (a concurrent or earlier delivery of the same event recorded it first).
    */
   async record(record: EventRecord): Promise<"recorded" | "duplicate"> {
-    return producerSpan("events", this.subject(record.id), { msgId: record.id }, async (headers) => {
+    return producerSpan("events", this.subject(record.id), { msgId: record.id }, async (sent) => {
       try {
-        await this.nats.js.publish(this.subject(record.id), JSON.stringify(record), { headers });
+        await this.nats.js.publish(this.subject(record.id), JSON.stringify(record), { headers: traceHeaders(sent) });
         return "recorded";
       } catch (err) {
         if (isSubjectFull(err)) return "duplicate";

@@ -26,6 +26,7 @@ import {
   messagingAttributes,
   meter,
   producerSpan,
+  traceHeaders,
   searchAttributes,
   secondsSince,
   SpanKind,
@@ -38,8 +39,8 @@ export class NonRetriableError extends Error {}
 /** Publishes in a PRODUCER span (`send <stage>`) whose context the message carries. */
 export async function publish(n: Nats, stage: Exclude<Stage, "work">, key: Key, body: unknown, opts: { msgId?: string } = {}): Promise<{ duplicate: boolean }> {
   const subject = n.topology.subject(stage, key);
-  const ack = await producerSpan(stage, subject, { key, ...opts }, (headers) =>
-    n.js.publish(subject, encodeMessage(body), { headers, ...(opts.msgId ? { msgID: opts.msgId } : {}) }),
+  const ack = await producerSpan(stage, subject, { key, ...opts }, (sent) =>
+    n.js.publish(subject, encodeMessage(body), { headers: traceHeaders(sent), ...(opts.msgId ? { msgID: opts.msgId } : {}) }),
   );
   return { duplicate: ack.duplicate };
 }

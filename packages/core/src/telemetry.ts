@@ -20,6 +20,7 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import {
   context,
+  INVALID_SPANID,
   isSpanContextValid,
   ROOT_CONTEXT,
   metrics,
@@ -33,6 +34,7 @@ import {
   type Link,
   type Meter,
   type Span,
+  type SpanContext,
 } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import {
@@ -203,7 +205,21 @@ class UnlessDiscarded implements SpanProcessor {
   }
 }
 
+/**
+ * Whether the configured sampler never records a child of an unsampled span (the parent-based
+ * samplers, and always_off). A hot path may then skip making such a child and pass its parent's
+ * context on: nothing of that trace is exported, and its children decide as they would have.
+ */
+let unsampledParentsDecide = false;
+
+/** The span context of `parent` when a span started in it would surely not be recorded (see `unsampledParentsDecide`). */
+function sampledOutParent(parent: Context): SpanContext | undefined {
+  const sc = trace.getSpanContext(parent);
+  return unsampledParentsDecide && sc && sc.spanId !== INVALID_SPANID && (sc.traceFlags & TraceFlags.SAMPLED) === 0 ? sc : undefined;
+}
+
 export function startTelemetry(serviceName: string, settings: TelemetrySettings): Telemetry {
+  unsampledParentsDecide = settings.sampler.name.startsWith("parentbased_") || settings.sampler.name === "always_off";
   const resource = serviceResource(serviceName, settings);
   const spanProcessors = settings.traces
     ? [new UnlessDiscarded(new BatchSpanProcessor({ exporter: traceExporter(settings.traces), scheduledDelayMillis: settings.spanBatchDelayMs }))]
@@ -297,8 +313,9 @@ export function messagingAttributes(subject: string, operation: "send" | "proces
 
 /**
  * Publishes inside a PRODUCER span named `send <destination>` (a template: never a key or a
- * raw subject, which would make names unbounded): `publish` receives the headers carrying that
- * span's context, so the consumer's span is its child. `o.sent`, given, tells from the answer
+ * raw subject, which would make names unbounded): `publish` receives that span's context, to
+ * send along (`traceHeaders`, or `propagatedTraceparent` in the body), so that the consumer's span
+ * is its child. `o.sent`, given, tells from the answer
  * whether a message was stored; when it was not (a refusal the caller expects), the span is not
  * exported: a dedup that tries a publish first would otherwise export one empty span per enqueue.
  */
@@ -306,17 +323,28 @@ export async function producerSpan<T>(
   destination: string,
   subject: string,
   o: { key?: string; msgId?: string; sent?: (answer: T) => boolean },
-  publish: (headers: MsgHdrs) => Promise<T>,
+  publish: (sent: Context) => Promise<T>,
 ): Promise<T> {
-  const attributes = messagingAttributes(subject, "send", {
-    ...(o.msgId ? { [ATTR_MESSAGING_MESSAGE_ID]: o.msgId } : {}),
-    ...(o.key ? { "homeostat.key": o.key } : {}),
-  });
-  return inSpan(`send ${destination}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
-    const answer = await publish(traceHeaders());
+  // A publish is the hottest path there is (every enqueue of a storm): in a trace sampled out no
+  // span is made at all, and otherwise it is not made the active span (only the message carries it).
+  const active = context.active();
+  if (sampledOutParent(active)) return publish(active);
+  const span = tracer().startSpan(`send ${destination}`, { kind: SpanKind.PRODUCER });
+  if (span.isRecording()) {
+    span.setAttributes(
+      messagingAttributes(subject, "send", { ...(o.msgId ? { [ATTR_MESSAGING_MESSAGE_ID]: o.msgId } : {}), ...(o.key ? { "homeostat.key": o.key } : {}) }),
+    );
+  }
+  try {
+    const answer = await publish(trace.setSpan(active, span));
     if (o.sent && !o.sent(answer)) discardSpan(span);
     return answer;
-  });
+  } catch (err) {
+    markFailed(span, err);
+    throw err;
+  } finally {
+    span.end();
+  }
 }
 
 /** Headers for an outgoing message, carrying the active trace context (traceparent). */
@@ -324,6 +352,16 @@ export function traceHeaders(ctx: Context = context.active()): MsgHdrs {
   const h = natsHeaders();
   propagation.inject(ctx, h, { set: (carrier, k, v) => carrier.set(k, v) });
   return h;
+}
+
+/**
+ * The W3C traceparent of the span in `ctx`, sampled or not (what a propagator sends, for a
+ * message that carries its trace context in its body); undefined without a valid span context.
+ */
+export function propagatedTraceparent(ctx: Context): string | undefined {
+  const sc = trace.getSpanContext(ctx);
+  // The SDK makes valid ids; only the API's no-op span (no SDK started) has the invalid all-zero one.
+  return sc && sc.spanId !== INVALID_SPANID ? `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & TraceFlags.SAMPLED}` : undefined;
 }
 
 /** The trace context a message arrived with. */
@@ -386,6 +424,9 @@ export function currentTraceId(): string | undefined {
 /**
  * Runs `fn` in a span that is a child of `parent` (a message's context), with optional links
  * (e.g. to deduplicated events), recording exceptions and ending the span however fn ends.
+ * The attributes are set once the span is known to be recorded: the SDK cleans every attribute
+ * it is given at the start, before it samples, and on a hot path where most traces are sampled
+ * out (a work queue at thousands of runs a second) that was most of what a span cost.
  */
 export async function inSpan<T>(
   name: string,
@@ -393,7 +434,11 @@ export async function inSpan<T>(
   fn: (span: Span) => Promise<T>,
 ): Promise<T> {
   const parent = opts.parent ?? context.active();
-  return tracer().startActiveSpan(name, { kind: opts.kind ?? SpanKind.INTERNAL, attributes: opts.attributes, links: opts.links }, parent, async (span) => {
+  // In a trace sampled out, the parent's own (non-recording) span stands in for the one not made.
+  const sampledOut = sampledOutParent(parent);
+  if (sampledOut) return context.with(parent, () => fn(trace.wrapSpanContext(sampledOut)));
+  return tracer().startActiveSpan(name, { kind: opts.kind ?? SpanKind.INTERNAL, links: opts.links }, parent, async (span) => {
+    if (opts.attributes && span.isRecording()) span.setAttributes(opts.attributes);
     try {
       return await fn(span);
     } catch (err) {

@@ -9,7 +9,7 @@ import { decodeMessage, encodeMessage, priorities, workItemSchema, type Priority
 import { JetStreamErrorCode } from "@homeostat/core/jetstream-errors";
 import { stored, type JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import type { Key } from "@homeostat/core/key";
-import { producerSpan } from "@homeostat/core/telemetry";
+import { producerSpan, propagatedTraceparent } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 
 /** A queued message: its stream sequence and the schedule it holds. */
@@ -33,8 +33,8 @@ export class WorkStream {
   async publish(item: WorkItem): Promise<boolean> {
     const subject = this.n.topology.workSubject(item.priority, item.key);
     // A refusal is the common answer to an enqueue of a queued key: no message, so no span is exported for it.
-    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key, sent: stored }, (headers) =>
-      this.pipe.tryPublish(subject, encodeMessage(item), headers),
+    const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key, sent: stored }, (sent) =>
+      this.pipe.tryPublish(subject, encodeMessage(withTrace(item, propagatedTraceparent(sent)))),
     );
     if (stored(answer)) return true;
     // The work stream has no stream-wide limits: refused means the subject holds the key already.
@@ -69,4 +69,11 @@ export class WorkStream {
   async holds(seq: number): Promise<boolean> {
     return (await this.n.jsm.streams.getMessage(this.name, { seq })) !== null;
   }
+}
+
+/** `item` carrying `trace` (the publish's trace context), or none when there is none (telemetry off). */
+function withTrace(item: WorkItem, trace: string | undefined): WorkItem {
+  if (trace) return { ...item, trace };
+  const { trace: _, ...untraced } = item;
+  return untraced;
 }

@@ -9,7 +9,16 @@ import { decodeMessage, priorities, workItemSchema, type Priority, type WorkItem
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
 import { errorMessage } from "@homeostat/core/log";
 import { pullExpiresMs } from "@homeostat/core/messaging";
-import { context, contextFromHeaders, inSpan, linksToTraceparents, markFailed, messagingAttributes, secondsSince, SpanKind } from "@homeostat/core/telemetry";
+import {
+  context,
+  contextFromTraceparent,
+  inSpan,
+  linksToTraceparents,
+  markFailed,
+  messagingAttributes,
+  secondsSince,
+  SpanKind,
+} from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
 import { mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
@@ -163,7 +172,7 @@ export class Worker {
       result = await inSpan(
         `reconcile ${item.priority}`,
         {
-          parent: contextFromHeaders(msg.headers),
+          parent: contextFromTraceparent(item.trace) ?? context.active(),
           kind: SpanKind.CONSUMER,
           // Every enqueue this run answers (deduplicated into its message, or folded into a rerun).
           links: linksToTraceparents(item.enqueues ?? [], { "homeostat.link": "enqueue" }),

@@ -22,6 +22,7 @@ import {
   ledgerRefusal,
   meter,
   producerSpan,
+  traceHeaders,
   type Cause,
   type EventLedger,
   type EventRecord,
@@ -46,9 +47,9 @@ export function pipedLedger(ledger: EventLedger, pipe: JetStreamPipe): LedgerOps
   return {
     record: (record) =>
       // The trace context travels with the record, so admitting its keys joins the request's trace.
-      producerSpan("events", ledger.subject(record.id), { msgId: record.id }, async (headers) => {
+      producerSpan("events", ledger.subject(record.id), { msgId: record.id }, async (sent) => {
         try {
-          await pipe.publish(ledger.subject(record.id), JSON.stringify(record), headers);
+          await pipe.publish(ledger.subject(record.id), JSON.stringify(record), traceHeaders(sent));
           return "recorded";
         } catch (err) {
           const refusal = ledgerRefusal(err);
