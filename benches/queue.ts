@@ -64,6 +64,7 @@ import {
   bucketNames,
   connectNats,
   ensureTopology,
+  eventLedgerNames,
   isStoreFailed,
   keyToken,
   loadConfig,
@@ -555,6 +556,8 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   cleanups.push(async () => {
     for (const stage of stages) await producerConn.jsm.streams.delete(producerConn.topology.stream(stage)).catch(() => {});
     for (const b of bucketNames) await producerConn.jsm.streams.delete(`KV_${producerConn.topology.bucket(b)}`).catch(() => {});
+    // ensureTopology made the event ledger too; left behind, its reserved storage fills the server after a few runs.
+    await producerConn.jsm.streams.delete(eventLedgerNames(producerConn.topology).stream).catch(() => {});
     await producerConn.nc.close().catch(() => {});
     await workerConn.nc.close().catch(() => {});
   });
@@ -562,8 +565,10 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   const producerQueue = new WorkQueue(producerConn, workQueueOptions(config, { log: quiet, owner: `bench-producer-${process.pid}` }));
   const workerQueue = new WorkQueue(workerConn, workQueueOptions(config, { log: quiet, owner: `bench-worker-${process.pid}` }));
   const request = (k: Key, i: number) => producerQueue.enqueue({ key: k, priority: "release", cause: { type: "manual", id: String(i) } });
+  // Made before anything is timed: a traced caller has its context (and its sampling decision) already.
   const callerKeeps = keptAtRoot(config.telemetry.sampler);
-  const enqueue = (k: Key, i: number): Promise<Outcome> => (telemetry ? context.with(callerContext(callerKeeps), () => request(k, i)) : request(k, i));
+  const callersOf = telemetry ? Array.from({ length: ENQUEUES + DRAIN_KEYS }, () => callerContext(callerKeeps)) : [];
+  const enqueue = (k: Key, i: number): Promise<Outcome> => (telemetry ? context.with(callersOf[i] ?? ROOT_CONTEXT, () => request(k, i)) : request(k, i));
 
   const startWorker = (log: RunLog): { stop(): Promise<void> } => {
     const ac = new AbortController();
