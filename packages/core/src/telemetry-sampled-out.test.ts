@@ -7,19 +7,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
+import { loadConfig } from "./config.ts";
 import { context, contextFromTraceparent, inSpan, producerSpan, propagatedTraceparent, startTelemetry } from "./telemetry.ts";
 
 test("in a trace sampled out, a publish and a run make no span and pass the parent's context on; a sampled trace gets its spans", async () => {
-  const telemetry = startTelemetry("telemetry-sampled-out-test", {
-    serviceName: undefined,
-    resourceAttributes: {},
-    traces: undefined,
-    metrics: undefined,
-    metricExportIntervalMs: 10_000,
-    spanBatchDelayMs: 500,
-    // Every root kept: only a parent's decision can leave a span out.
-    sampler: { name: "parentbased_traceidratio", ratio: 1 },
-  });
+  // As a service configures it, exporting nowhere; every root kept: only a parent's decision can leave a span out.
+  const settings = loadConfig({ OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "1" }).telemetry;
+  const telemetry = startTelemetry("telemetry-sampled-out-test", { ...settings, traces: undefined, metrics: undefined });
   try {
     const [traceId, spanId] = ["1".repeat(32), "2".repeat(16)];
     const sampledOut = trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId, traceFlags: TraceFlags.NONE, isRemote: true });
