@@ -19,8 +19,8 @@ import type { Key } from "@homeostat/core/key";
 import type { Logger } from "@homeostat/core/log";
 import { ensureTopology, type Nats } from "@homeostat/core/topology";
 import { done, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
-import { startCluster, type Cluster } from "../scripts/cluster.ts";
-import { waitFor } from "../scripts/factory.ts";
+import { startCluster, type Cluster } from "../../scripts/cluster.ts";
+import { waitFor } from "../../scripts/factory.ts";
 
 const nodes = ["a", "b", "c"] as const;
 const enqueues = 3_000;
