@@ -30,7 +30,7 @@ export class Placement {
   async enqueue(req: QueueRequest): Promise<EnqueueOutcome> {
     // The caller's span context goes with the schedule: the run that answers it links back to it.
     const outcome = await this.place(workItemFor(req, Date.now(), currentTraceparent()));
-    this.metrics.enqueued.add(1, { outcome, priority: req.priority, cause: req.cause.type });
+    this.metrics.enqueued(outcome, req.priority, req.cause.type);
     return outcome;
   }
 

@@ -162,7 +162,7 @@ export class Worker {
 
     const started = Date.now();
     this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority, cause: item.cause.type });
-    this.metrics.inFlight.add(1);
+    this.metrics.running.runs++;
     let result: ReconcileResult | Error;
     // The run's own trace context: what the run asks for at its end (its child keys above all)
     // belongs to the trace that caused it, so a rebuild's dependants stay in the release's trace.
@@ -195,7 +195,7 @@ export class Worker {
       result = err instanceof Error ? err : new Error(String(err));
     } finally {
       clearInterval(renew);
-      this.metrics.inFlight.add(-1);
+      this.metrics.running.runs--;
       this.metrics.process.record(secondsSince(started), { priority: item.priority, cause: item.cause.type });
     }
     if (lease.lost) {
