@@ -187,3 +187,11 @@ test("a message linking linksWorthARewrite enqueues is not rewritten just for on
   assert.ok(sameSchedule(item({ enqueues: links }), item({ enqueues: [...links, traceparent(9)] })));
   assert.ok(!sameSchedule(item({ enqueues: links.slice(1) }), item({ enqueues: links })), "below it, a missing link rewrites");
 });
+
+test("a message whose trace is sampled out is not rewritten for a link: its run's span is not recorded", () => {
+  const sampledOut = `00-${"a".repeat(32)}-${"b".repeat(16)}-00`;
+  const sampled = `00-${"a".repeat(32)}-${"b".repeat(16)}-01`;
+  assert.ok(sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] })), "kept as it is");
+  assert.ok(!sameSchedule(item({ trace: sampled }), item({ enqueues: [traceparent(2)] })), "a sampled one links the enqueue");
+  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ notBefore: 5_000 })), "a schedule change still rewrites it");
+});

@@ -82,11 +82,13 @@ export const linksWorthARewrite = 2;
 
 /**
  * Whether a queued message already says what `b` says (its schedule, and the enqueues its run
- * links to, or `linksWorthARewrite` of them), so that it need not be rewritten.
+ * links to, or `linksWorthARewrite` of them), so that it need not be rewritten. A message whose
+ * trace is sampled out needs no link either: its run's span is not recorded (a parent-based
+ * sampler follows the message), so the link would never reach a backend.
  */
 export function sameSchedule(a: WorkItem, b: WorkItem): boolean {
   const linked = new Set(a.enqueues);
-  const enough = linked.size >= linksWorthARewrite;
+  const enough = linked.size >= linksWorthARewrite || sampledOut(a.trace);
   return (
     a.priority === b.priority &&
     a.notBefore === b.notBefore &&
@@ -125,4 +127,9 @@ export function planMerge(item: WorkItem, queued: readonly Queued[], held: { pha
   if (runningSeq !== undefined && queued.some((m) => m.seq === runningSeq)) return { type: "intoRun", drop: idle, rerun: merged };
   const keep = idle.find((m) => m.item.priority === merged.priority && sameSchedule(m.item, merged));
   return { type: "intoQueued", merged, keep, drop: idle.filter((m) => m !== keep) };
+}
+
+/** Whether a message's trace context says its trace is not sampled (a W3C traceparent's flags). */
+function sampledOut(traceparent: string | undefined): boolean {
+  return traceparent !== undefined && (Number.parseInt(traceparent.slice(-2), 16) & 1) === 0;
 }
