@@ -142,6 +142,8 @@ describe("forgery", { timeout: 180_000 }, () => {
   let handleSign: (req: SignRequest) => Promise<void>;
   let state: StateStore;
   const signRequests: SignRequest[] = [];
+  /** Sign requests still to fail to send, as when JetStream has no leader for the sign stream. */
+  let unsendable = 0;
   const refusals: string[] = [];
 
   /** The key's raw KV entry (value and revision) and every file the signer could have written. */
@@ -190,7 +192,10 @@ describe("forgery", { timeout: 180_000 }, () => {
       dataDir: t.config.dataDir,
       isolation: isolation.kind,
       identity,
-      publishSign: async (req) => void signRequests.push(req),
+      publishSign: async (req) => {
+        if (unsendable > 0 && unsendable--) throw new Error("jetstream is not enabled");
+        signRequests.push(req);
+      },
       refused: (r) => void refusals.push(r),
       log: quiet,
     });
@@ -222,8 +227,14 @@ describe("forgery", { timeout: 180_000 }, () => {
       desiredInputDigest: desired.inputDigest,
     }));
     const build = buildRequestOf(desired.plan);
+    // A sign request that cannot be sent leaves the key Building, so that the build request's
+    // retry runs (a key already Signing is taken as built, and its retry sends nothing).
+    unsendable = 1;
+    await assert.rejects(handleBuild(decodeMessage(buildRequestSchema, encodeMessage(build))), /jetstream is not enabled/);
+    assert.equal((await state.get(MOTD))?.phase, "Building", "a sign request not sent leaves the key Building");
     await handleBuild(decodeMessage(buildRequestSchema, encodeMessage(build)));
     assert.equal(signRequests.length, 1, "the legitimate build was built and handed to the signer");
+    assert.equal((await state.get(MOTD))?.phase, "Signing", "and the key says so once it is sent");
     legit = { build, sign: signRequests[0]!, env: t };
   });
 

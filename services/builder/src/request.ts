@@ -177,8 +177,11 @@ export function createBuildHandler(deps: BuildRequestDeps) {
       ...(result.outputs.archive ? { "homeostat.output_digest": result.outputs.archive } : {}),
       ...(result.outputs.manifest ? { "homeostat.image.digest": result.outputs.manifest } : {}),
     });
-    await deps.state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
+    // Sent before the key says Signing: Signing means the request is in the sign stream. Marked
+    // first, a send that failed (JetStream without a leader, a region lost) left the key Signing,
+    // and the build request's retry, finding it built already, sent nothing: Signing for ever.
     await deps.publishSign({ v: 2, key: req.key, inputDigest: req.inputDigest, buildResult });
+    await deps.state.update(req.key, (s) => (s && s.desiredInputDigest === req.inputDigest && s.phase === "Building" ? { ...s, phase: "Signing" } : undefined));
     deps.log.info("built", { key: req.key, version: req.version, buildResult, ...result.outputs });
   };
 }
