@@ -260,6 +260,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   let watching: NodeJS.Timeout | undefined;
   const dataDir = path.join(dir, "data");
   let dataDiskMounted = false;
+  /** Set once the run got to its end: a run that threw (a factory that never became ready) is kept too. */
+  let ranThrough = false;
   try {
     if (faults.includes("disk")) {
       mkdirSync(dataDir);
@@ -464,6 +466,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     report.leakedWorkspaces = Math.max(0, instances.length - 1) + instances.reduce((n, d) => n + readdirSync(path.join(work, d)).length, 0);
     if (report.leakedWorkspaces)
       report.problems.push(`workspaces left: ${instances.map((d) => `${d}: ${readdirSync(path.join(work, d)).join(",")}`).join("; ")}`);
+    ranThrough = true;
   } finally {
     if (watching) clearInterval(watching);
     client?.close();
@@ -474,11 +477,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     if (report.leakedProcesses) report.problems.push(`processes left: ${processesUnder(dir).join(", ")}`);
     if (dataDiskMounted) {
       // The data goes with the tmpfs: a failing run's is copied out first.
-      if (report.problems.length) cpSync(dataDir, `${dataDir}.kept`, { recursive: true });
+      if (report.problems.length || !ranThrough) cpSync(dataDir, `${dataDir}.kept`, { recursive: true });
       unmountDataDisk(dataDir);
     }
     // A failing run is kept for its reader: service logs, the NATS store (streams and buckets as they ended), the data.
-    if (report.problems.length) say(`# run kept in ${dir}`);
+    if (report.problems.length || !ranThrough) say(`# run kept in ${dir}`);
     else rmSync(dir, { recursive: true, force: true });
   }
   return report;
