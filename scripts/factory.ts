@@ -253,12 +253,28 @@ export async function startFactory(o: {
       await Promise.all([...processes.values()].map(stopChild));
     },
   };
+  // A service that exits while the factory comes up (a port taken meanwhile by another process, a
+  // setting it refuses) ends the wait at once, named, rather than after the whole timeout.
+  let exited: Error | undefined;
+  const exitListeners = [...processes].map(([name, child]) => {
+    const listener = (code: number | null, signal: NodeJS.Signals | null) =>
+      void (exited ??= new Error(`${name} exited (${code ?? signal}) before the factory was ready`));
+    child.once("exit", listener);
+    return () => child.off("exit", listener);
+  });
+  /** Waits for `probe`, or for a service to exit (then throws that). */
+  const until = async (what: string, probe: () => Promise<boolean>) => {
+    await waitFor(what, async () => exited !== undefined || (await probe()), readyMs);
+    if (exited) throw exited;
+  };
   try {
-    if (processes.has("ingest")) await waitFor("ingest to be ready", async () => (await fetch(`${factory.ingestUrl}/readyz`)).ok, readyMs);
-    if (processes.has("queue")) await waitFor("the status API", () => portAnswers(grpcPort), readyMs);
+    if (processes.has("ingest")) await until("ingest to be ready", async () => (await fetch(`${factory.ingestUrl}/readyz`)).ok);
+    if (processes.has("queue")) await until("the status API", () => portAnswers(grpcPort));
   } catch (err) {
     await factory.stop();
     throw new Error(`${(err as Error).message} (service logs in ${o.logDir})`);
+  } finally {
+    for (const remove of exitListeners) remove();
   }
   return factory;
 }
