@@ -37,7 +37,7 @@ const epochMs = z.number().int().nonnegative();
 /** A W3C traceparent (version 00): the span context of an enqueue, kept so that the run it causes can link to it. */
 export const traceparentSchema = z.string().regex(/^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/, "a W3C traceparent");
 
-/** The length of a version-00 traceparent; a later version may add fields. */
+/** A bound on a traceparent's length (version 00 has 55 characters; a later version may add fields). */
 const traceparentMaxLength = 256;
 
 /** A run links to at most this many of the enqueues it answers: a storm of enqueues of one key must not grow its message. */

@@ -426,8 +426,8 @@ export function currentTraceId(): string | undefined {
  * Runs `fn` in a span that is a child of `parent` (a message's context), with optional links
  * (e.g. to deduplicated events), recording exceptions and ending the span however fn ends.
  * The attributes are set once the span is known to be recorded: the SDK cleans every attribute
- * it is given at the start, before it samples, and on a hot path where most traces are sampled
- * out (a work queue at thousands of runs a second) that was most of what a span cost.
+ * it is given at the start, before it samples, which a hot path where most traces are sampled
+ * out (a work queue at thousands of runs a second) paid for nothing.
  */
 export async function inSpan<T>(
   name: string,

@@ -13,13 +13,15 @@ export const meterName = "homeostat.workqueue";
  * enqueue, every run) then pay a map lookup or an increment, not the SDK's per-record work
  * (hashing the attributes), which a busy queue measured.
  */
-class CountsByAttributes {
+class EnqueueCounts {
   readonly #counts = new Map<string, { attributes: Attributes; count: number }>();
 
-  add(attributes: Attributes & Record<string, string>, key: string): void {
+  /** One more enqueue with this outcome, class and cause (its attributes made once, for the first). */
+  add(outcome: string, priority: string, cause: string): void {
+    const key = `${outcome} ${priority} ${cause}`;
     const entry = this.#counts.get(key);
     if (entry) entry.count++;
-    else this.#counts.set(key, { attributes, count: 1 });
+    else this.#counts.set(key, { attributes: { outcome, priority, cause }, count: 1 });
   }
 
   observe(result: ObservableResult): void {
@@ -28,7 +30,7 @@ class CountsByAttributes {
 }
 
 /** The process's counts, whatever queue (producer, worker, admin) made them, as synchronous counters were summed. */
-const enqueues = new CountsByAttributes();
+const enqueues = new EnqueueCounts();
 const running = { runs: 0 };
 /** The meters (one per MeterProvider) that read them already: a second callback would report them twice. */
 const observedBy = new WeakSet<object>();
@@ -49,7 +51,7 @@ export function queueMetrics() {
       .addCallback((result) => result.observe(running.runs));
   }
   return {
-    enqueued: (outcome: string, priority: string, cause: string) => enqueues.add({ outcome, priority, cause }, `${outcome} ${priority} ${cause}`),
+    enqueued: (outcome: string, priority: string, cause: string) => enqueues.add(outcome, priority, cause),
     /** Runs in progress in this process, reported as `homeostat.queue.in_flight`. */
     running,
     retries: meter.createCounter("homeostat.queue.retries", { unit: "{run}", description: "Runs that failed and will be retried" }),
