@@ -267,7 +267,14 @@ const schema = z.object({
   /** Signal-specific endpoints, used as given (full URLs); they win over OTEL_EXPORTER_OTLP_ENDPOINT. */
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
   OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: optionalUrl,
-  OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).default("http/protobuf"),
+  /**
+   * http/json by default, not the specification's http/protobuf (a SHOULD): the exporters'
+   * protobuf serializer is JavaScript, JSON.stringify is native, and with every span exported the
+   * queue spent 243 µs of CPU per enqueue with http/json against 271 µs with http/protobuf (bench
+   * queue, 3 runs each, alternated; 182 µs without telemetry). Collectors, Tempo and Jaeger
+   * accept both on OTLP/HTTP; the bodies are larger.
+   */
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).default("http/json"),
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
   OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: z.enum(["http/protobuf", "http/json", "grpc"]).optional(),
   /** service.name; default: the service's own name (ingest, queue, …), with service.namespace=homeostat. */

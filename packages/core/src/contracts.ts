@@ -53,6 +53,13 @@ export const enqueueRequestSchema = z.object({
   notBefore: epochMs.optional(),
   /** Not before this time, and no enqueue may pull it earlier. */
   floor: epochMs.optional(),
+  /**
+   * What this enqueue reports as done (the signer: a build, by its input digest). When all the
+   * key has queued is a requeue-after that looks whether exactly that is done (WorkItem.watch),
+   * the look is withdrawn and nothing is queued: nothing is left to look at. Otherwise the key
+   * is queued as asked.
+   */
+  completes: z.string().min(1).max(256).optional(),
 });
 export type EnqueueRequest = z.infer<typeof enqueueRequestSchema>;
 
@@ -82,6 +89,13 @@ export const workItemSchema = z.object({
    * it is read (the W3C propagator ignores a malformed one), not on every decode.
    */
   trace: z.string().max(traceparentMaxLength).optional(),
+  /**
+   * Set on a requeue-after that stands for nothing but a look at whether `watch` happened (a
+   * build's completion, by its input digest): whoever sees it happen may withdraw the message
+   * (WorkQueue.withdraw) instead of letting it run. A merge with anything else drops it, so a
+   * message that stands for an enqueue too is never withdrawn.
+   */
+  watch: z.string().min(1).max(256).optional(),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 

@@ -2,7 +2,7 @@
  * Events: the ledger of what ingest accepted, in JetStream so it outlives any process.
  *
  * The audit stream `<prefix>_EVENTS` (limits retention, subjects `<prefix>.<region>.events.<id>`)
- * holds one record per accepted event with the keys it produced, read back by id with a direct
+ * holds one record per accepted event with the keys it produced, read back by id with one
  * get. The id is what an enqueue's `cause.id` carries, so a key's status links to its event.
  *
  * One record, three jobs, one write per event:
@@ -158,8 +158,13 @@ export class EventLedger {
     });
   }
 
+  /** The record of event `id`, as the stream's leader holds it when replicated (topology.ts openBucket says why). */
   async get(id: string): Promise<EventRecord | undefined> {
-    const m = await this.nats.jsm.direct.getMessage(this.stream, { last_by_subj: this.subject(id) });
+    const query = { last_by_subj: this.subject(id) };
+    const m =
+      this.nats.topology.replicas === 1
+        ? await this.nats.jsm.direct.getMessage(this.stream, query)
+        : await this.nats.jsm.streams.getMessage(this.stream, query);
     if (!m) return undefined;
     return eventRecordSchema.parse(m.json()) as EventRecord;
   }

@@ -12,6 +12,7 @@
  * the ack wait can be short (HOMEOSTAT_STAGE_ACK_WAIT_MS): a process that dies stops sending
  * it and its message goes to another consumer within one ack wait.
  */
+import { addAbortListener } from "node:events";
 import type { JsMsg } from "@nats-io/jetstream";
 import type { z } from "zod";
 import { decodeMessage, encodeMessage, ContractError } from "./contracts.ts";
@@ -106,7 +107,9 @@ export async function runConsumer<S extends z.ZodType>(n: Nats, o: ConsumerOptio
   const ackWaitMs = ((await consumer.info(true)).config.ack_wait ?? 30_000_000_000) / 1_000_000;
   const heartbeatMs = o.heartbeatMs ?? Math.max(250, Math.floor(ackWaitMs / 4));
   const messages = await consumer.consume({ max_messages: o.concurrency, expires: pullExpiresMs });
-  o.signal.addEventListener("abort", () => void messages.close(), { once: true });
+  // Also when the signal aborted during the awaits above (a SIGTERM just after start-up), which
+  // a plain "abort" listener would never hear: the loop below would then never end.
+  addAbortListener(o.signal, () => void messages.close());
   const inFlight = new Set<Promise<void>>();
 
   for await (const msg of messages) {

@@ -76,20 +76,27 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
     log.info("stopping", { why });
     health.stopping();
     abort.abort();
+    // What the stop is waiting for, named when it takes too long.
+    let step = "the last heartbeat";
     const timer = setTimeout(() => {
-      log.error("stop took too long; exiting");
+      log.error("stop took too long; exiting", { waitingFor: step, graceMs });
       process.exit(1);
     }, graceMs);
     timer.unref();
     try {
       await heartbeat?.beat();
+      step = "the service's own stop";
       await stop?.();
+      step = "the heartbeat's removal";
       await heartbeat?.stop();
+      step = "NATS to drain";
       await nats?.nc.drain();
     } catch (err) {
-      log.warn("error while stopping", { reason: errorMessage(err) });
+      log.warn("error while stopping", { reason: errorMessage(err), step });
     }
+    step = "the health endpoint to close";
     await endpoint?.close();
+    step = "telemetry to flush";
     await telemetry.shutdown().catch(() => {});
     process.exit(0);
   };
@@ -123,7 +130,7 @@ export async function runService(name: ServiceName, main: (ctx: ServiceContext) 
     watchConnection(n, health, log);
     // Only the topology owner may create streams and buckets; the others wait for them.
     const buckets = await retry("waiting for the topology", async () => {
-      if (name === topologyOwner) return ensureTopology(n, config);
+      if (name === topologyOwner) return ensureTopology(n, config, log);
       await awaitStreams(n, name, { log, signal: abort.signal });
       return bindBuckets(n);
     });

@@ -3,35 +3,51 @@
  * model (Redis) belongs to the queue service (services/queue/src/read-model.ts).
  *
  * Writers change a key's status only through `StateStore.update`, a compare-and-set loop on
- * the KV revision, so concurrent writers (reconciler, builder, signer) never lose each
- * other's fields. Readers that serve users (gRPC, CLI) read Redis, which the queue service
- * rebuilds from KV at every start: losing Redis loses nothing.
+ * the KV revision (compare-and-set.ts: one that holds on a replicated bucket too), so
+ * concurrent writers (reconciler, builder, signer) never lose each other's fields. Readers that
+ * serve users (gRPC, CLI) read Redis, which the queue service rebuilds from KV at every start:
+ * losing Redis loses nothing.
  */
+import type { DirectMsgRequest, MsgRequest, StoredMsg } from "@nats-io/jetstream";
 import { Bucket, type KV } from "@nats-io/kv";
-import { isRevisionConflict } from "./jetstream-errors.ts";
+import { kvCompareAndSet } from "./compare-and-set.ts";
 import { keyToken, type Key } from "./key.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
 
 /**
- * The bucket as @nats-io/kv's `Bucket` (the class its `Kvm` makes; its stream, subject prefix
- * and JetStream manager are public members the `KV` interface leaves out), when it answers
- * direct gets; undefined for a bucket configured without them (its readers fall back to the
- * consumer-based API).
+ * Reads of a bucket's stored messages by sequence or subject, as its `Bucket` reads its keys:
+ * direct gets when it was bound with them (one replica: the only copy is the leader's), else
+ * the stream leader's message API (topology.ts openBucket says why). The stream, subject prefix
+ * and JetStream manager are public members of @nats-io/kv's `Bucket` that the `KV` interface
+ * leaves out.
  */
-export function directBucket(kv: KV): Bucket | undefined {
+export type BucketReader = {
+  stream: string;
+  /** `$KV.<bucket>`: a key's subject is `<prefix>.<key>`. */
+  prefix: string;
+  /** The message a query names (null: none), with `next_by_subj` too (nats-server 2.9 answers it on both paths). */
+  get(query: DirectMsgRequest): Promise<StoredMsg | null>;
+};
+
+export function bucketReader(kv: KV): BucketReader {
   if (!(kv instanceof Bucket)) throw new TypeError("a KV bucket made by @nats-io/kv is needed");
-  return kv.direct ? kv : undefined;
+  const { jsm, stream } = kv;
+  return {
+    stream,
+    prefix: kv.prefix,
+    // The client types the message API's query without next_by_subj, which the server reads all the same.
+    get: kv.direct ? (query) => jsm.direct.getMessage(stream, query) : (query) => jsm.streams.getMessage(stream, query as MsgRequest),
+  };
 }
 
 /**
  * The newest revision of any key of the bucket (its stream's last sequence; 0 when empty), in
- * one direct get of the last message on all its subjects. Every put, delete and purge of a key
- * is a new message, so an unchanged revision means nothing in the bucket changed in between.
+ * one get of the last message on all its subjects. Every put, delete and purge of a key is a
+ * new message, so an unchanged revision means nothing in the bucket changed in between.
  */
 export async function bucketRevision(kv: KV): Promise<number> {
-  const bucket = directBucket(kv);
-  if (!bucket) return (await kv.status()).streamInfo.state.last_seq;
-  return (await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
+  const bucket = bucketReader(kv);
+  return (await bucket.get({ last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
 }
 
 /** Statuses kept for readers (StateStore.reader), the least recently read going first beyond this. */
@@ -89,13 +105,8 @@ export class StateStore {
       const next = change(current);
       if (!next) return current;
       const body = JSON.stringify({ ...next, key, updatedAt: new Date().toISOString() });
-      try {
-        if (e) await this.kv.update(token, body, e.revision);
-        else await this.kv.create(token, body);
-        return keyStatusSchema.parse(JSON.parse(body));
-      } catch (err) {
-        if (attempt >= 50 || !isRevisionConflict(err)) throw err;
-      }
+      if ((await kvCompareAndSet(this.kv, token, body, e?.revision ?? 0)) !== undefined) return keyStatusSchema.parse(JSON.parse(body));
+      if (attempt >= 50) throw new Error(`state of ${key}: still changing after ${attempt + 1} compare-and-set attempts`);
     }
   }
 

@@ -53,6 +53,14 @@ export const buildRecordSchema = z.object({
   cause: causeSchema.optional(),
   /** The agent's proposal its recipe came from (see KeyStatus.proposal). */
   proposal: z.string().max(64).optional(),
+  /**
+   * Its signed result completes the key with no run of the reconciler: the key had no
+   * dependents to tell when it was asked for (an image, a package nothing is built from). The
+   * signer then withdraws the requeue-after that watched for the build instead of queueing the
+   * key. A dependent that comes to wait for it takes this away (the reconciler), so that its
+   * completion runs and tells it.
+   */
+  signerCompletes: z.literal(true).optional(),
 });
 export type BuildRecord = z.infer<typeof buildRecordSchema>;
 

@@ -17,6 +17,7 @@ import {
   mainPackageVersion,
   redactedUrl,
   serviceResource,
+  recordedUnder,
   startTelemetry,
   traceHeaders,
   keptAtRoot,
@@ -45,6 +46,9 @@ test("without an OTLP endpoint, spans still have a real trace id, carried across
     const linked = await inSpan("enqueue", {}, async (span) => ({ traceparent: currentTraceparent(), ids: span.spanContext() }));
     assert.equal(linked.traceparent, `00-${linked.ids.traceId}-${linked.ids.spanId}-01`);
     assert.equal(currentTraceparent(), undefined, "outside a span, nothing to link to");
+    // always_on records a run whatever its parent said: a queued message of a trace a caller
+    // sampled out still gets its links (merge.ts asks this before rewriting it).
+    assert.equal(recordedUnder(`00-${"1".repeat(32)}-${"2".repeat(16)}-00`), true);
     const unsampled = trace.setSpanContext(ROOT_CONTEXT, { traceId: "1".repeat(32), spanId: "2".repeat(16), traceFlags: TraceFlags.NONE, isRemote: true });
     assert.equal(
       context.with(unsampled, () => currentTraceparent()),
@@ -62,7 +66,7 @@ test("the resource: the service's name unless OTEL_SERVICE_NAME says otherwise, 
     OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/",
   };
   const settings = loadConfig(env).telemetry;
-  assert.deepEqual(settings.traces, { url: "http://collector:4318/v1/traces", protocol: "http/protobuf" });
+  assert.deepEqual(settings.traces, { url: "http://collector:4318/v1/traces", protocol: "http/json" });
   assert.deepEqual(loadConfig({ ...env, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }).telemetry.metrics, { url: "http://collector:4318/", protocol: "grpc" });
   assert.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "" }).telemetry.traces, undefined, "blank is unset");
   assert.throws(() => loadConfig({ OTEL_RESOURCE_ATTRIBUTES: "novalue" }), /OTEL_RESOURCE_ATTRIBUTES/);

@@ -3,7 +3,7 @@
  * message headers, so that one rebuild is one trace across all five processes.
  *
  * Spans and metrics go over OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (the collector;
- * OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf by default, http/json or grpc), each process
+ * OTEL_EXPORTER_OTLP_PROTOCOL http/json by default (config.ts says why), http/protobuf or grpc), each process
  * identified by the standard resource: service.name (OTEL_SERVICE_NAME, default the service's
  * own name) in service.namespace homeostat, service.version from its package.json, a
  * service.instance.id unique to the process (replicas never merge), host, OS and process
@@ -43,13 +43,12 @@ import {
   BatchSpanProcessor,
   NoopSpanProcessor,
   ParentBasedSampler,
+  RandomIdGenerator,
   SamplingDecision,
   TraceIdRatioBasedSampler,
-  type ReadableSpan,
+  type IdGenerator,
   type Sampler,
-  type Span as SdkSpan,
   type SpanExporter,
-  type SpanProcessor,
 } from "@opentelemetry/sdk-trace";
 import { OTLPTraceExporter as HttpJsonTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as ProtobufTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
@@ -62,7 +61,7 @@ import { detectResources, hostDetector, osDetector, processDetector, resourceFro
 import { containerDetector } from "@opentelemetry/resource-detector-container";
 import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
 import { UndiciInstrumentation } from "@opentelemetry/instrumentation-undici";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { isTracingSuppressed, W3CTraceContextPropagator } from "@opentelemetry/core";
 import { ATTR_URL_FULL, ATTR_URL_QUERY } from "@opentelemetry/semantic-conventions";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import {
@@ -174,37 +173,6 @@ function patchLoadedModules(instrumentations: ReturnType<typeof clientInstrument
   }
 }
 
-/** Spans `discardSpan` left out of the export. Weak: a span is forgotten with its last use. */
-const discarded = new WeakSet<object>();
-
-/**
- * Leaves `span` out of the export (before it ends): for a span that turned out to describe
- * nothing, such as the PRODUCER span of a publish the server refused (no message was sent).
- */
-export function discardSpan(span: Span): void {
-  discarded.add(span);
-}
-
-/** Hands `inner` every span except those `discardSpan` left out. */
-class UnlessDiscarded implements SpanProcessor {
-  private readonly inner: SpanProcessor;
-  constructor(inner: SpanProcessor) {
-    this.inner = inner;
-  }
-  onStart(span: SdkSpan, parentContext: Context): void {
-    this.inner.onStart(span, parentContext);
-  }
-  onEnd(span: ReadableSpan): void {
-    if (!discarded.has(span)) this.inner.onEnd(span);
-  }
-  forceFlush(): Promise<void> {
-    return this.inner.forceFlush();
-  }
-  shutdown(): Promise<void> {
-    return this.inner.shutdown();
-  }
-}
-
 /**
  * Whether the configured sampler never records a child of an unsampled span (the parent-based
  * samplers, and always_off). A hot path may then skip making such a child and pass its parent's
@@ -218,11 +186,41 @@ function sampledOutParent(parent: Context): SpanContext | undefined {
   return unsampledParentsDecide && sc && sc.spanId !== INVALID_SPANID && (sc.traceFlags & TraceFlags.SAMPLED) === 0 ? sc : undefined;
 }
 
+/**
+ * The ids the next span started gets, when set (`producerSpan`: a span made after its publish,
+ * under the ids the message already carries); random otherwise. Each preset id is used once:
+ * set just before a synchronous startSpan, so no other span can take it.
+ */
+class PresetIds implements IdGenerator {
+  next: { traceId?: string; spanId?: string } = {};
+  private readonly random = new RandomIdGenerator();
+  generateTraceId(): string {
+    const id = this.next.traceId ?? this.random.generateTraceId();
+    this.next.traceId = undefined;
+    return id;
+  }
+  generateSpanId(): string {
+    const id = this.next.spanId ?? this.random.generateSpanId();
+    this.next.spanId = undefined;
+    return id;
+  }
+}
+
+/** Every tracer provider's ids: the API keeps the first provider a process registers, whichever start made it. */
+const presetIds = new PresetIds();
+
+/**
+ * The sampler of the tracer provider this process registered (the API keeps the first; a later
+ * start's provider is refused), for `producerSpan`'s decision before its span is made; none
+ * without the SDK.
+ */
+let registeredSampler: Sampler | undefined;
+
 export function startTelemetry(serviceName: string, settings: TelemetrySettings): Telemetry {
   unsampledParentsDecide = settings.sampler.name.startsWith("parentbased_") || settings.sampler.name === "always_off";
   const resource = serviceResource(serviceName, settings);
   const spanProcessors = settings.traces
-    ? [new UnlessDiscarded(new BatchSpanProcessor({ exporter: traceExporter(settings.traces), scheduledDelayMillis: settings.spanBatchDelayMs }))]
+    ? [new BatchSpanProcessor({ exporter: traceExporter(settings.traces), scheduledDelayMillis: settings.spanBatchDelayMs })]
     : // The SDK installs a tracer provider only when it has a span processor: without one every
       // span would be a non-recording one with the all-zero trace id.
       [new NoopSpanProcessor()];
@@ -236,16 +234,19 @@ export function startTelemetry(serviceName: string, settings: TelemetrySettings)
       ]
     : [];
   const instrumentations = clientInstrumentations();
+  const sampler = traceSampler(settings.sampler);
   const sdk = new NodeSDK({
     resource,
     spanProcessors,
-    sampler: traceSampler(settings.sampler),
+    sampler,
+    idGenerator: presetIds,
     metricReaders,
     instrumentations,
     textMapPropagator: new W3CTraceContextPropagator(),
     autoDetectResources: false,
   });
   sdk.start();
+  registeredSampler ??= sampler;
   patchLoadedModules(instrumentations);
   return { resource, shutdown: () => sdk.shutdown() };
 }
@@ -315,9 +316,15 @@ export function messagingAttributes(subject: string, operation: "send" | "proces
  * Publishes inside a PRODUCER span named `send <destination>` (a template: never a key or a
  * raw subject, which would make names unbounded): `publish` receives that span's context, to
  * send along (`traceHeaders`, or `propagatedTraceparent` in the body), so that the consumer's span
- * is its child. `o.sent`, given, tells from the answer
- * whether a message was stored; when it was not (a refusal the caller expects), the span is not
- * exported: a dedup that tries a publish first would otherwise export one empty span per enqueue.
+ * is its child. `o.sent`, given, tells from the answer whether a message was stored; when it was
+ * not (a refusal the caller expects), there is no span: a dedup that tries a publish first would
+ * otherwise make one empty span per enqueue.
+ *
+ * The span is made once the answer is in, under the ids and sampling decision the message was
+ * sent with, from the time the publish began: a refused publish, the common answer to an enqueue
+ * of a queued key, then costs an id and a sampling decision instead of a whole span (its start,
+ * attributes, end and discard were a large part of what tracing every trace cost the work queue;
+ * bench:telemetry).
  */
 export async function producerSpan<T>(
   destination: string,
@@ -329,22 +336,50 @@ export async function producerSpan<T>(
   // span is made at all, and otherwise it is not made the active span (only the message carries it).
   const active = context.active();
   if (sampledOutParent(active)) return publish(active);
-  const span = tracer().startSpan(`send ${destination}`, { kind: SpanKind.PRODUCER });
-  if (span.isRecording()) {
-    span.setAttributes(
-      messagingAttributes(subject, "send", { ...(o.msgId ? { [ATTR_MESSAGING_MESSAGE_ID]: o.msgId } : {}), ...(o.key ? { "homeostat.key": o.key } : {}) }),
-    );
-  }
+  const name = `send ${destination}`;
+  const sampler = registeredSampler;
+  // Without the SDK (or with tracing suppressed) the API's own non-recording span stands in: it
+  // records nothing, so there is nothing to set, end or leave out.
+  if (!sampler || isTracingSuppressed(active)) return publish(trace.setSpan(active, tracer().startSpan(name, { kind: SpanKind.PRODUCER }, active)));
+  // What the SDK's tracer decides for a span: the parent's trace (or a new one), a new span id,
+  // and the configured sampler's decision, which depends on nothing known only later.
+  const parent = trace.getSpanContext(active);
+  const inParent = parent !== undefined && isSpanContextValid(parent);
+  const traceId = inParent ? parent.traceId : presetIds.generateTraceId();
+  const spanId = presetIds.generateSpanId();
+  const decision = sampler.shouldSample(active, traceId, name, SpanKind.PRODUCER, {}, []);
+  const traceState = decision.traceState ?? (inParent ? parent.traceState : undefined);
+  const traceFlags = decision.decision === SamplingDecision.RECORD_AND_SAMPLED ? TraceFlags.SAMPLED : TraceFlags.NONE;
+  const sent = trace.setSpan(active, trace.wrapSpanContext({ traceId, spanId, traceFlags, ...(traceState ? { traceState } : {}) }));
+  if (decision.decision === SamplingDecision.NOT_RECORD) return publish(sent);
+  const startTime = performance.now();
+  const made = (): Span => {
+    presetIds.next = { traceId: inParent ? undefined : traceId, spanId };
+    let span: Span;
+    try {
+      span = tracer().startSpan(name, { kind: SpanKind.PRODUCER, startTime }, active);
+    } finally {
+      presetIds.next = {};
+    }
+    if (span.isRecording()) span.setAttributes(producerAttributes(subject, o));
+    return span;
+  };
+  let answer: T;
   try {
-    const answer = await publish(trace.setSpan(active, span));
-    if (o.sent && !o.sent(answer)) discardSpan(span);
-    return answer;
+    answer = await publish(sent);
   } catch (err) {
+    const span = made();
     markFailed(span, err);
+    span.end(performance.now());
     throw err;
-  } finally {
-    span.end();
   }
+  if (!o.sent || o.sent(answer)) made().end(performance.now());
+  return answer;
+}
+
+/** The attributes of a PRODUCER span. */
+function producerAttributes(subject: string, o: { key?: string; msgId?: string }): Attributes {
+  return messagingAttributes(subject, "send", { ...(o.msgId ? { [ATTR_MESSAGING_MESSAGE_ID]: o.msgId } : {}), ...(o.key ? { "homeostat.key": o.key } : {}) });
 }
 
 /** Headers for an outgoing message, carrying the active trace context (traceparent). */
@@ -403,6 +438,23 @@ const w3c = new W3CTraceContextPropagator();
 const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k === "traceparent" ? c.traceparent : undefined), keys: () => ["traceparent"] };
 
 /**
+ * Whether a span started under `traceparent` (the run of a message that carries it) would be
+ * recorded by this process's sampler, so that a link added to it would reach a backend. A
+ * parent-based sampler follows the parent's flag; `always_on` and a plain ratio sampler do not,
+ * and are asked. True without the SDK or a valid traceparent: nothing says it would not be.
+ */
+export function recordedUnder(traceparent: string | undefined): boolean {
+  const sampler = registeredSampler;
+  if (!sampler || !traceparent) return true;
+  // The hot path (every deduplicated enqueue): a parent-based sampler's answer is the flag.
+  if (unsampledParentsDecide) return (Number.parseInt(traceparent.slice(-2), 16) & TraceFlags.SAMPLED) !== 0;
+  const parent = w3c.extract(ROOT_CONTEXT, { traceparent }, traceparentGetter);
+  const sc = trace.getSpanContext(parent);
+  if (!sc || !isSpanContextValid(sc)) return true;
+  return sampler.shouldSample(parent, sc.traceId, "run", SpanKind.CONSUMER, {}, []).decision !== SamplingDecision.NOT_RECORD;
+}
+
+/**
  * The active span's W3C traceparent, for a link to it from elsewhere (a run linking the enqueues
  * it answers); undefined outside a span and in one not sampled, whose span no backend receives.
  */
@@ -427,19 +479,23 @@ export function currentTraceId(): string | undefined {
  * (e.g. to deduplicated events), recording exceptions and ending the span however fn ends.
  * The attributes are set once the span is known to be recorded: the SDK cleans every attribute
  * it is given at the start, before it samples, which a hot path where most traces are sampled
- * out (a work queue at thousands of runs a second) paid for nothing.
+ * out (a work queue at thousands of runs a second) paid for nothing. Links and attributes may be
+ * given as functions, called only for a span that is made (links) or recorded (attributes): a run
+ * in a trace sampled out then neither parses the traceparents it would link to nor builds its
+ * attributes.
  */
 export async function inSpan<T>(
   name: string,
-  opts: { parent?: Context; kind?: SpanKind; attributes?: Attributes; links?: Link[] },
+  opts: { parent?: Context; kind?: SpanKind; attributes?: Attributes | (() => Attributes); links?: Link[] | (() => Link[]) },
   fn: (span: Span) => Promise<T>,
 ): Promise<T> {
   const parent = opts.parent ?? context.active();
   // In a trace sampled out, the parent's own (non-recording) span stands in for the one not made.
   const sampledOut = sampledOutParent(parent);
   if (sampledOut) return context.with(parent, () => fn(trace.wrapSpanContext(sampledOut)));
-  return tracer().startActiveSpan(name, { kind: opts.kind ?? SpanKind.INTERNAL, links: opts.links }, parent, async (span) => {
-    if (opts.attributes && span.isRecording()) span.setAttributes(opts.attributes);
+  const links = typeof opts.links === "function" ? opts.links() : opts.links;
+  return tracer().startActiveSpan(name, { kind: opts.kind ?? SpanKind.INTERNAL, links }, parent, async (span) => {
+    if (opts.attributes && span.isRecording()) span.setAttributes(typeof opts.attributes === "function" ? opts.attributes() : opts.attributes);
     try {
       return await fn(span);
     } catch (err) {

@@ -30,6 +30,7 @@ import { ConfigError, type Config } from "./config.ts";
 import { EventLedger } from "./events.ts";
 import { priorities, type Priority } from "./contracts.ts";
 import { keyFromToken, keySchema, keyToken, type Key } from "./key.ts";
+import type { Logger } from "./log.ts";
 
 export type Stage = "intake" | "work" | "build" | "sign";
 export const stages: readonly Stage[] = ["intake", "work", "build", "sign"];
@@ -187,7 +188,22 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
       // At most one queued entry per key: a second enqueue of a queued key is refused by the
       // server (API error 10077), which is how the queue deduplicates without a read first.
       // allow_direct: the queue reads a key's queued message with a direct get.
-      return { ...base, max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true, duplicate_window: 0, allow_direct: true };
+      // Replicated, the stream keeps what is acked (limits retention) and the queue deletes a
+      // finished run's message itself: nats-server 2.9 checks the one-per-key limit on each
+      // replica against its own store, and a WorkQueue ack removes the message on each replica
+      // through the consumer's log, which can overtake the stream's own on a lagging replica.
+      // That replica then stores the key's next enqueue, sent before the delete, that the others
+      // refused, and their sequences part (a test saw it in one run of three under load). A
+      // delete goes through the stream's log, so every replica applies it at the same point.
+      return {
+        ...base,
+        retention: t.replicas > 1 ? RetentionPolicy.Limits : RetentionPolicy.Workqueue,
+        max_msgs_per_subject: 1,
+        discard: DiscardPolicy.New,
+        discard_new_per_subject: true,
+        duplicate_window: 0,
+        allow_direct: true,
+      };
     case "build":
     case "sign":
       // A publish retried (same Msg-Id) is stored once. Build: key + input digest + the
@@ -202,11 +218,11 @@ function streamConfig(t: Topology, stage: Stage): Partial<StreamConfig> & { name
  * topology owner (the queue service, and tests as admin) may: the other services' identities
  * are refused stream and consumer changes, and wait for the topology instead (nats-access.ts).
  */
-export async function ensureTopology(n: Nats, config: Config): Promise<Buckets> {
+export async function ensureTopology(n: Nats, config: Config, log?: Pick<Logger, "warn">): Promise<Buckets> {
   const t = n.topology;
   // Streams and consumers are made at once, not one after another: at R3 each one waits for its
   // RAFT group to elect a leader (seconds on a busy machine), and the other services wait for all.
-  await Promise.all(stages.map((stage) => ensureStage(n, config, stage)));
+  await Promise.all(stages.map((stage) => ensureStage(n, config, stage, log)));
   await EventLedger.open(n, config.ingest.retentionMs, { maxBytes: config.ingest.retentionMaxBytes, maxMsgs: config.ingest.retentionMaxMsgs });
   await Promise.all(
     (["advisories", "ingest_cursors", "proposals"] as const).map((b) => n.kvm.create(t.bucket(b), { history: bucketHistory[b], replicas: t.replicas })),
@@ -235,11 +251,17 @@ async function ensureBucketTtl(n: Nats, b: BucketName, ttlMs: number): Promise<v
 const defaultDuplicateWindowNs = 120_000_000_000;
 
 /** Creates (or updates) one stage's stream and its consumers. */
-async function ensureStage(n: Nats, config: Config, stage: Stage): Promise<void> {
+async function ensureStage(n: Nats, config: Config, stage: Stage, log: Pick<Logger, "warn"> | undefined): Promise<void> {
   const t = n.topology;
-  const cfg = streamConfig(t, stage);
+  let cfg = streamConfig(t, stage);
   try {
-    await n.jsm.streams.info(t.stream(stage));
+    const existing = await n.jsm.streams.info(t.stream(stage));
+    // A stream's retention cannot be changed: one made before it was chosen by replication
+    // keeps its own, and says so (drain it and delete it to let it be made anew).
+    if (existing.config.retention !== cfg.retention) {
+      log?.warn("a stream keeps the retention it was made with", { stream: t.stream(stage), retention: existing.config.retention, wanted: cfg.retention });
+      cfg = { ...cfg, retention: existing.config.retention };
+    }
     await n.jsm.streams.update(t.stream(stage), cfg);
   } catch (err) {
     if (!isNotFound(err)) throw err;
@@ -309,14 +331,29 @@ export async function openBuckets(n: Nats): Promise<Buckets> {
 /**
  * Binds the shared buckets without asking the server anything, for a service that may not
  * create them (nor read the stream info of those it does not use); they exist once the
- * topology owner has made them (awaitStreams in nats-access.ts). The owner creates them with
- * direct gets allowed (the client's default on nats-server 2.9+), so reads use them.
+ * topology owner has made them (awaitStreams in nats-access.ts).
  */
 export async function bindBuckets(n: Nats): Promise<Buckets> {
-  const t = n.topology;
-  const open = (b: keyof Buckets) => n.kvm.open(t.bucket(b), { allow_direct: true });
-  const [state, releases, runs] = await Promise.all([open("state"), open("releases"), open("runs")]);
+  const [state, releases, runs] = await Promise.all([openBucket(n, "state"), openBucket(n, "releases"), openBucket(n, "runs")]);
   return { state, releases, runs };
+}
+
+/**
+ * Binds a bucket (without asking the server anything) so that what it reads is current: what
+ * the stream's leader holds, every write that was acknowledged before the read.
+ *
+ * The owner creates the buckets with direct gets allowed, and a direct get is answered by any
+ * replica that was once caught up, from its own copy. A follower applies what the leader
+ * committed a moment later, and seconds later after its node restarted or on a loaded machine.
+ * A reconciler or a builder that read there could miss the release fact, the advisory or the
+ * dependency's build that made its key run, and decide that nothing changed (the event lost
+ * until a resync) or refuse the build it was asked for. So with replicas, reads ask the leader
+ * (the stream message API); with one replica the only copy is the leader's, and direct gets,
+ * cheaper for the server, read it. Read models that say how fresh they are (the queue's) follow
+ * the bucket by its watch instead.
+ */
+export function openBucket(n: Nats, name: BucketName): Promise<KV> {
+  return n.kvm.open(n.topology.bucket(name), { allow_direct: n.topology.replicas === 1 });
 }
 
 /** The stream behind a KV bucket: run records are erased from it by revision (a compare-and-delete). */
