@@ -188,10 +188,36 @@ test("a message linking linksWorthARewrite enqueues is not rewritten just for on
   assert.ok(!sameSchedule(item({ enqueues: links.slice(1) }), item({ enqueues: links })), "below it, a missing link rewrites");
 });
 
-test("a message whose trace is sampled out is not rewritten for a link: its run's span is not recorded", () => {
+test("a message whose run's span would not be recorded is not rewritten for a link; the sampler decides which those are", () => {
   const sampledOut = `00-${"a".repeat(32)}-${"b".repeat(16)}-00`;
   const sampled = `00-${"a".repeat(32)}-${"b".repeat(16)}-01`;
-  assert.ok(sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] })), "kept as it is");
-  assert.ok(!sameSchedule(item({ trace: sampled }), item({ enqueues: [traceparent(2)] })), "a sampled one links the enqueue");
-  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ notBefore: 5_000 })), "a schedule change still rewrites it");
+  // As recordedUnder answers under a parent-based sampler (the flag), and under always_on (always).
+  const parentBased = (t: string | undefined) => !t?.endsWith("-00");
+  const alwaysOn = () => true;
+  assert.ok(sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), parentBased), "kept as it is");
+  assert.ok(!sameSchedule(item({ trace: sampled }), item({ enqueues: [traceparent(2)] }), parentBased), "a sampled one links the enqueue");
+  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ notBefore: 5_000 }), parentBased), "a schedule change still rewrites it");
+  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), alwaysOn), "always_on records the run: the link is added");
+});
+
+test("a watching requeue-after merged with anything loses its watch, and its message is rewritten, never kept", () => {
+  const look = item({ notBefore: 9_000, watch: "sha256:built" });
+  // The same schedule asked for again (a delayed enqueue at the very same time): kept as it
+  // was, the message would still carry the watch and could be withdrawn with this enqueue.
+  const again = item({ notBefore: 9_000 });
+  assert.equal(mergeItems(look, again).watch, undefined);
+  assert.equal(mergeItems(again, look).watch, undefined);
+  assert.equal(sameSchedule(look, mergeItems(again, look)), false);
+  const plan = planMerge(again, [{ seq: 7, item: look }], undefined);
+  assert.equal(plan.type, "intoQueued");
+  if (plan.type !== "intoQueued") return;
+  assert.equal(plan.keep, undefined, "rewritten without the watch");
+  assert.deepEqual(
+    plan.drop.map((m) => m.seq),
+    [7],
+  );
+  assert.equal(plan.merged.watch, undefined);
+  // A message that watches, placed alone (the worker's requeue), keeps its watch.
+  const alone = planMerge(look, [], undefined);
+  assert.ok(alone.type === "intoQueued" && alone.merged.watch === "sha256:built");
 });

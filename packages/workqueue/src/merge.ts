@@ -5,6 +5,7 @@
  * must do with the messages it found. placement.ts carries the plan out against the stream.
  */
 import { maxLinkedEnqueues, priorities, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import { recordedUnder } from "@homeostat/core/telemetry";
 import type { RunPhase } from "./run-records.ts";
 import type { QueueRequest } from "./types.ts";
 import type { Queued } from "./work-stream.ts";
@@ -36,7 +37,8 @@ export function workItemFor(req: QueueRequest, now: number, traceparent?: string
 /**
  * The merge of two schedules of one key: the more urgent class (and its cause; on a tie, `a`'s),
  * the earlier not-before, never before the stronger floor, the fewer attempts (a new enqueue is
- * new information), the earlier enqueue time, and the enqueues of both.
+ * new information), the earlier enqueue time, and the enqueues of both. No watch (WorkItem.watch):
+ * the merge stands for more than a look that can be withdrawn.
  */
 export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
   const floor = Math.max(a.floor, b.floor);
@@ -83,13 +85,16 @@ export const linksWorthARewrite = 2;
 /**
  * Whether a queued message already says what `b` says (its schedule, and the enqueues its run
  * links to, or `linksWorthARewrite` of them), so that it need not be rewritten. A message whose
- * trace is sampled out needs no link either: its run's span is not recorded (a parent-based
- * sampler follows the message), so the link would never reach a backend.
+ * run's span would not be recorded needs no link either (`recorded`: this process's sampler, as
+ * the services share one configuration): the link would never reach a backend.
  */
-export function sameSchedule(a: WorkItem, b: WorkItem): boolean {
+export function sameSchedule(a: WorkItem, b: WorkItem, recorded: (traceparent: string | undefined) => boolean = recordedUnder): boolean {
   const linked = new Set(a.enqueues);
-  const enough = linked.size >= linksWorthARewrite || sampledOut(a.trace);
+  const enough = linked.size >= linksWorthARewrite || !recorded(a.trace);
   return (
+    // A watching requeue-after merged with anything is rewritten without its watch: kept as it
+    // was, it could be withdrawn with the enqueue it now stands for.
+    a.watch === b.watch &&
     a.priority === b.priority &&
     a.notBefore === b.notBefore &&
     a.floor === b.floor &&
@@ -127,9 +132,4 @@ export function planMerge(item: WorkItem, queued: readonly Queued[], held: { pha
   if (runningSeq !== undefined && queued.some((m) => m.seq === runningSeq)) return { type: "intoRun", drop: idle, rerun: merged };
   const keep = idle.find((m) => m.item.priority === merged.priority && sameSchedule(m.item, merged));
   return { type: "intoQueued", merged, keep, drop: idle.filter((m) => m !== keep) };
-}
-
-/** Whether a message's trace context says its trace is not sampled (a W3C traceparent's flags). */
-function sampledOut(traceparent: string | undefined): boolean {
-  return traceparent !== undefined && (Number.parseInt(traceparent.slice(-2), 16) & 1) === 0;
 }

@@ -73,6 +73,26 @@ export class Placement {
     }
   }
 
+  /**
+   * Withdraws the key's queued requeue-after that looks whether `watch` happened (WorkItem.watch),
+   * told that it did; true when it was withdrawn. Only a message that stands for that look alone
+   * carries the watch (a merge drops it), so no enqueue goes with it. The record is read before
+   * the messages (as in snapshot()): without one the key neither runs nor waits for a retry or a
+   * floor, and a message due no sooner than a lease from now cannot be claimed before the delete.
+   * A message rewritten meanwhile has another sequence and stays. Counted as outcome "withdrawn".
+   */
+  async withdraw(key: Key, watch: string): Promise<boolean> {
+    if (await this.records.read(this.records.keyOf(key))) return false;
+    const now = Date.now();
+    for (const m of await this.stream.queued(key)) {
+      if (m.item.watch !== watch || m.item.notBefore <= now + this.leaseMs) continue;
+      if (!(await this.stream.delete(m.seq))) return false;
+      this.metrics.enqueued("withdrawn", m.item.priority, m.item.cause.type);
+      return true;
+    }
+    return false;
+  }
+
   /** After adding `item` in its class: if the key is queued in another class too, merge into one. */
   private async mergeAcrossClasses(item: WorkItem, recordKey: string, self: number | undefined, alone: EnqueueOutcome): Promise<EnqueueOutcome | WorkItem> {
     const others = await this.stream.queued(item.key, item.priority);

@@ -11,11 +11,12 @@
  * is refused with its key and reason instead of steering a run.
  *
  * The writes go straight to the bucket's stream over the lean pipe (`$KV.<bucket>.<key>` with
- * `Nats-Expected-Last-Subject-Sequence`), which is what the KV client does with less per call.
+ * the headers of core's compare-and-set.ts, which also holds on a replicated stream), which is
+ * what the KV client does with less per call.
  */
 import { JetStreamApiError } from "@nats-io/jetstream";
-import { headers } from "@nats-io/transport-node";
 import { z } from "zod";
+import { compareAndSetHeaders } from "@homeostat/core/compare-and-set";
 import { prioritySchema, workItemSchema, type WorkItem } from "@homeostat/core/contracts";
 import { isRevisionConflictCode } from "@homeostat/core/jetstream-errors";
 import type { JetStreamPipe } from "@homeostat/core/jetstream-pipe";
@@ -96,10 +97,9 @@ export class RunRecordStore {
 
   /** Writes a record only if its last revision is `expected` (0: only if there is none); its new revision, or undefined. */
   async writeIf(recordKey: string, value: RunRecord, expected: number): Promise<number | undefined> {
-    const h = headers();
-    h.set("Nats-Expected-Last-Subject-Sequence", String(expected));
-    const answer = await this.pipe.tryPublish(this.subjectPrefix + recordKey, JSON.stringify(value), h);
-    if (!("refused" in answer)) return answer.seq;
+    const subject = this.subjectPrefix + recordKey;
+    const answer = await this.pipe.tryPublish(subject, JSON.stringify(value), compareAndSetHeaders(subject, expected));
+    if (!("refused" in answer)) return answer.duplicate ? undefined : answer.seq;
     if (isRevisionConflictCode(answer.refused.err_code)) return undefined;
     throw new JetStreamApiError(answer.refused);
   }

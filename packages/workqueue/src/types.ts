@@ -9,13 +9,14 @@ import type { Key } from "@homeostat/core/key";
 /** What a reconcile asks the queue to do next with its key. Errors are thrown, not returned. */
 export type ReconcileResult =
   | { type: "done"; children?: readonly QueueRequest[] }
-  | { type: "requeueAfter"; ms: number; children?: readonly QueueRequest[] }
+  /** `watch`: what the look is for (WorkItem.watch), so that it can be withdrawn once that happened. */
+  | { type: "requeueAfter"; ms: number; watch?: string; children?: readonly QueueRequest[] }
   | { type: "notBefore"; ms: number; children?: readonly QueueRequest[] }
   | { type: "nonRetriable"; reason: string };
 
 export const done: ReconcileResult = { type: "done" };
 export const doneWith = (children: readonly QueueRequest[]): ReconcileResult => ({ type: "done", children });
-export const requeueAfter = (ms: number): ReconcileResult => ({ type: "requeueAfter", ms });
+export const requeueAfter = (ms: number, watch?: string): ReconcileResult => ({ type: "requeueAfter", ms, ...(watch ? { watch } : {}) });
 export const notBefore = (ms: number): ReconcileResult => ({ type: "notBefore", ms });
 export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRetriable", reason });
 

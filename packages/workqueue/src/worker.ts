@@ -175,14 +175,16 @@ export class Worker {
           parent: contextFromTraceparent(item.trace) ?? context.active(),
           kind: SpanKind.CONSUMER,
           // Every enqueue this run answers (deduplicated into its message, or folded into a rerun).
-          links: linksToTraceparents(item.enqueues ?? [], { "homeostat.link": "enqueue" }),
-          attributes: messagingAttributes(msg.subject, "process", {
-            "homeostat.key": item.key,
-            "homeostat.attempt": attempt,
-            "homeostat.priority": item.priority,
-            "homeostat.cause": item.cause.type,
-            "homeostat.enqueues": item.enqueues?.length ?? 0,
-          }),
+          // Both only when the span is made: a run in a trace sampled out parses and builds neither.
+          links: () => linksToTraceparents(item.enqueues ?? [], { "homeostat.link": "enqueue" }),
+          attributes: () =>
+            messagingAttributes(msg.subject, "process", {
+              "homeostat.key": item.key,
+              "homeostat.attempt": attempt,
+              "homeostat.priority": item.priority,
+              "homeostat.cause": item.cause.type,
+              "homeostat.enqueues": item.enqueues?.length ?? 0,
+            }),
         },
         async (span) => {
           runContext = context.active();
@@ -301,11 +303,21 @@ export class Worker {
     // Children first: durable in the stream before the parent's message goes.
     await Promise.all((result.children ?? []).map((child) => this.placement.enqueue(child)));
     let pending: WorkItem | undefined;
+    // The run's own watch (if it was one) is spent; a requeue-after watches what this result says.
+    const { watch: _, ...base } = item;
     // Whole milliseconds: schedules are stored as integers.
-    if (result.type === "requeueAfter") pending = { ...item, attempts: 0, notBefore: now + Math.ceil(Math.max(0, result.ms)), floor: 0, enqueuedAt: now };
+    if (result.type === "requeueAfter")
+      pending = {
+        ...base,
+        attempts: 0,
+        notBefore: now + Math.ceil(Math.max(0, result.ms)),
+        floor: 0,
+        enqueuedAt: now,
+        ...(result.watch ? { watch: result.watch } : {}),
+      };
     if (result.type === "notBefore") {
       const floor = now + Math.ceil(Math.min(Math.max(0, result.ms), this.o.maxFloorMs));
-      pending = { ...item, attempts: 0, notBefore: floor, floor, enqueuedAt: now };
+      pending = { ...base, attempts: 0, notBefore: floor, floor, enqueuedAt: now };
     }
     if (pending) {
       // Written before the ack, so that a crash between the ack and the requeue cannot lose it.
@@ -334,14 +346,10 @@ export class Worker {
 
   /**
    * Takes a finished run's message out of the stream, resolving once the server has. On one
-   * server the ack removes it. On a replicated stream (nats-server 2.9) an ack removes the message
-   * on each replica as that replica applies it, through the consumer's log, unordered with the
-   * stream's own; and each replica checks the one-message-per-subject limit against its own store.
-   * The key's next message could then be stored by one replica and refused by another that had
-   * not yet applied the ack: their sequences part, and a later delete of a sequence one of them
-   * never stored makes it reset its state again and again (nats-server #7308), leaving the stream
-   * without a quorum whenever another replica is lost. A delete goes through the stream's own log,
-   * so on every replica it comes before any later publish of the key.
+   * server the ack removes it (a WorkQueue stream). A replicated work stream keeps what is acked
+   * (limits retention, topology.ts says why): the message is deleted through the stream's own
+   * log, so every replica removes it at the same point before any later publish of the key, and
+   * only then acked, so that it is not delivered again.
    */
   private async remove(msg: JsMsg): Promise<void> {
     if (this.stream.replicated) await this.stream.delete(msg.info.streamSequence);

@@ -31,7 +31,9 @@
  *     expired record over (the crash counts as an attempt, so a poison key ends in the dead
  *     letters instead of looping). What a dead worker had promised to queue after its ack is
  *     in its record, as is a retry whose message is gone; `sweep()` queues them.
- *  5. Results: done; requeueAfter (attempts reset, an enqueue may pull it earlier); notBefore
+ *  5. Results: done; requeueAfter (attempts reset, an enqueue may pull it earlier; one that
+ *     watches for something, e.g. a build's completion, may be withdrawn once told it happened,
+ *     while it stands for nothing else); notBefore
  *     (a floor, capped); children (enqueued before the parent's message is acked);
  *     nonRetriable (to the dead letters at once, with the reason); a throw retries after
  *     base × 2^(attempts-1) (capped, jittered), keeping the attempts in the record, and after
@@ -88,6 +90,16 @@ export class WorkQueue {
   /** Queues the key, merges it into its queued message, or marks its run for exactly one rerun. */
   enqueue(req: QueueRequest): Promise<EnqueueOutcome> {
     return this.placement.enqueue(req);
+  }
+
+  /**
+   * Told that what the key's queued requeue-after watches for happened (ReconcileResult
+   * requeueAfter's `watch`), takes that look out of the queue; false when there is none to take
+   * (none queued, merged with an enqueue, due within a lease, or the key runs): then the caller
+   * enqueues instead.
+   */
+  withdraw(key: Key, watch: string): Promise<boolean> {
+    return this.placement.withdraw(key, watch);
   }
 
   /** Runs `reconcile` on keys queued in `classes` (default: every class), at most `concurrency` at once, until `signal` aborts; then drains. */
