@@ -19,12 +19,12 @@
  * years ahead cannot hide every later revision of its id.
  */
 import type { KV } from "@nats-io/kv";
-import { isRevisionConflict } from "@homeostat/core/jetstream-errors";
+import { kvCompareAndSet } from "@homeostat/core/compare-and-set";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import { CachedScan } from "./kv-scan.ts";
 import { packageFilter } from "./releases.ts";
-import type { Nats } from "@homeostat/core/topology";
+import { openBucket, type Nats } from "@homeostat/core/topology";
 
 const decoder = new TextDecoder();
 
@@ -44,9 +44,10 @@ export class AdvisoryStore {
     this.scan = new CachedScan(kv, (value) => osvSchema.parse(JSON.parse(decoder.decode(value))));
   }
 
-  /** Opens (creating when missing) the bucket. */
+  /** Opens (creating when missing) the bucket, its reads current (topology.ts openBucket). */
   static async open(n: Nats): Promise<AdvisoryStore> {
-    return new AdvisoryStore(await n.kvm.create(advisoryBucket(n), { history: 1 }));
+    await n.kvm.create(advisoryBucket(n), { history: 1 });
+    return new AdvisoryStore(await openBucket(n, "advisories"));
   }
 
   /**
@@ -80,20 +81,12 @@ export class AdvisoryStore {
     // Each turn follows another writer's change of this one entry; a handful is plenty.
     for (let attempt = 0; attempt < 20; attempt++) {
       const e = await this.kv.get(k);
-      try {
-        if (!e || e.operation !== "PUT") {
-          if (e) await this.kv.update(k, body, e.revision);
-          else await this.kv.create(k, body);
-          return true;
-        }
+      if (e?.operation === "PUT") {
         const stored = osvSchema.parse(e.json());
         const storedAt = Date.parse(stored.modified);
         if (storedAt >= Date.parse(entry.modified) && storedAt - Date.now() <= maxFutureSkewMs) return false;
-        await this.kv.update(k, body, e.revision);
-        return true;
-      } catch (err) {
-        if (!isRevisionConflict(err)) throw err;
       }
+      if ((await kvCompareAndSet(this.kv, k, body, e?.revision ?? 0)) !== undefined) return true;
     }
     throw new Error(`advisory store: ${k} kept changing under 20 writes`);
   }

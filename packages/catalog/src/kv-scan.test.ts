@@ -8,60 +8,70 @@ let t: TestEnv;
 before(async () => (t = await testEnv()));
 after(async () => t.cleanup());
 
-test("the live entries under a filter: latest values, deleted and purged ones out, other keys untouched, no consumer", { timeout: 30_000 }, async () => {
-  const kv = t.buckets.releases;
-  const text = (v: Uint8Array) => new TextDecoder().decode(v);
-  await kv.put("zlib.1_0", "one");
-  await kv.put("zlib.1_1", "old");
-  await kv.put("zlib.1_2", "gone");
-  await kv.put("zlibx.9", "not zlib's");
-  await kv.put("zlib.1_1", "new");
-  await kv.delete("zlib.1_2");
-  await kv.put("zlib.1_3", "purged");
-  await kv.purge("zlib.1_3");
-  const found = await scanEntries(kv, "zlib.*");
-  assert.deepEqual(found.map((e) => [e.key, text(e.value)]).sort(), [
-    ["zlib.1_0", "one"],
-    ["zlib.1_1", "new"],
-  ]);
-  assert.deepEqual(await scanEntries(kv, "nothing.*"), []);
-  const stream = `KV_${t.nats.topology.bucket("releases")}`;
-  assert.equal((await t.nats.jsm.streams.info(stream)).state.consumer_count, 0);
-});
+// Each read path a bucket may be bound with (core topology.ts openBucket): direct gets, or the stream leader's.
+for (const reads of ["direct", "leader"] as const) {
+  const p = reads === "direct" ? "" : "l";
+  const bucket = async () => (reads === "direct" ? t.buckets.releases : t.nats.kvm.open(t.nats.topology.bucket("releases"), { allow_direct: false }));
 
-test("a cached scan reads only what changed and always agrees with a full scan", { timeout: 30_000 }, async () => {
-  const kv = t.buckets.releases;
-  const text = (v: Uint8Array) => new TextDecoder().decode(v);
-  let parsed = 0;
-  const scan = new CachedScan(kv, (v) => (parsed++, text(v)));
-  const agree = async (filter: string, expected: string[]) => {
-    assert.deepEqual((await scan.list(filter)).sort(), expected);
-    assert.deepEqual((await scanEntries(kv, filter)).map((e) => text(e.value)).sort(), expected);
-  };
-  assert.deepEqual(await scan.list("musl.*"), []);
-  await kv.put("musl.1_0", "a");
-  await kv.put("musl.1_1", "b");
-  await agree("musl.*", ["a", "b"]);
-  assert.equal(parsed, 2);
-  // Nothing new: nothing read or parsed again.
-  await agree("musl.*", ["a", "b"]);
-  assert.equal(parsed, 2);
-  // Another key's write does not count; a new value, a delete and a purge of this filter's keys do.
-  await kv.put("muslx.1", "other");
-  await agree("musl.*", ["a", "b"]);
-  assert.equal(parsed, 2);
-  await kv.put("musl.1_1", "b2");
-  await kv.put("musl.1_2", "c");
-  await agree("musl.*", ["a", "b2", "c"]);
-  assert.equal(parsed, 4);
-  await kv.delete("musl.1_0");
-  await agree("musl.*", ["b2", "c"]);
-  await kv.purge("musl.1_2");
-  await agree("musl.*", ["b2"]);
-  assert.equal(parsed, 4);
-  // A second cache over the same bucket (another process) starts from a full read.
-  assert.deepEqual(await new CachedScan(kv, text).list("musl.*"), ["b2"]);
-});
+  test(
+    `the live entries under a filter (${reads}): latest values, deleted and purged ones out, other keys untouched, no consumer`,
+    { timeout: 30_000 },
+    async () => {
+      const kv = await bucket();
+      const text = (v: Uint8Array) => new TextDecoder().decode(v);
+      await kv.put(`${p}zlib.1_0`, "one");
+      await kv.put(`${p}zlib.1_1`, "old");
+      await kv.put(`${p}zlib.1_2`, "gone");
+      await kv.put(`${p}zlibx.9`, "not zlib's");
+      await kv.put(`${p}zlib.1_1`, "new");
+      await kv.delete(`${p}zlib.1_2`);
+      await kv.put(`${p}zlib.1_3`, "purged");
+      await kv.purge(`${p}zlib.1_3`);
+      const found = await scanEntries(kv, `${p}zlib.*`);
+      assert.deepEqual(found.map((e) => [e.key, text(e.value)]).sort(), [
+        [`${p}zlib.1_0`, "one"],
+        [`${p}zlib.1_1`, "new"],
+      ]);
+      assert.deepEqual(await scanEntries(kv, "nothing.*"), []);
+      const stream = `KV_${t.nats.topology.bucket("releases")}`;
+      assert.equal((await t.nats.jsm.streams.info(stream)).state.consumer_count, 0);
+    },
+  );
+
+  test(`a cached scan reads only what changed and always agrees with a full scan (${reads})`, { timeout: 30_000 }, async () => {
+    const kv = await bucket();
+    const text = (v: Uint8Array) => new TextDecoder().decode(v);
+    let parsed = 0;
+    const scan = new CachedScan(kv, (v) => (parsed++, text(v)));
+    const agree = async (filter: string, expected: string[]) => {
+      assert.deepEqual((await scan.list(filter)).sort(), expected);
+      assert.deepEqual((await scanEntries(kv, filter)).map((e) => text(e.value)).sort(), expected);
+    };
+    assert.deepEqual(await scan.list(`${p}musl.*`), []);
+    await kv.put(`${p}musl.1_0`, "a");
+    await kv.put(`${p}musl.1_1`, "b");
+    await agree(`${p}musl.*`, ["a", "b"]);
+    assert.equal(parsed, 2);
+    // Nothing new: nothing read or parsed again.
+    await agree(`${p}musl.*`, ["a", "b"]);
+    assert.equal(parsed, 2);
+    // Another key's write does not count; a new value, a delete and a purge of this filter's keys do.
+    await kv.put(`${p}muslx.1`, "other");
+    await agree(`${p}musl.*`, ["a", "b"]);
+    assert.equal(parsed, 2);
+    await kv.put(`${p}musl.1_1`, "b2");
+    await kv.put(`${p}musl.1_2`, "c");
+    await agree(`${p}musl.*`, ["a", "b2", "c"]);
+    assert.equal(parsed, 4);
+    await kv.delete(`${p}musl.1_0`);
+    await agree(`${p}musl.*`, ["b2", "c"]);
+    await kv.purge(`${p}musl.1_2`);
+    await agree(`${p}musl.*`, ["b2"]);
+    assert.equal(parsed, 4);
+    // A second cache over the same bucket (another process) starts from a full read.
+    assert.deepEqual(await new CachedScan(kv, text).list(`${p}musl.*`), ["b2"]);
+  });
+}
 
 test("a cached scan keeps at most its bound of filters, the least recently listed going first", { timeout: 30_000 }, async () => {
   const kv = t.buckets.releases;

@@ -1,7 +1,8 @@
 /**
- * The live entries of a JetStream KV bucket under a key filter, read with direct gets that each
- * return the next message matching the filter (`next_by_subj`, nats-server 2.9): one request per
- * stored message plus one, and no consumer.
+ * The live entries of a JetStream KV bucket under a key filter, read with gets that each return
+ * the next message matching the filter (`next_by_subj`, nats-server 2.9; direct gets or the
+ * leader's, as the bucket was bound: core state.ts bucketReader): one request per stored message
+ * plus one, and no consumer.
  *
  * `CachedScan` keeps what it parsed and reads only what changed since.
  *
@@ -11,35 +12,28 @@
  * 3,100 runs) that left 30,000 consumers on the releases and advisories buckets, with nats-server
  * at 2.7 GB RSS and half a core.
  */
-import type { Bucket, KV } from "@nats-io/kv";
-import { bucketRevision, directBucket } from "@homeostat/core/state";
+import type { KV } from "@nats-io/kv";
+import { bucketReader, bucketRevision, type BucketReader } from "@homeostat/core/state";
 
 export type ScannedEntry = { key: string; value: Uint8Array };
 
 /** The entries whose key matches `filter` (KV wildcards), deleted and purged ones left out, in stream order. */
 export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[]> {
-  const bucket = directBucket(kv);
   const latest = new Map<string, ScannedEntry | undefined>();
-  if (!bucket) {
-    // A bucket without direct gets (configured so by hand): the consumer-based listing.
-    for await (const key of await kv.keys(filter)) {
-      const e = await kv.get(key);
-      latest.set(key, e && e.operation === "PUT" ? { key, value: e.value } : undefined);
-    }
-  } else await scanFrom(bucket, filter, 1, (key, value) => void latest.set(key, value && { key, value }));
+  await scanFrom(bucketReader(kv), filter, 1, (key, value) => void latest.set(key, value && { key, value }));
   return [...latest.values()].filter((e): e is ScannedEntry => e !== undefined);
 }
 
 /**
  * Calls `see` for each message under `filter` from stream sequence `from` on, in stream order
- * (value undefined: a delete or purge marker), with one direct get per message plus one; returns
+ * (value undefined: a delete or purge marker), with one get per message plus one; returns
  * the sequence of the last message seen (`from - 1` when there was none).
  */
-async function scanFrom(bucket: Bucket, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
+async function scanFrom(bucket: BucketReader, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
   const subjects = `${bucket.prefix}.${filter}`;
   let last = from - 1;
   for (let seq = from; ;) {
-    const m = await bucket.jsm.direct.getMessage(bucket.stream, { seq, next_by_subj: subjects });
+    const m = await bucket.get({ seq, next_by_subj: subjects });
     if (!m) return last;
     // A later message of the key (history > 1, a delete or purge marker) replaces the earlier.
     see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data);
@@ -50,7 +44,7 @@ async function scanFrom(bucket: Bucket, filter: string, from: number, see: (key:
 
 /**
  * `scanEntries` with the parsed entries of each filter kept between calls: a list asks only for
- * the last message under its filter (one direct get, `last_by_subj`), and reads and parses just
+ * the last message under its filter (one get, `last_by_subj`), and reads and parses just
  * the messages stored after the ones it has (none, usually). Every write under a filter (a put,
  * a delete or purge marker) is a new last message there, so an unchanged last sequence means
  * unchanged entries. That holds for buckets whose messages leave only by a newer one of their
@@ -93,11 +87,10 @@ export class CachedScan<T> {
    * the bucket revision the caller saw before this call (reader()); undefined asks the bucket.
    */
   async list(filter: string, at?: number): Promise<T[]> {
-    const bucket = directBucket(this.kv);
-    if (!bucket) return (await scanEntries(this.kv, filter)).map((e) => this.parse(e.value));
+    const bucket = bucketReader(this.kv);
     const known = this.cache.get(filter);
     if (at !== undefined && known?.at === at) return [...known.entries.values()];
-    const newest = await bucket.jsm.direct.getMessage(bucket.stream, { last_by_subj: `${bucket.prefix}.${filter}` });
+    const newest = await bucket.get({ last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
     // No message under the filter is an empty list, kept too: most packages have no advisories.
     const fresh = !newest
@@ -114,7 +107,7 @@ export class CachedScan<T> {
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */
-  private async readAfter(bucket: Bucket, filter: string, last: number, known: Map<string, T> | undefined, at: number | undefined) {
+  private async readAfter(bucket: BucketReader, filter: string, last: number, known: Map<string, T> | undefined, at: number | undefined) {
     const entries = new Map(known);
     const newLast = await scanFrom(bucket, filter, last + 1, (key, value) => {
       entries.delete(key);
