@@ -30,6 +30,8 @@ describe("build attempts (real NATS KV)", () => {
 
   /** The builder instances alive, as liveness.ts would find them; the others are gone. */
   const alive = new Set<string>();
+  /** The builder instances alive without the inputs of their marks in hand (liveness.ts: abandoned). */
+  const abandonedBy = new Set<string>();
   const recheckMs = 4_321;
   const waitLimitMs = 60_000;
 
@@ -37,13 +39,18 @@ describe("build attempts (real NATS KV)", () => {
     return withFailureHandling(handle, {
       state,
       instance,
-      markOwner: async (owner) => (alive.has(owner) ? { alive: true, recheckMs } : { alive: false, why: "gone (test)" }),
+      markOwner: async ({ instance: owner }) =>
+        alive.has(owner)
+          ? { alive: true, recheckMs }
+          : abandonedBy.has(owner)
+            ? { alive: false, why: "abandoned (test)", abandoned: true }
+            : { alive: false, why: "gone (test)" },
       waitLimitMs,
       crashLimit: o.crashLimit ?? 2,
       backoff: () => 1_234,
       enqueue: async (r) => void told.push(r),
       log: quiet,
-    });
+    }).handle;
   }
   const never = () => new Promise<void>(() => {});
   /** A builder (host_1_1) whose handler refuses every request with `reason`. */
@@ -55,6 +62,16 @@ describe("build attempts (real NATS KV)", () => {
       },
       told,
     );
+
+  test("a mark its live builder abandoned is taken over without counting a crash", async () => {
+    const req = await building();
+    void wrap("host_4_4", never)(req, delivery);
+    await waitFor(async () => (await state.get(req.key))?.building?.instance === "host_4_4");
+    abandonedBy.add("host_4_4");
+    void wrap("host_5_5", never)(req, delivery);
+    await waitFor(async () => (await state.get(req.key))?.building?.instance === "host_5_5");
+    assert.equal((await state.get(req.key))?.building?.crashes, 0);
+  });
 
   test("a build that kills its builder is counted through its mark and given up at the limit", async () => {
     const req = await building();

@@ -9,8 +9,10 @@
  *   host, its heartbeat). Alive, it is building these inputs and answers them: the request is
  *   handed back, to be looked at again when that builder's heartbeat would turn stale, and is
  *   never built beside it. Gone, it died while building it: a crash, counted, and the build is
- *   taken over. At the crash limit the key is Failed with "the builder died while building
- *   this key" and the message is dropped, so a build that kills its builder ends in the dead
+ *   taken over. Alive without these inputs in hand (its heartbeat lists what it has), it left
+ *   the mark behind (an attempt that failed while NATS failed over): taken over, not counted.
+ *   At the crash limit the key is Failed with "the builder died while building this key" and
+ *   the message is dropped, so a build that kills its builder ends in the dead
  *   letters (the reconciler's doing) instead of looping;
  * - a request for inputs already built (the key Signing or Ready at them: a copy of the request
  *   that waited while another builder built them) is answered by that build and dropped;
@@ -58,15 +60,15 @@ import {
   type StateStore,
 } from "@homeostat/core";
 import { BuildFailure } from "./errors.ts";
-import type { MarkOwner } from "./liveness.ts";
+import type { Mark, MarkOwner } from "./liveness.ts";
 import { BuildRefusedError } from "./request.ts";
 
 export type AttemptDeps = {
   state: StateStore;
   /** This process, as its marks name it: a restarted builder is another instance. */
   instance: string;
-  /** Whether the builder instance a mark names is alive (liveness.ts). */
-  markOwner: (instance: string) => Promise<MarkOwner>;
+  /** Whether the builder instance a mark names is alive and has the mark's inputs in hand (liveness.ts). */
+  markOwner: (mark: Mark) => Promise<MarkOwner>;
   /** How long after it was published a request waiting for another key's build is given up (see the module comment). */
   waitLimitMs: number;
   /** Deaths of a builder with one key's build before the key is given up. */
@@ -116,10 +118,17 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
   async function claim(req: BuildRequest, looks = 1): Promise<Claim> {
     // The owner's liveness is asked before the update, which then takes over that very mark only.
     const seen = markOf(await deps.state.get(req.key), req);
+    let abandoned = false;
     if (seen && seen.instance !== deps.instance) {
-      const owner = await deps.markOwner(seen.instance);
+      const owner = await deps.markOwner(seen);
       if (owner.alive) return { outcome: "elsewhere", instance: seen.instance, recheckMs: owner.recheckMs };
-      deps.log.warn("taking over the build of a builder that is gone", { key: req.key, inputDigest: req.inputDigest, owner: seen.instance, why: owner.why });
+      abandoned = owner.abandoned === true;
+      deps.log.warn(abandoned ? "taking over a build its builder abandoned" : "taking over the build of a builder that is gone", {
+        key: req.key,
+        inputDigest: req.inputDigest,
+        owner: seen.instance,
+        why: owner.why,
+      });
     }
     let claimed = { outcome: "run" } as Claim | "marked-since";
     await deps.state.update(req.key, (s) => {
@@ -135,7 +144,7 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
         return undefined;
       }
       let crashes = mark?.crashes ?? 0;
-      if (mark && mark.instance !== deps.instance) crashes++;
+      if (mark && mark.instance !== deps.instance && !abandoned) crashes++;
       const now = new Date().toISOString();
       if (crashes >= deps.crashLimit) {
         claimed = { outcome: "gave-up" };
@@ -202,7 +211,7 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
   const running = new Map<Key, Running>();
 
   /** One delivery, with the key's build to itself in this process (see the module comment). */
-  return async function handleWithAttempts(req: BuildRequest, msg: Delivery): Promise<void> {
+  async function handleWithAttempts(req: BuildRequest, msg: Delivery): Promise<void> {
     // Each turn waits for one build of the key to end; the map holds at most one per key.
     for (let other = running.get(req.key); other; other = running.get(req.key)) {
       if (other.inputDigest === req.inputDigest) {
@@ -219,7 +228,10 @@ export function withFailureHandling(handle: (req: BuildRequest) => Promise<void>
     } finally {
       if (running.get(req.key) === mine) running.delete(req.key);
     }
-  };
+  }
+  /** The inputs whose handling is under way here, marked or about to be (for the heartbeat: liveness.ts). */
+  const inputsInFlight = () => [...running.values()].map((r) => r.inputDigest);
+  return { handle: handleWithAttempts, inputsInFlight };
 
   async function attempt(req: BuildRequest, msg: Delivery): Promise<void> {
     const claimed = await claim(req);

@@ -26,7 +26,7 @@ import { keyProviderFromConfig } from "@homeostat/key-custody";
 import { Builder } from "./build.ts";
 import { configuredBuildContext } from "./context.ts";
 import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
-import { markDetail, markOwnerLiveness } from "./liveness.ts";
+import { inputsDetail, inputsInHand, markDetail, markOwnerLiveness } from "./liveness.ts";
 import { withFailureHandling } from "./attempts.ts";
 import { createBuildHandler } from "./request.ts";
 import { createTrialHandler, serveTrials } from "./trial.ts";
@@ -53,6 +53,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   const catalogs = await CatalogSource.open(parseCatalogLocation(config.catalogLocation), { cacheDir: path.join(config.dataDir, "catalog", "builder") });
   const instance = currentInstance();
   const work = await retry("preparing the workspaces", () => claimWorkRoot(path.join(config.dataDir, "work"), instance));
+  if (work.ended.length) log.warn("ended the steps that builders which died left running", { processes: work.ended });
   if (work.removed.length) log.info("removed the workspaces of builders that died", { instances: work.removed });
   const refusals = meter().createCounter("homeostat.builder.refused", {
     description: "Build requests refused, by reason: the request is not what the catalog and the facts call for",
@@ -82,7 +83,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   });
   // The heartbeat names the instance this builder's marks carry, for the builders that meet them (liveness.ts).
   health.detail(markDetail, () => instance.id);
-  const handle = withFailureHandling(handleRequest, {
+  const attempts = withFailureHandling(handleRequest, {
     state,
     instance: instance.id,
     markOwner: markOwnerLiveness({
@@ -116,6 +117,8 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   // Builds in flight, for the heartbeat (`homeostat status`).
   let building = 0;
   health.detail("building", () => String(building));
+  // And which inputs, so that a mark this builder left behind is not waited for (liveness.ts).
+  health.detail(inputsDetail, () => inputsInHand(attempts.inputsInFlight()));
   const running = runConsumer(nats, {
     stage: "build",
     schema: buildRequestSchema,
@@ -126,7 +129,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
     handle: async (req, msg) => {
       building++;
       try {
-        await handle(req, msg);
+        await attempts.handle(req, msg);
       } finally {
         building--;
       }

@@ -21,6 +21,7 @@
  * build applies its patches, runs its steps and then its test as three runs of one budget.
  */
 import { spawn } from "node:child_process";
+import { addAbortListener } from "node:events";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 import { constants as os } from "node:os";
@@ -294,8 +295,8 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       killTimer = setTimeout(() => killGroup(pid, "SIGKILL"), opts.killGraceMs ?? 2000);
     };
     const timer = setTimeout(() => stop("timeout"), Math.max(0, deadline - Date.now()));
-    const onAbort = (): void => stop("abort");
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    // Also a signal that aborted before the step started: the step is stopped at once.
+    const abortListener = opts.signal && addAbortListener(opts.signal, () => stop("abort"));
     // Over its output limit a step gets no grace: it is still writing.
     const stopWatching = watchWorkspace(opts.workspace.root, opts.isolation.limits, (output) => {
       stop({ output });
@@ -346,7 +347,7 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       clearTimeout(timer);
       if (killTimer) clearTimeout(killTimer);
       if (pipeTimer) clearTimeout(pipeTimer);
-      opts.signal?.removeEventListener("abort", onAbort);
+      abortListener?.[Symbol.dispose]();
     }
   });
 }

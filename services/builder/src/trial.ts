@@ -11,6 +11,7 @@
  * into a key's state, so it can never become what the factory ships. The answer (passed, or
  * why not with the log's tail) goes back on the request's reply subject, the agent's inbox.
  */
+import { addAbortListener } from "node:events";
 import { buildRequestSchema, trialOutcomeSchema, type BuildRequest, type Logger, type Nats, type TrialOutcome } from "@homeostat/core";
 import type { BuildPlan } from "@homeostat/catalog";
 import type { BuildResult } from "./build.ts";
@@ -43,7 +44,7 @@ export function createTrialHandler(deps: TrialDeps): (req: BuildRequest) => Prom
 /** Answers trial requests (one builder of the queue group takes each) until `signal` aborts. */
 export async function serveTrials(nats: Nats, handle: (req: BuildRequest) => Promise<TrialOutcome>, o: { log: Logger; signal: AbortSignal }): Promise<void> {
   const sub = nats.nc.subscribe(nats.topology.trialSubjects(), { queue: "trial" });
-  o.signal.addEventListener("abort", () => sub.unsubscribe(), { once: true });
+  addAbortListener(o.signal, () => sub.unsubscribe());
   const inFlight = new Set<Promise<void>>();
   for await (const msg of sub) {
     const answer = async (): Promise<void> => {
