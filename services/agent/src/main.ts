@@ -7,7 +7,7 @@
  */
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
-import { runService, StateStore } from "@homeostat/core";
+import { openBucket, runService, StateStore } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { ProposalStore } from "@homeostat/proposals";
 import { QuestionStore } from "@homeostat/proposals/questions";
@@ -47,7 +47,7 @@ await runService("agent", async ({ config, log, nats, buckets, signal, health })
       snapshots: path.join(config.dataDir, "agent", "snapshots"),
       timeoutMs: config.buildTimeoutMs + 60_000,
     };
-    const proposalsBucket = await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true });
+    const proposalsBucket = await openBucket(nats, "proposals");
     reconcile = createRepairer({
       client: messagesClient(apiKey, config.agent.baseUrl),
       settings: config.agent,

@@ -6,11 +6,11 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { EventLedger, eventId, workItemSchema, type EventRecord, type Key, type Logger } from "@homeostat/core";
-import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
+import { EventLedger, eventId, publish, workItemSchema, type EnqueueRequest, type EventRecord, type Key, type Logger } from "@homeostat/core";
+import { done, requeueAfter, WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
-import { runEventAdmission, type AdmissionCounts } from "./admit.ts";
+import { runAdmission, runEventAdmission, type AdmissionCounts } from "./admit.ts";
 
 const errors: string[] = [];
 const log: Logger = { info() {}, warn() {}, error: (msg) => void errors.push(msg) };
@@ -21,17 +21,20 @@ let queue: WorkQueue;
 const abort = new AbortController();
 const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
 let admitting: Promise<void>;
+let admittingIntake: Promise<void>;
+const intakeCounts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
 
 before(async () => {
   t = await testEnv();
   ledger = await EventLedger.open(t.nats, 3_600_000);
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log, owner: "admit-test" }));
   admitting = runEventAdmission(t.nats, ledger, queue, { log, signal: abort.signal, concurrency: 8, counts });
+  admittingIntake = runAdmission(t.nats, queue, { log, signal: abort.signal, concurrency: 8, counts: intakeCounts });
 });
 
 after(async () => {
   abort.abort();
-  await admitting;
+  await Promise.all([admitting, admittingIntake]);
   await t.cleanup();
 });
 
@@ -74,4 +77,29 @@ test("an event record's keys are queued in its class, with the event as their ca
     10_000,
   );
   assert.equal(info.delivered.stream_seq, 2);
+});
+
+test("an intake request that reports a completion withdraws the look that watched for it, else queues the key", async () => {
+  const watched: Key = "package/watched";
+  const unwatched: Key = "image/unwatched";
+  // A run that asked for a build and watches for it (reconcile.ts: a key with no dependents).
+  const stop = new AbortController();
+  const running = queue.run({
+    concurrency: 2,
+    signal: stop.signal,
+    reconcile: async (item) => (item.key === watched ? requeueAfter(60_000, "sha256:b") : done),
+  });
+  await queue.enqueue({ key: watched, priority: "release", cause: { type: "release" } });
+  await waitFor("the look to be queued", async () => (await queued(watched, "release"))?.watch === "sha256:b" || undefined, 10_000);
+  stop.abort();
+  await running;
+  const built = (key: Key): EnqueueRequest => ({ v: 1, key, priority: "dependency", cause: { type: "built", id: "sha256:b" }, completes: "sha256:b" });
+  await publish(t.nats, "intake", watched, built(watched));
+  await waitFor("the look to be withdrawn", async () => (await queued(watched, "release")) === undefined || undefined, 10_000);
+  assert.equal(await queued(watched, "dependency"), undefined, "and nothing queued instead");
+  // Nothing watches for the build of this one: the key is queued as asked.
+  await publish(t.nats, "intake", unwatched, built(unwatched));
+  const item = await waitFor("the key to be queued", () => queued(unwatched, "dependency"), 10_000);
+  assert.deepEqual(item.cause, { type: "built", id: "sha256:b" });
+  assert.equal(intakeCounts.added, 1);
 });

@@ -9,7 +9,9 @@
  *   at once (up to EVENT_ADMISSION_BATCH) enqueue each distinct key once (key-coalescer.ts):
  *   the repeats of a burst reach the queue before the key's run starts, not each as a rerun.
  * - the intake stream, for the other producers (ingest's resync, the signer), where repeated
- *   deliveries of one request are dropped by Nats-Msg-Id.
+ *   deliveries of one request are dropped by Nats-Msg-Id. A request that reports a completion
+ *   (`completes`) withdraws the key's requeue-after that watched for it instead, when that is
+ *   all the key has queued.
  */
 import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EventLedger, type Logger, type Nats } from "@homeostat/core";
 import { currentTraceparent } from "@homeostat/core/telemetry";
@@ -37,6 +39,9 @@ export function runAdmission(n: Nats, queue: WorkQueue, o: AdmissionOptions): Pr
     log: o.log,
     signal: o.signal,
     handle: async (req) => {
+      // A completion whose key has nothing queued but the look that watched for it: that look
+      // goes, and nothing runs (the signer's report of a build that tells no dependent).
+      if (req.completes && (await queue.withdraw(req.key, req.completes))) return;
       o.counts[await queue.enqueue(req)]++;
     },
   });

@@ -9,7 +9,7 @@
 import path from "node:path";
 import { Redis } from "ioredis";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore } from "@homeostat/catalog";
-import { errorMessage, EventLedger, runService } from "@homeostat/core";
+import { errorMessage, EventLedger, openBucket, runService } from "@homeostat/core";
 import { KeyFeed } from "./key-feed.ts";
 import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
@@ -32,10 +32,15 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
     topology: nats.topology,
     log,
   });
-  await followState(buckets.state, signal, (entry) => {
-    feed.apply(entry);
-    readModel.apply(entry);
-  });
+  await followState(
+    buckets.state,
+    signal,
+    (entry) => {
+      feed.apply(entry);
+      readModel.apply(entry);
+    },
+    { log },
+  );
   readModel.start(config.readModelCheckMs, signal);
   // `homeostat status` tells whether reads come from Redis or, degraded, from the state bucket.
   health.detail("read-model", () => (readModel.degraded === undefined ? "current" : `degraded: ${readModel.degraded}`));
@@ -53,7 +58,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   // The events stream is ingest's, opened here too so that admission can start before ingest has. Opened before the
   // status API listens: a start-up that fails after that would find its own port taken when it is tried again.
   const ledger = await EventLedger.open(nats, config.ingest.retentionMs);
-  const proposalsBucket = await nats.kvm.open(nats.topology.bucket("proposals"), { allow_direct: true });
+  const proposalsBucket = await openBucket(nats, "proposals");
   const api = await startStatusApi({
     addr: config.grpcAddr,
     security: config.statusApi,

@@ -11,6 +11,7 @@ import path from "node:path";
 import { AdvisoryStore, buildRequestOf, type Catalog, CatalogSource, DesiredState, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
 import { buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
+import { releaseItem } from "./test-support.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { catalogChangeRequests, onCatalogReload } from "./catalog-watch.ts";
 import { buildMessageId, createReconciler, storeInputs, type ReconcilerDeps } from "./reconcile.ts";
@@ -448,16 +449,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
         await publish(t.nats, "build", req.key, req, { msgId: buildMessageId(req, requestId) });
       },
     });
-    const item = (attempts: number): WorkItem => ({
-      v: 1,
-      key: "package/left",
-      priority: "release",
-      cause: { type: "manual" },
-      notBefore: 0,
-      floor: 0,
-      attempts,
-      enqueuedAt: Date.now(),
-    });
+    const item = (attempts: number): WorkItem => releaseItem("package/left", { cause: { type: "manual" }, attempts });
     await releases.record({ package: "left", version: "1.5", url: "https://example.org/left-1.5.tar.gz", sha256: sha("left-1.5") });
     await assert.rejects(flaky(item(0)), /connection lost/);
     assert.equal((await state.get("package/left"))!.phase, "Building", "the request was recorded");
@@ -579,5 +571,66 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await run("package/never-was"), { type: "done" });
     assert.equal(await state.get("package/never-was"), undefined);
     assert.deepEqual(await builds(), []);
+  });
+  test("a build with no dependents to tell is completed by the signer: its look watches for it; a dependent that comes to wait for it makes its completion run", async () => {
+    const dir = path.join(t.dir, "fold-catalog");
+    writeCatalog(dir, {
+      "packages/solo.yaml": packageYaml("solo", []),
+      "packages/solo2.yaml": packageYaml("solo2", []),
+      "packages/hub.yaml": packageYaml("hub", []),
+      "packages/spoke.yaml": packageYaml("spoke", ["hub"]),
+    });
+    const before = await loadCatalog(dir);
+    const r = reconcilerOf(() => before);
+    const solo = await r(releaseItem("package/solo"));
+    const soloStatus = (await state.get("package/solo"))!;
+    assert.deepEqual(solo, { type: "requeueAfter", ms: 60_000, watch: soloStatus.desiredInputDigest }, "the look watches for the build");
+    assert.equal(soloStatus.builds?.[0]?.signerCompletes, true);
+    const hub = await r(releaseItem("package/hub"));
+    assert.deepEqual(hub, { type: "requeueAfter", ms: 60_000 }, "a key with a dependent runs its completion: a plain look");
+    assert.equal((await state.get("package/hub"))!.builds?.[0]?.signerCompletes, undefined);
+    // A look of the build in flight keeps watching for it.
+    const again = await r({ ...releaseItem("package/solo"), cause: { type: "advisory" } });
+    assert.ok(again.type === "requeueAfter" && again.watch === soloStatus.desiredInputDigest, "an in-flight look watches too");
+
+    // The catalog gains a package built from solo (and one from solo2) while their builds run.
+    writeCatalog(dir, {
+      "packages/solo.yaml": packageYaml("solo", []),
+      "packages/solo2.yaml": packageYaml("solo2", []),
+      "packages/hub.yaml": packageYaml("hub", []),
+      "packages/spoke.yaml": packageYaml("spoke", ["hub"]),
+      "packages/leans.yaml": packageYaml("leans", ["solo"]),
+      "packages/leans2.yaml": packageYaml("leans2", ["solo2"]),
+    });
+    const changed = await loadCatalog(dir);
+    await r(releaseItem("package/solo2"));
+    assert.equal((await state.get("package/solo2"))!.builds?.[0]?.signerCompletes, true);
+    // leans waits for solo: solo's completion must run to tell it.
+    assert.deepEqual(await reconcilerOf(() => changed)(releaseItem("package/leans")), { type: "done" });
+    assert.match((await state.get("package/leans"))!.waitingFor ?? "", /package\/solo to be built/);
+    const soloNow = (await state.get("package/solo"))!;
+    assert.equal(soloNow.builds?.[0]?.outcome, "requested");
+    assert.equal(soloNow.builds?.[0]?.signerCompletes, undefined, "its completion now runs and tells leans");
+    // leans2 waits for solo2, whose signer completes it between leans2's look and the mark:
+    // solo2 told nobody, so leans2 looks again at once.
+    const racing = { ...reconcilerDepsOf(() => changed) };
+    let raced = false;
+    racing.state = new Proxy(state, {
+      get(target, prop, receiver) {
+        if (prop !== "update") return Reflect.get(target, prop, receiver) as unknown;
+        return async (key: Key, change: Parameters<StateStore["update"]>[1]) => {
+          if (key === "package/solo2" && !raced) {
+            raced = true;
+            await complete("package/solo2");
+          }
+          return target.update(key, change);
+        };
+      },
+    });
+    const leans2 = await createReconciler(racing)(releaseItem("package/leans2"));
+    assert.ok(raced, "solo2 completed during leans2's run");
+    assert.deepEqual(leans2, { type: "requeueAfter", ms: 0 }, "leans2 looks again");
+    assert.equal((await reconcilerOf(() => changed)(releaseItem("package/leans2"))).type, "requeueAfter", "and then builds (solo2 is built)");
+    assert.ok((await builds()).includes("package/leans2@1.0"));
   });
 });

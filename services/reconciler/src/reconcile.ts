@@ -45,6 +45,36 @@ let rebuildCounter: Counter | undefined;
 const rebuilds = (): Counter =>
   (rebuildCounter ??= meter().createCounter("homeostat.rebuilds", { unit: "{build}", description: "Builds the reconciler requested, by trigger and kind" }));
 
+/**
+ * What a run found and did, for the runs-by-outcome breakdown (homeostat.reconcile.runs, by
+ * cause and outcome): which runs did work and which only looked, so that an operator can tell
+ * the runs a burst needs from the ones it could have been spared.
+ */
+export type RunOutcome =
+  /** Asked for a build. */
+  | "build"
+  /** A build of the desired inputs is in flight: looked again later (requeue-after). */
+  | "in-flight"
+  /** Found the desired inputs built and settled them for the first time: Ready, dependents told. */
+  | "completed"
+  /** Found the desired inputs built and settled before: nothing to do (a dependency's notice may be passed on). */
+  | "unchanged"
+  /** An input is still to be built: marked waiting. */
+  | "waiting"
+  | "attention"
+  /** A failed build: left failed, retried later, dead-lettered or handed to the agent. */
+  | "failed"
+  /** The agent asked a person; nothing to do until the answer. */
+  | "awaiting-answer"
+  | "retired";
+
+let runCounter: Counter | undefined;
+const runsByOutcome = (): Counter =>
+  (runCounter ??= meter().createCounter("homeostat.reconcile.runs", {
+    unit: "{run}",
+    description: "Reconcile runs by cause (the run's cause type) and outcome (build, in-flight, completed, unchanged, waiting, …)",
+  }));
+
 /** What one run decides from besides the catalog: releases and advisories by package, and other keys' statuses. */
 export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch">;
 
@@ -95,7 +125,9 @@ export function createReconciler(deps: ReconcilerDeps) {
     const { kind, name } = parseKey(item.key);
     // Upstream first: what it announced becomes release facts before the decision reads them.
     const upstream = kind === "package" ? await resolve(item, catalog, name) : undefined;
-    const result = await decide(item, catalog, run.attempt);
+    let outcome: RunOutcome = "unchanged";
+    const result = await decide(item, catalog, run.attempt, (o) => (outcome = o));
+    runsByOutcome().add(1, { cause: item.cause.type, outcome });
     // An upstream that could not be reached is looked at again when it said, or after the
     // backoff; the key meanwhile keeps its last version (Ready, with the reason in its status).
     if (!upstream?.unavailable || result.type === "nonRetriable") return result;
@@ -121,10 +153,11 @@ export function createReconciler(deps: ReconcilerDeps) {
   }
 
   /** `attempt`: the queue's count of runs of this item (more than 1: an earlier run failed or died). */
-  async function decide(item: WorkItem, catalog: Catalog, attempt: number): Promise<ReconcileResult> {
+  async function decide(item: WorkItem, catalog: Catalog, attempt: number, note: (o: RunOutcome) => void): Promise<ReconcileResult> {
     const { kind, name } = parseKey(item.key);
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
     if (!inCatalog) {
+      note("retired");
       // Desired: the key does not exist. A key that left the catalog is retired (its status
       // goes; built artifacts stay, content-addressed); an unknown one is already as desired.
       // The catalog refuses a removal that others still depend on, so no dependent is orphaned.
@@ -136,19 +169,29 @@ export function createReconciler(deps: ReconcilerDeps) {
     // The key's status before its inputs: a dependency's waiting mark written after this read
     // may come from a build this run's inputs do not show yet, so the run must not clear it.
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
-    const desiredState = new DesiredState({ catalog, ...(await deps.inputs()), sourceDateEpoch: deps.sourceDateEpoch });
+    const inputs = await deps.inputs();
+    const desiredState = new DesiredState({ catalog, ...inputs, sourceDateEpoch: deps.sourceDateEpoch });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
 
     if (desired.state === "waiting") {
+      note("waiting");
       // Nothing to do until the dependency is built: its completion enqueues this key again.
       // The cause is left alone: waiting is not a change, and the chain `why` follows stays intact.
       await deps.state.update(item.key, (cur) =>
         cur?.waitingFor === desired.waitingFor ? undefined : { ...(cur ?? StateStore.initial(item.key)), waitingFor: desired.waitingFor },
       );
-      return done;
+      // An input this run saw building that was to complete without a run (it had no dependents
+      // when it was asked for: this key came into the catalog since) must run its completion to
+      // tell this key; one that completed meanwhile told nobody, so this key looks again.
+      const told = await mapLimit(catalog.inputsOf(item.key), NOTICE_CONCURRENCY, async (k) => {
+        const seen = await inputs.status(k);
+        return !seen || (await completionTells(k, seen));
+      });
+      return told.every(Boolean) ? done : requeueAfter(0);
     }
 
     if (desired.state === "attention") {
+      note("attention");
       const ids = desired.advisories.join(" ");
       await setStatus(deps, item.key, (s) =>
         (s.phase === "NeedsAttention" || s.phase === "WaitingForAnswer") && s.advisories?.join(" ") === ids && s.desiredVersion === desired.version
@@ -185,6 +228,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       // on to every dependent, down to whoever waits; it stops where the graph ends. Any other
       // run tells only the dependents that wait.
       const passOn = builtNow || status.fannedOut !== desired.inputDigest || item.cause.type === "dependency";
+      note(status.fannedOut !== desired.inputDigest || status.phase !== "Ready" ? "completed" : "unchanged");
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
         const succeeded = settleBuild(s, desired.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? s;
@@ -227,15 +271,22 @@ export function createReconciler(deps: ReconcilerDeps) {
 
     const manual = item.cause.type === "manual";
     // The agent asked a person about these inputs' failure: the answer hands the key back to it, not to a build.
-    if (status.phase === "WaitingForAnswer" && status.desiredInputDigest === desired.inputDigest && !manual) return done;
+    if (status.phase === "WaitingForAnswer" && status.desiredInputDigest === desired.inputDigest && !manual) {
+      note("awaiting-answer");
+      return done;
+    }
     const failure = status.failure?.inputDigest === desired.inputDigest ? status.failure : undefined;
     if (status.desiredInputDigest === desired.inputDigest && failure && !manual && (status.phase === "Failed" || status.phase === "DeadLettered")) {
       const ended = await afterFailure(item, failure, status.actual?.version !== desired.version);
-      if (ended) return ended;
+      if (ended) {
+        note("failed");
+        return ended;
+      }
     } else if (status.desiredInputDigest === desired.inputDigest) {
       if (status.phase === "Failed" && !manual) {
         // The same inputs failed for good; new inputs retry. Remember the outcome once.
         await setStatus(deps, item.key, (s) => settleBuild(s, desired.inputDigest, "failed", s.updatedAt));
+        note("failed");
         return done;
       }
       // A build in flight is looked at again when it should have ended, so a builder lost with
@@ -250,10 +301,17 @@ export function createReconciler(deps: ReconcilerDeps) {
         const open = openRequest(status, desired.inputDigest);
         const earlierRunEnded = item.attempts > 0 || attempt > 1;
         if (earlierRunEnded && status.phase === "Building" && open) await deps.requestBuild(buildRequestOf(desired.plan), open.at);
-        return requeueAfter(remaining);
+        note("in-flight");
+        // Still watching for the build the signer completes without a run (withdrawn when it does).
+        return requeueAfter(remaining, open?.signerCompletes ? desired.inputDigest : undefined);
       }
     }
 
+    note("build");
+    // A key with no dependents has nothing to tell when its build is done, so that needs no run:
+    // the signer completes the key and withdraws the look below, which watches for the build
+    // (its input digest) and stays only to notice a build that was lost.
+    const tellsNone = kind === "image" || catalog.dependentsOf(name).length === 0;
     const event = asBuilt(item.cause, desired.plan);
     const why = cause(event, describe(desired, status), event);
     const traceId = currentTraceId();
@@ -289,6 +347,7 @@ export function createReconciler(deps: ReconcilerDeps) {
           cause: why,
           // The recipe is still the one an agent's proposal put in the catalog: this build is of that proposal.
           ...(s.proposal && s.proposal.recipeDigest === catalog.recipeDigest(item.key) ? { proposal: s.proposal.id } : {}),
+          ...(tellsNone ? { signerCompletes: true as const } : {}),
         },
       );
     });
@@ -299,7 +358,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     rebuilds().add(1, { trigger: why.type, kind: desired.plan.kind });
     annotateActiveSpan({ "homeostat.version": desired.version, "homeostat.input_digest": desired.inputDigest, "homeostat.build.trigger": why.type });
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
-    return requeueAfter(deps.staleBuildMs);
+    return requeueAfter(deps.staleBuildMs, tellsNone ? desired.inputDigest : undefined);
   }
 
   /**
@@ -347,16 +406,39 @@ export function createReconciler(deps: ReconcilerDeps) {
     return after?.waitingFor !== undefined;
   }
 
-  /** The first of `inputs` whose status says it settles later (a build in flight, or waiting), in words. */
+  /**
+   * The first of `inputs` whose status says it settles later and tells its dependents then (a
+   * build in flight whose completion runs, or waiting), in words.
+   */
   async function firstSettling(inputs: readonly Key[], statusOf: (k: Key) => Promise<KeyStatus | undefined>): Promise<string | undefined> {
     const statuses = await Promise.all(inputs.map(statusOf));
     for (const [i, s] of statuses.entries()) {
-      if (!s) continue;
-      if ((s.phase === "Building" || s.phase === "Signing") && s.desiredInputDigest !== s.actual?.inputDigest)
-        return `${inputs[i]} to be built at ${s.desiredVersion ?? "its desired version"}`;
-      if (s.waitingFor) return `${inputs[i]}, which waits for ${s.waitingFor}`;
+      const input = inputs[i];
+      if (!s || !input) continue;
+      if ((s.phase === "Building" || s.phase === "Signing") && s.desiredInputDigest !== s.actual?.inputDigest) {
+        if (await completionTells(input, s)) return `${input} to be built at ${s.desiredVersion ?? "its desired version"}`;
+        continue;
+      }
+      if (s.waitingFor) return `${input}, which waits for ${s.waitingFor}`;
     }
     return undefined;
+  }
+
+  /**
+   * Whether the completion of the build `seen` shows for `input` (if one is open) will run and
+   * tell its dependents: a build asked for as completed by the signer alone (signerCompletes)
+   * is made to run its completion; false when it was done before that could be written.
+   */
+  async function completionTells(input: Key, seen: KeyStatus): Promise<boolean> {
+    const open = seen.builds?.find((b) => b.outcome === "requested" && b.signerCompletes);
+    if (!open) return true;
+    const after = await deps.state.update(input, (cur) => {
+      const still = cur?.builds?.find((b) => b.outcome === "requested" && b.inputDigest === open.inputDigest && b.signerCompletes);
+      if (!cur || !still) return undefined;
+      const { signerCompletes: _, ...told } = still;
+      return withBuild(cur, told);
+    });
+    return after?.builds?.some((b) => b.outcome === "requested" && b.inputDigest === open.inputDigest) ?? false;
   }
 
   /**

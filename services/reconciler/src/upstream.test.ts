@@ -12,9 +12,10 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { loadCatalog, ReleaseStore, UpstreamLedger, type Catalog } from "@homeostat/catalog";
-import { StateStore, type BuildRequest, type Logger, type WorkItem } from "@homeostat/core";
+import { StateStore, type BuildRequest, type Logger } from "@homeostat/core";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { createReconciler } from "./reconcile.ts";
+import { releaseItem } from "./test-support.ts";
 import { UpstreamResolver, type UpstreamLimits } from "./upstream.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
@@ -215,16 +216,7 @@ describe("upstream resolver", { timeout: 60_000 }, () => {
       requestBuild: async (req) => void requested.push(req),
       resolveUpstream: (c, n, o) => own.resolve(c, n, o),
     });
-    const item: WorkItem = {
-      v: 1,
-      key: "package/templated",
-      priority: "release",
-      cause: { type: "release" },
-      notBefore: 0,
-      floor: 0,
-      attempts: 0,
-      enqueuedAt: Date.now(),
-    };
+    const item = releaseItem("package/templated");
     // templated is built and signed at 2.0 (the facts above); then 2.2 is announced while its host is down.
     await reconcile(item);
     assert.equal(requested.at(-1)?.version, "2.1", "2.1, announced and now reachable, is resolved and asked for");

@@ -1,7 +1,9 @@
 /**
  * One sign request: admit it (admit.ts), sign what admission found, and only then record the
  * key's actual state — so a key is never Ready with a half-signed result — and enqueue the key
- * again so the reconciler fans out to its dependents.
+ * again so the reconciler fans out to its dependents; a build with none to tell (the reconciler
+ * said so in its request: signerCompletes) completes the key here, and the queue withdraws the
+ * requeue-after that watched for it instead of running the key.
  *
  * A refused request is dropped (non-retriable) with its reason in the log, counted
  * (`homeostat.signer.refused` by reason), and changes nothing: no signature is written, the
@@ -109,18 +111,31 @@ export function createSignHandler(deps: SignHandlerDeps) {
       const cur = s ?? StateStore.initial(req.key);
       requested = cur.builds?.find((b) => b.inputDigest === req.inputDigest && b.outcome === "requested");
       const current = cur.desiredInputDigest === undefined || cur.desiredInputDigest === req.inputDigest;
-      const next = { ...cur, actual, phase: current ? ("Ready" as const) : cur.phase, lastError: current ? undefined : cur.lastError };
+      // A build the reconciler asked to be completed here has no dependents to tell: the key is
+      // told as told (fannedOut, as its completion run would write) and needs no run.
+      const complete = current && requested?.signerCompletes === true;
+      const next = {
+        ...cur,
+        actual,
+        phase: current ? ("Ready" as const) : cur.phase,
+        lastError: current ? undefined : cur.lastError,
+        ...(complete ? { fannedOut: build.inputDigest } : {}),
+      };
       return settleBuild(next, req.inputDigest, "succeeded", actual.builtAt, actual.traceId) ?? next;
     });
     if (requested)
       rebuildDuration().record((Date.parse(actual.builtAt) - Date.parse(requested.triggeredAt ?? requested.at)) / 1000, {
         trigger: requested.cause?.type ?? "unknown",
       });
+    // The queue runs the key again to tell its dependents; or, for a build that tells none, it
+    // withdraws the look that watched for this build (`completes`), and queues the key only if
+    // that look stands for more or is gone (the key runs, or an enqueue merged into it).
     await deps.enqueue({
       v: 1,
       key: req.key,
       priority: "dependency",
       cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${build.version}` },
+      ...(requested?.signerCompletes ? { completes: req.inputDigest } : {}),
     });
     deps.log.info("signed", { key: req.key, version: build.version, keyId });
   };

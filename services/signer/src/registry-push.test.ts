@@ -12,7 +12,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { OciLayout, Registry, RegistryError } from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
-import { startRegistry, type LocalRegistry } from "../../../test/fixtures/registry.ts";
+import { countingProxy, startRegistry, type LocalRegistry } from "../../../test/fixtures/registry.ts";
 import { requireTools } from "../../../test/fixtures/tools.ts";
 import { sign } from "./sign.ts";
 
@@ -98,4 +98,36 @@ test("an unreachable registry is a RegistryError naming it (the sign request is 
     sign(req, { dataDir: dir, imageRepository: "127.0.0.1:9/homeostat", signer: newSigner(), registry: new Registry("http://127.0.0.1:9") }),
     (e: unknown) => e instanceof RegistryError && /registry http:\/\/127\.0\.0\.1:9 is unreachable/.test(e.message),
   );
+});
+
+test("a client asks the registry once about each blob it pushed: a second tag of the same image sends only its manifest", async () => {
+  const proxy = await countingProxy(registry.url);
+  try {
+    const client = new Registry(proxy.url);
+    const layout = await OciLayout.open(path.join(dir, "twice"));
+    await imageToSign(path.join(dir, "twice"), "1.0", "twice");
+    await layout.tag("1.0-again", (await layout.resolve("1.0"))!);
+    await client.push(layout, "homeostat/twice", "1.0");
+    const first = proxy.requests.splice(0);
+    assert.equal(first.filter((r) => r.startsWith("HEAD ")).length, 2, `config and layer asked about: ${first.join(", ")}`);
+    await client.push(layout, "homeostat/twice", "1.0-again");
+    assert.deepEqual(proxy.requests, ["PUT /v2/homeostat/twice/manifests/1.0-again"]);
+  } finally {
+    await proxy.close();
+  }
+});
+
+test("a blob remembered as pushed but gone from the registry: the manifest is refused, the client asks again and pushes it", async () => {
+  const client = new Registry(registry.url);
+  const req = await imageToSign(path.join(dir, "gone"), "1.0", "gone");
+  const layout = await OciLayout.open(path.join(dir, "gone"));
+  await client.push(layout, "homeostat/gone", "1.0");
+  // The layer's link in the repository removed behind the client's back (as a hand-made cleanup would).
+  const manifest = JSON.parse((await layout.readBlob((await layout.resolve("1.0"))!.digest)).toString()) as { layers: { digest: string }[] };
+  const layerHex = manifest.layers[0]!.digest.replace("sha256:", "");
+  await rm(path.join(registry.dataDir, "docker/registry/v2/repositories/homeostat/gone/_layers/sha256", layerHex), { recursive: true });
+  await layout.tag("1.1", (await layout.resolve("1.0"))!);
+  await client.push(layout, "homeostat/gone", "1.1");
+  const pulled = await OciLayout.open(path.join(dir, "gone-pulled"));
+  assert.equal((await client.pull(pulled, "homeostat/gone", "1.1", "1.1"))?.digest, req.outputs.manifest);
 });

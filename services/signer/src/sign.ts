@@ -147,9 +147,12 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     signatures[role] = signature.manifest;
   }
   if (ctx.registry) {
-    // The image first, so that a registry never shows a signature for an image it lacks.
+    // The image first, so that a registry never shows a signature for an image it lacks; then
+    // the signature and the attestations, which do not depend on each other, at once.
+    const registry = ctx.registry;
     const repository = registryRepository(ctx.imageRepository, req.name);
-    for (const t of [tag, r.signatureTag, referrersTag(manifest)]) await ctx.registry.push(layout, repository, t);
+    await registry.push(layout, repository, tag);
+    await Promise.all([r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
   }
   return { signatures, keyId: ctx.signer.keyId };
 }
