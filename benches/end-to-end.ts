@@ -2,7 +2,7 @@
  * What the end-to-end benches (intake, storm) share: the factory they measure, the services
  * (scripts/factory.ts) on a private nats-server and redis-server with nothing of their own in
  * the way of what a bench sends (no periodic resync: a bench makes its own events; ingest's rate
- * limits far above any bench's rate); its teardown; and their integer options.
+ * limits far above any bench's rate); its teardown; and their command lines.
  */
 import { rm } from "node:fs/promises";
 import path from "node:path";
@@ -58,6 +58,25 @@ export async function startBenchFactory(
 export async function tearDown(stops: (() => Promise<void>)[], dir: string, keep: boolean): Promise<void> {
   for (const stop of stops.reverse()) await stop().catch(() => {});
   if (!keep) await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * A bench's command line, read by `read` (node:util parseArgs, integerOption): `--help` or `-h`
+ * prints `usage` and exits 0; whatever `read` refuses (an unknown option, a missing value, an
+ * integer out of range) is named with the usage on stderr, exit 64 (EX_USAGE), not a stack trace.
+ */
+export function commandLine<T>(bench: string, usage: string, read: () => T): T {
+  const args = process.argv.slice(2);
+  if (args.includes("--help") || args.includes("-h")) {
+    process.stdout.write(`${usage}\n`);
+    process.exit(0);
+  }
+  try {
+    return read();
+  } catch (err) {
+    process.stderr.write(`${bench}: ${(err as Error).message}\n${usage}\n`);
+    process.exit(64);
+  }
 }
 
 /** The integer `value` of option `--name`, which must lie in [min, max]. */

@@ -27,7 +27,7 @@ import { ReleaseStore } from "@homeostat/catalog";
 import { getKeyStatus, statusClient } from "@homeostat/status-api";
 import { waitFor } from "../scripts/factory.ts";
 import { deliver, PACKAGE, PINNED, releaseDelivery, releaseTarball, startArchiveHost, writeReleaseCatalog } from "../test/fixtures/github-upstream.ts";
-import { integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
+import { commandLine, integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
 
 const SECRET = "bench-intake-webhook-secret";
@@ -117,20 +117,24 @@ export async function runIntakeBench(o: IntakeOptions): Promise<Record<string, u
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      releases: { type: "string", default: "100" },
-      mb: { type: "string", default: "10" },
-      "timeout-s": { type: "string", default: "300" },
-      keep: { type: "boolean", default: false },
-    },
+  const usage = "Usage: node benches/intake.ts [--releases N (default 100)] [--mb N (default 10)] [--timeout-s N (default 300)] [--keep]";
+  const options = commandLine("bench:intake", usage, () => {
+    const { values } = parseArgs({
+      options: {
+        releases: { type: "string", default: "100" },
+        mb: { type: "string", default: "10" },
+        "timeout-s": { type: "string", default: "300" },
+        keep: { type: "boolean", default: false },
+      },
+    });
+    return {
+      releases: integerOption("releases", values.releases, 1, 10_000),
+      mb: integerOption("mb", values.mb, 0, 512),
+      timeoutS: integerOption("timeout-s", values["timeout-s"], 1, 3_600),
+      keep: values.keep,
+    };
   });
-  const result = await runIntakeBench({
-    releases: integerOption("releases", values.releases, 1, 10_000),
-    mb: integerOption("mb", values.mb, 0, 512),
-    timeoutS: integerOption("timeout-s", values["timeout-s"], 1, 3_600),
-    keep: values.keep,
-  });
+  const result = await runIntakeBench(options);
   console.log(JSON.stringify(result));
   process.exit(0);
 }

@@ -248,6 +248,12 @@ type Result = {
   waitN: number;
   drainClientUs: number;
   drainServerUs: number;
+  /**
+   * This process's CPU from the first enqueue until drained, per enqueue (producer and worker
+   * share the process): unlike the rates, barely moved by what else runs on the machine, so
+   * bench:telemetry compares its arms by it too.
+   */
+  processingClientUs: number;
 };
 
 /**
@@ -289,6 +295,7 @@ function summarise(
   runs: RunLog,
   drain: { t0: number; drainedAt: number; runs: RunLog; cpu: { clientUs: number; serverUs: number } },
   failed: number,
+  processingCpu: NodeJS.CpuUsage,
 ): Result {
   const added = producer.outcomes.filter((o) => o === "added").length;
   const rerunMarks = producer.outcomes.filter((o) => o === "rerun").length;
@@ -307,6 +314,7 @@ function summarise(
     drainPerS: drain.runs.count / drainS,
     drainClientUs: drain.cpu.clientUs,
     drainServerUs: drain.cpu.serverUs,
+    processingClientUs: (processingCpu.user + processingCpu.system) / ENQUEUES,
     added,
     deduped: ENQUEUES - added,
     rerunMarks,
@@ -400,10 +408,12 @@ async function benchJetStream(prefix: string, config: Config, d: Deadline, clean
   // Phase 1: workers first, then the producer, concurrently.
   const runs = newRunLog();
   const w1 = await startWorker(runs);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const producer = await produce(ENQUEUES, d, "the enqueues", (i, t) => enqueue(key(i), i, t));
   runs.producing = false;
   const drainedAt = await waitDrained(d, "processing", () => drained(runs));
+  const processingCpu = process.cpuUsage(cpu0);
   await w1.stop();
 
   // Phase 2: enqueue first, then start the worker and time the processing alone.
@@ -416,7 +426,7 @@ async function benchJetStream(prefix: string, config: Config, d: Deadline, clean
   const d1 = await waitDrained(d, "the drain phase", () => drained(drainRuns));
   const cpu = cpuPerRun(c0, cpuMark(nats), drainRuns.count);
   await w2.stop();
-  return summarise("jetstream", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, 0);
+  return summarise("jetstream", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, 0, processingCpu);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,10 +514,12 @@ async function benchBullMQ(prefix: string, d: Deadline, cleanups: (() => Promise
   const runs = newRunLog();
   const w1 = await makeWorker(runs);
   void w1.run().catch(() => {});
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const producer = await produce(ENQUEUES, d, "the enqueues", (i, t) => enqueue(key(i), i, t));
   runs.producing = false;
   const drainedAt = await waitDrained(d, "processing", () => drained(runs));
+  const processingCpu = process.cpuUsage(cpu0);
   await withDeadline(w1.close(), d, "closing the worker");
 
   const drainRuns = newRunLog();
@@ -520,7 +532,7 @@ async function benchBullMQ(prefix: string, d: Deadline, cleanups: (() => Promise
   const d1 = await waitDrained(d, "the drain phase", () => drained(drainRuns));
   const cpu = cpuPerRun(c0, cpuMark(redisPid), drainRuns.count);
   await withDeadline(w2.close(), d, "closing the worker");
-  const r = summarise("bullmq", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, failed);
+  const r = summarise("bullmq", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, failed, processingCpu);
   // BullMQ does not tell a merge into a waiting job from a stored follow-up of an active one.
   r.rerunMarks = NaN;
   return r;
@@ -603,10 +615,12 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
 
   const runs = newRunLog();
   const w1 = startWorker(runs);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const producer = await produce(ENQUEUES, d, "the enqueues", (i) => enqueue(key(i), i));
   runs.producing = false;
   const drainedAt = await waitDrained(d, "processing", () => drained(runs));
+  const processingCpu = process.cpuUsage(cpu0);
   await withDeadline(w1.stop(), d, "stopping the worker");
 
   const drainRuns = newRunLog();
@@ -618,7 +632,7 @@ async function benchHomeostat(prefix: string, config: Config, d: Deadline, clean
   const d1 = await waitDrained(d, "the drain phase", () => drained(drainRuns));
   const cpu = cpuPerRun(c0, cpuMark(nats), drainRuns.count);
   await withDeadline(w2.stop(), d, "stopping the worker");
-  const r = summarise("homeostat", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, 0);
+  const r = summarise("homeostat", producer, t0, drainedAt, runs, { t0: d0, drainedAt: d1, runs: drainRuns, cpu }, 0, processingCpu);
   const stats = await producerQueue.stats();
   r.failed = stats.deadLetters;
   return r;
@@ -747,7 +761,7 @@ async function main(): Promise<void> {
     console.log(
       `${labels[r.name]}: producer ${r.producerS.toFixed(2)} s, processing ${r.processedS.toFixed(2)} s, drain ${r.drainS.toFixed(2)} s; ` +
         `added ${fmtInt(r.added)}, reruns ${fmtInt(r.reruns)}${Number.isFinite(r.rerunMarks) ? ` (rerun marks ${fmtInt(r.rerunMarks)})` : ""}, failed/dead ${r.failed}, runs started while producing ${fmtInt(r.duringProducer)}, waits over ${fmtInt(r.waitN)} runs; ` +
-        `drain CPU per run: client ${fmtRate(r.drainClientUs)} µs, server ${fmtRate(r.drainServerUs)} µs`,
+        `drain CPU per run: client ${fmtRate(r.drainClientUs)} µs, server ${fmtRate(r.drainServerUs)} µs; client CPU per enqueue from first enqueue to drained ${fmtRate(r.processingClientUs)} µs`,
     );
   }
   const hs = by("homeostat");
@@ -782,6 +796,7 @@ async function main(): Promise<void> {
       wait_p50_ms: per((r) => r.waitP50),
       wait_p99_ms: per((r) => r.waitP99),
       drain_cpu_us_per_run: { client: per((r) => r.drainClientUs), server: per((r) => r.drainServerUs) },
+      processing_cpu_us_per_enqueue: per((r) => r.processingClientUs),
       ratio_homeostat_bullmq: round3(vsBull),
       ratio_homeostat_jetstream: round3(vsJs),
       target_vs_bullmq: TARGET_VS_BULLMQ,

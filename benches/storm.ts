@@ -44,7 +44,7 @@ import { repoRoot, stopChild, waitFor } from "../scripts/factory.ts";
 import { mulberry32, pick } from "../scripts/app-tarball.ts";
 import { generateCatalog, sourceTarball } from "../scripts/gen-catalog.ts";
 import { startRegistry } from "../test/fixtures/registry.ts";
-import { integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
+import { commandLine, integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
 
 export type StormOptions = {
@@ -121,37 +121,57 @@ function resourceMeter(procs: () => Proc[], stopped: AbortSignal) {
   };
 }
 
+/** Counters the receiver keeps, by metric name and the attributes that break them down. */
+const BREAKDOWNS = {
+  /** The reconcilers' runs by cause and outcome (reconcile.ts RunOutcome). */
+  "homeostat.reconcile.runs": ["cause", "outcome"],
+  /** The work queue's enqueues by outcome (added, deduped, rerun) and cause, whichever process made them. */
+  "homeostat.queue.enqueued": ["outcome", "cause"],
+} as const;
+type Breakdown = keyof typeof BREAKDOWNS;
+
 /**
  * OTLP/HTTP JSON receiver: the reconcilers' cumulative run counts (homeostat.queue.process, by
- * instance) and the spans of the traces in `wanted` (anything else is skipped unparsed).
+ * instance), the counters of BREAKDOWNS by instance and attributes, and the spans of the traces
+ * in `wanted` (anything else is skipped unparsed).
  */
 async function startTelemetryReceiver() {
   const runsByInstance = new Map<string, number>();
+  /** Cumulative counts by metric, then by "instance attr/attr". */
+  const counters = new Map<Breakdown, Map<string, number>>(Object.keys(BREAKDOWNS).map((k) => [k as Breakdown, new Map()]));
   const spans = new Map<string, { name: string; service: string; start: number; end: number; kind: number }[]>();
   const wanted = new Set<string>();
   type Kv = { key: string; value: { stringValue?: string } };
+  type Point = { count?: string | number; asInt?: string | number; asDouble?: number; attributes?: Kv[] };
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       res.writeHead(200, { "content-type": "application/json" }).end("{}");
       const body = Buffer.concat(chunks).toString("utf8");
-      if (req.url === "/v1/metrics" && body.includes("homeostat.queue.process")) {
+      if (req.url === "/v1/metrics" && (body.includes("homeostat.queue.process") || body.includes("homeostat.queue.enqueued"))) {
         const m = JSON.parse(body) as {
           resourceMetrics?: {
             resource?: { attributes?: Kv[] };
-            scopeMetrics?: { metrics?: { name: string; histogram?: { dataPoints?: { count?: string | number }[] } }[] }[];
+            scopeMetrics?: { metrics?: { name: string; histogram?: { dataPoints?: Point[] }; sum?: { dataPoints?: Point[] } }[] }[];
           }[];
         };
         for (const rm of m.resourceMetrics ?? []) {
           const instance = rm.resource?.attributes?.find((a) => a.key === "service.instance.id")?.value.stringValue ?? "?";
           for (const sm of rm.scopeMetrics ?? [])
             for (const metric of sm.metrics ?? []) {
-              if (metric.name !== "homeostat.queue.process") continue;
-              runsByInstance.set(
-                instance,
-                (metric.histogram?.dataPoints ?? []).reduce((n, d) => n + Number(d.count ?? 0), 0),
-              );
+              if (metric.name === "homeostat.queue.process")
+                runsByInstance.set(
+                  instance,
+                  (metric.histogram?.dataPoints ?? []).reduce((n, d) => n + Number(d.count ?? 0), 0),
+                );
+              const by = counters.get(metric.name as Breakdown);
+              if (!by) continue;
+              // Cumulative sums: each export restates every series' total.
+              for (const d of metric.sum?.dataPoints ?? []) {
+                const attrs = BREAKDOWNS[metric.name as Breakdown].map((a) => d.attributes?.find((x) => x.key === a)?.value.stringValue ?? "-");
+                by.set(`${instance} ${attrs.join("/")}`, Number(d.asInt ?? d.asDouble ?? 0));
+              }
             }
         }
       } else if (req.url === "/v1/traces" && wanted.size && [...wanted].some((id) => body.includes(id))) {
@@ -184,6 +204,15 @@ async function startTelemetryReceiver() {
   return {
     url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
     runs: () => [...runsByInstance.values()].reduce((a, b) => a + b, 0),
+    /** A counter's totals by its BREAKDOWNS attributes ("cause/outcome"), summed over the instances. */
+    counts: (metric: Breakdown): Map<string, number> => {
+      const out = new Map<string, number>();
+      for (const [k, v] of counters.get(metric) ?? []) {
+        const attrs = k.slice(k.indexOf(" ") + 1);
+        out.set(attrs, (out.get(attrs) ?? 0) + v);
+      }
+      return out;
+    },
     wanted,
     spans,
     close: () => new Promise<void>((r) => server.close(() => r())),
@@ -212,6 +241,16 @@ function followStatuses(client: ReturnType<typeof statusClient>, signal: AbortSi
 function round(x: number, digits = 0): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
+}
+
+/** What a counter's totals (by attributes) grew by since `before`, largest first, leaving out what did not change. */
+function grownSince(after: ReadonlyMap<string, number>, before: ReadonlyMap<string, number>): Record<string, number> {
+  return Object.fromEntries(
+    [...after]
+      .map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const)
+      .filter(([, n]) => n > 0)
+      .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])),
+  );
 }
 
 /** Counts per second since `t0`, for the rates-over-time arrays. */
@@ -278,7 +317,6 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           HOMEOSTAT_INGEST_IDLE_TIMEOUT_MS: String(o.timeoutS * 1000),
           HOMEOSTAT_INGEST_REQUEST_TIMEOUT_MS: String(o.timeoutS * 1000),
           OTEL_EXPORTER_OTLP_ENDPOINT: telemetry.url,
-          OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
           OTEL_METRIC_EXPORT_INTERVAL: "1000",
           OTEL_BSP_SCHEDULE_DELAY: "200",
           OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
@@ -455,6 +493,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const before = builtInputs();
       const archivesBefore = new Map([...follow.statuses].map(([k, s]) => [k, s.actual?.outputs.archive]));
       const runs0 = telemetry.runs();
+      const outcomes0 = telemetry.counts("homeostat.reconcile.runs");
+      const enqueues0 = telemetry.counts("homeostat.queue.enqueued");
       const acceptedAt: number[] = [];
       const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
@@ -518,6 +558,10 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         // for its completion (the signer's "built" enqueue, which fans out to the dependents).
         runs_per_needed_run: round(runs / (touched.size + builds), 3),
         builds,
+        // Where the runs went: by the run's cause and what it found (reconcile.ts RunOutcome),
+        // and the enqueues that asked for them by outcome (a rerun: the key was running).
+        runs_by_cause_outcome: grownSince(telemetry.counts("homeostat.reconcile.runs"), outcomes0),
+        enqueues_by_outcome_cause: grownSince(telemetry.counts("homeostat.queue.enqueued"), enqueues0),
         keys_impacted: impacted.size,
         keys_not_rebuilt: notRebuilt,
         ingest_per_s: perSecond(acceptedAt, start),
@@ -535,6 +579,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       const impact = catalog.impact(["package/glibc"]);
       const before = builtInputs();
       const runs0 = telemetry.runs();
+      const outcomes0 = telemetry.counts("homeostat.reconcile.runs");
       const signed0 = follow.signedAt.length;
       const meter = resourceMeter(procs, sampling.signal);
       const start = Date.now();
@@ -554,12 +599,16 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       out({
         scenario: "base",
         keys: impact.keys.length,
+        // The keys whose builds need a completion run (to tell their dependents); the signer
+        // completes the others' builds without one.
+        keys_with_dependents: impact.keys.filter((k) => k.startsWith("package/") && catalog.dependentsOf(k.slice("package/".length)).length > 0).length,
         waves: impact.waves.length,
         seconds_to_last_signed_image: round(seconds, 2),
         keys_rebuilt: rebuiltSince(before),
         builds: follow.signedAt.length - signed0,
         builds_per_s: round((follow.signedAt.length - signed0) / seconds, 1),
         runs: telemetry.runs() - runs0,
+        runs_by_cause_outcome: grownSince(telemetry.counts("homeostat.reconcile.runs"), outcomes0),
         builds_signed_per_s: perSecond(follow.signedAt, start),
         load: load(),
         processes: meter(),
@@ -650,6 +699,10 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           ]),
         ),
         traces: Object.values(split)[0]?.length ?? 0,
+        slowest_spans_median_ms: slowestSpans(
+          [...telemetry.wanted].map((id) => telemetry.spans.get(id) ?? []),
+          12,
+        ),
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
@@ -687,34 +740,40 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      packages: { type: "string" },
-      images: { type: "string" },
-      events: { type: "string" },
-      latency: { type: "string" },
-      builders: { type: "string" },
-      signers: { type: "string" },
-      "timeout-s": { type: "string" },
-      quick: { type: "boolean", default: false },
-      keep: { type: "boolean", default: false },
-      profile: { type: "string" },
-    },
+  const usage = [
+    "Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]",
+    "         [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]",
+  ].join("\n");
+  const o = commandLine("bench:storm", usage, (): StormOptions => {
+    const { values } = parseArgs({
+      options: {
+        packages: { type: "string" },
+        images: { type: "string" },
+        events: { type: "string" },
+        latency: { type: "string" },
+        builders: { type: "string" },
+        signers: { type: "string" },
+        "timeout-s": { type: "string" },
+        quick: { type: "boolean", default: false },
+        keep: { type: "boolean", default: false },
+        profile: { type: "string" },
+      },
+    });
+    const base = values.quick ? QUICK : FULL;
+    /** Option `--name` given as `v`, else the size's `d` (--quick or the full one). */
+    const num = (name: string, v: string | undefined, d: number, min: number, max: number) => (v === undefined ? d : integerOption(name, v, min, max));
+    return {
+      packages: num("packages", values.packages, base.packages, 8, 100_000),
+      images: num("images", values.images, base.images, 1, 10_000),
+      events: num("events", values.events, base.events, 1, 5_000_000),
+      latency: num("latency", values.latency, base.latency, 1, 10_000),
+      builders: num("builders", values.builders, base.builders, 1, 16),
+      signers: num("signers", values.signers, base.signers, 1, 16),
+      timeoutS: num("timeout-s", values["timeout-s"], base.timeoutS, 10, 86_400),
+      keep: values.keep === true,
+      ...(values.profile ? { profileDir: values.profile } : {}),
+    };
   });
-  const base = values.quick ? QUICK : FULL;
-  /** Option `--name` given as `v`, else the size's `d` (--quick or the full one). */
-  const num = (name: string, v: string | undefined, d: number, min: number, max: number) => (v === undefined ? d : integerOption(name, v, min, max));
-  const o: StormOptions = {
-    packages: num("packages", values.packages, base.packages, 8, 100_000),
-    images: num("images", values.images, base.images, 1, 10_000),
-    events: num("events", values.events, base.events, 1, 5_000_000),
-    latency: num("latency", values.latency, base.latency, 1, 10_000),
-    builders: num("builders", values.builders, base.builders, 1, 16),
-    signers: num("signers", values.signers, base.signers, 1, 16),
-    timeoutS: num("timeout-s", values["timeout-s"], base.timeoutS, 10, 86_400),
-    keep: values.keep === true,
-    ...(values.profile ? { profileDir: values.profile } : {}),
-  };
   process.stdout.write(
     `bench:storm — ${JSON.stringify(o)}; load ${loadavg()
       .map((l) => l.toFixed(2))
@@ -725,4 +784,31 @@ if (import.meta.main) {
     (l) => console.log(JSON.stringify(l)),
     (t) => process.stdout.write(`# ${t}\n`),
   );
+}
+
+/**
+ * Where an event's time goes, span by span: each span name's median duration over the traces
+ * (a span that occurs several times in a trace, e.g. a reconcile of the package and of the image,
+ * summed within it), the `n` slowest, as `<service>: <span name>`.
+ */
+function slowestSpans(traces: readonly { name: string; service: string; start: number; end: number }[][], n: number): Record<string, number> {
+  const byName = new Map<string, number[]>();
+  for (const spans of traces) {
+    const inTrace = new Map<string, number>();
+    for (const s of spans) {
+      const name = `${s.service}: ${s.name}`;
+      inTrace.set(name, (inTrace.get(name) ?? 0) + (s.end - s.start));
+    }
+    for (const [name, ms] of inTrace) byName.set(name, [...(byName.get(name) ?? []), ms]);
+  }
+  const median = (v: readonly number[]) =>
+    round(
+      percentile(
+        [...v].sort((a, b) => a - b),
+        50,
+      ),
+      1,
+    );
+  const medians = [...byName].map(([name, v]) => [name, median(v)] as const);
+  return Object.fromEntries(medians.sort((a, b) => b[1] - a[1]).slice(0, n));
 }

@@ -24,6 +24,14 @@
  * JavaScript on the same two cores, would be charged to the services). The last line is one
  * JSON object.
  *
+ * The queue arms also print their process's CPU per enqueue (bench:queue's processing window), and
+ * the summary its change against the baseline: the rates move with the machine's load, the CPU
+ * per enqueue far less.
+ *
+ * The services' protocol (OTEL_EXPORTER_OTLP_PROTOCOL, default http/json) is passed through
+ * from the environment, so `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf pnpm bench:telemetry`
+ * measures the other encoding.
+ *
  * Usage: node benches/telemetry-overhead.ts [--rounds N] [--count N (ingest)] [--enqueues N (queue; default 10,000, a fifth of bench:queue's)]
  */
 import { spawn } from "node:child_process";
@@ -42,7 +50,7 @@ const rounds = Number(values.rounds);
 if (!Number.isInteger(rounds) || rounds < 1 || rounds > 10) throw new Error("--rounds takes 1 to 10");
 
 type Arm = { bench: "ingest" | "queue"; arm: string; args: string[]; env: Record<string, string> };
-type Measured = Arm & { throughput: number; p99Ms: number; exports: number; exportedKiB: number; detail: string };
+type Measured = Arm & { throughput: number; p99Ms: number; exports: number; exportedKiB: number; detail: string; cpuUsPerEnqueue?: number };
 
 /** An OTLP/HTTP sink: answers every export with an empty success (protobuf), counting requests and bytes. */
 async function startOtlpSink(): Promise<{ url: string; requests: number; bytes: number; close(): Promise<void> }> {
@@ -108,7 +116,7 @@ const load = () => os.loadavg().map((l) => l.toFixed(1));
 const measured: Measured[] = [];
 try {
   console.log(
-    `bench:telemetry — ${rounds} round(s); private nats-server ${nats.url}; OTLP receiver ${otlp.url}; load ${load().join(" ")} on ${os.availableParallelism()} CPUs`,
+    `bench:telemetry — ${rounds} round(s); private nats-server ${nats.url}; OTLP receiver ${otlp.url} (${process.env.OTEL_EXPORTER_OTLP_PROTOCOL || "http/json, the services' default"}); load ${load().join(" ")} on ${os.availableParallelism()} CPUs`,
   );
   for (let round = 0; round < rounds; round++)
     for (const a of arms) {
@@ -117,11 +125,16 @@ try {
       const queue = (field: string) => Number((r[field] as Record<string, number>).homeostat);
       const throughput = a.bench === "ingest" ? Number(r.events_per_s) : Math.round((Number(r.enqueues) / queue("processing_s")) * 10) / 10;
       const p99Ms = a.bench === "ingest" ? Number(r.p99_ms) : queue("wait_p99_ms");
+      // The queue bench's own process (producer and worker) over the same window: CPU per enqueue,
+      // which a busy machine moves far less than it moves the rate.
+      const cpuUsPerEnqueue = a.bench === "queue" ? Number((r.processing_cpu_us_per_enqueue as Record<string, number>).homeostat) : undefined;
       const detail =
-        a.bench === "ingest" ? "" : ` (producer ${queue("enqueue_per_s")} enqueues/s; ${queue("processed")} runs, ${queue("processed_per_s")} runs/s)`;
+        a.bench === "ingest"
+          ? ""
+          : ` (producer ${queue("enqueue_per_s")} enqueues/s; ${queue("processed")} runs, ${queue("processed_per_s")} runs/s; ${cpuUsPerEnqueue} µs CPU per enqueue)`;
       const exports = otlp.requests - before.requests;
       const exportedKiB = Math.round((otlp.bytes - before.bytes) / 1024);
-      measured.push({ ...a, throughput, p99Ms, exports, exportedKiB, detail });
+      measured.push({ ...a, throughput, p99Ms, exports, exportedKiB, detail, ...(cpuUsPerEnqueue !== undefined ? { cpuUsPerEnqueue } : {}) });
       console.log(`  ${a.bench} ${a.arm}: ${throughput} /s${detail}, p99 ${p99Ms} ms, ${exports} OTLP exports (${exportedKiB} KiB) (load ${load()[0]})`);
     }
 } finally {
@@ -135,7 +148,9 @@ const summary = (["ingest", "queue"] as const).flatMap((bench) => {
   // Each bench's first arm is its baseline; every other arm is measured against it.
   const [baseArm, ...tracedArms] = arms.filter((a) => a.bench === bench);
   if (!baseArm || tracedArms.length === 0) throw new Error(`${bench} needs a baseline and a traced arm`);
-  const throughput = (arm: Arm) => mean(measured.filter((m) => m.bench === bench && m.arm === arm.arm).map((m) => m.throughput));
+  const runsOf = (arm: Arm) => measured.filter((m) => m.bench === bench && m.arm === arm.arm);
+  const throughput = (arm: Arm) => mean(runsOf(arm).map((m) => m.throughput));
+  const cpu = (arm: Arm) => mean(runsOf(arm).map((m) => m.cpuUsPerEnqueue ?? NaN));
   const baseline = throughput(baseArm);
   return tracedArms.map((arm) => ({
     bench,
@@ -144,13 +159,23 @@ const summary = (["ingest", "queue"] as const).flatMap((bench) => {
     arm: arm.arm,
     perS: Math.round(throughput(arm)),
     lossPct: Number(((1 - throughput(arm) / baseline) * 100).toFixed(1)),
+    // The queue's CPU per enqueue against its baseline's (ingest: not measured).
+    ...(bench === "queue" ? { cpuPct: Number(((cpu(arm) / cpu(baseArm) - 1) * 100).toFixed(1)) } : {}),
   }));
 });
 console.log("");
 console.log(
   table([
-    ["bench", "baseline", "baseline /s", "traced arm", "traced /s", "throughput lost"],
-    ...summary.map((s) => [s.bench, s.baseline, String(s.baselinePerS), s.arm, String(s.perS), `${s.lossPct} %`]),
+    ["bench", "baseline", "baseline /s", "traced arm", "traced /s", "throughput lost", "CPU per enqueue"],
+    ...summary.map((s) => [
+      s.bench,
+      s.baseline,
+      String(s.baselinePerS),
+      s.arm,
+      String(s.perS),
+      `${s.lossPct} %`,
+      s.cpuPct === undefined ? "" : `${s.cpuPct > 0 ? "+" : ""}${s.cpuPct} %`,
+    ]),
   ]),
 );
 const verdict = (rows: typeof summary) => (rows.every((s) => s.lossPct <= 10) ? "met" : "NOT met");

@@ -473,8 +473,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     redis?.disconnect();
     await factory?.stop();
     await servers?.stop();
-    report.leakedProcesses = processesUnder(dir).length;
-    if (report.leakedProcesses) report.problems.push(`processes left: ${processesUnder(dir).join(", ")}`);
+    // The services stopped gracefully, each after its own children; a process still being torn
+    // down (a sandbox's namespace) is given a few seconds before it counts as left.
+    const left = await lastingProcessesUnder(dir, 5_000);
+    report.leakedProcesses = left.length;
+    if (left.length) report.problems.push(`processes left: ${left.join("; ")}`);
     if (dataDiskMounted) {
       // The data goes with the tmpfs: a failing run's is copied out first.
       if (report.problems.length || !ranThrough) cpSync(dataDir, `${dataDir}.kept`, { recursive: true });
@@ -522,17 +525,28 @@ async function staleBuilds(env: Record<string, string>, catalogDir: string, name
   }
 }
 
-/** Pids whose command line names `dir` (a sandboxed step, a service, a server of this run). */
-function processesUnder(dir: string): number[] {
-  const pids: number[] = [];
+/** The processes whose command line names `dir` (a sandboxed step, a service, a server of this run), each as its pid and command line. */
+function processesUnder(dir: string): string[] {
+  const found: string[] = [];
   for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
-      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(dir)) pids.push(Number(pid));
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmdline.includes(dir)) found.push(`${pid} ${cmdline.replaceAll("\0", " ").trim().slice(0, 200)}`);
     } catch {
       // gone meanwhile
     }
   }
-  return pids;
+  return found;
+}
+
+/** The processes under `dir` still there after `withinMs` (none: at once). */
+async function lastingProcessesUnder(dir: string, withinMs: number): Promise<string[]> {
+  const until = Date.now() + withinMs;
+  for (;;) {
+    const left = processesUnder(dir);
+    if (left.length === 0 || Date.now() >= until) return left;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /** Issue 13's targets for the time from a fault to every key converged (for NATS: from when it is back). */

@@ -250,7 +250,9 @@ export async function startFactory(o: {
       start(name);
     },
     stop: async () => {
-      await Promise.all([...processes.values()].map(stopChild));
+      // Not `.map(stopChild)`: map's index would be taken as the grace, and every service SIGKILLed
+      // a few milliseconds after its SIGTERM (no graceful stop, no --cpu-prof profile written).
+      await Promise.all([...processes.values()].map((child) => stopChild(child)));
     },
   };
   // A service that exits while the factory comes up (a port taken meanwhile by another process, a
@@ -279,7 +281,12 @@ export async function startFactory(o: {
   return factory;
 }
 
-export async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
+/**
+ * SIGTERM, then SIGKILL after `graceMs`. The default outlasts a service's own stop deadline
+ * (runService: 20 s), so that a service whose stop hangs logs what it was waiting for and exits
+ * by itself rather than being killed without a word.
+ */
+export async function stopChild(child: ChildProcess, graceMs = 25_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   child.kill("SIGTERM");

@@ -28,6 +28,7 @@ import {
   signRequestSchema,
   StateStore,
   type BuildRequest,
+  type EnqueueRequest,
   type Key,
   type Logger,
   type SignRequest,
@@ -145,6 +146,8 @@ describe("forgery", { timeout: 180_000 }, () => {
   /** Sign requests still to fail to send, as when JetStream has no leader for the sign stream. */
   let unsendable = 0;
   const refusals: string[] = [];
+  /** What the signer asked the queue for. */
+  const enqueued: EnqueueRequest[] = [];
 
   /** The key's raw KV entry (value and revision) and every file the signer could have written. */
   const snapshot = async (key: Key) => {
@@ -206,7 +209,7 @@ describe("forgery", { timeout: 180_000 }, () => {
       allowUnsandboxed: false,
       signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }),
       imageRepository: "localhost/homeostat",
-      enqueue: async () => {},
+      enqueue: async (req) => void enqueued.push(req),
       refused: (r) => void refusals.push(r),
       log: quiet,
     });
@@ -301,6 +304,36 @@ describe("forgery", { timeout: 180_000 }, () => {
       s?.actual?.outputs.location,
       path.join(t.config.dataDir, "store", "blobs", "sha256", s!.actual!.outputs.archive!.slice(7)),
       "the location is the signer's own reckoning",
+    );
+    assert.deepEqual(
+      enqueued.map((e) => [e.key, e.cause.type, e.completes]),
+      [[MOTD, "built", undefined]],
+      "the key is queued to tell its dependents",
+    );
+  });
+
+  test("a build the reconciler asked the signer to complete (no dependents to tell) completes the key: its look is withdrawn, not run", async () => {
+    // The same build asked for again, as for a key with no dependents (reconcile.ts signerCompletes).
+    const at = new Date().toISOString();
+    await state.update(MOTD, (s) =>
+      s
+        ? {
+            ...s,
+            phase: "Signing",
+            builds: [{ version: s.desiredVersion!, inputDigest: s.desiredInputDigest!, outcome: "requested", at, signerCompletes: true }],
+          }
+        : undefined,
+    );
+    enqueued.length = 0;
+    await handleSign(decodeMessage(signRequestSchema, encodeMessage(legit.sign)));
+    const s = await state.get(MOTD);
+    assert.equal(s?.phase, "Ready");
+    assert.equal(s?.fannedOut, legit.sign.inputDigest, "told as told: nothing to tell");
+    assert.equal(s?.builds?.[0]?.outcome, "succeeded");
+    assert.deepEqual(
+      enqueued.map((e) => [e.key, e.cause.type, e.completes]),
+      [[MOTD, "built", legit.sign.inputDigest]],
+      "the queue withdraws the look that watched for this build (or queues the key when it cannot)",
     );
   });
 });

@@ -19,6 +19,9 @@ export type ReceivedSpan = {
   links: { traceId: string; spanId: string }[];
   /** Names of the span's events (an exception is recorded as "exception"). */
   events: string[];
+  /** Start and end, in milliseconds since the epoch (OTLP sends nanoseconds). */
+  startMs: number;
+  endMs: number;
   service: string;
   attributes: Attributes;
   resource: Attributes;
@@ -41,6 +44,8 @@ type JsonSpan = {
   status?: { code?: number };
   links?: { traceId: string; spanId: string }[];
   events?: { name: string }[];
+  startTimeUnixNano?: string;
+  endTimeUnixNano?: string;
 };
 
 const valueOf = (v: AnyValue): string | number | boolean | undefined =>
@@ -89,6 +94,11 @@ const hex = (fs: Field[], no: number) => {
   return f && f.bytes!.length > 0 ? Buffer.from(f.bytes!).toString("hex") : undefined;
 };
 const num = (fs: Field[], no: number) => Number(fs.find((x) => x.no === no && x.varint !== undefined)?.varint ?? 0n);
+/** A fixed64 field of nanoseconds, in milliseconds. */
+const nanosAsMs = (fs: Field[], no: number) => {
+  const f = fs.find((x) => x.no === no && x.fixed?.length === 8);
+  return f ? Number(Buffer.from(f.fixed!).readBigUInt64LE() / 1000n) / 1000 : 0;
+};
 
 /** AnyValue: string 1, bool 2, int 3, double 4. KeyValue: key 1, value 2. */
 function protoAttrs(kvs: Field[][]): Attributes {
@@ -109,7 +119,7 @@ function protoSpans(body: Uint8Array): Array<Omit<ReceivedSpan, "service">> {
   return sub(fields(body), 1).flatMap((rs) => {
     const resource = protoAttrs(sub(sub(rs, 1)[0] ?? [], 1));
     return sub(rs, 2).flatMap((ss) =>
-      // Span: trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, attributes 9, events 11 { name 2 }, links 13 { trace_id 1, span_id 2 }, status 15 { code 3 }.
+      // Span: trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, start_time_unix_nano 7, end_time_unix_nano 8, attributes 9, events 11 { name 2 }, links 13 { trace_id 1, span_id 2 }, status 15 { code 3 }.
       sub(ss, 2).map((s) => ({
         traceId: hex(s, 1)!,
         spanId: hex(s, 2)!,
@@ -119,6 +129,8 @@ function protoSpans(body: Uint8Array): Array<Omit<ReceivedSpan, "service">> {
         status: num(sub(s, 15)[0] ?? [], 3),
         links: sub(s, 13).map((l) => ({ traceId: hex(l, 1)!, spanId: hex(l, 2)! })),
         events: sub(s, 11).map((e) => str(e, 2) ?? ""),
+        startMs: nanosAsMs(s, 7),
+        endMs: nanosAsMs(s, 8),
         attributes: protoAttrs(sub(s, 9)),
         resource,
       })),
@@ -162,6 +174,8 @@ function jsonSpans(body: Buffer): Array<Omit<ReceivedSpan, "service">> {
         status: s.status?.code ?? 0,
         links: s.links ?? [],
         events: (s.events ?? []).map((e) => e.name),
+        startMs: Number(BigInt(s.startTimeUnixNano ?? 0) / 1000n) / 1000,
+        endMs: Number(BigInt(s.endTimeUnixNano ?? 0) / 1000n) / 1000,
         attributes: attrs(s.attributes),
         resource: attrs(rs.resource?.attributes),
       })),

@@ -30,12 +30,26 @@ test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, a
   // and once more when its signed build fans out; each dependent once per rebuilt dependency.
   assert.ok((burst.runs as number) < (burst.events as number) / 5, `runs ${burst.runs} for ${burst.events} events`);
   assert.ok((burst.runs_per_key as number) <= 4, `runs per key ${burst.runs_per_key}`);
+  // The breakdown by cause and outcome accounts for every run (each run records one outcome).
+  const byOutcome = Object.values(burst.runs_by_cause_outcome as Record<string, number>).reduce((a, b) => a + b, 0);
+  assert.equal(byOutcome, burst.runs, `runs by cause and outcome ${JSON.stringify(burst.runs_by_cause_outcome)}`);
 
   const base = by.get("base")!;
   assert.equal(base.keys, keys, "the root package reaches every key");
   assert.equal(base.keys_rebuilt, keys, "every key was rebuilt and signed");
   // A key whose dependencies finish at different times may be rebuilt more than once.
   assert.ok((base.builds as number) >= keys && (base.builds as number) <= 2 * keys, `builds ${base.builds}`);
+  // A build runs its key again once done only to tell dependents: the signer completes the
+  // builds of keys with none (images, packages nothing is built from) without a run. A few may
+  // still run (the key ran when the signer's report came, and the look could not be withdrawn).
+  const completions = Object.entries(base.runs_by_cause_outcome as Record<string, number>)
+    .filter(([k]) => k.endsWith("/completed"))
+    .reduce((n, [, v]) => n + v, 0);
+  const leaves = keys - (base.keys_with_dependents as number);
+  assert.ok(
+    leaves > 0 && completions <= (base.builds as number) - leaves / 2,
+    `completion runs ${completions} for ${base.builds} builds, ${leaves} keys without dependents`,
+  );
 
   const latency = by.get("latency")!;
   assert.equal(latency.events, QUICK.latency);

@@ -1,6 +1,6 @@
 /**
  * Telemetry seen from outside, as the collector sees it: the five services run as processes and
- * export with their real OTLP exporters (default http/protobuf) to a receiver on loopback. One
+ * export with their real OTLP exporters (default http/json) to a receiver on loopback. One
  * release, sent with the caller's traceparent, must come back as one connected trace across all
  * five services, each message a PRODUCER span with its CONSUMER child, the builder's download of
  * the source and the status API's Redis reads CLIENT spans of the official instrumentations, a

@@ -74,9 +74,25 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
     waitFor(what, () => converged(region, want), convergeMs, 250).catch(async (err: unknown) => {
       const behind = (await statuses(region).catch(() => [])).filter((s) => s.phase !== "Ready" || (want(s.key) && s.actual?.version !== want(s.key)));
       throw new Error(
-        `${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, version: s.actual?.version, want: want(s.key) })))}`,
+        `${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, version: s.actual?.version, want: want(s.key) })))}\n${logsAbout(behind.map((s) => s.key))}`,
       );
     });
+  /** The last lines each region's services logged about `keys` (a failure's story: the run's directory goes with the suite). */
+  const logsAbout = (keys: readonly string[]): string =>
+    regions
+      .flatMap((region) =>
+        ["reconciler", "builder", "signer"].map((service) => {
+          const file = path.join(dir, `logs-${region}`, `${service}.log`);
+          const lines = existsSync(file)
+            ? readFileSync(file, "utf8")
+                .split("\n")
+                .filter((l) => keys.some((k) => l.includes(`"${k}"`) || l.includes(k.replace("/", "."))))
+            : [];
+          return lines.length ? `${region}/${service}:\n  ${lines.slice(-6).join("\n  ")}` : "";
+        }),
+      )
+      .filter(Boolean)
+      .join("\n");
   const post = (region: Region, pkg: string, version: string) =>
     fetch(`${factory(region).ingestUrl}/v1/releases`, {
       method: "POST",
@@ -372,7 +388,15 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
           .find((r) => r.name === "p7"),
       convergeMs,
       100,
-    );
+    ).catch(async (err: unknown) => {
+      // What each region says of the key: a refused or failed build names itself in its phase and lastError.
+      const seen = await Promise.all(
+        regions.map(async (region) => ({ region, p7: (await statuses(region).catch(() => [])).find((s) => s.key === "package/p7") })),
+      );
+      throw new Error(
+        `${(err as Error).message}; p7: ${JSON.stringify(seen.map(({ region, p7 }) => ({ region, phase: p7?.phase, desired: p7?.desiredVersion, lastError: p7?.lastError })))}`,
+      );
+    });
     const dying = regionOfRun(inFlight);
     assert.ok(dying, `the build runs in a builder of this suite (pid ${inFlight.builder})`);
     const killedAt = killRegion(dying);
