@@ -17,6 +17,7 @@
 import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { escapeToken } from "@homeostat/core/key";
+import { kvKeys } from "@homeostat/core/kv-keys";
 import { CachedScan } from "./kv-scan.ts";
 
 const decoder = new TextDecoder();
@@ -149,7 +150,7 @@ export class UpstreamLedger {
 
   private async read<S extends z.ZodType>(filter: string, schema: S): Promise<z.infer<S>[]> {
     const out: z.infer<S>[] = [];
-    for await (const k of await this.kv.keys(filter)) {
+    for (const k of await kvKeys(this.kv, filter)) {
       const e = await this.kv.get(k);
       if (e && e.operation === "PUT") out.push(schema.parse(e.json()));
     }

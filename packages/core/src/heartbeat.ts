@@ -15,6 +15,7 @@ import path from "node:path";
 import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { instanceHealthStates, type ServiceHealth } from "./health.ts";
+import { kvKeys } from "./kv-keys.ts";
 import { errorMessage, type Logger } from "./log.ts";
 import { mainPackageVersion } from "./telemetry.ts";
 
@@ -128,8 +129,7 @@ export async function readHeartbeats(
   o: { staleAfterMs: number; now?: number; invalid?: (key: string, reason: string) => void },
 ): Promise<ServiceInstance[]> {
   const now = o.now ?? Date.now();
-  const keys: string[] = [];
-  for await (const k of await kv.keys()) keys.push(k);
+  const keys = await kvKeys(kv);
   const out: ServiceInstance[] = [];
   for (const k of keys.sort()) {
     const instance = await readHeartbeat(kv, k, { ...o, now });

@@ -9,6 +9,7 @@ export * from "./heartbeat.ts";
 export * from "./jetstream-errors.ts";
 export * from "./jetstream-pipe.ts";
 export * from "./key.ts";
+export * from "./kv-keys.ts";
 export * from "./log.ts";
 export * from "./map-limit.ts";
 export * from "./messaging.ts";

@@ -4,6 +4,7 @@
  * reviewers approving at once exactly one wins and the other gets a clear error.
  */
 import type { KV } from "@nats-io/kv";
+import { kvKeys } from "@homeostat/core/kv-keys";
 import { proposalSchema, type Proposal, type ProposalStatus } from "./proposal.ts";
 import { QUESTION_ENTRY_PREFIX } from "./questions.ts";
 
@@ -35,7 +36,7 @@ export class ProposalStore {
   /** Every proposal matching the filter, oldest first (ties by id). */
   async list(filter: ProposalFilter = {}): Promise<Proposal[]> {
     const out: Proposal[] = [];
-    for await (const id of await this.kv.keys()) {
+    for (const id of await kvKeys(this.kv)) {
       // The bucket also holds the agent's parked questions (questions.ts).
       if (id.startsWith(QUESTION_ENTRY_PREFIX)) continue;
       const p = await this.get(id);
