@@ -266,6 +266,46 @@ function conformance(backend: Backend) {
       assert.equal(w.of(key)[1]!.item.priority, "advisory");
     });
 
+    test("rerun asked for by facts: answered by a run that had read them; facts read too late, another store, or an enqueue stating none rerun once", async () => {
+      const keys = { answered: "package/facts-read", later: "package/facts-later", plain: "package/facts-plain", store: "package/facts-store" } as const;
+      const gate = Promise.withResolvers<void>();
+      // Every run reports that it read the advisories up to revision 10 (and no releases).
+      const w = workers([b.make("a")], async (item) => {
+        if (w.of(item.key).length === 0) await gate.promise;
+        return { type: "done", read: { advisories: 10 } };
+      });
+      for (const key of Object.values(keys)) await q.enqueue(req(key, "advisory"));
+      await waitFor("the first runs to start", async () => (await q.stats()).running === 4, 10_000);
+      const outcomes = [
+        await q.enqueue(req(keys.answered, "advisory", { facts: { advisories: 4 } })),
+        await q.enqueue(req(keys.answered, "advisory", { facts: { advisories: 10 } })),
+        await q.enqueue(req(keys.later, "advisory", { facts: { advisories: 4 } })),
+        await q.enqueue(req(keys.later, "advisory", { facts: { advisories: 11 } })),
+        await q.enqueue(req(keys.plain, "advisory", { facts: { advisories: 4 } })),
+        await q.enqueue(req(keys.plain, "advisory")),
+        await q.enqueue(req(keys.store, "advisory", { facts: { releases: 1 } })),
+      ];
+      assert.ok(
+        outcomes.every((o) => o === "rerun"),
+        outcomes.join(","),
+      );
+      gate.resolve();
+      await waitFor("the reruns", async () => [keys.later, keys.plain, keys.store].every((k) => w.of(k).length === 2), 10_000);
+      await waitFor(
+        "the queue to empty",
+        async () => {
+          const s = await q.stats();
+          return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
+        },
+        10_000,
+      );
+      await sleep(800);
+      await w.stop();
+      assert.equal(w.of(keys.answered).length, 1, "answered: no rerun");
+      for (const key of [keys.later, keys.plain, keys.store]) assert.equal(w.of(key).length, 2, `${key}: exactly one rerun`);
+      assert.equal(w.overlaps, 0);
+    });
+
     test("exclusivity under 8 concurrent workers: no key ever runs twice at once", async () => {
       const keys = Array.from({ length: 10 }, (_, i): Key => `package/excl-${i}`);
       const w = workers(

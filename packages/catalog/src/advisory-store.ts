@@ -22,7 +22,7 @@ import type { KV } from "@nats-io/kv";
 import { kvCompareAndSet } from "@homeostat/core/compare-and-set";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
-import { CachedScan } from "./kv-scan.ts";
+import { CachedScan, type ScanReader } from "./kv-scan.ts";
 import { packageFilter } from "./releases.ts";
 import { openBucket, type Nats } from "@homeostat/core/topology";
 
@@ -51,17 +51,22 @@ export class AdvisoryStore {
   }
 
   /**
-   * Records `advisory` for each of `packages` (catalog names it affects); returns how many
-   * entries changed. An older or equal `modified` than the stored one writes nothing, unless
-   * the stored one lies more than `maxFutureSkewMs` in the future (then it does not count).
+   * Records `advisory` for each of `packages` (catalog names it affects). `changed`: how many
+   * entries changed; `revision`: the bucket revision at which all of its entries are stored
+   * (the latest of them, written now or before; 0 for no package), which its event states
+   * (core FactRevisions). An older or equal `modified` than the stored one writes nothing,
+   * unless the stored one lies more than `maxFutureSkewMs` in the future (then it does not count).
    */
-  async record(advisory: Osv, packages: readonly string[], maxFutureSkewMs = Infinity): Promise<number> {
+  async record(advisory: Osv, packages: readonly string[], maxFutureSkewMs = Infinity): Promise<{ changed: number; revision: number }> {
     let changed = 0;
+    let revision = 0;
     for (const name of new Set(packages)) {
       const entry: Osv = { ...advisory, affected: (advisory.affected ?? []).filter((a) => a.package === undefined || namesPackage(a, name)) };
-      if (await this.put(`${escapeToken(name)}.${escapeToken(advisory.id)}`, entry, maxFutureSkewMs)) changed++;
+      const put = await this.put(`${escapeToken(name)}.${escapeToken(advisory.id)}`, entry, maxFutureSkewMs);
+      if (put.changed) changed++;
+      revision = Math.max(revision, put.revision);
     }
-    return changed;
+    return { changed, revision };
   }
 
   /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
@@ -70,13 +75,19 @@ export class AdvisoryStore {
   }
 
   /** `list` for one reconcile's reads (CachedScan.reader): each package's advisories read once per change of the bucket. */
-  async reader(): Promise<(name: string) => Promise<Osv[]>> {
+  async reader(): Promise<ScanReader<Osv>> {
     const list = await this.scan.reader();
-    return async (name) => byId(await list(packageFilter(name)));
+    return Object.assign(async (name: string) => byId(await list(packageFilter(name))), {
+      revision: list.revision,
+      seen: (name: string) => list.seen(packageFilter(name)),
+    });
   }
 
-  /** Compare-and-set on the entry's revision; a concurrent writer makes it read again. */
-  private async put(k: string, entry: Osv, maxFutureSkewMs: number): Promise<boolean> {
+  /**
+   * Compare-and-set on the entry's revision; a concurrent writer makes it read again. The
+   * revision the entry now stands at: written by this put (`changed`), or the newer one kept.
+   */
+  private async put(k: string, entry: Osv, maxFutureSkewMs: number): Promise<{ changed: boolean; revision: number }> {
     const body = JSON.stringify(entry);
     // Each turn follows another writer's change of this one entry; a handful is plenty.
     for (let attempt = 0; attempt < 20; attempt++) {
@@ -84,9 +95,10 @@ export class AdvisoryStore {
       if (e?.operation === "PUT") {
         const stored = osvSchema.parse(e.json());
         const storedAt = Date.parse(stored.modified);
-        if (storedAt >= Date.parse(entry.modified) && storedAt - Date.now() <= maxFutureSkewMs) return false;
+        if (storedAt >= Date.parse(entry.modified) && storedAt - Date.now() <= maxFutureSkewMs) return { changed: false, revision: e.revision };
       }
-      if ((await kvCompareAndSet(this.kv, k, body, e?.revision ?? 0)) !== undefined) return true;
+      const revision = await kvCompareAndSet(this.kv, k, body, e?.revision ?? 0);
+      if (revision !== undefined) return { changed: true, revision };
     }
     throw new Error(`advisory store: ${k} kept changing under 20 writes`);
   }

@@ -17,6 +17,14 @@ import { bucketReader, bucketRevision, type BucketReader } from "@homeostat/core
 
 export type ScannedEntry = { key: string; value: Uint8Array };
 
+/**
+ * A list function that answers as of bucket revision `revision` or later (CachedScan.reader).
+ * `seen(filter)`: the revision up to which it has every entry under `filter`, once it listed
+ * it: an entry stored there at or before it is in what it listed (a run reports it, core
+ * FactRevisions).
+ */
+export type ScanReader<T> = ((filter: string) => Promise<T[]>) & { readonly revision: number; seen(filter: string): number | undefined };
+
 /** The entries whose key matches `filter` (KV wildcards), deleted and purged ones left out, in stream order. */
 export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[]> {
   const latest = new Map<string, ScannedEntry | undefined>();
@@ -75,11 +83,18 @@ export class CachedScan<T> {
    * `list` for reads as of this call or later (one reconcile's): it takes the bucket's revision
    * now, and a filter listed by a reader that had that same revision needs no request at all
    * (nothing in the bucket changed in between). A reconcile that changes nothing so lists each
-   * package's entries once per change of the bucket, not once per run.
+   * package's entries once per change of the bucket, not once per run. Its `revision`: every
+   * entry stored at or before it is in what it lists (a run reports it, core FactRevisions).
    */
-  async reader(): Promise<(filter: string) => Promise<T[]>> {
+  async reader(): Promise<ScanReader<T>> {
     const at = await bucketRevision(this.kv);
-    return (filter) => this.list(filter, at);
+    const seen = new Map<string, number>();
+    const list = async (filter: string) => {
+      const { entries, upTo } = await this.read(filter, at);
+      seen.set(filter, Math.max(seen.get(filter) ?? 0, upTo));
+      return entries;
+    };
+    return Object.assign(list, { revision: at, seen: (filter: string) => seen.get(filter) });
   }
 
   /**
@@ -87,9 +102,18 @@ export class CachedScan<T> {
    * the bucket revision the caller saw before this call (reader()); undefined asks the bucket.
    */
   async list(filter: string, at?: number): Promise<T[]> {
+    return (await this.read(filter, at)).entries;
+  }
+
+  /**
+   * `list`, and `upTo`: the revision up to which the entries under `filter` are complete. That
+   * is `at` for what a reader at `at` listed before, and else at least the last message under
+   * the filter when it was read (every earlier one was stored by then, so it is in the list).
+   */
+  private async read(filter: string, at?: number): Promise<{ entries: T[]; upTo: number }> {
     const bucket = bucketReader(this.kv);
     const known = this.cache.get(filter);
-    if (at !== undefined && known?.at === at) return [...known.entries.values()];
+    if (at !== undefined && known?.at === at) return { entries: [...known.entries.values()], upTo: at };
     const newest = await bucket.get({ last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
     // No message under the filter is an empty list, kept too: most packages have no advisories.
@@ -103,7 +127,7 @@ export class CachedScan<T> {
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
-    return [...fresh.entries.values()];
+    return { entries: [...fresh.entries.values()], upTo: Math.max(at ?? 0, fresh.last) };
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */

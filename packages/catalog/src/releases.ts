@@ -18,7 +18,7 @@ import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { escapeToken } from "@homeostat/core/key";
 import { kvKeys } from "@homeostat/core/kv-keys";
-import { CachedScan } from "./kv-scan.ts";
+import { CachedScan, type ScanReader } from "./kv-scan.ts";
 
 const decoder = new TextDecoder();
 
@@ -48,14 +48,17 @@ export class ReleaseStore {
     this.scan = new CachedScan(kv, (value) => releaseSchema.parse(JSON.parse(decoder.decode(value))));
   }
 
-  /** Records a release; `isNew` is false when exactly this release was already known. */
-  async record(r: Omit<Release, "receivedAt">): Promise<{ isNew: boolean; release: Release }> {
+  /**
+   * Records a release; `isNew` is false when exactly this release was already known.
+   * `revision`: the bucket revision it is stored at, which its event states (core FactRevisions).
+   */
+  async record(r: Omit<Release, "receivedAt">): Promise<{ isNew: boolean; release: Release; revision: number }> {
     if (r.package.startsWith("_")) throw new Error(`not a package name: ${r.package}`);
     const k = `${escapeToken(r.package)}.${escapeToken(r.version)}`;
     const release: Release = { ...r, receivedAt: new Date().toISOString() };
     try {
-      await this.kv.create(k, JSON.stringify(release));
-      return { isNew: true, release };
+      const revision = await this.kv.create(k, JSON.stringify(release));
+      return { isNew: true, release, revision };
     } catch {
       const existing = await this.kv.get(k);
       if (!existing || existing.operation !== "PUT") throw new Error(`could not record release ${r.package}@${r.version}`);
@@ -63,7 +66,7 @@ export class ReleaseStore {
       if (known.url !== r.url || known.sha256 !== r.sha256) {
         throw new ReleaseConflictError(`${r.package}@${r.version} is already known with source ${known.url} (sha256 ${known.sha256}); a release is immutable`);
       }
-      return { isNew: false, release: known };
+      return { isNew: false, release: known, revision: existing.revision };
     }
   }
 
@@ -72,9 +75,9 @@ export class ReleaseStore {
   }
 
   /** `list` for one reconcile's reads (CachedScan.reader): each package's releases read once per change of the bucket. */
-  async reader(): Promise<(pkg: string) => Promise<Release[]>> {
+  async reader(): Promise<ScanReader<Release>> {
     const list = await this.scan.reader();
-    return (pkg) => list(packageFilter(pkg));
+    return Object.assign((pkg: string) => list(packageFilter(pkg)), { revision: list.revision, seen: (pkg: string) => list.seen(packageFilter(pkg)) });
   }
 }
 

@@ -43,6 +43,39 @@ const traceparentMaxLength = 256;
 /** A run links to at most this many of the enqueues it answers: a storm of enqueues of one key must not grow its message. */
 export const maxLinkedEnqueues = 8;
 
+/**
+ * Revisions of the fact stores a reconcile decides from (the advisories and releases buckets:
+ * `<prefix>_advisories`, `<prefix>_releases`, whose revisions every region shares).
+ *
+ * An enqueue caused by a stored fact says where it was stored (`facts`: the revision of its
+ * entry in that bucket); a run says up to which revision it read each store (ReconcileResult
+ * `read`). An enqueue that finds its key running marks the run for a rerun; when every enqueue
+ * behind the mark stated facts that the run had read, the run already answered them and no
+ * rerun follows (workqueue invariant 3). Why: in a burst, advisories for a package arrive while
+ * its run goes on, and each round of them cost one more run that found nothing new
+ * (bench:storm, "advisory/unchanged").
+ */
+export const factStores = ["advisories", "releases"] as const;
+export type FactStore = (typeof factStores)[number];
+const revision = z.number().int().positive();
+export const factRevisionsSchema = z.strictObject({ advisories: revision.optional(), releases: revision.optional() });
+export type FactRevisions = z.infer<typeof factRevisionsSchema>;
+
+/**
+ * The facts two requests stem from together: every store either names, at the later revision.
+ * Undefined when either states none: a request without facts (a resync, a dependency, a person)
+ * may ask for anything, and only a run can answer it.
+ */
+export function mergeFacts(a: FactRevisions | undefined, b: FactRevisions | undefined): FactRevisions | undefined {
+  if (!a || !b) return undefined;
+  const merged: FactRevisions = {};
+  for (const store of factStores) {
+    const revision = Math.max(a[store] ?? 0, b[store] ?? 0);
+    if (revision > 0) merged[store] = revision;
+  }
+  return merged;
+}
+
 /** ingest, reconciler, signer -> queue: "this key may have drifted". */
 export const enqueueRequestSchema = z.object({
   v: z.literal(1),
@@ -96,6 +129,8 @@ export const workItemSchema = z.object({
    * message that stands for an enqueue too is never withdrawn.
    */
   watch: z.string().min(1).max(256).optional(),
+  /** The facts this schedule's enqueues stem from (factRevisionsSchema), when every one of them stated its own. */
+  facts: factRevisionsSchema.optional(),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 

@@ -23,7 +23,7 @@
 import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { z } from "zod";
-import { causeSchema, prioritySchema } from "./contracts.ts";
+import { causeSchema, factRevisionsSchema, prioritySchema } from "./contracts.ts";
 import { isStoreFailed } from "./jetstream-errors.ts";
 import { keySchema, type Key } from "./key.ts";
 import { producerSpan, traceHeaders } from "./telemetry.ts";
@@ -44,6 +44,8 @@ export const eventRecordSchema = z.object({
   /** The class the keys are admitted in, and their cause's type (cause id = id, detail = summary). */
   priority: prioritySchema,
   causeType: causeSchema.shape.type,
+  /** Where the facts the event carried are stored (contracts.ts FactRevisions): its keys' enqueues state them. */
+  facts: factRevisionsSchema.optional(),
   receivedAt: z.string(),
   requestId: z.string().max(128).optional(),
   traceId: z.string().optional(),

@@ -1,8 +1,8 @@
 /** The merge rules, every rule and tie, without a server. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { maxLinkedEnqueues, type Priority, type WorkItem } from "@homeostat/core/contracts";
-import { linksWorthARewrite, mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
+import { maxLinkedEnqueues, mergeFacts, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import { answeredBy, linksWorthARewrite, mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
 import type { Queued } from "./work-stream.ts";
 
 const item = (o: Partial<WorkItem> = {}): WorkItem => ({
@@ -220,4 +220,35 @@ test("a watching requeue-after merged with anything loses its watch, and its mes
   // A message that watches, placed alone (the worker's requeue), keeps its watch.
   const alone = planMerge(look, [], undefined);
   assert.ok(alone.type === "intoQueued" && alone.merged.watch === "sha256:built");
+});
+
+test("facts: a request's go with its schedule; merged, every store at the later revision; a side that states none voids them", () => {
+  const req = { key: "package/k" as const, priority: "advisory" as const, cause: { type: "advisory" as const }, facts: { advisories: 7 } };
+  assert.deepEqual(workItemFor(req, 5).facts, { advisories: 7 });
+  assert.deepEqual(mergeFacts({ advisories: 7 }, { advisories: 3, releases: 9 }), { advisories: 7, releases: 9 });
+  assert.equal(mergeFacts({ advisories: 7 }, undefined), undefined);
+  assert.equal(mergeFacts(undefined, { releases: 1 }), undefined);
+  assert.deepEqual(mergeItems(item({ facts: { advisories: 2 } }), item({ facts: { advisories: 5 } })).facts, { advisories: 5 });
+  assert.equal("facts" in mergeItems(item({ facts: { advisories: 2 } }), item()), false, "merged with an enqueue that states no facts: none");
+});
+
+test("facts: answered by a run that read every store they name at or past them, and only then", () => {
+  assert.equal(answeredBy({ advisories: 5 }, { advisories: 5, releases: 1 }), true);
+  assert.equal(answeredBy({ advisories: 5, releases: 2 }, { advisories: 9, releases: 2 }), true);
+  assert.equal(answeredBy({ advisories: 6 }, { advisories: 5 }), false, "stored after the run read");
+  assert.equal(answeredBy({ releases: 1 }, { advisories: 5 }), false, "a store the run did not read");
+  assert.equal(answeredBy({ advisories: 1, releases: 3 }, { advisories: 5, releases: 2 }), false, "one store read too early");
+  assert.equal(answeredBy(undefined, { advisories: 5 }), false, "an enqueue that states no facts");
+  assert.equal(answeredBy({}, { advisories: 5 }), false, "facts that name no store");
+  assert.equal(answeredBy({ advisories: 1 }, undefined), false, "a run that reports no reads");
+});
+
+test("plan: a rerun mark keeps the enqueue's facts only while nothing else queued is folded in", () => {
+  const running = queued(4);
+  const plain = planMerge(item({ facts: { advisories: 3 } }), [running], { phase: "running", seq: 4 });
+  assert.equal(plain.type, "intoRun");
+  assert.deepEqual(plain.type === "intoRun" && plain.rerun.facts, { advisories: 3 });
+  // A queued message states no facts (work-stream.ts asQueued): it may stand for anything.
+  const folded = planMerge(item({ facts: { advisories: 3 } }), [queued(2, { priority: "advisory" }), running], { phase: "running", seq: 4 });
+  assert.equal(folded.type === "intoRun" && "facts" in folded.rerun, false);
 });

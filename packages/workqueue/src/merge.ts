@@ -4,7 +4,7 @@
  * schedules of one key become one, and what an enqueue that finds its key queued or running
  * must do with the messages it found. placement.ts carries the plan out against the stream.
  */
-import { maxLinkedEnqueues, priorities, type Priority, type WorkItem } from "@homeostat/core/contracts";
+import { factStores, maxLinkedEnqueues, mergeFacts, priorities, type FactRevisions, type Priority, type WorkItem } from "@homeostat/core/contracts";
 import { recordedUnder } from "@homeostat/core/telemetry";
 import type { RunPhase } from "./run-records.ts";
 import type { QueueRequest } from "./types.ts";
@@ -31,19 +31,22 @@ export function workItemFor(req: QueueRequest, now: number, traceparent?: string
     attempts: 0,
     enqueuedAt: now,
     ...(enqueues.length > 0 ? { enqueues } : {}),
+    ...(req.facts ? { facts: req.facts } : {}),
   };
 }
 
 /**
  * The merge of two schedules of one key: the more urgent class (and its cause; on a tie, `a`'s),
  * the earlier not-before, never before the stronger floor, the fewer attempts (a new enqueue is
- * new information), the earlier enqueue time, and the enqueues of both. No watch (WorkItem.watch):
- * the merge stands for more than a look that can be withdrawn.
+ * new information), the earlier enqueue time, the enqueues of both, and the facts of both
+ * (mergeFacts). No watch (WorkItem.watch): the merge stands for more than a look that can be
+ * withdrawn.
  */
 export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
   const floor = Math.max(a.floor, b.floor);
   const urgent = rank(b.priority) < rank(a.priority) ? b : a;
   const enqueues = mergeEnqueues(a, b);
+  const facts = mergeFacts(a.facts, b.facts);
   return {
     v: 1,
     key: a.key,
@@ -54,7 +57,18 @@ export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
     attempts: Math.min(a.attempts, b.attempts),
     enqueuedAt: Math.min(a.enqueuedAt, b.enqueuedAt),
     ...(enqueues.length > 0 ? { enqueues } : {}),
+    ...(facts ? { facts } : {}),
   };
+}
+
+/**
+ * Whether a run that read the fact stores up to `read` has answered a schedule asking for
+ * `facts`: it states at least one fact, and the run read every store it names at or past it.
+ */
+export function answeredBy(facts: FactRevisions | undefined, read: FactRevisions | undefined): boolean {
+  if (!facts || !read) return false;
+  const named = factStores.filter((store) => facts[store] !== undefined);
+  return named.length > 0 && named.every((store) => (read[store] ?? 0) >= facts[store]!);
 }
 
 /**

@@ -43,7 +43,8 @@ export function queueMetrics() {
     meter
       .createObservableCounter("homeostat.queue.enqueued", {
         unit: "{enqueue}",
-        description: "Enqueues by outcome (added, deduped, rerun), class and cause (release, advisory, dependency, resync, …)",
+        description:
+          "Enqueues by outcome (added, deduped, rerun; withdrawn: a look told it was done; answered: a rerun mark the run had read the facts of), class and cause (release, advisory, dependency, resync, …)",
       })
       .addCallback((result) => enqueues.observe(result));
     meter

@@ -3,15 +3,19 @@
  * result), and what it reports (outcomes, dead letters, stats). Every other file of the queue
  * speaks these types; workqueue.ts re-exports them as the package's API.
  */
-import type { Cause, Priority, WorkItem } from "@homeostat/core/contracts";
+import type { Cause, FactRevisions, Priority, WorkItem } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
 
-/** What a reconcile asks the queue to do next with its key. Errors are thrown, not returned. */
+/**
+ * What a reconcile asks the queue to do next with its key. Errors are thrown, not returned.
+ * `read`: up to which revision the run read each fact store it decided from (core
+ * FactRevisions); a rerun mark that asks only for facts it had read is then answered.
+ */
 export type ReconcileResult =
-  | { type: "done"; children?: readonly QueueRequest[] }
+  | { type: "done"; children?: readonly QueueRequest[]; read?: FactRevisions }
   /** `watch`: what the look is for (WorkItem.watch), so that it can be withdrawn once that happened. */
-  | { type: "requeueAfter"; ms: number; watch?: string; children?: readonly QueueRequest[] }
-  | { type: "notBefore"; ms: number; children?: readonly QueueRequest[] }
+  | { type: "requeueAfter"; ms: number; watch?: string; children?: readonly QueueRequest[]; read?: FactRevisions }
+  | { type: "notBefore"; ms: number; children?: readonly QueueRequest[]; read?: FactRevisions }
   | { type: "nonRetriable"; reason: string };
 
 export const done: ReconcileResult = { type: "done" };
@@ -23,9 +27,18 @@ export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRe
 /**
  * "Reconcile this key": a class, optionally not before a time, optionally with a floor.
  * `links`: traceparents of further requests this one stands for (a caller that merged several
- * into one enqueue), linked by the run besides the enqueue's own span.
+ * into one enqueue), linked by the run besides the enqueue's own span. `facts`: where the facts
+ * that caused it are stored (core FactRevisions), so that a run that had read them answers it.
  */
-export type QueueRequest = { key: Key; priority: Priority; cause: Cause; notBefore?: number; floor?: number; links?: readonly string[] };
+export type QueueRequest = {
+  key: Key;
+  priority: Priority;
+  cause: Cause;
+  notBefore?: number;
+  floor?: number;
+  links?: readonly string[];
+  facts?: FactRevisions;
+};
 
 /** added: newly queued; deduped: merged into the queued message; rerun: marked to run once more. */
 export type EnqueueOutcome = "added" | "deduped" | "rerun";

@@ -34,7 +34,7 @@ export class WorkStream {
     const subject = this.n.topology.workSubject(item.priority, item.key);
     // A refusal is the common answer to an enqueue of a queued key: no message, so no span is exported for it.
     const answer = await producerSpan(`work.${item.priority}`, subject, { key: item.key, sent: stored }, (sent) =>
-      this.pipe.tryPublish(subject, encodeMessage(withTrace(item, propagatedTraceparent(sent)))),
+      this.pipe.tryPublish(subject, encodeMessage(asQueued(item, propagatedTraceparent(sent)))),
     );
     if (stored(answer)) return true;
     // The work stream has no stream-wide limits: refused means the subject holds the key already.
@@ -71,9 +71,14 @@ export class WorkStream {
   }
 }
 
-/** `item` carrying `trace` (the publish's trace context), or none when there is none (telemetry off). */
-function withTrace(item: WorkItem, trace: string | undefined): WorkItem {
-  if (trace) return { ...item, trace };
-  const { trace: _, ...untraced } = item;
-  return untraced;
+/**
+ * `item` as a queued message holds it: carrying `trace` (the publish's trace context; none when
+ * telemetry is off), and no facts. Facts count only in a rerun mark (merge.ts answeredBy); a
+ * queued message that kept them could keep them past a merge that voided them (an enqueue that
+ * stated none, merged without a rewrite: sameSchedule), so a queued message states none and
+ * counts as asking for anything.
+ */
+function asQueued(item: WorkItem, trace: string | undefined): WorkItem {
+  const { trace: _, facts: __, ...queued } = item;
+  return trace ? { ...queued, trace } : queued;
 }

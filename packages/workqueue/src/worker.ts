@@ -20,7 +20,7 @@ import {
   SpanKind,
 } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
-import { mergeItems, mergeOptional } from "./merge.ts";
+import { answeredBy, mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
 import type { WorkQueueOptions } from "./options.ts";
 import type { Placement } from "./placement.ts";
@@ -302,6 +302,14 @@ export class Worker {
 
     // Children first: durable in the stream before the parent's message goes.
     await Promise.all((result.children ?? []).map((child) => this.placement.enqueue(child)));
+    // A rerun mark that asks only for facts this run had read was answered by it (invariant 3).
+    const answers = (rerun: WorkItem | undefined): rerun is WorkItem => rerun !== undefined && answeredBy(rerun.facts, result.read);
+    const countAnswered = (rerun: WorkItem) => this.metrics.enqueued("answered", rerun.priority, rerun.cause.type);
+    const unanswered = (rerun: WorkItem | undefined): WorkItem | undefined => {
+      if (!answers(rerun)) return rerun;
+      countAnswered(rerun);
+      return undefined;
+    };
     let pending: WorkItem | undefined;
     // The run's own watch (if it was one) is spent; a requeue-after watches what this result says.
     const { watch: _, ...base } = item;
@@ -322,13 +330,19 @@ export class Worker {
     if (pending) {
       // Written before the ack, so that a crash between the ack and the requeue cannot lose it.
       const withPending = pending;
-      await this.records.update(recordKey, lease, (r) => ({ ...r, pending: r.rerun ? mergeItems(withPending, r.rerun) : withPending, rerun: undefined }));
+      let answeredMark: WorkItem | undefined;
+      await this.records.update(recordKey, lease, (r) => {
+        answeredMark = answers(r.rerun) ? r.rerun : undefined;
+        const rerun = answeredMark ? undefined : r.rerun;
+        return { ...r, pending: rerun ? mergeItems(withPending, rerun) : withPending, rerun: undefined };
+      });
+      if (answeredMark) countAnswered(answeredMark);
     }
     await this.remove(msg);
     // Release: erase the record at the revision we know (or, for a floor, leave it waiting).
     // A rerun mark that slipped in makes that fail; then queue the mark and try again.
     const floor = pending?.floor ?? 0;
-    let follow = lease.value.pending ?? lease.value.rerun;
+    let follow = lease.value.pending ?? unanswered(lease.value.rerun);
     let revision = lease.revision;
     for (let turn = 0; turn < 100; turn++) {
       if (follow) await this.placement.place({ ...follow, attempts: 0, enqueuedAt: follow.enqueuedAt || now }, msg.info.streamSequence);
@@ -339,7 +353,7 @@ export class Worker {
       // Gone, or taken over after this worker's lease ran out: its new holder answers for it.
       if (!rec || !heldBy(rec.value, lease.value)) return;
       revision = rec.revision;
-      follow = rec.value.rerun;
+      follow = unanswered(rec.value.rerun);
     }
     throw new Error(`the run record of ${item.key} kept changing`);
   }

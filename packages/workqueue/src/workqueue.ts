@@ -24,7 +24,10 @@
  *  3. Rerun once: an enqueue that finds the key running marks the record (compare-and-set).
  *     A run ends by acking its message and then erasing the record by its revision; erasing
  *     fails if a mark arrived, and the worker then queues the key once, with the marks merged.
- *     However many enqueues arrived, the key runs exactly once more.
+ *     However many enqueues arrived, the key runs exactly once more; unless every one of them
+ *     stated the facts it stems from (QueueRequest.facts: fact stores and revisions) and the
+ *     run reports it read those stores at or past them (ReconcileResult.read): the run answered
+ *     them, and the mark is dropped (counted as outcome "answered").
  *  4. Nothing lost: a message is acked only after its run ended and anything that must follow
  *     (children, a requeue) is durable in the stream or in the record. A worker that dies
  *     stops renewing: after the lease its message comes back, and the next worker takes the

@@ -27,6 +27,7 @@ import {
   type EventLedger,
   type EventRecord,
   type EventSource,
+  type FactRevisions,
   type JetStreamPipe,
   type Key,
   type Priority,
@@ -73,6 +74,8 @@ export type IncomingEvent = {
   keys: Key[];
   priority: Priority;
   cause: Cause["type"];
+  /** Where the facts the event carried were stored (core FactRevisions), when it carried any. */
+  facts?: FactRevisions;
   requestId?: string;
 };
 
@@ -105,6 +108,7 @@ export class Acceptor {
       keys,
       priority: ev.priority,
       causeType: ev.cause,
+      ...(ev.facts ? { facts: ev.facts } : {}),
       receivedAt: new Date().toISOString(),
       ...(ev.requestId ? { requestId: ev.requestId } : {}),
       ...(traceId ? { traceId } : {}),

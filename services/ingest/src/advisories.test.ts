@@ -72,6 +72,10 @@ test("the same id and modified twice enqueues nothing new; a new modified is a n
   assert.equal((await env.intake()).length, count);
   const revised = await post({ ...a, modified: "2025-04-01T00:00:00Z" });
   assert.deepEqual(revised.json().keys, ["package/pkg010"]);
+  // Its event states where the revision is stored, so that a run that read that far answers it.
+  const event = await env.app.inject({ method: "GET", url: `/v1/events/${revised.json().results[0].event}`, headers: { authorization: `Bearer ${TOKEN}` } });
+  const stored = await env.advisories.kv.get("pkg010.OSV-IDEM-1");
+  assert.deepEqual(event.json().facts, { advisories: stored!.revision });
 });
 
 test("a batch of 1,000 advisories produces exactly the affected keys", async () => {

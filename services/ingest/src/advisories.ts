@@ -88,7 +88,7 @@ export async function ingestAdvisories(
   const { requestId, maxFutureSkewMs } = opts;
   return mapLimit(advisories, 32, async (a): Promise<AdvisoryResult> => {
     const names = advisoryCatalogPackages(a, catalog);
-    await store.record(a, names, maxFutureSkewMs);
+    const { revision } = await store.record(a, names, maxFutureSkewMs);
     const withdrawn = a.withdrawn !== undefined;
     const accepted = await acceptor.accept({
       source: "advisory",
@@ -99,6 +99,7 @@ export async function ingestAdvisories(
       keys: names.map((n) => makeKey("package", n)),
       priority: "advisory",
       cause: "advisory",
+      ...(revision > 0 ? { facts: { advisories: revision } } : {}),
       ...(requestId ? { requestId } : {}),
     });
     return { ...accepted, advisory: a.id, modified: a.modified, withdrawn, severity: severities(a) };

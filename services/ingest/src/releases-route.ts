@@ -36,8 +36,9 @@ export const releasesRoute: FastifyPluginAsync<ReleasesRouteDeps> = async (app, 
       const { package: name, version, url, sha256 } = req.body;
       if (!deps.catalog().packages.has(name)) throw new Problem(404, "unknown-package", `unknown package "${name}": it is not in the catalog`);
       let isNew: boolean;
+      let revision: number;
       try {
-        ({ isNew } = await deps.releases.record({ package: name, version, url, sha256 }));
+        ({ isNew, revision } = await deps.releases.record({ package: name, version, url, sha256 }));
       } catch (err) {
         if (err instanceof ReleaseConflictError) throw new Problem(409, "release-conflict", err.message);
         throw err;
@@ -49,6 +50,7 @@ export const releasesRoute: FastifyPluginAsync<ReleasesRouteDeps> = async (app, 
         keys: [makeKey("package", name)],
         priority: "release",
         cause: "release",
+        facts: { releases: revision },
         requestId: req.id,
       });
       return reply.code(202).send({ ...accepted, release: isNew ? "new" : "known" });

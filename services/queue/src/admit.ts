@@ -64,7 +64,8 @@ export async function runEventAdmission(n: Nats, ledger: EventLedger, queue: Wor
     handle: async (record) => {
       const cause = { type: record.causeType, id: record.id, detail: record.summary };
       const link = currentTraceparent();
-      const outcomes = await Promise.all(record.keys.map((key) => coalescer.enqueue({ key, priority: record.priority, cause }, link)));
+      const facts = record.facts ? { facts: record.facts } : {};
+      const outcomes = await Promise.all(record.keys.map((key) => coalescer.enqueue({ key, priority: record.priority, cause, ...facts }, link)));
       for (const outcome of outcomes) o.counts[outcome]++;
     },
   });

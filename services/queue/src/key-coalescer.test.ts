@@ -91,3 +91,24 @@ test("a failed enqueue fails every request it stood for; the key's next requests
   answers[1]?.resolve("added");
   assert.equal(await next, "added");
 });
+
+test("the facts of requests gathered into one enqueue are merged: each store at its latest revision, none when one request stated none", async () => {
+  const { sent, answers, coalescer } = recordingQueue();
+  const withFacts = (key: Key, id: string, advisories: number): AdmissionRequest => ({ ...advisory(key, id), facts: { advisories } });
+  const all = [
+    coalescer.enqueue(withFacts("package/zlib", "a1", 7)),
+    coalescer.enqueue(withFacts("package/zlib", "a2", 3)),
+    coalescer.enqueue(withFacts("package/xz", "a3", 2)),
+    coalescer.enqueue(release("package/xz", "r1")),
+  ];
+  await turn();
+  assert.deepEqual(
+    sent.map((r) => [r.key, r.facts]),
+    [
+      ["package/zlib", { advisories: 7 }],
+      ["package/xz", undefined],
+    ],
+  );
+  answers.forEach((a) => a.resolve("added"));
+  await Promise.all(all);
+});

@@ -15,16 +15,19 @@
  * it stood for (their records are delivered again). No timer is involved: a key alone is sent
  * at the end of the turn it arrived in.
  */
-import { maxLinkedEnqueues, priorities, type Key } from "@homeostat/core";
+import { maxLinkedEnqueues, mergeFacts, priorities, type FactRevisions, type Key } from "@homeostat/core";
 import { context } from "@homeostat/core/telemetry";
 import type { EnqueueOutcome, QueueRequest } from "@homeostat/workqueue";
 
 /** A request to admit: what the queue takes, less the schedule fields admission never sets. */
-export type AdmissionRequest = Pick<QueueRequest, "key" | "priority" | "cause">;
+export type AdmissionRequest = Pick<QueueRequest, "key" | "priority" | "cause" | "facts">;
 
 type Waiter = { resolve: (outcome: EnqueueOutcome) => void; reject: (err: unknown) => void };
-/** The requests gathered for a key: the one that decides class and cause, with its trace context, and the links of all. */
-type Gathered = { request: AdmissionRequest; context: ReturnType<typeof context.active>; links: string[]; waiters: Waiter[] };
+/**
+ * The requests gathered for a key: the one that decides class and cause, with its trace context,
+ * the links of all, and the facts of all (none when one of them stated none: core mergeFacts).
+ */
+type Gathered = { request: AdmissionRequest; context: ReturnType<typeof context.active>; links: string[]; facts: FactRevisions | undefined; waiters: Waiter[] };
 
 export class KeyCoalescer {
   readonly #enqueue: (req: QueueRequest) => Promise<EnqueueOutcome>;
@@ -47,7 +50,7 @@ export class KeyCoalescer {
       const waiter = { resolve, reject };
       const g = this.#gathered.get(req.key);
       if (!g) {
-        this.#gathered.set(req.key, { request: req, context: context.active(), links: link ? [link] : [], waiters: [waiter] });
+        this.#gathered.set(req.key, { request: req, context: context.active(), links: link ? [link] : [], facts: req.facts, waiters: [waiter] });
         if (!this.#sending.has(req.key)) setImmediate(() => this.#send(req.key));
         return;
       }
@@ -56,6 +59,7 @@ export class KeyCoalescer {
         g.context = context.active();
       }
       if (link && g.links.length < maxLinkedEnqueues && !g.links.includes(link)) g.links.push(link);
+      g.facts = mergeFacts(g.facts, req.facts);
       g.waiters.push(waiter);
     });
   }
@@ -67,7 +71,10 @@ export class KeyCoalescer {
     this.#gathered.delete(key);
     this.#sending.add(key);
     context
-      .with(g.context, () => this.#enqueue({ ...g.request, links: g.links }))
+      .with(g.context, () => {
+        const { facts: _, ...request } = g.request;
+        return this.#enqueue({ ...request, links: g.links, ...(g.facts ? { facts: g.facts } : {}) });
+      })
       .then(
         (outcome) => g.waiters.forEach((w, i) => w.resolve(i === 0 ? outcome : "deduped")),
         (err: unknown) => g.waiters.forEach((w) => w.reject(err)),

@@ -425,7 +425,7 @@ test("KnownFacts answers each package's stored releases, oldest first, and its s
     await releases.record({ package: "openssl", version: v, url: `https://example.org/openssl-${v}.tgz`, sha256: "a".repeat(64) });
   // A package whose name extends another's: its releases must not leak into openssl's.
   await releases.record({ package: "openssl-fips", version: "9.9", url: "https://example.org/openssl-fips-9.9.tgz", sha256: "b".repeat(64) });
-  assert.equal(await advisories.record(twoPackageAdvisory, ["openssl", "zlib"]), 2);
+  assert.equal((await advisories.record(twoPackageAdvisory, ["openssl", "zlib"])).changed, 2);
   const withdrawn: Osv = {
     id: "GHSA-test-0000-0000",
     modified: "2026-11-21T00:00:00Z",

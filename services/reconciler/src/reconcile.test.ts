@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { AdvisoryStore, buildRequestOf, type Catalog, CatalogSource, DesiredState, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
-import { buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
+import { bucketRevision, buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { releaseItem } from "./test-support.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
@@ -106,7 +106,16 @@ describe("reconciler", { timeout: 60_000 }, () => {
     buildFailures: { retries: 2, backoffMs: 1_000, backoffMaxMs: 60_000 },
     log: quiet,
   });
-  const reconcilerOf = (catalogOf: () => Catalog) => createReconciler(reconcilerDepsOf(catalogOf));
+  /** A run's decision, without the fact revisions it read (checked on their own below). */
+  const decisionOf = (result: ReconcileResult): ReconcileResult => {
+    if (result.type === "nonRetriable") return result;
+    const { read: _, ...decision } = result;
+    return decision;
+  };
+  const reconcilerOf = (catalogOf: () => Catalog): ReturnType<typeof createReconciler> => {
+    const reconcile = createReconciler(reconcilerDepsOf(catalogOf));
+    return async (item, run) => decisionOf(await reconcile(item, run));
+  };
 
   before(async () => {
     t = await testEnv();
@@ -629,8 +638,21 @@ describe("reconciler", { timeout: 60_000 }, () => {
     });
     const leans2 = await createReconciler(racing)(releaseItem("package/leans2"));
     assert.ok(raced, "solo2 completed during leans2's run");
-    assert.deepEqual(leans2, { type: "requeueAfter", ms: 0 }, "leans2 looks again");
+    assert.deepEqual(decisionOf(leans2), { type: "requeueAfter", ms: 0 }, "leans2 looks again");
     assert.equal((await reconcilerOf(() => changed)(releaseItem("package/leans2"))).type, "requeueAfter", "and then builds (solo2 is built)");
     assert.ok((await builds()).includes("package/leans2@1.0"));
+  });
+
+  test("a run reports the revisions of the fact stores it decided from: an advisory or release stored by then is answered by it", async () => {
+    const advisory = await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
+    const release = await releases.record({ package: "minimist", version: "1.9.0", url: "https://example.org/minimist-1.9.0.tgz", sha256: sha("minimist-1.9.0") });
+    const key = catalog.keys().find((k) => k.startsWith("package/"))!;
+    const result = await createReconciler(reconcilerDepsOf(() => catalog))(releaseItem(key));
+    assert.notEqual(result.type, "nonRetriable");
+    const read = result.type === "nonRetriable" ? undefined : result.read;
+    // Nothing else writes the buckets meanwhile: the run read each up to its last entry.
+    assert.deepEqual(read, { advisories: await bucketRevision(advisories.kv), releases: await bucketRevision(releases.kv) });
+    assert.ok(advisory.revision > 0 && read!.advisories! >= advisory.revision, "at or past the advisory's entry");
+    assert.ok(release.revision > 0 && read!.releases! >= release.revision, "at or past the release");
   });
 });

@@ -27,6 +27,7 @@ import {
   withBuild,
   type BuildRequest,
   type Cause,
+  type FactRevisions,
   type Key,
   type KeyStatus,
   type Logger,
@@ -75,8 +76,13 @@ const runsByOutcome = (): Counter =>
     description: "Reconcile runs by cause (the run's cause type) and outcome (build, in-flight, completed, unchanged, waiting, …)",
   }));
 
-/** What one run decides from besides the catalog: releases and advisories by package, and other keys' statuses. */
-export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch">;
+/**
+ * What one run decides from besides the catalog: releases and advisories by package, and other
+ * keys' statuses. `read(name)`: once the run has listed package `name`'s facts, up to which
+ * revision of each fact store it has all of them; the run reports that to the queue, and a rerun
+ * asked for by the package's facts stored by then is answered by it.
+ */
+export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch"> & { read?: (name: string) => FactRevisions | undefined };
 
 /**
  * The stores' readers as one run's inputs: each answers as of the moment they were taken or
@@ -86,8 +92,18 @@ export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch">;
 export function storeInputs(stores: { releases: ReleaseStore; advisories: AdvisoryStore; state: StateStore }): () => Promise<RunInputs> {
   return async () => {
     const [releases, advisories, status] = await Promise.all([stores.releases.reader(), stores.advisories.reader(), stores.state.reader()]);
-    return { releases, advisories, status };
+    const read = (name: string): FactRevisions | undefined => {
+      // A store not listed for the package, or listed at revision 0 (empty), answers nothing.
+      const [a, r] = [advisories.seen(name) ?? 0, releases.seen(name) ?? 0];
+      return a > 0 || r > 0 ? { ...(a > 0 ? { advisories: a } : {}), ...(r > 0 ? { releases: r } : {}) } : undefined;
+    };
+    return { releases, advisories, status, read };
   };
+}
+
+/** `result` with the fact revisions its run read (ReconcileResult `read`), when it read any. */
+function withRead(result: ReconcileResult, read: FactRevisions | undefined): ReconcileResult {
+  return read && result.type !== "nonRetriable" ? { ...result, read } : result;
 }
 
 export type ReconcilerDeps = {
@@ -126,14 +142,20 @@ export function createReconciler(deps: ReconcilerDeps) {
     // Upstream first: what it announced becomes release facts before the decision reads them.
     const upstream = kind === "package" ? await resolve(item, catalog, name) : undefined;
     let outcome: RunOutcome = "unchanged";
-    const result = await decide(item, catalog, run.attempt, (o) => (outcome = o));
+    let inputs: RunInputs | undefined;
+    const result = await decide(item, catalog, run.attempt, {
+      outcome: (o) => (outcome = o),
+      inputs: (i) => (inputs = i),
+    });
+    // Advisories and releases are facts of packages: what this run read of its own.
+    const read = kind === "package" ? inputs?.read?.(name) : undefined;
     runsByOutcome().add(1, { cause: item.cause.type, outcome });
     // An upstream that could not be reached is looked at again when it said, or after the
     // backoff; the key meanwhile keeps its last version (Ready, with the reason in its status).
-    if (!upstream?.unavailable || result.type === "nonRetriable") return result;
+    if (!upstream?.unavailable || result.type === "nonRetriable") return withRead(result, read);
     const ms = upstream.unavailable.retryAfterMs;
-    if (result.type === "done") return { type: "requeueAfter", ms, ...(result.children ? { children: result.children } : {}) };
-    return result.ms <= ms ? result : { ...result, ms };
+    if (result.type === "done") return withRead({ type: "requeueAfter", ms, ...(result.children ? { children: result.children } : {}) }, read);
+    return withRead(result.ms <= ms ? result : { ...result, ms }, read);
   };
 
   async function resolve(item: WorkItem, catalog: Catalog, name: string): Promise<Resolution | undefined> {
@@ -152,8 +174,17 @@ export function createReconciler(deps: ReconcilerDeps) {
     return r;
   }
 
-  /** `attempt`: the queue's count of runs of this item (more than 1: an earlier run failed or died). */
-  async function decide(item: WorkItem, catalog: Catalog, attempt: number, note: (o: RunOutcome) => void): Promise<ReconcileResult> {
+  /**
+   * `attempt`: the queue's count of runs of this item (more than 1: an earlier run failed or
+   * died). `tell`: what the run found (its outcome) and the inputs it decided from.
+   */
+  async function decide(
+    item: WorkItem,
+    catalog: Catalog,
+    attempt: number,
+    tell: { outcome: (o: RunOutcome) => void; inputs: (i: RunInputs) => void },
+  ): Promise<ReconcileResult> {
+    const note = tell.outcome;
     const { kind, name } = parseKey(item.key);
     const inCatalog = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
     if (!inCatalog) {
@@ -170,6 +201,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     // may come from a build this run's inputs do not show yet, so the run must not clear it.
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
     const inputs = await deps.inputs();
+    tell.inputs(inputs);
     const desiredState = new DesiredState({ catalog, ...inputs, sourceDateEpoch: deps.sourceDateEpoch });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
 
