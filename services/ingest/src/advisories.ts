@@ -77,7 +77,12 @@ function normalizeRepo(url: string): string {
     .replace(/\.git$/, "");
 }
 
-/** Accepts each advisory as one event, a few at a time; results in input order. */
+/**
+ * Accepts each advisory as one event, a few at a time; results in input order. Every advisory
+ * of the batch is stored before any of its events is recorded: the runs the first events cause
+ * then read the whole batch, and the later events' enqueues of the same packages, stating facts
+ * those runs have read, are answered by them instead of each costing one more run.
+ */
 export async function ingestAdvisories(
   advisories: readonly Osv[],
   catalog: Catalog,
@@ -86,9 +91,11 @@ export async function ingestAdvisories(
   opts: { maxFutureSkewMs: number; requestId?: string },
 ): Promise<AdvisoryResult[]> {
   const { requestId, maxFutureSkewMs } = opts;
-  return mapLimit(advisories, 32, async (a): Promise<AdvisoryResult> => {
+  const stored = await mapLimit(advisories, 32, async (a) => {
     const names = advisoryCatalogPackages(a, catalog);
-    const { revision } = await store.record(a, names, maxFutureSkewMs);
+    return { a, names, revision: (await store.record(a, names, maxFutureSkewMs)).revision };
+  });
+  return mapLimit(stored, 32, async ({ a, names, revision }): Promise<AdvisoryResult> => {
     const withdrawn = a.withdrawn !== undefined;
     const accepted = await acceptor.accept({
       source: "advisory",
