@@ -1,7 +1,7 @@
 /**
  * Registry: copies images between an OCI layout and a registry over the OCI Distribution API
- * (plain HTTP(S), no Docker engine): push = blobs first (HEAD, then POST an upload and PUT it
- * with its digest, streamed from the layout), manifests after everything they reference, the
+ * (plain HTTP(S), no Docker engine): push = blobs first (a large one HEAD first; then POST an
+ * upload and PUT it with its digest, streamed from the layout), manifests after everything they reference, the
  * tag last; pull = the same in reverse, every blob and manifest checked against its digest
  * before it is written to the layout. A manifest's blobs (and an index's manifests) go a few at
  * once, as `docker push` sends layers: one after another, each round trip to the registry added
@@ -38,6 +38,15 @@ const manifestAccept = [mediaTypes.manifest, mediaTypes.index].join(", ");
 
 /** Blobs (or listed manifests) of one manifest sent at once. */
 const PUSH_CONCURRENCY = 4;
+
+/**
+ * A blob larger than this is asked about (HEAD) before it is uploaded; a smaller one is uploaded
+ * at once. Most small blobs a sign pushes are new (its signature payload, its attestations, the
+ * config of a fresh build), and asking about a new blob costs one round trip more than uploading
+ * it, while uploading one already there (the registry takes it again, content-addressed) costs
+ * one more than asking.
+ */
+const ASK_FIRST_BYTES = 256 * 1024;
 
 /** Digests remembered as present, over all repositories; beyond this all are forgotten (asked again). */
 const MAX_KNOWN = 100_000;
@@ -119,8 +128,10 @@ export class Registry {
   }
 
   private async uploadBlob(layout: OciLayout, repository: string, blob: Descriptor): Promise<void> {
-    const head = await this.request(`/v2/${repository}/blobs/${blob.digest}`, { method: "HEAD" });
-    if (head.status === 200) return;
+    if (blob.size > ASK_FIRST_BYTES) {
+      const head = await this.request(`/v2/${repository}/blobs/${blob.digest}`, { method: "HEAD" });
+      if (head.status === 200) return;
+    }
     const start = await this.request(`/v2/${repository}/blobs/uploads/`, { method: "POST" });
     const location = start.headers.get("location");
     if (start.status !== 202 || !location) throw await this.failure(start, `start blob upload to ${repository}`);

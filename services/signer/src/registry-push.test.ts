@@ -6,11 +6,12 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { OciLayout, Registry, RegistryError } from "@homeostat/attest";
+import { mediaTypes, OciLayout, Registry, RegistryError } from "@homeostat/attest";
 import { imageToSign, newSigner } from "../../../test/fixtures/images.ts";
 import { countingProxy, startRegistry, type LocalRegistry } from "../../../test/fixtures/registry.ts";
 import { requireTools } from "../../../test/fixtures/tools.ts";
@@ -100,8 +101,9 @@ test("an unreachable registry is a RegistryError naming it (the sign request is 
   );
 });
 
-test("a client asks the registry once about each blob it pushed: a second tag of the same image sends only its manifest", async () => {
+test("a client sends each blob once per repository: small ones without asking first, a large one after asking; a second tag sends only its manifest", async () => {
   const proxy = await countingProxy(registry.url);
+  const method = (requests: string[], m: string) => requests.filter((r) => r.startsWith(`${m} `)).length;
   try {
     const client = new Registry(proxy.url);
     const layout = await OciLayout.open(path.join(dir, "twice"));
@@ -109,9 +111,22 @@ test("a client asks the registry once about each blob it pushed: a second tag of
     await layout.tag("1.0-again", (await layout.resolve("1.0"))!);
     await client.push(layout, "homeostat/twice", "1.0");
     const first = proxy.requests.splice(0);
-    assert.equal(first.filter((r) => r.startsWith("HEAD ")).length, 2, `config and layer asked about: ${first.join(", ")}`);
+    assert.deepEqual([method(first, "HEAD"), method(first, "POST"), method(first, "PUT")], [0, 2, 3], `config and layer uploaded, then the manifest: ${first.join(", ")}`);
     await client.push(layout, "homeostat/twice", "1.0-again");
-    assert.deepEqual(proxy.requests, ["PUT /v2/homeostat/twice/manifests/1.0-again"]);
+    assert.deepEqual(proxy.requests.splice(0), ["PUT /v2/homeostat/twice/manifests/1.0-again"]);
+
+    // A layer over 256 KiB is asked about first: uploaded when missing, not sent again when there.
+    const big = await OciLayout.open(path.join(dir, "big"));
+    const layer = await big.writeBlob(randomBytes(300 * 1024), mediaTypes.layer);
+    const config = await big.writeBlob("{}", mediaTypes.config);
+    const manifest = await big.writeBlob(JSON.stringify({ schemaVersion: 2, mediaType: mediaTypes.manifest, config, layers: [layer] }), mediaTypes.manifest);
+    await big.tag("1.0", manifest);
+    await client.push(big, "homeostat/big", "1.0");
+    const asked = proxy.requests.splice(0);
+    assert.deepEqual([method(asked, "HEAD"), method(asked, "POST")], [1, 2], asked.join(", "));
+    await new Registry(proxy.url).push(big, "homeostat/big", "1.0");
+    const again = proxy.requests.splice(0);
+    assert.ok(again.includes(`HEAD /v2/homeostat/big/blobs/${layer.digest}`) && !again.some((r) => r.startsWith("PUT /v2/homeostat/big/blobs/uploads/") && r.includes(layer.digest.replace(":", "%3A"))), again.join(", "));
   } finally {
     await proxy.close();
   }
