@@ -123,21 +123,25 @@ test("a reader lists from memory while the bucket is unchanged, and asks again a
   }
 });
 
-test("a reader says up to which revision it has every entry under a filter it listed: its own revision, or the filter's last entry when that is later", { timeout: 30_000 }, async () => {
-  const kv = t.buckets.releases;
-  const scan = new CachedScan(kv, (v) => new TextDecoder().decode(v));
-  const before = await kv.put("birch.1_0", "a");
-  const list = await scan.reader();
-  assert.equal(list.revision, before);
-  assert.equal(list.seen("birch.*"), undefined, "not listed yet");
-  // Written after the reader took its revision, before the filter is listed: in the list, and so in what it has seen.
-  const after = await kv.put("birch.1_1", "b");
-  const other = await kv.put("willow.1_0", "w");
-  assert.deepEqual((await list("birch.*")).sort(), ["a", "b"]);
-  assert.equal(list.seen("birch.*"), after);
-  assert.ok(list.seen("birch.*")! < other, "another filter's later entry is not claimed");
-  // Listed again from memory by a reader at the same revision: complete up to that revision.
-  const again = await scan.reader();
-  await again("willow.*");
-  assert.equal(again.seen("willow.*"), other);
-});
+test(
+  "a reader says up to which revision it has every entry under a filter it listed: its own revision, or the filter's last entry when that is later",
+  { timeout: 30_000 },
+  async () => {
+    const kv = t.buckets.releases;
+    const scan = new CachedScan(kv, (v) => new TextDecoder().decode(v));
+    const before = await kv.put("birch.1_0", "a");
+    const list = await scan.reader();
+    assert.equal(list.revision, before);
+    assert.equal(list.seen("birch.*"), undefined, "not listed yet");
+    // Written after the reader took its revision, before the filter is listed: in the list, and so in what it has seen.
+    const after = await kv.put("birch.1_1", "b");
+    const other = await kv.put("willow.1_0", "w");
+    assert.deepEqual((await list("birch.*")).sort(), ["a", "b"]);
+    assert.equal(list.seen("birch.*"), after);
+    assert.ok(list.seen("birch.*")! < other, "another filter's later entry is not claimed");
+    // Listed again from memory by a reader at the same revision: complete up to that revision.
+    const again = await scan.reader();
+    await again("willow.*");
+    assert.equal(again.seen("willow.*"), other);
+  },
+);

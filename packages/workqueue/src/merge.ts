@@ -68,7 +68,7 @@ export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
 export function answeredBy(facts: FactRevisions | undefined, read: FactRevisions | undefined): boolean {
   if (!facts || !read) return false;
   const named = factStores.filter((store) => facts[store] !== undefined);
-  return named.length > 0 && named.every((store) => (read[store] ?? 0) >= facts[store]!);
+  return named.length > 0 && named.every((store) => (read[store] ?? 0) >= (facts[store] ?? Infinity));
 }
 
 /**

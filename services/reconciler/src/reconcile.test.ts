@@ -9,7 +9,18 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { AdvisoryStore, buildRequestOf, type Catalog, CatalogSource, DesiredState, loadCatalog, osvSchema, ReleaseStore } from "@homeostat/catalog";
-import { bucketRevision, buildRequestSchema, publish, settleBuild, StateStore, type BuildRequest, type Key, type Logger, type Stage, type WorkItem } from "@homeostat/core";
+import {
+  bucketRevision,
+  buildRequestSchema,
+  publish,
+  settleBuild,
+  StateStore,
+  type BuildRequest,
+  type Key,
+  type Logger,
+  type Stage,
+  type WorkItem,
+} from "@homeostat/core";
 import { WorkQueue, workQueueOptions, type ReconcileResult } from "@homeostat/workqueue";
 import { releaseItem } from "./test-support.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
@@ -645,7 +656,12 @@ describe("reconciler", { timeout: 60_000 }, () => {
 
   test("a run reports the revisions of the fact stores it decided from: an advisory or release stored by then is answered by it", async () => {
     const advisory = await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
-    const release = await releases.record({ package: "minimist", version: "1.9.0", url: "https://example.org/minimist-1.9.0.tgz", sha256: sha("minimist-1.9.0") });
+    const release = await releases.record({
+      package: "minimist",
+      version: "1.9.0",
+      url: "https://example.org/minimist-1.9.0.tgz",
+      sha256: sha("minimist-1.9.0"),
+    });
     const key = catalog.keys().find((k) => k.startsWith("package/"))!;
     const result = await createReconciler(reconcilerDepsOf(() => catalog))(releaseItem(key));
     assert.notEqual(result.type, "nonRetriable");

@@ -111,7 +111,11 @@ test("a client sends each blob once per repository: small ones without asking fi
     await layout.tag("1.0-again", (await layout.resolve("1.0"))!);
     await client.push(layout, "homeostat/twice", "1.0");
     const first = proxy.requests.splice(0);
-    assert.deepEqual([method(first, "HEAD"), method(first, "POST"), method(first, "PUT")], [0, 2, 3], `config and layer uploaded, then the manifest: ${first.join(", ")}`);
+    assert.deepEqual(
+      [method(first, "HEAD"), method(first, "POST"), method(first, "PUT")],
+      [0, 2, 3],
+      `config and layer uploaded, then the manifest: ${first.join(", ")}`,
+    );
     await client.push(layout, "homeostat/twice", "1.0-again");
     assert.deepEqual(proxy.requests.splice(0), ["PUT /v2/homeostat/twice/manifests/1.0-again"]);
 
@@ -126,7 +130,11 @@ test("a client sends each blob once per repository: small ones without asking fi
     assert.deepEqual([method(asked, "HEAD"), method(asked, "POST")], [1, 2], asked.join(", "));
     await new Registry(proxy.url).push(big, "homeostat/big", "1.0");
     const again = proxy.requests.splice(0);
-    assert.ok(again.includes(`HEAD /v2/homeostat/big/blobs/${layer.digest}`) && !again.some((r) => r.startsWith("PUT /v2/homeostat/big/blobs/uploads/") && r.includes(layer.digest.replace(":", "%3A"))), again.join(", "));
+    assert.ok(
+      again.includes(`HEAD /v2/homeostat/big/blobs/${layer.digest}`) &&
+        !again.some((r) => r.startsWith("PUT /v2/homeostat/big/blobs/uploads/") && r.includes(layer.digest.replace(":", "%3A"))),
+      again.join(", "),
+    );
   } finally {
     await proxy.close();
   }
