@@ -105,6 +105,18 @@ function natsServer(): Promise<TestNatsServer> {
   return server;
 }
 
+/** Waits until `queue` has nothing queued and nothing running (retries and dead letters aside). */
+export function queueIdle(queue: { stats(): Promise<{ running: number; depth: Record<string, number> }> }, timeoutMs: number): Promise<true> {
+  return waitFor(
+    "the queue to be idle",
+    async () => {
+      const s = await queue.stats();
+      return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
+    },
+    timeoutMs,
+  );
+}
+
 export async function testEnv(extra: Record<string, string> = {}): Promise<TestEnv> {
   const s = await natsServer();
   const prefix = `t${randomBytes(5).toString("hex")}`;

@@ -25,7 +25,7 @@ import {
 } from "@homeostat/workqueue";
 import { exponentialBackoff, priorities, workItemSchema, type Key, type Logger, type Priority, type WorkItem } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { queueIdle, testEnv, type TestEnv } from "./harness.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const req = (key: Key, priority: Priority = "release", extra: Partial<QueueRequest> = {}): QueueRequest => ({
@@ -291,14 +291,7 @@ function conformance(backend: Backend) {
       );
       gate.resolve();
       await waitFor("the reruns", async () => [keys.later, keys.plain, keys.store].every((k) => w.of(k).length === 2), 10_000);
-      await waitFor(
-        "the queue to empty",
-        async () => {
-          const s = await q.stats();
-          return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
-        },
-        10_000,
-      );
+      await queueIdle(q, 10_000);
       await sleep(800);
       await w.stop();
       assert.equal(w.of(keys.answered).length, 1, "answered: no rerun");
@@ -320,14 +313,7 @@ function conformance(backend: Backend) {
         n += keys.length;
         await sleep(10);
       }
-      await waitFor(
-        "the queue to empty",
-        async () => {
-          const s = await q.stats();
-          return s.running === 0 && Object.values(s.depth).every((d) => d === 0);
-        },
-        20_000,
-      );
+      await queueIdle(q, 20_000);
       await w.stop();
       assert.equal(w.overlaps, 0);
       // Each key ran at least once: how often depends on how its enqueues met its runs.

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { done, requeueAfter, WorkQueue, type ReconcileResult } from "@homeostat/workqueue";
 import { exponentialBackoff, priorities, workItemSchema, type Key, type Logger, type WorkItem } from "@homeostat/core";
 import { waitFor } from "../scripts/factory.ts";
-import { testEnv, type TestEnv } from "./harness.ts";
+import { queueIdle, testEnv, type TestEnv } from "./harness.ts";
 
 const quiet: Logger = { info() {}, warn() {}, error() {} };
 let t: TestEnv;
@@ -65,14 +65,7 @@ test("a watching requeue-after is withdrawn when what it watches happened, and t
   assert.equal(await q.withdraw(key, "sha256:b1"), true);
   assert.deepEqual(await queued(key), []);
   assert.equal(await q.withdraw(key, "sha256:b1"), false, "withdrawn once");
-  await waitFor(
-    "the queue to be idle",
-    async () => {
-      const s = await q.stats();
-      return s.running === 0 && Object.values(s.depth).every((n) => n === 0);
-    },
-    10_000,
-  );
+  await queueIdle(q, 10_000);
   await w.stop();
   assert.equal(w.of(key).length, 1, "the look never ran");
 });
