@@ -6,6 +6,7 @@
  * listing runs is delivered again (its new message is pending too). `homeostat status` listed
  * one signer instance twice when its heartbeat was written mid-listing (a CI run failed on it).
  */
+
 /** What kvKeys needs of a bucket (a KV of @nats-io/kv is one). */
 export type KeyLister = { keys(filter?: string): Promise<AsyncIterable<string>> };
 
