@@ -5,7 +5,8 @@
  * reference, the tag last; pull = the same in reverse, every blob and manifest checked against
  * its digest before it is written to the layout. A manifest's blobs (and an index's manifests)
  * go a few at once, as `docker push` sends layers: one after another, each round trip to the
- * registry added up (bench:storm's latency scenario: 236 ms of a trivial image's 408 ms signing went to them).
+ * registry added up (bench:storm's latency scenario: 236 ms of a trivial image's 408 ms signing
+ * went to them).
  *
  * Each client remembers the blobs and manifests (by digest) it pushed or found in each
  * repository and does not ask again: content-addressed, they stay there (a registry's garbage
