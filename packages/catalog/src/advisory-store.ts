@@ -77,10 +77,7 @@ export class AdvisoryStore {
   /** `list` for one reconcile's reads (CachedScan.reader): each package's advisories read once per change of the bucket. */
   async reader(): Promise<ScanReader<Osv>> {
     const list = await this.scan.reader();
-    return Object.assign(async (name: string) => byId(await list(packageFilter(name))), {
-      revision: list.revision,
-      seen: (name: string) => list.seen(packageFilter(name)),
-    });
+    return Object.assign(async (name: string) => byId(await list(packageFilter(name))), { seen: (name: string) => list.seen(packageFilter(name)) });
   }
 
   /**

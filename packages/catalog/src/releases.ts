@@ -77,7 +77,7 @@ export class ReleaseStore {
   /** `list` for one reconcile's reads (CachedScan.reader): each package's releases read once per change of the bucket. */
   async reader(): Promise<ScanReader<Release>> {
     const list = await this.scan.reader();
-    return Object.assign((pkg: string) => list(packageFilter(pkg)), { revision: list.revision, seen: (pkg: string) => list.seen(packageFilter(pkg)) });
+    return Object.assign((pkg: string) => list(packageFilter(pkg)), { seen: (pkg: string) => list.seen(packageFilter(pkg)) });
   }
 }
 

@@ -654,7 +654,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.ok((await builds()).includes("package/leans2@1.0"));
   });
 
-  test("a run reports the revisions of the fact stores it decided from: an advisory or release stored by then is answered by it", async () => {
+  test("a run reports up to which revision it read its package's advisories and releases: at or past every entry stored before it ran", async () => {
     const advisory = await advisories.record(fixture("GHSA-p6mc-m468-83gw"), ["lodash"]);
     const release = await releases.record({
       package: "minimist",

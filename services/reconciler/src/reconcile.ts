@@ -101,6 +101,17 @@ export function storeInputs(stores: { releases: ReleaseStore; advisories: Adviso
   };
 }
 
+/**
+ * `result` when upstream could not be reached: looked at again when upstream said, or after the
+ * backoff (`retryAfterMs`); the key meanwhile keeps its last version (Ready, with the reason in
+ * its status). Undefined `retryAfterMs`: upstream answered, `result` as it is.
+ */
+function lookingAgainFor(retryAfterMs: number | undefined, result: ReconcileResult): ReconcileResult {
+  if (retryAfterMs === undefined || result.type === "nonRetriable") return result;
+  if (result.type === "done") return { type: "requeueAfter", ms: retryAfterMs, ...(result.children ? { children: result.children } : {}) };
+  return result.ms <= retryAfterMs ? result : { ...result, ms: retryAfterMs };
+}
+
 /** `result` with the fact revisions its run read (ReconcileResult `read`), when it read any. */
 function withRead(result: ReconcileResult, read: FactRevisions | undefined): ReconcileResult {
   return read && result.type !== "nonRetriable" ? { ...result, read } : result;
@@ -150,12 +161,7 @@ export function createReconciler(deps: ReconcilerDeps) {
     // Advisories and releases are facts of packages: what this run read of its own.
     const read = kind === "package" ? inputs?.read?.(name) : undefined;
     runsByOutcome().add(1, { cause: item.cause.type, outcome });
-    // An upstream that could not be reached is looked at again when it said, or after the
-    // backoff; the key meanwhile keeps its last version (Ready, with the reason in its status).
-    if (!upstream?.unavailable || result.type === "nonRetriable") return withRead(result, read);
-    const ms = upstream.unavailable.retryAfterMs;
-    if (result.type === "done") return withRead({ type: "requeueAfter", ms, ...(result.children ? { children: result.children } : {}) }, read);
-    return withRead(result.ms <= ms ? result : { ...result, ms }, read);
+    return withRead(lookingAgainFor(upstream?.unavailable?.retryAfterMs, result), read);
   };
 
   async function resolve(item: WorkItem, catalog: Catalog, name: string): Promise<Resolution | undefined> {
