@@ -306,9 +306,9 @@ describe("forgery", { timeout: 180_000 }, () => {
       "the location is the signer's own reckoning",
     );
     assert.deepEqual(
-      enqueued.map((e) => [e.key, e.cause.type, e.completes]),
-      [[MOTD, "built", undefined]],
-      "the key is queued to tell its dependents",
+      enqueued.map((e) => [e.key, e.priority, e.cause.type, e.completes]),
+      [[MOTD, "dependency", "built", undefined]],
+      "the key is queued to tell its dependents (a build that names no class: in class dependency)",
     );
   });
 
@@ -320,7 +320,7 @@ describe("forgery", { timeout: 180_000 }, () => {
         ? {
             ...s,
             phase: "Signing",
-            builds: [{ version: s.desiredVersion!, inputDigest: s.desiredInputDigest!, outcome: "requested", at, signerCompletes: true }],
+            builds: [{ version: s.desiredVersion!, inputDigest: s.desiredInputDigest!, outcome: "requested", at, signerCompletes: true, priority: "advisory" }],
           }
         : undefined,
     );
@@ -331,9 +331,9 @@ describe("forgery", { timeout: 180_000 }, () => {
     assert.equal(s?.fannedOut, legit.sign.inputDigest, "told as told: nothing to tell");
     assert.equal(s?.builds?.[0]?.outcome, "succeeded");
     assert.deepEqual(
-      enqueued.map((e) => [e.key, e.cause.type, e.completes]),
-      [[MOTD, "built", legit.sign.inputDigest]],
-      "the queue withdraws the look that watched for this build (or queues the key when it cannot)",
+      enqueued.map((e) => [e.key, e.priority, e.cause.type, e.completes]),
+      [[MOTD, "advisory", "built", legit.sign.inputDigest]],
+      "the queue withdraws the look that watched for this build (or queues the key when it cannot), in the class where the look waits",
     );
   });
 });

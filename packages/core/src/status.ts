@@ -6,7 +6,7 @@
  * artifact is stored, so a key is never Ready with a half-finished result.
  */
 import { z } from "zod";
-import { buildOutputsSchema, causeSchema } from "./contracts.ts";
+import { buildOutputsSchema, causeSchema, prioritySchema } from "./contracts.ts";
 import { digestSchema } from "./digest.ts";
 import { failureKinds } from "./failure.ts";
 import { keySchema } from "./key.ts";
@@ -61,6 +61,14 @@ export const buildRecordSchema = z.object({
    * completion runs and tells it.
    */
   signerCompletes: z.literal(true).optional(),
+  /**
+   * The class of the run that asked for it, where the requeue-after watching for the build
+   * waits: the signer queues the key's completion in that class, so that it merges into that
+   * look (one message, one run). Queued in another class, it could be taken by a worker before
+   * the queue merged the two, and the look then ran once more after it. Absent on records
+   * written before it was kept (the completion goes in class dependency).
+   */
+  priority: prioritySchema.optional(),
 });
 export type BuildRecord = z.infer<typeof buildRecordSchema>;
 

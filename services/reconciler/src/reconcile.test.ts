@@ -609,6 +609,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
     const hub = await r(releaseItem("package/hub"));
     assert.deepEqual(hub, { type: "requeueAfter", ms: 60_000 }, "a key with a dependent runs its completion: a plain look");
     assert.equal((await state.get("package/hub"))!.builds?.[0]?.signerCompletes, undefined);
+    assert.equal(
+      (await state.get("package/hub"))!.builds?.[0]?.priority,
+      "release",
+      "the build names the class of the run that asked for it, where its look waits and its completion goes",
+    );
     // A look of the build in flight keeps watching for it.
     const again = await r({ ...releaseItem("package/solo"), cause: { type: "advisory" } });
     assert.ok(again.type === "requeueAfter" && again.watch === soloStatus.desiredInputDigest, "an in-flight look watches too");

@@ -386,6 +386,7 @@ export function createReconciler(deps: ReconcilerDeps) {
           // The recipe is still the one an agent's proposal put in the catalog: this build is of that proposal.
           ...(s.proposal && s.proposal.recipeDigest === catalog.recipeDigest(item.key) ? { proposal: s.proposal.id } : {}),
           ...(tellsNone ? { signerCompletes: true as const } : {}),
+          priority: item.priority,
         },
       );
     });

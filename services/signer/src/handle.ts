@@ -37,7 +37,7 @@ export type SignHandlerDeps = {
   signer: Signer;
   imageRepository: string;
   registry?: Registry | undefined;
-  /** Tells the queue the key was built (priority dependency, cause "built"). */
+  /** Tells the queue the key was built (cause "built", in the class of the run that asked for the build). */
   enqueue: (req: EnqueueRequest) => Promise<void>;
   /** Counts a refusal by reason. */
   refused: (reason: SignRefusal) => void;
@@ -129,11 +129,12 @@ export function createSignHandler(deps: SignHandlerDeps) {
       });
     // The queue runs the key again to tell its dependents; or, for a build that tells none, it
     // withdraws the look that watched for this build (`completes`), and queues the key only if
-    // that look stands for more or is gone (the key runs, or an enqueue merged into it).
+    // that look stands for more or is gone (the key runs, or an enqueue merged into it). In the
+    // class of the run that asked for the build, where that look waits (BuildRecord.priority).
     await deps.enqueue({
       v: 1,
       key: req.key,
-      priority: "dependency",
+      priority: requested?.priority ?? "dependency",
       cause: { type: "built", id: req.inputDigest, detail: `${req.key} signed at ${build.version}` },
       ...(requested?.signerCompletes ? { completes: req.inputDigest } : {}),
     });
