@@ -26,6 +26,7 @@ import { pathToFileURL } from "node:url";
 import { BUILDER_VERSION, type BuildRequest, type ImageConfig, type PackageArtifact, type PatchRef, type Source } from "@homeostat/core/contracts";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
 import { makeKey, type Key } from "@homeostat/core/key";
+import { mapLimit } from "@homeostat/core/map-limit";
 import type { KeyStatus } from "@homeostat/core/status";
 import type { Catalog } from "./catalog.ts";
 import { decideVersion, type Decision } from "./decision.ts";
@@ -85,6 +86,9 @@ export type DesiredInputs = {
 /** A package's decision to build (decision.ts). */
 export type BuildDecision = Extract<Decision, { action: "build" }>;
 
+/** Packages of a closure whose inputs are read at once (each reads its facts and status, and its dependencies'). */
+const INPUTS_AT_ONCE = 8;
+
 /** Computes desired states, memoised for the life of one reconcile. */
 export class DesiredState {
   private readonly memo = new Map<string, Promise<Desired>>();
@@ -107,13 +111,17 @@ export class DesiredState {
     return d;
   }
 
-  /** The artifact of a package if its actual build is the one it should have now, else what it waits for. */
+  /**
+   * The artifact of a package if its actual build is the one it should have now, else what it
+   * waits for. Its status is read while its desired state is worked out (each read answers as
+   * of its own moment, in either order: see the reconciler's waiting marks).
+   */
   private async upToDateArtifact(name: string): Promise<PackageArtifact | string> {
-    const desired = await this.package(name);
     const key = makeKey("package", name);
+    const [desired, status] = await Promise.all([this.package(name), this.in.status(key)]);
     if (desired.state === "waiting") return desired.waitingFor;
     if (desired.state === "attention") return `${key}, which needs attention (${desired.advisories.join(", ")})`;
-    const actual = (await this.in.status(key))?.actual;
+    const actual = status?.actual;
     if (!actual || actual.inputDigest !== desired.inputDigest) return `${key} to be built at ${desired.version}`;
     const { archive, diffId, size } = actual.outputs;
     if (!archive || !diffId || size === undefined) return `${key} has no package archive`;
@@ -133,13 +141,13 @@ export class DesiredState {
     const { catalog } = this.in;
     const spec = catalog.packages.get(name);
     if (!spec) return { state: "waiting", waitingFor: `package "${name}" to be in the catalog` };
-    const releases = await this.in.releases(name);
+    const [releases, advisories] = await Promise.all([this.in.releases(name), this.in.advisories(name)]);
     const decision = decideVersion({
       name,
       pinned: spec.version,
       releases: releases.map((r) => r.version),
       policy: catalog.policyOf(name),
-      advisories: await this.in.advisories(name),
+      advisories,
       patches: spec.patches,
     });
     if (decision.action === "attention") return { state: "attention", version: decision.version, advisories: decision.advisories, detail: decision.detail };
@@ -153,12 +161,8 @@ export class DesiredState {
         : { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
     const patches = decision.patches.map((p) => ({ url: pathToFileURL(catalog.patchPath(p)).href, sha256: p.sha256 }));
 
-    const dependencies: PackageArtifact[] = [];
-    for (const dep of spec.dependencies.build) {
-      const a = await this.upToDateArtifact(dep);
-      if (typeof a === "string") return { state: "waiting", waitingFor: a };
-      dependencies.push(a);
-    }
+    const dependencies = await this.upToDateArtifacts(spec.dependencies.build);
+    if (typeof dependencies === "string") return { state: "waiting", waitingFor: dependencies };
     const key = makeKey("package", name);
     const inputDigest = this.inputDigest(key, {
       version,
@@ -189,12 +193,8 @@ export class DesiredState {
     const { catalog } = this.in;
     const spec = catalog.images.get(name);
     if (!spec) return { state: "waiting", waitingFor: `image "${name}" to be in the catalog` };
-    const packages: PackageArtifact[] = [];
-    for (const p of catalog.runtimeClosure(spec.packages)) {
-      const a = await this.upToDateArtifact(p);
-      if (typeof a === "string") return { state: "waiting", waitingFor: a };
-      packages.push(a);
-    }
+    const packages = await this.upToDateArtifacts(catalog.runtimeClosure(spec.packages));
+    if (typeof packages === "string") return { state: "waiting", waitingFor: packages };
     const key = makeKey("image", name);
     const config = { entrypoint: spec.entrypoint, cmd: spec.cmd, env: spec.env, user: spec.user, workdir: spec.workdir, annotations: spec.annotations };
     const inputDigest = this.inputDigest(key, { packages: packages.map((p) => ({ name: p.name, archive: p.archive })) });
@@ -206,6 +206,17 @@ export class DesiredState {
       inputDigest,
       plan: { kind: "image", ...this.planCommon(key, name, version, inputDigest), packages, config },
     };
+  }
+
+  /**
+   * The artifacts of `names` in their order, or what the first of them that is not up to date
+   * waits for. Worked out a few at once: one after another, each package's reads (its facts,
+   * its status, its own dependencies') added up to a round trip per read across the closure.
+   */
+  private async upToDateArtifacts(names: readonly string[]): Promise<PackageArtifact[] | string> {
+    const found = await mapLimit(names, INPUTS_AT_ONCE, (n) => this.upToDateArtifact(n));
+    const waiting = found.find((a): a is string => typeof a === "string");
+    return waiting ?? found.filter((a): a is PackageArtifact => typeof a !== "string");
   }
 
   /** The digest of all a build of `key` reads: the builder, the key's recipe, the source date epoch and `inputs`. */
