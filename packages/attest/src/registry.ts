@@ -78,6 +78,18 @@ export class Registry {
     return d;
   }
 
+  /**
+   * Uploads every blob `tag` references (through the manifests an index lists) and no manifest.
+   * Blobs alone show nothing in the registry, so those of several tags can all go at once ahead
+   * of the manifests that must come in order (an image's before its signature's): one round of
+   * uploads instead of one per tag.
+   */
+  async pushBlobs(layout: OciLayout, repository: string, tag: string): Promise<void> {
+    const d = await layout.resolve(tag);
+    if (!d) throw new RegistryError(`tag ${JSON.stringify(tag)} is not in ${layout.dir}`);
+    await this.pushBlobsOf(layout, repository, d);
+  }
+
   /** Pulls `<repository>:<reference>` with everything it references into the layout, tagged `tag`. */
   async pull(layout: OciLayout, repository: string, reference: string, tag: string): Promise<Descriptor | undefined> {
     const got = await this.fetchManifest(repository, reference);
@@ -108,6 +120,15 @@ export class Registry {
     }
     if (res.status !== 201) throw await this.failure(res, `PUT manifest ${repository}:${reference}`);
     this.remember(repository, d.digest);
+  }
+
+  private async pushBlobsOf(layout: OciLayout, repository: string, d: Descriptor): Promise<void> {
+    if (this.isPresent(repository, d.digest)) return;
+    const linked = parseLinked(await layout.readBlob(d.digest), `manifest ${d.digest}`);
+    await Promise.all([
+      mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob)),
+      mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushBlobsOf(layout, repository, child)),
+    ]);
   }
 
   /**

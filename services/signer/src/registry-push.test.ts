@@ -75,6 +75,26 @@ test("a signed image, its signature and its attestations are pushed; skopeo read
   assert.match(ok.stdout, /https:\/\/slsa\.dev\/provenance\/v1 by key/);
 });
 
+test("a sign uploads every blob of its three tags first, each once, then the image's manifest, then those that refer to it", async () => {
+  const proxy = await countingProxy(registry.url);
+  try {
+    const req = await imageToSign(path.join(dir, "ordered"), "1.0", "ordered");
+    await sign(req, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer: newSigner(), registry: new Registry(proxy.url) });
+    const puts = proxy.requests.filter((r) => r.startsWith("PUT "));
+    const uploads = puts.filter((r) => r.includes("/blobs/uploads/"));
+    const manifests = puts.filter((r) => r.includes("/manifests/"));
+    const brief = (requests: string[]) => requests.map((r) => r.replace(/\?.*digest=/, " ")).join(", ");
+    const digests = uploads.map((r) => new URL(r.slice(4), "http://x").searchParams.get("digest"));
+    assert.equal(new Set(digests).size, digests.length, `each blob once: ${brief(uploads)}`);
+    assert.ok(uploads.length >= 5, `the image's config and layer, the signature's payload and config, the attestations: ${brief(uploads)}`);
+    assert.ok(puts.indexOf(uploads.at(-1)!) < puts.indexOf(manifests[0]!), `blobs before manifests: ${brief(puts)}`);
+    assert.equal(manifests[0], "PUT /v2/homeostat/ordered/manifests/1.0", `the image's manifest first: ${brief(manifests)}`);
+    assert.equal(manifests.length, 5, `image, signature, two attestations, referrers index: ${brief(manifests)}`);
+  } finally {
+    await proxy.close();
+  }
+});
+
 test("an image replaced in the registry without a signature fails verify; an unknown one says so", async () => {
   const signer = newSigner();
   const pub = path.join(dir, "cosign2.pub");

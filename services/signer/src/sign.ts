@@ -147,12 +147,15 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     signatures[role] = signature.manifest;
   }
   if (ctx.registry) {
-    // The image first, so that a registry never shows a signature for an image it lacks; then
-    // the signature and the attestations, which do not depend on each other, at once.
+    // Every blob of the three tags at once (blobs alone show nothing); then the image, so that a
+    // registry never shows a signature for an image it lacks; then the signature and the
+    // attestations, which do not depend on each other, at once.
     const registry = ctx.registry;
     const repository = registryRepository(ctx.imageRepository, req.name);
+    const referring = [r.signatureTag, referrersTag(manifest)];
+    await Promise.all([tag, ...referring].map((t) => registry.pushBlobs(layout, repository, t)));
     await registry.push(layout, repository, tag);
-    await Promise.all([r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
+    await Promise.all(referring.map((t) => registry.push(layout, repository, t)));
   }
   return { signatures, keyId: ctx.signer.keyId };
 }
