@@ -209,21 +209,22 @@ describe("reconciler", { timeout: 60_000 }, () => {
     }
   });
 
-  test("a key waiting through dependencies for a build that leaves their inputs as they were is woken (found by the chaos suite and the storm)", async () => {
-    // A chain of its own: deep <- mid <- upper <- tip, all built first. Only tip marks itself
-    // waiting; mid and upper are never reconciled while deep builds (the storm's case).
+  test("a key waiting through dependencies for a build that leaves their inputs as they were is woken, through them alone (found by the chaos suite and the storm)", async () => {
+    // A chain of its own: deep <- mid <- upper <- tip, and side <- mid, all built first. Only tip
+    // is reconciled while deep builds (the storm's case): it marks the keys it waits through.
     const chainDir = path.join(t.dir, "chain-catalog");
     writeCatalog(chainDir, {
       "packages/deep.yaml": packageYaml("deep", []),
       "packages/mid.yaml": packageYaml("mid", ["deep"]),
       "packages/upper.yaml": packageYaml("upper", ["mid"]),
       "packages/tip.yaml": packageYaml("tip", ["upper"]),
+      "packages/side.yaml": packageYaml("side", ["mid"]),
     });
     const chain = await loadCatalog(chainDir);
     const reconcileChain = reconcilerOf(() => chain);
     const runChain = (key: Key, cause: WorkItem["cause"]) =>
       reconcileChain({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
-    for (const key of ["package/deep", "package/mid", "package/upper", "package/tip"] as const) {
+    for (const key of ["package/deep", "package/mid", "package/upper", "package/tip", "package/side"] as const) {
       await runChain(key, { type: "resync" });
       await complete(key);
       await runChain(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
@@ -233,8 +234,10 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await releases.record({ package: "deep", version: "1.1", ...source("deep") });
     await releases.record({ package: "tip", version: "1.1", ...source("tip") });
     await runChain("package/deep", { type: "release" });
-    await runChain("package/tip", { type: "release" });
-    assert.match((await state.get("package/tip"))!.waitingFor ?? "", /package\/deep to be built at 1\.1/);
+    assert.deepEqual(await runChain("package/tip", { type: "release" }), { type: "done" });
+    for (const key of ["package/tip", "package/upper", "package/mid"] as const)
+      assert.match((await state.get(key))!.waitingFor ?? "", /package\/deep to be built at 1\.1/, `${key} waits for deep`);
+    assert.equal((await state.get("package/side"))!.waitingFor, undefined, "side was not reconciled, and tip does not wait through it");
     // deep 1.1 builds to the very archive 1.0 had (the same files), so mid's inputs do not change.
     const was = (await state.get("package/deep"))!.actual!;
     await state.update("package/deep", (s) => {
@@ -246,8 +249,8 @@ describe("reconciler", { timeout: 60_000 }, () => {
     await purge("build");
     const mid = await runChain("package/mid", { type: "dependency", id: "package/deep" });
     assert.deepEqual(await builds(), [], "mid's inputs are as they were: nothing to build");
-    assert.equal((await state.get("package/upper"))!.waitingFor, undefined, "upper never marked itself waiting");
-    assert.deepEqual(childKeys(mid), ["package/upper"], "but the notice is passed on");
+    assert.deepEqual(childKeys(mid), ["package/upper"], "the notice goes on to upper, which waits, and not to side, which does not");
+    assert.equal((await state.get("package/mid"))!.waitingFor, undefined, "mid's wait is over");
     const upper = await runChain("package/upper", { type: "dependency", id: "package/mid" });
     assert.deepEqual(await builds(), [], "nor upper's");
     assert.deepEqual(childKeys(upper), ["package/tip"], "and on again, to tip, which waits");
@@ -255,6 +258,46 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await builds(), ["package/tip@1.1"], "tip's own release is built");
     assert.equal((await state.get("package/tip"))!.waitingFor, undefined);
     assert.deepEqual(await runChain("package/upper", { type: "resync" }), { type: "done" }, "a resync, with no one waiting, tells no one");
+  });
+
+  test("a key whose wait ended while it marked the keys it waits through looks again at once", async () => {
+    const dir = path.join(t.dir, "settled-catalog");
+    writeCatalog(dir, {
+      "packages/low.yaml": packageYaml("low", []),
+      "packages/link.yaml": packageYaml("link", ["low"]),
+      "packages/top.yaml": packageYaml("top", ["link"]),
+    });
+    const settled = await loadCatalog(dir);
+    let wakeAfterMarks: (() => Promise<void>) | undefined;
+    // The second reader is the one taken after the marks: the wait ends just before it.
+    let readers = 0;
+    const r = createReconciler({
+      ...reconcilerDepsOf(() => settled),
+      inputs: async () => {
+        if (++readers === 2 && wakeAfterMarks) await wakeAfterMarks();
+        return storeInputs({ releases, advisories, state })();
+      },
+    });
+    const runKey = (key: Key, cause: WorkItem["cause"]) =>
+      r({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    for (const key of ["package/low", "package/link", "package/top"] as const) {
+      await runKey(key, { type: "resync" });
+      await complete(key);
+      await runKey(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
+    }
+    await releases.record({ package: "low", version: "1.1", url: "https://example.org/low-1.1.tar.gz", sha256: sha("low-1.1") });
+    await runKey("package/low", { type: "release" });
+    // low's build leaves link's inputs as they were, and settles while top marks link.
+    const was = (await state.get("package/low"))!.actual!;
+    wakeAfterMarks = async () => {
+      await state.update("package/low", (s) => {
+        const actual = { ...was, version: "1.1", inputDigest: s!.desiredInputDigest!, builtAt: new Date().toISOString() };
+        return { ...s!, actual, phase: "Ready" as const };
+      });
+    };
+    readers = 0;
+    assert.deepEqual(decisionOf(await runKey("package/top", { type: "release" })), { type: "requeueAfter", ms: 0 }, "the wait ended: top looks again");
+    assert.match((await state.get("package/link"))!.waitingFor ?? "", /package\/low to be built at 1\.1/, "link was marked before the wait ended");
   });
 
   test("a dependent told by several keys of one wave runs once, after the last; a mark that lands during a run stays", async () => {

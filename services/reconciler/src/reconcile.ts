@@ -225,7 +225,18 @@ export function createReconciler(deps: ReconcilerDeps) {
         const seen = await inputs.status(k);
         return !seen || (await completionTells(k, seen));
       });
-      return told.every(Boolean) ? done : requeueAfter(0);
+      if (!told.every(Boolean)) return requeueAfter(0);
+      // The keys it waits through (an input that waits for the same build, and so on down) are
+      // marked waiting too: a notice passes on only to dependents that wait (a dependency whose
+      // build left a key's inputs as they were tells no one else), so each link of the chain
+      // must wait for it to reach this key. A link that settled before its mark was written told
+      // no one: read afresh after the marks, a wait that ended or moved looks again now.
+      const through = await waitingThrough(item.key, catalog, desiredState);
+      if (through.length === 0) return done;
+      await mapLimit(through, NOTICE_CONCURRENCY, ([k, what]) => markWaiting(k, what));
+      const afresh = new DesiredState({ catalog, ...(await deps.inputs()), sourceDateEpoch: deps.sourceDateEpoch });
+      const now = kind === "package" ? await afresh.package(name) : await afresh.image(name);
+      return now.state === "waiting" && now.waitingFor === desired.waitingFor ? done : requeueAfter(0);
     }
 
     if (desired.state === "attention") {
@@ -260,12 +271,11 @@ export function createReconciler(deps: ReconcilerDeps) {
         cause: { type: "dependency", id: item.key, detail: rebuiltAt(item.key, actual.version) },
       });
       // A dependency's build that leaves this key's inputs as they were (the same archive at a
-      // new version) makes this key build nothing and fan nothing out; but a key further down
-      // may wait for that very build (a dependent waits for the deepest build its inputs need),
-      // through keys that never marked themselves waiting. So a dependency's notice is passed
-      // on to every dependent, down to whoever waits; it stops where the graph ends. Any other
-      // run tells only the dependents that wait.
-      const passOn = builtNow || status.fannedOut !== desired.inputDigest || item.cause.type === "dependency";
+      // new version) makes this key build nothing and fan nothing out; a key further down that
+      // waits for that very build (a dependent waits for the deepest build its inputs need) is
+      // still told, through the keys it waits through, which its own run marked waiting
+      // (waitingThrough). So such a run, as any other, tells only the dependents that wait.
+      const passOn = builtNow || status.fannedOut !== desired.inputDigest;
       note(status.fannedOut !== desired.inputDigest || status.phase !== "Ready" ? "completed" : "unchanged");
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
@@ -434,6 +444,26 @@ export function createReconciler(deps: ReconcilerDeps) {
       return !(await firstSettling(others, (k) => deps.state.get(k)));
     });
     return candidates.filter((_, i) => tellNow[i]);
+  }
+
+  /**
+   * The inputs of `key` that wait themselves, with what they wait for, and theirs, down to the
+   * keys whose builds are awaited: the keys a waiting `key` waits through (from the run's
+   * memoised desired states, so no more reads than deciding took).
+   */
+  async function waitingThrough(key: Key, catalog: Catalog, desiredState: DesiredState): Promise<[Key, string][]> {
+    const found = new Map<Key, string>();
+    const visit = async (k: Key): Promise<void> => {
+      for (const input of catalog.inputsOf(k)) {
+        if (found.has(input)) continue;
+        const d = await desiredState.package(parseKey(input).name);
+        if (d.state !== "waiting") continue;
+        found.set(input, d.waitingFor);
+        await visit(input);
+      }
+    };
+    await visit(key);
+    return [...found];
   }
 
   /**
