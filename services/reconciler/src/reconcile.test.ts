@@ -86,6 +86,9 @@ describe("reconciler", { timeout: 60_000 }, () => {
   const purge = async (stage: Stage) => void (await t.nats.jsm.streams.purge(t.nats.topology.stream(stage)));
   const run = (key: Key, cause: WorkItem["cause"] = { type: "resync" }) =>
     reconcile({ v: 1, key, priority: "resync", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+  /** A run of `key` in class dependency (where a dependency's notice runs), by `reconcileWith`. */
+  const runAsDependency = (reconcileWith: (item: WorkItem) => Promise<ReconcileResult>) => (key: Key, cause: WorkItem["cause"]) =>
+    reconcileWith({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
   /** What the signer does once a build is signed. */
   const complete = async (key: Key) => {
     await state.update(key, (s) => {
@@ -101,6 +104,23 @@ describe("reconciler", { timeout: 60_000 }, () => {
       };
       const next = { ...s, actual, phase: "Ready" as const };
       return settleBuild(next, s.desiredInputDigest, "succeeded", actual.builtAt) ?? next;
+    });
+  };
+  /** Each of `keys` reconciled, built, signed and completed, in order (by `runKey`). */
+  const buildAll = async (runKey: (key: Key, cause: WorkItem["cause"]) => Promise<ReconcileResult>, keys: readonly Key[]) => {
+    for (const key of keys) {
+      await runKey(key, { type: "resync" });
+      await complete(key);
+      await runKey(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
+    }
+  };
+  /** What the signer records for `key`'s desired build when it made the very archive the key had (the same files at a new version). */
+  const completeWithTheSameArchive = async (key: Key) => {
+    const was = (await state.get(key))!.actual!;
+    await state.update(key, (s) => {
+      const actual = { ...was, version: s!.desiredVersion!, inputDigest: s!.desiredInputDigest!, builtAt: new Date().toISOString() };
+      const next = { ...s!, actual, phase: "Ready" as const };
+      return settleBuild(next, actual.inputDigest, "succeeded", actual.builtAt) ?? next;
     });
   };
   const queued = async () => (await messages<WorkItem>("work")).map((w) => w.key).sort();
@@ -221,14 +241,8 @@ describe("reconciler", { timeout: 60_000 }, () => {
       "packages/side.yaml": packageYaml("side", ["mid"]),
     });
     const chain = await loadCatalog(chainDir);
-    const reconcileChain = reconcilerOf(() => chain);
-    const runChain = (key: Key, cause: WorkItem["cause"]) =>
-      reconcileChain({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
-    for (const key of ["package/deep", "package/mid", "package/upper", "package/tip", "package/side"] as const) {
-      await runChain(key, { type: "resync" });
-      await complete(key);
-      await runChain(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
-    }
+    const runChain = runAsDependency(reconcilerOf(() => chain));
+    await buildAll(runChain, ["package/deep", "package/mid", "package/upper", "package/tip", "package/side"]);
     // deep and tip are released at once; tip is reconciled while deep builds, so it waits for deep through upper and mid.
     const source = (name: string) => ({ url: `https://example.org/${name}-1.1.tar.gz`, sha256: sha(`${name}-1.1`) });
     await releases.record({ package: "deep", version: "1.1", ...source("deep") });
@@ -239,12 +253,7 @@ describe("reconciler", { timeout: 60_000 }, () => {
       assert.match((await state.get(key))!.waitingFor ?? "", /package\/deep to be built at 1\.1/, `${key} waits for deep`);
     assert.equal((await state.get("package/side"))!.waitingFor, undefined, "side was not reconciled, and tip does not wait through it");
     // deep 1.1 builds to the very archive 1.0 had (the same files), so mid's inputs do not change.
-    const was = (await state.get("package/deep"))!.actual!;
-    await state.update("package/deep", (s) => {
-      const actual = { ...was, version: "1.1", inputDigest: s!.desiredInputDigest!, builtAt: new Date().toISOString() };
-      const next = { ...s!, actual, phase: "Ready" as const };
-      return settleBuild(next, actual.inputDigest, "succeeded", actual.builtAt) ?? next;
-    });
+    await completeWithTheSameArchive("package/deep");
     assert.deepEqual(childKeys(await runChain("package/deep", { type: "built", id: (await state.get("package/deep"))!.actual!.inputDigest })), ["package/mid"]);
     await purge("build");
     const mid = await runChain("package/mid", { type: "dependency", id: "package/deep" });
@@ -278,23 +287,12 @@ describe("reconciler", { timeout: 60_000 }, () => {
         return storeInputs({ releases, advisories, state })();
       },
     });
-    const runKey = (key: Key, cause: WorkItem["cause"]) =>
-      r({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
-    for (const key of ["package/low", "package/link", "package/top"] as const) {
-      await runKey(key, { type: "resync" });
-      await complete(key);
-      await runKey(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
-    }
+    const runKey = runAsDependency(r);
+    await buildAll(runKey, ["package/low", "package/link", "package/top"]);
     await releases.record({ package: "low", version: "1.1", url: "https://example.org/low-1.1.tar.gz", sha256: sha("low-1.1") });
     await runKey("package/low", { type: "release" });
     // low's build leaves link's inputs as they were, and settles while top marks link.
-    const was = (await state.get("package/low"))!.actual!;
-    wakeAfterMarks = async () => {
-      await state.update("package/low", (s) => {
-        const actual = { ...was, version: "1.1", inputDigest: s!.desiredInputDigest!, builtAt: new Date().toISOString() };
-        return { ...s!, actual, phase: "Ready" as const };
-      });
-    };
+    wakeAfterMarks = () => completeWithTheSameArchive("package/low");
     readers = 0;
     assert.deepEqual(decisionOf(await runKey("package/top", { type: "release" })), { type: "requeueAfter", ms: 0 }, "the wait ended: top looks again");
     assert.match((await state.get("package/link"))!.waitingFor ?? "", /package\/low to be built at 1\.1/, "link was marked before the wait ended");
@@ -311,15 +309,9 @@ describe("reconciler", { timeout: 60_000 }, () => {
       "packages/wtop.yaml": packageYaml("wtop", ["wroot", "wa"]),
     });
     const wave = await loadCatalog(waveDir);
-    const reconcileWave = reconcilerOf(() => wave);
-    const runWave = (key: Key, cause: WorkItem["cause"]) =>
-      reconcileWave({ v: 1, key, priority: "dependency", cause, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    const runWave = runAsDependency(reconcilerOf(() => wave));
     const built = async (key: Key) => runWave(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
-    for (const key of ["package/wroot", "package/wa", "package/wb", "package/wtip", "package/wtop"] as const) {
-      await runWave(key, { type: "resync" });
-      await complete(key);
-      await built(key);
-    }
+    await buildAll(runWave, ["package/wroot", "package/wa", "package/wb", "package/wtip", "package/wtop"]);
     await purge("build");
     await releases.record({ package: "wroot", version: "1.1", url: "https://example.org/wroot-1.1.tar.gz", sha256: sha("wroot-1.1") });
     await runWave("package/wroot", { type: "release" });
