@@ -128,6 +128,13 @@ export const keyStatusSchema = z.object({
   proposal: z.object({ id: z.string().max(64), recipeDigest: digestSchema }).optional(),
   /** Input digest whose completion has already been fanned out to dependents. */
   fannedOut: digestSchema.optional(),
+  /**
+   * The package archive that fan-out told the dependents of. A later build that makes the very
+   * same archive (rebuilt only because a dependency was, its files came out the same) leaves
+   * their inputs as they were: its completion tells only those that wait. Absent: every
+   * dependent is told.
+   */
+  fannedOutArchive: buildOutputsSchema.shape.archive,
   updatedAt: z.string(),
 });
 export type KeyStatus = z.infer<typeof keyStatusSchema>;

@@ -269,6 +269,26 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await runChain("package/upper", { type: "resync" }), { type: "done" }, "a resync, with no one waiting, tells no one");
   });
 
+  test("a build that made the archive its dependents were told of tells only those that wait; redelivered, it tells them all again", async () => {
+    const dir = path.join(t.dir, "same-archive-catalog");
+    writeCatalog(dir, {
+      "packages/sbase.yaml": packageYaml("sbase", []),
+      "packages/smid.yaml": packageYaml("smid", ["sbase"]),
+      "packages/stop1.yaml": packageYaml("stop1", ["smid"]),
+      "packages/stop2.yaml": packageYaml("stop2", ["smid"]),
+    });
+    const same = await loadCatalog(dir);
+    const runKey = runAsDependency(reconcilerOf(() => same));
+    await buildAll(runKey, ["package/sbase", "package/smid", "package/stop1", "package/stop2"]);
+    await releases.record({ package: "smid", version: "1.1", url: "https://example.org/smid-1.1.tar.gz", sha256: sha("smid-1.1") });
+    await runKey("package/smid", { type: "release" });
+    await completeWithTheSameArchive("package/smid");
+    await state.update("package/stop2", (s) => s && { ...s, waitingFor: "package/smid to be built at 1.1" });
+    const built: WorkItem["cause"] = { type: "built", id: (await state.get("package/smid"))!.actual!.inputDigest };
+    assert.deepEqual(childKeys(await runKey("package/smid", built)), ["package/stop2"], "stop1's inputs are as they were: only stop2, which waits, is told");
+    assert.deepEqual(childKeys(await runKey("package/smid", built)), ["package/stop1", "package/stop2"], "a redelivery tells every dependent");
+  });
+
   test("a key whose wait ended while it marked the keys it waits through looks again at once", async () => {
     const dir = path.join(t.dir, "settled-catalog");
     writeCatalog(dir, {

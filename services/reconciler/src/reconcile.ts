@@ -274,8 +274,12 @@ export function createReconciler(deps: ReconcilerDeps) {
       // new version) makes this key build nothing and fan nothing out; a key further down that
       // waits for that very build (a dependent waits for the deepest build its inputs need) is
       // still told, through the keys it waits through, which its own run marked waiting
-      // (waitingThrough). So such a run, as any other, tells only the dependents that wait.
-      const passOn = builtNow || status.fannedOut !== desired.inputDigest;
+      // (waitingThrough). So such a run, as any other, tells only the dependents that wait. So
+      // does a first fan-out of a build that made the archive the dependents were last told of:
+      // their inputs are as they were. (A redelivered completion, its fan-out recorded already,
+      // tells every dependent again: its first try may have ended before its notices were queued.)
+      const sameArchive = status.fannedOut !== desired.inputDigest && actual.outputs.archive !== undefined && status.fannedOutArchive === actual.outputs.archive;
+      const passOn = (builtNow || status.fannedOut !== desired.inputDigest) && !sameArchive;
       note(status.fannedOut !== desired.inputDigest || status.phase !== "Ready" ? "completed" : "unchanged");
       const at = new Date().toISOString();
       await setStatus(deps, item.key, (s) => {
@@ -303,6 +307,7 @@ export function createReconciler(deps: ReconcilerDeps) {
           desiredVersion: desired.version,
           desiredInputDigest: desired.inputDigest,
           fannedOut: desired.inputDigest,
+          fannedOutArchive: actual.outputs.archive,
           waitingFor,
           advisories: undefined,
         };
