@@ -278,7 +278,8 @@ export function createReconciler(deps: ReconcilerDeps) {
       // does a first fan-out of a build that made the archive the dependents were last told of:
       // their inputs are as they were. (A redelivered completion, its fan-out recorded already,
       // tells every dependent again: its first try may have ended before its notices were queued.)
-      const sameArchive = status.fannedOut !== desired.inputDigest && actual.outputs.archive !== undefined && status.fannedOutArchive === actual.outputs.archive;
+      const sameArchive =
+        status.fannedOut !== desired.inputDigest && actual.outputs.archive !== undefined && status.fannedOutArchive === actual.outputs.archive;
       const passOn = (builtNow || status.fannedOut !== desired.inputDigest) && !sameArchive;
       note(status.fannedOut !== desired.inputDigest || status.phase !== "Ready" ? "completed" : "unchanged");
       const at = new Date().toISOString();
