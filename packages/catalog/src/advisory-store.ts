@@ -23,7 +23,7 @@ import { kvCompareAndSet } from "@homeostat/core/compare-and-set";
 import { escapeToken } from "@homeostat/core/key";
 import { namesPackage, osvSchema, type Osv } from "./osv.ts";
 import { CachedScan, type ScanReader } from "./kv-scan.ts";
-import { packageFilter } from "./releases.ts";
+import { packageFilter, perPackage } from "./releases.ts";
 import { openBucket, type Nats } from "@homeostat/core/topology";
 
 const decoder = new TextDecoder();
@@ -76,8 +76,7 @@ export class AdvisoryStore {
 
   /** `list` for one reconcile's reads (CachedScan.reader): each package's advisories read once per change of the bucket. */
   async reader(): Promise<ScanReader<Osv>> {
-    const list = await this.scan.reader();
-    return Object.assign(async (name: string) => byId(await list(packageFilter(name))), { seen: (name: string) => list.seen(packageFilter(name)) });
+    return perPackage(await this.scan.reader(), byId);
   }
 
   /**

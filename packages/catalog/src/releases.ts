@@ -40,6 +40,14 @@ export class ReleaseConflictError extends Error {}
 /** The keys of a package's entries in the releases and advisories buckets: `<package>.<version or id>`. */
 export const packageFilter = (pkg: string): string => `${escapeToken(pkg)}.*`;
 
+/**
+ * A bucket reader by package name (the entries under `packageFilter(name)`), each list passed
+ * through `order`: the releases and the advisories stores read their facts through it.
+ */
+export function perPackage<T>(list: ScanReader<T>, order: (entries: T[]) => T[] = (entries) => entries): ScanReader<T> {
+  return Object.assign(async (name: string) => order(await list(packageFilter(name))), { seen: (name: string) => list.seen(packageFilter(name)) });
+}
+
 export class ReleaseStore {
   readonly kv: KV;
   private readonly scan: CachedScan<Release>;
@@ -76,8 +84,7 @@ export class ReleaseStore {
 
   /** `list` for one reconcile's reads (CachedScan.reader): each package's releases read once per change of the bucket. */
   async reader(): Promise<ScanReader<Release>> {
-    const list = await this.scan.reader();
-    return Object.assign((pkg: string) => list(packageFilter(pkg)), { seen: (pkg: string) => list.seen(packageFilter(pkg)) });
+    return perPackage(await this.scan.reader());
   }
 }
 

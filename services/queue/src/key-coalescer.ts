@@ -27,7 +27,13 @@ type Waiter = { resolve: (outcome: EnqueueOutcome) => void; reject: (err: unknow
  * The requests gathered for a key: the one that decides class and cause, with its trace context,
  * the links of all, and the facts of all (none when one of them stated none: core mergeFacts).
  */
-type Gathered = { request: AdmissionRequest; context: ReturnType<typeof context.active>; links: string[]; facts: FactRevisions | undefined; waiters: Waiter[] };
+type Gathered = {
+  request: Omit<AdmissionRequest, "facts">;
+  context: ReturnType<typeof context.active>;
+  links: string[];
+  facts: FactRevisions | undefined;
+  waiters: Waiter[];
+};
 
 export class KeyCoalescer {
   readonly #enqueue: (req: QueueRequest) => Promise<EnqueueOutcome>;
@@ -50,12 +56,14 @@ export class KeyCoalescer {
       const waiter = { resolve, reject };
       const g = this.#gathered.get(req.key);
       if (!g) {
-        this.#gathered.set(req.key, { request: req, context: context.active(), links: link ? [link] : [], facts: req.facts, waiters: [waiter] });
+        const { facts, ...request } = req;
+        this.#gathered.set(req.key, { request, context: context.active(), links: link ? [link] : [], facts, waiters: [waiter] });
         if (!this.#sending.has(req.key)) setImmediate(() => this.#send(req.key));
         return;
       }
       if (priorities.indexOf(req.priority) < priorities.indexOf(g.request.priority)) {
-        g.request = req;
+        const { facts: _, ...request } = req;
+        g.request = request;
         g.context = context.active();
       }
       if (link && g.links.length < maxLinkedEnqueues && !g.links.includes(link)) g.links.push(link);
@@ -71,10 +79,7 @@ export class KeyCoalescer {
     this.#gathered.delete(key);
     this.#sending.add(key);
     context
-      .with(g.context, () => {
-        const { facts: _, ...request } = g.request;
-        return this.#enqueue({ ...request, links: g.links, ...(g.facts ? { facts: g.facts } : {}) });
-      })
+      .with(g.context, () => this.#enqueue({ ...g.request, links: g.links, ...(g.facts ? { facts: g.facts } : {}) }))
       .then(
         (outcome) => g.waiters.forEach((w, i) => w.resolve(i === 0 ? outcome : "deduped")),
         (err: unknown) => g.waiters.forEach((w) => w.reject(err)),
