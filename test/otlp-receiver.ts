@@ -7,6 +7,8 @@
 import { createServer, type Server } from "node:http";
 
 export type Attributes = Record<string, string | number | boolean | undefined>;
+/** A span link: the span context it points at, and its attributes. */
+export type ReceivedLink = { traceId: string; spanId: string; attributes: Attributes };
 export type ReceivedSpan = {
   traceId: string;
   spanId: string;
@@ -16,7 +18,7 @@ export type ReceivedSpan = {
   kind: number;
   /** 0 unset, 1 ok, 2 error. */
   status: number;
-  links: { traceId: string; spanId: string }[];
+  links: ReceivedLink[];
   /** Names of the span's events (an exception is recorded as "exception"). */
   events: string[];
   /** Start and end, in milliseconds since the epoch (OTLP sends nanoseconds). */
@@ -42,7 +44,7 @@ type JsonSpan = {
   kind?: number;
   attributes?: KeyValue[];
   status?: { code?: number };
-  links?: { traceId: string; spanId: string }[];
+  links?: { traceId: string; spanId: string; attributes?: KeyValue[] }[];
   events?: { name: string }[];
   startTimeUnixNano?: string;
   endTimeUnixNano?: string;
@@ -119,7 +121,7 @@ function protoSpans(body: Uint8Array): Array<Omit<ReceivedSpan, "service">> {
   return sub(fields(body), 1).flatMap((rs) => {
     const resource = protoAttrs(sub(sub(rs, 1)[0] ?? [], 1));
     return sub(rs, 2).flatMap((ss) =>
-      // Span: trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, start_time_unix_nano 7, end_time_unix_nano 8, attributes 9, events 11 { name 2 }, links 13 { trace_id 1, span_id 2 }, status 15 { code 3 }.
+      // Span: trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6, start_time_unix_nano 7, end_time_unix_nano 8, attributes 9, events 11 { name 2 }, links 13 { trace_id 1, span_id 2, attributes 4 }, status 15 { code 3 }.
       sub(ss, 2).map((s) => ({
         traceId: hex(s, 1)!,
         spanId: hex(s, 2)!,
@@ -127,7 +129,7 @@ function protoSpans(body: Uint8Array): Array<Omit<ReceivedSpan, "service">> {
         name: str(s, 5)!,
         kind: num(s, 6),
         status: num(sub(s, 15)[0] ?? [], 3),
-        links: sub(s, 13).map((l) => ({ traceId: hex(l, 1)!, spanId: hex(l, 2)! })),
+        links: sub(s, 13).map((l) => ({ traceId: hex(l, 1)!, spanId: hex(l, 2)!, attributes: protoAttrs(sub(l, 4)) })),
         events: sub(s, 11).map((e) => str(e, 2) ?? ""),
         startMs: nanosAsMs(s, 7),
         endMs: nanosAsMs(s, 8),
@@ -172,7 +174,7 @@ function jsonSpans(body: Buffer): Array<Omit<ReceivedSpan, "service">> {
         name: s.name,
         kind: s.kind ?? 0,
         status: s.status?.code ?? 0,
-        links: s.links ?? [],
+        links: (s.links ?? []).map((l) => ({ traceId: l.traceId, spanId: l.spanId, attributes: attrs(l.attributes) })),
         events: (s.events ?? []).map((e) => e.name),
         startMs: Number(BigInt(s.startTimeUnixNano ?? 0) / 1000n) / 1000,
         endMs: Number(BigInt(s.endTimeUnixNano ?? 0) / 1000n) / 1000,

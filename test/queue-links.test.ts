@@ -1,10 +1,14 @@
 /**
- * A run links to every enqueue it answers. With the real SDK exporting to an OTLP receiver, a
- * work queue on a private NATS server is driven into both ways an enqueue is absorbed:
- *  - deduplicated: two enqueues of a key before any worker runs; the one run links to both;
- *  - folded into a rerun: an enqueue while the key runs; the rerun links to it.
+ * Every enqueue a run answers is linked to it. With the real SDK exporting to an OTLP receiver, a
+ * work queue on a private NATS server is driven into each way an enqueue is absorbed:
+ *  - deduplicated: two enqueues of a key before any worker runs; the run links to the first (its
+ *    message's), and the second's span links to that message, whose run answers it (rewriting the
+ *    message to carry the link cost a delete, a publish and often a run: merge.ts);
+ *  - folded into a rerun: an enqueue while the key runs; the rerun links to it;
+ *  - into a retry: an enqueue while the key waits for its retry; its span links to the message
+ *    that will be retried.
  * Each enqueue happens inside its own root span (as an event's CONSUMER span in the queue
- * service), so a link can only come from the work item, never from a shared trace.
+ * service), so a link can only come from the work item or the enqueue, never from a shared trace.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -62,6 +66,8 @@ async function enqueueTraced(name: string, key: `package/${string}`): Promise<{ 
 
 const runsOf = (key: string): ReceivedSpan[] =>
   otlp.spans.filter((s) => s.kind === SpanKindNumber.consumer && s.name.startsWith("reconcile ") && s.attributes["homeostat.key"] === key);
+/** The attribute on a link from an absorbed enqueue to the message that answers it. */
+const answeredBy = { "homeostat.link": "answered_by" };
 const linksTo = (run: ReceivedSpan, e: { traceId: string; spanId: string }) => run.links.some((l) => l.traceId === e.traceId && l.spanId === e.spanId);
 
 test("a deduplicated enqueue and an enqueue folded into a rerun are linked from the runs that answer them", { timeout: 120_000 }, async () => {
@@ -102,24 +108,72 @@ test("a deduplicated enqueue and an enqueue folded into a rerun are linked from 
     await waitFor("both keys' runs exported", async () => (runsOf(dedupKey).length >= 1 && runsOf(rerunKey).length >= 2) || undefined, 60_000, 100);
     const [dedupRun] = runsOf(dedupKey);
     assert.equal(runsOf(dedupKey).length, 1, "the deduplicated key ran once");
-    assert.ok(linksTo(dedupRun!, first) && linksTo(dedupRun!, second), "the one run links to both enqueues it answered");
-    assert.equal(dedupRun!.attributes["homeostat.enqueues"], 2);
-    for (const l of dedupRun!.links) assert.ok([first.traceId, second.traceId].includes(l.traceId), "no other links");
-    // Its messages: the first enqueue's, and the one rewritten to link the second. The second's
-    // publish was refused first (the key was queued): it sent nothing, so no span of it is exported.
+    // One message: the first enqueue's. The second's publish was refused (the key was queued): it
+    // sent nothing, so no span of it is exported, and the message was not rewritten for it.
     const sends = otlp.spans.filter((s) => s.kind === SpanKindNumber.producer && s.attributes["homeostat.key"] === dedupKey);
     assert.deepEqual(
       sends.map((s) => s.traceId),
-      [first.traceId, second.traceId],
+      [first.traceId],
       "one PRODUCER span per message stored, none for the refused publish",
     );
-    assert.equal(dedupRun!.parentSpanId, sends[1]!.spanId, "the run continues the message it took");
+    assert.equal(dedupRun!.parentSpanId, sends[0]!.spanId, "the run continues the message it took");
+    assert.deepEqual(
+      dedupRun!.links,
+      [{ traceId: first.traceId, spanId: first.spanId, attributes: { "homeostat.link": "enqueue" } }],
+      "the run links to the enqueue of its message",
+    );
+    assert.equal(dedupRun!.attributes["homeostat.enqueues"], 1);
+    const secondSpan = await waitFor("the second enqueue's span", async () => otlp.spans.find((s) => s.spanId === second.spanId), 30_000);
+    assert.deepEqual(
+      secondSpan.links,
+      [{ traceId: dedupRun!.traceId, spanId: sends[0]!.spanId, attributes: answeredBy }],
+      "the second enqueue links to the message its run answers",
+    );
 
     const [firstRun, rerun] = runsOf(rerunKey);
     assert.ok(linksTo(firstRun!, original) && !linksTo(firstRun!, during), "the first run links to its own enqueue only");
     assert.ok(linksTo(rerun!, during), "the rerun links to the enqueue that found the key running");
   } finally {
     release();
+    stop.abort();
+    await worker;
+  }
+});
+
+test("an enqueue while its key waits for a retry links to the message that will be retried", { timeout: 60_000 }, async () => {
+  const key = `package/retry-${t.prefix}` as const;
+  // Its own queue on the same stream, with a retry far enough off for the enqueue to find it waiting.
+  const waiting = new WorkQueue(t.nats, {
+    leaseMs: 5_000,
+    log: quiet,
+    owner: "links-retry",
+    maxAttempts: 3,
+    backoff: () => 60_000,
+    maxFloorMs: 1_000,
+    drainMs: 1_000,
+  });
+  const stop = new AbortController();
+  const worker = waiting.run({
+    concurrency: 1,
+    signal: stop.signal,
+    reconcile: async () => {
+      throw new Error("fails, to be retried");
+    },
+  });
+  try {
+    const original = await enqueueTraced("enqueue that fails", key);
+    await waitFor("the failure", async () => (await waiting.stats()).retrying === 1, 30_000);
+    const during = await enqueueTraced("enqueue during the wait", key);
+    assert.deepEqual([original.outcome, during.outcome], ["added", "deduped"]);
+    const send = await waitFor(
+      "the message's PRODUCER span",
+      async () => otlp.spans.find((s) => s.kind === SpanKindNumber.producer && s.attributes["homeostat.key"] === key),
+      30_000,
+    );
+    assert.equal(send.traceId, original.traceId, "the message the retry will run is the first enqueue's");
+    const duringSpan = await waitFor("the enqueue's span", async () => otlp.spans.find((s) => s.spanId === during.spanId), 30_000);
+    assert.deepEqual(duringSpan.links, [{ traceId: original.traceId, spanId: send.spanId, attributes: answeredBy }]);
+  } finally {
     stop.abort();
     await worker;
   }

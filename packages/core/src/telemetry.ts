@@ -433,6 +433,18 @@ export function linksToTraceparents(traceparents: readonly string[], attributes:
   });
 }
 
+/**
+ * Links the active span, when it is recorded, to the span context `traceparent` encodes, with
+ * `attributes`: a link learnt after the span began (an enqueue that finds its key queued links to
+ * the message whose run will answer it).
+ */
+export function linkActiveSpan(traceparent: string, attributes: Attributes): void {
+  const span = trace.getActiveSpan();
+  if (!span?.isRecording()) return;
+  const [link] = linksToTraceparents([traceparent], attributes);
+  if (link) span.addLink(link);
+}
+
 // The W3C format itself, not the global propagator: a stored traceparent parses the same whatever is installed.
 const w3c = new W3CTraceContextPropagator();
 const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k === "traceparent" ? c.traceparent : undefined), keys: () => ["traceparent"] };

@@ -111,7 +111,7 @@ test("plan: messages in two classes fold into one in the more urgent class", () 
 test("plan: a key waiting for its retry keeps that message; the other classes go", () => {
   const retry = queued(4, { attempts: 2 });
   const other = queued(8, { priority: "advisory" });
-  assert.deepEqual(planMerge(item({ priority: "advisory" }), [other, retry], { phase: "retrying", seq: 4 }), { type: "intoRetry", drop: [other] });
+  assert.deepEqual(planMerge(item({ priority: "advisory" }), [other, retry], { phase: "retrying", seq: 4 }), { type: "intoRetry", retry, drop: [other] });
 });
 
 test("plan: a retry record whose message is not among those queued does not hold the enqueue", () => {
@@ -188,16 +188,33 @@ test("a message linking linksWorthARewrite enqueues is not rewritten just for on
   assert.ok(!sameSchedule(item({ enqueues: links.slice(1) }), item({ enqueues: links })), "below it, a missing link rewrites");
 });
 
+test("the placing enqueue's own link needs no rewrite of a message with a trace context: its span links to the message instead", () => {
+  const own = traceparent(9);
+  const traced = queued(7, { enqueuedAt: 100, trace: traceparent(1), enqueues: [traceparent(1)] });
+  const plan = planMerge(item({ enqueuedAt: 200, enqueues: [own] }), [traced], undefined, own);
+  assert.ok(plan.type === "intoQueued" && plan.keep === traced && plan.drop.length === 0, "kept as it is");
+  const coalesced = planMerge(item({ enqueuedAt: 200, enqueues: [own, traceparent(5)] }), [traced], undefined, own);
+  assert.ok(coalesced.type === "intoQueued" && coalesced.keep === undefined, "a coalesced request's link only the message can carry: rewritten");
+  assert.deepEqual(coalesced.merged.enqueues, [traceparent(1), own, traceparent(5)]);
+  const untraced = queued(8, { enqueuedAt: 100, enqueues: [traceparent(1)] });
+  const noContext = planMerge(item({ enqueuedAt: 200, enqueues: [own] }), [untraced], undefined, own);
+  assert.ok(noContext.type === "intoQueued" && noContext.keep === undefined, "a message without a trace context to link to carries the link");
+  assert.ok(!sameSchedule(traced.item, item({ enqueues: [traceparent(1), own] })), "without `own`, a missing link rewrites");
+});
+
 test("a message whose run's span would not be recorded is not rewritten for a link; the sampler decides which those are", () => {
   const sampledOut = `00-${"a".repeat(32)}-${"b".repeat(16)}-00`;
   const sampled = `00-${"a".repeat(32)}-${"b".repeat(16)}-01`;
   // As recordedUnder answers under a parent-based sampler (the flag), and under always_on (always).
   const parentBased = (t: string | undefined) => !t?.endsWith("-00");
   const alwaysOn = () => true;
-  assert.ok(sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), parentBased), "kept as it is");
-  assert.ok(!sameSchedule(item({ trace: sampled }), item({ enqueues: [traceparent(2)] }), parentBased), "a sampled one links the enqueue");
-  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ notBefore: 5_000 }), parentBased), "a schedule change still rewrites it");
-  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), alwaysOn), "always_on records the run: the link is added");
+  assert.ok(sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), { recorded: parentBased }), "kept as it is");
+  assert.ok(!sameSchedule(item({ trace: sampled }), item({ enqueues: [traceparent(2)] }), { recorded: parentBased }), "a sampled one links the enqueue");
+  assert.ok(!sameSchedule(item({ trace: sampledOut }), item({ notBefore: 5_000 }), { recorded: parentBased }), "a schedule change still rewrites it");
+  assert.ok(
+    !sameSchedule(item({ trace: sampledOut }), item({ enqueues: [traceparent(2)] }), { recorded: alwaysOn }),
+    "always_on records the run: the link is added",
+  );
 });
 
 test("a watching requeue-after merged with anything loses its watch, and its message is rewritten, never kept", () => {

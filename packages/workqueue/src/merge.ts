@@ -88,23 +88,27 @@ export function mergeOptional(a: WorkItem | undefined, b: WorkItem | undefined):
 /**
  * A queued message is rewritten only to link one more enqueue while it links fewer than this
  * many. A rewrite is a delete and a publish, and a worker that takes the message meanwhile runs
- * the key once more: done for every enqueue of a storm, it was a large part of what tracing cost
- * the work queue (bench:telemetry). So a run surely links its first enqueue and the
- * first one deduplicated into its message; later ones when the message is rewritten anyway (a
- * schedule that changes) or folded into a rerun (the run record is written then), up to
- * `maxLinkedEnqueues`.
+ * the key once more: done for every enqueue of a storm, it was most of what tracing cost the work
+ * queue (bench:telemetry). So a run surely links its first enqueue, and the first further one
+ * that only the message can carry (a coalesced request's, `QueueRequest.links`); later ones when
+ * the message is rewritten anyway (a schedule that changes) or folded into a rerun (the run record
+ * is written then), up to `maxLinkedEnqueues`. The enqueue being placed needs no rewrite at all:
+ * its own span links to the message instead (Placement).
  */
 export const linksWorthARewrite = 2;
 
 /**
  * Whether a queued message already says what `b` says (its schedule, and the enqueues its run
- * links to, or `linksWorthARewrite` of them), so that it need not be rewritten. A message whose
- * run's span would not be recorded needs no link either (`recorded`: this process's sampler, as
- * the services share one configuration): the link would never reach a backend.
+ * links to, or `linksWorthARewrite` of them), so that it need not be rewritten. `own` is the
+ * placing enqueue's traceparent: when the message has a trace context, that enqueue's span links
+ * to it (the other way round), so its run need not link back. A message whose run's span would
+ * not be recorded needs no link either (`recorded`: this process's sampler, as the services share
+ * one configuration): the link would never reach a backend.
  */
-export function sameSchedule(a: WorkItem, b: WorkItem, recorded: (traceparent: string | undefined) => boolean = recordedUnder): boolean {
+export function sameSchedule(a: WorkItem, b: WorkItem, o: { own?: string; recorded?: (traceparent: string | undefined) => boolean } = {}): boolean {
   const linked = new Set(a.enqueues);
-  const enough = linked.size >= linksWorthARewrite || !recorded(a.trace);
+  const enough = linked.size >= linksWorthARewrite || !(o.recorded ?? recordedUnder)(a.trace);
+  const linkedElsewhere = (e: string) => e === o.own && a.trace !== undefined;
   return (
     // A watching requeue-after merged with anything is rewritten without its watch: kept as it
     // was, it could be withdrawn with the enqueue it now stands for.
@@ -113,14 +117,14 @@ export function sameSchedule(a: WorkItem, b: WorkItem, recorded: (traceparent: s
     a.notBefore === b.notBefore &&
     a.floor === b.floor &&
     a.attempts === b.attempts &&
-    (enough || (b.enqueues ?? []).every((e) => linked.has(e)))
+    (enough || (b.enqueues ?? []).every((e) => linked.has(e) || linkedElsewhere(e)))
   );
 }
 
 /** What an enqueue does with the messages it found queued for its key. */
 export type MergePlan =
-  /** The key waits for a retry in one of them: that retry is the run asked for; the others go. */
-  | { type: "intoRetry"; drop: Queued[] }
+  /** The key waits for a retry in one of them (`retry`): that retry is the run asked for; the others go. */
+  | { type: "intoRetry"; retry: Queued; drop: Queued[] }
   /** The key runs: everything queued besides its message goes, and the run is marked to run once more with `rerun`. */
   | { type: "intoRun"; drop: Queued[]; rerun: WorkItem }
   /**
@@ -132,18 +136,18 @@ export type MergePlan =
 /**
  * Plans the merge of `item` into the key's `queued` messages (most urgent class first), given
  * its run record's phase and message (`held`; undefined when there is no record, or it is a dead
- * letter, or it is the caller's own run).
+ * letter, or it is the caller's own run), and the placing enqueue's own traceparent (`own`,
+ * sameSchedule).
  */
-export function planMerge(item: WorkItem, queued: readonly Queued[], held: { phase: RunPhase; seq: number } | undefined): MergePlan {
+export function planMerge(item: WorkItem, queued: readonly Queued[], held: { phase: RunPhase; seq: number } | undefined, own?: string): MergePlan {
   // A message waiting for its retry keeps its schedule: the retry is the run this enqueue asks for.
-  if (held?.phase === "retrying" && queued.some((m) => m.seq === held.seq)) {
-    return { type: "intoRetry", drop: queued.filter((m) => m.seq !== held.seq) };
-  }
+  const retry = held?.phase === "retrying" ? queued.find((m) => m.seq === held.seq) : undefined;
+  if (retry) return { type: "intoRetry", retry, drop: queued.filter((m) => m !== retry) };
   const runningSeq = held?.phase === "running" ? held.seq : undefined;
   const idle = queued.filter((m) => m.seq !== runningSeq);
   const merged = idle.reduce((acc, m) => mergeItems(acc, m.item), item);
   // The key runs: it runs once more afterwards, so whatever else is queued folds into that.
   if (runningSeq !== undefined && queued.some((m) => m.seq === runningSeq)) return { type: "intoRun", drop: idle, rerun: merged };
-  const keep = idle.find((m) => m.item.priority === merged.priority && sameSchedule(m.item, merged));
+  const keep = idle.find((m) => m.item.priority === merged.priority && sameSchedule(m.item, merged, { own }));
   return { type: "intoQueued", merged, keep, drop: idle.filter((m) => m !== keep) };
 }

@@ -6,7 +6,7 @@
  */
 import type { WorkItem } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
-import { currentTraceparent } from "@homeostat/core/telemetry";
+import { currentTraceparent, linkActiveSpan, recordedUnder } from "@homeostat/core/telemetry";
 import { planMerge, workItemFor } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
 import type { RunRecordStore, Versioned } from "./run-records.ts";
@@ -28,15 +28,19 @@ export class Placement {
 
   /** Queues the key, merges it into its queued message, or marks its run for exactly one rerun. */
   async enqueue(req: QueueRequest): Promise<EnqueueOutcome> {
-    // The caller's span context goes with the schedule: the run that answers it links back to it.
-    const outcome = await this.place(workItemFor(req, Date.now(), currentTraceparent()));
+    // The caller's span context goes with the schedule: the run that answers it links back to it
+    // (or, when the key is queued already, the caller's span links to the message that answers it).
+    const own = currentTraceparent();
+    const outcome = await this.place(workItemFor(req, Date.now(), own), undefined, own);
     this.metrics.enqueued(outcome, req.priority, req.cause.type);
     return outcome;
   }
 
   /**
    * Puts `item` into the stream. `self` is the sequence of the message the caller itself is
-   * running: its own record does not count as "running" for this item.
+   * running: its own record does not count as "running" for this item. `own` is the enqueue's own
+   * traceparent (the caller's span): absorbed into a queued message, the enqueue links that span
+   * to the message instead of rewriting it to carry the link (merge.ts linksWorthARewrite).
    *
    * The common case costs one publish: the server refuses a second message in a class (10077),
    * and only then are the queued message and the run record read, to merge. A message added in
@@ -46,7 +50,7 @@ export class Placement {
    * reconcile's floor is kept in the run record and enforced at claim; a floor that an enqueue
    * asks for has no record, so such an enqueue reads every class before it writes.
    */
-  async place(item: WorkItem, self?: number): Promise<EnqueueOutcome> {
+  async place(item: WorkItem, self?: number, own?: string): Promise<EnqueueOutcome> {
     const recordKey = this.records.keyOf(item.key);
     // Each turn follows a change made by someone else; none lasts longer than a lease.
     const deadline = Date.now() + this.leaseMs * 4;
@@ -57,16 +61,16 @@ export class Placement {
         const { rec, queued } = await this.snapshot(item.key, recordKey);
         if (queued.length === 0) {
           if (!(await this.stream.publish(item))) continue;
-          next = await this.mergeAcrossClasses(item, recordKey, self, "added");
-        } else next = await this.merge(item, queued, rec, recordKey, self);
+          next = await this.mergeAcrossClasses(item, recordKey, self, own);
+        } else next = await this.merge(item, queued, rec, recordKey, self, own);
       } else if (await this.stream.publish(item)) {
-        next = await this.mergeAcrossClasses(item, recordKey, self, "added");
+        next = await this.mergeAcrossClasses(item, recordKey, self, own);
       } else {
         // This class already holds the key: queued, waiting for a retry, or running.
         const rec = await this.records.read(recordKey); // before the message: see snapshot()
         const mine = await this.stream.queuedIn(item.priority, item.key);
         if (!mine) continue; // acked meanwhile: the subject is free again
-        next = await this.merge(item, [mine], rec, recordKey, self);
+        next = await this.merge(item, [mine], rec, recordKey, self, own);
       }
       if (typeof next === "string") return next;
       item = next; // what was merged so far, whatever moved meanwhile
@@ -94,11 +98,11 @@ export class Placement {
   }
 
   /** After adding `item` in its class: if the key is queued in another class too, merge into one. */
-  private async mergeAcrossClasses(item: WorkItem, recordKey: string, self: number | undefined, alone: EnqueueOutcome): Promise<EnqueueOutcome | WorkItem> {
+  private async mergeAcrossClasses(item: WorkItem, recordKey: string, self: number | undefined, own: string | undefined): Promise<EnqueueOutcome | WorkItem> {
     const others = await this.stream.queued(item.key, item.priority);
-    if (others.length === 0) return alone;
+    if (others.length === 0) return "added";
     const { rec, queued } = await this.snapshot(item.key, recordKey);
-    return this.merge(item, queued, rec, recordKey, self);
+    return this.merge(item, queued, rec, recordKey, self, own);
   }
 
   /**
@@ -114,12 +118,20 @@ export class Placement {
   }
 
   /** Carries out the merge plan; returns the merge to place again when something moved meanwhile. */
-  private async merge(item: WorkItem, queued: Queued[], rec: Versioned | undefined, recordKey: string, self?: number): Promise<EnqueueOutcome | WorkItem> {
+  private async merge(
+    item: WorkItem,
+    queued: Queued[],
+    rec: Versioned | undefined,
+    recordKey: string,
+    self?: number,
+    own?: string,
+  ): Promise<EnqueueOutcome | WorkItem> {
     const held = rec && rec.value.phase !== "dead" && rec.value.seq !== self ? rec.value : undefined;
-    const plan = planMerge(item, queued, held);
+    const plan = planMerge(item, queued, held, own);
     switch (plan.type) {
       case "intoRetry":
         for (const m of plan.drop) await this.stream.delete(m.seq);
+        if (own) linkToAnswer(plan.retry, own);
         return "deduped";
       case "intoRun":
         for (const m of plan.drop) await this.stream.delete(m.seq);
@@ -129,7 +141,19 @@ export class Placement {
         // A message of the merged class that vanished meanwhile was taken by a run: start over.
         for (const m of plan.drop) if (!(await this.stream.delete(m.seq)) && m.item.priority === plan.merged.priority) return plan.merged;
         if (!plan.keep && !(await this.stream.publish(plan.merged))) return plan.merged;
+        if (plan.keep && own) linkToAnswer(plan.keep, own);
         return "deduped";
     }
   }
+}
+
+/**
+ * Links the enqueue's span (`own`, the active span) to the queued message `answer` that will run
+ * for it, unless that message's run links to the enqueue already or will not be recorded (no
+ * backend would have what the link points at). Every enqueue absorbed into a queued message or a
+ * waiting retry is so linked, at no cost to the stream.
+ */
+function linkToAnswer(answer: Queued, own: string): void {
+  const { trace, enqueues } = answer.item;
+  if (trace && !enqueues?.includes(own) && recordedUnder(trace)) linkActiveSpan(trace, { "homeostat.link": "answered_by" });
 }

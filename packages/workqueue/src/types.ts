@@ -26,9 +26,11 @@ export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRe
 
 /**
  * "Reconcile this key": a class, optionally not before a time, optionally with a floor.
- * `links`: traceparents of further requests this one stands for (a caller that merged several
- * into one enqueue), linked by the run besides the enqueue's own span. `facts`: where the facts
- * that caused it are stored (core FactRevisions), so that a run that had read them answers it.
+ * The run that answers it links to the enqueue's own span, or, when the key was queued already,
+ * that span links to the queued message (merge.ts linksWorthARewrite). `links`: traceparents of
+ * further requests this one stands for (a caller that merged several into one enqueue), linked
+ * by the run too. `facts`: where the facts that caused it are stored (core FactRevisions), so
+ * that a run that had read them answers it.
  */
 export type QueueRequest = {
   key: Key;
