@@ -458,8 +458,10 @@ const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k =
 export function recordedUnder(traceparent: string | undefined): boolean {
   const sampler = registeredSampler;
   if (!sampler || !traceparent) return true;
-  // The hot path (every deduplicated enqueue): a parent-based sampler's answer is the flag.
+  // The hot path (every deduplicated enqueue): a parent-based sampler's answer is the flag, and
+  // always_on's is yes whatever the parent said; only a plain ratio sampler needs the ids.
   if (unsampledParentsDecide) return (Number.parseInt(traceparent.slice(-2), 16) & TraceFlags.SAMPLED) !== 0;
+  if (sampler instanceof AlwaysOnSampler) return true;
   const parent = w3c.extract(ROOT_CONTEXT, { traceparent }, traceparentGetter);
   const sc = trace.getSpanContext(parent);
   if (!sc || !isSpanContextValid(sc)) return true;
