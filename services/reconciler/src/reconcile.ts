@@ -316,9 +316,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       // Read after this key's own status is written: a dependent marked waiting for this key
       // before that write is seen here (noticesDue).
       const dependents = kind === "package" ? catalog.dependentsOf(name) : [];
-      const candidates = passOn
-        ? dependents
-        : (await mapLimit(dependents, NOTICE_CONCURRENCY, async (child) => ((await deps.state.get(child))?.waitingFor ? [child] : []))).flat();
+      const candidates = passOn ? dependents : await waitingAmong(dependents);
       const children = (await noticesDue(item.key, candidates, catalog)).map(tell);
       return children.length ? doneWith(children) : done;
     }
@@ -414,6 +412,18 @@ export function createReconciler(deps: ReconcilerDeps) {
     annotateActiveSpan({ "homeostat.version": desired.version, "homeostat.input_digest": desired.inputDigest, "homeostat.build.trigger": why.type });
     deps.log.info("build requested", { key: item.key, version: desired.version, inputDigest: desired.inputDigest, reason: desired.decision?.reason });
     return requeueAfter(deps.staleBuildMs, tellsNone ? desired.inputDigest : undefined);
+  }
+
+  /**
+   * The keys among `keys` marked waiting, as of this call or later, through a status reader: when
+   * nothing was written since, a status comes from memory (StateStore.reader). Every unchanged
+   * run of a package asks this of all its dependents, a base package's thousands included: in a
+   * resync, that was one read per edge of the graph.
+   */
+  async function waitingAmong(keys: readonly Key[]): Promise<Key[]> {
+    if (keys.length === 0) return [];
+    const statusOf = await deps.state.reader();
+    return (await mapLimit(keys, NOTICE_CONCURRENCY, async (k) => ((await statusOf(k))?.waitingFor ? [k] : []))).flat();
   }
 
   /**
