@@ -31,6 +31,8 @@ export const prioritySchema = z.enum(priorities);
 export type Priority = z.infer<typeof prioritySchema>;
 /** The classes the traditional reconciler takes; the agent takes `repair` alone. */
 export const reconcilerPriorities = priorities.filter((p): p is Exclude<Priority, "repair"> => p !== "repair");
+/** The reconciler's classes but resync, which has slots of its own (HOMEOSTAT_RESYNC_CONCURRENCY). */
+export const urgentReconcilerPriorities = reconcilerPriorities.filter((p) => p !== "resync");
 
 const epochMs = z.number().int().nonnegative();
 

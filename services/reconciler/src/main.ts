@@ -1,7 +1,7 @@
 /** reconciler: takes keys from the work queue and closes the gap between desired and actual. */
 import path from "node:path";
 import { AdvisoryStore, CatalogSource, parseCatalogLocation, ReleaseStore, UpstreamLedger } from "@homeostat/catalog";
-import { errorMessage, publish, reconcilerPriorities, runService, StateStore } from "@homeostat/core";
+import { errorMessage, publish, runService, StateStore, urgentReconcilerPriorities } from "@homeostat/core";
 import { WorkQueue, workQueueOptions } from "@homeostat/workqueue";
 import { onCatalogReload } from "./catalog-watch.ts";
 import { buildMessageId, createReconciler, storeInputs } from "./reconcile.ts";
@@ -42,8 +42,12 @@ await runService("reconciler", async ({ config, log, nats, buckets, signal }) =>
     buildFailures: { retries: config.buildFailures.retries, backoffMs: config.buildFailures.backoffMs, backoffMaxMs: config.queue.backoffMaxMs },
     log,
   });
-  // The repair class is the agent's (services/agent).
-  const running = queue.run({ concurrency: config.concurrency, signal, reconcile, classes: reconcilerPriorities });
+  // The repair class is the agent's (services/agent). A resync (every key at once) runs in slots
+  // of its own, so that neither waits for the other: the urgent classes, most urgent first, in theirs.
+  const running = Promise.all([
+    queue.run({ concurrency: config.concurrency, signal, reconcile, classes: urgentReconcilerPriorities }),
+    queue.run({ concurrency: config.resyncConcurrency, signal, reconcile, classes: ["resync"] }),
+  ]);
   // Reloads are handled one at a time, in order; an enqueue that fails is retried by the next resync.
   let handled: Promise<void> = Promise.resolve();
   const watching = source.watch({
