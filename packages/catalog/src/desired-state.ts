@@ -89,7 +89,11 @@ export type BuildDecision = Extract<Decision, { action: "build" }>;
 /** Packages of a closure whose inputs are read at once (each reads its facts and status, and its dependencies'). */
 const INPUTS_AT_ONCE = 8;
 
-/** Computes desired states, memoised for the life of one reconcile. */
+/**
+ * Computes desired states, memoised for as long as its inputs answer alike (one reconcile, or
+ * every run whose inputs were taken at the same revisions). A computation that failed (a read
+ * that did not answer) is not remembered: asked again, it is computed again.
+ */
 export class DesiredState {
   private readonly memo = new Map<string, Promise<Desired>>();
   readonly in: DesiredInputs;
@@ -98,16 +102,23 @@ export class DesiredState {
   }
 
   package(name: string): Promise<Desired> {
-    const k = `package/${name}`;
-    let d = this.memo.get(k);
-    if (!d) this.memo.set(k, (d = this.computePackage(name)));
-    return d;
+    return this.memoised(`package/${name}`, () => this.computePackage(name));
   }
 
   image(name: string): Promise<Desired> {
-    const k = `image/${name}`;
+    return this.memoised(`image/${name}`, () => this.computeImage(name));
+  }
+
+  private memoised(k: string, compute: () => Promise<Desired>): Promise<Desired> {
     let d = this.memo.get(k);
-    if (!d) this.memo.set(k, (d = this.computeImage(name)));
+    if (!d) {
+      const computing = compute();
+      this.memo.set(k, computing);
+      computing.catch(() => {
+        if (this.memo.get(k) === computing) this.memo.delete(k);
+      });
+      d = computing;
+    }
     return d;
   }
 

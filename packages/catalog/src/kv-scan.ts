@@ -18,12 +18,12 @@ import { bucketReader, bucketRevision, type BucketReader } from "@homeostat/core
 export type ScannedEntry = { key: string; value: Uint8Array };
 
 /**
- * A list function that answers as of the bucket revision its reader took or later
+ * A list function that answers as of the bucket revision its reader took (`revision`) or later
  * (CachedScan.reader). `seen(filter)`: the revision up to which it has every entry under
  * `filter`, once it listed it: an entry stored there at or before it is in what it listed (a
  * run reports it, core FactRevisions).
  */
-export type ScanReader<T> = ((filter: string) => Promise<T[]>) & { seen(filter: string): number | undefined };
+export type ScanReader<T> = ((filter: string) => Promise<T[]>) & { readonly revision: number; seen(filter: string): number | undefined };
 
 /** The entries whose key matches `filter` (KV wildcards), deleted and purged ones left out, in stream order. */
 export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[]> {
@@ -93,7 +93,7 @@ export class CachedScan<T> {
       seen.set(filter, Math.max(seen.get(filter) ?? 0, upTo));
       return entries;
     };
-    return Object.assign(list, { seen: (filter: string) => seen.get(filter) });
+    return Object.assign(list, { revision: at, seen: (filter: string) => seen.get(filter) });
   }
 
   /**

@@ -45,7 +45,10 @@ export const packageFilter = (pkg: string): string => `${escapeToken(pkg)}.*`;
  * through `order`: the releases and the advisories stores read their facts through it.
  */
 export function perPackage<T>(list: ScanReader<T>, order: (entries: T[]) => T[] = (entries) => entries): ScanReader<T> {
-  return Object.assign(async (name: string) => order(await list(packageFilter(name))), { seen: (name: string) => list.seen(packageFilter(name)) });
+  return Object.assign(async (name: string) => order(await list(packageFilter(name))), {
+    revision: list.revision,
+    seen: (name: string) => list.seen(packageFilter(name)),
+  });
 }
 
 export class ReleaseStore {

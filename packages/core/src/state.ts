@@ -50,6 +50,9 @@ export async function bucketRevision(kv: KV): Promise<number> {
   return (await bucket.get({ last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
 }
 
+/** Statuses as of a revision of the state bucket or later (StateStore.reader). */
+export type StatusReader = ((key: Key) => Promise<KeyStatus | undefined>) & { readonly revision: number };
+
 /** Statuses kept for readers (StateStore.reader), the least recently read going first beyond this. */
 const maxRemembered = 100_000;
 
@@ -73,11 +76,12 @@ export class StateStore {
    * status read earlier by a reader that had that same revision is still the key's status
    * (nothing was written in between), so it comes from memory; anything else is read. A
    * reconcile that changes nothing reads no dependency twice while nothing changes.
-   * The statuses are shared: callers must not change them.
+   * The statuses are shared: callers must not change them. `revision`: the bucket's revision it
+   * took (two readers at the same one answer alike).
    */
-  async reader(): Promise<(key: Key) => Promise<KeyStatus | undefined>> {
+  async reader(): Promise<StatusReader> {
     const at = await bucketRevision(this.kv);
-    return async (key) => {
+    const read = async (key: Key): Promise<KeyStatus | undefined> => {
       const token = keyToken(key);
       const known = this.#remembered.get(token);
       if (known?.at === at) return known.status;
@@ -91,6 +95,7 @@ export class StateStore {
       }
       return status;
     };
+    return Object.assign(read, { revision: at });
   }
 
   /**

@@ -229,6 +229,44 @@ describe("reconciler", { timeout: 60_000 }, () => {
     }
   });
 
+  test("runs whose inputs were taken at the same revisions share what was worked out from them; a write to a store ends that", async () => {
+    // The diamond above is built and Ready: a resync writes nothing. A release of a package
+    // outside the catalog gives the runs facts to report (an empty store reports none).
+    await releases.record({ package: "unrelated", version: "1.0", url: "https://example.org/unrelated-1.0.tar.gz", sha256: sha("unrelated-1.0") });
+    const listed: string[] = [];
+    const inputs = storeInputs({ releases, advisories, state });
+    const resync = createReconciler({
+      ...reconcilerDepsOf(() => catalog),
+      inputs: async () => {
+        const i = await inputs();
+        return { ...i, releases: (name: string) => (listed.push(name), i.releases(name)) };
+      },
+    });
+    const runOf = (key: Key) =>
+      resync({ v: 1, key, priority: "resync", cause: { type: "resync" }, notBefore: 0, floor: 0, attempts: 0, enqueuedAt: Date.now() });
+    assert.deepEqual(decisionOf(await runOf("package/top")), { type: "done" });
+    assert.deepEqual([...listed].sort(), ["base", "left", "right", "top"], "the first run works out its closure");
+    const facts = await runOf("package/left");
+    assert.deepEqual(decisionOf(facts), { type: "done" });
+    assert.equal(listed.length, 4, "the next, at the same revisions, works out nothing again");
+    const alone = await createReconciler(reconcilerDepsOf(() => catalog))({
+      v: 1,
+      key: "package/left",
+      priority: "resync",
+      cause: { type: "resync" },
+      notBefore: 0,
+      floor: 0,
+      attempts: 0,
+      enqueuedAt: Date.now(),
+    });
+    assert.ok(facts.type === "done" && alone.type === "done" && facts.read !== undefined);
+    assert.deepEqual(facts.read, alone.read, "and reports the facts it decided from, as a run of its own would");
+    await state.update("package/unrelated", () => StateStore.initial("package/unrelated"));
+    await runOf("package/left");
+    assert.deepEqual(listed.slice(4).sort(), ["base", "left"], "after a write, its own closure is worked out afresh");
+    await state.remove("package/unrelated");
+  });
+
   test("a key waiting through dependencies for a build that leaves their inputs as they were is woken, through them alone (found by the chaos suite and the storm)", async () => {
     // A chain of its own: deep <- mid <- upper <- tip, and side <- mid, all built first. Only tip
     // is reconciled while deep builds (the storm's case): it marks the keys it waits through.

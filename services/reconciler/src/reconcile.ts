@@ -80,9 +80,11 @@ const runsByOutcome = (): Counter =>
  * What one run decides from besides the catalog: releases and advisories by package, and other
  * keys' statuses. `read(name)`: once the run has listed package `name`'s facts, up to which
  * revision of each fact store it has all of them; the run reports that to the queue, and a rerun
- * asked for by the package's facts stored by then is answered by it.
+ * asked for by the package's facts stored by then is answered by it. `revisions`: the stores'
+ * revisions its readers took; inputs with the same ones answer alike (nothing was written to
+ * any of the stores in between), so runs may share what was worked out from them.
  */
-export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch"> & { read?: (name: string) => FactRevisions | undefined };
+export type RunInputs = Omit<DesiredInputs, "catalog" | "sourceDateEpoch"> & { read?: (name: string) => FactRevisions | undefined; revisions?: string };
 
 /**
  * The stores' readers as one run's inputs: each answers as of the moment they were taken or
@@ -97,7 +99,7 @@ export function storeInputs(stores: { releases: ReleaseStore; advisories: Adviso
       const [a, r] = [advisories.seen(name) ?? 0, releases.seen(name) ?? 0];
       return a > 0 || r > 0 ? { ...(a > 0 ? { advisories: a } : {}), ...(r > 0 ? { releases: r } : {}) } : undefined;
     };
-    return { releases, advisories, status, read };
+    return { releases, advisories, status, read, revisions: `${releases.revision}/${advisories.revision}/${status.revision}` };
   };
 }
 
@@ -147,6 +149,8 @@ export type ReconcilerDeps = {
 };
 
 export function createReconciler(deps: ReconcilerDeps) {
+  /** The last run's inputs and what was worked out from them (desiredStateOf). */
+  let shared: { catalog: Catalog; inputs: RunInputs; desiredState: DesiredState } | undefined;
   return async function reconcile(item: WorkItem, run: { attempt: number } = { attempt: 1 }): Promise<ReconcileResult> {
     const catalog = deps.catalog();
     const { kind, name } = parseKey(item.key);
@@ -163,6 +167,20 @@ export function createReconciler(deps: ReconcilerDeps) {
     runsByOutcome().add(1, { cause: item.cause.type, outcome });
     return withRead(lookingAgainFor(upstream?.unavailable?.retryAfterMs, result), read);
   };
+
+  /**
+   * The desired states worked out from `inputs`: those of the last run whose inputs were taken at
+   * the same revisions of every store (and the same catalog), with that run's inputs (whose
+   * readers know what was listed, for `read`), else new ones. Nothing either could read has
+   * changed, so every answer is the same: a resync, which writes nothing, so works out each
+   * package's desired state once, where each run worked out its key's whole closure.
+   */
+  function desiredStateOf(catalog: Catalog, inputs: RunInputs): { inputs: RunInputs; desiredState: DesiredState } {
+    if (shared && shared.catalog === catalog && inputs.revisions !== undefined && shared.inputs.revisions === inputs.revisions) return shared;
+    const desiredState = new DesiredState({ catalog, ...inputs, sourceDateEpoch: deps.sourceDateEpoch });
+    if (inputs.revisions !== undefined) shared = { catalog, inputs, desiredState };
+    return { inputs, desiredState };
+  }
 
   async function resolve(item: WorkItem, catalog: Catalog, name: string): Promise<Resolution | undefined> {
     if (!deps.resolveUpstream || !catalog.packages.get(name)?.upstream) return undefined;
@@ -206,9 +224,8 @@ export function createReconciler(deps: ReconcilerDeps) {
     // The key's status before its inputs: a dependency's waiting mark written after this read
     // may come from a build this run's inputs do not show yet, so the run must not clear it.
     const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
-    const inputs = await deps.inputs();
+    const { inputs, desiredState } = desiredStateOf(catalog, await deps.inputs());
     tell.inputs(inputs);
-    const desiredState = new DesiredState({ catalog, ...inputs, sourceDateEpoch: deps.sourceDateEpoch });
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
 
     if (desired.state === "waiting") {
@@ -234,7 +251,7 @@ export function createReconciler(deps: ReconcilerDeps) {
       const through = await waitingThrough(item.key, catalog, desiredState);
       if (through.length === 0) return done;
       await mapLimit(through, NOTICE_CONCURRENCY, ([k, what]) => markWaiting(k, what));
-      const afresh = new DesiredState({ catalog, ...(await deps.inputs()), sourceDateEpoch: deps.sourceDateEpoch });
+      const { desiredState: afresh } = desiredStateOf(catalog, await deps.inputs());
       const now = kind === "package" ? await afresh.package(name) : await afresh.image(name);
       return now.state === "waiting" && now.waitingFor === desired.waitingFor ? done : requeueAfter(0);
     }
