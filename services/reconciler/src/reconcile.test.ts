@@ -148,6 +148,13 @@ describe("reconciler", { timeout: 60_000 }, () => {
     return async (item, run) => decisionOf(await reconcile(item, run));
   };
 
+  /** The diamond catalog plus `packages` (each name with its build dependencies), written under the test's directory as `dirName`, and loaded. */
+  const catalogWith = (dirName: string, packages: Record<string, string[]>): Promise<Catalog> => {
+    const dir = path.join(t.dir, dirName);
+    writeCatalog(dir, Object.fromEntries(Object.entries(packages).map(([name, deps]) => [`packages/${name}.yaml`, packageYaml(name, deps)])));
+    return loadCatalog(dir);
+  };
+
   before(async () => {
     t = await testEnv();
     catalogDir = path.join(t.dir, "catalog");
@@ -270,15 +277,13 @@ describe("reconciler", { timeout: 60_000 }, () => {
   test("a key waiting through dependencies for a build that leaves their inputs as they were is woken, through them alone (found by the chaos suite and the storm)", async () => {
     // A chain of its own: deep <- mid <- upper <- tip, and side <- mid, all built first. Only tip
     // is reconciled while deep builds (the storm's case): it marks the keys it waits through.
-    const chainDir = path.join(t.dir, "chain-catalog");
-    writeCatalog(chainDir, {
-      "packages/deep.yaml": packageYaml("deep", []),
-      "packages/mid.yaml": packageYaml("mid", ["deep"]),
-      "packages/upper.yaml": packageYaml("upper", ["mid"]),
-      "packages/tip.yaml": packageYaml("tip", ["upper"]),
-      "packages/side.yaml": packageYaml("side", ["mid"]),
+    const chain = await catalogWith("chain-catalog", {
+      deep: [],
+      mid: ["deep"],
+      upper: ["mid"],
+      tip: ["upper"],
+      side: ["mid"],
     });
-    const chain = await loadCatalog(chainDir);
     const runChain = runAsDependency(reconcilerOf(() => chain));
     await buildAll(runChain, ["package/deep", "package/mid", "package/upper", "package/tip", "package/side"]);
     // deep and tip are released at once; tip is reconciled while deep builds, so it waits for deep through upper and mid.
@@ -308,14 +313,12 @@ describe("reconciler", { timeout: 60_000 }, () => {
   });
 
   test("a build that made the archive its dependents were told of tells only those that wait; redelivered, it tells them all again", async () => {
-    const dir = path.join(t.dir, "same-archive-catalog");
-    writeCatalog(dir, {
-      "packages/sbase.yaml": packageYaml("sbase", []),
-      "packages/smid.yaml": packageYaml("smid", ["sbase"]),
-      "packages/stop1.yaml": packageYaml("stop1", ["smid"]),
-      "packages/stop2.yaml": packageYaml("stop2", ["smid"]),
+    const same = await catalogWith("same-archive-catalog", {
+      sbase: [],
+      smid: ["sbase"],
+      stop1: ["smid"],
+      stop2: ["smid"],
     });
-    const same = await loadCatalog(dir);
     const runKey = runAsDependency(reconcilerOf(() => same));
     await buildAll(runKey, ["package/sbase", "package/smid", "package/stop1", "package/stop2"]);
     await releases.record({ package: "smid", version: "1.1", url: "https://example.org/smid-1.1.tar.gz", sha256: sha("smid-1.1") });
@@ -328,13 +331,11 @@ describe("reconciler", { timeout: 60_000 }, () => {
   });
 
   test("a key whose wait ended while it marked the keys it waits through looks again at once", async () => {
-    const dir = path.join(t.dir, "settled-catalog");
-    writeCatalog(dir, {
-      "packages/low.yaml": packageYaml("low", []),
-      "packages/link.yaml": packageYaml("link", ["low"]),
-      "packages/top.yaml": packageYaml("top", ["link"]),
+    const settled = await catalogWith("settled-catalog", {
+      low: [],
+      link: ["low"],
+      top: ["link"],
     });
-    const settled = await loadCatalog(dir);
     let wakeAfterMarks: (() => Promise<void>) | undefined;
     // The second reader is the one taken after the marks: the wait ends just before it.
     let readers = 0;
@@ -358,15 +359,13 @@ describe("reconciler", { timeout: 60_000 }, () => {
 
   test("a dependent told by several keys of one wave runs once, after the last; a mark that lands during a run stays", async () => {
     // root <- a, b; tip = [a, b]; top = [root, a]. A new root is built: a and b rebuild, and tip and top each wait for a sibling.
-    const waveDir = path.join(t.dir, "wave-catalog");
-    writeCatalog(waveDir, {
-      "packages/wroot.yaml": packageYaml("wroot", []),
-      "packages/wa.yaml": packageYaml("wa", ["wroot"]),
-      "packages/wb.yaml": packageYaml("wb", ["wroot"]),
-      "packages/wtip.yaml": packageYaml("wtip", ["wa", "wb"]),
-      "packages/wtop.yaml": packageYaml("wtop", ["wroot", "wa"]),
+    const wave = await catalogWith("wave-catalog", {
+      wroot: [],
+      wa: ["wroot"],
+      wb: ["wroot"],
+      wtip: ["wa", "wb"],
+      wtop: ["wroot", "wa"],
     });
-    const wave = await loadCatalog(waveDir);
     const runWave = runAsDependency(reconcilerOf(() => wave));
     const built = async (key: Key) => runWave(key, { type: "built", id: (await state.get(key))!.actual!.inputDigest });
     await buildAll(runWave, ["package/wroot", "package/wa", "package/wb", "package/wtip", "package/wtop"]);
@@ -686,14 +685,12 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.deepEqual(await builds(), []);
   });
   test("a build with no dependents to tell is completed by the signer: its look watches for it; a dependent that comes to wait for it makes its completion run", async () => {
-    const dir = path.join(t.dir, "fold-catalog");
-    writeCatalog(dir, {
-      "packages/solo.yaml": packageYaml("solo", []),
-      "packages/solo2.yaml": packageYaml("solo2", []),
-      "packages/hub.yaml": packageYaml("hub", []),
-      "packages/spoke.yaml": packageYaml("spoke", ["hub"]),
+    const before = await catalogWith("fold-catalog", {
+      solo: [],
+      solo2: [],
+      hub: [],
+      spoke: ["hub"],
     });
-    const before = await loadCatalog(dir);
     const r = reconcilerOf(() => before);
     const solo = await r(releaseItem("package/solo"));
     const soloStatus = (await state.get("package/solo"))!;
@@ -712,15 +709,14 @@ describe("reconciler", { timeout: 60_000 }, () => {
     assert.ok(again.type === "requeueAfter" && again.watch === soloStatus.desiredInputDigest, "an in-flight look watches too");
 
     // The catalog gains a package built from solo (and one from solo2) while their builds run.
-    writeCatalog(dir, {
-      "packages/solo.yaml": packageYaml("solo", []),
-      "packages/solo2.yaml": packageYaml("solo2", []),
-      "packages/hub.yaml": packageYaml("hub", []),
-      "packages/spoke.yaml": packageYaml("spoke", ["hub"]),
-      "packages/leans.yaml": packageYaml("leans", ["solo"]),
-      "packages/leans2.yaml": packageYaml("leans2", ["solo2"]),
+    const changed = await catalogWith("fold-catalog", {
+      solo: [],
+      solo2: [],
+      hub: [],
+      spoke: ["hub"],
+      leans: ["solo"],
+      leans2: ["solo2"],
     });
-    const changed = await loadCatalog(dir);
     await r(releaseItem("package/solo2"));
     assert.equal((await state.get("package/solo2"))!.builds?.[0]?.signerCompletes, true);
     // leans waits for solo: solo's completion must run to tell it.
