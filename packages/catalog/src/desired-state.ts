@@ -110,16 +110,14 @@ export class DesiredState {
   }
 
   private memoised(k: string, compute: () => Promise<Desired>): Promise<Desired> {
-    let d = this.memo.get(k);
-    if (!d) {
-      const computing = compute();
-      this.memo.set(k, computing);
-      computing.catch(() => {
-        if (this.memo.get(k) === computing) this.memo.delete(k);
-      });
-      d = computing;
-    }
-    return d;
+    const known = this.memo.get(k);
+    if (known) return known;
+    const computing = compute();
+    this.memo.set(k, computing);
+    computing.catch(() => {
+      if (this.memo.get(k) === computing) this.memo.delete(k);
+    });
+    return computing;
   }
 
   /**
