@@ -28,6 +28,7 @@
  *
  * Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]
  *          [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]
+ *          [--scenarios burst,base,latency,resync] (a subset, in that order; bring-up always runs)
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -47,6 +48,10 @@ import { startRegistry } from "../test/fixtures/registry.ts";
 import { commandLine, integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
 
+/** The scenarios after bring-up, in the order they run. */
+export const SCENARIOS = ["burst", "base", "latency", "resync"] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
 export type StormOptions = {
   packages: number;
   images: number;
@@ -56,12 +61,34 @@ export type StormOptions = {
   signers: number;
   timeoutS: number;
   keep: boolean;
+  /** Which scenarios run after bring-up (all by default; at the full size, base and burst rebuild much of the catalog). */
+  scenarios: readonly Scenario[];
   /** A directory for each service's `node --cpu-prof` profile (written when it stops). */
   profileDir?: string;
 };
 
-export const QUICK: StormOptions = { packages: 40, images: 12, events: 2_000, latency: 10, builders: 1, signers: 1, timeoutS: 600, keep: false };
-const FULL: StormOptions = { packages: 27_000, images: 2_000, events: 1_300_000, latency: 200, builders: 2, signers: 2, timeoutS: 3_600, keep: false };
+export const QUICK: StormOptions = {
+  packages: 40,
+  images: 12,
+  events: 2_000,
+  latency: 10,
+  builders: 1,
+  signers: 1,
+  timeoutS: 600,
+  keep: false,
+  scenarios: SCENARIOS,
+};
+const FULL: StormOptions = {
+  packages: 27_000,
+  images: 2_000,
+  events: 1_300_000,
+  latency: 200,
+  builders: 2,
+  signers: 2,
+  timeoutS: 3_600,
+  keep: false,
+  scenarios: SCENARIOS,
+};
 
 /** OSV documents per POST /v1/advisories (the route takes up to 10,000). */
 const ADVISORY_BATCH = 500;
@@ -456,7 +483,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     // 1. Burst: releases (a new version of each released package, posted REPEATS times) and
     // advisories (a new OSV id each, naming random packages from the same set: many repeats of
     // each key, affecting no built version, so they cost a reconcile and no build).
-    {
+    if (o.scenarios.includes("burst")) {
       // Seeded, so a run's event mix is reproducible.
       const rand = mulberry32(7);
       const tail = [...catalog.packages.keys()].filter((n) => !/^(glibc|zlib|xz|bzip2|openssl|ncurses|readline|libffi)$/.test(n));
@@ -573,7 +600,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     }
 
     // 2. Base advisory: glibc affected at its built version, fixed in a release posted with it.
-    {
+    if (o.scenarios.includes("base")) {
       const glibc = builtStatus(follow.statuses, "package/glibc").actual.version;
       const fixed = bump(glibc, 1000);
       const impact = catalog.impact(["package/glibc"]);
@@ -617,7 +644,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     }
 
     // 3. Latency: a package that only images use, released again and again, one at a time.
-    {
+    if (o.scenarios.includes("latency")) {
       const leaf = [...catalog.packages.keys()]
         .reverse()
         .find(
@@ -710,7 +737,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     }
 
     // 4. Resync with nothing to do: every key runs, none builds.
-    {
+    if (o.scenarios.includes("resync")) {
       const before = builtInputs();
       const runs0 = telemetry.runs();
       const meter = resourceMeter(procs, sampling.signal);
@@ -756,6 +783,7 @@ if (import.meta.main) {
   const usage = [
     "Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]",
     "         [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]",
+    `         [--scenarios ${SCENARIOS.join(",")}] (bring-up always runs)`,
   ].join("\n");
   const o = commandLine("bench:storm", usage, (): StormOptions => {
     const { values } = parseArgs({
@@ -770,6 +798,7 @@ if (import.meta.main) {
         quick: { type: "boolean", default: false },
         keep: { type: "boolean", default: false },
         profile: { type: "string" },
+        scenarios: { type: "string" },
       },
     });
     const base = values.quick ? QUICK : FULL;
@@ -784,6 +813,7 @@ if (import.meta.main) {
       signers: num("signers", values.signers, base.signers, 1, 16),
       timeoutS: num("timeout-s", values["timeout-s"], base.timeoutS, 10, 86_400),
       keep: values.keep === true,
+      scenarios: values.scenarios === undefined ? base.scenarios : scenarioList(values.scenarios),
       ...(values.profile ? { profileDir: values.profile } : {}),
     };
   });
@@ -797,6 +827,14 @@ if (import.meta.main) {
     (l) => console.log(JSON.stringify(l)),
     (t) => process.stdout.write(`# ${t}\n`),
   );
+}
+
+/** `--scenarios a,b`: each a known scenario, none twice; an unknown one is a usage error. */
+function scenarioList(v: string): Scenario[] {
+  const names = v.split(",").map((n) => n.trim());
+  const unknown = names.filter((n) => !(SCENARIOS as readonly string[]).includes(n));
+  if (unknown.length || !names.length) throw new Error(`--scenarios: ${unknown.join(", ") || "(none)"} is not one of ${SCENARIOS.join(", ")}`);
+  return SCENARIOS.filter((n) => names.includes(n));
 }
 
 /**
