@@ -438,10 +438,10 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         const queue = await getQueueStats(client).catch(() => undefined);
         throw new Error(`${(err as Error).message}; not converged: ${behind.join(" | ")}; queue ${JSON.stringify(queue)}; logs in ${path.join(dir, "logs")}`);
       });
-    /** Every key at resync priority straight into intake, as ingest's resync round publishes them (unpaced). */
+    /** Every key at resync priority straight into intake, as ingest's resync round publishes them (in build order, unpaced). */
     const enqueueAll = async (round: string) => {
       await mapLimit(
-        keys,
+        catalog.keysInBuildOrder(),
         256,
         async (key) =>
           void (await publish(nats, "intake", key, { v: 1, key, priority: "resync", cause: { type: "resync" } }, { msgId: `resync:${key}:${round}` })),

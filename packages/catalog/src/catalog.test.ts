@@ -166,6 +166,25 @@ test("a longer cycle is reported once, with its path, at its first edge", async 
   assert.deepEqual(p, ["packages/a.yaml:10: dependencies.runtime[0]: dependency cycle: a -> b -> c -> a"]);
 });
 
+test("keysInBuildOrder: every key once, after the keys its inputs are built from, images last", async () => {
+  const c = await loadCatalog(
+    catalogDir({
+      "packages/a-app.yaml": pkg("app", { build: ["lib"], runtime: ["lib"] }),
+      "packages/b-lib.yaml": pkg("lib", { build: ["base"], runtime: ["base"] }),
+      "packages/c-tool.yaml": pkg("tool"),
+      "packages/z-base.yaml": pkg("base"),
+      "images/app.yaml": "name: app\npackages: [app]\n",
+    }),
+  );
+  const order = c.keysInBuildOrder();
+  assert.deepEqual([...order].sort(), c.keys().sort());
+  // In file order app came first; base, which it is built on, last.
+  assert.deepEqual(c.keys(), ["package/app", "package/lib", "package/tool", "package/base", "image/app"]);
+  assert.deepEqual(order, ["package/base", "package/tool", "package/lib", "package/app", "image/app"]);
+  for (const [i, key] of order.entries()) for (const input of c.inputsOf(key)) assert.ok(order.indexOf(input) < i, `${input} before ${key}`);
+  assert.equal(c.keysInBuildOrder(), order, "worked out once per catalog");
+});
+
 test("changedKeys: exactly the changed recipes and their dependents, packages before images", async () => {
   const files = {
     "packages/base.yaml": pkg("base"),

@@ -58,7 +58,7 @@ else
     if (runsBackgroundLoops())
       loops.push(
         runResync({
-          keys: () => catalog().keys(),
+          keys: () => catalog().keysInBuildOrder(),
           enqueue: async (req, msgId) => void (await publish(nats, "intake", req.key, req, { msgId })),
           intervalMs: config.resyncMs,
           log,

@@ -14,7 +14,8 @@ import { errorMessage } from "@homeostat/core";
 const FIRST_ROUND_SPACING_MS = 10;
 
 export type ResyncOptions = {
-  keys: () => Key[];
+  /** In the order to enqueue them: the catalog's build order, so a key comes after what it needs. */
+  keys: () => readonly Key[];
   enqueue: (req: EnqueueRequest, msgId: string) => Promise<void>;
   intervalMs: number;
   log: Logger;
