@@ -137,7 +137,14 @@ describe("telemetry of the running factory", { timeout: 600_000 }, () => {
     // The builder's download of the source: a CLIENT span (undici instrumentation) of its build, the query's token redacted.
     const download = spans.find((s) => s.service === "builder" && s.kind === SpanKindNumber.client && s.attributes["http.request.method"] === "GET");
     assert.ok(download, `a CLIENT span of the source download (${spans.map((s) => `${s.service}:${s.name}:${s.kind}`).join(", ")})`);
-    assert.equal(byId.get(download.parentSpanId!)?.kind, SpanKindNumber.consumer, "the download is a child of the build");
+    // The build's phases, each an INTERNAL span of it: where a slow build spent its time.
+    const fetching = byId.get(download.parentSpanId!);
+    assert.equal(fetching?.name, "builder.fetch", "the download is a child of the build's fetch phase");
+    const build = byId.get(fetching.parentSpanId!);
+    assert.equal(build?.kind, SpanKindNumber.consumer, "the fetch phase is a child of the build");
+    const phases = spans.filter((s) => s.parentSpanId === build.spanId && s.kind === SpanKindNumber.internal).map((s) => s.name);
+    for (const phase of ["builder.verify-plan", "builder.fetch", "builder.unpack", "builder.steps", "builder.archive", "builder.vouch"])
+      assert.ok(phases.includes(phase), `${phase} is a phase of the package build (${phases.join(", ")})`);
     assert.equal(download.attributes["url.full"], `${sourceUrl}?token=REDACTED`);
     assert.equal(download.attributes["server.address"], "127.0.0.1");
     assert.equal(download.attributes["http.response.status_code"], 200);

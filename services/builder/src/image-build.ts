@@ -41,6 +41,7 @@ import type { BuildContext } from "./context.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
 import { Rootfs, runtimeProblems } from "./runtime-closure.ts";
 import { ArtifactStore } from "./store.ts";
+import { inSpan } from "@homeostat/core/telemetry";
 import { writeTarGzFromEntries, type MadeEntry, type TarGzResult } from "./tar.ts";
 
 export const ANNOTATION_VERSION = "org.opencontainers.image.version";
@@ -141,22 +142,22 @@ async function madeLayer(entries: readonly MadeEntry[], epoch: number): Promise<
   return { bytes: Buffer.concat(chunks), tar };
 }
 
-export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
-  const startedOn = new Date();
-  const store = new ArtifactStore(ctx.dataDir);
-  const log = ctx.log ?? (() => {});
-  for (const [k] of Object.entries(req.config.env)) {
-    if (k === "" || k.includes("=")) throw new BuildFailure(`image ${req.name}: bad environment variable name ${JSON.stringify(k)}`);
-  }
-  const user = imageUser(req);
-  // The image's filesystem, read before anything is written: what runs must find what it needs.
+/**
+ * The entries of the image's own layer, once the packages' layers, with them, make a filesystem
+ * that can run: every archive re-verified in the store (all at once), then read in request order
+ * (a later layer's file wins); a package shipping the accounts, or a missing runtime need, is
+ * a BuildFailure.
+ */
+async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user: { uid: number; gid: number }): Promise<MadeEntry[]> {
+  await Promise.all(
+    req.packages.map(async (p) => {
+      const archive = p.archive as Digest;
+      if (!(await store.has(archive))) throw new MissingArtifactError(`package ${p.name}@${p.version}: archive ${archive} is not in the store`);
+      if (!(await store.verify(archive))) throw new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
+    }),
+  );
   const rootfs = new Rootfs();
-  for (const p of req.packages) {
-    const archive = p.archive as Digest;
-    if (!(await store.has(archive))) throw new MissingArtifactError(`package ${p.name}@${p.version}: archive ${archive} is not in the store`);
-    if (!(await store.verify(archive))) throw new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
-    await rootfs.addLayer(store.path(archive), `${p.name}@${p.version}`);
-  }
+  for (const p of req.packages) await rootfs.addLayer(store.path(p.archive as Digest), `${p.name}@${p.version}`);
   for (const account of ["etc/passwd", "etc/group"]) {
     const e = rootfs.entries.get(account);
     if (e)
@@ -171,16 +172,30 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
       `image ${req.name}: refused, it could not run: ${problems.length} missing runtime need${problems.length > 1 ? "s" : ""}:\n  ${problems.join("\n  ")}`,
     );
   }
+  return own;
+}
+
+export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
+  const startedOn = new Date();
+  const store = new ArtifactStore(ctx.dataDir);
+  const log = ctx.log ?? (() => {});
+  for (const [k] of Object.entries(req.config.env)) {
+    if (k === "" || k.includes("=")) throw new BuildFailure(`image ${req.name}: bad environment variable name ${JSON.stringify(k)}`);
+  }
+  const user = imageUser(req);
+  // The image's filesystem, read before anything is written: what runs must find what it needs.
+  const own = await inSpan("builder.check-runtime", {}, () => checkedImageLayer(req, store, user));
 
   const layoutDir = path.join(path.resolve(ctx.dataDir), "oci", req.name);
   const layout = await OciLayout.open(layoutDir);
-  const layers: Descriptor[] = [];
-  for (const p of req.packages) {
-    const archive = p.archive as Digest;
-    const d = await layout.importBlob(store.path(archive), archive, mediaTypes.layerGzip);
-    if (d.size !== p.size) log(`package ${p.name}@${p.version}: stored archive is ${d.size} bytes, request says ${p.size}`);
-    layers.push({ mediaType: mediaTypes.layerGzip, digest: d.digest, size: d.size });
-  }
+  // Imported at once (each re-hashed on the way in: the reads overlap), listed in request order.
+  const layers: Descriptor[] = await Promise.all(
+    req.packages.map(async (p) => {
+      const d = await layout.importBlob(store.path(p.archive as Digest), p.archive as Digest, mediaTypes.layerGzip);
+      if (d.size !== p.size) log(`package ${p.name}@${p.version}: stored archive is ${d.size} bytes, request says ${p.size}`);
+      return { mediaType: mediaTypes.layerGzip, digest: d.digest, size: d.size };
+    }),
+  );
   const ownLayer = await madeLayer(own, req.sourceDateEpoch);
   const ownDescriptor = await layout.writeBlob(ownLayer.bytes, mediaTypes.layerGzip);
   if (ownDescriptor.digest !== ownLayer.tar.digest)

@@ -15,6 +15,9 @@
  * provenance (core/provenance), which alone differs from build to build (real times, an
  * invocation id) and is therefore referenced by nothing else.
  *
+ * Fetching, unpacking, the steps and archiving are each an INTERNAL span of the build's
+ * (`builder.fetch`, `.unpack`, `.steps`, `.archive`): where a slow build spent its time.
+ *
  * Every patch's, step's and the test's log (size-capped, see pipeline.ts) is stored as a blob
  * too (`patch-<n>.log`, `step-<n>.log`, `test.log`): a successful build lists them as
  * byproducts of its provenance (so they are found from the key's status, via
@@ -32,6 +35,7 @@ import { TarError, writeTarGzFromDirectory, type TarEntry } from "./tar.ts";
 import type { BuildContext } from "./context.ts";
 import { BuildFailure, MissingArtifactError } from "./errors.ts";
 import { extractDebData, isDebianPackage } from "./deb.ts";
+import { inSpan } from "@homeostat/core/telemetry";
 import { isGitSourceUrl } from "@homeostat/source";
 import { runSteps, workspaceLayout, type StepLog } from "./pipeline.ts";
 import { fetchPatch, fetchSource, unpackArchive, type FetchOptions } from "./source.ts";
@@ -124,34 +128,19 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       ...(ctx.allowRemoteSources !== undefined ? { allowRemote: ctx.allowRemoteSources } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     };
-    const source = await fetchSource(req.source, store, fetchOpts);
-    log(`source ${req.source.url} verified (${source.digest}, ${source.size} bytes)`);
     const patches = req.patches ?? [];
-    const patchBlobs: StoredBlob[] = [];
-    for (const p of patches) {
-      const blob = await fetchPatch(p, store, fetchOpts);
-      log(`patch ${p.url} verified (${blob.digest}, ${blob.size} bytes)`);
-      patchBlobs.push(blob);
-    }
-    if (await isDebianPackage(source.path)) {
-      // A pinned Debian binary package: its file tree is the source, checked like any archive.
-      const dataTar = path.join(root, "deb-data.tar");
-      await extractDebData(source.path, dataTar, `source ${req.source.url}`, ctx.unpackLimits.maxBytes);
-      await unpackArchive(dataTar, srcDir, `source ${req.source.url} (data.tar)`, { stripTopDir: false, limits: ctx.unpackLimits });
-      await rm(dataTar);
-    } else {
-      await unpackArchive(source.path, srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
-    }
-    if (patchBlobs.length > 0) await mkdir(path.join(root, "patches"));
-    for (const [i, blob] of patchBlobs.entries()) await copyFile(blob.path, path.join(root, "patches", `${i + 1}.patch`));
-
-    for (const dep of req.dependencies) {
-      const archive = dep.archive as Digest;
-      if (!(await store.has(archive))) throw new MissingArtifactError(`build dependency ${dep.name}@${dep.version}: archive ${archive} is not in the store`);
-      if (!(await store.verify(archive))) throw new Error(`build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`);
-      await unpackArchive(store.path(archive), ws.sysroot, `build dependency ${dep.name}@${dep.version}`, { stripTopDir: false, limits: ctx.unpackLimits });
-      log(`build dependency ${dep.name}@${dep.version} unpacked into the sysroot`);
-    }
+    const { source, patchBlobs } = await inSpan("builder.fetch", {}, async () => {
+      const source = await fetchSource(req.source, store, fetchOpts);
+      log(`source ${req.source.url} verified (${source.digest}, ${source.size} bytes)`);
+      const patchBlobs: StoredBlob[] = [];
+      for (const p of patches) {
+        const blob = await fetchPatch(p, store, fetchOpts);
+        log(`patch ${p.url} verified (${blob.digest}, ${blob.size} bytes)`);
+        patchBlobs.push(blob);
+      }
+      return { source, patchBlobs };
+    });
+    await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, store, { root, srcDir, sysroot: ws.sysroot, source: source.path, patchBlobs }));
 
     // Patches, steps and test run as three pipelines sharing the build's time limit; every log
     // so far is stored when one fails, and named in its error.
@@ -185,28 +174,30 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
         });
       }
     };
-    await runStage(
-      patches.map((_, i) => `${PATCH_COMMAND} -i ../patches/${i + 1}.patch`),
-      (i) => `patch-${i + 1}.log`,
-      (i) => `patch ${i + 1} of ${patches.length} (${patches[i]?.url ?? "unknown source"}) does not apply to ${req.name}@${req.version}: patch`,
-    );
-    await runStage(req.steps, (i) => `step-${i + 1}.log`);
-    if (req.test !== undefined)
+    await inSpan("builder.steps", {}, async () => {
       await runStage(
-        [req.test],
-        () => "test.log",
-        (_, command) => `test (${command})`,
+        patches.map((_, i) => `${PATCH_COMMAND} -i ../patches/${i + 1}.patch`),
+        (i) => `patch-${i + 1}.log`,
+        (i) => `patch ${i + 1} of ${patches.length} (${patches[i]?.url ?? "unknown source"}) does not apply to ${req.name}@${req.version}: patch`,
       );
+      await runStage(req.steps, (i) => `step-${i + 1}.log`);
+      if (req.test !== undefined)
+        await runStage(
+          [req.test],
+          () => "test.log",
+          (_, command) => `test (${command})`,
+        );
+    });
     const byproducts = await storeLogs(store, logs);
 
-    const pass = new PassThrough();
-    const [tarRes, stored] = await Promise.all([writeTarGzFromDirectory(ws.dest, pass, { epoch: req.sourceDateEpoch }), store.put(pass)]).catch(
-      (e: unknown) => {
+    const [tarRes, stored] = await inSpan("builder.archive", {}, () => {
+      const pass = new PassThrough();
+      return Promise.all([writeTarGzFromDirectory(ws.dest, pass, { epoch: req.sourceDateEpoch }), store.put(pass)]).catch((e: unknown) => {
         // What the steps installed cannot be archived (e.g. a fifo or socket in DESTDIR): final.
         if (e instanceof TarError) throw new BuildFailure(`package ${req.name}@${req.version}: DESTDIR cannot be archived: ${e.message}`, { cause: e });
         throw e;
-      },
-    );
+      });
+    });
     if (stored.digest !== tarRes.digest || stored.size !== tarRes.size)
       throw new Error(`archive digest disagreement: ${stored.digest} stored, ${tarRes.digest} written`);
     log(`package ${req.name}@${req.version}: ${tarRes.entries.length} entries, archive ${tarRes.digest}, diff_id ${tarRes.diffId}`);
@@ -234,6 +225,44 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
     return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, provenance: provenance.digest, location: stored.path };
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);
+  }
+}
+
+/** Where a package build's inputs are unpacked, and what was fetched for it. */
+type UnpackTargets = { root: string; srcDir: string; sysroot: string; source: string; patchBlobs: readonly StoredBlob[] };
+
+/**
+ * The source into `src/` (a Debian binary package's file tree, a git tree as it is, a tarball's
+ * single top directory stripped), the patches into `patches/`, and every build dependency's
+ * archive, re-verified in the store, into the sysroot in the plan's order (a later one's file
+ * wins). The dependencies are all re-hashed at once first: the reads overlap.
+ */
+async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: ArtifactStore, to: UnpackTargets): Promise<void> {
+  const log = ctx.log ?? (() => {});
+  await Promise.all(
+    req.dependencies.map(async (dep) => {
+      const archive = dep.archive as Digest;
+      if (!(await store.has(archive))) throw new MissingArtifactError(`build dependency ${dep.name}@${dep.version}: archive ${archive} is not in the store`);
+      if (!(await store.verify(archive))) throw new Error(`build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`);
+    }),
+  );
+  if (await isDebianPackage(to.source)) {
+    // A pinned Debian binary package: its file tree is the source, checked like any archive.
+    const dataTar = path.join(to.root, "deb-data.tar");
+    await extractDebData(to.source, dataTar, `source ${req.source.url}`, ctx.unpackLimits.maxBytes);
+    await unpackArchive(dataTar, to.srcDir, `source ${req.source.url} (data.tar)`, { stripTopDir: false, limits: ctx.unpackLimits });
+    await rm(dataTar);
+  } else {
+    await unpackArchive(to.source, to.srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
+  }
+  if (to.patchBlobs.length > 0) await mkdir(path.join(to.root, "patches"));
+  for (const [i, blob] of to.patchBlobs.entries()) await copyFile(blob.path, path.join(to.root, "patches", `${i + 1}.patch`));
+  for (const dep of req.dependencies) {
+    await unpackArchive(store.path(dep.archive as Digest), to.sysroot, `build dependency ${dep.name}@${dep.version}`, {
+      stripTopDir: false,
+      limits: ctx.unpackLimits,
+    });
+    log(`build dependency ${dep.name}@${dep.version} unpacked into the sysroot`);
   }
 }
 

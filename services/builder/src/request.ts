@@ -36,7 +36,7 @@ import {
   type SignRequest,
 } from "@homeostat/core";
 import type { Digest } from "@homeostat/core/digest";
-import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemetry";
+import { annotateActiveSpan, inSpan, meter, type Counter } from "@homeostat/core/telemetry";
 import type { BuildResult } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 
@@ -155,7 +155,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
 
   return async function handle(req: BuildRequest): Promise<void> {
     // Checked first, so that a forged request is refused and counted rather than skipped.
-    const { plan } = await verifiedPlan(req, deps);
+    const { plan } = await inSpan("builder.verify-plan", {}, () => verifiedPlan(req, deps));
     const status = await deps.state.get(req.key);
     if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
       deps.log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
@@ -167,7 +167,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     const result: BuildResult = await deps.build(plan);
     if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
     const isolation = await isolationOf(plan, result.outputs);
-    const buildResult = await vouch(plan, result.outputs, isolation);
+    const buildResult = await inSpan("builder.vouch", {}, () => vouch(plan, result.outputs, isolation));
     buildsByCache().add(1, { kind: plan.kind, cache: result.cached ? "hit" : "miss" });
     annotateActiveSpan({
       "homeostat.build.outcome": result.cached ? "cached" : "built",
