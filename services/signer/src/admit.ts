@@ -145,9 +145,12 @@ type Checked = { provenance: Provenance; location: string };
 async function checkPackage(result: BuildResultPredicate, dataDir: string): Promise<Checked> {
   const { archive, metadata, provenance } = result.outputs;
   if (!archive || !metadata || !provenance) throw new SignRefusedError("corrupt", `${result.key}: a package result names its archive, metadata and provenance`);
-  await storeBlob(dataDir, archive, "the package archive");
-  await storeBlob(dataDir, metadata, "the package metadata");
-  return { provenance: json(await storeBlob(dataDir, provenance, "the provenance"), "the provenance"), location: storeBlobPath(dataDir, archive) };
+  const [, , provenanceBytes] = await Promise.all([
+    storeBlob(dataDir, archive, "the package archive"),
+    storeBlob(dataDir, metadata, "the package metadata"),
+    storeBlob(dataDir, provenance, "the provenance"),
+  ]);
+  return { provenance: json(provenanceBytes, "the provenance"), location: storeBlobPath(dataDir, archive) };
 }
 
 /**
@@ -172,10 +175,14 @@ async function checkImage(result: BuildResultPredicate, dataDir: string): Promis
     if (e instanceof OciJsonError) throw new SignRefusedError("corrupt", e.message);
     throw e;
   }
-  for (const d of [m.config, ...m.layers]) await layoutBlob(layout, d.digest, "a blob of the image");
-  await layoutBlob(layout, sbom, "the SBOM");
+  // Re-hashed all at once: the reads overlap in the thread pool.
+  const [provenanceBytes] = await Promise.all([
+    layoutBlob(layout, provenance, "the provenance"),
+    layoutBlob(layout, sbom, "the SBOM"),
+    ...[m.config, ...m.layers].map((d) => layoutBlob(layout, d.digest, "a blob of the image")),
+  ]);
   return {
-    provenance: json(await layoutBlob(layout, provenance, "the provenance"), "the provenance"),
+    provenance: json(provenanceBytes, "the provenance"),
     location: `${imageLayoutDir(dataDir, result.name)}:${result.version}`,
   };
 }

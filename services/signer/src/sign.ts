@@ -115,6 +115,12 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
+  // The image's blobs (admitted, so intact) go up while it is signed: blobs alone show nothing,
+  // and uploading them is most of a push. Its failure is awaited (and thrown) below.
+  const layout = await OciLayout.open(layoutDir);
+  const repository = registryRepository(ctx.imageRepository, req.name);
+  const imageBlobs = ctx.registry?.pushBlobs(layout, repository, tag);
+  imageBlobs?.catch(() => {});
   const r = await signImage({
     layoutDir,
     tag,
@@ -124,7 +130,6 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     key: req.key,
     ...(req.isolation === "none" ? { annotations: { "homeostat.isolation": "none" } } : {}),
   });
-  const layout = await OciLayout.open(layoutDir);
   const documents: [role: string, predicateType: string, blob: string | undefined][] = [
     ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
     ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
@@ -147,13 +152,12 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     signatures[role] = signature.manifest;
   }
   if (ctx.registry) {
-    // Every blob of the three tags at once (blobs alone show nothing); then the image, so that a
-    // registry never shows a signature for an image it lacks; then the signature and the
-    // attestations, which do not depend on each other, at once.
+    // The blobs of the signature and the attestations at once, beside the image's still going;
+    // then the image, so that a registry never shows a signature for an image it lacks; then the
+    // signature and the attestations, which do not depend on each other, at once.
     const registry = ctx.registry;
-    const repository = registryRepository(ctx.imageRepository, req.name);
     const referring = [r.signatureTag, referrersTag(manifest)];
-    await Promise.all([tag, ...referring].map((t) => registry.pushBlobs(layout, repository, t)));
+    await Promise.all([imageBlobs, ...referring.map((t) => registry.pushBlobs(layout, repository, t))]);
     await registry.push(layout, repository, tag);
     await Promise.all(referring.map((t) => registry.push(layout, repository, t)));
   }
