@@ -20,7 +20,8 @@ import { listKeyStatuses, readKeyStatus, statusClient, type StatusClient } from 
 import { freePort, portAnswers, repoRoot, stopChild, waitFor } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 import { KeyFeed } from "../services/queue/src/key-feed.ts";
-import { followState, HealingReadModel, StatusReadModel } from "../services/queue/src/read-model.ts";
+import { HealingReadModel, StatusReadModel } from "../services/queue/src/read-model.ts";
+import { followState } from "@homeostat/core/state-follower";
 import { startStatusApi, type StatusApi } from "../services/queue/src/status-api.ts";
 
 const checkMs = 200;

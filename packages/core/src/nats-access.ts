@@ -159,7 +159,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     for (const p of reconcilerPriorities) g.consume(t.stream("work"), t.workConsumer(p));
     // The upstream resolver records release facts and settles announcements.
     g.kvList(t, "releases").kvWrite(t, "releases").kvList(t, "advisories");
-    g.kvWrite(t, "state").pub(t.subjects("build"));
+    // Its statuses are read from a copy kept current by one watch (state-follower.ts StatusMirror).
+    g.kvList(t, "state").kvWrite(t, "state").pub(t.subjects("build"));
   },
   builder: (g, t) => {
     g.consume(t.stream("build"), t.consumer("build"));

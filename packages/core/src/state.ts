@@ -53,6 +53,11 @@ export async function bucketRevision(kv: KV): Promise<number> {
 /** Statuses as of a revision of the state bucket or later (StateStore.reader). */
 export type StatusReader = ((key: Key) => Promise<KeyStatus | undefined>) & { readonly revision: number };
 
+/** A copy of the bucket kept current (state-follower.ts StatusMirror) that a store's readers read instead, or `fallback` when it lags. */
+export interface MirroredStatuses {
+  reader(kv: KV, fallback: () => Promise<StatusReader>): Promise<StatusReader>;
+}
+
 /** Statuses kept for readers (StateStore.reader), the least recently read going first beyond this. */
 const maxRemembered = 100_000;
 
@@ -60,8 +65,11 @@ export class StateStore {
   readonly kv: KV;
   /** Each key's status as read, with the bucket revision a reader had when it was read. */
   readonly #remembered = new Map<string, { at: number; status: KeyStatus | undefined }>();
-  constructor(kv: KV) {
+  readonly #mirror: MirroredStatuses | undefined;
+  /** `mirror`: readers read it instead of the bucket (a process that reads many statuses, the reconciler). */
+  constructor(kv: KV, opts: { mirror?: MirroredStatuses } = {}) {
     this.kv = kv;
+    this.#mirror = opts.mirror;
   }
 
   async get(key: Key): Promise<KeyStatus | undefined> {
@@ -75,11 +83,16 @@ export class StateStore {
    * reconciler reads those of every dependency): it takes the bucket's revision now, and a
    * status read earlier by a reader that had that same revision is still the key's status
    * (nothing was written in between), so it comes from memory; anything else is read. A
-   * reconcile that changes nothing reads no dependency twice while nothing changes.
+   * reconcile that changes nothing reads no dependency twice while nothing changes. With a
+   * mirror, every status comes from it once it has reached that revision (state-follower.ts).
    * The statuses are shared: callers must not change them. `revision`: the bucket's revision it
    * took (two readers at the same one answer alike).
    */
-  async reader(): Promise<StatusReader> {
+  reader(): Promise<StatusReader> {
+    return this.#mirror ? this.#mirror.reader(this.kv, () => this.#bucketReader()) : this.#bucketReader();
+  }
+
+  async #bucketReader(): Promise<StatusReader> {
     const at = await bucketRevision(this.kv);
     const read = async (key: Key): Promise<KeyStatus | undefined> => {
       const token = keyToken(key);

@@ -15,9 +15,11 @@ import type { Key } from "@homeostat/core/key";
 import { phases, type KeyStatus, type Phase } from "@homeostat/core/status";
 import { meter } from "@homeostat/core/telemetry";
 import { matchesWatch, maxWatchBacklog, type WatchEvent, type WatchFilter } from "@homeostat/status-api";
+import type { StateChange } from "@homeostat/core/state-follower";
 
 /** The latest state of one key: its status, or none once it was removed, at the bucket's revision. */
-export type FeedEntry = { key: Key; revision: number; status: KeyStatus | undefined };
+/** A change of the state bucket as the follower hands it on. */
+export type FeedEntry = StateChange;
 
 /** Why a watch ended early: its client fell behind, or the feed closed (the server stops). */
 export class WatchEnded extends Error {

@@ -11,7 +11,8 @@ import type { KeyStatus } from "@homeostat/core/status";
 import { waitFor } from "../../../scripts/factory.ts";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
 import { type FeedEntry, KeyFeed } from "./key-feed.ts";
-import { followState, HealingReadModel, StatusReadModel } from "./read-model.ts";
+import { HealingReadModel, StatusReadModel } from "./read-model.ts";
+import { followState } from "@homeostat/core/state-follower";
 
 const checkMs = 50;
 /** Longer than a write's interval: every check finds the bucket ahead of what the follower applied. */
@@ -59,31 +60,4 @@ test("a bucket written more often than it is asked is confirmed current once the
     clearInterval(writer);
   }
   assert.ok(writes > 20, `the bucket kept changing (${writes} writes)`);
-});
-
-test("a follower whose watch goes silent watches again from the last revision it applied, and applies each revision once", async () => {
-  const stallMs = 400;
-  const seen: number[] = [];
-  const warnings: string[] = [];
-  const following = new AbortController();
-  const put = (n: number) => t.buckets.state.put(keyToken(key), JSON.stringify(status(n)));
-  await put(100);
-  await followState(t.buckets.state, following.signal, (entry) => void seen.push(entry.revision), { stallMs, log: { warn: (msg) => void warnings.push(msg) } });
-  try {
-    // Deleting the watch's consumer silences it: the client would notice only by two missed
-    // idle heartbeats (10 s), well past this test's bound.
-    const stream = `KV_${t.nats.topology.bucket("state")}`;
-    for await (const c of t.nats.jsm.consumers.list(stream)) await t.nats.jsm.consumers.delete(stream, c.name);
-    const last = await put(101);
-    await waitFor("the follower to apply the revision written while its watch was silent", async () => seen.includes(last), 5_000, 25);
-    assert.ok(warnings.includes("state follower stalled: watching again from the last revision applied"), `warnings: ${warnings.join("; ")}`);
-    assert.equal(new Set(seen).size, seen.length, `each revision applied once: ${seen.join(",")}`);
-    assert.deepEqual(
-      seen,
-      [...seen].sort((a, b) => a - b),
-      "in order",
-    );
-  } finally {
-    following.abort();
-  }
 });
