@@ -91,11 +91,15 @@ test("a cached scan keeps at most its bound of filters, the least recently liste
 test("a reader lists from memory while the bucket is unchanged, and asks again after any write to it", { timeout: 30_000 }, async () => {
   const kv = t.buckets.releases;
   const text = (v: Uint8Array) => new TextDecoder().decode(v);
-  // Every request CachedScan makes is a direct get: count them.
-  const direct = (kv as unknown as { jsm: { direct: { getMessage: (...args: unknown[]) => Promise<unknown> } } }).jsm.direct;
-  const getMessage = direct.getMessage;
+  // Every request CachedScan makes is a direct get, or the stream's info for the bucket's revision: count them.
+  const { jsm } = kv as unknown as {
+    jsm: { direct: { getMessage: (...args: unknown[]) => Promise<unknown> }; streams: { info: (...args: unknown[]) => Promise<unknown> } };
+  };
+  const { getMessage } = jsm.direct;
+  const { info } = jsm.streams;
   let requests = 0;
-  direct.getMessage = (...args) => (requests++, getMessage.apply(direct, args));
+  jsm.direct.getMessage = (...args) => (requests++, getMessage.apply(jsm.direct, args));
+  jsm.streams.info = (...args) => (requests++, info.apply(jsm.streams, args));
   try {
     const scan = new CachedScan(kv, text);
     await kv.put("ash.1_0", "a");
@@ -119,7 +123,8 @@ test("a reader lists from memory while the bucket is unchanged, and asks again a
     await kv.delete("ash.1_0");
     assert.deepEqual(await (await scan.reader())("ash.*"), ["b"]);
   } finally {
-    direct.getMessage = getMessage;
+    jsm.direct.getMessage = getMessage;
+    jsm.streams.info = info;
   }
 });
 

@@ -27,6 +27,8 @@ export type BucketReader = {
   prefix: string;
   /** The message a query names (null: none), with `next_by_subj` too (nats-server 2.9 answers it on both paths). */
   get(query: DirectMsgRequest): Promise<StoredMsg | null>;
+  /** The stream's last sequence (0 when empty), from the stream leader's info. */
+  lastSequence(): Promise<number>;
 };
 
 export function bucketReader(kv: KV): BucketReader {
@@ -37,17 +39,19 @@ export function bucketReader(kv: KV): BucketReader {
     prefix: kv.prefix,
     // The client types the message API's query without next_by_subj, which the server reads all the same.
     get: kv.direct ? (query) => jsm.direct.getMessage(stream, query) : (query) => jsm.streams.getMessage(stream, query as MsgRequest),
+    lastSequence: async () => (await jsm.streams.info(stream)).state.last_seq,
   };
 }
 
 /**
- * The newest revision of any key of the bucket (its stream's last sequence; 0 when empty), in
- * one get of the last message on all its subjects. Every put, delete and purge of a key is a
- * new message, so an unchanged revision means nothing in the bucket changed in between.
+ * The newest revision of any key of the bucket (its stream's last sequence; 0 when empty), from
+ * the stream's info. Every put, delete and purge of a key is a new message, so an unchanged
+ * revision means nothing in the bucket changed in between. Not the last message on `<prefix>.>`:
+ * nats-server 2.9 finds that by scanning the subjects, about 9 ms of its CPU at 29,000 keys
+ * (bench:storm), against 1 ms for the info, and every reconcile asks three times.
  */
 export async function bucketRevision(kv: KV): Promise<number> {
-  const bucket = bucketReader(kv);
-  return (await bucket.get({ last_by_subj: `${bucket.prefix}.>` }))?.seq ?? 0;
+  return bucketReader(kv).lastSequence();
 }
 
 /** Statuses as of a revision of the state bucket or later (StateStore.reader). */
