@@ -166,7 +166,8 @@ const serviceGrants: Record<ServiceName, (g: Grant, t: Topology) => void> = {
     g.consume(t.stream("build"), t.consumer("build"));
     // It computes the desired build itself from the catalog and these facts, as the reconciler does.
     g.kvList(t, "releases").kvList(t, "advisories");
-    g.kvWrite(t, "state").pub(t.subjects("sign"));
+    // Its statuses are read from a copy kept current by one watch (state-follower.ts StatusMirror).
+    g.kvList(t, "state").kvWrite(t, "state").pub(t.subjects("sign"));
     // A build that ended in Failed is handed back to the queue at once (attempts.ts).
     g.pub(t.subjects("intake"));
     // Trial builds: asked for by the agent alone, answered to the agent's inbox.

@@ -97,7 +97,9 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
     catalog,
     releases: (pkg) => deps.releases.list(pkg),
     advisories: (pkg) => deps.advisories.list(pkg),
-    status: (k) => deps.state.get(k),
+    // Each status as of now or later, as a read of the bucket would give; from the builder's
+    // mirror of it (state-follower.ts) when it has one: a closure is one read per package.
+    status: await deps.state.reader(),
     sourceDateEpoch: deps.sourceDateEpoch,
   });
   const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
