@@ -1,8 +1,9 @@
 /**
  * Following the state bucket: one watch from its first entry that hands every change on in
- * order, restarted when it goes silent (`followState`), and what the reconciler builds on it,
- * a copy of every key's status kept current (`StatusMirror`), so that the runs that read whole
- * dependency closures read memory instead of one round trip per key.
+ * order, restarted when it goes silent (`followState`), and what the reconciler and the builder
+ * build on it, a copy of every key's status kept current (`StatusMirror`), so that what reads
+ * whole dependency closures (a reconcile, a build request's check) reads memory instead of one
+ * round trip per key.
  */
 import type { KV } from "@nats-io/kv";
 import { keyFromToken, keyToken, type Key } from "./key.ts";
@@ -24,8 +25,9 @@ export const followerStallMs = 10_000;
 
 /**
  * Follows the state bucket from its first entry: every entry, deletions included, goes to
- * `onChange` with its revision, in order and once (the queue feeds its key feed and read model from one
- * follower; the reconciler its StatusMirror). Resolves once every entry present at the start has been delivered.
+ * `onChange` with its revision, in order and once (the queue feeds its key feed and read model
+ * from one follower; the reconciler and the builder their StatusMirror). Resolves once every
+ * entry present at the start has been delivered.
  *
  * Every `stallMs / 4` it asks the bucket for its last revision; when that is ahead of what was
  * applied and nothing arrived for `stallMs`, the watch is replaced by one that resumes after the
