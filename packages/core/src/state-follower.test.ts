@@ -93,7 +93,7 @@ test("a mirror that has not reached the bucket's revision hands out a reader of 
   const behind = new StatusMirror();
   let fellBack = 0;
   const store = new StateStore(kv);
-  const reader = await behind.reader(kv, () => (fellBack++, store.reader()), 50);
+  const reader = await behind.reader(kv, (at) => (fellBack++, assert.ok(at > 0, "the revision it took"), store.reader()), 50);
   assert.equal(fellBack, 1);
   assert.equal((await reader(key))?.desiredVersion, "1.7", "current, read from the bucket");
 });

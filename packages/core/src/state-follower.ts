@@ -6,7 +6,7 @@
  * round trip per key.
  */
 import type { KV } from "@nats-io/kv";
-import { keyFromToken, keyToken, type Key } from "./key.ts";
+import { keyFromToken, type Key } from "./key.ts";
 import { errorMessage, type Logger } from "./log.ts";
 import { bucketRevision, type MirroredStatuses, type StatusReader } from "./state.ts";
 import { keyStatusSchema, type KeyStatus } from "./status.ts";
@@ -116,7 +116,7 @@ export const mirrorWaitMs = 2_000;
  * without quorum) hands out a reader of the bucket itself: slower, never stale.
  */
 export class StatusMirror implements MirroredStatuses {
-  readonly #statuses = new Map<string, KeyStatus>();
+  readonly #statuses = new Map<Key, KeyStatus>();
   #applied = 0;
   /** Readers waiting for a revision, woken as the follower passes it. */
   #waiting: { revision: number; wake: () => void }[] = [];
@@ -129,9 +129,8 @@ export class StatusMirror implements MirroredStatuses {
   }
 
   apply(change: StateChange): void {
-    const token = keyToken(change.key);
-    if (change.status) this.#statuses.set(token, change.status);
-    else this.#statuses.delete(token);
+    if (change.status) this.#statuses.set(change.key, change.status);
+    else this.#statuses.delete(change.key);
     this.#applied = change.revision;
     if (this.#waiting.length === 0) return;
     const passed = this.#waiting.filter((w) => w.revision <= change.revision);
@@ -157,10 +156,10 @@ export class StatusMirror implements MirroredStatuses {
   }
 
   /** A reader as of the bucket's revision now or later, from memory once the mirror is there; `fallback` otherwise. */
-  async reader(kv: KV, fallback: () => Promise<StatusReader>, waitMs = mirrorWaitMs): Promise<StatusReader> {
+  async reader(kv: KV, fallback: (at: number) => Promise<StatusReader>, waitMs = mirrorWaitMs): Promise<StatusReader> {
     const at = await bucketRevision(kv);
-    if (!(await this.reached(at, waitMs))) return fallback();
-    const read = (key: Key) => Promise.resolve(this.#statuses.get(keyToken(key)));
+    if (!(await this.reached(at, waitMs))) return fallback(at);
+    const read = (key: Key) => Promise.resolve(this.#statuses.get(key));
     return Object.assign(read, { revision: at });
   }
 }

@@ -57,9 +57,12 @@ export async function bucketRevision(kv: KV): Promise<number> {
 /** Statuses as of a revision of the state bucket or later (StateStore.reader). */
 export type StatusReader = ((key: Key) => Promise<KeyStatus | undefined>) & { readonly revision: number };
 
-/** A copy of the bucket kept current (state-follower.ts StatusMirror) that a store's readers read instead, or `fallback` when it lags. */
+/**
+ * A copy of the bucket kept current (state-follower.ts StatusMirror) that a store's readers read
+ * instead, or, when it lags, `fallback` at the revision it took.
+ */
 export interface MirroredStatuses {
-  reader(kv: KV, fallback: () => Promise<StatusReader>): Promise<StatusReader>;
+  reader(kv: KV, fallback: (at: number) => Promise<StatusReader>): Promise<StatusReader>;
 }
 
 /** Statuses kept for readers (StateStore.reader), the least recently read going first beyond this. */
@@ -70,7 +73,7 @@ export class StateStore {
   /** Each key's status as read, with the bucket revision a reader had when it was read. */
   readonly #remembered = new Map<string, { at: number; status: KeyStatus | undefined }>();
   readonly #mirror: MirroredStatuses | undefined;
-  /** `mirror`: readers read it instead of the bucket (a process that reads many statuses, the reconciler). */
+  /** `mirror`: readers read it instead of the bucket (a process that reads whole closures: the reconciler, the builder). */
   constructor(kv: KV, opts: { mirror?: MirroredStatuses } = {}) {
     this.kv = kv;
     this.#mirror = opts.mirror;
@@ -93,11 +96,12 @@ export class StateStore {
    * took (two readers at the same one answer alike).
    */
   reader(): Promise<StatusReader> {
-    return this.#mirror ? this.#mirror.reader(this.kv, () => this.#bucketReader()) : this.#bucketReader();
+    return this.#mirror ? this.#mirror.reader(this.kv, (at) => this.#bucketReader(at)) : this.#bucketReader();
   }
 
-  async #bucketReader(): Promise<StatusReader> {
-    const at = await bucketRevision(this.kv);
+  /** A reader of the bucket itself, at revision `known` when the caller took it already. */
+  async #bucketReader(known?: number): Promise<StatusReader> {
+    const at = known ?? (await bucketRevision(this.kv));
     const read = async (key: Key): Promise<KeyStatus | undefined> => {
       const token = keyToken(key);
       const known = this.#remembered.get(token);
