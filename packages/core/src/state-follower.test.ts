@@ -97,3 +97,17 @@ test("a mirror that has not reached the bucket's revision hands out a reader of 
   assert.equal(fellBack, 1);
   assert.equal((await reader(key))?.desiredVersion, "1.7", "current, read from the bucket");
 });
+
+test("a mirrored store's get and update take the mirror's copy of the very write they read, and parse any other", async () => {
+  const key = "package/parsed-once" as Key;
+  const revision = await put(key, 1);
+  const mirror = new StatusMirror(); // fed by hand: what it holds is what the test says
+  const store = new StateStore(kv, { mirror });
+  // A copy that differs from what is stored, so the answer tells which one it came from.
+  mirror.apply({ key, revision, status: status(key, 99) });
+  assert.equal((await store.get(key))?.desiredVersion, "1.99", "the mirror's copy of this write");
+  assert.equal((await store.update(key, () => undefined))?.desiredVersion, "1.99");
+  mirror.apply({ key, revision: revision - 1, status: status(key, 98) });
+  assert.equal((await store.get(key))?.desiredVersion, "1.1", "another write's copy: the stored one, parsed");
+  assert.equal((await store.update(key, () => undefined))?.desiredVersion, "1.1");
+});

@@ -116,7 +116,8 @@ export const mirrorWaitMs = 2_000;
  * without quorum) hands out a reader of the bucket itself: slower, never stale.
  */
 export class StatusMirror implements MirroredStatuses {
-  readonly #statuses = new Map<Key, KeyStatus>();
+  /** Each key's status with the revision that wrote it. */
+  readonly #statuses = new Map<Key, { status: KeyStatus; revision: number }>();
   #applied = 0;
   /** Readers waiting for a revision, woken as the follower passes it. */
   #waiting: { revision: number; wake: () => void }[] = [];
@@ -129,7 +130,7 @@ export class StatusMirror implements MirroredStatuses {
   }
 
   apply(change: StateChange): void {
-    if (change.status) this.#statuses.set(change.key, change.status);
+    if (change.status) this.#statuses.set(change.key, { status: change.status, revision: change.revision });
     else this.#statuses.delete(change.key);
     this.#applied = change.revision;
     if (this.#waiting.length === 0) return;
@@ -155,11 +156,16 @@ export class StatusMirror implements MirroredStatuses {
     return reached;
   }
 
+  written(key: Key, revision: number): KeyStatus | undefined {
+    const held = this.#statuses.get(key);
+    return held?.revision === revision ? held.status : undefined;
+  }
+
   /** A reader as of the bucket's revision now or later, from memory once the mirror is there; `fallback` otherwise. */
   async reader(kv: KV, fallback: (at: number) => Promise<StatusReader>, waitMs = mirrorWaitMs): Promise<StatusReader> {
     const at = await bucketRevision(kv);
     if (!(await this.reached(at, waitMs))) return fallback(at);
-    const read = (key: Key) => Promise.resolve(this.#statuses.get(key));
+    const read = (key: Key) => Promise.resolve(this.#statuses.get(key)?.status);
     return Object.assign(read, { revision: at });
   }
 }

@@ -1,13 +1,14 @@
 /**
  * The state store on a real JetStream KV (a nats-server of its own): compare-and-set writes from
  * two concurrent writers on two connections lose nothing, `change` may decline to write,
- * remove, and a fresh key's initial status.
+ * remove, a fresh key's initial status, and the bucket revision's shared queries.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Kvm, type KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { StateStore } from "./state.ts";
+import { keyToken } from "./key.ts";
+import { bucketRevision, StateStore } from "./state.ts";
 import type { KeyStatus } from "./status.ts";
 import { startTestNatsServer, type TestNatsServer } from "./test-nats-server.ts";
 
@@ -99,7 +100,7 @@ test("remove deletes a status once; a later update starts afresh", async () => {
 test("a reader answers from memory while the bucket is unchanged, and reads again after any write to it", async () => {
   const kv = await new Kvm(connections[0]!).open("state");
   let gets = 0;
-  // The same bucket with its gets counted (the revision is a direct get of its own, not counted).
+  // The same bucket with its gets counted (the revision is a stream info, not counted).
   const counted = new Proxy(kv, {
     get(target, prop, receiver) {
       const value: unknown = Reflect.get(target, prop, receiver);
@@ -126,4 +127,38 @@ test("a reader answers from memory while the bucket is unchanged, and reads agai
   assert.equal(gets, 4, "a write anywhere in the bucket: each key is read again");
   await w!.remove("package/read-a");
   assert.equal(await (await store.reader())("package/read-a"), undefined, "a removal is seen");
+});
+
+test("concurrent revision queries share stream infos, and none answers with a revision the server gave before its caller asked", async () => {
+  const nc = await connect({ servers: server.url });
+  try {
+    const kv = await new Kvm(nc).open("state");
+    // The connection's stream infos counted, and held once answered until `release` (a slow answer).
+    let infos = 0;
+    let release = (): void => {};
+    let held: Promise<void> | undefined;
+    const request = nc.request.bind(nc);
+    nc.request = async (subject, ...rest) => {
+      if (!subject.startsWith("$JS.API.STREAM.INFO.")) return request(subject, ...rest);
+      infos++;
+      const answer = await request(subject, ...rest);
+      await held;
+      return answer;
+    };
+    const revisions = await Promise.all(Array.from({ length: 20 }, () => bucketRevision(kv)));
+    assert.equal(infos, 2, "the first caller's query, then one for the other nineteen");
+    assert.equal(new Set(revisions).size, 1);
+
+    held = new Promise((r) => (release = r));
+    const before = bucketRevision(kv); // answered by the server now, held by the client
+    await writers[0]!.update("package/revision-shared", bump("package/revision-shared"));
+    const written = (await kv.get(keyToken("package/revision-shared")))!.revision;
+    const after = bucketRevision(kv); // asked after the write: must not share the held answer
+    release();
+    assert.ok((await before) < written, "the held answer predates the write");
+    assert.ok((await after) >= written, "a caller who asked after the write sees it");
+    assert.equal(infos, 2 + 2);
+  } finally {
+    await nc.close();
+  }
 });
