@@ -17,7 +17,8 @@
  * 4. resync: every key enqueued at resync priority with nothing changed → time, zero builds.
  *
  * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
- * SAMPLE_MS; a builder's CPU includes its build steps', reaped children) and the JetStream
+ * SAMPLE_MS; a builder's CPU includes its build steps', reaped children), nats-server's and
+ * redis-server's among them (on the same two cores, the services' NATS is a bound), and the JetStream
  * store's size on disk. Runs are counted from the reconcilers' own metric (the
  * homeostat.queue.process histogram, exported over OTLP/HTTP JSON to a receiver here);
  * builds from the key statuses (WatchKeys). Traces are exported only for the latency events:
@@ -391,7 +392,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       watching.abort();
       await follow.done;
     });
-    const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas];
+    const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas, ...servers.processes()];
     const storeBytes = () => Number(execFileSync("du", ["-sb", path.join(dir, "servers", "nats")], { encoding: "utf8" }).split("\t")[0]);
     const load = () => loadavg().map((l) => round(l, 2));
     const deadlineMs = o.timeoutS * 1000;

@@ -130,6 +130,8 @@ export type LocalServers = {
   natsCredentials: string;
   /** Stops nats-server, waits `downMs`, starts it again on the same port and store (a NATS outage, for the chaos suite). */
   restartNats(downMs: number): Promise<void>;
+  /** The server processes as they run now (a bench measures their CPU beside the services'). */
+  processes(): { name: "nats-server" | "redis-server"; child: ChildProcess }[];
   stop(): Promise<void>;
 };
 
@@ -154,6 +156,10 @@ export async function startLocalServers(dir: string, o: { prefix: string; region
       await new Promise((r) => setTimeout(r, downMs));
       nats = await startNatsServer({ configFile, logFile, port: Number(new URL(nats.url).port) });
     },
+    processes: () => [
+      { name: "nats-server", child: nats.child },
+      { name: "redis-server", child: redis.child },
+    ],
     stop: async () => {
       await Promise.all([nats.stop(), redis.stop()]);
     },
