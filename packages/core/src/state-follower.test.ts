@@ -111,3 +111,17 @@ test("a mirrored store's get and update take the mirror's copy of the very write
   assert.equal((await store.get(key))?.desiredVersion, "1.1", "another write's copy: the stored one, parsed");
   assert.equal((await store.update(key, () => undefined))?.desiredVersion, "1.1");
 });
+
+test("a mirror's reader knows the keys marked waiting, as of the revision it took or later", async () => {
+  const key = "package/marked" as Key;
+  const mirror = await StatusMirror.follow(kv, stop.signal);
+  const store = new StateStore(kv, { mirror });
+  await kv.put(keyToken(key), JSON.stringify({ ...status(key, 1), waitingFor: "package/base to be built" }));
+  assert.ok((await store.reader()).waiting?.has(key), "marked");
+  await put(key, 2);
+  assert.equal((await store.reader()).waiting?.has(key), false, "the mark went with the next write");
+  await kv.put(keyToken(key), JSON.stringify({ ...status(key, 3), waitingFor: "package/base to be built" }));
+  await kv.delete(keyToken(key));
+  assert.equal((await store.reader()).waiting?.has(key), false, "a deleted key waits for nothing");
+  assert.equal((await new StateStore(kv).reader()).waiting, undefined, "a reader of the bucket does not know them all at once");
+});

@@ -118,6 +118,8 @@ export const mirrorWaitMs = 2_000;
 export class StatusMirror implements MirroredStatuses {
   /** Each key's status with the revision that wrote it. */
   readonly #statuses = new Map<Key, { status: KeyStatus; revision: number }>();
+  /** The keys whose status is marked waiting: a reader's `waiting`. */
+  readonly #markedWaiting = new Set<Key>();
   #applied = 0;
   /** Readers waiting for a revision, woken as the follower passes it. */
   #waiting: { revision: number; wake: () => void }[] = [];
@@ -132,6 +134,8 @@ export class StatusMirror implements MirroredStatuses {
   apply(change: StateChange): void {
     if (change.status) this.#statuses.set(change.key, { status: change.status, revision: change.revision });
     else this.#statuses.delete(change.key);
+    if (change.status?.waitingFor) this.#markedWaiting.add(change.key);
+    else this.#markedWaiting.delete(change.key);
     this.#applied = change.revision;
     if (this.#waiting.length === 0) return;
     const passed = this.#waiting.filter((w) => w.revision <= change.revision);
@@ -166,6 +170,6 @@ export class StatusMirror implements MirroredStatuses {
     const at = await bucketRevision(kv);
     if (!(await this.reached(at, waitMs))) return fallback(at);
     const read = (key: Key) => Promise.resolve(this.#statuses.get(key)?.status);
-    return Object.assign(read, { revision: at });
+    return Object.assign(read, { revision: at, waiting: this.#markedWaiting });
   }
 }

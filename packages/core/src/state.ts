@@ -102,7 +102,14 @@ class SharedQuery<T> {
 }
 
 /** Statuses as of a revision of the state bucket or later (StateStore.reader). */
-export type StatusReader = ((key: Key) => Promise<KeyStatus | undefined>) & { readonly revision: number };
+export type StatusReader = ((key: Key) => Promise<KeyStatus | undefined>) & {
+  readonly revision: number;
+  /**
+   * The keys whose status is marked waiting (`waitingFor`), as of `revision` or later, when the
+   * reader knows them all at once (a mirror's); a reader of the bucket leaves it out.
+   */
+  readonly waiting?: ReadonlySet<Key>;
+};
 
 /**
  * A copy of the bucket kept current (state-follower.ts StatusMirror) that a store's readers read

@@ -731,7 +731,10 @@ describe("reconciler", { timeout: 60_000 }, () => {
     let raced = false;
     racing.state = new Proxy(state, {
       get(target, prop, receiver) {
-        if (prop !== "update") return Reflect.get(target, prop, receiver) as unknown;
+        if (prop !== "update") {
+          const value: unknown = Reflect.get(target, prop, receiver);
+          return typeof value === "function" ? value.bind(target) : value; // its private fields are the target's
+        }
         return async (key: Key, change: Parameters<StateStore["update"]>[1]) => {
           if (key === "package/solo2" && !raced) {
             raced = true;

@@ -223,7 +223,9 @@ export function createReconciler(deps: ReconcilerDeps) {
 
     // The key's status before its inputs: a dependency's waiting mark written after this read
     // may come from a build this run's inputs do not show yet, so the run must not clear it.
-    const status = (await deps.state.get(item.key)) ?? StateStore.initial(item.key);
+    // Through a reader (as of a revision taken now, or later, and read before the inputs are
+    // asked for): with a mirror that is memory, not a read of the bucket per run.
+    const status = (await (await deps.state.reader())(item.key)) ?? StateStore.initial(item.key);
     const { inputs, desiredState } = desiredStateOf(catalog, await deps.inputs());
     tell.inputs(inputs);
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
@@ -435,11 +437,15 @@ export function createReconciler(deps: ReconcilerDeps) {
    * The keys among `keys` marked waiting, as of this call or later, through a status reader: when
    * nothing was written since, a status comes from memory (StateStore.reader). Every unchanged
    * run of a package asks this of all its dependents, a base package's thousands included: in a
-   * resync, that was one read per edge of the graph.
+   * resync, that was one read per edge of the graph. A mirror's reader knows the marked keys at
+   * once, which makes it one set lookup per edge (a promise per edge was most of what a resync's
+   * run of a base package cost).
    */
   async function waitingAmong(keys: readonly Key[]): Promise<Key[]> {
     if (keys.length === 0) return [];
     const statusOf = await deps.state.reader();
+    const { waiting } = statusOf;
+    if (waiting) return keys.filter((k) => waiting.has(k));
     return (await mapLimit(keys, NOTICE_CONCURRENCY, async (k) => ((await statusOf(k))?.waitingFor ? [k] : []))).flat();
   }
 
