@@ -11,6 +11,7 @@ import { loadConfig } from "./config.ts";
 import {
   context,
   contextFromHeaders,
+  contextFromTraceparent,
   currentTraceId,
   currentTraceparent,
   inSpan,
@@ -21,8 +22,34 @@ import {
   startTelemetry,
   traceHeaders,
   keptAtRoot,
+  linksToTraceparents,
   traceSampler,
 } from "./telemetry.ts";
+
+test("a stored traceparent gives its remote span context; one that encodes none gives no link and leaves the context as it was", () => {
+  const traceId = "0af7651916cd43dd8448eb211c80319c";
+  const spanId = "b7ad6b7169203331";
+  const encodesNone = [
+    `00-${"0".repeat(32)}-${spanId}-01`,
+    `00-${traceId}-${"0".repeat(16)}-01`,
+    `ff-${traceId}-${spanId}-01`,
+    `00-${traceId}-${spanId}-01-extra`,
+    `00-${traceId.toUpperCase()}-${spanId}-01`,
+    "garbage",
+  ];
+  const links = linksToTraceparents([`00-${traceId}-${spanId}-01`, ...encodesNone, `01-${traceId}-${spanId}-00-future`], { "homeostat.link": "enqueue" });
+  assert.deepEqual(
+    links.map((l) => l.context),
+    [
+      { traceId, spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true },
+      { traceId, spanId, traceFlags: TraceFlags.NONE, isRemote: true },
+    ],
+  );
+  assert.deepEqual(links[0]?.attributes, { "homeostat.link": "enqueue" });
+  assert.deepEqual(trace.getSpanContext(contextFromTraceparent(`00-${traceId}-${spanId}-01`)!), { traceId, spanId, traceFlags: 1, isRemote: true });
+  for (const none of encodesNone) assert.equal(trace.getSpanContext(contextFromTraceparent(none)!), undefined, none);
+  assert.equal(contextFromTraceparent(undefined), undefined);
+});
 
 test("without an OTLP endpoint, spans still have a real trace id, carried across a message", async () => {
   assert.equal(currentTraceId(), undefined, "outside a span there is no trace id");

@@ -61,7 +61,7 @@ import { detectResources, hostDetector, osDetector, processDetector, resourceFro
 import { containerDetector } from "@opentelemetry/resource-detector-container";
 import { IORedisInstrumentation } from "@opentelemetry/instrumentation-ioredis";
 import { UndiciInstrumentation } from "@opentelemetry/instrumentation-undici";
-import { isTracingSuppressed, W3CTraceContextPropagator } from "@opentelemetry/core";
+import { isTracingSuppressed, parseTraceParent, W3CTraceContextPropagator } from "@opentelemetry/core";
 import { ATTR_URL_FULL, ATTR_URL_QUERY } from "@opentelemetry/semantic-conventions";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import {
@@ -419,17 +419,29 @@ export function contextFromHttpHeaders(h: Record<string, string | string[] | und
   });
 }
 
-/** The trace context encoded in a stored traceparent string (e.g. kept in a key's status). */
+/**
+ * The remote span context a W3C traceparent encodes; undefined when it encodes none. The W3C
+ * format itself, not the global propagator: a stored traceparent parses the same whatever is
+ * installed. Its grammar excludes the all-zero ids, so what it gives is valid without checking
+ * the ids' hex again (isSpanContextValid, on a work queue's every run and link, added up).
+ */
+function remoteSpanContext(traceparent: string): SpanContext | undefined {
+  const parsed = parseTraceParent(traceparent);
+  return parsed ? { ...parsed, isRemote: true } : undefined;
+}
+
+/** The trace context encoded in a stored traceparent string (e.g. kept in a key's status); the active one when it encodes none. */
 export function contextFromTraceparent(traceparent: string | undefined): Context | undefined {
   if (!traceparent) return undefined;
-  return propagation.extract(context.active(), { traceparent }, { get: (c, k) => c[k as "traceparent"], keys: (c) => Object.keys(c) });
+  const sc = remoteSpanContext(traceparent);
+  return sc ? trace.setSpanContext(context.active(), sc) : context.active();
 }
 
 /** Links to the span contexts that `traceparents` encode (the invalid ones left out), each with `attributes`. */
 export function linksToTraceparents(traceparents: readonly string[], attributes: Attributes = {}): Link[] {
   return traceparents.flatMap((traceparent) => {
-    const ctx = trace.getSpanContext(w3c.extract(ROOT_CONTEXT, { traceparent }, traceparentGetter));
-    return ctx && isSpanContextValid(ctx) ? [{ context: ctx, attributes }] : [];
+    const sc = remoteSpanContext(traceparent);
+    return sc ? [{ context: sc, attributes }] : [];
   });
 }
 
@@ -445,10 +457,6 @@ export function linkActiveSpan(traceparent: string, attributes: Attributes): voi
   if (link) span.addLink(link);
 }
 
-// The W3C format itself, not the global propagator: a stored traceparent parses the same whatever is installed.
-const w3c = new W3CTraceContextPropagator();
-const traceparentGetter = { get: (c: { traceparent: string }, k: string) => (k === "traceparent" ? c.traceparent : undefined), keys: () => ["traceparent"] };
-
 /**
  * Whether a span started under `traceparent` (the run of a message that carries it) would be
  * recorded by this process's sampler, so that a link added to it would reach a backend. A
@@ -462,10 +470,9 @@ export function recordedUnder(traceparent: string | undefined): boolean {
   // always_on's is yes whatever the parent said; only a plain ratio sampler needs the ids.
   if (unsampledParentsDecide) return (Number.parseInt(traceparent.slice(-2), 16) & TraceFlags.SAMPLED) !== 0;
   if (sampler instanceof AlwaysOnSampler) return true;
-  const parent = w3c.extract(ROOT_CONTEXT, { traceparent }, traceparentGetter);
-  const sc = trace.getSpanContext(parent);
-  if (!sc || !isSpanContextValid(sc)) return true;
-  return sampler.shouldSample(parent, sc.traceId, "run", SpanKind.CONSUMER, {}, []).decision !== SamplingDecision.NOT_RECORD;
+  const sc = remoteSpanContext(traceparent);
+  if (!sc) return true;
+  return sampler.shouldSample(trace.setSpanContext(ROOT_CONTEXT, sc), sc.traceId, "run", SpanKind.CONSUMER, {}, []).decision !== SamplingDecision.NOT_RECORD;
 }
 
 /**
@@ -474,8 +481,9 @@ export function recordedUnder(traceparent: string | undefined): boolean {
  */
 export function currentTraceparent(): string | undefined {
   const ctx = trace.getSpanContext(context.active());
-  // The flag first: most traces are sampled out at high rates, and the ids' check is the dearer one.
-  if (!ctx || (ctx.traceFlags & TraceFlags.SAMPLED) === 0 || !isSpanContextValid(ctx)) return undefined;
+  // The flag first: most traces are sampled out at high rates. Ids are the SDK's or a
+  // propagator's, valid hex by construction: only the API's no-op span has the all-zero ones.
+  if (!ctx || (ctx.traceFlags & TraceFlags.SAMPLED) === 0 || ctx.spanId === INVALID_SPANID) return undefined;
   return `00-${ctx.traceId}-${ctx.spanId}-0${TraceFlags.SAMPLED}`;
 }
 
