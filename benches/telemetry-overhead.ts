@@ -28,11 +28,11 @@
  * the summary its change against the baseline: the rates move with the machine's load, the CPU
  * per enqueue far less.
  *
- * The services' protocol (OTEL_EXPORTER_OTLP_PROTOCOL, default http/json) is passed through
- * from the environment, so `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf pnpm bench:telemetry`
- * measures the other encoding.
+ * Every trace is exported once per OTLP/HTTP encoding of `--protocols` (default both,
+ * http/protobuf first: the services' default), side by side; the sampled arm uses the first.
  *
  * Usage: node benches/telemetry-overhead.ts [--rounds N] [--count N (ingest)] [--enqueues N (queue; default 10,000, a fifth of bench:queue's)]
+ *          [--protocols http/protobuf,http/json]
  */
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
@@ -41,13 +41,34 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { repoRoot, startNatsServer } from "../scripts/factory.ts";
+import { commandLine, integerOption } from "./end-to-end.ts";
 import { table } from "./table.ts";
 
-const { values } = parseArgs({
-  options: { rounds: { type: "string", default: "1" }, count: { type: "string", default: "20000" }, enqueues: { type: "string", default: "10000" } },
+const usage = `Usage: node benches/telemetry-overhead.ts [--rounds N (1-10)] [--count N (ingest's events)] [--enqueues N (the queue's)]
+         [--protocols http/protobuf,http/json (every trace exported with each; the sampled arm with the first)]`;
+const protocolNames = ["http/protobuf", "http/json"] as const;
+const o = commandLine("bench:telemetry", usage, () => {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: "string", default: "1" },
+      count: { type: "string", default: "20000" },
+      enqueues: { type: "string", default: "10000" },
+      protocols: { type: "string", default: protocolNames.join(",") },
+    },
+  });
+  const protocols = values.protocols.split(",").map((p) => {
+    const known = protocolNames.find((n) => n === p);
+    if (!known) throw new Error(`--protocols: expected a list of ${protocolNames.join(", ")}, got ${p}`);
+    return known;
+  });
+  return {
+    rounds: integerOption("rounds", values.rounds, 1, 10),
+    count: String(integerOption("count", values.count, 100, 1_000_000)),
+    enqueues: String(integerOption("enqueues", values.enqueues, 100, 1_000_000)),
+    protocols: [...new Set(protocols)] as [(typeof protocolNames)[number], ...(typeof protocolNames)[number][]],
+  };
 });
-const rounds = Number(values.rounds);
-if (!Number.isInteger(rounds) || rounds < 1 || rounds > 10) throw new Error("--rounds takes 1 to 10");
+const { rounds } = o;
 
 type Arm = { bench: "ingest" | "queue"; arm: string; args: string[]; env: Record<string, string> };
 type Measured = Arm & { throughput: number; p99Ms: number; exports: number; exportedKiB: number; detail: string; cpuUsPerEnqueue?: number };
@@ -99,24 +120,26 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-bench-telemetry-"));
 writeFileSync(path.join(dir, "nats.conf"), `jetstream { store_dir: "${path.join(dir, "js")}" }\n`);
 const nats = await startNatsServer({ configFile: path.join(dir, "nats.conf"), logFile: path.join(dir, "nats.log") });
 const otlp = await startOtlpSink();
-const exported = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url };
-const common = { NATS_URL: nats.url, BENCH_QUEUE_ENQUEUES: values.enqueues };
+const exportedWith = (protocol: (typeof protocolNames)[number]) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: protocol });
+const common = { NATS_URL: nats.url, BENCH_QUEUE_ENQUEUES: o.enqueues };
 /** The production lever at high rates: one trace in ten kept, a child following its parent's decision. */
-const sampled = { ...exported, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" };
+const sampled = { ...exportedWith(o.protocols[0]), OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" };
+const everyTrace = (protocol: (typeof protocolNames)[number]) => `exported, ${protocol}`;
+const benchArms = (bench: Arm["bench"], baseline: string, args: string[], tracedArgs: string[]): Arm[] => [
+  { bench, arm: baseline, args, env: common },
+  ...o.protocols.map((p) => ({ bench, arm: everyTrace(p), args: tracedArgs, env: { ...common, ...exportedWith(p) } })),
+  { bench, arm: `exported, ${o.protocols[0]}, 1 trace in 10`, args: tracedArgs, env: { ...common, ...sampled } },
+];
 const arms: Arm[] = [
-  { bench: "ingest", arm: "not exported", args: ["--count", values.count], env: common },
-  { bench: "ingest", arm: "exported", args: ["--count", values.count], env: { ...common, ...exported } },
-  { bench: "ingest", arm: "exported, 1 trace in 10", args: ["--count", values.count], env: { ...common, ...sampled } },
-  { bench: "queue", arm: "off", args: ["--only", "homeostat"], env: common },
-  { bench: "queue", arm: "exported", args: ["--only", "homeostat", "--telemetry"], env: { ...common, ...exported } },
-  { bench: "queue", arm: "exported, 1 trace in 10", args: ["--only", "homeostat", "--telemetry"], env: { ...common, ...sampled } },
+  ...benchArms("ingest", "not exported", ["--count", o.count], ["--count", o.count]),
+  ...benchArms("queue", "off", ["--only", "homeostat"], ["--only", "homeostat", "--telemetry"]),
 ];
 
 const load = () => os.loadavg().map((l) => l.toFixed(1));
 const measured: Measured[] = [];
 try {
   console.log(
-    `bench:telemetry — ${rounds} round(s); private nats-server ${nats.url}; OTLP receiver ${otlp.url} (${process.env.OTEL_EXPORTER_OTLP_PROTOCOL || "http/json, the services' default"}); load ${load().join(" ")} on ${os.availableParallelism()} CPUs`,
+    `bench:telemetry — ${rounds} round(s); private nats-server ${nats.url}; OTLP receiver ${otlp.url} (${o.protocols.join(", ")}); load ${load().join(" ")} on ${os.availableParallelism()} CPUs`,
   );
   for (let round = 0; round < rounds; round++)
     for (const a of arms) {
@@ -180,8 +203,8 @@ console.log(
 );
 const verdict = (rows: typeof summary) => (rows.every((s) => s.lossPct <= 10) ? "met" : "NOT met");
 console.log(
-  `target: <= 10 % lost: every trace exported ${verdict(summary.filter((s) => s.arm === "exported"))}; ` +
-    `1 trace in 10 ${verdict(summary.filter((s) => s.arm !== "exported"))} (load ${load().join(" ")})`,
+  `target: <= 10 % lost: ${o.protocols.map((p) => `every trace exported (${p}) ${verdict(summary.filter((s) => s.arm === everyTrace(p)))}`).join("; ")}; ` +
+    `1 trace in 10 ${verdict(summary.filter((s) => s.arm.endsWith("1 trace in 10")))} (load ${load().join(" ")})`,
 );
 console.log(
   JSON.stringify({ bench: "telemetry-overhead", rounds, summary, runs: measured.map(({ env: _, args: __, detail: ___, ...m }) => m), load: os.loadavg() }),
