@@ -7,7 +7,7 @@
  * The arms:
  *  - ingest: the service as in production. "not exported": no OTEL_EXPORTER_OTLP_ENDPOINT, so
  *    spans are still made (a key's status records its trace id) but go nowhere; "exported":
- *    OTLP/HTTP protobuf to the receiver (spans and metrics, batched as configured).
+ *    OTLP/HTTP to the receiver (spans and metrics, batched as configured).
  *  - queue: `--telemetry` starts the SDK as a service does and issues each enqueue in a trace
  *    context of its own, as a traced caller passes it (so runs link back to them; the caller's
  *    span is the caller's cost, so the bench makes none); "off" is the bench without any SDK,
@@ -28,11 +28,11 @@
  * the summary its change against the baseline: the rates move with the machine's load, the CPU
  * per enqueue far less.
  *
- * Every trace is exported once per OTLP/HTTP encoding of `--protocols` (default both,
- * http/protobuf first: the services' default), side by side; the sampled arm uses the first.
+ * Every trace is exported once per OTLP/HTTP encoding of `--protocols` (default both, http/json
+ * first: the services' default), side by side; the sampled arm uses the first.
  *
  * Usage: node benches/telemetry-overhead.ts [--rounds N] [--count N (ingest)] [--enqueues N (queue; default 10,000, a fifth of bench:queue's)]
- *          [--protocols http/protobuf,http/json]
+ *          [--protocols http/json,http/protobuf]
  */
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
@@ -45,8 +45,8 @@ import { commandLine, integerOption } from "./end-to-end.ts";
 import { table } from "./table.ts";
 
 const usage = `Usage: node benches/telemetry-overhead.ts [--rounds N (1-10)] [--count N (ingest's events)] [--enqueues N (the queue's)]
-         [--protocols http/protobuf,http/json (every trace exported with each; the sampled arm with the first)]`;
-const protocolNames = ["http/protobuf", "http/json"] as const;
+         [--protocols http/json,http/protobuf (every trace exported with each; the sampled arm with the first)]`;
+const protocolNames = ["http/json", "http/protobuf"] as const;
 const o = commandLine("bench:telemetry", usage, () => {
   const { values } = parseArgs({
     options: {
