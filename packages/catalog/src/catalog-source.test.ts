@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, utimesSync } from "node:fs";
 import path from "node:path";
 import { CatalogError } from "./catalog.ts";
-import { CatalogSource, parseCatalogLocation } from "./catalog-source.ts";
+import { CatalogSource, directoryFingerprint, parseCatalogLocation } from "./catalog-source.ts";
 import { git, scratchDirs, writeFiles as write } from "../../../test/fixtures/scratch.ts";
 
 const sha = "0".repeat(64);
@@ -138,6 +138,24 @@ test("the watcher reports each change and each new rejection once, and stops whe
   await watching;
   assert.deepEqual(seen, ["rejected", "changed"]);
   assert.deepEqual(source.current().images.get("app")!.packages, ["app", "lib"]);
+});
+
+test("a directory's fingerprint: the same for the same files, another when any one of them, deep in a large tree, changes size or time", async () => {
+  // More files than one turn of stats (STATS_PER_TURN), in nested directories.
+  const dir = tmp("catalog-fingerprint-");
+  write(dir, Object.fromEntries(Array.from({ length: 1_200 }, (_, i) => [`packages/${String(i % 7)}/${String(i % 3)}/p${i}.yaml`, `n: ${i}\n`])));
+  const first = await directoryFingerprint(dir);
+  assert.match(first, /^[0-9a-f]{64}$/);
+  assert.equal(await directoryFingerprint(dir), first);
+  const last = path.join(dir, "packages/2/2/p1199.yaml");
+  utimesSync(last, new Date(0), new Date(0));
+  const touched = await directoryFingerprint(dir);
+  assert.notEqual(touched, first, "a modification time");
+  write(dir, { "packages/2/2/p1199.yaml": "n: 1199 changed\n" });
+  utimesSync(last, new Date(0), new Date(0));
+  assert.notEqual(await directoryFingerprint(dir), touched, "a size");
+  write(dir, { "packages/0/0/new.yaml": "n: new\n" });
+  assert.notEqual(await directoryFingerprint(dir), touched, "a new file");
 });
 
 test("a first load that fails throws: there is nothing good to serve", async () => {
