@@ -59,8 +59,8 @@ export class BuildRefusedError extends NonRetriableError {
 export type BuildRequestDeps = {
   /** The catalog at a revision, or undefined when this builder cannot have it (CatalogSource.at). */
   catalogAt: (revision: string) => Promise<Catalog | undefined>;
-  releases: Pick<ReleaseStore, "list">;
-  advisories: Pick<AdvisoryStore, "list">;
+  releases: Pick<ReleaseStore, "reader">;
+  advisories: Pick<AdvisoryStore, "reader">;
   state: StateStore;
   sourceDateEpoch: number;
   /** Builds a plan (Builder.build: cache, concurrency). */
@@ -93,15 +93,12 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
   const { kind, name } = parseKey(req.key);
   const declared = kind === "package" ? catalog.packages.has(name) : catalog.images.has(name);
   if (!declared) return refuse(deps, req, "not-in-catalog", `not in the catalog at ${req.catalogRevision}`);
-  const desiredState = new DesiredState({
-    catalog,
-    releases: (pkg) => deps.releases.list(pkg),
-    advisories: (pkg) => deps.advisories.list(pkg),
-    // Each status as of now or later, as a read of the bucket would give; from the builder's
-    // mirror of it (state-follower.ts) when it has one: a closure is one read per package.
-    status: await deps.state.reader(),
-    sourceDateEpoch: deps.sourceDateEpoch,
-  });
+  // Each fact and status as of now or later, as a read of the bucket would give, through readers:
+  // a package's releases and advisories unchanged since another build read them come from memory
+  // (a list of each was a round trip per package of the closure), statuses from the builder's
+  // mirror of the bucket (state-follower.ts) when it has one.
+  const [releases, advisories, status] = await Promise.all([deps.releases.reader(), deps.advisories.reader(), deps.state.reader()]);
+  const desiredState = new DesiredState({ catalog, releases, advisories, status, sourceDateEpoch: deps.sourceDateEpoch });
   const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
   if (desired.state === "waiting") return refuse(deps, req, "waiting", `the catalog and the facts say it waits for ${desired.waitingFor}`);
   if (desired.state === "attention")
