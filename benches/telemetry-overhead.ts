@@ -47,6 +47,7 @@ import { table } from "./table.ts";
 const usage = `Usage: node benches/telemetry-overhead.ts [--rounds N (1-10)] [--count N (ingest's events)] [--enqueues N (the queue's)]
          [--protocols http/json,http/protobuf (every trace exported with each; the sampled arm with the first)]`;
 const protocolNames = ["http/json", "http/protobuf"] as const;
+type Protocol = (typeof protocolNames)[number];
 const o = commandLine("bench:telemetry", usage, () => {
   const { values } = parseArgs({
     options: {
@@ -65,7 +66,7 @@ const o = commandLine("bench:telemetry", usage, () => {
     rounds: integerOption("rounds", values.rounds, 1, 10),
     count: String(integerOption("count", values.count, 100, 1_000_000)),
     enqueues: String(integerOption("enqueues", values.enqueues, 100, 1_000_000)),
-    protocols: [...new Set(protocols)] as [(typeof protocolNames)[number], ...(typeof protocolNames)[number][]],
+    protocols: [...new Set(protocols)] as [Protocol, ...Protocol[]],
   };
 });
 const { rounds } = o;
@@ -120,11 +121,11 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "homeostat-bench-telemetry-"));
 writeFileSync(path.join(dir, "nats.conf"), `jetstream { store_dir: "${path.join(dir, "js")}" }\n`);
 const nats = await startNatsServer({ configFile: path.join(dir, "nats.conf"), logFile: path.join(dir, "nats.log") });
 const otlp = await startOtlpSink();
-const exportedWith = (protocol: (typeof protocolNames)[number]) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: protocol });
+const exportedWith = (protocol: Protocol) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: protocol });
 const common = { NATS_URL: nats.url, BENCH_QUEUE_ENQUEUES: o.enqueues };
 /** The production lever at high rates: one trace in ten kept, a child following its parent's decision. */
 const sampled = { ...exportedWith(o.protocols[0]), OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" };
-const everyTrace = (protocol: (typeof protocolNames)[number]) => `exported, ${protocol}`;
+const everyTrace = (protocol: Protocol) => `exported, ${protocol}`;
 const benchArms = (bench: Arm["bench"], baseline: string, args: string[], tracedArgs: string[]): Arm[] => [
   { bench, arm: baseline, args, env: common },
   ...o.protocols.map((p) => ({ bench, arm: everyTrace(p), args: tracedArgs, env: { ...common, ...exportedWith(p) } })),
