@@ -22,12 +22,17 @@ import { constants as zc, crc32, deflateRaw, type ZlibOptions } from "node:zlib"
 /** Input bytes per block: large enough that dictionaries and flush markers cost ~0.1 %, small enough to spread a layer over threads. */
 export const BLOCK_BYTES = 1024 * 1024;
 /**
- * zlib's output buffer per block: room for a whole block even when it does not compress (stored
- * blocks add 5 bytes per 64 KiB), so that a block is one thread-pool job. With Node's default
- * (16 KiB) a block bounces between the pool and the main thread dozens of times, and the blocks
- * hardly run in parallel. The output bytes do not depend on it.
+ * zlib's output buffer for a block of `n` bytes: room for the whole block even when it does not
+ * compress (stored blocks add 5 bytes per 16 KiB at most, the flush marker and final block a few
+ * more), so that a block is one thread-pool job. With Node's default (16 KiB) a block bounces
+ * between the pool and the main thread dozens of times, and the blocks hardly run in parallel.
+ * Sized to the block, not to BLOCK_BYTES: a small layer's one block would otherwise take a
+ * megabyte of external memory, and a build's few such buffers started V8's full marking after
+ * every build (bench:storm's latency scenario, `--trace-gc`). The output bytes do not depend on it.
  */
-const OUTPUT_CHUNK_BYTES = BLOCK_BYTES + 64 * 1024;
+function outputChunkBytes(n: number): number {
+  return n + 5 * Math.ceil(n / 16_384) + 64;
+}
 /** deflate's window: how far back a match may reach, hence the dictionary each block gets. */
 const WINDOW_BYTES = 32 * 1024;
 
@@ -45,7 +50,13 @@ function deflateBlock(block: Buffer, dictionary: Buffer | undefined, last: boole
   return new Promise((resolve, reject) => {
     deflateRaw(
       block,
-      { ...o.zlib, windowBits: 15, chunkSize: OUTPUT_CHUNK_BYTES, finishFlush: last ? zc.Z_FINISH : zc.Z_SYNC_FLUSH, ...(dictionary ? { dictionary } : {}) },
+      {
+        ...o.zlib,
+        windowBits: 15,
+        chunkSize: outputChunkBytes(block.length),
+        finishFlush: last ? zc.Z_FINISH : zc.Z_SYNC_FLUSH,
+        ...(dictionary ? { dictionary } : {}),
+      },
       (err, out) => (err ? reject(err) : resolve(out)),
     );
   });

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { chmod, link, mkdir, mkdtemp, readFile, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -133,6 +133,27 @@ test("large files are streamed (content never held whole) and hashed", async () 
   const { res } = await tarOf(dir, "big.tar.gz", true);
   assert.equal(res.entries[0]!.sha256, createHash("sha256").update(big).digest("hex"));
   assert.equal(res.tarSize, 512 + big.length + (512 - (big.length % 512)) + 1024);
+});
+
+test("archives across chunk sizes: what GNU tar extracts is what was packed, gzipped or not", async () => {
+  // Sizes around the packer's first chunk (64 KiB), its doublings and a block (1 MiB), in random
+  // bytes so that a byte copied to the wrong place shows.
+  const dir = path.join(tmp, "chunks");
+  await mkdir(dir);
+  const files = new Map<string, Buffer>();
+  for (const [i, size] of [100, 65_000, 70_000, 3, 200_000, 600_000, 1_048_576, 1_500_000, 10].entries()) {
+    const name = `f${String(i).padStart(2, "0")}.bin`;
+    const bytes = randomBytes(size);
+    files.set(name, bytes);
+    await writeFile(path.join(dir, name), bytes);
+  }
+  const gz = await tarOf(dir, "chunks.tar.gz", true);
+  const plain = await tarOf(dir, "chunks.tar", false);
+  assert.ok(gunzipSync(gz.bytes).equals(plain.bytes));
+  const out = path.join(tmp, "chunks-out");
+  await mkdir(out);
+  execFileSync("tar", ["-xzf", gz.file, "-C", out]);
+  for (const [name, bytes] of files) assert.ok((await readFile(path.join(out, name))).equals(bytes), name);
 });
 
 test("unsupported entries and bad epochs are refused", async () => {

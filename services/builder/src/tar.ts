@@ -265,24 +265,40 @@ function asciiTruncate(s: string, max: number): string {
  * chunk is one block (no copying to re-cut it) and a layer flows through the streams as a few
  * hundred chunks rather than several per file: per chunk, the streams cost more than hashing it.
  * Headers, padding and file contents are written (files read) straight into the chunk.
+ *
+ * The first chunk starts at FIRST_CHUNK_BYTES and doubles as it fills: most packages' archives
+ * are a few kilobytes, and a megabyte of external memory for each started V8's full marking
+ * after every build (with parallel-gzip's output buffers; bench:storm's latency scenario).
  */
+/** The first chunk of an archive; a power of two, so that doubling reaches BLOCK_BYTES exactly. */
+const FIRST_CHUNK_BYTES = 64 * 1024;
+
 class ChunkPacker {
-  private chunk = Buffer.allocUnsafe(BLOCK_BYTES);
+  private chunk = Buffer.allocUnsafe(FIRST_CHUNK_BYTES);
   private used = 0;
 
   /** Hands the next `n` bytes of the archive to `fill`, piece by piece; yields each chunk it fills. */
   *put(n: number, fill: (piece: Buffer) => void): Generator<Buffer> {
     for (let left = n; left > 0;) {
-      const piece = this.chunk.subarray(this.used, this.used + Math.min(left, BLOCK_BYTES - this.used));
+      if (this.used === this.chunk.length) this.grow();
+      const piece = this.chunk.subarray(this.used, this.used + Math.min(left, this.chunk.length - this.used));
       fill(piece);
       this.used += piece.length;
       left -= piece.length;
       if (this.used === BLOCK_BYTES) {
         yield this.chunk;
-        this.chunk = Buffer.allocUnsafe(BLOCK_BYTES);
+        // The next block's chunk is made when a byte comes for it, a whole block at once.
+        this.chunk = Buffer.alloc(0);
         this.used = 0;
       }
     }
+  }
+
+  /** A full chunk: twice the room (what it holds copied over), or after a block, a block's. */
+  private grow(): void {
+    const bigger = Buffer.allocUnsafe(this.chunk.length === 0 ? BLOCK_BYTES : Math.min(BLOCK_BYTES, this.chunk.length * 2));
+    this.chunk.copy(bigger, 0, 0, this.used);
+    this.chunk = bigger;
   }
 
   *append(bytes: Buffer): Generator<Buffer> {
