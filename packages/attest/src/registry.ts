@@ -70,24 +70,35 @@ export class Registry {
     this.url = url.replace(/\/$/, "");
   }
 
-  /** Pushes `tag` of the layout, with everything it references, as `<repository>:<tag>`. */
-  async push(layout: OciLayout, repository: string, tag: string): Promise<Descriptor> {
-    const d = await layout.resolve(tag);
-    if (!d) throw new RegistryError(`tag ${JSON.stringify(tag)} is not in ${layout.dir}`);
-    await this.pushManifest(layout, repository, d, tag);
+  /**
+   * Pushes `tag` of the layout, with everything it references, as `<repository>:<tag>`; with
+   * `untagged`, its manifest goes by its digest instead, reachable by no tag (a later `push` of the
+   * tag then sends that one manifest again, under the tag).
+   */
+  async push(layout: OciLayout, repository: string, tag: string, o: { untagged?: boolean } = {}): Promise<Descriptor> {
+    const d = await this.resolve(layout, tag);
+    await this.pushManifest(layout, repository, d, o.untagged ? d.digest : tag);
     return d;
   }
 
   /**
-   * Uploads every blob `tag` references (through the manifests an index lists) and no manifest.
-   * Blobs alone show nothing in the registry, so those of several tags can all go at once ahead
-   * of the manifests that must come in order (an image's before its signature's): one round of
-   * uploads instead of one per tag.
+   * Pushes everything `tag` references but not the manifest `tag` names: its blobs, and for an
+   * index the manifests it lists (by digest, with their blobs). None of it is reachable by a tag,
+   * so what several tags reference can go up at once, ahead of the tags that must come in order
+   * (an image's before its signature's): one round of uploads instead of one per tag.
    */
-  async pushBlobs(layout: OciLayout, repository: string, tag: string): Promise<void> {
+  async pushReferenced(layout: OciLayout, repository: string, tag: string): Promise<void> {
+    const linked = parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
+    await Promise.all([
+      mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob)),
+      mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest)),
+    ]);
+  }
+
+  private async resolve(layout: OciLayout, tag: string): Promise<Descriptor> {
     const d = await layout.resolve(tag);
     if (!d) throw new RegistryError(`tag ${JSON.stringify(tag)} is not in ${layout.dir}`);
-    await this.pushBlobsOf(layout, repository, d);
+    return d;
   }
 
   /** Pulls `<repository>:<reference>` with everything it references into the layout, tagged `tag`. */
@@ -120,15 +131,6 @@ export class Registry {
     }
     if (res.status !== 201) throw await this.failure(res, `PUT manifest ${repository}:${reference}`);
     this.remember(repository, d.digest);
-  }
-
-  private async pushBlobsOf(layout: OciLayout, repository: string, d: Descriptor): Promise<void> {
-    if (this.isPresent(repository, d.digest)) return;
-    const linked = parseLinked(await layout.readBlob(d.digest), `manifest ${d.digest}`);
-    await Promise.all([
-      mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob)),
-      mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushBlobsOf(layout, repository, child)),
-    ]);
   }
 
   /**

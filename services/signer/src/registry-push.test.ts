@@ -75,11 +75,11 @@ test("a signed image, its signature and its attestations are pushed; skopeo read
   assert.match(ok.stdout, /https:\/\/slsa\.dev\/provenance\/v1 by key/);
 });
 
-test("a sign uploads every blob of its three tags first, each once, then the image's manifest, then those that refer to it", async () => {
+test("a sign uploads everything untagged first, each blob once and the image before what names it, then its three tags", async () => {
   const proxy = await countingProxy(registry.url);
   try {
     const req = await imageToSign(path.join(dir, "ordered"), "1.0", "ordered");
-    await sign(req, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer: newSigner(), registry: new Registry(proxy.url) });
+    const result = await sign(req, { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer: newSigner(), registry: new Registry(proxy.url) });
     const puts = proxy.requests.filter((r) => r.startsWith("PUT "));
     const uploads = puts.filter((r) => r.includes("/blobs/uploads/"));
     const manifests = puts.filter((r) => r.includes("/manifests/"));
@@ -87,9 +87,18 @@ test("a sign uploads every blob of its three tags first, each once, then the ima
     const digests = uploads.map((r) => new URL(r.slice(4), "http://x").searchParams.get("digest"));
     assert.equal(new Set(digests).size, digests.length, `each blob once: ${brief(uploads)}`);
     assert.ok(uploads.length >= 5, `the image's config and layer, the signature's payload and config, the attestations: ${brief(uploads)}`);
-    assert.ok(puts.indexOf(uploads.at(-1)!) < puts.indexOf(manifests[0]!), `blobs before manifests: ${brief(puts)}`);
-    assert.equal(manifests[0], "PUT /v2/homeostat/ordered/manifests/1.0", `the image's manifest first: ${brief(manifests)}`);
-    assert.equal(manifests.length, 5, `image, signature, two attestations, referrers index: ${brief(manifests)}`);
+    const image = req.outputs.manifest!;
+    const at = (reference: string) => manifests.indexOf(`PUT /v2/homeostat/ordered/manifests/${reference}`);
+    const attestations = [result.signatures.sbom!, result.signatures.provenance!];
+    for (const reference of [image, ...attestations]) assert.ok(at(reference) >= 0, `${reference} by digest: ${brief(manifests)}`);
+    assert.ok(
+      attestations.every((a) => at(image) < at(a)),
+      `the image before the attestations naming it: ${brief(manifests)}`,
+    );
+    const tags = ["1.0", `${image.replace(":", "-")}.sig`, image.replace(":", "-")];
+    assert.deepEqual(new Set(manifests.slice(-3)), new Set(tags.map((t) => `PUT /v2/homeostat/ordered/manifests/${t}`)), `the tags last: ${brief(manifests)}`);
+    assert.equal(manifests.length, 6, `image and attestations by digest, then three tags: ${brief(manifests)}`);
+    assert.ok(puts.indexOf(uploads.at(-1)!) < puts.indexOf(manifests.at(-3)!), `every blob before the first tag: ${brief(puts)}`);
   } finally {
     await proxy.close();
   }

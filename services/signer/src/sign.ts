@@ -9,7 +9,8 @@
  *            (outputs.sbom) and the SLSA provenance (outputs.provenance), blobs of the layout,
  *            are attested (attestation.ts): roles `sbom` and `provenance` -> the attestation
  *            manifests listed under the referrers tag `sha256-<hex>`. With a registry
- *            configured, the image tag, the signature tag and the referrers tag are pushed.
+ *            configured, everything goes up by digest as it is made, and then the image tag,
+ *            the signature tag and the referrers tag.
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
@@ -115,12 +116,13 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
-  // The image's blobs (admitted, so intact) go up while it is signed: blobs alone show nothing,
-  // and uploading them is most of a push. Its failure is awaited (and thrown) below.
+  // The registry gets everything untagged while it is made, and the three tags at the end (see
+  // below). The image (admitted, so intact) goes up by digest while it is signed, and the
+  // signature's blobs while the attestations are made. Failures are awaited (and thrown) below.
   const layout = await OciLayout.open(layoutDir);
   const repository = registryRepository(ctx.imageRepository, req.name);
-  const imageBlobs = ctx.registry?.pushBlobs(layout, repository, tag);
-  imageBlobs?.catch(() => {});
+  const imageUp = ctx.registry?.push(layout, repository, tag, { untagged: true });
+  imageUp?.catch(() => {});
   const r = await signImage({
     layoutDir,
     tag,
@@ -130,6 +132,8 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     key: req.key,
     ...(req.isolation === "none" ? { annotations: { "homeostat.isolation": "none" } } : {}),
   });
+  const signatureUp = ctx.registry?.pushReferenced(layout, repository, r.signatureTag);
+  signatureUp?.catch(() => {});
   const documents: [role: string, predicateType: string, blob: string | undefined][] = [
     ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
     ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
@@ -152,14 +156,13 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     signatures[role] = signature.manifest;
   }
   if (ctx.registry) {
-    // The blobs of the signature and the attestations at once, beside the image's still going;
-    // then the image, so that a registry never shows a signature for an image it lacks; then the
-    // signature and the attestations, which do not depend on each other, at once.
+    // The attestations' manifests name the image as their subject: they go up (by digest) once it
+    // is there. Then the image's tag, the signature's and the referrers' at once, each a single
+    // manifest: whichever a client sees first, the image it refers to is already there.
     const registry = ctx.registry;
-    const referring = [r.signatureTag, referrersTag(manifest)];
-    await Promise.all([imageBlobs, ...referring.map((t) => registry.pushBlobs(layout, repository, t))]);
-    await registry.push(layout, repository, tag);
-    await Promise.all(referring.map((t) => registry.push(layout, repository, t)));
+    await imageUp;
+    await Promise.all([signatureUp, registry.pushReferenced(layout, repository, referrersTag(manifest))]);
+    await Promise.all([tag, r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
   }
   return { signatures, keyId: ctx.signer.keyId };
 }
