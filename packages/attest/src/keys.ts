@@ -75,12 +75,28 @@ export async function readTrustedKeys(files: readonly string[]): Promise<string[
     } catch (e) {
       throw new SigningKeyError(`trusted key file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
-    const blocks = text.match(/-----BEGIN PUBLIC KEY-----[\s\S]*?-----END PUBLIC KEY-----/g) ?? [];
-    if (blocks.length === 0) throw new SigningKeyError(`trusted key file ${file}: holds no PEM public key (-----BEGIN PUBLIC KEY-----)`);
-    blocks.forEach((pem, i) => {
-      const key = parsePublicKey(pem, `trusted key file ${file}${blocks.length > 1 ? ` (key #${i + 1})` : ""}`);
-      out.set(keyIdOf(key), key.export({ type: "spki", format: "pem" }).toString());
-    });
+    for (const [id, pem] of trustedKeysIn(file, text)) out.set(id, pem);
   }
   return [...out.values()];
+}
+
+/** Trust files' keys as last parsed, with the text they were parsed from; at most 64 files. */
+const parsedTrustFiles = new Map<string, { text: string; keys: [id: string, pem: string][] }>();
+
+/**
+ * The keys a trust file's text holds, by key id; parsed once per file and text (the signer reads
+ * its trust files for every request, and parsing them was about 1 ms of each).
+ */
+function trustedKeysIn(file: string, text: string): [id: string, pem: string][] {
+  const known = parsedTrustFiles.get(file);
+  if (known?.text === text) return known.keys;
+  const blocks = text.match(/-----BEGIN PUBLIC KEY-----[\s\S]*?-----END PUBLIC KEY-----/g) ?? [];
+  if (blocks.length === 0) throw new SigningKeyError(`trusted key file ${file}: holds no PEM public key (-----BEGIN PUBLIC KEY-----)`);
+  const keys = blocks.map((pem, i): [string, string] => {
+    const key = parsePublicKey(pem, `trusted key file ${file}${blocks.length > 1 ? ` (key #${i + 1})` : ""}`);
+    return [keyIdOf(key), key.export({ type: "spki", format: "pem" }).toString()];
+  });
+  if (parsedTrustFiles.size >= 64) parsedTrustFiles.clear();
+  parsedTrustFiles.set(file, { text, keys });
+  return keys;
 }

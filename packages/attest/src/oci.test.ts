@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +22,10 @@ test("open creates the layout; blobs are content-addressed and idempotent", asyn
   assert.equal(d1.size, 5);
   assert.deepEqual(d1.annotations, { a: "b" });
   assert.equal(d2.digest, d1.digest);
+  assert.equal((await layout.readBlob(d1.digest)).toString(), "hello");
+  // A corrupted copy of the same size is replaced by the next write of the blob.
+  await writeFile(layout.blobPath(d1.digest), "jello");
+  await layout.writeBlob("hello", "text/plain");
   assert.equal((await layout.readBlob(d1.digest)).toString(), "hello");
   assert.deepEqual(await readdir(path.join(dir, "blobs", "sha256")), [d1.digest.slice(7)]);
   assert.throws(() => layout.blobPath("sha256:../../etc/passwd" as `sha256:${string}`), /not a sha256 digest/);
@@ -63,6 +67,29 @@ test("tag replaces, resolves, keeps a content-determined order; manifests are ca
   await other.writeBlob(manifestBytes({ config, layers: [config] }), mediaTypes.manifest);
   await other.tag("1.0", m2);
   assert.equal(await readFile(path.join(tmp, "tags2", "index.json"), "utf8"), await readFile(path.join(tmp, "tags", "index.json"), "utf8"));
+});
+
+test("index: a replaced index.json is read again, even at the same size; what it returns cannot be changed", async () => {
+  const dir = path.join(tmp, "replaced");
+  const layout = await OciLayout.open(dir);
+  const d = await layout.writeBlob(manifestBytes({ config: await layout.writeBlob("{}", mediaTypes.config), layers: [] }), mediaTypes.manifest);
+  await layout.tag("v1", d);
+  assert.deepEqual(await layout.tags(), ["v1"]);
+  // Another process's write, as every writer makes it: a whole new file renamed over the old one.
+  const text = await readFile(path.join(dir, "index.json"), "utf8");
+  for (const next of ["v2", "v3"]) {
+    await writeFile(path.join(dir, "index.json.new"), text.replace('"v1"', `"${next}"`));
+    await rename(path.join(dir, "index.json.new"), path.join(dir, "index.json"));
+    assert.deepEqual(await layout.tags(), [next]);
+    assert.deepEqual(await (await OciLayout.open(dir)).tags(), [next]);
+  }
+  const ix = await layout.index();
+  assert.throws(() => ix.manifests.push(d), TypeError);
+  assert.throws(() => {
+    ix.manifests[0]!.annotations![REF_NAME] = "changed";
+  }, TypeError);
+  await layout.tag("v4", d);
+  assert.deepEqual(await layout.tags(), ["v3", "v4"]);
 });
 
 test("two processes tagging the same layout at once lose no tag", async () => {

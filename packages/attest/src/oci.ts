@@ -192,6 +192,19 @@ async function hashFile(file: string): Promise<{ digest: Digest; size: number }>
   return { digest: `sha256:${h.digest("hex")}`, size };
 }
 
+/** Parsed `index.json` files by path, with the version of the file they were read from (see `index`). */
+const parsedIndexes = new Map<string, { version: string; index: ImageIndex }>();
+/** Layouts whose index is kept parsed; beyond this all are forgotten (read again). */
+const MAX_PARSED_INDEXES = 512;
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 export class OciLayout {
   readonly dir: string;
 
@@ -224,12 +237,20 @@ export class OciLayout {
     return exists(this.blobPath(digest));
   }
 
-  /** Stores `data` under its sha256 (idempotent, atomic) and returns its descriptor. */
+  /**
+   * Stores `data` under its sha256 (idempotent, atomic) and returns its descriptor. A blob already
+   * there is kept only when it holds these very bytes: a corrupted copy (say a flipped byte,
+   * same size) is replaced, so writing a blob again repairs it.
+   */
   async writeBlob(data: Uint8Array | string, mediaType: string, annotations?: Record<string, string>): Promise<Descriptor> {
     const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
     const digest: Digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
     const file = this.blobPath(digest);
-    if (!(await this.intactBlob(file, bytes.length))) await atomicWrite(file, bytes);
+    const present = await readFile(file).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return undefined;
+      throw e;
+    });
+    if (!present?.equals(bytes)) await atomicWrite(file, bytes);
     const d: Descriptor = { mediaType, digest, size: bytes.length };
     if (annotations && Object.keys(annotations).length > 0) d.annotations = { ...annotations };
     return d;
@@ -265,11 +286,24 @@ export class OciLayout {
     return readFile(this.blobPath(digest));
   }
 
-  /** The parsed `index.json`. */
+  /**
+   * The parsed `index.json` (frozen: it may be shared with other callers). Parsed once per
+   * version of the file: every change replaces the file (a new inode), so while its inode, size
+   * and times are those of the last read, so are its contents, and a stat is all it costs. A
+   * sign asked for it about ten times, and an image's index grows by three tags with each.
+   */
   async index(): Promise<ImageIndex> {
-    const raw = parseOciJson(imageIndexSchema, await readFile(path.join(this.dir, "index.json")), `${this.dir}/index.json`);
+    const file = path.join(this.dir, "index.json");
+    const st = await stat(file, { bigint: true });
+    // Taken before the read: if the file is replaced in between, the next stat differs and reads again.
+    const version = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const known = parsedIndexes.get(file);
+    if (known?.version === version) return known.index;
+    const raw = parseOciJson(imageIndexSchema, await readFile(file), `${this.dir}/index.json`);
     const ix: ImageIndex = { manifests: raw.manifests };
     if (raw.annotations) ix.annotations = raw.annotations;
+    if (parsedIndexes.size >= MAX_PARSED_INDEXES) parsedIndexes.clear();
+    parsedIndexes.set(file, { version, index: deepFreeze(ix) });
     return ix;
   }
 

@@ -9,10 +9,9 @@
  * the signed manifest's digest. Pushing the layout's tags to a registry therefore gives
  * `cosign verify --key cosign.pub` what it looks for.
  */
-import { unlink } from "node:fs/promises";
 import { canonicalJson, digestHex, digestSchema, sha256Digest, type Digest } from "@homeostat/core/digest";
 import { z } from "zod";
-import { imageManifestSchema, linkedContentSchema, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
+import { imageManifestSchema, linkedContentSchema, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson } from "./oci.ts";
 import { parsePublicKey, verifyDer, type Signer } from "./keys.ts";
 
 export const SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -189,9 +188,8 @@ export async function signImage(opts: {
   }
 
   const signature = (await opts.signer.sign(payloadBytes)).toString("base64");
-  const layer = await writeIntactBlob(layout, payloadBytes, SIMPLE_SIGNING_MEDIA_TYPE, { [SIGNATURE_ANNOTATION]: signature });
-  const config = await writeIntactBlob(
-    layout,
+  const layer = await layout.writeBlob(payloadBytes, SIMPLE_SIGNING_MEDIA_TYPE, { [SIGNATURE_ANNOTATION]: signature });
+  const config = await layout.writeBlob(
     Buffer.from(
       canonicalJson({
         architecture: "",
@@ -204,7 +202,7 @@ export async function signImage(opts: {
     ),
     mediaTypes.config,
   );
-  const sigDesc = await writeIntactBlob(layout, Buffer.from(manifestBytes({ config, layers: [layer] })), mediaTypes.manifest);
+  const sigDesc = await layout.writeBlob(Buffer.from(manifestBytes({ config, layers: [layer] })), mediaTypes.manifest);
   await layout.tag(tag, sigDesc);
   return {
     manifest,
@@ -215,20 +213,6 @@ export async function signImage(opts: {
     keyId: opts.signer.keyId,
     signed: true,
   };
-}
-
-/**
- * writeBlob, then a read-back: the layout keeps an existing blob of the right size, so a
- * same-size corrupted copy (say a flipped byte) would otherwise survive a re-sign.
- */
-async function writeIntactBlob(layout: OciLayout, data: Buffer, mediaType: string, annotations?: Record<string, string>): Promise<Descriptor> {
-  const d = await layout.writeBlob(data, mediaType, annotations);
-  const back = await layout.readBlob(d.digest).catch(() => undefined);
-  if (back === undefined || !back.equals(data)) {
-    await unlink(layout.blobPath(d.digest)).catch(() => {});
-    return layout.writeBlob(data, mediaType, annotations);
-  }
-  return d;
 }
 
 function assertManifestJson(bytes: Buffer, digest: string): void {

@@ -254,6 +254,11 @@ test("trusted key files: several keys a file, duplicates merged, bad files refus
   await writeFile(path.join(dir, "empty.pem"), "nothing here\n");
   const keys = await readTrustedKeys([path.join(dir, "both.pem"), path.join(dir, "one.pem")]);
   assert.deepEqual(keys, [k1.publicKeyPem, k2.publicKeyPem]);
+  // A key removed from a file (or one put in) counts from the next read.
+  await writeFile(path.join(dir, "both.pem"), k2.publicKeyPem);
+  assert.deepEqual(await readTrustedKeys([path.join(dir, "both.pem")]), [k2.publicKeyPem]);
+  await writeFile(path.join(dir, "both.pem"), "nothing here either\n");
+  await assert.rejects(readTrustedKeys([path.join(dir, "both.pem")]), /holds no PEM public key/);
   await assert.rejects(
     readTrustedKeys([path.join(dir, "empty.pem")]),
     (e: unknown) => e instanceof SigningKeyError && /holds no PEM public key/.test(e.message),
