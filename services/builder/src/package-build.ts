@@ -140,7 +140,7 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       }
       return { source, patchBlobs };
     });
-    await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, store, { root, srcDir, sysroot: ws.sysroot, source: source.path, patchBlobs }));
+    await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, store, { root, srcDir, sysroot: ws.sysroot, source, patchBlobs }));
 
     // Patches, steps and test run as three pipelines sharing the build's time limit; every log
     // so far is stored when one fails, and named in its error.
@@ -229,7 +229,8 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
 }
 
 /** Where a package build's inputs are unpacked, and what was fetched for it. */
-type UnpackTargets = { root: string; srcDir: string; sysroot: string; source: string; patchBlobs: readonly StoredBlob[] };
+/** `source`: the source as fetchSource stored and verified it. */
+type UnpackTargets = { root: string; srcDir: string; sysroot: string; source: StoredBlob; patchBlobs: readonly StoredBlob[] };
 
 /**
  * The source into `src/` (a Debian binary package's file tree, a git tree as it is, a tarball's
@@ -246,14 +247,18 @@ async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: Art
       if (!(await store.verify(archive))) throw new Error(`build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`);
     }),
   );
-  if (await isDebianPackage(to.source)) {
+  if (await isDebianPackage(to.source.path)) {
     // A pinned Debian binary package: its file tree is the source, checked like any archive.
     const dataTar = path.join(to.root, "deb-data.tar");
-    await extractDebData(to.source, dataTar, `source ${req.source.url}`, ctx.unpackLimits.maxBytes);
+    await extractDebData(to.source.path, dataTar, `source ${req.source.url}`, ctx.unpackLimits.maxBytes);
     await unpackArchive(dataTar, to.srcDir, `source ${req.source.url} (data.tar)`, { stripTopDir: false, limits: ctx.unpackLimits });
     await rm(dataTar);
   } else {
-    await unpackArchive(to.source, to.srcDir, `source ${req.source.url}`, { stripTopDir: !isGitSourceUrl(req.source.url), limits: ctx.unpackLimits });
+    await unpackArchive(to.source.path, to.srcDir, `source ${req.source.url}`, {
+      stripTopDir: !isGitSourceUrl(req.source.url),
+      limits: ctx.unpackLimits,
+      digest: to.source.digest,
+    });
   }
   if (to.patchBlobs.length > 0) await mkdir(path.join(to.root, "patches"));
   for (const [i, blob] of to.patchBlobs.entries()) await copyFile(blob.path, path.join(to.root, "patches", `${i + 1}.patch`));
@@ -261,6 +266,7 @@ async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: Art
     await unpackArchive(store.path(dep.archive as Digest), to.sysroot, `build dependency ${dep.name}@${dep.version}`, {
       stripTopDir: false,
       limits: ctx.unpackLimits,
+      digest: dep.archive as Digest,
     });
     log(`build dependency ${dep.name}@${dep.version} unpacked into the sysroot`);
   }

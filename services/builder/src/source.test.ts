@@ -188,6 +188,31 @@ test("a symlink that climbs but stays inside (after stripping the top dir) is fi
   assert.equal(await readFile(path.join(tmp, "flat-out/f"), "utf8"), "f\n");
 });
 
+test("a verified archive's scan is remembered by digest and limits: the entries' checks and the limits still apply on every unpack", async () => {
+  const d = path.join(tmp, "remembered");
+  await mkdir(path.join(d, "top/sub"), { recursive: true });
+  await writeFile(path.join(d, "top/f"), "f\n");
+  await writeFile(path.join(d, "top/sub/g"), "g\n");
+  const file = tarGz(path.join(tmp, "remembered.tar.gz"), d, ["top"]);
+  const digest = `sha256:${createHash("sha256")
+    .update(await readFile(file))
+    .digest("hex")}` as const;
+  const first = await unpackArchive(file, path.join(tmp, "remembered-1"), "source", { limits, digest });
+  const again = await unpackArchive(file, path.join(tmp, "remembered-2"), "source", { limits, digest });
+  assert.deepEqual(again, first);
+  assert.equal(first.stripped, true);
+  assert.equal(await readFile(path.join(tmp, "remembered-2/sub/g"), "utf8"), "g\n");
+  // Another unpack's options: not stripped this time.
+  const flat = await unpackArchive(file, path.join(tmp, "remembered-3"), "source", { limits, digest, stripTopDir: false });
+  assert.equal(flat.stripped, false);
+  assert.equal(await readFile(path.join(tmp, "remembered-3/top/f"), "utf8"), "f\n");
+  // Tighter limits: scanned again, and refused.
+  await assert.rejects(
+    unpackArchive(file, path.join(tmp, "remembered-4"), "source", { limits: { ...limits, maxEntries: 2 }, digest }),
+    (e: unknown) => e instanceof BuildFailure && /more than 2 entries/.test(e.message),
+  );
+});
+
 test("garbage is a BuildFailure; loopback detection", async () => {
   await writeFile(path.join(tmp, "garbage.tar.gz"), "not a tarball at all");
   await assert.rejects(unpackArchive(path.join(tmp, "garbage.tar.gz"), path.join(tmp, "g-out"), "source", { limits }), BuildFailure);
