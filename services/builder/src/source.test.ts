@@ -213,6 +213,22 @@ test("a verified archive's scan is remembered by digest and limits: the entries'
   );
 });
 
+test("small and large archives (unpacked with synchronous and asynchronous calls) come out the same", async () => {
+  const d = path.join(tmp, "sizes");
+  await mkdir(path.join(d, "top"), { recursive: true });
+  const big = randomBytes(1536 * 1024);
+  await writeFile(path.join(d, "top/small"), "small\n");
+  const small = tarGz(path.join(tmp, "small.tar.gz"), d, ["top"]);
+  await writeFile(path.join(d, "top/big"), big);
+  await symlink("big", path.join(d, "top/big-link"));
+  const large = tarGz(path.join(tmp, "large.tar.gz"), d, ["top"]);
+  assert.deepEqual(await unpackArchive(small, path.join(tmp, "small-out"), "source", { limits }), { stripped: true, entries: 2 });
+  assert.deepEqual(await unpackArchive(large, path.join(tmp, "large-out"), "source", { limits }), { stripped: true, entries: 4 });
+  assert.equal(await readFile(path.join(tmp, "small-out/small"), "utf8"), "small\n");
+  assert.ok((await readFile(path.join(tmp, "large-out/big"))).equals(big));
+  assert.equal(await readlink(path.join(tmp, "large-out/big-link")), "big");
+});
+
 test("garbage is a BuildFailure; loopback detection", async () => {
   await writeFile(path.join(tmp, "garbage.tar.gz"), "not a tarball at all");
   await assert.rejects(unpackArchive(path.join(tmp, "garbage.tar.gz"), path.join(tmp, "g-out"), "source", { limits }), BuildFailure);

@@ -137,6 +137,8 @@ export const MAX_EXPANSION_RATIO = 200;
 export const BOMB_FLOOR_BYTES = 64 * 1024 * 1024;
 
 type EntryInfo = { path: string; type: string; linkpath: string | undefined };
+/** What a scan found: the entries, and the bytes their headers declare (contents, not tar blocks). */
+type Scan = { entries: EntryInfo[]; declaredBytes: number };
 
 const allowedTypes = new Set(["File", "OldFile", "ContiguousFile", "Directory", "SymbolicLink", "Link"]);
 
@@ -209,7 +211,7 @@ function checkEntries(entries: EntryInfo[], what: string, stripTopDir: boolean):
  * header is read (a 1 TB entry fails before any of it is inflated), and so does every
  * decompressed byte (trailing garbage after the end-of-archive marker included).
  */
-async function scanArchive(file: string, what: string, limits: UnpackLimits): Promise<EntryInfo[]> {
+async function scanArchive(file: string, what: string, limits: UnpackLimits): Promise<Scan> {
   const compressed = Math.max(1, (await stat(file)).size);
   const head = Buffer.alloc(2);
   const fh = await open(file, "r");
@@ -263,11 +265,11 @@ async function scanArchive(file: string, what: string, limits: UnpackLimits): Pr
   parser.end();
   await ended;
   if (failure) throw failure;
-  return entries;
+  return { entries, declaredBytes: declared };
 }
 
 /** Scans of verified archives by digest and limits, least recently used first. */
-const rememberedScans = new Map<string, EntryInfo[]>();
+const rememberedScans = new Map<string, Scan>();
 /** Entries held over all remembered scans; a larger scan is not remembered at all. */
 const MAX_REMEMBERED_ENTRIES = 100_000;
 let rememberedEntries = 0;
@@ -277,7 +279,7 @@ let rememberedEntries = 0;
  * failed scan is not: it throws every time). Only what the scan found is kept, never a verdict:
  * `checkEntries` still runs on every unpack, with that unpack's options.
  */
-async function rememberedScan(digest: Digest, scan: () => Promise<EntryInfo[]>, limits: UnpackLimits): Promise<EntryInfo[]> {
+async function rememberedScan(digest: Digest, scan: () => Promise<Scan>, limits: UnpackLimits): Promise<Scan> {
   const key = `${digest} ${limits.maxBytes} ${limits.maxEntries}`;
   const known = rememberedScans.get(key);
   if (known) {
@@ -285,40 +287,51 @@ async function rememberedScan(digest: Digest, scan: () => Promise<EntryInfo[]>, 
     rememberedScans.set(key, known);
     return known;
   }
-  const entries = await scan();
-  if (entries.length > MAX_REMEMBERED_ENTRIES / 10) return entries;
-  rememberedScans.set(key, entries);
-  rememberedEntries += entries.length;
+  const found = await scan();
+  if (found.entries.length > MAX_REMEMBERED_ENTRIES / 10) return found;
+  rememberedScans.set(key, found);
+  rememberedEntries += found.entries.length;
   for (const [oldest, held] of rememberedScans) {
     if (rememberedEntries <= MAX_REMEMBERED_ENTRIES) break;
     rememberedScans.delete(oldest);
-    rememberedEntries -= held.length;
+    rememberedEntries -= held.entries.length;
   }
-  return entries;
+  return found;
 }
+
+/**
+ * Archives of at most this many entries declaring at most this many bytes are unpacked with
+ * synchronous file calls: for a package's archive of a few kilobytes that took half the CPU of
+ * the asynchronous unpack (one thread-pool round trip per call), and it holds the event loop for
+ * a millisecond or two. A larger archive (a source tree) is unpacked asynchronously, so as not to
+ * hold it longer.
+ */
+const SYNC_UNPACK_MAX = { bytes: 1024 * 1024, entries: 256 };
 
 /**
  * Unpacks a .tar(.gz) into `destDir` after checking every entry and the limits (see the module
  * comment). `what` names the archive in errors.
  */
 export async function unpackArchive(file: string, destDir: string, what: string, opts: UnpackOptions): Promise<{ stripped: boolean; entries: number }> {
-  const entries = opts.digest
+  const { entries, declaredBytes } = opts.digest
     ? await rememberedScan(opts.digest, () => scanArchive(file, what, opts.limits), opts.limits)
     : await scanArchive(file, what, opts.limits);
   const strip = checkEntries(entries, what, opts.stripTopDir ?? true);
   await mkdir(destDir, { recursive: true });
+  const extract = {
+    file,
+    cwd: destDir,
+    strip,
+    strict: true,
+    preserveOwner: false,
+    preservePaths: false,
+    // Defence in depth: node-tar's own checks (absolute paths, '..', writing through symlinks)
+    // stay on, and anything the scan did not see is refused.
+    filter: (p: string) => !p.split("/").includes("..") && !p.startsWith("/"),
+  };
   try {
-    await tar.extract({
-      file,
-      cwd: destDir,
-      strip,
-      strict: true,
-      preserveOwner: false,
-      preservePaths: false,
-      // Defence in depth: node-tar's own checks (absolute paths, '..', writing through symlinks)
-      // stay on, and anything the scan did not see is refused.
-      filter: (p) => !p.split("/").includes("..") && !p.startsWith("/"),
-    });
+    if (declaredBytes <= SYNC_UNPACK_MAX.bytes && entries.length <= SYNC_UNPACK_MAX.entries) tar.extract({ ...extract, sync: true });
+    else await tar.extract(extract);
   } catch (e) {
     throw new BuildFailure(`${what}: unpacking failed: ${(e as Error).message}`, { cause: e });
   }
