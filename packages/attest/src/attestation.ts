@@ -102,6 +102,7 @@ export async function attestImage(opts: {
   const subject: Descriptor = { mediaType: mediaTypes.manifest, digest: opts.subject, size: subjectBytes.length };
   const existing = await referrers(layout, opts.subject);
   const out: AttachedAttestation[] = [];
+  const added: Descriptor[] = [];
   for (const a of opts.attestations) {
     const statement = statementBytes({ name: opts.name, digest: opts.subject }, a);
     const kept = await findOwnAttestation(layout, existing, a.predicateType, statement, opts.signer);
@@ -117,9 +118,10 @@ export async function attestImage(opts: {
       manifestBytes({ artifactType: mediaTypes.sigstoreBundle, config, layers: [bundle], subject, annotations }),
       mediaTypes.manifest,
     );
-    await addReferrer(layout, opts.subject, { ...manifest, artifactType: mediaTypes.sigstoreBundle, annotations });
+    added.push({ ...manifest, artifactType: mediaTypes.sigstoreBundle, annotations });
     out.push({ predicateType: a.predicateType, manifest: manifest.digest, bundle: bundle.digest, signed: true });
   }
+  if (added.length > 0) await addReferrers(layout, opts.subject, added);
   return out;
 }
 
@@ -135,13 +137,16 @@ export async function referrers(layout: OciLayout, subject: Digest): Promise<Des
   }
 }
 
-/** Lists `entry` under the fallback tag, replacing the entry for the same predicate type. */
-async function addReferrer(layout: OciLayout, subject: Digest, entry: Descriptor): Promise<void> {
-  const predicateType = entry.annotations?.[PREDICATE_TYPE_ANNOTATION];
+/**
+ * Lists `entries` under the fallback tag in one update of the index, each replacing the entry
+ * for its predicate type (of two entries with one type, the later).
+ */
+async function addReferrers(layout: OciLayout, subject: Digest, entries: Descriptor[]): Promise<void> {
+  const byType = new Map(entries.map((e) => [e.annotations?.[PREDICATE_TYPE_ANNOTATION], e]));
   await layout.updateTag(referrersTag(subject), async () => {
     // Re-read under the lock: another signer may have added a referrer meanwhile.
-    const others = (await referrers(layout, subject)).filter((d) => d.annotations?.[PREDICATE_TYPE_ANNOTATION] !== predicateType);
-    const manifests = [...others, entry].sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
+    const others = (await referrers(layout, subject)).filter((d) => !byType.has(d.annotations?.[PREDICATE_TYPE_ANNOTATION]));
+    const manifests = [...others, ...byType.values()].sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
     return layout.writeBlob(indexBytes({ manifests }), mediaTypes.index);
   });
 }
