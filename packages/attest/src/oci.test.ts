@@ -34,7 +34,7 @@ test("open creates the layout; blobs are content-addressed and idempotent", asyn
   assert.equal((await (await OciLayout.open(dir)).readBlob(d1.digest)).toString(), "hello");
 });
 
-test("importBlob verifies the digest, then links or copies", async () => {
+test("importBlob verifies the digest, then links or copies; a blob the layout holds is not read again", async () => {
   const layout = await OciLayout.open(path.join(tmp, "import"));
   const file = path.join(tmp, "blob.bin");
   await writeFile(file, "layer bytes");
@@ -42,6 +42,11 @@ test("importBlob verifies the digest, then links or copies", async () => {
   assert.equal(d.size, 11);
   assert.equal((await layout.readBlob(d.digest)).toString(), "layer bytes");
   await assert.rejects(layout.importBlob(file, sha256Digest("something else"), mediaTypes.layerGzip), /hashes to/);
+  // Already there at that size: the source is not hashed (the caller verified it), nothing is linked again.
+  const other = path.join(tmp, "blob-again.bin");
+  await writeFile(other, "LAYER BYTES");
+  assert.deepEqual(await layout.importBlob(other, d.digest, mediaTypes.layerGzip), d);
+  assert.equal((await layout.readBlob(d.digest)).toString(), "layer bytes");
 });
 
 test("tag replaces, resolves, keeps a content-determined order; manifests are canonical", async () => {

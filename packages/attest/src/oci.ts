@@ -258,26 +258,27 @@ export class OciLayout {
 
   /**
    * Adds a blob that is already stored elsewhere under its digest (e.g. the builder's artifact
-   * store): the file is hashed first (a mismatch is an error and nothing is added), then hard
-   * linked into the layout, or copied when linking is impossible (another file system).
+   * store): unless the layout holds it already (at the file's size), the file is hashed first (a
+   * mismatch is an error and nothing is added), then hard linked into the layout, or copied when
+   * linking is impossible (another file system). An image's unchanged layers are thus not read.
    */
   async importBlob(filePath: string, digest: Digest, mediaType: string): Promise<Descriptor> {
     const target = this.blobPath(digest);
+    const size = (await stat(filePath)).size;
+    if (await this.intactBlob(target, size)) return { mediaType, digest, size };
     const actual = await hashFile(filePath);
     if (actual.digest !== digest) throw new OciLayoutError(`${filePath} hashes to ${actual.digest}, not ${digest}`);
-    if (!(await this.intactBlob(target, actual.size))) {
-      const tmp = tmpName(path.dirname(target), hexOf(digest));
-      try {
-        await link(filePath, tmp);
-      } catch {
-        await copyFile(filePath, tmp);
-      }
-      try {
-        await rename(tmp, target);
-      } catch (e) {
-        await unlink(tmp).catch(() => {});
-        throw e;
-      }
+    const tmp = tmpName(path.dirname(target), hexOf(digest));
+    try {
+      await link(filePath, tmp);
+    } catch {
+      await copyFile(filePath, tmp);
+    }
+    try {
+      await rename(tmp, target);
+    } catch (e) {
+      await unlink(tmp).catch(() => {});
+      throw e;
     }
     return { mediaType, digest, size: actual.size };
   }

@@ -18,7 +18,7 @@ import { OciLayout } from "@homeostat/attest";
 import type { ImageExternalParameters, PackageExternalParameters, SlsaProvenance } from "./provenance.ts";
 import { sha256Digest } from "@homeostat/core/digest";
 import { startRegistry } from "../../../test/fixtures/registry.ts";
-import { build, BuildFailure, BUILDER_VERSION, type BuildContext } from "./build.ts";
+import { build, BuildFailure, BUILDER_VERSION, MissingArtifactError, type BuildContext } from "./build.ts";
 import { loadConfig } from "@homeostat/core/config";
 import { resolveIsolation } from "./isolation.ts";
 import type { PackageMetadata } from "./package-build.ts";
@@ -419,6 +419,18 @@ test("a flipped byte in a stored package archive is caught by our own check when
   await assert.rejects(
     build(imageRequest([artifact("hello", app)]), ctxFor("data-flipped")),
     new RegExp(`package hello@1.0: stored archive ${app.archive} is corrupt`),
+  );
+  assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
+});
+
+test("a package archive missing from the store stops the image before anything is written, as a missing artifact", async () => {
+  const { ctx, app } = await runA;
+  const copyData = path.join(tmp, "data-missing");
+  await cp(path.join(ctx.dataDir, "store"), path.join(copyData, "store"), { recursive: true });
+  await rm(new ArtifactStore(copyData).path(app.archive as Digest));
+  await assert.rejects(
+    build(imageRequest([artifact("hello", app)]), ctxFor("data-missing")),
+    (e: unknown) => e instanceof MissingArtifactError && new RegExp(`package hello@1.0: archive ${app.archive} is not in the store`).test(e.message),
   );
   assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
 });

@@ -144,20 +144,22 @@ async function madeLayer(entries: readonly MadeEntry[], epoch: number): Promise<
 
 /**
  * The entries of the image's own layer, once the packages' layers, with them, make a filesystem
- * that can run: every archive re-verified in the store (all at once), then read in request order
- * (a later layer's file wins); a package shipping the accounts, or a missing runtime need, is
- * a BuildFailure.
+ * that can run: every archive read from the store in request order (a later layer's file wins)
+ * and re-verified by what was read; a package shipping the accounts, or a missing runtime need,
+ * is a BuildFailure.
  */
 async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user: { uid: number; gid: number }): Promise<MadeEntry[]> {
-  await Promise.all(
-    req.packages.map(async (p) => {
-      const archive = p.archive as Digest;
-      if (!(await store.has(archive))) throw new MissingArtifactError(`package ${p.name}@${p.version}: archive ${archive} is not in the store`);
-      if (!(await store.verify(archive))) throw new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
-    }),
-  );
   const rootfs = new Rootfs();
-  for (const p of req.packages) await rootfs.addLayer(store.path(p.archive as Digest), `${p.name}@${p.version}`);
+  for (const p of req.packages) {
+    const archive = p.archive as Digest;
+    const corrupt = () => new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
+    const read = await rootfs.addLayer(store.path(archive), `${p.name}@${p.version}`).catch(async (e: unknown) => {
+      if (!(await store.has(archive))) throw new MissingArtifactError(`package ${p.name}@${p.version}: archive ${archive} is not in the store`);
+      // An archive that no longer reads is corrupt, if its bytes say so; otherwise the error is the reader's.
+      throw (await store.verify(archive)) ? e : corrupt();
+    });
+    if (read !== archive) throw corrupt();
+  }
   for (const account of ["etc/passwd", "etc/group"]) {
     const e = rootfs.entries.get(account);
     if (e)

@@ -17,11 +17,13 @@
  * and so must every other program in the image: each problem is one line naming the file, the
  * package it comes from and what is missing.
  */
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import path from "node:path";
 import { createGunzip } from "node:zlib";
 import * as tar from "tar";
 import type { ImageConfig } from "@homeostat/core/contracts";
+import type { Digest } from "@homeostat/core/digest";
 import { EM_X86_64, ElfError, isElf, machineName, parseElf } from "./elf.ts";
 
 export type RootfsEntry = {
@@ -61,8 +63,12 @@ export class Rootfs {
       this.entries.set(dir, { type: "directory", mode: 0o755, from: entry.from });
   }
 
-  /** Applies a gzip tar layer (a package archive or a builder-made layer). */
-  async addLayer(file: string, from: string): Promise<void> {
+  /**
+   * Applies a gzip tar layer (a package archive or a builder-made layer); returns the sha256
+   * digest of the file's bytes, read on the way (so that checking the layer costs no second read).
+   */
+  async addLayer(file: string, from: string): Promise<Digest> {
+    const hash = createHash("sha256");
     const pending: Promise<void>[] = [];
     const parser = new tar.Parser({
       strict: true,
@@ -97,12 +103,20 @@ export class Rootfs {
       parser.on("end", () => resolve());
       parser.on("error", reject);
     });
-    createReadStream(file)
+    const source = createReadStream(file)
+      .on("error", (e) => parser.emit("error", e))
+      .on("data", (c) => hash.update(c));
+    source
       .pipe(createGunzip())
       .on("error", (e) => parser.emit("error", e))
       .pipe(parser);
-    await done;
+    try {
+      await done;
+    } finally {
+      source.destroy();
+    }
     await Promise.all(pending);
+    return `sha256:${hash.digest("hex")}`;
   }
 
   /** Follows symlinks (relative to their directory, absolute ones from the image's root). */
