@@ -12,7 +12,7 @@
  *   `manifestBytes`, `indexBytes`) so the same content always gives the same bytes and digest.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, createReadStream, fsyncSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -161,7 +161,7 @@ async function exists(p: string): Promise<boolean> {
 /** Writes `data` to `file` atomically: a temporary file in the same directory, fsync, rename. */
 async function atomicWrite(file: string, data: Uint8Array | string): Promise<void> {
   const tmp = tmpName(path.dirname(file), path.basename(file));
-  if (data.length <= SMALL_WRITE_BYTES) return atomicWriteSync(file, tmp, data);
+  if (data.length <= SMALL_FILE_BYTES) return atomicWriteSync(file, tmp, data);
   const fh = await open(tmp, "wx", 0o644);
   try {
     await fh.writeFile(data);
@@ -179,12 +179,13 @@ async function atomicWrite(file: string, data: Uint8Array | string): Promise<voi
 
 /**
  * Files up to this size (manifests, configs, signatures, attestations, index.json) are written
- * with synchronous calls: five thread-pool round trips each (open, write, fsync, close, rename)
- * took longer than the calls themselves, and a sign writes about a dozen (bench:storm's quick
- * latency scenario, two pairs: signer stage 77 and 76 -> 72 and 64 ms). The price: the event
- * loop waits for each fsync, a fraction of a millisecond here, longer on a slow disk.
+ * and read with synchronous calls: five thread-pool round trips for a write (open, write, fsync,
+ * close, rename) took longer than the calls themselves, and a sign writes about a dozen and
+ * reads more (bench:storm's quick latency scenario, two pairs each: signer stage 77 and 76 -> 72
+ * and 64 ms with the writes, 69 and 67 -> 67 and 65 with the reads). The price: the event loop
+ * waits for each fsync, a fraction of a millisecond here, longer on a slow disk.
  */
-const SMALL_WRITE_BYTES = 64 * 1024;
+const SMALL_FILE_BYTES = 64 * 1024;
 
 function atomicWriteSync(file: string, tmp: string, data: Uint8Array | string): void {
   const fd = openSync(tmp, "wx", 0o644);
@@ -200,6 +201,22 @@ function atomicWriteSync(file: string, tmp: string, data: Uint8Array | string): 
     rmSync(tmp, { force: true });
     throw e;
   }
+}
+
+/**
+ * A whole file; one of up to SMALL_FILE_BYTES (what a sign reads: manifests, configs,
+ * index.json, its documents) with synchronous calls, as small files are written; a larger one
+ * (a layer) asynchronously.
+ */
+async function readSmallFirst(file: string): Promise<Buffer> {
+  const fd = openSync(file, "r");
+  let small: Buffer | undefined;
+  try {
+    if (fstatSync(fd).size <= SMALL_FILE_BYTES) small = readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return small ?? readFile(file);
 }
 
 async function hashFile(file: string): Promise<{ digest: Digest; size: number }> {
@@ -272,7 +289,7 @@ export class OciLayout {
     const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
     const digest: Digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
     const file = this.blobPath(digest);
-    const present = await readFile(file).catch((e: NodeJS.ErrnoException) => {
+    const present = await readSmallFirst(file).catch((e: NodeJS.ErrnoException) => {
       if (e.code === "ENOENT") return undefined;
       throw e;
     });
@@ -310,7 +327,7 @@ export class OciLayout {
   }
 
   async readBlob(digest: Digest): Promise<Buffer> {
-    return readFile(this.blobPath(digest));
+    return readSmallFirst(this.blobPath(digest));
   }
 
   /**
@@ -326,7 +343,7 @@ export class OciLayout {
     const version = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     const known = parsedIndexes.get(file);
     if (known?.version === version) return known.index;
-    const raw = parseOciJson(imageIndexSchema, await readFile(file), `${this.dir}/index.json`);
+    const raw = parseOciJson(imageIndexSchema, await readSmallFirst(file), `${this.dir}/index.json`);
     const ix: ImageIndex = { manifests: raw.manifests };
     if (raw.annotations) ix.annotations = raw.annotations;
     if (parsedIndexes.size >= MAX_PARSED_INDEXES) parsedIndexes.clear();
