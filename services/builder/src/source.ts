@@ -122,8 +122,8 @@ export type UnpackOptions = {
   /**
    * The digest the archive was just verified to have (a blob of the store). Its scan is then
    * remembered: a popular package's archive is unpacked into the sysroot of build after build,
-   * and scanning it again (a second decompression and parse) was about a third of what
-   * unpacking cost the builder (bench:storm at 10,000 keys, profiled).
+   * and scanning it again (a second decompression and parse) was 30-50 % of the CPU of unpacking
+   * a 12 KB package archive (timed alone, 300 unpacks).
    */
   digest?: Digest;
 };
