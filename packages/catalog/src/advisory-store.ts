@@ -85,6 +85,10 @@ export class AdvisoryStore {
    */
   private async put(k: string, entry: Osv, maxFutureSkewMs: number): Promise<{ changed: boolean; revision: number }> {
     const body = JSON.stringify(entry);
+    // Most advisories a feed sends are new for the package: a create (expected revision 0) first,
+    // and the entry is read only when there is one, instead of a read before every write.
+    const created = await kvCompareAndSet(this.kv, k, body, 0);
+    if (created !== undefined) return { changed: true, revision: created };
     // Each turn follows another writer's change of this one entry; a handful is plenty.
     for (let attempt = 0; attempt < 20; attempt++) {
       const e = await this.kv.get(k);
