@@ -28,7 +28,7 @@ export const BLOCK_BYTES = 1024 * 1024;
  * between the pool and the main thread dozens of times, and the blocks hardly run in parallel.
  * Sized to the block, not to BLOCK_BYTES: a small layer's one block would otherwise take a
  * megabyte of external memory, and a build's few such buffers started V8's full marking after
- * every build (bench:storm's latency scenario, `--trace-gc`). The output bytes do not depend on it.
+ * most builds (bench:storm's latency scenario, `--trace-gc`). The output bytes do not depend on it.
  */
 function outputChunkBytes(n: number): number {
   return n + 5 * Math.ceil(n / 16_384) + 64;

@@ -260,6 +260,9 @@ function asciiTruncate(s: string, max: number): string {
   return s.replace(/[^\x20-\x7e]/g, "_").slice(0, max);
 }
 
+/** The first chunk of an archive; a power of two, so that doubling reaches BLOCK_BYTES exactly. */
+const FIRST_CHUNK_BYTES = 64 * 1024;
+
 /**
  * The archive is cut into chunks of BLOCK_BYTES, the size of parallel-gzip's blocks, so that each
  * chunk is one block (no copying to re-cut it) and a layer flows through the streams as a few
@@ -268,11 +271,8 @@ function asciiTruncate(s: string, max: number): string {
  *
  * The first chunk starts at FIRST_CHUNK_BYTES and doubles as it fills: most packages' archives
  * are a few kilobytes, and a megabyte of external memory for each started V8's full marking
- * after every build (with parallel-gzip's output buffers; bench:storm's latency scenario).
+ * after most builds (with parallel-gzip's output buffers; bench:storm's latency scenario).
  */
-/** The first chunk of an archive; a power of two, so that doubling reaches BLOCK_BYTES exactly. */
-const FIRST_CHUNK_BYTES = 64 * 1024;
-
 class ChunkPacker {
   private chunk = Buffer.allocUnsafe(FIRST_CHUNK_BYTES);
   private used = 0;
