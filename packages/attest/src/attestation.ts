@@ -22,7 +22,18 @@ import { DSSEBundleBuilder } from "@sigstore/sign";
 import { sha256HexSchema, type Digest } from "@homeostat/core/digest";
 import { z } from "zod";
 import { dsse } from "@sigstore/core";
-import { imageIndexSchema, imageManifestSchema, indexBytes, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson, type Descriptor } from "./oci.ts";
+import {
+  blobDescriptor,
+  imageIndexSchema,
+  imageManifestSchema,
+  indexBytes,
+  manifestBytes,
+  mediaTypes,
+  OciJsonError,
+  OciLayout,
+  parseOciJson,
+  type Descriptor,
+} from "./oci.ts";
 import { parsePublicKey, verifyDer, type Signer } from "./keys.ts";
 import { readVerifiedBlob } from "./simple-signing.ts";
 
@@ -103,6 +114,10 @@ export async function attestImage(opts: {
   const existing = await referrers(layout, opts.subject);
   const out: AttachedAttestation[] = [];
   const added: Descriptor[] = [];
+  // The new blobs are written together once all are made, so that their fsyncs overlap; nothing
+  // names them until the referrers tag does.
+  const writes: [data: string, mediaType: string][] = [];
+  const config = blobDescriptor(EMPTY_JSON, mediaTypes.empty);
   for (const a of opts.attestations) {
     const statement = statementBytes({ name: opts.name, digest: opts.subject }, a);
     const kept = await findOwnAttestation(layout, existing, a.predicateType, statement, opts.signer);
@@ -111,16 +126,16 @@ export async function attestImage(opts: {
       continue;
     }
     const bundleText = JSON.stringify(await signStatement(statement, opts.signer));
-    const bundle = await layout.writeBlob(bundleText, mediaTypes.sigstoreBundle);
-    const config = await layout.writeBlob(EMPTY_JSON, mediaTypes.empty);
+    const bundle = blobDescriptor(bundleText, mediaTypes.sigstoreBundle);
     const annotations = { [PREDICATE_TYPE_ANNOTATION]: a.predicateType };
-    const manifest = await layout.writeBlob(
-      manifestBytes({ artifactType: mediaTypes.sigstoreBundle, config, layers: [bundle], subject, annotations }),
-      mediaTypes.manifest,
-    );
+    const manifestText = manifestBytes({ artifactType: mediaTypes.sigstoreBundle, config, layers: [bundle], subject, annotations });
+    const manifest = blobDescriptor(manifestText, mediaTypes.manifest);
+    if (writes.length === 0) writes.push([EMPTY_JSON, config.mediaType]);
+    writes.push([bundleText, bundle.mediaType], [manifestText, manifest.mediaType]);
     added.push({ ...manifest, artifactType: mediaTypes.sigstoreBundle, annotations });
     out.push({ predicateType: a.predicateType, manifest: manifest.digest, bundle: bundle.digest, signed: true });
   }
+  await Promise.all(writes.map(([data, mediaType]) => layout.writeBlob(data, mediaType)));
   if (added.length > 0) await addReferrers(layout, opts.subject, added);
   return out;
 }

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { sha256Digest } from "@homeostat/core/digest";
-import { manifestBytes, mediaTypes, OciLayout, REF_NAME } from "./oci.ts";
+import { blobDescriptor, manifestBytes, mediaTypes, OciLayout, REF_NAME } from "./oci.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-oci-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -22,6 +22,9 @@ test("open creates the layout; blobs are content-addressed and idempotent", asyn
   assert.equal(d1.size, 5);
   assert.deepEqual(d1.annotations, { a: "b" });
   assert.equal(d2.digest, d1.digest);
+  // What a blob's descriptor will be is known before it is written.
+  assert.deepEqual(blobDescriptor("hello", "text/plain", { a: "b" }), d1);
+  assert.deepEqual(blobDescriptor(Buffer.from("hello"), "text/plain", {}), d2);
   assert.equal((await layout.readBlob(d1.digest)).toString(), "hello");
   // A corrupted copy of the same size is replaced by the next write of the blob.
   await writeFile(layout.blobPath(d1.digest), "jello");

@@ -12,11 +12,12 @@
  *   `manifestBytes`, `indexBytes`) so the same content always gives the same bytes and digest.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, fsync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
+import { promisify } from "node:util";
 import { z } from "zod";
 import { digestHex, digestSchema, sortedRecord, type Digest } from "@homeostat/core/digest";
 
@@ -161,7 +162,7 @@ async function exists(p: string): Promise<boolean> {
 /** Writes `data` to `file` atomically: a temporary file in the same directory, fsync, rename. */
 async function atomicWrite(file: string, data: Uint8Array | string): Promise<void> {
   const tmp = tmpName(path.dirname(file), path.basename(file));
-  if (data.length <= SMALL_FILE_BYTES) return atomicWriteSync(file, tmp, data);
+  if (data.length <= SMALL_FILE_BYTES) return atomicWriteSmall(file, tmp, data);
   const fh = await open(tmp, "wx", 0o644);
   try {
     await fh.writeFile(data);
@@ -182,16 +183,19 @@ async function atomicWrite(file: string, data: Uint8Array | string): Promise<voi
  * and read with synchronous calls: five thread-pool round trips for a write (open, write, fsync,
  * close, rename) took longer than the calls themselves, and a sign writes about a dozen and
  * reads more (bench:storm's quick latency scenario, two pairs each: signer stage 77 and 76 -> 72
- * and 64 ms with the writes, 69 and 67 -> 67 and 65 with the reads). The price: the event loop
- * waits for each fsync, a fraction of a millisecond here, longer on a slow disk.
+ * and 64 ms with the writes, 69 and 67 -> 67 and 65 with the reads). All but the fsync: it waits
+ * for the disk to commit, which takes tens of milliseconds when other processes write a lot, and
+ * the event loop must not wait with it; a sign's writes made at once commit together.
  */
 const SMALL_FILE_BYTES = 64 * 1024;
 
-function atomicWriteSync(file: string, tmp: string, data: Uint8Array | string): void {
+const fsyncInPool = promisify(fsync);
+
+async function atomicWriteSmall(file: string, tmp: string, data: Uint8Array | string): Promise<void> {
   const fd = openSync(tmp, "wx", 0o644);
   try {
     writeFileSync(fd, data);
-    fsyncSync(fd);
+    await fsyncInPool(fd);
   } finally {
     closeSync(fd);
   }
@@ -240,12 +244,26 @@ const parsedIndexes = new Map<string, { version: string; index: ImageIndex }>();
 /** Layouts whose index is kept parsed; beyond this all are forgotten (read again). */
 const MAX_PARSED_INDEXES = 512;
 
+/** Per lock file, the promise the last of this process's callers waiting for it resolves when done. */
+const lockersHere = new Map<string, Promise<void>>();
+
 function deepFreeze<T>(value: T): T {
   if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
     for (const v of Object.values(value)) deepFreeze(v);
     Object.freeze(value);
   }
   return value;
+}
+
+/**
+ * The descriptor of `data` as a blob (what `writeBlob` returns for it), known before it is
+ * written: a document that names it can be made, and both written at once.
+ */
+export function blobDescriptor(data: Uint8Array | string, mediaType: string, annotations?: Record<string, string>): Descriptor {
+  const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+  const d: Descriptor = { mediaType, digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: bytes.length };
+  if (annotations && Object.keys(annotations).length > 0) d.annotations = { ...annotations };
+  return d;
 }
 
 export class OciLayout {
@@ -287,15 +305,13 @@ export class OciLayout {
    */
   async writeBlob(data: Uint8Array | string, mediaType: string, annotations?: Record<string, string>): Promise<Descriptor> {
     const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    const digest: Digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-    const file = this.blobPath(digest);
+    const d = blobDescriptor(bytes, mediaType, annotations);
+    const file = this.blobPath(d.digest);
     const present = await readSmallFirst(file).catch((e: NodeJS.ErrnoException) => {
       if (e.code === "ENOENT") return undefined;
       throw e;
     });
     if (!present?.equals(bytes)) await atomicWrite(file, bytes);
-    const d: Descriptor = { mediaType, digest, size: bytes.length };
-    if (annotations && Object.keys(annotations).length > 0) d.annotations = { ...annotations };
     return d;
   }
 
@@ -426,6 +442,23 @@ export class OciLayout {
    */
   private async withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
     const lockFile = path.join(this.dir, "index.json.lock");
+    // Callers in this process queue here rather than poll the lock file (a sign tags its
+    // signature and its attestations at once): each takes the file lock after the one before.
+    const before = lockersHere.get(lockFile);
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    const last = (before ?? Promise.resolve()).then(() => mine);
+    lockersHere.set(lockFile, last);
+    await before;
+    try {
+      return await this.withLockFile(lockFile, fn);
+    } finally {
+      done();
+      if (lockersHere.get(lockFile) === last) lockersHere.delete(lockFile);
+    }
+  }
+
+  private async withLockFile<T>(lockFile: string, fn: () => Promise<T>): Promise<T> {
     const deadline = Date.now() + LOCK_WAIT_MS;
     let delay = 2;
     for (;;) {

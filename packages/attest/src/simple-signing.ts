@@ -11,7 +11,7 @@
  */
 import { canonicalJson, digestHex, digestSchema, sha256Digest, type Digest } from "@homeostat/core/digest";
 import { z } from "zod";
-import { imageManifestSchema, linkedContentSchema, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson } from "./oci.ts";
+import { blobDescriptor, imageManifestSchema, linkedContentSchema, manifestBytes, mediaTypes, OciJsonError, OciLayout, parseOciJson } from "./oci.ts";
 import { parsePublicKey, verifyDer, type Signer } from "./keys.ts";
 
 export const SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -188,21 +188,23 @@ export async function signImage(opts: {
   }
 
   const signature = (await opts.signer.sign(payloadBytes)).toString("base64");
-  const layer = await layout.writeBlob(payloadBytes, SIMPLE_SIGNING_MEDIA_TYPE, { [SIGNATURE_ANNOTATION]: signature });
-  const config = await layout.writeBlob(
-    Buffer.from(
-      canonicalJson({
-        architecture: "",
-        os: "",
-        created: ZERO_TIME,
-        config: {},
-        history: [{ created: ZERO_TIME }],
-        rootfs: { type: "layers", diff_ids: [layer.digest] },
-      }),
-    ),
-    mediaTypes.config,
-  );
-  const sigDesc = await layout.writeBlob(Buffer.from(manifestBytes({ config, layers: [layer] })), mediaTypes.manifest);
+  const layer = blobDescriptor(payloadBytes, SIMPLE_SIGNING_MEDIA_TYPE, { [SIGNATURE_ANNOTATION]: signature });
+  const configBytes = canonicalJson({
+    architecture: "",
+    os: "",
+    created: ZERO_TIME,
+    config: {},
+    history: [{ created: ZERO_TIME }],
+    rootfs: { type: "layers", diff_ids: [layer.digest] },
+  });
+  const config = blobDescriptor(configBytes, mediaTypes.config);
+  const sigManifestBytes = manifestBytes({ config, layers: [layer] });
+  // All three at once: their fsyncs overlap. Nothing names them until the tag below.
+  const [, , sigDesc] = await Promise.all([
+    layout.writeBlob(payloadBytes, layer.mediaType, layer.annotations),
+    layout.writeBlob(configBytes, config.mediaType),
+    layout.writeBlob(sigManifestBytes, mediaTypes.manifest),
+  ]);
   await layout.tag(tag, sigDesc);
   return {
     manifest,

@@ -34,7 +34,7 @@ import { Writable } from "node:stream";
 import { type BuildOutputs } from "@homeostat/core/contracts";
 import { type ImageBuildPlan } from "@homeostat/catalog";
 import { byteOrder, sortedRecord, type Digest } from "@homeostat/core/digest";
-import { type Descriptor, manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
+import { blobDescriptor, type Descriptor, manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
 import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "./provenance.ts";
 import { imageSbom, SBOM_MEDIA_TYPE } from "./sbom.ts";
 import type { BuildContext } from "./context.ts";
@@ -199,30 +199,37 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
     }),
   );
   const ownLayer = await madeLayer(own, req.sourceDateEpoch);
-  const ownDescriptor = await layout.writeBlob(ownLayer.bytes, mediaTypes.layerGzip);
+  const ownDescriptor = blobDescriptor(ownLayer.bytes, mediaTypes.layerGzip);
   if (ownDescriptor.digest !== ownLayer.tar.digest)
-    throw new Error(`image layer digest disagreement: ${ownDescriptor.digest} stored, ${ownLayer.tar.digest} written`);
-  layers.push({ mediaType: mediaTypes.layerGzip, digest: ownDescriptor.digest, size: ownDescriptor.size });
-  const config = await layout.writeBlob(imageConfigBytes(req, [...req.packages.map((p) => p.diffId as Digest), ownLayer.tar.diffId]), mediaTypes.config);
-  const manifest = await layout.writeBlob(manifestBytes({ config, layers, annotations: imageAnnotations(req) }), mediaTypes.manifest);
-  const sbom = await layout.writeBlob(
-    imageSbom({
-      name: req.name,
-      version: req.version,
-      epoch: req.sourceDateEpoch,
-      manifest: manifest.digest,
-      packages: req.packages.map((p) => ({
-        name: p.name,
-        version: p.version,
-        archive: p.archive as Digest,
-        diffId: p.diffId as Digest,
-        ...(p.license ? { license: p.license } : {}),
-        ...(p.purl ? { purl: p.purl } : {}),
-      })),
-    }),
-    SBOM_MEDIA_TYPE,
-  );
-  const provenance = await layout.writeBlob(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date() })), PROVENANCE_MEDIA_TYPE);
+    throw new Error(`image layer digest disagreement: ${ownDescriptor.digest} hashed, ${ownLayer.tar.digest} written`);
+  layers.push(ownDescriptor);
+  const configBytes = imageConfigBytes(req, [...req.packages.map((p) => p.diffId as Digest), ownLayer.tar.diffId]);
+  const config = blobDescriptor(configBytes, mediaTypes.config);
+  const manifestText = manifestBytes({ config, layers, annotations: imageAnnotations(req) });
+  const manifest = blobDescriptor(manifestText, mediaTypes.manifest);
+  const sbomText = imageSbom({
+    name: req.name,
+    version: req.version,
+    epoch: req.sourceDateEpoch,
+    manifest: manifest.digest,
+    packages: req.packages.map((p) => ({
+      name: p.name,
+      version: p.version,
+      archive: p.archive as Digest,
+      diffId: p.diffId as Digest,
+      ...(p.license ? { license: p.license } : {}),
+      ...(p.purl ? { purl: p.purl } : {}),
+    })),
+  });
+  const provenanceText = JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date() }));
+  // Written together (their fsyncs overlap); the tag, last, is what makes them part of the layout.
+  const [, , , sbom, provenance] = await Promise.all([
+    layout.writeBlob(ownLayer.bytes, mediaTypes.layerGzip),
+    layout.writeBlob(configBytes, mediaTypes.config),
+    layout.writeBlob(manifestText, mediaTypes.manifest),
+    layout.writeBlob(sbomText, SBOM_MEDIA_TYPE),
+    layout.writeBlob(provenanceText, PROVENANCE_MEDIA_TYPE),
+  ]);
   await layout.tag(req.version, manifest);
   log(`image ${req.name}:${req.version}: manifest ${manifest.digest}, ${layers.length} layers, sbom ${sbom.digest}, provenance ${provenance.digest}`);
   return { manifest: manifest.digest, config: config.digest, sbom: sbom.digest, provenance: provenance.digest, location: `${layout.dir}:${req.version}` };

@@ -85,17 +85,17 @@ type NamedLog = { name: string; log: StepLog };
 
 /** Stores each log as a blob; returns them as provenance byproducts. */
 async function storeLogs(store: ArtifactStore, logs: readonly NamedLog[]): Promise<ResourceDescriptor[]> {
-  const out: ResourceDescriptor[] = [];
-  for (const { name, log: l } of logs) {
-    const blob = await store.putBytes(l.log);
-    out.push({
-      name,
-      digest: { sha256: blob.digest.slice("sha256:".length) },
-      mediaType: STEP_LOG_MEDIA_TYPE,
-      annotations: { step: l.step, exitCode: String(l.exitCode), durationMs: String(l.durationMs) },
-    });
-  }
-  return out;
+  return Promise.all(
+    logs.map(async ({ name, log: l }) => {
+      const blob = await store.putBytes(l.log);
+      return {
+        name,
+        digest: { sha256: blob.digest.slice("sha256:".length) },
+        mediaType: STEP_LOG_MEDIA_TYPE,
+        annotations: { step: l.step, exitCode: String(l.exitCode), durationMs: String(l.durationMs) },
+      };
+    }),
+  );
 }
 
 /**
@@ -188,7 +188,9 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
           (_, command) => `test (${command})`,
         );
     });
-    const byproducts = await storeLogs(store, logs);
+    // Stored while the outputs are archived; the provenance names them.
+    const byproducts = storeLogs(store, logs);
+    byproducts.catch(() => {});
 
     const [tarRes, stored] = await inSpan("builder.archive", {}, () => {
       const pass = new PassThrough();
@@ -218,10 +220,12 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       size: tarRes.size,
       files: tarRes.entries,
     };
-    const meta = await store.putBytes(canonicalJson(metadata));
-    const provenance = await store.putBytes(
-      JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date(), isolation: ctx.isolation.kind, byproducts })),
-    );
+    const [meta, provenance] = await Promise.all([
+      store.putBytes(canonicalJson(metadata)),
+      byproducts.then((logged) =>
+        store.putBytes(JSON.stringify(slsaProvenance(req, { startedOn, finishedOn: new Date(), isolation: ctx.isolation.kind, byproducts: logged }))),
+      ),
+    ]);
     return { archive: tarRes.digest, diffId: tarRes.diffId, size: tarRes.size, metadata: meta.digest, provenance: provenance.digest, location: stored.path };
   } finally {
     if (!ctx.keepWorkspace) await removeTree(root);
