@@ -87,12 +87,39 @@ export class Registry {
    * so what several tags reference can go up at once, ahead of the tags that must come in order
    * (an image's before its signature's): one round of uploads instead of one per tag.
    */
-  async pushReferenced(layout: OciLayout, repository: string, tag: string): Promise<void> {
+  async pushReferenced(layout: OciLayout, repository: string, tag: string, o: { uploads?: StartedUploads } = {}): Promise<void> {
     const linked = parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
     await Promise.all([
-      mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob)),
-      mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest)),
+      mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob, o.uploads)),
+      mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest, o.uploads)),
     ]);
+  }
+
+  /**
+   * Pushes only the blobs `tag` references, and for an index those of the manifests it lists:
+   * what can go up before the manifests that name them, whatever those must wait for (an
+   * attestation's manifest, for the image it is about).
+   */
+  async pushBlobsOf(layout: OciLayout, repository: string, tag: string, o: { uploads?: StartedUploads } = {}): Promise<void> {
+    const linked = parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
+    const listed = await Promise.all(
+      (linked.manifests ?? []).map(async (child) => parseLinked(await layout.readBlob(child.digest), `manifest ${child.digest}`)),
+    );
+    const blobs = new Map([linked, ...listed].flatMap(blobsOf).map((b) => [b.digest, b]));
+    await mapLimit([...blobs.values()], PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob, o.uploads));
+  }
+
+  /**
+   * Starts `count` blob uploads to `repository` for blobs still being made (a signature and its
+   * attestations). An upload is two round trips, a POST that opens it and a PUT of the bytes; the
+   * POSTs need no bytes, so they go while the blobs are made, and a push given these uploads
+   * (`pushReferenced`) only PUTs. What no blob took is cancelled by `StartedUploads.cancel`.
+   */
+  startUploads(repository: string, count: number): StartedUploads {
+    return new StartedUploads(
+      Array.from({ length: count }, () => this.openUpload(repository).catch(() => undefined)),
+      (location) => this.request(location.toString(), { method: "DELETE" }).then((res) => res.body?.cancel()),
+    );
   }
 
   private async resolve(layout: OciLayout, tag: string): Promise<Descriptor> {
@@ -115,19 +142,19 @@ export class Registry {
    * Everything `d` references (blobs, listed manifests by digest), then `d` itself as
    * `reference`; a manifest by digest known to be there already is not sent again.
    */
-  private async pushManifest(layout: OciLayout, repository: string, d: Descriptor, reference: string, again = false): Promise<void> {
+  private async pushManifest(layout: OciLayout, repository: string, d: Descriptor, reference: string, uploads?: StartedUploads, again = false): Promise<void> {
     if (reference === d.digest && this.isPresent(repository, d.digest)) return;
     const bytes = await layout.readBlob(d.digest);
     const linked = parseLinked(bytes, `manifest ${d.digest}`);
-    await mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob));
-    await mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest));
+    await mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob, uploads));
+    await mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest, uploads));
     const res = await this.request(`/v2/${repository}/manifests/${reference}`, { method: "PUT", headers: { "content-type": d.mediaType }, body: bytes });
     if (res.status === 400 && !again) {
       const failure = await this.failure(res, `PUT manifest ${repository}:${reference}`);
       if (!failure.codes.some((code) => missingContentCodes.has(code))) throw failure;
       // Something remembered as there is gone: ask about everything, once.
       this.forget(repository);
-      return this.pushManifest(layout, repository, d, reference, true);
+      return this.pushManifest(layout, repository, d, reference, uploads, true);
     }
     if (res.status !== 201) throw await this.failure(res, `PUT manifest ${repository}:${reference}`);
     this.remember(repository, d.digest);
@@ -138,12 +165,12 @@ export class Registry {
    * two uploads of one blob at once were refused by docker-registry now and then (DIGEST_INVALID,
    * then the manifest naming it MANIFEST_BLOB_UNKNOWN).
    */
-  private pushBlob(layout: OciLayout, repository: string, blob: Descriptor): Promise<void> {
+  private pushBlob(layout: OciLayout, repository: string, blob: Descriptor, uploads?: StartedUploads): Promise<void> {
     if (this.isPresent(repository, blob.digest)) return Promise.resolve();
     const key = `${repository}@${blob.digest}`;
     let pushing = this.#pushing.get(key);
     if (!pushing) {
-      pushing = this.uploadBlob(layout, repository, blob)
+      pushing = this.uploadBlob(layout, repository, blob, uploads)
         .then(() => this.remember(repository, blob.digest))
         .finally(() => this.#pushing.delete(key));
       this.#pushing.set(key, pushing);
@@ -151,15 +178,12 @@ export class Registry {
     return pushing;
   }
 
-  private async uploadBlob(layout: OciLayout, repository: string, blob: Descriptor): Promise<void> {
+  private async uploadBlob(layout: OciLayout, repository: string, blob: Descriptor, uploads?: StartedUploads): Promise<void> {
     if (blob.size > ASK_FIRST_BYTES) {
       const head = await this.request(`/v2/${repository}/blobs/${blob.digest}`, { method: "HEAD" });
       if (head.status === 200) return;
     }
-    const start = await this.request(`/v2/${repository}/blobs/uploads/`, { method: "POST" });
-    const location = start.headers.get("location");
-    if (start.status !== 202 || !location) throw await this.failure(start, `start blob upload to ${repository}`);
-    const target = new URL(location, this.url);
+    const target = (await uploads?.take()) ?? (await this.openUpload(repository));
     target.searchParams.set("digest", blob.digest);
     const body = Readable.toWeb(createReadStream(layout.blobPath(blob.digest))) as ReadableStream<Uint8Array>;
     const put = await this.request(target.toString(), {
@@ -169,6 +193,14 @@ export class Registry {
       duplex: "half",
     });
     if (put.status !== 201) throw await this.failure(put, `upload blob ${blob.digest} to ${repository}`);
+  }
+
+  /** Opens a blob upload (POST); where to PUT its bytes. */
+  private async openUpload(repository: string): Promise<URL> {
+    const start = await this.request(`/v2/${repository}/blobs/uploads/`, { method: "POST" });
+    const location = start.headers.get("location");
+    if (start.status !== 202 || !location) throw await this.failure(start, `start blob upload to ${repository}`);
+    return new URL(location, this.url);
   }
 
   private async pullLinked(layout: OciLayout, repository: string, manifest: Buffer): Promise<void> {
@@ -233,6 +265,32 @@ export class Registry {
   private forget(repository: string): void {
     this.#presentCount -= this.#present.get(repository)?.size ?? 0;
     this.#present.delete(repository);
+  }
+}
+
+/** Blob uploads opened ahead of their blobs (`Registry.startUploads`): each a location to PUT to, or undefined where none opened. */
+export class StartedUploads {
+  readonly #open: Promise<URL | undefined>[];
+  readonly #cancelOne: (location: URL) => Promise<unknown>;
+  constructor(open: Promise<URL | undefined>[], cancelOne: (location: URL) => Promise<unknown>) {
+    this.#open = open;
+    this.#cancelOne = cancelOne;
+  }
+
+  /** An upload to PUT a blob to; undefined when none is left (or it did not open): the caller opens one. */
+  async take(): Promise<URL | undefined> {
+    return this.#open.shift();
+  }
+
+  /** Cancels the uploads no blob took (best effort: one the registry forgets costs nothing). */
+  async cancel(): Promise<void> {
+    const left = this.#open.splice(0);
+    await Promise.all(
+      left.map(async (open) => {
+        const location = await open;
+        if (location) await this.#cancelOne(location).catch(() => {});
+      }),
+    );
   }
 }
 

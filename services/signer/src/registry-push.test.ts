@@ -75,7 +75,7 @@ test("a signed image, its signature and its attestations are pushed; skopeo read
   assert.match(ok.stdout, /https:\/\/slsa\.dev\/provenance\/v1 by key/);
 });
 
-test("a sign uploads everything untagged first, each blob once and the image before what names it, then its three tags", async () => {
+test("a sign uploads everything untagged first, each blob once and the image before what names it, then its three tags; uploads opened ahead and not needed are cancelled", async () => {
   const proxy = await countingProxy(registry.url);
   try {
     const req = await imageToSign(path.join(dir, "ordered"), "1.0", "ordered");
@@ -99,6 +99,20 @@ test("a sign uploads everything untagged first, each blob once and the image bef
     assert.deepEqual(new Set(manifests.slice(-3)), new Set(tags.map((t) => `PUT /v2/homeostat/ordered/manifests/${t}`)), `the tags last: ${brief(manifests)}`);
     assert.equal(manifests.length, 6, `image and attestations by digest, then three tags: ${brief(manifests)}`);
     assert.ok(puts.indexOf(uploads.at(-1)!) < puts.indexOf(manifests.at(-3)!), `every blob before the first tag: ${brief(puts)}`);
+    // The signature's and the attestations' uploads were opened ahead: every one opened was used.
+    assert.equal(proxy.requests.filter((r) => r.startsWith("POST ")).length, uploads.length, `an upload opened per blob: ${brief(proxy.requests)}`);
+
+    // Signed again, the signature and the attestations are kept: the uploads opened for them are cancelled.
+    const again = { dataDir: dir, imageRepository: `${registry.host}/homeostat`, signer: newSigner(), registry: new Registry(proxy.url) };
+    await sign(req, again);
+    proxy.requests.length = 0;
+    await sign(req, again);
+    const opened = () => proxy.requests.filter((r) => r.startsWith("POST ")).length;
+    const used = () => proxy.requests.filter((r) => r.startsWith("PUT ") && r.includes("/blobs/uploads/")).length;
+    const cancelled = () => proxy.requests.filter((r) => r.startsWith("DELETE ") && r.includes("/blobs/uploads/")).length;
+    for (const deadline = Date.now() + 5000; opened() !== used() + cancelled() && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(cancelled(), 4, `the second sign's four uploads cancelled: ${brief(proxy.requests)}`);
+    assert.equal(opened(), 4, `no other upload opened: ${brief(proxy.requests)}`);
   } finally {
     await proxy.close();
   }

@@ -111,58 +111,69 @@ export async function sign(req: VerifiedBuild, ctx: SignContext): Promise<SignRe
   return { signatures: { archive: r.signature }, keyId: ctx.signer.keyId };
 }
 
-/** The cosign signature, then the attestations, then (with a registry) the push. */
+/** The cosign signature and the attestations, made at once, then (with a registry) the push. */
 async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<SignResult> {
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
   // The registry gets everything untagged while it is made, and the three tags at the end (see
-  // below). The image (admitted, so intact) goes up by digest while it is signed, and the
-  // signature's blobs while the attestations are made. Failures are awaited (and thrown) below.
+  // below). The image (admitted, so intact) goes up by digest while it is signed and attested,
+  // the uploads of the signature's and the attestations' blobs are opened meanwhile, and the
+  // signature's blobs go up as soon as it is made. Failures are awaited (and thrown) below.
   const layout = await OciLayout.open(layoutDir);
   const repository = registryRepository(ctx.imageRepository, req.name);
-  const imageUp = ctx.registry?.push(layout, repository, tag, { untagged: true });
-  imageUp?.catch(() => {});
-  const r = await signImage({
-    layoutDir,
-    tag,
-    manifest,
-    reference: imageReference(ctx.imageRepository, req.name, req.version),
-    signer: ctx.signer,
-    key: req.key,
-    ...(req.isolation === "none" ? { annotations: { "homeostat.isolation": "none" } } : {}),
-  });
-  const signatureUp = ctx.registry?.pushReferenced(layout, repository, r.signatureTag);
-  signatureUp?.catch(() => {});
   const documents: [role: string, predicateType: string, blob: string | undefined][] = [
     ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
     ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
   ];
   const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
-  const attestations: Attestation[] = [];
-  for (const [role, predicateType, blob] of present)
-    attestations.push({ predicateType, predicate: await readJsonBlob(layout, blob, `${req.key}: the ${role}`) });
-  const attached = await attestImage({
-    layoutDir,
-    subject: manifest,
-    name: imageRepositoryName(ctx.imageRepository, req.name),
-    attestations,
-    signer: ctx.signer,
-  });
-  const signatures: Record<string, Digest> = { image: r.signatureManifest };
-  for (const [i, [role]] of present.entries()) {
-    const signature = attached[i];
-    if (!signature) throw new Error(`internal: no signature was attached for the ${role}`);
-    signatures[role] = signature.manifest;
+  const imageUp = ctx.registry?.push(layout, repository, tag, { untagged: true });
+  imageUp?.catch(() => {});
+  // The signature's payload and config, and a bundle per attestation (their config is the empty one).
+  const uploads = ctx.registry?.startUploads(repository, 2 + present.length);
+  try {
+    // The signature and the attestations are made at once: their blobs' fsyncs overlap.
+    const signing = signImage({
+      layoutDir,
+      tag,
+      manifest,
+      reference: imageReference(ctx.imageRepository, req.name, req.version),
+      signer: ctx.signer,
+      key: req.key,
+      ...(req.isolation === "none" ? { annotations: { "homeostat.isolation": "none" } } : {}),
+    }).then((r) => {
+      const up = ctx.registry?.pushReferenced(layout, repository, r.signatureTag, { uploads });
+      up?.catch(() => {});
+      return { r, signatureUp: up };
+    });
+    const attesting = (async () => {
+      const attestations: Attestation[] = [];
+      for (const [role, predicateType, blob] of present)
+        attestations.push({ predicateType, predicate: await readJsonBlob(layout, blob, `${req.key}: the ${role}`) });
+      return attestImage({ layoutDir, subject: manifest, name: imageRepositoryName(ctx.imageRepository, req.name), attestations, signer: ctx.signer });
+    })();
+    const [{ r, signatureUp }, attached] = await Promise.all([signing, attesting]);
+    const signatures: Record<string, Digest> = { image: r.signatureManifest };
+    for (const [i, [role]] of present.entries()) {
+      const signature = attached[i];
+      if (!signature) throw new Error(`internal: no signature was attached for the ${role}`);
+      signatures[role] = signature.manifest;
+    }
+    if (ctx.registry) {
+      // The attestations' manifests name the image as their subject: their blobs go up at once,
+      // the manifests (by digest) once the image is there. Then the image's tag, the signature's
+      // and the referrers' at once, each a single manifest: whichever a client sees first, the
+      // image it refers to is already there.
+      const registry = ctx.registry;
+      const attestationBlobsUp = registry.pushBlobsOf(layout, repository, referrersTag(manifest), { uploads });
+      attestationBlobsUp.catch(() => {});
+      await imageUp;
+      await Promise.all([signatureUp, attestationBlobsUp.then(() => registry.pushReferenced(layout, repository, referrersTag(manifest)))]);
+      await Promise.all([tag, r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
+    }
+    return { signatures, keyId: ctx.signer.keyId };
+  } finally {
+    // A re-sign that kept its signature or attestations leaves uploads no blob took.
+    void uploads?.cancel();
   }
-  if (ctx.registry) {
-    // The attestations' manifests name the image as their subject: they go up (by digest) once it
-    // is there. Then the image's tag, the signature's and the referrers' at once, each a single
-    // manifest: whichever a client sees first, the image it refers to is already there.
-    const registry = ctx.registry;
-    await imageUp;
-    await Promise.all([signatureUp, registry.pushReferenced(layout, repository, referrersTag(manifest))]);
-    await Promise.all([tag, r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
-  }
-  return { signatures, keyId: ctx.signer.keyId };
 }
