@@ -34,18 +34,25 @@ export async function scanEntries(kv: KV, filter: string): Promise<ScannedEntry[
 
 /**
  * Calls `see` for each message under `filter` from stream sequence `from` on, in stream order
- * (value undefined: a delete or purge marker), with one get per message plus one; returns
- * the sequence of the last message seen (`from - 1` when there was none).
+ * (value undefined: a delete or purge marker), with one get per message plus one, until there
+ * is none or `see` returns false; returns the sequence of the last message seen (`from - 1`
+ * when there was none).
  */
-async function scanFrom(bucket: BucketReader, filter: string, from: number, see: (key: string, value: Uint8Array | undefined) => void): Promise<number> {
+async function scanFrom(
+  bucket: BucketReader,
+  filter: string,
+  from: number,
+  see: (key: string, value: Uint8Array | undefined, seq: number) => boolean | void,
+): Promise<number> {
   const subjects = `${bucket.prefix}.${filter}`;
   let last = from - 1;
   for (let seq = from; ;) {
     const m = await bucket.get({ seq, next_by_subj: subjects });
     if (!m) return last;
     // A later message of the key (history > 1, a delete or purge marker) replaces the earlier.
-    see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data);
+    const more = see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data, m.seq);
     last = m.seq;
+    if (more === false) return last;
     seq = m.seq + 1;
   }
 }
@@ -70,8 +77,14 @@ export class CachedScan<T> {
   private readonly kv: KV;
   private readonly parse: (value: Uint8Array) => T;
   private readonly maxFilters: number;
-  /** Per filter: the last message under it, its entries, and the bucket revision of the reader that last listed it (reader()). */
-  private readonly cache = new Map<string, { last: number; entries: Map<string, T>; at?: number }>();
+  /**
+   * Per filter: the last message under it, its entries, the bucket revision of the reader that
+   * last listed it (reader()), and a revision up to which they were complete when read (`checked`).
+   */
+  private readonly cache = new Map<string, { last: number; entries: Map<string, T>; at?: number; checked?: number }>();
+  /** The keys written since `from` (see catchUp), up to `synced`. */
+  private changes: Changes | undefined;
+  private catchingUp: Promise<void> | undefined;
 
   constructor(kv: KV, parse: (value: Uint8Array) => T, maxFilters = 50_000) {
     this.kv = kv;
@@ -87,6 +100,7 @@ export class CachedScan<T> {
    */
   async reader(): Promise<ScanReader<T>> {
     const at = await bucketRevision(this.kv);
+    await this.catchUp(at);
     const seen = new Map<string, number>();
     const list = async (filter: string) => {
       const { entries, upTo } = await this.read(filter, at);
@@ -112,21 +126,54 @@ export class CachedScan<T> {
   private async read(filter: string, at?: number): Promise<{ entries: T[]; upTo: number }> {
     const bucket = bucketReader(this.kv);
     const known = this.cache.get(filter);
-    if (at !== undefined && known?.at === at) return { entries: [...known.entries.values()], upTo: at };
+    if (at !== undefined && known && (known.at === at || (known.checked !== undefined && this.changes?.unchanged(filter, known.checked, at)))) {
+      known.at = at;
+      known.checked = at;
+      return { entries: [...known.entries.values()], upTo: at };
+    }
     const newest = await bucket.get({ last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
     // No message under the filter is an empty list, kept too: most packages have no advisories.
     const fresh = !newest
-      ? { last: 0, entries: new Map<string, T>(), at }
+      ? { last: 0, entries: new Map<string, T>(), at, checked: at }
       : known?.last === newest.seq
-        ? { ...known, at }
-        : await this.readAfter(bucket, filter, known?.last ?? 0, known?.entries, at);
+        ? { ...known, at, checked: at }
+        : { ...(await this.readAfter(bucket, filter, known?.last ?? 0, known?.entries, at)), checked: at };
     this.cache.set(filter, fresh);
     if (this.cache.size > this.maxFilters) {
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
     return { entries: [...fresh.entries.values()], upTo: Math.max(at ?? 0, fresh.last) };
+  }
+
+  /**
+   * Reads the keys of the messages stored since the last catch-up, at least up to `at`: a
+   * filter that none of them matches is then known unchanged without asking (`Changes`). One
+   * catch-up at a time; a gap of more than MAX_CATCH_UP messages starts the record afresh, and
+   * the filters then ask once each, as they did without it.
+   */
+  private async catchUp(at: number): Promise<void> {
+    while (!this.changes || this.changes.synced < at) {
+      this.catchingUp ??= this.readChanges(at).finally(() => (this.catchingUp = undefined));
+      await this.catchingUp;
+    }
+  }
+
+  private async readChanges(at: number): Promise<void> {
+    const changes = this.changes;
+    if (!changes || at - changes.synced > MAX_CATCH_UP || changes.size > MAX_CHANGED_PATTERNS) {
+      this.changes = new Changes(at);
+      return;
+    }
+    let complete = true;
+    // Up to `at` (every message up to it was stored before the scan began): the first one past it
+    // ends the scan, so that writes that go on meanwhile do not keep it going.
+    const last = await scanFrom(bucketReader(this.kv), ">", changes.synced + 1, (key, _, seq) => {
+      complete = changes.record(key, seq);
+      return complete && seq < at;
+    });
+    this.changes = complete ? changes.through(Math.max(last, at)) : new Changes(Math.max(last, at));
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */
@@ -137,5 +184,56 @@ export class CachedScan<T> {
       if (value) entries.set(key, this.parse(value));
     });
     return { last: newLast, entries, at };
+  }
+}
+
+/** Messages a catch-up reads at most; a longer gap starts the record afresh (CachedScan.catchUp). */
+const MAX_CATCH_UP = 1_000;
+/** Filter patterns a record keeps at most before it starts afresh. */
+const MAX_CHANGED_PATTERNS = 200_000;
+/** Keys of more tokens than this are not indexed: a record that meets one starts afresh. */
+const MAX_INDEXED_TOKENS = 6;
+
+/**
+ * The keys written to a bucket after revision `from`, up to `synced`: for every filter that
+ * matches one of them (each token literal or `*`, or a prefix of them and `>`: 2^(n+1) - 1
+ * patterns for a key of n tokens), the last sequence written under it. A filter absent here
+ * had no message in (from, synced]; one whose last sequence is at most `checked` had none
+ * after `checked` either.
+ */
+class Changes {
+  readonly from: number;
+  synced: number;
+  private readonly last = new Map<string, number>();
+  constructor(from: number) {
+    this.from = from;
+    this.synced = from;
+  }
+
+  get size(): number {
+    return this.last.size;
+  }
+
+  /** Whether no message under `filter` was written in (checked, at]: known only for `checked` ≥ from and `at` ≤ synced. */
+  unchanged(filter: string, checked: number, at: number): boolean {
+    return checked >= this.from && at <= this.synced && (this.last.get(filter) ?? 0) <= checked;
+  }
+
+  /** Records a message of `key` at `seq`; false when its key has too many tokens to index. */
+  record(key: string, seq: number): boolean {
+    const tokens = key.split(".");
+    if (tokens.length > MAX_INDEXED_TOKENS) return false;
+    let prefixes = [""];
+    for (const [i, token] of tokens.entries()) {
+      for (const p of prefixes) this.last.set(`${p}>`, seq);
+      prefixes = prefixes.flatMap((p) => [`${p}${token}`, `${p}*`]).map((p) => (i < tokens.length - 1 ? `${p}.` : p));
+    }
+    for (const p of prefixes) this.last.set(p, seq);
+    return true;
+  }
+
+  through(synced: number): Changes {
+    this.synced = synced;
+    return this;
   }
 }
