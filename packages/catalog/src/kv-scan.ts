@@ -95,8 +95,9 @@ export class CachedScan<T> {
   /**
    * `list` for reads as of this call or later (one reconcile's): it takes the bucket's revision
    * now, and a filter listed by a reader that had that same revision needs no request at all
-   * (nothing in the bucket changed in between). A reconcile that changes nothing so lists each
-   * package's entries once per change of the bucket, not once per run.
+   * (nothing in the bucket changed in between); nor does one that none of the keys written since
+   * matches (catchUp reads them). A reconcile that changes nothing so lists each package's
+   * entries once per change under its filter, not once per run or per change of the bucket.
    */
   async reader(): Promise<ScanReader<T>> {
     const at = await bucketRevision(this.kv);
