@@ -130,11 +130,11 @@ export async function attestImage(opts: {
     const annotations = { [PREDICATE_TYPE_ANNOTATION]: a.predicateType };
     const manifestText = manifestBytes({ artifactType: mediaTypes.sigstoreBundle, config, layers: [bundle], subject, annotations });
     const manifest = blobDescriptor(manifestText, mediaTypes.manifest);
-    if (writes.length === 0) writes.push([EMPTY_JSON, config.mediaType]);
     writes.push([bundleText, bundle.mediaType], [manifestText, manifest.mediaType]);
     added.push({ ...manifest, artifactType: mediaTypes.sigstoreBundle, annotations });
     out.push({ predicateType: a.predicateType, manifest: manifest.digest, bundle: bundle.digest, signed: true });
   }
+  if (writes.length > 0) writes.push([EMPTY_JSON, config.mediaType]);
   await Promise.all(writes.map(([data, mediaType]) => layout.writeBlob(data, mediaType)));
   if (added.length > 0) await addReferrers(layout, opts.subject, added);
   return out;

@@ -88,7 +88,7 @@ export class Registry {
    * (an image's before its signature's): one round of uploads instead of one per tag.
    */
   async pushReferenced(layout: OciLayout, repository: string, tag: string, o: { uploads?: StartedUploads } = {}): Promise<void> {
-    const linked = parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
+    const linked = await this.linkedOf(layout, tag);
     await Promise.all([
       mapLimit(blobsOf(linked), PUSH_CONCURRENCY, (blob) => this.pushBlob(layout, repository, blob, o.uploads)),
       mapLimit(linked.manifests ?? [], PUSH_CONCURRENCY, (child) => this.pushManifest(layout, repository, child, child.digest, o.uploads)),
@@ -101,7 +101,7 @@ export class Registry {
    * attestation's manifest, for the image it is about).
    */
   async pushBlobsOf(layout: OciLayout, repository: string, tag: string, o: { uploads?: StartedUploads } = {}): Promise<void> {
-    const linked = parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
+    const linked = await this.linkedOf(layout, tag);
     const listed = await Promise.all(
       (linked.manifests ?? []).map(async (child) => parseLinked(await layout.readBlob(child.digest), `manifest ${child.digest}`)),
     );
@@ -120,6 +120,11 @@ export class Registry {
       Array.from({ length: count }, () => this.openUpload(repository).catch(() => undefined)),
       (location) => this.request(location.toString(), { method: "DELETE" }).then((res) => res.body?.cancel()),
     );
+  }
+
+  /** What the manifest `tag` names links to. */
+  private async linkedOf(layout: OciLayout, tag: string): Promise<Linked> {
+    return parseLinked(await layout.readBlob((await this.resolve(layout, tag)).digest), `manifest of ${tag}`);
   }
 
   private async resolve(layout: OciLayout, tag: string): Promise<Descriptor> {

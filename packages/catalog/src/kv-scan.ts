@@ -78,10 +78,10 @@ export class CachedScan<T> {
   private readonly parse: (value: Uint8Array) => T;
   private readonly maxFilters: number;
   /**
-   * Per filter: the last message under it, its entries, the bucket revision of the reader that
-   * last listed it (reader()), and a revision up to which they were complete when read (`checked`).
+   * Per filter: the last message under it, its entries, and the bucket revision of the reader that
+   * last listed it (reader()), up to which they are complete.
    */
-  private readonly cache = new Map<string, { last: number; entries: Map<string, T>; at?: number; checked?: number }>();
+  private readonly cache = new Map<string, { last: number; entries: Map<string, T>; at?: number }>();
   /** The keys written since `from` (see catchUp), up to `synced`. */
   private changes: Changes | undefined;
   private catchingUp: Promise<void> | undefined;
@@ -127,19 +127,18 @@ export class CachedScan<T> {
   private async read(filter: string, at?: number): Promise<{ entries: T[]; upTo: number }> {
     const bucket = bucketReader(this.kv);
     const known = this.cache.get(filter);
-    if (at !== undefined && known && (known.at === at || (known.checked !== undefined && this.changes?.unchanged(filter, known.checked, at)))) {
+    if (at !== undefined && known?.at !== undefined && (known.at === at || this.changes?.unchanged(filter, known.at, at))) {
       known.at = at;
-      known.checked = at;
       return { entries: [...known.entries.values()], upTo: at };
     }
     const newest = await bucket.get({ last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
     // No message under the filter is an empty list, kept too: most packages have no advisories.
     const fresh = !newest
-      ? { last: 0, entries: new Map<string, T>(), at, checked: at }
+      ? { last: 0, entries: new Map<string, T>(), at }
       : known?.last === newest.seq
-        ? { ...known, at, checked: at }
-        : { ...(await this.readAfter(bucket, filter, known?.last ?? 0, known?.entries, at)), checked: at };
+        ? { ...known, at }
+        : await this.readAfter(bucket, filter, known?.last ?? 0, known?.entries, at);
     this.cache.set(filter, fresh);
     if (this.cache.size > this.maxFilters) {
       const oldest = this.cache.keys().next();
@@ -174,7 +173,8 @@ export class CachedScan<T> {
       complete = changes.record(key, seq);
       return complete && seq < at;
     });
-    this.changes = complete ? changes.through(Math.max(last, at)) : new Changes(Math.max(last, at));
+    if (complete) changes.synced = Math.max(last, at);
+    else this.changes = new Changes(Math.max(last, at));
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */
@@ -231,10 +231,5 @@ class Changes {
     }
     for (const p of prefixes) this.last.set(p, seq);
     return true;
-  }
-
-  through(synced: number): Changes {
-    this.synced = synced;
-    return this;
   }
 }
