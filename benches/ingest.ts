@@ -27,6 +27,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { connectNats, ensureTopology, eventLedgerNames, loadConfig } from "@homeostat/core";
+import { withServiceNodeOptions } from "../scripts/factory.ts";
 
 const { values } = parseArgs({
   options: {
@@ -59,6 +60,7 @@ writeFileSync(
 const port = await freePort();
 const env = {
   ...process.env,
+  NODE_OPTIONS: withServiceNodeOptions(process.env.NODE_OPTIONS),
   NATS_URL: process.env.NATS_URL ?? "nats://127.0.0.1:4222",
   HOMEOSTAT_PREFIX: prefix,
   HOMEOSTAT_DATA: path.join(dir, "data"),

@@ -40,7 +40,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { repoRoot, startNatsServer } from "../scripts/factory.ts";
+import { repoRoot, startNatsServer, withServiceNodeOptions } from "../scripts/factory.ts";
 import { commandLine, integerOption } from "./end-to-end.ts";
 import { table } from "./table.ts";
 
@@ -97,8 +97,10 @@ async function startOtlpSink(): Promise<{ url: string; requests: number; bytes: 
 /** Runs a bench as its own process; resolves with the JSON object of its last line. */
 function runBench(script: string, args: string[], env: Record<string, string>): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
+    // Ingest's bench starts the service with the services' options; the queue's runs the queue in
+    // its own process, which is to run as a service's does.
     const child = spawn(process.execPath, [path.join(repoRoot, "benches", script), ...args], {
-      env: { ...process.env, ...env },
+      env: { ...process.env, NODE_OPTIONS: withServiceNodeOptions(process.env.NODE_OPTIONS), ...env },
       stdio: ["ignore", "pipe", "pipe"],
       cwd: repoRoot,
     });

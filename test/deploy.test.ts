@@ -11,7 +11,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { parse, parseAllDocuments } from "yaml";
 import { serviceIdentities } from "@homeostat/core";
-import { repoRoot } from "../scripts/factory.ts";
+import { repoRoot, serviceNodeOptions } from "../scripts/factory.ts";
 import { loadCompose, secretsOf, volumesOf } from "./fixtures/compose.ts";
 import { dashboards } from "./dashboards.ts";
 
@@ -76,7 +76,7 @@ test("compose: every long-running service has a health check, and starts after w
   assert.match(compose.services.nats!.image!, /^nats:\d+\.\d+\.\d+/, "NATS pinned to a release");
 });
 
-test("image: multi-stage, production dependencies only, bubblewrap in it, a non-root user; no .env or secrets in the build context", () => {
+test("image: multi-stage, production dependencies only, bubblewrap in it, a non-root user, the services' Node options; no .env or secrets in the build context", () => {
   const dockerfile = readFileSync(path.join(repoRoot, "deploy", "Dockerfile"), "utf8");
   const stages = dockerfile.split(/^FROM /m).slice(1);
   assert.ok(stages.length >= 2, "more than one stage");
@@ -86,6 +86,7 @@ test("image: multi-stage, production dependencies only, bubblewrap in it, a non-
   assert.match(final, /apt-get install[^\n]*\bbubblewrap\b/);
   assert.match(final, /^USER node$/m);
   assert.doesNotMatch(final, /^RUN .*(pnpm gen|--prod=false)/m, "no development tools run in the image");
+  assert.match(final, new RegExp(`^\\s*NODE_OPTIONS=${serviceNodeOptions} `, "m"), "the services run with the options a launcher gives them");
   const ignored = readFileSync(path.join(repoRoot, "deploy", "Dockerfile.dockerignore"), "utf8").split("\n");
   for (const p of ["**/.env", "**/.env.*", "deploy/secrets", "**/node_modules"]) assert.ok(ignored.includes(p), `${p} is not in the context`);
 });
