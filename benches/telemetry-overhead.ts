@@ -97,8 +97,8 @@ async function startOtlpSink(): Promise<{ url: string; requests: number; bytes: 
 /** Runs a bench as its own process; resolves with the JSON object of its last line. */
 function runBench(script: string, args: string[], env: Record<string, string>): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    // Ingest's bench starts the service with the services' options; the queue's runs the queue in
-    // its own process, which is to run as a service's does.
+    // The queue's bench runs the queue in its own process, which runs as a service does (ingest's
+    // bench gives the service it starts the same options).
     const child = spawn(process.execPath, [path.join(repoRoot, "benches", script), ...args], {
       env: { ...process.env, NODE_OPTIONS: withServiceNodeOptions(process.env.NODE_OPTIONS), ...env },
       stdio: ["ignore", "pipe", "pipe"],

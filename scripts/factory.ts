@@ -202,12 +202,11 @@ export function defaultReadyTimeoutMs(env: NodeJS.ProcessEnv = process.env): num
  *
  * A young generation of at most 16 MiB per semi-space. Left to itself, V8 grows it to 64 MiB
  * under a service's allocation rate (messages, promises, spans: a work queue at thousands of
- * enqueues a second), and a larger one costs more than its fewer scavenges save: its pages are
- * touched anew as it grows and shrinks, and a page fault costs about 11 µs on this kind of
- * machine (a virtual machine without hardware page tables; 1 GB touched in 2.8 s). bench:queue,
- * Homeostat alone, 10,000 enqueues, alternated: 177-187 µs of CPU per enqueue and 73,000-80,000
- * page faults by default; 128-141 µs and 41,000-42,500 with 16 MiB (8 MiB: 144-146 µs; 32 MiB:
- * 161-169 µs).
+ * enqueues a second), and the larger one cost more than its fewer scavenges saved, mostly in page
+ * faults, which cost about 11 µs each on this kind of machine (a virtual machine without hardware
+ * page tables; 1 GB touched in 2.8 s). bench:queue, Homeostat alone, 10,000 enqueues,
+ * alternated: 177-187 µs of CPU per enqueue and 73,000-80,000 page faults by default; 128-141 µs
+ * and 41,000-42,500 with 16 MiB (8 MiB: 144-146 µs; 32 MiB: 161-169 µs).
  */
 export const serviceNodeOptions = "--max-semi-space-size=16";
 

@@ -86,7 +86,7 @@ test("image: multi-stage, production dependencies only, bubblewrap in it, a non-
   assert.match(final, /apt-get install[^\n]*\bbubblewrap\b/);
   assert.match(final, /^USER node$/m);
   assert.doesNotMatch(final, /^RUN .*(pnpm gen|--prod=false)/m, "no development tools run in the image");
-  assert.match(final, new RegExp(`^\\s*NODE_OPTIONS=${serviceNodeOptions} `, "m"), "the services run with the options a launcher gives them");
+  assert.ok(final.includes(`NODE_OPTIONS=${serviceNodeOptions} `), "the services run with the options a launcher gives them");
   const ignored = readFileSync(path.join(repoRoot, "deploy", "Dockerfile.dockerignore"), "utf8").split("\n");
   for (const p of ["**/.env", "**/.env.*", "deploy/secrets", "**/node_modules"]) assert.ok(ignored.includes(p), `${p} is not in the context`);
 });
