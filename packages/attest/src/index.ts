@@ -1,6 +1,7 @@
 export * from "./attestation.ts";
 export * from "./blob-signing.ts";
 export * from "./dsse.ts";
+export * from "./image-versions.ts";
 export * from "./keys.ts";
 export * from "./oci.ts";
 export * from "./registry.ts";

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { sha256Digest } from "@homeostat/core/digest";
-import { blobDescriptor, manifestBytes, mediaTypes, OciLayout, REF_NAME } from "./oci.ts";
+import { blobDescriptor, HOLDS_ANNOTATION_PREFIX, indexBytes, manifestBytes, mediaTypes, OciLayout, REF_NAME } from "./oci.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-oci-"));
 after(() => rm(tmp, { recursive: true, force: true }));
@@ -117,4 +117,52 @@ test("two processes tagging the same layout at once lose no tag", async () => {
   assert.equal(tags.length, 50);
   assert.deepEqual(tags, [...tags].sort());
   assert.deepEqual(await readdir(dir), ["blobs", "index.json", "oci-layout"]);
+});
+
+test("tag refuses an entry that holds a missing blob; tagged again at the same digest, an entry keeps its annotations", async () => {
+  const layout = await OciLayout.open(path.join(tmp, "holds"));
+  const config = await layout.writeBlob("{}", mediaTypes.config);
+  const layer = blobDescriptor("never written", mediaTypes.layerGzip);
+  const m = await layout.writeBlob(manifestBytes({ config, layers: [layer] }), mediaTypes.manifest);
+  await assert.rejects(layout.tag("1.0", m), new RegExp(`cannot tag 1.0 in .*: it holds ${layer.digest}, which the layout does not`));
+  await layout.writeBlob("never written", mediaTypes.layerGzip);
+  const sbom = blobDescriptor("an SBOM", mediaTypes.cyclonedx);
+  const holdsSbom = { ...m, annotations: { [`${HOLDS_ANNOTATION_PREFIX}sbom`]: sbom.digest } };
+  await assert.rejects(layout.tag("1.0", holdsSbom), /it holds sha256:/);
+  assert.deepEqual(await layout.tags(), []);
+  await layout.writeBlob("an SBOM", mediaTypes.cyclonedx);
+  await layout.tag("1.0", holdsSbom);
+  await layout.tag("1.0", m);
+  assert.equal((await layout.resolve("1.0"))?.annotations?.[`${HOLDS_ANNOTATION_PREFIX}sbom`], sbom.digest);
+  // At another digest the entry is the new descriptor alone.
+  const m2 = await layout.writeBlob(manifestBytes({ config, layers: [] }), mediaTypes.manifest);
+  await layout.tag("1.0", m2);
+  assert.deepEqual((await layout.resolve("1.0"))?.annotations, { [REF_NAME]: "1.0" });
+});
+
+test("collect drops what the edit drops, then every blob and temporary file nothing held that is older than the grace", async () => {
+  const dir = path.join(tmp, "collect");
+  const layout = await OciLayout.open(dir);
+  const config = await layout.writeBlob("{}", mediaTypes.config);
+  const shared = await layout.writeBlob("shared layer", mediaTypes.layerGzip);
+  const own = await layout.writeBlob("own layer", mediaTypes.layerGzip);
+  const kept = await layout.writeBlob(manifestBytes({ config, layers: [shared] }), mediaTypes.manifest);
+  const dropped = await layout.writeBlob(manifestBytes({ config, layers: [shared, own] }), mediaTypes.manifest);
+  // An index naming the kept manifest holds it too; the dropped one's only holder is its tag.
+  const index = await layout.writeBlob(indexBytes({ manifests: [kept] }), mediaTypes.index);
+  await layout.tag("kept", index);
+  await layout.tag("dropped", dropped);
+  const leftover = path.join(dir, "blobs", "sha256", ".abc.123.tmp");
+  await writeFile(leftover, "a crashed writer's");
+  const untouched = await layout.collect((ix) => ix, { graceMs: 0 });
+  assert.deepEqual(untouched, { tags: [], blobs: 0, bytes: 0 }, "nothing dropped, nothing swept");
+  const young = await layout.collect((ix) => ({ manifests: ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== "dropped") }), { graceMs: 60_000 });
+  assert.deepEqual(young, { tags: ["dropped"], blobs: 0, bytes: 0 }, "every unheld blob is younger than the grace");
+  assert.deepEqual(await layout.tags(), ["kept"]);
+  await layout.tag("again", dropped);
+  const swept = await layout.collect((ix) => ({ manifests: ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== "again") }), { graceMs: 0 });
+  assert.equal(swept.blobs, 2);
+  assert.equal(swept.bytes, dropped.size + own.size + "a crashed writer's".length);
+  const left = await readdir(path.join(dir, "blobs", "sha256"));
+  assert.deepEqual(left.sort(), [config, shared, kept, index].map((d) => d.digest.slice(7)).sort());
 });

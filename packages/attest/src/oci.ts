@@ -9,11 +9,14 @@
  *   O_EXCL) by read-modify-write, and replaced atomically (temporary file + rename), so readers
  *   never see a half-written index and concurrent taggers never lose each other's tags;
  * - manifests, indexes and `index.json` are serialised with a fixed field order (see
- *   `manifestBytes`, `indexBytes`) so the same content always gives the same bytes and digest.
+ *   `manifestBytes`, `indexBytes`) so the same content always gives the same bytes and digest;
+ * - a tag is set only when everything it holds is there (`tag` checks, under the lock), and blobs
+ *   are collected under the same lock (`collect`), so a collection never takes a blob that a tag
+ *   set at the same time needs.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, createReadStream, fstatSync, fsync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
+import { closeSync, createReadStream, fstatSync, fsync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
@@ -47,6 +50,25 @@ export const mediaTypes = {
 
 /** The annotation that names a tag in `index.json`. */
 export const REF_NAME = "org.opencontainers.image.ref.name";
+
+/**
+ * An `index.json` entry's annotations under this prefix name further blobs the entry holds
+ * (`io.homeostat.holds.<role>` = digest), blobs its manifest does not reference: an image
+ * version's SBOM and provenance, which only its build result names and the signer reads. A
+ * collection keeps them with the entry, and `tag` checks they are there.
+ */
+export const HOLDS_ANNOTATION_PREFIX = "io.homeostat.holds.";
+
+/** The media types of documents that name other blobs: OCI's, and Docker's that a pull may bring. */
+const LINKING_MEDIA_TYPES = new Set<string>([
+  mediaTypes.manifest,
+  mediaTypes.index,
+  "application/vnd.docker.distribution.manifest.v2+json",
+  "application/vnd.docker.distribution.manifest.list.v2+json",
+]);
+
+/** What a collection removed: the tags, and the blobs no remaining entry held (their count and bytes). */
+export type Collected = { tags: string[]; blobs: number; bytes: number };
 
 export class OciLayoutError extends Error {}
 
@@ -375,17 +397,23 @@ export class OciLayout {
   /**
    * Points `tag` at `descriptor` in `index.json` (annotation org.opencontainers.image.ref.name),
    * replacing any entry with that tag. Entries without a tag keep their place first; tagged
-   * entries follow sorted by tag (byte order), so the index depends only on its content.
+   * entries follow sorted by tag (byte order), so the index depends only on its content. Tagged
+   * again at the same digest (a rebuild of the same version), the entry keeps the annotations it
+   * had (when it was signed) under the ones given.
    */
   async tag(tag: string, descriptor: Descriptor): Promise<void> {
     hexOf(descriptor.digest);
-    await this.updateTag(tag, async () => descriptor);
+    await this.updateTag(tag, async (current) =>
+      current?.digest === descriptor.digest ? { ...descriptor, annotations: { ...current.annotations, ...descriptor.annotations } } : descriptor,
+    );
   }
 
   /**
    * Read-modify-write of one tag under the index lock: `next` is given what `tag` points at
    * now and returns its new target, or undefined to leave it as it is. For tags that collect
-   * entries (the referrers fallback tag) two writers must not lose each other's work.
+   * entries (the referrers fallback tag) two writers must not lose each other's work. The new
+   * target must hold nothing missing (its blob, what it names, the blobs its annotations hold):
+   * a blob written or found before the lock may have been collected since.
    */
   async updateTag(tag: string, next: (current: Descriptor | undefined) => Promise<Descriptor | undefined>): Promise<Descriptor | undefined> {
     if (tag.length === 0 || tag.length > 4096 || /[\s]/.test(tag)) throw new OciLayoutError(`bad tag ${JSON.stringify(tag)}`);
@@ -395,6 +423,8 @@ export class OciLayout {
       if (descriptor === undefined) return undefined;
       hexOf(descriptor.digest);
       const entry: Descriptor = { ...descriptor, annotations: { ...(descriptor.annotations ?? {}), [REF_NAME]: tag } };
+      const missing = [...this.heldBlobs([entry])].filter((digest) => !this.blobExists(digest));
+      if (missing.length > 0) throw new OciLayoutError(`cannot tag ${tag} in ${this.dir}: it holds ${missing.join(", ")}, which the layout does not`);
       const untagged = ix.manifests.filter((m) => m.annotations?.[REF_NAME] === undefined);
       const tagged = ix.manifests.flatMap((m) => {
         const name = m.annotations?.[REF_NAME];
@@ -424,6 +454,77 @@ export class OciLayout {
   async resolve(tag: string): Promise<Descriptor | undefined> {
     const ix = await this.index();
     return ix.manifests.find((m) => m.annotations?.[REF_NAME] === tag);
+  }
+
+  /**
+   * Rewrites `index.json` as `edit` returns it (given the index as it stands, under the lock;
+   * it may drop entries and change their annotations), then, when entries were dropped, removes
+   * every blob no remaining entry holds (`heldBlobs`) and every temporary file a crashed writer
+   * left, unless it changed within the last `graceMs`: a build or sign writes its blobs before
+   * the tag that holds them (a blob it found already there and reuses is `tag`'s check).
+   */
+  async collect(edit: (index: ImageIndex) => ImageIndex, o: { graceMs: number; now?: number }): Promise<Collected> {
+    return this.withIndexLock(async () => {
+      const before = await this.index();
+      const after = edit(before);
+      const tags = (ix: ImageIndex) => new Set(ix.manifests.map((m) => m.annotations?.[REF_NAME]));
+      const kept = tags(after);
+      const dropped = [...tags(before)].filter((t): t is string => t !== undefined && !kept.has(t));
+      const text = indexBytes(after);
+      if (text !== indexBytes(before)) await atomicWrite(path.join(this.dir, "index.json"), text);
+      if (after.manifests.length === before.manifests.length) return { tags: dropped, blobs: 0, bytes: 0 };
+      const held = new Set([...this.heldBlobs(after.manifests)].map(hexOf));
+      const oldest = (o.now ?? Date.now()) - o.graceMs;
+      const blobsDir = path.join(this.dir, "blobs", "sha256");
+      let blobs = 0;
+      let bytes = 0;
+      for (const name of await readdir(blobsDir)) {
+        if (held.has(name)) continue;
+        const file = path.join(blobsDir, name);
+        const st = await lstat(file).catch(() => undefined);
+        if (!st?.isFile() || Math.max(st.mtimeMs, st.ctimeMs) > oldest) continue;
+        await unlink(file);
+        if (!name.startsWith(".")) blobs++;
+        bytes += st.size;
+      }
+      return { tags: dropped, blobs, bytes };
+    });
+  }
+
+  /**
+   * The digests `entries` hold: each one's blob; for a manifest or an index, what it names
+   * (config, layers, listed manifests), read from the layout, recursively; and the blobs their
+   * annotations hold (HOLDS_ANNOTATION_PREFIX). A subject is not held: an attestation never keeps
+   * its image. A document missing or unreadable holds nothing more.
+   */
+  private heldBlobs(entries: readonly Descriptor[]): Set<Digest> {
+    const held = new Set<Digest>();
+    const pending = [...entries];
+    for (const e of entries)
+      for (const [name, value] of Object.entries(e.annotations ?? {}))
+        if (name.startsWith(HOLDS_ANNOTATION_PREFIX) && digestHex(value) !== undefined) held.add(value as Digest);
+    for (let d = pending.pop(); d !== undefined; d = pending.pop()) {
+      if (held.has(d.digest)) continue;
+      held.add(d.digest);
+      if (!LINKING_MEDIA_TYPES.has(d.mediaType)) continue;
+      const linked = this.linkedIn(d.digest);
+      if (linked) pending.push(...(linked.config ? [linked.config] : []), ...(linked.layers ?? []), ...(linked.manifests ?? []));
+    }
+    return held;
+  }
+
+  /** What the manifest or index stored under `digest` links, or undefined when it is missing or not one. */
+  private linkedIn(digest: Digest): z.infer<typeof linkedContentSchema> | undefined {
+    try {
+      const parsed = linkedContentSchema.safeParse(JSON.parse(readFileSync(this.blobPath(digest), "utf8")));
+      return parsed.success ? parsed.data : undefined;
+    } catch {
+      return undefined; // missing, or not JSON
+    }
+  }
+
+  private blobExists(digest: Digest): boolean {
+    return statSync(this.blobPath(digest), { throwIfNoEntry: false }) !== undefined;
   }
 
   /** True when `file` exists with the expected size (content-addressed: same name, same bytes). */

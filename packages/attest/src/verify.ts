@@ -15,6 +15,7 @@ import { imageManifestSchema, mediaTypes, OciJsonError, OciLayout, parseOciJson,
 import { Registry, RegistryError } from "./registry.ts";
 import { AttestationError, PREDICATE_TYPE_ANNOTATION, referrers, referrersTag, statementSchema } from "./attestation.ts";
 import { BlobSigningError, CorruptStoreBlobError, readStoreBlob } from "./blob-signing.ts";
+import { isVersionTag } from "./image-versions.ts";
 import { keyIdOf, parsePublicKey, verifyDer } from "./keys.ts";
 import {
   CorruptBlobError,
@@ -380,7 +381,7 @@ export type ImageVerification = {
 export async function verifyLayoutImages(opts: { target: string; trustedKeys: readonly string[]; require?: readonly string[] }): Promise<ImageVerification[]> {
   const { layoutDir, tag } = await splitTarget(opts.target.replace(/^oci:/, ""));
   const layout = await openExisting(layoutDir);
-  const tags = tag !== undefined ? [tag] : (await layout.tags()).filter((t) => !/^sha256-[0-9a-f]{64}(\.sig)?$/.test(t));
+  const tags = tag !== undefined ? [tag] : (await layout.tags()).filter(isVersionTag);
   if (tags.length === 0) throw new VerificationError("not-found", `${layout.dir} holds no tagged image`);
   const out: ImageVerification[] = [];
   for (const t of tags) {
