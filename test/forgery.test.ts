@@ -209,6 +209,7 @@ describe("forgery", { timeout: 180_000 }, () => {
       allowUnsandboxed: false,
       signer: await managedKeyProvider({ dir: t.config.signerDir, name: "cosign" }),
       imageRepository: "localhost/homeostat",
+      imageVersions: { keep: t.config.imageVersionsKept, graceMs: t.config.buildTimeoutMs },
       enqueue: async (req) => void enqueued.push(req),
       refused: (r) => void refusals.push(r),
       log: quiet,

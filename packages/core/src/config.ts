@@ -144,6 +144,12 @@ const schema = z.object({
   HOMEOSTAT_TRUSTED_BUILDER_KEYS: z.string().default(""),
   /** Development only: the signer also signs builds whose steps ran unsandboxed (isolation none), and says so in what it signs. */
   HOMEOSTAT_SIGN_UNSANDBOXED: z.enum(["true", "false"]).default("false"),
+  /**
+   * How many signed versions of an image its local OCI layout keeps: the one just signed (the
+   * key's actual state) and those signed before it, latest first. Older ones go with their
+   * signature, attestations and the blobs nothing kept holds; the registry keeps what was pushed.
+   */
+  HOMEOSTAT_IMAGE_VERSIONS_KEPT: z.coerce.number().int().min(1).default(3),
   /** Public keys trusted for verification besides the signing key (rotation): PEM files, comma-separated. */
   HOMEOSTAT_TRUSTED_KEYS: z.string().default(""),
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
@@ -359,6 +365,7 @@ export type Config = Readonly<{
   builderDir: string;
   trustedBuilderKeyPaths: string[];
   signUnsandboxed: boolean;
+  imageVersionsKept: number;
   trustedKeyPaths: string[];
   sourceDateEpoch: number;
   buildTimeoutMs: number;
@@ -573,6 +580,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       path.join(e.HOMEOSTAT_BUILDER_DIR ?? path.join(e.HOMEOSTAT_DATA, "builder"), "builder.pub"),
     ),
     signUnsandboxed: e.HOMEOSTAT_SIGN_UNSANDBOXED === "true",
+    imageVersionsKept: e.HOMEOSTAT_IMAGE_VERSIONS_KEPT,
     trustedKeyPaths: e.HOMEOSTAT_TRUSTED_KEYS.split(",")
       .map((p) => p.trim())
       .filter((p) => p !== "")

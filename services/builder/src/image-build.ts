@@ -34,7 +34,7 @@ import { Writable } from "node:stream";
 import { type BuildOutputs } from "@homeostat/core/contracts";
 import { type ImageBuildPlan } from "@homeostat/catalog";
 import { byteOrder, sortedRecord, type Digest } from "@homeostat/core/digest";
-import { blobDescriptor, type Descriptor, manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
+import { blobDescriptor, type Descriptor, manifestBytes, mediaTypes, OciLayout, versionHolds } from "@homeostat/attest";
 import { PROVENANCE_MEDIA_TYPE, slsaProvenance } from "./provenance.ts";
 import { imageSbom, SBOM_MEDIA_TYPE } from "./sbom.ts";
 import type { BuildContext } from "./context.ts";
@@ -230,7 +230,8 @@ export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promis
     layout.writeBlob(sbomText, SBOM_MEDIA_TYPE),
     layout.writeBlob(provenanceText, PROVENANCE_MEDIA_TYPE),
   ]);
-  await layout.tag(req.version, manifest);
+  // The entry holds the SBOM and provenance too: the signer reads them, and they stay as long as the version.
+  await layout.tag(req.version, { ...manifest, annotations: versionHolds({ sbom: sbom.digest, provenance: provenance.digest }) });
   log(`image ${req.name}:${req.version}: manifest ${manifest.digest}, ${layers.length} layers, sbom ${sbom.digest}, provenance ${provenance.digest}`);
   return { manifest: manifest.digest, config: config.digest, sbom: sbom.digest, provenance: provenance.digest, location: `${layout.dir}:${req.version}` };
 }

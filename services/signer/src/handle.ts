@@ -22,7 +22,7 @@ import {
 import { annotateActiveSpan, durationHistogram, meter, type Histogram } from "@homeostat/core/telemetry";
 import type { Registry, Signer } from "@homeostat/attest";
 import { admit, SignRefusedError, type SignRefusal } from "./admit.ts";
-import { sign, SignRequestError } from "./sign.ts";
+import { keepRecentVersions, sign, SignRequestError } from "./sign.ts";
 
 export type SignHandlerDeps = {
   dataDir: string;
@@ -37,6 +37,8 @@ export type SignHandlerDeps = {
   signer: Signer;
   imageRepository: string;
   registry?: Registry | undefined;
+  /** How many signed versions an image's layout keeps (HOMEOSTAT_IMAGE_VERSIONS_KEPT), and after how long unheld blobs go (the build timeout). */
+  imageVersions: { keep: number; graceMs: number };
   /** Tells the queue the key was built (cause "built", in the class of the run that asked for the build). */
   enqueue: (req: EnqueueRequest) => Promise<void>;
   /** Counts a refusal by reason. */
@@ -139,5 +141,10 @@ export function createSignHandler(deps: SignHandlerDeps) {
       ...(requested?.signerCompletes ? { completes: req.inputDigest } : {}),
     });
     deps.log.info("signed", { key: req.key, version: build.version, keyId });
+    // After the key is Ready at this version: older versions go from the layout.
+    await keepRecentVersions(build, { dataDir: deps.dataDir, ...deps.imageVersions }).then(
+      (c) => c.tags.length > 0 && deps.log.info("older image versions removed from the layout", { key: req.key, tags: c.tags, blobs: c.blobs, bytes: c.bytes }),
+      (err: unknown) => deps.log.warn("could not remove older image versions from the layout", { key: req.key, error: String(err) }),
+    );
   };
 }

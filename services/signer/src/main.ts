@@ -37,6 +37,7 @@ await runService("signer", async ({ config, log, nats, buckets, signal, retry })
     signer,
     imageRepository: config.imageRepository,
     registry: config.registryUrl ? new Registry(config.registryUrl) : undefined,
+    imageVersions: { keep: config.imageVersionsKept, graceMs: config.buildTimeoutMs },
     enqueue: async (req) => void (await publish(nats, "intake", req.key, req)),
     refused: (reason) => refusals.add(1, { reason }),
     log,

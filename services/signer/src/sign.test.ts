@@ -6,13 +6,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
 import {
   mediaTypes,
   OciLayout,
+  referrersTag,
   SIGNATURE_ANNOTATION,
   signatureTag,
   signImage,
@@ -22,11 +23,13 @@ import {
   verifyBlobSignature,
   type VerifyFailure,
   verifyImage,
+  verifyLayoutImages,
   verifyStoreBlob,
+  versionHolds,
   writeStoreBlob,
 } from "@homeostat/attest";
 import { type ManagedKeyProvider, managedKeyProvider } from "@homeostat/key-custody";
-import { sign, SignRequestError, type VerifiedBuild } from "./sign.ts";
+import { keepRecentVersions, sign, SignRequestError, type VerifiedBuild } from "./sign.ts";
 
 const REPO = "registry.example/homeostat";
 const INPUT = `sha256:${"ab".repeat(32)}` as const;
@@ -284,6 +287,70 @@ test("image requests that cannot be signed are refused plainly", async (t) => {
   await assert.rejects(sign(imageRequest(`${layoutDir}:1.0`, missing), ctx), /missing/);
   await rejectsWith(verifyImage({ layoutDir, tag: "nope", trustedKeys: [key.publicKeyPem] }), "not-found");
   await rejectsWith(verifyImage({ layoutDir: path.join(dataDir, "nowhere"), tag: "1.0", trustedKeys: [key.publicKeyPem] }), "not-found");
+});
+
+test("an image's layout keeps the versions signed last, with their signatures, attestations and blobs, and nothing else", async (t) => {
+  const { dataDir, layoutDir, key } = await setup(t);
+  const layout = await OciLayout.open(layoutDir);
+  const ctx = { dataDir, imageRepository: REPO, signer: key };
+  const blobs = async () => new Set((await readdir(path.join(layoutDir, "blobs", "sha256"))).map((hex) => `sha256:${hex}`));
+  // Each version as the builder leaves it: the image, and an SBOM and a provenance its entry holds.
+  const build = async (version: string): Promise<{ req: VerifiedBuild; held: Digest[] }> => {
+    const manifest = await makeImage(layoutDir, version, version);
+    const sbom = (await layout.writeBlob(JSON.stringify({ bomFormat: "CycloneDX", version }), mediaTypes.cyclonedx)).digest;
+    const provenance = (await layout.writeBlob(JSON.stringify({ buildType: "homeostat", version }), mediaTypes.inToto)).digest;
+    await layout.tag(version, {
+      mediaType: mediaTypes.manifest,
+      digest: manifest,
+      size: (await layout.readBlob(manifest)).length,
+      annotations: versionHolds({ sbom, provenance }),
+    });
+    const req = { ...imageRequest(`${layoutDir}:${version}`, manifest, version), outputs: { manifest, sbom, provenance, location: `${layoutDir}:${version}` } };
+    return { req, held: [manifest, sbom, provenance] };
+  };
+  const signed = async (version: string, keep: number, graceMs = 0) => {
+    const b = await build(version);
+    await sign(b.req, ctx);
+    return { ...b, collected: await keepRecentVersions(b.req, { dataDir, keep, graceMs }) };
+  };
+
+  const v1 = await signed("1", 2);
+  assert.deepEqual(v1.collected, { tags: [], blobs: 0, bytes: 0 });
+  const v2 = await signed("2", 2);
+  const v1Blobs = await blobs();
+  const inFlight = await build("4"); // built, not signed yet
+  const v3 = await signed("3", 2);
+  const m1 = v1.req.outputs.manifest as Digest;
+  assert.deepEqual(new Set(v3.collected.tags), new Set(["1", signatureTag(m1), referrersTag(m1)]));
+  assert.deepEqual(
+    await layout.tags(),
+    ["2", "3", "4", ...[v2, v3].flatMap((v) => [referrersTag(v.req.outputs.manifest as Digest), signatureTag(v.req.outputs.manifest as Digest)])].sort(),
+  );
+  const left = await blobs();
+  for (const d of v1.held) assert.ok(!left.has(d), `version 1's ${d} went`);
+  for (const d of [...v2.held, ...v3.held, ...inFlight.held]) assert.ok(left.has(d), `${d} stayed`);
+  assert.ok(
+    v3.collected.blobs >= 3 + 2,
+    `version 1's manifest, config, layer, SBOM, provenance, and its signature's and attestations' blobs: ${v3.collected.blobs}`,
+  );
+  assert.ok([...v1Blobs].filter((d) => !left.has(d)).length === v3.collected.blobs);
+  // What is left verifies as it did: both signed versions with their attestations; the unsigned one does not.
+  for (const tag of ["2", "3"])
+    await verifyLayoutImages({ target: `${layoutDir}:${tag}`, trustedKeys: [key.publicKeyPem], require: ["https://cyclonedx.org/bom"] });
+
+  // An unheld blob younger than the grace stays (a build writing before its tag); older, it goes.
+  const orphan = (await layout.writeBlob("written by a build still running", mediaTypes.layerGzip)).digest;
+  const v5 = await signed("5", 2, 60_000);
+  assert.ok((await blobs()).has(orphan));
+  assert.ok(v5.collected.tags.includes("2"));
+  assert.ok((await blobs()).has(v2.held[0]!), "version 2's tag went, its blobs are younger than the grace");
+  await signed("6", 2, 0);
+  const last = await blobs();
+  for (const d of [orphan, ...v2.held, ...v3.held]) assert.ok(!last.has(d), `${d} went`);
+  assert.deepEqual(
+    (await layout.tags()).filter((t) => !t.startsWith("sha256-")),
+    ["4", "5", "6"],
+  );
 });
 
 test("a package archive is signed sign-blob style into the store and verifies with openssl", async (t) => {

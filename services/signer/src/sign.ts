@@ -28,8 +28,10 @@ import {
   type Attestation,
   attestImage,
   CYCLONEDX_PREDICATE_TYPE,
+  type Collected,
   OciLayout,
   readVerifiedBlob,
+  recordSigned,
   referrersTag,
   Registry,
   registryRepository,
@@ -176,4 +178,17 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
     // A re-sign that kept its signature or attestations leaves uploads no blob took.
     void uploads?.cancel();
   }
+}
+
+/**
+ * After an image's version is signed and recorded as its key's actual state: its layout keeps
+ * that version and the `keep - 1` signed before it (image-versions.ts), and what they alone held
+ * goes once older than `graceMs`, the longest a build writes blobs before its tag (the build
+ * timeout). Housekeeping: the caller logs a failure and fails nothing for it.
+ */
+export async function keepRecentVersions(build: VerifiedBuild, o: { dataDir: string; keep: number; graceMs: number }): Promise<Collected> {
+  const manifest = build.outputs.manifest as Digest | undefined;
+  if (build.kind !== "image" || manifest === undefined) return { tags: [], blobs: 0, bytes: 0 };
+  const { layoutDir } = parseImageLocation(build.outputs.location, o.dataDir);
+  return recordSigned(await OciLayout.open(layoutDir), { version: build.version, manifest, keep: o.keep, graceMs: o.graceMs });
 }
