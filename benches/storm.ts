@@ -33,12 +33,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, readFileSync } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync, statSync } from "node:fs";
 import { chmod, mkdtemp } from "node:fs/promises";
 import { createServer } from "node:http";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { isVersionTag, OciLayout } from "@homeostat/attest";
 import { loadCatalog } from "@homeostat/catalog";
 import { mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
 import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
@@ -48,6 +49,19 @@ import { generateCatalog, sourceTarball } from "../scripts/gen-catalog.ts";
 import { startRegistry } from "../test/fixtures/registry.ts";
 import { commandLine, integerOption, startBenchFactory, tearDown } from "./end-to-end.ts";
 import { percentile } from "./table.ts";
+
+/** An image layout's version tags, all its tags, and its blobs' count and bytes. */
+async function layoutHolds(dir: string): Promise<{ versions: number; tags: number; blobs: number; bytes: number }> {
+  const tags = await (await OciLayout.open(dir)).tags();
+  const blobs = path.join(dir, "blobs", "sha256");
+  const names = readdirSync(blobs);
+  return {
+    versions: tags.filter(isVersionTag).length,
+    tags: tags.length,
+    blobs: names.length,
+    bytes: names.reduce((sum, n) => sum + statSync(path.join(blobs, n)).size, 0),
+  };
+}
 
 /** The scenarios after bring-up, in the order they run. */
 export const SCENARIOS = ["burst", "base", "latency", "resync"] as const;
@@ -731,6 +745,8 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           ]),
         ),
         traces: Object.values(split)[0]?.length ?? 0,
+        // What the image's local layout holds after all those builds (HOMEOSTAT_IMAGE_VERSIONS_KEPT).
+        image_layout: await layoutHolds(path.join(factory.env.HOMEOSTAT_DATA ?? "", "oci", image.slice("image/".length))),
         slowest_spans_median_ms: slowestSpans(
           [...telemetry.wanted].map((id) => telemetry.spans.get(id) ?? []),
           12,

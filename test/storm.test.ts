@@ -2,7 +2,8 @@
  * The storm harness (benches/storm.ts) at its --quick size: a generated catalog built for real
  * by the five services, then the burst, base-advisory, latency and resync scenarios. Asserts
  * correctness only (every key Ready, events absorbed, every key a burst's release gives new inputs rebuilt,
- * runs per key bounded, every key rebuilt after the base advisory, zero builds on a resync); the
+ * runs per key bounded, every key rebuilt after the base advisory, the latency image's layout
+ * holding only the versions it keeps, zero builds on a resync); the
  * figures are the bench's to print. And a storm that fails (too short a timeout) says why and
  * lets its process end: a test that failed must not hang its runner.
  */
@@ -10,6 +11,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { QUICK, runStorm, type ScenarioLine } from "../benches/storm.ts";
 import { repoRoot, spawnSupervised } from "../scripts/factory.ts";
+import { loadConfig } from "@homeostat/core";
 
 test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, async () => {
   const lines = await runStorm(QUICK, (l) =>
@@ -54,6 +56,13 @@ test("the factory weathers a storm at the quick size", { timeout: 1_800_000 }, a
   const latency = by.get("latency")!;
   assert.equal(latency.events, QUICK.latency);
   assert.equal(latency.traces, QUICK.latency, "every latency event's trace was received");
+  // The image was built and signed once per event (and in bring-up and the base advisory): its
+  // layout keeps the versions signed last, as many as the signer's default says, and no more.
+  const kept = loadConfig({}).imageVersionsKept;
+  const layout = latency.image_layout as { versions: number; tags: number };
+  assert.ok(QUICK.latency > kept, "enough events to outgrow what a layout keeps");
+  assert.equal(layout.versions, kept, `versions in the layout: ${JSON.stringify(layout)}`);
+  assert.equal(layout.tags, 3 * kept, "each with its signature and referrers tags, and nothing else");
 
   const resync = by.get("resync")!;
   assert.equal(resync.builds, 0, "a resync with nothing changed builds nothing");
