@@ -165,4 +165,20 @@ test("collect drops what the edit drops, then every blob and temporary file noth
   assert.equal(swept.bytes, dropped.size + own.size + "a crashed writer's".length);
   const left = await readdir(path.join(dir, "blobs", "sha256"));
   assert.deepEqual(left.sort(), [config, shared, kept, index].map((d) => d.digest.slice(7)).sort());
+
+  // Sweeps at most every sweepEveryMs: a drop before that leaves its blobs to a later one.
+  const again = async (now: number) => {
+    await layout.writeBlob("own layer", mediaTypes.layerGzip);
+    await layout.writeBlob(manifestBytes({ config, layers: [shared, own] }), mediaTypes.manifest);
+    await layout.tag("again", dropped);
+    return layout.collect((ix) => ({ manifests: ix.manifests.filter((m) => m.annotations?.[REF_NAME] !== "again") }), {
+      graceMs: 0,
+      sweepEveryMs: 60_000,
+      now,
+    });
+  };
+  const t0 = Date.now() + 60_000;
+  assert.equal((await again(t0)).blobs, 2, "a minute after the sweep above");
+  assert.deepEqual(await again(t0 + 59_000), { tags: ["again"], blobs: 0, bytes: 0 });
+  assert.equal((await again(t0 + 60_000)).blobs, 2);
 });

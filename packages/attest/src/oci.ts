@@ -15,8 +15,21 @@
  *   set at the same time needs.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, createReadStream, fstatSync, fsync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
+import {
+  closeSync,
+  createReadStream,
+  fstatSync,
+  fsync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { copyFile, link, mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
@@ -266,6 +279,9 @@ const parsedIndexes = new Map<string, { version: string; index: ImageIndex }>();
 /** Layouts whose index is kept parsed; beyond this all are forgotten (read again). */
 const MAX_PARSED_INDEXES = 512;
 
+/** Per layout directory, when this process last swept its blobs (`collect`); forgotten beyond MAX_PARSED_INDEXES layouts. */
+const lastSweeps = new Map<string, number>();
+
 /** Per lock file, the promise the last of this process's callers waiting for it resolves when done. */
 const lockersHere = new Map<string, Promise<void>>();
 
@@ -458,12 +474,14 @@ export class OciLayout {
 
   /**
    * Rewrites `index.json` as `edit` returns it (given the index as it stands, under the lock;
-   * it may drop entries and change their annotations), then, when entries were dropped, removes
-   * every blob no remaining entry holds (`heldBlobs`) and every temporary file a crashed writer
-   * left, unless it changed within the last `graceMs`: a build or sign writes its blobs before
-   * the tag that holds them (a blob it found already there and reuses is `tag`'s check).
+   * it may drop entries and change their annotations), then, when entries were dropped, sweeps:
+   * removes every blob no remaining entry holds (`heldBlobs`) and every temporary file a crashed
+   * writer left, unless it changed within the last `graceMs` (a build or sign writes its blobs
+   * before the tag that holds them; a blob it found already there and reuses is `tag`'s check).
+   * A sweep reads the whole blobs directory, so it runs at most once every `sweepEveryMs` per
+   * layout in this process; what a drop leaves meanwhile goes at a later one.
    */
-  async collect(edit: (index: ImageIndex) => ImageIndex, o: { graceMs: number; now?: number }): Promise<Collected> {
+  async collect(edit: (index: ImageIndex) => ImageIndex, o: { graceMs: number; sweepEveryMs?: number; now?: number }): Promise<Collected> {
     return this.withIndexLock(async () => {
       const before = await this.index();
       const after = edit(before);
@@ -472,23 +490,35 @@ export class OciLayout {
       const dropped = [...tags(before)].filter((t): t is string => t !== undefined && !kept.has(t));
       const text = indexBytes(after);
       if (text !== indexBytes(before)) await atomicWrite(path.join(this.dir, "index.json"), text);
-      if (after.manifests.length === before.manifests.length) return { tags: dropped, blobs: 0, bytes: 0 };
-      const held = new Set([...this.heldBlobs(after.manifests)].map(hexOf));
-      const oldest = (o.now ?? Date.now()) - o.graceMs;
-      const blobsDir = path.join(this.dir, "blobs", "sha256");
-      let blobs = 0;
-      let bytes = 0;
-      for (const name of await readdir(blobsDir)) {
-        if (held.has(name)) continue;
-        const file = path.join(blobsDir, name);
-        const st = await lstat(file).catch(() => undefined);
-        if (!st?.isFile() || Math.max(st.mtimeMs, st.ctimeMs) > oldest) continue;
-        await unlink(file);
-        if (!name.startsWith(".")) blobs++;
-        bytes += st.size;
-      }
-      return { tags: dropped, blobs, bytes };
+      const now = o.now ?? Date.now();
+      const sweptLast = lastSweeps.get(this.dir);
+      if (after.manifests.length === before.manifests.length || (sweptLast !== undefined && now - sweptLast < (o.sweepEveryMs ?? 0)))
+        return { tags: dropped, blobs: 0, bytes: 0 };
+      if (lastSweeps.size >= MAX_PARSED_INDEXES) lastSweeps.clear();
+      lastSweeps.set(this.dir, now);
+      return { tags: dropped, ...this.sweep(new Set([...this.heldBlobs(after.manifests)].map(hexOf)), now - o.graceMs) };
     });
+  }
+
+  /**
+   * Removes from the blobs directory every file not `held` (by hex) that changed last before
+   * `oldest` (ms). Synchronous: thousands of stats, each a thread-pool round trip otherwise,
+   * while the index lock is held and the builder may wait for it to tag.
+   */
+  private sweep(held: ReadonlySet<string>, oldest: number): { blobs: number; bytes: number } {
+    const blobsDir = path.join(this.dir, "blobs", "sha256");
+    let blobs = 0;
+    let bytes = 0;
+    for (const name of readdirSync(blobsDir)) {
+      if (held.has(name)) continue;
+      const file = path.join(blobsDir, name);
+      const st = lstatSync(file, { throwIfNoEntry: false });
+      if (!st?.isFile() || Math.max(st.mtimeMs, st.ctimeMs) > oldest) continue;
+      rmSync(file, { force: true });
+      if (!name.startsWith(".")) blobs++;
+      bytes += st.size;
+    }
+    return { blobs, bytes };
   }
 
   /**
