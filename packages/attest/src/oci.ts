@@ -80,7 +80,7 @@ const LINKING_MEDIA_TYPES = new Set<string>([
   "application/vnd.docker.distribution.manifest.list.v2+json",
 ]);
 
-/** What a collection removed: the tags, and the blobs no remaining entry held (their count and bytes). */
+/** What a collection removed: the tags; the blobs no remaining entry held, and the bytes freed with them (and with any temporary files a crashed writer left). */
 export type Collected = { tags: string[]; blobs: number; bytes: number };
 
 export class OciLayoutError extends Error {}
