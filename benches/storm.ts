@@ -13,7 +13,8 @@
  *    and image rebuilt, signed and Ready: time to the last signed image, builds per second,
  *    the critical path in waves (the catalog's impact graph).
  * 3. latency: one at a time, a release of a package only images use → its image signed;
- *    p50/p99 over `--latency` events, and the time split by stage from the events' traces.
+ *    p50/p99 over `--latency` events, the time split by stage from the events' traces, and
+ *    what the image's local layout holds after those builds (versions, tags, blobs, bytes).
  * 4. resync: every key enqueued at resync priority with nothing changed → time, zero builds.
  *
  * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
