@@ -19,8 +19,8 @@
  *
  * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
  * SAMPLE_MS; a builder's CPU includes its build steps', reaped children), nats-server's and
- * redis-server's among them (on the same two cores, the services' NATS is a bound), and the JetStream
- * store's size on disk. Runs are counted from the reconcilers' own metric (the
+ * redis-server's among them (on the same two cores, the services' NATS is a bound), the JetStream
+ * store's size on disk, and the artifacts' (the builder's store, and what image layouts hold besides). Runs are counted from the reconcilers' own metric (the
  * homeostat.queue.process histogram, exported over OTLP/HTTP JSON to a receiver here);
  * builds from the key statuses (WatchKeys). Traces are exported only for the latency events:
  * the services sample parent-based at ratio 0, and those requests carry a sampled traceparent.
@@ -34,7 +34,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, readdirSync, readFileSync, statSync } from "node:fs";
+import { createWriteStream, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { chmod, mkdtemp } from "node:fs/promises";
 import { createServer } from "node:http";
 import { loadavg, tmpdir } from "node:os";
@@ -413,6 +413,20 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
     });
     const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas, ...servers.processes()];
     const storeBytes = () => Number(execFileSync("du", ["-sb", path.join(dir, "servers", "nats")], { encoding: "utf8" }).split("\t")[0]);
+    // The artifacts on disk: the builder's store, and what the image layouts hold besides (one du
+    // counts a file once: a layer is a hard link to its package's archive in the store).
+    const dataDir = factory.env.HOMEOSTAT_DATA ?? "";
+    const artifactBytes = () => {
+      const dirs = { store: path.join(dataDir, "store"), images_besides: path.join(dataDir, "oci") };
+      const present = Object.entries(dirs).filter(([, d]) => existsSync(d));
+      const sizes = present.length
+        ? execFileSync("du", ["-sb", ...present.map(([, d]) => d)], { encoding: "utf8" })
+            .trim()
+            .split("\n")
+            .map((line) => Number(line.split("\t")[0]))
+        : [];
+      return Object.fromEntries(Object.keys(dirs).map((name) => [name, sizes[present.findIndex(([n]) => n === name)] ?? 0]));
+    };
     const load = () => loadavg().map((l) => round(l, 2));
     const deadlineMs = o.timeoutS * 1000;
     const allReady = (want?: (s: KeyStatus) => boolean) => {
@@ -497,6 +511,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
+        artifact_bytes: artifactBytes(),
       });
     }
 
@@ -616,6 +631,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
+        artifact_bytes: artifactBytes(),
       });
     }
 
@@ -660,6 +676,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
+        artifact_bytes: artifactBytes(),
       });
     }
 
@@ -747,7 +764,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         ),
         traces: Object.values(split)[0]?.length ?? 0,
         // What the image's local layout holds after all those builds (HOMEOSTAT_IMAGE_VERSIONS_KEPT).
-        image_layout: await layoutHolds(path.join(factory.env.HOMEOSTAT_DATA ?? "", "oci", image.slice("image/".length))),
+        image_layout: await layoutHolds(path.join(dataDir, "oci", image.slice("image/".length))),
         slowest_spans_median_ms: slowestSpans(
           [...telemetry.wanted].map((id) => telemetry.spans.get(id) ?? []),
           12,
@@ -755,6 +772,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
+        artifact_bytes: artifactBytes(),
       });
     }
 
@@ -793,6 +811,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         load: load(),
         processes: meter(),
         jetstream_store_bytes: storeBytes(),
+        artifact_bytes: artifactBytes(),
       });
     }
     return lines;
