@@ -19,7 +19,7 @@ import {
   type Logger,
   type SignRequest,
 } from "@homeostat/core";
-import { annotateActiveSpan, durationHistogram, meter, type Histogram } from "@homeostat/core/telemetry";
+import { annotateActiveSpan, durationHistogram, meter, type Counter, type Histogram } from "@homeostat/core/telemetry";
 import type { Registry, Signer } from "@homeostat/attest";
 import { admit, SignRefusedError, type SignRefusal } from "./admit.ts";
 import { keepRecentVersions, sign, SignRequestError } from "./sign.ts";
@@ -59,6 +59,14 @@ const rebuildDuration = (): Histogram =>
     "homeostat.rebuild.duration",
     "From the enqueue that triggered a build (event admitted, dependency completed) to its signed image, by trigger",
   ));
+
+/** Bytes an image layout's collection removed (older versions' blobs); made on first use, as above. */
+let layoutFreedCounter: Counter | undefined;
+const layoutFreed = (): Counter =>
+  (layoutFreedCounter ??= meter().createCounter("homeostat.signer.image_layout.freed", {
+    unit: "By",
+    description: "Bytes of image layouts' blobs removed with the versions a layout no longer keeps (HOMEOSTAT_IMAGE_VERSIONS_KEPT)",
+  }));
 
 export function createSignHandler(deps: SignHandlerDeps) {
   return async function handle(req: SignRequest): Promise<void> {
@@ -143,7 +151,10 @@ export function createSignHandler(deps: SignHandlerDeps) {
     deps.log.info("signed", { key: req.key, version: build.version, keyId });
     // After the key is Ready at this version: older versions go from the layout.
     await keepRecentVersions(build, { dataDir: deps.dataDir, ...deps.imageVersions }).then(
-      (c) => c.tags.length > 0 && deps.log.info("older image versions removed from the layout", { key: req.key, tags: c.tags, blobs: c.blobs, bytes: c.bytes }),
+      (c) => {
+        if (c.bytes > 0) layoutFreed().add(c.bytes);
+        if (c.tags.length > 0) deps.log.info("older image versions removed from the layout", { key: req.key, tags: c.tags, blobs: c.blobs, bytes: c.bytes });
+      },
       (err: unknown) => deps.log.warn("could not remove older image versions from the layout", { key: req.key, error: String(err) }),
     );
   };
