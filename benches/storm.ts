@@ -20,7 +20,8 @@
  * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
  * SAMPLE_MS; a builder's CPU includes its build steps', reaped children), nats-server's and
  * redis-server's among them (on the same two cores, the services' NATS is a bound), the JetStream
- * store's size on disk, and the artifacts' (the builder's store, and what image layouts hold besides). Runs are counted from the reconcilers' own metric (the
+ * store's size on disk, and the artifacts' (the builder's store, and what image layouts hold
+ * besides). Runs are counted from the reconcilers' own metric (the
  * homeostat.queue.process histogram, exported over OTLP/HTTP JSON to a receiver here);
  * builds from the key statuses (WatchKeys). Traces are exported only for the latency events:
  * the services sample parent-based at ratio 0, and those requests carry a sampled traceparent.
