@@ -43,7 +43,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { isVersionTag, OciLayout } from "@homeostat/attest";
 import { loadCatalog } from "@homeostat/catalog";
-import { mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
+import { loadConfig, mapLimit, publish, seedFile, type KeyStatus } from "@homeostat/core";
 import { getQueueStats, statusClient, watchKeysResuming } from "@homeostat/status-api";
 import { repoRoot, stopChild, waitFor } from "../scripts/factory.ts";
 import { mulberry32, pick } from "../scripts/app-tarball.ts";
@@ -63,6 +63,24 @@ async function layoutHolds(dir: string): Promise<{ versions: number; tags: numbe
     blobs: names.length,
     bytes: names.reduce((sum, n) => sum + statSync(path.join(blobs, n)).size, 0),
   };
+}
+
+/**
+ * `layoutHolds` once the signer has dropped what the layout no longer keeps: it does so after it
+ * wrote the key Ready, which is what the scenario waited for. Given up after a few seconds:
+ * what the layout holds then is the answer.
+ */
+async function settledLayout(dir: string, env: Record<string, string>): Promise<Awaited<ReturnType<typeof layoutHolds>>> {
+  const kept = loadConfig({ HOMEOSTAT_IMAGE_VERSIONS_KEPT: env.HOMEOSTAT_IMAGE_VERSIONS_KEPT }).imageVersionsKept;
+  return waitFor(
+    "the image's layout to keep only its recent versions",
+    async () => {
+      const holds = await layoutHolds(dir);
+      return holds.versions <= kept && holds;
+    },
+    5_000,
+    50,
+  ).catch(() => layoutHolds(dir));
 }
 
 /** The scenarios after bring-up, in the order they run. */
@@ -765,7 +783,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
         ),
         traces: Object.values(split)[0]?.length ?? 0,
         // What the image's local layout holds after all those builds (HOMEOSTAT_IMAGE_VERSIONS_KEPT).
-        image_layout: await layoutHolds(path.join(dataDir, "oci", image.slice("image/".length))),
+        image_layout: await settledLayout(path.join(dataDir, "oci", image.slice("image/".length)), factory.env),
         slowest_spans_median_ms: slowestSpans(
           [...telemetry.wanted].map((id) => telemetry.spans.get(id) ?? []),
           12,
