@@ -35,7 +35,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync, statSync } from "node:fs";
 import { chmod, mkdtemp } from "node:fs/promises";
 import { createServer } from "node:http";
 import { loadavg, tmpdir } from "node:os";
@@ -431,20 +431,20 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       await follow.done;
     });
     const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas, ...servers.processes()];
-    const storeBytes = () => Number(execFileSync("du", ["-sb", path.join(dir, "servers", "nats")], { encoding: "utf8" }).split("\t")[0]);
-    // The artifacts on disk: the builder's store, and what the image layouts hold besides (one du
-    // counts a file once: a layer is a hard link to its package's archive in the store).
+    /** `du -sb` of each directory, in order; one `du` counts a file hard-linked into several once, where it meets it first. */
+    const diskBytes = (...dirs: string[]) =>
+      execFileSync("du", ["-sb", ...dirs], { encoding: "utf8" })
+        .trim()
+        .split("\n")
+        .map((line) => Number(line.split("\t")[0]));
+    const storeBytes = () => diskBytes(path.join(dir, "servers", "nats"))[0];
+    // The artifacts on disk (both directories exist once the catalog, never without a package and
+    // an image, is built): the builder's store, and what the image layouts hold besides it (a
+    // layer is a hard link to its package's archive in the store).
     const dataDir = factory.env.HOMEOSTAT_DATA ?? "";
     const artifactBytes = () => {
-      const dirs = { store: path.join(dataDir, "store"), images_besides: path.join(dataDir, "oci") };
-      const present = Object.entries(dirs).filter(([, d]) => existsSync(d));
-      const sizes = present.length
-        ? execFileSync("du", ["-sb", ...present.map(([, d]) => d)], { encoding: "utf8" })
-            .trim()
-            .split("\n")
-            .map((line) => Number(line.split("\t")[0]))
-        : [];
-      return Object.fromEntries(Object.keys(dirs).map((name) => [name, sizes[present.findIndex(([n]) => n === name)] ?? 0]));
+      const [store, imagesBesides] = diskBytes(path.join(dataDir, "store"), path.join(dataDir, "oci"));
+      return { store, images_besides: imagesBesides };
     };
     const load = () => loadavg().map((l) => round(l, 2));
     const deadlineMs = o.timeoutS * 1000;

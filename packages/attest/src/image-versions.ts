@@ -64,6 +64,6 @@ function kept(ix: ImageIndex, o: { version: string; manifest: Digest; keep: numb
   const dropped = new Set(others.slice(o.keep - 1));
   // A manifest two versions share stays signed while either is kept.
   const keptManifests = new Set(entries.filter((m) => !dropped.has(m)).map((m) => m.digest));
-  const unsigned = new Set([...dropped].filter((m) => !keptManifests.has(m.digest)).flatMap((m) => [signatureTag(m.digest), referrersTag(m.digest)]));
-  return { ...ix, manifests: entries.filter((m) => !dropped.has(m) && !unsigned.has(tagOf(m) ?? "")) };
+  const theirTags = new Set([...dropped].filter((m) => !keptManifests.has(m.digest)).flatMap((m) => [signatureTag(m.digest), referrersTag(m.digest)]));
+  return { ...ix, manifests: entries.filter((m) => !dropped.has(m) && !theirTags.has(tagOf(m) ?? "")) };
 }
