@@ -77,6 +77,12 @@ export type AdmitContext = {
   allowUnsandboxed: boolean;
   /** The key's status (state KV). */
   status: (key: SignRequest["key"]) => Promise<KeyStatus | undefined>;
+  /**
+   * Told once the build result is a trusted builder's and about this key and input: what the
+   * caller prepares for signing then (registry uploads) overlaps the checks still to come, and is
+   * undone by the caller when one refuses.
+   */
+  vouched?: (result: BuildResultPredicate) => void;
 };
 
 /** The build to sign, once every check passed; otherwise throws SignRefusedError. */
@@ -101,11 +107,15 @@ export async function admit(req: SignRequest, ctx: AdmitContext): Promise<Verifi
       `build result ${req.buildResult} is about ${result.key} with inputs ${result.inputDigest}, not ${req.key} with ${req.inputDigest}`,
     );
   }
+  ctx.vouched?.(result);
+  // The outputs are re-hashed while the key's status is read; a refusal for the status comes first.
+  const checking = kind === "package" ? checkPackage(result, ctx.dataDir) : checkImage(result, ctx.dataDir);
+  checking.catch(() => {});
   const desired = (await ctx.status(req.key))?.desiredInputDigest;
   if (desired !== req.inputDigest) {
     throw new SignRefusedError("not-desired", `${req.key} should be built from ${desired ?? "nothing yet"}, not ${req.inputDigest}`);
   }
-  const { provenance, location } = kind === "package" ? await checkPackage(result, ctx.dataDir) : await checkImage(result, ctx.dataDir);
+  const { provenance, location } = await checking;
   const provenanceIsolation = provenance.buildDefinition?.internalParameters?.isolation;
   if (provenance.buildDefinition?.internalParameters?.inputDigest !== req.inputDigest) {
     throw new SignRefusedError(

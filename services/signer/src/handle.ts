@@ -20,9 +20,9 @@ import {
   type SignRequest,
 } from "@homeostat/core";
 import { annotateActiveSpan, durationHistogram, meter, type Counter, type Histogram } from "@homeostat/core/telemetry";
-import type { Registry, Signer } from "@homeostat/attest";
+import type { Registry, Signer, StartedUploads } from "@homeostat/attest";
 import { admit, SignRefusedError, type SignRefusal } from "./admit.ts";
-import { keepRecentVersions, sign, SignRequestError } from "./sign.ts";
+import { keepRecentVersions, sign, SignRequestError, startSignUploads } from "./sign.ts";
 
 export type SignHandlerDeps = {
   dataDir: string;
@@ -71,14 +71,20 @@ const layoutFreed = (): Counter =>
 export function createSignHandler(deps: SignHandlerDeps) {
   return async function handle(req: SignRequest): Promise<void> {
     let build;
+    // An image's registry uploads open while admission checks its outputs (they need no bytes).
+    let uploads: StartedUploads | undefined;
     try {
       build = await admit(req, {
         dataDir: deps.dataDir,
         trustedBuilderKeys: await deps.trustedBuilderKeys(),
         allowUnsandboxed: deps.allowUnsandboxed,
         status: (k) => deps.state.get(k),
+        vouched: (result) => {
+          if (result.kind === "image") uploads = startSignUploads(deps, result.name, result.outputs);
+        },
       });
     } catch (err) {
+      void uploads?.cancel();
       if (!(err instanceof SignRefusedError)) throw err;
       deps.refused(err.reason);
       deps.log.warn("sign refused", { key: req.key, reason: err.reason, inputDigest: req.inputDigest, buildResult: req.buildResult, detail: err.message });
@@ -94,6 +100,7 @@ export function createSignHandler(deps: SignHandlerDeps) {
       imageRepository: deps.imageRepository,
       signer: deps.signer,
       registry: deps.registry,
+      uploads,
     }).catch((err: unknown) => {
       // What cannot be signed as it stands will never succeed: drop it, with the reason.
       throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;

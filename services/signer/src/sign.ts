@@ -9,8 +9,9 @@
  *            (outputs.sbom) and the SLSA provenance (outputs.provenance), blobs of the layout,
  *            are attested (attestation.ts): roles `sbom` and `provenance` -> the attestation
  *            manifests listed under the referrers tag `sha256-<hex>`. With a registry
- *            configured, everything goes up by digest as it is made, and then the image tag,
- *            the signature tag and the referrers tag.
+ *            configured, every blob goes up as it is made, then the signature's tag and the
+ *            attestations' manifests, then the referrers' tag and the image's: a client that
+ *            sees the image's tag finds its signature there.
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
@@ -34,12 +35,14 @@ import {
   recordSigned,
   referrersTag,
   Registry,
+  RegistryError,
   registryRepository,
   SignatureError,
   signBlob,
   type Signer,
   signImage,
   SLSA_PROVENANCE_PREDICATE_TYPE,
+  type StartedUploads,
 } from "@homeostat/attest";
 
 /** The request itself cannot be signed as it stands (retrying will not help). */
@@ -67,6 +70,8 @@ export type SignContext = {
   signer: Signer;
   /** When set, the image, its signature and its attestations are pushed there once all are made. */
   registry?: Registry | undefined;
+  /** The uploads `startSignUploads` opened for this sign during its admission; opened here otherwise. */
+  uploads?: StartedUploads | undefined;
 };
 
 export type SignResult = {
@@ -113,26 +118,41 @@ export async function sign(req: VerifiedBuild, ctx: SignContext): Promise<SignRe
   return { signatures: { archive: r.signature }, keyId: ctx.signer.keyId };
 }
 
+/**
+ * The blob uploads an image's sign needs besides the image's own: its signature's payload and
+ * config, and a bundle per attestation (their config is the empty one). Opened without any bytes,
+ * so before the blobs exist; none without a registry. What no blob takes, `sign` cancels.
+ */
+export function startSignUploads(ctx: Pick<SignContext, "imageRepository" | "registry">, name: string, outputs: AttestedOutputs): StartedUploads | undefined {
+  return ctx.registry?.startUploads(registryRepository(ctx.imageRepository, name), 2 + attestedDocuments(outputs).length);
+}
+
+type AttestedOutputs = Pick<BuildOutputs, "sbom" | "provenance">;
+
+/** What an image's sign attests, of what its build made: role, predicate type and blob. */
+function attestedDocuments(outputs: AttestedOutputs): [role: string, predicateType: string, blob: string][] {
+  const documents: [role: string, predicateType: string, blob: string | undefined][] = [
+    ["sbom", CYCLONEDX_PREDICATE_TYPE, outputs.sbom],
+    ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, outputs.provenance],
+  ];
+  return documents.filter((d): d is [string, string, string] => d[2] !== undefined);
+}
+
 /** The cosign signature and the attestations, made at once, then (with a registry) the push. */
 async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<SignResult> {
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
-  // The registry gets everything untagged while it is made, and the three tags at the end (see
-  // below). The image (admitted, so intact) goes up by digest while it is signed and attested,
-  // the uploads of the signature's and the attestations' blobs are opened meanwhile, and the
-  // signature's blobs go up as soon as it is made. Failures are awaited (and thrown) below.
+  // The registry gets every blob while it is made, then the manifests that name them, the image's
+  // last (see below). The image's blobs (admitted, so intact) go up while it is signed and
+  // attested, the uploads of the signature's and the attestations' blobs are opened meanwhile,
+  // and the signature's blobs go up as soon as it is made. Failures are awaited (and thrown) below.
   const layout = await OciLayout.open(layoutDir);
   const repository = registryRepository(ctx.imageRepository, req.name);
-  const documents: [role: string, predicateType: string, blob: string | undefined][] = [
-    ["sbom", CYCLONEDX_PREDICATE_TYPE, req.outputs.sbom],
-    ["provenance", SLSA_PROVENANCE_PREDICATE_TYPE, req.outputs.provenance],
-  ];
-  const present = documents.filter((d): d is [string, string, string] => d[2] !== undefined);
-  const imageUp = ctx.registry?.push(layout, repository, tag, { untagged: true });
-  imageUp?.catch(() => {});
-  // The signature's payload and config, and a bundle per attestation (their config is the empty one).
-  const uploads = ctx.registry?.startUploads(repository, 2 + present.length);
+  const present = attestedDocuments(req.outputs);
+  const imageBlobsUp = ctx.registry?.pushReferenced(layout, repository, tag);
+  imageBlobsUp?.catch(() => {});
+  const uploads = ctx.uploads ?? startSignUploads(ctx, req.name, req.outputs);
   try {
     // The signature and the attestations are made at once: their blobs' fsyncs overlap.
     const signing = signImage({
@@ -161,22 +181,48 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
       if (!signature) throw new Error(`internal: no signature was attached for the ${role}`);
       signatures[role] = signature.manifest;
     }
-    if (ctx.registry) {
-      // The attestations' manifests name the image as their subject: their blobs go up at once,
-      // the manifests (by digest) once the image is there. Then the image's tag, the signature's
-      // and the referrers' at once, each a single manifest: whichever a client sees first, the
-      // image it refers to is already there.
-      const registry = ctx.registry;
-      const attestationBlobsUp = registry.pushBlobsOf(layout, repository, referrersTag(manifest), { uploads });
+    const registry = ctx.registry;
+    if (registry && imageBlobsUp && signatureUp) {
+      const referrers = referrersTag(manifest);
+      const attestationBlobsUp = registry.pushBlobsOf(layout, repository, referrers, { uploads });
       attestationBlobsUp.catch(() => {});
-      await imageUp;
-      await Promise.all([signatureUp, attestationBlobsUp.then(() => registry.pushReferenced(layout, repository, referrersTag(manifest)))]);
-      await Promise.all([tag, r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
+      // Each manifest once its blobs are up, in two rounds: the signature's tag and the
+      // attestations' manifests (by digest), then the referrers' tag (an index, so after the
+      // manifests it lists) and the image's tag. Whoever sees the image finds its signature;
+      // nothing waits for the image's manifest, which goes up once, by its tag.
+      const imageByDigest = () => imageBlobsUp.then(() => registry.push(layout, repository, tag, { untagged: true }));
+      await Promise.all([
+        signatureUp.then(() => registry.push(layout, repository, r.signatureTag)),
+        attestationBlobsUp.then(() => pushAttestationManifests(registry, layout, repository, referrers, imageByDigest)),
+      ]);
+      await Promise.all([registry.push(layout, repository, referrers), imageBlobsUp.then(() => registry.push(layout, repository, tag))]);
     }
     return { signatures, keyId: ctx.signer.keyId };
   } finally {
     // A re-sign that kept its signature or attestations leaves uploads no blob took.
     void uploads?.cancel();
+  }
+}
+
+/**
+ * The attestations' manifests, by digest. Each names the image as its subject, which a registry
+ * must accept before the image is there (OCI distribution spec 1.1, "Pushing Manifests"); one
+ * that refuses it as unknown gets the image's manifest first (`imageFirst`, by digest), then the
+ * attestations again.
+ */
+async function pushAttestationManifests(
+  registry: Registry,
+  layout: OciLayout,
+  repository: string,
+  referrers: string,
+  imageFirst: () => Promise<unknown>,
+): Promise<void> {
+  try {
+    await registry.pushReferenced(layout, repository, referrers);
+  } catch (err) {
+    if (!(err instanceof RegistryError) || !err.missingContent) throw err;
+    await imageFirst();
+    await registry.pushReferenced(layout, repository, referrers);
   }
 }
 
