@@ -18,8 +18,9 @@
  * 4. resync: every key enqueued at resync priority with nothing changed → time, zero builds.
  *
  * Each line carries per-process CPU seconds and peak RSS (from /proc, sampled every
- * SAMPLE_MS; a builder's CPU includes its build steps', reaped children), nats-server's and
- * redis-server's among them (on the same two cores, the services' NATS is a bound), the JetStream
+ * SAMPLE_MS; a builder's CPU includes its build steps', reaped children), nats-server's,
+ * redis-server's and the registry's among them (on the same two cores, the services' NATS is a
+ * bound, and every image sign pushes to the registry), the JetStream
  * store's size on disk, and the artifacts' (the builder's store, and what image layouts hold
  * besides). Runs are counted from the reconcilers' own metric (the
  * homeostat.queue.process histogram, exported over OTLP/HTTP JSON to a receiver here);
@@ -430,7 +431,13 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
       watching.abort();
       await follow.done;
     });
-    const procs = (): Proc[] => [...[...factory.processes].map(([name, child]) => ({ name, child })), ...replicas, ...servers.processes()];
+    // The registry too: every image sign pushes to it, and its CPU is part of what an image costs.
+    const procs = (): Proc[] => [
+      ...[...factory.processes].map(([name, child]) => ({ name, child })),
+      ...replicas,
+      ...servers.processes(),
+      { name: "registry", child: registry.child },
+    ];
     /** `du -sb` of each directory, in order; one `du` counts a file hard-linked into several once, where it meets it first. */
     const diskBytes = (...dirs: string[]) =>
       execFileSync("du", ["-sb", ...dirs], { encoding: "utf8" })
