@@ -195,7 +195,12 @@ export class Registry {
     }
     const target = (await uploads?.take()) ?? (await this.openUpload(repository));
     target.searchParams.set("digest", blob.digest);
-    const body = Readable.toWeb(createReadStream(layout.blobPath(blob.digest))) as ReadableStream<Uint8Array>;
+    // A small blob (most a sign pushes) is read whole: a file stream costs an open, reads and a
+    // close in the thread pool, and the request a streamed body, for a few kilobytes.
+    const body =
+      blob.size > ASK_FIRST_BYTES
+        ? (Readable.toWeb(createReadStream(layout.blobPath(blob.digest))) as ReadableStream<Uint8Array>)
+        : await layout.readBlob(blob.digest);
     const put = await this.request(target.toString(), {
       method: "PUT",
       headers: { "content-type": "application/octet-stream", "content-length": String(blob.size) },
