@@ -38,7 +38,8 @@ import { Builder } from "../services/builder/src/build.ts";
 import { resolveIsolation } from "../services/builder/src/isolation.ts";
 import { createBuildHandler, type BuildRefusal } from "../services/builder/src/request.ts";
 import { createSignHandler } from "../services/signer/src/handle.ts";
-import type { SignRefusal } from "../services/signer/src/admit.ts";
+import { admit, type SignRefusal } from "../services/signer/src/admit.ts";
+import { newSigner } from "./fixtures/images.ts";
 import { repoRoot } from "../scripts/factory.ts";
 import { testEnv, type TestEnv } from "./harness.ts";
 
@@ -292,6 +293,29 @@ describe("forgery", { timeout: 180_000 }, () => {
     const before = await snapshot(MOTD);
     await assert.rejects(handleSign({ ...legit.sign, buildResult: unsandboxed }), /\(unsandboxed\)/);
     assert.deepEqual(await snapshot(MOTD), before);
+  });
+
+  test("admission vouches for a result (what the signer prepares early on) only once its builder's signature, key and input check out", async () => {
+    const identity = await managedKeyProvider({ dir: t.config.builderDir, name: "builder" });
+    const vouched: string[] = [];
+    const ctx = {
+      dataDir: t.config.dataDir,
+      trustedBuilderKeys: [identity.publicKeyPem],
+      allowUnsandboxed: false,
+      status: (k: Key) => state.get(k),
+      vouched: (result: { key: string }) => void vouched.push(result.key),
+    };
+    await assert.rejects(admit(legit.sign, { ...ctx, trustedBuilderKeys: [newSigner().publicKeyPem] }), /untrusted-builder/);
+    await assert.rejects(admit({ ...legit.sign, inputDigest: `sha256:${"4".repeat(64)}` }, ctx), /result-mismatch/);
+    assert.deepEqual(vouched, [], "nothing vouched for a result that is not a trusted builder's about this key and input");
+    // Vouched for, then refused: the key no longer wants this input (the caller undoes what it prepared).
+    await assert.rejects(
+      admit(legit.sign, { ...ctx, status: async () => ({ ...StateStore.initial(MOTD), desiredInputDigest: `sha256:${"5".repeat(64)}` }) }),
+      /not-desired/,
+    );
+    assert.deepEqual(vouched, [MOTD]);
+    assert.equal((await admit(legit.sign, ctx)).key, MOTD);
+    assert.deepEqual(vouched, [MOTD, MOTD]);
   });
 
   test("control: the legitimate sign request is signed and the key becomes Ready", async () => {

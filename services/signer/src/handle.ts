@@ -102,6 +102,8 @@ export function createSignHandler(deps: SignHandlerDeps) {
       registry: deps.registry,
       uploads,
     }).catch((err: unknown) => {
+      // Uploads opened for a sign that failed before it took them (sign cancels the rest itself).
+      void uploads?.cancel();
       // What cannot be signed as it stands will never succeed: drop it, with the reason.
       throw err instanceof SignRequestError ? new NonRetriableError(err.message) : err;
     });
