@@ -33,11 +33,6 @@ export class RegistryError extends Error {
     super(message);
     this.codes = codes;
   }
-
-  /** Whether the registry refused a manifest for naming content the repository lacks. */
-  get missingContent(): boolean {
-    return this.codes.some((code) => missingContentCodes.has(code));
-  }
 }
 
 const manifestAccept = [mediaTypes.manifest, mediaTypes.index].join(", ");
@@ -161,7 +156,7 @@ export class Registry {
     const res = await this.request(`/v2/${repository}/manifests/${reference}`, { method: "PUT", headers: { "content-type": d.mediaType }, body: bytes });
     if (res.status === 400 && !again) {
       const failure = await this.failure(res, `PUT manifest ${repository}:${reference}`);
-      if (!failure.missingContent) throw failure;
+      if (!failure.codes.some((code) => missingContentCodes.has(code))) throw failure;
       // Something remembered as there is gone: ask about everything, once.
       this.forget(repository);
       return this.pushManifest(layout, repository, d, reference, uploads, true);

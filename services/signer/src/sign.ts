@@ -9,9 +9,8 @@
  *            (outputs.sbom) and the SLSA provenance (outputs.provenance), blobs of the layout,
  *            are attested (attestation.ts): roles `sbom` and `provenance` -> the attestation
  *            manifests listed under the referrers tag `sha256-<hex>`. With a registry
- *            configured, every blob goes up as it is made, then the signature's tag and the
- *            attestations' manifests, then the referrers' tag and the image's: a client that
- *            sees the image's tag finds its signature there.
+ *            configured, everything goes up by digest as it is made, and then the image tag,
+ *            the signature tag and the referrers tag.
  * - package: outputs.archive (a blob in `<dataDir>/store/blobs/sha256/`) is signed
  *            sign-blob style. Role `archive` -> the signature blob digest in the store.
  *
@@ -35,7 +34,6 @@ import {
   recordSigned,
   referrersTag,
   Registry,
-  RegistryError,
   registryRepository,
   SignatureError,
   signBlob,
@@ -143,15 +141,16 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
   const manifest = req.outputs.manifest as Digest | undefined;
   if (manifest === undefined) throw new SignRequestError(`${req.key}: image build outputs carry no manifest digest`);
   const { layoutDir, tag } = parseImageLocation(req.outputs.location, ctx.dataDir);
-  // The registry gets every blob while it is made, then the manifests that name them, the image's
-  // last (see below). The image's blobs (admitted, so intact) go up while it is signed and
-  // attested, the uploads of the signature's and the attestations' blobs are opened meanwhile,
-  // and the signature's blobs go up as soon as it is made. Failures are awaited (and thrown) below.
+  // The registry gets everything untagged while it is made, and the three tags at the end (see
+  // below). The image (admitted, so intact) goes up by digest while it is signed and attested,
+  // the uploads of the signature's and the attestations' blobs are opened meanwhile (or during
+  // admission: SignContext.uploads), and the signature's blobs go up as soon as it is made.
+  // Failures are awaited (and thrown) below.
   const layout = await OciLayout.open(layoutDir);
   const repository = registryRepository(ctx.imageRepository, req.name);
   const present = attestedDocuments(req.outputs);
-  const imageBlobsUp = ctx.registry?.pushReferenced(layout, repository, tag);
-  imageBlobsUp?.catch(() => {});
+  const imageUp = ctx.registry?.push(layout, repository, tag, { untagged: true });
+  imageUp?.catch(() => {});
   const uploads = ctx.uploads ?? startSignUploads(ctx, req.name, req.outputs);
   try {
     // The signature and the attestations are made at once: their blobs' fsyncs overlap.
@@ -181,48 +180,22 @@ async function signImageBuild(req: VerifiedBuild, ctx: SignContext): Promise<Sig
       if (!signature) throw new Error(`internal: no signature was attached for the ${role}`);
       signatures[role] = signature.manifest;
     }
-    const registry = ctx.registry;
-    if (registry && imageBlobsUp && signatureUp) {
-      const referrers = referrersTag(manifest);
-      const attestationBlobsUp = registry.pushBlobsOf(layout, repository, referrers, { uploads });
+    if (ctx.registry) {
+      // The attestations' manifests name the image as their subject: their blobs go up at once,
+      // the manifests (by digest) once the image is there. Then the image's tag, the signature's
+      // and the referrers' at once, each a single manifest: whichever a client sees first, the
+      // image it refers to is already there.
+      const registry = ctx.registry;
+      const attestationBlobsUp = registry.pushBlobsOf(layout, repository, referrersTag(manifest), { uploads });
       attestationBlobsUp.catch(() => {});
-      // Each manifest once its blobs are up, in two rounds: the signature's tag and the
-      // attestations' manifests (by digest), then the referrers' tag (an index, so after the
-      // manifests it lists) and the image's tag. Whoever sees the image finds its signature;
-      // nothing waits for the image's manifest, which goes up once, by its tag.
-      const imageByDigest = () => imageBlobsUp.then(() => registry.push(layout, repository, tag, { untagged: true }));
-      await Promise.all([
-        signatureUp.then(() => registry.push(layout, repository, r.signatureTag)),
-        attestationBlobsUp.then(() => pushAttestationManifests(registry, layout, repository, referrers, imageByDigest)),
-      ]);
-      await Promise.all([registry.push(layout, repository, referrers), imageBlobsUp.then(() => registry.push(layout, repository, tag))]);
+      await imageUp;
+      await Promise.all([signatureUp, attestationBlobsUp.then(() => registry.pushReferenced(layout, repository, referrersTag(manifest)))]);
+      await Promise.all([tag, r.signatureTag, referrersTag(manifest)].map((t) => registry.push(layout, repository, t)));
     }
     return { signatures, keyId: ctx.signer.keyId };
   } finally {
     // A re-sign that kept its signature or attestations leaves uploads no blob took.
     void uploads?.cancel();
-  }
-}
-
-/**
- * The attestations' manifests, by digest. Each names the image as its subject, which a registry
- * must accept before the image is there (OCI distribution spec 1.1, "Pushing Manifests"); one
- * that refuses it as unknown gets the image's manifest first (`imageFirst`, by digest), then the
- * attestations again.
- */
-async function pushAttestationManifests(
-  registry: Registry,
-  layout: OciLayout,
-  repository: string,
-  referrers: string,
-  imageFirst: () => Promise<unknown>,
-): Promise<void> {
-  try {
-    await registry.pushReferenced(layout, repository, referrers);
-  } catch (err) {
-    if (!(err instanceof RegistryError) || !err.missingContent) throw err;
-    await imageFirst();
-    await registry.pushReferenced(layout, repository, referrers);
   }
 }
 
