@@ -190,8 +190,9 @@ export class Registry {
     }
     const target = (await uploads?.take()) ?? (await this.openUpload(repository));
     target.searchParams.set("digest", blob.digest);
-    // A small blob (most a sign pushes) is read whole: a file stream costs an open, reads and a
-    // close in the thread pool, and the request a streamed body, for a few kilobytes.
+    // A blob small enough to upload without asking (ASK_FIRST_BYTES; most a sign pushes) is read
+    // whole: a file stream costs an open, reads and a close in the thread pool, and the request a
+    // streamed body, for a few kilobytes.
     const body =
       blob.size > ASK_FIRST_BYTES
         ? (Readable.toWeb(createReadStream(layout.blobPath(blob.digest))) as ReadableStream<Uint8Array>)
