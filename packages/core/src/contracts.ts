@@ -274,7 +274,7 @@ export type BuildResultPredicate = z.infer<typeof buildResultPredicateSchema>;
  * The version of the build behaviour. Part of every input digest: changing how the builder
  * turns inputs into bytes must bump it, so that every key is rebuilt once.
  */
-export const BUILDER_VERSION = "homeostat-builder/0.3.0";
+export const BUILDER_VERSION = "homeostat-builder/0.4.0";
 
 export class ContractError extends Error {}
 

@@ -147,7 +147,7 @@ test("two builds in different workspaces give identical package and image digest
   assert.equal(a.app.location, new ArtifactStore(a.ctx.dataDir).path(a.app.archive as Digest));
   // workspaces are gone
   assert.deepEqual(await readdir(path.join(a.ctx.dataDir, "work")), []);
-  assert.equal(BUILDER_VERSION, "homeostat-builder/0.3.0");
+  assert.equal(BUILDER_VERSION, "homeostat-builder/0.4.0");
 });
 
 test("the package archive has relative paths, and its metadata lists every file", async () => {

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { Readable } from "node:stream";
+import { randomBytes } from "node:crypto";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { BLOCK_BYTES, ParallelGzip } from "./parallel-gzip.ts";
 
@@ -49,7 +50,8 @@ test("any gunzip reads it back exactly, at every size around the block boundarie
 });
 
 test("the bytes depend only on the input: not on how it was written, nor on how many blocks run at once", async () => {
-  const input = sample(Math.floor(2.7 * BLOCK_BYTES), 7);
+  // Text, then random bytes (stored blocks), then text again.
+  const input = Buffer.concat([sample(BLOCK_BYTES + 1000, 7), randomBytes(BLOCK_BYTES), sample(Math.floor(0.7 * BLOCK_BYTES), 8)]);
   const reference = await gzip(input, [BLOCK_BYTES], 1);
   assert.ok((await gzip(input, [7, 512, 100_000, 3], 4)).equals(reference), "odd write sizes, 4 in flight");
   assert.ok((await gzip(input, [3 * BLOCK_BYTES], 2)).equals(reference), "one write, 2 in flight");
@@ -61,6 +63,28 @@ test("blocks reach back into the previous one: the ratio stays within 1 % of one
   const parallel = await gzip(input, [65_536], 4);
   const single = gzipSync(input, zlib);
   assert.ok(parallel.length <= single.length * 1.01, `${parallel.length} bytes against ${single.length}`);
+});
+
+test("a block of random bytes is stored as it is, in stored deflate blocks of 64 KiB, not deflated", async () => {
+  const input = randomBytes(2 * BLOCK_BYTES);
+  const gz = await gzip(input, [100_000], 2);
+  assert.ok(gunzipSync(gz).equals(input));
+  assert.ok(execFileSync("gzip", ["-dc"], { input: gz, maxBuffer: 64 << 20 }).equals(input), "GNU gzip reads it");
+  // Right after the gzip header: a stored block (BFINAL 0, BTYPE 00) of 65,535 bytes, then the input's first bytes.
+  assert.deepEqual([...gz.subarray(10, 15)], [0x00, 0xff, 0xff, 0x00, 0x00]);
+  assert.ok(gz.subarray(15, 15 + 65_535).equals(input.subarray(0, 65_535)));
+  // Two full blocks of 17 stored blocks each (5 bytes of header a piece); the empty last block is deflated (a few bytes).
+  const overhead = gz.length - 18 - input.length;
+  assert.ok(overhead >= 2 * 17 * 5 && overhead < 2 * 17 * 5 + 16, `${overhead} bytes beyond the input`);
+});
+
+test("random bytes that repeat within deflate's window are deflated, not stored", async () => {
+  // An odd length, so that a sample of every 32nd byte sees all of it: its histogram looks random.
+  const pattern = randomBytes(30_001);
+  const input = Buffer.concat(Array.from({ length: Math.ceil((2 * BLOCK_BYTES) / pattern.length) }, () => pattern));
+  const gz = await gzip(input, [BLOCK_BYTES], 2);
+  assert.ok(gunzipSync(gz).equals(input));
+  assert.ok(gz.length < input.length / 20, `${gz.length} bytes for ${input.length}`);
 });
 
 test("a block that fails to compress fails the stream", async () => {

@@ -98,7 +98,7 @@ test("content: image, packages with purl, hash, licence; timestamp from the epoc
   assert.deepEqual([bom.metadata.component.type, bom.metadata.component.name, bom.metadata.component.version], ["container", "greeter", "1.1"]);
   assert.deepEqual(
     bom.metadata.tools.components.map((t) => [t.name, t.version]),
-    [["homeostat-builder", "0.3.0"]],
+    [["homeostat-builder", "0.4.0"]],
   );
   assert.equal(bom.components.length, 4);
   const greet = bom.components.find((c) => c.name === "greet")!;

@@ -18,7 +18,7 @@
  * tar.gz, the sha256 and size of the compressed stream (the OCI layer digest).
  *
  * Gzip: one gzip member compressed in parallel 1 MiB blocks (parallel-gzip.ts: pigz's layout,
- * bytes independent of scheduling), level 6, memLevel 8, windowBits 15, default strategy, all
+ * bytes independent of scheduling; a block of random-looking bytes stored), level 6, memLevel 8, windowBits 15, default strategy, all
  * pinned (GZIP_OPTIONS). Level 6 is zlib's own default (also `gzip`'s and Go compress/gzip's
  * default compression): typically only a few percent larger than level 9 and several times
  * faster, so rebuilds stay cheap while layers stay small. The gzip header has mtime 0, no file
