@@ -87,6 +87,28 @@ test("random bytes that repeat within deflate's window are deflated, not stored"
   assert.ok(gz.length < input.length / 20, `${gz.length} bytes for ${input.length}`);
 });
 
+test("a block handed back for reuse is no longer read: overwriting it at once changes nothing", async () => {
+  const input = Buffer.concat([sample(2 * BLOCK_BYTES, 11), randomBytes(BLOCK_BYTES), sample(BLOCK_BYTES / 2, 12)]);
+  const reference = await gzip(input, [BLOCK_BYTES], 3);
+  let recycled = 0;
+  const z = new ParallelGzip({
+    zlib,
+    inFlight: 3,
+    recycle: (block) => {
+      block.fill(0xaa);
+      recycled++;
+    },
+  });
+  const out: Buffer[] = [];
+  const done = new Promise<void>((resolve, reject) => z.on("end", resolve).on("error", reject));
+  z.on("data", (b: Buffer) => out.push(b));
+  // Copies: the blocks handed back are the caller's to overwrite.
+  Readable.from([0, 1, 2, 3].map((i) => Buffer.from(input.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES)))).pipe(z);
+  await done;
+  assert.ok(Buffer.concat(out).equals(reference));
+  assert.equal(recycled, 4, "three full blocks and the short last one");
+});
+
 test("a block that fails to compress fails the stream", async () => {
   const z = new ParallelGzip({ zlib: { level: 42 }, inFlight: 2 });
   const failed = new Promise<Error>((resolve) => z.on("error", resolve));

@@ -67,6 +67,12 @@ export type ParallelGzipOptions = {
   zlib: Pick<ZlibOptions, "level" | "memLevel" | "strategy">;
   /** Blocks compressed at once. Does not change the output. */
   inFlight: number;
+  /**
+   * Given each block's input once it is compressed and no longer read, for the caller to write
+   * its next input into (a layer's megabyte chunks, which otherwise start V8's full marking every
+   * few dozen blocks). Set only by a caller that holds no other reference to what it writes.
+   */
+  recycle?: (input: Buffer) => void;
 };
 
 function deflateBlock(block: Buffer, dictionary: Buffer | undefined, last: boolean, o: ParallelGzipOptions): Promise<Buffer> {
@@ -192,7 +198,9 @@ export class ParallelGzip extends Transform {
     this.crc = crc32(block, this.crc);
     this.size += block.length;
     const dictionary = this.tail;
-    const p = storedIfRandom(block, dictionary, last, this.o).then((stored) => stored ?? deflateBlock(block, dictionary, last, this.o));
+    const p = storedIfRandom(block, dictionary, last, this.o)
+      .then((stored) => stored ?? deflateBlock(block, dictionary, last, this.o))
+      .finally(() => this.o.recycle?.(block));
     p.catch(() => {}); // awaited in order; a failure surfaces there
     this.queue.push(p);
     // Copied: `block` may share memory with input the caller reuses.
