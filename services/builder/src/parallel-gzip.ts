@@ -29,16 +29,18 @@ import { constants as zc, crc32, deflateRaw, type ZlibOptions } from "node:zlib"
 /** Input bytes per block: large enough that dictionaries and flush markers cost ~0.1 %, small enough to spread a layer over threads. */
 export const BLOCK_BYTES = 1024 * 1024;
 /**
- * zlib's output buffer for a block of `n` bytes: room for the whole block even when it does not
- * compress (stored blocks add 5 bytes per 16 KiB at most, the flush marker and final block a few
- * more), so that a block is one thread-pool job. With Node's default (16 KiB) a block bounces
- * between the pool and the main thread dozens of times, and the blocks hardly run in parallel.
- * Sized to the block, not to BLOCK_BYTES: a small layer's one block would otherwise take a
- * megabyte of external memory, and a build's few such buffers started V8's full marking after
- * most builds (bench:storm's latency scenario, `--trace-gc`). The output bytes do not depend on it.
+ * zlib's output buffer for a block of `n` bytes: room for what a block deflates to (text and code
+ * to a fifth or less, so one thread-pool job; a block that compresses less fills it a few times,
+ * one round trip to the main thread each; a random one is stored, see storedIfRandom). With
+ * Node's default (16 KiB) a block bounced between the pool and the main thread dozens of times
+ * and the blocks hardly ran in parallel; sized to the whole block (1 MiB), the buffers, mostly
+ * empty, started V8's full marking every few blocks (bench:build: 120 ms less of the GC's threads
+ * and 50 ms less of the main thread's CPU a layer at 256 KiB). A small block's is sized to the
+ * block: a small layer's one block would otherwise hold memory it does not need. The output
+ * bytes do not depend on it.
  */
 function outputChunkBytes(n: number): number {
-  return n + 5 * Math.ceil(n / 16_384) + 64;
+  return Math.min(n + 5 * Math.ceil(n / 16_384) + 64, 256 * 1024);
 }
 /** deflate's window: how far back a match may reach, hence the dictionary each block gets. */
 const WINDOW_BYTES = 32 * 1024;
