@@ -276,7 +276,7 @@ const FIRST_CHUNK_BYTES = 64 * 1024;
  * after most builds (with parallel-gzip's output buffers; bench:storm's latency scenario).
  */
 class ChunkPacker {
-  private chunk = Buffer.allocUnsafe(FIRST_CHUNK_BYTES);
+  private chunk: Buffer = Buffer.allocUnsafe(FIRST_CHUNK_BYTES);
   private used = 0;
 
   /** Full-size chunks the consumer is done with (ParallelGzip's recycle), used before allocating. */
