@@ -29,6 +29,10 @@ async function makeTree(dir: string, variant: number): Promise<void> {
   await writeFile(path.join(dir, "a-b"), "sorts before a/\n");
   await mkdir(path.join(dir, "a"));
   await writeFile(path.join(dir, "a/z"), "z\n");
+  // Around a/ in byte order: "a.d/" (a directory, "." before "/"), then a/ and its contents, then "a0".
+  await mkdir(path.join(dir, "a.d"));
+  await writeFile(path.join(dir, "a.d/y"), "y\n");
+  await writeFile(path.join(dir, "a0"), "after a/z\n");
   await symlink("tool", path.join(dir, "usr/bin/alias"));
   await symlink(`../${"x".repeat(150)}`, path.join(dir, "usr/bin/longlink"));
   await link(path.join(dir, "usr/share/data.txt"), path.join(dir, "usr/share/hardlink.txt"));
@@ -70,6 +74,7 @@ test("GNU tar reads the archive: names, types, modes, owners, mtime, byte order,
   const sorted = [...names].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
   assert.deepEqual(names, sorted);
   assert.ok(names.indexOf("a-b") < names.indexOf("a/"));
+  assert.deepEqual(names.slice(names.indexOf("a-b"), names.indexOf("a0") + 1), ["a-b", "a.d/", "a.d/y", "a/", "a/z", "a0"]);
   assert.ok(names.includes(LONG));
   assert.ok(names.includes("usr/share/héllo-ünicode.txt"));
 

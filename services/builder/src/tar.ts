@@ -27,8 +27,8 @@
  * implementation-independent identity of a layer's content.
  */
 import { createHash, type Hash } from "node:crypto";
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
-import { lstat, readdir, readlink } from "node:fs/promises";
+import { closeSync, fstatSync, openSync, readdirSync, readlinkSync, readSync, type Dirent } from "node:fs";
+import { lstat } from "node:fs/promises";
 import path from "node:path";
 import { Readable, Transform, type TransformCallback, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -123,41 +123,56 @@ function sortByArchivePath(planned: Planned[]): Planned[] {
     .map(({ p }) => p);
 }
 
-/** Walks `rootDir` (not following symlinks) and returns the archive's entries in archive order. */
-async function plan(rootDir: string, opts: TarOptions): Promise<Planned[]> {
+/** `rootDir` resolved, once it is known to be a directory. */
+async function archiveRoot(rootDir: string): Promise<string> {
   const root = path.resolve(rootDir);
-  const st = await lstat(root);
-  if (!st.isDirectory()) throw new TarError(`${root} is not a directory`);
+  if (!(await lstat(root)).isDirectory()) throw new TarError(`${root} is not a directory`);
+  return root;
+}
+
+/** An entry's place among its siblings: its name's UTF-8 bytes, a directory's with its `/`. */
+function siblingKey(d: Dirent): string {
+  return Buffer.from(d.isDirectory() ? `${d.name}/` : d.name, "utf8").toString("latin1");
+}
+
+/**
+ * The entries under `root` (not following symlinks) in archive order, walked while they are
+ * archived: each directory is read when the archive reaches it, synchronously like the files
+ * (tarChunks), its entries sorted by siblingKey. That order is the byte order of the whole
+ * paths: everything under `a/` sorts right after `a/` and before any sibling after `a/` (a
+ * sibling cannot start with `a/`), and `a-b` before `a/` as `-` comes before `/`. So a layer's
+ * first blocks compress while the rest of the tree is walked, not after a walk of all of it
+ * (40-60 ms for bench:build's 15,000 entries). `tar tf x.tar | LC_ALL=C sort -c` holds.
+ *
+ * One readdir per directory, its entries' types from the directory itself (Node lstats the ones
+ * a file system leaves unknown); a file's mode and size are read when it is archived.
+ */
+function* walk(root: string, opts: TarOptions): Generator<Planned> {
   const prefixParts = cleanPrefix(opts.prefix);
-  const out: Planned[] = [];
   for (let i = 1; i <= prefixParts.length; i++) {
-    out.push({ entry: { path: `${prefixParts.slice(0, i).join("/")}/`, type: "directory", mode: 0o755, size: 0 } });
+    yield { entry: { path: `${prefixParts.slice(0, i).join("/")}/`, type: "directory", mode: 0o755, size: 0 } };
   }
   const base = prefixParts.length > 0 ? `${prefixParts.join("/")}/` : "";
-  // One readdir per directory, its entries' types from the directory itself (Node lstats the
-  // ones a file system leaves unknown): a file's mode and size are read when it is archived
-  // (tarChunks), so a tree of thousands of files costs a few hundred thread-pool trips, not one each.
-  const walk = async (dir: string, rel: string): Promise<void> => {
-    for (const d of await readdir(dir, { withFileTypes: true })) {
+  function* directory(dir: string, rel: string): Generator<Planned> {
+    const sorted = readdirSync(dir, { withFileTypes: true })
+      .map((d) => ({ d, key: siblingKey(d) }))
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    for (const { d } of sorted) {
       const abs = path.join(dir, d.name);
       const relPath = `${rel}${d.name}`;
       if (d.isDirectory()) {
-        out.push({ entry: { path: `${base}${relPath}/`, type: "directory", mode: 0o755, size: 0 } });
-        await walk(abs, `${relPath}/`);
+        yield { entry: { path: `${base}${relPath}/`, type: "directory", mode: 0o755, size: 0 } };
+        yield* directory(abs, `${relPath}/`);
       } else if (d.isFile()) {
-        out.push({ entry: { path: `${base}${relPath}`, type: "file", mode: 0o644, size: 0 }, abs });
+        yield { entry: { path: `${base}${relPath}`, type: "file", mode: 0o644, size: 0 }, abs };
       } else if (d.isSymbolicLink()) {
-        const linkname = await readlink(abs);
-        out.push({ entry: { path: `${base}${relPath}`, type: "symlink", mode: 0o777, size: 0, linkname } });
+        yield { entry: { path: `${base}${relPath}`, type: "symlink", mode: 0o777, size: 0, linkname: readlinkSync(abs) } };
       } else {
         throw new TarError(`${abs}: unsupported file type (only files, directories and symlinks are archived)`);
       }
     }
-  };
-  await walk(root, "");
-  // Byte order of the archived path (a directory's `a/` is a prefix of its children's paths,
-  // so a directory always comes before what it holds). `tar tf x.tar | LC_ALL=C sort -c` holds.
-  return sortByArchivePath(out);
+  }
+  yield* directory(root, "");
 }
 
 function writeString(buf: Buffer, offset: number, length: number, value: string): void {
@@ -329,8 +344,8 @@ class ChunkPacker {
 }
 
 /**
- * The whole archive in chunks of BLOCK_BYTES (the last shorter); fills in each file entry's mode,
- * size and sha256 as it goes.
+ * The whole archive of `planned` in chunks of BLOCK_BYTES (the last shorter); fills in each file
+ * entry's mode, size and sha256 as it goes, and appends each entry to `archived`.
  *
  * Files are read with synchronous calls, straight into the chunk; the stream pulls one chunk at
  * a time, so other work runs while chunks are compressed or written. Read asynchronously, every
@@ -340,10 +355,11 @@ class ChunkPacker {
  * to be scheduled. From the page cache (a build's outputs were just written) a chunk of small
  * files takes a few milliseconds.
  */
-function* tarChunks(planned: Planned[], mtime: number, spare?: Buffer[]): Generator<Buffer> {
+function* tarChunks(planned: Iterable<Planned>, mtime: number, archived: TarEntry[], spare?: Buffer[]): Generator<Buffer> {
   const out = new ChunkPacker(spare);
   for (const p of planned) {
     const e = p.entry;
+    archived.push(e);
     if (e.type !== "file") {
       for (const h of entryHeaders(e, mtime)) yield* out.append(h);
       continue;
@@ -418,11 +434,12 @@ function checkEpoch(epoch: number): void {
   if (!Number.isInteger(epoch) || epoch < 0 || epoch > MAX_OCTAL_SIZE) throw new TarError(`bad epoch ${epoch}`);
 }
 
-/** Plans the archive; on failure `out` is destroyed, as `pipeline` would, so no descriptor leaks. */
-async function planOrDestroy(rootDir: string, opts: TarOptions, out: Writable): Promise<Planned[]> {
+/** The checked root of an archive; on failure `out` is destroyed, as `pipeline` would, so no descriptor leaks. */
+async function rootOrDestroy(rootDir: string, opts: TarOptions, out: Writable): Promise<string> {
   try {
     checkEpoch(opts.epoch);
-    return await plan(rootDir, opts);
+    cleanPrefix(opts.prefix);
+    return await archiveRoot(rootDir);
   } catch (e) {
     out.destroy();
     throw e;
@@ -434,10 +451,11 @@ async function planOrDestroy(rootDir: string, opts: TarOptions, out: Writable): 
  * destroyed on failure) and returns its entries (in archive order, files with their sha256), diff_id and size.
  */
 export async function writeTarFromDirectory(rootDir: string, out: Writable, opts: TarOptions): Promise<TarResult> {
-  const planned = await planOrDestroy(rootDir, opts, out);
+  const root = await rootOrDestroy(rootDir, opts, out);
   const tap = new HashTap();
-  await pipeline(Readable.from(tarChunks(planned, opts.epoch), { objectMode: false }), tap, out);
-  return { entries: planned.map((p) => p.entry), diffId: `sha256:${tap.hash.digest("hex")}`, tarSize: tap.bytes };
+  const entries: TarEntry[] = [];
+  await pipeline(Readable.from(tarChunks(walk(root, opts), opts.epoch, entries), { objectMode: false }), tap, out);
+  return { entries, diffId: `sha256:${tap.hash.digest("hex")}`, tarSize: tap.bytes };
 }
 
 /**
@@ -445,7 +463,7 @@ export async function writeTarFromDirectory(rootDir: string, out: Writable, opts
  * on failure) and returns, from the same single pass: entries, diff_id and size of the tar, digest and size of the gzip stream.
  */
 export async function writeTarGzFromDirectory(rootDir: string, out: Writable, opts: TarOptions): Promise<TarGzResult> {
-  return writeTarGz(await planOrDestroy(rootDir, opts, out), out, opts);
+  return writeTarGz(walk(await rootOrDestroy(rootDir, opts, out), opts), out, opts);
 }
 
 /** An entry given in full: what a builder-made layer holds (image-build.ts's /etc/passwd, /tmp). */
@@ -474,7 +492,7 @@ export async function writeTarGzFromEntries(entries: readonly MadeEntry[], out: 
   return writeTarGz(sortByArchivePath(planned), out, opts);
 }
 
-async function writeTarGz(planned: Planned[], out: Writable, opts: TarOptions): Promise<TarGzResult> {
+async function writeTarGz(planned: Iterable<Planned>, out: Writable, opts: TarOptions): Promise<TarGzResult> {
   const raw = new HashTap();
   const gz = new HashTap();
   // The chunks go only through the tar's hash (synchronous) into the gzip, which hands each back
@@ -482,9 +500,10 @@ async function writeTarGz(planned: Planned[], out: Writable, opts: TarOptions): 
   const spare: Buffer[] = [];
   const recycle = (block: Buffer) => void (block.length === BLOCK_BYTES && spare.length < GZIP_BLOCKS_IN_FLIGHT && spare.push(block));
   const gzip = new ParallelGzip({ zlib: GZIP_OPTIONS, inFlight: GZIP_BLOCKS_IN_FLIGHT, recycle });
-  await pipeline(Readable.from(tarChunks(planned, opts.epoch, spare), { objectMode: false }), raw, gzip, gz, out);
+  const entries: TarEntry[] = [];
+  await pipeline(Readable.from(tarChunks(planned, opts.epoch, entries, spare), { objectMode: false }), raw, gzip, gz, out);
   return {
-    entries: planned.map((p) => p.entry),
+    entries,
     diffId: `sha256:${raw.hash.digest("hex")}`,
     tarSize: raw.bytes,
     digest: `sha256:${gz.hash.digest("hex")}`,
