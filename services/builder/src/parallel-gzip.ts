@@ -47,9 +47,12 @@ const WINDOW_BYTES = 32 * 1024;
 
 /**
  * A block is stored when a sample of its bytes (every SAMPLE_STRIDE-th) carries at least this
- * many bits per byte (order-0 entropy; 8 is uniform). Text and code sit at 4-6, executables at
- * 5-7, a block of compressed files with their tar headers below 7.9; random bytes sample at
- * 7.99 (the estimate's bias at 32,768 samples is 0.006 bits).
+ * many bits per byte (order-0 entropy; 8 is uniform; random bytes sample at 7.99, the estimate's
+ * bias at 32,768 samples being 0.006 bits). Measured on 1-MiB blocks of tars of this machine's
+ * files: bench:build's text 4.1-4.4; /usr/bin and /usr/lib (1,117 blocks) 0.05-7.74, none
+ * stored; /usr/share/doc and man, gzipped pages and changelogs with their tar headers (164
+ * blocks), 4.6-7.99, of which 4 were stored (with the probe below), the output 0.07 % larger in
+ * all than deflating every block (one stored block would have deflated to 95 %).
  */
 const RANDOM_BITS_PER_BYTE = 7.95;
 const SAMPLE_STRIDE = 32;
