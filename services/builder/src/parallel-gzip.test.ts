@@ -76,6 +76,17 @@ test("a block of random bytes is stored as it is, in stored deflate blocks of 64
   // Two full blocks of 17 stored blocks each (5 bytes of header a piece); the empty last block is deflated (a few bytes).
   const overhead = gz.length - 18 - input.length;
   assert.ok(overhead >= 2 * 17 * 5 && overhead < 2 * 17 * 5 + 16, `${overhead} bytes beyond the input`);
+
+  // A random last block is stored too, its last stored block final: nothing follows it but the trailer.
+  const tail = randomBytes(BLOCK_BYTES + 100_000);
+  const gzTail = await gzip(tail, [65_536], 2);
+  assert.ok(gunzipSync(gzTail).equals(tail));
+  assert.ok(execFileSync("gzip", ["-dc"], { input: gzTail, maxBuffer: 64 << 20 }).equals(tail), "GNU gzip reads it");
+  const lastPiece = 100_000 % 65_535;
+  assert.deepEqual(
+    [...gzTail.subarray(gzTail.length - 8 - lastPiece - 5, gzTail.length - 8 - lastPiece)],
+    [0x01, lastPiece & 0xff, lastPiece >> 8, ~lastPiece & 0xff, (~lastPiece >> 8) & 0xff],
+  );
 });
 
 test("random bytes that repeat within deflate's window are deflated, not stored", async () => {
