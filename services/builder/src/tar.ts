@@ -18,8 +18,8 @@
  * tar.gz, the sha256 and size of the compressed stream (the OCI layer digest).
  *
  * Gzip: one gzip member compressed in parallel 1 MiB blocks (parallel-gzip.ts: pigz's layout,
- * bytes independent of scheduling; a block of random-looking bytes stored), level 6, memLevel 8, windowBits 15, default strategy, all
- * pinned (GZIP_OPTIONS). Level 6 is zlib's own default (also `gzip`'s and Go compress/gzip's
+ * bytes independent of scheduling; a block of random-looking bytes stored), level 6, memLevel 8,
+ * windowBits 15, default strategy, all pinned (GZIP_OPTIONS). Level 6 is zlib's own default (also `gzip`'s and Go compress/gzip's
  * default compression): typically only a few percent larger than level 9 and several times
  * faster, so rebuilds stay cheap while layers stay small. The gzip header has mtime 0, no file
  * name and OS byte 3 (Unix), so it carries nothing of the build.
@@ -151,8 +151,7 @@ function siblingKey(d: Dirent): string {
  * One readdir per directory, its entries' types from the directory itself (Node lstats the ones
  * a file system leaves unknown); a file's mode and size are read when it is archived.
  */
-function* walk(root: string, opts: TarOptions): Generator<Planned> {
-  const prefixParts = cleanPrefix(opts.prefix);
+function* walk(root: string, prefixParts: readonly string[]): Generator<Planned> {
   for (let i = 1; i <= prefixParts.length; i++) {
     yield { entry: { path: `${prefixParts.slice(0, i).join("/")}/`, type: "directory", mode: 0o755, size: 0 } };
   }
@@ -438,12 +437,15 @@ function checkEpoch(epoch: number): void {
   if (!Number.isInteger(epoch) || epoch < 0 || epoch > MAX_OCTAL_SIZE) throw new TarError(`bad epoch ${epoch}`);
 }
 
-/** The checked root of an archive; on failure `out` is destroyed, as `pipeline` would, so no descriptor leaks. */
-async function rootOrDestroy(rootDir: string, opts: TarOptions, out: Writable): Promise<string> {
+/**
+ * The checked root of an archive and the parts of its prefix; on failure `out` is destroyed, as
+ * `pipeline` would, so no descriptor leaks.
+ */
+async function rootOrDestroy(rootDir: string, opts: TarOptions, out: Writable): Promise<{ root: string; prefixParts: string[] }> {
   try {
     checkEpoch(opts.epoch);
-    cleanPrefix(opts.prefix);
-    return await archiveRoot(rootDir);
+    const prefixParts = cleanPrefix(opts.prefix);
+    return { root: await archiveRoot(rootDir), prefixParts };
   } catch (e) {
     out.destroy();
     throw e;
@@ -455,10 +457,10 @@ async function rootOrDestroy(rootDir: string, opts: TarOptions, out: Writable): 
  * destroyed on failure) and returns its entries (in archive order, files with their sha256), diff_id and size.
  */
 export async function writeTarFromDirectory(rootDir: string, out: Writable, opts: TarOptions): Promise<TarResult> {
-  const root = await rootOrDestroy(rootDir, opts, out);
+  const { root, prefixParts } = await rootOrDestroy(rootDir, opts, out);
   const tap = new HashTap();
   const entries: TarEntry[] = [];
-  await pipeline(Readable.from(tarChunks(walk(root, opts), opts.epoch, entries), { objectMode: false }), tap, out);
+  await pipeline(Readable.from(tarChunks(walk(root, prefixParts), opts.epoch, entries), { objectMode: false }), tap, out);
   return { entries, diffId: `sha256:${tap.hash.digest("hex")}`, tarSize: tap.bytes };
 }
 
@@ -467,7 +469,8 @@ export async function writeTarFromDirectory(rootDir: string, out: Writable, opts
  * on failure) and returns, from the same single pass: entries, diff_id and size of the tar, digest and size of the gzip stream.
  */
 export async function writeTarGzFromDirectory(rootDir: string, out: Writable, opts: TarOptions): Promise<TarGzResult> {
-  return writeTarGz(walk(await rootOrDestroy(rootDir, opts, out), opts), out, opts);
+  const { root, prefixParts } = await rootOrDestroy(rootDir, opts, out);
+  return writeTarGz(walk(root, prefixParts), out, opts);
 }
 
 /** An entry given in full: what a builder-made layer holds (image-build.ts's /etc/passwd, /tmp). */
