@@ -1,8 +1,12 @@
 /**
  * Builder errors. A `BuildFailure` is final for these inputs (checksum mismatch, a failing or
  * timed-out step, a malformed archive): retrying cannot help, so the key is marked Failed.
- * Any other error (network, disk, a missing artifact that may come back) is retriable.
+ * Any other error (network, disk) is retriable. A dependency's archive missing from the store
+ * (MissingArtifactError) is rebuilt by the build request's handler, which then builds again.
  */
+import type { Key } from "@homeostat/core";
+import type { Digest } from "@homeostat/core/digest";
+
 /** The captured output of one step. */
 export type StepLog = { step: string; log: string; exitCode: number | null; durationMs: number };
 
@@ -26,7 +30,18 @@ export class BuildFailure extends Error {
   }
 }
 
-/** A blob the build needs (a dependency's archive) is not in the artifact store: retriable. */
+/**
+ * A blob the build needs (a dependency's archive) is not in the artifact store. The build
+ * request's handler rebuilds it (request.ts restoreLost) and builds again.
+ */
 export class MissingArtifactError extends Error {
   override name = "MissingArtifactError";
+  /** The key whose archive it is. */
+  readonly key: Key;
+  readonly digest: Digest;
+  constructor(key: Key, digest: Digest, message: string) {
+    super(message);
+    this.key = key;
+    this.digest = digest;
+  }
 }

@@ -154,7 +154,8 @@ async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user
     const archive = p.archive as Digest;
     const corrupt = () => new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
     const read = await rootfs.addLayer(store.path(archive), `${p.name}@${p.version}`).catch(async (e: unknown) => {
-      if (!(await store.has(archive))) throw new MissingArtifactError(`package ${p.name}@${p.version}: archive ${archive} is not in the store`);
+      if (!(await store.has(archive)))
+        throw new MissingArtifactError(`package/${p.name}`, archive, `package ${p.name}@${p.version}: archive ${archive} is not in the store`);
       // An archive that no longer reads is corrupt, if its bytes say so; otherwise the error is the reader's.
       throw (await store.verify(archive)) ? e : corrupt();
     });

@@ -31,13 +31,14 @@ import {
   type BuildOutputs,
   type BuildRequest,
   type BuildResultPredicate,
+  type Key,
   type Logger,
   type ResultOutputs,
   type SignRequest,
 } from "@homeostat/core";
 import type { Digest } from "@homeostat/core/digest";
 import { annotateActiveSpan, inSpan, meter, type Counter } from "@homeostat/core/telemetry";
-import type { BuildResult } from "./build.ts";
+import { BuildFailure, MissingArtifactError, type BuildResult } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
 
 /**
@@ -86,8 +87,11 @@ function refuse(deps: PlanDeps, req: BuildRequest, reason: BuildRefusal, message
   throw new BuildRefusedError(reason, `${req.key}: ${message}`);
 }
 
-/** The plan the catalog at the requested revision calls for, if it is the one requested; else a BuildRefusedError. */
-export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{ plan: BuildPlan; decision?: BuildDecision }> {
+/**
+ * The plan the catalog at the requested revision calls for, if it is the one requested, with the
+ * desired state it was read from (the plans of the key's dependencies); else a BuildRefusedError.
+ */
+export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{ plan: BuildPlan; decision?: BuildDecision; desiredState: DesiredState }> {
   const catalog = await deps.catalogAt(req.catalogRevision);
   if (!catalog) return refuse(deps, req, "unknown-revision", `catalog revision ${req.catalogRevision} is not one this builder has (superseded, or unknown)`);
   const { kind, name } = parseKey(req.key);
@@ -107,13 +111,21 @@ export async function verifiedPlan(req: BuildRequest, deps: PlanDeps): Promise<{
     return refuse(deps, req, "input-mismatch", `the catalog and the facts give input digest ${desired.inputDigest}, not ${req.inputDigest}`);
   if (desired.version !== req.version)
     return refuse(deps, req, "version-mismatch", `the catalog and the facts give version ${desired.version}, not ${req.version}`);
-  return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}) };
+  return { plan: desired.plan, ...(desired.decision ? { decision: desired.decision } : {}), desiredState };
 }
 
 /** Builds by kind and cache (hit: the outputs of these inputs were in the store already); made on first use, once the service's MeterProvider is registered. */
 let buildCounter: Counter | undefined;
 const buildsByCache = (): Counter =>
   (buildCounter ??= meter().createCounter("homeostat.builder.builds", { unit: "{build}", description: "Builds answered, by kind and cache (hit, miss)" }));
+
+/** Archives rebuilt because a build found them gone from the store (restoreLost). */
+let lostCounter: Counter | undefined;
+const lostArchivesRebuilt = (): Counter =>
+  (lostCounter ??= meter().createCounter("homeostat.builder.lost_archives_rebuilt", {
+    unit: "{archive}",
+    description: "Archives rebuilt because a build found them gone from the artifact store",
+  }));
 
 /** The handler of the build stage's messages. */
 export function createBuildHandler(deps: BuildRequestDeps) {
@@ -132,6 +144,43 @@ export function createBuildHandler(deps: BuildRequestDeps) {
         })
       : undefined;
     return provenance?.buildDefinition?.internalParameters?.isolation === "bubblewrap" ? "bubblewrap" : "none";
+  }
+
+  /** Builds `plan`, rebuilding first every dependency archive found lost (restoreLost), each key at most once. */
+  async function buildRestoring(plan: BuildPlan, desiredState: DesiredState, restored: Set<Key>): Promise<BuildResult> {
+    for (;;) {
+      try {
+        return await deps.build(plan);
+      } catch (err) {
+        if (!(err instanceof MissingArtifactError) || restored.has(err.key)) throw err;
+        restored.add(err.key);
+        await restoreLost(err, desiredState, restored);
+      }
+    }
+  }
+
+  /**
+   * Rebuilds the archive a build found gone from the store (a volume restored from an older copy,
+   * a deleted file). The key it belongs to is Ready at the inputs that made it, so nothing would
+   * build it again, and no dependant could build without it. Its plan is the one the catalog and
+   * the facts give (a dependant is built only once its dependencies are settled at what they
+   * desire: verifiedPlan), built like any other, in the sandbox, through the cache, which does not
+   * trust a record whose blobs are gone. A build is reproducible, so it gives the very archive
+   * back, and that is checked: the signature over it stays true, and the key's status is not
+   * touched. A key that cannot be built now leaves the dependant's build failing as before.
+   */
+  async function restoreLost(lost: MissingArtifactError, desiredState: DesiredState, restored: Set<Key>): Promise<void> {
+    const { kind, name } = parseKey(lost.key);
+    const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
+    if (desired.state !== "build") throw lost;
+    deps.log.warn("an archive is gone from the store: rebuilding it", { key: lost.key, archive: lost.digest, inputDigest: desired.inputDigest });
+    const { outputs } = await buildRestoring(desired.plan, desiredState, restored);
+    if (outputs.archive !== lost.digest)
+      throw new BuildFailure(
+        `${lost.key}: its archive ${lost.digest} is gone from the store, and its inputs rebuilt make ${outputs.archive}: the build is not reproducible`,
+      );
+    lostArchivesRebuilt().add(1, { kind });
+    deps.log.info("rebuilt a lost archive", { key: lost.key, archive: lost.digest });
   }
 
   /** Signs and stores the build result; returns its digest in the store. */
@@ -154,7 +203,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
 
   return async function handle(req: BuildRequest): Promise<void> {
     // Checked first, so that a forged request is refused and counted rather than skipped.
-    const { plan } = await inSpan("builder.verify-plan", {}, () => verifiedPlan(req, deps));
+    const { plan, desiredState } = await inSpan("builder.verify-plan", {}, () => verifiedPlan(req, deps));
     const status = await deps.state.get(req.key);
     if (status?.desiredInputDigest && status.desiredInputDigest !== req.inputDigest) {
       deps.log.info("skipping superseded build", { key: req.key, inputDigest: req.inputDigest });
@@ -163,7 +212,7 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     deps.log.info("building", { key: req.key, version: req.version });
     // A failure is classified and recorded on the key by attempts.ts (a BuildFailure is
     // permanent for these inputs unless its cause is the machine's, e.g. ENOSPC).
-    const result: BuildResult = await deps.build(plan);
+    const result: BuildResult = await buildRestoring(plan, desiredState, new Set());
     if (result.cached) deps.log.info("inputs already built: using the stored result", { key: req.key, inputDigest: req.inputDigest });
     const isolation = await isolationOf(plan, result.outputs);
     const buildResult = await inSpan("builder.vouch", {}, () => vouch(plan, result.outputs, isolation));
