@@ -9,7 +9,7 @@
  * prefix to the server and returns their directory (for startFactory), and `connectAs(service)`
  * connects as one of them, with exactly that service's permissions (nats-access.ts).
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -30,7 +30,8 @@ import {
   type NatsUser,
   type ServiceName,
 } from "@homeostat/core";
-import { statusClient, type StatusClient } from "@homeostat/status-api";
+import { getKeyStatus, statusClient, type StatusClient } from "@homeostat/status-api";
+import { packAppTarball } from "../scripts/app-tarball.ts";
 import { startFactory, startNatsServer, waitFor, type Factory, type NatsServer } from "../scripts/factory.ts";
 
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -200,6 +201,56 @@ export async function startTestFactory(t: TestEnv, env: Record<string, string>, 
     stop: async () => {
       client.close();
       await factory.stop();
+    },
+  };
+}
+
+/** `package/<name>`'s status once it is Ready at `version`, built from the inputs its status says it desires. */
+export function packageReadyAt(client: StatusClient, name: string, version: string, timeoutMs: number) {
+  return waitFor(
+    `package/${name} to be Ready at ${version}`,
+    async () => {
+      const s = await getKeyStatus(client, `package/${name}`);
+      return s.phase === "Ready" && s.actual?.version === version && s.actual.inputDigest === s.desiredInputDigest ? s : undefined;
+    },
+    timeoutMs,
+    250,
+  );
+}
+
+/** The one source of a packages factory: a small tarball holding `run.sh`. */
+export type AppSource = { url: string; sha256: string };
+
+/** A package recipe at 1.0.0 built from `source` by `steps`, with build dependencies `deps`. */
+export function sourceRecipe(name: string, deps: readonly string[], steps: readonly string[], source: AppSource): string {
+  return (
+    `name: ${name}\nversion: "1.0.0"\nlicense: MIT\nsource: { url: "${source.url}", sha256: "${source.sha256}" }\n` +
+    `build:\n  steps:\n${steps.map((s) => `    - ${JSON.stringify(s)}`).join("\n")}\ndependencies: { build: [${deps.join(", ")}], runtime: [] }\n`
+  );
+}
+
+/** A factory of the five services on a catalog of packages only, whose recipes `recipes(source)` gives by name. */
+export type PackagesFactory = { t: TestEnv; factory: TestFactory; source: AppSource; stop(): Promise<void> };
+
+export async function startPackagesFactory(recipes: (source: AppSource) => Record<string, string>): Promise<PackagesFactory> {
+  const t = await testEnv();
+  const catalogDir = path.join(t.dir, "catalog");
+  mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
+  const source = packAppTarball(path.join(t.dir, "app.tar.gz"), { "run.sh": { content: "#!/bin/sh\necho ok\n", mode: 0o755 } });
+  for (const [name, recipe] of Object.entries(recipes(source))) writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), recipe);
+  const factory = await startTestFactory(t, { HOMEOSTAT_CATALOG: catalogDir }, { only: ["ingest", "queue", "reconciler", "builder", "signer"] }).catch(
+    async (e: unknown) => {
+      await t.cleanup();
+      throw e;
+    },
+  );
+  return {
+    t,
+    factory,
+    source,
+    stop: async () => {
+      await factory.stop();
+      await t.cleanup();
     },
   };
 }
