@@ -12,6 +12,7 @@
  * step, unsafe archive): the caller marks the key Failed. Any other error is retriable.
  */
 import type { BuildOutputs } from "@homeostat/core/contracts";
+import type { Digest } from "@homeostat/core/digest";
 import { type BuildPlan } from "@homeostat/catalog";
 import { BuildCache } from "./cache.ts";
 import type { BuildContext } from "./context.ts";
@@ -64,23 +65,31 @@ export class Builder {
     this.slots = new Slots(opts.concurrency);
   }
 
-  /** The outputs of `req`: from the cache when these inputs were built, else built now. */
-  build(req: BuildPlan): Promise<BuildResult> {
+  /**
+   * The outputs of `req`: from the cache when these inputs were built, else built now.
+   * `o.distrusting`: a blob found corrupt; a cached result that names it is not used (the build
+   * writes the blob again, over the corrupt one).
+   */
+  build(req: BuildPlan, o: { distrusting?: Digest } = {}): Promise<BuildResult> {
     const id = `${req.key}@${req.inputDigest}`;
     const running = this.inFlight.get(id);
     if (running) return running.then((r) => ({ ...r, cached: true }));
-    const p = this.run(req).finally(() => this.inFlight.delete(id));
+    const p = this.run(req, o.distrusting).finally(() => this.inFlight.delete(id));
     this.inFlight.set(id, p);
     return p;
   }
 
-  private async run(req: BuildPlan): Promise<BuildResult> {
-    const hit = await this.cache.get(req);
+  private async run(req: BuildPlan, distrusting: Digest | undefined): Promise<BuildResult> {
+    const cached = async () => {
+      const hit = await this.cache.get(req);
+      return hit && (distrusting === undefined || !Object.values(hit).includes(distrusting)) ? hit : undefined;
+    };
+    const hit = await cached();
     if (hit) return { outputs: hit, cached: true };
     await this.slots.acquire();
     try {
       // Another builder process sharing the data directory may have finished it meanwhile.
-      const late = await this.cache.get(req);
+      const late = await cached();
       if (late) return { outputs: late, cached: true };
       const outputs = await build(req, this.ctx);
       await this.cache.put(req, outputs);

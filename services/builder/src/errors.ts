@@ -31,17 +31,21 @@ export class BuildFailure extends Error {
 }
 
 /**
- * A blob the build needs (a dependency's archive) is not in the artifact store. The build
- * request's handler rebuilds it (request.ts restoreLost) and builds again.
+ * A blob the build needs (a dependency's archive) is not in the artifact store, or is there
+ * corrupt (its bytes do not hash to its digest). The build request's handler rebuilds it
+ * (request.ts restoreLost) and builds again.
  */
 export class MissingArtifactError extends Error {
   override name = "MissingArtifactError";
   /** The key whose archive it is. */
   readonly key: Key;
   readonly digest: Digest;
-  constructor(key: Key, digest: Digest, message: string) {
+  /** Present but corrupt: a cached result naming it is not to be trusted. */
+  readonly corrupt: boolean;
+  constructor(key: Key, digest: Digest, message: string, o: { corrupt?: boolean } = {}) {
     super(message);
     this.key = key;
     this.digest = digest;
+    this.corrupt = o.corrupt ?? false;
   }
 }

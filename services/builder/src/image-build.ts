@@ -152,7 +152,8 @@ async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user
   const rootfs = new Rootfs();
   for (const p of req.packages) {
     const archive = p.archive as Digest;
-    const corrupt = () => new Error(`package ${p.name}@${p.version}: stored archive ${archive} is corrupt`);
+    const corrupt = () =>
+      new MissingArtifactError(`package/${p.name}`, archive, `package ${p.name}@${p.version}: stored archive ${archive} is corrupt`, { corrupt: true });
     const read = await rootfs.addLayer(store.path(archive), `${p.name}@${p.version}`).catch(async (e: unknown) => {
       if (!(await store.has(archive)))
         throw new MissingArtifactError(`package/${p.name}`, archive, `package ${p.name}@${p.version}: archive ${archive} is not in the store`);

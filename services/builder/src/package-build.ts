@@ -249,7 +249,10 @@ async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: Art
       const archive = dep.archive as Digest;
       if (!(await store.has(archive)))
         throw new MissingArtifactError(`package/${dep.name}`, archive, `build dependency ${dep.name}@${dep.version}: archive ${archive} is not in the store`);
-      if (!(await store.verify(archive))) throw new Error(`build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`);
+      if (!(await store.verify(archive)))
+        throw new MissingArtifactError(`package/${dep.name}`, archive, `build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`, {
+          corrupt: true,
+        });
     }),
   );
   if (await isDebianPackage(to.source.path)) {

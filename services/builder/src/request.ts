@@ -64,8 +64,8 @@ export type BuildRequestDeps = {
   advisories: Pick<AdvisoryStore, "reader">;
   state: StateStore;
   sourceDateEpoch: number;
-  /** Builds a plan (Builder.build: cache, concurrency). */
-  build: (plan: BuildPlan) => Promise<BuildResult>;
+  /** Builds a plan (Builder.build: cache, concurrency; `distrusting` a blob found corrupt). */
+  build: (plan: BuildPlan, o?: { distrusting?: Digest }) => Promise<BuildResult>;
   /** Where build results are stored (the builder's data directory). */
   dataDir: string;
   /** How this builder runs steps (isolation.ts); a package's result records how its own steps ran. */
@@ -146,11 +146,14 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     return provenance?.buildDefinition?.internalParameters?.isolation === "bubblewrap" ? "bubblewrap" : "none";
   }
 
-  /** Builds `plan`, rebuilding first every dependency archive found lost (restoreLost), each key at most once. */
-  async function buildRestoring(plan: BuildPlan, desiredState: DesiredState, restored: Set<Key>): Promise<BuildResult> {
+  /**
+   * Builds `plan` (not trusting a cached result that names `distrusting`), rebuilding first every
+   * dependency archive found lost (restoreLost), each key at most once.
+   */
+  async function buildRestoring(plan: BuildPlan, desiredState: DesiredState, restored: Set<Key>, distrusting?: Digest): Promise<BuildResult> {
     for (;;) {
       try {
-        return await deps.build(plan);
+        return await deps.build(plan, distrusting ? { distrusting } : {});
       } catch (err) {
         if (!(err instanceof MissingArtifactError) || restored.has(err.key)) throw err;
         restored.add(err.key);
@@ -161,11 +164,12 @@ export function createBuildHandler(deps: BuildRequestDeps) {
 
   /**
    * Rebuilds the archive a build found gone from the store (a volume restored from an older copy,
-   * a deleted file). The key it belongs to is Ready at the inputs that made it, so nothing would
+   * a deleted file) or corrupt there (its bytes no longer hash to its digest). The key it belongs to is Ready at the inputs that made it, so nothing would
    * build it again, and no dependant could build without it. Its plan is the one the catalog and
    * the facts give (a dependant is built only once its dependencies are settled at what they
    * desire: verifiedPlan), built like any other, in the sandbox, through the cache, which does not
-   * trust a record whose blobs are gone. A build is reproducible, so it gives the very archive
+   * trust a record whose blobs are gone, nor here one that names the corrupt blob (the build writes
+   * it again, over the corrupt one). A build is reproducible, so it gives the very archive
    * back, and that is checked: the signature over it stays true, and the key's status is not
    * touched. A key that cannot be built now leaves the dependant's build failing as before.
    */
@@ -173,8 +177,12 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     const { kind, name } = parseKey(lost.key);
     const desired = kind === "package" ? await desiredState.package(name) : await desiredState.image(name);
     if (desired.state !== "build") throw lost;
-    deps.log.warn("an archive is gone from the store: rebuilding it", { key: lost.key, archive: lost.digest, inputDigest: desired.inputDigest });
-    const { outputs } = await buildRestoring(desired.plan, desiredState, restored);
+    deps.log.warn(`an archive is ${lost.corrupt ? "corrupt in" : "gone from"} the store: rebuilding it`, {
+      key: lost.key,
+      archive: lost.digest,
+      inputDigest: desired.inputDigest,
+    });
+    const { outputs } = await buildRestoring(desired.plan, desiredState, restored, lost.corrupt ? lost.digest : undefined);
     if (outputs.archive !== lost.digest)
       throw new BuildFailure(
         `${lost.key}: its archive ${lost.digest} is gone from the store, and its inputs rebuilt make ${outputs.archive}: the build is not reproducible`,
