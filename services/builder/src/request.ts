@@ -119,12 +119,12 @@ let buildCounter: Counter | undefined;
 const buildsByCache = (): Counter =>
   (buildCounter ??= meter().createCounter("homeostat.builder.builds", { unit: "{build}", description: "Builds answered, by kind and cache (hit, miss)" }));
 
-/** Archives rebuilt because a build found them gone from the store (restoreLost). */
+/** Archives rebuilt because a build found them gone from the store or corrupt there (restoreLost). */
 let lostCounter: Counter | undefined;
 const lostArchivesRebuilt = (): Counter =>
   (lostCounter ??= meter().createCounter("homeostat.builder.lost_archives_rebuilt", {
     unit: "{archive}",
-    description: "Archives rebuilt because a build found them gone from the artifact store",
+    description: "Archives rebuilt because a build found them gone from the artifact store or corrupt there",
   }));
 
 /** The handler of the build stage's messages. */
@@ -164,14 +164,15 @@ export function createBuildHandler(deps: BuildRequestDeps) {
 
   /**
    * Rebuilds the archive a build found gone from the store (a volume restored from an older copy,
-   * a deleted file) or corrupt there (its bytes no longer hash to its digest). The key it belongs to is Ready at the inputs that made it, so nothing would
-   * build it again, and no dependant could build without it. Its plan is the one the catalog and
-   * the facts give (a dependant is built only once its dependencies are settled at what they
-   * desire: verifiedPlan), built like any other, in the sandbox, through the cache, which does not
-   * trust a record whose blobs are gone, nor here one that names the corrupt blob (the build writes
-   * it again, over the corrupt one). A build is reproducible, so it gives the very archive
-   * back, and that is checked: the signature over it stays true, and the key's status is not
-   * touched. A key that cannot be built now leaves the dependant's build failing as before.
+   * a deleted file) or corrupt there (its bytes no longer hash to its digest). The key it belongs
+   * to is Ready at the inputs that made it, so nothing would build it again, and no dependant
+   * could build without it. Its plan is the one the catalog and the facts give (a dependant is
+   * built only once its dependencies are settled at what they desire: verifiedPlan), built like
+   * any other, in the sandbox, through the cache, which does not trust a record whose blobs are
+   * gone, nor here one that names the corrupt blob (the build writes it again, over the corrupt
+   * one). A build is reproducible, so it gives the very archive back, and that is checked: the
+   * signature over it stays true, and the key's status is not touched. A key that cannot be built
+   * now leaves the dependant's build failing as before.
    */
   async function restoreLost(lost: MissingArtifactError, desiredState: DesiredState, restored: Set<Key>): Promise<void> {
     const { kind, name } = parseKey(lost.key);
@@ -185,10 +186,10 @@ export function createBuildHandler(deps: BuildRequestDeps) {
     const { outputs } = await buildRestoring(desired.plan, desiredState, restored, lost.corrupt ? lost.digest : undefined);
     if (outputs.archive !== lost.digest)
       throw new BuildFailure(
-        `${lost.key}: its archive ${lost.digest} is gone from the store, and its inputs rebuilt make ${outputs.archive}: the build is not reproducible`,
+        `${lost.key}: its archive ${lost.digest} was ${lost.corrupt ? "corrupt in" : "gone from"} the store, and its inputs rebuilt make ${outputs.archive}: the build is not reproducible`,
       );
     lostArchivesRebuilt().add(1, { kind });
-    deps.log.info("rebuilt a lost archive", { key: lost.key, archive: lost.digest });
+    deps.log.info("rebuilt the archive", { key: lost.key, archive: lost.digest });
   }
 
   /** Signs and stores the build result; returns its digest in the store. */
