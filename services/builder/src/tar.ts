@@ -119,11 +119,16 @@ function byteOrderKey(s: string): string {
   return Buffer.from(s, "utf8").toString("latin1");
 }
 
+/** Orders by `key` (a byteOrderKey). */
+function byKey(a: { key: string }, b: { key: string }): number {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
 /** Sorts by the byte order (UTF-8) of the archived path (a made layer's entries; a walked tree comes in that order: walk). */
 function sortByArchivePath(planned: Planned[]): Planned[] {
   return planned
     .map((p) => ({ p, key: byteOrderKey(p.entry.path) }))
-    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    .sort(byKey)
     .map(({ p }) => p);
 }
 
@@ -159,7 +164,7 @@ function* walk(root: string, prefixParts: readonly string[]): Generator<Planned>
   function* directory(dir: string, rel: string): Generator<Planned> {
     const sorted = readdirSync(dir, { withFileTypes: true })
       .map((d) => ({ d, key: siblingKey(d) }))
-      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      .sort(byKey);
     for (const { d } of sorted) {
       const abs = path.join(dir, d.name);
       const relPath = `${rel}${d.name}`;
