@@ -229,16 +229,16 @@ export function sourceRecipe(name: string, deps: readonly string[], steps: reado
   );
 }
 
-/** A factory of the five services on a catalog of packages only, whose recipes `recipes(source)` gives by name. */
+/** A factory of the five services on a catalog of packages only, whose recipes `recipes(source)` gives by name; `env` adds to their environment. */
 export type PackagesFactory = { t: TestEnv; factory: TestFactory; source: AppSource; stop(): Promise<void> };
 
-export async function startPackagesFactory(recipes: (source: AppSource) => Record<string, string>): Promise<PackagesFactory> {
+export async function startPackagesFactory(recipes: (source: AppSource) => Record<string, string>, env: Record<string, string> = {}): Promise<PackagesFactory> {
   const t = await testEnv();
   const catalogDir = path.join(t.dir, "catalog");
   mkdirSync(path.join(catalogDir, "packages"), { recursive: true });
   const source = packAppTarball(path.join(t.dir, "app.tar.gz"), { "run.sh": { content: "#!/bin/sh\necho ok\n", mode: 0o755 } });
   for (const [name, recipe] of Object.entries(recipes(source))) writeFileSync(path.join(catalogDir, "packages", `${name}.yaml`), recipe);
-  const factory = await startTestFactory(t, { HOMEOSTAT_CATALOG: catalogDir }, { only: ["ingest", "queue", "reconciler", "builder", "signer"] }).catch(
+  const factory = await startTestFactory(t, { ...env, HOMEOSTAT_CATALOG: catalogDir }, { only: ["ingest", "queue", "reconciler", "builder", "signer"] }).catch(
     async (e: unknown) => {
       await t.cleanup();
       throw e;

@@ -85,6 +85,13 @@ test("a bad value stops with a message naming its variable", () => {
   refused({ HOMEOSTAT_REGISTRY_URL: "ftp://registry" }, "HOMEOSTAT_REGISTRY_URL");
 });
 
+test("the store's grace is at least the build timeout: a running build's blobs are named by no status yet", () => {
+  assert.deepEqual(loadConfig({}).storeCollection, { graceMs: 86_400_000, intervalMs: 3_600_000 });
+  refused({ HOMEOSTAT_STORE_GRACE_MS: "60000" }, "HOMEOSTAT_STORE_GRACE_MS");
+  assert.equal(loadConfig({ HOMEOSTAT_STORE_GRACE_MS: "60000", HOMEOSTAT_BUILD_TIMEOUT_MS: "60000" }).storeCollection.graceMs, 60_000);
+  refused({ HOMEOSTAT_STORE_COLLECT_INTERVAL_MS: "10" }, "HOMEOSTAT_STORE_COLLECT_INTERVAL_MS");
+});
+
 test("every bad variable is named at once", () => {
   const err = refused({ HOMEOSTAT_LEASE_MS: "x", HOMEOSTAT_REGION: "Bad Region" }, "HOMEOSTAT_LEASE_MS");
   assert.match(err.message, /\bHOMEOSTAT_REGION\b/);

@@ -154,6 +154,14 @@ const schema = z.object({
   HOMEOSTAT_TRUSTED_KEYS: z.string().default(""),
   HOMEOSTAT_SOURCE_DATE_EPOCH: z.coerce.number().int().nonnegative().default(0),
   HOMEOSTAT_BUILD_TIMEOUT_MS: positiveMs.default(10 * 60_000),
+  /**
+   * The builder's artifact store keeps what the keys' statuses name and anything younger than
+   * this (services/builder/src/store-collect.ts): at least the build timeout, since a build's
+   * blobs are named by no status until its result is signed; a day rides out a signer outage.
+   */
+  HOMEOSTAT_STORE_GRACE_MS: positiveMs.default(24 * 3_600_000),
+  /** How often each builder collects the store. */
+  HOMEOSTAT_STORE_COLLECT_INTERVAL_MS: z.coerce.number().int().min(1_000).default(3_600_000),
   HOMEOSTAT_LEASE_MS: positiveMs.default(30_000),
   /** Ack wait of the build and sign consumers, kept alive by msg.working() while work runs: how soon a dead builder's or signer's work is taken over. */
   HOMEOSTAT_STAGE_ACK_WAIT_MS: z.coerce.number().int().min(1_000).default(10_000),
@@ -369,6 +377,8 @@ export type Config = Readonly<{
   trustedKeyPaths: string[];
   sourceDateEpoch: number;
   buildTimeoutMs: number;
+  /** The artifact store's collection (services/builder/src/store-collect.ts). */
+  storeCollection: { graceMs: number; intervalMs: number };
   leaseMs: number;
   stageAckWaitMs: number;
   /** The failure taxonomy's bounds (failure.ts): permanent build failures retried, builder deaths tolerated. */
@@ -516,6 +526,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration:\n${lines.join("\n")}`);
   }
   const e = parsed.data;
+  if (e.HOMEOSTAT_STORE_GRACE_MS < e.HOMEOSTAT_BUILD_TIMEOUT_MS)
+    throw new ConfigError(
+      `invalid configuration:\n  HOMEOSTAT_STORE_GRACE_MS (${e.HOMEOSTAT_STORE_GRACE_MS}) is shorter than HOMEOSTAT_BUILD_TIMEOUT_MS (${e.HOMEOSTAT_BUILD_TIMEOUT_MS}): a running build's blobs could be collected before its result is signed`,
+    );
   return {
     natsUrl: e.NATS_URL,
     nats: natsSecurity(e.NATS_NKEY_SEED_FILE, e.NATS_TLS_CA, e.NATS_TLS_CERT, e.NATS_TLS_KEY),
@@ -587,6 +601,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       .map((p) => path.resolve(p)),
     sourceDateEpoch: e.HOMEOSTAT_SOURCE_DATE_EPOCH,
     buildTimeoutMs: e.HOMEOSTAT_BUILD_TIMEOUT_MS,
+    storeCollection: { graceMs: e.HOMEOSTAT_STORE_GRACE_MS, intervalMs: e.HOMEOSTAT_STORE_COLLECT_INTERVAL_MS },
     leaseMs: e.HOMEOSTAT_LEASE_MS,
     stageAckWaitMs: e.HOMEOSTAT_STAGE_ACK_WAIT_MS,
     buildFailures: { retries: e.HOMEOSTAT_BUILD_FAILURE_RETRIES, backoffMs: e.HOMEOSTAT_BUILD_FAILURE_BACKOFF_MS, crashLimit: e.HOMEOSTAT_BUILD_CRASH_LIMIT },

@@ -125,3 +125,18 @@ test("a mirror's reader knows the keys marked waiting, as of the revision it too
   assert.equal((await store.reader()).waiting?.has(key), false, "a deleted key waits for nothing");
   assert.equal((await new StateStore(kv).reader()).waiting, undefined, "a reader of the bucket does not know them all at once");
 });
+
+test("a mirror gives every status once it has every write made before the call, and nothing while it lags", async () => {
+  const key = "package/listed" as Key;
+  const mirror = await StatusMirror.follow(kv, stop.signal);
+  await put(key, 1);
+  const listed = await mirror.all(kv);
+  assert.equal(listed?.find((s) => s.key === key)?.desiredVersion, "1.1", "the write made just before");
+  await kv.delete(keyToken(key));
+  assert.equal(
+    (await mirror.all(kv))?.some((s) => s.key === key),
+    false,
+    "a deleted key is not listed",
+  );
+  assert.equal(await new StatusMirror().all(kv, 50), undefined, "a mirror that never reached the bucket's revision lists nothing");
+});

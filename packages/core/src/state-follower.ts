@@ -165,6 +165,16 @@ export class StatusMirror implements MirroredStatuses {
     return held?.revision === revision ? held.status : undefined;
   }
 
+  /**
+   * Every key's status as of the bucket's revision now or later, or undefined when the mirror
+   * does not get there in `waitMs`: for a caller that acts on what no status names (the
+   * builder's store collection), to which a key left out would be a key without outputs.
+   */
+  async all(kv: KV, waitMs = mirrorWaitMs): Promise<KeyStatus[] | undefined> {
+    if (!(await this.reached(await bucketRevision(kv), waitMs))) return undefined;
+    return Array.from(this.#statuses.values(), (held) => held.status);
+  }
+
   /** A reader as of the bucket's revision now or later, from memory once the mirror is there; `fallback` otherwise. */
   async reader(kv: KV, fallback: (at: number) => Promise<StatusReader>, waitMs = mirrorWaitMs): Promise<StatusReader> {
     const at = await bucketRevision(kv);

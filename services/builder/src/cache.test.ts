@@ -5,7 +5,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, unlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
@@ -15,6 +15,7 @@ import { sha256Digest, type Digest } from "@homeostat/core/digest";
 import { OciLayout } from "@homeostat/attest";
 import { Builder, type BuildContext } from "./build.ts";
 import { ArtifactStore } from "./store.ts";
+import { collectStore } from "./store-collect.ts";
 import { buildContext, CATALOG_REVISION, packagePlan, unsandboxed } from "./test-support.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-cache-"));
@@ -86,6 +87,23 @@ test("the same inputs are built once: later requests, a restarted builder and co
   const other = await builder.build({ ...req, key: "package/other", name: "other" });
   assert.equal(other.cached, false);
   assert.equal((await lines(runs)).length, 4);
+});
+
+test("a cached result that answers is young again, so that the store's collection keeps what a build took from the cache", async () => {
+  const c = ctx("data-touch");
+  const builder = new Builder(c, { concurrency: 1 });
+  const req = pkg("data", path.join(tmp, "runs-touch"));
+  const { outputs } = await builder.build(req);
+  const store = new ArtifactStore(c.dataDir);
+  const files = [
+    path.join(store.root, "results", `${req.inputDigest.slice("sha256:".length)}.json`),
+    ...[outputs.archive, outputs.metadata, outputs.provenance].map((d) => store.path(d as Digest)),
+  ];
+  const dayAgo = new Date(Date.now() - 86_400_000);
+  for (const f of files) await utimes(f, dayAgo, dayAgo);
+  assert.equal((await builder.build(req)).cached, true);
+  for (const f of files) assert.ok((await stat(f)).mtimeMs > Date.now() - 60_000, `${path.basename(f)} touched`);
+  assert.equal((await collectStore(c.dataDir, [], { graceMs: 3_600_000 })).removed, 0);
 });
 
 test("an image is cached too, and rebuilt when its tag no longer points at the stored manifest", async () => {

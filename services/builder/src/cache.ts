@@ -8,10 +8,11 @@
  * names is still there (the blobs in the artifact store; for an image, the layout's tag still
  * pointing at the manifest, and its blobs), and only for the same key and kind, so a lost or
  * foreign record costs a rebuild, never a wrong answer. Records are written atomically (a
- * temporary file renamed), after the outputs they name.
+ * temporary file renamed), after the outputs they name. A record that answers is touched with
+ * the store blobs it names: the store's collection (store-collect.ts) keeps what is young.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, unlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { buildOutputsSchema, type BuildOutputs } from "@homeostat/core/contracts";
 import { type BuildPlan } from "@homeostat/catalog";
@@ -48,7 +49,17 @@ export class BuildCache {
     if (record.v !== 1 || record.key !== req.key || record.kind !== req.kind || record.inputDigest !== req.inputDigest) return undefined;
     const outputs = buildOutputsSchema.safeParse(record.outputs);
     if (!outputs.success) return undefined;
-    return (await this.intact(req, outputs.data)) ? outputs.data : undefined;
+    if (!(await this.intact(req, outputs.data))) return undefined;
+    const now = new Date();
+    const blobs = req.kind === "package" ? [outputs.data.archive, outputs.data.metadata, outputs.data.provenance] : [];
+    try {
+      await Promise.all([this.file(req.inputDigest), ...blobs.map((d) => this.store.path(d as Digest))].map((f) => utimes(f, now, now)));
+    } catch (e) {
+      // Collected since it was checked: built again.
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw e;
+    }
+    return outputs.data;
   }
 
   async put(req: BuildPlan, outputs: BuildOutputs): Promise<void> {

@@ -13,7 +13,9 @@
  * is short (HOMEOSTAT_STAGE_ACK_WAIT_MS) and kept alive while a build runs, so another builder
  * takes over a dead one's build within seconds (a builder on the same host at once, another
  * once the dead one's heartbeat is stale: liveness.ts), and leaves a live one's alone; at start
- * a builder removes the workspaces of builders that died on this host (workspaces.ts).
+ * a builder removes the workspaces of builders that died on this host (workspaces.ts). What no
+ * key's status keeps leaves the artifact store once older than HOMEOSTAT_STORE_GRACE_MS
+ * (store-collect.ts, every HOMEOSTAT_STORE_COLLECT_INTERVAL_MS).
  *
  * Its identity key is generated on first run into HOMEOSTAT_BUILDER_DIR (default
  * `<data>/builder`, 0700; `builder.key` 0600, `builder.pub` for the signer to trust), or
@@ -30,6 +32,7 @@ import { IsolationUnavailableError, resolveIsolation } from "./isolation.ts";
 import { inputsDetail, inputsInHand, markDetail, markOwnerLiveness } from "./liveness.ts";
 import { withFailureHandling } from "./attempts.ts";
 import { createBuildHandler } from "./request.ts";
+import { collectStoreEvery } from "./store-collect.ts";
 import { createTrialHandler, serveTrials } from "./trial.ts";
 import { claimWorkRoot, currentInstance } from "./workspaces.ts";
 
@@ -64,7 +67,8 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   });
   // Checking a request reads the statuses of the key's whole closure: from a copy of the bucket
   // kept current by one watch (at 10,000 keys a check took 65 ms of round trips).
-  const state = new StateStore(buckets.state, { mirror: await StatusMirror.follow(buckets.state, signal, log) });
+  const mirror = await StatusMirror.follow(buckets.state, signal, log);
+  const state = new StateStore(buckets.state, { mirror });
   const handleRequest = createBuildHandler({
     catalogAt: (revision) => catalogs.at(revision),
     releases: new ReleaseStore(buckets.releases),
@@ -165,5 +169,13 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
     }),
     { log, signal },
   );
-  return () => Promise.all([running, trying]).then(() => undefined);
+  // What no status keeps goes from the store once older than the grace (store-collect.ts).
+  const collecting = collectStoreEvery({
+    dataDir: config.dataDir,
+    ...config.storeCollection,
+    statuses: () => mirror.all(buckets.state),
+    log,
+    signal,
+  });
+  return () => Promise.all([running, trying, collecting]).then(() => undefined);
 });
