@@ -210,6 +210,7 @@ export async function startAgentRig(
   const trials = new Builder(
     {
       dataDir: path.join(dataDir, "trials"),
+      inputsDataDir: dataDir,
       timeoutMs: 60_000,
       maxSourceBytes: 1 << 20,
       unpackLimits: { maxBytes: 16 << 20, maxEntries: 1000 },

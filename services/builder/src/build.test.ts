@@ -445,6 +445,21 @@ test("a package archive missing from the store stops the image before anything i
   assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
 });
 
+test("a trial's builds, in a data directory of their own, read what they build on from the factory's store and write nothing there", async () => {
+  const { ctx, lib, app, image } = await runA;
+  const blobs = () => readdir(path.join(ctx.dataDir, "store", "blobs", "sha256"));
+  const before = await blobs();
+  const trial: BuildContext = { ...ctxFor("data-trial"), inputsDataDir: ctx.dataDir };
+  // The dependant of a built package, and an image of it: the same bytes as the factory's builds.
+  const tried = await build(pkgRequest("hello", hello, [artifact("libmsg", lib)]), trial);
+  assert.equal(tried.archive, app.archive);
+  assert.equal((await build(imageRequest([artifact("hello", app)]), trial)).manifest, image.manifest);
+  assert.deepEqual(await blobs(), before, "nothing written into the factory's store");
+  assert.ok(await new ArtifactStore(trial.dataDir).has(tried.archive as Digest), "the trial's archive is in its own store");
+  // Reading its own store instead, it would not find what it builds on.
+  await assert.rejects(build(pkgRequest("hello", hello, [artifact("libmsg", lib)]), ctxFor("data-trial-alone")), MissingArtifactError);
+});
+
 test("a package builds from a git source pinned to a commit, reproducibly, with the commit in its provenance", async () => {
   const repo = path.join(tmp, "git-motd");
   const git = reproducibleGit(repo);

@@ -10,6 +10,12 @@ import type { UnpackLimits } from "./source.ts";
 export type BuildContext = {
   /** Root of the builder's data: `store/` (artifacts), `oci/` (image layouts), `work/` (workspaces). */
   dataDir: string;
+  /**
+   * The data directory whose store holds what a build reads of other builds: a package's build
+   * dependencies, an image's packages. Default `dataDir`. A trial build writes into a data
+   * directory of its own and reads these from the factory's.
+   */
+  inputsDataDir?: string;
   /** Time limit of all of a package's steps together. */
   timeoutMs: number;
   /** Largest source archive accepted. */
@@ -39,10 +45,11 @@ export type BuildContext = {
  */
 export function configuredBuildContext(
   config: Config,
-  o: { dataDir: string; workRoot: string; isolation: Isolation; remoteSources: boolean; signal?: AbortSignal },
+  o: { dataDir: string; inputsDataDir?: string; workRoot: string; isolation: Isolation; remoteSources: boolean; signal?: AbortSignal },
 ): BuildContext {
   return {
     dataDir: o.dataDir,
+    ...(o.inputsDataDir !== undefined ? { inputsDataDir: o.inputsDataDir } : {}),
     timeoutMs: config.buildTimeoutMs,
     maxSourceBytes: config.maxSourceBytes,
     unpackLimits: { maxBytes: config.maxUnpackedBytes, maxEntries: config.maxSourceEntries },

@@ -181,7 +181,8 @@ async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user
 
 export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   const startedOn = new Date();
-  const store = new ArtifactStore(ctx.dataDir);
+  // The packages' archives: a trial's image reads them from the factory's store.
+  const store = new ArtifactStore(ctx.inputsDataDir ?? ctx.dataDir);
   const log = ctx.log ?? (() => {});
   for (const [k] of Object.entries(req.config.env)) {
     if (k === "" || k.includes("=")) throw new BuildFailure(`image ${req.name}: bad environment variable name ${JSON.stringify(k)}`);

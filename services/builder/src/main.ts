@@ -147,6 +147,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   const trials = new Builder(
     configuredBuildContext(config, {
       dataDir: path.join(config.dataDir, "trials"),
+      inputsDataDir: config.dataDir,
       workRoot: path.join(work.root, "trials"),
       isolation,
       remoteSources: false,

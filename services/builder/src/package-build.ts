@@ -140,7 +140,8 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       }
       return { source, patchBlobs };
     });
-    await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, store, { root, srcDir, sysroot: ws.sysroot, source, patchBlobs }));
+    const inputs = ctx.inputsDataDir === undefined ? store : new ArtifactStore(ctx.inputsDataDir);
+    await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, inputs, { root, srcDir, sysroot: ws.sysroot, source, patchBlobs }));
 
     // Patches, steps and test run as three pipelines sharing the build's time limit; every log
     // so far is stored when one fails, and named in its error.
@@ -239,17 +240,18 @@ type UnpackTargets = { root: string; srcDir: string; sysroot: string; source: St
 /**
  * The source into `src/` (a Debian binary package's file tree, a git tree as it is, a tarball's
  * single top directory stripped), the patches into `patches/`, and every build dependency's
- * archive, re-verified in the store, into the sysroot in the plan's order (a later one's file
- * wins). The dependencies are all re-hashed at once first: the reads overlap.
+ * archive, re-verified in the store of `inputs` (the context's inputsDataDir), into the sysroot
+ * in the plan's order (a later one's file wins). The dependencies are all re-hashed at once
+ * first: the reads overlap.
  */
-async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: ArtifactStore, to: UnpackTargets): Promise<void> {
+async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, inputs: ArtifactStore, to: UnpackTargets): Promise<void> {
   const log = ctx.log ?? (() => {});
   await Promise.all(
     req.dependencies.map(async (dep) => {
       const archive = dep.archive as Digest;
-      if (!(await store.has(archive)))
+      if (!(await inputs.has(archive)))
         throw new MissingArtifactError(`package/${dep.name}`, archive, `build dependency ${dep.name}@${dep.version}: archive ${archive} is not in the store`);
-      if (!(await store.verify(archive)))
+      if (!(await inputs.verify(archive)))
         throw new MissingArtifactError(`package/${dep.name}`, archive, `build dependency ${dep.name}@${dep.version}: stored archive ${archive} is corrupt`, {
           corrupt: true,
         });
@@ -271,7 +273,7 @@ async function unpackInputs(req: PackageBuildPlan, ctx: BuildContext, store: Art
   if (to.patchBlobs.length > 0) await mkdir(path.join(to.root, "patches"));
   for (const [i, blob] of to.patchBlobs.entries()) await copyFile(blob.path, path.join(to.root, "patches", `${i + 1}.patch`));
   for (const dep of req.dependencies) {
-    await unpackArchive(store.path(dep.archive as Digest), to.sysroot, `build dependency ${dep.name}@${dep.version}`, {
+    await unpackArchive(inputs.path(dep.archive as Digest), to.sysroot, `build dependency ${dep.name}@${dep.version}`, {
       stripTopDir: false,
       limits: ctx.unpackLimits,
       digest: dep.archive as Digest,
