@@ -5,7 +5,10 @@
  * services' HOMEOSTAT_DATA is a small tmpfs the suite fills to ENOSPC, keeps full a few seconds
  * while releases arrive, then frees; needs root, else the fault is left out, saying why). Each round posts a
  * release or two, lets builds start, injects one fault and times how long every key takes to
- * converge again. Two faults are part of the catalog: `broken` gets a release whose build step
+ * converge again. Lost archives are a fault too: the store's archives of a package's build
+ * dependencies, one deleted and the others corrupted in place (a volume restored from an older
+ * copy, a bad disk), just before that package is released; its build must rebuild them, the
+ * same bytes, under the digests their signed statuses name. Two faults are part of the catalog: `broken` gets a release whose build step
  * fails (it must end Failed or dead-lettered with the step's reason) and `crasher` has a slow step
  * during which the suite SIGKILLs the builder, every time (it must end with "the builder died
  * while building this key"; a step in the sandbox cannot see its builder's pid).
@@ -20,6 +23,7 @@
  * same seed gives the same catalog and schedule (the timing of the machine is its own).
  */
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
   closeSync,
   cpSync,
@@ -41,11 +45,11 @@ import { Redis } from "ioredis";
 import { AdvisoryStore, DesiredState, loadCatalog, ReleaseStore } from "@homeostat/catalog";
 import { bindBuckets, connectNats, loadConfig, seedFile, StateStore } from "@homeostat/core";
 import type { KeyStatus } from "@homeostat/core/status";
-import { listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
+import { getKeyStatus, listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
 import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
 import { startFactory, startLocalServers, waitFor, type Factory, type LocalServers } from "./factory.ts";
 
-export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis", "disk"] as const;
+export const faultTypes = ["builder", "signer", "reconciler", "nats", "redis", "disk", "archive"] as const;
 export type FaultType = (typeof faultTypes)[number];
 
 export type ChaosOptions = {
@@ -141,7 +145,11 @@ function tarball(dir: string, name: string, files: Record<string, string>): { ur
 }
 
 /** Packages c00…, each depending on up to two earlier ones, plus `broken` and `crasher`. */
-function writeCatalog(dir: string, count: number, rand: () => number): { names: string[]; source: { url: string; sha256: string }; addCrasher: () => void } {
+function writeCatalog(
+  dir: string,
+  count: number,
+  rand: () => number,
+): { names: string[]; buildDeps: Map<string, string[]>; source: { url: string; sha256: string }; addCrasher: () => void } {
   const sources = path.join(dir, "sources");
   mkdirSync(sources, { recursive: true });
   const source = tarball(sources, "app", { "run.sh": '#!/bin/sh\necho "$(basename "$0"): $*"\n' });
@@ -161,9 +169,11 @@ dependencies:
 `;
   mkdirSync(path.join(dir, "packages"), { recursive: true });
   const install = (name: string) => `install -D -m 755 run.sh $DESTDIR/usr/bin/${name}`;
+  const buildDeps = new Map<string, string[]>();
   for (const [i, name] of names.entries()) {
     const deps = new Set<string>();
     for (let k = 0; k < 2 && i > 0; k++) if (rand() < 0.6) deps.add(pick(names.slice(0, i), rand));
+    buildDeps.set(name, [...deps]);
     // A second of work per build, so that faults land on builds in flight.
     writeFileSync(path.join(dir, "packages", `${name}.yaml`), recipe(name, [...deps], [timedStep(name), install(name)]));
   }
@@ -171,7 +181,7 @@ dependencies:
   // The marked slow step: the suite kills the builder while it runs. Added once the rest has
   // converged: a build that shares a builder with it when it is killed is counted as a crash too.
   const addCrasher = () => writeFileSync(path.join(dir, "packages", "crasher.yaml"), recipe("crasher", [], ["sleep 60", install("crasher")]));
-  return { names, source, addCrasher };
+  return { names, buildDeps, source, addCrasher };
 }
 
 /** Where a key should end: converged, or the failure it was given. */
@@ -229,6 +239,43 @@ export function overlappingBuilds(intervals: readonly StepInterval[]): string[] 
   return found;
 }
 
+/** A package archive the archive fault took from the store: whose, which, and how. */
+type LostArchive = { key: string; digest: string; file: string; how: "deleted" | "corrupted" };
+
+/** Deletes the first of `packages`' archives (as their statuses name them) from the store and corrupts the rest in place. */
+async function loseArchives(c: StatusClient, dataDir: string, packages: readonly string[]): Promise<LostArchive[]> {
+  const lost: LostArchive[] = [];
+  for (const [i, name] of packages.entries()) {
+    const key = `package/${name}`;
+    const digest = (await getKeyStatus(c, key)).actual?.outputs?.archive;
+    if (!digest) continue;
+    const file = path.join(dataDir, "store", "blobs", "sha256", digest.slice("sha256:".length));
+    if (!existsSync(file)) continue;
+    if (i === 0) {
+      rmSync(file);
+      lost.push({ key, digest, file, how: "deleted" });
+    } else {
+      const bytes = readFileSync(file);
+      bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] ?? 0) ^ 0x01;
+      rmSync(file); // a new inode: the image layouts' hard links keep the intact bytes
+      writeFileSync(file, bytes);
+      lost.push({ key, digest, file, how: "corrupted" });
+    }
+  }
+  return lost;
+}
+
+/** Archives lost in the round that their key's status still names and the store does not hold intact. */
+async function unrestoredArchives(c: StatusClient, lost: readonly LostArchive[]): Promise<string[]> {
+  const problems: string[] = [];
+  for (const l of lost) {
+    if ((await getKeyStatus(c, l.key)).actual?.outputs?.archive !== l.digest) continue; // built anew since: no longer needed
+    const intact = existsSync(l.file) && `sha256:${createHash("sha256").update(readFileSync(l.file)).digest("hex")}` === l.digest;
+    if (!intact) problems.push(`${l.key}: archive ${l.digest}, ${l.how}, not restored in the store`);
+  }
+  return problems;
+}
+
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const say = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const rand = mulberry32(o.seed);
@@ -240,7 +287,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     seed: o.seed,
     keys: 0,
     faultsInjected: 0,
-    recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [], disk: [] },
+    recoveryMs: { builder: [], signer: [], reconciler: [], nats: [], redis: [], disk: [], archive: [] },
     notConverged: 0,
     staleKeys: 0,
     crasherKills: 0,
@@ -275,7 +322,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       }
     }
     const catalogDir = path.join(dir, "catalog");
-    const { names, source, addCrasher } = writeCatalog(catalogDir, o.keys, rand);
+    const { names, buildDeps, source, addCrasher } = writeCatalog(catalogDir, o.keys, rand);
     const broken = tarball(path.join(catalogDir, "sources"), "broken-2.0.0", { README: "no run.sh here\n" });
     const allKeys = [...names, "broken", "crasher"].map((n) => `package/${n}`);
     report.keys = allKeys.length;
@@ -356,9 +403,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await post("broken", "2.0.0", broken);
     await waitFor("broken's failing release to fail", converged, roundTimeoutMs, 250);
 
-    /** A new version of a package drawn from the catalog. */
-    const postNextRelease = async () => {
-      const pkg = pick(names, rand);
+    /** A new version of a package (by default one drawn from the catalog). */
+    const postNextRelease = async (pkg = pick(names, rand)) => {
       const v = (versions.get(pkg) ?? 0) + 1;
       versions.set(pkg, v);
       await post(pkg, `1.0.${v}`, source);
@@ -370,6 +416,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       if (shuffled.length === 0) for (const t of faults) shuffled.splice(Math.floor(rand() * (shuffled.length + 1)), 0, t);
       const type = shuffled.pop() ?? pick(faults, rand);
       for (let i = 0, n = 1 + Math.floor(rand() * 2); i < n; i++) await postNextRelease();
+      let lost: LostArchive[] = [];
       // Let builds start: the fault lands on work in flight.
       await new Promise((r) => setTimeout(r, 200 + Math.floor(rand() * 800)));
       let t0 = Date.now();
@@ -395,6 +442,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           rmSync(filler);
         }
         t0 = Date.now();
+      } else if (type === "archive") {
+        // Once the round's builds are done, so that the dependant's next build is the one that needs them.
+        await waitFor("the round's builds before the archives are lost", converged, roundTimeoutMs, 100).catch(() => undefined);
+        const dependant = pick(
+          names.filter((n) => (buildDeps.get(n) ?? []).length > 0),
+          rand,
+        );
+        lost = await loseArchives(c, dataDir, buildDeps.get(dependant) ?? []);
+        say(`# archive: ${lost.map((l) => `${l.key} ${l.how}`).join(", ")}, then ${dependant} released`);
+        await postNextRelease(dependant);
+        t0 = Date.now();
       } else await kill(type);
       report.faultsInjected++;
       try {
@@ -412,6 +470,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         } else await waitFor(`every key to converge after ${type}`, converged, roundTimeoutMs, 100);
         const ms = Date.now() - t0;
         report.recoveryMs[type].push(ms);
+        report.problems.push(...(await unrestoredArchives(c, lost)));
         say(`# ${type}: converged ${ms} ms after the fault${diskHits ? ` (${diskHits.size} keys had met the full disk)` : ""}`);
       } catch (err) {
         report.notConverged++;
@@ -550,7 +609,15 @@ async function lastingProcessesUnder(dir: string, withinMs: number): Promise<str
 }
 
 /** Issue 13's targets for the time from a fault to every key converged (for NATS: from when it is back). */
-export const recoveryTargetMs: Record<FaultType, number> = { builder: 15_000, signer: 15_000, reconciler: 15_000, nats: 15_000, redis: 5_000, disk: 15_000 };
+export const recoveryTargetMs: Record<FaultType, number> = {
+  builder: 15_000,
+  signer: 15_000,
+  reconciler: 15_000,
+  nats: 15_000,
+  redis: 5_000,
+  disk: 15_000,
+  archive: 15_000,
+};
 
 /** The figures `--json` prints: per fault type, how long keys took to converge (each type's target beside it), and the totals. */
 export function summary(r: ChaosReport) {

@@ -1,7 +1,8 @@
 /**
  * The chaos suite, small enough for CI (a few minutes): a dozen generated packages while a
- * seeded schedule SIGKILLs the builder, signer and reconciler, restarts NATS, flushes Redis and
- * fills the data disk (a tmpfs the suite mounts as root; left out, saying why, otherwise), plus
+ * seeded schedule SIGKILLs the builder, signer and reconciler, restarts NATS, flushes Redis,
+ * fills the data disk (a tmpfs the suite mounts as root; left out, saying why, otherwise) and
+ * deletes and corrupts archives a release's build needs, plus
  * a package whose build fails and one whose slow step the suite kills its builder in (scripts/chaos.ts). The seed is printed; `pnpm chaos --seed N` replays it for longer.
  */
 import { test } from "node:test";
@@ -63,6 +64,14 @@ test("chaos: every key converges after every fault and no accepted release is lo
   assert.ok(report, "the chaos run ran");
   assert.equal(report.notConverged, 0, report.problems.join("\n"));
   assert.equal(report.lostEvents, 0, report.problems.join("\n"));
+});
+
+test("chaos: archives lost from the store are rebuilt, the same bytes, when a release's build needs them", () => {
+  assert.ok(report, "the chaos run ran");
+  assert.deepEqual(
+    report.problems.filter((p) => /not restored in the store/.test(p)),
+    [],
+  );
 });
 
 test("chaos: no key is built twice at once (from the intervals its build steps recorded)", () => {
