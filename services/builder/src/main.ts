@@ -144,9 +144,10 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
     onMalformed,
   });
   // Trial builds (trial.ts): the agent's snapshots, built in the same sandbox into a store of their own.
+  const trialsDir = path.join(config.dataDir, "trials");
   const trials = new Builder(
     configuredBuildContext(config, {
-      dataDir: path.join(config.dataDir, "trials"),
+      dataDir: trialsDir,
       inputsDataDir: config.dataDir,
       workRoot: path.join(work.root, "trials"),
       isolation,
@@ -173,6 +174,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   // What no status keeps goes from the store once older than the grace (store-collect.ts).
   const collecting = collectStoreEvery({
     dataDir: config.dataDir,
+    unnamedDataDirs: [trialsDir],
     ...config.storeCollection,
     statuses: () => mirror.all(buckets.state),
     log,

@@ -22,7 +22,9 @@
  * What went in error is rebuilt, never lost: a build that needs an archive no longer there
  * rebuilds it (request.ts restoreLost), and the cache does not answer with a record whose blobs
  * are gone. Several builders may share a store and collect it at once; a removal that finds the
- * file gone is no error. The statuses must be all of them (StatusMirror.all).
+ * file gone is no error. The statuses must be all of them (StatusMirror.all). The agent's trial
+ * builds have a store of their own that no status names (their answers carry what they found):
+ * all of it goes once past the grace.
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { lstat, readdir, unlink } from "node:fs/promises";
@@ -151,6 +153,8 @@ export async function collectStore(
  */
 export async function collectStoreEvery(o: {
   dataDir: string;
+  /** Data directories whose stores no status names (the agent's trial builds): all of theirs goes once past the grace. */
+  unnamedDataDirs: readonly string[];
   graceMs: number;
   intervalMs: number;
   statuses: () => Promise<KeyStatus[] | undefined>;
@@ -180,6 +184,11 @@ export async function collectStoreEvery(o: {
       const c = await collectStore(o.dataDir, statuses, { graceMs: o.graceMs, namesRead });
       freed.add(c.removedBytes);
       o.log.info("store collected", { ...c, keys: statuses.length, ms: Date.now() - started });
+      for (const dataDir of o.unnamedDataDirs) {
+        const u = await collectStore(dataDir, [], { graceMs: o.graceMs });
+        freed.add(u.removedBytes);
+        if (u.removed) o.log.info("store collected", { ...u, dataDir });
+      }
     } catch (err) {
       o.log.warn("store collection failed; trying again at the next turn", { error: errorMessage(err) });
     }
