@@ -33,6 +33,9 @@
  * Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]
  *          [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]
  *          [--scenarios burst,base,latency,resync] (a subset, in that order; bring-up always runs)
+ *          [--store-grace-s N] (the builders' store keeps what no status names for N s, and the
+ *          build timeout is N s too, collected every N/6 s: what the store holds with its
+ *          collection at work, in `artifact_bytes`; by default the services' 24 h)
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -101,6 +104,8 @@ export type StormOptions = {
   scenarios: readonly Scenario[];
   /** A directory for each service's `node --cpu-prof` profile (written when it stops). */
   profileDir?: string;
+  /** HOMEOSTAT_STORE_GRACE_MS (and the build timeout) in seconds, when not the services' default. */
+  storeGraceS?: number;
 };
 
 export const QUICK: StormOptions = {
@@ -389,6 +394,13 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
           OTEL_TRACES_SAMPLER_ARG: "0",
           ...(o.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.resolve(o.profileDir)}` } : {}),
+          ...(o.storeGraceS
+            ? {
+                HOMEOSTAT_STORE_GRACE_MS: String(o.storeGraceS * 1000),
+                HOMEOSTAT_BUILD_TIMEOUT_MS: String(o.storeGraceS * 1000),
+                HOMEOSTAT_STORE_COLLECT_INTERVAL_MS: String(Math.max(1000, Math.round((o.storeGraceS * 1000) / 6))),
+              }
+            : {}),
         },
       },
       stops,
@@ -850,7 +862,7 @@ if (import.meta.main) {
   const usage = [
     "Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]",
     "         [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]",
-    `         [--scenarios ${SCENARIOS.join(",")}] (bring-up always runs)`,
+    `         [--scenarios ${SCENARIOS.join(",")}] (bring-up always runs) [--store-grace-s N (10-86400)]`,
   ].join("\n");
   const o = commandLine("bench:storm", usage, (): StormOptions => {
     const { values } = parseArgs({
@@ -866,6 +878,7 @@ if (import.meta.main) {
         keep: { type: "boolean", default: false },
         profile: { type: "string" },
         scenarios: { type: "string" },
+        "store-grace-s": { type: "string" },
       },
     });
     const base = values.quick ? QUICK : FULL;
@@ -882,6 +895,7 @@ if (import.meta.main) {
       keep: values.keep === true,
       scenarios: values.scenarios === undefined ? base.scenarios : scenarioList(values.scenarios),
       ...(values.profile ? { profileDir: values.profile } : {}),
+      ...(values["store-grace-s"] !== undefined ? { storeGraceS: integerOption("store-grace-s", values["store-grace-s"], 10, 86_400) } : {}),
     };
   });
   process.stdout.write(
