@@ -445,11 +445,14 @@ test("a package archive missing from the store stops the image before anything i
   assert.deepEqual(await (await OciLayout.open(path.join(copyData, "oci", "hello-image"))).tags(), [], "no image was tagged");
 });
 
-test("a trial's builds, in a data directory of their own, read what they build on from the factory's store and write nothing there", async () => {
+test("a trial's builds, in a data directory of their own, read what they build on and its fetched sources from the factory's store and write nothing there", async () => {
   const { ctx, lib, app, image } = await runA;
   const blobs = () => readdir(path.join(ctx.dataDir, "store", "blobs", "sha256"));
   const before = await blobs();
-  const trial: BuildContext = { ...ctxFor("data-trial"), inputsDataDir: ctx.dataDir };
+  // No sources where it looks for them: it takes what the factory's builds fetched, as a trial (no remote hosts) must.
+  const noSources = path.join(tmp, "no-sources");
+  await mkdir(noSources, { recursive: true });
+  const trial: BuildContext = { ...ctxFor("data-trial"), sourceBaseDir: noSources, inputsDataDir: ctx.dataDir };
   // The dependant of a built package, and an image of it: the same bytes as the factory's builds.
   const tried = await build(pkgRequest("hello", hello, [artifact("libmsg", lib)]), trial);
   assert.equal(tried.archive, app.archive);

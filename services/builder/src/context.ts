@@ -12,8 +12,9 @@ export type BuildContext = {
   dataDir: string;
   /**
    * The data directory whose store holds what a build reads of other builds: a package's build
-   * dependencies, an image's packages. Default `dataDir`. A trial build writes into a data
-   * directory of its own and reads these from the factory's.
+   * dependencies, an image's packages, and the sources and patches they fetched. Default
+   * `dataDir`. A trial build writes into a data directory of its own and reads these from the
+   * factory's.
    */
   inputsDataDir?: string;
   /** Time limit of all of a package's steps together. */

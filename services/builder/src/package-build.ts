@@ -122,11 +122,15 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
     const srcDir = path.join(root, "src");
     await Promise.all([ws.home, ws.dest, ws.sysroot, srcDir].map((d) => mkdir(d, { recursive: true })));
 
+    // The store of what the build reads of other builds (a trial's: the factory's), where the
+    // sources and patches those fetched are taken from too.
+    const inputs = ctx.inputsDataDir === undefined ? store : new ArtifactStore(ctx.inputsDataDir);
     const fetchOpts: FetchOptions = {
       baseDir: ctx.sourceBaseDir,
       maxBytes: ctx.maxSourceBytes,
       ...(ctx.allowRemoteSources !== undefined ? { allowRemote: ctx.allowRemoteSources } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
+      ...(inputs !== store ? { pinnedFrom: inputs } : {}),
     };
     const patches = req.patches ?? [];
     const { source, patchBlobs } = await inSpan("builder.fetch", {}, async () => {
@@ -140,7 +144,6 @@ export async function buildPackage(req: PackageBuildPlan, ctx: BuildContext): Pr
       }
       return { source, patchBlobs };
     });
-    const inputs = ctx.inputsDataDir === undefined ? store : new ArtifactStore(ctx.inputsDataDir);
     await inSpan("builder.unpack", {}, () => unpackInputs(req, ctx, inputs, { root, srcDir, sysroot: ws.sysroot, source, patchBlobs }));
 
     // Patches, steps and test run as three pipelines sharing the build's time limit; every log

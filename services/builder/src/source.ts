@@ -38,7 +38,14 @@ import { ArtifactStore, DigestMismatchError, TooLargeError, type StoredBlob } fr
 export { isLoopbackHost, resolveSourceLocation } from "@homeostat/source";
 
 /** The source path rules (@homeostat/source): base directory, size limit, hosts, time limit. */
-export type FetchOptions = OpenOptions;
+export type FetchOptions = OpenOptions & {
+  /**
+   * Another store a pinned blob is taken from when it holds it, verified, before anything is
+   * fetched: a trial build (own store, no remote hosts) takes the sources and patches the
+   * factory's builds fetched already.
+   */
+  pinnedFrom?: ArtifactStore;
+};
 
 /** What a fetched blob is, as errors name it (`patch <url>: ...`). */
 export type FetchedKind = "source" | "patch";
@@ -62,9 +69,9 @@ export async function fetchPatch(patch: PatchRef, store: ArtifactStore, opts: Fe
 async function fetchPinned(kind: FetchedKind, source: Source, store: ArtifactStore, opts: FetchOptions): Promise<StoredBlob> {
   const what = `${kind} ${source.url}`;
   const expected: Digest = `sha256:${source.sha256}`;
-  if (await store.has(expected)) {
-    if (await store.verify(expected)) return { digest: expected, size: (await stat(store.path(expected))).size, path: store.path(expected) };
-  }
+  for (const held of opts.pinnedFrom ? [store, opts.pinnedFrom] : [store])
+    if ((await held.has(expected)) && (await held.verify(expected)))
+      return { digest: expected, size: (await stat(held.path(expected))).size, path: held.path(expected) };
   try {
     if (isGitSourceUrl(source.url)) return await fetchGitSource(source, store, opts);
     return await storeVerified(source, what, await openSource(source.url, what, opts), store, opts);
