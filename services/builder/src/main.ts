@@ -174,6 +174,7 @@ await runService("builder", async ({ config, log, nats, buckets, signal, health,
   // What no status keeps goes from the store once older than the grace (store-collect.ts).
   const collecting = collectStoreEvery({
     dataDir: config.dataDir,
+    stateBucket: nats.topology.bucket("state"),
     unnamedDataDirs: [trialsDir],
     ...config.storeCollection,
     statuses: () => mirror.all(buckets.state),

@@ -12,7 +12,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import type { Digest } from "@homeostat/core/digest";
 import type { KeyStatus } from "@homeostat/core/status";
-import { collectStore, type NamesRead } from "./store-collect.ts";
+import { claimStore, collectStore, type NamesRead } from "./store-collect.ts";
 import { ArtifactStore, hexOfDigest } from "./store.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-store-collect-"));
@@ -133,4 +133,12 @@ test("within the grace nothing goes, named or not", async () => {
 
 test("a store that was never written is collected without error", async () => {
   assert.deepEqual(await collectStore(path.join(tmp, "never"), [], { graceMs: hour }), { live: 0, removed: 0, removedBytes: 0, young: 0 });
+});
+
+test("a store is collected by one factory's builders: the first to claim it, by its state bucket", async () => {
+  const dataDir = path.join(tmp, "claimed");
+  const claims = await Promise.all(["a_state", "b_state", "a_state", "b_state"].map((b) => claimStore(dataDir, b)));
+  assert.equal(new Set(claims).size, 1, `every claimant agrees on one collector: ${claims.join(", ")}`);
+  assert.equal(await claimStore(dataDir, "c_state"), claims[0], "a later claimant is told who collects");
+  assert.deepEqual(await files(path.join(dataDir, "store")), ["collector"], "no temporary file left");
 });

@@ -22,12 +22,16 @@
  * What went in error is rebuilt, never lost: a build that needs an archive no longer there
  * rebuilds it (request.ts restoreLost), and the cache does not answer with a record whose blobs
  * are gone. Several builders may share a store and collect it at once; a removal that finds the
- * file gone is no error. The statuses must be all of them (StatusMirror.all). The agent's trial
+ * file gone is no error. The statuses must be all of them (StatusMirror.all), and the store no
+ * other factory's: the first collection writes the state bucket's name into `store/collector`,
+ * and a builder whose bucket is another does not collect (its statuses do not name the other's
+ * outputs, and a signature is not made twice alike). The agent's trial
  * builds have a store of their own that no status names (their answers carry what they found):
  * all of it goes once past the grace.
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
-import { lstat, readdir, unlink } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { link, lstat, mkdir, readdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import path from "node:path";
 import { errorMessage, type Logger } from "@homeostat/core/log";
@@ -153,6 +157,8 @@ export async function collectStore(
  */
 export async function collectStoreEvery(o: {
   dataDir: string;
+  /** The state bucket whose statuses say what the store keeps (claimStore). */
+  stateBucket: string;
   /** Data directories whose stores no status names (the agent's trial builds): all of theirs goes once past the grace. */
   unnamedDataDirs: readonly string[];
   graceMs: number;
@@ -176,6 +182,15 @@ export async function collectStoreEvery(o: {
     wait = o.intervalMs;
     const started = Date.now();
     try {
+      const claimed = await claimStore(o.dataDir, o.stateBucket);
+      if (claimed !== o.stateBucket) {
+        o.log.warn("store collection skipped: the store is collected by another factory's builders", {
+          store: o.dataDir,
+          collector: claimed,
+          ours: o.stateBucket,
+        });
+        continue;
+      }
       const statuses = await o.statuses();
       if (!statuses) {
         o.log.warn("store collection skipped: the statuses are not all in hand (the state bucket's watch lags)");
@@ -192,6 +207,27 @@ export async function collectStoreEvery(o: {
     } catch (err) {
       o.log.warn("store collection failed; trying again at the next turn", { error: errorMessage(err) });
     }
+  }
+}
+
+/**
+ * Who collects the store under `dataDir`: the state bucket named in `store/collector`, which
+ * names `bucket` when there was none yet. Written whole and then linked into place, which fails
+ * when the file exists: two builders claiming a new store at once agree on the first.
+ */
+export async function claimStore(dataDir: string, bucket: string): Promise<string> {
+  const file = path.join(path.resolve(dataDir), "store", "collector");
+  const written = `${file}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(written, `${bucket}\n`);
+  try {
+    await link(written, file);
+    return bucket;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    return (await readFile(file, "utf8")).trim();
+  } finally {
+    await unlink(written);
   }
 }
 
