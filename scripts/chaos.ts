@@ -23,7 +23,6 @@
  * same seed gives the same catalog and schedule (the timing of the machine is its own).
  */
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import {
   closeSync,
   cpSync,
@@ -44,6 +43,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { AdvisoryStore, DesiredState, loadCatalog, ReleaseStore } from "@homeostat/catalog";
 import { bindBuckets, connectNats, loadConfig, seedFile, StateStore } from "@homeostat/core";
+import { sha256Digest } from "@homeostat/core/digest";
 import type { KeyStatus } from "@homeostat/core/status";
 import { getKeyStatus, listKeyStatuses, statusClient, type StatusClient } from "@homeostat/status-api";
 import { mulberry32, packAppTarball, pick } from "./app-tarball.ts";
@@ -255,14 +255,22 @@ async function loseArchives(c: StatusClient, dataDir: string, packages: readonly
       rmSync(file);
       lost.push({ key, digest, file, how: "deleted" });
     } else {
-      const bytes = readFileSync(file);
-      bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] ?? 0) ^ 0x01;
-      rmSync(file); // a new inode: the image layouts' hard links keep the intact bytes
-      writeFileSync(file, bytes);
+      corruptInPlace(file);
       lost.push({ key, digest, file, how: "corrupted" });
     }
   }
   return lost;
+}
+
+/**
+ * Flips one bit in the middle of `file`, written as a new inode: the image layouts' hard links
+ * to a store archive keep its intact bytes, as they would after a bad disk block in the store.
+ */
+export function corruptInPlace(file: string): void {
+  const bytes = readFileSync(file);
+  bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] ?? 0) ^ 0x01;
+  rmSync(file);
+  writeFileSync(file, bytes);
 }
 
 /** Archives lost in the round that their key's status still names and the store does not hold intact. */
@@ -270,7 +278,7 @@ async function unrestoredArchives(c: StatusClient, lost: readonly LostArchive[])
   const problems: string[] = [];
   for (const l of lost) {
     if ((await getKeyStatus(c, l.key)).actual?.outputs?.archive !== l.digest) continue; // built anew since: no longer needed
-    const intact = existsSync(l.file) && `sha256:${createHash("sha256").update(readFileSync(l.file)).digest("hex")}` === l.digest;
+    const intact = existsSync(l.file) && sha256Digest(readFileSync(l.file)) === l.digest;
     if (!intact) problems.push(`${l.key}: archive ${l.digest}, ${l.how}, not restored in the store`);
   }
   return problems;

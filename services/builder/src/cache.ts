@@ -51,7 +51,7 @@ export class BuildCache {
     if (!outputs.success) return undefined;
     if (!(await this.intact(req, outputs.data))) return undefined;
     const now = new Date();
-    const blobs = req.kind === "package" ? [outputs.data.archive, outputs.data.metadata, outputs.data.provenance] : [];
+    const blobs = req.kind === "package" ? packageBlobs(outputs.data) : [];
     try {
       await Promise.all([this.file(req.inputDigest), ...blobs.map((d) => this.store.path(d as Digest))].map((f) => utimes(f, now, now)));
     } catch (e) {
@@ -78,7 +78,7 @@ export class BuildCache {
 
   private async intact(req: BuildPlan, o: BuildOutputs): Promise<boolean> {
     if (req.kind === "package") {
-      const blobs = [o.archive, o.metadata, o.provenance];
+      const blobs = packageBlobs(o);
       if (blobs.some((d) => d === undefined)) return false;
       for (const d of blobs) if (!(await this.store.has(d as Digest))) return false;
       return true;
@@ -89,4 +89,9 @@ export class BuildCache {
     for (const d of [o.manifest, o.config, o.sbom, o.provenance]) if (!(await layout.hasBlob(d as Digest))) return false;
     return true;
   }
+}
+
+/** The store blobs a package's cached result names. */
+function packageBlobs(o: BuildOutputs): (string | undefined)[] {
+  return [o.archive, o.metadata, o.provenance];
 }

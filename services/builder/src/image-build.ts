@@ -182,21 +182,21 @@ async function checkedImageLayer(req: ImageBuildPlan, store: ArtifactStore, user
 export async function buildImage(req: ImageBuildPlan, ctx: BuildContext): Promise<BuildOutputs> {
   const startedOn = new Date();
   // The packages' archives: a trial's image reads them from the factory's store.
-  const store = new ArtifactStore(ctx.inputsDataDir ?? ctx.dataDir);
+  const inputs = new ArtifactStore(ctx.inputsDataDir ?? ctx.dataDir);
   const log = ctx.log ?? (() => {});
   for (const [k] of Object.entries(req.config.env)) {
     if (k === "" || k.includes("=")) throw new BuildFailure(`image ${req.name}: bad environment variable name ${JSON.stringify(k)}`);
   }
   const user = imageUser(req);
   // The image's filesystem, read before anything is written: what runs must find what it needs.
-  const own = await inSpan("builder.check-runtime", {}, () => checkedImageLayer(req, store, user));
+  const own = await inSpan("builder.check-runtime", {}, () => checkedImageLayer(req, inputs, user));
 
   const layoutDir = path.join(path.resolve(ctx.dataDir), "oci", req.name);
   const layout = await OciLayout.open(layoutDir);
   // Imported at once (each re-hashed on the way in: the reads overlap), listed in request order.
   const layers: Descriptor[] = await Promise.all(
     req.packages.map(async (p) => {
-      const d = await layout.importBlob(store.path(p.archive as Digest), p.archive as Digest, mediaTypes.layerGzip);
+      const d = await layout.importBlob(inputs.path(p.archive as Digest), p.archive as Digest, mediaTypes.layerGzip);
       if (d.size !== p.size) log(`package ${p.name}@${p.version}: stored archive is ${d.size} bytes, request says ${p.size}`);
       return { mediaType: mediaTypes.layerGzip, digest: d.digest, size: d.size };
     }),
