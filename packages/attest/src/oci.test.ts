@@ -182,3 +182,11 @@ test("collect drops what the edit drops, then every blob and temporary file noth
   assert.deepEqual(await again(t0 + 59_000), { tags: ["again"], blobs: 0, bytes: 0 });
   assert.equal((await again(t0 + 60_000)).blobs, 2);
 });
+
+test("collect sweeps an empty index every time: blobs a writer left without a tag go once past the grace", async () => {
+  const layout = await OciLayout.open(path.join(tmp, "collect-empty"));
+  const untagged = await layout.writeBlob("a layer no tag holds", mediaTypes.layerGzip);
+  assert.deepEqual(await layout.collect((ix) => ix, { graceMs: 60_000 }), { tags: [], blobs: 0, bytes: 0 }, "younger than the grace");
+  assert.deepEqual(await layout.collect((ix) => ix, { graceMs: 0 }), { tags: [], blobs: 1, bytes: untagged.size });
+  assert.deepEqual(await readdir(path.join(layout.dir, "blobs", "sha256")), []);
+});

@@ -474,12 +474,14 @@ export class OciLayout {
 
   /**
    * Rewrites `index.json` as `edit` returns it (given the index as it stands, under the lock;
-   * it may drop entries and change their annotations), then, when entries were dropped, sweeps:
-   * removes every blob no remaining entry holds (`heldBlobs`) and every temporary file a crashed
-   * writer left, unless it changed within the last `graceMs` (a build or sign writes its blobs
-   * before the tag that holds them; a blob it found already there and reuses is `tag`'s check).
-   * A sweep reads the whole blobs directory, so it runs at most once every `sweepEveryMs` per
-   * layout in this process; what a drop leaves meanwhile goes at a later one.
+   * it may drop entries and change their annotations), then, when entries were dropped or none
+   * is left, sweeps: removes every blob no remaining entry holds (`heldBlobs`) and every
+   * temporary file a crashed writer left, unless it changed within the last `graceMs` (a build or
+   * sign writes its blobs before the tag that holds them; a blob it found already there and
+   * reuses is `tag`'s check). An empty index is swept every time: what a writer left without a
+   * tag goes once past the grace. A sweep reads the whole blobs directory, so it runs at most
+   * once every `sweepEveryMs` per layout in this process; what a drop leaves meanwhile goes at a
+   * later one.
    */
   async collect(edit: (index: ImageIndex) => ImageIndex, o: { graceMs: number; sweepEveryMs?: number; now?: number }): Promise<Collected> {
     return this.withIndexLock(async () => {
@@ -492,8 +494,8 @@ export class OciLayout {
       if (text !== indexBytes(before)) await atomicWrite(path.join(this.dir, "index.json"), text);
       const now = o.now ?? Date.now();
       const sweptLast = lastSweeps.get(this.dir);
-      if (after.manifests.length === before.manifests.length || (sweptLast !== undefined && now - sweptLast < (o.sweepEveryMs ?? 0)))
-        return { tags: dropped, blobs: 0, bytes: 0 };
+      const unchanged = after.manifests.length === before.manifests.length && after.manifests.length > 0;
+      if (unchanged || (sweptLast !== undefined && now - sweptLast < (o.sweepEveryMs ?? 0))) return { tags: dropped, blobs: 0, bytes: 0 };
       if (lastSweeps.size >= MAX_PARSED_INDEXES) lastSweeps.clear();
       lastSweeps.set(this.dir, now);
       return { tags: dropped, ...this.sweep(new Set([...this.heldBlobs(after.manifests)].map(hexOf)), now - o.graceMs) };

@@ -2,7 +2,8 @@
  * The store's collection on a real store directory: what a key's status names (and what that
  * names in turn: metadata → source, provenance → logs, the cache record of inputs being built)
  * stays, as does anything younger than the grace; older builds' outputs, their cache records
- * and a crash's temporary files go.
+ * and a crash's temporary files go. The trials' image layouts, which no status names, go once idle
+ * for the grace.
  */
 import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -12,7 +13,9 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import type { Digest } from "@homeostat/core/digest";
 import type { KeyStatus } from "@homeostat/core/status";
-import { claimStore, collectStore, type NamesRead } from "./store-collect.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import { manifestBytes, mediaTypes, OciLayout } from "@homeostat/attest";
+import { claimStore, collectStore, collectUnnamedLayouts, type NamesRead } from "./store-collect.ts";
 import { ArtifactStore, hexOfDigest } from "./store.ts";
 
 const tmp = await mkdtemp(path.join(tmpdir(), "hs-store-collect-"));
@@ -141,4 +144,27 @@ test("a store is collected by one factory's builders: the first to claim it, by 
   assert.equal(new Set(claims).size, 1, `every claimant agrees on one collector: ${claims.join(", ")}`);
   assert.equal(await claimStore(dataDir, "c_state"), claims[0], "a later claimant is told who collects");
   assert.deepEqual(await files(path.join(dataDir, "store")), ["collector"], "no temporary file left");
+});
+
+test("a trial image layout no trial has tagged in for the grace loses its tags and blobs; one tagged since keeps them", async () => {
+  const trials = path.join(tmp, "trials-images");
+  const image = async (name: string) => {
+    const layout = await OciLayout.open(path.join(trials, "oci", name));
+    const config = await layout.writeBlob("{}", mediaTypes.config);
+    const layer = await layout.writeBlob(gzipSync(`files of ${name}`), mediaTypes.layerGzip);
+    await layout.tag("1.0.0", await layout.writeBlob(manifestBytes({ config, layers: [layer] }), mediaTypes.manifest));
+    return layout;
+  };
+  const blobs = (layout: OciLayout) => files(path.join(layout.dir, "blobs", "sha256"));
+  const idle = await image("idle");
+  const graceMs = 300;
+  await sleep(graceMs + 100);
+  const busy = await image("busy");
+  const c = await collectUnnamedLayouts(trials, { graceMs });
+  assert.deepEqual({ layouts: c.layouts, tags: c.tags, blobs: c.blobs }, { layouts: 1, tags: 1, blobs: 3 });
+  assert.deepEqual(await idle.tags(), []);
+  assert.deepEqual(await blobs(idle), []);
+  assert.deepEqual(await busy.tags(), ["1.0.0"]);
+  assert.equal((await blobs(busy)).length, 3);
+  assert.deepEqual(await collectUnnamedLayouts(path.join(tmp, "no-trials-yet"), { graceMs }), { layouts: 0, tags: 0, blobs: 0, bytes: 0 });
 });

@@ -27,13 +27,14 @@
  * and a builder whose bucket is another does not collect (its statuses do not name the other's
  * outputs, and a signature is not made twice alike). The agent's trial
  * builds have a store of their own that no status names (their answers carry what they found):
- * all of it goes once past the grace.
+ * all of it goes once past the grace, and so do their image layouts (`collectUnnamedLayouts`).
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { link, lstat, mkdir, readdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import path from "node:path";
+import { OciLayout } from "@homeostat/attest";
 import { errorMessage, type Logger } from "@homeostat/core/log";
 import { mapLimit } from "@homeostat/core/map-limit";
 import type { KeyStatus } from "@homeostat/core/status";
@@ -201,13 +202,41 @@ export async function collectStoreEvery(o: {
       o.log.info("store collected", { ...c, keys: statuses.length, ms: Date.now() - started });
       for (const dataDir of o.unnamedDataDirs) {
         const u = await collectStore(dataDir, [], { graceMs: o.graceMs });
-        freed.add(u.removedBytes);
-        if (u.removed) o.log.info("store collected", { ...u, dataDir });
+        const images = await collectUnnamedLayouts(dataDir, { graceMs: o.graceMs });
+        freed.add(u.removedBytes + images.bytes);
+        if (u.removed || images.blobs) o.log.info("store collected", { ...u, dataDir, images });
       }
     } catch (err) {
       o.log.warn("store collection failed; trying again at the next turn", { error: errorMessage(err) });
     }
   }
+}
+
+/**
+ * Collects the image layouts under `<dataDir>/oci` that no status names (the agent's trial
+ * images, which nothing reads once their trial answered): a layout no trial has tagged in for the
+ * grace (its index.json is older) loses its tags, and its blobs older than the grace go
+ * (OciLayout.collect). A trial building in it meanwhile writes younger blobs, and its tag, taken
+ * under the layout's lock after the collection, finds every one it holds or fails saying which.
+ */
+export async function collectUnnamedLayouts(
+  dataDir: string,
+  o: { graceMs: number; now?: number },
+): Promise<{ layouts: number; tags: number; blobs: number; bytes: number }> {
+  const now = o.now ?? Date.now();
+  const root = path.join(path.resolve(dataDir), "oci");
+  const collected = { layouts: 0, tags: 0, blobs: 0, bytes: 0 };
+  for (const name of await readdir(root).catch(ifGone([]))) {
+    const dir = path.join(root, name);
+    const index = await lstat(path.join(dir, "index.json")).catch(ifGone(undefined));
+    if (!index?.isFile() || Math.max(index.mtimeMs, index.ctimeMs) > now - o.graceMs) continue;
+    const c = await (await OciLayout.open(dir)).collect(() => ({ manifests: [] }), { graceMs: o.graceMs, now });
+    collected.layouts++;
+    collected.tags += c.tags.length;
+    collected.blobs += c.blobs;
+    collected.bytes += c.bytes;
+  }
+  return collected;
 }
 
 /**
