@@ -10,11 +10,8 @@
  * admission is certain (a durable consumer, redelivered until acked), though asynchronous.
  * A crash before the write leaves nothing, and the redelivery of the event is handled anew.
  *
- * Coalescing: the write waits for the end of the current event-loop turn and then every event
- * that reached it in that turn publishes together, so the NATS client writes them to its socket
- * in one write instead of one per event (one syscall and one wake-up of nats-server per turn
- * rather than per request). It adds one loop turn, which under load is the time the turn's other
- * requests take anyway.
+ * Coalescing: the write waits for the end of the current event-loop turn (turn.ts), and every
+ * event that reached it in that turn publishes together, in one socket write.
  */
 import {
   currentTraceId,
@@ -33,6 +30,7 @@ import {
   type Priority,
 } from "@homeostat/core";
 import { Problem } from "./problem.ts";
+import { endOfTurn } from "./turn.ts";
 
 /** The ledger write on the hot path (EventLedger has it; pipedLedger is the lean path). */
 export type LedgerOps = {
@@ -84,7 +82,6 @@ export type Accepted = { event: string; duplicate: boolean; keys: Key[] };
 export class Acceptor {
   readonly ledger: EventLedger;
   private readonly ops: LedgerOps;
-  private waiting: Array<() => void> = [];
   private readonly events = meter().createCounter("homeostat.ingest.events", {
     unit: "{event}",
     description: "Events by source and outcome: accepted (recorded, its keys admitted) or duplicate",
@@ -113,24 +110,11 @@ export class Acceptor {
       ...(ev.requestId ? { requestId: ev.requestId } : {}),
       ...(traceId ? { traceId } : {}),
     };
-    await this.turn();
+    await endOfTurn();
     // An earlier or concurrent delivery of the same event recorded it first: its keys are
     // admitted from that record, this one is the duplicate.
     const duplicate = (await this.ops.record(record)) === "duplicate";
     this.events.add(1, { source: ev.source, outcome: duplicate ? "duplicate" : "accepted" });
     return duplicate ? { event: id, duplicate: true, keys: [] } : { event: id, duplicate: false, keys };
-  }
-
-  /** Resolves at the end of the current event-loop turn, together with every other waiter. */
-  private turn(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.waiting.push(resolve) === 1) {
-        setImmediate(() => {
-          const ready = this.waiting;
-          this.waiting = [];
-          for (const r of ready) r();
-        });
-      }
-    });
   }
 }

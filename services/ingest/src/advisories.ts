@@ -37,6 +37,7 @@ import type { Accepted, Acceptor } from "./accept.ts";
 import { Problem, type FieldError } from "./problem.ts";
 import { routeSchema } from "./route-schema.ts";
 import type { Authenticate } from "./server.ts";
+import { endOfTurn } from "./turn.ts";
 
 export const MAX_BATCH = 10_000;
 
@@ -91,6 +92,8 @@ export async function ingestAdvisories(
   opts: { maxFutureSkewMs: number; requestId?: string },
 ): Promise<AdvisoryResult[]> {
   const { requestId, maxFutureSkewMs } = opts;
+  // Stored together with the other requests of this turn (turn.ts).
+  await endOfTurn();
   const stored = await mapLimit(advisories, 32, async (a) => {
     const names = advisoryCatalogPackages(a, catalog);
     return { a, names, revision: (await store.record(a, names, maxFutureSkewMs)).revision };

@@ -16,6 +16,7 @@ import { eventId, makeKey } from "@homeostat/core";
 import { compareVersions, UpstreamLedger, type Catalog, type PackageSpec, type ReleaseStore } from "@homeostat/catalog";
 import type { Acceptor } from "./accept.ts";
 import type { Authenticate } from "./server.ts";
+import { endOfTurn } from "./turn.ts";
 
 const version = { type: "string", minLength: 1, maxLength: 256 } as const;
 const project = {
@@ -70,6 +71,8 @@ export const anityaRoute: FastifyPluginAsync<AnityaRouteDeps> = async (app, deps
       const catalog = deps.catalog();
       const specs = packagesForProject(catalog, p.id, p.name);
       const ref = `${p.id}:${versions.join(",")}`;
+      // Announced together with the other requests of this turn (turn.ts).
+      if (specs.length > 0) await endOfTurn();
       for (const spec of specs) {
         const name = spec.name;
         const policy = catalog.policyOf(name);

@@ -19,6 +19,7 @@ import type { Acceptor } from "./accept.ts";
 import { verifyGithubSignature } from "./auth.ts";
 import { Problem } from "./problem.ts";
 import type { Authenticated } from "./server.ts";
+import { endOfTurn } from "./turn.ts";
 
 export type GithubRouteDeps = {
   catalog: () => Catalog;
@@ -104,6 +105,8 @@ export const githubRoute: FastifyPluginAsync<GithubRouteDeps> = async (app, deps
 
       const catalog = deps.catalog();
       const names = catalog.packagesForGithub(repository.full_name);
+      // Announced together with the other requests of this turn (turn.ts).
+      if (names.length > 0) await endOfTurn();
       for (const name of names) {
         const version = versionOfTag(catalog.packages.get(name)?.upstream, release.tag_name);
         if (version) await ledger.announce({ package: name, version, tag: release.tag_name, origin: "github", event: eventId("github", delivery) });

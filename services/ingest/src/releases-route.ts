@@ -12,6 +12,7 @@ import type { Acceptor } from "./accept.ts";
 import { Problem } from "./problem.ts";
 import { routeSchema } from "./route-schema.ts";
 import type { Authenticate } from "./server.ts";
+import { endOfTurn } from "./turn.ts";
 
 export type ReleasesRouteDeps = { catalog: () => Catalog; releases: ReleaseStore; acceptor: Acceptor; authenticate: Authenticate };
 
@@ -37,6 +38,8 @@ export const releasesRoute: FastifyPluginAsync<ReleasesRouteDeps> = async (app, 
       if (!deps.catalog().packages.has(name)) throw new Problem(404, "unknown-package", `unknown package "${name}": it is not in the catalog`);
       let isNew: boolean;
       let revision: number;
+      // Recorded together with the other requests of this turn (turn.ts).
+      await endOfTurn();
       try {
         ({ isNew, revision } = await deps.releases.record({ package: name, version, url, sha256 }));
       } catch (err) {
