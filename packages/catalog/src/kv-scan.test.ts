@@ -105,6 +105,29 @@ for (const reads of ["direct", "leader"] as const) {
   );
 }
 
+test("a value that does not parse fails the lists of its filter only, read by a catch-up or not", { timeout: 30_000 }, async () => {
+  const kv = t.buckets.releases;
+  const scan = new CachedScan(kv, (v) => {
+    const text = new TextDecoder().decode(v);
+    if (text === "bad") throw new Error("unparsable entry");
+    return text;
+  });
+  await kv.put("pine.1_0", "p");
+  await kv.put("spruce.1_0", "s");
+  const first = await scan.reader();
+  assert.deepEqual(await first("pine.*"), ["p"]);
+  assert.deepEqual(await first("spruce.*"), ["s"]);
+  // Read by the next reader's catch-up, which keeps both filters.
+  await kv.put("pine.1_1", "bad");
+  await kv.put("spruce.1_1", "s2");
+  const second = await scan.reader();
+  await assert.rejects(second("pine.*"), /unparsable entry/);
+  assert.deepEqual((await second("spruce.*")).sort(), ["s", "s2"]);
+  // Mended, the filter lists again.
+  await kv.put("pine.1_1", "p2");
+  assert.deepEqual((await (await scan.reader())("pine.*")).sort(), ["p", "p2"]);
+});
+
 test("a cached scan keeps at most its bound of filters, the least recently listed going first", { timeout: 30_000 }, async () => {
   const kv = t.buckets.releases;
   await kv.put("bound-a.1", "a");

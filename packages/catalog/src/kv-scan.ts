@@ -223,12 +223,20 @@ export class CachedScan<T> {
       const patterns = patternsOf(key);
       if (!complete || !patterns) return void (complete = false);
       changes.record(patterns, seq);
-      let parsed: T | undefined;
-      for (const pattern of patterns) {
-        const kept = current.get(pattern);
-        if (!kept) continue;
+      const under = patterns.flatMap((pattern) => current.get(pattern) ?? []);
+      if (under.length === 0) return;
+      let parsed: { value: T } | undefined;
+      try {
+        if (value) parsed = { value: this.parse(value) };
+      } catch {
+        // A value that does not parse fails the lists of its filters only, as their own reads do
+        // (readAfter): those filters are dropped, to be read afresh when listed.
+        for (const pattern of patterns) if (current.delete(pattern)) this.cache.delete(pattern);
+        return;
+      }
+      for (const kept of under) {
         kept.entries.delete(key);
-        if (value) kept.entries.set(key, (parsed ??= this.parse(value)));
+        if (parsed) kept.entries.set(key, parsed.value);
         kept.last = seq;
       }
     });
