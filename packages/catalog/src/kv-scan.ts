@@ -135,17 +135,19 @@ export class CachedScan<T> {
    * matches (catchUp reads them). A reconcile that changes nothing so lists each package's
    * entries once per change under its filter, not once per run or per change of the bucket.
    *
-   * While writes go on (a burst of advisories), a catch-up that read any is followed by one more
-   * up to the revision then, and the reader lists as of that one: as fresh as a read of each
-   * filter at listing time was, so that a run answers the facts stored meanwhile too.
+   * While writes go on (a burst of advisories), a catch-up that read any is followed by more, each
+   * up to the revision then, until one finds nothing new or four have run, and the reader lists as
+   * of the last: about as fresh as a read of each filter to its end at listing time was, so that a
+   * run answers the facts stored meanwhile too instead of leaving them to another run.
    */
   async reader(): Promise<ScanReader<T>> {
     const synced = this.changes?.synced;
     let at = await bucketRevision(this.kv);
     await this.catchUp(at);
-    if (synced !== undefined && at > synced) {
+    for (let round = 0, moved = synced !== undefined && at > synced; moved && round < 4; round++) {
       const later = await bucketRevision(this.kv);
-      if (later > at) await this.catchUp((at = later));
+      moved = later > at;
+      if (moved) await this.catchUp((at = later));
     }
     const seen = new Map<string, number>();
     const list = async (filter: string) => {
