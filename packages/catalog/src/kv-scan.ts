@@ -59,17 +59,17 @@ async function scanFrom(
 
 /**
  * Reads the messages of sequences `from` to `to` (any key) and calls `see` for each in stream
- * order (value undefined: a delete or purge marker). A sequence with no message (a key's older
- * revision, removed by its newer one) is skipped. The gets name their sequences, so they need
- * not wait for each other's answers as `scanFrom`'s do: they go in chunks of RANGE_READ_CHUNK,
- * each chunk issued at once (the client sends it in one socket write), the next one out while
- * the answers to the last are handled.
+ * order (value undefined: a delete or purge marker), until `see` returns false. A sequence with
+ * no message (a key's older revision, removed by its newer one) is skipped. The gets name their
+ * sequences, so they need not wait for each other's answers as `scanFrom`'s do: they go in
+ * chunks of RANGE_READ_CHUNK, each chunk issued at once (the client sends it in one socket
+ * write), the next one out while the answers to the last are handled.
  */
 async function scanRange(
   bucket: BucketReader,
   from: number,
   to: number,
-  see: (key: string, value: Uint8Array | undefined, seq: number) => void,
+  see: (key: string, value: Uint8Array | undefined, seq: number) => boolean | void,
 ): Promise<void> {
   const chunk = (first: number) =>
     Promise.all(Array.from({ length: Math.max(0, Math.min(RANGE_READ_CHUNK, to - first + 1)) }, (_, i) => bucket.get({ seq: first + i })));
@@ -78,7 +78,8 @@ async function scanRange(
     for (let first = from; first <= to; first += RANGE_READ_CHUNK) {
       const answers = await next;
       next = chunk(first + RANGE_READ_CHUNK);
-      for (const m of answers) if (m) see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data, m.seq);
+      for (const m of answers)
+        if (m && see(m.subject.slice(bucket.prefix.length + 1), m.header?.get("KV-Operation") ? undefined : m.data, m.seq) === false) return;
     }
   } finally {
     // The chunk still out when a get failed or `see` threw: waited for, its own failure left to that one.
@@ -136,15 +137,17 @@ export class CachedScan<T> {
    * entries once per change under its filter, not once per run or per change of the bucket.
    *
    * While writes go on (a burst of advisories), a catch-up that read any is followed by more, each
-   * up to the revision then, until one finds nothing new or four have run, and the reader lists as
-   * of the last: about as fresh as a read of each filter to its end at listing time was, so that a
-   * run answers the facts stored meanwhile too instead of leaving them to another run.
+   * up to the revision then, until one finds nothing new or MAX_FOLLOW_UPS have run, and the
+   * reader lists as of the last: about as fresh as a read of each filter to its end at listing
+   * time was, so that a run answers the facts stored meanwhile too instead of leaving them to
+   * another run.
    */
   async reader(): Promise<ScanReader<T>> {
     const synced = this.changes?.synced;
     let at = await bucketRevision(this.kv);
     await this.catchUp(at);
-    for (let round = 0, moved = synced !== undefined && at > synced; moved && round < 4; round++) {
+    let moved = synced !== undefined && at > synced;
+    for (let round = 0; moved && round < MAX_FOLLOW_UPS; round++) {
       const later = await bucketRevision(this.kv);
       moved = later > at;
       if (moved) await this.catchUp((at = later));
@@ -223,7 +226,8 @@ export class CachedScan<T> {
     // on meanwhile do not keep it going.
     await scanRange(bucketReader(this.kv), from + 1, at, (key, value, seq) => {
       const patterns = patternsOf(key);
-      if (!complete || !patterns) return void (complete = false);
+      // A key the record cannot index ends the scan: the record starts afresh below.
+      if (!patterns) return (complete = false);
       changes.record(patterns, seq);
       const under = patterns.flatMap((pattern) => current.get(pattern) ?? []);
       if (under.length === 0) return;
@@ -247,7 +251,7 @@ export class CachedScan<T> {
       return;
     }
     changes.synced = at;
-    for (const kept of current.values()) kept.at = Math.max(kept.at ?? 0, at);
+    for (const kept of current.values()) kept.at = at;
   }
 
   /** `known` updated with the messages under `filter` after sequence `last`. */
@@ -265,6 +269,8 @@ export class CachedScan<T> {
 const MAX_CATCH_UP = 20_000;
 /** Gets `scanRange` issues together. */
 const RANGE_READ_CHUNK = 128;
+/** Catch-ups a reader runs at most after its first, while writes go on (CachedScan.reader). */
+const MAX_FOLLOW_UPS = 4;
 /** Filter patterns a record keeps at most before it starts afresh. */
 const MAX_CHANGED_PATTERNS = 200_000;
 /** Keys of more tokens than this are not indexed: a record that meets one starts afresh. */

@@ -226,7 +226,7 @@ export async function collectUnnamedLayouts(
   const now = o.now ?? Date.now();
   const root = path.join(path.resolve(dataDir), "oci");
   const collected = { layouts: 0, tags: 0, blobs: 0, bytes: 0 };
-  for (const name of await readdir(root).catch(ifGone([]))) {
+  for (const name of await filesIn(root)) {
     const dir = path.join(root, name);
     const index = await lstat(path.join(dir, "index.json")).catch(ifGone(undefined));
     if (!index?.isFile() || Math.max(index.mtimeMs, index.ctimeMs) > now - o.graceMs) continue;
