@@ -33,8 +33,15 @@ export function advisoryBucket(n: Pick<Nats, "topology">): string {
   return n.topology.bucket("advisories");
 }
 
-/** Advisories in id order (a new array: the scanned ones are shared). */
-const byId = (advisories: readonly Osv[]): Osv[] => [...advisories].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+/** byId's answers by list: a package's list is shared while its advisories do not change (kv-scan.ts CachedScan), and so is its order. */
+const inIdOrder = new WeakMap<readonly Osv[], readonly Osv[]>();
+
+/** Advisories in id order (frozen, as the lists it sorts: shared by every reader of the same list). */
+function byId(advisories: readonly Osv[]): readonly Osv[] {
+  let sorted = inIdOrder.get(advisories);
+  if (!sorted) inIdOrder.set(advisories, (sorted = Object.freeze([...advisories].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)))));
+  return sorted;
+}
 
 export class AdvisoryStore {
   readonly kv: KV;
@@ -70,7 +77,7 @@ export class AdvisoryStore {
   }
 
   /** Every advisory stored for package `name`, withdrawn ones included, in id order. */
-  async list(name: string): Promise<Osv[]> {
+  async list(name: string): Promise<readonly Osv[]> {
     return byId(await this.scan.list(packageFilter(name)));
   }
 

@@ -98,3 +98,14 @@ test("no fixed release known and no patch: NeedsAttention with the advisory ids"
   const withdrawn = decideVersion(input({ name: "lodash", pinned: "4.17.15", advisories: [{ ...lodash, withdrawn: "2024-01-01T00:00:00Z" }] }));
   assert.equal(withdrawn.action, "build", "a withdrawn advisory does not count");
 });
+
+test("one list of advisories decided again for other packages and versions answers each (the answers are remembered by list, package and version)", () => {
+  const advisories = Object.freeze([minimist2021, lodash]);
+  const decide = (name: string, pinned: string) => decideVersion(input({ advisories, name, pinned }));
+  // 4.17.15: not a version minimist2021 affects, one the lodash advisory does.
+  assert.equal(decide("minimist", "4.17.15").action, "build");
+  assert.equal(decide("lodash", "4.17.15").action, "attention", "another package at the same version");
+  assert.equal(decide("lodash", "4.17.21").action, "build", "the same package at another version");
+  assert.equal(decide("minimist", "1.2.0").action, "attention");
+  assert.equal(decide("minimist", "4.17.15").action, "build", "asked again: the same answer");
+});

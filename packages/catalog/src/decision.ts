@@ -20,6 +20,7 @@
  * adds it (a new input digest, hence the rebuild).
  */
 import type { Patch } from "./catalog.ts";
+import { answerFor } from "./answers.ts";
 import { fixedVersions, isAffected, type Osv } from "./osv.ts";
 import type { CompiledPolicy } from "./policy.ts";
 import { compareVersions } from "./version.ts";
@@ -59,8 +60,20 @@ export type Decision =
       detail: string;
     };
 
+/**
+ * The advisories of a list that affect a package's version, by list, package and version. A
+ * store's list is shared while the package's advisories do not change (kv-scan.ts CachedScan),
+ * and every run whose key builds on the package decides it again: a base package with thousands
+ * of advisories (a kernel's) would cost each of them a pass over all of its ranges.
+ */
+const hitsByList = new WeakMap<readonly Osv[], Map<string, readonly Osv[]>>();
+
+function affecting(advisories: readonly Osv[], name: string, version: string): readonly Osv[] {
+  // isAffected counts a withdrawn advisory as affecting nothing.
+  return answerFor(hitsByList, advisories, name, version, () => advisories.filter((a) => isAffected(a, name, version)));
+}
+
 export function decideVersion(input: DecisionInput): Decision {
-  const live = input.advisories.filter((a) => a.withdrawn === undefined);
   const candidates = new Map<string, string>([[input.pinned, input.pinned]]);
   for (const raw of input.releases) {
     const v = input.policy.accept(raw);
@@ -69,10 +82,10 @@ export function decideVersion(input: DecisionInput): Decision {
   const sorted = [...candidates.values()].sort(compareVersions);
   // The pinned version is always a candidate.
   const newest = sorted.at(-1) ?? input.pinned;
-  const affecting = (v: string) => live.filter((a) => isAffected(a, input.name, v));
+  const affectingVersion = (v: string) => affecting(input.advisories, input.name, v);
   const always = input.patches.filter((p) => p.fixes.length === 0);
 
-  const hit = affecting(newest);
+  const hit = affectingVersion(newest);
   if (hit.length === 0) return { action: "build", version: newest, reason: "newest", patches: always, advisories: [], newest };
   const ids = hit.map((a) => a.id);
 
@@ -80,7 +93,7 @@ export function decideVersion(input: DecisionInput): Decision {
   const fixes = [...new Set(hit.flatMap((a) => fixedVersions(a, input.name)))].sort(compareVersions);
   for (const f of fixes) {
     const raw = sorted.find((c) => compareVersions(c, f) === 0);
-    if (raw === undefined || affecting(raw).length > 0) continue;
+    if (raw === undefined || affectingVersion(raw).length > 0) continue;
     return { action: "build", version: raw, reason: "bump", patches: always, advisories: ids, newest };
   }
 

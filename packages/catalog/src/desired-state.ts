@@ -77,8 +77,8 @@ export type Desired =
 
 export type DesiredInputs = {
   catalog: Catalog;
-  releases: (pkg: string) => Promise<Release[]>;
-  advisories: (pkg: string) => Promise<Osv[]>;
+  releases: (pkg: string) => Promise<readonly Release[]>;
+  advisories: (pkg: string) => Promise<readonly Osv[]>;
   status: (key: Key) => Promise<KeyStatus | undefined>;
   sourceDateEpoch: number;
 };

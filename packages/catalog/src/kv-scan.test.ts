@@ -2,6 +2,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { testEnv, type TestEnv } from "../../../test/harness.ts";
+import type { KV } from "@nats-io/kv";
 import { CachedScan, scanEntries } from "./kv-scan.ts";
 
 let t: TestEnv;
@@ -44,17 +45,20 @@ for (const reads of ["direct", "leader"] as const) {
     let parsed = 0;
     const scan = new CachedScan(kv, (v) => (parsed++, text(v)));
     const agree = async (filter: string, expected: string[]) => {
-      assert.deepEqual((await scan.list(filter)).sort(), expected);
-      assert.deepEqual((await scanEntries(kv, filter)).map((e) => text(e.value)).sort(), expected);
+      assert.deepEqual((await scan.list(filter)).toSorted(), expected);
+      assert.deepEqual((await scanEntries(kv, filter)).map((e) => text(e.value)).toSorted(), expected);
     };
     assert.deepEqual(await scan.list(`${p}musl.*`), []);
     await kv.put(`${p}musl.1_0`, "a");
     await kv.put(`${p}musl.1_1`, "b");
     await agree(`${p}musl.*`, ["a", "b"]);
     assert.equal(parsed, 2);
-    // Nothing new: nothing read or parsed again.
+    // Nothing new: nothing read or parsed again, and the same list (frozen: it is shared).
+    const listed = await scan.list(`${p}musl.*`);
     await agree(`${p}musl.*`, ["a", "b"]);
     assert.equal(parsed, 2);
+    assert.equal(await scan.list(`${p}musl.*`), listed);
+    assert.ok(Object.isFrozen(listed));
     // Another key's write does not count; a new value, a delete and a purge of this filter's keys do.
     await kv.put(`${p}muslx.1`, "other");
     await agree(`${p}musl.*`, ["a", "b"]);
@@ -63,6 +67,7 @@ for (const reads of ["direct", "leader"] as const) {
     await kv.put(`${p}musl.1_2`, "c");
     await agree(`${p}musl.*`, ["a", "b2", "c"]);
     assert.equal(parsed, 4);
+    assert.notEqual(await scan.list(`${p}musl.*`), listed, "a list of other entries is another list");
     await kv.delete(`${p}musl.1_0`);
     await agree(`${p}musl.*`, ["b2", "c"]);
     await kv.purge(`${p}musl.1_2`);
@@ -96,8 +101,8 @@ for (const reads of ["direct", "leader"] as const) {
         const list = await scan.reader();
         for (const filter of filters)
           assert.deepEqual(
-            (await list(filter)).sort(),
-            (await scanEntries(kv, filter)).map((e) => text(e.value)).sort(),
+            (await list(filter)).toSorted(),
+            (await scanEntries(kv, filter)).map((e) => text(e.value)).toSorted(),
             `${filter} after a round of ${writes} writes`,
           );
       }
@@ -122,10 +127,10 @@ test("a value that does not parse fails the lists of its filter only, read by a 
   await kv.put("spruce.1_1", "s2");
   const second = await scan.reader();
   await assert.rejects(second("pine.*"), /unparsable entry/);
-  assert.deepEqual((await second("spruce.*")).sort(), ["s", "s2"]);
+  assert.deepEqual((await second("spruce.*")).toSorted(), ["s", "s2"]);
   // Mended, the filter lists again.
   await kv.put("pine.1_1", "p2");
-  assert.deepEqual((await (await scan.reader())("pine.*")).sort(), ["p", "p2"]);
+  assert.deepEqual((await (await scan.reader())("pine.*")).toSorted(), ["p", "p2"]);
 });
 
 test("a cached scan keeps at most its bound of filters, the least recently listed going first", { timeout: 30_000 }, async () => {
@@ -143,10 +148,11 @@ test("a cached scan keeps at most its bound of filters, the least recently liste
   assert.equal(parsed, 3);
 });
 
-test("a reader lists from memory while nothing under its filter changed, and reads a write there once, in its catch-up", { timeout: 30_000 }, async () => {
-  const kv = t.buckets.releases;
-  const text = (v: Uint8Array) => new TextDecoder().decode(v);
-  // Every request CachedScan makes is a direct get, or the stream's info for the bucket's revision: count them.
+/**
+ * Counts the requests CachedScan makes on `kv` (each a direct get, or the stream's info for the
+ * bucket's revision) while `fn` runs.
+ */
+async function countingRequests(kv: KV, fn: (requests: () => number) => Promise<void>): Promise<void> {
   const { jsm } = kv as unknown as {
     jsm: { direct: { getMessage: (...args: unknown[]) => Promise<unknown> }; streams: { info: (...args: unknown[]) => Promise<unknown> } };
   };
@@ -156,46 +162,81 @@ test("a reader lists from memory while nothing under its filter changed, and rea
   jsm.direct.getMessage = (...args) => (requests++, getMessage.apply(jsm.direct, args));
   jsm.streams.info = (...args) => (requests++, info.apply(jsm.streams, args));
   try {
+    await fn(() => requests);
+  } finally {
+    jsm.direct.getMessage = getMessage;
+    jsm.streams.info = info;
+  }
+}
+
+test("a reader lists from memory while nothing under its filter changed, and reads a write there once, in its catch-up", { timeout: 30_000 }, async () => {
+  const kv = t.buckets.releases;
+  const text = (v: Uint8Array) => new TextDecoder().decode(v);
+  await countingRequests(kv, async (count) => {
     const scan = new CachedScan(kv, text);
     await kv.put("ash.1_0", "a");
     let list = await scan.reader();
     assert.deepEqual(await list("ash.*"), ["a"]);
     assert.deepEqual(await list("rowan.*"), [], "a filter with no entries");
-    const read = requests;
+    const read = count();
     list = await scan.reader();
     assert.deepEqual(await list("ash.*"), ["a"]);
     assert.deepEqual(await list("rowan.*"), []);
-    assert.equal(requests, read + 1, "unchanged bucket: its revision is the one request");
+    assert.equal(count(), read + 1, "unchanged bucket: its revision is the one request");
     await kv.put("elm.1_0", "other");
-    const elsewhere = requests;
+    const elsewhere = count();
     list = await scan.reader();
     assert.deepEqual(await list("ash.*"), ["a"]);
     assert.deepEqual(await list("rowan.*"), []);
     assert.equal(
-      requests,
+      count(),
       elsewhere + 3,
       "a write under another filter: the revision, that one message read, the revision again (no more writes); these filters from memory",
     );
     await kv.put("ash.1_1", "b");
     await kv.put("rowan.1_0", "r");
-    const here = requests;
+    const here = count();
     list = await scan.reader();
-    assert.deepEqual((await list("ash.*")).sort(), ["a", "b"]);
+    assert.deepEqual((await list("ash.*")).toSorted(), ["a", "b"]);
     assert.deepEqual(await list("rowan.*"), ["r"], "an empty filter that gained an entry");
     assert.equal(
-      requests,
+      count(),
       here + 4,
       "writes under these filters: the revision, the two messages read once by the catch-up, which brings the filters up to date, and the revision again",
     );
     await kv.delete("ash.1_0");
-    const deleted = requests;
+    const deleted = count();
     assert.deepEqual(await (await scan.reader())("ash.*"), ["b"]);
-    assert.equal(requests, deleted + 3, "a delete marker is read once too");
-  } finally {
-    jsm.direct.getMessage = getMessage;
-    jsm.streams.info = info;
-  }
+    assert.equal(count(), deleted + 3, "a delete marker is read once too");
+  });
 });
+
+test(
+  "filters listed by a reader behind the latest catch-up are known unchanged from the record, unless it has a write under them",
+  { timeout: 30_000 },
+  async () => {
+    const kv = t.buckets.releases;
+    const scan = new CachedScan(kv, (v) => new TextDecoder().decode(v));
+    await countingRequests(kv, async (count) => {
+      await kv.put("lag.1_0", "a");
+      await kv.put("lagy.1_0", "y");
+      const early = await scan.reader();
+      await kv.put("lagx.1_0", "other");
+      // A later reader catches up past the early one, which then lists the filters: they are kept
+      // at the early revision, behind where the catch-ups are, so the next ones do not update them.
+      await scan.reader();
+      assert.deepEqual(await early("lag.*"), ["a"]);
+      assert.deepEqual(await early("lagy.*"), ["y"]);
+      await kv.put("lagx.1_1", "other");
+      await kv.put("lagy.1_1", "y2");
+      const later = await scan.reader();
+      const caughtUp = count();
+      assert.deepEqual(await later("lag.*"), ["a"]);
+      assert.equal(count(), caughtUp, "nothing was written under it: listed from memory");
+      assert.deepEqual((await later("lagy.*")).toSorted(), ["y", "y2"], "the record has a write under it: read again");
+    });
+  },
+);
 
 test(
   "a reader says up to which revision it has every entry under a filter it listed: its own revision, or the filter's last entry when that is later",
@@ -212,7 +253,7 @@ test(
     // Written after the reader took its revision, before the filter is listed: in the list, and so in what it has seen.
     const after = await kv.put("birch.1_1", "b");
     const other = await kv.put("willow.1_0", "w");
-    assert.deepEqual((await list("birch.*")).sort(), ["a", "b"]);
+    assert.deepEqual((await list("birch.*")).toSorted(), ["a", "b"]);
     assert.equal(list.seen("birch.*"), after);
     assert.ok(list.seen("birch.*")! < other, "another filter's later entry is not claimed");
     // Listed again from memory by a reader at the same revision: complete up to that revision.

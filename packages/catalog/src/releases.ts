@@ -44,7 +44,7 @@ export const packageFilter = (pkg: string): string => `${escapeToken(pkg)}.*`;
  * A bucket reader by package name (the entries under `packageFilter(name)`), each list passed
  * through `order`: the releases and the advisories stores read their facts through it.
  */
-export function perPackage<T>(list: ScanReader<T>, order: (entries: T[]) => T[] = (entries) => entries): ScanReader<T> {
+export function perPackage<T>(list: ScanReader<T>, order: (entries: readonly T[]) => readonly T[] = (entries) => entries): ScanReader<T> {
   return Object.assign(async (name: string) => order(await list(packageFilter(name))), {
     revision: list.revision,
     seen: (name: string) => list.seen(packageFilter(name)),
@@ -81,7 +81,7 @@ export class ReleaseStore {
     }
   }
 
-  async list(pkg: string): Promise<Release[]> {
+  async list(pkg: string): Promise<readonly Release[]> {
     return this.scan.list(packageFilter(pkg));
   }
 

@@ -65,8 +65,8 @@ export type RepairDeps = {
   /** Scratch room for checking that a change loads as a catalog (snapshots). */
   scratch: string;
   state: StateStore;
-  advisories: (pkg: string) => Promise<Osv[]>;
-  releases: (pkg: string) => Promise<Release[]>;
+  advisories: (pkg: string) => Promise<readonly Osv[]>;
+  releases: (pkg: string) => Promise<readonly Release[]>;
   proposals: ProposalStore;
   /** Conversations parked on a question to a person (ask_human). */
   questions: QuestionStore;
@@ -355,7 +355,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
     spec: ReturnType<Catalog["packages"]["get"]> & object,
     status: KeyStatus,
     advisories: Osv[],
-    releases: Release[],
+    releases: readonly Release[],
     signal: AbortSignal,
   ): Promise<{ ws: Workspace; unpacked: string[] }> {
     const root = path.join(deps.workRoot, keyToken(key));
@@ -390,7 +390,7 @@ export function createRepairer(deps: RepairDeps): (item: WorkItem, run: { signal
 }
 
 /** The lowest version an advisory names as fixed that has a release fact, if any. */
-function fixedRelease(name: string, advisories: Osv[], releases: Release[]): string | undefined {
+function fixedRelease(name: string, advisories: Osv[], releases: readonly Release[]): string | undefined {
   const fixed = advisories.flatMap((a) => fixedVersions(a, name)).sort(compareVersions);
   return fixed.flatMap((f) => releases.filter((r) => compareVersions(r.version, f) === 0).map((r) => r.version))[0];
 }

@@ -29,7 +29,7 @@ export const TOOL_ENV = { PATH: "/usr/local/bin:/usr/bin:/bin", LC_ALL: "C" };
 export type SourceRules = { maxBytes: number; allowRemote: RemoteHosts; timeoutMs: number };
 
 /** Where `version` of the package comes from: the pinned source, else its release fact. */
-export function sourceOf(catalog: Catalog, spec: PackageSpec, releases: Release[], version: string): { url: string; sha256: string } | undefined {
+export function sourceOf(catalog: Catalog, spec: PackageSpec, releases: readonly Release[], version: string): { url: string; sha256: string } | undefined {
   if (version === spec.version) return { url: catalog.resolveSourceUrl(spec.source.url, version), sha256: spec.source.sha256 };
   const release = releases.find((r) => r.version === version);
   return release ? { url: catalog.resolveSourceUrl(release.url, version), sha256: release.sha256 } : undefined;

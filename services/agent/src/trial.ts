@@ -17,8 +17,8 @@ import { candidateDigest, type Candidate } from "./validators.ts";
 export type TrialDeps = {
   nats: Nats;
   catalog: () => Catalog;
-  releases: (pkg: string) => Promise<Release[]>;
-  advisories: (pkg: string) => Promise<Osv[]>;
+  releases: (pkg: string) => Promise<readonly Release[]>;
+  advisories: (pkg: string) => Promise<readonly Osv[]>;
   status: (key: Key) => Promise<KeyStatus | undefined>;
   sourceDateEpoch: number;
   /** Where snapshots are written (a directory the builder can read). */

@@ -27,7 +27,7 @@ export type RepairContext = {
 };
 
 /** The sources a candidate of this package may name: its pinned one at its pinned version, and each release fact's. */
-export function knownSources(spec: PackageSpec, releases: Release[]): RepairContext["sources"] {
+export function knownSources(spec: PackageSpec, releases: readonly Release[]): RepairContext["sources"] {
   return [{ version: spec.version, sha256: spec.source.sha256 }, ...releases.map((r) => ({ version: r.version, sha256: r.sha256 }))];
 }
 
