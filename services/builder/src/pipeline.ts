@@ -4,7 +4,8 @@
  * (spawned detached), so that a timeout or an abort kills the step and every child it started.
  * When a step exits, whatever it left running in its group is killed too. Under bubblewrap
  * (isolation.ts) the group is bwrap's, and bwrap takes the step's PID namespace down with it;
- * `--die-with-parent` does the same when the builder itself dies.
+ * `--die-with-parent` does the same when the builder itself dies (steps are started by the
+ * builder's step spawner, which leaves with it: step-spawner.ts).
  *
  * The workspace may hold at most `isolation.limits.maxOutputBytes` (source, sysroot, outputs and
  * the sandbox's /tmp together): it is measured (`workspaceSize`, in-process) while a step runs
@@ -20,13 +21,13 @@
  * (`timeoutMs`) covers all steps, and several runs can share one (`startedAt`): a package
  * build applies its patches, runs its steps and then its test as three runs of one budget.
  */
-import { spawn } from "node:child_process";
 import { addAbortListener } from "node:events";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 import { constants as os } from "node:os";
 import { BuildFailure, type StepLog } from "./errors.ts";
 import { isolatedCommand, prepareWorkspace, type BuildLimits, type Isolation } from "./isolation.ts";
+import { stepSpawner, type StepProcess } from "./step-spawner.ts";
 
 export type { StepLog };
 
@@ -260,19 +261,19 @@ function limitHint(code: number | null, signal: NodeJS.Signals | null, limits: B
   return "";
 }
 
-function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<number> {
+async function runOne(step: string, index: number, env: Record<string, string>, opts: RunStepsOptions, log: BoundedLog, deadline: number): Promise<number> {
+  opts.signal?.throwIfAborted();
+  const cmd = isolatedCommand(opts.isolation, opts.workspace.root, opts.cwd, env, ["/bin/sh", "-c", step]);
+  const label = stepLabel(opts, index, step);
+  let child: StepProcess;
+  try {
+    // Through the builder's spawner, not spawn() here: see step-spawner.ts.
+    child = await stepSpawner().start({ file: cmd.file, args: cmd.args, cwd: opts.cwd, env, ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}) });
+  } catch (err) {
+    throw new BuildFailure(`${label} could not start: ${(err as Error).message}`, { step, cause: err });
+  }
   return new Promise<number>((resolve, reject) => {
-    opts.signal?.throwIfAborted();
-    const cmd = isolatedCommand(opts.isolation, opts.workspace.root, opts.cwd, env, ["/bin/sh", "-c", step]);
-    const child = spawn(cmd.file, cmd.args, {
-      cwd: opts.cwd,
-      env,
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-      ...(cmd.uid !== undefined ? { uid: cmd.uid, gid: cmd.gid } : {}),
-    });
     const pid = child.pid;
-    const label = stepLabel(opts, index, step);
     let partial = "";
     const onData = (b: Buffer): void => {
       log.add(b);
@@ -282,14 +283,12 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       partial = lines.pop() ?? "";
       for (const l of lines) opts.log(l);
     };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
 
     let why: "timeout" | "abort" | { output: string } | undefined;
     let killTimer: NodeJS.Timeout | undefined;
     let pipeTimer: NodeJS.Timeout | undefined;
     const stop = (reason: NonNullable<typeof why>): void => {
-      if (why || pid === undefined) return;
+      if (why) return;
       why = reason;
       killGroup(pid, "SIGTERM");
       killTimer = setTimeout(() => killGroup(pid, "SIGKILL"), opts.killGraceMs ?? 2000);
@@ -300,29 +299,28 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
     // Over its output limit a step gets no grace: it is still writing.
     const stopWatching = watchWorkspace(opts.workspace.root, opts.isolation.limits, (output) => {
       stop({ output });
-      if (pid !== undefined) killGroup(pid, "SIGKILL");
+      killGroup(pid, "SIGKILL");
     });
 
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-    child.on("exit", (code, signal) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
       exit = { code, signal };
       // Whatever the step left behind in its group goes too (also releases our pipes).
-      if (pid !== undefined) killGroup(pid, "SIGKILL");
+      killGroup(pid, "SIGKILL");
       // A process that escaped the group (setsid) may still hold our pipes: stop waiting for it.
-      pipeTimer = setTimeout(() => {
-        child.stdout.destroy();
-        child.stderr.destroy();
-      }, 2000);
-    });
-    child.on("error", (err) => {
+      pipeTimer = setTimeout(() => child.detachOutput(), 2000);
+    };
+    const onLost = (err: Error): void => {
+      // The spawner died: the step's exit is lost with it, so the step goes too.
       cleanup();
-      reject(new BuildFailure(`${label} could not start: ${err.message}`, { step, cause: err }));
-    });
-    child.on("close", () => {
+      killGroup(pid, "SIGKILL");
+      reject(new BuildFailure(`${label} was lost: ${err.message}`, { step, cause: err }));
+    };
+    const onClose = (): void => {
       cleanup();
       if (partial && opts.log) opts.log(partial);
       const text = log.text();
-      const e = exit ?? { code: child.exitCode, signal: child.signalCode };
+      const e = exit ?? { code: null, signal: null };
       if (why === "abort") {
         reject(opts.signal?.reason ?? new Error("build aborted"));
       } else if (typeof why === "object") {
@@ -341,7 +339,9 @@ function runOne(step: string, index: number, env: Record<string, string>, opts: 
       } else {
         resolve(0);
       }
-    });
+    };
+    // Last: what the step reported meanwhile is handed over now, with everything above in place.
+    child.attach({ output: onData, exit: onExit, close: onClose, error: onLost });
     function cleanup(): void {
       stopWatching();
       clearTimeout(timer);
