@@ -8,9 +8,26 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import type { SpawnerEvent, SpawnerRequest } from "./step-spawner.ts";
 
-// A send that fails means the builder is gone: `disconnect` ends this process.
-const send = (e: SpawnerEvent): void => void process.send?.(e, undefined, {}, () => {});
 const running = new Map<number, ChildProcess>();
+
+/**
+ * Sends not yet written to the channel. Over OUTPUT_BACKLOG, every step's output waits (its
+ * pipes are paused, so the step blocks on a full pipe) until the builder has taken what was
+ * sent: a step that writes gigabytes of log cannot fill this process's memory.
+ */
+let backlog = 0;
+const OUTPUT_BACKLOG = 64;
+const paused = (): boolean => backlog > OUTPUT_BACKLOG;
+
+// A send that fails means the builder is gone: `disconnect` ends this process.
+function send(e: SpawnerEvent): void {
+  backlog++;
+  process.send?.(e, undefined, {}, () => {
+    backlog--;
+    if (backlog === 0) for (const child of running.values()) for (const out of [child.stdout, child.stderr]) out?.resume();
+  });
+  if (paused()) for (const child of running.values()) for (const out of [child.stdout, child.stderr]) out?.pause();
+}
 
 process.on("message", (m: SpawnerRequest) => {
   if (m.type === "detach") {

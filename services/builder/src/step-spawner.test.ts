@@ -68,3 +68,23 @@ test("a spawner that dies fails the steps it ran and is replaced by the next sta
   }
   assert.deepEqual((await reports(await spawner.start(sh("echo after")))).output, "after\n");
 });
+
+test("a step that writes faster than the builder takes its output loses none of it", async () => {
+  const spawner = new StepSpawner();
+  const step = await spawner.start(sh("head -c 20000000 /dev/zero | tr '\\0' x; echo end"));
+  let bytes = 0;
+  let tail = "";
+  await new Promise<void>((resolve, reject) =>
+    step.attach({
+      output: (b) => {
+        bytes += b.length;
+        tail = (tail + b.toString()).slice(-8);
+      },
+      exit: () => {},
+      close: () => resolve(),
+      error: reject,
+    }),
+  );
+  assert.equal(bytes, 20_000_004);
+  assert.equal(tail, "xxxxend\n");
+});

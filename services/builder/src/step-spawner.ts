@@ -96,6 +96,8 @@ export class StepSpawner {
 
   #spawner(): ChildProcess {
     if (this.#child?.connected) return this.#child;
+    // A spawner that lost its channel reports nothing more: what it had in hand fails now.
+    if (this.#child) this.#lost(this.#child, "the step spawner's channel closed");
     // A small heap: the spawner holds a few steps' bookkeeping, and each of its forks copies it.
     // Nothing of the builder's environment: each step's is given with it.
     const child = fork(mainScript, [], {
