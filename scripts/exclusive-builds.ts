@@ -60,11 +60,13 @@ export function writeExclusiveCatalog(dir: string, names: readonly string[]): Ex
     "run.sh": { content: '#!/bin/sh\necho "$(basename "$0"): $*"\n', mode: 0o755 },
   });
   const script = path.join(steps, "exclusive.sh");
-  // `exclusive.sh <name> <builder pid>`: under an exclusive lock per key it notes every other run
-  // of the key whose process is still alive in `overlaps`, registers itself (a file named by its
-  // pid) and logs its start in `runs`; it then holds the key for a second (a window any second
-  // run would fall into), or while `hold-<name>` exists, and leaves. A run SIGKILLed with its
-  // region leaves its file behind, but its pid is dead: it no longer counts.
+  // `exclusive.sh <name> <pid of the step's parent>`: the parent is the builder's step spawner
+  // (services/builder/src/step-spawner.ts), and its parent the builder, noted as the run's. Under
+  // an exclusive lock per key it notes every other run of the key whose process is still alive in
+  // `overlaps`, registers itself (a file named by its pid) and logs its start in `runs`; it then
+  // holds the key for a second (a window any second run would fall into), or while `hold-<name>`
+  // exists, and leaves. A run SIGKILLed with its region leaves its file behind, but its pid is
+  // dead: it no longer counts.
   writeFileSync(
     script,
     `#!/bin/sh
@@ -80,7 +82,9 @@ for f in "$key"/*; do
   if kill -0 "$other" 2>/dev/null; then echo "$1 $$ $other" >> "$dir/overlaps"; fi
 done
 echo $$ > "$key/$$"
-echo "$1 $$ $2" >> "$dir/runs"
+# /proc/<pid>/stat: "pid (comm) state ppid ...".
+builder=$(sed 's/.*) //' "/proc/$2/stat" | cut -d' ' -f2)
+echo "$1 $$ $builder" >> "$dir/runs"
 flock -u 9
 sleep 1
 i=0
