@@ -90,6 +90,9 @@ async function scanRange(
 /** What a CachedScan keeps of a filter (see its `cache`). */
 type Kept<T> = { last: number; entries: Map<string, T>; at?: number | undefined; listed?: readonly T[] };
 
+/** The kept filter's entries as one frozen list, made once until they change (a change clears `listed`). */
+const listOf = <T>(kept: Kept<T>): readonly T[] => (kept.listed ??= Object.freeze([...kept.entries.values()]));
+
 /**
  * `scanEntries` with the parsed entries of each filter kept between calls: a list asks only for
  * the last message under its filter (one get, `last_by_subj`), and reads and parses just
@@ -188,7 +191,7 @@ export class CachedScan<T> {
     const known = this.cache.get(filter);
     if (at !== undefined && known?.at !== undefined && (known.at >= at || this.changes?.unchanged(filter, known.at, at))) {
       known.at = Math.max(known.at, at);
-      return { entries: (known.listed ??= Object.freeze([...known.entries.values()])), upTo: known.at };
+      return { entries: listOf(known), upTo: known.at };
     }
     const newest = await bucket.get({ last_by_subj: `${bucket.prefix}.${filter}` });
     this.cache.delete(filter);
@@ -203,7 +206,7 @@ export class CachedScan<T> {
       const oldest = this.cache.keys().next();
       if (!oldest.done) this.cache.delete(oldest.value);
     }
-    return { entries: (fresh.listed ??= Object.freeze([...fresh.entries.values()])), upTo: Math.max(at ?? 0, fresh.last) };
+    return { entries: listOf(fresh), upTo: Math.max(at ?? 0, fresh.last) };
   }
 
   /**

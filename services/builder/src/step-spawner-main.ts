@@ -17,16 +17,20 @@ const running = new Map<number, ChildProcess>();
  */
 let backlog = 0;
 const OUTPUT_BACKLOG = 64;
-const paused = (): boolean => backlog > OUTPUT_BACKLOG;
+
+/** Pauses or resumes the output of every step running. */
+function flowing(on: boolean): void {
+  for (const child of running.values()) for (const out of [child.stdout, child.stderr]) out?.[on ? "resume" : "pause"]();
+}
 
 // A send that fails means the builder is gone: `disconnect` ends this process.
 function send(e: SpawnerEvent): void {
   backlog++;
   process.send?.(e, undefined, {}, () => {
     backlog--;
-    if (backlog === 0) for (const child of running.values()) for (const out of [child.stdout, child.stderr]) out?.resume();
+    if (backlog === 0) flowing(true);
   });
-  if (paused()) for (const child of running.values()) for (const out of [child.stdout, child.stderr]) out?.pause();
+  if (backlog > OUTPUT_BACKLOG) flowing(false);
 }
 
 process.on("message", (m: SpawnerRequest) => {
