@@ -36,6 +36,8 @@
  *          [--store-grace-s N] (the builders' store keeps what no status names for N s, and the
  *          build timeout is N s too, collected every N/6 s: what the store holds with its
  *          collection at work, in `artifact_bytes`; by default the services' 24 h)
+ *          [--advisory-settle-ms N] (HOMEOSTAT_ADVISORY_SETTLE_MS, 0 to run each advisory's
+ *          package at once; by default the services' own: the burst with and without it)
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -106,6 +108,8 @@ export type StormOptions = {
   profileDir?: string;
   /** HOMEOSTAT_STORE_GRACE_MS (and the build timeout) in seconds, when not the services' default. */
   storeGraceS?: number;
+  /** HOMEOSTAT_ADVISORY_SETTLE_MS, when not the services' default. */
+  advisorySettleMs?: number;
 };
 
 export const QUICK: StormOptions = {
@@ -394,6 +398,7 @@ export async function runStorm(o: StormOptions, emit: (line: ScenarioLine) => vo
           OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
           OTEL_TRACES_SAMPLER_ARG: "0",
           ...(o.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.resolve(o.profileDir)}` } : {}),
+          ...(o.advisorySettleMs !== undefined ? { HOMEOSTAT_ADVISORY_SETTLE_MS: String(o.advisorySettleMs) } : {}),
           ...(o.storeGraceS
             ? {
                 HOMEOSTAT_STORE_GRACE_MS: String(o.storeGraceS * 1000),
@@ -863,6 +868,7 @@ if (import.meta.main) {
     "Usage: node benches/storm.ts [--packages N] [--images N] [--events N] [--latency N]",
     "         [--builders N] [--signers N] [--timeout-s N] [--quick] [--keep] [--profile DIR]",
     `         [--scenarios ${SCENARIOS.join(",")}] (bring-up always runs) [--store-grace-s N (10-86400)]`,
+    "         [--advisory-settle-ms N (0-60000)]",
   ].join("\n");
   const o = commandLine("bench:storm", usage, (): StormOptions => {
     const { values } = parseArgs({
@@ -879,6 +885,7 @@ if (import.meta.main) {
         profile: { type: "string" },
         scenarios: { type: "string" },
         "store-grace-s": { type: "string" },
+        "advisory-settle-ms": { type: "string" },
       },
     });
     const base = values.quick ? QUICK : FULL;
@@ -896,6 +903,7 @@ if (import.meta.main) {
       scenarios: values.scenarios === undefined ? base.scenarios : scenarioList(values.scenarios),
       ...(values.profile ? { profileDir: values.profile } : {}),
       ...(values["store-grace-s"] !== undefined ? { storeGraceS: integerOption("store-grace-s", values["store-grace-s"], 10, 86_400) } : {}),
+      ...(values["advisory-settle-ms"] !== undefined ? { advisorySettleMs: integerOption("advisory-settle-ms", values["advisory-settle-ms"], 0, 60_000) } : {}),
     };
   });
   process.stdout.write(

@@ -20,6 +20,8 @@ import {
   type Reconcile,
   type ReconcileResult,
   requeueAfter,
+  type Settle,
+  settleSlackMs,
   WorkQueue,
   type WorkQueueOptions,
 } from "@homeostat/workqueue";
@@ -218,6 +220,64 @@ function conformance(backend: Backend) {
       await waitFor("the run", async () => w.of(key).length === 1, 10_000);
       await w.stop();
       assert.ok(w.of(key)[0]!.start >= due);
+    });
+
+    /** Enqueues `key` every `everyMs` for `forMs`, each asking `settle`; the time of the last enqueue. */
+    const enqueueSettling = async (key: Key, settle: Settle, everyMs: number, forMs: number): Promise<number> => {
+      const end = Date.now() + forMs;
+      let last = 0;
+      while (Date.now() < end) {
+        await q.enqueue(req(key, "advisory", { settle }));
+        last = Date.now();
+        await sleep(everyMs);
+      }
+      return last;
+    };
+
+    test("settle: a key enqueued again and again runs once, no sooner than the quiet period after the last enqueue", async () => {
+      const key: Key = "package/settle";
+      const w = workers([b.make("w")], async () => done);
+      const last = await enqueueSettling(key, { quietMs: 700, maxMs: 20_000 }, 50, 2_000);
+      assert.equal(w.of(key).length, 0, "no run while the enqueues keep coming");
+      await waitFor("the run", async () => w.of(key).length === 1, 10_000);
+      await sleep(800);
+      await w.stop();
+      assert.equal(w.of(key).length, 1);
+      assert.ok(w.of(key)[0]!.start >= last + 700 - settleSlackMs, `ran ${w.of(key)[0]!.start - last} ms after the last enqueue`);
+    });
+
+    test("settle: a key enqueued without pause still runs within the longest wait of its first enqueue", async () => {
+      const key: Key = "package/settle-bound";
+      const w = workers([b.make("w")], async () => done);
+      const first = Date.now();
+      await enqueueSettling(key, { quietMs: 700, maxMs: 1_200 }, 50, 3_500);
+      await w.stop();
+      assert.ok(w.of(key).length >= 2, `${w.of(key).length} runs in 3.5 s of enqueues with a longest wait of 1.2 s`);
+      assert.ok(
+        w.of(key)[0]!.start >= first + 1_200 - settleSlackMs && w.of(key)[0]!.start < first + 1_200 + 1_500,
+        `first run ${w.of(key)[0]!.start - first} ms after the first enqueue`,
+      );
+    });
+
+    test("settle: an enqueue that does not ask to settle makes a settling key due at once; a rerun settles like its enqueues", async () => {
+      const key: Key = "package/settle-now";
+      assert.equal(await q.enqueue(req(key, "advisory", { settle: { quietMs: 60_000, maxMs: 120_000 } })), "added");
+      const t0 = Date.now();
+      assert.equal(await q.enqueue(req(key, "release")), "deduped");
+      assert.equal((await queued(key))[0]!.settle, undefined);
+      const gate = Promise.withResolvers<void>();
+      const w = workers([b.make("w")], async () => {
+        if (w.of(key).length === 0) await gate.promise;
+        return done;
+      });
+      await waitFor("the run to start", async () => (await q.stats()).running === 1, 5_000);
+      assert.ok(Date.now() - t0 < 5_000);
+      assert.equal(await q.enqueue(req(key, "advisory", { settle: { quietMs: 1_000, maxMs: 20_000 } })), "rerun");
+      const marked = Date.now();
+      gate.resolve();
+      await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
+      await w.stop();
+      assert.ok(w.of(key)[1]!.start >= marked + 1_000, `rerun ${w.of(key)[1]!.start - marked} ms after its enqueue`);
     });
 
     /**

@@ -190,6 +190,14 @@ const schema = z.object({
   HOMEOSTAT_QUEUE_MAX_FLOOR_MS: positiveMs.default(6 * 3_600_000),
   /** On SIGTERM, how long in-flight runs may still finish before they are handed back. */
   HOMEOSTAT_QUEUE_DRAIN_MS: positiveMs.default(5_000),
+  /**
+   * An advisory's package runs once no further advisory for it came for this long (0: at once),
+   * and at the latest HOMEOSTAT_ADVISORY_SETTLE_MAX_MS after the first: a feed import of
+   * thousands of advisories for a few packages then costs each package one run, not one per
+   * round of them (workqueue merge.ts, settle). Releases, catalog changes and people never wait.
+   */
+  HOMEOSTAT_ADVISORY_SETTLE_MS: z.coerce.number().int().min(0).max(60_000).default(1_000),
+  HOMEOSTAT_ADVISORY_SETTLE_MAX_MS: positiveMs.max(3_600_000).default(30_000),
   /** How often every catalog key is enqueued at resync priority. */
   HOMEOSTAT_RESYNC_MS: positiveMs.default(10 * 60_000),
   HOMEOSTAT_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4),
@@ -386,7 +394,15 @@ export type Config = Readonly<{
   startupBackoffMaxMs: number;
   /** The health endpoint (none without a port) and the heartbeats (health.ts, heartbeat.ts). */
   health: { host: string; port: number | undefined; heartbeatMs: number; staleAfterMs: number; heartbeatTtlMs: number };
-  queue: { maxAttempts: number; backoffBaseMs: number; backoffMaxMs: number; maxFloorMs: number; drainMs: number };
+  queue: {
+    maxAttempts: number;
+    backoffBaseMs: number;
+    backoffMaxMs: number;
+    maxFloorMs: number;
+    drainMs: number;
+    /** How an advisory's enqueue settles (none: runs at once). */
+    advisorySettle: { quietMs: number; maxMs: number } | undefined;
+  };
   resyncMs: number;
   concurrency: number;
   resyncConcurrency: number;
@@ -619,6 +635,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       backoffMaxMs: e.HOMEOSTAT_QUEUE_BACKOFF_MAX_MS,
       maxFloorMs: e.HOMEOSTAT_QUEUE_MAX_FLOOR_MS,
       drainMs: e.HOMEOSTAT_QUEUE_DRAIN_MS,
+      advisorySettle:
+        e.HOMEOSTAT_ADVISORY_SETTLE_MS > 0
+          ? { quietMs: e.HOMEOSTAT_ADVISORY_SETTLE_MS, maxMs: Math.max(e.HOMEOSTAT_ADVISORY_SETTLE_MS, e.HOMEOSTAT_ADVISORY_SETTLE_MAX_MS) }
+          : undefined,
     },
     resyncMs: e.HOMEOSTAT_RESYNC_MS,
     concurrency: e.HOMEOSTAT_CONCURRENCY,

@@ -133,6 +133,14 @@ export const workItemSchema = z.object({
   watch: z.string().min(1).max(256).optional(),
   /** The facts this schedule's enqueues stem from (factRevisionsSchema), when every one of them stated its own. */
   facts: factRevisionsSchema.optional(),
+  /**
+   * A settle window, when every enqueue this schedule stands for asked to settle (QueueRequest
+   * `settle`): the key is due no sooner than `until` (its last such enqueue plus the quiet
+   * period) and no later than `latest` allows (its first such enqueue plus the longest wait),
+   * whichever comes first. A burst of one key's events then costs one run after the burst
+   * instead of one per round of events.
+   */
+  settle: z.object({ until: epochMs, latest: epochMs }).optional(),
 });
 export type WorkItem = z.infer<typeof workItemSchema>;
 

@@ -8,7 +8,7 @@ import { priorities, type Priority } from "@homeostat/core/contracts";
 import type { Key } from "@homeostat/core/key";
 import { errorMessage, type Logger } from "@homeostat/core/log";
 import type { Nats } from "@homeostat/core/topology";
-import { mergeOptional } from "./merge.ts";
+import { dueAt, mergeOptional } from "./merge.ts";
 import { meterName } from "./metrics.ts";
 import type { Placement } from "./placement.ts";
 import { keyOfRecord, type RunPhase, type RunRecordStore, type Versioned } from "./run-records.ts";
@@ -55,7 +55,7 @@ export class QueueAdmin {
     const ages = await Promise.all(
       priorities.map(async (p) => {
         const first = await this.stream.firstOf(this.n.topology.workClassSubjects(p));
-        return [p, first ? Math.max(0, now - Math.max(first.enqueuedAt, first.notBefore)) / 1000 : 0] as const;
+        return [p, first ? Math.max(0, now - Math.max(first.enqueuedAt, dueAt(first))) / 1000 : 0] as const;
       }),
     );
     return Object.fromEntries(ages) as Record<Priority, number>;
@@ -106,7 +106,8 @@ export class QueueAdmin {
   async retryDeadLetter(key: Key): Promise<boolean> {
     const rec = await this.records.read(this.records.keyOf(key));
     if (!rec || rec.value.phase !== "dead" || !rec.value.dead) return false;
-    const item = rec.value.dead.item;
+    // An operator's request: due now, however the failed schedule was to settle.
+    const { settle: _settle, ...item } = rec.value.dead.item;
     const cause = { type: "manual" as const, detail: `retried from the dead letters (${rec.value.dead.reason})`.slice(0, 2048) };
     await this.placement.place({ ...item, cause, attempts: 0, notBefore: 0, floor: 0, enqueuedAt: Date.now() });
     return true;

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { maxLinkedEnqueues, mergeFacts, type Priority, type WorkItem } from "@homeostat/core/contracts";
-import { answeredBy, linksWorthARewrite, mergeItems, mergeOptional, planMerge, rank, sameSchedule, workItemFor } from "./merge.ts";
+import { answeredBy, dueAt, linksWorthARewrite, mergeItems, mergeOptional, planMerge, rank, sameSchedule, settleSlackMs, workItemFor } from "./merge.ts";
 import type { Queued } from "./work-stream.ts";
 
 const item = (o: Partial<WorkItem> = {}): WorkItem => ({
@@ -268,4 +268,46 @@ test("plan: a rerun mark keeps the enqueue's facts only while nothing else queue
   // A queued message states no facts (work-stream.ts asQueued): it may stand for anything.
   const folded = planMerge(item({ facts: { advisories: 3 } }), [queued(2, { priority: "advisory" }), running], { phase: "running", seq: 4 });
   assert.equal(folded.type === "intoRun" && "facts" in folded.rerun, false);
+});
+
+test("settle: a request's window runs from its enqueue for the quiet period, within its longest wait; due at the later of it and the not-before", () => {
+  const req = { key: "package/k" as const, priority: "advisory" as const, cause: { type: "advisory" as const } };
+  const settling = workItemFor({ ...req, settle: { quietMs: 1_000, maxMs: 30_000 } }, 5);
+  assert.deepEqual(settling.settle, { until: 1_005, latest: 30_005 });
+  assert.equal(dueAt(settling), 1_005);
+  assert.equal(dueAt({ ...settling, notBefore: 2_000 }), 2_000, "a later not-before holds");
+  assert.deepEqual(workItemFor({ ...req, settle: { quietMs: 5_000, maxMs: 2_000 } }, 0).settle, { until: 2_000, latest: 2_000 }, "never past its longest wait");
+  assert.equal(workItemFor(req, 5).settle, undefined);
+  assert.equal(dueAt(workItemFor(req, 5)), 0, "a request that does not settle is due at once");
+});
+
+test("settle: merged, the window ends at the later quiet end but never past the earlier latest; a schedule without one caps it at its own due time (now: nothing left)", () => {
+  const first = item({ settle: { until: 1_000, latest: 5_000 } });
+  const later = item({ settle: { until: 3_000, latest: 9_000 } });
+  assert.deepEqual(mergeItems(first, later).settle, { until: 3_000, latest: 5_000 });
+  assert.deepEqual(mergeItems(later, first).settle, { until: 3_000, latest: 5_000 });
+  const pastLatest = item({ settle: { until: 7_000, latest: 12_000 } });
+  assert.deepEqual(mergeItems(first, pastLatest).settle, { until: 5_000, latest: 5_000 }, "a burst cannot hold the key past the first's longest wait");
+  assert.equal(mergeItems(first, item()).settle, undefined, "a request for a run now ends the window");
+  assert.equal(dueAt(mergeItems(item(), first)), 0);
+  const lookInAnHour = item({ notBefore: 3_600_000 });
+  assert.deepEqual(mergeItems(lookInAnHour, first).settle, first.settle, "a requeue-after's look later leaves the window as it was");
+  assert.equal(dueAt(mergeItems(lookInAnHour, first)), 1_000);
+  const lookSoon = mergeItems(item({ notBefore: 2_000 }), first);
+  assert.deepEqual(lookSoon.settle, { until: 1_000, latest: 2_000 }, "a look due meanwhile caps the window");
+  assert.equal(dueAt(mergeItems(lookSoon, later)), 2_000, "and holds against later requests");
+  const floored = mergeItems(item({ notBefore: 8_000, floor: 8_000 }), first);
+  assert.deepEqual([floored.settle, dueAt(floored)], [undefined, 8_000], "a floor past the window's latest leaves nothing of it");
+});
+
+test("settle: a queued window moved by less than settleSlackMs is kept; moved further, or voided, the message is rewritten", () => {
+  const queuedWindow = item({ settle: { until: 1_000, latest: 5_000 } });
+  const near = mergeItems(queuedWindow, item({ settle: { until: 1_000 + settleSlackMs - 1, latest: 6_000 } }));
+  assert.equal(sameSchedule(queuedWindow, near, { recorded: () => false }), true);
+  const far = mergeItems(queuedWindow, item({ settle: { until: 1_000 + settleSlackMs, latest: 6_000 } }));
+  assert.equal(sameSchedule(queuedWindow, far, { recorded: () => false }), false);
+  assert.equal(sameSchedule(queuedWindow, mergeItems(queuedWindow, item()), { recorded: () => false }), false, "a request for a run now rewrites it");
+  const plan = planMerge(item({ settle: { until: 2_000, latest: 6_000 } }), [{ seq: 4, item: queuedWindow }], undefined);
+  assert.equal(plan.type, "intoQueued");
+  if (plan.type === "intoQueued") assert.deepEqual([plan.keep, plan.merged.settle], [undefined, { until: 2_000, latest: 5_000 }]);
 });

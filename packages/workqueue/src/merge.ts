@@ -32,33 +32,76 @@ export function workItemFor(req: QueueRequest, now: number, traceparent?: string
     enqueuedAt: now,
     ...(enqueues.length > 0 ? { enqueues } : {}),
     ...(req.facts ? { facts: req.facts } : {}),
+    ...(req.settle ? { settle: { until: now + Math.min(req.settle.quietMs, req.settle.maxMs), latest: now + req.settle.maxMs } } : {}),
   };
+}
+
+/**
+ * When a schedule's key may run: at its not-before, and not before its settle window (WorkItem
+ * `settle`) has passed.
+ */
+export function dueAt(item: WorkItem): number {
+  return Math.max(item.notBefore, item.settle?.until ?? 0);
 }
 
 /**
  * The merge of two schedules of one key: the more urgent class (and its cause; on a tie, `a`'s),
  * the earlier not-before, never before the stronger floor, the fewer attempts (a new enqueue is
- * new information), the earlier enqueue time, the enqueues of both, and the facts of both
- * (mergeFacts). No watch (WorkItem.watch): the merge stands for more than a look that can be
- * withdrawn.
+ * new information), the earlier enqueue time, the enqueues of both, the facts of both
+ * (mergeFacts), and the settle window of both (mergeSettle). No watch (WorkItem.watch): the merge
+ * stands for more than a look that can be withdrawn.
  */
 export function mergeItems(a: WorkItem, b: WorkItem): WorkItem {
   const floor = Math.max(a.floor, b.floor);
   const urgent = rank(b.priority) < rank(a.priority) ? b : a;
   const enqueues = mergeEnqueues(a, b);
   const facts = mergeFacts(a.facts, b.facts);
+  const notBefore = Math.max(Math.min(a.notBefore, b.notBefore), floor);
+  const settle = mergeSettle(a, b, notBefore);
   return {
     v: 1,
     key: a.key,
     priority: urgent.priority,
     cause: urgent.cause,
     floor,
-    notBefore: Math.max(Math.min(a.notBefore, b.notBefore), floor),
+    notBefore,
     attempts: Math.min(a.attempts, b.attempts),
     enqueuedAt: Math.min(a.enqueuedAt, b.enqueuedAt),
     ...(enqueues.length > 0 ? { enqueues } : {}),
     ...(facts ? { facts } : {}),
+    ...(settle ? { settle } : {}),
   };
+}
+
+type SettleWindow = NonNullable<WorkItem["settle"]>;
+
+/**
+ * The settle window of two merged schedules, whose not-before is `notBefore`: until the later
+ * quiet end, but never past the earlier latest, so that a key enqueued again and again still runs
+ * within the longest wait of its first enqueue. A schedule without a window is due at its own
+ * time (dueAt) and caps the window there: a request for a run now ends it (nothing is left of
+ * it: undefined), while a requeue-after's look in an hour lets the key settle as asked, and
+ * one due meanwhile still runs it then.
+ */
+function mergeSettle(a: WorkItem, b: WorkItem, notBefore: number): SettleWindow | undefined {
+  if (!a.settle && !b.settle) return undefined;
+  const latest = Math.min(a.settle?.latest ?? dueAt(a), b.settle?.latest ?? dueAt(b));
+  const until = Math.min(Math.max(a.settle?.until ?? 0, b.settle?.until ?? 0), latest);
+  // A window that ends by the not-before adds nothing, now or to any later merge.
+  return latest > notBefore ? { until, latest } : undefined;
+}
+
+/**
+ * A queued message is not rewritten to move its settle window's end by less than this: in a burst
+ * of a key's events, the message is rewritten at most a few times a second, and the key runs at
+ * most this much before its quiet period is over.
+ */
+export const settleSlackMs = 250;
+
+/** Whether queued window `a` already says what `b` (its merge with a newer request) says, within settleSlackMs. */
+function sameSettle(a: SettleWindow | undefined, b: SettleWindow | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.latest === b.latest && b.until - a.until < settleSlackMs;
 }
 
 /**
@@ -117,6 +160,7 @@ export function sameSchedule(a: WorkItem, b: WorkItem, o: { own?: string; record
     a.notBefore === b.notBefore &&
     a.floor === b.floor &&
     a.attempts === b.attempts &&
+    sameSettle(a.settle, b.settle) &&
     (enough || (b.enqueues ?? []).every((e) => linked.has(e) || linkedElsewhere(e)))
   );
 }

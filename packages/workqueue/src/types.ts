@@ -30,7 +30,7 @@ export const nonRetriable = (reason: string): ReconcileResult => ({ type: "nonRe
  * that span links to the queued message (merge.ts linksWorthARewrite). `links`: traceparents of
  * further requests this one stands for (a caller that merged several into one enqueue), linked
  * by the run too. `facts`: where the facts that caused it are stored (core FactRevisions), so
- * that a run that had read them answers it.
+ * that a run that had read them answers it. `settle`: see Settle.
  */
 export type QueueRequest = {
   key: Key;
@@ -40,7 +40,15 @@ export type QueueRequest = {
   floor?: number;
   links?: readonly string[];
   facts?: FactRevisions;
+  settle?: Settle;
 };
+
+/**
+ * A request's wish to let its key settle: run once no request of the key that asks to settle came
+ * for `quietMs`, and at the latest `maxMs` after the first (merge.ts, settle). A request without
+ * it, merged with one that has it, makes the key due at once: it asked for a run now.
+ */
+export type Settle = { quietMs: number; maxMs: number };
 
 /** added: newly queued; deduped: merged into the queued message; rerun: marked to run once more. */
 export type EnqueueOutcome = "added" | "deduped" | "rerun";

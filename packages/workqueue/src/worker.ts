@@ -20,7 +20,7 @@ import {
   SpanKind,
 } from "@homeostat/core/telemetry";
 import type { Nats } from "@homeostat/core/topology";
-import { answeredBy, mergeItems, mergeOptional } from "./merge.ts";
+import { answeredBy, dueAt, mergeItems, mergeOptional } from "./merge.ts";
 import type { QueueMetrics } from "./metrics.ts";
 import type { WorkQueueOptions } from "./options.ts";
 import type { Placement } from "./placement.ts";
@@ -145,8 +145,9 @@ export class Worker {
       return;
     }
     const now = Date.now();
-    if (item.notBefore > now) {
-      msg.nak(item.notBefore - now); // not due: comes back when it is, without a record
+    const due = dueAt(item);
+    if (due > now) {
+      msg.nak(due - now); // not due: comes back when it is, without a record
       return;
     }
     const claim = await this.claim(msg, item);
@@ -161,7 +162,7 @@ export class Worker {
     const renew = setInterval(() => void this.renew(recordKey, lease, msg), Math.max(50, Math.floor(this.o.leaseMs / 3)));
 
     const started = Date.now();
-    this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, item.notBefore)), { priority: item.priority, cause: item.cause.type });
+    this.metrics.wait.record(secondsSince(Math.max(item.enqueuedAt, due)), { priority: item.priority, cause: item.cause.type });
     this.metrics.running.runs++;
     let result: ReconcileResult | Error;
     // The run's own trace context: what the run asks for at its end (its child keys above all)
@@ -311,8 +312,9 @@ export class Worker {
       return undefined;
     };
     let pending: WorkItem | undefined;
-    // The run's own watch (if it was one) is spent; a requeue-after watches what this result says.
-    const { watch: _, ...base } = item;
+    // The run's own watch (if it was one) and settle window are spent; a requeue-after watches
+    // what this result says.
+    const { watch: _watch, settle: _settle, ...base } = item;
     // Whole milliseconds: schedules are stored as integers.
     if (result.type === "requeueAfter")
       pending = {

@@ -16,6 +16,9 @@
  *     queued in any class merges into one message: the higher class wins, the earlier
  *     not-before wins, and not-before never moves before the strongest floor. Counted.
  *     A reconcile's floor is also kept in the record and holds for every message of the key.
+ *     Requests that all ask to settle (QueueRequest.settle) make the key due once none came for
+ *     the quiet period, within the longest wait of the first; one that does not makes it due
+ *     at once. The rerun of invariant 3 settles the same way.
  *  2. Exclusivity: a key runs only in the worker that created its record (create fails if it
  *     exists), and only while the record's lease is unexpired. A message delivered while the
  *     record is held waits (nak with delay); it never runs. (A copy of a message delivered
@@ -68,7 +71,8 @@ import { WorkStream } from "./work-stream.ts";
 
 export { workQueueOptions, type WorkQueueOptions } from "./options.ts";
 export { done, doneWith, nonRetriable, notBefore, requeueAfter } from "./types.ts";
-export type { DeadLetter, EnqueueOutcome, QueueRequest, QueueStats, Reconcile, ReconcileResult } from "./types.ts";
+export { settleSlackMs } from "./merge.ts";
+export type { DeadLetter, EnqueueOutcome, QueueRequest, QueueStats, Reconcile, ReconcileResult, Settle } from "./types.ts";
 
 /**
  * One process's handle on a region's work queue: enqueue (placement.ts), run (worker.ts), and

@@ -20,6 +20,7 @@ let ledger: EventLedger;
 let queue: WorkQueue;
 const abort = new AbortController();
 const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
+const advisorySettle = { quietMs: 60_000, maxMs: 120_000 };
 let admitting: Promise<void>;
 let admittingIntake: Promise<void>;
 const intakeCounts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
@@ -28,7 +29,7 @@ before(async () => {
   t = await testEnv();
   ledger = await EventLedger.open(t.nats, 3_600_000);
   queue = new WorkQueue(t.nats, workQueueOptions(t.config, { log, owner: "admit-test" }));
-  admitting = runEventAdmission(t.nats, ledger, queue, { log, signal: abort.signal, concurrency: 8, counts });
+  admitting = runEventAdmission(t.nats, ledger, queue, { log, signal: abort.signal, concurrency: 8, counts, advisorySettle });
   admittingIntake = runAdmission(t.nats, queue, { log, signal: abort.signal, concurrency: 8, counts: intakeCounts });
 });
 
@@ -63,6 +64,8 @@ test("an event record's keys are queued in its class, with the event as their ca
   for (const key of record.keys) {
     const item = await waitFor(`${key} queued`, () => queued(key, "advisory"), 10_000);
     assert.deepEqual([item.key, item.priority, item.cause], [key, "advisory", { type: "advisory", id, detail: "OSV-2026-1: overflow in zlib" }]);
+    // An advisory's keys settle as configured, from their enqueue.
+    assert.deepEqual(item.settle, { until: item.enqueuedAt + advisorySettle.quietMs, latest: item.enqueuedAt + advisorySettle.maxMs });
   }
   // An item is in the stream a moment before its enqueue returns and is counted.
   await waitFor("both enqueues counted", async () => counts.added + counts.deduped + counts.rerun >= 2 || undefined, 10_000);
@@ -77,6 +80,23 @@ test("an event record's keys are queued in its class, with the event as their ca
     10_000,
   );
   assert.equal(info.delivered.stream_seq, 2);
+});
+
+test("a release's keys do not settle: they are due at once", async () => {
+  const id = eventId("release", "zstd@1.5.7");
+  const record: EventRecord = {
+    id,
+    source: "release",
+    ref: "zstd@1.5.7",
+    summary: "zstd 1.5.7",
+    keys: ["package/zstd"],
+    priority: "release",
+    causeType: "release",
+    receivedAt: new Date().toISOString(),
+  };
+  assert.equal(await ledger.record(record), "recorded");
+  const item = await waitFor("package/zstd queued", () => queued("package/zstd", "release"), 10_000);
+  assert.deepEqual([item.cause.id, item.settle, item.notBefore], [id, undefined, 0]);
 });
 
 test("an intake request that reports a completion withdraws the look that watched for it, else queues the key", async () => {

@@ -8,6 +8,8 @@
  *   the queue merges, so admission is at least once and its effect once. The records handled
  *   at once (up to EVENT_ADMISSION_BATCH) enqueue each distinct key once (key-coalescer.ts):
  *   the repeats of a burst reach the queue before the key's run starts, not each as a rerun.
+ *   An advisory's keys settle (config HOMEOSTAT_ADVISORY_SETTLE_MS, workqueue Settle): a feed
+ *   import's thousands of advisories for one package run it once they stop coming.
  * - the intake stream, for the other producers (ingest's resync, the signer), where repeated
  *   deliveries of one request are dropped by Nats-Msg-Id. A request that reports a completion
  *   (`completes`) withdraws the key's requeue-after that watched for it instead, when that is
@@ -15,7 +17,7 @@
  */
 import { enqueueRequestSchema, eventRecordSchema, runConsumer, type EventLedger, type Logger, type Nats } from "@homeostat/core";
 import { currentTraceparent } from "@homeostat/core/telemetry";
-import type { EnqueueOutcome, WorkQueue } from "@homeostat/workqueue";
+import type { EnqueueOutcome, Settle, WorkQueue } from "@homeostat/workqueue";
 import { KeyCoalescer } from "./key-coalescer.ts";
 
 export type AdmissionCounts = Record<EnqueueOutcome, number>;
@@ -27,7 +29,14 @@ export type AdmissionCounts = Record<EnqueueOutcome, number>;
  */
 export const EVENT_ADMISSION_BATCH = 1_000;
 
-export type AdmissionOptions = { log: Logger; signal: AbortSignal; concurrency: number; counts: AdmissionCounts };
+export type AdmissionOptions = {
+  log: Logger;
+  signal: AbortSignal;
+  concurrency: number;
+  counts: AdmissionCounts;
+  /** How an advisory's keys settle in the queue (config HOMEOSTAT_ADVISORY_SETTLE_MS); none: they run at once. */
+  advisorySettle?: Settle;
+};
 
 /** Admits the intake stream's requests until `signal` aborts. */
 export function runAdmission(n: Nats, queue: WorkQueue, o: AdmissionOptions): Promise<void> {
@@ -65,7 +74,8 @@ export async function runEventAdmission(n: Nats, ledger: EventLedger, queue: Wor
       const cause = { type: record.causeType, id: record.id, detail: record.summary };
       const link = currentTraceparent();
       const facts = record.facts ? { facts: record.facts } : {};
-      const outcomes = await Promise.all(record.keys.map((key) => coalescer.enqueue({ key, priority: record.priority, cause, ...facts }, link)));
+      const settle = record.causeType === "advisory" && o.advisorySettle ? { settle: o.advisorySettle } : {};
+      const outcomes = await Promise.all(record.keys.map((key) => coalescer.enqueue({ key, priority: record.priority, cause, ...facts, ...settle }, link)));
       for (const outcome of outcomes) o.counts[outcome]++;
     },
   });

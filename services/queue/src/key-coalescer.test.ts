@@ -112,3 +112,24 @@ test("the facts of requests gathered into one enqueue are merged: each store at 
   answers.forEach((a) => a.resolve("added"));
   await Promise.all(all);
 });
+
+test("a gathering settles only when every request in it asked to: one that did not asks for a run now", async () => {
+  const { sent, answers, coalescer } = recordingQueue();
+  const settle = { quietMs: 1_000, maxMs: 30_000 };
+  const all = [
+    coalescer.enqueue({ ...advisory("package/zlib", "a1"), settle }),
+    coalescer.enqueue({ ...advisory("package/zlib", "a2"), settle }),
+    coalescer.enqueue({ ...advisory("package/xz", "a3"), settle }),
+    coalescer.enqueue(release("package/xz", "r1")),
+  ];
+  await turn();
+  assert.deepEqual(
+    sent.map((r) => [r.key, r.settle]),
+    [
+      ["package/zlib", settle],
+      ["package/xz", undefined],
+    ],
+  );
+  answers.forEach((a) => a.resolve("added"));
+  await Promise.all(all);
+});

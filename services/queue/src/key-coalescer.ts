@@ -17,21 +17,23 @@
  */
 import { maxLinkedEnqueues, mergeFacts, priorities, type FactRevisions, type Key } from "@homeostat/core";
 import { context } from "@homeostat/core/telemetry";
-import type { EnqueueOutcome, QueueRequest } from "@homeostat/workqueue";
+import type { EnqueueOutcome, QueueRequest, Settle } from "@homeostat/workqueue";
 
 /** A request to admit: what the queue takes, less the schedule fields admission never sets. */
-export type AdmissionRequest = Pick<QueueRequest, "key" | "priority" | "cause" | "facts">;
+export type AdmissionRequest = Pick<QueueRequest, "key" | "priority" | "cause" | "facts" | "settle">;
 
 type Waiter = { resolve: (outcome: EnqueueOutcome) => void; reject: (err: unknown) => void };
 /**
  * The requests gathered for a key: the one that decides class and cause, with its trace context,
- * the links of all, and the facts of all (none when one of them stated none: core mergeFacts).
+ * the links of all, the facts of all (none when one of them stated none: core mergeFacts), and a
+ * settle window only when every one asked for it (one that did not asks for a run now).
  */
 type Gathered = {
-  request: Omit<AdmissionRequest, "facts">;
+  request: Omit<AdmissionRequest, "facts" | "settle">;
   context: ReturnType<typeof context.active>;
   links: string[];
   facts: FactRevisions | undefined;
+  settle: Settle | undefined;
   waiters: Waiter[];
 };
 
@@ -56,18 +58,19 @@ export class KeyCoalescer {
       const waiter = { resolve, reject };
       const g = this.#gathered.get(req.key);
       if (!g) {
-        const { facts, ...request } = req;
-        this.#gathered.set(req.key, { request, context: context.active(), links: link ? [link] : [], facts, waiters: [waiter] });
+        const { facts, settle, ...request } = req;
+        this.#gathered.set(req.key, { request, context: context.active(), links: link ? [link] : [], facts, settle, waiters: [waiter] });
         if (!this.#sending.has(req.key)) setImmediate(() => this.#send(req.key));
         return;
       }
       if (priorities.indexOf(req.priority) < priorities.indexOf(g.request.priority)) {
-        const { facts: _, ...request } = req;
+        const { facts: _facts, settle: _settle, ...request } = req;
         g.request = request;
         g.context = context.active();
       }
       if (link && g.links.length < maxLinkedEnqueues && !g.links.includes(link)) g.links.push(link);
       g.facts = mergeFacts(g.facts, req.facts);
+      if (!req.settle) g.settle = undefined;
       g.waiters.push(waiter);
     });
   }
@@ -79,7 +82,7 @@ export class KeyCoalescer {
     this.#gathered.delete(key);
     this.#sending.add(key);
     context
-      .with(g.context, () => this.#enqueue({ ...g.request, links: g.links, ...(g.facts ? { facts: g.facts } : {}) }))
+      .with(g.context, () => this.#enqueue({ ...g.request, links: g.links, ...(g.facts ? { facts: g.facts } : {}), ...(g.settle ? { settle: g.settle } : {}) }))
       .then(
         (outcome) => g.waiters.forEach((w, i) => w.resolve(i === 0 ? outcome : "deduped")),
         (err: unknown) => g.waiters.forEach((w) => w.reject(err)),

@@ -85,7 +85,7 @@ await runService("queue", async ({ config, log, nats, buckets, signal, health })
   const counts: AdmissionCounts = { added: 0, deduped: 0, rerun: 0 };
   const admitting = Promise.all([
     runAdmission(nats, queue, { log, signal, concurrency: 64, counts }),
-    runEventAdmission(nats, ledger, queue, { log, signal, concurrency: EVENT_ADMISSION_BATCH, counts }),
+    runEventAdmission(nats, ledger, queue, { log, signal, concurrency: EVENT_ADMISSION_BATCH, counts, advisorySettle: config.queue.advisorySettle }),
   ]);
   // A worker that crashed between acking a run and queueing its follow-up left that promise in
   // its run record; sweeping once per lease keeps it.
