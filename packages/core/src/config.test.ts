@@ -12,7 +12,14 @@ test("an empty environment gives the documented defaults", () => {
   assert.equal(c.region, "local");
   assert.equal(c.dataDir, path.resolve(".homeostat/data"));
   assert.equal(c.leaseMs, 30_000);
-  assert.deepEqual(c.queue, { maxAttempts: 10, backoffBaseMs: 30_000, backoffMaxMs: 600_000, maxFloorMs: 6 * 3_600_000, drainMs: 5_000 });
+  assert.deepEqual(c.queue, {
+    maxAttempts: 10,
+    backoffBaseMs: 30_000,
+    backoffMaxMs: 600_000,
+    maxFloorMs: 6 * 3_600_000,
+    drainMs: 5_000,
+    advisorySettle: { quietMs: 1_000, maxMs: 30_000 },
+  });
   assert.equal(c.resyncMs, 600_000);
   assert.equal(c.concurrency, 4);
   assert.equal(c.ingest.port, 8080);
@@ -21,6 +28,15 @@ test("an empty environment gives the documented defaults", () => {
   assert.deepEqual(c.ingest.githubActions, ["published", "released"]);
   assert.equal(c.signingKeyPath, undefined);
   assert.equal(c.signingKeyPem, undefined);
+});
+
+test("an advisory's settle window: off at 0; its longest wait never shorter than its quiet period", () => {
+  assert.equal(loadConfig({ HOMEOSTAT_ADVISORY_SETTLE_MS: "0" }).queue.advisorySettle, undefined);
+  assert.deepEqual(loadConfig({ HOMEOSTAT_ADVISORY_SETTLE_MS: "5000", HOMEOSTAT_ADVISORY_SETTLE_MAX_MS: "2000" }).queue.advisorySettle, {
+    quietMs: 5_000,
+    maxMs: 5_000,
+  });
+  assert.throws(() => loadConfig({ HOMEOSTAT_ADVISORY_SETTLE_MS: "-1" }), /HOMEOSTAT_ADVISORY_SETTLE_MS/);
 });
 
 test("numbers, flags and lists are coerced from their text", () => {
