@@ -135,10 +135,10 @@ export const workItemSchema = z.object({
   facts: factRevisionsSchema.optional(),
   /**
    * A settle window, when every enqueue this schedule stands for asked to settle (QueueRequest
-   * `settle`): the key is due no sooner than `until` (its last such enqueue plus the quiet
-   * period) and no later than `latest` allows (its first such enqueue plus the longest wait),
-   * whichever comes first. A burst of one key's events then costs one run after the burst
-   * instead of one per round of events.
+   * `settle`): the key is due at `until` (its last such enqueue plus the quiet period), which
+   * never passes `latest` (its first such enqueue plus the longest wait, or sooner when a
+   * schedule merged into it was due sooner). A burst of one key's events then costs one run
+   * after the burst instead of one per round of events.
    */
   settle: z.object({ until: epochMs, latest: epochMs }).optional(),
 });

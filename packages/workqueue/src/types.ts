@@ -45,8 +45,9 @@ export type QueueRequest = {
 
 /**
  * A request's wish to let its key settle: run once no request of the key that asks to settle came
- * for `quietMs`, and at the latest `maxMs` after the first (merge.ts, settle). A request without
- * it, merged with one that has it, makes the key due at once: it asked for a run now.
+ * for `quietMs`, and at the latest `maxMs` after the first (merge.ts, mergeSettle). A request
+ * without it, merged with one that has it, makes the key due no later than it asked itself: at
+ * once, for a request that names no time.
  */
 export type Settle = { quietMs: number; maxMs: number };
 
