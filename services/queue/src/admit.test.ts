@@ -45,20 +45,16 @@ async function queued(key: Key, priority: EventRecord["priority"]) {
   return m ? workItemSchema.parse(m.json()) : undefined;
 }
 
+/** The record of an event of `source` (its class and cause the source's own), received now. */
+function eventRecord(source: "advisory" | "release", ref: string, summary: string, keys: Key[]): EventRecord {
+  return { id: eventId(source, ref), source, ref, summary, keys, priority: source, causeType: source, receivedAt: new Date().toISOString() };
+}
+
 test("an event record's keys are queued in its class, with the event as their cause, and the record is acked", async () => {
   // A malformed record first: it is logged and dropped, and the good one behind it still goes through.
   await t.nats.js.publish(ledger.subject(eventId("github", "malformed")), JSON.stringify({ id: eventId("github", "malformed"), keys: ["package/x"] }));
-  const id = eventId("advisory", "OSV-2026-1@2026-11-23T00:00:00Z");
-  const record: EventRecord = {
-    id,
-    source: "advisory",
-    ref: "OSV-2026-1@2026-11-23T00:00:00Z",
-    summary: "OSV-2026-1: overflow in zlib",
-    keys: ["package/zlib", "image/nginx"],
-    priority: "advisory",
-    causeType: "advisory",
-    receivedAt: new Date().toISOString(),
-  };
+  const record = eventRecord("advisory", "OSV-2026-1@2026-11-23T00:00:00Z", "OSV-2026-1: overflow in zlib", ["package/zlib", "image/nginx"]);
+  const { id } = record;
   assert.equal(await ledger.record(record), "recorded");
 
   for (const key of record.keys) {
@@ -83,17 +79,8 @@ test("an event record's keys are queued in its class, with the event as their ca
 });
 
 test("a release's keys do not settle: they are due at once", async () => {
-  const id = eventId("release", "zstd@1.5.7");
-  const record: EventRecord = {
-    id,
-    source: "release",
-    ref: "zstd@1.5.7",
-    summary: "zstd 1.5.7",
-    keys: ["package/zstd"],
-    priority: "release",
-    causeType: "release",
-    receivedAt: new Date().toISOString(),
-  };
+  const record = eventRecord("release", "zstd@1.5.7", "zstd 1.5.7", ["package/zstd"]);
+  const { id } = record;
   assert.equal(await ledger.record(record), "recorded");
   const item = await waitFor("package/zstd queued", () => queued("package/zstd", "release"), 10_000);
   assert.deepEqual([item.cause.id, item.settle, item.notBefore], [id, undefined, 0]);
