@@ -222,13 +222,17 @@ function conformance(backend: Backend) {
       assert.ok(w.of(key)[0]!.start >= due);
     });
 
-    /** Enqueues `key` every `everyMs` for `forMs`, each asking `settle`; the time of the last enqueue. */
+    /**
+     * Enqueues `key` every `everyMs` for `forMs`, each asking `settle`; the time the last enqueue was
+     * issued (its window starts no sooner: a bound taken after it returned could be late by the
+     * enqueue's own round trips).
+     */
     const enqueueSettling = async (key: Key, settle: Settle, everyMs: number, forMs: number): Promise<number> => {
       const end = Date.now() + forMs;
       let last = 0;
       while (Date.now() < end) {
-        await q.enqueue(req(key, "advisory", { settle }));
         last = Date.now();
+        await q.enqueue(req(key, "advisory", { settle }));
         await sleep(everyMs);
       }
       return last;
@@ -272,8 +276,9 @@ function conformance(backend: Backend) {
       });
       await waitFor("the run to start", async () => (await q.stats()).running === 1, 5_000);
       assert.ok(Date.now() - t0 < 5_000);
-      assert.equal(await q.enqueue(req(key, "advisory", { settle: { quietMs: 1_000, maxMs: 20_000 } })), "rerun");
+      // Taken before the enqueue, whose window starts no sooner.
       const marked = Date.now();
+      assert.equal(await q.enqueue(req(key, "advisory", { settle: { quietMs: 1_000, maxMs: 20_000 } })), "rerun");
       gate.resolve();
       await waitFor("the rerun", async () => w.of(key).length === 2, 10_000);
       await w.stop();
