@@ -73,8 +73,12 @@ describe("three regions on one JetStream fabric", { timeout: 900_000 }, () => {
   const awaitConverged = (region: Region, want: (key: string) => string | undefined, what: string) =>
     waitFor(what, () => converged(region, want), convergeMs, 250).catch(async (err: unknown) => {
       const behind = (await statuses(region).catch(() => [])).filter((s) => s.phase !== "Ready" || (want(s.key) && s.actual?.version !== want(s.key)));
+      const groups = await cluster()
+        .replicaGroups(region)
+        .then((g) => g.lines.join("\n  "))
+        .catch((e: unknown) => `(not read: ${(e as Error).message})`);
       throw new Error(
-        `${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, version: s.actual?.version, want: want(s.key) })))}\n${logsAbout(behind.map((s) => s.key))}`,
+        `${(err as Error).message}; not there: ${JSON.stringify(behind.map((s) => ({ key: s.key, phase: s.phase, desired: s.desiredVersion, lastError: s.lastError, version: s.actual?.version, want: want(s.key) })))}\n${logsAbout(behind.map((s) => s.key))}\nreplica groups through ${region}:\n  ${groups}`,
       );
     });
   /** The last lines each region's services logged about `keys` (a failure's story: the run's directory goes with the suite). */
