@@ -26,7 +26,6 @@ import { pathToFileURL } from "node:url";
 import { BUILDER_VERSION, type BuildRequest, type ImageConfig, type PackageArtifact, type PatchRef, type Source } from "@homeostat/core/contracts";
 import { canonicalJson, sha256Digest, type Digest } from "@homeostat/core/digest";
 import { makeKey, type Key } from "@homeostat/core/key";
-import { mapLimit } from "@homeostat/core/map-limit";
 import type { KeyStatus } from "@homeostat/core/status";
 import type { Catalog } from "./catalog.ts";
 import { decideVersion, type Decision } from "./decision.ts";
@@ -85,9 +84,6 @@ export type DesiredInputs = {
 
 /** A package's decision to build (decision.ts). */
 export type BuildDecision = Extract<Decision, { action: "build" }>;
-
-/** Packages of a closure whose inputs are read at once (each reads its facts and status, and its dependencies'). */
-const INPUTS_AT_ONCE = 8;
 
 /**
  * Computes desired states, memoised for as long as its inputs answer alike (one reconcile, or
@@ -219,13 +215,20 @@ export class DesiredState {
 
   /**
    * The artifacts of `names` in their order, or what the first of them that is not up to date
-   * waits for. Worked out a few at once: one after another, each package's reads (its facts,
-   * its status, its own dependencies') added up to a round trip per read across the closure.
+   * waits for: looked at one after another, so that the rest are not worked out once one is
+   * found waiting. Every read here is memory (the reconciler's and the builder's statuses come
+   * from their mirror, the facts from scans read once a run), so working them out a few at once
+   * gained nothing, and cost whole closures: in a fresh factory's bring-up every key waits for
+   * the C library, and each of its runs worked out its whole closure to say so.
    */
   private async upToDateArtifacts(names: readonly string[]): Promise<PackageArtifact[] | string> {
-    const found = await mapLimit(names, INPUTS_AT_ONCE, (n) => this.upToDateArtifact(n));
-    const waiting = found.find((a): a is string => typeof a === "string");
-    return waiting ?? found.filter((a): a is PackageArtifact => typeof a !== "string");
+    const artifacts: PackageArtifact[] = [];
+    for (const name of names) {
+      const found = await this.upToDateArtifact(name);
+      if (typeof found === "string") return found;
+      artifacts.push(found);
+    }
+    return artifacts;
   }
 
   /** The digest of all a build of `key` reads: the builder, the key's recipe, the source date epoch and `inputs`. */
