@@ -31,6 +31,7 @@ import {
   type Key,
   type KeyStatus,
   type Logger,
+  type StatusReader,
   type WorkItem,
 } from "@homeostat/core";
 import { annotateActiveSpan, meter, type Counter } from "@homeostat/core/telemetry";
@@ -252,7 +253,8 @@ export function createReconciler(deps: ReconcilerDeps) {
       // no one: read afresh after the marks, a wait that ended or moved looks again now.
       const through = await waitingThrough(item.key, catalog, desiredState);
       if (through.length === 0) return done;
-      await mapLimit(through, NOTICE_CONCURRENCY, ([k, what]) => markWaiting(k, what));
+      const seen = await deps.state.reader();
+      await mapLimit(through, NOTICE_CONCURRENCY, ([k, what]) => markWaiting(k, what, seen));
       const { desiredState: afresh } = desiredStateOf(catalog, await deps.inputs());
       const now = kind === "package" ? await afresh.package(name) : await afresh.image(name);
       return now.state === "waiting" && now.waitingFor === desired.waitingFor ? done : requeueAfter(0);
@@ -466,20 +468,17 @@ export function createReconciler(deps: ReconcilerDeps) {
    */
   async function noticesDue(key: Key, candidates: readonly Key[], catalog: Catalog): Promise<Key[]> {
     const told = new Set(candidates);
-    // Each input read once for the first look; the look again after a mark reads afresh.
-    const read = new Map<Key, Promise<KeyStatus | undefined>>();
-    const known = (k: Key) => {
-      let status = read.get(k);
-      if (!status) read.set(k, (status = deps.state.get(k)));
-      return status;
-    };
+    // The first look (inputs settling, children marked) as of now, through one reader: memory
+    // with a mirror, where it was a read of the bucket per input and per child. The look again
+    // after a mark reads afresh.
+    const seen = await deps.state.reader();
     // A base package has thousands of dependents: a few dozen looked at at once, not one by one.
     const tellNow = await mapLimit(candidates, NOTICE_CONCURRENCY, async (child) => {
       const others = catalog.inputsOf(child).filter((k) => k !== key);
       const toldToo = others.find((k) => told.has(k));
-      if (toldToo) return !(await markWaiting(child, `${toldToo} to settle first`));
-      const settling = await firstSettling(others, known);
-      if (!settling || !(await markWaiting(child, settling))) return true;
+      if (toldToo) return !(await markWaiting(child, `${toldToo} to settle first`, seen));
+      const settling = await firstSettling(others, seen);
+      if (!settling || !(await markWaiting(child, settling, seen))) return true;
       return !(await firstSettling(others, (k) => deps.state.get(k)));
     });
     return candidates.filter((_, i) => tellNow[i]);
@@ -507,9 +506,15 @@ export function createReconciler(deps: ReconcilerDeps) {
 
   /**
    * Marks `child` waiting for `what` unless it waits already (any mark makes the key it waits
-   * for tell it); false when it has no status yet to carry a mark (it is told instead).
+   * for tell it); false when it has no status yet to carry a mark (it is told instead). `seen`,
+   * a reader taken by the caller as of now, answers both without a read of the bucket: a wave's
+   * runs find most of what they would mark marked already (each key of a fresh factory's
+   * bring-up marks its whole closure, which its dependencies' runs marked before it).
    */
-  async function markWaiting(child: Key, what: string): Promise<boolean> {
+  async function markWaiting(child: Key, what: string, seen: StatusReader): Promise<boolean> {
+    const status = await seen(child);
+    if (!status) return false;
+    if (status.waitingFor) return true;
     const after = await deps.state.update(child, (cur) => (!cur || cur.waitingFor ? undefined : { ...cur, waitingFor: what.slice(0, 2048) }));
     return after?.waitingFor !== undefined;
   }
