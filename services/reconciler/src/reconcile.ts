@@ -467,6 +467,7 @@ export function createReconciler(deps: ReconcilerDeps) {
    * here); a run of the dependent keeps a mark written after it read its own status.
    */
   async function noticesDue(key: Key, candidates: readonly Key[], catalog: Catalog): Promise<Key[]> {
+    if (candidates.length === 0) return [];
     const told = new Set(candidates);
     // The first look (inputs settling, children marked) as of now, through one reader: memory
     // with a mirror, where it was a read of the bucket per input and per child. The look again
