@@ -4,11 +4,10 @@ import path from "node:path";
 import { readFileSync } from "node:fs";
 import { catalogJsonSchemas, CatalogError, changedKeys, diffCatalogs, loadCatalog } from "./catalog.ts";
 import { sha256Hex } from "@homeostat/core/digest";
-import { scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
+import { packageRecipe, placeholderSha256, scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
 
-const sha = "0".repeat(64);
-const pkg = (name: string, deps: { build?: string[]; runtime?: string[] } = {}) =>
-  `name: ${name}\nversion: "1.0"\nsource:\n  url: ../sources/${name}-\${version}.tar.gz\n  sha256: "${sha}"\nbuild:\n  steps: [make]\ndependencies:\n  build: [${(deps.build ?? []).join(", ")}]\n  runtime: [${(deps.runtime ?? []).join(", ")}]\n`;
+const sha = placeholderSha256;
+const pkg = packageRecipe;
 
 const tmp = scratchDirs();
 

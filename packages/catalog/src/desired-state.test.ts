@@ -4,18 +4,14 @@ import type { Key } from "@homeostat/core/key";
 import { keyStatusSchema, type KeyStatus } from "@homeostat/core/status";
 import { loadCatalog } from "./catalog.ts";
 import { DesiredState } from "./desired-state.ts";
-import { scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
-
-const sha = "0".repeat(64);
-const pkg = (name: string, build: string[] = []) =>
-  `name: ${name}\nversion: "1.0"\nsource:\n  url: ../sources/${name}-\${version}.tar.gz\n  sha256: "${sha}"\nbuild:\n  steps: [make]\ndependencies:\n  build: [${build.join(", ")}]\n`;
+import { packageRecipe, scratchDirs, writeFiles } from "../../../test/fixtures/scratch.ts";
 
 const tmp = scratchDirs();
 
 /** Desired states over `packages` with the given statuses, counting the packages whose facts were read. */
 async function desiredStates(packages: Record<string, string[]>, statuses: Map<Key, KeyStatus> = new Map()) {
   const dir = tmp("catalog-");
-  writeFiles(dir, Object.fromEntries(Object.entries(packages).map(([name, build]) => [`packages/${name}.yaml`, pkg(name, build)])));
+  writeFiles(dir, Object.fromEntries(Object.entries(packages).map(([name, build]) => [`packages/${name}.yaml`, packageRecipe(name, { build })])));
   const catalog = await loadCatalog(dir);
   const factsRead: string[] = [];
   const desired = new DesiredState({
